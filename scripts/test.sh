@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# The whole test suite, as CI runs it: installs what the tests need when it is missing
+# (OpenSSH client, git), then checks formatting and lints, and runs every test.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+missing=()
+command -v ssh >/dev/null 2>&1 || missing+=(openssh-client)
+command -v ssh-keygen >/dev/null 2>&1 || missing+=(openssh-client)
+command -v git >/dev/null 2>&1 || missing+=(git)
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "installing: ${missing[*]}"
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}"
+fi
+
+# The real Python Buildbot client, for the compatibility test of `buildbot try --connect=ssh`.
+if [ ! -x target/pyvenv/bin/buildbot ]; then
+  if ! python3 -m venv --help >/dev/null 2>&1; then
+    sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq python3 python3-venv
+  fi
+  mkdir -p target
+  python3 -m venv target/pyvenv
+  target/pyvenv/bin/pip install -q --disable-pip-version-check 'buildbot==4.3.0'
+fi
+
+cargo fmt --all -- --check
+cargo clippy --all-targets --locked -- -D warnings
+cargo test --all-targets --locked

@@ -1,0 +1,6 @@
+//! User-side commands that talk to a master: `buildbot try` (and, later, `buildbot watch`).
+//! They run the user's own `ssh`; nothing here speaks SSH itself.
+
+pub mod dotfile;
+pub mod patch;
+pub mod try_cmd;

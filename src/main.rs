@@ -1,0 +1,260 @@
+//! The `buildbot` command: parses arguments, sets up logging, and calls into the library.
+//!
+//! Exit codes: 0 success; 1 an error (one line on stderr saying what to do, or one line per
+//! problem for `checkconfig`); 2 a usage error (bad arguments).
+
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+use buildbot::client::try_cmd::{self, TryArgs};
+use buildbot::master;
+use buildbot::master::config::Config;
+
+#[derive(Parser)]
+#[command(
+    name = "buildbot",
+    version,
+    about = "An SSH-native continuous-integration system: one master, many build slaves, and `buildbot try`.",
+    after_help = "Exit codes: 0 success, 1 error (the message says what to do), 2 usage error.\n\
+                  Start with: buildbot create-master DIR && buildbot master DIR"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create a new master directory: master.toml (from the commented example), an ed25519
+    /// host key, authorized_keys.d/ and the try spool.
+    #[command(
+        after_help = "Then add [[slave]], [[builder]] and [[scheduler]] sections to DIR/master.toml,\n\
+                            put user keys in DIR/authorized_keys.d/USER, and run `buildbot master DIR`."
+    )]
+    CreateMaster {
+        /// The master directory to create (created if missing).
+        dir: PathBuf,
+        /// Address the SSH server listens on (default 127.0.0.1:2222).
+        #[arg(long, value_name = "ADDR")]
+        ssh_listen: Option<SocketAddr>,
+        /// Address the web status page listens on (default 127.0.0.1:8010).
+        #[arg(long, value_name = "ADDR")]
+        http_listen: Option<SocketAddr>,
+        /// Replace the config and host key of an existing master.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Run the master in the foreground. Logs go to stderr (RUST_LOG=debug for more);
+    /// SIGTERM or Ctrl-C stop it gracefully.
+    Master {
+        /// The master directory (made by create-master).
+        dir: PathBuf,
+    },
+    /// Send your uncommitted work to the master's build farm (from inside a git checkout).
+    ///
+    /// The patch is the working tree (and index, and unpushed commits) against the merge-base
+    /// with your upstream branch. Connection defaults come from a .buildbot file (TOML: host,
+    /// port, username, builders, ssh, master_host_key, who) in this directory or a parent.
+    #[command(
+        after_help = "Exit codes: 0 delivered (with --wait: all builds succeeded), 1 a build failed, 2 usage or connection problem."
+    )]
+    Try(TryCli),
+    /// Read a try job on stdin and write it into the maildir DIR (the classic Buildbot ssh
+    /// path, for masters reached through a real sshd).
+    Tryserver {
+        /// The spool maildir (must already have tmp/ and new/).
+        #[arg(long, value_name = "DIR")]
+        jobdir: PathBuf,
+    },
+    /// Check DIR/master.toml without starting anything. Prints one line per problem as
+    /// master.toml:LINE: message and exits 1 if there is any.
+    Checkconfig {
+        /// The master directory.
+        dir: PathBuf,
+    },
+}
+
+#[derive(clap::Args)]
+struct TryCli {
+    /// A builder to try on (repeatable; default: .buildbot's builders, else all try builders).
+    #[arg(short = 'b', long = "builder", value_name = "BUILDER")]
+    builders: Vec<String>,
+    /// Stay connected and show each build's progress and result.
+    #[arg(long)]
+    wait: bool,
+    /// Send this ready patch (- for stdin) instead of the checkout's changes.
+    #[arg(long, value_name = "FILE")]
+    diff: Option<PathBuf>,
+    /// Strip this many leading path components when applying --diff (like patch -p).
+    #[arg(
+        short = 'p',
+        long = "patchlevel",
+        value_name = "N",
+        default_value_t = 0
+    )]
+    patchlevel: u32,
+    /// The branch the job names (default: your current branch).
+    #[arg(long, value_name = "B")]
+    branch: Option<String>,
+    /// The base revision to diff against (default: merge-base with your upstream).
+    #[arg(long, value_name = "REV")]
+    baserev: Option<String>,
+    /// Print the job and the patch stats; do not connect.
+    #[arg(short = 'n', long)]
+    dryrun: bool,
+    /// The master's host.
+    #[arg(long, value_name = "H")]
+    host: Option<String>,
+    /// The master's SSH port.
+    #[arg(long, value_name = "P")]
+    port: Option<u16>,
+    /// Your unix account on the master.
+    #[arg(short = 'u', long, value_name = "U")]
+    username: Option<String>,
+    /// The ssh command to run (default: ssh), e.g. "ssh -i ~/.ssh/ci_key".
+    #[arg(long, value_name = "CMD")]
+    ssh: Option<String>,
+    /// A build property KEY=VALUE (repeatable).
+    #[arg(long = "property", value_name = "K=V")]
+    properties: Vec<String>,
+    /// Include untracked files in the patch too.
+    #[arg(long)]
+    include_untracked: bool,
+    /// Who the job is from (default: git's user.name <user.email>).
+    #[arg(short = 'w', long, value_name = "WHO")]
+    who: Option<String>,
+    /// A comment shown with the builds.
+    #[arg(short = 'C', long, value_name = "TEXT")]
+    comment: Option<String>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    match run(cli) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("buildbot: {err:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::CreateMaster {
+            dir,
+            ssh_listen,
+            http_listen,
+            force,
+        } => {
+            let created = master::create::create_master(&master::create::CreateMaster {
+                dir: dir.clone(),
+                ssh_listen,
+                http_listen,
+                force,
+            })?;
+            println!("created master in {}", dir.display());
+            println!("config: {}", created.config.display());
+            println!("host key: {}", created.host_key_fingerprint);
+            println!(
+                "next: edit the config, then run: buildbot master {}",
+                dir.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Master { dir } => {
+            let runtime =
+                tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+            runtime.block_on(async {
+                let shutdown = CancellationToken::new();
+                spawn_signal_handler(shutdown.clone())?;
+                master::run(&dir, shutdown, |listening| {
+                    println!("{listening}");
+                })
+                .await?;
+                Ok(ExitCode::SUCCESS)
+            })
+        }
+        Command::Try(args) => {
+            let cwd = std::env::current_dir().context("cannot find the current directory")?;
+            let args = TryArgs {
+                builders: args.builders,
+                wait: args.wait,
+                diff: args.diff,
+                patchlevel: args.patchlevel,
+                branch: args.branch,
+                baserev: args.baserev,
+                dryrun: args.dryrun,
+                host: args.host,
+                port: args.port,
+                username: args.username,
+                ssh: args.ssh,
+                properties: args.properties,
+                include_untracked: args.include_untracked,
+                who: args.who,
+                comment: args.comment,
+            };
+            match try_cmd::run(&args, &cwd) {
+                Ok(code) => Ok(ExitCode::from(code)),
+                Err(err) => {
+                    eprintln!("buildbot try: {err}");
+                    Ok(ExitCode::from(try_cmd::EXIT_TROUBLE))
+                }
+            }
+        }
+        Command::Tryserver { jobdir } => {
+            let name = buildbot::spool::submit::tryserver_local(&jobdir, &mut std::io::stdin())?;
+            eprintln!("buildbot: job accepted as {name}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Checkconfig { dir } => match Config::load(&dir) {
+            Ok(config) => {
+                println!(
+                    "{}: OK ({} slaves, {} builders)",
+                    dir.join(master::config::CONFIG_FILE).display(),
+                    config.slaves.len(),
+                    config.builders.len()
+                );
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(err) => {
+                for problem in &err.0 {
+                    eprintln!("{problem}");
+                }
+                Ok(ExitCode::from(1))
+            }
+        },
+    }
+}
+
+/// SIGINT and SIGTERM cancel `shutdown`; everything else stops from there.
+fn spawn_signal_handler(shutdown: CancellationToken) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut terminate = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = terminate.recv() => tracing::info!("SIGTERM: stopping"),
+            _ = interrupt.recv() => tracing::info!("SIGINT: stopping"),
+        }
+        shutdown.cancel();
+    });
+    Ok(())
+}

@@ -1,0 +1,741 @@
+//! `master.toml`: reading it, checking it, and turning it into a validated [`Config`].
+//!
+//! Two stages, as the style guide asks: serde reads the file into `Raw*` structs that keep the
+//! source span of every value a problem may be reported against, then [`Config::from_toml`]
+//! checks the combinations (slaves named by builders exist, durations parse, key files are
+//! readable, paths become absolute) and reports *every* problem it finds as
+//! `master.toml:LINE: message`. This module does not start anything and does not touch the
+//! spool, the SSH server or the network.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use russh::keys::PublicKey;
+use serde::Deserialize;
+use toml::Spanned;
+
+/// The file name of the master's configuration inside the master directory.
+pub const CONFIG_FILE: &str = "master.toml";
+
+/// One problem found in `master.toml`, reported as `master.toml:LINE: message`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// 1-based line the problem is reported against (0 when the file could not be read).
+    pub line: usize,
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.line == 0 {
+            write!(f, "{CONFIG_FILE}: {}", self.message)
+        } else {
+            write!(f, "{CONFIG_FILE}:{}: {}", self.line, self.message)
+        }
+    }
+}
+
+/// All the problems of one `master.toml`, in file order.
+#[derive(Debug, thiserror::Error)]
+#[error("{}", display_problems(.0))]
+pub struct ConfigError(pub Vec<Problem>);
+
+fn display_problems(problems: &[Problem]) -> String {
+    problems
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The validated configuration of a master. Paths are absolute.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The master directory every relative path was resolved against.
+    pub master_dir: PathBuf,
+    pub name: String,
+    pub sshd: SshdConfig,
+    pub http: HttpConfig,
+    pub spool: SpoolConfig,
+    pub slaves: Vec<SlaveConfig>,
+    pub builders: Vec<BuilderConfig>,
+    pub schedulers: Vec<SchedulerConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct SshdConfig {
+    pub listen: SocketAddr,
+    pub host_key: PathBuf,
+    /// sshd-style `AuthorizedKeysFile` patterns; `%u`, `%h` and `%%` are expanded per login.
+    /// Relative patterns are relative to the master directory *after* expansion.
+    pub authorized_keys: Vec<String>,
+    pub allow_root: bool,
+    /// Time a connection has to authenticate before it is dropped (sshd's LoginGraceTime).
+    pub login_grace_time: Duration,
+    /// Public-key attempts allowed per connection (sshd's MaxAuthTries).
+    pub max_auth_tries: usize,
+    /// Connections allowed to be unauthenticated at the same time (sshd's MaxStartups).
+    pub max_startups: usize,
+    /// Interval of SSH-level keepalives the master sends to quiet clients.
+    pub keepalive_interval: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct HttpConfig {
+    pub listen: SocketAddr,
+}
+
+#[derive(Debug, Clone)]
+pub struct SpoolConfig {
+    pub dir: PathBuf,
+    pub max_patch_bytes: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct SlaveConfig {
+    pub name: String,
+    pub public_key: PublicKey,
+    pub max_builds: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct BuilderConfig {
+    pub name: String,
+    /// Several names form a pool of identical slaves.
+    pub slaves: Vec<String>,
+    pub repo: String,
+    pub branch: String,
+    pub steps: Vec<StepConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct StepConfig {
+    pub name: String,
+    pub command: String,
+    pub workdir: Option<String>,
+    pub env: BTreeMap<String, String>,
+    pub timeout: Option<Duration>,
+    pub halt_on_failure: bool,
+    pub flunk_on_failure: bool,
+    pub warn_on_failure: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct SchedulerConfig {
+    pub kind: SchedulerKind,
+    pub builders: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SchedulerKind {
+    Try,
+}
+
+// ---- the file as serde sees it -----------------------------------------------------------
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    master: RawMaster,
+    sshd: RawSshd,
+    #[serde(default)]
+    http: Option<RawHttp>,
+    #[serde(default)]
+    spool: Option<RawSpool>,
+    #[serde(default, rename = "slave")]
+    slaves: Vec<RawSlave>,
+    #[serde(default, rename = "builder")]
+    builders: Vec<RawBuilder>,
+    #[serde(default, rename = "scheduler")]
+    schedulers: Vec<RawScheduler>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMaster {
+    name: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSshd {
+    listen: Spanned<String>,
+    #[serde(default)]
+    host_key: Option<Spanned<String>>,
+    #[serde(default)]
+    authorized_keys: Option<Vec<String>>,
+    #[serde(default)]
+    allow_root: bool,
+    #[serde(default)]
+    login_grace_time: Option<Spanned<String>>,
+    #[serde(default)]
+    max_auth_tries: Option<usize>,
+    #[serde(default)]
+    max_startups: Option<usize>,
+    #[serde(default)]
+    keepalive_interval: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHttp {
+    listen: Spanned<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSpool {
+    #[serde(default)]
+    dir: Option<String>,
+    #[serde(default)]
+    max_patch_bytes: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSlave {
+    name: Spanned<String>,
+    public_key: Spanned<String>,
+    #[serde(default)]
+    max_builds: Option<usize>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBuilder {
+    name: Spanned<String>,
+    slaves: Vec<Spanned<String>>,
+    repo: String,
+    #[serde(default)]
+    branch: Option<String>,
+    #[serde(default)]
+    steps: Vec<RawStep>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStep {
+    name: String,
+    command: String,
+    #[serde(default)]
+    workdir: Option<String>,
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+    #[serde(default)]
+    timeout: Option<Spanned<String>>,
+    #[serde(default)]
+    halt_on_failure: Option<bool>,
+    #[serde(default)]
+    flunk_on_failure: Option<bool>,
+    #[serde(default)]
+    warn_on_failure: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawScheduler {
+    kind: SchedulerKind,
+    builders: Vec<Spanned<String>>,
+}
+
+// ---- defaults ----------------------------------------------------------------------------
+
+/// Where keys are looked up when `[sshd] authorized_keys` is not given.
+pub const DEFAULT_AUTHORIZED_KEYS: [&str; 2] = ["%h/.ssh/authorized_keys", "authorized_keys.d/%u"];
+const DEFAULT_HOST_KEY: &str = "host_key";
+const DEFAULT_HTTP_LISTEN: &str = "127.0.0.1:8010";
+const DEFAULT_SPOOL_DIR: &str = "spool";
+/// 10 MiB: Buildbot's 99,999 bytes is too small for real patches.
+pub const DEFAULT_MAX_PATCH_BYTES: u64 = 10 * 1024 * 1024;
+const DEFAULT_LOGIN_GRACE_TIME: Duration = Duration::from_secs(120);
+const DEFAULT_MAX_AUTH_TRIES: usize = 6;
+const DEFAULT_MAX_STARTUPS: usize = 10;
+const DEFAULT_SSH_KEEPALIVE: Duration = Duration::from_secs(60);
+
+impl Config {
+    /// Reads and validates `DIR/master.toml`.
+    pub fn load(master_dir: &Path) -> Result<Config, ConfigError> {
+        let path = master_dir.join(CONFIG_FILE);
+        let text = std::fs::read_to_string(&path).map_err(|err| {
+            ConfigError(vec![Problem {
+                line: 0,
+                message: format!("cannot read {}: {err}", path.display()),
+            }])
+        })?;
+        let master_dir = std::path::absolute(master_dir).map_err(|err| {
+            ConfigError(vec![Problem {
+                line: 0,
+                message: format!("cannot resolve {}: {err}", master_dir.display()),
+            }])
+        })?;
+        Config::from_toml(&text, &master_dir)
+    }
+
+    /// Validates the text of a `master.toml` whose relative paths are relative to `master_dir`.
+    pub fn from_toml(text: &str, master_dir: &Path) -> Result<Config, ConfigError> {
+        let lines = LineIndex::new(text);
+        let raw: RawConfig = toml::from_str(text).map_err(|err| {
+            let line = err.span().map_or(0, |span| lines.line_of(span.start));
+            ConfigError(vec![Problem {
+                line,
+                message: err.message().trim().to_string(),
+            }])
+        })?;
+        let mut check = Checker {
+            lines: &lines,
+            problems: Vec::new(),
+            master_dir,
+        };
+        let config = check.config(raw);
+        match config {
+            Some(config) if check.problems.is_empty() => Ok(config),
+            _ => {
+                let mut problems = check.problems;
+                problems.sort_by_key(|problem| problem.line);
+                Err(ConfigError(problems))
+            }
+        }
+    }
+
+    /// The builders a try job may name: those of every `kind = "try"` scheduler.
+    pub fn try_builders(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = Vec::new();
+        for scheduler in &self.schedulers {
+            if scheduler.kind == SchedulerKind::Try {
+                for name in &scheduler.builders {
+                    if !names.contains(&name.as_str()) {
+                        names.push(name);
+                    }
+                }
+            }
+        }
+        names
+    }
+
+    pub fn slave(&self, name: &str) -> Option<&SlaveConfig> {
+        self.slaves.iter().find(|slave| slave.name == name)
+    }
+}
+
+/// Parses a duration as users write it: `30s`, `20m`, `1h30m`, `1h 30m`; a bare number is seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let trimmed = text.trim();
+    if let Ok(seconds) = trimmed.parse::<u64>() {
+        return Ok(Duration::from_secs(seconds));
+    }
+    humantime::parse_duration(trimmed)
+        .map_err(|err| format!("bad duration \"{text}\": {err} (write it like 30s, 20m or 1h30m)"))
+}
+
+/// Byte offset → 1-based line number.
+struct LineIndex {
+    newline_offsets: Vec<usize>,
+}
+
+impl LineIndex {
+    fn new(text: &str) -> LineIndex {
+        LineIndex {
+            newline_offsets: text.match_indices('\n').map(|(offset, _)| offset).collect(),
+        }
+    }
+
+    fn line_of(&self, offset: usize) -> usize {
+        self.newline_offsets
+            .partition_point(|&newline| newline < offset)
+            + 1
+    }
+}
+
+struct Checker<'a> {
+    lines: &'a LineIndex,
+    problems: Vec<Problem>,
+    master_dir: &'a Path,
+}
+
+impl Checker<'_> {
+    fn problem<T>(&mut self, spanned: &Spanned<T>, message: String) {
+        self.problems.push(Problem {
+            line: self.lines.line_of(spanned.span().start),
+            message,
+        });
+    }
+
+    fn resolve(&self, path: &str) -> PathBuf {
+        self.master_dir.join(path)
+    }
+
+    fn socket_addr(&mut self, value: &Spanned<String>, what: &str) -> Option<SocketAddr> {
+        match value.get_ref().parse::<SocketAddr>() {
+            Ok(addr) => Some(addr),
+            Err(_) => {
+                let message = format!(
+                    "{what} = \"{}\" is not an address with a port (write it like 127.0.0.1:2222)",
+                    value.get_ref()
+                );
+                self.problem(value, message);
+                None
+            }
+        }
+    }
+
+    fn duration(&mut self, value: Option<&Spanned<String>>, default: Duration) -> Duration {
+        let Some(value) = value else {
+            return default;
+        };
+        match parse_duration(value.get_ref()) {
+            Ok(duration) => duration,
+            Err(message) => {
+                self.problem(value, message);
+                default
+            }
+        }
+    }
+
+    fn config(&mut self, raw: RawConfig) -> Option<Config> {
+        let sshd = self.sshd(&raw.sshd);
+        let http_listen = match &raw.http {
+            Some(http) => self.socket_addr(&http.listen, "[http] listen"),
+            None => DEFAULT_HTTP_LISTEN.parse().ok(),
+        };
+        let spool = raw.spool.unwrap_or(RawSpool {
+            dir: None,
+            max_patch_bytes: None,
+        });
+        let slaves = self.slaves(&raw.slaves);
+        let builders = self.builders(&raw.builders, &raw.slaves);
+        let schedulers = self.schedulers(&raw.schedulers, &raw.builders);
+        Some(Config {
+            master_dir: self.master_dir.to_path_buf(),
+            name: raw.master.name,
+            sshd: sshd?,
+            http: HttpConfig {
+                listen: http_listen?,
+            },
+            spool: SpoolConfig {
+                dir: self.resolve(spool.dir.as_deref().unwrap_or(DEFAULT_SPOOL_DIR)),
+                max_patch_bytes: spool.max_patch_bytes.unwrap_or(DEFAULT_MAX_PATCH_BYTES),
+            },
+            slaves,
+            builders,
+            schedulers,
+        })
+    }
+
+    fn sshd(&mut self, raw: &RawSshd) -> Option<SshdConfig> {
+        let listen = self.socket_addr(&raw.listen, "[sshd] listen");
+        let host_key = match &raw.host_key {
+            Some(path) => {
+                let resolved = self.resolve(path.get_ref());
+                if let Err(err) = std::fs::File::open(&resolved) {
+                    let message = format!("cannot read host key {}: {err}", resolved.display());
+                    self.problem(path, message);
+                }
+                resolved
+            }
+            None => self.resolve(DEFAULT_HOST_KEY),
+        };
+        let login_grace_time =
+            self.duration(raw.login_grace_time.as_ref(), DEFAULT_LOGIN_GRACE_TIME);
+        let keepalive_interval =
+            self.duration(raw.keepalive_interval.as_ref(), DEFAULT_SSH_KEEPALIVE);
+        let authorized_keys = raw.authorized_keys.clone().unwrap_or_else(|| {
+            DEFAULT_AUTHORIZED_KEYS
+                .iter()
+                .map(ToString::to_string)
+                .collect()
+        });
+        Some(SshdConfig {
+            listen: listen?,
+            host_key,
+            authorized_keys,
+            allow_root: raw.allow_root,
+            login_grace_time,
+            max_auth_tries: raw.max_auth_tries.unwrap_or(DEFAULT_MAX_AUTH_TRIES).max(1),
+            max_startups: raw.max_startups.unwrap_or(DEFAULT_MAX_STARTUPS).max(1),
+            keepalive_interval,
+        })
+    }
+
+    fn slaves(&mut self, raw: &[RawSlave]) -> Vec<SlaveConfig> {
+        let mut seen = HashSet::new();
+        let mut slaves = Vec::new();
+        for slave in raw {
+            let name = slave.name.get_ref();
+            if !seen.insert(name.clone()) {
+                self.problem(&slave.name, format!("slave \"{name}\" is defined twice"));
+                continue;
+            }
+            if !is_valid_login_name(name) {
+                self.problem(
+                    &slave.name,
+                    format!("slave name \"{name}\" is not usable as an SSH login name (use letters, digits, '.', '_' and '-')"),
+                );
+                continue;
+            }
+            let Some(public_key) = self.public_key(&slave.public_key) else {
+                continue;
+            };
+            slaves.push(SlaveConfig {
+                name: name.clone(),
+                public_key,
+                max_builds: slave.max_builds.unwrap_or(1).max(1),
+            });
+        }
+        slaves
+    }
+
+    /// A slave's key is either the key line itself or the path of a `.pub` file holding it.
+    fn public_key(&mut self, value: &Spanned<String>) -> Option<PublicKey> {
+        let text = value.get_ref().trim();
+        let looks_inline = text.starts_with("ssh-") || text.starts_with("ecdsa-");
+        let key_line = if looks_inline {
+            text.to_string()
+        } else {
+            let path = self.resolve(text);
+            match std::fs::read_to_string(&path) {
+                Ok(contents) => contents.trim().to_string(),
+                Err(err) => {
+                    let message = format!("cannot read key file {}: {err}", path.display());
+                    self.problem(value, message);
+                    return None;
+                }
+            }
+        };
+        match PublicKey::from_openssh(&key_line) {
+            Ok(key) => Some(key),
+            Err(err) => {
+                self.problem(value, format!("cannot parse public key: {err}"));
+                None
+            }
+        }
+    }
+
+    fn builders(&mut self, raw: &[RawBuilder], raw_slaves: &[RawSlave]) -> Vec<BuilderConfig> {
+        let slave_names: HashSet<&str> = raw_slaves
+            .iter()
+            .map(|slave| slave.name.get_ref().as_str())
+            .collect();
+        let mut seen = HashSet::new();
+        let mut builders = Vec::new();
+        for builder in raw {
+            let name = builder.name.get_ref();
+            if !seen.insert(name.clone()) {
+                self.problem(
+                    &builder.name,
+                    format!("builder \"{name}\" is defined twice"),
+                );
+            }
+            if name.is_empty() || name.contains('/') {
+                self.problem(
+                    &builder.name,
+                    format!("builder name \"{name}\" must be non-empty and contain no '/'"),
+                );
+            }
+            if builder.slaves.is_empty() {
+                self.problem(&builder.name, format!("builder \"{name}\" names no slaves"));
+            }
+            for slave in &builder.slaves {
+                if !slave_names.contains(slave.get_ref().as_str()) {
+                    let message = format!(
+                        "builder \"{name}\" names slave \"{}\", which is not defined by any [[slave]]",
+                        slave.get_ref()
+                    );
+                    self.problem(slave, message);
+                }
+            }
+            let steps = builder
+                .steps
+                .iter()
+                .map(|step| StepConfig {
+                    name: step.name.clone(),
+                    command: step.command.clone(),
+                    workdir: step.workdir.clone(),
+                    env: step.env.clone(),
+                    timeout: step
+                        .timeout
+                        .as_ref()
+                        .map(|timeout| self.duration(Some(timeout), Duration::ZERO)),
+                    halt_on_failure: step.halt_on_failure.unwrap_or(true),
+                    flunk_on_failure: step.flunk_on_failure.unwrap_or(true),
+                    warn_on_failure: step.warn_on_failure.unwrap_or(false),
+                })
+                .collect();
+            builders.push(BuilderConfig {
+                name: name.clone(),
+                slaves: builder.slaves.iter().map(|s| s.get_ref().clone()).collect(),
+                repo: builder.repo.clone(),
+                branch: builder.branch.clone().unwrap_or_else(|| "main".to_string()),
+                steps,
+            });
+        }
+        builders
+    }
+
+    fn schedulers(
+        &mut self,
+        raw: &[RawScheduler],
+        raw_builders: &[RawBuilder],
+    ) -> Vec<SchedulerConfig> {
+        let builder_names: HashSet<&str> = raw_builders
+            .iter()
+            .map(|builder| builder.name.get_ref().as_str())
+            .collect();
+        let mut schedulers = Vec::new();
+        for scheduler in raw {
+            for builder in &scheduler.builders {
+                if !builder_names.contains(builder.get_ref().as_str()) {
+                    let message = format!(
+                        "scheduler names builder \"{}\", which is not defined by any [[builder]]",
+                        builder.get_ref()
+                    );
+                    self.problem(builder, message);
+                }
+            }
+            schedulers.push(SchedulerConfig {
+                kind: scheduler.kind,
+                builders: scheduler
+                    .builders
+                    .iter()
+                    .map(|b| b.get_ref().clone())
+                    .collect(),
+            });
+        }
+        schedulers
+    }
+}
+
+/// Slave names are SSH login names: keep them to what every client passes through untouched.
+fn is_valid_login_name(name: &str) -> bool {
+    !name.is_empty()
+        && !name.starts_with('-')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &str =
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl test";
+
+    fn base() -> String {
+        format!(
+            r#"[master]
+name = "t"
+[sshd]
+listen = "127.0.0.1:0"
+authorized_keys = ["authorized_keys.d/%u"]
+[[slave]]
+name = "s1"
+public_key = "{KEY}"
+[[builder]]
+name = "linux"
+slaves = ["s1"]
+repo = "/srv/git/p.git"
+steps = [ {{ name = "test", command = "make test", timeout = "20m" }} ]
+[[scheduler]]
+kind = "try"
+builders = ["linux"]
+"#
+        )
+    }
+
+    fn problems(text: &str) -> Vec<String> {
+        match Config::from_toml(text, Path::new("/m")) {
+            Ok(_) => Vec::new(),
+            Err(ConfigError(problems)) => problems.iter().map(ToString::to_string).collect(),
+        }
+    }
+
+    #[test]
+    fn a_good_config_validates_with_defaults_filled_in() {
+        let config = Config::from_toml(&base(), Path::new("/m")).expect("valid");
+        assert_eq!(config.spool.dir, Path::new("/m/spool"));
+        assert_eq!(config.spool.max_patch_bytes, DEFAULT_MAX_PATCH_BYTES);
+        assert_eq!(config.sshd.host_key, Path::new("/m/host_key"));
+        assert_eq!(
+            config.builders[0].steps[0].timeout,
+            Some(Duration::from_secs(1200))
+        );
+        assert_eq!(config.try_builders(), vec!["linux"]);
+        assert!(!config.sshd.allow_root);
+    }
+
+    #[test]
+    fn unknown_key_is_reported_with_its_line() {
+        let text = base().replace("allow_root", "x").replace(
+            "listen = \"127.0.0.1:0\"\n",
+            "listen = \"127.0.0.1:0\"\nlisen = 3\n",
+        );
+        let found = problems(&text);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(
+            found[0].starts_with("master.toml:5: unknown field `lisen`"),
+            "{found:?}"
+        );
+    }
+
+    #[test]
+    fn every_semantic_problem_is_reported_with_its_line() {
+        let text = base()
+            .replace("slaves = [\"s1\"]", "slaves = [\"s1\", \"ghost\"]")
+            .replace("timeout = \"20m\"", "timeout = \"20 parsecs\"")
+            .replace("listen = \"127.0.0.1:0\"", "listen = \"localhost\"");
+        let found = problems(&text);
+        assert_eq!(found.len(), 3, "{found:?}");
+        assert!(
+            found[0].starts_with("master.toml:4: [sshd] listen"),
+            "{found:?}"
+        );
+        assert!(found[1].starts_with("master.toml:11: builder \"linux\" names slave \"ghost\""));
+        assert!(found[2].starts_with("master.toml:13: bad duration \"20 parsecs\""));
+    }
+
+    #[test]
+    fn unreadable_key_file_and_bad_key_are_reported() {
+        let text = base().replace(KEY, "keys/missing.pub");
+        let found = problems(&text);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(found[0].starts_with("master.toml:8: cannot read key file /m/keys/missing.pub"));
+        let text = base().replace(KEY, "ssh-ed25519 AAAAnotbase64");
+        let found = problems(&text);
+        assert!(
+            found[0].starts_with("master.toml:8: cannot parse public key"),
+            "{found:?}"
+        );
+    }
+
+    #[test]
+    fn scheduler_naming_an_unknown_builder_is_reported() {
+        let text = base().replace("builders = [\"linux\"]", "builders = [\"linux\", \"mac\"]");
+        let found = problems(&text);
+        assert_eq!(found.len(), 1);
+        assert!(
+            found[0].contains("builder \"mac\", which is not defined"),
+            "{found:?}"
+        );
+    }
+
+    #[test]
+    fn durations_accept_the_forms_users_write() {
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("1h 30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("45"), Ok(Duration::from_secs(45)));
+        assert!(parse_duration("soon").is_err());
+    }
+
+    #[test]
+    fn line_index_counts_from_one() {
+        let index = LineIndex::new("a\nb\nc");
+        assert_eq!(index.line_of(0), 1);
+        assert_eq!(index.line_of(2), 2);
+        assert_eq!(index.line_of(4), 3);
+    }
+}

@@ -1,0 +1,148 @@
+//! The build master: its configuration, its live state, and `run`, which composes the SSH
+//! server and the web server (and, as they arrive, the spool watcher and the scheduler) under
+//! one cancellation token.
+
+pub mod config;
+pub mod create;
+pub mod state;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::master::config::Config;
+use crate::master::state::{MasterState, PendingRequest};
+use crate::spool::maildir::Maildir;
+use crate::spool::watcher::SpooledJob;
+use crate::sshd::{self, SshdContext};
+
+/// How long running SSH commands get to finish when the master stops.
+const SHUTDOWN_GRACE: Duration = Duration::from_millis(1500);
+
+/// Where a running master can be reached; printed at start for people and test harnesses.
+pub struct Listening {
+    pub ssh: SocketAddr,
+    pub http: SocketAddr,
+    pub host_key_fingerprint: String,
+}
+
+impl std::fmt::Display for Listening {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "ssh: {}", self.ssh)?;
+        writeln!(f, "web: http://{}/", self.http)?;
+        write!(f, "host key: {}", self.host_key_fingerprint)
+    }
+}
+
+/// Runs the master in `master_dir` until `shutdown` is cancelled. `on_listening` is called once
+/// both listeners are bound (ports given as 0 are resolved by then).
+pub async fn run(
+    master_dir: &Path,
+    shutdown: CancellationToken,
+    on_listening: impl FnOnce(&Listening),
+) -> anyhow::Result<()> {
+    let config = Arc::new(Config::load(master_dir)?);
+    let host_key = sshd::load_host_key(&config.sshd.host_key)?;
+    let host_key_fingerprint = sshd::fingerprint(host_key.public_key());
+    let ssh_listener = TcpListener::bind(config.sshd.listen)
+        .await
+        .with_context(|| format!("cannot bind the SSH listener on {}", config.sshd.listen))?;
+    let http_listener = TcpListener::bind(config.http.listen)
+        .await
+        .with_context(|| format!("cannot bind the HTTP listener on {}", config.http.listen))?;
+    let listening = Listening {
+        ssh: ssh_listener.local_addr()?,
+        http: http_listener.local_addr()?,
+        host_key_fingerprint: host_key_fingerprint.clone(),
+    };
+    tracing::info!(ssh = %listening.ssh, http = %listening.http, host_key = %host_key_fingerprint, "master {} started", config.name);
+    on_listening(&listening);
+
+    let state = Arc::new(MasterState::new(Arc::clone(&config), host_key_fingerprint));
+    let components = TaskTracker::new();
+    let sshd_ctx = Arc::new(SshdContext::new(
+        Arc::clone(&config),
+        Arc::clone(&state),
+        shutdown.clone(),
+    ));
+    spawn_component(&components, &shutdown, "sshd", {
+        sshd::run(ssh_listener, host_key, sshd_ctx, SHUTDOWN_GRACE)
+    });
+    spawn_component(&components, &shutdown, "web", {
+        crate::web::run(http_listener, Arc::clone(&state), shutdown.clone())
+    });
+    let (jobs_tx, jobs_rx) = tokio::sync::mpsc::channel(64);
+    spawn_component(&components, &shutdown, "spool watcher", {
+        crate::spool::watcher::run(
+            Maildir::new(&config.spool.dir),
+            config
+                .try_builders()
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
+            config.spool.max_patch_bytes,
+            jobs_tx,
+            shutdown.clone(),
+        )
+    });
+    spawn_component(&components, &shutdown, "request queue", {
+        queue_requests(jobs_rx, Arc::clone(&state), shutdown.clone())
+    });
+    components.close();
+    components.wait().await;
+    tracing::info!("master {} stopped", config.name);
+    Ok(())
+}
+
+/// Turns spooled jobs into pending build requests, one per builder.
+async fn queue_requests(
+    mut jobs: tokio::sync::mpsc::Receiver<SpooledJob>,
+    state: Arc<MasterState>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    loop {
+        let spooled = tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            spooled = jobs.recv() => match spooled {
+                Some(spooled) => spooled,
+                None => return Ok(()),
+            },
+        };
+        let received = std::time::SystemTime::now();
+        state.add_requests(spooled.builders.iter().map(|builder| PendingRequest {
+            builder: builder.clone(),
+            job_name: spooled.name.clone(),
+            jobid: spooled.job.jobid.clone(),
+            who: spooled.job.who.clone(),
+            comment: spooled.job.comment.clone(),
+            received,
+        }));
+    }
+}
+
+/// Runs one long-lived part of the master; if it ends on its own (error or not) while the
+/// master is meant to run, the others are told to stop too.
+fn spawn_component(
+    tracker: &TaskTracker,
+    shutdown: &CancellationToken,
+    name: &'static str,
+    component: impl Future<Output = anyhow::Result<()>> + Send + 'static,
+) {
+    let shutdown = shutdown.clone();
+    tracker.spawn(async move {
+        let result = component.await;
+        if !shutdown.is_cancelled() {
+            match &result {
+                Ok(()) => tracing::error!("{name} stopped unexpectedly; stopping the master"),
+                Err(err) => tracing::error!("{name} failed: {err:#}; stopping the master"),
+            }
+            shutdown.cancel();
+        }
+    });
+}

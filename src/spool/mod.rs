@@ -1,0 +1,9 @@
+//! The try spool: the maildir (tmp/new/cur/rejected), the job-spec codec, who may write into
+//! it, taking jobs in over SSH, and the master's watcher. Only this module reads and writes the
+//! spool directory.
+
+pub mod job;
+pub mod maildir;
+pub mod permission;
+pub mod submit;
+pub mod watcher;

@@ -1,0 +1,129 @@
+//! The master's side of the spool: notices jobs arriving in `new/` (inotify through `notify`,
+//! with a slow poll as a fallback), claims each into `cur/`, parses and checks it, and hands it
+//! on as a [`SpooledJob`]. A job that fails is moved to `rejected/` beside a `.why` file. Jobs
+//! that arrived while the master was down are found by the first scan at start.
+
+use std::time::Duration;
+
+use notify::{RecursiveMode, Watcher};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::spool::job::{self, Job};
+use crate::spool::maildir::Maildir;
+use crate::spool::submit;
+
+/// How often `new/` is scanned even without a notification (inotify can be unavailable, e.g.
+/// on some network filesystems, or overflow).
+const POLL_INTERVAL: Duration = Duration::from_secs(5);
+
+/// A job claimed from the spool and checked: the master turns it into build requests.
+#[derive(Debug, Clone)]
+pub struct SpooledJob {
+    /// The file name in `cur/`; the job's identity in the spool.
+    pub name: String,
+    pub job: Job,
+    /// The builders it runs on (all try builders when the job named none).
+    pub builders: Vec<String>,
+}
+
+/// Watches `maildir` until `shutdown` is cancelled, sending each good job to `jobs`.
+pub async fn run(
+    maildir: Maildir,
+    try_builders: Vec<String>,
+    max_patch_bytes: u64,
+    jobs: mpsc::Sender<SpooledJob>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    maildir.ensure()?;
+    let (wake_tx, mut wake_rx) = mpsc::channel::<()>(1);
+    // Kept alive for the whole loop; dropping it stops the inotify thread.
+    let _watcher = match start_notify(&maildir, wake_tx) {
+        Ok(watcher) => Some(watcher),
+        Err(err) => {
+            tracing::warn!(spool = %maildir.root().display(), "no file notifications ({err}); polling every {POLL_INTERVAL:?}");
+            None
+        }
+    };
+    loop {
+        let scanned = {
+            let maildir = maildir.clone();
+            let try_builders = try_builders.clone();
+            tokio::task::spawn_blocking(move || scan(&maildir, &try_builders, max_patch_bytes))
+                .await
+        };
+        match scanned {
+            Ok(Ok(found)) => {
+                for spooled in found {
+                    tracing::info!(job = %spooled.name, builders = ?spooled.builders, who = ?spooled.job.who, "try job accepted from the spool");
+                    if jobs.send(spooled).await.is_err() {
+                        return Ok(());
+                    }
+                }
+            }
+            Ok(Err(err)) => {
+                tracing::error!(spool = %maildir.root().display(), "cannot scan the spool: {err}")
+            }
+            Err(err) => tracing::error!("spool scan panicked: {err}"),
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            _ = wake_rx.recv() => {}
+            _ = tokio::time::sleep(POLL_INTERVAL) => {}
+        }
+    }
+}
+
+fn start_notify(
+    maildir: &Maildir,
+    wake: mpsc::Sender<()>,
+) -> notify::Result<notify::RecommendedWatcher> {
+    let mut watcher = notify::recommended_watcher(move |_event: notify::Result<notify::Event>| {
+        // One pending wake-up is enough: a scan reads the whole directory.
+        let _ = wake.try_send(());
+    })?;
+    watcher.watch(&maildir.new_dir(), RecursiveMode::NonRecursive)?;
+    Ok(watcher)
+}
+
+/// Claims and checks every job in `new/`. Bad jobs are moved aside with their reason.
+fn scan(
+    maildir: &Maildir,
+    try_builders: &[String],
+    max_patch_bytes: u64,
+) -> std::io::Result<Vec<SpooledJob>> {
+    let try_builders: Vec<&str> = try_builders.iter().map(String::as_str).collect();
+    let mut found = Vec::new();
+    for name in maildir.list_new()? {
+        let Some(path) = maildir.claim(&name)? else {
+            continue;
+        };
+        let checked = std::fs::read(&path)
+            .map_err(|err| format!("cannot read the job: {err}"))
+            .and_then(|bytes| {
+                if bytes.len() as u64 > submit::job_size_limit(max_patch_bytes) {
+                    return Err(format!(
+                        "job is larger than this master's limit of {max_patch_bytes} bytes"
+                    ));
+                }
+                job::decode(&bytes).map_err(|err| format!("bad job: {err}"))
+            })
+            .and_then(|job| {
+                let builders =
+                    submit::check_builders(&job, &try_builders).map_err(|err| err.to_string())?;
+                Ok((job, builders))
+            });
+        match checked {
+            Ok((job, builders)) => found.push(SpooledJob {
+                name,
+                job,
+                builders,
+            }),
+            Err(why) => {
+                tracing::warn!(job = %name, "rejected try job: {why}");
+                maildir.reject(&name, &why)?;
+            }
+        }
+    }
+    Ok(found)
+}

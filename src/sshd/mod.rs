@@ -1,0 +1,299 @@
+//! The master's embedded SSH server: accepting connections, authenticating users (unix accounts
+//! with OpenSSH authorized_keys files) and slaves (keys from master.toml), and routing exec
+//! commands to what the master does.
+//!
+//! Only this module and `slave` touch russh. Identity decisions are made here ([`Identity`]);
+//! what an identity may *do* (write into the spool, stop a build) is decided by the commands
+//! with the unix permission rules of `spool::permission`.
+
+pub mod accounts;
+pub mod authorized_keys;
+pub mod commands;
+mod cutoff;
+pub mod exec;
+mod handler;
+pub mod keystore;
+mod session;
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use russh::keys::{PrivateKey, PublicKey};
+use russh::{MethodKind, MethodSet};
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, oneshot};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::master::config::Config;
+use crate::master::state::MasterState;
+use crate::sshd::accounts::UnixAccount;
+use crate::sshd::keystore::{Grant, KeyStore, Refusal};
+
+pub use handler::fingerprint;
+
+/// Who is on the other end of an authenticated connection.
+#[derive(Debug, Clone)]
+pub enum Identity {
+    /// A person, logged in as a unix account with a key from one of its authorized_keys files.
+    User { account: UnixAccount, grant: Grant },
+    /// A build slave, logged in with its name and the key master.toml lists for it.
+    Slave { name: String },
+}
+
+impl Identity {
+    /// The `command="..."` of the key line that let this user in, if any.
+    pub fn forced_command(&self) -> Option<&str> {
+        match self {
+            Identity::User { grant, .. } => grant.options.command.as_deref(),
+            Identity::Slave { .. } => None,
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            Identity::User { account, grant } => format!(
+                "user {} (uid {}) by {}:{}",
+                account.name,
+                account.uid,
+                grant.file.display(),
+                grant.line
+            ),
+            Identity::Slave { name } => format!("slave {name}"),
+        }
+    }
+}
+
+/// The result of checking one key for one login name.
+#[derive(Debug)]
+pub enum AuthOutcome {
+    Accepted(Identity),
+    Refused(String),
+}
+
+/// Everything connections share: configuration, key lookup, master state, and the owner of
+/// every task a connection spawns.
+pub struct SshdContext {
+    pub config: Arc<Config>,
+    pub keys: KeyStore,
+    pub master: Arc<MasterState>,
+    /// Exec-channel tasks; the server waits for them (under a deadline) when it stops.
+    pub tasks: TaskTracker,
+    /// Cancelled when the master stops.
+    pub shutdown: CancellationToken,
+}
+
+impl SshdContext {
+    pub fn new(
+        config: Arc<Config>,
+        master: Arc<MasterState>,
+        shutdown: CancellationToken,
+    ) -> SshdContext {
+        SshdContext {
+            keys: KeyStore::new(
+                config.sshd.authorized_keys.clone(),
+                config.master_dir.clone(),
+            ),
+            config,
+            master,
+            tasks: TaskTracker::new(),
+            shutdown,
+        }
+    }
+
+    /// Decides whether `key` may log in as `login` from `client`.
+    ///
+    /// A slave name with its configured key is a slave. Any other login must be a unix account
+    /// (root only with `allow_root`) whose authorized_keys files list the key. A key that
+    /// belongs to a slave is never accepted as a user key, whatever the files say.
+    pub fn authenticate(&self, login: &str, key: &PublicKey, client: IpAddr) -> AuthOutcome {
+        let is_slave_key = |slave: &crate::master::config::SlaveConfig| {
+            slave.public_key.key_data() == key.key_data()
+        };
+        if let Some(slave) = self.config.slave(login)
+            && is_slave_key(slave)
+        {
+            return AuthOutcome::Accepted(Identity::Slave {
+                name: slave.name.clone(),
+            });
+        }
+        if let Some(owner) = self.config.slaves.iter().find(|slave| is_slave_key(slave)) {
+            return AuthOutcome::Refused(format!(
+                "the key of slave {} may only log in as that slave",
+                owner.name
+            ));
+        }
+        let account = match accounts::lookup(login) {
+            Ok(Some(account)) => account,
+            Ok(None) => return AuthOutcome::Refused("no such unix account".into()),
+            Err(err) => return AuthOutcome::Refused(format!("cannot look up account: {err}")),
+        };
+        if account.is_root() && !self.config.sshd.allow_root {
+            return AuthOutcome::Refused("root may not log in (allow_root = false)".into());
+        }
+        match self
+            .keys
+            .authorize(&account, key, client, chrono::Utc::now())
+        {
+            Ok(grant) => AuthOutcome::Accepted(Identity::User { account, grant }),
+            Err(Refusal::NotListed) => {
+                AuthOutcome::Refused("key not in any authorized_keys file for this login".into())
+            }
+            Err(Refusal::FromMismatch { file, line }) => AuthOutcome::Refused(format!(
+                "{}:{line}: from= does not allow {client}",
+                file.display()
+            )),
+            Err(Refusal::Expired { file, line }) => AuthOutcome::Refused(format!(
+                "{}:{line}: key expired (expiry-time)",
+                file.display()
+            )),
+        }
+    }
+}
+
+/// Reads the host key, refusing a key file that others may read (as sshd does).
+pub fn load_host_key(path: &Path) -> anyhow::Result<PrivateKey> {
+    use std::os::unix::fs::PermissionsExt;
+    let metadata = std::fs::metadata(path)
+        .with_context(|| format!("cannot read host key {}", path.display()))?;
+    if metadata.permissions().mode() & 0o077 != 0 {
+        anyhow::bail!(
+            "host key {} is readable by others (mode {:o}); run chmod 600 on it",
+            path.display(),
+            metadata.permissions().mode() & 0o777
+        );
+    }
+    PrivateKey::read_openssh_file(path)
+        .with_context(|| format!("cannot load host key {}", path.display()))
+}
+
+fn russh_config(config: &Config, host_key: PrivateKey) -> russh::server::Config {
+    russh::server::Config {
+        methods: MethodSet::from(&[MethodKind::PublicKey][..]),
+        // OpenSSH probes with "none" first; public-key refusals need no constant-time delay.
+        auth_rejection_time: Duration::from_millis(20),
+        auth_rejection_time_initial: Some(Duration::ZERO),
+        keys: vec![host_key],
+        max_auth_attempts: config.sshd.max_auth_tries,
+        // Dead peers are found by keepalives, not by an idle timer that would drop quiet slaves.
+        inactivity_timeout: None,
+        keepalive_interval: Some(config.sshd.keepalive_interval),
+        keepalive_max: 3,
+        nodelay: true,
+        ..Default::default()
+    }
+}
+
+/// Serves SSH on `listener` until `ctx.shutdown` is cancelled, then disconnects every client
+/// and waits (at most `grace`) for running exec tasks to finish.
+pub async fn run(
+    listener: TcpListener,
+    host_key: PrivateKey,
+    ctx: Arc<SshdContext>,
+    grace: Duration,
+) -> anyhow::Result<()> {
+    let russh_config = Arc::new(russh_config(&ctx.config, host_key));
+    let startups = Arc::new(Semaphore::new(ctx.config.sshd.max_startups));
+    let connections = TaskTracker::new();
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = ctx.shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(err) => {
+                    // EMFILE and friends: keep serving the connections we have.
+                    tracing::warn!("accept failed: {err}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(permit) = Arc::clone(&startups).try_acquire_owned() else {
+            tracing::warn!(%peer, "dropped connection: {} unauthenticated connections already (max_startups)", ctx.config.sshd.max_startups);
+            drop(stream);
+            continue;
+        };
+        let ctx = Arc::clone(&ctx);
+        let russh_config = Arc::clone(&russh_config);
+        connections.spawn(async move {
+            serve_connection(stream, peer, permit, russh_config, ctx).await;
+        });
+    }
+    connections.close();
+    ctx.tasks.close();
+    let drained = async {
+        connections.wait().await;
+        ctx.tasks.wait().await;
+    };
+    if tokio::time::timeout(grace, drained).await.is_err() {
+        tracing::warn!("SSH connections still open after {grace:?}; stopping anyway");
+    }
+    Ok(())
+}
+
+async fn serve_connection(
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    permit: tokio::sync::OwnedSemaphorePermit,
+    russh_config: Arc<russh::server::Config>,
+    ctx: Arc<SshdContext>,
+) {
+    let (authenticated_tx, authenticated_rx) = oneshot::channel();
+    let handler = handler::ConnectionHandler::new(Arc::clone(&ctx), peer, permit, authenticated_tx);
+    let cut = CancellationToken::new();
+    let stream = cutoff::CutOffStream::new(stream, cut.clone());
+    // Cancelling `cut` ends the session task whatever state it is in; this guard does it on
+    // every way out of this function, so no session outlives its owner.
+    let _cut_on_exit = cut.clone().drop_guard();
+    let grace = ctx.config.sshd.login_grace_time;
+    let login_deadline = tokio::time::sleep(grace);
+    tokio::pin!(login_deadline);
+    let session = tokio::select! {
+        started = russh::server::run_stream(russh_config, stream, handler) => match started {
+            Ok(session) => session,
+            Err(err) => {
+                tracing::debug!(%peer, "SSH handshake failed: {err}");
+                return;
+            }
+        },
+        _ = &mut login_deadline => {
+            tracing::info!(%peer, "dropped connection: no SSH banner within {grace:?} (login_grace_time)");
+            return;
+        }
+    };
+    let handle = session.handle();
+    let mut session = std::pin::pin!(session);
+    let mut authenticated_rx = authenticated_rx;
+    let mut authenticated = false;
+    loop {
+        tokio::select! {
+            result = &mut session => {
+                if let Err(err) = result {
+                    tracing::debug!(%peer, "connection ended: {err}");
+                }
+                return;
+            }
+            _ = &mut login_deadline, if !authenticated => {
+                tracing::info!(%peer, "dropped connection: not authenticated within {grace:?} (login_grace_time)");
+                return;
+            }
+            result = &mut authenticated_rx, if !authenticated => {
+                authenticated = true;
+                if result.is_err() {
+                    // The handler is gone without authenticating: the session is ending.
+                    continue;
+                }
+            }
+            _ = ctx.shutdown.cancelled() => {
+                let _ = handle
+                    .disconnect(russh::Disconnect::ByApplication, "master shutting down".into(), String::new())
+                    .await;
+                let _ = tokio::time::timeout(Duration::from_millis(500), &mut session).await;
+                return;
+            }
+        }
+    }
+}

@@ -1,0 +1,95 @@
+//! One exec channel, owned by one task: runs the command the client asked for with the
+//! channel's stdin/stdout/stderr, then always sends an exit status, EOF and close.
+//!
+//! The exit status is not optional: OpenSSH reports 255 without one, and the classic Buildbot
+//! client hangs forever on that (`../shared/reference/buildbot-try-format.md` §2.1).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use russh::Channel;
+use russh::server::Msg;
+use tokio::io::AsyncWriteExt;
+use tracing::Instrument;
+
+use crate::sshd::commands::{self, ExecIo};
+use crate::sshd::{Identity, SshdContext};
+
+/// What to run on an accepted channel.
+#[derive(Debug)]
+pub enum ExecRequest {
+    /// A command string (after a forced `command=` replaced the client's, if there was one).
+    Command {
+        command: String,
+        /// What the client asked for when a forced command replaced it.
+        original: Option<String>,
+    },
+    /// An interactive request we refuse: print the message, exit 1.
+    Refuse { message: String },
+}
+
+/// Exit status when the master stops while a command runs.
+const EXIT_SHUTTING_DOWN: u32 = 255;
+
+/// Hands the channel to a task tracked by `ctx.tasks`.
+pub fn spawn(
+    ctx: Arc<SshdContext>,
+    channel: Channel<Msg>,
+    identity: Identity,
+    peer: SocketAddr,
+    request: ExecRequest,
+) {
+    let tasks = ctx.tasks.clone();
+    tasks.spawn(async move {
+        run(ctx, channel, identity, peer, request).await;
+    });
+}
+
+async fn run(
+    ctx: Arc<SshdContext>,
+    channel: Channel<Msg>,
+    identity: Identity,
+    peer: SocketAddr,
+    request: ExecRequest,
+) {
+    let (mut read_half, write_half) = channel.split();
+    let mut stdout = write_half.make_writer();
+    let mut stderr = write_half.make_writer_ext(Some(1));
+    let exit_status = match request {
+        ExecRequest::Refuse { message } => {
+            let _ = stderr.write_all(format!("{message}\n").as_bytes()).await;
+            1
+        }
+        ExecRequest::Command { command, original } => {
+            let span =
+                tracing::info_span!("exec", %peer, who = %identity.describe(), command = %command);
+            let mut stdin = read_half.make_reader();
+            let mut io = ExecIo {
+                stdin: &mut stdin,
+                stdout: &mut stdout,
+                stderr: &mut stderr,
+            };
+            let finished = tokio::select! {
+                status = commands::run(&ctx, &identity, peer, &command, original.as_deref(), &mut io)
+                    .instrument(span.clone()) => Some(status),
+                _ = ctx.shutdown.cancelled() => None,
+            };
+            let status = match finished {
+                Some(status) => status,
+                None => {
+                    let _ = stderr
+                        .write_all(b"buildbot: the master is shutting down\n")
+                        .await;
+                    EXIT_SHUTTING_DOWN
+                }
+            };
+            tracing::info!(parent: &span, status, "exec finished");
+            status
+        }
+    };
+    let _ = stdout.flush().await;
+    let _ = stderr.flush().await;
+    let _ = write_half.exit_status(exit_status).await;
+    let _ = write_half.eof().await;
+    let _ = write_half.close().await;
+}

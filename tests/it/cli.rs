@@ -1,0 +1,141 @@
+//! The command line as a new user meets it: create-master, checkconfig, --help.
+
+use std::os::unix::fs::PermissionsExt;
+use std::process::Command;
+
+use crate::harness::{BIN, TestKey, text};
+
+fn buildbot(args: &[&str]) -> std::process::Output {
+    Command::new(BIN)
+        .args(args)
+        .output()
+        .expect("buildbot runs")
+}
+
+#[test]
+fn create_master_lays_out_a_master_and_refuses_to_overwrite_it() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let dir = tmp.path().join("m");
+    let dir_arg = dir.to_str().expect("utf-8 path");
+    let output = buildbot(&["create-master", dir_arg]);
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    assert!(
+        text(&output.stdout).contains("host key: SHA256:"),
+        "{}",
+        text(&output.stdout)
+    );
+    let mode = std::fs::metadata(dir.join("host_key"))
+        .expect("host key")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    assert!(dir.join("host_key.pub").is_file());
+    assert!(dir.join("authorized_keys.d").is_dir());
+    for sub in ["tmp", "new", "cur"] {
+        assert!(dir.join("spool").join(sub).is_dir(), "spool/{sub}");
+    }
+    let config = std::fs::read_to_string(dir.join("master.toml")).expect("config");
+    assert!(config.contains("# "), "the config is commented");
+    let checked = buildbot(&["checkconfig", dir_arg]);
+    assert!(checked.status.success(), "{}", text(&checked.stderr));
+
+    let again = buildbot(&["create-master", dir_arg]);
+    assert_eq!(again.status.code(), Some(1));
+    assert!(
+        text(&again.stderr).contains("refusing to overwrite"),
+        "{}",
+        text(&again.stderr)
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.join("master.toml")).expect("config"),
+        config
+    );
+    let forced = buildbot(&["create-master", "--force", dir_arg]);
+    assert!(forced.status.success(), "{}", text(&forced.stderr));
+}
+
+#[test]
+fn checkconfig_reports_each_problem_with_its_line() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let dir = tmp.path().join("m");
+    let dir_arg = dir.to_str().expect("utf-8 path");
+    assert!(buildbot(&["create-master", dir_arg]).status.success());
+    let key = TestKey::ed25519(tmp.path(), "s1");
+    let config_path = dir.join("master.toml");
+    let mut config = std::fs::read_to_string(&config_path).expect("config");
+    let base_lines = config.lines().count();
+    config.push_str(&format!(
+        "\n[[slave]]\nname = \"s1\"\npublic_key = \"{}\"\n\
+         [[slave]]\nname = \"s2\"\npublic_key = \"keys/s2.pub\"\n\
+         [[builder]]\nname = \"linux\"\nslaves = [\"s1\", \"ghost\"]\nrepo = \"/srv/p.git\"\n\
+         steps = [ {{ name = \"t\", command = \"true\", timeout = \"ten minutes\" }} ]\n",
+        key.public_line
+    ));
+    std::fs::write(&config_path, config).expect("config written");
+    let output = buildbot(&["checkconfig", dir_arg]);
+    assert_eq!(output.status.code(), Some(1));
+    let lines: Vec<String> = text(&output.stderr).lines().map(str::to_string).collect();
+    let line = |offset: usize| base_lines + offset;
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    assert!(
+        lines[0].starts_with(&format!("master.toml:{}: cannot read key file", line(7))),
+        "{lines:?}"
+    );
+    assert!(
+        lines[1].starts_with(&format!(
+            "master.toml:{}: builder \"linux\" names slave \"ghost\"",
+            line(10)
+        )),
+        "{lines:?}"
+    );
+    assert!(
+        lines[2].starts_with(&format!(
+            "master.toml:{}: bad duration \"ten minutes\"",
+            line(12)
+        )),
+        "{lines:?}"
+    );
+
+    // An unknown key is reported with its line too.
+    let mut config = std::fs::read_to_string(&config_path).expect("config");
+    config = config.replace(
+        "allow_root = false",
+        "allow_root = false\nallow_rooot = true",
+    );
+    std::fs::write(&config_path, config.clone()).expect("config written");
+    let output = buildbot(&["checkconfig", dir_arg]);
+    assert_eq!(output.status.code(), Some(1));
+    let wanted = config
+        .lines()
+        .position(|l| l.starts_with("allow_rooot"))
+        .expect("line")
+        + 1;
+    assert!(
+        text(&output.stderr).starts_with(&format!(
+            "master.toml:{wanted}: unknown field `allow_rooot`"
+        )),
+        "{}",
+        text(&output.stderr)
+    );
+}
+
+#[test]
+fn help_and_usage_errors() {
+    let help = buildbot(&["--help"]);
+    assert!(help.status.success());
+    for word in ["create-master", "master", "checkconfig", "Exit codes"] {
+        assert!(
+            text(&help.stdout).contains(word),
+            "{word} missing from --help"
+        );
+    }
+    let wrong = buildbot(&["create-master"]);
+    assert_eq!(wrong.status.code(), Some(2));
+    let missing = buildbot(&["master", "/nonexistent/master"]);
+    assert_eq!(missing.status.code(), Some(1));
+    let stderr = text(&missing.stderr);
+    assert!(
+        stderr.contains("cannot read /nonexistent/master/master.toml"),
+        "{stderr}"
+    );
+}

@@ -1,0 +1,405 @@
+//! The test harness: real `buildbot master` processes in temp dirs on loopback ports chosen at
+//! run time, driven with the real OpenSSH client. Everything started here stops on drop.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_buildbot");
+
+/// How long a test waits for something that should take milliseconds.
+pub const PATIENCE: Duration = Duration::from_secs(20);
+
+/// The unix account the tests log in as: whoever runs them (root in CI, hence allow_root).
+pub fn current_user() -> String {
+    let uid = nix::unistd::getuid();
+    nix::unistd::User::from_uid(uid)
+        .ok()
+        .flatten()
+        .map(|user| user.name)
+        .expect("the test runner's uid has an account")
+}
+
+/// An SSH key pair made with the real ssh-keygen.
+pub struct TestKey {
+    pub private: PathBuf,
+    pub public_line: String,
+}
+
+impl TestKey {
+    /// `kind` is ssh-keygen's `-t` value, with `bits` for ecdsa/rsa.
+    pub fn generate(dir: &Path, name: &str, kind: &str, bits: Option<u32>) -> TestKey {
+        let private = dir.join(name);
+        let mut command = Command::new("ssh-keygen");
+        command
+            .args(["-q", "-N", "", "-C", name, "-t", kind, "-f"])
+            .arg(&private);
+        if let Some(bits) = bits {
+            command.args(["-b", &bits.to_string()]);
+        }
+        let status = command
+            .stdin(Stdio::null())
+            .status()
+            .expect("ssh-keygen runs");
+        assert!(status.success(), "ssh-keygen -t {kind} failed");
+        let public_line = std::fs::read_to_string(private.with_extension("pub"))
+            .expect("public key written")
+            .trim()
+            .to_string();
+        TestKey {
+            private,
+            public_line,
+        }
+    }
+
+    pub fn ed25519(dir: &Path, name: &str) -> TestKey {
+        TestKey::generate(dir, name, "ed25519", None)
+    }
+}
+
+/// A running master. Dropping it kills the process and removes its directory.
+pub struct TestMaster {
+    pub dir: TempDir,
+    pub ssh_port: u16,
+    pub http_port: u16,
+    pub host_key_fingerprint: String,
+    child: Option<Child>,
+    log_path: PathBuf,
+    /// A key pre-authorized for `current_user()`.
+    pub user_key: TestKey,
+    pub keys_dir: TempDir,
+}
+
+pub struct MasterSetup {
+    /// Appended to (or replacing parts of) the generated master.toml.
+    pub extra_config: String,
+    pub allow_root: bool,
+    /// (old, new) replacements applied to the generated master.toml, e.g. to change a setting.
+    pub edits: Vec<(&'static str, &'static str)>,
+}
+
+impl MasterSetup {
+    /// A master with try builders of these names, each on a slave of its own (the slaves need
+    /// not be running for jobs to be accepted and queued).
+    pub fn with_try_builders(builders: &[&str], repo: &str) -> MasterSetup {
+        let keys = tempfile::tempdir().expect("temp dir");
+        let mut extra = String::new();
+        for (index, builder) in builders.iter().enumerate() {
+            let slave_key = TestKey::ed25519(keys.path(), &format!("slave-{index}"));
+            extra.push_str(&format!(
+                "\n[[slave]]\nname = \"slave-{index}\"\npublic_key = \"{}\"\n\
+                 [[builder]]\nname = \"{builder}\"\nslaves = [\"slave-{index}\"]\nrepo = \"{repo}\"\n\
+                 steps = [ {{ name = \"test\", command = \"true\" }} ]\n",
+                slave_key.public_line
+            ));
+        }
+        let names: Vec<String> = builders.iter().map(|b| format!("\"{b}\"")).collect();
+        extra.push_str(&format!(
+            "\n[[scheduler]]\nkind = \"try\"\nbuilders = [{}]\n",
+            names.join(", ")
+        ));
+        MasterSetup {
+            extra_config: extra,
+            ..MasterSetup::default()
+        }
+    }
+}
+
+impl Default for MasterSetup {
+    fn default() -> Self {
+        MasterSetup {
+            extra_config: String::new(),
+            allow_root: true,
+            edits: Vec::new(),
+        }
+    }
+}
+
+impl TestMaster {
+    pub fn start() -> TestMaster {
+        TestMaster::start_with(MasterSetup::default())
+    }
+
+    /// Creates a master with `create-master`, points its key lookup at the temp dir only (tests
+    /// never read the real home directory's files), and starts it.
+    pub fn start_with(setup: MasterSetup) -> TestMaster {
+        let dir = tempfile::Builder::new()
+            .prefix("buildbot-master-")
+            .tempdir()
+            .expect("temp dir");
+        let keys_dir = tempfile::Builder::new()
+            .prefix("buildbot-keys-")
+            .tempdir()
+            .expect("temp dir");
+        let created = Command::new(BIN)
+            .arg("create-master")
+            .arg(dir.path())
+            .args([
+                "--ssh-listen",
+                "127.0.0.1:0",
+                "--http-listen",
+                "127.0.0.1:0",
+            ])
+            .output()
+            .expect("create-master runs");
+        assert!(
+            created.status.success(),
+            "create-master failed: {}",
+            text(&created.stderr)
+        );
+        let config_path = dir.path().join("master.toml");
+        let mut config = std::fs::read_to_string(&config_path).expect("config written");
+        config = config.replace(
+            "authorized_keys = [\"%h/.ssh/authorized_keys\", \"authorized_keys.d/%u\"]",
+            "authorized_keys = [\"authorized_keys.d/%u\"]",
+        );
+        for (old, new) in &setup.edits {
+            assert!(config.contains(old), "master.toml has no {old}");
+            config = config.replace(old, new);
+        }
+        if setup.allow_root {
+            config = config.replace("allow_root = false", "allow_root = true");
+        }
+        config.push_str(&setup.extra_config);
+        std::fs::write(&config_path, config).expect("config rewritten");
+
+        let user_key = TestKey::ed25519(keys_dir.path(), "user");
+        let master = TestMaster {
+            log_path: dir.path().join("master.log"),
+            dir,
+            ssh_port: 0,
+            http_port: 0,
+            host_key_fingerprint: String::new(),
+            child: None,
+            user_key,
+            keys_dir,
+        };
+        master.authorize(&current_user(), &master.user_key.public_line);
+        master.launched()
+    }
+
+    fn launched(mut self) -> TestMaster {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log_path)
+            .expect("log file");
+        let mut child = Command::new(BIN)
+            .arg("master")
+            .arg(self.dir.path())
+            .env("RUST_LOG", "debug,russh=info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .expect("master starts");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (lines_tx, lines_rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if lines_tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        self.child = Some(child);
+        let deadline = Instant::now() + PATIENCE;
+        while self.host_key_fingerprint.is_empty() {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            let line = match lines_rx.recv_timeout(remaining) {
+                Ok(line) => line,
+                Err(_) => panic!("master did not start; log:\n{}", self.log()),
+            };
+            if let Some(addr) = line.strip_prefix("ssh: ") {
+                self.ssh_port = port_of(addr);
+            } else if let Some(url) = line.strip_prefix("web: ") {
+                self.http_port = port_of(url.trim_start_matches("http://").trim_end_matches('/'));
+            } else if let Some(fingerprint) = line.strip_prefix("host key: ") {
+                self.host_key_fingerprint = fingerprint.to_string();
+            }
+        }
+        self
+    }
+
+    /// Starts a stopped master again.
+    pub fn start_again(mut self) -> TestMaster {
+        assert!(self.child.is_none(), "master still running");
+        self.host_key_fingerprint.clear();
+        self.launched()
+    }
+
+    /// Peak resident memory of the master process so far, in KiB (VmHWM).
+    pub fn peak_rss_kib(&self) -> u64 {
+        let pid = self.child.as_ref().expect("master running").id();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmHWM:"))
+            .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmHWM in /proc status")
+    }
+
+    /// The ssh command line `buildbot try --ssh` should run to reach this master as the test
+    /// user (no real home-directory files involved).
+    pub fn ssh_for_try(&self, key: &TestKey) -> String {
+        format!(
+            "ssh -F /dev/null -i {} -o BatchMode=yes -o IdentitiesOnly=yes -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR",
+            key.private.display()
+        )
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// Writes `authorized_keys.d/USER` with the given lines (replacing what was there).
+    pub fn authorize(&self, user: &str, lines: &str) {
+        let path = self.path().join("authorized_keys.d").join(user);
+        std::fs::write(&path, format!("{lines}\n")).expect("authorized_keys written");
+    }
+
+    pub fn ssh(&self, key: &TestKey, user: &str, command: &str) -> Output {
+        self.ssh_with(key, user, command, &[], None)
+    }
+
+    /// Runs the real OpenSSH client against this master, with nothing from the real home
+    /// directory (`-F /dev/null`, no known_hosts, only the given key).
+    pub fn ssh_with(
+        &self,
+        key: &TestKey,
+        user: &str,
+        command: &str,
+        extra_options: &[&str],
+        stdin: Option<&[u8]>,
+    ) -> Output {
+        let mut ssh = self.ssh_command(key, user, extra_options);
+        if !command.is_empty() {
+            ssh.arg(command);
+        }
+        run_with_timeout(ssh, stdin)
+    }
+
+    pub fn ssh_command(&self, key: &TestKey, user: &str, extra_options: &[&str]) -> Command {
+        let mut ssh = Command::new("ssh");
+        ssh.args(["-F", "/dev/null", "-p", &self.ssh_port.to_string(), "-i"])
+            .arg(&key.private)
+            .args([
+                "-o",
+                "BatchMode=yes",
+                "-o",
+                "IdentitiesOnly=yes",
+                "-o",
+                "StrictHostKeyChecking=no",
+                "-o",
+                "UserKnownHostsFile=/dev/null",
+                "-o",
+                "LogLevel=ERROR",
+                "-o",
+                "ConnectTimeout=10",
+            ])
+            .args(extra_options)
+            .arg(format!("{user}@127.0.0.1"));
+        ssh
+    }
+
+    /// Sends SIGTERM and waits for the process; returns its exit status and how long it took.
+    pub fn terminate(&mut self) -> (ExitStatus, Duration) {
+        let mut child = self.child.take().expect("master running");
+        let started = Instant::now();
+        signal(child.id(), nix::sys::signal::Signal::SIGTERM);
+        let status = wait_with_timeout(&mut child, PATIENCE).expect("master exits after SIGTERM");
+        (status, started.elapsed())
+    }
+}
+
+impl Drop for TestMaster {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            signal(child.id(), nix::sys::signal::Signal::SIGTERM);
+            if wait_with_timeout(&mut child, Duration::from_secs(5)).is_none() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+        if std::thread::panicking() {
+            eprintln!("---- master log ----\n{}", self.log());
+        }
+    }
+}
+
+pub fn signal(pid: u32, signal: nix::sys::signal::Signal) {
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(pid).expect("pid fits"));
+    let _ = nix::sys::signal::kill(pid, signal);
+}
+
+pub fn wait_with_timeout(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Runs a command to completion (feeding stdin), killing it if it takes longer than PATIENCE.
+pub fn run_with_timeout(mut command: Command, stdin: Option<&[u8]>) -> Output {
+    command
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = command.spawn().expect("command starts");
+    if let Some(bytes) = stdin {
+        let mut pipe = child.stdin.take().expect("piped stdin");
+        let bytes = bytes.to_vec();
+        std::thread::spawn(move || {
+            let _ = pipe.write_all(&bytes);
+        });
+    }
+    let pid = child.id();
+    let (done_tx, done_rx) = mpsc::channel::<()>();
+    let watchdog = std::thread::spawn(move || {
+        if done_rx.recv_timeout(PATIENCE).is_err() {
+            signal(pid, nix::sys::signal::Signal::SIGKILL);
+        }
+    });
+    let output = child.wait_with_output().expect("command output");
+    let _ = done_tx.send(());
+    let _ = watchdog.join();
+    output
+}
+
+fn port_of(addr: &str) -> u16 {
+    addr.rsplit(':')
+        .next()
+        .and_then(|port| port.parse().ok())
+        .unwrap_or_else(|| panic!("no port in {addr}"))
+}
+
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Polls `condition` until it holds or PATIENCE runs out.
+pub fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + PATIENCE;
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}

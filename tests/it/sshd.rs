@@ -1,0 +1,342 @@
+//! The master's SSH server as a user meets it: real `ssh`, real keys, real authorized_keys files.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use crate::harness::{MasterSetup, PATIENCE, TestKey, TestMaster, current_user, text, wait_until};
+
+fn assert_denied(output: &std::process::Output) {
+    assert_eq!(
+        output.status.code(),
+        Some(255),
+        "stderr: {}",
+        text(&output.stderr)
+    );
+    assert!(
+        text(&output.stderr).contains("Permission denied"),
+        "stderr: {}",
+        text(&output.stderr)
+    );
+}
+
+fn assert_watch_works(output: &std::process::Output) {
+    assert!(
+        output.status.success(),
+        "status {:?}, stderr: {}",
+        output.status,
+        text(&output.stderr)
+    );
+    assert!(
+        text(&output.stdout).starts_with("master example:"),
+        "stdout: {}",
+        text(&output.stdout)
+    );
+}
+
+#[test]
+fn every_supported_key_type_logs_in_with_real_openssh() {
+    let master = TestMaster::start();
+    let user = current_user();
+    let keys = [
+        ("ed25519", None, vec![]),
+        ("ecdsa", Some(256), vec![]),
+        ("ecdsa", Some(384), vec![]),
+        ("ecdsa", Some(521), vec![]),
+        (
+            "rsa",
+            Some(3072),
+            vec!["-o", "PubkeyAcceptedAlgorithms=rsa-sha2-256"],
+        ),
+        (
+            "rsa",
+            Some(3072),
+            vec!["-o", "PubkeyAcceptedAlgorithms=rsa-sha2-512"],
+        ),
+    ];
+    for (index, (kind, bits, options)) in keys.iter().enumerate() {
+        let key = TestKey::generate(master.keys_dir.path(), &format!("k{index}"), kind, *bits);
+        master.authorize(&user, &key.public_line);
+        let output = master.ssh_with(&key, &user, "watch", options, None);
+        assert_watch_works(&output);
+    }
+    let log = master.log();
+    assert!(
+        log.contains("rsa-sha2-256") || log.contains("accepted"),
+        "{log}"
+    );
+}
+
+#[test]
+fn a_key_not_in_the_file_is_refused() {
+    let master = TestMaster::start();
+    let stranger = TestKey::ed25519(master.keys_dir.path(), "stranger");
+    assert_denied(&master.ssh(&stranger, &current_user(), "watch"));
+}
+
+#[test]
+fn an_unknown_login_is_refused_like_a_wrong_key() {
+    let master = TestMaster::start();
+    master.authorize("no-such-user-xyz", &master.user_key.public_line);
+    assert_denied(&master.ssh(&master.user_key, "no-such-user-xyz", "watch"));
+}
+
+#[test]
+fn root_is_refused_unless_allow_root() {
+    let master = TestMaster::start_with(MasterSetup {
+        allow_root: false,
+        ..MasterSetup::default()
+    });
+    master.authorize("root", &master.user_key.public_line);
+    assert_denied(&master.ssh(&master.user_key, "root", "watch"));
+    assert!(
+        master.log().contains("root may not log in"),
+        "{}",
+        master.log()
+    );
+}
+
+#[test]
+fn from_restricts_where_a_key_may_come_from() {
+    let master = TestMaster::start();
+    let user = current_user();
+    let key = &master.user_key;
+    master.authorize(
+        &user,
+        &format!("from=\"10.1.2.3,192.168.*\" {}", key.public_line),
+    );
+    assert_denied(&master.ssh(key, &user, "watch"));
+    assert!(
+        master.log().contains("from= does not allow 127.0.0.1"),
+        "{}",
+        master.log()
+    );
+    master.authorize(
+        &user,
+        &format!("from=\"!10.*,127.0.0.?\" {}", key.public_line),
+    );
+    assert_watch_works(&master.ssh(key, &user, "watch"));
+    master.authorize(&user, &format!("from=\"*,!127.0.0.1\" {}", key.public_line));
+    assert_denied(&master.ssh(key, &user, "watch"));
+}
+
+#[test]
+fn an_expired_key_is_refused() {
+    let master = TestMaster::start();
+    let user = current_user();
+    let key = &master.user_key;
+    master.authorize(
+        &user,
+        &format!("expiry-time=\"20200101\" {}", key.public_line),
+    );
+    assert_denied(&master.ssh(key, &user, "watch"));
+    master.authorize(
+        &user,
+        &format!("expiry-time=\"29991231\" {}", key.public_line),
+    );
+    assert_watch_works(&master.ssh(key, &user, "watch"));
+}
+
+#[test]
+fn a_forced_command_replaces_the_requested_one() {
+    let master = TestMaster::start();
+    let user = current_user();
+    let key = &master.user_key;
+    master.authorize(
+        &user,
+        &format!("restrict,command=\"watch\" {}", key.public_line),
+    );
+    let output = master.ssh(key, &user, "rm -rf /");
+    assert_watch_works(&output);
+    // A forced command also answers a request for a shell.
+    assert_watch_works(&master.ssh(key, &user, ""));
+}
+
+#[test]
+fn an_unknown_command_exits_127_with_a_message() {
+    let master = TestMaster::start();
+    let output = master.ssh(&master.user_key, &current_user(), "frobnicate --now");
+    assert_eq!(output.status.code(), Some(127));
+    assert_eq!(
+        text(&output.stderr).trim(),
+        "buildbot: unknown command 'frobnicate'"
+    );
+}
+
+#[test]
+fn no_shell_no_pty_no_port_forwarding() {
+    let master = TestMaster::start();
+    let user = current_user();
+    let output = master.ssh(&master.user_key, &user, "");
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        text(&output.stderr).contains("no interactive shell"),
+        "{}",
+        text(&output.stderr)
+    );
+    let output = master.ssh_with(&master.user_key, &user, "watch", &["-tt"], None);
+    assert!(
+        text(&output.stderr).contains("PTY allocation request failed"),
+        "{}",
+        text(&output.stderr)
+    );
+    let output = master.ssh_with(
+        &master.user_key,
+        &user,
+        "",
+        &["-N", "-o", "ExitOnForwardFailure=yes", "-W", "127.0.0.1:9"],
+        None,
+    );
+    assert_ne!(output.status.code(), Some(0));
+    assert!(
+        master.log().contains("refused port forwarding"),
+        "{}",
+        master.log()
+    );
+}
+
+#[test]
+fn slave_keys_and_user_keys_stay_apart() {
+    let keys = tempfile::tempdir().expect("temp dir");
+    let slave_key = TestKey::ed25519(keys.path(), "slave");
+    let master = TestMaster::start_with(MasterSetup {
+        extra_config: format!(
+            "\n[[slave]]\nname = \"linux-1\"\npublic_key = \"{}\"\n",
+            slave_key.public_line
+        ),
+        ..MasterSetup::default()
+    });
+    let user = current_user();
+    // Even listed in the user's own file, a slave's key does not log in as a user.
+    master.authorize(
+        &user,
+        &format!("{}\n{}", master.user_key.public_line, slave_key.public_line),
+    );
+    assert_denied(&master.ssh(&slave_key, &user, "watch"));
+    // The slave key as its slave may open only the slave RPC.
+    let output = master.ssh(&slave_key, "linux-1", "watch");
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        text(&output.stderr).contains("may only open the slave RPC"),
+        "{}",
+        text(&output.stderr)
+    );
+    // A user key never opens the slave RPC, nor logs in as the slave.
+    let output = master.ssh(&master.user_key, &user, "slave");
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        text(&output.stderr).contains("user keys may not open it"),
+        "{}",
+        text(&output.stderr)
+    );
+    assert_denied(&master.ssh(&master.user_key, "linux-1", "slave"));
+}
+
+#[test]
+fn editing_authorized_keys_takes_effect_without_restart() {
+    let master = TestMaster::start();
+    let user = current_user();
+    let newcomer = TestKey::ed25519(master.keys_dir.path(), "newcomer");
+    assert_denied(&master.ssh(&newcomer, &user, "watch"));
+    master.authorize(
+        &user,
+        &format!("{}\n{}", master.user_key.public_line, newcomer.public_line),
+    );
+    assert_watch_works(&master.ssh(&newcomer, &user, "watch"));
+    // Removing it takes effect too.
+    master.authorize(&user, &master.user_key.public_line);
+    assert_denied(&master.ssh(&newcomer, &user, "watch"));
+}
+
+#[test]
+fn a_malformed_line_is_skipped_and_the_rest_of_the_file_works() {
+    let master = TestMaster::start();
+    let user = current_user();
+    let second = TestKey::ed25519(master.keys_dir.path(), "second");
+    master.authorize(
+        &user,
+        &format!(
+            "bogus-option {first}\nssh-ed25519 AAAA-not-base64 broken\n{second}\nenvironment=\"A=b\" {first}",
+            first = master.user_key.public_line,
+            second = second.public_line
+        ),
+    );
+    assert_watch_works(&master.ssh(&second, &user, "watch"));
+    // The first key is listed on a bad line and again with environment= (ignored, still valid).
+    assert_watch_works(&master.ssh(&master.user_key, &user, "watch"));
+    let log = master.log();
+    assert!(
+        log.contains(&format!("authorized_keys.d/{user}:line 1")),
+        "{log}"
+    );
+    assert!(
+        log.contains(&format!("authorized_keys.d/{user}:line 2")),
+        "{log}"
+    );
+    assert!(log.contains("environment"), "{log}");
+}
+
+#[test]
+fn sigterm_stops_the_master_within_two_seconds() {
+    let mut master = TestMaster::start();
+    // An open session must not hold the shutdown up.
+    let mut idle = master
+        .ssh_command(&master.user_key, &current_user(), &[])
+        .arg("watch")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("ssh starts");
+    let (status, took) = master.terminate();
+    assert_eq!(status.code(), Some(0), "log: {}", master.log());
+    assert!(took < Duration::from_secs(2), "took {took:?}");
+    let _ = idle.kill();
+    let _ = idle.wait();
+}
+
+#[test]
+fn connections_that_never_log_in_are_dropped_after_the_grace_time() {
+    let master = TestMaster::start_with(MasterSetup {
+        edits: vec![
+            ("login_grace_time = \"2m\"", "login_grace_time = \"1s\""),
+            ("max_startups = 10", "max_startups = 2"),
+        ],
+        ..MasterSetup::default()
+    });
+    let addr = format!("127.0.0.1:{}", master.ssh_port);
+    let mut first = TcpStream::connect(&addr).expect("connect");
+    let mut second = TcpStream::connect(&addr).expect("connect");
+    // Both took the banner, so the server counts them as unauthenticated.
+    let mut banner = [0u8; 64];
+    assert!(first.read(&mut banner).expect("banner") > 0);
+    assert!(second.read(&mut banner).expect("banner") > 0);
+    // A third one over max_startups is dropped at once.
+    let mut third = TcpStream::connect(&addr).expect("connect");
+    third.set_read_timeout(Some(PATIENCE)).expect("timeout");
+    let mut buf = [0u8; 64];
+    assert_eq!(
+        third.read(&mut buf).unwrap_or(0),
+        0,
+        "third connection got data"
+    );
+    // The idle ones are cut after login_grace_time.
+    let started = Instant::now();
+    first.set_read_timeout(Some(PATIENCE)).expect("timeout");
+    let _ = first.write_all(b"SSH-2.0-test\r\n");
+    let mut sink = Vec::new();
+    let _ = first.read_to_end(&mut sink);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
+    drop(second);
+    // And a real login still works once places are free again.
+    wait_until("a login after the idle connections were dropped", || {
+        master
+            .ssh(&master.user_key, &current_user(), "watch")
+            .status
+            .success()
+    });
+}

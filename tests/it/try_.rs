@@ -1,0 +1,551 @@
+//! `buildbot try` end to end: a developer's dirty checkout, the real `ssh`, the master's spool.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use buildbot::spool::job;
+
+use crate::harness::{
+    BIN, MasterSetup, TestKey, TestMaster, current_user, run_with_timeout, text, wait_until,
+};
+
+fn git(dir: &Path, args: &[&str]) -> String {
+    let output = Command::new("git")
+        .args([
+            "-c",
+            "user.name=Alice",
+            "-c",
+            "user.email=alice@example.org",
+            "-c",
+            "init.defaultBranch=main",
+        ])
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("git runs");
+    assert!(
+        output.status.success(),
+        "git {args:?}: {}",
+        text(&output.stderr)
+    );
+    text(&output.stdout)
+}
+
+/// An upstream repository and a developer's clone of it with uncommitted (and unpushed) work:
+/// an edit, a deletion, a rename, a new binary file and an executable bit.
+struct Checkout {
+    _tmp: tempfile::TempDir,
+    upstream: PathBuf,
+    work: PathBuf,
+}
+
+impl Checkout {
+    fn new() -> Checkout {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let upstream = tmp.path().join("upstream.git");
+        let seed = tmp.path().join("seed");
+        std::fs::create_dir(&seed).expect("dir");
+        git(&seed, &["init", "-q"]);
+        std::fs::write(seed.join("hello.txt"), "hello\nworld\n").expect("write");
+        std::fs::write(
+            seed.join("old-name.txt"),
+            "this file is renamed\nby the change\nand keeps its lines\n",
+        )
+        .expect("write");
+        std::fs::write(seed.join("doomed.txt"), "deleted by the change\n").expect("write");
+        std::fs::write(seed.join("run.sh"), "#!/bin/sh\necho hi\n").expect("write");
+        git(&seed, &["add", "."]);
+        git(&seed, &["commit", "-q", "-m", "base"]);
+        git(
+            tmp.path(),
+            &["clone", "-q", "--bare", "seed", "upstream.git"],
+        );
+        let work = tmp.path().join("work");
+        git(tmp.path(), &["clone", "-q", "upstream.git", "work"]);
+        git(&work, &["config", "user.name", "Alice"]);
+        git(&work, &["config", "user.email", "alice@example.org"]);
+        std::fs::write(work.join("hello.txt"), "hello\ncafé \"world\"\n").expect("write");
+        git(&work, &["commit", "-q", "-am", "unpushed work"]);
+        std::fs::remove_file(work.join("doomed.txt")).expect("rm");
+        git(&work, &["mv", "old-name.txt", "new-name.txt"]);
+        std::fs::write(
+            work.join("logo.bin"),
+            [0u8, 0x89, b'P', b'N', b'G', 0xff, 0xfe, 0, 7],
+        )
+        .expect("write");
+        git(&work, &["add", "logo.bin"]);
+        std::fs::set_permissions(
+            work.join("run.sh"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .expect("chmod");
+        std::fs::write(
+            work.join("hello.txt"),
+            "hello\ncafé \"world\"\nunstaged line\n",
+        )
+        .expect("write");
+        Checkout {
+            _tmp: tmp,
+            upstream,
+            work,
+        }
+    }
+
+    /// Applies `patch` on a fresh clone at `baserev` and checks the tree equals the work tree.
+    fn assert_patch_reproduces_the_work(&self, baserev: &str, patch: &[u8]) {
+        let check = self.work.parent().expect("parent").join("check");
+        let _ = std::fs::remove_dir_all(&check);
+        git(
+            self.work.parent().expect("parent"),
+            &[
+                "clone",
+                "-q",
+                self.upstream.to_str().expect("utf-8"),
+                "check",
+            ],
+        );
+        git(&check, &["checkout", "-q", baserev]);
+        let patch_file = check.join("..").join("try.patch");
+        std::fs::write(&patch_file, patch).expect("write patch");
+        git(
+            &check,
+            &["apply", "--index", patch_file.to_str().expect("utf-8")],
+        );
+        for name in ["hello.txt", "new-name.txt", "logo.bin", "run.sh"] {
+            assert_eq!(
+                std::fs::read(check.join(name)).expect("patched file"),
+                std::fs::read(self.work.join(name)).expect("work file"),
+                "{name}"
+            );
+        }
+        assert!(!check.join("doomed.txt").exists());
+        assert!(!check.join("old-name.txt").exists());
+        let mode = git(&check, &["ls-files", "-s", "run.sh"]);
+        assert!(mode.starts_with("100755"), "{mode}");
+    }
+}
+
+fn try_master(builders: &[&str]) -> TestMaster {
+    TestMaster::start_with(MasterSetup::with_try_builders(
+        builders,
+        "/srv/git/project.git",
+    ))
+}
+
+fn buildbot_try(master: &TestMaster, cwd: &Path, extra: &[&str]) -> std::process::Output {
+    let mut command = Command::new(BIN);
+    command
+        .arg("try")
+        .args([
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &master.ssh_port.to_string(),
+            "-u",
+            &current_user(),
+        ])
+        .args(["--ssh", &master.ssh_for_try(&master.user_key)])
+        .args(extra)
+        .current_dir(cwd);
+    run_with_timeout(command, None)
+}
+
+/// The single job the master claimed into spool/cur/, decoded.
+fn the_claimed_job(master: &TestMaster) -> job::Job {
+    let cur = master.path().join("spool/cur");
+    wait_until("the master to claim the job", || {
+        std::fs::read_dir(&cur).map(|dir| dir.count()).unwrap_or(0) == 1
+    });
+    let entry = std::fs::read_dir(&cur)
+        .expect("cur")
+        .next()
+        .expect("one job")
+        .expect("entry");
+    job::decode(&std::fs::read(entry.path()).expect("job file")).expect("job decodes")
+}
+
+#[test]
+fn a_dirty_checkout_is_delivered_and_the_patch_reproduces_it() {
+    let master = try_master(&["linux", "mac"]);
+    let checkout = Checkout::new();
+    let output = buildbot_try(
+        &master,
+        &checkout.work,
+        &["-b", "linux", "--comment", "fix greeting"],
+    );
+    assert!(output.status.success(), "stderr: {}", text(&output.stderr));
+    assert!(
+        text(&output.stdout).contains("accepted as"),
+        "{}",
+        text(&output.stdout)
+    );
+
+    let job = the_claimed_job(&master);
+    let upstream_head = git(&checkout.work, &["rev-parse", "origin/main"]);
+    assert_eq!(job.baserev.as_deref(), Some(upstream_head.trim()));
+    assert_eq!(job.branch.as_deref(), Some("main"));
+    assert_eq!(job.builders, vec!["linux".to_string()]);
+    assert_eq!(job.who.as_deref(), Some("Alice <alice@example.org>"));
+    assert_eq!(job.comment.as_deref(), Some("fix greeting"));
+    assert_eq!(job.patch_level, 1);
+    let patch = job.patch.as_deref().expect("a patch");
+    checkout.assert_patch_reproduces_the_work(upstream_head.trim(), patch);
+
+    let status = master.ssh(&master.user_key, &current_user(), "watch linux");
+    assert!(
+        text(&status.stdout).contains("linux: offline, 1 queued"),
+        "{}",
+        text(&status.stdout)
+    );
+}
+
+#[test]
+fn defaults_come_from_the_nearest_dot_buildbot_file() {
+    let master = try_master(&["linux"]);
+    let checkout = Checkout::new();
+    std::fs::write(
+        checkout.work.join(".buildbot"),
+        format!(
+            "host = \"127.0.0.1\"\nport = {}\nusername = \"{}\"\nssh = \"{}\"\nbuilders = [\"linux\"]\n",
+            master.ssh_port,
+            current_user(),
+            master.ssh_for_try(&master.user_key)
+        ),
+    )
+    .expect("write .buildbot");
+    let sub = checkout.work.join("sub/dir");
+    std::fs::create_dir_all(&sub).expect("dirs");
+    let output = run_with_timeout(
+        {
+            let mut command = Command::new(BIN);
+            command.args(["try", "--dryrun"]).current_dir(&sub);
+            command
+        },
+        None,
+    );
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let summary = text(&output.stdout);
+    assert!(summary.contains("Builders: linux"), "{summary}");
+    assert!(
+        summary.contains(&format!("-p {}", master.ssh_port)),
+        "{summary}"
+    );
+    assert!(
+        std::fs::read_dir(master.path().join("spool/new"))
+            .expect("new")
+            .next()
+            .is_none()
+    );
+
+    let mut command = Command::new(BIN);
+    command.arg("try").current_dir(&sub);
+    let output = run_with_timeout(command, None);
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    assert_eq!(the_claimed_job(&master).builders, vec!["linux".to_string()]);
+}
+
+#[test]
+fn errors_a_new_user_hits_say_what_to_do() {
+    let master = try_master(&["linux", "mac"]);
+    let outside = tempfile::tempdir().expect("temp dir");
+    let output = buildbot_try(&master, outside.path(), &[]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        text(&output.stderr).contains("not inside a git working tree"),
+        "{}",
+        text(&output.stderr)
+    );
+
+    let checkout = Checkout::new();
+    let output = buildbot_try(&master, &checkout.work, &["-b", "windows"]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        text(&output.stderr)
+            .contains("buildbot: unknown builder 'windows' (try builders here: linux, mac)"),
+        "{}",
+        text(&output.stderr)
+    );
+
+    let mut command = Command::new(BIN);
+    command.arg("try").current_dir(&checkout.work);
+    let output = run_with_timeout(command, None);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        text(&output.stderr).contains("give --host"),
+        "{}",
+        text(&output.stderr)
+    );
+
+    let stranger = TestKey::ed25519(master.keys_dir.path(), "stranger");
+    let mut command = Command::new(BIN);
+    command
+        .args([
+            "try",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &master.ssh_port.to_string(),
+            "-u",
+            &current_user(),
+        ])
+        .args(["--ssh", &master.ssh_for_try(&stranger)])
+        .current_dir(&checkout.work);
+    let output = run_with_timeout(command, None);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        text(&output.stderr).contains("Permission denied"),
+        "{}",
+        text(&output.stderr)
+    );
+    assert!(
+        text(&output.stderr).contains("authorized_keys"),
+        "{}",
+        text(&output.stderr)
+    );
+
+    git(&checkout.work, &["stash", "-q", "--include-untracked"]);
+    git(&checkout.work, &["reset", "-q", "--hard", "origin/main"]);
+    let output = buildbot_try(&master, &checkout.work, &[]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        text(&output.stderr).contains("no changes to try"),
+        "{}",
+        text(&output.stderr)
+    );
+}
+
+#[test]
+fn a_job_spooled_while_the_master_is_down_is_processed_at_start() {
+    let mut master = try_master(&["linux", "mac os"]);
+    let (status, _) = master.terminate();
+    assert!(status.success());
+    let sample = include_bytes!("../data/try-samples/job-v5-git.bin");
+    let mut command = Command::new(BIN);
+    command
+        .args(["tryserver", "--jobdir"])
+        .arg(master.path().join("spool"));
+    let output = run_with_timeout(command, Some(sample));
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let master = master.start_again();
+    let job = the_claimed_job(&master);
+    assert_eq!(job.jobid, "1795464251.701242-859904");
+    let status = master.ssh(&master.user_key, &current_user(), "watch");
+    assert!(
+        text(&status.stdout).contains("mac os: offline, 1 queued"),
+        "{}",
+        text(&status.stdout)
+    );
+}
+
+#[test]
+fn malformed_and_unknown_builder_jobs_land_in_rejected_with_a_reason() {
+    let master = try_master(&["linux"]);
+    let new = master.path().join("spool/new");
+    std::fs::write(new.join("garbage"), b"this is not a netstring").expect("write");
+    std::fs::write(
+        new.join("wrong-builder"),
+        include_bytes!("../data/try-samples/job-v5-git.bin"),
+    )
+    .expect("write");
+    let rejected = master.path().join("spool/rejected");
+    wait_until("both jobs rejected", || {
+        rejected.join("wrong-builder.why").exists() && rejected.join("garbage.why").exists()
+    });
+    let why = std::fs::read_to_string(rejected.join("wrong-builder.why")).expect("why");
+    assert!(why.contains("unknown builder"), "{why}");
+    let why = std::fs::read_to_string(rejected.join("garbage.why")).expect("why");
+    assert!(why.starts_with("bad job:"), "{why}");
+    assert_eq!(
+        std::fs::read(rejected.join("wrong-builder")).expect("kept"),
+        include_bytes!("../data/try-samples/job-v5-git.bin")
+    );
+}
+
+#[test]
+fn a_job_over_the_limit_is_refused_without_buffering_it() {
+    // The default limit is 10 MiB.
+    let master = try_master(&["linux"]);
+    let before = master.peak_rss_kib();
+    let patch = vec![b'+'; 20 * 1024 * 1024];
+    let job = job::encode(&job::Job {
+        version: 5,
+        jobid: "big".into(),
+        branch: None,
+        baserev: None,
+        patch_level: 1,
+        patch: Some(patch),
+        repository: String::new(),
+        project: String::new(),
+        who: None,
+        comment: None,
+        builders: vec![],
+        properties: Default::default(),
+    });
+    let output = master.ssh_with(&master.user_key, &current_user(), "try", &[], Some(&job));
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        text(&output.stderr).contains("larger than this master's limit of 10485760 bytes"),
+        "{}",
+        text(&output.stderr)
+    );
+    let grown_kib = master.peak_rss_kib().saturating_sub(before);
+    assert!(
+        grown_kib < 16 * 1024,
+        "master peak RSS grew by {grown_kib} KiB for a 20 MiB job"
+    );
+    assert!(
+        std::fs::read_dir(master.path().join("spool/new"))
+            .expect("new")
+            .next()
+            .is_none()
+    );
+    assert!(
+        std::fs::read_dir(master.path().join("spool/tmp"))
+            .expect("tmp")
+            .next()
+            .is_none()
+    );
+}
+
+#[test]
+fn the_classic_tryserver_path_only_writes_into_the_spool() {
+    let master = try_master(&["linux", "mac os"]);
+    let sample = include_bytes!("../data/try-samples/job-v5-git.bin");
+    let output = master.ssh_with(
+        &master.user_key,
+        &current_user(),
+        "buildbot tryserver --jobdir spool",
+        &[],
+        Some(sample),
+    );
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    assert!(
+        text(&output.stderr).contains("accepted as"),
+        "{}",
+        text(&output.stderr)
+    );
+    let output = master.ssh_with(
+        &master.user_key,
+        &current_user(),
+        "/usr/bin/buildbot tryserver --jobdir=/tmp",
+        &[],
+        Some(sample),
+    );
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        text(&output.stderr).contains("is not this master's spool"),
+        "{}",
+        text(&output.stderr)
+    );
+    let job = the_claimed_job(&master);
+    assert_eq!(
+        job.builders,
+        vec!["linux".to_string(), "mac os".to_string()]
+    );
+}
+
+#[test]
+fn the_spool_mode_bits_decide_who_may_try() {
+    if !nix::unistd::getuid().is_root() {
+        eprintln!(
+            "SKIPPED the_spool_mode_bits_decide_who_may_try: needs root to chown the spool to another user's group"
+        );
+        return;
+    }
+    let master = try_master(&["linux"]);
+    let nobody = nix::unistd::User::from_name("nobody")
+        .expect("lookup")
+        .expect("user nobody exists");
+    master.authorize("nobody", &master.user_key.public_line);
+    // The temp dir is private to root; the spool's ancestors must let nobody through.
+    std::fs::set_permissions(
+        master.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .expect("chmod");
+    let spool = master.path().join("spool");
+    std::fs::set_permissions(&spool, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
+    let sample = include_bytes!("../data/try-samples/job-v5-empty-diff.bin");
+    let output = master.ssh_with(&master.user_key, "nobody", "try", &[], Some(sample));
+    assert_eq!(output.status.code(), Some(1));
+    let group = nix::unistd::Group::from_gid(nix::unistd::Gid::from_raw(0))
+        .expect("lookup")
+        .expect("group 0")
+        .name;
+    assert_eq!(
+        text(&output.stderr).trim(),
+        format!(
+            "buildbot: nobody may not submit try jobs (no write permission on the spool; ask an admin to add you to group {group})"
+        )
+    );
+    // chgrp to nobody's group and chmod 2770: now nobody may try.
+    nix::unistd::chown(&spool, None, Some(nobody.gid)).expect("chgrp");
+    std::fs::set_permissions(&spool, std::os::unix::fs::PermissionsExt::from_mode(0o2770))
+        .expect("chmod");
+    let output = master.ssh_with(&master.user_key, "nobody", "try", &[], Some(sample));
+    assert!(output.status.success(), "{}", text(&output.stderr));
+}
+
+/// The Python client, installed by scripts/test.sh into target/pyvenv (or named by
+/// BUILDBOT_PY_CLIENT).
+fn classic_client() -> PathBuf {
+    if let Some(path) = std::env::var_os("BUILDBOT_PY_CLIENT") {
+        return PathBuf::from(path);
+    }
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/pyvenv/bin/buildbot");
+    assert!(
+        path.is_file(),
+        "the real Python Buildbot client is missing: run `bash scripts/test.sh` (it installs buildbot==4.3.0 into target/pyvenv) or set BUILDBOT_PY_CLIENT"
+    );
+    path
+}
+
+#[test]
+fn the_real_python_buildbot_client_delivers_unchanged() {
+    let client = classic_client();
+    let master = try_master(&["linux", "mac"]);
+    let checkout = Checkout::new();
+    let mut command = Command::new(&client);
+    command
+        .args(["try", "--connect=ssh", "--vc=git", "--host", "127.0.0.1"])
+        .args([
+            "--port",
+            &master.ssh_port.to_string(),
+            "--username",
+            &current_user(),
+        ])
+        .args([
+            "--jobdir",
+            "spool",
+            "-b",
+            "linux",
+            "--who",
+            "Alice",
+            "--comment",
+            "from python",
+        ])
+        .args(["--ssh", &master.ssh_for_try(&master.user_key)])
+        .current_dir(&checkout.work);
+    let output = run_with_timeout(command, None);
+    assert!(
+        output.status.success(),
+        "stdout: {}\nstderr: {}",
+        text(&output.stdout),
+        text(&output.stderr)
+    );
+    assert!(
+        text(&output.stdout).contains("job has been delivered"),
+        "{}",
+        text(&output.stdout)
+    );
+    let job = the_claimed_job(&master);
+    assert_eq!(job.version, 5);
+    assert_eq!(job.builders, vec!["linux".to_string()]);
+    assert_eq!(job.who.as_deref(), Some("Alice"));
+    assert_eq!(job.comment.as_deref(), Some("from python"));
+    let upstream_head = git(&checkout.work, &["rev-parse", "origin/main"]);
+    assert_eq!(job.baserev.as_deref(), Some(upstream_head.trim()));
+    let patch = text(job.patch.as_deref().expect("patch"));
+    assert!(patch.contains("+unstaged line"), "{patch}");
+}
