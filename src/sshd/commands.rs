@@ -13,6 +13,10 @@ use crate::sshd::accounts::UnixAccount;
 use crate::sshd::exec::{self, EXIT_UNKNOWN_COMMAND, EXIT_USAGE, ExecCommand};
 use crate::sshd::{Identity, SshdContext};
 
+/// `try --wait` on a master that cannot wait: the job was accepted, its results cannot be
+/// streamed. Distinct from 1 (a build failed) so the client does not report a failure.
+pub const EXIT_CANNOT_WAIT: u32 = 3;
+
 /// The standard streams of one exec channel.
 pub struct ExecIo<'a> {
     pub stdin: &'a mut (dyn AsyncRead + Unpin + Send),

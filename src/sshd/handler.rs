@@ -140,7 +140,7 @@ impl Handler for ConnectionHandler {
     ) -> Result<Auth, Self::Error> {
         match self.decide(user, key.public_key) {
             AuthOutcome::Accepted(identity) => {
-                tracing::info!(peer = %self.peer, user, key = %fingerprint(key.public_key), "accepted {}", identity.describe());
+                tracing::info!(peer = %self.peer, user, key = %fingerprint(key.public_key), algorithm = %key.algorithm, "accepted {}", identity.describe());
                 self.identity = Some(identity);
                 Ok(Auth::Accept)
             }

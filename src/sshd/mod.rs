@@ -177,7 +177,10 @@ fn russh_config(config: &Config, host_key: PrivateKey) -> russh::server::Config 
         auth_rejection_time: Duration::from_millis(20),
         auth_rejection_time_initial: Some(Duration::ZERO),
         keys: vec![host_key],
-        max_auth_attempts: config.sshd.max_auth_tries,
+        // The handler enforces max_auth_tries on key offers, as sshd counts them. russh counts
+        // every request (the "none" probe, each offer, each signed attempt), so its own limit
+        // is only a backstop.
+        max_auth_attempts: config.sshd.max_auth_tries * 2 + 1,
         // Dead peers are found by keepalives, not by an idle timer that would drop quiet slaves.
         inactivity_timeout: None,
         keepalive_interval: Some(config.sshd.keepalive_interval),

@@ -68,6 +68,42 @@ fn every_supported_key_type_logs_in_with_real_openssh() {
 }
 
 #[test]
+fn a_connection_gets_max_auth_tries_key_offers() {
+    let master = TestMaster::start_with(MasterSetup {
+        edits: vec![("max_auth_tries = 6", "max_auth_tries = 2")],
+        ..MasterSetup::default()
+    });
+    let user = current_user();
+    let wrong_one = TestKey::ed25519(master.keys_dir.path(), "wrong-1");
+    let wrong_two = TestKey::ed25519(master.keys_dir.path(), "wrong-2");
+    // The right key comes third: with two tries allowed, the connection is gone by then.
+    let offers_three = |master: &TestMaster| {
+        master.ssh_with(
+            &wrong_one,
+            &user,
+            "watch",
+            &[
+                "-i",
+                wrong_two.private.to_str().expect("utf-8"),
+                "-i",
+                master.user_key.private.to_str().expect("utf-8"),
+            ],
+            None,
+        )
+    };
+    let output = offers_three(&master);
+    assert_eq!(output.status.code(), Some(255), "{}", text(&output.stderr));
+    assert!(
+        master.log().contains("too many authentication attempts"),
+        "{}",
+        master.log()
+    );
+    // Two wrong keys then the right one fit in the default of six.
+    let relaxed = TestMaster::start();
+    assert_watch_works(&offers_three(&relaxed));
+}
+
+#[test]
 fn a_key_not_in_the_file_is_refused() {
     let master = TestMaster::start();
     let stranger = TestKey::ed25519(master.keys_dir.path(), "stranger");

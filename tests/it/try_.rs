@@ -200,6 +200,42 @@ fn a_dirty_checkout_is_delivered_and_the_patch_reproduces_it() {
 }
 
 #[test]
+fn a_ready_patch_from_stdin_with_its_patchlevel() {
+    let master = try_master(&["linux"]);
+    let outside = tempfile::tempdir().expect("temp dir");
+    let patch = b"--- a/src/main.c\n+++ b/src/main.c\n@@ -1 +1 @@\n-int x;\n+int y;\n";
+    let mut command = Command::new(BIN);
+    command
+        .args([
+            "try",
+            "--diff",
+            "-",
+            "-p",
+            "1",
+            "--baserev",
+            "abc123",
+            "-b",
+            "linux",
+        ])
+        .args([
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &master.ssh_port.to_string(),
+            "-u",
+            &current_user(),
+        ])
+        .args(["--ssh", &master.ssh_for_try(&master.user_key)])
+        .current_dir(outside.path());
+    let output = run_with_timeout(command, Some(patch));
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let job = the_claimed_job(&master);
+    assert_eq!(job.patch.as_deref(), Some(&patch[..]));
+    assert_eq!(job.patch_level, 1);
+    assert_eq!(job.baserev.as_deref(), Some("abc123"));
+}
+
+#[test]
 fn defaults_come_from_the_nearest_dot_buildbot_file() {
     let master = try_master(&["linux"]);
     let checkout = Checkout::new();
