@@ -56,6 +56,30 @@ enum Command {
         /// The master directory (made by create-master).
         dir: PathBuf,
     },
+    /// Create a slave directory: slave.toml and an ed25519 key. Prints the [[slave]] block to
+    /// add to the master's master.toml.
+    CreateSlave {
+        /// The slave directory to create.
+        dir: PathBuf,
+        /// The master's SSH address.
+        #[arg(long, value_name = "HOST:PORT")]
+        master: String,
+        /// The slave's name (its login name on the master).
+        #[arg(long)]
+        name: String,
+        /// The master's host key, the line from its host_key.pub (pinned in slave.toml).
+        #[arg(long, value_name = "KEY")]
+        master_host_key: Option<String>,
+        /// Replace an existing slave.toml and key.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Run the slave in the foreground; it reconnects to its master forever. SIGTERM or
+    /// Ctrl-C stop it (running commands are terminated first).
+    Slave {
+        /// The slave directory (made by create-slave).
+        dir: PathBuf,
+    },
     /// Send your uncommitted work to the master's build farm (from inside a git checkout).
     ///
     /// The patch is the working tree (and index, and unpushed commits) against the merge-base
@@ -189,6 +213,38 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     println!("{listening}");
                 })
                 .await?;
+                Ok(ExitCode::SUCCESS)
+            })
+        }
+        Command::CreateSlave {
+            dir,
+            master,
+            name,
+            master_host_key,
+            force,
+        } => {
+            let snippet = buildbot::slave::create_slave(
+                &dir,
+                &master,
+                &name,
+                master_host_key.as_deref(),
+                force,
+            )?;
+            println!("created slave {name} in {}", dir.display());
+            println!(
+                "add this to the master's master.toml (and name the slave in a builder's slaves):\n"
+            );
+            print!("{snippet}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Slave { dir } => {
+            let config = buildbot::slave::SlaveConfig::load(&dir)?;
+            let runtime =
+                tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+            runtime.block_on(async {
+                let shutdown = CancellationToken::new();
+                spawn_signal_handler(shutdown.clone())?;
+                buildbot::slave::run(config, shutdown).await?;
                 Ok(ExitCode::SUCCESS)
             })
         }

@@ -289,9 +289,6 @@ impl Connection {
         match status.code() {
             Some(0) => Ok(EXIT_OK),
             Some(1) if wait => Ok(EXIT_BUILD_FAILED),
-            Some(3) if wait => Err(TryError::new(
-                "the job was delivered, but this master cannot wait for its builds",
-            )),
             Some(255) => Err(TryError::new(format!(
                 "ssh to {} failed (see above): check the host, port and username, and that your key is in the master's authorized_keys",
                 self.host

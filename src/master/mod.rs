@@ -2,8 +2,13 @@
 //! server and the web server (and, as they arrive, the spool watcher and the scheduler) under
 //! one cancellation token.
 
+pub mod build;
 pub mod config;
 pub mod create;
+pub mod history;
+pub mod results;
+pub mod scheduler;
+pub mod slaves;
 pub mod state;
 
 use std::net::SocketAddr;
@@ -17,7 +22,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::master::config::Config;
-use crate::master::state::{MasterState, PendingRequest};
+use crate::master::history::History;
+use crate::master::state::MasterState;
 use crate::spool::maildir::Maildir;
 use crate::spool::watcher::SpooledJob;
 use crate::sshd::{self, SshdContext};
@@ -64,7 +70,21 @@ pub async fn run(
     tracing::info!(ssh = %listening.ssh, http = %listening.http, host_key = %host_key_fingerprint, "master {} started", config.name);
     on_listening(&listening);
 
-    let state = Arc::new(MasterState::new(Arc::clone(&config), host_key_fingerprint));
+    let history_path = config.master_dir.join("state.sqlite");
+    let history = History::open(&history_path).with_context(|| {
+        format!(
+            "cannot open the history database {}",
+            history_path.display()
+        )
+    })?;
+    let (scheduler_tx, scheduler_rx) = tokio::sync::mpsc::channel(256);
+    let state = Arc::new(MasterState::new(
+        Arc::clone(&config),
+        host_key_fingerprint,
+        history,
+        format!("http://{}", listening.http),
+        scheduler_tx,
+    ));
     let components = TaskTracker::new();
     let sshd_ctx = Arc::new(SshdContext::new(
         Arc::clone(&config),
@@ -91,8 +111,11 @@ pub async fn run(
             shutdown.clone(),
         )
     });
-    spawn_component(&components, &shutdown, "request queue", {
-        queue_requests(jobs_rx, Arc::clone(&state), shutdown.clone())
+    spawn_component(&components, &shutdown, "spool to scheduler", {
+        forward_jobs(jobs_rx, Arc::clone(&state), shutdown.clone())
+    });
+    spawn_component(&components, &shutdown, "scheduler", {
+        scheduler::run(Arc::clone(&state), scheduler_rx, shutdown.clone())
     });
     components.close();
     components.wait().await;
@@ -100,8 +123,8 @@ pub async fn run(
     Ok(())
 }
 
-/// Turns spooled jobs into pending build requests, one per builder.
-async fn queue_requests(
+/// Hands each job claimed from the spool to the scheduler, which records it.
+async fn forward_jobs(
     mut jobs: tokio::sync::mpsc::Receiver<SpooledJob>,
     state: Arc<MasterState>,
     shutdown: CancellationToken,
@@ -114,15 +137,9 @@ async fn queue_requests(
                 None => return Ok(()),
             },
         };
-        let received = std::time::SystemTime::now();
-        state.add_requests(spooled.builders.iter().map(|builder| PendingRequest {
-            builder: builder.clone(),
-            job_name: spooled.name.clone(),
-            jobid: spooled.job.jobid.clone(),
-            who: spooled.job.who.clone(),
-            comment: spooled.job.comment.clone(),
-            received,
-        }));
+        state
+            .scheduler_event(scheduler::SchedulerEvent::JobSpooled(spooled))
+            .await;
     }
 }
 

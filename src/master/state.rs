@@ -1,77 +1,229 @@
-//! The master's live state that several parts read: which slaves are connected right now.
-//! Owned by the master; the SSH server and the web server read it through `Arc<MasterState>`.
+//! The master's shared state: configuration, history, which slaves are connected, what each
+//! builder is doing, and the stream of [`BuildEvent`]s that `try --wait`, `watch` and the web
+//! page follow. The scheduler owns the decisions; this is what everyone else reads.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
-use crate::master::config::Config;
+use tokio::sync::{broadcast, mpsc};
 
-/// A slave with a live RPC connection.
-#[derive(Debug, Clone)]
-pub struct ConnectedSlave {
-    pub peer: SocketAddr,
-    pub since: SystemTime,
+use crate::master::config::Config;
+use crate::master::history::History;
+use crate::master::results::BuildResult;
+use crate::master::scheduler::SchedulerEvent;
+use crate::master::slaves::SlaveLink;
+
+/// Something that happened to a build, for everyone following along.
+#[derive(Debug, Clone, PartialEq)]
+pub enum BuildEvent {
+    RequestsQueued {
+        job_name: String,
+        builders: Vec<String>,
+    },
+    BuildStarted {
+        job_name: String,
+        builder: String,
+        number: i64,
+        slave: String,
+    },
+    StepStarted {
+        job_name: String,
+        builder: String,
+        number: i64,
+        step: i64,
+        name: String,
+    },
+    StepFinished {
+        job_name: String,
+        builder: String,
+        number: i64,
+        step: i64,
+        name: String,
+        result: BuildResult,
+        summary: String,
+    },
+    BuildFinished {
+        job_name: String,
+        builder: String,
+        number: i64,
+        result: BuildResult,
+        reason: Option<String>,
+        /// The request is queued again (its slave was lost): another build will follow.
+        will_retry: bool,
+    },
 }
 
-/// A build request made from a try job, waiting for a slave.
-#[derive(Debug, Clone)]
-pub struct PendingRequest {
-    pub builder: String,
-    /// The job's file name in the spool's `cur/`.
-    pub job_name: String,
-    pub jobid: String,
-    pub who: Option<String>,
-    pub comment: Option<String>,
-    pub received: SystemTime,
+impl BuildEvent {
+    pub fn job_name(&self) -> &str {
+        match self {
+            BuildEvent::RequestsQueued { job_name, .. }
+            | BuildEvent::BuildStarted { job_name, .. }
+            | BuildEvent::StepStarted { job_name, .. }
+            | BuildEvent::StepFinished { job_name, .. }
+            | BuildEvent::BuildFinished { job_name, .. } => job_name,
+        }
+    }
+}
+
+/// What a builder is doing now.
+#[derive(Debug, Clone, Default)]
+struct BuilderStatus {
+    queued: usize,
+    /// (build number, current step name) while building.
+    running: Vec<(i64, String)>,
+    last: Option<(i64, BuildResult)>,
 }
 
 pub struct MasterState {
     pub config: Arc<Config>,
     /// `SHA256:...` of the host key, shown to users so they can check what they connect to.
     pub host_key_fingerprint: String,
-    connected: Mutex<BTreeMap<String, ConnectedSlave>>,
-    pending: Mutex<Vec<PendingRequest>>,
+    pub history: History,
+    /// Where step logs are written: `logs/BUILDER/NUMBER/STEP-NAME.STREAM`.
+    pub logs_dir: PathBuf,
+    /// The web address, for links in `try --wait` summaries.
+    pub web_url: String,
+    slaves: Mutex<BTreeMap<String, Arc<SlaveLink>>>,
+    builders: Mutex<BTreeMap<String, BuilderStatus>>,
+    scheduler: mpsc::Sender<SchedulerEvent>,
+    events: broadcast::Sender<BuildEvent>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl MasterState {
-    pub fn new(config: Arc<Config>, host_key_fingerprint: String) -> MasterState {
+    pub fn new(
+        config: Arc<Config>,
+        host_key_fingerprint: String,
+        history: History,
+        web_url: String,
+        scheduler: mpsc::Sender<SchedulerEvent>,
+    ) -> MasterState {
+        let (events, _) = broadcast::channel(1024);
         MasterState {
+            logs_dir: config.master_dir.join("logs"),
+            builders: Mutex::new(
+                config
+                    .builders
+                    .iter()
+                    .map(|builder| (builder.name.clone(), BuilderStatus::default()))
+                    .collect(),
+            ),
             config,
             host_key_fingerprint,
-            connected: Mutex::new(BTreeMap::new()),
-            pending: Mutex::new(Vec::new()),
+            history,
+            web_url,
+            slaves: Mutex::new(BTreeMap::new()),
+            scheduler,
+            events,
         }
     }
 
-    /// Queues one request per builder of a job taken from the spool.
-    pub fn add_requests(&self, requests: impl IntoIterator<Item = PendingRequest>) {
-        self.pending
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .extend(requests);
+    /// Follows the build events from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<BuildEvent> {
+        self.events.subscribe()
     }
 
-    pub fn pending_requests(&self) -> Vec<PendingRequest> {
-        self.pending
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .clone()
+    /// Records an event in the builder status and tells every follower.
+    pub fn publish(&self, event: BuildEvent) {
+        {
+            let mut builders = lock(&self.builders);
+            match &event {
+                BuildEvent::BuildStarted {
+                    builder, number, ..
+                } => {
+                    if let Some(status) = builders.get_mut(builder) {
+                        status.running.push((*number, String::new()));
+                    }
+                }
+                BuildEvent::StepStarted {
+                    builder,
+                    number,
+                    name,
+                    ..
+                } => {
+                    if let Some(status) = builders.get_mut(builder)
+                        && let Some(running) = status.running.iter_mut().find(|(n, _)| n == number)
+                    {
+                        running.1 = name.clone();
+                    }
+                }
+                BuildEvent::BuildFinished {
+                    builder,
+                    number,
+                    result,
+                    ..
+                } => {
+                    if let Some(status) = builders.get_mut(builder) {
+                        status.running.retain(|(n, _)| n != number);
+                        status.last = Some((*number, *result));
+                    }
+                }
+                BuildEvent::RequestsQueued { .. } | BuildEvent::StepFinished { .. } => {}
+            }
+        }
+        // No subscribers is fine.
+        let _ = self.events.send(event);
     }
 
-    pub fn connected_slaves(&self) -> BTreeMap<String, ConnectedSlave> {
-        self.connected
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .clone()
+    /// The scheduler's view of the queue, per builder.
+    pub fn set_queued(&self, queued: BTreeMap<String, usize>) {
+        let mut builders = lock(&self.builders);
+        for (name, status) in builders.iter_mut() {
+            status.queued = queued.get(name).copied().unwrap_or(0);
+        }
+    }
+
+    pub async fn scheduler_event(&self, event: SchedulerEvent) {
+        if self.scheduler.send(event).await.is_err() {
+            tracing::debug!("scheduler gone (master stopping)");
+        }
+    }
+
+    /// A slave registered; a connection it already had is dropped (the newer one wins).
+    pub async fn slave_connected(&self, link: Arc<SlaveLink>) {
+        let previous = lock(&self.slaves).insert(link.name.clone(), Arc::clone(&link));
+        if let Some(previous) = previous {
+            tracing::warn!(slave = %link.name, old = %previous.peer, new = %link.peer, "slave connected again; dropping the older connection");
+            previous.close();
+        }
+        tracing::info!(slave = %link.name, peer = %link.peer, os = %link.hello.os, arch = %link.hello.arch, cpus = link.hello.cpus, version = %link.hello.buildbot_version, "slave connected");
+        self.scheduler_event(SchedulerEvent::SlaveConnected(link))
+            .await;
+    }
+
+    pub async fn slave_disconnected(&self, link: &SlaveLink) {
+        {
+            let mut slaves = lock(&self.slaves);
+            if slaves
+                .get(&link.name)
+                .is_some_and(|known| known.conn_id == link.conn_id)
+            {
+                slaves.remove(&link.name);
+            }
+        }
+        self.scheduler_event(SchedulerEvent::SlaveLost {
+            name: link.name.clone(),
+            conn_id: link.conn_id,
+        })
+        .await;
+    }
+
+    pub fn connected_slaves(&self) -> BTreeMap<String, Arc<SlaveLink>> {
+        lock(&self.slaves).clone()
     }
 
     /// A plain-text status: one line for the master, one per builder (all, or those named).
     pub fn status_lines(&self, only: &[String]) -> String {
         let connected = self.connected_slaves();
-        let pending = self.pending_requests();
+        let builders = lock(&self.builders).clone();
         let mut out = String::new();
         let _ = writeln!(
             out,
@@ -85,6 +237,7 @@ impl MasterState {
             if !only.is_empty() && !only.contains(&builder.name) {
                 continue;
             }
+            let status = builders.get(&builder.name).cloned().unwrap_or_default();
             let slaves: Vec<String> = builder
                 .slaves
                 .iter()
@@ -93,26 +246,39 @@ impl MasterState {
                     None => format!("{name} (not connected)"),
                 })
                 .collect();
-            let state = if builder
+            let state = if !status.running.is_empty() {
+                let running: Vec<String> = status
+                    .running
+                    .iter()
+                    .map(|(number, step)| format!("building #{number} ({step})"))
+                    .collect();
+                running.join(", ")
+            } else if builder
                 .slaves
                 .iter()
                 .any(|name| connected.contains_key(name))
             {
-                "idle"
+                "idle".to_string()
             } else {
-                "offline"
+                "offline".to_string()
             };
-            let queued = pending
-                .iter()
-                .filter(|request| request.builder == builder.name)
-                .count();
+            let last = match status.last {
+                Some((number, result)) => format!("; last #{number} {result}"),
+                None => String::new(),
+            };
             let _ = writeln!(
                 out,
-                "{}: {state}, {queued} queued; slaves: {}",
+                "{}: {state}, {} queued{last}; slaves: {}",
                 builder.name,
+                status.queued,
                 slaves.join(", ")
             );
         }
         out
+    }
+
+    /// When a slave connected, for status pages.
+    pub fn slave_since(&self, name: &str) -> Option<SystemTime> {
+        lock(&self.slaves).get(name).map(|link| link.since)
     }
 }

@@ -1,2 +1,162 @@
-//! The master <-> slave RPC: frames, messages and the version handshake, shared by both ends.
-//! (Arrives with the slaves-and-builds issue; nothing here yet.)
+//! The master <-> slave RPC, shared by both ends: the messages, their framing, and the version
+//! handshake. It knows nothing of SSH: frames travel over whatever byte stream the `slave`
+//! exec channel gives (`sshd` on the master, `slave` on the slave).
+//!
+//! A frame is a 4-byte big-endian length and a postcard-encoded [`Message`]. Output travels as
+//! raw bytes (postcard writes byte strings as a length and the bytes: no base64, no escaping).
+//! Frames are bounded ([`MAX_FRAME`]) so a big log chunk never delays a keepalive for long.
+
+pub mod frame;
+
+use serde::{Deserialize, Serialize};
+
+pub use frame::{DecodeError, FrameDecoder, encode};
+
+/// Bumped on any incompatible change to [`Message`].
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// The largest frame either side sends or accepts (the length prefix excluded). A checkout
+/// message carries the whole try patch, so this bounds the patch size the RPC can carry.
+pub const MAX_FRAME: usize = 64 * 1024 * 1024;
+
+/// The largest piece of command output in one `Output` message: small enough that a ping or a
+/// keepalive waits behind at most one of them.
+pub const MAX_OUTPUT_CHUNK: usize = 64 * 1024;
+
+/// Which stream of a command a piece of output came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StreamKind {
+    Stdout,
+    Stderr,
+    /// Lines the slave writes itself (checkout progress, "killed after timeout").
+    Info,
+}
+
+/// Everything that crosses the `slave` channel, in both directions.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Message {
+    // ---- handshake ----
+    /// slave → master, first frame: who it is.
+    Hello(Hello),
+    /// master → slave: registered.
+    Welcome {
+        master: String,
+    },
+    /// master → slave: not registered; the slave logs the reason.
+    Refused {
+        reason: String,
+    },
+
+    // ---- master → slave ----
+    /// Prepare a builder's work tree (fetch, check out, clean, apply the try patch).
+    Checkout {
+        id: u64,
+        checkout: CheckoutRequest,
+    },
+    /// Run one command.
+    StartCommand {
+        id: u64,
+        command: CommandRequest,
+    },
+    /// Stop a running checkout or command (SIGTERM to its process group, then SIGKILL).
+    Interrupt {
+        id: u64,
+        reason: String,
+    },
+    Ping {
+        nonce: u64,
+    },
+    /// Answer to a slave's keepalive.
+    KeepaliveAck {
+        nonce: u64,
+    },
+
+    // ---- slave → master ----
+    Output {
+        id: u64,
+        stream: StreamKind,
+        #[serde(with = "serde_bytes")]
+        data: Vec<u8>,
+    },
+    /// A checkout or command ended.
+    Exit {
+        id: u64,
+        exit: ExitReport,
+    },
+    Pong {
+        nonce: u64,
+    },
+    Keepalive {
+        nonce: u64,
+    },
+}
+
+/// The slave's introduction.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    pub name: String,
+    pub protocol_version: u32,
+    pub buildbot_version: String,
+    pub os: String,
+    pub arch: String,
+    pub cpus: u32,
+}
+
+impl Hello {
+    /// This slave's facts.
+    pub fn for_this_host(name: &str) -> Hello {
+        Hello {
+            name: name.to_string(),
+            protocol_version: PROTOCOL_VERSION,
+            buildbot_version: env!("CARGO_PKG_VERSION").to_string(),
+            os: std::env::consts::OS.to_string(),
+            arch: std::env::consts::ARCH.to_string(),
+            cpus: std::thread::available_parallelism()
+                .map(|n| u32::try_from(n.get()).unwrap_or(u32::MAX))
+                .unwrap_or(1),
+        }
+    }
+}
+
+/// What a checkout step needs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckoutRequest {
+    /// The builder's directory name under the slave's work directory.
+    pub builder: String,
+    pub repo: String,
+    pub branch: String,
+    pub revision: Option<String>,
+    #[serde(with = "serde_bytes")]
+    pub patch: Option<Vec<u8>>,
+    pub patch_level: u32,
+}
+
+/// What a command step needs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommandRequest {
+    pub builder: String,
+    /// Run with `/bin/sh -c`.
+    pub shell: String,
+    /// Relative to the builder's work tree.
+    pub workdir: Option<String>,
+    pub env: Vec<(String, String)>,
+    pub timeout_secs: Option<u64>,
+}
+
+/// How a checkout or command ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExitReport {
+    pub exit_code: Option<i32>,
+    pub signal: Option<i32>,
+    pub elapsed_ms: u64,
+    pub timed_out: bool,
+    pub interrupted: bool,
+    /// Set when the slave could not run it at all (cannot spawn, checkout failed).
+    pub error: Option<String>,
+}
+
+impl ExitReport {
+    pub fn succeeded(&self) -> bool {
+        self.error.is_none() && self.exit_code == Some(0) && !self.timed_out && !self.interrupted
+    }
+}

@@ -6,16 +6,14 @@ use std::net::SocketAddr;
 
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
+use crate::master::results::BuildResult;
+use crate::master::state::BuildEvent;
 use crate::spool::maildir::Maildir;
 use crate::spool::permission::Principal;
 use crate::spool::submit;
 use crate::sshd::accounts::UnixAccount;
 use crate::sshd::exec::{self, EXIT_UNKNOWN_COMMAND, EXIT_USAGE, ExecCommand};
 use crate::sshd::{Identity, SshdContext};
-
-/// `try --wait` on a master that cannot wait: the job was accepted, its results cannot be
-/// streamed. Distinct from 1 (a build failed) so the client does not report a failure.
-pub const EXIT_CANNOT_WAIT: u32 = 3;
 
 /// The standard streams of one exec channel.
 pub struct ExecIo<'a> {
@@ -39,7 +37,7 @@ impl ExecIo<'_> {
 pub async fn run(
     ctx: &SshdContext,
     identity: &Identity,
-    _peer: SocketAddr,
+    peer: SocketAddr,
     command: &str,
     _original: Option<&str>,
     io: &mut ExecIo<'_>,
@@ -48,9 +46,7 @@ pub async fn run(
     let user = match identity {
         Identity::Slave { name } => {
             if parsed == ExecCommand::Slave {
-                io.say("buildbot: this master does not speak the slave RPC yet")
-                    .await;
-                return 1;
+                return crate::master::slaves::serve(&ctx.master, name, peer, io).await;
             }
             io.say(&format!(
                 "buildbot: the key of slave {name} may only open the slave RPC, not '{command}'"
@@ -76,16 +72,15 @@ pub async fn run(
             1
         }
         ExecCommand::Watch { builders } => watch(ctx, &builders, io).await,
-        ExecCommand::TryServer { jobdir } => submit_job(ctx, user, Some(&jobdir), io).await,
+        ExecCommand::TryServer { jobdir } => submit_job(ctx, user, Some(&jobdir), io).await.0,
         ExecCommand::Try { wait } => {
-            let status = submit_job(ctx, user, None, io).await;
-            if status == 0 && wait {
-                io.say(
-                    "buildbot: --wait: this master does not run builds yet; the job stays queued",
-                )
-                .await;
+            // Subscribe before the job exists, so no event about it can be missed.
+            let events = ctx.master.subscribe();
+            let (status, job_name) = submit_job(ctx, user, None, io).await;
+            match job_name {
+                Some(job_name) if wait => wait_for_builds(ctx, &job_name, events, io).await,
+                _ => status,
             }
-            status
         }
         ExecCommand::Stop { .. } | ExecCommand::WebLogin => {
             io.say(&format!(
@@ -99,12 +94,13 @@ pub async fn run(
 
 /// Takes a try job from stdin into the spool, for `tryserver --jobdir DIR` (classic) and `try`.
 /// Refusals are one line on stderr and exit status 1; nothing is written for a refused job.
+/// Returns the exit status and, when accepted, the job's name in the spool.
 async fn submit_job(
     ctx: &SshdContext,
     user: &UnixAccount,
     jobdir: Option<&str>,
     io: &mut ExecIo<'_>,
-) -> u32 {
+) -> (u32, Option<String>) {
     let config = &ctx.config;
     let spool = &config.spool.dir;
     let principal = Principal {
@@ -119,14 +115,14 @@ async fn submit_job(
     if let Err(err) = checked {
         tracing::info!(user = %user.name, "try refused: {err}");
         io.say(&format!("buildbot: {err}")).await;
-        return 1;
+        return (1, None);
     }
     let received = match submit::read_job(io.stdin, config.spool.max_patch_bytes).await {
         Ok(received) => received,
         Err(err) => {
             tracing::info!(user = %user.name, "try refused: {err}");
             io.say(&format!("buildbot: {err}")).await;
-            return 1;
+            return (1, None);
         }
     };
     let (bytes, job) = received;
@@ -135,7 +131,7 @@ async fn submit_job(
         Err(err) => {
             tracing::info!(user = %user.name, "try refused: {err}");
             io.say(&format!("buildbot: {err}")).await;
-            return 1;
+            return (1, None);
         }
     };
     match submit::deliver(&Maildir::new(spool), bytes).await {
@@ -151,14 +147,127 @@ async fn submit_job(
             } else {
                 io.print(&format!("{line}\n")).await;
             }
-            0
+            (0, Some(name))
         }
         Err(err) => {
             tracing::error!(user = %user.name, "cannot spool a try job: {err}");
             io.say(&format!("buildbot: {err}")).await;
-            1
+            (1, None)
         }
     }
+}
+
+/// `try --wait`: streams the progress of the job's builds until all have finished. Exit 0 when
+/// every build succeeded (or had warnings), 1 otherwise.
+async fn wait_for_builds(
+    ctx: &SshdContext,
+    job_name: &str,
+    mut events: tokio::sync::broadcast::Receiver<BuildEvent>,
+    io: &mut ExecIo<'_>,
+) -> u32 {
+    use tokio::sync::broadcast::error::RecvError;
+    let mut waiting_for: Option<Vec<String>> = None;
+    // (builder, number, result, will another build follow?)
+    let mut finished: Vec<(String, i64, BuildResult, bool)> = Vec::new();
+    loop {
+        let event = match events.recv().await {
+            Ok(event) => event,
+            Err(RecvError::Lagged(missed)) => {
+                tracing::warn!(missed, "try --wait fell behind the build events");
+                continue;
+            }
+            Err(RecvError::Closed) => {
+                io.say("buildbot: the master stopped before the builds finished")
+                    .await;
+                return EXIT_USAGE;
+            }
+        };
+        if event.job_name() != job_name {
+            continue;
+        }
+        let line = match &event {
+            BuildEvent::RequestsQueued { builders, .. } => {
+                waiting_for = Some(builders.clone());
+                format!("queued for {}", builders.join(", "))
+            }
+            BuildEvent::BuildStarted {
+                builder,
+                number,
+                slave,
+                ..
+            } => {
+                format!("{builder} #{number}: started on {slave}")
+            }
+            BuildEvent::StepStarted {
+                builder,
+                number,
+                name,
+                ..
+            } => {
+                format!("{builder} #{number}: {name} ...")
+            }
+            BuildEvent::StepFinished {
+                builder,
+                number,
+                name,
+                result,
+                summary,
+                ..
+            } => {
+                format!("{builder} #{number}: {name} {result} ({summary})")
+            }
+            BuildEvent::BuildFinished {
+                builder,
+                number,
+                result,
+                reason,
+                will_retry,
+                ..
+            } => {
+                finished.push((builder.clone(), *number, *result, *will_retry));
+                let retry = if *will_retry {
+                    " (will be retried)"
+                } else {
+                    ""
+                };
+                match reason {
+                    Some(reason) => format!("{builder} #{number}: {result}: {reason}{retry}"),
+                    None => format!("{builder} #{number}: {result}{retry}"),
+                }
+            }
+        };
+        io.print(&format!("{line}\n")).await;
+        let Some(builders) = &waiting_for else {
+            continue;
+        };
+        // A build retried after a lost slave finishes twice; the last one of each counts.
+        let done = builders.iter().all(|builder| {
+            finished
+                .iter()
+                .rev()
+                .find(|(name, ..)| name == builder)
+                .is_some_and(|(.., will_retry)| !will_retry)
+        });
+        if done {
+            break;
+        }
+    }
+    let mut all_good = true;
+    let mut summary = String::from("summary:\n");
+    let builders = waiting_for.unwrap_or_default();
+    for builder in &builders {
+        if let Some((_, number, result, _)) =
+            finished.iter().rev().find(|(name, ..)| name == builder)
+        {
+            all_good &= result.is_good();
+            summary.push_str(&format!(
+                "  {builder} #{number}: {result}  {}/builders/{builder}/builds/{number}\n",
+                ctx.master.web_url
+            ));
+        }
+    }
+    io.print(&summary).await;
+    if all_good { 0 } else { 1 }
 }
 
 /// The status of the builders asked for (all when none are named): one line each.

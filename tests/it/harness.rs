@@ -72,9 +72,13 @@ pub struct TestMaster {
     /// A key pre-authorized for `current_user()`.
     pub user_key: TestKey,
     pub keys_dir: TempDir,
+    /// The directories of the slaves made by `create-slave` for this master.
+    pub slaves_dir: TempDir,
 }
 
 pub struct MasterSetup {
+    /// Slaves to create with `create-slave` (their [[slave]] blocks go into master.toml).
+    pub slaves: Vec<String>,
     /// Appended to (or replacing parts of) the generated master.toml.
     pub extra_config: String,
     pub allow_root: bool,
@@ -112,6 +116,7 @@ impl MasterSetup {
 impl Default for MasterSetup {
     fn default() -> Self {
         MasterSetup {
+            slaves: Vec::new(),
             extra_config: String::new(),
             allow_root: true,
             edits: Vec::new(),
@@ -164,6 +169,36 @@ impl TestMaster {
         if setup.allow_root {
             config = config.replace("allow_root = false", "allow_root = true");
         }
+        let slaves_dir = tempfile::Builder::new()
+            .prefix("buildbot-slaves-")
+            .tempdir()
+            .expect("temp dir");
+        let host_key = std::fs::read_to_string(dir.path().join("host_key.pub")).expect("host key");
+        for name in &setup.slaves {
+            let created = Command::new(BIN)
+                .arg("create-slave")
+                .arg(slaves_dir.path().join(name))
+                // The real port is known once the master runs; start_slave writes it in.
+                .args([
+                    "--master",
+                    "127.0.0.1:1",
+                    "--name",
+                    name,
+                    "--master-host-key",
+                    host_key.trim(),
+                ])
+                .output()
+                .expect("create-slave runs");
+            assert!(
+                created.status.success(),
+                "create-slave: {}",
+                text(&created.stderr)
+            );
+            let snippet = text(&created.stdout);
+            let block = &snippet[snippet.find("[[slave]]").expect("snippet printed")..];
+            config.push('\n');
+            config.push_str(block);
+        }
         config.push_str(&setup.extra_config);
         std::fs::write(&config_path, config).expect("config rewritten");
 
@@ -177,6 +212,7 @@ impl TestMaster {
             child: None,
             user_key,
             keys_dir,
+            slaves_dir,
         };
         master.authorize(&current_user(), &master.user_key.public_line);
         master.launched()
@@ -223,6 +259,35 @@ impl TestMaster {
             }
         }
         self
+    }
+
+    /// Starts `buildbot slave` for a slave made at setup, pointed at this master's port, and
+    /// waits until the master counts it as connected.
+    pub fn start_slave(&self, name: &str) -> TestSlave {
+        let slave = self.launch_slave(name, |_| {});
+        wait_until(&format!("slave {name} to connect"), || {
+            self.ssh(&self.user_key, &current_user(), "watch")
+                .stdout
+                .windows(format!("{name} (connected)").len())
+                .any(|window| window == format!("{name} (connected)").as_bytes())
+        });
+        slave
+    }
+
+    /// Starts a slave without waiting for it to connect; `edit` may change its slave.toml.
+    pub fn launch_slave(&self, name: &str, edit: impl FnOnce(&mut String)) -> TestSlave {
+        let dir = self.slaves_dir.path().join(name);
+        let config_path = dir.join("slave.toml");
+        let mut config = std::fs::read_to_string(&config_path).expect("slave.toml");
+        let start = config.find("master = ").expect("master line");
+        let end = start + config[start..].find('\n').expect("line end");
+        config.replace_range(
+            start..end,
+            &format!("master = \"127.0.0.1:{}\"", self.ssh_port),
+        );
+        edit(&mut config);
+        std::fs::write(&config_path, config).expect("slave.toml written");
+        TestSlave::launch(dir)
     }
 
     /// Starts a stopped master again.
@@ -400,6 +465,61 @@ pub fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
     let deadline = Instant::now() + PATIENCE;
     while !condition() {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(25));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A running `buildbot slave`. Dropping it stops the process.
+pub struct TestSlave {
+    pub dir: PathBuf,
+    child: Option<Child>,
+    log_path: PathBuf,
+}
+
+impl TestSlave {
+    fn launch(dir: PathBuf) -> TestSlave {
+        let log_path = dir.join("slave.log");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .expect("log file");
+        let child = Command::new(BIN)
+            .arg("slave")
+            .arg(&dir)
+            .env("RUST_LOG", "debug,russh=info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("slave starts");
+        TestSlave {
+            dir,
+            child: Some(child),
+            log_path,
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+}
+
+impl Drop for TestSlave {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            signal(child.id(), nix::sys::signal::Signal::SIGTERM);
+            if wait_with_timeout(&mut child, Duration::from_secs(10)).is_none() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+        if std::thread::panicking() {
+            eprintln!(
+                "---- slave log ({}) ----\n{}",
+                self.dir.display(),
+                self.log()
+            );
+        }
     }
 }

@@ -1,6 +1,8 @@
 //! Integration tests: real `buildbot` processes on loopback, driven by real clients.
 
+mod builds;
 mod cli;
 mod harness;
+mod repo;
 mod sshd;
 mod try_;

@@ -1,0 +1,502 @@
+//! Build history in SQLite: build requests, builds, steps, with versioned migrations from the
+//! first schema. Logs are files (see `master::logs`); the database holds where they are.
+//!
+//! One connection behind a mutex; callers on async threads go through [`History::run`], which
+//! moves the work to the blocking pool.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use crate::master::results::BuildResult;
+
+/// Each entry upgrades the schema by one version; never edit one that has shipped.
+const MIGRATIONS: &[&str] = &[
+    // 1: the first schema.
+    "CREATE TABLE requests (
+        id INTEGER PRIMARY KEY,
+        job_name TEXT NOT NULL,
+        jobid TEXT NOT NULL,
+        builder TEXT NOT NULL,
+        who TEXT,
+        comment TEXT,
+        properties TEXT NOT NULL,
+        repository TEXT NOT NULL,
+        branch TEXT,
+        baserev TEXT,
+        patch BLOB,
+        patch_level INTEGER NOT NULL,
+        submitted_at REAL NOT NULL,
+        state TEXT NOT NULL
+    );
+    CREATE INDEX requests_job ON requests(job_name);
+    CREATE INDEX requests_state ON requests(state);
+    CREATE TABLE builds (
+        id INTEGER PRIMARY KEY,
+        builder TEXT NOT NULL,
+        number INTEGER NOT NULL,
+        request_id INTEGER NOT NULL REFERENCES requests(id),
+        slave TEXT NOT NULL,
+        started_at REAL NOT NULL,
+        finished_at REAL,
+        result TEXT,
+        reason TEXT,
+        UNIQUE (builder, number)
+    );
+    CREATE TABLE steps (
+        id INTEGER PRIMARY KEY,
+        build_id INTEGER NOT NULL REFERENCES builds(id),
+        number INTEGER NOT NULL,
+        name TEXT NOT NULL,
+        started_at REAL NOT NULL,
+        finished_at REAL,
+        result TEXT,
+        summary TEXT,
+        UNIQUE (build_id, number)
+    );",
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum HistoryError {
+    #[error("history database: {0}")]
+    Sql(#[from] rusqlite::Error),
+    #[error("history database is newer (schema {found}) than this buildbot knows ({known})")]
+    TooNew { found: i64, known: i64 },
+    #[error("history task failed: {0}")]
+    Task(String),
+}
+
+/// A request as stored: everything needed to run its build after a restart.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredRequest {
+    pub id: i64,
+    pub job_name: String,
+    pub jobid: String,
+    pub builder: String,
+    pub who: Option<String>,
+    pub comment: Option<String>,
+    pub repository: String,
+    pub branch: Option<String>,
+    pub baserev: Option<String>,
+    pub patch: Option<Vec<u8>>,
+    pub patch_level: u32,
+    pub submitted_at: f64,
+}
+
+/// A finished or running build, for status output.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BuildRow {
+    pub id: i64,
+    pub builder: String,
+    pub number: i64,
+    pub slave: String,
+    pub started_at: f64,
+    pub finished_at: Option<f64>,
+    pub result: Option<String>,
+    pub reason: Option<String>,
+}
+
+#[derive(Clone)]
+pub struct History {
+    connection: Arc<Mutex<Connection>>,
+}
+
+pub fn now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_secs_f64())
+        .unwrap_or_default()
+}
+
+impl History {
+    /// Opens (creating if needed) and migrates the database.
+    pub fn open(path: &Path) -> Result<History, HistoryError> {
+        let mut connection = Connection::open(path)?;
+        connection.pragma_update(None, "journal_mode", "WAL")?;
+        connection.pragma_update(None, "synchronous", "FULL")?;
+        connection.pragma_update(None, "foreign_keys", "ON")?;
+        migrate(&mut connection)?;
+        Ok(History {
+            connection: Arc::new(Mutex::new(connection)),
+        })
+    }
+
+    /// Runs `work` with the connection on the blocking pool.
+    pub async fn run<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&mut Connection) -> Result<T, HistoryError> + Send + 'static,
+    ) -> Result<T, HistoryError> {
+        let connection = Arc::clone(&self.connection);
+        tokio::task::spawn_blocking(move || {
+            let mut guard = connection
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            work(&mut guard)
+        })
+        .await
+        .map_err(|err| HistoryError::Task(err.to_string()))?
+    }
+
+    /// The same, for callers that are already on a blocking thread (and tests).
+    pub fn with<T>(
+        &self,
+        work: impl FnOnce(&mut Connection) -> Result<T, HistoryError>,
+    ) -> Result<T, HistoryError> {
+        let mut guard = self
+            .connection
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        work(&mut guard)
+    }
+}
+
+fn migrate(connection: &mut Connection) -> Result<(), HistoryError> {
+    let version: i64 = connection.pragma_query_value(None, "user_version", |row| row.get(0))?;
+    let known = MIGRATIONS.len() as i64;
+    if version > known {
+        return Err(HistoryError::TooNew {
+            found: version,
+            known,
+        });
+    }
+    for (index, migration) in MIGRATIONS
+        .iter()
+        .enumerate()
+        .skip(usize::try_from(version).unwrap_or(0))
+    {
+        let transaction = connection.transaction()?;
+        transaction.execute_batch(migration)?;
+        transaction.pragma_update(None, "user_version", index as i64 + 1)?;
+        transaction.commit()?;
+    }
+    Ok(())
+}
+
+/// Records the requests of one job (one per builder) in one transaction; returns their ids.
+/// A job already recorded (the master restarted between recording it and moving on) is not
+/// recorded twice.
+pub fn insert_requests(
+    connection: &mut Connection,
+    requests: &[StoredRequest],
+) -> Result<Vec<i64>, HistoryError> {
+    let transaction = connection.transaction()?;
+    let mut ids = Vec::new();
+    for request in requests {
+        let existing: Option<i64> = transaction
+            .query_row(
+                "SELECT id FROM requests WHERE job_name = ?1 AND builder = ?2",
+                params![request.job_name, request.builder],
+                |row| row.get(0),
+            )
+            .optional()?;
+        if let Some(id) = existing {
+            ids.push(id);
+            continue;
+        }
+        transaction.execute(
+            "INSERT INTO requests (job_name, jobid, builder, who, comment, properties, repository, branch, baserev, patch, patch_level, submitted_at, state)
+             VALUES (?1, ?2, ?3, ?4, ?5, '{}', ?6, ?7, ?8, ?9, ?10, ?11, 'pending')",
+            params![
+                request.job_name,
+                request.jobid,
+                request.builder,
+                request.who,
+                request.comment,
+                request.repository,
+                request.branch,
+                request.baserev,
+                request.patch,
+                request.patch_level,
+                request.submitted_at,
+            ],
+        )?;
+        ids.push(transaction.last_insert_rowid());
+    }
+    transaction.commit()?;
+    Ok(ids)
+}
+
+pub fn is_job_recorded(connection: &Connection, job_name: &str) -> Result<bool, HistoryError> {
+    let count: i64 = connection.query_row(
+        "SELECT COUNT(*) FROM requests WHERE job_name = ?1",
+        params![job_name],
+        |row| row.get(0),
+    )?;
+    Ok(count > 0)
+}
+
+fn request_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<StoredRequest> {
+    Ok(StoredRequest {
+        id: row.get(0)?,
+        job_name: row.get(1)?,
+        jobid: row.get(2)?,
+        builder: row.get(3)?,
+        who: row.get(4)?,
+        comment: row.get(5)?,
+        repository: row.get(6)?,
+        branch: row.get(7)?,
+        baserev: row.get(8)?,
+        patch: row.get(9)?,
+        patch_level: row.get(10)?,
+        submitted_at: row.get(11)?,
+    })
+}
+
+const REQUEST_COLUMNS: &str = "id, job_name, jobid, builder, who, comment, repository, branch, baserev, patch, patch_level, submitted_at";
+
+/// Requests still waiting for a build, oldest first.
+pub fn pending_requests(connection: &Connection) -> Result<Vec<StoredRequest>, HistoryError> {
+    let mut statement = connection.prepare(&format!(
+        "SELECT {REQUEST_COLUMNS} FROM requests WHERE state = 'pending' ORDER BY id"
+    ))?;
+    let rows = statement.query_map([], request_from_row)?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+pub fn set_request_state(
+    connection: &Connection,
+    id: i64,
+    state: &str,
+) -> Result<(), HistoryError> {
+    connection.execute(
+        "UPDATE requests SET state = ?2 WHERE id = ?1",
+        params![id, state],
+    )?;
+    Ok(())
+}
+
+/// Starts a build of a request: the next number of its builder. Returns (build id, number).
+pub fn start_build(
+    connection: &mut Connection,
+    request_id: i64,
+    builder: &str,
+    slave: &str,
+) -> Result<(i64, i64), HistoryError> {
+    let transaction = connection.transaction()?;
+    let number: i64 = transaction.query_row(
+        "SELECT COALESCE(MAX(number), 0) + 1 FROM builds WHERE builder = ?1",
+        params![builder],
+        |row| row.get(0),
+    )?;
+    transaction.execute(
+        "INSERT INTO builds (builder, number, request_id, slave, started_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![builder, number, request_id, slave, now()],
+    )?;
+    let id = transaction.last_insert_rowid();
+    transaction.execute(
+        "UPDATE requests SET state = 'building' WHERE id = ?1",
+        params![request_id],
+    )?;
+    transaction.commit()?;
+    Ok((id, number))
+}
+
+pub fn finish_build(
+    connection: &mut Connection,
+    build_id: i64,
+    result: BuildResult,
+    reason: Option<&str>,
+) -> Result<(), HistoryError> {
+    let transaction = connection.transaction()?;
+    transaction.execute(
+        "UPDATE builds SET finished_at = ?2, result = ?3, reason = ?4 WHERE id = ?1",
+        params![build_id, now(), result.as_str(), reason],
+    )?;
+    transaction.execute(
+        "UPDATE requests SET state = 'done' WHERE id = (SELECT request_id FROM builds WHERE id = ?1)",
+        params![build_id],
+    )?;
+    transaction.commit()?;
+    Ok(())
+}
+
+pub fn start_step(
+    connection: &Connection,
+    build_id: i64,
+    number: i64,
+    name: &str,
+) -> Result<i64, HistoryError> {
+    connection.execute(
+        "INSERT INTO steps (build_id, number, name, started_at) VALUES (?1, ?2, ?3, ?4)",
+        params![build_id, number, name, now()],
+    )?;
+    Ok(connection.last_insert_rowid())
+}
+
+pub fn finish_step(
+    connection: &Connection,
+    step_id: i64,
+    result: BuildResult,
+    summary: &str,
+) -> Result<(), HistoryError> {
+    connection.execute(
+        "UPDATE steps SET finished_at = ?2, result = ?3, summary = ?4 WHERE id = ?1",
+        params![step_id, now(), result.as_str(), summary],
+    )?;
+    Ok(())
+}
+
+/// Builds left running by a master that stopped (or crashed): marked exception, and their
+/// requests made pending again so they run anew. Returns how many.
+pub fn recover_interrupted_builds(connection: &mut Connection) -> Result<usize, HistoryError> {
+    let transaction = connection.transaction()?;
+    transaction.execute(
+        "UPDATE steps SET finished_at = ?1, result = 'exception', summary = 'master restarted'
+         WHERE finished_at IS NULL",
+        params![now()],
+    )?;
+    transaction.execute(
+        "UPDATE requests SET state = 'pending' WHERE id IN (SELECT request_id FROM builds WHERE finished_at IS NULL)",
+        [],
+    )?;
+    let count = transaction.execute(
+        "UPDATE builds SET finished_at = ?1, result = 'exception', reason = 'master restarted' WHERE finished_at IS NULL",
+        params![now()],
+    )?;
+    transaction.commit()?;
+    Ok(count)
+}
+
+/// The most recent builds of a builder, newest first.
+pub fn recent_builds(
+    connection: &Connection,
+    builder: &str,
+    limit: i64,
+) -> Result<Vec<BuildRow>, HistoryError> {
+    let mut statement = connection.prepare(
+        "SELECT id, builder, number, slave, started_at, finished_at, result, reason FROM builds
+         WHERE builder = ?1 ORDER BY number DESC LIMIT ?2",
+    )?;
+    let rows = statement.query_map(params![builder, limit], |row| {
+        Ok(BuildRow {
+            id: row.get(0)?,
+            builder: row.get(1)?,
+            number: row.get(2)?,
+            slave: row.get(3)?,
+            started_at: row.get(4)?,
+            finished_at: row.get(5)?,
+            result: row.get(6)?,
+            reason: row.get(7)?,
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// A step of a build, for status output.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepRow {
+    pub number: i64,
+    pub name: String,
+    pub started_at: f64,
+    pub finished_at: Option<f64>,
+    pub result: Option<String>,
+    pub summary: Option<String>,
+}
+
+pub fn steps_of(connection: &Connection, build_id: i64) -> Result<Vec<StepRow>, HistoryError> {
+    let mut statement = connection.prepare(
+        "SELECT number, name, started_at, finished_at, result, summary FROM steps WHERE build_id = ?1 ORDER BY number",
+    )?;
+    let rows = statement.query_map(params![build_id], |row| {
+        Ok(StepRow {
+            number: row.get(0)?,
+            name: row.get(1)?,
+            started_at: row.get(2)?,
+            finished_at: row.get(3)?,
+            result: row.get(4)?,
+            summary: row.get(5)?,
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Durations (seconds) of the last successful builds of a builder, newest first, for the ETA.
+pub fn recent_success_durations(
+    connection: &Connection,
+    builder: &str,
+    limit: i64,
+) -> Result<Vec<f64>, HistoryError> {
+    let mut statement = connection.prepare(
+        "SELECT finished_at - started_at FROM builds WHERE builder = ?1 AND result = 'success'
+         ORDER BY number DESC LIMIT ?2",
+    )?;
+    let rows = statement.query_map(params![builder, limit], |row| row.get(0))?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(job: &str, builder: &str) -> StoredRequest {
+        StoredRequest {
+            id: 0,
+            job_name: job.into(),
+            jobid: "1".into(),
+            builder: builder.into(),
+            who: Some("alice".into()),
+            comment: None,
+            repository: String::new(),
+            branch: None,
+            baserev: Some("abc".into()),
+            patch: Some(vec![0, 1, 255]),
+            patch_level: 1,
+            submitted_at: 1.0,
+        }
+    }
+
+    #[test]
+    fn requests_builds_and_restart_recovery() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("state.sqlite");
+        let history = History::open(&path).expect("open");
+        history
+            .with(|c| {
+                let ids = insert_requests(c, &[request("j1", "linux"), request("j1", "mac")])?;
+                assert_eq!(ids.len(), 2);
+                // The same job again (replayed after a crash) is not recorded twice.
+                assert_eq!(insert_requests(c, &[request("j1", "linux")])?, vec![ids[0]]);
+                assert!(is_job_recorded(c, "j1")?);
+                let (build, number) = start_build(c, ids[0], "linux", "s1")?;
+                assert_eq!(number, 1);
+                let step = start_step(c, build, 1, "checkout")?;
+                finish_step(c, step, BuildResult::Success, "ok")?;
+                assert_eq!(pending_requests(c)?.len(), 1);
+                Ok(())
+            })
+            .expect("works");
+        drop(history);
+        // Reopening migrates nothing and finds the build that was running.
+        let history = History::open(&path).expect("reopen");
+        history
+            .with(|c| {
+                assert_eq!(recover_interrupted_builds(c)?, 1);
+                let pending = pending_requests(c)?;
+                assert_eq!(pending.len(), 2);
+                assert_eq!(pending[0].patch.as_deref(), Some(&[0u8, 1, 255][..]));
+                let builds = recent_builds(c, "linux", 10)?;
+                assert_eq!(builds[0].result.as_deref(), Some("exception"));
+                assert_eq!(builds[0].reason.as_deref(), Some("master restarted"));
+                let (_, number) = start_build(c, pending[0].id, "linux", "s1")?;
+                assert_eq!(number, 2);
+                Ok(())
+            })
+            .expect("works");
+    }
+
+    #[test]
+    fn a_newer_schema_is_refused() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("state.sqlite");
+        let connection = Connection::open(&path).expect("open");
+        connection
+            .pragma_update(None, "user_version", 99)
+            .expect("set");
+        drop(connection);
+        assert!(matches!(
+            History::open(&path),
+            Err(HistoryError::TooNew { found: 99, .. })
+        ));
+    }
+}

@@ -1,0 +1,271 @@
+//! The master's end of the slave RPC: one [`SlaveLink`] per connected slave, and [`serve`],
+//! which runs the `slave` exec channel (handshake, then a reader and a writer running side by
+//! side so neither can block the other).
+//!
+//! Commands are multiplexed by id: whoever starts one gets a receiver of its [`SlaveEvent`]s.
+//! When the connection ends, every such receiver sees its channel close: that is how a build
+//! learns its slave is lost.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use crate::master::state::MasterState;
+use crate::proto::{self, ExitReport, FrameDecoder, Hello, Message, PROTOCOL_VERSION, StreamKind};
+use crate::sshd::commands::ExecIo;
+
+/// What a running checkout or command reports.
+#[derive(Debug)]
+pub enum SlaveEvent {
+    Output { stream: StreamKind, data: Vec<u8> },
+    Exit(ExitReport),
+}
+
+/// Output waiting for a build to write it; bounded, so a slow disk slows the slave down
+/// instead of filling the master's memory.
+const EVENT_QUEUE: usize = 64;
+/// How long a slave has to introduce itself.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A connected slave.
+pub struct SlaveLink {
+    pub name: String,
+    /// Distinguishes this connection from an earlier or later one of the same slave.
+    pub conn_id: u64,
+    pub peer: SocketAddr,
+    pub hello: Hello,
+    pub since: SystemTime,
+    outgoing: mpsc::UnboundedSender<Message>,
+    routes: Mutex<HashMap<u64, mpsc::Sender<SlaveEvent>>>,
+    pings: Mutex<HashMap<u64, oneshot::Sender<()>>>,
+    next_id: AtomicU64,
+    /// Cancelled when the connection ends or a newer connection of the same slave replaces it.
+    pub closed: CancellationToken,
+}
+
+/// The slave's connection is gone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("slave lost")]
+pub struct SlaveLost;
+
+impl SlaveLink {
+    /// Sends a checkout or command built by `make` from a fresh id; returns the id and the
+    /// receiver of its events.
+    pub fn start(
+        &self,
+        make: impl FnOnce(u64) -> Message,
+    ) -> Result<(u64, mpsc::Receiver<SlaveEvent>), SlaveLost> {
+        if self.closed.is_cancelled() {
+            return Err(SlaveLost);
+        }
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (events_tx, events_rx) = mpsc::channel(EVENT_QUEUE);
+        lock(&self.routes).insert(id, events_tx);
+        if self.outgoing.send(make(id)).is_err() {
+            lock(&self.routes).remove(&id);
+            return Err(SlaveLost);
+        }
+        Ok((id, events_rx))
+    }
+
+    pub fn interrupt(&self, id: u64, reason: &str) {
+        let _ = self.outgoing.send(Message::Interrupt {
+            id,
+            reason: reason.to_string(),
+        });
+    }
+
+    /// Whether the slave answers a ping within `timeout`.
+    pub async fn ping(&self, timeout: Duration) -> bool {
+        let nonce = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (pong_tx, pong_rx) = oneshot::channel();
+        lock(&self.pings).insert(nonce, pong_tx);
+        if self.outgoing.send(Message::Ping { nonce }).is_err() {
+            return false;
+        }
+        let answered = matches!(tokio::time::timeout(timeout, pong_rx).await, Ok(Ok(())));
+        lock(&self.pings).remove(&nonce);
+        answered
+    }
+
+    /// Drops the connection (ping unanswered, or replaced).
+    pub fn close(&self) {
+        self.closed.cancel();
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+static NEXT_CONNECTION: AtomicU64 = AtomicU64::new(1);
+
+/// Runs the RPC for slave `name` (already authenticated by its key) on an exec channel.
+pub async fn serve(
+    state: &Arc<MasterState>,
+    name: &str,
+    peer: SocketAddr,
+    io: &mut ExecIo<'_>,
+) -> u32 {
+    let ExecIo {
+        stdin,
+        stdout,
+        stderr,
+    } = io;
+    let mut decoder = FrameDecoder::default();
+    let mut buffer = vec![0u8; 64 * 1024];
+
+    let hello = match tokio::time::timeout(
+        HELLO_TIMEOUT,
+        read_message(*stdin, &mut decoder, &mut buffer),
+    )
+    .await
+    {
+        Ok(Ok(Some(Message::Hello(hello)))) => hello,
+        Ok(Ok(Some(other))) => {
+            return refuse(*stdout, name, &format!("expected Hello, got {other:?}")).await;
+        }
+        Ok(Ok(None)) => return 1,
+        Ok(Err(reason)) => return refuse(*stdout, name, &reason).await,
+        Err(_) => return refuse(*stdout, name, "no Hello within 30 s").await,
+    };
+    if hello.name != name {
+        return refuse(
+            *stdout,
+            name,
+            &format!("this key belongs to slave {name}, not {}", hello.name),
+        )
+        .await;
+    }
+    if hello.protocol_version != PROTOCOL_VERSION {
+        let reason = format!(
+            "protocol version {} is not this master's {PROTOCOL_VERSION}; upgrade the slave to buildbot {}",
+            hello.protocol_version,
+            env!("CARGO_PKG_VERSION")
+        );
+        return refuse(*stdout, name, &reason).await;
+    }
+
+    let (outgoing, mut outgoing_rx) = mpsc::unbounded_channel();
+    let link = Arc::new(SlaveLink {
+        name: name.to_string(),
+        conn_id: NEXT_CONNECTION.fetch_add(1, Ordering::Relaxed),
+        peer,
+        hello,
+        since: SystemTime::now(),
+        outgoing,
+        routes: Mutex::new(HashMap::new()),
+        pings: Mutex::new(HashMap::new()),
+        next_id: AtomicU64::new(1),
+        closed: CancellationToken::new(),
+    });
+    let _ = link.outgoing.send(Message::Welcome {
+        master: state.config.name.clone(),
+    });
+    state.slave_connected(Arc::clone(&link)).await;
+
+    let reader = async {
+        loop {
+            let message = match read_message(*stdin, &mut decoder, &mut buffer).await {
+                Ok(Some(message)) => message,
+                Ok(None) => return "the slave closed the connection".to_string(),
+                Err(reason) => return reason,
+            };
+            match message {
+                Message::Output { id, stream, data } => {
+                    let route = lock(&link.routes).get(&id).cloned();
+                    if let Some(route) = route {
+                        // A build that stopped listening (stopped, gone) just drops output.
+                        let _ = route.send(SlaveEvent::Output { stream, data }).await;
+                    }
+                }
+                Message::Exit { id, exit } => {
+                    let route = lock(&link.routes).remove(&id);
+                    if let Some(route) = route {
+                        let _ = route.send(SlaveEvent::Exit(exit)).await;
+                    }
+                }
+                Message::Pong { nonce } => {
+                    if let Some(waiter) = lock(&link.pings).remove(&nonce) {
+                        let _ = waiter.send(());
+                    }
+                }
+                Message::Keepalive { nonce } => {
+                    let _ = link.outgoing.send(Message::KeepaliveAck { nonce });
+                }
+                other => return format!("unexpected message from the slave: {other:?}"),
+            }
+        }
+    };
+    let writer = async {
+        while let Some(message) = outgoing_rx.recv().await {
+            let frame = proto::encode(&message);
+            if stdout.write_all(&frame).await.is_err() || stdout.flush().await.is_err() {
+                return "cannot write to the slave".to_string();
+            }
+        }
+        "the master dropped the connection".to_string()
+    };
+    let reason = tokio::select! {
+        reason = reader => reason,
+        reason = writer => reason,
+        _ = link.closed.cancelled() => "connection replaced or dropped by the master".to_string(),
+    };
+    link.closed.cancel();
+    // Every build waiting on this slave sees its event channel close: "slave lost".
+    lock(&link.routes).clear();
+    tracing::info!(slave = %name, %peer, "slave disconnected: {reason}");
+    state.slave_disconnected(&link).await;
+    let _ = stderr
+        .write_all(format!("buildbot: {reason}\n").as_bytes())
+        .await;
+    0
+}
+
+async fn read_message(
+    stdin: &mut (dyn tokio::io::AsyncRead + Unpin + Send),
+    decoder: &mut FrameDecoder,
+    buffer: &mut [u8],
+) -> Result<Option<Message>, String> {
+    loop {
+        if let Some(message) = decoder
+            .next_message()
+            .map_err(|err| format!("bad frame: {err}"))?
+        {
+            return Ok(Some(message));
+        }
+        let read = stdin
+            .read(buffer)
+            .await
+            .map_err(|err| format!("read failed: {err}"))?;
+        if read == 0 {
+            decoder
+                .finish()
+                .map_err(|err| format!("bad frame: {err}"))?;
+            return Ok(None);
+        }
+        decoder.push(&buffer[..read]);
+    }
+}
+
+async fn refuse(
+    stdout: &mut (dyn tokio::io::AsyncWrite + Unpin + Send),
+    name: &str,
+    reason: &str,
+) -> u32 {
+    tracing::warn!(slave = %name, "refused slave: {reason}");
+    let frame = proto::encode(&Message::Refused {
+        reason: reason.to_string(),
+    });
+    let _ = stdout.write_all(&frame).await;
+    let _ = stdout.flush().await;
+    1
+}

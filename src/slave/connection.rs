@@ -1,0 +1,262 @@
+//! One connection to the master: SSH handshake with the pinned host key, the `slave` channel,
+//! the version handshake, then the message loop with keepalives.
+//!
+//! The channel is read by a task of its own that always drains it (russh trap #1: a task that
+//! reads and writes one channel stalls when both sides send at once); frames go out through a
+//! writer task fed by a bounded queue, which is what slows down a command that prints faster
+//! than the link carries.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use russh::ChannelMsg;
+use russh::keys::{PrivateKey, PrivateKeyWithHashAlg, PublicKey};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::proto::{self, FrameDecoder, Hello, Message};
+use crate::slave::SlaveConfig;
+use crate::slave::work::Work;
+
+/// How a connection ended.
+pub enum Ended {
+    Shutdown,
+    Lost(String),
+}
+
+/// Frames waiting for the writer; bounded, so output producers feel the link's speed.
+const OUTGOING_QUEUE: usize = 64;
+
+struct ClientHandler {
+    expected: PublicKey,
+    /// What the master presented, when it was not the pinned key.
+    mismatch: Arc<Mutex<Option<String>>>,
+}
+
+impl russh::client::Handler for ClientHandler {
+    type Error = russh::Error;
+
+    async fn check_server_key(
+        &mut self,
+        server_key: &russh::keys::PublicKeyOrCertificate,
+    ) -> Result<bool, Self::Error> {
+        let presented = match server_key {
+            russh::keys::PublicKeyOrCertificate::PublicKey { key, .. } => {
+                if key.key_data() == self.expected.key_data() {
+                    return Ok(true);
+                }
+                key.fingerprint(russh::keys::HashAlg::Sha256).to_string()
+            }
+            russh::keys::PublicKeyOrCertificate::Certificate(_) => "a host certificate".to_string(),
+        };
+        if let Ok(mut mismatch) = self.mismatch.lock() {
+            *mismatch = Some(presented);
+        }
+        Ok(false)
+    }
+}
+
+/// Connects, registers and serves until the connection ends or `shutdown` is cancelled.
+pub async fn serve(
+    config: &SlaveConfig,
+    key: &PrivateKey,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Ended> {
+    let stream = tokio::time::timeout(
+        Duration::from_secs(20),
+        tokio::net::TcpStream::connect(&config.master),
+    )
+    .await
+    .with_context(|| format!("timed out connecting to {}", config.master))?
+    .with_context(|| format!("cannot connect to {}", config.master))?;
+    let mismatch = Arc::new(Mutex::new(None));
+    let handler = ClientHandler {
+        expected: config.master_host_key.clone(),
+        mismatch: Arc::clone(&mismatch),
+    };
+    let ssh_config = Arc::new(russh::client::Config {
+        // Quiet links are probed at the SSH level too, and NAT mappings kept alive.
+        keepalive_interval: Some(config.keepalive_interval.min(Duration::from_secs(60))),
+        keepalive_max: 3,
+        inactivity_timeout: None,
+        nodelay: true,
+        ..Default::default()
+    });
+    let mut session = match russh::client::connect_stream(ssh_config, stream, handler).await {
+        Ok(session) => session,
+        Err(err) => {
+            if let Some(presented) = mismatch.lock().ok().and_then(|m| m.clone()) {
+                bail!(
+                    "MASTER HOST KEY MISMATCH: {} presented {presented}, but slave.toml pins {}; refusing to connect (if the master's key really changed, update master_host_key)",
+                    config.master,
+                    config
+                        .master_host_key
+                        .fingerprint(russh::keys::HashAlg::Sha256)
+                );
+            }
+            return Err(err)
+                .with_context(|| format!("SSH handshake with {} failed", config.master));
+        }
+    };
+    let auth = session
+        .authenticate_publickey(
+            config.name.clone(),
+            PrivateKeyWithHashAlg::new(Arc::new(key.clone()), None),
+        )
+        .await
+        .context("authentication failed")?;
+    if !auth.success() {
+        bail!(
+            "the master refused this slave's key for login '{}' (is the [[slave]] block with this key in master.toml?)",
+            config.name
+        );
+    }
+    let channel = session
+        .channel_open_session()
+        .await
+        .context("cannot open a channel")?;
+    channel
+        .exec(true, "slave")
+        .await
+        .context("cannot start the slave RPC")?;
+    let (mut read_half, write_half) = channel.split();
+
+    let (incoming_tx, mut incoming) = mpsc::unbounded_channel::<Result<Message, String>>();
+    let reader = tokio::spawn(async move {
+        let mut decoder = FrameDecoder::default();
+        while let Some(message) = read_half.wait().await {
+            match message {
+                ChannelMsg::Data { data } => {
+                    decoder.push(&data);
+                    loop {
+                        match decoder.next_message() {
+                            Ok(Some(message)) => {
+                                if incoming_tx.send(Ok(message)).is_err() {
+                                    return;
+                                }
+                            }
+                            Ok(None) => break,
+                            Err(err) => {
+                                let _ = incoming_tx
+                                    .send(Err(format!("bad frame from the master: {err}")));
+                                return;
+                            }
+                        }
+                    }
+                }
+                ChannelMsg::ExtendedData { data, .. } => {
+                    let text = String::from_utf8_lossy(&data);
+                    let _ = incoming_tx.send(Err(format!("the master says: {}", text.trim())));
+                }
+                ChannelMsg::ExitStatus { exit_status } => {
+                    let _ = incoming_tx.send(Err(format!(
+                        "the master ended the RPC (status {exit_status})"
+                    )));
+                    return;
+                }
+                ChannelMsg::Eof | ChannelMsg::Close => break,
+                _ => {}
+            }
+        }
+        let _ = incoming_tx.send(Err("the master closed the connection".into()));
+    });
+
+    let (outgoing, mut outgoing_rx) = mpsc::channel::<Message>(OUTGOING_QUEUE);
+    let (control, mut control_rx) = mpsc::unbounded_channel::<Message>();
+    let writer = tokio::spawn(async move {
+        loop {
+            // Pongs and keepalives overtake queued output: a busy step must not look dead.
+            let message = tokio::select! {
+                biased;
+                Some(message) = control_rx.recv() => message,
+                Some(message) = outgoing_rx.recv() => message,
+                else => break,
+            };
+            let frame = proto::encode(&message);
+            if write_half.data(&frame[..]).await.is_err() {
+                break;
+            }
+        }
+    });
+
+    let result = run_session(config, &outgoing, &control, &mut incoming, shutdown).await;
+    drop(outgoing);
+    drop(control);
+    reader.abort();
+    let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
+    let _ = session
+        .disconnect(russh::Disconnect::ByApplication, "slave leaving", "")
+        .await;
+    result
+}
+
+async fn run_session(
+    config: &SlaveConfig,
+    outgoing: &mpsc::Sender<Message>,
+    control: &mpsc::UnboundedSender<Message>,
+    incoming: &mut mpsc::UnboundedReceiver<Result<Message, String>>,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Ended> {
+    outgoing
+        .send(Message::Hello(Hello::for_this_host(&config.name)))
+        .await
+        .context("the connection closed before the handshake")?;
+    let welcome = tokio::time::timeout(Duration::from_secs(30), incoming.recv())
+        .await
+        .context("no answer to the handshake within 30 s")?;
+    match welcome {
+        Some(Ok(Message::Welcome { master })) => {
+            tracing::info!(master = %master, address = %config.master, "connected as slave {}", config.name)
+        }
+        Some(Ok(Message::Refused { reason })) => bail!("the master refused this slave: {reason}"),
+        Some(Ok(other)) => bail!("unexpected first message from the master: {other:?}"),
+        Some(Err(reason)) => bail!("{reason}"),
+        None => bail!("the connection closed during the handshake"),
+    }
+
+    let mut work = Work::new(config.workdir.clone(), outgoing.clone());
+    let mut last_heard = Instant::now();
+    let mut keepalive_sent: Option<Instant> = None;
+    let mut nonce = 0u64;
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    let ended = loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break Ended::Shutdown,
+            message = incoming.recv() => {
+                let message = match message {
+                    Some(Ok(message)) => message,
+                    Some(Err(reason)) => break Ended::Lost(reason),
+                    None => break Ended::Lost("the connection closed".into()),
+                };
+                // Any traffic counts as a sign of life, acknowledgements included.
+                last_heard = Instant::now();
+                keepalive_sent = None;
+                match message {
+                    Message::Ping { nonce } => {
+                        let _ = control.send(Message::Pong { nonce });
+                    }
+                    Message::KeepaliveAck { .. } => {}
+                    Message::Checkout { id, checkout } => work.start_checkout(id, checkout),
+                    Message::StartCommand { id, command } => work.start_command(id, command),
+                    Message::Interrupt { id, reason } => work.interrupt(id, &reason),
+                    other => break Ended::Lost(format!("unexpected message from the master: {other:?}")),
+                }
+            }
+            _ = tick.tick() => {
+                let silent = last_heard.elapsed();
+                if silent >= config.keepalive_interval {
+                    break Ended::Lost(format!("no traffic from the master for {silent:?} (keepalive_interval)"));
+                }
+                let provoke_at = config.keepalive_interval - config.keepalive_timeout;
+                if silent >= provoke_at && keepalive_sent.is_none() {
+                    nonce += 1;
+                    keepalive_sent = Some(Instant::now());
+                    let _ = control.send(Message::Keepalive { nonce });
+                }
+            }
+        }
+    };
+    work.stop_all().await;
+    Ok(ended)
+}

@@ -1,0 +1,267 @@
+//! What a connected slave is doing: the checkouts and commands the master started, each a task
+//! with its own interrupt token, each ending with exactly one `Exit` message after its output.
+
+use std::collections::HashMap;
+use std::path::{Component, Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::proto::{
+    CheckoutRequest, CommandRequest, ExitReport, MAX_OUTPUT_CHUNK, Message, StreamKind,
+};
+use crate::slave::checkout::{self, CheckoutSpec};
+use crate::slave::runner::{self, CommandSpec, Stream};
+
+/// Time between SIGTERM and SIGKILL for an interrupted command.
+const KILL_GRACE: Duration = Duration::from_secs(3);
+
+pub struct Work {
+    workdir: PathBuf,
+    outgoing: mpsc::Sender<Message>,
+    running: HashMap<u64, CancellationToken>,
+    tasks: JoinSet<u64>,
+}
+
+impl Work {
+    pub fn new(workdir: PathBuf, outgoing: mpsc::Sender<Message>) -> Work {
+        Work {
+            workdir,
+            outgoing,
+            running: HashMap::new(),
+            tasks: JoinSet::new(),
+        }
+    }
+
+    fn reap(&mut self) {
+        while let Some(done) = self.tasks.try_join_next() {
+            if let Ok(id) = done {
+                self.running.remove(&id);
+            }
+        }
+    }
+
+    pub fn start_checkout(&mut self, id: u64, request: CheckoutRequest) {
+        self.reap();
+        let outgoing = self.outgoing.clone();
+        let token = CancellationToken::new();
+        self.running.insert(id, token.clone());
+        let builder_dir = match builder_dir(&self.workdir, &request.builder) {
+            Ok(dir) => dir,
+            Err(message) => {
+                self.tasks.spawn(report_failure(outgoing, id, message));
+                return;
+            }
+        };
+        self.tasks.spawn(async move {
+            let started = Instant::now();
+            let (lines_tx, mut lines_rx) = mpsc::unbounded_channel::<String>();
+            let spec = CheckoutSpec {
+                repo: request.repo,
+                branch: request.branch,
+                revision: request.revision,
+                patch: request.patch,
+                patch_level: request.patch_level,
+            };
+            let blocking = tokio::task::spawn_blocking(move || {
+                let mut log = |line: &str| {
+                    let _ = lines_tx.send(format!("{line}\n"));
+                };
+                checkout::checkout(&builder_dir, &spec, &mut log).map_err(|err| err.to_string())
+            });
+            tokio::pin!(blocking);
+            let result = loop {
+                tokio::select! {
+                    Some(line) = lines_rx.recv() => {
+                        send_output(&outgoing, id, StreamKind::Info, line.into_bytes()).await;
+                    }
+                    joined = &mut blocking => break joined,
+                    _ = token.cancelled() => {
+                        // git cannot be interrupted midway safely; the result is discarded.
+                        break Ok(Err("interrupted".to_string()));
+                    }
+                }
+            };
+            while let Ok(line) = lines_rx.try_recv() {
+                send_output(&outgoing, id, StreamKind::Info, line.into_bytes()).await;
+            }
+            let error = match result {
+                Ok(Ok(_)) => None,
+                Ok(Err(message)) => Some(message),
+                Err(join_error) => Some(format!("checkout failed: {join_error}")),
+            };
+            let exit = ExitReport {
+                exit_code: Some(if error.is_none() { 0 } else { 1 }),
+                signal: None,
+                elapsed_ms: elapsed_ms(started),
+                timed_out: false,
+                interrupted: token.is_cancelled(),
+                error,
+            };
+            let _ = outgoing.send(Message::Exit { id, exit }).await;
+            id
+        });
+    }
+
+    pub fn start_command(&mut self, id: u64, request: CommandRequest) {
+        self.reap();
+        let outgoing = self.outgoing.clone();
+        let token = CancellationToken::new();
+        self.running.insert(id, token.clone());
+        let workdir = match builder_dir(&self.workdir, &request.builder).and_then(|dir| {
+            match &request.workdir {
+                Some(sub) => relative_inside(&dir, sub),
+                None => Ok(dir),
+            }
+        }) {
+            Ok(dir) => dir,
+            Err(message) => {
+                self.tasks.spawn(report_failure(outgoing, id, message));
+                return;
+            }
+        };
+        self.tasks.spawn(async move {
+            let started = Instant::now();
+            let spec = CommandSpec {
+                argv: Vec::new(),
+                shell: Some(request.shell),
+                workdir,
+                env: request.env.into_iter().collect(),
+                timeout: request.timeout_secs.map(Duration::from_secs),
+            };
+            let (chunks_tx, mut chunks_rx) = mpsc::channel::<runner::Chunk>(8);
+            let forward = {
+                let outgoing = outgoing.clone();
+                async move {
+                    while let Some(chunk) = chunks_rx.recv().await {
+                        let stream = match chunk.stream {
+                            Stream::Stdout => StreamKind::Stdout,
+                            Stream::Stderr => StreamKind::Stderr,
+                        };
+                        send_output(&outgoing, id, stream, chunk.data).await;
+                    }
+                }
+            };
+            let (finished, ()) =
+                tokio::join!(runner::run(&spec, chunks_tx, token, KILL_GRACE), forward);
+            let exit = match finished {
+                Ok(finished) => ExitReport {
+                    exit_code: finished.exit_code,
+                    signal: finished.signal,
+                    elapsed_ms: u64::try_from(finished.elapsed.as_millis()).unwrap_or(u64::MAX),
+                    timed_out: finished.timed_out,
+                    interrupted: finished.interrupted,
+                    error: None,
+                },
+                Err(err) => ExitReport {
+                    exit_code: None,
+                    signal: None,
+                    elapsed_ms: elapsed_ms(started),
+                    timed_out: false,
+                    interrupted: false,
+                    error: Some(err.to_string()),
+                },
+            };
+            let _ = outgoing.send(Message::Exit { id, exit }).await;
+            id
+        });
+    }
+
+    pub fn interrupt(&mut self, id: u64, reason: &str) {
+        if let Some(token) = self.running.get(&id) {
+            tracing::info!(id, "interrupting: {reason}");
+            token.cancel();
+        }
+    }
+
+    /// The master is gone: terminate everything (SIGTERM, then SIGKILL after the grace), and
+    /// wait for it, so nothing of a build outlives the connection it belonged to.
+    pub async fn stop_all(&mut self) {
+        for token in self.running.values() {
+            token.cancel();
+        }
+        let all_done = async { while self.tasks.join_next().await.is_some() {} };
+        if tokio::time::timeout(KILL_GRACE + Duration::from_secs(2), all_done)
+            .await
+            .is_err()
+        {
+            // Dropping the runner futures kills their process groups outright.
+            self.tasks.abort_all();
+            while self.tasks.join_next().await.is_some() {}
+        }
+        self.running.clear();
+    }
+}
+
+async fn send_output(outgoing: &mpsc::Sender<Message>, id: u64, stream: StreamKind, data: Vec<u8>) {
+    for piece in data.chunks(MAX_OUTPUT_CHUNK) {
+        let message = Message::Output {
+            id,
+            stream,
+            data: piece.to_vec(),
+        };
+        if outgoing.send(message).await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn report_failure(outgoing: mpsc::Sender<Message>, id: u64, message: String) -> u64 {
+    let exit = ExitReport {
+        exit_code: None,
+        signal: None,
+        elapsed_ms: 0,
+        timed_out: false,
+        interrupted: false,
+        error: Some(message),
+    };
+    let _ = outgoing.send(Message::Exit { id, exit }).await;
+    id
+}
+
+fn elapsed_ms(started: Instant) -> u64 {
+    u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
+fn builder_dir(workdir: &Path, builder: &str) -> Result<PathBuf, String> {
+    relative_inside(workdir, builder)
+}
+
+/// `base/sub`, refusing anything that would leave `base`.
+fn relative_inside(base: &Path, sub: &str) -> Result<PathBuf, String> {
+    let path = Path::new(sub);
+    let safe = !sub.is_empty()
+        && path
+            .components()
+            .all(|c| matches!(c, Component::Normal(_) | Component::CurDir));
+    if !safe {
+        return Err(format!(
+            "refusing directory '{sub}': it must stay inside {}",
+            base.display()
+        ));
+    }
+    Ok(base.join(path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn directories_stay_inside() {
+        let base = Path::new("/w");
+        assert_eq!(
+            relative_inside(base, "linux"),
+            Ok(PathBuf::from("/w/linux"))
+        );
+        assert_eq!(
+            relative_inside(base, "a/./b"),
+            Ok(PathBuf::from("/w/a/./b"))
+        );
+        for bad in ["", "..", "a/../../x", "/etc"] {
+            assert!(relative_inside(base, bad).is_err(), "{bad}");
+        }
+    }
+}

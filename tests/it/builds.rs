@@ -1,0 +1,281 @@
+//! Builds on real slaves: `buildbot slave` processes dialling the master over SSH, a try job
+//! checked out and patched on them, steps run, logs and history kept.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use buildbot::spool::job;
+
+use crate::harness::{
+    BIN, MasterSetup, TestMaster, current_user, run_with_timeout, text, wait_until,
+};
+use crate::repo::{Checkout, git};
+
+/// A master with builder `linux` on the pool `pool`, building `repo`, with these steps.
+fn master_with(pool: &[&str], repo: &Path, steps: &str) -> TestMaster {
+    let slaves: Vec<String> = pool.iter().map(ToString::to_string).collect();
+    let names: Vec<String> = pool.iter().map(|name| format!("\"{name}\"")).collect();
+    TestMaster::start_with(MasterSetup {
+        slaves,
+        extra_config: format!(
+            "\n[[builder]]\nname = \"linux\"\nslaves = [{}]\nrepo = \"{}\"\nbranch = \"main\"\nsteps = [\n{steps}\n]\n\
+             \n[[scheduler]]\nkind = \"try\"\nbuilders = [\"linux\"]\n",
+            names.join(", "),
+            repo.display()
+        ),
+        ..MasterSetup::default()
+    })
+}
+
+fn try_wait(master: &TestMaster, cwd: &Path) -> std::process::Output {
+    let mut command = Command::new(BIN);
+    command
+        .args(["try", "--wait", "-b", "linux"])
+        .args([
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &master.ssh_port.to_string(),
+            "-u",
+            &current_user(),
+        ])
+        .args(["--ssh", &master.ssh_for_try(&master.user_key)])
+        .current_dir(cwd);
+    run_with_timeout(command, None)
+}
+
+fn log_file(master: &TestMaster, number: u32, step: &str) -> PathBuf {
+    master
+        .path()
+        .join("logs/linux")
+        .join(number.to_string())
+        .join(step)
+}
+
+fn api_builds(master: &TestMaster) -> serde_json::Value {
+    let url = format!(
+        "http://127.0.0.1:{}/api/builds?builder=linux",
+        master.http_port
+    );
+    let body = reqwest::blocking::get(&url)
+        .and_then(|r| r.text())
+        .expect("GET /api/builds");
+    serde_json::from_str(&body).unwrap_or_else(|err| panic!("{err}: {body}"))
+}
+
+#[test]
+fn a_try_builds_on_a_pool_slave_which_sees_the_patched_file() {
+    let checkout = Checkout::new();
+    let master = master_with(
+        &["pool-1", "pool-2"],
+        &checkout.upstream,
+        r#"{ name = "show", command = "cat hello.txt; test -x run.sh && head -c 4 logo.bin | od -c | head -1" },"#,
+    );
+    let _one = master.start_slave("pool-1");
+    let _two = master.start_slave("pool-2");
+    let output = try_wait(&master, &checkout.work);
+    let stdout = text(&output.stdout);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "stdout: {stdout}\nstderr: {}",
+        text(&output.stderr)
+    );
+    assert!(stdout.contains("linux #1: started on pool-"), "{stdout}");
+    assert!(stdout.contains("linux #1: show success"), "{stdout}");
+    assert!(
+        stdout.contains(&format!(
+            "http://127.0.0.1:{}/builders/linux/builds/1",
+            master.http_port
+        )),
+        "{stdout}"
+    );
+    let log = std::fs::read_to_string(log_file(&master, 1, "2-show.stdout")).expect("step log");
+    assert!(
+        log.contains("unstaged line"),
+        "the step did not see the patched file: {log}"
+    );
+    assert!(
+        log.contains("211   P   N"),
+        "the binary file is there: {log}"
+    );
+}
+
+#[test]
+fn a_failing_step_fails_the_build_and_halts_the_sequence() {
+    let checkout = Checkout::new();
+    let master = master_with(
+        &["s1"],
+        &checkout.upstream,
+        r#"{ name = "fails", command = "echo about to fail; exit 3" },
+           { name = "never", command = "touch ran-anyway" },"#,
+    );
+    let slave = master.start_slave("s1");
+    let output = try_wait(&master, &checkout.work);
+    let stdout = text(&output.stdout);
+    assert_eq!(output.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains("linux #1: fails failure (exit 3"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("linux #1: failure"), "{stdout}");
+    assert!(!stdout.contains("never"), "{stdout}");
+    assert!(!slave.dir.join("build/linux/ran-anyway").exists());
+    let builds = api_builds(&master);
+    assert_eq!(builds[0]["result"], "failure", "{builds}");
+}
+
+#[test]
+fn large_and_binary_output_is_stored_byte_exact() {
+    let checkout = Checkout::new();
+    let master = master_with(
+        &["s1"],
+        &checkout.upstream,
+        r#"{ name = "noise", command = "head -c 52428800 /dev/urandom > ../noise.bin && cat ../noise.bin && echo to-stderr >&2" },"#,
+    );
+    let slave = master.start_slave("s1");
+    let output = try_wait(&master, &checkout.work);
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output.stdout));
+    let expected =
+        std::fs::read(slave.dir.join("build/noise.bin")).expect("noise written by the step");
+    let stored = std::fs::read(log_file(&master, 1, "2-noise.stdout")).expect("log");
+    assert_eq!(stored.len(), 52_428_800);
+    assert!(
+        stored == expected,
+        "the stored log differs from what the step printed"
+    );
+    assert_eq!(
+        std::fs::read_to_string(log_file(&master, 1, "2-noise.stderr")).expect("stderr log"),
+        "to-stderr\n"
+    );
+}
+
+#[test]
+fn a_patch_leaving_the_tree_is_refused_and_the_workdir_untouched() {
+    let checkout = Checkout::new();
+    let master = master_with(
+        &["s1"],
+        &checkout.upstream,
+        r#"{ name = "test", command = "true" },"#,
+    );
+    let slave = master.start_slave("s1");
+    let evil =
+        b"--- a/../../escaped.txt\n+++ b/../../escaped.txt\n@@ -0,0 +1 @@\n+gotcha\n".to_vec();
+    let baserev = git(&checkout.work, &["rev-parse", "origin/main"]);
+    let job = job::encode(&job::Job {
+        version: 5,
+        jobid: "evil".into(),
+        branch: Some("main".into()),
+        baserev: Some(baserev.trim().to_string()),
+        patch_level: 1,
+        patch: Some(evil),
+        repository: String::new(),
+        project: String::new(),
+        who: None,
+        comment: None,
+        builders: vec!["linux".into()],
+        properties: Default::default(),
+    });
+    let output = master.ssh_with(
+        &master.user_key,
+        &current_user(),
+        "try --wait",
+        &[],
+        Some(&job),
+    );
+    let stdout = text(&output.stdout);
+    assert_eq!(output.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("linux #1: checkout failure"), "{stdout}");
+    assert!(!slave.dir.join("escaped.txt").exists());
+    assert!(
+        !slave
+            .dir
+            .parent()
+            .expect("parent")
+            .join("escaped.txt")
+            .exists()
+    );
+    let info =
+        std::fs::read_to_string(log_file(&master, 1, "1-checkout.info")).expect("checkout log");
+    assert!(info.contains("escaped.txt"), "{info}");
+    let status = git(&slave.dir.join("build/linux"), &["status", "--porcelain"]);
+    assert_eq!(status, "", "the work tree was changed");
+}
+
+#[test]
+fn a_slave_refuses_a_master_with_another_host_key() {
+    let master = master_with(
+        &["s1"],
+        Path::new("/nonexistent"),
+        r#"{ name = "t", command = "true" },"#,
+    );
+    let other = tempfile::tempdir().expect("temp dir");
+    let impostor = crate::harness::TestKey::ed25519(other.path(), "impostor");
+    let slave = master.launch_slave("s1", |config| {
+        let start = config.find("master_host_key = ").expect("line");
+        let end = start + config[start..].find('\n').expect("end");
+        config.replace_range(
+            start..end,
+            &format!("master_host_key = \"{}\"", impostor.public_line),
+        );
+    });
+    wait_until("the slave to report the mismatch", || {
+        slave.log().contains("MASTER HOST KEY MISMATCH")
+    });
+    let status = text(
+        &master
+            .ssh(&master.user_key, &current_user(), "watch")
+            .stdout,
+    );
+    assert!(status.contains("s1 (not connected)"), "{status}");
+}
+
+#[test]
+fn a_slave_key_presented_for_another_slave_is_refused() {
+    let master = master_with(
+        &["s1", "s2"],
+        Path::new("/nonexistent"),
+        r#"{ name = "t", command = "true" },"#,
+    );
+    let s2_key = master.slaves_dir.path().join("s2/slave_key");
+    let slave = master.launch_slave("s1", |config| {
+        config.push_str(&format!("key = \"{}\"\n", s2_key.display()));
+        *config = config.replacen("key = \"slave_key\"\n", "", 1);
+    });
+    wait_until("the slave to be refused", || {
+        slave.log().contains("refused this slave's key")
+    });
+    let status = text(
+        &master
+            .ssh(&master.user_key, &current_user(), "watch")
+            .stdout,
+    );
+    assert!(
+        status.contains("s1 (not connected)") && status.contains("s2 (not connected)"),
+        "{status}"
+    );
+}
+
+#[test]
+fn history_survives_a_master_restart() {
+    let checkout = Checkout::new();
+    let mut master = master_with(
+        &["s1"],
+        &checkout.upstream,
+        r#"{ name = "test", command = "echo ok" },"#,
+    );
+    {
+        let _slave = master.start_slave("s1");
+        let output = try_wait(&master, &checkout.work);
+        assert_eq!(output.status.code(), Some(0), "{}", text(&output.stdout));
+    }
+    let (status, _) = master.terminate();
+    assert!(status.success());
+    let master = master.start_again();
+    let builds = api_builds(&master);
+    assert_eq!(builds[0]["number"], 1, "{builds}");
+    assert_eq!(builds[0]["result"], "success", "{builds}");
+    let steps = builds[0]["steps"].as_array().expect("steps");
+    assert_eq!(steps.len(), 2, "{builds}");
+    assert_eq!(steps[1]["name"], "test");
+}
