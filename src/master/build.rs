@@ -267,10 +267,10 @@ pub async fn run(
         number,
         result,
         reason,
-        will_retry: slave_lost,
+        will_retry: slave_lost && builder.retry_on_slave_lost,
     });
     BuildOutcome {
-        requeue: slave_lost.then_some(request),
+        requeue: (slave_lost && builder.retry_on_slave_lost).then_some(request),
         unresponsive_slave: None,
     }
 }

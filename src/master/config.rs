@@ -109,6 +109,8 @@ pub struct BuilderConfig {
     pub repo: String,
     pub branch: String,
     pub steps: Vec<StepConfig>,
+    /// Run a request again when its slave is lost mid-build (default true).
+    pub retry_on_slave_lost: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -214,6 +216,8 @@ struct RawBuilder {
     branch: Option<String>,
     #[serde(default)]
     steps: Vec<RawStep>,
+    #[serde(default)]
+    retry_on_slave_lost: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -570,6 +574,7 @@ impl Checker<'_> {
                 repo: builder.repo.clone(),
                 branch: builder.branch.clone().unwrap_or_else(|| "main".to_string()),
                 steps,
+                retry_on_slave_lost: builder.retry_on_slave_lost.unwrap_or(true),
             });
         }
         builders

@@ -97,6 +97,8 @@ pub async fn run(
     spawn_component(&components, &shutdown, "web", {
         crate::web::run(http_listener, Arc::clone(&state), shutdown.clone())
     });
+    // Before the watcher claims anything new, so nothing is taken twice.
+    let recovered = recover_claimed_jobs(&state).await?;
     let (jobs_tx, jobs_rx) = tokio::sync::mpsc::channel(64);
     spawn_component(&components, &shutdown, "spool watcher", {
         crate::spool::watcher::run(
@@ -117,10 +119,55 @@ pub async fn run(
     spawn_component(&components, &shutdown, "scheduler", {
         scheduler::run(Arc::clone(&state), scheduler_rx, shutdown.clone())
     });
+    for spooled in recovered {
+        state
+            .scheduler_event(scheduler::SchedulerEvent::JobSpooled(spooled))
+            .await;
+    }
     components.close();
     components.wait().await;
     tracing::info!("master {} stopped", config.name);
     Ok(())
+}
+
+/// Jobs in `spool/cur/` that the history does not know were claimed by a master that stopped
+/// before recording them: they go to the scheduler now. The spool is the source of truth until
+/// a request is durably recorded.
+async fn recover_claimed_jobs(state: &Arc<MasterState>) -> anyhow::Result<Vec<SpooledJob>> {
+    let maildir = Maildir::new(&state.config.spool.dir);
+    maildir.ensure().context("cannot prepare the spool")?;
+    let claimed = maildir.list_cur().context("cannot list spool/cur")?;
+    let unrecorded = state
+        .history
+        .run(move |connection| {
+            let mut unrecorded = Vec::new();
+            for name in claimed {
+                if !history::is_job_recorded(connection, &name)? {
+                    unrecorded.push(name);
+                }
+            }
+            Ok(unrecorded)
+        })
+        .await?;
+    let try_builders: Vec<String> = state
+        .config
+        .try_builders()
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    let mut recovered = Vec::new();
+    for name in unrecorded {
+        tracing::warn!(job = %name, "job claimed but never recorded (master stopped); taking it now");
+        if let Some(spooled) = crate::spool::watcher::check_claimed(
+            &maildir,
+            &name,
+            &try_builders,
+            state.config.spool.max_patch_bytes,
+        )? {
+            recovered.push(spooled);
+        }
+    }
+    Ok(recovered)
 }
 
 /// Hands each job claimed from the spool to the scheduler, which records it.

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
@@ -172,6 +172,10 @@ pub async fn serve(
     });
     state.slave_connected(Arc::clone(&link)).await;
 
+    let interval = Duration::from_millis(link.hello.keepalive_interval_ms.max(1000));
+    let provoke_after =
+        interval.saturating_sub(Duration::from_millis(link.hello.keepalive_timeout_ms));
+    let last_heard = Mutex::new(Instant::now());
     let reader = async {
         loop {
             let message = match read_message(*stdin, &mut decoder, &mut buffer).await {
@@ -179,6 +183,8 @@ pub async fn serve(
                 Ok(None) => return "the slave closed the connection".to_string(),
                 Err(reason) => return reason,
             };
+            // Any traffic is a sign of life.
+            *lock(&last_heard) = Instant::now();
             match message {
                 Message::Output { id, stream, data } => {
                     let route = lock(&link.routes).get(&id).cloned();
@@ -214,9 +220,31 @@ pub async fn serve(
         }
         "the master dropped the connection".to_string()
     };
+    // The master watches the link as the slave does: silence for `provoke_after` gets a ping,
+    // silence for the whole interval means the slave is gone (a quiet loss: no FIN, no RST).
+    let watchdog = async {
+        let mut pinged_at: Option<Instant> = None;
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        loop {
+            tick.tick().await;
+            let heard = *lock(&last_heard);
+            let silent = heard.elapsed();
+            if silent >= interval {
+                return format!(
+                    "no traffic from the slave for {silent:.1?} (keepalive interval {interval:?})"
+                );
+            }
+            if silent >= provoke_after && pinged_at.is_none_or(|at| at < heard) {
+                pinged_at = Some(Instant::now());
+                let nonce = link.next_id.fetch_add(1, Ordering::Relaxed);
+                let _ = link.outgoing.send(Message::Ping { nonce });
+            }
+        }
+    };
     let reason = tokio::select! {
         reason = reader => reason,
         reason = writer => reason,
+        reason = watchdog => reason,
         _ = link.closed.cancelled() => "connection replaced or dropped by the master".to_string(),
     };
     link.closed.cancel();

@@ -118,7 +118,11 @@ mod tests {
 
     fn samples() -> Vec<Message> {
         vec![
-            Message::Hello(Hello::for_this_host("linux-1")),
+            Message::Hello(Hello::for_this_host(
+                "linux-1",
+                std::time::Duration::from_secs(600),
+                std::time::Duration::from_secs(30),
+            )),
             Message::Welcome { master: "m".into() },
             Message::Checkout {
                 id: 7,

@@ -100,12 +100,24 @@ pub struct Hello {
     pub os: String,
     pub arch: String,
     pub cpus: u32,
+    /// The slave's keepalive settings, so the master watches the link by the same clock:
+    /// either side that hears nothing for `keepalive_interval_ms` declares the other lost, and
+    /// provokes traffic `keepalive_timeout_ms` before that.
+    pub keepalive_interval_ms: u64,
+    pub keepalive_timeout_ms: u64,
 }
 
 impl Hello {
     /// This slave's facts.
-    pub fn for_this_host(name: &str) -> Hello {
+    pub fn for_this_host(
+        name: &str,
+        keepalive_interval: std::time::Duration,
+        keepalive_timeout: std::time::Duration,
+    ) -> Hello {
         Hello {
+            keepalive_interval_ms: u64::try_from(keepalive_interval.as_millis())
+                .unwrap_or(u64::MAX),
+            keepalive_timeout_ms: u64::try_from(keepalive_timeout.as_millis()).unwrap_or(u64::MAX),
             name: name.to_string(),
             protocol_version: PROTOCOL_VERSION,
             buildbot_version: env!("CARGO_PKG_VERSION").to_string(),

@@ -199,7 +199,11 @@ async fn run_session(
     shutdown: &CancellationToken,
 ) -> anyhow::Result<Ended> {
     outgoing
-        .send(Message::Hello(Hello::for_this_host(&config.name)))
+        .send(Message::Hello(Hello::for_this_host(
+            &config.name,
+            config.keepalive_interval,
+            config.keepalive_timeout,
+        )))
         .await
         .context("the connection closed before the handshake")?;
     let welcome = tokio::time::timeout(Duration::from_secs(30), incoming.recv())

@@ -15,8 +15,9 @@ use crate::proto::{
 use crate::slave::checkout::{self, CheckoutSpec};
 use crate::slave::runner::{self, CommandSpec, Stream};
 
-/// Time between SIGTERM and SIGKILL for an interrupted command.
-const KILL_GRACE: Duration = Duration::from_secs(3);
+/// Time between SIGTERM and SIGKILL for an interrupted command (and for every command when
+/// the connection to the master ends).
+const KILL_GRACE: Duration = Duration::from_secs(2);
 
 pub struct Work {
     workdir: PathBuf,

@@ -92,38 +92,53 @@ fn scan(
     try_builders: &[String],
     max_patch_bytes: u64,
 ) -> std::io::Result<Vec<SpooledJob>> {
-    let try_builders: Vec<&str> = try_builders.iter().map(String::as_str).collect();
     let mut found = Vec::new();
     for name in maildir.list_new()? {
-        let Some(path) = maildir.claim(&name)? else {
+        if maildir.claim(&name)?.is_none() {
             continue;
-        };
-        let checked = std::fs::read(&path)
-            .map_err(|err| format!("cannot read the job: {err}"))
-            .and_then(|bytes| {
-                if bytes.len() as u64 > submit::job_size_limit(max_patch_bytes) {
-                    return Err(format!(
-                        "job is larger than this master's limit of {max_patch_bytes} bytes"
-                    ));
-                }
-                job::decode(&bytes).map_err(|err| format!("bad job: {err}"))
-            })
-            .and_then(|job| {
-                let builders =
-                    submit::check_builders(&job, &try_builders).map_err(|err| err.to_string())?;
-                Ok((job, builders))
-            });
-        match checked {
-            Ok((job, builders)) => found.push(SpooledJob {
-                name,
-                job,
-                builders,
-            }),
-            Err(why) => {
-                tracing::warn!(job = %name, "rejected try job: {why}");
-                maildir.reject(&name, &why)?;
-            }
+        }
+        if let Some(spooled) = check_claimed(maildir, &name, try_builders, max_patch_bytes)? {
+            found.push(spooled);
         }
     }
     Ok(found)
+}
+
+/// Reads and checks the claimed job `cur/NAME`: the job, or `None` after moving it to
+/// `rejected/` with its reason. Also used at start for jobs claimed by a master that stopped
+/// before recording them.
+pub fn check_claimed(
+    maildir: &Maildir,
+    name: &str,
+    try_builders: &[String],
+    max_patch_bytes: u64,
+) -> std::io::Result<Option<SpooledJob>> {
+    let try_builders: Vec<&str> = try_builders.iter().map(String::as_str).collect();
+    let checked = std::fs::read(maildir.cur().join(name))
+        .map_err(|err| format!("cannot read the job: {err}"))
+        .and_then(|bytes| {
+            if bytes.len() as u64 > submit::job_size_limit(max_patch_bytes) {
+                return Err(format!(
+                    "job is larger than this master's limit of {max_patch_bytes} bytes"
+                ));
+            }
+            job::decode(&bytes).map_err(|err| format!("bad job: {err}"))
+        })
+        .and_then(|job| {
+            let builders =
+                submit::check_builders(&job, &try_builders).map_err(|err| err.to_string())?;
+            Ok((job, builders))
+        });
+    match checked {
+        Ok((job, builders)) => Ok(Some(SpooledJob {
+            name: name.to_string(),
+            job,
+            builders,
+        })),
+        Err(why) => {
+            tracing::warn!(job = %name, "rejected try job: {why}");
+            maildir.reject(name, &why)?;
+            Ok(None)
+        }
+    }
 }

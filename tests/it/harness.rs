@@ -274,6 +274,33 @@ impl TestMaster {
         slave
     }
 
+    /// `start_slave` with changes to its slave.toml (e.g. keepalive settings).
+    pub fn start_slave_with(&self, name: &str, edit: impl FnOnce(&mut String)) -> TestSlave {
+        let slave = self.launch_slave(name, edit);
+        self.wait_connected(name);
+        slave
+    }
+
+    pub fn wait_connected(&self, name: &str) {
+        wait_until(&format!("slave {name} to connect"), || {
+            self.slave_connected(name)
+        });
+    }
+
+    /// Whether `watch` lists the slave as connected.
+    pub fn slave_connected(&self, name: &str) -> bool {
+        text(&self.ssh(&self.user_key, &current_user(), "watch").stdout)
+            .contains(&format!("{name} (connected)"))
+    }
+
+    /// SIGKILL: the master gets no chance to clean up.
+    pub fn kill_hard(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
     /// Starts a slave without waiting for it to connect; `edit` may change its slave.toml.
     pub fn launch_slave(&self, name: &str, edit: impl FnOnce(&mut String)) -> TestSlave {
         let dir = self.slaves_dir.path().join(name);
@@ -502,6 +529,38 @@ impl TestSlave {
 
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        if let Some(child) = &self.child {
+            signal(child.id(), sig);
+        }
+    }
+
+    /// Starts another `buildbot slave` process on a copy of this slave's directory: the same
+    /// name and key, as a second machine (or a restarted one) would present them.
+    pub fn twin(&self, parent: &Path) -> TestSlave {
+        let dir = parent.join("twin");
+        std::fs::create_dir_all(&dir).expect("twin dir");
+        for file in ["slave.toml", "slave_key", "slave_key.pub"] {
+            std::fs::copy(self.dir.join(file), dir.join(file)).expect("copy");
+        }
+        TestSlave::launch(dir)
+    }
+}
+
+/// Edits slave.toml's keepalive settings.
+pub fn keepalive(interval: &'static str, timeout: &'static str) -> impl FnOnce(&mut String) {
+    move |config: &mut String| {
+        *config = config
+            .replace(
+                "keepalive_interval = \"10m\"",
+                &format!("keepalive_interval = \"{interval}\""),
+            )
+            .replace(
+                "keepalive_timeout = \"30s\"",
+                &format!("keepalive_timeout = \"{timeout}\""),
+            );
     }
 }
 

@@ -1,0 +1,338 @@
+//! Connections that go wrong, with real processes: killed and stopped slaves, a killed master,
+//! duplicate slaves, a crash during submissions, long silent steps. Detection times are printed
+//! (run with --nocapture to see them).
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+
+use crate::harness::{BIN, MasterSetup, TestMaster, current_user, keepalive, text, wait_until};
+use crate::repo::Checkout;
+
+fn master_with(pool: &[&str], repo: &Path, steps: &str) -> TestMaster {
+    let names: Vec<String> = pool.iter().map(|name| format!("\"{name}\"")).collect();
+    TestMaster::start_with(MasterSetup {
+        slaves: pool.iter().map(ToString::to_string).collect(),
+        extra_config: format!(
+            "\n[[builder]]\nname = \"linux\"\nslaves = [{}]\nrepo = \"{}\"\nbranch = \"main\"\nsteps = [\n{steps}\n]\n\
+             \n[[scheduler]]\nkind = \"try\"\nbuilders = [\"linux\"]\n",
+            names.join(", "),
+            repo.display()
+        ),
+        ..MasterSetup::default()
+    })
+}
+
+/// `buildbot try --wait` running in the background.
+fn spawn_try_wait(master: &TestMaster, cwd: &Path) -> Child {
+    Command::new(BIN)
+        .args(["try", "--wait", "-b", "linux"])
+        .args([
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &master.ssh_port.to_string(),
+            "-u",
+            &current_user(),
+        ])
+        .args(["--ssh", &master.ssh_for_try(&master.user_key)])
+        .current_dir(cwd)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("try runs")
+}
+
+fn finish(child: Child) -> std::process::Output {
+    let pid = child.id();
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    std::thread::spawn(move || {
+        if done_rx.recv_timeout(Duration::from_secs(60)).is_err() {
+            crate::harness::signal(pid, Signal::SIGKILL);
+        }
+    });
+    let output = child.wait_with_output().expect("output");
+    let _ = done_tx.send(());
+    output
+}
+
+/// Whether a process still runs. A zombie has ended (it only waits for its parent to reap it,
+/// which in a container may be a slow PID 1).
+fn alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rsplit_once(") ")
+            .is_some_and(|(_, rest)| !rest.starts_with('Z') && !rest.starts_with('X')),
+        Err(_) => false,
+    }
+}
+
+#[test]
+fn a_killed_slave_fails_the_step_and_a_pool_mate_runs_the_retry() {
+    let checkout = Checkout::new();
+    let shared = tempfile::tempdir().expect("temp dir");
+    let marker = shared.path().join("first-run");
+    let step = format!(
+        r#"{{ name = "work", command = "if [ -e {m} ]; then echo second run; else touch {m}; sleep 60; fi" }},"#,
+        m = marker.display()
+    );
+    let master = master_with(&["s1", "s2"], &checkout.upstream, &step);
+    let first = master.start_slave("s1");
+    let waiting = spawn_try_wait(&master, &checkout.work);
+    wait_until("the first run to start", || marker.exists());
+    let killed_at = Instant::now();
+    first.signal(Signal::SIGKILL);
+    wait_until("the master to drop s1", || !master.slave_connected("s1"));
+    println!(
+        "slave SIGKILL detected by the master after {:?}",
+        killed_at.elapsed()
+    );
+    let _second = master.start_slave("s2");
+    let output = finish(waiting);
+    let stdout = text(&output.stdout);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{stdout}\n{}",
+        text(&output.stderr)
+    );
+    assert!(
+        stdout.contains("linux #1: work failure (slave lost)"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("linux #1: exception: slave lost (will be retried)"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("linux #2: started on s2"), "{stdout}");
+    assert!(stdout.contains("linux #2: success"), "{stdout}");
+    let log =
+        std::fs::read_to_string(master.path().join("logs/linux/1/2-work.info")).expect("step log");
+    assert!(log.contains("slave lost"), "{log}");
+}
+
+#[test]
+fn a_stopped_slave_is_detected_within_one_keepalive_interval() {
+    let master = master_with(
+        &["s1"],
+        Path::new("/nonexistent"),
+        r#"{ name = "t", command = "true" },"#,
+    );
+    let slave = master.start_slave_with("s1", keepalive("3s", "1s"));
+    let stopped_at = Instant::now();
+    slave.signal(Signal::SIGSTOP);
+    wait_until("the master to notice the quiet loss", || {
+        !master.slave_connected("s1")
+    });
+    let detected = stopped_at.elapsed();
+    println!("SIGSTOPped slave detected by the master after {detected:?} (keepalive_interval 3s)");
+    assert!(
+        detected < Duration::from_secs(3) + Duration::from_secs(2),
+        "took {detected:?}"
+    );
+    slave.signal(Signal::SIGCONT);
+    master.wait_connected("s1");
+    let log = master.log();
+    assert_eq!(log.matches("slave connected slave=s1").count(), 2, "{log}");
+    assert!(!log.contains("dropping the older connection"), "{log}");
+    assert!(
+        slave.log().contains("connection to the master lost"),
+        "{}",
+        slave.log()
+    );
+}
+
+#[test]
+fn killing_the_master_kills_the_steps_processes_on_the_slave() {
+    let checkout = Checkout::new();
+    let shared = tempfile::tempdir().expect("temp dir");
+    let pids = shared.path().join("pids");
+    let step = format!(
+        r#"{{ name = "hang", command = "sh -c 'sleep 300 & echo $! >> {p}; sleep 300 & echo $! >> {p}; echo $$ >> {p}; wait'" }},"#,
+        p = pids.display()
+    );
+    let mut master = master_with(&["s1"], &checkout.upstream, &step);
+    let slave = master.start_slave("s1");
+    let waiting = spawn_try_wait(&master, &checkout.work);
+    wait_until("three pids", || {
+        std::fs::read_to_string(&pids).is_ok_and(|t| t.lines().count() == 3)
+    });
+    let step_pids: Vec<i32> = std::fs::read_to_string(&pids)
+        .expect("pids")
+        .lines()
+        .map(|line| line.trim().parse().expect("pid"))
+        .collect();
+    assert!(step_pids.iter().all(|pid| alive(*pid)));
+    let killed_at = Instant::now();
+    master.kill_hard();
+    wait_until("the slave to notice", || {
+        slave.log().contains("connection to the master lost")
+    });
+    let noticed = killed_at.elapsed();
+    wait_until("every process of the step to be gone", || {
+        step_pids.iter().all(|pid| !alive(*pid))
+    });
+    let gone = killed_at.elapsed();
+    println!("master SIGKILL: slave noticed after {noticed:?}, step processes gone after {gone:?}");
+    assert!(
+        gone - noticed < Duration::from_secs(2),
+        "processes lived {:?} after the slave noticed",
+        gone - noticed
+    );
+    // The developer's `try --wait` loses its master too, and says so.
+    let output = finish(waiting);
+    assert_eq!(output.status.code(), Some(2), "{}", text(&output.stderr));
+}
+
+#[test]
+fn a_second_connection_of_the_same_slave_replaces_the_first() {
+    let master = master_with(
+        &["s1"],
+        Path::new("/nonexistent"),
+        r#"{ name = "t", command = "true" },"#,
+    );
+    let first = master.start_slave("s1");
+    let elsewhere = tempfile::tempdir().expect("temp dir");
+    let _second = first.twin(elsewhere.path());
+    wait_until("the master to replace the connection", || {
+        master.log().contains("dropping the older connection")
+    });
+    let log = master.log();
+    let line = log
+        .lines()
+        .find(|line| line.contains("dropping the older connection"))
+        .expect("line");
+    assert!(
+        line.contains("old=127.0.0.1:") && line.contains("new=127.0.0.1:"),
+        "{line}"
+    );
+    assert!(master.slave_connected("s1"));
+    let status = text(
+        &master
+            .ssh(&master.user_key, &current_user(), "watch")
+            .stdout,
+    );
+    assert_eq!(status.matches("s1 (connected)").count(), 1, "{status}");
+}
+
+#[test]
+fn a_step_silent_for_several_keepalive_intervals_is_not_a_lost_slave() {
+    let checkout = Checkout::new();
+    let master = master_with(
+        &["s1"],
+        &checkout.upstream,
+        r#"{ name = "quiet", command = "sleep 7; echo done" },"#,
+    );
+    let _slave = master.start_slave_with("s1", keepalive("2s", "1s"));
+    let output = finish(spawn_try_wait(&master, &checkout.work));
+    let stdout = text(&output.stdout);
+    assert_eq!(output.status.code(), Some(0), "{stdout}");
+    assert!(stdout.contains("linux #1: quiet success"), "{stdout}");
+    assert!(
+        !master.log().contains("slave disconnected"),
+        "{}",
+        master.log()
+    );
+}
+
+#[test]
+fn a_master_killed_during_submissions_and_builds_loses_no_accepted_job() {
+    let checkout = Checkout::new();
+    let mut master = master_with(
+        &["s1"],
+        &checkout.upstream,
+        r#"{ name = "work", command = "sleep 2" },"#,
+    );
+    let _slave = master.start_slave("s1");
+    let baserev = crate::repo::git(&checkout.work, &["rev-parse", "origin/main"]);
+    let submissions: Vec<_> = (0..50)
+        .map(|index| {
+            let job = buildbot::spool::job::encode(&buildbot::spool::job::Job {
+                version: 5,
+                jobid: format!("parallel-{index:02}"),
+                branch: Some("main".into()),
+                baserev: Some(baserev.trim().to_string()),
+                patch_level: 1,
+                patch: None,
+                repository: String::new(),
+                project: String::new(),
+                who: None,
+                comment: None,
+                builders: vec![],
+                properties: Default::default(),
+            });
+            let mut command = master.ssh_command(&master.user_key, &current_user(), &[]);
+            command
+                .arg("try")
+                .stdin(Stdio::piped())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null());
+            let mut child = command.spawn().expect("ssh runs");
+            (index, job, child.stdin.take(), child)
+        })
+        .collect();
+    let mut children = Vec::new();
+    for (index, job, stdin, child) in submissions {
+        if let Some(mut stdin) = stdin {
+            use std::io::Write;
+            let _ = stdin.write_all(&job);
+        }
+        children.push((index, child));
+        if index == 25 {
+            // Let some land and a build start, then pull the plug.
+            wait_until("a build to start", || {
+                master.path().join("logs/linux/1").exists()
+            });
+            master.kill_hard();
+        }
+    }
+    let accepted: Vec<String> = children
+        .into_iter()
+        .filter_map(|(index, mut child)| {
+            let status = crate::harness::wait_with_timeout(&mut child, Duration::from_secs(30))?;
+            status.success().then(|| format!("parallel-{index:02}"))
+        })
+        .collect();
+    println!(
+        "{} of 50 submissions succeeded before the master was killed",
+        accepted.len()
+    );
+    assert!(!accepted.is_empty());
+    let master = master.start_again();
+    let db = master.path().join("state.sqlite");
+    wait_until("every accepted job to be recorded", || {
+        let Ok(connection) = rusqlite::Connection::open(&db) else {
+            return false;
+        };
+        accepted.iter().all(|jobid| {
+            connection
+                .query_row(
+                    "SELECT COUNT(*) FROM requests WHERE jobid = ?1",
+                    [jobid],
+                    |row| row.get::<_, i64>(0),
+                )
+                .is_ok_and(|count| count == 1)
+        })
+    });
+    let connection = rusqlite::Connection::open(&db).expect("db");
+    let interrupted: i64 = connection
+        .query_row(
+            "SELECT COUNT(*) FROM builds WHERE reason = 'master restarted'",
+            [],
+            |row| row.get(0),
+        )
+        .expect("query");
+    assert!(interrupted >= 1, "the build running at the crash is marked");
+    let requeued: i64 = connection
+        .query_row(
+            "SELECT COUNT(*) FROM requests r WHERE r.id IN (SELECT request_id FROM builds WHERE reason = 'master restarted')
+             AND (r.state != 'done' OR (SELECT COUNT(*) FROM builds b WHERE b.request_id = r.id) > 1)",
+            [],
+            |row| row.get(0),
+        )
+        .expect("query");
+    assert!(requeued >= 1, "the interrupted request runs again");
+}
