@@ -17,7 +17,7 @@ use crate::master::config::{BuilderConfig, StepConfig};
 use crate::master::history::{self, StoredRequest};
 use crate::master::results::{BuildResult, FailurePolicy};
 use crate::master::slaves::{SlaveEvent, SlaveLink};
-use crate::master::state::{BuildEvent, MasterState};
+use crate::master::state::{BuildControl, BuildEvent, MasterState};
 use crate::proto::{CheckoutRequest, CommandRequest, ExitReport, Message, StreamKind};
 
 /// What the scheduler needs to know when a build ends.
@@ -139,6 +139,7 @@ pub async fn run(
         }
     };
     let span = tracing::info_span!("build", builder = %builder.name, number, slave = %link.name);
+    let control = state.register_build(&builder.name, number, &request.job_name);
     state.publish(BuildEvent::BuildStarted {
         job_name: request.job_name.clone(),
         builder: builder.name.clone(),
@@ -175,7 +176,12 @@ pub async fn run(
             name: step.name.clone(),
         });
         let logs = StepLogs::new(log_dir.clone(), step_number, &step.name);
-        let outcome = run_step(&link, &step, logs, &shutdown).await;
+        let outcome = if control.stop.is_cancelled() {
+            let (by, reason) = control.stopped_by();
+            StepOutcome::Interrupted { by, reason }
+        } else {
+            run_step(&link, &step, logs, &shutdown, &control).await
+        };
         // (the step's own result, what it adds to the build's result, its summary, halt?)
         let (step_result, contribution, summary, halt) = match (&step.kind, &outcome) {
             (_, StepOutcome::SlaveLost) => {
@@ -184,6 +190,15 @@ pub async fn run(
                     BuildResult::Failure,
                     BuildResult::Exception,
                     "slave lost".to_string(),
+                    true,
+                )
+            }
+            (_, StepOutcome::Interrupted { by, reason }) => {
+                let summary = format!("stopped by {by}: {reason}");
+                (
+                    BuildResult::Interrupted,
+                    BuildResult::Interrupted,
+                    summary,
                     true,
                 )
             }
@@ -260,6 +275,7 @@ pub async fn run(
             history::finish_build(connection, build_id, result, recorded_reason.as_deref())
         })
         .await;
+    state.unregister_build(&builder.name, number);
     tracing::info!(parent: &span, %result, "build finished");
     state.publish(BuildEvent::BuildFinished {
         job_name: request.job_name.clone(),
@@ -295,16 +311,24 @@ fn describe_exit(exit: &ExitReport) -> String {
 
 enum StepOutcome {
     Exited(ExitReport),
+    Interrupted { by: String, reason: String },
     SlaveLost,
     MasterStopping,
     LogError(String),
 }
+
+/// After a stop, how long the slave gets to report the interrupted command before the master
+/// finishes the build anyway (a dead or frozen slave never holds a stop up for longer).
+const STOP_WAIT: Duration = Duration::from_secs(3);
+/// ... and a slave that sends nothing at all for this long after a stop is not waited for.
+const STOP_SILENCE: Duration = Duration::from_millis(750);
 
 async fn run_step(
     link: &SlaveLink,
     step: &PlannedStep,
     mut logs: StepLogs,
     shutdown: &CancellationToken,
+    control: &BuildControl,
 ) -> StepOutcome {
     let started = link.start(|id| match &step.kind {
         StepKind::Checkout(checkout) => Message::Checkout {
@@ -327,6 +351,29 @@ async fn run_step(
             _ = shutdown.cancelled() => {
                 link.interrupt(id, "master shutting down");
                 return StepOutcome::MasterStopping;
+            }
+            _ = control.stop.cancelled() => {
+                let (by, reason) = control.stopped_by();
+                link.interrupt(id, &format!("stopped by {by}: {reason}"));
+                // Keep the output that arrives while the slave terminates the command.
+                let deadline = tokio::time::sleep(STOP_WAIT);
+                tokio::pin!(deadline);
+                loop {
+                    tokio::select! {
+                        event = tokio::time::timeout(STOP_SILENCE, events.recv()) => match event {
+                            Ok(Some(SlaveEvent::Output { stream, data })) => {
+                                let _ = logs.append(stream, &data).await;
+                            }
+                            // Exit, lost, or a slave that says nothing: done waiting.
+                            Ok(Some(SlaveEvent::Exit(_)) | None) | Err(_) => break,
+                        },
+                        _ = &mut deadline => break,
+                    }
+                }
+                let line = format!("interrupted by {by}: {reason}\n");
+                let _ = logs.append(StreamKind::Info, line.as_bytes()).await;
+                let _ = logs.finish().await;
+                return StepOutcome::Interrupted { by, reason };
             }
         };
         match event {

@@ -24,6 +24,11 @@ pub enum SchedulerEvent {
         name: String,
         conn_id: u64,
     },
+    /// Drop the queued requests of a try job (its submitter gave up waiting).
+    CancelJob {
+        job_name: String,
+        by: String,
+    },
     BuildFinished {
         slave: String,
         outcome: BuildOutcome,
@@ -145,6 +150,31 @@ impl Scheduler {
                     .is_some_and(|link| link.conn_id == conn_id)
                 {
                     self.slaves.remove(&name);
+                }
+            }
+            SchedulerEvent::CancelJob { job_name, by } => {
+                let cancelled: Vec<i64> = self
+                    .queue
+                    .iter()
+                    .filter(|request| request.job_name == job_name)
+                    .map(|request| request.id)
+                    .collect();
+                self.queue.retain(|request| request.job_name != job_name);
+                if !cancelled.is_empty() {
+                    tracing::info!(job = %job_name, %by, requests = cancelled.len(), "queued requests cancelled");
+                    let recorded = self
+                        .state
+                        .history
+                        .run(move |connection| {
+                            for id in cancelled {
+                                history::set_request_state(connection, id, "cancelled")?;
+                            }
+                            Ok(())
+                        })
+                        .await;
+                    if let Err(err) = recorded {
+                        tracing::error!("cannot record cancelled requests: {err}");
+                    }
                 }
             }
             SchedulerEvent::BuildFinished { slave, outcome } => {

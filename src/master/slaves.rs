@@ -119,6 +119,7 @@ pub async fn serve(
         stdin,
         stdout,
         stderr,
+        ..
     } = io;
     let mut decoder = FrameDecoder::default();
     let mut buffer = vec![0u8; 64 * 1024];

@@ -68,6 +68,33 @@ impl BuildEvent {
     }
 }
 
+/// The handle to stop a running build.
+pub struct BuildControl {
+    pub job_name: String,
+    /// Cancelled by a stop; the build interrupts its step and skips the rest.
+    pub stop: tokio_util::sync::CancellationToken,
+    stopped_by: Mutex<Option<(String, String)>>,
+}
+
+impl BuildControl {
+    /// Stops the build, recording who and why (the first stop wins).
+    pub fn request_stop(&self, by: &str, reason: &str) {
+        let mut stopped_by = lock(&self.stopped_by);
+        if stopped_by.is_none() {
+            *stopped_by = Some((by.to_string(), reason.to_string()));
+        }
+        drop(stopped_by);
+        self.stop.cancel();
+    }
+
+    /// (who, why) of the stop.
+    pub fn stopped_by(&self) -> (String, String) {
+        lock(&self.stopped_by)
+            .clone()
+            .unwrap_or_else(|| ("someone".to_string(), "no reason given".to_string()))
+    }
+}
+
 /// What a builder is doing now.
 #[derive(Debug, Clone, Default)]
 struct BuilderStatus {
@@ -88,6 +115,7 @@ pub struct MasterState {
     pub web_url: String,
     slaves: Mutex<BTreeMap<String, Arc<SlaveLink>>>,
     builders: Mutex<BTreeMap<String, BuilderStatus>>,
+    running: Mutex<BTreeMap<(String, i64), Arc<BuildControl>>>,
     scheduler: mpsc::Sender<SchedulerEvent>,
     events: broadcast::Sender<BuildEvent>,
 }
@@ -121,9 +149,48 @@ impl MasterState {
             history,
             web_url,
             slaves: Mutex::new(BTreeMap::new()),
+            running: Mutex::new(BTreeMap::new()),
             scheduler,
             events,
         }
+    }
+
+    /// Makes a running build stoppable; `unregister_build` when it ends.
+    pub fn register_build(&self, builder: &str, number: i64, job_name: &str) -> Arc<BuildControl> {
+        let control = Arc::new(BuildControl {
+            job_name: job_name.to_string(),
+            stop: tokio_util::sync::CancellationToken::new(),
+            stopped_by: Mutex::new(None),
+        });
+        lock(&self.running).insert((builder.to_string(), number), Arc::clone(&control));
+        control
+    }
+
+    pub fn unregister_build(&self, builder: &str, number: i64) {
+        lock(&self.running).remove(&(builder.to_string(), number));
+    }
+
+    /// The running builds of a builder, by number.
+    pub fn running_builds(&self, builder: &str) -> Vec<(i64, Arc<BuildControl>)> {
+        lock(&self.running)
+            .iter()
+            .filter(|((name, _), _)| name == builder)
+            .map(|((_, number), control)| (*number, Arc::clone(control)))
+            .collect()
+    }
+
+    /// Stops every running build of a try job; returns how many.
+    pub fn stop_job(&self, job_name: &str, by: &str, reason: &str) -> usize {
+        let running = lock(&self.running);
+        let mut stopped = 0;
+        for control in running
+            .values()
+            .filter(|control| control.job_name == job_name)
+        {
+            control.request_stop(by, reason);
+            stopped += 1;
+        }
+        stopped
     }
 
     /// Follows the build events from now on.

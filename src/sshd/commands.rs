@@ -20,6 +20,8 @@ pub struct ExecIo<'a> {
     pub stdin: &'a mut (dyn AsyncRead + Unpin + Send),
     pub stdout: &'a mut (dyn AsyncWrite + Unpin + Send),
     pub stderr: &'a mut (dyn AsyncWrite + Unpin + Send),
+    /// Cancelled when the client closes the channel (Ctrl-C on `try --wait`).
+    pub client_gone: tokio_util::sync::CancellationToken,
 }
 
 impl ExecIo<'_> {
@@ -82,7 +84,12 @@ pub async fn run(
                 _ => status,
             }
         }
-        ExecCommand::Stop { .. } | ExecCommand::WebLogin => {
+        ExecCommand::Stop {
+            builder,
+            build,
+            reason,
+        } => stop_build(ctx, user, &builder, build, &reason, io).await,
+        ExecCommand::WebLogin => {
             io.say(&format!(
                 "buildbot: '{command}' is not available on this master yet"
             ))
@@ -157,6 +164,100 @@ async fn submit_job(
     }
 }
 
+/// `stop BUILDER [N] --reason TEXT`: interrupts a running build. Needs the right to try.
+async fn stop_build(
+    ctx: &SshdContext,
+    user: &UnixAccount,
+    builder: &str,
+    number: Option<u64>,
+    reason: &str,
+    io: &mut ExecIo<'_>,
+) -> u32 {
+    let config = &ctx.config;
+    let principal = Principal {
+        uid: user.uid,
+        gids: user.gids.clone(),
+    };
+    if let Err(err) = submit::check_permission(
+        &user.name,
+        &principal,
+        &config.spool.dir,
+        config.sshd.allow_root,
+    ) {
+        let message = err
+            .to_string()
+            .replace("may not submit try jobs", "may not stop builds");
+        io.say(&format!("buildbot: {message}")).await;
+        return 1;
+    }
+    if !config.builders.iter().any(|b| b.name == builder) {
+        io.say(&format!("buildbot: no builder named '{builder}'"))
+            .await;
+        return EXIT_USAGE;
+    }
+    let running = ctx.master.running_builds(builder);
+    let target = match number {
+        Some(number) => running
+            .into_iter()
+            .find(|(n, _)| i64::try_from(number).is_ok_and(|wanted| wanted == *n)),
+        None if running.len() == 1 => running.into_iter().next(),
+        None if running.is_empty() => None,
+        None => {
+            let numbers: Vec<String> = running.iter().map(|(n, _)| format!("#{n}")).collect();
+            io.say(&format!(
+                "buildbot: {builder} is running {}; say which: stop {builder} NUMBER --reason ...",
+                numbers.join(", ")
+            ))
+            .await;
+            return EXIT_USAGE;
+        }
+    };
+    let Some((number, control)) = target else {
+        let which = number.map_or(String::new(), |n| format!(" #{n}"));
+        io.say(&format!("buildbot: {builder}{which} is not running"))
+            .await;
+        return 1;
+    };
+    let mut events = ctx.master.subscribe();
+    tracing::info!(user = %user.name, %builder, number, %reason, "stop requested");
+    control.request_stop(&user.name, reason);
+    // Report the result; the build finishes within seconds even on a dead slave.
+    let finished = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+        loop {
+            match events.recv().await {
+                Ok(BuildEvent::BuildFinished {
+                    builder: b,
+                    number: n,
+                    result,
+                    ..
+                }) if b == builder && n == number => {
+                    return Some(result);
+                }
+                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    })
+    .await;
+    match finished {
+        Ok(Some(result)) => {
+            io.print(&format!(
+                "{builder} #{number}: {result} (stopped by {}: {reason})\n",
+                user.name
+            ))
+            .await;
+            0
+        }
+        _ => {
+            io.say(&format!(
+                "buildbot: asked {builder} #{number} to stop; it has not finished yet"
+            ))
+            .await;
+            1
+        }
+    }
+}
+
 /// `try --wait`: streams the progress of the job's builds until all have finished. Exit 0 when
 /// every build succeeded (or had warnings), 1 otherwise.
 async fn wait_for_builds(
@@ -170,7 +271,23 @@ async fn wait_for_builds(
     // (builder, number, result, will another build follow?)
     let mut finished: Vec<(String, i64, BuildResult, bool)> = Vec::new();
     loop {
-        let event = match events.recv().await {
+        let received = tokio::select! {
+            received = events.recv() => received,
+            _ = io.client_gone.cancelled() => {
+                // Ctrl-C on the client: the job's unfinished builds are not wanted any more.
+                let by = "try --wait (client disconnected)";
+                let stopped = ctx.master.stop_job(job_name, by, "the submitter went away");
+                ctx.master
+                    .scheduler_event(crate::master::scheduler::SchedulerEvent::CancelJob {
+                        job_name: job_name.to_string(),
+                        by: by.to_string(),
+                    })
+                    .await;
+                tracing::info!(job = %job_name, stopped, "try --wait client went away; job cancelled");
+                return 1;
+            }
+        };
+        let event = match received {
             Ok(event) => event,
             Err(RecvError::Lagged(missed)) => {
                 tracing::warn!(missed, "try --wait fell behind the build events");

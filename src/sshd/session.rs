@@ -10,6 +10,7 @@ use std::sync::Arc;
 use russh::Channel;
 use russh::server::Msg;
 use tokio::io::AsyncWriteExt;
+use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::sshd::commands::{self, ExecIo};
@@ -26,6 +27,37 @@ pub enum ExecRequest {
     },
     /// An interactive request we refuse: print the message, exit 1.
     Refuse { message: String },
+}
+
+/// How much of the client's stdin may wait for the command to read it.
+const STDIN_BUFFER: usize = 64 * 1024;
+
+/// Copies the channel's data into the command's stdin and keeps draining the channel after
+/// EOF, so it notices when the client goes away (`client_gone`), which russh's own reader cannot
+/// (it stops listening at EOF). Returns when the channel is closed.
+async fn pump_stdin(
+    read_half: &mut russh::ChannelReadHalf,
+    stdin: tokio::io::DuplexStream,
+    client_gone: CancellationToken,
+) {
+    let mut stdin = Some(stdin);
+    while let Some(message) = read_half.wait().await {
+        match message {
+            russh::ChannelMsg::Data { data } => {
+                if let Some(writer) = stdin.as_mut()
+                    && writer.write_all(&data).await.is_err()
+                {
+                    // The command closed its stdin; the rest is discarded.
+                    stdin = None;
+                }
+            }
+            russh::ChannelMsg::Eof => stdin = None,
+            russh::ChannelMsg::Close => break,
+            _ => {}
+        }
+    }
+    drop(stdin);
+    client_gone.cancel();
 }
 
 /// Exit status when the master stops while a command runs.
@@ -63,16 +95,35 @@ async fn run(
         ExecRequest::Command { command, original } => {
             let span =
                 tracing::info_span!("exec", %peer, who = %identity.describe(), command = %command);
-            let mut stdin = read_half.make_reader();
-            let mut io = ExecIo {
-                stdin: &mut stdin,
-                stdout: &mut stdout,
-                stderr: &mut stderr,
-            };
-            let finished = tokio::select! {
-                status = commands::run(&ctx, &identity, peer, &command, original.as_deref(), &mut io)
-                    .instrument(span.clone()) => Some(status),
-                _ = ctx.shutdown.cancelled() => None,
+            let (stdin_writer, mut stdin) = tokio::io::duplex(STDIN_BUFFER);
+            let client_gone = CancellationToken::new();
+            let finished = {
+                let pump = pump_stdin(&mut read_half, stdin_writer, client_gone.clone());
+                let mut io = ExecIo {
+                    stdin: &mut stdin,
+                    stdout: &mut stdout,
+                    stderr: &mut stderr,
+                    client_gone,
+                };
+                let command_future = commands::run(
+                    &ctx,
+                    &identity,
+                    peer,
+                    &command,
+                    original.as_deref(),
+                    &mut io,
+                )
+                .instrument(span.clone());
+                tokio::pin!(command_future);
+                tokio::pin!(pump);
+                let mut pump_done = false;
+                loop {
+                    tokio::select! {
+                        status = &mut command_future => break Some(status),
+                        () = &mut pump, if !pump_done => pump_done = true,
+                        _ = ctx.shutdown.cancelled() => break None,
+                    }
+                }
             };
             let status = match finished {
                 Some(status) => status,

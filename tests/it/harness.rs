@@ -258,6 +258,21 @@ impl TestMaster {
                 self.host_key_fingerprint = fingerprint.to_string();
             }
         }
+        // A restart must come back on the same ports, where slaves and clients look for it.
+        let config_path = self.path().join("master.toml");
+        let config = std::fs::read_to_string(&config_path).expect("config");
+        let pinned = config
+            .replacen(
+                "listen = \"127.0.0.1:0\"",
+                &format!("listen = \"127.0.0.1:{}\"", self.ssh_port),
+                1,
+            )
+            .replacen(
+                "listen = \"127.0.0.1:0\"",
+                &format!("listen = \"127.0.0.1:{}\"", self.http_port),
+                1,
+            );
+        std::fs::write(&config_path, pinned).expect("config written");
         self
     }
 

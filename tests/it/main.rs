@@ -6,4 +6,5 @@ mod faults;
 mod harness;
 mod repo;
 mod sshd;
+mod stop;
 mod try_;

@@ -1,0 +1,216 @@
+//! Stopping builds: `ssh master stop`, a stop against a frozen slave, and a `try --wait` whose
+//! developer pressed Ctrl-C.
+
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+
+use crate::harness::{BIN, MasterSetup, TestMaster, current_user, text, wait_until};
+use crate::repo::Checkout;
+
+fn master_with(repo: &Path, steps: &str) -> TestMaster {
+    TestMaster::start_with(MasterSetup {
+        slaves: vec!["s1".into()],
+        extra_config: format!(
+            "\n[[builder]]\nname = \"linux\"\nslaves = [\"s1\"]\nrepo = \"{}\"\nbranch = \"main\"\nsteps = [\n{steps}\n]\n\
+             \n[[scheduler]]\nkind = \"try\"\nbuilders = [\"linux\"]\n",
+            repo.display()
+        ),
+        ..MasterSetup::default()
+    })
+}
+
+fn spawn_try_wait(master: &TestMaster, cwd: &Path) -> std::process::Child {
+    Command::new(BIN)
+        .args(["try", "--wait", "-b", "linux"])
+        .args([
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &master.ssh_port.to_string(),
+            "-u",
+            &current_user(),
+        ])
+        .args(["--ssh", &master.ssh_for_try(&master.user_key)])
+        .current_dir(cwd)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        // Its own process group, as a terminal's foreground job is.
+        .process_group(0)
+        .spawn()
+        .expect("try runs")
+}
+
+fn wait_building(master: &TestMaster, step: &str) {
+    wait_until(&format!("build #1 to run step {step}"), || {
+        text(
+            &master
+                .ssh(&master.user_key, &current_user(), "watch linux")
+                .stdout,
+        )
+        .contains(&format!("building #1 ({step})"))
+    });
+}
+
+fn api_build(master: &TestMaster) -> serde_json::Value {
+    let url = format!(
+        "http://127.0.0.1:{}/api/builds?builder=linux",
+        master.http_port
+    );
+    let body = reqwest::blocking::get(&url)
+        .and_then(|r| r.text())
+        .expect("GET");
+    let builds: serde_json::Value = serde_json::from_str(&body).expect("json");
+    builds[0].clone()
+}
+
+fn pid_alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rsplit_once(") ")
+            .is_some_and(|(_, rest)| !rest.starts_with('Z'))
+    })
+}
+
+#[test]
+fn stop_over_ssh_interrupts_a_long_step_with_the_reason() {
+    let checkout = Checkout::new();
+    let shared = tempfile::tempdir().expect("temp dir");
+    let pid_file = shared.path().join("pid");
+    let step = format!(
+        r#"{{ name = "sleep", command = "echo $$ > {}; exec sleep 600" }}, {{ name = "after", command = "true" }},"#,
+        pid_file.display()
+    );
+    let master = master_with(&checkout.upstream, &step);
+    let _slave = master.start_slave("s1");
+    let waiting = spawn_try_wait(&master, &checkout.work);
+    wait_building(&master, "sleep");
+    wait_until("the step's pid", || {
+        std::fs::read_to_string(&pid_file).is_ok_and(|t| t.trim().parse::<i32>().is_ok())
+    });
+    let pid: i32 = std::fs::read_to_string(&pid_file)
+        .expect("pid")
+        .trim()
+        .parse()
+        .expect("pid");
+
+    let started = Instant::now();
+    let output = master.ssh(
+        &master.user_key,
+        &current_user(),
+        "stop linux 1 --reason 'wrong branch'",
+    );
+    let took = started.elapsed();
+    println!("stop over ssh took {took:?}");
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    assert_eq!(
+        text(&output.stdout).trim(),
+        format!(
+            "linux #1: interrupted (stopped by {}: wrong branch)",
+            current_user()
+        )
+    );
+    assert!(took < Duration::from_secs(5), "took {took:?}");
+    assert!(!pid_alive(pid), "the step's process survived the stop");
+
+    let output = waiting.wait_with_output().expect("try finishes");
+    let stdout = text(&output.stdout);
+    assert_eq!(output.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("linux #1: interrupted"), "{stdout}");
+    assert!(
+        !stdout.contains("after"),
+        "the remaining steps are skipped: {stdout}"
+    );
+    let build = api_build(&master);
+    assert_eq!(build["result"], "interrupted");
+    assert_eq!(
+        build["reason"],
+        format!("stopped by {}: wrong branch", current_user())
+    );
+    let log =
+        std::fs::read_to_string(master.path().join("logs/linux/1/2-sleep.info")).expect("log");
+    assert!(
+        log.trim_end()
+            .ends_with(&format!("interrupted by {}: wrong branch", current_user())),
+        "{log}"
+    );
+
+    let output = master.ssh(
+        &master.user_key,
+        &current_user(),
+        "stop linux --reason again",
+    );
+    assert_eq!(output.status.code(), Some(1));
+    assert_eq!(
+        text(&output.stderr).trim(),
+        "buildbot: linux is not running"
+    );
+}
+
+#[test]
+fn a_stop_against_a_frozen_slave_finishes_at_once() {
+    let checkout = Checkout::new();
+    let master = master_with(
+        &checkout.upstream,
+        r#"{ name = "sleep", command = "sleep 600" },"#,
+    );
+    let slave = master.start_slave("s1");
+    let waiting = spawn_try_wait(&master, &checkout.work);
+    wait_building(&master, "sleep");
+    slave.signal(Signal::SIGSTOP);
+    let started = Instant::now();
+    let output = master.ssh(
+        &master.user_key,
+        &current_user(),
+        "stop linux --reason 'slave hangs'",
+    );
+    let took = started.elapsed();
+    println!("stop against a frozen slave took {took:?}");
+    slave.signal(Signal::SIGCONT);
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    assert!(took < Duration::from_secs(5), "took {took:?}");
+    let output = waiting.wait_with_output().expect("try finishes");
+    assert!(
+        text(&output.stdout).contains("linux #1: interrupted"),
+        "{}",
+        text(&output.stdout)
+    );
+}
+
+#[test]
+fn ctrl_c_on_try_wait_cancels_the_jobs_unfinished_builds() {
+    let checkout = Checkout::new();
+    let shared = tempfile::tempdir().expect("temp dir");
+    let pid_file = shared.path().join("pid");
+    let step = format!(
+        r#"{{ name = "sleep", command = "echo $$ > {}; exec sleep 600" }},"#,
+        pid_file.display()
+    );
+    let master = master_with(&checkout.upstream, &step);
+    let _slave = master.start_slave("s1");
+    let waiting = spawn_try_wait(&master, &checkout.work);
+    wait_building(&master, "sleep");
+    wait_until("the step's pid", || {
+        std::fs::read_to_string(&pid_file).is_ok_and(|t| t.trim().parse::<i32>().is_ok())
+    });
+    let pid: i32 = std::fs::read_to_string(&pid_file)
+        .expect("pid")
+        .trim()
+        .parse()
+        .expect("pid");
+    // Ctrl-C reaches the terminal's whole foreground group: ssh dies with the client.
+    let group = nix::unistd::Pid::from_raw(i32::try_from(waiting.id()).expect("pid"));
+    let _ = nix::sys::signal::killpg(group, Signal::SIGINT);
+    let _ = waiting.wait_with_output();
+    wait_until("the build to be interrupted", || {
+        api_build(&master)["result"] == "interrupted"
+    });
+    assert_eq!(
+        api_build(&master)["reason"],
+        "stopped by try --wait (client disconnected): the submitter went away"
+    );
+    wait_until("the step's process to end", || !pid_alive(pid));
+}
