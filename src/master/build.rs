@@ -140,11 +140,19 @@ pub async fn run(
     };
     let span = tracing::info_span!("build", builder = %builder.name, number, slave = %link.name);
     let control = state.register_build(&builder.name, number, &request.job_name);
+    let eta_builder = builder.name.clone();
+    let expected = state
+        .history
+        .run(move |connection| history::recent_success_durations(connection, &eta_builder, 10))
+        .await
+        .ok()
+        .and_then(|durations| crate::master::results::expected_duration(&durations));
     state.publish(BuildEvent::BuildStarted {
         job_name: request.job_name.clone(),
         builder: builder.name.clone(),
         number,
         slave: link.name.clone(),
+        expected,
     });
     let log_dir = state.logs_dir.join(&builder.name).join(number.to_string());
     let mut result = BuildResult::Success;

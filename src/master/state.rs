@@ -12,7 +12,7 @@ use tokio::sync::{broadcast, mpsc};
 
 use crate::master::config::Config;
 use crate::master::history::History;
-use crate::master::results::BuildResult;
+use crate::master::results::{BuildResult, format_eta};
 use crate::master::scheduler::SchedulerEvent;
 use crate::master::slaves::SlaveLink;
 
@@ -28,6 +28,8 @@ pub enum BuildEvent {
         builder: String,
         number: i64,
         slave: String,
+        /// How long the build should take, from recent successful builds.
+        expected: Option<std::time::Duration>,
     },
     StepStarted {
         job_name: String,
@@ -99,8 +101,8 @@ impl BuildControl {
 #[derive(Debug, Clone, Default)]
 struct BuilderStatus {
     queued: usize,
-    /// (build number, current step name) while building.
-    running: Vec<(i64, String)>,
+    /// (build number, current step name, started, expected duration) while building.
+    running: Vec<(i64, String, std::time::Instant, Option<std::time::Duration>)>,
     last: Option<(i64, BuildResult)>,
 }
 
@@ -204,10 +206,16 @@ impl MasterState {
             let mut builders = lock(&self.builders);
             match &event {
                 BuildEvent::BuildStarted {
-                    builder, number, ..
+                    builder,
+                    number,
+                    expected,
+                    ..
                 } => {
                     if let Some(status) = builders.get_mut(builder) {
-                        status.running.push((*number, String::new()));
+                        let started = std::time::Instant::now();
+                        status
+                            .running
+                            .push((*number, String::new(), started, *expected));
                     }
                 }
                 BuildEvent::StepStarted {
@@ -217,7 +225,7 @@ impl MasterState {
                     ..
                 } => {
                     if let Some(status) = builders.get_mut(builder)
-                        && let Some(running) = status.running.iter_mut().find(|(n, _)| n == number)
+                        && let Some(running) = status.running.iter_mut().find(|(n, ..)| n == number)
                     {
                         running.1 = name.clone();
                     }
@@ -229,7 +237,7 @@ impl MasterState {
                     ..
                 } => {
                     if let Some(status) = builders.get_mut(builder) {
-                        status.running.retain(|(n, _)| n != number);
+                        status.running.retain(|(n, ..)| n != number);
                         status.last = Some((*number, *result));
                     }
                 }
@@ -317,7 +325,13 @@ impl MasterState {
                 let running: Vec<String> = status
                     .running
                     .iter()
-                    .map(|(number, step)| format!("building #{number} ({step})"))
+                    .map(|(number, step, started, expected)| match expected {
+                        Some(expected) => {
+                            let left = expected.saturating_sub(started.elapsed());
+                            format!("building #{number} ({step}), ETA {}", format_eta(left))
+                        }
+                        None => format!("building #{number} ({step})"),
+                    })
                     .collect();
                 running.join(", ")
             } else if builder

@@ -311,10 +311,15 @@ async fn wait_for_builds(
                 builder,
                 number,
                 slave,
+                expected,
                 ..
-            } => {
-                format!("{builder} #{number}: started on {slave}")
-            }
+            } => match expected {
+                Some(expected) => format!(
+                    "{builder} #{number}: started on {slave} (ETA {})",
+                    crate::master::results::format_eta(*expected)
+                ),
+                None => format!("{builder} #{number}: started on {slave}"),
+            },
             BuildEvent::StepStarted {
                 builder,
                 number,

@@ -278,4 +278,76 @@ fn history_survives_a_master_restart() {
     let steps = builds[0]["steps"].as_array().expect("steps");
     assert_eq!(steps.len(), 2, "{builds}");
     assert_eq!(steps[1]["name"], "test");
+    // The next build numbers on, with an ETA from the first.
+    let _slave = master.start_slave("s1");
+    let output = try_wait(&master, &checkout.work);
+    let stdout = text(&output.stdout);
+    assert!(stdout.contains("linux #2: started on s1 (ETA "), "{stdout}");
+}
+
+#[test]
+fn a_second_build_starts_and_pings_are_answered_while_200_mb_stream() {
+    let checkout = Checkout::new();
+    let master = TestMaster::start_with(MasterSetup {
+        slaves: vec!["s1".into()],
+        extra_config: format!(
+            "\n[[builder]]\nname = \"big\"\nslaves = [\"s1\"]\nrepo = \"{repo}\"\n\
+             steps = [ {{ name = \"stream\", command = \"for i in $(seq 200); do head -c 1048576 /dev/zero; sleep 0.01; done\" }} ]\n\
+             \n[[builder]]\nname = \"quick\"\nslaves = [\"s1\"]\nrepo = \"{repo}\"\n\
+             steps = [ {{ name = \"hello\", command = \"echo quick\" }} ]\n\
+             \n[[scheduler]]\nkind = \"try\"\nbuilders = [\"big\", \"quick\"]\n",
+            repo = checkout.upstream.display()
+        ),
+        edits: vec![(
+            "[[slave]]\nname = \"s1\"\n",
+            "[[slave]]\nname = \"s1\"\nmax_builds = 2\n",
+        )],
+        ..MasterSetup::default()
+    });
+    let _slave = master.start_slave("s1");
+    let try_on = |builder: &str| {
+        let mut command = Command::new(BIN);
+        command
+            .args(["try", "--wait", "-b", builder])
+            .args([
+                "--host",
+                "127.0.0.1",
+                "--port",
+                &master.ssh_port.to_string(),
+                "-u",
+                &current_user(),
+            ])
+            .args(["--ssh", &master.ssh_for_try(&master.user_key)])
+            .current_dir(&checkout.work)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        command
+    };
+    let big = try_on("big").spawn().expect("try big");
+    wait_until("the big step to stream", || {
+        std::fs::metadata(master.path().join("logs/big/1/2-stream.stdout"))
+            .is_ok_and(|m| m.len() > 0)
+    });
+    let quick = run_with_timeout(try_on("quick"), None);
+    assert_eq!(quick.status.code(), Some(0), "{}", text(&quick.stdout));
+    assert!(
+        text(&quick.stdout).contains("quick #1: success"),
+        "{}",
+        text(&quick.stdout)
+    );
+    let status = text(
+        &master
+            .ssh(&master.user_key, &current_user(), "watch big")
+            .stdout,
+    );
+    assert!(
+        status.contains("building #1 (stream)"),
+        "big must still be streaming: {status}"
+    );
+    let big = big.wait_with_output().expect("big finishes");
+    assert_eq!(big.status.code(), Some(0), "{}", text(&big.stdout));
+    let size = std::fs::metadata(master.path().join("logs/big/1/2-stream.stdout"))
+        .expect("log")
+        .len();
+    assert_eq!(size, 200 * 1024 * 1024);
 }

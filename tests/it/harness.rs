@@ -162,10 +162,6 @@ impl TestMaster {
             "authorized_keys = [\"%h/.ssh/authorized_keys\", \"authorized_keys.d/%u\"]",
             "authorized_keys = [\"authorized_keys.d/%u\"]",
         );
-        for (old, new) in &setup.edits {
-            assert!(config.contains(old), "master.toml has no {old}");
-            config = config.replace(old, new);
-        }
         if setup.allow_root {
             config = config.replace("allow_root = false", "allow_root = true");
         }
@@ -200,6 +196,10 @@ impl TestMaster {
             config.push_str(block);
         }
         config.push_str(&setup.extra_config);
+        for (old, new) in &setup.edits {
+            assert!(config.contains(old), "master.toml has no {old}");
+            config = config.replace(old, new);
+        }
         std::fs::write(&config_path, config).expect("config rewritten");
 
         let user_key = TestKey::ed25519(keys_dir.path(), "user");
