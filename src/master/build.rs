@@ -461,10 +461,9 @@ impl StepLogs {
                 self.files.len() - 1
             }
         };
-        let file = &mut self.files[position].1;
-        file.write_all(data).await?;
-        // Readers (web, watch) follow the file; tokio's File buffers one write in flight.
-        file.flush().await
+        // tokio's File hands each write to a blocking thread and finishes it before the next,
+        // so followers see the data promptly without a flush per chunk.
+        self.files[position].1.write_all(data).await
     }
 
     async fn finish(&mut self) -> std::io::Result<()> {

@@ -500,3 +500,126 @@ mod tests {
         ));
     }
 }
+
+/// A build with what it was asked to build, for the build page.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BuildDetail {
+    pub build: BuildRow,
+    pub request_id: i64,
+    pub job_name: String,
+    pub jobid: String,
+    pub who: Option<String>,
+    pub comment: Option<String>,
+    pub repository: String,
+    pub branch: Option<String>,
+    pub baserev: Option<String>,
+    pub has_patch: bool,
+    pub steps: Vec<StepRow>,
+}
+
+fn build_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<BuildRow> {
+    Ok(BuildRow {
+        id: row.get(0)?,
+        builder: row.get(1)?,
+        number: row.get(2)?,
+        slave: row.get(3)?,
+        started_at: row.get(4)?,
+        finished_at: row.get(5)?,
+        result: row.get(6)?,
+        reason: row.get(7)?,
+    })
+}
+
+const BUILD_COLUMNS: &str =
+    "b.id, b.builder, b.number, b.slave, b.started_at, b.finished_at, b.result, b.reason";
+
+/// One build by builder and number, or by id.
+pub fn build_detail(
+    connection: &Connection,
+    key: BuildKey<'_>,
+) -> Result<Option<BuildDetail>, HistoryError> {
+    let (condition, first, second): (&str, rusqlite::types::Value, rusqlite::types::Value) =
+        match key {
+            BuildKey::Number { builder, number } => (
+                "b.builder = ?1 AND b.number = ?2",
+                builder.to_string().into(),
+                number.into(),
+            ),
+            BuildKey::Id(id) => ("b.id = ?1 AND ?2 = ?2", id.into(), 0i64.into()),
+        };
+    let found = connection
+        .query_row(
+            &format!(
+                "SELECT {BUILD_COLUMNS}, r.id, r.job_name, r.jobid, r.who, r.comment, r.repository, r.branch, r.baserev, r.patch IS NOT NULL
+                 FROM builds b JOIN requests r ON r.id = b.request_id WHERE {condition}"
+            ),
+            params![first, second],
+            |row| {
+                Ok(BuildDetail {
+                    build: build_from_row(row)?,
+                    request_id: row.get(8)?,
+                    job_name: row.get(9)?,
+                    jobid: row.get(10)?,
+                    who: row.get(11)?,
+                    comment: row.get(12)?,
+                    repository: row.get(13)?,
+                    branch: row.get(14)?,
+                    baserev: row.get(15)?,
+                    has_patch: row.get(16)?,
+                    steps: Vec::new(),
+                })
+            },
+        )
+        .optional()?;
+    let Some(mut detail) = found else {
+        return Ok(None);
+    };
+    detail.steps = steps_of(connection, detail.build.id)?;
+    Ok(Some(detail))
+}
+
+/// How a build is named.
+#[derive(Debug, Clone, Copy)]
+pub enum BuildKey<'a> {
+    Number { builder: &'a str, number: i64 },
+    Id(i64),
+}
+
+/// The patch of a request.
+pub fn request_patch(
+    connection: &Connection,
+    request_id: i64,
+) -> Result<Option<Vec<u8>>, HistoryError> {
+    Ok(connection
+        .query_row(
+            "SELECT patch FROM requests WHERE id = ?1",
+            params![request_id],
+            |row| row.get(0),
+        )
+        .optional()?
+        .flatten())
+}
+
+/// The most recent builds of all builders, newest first (the waterfall).
+pub fn recent_builds_all(
+    connection: &Connection,
+    limit: i64,
+) -> Result<Vec<BuildRow>, HistoryError> {
+    let mut statement = connection.prepare(&format!(
+        "SELECT {BUILD_COLUMNS} FROM builds b ORDER BY b.started_at DESC, b.id DESC LIMIT ?1"
+    ))?;
+    let rows = statement.query_map(params![limit], build_from_row)?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Requests waiting for a build, oldest first, with who asked.
+pub fn queued_requests(
+    connection: &Connection,
+    builder: &str,
+) -> Result<Vec<StoredRequest>, HistoryError> {
+    let mut statement = connection.prepare(&format!(
+        "SELECT {REQUEST_COLUMNS} FROM requests WHERE state = 'pending' AND builder = ?1 ORDER BY id"
+    ))?;
+    let rows = statement.query_map(params![builder], request_from_row)?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}

@@ -86,16 +86,23 @@ pub async fn run(
         scheduler_tx,
     ));
     let components = TaskTracker::new();
+    let sessions = Arc::new(crate::web::auth::Sessions::default());
     let sshd_ctx = Arc::new(SshdContext::new(
         Arc::clone(&config),
         Arc::clone(&state),
+        Arc::clone(&sessions),
         shutdown.clone(),
     ));
     spawn_component(&components, &shutdown, "sshd", {
         sshd::run(ssh_listener, host_key, sshd_ctx, SHUTDOWN_GRACE)
     });
     spawn_component(&components, &shutdown, "web", {
-        crate::web::run(http_listener, Arc::clone(&state), shutdown.clone())
+        crate::web::run(
+            http_listener,
+            Arc::clone(&state),
+            Arc::clone(&sessions),
+            shutdown.clone(),
+        )
     });
     // Before the watcher claims anything new, so nothing is taken twice.
     let recovered = recover_claimed_jobs(&state).await?;

@@ -17,7 +17,8 @@ use crate::master::scheduler::SchedulerEvent;
 use crate::master::slaves::SlaveLink;
 
 /// Something that happened to a build, for everyone following along.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
 pub enum BuildEvent {
     RequestsQueued {
         job_name: String,
@@ -29,6 +30,7 @@ pub enum BuildEvent {
         number: i64,
         slave: String,
         /// How long the build should take, from recent successful builds.
+        #[serde(skip)]
         expected: Option<std::time::Duration>,
     },
     StepStarted {
@@ -57,6 +59,18 @@ pub enum BuildEvent {
         will_retry: bool,
     },
 }
+
+/// An event with its place in the master's event sequence, so a follower that reconnects can
+/// resume after the last one it saw.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SequencedEvent {
+    pub seq: u64,
+    #[serde(flatten)]
+    pub event: BuildEvent,
+}
+
+/// How many recent events are kept for followers that resume.
+const EVENT_HISTORY: usize = 4096;
 
 impl BuildEvent {
     pub fn job_name(&self) -> &str {
@@ -97,6 +111,18 @@ impl BuildControl {
     }
 }
 
+/// A builder's live state, for status output.
+#[derive(Debug, Clone)]
+pub struct BuilderSummary {
+    /// Numbers of the builds running now.
+    pub running: Vec<i64>,
+    /// "building #3 (test), ETA 1m05s", one per running build.
+    pub running_text: String,
+    pub queued: usize,
+    /// The last build that finished since the master started, and its result.
+    pub last: Option<(i64, BuildResult)>,
+}
+
 /// What a builder is doing now.
 #[derive(Debug, Clone, Default)]
 struct BuilderStatus {
@@ -119,7 +145,9 @@ pub struct MasterState {
     builders: Mutex<BTreeMap<String, BuilderStatus>>,
     running: Mutex<BTreeMap<(String, i64), Arc<BuildControl>>>,
     scheduler: mpsc::Sender<SchedulerEvent>,
-    events: broadcast::Sender<BuildEvent>,
+    events: broadcast::Sender<SequencedEvent>,
+    /// The most recent events, oldest first, and the next sequence number.
+    recent_events: Mutex<(std::collections::VecDeque<SequencedEvent>, u64)>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -154,6 +182,7 @@ impl MasterState {
             running: Mutex::new(BTreeMap::new()),
             scheduler,
             events,
+            recent_events: Mutex::new((std::collections::VecDeque::new(), 1)),
         }
     }
 
@@ -196,8 +225,28 @@ impl MasterState {
     }
 
     /// Follows the build events from now on.
-    pub fn subscribe(&self) -> broadcast::Receiver<BuildEvent> {
+    pub fn subscribe(&self) -> broadcast::Receiver<SequencedEvent> {
         self.events.subscribe()
+    }
+
+    /// Follows the events, starting with the kept ones after `since` (none when `since` is
+    /// `None`). Returns the replay and the receiver of what comes next; an event may be in
+    /// both, so followers skip sequence numbers they have seen.
+    pub fn subscribe_since(
+        &self,
+        since: Option<u64>,
+    ) -> (Vec<SequencedEvent>, broadcast::Receiver<SequencedEvent>) {
+        let receiver = self.events.subscribe();
+        let replay = match since {
+            Some(since) => lock(&self.recent_events)
+                .0
+                .iter()
+                .filter(|event| event.seq > since)
+                .cloned()
+                .collect(),
+            None => Vec::new(),
+        };
+        (replay, receiver)
     }
 
     /// Records an event in the builder status and tells every follower.
@@ -244,8 +293,21 @@ impl MasterState {
                 BuildEvent::RequestsQueued { .. } | BuildEvent::StepFinished { .. } => {}
             }
         }
+        let sequenced = {
+            let mut recent = lock(&self.recent_events);
+            let sequenced = SequencedEvent {
+                seq: recent.1,
+                event,
+            };
+            recent.1 += 1;
+            recent.0.push_back(sequenced.clone());
+            if recent.0.len() > EVENT_HISTORY {
+                recent.0.pop_front();
+            }
+            sequenced
+        };
         // No subscribers is fine.
-        let _ = self.events.send(event);
+        let _ = self.events.send(sequenced);
     }
 
     /// The scheduler's view of the queue, per builder.
@@ -295,34 +357,15 @@ impl MasterState {
         lock(&self.slaves).clone()
     }
 
-    /// A plain-text status: one line for the master, one per builder (all, or those named).
-    pub fn status_lines(&self, only: &[String]) -> String {
-        let connected = self.connected_slaves();
+    /// What each builder is doing now, in configuration order.
+    pub fn builder_states(&self) -> Vec<(String, BuilderSummary)> {
         let builders = lock(&self.builders).clone();
-        let mut out = String::new();
-        let _ = writeln!(
-            out,
-            "master {}: {} builders, {} of {} slaves connected",
-            self.config.name,
-            self.config.builders.len(),
-            connected.len(),
-            self.config.slaves.len()
-        );
-        for builder in &self.config.builders {
-            if !only.is_empty() && !only.contains(&builder.name) {
-                continue;
-            }
-            let status = builders.get(&builder.name).cloned().unwrap_or_default();
-            let slaves: Vec<String> = builder
-                .slaves
-                .iter()
-                .map(|name| match connected.get(name) {
-                    Some(_) => format!("{name} (connected)"),
-                    None => format!("{name} (not connected)"),
-                })
-                .collect();
-            let state = if !status.running.is_empty() {
-                let running: Vec<String> = status
+        self.config
+            .builders
+            .iter()
+            .map(|builder| {
+                let status = builders.get(&builder.name).cloned().unwrap_or_default();
+                let running_text = status
                     .running
                     .iter()
                     .map(|(number, step, started, expected)| match expected {
@@ -332,26 +375,64 @@ impl MasterState {
                         }
                         None => format!("building #{number} ({step})"),
                     })
-                    .collect();
-                running.join(", ")
-            } else if builder
-                .slaves
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                let summary = BuilderSummary {
+                    running: status.running.iter().map(|(number, ..)| *number).collect(),
+                    running_text,
+                    queued: status.queued,
+                    last: status.last,
+                };
+                (builder.name.clone(), summary)
+            })
+            .collect()
+    }
+
+    /// A plain-text status: one line for the master, one per builder (all, or those named).
+    pub fn status_lines(&self, only: &[String]) -> String {
+        let connected = self.connected_slaves();
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "master {}: {} builders, {} of {} slaves connected",
+            self.config.name,
+            self.config.builders.len(),
+            connected.len(),
+            self.config.slaves.len()
+        );
+        for (name, summary) in self.builder_states() {
+            if !only.is_empty() && !only.contains(&name) {
+                continue;
+            }
+            let pool = self
+                .config
+                .builders
                 .iter()
-                .any(|name| connected.contains_key(name))
-            {
+                .find(|builder| builder.name == name)
+                .map(|builder| builder.slaves.clone())
+                .unwrap_or_default();
+            let slaves: Vec<String> = pool
+                .iter()
+                .map(|slave| match connected.get(slave) {
+                    Some(_) => format!("{slave} (connected)"),
+                    None => format!("{slave} (not connected)"),
+                })
+                .collect();
+            let state = if !summary.running.is_empty() {
+                summary.running_text.clone()
+            } else if pool.iter().any(|slave| connected.contains_key(slave)) {
                 "idle".to_string()
             } else {
                 "offline".to_string()
             };
-            let last = match status.last {
+            let last = match summary.last {
                 Some((number, result)) => format!("; last #{number} {result}"),
                 None => String::new(),
             };
             let _ = writeln!(
                 out,
-                "{}: {state}, {} queued{last}; slaves: {}",
-                builder.name,
-                status.queued,
+                "{name}: {state}, {} queued{last}; slaves: {}",
+                summary.queued,
                 slaves.join(", ")
             );
         }

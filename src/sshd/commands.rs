@@ -90,11 +90,14 @@ pub async fn run(
             reason,
         } => stop_build(ctx, user, &builder, build, &reason, io).await,
         ExecCommand::WebLogin => {
-            io.say(&format!(
-                "buildbot: '{command}' is not available on this master yet"
+            let token = ctx.web_sessions.new_login_token(user.clone());
+            io.print(&format!(
+                "{}/login?token={token}\n(open it within {} s; it works once)\n",
+                ctx.master.web_url,
+                crate::web::auth::LOGIN_TOKEN_LIFETIME.as_secs()
             ))
             .await;
-            1
+            0
         }
     }
 }
@@ -224,7 +227,7 @@ async fn stop_build(
     // Report the result; the build finishes within seconds even on a dead slave.
     let finished = tokio::time::timeout(std::time::Duration::from_secs(30), async {
         loop {
-            match events.recv().await {
+            match events.recv().await.map(|sequenced| sequenced.event) {
                 Ok(BuildEvent::BuildFinished {
                     builder: b,
                     number: n,
@@ -263,7 +266,7 @@ async fn stop_build(
 async fn wait_for_builds(
     ctx: &SshdContext,
     job_name: &str,
-    mut events: tokio::sync::broadcast::Receiver<BuildEvent>,
+    mut events: tokio::sync::broadcast::Receiver<crate::master::state::SequencedEvent>,
     io: &mut ExecIo<'_>,
 ) -> u32 {
     use tokio::sync::broadcast::error::RecvError;
@@ -288,7 +291,7 @@ async fn wait_for_builds(
             }
         };
         let event = match received {
-            Ok(event) => event,
+            Ok(sequenced) => sequenced.event,
             Err(RecvError::Lagged(missed)) => {
                 tracing::warn!(missed, "try --wait fell behind the build events");
                 continue;

@@ -84,12 +84,15 @@ pub struct SshdContext {
     pub tasks: TaskTracker,
     /// Cancelled when the master stops.
     pub shutdown: CancellationToken,
+    /// Web sessions, for `web-login`.
+    pub web_sessions: Arc<crate::web::auth::Sessions>,
 }
 
 impl SshdContext {
     pub fn new(
         config: Arc<Config>,
         master: Arc<MasterState>,
+        web_sessions: Arc<crate::web::auth::Sessions>,
         shutdown: CancellationToken,
     ) -> SshdContext {
         SshdContext {
@@ -101,6 +104,7 @@ impl SshdContext {
             master,
             tasks: TaskTracker::new(),
             shutdown,
+            web_sessions,
         }
     }
 

@@ -1,28 +1,149 @@
-//! The HTTP side of the master: for now the plain-text status at `/` and `/api/builders`.
-//! Only this module touches axum (and, later, tera).
+//! The HTTP side of the master: server-rendered pages (axum + tera, templates embedded in the
+//! binary, usable without JavaScript), the JSON API under `/api/`, live and huge logs, and the
+//! Stop Build button behind a session from `ssh master web-login`. Only this module touches
+//! axum and tera.
+
+mod api;
+pub mod auth;
+mod logs;
+mod pages;
+pub mod views;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use anyhow::Context;
-use axum::extract::{Query, State};
+use anyhow::Context as _;
+use axum::Router;
 use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::{Json, Router};
-use serde::Serialize;
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::master::state::MasterState;
 
+/// Every template, embedded so the binary needs no files at run time.
+pub const TEMPLATES: [(&str, &str); 8] = [
+    ("base.html", include_str!("templates/base.html")),
+    ("waterfall.html", include_str!("templates/waterfall.html")),
+    ("summary.html", include_str!("templates/summary.html")),
+    ("builder.html", include_str!("templates/builder.html")),
+    ("build.html", include_str!("templates/build.html")),
+    ("log.html", include_str!("templates/log.html")),
+    ("slaves.html", include_str!("templates/slaves.html")),
+    ("message.html", include_str!("templates/message.html")),
+];
+
+/// What every handler shares.
+pub struct AppState {
+    pub master: Arc<MasterState>,
+    pub sessions: Arc<auth::Sessions>,
+    templates: tera::Tera,
+}
+
+/// Errors a handler returns: 4xx say what was wrong; 5xx say nothing internal (the detail is
+/// logged).
+#[derive(Debug, thiserror::Error)]
+pub enum WebError {
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl From<crate::master::history::HistoryError> for WebError {
+    fn from(err: crate::master::history::HistoryError) -> Self {
+        WebError::Internal(err.to_string())
+    }
+}
+
+impl From<std::io::Error> for WebError {
+    fn from(err: std::io::Error) -> Self {
+        WebError::Internal(err.to_string())
+    }
+}
+
+impl IntoResponse for WebError {
+    fn into_response(self) -> Response {
+        let (status, message) = match self {
+            WebError::NotFound(message) => (StatusCode::NOT_FOUND, message),
+            WebError::BadRequest(message) => (StatusCode::BAD_REQUEST, message),
+            WebError::Forbidden(message) => (StatusCode::FORBIDDEN, message),
+            WebError::Internal(detail) => {
+                tracing::error!("web: {detail}");
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal error; see the master's log".to_string(),
+                )
+            }
+        };
+        (status, format!("{message}\n")).into_response()
+    }
+}
+
+impl AppState {
+    pub fn new(
+        master: Arc<MasterState>,
+        sessions: Arc<auth::Sessions>,
+    ) -> anyhow::Result<AppState> {
+        let mut templates = tera::Tera::new();
+        templates
+            .add_raw_templates(TEMPLATES)
+            .map_err(|err| anyhow::anyhow!("template error: {err}"))?;
+        templates.autoescape_on(vec![".html"]);
+        Ok(AppState {
+            master,
+            sessions,
+            templates,
+        })
+    }
+
+    pub fn render(&self, name: &str, context: &tera::Context) -> Result<String, WebError> {
+        self.templates
+            .render(name, context)
+            .map_err(|err| WebError::Internal(format!("rendering {name}: {err}")))
+    }
+
+    /// The session of this request, if it has a valid one.
+    pub fn session(&self, headers: &axum::http::HeaderMap) -> Option<auth::Session> {
+        auth::session_cookie(headers).and_then(|id| self.sessions.get(&id))
+    }
+
+    /// What every page shows: the master's name and host key, who is logged in.
+    pub fn base_context(&self, headers: &axum::http::HeaderMap) -> tera::Context {
+        let mut context = tera::Context::new();
+        context.insert("master_name", &self.master.config.name);
+        context.insert("host_key", &self.master.host_key_fingerprint);
+        let user = self.session(headers).map(|session| session.account.name);
+        context.insert("user", &user);
+        context
+    }
+
+    pub fn message(
+        &self,
+        headers: &axum::http::HeaderMap,
+        heading: &str,
+        message: &str,
+    ) -> Result<Html<String>, WebError> {
+        let mut context = self.base_context(headers);
+        context.insert("heading", heading);
+        context.insert("message", message);
+        Ok(Html(self.render("message.html", &context)?))
+    }
+}
+
 /// Serves HTTP on `listener` until `shutdown` is cancelled.
 pub async fn run(
     listener: TcpListener,
     state: Arc<MasterState>,
+    sessions: Arc<auth::Sessions>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let app = router(state);
+    let app = router(Arc::new(AppState::new(state, sessions)?));
     axum::serve(
         listener,
         app.into_make_service_with_connect_info::<SocketAddr>(),
@@ -32,140 +153,87 @@ pub async fn run(
     .context("the web server failed")
 }
 
-pub fn router(state: Arc<MasterState>) -> Router {
+pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
-        .route("/", get(status_text))
-        .route("/api/builders", get(api_builders))
-        .route("/api/builds", get(api_builds))
+        .route("/", get(pages::waterfall))
+        .route("/summary", get(pages::summary))
+        .route("/slaves", get(pages::slaves))
+        .route("/login", get(pages::login))
+        .route("/builders/{builder}", get(pages::builder))
+        .route("/builders/{builder}/builds/{number}", get(pages::build))
+        .route(
+            "/builders/{builder}/builds/{number}/patch",
+            get(pages::patch),
+        )
+        .route(
+            "/builders/{builder}/builds/{number}/stop",
+            post(pages::stop),
+        )
+        .route(
+            "/builders/{builder}/builds/{number}/steps/{step}/logs/{stream}",
+            get(logs::page),
+        )
+        .route(
+            "/builders/{builder}/builds/{number}/steps/{step}/logs/{stream}/raw",
+            get(logs::raw),
+        )
+        .route("/api/builders", get(api::builders))
+        .route("/api/builders/{builder}", get(api::builder))
+        .route("/api/builds", get(api::builds))
+        .route("/api/builds/{id}", get(api::build))
+        .route("/api/slaves", get(api::slaves))
+        .route("/api/events", get(api::events))
         .with_state(state)
 }
 
-async fn status_text(State(state): State<Arc<MasterState>>) -> String {
-    format!(
-        "{}host key: {}\n",
-        state.status_lines(&[]),
-        state.host_key_fingerprint
-    )
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-#[derive(Serialize)]
-struct BuilderView {
-    name: String,
-    slaves: Vec<SlaveView>,
-}
-
-#[derive(Serialize)]
-struct SlaveView {
-    name: String,
-    connected: bool,
-}
-
-async fn api_builders(State(state): State<Arc<MasterState>>) -> Json<Vec<BuilderView>> {
-    let connected = state.connected_slaves();
-    let builders = state
-        .config
-        .builders
-        .iter()
-        .map(|builder| BuilderView {
-            name: builder.name.clone(),
-            slaves: builder
-                .slaves
-                .iter()
-                .map(|name| SlaveView {
-                    name: name.clone(),
-                    connected: connected.contains_key(name.as_str()),
-                })
-                .collect(),
-        })
-        .collect();
-    Json(builders)
-}
-
-#[derive(serde::Deserialize)]
-struct BuildsQuery {
-    builder: String,
-    limit: Option<i64>,
-}
-
-#[derive(Serialize)]
-struct BuildView {
-    id: i64,
-    builder: String,
-    number: i64,
-    slave: String,
-    started_at: f64,
-    finished_at: Option<f64>,
-    result: Option<String>,
-    reason: Option<String>,
-    steps: Vec<StepView>,
-}
-
-#[derive(Serialize)]
-struct StepView {
-    number: i64,
-    name: String,
-    started_at: f64,
-    finished_at: Option<f64>,
-    result: Option<String>,
-    summary: Option<String>,
-}
-
-/// `/api/builds?builder=NAME&limit=N`: the builder's most recent builds with their steps.
-async fn api_builds(
-    State(state): State<Arc<MasterState>>,
-    Query(query): Query<BuildsQuery>,
-) -> Response {
-    if !state
-        .config
-        .builders
-        .iter()
-        .any(|b| b.name == query.builder)
-    {
-        return (
-            StatusCode::NOT_FOUND,
-            format!("no builder named '{}'\n", query.builder),
-        )
-            .into_response();
-    }
-    let limit = query.limit.unwrap_or(20).clamp(1, 1000);
-    let builder = query.builder.clone();
-    let loaded = state
-        .history
-        .run(move |connection| {
-            let builds = crate::master::history::recent_builds(connection, &builder, limit)?;
-            let mut views = Vec::new();
-            for build in builds {
-                let steps = crate::master::history::steps_of(connection, build.id)?;
-                views.push(BuildView {
-                    id: build.id,
-                    builder: build.builder,
-                    number: build.number,
-                    slave: build.slave,
-                    started_at: build.started_at,
-                    finished_at: build.finished_at,
-                    result: build.result,
-                    reason: build.reason,
-                    steps: steps
-                        .into_iter()
-                        .map(|step| StepView {
-                            number: step.number,
-                            name: step.name,
-                            started_at: step.started_at,
-                            finished_at: step.finished_at,
-                            result: step.result,
-                            summary: step.summary,
-                        })
-                        .collect(),
-                });
-            }
-            Ok(views)
-        })
-        .await;
-    match loaded {
-        Ok(views) => Json(views).into_response(),
-        Err(err) => {
-            tracing::error!("/api/builds: {err}");
-            StatusCode::INTERNAL_SERVER_ERROR.into_response()
+    /// Renders every template with sample data, as the pages fill them.
+    #[test]
+    fn every_template_renders() {
+        let mut templates = tera::Tera::new();
+        templates
+            .add_raw_templates(TEMPLATES)
+            .expect("templates parse");
+        templates.autoescape_on(vec![".html"]);
+        let step = serde_json::json!({"number": 1, "name": "test", "result": "failure", "result_text": "failure",
+            "css": "failure", "summary": "exit 1", "started_at": 0.0, "finished_at": 1.0, "took": "1s",
+            "logs": [{"name": "stdout", "url": "/x"}]});
+        let build = serde_json::json!({"id": 1, "builder": "linux", "number": 3, "slave": "s1", "result": null,
+            "result_text": "running", "css": "running", "reason": "stopped by <alice>", "running": true,
+            "started_at": 0.0, "finished_at": null, "started": "now", "took": "1s", "url": "/builders/linux/builds/3",
+            "steps": [step], "repository": "r", "branch": "main", "baserev": "abc", "jobid": "j", "who": "alice",
+            "comment": "c", "has_patch": true, "eta": "2m45s"});
+        let builder = serde_json::json!({"name": "linux", "state": "idle", "state_class": "idle", "queued": 1,
+            "last": "#2 success", "last_css": "success", "slaves": [{"name": "s1", "connected": true}],
+            "builds": [build.clone()]});
+        let context = tera::Context::from_serialize(&serde_json::json!({
+            "master_name": "m", "host_key": "SHA256:x", "user": "alice", "builders": [builder.clone()],
+            "builder": builder, "builds": [build.clone()], "queue": [{"jobid": "j", "who": "alice", "comment": null, "submitted": "now"}],
+            "build": build, "can_stop": true, "csrf": "token",
+            "number": 3, "step": "test", "stream": "stdout", "size": 10, "shown": 5, "truncated": true, "more": 20,
+            "running": true, "raw_url": "/raw", "text": "<b>output</b>",
+            "slaves": [{"name": "s1", "connected": true, "since": "now", "facts": "linux", "building": "linux #3"}],
+            "heading": "h", "message": "m",
+        }))
+        .expect("context");
+        for (name, _) in TEMPLATES {
+            let html = templates
+                .render(name, &context)
+                .unwrap_or_else(|err| panic!("{name}: {err}"));
+            assert!(html.contains("</html>"), "{name}");
+            assert!(
+                !html.contains("<b>output</b>"),
+                "{name} must escape log text"
+            );
         }
+        let build_page = templates
+            .render("build.html", &context)
+            .expect("build page");
+        assert!(build_page.contains("stopped by &lt;alice&gt;"));
+        assert!(build_page.contains("Stop Build"));
+        assert!(build_page.contains("ETA 2m45s"));
     }
 }

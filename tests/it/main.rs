@@ -8,3 +8,4 @@ mod repo;
 mod sshd;
 mod stop;
 mod try_;
+mod web;

@@ -1,0 +1,306 @@
+//! The HTML pages: waterfall, summary, builder, build (with Stop Build), slaves, the patch
+//! download and the login landing.
+
+use std::sync::Arc;
+
+use axum::Form;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, header};
+use axum::response::{Html, IntoResponse, Redirect, Response};
+
+use crate::master::history::{self, BuildKey};
+use crate::spool::permission::{Decision, Principal};
+use crate::web::views::{self, BuilderView};
+use crate::web::{AppState, WebError, auth};
+
+/// How many builds the waterfall shows.
+const WATERFALL_BUILDS: i64 = 200;
+
+/// Builders with their recent builds (for the waterfall and the builder page).
+async fn builders_with_builds(
+    state: &AppState,
+    per_builder: i64,
+) -> Result<Vec<BuilderView>, WebError> {
+    let mut builders = views::builder_views(&state.master);
+    let names: Vec<String> = builders.iter().map(|b| b.name.clone()).collect();
+    let logs_dir = state.master.logs_dir.clone();
+    let loaded = state
+        .master
+        .history
+        .run(move |connection| {
+            let mut all = Vec::new();
+            for name in names {
+                let mut builds = Vec::new();
+                for build in history::recent_builds(connection, &name, per_builder)? {
+                    let steps = history::steps_of(connection, build.id)?;
+                    builds.push(views::build_view(&logs_dir, &build, &steps));
+                }
+                all.push(builds);
+            }
+            Ok(all)
+        })
+        .await?;
+    for (builder, builds) in builders.iter_mut().zip(loaded) {
+        // The last result survives restarts through the history.
+        if let Some(last) = builds.iter().find(|build| !build.running) {
+            builder.last = format!("#{} {}", last.number, last.result_text);
+            builder.last_css = last.css.clone();
+        }
+        builder.builds = builds;
+    }
+    Ok(builders)
+}
+
+pub async fn waterfall(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+) -> Result<Html<String>, WebError> {
+    let per_builder = (WATERFALL_BUILDS
+        / i64::try_from(state.master.config.builders.len().max(1)).unwrap_or(1))
+    .max(5);
+    let builders = builders_with_builds(&state, per_builder).await?;
+    let mut context = state.base_context(&headers);
+    context.insert("builders", &builders);
+    Ok(Html(state.render("waterfall.html", &context)?))
+}
+
+pub async fn summary(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+) -> Result<Html<String>, WebError> {
+    let builders = builders_with_builds(&state, 1).await?;
+    let mut context = state.base_context(&headers);
+    context.insert("builders", &builders);
+    Ok(Html(state.render("summary.html", &context)?))
+}
+
+pub async fn builder(
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Result<Html<String>, WebError> {
+    let builders = builders_with_builds(&state, 50).await?;
+    let Some(builder) = builders.into_iter().find(|b| b.name == name) else {
+        return Err(WebError::NotFound(format!("no builder named '{name}'")));
+    };
+    let queued_for = name.clone();
+    let queue = state
+        .master
+        .history
+        .run(move |connection| history::queued_requests(connection, &queued_for))
+        .await?;
+    let queue: Vec<serde_json::Value> = queue
+        .into_iter()
+        .map(|request| {
+            serde_json::json!({
+                "jobid": request.jobid,
+                "who": request.who.unwrap_or_else(|| "(unknown)".into()),
+                "comment": request.comment,
+                "submitted": views::format_time(request.submitted_at),
+            })
+        })
+        .collect();
+    let mut context = state.base_context(&headers);
+    context.insert("builds", &builder.builds);
+    context.insert("builder", &builder);
+    context.insert("queue", &queue);
+    Ok(Html(state.render("builder.html", &context)?))
+}
+
+async fn load_build(
+    state: &AppState,
+    builder: &str,
+    number: i64,
+) -> Result<history::BuildDetail, WebError> {
+    let name = builder.to_string();
+    state
+        .master
+        .history
+        .run(move |connection| {
+            history::build_detail(
+                connection,
+                BuildKey::Number {
+                    builder: &name,
+                    number,
+                },
+            )
+        })
+        .await?
+        .ok_or_else(|| WebError::NotFound(format!("{builder} has no build #{number}")))
+}
+
+pub async fn build(
+    State(state): State<Arc<AppState>>,
+    Path((builder, number)): Path<(String, i64)>,
+    headers: HeaderMap,
+) -> Result<Html<String>, WebError> {
+    let detail = load_build(&state, &builder, number).await?;
+    let eta = state
+        .master
+        .builder_states()
+        .into_iter()
+        .find(|(name, _)| *name == builder)
+        .and_then(|(_, summary)| {
+            summary
+                .running_text
+                .split(", ")
+                .find(|text| text.starts_with(&format!("building #{number} ")))
+                .and_then(|text| text.split("ETA ").nth(1).map(str::to_string))
+        });
+    let page = views::build_page(&state.master.logs_dir, &detail, eta);
+    let session = state.session(&headers);
+    let mut context = state.base_context(&headers);
+    context.insert("can_stop", &session.is_some());
+    context.insert("csrf", &session.map(|s| s.csrf).unwrap_or_default());
+    context.insert("build", &page);
+    Ok(Html(state.render("build.html", &context)?))
+}
+
+pub async fn patch(
+    State(state): State<Arc<AppState>>,
+    Path((builder, number)): Path<(String, i64)>,
+) -> Result<Response, WebError> {
+    let detail = load_build(&state, &builder, number).await?;
+    let request_id = detail.request_id;
+    let patch = state
+        .master
+        .history
+        .run(move |connection| history::request_patch(connection, request_id))
+        .await?
+        .ok_or_else(|| WebError::NotFound(format!("{builder} #{number} built no patch")))?;
+    let disposition = format!("attachment; filename=\"{builder}-{number}.patch\"");
+    Ok((
+        [
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/x-diff"),
+            ),
+            (
+                header::CONTENT_DISPOSITION,
+                HeaderValue::from_str(&disposition)
+                    .unwrap_or(HeaderValue::from_static("attachment")),
+            ),
+        ],
+        patch,
+    )
+        .into_response())
+}
+
+pub async fn slaves(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+) -> Result<Html<String>, WebError> {
+    let mut context = state.base_context(&headers);
+    context.insert("slaves", &crate::web::api::slave_rows(&state));
+    Ok(Html(state.render("slaves.html", &context)?))
+}
+
+#[derive(serde::Deserialize)]
+pub struct LoginQuery {
+    token: String,
+}
+
+/// The one-time URL from `web-login`: sets the session cookie and goes to the waterfall.
+pub async fn login(
+    State(state): State<Arc<AppState>>,
+    Query(query): Query<LoginQuery>,
+    headers: HeaderMap,
+) -> Result<Response, WebError> {
+    let Some(session_id) = state.sessions.redeem(&query.token) else {
+        let page = state.message(
+            &headers,
+            "Login link expired",
+            "This login link was used already or has expired. Run `ssh … web-login` again for a new one.",
+        )?;
+        return Ok((axum::http::StatusCode::FORBIDDEN, page).into_response());
+    };
+    let cookie = format!(
+        "{}={session_id}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}",
+        auth::SESSION_COOKIE,
+        auth::SESSION_LIFETIME.as_secs()
+    );
+    let mut response = Redirect::to("/").into_response();
+    if let Ok(value) = HeaderValue::from_str(&cookie) {
+        response.headers_mut().insert(header::SET_COOKIE, value);
+    }
+    Ok(response)
+}
+
+#[derive(serde::Deserialize)]
+pub struct StopForm {
+    csrf: Option<String>,
+    reason: Option<String>,
+}
+
+/// Stop Build: needs a session, its CSRF token, and the same right as trying.
+pub async fn stop(
+    State(state): State<Arc<AppState>>,
+    Path((builder, number)): Path<(String, i64)>,
+    headers: HeaderMap,
+    Form(form): Form<StopForm>,
+) -> Result<Response, WebError> {
+    let Some(session) = state.session(&headers) else {
+        return Err(WebError::Forbidden(
+            "log in first: run `ssh … web-login` and open the URL it prints".into(),
+        ));
+    };
+    if !form
+        .csrf
+        .as_deref()
+        .is_some_and(|token| auth::same_secret(token, &session.csrf))
+    {
+        return Err(WebError::Forbidden("this form is stale or was not sent by the build page (CSRF check failed); reload the page".into()));
+    }
+    let config = &state.master.config;
+    let principal = Principal {
+        uid: session.account.uid,
+        gids: session.account.gids.clone(),
+    };
+    let allowed = matches!(
+        crate::spool::permission::may_write_path(
+            &principal,
+            &config.spool.dir,
+            config.sshd.allow_root
+        ),
+        Ok(Decision::Allowed)
+    );
+    if !allowed {
+        return Err(WebError::Forbidden(format!(
+            "{} may not stop builds (no write permission on the spool)",
+            session.account.name
+        )));
+    }
+    let reason = form.reason.unwrap_or_default();
+    let reason = if reason.trim().is_empty() {
+        "stopped from the web page".to_string()
+    } else {
+        reason
+    };
+    let Some((_, control)) = state
+        .master
+        .running_builds(&builder)
+        .into_iter()
+        .find(|(n, _)| *n == number)
+    else {
+        return Err(WebError::BadRequest(format!(
+            "{builder} #{number} is not running"
+        )));
+    };
+    tracing::info!(user = %session.account.name, %builder, number, %reason, "stop requested from the web");
+    control.request_stop(&session.account.name, &reason);
+    // Wait (briefly) for the result so the page the browser lands on shows it.
+    let mut events = state.master.subscribe();
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        while state
+            .master
+            .running_builds(&builder)
+            .iter()
+            .any(|(n, _)| *n == number)
+        {
+            let _ =
+                tokio::time::timeout(std::time::Duration::from_millis(200), events.recv()).await;
+        }
+    })
+    .await;
+    Ok(Redirect::to(&format!("/builders/{builder}/builds/{number}")).into_response())
+}

@@ -1,0 +1,229 @@
+//! What the pages and the JSON API show, built from the history and the live state: plain
+//! serialisable structs, so templates hold no logic beyond loops and ifs.
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::master::history::{BuildDetail, BuildRow, StepRow};
+use crate::master::results::format_eta;
+use crate::master::state::MasterState;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SlaveView {
+    pub name: String,
+    pub connected: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BuilderView {
+    pub name: String,
+    /// "idle", "building #3 (test), ETA 1m05s", "offline".
+    pub state: String,
+    pub state_class: String,
+    pub queued: usize,
+    pub last: String,
+    pub last_css: String,
+    pub slaves: Vec<SlaveView>,
+    pub builds: Vec<BuildView>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LogLink {
+    pub name: String,
+    pub url: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StepView {
+    pub number: i64,
+    pub name: String,
+    pub result: Option<String>,
+    pub result_text: String,
+    pub css: String,
+    pub summary: String,
+    pub started_at: f64,
+    pub finished_at: Option<f64>,
+    pub took: String,
+    pub logs: Vec<LogLink>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BuildView {
+    pub id: i64,
+    pub builder: String,
+    pub number: i64,
+    pub slave: String,
+    pub result: Option<String>,
+    pub result_text: String,
+    pub css: String,
+    pub reason: Option<String>,
+    pub running: bool,
+    pub started_at: f64,
+    pub finished_at: Option<f64>,
+    pub started: String,
+    pub took: String,
+    pub url: String,
+    pub steps: Vec<StepView>,
+}
+
+/// A build page's extra facts: what was built and for whom.
+#[derive(Debug, Clone, Serialize)]
+pub struct BuildPage {
+    #[serde(flatten)]
+    pub build: BuildView,
+    pub repository: String,
+    pub branch: String,
+    pub baserev: String,
+    pub jobid: String,
+    pub who: Option<String>,
+    pub comment: Option<String>,
+    pub has_patch: bool,
+    pub eta: Option<String>,
+}
+
+pub fn format_time(seconds: f64) -> String {
+    chrono::DateTime::from_timestamp(seconds as i64, 0)
+        .map(|time| time.format("%Y-%m-%d %H:%M:%S UTC").to_string())
+        .unwrap_or_default()
+}
+
+fn took(started: f64, finished: Option<f64>) -> String {
+    let end = finished.unwrap_or_else(crate::master::history::now);
+    format_eta(Duration::from_secs_f64((end - started).max(0.0)))
+}
+
+fn css(result: Option<&str>) -> String {
+    result.unwrap_or("running").to_string()
+}
+
+/// The log files a step has, in stream order.
+fn step_logs(logs_dir: &Path, builder: &str, number: i64, step: &StepRow) -> Vec<LogLink> {
+    let dir = logs_dir.join(builder).join(number.to_string());
+    ["stdout", "stderr", "info"]
+        .into_iter()
+        .filter(|stream| {
+            dir.join(log_file_name(step.number, &step.name, stream))
+                .exists()
+        })
+        .map(|stream| LogLink {
+            name: stream.to_string(),
+            url: format!(
+                "/builders/{builder}/builds/{number}/steps/{}/logs/{stream}",
+                step.number
+            ),
+        })
+        .collect()
+}
+
+/// The file name of a step's log, as `master::build` writes it.
+pub fn log_file_name(step: i64, name: &str, stream: &str) -> String {
+    let safe: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("{step}-{safe}.{stream}")
+}
+
+pub fn step_view(logs_dir: &Path, builder: &str, number: i64, step: &StepRow) -> StepView {
+    StepView {
+        number: step.number,
+        name: step.name.clone(),
+        result: step.result.clone(),
+        result_text: step.result.clone().unwrap_or_else(|| "running".into()),
+        css: css(step.result.as_deref()),
+        summary: step.summary.clone().unwrap_or_default(),
+        started_at: step.started_at,
+        finished_at: step.finished_at,
+        took: took(step.started_at, step.finished_at),
+        logs: step_logs(logs_dir, builder, number, step),
+    }
+}
+
+pub fn build_view(logs_dir: &Path, build: &BuildRow, steps: &[StepRow]) -> BuildView {
+    BuildView {
+        id: build.id,
+        builder: build.builder.clone(),
+        number: build.number,
+        slave: build.slave.clone(),
+        result: build.result.clone(),
+        result_text: build.result.clone().unwrap_or_else(|| "running".into()),
+        css: css(build.result.as_deref()),
+        reason: build.reason.clone(),
+        running: build.finished_at.is_none(),
+        started_at: build.started_at,
+        finished_at: build.finished_at,
+        started: format_time(build.started_at),
+        took: took(build.started_at, build.finished_at),
+        url: format!("/builders/{}/builds/{}", build.builder, build.number),
+        steps: steps
+            .iter()
+            .map(|step| step_view(logs_dir, &build.builder, build.number, step))
+            .collect(),
+    }
+}
+
+pub fn build_page(logs_dir: &Path, detail: &BuildDetail, eta: Option<String>) -> BuildPage {
+    BuildPage {
+        build: build_view(logs_dir, &detail.build, &detail.steps),
+        repository: detail.repository.clone(),
+        branch: detail.branch.clone().unwrap_or_default(),
+        baserev: detail.baserev.clone().unwrap_or_default(),
+        jobid: detail.jobid.clone(),
+        who: detail.who.clone(),
+        comment: detail.comment.clone(),
+        has_patch: detail.has_patch,
+        eta,
+    }
+}
+
+/// The current state of every builder (live state only; builds are filled in by the caller).
+pub fn builder_views(state: &MasterState) -> Vec<BuilderView> {
+    let connected = state.connected_slaves();
+    state
+        .builder_states()
+        .into_iter()
+        .map(|(name, summary)| {
+            let slaves = state
+                .config
+                .builders
+                .iter()
+                .find(|builder| builder.name == name)
+                .map(|builder| builder.slaves.clone())
+                .unwrap_or_default()
+                .into_iter()
+                .map(|slave| SlaveView {
+                    connected: connected.contains_key(&slave),
+                    name: slave,
+                })
+                .collect::<Vec<_>>();
+            let any_connected = slaves.iter().any(|slave| slave.connected);
+            let (state_text, state_class) = match summary.running.first() {
+                Some(_) => (summary.running_text.clone(), "running".to_string()),
+                None if any_connected => ("idle".to_string(), "idle".to_string()),
+                None => ("offline".to_string(), "offline".to_string()),
+            };
+            let (last, last_css) = match summary.last {
+                Some((number, result)) => (format!("#{number} {result}"), result.to_string()),
+                None => ("none yet".to_string(), "idle".to_string()),
+            };
+            BuilderView {
+                name,
+                state: state_text,
+                state_class,
+                queued: summary.queued,
+                last,
+                last_css,
+                slaves,
+                builds: Vec::new(),
+            }
+        })
+        .collect()
+}
