@@ -3,6 +3,7 @@
 //! codemap; `src/main.rs` only parses arguments and calls into the modules below.
 
 pub mod client;
+pub mod demo;
 pub mod master;
 pub mod proto;
 pub mod slave;

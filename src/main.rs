@@ -96,6 +96,10 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         jobdir: PathBuf,
     },
+    /// See it work: a throwaway master, one slave and an example builder on loopback, and a try
+    /// of a sample change through the real SSH path. Prints the web URL; Ctrl-C stops it and
+    /// removes its temp dir. Needs git and the OpenSSH client.
+    Demo,
     /// Check DIR/master.toml without starting anything. Prints one line per problem as
     /// master.toml:LINE: message and exits 1 if there is any.
     Checkconfig {
@@ -245,6 +249,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 let shutdown = CancellationToken::new();
                 spawn_signal_handler(shutdown.clone())?;
                 buildbot::slave::run(config, shutdown).await?;
+                Ok(ExitCode::SUCCESS)
+            })
+        }
+        Command::Demo => {
+            let runtime =
+                tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+            runtime.block_on(async {
+                let shutdown = CancellationToken::new();
+                spawn_signal_handler(shutdown.clone())?;
+                buildbot::demo::run(shutdown).await?;
                 Ok(ExitCode::SUCCESS)
             })
         }

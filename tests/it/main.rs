@@ -2,6 +2,7 @@
 
 mod builds;
 mod cli;
+mod demo;
 mod faults;
 mod harness;
 mod repo;

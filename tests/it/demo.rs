@@ -1,0 +1,61 @@
+//! `buildbot demo`, as a new user runs it first.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+
+use crate::harness::{BIN, PATIENCE, signal, wait_with_timeout};
+
+#[test]
+fn the_demo_runs_a_try_to_a_result_and_cleans_up_on_ctrl_c() {
+    let mut demo = Command::new(BIN)
+        .arg("demo")
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("demo starts");
+    let stdout = demo.stdout.take().expect("stdout");
+    let (lines_tx, lines_rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if lines_tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut seen = Vec::new();
+    let mut page = None;
+    let mut directory = None;
+    while page.is_none() {
+        let line = lines_rx
+            .recv_timeout(PATIENCE * 3)
+            .unwrap_or_else(|_| panic!("the demo stalled; it said:\n{}", seen.join("\n")));
+        if let Some(url) = line.strip_prefix("web page: ") {
+            page = Some(url.to_string());
+        }
+        if let Some(rest) = line.strip_prefix("demo directory: ") {
+            directory = rest.split(' ').next().map(std::path::PathBuf::from);
+        }
+        seen.push(line);
+    }
+    let said = seen.join("\n");
+    assert!(said.contains("demo #1: success"), "{said}");
+    assert!(said.contains("result: success"), "{said}");
+    let body = reqwest::blocking::get(page.expect("url"))
+        .and_then(|r| r.text())
+        .expect("build page");
+    assert!(body.contains("demo #1"), "{body}");
+    assert!(body.contains("class=\"block success\""), "{body}");
+    assert!(body.contains("Demo Developer"), "{body}");
+    signal(demo.id(), nix::sys::signal::Signal::SIGINT);
+    let status = wait_with_timeout(&mut demo, PATIENCE).expect("the demo stops on Ctrl-C");
+    assert!(status.success(), "{status:?}");
+    let directory = directory.expect("the demo names its directory");
+    assert!(
+        !directory.exists(),
+        "{} was left behind",
+        directory.display()
+    );
+}
