@@ -1,0 +1,241 @@
+//! A person with a browser: headless Chromium, driven through chromedriver's WebDriver protocol
+//! (plain JSON over HTTP), loads the waterfall and a build page, logs in through a web-login URL,
+//! clicks Stop Build, and sees the build interrupted. The screenshot is saved as
+//! `target/browser-stop-build.png` (a test artifact, not committed).
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use serde_json::{Value, json};
+
+use crate::harness::{BIN, MasterSetup, TestMaster, current_user, text, wait_until};
+use crate::repo::Checkout;
+
+const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
+
+struct Driver {
+    process: Child,
+    base: String,
+    session: String,
+    http: reqwest::blocking::Client,
+    _profile: tempfile::TempDir,
+}
+
+impl Driver {
+    fn start() -> Driver {
+        let chromedriver = ["/usr/bin/chromedriver", "/usr/lib/chromium/chromedriver"]
+            .into_iter()
+            .find(|path| Path::new(path).exists())
+            .expect("chromedriver is missing: run `bash scripts/test.sh`, which installs chromium and chromium-driver");
+        let port = {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+            listener.local_addr().expect("addr").port()
+        };
+        let process = Command::new(chromedriver)
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("chromedriver starts");
+        let base = format!("http://127.0.0.1:{port}");
+        let http = reqwest::blocking::Client::builder()
+            .timeout(Duration::from_secs(60))
+            .build()
+            .expect("client");
+        wait_until("chromedriver to listen", || {
+            http.get(format!("{base}/status")).send().is_ok()
+        });
+        let profile = tempfile::tempdir().expect("profile dir");
+        // The flags keep Chromium off the network: this machine's only peers are on loopback.
+        let capabilities = json!({"capabilities": {"alwaysMatch": {"goog:chromeOptions": {
+            "binary": "/usr/bin/chromium",
+            "args": ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic",
+                     "--no-first-run", "--disable-background-networking", "--disable-component-update",
+                     "--disable-sync", "--window-size=1200,900",
+                     format!("--user-data-dir={}", profile.path().display())]
+        }}}});
+        let created: Value = http
+            .post(format!("{base}/session"))
+            .json(&capabilities)
+            .send()
+            .and_then(|r| r.json())
+            .expect("a WebDriver session");
+        let session = created["value"]["sessionId"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no session: {created}"))
+            .to_string();
+        Driver {
+            process,
+            base,
+            session,
+            http,
+            _profile: profile,
+        }
+    }
+
+    fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
+        let url = format!("{}/session/{}{path}", self.base, self.session);
+        let request = self.http.request(method, &url);
+        let request = match body {
+            Some(body) => request.json(&body),
+            None => request,
+        };
+        let value: Value = request
+            .send()
+            .and_then(|r| r.json())
+            .unwrap_or_else(|err| panic!("{path}: {err}"));
+        assert!(value["value"]["error"].is_null(), "{path}: {value}");
+        value["value"].clone()
+    }
+
+    fn goto(&self, url: &str) {
+        self.call(reqwest::Method::POST, "/url", Some(json!({"url": url})));
+    }
+
+    fn source(&self) -> String {
+        self.call(reqwest::Method::GET, "/source", None)
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    }
+
+    fn element(&self, css: &str) -> String {
+        let found = self.call(
+            reqwest::Method::POST,
+            "/element",
+            Some(json!({"using": "css selector", "value": css})),
+        );
+        found[ELEMENT]
+            .as_str()
+            .unwrap_or_else(|| panic!("no element {css}: {found}"))
+            .to_string()
+    }
+
+    fn type_into(&self, css: &str, text: &str) {
+        let element = self.element(css);
+        self.call(
+            reqwest::Method::POST,
+            &format!("/element/{element}/value"),
+            Some(json!({"text": text})),
+        );
+    }
+
+    fn click(&self, css: &str) {
+        let element = self.element(css);
+        self.call(
+            reqwest::Method::POST,
+            &format!("/element/{element}/click"),
+            Some(json!({})),
+        );
+    }
+
+    fn screenshot(&self, path: &Path) {
+        let encoded = self.call(reqwest::Method::GET, "/screenshot", None);
+        let png = base64::engine::general_purpose::STANDARD
+            .decode(encoded.as_str().unwrap_or_default())
+            .expect("base64 PNG");
+        std::fs::write(path, png).expect("screenshot written");
+    }
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self
+            .http
+            .delete(format!("{}/session/{}", self.base, self.session))
+            .send();
+        let _ = self.process.kill();
+        let _ = self.process.wait();
+    }
+}
+
+#[test]
+fn a_person_logs_in_and_stops_a_build_in_chromium() {
+    let checkout = Checkout::new();
+    let master = TestMaster::start_with(MasterSetup {
+        slaves: vec!["s1".into()],
+        extra_config: format!(
+            "\n[[builder]]\nname = \"linux\"\nslaves = [\"s1\"]\nrepo = \"{}\"\nbranch = \"main\"\n\
+             steps = [ {{ name = \"sleep\", command = \"echo working; sleep 600\" }} ]\n\
+             \n[[scheduler]]\nkind = \"try\"\nbuilders = [\"linux\"]\n",
+            checkout.upstream.display()
+        ),
+        ..MasterSetup::default()
+    });
+    let _slave = master.start_slave("s1");
+    let waiting = Command::new(BIN)
+        .args(["try", "--wait", "-b", "linux"])
+        .args([
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &master.ssh_port.to_string(),
+            "-u",
+            &current_user(),
+        ])
+        .args(["--ssh", &master.ssh_for_try(&master.user_key)])
+        .current_dir(&checkout.work)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("try runs");
+    let web = format!("http://127.0.0.1:{}", master.http_port);
+    wait_until("the build to run", || {
+        reqwest::blocking::get(format!("{web}/api/builds?builder=linux"))
+            .and_then(|r| r.text())
+            .is_ok_and(|body| body.contains("\"name\":\"sleep\""))
+    });
+
+    let driver = Driver::start();
+    driver.goto(&format!("{web}/"));
+    let waterfall = driver.source();
+    assert!(
+        waterfall.contains("linux") && waterfall.contains("#1"),
+        "{waterfall}"
+    );
+    driver.goto(&format!("{web}/builders/linux/builds/1"));
+    assert!(
+        driver.source().contains("Log in"),
+        "read-only before logging in"
+    );
+
+    let login = text(
+        &master
+            .ssh(&master.user_key, &current_user(), "web-login")
+            .stdout,
+    );
+    driver.goto(login.lines().next().expect("login URL").trim());
+    assert!(
+        driver
+            .source()
+            .contains(&format!("logged in as {}", current_user()))
+    );
+    driver.goto(&format!("{web}/builders/linux/builds/1"));
+    let build_page = driver.source();
+    assert!(build_page.contains("stop-reason"), "{build_page}");
+    driver.type_into("#stop-reason", "stopped in a browser");
+    driver.click("#stop-button");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut page = driver.source();
+    while !page.contains("stopped in a browser") && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+        driver.goto(&format!("{web}/builders/linux/builds/1"));
+        page = driver.source();
+    }
+    let screenshot = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/browser-stop-build.png");
+    driver.screenshot(&screenshot);
+    println!("screenshot: {}", screenshot.display());
+    assert!(page.contains("id=\"result\">interrupted<"), "{page}");
+    assert!(
+        page.contains(&format!(
+            "stopped by {}: stopped in a browser",
+            current_user()
+        )),
+        "{page}"
+    );
+    let output = waiting.wait_with_output().expect("try finishes");
+    assert_eq!(output.status.code(), Some(1), "{}", text(&output.stdout));
+}
