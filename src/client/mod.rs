@@ -3,4 +3,5 @@
 
 pub mod dotfile;
 pub mod patch;
+pub mod progress;
 pub mod try_cmd;

@@ -6,7 +6,7 @@
 //! 2 a usage or infrastructure problem (the message says what to do).
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
+use std::io::{IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -275,6 +275,9 @@ impl Connection {
         let remote = if wait { "try --wait" } else { "try" };
         let mut command = self.command(remote, pinned.as_ref().map(|file| file.path()));
         command.stdin(Stdio::piped());
+        if wait {
+            command.stdout(Stdio::piped());
+        }
         let mut child = command
             .spawn()
             .map_err(|err| TryError::new(format!("cannot run '{}': {err}", self.ssh_argv[0])))?;
@@ -282,6 +285,14 @@ impl Connection {
             // A master that refuses early closes the channel: a broken pipe here is expected,
             // and its reason arrives on stderr.
             let _ = stdin.write_all(job);
+        }
+        if let Some(progress) = child.stdout.take() {
+            let terminal = std::io::stdout().is_terminal();
+            crate::client::progress::follow(
+                std::io::BufReader::new(progress),
+                &mut std::io::stdout(),
+                terminal,
+            );
         }
         let status = child
             .wait()
