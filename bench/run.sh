@@ -5,7 +5,10 @@
 #     with the master's peak RSS growth during it;
 #  2. the same 1 GiB through raw OpenSSH (`ssh localhost cat` against a private sshd on
 #     loopback), for the ratio;
-#  3. try-to-result latency of a one-step `true` build: median of 20 `buildbot try --wait`.
+#  3. try-to-result latency of a one-step `true` build: median of 20 `buildbot try --wait`;
+#  4. serving that 1 GiB log over HTTP: full download (master RSS growth) and the time to the
+#     first byte of `?tail`;
+#  5. 100 clients following a live log at once (`?follow=1`), each receiving all of it.
 #
 # Installs openssh-server (for the private sshd) when missing. Everything runs on 127.0.0.1 in
 # a temp dir that is removed at the end.
@@ -64,9 +67,15 @@ slaves = ["bench"]
 repo = "$WORK/repo"
 steps = [ { name = "true", command = "true" } ]
 
+[[builder]]
+name = "live"
+slaves = ["bench"]
+repo = "$WORK/repo"
+steps = [ { name = "print", command = "for i in \$(seq 50); do head -c 1048576 /dev/zero; sleep 0.05; done" } ]
+
 [[scheduler]]
 kind = "try"
-builders = ["stream", "noop"]
+builders = ["stream", "noop", "live"]
 EOF
 } >> "$WORK/master/master.toml"
 
@@ -123,8 +132,47 @@ for _ in $(seq "$RUNS"); do
 done > "$WORK/latencies"
 LATENCY=$(median < "$WORK/latencies")
 
+# ---- 4. serving the big log ---------------------------------------------------------------
+LOG_URL="http://127.0.0.1:$HTTP_PORT/builders/stream/builds/1/steps/2/logs/stdout"
+RSS_BEFORE_WEB=$(rss_kib "$MASTER")
+curl -s -o /dev/null -w '%{size_download} %{time_total}' "$LOG_URL/raw" > "$WORK/download" &
+CURL=$!
+PEAK_WEB=$RSS_BEFORE_WEB
+while kill -0 "$CURL" 2>/dev/null; do
+  NOW=$(rss_kib "$MASTER"); [ "$NOW" -gt "$PEAK_WEB" ] && PEAK_WEB=$NOW
+  sleep 0.02
+done
+DOWNLOAD=$(cat "$WORK/download")
+TAIL_TTFB=$(curl -s -o /dev/null -w '%{time_starttransfer}' "$LOG_URL?tail=65536")
+
+# ---- 5. 100 live followers -----------------------------------------------------------------
+(cd "$WORK/repo" && "$BB" try --diff /dev/stdin -b live --host 127.0.0.1 --port "$SSH_PORT" \
+   -u "$(id -un)" --ssh "${SSH[*]}" <<< "--- a/y
++++ b/y
+@@ -0,0 +1 @@
++y" >/dev/null)
+LIVE_URL="http://127.0.0.1:$HTTP_PORT/builders/live/builds/1/steps/2/logs/stdout/raw?follow=1"
+for _ in $(seq 100); do
+  curl -s "http://127.0.0.1:$HTTP_PORT/api/builds?builder=live" | grep -q '"name":"print"' && break
+  sleep 0.05
+done
+FOLLOW_PIDS=()
+for i in $(seq 100); do
+  curl -s -N "$LIVE_URL" -o "$WORK/follow.$i" &
+  FOLLOW_PIDS+=("$!")
+done
+START=$(date +%s.%N)
+for pid in "${FOLLOW_PIDS[@]}"; do wait "$pid"; done
+END=$(date +%s.%N)
+COMPLETE=0
+for i in $(seq 100); do [ "$(stat -c %s "$WORK/follow.$i")" -eq 52428800 ] && COMPLETE=$((COMPLETE+1)); done
+HWM_FOLLOW=$(hwm_kib "$MASTER")
+
 echo "log path (slave -> ssh -> master -> file): $OURS MB/s for $SIZE_MB MiB"
 echo "raw OpenSSH (ssh localhost cat):           $RAW MB/s"
 echo "ratio:                                      $(python3 -c "print(f'{$OURS/$RAW*100:.0f} %')")"
 echo "master RSS: $((RSS_BEFORE/1024)) MiB before, peak $((HWM/1024)) MiB (growth $(((HWM-RSS_BEFORE)/1024)) MiB)"
 echo "try -> result latency, one-step 'true' build: median ${LATENCY} ms of $RUNS"
+echo "web: full download of the $SIZE_MB MiB log: $DOWNLOAD (bytes, seconds); master RSS $((RSS_BEFORE_WEB/1024)) MiB before, sampled peak growth $(((PEAK_WEB-RSS_BEFORE_WEB)/1024)) MiB"
+echo "web: ?tail time to first byte: $(python3 -c "print(round($TAIL_TTFB*1000, 1))") ms"
+echo "web: 100 live followers of a 50 MiB step: $COMPLETE received it all, in $(python3 -c "print(round($END-$START, 1))") s; master peak RSS $((HWM_FOLLOW/1024)) MiB"

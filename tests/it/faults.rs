@@ -146,6 +146,51 @@ fn a_stopped_slave_is_detected_within_one_keepalive_interval() {
 }
 
 #[test]
+fn a_frozen_master_is_detected_by_the_slave_which_kills_the_step() {
+    let checkout = Checkout::new();
+    let shared = tempfile::tempdir().expect("temp dir");
+    let pid_file = shared.path().join("pid");
+    let step = format!(
+        r#"{{ name = "hang", command = "echo $$ > {}; exec sleep 300" }},"#,
+        pid_file.display()
+    );
+    let master = master_with(&["s1"], &checkout.upstream, &step);
+    let slave = master.start_slave_with("s1", keepalive("3s", "1s"));
+    let mut waiting = spawn_try_wait(&master, &checkout.work);
+    wait_until("the step to run", || {
+        std::fs::read_to_string(&pid_file).is_ok_and(|t| t.trim().parse::<i32>().is_ok())
+    });
+    let pid: i32 = std::fs::read_to_string(&pid_file)
+        .expect("pid")
+        .trim()
+        .parse()
+        .expect("pid");
+    let stopped_at = Instant::now();
+    crate::harness::signal(master.pid(), Signal::SIGSTOP);
+    wait_until("the slave to notice the quiet loss", || {
+        slave.log().contains("connection to the master lost")
+    });
+    let detected = stopped_at.elapsed();
+    wait_until("the step's process to end", || !alive(pid));
+    println!(
+        "SIGSTOPped master detected by the slave after {detected:?} (keepalive_interval 3s); step killed after {:?}",
+        stopped_at.elapsed()
+    );
+    crate::harness::signal(master.pid(), Signal::SIGCONT);
+    assert!(
+        detected < Duration::from_secs(3) + Duration::from_secs(3),
+        "took {detected:?}"
+    );
+    assert!(
+        slave.log().contains("no traffic from the master"),
+        "{}",
+        slave.log()
+    );
+    let _ = waiting.kill();
+    let _ = waiting.wait();
+}
+
+#[test]
 fn killing_the_master_kills_the_steps_processes_on_the_slave() {
     let checkout = Checkout::new();
     let shared = tempfile::tempdir().expect("temp dir");

@@ -308,6 +308,10 @@ impl TestMaster {
             .contains(&format!("{name} (connected)"))
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
     /// SIGKILL: the master gets no chance to clean up.
     pub fn kill_hard(&mut self) {
         if let Some(mut child) = self.child.take() {
