@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use serde_json::{Value, json};
 
-use crate::harness::{BIN, MasterSetup, TestMaster, current_user, text, wait_until};
+use crate::harness::{MasterSetup, TestMaster, current_user, text, wait_until};
 use crate::repo::Checkout;
 
 const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
@@ -154,32 +154,14 @@ impl Drop for Driver {
 #[test]
 fn a_person_logs_in_and_stops_a_build_in_chromium() {
     let checkout = Checkout::new();
-    let master = TestMaster::start_with(MasterSetup {
-        slaves: vec!["s1".into()],
-        extra_config: format!(
-            "\n[[builder]]\nname = \"linux\"\nslaves = [\"s1\"]\nrepo = \"{}\"\nbranch = \"main\"\n\
-             steps = [ {{ name = \"sleep\", command = \"echo working; sleep 600\" }} ]\n\
-             \n[[scheduler]]\nkind = \"try\"\nbuilders = [\"linux\"]\n",
-            checkout.upstream.display()
-        ),
-        ..MasterSetup::default()
-    });
+    let master = TestMaster::start_with(MasterSetup::linux_builder(
+        &["s1"],
+        &checkout.upstream,
+        r#"{ name = "sleep", command = "echo working; sleep 600" },"#,
+    ));
     let _slave = master.start_slave("s1");
-    let waiting = Command::new(BIN)
-        .args(["try", "--wait", "-b", "linux"])
-        .args([
-            "--host",
-            "127.0.0.1",
-            "--port",
-            &master.ssh_port.to_string(),
-            "-u",
-            &current_user(),
-        ])
-        .args(["--ssh", &master.ssh_for_try(&master.user_key)])
-        .current_dir(&checkout.work)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+    let waiting = master
+        .try_command(&checkout.work, "linux", true)
         .spawn()
         .expect("try runs");
     let web = format!("http://127.0.0.1:{}", master.http_port);

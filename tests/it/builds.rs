@@ -11,37 +11,12 @@ use crate::harness::{
 };
 use crate::repo::{Checkout, git};
 
-/// A master with builder `linux` on the pool `pool`, building `repo`, with these steps.
 fn master_with(pool: &[&str], repo: &Path, steps: &str) -> TestMaster {
-    let slaves: Vec<String> = pool.iter().map(ToString::to_string).collect();
-    let names: Vec<String> = pool.iter().map(|name| format!("\"{name}\"")).collect();
-    TestMaster::start_with(MasterSetup {
-        slaves,
-        extra_config: format!(
-            "\n[[builder]]\nname = \"linux\"\nslaves = [{}]\nrepo = \"{}\"\nbranch = \"main\"\nsteps = [\n{steps}\n]\n\
-             \n[[scheduler]]\nkind = \"try\"\nbuilders = [\"linux\"]\n",
-            names.join(", "),
-            repo.display()
-        ),
-        ..MasterSetup::default()
-    })
+    TestMaster::start_with(MasterSetup::linux_builder(pool, repo, steps))
 }
 
 fn try_wait(master: &TestMaster, cwd: &Path) -> std::process::Output {
-    let mut command = Command::new(BIN);
-    command
-        .args(["try", "--wait", "-b", "linux"])
-        .args([
-            "--host",
-            "127.0.0.1",
-            "--port",
-            &master.ssh_port.to_string(),
-            "-u",
-            &current_user(),
-        ])
-        .args(["--ssh", &master.ssh_for_try(&master.user_key)])
-        .current_dir(cwd);
-    run_with_timeout(command, None)
+    run_with_timeout(master.try_command(cwd, "linux", true), None)
 }
 
 fn log_file(master: &TestMaster, number: u32, step: &str) -> PathBuf {

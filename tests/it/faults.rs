@@ -3,45 +3,22 @@
 //! (run with --nocapture to see them).
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 
-use crate::harness::{BIN, MasterSetup, TestMaster, current_user, keepalive, text, wait_until};
+use crate::harness::{MasterSetup, TestMaster, current_user, keepalive, text, wait_until};
 use crate::repo::Checkout;
 
 fn master_with(pool: &[&str], repo: &Path, steps: &str) -> TestMaster {
-    let names: Vec<String> = pool.iter().map(|name| format!("\"{name}\"")).collect();
-    TestMaster::start_with(MasterSetup {
-        slaves: pool.iter().map(ToString::to_string).collect(),
-        extra_config: format!(
-            "\n[[builder]]\nname = \"linux\"\nslaves = [{}]\nrepo = \"{}\"\nbranch = \"main\"\nsteps = [\n{steps}\n]\n\
-             \n[[scheduler]]\nkind = \"try\"\nbuilders = [\"linux\"]\n",
-            names.join(", "),
-            repo.display()
-        ),
-        ..MasterSetup::default()
-    })
+    TestMaster::start_with(MasterSetup::linux_builder(pool, repo, steps))
 }
 
 /// `buildbot try --wait` running in the background.
 fn spawn_try_wait(master: &TestMaster, cwd: &Path) -> Child {
-    Command::new(BIN)
-        .args(["try", "--wait", "-b", "linux"])
-        .args([
-            "--host",
-            "127.0.0.1",
-            "--port",
-            &master.ssh_port.to_string(),
-            "-u",
-            &current_user(),
-        ])
-        .args(["--ssh", &master.ssh_for_try(&master.user_key)])
-        .current_dir(cwd)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+    master
+        .try_command(cwd, "linux", true)
         .spawn()
         .expect("try runs")
 }

@@ -113,6 +113,24 @@ impl MasterSetup {
     }
 }
 
+impl MasterSetup {
+    /// A try builder `linux` on the pool `slaves` (made with `create-slave`), building `repo`
+    /// with `steps` (TOML array items, e.g. `{ name = "test", command = "make" },`).
+    pub fn linux_builder(slaves: &[&str], repo: &Path, steps: &str) -> MasterSetup {
+        let names: Vec<String> = slaves.iter().map(|name| format!("\"{name}\"")).collect();
+        MasterSetup {
+            slaves: slaves.iter().map(ToString::to_string).collect(),
+            extra_config: format!(
+                "\n[[builder]]\nname = \"linux\"\nslaves = [{}]\nrepo = \"{}\"\nbranch = \"main\"\nsteps = [\n{steps}\n]\n\
+                 \n[[scheduler]]\nkind = \"try\"\nbuilders = [\"linux\"]\n",
+                names.join(", "),
+                repo.display()
+            ),
+            ..MasterSetup::default()
+        }
+    }
+}
+
 impl Default for MasterSetup {
     fn default() -> Self {
         MasterSetup {
@@ -352,6 +370,32 @@ impl TestMaster {
             .find_map(|line| line.strip_prefix("VmHWM:"))
             .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
             .expect("VmHWM in /proc status")
+    }
+
+    /// `buildbot try [--wait] -b BUILDER` against this master as the test user, from `cwd`;
+    /// stdin null, output piped, not started.
+    pub fn try_command(&self, cwd: &Path, builder: &str, wait: bool) -> Command {
+        let mut command = Command::new(BIN);
+        command.arg("try");
+        if wait {
+            command.arg("--wait");
+        }
+        command
+            .args(["-b", builder])
+            .args([
+                "--host",
+                "127.0.0.1",
+                "--port",
+                &self.ssh_port.to_string(),
+                "-u",
+                &current_user(),
+            ])
+            .args(["--ssh", &self.ssh_for_try(&self.user_key)])
+            .current_dir(cwd)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        command
     }
 
     /// The ssh command line `buildbot try --ssh` should run to reach this master as the test

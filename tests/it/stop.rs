@@ -3,42 +3,20 @@
 
 use std::os::unix::process::CommandExt;
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 
-use crate::harness::{BIN, MasterSetup, TestMaster, current_user, text, wait_until};
+use crate::harness::{MasterSetup, TestMaster, current_user, text, wait_until};
 use crate::repo::Checkout;
 
 fn master_with(repo: &Path, steps: &str) -> TestMaster {
-    TestMaster::start_with(MasterSetup {
-        slaves: vec!["s1".into()],
-        extra_config: format!(
-            "\n[[builder]]\nname = \"linux\"\nslaves = [\"s1\"]\nrepo = \"{}\"\nbranch = \"main\"\nsteps = [\n{steps}\n]\n\
-             \n[[scheduler]]\nkind = \"try\"\nbuilders = [\"linux\"]\n",
-            repo.display()
-        ),
-        ..MasterSetup::default()
-    })
+    TestMaster::start_with(MasterSetup::linux_builder(&["s1"], repo, steps))
 }
 
 fn spawn_try_wait(master: &TestMaster, cwd: &Path) -> std::process::Child {
-    Command::new(BIN)
-        .args(["try", "--wait", "-b", "linux"])
-        .args([
-            "--host",
-            "127.0.0.1",
-            "--port",
-            &master.ssh_port.to_string(),
-            "-u",
-            &current_user(),
-        ])
-        .args(["--ssh", &master.ssh_for_try(&master.user_key)])
-        .current_dir(cwd)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+    master
+        .try_command(cwd, "linux", true)
         // Its own process group, as a terminal's foreground job is.
         .process_group(0)
         .spawn()

@@ -2,22 +2,13 @@
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use crate::harness::{BIN, MasterSetup, TestMaster, current_user, text, wait_until};
+use crate::harness::{MasterSetup, TestMaster, current_user, text, wait_until};
 use crate::repo::Checkout;
 
 fn master_with(repo: &Path, steps: &str) -> TestMaster {
-    TestMaster::start_with(MasterSetup {
-        slaves: vec!["s1".into()],
-        extra_config: format!(
-            "\n[[builder]]\nname = \"linux\"\nslaves = [\"s1\"]\nrepo = \"{}\"\nbranch = \"main\"\nsteps = [\n{steps}\n]\n\
-             \n[[scheduler]]\nkind = \"try\"\nbuilders = [\"linux\"]\n",
-            repo.display()
-        ),
-        ..MasterSetup::default()
-    })
+    TestMaster::start_with(MasterSetup::linux_builder(&["s1"], repo, steps))
 }
 
 fn client() -> reqwest::blocking::Client {
@@ -39,21 +30,8 @@ fn get(master: &TestMaster, path: &str) -> (u16, String) {
 }
 
 fn spawn_try(master: &TestMaster, cwd: &Path) -> std::process::Child {
-    Command::new(BIN)
-        .args(["try", "--wait", "-b", "linux"])
-        .args([
-            "--host",
-            "127.0.0.1",
-            "--port",
-            &master.ssh_port.to_string(),
-            "-u",
-            &current_user(),
-        ])
-        .args(["--ssh", &master.ssh_for_try(&master.user_key)])
-        .current_dir(cwd)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+    master
+        .try_command(cwd, "linux", true)
         .spawn()
         .expect("try runs")
 }
