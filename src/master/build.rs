@@ -410,41 +410,39 @@ async fn run_step(
     }
 }
 
+/// The file name of a step's log: `STEP-NAME.STREAM`, the name reduced to characters that are
+/// safe in a path (the web server finds logs by this same function).
+pub fn log_file_name(step: i64, name: &str, stream: StreamKind) -> String {
+    let safe: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("{step}-{safe}.{}", stream.file_extension())
+}
+
 /// The log files of one step, one per stream, created when the stream first has output and
-/// appended as it arrives (never held in memory).
+/// appended as it arrives (never held in memory): `logs/BUILDER/NUMBER/STEP-NAME.STREAM`.
 struct StepLogs {
     dir: PathBuf,
-    prefix: String,
+    step: i64,
+    name: String,
     files: Vec<(StreamKind, tokio::fs::File)>,
 }
 
 impl StepLogs {
     fn new(dir: PathBuf, step: i64, name: &str) -> StepLogs {
-        let safe: String = name
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-                    c
-                } else {
-                    '_'
-                }
-            })
-            .collect();
         StepLogs {
             dir,
-            prefix: format!("{step}-{safe}"),
+            step,
+            name: name.to_string(),
             files: Vec::new(),
         }
-    }
-
-    /// The file of a step's stream: `logs/BUILDER/NUMBER/STEP-NAME.{stdout,stderr,info}`.
-    pub fn path(dir: &std::path::Path, prefix: &str, stream: StreamKind) -> PathBuf {
-        let extension = match stream {
-            StreamKind::Stdout => "stdout",
-            StreamKind::Stderr => "stderr",
-            StreamKind::Info => "info",
-        };
-        dir.join(format!("{prefix}.{extension}"))
     }
 
     async fn append(&mut self, stream: StreamKind, data: &[u8]) -> std::io::Result<()> {
@@ -455,7 +453,7 @@ impl StepLogs {
                 let file = tokio::fs::OpenOptions::new()
                     .create(true)
                     .append(true)
-                    .open(Self::path(&self.dir, &self.prefix, stream))
+                    .open(self.dir.join(log_file_name(self.step, &self.name, stream)))
                     .await?;
                 self.files.push((stream, file));
                 self.files.len() - 1

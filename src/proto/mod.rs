@@ -32,6 +32,24 @@ pub enum StreamKind {
     Info,
 }
 
+impl StreamKind {
+    /// The extension of this stream's log file on the master.
+    pub fn file_extension(self) -> &'static str {
+        match self {
+            StreamKind::Stdout => "stdout",
+            StreamKind::Stderr => "stderr",
+            StreamKind::Info => "info",
+        }
+    }
+
+    /// The stream whose log file has this extension.
+    pub fn from_file_extension(extension: &str) -> Option<StreamKind> {
+        [StreamKind::Stdout, StreamKind::Stderr, StreamKind::Info]
+            .into_iter()
+            .find(|stream| stream.file_extension() == extension)
+    }
+}
+
 /// Everything that crosses the `slave` channel, in both directions.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Message {

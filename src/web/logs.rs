@@ -14,8 +14,9 @@ use axum::response::{Html, IntoResponse, Response};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tower::ServiceExt;
 
+use crate::master::build::log_file_name;
 use crate::master::history::{self, BuildKey};
-use crate::web::views::log_file_name;
+use crate::proto::StreamKind;
 use crate::web::{AppState, WebError};
 
 /// Logs up to this size are shown whole on the page; bigger ones show their end.
@@ -43,9 +44,9 @@ async fn find_log(
     step: i64,
     stream: &str,
 ) -> Result<LogFile, WebError> {
-    if !matches!(stream, "stdout" | "stderr" | "info") {
+    let Some(kind) = StreamKind::from_file_extension(stream) else {
         return Err(WebError::NotFound(format!("no log stream '{stream}'")));
-    }
+    };
     let builder_name = builder.to_string();
     let detail = state
         .master
@@ -71,7 +72,7 @@ async fn find_log(
         .logs_dir
         .join(builder)
         .join(number.to_string())
-        .join(log_file_name(step, &step_row.name, stream));
+        .join(log_file_name(step, &step_row.name, kind));
     Ok(LogFile {
         path,
         step_name: step_row.name.clone(),

@@ -6,9 +6,11 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use crate::master::build::log_file_name;
 use crate::master::history::{BuildDetail, BuildRow, StepRow};
 use crate::master::results::format_eta;
 use crate::master::state::MasterState;
+use crate::proto::StreamKind;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct SlaveView {
@@ -101,35 +103,21 @@ fn css(result: Option<&str>) -> String {
 /// The log files a step has, in stream order.
 fn step_logs(logs_dir: &Path, builder: &str, number: i64, step: &StepRow) -> Vec<LogLink> {
     let dir = logs_dir.join(builder).join(number.to_string());
-    ["stdout", "stderr", "info"]
+    [StreamKind::Stdout, StreamKind::Stderr, StreamKind::Info]
         .into_iter()
         .filter(|stream| {
-            dir.join(log_file_name(step.number, &step.name, stream))
+            dir.join(log_file_name(step.number, &step.name, *stream))
                 .exists()
         })
         .map(|stream| LogLink {
-            name: stream.to_string(),
+            name: stream.file_extension().to_string(),
             url: format!(
-                "/builders/{builder}/builds/{number}/steps/{}/logs/{stream}",
-                step.number
+                "/builders/{builder}/builds/{number}/steps/{}/logs/{}",
+                step.number,
+                stream.file_extension()
             ),
         })
         .collect()
-}
-
-/// The file name of a step's log, as `master::build` writes it.
-pub fn log_file_name(step: i64, name: &str, stream: &str) -> String {
-    let safe: String = name
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    format!("{step}-{safe}.{stream}")
 }
 
 pub fn step_view(logs_dir: &Path, builder: &str, number: i64, step: &StepRow) -> StepView {
