@@ -57,6 +57,8 @@ pub struct Config {
     /// The master directory every relative path was resolved against.
     pub master_dir: PathBuf,
     pub name: String,
+    /// Members of this unix group may stop any build, besides those who may try.
+    pub admin_group: Option<String>,
     pub sshd: SshdConfig,
     pub http: HttpConfig,
     pub spool: SpoolConfig,
@@ -160,6 +162,8 @@ struct RawConfig {
 #[serde(deny_unknown_fields)]
 struct RawMaster {
     name: String,
+    #[serde(default)]
+    admin_group: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -412,9 +416,22 @@ impl Checker<'_> {
         let slaves = self.slaves(&raw.slaves);
         let builders = self.builders(&raw.builders, &raw.slaves);
         let schedulers = self.schedulers(&raw.schedulers, &raw.builders);
+        if let Some(group) = &raw.master.admin_group
+            && nix::unistd::Group::from_name(group.get_ref())
+                .ok()
+                .flatten()
+                .is_none()
+        {
+            let message = format!(
+                "admin_group \"{}\" is not a unix group on this host",
+                group.get_ref()
+            );
+            self.problem(group, message);
+        }
         Some(Config {
             master_dir: self.master_dir.to_path_buf(),
             name: raw.master.name,
+            admin_group: raw.master.admin_group.map(Spanned::into_inner),
             sshd: sshd?,
             http: HttpConfig {
                 listen: http_listen?,
@@ -725,6 +742,25 @@ builders = ["linux"]
             found[0].contains("builder \"mac\", which is not defined"),
             "{found:?}"
         );
+    }
+
+    #[test]
+    fn the_admin_group_must_exist() {
+        let text = base().replace(
+            "name = \"t\"",
+            "name = \"t\"\nadmin_group = \"no-such-group-xyz\"",
+        );
+        let found = problems(&text);
+        assert_eq!(
+            found,
+            vec![
+                "master.toml:3: admin_group \"no-such-group-xyz\" is not a unix group on this host"
+                    .to_string()
+            ]
+        );
+        let text = base().replace("name = \"t\"", "name = \"t\"\nadmin_group = \"root\"");
+        let config = Config::from_toml(&text, Path::new("/m")).expect("valid");
+        assert_eq!(config.admin_group.as_deref(), Some("root"));
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! server and the web server (and, as they arrive, the spool watcher and the scheduler) under
 //! one cancellation token.
 
+pub mod access;
 pub mod build;
 pub mod config;
 pub mod create;

@@ -9,7 +9,6 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use crate::master::results::BuildResult;
 use crate::master::state::BuildEvent;
 use crate::spool::maildir::Maildir;
-use crate::spool::permission::Principal;
 use crate::spool::submit;
 use crate::sshd::accounts::UnixAccount;
 use crate::sshd::exec::{self, EXIT_UNKNOWN_COMMAND, EXIT_USAGE, ExecCommand};
@@ -113,15 +112,10 @@ async fn submit_job(
 ) -> (u32, Option<String>) {
     let config = &ctx.config;
     let spool = &config.spool.dir;
-    let principal = Principal {
-        uid: user.uid,
-        gids: user.gids.clone(),
-    };
-    let checked = submit::check_permission(&user.name, &principal, spool, config.sshd.allow_root)
-        .and_then(|()| match jobdir {
-            Some(jobdir) => submit::check_jobdir(jobdir, spool, &config.master_dir, &user.home),
-            None => Ok(()),
-        });
+    let checked = crate::master::access::may_try(user, config).and_then(|()| match jobdir {
+        Some(jobdir) => submit::check_jobdir(jobdir, spool, &config.master_dir, &user.home),
+        None => Ok(()),
+    });
     if let Err(err) = checked {
         tracing::info!(user = %user.name, "try refused: {err}");
         io.say(&format!("buildbot: {err}")).await;
@@ -177,19 +171,7 @@ async fn stop_build(
     io: &mut ExecIo<'_>,
 ) -> u32 {
     let config = &ctx.config;
-    let principal = Principal {
-        uid: user.uid,
-        gids: user.gids.clone(),
-    };
-    if let Err(err) = submit::check_permission(
-        &user.name,
-        &principal,
-        &config.spool.dir,
-        config.sshd.allow_root,
-    ) {
-        let message = err
-            .to_string()
-            .replace("may not submit try jobs", "may not stop builds");
+    if let Err(message) = crate::master::access::may_stop(user, config) {
         io.say(&format!("buildbot: {message}")).await;
         return 1;
     }

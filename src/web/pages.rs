@@ -9,7 +9,6 @@ use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 
 use crate::master::history::{self, BuildKey};
-use crate::spool::permission::{Decision, Principal};
 use crate::web::views::{self, BuilderView};
 use crate::web::{AppState, WebError, auth};
 
@@ -252,24 +251,7 @@ pub async fn stop(
         return Err(WebError::Forbidden("this form is stale or was not sent by the build page (CSRF check failed); reload the page".into()));
     }
     let config = &state.master.config;
-    let principal = Principal {
-        uid: session.account.uid,
-        gids: session.account.gids.clone(),
-    };
-    let allowed = matches!(
-        crate::spool::permission::may_write_path(
-            &principal,
-            &config.spool.dir,
-            config.sshd.allow_root
-        ),
-        Ok(Decision::Allowed)
-    );
-    if !allowed {
-        return Err(WebError::Forbidden(format!(
-            "{} may not stop builds (no write permission on the spool)",
-            session.account.name
-        )));
-    }
+    crate::master::access::may_stop(&session.account, config).map_err(WebError::Forbidden)?;
     let reason = form.reason.unwrap_or_default();
     let reason = if reason.trim().is_empty() {
         "stopped from the web page".to_string()
