@@ -89,6 +89,28 @@ enum Command {
         after_help = "Exit codes: 0 delivered (with --wait: all builds succeeded), 1 a build failed, 2 usage or connection problem."
     )]
     Try(TryCli),
+    /// Watch the master: the status of its builders, then every build event as it happens
+    /// (Ctrl-C to stop). Connection defaults come from .buildbot, as for try.
+    Watch {
+        /// Only these builders (repeatable; default: all).
+        #[arg(short = 'b', long = "builder", value_name = "BUILDER")]
+        builders: Vec<String>,
+        /// Print the status once and exit.
+        #[arg(long)]
+        once: bool,
+        /// The master's host.
+        #[arg(long, value_name = "H")]
+        host: Option<String>,
+        /// The master's SSH port.
+        #[arg(long, value_name = "P")]
+        port: Option<u16>,
+        /// Your unix account on the master.
+        #[arg(short = 'u', long, value_name = "U")]
+        username: Option<String>,
+        /// The ssh command to run (default: ssh).
+        #[arg(long, value_name = "CMD")]
+        ssh: Option<String>,
+    },
     /// Read a try job on stdin and write it into the maildir DIR (the classic Buildbot ssh
     /// path, for masters reached through a real sshd).
     Tryserver {
@@ -285,6 +307,30 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Ok(code) => Ok(ExitCode::from(code)),
                 Err(err) => {
                     eprintln!("buildbot try: {err}");
+                    Ok(ExitCode::from(try_cmd::EXIT_TROUBLE))
+                }
+            }
+        }
+        Command::Watch {
+            builders,
+            once,
+            host,
+            port,
+            username,
+            ssh,
+        } => {
+            let cwd = std::env::current_dir().context("cannot find the current directory")?;
+            let connection = TryArgs {
+                host,
+                port,
+                username,
+                ssh,
+                ..TryArgs::default()
+            };
+            match buildbot::client::watch::run(&builders, once, &connection, &cwd) {
+                Ok(code) => Ok(ExitCode::from(code)),
+                Err(err) => {
+                    eprintln!("buildbot watch: {err}");
                     Ok(ExitCode::from(try_cmd::EXIT_TROUBLE))
                 }
             }

@@ -1,7 +1,8 @@
-//! User-side commands that talk to a master: `buildbot try` (and, later, `buildbot watch`).
+//! User-side commands that talk to a master: `buildbot try` and `buildbot watch`.
 //! They run the user's own `ssh`; nothing here speaks SSH itself.
 
 pub mod dotfile;
 pub mod patch;
 pub mod progress;
 pub mod try_cmd;
+pub mod watch;

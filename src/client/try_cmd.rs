@@ -311,6 +311,21 @@ impl Connection {
         }
     }
 
+    /// Runs `remote` on the master with the terminal's stdin/stdout/stderr; returns ssh's exit
+    /// code (255: ssh itself failed).
+    pub fn run_remote(&self, remote: &str) -> Result<i32, TryError> {
+        let pinned = self.pinned_known_hosts()?;
+        let status = self
+            .command(remote, pinned.as_ref().map(|file| file.path()))
+            .status()
+            .map_err(|err| TryError::new(format!("cannot run '{}': {err}", self.ssh_argv[0])))?;
+        Ok(status.code().unwrap_or(255))
+    }
+
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
     /// A known_hosts file holding only the pinned master key, when `.buildbot` pins one.
     fn pinned_known_hosts(&self) -> Result<Option<tempfile::NamedTempFile>, TryError> {
         let Some(key) = &self.master_host_key else {

@@ -72,7 +72,7 @@ pub async fn run(
                 .await;
             1
         }
-        ExecCommand::Watch { builders } => watch(ctx, &builders, io).await,
+        ExecCommand::Watch { builders, follow } => watch(ctx, &builders, follow, io).await,
         ExecCommand::TryServer { jobdir } => submit_job(ctx, user, Some(&jobdir), io).await.0,
         ExecCommand::Try { wait } => {
             // Subscribe before the job exists, so no event about it can be missed.
@@ -243,6 +243,60 @@ async fn stop_build(
     }
 }
 
+/// One line for a build event, as `try --wait` and `watch --follow` print it.
+pub fn describe_event(event: &BuildEvent) -> String {
+    match event {
+        BuildEvent::RequestsQueued { builders, .. } => {
+            format!("queued for {}", builders.join(", "))
+        }
+        BuildEvent::BuildStarted {
+            builder,
+            number,
+            slave,
+            expected,
+            ..
+        } => match expected {
+            Some(expected) => format!(
+                "{builder} #{number}: started on {slave} (ETA {})",
+                crate::master::results::format_eta(*expected)
+            ),
+            None => format!("{builder} #{number}: started on {slave}"),
+        },
+        BuildEvent::StepStarted {
+            builder,
+            number,
+            name,
+            ..
+        } => format!("{builder} #{number}: {name} ..."),
+        BuildEvent::StepFinished {
+            builder,
+            number,
+            name,
+            result,
+            summary,
+            ..
+        } => format!("{builder} #{number}: {name} {result} ({summary})"),
+        BuildEvent::BuildFinished {
+            builder,
+            number,
+            result,
+            reason,
+            will_retry,
+            ..
+        } => {
+            let retry = if *will_retry {
+                " (will be retried)"
+            } else {
+                ""
+            };
+            match reason {
+                Some(reason) => format!("{builder} #{number}: {result}: {reason}{retry}"),
+                None => format!("{builder} #{number}: {result}{retry}"),
+            }
+        }
+    }
+}
+
 /// `try --wait`: streams the progress of the job's builds until all have finished. Exit 0 when
 /// every build succeeded (or had warnings), 1 otherwise.
 async fn wait_for_builds(
@@ -287,62 +341,18 @@ async fn wait_for_builds(
         if event.job_name() != job_name {
             continue;
         }
-        let line = match &event {
-            BuildEvent::RequestsQueued { builders, .. } => {
-                waiting_for = Some(builders.clone());
-                format!("queued for {}", builders.join(", "))
-            }
-            BuildEvent::BuildStarted {
-                builder,
-                number,
-                slave,
-                expected,
-                ..
-            } => match expected {
-                Some(expected) => format!(
-                    "{builder} #{number}: started on {slave} (ETA {})",
-                    crate::master::results::format_eta(*expected)
-                ),
-                None => format!("{builder} #{number}: started on {slave}"),
-            },
-            BuildEvent::StepStarted {
-                builder,
-                number,
-                name,
-                ..
-            } => {
-                format!("{builder} #{number}: {name} ...")
-            }
-            BuildEvent::StepFinished {
-                builder,
-                number,
-                name,
-                result,
-                summary,
-                ..
-            } => {
-                format!("{builder} #{number}: {name} {result} ({summary})")
-            }
+        match &event {
+            BuildEvent::RequestsQueued { builders, .. } => waiting_for = Some(builders.clone()),
             BuildEvent::BuildFinished {
                 builder,
                 number,
                 result,
-                reason,
                 will_retry,
                 ..
-            } => {
-                finished.push((builder.clone(), *number, *result, *will_retry));
-                let retry = if *will_retry {
-                    " (will be retried)"
-                } else {
-                    ""
-                };
-                match reason {
-                    Some(reason) => format!("{builder} #{number}: {result}: {reason}{retry}"),
-                    None => format!("{builder} #{number}: {result}{retry}"),
-                }
-            }
-        };
+            } => finished.push((builder.clone(), *number, *result, *will_retry)),
+            _ => {}
+        }
+        let line = describe_event(&event);
         io.print(&format!("{line}\n")).await;
         let Some(builders) = &waiting_for else {
             continue;
@@ -378,7 +388,7 @@ async fn wait_for_builds(
 }
 
 /// The status of the builders asked for (all when none are named): one line each.
-async fn watch(ctx: &SshdContext, builders: &[String], io: &mut ExecIo<'_>) -> u32 {
+async fn watch(ctx: &SshdContext, builders: &[String], follow: bool, io: &mut ExecIo<'_>) -> u32 {
     let config = &ctx.config;
     for name in builders {
         if !config.builders.iter().any(|builder| &builder.name == name) {
@@ -395,7 +405,47 @@ async fn watch(ctx: &SshdContext, builders: &[String], io: &mut ExecIo<'_>) -> u
             return EXIT_USAGE;
         }
     }
+    // Subscribe before printing the status, so nothing between the two is missed.
+    let mut events = ctx.master.subscribe();
     let status = ctx.master.status_lines(builders);
     io.print(&status).await;
-    0
+    if !follow {
+        return 0;
+    }
+    loop {
+        let received = tokio::select! {
+            received = events.recv() => received,
+            _ = io.client_gone.cancelled() => return 0,
+        };
+        let event = match received {
+            Ok(sequenced) => sequenced.event,
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
+                io.print(&format!(
+                    "({missed} events skipped: this watcher fell behind)\n"
+                ))
+                .await;
+                continue;
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return 0,
+        };
+        let builder = match &event {
+            BuildEvent::RequestsQueued {
+                builders: queued, ..
+            } => queued.first(),
+            BuildEvent::BuildStarted { builder, .. }
+            | BuildEvent::StepStarted { builder, .. }
+            | BuildEvent::StepFinished { builder, .. }
+            | BuildEvent::BuildFinished { builder, .. } => Some(builder),
+        };
+        let wanted = builders.is_empty()
+            || match &event {
+                BuildEvent::RequestsQueued {
+                    builders: queued, ..
+                } => queued.iter().any(|b| builders.contains(b)),
+                _ => builder.is_some_and(|b| builders.contains(b)),
+            };
+        if wanted {
+            io.print(&format!("{}\n", describe_event(&event))).await;
+        }
+    }
 }

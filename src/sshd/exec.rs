@@ -11,8 +11,9 @@ pub enum ExecCommand {
     TryServer { jobdir: String },
     /// `try [--wait]`: our own client's path.
     Try { wait: bool },
-    /// `watch [builder...]`
-    Watch { builders: Vec<String> },
+    /// `watch [--follow] [builder...]`: the status, then (with --follow) every build event as
+    /// it happens until the client goes away.
+    Watch { builders: Vec<String>, follow: bool },
     /// `stop BUILDER [BUILD] --reason TEXT`
     Stop {
         builder: String,
@@ -109,22 +110,26 @@ fn parse_try(args: &[String]) -> ExecCommand {
 
 fn parse_watch(args: &[String]) -> ExecCommand {
     let mut builders = Vec::new();
+    let mut follow = false;
     let mut rest = args.iter();
     while let Some(arg) = rest.next() {
         match arg.as_str() {
+            "-f" | "--follow" => follow = true,
             "-b" | "--builder" => match rest.next() {
                 Some(name) => builders.push(name.clone()),
                 None => return usage("watch: -b needs a builder name"),
             },
             flag if flag.starts_with('-') => {
                 return ExecCommand::Usage {
-                    message: format!("watch: unknown option '{flag}' (usage: watch [BUILDER...])"),
+                    message: format!(
+                        "watch: unknown option '{flag}' (usage: watch [--follow] [BUILDER...])"
+                    ),
                 };
             }
             name => builders.push(name.to_string()),
         }
     }
-    ExecCommand::Watch { builders }
+    ExecCommand::Watch { builders, follow }
 }
 
 fn parse_stop(args: &[String]) -> ExecCommand {
@@ -205,11 +210,25 @@ mod tests {
     fn our_commands() {
         assert_eq!(parse("try"), ExecCommand::Try { wait: false });
         assert_eq!(parse("try --wait"), ExecCommand::Try { wait: true });
-        assert_eq!(parse("watch"), ExecCommand::Watch { builders: vec![] });
+        assert_eq!(
+            parse("watch"),
+            ExecCommand::Watch {
+                builders: vec![],
+                follow: false
+            }
+        );
+        assert_eq!(
+            parse("watch --follow linux"),
+            ExecCommand::Watch {
+                builders: vec!["linux".into()],
+                follow: true
+            }
+        );
         assert_eq!(
             parse("watch linux -b mac"),
             ExecCommand::Watch {
-                builders: vec!["linux".into(), "mac".into()]
+                builders: vec!["linux".into(), "mac".into()],
+                follow: false
             }
         );
         assert_eq!(parse("web-login"), ExecCommand::WebLogin);

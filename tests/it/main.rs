@@ -10,4 +10,5 @@ mod repo;
 mod sshd;
 mod stop;
 mod try_;
+mod watch;
 mod web;

@@ -1,0 +1,93 @@
+//! `buildbot watch`: the status, then every build event as it happens.
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+
+use crate::harness::{
+    BIN, MasterSetup, PATIENCE, TestMaster, current_user, run_with_timeout, text, wait_until,
+};
+use crate::repo::Checkout;
+
+fn watch_command(master: &TestMaster, extra: &[&str]) -> Command {
+    let mut command = Command::new(BIN);
+    command
+        .arg("watch")
+        .args(extra)
+        .args([
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &master.ssh_port.to_string(),
+            "-u",
+            &current_user(),
+        ])
+        .args(["--ssh", &master.ssh_for_try(&master.user_key)]);
+    command
+}
+
+#[test]
+fn watch_shows_the_status_then_follows_the_builds() {
+    let checkout = Checkout::new();
+    let master = TestMaster::start_with(MasterSetup::linux_builder(
+        &["s1"],
+        &checkout.upstream,
+        r#"{ name = "test", command = "true" },"#,
+    ));
+    let _slave = master.start_slave("s1");
+
+    let once = run_with_timeout(watch_command(&master, &["--once"]), None);
+    assert!(once.status.success(), "{}", text(&once.stderr));
+    assert!(
+        text(&once.stdout).contains("linux: idle, 0 queued; slaves: s1 (connected)"),
+        "{}",
+        text(&once.stdout)
+    );
+
+    let mut watching = watch_command(&master, &["-b", "linux"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .process_group(0)
+        .spawn()
+        .expect("watch runs");
+    let stdout = watching.stdout.take().expect("stdout");
+    let (lines_tx, lines_rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if lines_tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let first = lines_rx.recv_timeout(PATIENCE).expect("the status first");
+    assert!(first.starts_with("master example:"), "{first}");
+    let output = run_with_timeout(master.try_command(&checkout.work, "linux", true), None);
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output.stdout));
+    let mut seen = Vec::new();
+    while !seen.iter().any(|line: &String| line == "linux #1: success") {
+        seen.push(
+            lines_rx
+                .recv_timeout(PATIENCE)
+                .unwrap_or_else(|_| panic!("watch saw only: {seen:?}")),
+        );
+    }
+    assert!(
+        seen.iter().any(|line| line == "queued for linux"),
+        "{seen:?}"
+    );
+    assert!(
+        seen.iter()
+            .any(|line| line.starts_with("linux #1: test success")),
+        "{seen:?}"
+    );
+    let group = nix::unistd::Pid::from_raw(i32::try_from(watching.id()).expect("pid"));
+    let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGINT);
+    let _ = watching.wait();
+    wait_until("the master to end the watch session", || {
+        master
+            .log()
+            .contains("command=watch --follow linux}: buildbot::sshd::session: exec finished")
+    });
+}
