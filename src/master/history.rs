@@ -82,6 +82,8 @@ pub struct StoredRequest {
     pub patch: Option<Vec<u8>>,
     pub patch_level: u32,
     pub submitted_at: f64,
+    /// The job's build properties (stored as a JSON object).
+    pub properties: std::collections::BTreeMap<String, String>,
 }
 
 /// A finished or running build, for status output.
@@ -196,7 +198,7 @@ pub fn insert_requests(
         }
         transaction.execute(
             "INSERT INTO requests (job_name, jobid, builder, who, comment, properties, repository, branch, baserev, patch, patch_level, submitted_at, state)
-             VALUES (?1, ?2, ?3, ?4, ?5, '{}', ?6, ?7, ?8, ?9, ?10, ?11, 'pending')",
+             VALUES (?1, ?2, ?3, ?4, ?5, ?12, ?6, ?7, ?8, ?9, ?10, ?11, 'pending')",
             params![
                 request.job_name,
                 request.jobid,
@@ -209,6 +211,7 @@ pub fn insert_requests(
                 request.patch,
                 request.patch_level,
                 request.submitted_at,
+                properties_json(&request.properties),
             ],
         )?;
         ids.push(transaction.last_insert_rowid());
@@ -226,6 +229,15 @@ pub fn is_job_recorded(connection: &Connection, job_name: &str) -> Result<bool, 
     Ok(count > 0)
 }
 
+fn properties_json(properties: &std::collections::BTreeMap<String, String>) -> String {
+    serde_json::to_string(properties).unwrap_or_else(|_| "{}".to_string())
+}
+
+/// Properties as stored; a value that is not a JSON object of strings reads as none.
+fn properties_from_json(text: &str) -> std::collections::BTreeMap<String, String> {
+    serde_json::from_str(text).unwrap_or_default()
+}
+
 fn request_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<StoredRequest> {
     Ok(StoredRequest {
         id: row.get(0)?,
@@ -240,10 +252,11 @@ fn request_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<StoredRequest> 
         patch: row.get(9)?,
         patch_level: row.get(10)?,
         submitted_at: row.get(11)?,
+        properties: properties_from_json(&row.get::<_, String>(12)?),
     })
 }
 
-const REQUEST_COLUMNS: &str = "id, job_name, jobid, builder, who, comment, repository, branch, baserev, patch, patch_level, submitted_at";
+const REQUEST_COLUMNS: &str = "id, job_name, jobid, builder, who, comment, repository, branch, baserev, patch, patch_level, submitted_at, properties";
 
 /// Requests still waiting for a build, oldest first.
 pub fn pending_requests(connection: &Connection) -> Result<Vec<StoredRequest>, HistoryError> {
@@ -443,6 +456,7 @@ mod tests {
             patch: Some(vec![0, 1, 255]),
             patch_level: 1,
             submitted_at: 1.0,
+            properties: [("foo".to_string(), "bar".to_string())].into(),
         }
     }
 
@@ -475,6 +489,10 @@ mod tests {
                 let pending = pending_requests(c)?;
                 assert_eq!(pending.len(), 2);
                 assert_eq!(pending[0].patch.as_deref(), Some(&[0u8, 1, 255][..]));
+                assert_eq!(
+                    pending[0].properties.get("foo").map(String::as_str),
+                    Some("bar")
+                );
                 let builds = recent_builds(c, "linux", 10)?;
                 assert_eq!(builds[0].result.as_deref(), Some("exception"));
                 assert_eq!(builds[0].reason.as_deref(), Some("master restarted"));
@@ -514,6 +532,7 @@ pub struct BuildDetail {
     pub branch: Option<String>,
     pub baserev: Option<String>,
     pub has_patch: bool,
+    pub properties: std::collections::BTreeMap<String, String>,
     pub steps: Vec<StepRow>,
 }
 
@@ -550,7 +569,7 @@ pub fn build_detail(
     let found = connection
         .query_row(
             &format!(
-                "SELECT {BUILD_COLUMNS}, r.id, r.job_name, r.jobid, r.who, r.comment, r.repository, r.branch, r.baserev, r.patch IS NOT NULL
+                "SELECT {BUILD_COLUMNS}, r.id, r.job_name, r.jobid, r.who, r.comment, r.repository, r.branch, r.baserev, r.patch IS NOT NULL, r.properties
                  FROM builds b JOIN requests r ON r.id = b.request_id WHERE {condition}"
             ),
             params![first, second],
@@ -566,6 +585,7 @@ pub fn build_detail(
                     branch: row.get(14)?,
                     baserev: row.get(15)?,
                     has_patch: row.get(16)?,
+                    properties: properties_from_json(&row.get::<_, String>(17)?),
                     steps: Vec::new(),
                 })
             },

@@ -220,6 +220,7 @@ impl Scheduler {
                 patch: spooled.job.patch.clone(),
                 patch_level: spooled.job.patch_level,
                 submitted_at,
+                properties: spooled.job.properties.clone(),
             })
             .collect();
         let to_store = requests.clone();

@@ -1,42 +1,48 @@
-//! Running one build-step command on a slave: in a process group of its own, with output
-//! streamed as it comes, a timeout, an interrupt (SIGTERM to the group, SIGKILL after a grace),
-//! and a guarantee that nothing of the group outlives the step, even when the caller drops the
-//! future because the master went away. The RPC and checkouts live elsewhere.
+//! Running one build-step command on a slave: this module owns starting it in a process group
+//! of its own, streaming its stdout and stderr as raw chunks while it runs, the timeout and the
+//! interrupt (SIGTERM to the group, SIGKILL after a grace), and the guarantee that no process
+//! of the step outlives it, even when the caller drops the future because the master went away.
+//! It does not own the RPC that carries the output to the master, nor checkouts and patches.
 
 use std::collections::BTreeMap;
 use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use nix::errno::Errno;
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::process::Command;
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-/// What to run.
+/// What to run, and where.
 #[derive(Debug, Clone)]
 pub struct CommandSpec {
-    /// Run this program with these arguments directly, when non-empty.
+    /// Program and arguments, executed directly (no shell) when non-empty.
     pub argv: Vec<String>,
-    /// Otherwise run this with `/bin/sh -c`.
+    /// Run with `/bin/sh -c` when `argv` is empty.
     pub shell: Option<String>,
-    /// Created if missing.
+    /// The working directory; created (with its parents) if missing.
     pub workdir: PathBuf,
-    /// Added to the slave's own environment.
+    /// Added to (and overriding) the slave's own environment.
     pub env: BTreeMap<String, String>,
+    /// Wall-clock limit; when it elapses the group is terminated as for an interrupt.
     pub timeout: Option<Duration>,
 }
 
+/// Which pipe a chunk came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stream {
     Stdout,
     Stderr,
 }
 
-/// A piece of output, as `read` returned it.
+/// Output exactly as one `read` returned it: raw bytes, at most [`MAX_CHUNK`] of them, not
+/// split at lines or characters.
 #[derive(Debug)]
 pub struct Chunk {
     pub stream: Stream,
@@ -46,18 +52,25 @@ pub struct Chunk {
 /// How the command ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Finished {
+    /// The exit status, when the command exited normally.
     pub exit_code: Option<i32>,
+    /// The signal number, when a signal killed it.
     pub signal: Option<i32>,
+    /// From just before the spawn until the main process was reaped.
     pub elapsed: Duration,
+    /// The timeout elapsed and the group was terminated.
     pub timed_out: bool,
+    /// The interrupt token was cancelled and the group was terminated (or, if it was
+    /// cancelled before `run` was called, nothing was started).
     pub interrupted: bool,
 }
 
+/// Why a command could not be run at all. A command that ran and failed is a `Finished`.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
-    #[error("nothing to run (empty command)")]
+    #[error("nothing to run: neither argv nor a shell command was given")]
     Empty,
-    #[error("cannot create the work directory {dir}: {source}")]
+    #[error("cannot create the work directory {}: {source}", dir.display())]
     Workdir {
         dir: PathBuf,
         source: std::io::Error,
@@ -67,32 +80,44 @@ pub enum RunError {
         program: String,
         source: std::io::Error,
     },
-    #[error("waiting for {program} failed: {source}")]
+    #[error("lost track of {program} while waiting for it: {source}")]
     Wait {
         program: String,
         source: std::io::Error,
     },
 }
 
-/// The most one `Chunk` holds.
+/// The most one [`Chunk`] holds: the read buffer's size.
 pub const MAX_CHUNK: usize = 64 * 1024;
 
-/// How long output is still read after the command exited and its group was killed: a
-/// grandchild that left the group may hold the pipes open forever.
+/// How long the pipes are still read once the main process exited and its group was killed.
+/// Everything the group wrote is already in the pipe by then; only a process that left the
+/// group can keep the pipe open, and it must not keep the step running forever.
 const DRAIN_AFTER_EXIT: Duration = Duration::from_secs(1);
 
-/// Kills the whole process group when dropped, unless disarmed: the step's processes never
-/// outlive the future that runs them.
+/// Sends SIGKILL to the step's process group when dropped, so that dropping the `run` future
+/// (the slave lost its master) still ends every process of the step. Disarmed once the group
+/// has been killed after the main process exited, because from then on the group id may be
+/// reused by an unrelated process.
 struct GroupGuard {
     pgid: Option<Pid>,
 }
 
 impl GroupGuard {
+    /// Best effort: the group being gone already (ESRCH) is the normal case late in a step.
     fn signal(&self, signal: Signal) {
-        if let Some(pgid) = self.pgid {
-            // ESRCH (group already gone) is the normal case at the end.
-            let _ = killpg(pgid, signal);
+        let Some(pgid) = self.pgid else {
+            return;
+        };
+        match killpg(pgid, signal) {
+            Ok(()) | Err(Errno::ESRCH) => {}
+            Err(err) => tracing::warn!(%pgid, ?signal, "cannot signal the process group: {err}"),
         }
+    }
+
+    fn kill_and_disarm(&mut self) {
+        self.signal(Signal::SIGKILL);
+        self.pgid = None;
     }
 }
 
@@ -102,26 +127,53 @@ impl Drop for GroupGuard {
     }
 }
 
-/// Runs `spec`, sending its output to `output`, until it exits, times out or `interrupt` is
-/// cancelled.
+/// Where the supervisor is in ending the command.
+#[derive(Clone, Copy)]
+enum Ending {
+    Running,
+    /// SIGTERM was sent; SIGKILL follows at this instant.
+    Terminating {
+        kill_at: Instant,
+    },
+    Killed,
+}
+
+/// Runs `spec` to its end, sending its output to `output` as it comes.
+///
+/// `output` gives backpressure: a full channel stops the reading, so the command blocks on
+/// its pipe (its timeout still runs). If the receiver is dropped the output is read and
+/// discarded, so the command never blocks on a full pipe. When the timeout elapses or
+/// `interrupt` is cancelled, the whole process group gets SIGTERM, then SIGKILL after
+/// `kill_grace`. When the main process exits, whatever is left of its group is killed.
+/// Dropping the returned future kills the group at once. A token cancelled before the call
+/// starts nothing and reports `interrupted`.
 pub async fn run(
     spec: &CommandSpec,
     output: mpsc::Sender<Chunk>,
     interrupt: CancellationToken,
     kill_grace: Duration,
 ) -> Result<Finished, RunError> {
-    let (program, args): (String, Vec<String>) = match (spec.argv.split_first(), &spec.shell) {
-        (Some((program, args)), _) => (program.clone(), args.to_vec()),
-        (None, Some(shell)) => ("/bin/sh".to_string(), vec!["-c".to_string(), shell.clone()]),
+    let (program, args): (&str, Vec<&str>) = match (spec.argv.split_first(), &spec.shell) {
+        (Some((program, args)), _) => (program, args.iter().map(String::as_str).collect()),
+        (None, Some(shell)) => ("/bin/sh", vec!["-c", shell]),
         (None, None) => return Err(RunError::Empty),
     };
+    if interrupt.is_cancelled() {
+        return Ok(Finished {
+            exit_code: None,
+            signal: None,
+            elapsed: Duration::ZERO,
+            timed_out: false,
+            interrupted: true,
+        });
+    }
     tokio::fs::create_dir_all(&spec.workdir)
         .await
         .map_err(|source| RunError::Workdir {
             dir: spec.workdir.clone(),
             source,
         })?;
-    let mut command = Command::new(&program);
+    let mut command = Command::new(program);
     command
         .args(&args)
         .current_dir(&spec.workdir)
@@ -130,79 +182,92 @@ pub async fn run(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0)
+        // Redundant with the guard; kept so the main process dies even if the group id were
+        // unknown.
         .kill_on_drop(true);
     let started = Instant::now();
     let mut child = command.spawn().map_err(|source| RunError::Spawn {
-        program: program.clone(),
+        program: program.to_string(),
         source,
     })?;
-    // With process_group(0) the child's pid is its group id.
-    let guard = GroupGuard {
+    // With process_group(0) the child's pid is also its group id. Declared after `child` so
+    // it drops first, while the main process is not yet reaped and the group id still ours.
+    let mut guard = GroupGuard {
         pgid: child
             .id()
             .and_then(|pid| i32::try_from(pid).ok())
             .map(Pid::from_raw),
     };
-    let stdout = child.stdout.take();
-    let stderr = child.stderr.take();
+    tracing::debug!(program, pgid = ?guard.pgid, "command started");
     let exited = CancellationToken::new();
-    let pump_out = pump(stdout, Stream::Stdout, output.clone(), exited.clone());
-    let pump_err = pump(stderr, Stream::Stderr, output, exited.clone());
+    let pump_stdout = pump(
+        child.stdout.take(),
+        Stream::Stdout,
+        output.clone(),
+        exited.clone(),
+    );
+    let pump_stderr = pump(child.stderr.take(), Stream::Stderr, output, exited.clone());
     let supervise = async {
-        let deadline = async {
-            match spec.timeout {
-                Some(timeout) => tokio::time::sleep(timeout).await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::pin!(deadline);
+        let deadline = spec.timeout.map(|timeout| started + timeout);
+        let mut ending = Ending::Running;
         let mut timed_out = false;
         let mut interrupted = false;
-        let mut terminated_at: Option<Instant> = None;
         let status = loop {
-            let kill_at = async {
-                match terminated_at {
-                    Some(at) => tokio::time::sleep_until((at + kill_grace).into()).await,
-                    None => std::future::pending().await,
-                }
+            // Disabled branches still build their futures; any instant will do for them.
+            let kill_at = match ending {
+                Ending::Terminating { kill_at } => Some(kill_at),
+                Ending::Running | Ending::Killed => None,
             };
+            let running = matches!(ending, Ending::Running);
             tokio::select! {
                 status = child.wait() => break status,
-                _ = &mut deadline, if terminated_at.is_none() => {
+                () = tokio::time::sleep_until(deadline.unwrap_or(started)),
+                    if running && deadline.is_some() =>
+                {
+                    tracing::debug!(program, "timed out; terminating the process group");
                     timed_out = true;
                     guard.signal(Signal::SIGTERM);
-                    terminated_at = Some(Instant::now());
+                    ending = Ending::Terminating { kill_at: Instant::now() + kill_grace };
                 }
-                _ = interrupt.cancelled(), if terminated_at.is_none() => {
+                () = interrupt.cancelled(), if running => {
+                    tracing::debug!(program, "interrupted; terminating the process group");
                     interrupted = true;
                     guard.signal(Signal::SIGTERM);
-                    terminated_at = Some(Instant::now());
+                    ending = Ending::Terminating { kill_at: Instant::now() + kill_grace };
                 }
-                _ = kill_at => {
+                () = tokio::time::sleep_until(kill_at.unwrap_or(started)), if kill_at.is_some() => {
+                    tracing::debug!(program, "still running after the grace; killing the group");
                     guard.signal(Signal::SIGKILL);
+                    ending = Ending::Killed;
                 }
             }
         };
-        // Whatever the main process left behind in its group goes with it.
-        guard.signal(Signal::SIGKILL);
+        let elapsed = started.elapsed();
+        // Whatever the main process left in its group goes with it. The main process is
+        // already reaped here, but Linux does not hand out a pid while a group of that id
+        // still has members, so this reaches exactly the leftovers (or nobody).
+        guard.kill_and_disarm();
         exited.cancel();
-        (status, timed_out, interrupted)
+        (status, elapsed, timed_out, interrupted)
     };
-    let (supervised, (), ()) = tokio::join!(supervise, pump_out, pump_err);
-    let (status, timed_out, interrupted) = supervised;
-    let status = status.map_err(|source| RunError::Wait { program, source })?;
-    drop(guard);
+    let ((status, elapsed, timed_out, interrupted), (), ()) =
+        tokio::join!(supervise, pump_stdout, pump_stderr);
+    let status = status.map_err(|source| RunError::Wait {
+        program: program.to_string(),
+        source,
+    })?;
     Ok(Finished {
         exit_code: status.code(),
         signal: status.signal(),
-        elapsed: started.elapsed(),
+        elapsed,
         timed_out,
         interrupted,
     })
 }
 
-/// Copies one pipe to `output` as chunks arrive. After `exited`, keeps reading only for a short
-/// while (a process that escaped the group may hold the pipe open).
+/// Copies one pipe to `output`, one chunk per `read`, until end of file. Once `exited` is
+/// cancelled it reads for at most [`DRAIN_AFTER_EXIT`] more, not counting time spent waiting
+/// for the receiver (a slow receiver must not cost output the group already wrote).
 async fn pump(
     pipe: Option<impl AsyncRead + Unpin>,
     stream: Stream,
@@ -214,144 +279,268 @@ async fn pump(
     };
     let mut buffer = vec![0u8; MAX_CHUNK];
     let mut receiver_gone = false;
-    let mut drain_deadline: Option<tokio::time::Instant> = None;
+    let mut stop_at: Option<Instant> = None;
     loop {
-        let read = match drain_deadline {
+        let read = match stop_at {
             None => tokio::select! {
+                biased;
                 read = pipe.read(&mut buffer) => read,
-                _ = exited.cancelled() => {
-                    drain_deadline = Some(tokio::time::Instant::now() + DRAIN_AFTER_EXIT);
+                () = exited.cancelled() => {
+                    stop_at = Some(Instant::now() + DRAIN_AFTER_EXIT);
                     continue;
                 }
             },
-            Some(deadline) => match tokio::time::timeout_at(deadline, pipe.read(&mut buffer)).await
-            {
-                Ok(read) => read,
-                Err(_) => return,
-            },
-        };
-        match read {
-            Ok(0) | Err(_) => return,
-            Ok(count) => {
-                if receiver_gone {
-                    continue;
+            Some(stop_at) => {
+                // Checked before reading too: a process that left the group and writes
+                // without pause would otherwise never let a read time out.
+                if Instant::now() >= stop_at {
+                    tracing::debug!(?stream, "pipe still open after the group was killed");
+                    return;
                 }
-                let chunk = Chunk {
-                    stream,
-                    data: buffer[..count].to_vec(),
-                };
-                if output.send(chunk).await.is_err() {
-                    // Keep draining so the command never blocks on a full pipe.
-                    receiver_gone = true;
+                match tokio::time::timeout_at(stop_at, pipe.read(&mut buffer)).await {
+                    Ok(read) => read,
+                    Err(_) => {
+                        tracing::debug!(?stream, "pipe still open after the group was killed");
+                        return;
+                    }
                 }
             }
+        };
+        let count = match read {
+            Ok(0) => return,
+            Ok(count) => count,
+            Err(err) => {
+                tracing::warn!(?stream, "cannot read the command's output: {err}");
+                return;
+            }
+        };
+        if receiver_gone {
+            continue;
+        }
+        let sending = Instant::now();
+        let chunk = Chunk {
+            stream,
+            data: buffer[..count].to_vec(),
+        };
+        if output.send(chunk).await.is_err() {
+            // Nobody wants the output any more, but the command must not block on a full pipe.
+            receiver_gone = true;
+        }
+        if let Some(stop_at) = stop_at.as_mut() {
+            *stop_at += sending.elapsed();
         }
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+
     use super::*;
 
-    fn shell(command: &str, dir: &std::path::Path) -> CommandSpec {
+    const GRACE: Duration = Duration::from_secs(1);
+
+    fn shell(command: &str, workdir: &Path) -> CommandSpec {
         CommandSpec {
             argv: Vec::new(),
             shell: Some(command.to_string()),
-            workdir: dir.to_path_buf(),
+            workdir: workdir.to_path_buf(),
             env: BTreeMap::new(),
             timeout: None,
         }
     }
 
-    /// Runs to the end, collecting (stdout, stderr).
-    async fn collect(spec: &CommandSpec) -> (Finished, Vec<u8>, Vec<u8>) {
-        let (tx, mut rx) = mpsc::channel(16);
-        let run = run(spec, tx, CancellationToken::new(), Duration::from_secs(1));
+    /// Runs `spec` to the end and returns how it finished with its stdout and stderr.
+    async fn run_collecting(spec: &CommandSpec) -> (Finished, Vec<u8>, Vec<u8>) {
+        let (output_tx, mut output_rx) = mpsc::channel(16);
+        let running = run(spec, output_tx, CancellationToken::new(), GRACE);
         let gather = async {
-            let (mut out, mut err) = (Vec::new(), Vec::new());
-            while let Some(chunk) = rx.recv().await {
+            let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
+            while let Some(chunk) = output_rx.recv().await {
+                assert!(!chunk.data.is_empty() && chunk.data.len() <= MAX_CHUNK);
                 match chunk.stream {
-                    Stream::Stdout => out.extend(chunk.data),
-                    Stream::Stderr => err.extend(chunk.data),
+                    Stream::Stdout => stdout.extend(chunk.data),
+                    Stream::Stderr => stderr.extend(chunk.data),
                 }
             }
-            (out, err)
+            (stdout, stderr)
         };
-        let (finished, (out, err)) = tokio::join!(run, gather);
-        (finished.expect("runs"), out, err)
+        let (finished, (stdout, stderr)) = tokio::join!(running, gather);
+        (finished.expect("the command runs"), stdout, stderr)
     }
 
+    /// Polls `condition` every few milliseconds; fails the test after ten seconds.
+    async fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !condition() {
+            assert!(Instant::now() < deadline, "timed out waiting until {what}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// A zombie counts as dead: it was killed, and reaping it is its new parent's business
+    /// (PID 1 in a container may be slow at it).
     fn alive(pid: i32) -> bool {
-        nix::sys::signal::kill(Pid::from_raw(pid), None).is_ok()
+        if nix::sys::signal::kill(Pid::from_raw(pid), None).is_err() {
+            return false;
+        }
+        match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            // The state follows the parenthesised command name.
+            Ok(stat) => !stat
+                .rsplit_once(')')
+                .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+            Err(_) => true,
+        }
+    }
+
+    fn read_pid(path: &Path) -> Option<i32> {
+        std::fs::read_to_string(path).ok()?.trim().parse().ok()
+    }
+
+    async fn wait_for_pid(path: &Path) -> i32 {
+        let mut pid = None;
+        wait_until(&format!("{} is written", path.display()), || {
+            pid = read_pid(path);
+            pid.is_some()
+        })
+        .await;
+        pid.unwrap_or_default()
     }
 
     async fn wait_gone(pid: i32) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while alive(pid) {
-            assert!(Instant::now() < deadline, "process {pid} survived");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        wait_until(&format!("process {pid} is gone"), || !alive(pid)).await;
     }
 
-    fn read_pid(path: &std::path::Path) -> i32 {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Ok(text) = std::fs::read_to_string(path)
-                && let Ok(pid) = text.trim().parse()
-            {
-                return pid;
-            }
-            assert!(Instant::now() < deadline, "no pid written");
-            std::thread::sleep(Duration::from_millis(10));
+    /// Kills a process the test let escape from the step's group, even if the test fails.
+    struct KillOnDrop(i32);
+
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            let _ = nix::sys::signal::kill(Pid::from_raw(self.0), Signal::SIGKILL);
         }
     }
 
     #[tokio::test]
-    async fn output_streams_before_the_command_ends() {
+    async fn output_streams_before_the_command_exits() {
         let dir = tempfile::tempdir().expect("temp dir");
         let spec = shell("echo first; sleep 2; echo second", dir.path());
-        let (tx, mut rx) = mpsc::channel(16);
-        let handle = tokio::spawn(async move {
-            run(&spec, tx, CancellationToken::new(), Duration::from_secs(1)).await
-        });
-        let first = tokio::time::timeout(Duration::from_secs(1), rx.recv())
+        let (output_tx, mut output_rx) = mpsc::channel(16);
+        let running =
+            tokio::spawn(
+                async move { run(&spec, output_tx, CancellationToken::new(), GRACE).await },
+            );
+        let first = tokio::time::timeout(Duration::from_secs(1), output_rx.recv())
             .await
-            .expect("first chunk early")
-            .expect("chunk");
-        assert_eq!(first.data, b"first\n");
-        let finished = handle.await.expect("joined").expect("runs");
+            .expect("the first chunk arrives while the command still sleeps")
+            .expect("a chunk");
+        assert_eq!(
+            (first.stream, first.data.as_slice()),
+            (Stream::Stdout, &b"first\n"[..])
+        );
+        let second = output_rx.recv().await.expect("a second chunk");
+        assert_eq!(second.data, b"second\n");
+        let finished = running.await.expect("joined").expect("runs");
         assert_eq!(finished.exit_code, Some(0));
+        assert!(finished.elapsed >= Duration::from_secs(2));
     }
 
     #[tokio::test]
-    async fn streams_exit_codes_signals_env_and_workdir() {
+    async fn stdout_and_stderr_are_kept_apart() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let mut spec = shell(
-            "echo out; echo err >&2; echo $GREETING; pwd; exit 7",
-            &dir.path().join("sub"),
+        let spec = shell(
+            "echo out; echo err >&2; echo more; echo again >&2",
+            dir.path(),
         );
-        spec.env.insert("GREETING".into(), "hello".into());
-        let (finished, out, err) = collect(&spec).await;
-        assert_eq!(finished.exit_code, Some(7));
-        let out = String::from_utf8(out).expect("utf-8");
-        assert!(out.starts_with("out\nhello\n"), "{out}");
-        assert!(out.trim_end().ends_with("/sub"), "{out}");
-        assert_eq!(err, b"err\n");
-        let (finished, _, _) = collect(&shell("kill -9 $$", dir.path())).await;
+        let (finished, stdout, stderr) = run_collecting(&spec).await;
+        assert_eq!(finished.exit_code, Some(0));
+        assert_eq!(stdout, b"out\nmore\n");
+        assert_eq!(stderr, b"err\nagain\n");
+    }
+
+    #[tokio::test]
+    async fn binary_output_is_byte_exact() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let spec = shell("head -c 1000000 /dev/urandom > blob; cat blob", dir.path());
+        let (finished, stdout, _) = run_collecting(&spec).await;
+        assert_eq!(finished.exit_code, Some(0));
+        let blob = std::fs::read(dir.path().join("blob")).expect("the blob");
+        assert_eq!(blob.len(), 1_000_000);
+        assert!(stdout == blob, "the output differs from the file");
+    }
+
+    #[tokio::test]
+    async fn large_output_arrives_whole() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let spec = shell("head -c 50000000 /dev/zero", dir.path());
+        let (output_tx, mut output_rx) = mpsc::channel(16);
+        let running = run(&spec, output_tx, CancellationToken::new(), GRACE);
+        let count = async {
+            let mut total = 0;
+            while let Some(chunk) = output_rx.recv().await {
+                assert!(chunk.data.len() <= MAX_CHUNK);
+                total += chunk.data.len();
+            }
+            total
+        };
+        let (finished, total) = tokio::join!(running, count);
+        assert_eq!(finished.expect("runs").exit_code, Some(0));
+        assert_eq!(total, 50_000_000);
+    }
+
+    #[tokio::test]
+    async fn output_nobody_receives_is_drained() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let spec = shell("head -c 10000000 /dev/zero; echo done > done", dir.path());
+        let (output_tx, output_rx) = mpsc::channel(1);
+        drop(output_rx);
+        let finished = run(&spec, output_tx, CancellationToken::new(), GRACE)
+            .await
+            .expect("runs");
+        assert_eq!(finished.exit_code, Some(0), "no SIGPIPE, no hang");
+        assert!(dir.path().join("done").exists());
+    }
+
+    #[tokio::test]
+    async fn the_exit_code_is_reported() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (finished, _, _) = run_collecting(&shell("exit 7", dir.path())).await;
+        assert_eq!((finished.exit_code, finished.signal), (Some(7), None));
+        assert!(!finished.timed_out && !finished.interrupted);
+    }
+
+    #[tokio::test]
+    async fn death_by_signal_is_reported() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (finished, _, _) = run_collecting(&shell("kill -9 $$", dir.path())).await;
         assert_eq!((finished.exit_code, finished.signal), (None, Some(9)));
     }
 
     #[tokio::test]
-    async fn large_binary_output_is_exact() {
+    async fn argv_runs_without_a_shell() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let (finished, out, _) = collect(&shell(
-            "head -c 50000000 /dev/urandom > ../blob && cat ../blob",
-            &dir.path().join("w"),
-        ))
-        .await;
+        let spec = CommandSpec {
+            argv: vec!["printf".into(), "%s|".into(), "a b".into(), "$HOME".into()],
+            shell: None,
+            ..shell("", dir.path())
+        };
+        let (finished, stdout, _) = run_collecting(&spec).await;
         assert_eq!(finished.exit_code, Some(0));
-        assert_eq!(out.len(), 50_000_000);
-        assert!(out == std::fs::read(dir.path().join("blob")).expect("blob"));
+        assert_eq!(stdout, b"a b|$HOME|");
+    }
+
+    #[tokio::test]
+    async fn env_and_workdir_are_honoured() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let workdir = dir.path().join("build").join("step");
+        let mut spec = shell("echo \"$GREETING\"; pwd -P; test -n \"$PATH\"", &workdir);
+        spec.env.insert("GREETING".into(), "hello there".into());
+        let (finished, stdout, _) = run_collecting(&spec).await;
+        assert_eq!(finished.exit_code, Some(0), "PATH is inherited");
+        let expected = format!(
+            "hello there\n{}\n",
+            workdir.canonicalize().expect("created").display()
+        );
+        assert_eq!(String::from_utf8_lossy(&stdout), expected);
     }
 
     #[tokio::test]
@@ -361,40 +550,60 @@ mod tests {
             "sleep 300 & echo $! > grandchild.pid; sleep 300",
             dir.path(),
         );
-        spec.timeout = Some(Duration::from_millis(500));
-        let (finished, _, _) = collect(&spec).await;
-        assert!(finished.timed_out);
-        assert_eq!(finished.signal, Some(15));
-        wait_gone(read_pid(&dir.path().join("grandchild.pid"))).await;
+        spec.timeout = Some(Duration::from_secs(1));
+        let (finished, _, _) = run_collecting(&spec).await;
+        assert!(finished.timed_out && !finished.interrupted);
+        assert_eq!(finished.signal, Some(15), "SIGTERM was enough");
+        assert!(finished.elapsed < Duration::from_secs(10));
+        let grandchild = read_pid(&dir.path().join("grandchild.pid")).expect("pid written");
+        wait_gone(grandchild).await;
     }
 
     #[tokio::test]
-    async fn an_interrupt_terminates_then_kills() {
+    async fn an_interrupt_kills_the_whole_group_even_if_it_ignores_sigterm() {
         let dir = tempfile::tempdir().expect("temp dir");
         let spec = shell(
             "trap '' TERM; sleep 300 & echo $! > grandchild.pid; while :; do sleep 1; done",
             dir.path(),
         );
-        let token = CancellationToken::new();
-        let (tx, _rx) = mpsc::channel(16);
-        let cancel = token.clone();
+        let interrupt = CancellationToken::new();
+        let (output_tx, _output_rx) = mpsc::channel(16);
         let pid_file = dir.path().join("grandchild.pid");
-        let trigger = async move {
-            while !pid_file.exists() {
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-            cancel.cancel();
+        let trigger = async {
+            let grandchild = wait_for_pid(&pid_file).await;
+            interrupt.cancel();
+            grandchild
         };
-        let (finished, ()) =
-            tokio::join!(run(&spec, tx, token, Duration::from_millis(300)), trigger);
+        let (finished, grandchild) = tokio::join!(
+            run(
+                &spec,
+                output_tx,
+                interrupt.clone(),
+                Duration::from_millis(300)
+            ),
+            trigger
+        );
         let finished = finished.expect("runs");
-        assert!(finished.interrupted);
+        assert!(finished.interrupted && !finished.timed_out);
         assert_eq!(
             finished.signal,
             Some(9),
-            "TERM was trapped, so KILL ended it"
+            "SIGTERM was ignored, SIGKILL was not"
         );
-        wait_gone(read_pid(&dir.path().join("grandchild.pid"))).await;
+        wait_gone(grandchild).await;
+    }
+
+    #[tokio::test]
+    async fn an_interrupt_before_the_start_runs_nothing() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let spec = shell("touch ran", dir.path());
+        let interrupt = CancellationToken::new();
+        interrupt.cancel();
+        let (output_tx, _output_rx) = mpsc::channel(1);
+        let finished = run(&spec, output_tx, interrupt, GRACE).await.expect("runs");
+        assert!(finished.interrupted);
+        assert_eq!((finished.exit_code, finished.signal), (None, None));
+        assert!(!dir.path().join("ran").exists());
     }
 
     #[tokio::test]
@@ -404,27 +613,98 @@ mod tests {
             "echo $$ > main.pid; sleep 300 & echo $! > grandchild.pid; sleep 300",
             dir.path(),
         );
-        let (tx, _rx) = mpsc::channel(16);
-        let running = run(&spec, tx, CancellationToken::new(), Duration::from_secs(1));
-        let _ = tokio::time::timeout(Duration::from_millis(500), running).await;
-        wait_gone(read_pid(&dir.path().join("main.pid"))).await;
-        wait_gone(read_pid(&dir.path().join("grandchild.pid"))).await;
+        let (output_tx, _output_rx) = mpsc::channel(16);
+        let main_file = dir.path().join("main.pid");
+        let grandchild_file = dir.path().join("grandchild.pid");
+        let started = async {
+            (
+                wait_for_pid(&main_file).await,
+                wait_for_pid(&grandchild_file).await,
+            )
+        };
+        // Leaving the select drops the losing `run` future, as a lost connection would.
+        let (main, grandchild) = tokio::select! {
+            finished = run(&spec, output_tx, CancellationToken::new(), GRACE) => {
+                panic!("the command ended by itself: {finished:?}")
+            }
+            pids = started => pids,
+        };
+        wait_gone(main).await;
+        wait_gone(grandchild).await;
     }
 
     #[tokio::test]
-    async fn a_missing_program_names_it() {
+    async fn leftovers_in_the_group_die_when_the_command_exits() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        // The background sleep keeps both pipes open; only killing the group ends the step.
+        let spec = shell("sleep 300 & echo $! > grandchild.pid", dir.path());
+        let (finished, _, _) = run_collecting(&spec).await;
+        assert_eq!(finished.exit_code, Some(0));
+        let grandchild = read_pid(&dir.path().join("grandchild.pid")).expect("pid written");
+        wait_gone(grandchild).await;
+    }
+
+    #[tokio::test]
+    async fn a_process_that_left_the_group_does_not_hold_the_step() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let spec = shell(
+            "setsid sleep 300 & echo $! > escaped.pid; echo bye",
+            dir.path(),
+        );
+        let (output_tx, mut output_rx) = mpsc::channel(16);
+        let running =
+            tokio::spawn(
+                async move { run(&spec, output_tx, CancellationToken::new(), GRACE).await },
+            );
+        let finished = tokio::time::timeout(Duration::from_secs(10), running)
+            .await
+            .expect("run returns although the pipes are still open")
+            .expect("joined")
+            .expect("runs");
+        // setsid forks (and the fork execs sleep) only when it is a group leader, which an
+        // `&` job of a non-interactive shell is not, so the pid is the sleep's.
+        let _escaped = KillOnDrop(read_pid(&dir.path().join("escaped.pid")).expect("pid written"));
+        assert_eq!(finished.exit_code, Some(0));
+        assert_eq!(output_rx.recv().await.expect("output").data, b"bye\n");
+    }
+
+    #[tokio::test]
+    async fn a_missing_program_is_named() {
         let dir = tempfile::tempdir().expect("temp dir");
         let spec = CommandSpec {
-            argv: vec!["/no/such/program".into()],
+            argv: vec!["/no/such/program".into(), "--flag".into()],
             shell: None,
             workdir: dir.path().to_path_buf(),
             env: BTreeMap::new(),
             timeout: None,
         };
-        let (tx, _rx) = mpsc::channel(1);
-        let err = run(&spec, tx, CancellationToken::new(), Duration::from_secs(1))
+        let (output_tx, _output_rx) = mpsc::channel(1);
+        let err = run(&spec, output_tx, CancellationToken::new(), GRACE)
             .await
-            .expect_err("fails");
-        assert!(err.to_string().contains("/no/such/program"), "{err}");
+            .expect_err("cannot start");
+        assert!(matches!(err, RunError::Spawn { .. }), "{err:?}");
+        let message = err.to_string();
+        assert!(message.contains("/no/such/program"), "{message}");
+        assert!(message.contains("No such file or directory"), "{message}");
+    }
+
+    #[tokio::test]
+    async fn an_unusable_workdir_or_empty_command_is_an_error() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::write(dir.path().join("file"), "").expect("a file");
+        let (output_tx, _output_rx) = mpsc::channel(1);
+        let spec = shell("true", &dir.path().join("file").join("sub"));
+        let err = run(&spec, output_tx.clone(), CancellationToken::new(), GRACE)
+            .await
+            .expect_err("a file is in the way");
+        assert!(matches!(err, RunError::Workdir { .. }), "{err:?}");
+        let spec = CommandSpec {
+            shell: None,
+            ..shell("", dir.path())
+        };
+        let err = run(&spec, output_tx, CancellationToken::new(), GRACE)
+            .await
+            .expect_err("nothing to run");
+        assert!(matches!(err, RunError::Empty), "{err:?}");
     }
 }

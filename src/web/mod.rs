@@ -205,7 +205,7 @@ mod tests {
             "result_text": "running", "css": "running", "reason": "stopped by <alice>", "running": true,
             "started_at": 0.0, "finished_at": null, "started": "now", "took": "1s", "url": "/builders/linux/builds/3",
             "steps": [step], "repository": "r", "branch": "main", "baserev": "abc", "jobid": "j", "who": "alice",
-            "comment": "c", "has_patch": true, "eta": "2m45s"});
+            "comment": "c", "has_patch": true, "eta": "2m45s", "properties": {"foo": "bar"}});
         let builder = serde_json::json!({"name": "linux", "state": "idle", "state_class": "idle", "queued": 1,
             "last": "#2 success", "last_css": "success", "slaves": [{"name": "s1", "connected": true}],
             "builds": [build.clone()]});
@@ -235,5 +235,9 @@ mod tests {
         assert!(build_page.contains("stopped by &lt;alice&gt;"));
         assert!(build_page.contains("Stop Build"));
         assert!(build_page.contains("ETA 2m45s"));
+        assert!(
+            build_page.contains("property foo</th><td>bar"),
+            "{build_page}"
+        );
     }
 }

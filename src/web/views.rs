@@ -82,6 +82,7 @@ pub struct BuildPage {
     pub who: Option<String>,
     pub comment: Option<String>,
     pub has_patch: bool,
+    pub properties: std::collections::BTreeMap<String, String>,
     pub eta: Option<String>,
 }
 
@@ -168,6 +169,7 @@ pub fn build_page(logs_dir: &Path, detail: &BuildDetail, eta: Option<String>) ->
         who: detail.who.clone(),
         comment: detail.comment.clone(),
         has_patch: detail.has_patch,
+        properties: detail.properties.clone(),
         eta,
     }
 }

@@ -75,7 +75,11 @@ fn every_page_renders_empty_running_and_finished() {
     );
     pages_render(&master, None);
     let slave = master.start_slave("s1");
-    let waiting = spawn_try(&master, &checkout.work);
+    let waiting = master
+        .try_command(&checkout.work, "linux", true)
+        .args(["--property", "flavour=debug"])
+        .spawn()
+        .expect("try runs");
     wait_until("the build to run", || {
         get(&master, "/api/builds?builder=linux")
             .1
@@ -99,6 +103,10 @@ fn every_page_renders_empty_running_and_finished() {
     assert!(
         page.contains("Alice &lt;alice@example.org&gt;"),
         "who, escaped: {page}"
+    );
+    assert!(
+        page.contains("property flavour</th><td>debug"),
+        "the job's properties: {page}"
     );
     let (status, patch) = get(&master, "/builders/linux/builds/1/patch");
     assert_eq!(status, 200);
