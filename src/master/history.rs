@@ -377,22 +377,10 @@ pub fn recent_builds(
     builder: &str,
     limit: i64,
 ) -> Result<Vec<BuildRow>, HistoryError> {
-    let mut statement = connection.prepare(
-        "SELECT id, builder, number, slave, started_at, finished_at, result, reason FROM builds
-         WHERE builder = ?1 ORDER BY number DESC LIMIT ?2",
-    )?;
-    let rows = statement.query_map(params![builder, limit], |row| {
-        Ok(BuildRow {
-            id: row.get(0)?,
-            builder: row.get(1)?,
-            number: row.get(2)?,
-            slave: row.get(3)?,
-            started_at: row.get(4)?,
-            finished_at: row.get(5)?,
-            result: row.get(6)?,
-            reason: row.get(7)?,
-        })
-    })?;
+    let mut statement = connection.prepare(&format!(
+        "SELECT {BUILD_COLUMNS} FROM builds b WHERE b.builder = ?1 ORDER BY b.number DESC LIMIT ?2"
+    ))?;
+    let rows = statement.query_map(params![builder, limit], build_from_row)?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
 

@@ -36,15 +36,8 @@ fn finish(child: Child) -> std::process::Output {
     output
 }
 
-/// Whether a process still runs. A zombie has ended (it only waits for its parent to reap it,
-/// which in a container may be a slow PID 1).
 fn alive(pid: i32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => stat
-            .rsplit_once(") ")
-            .is_some_and(|(_, rest)| !rest.starts_with('Z') && !rest.starts_with('X')),
-        Err(_) => false,
-    }
+    crate::harness::process_running(pid)
 }
 
 #[test]
@@ -134,14 +127,7 @@ fn a_frozen_master_is_detected_by_the_slave_which_kills_the_step() {
     let master = master_with(&["s1"], &checkout.upstream, &step);
     let slave = master.start_slave_with("s1", keepalive("3s", "1s"));
     let mut waiting = spawn_try_wait(&master, &checkout.work);
-    wait_until("the step to run", || {
-        std::fs::read_to_string(&pid_file).is_ok_and(|t| t.trim().parse::<i32>().is_ok())
-    });
-    let pid: i32 = std::fs::read_to_string(&pid_file)
-        .expect("pid")
-        .trim()
-        .parse()
-        .expect("pid");
+    let pid = crate::harness::wait_for_pid(&pid_file);
     let stopped_at = Instant::now();
     crate::harness::signal(master.pid(), Signal::SIGSTOP);
     wait_until("the slave to notice the quiet loss", || {

@@ -550,6 +550,26 @@ pub fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
+/// Waits for a step to write its pid into `path` and returns it.
+pub fn wait_for_pid(path: &Path) -> i32 {
+    let read = || {
+        std::fs::read_to_string(path)
+            .ok()
+            .and_then(|text| text.trim().parse::<i32>().ok())
+    };
+    wait_until(&format!("a pid in {}", path.display()), || read().is_some());
+    read().unwrap_or_default()
+}
+
+/// Whether a process still runs. A zombie has ended: it only waits for its parent to reap it,
+/// which in a container may be a slow PID 1.
+pub fn process_running(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rsplit_once(") ")
+            .is_some_and(|(_, rest)| !rest.starts_with('Z') && !rest.starts_with('X'))
+    })
+}
+
 /// Polls `condition` until it holds or PATIENCE runs out.
 pub fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
     let deadline = Instant::now() + PATIENCE;

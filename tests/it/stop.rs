@@ -47,10 +47,7 @@ fn api_build(master: &TestMaster) -> serde_json::Value {
 }
 
 fn pid_alive(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
-        stat.rsplit_once(") ")
-            .is_some_and(|(_, rest)| !rest.starts_with('Z'))
-    })
+    crate::harness::process_running(pid)
 }
 
 #[test]
@@ -66,14 +63,7 @@ fn stop_over_ssh_interrupts_a_long_step_with_the_reason() {
     let _slave = master.start_slave("s1");
     let waiting = spawn_try_wait(&master, &checkout.work);
     wait_building(&master, "sleep");
-    wait_until("the step's pid", || {
-        std::fs::read_to_string(&pid_file).is_ok_and(|t| t.trim().parse::<i32>().is_ok())
-    });
-    let pid: i32 = std::fs::read_to_string(&pid_file)
-        .expect("pid")
-        .trim()
-        .parse()
-        .expect("pid");
+    let pid = crate::harness::wait_for_pid(&pid_file);
 
     let started = Instant::now();
     let output = master.ssh(
@@ -171,14 +161,7 @@ fn ctrl_c_on_try_wait_cancels_the_jobs_unfinished_builds() {
     let _slave = master.start_slave("s1");
     let waiting = spawn_try_wait(&master, &checkout.work);
     wait_building(&master, "sleep");
-    wait_until("the step's pid", || {
-        std::fs::read_to_string(&pid_file).is_ok_and(|t| t.trim().parse::<i32>().is_ok())
-    });
-    let pid: i32 = std::fs::read_to_string(&pid_file)
-        .expect("pid")
-        .trim()
-        .parse()
-        .expect("pid");
+    let pid = crate::harness::wait_for_pid(&pid_file);
     // Ctrl-C reaches the terminal's whole foreground group: ssh dies with the client.
     let group = nix::unistd::Pid::from_raw(i32::try_from(waiting.id()).expect("pid"));
     let _ = nix::sys::signal::killpg(group, Signal::SIGINT);
