@@ -22,7 +22,8 @@ use buildbot::master::config::Config;
     version,
     about = "An SSH-native continuous-integration system: one master, many build slaves, and `buildbot try`.",
     after_help = "Exit codes: 0 success, 1 error (the message says what to do), 2 usage error.\n\
-                  Start with: buildbot create-master DIR && buildbot master DIR"
+                  New here? `buildbot demo` shows the whole thing in one command; then\n\
+                  `buildbot create-master DIR` and `buildbot master DIR` for a real master."
 )]
 struct Cli {
     #[command(subcommand)]
