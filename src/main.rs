@@ -112,6 +112,29 @@ enum Command {
         #[arg(long, value_name = "CMD")]
         ssh: Option<String>,
     },
+    /// Stop a running build (it ends as interrupted, with your name and reason). Needs the right
+    /// to try, or membership of the master's admin group.
+    Stop {
+        /// The builder.
+        builder: String,
+        /// The build number (default: the builder's only running build).
+        number: Option<u64>,
+        /// Why: recorded with the build.
+        #[arg(long)]
+        reason: String,
+        /// The master's host.
+        #[arg(long, value_name = "H")]
+        host: Option<String>,
+        /// The master's SSH port.
+        #[arg(long, value_name = "P")]
+        port: Option<u16>,
+        /// Your unix account on the master.
+        #[arg(short = 'u', long, value_name = "U")]
+        username: Option<String>,
+        /// The ssh command to run (default: ssh).
+        #[arg(long, value_name = "CMD")]
+        ssh: Option<String>,
+    },
     /// Read a try job on stdin and write it into the maildir DIR (the classic Buildbot ssh
     /// path, for masters reached through a real sshd).
     Tryserver {
@@ -332,6 +355,31 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Ok(code) => Ok(ExitCode::from(code)),
                 Err(err) => {
                     eprintln!("buildbot watch: {err}");
+                    Ok(ExitCode::from(try_cmd::EXIT_TROUBLE))
+                }
+            }
+        }
+        Command::Stop {
+            builder,
+            number,
+            reason,
+            host,
+            port,
+            username,
+            ssh,
+        } => {
+            let cwd = std::env::current_dir().context("cannot find the current directory")?;
+            let connection = TryArgs {
+                host,
+                port,
+                username,
+                ssh,
+                ..TryArgs::default()
+            };
+            match buildbot::client::watch::stop(&builder, number, &reason, &connection, &cwd) {
+                Ok(code) => Ok(ExitCode::from(code)),
+                Err(err) => {
+                    eprintln!("buildbot stop: {err}");
                     Ok(ExitCode::from(try_cmd::EXIT_TROUBLE))
                 }
             }

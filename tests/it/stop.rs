@@ -106,11 +106,19 @@ fn stop_over_ssh_interrupts_a_long_step_with_the_reason() {
         "{log}"
     );
 
-    let output = master.ssh(
-        &master.user_key,
-        &current_user(),
-        "stop linux --reason again",
-    );
+    // The same through the client command, as a developer types it.
+    let mut stop = std::process::Command::new(crate::harness::BIN);
+    stop.args(["stop", "linux", "--reason", "again"])
+        .args([
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &master.ssh_port.to_string(),
+            "-u",
+            &current_user(),
+        ])
+        .args(["--ssh", &master.ssh_for_try(&master.user_key)]);
+    let output = crate::harness::run_with_timeout(stop, None);
     assert_eq!(output.status.code(), Some(1));
     assert_eq!(
         text(&output.stderr).trim(),
