@@ -281,18 +281,18 @@ async fn pump(
     let mut receiver_gone = false;
     let mut stop_at: Option<Instant> = None;
     loop {
+        // Both checks are explicit, before each read: a process that left the group and
+        // writes without pause keeps the read always ready, and `select!` and `timeout_at`
+        // would then notice the exit or the deadline only thanks to tokio's cooperative budget.
+        if stop_at.is_none() && exited.is_cancelled() {
+            stop_at = Some(Instant::now() + DRAIN_AFTER_EXIT);
+        }
         let read = match stop_at {
             None => tokio::select! {
-                biased;
                 read = pipe.read(&mut buffer) => read,
-                () = exited.cancelled() => {
-                    stop_at = Some(Instant::now() + DRAIN_AFTER_EXIT);
-                    continue;
-                }
+                () = exited.cancelled() => continue,
             },
             Some(stop_at) => {
-                // Checked before reading too: a process that left the group and writes
-                // without pause would otherwise never let a read time out.
                 if Instant::now() >= stop_at {
                     tracing::debug!(?stream, "pipe still open after the group was killed");
                     return;
@@ -365,8 +365,16 @@ mod tests {
             }
             (stdout, stderr)
         };
-        let (finished, (stdout, stderr)) = tokio::join!(running, gather);
+        let (finished, (stdout, stderr)) =
+            within_a_minute(async { tokio::join!(running, gather) }).await;
         (finished.expect("the command runs"), stdout, stderr)
+    }
+
+    /// A runner that never returns fails the test instead of hanging it.
+    async fn within_a_minute<T>(future: impl std::future::Future<Output = T>) -> T {
+        tokio::time::timeout(Duration::from_secs(60), future)
+            .await
+            .expect("run returned within a minute")
     }
 
     /// Polls `condition` every few milliseconds; fails the test after ten seconds.
@@ -482,7 +490,7 @@ mod tests {
             }
             total
         };
-        let (finished, total) = tokio::join!(running, count);
+        let (finished, total) = within_a_minute(async { tokio::join!(running, count) }).await;
         assert_eq!(finished.expect("runs").exit_code, Some(0));
         assert_eq!(total, 50_000_000);
     }
@@ -490,13 +498,14 @@ mod tests {
     #[tokio::test]
     async fn output_nobody_receives_is_drained() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let spec = shell("head -c 10000000 /dev/zero; echo done > done", dir.path());
+        // `&&`: a head killed by SIGPIPE (or stuck) never writes `done`.
+        let spec = shell("head -c 10000000 /dev/zero && echo done > done", dir.path());
         let (output_tx, output_rx) = mpsc::channel(1);
         drop(output_rx);
-        let finished = run(&spec, output_tx, CancellationToken::new(), GRACE)
+        let finished = within_a_minute(run(&spec, output_tx, CancellationToken::new(), GRACE))
             .await
             .expect("runs");
-        assert_eq!(finished.exit_code, Some(0), "no SIGPIPE, no hang");
+        assert_eq!(finished.exit_code, Some(0), "no SIGPIPE");
         assert!(dir.path().join("done").exists());
     }
 
@@ -574,15 +583,14 @@ mod tests {
             interrupt.cancel();
             grandchild
         };
-        let (finished, grandchild) = tokio::join!(
-            run(
-                &spec,
-                output_tx,
-                interrupt.clone(),
-                Duration::from_millis(300)
-            ),
-            trigger
+        let interrupted = run(
+            &spec,
+            output_tx,
+            interrupt.clone(),
+            Duration::from_millis(300),
         );
+        let (finished, grandchild) =
+            within_a_minute(async { tokio::join!(interrupted, trigger) }).await;
         let finished = finished.expect("runs");
         assert!(finished.interrupted && !finished.timed_out);
         assert_eq!(
@@ -636,36 +644,77 @@ mod tests {
     #[tokio::test]
     async fn leftovers_in_the_group_die_when_the_command_exits() {
         let dir = tempfile::tempdir().expect("temp dir");
-        // The background sleep keeps both pipes open; only killing the group ends the step.
-        let spec = shell("sleep 300 & echo $! > grandchild.pid", dir.path());
-        let (finished, _, _) = run_collecting(&spec).await;
-        assert_eq!(finished.exit_code, Some(0));
-        let grandchild = read_pid(&dir.path().join("grandchild.pid")).expect("pid written");
-        wait_gone(grandchild).await;
+        // The background sleep keeps both pipes open. One chunk on each stream and room for
+        // one in the channel: `run` cannot return (and drop its guard) before the test
+        // receives, so the grandchild must die because the main process exited.
+        let spec = shell(
+            "sleep 300 & echo $! > grandchild.pid; echo out; echo err >&2",
+            dir.path(),
+        );
+        let (output_tx, mut output_rx) = mpsc::channel::<Chunk>(1);
+        let pid_file = dir.path().join("grandchild.pid");
+        let check = async {
+            wait_gone(wait_for_pid(&pid_file).await).await;
+            let mut received = 0;
+            while let Some(chunk) = output_rx.recv().await {
+                received += chunk.data.len();
+            }
+            received
+        };
+        let running = run(&spec, output_tx, CancellationToken::new(), GRACE);
+        let (finished, received) = within_a_minute(async { tokio::join!(running, check) }).await;
+        assert_eq!(finished.expect("runs").exit_code, Some(0));
+        assert_eq!(received, "out\nerr\n".len());
+    }
+
+    /// Runs a command that leaves `escapee` running in a session of its own, holding the
+    /// pipes open, and checks that `run` still returns. The script waits until the escapee
+    /// wrote its pid, which it does only after `setsid` succeeded, so the group kill cannot
+    /// catch it first. Returns the escapee, to be killed when dropped.
+    async fn run_leaving_an_escapee(escapee: &str, receive: bool) -> KillOnDrop {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let spec = shell(
+            &format!(
+                "setsid sh -c 'echo $$ > tmp.pid; mv tmp.pid escaped.pid; exec {escapee}' & \
+                 while [ ! -e escaped.pid ]; do sleep 0.01; done; echo bye"
+            ),
+            dir.path(),
+        );
+        let (output_tx, mut output_rx) = mpsc::channel::<Chunk>(16);
+        if !receive {
+            output_rx.close();
+        }
+        let gather = async {
+            let mut stdout = Vec::new();
+            while let Some(chunk) = output_rx.recv().await {
+                stdout.extend(chunk.data);
+            }
+            stdout
+        };
+        let running = run(&spec, output_tx, CancellationToken::new(), GRACE);
+        let (finished, stdout) = within_a_minute(async { tokio::join!(running, gather) }).await;
+        let escaped = KillOnDrop(read_pid(&dir.path().join("escaped.pid")).expect("pid written"));
+        assert_eq!(finished.expect("runs").exit_code, Some(0));
+        if receive {
+            assert!(stdout.starts_with(b"bye\n"), "{stdout:?}");
+        }
+        escaped
     }
 
     #[tokio::test]
     async fn a_process_that_left_the_group_does_not_hold_the_step() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let spec = shell(
-            "setsid sleep 300 & echo $! > escaped.pid; echo bye",
-            dir.path(),
+        let escaped = run_leaving_an_escapee("sleep 300", true).await;
+        assert!(
+            alive(escaped.0),
+            "it left the group, so it survives the step"
         );
-        let (output_tx, mut output_rx) = mpsc::channel(16);
-        let running =
-            tokio::spawn(
-                async move { run(&spec, output_tx, CancellationToken::new(), GRACE).await },
-            );
-        let finished = tokio::time::timeout(Duration::from_secs(10), running)
-            .await
-            .expect("run returns although the pipes are still open")
-            .expect("joined")
-            .expect("runs");
-        // setsid forks (and the fork execs sleep) only when it is a group leader, which an
-        // `&` job of a non-interactive shell is not, so the pid is the sleep's.
-        let _escaped = KillOnDrop(read_pid(&dir.path().join("escaped.pid")).expect("pid written"));
-        assert_eq!(finished.exit_code, Some(0));
-        assert_eq!(output_rx.recv().await.expect("output").data, b"bye\n");
+    }
+
+    #[tokio::test]
+    async fn a_process_that_left_the_group_and_writes_forever_does_not_hold_the_step() {
+        // Nobody receives, so no send ever waits and a read is nearly always ready: only the
+        // drain deadline ends the step. (`yes` dies of EPIPE once `run` closed the pipes.)
+        run_leaving_an_escapee("yes", false).await;
     }
 
     #[tokio::test]
