@@ -342,3 +342,29 @@ fn a_master_killed_during_submissions_and_builds_loses_no_accepted_job() {
         ) >= 1
     });
 }
+
+#[test]
+fn a_slave_that_does_not_answer_the_ping_is_dropped_and_the_build_goes_to_another() {
+    let checkout = Checkout::new();
+    let master = master_with(
+        &["s1", "s2"],
+        &checkout.upstream,
+        r#"{ name = "test", command = "true" },"#,
+    );
+    let frozen = master.start_slave("s1");
+    // Frozen, but its connection looks alive: only the ping before the build can tell.
+    frozen.signal(Signal::SIGSTOP);
+    let _healthy = master.start_slave("s2");
+    let output = finish(spawn_try_wait(&master, &checkout.work));
+    frozen.signal(Signal::SIGCONT);
+    let stdout = text(&output.stdout);
+    assert_eq!(output.status.code(), Some(0), "{stdout}");
+    assert!(stdout.contains("linux #1: started on s2"), "{stdout}");
+    // Both were free and s1 comes first in the pool, so s1 was chosen and its ping went unanswered.
+    let log = master.log();
+    let line = log
+        .lines()
+        .find(|line| line.contains("no pong within"))
+        .unwrap_or_else(|| panic!("{log}"));
+    assert!(line.contains("slave=s1"), "{line}");
+}
