@@ -99,18 +99,8 @@ enum Command {
         /// Print the status once and exit.
         #[arg(long)]
         once: bool,
-        /// The master's host.
-        #[arg(long, value_name = "H")]
-        host: Option<String>,
-        /// The master's SSH port.
-        #[arg(long, value_name = "P")]
-        port: Option<u16>,
-        /// Your unix account on the master.
-        #[arg(short = 'u', long, value_name = "U")]
-        username: Option<String>,
-        /// The ssh command to run (default: ssh).
-        #[arg(long, value_name = "CMD")]
-        ssh: Option<String>,
+        #[command(flatten)]
+        connection: ConnectionCli,
     },
     /// Stop a running build (it ends as interrupted, with your name and reason). Needs the right
     /// to try, or membership of the master's admin group.
@@ -122,18 +112,8 @@ enum Command {
         /// Why: recorded with the build.
         #[arg(long)]
         reason: String,
-        /// The master's host.
-        #[arg(long, value_name = "H")]
-        host: Option<String>,
-        /// The master's SSH port.
-        #[arg(long, value_name = "P")]
-        port: Option<u16>,
-        /// Your unix account on the master.
-        #[arg(short = 'u', long, value_name = "U")]
-        username: Option<String>,
-        /// The ssh command to run (default: ssh).
-        #[arg(long, value_name = "CMD")]
-        ssh: Option<String>,
+        #[command(flatten)]
+        connection: ConnectionCli,
     },
     /// Read a try job on stdin and write it into the maildir DIR (the classic Buildbot ssh
     /// path, for masters reached through a real sshd).
@@ -152,6 +132,47 @@ enum Command {
         /// The master directory.
         dir: PathBuf,
     },
+}
+
+/// How to reach the master (try, watch, stop); each flag overrides `.buildbot`.
+#[derive(clap::Args)]
+struct ConnectionCli {
+    /// The master's host.
+    #[arg(long, value_name = "H")]
+    host: Option<String>,
+    /// The master's SSH port.
+    #[arg(long, value_name = "P")]
+    port: Option<u16>,
+    /// Your unix account on the master.
+    #[arg(short = 'u', long, value_name = "U")]
+    username: Option<String>,
+    /// The ssh command to run (default: ssh), e.g. "ssh -i ~/.ssh/ci_key".
+    #[arg(long, value_name = "CMD")]
+    ssh: Option<String>,
+}
+
+impl ConnectionCli {
+    /// The connection part of the client's arguments.
+    fn into_try_args(self) -> TryArgs {
+        TryArgs {
+            host: self.host,
+            port: self.port,
+            username: self.username,
+            ssh: self.ssh,
+            ..TryArgs::default()
+        }
+    }
+}
+
+/// A client command's result as an exit code; its error is one line on stderr.
+fn client_outcome(command: &str, result: Result<u8, try_cmd::TryError>) -> ExitCode {
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(err) => {
+            eprintln!("buildbot {command}: {err}");
+            ExitCode::from(try_cmd::EXIT_TROUBLE)
+        }
+    }
 }
 
 #[derive(clap::Args)]
@@ -182,18 +203,8 @@ struct TryCli {
     /// Print the job and the patch stats; do not connect.
     #[arg(short = 'n', long)]
     dryrun: bool,
-    /// The master's host.
-    #[arg(long, value_name = "H")]
-    host: Option<String>,
-    /// The master's SSH port.
-    #[arg(long, value_name = "P")]
-    port: Option<u16>,
-    /// Your unix account on the master.
-    #[arg(short = 'u', long, value_name = "U")]
-    username: Option<String>,
-    /// The ssh command to run (default: ssh), e.g. "ssh -i ~/.ssh/ci_key".
-    #[arg(long, value_name = "CMD")]
-    ssh: Option<String>,
+    #[command(flatten)]
+    connection: ConnectionCli,
     /// A build property KEY=VALUE (repeatable).
     #[arg(long = "property", value_name = "K=V")]
     properties: Vec<String>,
@@ -318,71 +329,35 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 branch: args.branch,
                 baserev: args.baserev,
                 dryrun: args.dryrun,
-                host: args.host,
-                port: args.port,
-                username: args.username,
-                ssh: args.ssh,
                 properties: args.properties,
                 include_untracked: args.include_untracked,
                 who: args.who,
                 comment: args.comment,
+                ..args.connection.into_try_args()
             };
-            match try_cmd::run(&args, &cwd) {
-                Ok(code) => Ok(ExitCode::from(code)),
-                Err(err) => {
-                    eprintln!("buildbot try: {err}");
-                    Ok(ExitCode::from(try_cmd::EXIT_TROUBLE))
-                }
-            }
+            Ok(client_outcome("try", try_cmd::run(&args, &cwd)))
         }
         Command::Watch {
             builders,
             once,
-            host,
-            port,
-            username,
-            ssh,
+            connection,
         } => {
             let cwd = std::env::current_dir().context("cannot find the current directory")?;
-            let connection = TryArgs {
-                host,
-                port,
-                username,
-                ssh,
-                ..TryArgs::default()
-            };
-            match buildbot::client::watch::run(&builders, once, &connection, &cwd) {
-                Ok(code) => Ok(ExitCode::from(code)),
-                Err(err) => {
-                    eprintln!("buildbot watch: {err}");
-                    Ok(ExitCode::from(try_cmd::EXIT_TROUBLE))
-                }
-            }
+            let connection = connection.into_try_args();
+            let result = buildbot::client::watch::run(&builders, once, &connection, &cwd);
+            Ok(client_outcome("watch", result))
         }
         Command::Stop {
             builder,
             number,
             reason,
-            host,
-            port,
-            username,
-            ssh,
+            connection,
         } => {
             let cwd = std::env::current_dir().context("cannot find the current directory")?;
-            let connection = TryArgs {
-                host,
-                port,
-                username,
-                ssh,
-                ..TryArgs::default()
-            };
-            match buildbot::client::watch::stop(&builder, number, &reason, &connection, &cwd) {
-                Ok(code) => Ok(ExitCode::from(code)),
-                Err(err) => {
-                    eprintln!("buildbot stop: {err}");
-                    Ok(ExitCode::from(try_cmd::EXIT_TROUBLE))
-                }
-            }
+            let connection = connection.into_try_args();
+            let result =
+                buildbot::client::watch::stop(&builder, number, &reason, &connection, &cwd);
+            Ok(client_outcome("stop", result))
         }
         Command::Tryserver { jobdir } => {
             let name = buildbot::spool::submit::tryserver_local(&jobdir, &mut std::io::stdin())?;

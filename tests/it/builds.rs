@@ -284,15 +284,7 @@ fn a_second_build_starts_and_pings_are_answered_while_200_mb_stream() {
         let mut command = Command::new(BIN);
         command
             .args(["try", "--wait", "-b", builder])
-            .args([
-                "--host",
-                "127.0.0.1",
-                "--port",
-                &master.ssh_port.to_string(),
-                "-u",
-                &current_user(),
-            ])
-            .args(["--ssh", &master.ssh_for_try(&master.user_key)])
+            .args(master.client_args())
             .current_dir(&checkout.work)
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped());

@@ -372,6 +372,26 @@ impl TestMaster {
             .expect("VmHWM in /proc status")
     }
 
+    /// The flags that point `buildbot try`, `watch` and `stop` at this master as the test user,
+    /// with `key`.
+    pub fn client_args_with(&self, key: &TestKey) -> Vec<String> {
+        vec![
+            "--host".into(),
+            "127.0.0.1".into(),
+            "--port".into(),
+            self.ssh_port.to_string(),
+            "-u".into(),
+            current_user(),
+            "--ssh".into(),
+            self.ssh_for_try(key),
+        ]
+    }
+
+    /// `client_args_with` the test user's authorized key.
+    pub fn client_args(&self) -> Vec<String> {
+        self.client_args_with(&self.user_key)
+    }
+
     /// `buildbot try [--wait] -b BUILDER` against this master as the test user, from `cwd`;
     /// stdin null, output piped, not started.
     pub fn try_command(&self, cwd: &Path, builder: &str, wait: bool) -> Command {
@@ -382,15 +402,7 @@ impl TestMaster {
         }
         command
             .args(["-b", builder])
-            .args([
-                "--host",
-                "127.0.0.1",
-                "--port",
-                &self.ssh_port.to_string(),
-                "-u",
-                &current_user(),
-            ])
-            .args(["--ssh", &self.ssh_for_try(&self.user_key)])
+            .args(self.client_args())
             .current_dir(cwd)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

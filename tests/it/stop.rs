@@ -109,15 +109,7 @@ fn stop_over_ssh_interrupts_a_long_step_with_the_reason() {
     // The same through the client command, as a developer types it.
     let mut stop = std::process::Command::new(crate::harness::BIN);
     stop.args(["stop", "linux", "--reason", "again"])
-        .args([
-            "--host",
-            "127.0.0.1",
-            "--port",
-            &master.ssh_port.to_string(),
-            "-u",
-            &current_user(),
-        ])
-        .args(["--ssh", &master.ssh_for_try(&master.user_key)]);
+        .args(master.client_args());
     let output = crate::harness::run_with_timeout(stop, None);
     assert_eq!(output.status.code(), Some(1));
     assert_eq!(

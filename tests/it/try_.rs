@@ -21,15 +21,7 @@ fn buildbot_try(master: &TestMaster, cwd: &Path, extra: &[&str]) -> std::process
     let mut command = Command::new(BIN);
     command
         .arg("try")
-        .args([
-            "--host",
-            "127.0.0.1",
-            "--port",
-            &master.ssh_port.to_string(),
-            "-u",
-            &current_user(),
-        ])
-        .args(["--ssh", &master.ssh_for_try(&master.user_key)])
+        .args(master.client_args())
         .args(extra)
         .current_dir(cwd);
     run_with_timeout(command, None)
@@ -102,15 +94,7 @@ fn a_ready_patch_from_stdin_with_its_patchlevel() {
             "-b",
             "linux",
         ])
-        .args([
-            "--host",
-            "127.0.0.1",
-            "--port",
-            &master.ssh_port.to_string(),
-            "-u",
-            &current_user(),
-        ])
-        .args(["--ssh", &master.ssh_for_try(&master.user_key)])
+        .args(master.client_args())
         .current_dir(outside.path());
     let output = run_with_timeout(command, Some(patch));
     assert!(output.status.success(), "{}", text(&output.stderr));
@@ -200,16 +184,8 @@ fn errors_a_new_user_hits_say_what_to_do() {
     let stranger = TestKey::ed25519(master.keys_dir.path(), "stranger");
     let mut command = Command::new(BIN);
     command
-        .args([
-            "try",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            &master.ssh_port.to_string(),
-            "-u",
-            &current_user(),
-        ])
-        .args(["--ssh", &master.ssh_for_try(&stranger)])
+        .arg("try")
+        .args(master.client_args_with(&stranger))
         .current_dir(&checkout.work);
     let output = run_with_timeout(command, None);
     assert_eq!(output.status.code(), Some(2));

@@ -5,25 +5,12 @@ use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
 
-use crate::harness::{
-    BIN, MasterSetup, PATIENCE, TestMaster, current_user, run_with_timeout, text, wait_until,
-};
+use crate::harness::{BIN, MasterSetup, PATIENCE, TestMaster, run_with_timeout, text, wait_until};
 use crate::repo::Checkout;
 
 fn watch_command(master: &TestMaster, extra: &[&str]) -> Command {
     let mut command = Command::new(BIN);
-    command
-        .arg("watch")
-        .args(extra)
-        .args([
-            "--host",
-            "127.0.0.1",
-            "--port",
-            &master.ssh_port.to_string(),
-            "-u",
-            &current_user(),
-        ])
-        .args(["--ssh", &master.ssh_for_try(&master.user_key)]);
+    command.arg("watch").args(extra).args(master.client_args());
     command
 }
 
