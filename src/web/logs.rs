@@ -15,7 +15,7 @@ use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tower::ServiceExt;
 
 use crate::master::build::log_file_name;
-use crate::master::history::{self, BuildKey};
+use crate::master::history;
 use crate::proto::StreamKind;
 use crate::web::{AppState, WebError};
 
@@ -47,21 +47,7 @@ async fn find_log(
     let Some(kind) = StreamKind::from_file_extension(stream) else {
         return Err(WebError::NotFound(format!("no log stream '{stream}'")));
     };
-    let builder_name = builder.to_string();
-    let detail = state
-        .master
-        .history
-        .run(move |connection| {
-            history::build_detail(
-                connection,
-                BuildKey::Number {
-                    builder: &builder_name,
-                    number,
-                },
-            )
-        })
-        .await?
-        .ok_or_else(|| WebError::NotFound(format!("{builder} has no build #{number}")))?;
+    let detail = state.load_build(builder, number).await?;
     let step_row = detail
         .steps
         .iter()

@@ -108,6 +108,29 @@ impl AppState {
             .map_err(|err| WebError::Internal(format!("rendering {name}: {err}")))
     }
 
+    /// A build by builder and number, with its steps; 404 if there is none.
+    pub async fn load_build(
+        &self,
+        builder: &str,
+        number: i64,
+    ) -> Result<crate::master::history::BuildDetail, WebError> {
+        use crate::master::history::{self, BuildKey};
+        let name = builder.to_string();
+        self.master
+            .history
+            .run(move |connection| {
+                history::build_detail(
+                    connection,
+                    BuildKey::Number {
+                        builder: &name,
+                        number,
+                    },
+                )
+            })
+            .await?
+            .ok_or_else(|| WebError::NotFound(format!("{builder} has no build #{number}")))
+    }
+
     /// The session of this request, if it has a valid one.
     pub fn session(&self, headers: &axum::http::HeaderMap) -> Option<auth::Session> {
         auth::session_cookie(headers).and_then(|id| self.sessions.get(&id))

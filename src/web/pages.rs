@@ -8,7 +8,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 
-use crate::master::history::{self, BuildKey};
+use crate::master::history;
 use crate::web::views::{self, BuilderView};
 use crate::web::{AppState, WebError, auth};
 
@@ -106,34 +106,12 @@ pub async fn builder(
     Ok(Html(state.render("builder.html", &context)?))
 }
 
-async fn load_build(
-    state: &AppState,
-    builder: &str,
-    number: i64,
-) -> Result<history::BuildDetail, WebError> {
-    let name = builder.to_string();
-    state
-        .master
-        .history
-        .run(move |connection| {
-            history::build_detail(
-                connection,
-                BuildKey::Number {
-                    builder: &name,
-                    number,
-                },
-            )
-        })
-        .await?
-        .ok_or_else(|| WebError::NotFound(format!("{builder} has no build #{number}")))
-}
-
 pub async fn build(
     State(state): State<Arc<AppState>>,
     Path((builder, number)): Path<(String, i64)>,
     headers: HeaderMap,
 ) -> Result<Html<String>, WebError> {
-    let detail = load_build(&state, &builder, number).await?;
+    let detail = state.load_build(&builder, number).await?;
     let eta = state
         .master
         .builder_states()
@@ -159,7 +137,7 @@ pub async fn patch(
     State(state): State<Arc<AppState>>,
     Path((builder, number)): Path<(String, i64)>,
 ) -> Result<Response, WebError> {
-    let detail = load_build(&state, &builder, number).await?;
+    let detail = state.load_build(&builder, number).await?;
     let request_id = detail.request_id;
     let patch = state
         .master
