@@ -13,7 +13,7 @@ use russh::keys::{Algorithm, PrivateKey};
 use tokio_util::sync::CancellationToken;
 
 use crate::client::try_cmd::{self, TryArgs};
-use crate::master::create::{CreateMaster, create_master};
+use crate::daemon::create::{CreateMaster, create_master};
 use crate::slave::{SlaveConfig, create_slave};
 
 const SLAVE_NAME: &str = "demo-slave";
@@ -62,7 +62,7 @@ pub async fn run(shutdown: CancellationToken) -> anyhow::Result<()> {
         let shutdown = shutdown.clone();
         let master_dir = master_dir.clone();
         tokio::spawn(async move {
-            crate::master::run(&master_dir, shutdown, move |listening| {
+            crate::daemon::run(&master_dir, shutdown, move |listening| {
                 let _ = listening_tx.send((
                     listening.ssh,
                     listening.http,

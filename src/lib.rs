@@ -1,12 +1,27 @@
 //! buildbot: an SSH-native continuous-integration system. One master, many build slaves, and
 //! `buildbot try` to build uncommitted work before it is pushed. See ARCHITECTURE.md for the
-//! codemap; `src/main.rs` only parses arguments and calls into the modules below.
+//! codemap and the layers; `src/main.rs` only parses arguments and calls into the modules below.
 
-pub mod client;
-pub mod demo;
-pub mod master;
+// Bottom layer: shared vocabulary and unix facts, no knowledge of the parts above.
+pub mod durations;
+pub mod exec_io;
 pub mod proto;
-pub mod slave;
+pub mod status;
+pub mod tryjob;
+pub mod unix;
+
+// The spool, then the master core.
+pub mod master;
 pub mod spool;
+
+// Front ends over the master core.
 pub mod sshd;
 pub mod web;
+
+// What runs elsewhere: the slave daemon and the user's commands.
+pub mod client;
+pub mod slave;
+
+// Composition: the master daemon, the demo.
+pub mod daemon;
+pub mod demo;

@@ -13,7 +13,7 @@ use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
 use buildbot::client::try_cmd::{self, TryArgs};
-use buildbot::master;
+use buildbot::daemon;
 use buildbot::master::config::Config;
 
 #[derive(Parser)]
@@ -99,6 +99,10 @@ enum Command {
         /// Print the status once and exit.
         #[arg(long)]
         once: bool,
+        /// Print one JSON object per line (the status, then each event with its sequence
+        /// number) instead of text.
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         connection: ConnectionCli,
     },
@@ -249,7 +253,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             http_listen,
             force,
         } => {
-            let created = master::create::create_master(&master::create::CreateMaster {
+            let created = daemon::create::create_master(&daemon::create::CreateMaster {
                 dir: dir.clone(),
                 ssh_listen,
                 http_listen,
@@ -270,7 +274,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             runtime.block_on(async {
                 let shutdown = CancellationToken::new();
                 spawn_signal_handler(shutdown.clone())?;
-                master::run(&dir, shutdown, |listening| {
+                daemon::run(&dir, shutdown, |listening| {
                     println!("{listening}");
                 })
                 .await?;
@@ -340,11 +344,17 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Watch {
             builders,
             once,
+            json,
             connection,
         } => {
             let cwd = std::env::current_dir().context("cannot find the current directory")?;
             let connection = connection.into_try_args();
-            let result = buildbot::client::watch::run(&builders, once, &connection, &cwd);
+            let options = buildbot::client::watch::WatchOptions {
+                builders,
+                once,
+                json,
+            };
+            let result = buildbot::client::watch::run(&options, &connection, &cwd);
             Ok(client_outcome("watch", result))
         }
         Command::Stop {
@@ -368,7 +378,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(config) => {
                 println!(
                     "{}: OK ({} slaves, {} builders)",
-                    dir.join(master::config::CONFIG_FILE).display(),
+                    dir.join(buildbot::master::config::CONFIG_FILE).display(),
                     config.slaves.len(),
                     config.builders.len()
                 );

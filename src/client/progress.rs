@@ -1,16 +1,17 @@
-//! What `buildbot try --wait` shows while builds run: the master's progress lines as they come
-//! and, on a terminal, a live status line under them (each running build's step, how long it has
-//! run, and the ETA), redrawn every second.
+//! What `buildbot try --wait` shows while builds run. The master streams typed items (one JSON
+//! object per line); this renders them as lines and, on a terminal, keeps a live status line
+//! under them (each running build's step, how long it has run, and the ETA), redrawn every
+//! second. Nothing here parses human text.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, Write};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use crate::master::config::parse_duration;
-use crate::master::results::format_eta;
+use crate::durations::format_eta;
+use crate::status::{BuildEvent, JobProgress, StreamItem, text};
 
-/// One running build, as the progress lines describe it.
+/// One running build, as the events describe it.
 #[derive(Debug, Clone)]
 struct Running {
     step: String,
@@ -18,44 +19,46 @@ struct Running {
     eta: Option<Duration>,
 }
 
-/// The running builds, keyed by "BUILDER #N", updated from the master's lines.
+/// The running builds, keyed by "BUILDER #N", updated from the master's events.
 #[derive(Debug, Default)]
 pub struct Tracker {
     running: BTreeMap<String, Running>,
 }
 
 impl Tracker {
-    /// Updates the state from one progress line (`linux #3: test ...`, `linux #3: success`).
-    pub fn observe(&mut self, line: &str) {
-        let Some((build, what)) = line.split_once(": ") else {
-            return;
-        };
-        if !build.contains(" #") {
-            return;
-        }
-        if let Some(rest) = what.strip_prefix("started on ") {
-            let eta = rest
-                .split_once("(ETA ")
-                .and_then(|(_, eta)| parse_duration(eta.trim_end_matches(')')).ok());
-            self.running.insert(
-                build.to_string(),
-                Running {
-                    step: "starting".into(),
-                    started: Instant::now(),
-                    eta,
-                },
-            );
-        } else if let Some(step) = what.strip_suffix(" ...") {
-            if let Some(running) = self.running.get_mut(build) {
-                running.step = step.to_string();
+    pub fn observe(&mut self, event: &BuildEvent) {
+        match event {
+            BuildEvent::BuildStarted {
+                builder,
+                number,
+                expected_secs,
+                ..
+            } => {
+                self.running.insert(
+                    format!("{builder} #{number}"),
+                    Running {
+                        step: "starting".into(),
+                        started: Instant::now(),
+                        eta: expected_secs.map(|secs| Duration::from_secs_f64(secs.max(0.0))),
+                    },
+                );
             }
-        } else if ["success", "warnings", "failure", "exception", "interrupted"]
-            .iter()
-            .any(|result| what == *result || what.starts_with(&format!("{result}:")))
-        {
-            // "success", "interrupted: stopped by ...": the build is over (step results read
-            // "STEP RESULT (...)").
-            self.running.remove(build);
+            BuildEvent::StepStarted {
+                builder,
+                number,
+                name,
+                ..
+            } => {
+                if let Some(running) = self.running.get_mut(&format!("{builder} #{number}")) {
+                    running.step = name.clone();
+                }
+            }
+            BuildEvent::BuildFinished {
+                builder, number, ..
+            } => {
+                self.running.remove(&format!("{builder} #{number}"));
+            }
+            BuildEvent::RequestsQueued { .. } | BuildEvent::StepFinished { .. } => {}
         }
     }
 
@@ -80,12 +83,71 @@ impl Tracker {
     }
 }
 
-/// Copies `input` to `output` line by line; on a terminal, keeps a status line at the bottom.
+/// What a stream line means for the person watching.
+#[derive(Debug, Default)]
+struct Renderer {
+    tracker: Tracker,
+    progress: JobProgress,
+    web_url: String,
+}
+
+impl Renderer {
+    /// The lines to print for one line of the master's stream.
+    fn lines_for(&mut self, line: &str) -> Vec<String> {
+        let item = match serde_json::from_str::<StreamItem>(line) {
+            Ok(item) => item,
+            // Not ours to understand (an older master?): show it as it came.
+            Err(_) => return vec![line.to_string()],
+        };
+        match item {
+            StreamItem::Accepted {
+                job_name,
+                jobid,
+                builders,
+                web_url,
+            } => {
+                self.web_url = web_url;
+                vec![format!(
+                    "buildbot: job {jobid} accepted as {job_name} for {}",
+                    builders.join(", ")
+                )]
+            }
+            StreamItem::Event(sequenced) => {
+                self.tracker.observe(&sequenced.event);
+                let mut lines = vec![text::describe_event(&sequenced.event)];
+                if self.progress.observe(&sequenced.event) {
+                    lines.push(
+                        text::try_summary(&self.web_url, &self.progress.results())
+                            .trim_end()
+                            .to_string(),
+                    );
+                }
+                lines
+            }
+            StreamItem::Missed { count } => {
+                vec![format!("({count} events skipped: fell behind the master)")]
+            }
+            StreamItem::Status { snapshot, .. } => {
+                vec![
+                    text::status_lines(&snapshot, crate::status::unix_now())
+                        .trim_end()
+                        .to_string(),
+                ]
+            }
+        }
+    }
+}
+
+/// Renders the master's stream from `input` to `output`; on a terminal, keeps a status line at
+/// the bottom.
 pub fn follow(input: impl BufRead + Send + 'static, output: &mut impl Write, terminal: bool) {
+    let mut renderer = Renderer::default();
     if !terminal {
         for line in input.lines().map_while(Result::ok) {
-            if writeln!(output, "{line}").is_err() {
-                return;
+            for shown in renderer.lines_for(&line) {
+                if writeln!(output, "{shown}").is_err() {
+                    return;
+                }
             }
         }
         return;
@@ -98,7 +160,6 @@ pub fn follow(input: impl BufRead + Send + 'static, output: &mut impl Write, ter
             }
         }
     });
-    let mut tracker = Tracker::default();
     loop {
         let line = match lines_rx.recv_timeout(Duration::from_secs(1)) {
             Ok(line) => Some(line),
@@ -108,10 +169,11 @@ pub fn follow(input: impl BufRead + Send + 'static, output: &mut impl Write, ter
         // Clear the status line, print what came, draw the status line again.
         let _ = write!(output, "\r\x1b[K");
         if let Some(line) = line {
-            tracker.observe(&line);
-            let _ = writeln!(output, "{line}");
+            for shown in renderer.lines_for(&line) {
+                let _ = writeln!(output, "{shown}");
+            }
         }
-        let status = tracker.status_line();
+        let status = renderer.tracker.status_line();
         if !status.is_empty() {
             let _ = write!(output, "{status}");
         }
@@ -124,35 +186,96 @@ pub fn follow(input: impl BufRead + Send + 'static, output: &mut impl Write, ter
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::status::{BuildResult, SequencedEvent};
+
+    fn event_line(seq: u64, event: BuildEvent) -> String {
+        serde_json::to_string(&StreamItem::Event(SequencedEvent {
+            seq,
+            at: 0.0,
+            event,
+        }))
+        .expect("serialises")
+    }
+
+    fn started(builder: &str, number: i64, expected_secs: Option<f64>) -> BuildEvent {
+        BuildEvent::BuildStarted {
+            job_name: "j".into(),
+            builder: builder.into(),
+            number,
+            slave: "s1".into(),
+            expected_secs,
+        }
+    }
 
     #[test]
     fn the_status_line_follows_the_builds() {
         let mut tracker = Tracker::default();
-        tracker.observe("queued for linux, mac");
-        tracker.observe("linux #3: started on s1 (ETA 2m45s)");
-        tracker.observe("mac #1: started on m1");
-        tracker.observe("linux #3: test ...");
+        tracker.observe(&started("linux", 3, Some(165.0)));
+        tracker.observe(&started("mac", 1, None));
+        tracker.observe(&BuildEvent::StepStarted {
+            job_name: "j".into(),
+            builder: "linux".into(),
+            number: 3,
+            step: 2,
+            name: "test".into(),
+        });
         let line = tracker.status_line();
         assert!(line.starts_with("linux #3: test 0s, ETA 2m4"), "{line}");
         assert!(line.contains(" | mac #1: starting 0s"), "{line}");
-        tracker.observe("linux #3: test success (exit 0 (1.0s))");
-        assert!(
-            tracker.status_line().contains("linux #3"),
-            "a step result is not the build's"
-        );
-        tracker.observe("linux #3: success");
-        tracker.observe("mac #1: interrupted: stopped by alice: enough");
+        for (builder, number) in [("linux", 3), ("mac", 1)] {
+            tracker.observe(&BuildEvent::BuildFinished {
+                job_name: "j".into(),
+                builder: builder.into(),
+                number,
+                result: BuildResult::Success,
+                reason: None,
+                will_retry: false,
+            });
+        }
         assert_eq!(tracker.status_line(), "");
     }
 
     #[test]
-    fn plain_lines_when_not_a_terminal() {
+    fn the_stream_renders_as_lines_with_a_summary_at_the_end() {
+        let accepted = serde_json::to_string(&StreamItem::Accepted {
+            job_name: "123.job".into(),
+            jobid: "abc".into(),
+            builders: vec!["linux".into()],
+            web_url: "http://m".into(),
+        })
+        .expect("serialises");
+        let stream = [
+            accepted,
+            event_line(
+                1,
+                BuildEvent::RequestsQueued {
+                    job_name: "123.job".into(),
+                    builders: vec!["linux".into()],
+                },
+            ),
+            event_line(2, started("linux", 1, None)),
+            event_line(
+                3,
+                BuildEvent::BuildFinished {
+                    job_name: "123.job".into(),
+                    builder: "linux".into(),
+                    number: 1,
+                    result: BuildResult::Failure,
+                    reason: None,
+                    will_retry: false,
+                },
+            ),
+        ]
+        .join("\n");
         let mut out = Vec::new();
-        follow(
-            std::io::Cursor::new(b"a\nlinux #1: started on s\n".to_vec()),
-            &mut out,
-            false,
+        follow(std::io::Cursor::new(stream.into_bytes()), &mut out, false);
+        assert_eq!(
+            String::from_utf8(out).expect("utf-8"),
+            "buildbot: job abc accepted as 123.job for linux\n\
+             queued for linux\n\
+             linux #1: started on s1\n\
+             linux #1: failure\n\
+             summary:\n  linux #1: failure  http://m/builders/linux/builds/1\n"
         );
-        assert_eq!(out, b"a\nlinux #1: started on s\n");
     }
 }

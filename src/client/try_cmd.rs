@@ -12,7 +12,7 @@ use std::process::{Command, Stdio};
 
 use crate::client::dotfile::{self, DotBuildbot};
 use crate::client::patch::{self, PatchOptions};
-use crate::spool::job::{self, Job};
+use crate::tryjob::{self as job, Job};
 
 pub const EXIT_OK: u8 = 0;
 pub const EXIT_BUILD_FAILED: u8 = 1;
@@ -272,7 +272,7 @@ impl Connection {
     /// come (ssh's stdout and stderr are ours).
     fn deliver(&self, job: &[u8], wait: bool) -> Result<u8, TryError> {
         let pinned = self.pinned_known_hosts()?;
-        let remote = if wait { "try --wait" } else { "try" };
+        let remote = if wait { "try --wait --json" } else { "try" };
         let mut command = self.command(remote, pinned.as_ref().map(|file| file.path()));
         command.stdin(Stdio::piped());
         if wait {
@@ -320,6 +320,22 @@ impl Connection {
             .status()
             .map_err(|err| TryError::new(format!("cannot run '{}': {err}", self.ssh_argv[0])))?;
         Ok(status.code().unwrap_or(255))
+    }
+
+    /// Starts `remote` on the master with its stdout piped to us (stdin closed, stderr the
+    /// terminal's). The returned file is the pinned known_hosts; keep it until ssh ends.
+    pub fn spawn_remote_reading(
+        &self,
+        remote: &str,
+    ) -> Result<(std::process::Child, Option<tempfile::NamedTempFile>), TryError> {
+        let pinned = self.pinned_known_hosts()?;
+        let child = self
+            .command(remote, pinned.as_ref().map(|file| file.path()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .map_err(|err| TryError::new(format!("cannot run '{}': {err}", self.ssh_argv[0])))?;
+        Ok((child, pinned))
     }
 
     pub fn host(&self) -> &str {

@@ -1,42 +1,114 @@
 //! Who may do what beyond logging in: trying and stopping. Watching is open to every
 //! authenticated user. Decided by unix facts only: write permission on the spool directory (as
-//! `spool::permission` computes it), or membership of `[master] admin_group` for stopping.
+//! `unix::permission` computes it), or membership of `[master] admin_group` for stopping.
+
+use std::fmt;
+use std::os::unix::fs::MetadataExt;
 
 use crate::master::config::Config;
-use crate::spool::permission::Principal;
-use crate::spool::submit::{self, SubmitError};
-use crate::sshd::accounts::UnixAccount;
+use crate::unix::accounts::{self, UnixAccount};
+use crate::unix::permission::{self, Decision, Principal};
 
-/// May `account` stop builds? Those who may try may stop; so may the admin group.
-pub fn may_stop(account: &UnixAccount, config: &Config) -> Result<(), String> {
-    if let Some(group) = &config.admin_group
-        && let Ok(Some(group)) = nix::unistd::Group::from_name(group)
-        && account.gids.contains(&group.gid.as_raw())
-        && (!account.is_root() || config.sshd.allow_root)
-    {
-        return Ok(());
-    }
-    may_try(account, config).map_err(|err| {
-        let message = err
-            .to_string()
-            .replace("may not submit try jobs", "may not stop builds");
-        match &config.admin_group {
-            Some(group) => format!("{message} (or be in the admin group {group})"),
-            None => message,
-        }
-    })
+/// An action that needs a right.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Try,
+    Stop,
 }
 
-/// May `account` submit try jobs? Write permission on the spool by its mode bits.
-pub fn may_try(account: &UnixAccount, config: &Config) -> Result<(), SubmitError> {
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Action::Try => "submit try jobs",
+            Action::Stop => "stop builds",
+        })
+    }
+}
+
+/// Why an account may not do an action; each message is the one line the user sees.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AccessError {
+    #[error("root may not {action} on this master (allow_root = false)")]
+    RootRefused { action: Action },
+    #[error(
+        "{user} may not {action} (no write permission on the spool; ask an admin to add you to group {spool_group}){}",
+        admin_group.as_ref().map(|group| format!(" (or be in the admin group {group})")).unwrap_or_default()
+    )]
+    NoSpoolWrite {
+        user: String,
+        action: Action,
+        spool_group: String,
+        /// For stopping, the admin group that would also do.
+        admin_group: Option<String>,
+    },
+}
+
+/// May `account` do `action`? Trying needs write permission on the spool by its mode bits;
+/// stopping needs the same, or membership of the admin group.
+pub fn check(action: Action, account: &UnixAccount, config: &Config) -> Result<(), AccessError> {
+    if account.is_root() && !config.sshd.allow_root {
+        return Err(AccessError::RootRefused { action });
+    }
+    if action == Action::Stop && in_admin_group(account, config) {
+        return Ok(());
+    }
     let principal = Principal {
         uid: account.uid,
         gids: account.gids.clone(),
     };
-    submit::check_permission(
-        &account.name,
-        &principal,
-        &config.spool.dir,
-        config.sshd.allow_root,
+    match permission::may_write_path(&principal, &config.spool.dir, config.sshd.allow_root) {
+        Ok(Decision::Allowed) => Ok(()),
+        Ok(Decision::Denied { .. }) | Err(_) => Err(AccessError::NoSpoolWrite {
+            user: account.name.clone(),
+            action,
+            spool_group: spool_group(config),
+            admin_group: match action {
+                Action::Stop => config.admin_group.clone(),
+                Action::Try => None,
+            },
+        }),
+    }
+}
+
+fn in_admin_group(account: &UnixAccount, config: &Config) -> bool {
+    let Some(group) = &config.admin_group else {
+        return false;
+    };
+    matches!(
+        nix::unistd::Group::from_name(group),
+        Ok(Some(group)) if account.gids.contains(&group.gid.as_raw())
     )
+}
+
+fn spool_group(config: &Config) -> String {
+    std::fs::metadata(&config.spool.dir)
+        .ok()
+        .and_then(|metadata| accounts::group_name(metadata.gid()))
+        .unwrap_or_else(|| "of the spool".to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_name_the_action_and_the_way_in() {
+        let stop = AccessError::NoSpoolWrite {
+            user: "bob".into(),
+            action: Action::Stop,
+            spool_group: "try-users".into(),
+            admin_group: Some("ci-admins".into()),
+        };
+        assert_eq!(
+            stop.to_string(),
+            "bob may not stop builds (no write permission on the spool; ask an admin to add you to group try-users) (or be in the admin group ci-admins)"
+        );
+        let root = AccessError::RootRefused {
+            action: Action::Try,
+        };
+        assert_eq!(
+            root.to_string(),
+            "root may not submit try jobs on this master (allow_root = false)"
+        );
+    }
 }

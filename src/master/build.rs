@@ -13,19 +13,22 @@ use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
 use tokio_util::sync::CancellationToken;
 
+use crate::master::board::{StopHandle, StopRequest};
 use crate::master::config::{BuilderConfig, StepConfig};
+use crate::master::control::Control;
 use crate::master::history::{self, StoredRequest};
-use crate::master::results::{BuildResult, FailurePolicy};
+use crate::master::results::{FailurePolicy, expected_duration};
 use crate::master::slaves::{SlaveEvent, SlaveLink};
-use crate::master::state::{BuildControl, BuildEvent, MasterState};
 use crate::proto::{CheckoutRequest, CommandRequest, ExitReport, Message, StreamKind};
+use crate::status::{BuildEvent, BuildResult, RunningBuild, unix_now};
 
 /// What the scheduler needs to know when a build ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct BuildOutcome {
-    /// Run this request again (slave lost before or during the build).
-    pub requeue: Option<StoredRequest>,
-    /// The slave did not answer the ping: drop its connection.
-    pub unresponsive_slave: Option<Arc<SlaveLink>>,
+    /// Run the request again (slave lost before or during the build).
+    pub retry: bool,
+    /// The slave did not answer the ping: its connection is dropped.
+    pub slave_unusable: bool,
 }
 
 /// One step as the slave will run it.
@@ -93,36 +96,78 @@ fn command_step(builder: &BuilderConfig, step: &StepConfig) -> PlannedStep {
 
 /// Runs the build of `request` on `link`'s slave.
 pub async fn run(
-    state: &Arc<MasterState>,
+    control: &Arc<Control>,
     request: StoredRequest,
     link: Arc<SlaveLink>,
     ping_timeout: Duration,
     shutdown: CancellationToken,
 ) -> BuildOutcome {
-    let Some(builder) = state
-        .config
-        .builders
-        .iter()
-        .find(|b| b.name == request.builder)
-        .cloned()
-    else {
+    let Some(builder) = control.config.builder(&request.builder).cloned() else {
         tracing::error!(builder = %request.builder, "request for a builder no longer configured; dropped");
-        return BuildOutcome {
-            requeue: None,
-            unresponsive_slave: None,
-        };
+        return BuildOutcome::default();
     };
     if !link.ping(ping_timeout).await {
         tracing::warn!(slave = %link.name, "no pong within {ping_timeout:?}; treating the slave as lost");
         return BuildOutcome {
-            requeue: Some(request),
-            unresponsive_slave: Some(link),
+            retry: true,
+            slave_unusable: true,
         };
     }
+    let Some(started) = begin(control, &builder, &request, &link).await else {
+        return BuildOutcome {
+            retry: true,
+            slave_unusable: false,
+        };
+    };
+    let span = tracing::info_span!("build", builder = %builder.name, number = started.number, slave = %link.name);
+    let ending = run_steps(control, &builder, &request, &link, &started, &shutdown).await;
+    let recorded_reason = ending.reason.clone();
+    let (build_id, result) = (started.build_id, ending.result);
+    if let Err(err) = control
+        .history
+        .run(move |connection| {
+            history::finish_build(connection, build_id, result, recorded_reason.as_deref())
+        })
+        .await
+    {
+        tracing::error!(parent: &span, "cannot record the build's end: {err}");
+    }
+    control
+        .board
+        .finish(&builder.name, started.number, ending.result);
+    tracing::info!(parent: &span, result = %ending.result, "build finished");
+    let retry = ending.slave_lost && builder.retry_on_slave_lost;
+    control.events.publish(BuildEvent::BuildFinished {
+        job_name: request.job_name.clone(),
+        builder: builder.name.clone(),
+        number: started.number,
+        result: ending.result,
+        reason: ending.reason,
+        will_retry: retry,
+    });
+    BuildOutcome {
+        retry,
+        slave_unusable: false,
+    }
+}
+
+/// A build recorded in the history and put on the board.
+struct Started {
+    build_id: i64,
+    number: i64,
+    stop: Arc<StopHandle>,
+}
+
+/// Records the build, puts it on the board and announces it; none when the history fails.
+async fn begin(
+    control: &Arc<Control>,
+    builder: &BuilderConfig,
+    request: &StoredRequest,
+    link: &SlaveLink,
+) -> Option<Started> {
     let request_id = request.id;
-    let builder_name = builder.name.clone();
-    let slave_name = link.name.clone();
-    let started = state
+    let (builder_name, slave_name) = (builder.name.clone(), link.name.clone());
+    let started = control
         .history
         .run(move |connection| {
             history::start_build(connection, request_id, &builder_name, &slave_name)
@@ -132,36 +177,72 @@ pub async fn run(
         Ok(started) => started,
         Err(err) => {
             tracing::error!("cannot record the build: {err}");
-            return BuildOutcome {
-                requeue: Some(request),
-                unresponsive_slave: None,
-            };
+            return None;
         }
     };
-    let span = tracing::info_span!("build", builder = %builder.name, number, slave = %link.name);
-    let control = state.register_build(&builder.name, number, &request.job_name);
     let eta_builder = builder.name.clone();
-    let expected = state
+    let expected_secs = control
         .history
         .run(move |connection| history::recent_success_durations(connection, &eta_builder, 10))
         .await
         .ok()
-        .and_then(|durations| crate::master::results::expected_duration(&durations));
-    state.publish(BuildEvent::BuildStarted {
+        .and_then(|durations| expected_duration(&durations))
+        .map(|expected| expected.as_secs_f64());
+    let stop = control.board.start(
+        &request.job_name,
+        RunningBuild {
+            builder: builder.name.clone(),
+            number,
+            slave: link.name.clone(),
+            step: None,
+            started_at: unix_now(),
+            expected_secs,
+        },
+    );
+    control.events.publish(BuildEvent::BuildStarted {
         job_name: request.job_name.clone(),
         builder: builder.name.clone(),
         number,
         slave: link.name.clone(),
-        expected,
+        expected_secs,
     });
-    let log_dir = state.logs_dir.join(&builder.name).join(number.to_string());
-    let mut result = BuildResult::Success;
-    let mut reason: Option<String> = None;
-    let mut slave_lost = false;
-    for (index, step) in plan(&builder, &request).into_iter().enumerate() {
+    Some(Started {
+        build_id,
+        number,
+        stop,
+    })
+}
+
+/// How the steps ended, for the build's record.
+struct Ending {
+    result: BuildResult,
+    reason: Option<String>,
+    slave_lost: bool,
+}
+
+/// Runs the planned steps one after the other, recording each; stops at the first that halts.
+async fn run_steps(
+    control: &Arc<Control>,
+    builder: &BuilderConfig,
+    request: &StoredRequest,
+    link: &SlaveLink,
+    started: &Started,
+    shutdown: &CancellationToken,
+) -> Ending {
+    let number = started.number;
+    let log_dir = control
+        .logs_dir
+        .join(&builder.name)
+        .join(number.to_string());
+    let mut ending = Ending {
+        result: BuildResult::Success,
+        reason: None,
+        slave_lost: false,
+    };
+    for (index, step) in plan(builder, request).into_iter().enumerate() {
         let step_number = index as i64 + 1;
-        let step_name = step.name.clone();
-        let step_id = match state
+        let (step_name, build_id) = (step.name.clone(), started.build_id);
+        let step_id = match control
             .history
             .run(move |connection| {
                 history::start_step(connection, build_id, step_number, &step_name)
@@ -171,12 +252,13 @@ pub async fn run(
             Ok(id) => id,
             Err(err) => {
                 tracing::error!("cannot record a step: {err}");
-                result = BuildResult::Exception;
-                reason = Some("cannot record the step".into());
+                ending.result = ending.result.max(BuildResult::Exception);
+                ending.reason = Some("cannot record the step".into());
                 break;
             }
         };
-        state.publish(BuildEvent::StepStarted {
+        control.board.set_step(&builder.name, number, &step.name);
+        control.events.publish(BuildEvent::StepStarted {
             job_name: request.job_name.clone(),
             builder: builder.name.clone(),
             number,
@@ -184,118 +266,116 @@ pub async fn run(
             name: step.name.clone(),
         });
         let logs = StepLogs::new(log_dir.clone(), step_number, &step.name);
-        let outcome = if control.stop.is_cancelled() {
-            let (by, reason) = control.stopped_by();
-            StepOutcome::Interrupted { by, reason }
+        let outcome = if started.stop.token.is_cancelled() {
+            let stop = started.stop.requested();
+            StepOutcome::Interrupted {
+                by: stop.by,
+                reason: stop.reason,
+            }
         } else {
-            run_step(&link, &step, logs, &shutdown, &control).await
+            run_step(link, &step, logs, shutdown, &started.stop).await
         };
-        // (the step's own result, what it adds to the build's result, its summary, halt?)
-        let (step_result, contribution, summary, halt) = match (&step.kind, &outcome) {
-            (_, StepOutcome::SlaveLost) => {
-                slave_lost = true;
-                (
-                    BuildResult::Failure,
-                    BuildResult::Exception,
-                    "slave lost".to_string(),
-                    true,
-                )
-            }
-            (_, StepOutcome::Interrupted { by, reason }) => {
-                let summary = format!("stopped by {by}: {reason}");
-                (
-                    BuildResult::Interrupted,
-                    BuildResult::Interrupted,
-                    summary,
-                    true,
-                )
-            }
-            (_, StepOutcome::MasterStopping) => {
-                let summary = "master shutting down".to_string();
-                (
-                    BuildResult::Exception,
-                    BuildResult::Exception,
-                    summary,
-                    true,
-                )
-            }
-            (_, StepOutcome::LogError(message)) => (
-                BuildResult::Exception,
-                BuildResult::Exception,
-                message.clone(),
-                true,
-            ),
-            (_, StepOutcome::Exited(exit)) if exit.succeeded() => (
-                BuildResult::Success,
-                BuildResult::Success,
-                describe_exit(exit),
-                false,
-            ),
-            (StepKind::Checkout(_), StepOutcome::Exited(exit)) => (
-                BuildResult::Failure,
-                BuildResult::Failure,
-                describe_exit(exit),
-                true,
-            ),
-            (StepKind::Command(_, policy), StepOutcome::Exited(exit)) => {
-                let contribution = policy.contribution();
-                let own = if contribution == BuildResult::Warnings {
-                    BuildResult::Warnings
-                } else {
-                    BuildResult::Failure
-                };
-                (
-                    own,
-                    contribution,
-                    describe_exit(exit),
-                    policy.halt_on_failure,
-                )
-            }
-        };
-        result = result.max(contribution);
-        let recorded_summary = summary.clone();
-        let _ = state
+        let verdict = judge(&step.kind, &outcome);
+        ending.result = ending.result.max(verdict.contribution);
+        ending.slave_lost |= matches!(outcome, StepOutcome::SlaveLost);
+        let (summary, step_result) = (verdict.summary.clone(), verdict.step_result);
+        if let Err(err) = control
             .history
-            .run(move |connection| {
-                history::finish_step(connection, step_id, step_result, &recorded_summary)
-            })
-            .await;
-        state.publish(BuildEvent::StepFinished {
+            .run(move |connection| history::finish_step(connection, step_id, step_result, &summary))
+            .await
+        {
+            tracing::error!("cannot record a step's end: {err}");
+        }
+        control.events.publish(BuildEvent::StepFinished {
             job_name: request.job_name.clone(),
             builder: builder.name.clone(),
             number,
             step: step_number,
             name: step.name.clone(),
-            result: step_result,
-            summary: summary.clone(),
+            result: verdict.step_result,
+            summary: verdict.summary.clone(),
         });
         if !matches!(outcome, StepOutcome::Exited(_)) {
-            reason = Some(summary);
+            ending.reason = Some(verdict.summary);
         }
-        if halt {
+        if verdict.halt {
             break;
         }
     }
-    let recorded_reason = reason.clone();
-    let _ = state
-        .history
-        .run(move |connection| {
-            history::finish_build(connection, build_id, result, recorded_reason.as_deref())
-        })
-        .await;
-    state.unregister_build(&builder.name, number);
-    tracing::info!(parent: &span, %result, "build finished");
-    state.publish(BuildEvent::BuildFinished {
-        job_name: request.job_name.clone(),
-        builder: builder.name.clone(),
-        number,
-        result,
-        reason,
-        will_retry: slave_lost && builder.retry_on_slave_lost,
-    });
-    BuildOutcome {
-        requeue: (slave_lost && builder.retry_on_slave_lost).then_some(request),
-        unresponsive_slave: None,
+    ending
+}
+
+/// What a step's outcome means: its own result, what it adds to the build's result, the
+/// summary shown beside it, and whether the build stops here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Verdict {
+    step_result: BuildResult,
+    contribution: BuildResult,
+    summary: String,
+    halt: bool,
+}
+
+/// The result policy, in one place: anything but the commands' own exit (slave lost, a stop,
+/// the master stopping, an unwritable log) halts the build; a failed checkout fails it; a failed
+/// command counts as its flags say.
+fn judge(kind: &StepKind, outcome: &StepOutcome) -> Verdict {
+    let verdict = |step_result, contribution, summary: String, halt| Verdict {
+        step_result,
+        contribution,
+        summary,
+        halt,
+    };
+    match (kind, outcome) {
+        (_, StepOutcome::SlaveLost) => verdict(
+            BuildResult::Failure,
+            BuildResult::Exception,
+            "slave lost".into(),
+            true,
+        ),
+        (_, StepOutcome::Interrupted { by, reason }) => verdict(
+            BuildResult::Interrupted,
+            BuildResult::Interrupted,
+            format!("stopped by {by}: {reason}"),
+            true,
+        ),
+        (_, StepOutcome::MasterStopping) => verdict(
+            BuildResult::Exception,
+            BuildResult::Exception,
+            "master shutting down".into(),
+            true,
+        ),
+        (_, StepOutcome::LogError(message)) => verdict(
+            BuildResult::Exception,
+            BuildResult::Exception,
+            message.clone(),
+            true,
+        ),
+        (_, StepOutcome::Exited(exit)) if exit.succeeded() => verdict(
+            BuildResult::Success,
+            BuildResult::Success,
+            describe_exit(exit),
+            false,
+        ),
+        (StepKind::Checkout(_), StepOutcome::Exited(exit)) => verdict(
+            BuildResult::Failure,
+            BuildResult::Failure,
+            describe_exit(exit),
+            true,
+        ),
+        (StepKind::Command(_, policy), StepOutcome::Exited(exit)) => {
+            let contribution = policy.contribution();
+            let own = if contribution == BuildResult::Warnings {
+                BuildResult::Warnings
+            } else {
+                BuildResult::Failure
+            };
+            verdict(
+                own,
+                contribution,
+                describe_exit(exit),
+                policy.halt_on_failure,
+            )
+        }
     }
 }
 
@@ -336,7 +416,7 @@ async fn run_step(
     step: &PlannedStep,
     mut logs: StepLogs,
     shutdown: &CancellationToken,
-    control: &BuildControl,
+    stop: &StopHandle,
 ) -> StepOutcome {
     let started = link.start(|id| match &step.kind {
         StepKind::Checkout(checkout) => Message::Checkout {
@@ -360,8 +440,8 @@ async fn run_step(
                 link.interrupt(id, "master shutting down");
                 return StepOutcome::MasterStopping;
             }
-            _ = control.stop.cancelled() => {
-                let (by, reason) = control.stopped_by();
+            _ = stop.token.cancelled() => {
+                let StopRequest { by, reason } = stop.requested();
                 link.interrupt(id, &format!("stopped by {by}: {reason}"));
                 // Keep the output that arrives while the slave terminates the command.
                 let deadline = tokio::time::sleep(STOP_WAIT);
@@ -469,5 +549,118 @@ impl StepLogs {
             file.flush().await?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn exit(code: i32) -> StepOutcome {
+        StepOutcome::Exited(ExitReport {
+            exit_code: Some(code),
+            signal: None,
+            elapsed_ms: 1500,
+            timed_out: false,
+            interrupted: false,
+            error: None,
+        })
+    }
+
+    fn command(halt: bool, flunk: bool, warn: bool) -> StepKind {
+        StepKind::Command(
+            CommandRequest {
+                builder: "linux".into(),
+                shell: "make".into(),
+                workdir: None,
+                env: Vec::new(),
+                timeout_secs: None,
+            },
+            FailurePolicy {
+                halt_on_failure: halt,
+                flunk_on_failure: flunk,
+                warn_on_failure: warn,
+            },
+        )
+    }
+
+    fn checkout() -> StepKind {
+        StepKind::Checkout(CheckoutRequest {
+            builder: "linux".into(),
+            repo: "/repo".into(),
+            branch: "main".into(),
+            revision: None,
+            patch: None,
+            patch_level: 1,
+        })
+    }
+
+    #[test]
+    fn a_failed_command_counts_as_its_flags_say() {
+        let flunk = judge(&command(true, true, false), &exit(2));
+        assert_eq!(
+            (flunk.step_result, flunk.contribution, flunk.halt),
+            (BuildResult::Failure, BuildResult::Failure, true)
+        );
+        assert_eq!(flunk.summary, "exit 2 (1.5s)");
+        let warn = judge(&command(false, false, true), &exit(1));
+        assert_eq!(
+            (warn.step_result, warn.contribution, warn.halt),
+            (BuildResult::Warnings, BuildResult::Warnings, false)
+        );
+        let ignored = judge(&command(false, false, false), &exit(1));
+        assert_eq!(
+            (ignored.step_result, ignored.contribution),
+            (BuildResult::Failure, BuildResult::Success)
+        );
+        let passed = judge(&command(true, true, false), &exit(0));
+        assert_eq!(
+            (passed.contribution, passed.halt),
+            (BuildResult::Success, false)
+        );
+    }
+
+    #[test]
+    fn a_failed_checkout_fails_and_halts_the_build() {
+        let verdict = judge(&checkout(), &exit(1));
+        assert_eq!(
+            (verdict.contribution, verdict.halt),
+            (BuildResult::Failure, true)
+        );
+    }
+
+    #[test]
+    fn what_is_not_the_commands_fault_halts_with_its_own_result() {
+        let lost = judge(&command(false, false, false), &StepOutcome::SlaveLost);
+        assert_eq!(
+            (
+                lost.step_result,
+                lost.contribution,
+                lost.halt,
+                lost.summary.as_str()
+            ),
+            (
+                BuildResult::Failure,
+                BuildResult::Exception,
+                true,
+                "slave lost"
+            )
+        );
+        let stopped = judge(
+            &checkout(),
+            &StepOutcome::Interrupted {
+                by: "alice".into(),
+                reason: "wrong branch".into(),
+            },
+        );
+        assert_eq!(stopped.contribution, BuildResult::Interrupted);
+        assert_eq!(stopped.summary, "stopped by alice: wrong branch");
+        let stopping = judge(&checkout(), &StepOutcome::MasterStopping);
+        assert_eq!(
+            (stopping.contribution, stopping.halt),
+            (BuildResult::Exception, true)
+        );
+        let log = judge(&checkout(), &StepOutcome::LogError("disk full".into()));
+        assert_eq!(log.summary, "disk full");
     }
 }

@@ -17,6 +17,8 @@ use russh::keys::PublicKey;
 use serde::Deserialize;
 use toml::Spanned;
 
+use crate::durations::parse_duration;
+
 /// The file name of the master's configuration inside the master directory.
 pub const CONFIG_FILE: &str = "master.toml";
 
@@ -258,7 +260,7 @@ const DEFAULT_HOST_KEY: &str = "host_key";
 const DEFAULT_HTTP_LISTEN: &str = "127.0.0.1:8010";
 const DEFAULT_SPOOL_DIR: &str = "spool";
 /// 10 MiB: Buildbot's 99,999 bytes is too small for real patches.
-pub const DEFAULT_MAX_PATCH_BYTES: u64 = 10 * 1024 * 1024;
+pub use crate::spool::submit::DEFAULT_MAX_PATCH_BYTES;
 const DEFAULT_LOGIN_GRACE_TIME: Duration = Duration::from_secs(120);
 const DEFAULT_MAX_AUTH_TRIES: usize = 6;
 const DEFAULT_MAX_STARTUPS: usize = 10;
@@ -324,19 +326,13 @@ impl Config {
         names
     }
 
+    pub fn builder(&self, name: &str) -> Option<&BuilderConfig> {
+        self.builders.iter().find(|builder| builder.name == name)
+    }
+
     pub fn slave(&self, name: &str) -> Option<&SlaveConfig> {
         self.slaves.iter().find(|slave| slave.name == name)
     }
-}
-
-/// Parses a duration as users write it: `30s`, `20m`, `1h30m`, `1h 30m`; a bare number is seconds.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let trimmed = text.trim();
-    if let Ok(seconds) = trimmed.parse::<u64>() {
-        return Ok(Duration::from_secs(seconds));
-    }
-    humantime::parse_duration(trimmed)
-        .map_err(|err| format!("bad duration \"{text}\": {err} (write it like 30s, 20m or 1h30m)"))
 }
 
 /// Byte offset → 1-based line number.
@@ -761,15 +757,6 @@ builders = ["linux"]
         let text = base().replace("name = \"t\"", "name = \"t\"\nadmin_group = \"root\"");
         let config = Config::from_toml(&text, Path::new("/m")).expect("valid");
         assert_eq!(config.admin_group.as_deref(), Some("root"));
-    }
-
-    #[test]
-    fn durations_accept_the_forms_users_write() {
-        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
-        assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
-        assert_eq!(parse_duration("1h 30m"), Ok(Duration::from_secs(5400)));
-        assert_eq!(parse_duration("45"), Ok(Duration::from_secs(45)));
-        assert!(parse_duration("soon").is_err());
     }
 
     #[test]

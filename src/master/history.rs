@@ -7,9 +7,42 @@
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
+use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSql, ToSqlOutput, ValueRef};
 use rusqlite::{Connection, OptionalExtension, params};
 
-use crate::master::results::BuildResult;
+use crate::status::{BuildResult, RequestState};
+
+/// Results and states are stored as their one spelling; anything else in the column is an
+/// error, not a guess.
+impl ToSql for BuildResult {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(ToSqlOutput::from(self.as_str()))
+    }
+}
+
+impl FromSql for BuildResult {
+    fn column_result(value: ValueRef<'_>) -> FromSqlResult<Self> {
+        value
+            .as_str()?
+            .parse()
+            .map_err(|err| FromSqlError::Other(Box::new(err)))
+    }
+}
+
+impl ToSql for RequestState {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(ToSqlOutput::from(self.as_str()))
+    }
+}
+
+impl FromSql for RequestState {
+    fn column_result(value: ValueRef<'_>) -> FromSqlResult<Self> {
+        value
+            .as_str()?
+            .parse()
+            .map_err(|err| FromSqlError::Other(Box::new(err)))
+    }
+}
 
 /// Each entry upgrades the schema by one version; never edit one that has shipped.
 const MIGRATIONS: &[&str] = &[
@@ -95,7 +128,7 @@ pub struct BuildRow {
     pub slave: String,
     pub started_at: f64,
     pub finished_at: Option<f64>,
-    pub result: Option<String>,
+    pub result: Option<BuildResult>,
     pub reason: Option<String>,
 }
 
@@ -105,10 +138,7 @@ pub struct History {
 }
 
 pub fn now() -> f64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|elapsed| elapsed.as_secs_f64())
-        .unwrap_or_default()
+    crate::status::unix_now()
 }
 
 impl History {
@@ -198,7 +228,7 @@ pub fn insert_requests(
         }
         transaction.execute(
             "INSERT INTO requests (job_name, jobid, builder, who, comment, properties, repository, branch, baserev, patch, patch_level, submitted_at, state)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?12, ?6, ?7, ?8, ?9, ?10, ?11, 'pending')",
+             VALUES (?1, ?2, ?3, ?4, ?5, ?12, ?6, ?7, ?8, ?9, ?10, ?11, ?13)",
             params![
                 request.job_name,
                 request.jobid,
@@ -212,6 +242,7 @@ pub fn insert_requests(
                 request.patch_level,
                 request.submitted_at,
                 properties_json(&request.properties),
+                RequestState::Pending,
             ],
         )?;
         ids.push(transaction.last_insert_rowid());
@@ -261,16 +292,16 @@ const REQUEST_COLUMNS: &str = "id, job_name, jobid, builder, who, comment, repos
 /// Requests still waiting for a build, oldest first.
 pub fn pending_requests(connection: &Connection) -> Result<Vec<StoredRequest>, HistoryError> {
     let mut statement = connection.prepare(&format!(
-        "SELECT {REQUEST_COLUMNS} FROM requests WHERE state = 'pending' ORDER BY id"
+        "SELECT {REQUEST_COLUMNS} FROM requests WHERE state = ?1 ORDER BY id"
     ))?;
-    let rows = statement.query_map([], request_from_row)?;
+    let rows = statement.query_map(params![RequestState::Pending], request_from_row)?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
 pub fn set_request_state(
     connection: &Connection,
     id: i64,
-    state: &str,
+    state: RequestState,
 ) -> Result<(), HistoryError> {
     connection.execute(
         "UPDATE requests SET state = ?2 WHERE id = ?1",
@@ -298,8 +329,8 @@ pub fn start_build(
     )?;
     let id = transaction.last_insert_rowid();
     transaction.execute(
-        "UPDATE requests SET state = 'building' WHERE id = ?1",
-        params![request_id],
+        "UPDATE requests SET state = ?2 WHERE id = ?1",
+        params![request_id, RequestState::Building],
     )?;
     transaction.commit()?;
     Ok((id, number))
@@ -314,11 +345,11 @@ pub fn finish_build(
     let transaction = connection.transaction()?;
     transaction.execute(
         "UPDATE builds SET finished_at = ?2, result = ?3, reason = ?4 WHERE id = ?1",
-        params![build_id, now(), result.as_str(), reason],
+        params![build_id, now(), result, reason],
     )?;
     transaction.execute(
-        "UPDATE requests SET state = 'done' WHERE id = (SELECT request_id FROM builds WHERE id = ?1)",
-        params![build_id],
+        "UPDATE requests SET state = ?2 WHERE id = (SELECT request_id FROM builds WHERE id = ?1)",
+        params![build_id, RequestState::Done],
     )?;
     transaction.commit()?;
     Ok(())
@@ -345,7 +376,7 @@ pub fn finish_step(
 ) -> Result<(), HistoryError> {
     connection.execute(
         "UPDATE steps SET finished_at = ?2, result = ?3, summary = ?4 WHERE id = ?1",
-        params![step_id, now(), result.as_str(), summary],
+        params![step_id, now(), result, summary],
     )?;
     Ok(())
 }
@@ -355,17 +386,17 @@ pub fn finish_step(
 pub fn recover_interrupted_builds(connection: &mut Connection) -> Result<usize, HistoryError> {
     let transaction = connection.transaction()?;
     transaction.execute(
-        "UPDATE steps SET finished_at = ?1, result = 'exception', summary = 'master restarted'
+        "UPDATE steps SET finished_at = ?1, result = ?2, summary = 'master restarted'
          WHERE finished_at IS NULL",
-        params![now()],
+        params![now(), BuildResult::Exception],
     )?;
     transaction.execute(
-        "UPDATE requests SET state = 'pending' WHERE id IN (SELECT request_id FROM builds WHERE finished_at IS NULL)",
-        [],
+        "UPDATE requests SET state = ?1 WHERE id IN (SELECT request_id FROM builds WHERE finished_at IS NULL)",
+        params![RequestState::Pending],
     )?;
     let count = transaction.execute(
-        "UPDATE builds SET finished_at = ?1, result = 'exception', reason = 'master restarted' WHERE finished_at IS NULL",
-        params![now()],
+        "UPDATE builds SET finished_at = ?1, result = ?2, reason = 'master restarted' WHERE finished_at IS NULL",
+        params![now(), BuildResult::Exception],
     )?;
     transaction.commit()?;
     Ok(count)
@@ -391,7 +422,7 @@ pub struct StepRow {
     pub name: String,
     pub started_at: f64,
     pub finished_at: Option<f64>,
-    pub result: Option<String>,
+    pub result: Option<BuildResult>,
     pub summary: Option<String>,
 }
 
@@ -419,10 +450,12 @@ pub fn recent_success_durations(
     limit: i64,
 ) -> Result<Vec<f64>, HistoryError> {
     let mut statement = connection.prepare(
-        "SELECT finished_at - started_at FROM builds WHERE builder = ?1 AND result = 'success'
+        "SELECT finished_at - started_at FROM builds WHERE builder = ?1 AND result = ?3
          ORDER BY number DESC LIMIT ?2",
     )?;
-    let rows = statement.query_map(params![builder, limit], |row| row.get(0))?;
+    let rows = statement.query_map(params![builder, limit, BuildResult::Success], |row| {
+        row.get(0)
+    })?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
@@ -482,7 +515,7 @@ mod tests {
                     Some("bar")
                 );
                 let builds = recent_builds(c, "linux", 10)?;
-                assert_eq!(builds[0].result.as_deref(), Some("exception"));
+                assert_eq!(builds[0].result, Some(BuildResult::Exception));
                 assert_eq!(builds[0].reason.as_deref(), Some("master restarted"));
                 let (_, number) = start_build(c, pending[0].id, "linux", "s1")?;
                 assert_eq!(number, 2);
@@ -626,8 +659,8 @@ pub fn queued_requests(
     builder: &str,
 ) -> Result<Vec<StoredRequest>, HistoryError> {
     let mut statement = connection.prepare(&format!(
-        "SELECT {REQUEST_COLUMNS} FROM requests WHERE state = 'pending' AND builder = ?1 ORDER BY id"
+        "SELECT {REQUEST_COLUMNS} FROM requests WHERE state = ?2 AND builder = ?1 ORDER BY id"
     ))?;
-    let rows = statement.query_map(params![builder], request_from_row)?;
+    let rows = statement.query_map(params![builder, RequestState::Pending], request_from_row)?;
     Ok(rows.collect::<Result<_, _>>()?)
 }

@@ -1,25 +1,26 @@
-//! The scheduler: one task that owns the queue of build requests and which slave is busy, driven
-//! by a closed set of [`SchedulerEvent`]s handled one at a time. Its decision — which queued
-//! request goes to which free slave — is the pure function [`assign`], tested without sockets.
+//! The scheduler's decisions, as a pure state machine: [`Queue::apply`] takes one [`Input`] and
+//! returns the [`Effect`]s to perform (start this build on that slave, record these requests as
+//! cancelled, close that connection). No I/O, no clock, no channels: every transition is a unit
+//! test. `master::executor` runs it and performs the effects.
+//!
+//! The queue owns which requests wait and which slave slot each running request occupies; the
+//! roster owns the connections themselves, the board the builds' progress.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::Arc;
-use std::time::Duration;
 
-use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
-
-use crate::master::build::{self, BuildOutcome};
-use crate::master::history::{self, StoredRequest};
-use crate::master::slaves::SlaveLink;
-use crate::master::state::{BuildEvent, MasterState};
-use crate::spool::watcher::SpooledJob;
+use crate::master::history::StoredRequest;
 
 /// Everything that changes what the scheduler should do.
-pub enum SchedulerEvent {
-    JobSpooled(SpooledJob),
-    SlaveConnected(Arc<SlaveLink>),
+#[derive(Debug, Clone, PartialEq)]
+pub enum Input {
+    /// Requests durably recorded (new, recovered at start, or from any scheduler kind).
+    Requests(Vec<StoredRequest>),
+    SlaveConnected {
+        name: String,
+        conn_id: u64,
+        /// How many builds it may run at once.
+        capacity: usize,
+    },
     SlaveLost {
         name: String,
         conn_id: u64,
@@ -29,279 +30,208 @@ pub enum SchedulerEvent {
         job_name: String,
         by: String,
     },
-    BuildFinished {
-        slave: String,
-        outcome: BuildOutcome,
+    /// A build (or the attempt to start it) ended.
+    BuildEnded {
+        request_id: i64,
+        /// Queue the request again, at the front (its slave was lost).
+        retry: bool,
+        /// The slave's connection is not usable (no pong, or gone before the start).
+        slave_unusable: bool,
     },
 }
 
-/// How long a slave has to answer the ping before a build.
-const PING_TIMEOUT: Duration = Duration::from_secs(5);
+/// What the executor must do.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Effect {
+    StartBuild {
+        request: Box<StoredRequest>,
+        slave: String,
+        conn_id: u64,
+    },
+    RecordCancelled {
+        job_name: String,
+        by: String,
+        request_ids: Vec<i64>,
+    },
+    CloseSlave {
+        name: String,
+        conn_id: u64,
+    },
+}
 
-/// Picks (request id, slave) pairs: each queued request, oldest first, goes to a slave of its
-/// builder's pool with a free slot (the one with most free slots, then pool order).
-pub fn assign(
-    queue: &[(i64, String)],
-    pools: &HashMap<String, Vec<String>>,
-    free_slots: &BTreeMap<String, usize>,
-) -> Vec<(i64, String)> {
-    let mut free = free_slots.clone();
-    let mut assignments = Vec::new();
-    for (request_id, builder) in queue {
-        let Some(pool) = pools.get(builder) else {
-            continue;
-        };
-        let best = pool
-            .iter()
-            .filter(|slave| free.get(*slave).copied().unwrap_or(0) > 0)
-            .max_by_key(|slave| {
-                (
-                    free.get(*slave).copied().unwrap_or(0),
-                    std::cmp::Reverse(pool.iter().position(|s| s == *slave)),
-                )
-            });
-        if let Some(slave) = best {
-            if let Some(slots) = free.get_mut(slave) {
-                *slots -= 1;
-            }
-            assignments.push((*request_id, slave.clone()));
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Slot {
+    conn_id: u64,
+    capacity: usize,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+struct Assigned {
+    request: StoredRequest,
+    slave: String,
+}
+
+/// The scheduler's state.
+#[derive(Debug, Default)]
+pub struct Queue {
+    /// Builder name → the slaves of its pool, in configuration order.
+    pools: HashMap<String, Vec<String>>,
+    pending: VecDeque<StoredRequest>,
+    running: BTreeMap<i64, Assigned>,
+    slaves: BTreeMap<String, Slot>,
+}
+
+impl Queue {
+    pub fn new(pools: HashMap<String, Vec<String>>) -> Queue {
+        Queue {
+            pools,
+            ..Queue::default()
         }
     }
-    assignments
-}
 
-struct Scheduler {
-    state: Arc<MasterState>,
-    queue: VecDeque<StoredRequest>,
-    slaves: BTreeMap<String, Arc<SlaveLink>>,
-    busy: HashMap<String, usize>,
-    pools: HashMap<String, Vec<String>>,
-    builds: TaskTracker,
-    shutdown: CancellationToken,
-}
-
-/// Runs the scheduler until `shutdown`; requests left pending in the history at start are
-/// queued first.
-pub async fn run(
-    state: Arc<MasterState>,
-    mut events: mpsc::Receiver<SchedulerEvent>,
-    shutdown: CancellationToken,
-) -> anyhow::Result<()> {
-    let recovered = state
-        .history
-        .run(|connection| {
-            let interrupted = history::recover_interrupted_builds(connection)?;
-            Ok((interrupted, history::pending_requests(connection)?))
-        })
-        .await?;
-    let (interrupted, pending) = recovered;
-    if interrupted > 0 {
-        tracing::warn!(
-            builds = interrupted,
-            "builds interrupted by a master restart are marked exception and queued again"
-        );
-    }
-    let pools = state
-        .config
-        .builders
-        .iter()
-        .map(|builder| (builder.name.clone(), builder.slaves.clone()))
-        .collect();
-    let mut scheduler = Scheduler {
-        state,
-        queue: pending.into(),
-        slaves: BTreeMap::new(),
-        busy: HashMap::new(),
-        pools,
-        builds: TaskTracker::new(),
-        shutdown: shutdown.clone(),
-    };
-    scheduler.publish_queue();
-    loop {
-        let event = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            event = events.recv() => match event {
-                Some(event) => event,
-                None => break,
-            },
-        };
-        scheduler.handle(event).await;
-        scheduler.dispatch();
-    }
-    scheduler.builds.close();
-    // Builds see the shutdown and end; what they leave unfinished is recovered at next start.
-    let _ = tokio::time::timeout(Duration::from_secs(1), scheduler.builds.wait()).await;
-    Ok(())
-}
-
-impl Scheduler {
-    async fn handle(&mut self, event: SchedulerEvent) {
-        match event {
-            SchedulerEvent::JobSpooled(spooled) => self.record_job(spooled).await,
-            SchedulerEvent::SlaveConnected(link) => {
-                if let Some(old) = self.slaves.insert(link.name.clone(), Arc::clone(&link)) {
-                    old.close();
+    /// Handles one input, then hands out whatever can start now.
+    pub fn apply(&mut self, input: Input) -> Vec<Effect> {
+        let mut effects = Vec::new();
+        match input {
+            Input::Requests(requests) => {
+                for request in requests {
+                    let known = self.running.contains_key(&request.id)
+                        || self.pending.iter().any(|queued| queued.id == request.id);
+                    if !known {
+                        self.pending.push_back(request);
+                    }
                 }
             }
-            SchedulerEvent::SlaveLost { name, conn_id } => {
-                if self
-                    .slaves
-                    .get(&name)
-                    .is_some_and(|link| link.conn_id == conn_id)
-                {
-                    self.slaves.remove(&name);
-                }
+            Input::SlaveConnected {
+                name,
+                conn_id,
+                capacity,
+            } => {
+                // A replaced connection's builds end through their own BuildEnded.
+                self.slaves.insert(name, Slot { conn_id, capacity });
             }
-            SchedulerEvent::CancelJob { job_name, by } => {
-                let cancelled: Vec<i64> = self
-                    .queue
+            Input::SlaveLost { name, conn_id } => self.forget_slave(&name, conn_id),
+            Input::CancelJob { job_name, by } => {
+                let request_ids: Vec<i64> = self
+                    .pending
                     .iter()
                     .filter(|request| request.job_name == job_name)
                     .map(|request| request.id)
                     .collect();
-                self.queue.retain(|request| request.job_name != job_name);
-                if !cancelled.is_empty() {
-                    tracing::info!(job = %job_name, %by, requests = cancelled.len(), "queued requests cancelled");
-                    let recorded = self
-                        .state
-                        .history
-                        .run(move |connection| {
-                            for id in cancelled {
-                                history::set_request_state(connection, id, "cancelled")?;
-                            }
-                            Ok(())
-                        })
-                        .await;
-                    if let Err(err) = recorded {
-                        tracing::error!("cannot record cancelled requests: {err}");
-                    }
+                self.pending.retain(|request| request.job_name != job_name);
+                if !request_ids.is_empty() {
+                    effects.push(Effect::RecordCancelled {
+                        job_name,
+                        by,
+                        request_ids,
+                    });
                 }
             }
-            SchedulerEvent::BuildFinished { slave, outcome } => {
-                if let Some(busy) = self.busy.get_mut(&slave) {
-                    *busy = busy.saturating_sub(1);
-                }
-                if let Some(request) = outcome.requeue {
-                    // Retried builds go to the front: they were first in line already.
-                    self.queue.push_front(request);
-                }
-                if let Some(link) = outcome.unresponsive_slave {
-                    link.close();
-                    if self
-                        .slaves
-                        .get(&link.name)
-                        .is_some_and(|known| known.conn_id == link.conn_id)
-                    {
-                        self.slaves.remove(&link.name);
+            Input::BuildEnded {
+                request_id,
+                retry,
+                slave_unusable,
+            } => {
+                if let Some(assigned) = self.running.remove(&request_id) {
+                    if slave_unusable && let Some(slot) = self.slaves.get(&assigned.slave) {
+                        effects.push(Effect::CloseSlave {
+                            name: assigned.slave.clone(),
+                            conn_id: slot.conn_id,
+                        });
+                        self.slaves.remove(&assigned.slave);
+                    }
+                    if retry {
+                        // Retried requests go to the front: they were first in line already.
+                        self.pending.push_front(assigned.request);
                     }
                 }
             }
         }
-        self.publish_queue();
+        effects.extend(self.dispatch());
+        effects
     }
 
-    /// Records a spooled job's requests durably (after which the spool file is only an
-    /// archive) and queues them.
-    async fn record_job(&mut self, spooled: SpooledJob) {
-        let submitted_at = history::now();
-        let requests: Vec<StoredRequest> = spooled
-            .builders
-            .iter()
-            .map(|builder| StoredRequest {
-                id: 0,
-                job_name: spooled.name.clone(),
-                jobid: spooled.job.jobid.clone(),
-                builder: builder.clone(),
-                who: spooled.job.who.clone(),
-                comment: spooled.job.comment.clone(),
-                repository: spooled.job.repository.clone(),
-                branch: spooled.job.branch.clone(),
-                baserev: spooled.job.baserev.clone(),
-                patch: spooled.job.patch.clone(),
-                patch_level: spooled.job.patch_level,
-                submitted_at,
-                properties: spooled.job.properties.clone(),
-            })
-            .collect();
-        let to_store = requests.clone();
-        let stored = self
-            .state
-            .history
-            .run(move |connection| history::insert_requests(connection, &to_store))
-            .await;
-        match stored {
-            Ok(ids) => {
-                for (mut request, id) in requests.into_iter().zip(ids) {
-                    request.id = id;
-                    if !self.queue.iter().any(|queued| queued.id == id) {
-                        self.queue.push_back(request);
-                    }
-                }
-                self.state.publish(BuildEvent::RequestsQueued {
-                    job_name: spooled.name,
-                    builders: spooled.builders,
-                });
-            }
-            Err(err) => {
-                tracing::error!(job = %spooled.name, "cannot record the job's requests: {err}")
-            }
+    fn forget_slave(&mut self, name: &str, conn_id: u64) {
+        if self
+            .slaves
+            .get(name)
+            .is_some_and(|slot| slot.conn_id == conn_id)
+        {
+            self.slaves.remove(name);
         }
     }
 
-    fn publish_queue(&self) {
-        let mut queued: BTreeMap<String, usize> = BTreeMap::new();
-        for request in &self.queue {
-            *queued.entry(request.builder.clone()).or_default() += 1;
-        }
-        self.state.set_queued(queued);
+    fn busy(&self, slave: &str) -> usize {
+        self.running
+            .values()
+            .filter(|assigned| assigned.slave == slave)
+            .count()
     }
 
-    fn dispatch(&mut self) {
-        let free: BTreeMap<String, usize> = self
+    /// Each pending request, oldest first, goes to a slave of its builder's pool with a free
+    /// slot: the one with most free slots, then pool order.
+    fn dispatch(&mut self) -> Vec<Effect> {
+        let mut free: BTreeMap<String, usize> = self
             .slaves
             .iter()
-            .map(|(name, link)| {
-                let capacity = self
-                    .state
-                    .config
-                    .slave(name)
-                    .map_or(1, |slave| slave.max_builds);
-                let busy = self.busy.get(name).copied().unwrap_or(0);
-                let _ = link;
-                (name.clone(), capacity.saturating_sub(busy))
-            })
+            .map(|(name, slot)| (name.clone(), slot.capacity.saturating_sub(self.busy(name))))
             .collect();
-        let queue: Vec<(i64, String)> = self
-            .queue
-            .iter()
-            .map(|r| (r.id, r.builder.clone()))
-            .collect();
-        for (request_id, slave) in assign(&queue, &self.pools, &free) {
-            let Some(position) = self.queue.iter().position(|r| r.id == request_id) else {
+        let mut effects = Vec::new();
+        let mut waiting = VecDeque::new();
+        while let Some(request) = self.pending.pop_front() {
+            let pool = self
+                .pools
+                .get(&request.builder)
+                .map(Vec::as_slice)
+                .unwrap_or(&[]);
+            let best = pool
+                .iter()
+                .enumerate()
+                .filter(|(_, slave)| free.get(*slave).copied().unwrap_or(0) > 0)
+                .max_by_key(|(position, slave)| {
+                    (
+                        free.get(*slave).copied().unwrap_or(0),
+                        std::cmp::Reverse(*position),
+                    )
+                })
+                .map(|(_, slave)| slave.clone());
+            let Some(slave) = best else {
+                waiting.push_back(request);
                 continue;
             };
-            let Some(request) = self.queue.remove(position) else {
-                continue;
-            };
-            let Some(link) = self.slaves.get(&slave).cloned() else {
-                self.queue.insert(position, request);
-                continue;
-            };
-            *self.busy.entry(slave.clone()).or_default() += 1;
-            let state = Arc::clone(&self.state);
-            let shutdown = self.shutdown.clone();
-            self.builds.spawn(async move {
-                let outcome =
-                    build::run(&state, request, Arc::clone(&link), PING_TIMEOUT, shutdown).await;
-                state
-                    .scheduler_event(SchedulerEvent::BuildFinished {
-                        slave: link.name.clone(),
-                        outcome,
-                    })
-                    .await;
+            if let Some(slots) = free.get_mut(&slave) {
+                *slots -= 1;
+            }
+            let conn_id = self.slaves.get(&slave).map_or(0, |slot| slot.conn_id);
+            self.running.insert(
+                request.id,
+                Assigned {
+                    request: request.clone(),
+                    slave: slave.clone(),
+                },
+            );
+            effects.push(Effect::StartBuild {
+                request: Box::new(request),
+                slave,
+                conn_id,
             });
         }
-        self.publish_queue();
+        self.pending = waiting;
+        effects
+    }
+
+    /// How many requests wait, per builder.
+    pub fn queued_per_builder(&self) -> BTreeMap<String, usize> {
+        let mut queued = BTreeMap::new();
+        for request in &self.pending {
+            *queued.entry(request.builder.clone()).or_default() += 1;
+        }
+        queued
+    }
+
+    /// The ids of the pending requests, in the order they will be served.
+    pub fn pending_ids(&self) -> Vec<i64> {
+        self.pending.iter().map(|request| request.id).collect()
     }
 }
 
@@ -309,56 +239,265 @@ impl Scheduler {
 mod tests {
     use super::*;
 
-    fn pools() -> HashMap<String, Vec<String>> {
-        HashMap::from([
+    fn request(id: i64, builder: &str, job_name: &str) -> StoredRequest {
+        StoredRequest {
+            id,
+            job_name: job_name.into(),
+            jobid: format!("job{id}"),
+            builder: builder.into(),
+            who: None,
+            comment: None,
+            repository: String::new(),
+            branch: None,
+            baserev: None,
+            patch: None,
+            patch_level: 1,
+            submitted_at: 0.0,
+            properties: BTreeMap::new(),
+        }
+    }
+
+    fn queue() -> Queue {
+        Queue::new(HashMap::from([
             (
                 "linux".to_string(),
                 vec!["l1".to_string(), "l2".to_string()],
             ),
             ("mac".to_string(), vec!["m1".to_string()]),
-        ])
+        ]))
+    }
+
+    fn connect(name: &str, conn_id: u64, capacity: usize) -> Input {
+        Input::SlaveConnected {
+            name: name.into(),
+            conn_id,
+            capacity,
+        }
+    }
+
+    /// (request id, slave) of every build started.
+    fn started(effects: &[Effect]) -> Vec<(i64, String)> {
+        effects
+            .iter()
+            .filter_map(|effect| match effect {
+                Effect::StartBuild { request, slave, .. } => Some((request.id, slave.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn ended(request_id: i64, retry: bool, slave_unusable: bool) -> Input {
+        Input::BuildEnded {
+            request_id,
+            retry,
+            slave_unusable,
+        }
     }
 
     #[test]
     fn oldest_requests_go_to_free_pool_members() {
-        let queue = vec![
-            (1, "linux".to_string()),
-            (2, "linux".to_string()),
-            (3, "linux".to_string()),
-            (4, "mac".to_string()),
-        ];
-        let free = BTreeMap::from([
-            ("l1".to_string(), 1),
-            ("l2".to_string(), 1),
-            ("m1".to_string(), 0),
-        ]);
+        let mut queue = queue();
+        queue.apply(connect("l1", 1, 1));
+        queue.apply(connect("l2", 2, 1));
+        let effects = queue.apply(Input::Requests(vec![
+            request(1, "linux", "a"),
+            request(2, "linux", "a"),
+            request(3, "linux", "a"),
+            request(4, "mac", "a"),
+        ]));
+        assert_eq!(started(&effects), vec![(1, "l1".into()), (2, "l2".into())]);
+        assert_eq!(queue.pending_ids(), vec![3, 4]);
         assert_eq!(
-            assign(&queue, &pools(), &free),
-            vec![(1, "l1".to_string()), (2, "l2".to_string())]
+            queue.queued_per_builder(),
+            BTreeMap::from([("linux".to_string(), 1), ("mac".to_string(), 1)])
         );
     }
 
     #[test]
     fn a_slave_with_more_free_slots_is_preferred_and_unknown_builders_wait() {
-        let queue = vec![
-            (1, "linux".to_string()),
-            (2, "gone".to_string()),
-            (3, "mac".to_string()),
-        ];
-        let free = BTreeMap::from([
-            ("l1".to_string(), 1),
-            ("l2".to_string(), 2),
-            ("m1".to_string(), 1),
-        ]);
+        let mut queue = queue();
+        queue.apply(connect("l1", 1, 1));
+        queue.apply(connect("l2", 2, 2));
+        queue.apply(connect("m1", 3, 1));
+        let effects = queue.apply(Input::Requests(vec![
+            request(1, "linux", "a"),
+            request(2, "gone", "a"),
+            request(3, "mac", "a"),
+        ]));
+        assert_eq!(started(&effects), vec![(1, "l2".into()), (3, "m1".into())]);
+        assert_eq!(queue.pending_ids(), vec![2]);
+    }
+
+    #[test]
+    fn nothing_connected_means_nothing_started_until_a_slave_comes() {
+        let mut queue = queue();
+        assert!(
+            queue
+                .apply(Input::Requests(vec![request(1, "linux", "a")]))
+                .is_empty()
+        );
+        let effects = queue.apply(connect("l2", 7, 1));
         assert_eq!(
-            assign(&queue, &pools(), &free),
-            vec![(1, "l2".to_string()), (3, "m1".to_string())]
+            effects,
+            vec![Effect::StartBuild {
+                request: Box::new(request(1, "linux", "a")),
+                slave: "l2".into(),
+                conn_id: 7
+            }]
         );
     }
 
     #[test]
-    fn nothing_connected_means_nothing_assigned() {
-        let queue = vec![(1, "linux".to_string())];
-        assert!(assign(&queue, &pools(), &BTreeMap::new()).is_empty());
+    fn a_busy_slave_takes_the_next_request_when_its_build_ends() {
+        let mut queue = queue();
+        queue.apply(connect("m1", 1, 1));
+        queue.apply(Input::Requests(vec![
+            request(1, "mac", "a"),
+            request(2, "mac", "b"),
+        ]));
+        assert_eq!(queue.pending_ids(), vec![2]);
+        let effects = queue.apply(ended(1, false, false));
+        assert_eq!(started(&effects), vec![(2, "m1".into())]);
+    }
+
+    #[test]
+    fn a_retried_request_goes_to_the_front_of_the_queue() {
+        let mut queue = queue();
+        queue.apply(connect("m1", 1, 1));
+        queue.apply(Input::Requests(vec![
+            request(1, "mac", "a"),
+            request(2, "mac", "b"),
+        ]));
+        // The slave was lost: its connection goes, the request waits first in line.
+        queue.apply(Input::SlaveLost {
+            name: "m1".into(),
+            conn_id: 1,
+        });
+        assert!(queue.apply(ended(1, true, false)).is_empty());
+        assert_eq!(queue.pending_ids(), vec![1, 2]);
+        let effects = queue.apply(connect("m1", 2, 1));
+        assert_eq!(started(&effects), vec![(1, "m1".into())]);
+    }
+
+    #[test]
+    fn a_request_that_is_not_retried_is_gone_after_its_build() {
+        let mut queue = queue();
+        queue.apply(connect("m1", 1, 1));
+        queue.apply(Input::Requests(vec![request(1, "mac", "a")]));
+        assert!(queue.apply(ended(1, false, false)).is_empty());
+        assert!(queue.pending_ids().is_empty());
+    }
+
+    #[test]
+    fn a_stale_slave_lost_does_not_forget_the_newer_connection() {
+        let mut queue = queue();
+        queue.apply(connect("m1", 1, 1));
+        // The slave reconnected (dynamic IP); the old connection's loss arrives afterwards.
+        queue.apply(connect("m1", 2, 1));
+        queue.apply(Input::SlaveLost {
+            name: "m1".into(),
+            conn_id: 1,
+        });
+        let effects = queue.apply(Input::Requests(vec![request(1, "mac", "a")]));
+        assert_eq!(
+            effects,
+            vec![Effect::StartBuild {
+                request: Box::new(request(1, "mac", "a")),
+                slave: "m1".into(),
+                conn_id: 2
+            }]
+        );
+    }
+
+    #[test]
+    fn an_unresponsive_slave_is_closed_and_its_request_runs_on_a_pool_mate() {
+        let mut queue = queue();
+        queue.apply(connect("l1", 1, 1));
+        queue.apply(Input::Requests(vec![request(1, "linux", "a")]));
+        queue.apply(connect("l2", 2, 1));
+        let effects = queue.apply(ended(1, true, true));
+        assert_eq!(
+            effects,
+            vec![
+                Effect::CloseSlave {
+                    name: "l1".into(),
+                    conn_id: 1
+                },
+                Effect::StartBuild {
+                    request: Box::new(request(1, "linux", "a")),
+                    slave: "l2".into(),
+                    conn_id: 2
+                }
+            ]
+        );
+    }
+
+    #[test]
+    fn busy_counts_respect_capacity() {
+        let mut queue = queue();
+        queue.apply(connect("m1", 1, 2));
+        let effects = queue.apply(Input::Requests(vec![
+            request(1, "mac", "a"),
+            request(2, "mac", "a"),
+            request(3, "mac", "a"),
+        ]));
+        assert_eq!(started(&effects), vec![(1, "m1".into()), (2, "m1".into())]);
+        assert_eq!(queue.pending_ids(), vec![3]);
+        // An end for a request that is not running changes nothing.
+        assert!(queue.apply(ended(99, true, true)).is_empty());
+        assert_eq!(
+            started(&queue.apply(ended(2, false, false))),
+            vec![(3, "m1".into())]
+        );
+    }
+
+    #[test]
+    fn cancelling_a_job_drops_only_its_queued_requests() {
+        let mut queue = queue();
+        queue.apply(connect("m1", 1, 1));
+        queue.apply(Input::Requests(vec![
+            request(1, "mac", "a"),
+            request(2, "mac", "a"),
+            request(3, "mac", "b"),
+        ]));
+        let effects = queue.apply(Input::CancelJob {
+            job_name: "a".into(),
+            by: "alice".into(),
+        });
+        assert_eq!(
+            effects,
+            vec![Effect::RecordCancelled {
+                job_name: "a".into(),
+                by: "alice".into(),
+                request_ids: vec![2]
+            }]
+        );
+        assert_eq!(queue.pending_ids(), vec![3]);
+        assert!(
+            queue
+                .apply(Input::CancelJob {
+                    job_name: "nothing-queued".into(),
+                    by: "alice".into()
+                })
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn requests_recorded_twice_are_queued_once() {
+        let mut queue = queue();
+        queue.apply(Input::Requests(vec![request(1, "mac", "a")]));
+        queue.apply(Input::Requests(vec![
+            request(1, "mac", "a"),
+            request(2, "mac", "a"),
+        ]));
+        assert_eq!(queue.pending_ids(), vec![1, 2]);
+        queue.apply(connect("m1", 1, 1));
+        queue.apply(Input::Requests(vec![request(1, "mac", "a")]));
+        assert_eq!(
+            queue.pending_ids(),
+            vec![2],
+            "a running request is not queued again"
+        );
     }
 }

@@ -16,9 +16,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use crate::master::state::MasterState;
+use crate::exec_io::ExecIo;
 use crate::proto::{self, ExitReport, FrameDecoder, Hello, Message, PROTOCOL_VERSION, StreamKind};
-use crate::sshd::commands::ExecIo;
 
 /// What a running checkout or command reports.
 #[derive(Debug)]
@@ -47,6 +46,27 @@ pub struct SlaveLink {
     next_id: AtomicU64,
     /// Cancelled when the connection ends or a newer connection of the same slave replaces it.
     pub closed: CancellationToken,
+}
+
+/// Who learns of a slave's connection when its handshake is done and when it ends (the
+/// master's control layer: the roster and the scheduler).
+pub trait SlaveRegistry: Sync {
+    fn connected(&self, link: Arc<SlaveLink>) -> impl Future<Output = ()> + Send;
+    fn disconnected(&self, link: &SlaveLink) -> impl Future<Output = ()> + Send;
+}
+
+/// A connected slave, as status pages show it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct SlaveInfo {
+    pub name: String,
+    pub conn_id: u64,
+    pub peer: SocketAddr,
+    /// Seconds since the unix epoch.
+    pub since: u64,
+    pub os: String,
+    pub arch: String,
+    pub cpus: u32,
+    pub buildbot_version: String,
 }
 
 /// The slave's connection is gone.
@@ -94,6 +114,23 @@ impl SlaveLink {
         answered
     }
 
+    /// What status pages show of this connection.
+    pub fn info(&self) -> SlaveInfo {
+        SlaveInfo {
+            name: self.name.clone(),
+            conn_id: self.conn_id,
+            peer: self.peer,
+            since: self
+                .since
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |since| since.as_secs()),
+            os: self.hello.os.clone(),
+            arch: self.hello.arch.clone(),
+            cpus: self.hello.cpus,
+            buildbot_version: self.hello.buildbot_version.clone(),
+        }
+    }
+
     /// Drops the connection (ping unanswered, or replaced).
     pub fn close(&self) {
         self.closed.cancel();
@@ -110,7 +147,8 @@ static NEXT_CONNECTION: AtomicU64 = AtomicU64::new(1);
 
 /// Runs the RPC for slave `name` (already authenticated by its key) on an exec channel.
 pub async fn serve(
-    state: &Arc<MasterState>,
+    registry: &impl SlaveRegistry,
+    master_name: &str,
     name: &str,
     peer: SocketAddr,
     io: &mut ExecIo<'_>,
@@ -169,9 +207,9 @@ pub async fn serve(
         closed: CancellationToken::new(),
     });
     let _ = link.outgoing.send(Message::Welcome {
-        master: state.config.name.clone(),
+        master: master_name.to_string(),
     });
-    state.slave_connected(Arc::clone(&link)).await;
+    registry.connected(Arc::clone(&link)).await;
 
     let interval = Duration::from_millis(link.hello.keepalive_interval_ms.max(1000));
     let provoke_after =
@@ -252,7 +290,7 @@ pub async fn serve(
     // Every build waiting on this slave sees its event channel close: "slave lost".
     lock(&link.routes).clear();
     tracing::info!(slave = %name, %peer, "slave disconnected: {reason}");
-    state.slave_disconnected(&link).await;
+    registry.disconnected(&link).await;
     let _ = stderr
         .write_all(format!("buildbot: {reason}\n").as_bytes())
         .await;

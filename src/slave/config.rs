@@ -10,7 +10,7 @@ use russh::keys::ssh_key::LineEnding;
 use russh::keys::{Algorithm, PrivateKey, PublicKey};
 use serde::Deserialize;
 
-use crate::master::config::parse_duration;
+use crate::durations::parse_duration;
 
 pub const CONFIG_FILE: &str = "slave.toml";
 const KEY_FILE: &str = "slave_key";

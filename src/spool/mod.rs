@@ -2,8 +2,6 @@
 //! it, taking jobs in over SSH, and the master's watcher. Only this module reads and writes the
 //! spool directory.
 
-pub mod job;
 pub mod maildir;
-pub mod permission;
 pub mod submit;
 pub mod watcher;

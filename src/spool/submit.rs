@@ -1,4 +1,4 @@
-//! Taking a try job in over SSH: who may submit, which jobdir a classic client may name,
+//! Taking a try job in over SSH: which jobdir a classic client may name,
 //! reading the job with a size limit while it streams in, checking it, and delivering it into
 //! the maildir. Used by both `tryserver --jobdir DIR` and `try`.
 
@@ -6,19 +6,15 @@ use std::path::{Path, PathBuf};
 
 use tokio::io::{AsyncRead, AsyncReadExt};
 
-use crate::spool::job::{self, Job, JobError};
 use crate::spool::maildir::Maildir;
-use crate::spool::permission::{self, Decision, Principal};
+use crate::tryjob::{self as job, Job, JobError};
+
+/// The patch size limit when `[spool] max_patch_bytes` is not set.
+pub const DEFAULT_MAX_PATCH_BYTES: u64 = 10 * 1024 * 1024;
 
 /// Why a submission was refused. Each message is the one line the submitter sees.
 #[derive(Debug, thiserror::Error)]
 pub enum SubmitError {
-    #[error(
-        "{user} may not submit try jobs (no write permission on the spool; ask an admin to add you to group {group})"
-    )]
-    PermissionDenied { user: String, group: String },
-    #[error("root may not submit try jobs on this master (allow_root = false)")]
-    RootRefused,
     #[error("jobdir '{given}' is not this master's spool ({spool}); use --jobdir {spool}")]
     WrongJobdir { given: String, spool: String },
     #[error("job is larger than this master's limit of {limit} bytes ([spool] max_patch_bytes)")]
@@ -33,36 +29,6 @@ pub enum SubmitError {
     Read(std::io::Error),
     #[error("cannot write the job into the spool: {0}")]
     Spool(std::io::Error),
-}
-
-/// Decides whether the unix account may write into the spool, by its mode bits.
-pub fn check_permission(
-    user: &str,
-    principal: &Principal,
-    spool: &Path,
-    allow_root: bool,
-) -> Result<(), SubmitError> {
-    if principal.uid == 0 && !allow_root {
-        return Err(SubmitError::RootRefused);
-    }
-    match permission::may_write_path(principal, spool, allow_root) {
-        Ok(Decision::Allowed) => Ok(()),
-        Ok(Decision::Denied { .. }) | Err(_) => {
-            let group = spool_group(spool);
-            Err(SubmitError::PermissionDenied {
-                user: user.to_string(),
-                group,
-            })
-        }
-    }
-}
-
-fn spool_group(spool: &Path) -> String {
-    use std::os::unix::fs::MetadataExt;
-    std::fs::metadata(spool)
-        .ok()
-        .and_then(|metadata| crate::sshd::accounts::group_name(metadata.gid()))
-        .unwrap_or_else(|| "of the spool".to_string())
 }
 
 /// Checks the `--jobdir` a classic client named: a job may only go into the configured spool.
@@ -185,7 +151,7 @@ pub async fn deliver(maildir: &Maildir, bytes: Vec<u8>) -> Result<String, Submit
 pub fn tryserver_local(jobdir: &Path, input: &mut dyn std::io::Read) -> anyhow::Result<String> {
     use anyhow::Context;
     use std::io::Read;
-    let limit = job_size_limit(crate::master::config::DEFAULT_MAX_PATCH_BYTES);
+    let limit = job_size_limit(DEFAULT_MAX_PATCH_BYTES);
     let mut bytes = Vec::new();
     input
         .take(limit + 1)
@@ -193,7 +159,7 @@ pub fn tryserver_local(jobdir: &Path, input: &mut dyn std::io::Read) -> anyhow::
         .context("cannot read the job from stdin")?;
     if bytes.len() as u64 > limit {
         anyhow::bail!(SubmitError::TooLarge {
-            limit: crate::master::config::DEFAULT_MAX_PATCH_BYTES
+            limit: DEFAULT_MAX_PATCH_BYTES
         });
     }
     job::decode(&bytes).map_err(SubmitError::BadJob)?;

@@ -9,9 +9,9 @@ use notify::{RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::spool::job::{self, Job};
 use crate::spool::maildir::Maildir;
 use crate::spool::submit;
+use crate::tryjob::{self as job, Job};
 
 /// How often `new/` is scanned even without a notification (inotify can be unavailable, e.g.
 /// on some network filesystems, or overflow).

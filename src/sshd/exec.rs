@@ -9,15 +9,22 @@
 pub enum ExecCommand {
     /// `[BINARY] tryserver --jobdir DIR`: the classic Buildbot ssh try path.
     TryServer { jobdir: String },
-    /// `try [--wait]`: our own client's path.
-    Try { wait: bool },
-    /// `watch [--follow] [builder...]`: the status, then (with --follow) every build event as
-    /// it happens until the client goes away.
-    Watch { builders: Vec<String>, follow: bool },
+    /// `try [--wait] [--json]`: our own client's path. With `--json`, what follows the job is
+    /// one JSON stream item per line instead of text.
+    Try { wait: bool, json: bool },
+    /// `watch [--follow] [--json] [--since EPOCH:SEQ] [builder...]`: the status, then (with
+    /// --follow) every build event as it happens until the client goes away; `--since` resumes
+    /// after the last event a client saw.
+    Watch {
+        builders: Vec<String>,
+        follow: bool,
+        json: bool,
+        since: Option<Resume>,
+    },
     /// `stop BUILDER [BUILD] --reason TEXT`
     Stop {
         builder: String,
-        build: Option<u64>,
+        build: Option<i64>,
         reason: String,
     },
     /// `web-login`
@@ -28,6 +35,13 @@ pub enum ExecCommand {
     Unknown { name: String },
     /// A command we know, used wrongly; reported with exit status 2.
     Usage { message: String },
+}
+
+/// Where a follower left off: the master run (epoch) and the last sequence number it saw.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resume {
+    pub epoch: String,
+    pub seq: u64,
 }
 
 /// Exit status for a command the server does not know (what a shell says for "not found").
@@ -101,20 +115,29 @@ fn parse_tryserver(args: &[String]) -> ExecCommand {
 }
 
 fn parse_try(args: &[String]) -> ExecCommand {
-    match args {
-        [] => ExecCommand::Try { wait: false },
-        [flag] if flag == "--wait" => ExecCommand::Try { wait: true },
-        _ => usage("usage: try [--wait]  (the job is read from stdin)"),
+    let (mut wait, mut json) = (false, false);
+    for arg in args {
+        match arg.as_str() {
+            "--wait" => wait = true,
+            "--json" => json = true,
+            _ => return usage("usage: try [--wait] [--json]  (the job is read from stdin)"),
+        }
     }
+    ExecCommand::Try { wait, json }
 }
 
 fn parse_watch(args: &[String]) -> ExecCommand {
     let mut builders = Vec::new();
-    let mut follow = false;
+    let (mut follow, mut json, mut since) = (false, false, None);
     let mut rest = args.iter();
     while let Some(arg) = rest.next() {
         match arg.as_str() {
             "-f" | "--follow" => follow = true,
+            "--json" => json = true,
+            "--since" => match rest.next().and_then(|value| parse_resume(value)) {
+                Some(resume) => since = Some(resume),
+                None => return usage("watch: --since needs EPOCH:SEQ (from the last event seen)"),
+            },
             "-b" | "--builder" => match rest.next() {
                 Some(name) => builders.push(name.clone()),
                 None => return usage("watch: -b needs a builder name"),
@@ -122,14 +145,28 @@ fn parse_watch(args: &[String]) -> ExecCommand {
             flag if flag.starts_with('-') => {
                 return ExecCommand::Usage {
                     message: format!(
-                        "watch: unknown option '{flag}' (usage: watch [--follow] [BUILDER...])"
+                        "watch: unknown option '{flag}' (usage: watch [--follow] [--json] [--since EPOCH:SEQ] [BUILDER...])"
                     ),
                 };
             }
             name => builders.push(name.to_string()),
         }
     }
-    ExecCommand::Watch { builders, follow }
+    ExecCommand::Watch {
+        builders,
+        follow,
+        json,
+        since,
+    }
+}
+
+fn parse_resume(value: &str) -> Option<Resume> {
+    let (epoch, seq) = value.split_once(':')?;
+    let seq = seq.parse().ok()?;
+    (!epoch.is_empty()).then(|| Resume {
+        epoch: epoch.to_string(),
+        seq,
+    })
 }
 
 fn parse_stop(args: &[String]) -> ExecCommand {
@@ -153,9 +190,9 @@ fn parse_stop(args: &[String]) -> ExecCommand {
     }
     let (builder, build) = match positional.as_slice() {
         [builder] => (builder.clone(), None),
-        [builder, number] => match number.parse::<u64>() {
-            Ok(number) => (builder.clone(), Some(number)),
-            Err(_) => {
+        [builder, number] => match number.parse::<i64>() {
+            Ok(number) if number > 0 => (builder.clone(), Some(number)),
+            _ => {
                 return ExecCommand::Usage {
                     message: format!("stop: '{number}' is not a build number ({USAGE})"),
                 };
@@ -208,27 +245,52 @@ mod tests {
 
     #[test]
     fn our_commands() {
-        assert_eq!(parse("try"), ExecCommand::Try { wait: false });
-        assert_eq!(parse("try --wait"), ExecCommand::Try { wait: true });
+        assert_eq!(
+            parse("try"),
+            ExecCommand::Try {
+                wait: false,
+                json: false
+            }
+        );
+        assert_eq!(
+            parse("try --wait --json"),
+            ExecCommand::Try {
+                wait: true,
+                json: true
+            }
+        );
         assert_eq!(
             parse("watch"),
             ExecCommand::Watch {
                 builders: vec![],
-                follow: false
+                follow: false,
+                json: false,
+                since: None
             }
         );
         assert_eq!(
-            parse("watch --follow linux"),
+            parse("watch --follow --json --since 3fa:42 linux"),
             ExecCommand::Watch {
                 builders: vec!["linux".into()],
-                follow: true
+                follow: true,
+                json: true,
+                since: Some(Resume {
+                    epoch: "3fa".into(),
+                    seq: 42
+                })
             }
         );
+        assert!(matches!(
+            parse("watch --since 42"),
+            ExecCommand::Usage { .. }
+        ));
         assert_eq!(
             parse("watch linux -b mac"),
             ExecCommand::Watch {
                 builders: vec!["linux".into(), "mac".into()],
-                follow: false
+                follow: false,
+                json: false,
+                since: None
             }
         );
         assert_eq!(parse("web-login"), ExecCommand::WebLogin);
@@ -244,6 +306,10 @@ mod tests {
         assert!(matches!(parse("stop linux"), ExecCommand::Usage { .. }));
         assert!(matches!(
             parse("stop linux x --reason r"),
+            ExecCommand::Usage { .. }
+        ));
+        assert!(matches!(
+            parse("stop linux 0 --reason r"),
             ExecCommand::Usage { .. }
         ));
     }

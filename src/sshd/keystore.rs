@@ -12,8 +12,8 @@ use std::sync::{Arc, Mutex};
 
 use russh::keys::PublicKey;
 
-use crate::sshd::accounts::UnixAccount;
 use crate::sshd::authorized_keys::{self, AuthorizedKey, KeyOptions};
+use crate::unix::accounts::UnixAccount;
 
 /// A key entry that allowed a login: which file and line, and the options that come with it.
 #[derive(Debug, Clone)]

@@ -2,11 +2,11 @@
 //! with OpenSSH authorized_keys files) and slaves (keys from master.toml), and routing exec
 //! commands to what the master does.
 //!
-//! Only this module and `slave` touch russh. Identity decisions are made here ([`Identity`]);
-//! what an identity may *do* (write into the spool, stop a build) is decided by the commands
-//! with the unix permission rules of `spool::permission`.
+//! Identity decisions are made here ([`Identity`]); what an identity may *do* (write into the
+//! spool, stop a build) is decided by `master::control` with the unix permission rules of
+//! `master::access`. This front end parses command lines and renders the control layer's
+//! answers as text (or JSON lines) on the channel.
 
-pub mod accounts;
 pub mod authorized_keys;
 pub mod commands;
 mod cutoff;
@@ -29,9 +29,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::master::config::Config;
-use crate::master::state::MasterState;
-use crate::sshd::accounts::UnixAccount;
+use crate::master::control::Control;
 use crate::sshd::keystore::{Grant, KeyStore, Refusal};
+use crate::unix::accounts::{self, UnixAccount};
 
 pub use handler::fingerprint;
 
@@ -79,20 +79,18 @@ pub enum AuthOutcome {
 pub struct SshdContext {
     pub config: Arc<Config>,
     pub keys: KeyStore,
-    pub master: Arc<MasterState>,
+    /// What commands do: the master's control layer.
+    pub control: Arc<Control>,
     /// Exec-channel tasks; the server waits for them (under a deadline) when it stops.
     pub tasks: TaskTracker,
     /// Cancelled when the master stops.
     pub shutdown: CancellationToken,
-    /// Web sessions, for `web-login`.
-    pub web_sessions: Arc<crate::web::auth::Sessions>,
 }
 
 impl SshdContext {
     pub fn new(
         config: Arc<Config>,
-        master: Arc<MasterState>,
-        web_sessions: Arc<crate::web::auth::Sessions>,
+        control: Arc<Control>,
         shutdown: CancellationToken,
     ) -> SshdContext {
         SshdContext {
@@ -101,10 +99,9 @@ impl SshdContext {
                 config.master_dir.clone(),
             ),
             config,
-            master,
+            control,
             tasks: TaskTracker::new(),
             shutdown,
-            web_sessions,
         }
     }
 

@@ -13,7 +13,8 @@ use tokio::io::AsyncWriteExt;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::sshd::commands::{self, ExecIo};
+use crate::exec_io::ExecIo;
+use crate::sshd::commands;
 use crate::sshd::{Identity, SshdContext};
 
 /// What to run on an accepted channel.
@@ -95,6 +96,9 @@ async fn run(
         ExecRequest::Command { command, original } => {
             let span =
                 tracing::info_span!("exec", %peer, who = %identity.describe(), command = %command);
+            if let Some(original) = &original {
+                tracing::info!(parent: &span, %original, "a forced command replaced what the client asked for");
+            }
             let (stdin_writer, mut stdin) = tokio::io::duplex(STDIN_BUFFER);
             let client_gone = CancellationToken::new();
             let finished = {
@@ -105,15 +109,8 @@ async fn run(
                     stderr: &mut stderr,
                     client_gone,
                 };
-                let command_future = commands::run(
-                    &ctx,
-                    &identity,
-                    peer,
-                    &command,
-                    original.as_deref(),
-                    &mut io,
-                )
-                .instrument(span.clone());
+                let command_future = commands::run(&ctx, &identity, peer, &command, &mut io)
+                    .instrument(span.clone());
                 tokio::pin!(command_future);
                 tokio::pin!(pump);
                 let mut pump_done = false;

@@ -12,19 +12,22 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use futures_util::Stream;
 use serde::Serialize;
 
+use crate::master::events::Followed;
 use crate::master::history::{self, BuildKey};
+use crate::status::RunningBuild;
 use crate::web::views::{self, BuildPage, BuildView, BuilderView};
 use crate::web::{AppState, WebError};
 
 pub async fn builders(State(state): State<Arc<AppState>>) -> Json<Vec<BuilderView>> {
-    Json(views::builder_views(&state.master))
+    Json(views::builder_views(&state.control))
 }
 
 pub async fn builder(
     State(state): State<Arc<AppState>>,
     Path(name): Path<String>,
 ) -> Result<Json<BuilderView>, WebError> {
-    views::builder_views(&state.master)
+    state.control.builder(&name)?;
+    views::builder_views(&state.control)
         .into_iter()
         .find(|builder| builder.name == name)
         .map(Json)
@@ -42,23 +45,12 @@ pub async fn builds(
     State(state): State<Arc<AppState>>,
     Query(query): Query<BuildsQuery>,
 ) -> Result<Json<Vec<BuildView>>, WebError> {
-    if !state
-        .master
-        .config
-        .builders
-        .iter()
-        .any(|b| b.name == query.builder)
-    {
-        return Err(WebError::NotFound(format!(
-            "no builder named '{}'",
-            query.builder
-        )));
-    }
+    state.control.builder(&query.builder)?;
     let limit = query.limit.unwrap_or(20).clamp(1, 1000);
-    let logs_dir = state.master.logs_dir.clone();
+    let logs_dir = state.control.logs_dir.clone();
     let builder = query.builder.clone();
     let views = state
-        .master
+        .control
         .history
         .run(move |connection| {
             let mut views = Vec::new();
@@ -78,13 +70,13 @@ pub async fn build(
     Path(id): Path<i64>,
 ) -> Result<Json<BuildPage>, WebError> {
     let detail = state
-        .master
+        .control
         .history
         .run(move |connection| history::build_detail(connection, BuildKey::Id(id)))
         .await?
         .ok_or_else(|| WebError::NotFound(format!("no build with id {id}")))?;
     Ok(Json(views::build_page(
-        &state.master.logs_dir,
+        &state.control.logs_dir,
         &detail,
         None,
     )))
@@ -100,62 +92,43 @@ pub struct SlaveRow {
 }
 
 pub fn slave_rows(state: &AppState) -> Vec<SlaveRow> {
-    let connected = state.master.connected_slaves();
-    let running: Vec<(String, i64, String)> = state
-        .master
-        .builder_states()
-        .into_iter()
-        .flat_map(|(builder, summary)| {
-            summary
-                .running
+    let connected = state.control.roster.snapshot();
+    let running: Vec<RunningBuild> = state
+        .control
+        .status(&[])
+        .map(|snapshot| {
+            snapshot
+                .builders
                 .into_iter()
-                .map(move |number| (builder.clone(), number, String::new()))
+                .flat_map(|builder| builder.running)
+                .collect()
         })
-        .collect();
+        .unwrap_or_default();
     state
-        .master
+        .control
         .config
         .slaves
         .iter()
         .map(|slave| {
-            let link = connected.get(&slave.name);
+            let info = connected.get(&slave.name);
             SlaveRow {
                 name: slave.name.clone(),
-                connected: link.is_some(),
-                since: link
-                    .map(|link| {
-                        let seconds = link
-                            .since
-                            .duration_since(std::time::UNIX_EPOCH)
-                            .map(|d| d.as_secs_f64())
-                            .unwrap_or_default();
-                        views::format_time(seconds)
-                    })
+                connected: info.is_some(),
+                since: info
+                    .map(|info| views::format_time(info.since as f64))
                     .unwrap_or_default(),
-                facts: link
-                    .map(|link| {
+                facts: info
+                    .map(|info| {
                         format!(
                             "{} {}, {} CPUs, buildbot {} from {}",
-                            link.hello.os,
-                            link.hello.arch,
-                            link.hello.cpus,
-                            link.hello.buildbot_version,
-                            link.peer
+                            info.os, info.arch, info.cpus, info.buildbot_version, info.peer
                         )
                     })
                     .unwrap_or_default(),
                 building: running
                     .iter()
-                    .filter(|_| link.is_some())
-                    .filter(|(builder, _, _)| {
-                        state
-                            .master
-                            .config
-                            .builders
-                            .iter()
-                            .any(|b| &b.name == builder && b.slaves.contains(&slave.name))
-                    })
-                    .map(|(builder, number, _)| format!("{builder} #{number}"))
+                    .filter(|build| build.slave == slave.name)
+                    .map(|build| format!("{} #{}", build.builder, build.number))
                     .collect::<Vec<_>>()
                     .join(", "),
             }
@@ -183,34 +156,23 @@ pub async fn events(
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.parse::<u64>().ok())
         .or(query.since);
-    let (replay, receiver) = state.master.subscribe_since(last_seen);
-    let high_water = replay
-        .last()
-        .map(|event| event.seq)
-        .or(last_seen)
-        .unwrap_or(0);
-    let start = (replay.into_iter(), receiver, high_water);
-    let stream = futures_util::stream::unfold(
-        start,
-        |(mut replay, mut receiver, mut high_water)| async move {
-            let next = match replay.next() {
-                Some(event) => Some(event),
-                None => loop {
-                    match receiver.recv().await {
-                        // Events already replayed can arrive again: skip them.
-                        Ok(event) if event.seq <= high_water => continue,
-                        Ok(event) => break Some(event),
-                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
-                        Err(tokio::sync::broadcast::error::RecvError::Closed) => break None,
-                    }
-                },
-            };
-            let event = next?;
-            high_water = high_water.max(event.seq);
-            let data = serde_json::to_string(&event).unwrap_or_else(|_| "{}".into());
-            let sse = Event::default().id(event.seq.to_string()).data(data);
-            Some((Ok(sse), (replay, receiver, high_water)))
-        },
-    );
+    let follower = match last_seen {
+        Some(seq) => state.control.events.follow_since(seq),
+        None => state.control.events.follow(),
+    };
+    let stream = futures_util::stream::unfold(follower, |mut follower| async move {
+        loop {
+            match follower.next().await {
+                Followed::Event(event) => {
+                    let data = serde_json::to_string(&event).unwrap_or_else(|_| "{}".into());
+                    let sse = Event::default().id(event.seq.to_string()).data(data);
+                    return Some((Ok(sse), follower));
+                }
+                // A browser that fell behind reloads what it shows on the next event anyway.
+                Followed::Missed(_) => continue,
+                Followed::Closed => return None,
+            }
+        }
+    });
     Sse::new(stream).keep_alive(KeepAlive::default())
 }

@@ -54,7 +54,7 @@ async fn find_log(
         .find(|row| row.number == step)
         .ok_or_else(|| WebError::NotFound(format!("{builder} #{number} has no step {step}")))?;
     let path = state
-        .master
+        .control
         .logs_dir
         .join(builder)
         .join(number.to_string())
@@ -69,7 +69,7 @@ async fn find_log(
 
 async fn step_running(state: &AppState, build_id: i64, step: i64) -> bool {
     state
-        .master
+        .control
         .history
         .run(move |connection| {
             Ok(history::steps_of(connection, build_id)?

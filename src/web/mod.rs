@@ -4,7 +4,7 @@
 //! axum and tera.
 
 mod api;
-pub mod auth;
+mod auth;
 mod logs;
 mod pages;
 pub mod views;
@@ -20,7 +20,8 @@ use axum::routing::{get, post};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::master::state::MasterState;
+use crate::master::control::{Control, ControlError};
+use crate::master::sessions::Session;
 
 /// Every template, embedded so the binary needs no files at run time.
 pub const TEMPLATES: [(&str, &str); 8] = [
@@ -36,8 +37,8 @@ pub const TEMPLATES: [(&str, &str); 8] = [
 
 /// What every handler shares.
 pub struct AppState {
-    pub master: Arc<MasterState>,
-    pub sessions: Arc<auth::Sessions>,
+    /// What actions mean and what is true now: the master's control layer.
+    pub control: Arc<Control>,
     templates: tera::Tera,
 }
 
@@ -58,6 +59,19 @@ pub enum WebError {
 impl From<crate::master::history::HistoryError> for WebError {
     fn from(err: crate::master::history::HistoryError) -> Self {
         WebError::Internal(err.to_string())
+    }
+}
+
+impl From<ControlError> for WebError {
+    fn from(err: ControlError) -> Self {
+        match err {
+            ControlError::NoSuchBuilder { .. } => WebError::NotFound(err.to_string()),
+            ControlError::NotRunning { .. }
+            | ControlError::Ambiguous { .. }
+            | ControlError::Submit(_) => WebError::BadRequest(err.to_string()),
+            ControlError::NotAllowed(_) => WebError::Forbidden(err.to_string()),
+            ControlError::History(_) => WebError::Internal(err.to_string()),
+        }
     }
 }
 
@@ -86,20 +100,13 @@ impl IntoResponse for WebError {
 }
 
 impl AppState {
-    pub fn new(
-        master: Arc<MasterState>,
-        sessions: Arc<auth::Sessions>,
-    ) -> anyhow::Result<AppState> {
+    pub fn new(control: Arc<Control>) -> anyhow::Result<AppState> {
         let mut templates = tera::Tera::new();
         templates
             .add_raw_templates(TEMPLATES)
             .map_err(|err| anyhow::anyhow!("template error: {err}"))?;
         templates.autoescape_on(vec![".html"]);
-        Ok(AppState {
-            master,
-            sessions,
-            templates,
-        })
+        Ok(AppState { control, templates })
     }
 
     pub fn render(&self, name: &str, context: &tera::Context) -> Result<String, WebError> {
@@ -116,7 +123,7 @@ impl AppState {
     ) -> Result<crate::master::history::BuildDetail, WebError> {
         use crate::master::history::{self, BuildKey};
         let name = builder.to_string();
-        self.master
+        self.control
             .history
             .run(move |connection| {
                 history::build_detail(
@@ -132,15 +139,15 @@ impl AppState {
     }
 
     /// The session of this request, if it has a valid one.
-    pub fn session(&self, headers: &axum::http::HeaderMap) -> Option<auth::Session> {
-        auth::session_cookie(headers).and_then(|id| self.sessions.get(&id))
+    pub fn session(&self, headers: &axum::http::HeaderMap) -> Option<Session> {
+        auth::session_cookie(headers).and_then(|id| self.control.sessions.get(&id))
     }
 
     /// What every page shows: the master's name and host key, who is logged in.
     pub fn base_context(&self, headers: &axum::http::HeaderMap) -> tera::Context {
         let mut context = tera::Context::new();
-        context.insert("master_name", &self.master.config.name);
-        context.insert("host_key", &self.master.host_key_fingerprint);
+        context.insert("master_name", &self.control.config.name);
+        context.insert("host_key", &self.control.host_key_fingerprint);
         let user = self.session(headers).map(|session| session.account.name);
         context.insert("user", &user);
         context
@@ -162,11 +169,10 @@ impl AppState {
 /// Serves HTTP on `listener` until `shutdown` is cancelled.
 pub async fn run(
     listener: TcpListener,
-    state: Arc<MasterState>,
-    sessions: Arc<auth::Sessions>,
+    control: Arc<Control>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let app = router(Arc::new(AppState::new(state, sessions)?));
+    let app = router(Arc::new(AppState::new(control)?));
     axum::serve(
         listener,
         app.into_make_service_with_connect_info::<SocketAddr>(),

@@ -20,11 +20,11 @@ async fn builders_with_builds(
     state: &AppState,
     per_builder: i64,
 ) -> Result<Vec<BuilderView>, WebError> {
-    let mut builders = views::builder_views(&state.master);
+    let mut builders = views::builder_views(&state.control);
     let names: Vec<String> = builders.iter().map(|b| b.name.clone()).collect();
-    let logs_dir = state.master.logs_dir.clone();
+    let logs_dir = state.control.logs_dir.clone();
     let loaded = state
-        .master
+        .control
         .history
         .run(move |connection| {
             let mut all = Vec::new();
@@ -55,7 +55,7 @@ pub async fn waterfall(
     headers: HeaderMap,
 ) -> Result<Html<String>, WebError> {
     let per_builder = (WATERFALL_BUILDS
-        / i64::try_from(state.master.config.builders.len().max(1)).unwrap_or(1))
+        / i64::try_from(state.control.config.builders.len().max(1)).unwrap_or(1))
     .max(5);
     let builders = builders_with_builds(&state, per_builder).await?;
     let mut context = state.base_context(&headers);
@@ -78,13 +78,14 @@ pub async fn builder(
     Path(name): Path<String>,
     headers: HeaderMap,
 ) -> Result<Html<String>, WebError> {
+    state.control.builder(&name)?;
     let builders = builders_with_builds(&state, 50).await?;
     let Some(builder) = builders.into_iter().find(|b| b.name == name) else {
         return Err(WebError::NotFound(format!("no builder named '{name}'")));
     };
     let queued_for = name.clone();
     let queue = state
-        .master
+        .control
         .history
         .run(move |connection| history::queued_requests(connection, &queued_for))
         .await?;
@@ -113,18 +114,12 @@ pub async fn build(
 ) -> Result<Html<String>, WebError> {
     let detail = state.load_build(&builder, number).await?;
     let eta = state
-        .master
-        .builder_states()
-        .into_iter()
-        .find(|(name, _)| *name == builder)
-        .and_then(|(_, summary)| {
-            summary
-                .running_text
-                .split(", ")
-                .find(|text| text.starts_with(&format!("building #{number} ")))
-                .and_then(|text| text.split("ETA ").nth(1).map(str::to_string))
-        });
-    let page = views::build_page(&state.master.logs_dir, &detail, eta);
+        .control
+        .board
+        .running_build(&builder, number)
+        .and_then(|running| running.eta_at(crate::status::unix_now()))
+        .map(crate::durations::format_eta);
+    let page = views::build_page(&state.control.logs_dir, &detail, eta);
     let session = state.session(&headers);
     let mut context = state.base_context(&headers);
     context.insert("can_stop", &session.is_some());
@@ -140,7 +135,7 @@ pub async fn patch(
     let detail = state.load_build(&builder, number).await?;
     let request_id = detail.request_id;
     let patch = state
-        .master
+        .control
         .history
         .run(move |connection| history::request_patch(connection, request_id))
         .await?
@@ -183,7 +178,7 @@ pub async fn login(
     Query(query): Query<LoginQuery>,
     headers: HeaderMap,
 ) -> Result<Response, WebError> {
-    let Some(session_id) = state.sessions.redeem(&query.token) else {
+    let Some(session_id) = state.control.sessions.redeem(&query.token) else {
         let page = state.message(
             &headers,
             "Login link expired",
@@ -194,7 +189,7 @@ pub async fn login(
     let cookie = format!(
         "{}={session_id}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}",
         auth::SESSION_COOKIE,
-        auth::SESSION_LIFETIME.as_secs()
+        crate::master::sessions::SESSION_LIFETIME.as_secs()
     );
     let mut response = Redirect::to("/").into_response();
     if let Ok(value) = HeaderValue::from_str(&cookie) {
@@ -228,39 +223,17 @@ pub async fn stop(
     {
         return Err(WebError::Forbidden("this form is stale or was not sent by the build page (CSRF check failed); reload the page".into()));
     }
-    let config = &state.master.config;
-    crate::master::access::may_stop(&session.account, config).map_err(WebError::Forbidden)?;
     let reason = form.reason.unwrap_or_default();
     let reason = if reason.trim().is_empty() {
         "stopped from the web page".to_string()
     } else {
         reason
     };
-    let Some((_, control)) = state
-        .master
-        .running_builds(&builder)
-        .into_iter()
-        .find(|(n, _)| *n == number)
-    else {
-        return Err(WebError::BadRequest(format!(
-            "{builder} #{number} is not running"
-        )));
-    };
-    tracing::info!(user = %session.account.name, %builder, number, %reason, "stop requested from the web");
-    control.request_stop(&session.account.name, &reason);
-    // Wait (briefly) for the result so the page the browser lands on shows it.
-    let mut events = state.master.subscribe();
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(10), async {
-        while state
-            .master
-            .running_builds(&builder)
-            .iter()
-            .any(|(n, _)| *n == number)
-        {
-            let _ =
-                tokio::time::timeout(std::time::Duration::from_millis(200), events.recv()).await;
-        }
-    })
-    .await;
+    // Returns once the build has ended (or the wait ran out), so the page the browser lands on
+    // shows the result.
+    state
+        .control
+        .stop_build(&session.account, &builder, Some(number), &reason)
+        .await?;
     Ok(Redirect::to(&format!("/builders/{builder}/builds/{number}")).into_response())
 }

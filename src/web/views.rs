@@ -6,11 +6,12 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use crate::durations::format_eta;
 use crate::master::build::log_file_name;
+use crate::master::control::Control;
 use crate::master::history::{BuildDetail, BuildRow, StepRow};
-use crate::master::results::format_eta;
-use crate::master::state::MasterState;
 use crate::proto::StreamKind;
+use crate::status::{BuildResult, BuilderActivity, RunningBuild, text, unix_now};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct SlaveView {
@@ -24,6 +25,8 @@ pub struct BuilderView {
     /// "idle", "building #3 (test), ETA 1m05s", "offline".
     pub state: String,
     pub state_class: String,
+    /// The builds running now, typed: number, step, start, ETA, slave.
+    pub running: Vec<RunningBuild>,
     pub queued: usize,
     pub last: String,
     pub last_css: String,
@@ -41,7 +44,7 @@ pub struct LogLink {
 pub struct StepView {
     pub number: i64,
     pub name: String,
-    pub result: Option<String>,
+    pub result: Option<BuildResult>,
     pub result_text: String,
     pub css: String,
     pub summary: String,
@@ -57,7 +60,7 @@ pub struct BuildView {
     pub builder: String,
     pub number: i64,
     pub slave: String,
-    pub result: Option<String>,
+    pub result: Option<BuildResult>,
     pub result_text: String,
     pub css: String,
     pub reason: Option<String>,
@@ -97,8 +100,12 @@ fn took(started: f64, finished: Option<f64>) -> String {
     format_eta(Duration::from_secs_f64((end - started).max(0.0)))
 }
 
-fn css(result: Option<&str>) -> String {
-    result.unwrap_or("running").to_string()
+fn css(result: Option<BuildResult>) -> String {
+    result.map_or("running", BuildResult::as_str).to_string()
+}
+
+fn result_text(result: Option<BuildResult>) -> String {
+    css(result)
 }
 
 /// The log files a step has, in stream order.
@@ -125,9 +132,9 @@ pub fn step_view(logs_dir: &Path, builder: &str, number: i64, step: &StepRow) ->
     StepView {
         number: step.number,
         name: step.name.clone(),
-        result: step.result.clone(),
-        result_text: step.result.clone().unwrap_or_else(|| "running".into()),
-        css: css(step.result.as_deref()),
+        result: step.result,
+        result_text: result_text(step.result),
+        css: css(step.result),
         summary: step.summary.clone().unwrap_or_default(),
         started_at: step.started_at,
         finished_at: step.finished_at,
@@ -142,9 +149,9 @@ pub fn build_view(logs_dir: &Path, build: &BuildRow, steps: &[StepRow]) -> Build
         builder: build.builder.clone(),
         number: build.number,
         slave: build.slave.clone(),
-        result: build.result.clone(),
-        result_text: build.result.clone().unwrap_or_else(|| "running".into()),
-        css: css(build.result.as_deref()),
+        result: build.result,
+        result_text: result_text(build.result),
+        css: css(build.result),
         reason: build.reason.clone(),
         running: build.finished_at.is_none(),
         started_at: build.started_at,
@@ -175,43 +182,43 @@ pub fn build_page(logs_dir: &Path, detail: &BuildDetail, eta: Option<String>) ->
 }
 
 /// The current state of every builder (live state only; builds are filled in by the caller).
-pub fn builder_views(state: &MasterState) -> Vec<BuilderView> {
-    let connected = state.connected_slaves();
-    state
-        .builder_states()
+pub fn builder_views(control: &Control) -> Vec<BuilderView> {
+    let Ok(snapshot) = control.status(&[]) else {
+        return Vec::new();
+    };
+    let now = unix_now();
+    snapshot
+        .builders
         .into_iter()
-        .map(|(name, summary)| {
-            let slaves = state
-                .config
-                .builders
-                .iter()
-                .find(|builder| builder.name == name)
-                .map(|builder| builder.slaves.clone())
-                .unwrap_or_default()
-                .into_iter()
-                .map(|slave| SlaveView {
-                    connected: connected.contains_key(&slave),
-                    name: slave,
-                })
-                .collect::<Vec<_>>();
-            let any_connected = slaves.iter().any(|slave| slave.connected);
-            let (state_text, state_class) = match summary.running.first() {
-                Some(_) => (summary.running_text.clone(), "running".to_string()),
-                None if any_connected => ("idle".to_string(), "idle".to_string()),
-                None => ("offline".to_string(), "offline".to_string()),
+        .map(|builder| {
+            let state_class = match builder.activity {
+                BuilderActivity::Building => "running",
+                BuilderActivity::Idle => "idle",
+                BuilderActivity::Offline => "offline",
             };
-            let (last, last_css) = match summary.last {
-                Some((number, result)) => (format!("#{number} {result}"), result.to_string()),
+            let (last, last_css) = match builder.last {
+                Some(last) => (
+                    format!("#{} {}", last.number, last.result),
+                    last.result.to_string(),
+                ),
                 None => ("none yet".to_string(), "idle".to_string()),
             };
             BuilderView {
-                name,
-                state: state_text,
-                state_class,
-                queued: summary.queued,
+                state: text::describe_activity(&builder, now),
+                state_class: state_class.to_string(),
+                running: builder.running,
+                queued: builder.queued,
                 last,
                 last_css,
-                slaves,
+                slaves: builder
+                    .slaves
+                    .into_iter()
+                    .map(|slave| SlaveView {
+                        name: slave.name,
+                        connected: slave.connected,
+                    })
+                    .collect(),
+                name: builder.name,
                 builds: Vec::new(),
             }
         })

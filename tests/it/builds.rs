@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use buildbot::spool::job;
+use buildbot::tryjob as job;
 
 use crate::harness::{
     BIN, MasterSetup, TestMaster, current_user, run_with_timeout, text, wait_until,

@@ -258,7 +258,7 @@ fn a_master_killed_during_submissions_and_builds_loses_no_accepted_job() {
     let baserev = crate::repo::git(&checkout.work, &["rev-parse", "origin/main"]);
     let submissions: Vec<_> = (0..50)
         .map(|index| {
-            let job = buildbot::spool::job::encode(&buildbot::spool::job::Job {
+            let job = buildbot::tryjob::encode(&buildbot::tryjob::Job {
                 version: 5,
                 jobid: format!("parallel-{index:02}"),
                 branch: Some("main".into()),

@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use buildbot::spool::job;
+use buildbot::tryjob as job;
 
 use crate::harness::{
     BIN, MasterSetup, TestKey, TestMaster, current_user, run_with_timeout, text, wait_until,

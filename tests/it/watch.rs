@@ -73,8 +73,8 @@ fn watch_shows_the_status_then_follows_the_builds() {
     let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGINT);
     let _ = watching.wait();
     wait_until("the master to end the watch session", || {
-        master
-            .log()
-            .contains("command=watch --follow linux}: buildbot::sshd::session: exec finished")
+        master.log().contains(
+            "command=watch --json --follow linux}: buildbot::sshd::session: exec finished",
+        )
     });
 }

@@ -465,11 +465,11 @@ fn push_string(json: &mut String, text: &str) {
 mod tests {
     use super::*;
 
-    const SAMPLE_V5_GIT: &[u8] = include_bytes!("../../tests/data/try-samples/job-v5-git.bin");
+    const SAMPLE_V5_GIT: &[u8] = include_bytes!("../tests/data/try-samples/job-v5-git.bin");
     const SAMPLE_V5_EMPTY: &[u8] =
-        include_bytes!("../../tests/data/try-samples/job-v5-empty-diff.bin");
+        include_bytes!("../tests/data/try-samples/job-v5-empty-diff.bin");
     const SAMPLE_V6_BINARY: &[u8] =
-        include_bytes!("../../tests/data/try-samples/job-v6-binary-diff.bin");
+        include_bytes!("../tests/data/try-samples/job-v6-binary-diff.bin");
 
     /// The reference's 267-byte vector (Buildbot's test_createJobfile_v5).
     const VECTOR_V5: &str = r#"1:5,258:{"jobid": "123-456", "branch": "branch", "baserev": "baserev", "patch_level": 0, "repository": "repo", "project": "proj", "who": "someuser", "comment": "insightful comment", "builderNames": ["runtests"], "properties": {"foo": "bar"}, "patch_body": "diff..."},"#;

@@ -1,0 +1,211 @@
+//! `buildbot master` and `create-master`: composes the master core with its front ends (the
+//! SSH server and the web server), the spool watcher and the scheduler executor under one
+//! cancellation token. Top layer beside `main`: the only module that knows all the parts.
+
+pub mod create;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::master::config::Config;
+use crate::master::control::Control;
+use crate::master::executor;
+use crate::master::history::{self, History};
+use crate::spool::maildir::Maildir;
+use crate::spool::watcher::SpooledJob;
+use crate::sshd::{self, SshdContext};
+
+/// How long running SSH commands get to finish when the master stops.
+const SHUTDOWN_GRACE: Duration = Duration::from_millis(1500);
+
+/// Where a running master can be reached; printed at start for people and test harnesses.
+pub struct Listening {
+    pub ssh: SocketAddr,
+    pub http: SocketAddr,
+    pub host_key_fingerprint: String,
+}
+
+impl std::fmt::Display for Listening {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "ssh: {}", self.ssh)?;
+        writeln!(f, "web: http://{}/", self.http)?;
+        write!(f, "host key: {}", self.host_key_fingerprint)
+    }
+}
+
+/// Runs the master in `master_dir` until `shutdown` is cancelled. `on_listening` is called once
+/// both listeners are bound (ports given as 0 are resolved by then).
+pub async fn run(
+    master_dir: &Path,
+    shutdown: CancellationToken,
+    on_listening: impl FnOnce(&Listening),
+) -> anyhow::Result<()> {
+    let config = Arc::new(Config::load(master_dir)?);
+    let host_key = sshd::load_host_key(&config.sshd.host_key)?;
+    let host_key_fingerprint = sshd::fingerprint(host_key.public_key());
+    let ssh_listener = TcpListener::bind(config.sshd.listen)
+        .await
+        .with_context(|| format!("cannot bind the SSH listener on {}", config.sshd.listen))?;
+    let http_listener = TcpListener::bind(config.http.listen)
+        .await
+        .with_context(|| format!("cannot bind the HTTP listener on {}", config.http.listen))?;
+    let listening = Listening {
+        ssh: ssh_listener.local_addr()?,
+        http: http_listener.local_addr()?,
+        host_key_fingerprint: host_key_fingerprint.clone(),
+    };
+    tracing::info!(ssh = %listening.ssh, http = %listening.http, host_key = %host_key_fingerprint, "master {} started", config.name);
+    on_listening(&listening);
+
+    let history_path = config.master_dir.join("state.sqlite");
+    let history = History::open(&history_path).with_context(|| {
+        format!(
+            "cannot open the history database {}",
+            history_path.display()
+        )
+    })?;
+    let (scheduler_tx, scheduler_rx) = tokio::sync::mpsc::channel(256);
+    let control = Arc::new(Control::new(
+        Arc::clone(&config),
+        host_key_fingerprint,
+        history,
+        format!("http://{}", listening.http),
+        scheduler_tx,
+    ));
+    let components = TaskTracker::new();
+    let sshd_ctx = Arc::new(SshdContext::new(
+        Arc::clone(&config),
+        Arc::clone(&control),
+        shutdown.clone(),
+    ));
+    spawn_component(&components, &shutdown, "sshd", {
+        sshd::run(ssh_listener, host_key, sshd_ctx, SHUTDOWN_GRACE)
+    });
+    spawn_component(&components, &shutdown, "web", {
+        crate::web::run(http_listener, Arc::clone(&control), shutdown.clone())
+    });
+    // Before the watcher claims anything new, so nothing is taken twice.
+    let recovered = recover_claimed_jobs(&control).await?;
+    let (jobs_tx, jobs_rx) = tokio::sync::mpsc::channel(64);
+    spawn_component(&components, &shutdown, "spool watcher", {
+        crate::spool::watcher::run(
+            Maildir::new(&config.spool.dir),
+            config
+                .try_builders()
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
+            config.spool.max_patch_bytes,
+            jobs_tx,
+            shutdown.clone(),
+        )
+    });
+    spawn_component(&components, &shutdown, "spool to scheduler", {
+        record_jobs(recovered, jobs_rx, Arc::clone(&control), shutdown.clone())
+    });
+    spawn_component(&components, &shutdown, "scheduler", {
+        executor::run(Arc::clone(&control), scheduler_rx, shutdown.clone())
+    });
+    components.close();
+    components.wait().await;
+    tracing::info!("master {} stopped", config.name);
+    Ok(())
+}
+
+/// Jobs in `spool/cur/` that the history does not know were claimed by a master that stopped
+/// before recording them: they are recorded first. The spool is the source of truth until a
+/// request is durably recorded.
+async fn recover_claimed_jobs(control: &Control) -> anyhow::Result<Vec<SpooledJob>> {
+    let maildir = Maildir::new(&control.config.spool.dir);
+    maildir.ensure().context("cannot prepare the spool")?;
+    let claimed = maildir.list_cur().context("cannot list spool/cur")?;
+    let unrecorded = control
+        .history
+        .run(move |connection| {
+            let mut unrecorded = Vec::new();
+            for name in claimed {
+                if !history::is_job_recorded(connection, &name)? {
+                    unrecorded.push(name);
+                }
+            }
+            Ok(unrecorded)
+        })
+        .await?;
+    let try_builders: Vec<String> = control
+        .config
+        .try_builders()
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    let mut recovered = Vec::new();
+    for name in unrecorded {
+        tracing::warn!(job = %name, "job claimed but never recorded (master stopped); taking it now");
+        if let Some(spooled) = crate::spool::watcher::check_claimed(
+            &maildir,
+            &name,
+            &try_builders,
+            control.config.spool.max_patch_bytes,
+        )? {
+            recovered.push(spooled);
+        }
+    }
+    Ok(recovered)
+}
+
+/// Records each job claimed from the spool (the recovered ones first) as build requests.
+async fn record_jobs(
+    recovered: Vec<SpooledJob>,
+    mut jobs: tokio::sync::mpsc::Receiver<SpooledJob>,
+    control: Arc<Control>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    for spooled in recovered {
+        record(&control, spooled).await;
+    }
+    loop {
+        let spooled = tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            spooled = jobs.recv() => match spooled {
+                Some(spooled) => spooled,
+                None => return Ok(()),
+            },
+        };
+        record(&control, spooled).await;
+    }
+}
+
+async fn record(control: &Control, spooled: SpooledJob) {
+    let name = spooled.name.clone();
+    if let Err(err) = control.record_spooled(spooled).await {
+        // It stays in spool/cur/, unrecorded: the next start takes it again.
+        tracing::error!(job = %name, "cannot record the job's requests: {err}");
+    }
+}
+
+/// Runs one long-lived part of the master; if it ends on its own (error or not) while the
+/// master is meant to run, the others are told to stop too.
+fn spawn_component(
+    tracker: &TaskTracker,
+    shutdown: &CancellationToken,
+    name: &'static str,
+    component: impl Future<Output = anyhow::Result<()>> + Send + 'static,
+) {
+    let shutdown = shutdown.clone();
+    tracker.spawn(async move {
+        let result = component.await;
+        if !shutdown.is_cancelled() {
+            match &result {
+                Ok(()) => tracing::error!("{name} stopped unexpectedly; stopping the master"),
+                Err(err) => tracing::error!("{name} failed: {err:#}; stopping the master"),
+            }
+            shutdown.cancel();
+        }
+    });
+}

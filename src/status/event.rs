@@ -1,0 +1,117 @@
+//! What happens to builds, as typed events with their place in the master's sequence, and the
+//! items of the JSON-lines stream that `try --wait --json` and `watch --json` carry.
+
+use serde::{Deserialize, Serialize};
+
+use crate::status::{BuildResult, StatusSnapshot};
+
+/// Something that happened to a build, for everyone following along.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum BuildEvent {
+    RequestsQueued {
+        job_name: String,
+        builders: Vec<String>,
+    },
+    BuildStarted {
+        job_name: String,
+        builder: String,
+        number: i64,
+        slave: String,
+        /// How long the build should take, in seconds, from recent successful builds.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        expected_secs: Option<f64>,
+    },
+    StepStarted {
+        job_name: String,
+        builder: String,
+        number: i64,
+        step: i64,
+        name: String,
+    },
+    StepFinished {
+        job_name: String,
+        builder: String,
+        number: i64,
+        step: i64,
+        name: String,
+        result: BuildResult,
+        summary: String,
+    },
+    BuildFinished {
+        job_name: String,
+        builder: String,
+        number: i64,
+        result: BuildResult,
+        reason: Option<String>,
+        /// The request is queued again (its slave was lost): another build will follow.
+        will_retry: bool,
+    },
+}
+
+impl BuildEvent {
+    pub fn job_name(&self) -> &str {
+        match self {
+            BuildEvent::RequestsQueued { job_name, .. }
+            | BuildEvent::BuildStarted { job_name, .. }
+            | BuildEvent::StepStarted { job_name, .. }
+            | BuildEvent::StepFinished { job_name, .. }
+            | BuildEvent::BuildFinished { job_name, .. } => job_name,
+        }
+    }
+
+    /// Whether the event concerns one of `builders` (every event does when the list is empty).
+    pub fn concerns_any(&self, builders: &[String]) -> bool {
+        if builders.is_empty() {
+            return true;
+        }
+        match self {
+            BuildEvent::RequestsQueued {
+                builders: queued, ..
+            } => queued.iter().any(|builder| builders.contains(builder)),
+            BuildEvent::BuildStarted { builder, .. }
+            | BuildEvent::StepStarted { builder, .. }
+            | BuildEvent::StepFinished { builder, .. }
+            | BuildEvent::BuildFinished { builder, .. } => builders.contains(builder),
+        }
+    }
+}
+
+/// An event with its place in the master's event sequence (per master run, from 1), so a
+/// follower that reconnects can resume after the last one it saw.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SequencedEvent {
+    pub seq: u64,
+    /// When the master published it, seconds since the unix epoch.
+    #[serde(default)]
+    pub at: f64,
+    #[serde(flatten)]
+    pub event: BuildEvent,
+}
+
+/// One line of the JSON stream the master writes for `try --wait --json` and
+/// `watch --follow --json`. Clients render these; the exit status still says how it ended.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "item", rename_all = "snake_case")]
+pub enum StreamItem {
+    /// The try job was spooled (first item of `try --wait`).
+    Accepted {
+        job_name: String,
+        jobid: String,
+        builders: Vec<String>,
+        /// The master's web address, for links to the builds.
+        web_url: String,
+    },
+    /// The builders' state now (first item of `watch`). `epoch` names this run of the master:
+    /// sequence numbers only compare within one epoch.
+    Status {
+        epoch: String,
+        snapshot: StatusSnapshot,
+    },
+    Event(SequencedEvent),
+    /// Events the follower can no longer get: it fell behind, or asked to resume from further
+    /// back than the master keeps.
+    Missed {
+        count: u64,
+    },
+}

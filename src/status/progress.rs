@@ -1,0 +1,98 @@
+//! Following one try job to its end from its events: which builders it waits for and each
+//! one's final build. The master decides `try --wait`'s exit status with it; the client writes
+//! its summary with it.
+
+use crate::status::{BuildEvent, BuildResult};
+
+/// Follows a try job's builds to their end: which builders it waits for, and each one's last
+/// result (a build retried after a lost slave finishes twice; the last one counts).
+#[derive(Debug, Default)]
+pub struct JobProgress {
+    builders: Option<Vec<String>>,
+    finished: Vec<(String, i64, BuildResult, bool)>,
+}
+
+impl JobProgress {
+    /// Takes one event of the job; returns whether every build of it has ended for good.
+    pub fn observe(&mut self, event: &BuildEvent) -> bool {
+        match event {
+            BuildEvent::RequestsQueued { builders, .. } => self.builders = Some(builders.clone()),
+            BuildEvent::BuildFinished {
+                builder,
+                number,
+                result,
+                will_retry,
+                ..
+            } => self
+                .finished
+                .push((builder.clone(), *number, *result, *will_retry)),
+            _ => {}
+        }
+        self.is_done()
+    }
+
+    fn last_of(&self, builder: &str) -> Option<&(String, i64, BuildResult, bool)> {
+        self.finished
+            .iter()
+            .rev()
+            .find(|(name, ..)| name == builder)
+    }
+
+    pub fn is_done(&self) -> bool {
+        self.builders.as_ref().is_some_and(|builders| {
+            builders
+                .iter()
+                .all(|builder| self.last_of(builder).is_some_and(|(.., retry)| !retry))
+        })
+    }
+
+    /// (builder, number, result) of each builder's last build, in the job's builder order.
+    pub fn results(&self) -> Vec<(String, i64, BuildResult)> {
+        self.builders
+            .iter()
+            .flatten()
+            .filter_map(|builder| self.last_of(builder))
+            .map(|(builder, number, result, _)| (builder.clone(), *number, *result))
+            .collect()
+    }
+
+    pub fn all_good(&self) -> bool {
+        self.results().iter().all(|(_, _, result)| result.is_good())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn finished(builder: &str, number: i64, result: BuildResult, will_retry: bool) -> BuildEvent {
+        BuildEvent::BuildFinished {
+            job_name: "j".into(),
+            builder: builder.into(),
+            number,
+            result,
+            reason: None,
+            will_retry,
+        }
+    }
+
+    #[test]
+    fn a_job_is_done_when_each_builder_has_a_final_build() {
+        let mut progress = JobProgress::default();
+        assert!(!progress.observe(&BuildEvent::RequestsQueued {
+            job_name: "j".into(),
+            builders: vec!["linux".into(), "mac".into()],
+        }));
+        assert!(!progress.observe(&finished("linux", 1, BuildResult::Exception, true)));
+        assert!(!progress.observe(&finished("mac", 1, BuildResult::Success, false)));
+        assert!(progress.observe(&finished("linux", 2, BuildResult::Warnings, false)));
+        assert_eq!(
+            progress.results(),
+            vec![
+                ("linux".into(), 2, BuildResult::Warnings),
+                ("mac".into(), 1, BuildResult::Success)
+            ]
+        );
+        assert!(progress.all_good());
+    }
+}

@@ -1,0 +1,239 @@
+//! The words people read: one line per build event, the status lines, the `try --wait`
+//! summary. Rendered here once, from typed values, for the master's text output over SSH and
+//! for the clients that receive the JSON stream. Nothing parses these lines back.
+
+use std::fmt::Write as _;
+
+use crate::durations::format_eta;
+use crate::status::{
+    BuildEvent, BuildResult, BuilderActivity, BuilderStatus, RunningBuild, StatusSnapshot,
+};
+
+/// One line for a build event, as `try --wait` and `watch` print it.
+pub fn describe_event(event: &BuildEvent) -> String {
+    match event {
+        BuildEvent::RequestsQueued { builders, .. } => {
+            format!("queued for {}", builders.join(", "))
+        }
+        BuildEvent::BuildStarted {
+            builder,
+            number,
+            slave,
+            expected_secs,
+            ..
+        } => match expected_secs {
+            Some(expected) => format!(
+                "{builder} #{number}: started on {slave} (ETA {})",
+                format_eta(std::time::Duration::from_secs_f64(expected.max(0.0)))
+            ),
+            None => format!("{builder} #{number}: started on {slave}"),
+        },
+        BuildEvent::StepStarted {
+            builder,
+            number,
+            name,
+            ..
+        } => format!("{builder} #{number}: {name} ..."),
+        BuildEvent::StepFinished {
+            builder,
+            number,
+            name,
+            result,
+            summary,
+            ..
+        } => format!("{builder} #{number}: {name} {result} ({summary})"),
+        BuildEvent::BuildFinished {
+            builder,
+            number,
+            result,
+            reason,
+            will_retry,
+            ..
+        } => {
+            let retry = if *will_retry {
+                " (will be retried)"
+            } else {
+                ""
+            };
+            match reason {
+                Some(reason) => format!("{builder} #{number}: {result}: {reason}{retry}"),
+                None => format!("{builder} #{number}: {result}{retry}"),
+            }
+        }
+    }
+}
+
+/// `building #3 (test), ETA 1m05s` at `now` (seconds since the epoch).
+pub fn describe_running(build: &RunningBuild, now: f64) -> String {
+    let step = build.step.as_deref().unwrap_or("starting");
+    match build.eta_at(now) {
+        Some(eta) => format!(
+            "building #{} ({step}), ETA {}",
+            build.number,
+            format_eta(eta)
+        ),
+        None => format!("building #{} ({step})", build.number),
+    }
+}
+
+/// `idle`, `offline`, or the running builds joined by ", ".
+pub fn describe_activity(builder: &BuilderStatus, now: f64) -> String {
+    match builder.activity {
+        BuilderActivity::Building => builder
+            .running
+            .iter()
+            .map(|build| describe_running(build, now))
+            .collect::<Vec<_>>()
+            .join(", "),
+        activity => activity.as_str().to_string(),
+    }
+}
+
+/// A plain-text status: one line for the master, one per builder.
+pub fn status_lines(snapshot: &StatusSnapshot, now: f64) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "master {}: {} builders, {} of {} slaves connected",
+        snapshot.master,
+        snapshot.builders.len(),
+        snapshot.slaves_connected,
+        snapshot.slaves_configured
+    );
+    for builder in &snapshot.builders {
+        let slaves: Vec<String> = builder
+            .slaves
+            .iter()
+            .map(|slave| match slave.connected {
+                true => format!("{} (connected)", slave.name),
+                false => format!("{} (not connected)", slave.name),
+            })
+            .collect();
+        let last = match builder.last {
+            Some(last) => format!("; last #{} {}", last.number, last.result),
+            None => String::new(),
+        };
+        let _ = writeln!(
+            out,
+            "{}: {}, {} queued{last}; slaves: {}",
+            builder.name,
+            describe_activity(builder, now),
+            builder.queued,
+            slaves.join(", ")
+        );
+    }
+    out
+}
+
+/// The closing lines of `try --wait`: each builder's last build, its result and its page.
+pub fn try_summary(web_url: &str, finished: &[(String, i64, BuildResult)]) -> String {
+    let mut summary = String::from("summary:\n");
+    for (builder, number, result) in finished {
+        let _ = writeln!(
+            summary,
+            "  {builder} #{number}: {result}  {web_url}/builders/{builder}/builds/{number}"
+        );
+    }
+    summary
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::status::{LastBuild, PoolSlave};
+
+    fn running(number: i64, step: Option<&str>, expected: Option<f64>) -> RunningBuild {
+        RunningBuild {
+            builder: "linux".into(),
+            number,
+            slave: "s1".into(),
+            step: step.map(str::to_string),
+            started_at: 1000.0,
+            expected_secs: expected,
+        }
+    }
+
+    #[test]
+    fn status_lines_say_what_each_builder_does() {
+        let snapshot = StatusSnapshot {
+            master: "example".into(),
+            slaves_connected: 1,
+            slaves_configured: 2,
+            builders: vec![
+                BuilderStatus {
+                    name: "linux".into(),
+                    activity: BuilderActivity::Building,
+                    running: vec![
+                        running(3, Some("test"), Some(100.0)),
+                        running(4, None, None),
+                    ],
+                    queued: 2,
+                    last: Some(LastBuild {
+                        number: 2,
+                        result: BuildResult::Failure,
+                    }),
+                    slaves: vec![PoolSlave {
+                        name: "s1".into(),
+                        connected: true,
+                    }],
+                },
+                BuilderStatus {
+                    name: "mac".into(),
+                    activity: BuilderActivity::Offline,
+                    running: vec![],
+                    queued: 0,
+                    last: None,
+                    slaves: vec![PoolSlave {
+                        name: "m1".into(),
+                        connected: false,
+                    }],
+                },
+            ],
+        };
+        assert_eq!(
+            status_lines(&snapshot, 1035.0),
+            "master example: 2 builders, 1 of 2 slaves connected\n\
+             linux: building #3 (test), ETA 1m05s, building #4 (starting), 2 queued; last #2 failure; slaves: s1 (connected)\n\
+             mac: offline, 0 queued; slaves: m1 (not connected)\n"
+        );
+    }
+
+    #[test]
+    fn an_overdue_build_shows_no_negative_eta() {
+        assert_eq!(
+            describe_running(&running(1, Some("test"), Some(10.0)), 1100.0),
+            "building #1 (test), ETA 0s"
+        );
+    }
+
+    #[test]
+    fn event_lines() {
+        let started = BuildEvent::BuildStarted {
+            job_name: "j".into(),
+            builder: "linux".into(),
+            number: 3,
+            slave: "s1".into(),
+            expected_secs: Some(165.0),
+        };
+        assert_eq!(
+            describe_event(&started),
+            "linux #3: started on s1 (ETA 2m45s)"
+        );
+        let finished = BuildEvent::BuildFinished {
+            job_name: "j".into(),
+            builder: "linux".into(),
+            number: 3,
+            result: BuildResult::Exception,
+            reason: Some("slave lost".into()),
+            will_retry: true,
+        };
+        assert_eq!(
+            describe_event(&finished),
+            "linux #3: exception: slave lost (will be retried)"
+        );
+        assert_eq!(
+            try_summary("http://m", &[("linux".into(), 3, BuildResult::Success)]),
+            "summary:\n  linux #3: success  http://m/builders/linux/builds/3\n"
+        );
+    }
+}
