@@ -4,6 +4,7 @@ mod browser;
 mod builds;
 mod cli;
 mod demo;
+mod events;
 mod faults;
 mod harness;
 mod repo;
