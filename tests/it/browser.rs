@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use serde_json::{Value, json};
 
-use crate::harness::{MasterSetup, TestMaster, current_user, text, wait_until};
+use crate::harness::{
+    MasterSetup, PATIENCE, TestMaster, current_user, output_with_deadline, reap, text, wait_until,
+};
 use crate::repo::Checkout;
 
 const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
@@ -146,8 +148,7 @@ impl Drop for Driver {
             .http
             .delete(format!("{}/session/{}", self.base, self.session))
             .send();
-        let _ = self.process.kill();
-        let _ = self.process.wait();
+        reap(&mut self.process);
     }
 }
 
@@ -218,6 +219,6 @@ fn a_person_logs_in_and_stops_a_build_in_chromium() {
         )),
         "{page}"
     );
-    let output = waiting.wait_with_output().expect("try finishes");
+    let output = output_with_deadline(waiting, "try --wait", PATIENCE);
     assert_eq!(output.status.code(), Some(1), "{}", text(&output.stdout));
 }

@@ -3,13 +3,12 @@
 use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
 
-use crate::harness::{BIN, TestKey, text};
+use crate::harness::{BIN, TestKey, run_with_timeout, text};
 
 fn buildbot(args: &[&str]) -> std::process::Output {
-    Command::new(BIN)
-        .args(args)
-        .output()
-        .expect("buildbot runs")
+    let mut command = Command::new(BIN);
+    command.args(args);
+    run_with_timeout(command, None)
 }
 
 #[test]

@@ -3,12 +3,14 @@
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
+use std::time::Instant;
 
-use crate::harness::{BIN, PATIENCE, signal, wait_with_timeout};
+use crate::harness::{BIN, PATIENCE, default_sigint, signal, wait_with_timeout};
 
 #[test]
 fn the_demo_runs_a_try_to_a_result_and_cleans_up_on_ctrl_c() {
-    let mut demo = Command::new(BIN)
+    let mut command = Command::new(BIN);
+    let mut demo = default_sigint(&mut command)
         .arg("demo")
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null())
@@ -28,9 +30,10 @@ fn the_demo_runs_a_try_to_a_result_and_cleans_up_on_ctrl_c() {
     let mut seen = Vec::new();
     let mut page = None;
     let mut directory = None;
+    let deadline = Instant::now() + PATIENCE * 3;
     while page.is_none() {
         let line = lines_rx
-            .recv_timeout(PATIENCE * 3)
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
             .unwrap_or_else(|_| panic!("the demo stalled; it said:\n{}", seen.join("\n")));
         if let Some(url) = line.strip_prefix("web page: ") {
             page = Some(url.to_string());

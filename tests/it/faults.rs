@@ -8,7 +8,10 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 
-use crate::harness::{MasterSetup, TestMaster, current_user, keepalive, text, wait_until};
+use crate::harness::{
+    MasterSetup, PATIENCE, TestMaster, current_user, keepalive, output_with_deadline, text,
+    wait_until,
+};
 use crate::repo::Checkout;
 
 fn master_with(pool: &[&str], repo: &Path, steps: &str) -> TestMaster {
@@ -24,16 +27,7 @@ fn spawn_try_wait(master: &TestMaster, cwd: &Path) -> Child {
 }
 
 fn finish(child: Child) -> std::process::Output {
-    let pid = child.id();
-    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
-    std::thread::spawn(move || {
-        if done_rx.recv_timeout(Duration::from_secs(60)).is_err() {
-            crate::harness::signal(pid, Signal::SIGKILL);
-        }
-    });
-    let output = child.wait_with_output().expect("output");
-    let _ = done_tx.send(());
-    output
+    output_with_deadline(child, "try --wait", PATIENCE * 3)
 }
 
 fn alive(pid: i32) -> bool {
@@ -300,7 +294,11 @@ fn a_master_killed_during_submissions_and_builds_loses_no_accepted_job() {
     let accepted: Vec<String> = children
         .into_iter()
         .filter_map(|(index, mut child)| {
-            let status = crate::harness::wait_with_timeout(&mut child, Duration::from_secs(30))?;
+            let status = crate::harness::wait_with_deadline(
+                &mut child,
+                &format!("submission {index}"),
+                PATIENCE,
+            );
             status.success().then(|| format!("parallel-{index:02}"))
         })
         .collect();

@@ -41,11 +41,12 @@ impl TestKey {
         if let Some(bits) = bits {
             command.args(["-b", &bits.to_string()]);
         }
-        let status = command
-            .stdin(Stdio::null())
-            .status()
-            .expect("ssh-keygen runs");
-        assert!(status.success(), "ssh-keygen -t {kind} failed");
+        let output = run_with_timeout(command, None);
+        assert!(
+            output.status.success(),
+            "ssh-keygen -t {kind} failed: {}",
+            text(&output.stderr)
+        );
         let public_line = std::fs::read_to_string(private.with_extension("pub"))
             .expect("public key written")
             .trim()
@@ -158,17 +159,14 @@ impl TestMaster {
             .prefix("buildbot-keys-")
             .tempdir()
             .expect("temp dir");
-        let created = Command::new(BIN)
-            .arg("create-master")
-            .arg(dir.path())
-            .args([
-                "--ssh-listen",
-                "127.0.0.1:0",
-                "--http-listen",
-                "127.0.0.1:0",
-            ])
-            .output()
-            .expect("create-master runs");
+        let mut create = Command::new(BIN);
+        create.arg("create-master").arg(dir.path()).args([
+            "--ssh-listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
+        ]);
+        let created = run_with_timeout(create, None);
         assert!(
             created.status.success(),
             "create-master failed: {}",
@@ -189,7 +187,8 @@ impl TestMaster {
             .expect("temp dir");
         let host_key = std::fs::read_to_string(dir.path().join("host_key.pub")).expect("host key");
         for name in &setup.slaves {
-            let created = Command::new(BIN)
+            let mut create = Command::new(BIN);
+            create
                 .arg("create-slave")
                 .arg(slaves_dir.path().join(name))
                 // The real port is known once the master runs; start_slave writes it in.
@@ -200,9 +199,8 @@ impl TestMaster {
                     name,
                     "--master-host-key",
                     host_key.trim(),
-                ])
-                .output()
-                .expect("create-slave runs");
+                ]);
+            let created = run_with_timeout(create, None);
             assert!(
                 created.status.success(),
                 "create-slave: {}",
@@ -298,12 +296,7 @@ impl TestMaster {
     /// waits until the master counts it as connected.
     pub fn start_slave(&self, name: &str) -> TestSlave {
         let slave = self.launch_slave(name, |_| {});
-        wait_until(&format!("slave {name} to connect"), || {
-            self.ssh(&self.user_key, &current_user(), "watch")
-                .stdout
-                .windows(format!("{name} (connected)").len())
-                .any(|window| window == format!("{name} (connected)").as_bytes())
-        });
+        self.wait_connected(name);
         slave
     }
 
@@ -320,10 +313,42 @@ impl TestMaster {
         });
     }
 
-    /// Whether `watch` lists the slave as connected.
+    /// Whether the JSON API (`/api/slaves`) counts the slave as connected.
     pub fn slave_connected(&self, name: &str) -> bool {
-        text(&self.ssh(&self.user_key, &current_user(), "watch").stdout)
-            .contains(&format!("{name} (connected)"))
+        let slaves = self.api("/api/slaves");
+        let slave = slaves
+            .as_array()
+            .unwrap_or_else(|| panic!("/api/slaves is not a list: {slaves}"))
+            .iter()
+            .find(|slave| slave["name"] == name)
+            .unwrap_or_else(|| panic!("no slave {name} in /api/slaves: {slaves}"));
+        slave["connected"]
+            .as_bool()
+            .unwrap_or_else(|| panic!("no connected flag for {name}: {slave}"))
+    }
+
+    /// GETs `path` (e.g. `/api/builds?builder=linux`) from this master's web server and parses
+    /// the JSON; panics on anything but a 200 with JSON.
+    pub fn api(&self, path: &str) -> serde_json::Value {
+        let url = format!("http://127.0.0.1:{}{path}", self.http_port);
+        let response = http_client()
+            .get(&url)
+            .send()
+            .unwrap_or_else(|err| panic!("GET {url}: {err}"));
+        let status = response.status();
+        let body = response
+            .text()
+            .unwrap_or_else(|err| panic!("GET {url}: {err}"));
+        assert_eq!(status.as_u16(), 200, "GET {url}: {body}");
+        serde_json::from_str(&body).unwrap_or_else(|err| panic!("GET {url}: {err}: {body}"))
+    }
+
+    /// The builder's most recent build as `/api/builds` shows it (panics when there is none).
+    pub fn api_last_build(&self, builder: &str) -> serde_json::Value {
+        let builds = self.api(&format!("/api/builds?builder={builder}"));
+        let last = builds[0].clone();
+        assert!(last.is_object(), "{builder} has no build yet: {builds}");
+        last
     }
 
     pub fn pid(&self) -> u32 {
@@ -334,7 +359,7 @@ impl TestMaster {
     pub fn kill_hard(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
-            let _ = child.wait();
+            wait_with_deadline(&mut child, "the SIGKILLed master", PATIENCE);
         }
     }
 
@@ -492,8 +517,7 @@ impl Drop for TestMaster {
         if let Some(mut child) = self.child.take() {
             signal(child.id(), nix::sys::signal::Signal::SIGTERM);
             if wait_with_timeout(&mut child, Duration::from_secs(5)).is_none() {
-                let _ = child.kill();
-                let _ = child.wait();
+                reap(&mut child);
             }
         }
         if std::thread::panicking() {
@@ -520,7 +544,71 @@ pub fn wait_with_timeout(child: &mut Child, timeout: Duration) -> Option<ExitSta
     }
 }
 
-/// Runs a command to completion (feeding stdin), killing it if it takes longer than PATIENCE.
+/// Waits for `child` to exit; when `patience` passes first, kills it and panics naming `what`.
+pub fn wait_with_deadline(child: &mut Child, what: &str, patience: Duration) -> ExitStatus {
+    match wait_with_timeout(child, patience) {
+        Some(status) => status,
+        None => {
+            reap(child);
+            panic!(
+                "{what} (pid {}) did not exit within {patience:?}; killed it",
+                child.id()
+            );
+        }
+    }
+}
+
+/// SIGKILLs a child and reaps it, giving up after a few seconds (for drops and clean-ups, which
+/// must not panic).
+pub fn reap(child: &mut Child) {
+    let _ = child.kill();
+    let _ = wait_with_timeout(child, Duration::from_secs(5));
+}
+
+/// Collects a spawned child's piped stdout and stderr and waits for it to exit; when `patience`
+/// passes first, kills it and panics naming `what` with what it printed so far.
+pub fn output_with_deadline(mut child: Child, what: &str, patience: Duration) -> Output {
+    fn collect(pipe: Option<impl std::io::Read + Send + 'static>) -> mpsc::Receiver<Vec<u8>> {
+        let (tx, rx) = mpsc::channel();
+        if let Some(mut pipe) = pipe {
+            std::thread::spawn(move || {
+                let mut bytes = Vec::new();
+                let _ = pipe.read_to_end(&mut bytes);
+                let _ = tx.send(bytes);
+            });
+        } else {
+            let _ = tx.send(Vec::new());
+        }
+        rx
+    }
+    let deadline = Instant::now() + patience;
+    let stdout = collect(child.stdout.take());
+    let stderr = collect(child.stderr.take());
+    let status = wait_with_timeout(&mut child, patience);
+    // A grandchild (ssh) may hold the pipes open after the child is gone: bound the reads too.
+    let left = || deadline.saturating_duration_since(Instant::now()) + Duration::from_secs(1);
+    let stdout = stdout.recv_timeout(left());
+    let stderr = stderr.recv_timeout(left());
+    match (status, stdout, stderr) {
+        (Some(status), Ok(stdout), Ok(stderr)) => Output {
+            status,
+            stdout,
+            stderr,
+        },
+        (status, stdout, stderr) => {
+            reap(&mut child);
+            panic!(
+                "{what} (pid {}) did not finish within {patience:?} (exit status {status:?}); killed it\nstdout: {}\nstderr: {}",
+                child.id(),
+                text(&stdout.unwrap_or_default()),
+                text(&stderr.unwrap_or_default())
+            );
+        }
+    }
+}
+
+/// Runs a command to completion (feeding stdin); panics (after killing it) if it takes longer
+/// than PATIENCE.
 pub fn run_with_timeout(mut command: Command, stdin: Option<&[u8]>) -> Output {
     command
         .stdin(if stdin.is_some() {
@@ -530,7 +618,10 @@ pub fn run_with_timeout(mut command: Command, stdin: Option<&[u8]>) -> Output {
         })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    let mut child = command.spawn().expect("command starts");
+    let what = format!("{command:?}");
+    let mut child = command
+        .spawn()
+        .unwrap_or_else(|err| panic!("{what} does not start: {err}"));
     if let Some(bytes) = stdin {
         let mut pipe = child.stdin.take().expect("piped stdin");
         let bytes = bytes.to_vec();
@@ -538,17 +629,35 @@ pub fn run_with_timeout(mut command: Command, stdin: Option<&[u8]>) -> Output {
             let _ = pipe.write_all(&bytes);
         });
     }
-    let pid = child.id();
-    let (done_tx, done_rx) = mpsc::channel::<()>();
-    let watchdog = std::thread::spawn(move || {
-        if done_rx.recv_timeout(PATIENCE).is_err() {
-            signal(pid, nix::sys::signal::Signal::SIGKILL);
-        }
-    });
-    let output = child.wait_with_output().expect("command output");
-    let _ = done_tx.send(());
-    let _ = watchdog.join();
-    output
+    output_with_deadline(child, &what, PATIENCE)
+}
+
+/// Makes the child start with SIGINT's default action, whatever this process inherited: a
+/// test run from a non-interactive shell (`trap '' INT`) ignores SIGINT, and an ignored signal
+/// stays ignored across exec. Use it on every child a test sends SIGINT (Ctrl-C) to.
+pub fn default_sigint(command: &mut Command) -> &mut Command {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the hook runs between fork and exec, where only async-signal-safe calls are
+    // allowed; it makes a single sigaction(2) call, which is one.
+    unsafe {
+        command.pre_exec(|| {
+            nix::sys::signal::signal(
+                nix::sys::signal::Signal::SIGINT,
+                nix::sys::signal::SigHandler::SigDfl,
+            )
+            .map(drop)
+            .map_err(std::io::Error::from)
+        });
+    }
+    command
+}
+
+/// An HTTP client for the master's web server that gives up after PATIENCE.
+pub fn http_client() -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder()
+        .timeout(PATIENCE)
+        .build()
+        .expect("HTTP client")
 }
 
 fn port_of(addr: &str) -> u16 {
@@ -664,8 +773,7 @@ impl Drop for TestSlave {
         if let Some(mut child) = self.child.take() {
             signal(child.id(), nix::sys::signal::Signal::SIGTERM);
             if wait_with_timeout(&mut child, Duration::from_secs(10)).is_none() {
-                let _ = child.kill();
-                let _ = child.wait();
+                reap(&mut child);
             }
         }
         if std::thread::panicking() {

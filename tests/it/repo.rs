@@ -3,10 +3,11 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::harness::text;
+use crate::harness::{run_with_timeout, text};
 
 pub fn git(dir: &Path, args: &[&str]) -> String {
-    let output = Command::new("git")
+    let mut command = Command::new("git");
+    command
         .args([
             "-c",
             "user.name=Alice",
@@ -16,9 +17,8 @@ pub fn git(dir: &Path, args: &[&str]) -> String {
             "init.defaultBranch=main",
         ])
         .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("git runs");
+        .current_dir(dir);
+    let output = run_with_timeout(command, None);
     assert!(
         output.status.success(),
         "git {args:?}: {}",

@@ -7,7 +7,10 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 
-use crate::harness::{MasterSetup, TestMaster, current_user, text, wait_until};
+use crate::harness::{
+    MasterSetup, PATIENCE, TestMaster, current_user, default_sigint, text, wait_until,
+    wait_with_deadline,
+};
 use crate::repo::Checkout;
 
 fn master_with(repo: &Path, steps: &str) -> TestMaster {
@@ -15,35 +18,32 @@ fn master_with(repo: &Path, steps: &str) -> TestMaster {
 }
 
 fn spawn_try_wait(master: &TestMaster, cwd: &Path) -> std::process::Child {
-    master
-        .try_command(cwd, "linux", true)
-        // Its own process group, as a terminal's foreground job is.
-        .process_group(0)
+    let mut command = master.try_command(cwd, "linux", true);
+    // Its own process group, as a terminal's foreground job is, which Ctrl-C reaches even when
+    // the test runner ignores SIGINT.
+    default_sigint(command.process_group(0))
         .spawn()
         .expect("try runs")
 }
 
+/// Waits until build #1 is running `step` (its last step, not finished), as the JSON API says.
 fn wait_building(master: &TestMaster, step: &str) {
     wait_until(&format!("build #1 to run step {step}"), || {
-        text(
-            &master
-                .ssh(&master.user_key, &current_user(), "watch linux")
-                .stdout,
-        )
-        .contains(&format!("building #1 ({step})"))
+        let build = master.api("/api/builds?builder=linux")[0].clone();
+        let last = build["steps"]
+            .as_array()
+            .and_then(|steps| steps.last())
+            .cloned()
+            .unwrap_or_default();
+        build["number"] == 1
+            && build["running"] == true
+            && last["name"] == step
+            && last["result"].is_null()
     });
 }
 
 fn api_build(master: &TestMaster) -> serde_json::Value {
-    let url = format!(
-        "http://127.0.0.1:{}/api/builds?builder=linux",
-        master.http_port
-    );
-    let body = reqwest::blocking::get(&url)
-        .and_then(|r| r.text())
-        .expect("GET");
-    let builds: serde_json::Value = serde_json::from_str(&body).expect("json");
-    builds[0].clone()
+    master.api_last_build("linux")
 }
 
 fn pid_alive(pid: i32) -> bool {
@@ -159,13 +159,14 @@ fn ctrl_c_on_try_wait_cancels_the_jobs_unfinished_builds() {
     );
     let master = master_with(&checkout.upstream, &step);
     let _slave = master.start_slave("s1");
-    let waiting = spawn_try_wait(&master, &checkout.work);
+    let mut waiting = spawn_try_wait(&master, &checkout.work);
     wait_building(&master, "sleep");
     let pid = crate::harness::wait_for_pid(&pid_file);
     // Ctrl-C reaches the terminal's whole foreground group: ssh dies with the client.
     let group = nix::unistd::Pid::from_raw(i32::try_from(waiting.id()).expect("pid"));
-    let _ = nix::sys::signal::killpg(group, Signal::SIGINT);
-    let _ = waiting.wait_with_output();
+    nix::sys::signal::killpg(group, Signal::SIGINT).expect("SIGINT to the try group");
+    let status = wait_with_deadline(&mut waiting, "try --wait after Ctrl-C", PATIENCE);
+    assert!(!status.success(), "{status:?}");
     wait_until("the build to be interrupted", || {
         api_build(&master)["result"] == "interrupted"
     });

@@ -4,8 +4,12 @@ use std::io::{BufRead, BufReader};
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
+use std::time::Instant;
 
-use crate::harness::{BIN, MasterSetup, PATIENCE, TestMaster, run_with_timeout, text, wait_until};
+use crate::harness::{
+    BIN, MasterSetup, PATIENCE, TestMaster, default_sigint, run_with_timeout, text, wait_until,
+    wait_with_deadline,
+};
 use crate::repo::Checkout;
 
 fn watch_command(master: &TestMaster, extra: &[&str]) -> Command {
@@ -32,13 +36,13 @@ fn watch_shows_the_status_then_follows_the_builds() {
         text(&once.stdout)
     );
 
-    let mut watching = watch_command(&master, &["-b", "linux"])
+    let mut command = watch_command(&master, &["-b", "linux"]);
+    command
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
-        .process_group(0)
-        .spawn()
-        .expect("watch runs");
+        .process_group(0);
+    let mut watching = default_sigint(&mut command).spawn().expect("watch runs");
     let stdout = watching.stdout.take().expect("stdout");
     let (lines_tx, lines_rx) = mpsc::channel();
     std::thread::spawn(move || {
@@ -53,10 +57,11 @@ fn watch_shows_the_status_then_follows_the_builds() {
     let output = run_with_timeout(master.try_command(&checkout.work, "linux", true), None);
     assert_eq!(output.status.code(), Some(0), "{}", text(&output.stdout));
     let mut seen = Vec::new();
+    let deadline = Instant::now() + PATIENCE;
     while !seen.iter().any(|line: &String| line == "linux #1: success") {
         seen.push(
             lines_rx
-                .recv_timeout(PATIENCE)
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
                 .unwrap_or_else(|_| panic!("watch saw only: {seen:?}")),
         );
     }
@@ -70,8 +75,8 @@ fn watch_shows_the_status_then_follows_the_builds() {
         "{seen:?}"
     );
     let group = nix::unistd::Pid::from_raw(i32::try_from(watching.id()).expect("pid"));
-    let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGINT);
-    let _ = watching.wait();
+    nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGINT).expect("SIGINT to watch");
+    wait_with_deadline(&mut watching, "watch after Ctrl-C", PATIENCE);
     wait_until("the master to end the watch session", || {
         master.log().contains(
             "command=watch --json --follow linux}: buildbot::sshd::session: exec finished",

@@ -4,7 +4,9 @@ use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
 use std::time::Duration;
 
-use crate::harness::{MasterSetup, TestMaster, current_user, text, wait_until};
+use crate::harness::{
+    MasterSetup, PATIENCE, TestMaster, current_user, output_with_deadline, text, wait_until,
+};
 use crate::repo::Checkout;
 
 fn master_with(repo: &Path, steps: &str) -> TestMaster {
@@ -147,7 +149,7 @@ fn a_200_mb_log_downloads_byte_exact_in_pieces_and_live() {
         .expect("follow")
         .read_to_end(&mut followed)
         .expect("read to the end");
-    let output = waiting.wait_with_output().expect("try finishes");
+    let output = output_with_deadline(waiting, "try --wait", PATIENCE);
     assert_eq!(output.status.code(), Some(0), "{}", text(&output.stdout));
     let expected: Vec<u8> = [
         b"tick\ntick\n".to_vec(),
@@ -194,9 +196,7 @@ fn the_event_stream_resumes_from_a_sequence_number() {
     let checkout = Checkout::new();
     let master = master_with(&checkout.upstream, r#"{ name = "ok", command = "true" },"#);
     let _slave = master.start_slave("s1");
-    let output = spawn_try(&master, &checkout.work)
-        .wait_with_output()
-        .expect("try");
+    let output = output_with_deadline(spawn_try(&master, &checkout.work), "try --wait", PATIENCE);
     assert_eq!(output.status.code(), Some(0), "{}", text(&output.stdout));
     // Resume after event 2: the replay starts at 3 and carries ids.
     let response = client()
@@ -207,7 +207,13 @@ fn the_event_stream_resumes_from_a_sequence_number() {
     let mut lines = BufReader::new(response).lines();
     let mut ids = Vec::new();
     let mut data = Vec::new();
+    // Keep-alive comments arrive every few seconds, so the read timeout alone never ends this.
+    let deadline = std::time::Instant::now() + PATIENCE;
     while ids.len() < 3 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "only {ids:?} replayed within {PATIENCE:?}"
+        );
         let line = lines.next().expect("more events").expect("line");
         if let Some(id) = line.strip_prefix("id: ") {
             ids.push(id.parse::<u64>().expect("numeric id"));
@@ -305,7 +311,7 @@ fn stopping_from_the_web_needs_a_session_and_the_csrf_token() {
         .send()
         .expect("POST");
     assert_eq!(response.status().as_u16(), 303);
-    let output = waiting.wait_with_output().expect("try finishes");
+    let output = output_with_deadline(waiting, "try --wait", PATIENCE);
     assert!(
         text(&output.stdout).contains("linux #1: interrupted"),
         "{}",
