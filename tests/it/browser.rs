@@ -124,6 +124,33 @@ impl Driver {
         );
     }
 
+    /// How many elements match `css`.
+    fn count(&self, css: &str) -> usize {
+        let found = self.call(
+            reqwest::Method::POST,
+            "/elements",
+            Some(json!({"using": "css selector", "value": css})),
+        );
+        found
+            .as_array()
+            .unwrap_or_else(|| panic!("elements {css}: {found}"))
+            .len()
+    }
+
+    /// The rendered text of the first element matching `css`.
+    fn text(&self, css: &str) -> String {
+        let element = self.element(css);
+        let value = self.call(
+            reqwest::Method::GET,
+            &format!("/element/{element}/text"),
+            None,
+        );
+        value
+            .as_str()
+            .unwrap_or_else(|| panic!("text of {css}: {value}"))
+            .to_string()
+    }
+
     fn click(&self, css: &str) {
         let element = self.element(css);
         self.call(
@@ -174,12 +201,18 @@ fn a_person_logs_in_and_stops_a_build_in_chromium() {
 
     let driver = Driver::start();
     driver.goto(&format!("{web}/"));
-    let waterfall = driver.source();
-    assert!(
-        waterfall.contains("linux") && waterfall.contains("#1"),
-        "{waterfall}"
+    assert_eq!(driver.text("#waterfall a[href='/builders/linux']"), "linux");
+    assert_eq!(
+        driver.text("#waterfall a[href='/builders/linux/builds/1']"),
+        "#1"
     );
     driver.goto(&format!("{web}/builders/linux/builds/1"));
+    assert_eq!(driver.text("#result"), "running");
+    assert_eq!(
+        driver.count("#stop-button"),
+        0,
+        "read-only before logging in"
+    );
     assert!(
         driver.source().contains("Log in"),
         "read-only before logging in"
@@ -191,17 +224,16 @@ fn a_person_logs_in_and_stops_a_build_in_chromium() {
             .stdout,
     );
     driver.goto(login.lines().next().expect("login URL").trim());
+    let who = driver.text("header .who");
     assert!(
-        driver
-            .source()
-            .contains(&format!("logged in as {}", current_user()))
+        who.starts_with(&format!("logged in as {}", current_user())),
+        "{who}"
     );
     driver.goto(&format!("{web}/builders/linux/builds/1"));
-    let build_page = driver.source();
-    assert!(build_page.contains("stop-reason"), "{build_page}");
+    assert_eq!(driver.count("#stop-reason"), 1, "{}", driver.source());
     driver.type_into("#stop-reason", "stopped in a browser");
     driver.click("#stop-button");
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let deadline = Instant::now() + PATIENCE;
     let mut page = driver.source();
     while !page.contains("stopped in a browser") && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(200));

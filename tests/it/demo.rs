@@ -5,7 +5,9 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::Instant;
 
-use crate::harness::{BIN, PATIENCE, default_sigint, signal, wait_with_timeout};
+use crate::harness::{
+    BIN, PATIENCE, default_sigint, element_text, http_client, signal, wait_with_deadline,
+};
 
 #[test]
 fn the_demo_runs_a_try_to_a_result_and_cleans_up_on_ctrl_c() {
@@ -46,14 +48,20 @@ fn the_demo_runs_a_try_to_a_result_and_cleans_up_on_ctrl_c() {
     let said = seen.join("\n");
     assert!(said.contains("demo #1: success"), "{said}");
     assert!(said.contains("result: success"), "{said}");
-    let body = reqwest::blocking::get(page.expect("url"))
+    let body = http_client()
+        .get(page.expect("url"))
+        .send()
         .and_then(|r| r.text())
         .expect("build page");
-    assert!(body.contains("demo #1"), "{body}");
-    assert!(body.contains("class=\"block success\""), "{body}");
+    assert!(body.contains("<title>demo #1"), "{body}");
+    assert_eq!(
+        element_text(&body, "id=\"result\"").as_deref(),
+        Some("success"),
+        "{body}"
+    );
     assert!(body.contains("Demo Developer"), "{body}");
     signal(demo.id(), nix::sys::signal::Signal::SIGINT);
-    let status = wait_with_timeout(&mut demo, PATIENCE).expect("the demo stops on Ctrl-C");
+    let status = wait_with_deadline(&mut demo, "the demo after Ctrl-C", PATIENCE);
     assert!(status.success(), "{status:?}");
     let directory = directory.expect("the demo names its directory");
     assert!(

@@ -785,3 +785,13 @@ impl Drop for TestSlave {
         }
     }
 }
+
+/// The text of the first element whose opening tag contains `marker` (e.g. `id="result"`), up
+/// to the next tag: for asserting on one element of a page rather than on the whole page,
+/// whose stylesheet names every state.
+pub fn element_text(html: &str, marker: &str) -> Option<String> {
+    let at = html.find(marker)?;
+    let rest = &html[at..];
+    let content = &rest[rest.find('>')? + 1..];
+    Some(content[..content.find('<')?].trim().to_string())
+}

@@ -5,7 +5,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use crate::harness::{
-    MasterSetup, PATIENCE, TestMaster, current_user, output_with_deadline, text, wait_until,
+    MasterSetup, PATIENCE, TestMaster, current_user, element_text, output_with_deadline, text,
+    wait_until,
 };
 use crate::repo::Checkout;
 
@@ -36,6 +37,15 @@ fn spawn_try(master: &TestMaster, cwd: &Path) -> std::process::Child {
         .try_command(cwd, "linux", true)
         .spawn()
         .expect("try runs")
+}
+
+/// The waterfall's entry for linux build `number`: its link text and the result after it.
+fn waterfall_block(waterfall: &str, number: u32) -> Option<String> {
+    let after = waterfall
+        .split(&format!("href=\"/builders/linux/builds/{number}\">"))
+        .nth(1)?;
+    let end = after.find(" <span")?;
+    Some(after[..end].trim().to_string())
 }
 
 fn pages_render(master: &TestMaster, build: Option<i64>) {
@@ -87,21 +97,43 @@ fn every_page_renders_empty_running_and_finished() {
             .1
             .contains("\"running\":true")
     });
+    let build = master.api_last_build("linux");
+    assert_eq!(build["number"], 1, "{build}");
+    assert_eq!(build["running"], true, "{build}");
     pages_render(&master, Some(1));
     let (_, page) = get(&master, "/builders/linux/builds/1");
-    assert!(page.contains("running"), "{page}");
+    assert_eq!(
+        element_text(&page, "id=\"result\"").as_deref(),
+        Some("running"),
+        "{page}"
+    );
     assert!(
-        page.contains("Log in"),
+        page.contains("Log in") && !page.contains("id=\"stop-button\""),
         "read-only visitors see no Stop button: {page}"
     );
     let (_, waterfall) = get(&master, "/");
-    assert!(waterfall.contains("#1"), "{waterfall}");
+    assert_eq!(
+        waterfall_block(&waterfall, 1).as_deref(),
+        Some("#1</a> running"),
+        "the waterfall links build #1, running: {waterfall}"
+    );
     std::fs::write(slave.dir.join("build/go"), "").expect("release the step");
-    let output = waiting.wait_with_output().expect("try finishes");
+    let output = output_with_deadline(waiting, "try --wait", PATIENCE);
     assert_eq!(output.status.code(), Some(0), "{}", text(&output.stdout));
+    assert_eq!(master.api_last_build("linux")["result"], "success");
     pages_render(&master, Some(1));
     let (_, page) = get(&master, "/builders/linux/builds/1");
-    assert!(page.contains("success"), "{page}");
+    assert_eq!(
+        element_text(&page, "id=\"result\"").as_deref(),
+        Some("success"),
+        "{page}"
+    );
+    let (_, waterfall) = get(&master, "/");
+    assert_eq!(
+        waterfall_block(&waterfall, 1).as_deref(),
+        Some("#1</a> success"),
+        "{waterfall}"
+    );
     assert!(
         page.contains("Alice &lt;alice@example.org&gt;"),
         "who, escaped: {page}"
