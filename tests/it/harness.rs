@@ -660,6 +660,103 @@ pub fn http_client() -> reqwest::blocking::Client {
         .expect("HTTP client")
 }
 
+/// A unix group and a user whose primary group it is, made with groupadd/useradd for one test
+/// and removed on drop. Needs root (the tests run as root in CI).
+pub struct TempAccount {
+    pub user: String,
+    pub group: String,
+    pub gid: nix::unistd::Gid,
+}
+
+/// useradd and friends lock /etc/passwd and fail rather than wait: one at a time.
+static ACCOUNTS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+impl TempAccount {
+    pub fn create(why: &str) -> TempAccount {
+        assert!(
+            nix::unistd::getuid().is_root(),
+            "{why} needs root to create a temporary unix user and group (groupadd, useradd); run the tests as root, as CI does"
+        );
+        static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let index = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let name = format!("bbtest-{}-{index}", std::process::id());
+        let run = |program: &str, args: &[&str]| -> Result<(), String> {
+            let mut command = Command::new(program);
+            command.args(args);
+            let output = run_with_timeout(command, None);
+            if output.status.success() {
+                Ok(())
+            } else {
+                Err(format!(
+                    "{program} {args:?} failed: {}",
+                    text(&output.stderr)
+                ))
+            }
+        };
+        let created = {
+            let _lock = ACCOUNTS
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            run("groupadd", &[&name]).and_then(|()| {
+                let user = run(
+                    "useradd",
+                    &[
+                        "-M",
+                        "-N",
+                        "-g",
+                        &name,
+                        "-d",
+                        "/nonexistent",
+                        "-s",
+                        "/usr/sbin/nologin",
+                        &name,
+                    ],
+                );
+                if user.is_err() {
+                    let _ = run("groupdel", &[&name]);
+                }
+                user
+            })
+        };
+        if let Err(err) = created {
+            panic!("{why}: {err}");
+        }
+        // From here on, dropping the account removes the user and the group.
+        let mut account = TempAccount {
+            user: name.clone(),
+            group: name.clone(),
+            gid: nix::unistd::Gid::from_raw(u32::MAX),
+        };
+        account.gid = nix::unistd::Group::from_name(&name)
+            .ok()
+            .flatten()
+            .unwrap_or_else(|| panic!("{why}: group {name} was not created"))
+            .gid;
+        account
+    }
+}
+
+impl Drop for TempAccount {
+    fn drop(&mut self) {
+        let _lock = ACCOUNTS
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        for (program, name) in [("userdel", &self.user), ("groupdel", &self.group)] {
+            let spawned = Command::new(program)
+                .arg(name)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn();
+            if let Ok(mut child) = spawned
+                && wait_with_timeout(&mut child, PATIENCE).is_none()
+            {
+                reap(&mut child);
+            }
+        }
+    }
+}
+
 fn port_of(addr: &str) -> u16 {
     addr.rsplit(':')
         .next()

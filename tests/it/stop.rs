@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 
 use crate::harness::{
-    MasterSetup, PATIENCE, TestMaster, current_user, default_sigint, text, wait_until,
-    wait_with_deadline,
+    MasterSetup, PATIENCE, TempAccount, TestMaster, current_user, default_sigint,
+    output_with_deadline, text, wait_until, wait_with_deadline,
 };
 use crate::repo::Checkout;
 
@@ -179,51 +179,47 @@ fn ctrl_c_on_try_wait_cancels_the_jobs_unfinished_builds() {
 
 #[test]
 fn an_admin_group_member_may_stop_without_the_right_to_try() {
-    let Ok(Some(group)) = nix::unistd::Group::from_gid(
-        nix::unistd::User::from_name("nobody")
-            .ok()
-            .flatten()
-            .map(|user| user.gid)
-            .unwrap_or(nix::unistd::Gid::from_raw(65534)),
-    ) else {
-        eprintln!(
-            "SKIPPED an_admin_group_member_may_stop_without_the_right_to_try: no group for user nobody"
-        );
-        return;
-    };
+    let admin = TempAccount::create("an_admin_group_member_may_stop_without_the_right_to_try");
+    let user = admin.user.as_str();
     let checkout = Checkout::new();
     let mut setup = MasterSetup::linux_builder(
         &["s1"],
         &checkout.upstream,
         r#"{ name = "sleep", command = "sleep 600" },"#,
     );
-    let admin_line: &'static str =
-        Box::leak(format!("name = \"example\"\nadmin_group = \"{}\"", group.name).into_boxed_str());
+    let admin_line: &'static str = Box::leak(
+        format!("name = \"example\"\nadmin_group = \"{}\"", admin.group).into_boxed_str(),
+    );
     setup.edits.push(("name = \"example\"", admin_line));
     let master = TestMaster::start_with(setup);
-    master.authorize("nobody", &master.user_key.public_line);
+    master.authorize(user, &master.user_key.public_line);
     let _slave = master.start_slave("s1");
     let waiting = spawn_try_wait(&master, &checkout.work);
     wait_building(&master, "sleep");
-    // nobody may not try (the master dir is private to its owner) ...
-    let output = master.ssh_with(&master.user_key, "nobody", "try", &[], Some(b"1:5,2:{},"));
+    // The user may not try (the master dir is private to its owner) ...
+    let output = master.ssh_with(&master.user_key, user, "try", &[], Some(b"1:5,2:{},"));
     assert_eq!(output.status.code(), Some(1));
     assert!(
-        text(&output.stderr).contains("nobody may not submit try jobs"),
+        text(&output.stderr).contains(&format!("{user} may not submit try jobs")),
         "{}",
         text(&output.stderr)
     );
     // ... but may stop, being in the admin group.
     let output = master.ssh(
         &master.user_key,
-        "nobody",
+        user,
         "stop linux --reason 'admin says so'",
     );
     assert!(output.status.success(), "{}", text(&output.stderr));
     assert!(
-        text(&output.stdout).contains("stopped by nobody: admin says so"),
+        text(&output.stdout).contains(&format!("stopped by {user}: admin says so")),
         "{}",
         text(&output.stdout)
     );
-    let _ = waiting.wait_with_output();
+    let output = output_with_deadline(waiting, "try --wait", PATIENCE);
+    assert!(
+        text(&output.stdout).contains("linux #1: interrupted"),
+        "{}",
+        text(&output.stdout)
+    );
 }

@@ -6,7 +6,8 @@ use std::process::Command;
 use buildbot::tryjob as job;
 
 use crate::harness::{
-    BIN, MasterSetup, TestKey, TestMaster, current_user, run_with_timeout, text, wait_until,
+    BIN, MasterSetup, TempAccount, TestKey, TestMaster, current_user, run_with_timeout, text,
+    wait_until,
 };
 use crate::repo::{Checkout, git};
 
@@ -343,18 +344,12 @@ fn the_classic_tryserver_path_only_writes_into_the_spool() {
 
 #[test]
 fn the_spool_mode_bits_decide_who_may_try() {
-    if !nix::unistd::getuid().is_root() {
-        eprintln!(
-            "SKIPPED the_spool_mode_bits_decide_who_may_try: needs root to chown the spool to another user's group"
-        );
-        return;
-    }
+    // A user of its own, whose group the spool is then given to (creating it needs root).
+    let account = TempAccount::create("the_spool_mode_bits_decide_who_may_try");
+    let user = account.user.as_str();
     let master = try_master(&["linux"]);
-    let nobody = nix::unistd::User::from_name("nobody")
-        .expect("lookup")
-        .expect("user nobody exists");
-    master.authorize("nobody", &master.user_key.public_line);
-    // The temp dir is private to root; the spool's ancestors must let nobody through.
+    master.authorize(user, &master.user_key.public_line);
+    // The temp dir is private to root; the spool's ancestors must let the user through.
     std::fs::set_permissions(
         master.path(),
         std::os::unix::fs::PermissionsExt::from_mode(0o755),
@@ -364,24 +359,30 @@ fn the_spool_mode_bits_decide_who_may_try() {
     std::fs::set_permissions(&spool, std::os::unix::fs::PermissionsExt::from_mode(0o755))
         .expect("chmod");
     let sample = include_bytes!("../data/try-samples/job-v5-empty-diff.bin");
-    let output = master.ssh_with(&master.user_key, "nobody", "try", &[], Some(sample));
+    let output = master.ssh_with(&master.user_key, user, "try", &[], Some(sample));
     assert_eq!(output.status.code(), Some(1));
-    let group = nix::unistd::Group::from_gid(nix::unistd::Gid::from_raw(0))
+    let spool_gid = std::os::unix::fs::MetadataExt::gid(&std::fs::metadata(&spool).expect("spool"));
+    let group = nix::unistd::Group::from_gid(nix::unistd::Gid::from_raw(spool_gid))
         .expect("lookup")
-        .expect("group 0")
+        .expect("the spool's group")
         .name;
     assert_eq!(
         text(&output.stderr).trim(),
         format!(
-            "buildbot: nobody may not submit try jobs (no write permission on the spool; ask an admin to add you to group {group})"
+            "buildbot: {user} may not submit try jobs (no write permission on the spool; ask an admin to add you to group {group})"
         )
     );
-    // chgrp to nobody's group and chmod 2770: now nobody may try.
-    nix::unistd::chown(&spool, None, Some(nobody.gid)).expect("chgrp");
+    // chgrp to the user's group and chmod 2770: now the user may try.
+    nix::unistd::chown(&spool, None, Some(account.gid)).expect("chgrp");
     std::fs::set_permissions(&spool, std::os::unix::fs::PermissionsExt::from_mode(0o2770))
         .expect("chmod");
-    let output = master.ssh_with(&master.user_key, "nobody", "try", &[], Some(sample));
+    let output = master.ssh_with(&master.user_key, user, "try", &[], Some(sample));
     assert!(output.status.success(), "{}", text(&output.stderr));
+    assert!(
+        text(&output.stdout).contains("accepted as"),
+        "{}",
+        text(&output.stdout)
+    );
 }
 
 /// The Python client, installed by scripts/test.sh into target/pyvenv (or named by
