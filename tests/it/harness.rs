@@ -351,6 +351,15 @@ impl TestMaster {
         last
     }
 
+    /// How long a round trip of `ssh master watch` takes now: the baseline that a command over
+    /// ssh is measured against on a machine that may be loaded.
+    pub fn ssh_round_trip(&self) -> Duration {
+        let started = Instant::now();
+        let output = self.ssh(&self.user_key, &current_user(), "watch");
+        assert!(output.status.success(), "{}", text(&output.stderr));
+        started.elapsed()
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.as_ref().map_or(0, Child::id)
     }
@@ -659,6 +668,18 @@ pub fn http_client() -> reqwest::blocking::Client {
         .build()
         .expect("HTTP client")
 }
+
+/// Generous extra time for timing assertions on a loaded 2-core machine: a bound is the
+/// configured interval (or grace) plus this, never a few hundred milliseconds.
+pub const SLACK: Duration = Duration::from_secs(8);
+
+/// How long the master waits for open sessions at shutdown (`SHUTDOWN_GRACE` in
+/// src/master/mod.rs; not configurable).
+pub const SHUTDOWN_GRACE: Duration = Duration::from_millis(1500);
+
+/// How long a slave lets a step's processes take after SIGTERM before SIGKILL (`KILL_GRACE` in
+/// src/slave/work.rs; not configurable).
+pub const KILL_GRACE: Duration = Duration::from_secs(2);
 
 /// A unix group and a user whose primary group it is, made with groupadd/useradd for one test
 /// and removed on drop. Needs root (the tests run as root in CI).

@@ -3,12 +3,12 @@
 
 use std::os::unix::process::CommandExt;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use nix::sys::signal::Signal;
 
 use crate::harness::{
-    MasterSetup, PATIENCE, TempAccount, TestMaster, current_user, default_sigint,
+    MasterSetup, PATIENCE, SLACK, TempAccount, TestMaster, current_user, default_sigint,
     output_with_deadline, text, wait_until, wait_with_deadline,
 };
 use crate::repo::Checkout;
@@ -65,6 +65,7 @@ fn stop_over_ssh_interrupts_a_long_step_with_the_reason() {
     wait_building(&master, "sleep");
     let pid = crate::harness::wait_for_pid(&pid_file);
 
+    let round_trip = master.ssh_round_trip();
     let started = Instant::now();
     let output = master.ssh(
         &master.user_key,
@@ -81,10 +82,14 @@ fn stop_over_ssh_interrupts_a_long_step_with_the_reason() {
             current_user()
         )
     );
-    assert!(took < Duration::from_secs(5), "took {took:?}");
+    // The step would sleep 600 s: the stop ends it, rather than waiting for it.
+    assert!(
+        took < round_trip + SLACK,
+        "took {took:?} (an ssh round trip takes {round_trip:?})"
+    );
     assert!(!pid_alive(pid), "the step's process survived the stop");
 
-    let output = waiting.wait_with_output().expect("try finishes");
+    let output = output_with_deadline(waiting, "try --wait", PATIENCE);
     let stdout = text(&output.stdout);
     assert_eq!(output.status.code(), Some(1), "{stdout}");
     assert!(stdout.contains("linux #1: interrupted"), "{stdout}");
@@ -128,6 +133,7 @@ fn a_stop_against_a_frozen_slave_finishes_at_once() {
     let slave = master.start_slave("s1");
     let waiting = spawn_try_wait(&master, &checkout.work);
     wait_building(&master, "sleep");
+    let round_trip = master.ssh_round_trip();
     slave.signal(Signal::SIGSTOP);
     let started = Instant::now();
     let output = master.ssh(
@@ -139,8 +145,13 @@ fn a_stop_against_a_frozen_slave_finishes_at_once() {
     println!("stop against a frozen slave took {took:?}");
     slave.signal(Signal::SIGCONT);
     assert!(output.status.success(), "{}", text(&output.stderr));
-    assert!(took < Duration::from_secs(5), "took {took:?}");
-    let output = waiting.wait_with_output().expect("try finishes");
+    // A stop that waited for the frozen slave would wait for its keepalive timeout (30 s) or
+    // for ever.
+    assert!(
+        took < round_trip + SLACK,
+        "took {took:?} (an ssh round trip takes {round_trip:?})"
+    );
+    let output = output_with_deadline(waiting, "try --wait", PATIENCE);
     assert!(
         text(&output.stdout).contains("linux #1: interrupted"),
         "{}",
