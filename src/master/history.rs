@@ -1,5 +1,6 @@
 //! Build history in SQLite: build requests, builds, steps, with versioned migrations from the
-//! first schema. Logs are files (see `master::logs`); the database holds where they are.
+//! first schema. Logs are files (written by `master::build`, served by the web); the database
+//! holds the builds and steps they belong to.
 //!
 //! One connection behind a mutex; callers on async threads go through [`History::run`], which
 //! moves the work to the blocking pool.

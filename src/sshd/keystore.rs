@@ -2,7 +2,8 @@
 //! `AuthorizedKeysFile` patterns for a login, reads those files (re-reading a file whenever its
 //! size, mtime or inode changed, so edits take effect without a restart), and decides whether an
 //! offered key from a given address is accepted. Parsing one file's text is
-//! `sshd::authorized_keys`; slave keys come from master.toml and are checked in `sshd::auth`.
+//! `sshd::authorized_keys`; slave keys come from master.toml and are checked in
+//! `SshdContext::authenticate`.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
