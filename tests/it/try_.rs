@@ -246,8 +246,12 @@ fn malformed_and_unknown_builder_jobs_land_in_rejected_with_a_reason() {
     )
     .expect("write");
     let rejected = master.path().join("spool/rejected");
+    // The master writes NAME.why first and then moves the job in beside it: the job's
+    // arrival means the reason is complete.
     wait_until("both jobs rejected", || {
-        rejected.join("wrong-builder.why").exists() && rejected.join("garbage.why").exists()
+        ["wrong-builder", "garbage"].iter().all(|name| {
+            rejected.join(name).exists() && rejected.join(format!("{name}.why")).exists()
+        })
     });
     let why = std::fs::read_to_string(rejected.join("wrong-builder.why")).expect("why");
     assert!(why.contains("unknown builder"), "{why}");
