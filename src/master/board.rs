@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio_util::sync::CancellationToken;
 
+use crate::master::lock;
 use crate::status::{BuildResult, LastBuild, RunningBuild};
 
 /// Who stopped a build and why.
@@ -137,12 +138,6 @@ impl Board {
         }
         stopped
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 #[cfg(test)]

@@ -21,6 +21,7 @@ use crate::master::board::Board;
 use crate::master::config::{BuilderConfig, Config};
 use crate::master::events::{EventLog, Followed};
 use crate::master::history::{self, History, HistoryError, StoredRequest};
+use crate::master::lock;
 use crate::master::roster::Roster;
 use crate::master::scheduler::Input;
 use crate::master::sessions::Sessions;
@@ -378,12 +379,6 @@ impl SlaveRegistry for Control {
         })
         .await;
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@ use std::sync::Mutex;
 
 use tokio::sync::broadcast;
 
+use crate::master::lock;
 use crate::status::{BuildEvent, SequencedEvent, unix_now};
 
 /// How many recent events are kept for followers that resume.
@@ -155,12 +156,6 @@ impl Follower {
             }
         }
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 #[cfg(test)]

@@ -15,3 +15,11 @@ pub mod roster;
 pub mod scheduler;
 pub mod sessions;
 pub mod slaves;
+
+/// Locks a mutex that guards plain data; a panic elsewhere while it was held leaves data that is
+/// still consistent for these short, non-awaiting sections, so poisoning is not an error.
+pub(crate) fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}

@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
+use crate::master::lock;
 use crate::master::slaves::{SlaveInfo, SlaveLink};
 
 #[derive(Default)]
@@ -59,10 +60,4 @@ impl Roster {
             .map(|(name, link)| (name.clone(), link.info()))
             .collect()
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }

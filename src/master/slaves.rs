@@ -17,6 +17,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::exec_io::ExecIo;
+use crate::master::lock;
 use crate::proto::{self, ExitReport, FrameDecoder, Hello, Message, PROTOCOL_VERSION, StreamKind};
 
 /// What a running checkout or command reports.
@@ -135,12 +136,6 @@ impl SlaveLink {
     pub fn close(&self) {
         self.closed.cancel();
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 static NEXT_CONNECTION: AtomicU64 = AtomicU64::new(1);
