@@ -360,6 +360,16 @@ impl TestMaster {
         started.elapsed()
     }
 
+    /// Waits until `builder` (URL-encoded), which has no slave, holds `count` queued requests,
+    /// as the JSON API says (the master claims a job before its scheduler queues it).
+    pub fn wait_queued(&self, builder: &str, count: u64) {
+        wait_until(&format!("{count} queued for {builder}"), || {
+            let view = self.api(&format!("/api/builders/{builder}"));
+            assert_eq!(view["state"], "offline", "{view}");
+            view["queued"] == count
+        });
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.as_ref().map_or(0, Child::id)
     }

@@ -69,12 +69,7 @@ fn a_dirty_checkout_is_delivered_and_the_patch_reproduces_it() {
     let patch = job.patch.as_deref().expect("a patch");
     checkout.assert_patch_reproduces_the_work(upstream_head.trim(), patch);
 
-    let status = master.ssh(&master.user_key, &current_user(), "watch linux");
-    assert!(
-        text(&status.stdout).contains("linux: offline, 1 queued"),
-        "{}",
-        text(&status.stdout)
-    );
+    master.wait_queued("linux", 1);
 }
 
 #[test]
@@ -227,12 +222,7 @@ fn a_job_spooled_while_the_master_is_down_is_processed_at_start() {
     let master = master.start_again();
     let job = the_claimed_job(&master);
     assert_eq!(job.jobid, "1795464251.701242-859904");
-    let status = master.ssh(&master.user_key, &current_user(), "watch");
-    assert!(
-        text(&status.stdout).contains("mac os: offline, 1 queued"),
-        "{}",
-        text(&status.stdout)
-    );
+    master.wait_queued("mac%20os", 1);
 }
 
 #[test]
