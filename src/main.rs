@@ -119,6 +119,26 @@ enum Command {
         #[command(flatten)]
         connection: ConnectionCli,
     },
+    /// Queue a build of BUILDER by hand, of its branch (or --branch) at its head (or
+    /// --revision). Needs the right to try, or membership of the master's admin group.
+    Force {
+        /// The builder.
+        builder: String,
+        /// The branch to build (default: the builder's).
+        #[arg(long)]
+        branch: Option<String>,
+        /// The revision to build (default: the branch's head).
+        #[arg(long)]
+        revision: Option<String>,
+        /// Why: recorded with the build.
+        #[arg(long)]
+        reason: String,
+        /// A build property NAME=VALUE (repeatable).
+        #[arg(long = "property", value_name = "NAME=VALUE")]
+        properties: Vec<String>,
+        #[command(flatten)]
+        connection: ConnectionCli,
+    },
     /// Read a try job on stdin and write it into the maildir DIR (the classic Buildbot ssh
     /// path, for masters reached through a real sshd).
     Tryserver {
@@ -368,6 +388,29 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let result =
                 buildbot::client::watch::stop(&builder, number, &reason, &connection, &cwd);
             Ok(client_outcome("stop", result))
+        }
+        Command::Force {
+            builder,
+            branch,
+            revision,
+            reason,
+            properties,
+            connection,
+        } => {
+            let cwd = std::env::current_dir().context("cannot find the current directory")?;
+            let connection = connection.into_try_args();
+            let mut words = vec!["force".to_string(), builder];
+            for (flag, value) in [("--branch", branch), ("--revision", revision)] {
+                if let Some(value) = value {
+                    words.extend([flag.to_string(), value]);
+                }
+            }
+            words.extend(["--reason".to_string(), reason]);
+            for property in properties {
+                words.extend(["--property".to_string(), property]);
+            }
+            let result = buildbot::client::watch::run_command(&words, &connection, &cwd);
+            Ok(client_outcome("force", result))
         }
         Command::Tryserver { jobdir } => {
             let name = buildbot::spool::submit::tryserver_local(&jobdir, &mut std::io::stdin())?;

@@ -58,7 +58,9 @@ impl Tracker {
             } => {
                 self.running.remove(&format!("{builder} #{number}"));
             }
-            BuildEvent::RequestsQueued { .. } | BuildEvent::StepFinished { .. } => {}
+            BuildEvent::RequestsQueued { .. }
+            | BuildEvent::RequestCancelled { .. }
+            | BuildEvent::StepFinished { .. } => {}
         }
     }
 
@@ -117,7 +119,7 @@ impl Renderer {
                 let mut lines = vec![text::describe_event(&sequenced.event)];
                 if self.progress.observe(&sequenced.event) {
                     lines.push(
-                        text::try_summary(&self.web_url, &self.progress.results())
+                        text::try_summary(&self.web_url, &self.progress)
                             .trim_end()
                             .to_string(),
                     );

@@ -1,5 +1,5 @@
-//! `buildbot watch` and `buildbot stop`: the master's `watch` and `stop` run over the user's own
-//! ssh, with the same connection defaults as `try` (flags, then `.buildbot`).
+//! `buildbot watch`, `stop` and `force`: the master's commands run over the user's own ssh,
+//! with the same connection defaults as `try` (flags, then `.buildbot`).
 //!
 //! `watch` asks the master for its typed JSON stream and renders it (text, or JSON lines with
 //! `--json`). When a connection that worked drops, it reconnects with backoff and resumes after
@@ -190,6 +190,16 @@ pub fn stop(
     let mut words = vec!["stop".to_string(), builder.to_string()];
     words.extend(number.map(|n| n.to_string()));
     words.extend(["--reason".to_string(), reason.to_string()]);
+    run_command(&words, connection_args, cwd)
+}
+
+/// Runs one master command (`stop`, `force`, ...) word by word over the user's ssh; the master
+/// prints the answer. Exit 0 done, 1 refused, 2 usage or connection trouble.
+pub fn run_command(
+    words: &[String],
+    connection_args: &TryArgs,
+    cwd: &Path,
+) -> Result<u8, TryError> {
     let connection = resolve(connection_args, cwd)?;
     let remote = shlex::try_join(words.iter().map(String::as_str))
         .map_err(|_| TryError("an argument cannot be quoted for the remote command".into()))?;

@@ -1,6 +1,7 @@
-//! Who may do what beyond logging in: trying and stopping. Watching is open to every
-//! authenticated user. Decided by unix facts only: write permission on the spool directory (as
-//! `unix::permission` computes it), or membership of `[master] admin_group` for stopping.
+//! Who may do what beyond logging in: trying, and acting on builds (stop, force, rebuild,
+//! cancel). Watching is open to every authenticated user. Decided by unix facts only: write
+//! permission on the spool directory (as `unix::permission` computes it), or membership of
+//! `[master] admin_group` for the actions on builds.
 
 use std::fmt;
 use std::os::unix::fs::MetadataExt;
@@ -14,6 +15,9 @@ use crate::unix::permission::{self, Decision, Principal};
 pub enum Action {
     Try,
     Stop,
+    Force,
+    Rebuild,
+    Cancel,
 }
 
 impl fmt::Display for Action {
@@ -21,6 +25,9 @@ impl fmt::Display for Action {
         f.write_str(match self {
             Action::Try => "submit try jobs",
             Action::Stop => "stop builds",
+            Action::Force => "force builds",
+            Action::Rebuild => "rebuild builds",
+            Action::Cancel => "cancel build requests",
         })
     }
 }
@@ -38,18 +45,19 @@ pub enum AccessError {
         user: String,
         action: Action,
         spool_group: String,
-        /// For stopping, the admin group that would also do.
+        /// For actions other than trying, the admin group that would also do.
         admin_group: Option<String>,
     },
 }
 
 /// May `account` do `action`? Trying needs write permission on the spool by its mode bits;
-/// stopping needs the same, or membership of the admin group.
+/// the other actions (stop, force, rebuild, cancel) need the same, or membership of the admin
+/// group.
 pub fn check(action: Action, account: &UnixAccount, config: &Config) -> Result<(), AccessError> {
     if account.is_root() && !config.sshd.allow_root {
         return Err(AccessError::RootRefused { action });
     }
-    if action == Action::Stop && in_admin_group(account, config) {
+    if action != Action::Try && in_admin_group(account, config) {
         return Ok(());
     }
     let principal = Principal {
@@ -63,8 +71,8 @@ pub fn check(action: Action, account: &UnixAccount, config: &Config) -> Result<(
             action,
             spool_group: spool_group(config),
             admin_group: match action {
-                Action::Stop => config.admin_group.clone(),
                 Action::Try => None,
+                _ => config.admin_group.clone(),
             },
         }),
     }

@@ -20,7 +20,7 @@ use crate::master::history::{self, StoredRequest};
 use crate::master::results::{FailurePolicy, expected_duration};
 use crate::master::slaves::{SlaveEvent, SlaveLink};
 use crate::proto::{CheckoutRequest, CommandRequest, ExitReport, Message, StreamKind};
-use crate::status::{BuildEvent, BuildResult, RunningBuild, unix_now};
+use crate::status::{BuildEvent, BuildResult, RequestKind, RunningBuild, unix_now};
 
 /// What the scheduler needs to know when a build ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -58,8 +58,10 @@ fn plan(builder: &BuilderConfig, request: &StoredRequest) -> Vec<PlannedStep> {
         }),
     }];
     // A try job's branch names the developer's branch, which the builder's repository may not
-    // have; the base revision is what matters, the builder's branch is the fallback.
+    // have; the base revision is what matters, the builder's branch is the fallback. A forced
+    // build's branch is a branch of the builder's repository.
     if let StepKind::Checkout(checkout) = &mut steps[0].kind
+        && request.kind == RequestKind::Try
         && request.baserev.is_some()
     {
         checkout.branch = builder.branch.clone();

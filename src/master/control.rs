@@ -30,7 +30,7 @@ use crate::spool::maildir::Maildir;
 use crate::spool::submit::{self, SubmitError};
 use crate::spool::watcher::SpooledJob;
 use crate::status::{
-    BuildEvent, BuildResult, BuilderActivity, BuilderStatus, PoolSlave, StatusSnapshot,
+    BuildEvent, BuildResult, BuilderActivity, BuilderStatus, PoolSlave, RequestKind, StatusSnapshot,
 };
 use crate::unix::accounts::UnixAccount;
 
@@ -50,6 +50,10 @@ pub enum ControlError {
     },
     #[error("{builder} is running {}; say which", numbers.iter().map(|n| format!("#{n}")).collect::<Vec<_>>().join(", "))]
     Ambiguous { builder: String, numbers: Vec<i64> },
+    #[error("{builder} has no build #{number}")]
+    NoSuchBuild { builder: String, number: i64 },
+    #[error("{builder} has no queued request {request_id} (it may be building or done already)")]
+    NotQueued { builder: String, request_id: i64 },
     #[error("{0}")]
     NotAllowed(#[from] AccessError),
     #[error("{0}")]
@@ -65,6 +69,39 @@ pub struct Accepted {
     pub job_name: String,
     pub jobid: String,
     pub builders: Vec<String>,
+}
+
+/// A request put in the queue by hand (force, rebuild).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Queued {
+    /// Names the request in events (as a try job's spool name does).
+    pub job_name: String,
+    pub builder: String,
+    pub request_id: i64,
+}
+
+/// What a forced build should build.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ForceRequest {
+    /// Default: the builder's branch.
+    pub branch: Option<String>,
+    /// Default: the branch's head when the build starts.
+    pub revision: Option<String>,
+    pub reason: String,
+    pub properties: BTreeMap<String, String>,
+}
+
+/// What reaches the scheduler executor: an input for the queue, or a cancellation whose
+/// caller wants to know whether the request was still queued.
+#[derive(Debug)]
+pub enum Mail {
+    Input(Input),
+    CancelRequest {
+        builder: String,
+        request_id: i64,
+        by: String,
+        reply: tokio::sync::oneshot::Sender<bool>,
+    },
 }
 
 /// The answer to a stop.
@@ -92,7 +129,7 @@ pub struct Control {
     /// Requests waiting per builder, as the scheduler executor last published them.
     queued: Mutex<BTreeMap<String, usize>>,
     /// Into the scheduler executor; bounded, so a flood of inputs slows their senders.
-    scheduler: mpsc::Sender<Input>,
+    scheduler: mpsc::Sender<Mail>,
 }
 
 impl Control {
@@ -101,7 +138,7 @@ impl Control {
         host_key_fingerprint: String,
         history: History,
         web_url: String,
-        scheduler: mpsc::Sender<Input>,
+        scheduler: mpsc::Sender<Mail>,
     ) -> Control {
         Control {
             logs_dir: config.master_dir.join("logs"),
@@ -141,7 +178,7 @@ impl Control {
     }
 
     pub async fn scheduler_input(&self, input: Input) {
-        if self.scheduler.send(input).await.is_err() {
+        if self.scheduler.send(Mail::Input(input)).await.is_err() {
             tracing::debug!("scheduler gone (master stopping)");
         }
     }
@@ -176,7 +213,7 @@ impl Control {
 
     /// Records a spooled job's requests durably (after which the spool file is only an
     /// archive), queues them, and tells the followers.
-    pub async fn record_spooled(&self, spooled: SpooledJob) -> Result<(), HistoryError> {
+    pub async fn record_spooled(&self, spooled: SpooledJob) -> Result<(), ControlError> {
         let submitted_at = history::now();
         let requests: Vec<StoredRequest> = spooled
             .builders
@@ -195,23 +232,143 @@ impl Control {
                 patch_level: spooled.job.patch_level,
                 submitted_at,
                 properties: spooled.job.properties.clone(),
+                kind: RequestKind::Try,
             })
             .collect();
+        self.enqueue(requests).await?;
+        Ok(())
+    }
+
+    /// Records requests and queues them; tells the followers under `job_name`.
+    async fn enqueue(&self, requests: Vec<StoredRequest>) -> Result<Vec<i64>, ControlError> {
         let to_store = requests.clone();
         let ids = self
             .history
             .run(move |connection| history::insert_requests(connection, &to_store))
             .await?;
+        let Some(job_name) = requests.first().map(|request| request.job_name.clone()) else {
+            return Ok(ids);
+        };
+        let builders = requests
+            .iter()
+            .map(|request| request.builder.clone())
+            .collect();
         let stored = requests
             .into_iter()
-            .zip(ids)
-            .map(|(request, id)| StoredRequest { id, ..request })
+            .zip(ids.iter())
+            .map(|(request, id)| StoredRequest { id: *id, ..request })
             .collect();
         self.scheduler_input(Input::Requests(stored)).await;
-        self.events.publish(BuildEvent::RequestsQueued {
-            job_name: spooled.name,
-            builders: spooled.builders,
-        });
+        self.events
+            .publish(BuildEvent::RequestsQueued { job_name, builders });
+        Ok(ids)
+    }
+
+    /// Queues a build of `builder` by hand, of a branch and revision of its repository.
+    pub async fn force(
+        &self,
+        account: &UnixAccount,
+        builder: &str,
+        force: ForceRequest,
+    ) -> Result<Queued, ControlError> {
+        access::check(Action::Force, account, &self.config)?;
+        let config = self.builder(builder)?;
+        let job_name = format!("force-{:016x}", rand::random::<u64>());
+        let request = StoredRequest {
+            id: 0,
+            job_name: job_name.clone(),
+            jobid: String::new(),
+            builder: config.name.clone(),
+            who: Some(account.name.clone()),
+            comment: Some(force.reason),
+            repository: config.repo.clone(),
+            branch: force.branch,
+            baserev: force.revision,
+            patch: None,
+            patch_level: 1,
+            submitted_at: history::now(),
+            properties: force.properties,
+            kind: RequestKind::Force,
+        };
+        let ids = self.enqueue(vec![request]).await?;
+        tracing::info!(user = %account.name, %builder, %job_name, "build forced");
+        Ok(Queued {
+            job_name,
+            builder: builder.to_string(),
+            request_id: ids.first().copied().unwrap_or_default(),
+        })
+    }
+
+    /// Queues build `number` of `builder` again: the same source, patch and properties.
+    pub async fn rebuild(
+        &self,
+        account: &UnixAccount,
+        builder: &str,
+        number: i64,
+        reason: &str,
+    ) -> Result<Queued, ControlError> {
+        access::check(Action::Rebuild, account, &self.config)?;
+        self.builder(builder)?;
+        let name = builder.to_string();
+        let original = self
+            .history
+            .run(move |connection| {
+                let key = history::BuildKey::Number {
+                    builder: &name,
+                    number,
+                };
+                match history::build_detail(connection, key)? {
+                    Some(detail) => history::request_by_id(connection, detail.request_id),
+                    None => Ok(None),
+                }
+            })
+            .await?
+            .ok_or_else(|| ControlError::NoSuchBuild {
+                builder: builder.to_string(),
+                number,
+            })?;
+        let job_name = format!("rebuild-{:016x}", rand::random::<u64>());
+        let request = StoredRequest {
+            id: 0,
+            job_name: job_name.clone(),
+            who: Some(account.name.clone()),
+            comment: Some(format!("rebuild of {builder} #{number}: {reason}")),
+            submitted_at: history::now(),
+            ..original
+        };
+        let ids = self.enqueue(vec![request]).await?;
+        tracing::info!(user = %account.name, %builder, number, %job_name, "rebuild queued");
+        Ok(Queued {
+            job_name,
+            builder: builder.to_string(),
+            request_id: ids.first().copied().unwrap_or_default(),
+        })
+    }
+
+    /// Drops a queued request of `builder` before it is built.
+    pub async fn cancel_request(
+        &self,
+        account: &UnixAccount,
+        builder: &str,
+        request_id: i64,
+    ) -> Result<(), ControlError> {
+        access::check(Action::Cancel, account, &self.config)?;
+        self.builder(builder)?;
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let mail = Mail::CancelRequest {
+            builder: builder.to_string(),
+            request_id,
+            by: account.name.clone(),
+            reply,
+        };
+        let cancelled = self.scheduler.send(mail).await.is_ok() && answer.await.unwrap_or(false);
+        if !cancelled {
+            return Err(ControlError::NotQueued {
+                builder: builder.to_string(),
+                request_id,
+            });
+        }
+        tracing::info!(user = %account.name, %builder, request_id, "request cancelled");
         Ok(())
     }
 

@@ -12,10 +12,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::master::build;
-use crate::master::control::Control;
+use crate::master::control::{Control, Mail};
 use crate::master::history;
 use crate::master::scheduler::{Effect, Input, Queue};
-use crate::status::RequestState;
+use crate::status::{BuildEvent, RequestState};
 
 /// How long a slave has to answer the ping before a build.
 const PING_TIMEOUT: Duration = Duration::from_secs(5);
@@ -27,7 +27,7 @@ const BUILDS_GRACE: Duration = Duration::from_secs(1);
 /// queued first.
 pub async fn run(
     control: Arc<Control>,
-    mut inputs: mpsc::Receiver<Input>,
+    mut inputs: mpsc::Receiver<Mail>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let (interrupted, pending) = control
@@ -54,17 +54,29 @@ pub async fn run(
     // Inputs that come from performing effects, handled before the next one from outside.
     let mut follow_ups = VecDeque::from([Input::Requests(pending)]);
     loop {
-        let input = match follow_ups.pop_front() {
-            Some(input) => input,
+        let (input, reply) = match follow_ups.pop_front() {
+            Some(input) => (input, None),
             None => tokio::select! {
                 _ = shutdown.cancelled() => break,
-                input = inputs.recv() => match input {
-                    Some(input) => input,
+                mail = inputs.recv() => match mail {
+                    Some(Mail::Input(input)) => (input, None),
+                    Some(Mail::CancelRequest { builder, request_id, by, reply }) => {
+                        (Input::CancelRequest { builder, request_id, by }, Some((request_id, reply)))
+                    }
                     None => break,
                 },
             },
         };
-        for effect in queue.apply(input) {
+        let effects = queue.apply(input);
+        if let Some((request_id, reply)) = reply {
+            let cancelled = effects.iter().any(|effect| {
+                matches!(effect, Effect::RecordCancelled { requests, .. }
+                    if requests.iter().any(|(id, ..)| *id == request_id))
+            });
+            // The asker may have given up; the cancellation stands anyway.
+            let _ = reply.send(cancelled);
+        }
+        for effect in effects {
             if let Some(follow_up) = perform(&control, effect, &builds, &shutdown) {
                 follow_ups.push_back(follow_up);
             }
@@ -111,17 +123,15 @@ fn perform(
             });
             None
         }
-        Effect::RecordCancelled {
-            job_name,
-            by,
-            request_ids,
-        } => {
-            tracing::info!(job = %job_name, %by, requests = request_ids.len(), "queued requests cancelled");
-            let history = control.history.clone();
+        Effect::RecordCancelled { by, requests } => {
+            tracing::info!(%by, requests = ?requests, "queued requests cancelled");
+            let control = Arc::clone(control);
             builds.spawn(async move {
-                let recorded = history
+                let ids: Vec<i64> = requests.iter().map(|(id, ..)| *id).collect();
+                let recorded = control
+                    .history
                     .run(move |connection| {
-                        for id in request_ids {
+                        for id in ids {
                             history::set_request_state(connection, id, RequestState::Cancelled)?;
                         }
                         Ok(())
@@ -129,6 +139,14 @@ fn perform(
                     .await;
                 if let Err(err) = recorded {
                     tracing::error!("cannot record cancelled requests: {err}");
+                }
+                for (request_id, job_name, builder) in requests {
+                    control.events.publish(BuildEvent::RequestCancelled {
+                        job_name,
+                        builder,
+                        request_id,
+                        by: by.clone(),
+                    });
                 }
             });
             None

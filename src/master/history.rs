@@ -11,39 +11,30 @@ use std::sync::{Arc, Mutex};
 use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSql, ToSqlOutput, ValueRef};
 use rusqlite::{Connection, OptionalExtension, params};
 
-use crate::status::{BuildResult, RequestState};
+use crate::status::{BuildResult, RequestKind, RequestState};
 
-/// Results and states are stored as their one spelling; anything else in the column is an
-/// error, not a guess.
-impl ToSql for BuildResult {
-    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
-        Ok(ToSqlOutput::from(self.as_str()))
-    }
+/// Results, states and kinds are stored as their one spelling; anything else in the column is
+/// an error, not a guess.
+macro_rules! stored_by_name {
+    ($($name:ty),*) => {$(
+        impl ToSql for $name {
+            fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+                Ok(ToSqlOutput::from(self.as_str()))
+            }
+        }
+
+        impl FromSql for $name {
+            fn column_result(value: ValueRef<'_>) -> FromSqlResult<Self> {
+                value
+                    .as_str()?
+                    .parse()
+                    .map_err(|err| FromSqlError::Other(Box::new(err)))
+            }
+        }
+    )*};
 }
 
-impl FromSql for BuildResult {
-    fn column_result(value: ValueRef<'_>) -> FromSqlResult<Self> {
-        value
-            .as_str()?
-            .parse()
-            .map_err(|err| FromSqlError::Other(Box::new(err)))
-    }
-}
-
-impl ToSql for RequestState {
-    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
-        Ok(ToSqlOutput::from(self.as_str()))
-    }
-}
-
-impl FromSql for RequestState {
-    fn column_result(value: ValueRef<'_>) -> FromSqlResult<Self> {
-        value
-            .as_str()?
-            .parse()
-            .map_err(|err| FromSqlError::Other(Box::new(err)))
-    }
-}
+stored_by_name!(BuildResult, RequestState, RequestKind);
 
 /// Each entry upgrades the schema by one version; never edit one that has shipped.
 const MIGRATIONS: &[&str] = &[
@@ -89,6 +80,8 @@ const MIGRATIONS: &[&str] = &[
         summary TEXT,
         UNIQUE (build_id, number)
     );",
+    // 2: requests forced by hand besides try jobs.
+    "ALTER TABLE requests ADD COLUMN kind TEXT NOT NULL DEFAULT 'try';",
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -118,6 +111,7 @@ pub struct StoredRequest {
     pub submitted_at: f64,
     /// The job's build properties (stored as a JSON object).
     pub properties: std::collections::BTreeMap<String, String>,
+    pub kind: RequestKind,
 }
 
 /// A finished or running build, for status output.
@@ -228,8 +222,8 @@ pub fn insert_requests(
             continue;
         }
         transaction.execute(
-            "INSERT INTO requests (job_name, jobid, builder, who, comment, properties, repository, branch, baserev, patch, patch_level, submitted_at, state)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?12, ?6, ?7, ?8, ?9, ?10, ?11, ?13)",
+            "INSERT INTO requests (job_name, jobid, builder, who, comment, properties, repository, branch, baserev, patch, patch_level, submitted_at, state, kind)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?12, ?6, ?7, ?8, ?9, ?10, ?11, ?13, ?14)",
             params![
                 request.job_name,
                 request.jobid,
@@ -244,6 +238,7 @@ pub fn insert_requests(
                 request.submitted_at,
                 properties_json(&request.properties),
                 RequestState::Pending,
+                request.kind,
             ],
         )?;
         ids.push(transaction.last_insert_rowid());
@@ -285,10 +280,11 @@ fn request_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<StoredRequest> 
         patch_level: row.get(10)?,
         submitted_at: row.get(11)?,
         properties: properties_from_json(&row.get::<_, String>(12)?),
+        kind: row.get(13)?,
     })
 }
 
-const REQUEST_COLUMNS: &str = "id, job_name, jobid, builder, who, comment, repository, branch, baserev, patch, patch_level, submitted_at, properties";
+const REQUEST_COLUMNS: &str = "id, job_name, jobid, builder, who, comment, repository, branch, baserev, patch, patch_level, submitted_at, properties, kind";
 
 /// Requests still waiting for a build, oldest first.
 pub fn pending_requests(connection: &Connection) -> Result<Vec<StoredRequest>, HistoryError> {
@@ -479,6 +475,7 @@ mod tests {
             patch_level: 1,
             submitted_at: 1.0,
             properties: [("foo".to_string(), "bar".to_string())].into(),
+            kind: RequestKind::Try,
         }
     }
 
@@ -625,6 +622,20 @@ pub fn build_detail(
 pub enum BuildKey<'a> {
     Number { builder: &'a str, number: i64 },
     Id(i64),
+}
+
+/// One request by id, whatever its state.
+pub fn request_by_id(
+    connection: &Connection,
+    id: i64,
+) -> Result<Option<StoredRequest>, HistoryError> {
+    Ok(connection
+        .query_row(
+            &format!("SELECT {REQUEST_COLUMNS} FROM requests WHERE id = ?1"),
+            params![id],
+            request_from_row,
+        )
+        .optional()?)
 }
 
 /// The patch of a request.

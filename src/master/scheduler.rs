@@ -30,6 +30,12 @@ pub enum Input {
         job_name: String,
         by: String,
     },
+    /// Drop one queued request of a builder.
+    CancelRequest {
+        builder: String,
+        request_id: i64,
+        by: String,
+    },
     /// A build (or the attempt to start it) ended.
     BuildEnded {
         request_id: i64,
@@ -48,10 +54,11 @@ pub enum Effect {
         slave: String,
         conn_id: u64,
     },
+    /// Record these requests as cancelled and say so.
     RecordCancelled {
-        job_name: String,
         by: String,
-        request_ids: Vec<i64>,
+        /// (request id, job name, builder) of each.
+        requests: Vec<(i64, String, String)>,
     },
     CloseSlave {
         name: String,
@@ -112,20 +119,16 @@ impl Queue {
             }
             Input::SlaveLost { name, conn_id } => self.forget_slave(&name, conn_id),
             Input::CancelJob { job_name, by } => {
-                let request_ids: Vec<i64> = self
-                    .pending
-                    .iter()
-                    .filter(|request| request.job_name == job_name)
-                    .map(|request| request.id)
-                    .collect();
-                self.pending.retain(|request| request.job_name != job_name);
-                if !request_ids.is_empty() {
-                    effects.push(Effect::RecordCancelled {
-                        job_name,
-                        by,
-                        request_ids,
-                    });
-                }
+                effects.extend(self.cancel(by, |request| request.job_name == job_name));
+            }
+            Input::CancelRequest {
+                builder,
+                request_id,
+                by,
+            } => {
+                effects.extend(self.cancel(by, |request| {
+                    request.id == request_id && request.builder == builder
+                }));
             }
             Input::BuildEnded {
                 request_id,
@@ -149,6 +152,24 @@ impl Queue {
         }
         effects.extend(self.dispatch());
         effects
+    }
+
+    /// Drops the pending requests that `chosen` picks.
+    fn cancel(&mut self, by: String, chosen: impl Fn(&StoredRequest) -> bool) -> Option<Effect> {
+        let requests: Vec<(i64, String, String)> = self
+            .pending
+            .iter()
+            .filter(|request| chosen(request))
+            .map(|request| {
+                (
+                    request.id,
+                    request.job_name.clone(),
+                    request.builder.clone(),
+                )
+            })
+            .collect();
+        self.pending.retain(|request| !chosen(request));
+        (!requests.is_empty()).then_some(Effect::RecordCancelled { by, requests })
     }
 
     fn forget_slave(&mut self, name: &str, conn_id: u64) {
@@ -238,6 +259,7 @@ impl Queue {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::status::RequestKind;
 
     fn request(id: i64, builder: &str, job_name: &str) -> StoredRequest {
         StoredRequest {
@@ -254,6 +276,7 @@ mod tests {
             patch_level: 1,
             submitted_at: 0.0,
             properties: BTreeMap::new(),
+            kind: RequestKind::Try,
         }
     }
 
@@ -467,9 +490,8 @@ mod tests {
         assert_eq!(
             effects,
             vec![Effect::RecordCancelled {
-                job_name: "a".into(),
                 by: "alice".into(),
-                request_ids: vec![2]
+                requests: vec![(2, "a".into(), "mac".into())]
             }]
         );
         assert_eq!(queue.pending_ids(), vec![3]);
@@ -481,6 +503,37 @@ mod tests {
                 })
                 .is_empty()
         );
+    }
+
+    #[test]
+    fn cancelling_one_request_needs_its_builder_and_leaves_running_ones_alone() {
+        let mut queue = queue();
+        queue.apply(connect("m1", 1, 1));
+        queue.apply(Input::Requests(vec![
+            request(1, "mac", "a"),
+            request(2, "mac", "b"),
+        ]));
+        let cancel = |builder: &str, request_id| Input::CancelRequest {
+            builder: builder.into(),
+            request_id,
+            by: "bob".into(),
+        };
+        assert!(
+            queue.apply(cancel("linux", 2)).is_empty(),
+            "not linux's request"
+        );
+        assert!(
+            queue.apply(cancel("mac", 1)).is_empty(),
+            "running, not queued"
+        );
+        assert_eq!(
+            queue.apply(cancel("mac", 2)),
+            vec![Effect::RecordCancelled {
+                by: "bob".into(),
+                requests: vec![(2, "b".into(), "mac".into())]
+            }]
+        );
+        assert!(queue.pending_ids().is_empty());
     }
 
     #[test]

@@ -6,7 +6,7 @@
 use std::net::SocketAddr;
 
 use crate::exec_io::ExecIo;
-use crate::master::control::ControlError;
+use crate::master::control::{ControlError, ForceRequest, Queued};
 use crate::master::events::{Followed, Follower};
 use crate::master::sessions::LOGIN_TOKEN_LIFETIME;
 use crate::sshd::exec::{self, EXIT_UNKNOWN_COMMAND, EXIT_USAGE, ExecCommand, Resume};
@@ -95,6 +95,41 @@ pub async fn run(
             build,
             reason,
         } => stop(ctx, user, &builder, build, &reason, io).await,
+        ExecCommand::Force {
+            builder,
+            branch,
+            revision,
+            reason,
+            properties,
+        } => {
+            let force = ForceRequest {
+                branch,
+                revision,
+                reason,
+                properties,
+            };
+            let queued = ctx.control.force(user, &builder, force).await;
+            report_queued(queued, "forced build", io).await
+        }
+        ExecCommand::Rebuild {
+            builder,
+            build,
+            reason,
+        } => {
+            let queued = ctx.control.rebuild(user, &builder, build, &reason).await;
+            report_queued(queued, &format!("rebuild of #{build}"), io).await
+        }
+        ExecCommand::Cancel {
+            builder,
+            request_id,
+        } => match ctx.control.cancel_request(user, &builder, request_id).await {
+            Ok(()) => {
+                io.print(&format!("{builder}: request {request_id} cancelled\n"))
+                    .await;
+                0
+            }
+            Err(err) => refuse(&err, io).await,
+        },
         ExecCommand::WebLogin => {
             let url = ctx.control.web_login(user);
             io.print(&format!(
@@ -104,6 +139,25 @@ pub async fn run(
             .await;
             0
         }
+    }
+}
+
+/// `linux: forced build queued as request 12`, or the refusal.
+async fn report_queued(
+    queued: Result<Queued, ControlError>,
+    what: &str,
+    io: &mut ExecIo<'_>,
+) -> u32 {
+    match queued {
+        Ok(queued) => {
+            io.print(&format!(
+                "{}: {what} queued as request {}\n",
+                queued.builder, queued.request_id
+            ))
+            .await;
+            0
+        }
+        Err(err) => refuse(&err, io).await,
     }
 }
 
@@ -236,11 +290,8 @@ async fn wait_for_job(
         }
     }
     if !json {
-        io.print(&text::try_summary(
-            &ctx.control.web_url,
-            &progress.results(),
-        ))
-        .await;
+        io.print(&text::try_summary(&ctx.control.web_url, &progress))
+            .await;
     }
     if progress.all_good() { 0 } else { 1 }
 }

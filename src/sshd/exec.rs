@@ -1,8 +1,13 @@
 //! The exec commands the SSH server understands: parsing the command string a client sent into
-//! an [`ExecCommand`]. Pure; what each command does lives in `sshd::commands`.
+//! an [`ExecCommand`] with clap, as the CLI parses its own arguments. Pure; what each command
+//! does lives in `sshd::commands` (and, below it, `master::control`).
 //!
 //! The command string arrives as one line (OpenSSH joins the words after the host with single
 //! spaces), so it is split with POSIX shell quoting rules, as a shell on a real sshd would.
+
+use std::collections::BTreeMap;
+
+use clap::Parser;
 
 /// What a client asked the master to do.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,6 +32,22 @@ pub enum ExecCommand {
         build: Option<i64>,
         reason: String,
     },
+    /// `force BUILDER [--branch B] [--revision SHA] --reason TEXT [--property K=V]...`
+    Force {
+        builder: String,
+        branch: Option<String>,
+        revision: Option<String>,
+        reason: String,
+        properties: BTreeMap<String, String>,
+    },
+    /// `rebuild BUILDER N [--reason TEXT]`
+    Rebuild {
+        builder: String,
+        build: i64,
+        reason: String,
+    },
+    /// `cancel BUILDER REQUEST_ID`
+    Cancel { builder: String, request_id: i64 },
     /// `web-login`
     WebLogin,
     /// `slave`: the RPC channel of a build slave.
@@ -49,164 +70,222 @@ pub const EXIT_UNKNOWN_COMMAND: u32 = 127;
 /// Exit status for a known command used with bad arguments.
 pub const EXIT_USAGE: u32 = 2;
 
-/// Parses the command string of an exec request.
-pub fn parse(command: &str) -> ExecCommand {
-    let Some(words) = shlex::split(command) else {
-        return ExecCommand::Usage {
-            message: format!("cannot split the command '{command}' (unbalanced quotes?)"),
-        };
-    };
-    let Some(first) = words.first() else {
-        return ExecCommand::Unknown {
-            name: String::new(),
-        };
-    };
-    // The classic client sends `<buildbotbin> tryserver ...` where buildbotbin may be any path.
-    if first == "tryserver" {
-        return parse_tryserver(&words[1..]);
-    }
-    if words.get(1).map(String::as_str) == Some("tryserver") {
-        return parse_tryserver(&words[2..]);
-    }
-    let args = &words[1..];
-    match first.as_str() {
-        "try" => parse_try(args),
-        "watch" => parse_watch(args),
-        "stop" => parse_stop(args),
-        "web-login" if args.is_empty() => ExecCommand::WebLogin,
-        "web-login" => usage("web-login takes no arguments"),
-        "slave" if args.is_empty() => ExecCommand::Slave,
-        "slave" => usage("slave takes no arguments"),
-        _ => ExecCommand::Unknown {
-            name: first.clone(),
-        },
-    }
+/// The commands as clap reads them; turned into [`ExecCommand`] after.
+#[derive(Debug, Parser)]
+#[command(
+    name = "ssh MASTER",
+    no_binary_name = true,
+    disable_help_subcommand = true,
+    disable_help_flag = true,
+    disable_version_flag = true
+)]
+enum Remote {
+    /// The classic Buildbot ssh try path: a job on stdin into the spool.
+    Tryserver {
+        #[arg(long, value_name = "DIR")]
+        jobdir: String,
+    },
+    Try {
+        #[arg(long)]
+        wait: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    Watch {
+        #[arg(short = 'f', long)]
+        follow: bool,
+        #[arg(long)]
+        json: bool,
+        #[arg(long, value_name = "EPOCH:SEQ", value_parser = parse_resume)]
+        since: Option<Resume>,
+        #[arg(short = 'b', long = "builder", value_name = "BUILDER")]
+        builder_flags: Vec<String>,
+        builders: Vec<String>,
+    },
+    Stop {
+        builder: String,
+        #[arg(value_parser = positive)]
+        build: Option<i64>,
+        #[arg(long, value_parser = non_empty)]
+        reason: String,
+    },
+    Force {
+        builder: String,
+        #[arg(long)]
+        branch: Option<String>,
+        #[arg(long)]
+        revision: Option<String>,
+        #[arg(long, value_parser = non_empty)]
+        reason: String,
+        #[arg(long = "property", value_name = "K=V", value_parser = parse_property)]
+        properties: Vec<(String, String)>,
+    },
+    Rebuild {
+        builder: String,
+        #[arg(value_parser = positive)]
+        build: i64,
+        #[arg(long, default_value = "rebuild requested")]
+        reason: String,
+    },
+    Cancel {
+        builder: String,
+        #[arg(value_parser = positive)]
+        request_id: i64,
+    },
+    WebLogin,
+    Slave,
 }
 
-fn usage(message: &str) -> ExecCommand {
-    ExecCommand::Usage {
-        message: message.to_string(),
+fn parse_resume(value: &str) -> Result<Resume, String> {
+    let bad = || "needs EPOCH:SEQ (from the last event seen)".to_string();
+    let (epoch, seq) = value.split_once(':').ok_or_else(bad)?;
+    let seq = seq.parse().map_err(|_| bad())?;
+    if epoch.is_empty() {
+        return Err(bad());
     }
-}
-
-fn parse_tryserver(args: &[String]) -> ExecCommand {
-    let mut jobdir = None;
-    let mut rest = args.iter();
-    while let Some(arg) = rest.next() {
-        if arg == "--jobdir" {
-            match rest.next() {
-                Some(dir) => jobdir = Some(dir.clone()),
-                None => return usage("tryserver: --jobdir needs a directory"),
-            }
-        } else if let Some(dir) = arg.strip_prefix("--jobdir=") {
-            jobdir = Some(dir.to_string());
-        } else {
-            return ExecCommand::Usage {
-                message: format!(
-                    "tryserver: unexpected argument '{arg}' (usage: tryserver --jobdir DIR)"
-                ),
-            };
-        }
-    }
-    match jobdir {
-        Some(jobdir) if !jobdir.is_empty() => ExecCommand::TryServer { jobdir },
-        _ => usage("tryserver: --jobdir DIR is required"),
-    }
-}
-
-fn parse_try(args: &[String]) -> ExecCommand {
-    let (mut wait, mut json) = (false, false);
-    for arg in args {
-        match arg.as_str() {
-            "--wait" => wait = true,
-            "--json" => json = true,
-            _ => return usage("usage: try [--wait] [--json]  (the job is read from stdin)"),
-        }
-    }
-    ExecCommand::Try { wait, json }
-}
-
-fn parse_watch(args: &[String]) -> ExecCommand {
-    let mut builders = Vec::new();
-    let (mut follow, mut json, mut since) = (false, false, None);
-    let mut rest = args.iter();
-    while let Some(arg) = rest.next() {
-        match arg.as_str() {
-            "-f" | "--follow" => follow = true,
-            "--json" => json = true,
-            "--since" => match rest.next().and_then(|value| parse_resume(value)) {
-                Some(resume) => since = Some(resume),
-                None => return usage("watch: --since needs EPOCH:SEQ (from the last event seen)"),
-            },
-            "-b" | "--builder" => match rest.next() {
-                Some(name) => builders.push(name.clone()),
-                None => return usage("watch: -b needs a builder name"),
-            },
-            flag if flag.starts_with('-') => {
-                return ExecCommand::Usage {
-                    message: format!(
-                        "watch: unknown option '{flag}' (usage: watch [--follow] [--json] [--since EPOCH:SEQ] [BUILDER...])"
-                    ),
-                };
-            }
-            name => builders.push(name.to_string()),
-        }
-    }
-    ExecCommand::Watch {
-        builders,
-        follow,
-        json,
-        since,
-    }
-}
-
-fn parse_resume(value: &str) -> Option<Resume> {
-    let (epoch, seq) = value.split_once(':')?;
-    let seq = seq.parse().ok()?;
-    (!epoch.is_empty()).then(|| Resume {
+    Ok(Resume {
         epoch: epoch.to_string(),
         seq,
     })
 }
 
-fn parse_stop(args: &[String]) -> ExecCommand {
-    const USAGE: &str = "usage: stop BUILDER [BUILD_NUMBER] --reason TEXT";
-    let mut positional = Vec::new();
-    let mut reason = None;
-    let mut rest = args.iter();
-    while let Some(arg) = rest.next() {
-        if arg == "--reason" {
-            match rest.next() {
-                Some(text) => reason = Some(text.clone()),
-                None => return usage(USAGE),
-            }
-        } else if let Some(text) = arg.strip_prefix("--reason=") {
-            reason = Some(text.to_string());
-        } else if arg.starts_with('-') {
-            return usage(USAGE);
-        } else {
-            positional.push(arg.clone());
-        }
+fn parse_property(value: &str) -> Result<(String, String), String> {
+    match value.split_once('=') {
+        Some((name, value)) if !name.is_empty() => Ok((name.to_string(), value.to_string())),
+        _ => Err("a property is written NAME=VALUE".to_string()),
     }
-    let (builder, build) = match positional.as_slice() {
-        [builder] => (builder.clone(), None),
-        [builder, number] => match number.parse::<i64>() {
-            Ok(number) if number > 0 => (builder.clone(), Some(number)),
-            _ => {
-                return ExecCommand::Usage {
-                    message: format!("stop: '{number}' is not a build number ({USAGE})"),
-                };
-            }
-        },
-        _ => return usage(USAGE),
+}
+
+fn positive(value: &str) -> Result<i64, String> {
+    match value.parse::<i64>() {
+        Ok(number) if number > 0 => Ok(number),
+        _ => Err("must be a number from 1 up".to_string()),
+    }
+}
+
+fn non_empty(value: &str) -> Result<String, String> {
+    if value.trim().is_empty() {
+        return Err("must not be empty (it is recorded with the build)".to_string());
+    }
+    Ok(value.to_string())
+}
+
+/// Parses the command string of an exec request.
+pub fn parse(command: &str) -> ExecCommand {
+    let Some(mut words) = shlex::split(command) else {
+        return usage(format!(
+            "cannot split the command '{command}' (unbalanced quotes?)"
+        ));
     };
-    match reason {
-        Some(reason) if !reason.trim().is_empty() => ExecCommand::Stop {
+    let Some(first) = words.first().cloned() else {
+        return ExecCommand::Unknown {
+            name: String::new(),
+        };
+    };
+    // The classic client sends `<buildbotbin> tryserver ...` where buildbotbin may be any path.
+    if first != "tryserver" && words.get(1).map(String::as_str) == Some("tryserver") {
+        words.remove(0);
+    }
+    match Remote::try_parse_from(&words) {
+        Ok(remote) => from_remote(remote),
+        Err(err) if err.kind() == clap::error::ErrorKind::InvalidSubcommand => {
+            ExecCommand::Unknown { name: first }
+        }
+        Err(err) => usage(one_line(&err, &words[0])),
+    }
+}
+
+/// clap's message, cut to its first line, with the command's usage line.
+fn one_line(err: &clap::Error, command: &str) -> String {
+    let rendered = err.render().to_string();
+    let mut lines = rendered.lines();
+    let mut message = lines
+        .next()
+        .unwrap_or("bad arguments")
+        .trim_start_matches("error: ")
+        .to_string();
+    // "the following required arguments were not provided:" lists them on the lines below.
+    if message.ends_with(':') {
+        let missing: Vec<&str> = lines
+            .take_while(|line| !line.trim().is_empty())
+            .map(str::trim)
+            .collect();
+        message = format!("{} {}", message, missing.join(", "));
+    }
+    let usage = rendered
+        .lines()
+        .find_map(|line| line.trim().strip_prefix("Usage: "))
+        .map(|usage| format!(" (usage: {})", usage.trim_start_matches("ssh MASTER ")))
+        .unwrap_or_default();
+    format!("{command}: {message}{usage}")
+}
+
+fn usage(message: String) -> ExecCommand {
+    ExecCommand::Usage { message }
+}
+
+fn from_remote(remote: Remote) -> ExecCommand {
+    match remote {
+        Remote::Tryserver { jobdir } if jobdir.is_empty() => {
+            usage("tryserver: --jobdir DIR is required".to_string())
+        }
+        Remote::Tryserver { jobdir } => ExecCommand::TryServer { jobdir },
+        Remote::Try { wait, json } => ExecCommand::Try { wait, json },
+        Remote::Watch {
+            follow,
+            json,
+            since,
+            builder_flags,
+            mut builders,
+        } => {
+            builders.extend(builder_flags);
+            ExecCommand::Watch {
+                builders,
+                follow,
+                json,
+                since,
+            }
+        }
+        Remote::Stop {
+            builder,
+            build,
+            reason,
+        } => ExecCommand::Stop {
             builder,
             build,
             reason,
         },
-        _ => usage("stop: --reason TEXT is required (it is recorded with the build)"),
+        Remote::Force {
+            builder,
+            branch,
+            revision,
+            reason,
+            properties,
+        } => ExecCommand::Force {
+            builder,
+            branch,
+            revision,
+            reason,
+            properties: properties.into_iter().collect(),
+        },
+        Remote::Rebuild {
+            builder,
+            build,
+            reason,
+        } => ExecCommand::Rebuild {
+            builder,
+            build,
+            reason,
+        },
+        Remote::Cancel {
+            builder,
+            request_id,
+        } => ExecCommand::Cancel {
+            builder,
+            request_id,
+        },
+        Remote::WebLogin => ExecCommand::WebLogin,
+        Remote::Slave => ExecCommand::Slave,
     }
 }
 
@@ -280,10 +359,12 @@ mod tests {
                 })
             }
         );
-        assert!(matches!(
-            parse("watch --since 42"),
-            ExecCommand::Usage { .. }
-        ));
+        match parse("watch --since 42") {
+            ExecCommand::Usage { message } => {
+                assert!(message.contains("needs EPOCH:SEQ"), "{message}")
+            }
+            other => panic!("{other:?}"),
+        }
         assert_eq!(
             parse("watch linux -b mac"),
             ExecCommand::Watch {
@@ -312,6 +393,59 @@ mod tests {
             parse("stop linux 0 --reason r"),
             ExecCommand::Usage { .. }
         ));
+    }
+
+    #[test]
+    fn force_rebuild_and_cancel() {
+        assert_eq!(
+            parse(
+                "force linux --branch release --revision abc123 --reason 'nightly check' --property a=1 --property b=x=y"
+            ),
+            ExecCommand::Force {
+                builder: "linux".into(),
+                branch: Some("release".into()),
+                revision: Some("abc123".into()),
+                reason: "nightly check".into(),
+                properties: BTreeMap::from([
+                    ("a".to_string(), "1".to_string()),
+                    ("b".to_string(), "x=y".to_string())
+                ]),
+            }
+        );
+        assert_eq!(
+            parse("rebuild linux 7"),
+            ExecCommand::Rebuild {
+                builder: "linux".into(),
+                build: 7,
+                reason: "rebuild requested".into()
+            }
+        );
+        assert_eq!(
+            parse("cancel linux 12"),
+            ExecCommand::Cancel {
+                builder: "linux".into(),
+                request_id: 12
+            }
+        );
+        for broken in [
+            "force linux",
+            "force linux --reason ''",
+            "force linux --reason r --property novalue",
+            "rebuild linux",
+            "rebuild linux -1",
+            "cancel linux x",
+        ] {
+            match parse(broken) {
+                ExecCommand::Usage { message } => {
+                    assert!(!message.contains('\n'), "one line: {message:?}");
+                    assert!(
+                        message.starts_with(broken.split(' ').next().unwrap_or_default()),
+                        "{message}"
+                    );
+                }
+                other => panic!("{broken}: {other:?}"),
+            }
+        }
     }
 
     #[test]

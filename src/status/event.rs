@@ -13,6 +13,13 @@ pub enum BuildEvent {
         job_name: String,
         builders: Vec<String>,
     },
+    /// A queued request was dropped before it was built.
+    RequestCancelled {
+        job_name: String,
+        builder: String,
+        request_id: i64,
+        by: String,
+    },
     BuildStarted {
         job_name: String,
         builder: String,
@@ -53,6 +60,7 @@ impl BuildEvent {
     pub fn job_name(&self) -> &str {
         match self {
             BuildEvent::RequestsQueued { job_name, .. }
+            | BuildEvent::RequestCancelled { job_name, .. }
             | BuildEvent::BuildStarted { job_name, .. }
             | BuildEvent::StepStarted { job_name, .. }
             | BuildEvent::StepFinished { job_name, .. }
@@ -69,7 +77,8 @@ impl BuildEvent {
             BuildEvent::RequestsQueued {
                 builders: queued, ..
             } => queued.iter().any(|builder| builders.contains(builder)),
-            BuildEvent::BuildStarted { builder, .. }
+            BuildEvent::RequestCancelled { builder, .. }
+            | BuildEvent::BuildStarted { builder, .. }
             | BuildEvent::StepStarted { builder, .. }
             | BuildEvent::StepFinished { builder, .. }
             | BuildEvent::BuildFinished { builder, .. } => builders.contains(builder),

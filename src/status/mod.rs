@@ -14,7 +14,7 @@ pub mod text;
 
 pub use event::{BuildEvent, SequencedEvent, StreamItem};
 pub use progress::JobProgress;
-pub use result::{BuildResult, RequestState, UnknownName};
+pub use result::{BuildResult, RequestKind, RequestState, UnknownName};
 pub use snapshot::{
     BuilderActivity, BuilderStatus, LastBuild, PoolSlave, RunningBuild, StatusSnapshot,
 };

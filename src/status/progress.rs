@@ -10,6 +10,8 @@ use crate::status::{BuildEvent, BuildResult};
 pub struct JobProgress {
     builders: Option<Vec<String>>,
     finished: Vec<(String, i64, BuildResult, bool)>,
+    /// (builder, who) of requests dropped before they were built.
+    cancelled: Vec<(String, String)>,
 }
 
 impl JobProgress {
@@ -17,6 +19,9 @@ impl JobProgress {
     pub fn observe(&mut self, event: &BuildEvent) -> bool {
         match event {
             BuildEvent::RequestsQueued { builders, .. } => self.builders = Some(builders.clone()),
+            BuildEvent::RequestCancelled { builder, by, .. } => {
+                self.cancelled.push((builder.clone(), by.clone()))
+            }
             BuildEvent::BuildFinished {
                 builder,
                 number,
@@ -40,9 +45,10 @@ impl JobProgress {
 
     pub fn is_done(&self) -> bool {
         self.builders.as_ref().is_some_and(|builders| {
-            builders
-                .iter()
-                .all(|builder| self.last_of(builder).is_some_and(|(.., retry)| !retry))
+            builders.iter().all(|builder| {
+                self.last_of(builder).is_some_and(|(.., retry)| !retry)
+                    || self.cancelled.iter().any(|(name, _)| name == builder)
+            })
         })
     }
 
@@ -56,8 +62,14 @@ impl JobProgress {
             .collect()
     }
 
+    /// (builder, who) of the job's requests cancelled before they were built.
+    pub fn cancelled(&self) -> &[(String, String)] {
+        &self.cancelled
+    }
+
+    /// Every build succeeded (or had warnings) and none was cancelled.
     pub fn all_good(&self) -> bool {
-        self.results().iter().all(|(_, _, result)| result.is_good())
+        self.cancelled.is_empty() && self.results().iter().all(|(_, _, result)| result.is_good())
     }
 }
 
@@ -74,6 +86,27 @@ mod tests {
             reason: None,
             will_retry,
         }
+    }
+
+    #[test]
+    fn a_cancelled_request_ends_its_part_of_the_job_as_not_good() {
+        let mut progress = JobProgress::default();
+        progress.observe(&BuildEvent::RequestsQueued {
+            job_name: "j".into(),
+            builders: vec!["linux".into(), "mac".into()],
+        });
+        assert!(!progress.observe(&finished("linux", 1, BuildResult::Success, false)));
+        assert!(progress.observe(&BuildEvent::RequestCancelled {
+            job_name: "j".into(),
+            builder: "mac".into(),
+            request_id: 7,
+            by: "alice".into(),
+        }));
+        assert!(!progress.all_good());
+        assert_eq!(
+            progress.cancelled(),
+            [("mac".to_string(), "alice".to_string())]
+        );
     }
 
     #[test]

@@ -125,6 +125,47 @@ impl FromStr for RequestState {
     }
 }
 
+/// Where a build request came from; it decides how its branch is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RequestKind {
+    /// A try job: its branch names the developer's branch, the base revision is what counts.
+    Try,
+    /// Forced by hand: the branch (default: the builder's) and revision (default: its head).
+    Force,
+}
+
+impl RequestKind {
+    pub const ALL: [RequestKind; 2] = [RequestKind::Try, RequestKind::Force];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RequestKind::Try => "try",
+            RequestKind::Force => "force",
+        }
+    }
+}
+
+impl fmt::Display for RequestKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for RequestKind {
+    type Err = UnknownName;
+
+    fn from_str(name: &str) -> Result<Self, Self::Err> {
+        RequestKind::ALL
+            .into_iter()
+            .find(|kind| kind.as_str() == name)
+            .ok_or_else(|| UnknownName {
+                what: "request kind",
+                name: name.to_string(),
+            })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -154,6 +195,9 @@ mod tests {
         }
         for state in RequestState::ALL {
             assert_eq!(state.as_str().parse::<RequestState>(), Ok(state));
+        }
+        for kind in RequestKind::ALL {
+            assert_eq!(kind.as_str().parse::<RequestKind>(), Ok(kind));
         }
         assert!("broken".parse::<BuildResult>().is_err());
         assert!("finished".parse::<RequestState>().is_err());

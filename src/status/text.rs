@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 
 use crate::durations::format_eta;
 use crate::status::{
-    BuildEvent, BuildResult, BuilderActivity, BuilderStatus, RunningBuild, StatusSnapshot,
+    BuildEvent, BuilderActivity, BuilderStatus, JobProgress, RunningBuild, StatusSnapshot,
 };
 
 /// One line for a build event, as `try --wait` and `watch` print it.
@@ -15,6 +15,12 @@ pub fn describe_event(event: &BuildEvent) -> String {
         BuildEvent::RequestsQueued { builders, .. } => {
             format!("queued for {}", builders.join(", "))
         }
+        BuildEvent::RequestCancelled {
+            builder,
+            request_id,
+            by,
+            ..
+        } => format!("{builder}: request {request_id} cancelled by {by}"),
         BuildEvent::BuildStarted {
             builder,
             number,
@@ -125,14 +131,18 @@ pub fn status_lines(snapshot: &StatusSnapshot, now: f64) -> String {
     out
 }
 
-/// The closing lines of `try --wait`: each builder's last build, its result and its page.
-pub fn try_summary(web_url: &str, finished: &[(String, i64, BuildResult)]) -> String {
+/// The closing lines of `try --wait`: each builder's last build, its result and its page, and
+/// the requests cancelled before they were built.
+pub fn try_summary(web_url: &str, progress: &JobProgress) -> String {
     let mut summary = String::from("summary:\n");
-    for (builder, number, result) in finished {
+    for (builder, number, result) in progress.results() {
         let _ = writeln!(
             summary,
             "  {builder} #{number}: {result}  {web_url}/builders/{builder}/builds/{number}"
         );
+    }
+    for (builder, by) in progress.cancelled() {
+        let _ = writeln!(summary, "  {builder}: cancelled by {by}");
     }
     summary
 }
@@ -140,7 +150,7 @@ pub fn try_summary(web_url: &str, finished: &[(String, i64, BuildResult)]) -> St
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::status::{LastBuild, PoolSlave};
+    use crate::status::{BuildResult, LastBuild, PoolSlave};
 
     fn running(number: i64, step: Option<&str>, expected: Option<f64>) -> RunningBuild {
         RunningBuild {
@@ -231,8 +241,21 @@ mod tests {
             describe_event(&finished),
             "linux #3: exception: slave lost (will be retried)"
         );
+        let mut progress = JobProgress::default();
+        progress.observe(&BuildEvent::RequestsQueued {
+            job_name: "j".into(),
+            builders: vec!["linux".into()],
+        });
+        progress.observe(&BuildEvent::BuildFinished {
+            job_name: "j".into(),
+            builder: "linux".into(),
+            number: 3,
+            result: BuildResult::Success,
+            reason: None,
+            will_retry: false,
+        });
         assert_eq!(
-            try_summary("http://m", &[("linux".into(), 3, BuildResult::Success)]),
+            try_summary("http://m", &progress),
             "summary:\n  linux #3: success  http://m/builders/linux/builds/3\n"
         );
     }

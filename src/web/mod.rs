@@ -65,8 +65,11 @@ impl From<crate::master::history::HistoryError> for WebError {
 impl From<ControlError> for WebError {
     fn from(err: ControlError) -> Self {
         match err {
-            ControlError::NoSuchBuilder { .. } => WebError::NotFound(err.to_string()),
+            ControlError::NoSuchBuilder { .. } | ControlError::NoSuchBuild { .. } => {
+                WebError::NotFound(err.to_string())
+            }
             ControlError::NotRunning { .. }
+            | ControlError::NotQueued { .. }
             | ControlError::Ambiguous { .. }
             | ControlError::Submit(_) => WebError::BadRequest(err.to_string()),
             ControlError::NotAllowed(_) => WebError::Forbidden(err.to_string()),

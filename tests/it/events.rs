@@ -179,7 +179,7 @@ fn the_master_refuses_a_resume_point_it_cannot_read() {
     );
     assert_eq!(output.status.code(), Some(2), "{}", text(&output.stderr));
     assert!(
-        text(&output.stderr).contains("--since needs EPOCH:SEQ"),
+        text(&output.stderr).contains("--since <EPOCH:SEQ>': needs EPOCH:SEQ"),
         "{}",
         text(&output.stderr)
     );

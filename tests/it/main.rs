@@ -6,6 +6,7 @@ mod cli;
 mod demo;
 mod events;
 mod faults;
+mod force;
 mod harness;
 mod repo;
 mod sshd;

@@ -1,0 +1,177 @@
+//! Builds started by hand: `ssh master force`, `rebuild` and `cancel`, and the `buildbot force`
+//! client, all through the master's one control layer.
+
+use std::process::Command;
+
+use crate::harness::{
+    BIN, MasterSetup, TestMaster, current_user, run_with_timeout, text, wait_until,
+};
+use crate::repo::{Checkout, git};
+
+/// A master whose linux builder passes only when the checkout has the developer's commit.
+fn master_needing_the_new_commit(checkout: &Checkout) -> TestMaster {
+    TestMaster::start_with(MasterSetup::linux_builder(
+        &["s1"],
+        &checkout.upstream,
+        r#"{ name = "has-commit", command = "grep -q 'café' hello.txt" },"#,
+    ))
+}
+
+fn ssh(master: &TestMaster, command: &str) -> std::process::Output {
+    master.ssh(&master.user_key, &current_user(), command)
+}
+
+fn wait_for_build(master: &TestMaster, number: u64) -> serde_json::Value {
+    let mut build = serde_json::Value::Null;
+    wait_until(&format!("linux #{number} to finish"), || {
+        build = master.api_last_build("linux");
+        build["number"] == number && build["running"] == false
+    });
+    build
+}
+
+#[test]
+fn a_forced_build_builds_the_branch_and_revision_asked_for_and_says_who_and_why() {
+    let checkout = Checkout::new();
+    // The developer's commit goes to a branch of the upstream; main stays without it.
+    git(
+        &checkout.work,
+        &["push", "-q", "origin", "HEAD:refs/heads/release"],
+    );
+    let main_head = git(&checkout.upstream, &["rev-parse", "main"]);
+    let master = master_needing_the_new_commit(&checkout);
+    let _slave = master.start_slave("s1");
+
+    let forced = ssh(
+        &master,
+        "force linux --branch release --reason 'check the release' --property flavour=fast",
+    );
+    assert_eq!(forced.status.code(), Some(0), "{}", text(&forced.stderr));
+    assert!(
+        text(&forced.stdout).starts_with("linux: forced build queued as request "),
+        "{}",
+        text(&forced.stdout)
+    );
+    let first = wait_for_build(&master, 1);
+    assert_eq!(
+        first["result"], "success",
+        "the release branch has the commit: {first}"
+    );
+    let detail = master.api(&format!("/api/builds/{}", first["id"]));
+    assert_eq!(detail["who"], current_user().as_str(), "{detail}");
+    assert_eq!(detail["comment"], "check the release", "{detail}");
+    assert_eq!(detail["branch"], "release", "{detail}");
+    assert_eq!(detail["properties"]["flavour"], "fast", "{detail}");
+
+    // The same branch at main's revision does not have the commit.
+    let pinned = ssh(
+        &master,
+        &format!(
+            "force linux --revision {} --reason 'old base'",
+            main_head.trim()
+        ),
+    );
+    assert_eq!(pinned.status.code(), Some(0), "{}", text(&pinned.stderr));
+    assert_eq!(wait_for_build(&master, 2)["result"], "failure");
+
+    // A rebuild of #1 builds what #1 built.
+    let rebuilt = ssh(&master, "rebuild linux 1 --reason 'flaky?'");
+    assert_eq!(rebuilt.status.code(), Some(0), "{}", text(&rebuilt.stderr));
+    let third = wait_for_build(&master, 3);
+    assert_eq!(third["result"], "success", "{third}");
+    let detail = master.api(&format!("/api/builds/{}", third["id"]));
+    assert_eq!(detail["comment"], "rebuild of linux #1: flaky?", "{detail}");
+
+    // The client does the same over the user's ssh.
+    let mut client = Command::new(BIN);
+    client
+        .args([
+            "force",
+            "linux",
+            "--branch",
+            "release",
+            "--reason",
+            "from the client",
+        ])
+        .args(master.client_args());
+    let output = run_with_timeout(client, None);
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
+    assert_eq!(wait_for_build(&master, 4)["result"], "success");
+}
+
+#[test]
+fn refusals_are_one_line_each() {
+    let checkout = Checkout::new();
+    let master = master_needing_the_new_commit(&checkout);
+    for (command, status, message) in [
+        (
+            "force nope --reason x",
+            2,
+            "buildbot: no builder named 'nope' (builders: linux)",
+        ),
+        ("force linux", 2, "buildbot: force: "),
+        ("rebuild linux 9", 1, "buildbot: linux has no build #9"),
+        (
+            "cancel linux 99",
+            1,
+            "buildbot: linux has no queued request 99",
+        ),
+    ] {
+        let output = ssh(&master, command);
+        let stderr = text(&output.stderr);
+        assert_eq!(output.status.code(), Some(status), "{command}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{command}: one line: {stderr}");
+        assert!(stderr.starts_with(message), "{command}: {stderr}");
+    }
+}
+
+#[test]
+fn a_queued_request_can_be_cancelled_before_it_is_built() {
+    let checkout = Checkout::new();
+    // No slave is connected: whatever is forced waits in the queue.
+    let master = master_needing_the_new_commit(&checkout);
+    let forced = ssh(&master, "force linux --reason 'waits'");
+    assert_eq!(forced.status.code(), Some(0), "{}", text(&forced.stderr));
+    let request_id: i64 = text(&forced.stdout)
+        .trim()
+        .rsplit(' ')
+        .next()
+        .and_then(|id| id.parse().ok())
+        .unwrap_or_else(|| panic!("a request id: {}", text(&forced.stdout)));
+    wait_until("the request to be queued", || {
+        master.api("/api/builders/linux")["queued"] == 1
+    });
+
+    let cancelled = ssh(&master, &format!("cancel linux {request_id}"));
+    assert_eq!(
+        cancelled.status.code(),
+        Some(0),
+        "{}",
+        text(&cancelled.stderr)
+    );
+    assert_eq!(
+        text(&cancelled.stdout).trim(),
+        format!("linux: request {request_id} cancelled")
+    );
+    wait_until("the queue to be empty", || {
+        master.api("/api/builders/linux")["queued"] == 0
+    });
+    let again = ssh(&master, &format!("cancel linux {request_id}"));
+    assert_eq!(again.status.code(), Some(1), "{}", text(&again.stderr));
+
+    // When a slave comes, only what is still queued runs: the next build is #1 and it is the
+    // one forced after the cancellation.
+    let _slave = master.start_slave("s1");
+    let after = ssh(&master, "force linux --reason 'after the cancel'");
+    assert_eq!(after.status.code(), Some(0), "{}", text(&after.stderr));
+    let first = wait_for_build(&master, 1);
+    let detail = master.api(&format!("/api/builds/{}", first["id"]));
+    assert_eq!(detail["comment"], "after the cancel", "{detail}");
+    assert_eq!(
+        master
+            .api("/api/builds?builder=linux")
+            .as_array()
+            .map(Vec::len),
+        Some(1)
+    );
+}
