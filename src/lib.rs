@@ -3,6 +3,7 @@
 //! codemap and the layers; `src/main.rs` only parses arguments and calls into the modules below.
 
 // Bottom layer: shared vocabulary and unix facts, no knowledge of the parts above.
+pub mod change;
 pub mod durations;
 pub mod exec_io;
 pub mod proto;

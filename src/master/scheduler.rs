@@ -277,6 +277,8 @@ mod tests {
             submitted_at: 0.0,
             properties: BTreeMap::new(),
             kind: RequestKind::Try,
+            reason: None,
+            change_ids: Vec::new(),
         }
     }
 

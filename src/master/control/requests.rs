@@ -60,6 +60,11 @@ impl Control {
                 submitted_at,
                 properties: spooled.job.properties.clone(),
                 kind: RequestKind::Try,
+                reason: Some(match &spooled.job.who {
+                    Some(who) => format!("try by {who}"),
+                    None => "try".to_string(),
+                }),
+                change_ids: Vec::new(),
             })
             .collect();
         self.enqueue(requests).await?;
@@ -82,6 +87,7 @@ impl Control {
             jobid: String::new(),
             builder: config.name.clone(),
             who: Some(account.name.clone()),
+            reason: Some(format!("forced by {}: {}", account.name, force.reason)),
             comment: Some(force.reason),
             repository: config.repo.clone(),
             branch: force.branch,
@@ -91,6 +97,7 @@ impl Control {
             submitted_at: history::now(),
             properties: force.properties,
             kind: RequestKind::Force,
+            change_ids: Vec::new(),
         };
         let ids = self.enqueue(vec![request]).await?;
         tracing::info!(user = %account.name, %builder, %job_name, "build forced");
@@ -135,6 +142,10 @@ impl Control {
             job_name: job_name.clone(),
             who: Some(account.name.clone()),
             comment: Some(format!("rebuild of {builder} #{number}: {reason}")),
+            reason: Some(format!(
+                "rebuild of {builder} #{number} by {}: {reason}",
+                account.name
+            )),
             submitted_at: history::now(),
             ..original
         };

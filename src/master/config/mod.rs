@@ -7,6 +7,8 @@
 //! `master.toml:LINE: message`. This module does not start anything and does not touch the
 //! spool, the SSH server or the network.
 
+mod schedulers;
+
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::net::SocketAddr;
@@ -18,6 +20,9 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::durations::parse_duration;
+
+pub use schedulers::{ChangeSourceConfig, ChangesConfig, SchedulerConfig, SchedulerKind};
+use schedulers::{RawChangeSource, RawChanges, RawScheduler};
 
 /// The file name of the master's configuration inside the master directory.
 pub const CONFIG_FILE: &str = "master.toml";
@@ -67,6 +72,8 @@ pub struct Config {
     pub slaves: Vec<SlaveConfig>,
     pub builders: Vec<BuilderConfig>,
     pub schedulers: Vec<SchedulerConfig>,
+    pub change_sources: Vec<ChangeSourceConfig>,
+    pub changes: ChangesConfig,
 }
 
 #[derive(Debug, Clone)]
@@ -129,18 +136,6 @@ pub struct StepConfig {
     pub warn_on_failure: bool,
 }
 
-#[derive(Debug, Clone)]
-pub struct SchedulerConfig {
-    pub kind: SchedulerKind,
-    pub builders: Vec<String>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum SchedulerKind {
-    Try,
-}
-
 // ---- the file as serde sees it -----------------------------------------------------------
 
 #[derive(Debug, Deserialize)]
@@ -158,6 +153,10 @@ struct RawConfig {
     builders: Vec<RawBuilder>,
     #[serde(default, rename = "scheduler")]
     schedulers: Vec<RawScheduler>,
+    #[serde(default, rename = "change_source")]
+    change_sources: Vec<RawChangeSource>,
+    #[serde(default)]
+    changes: Option<RawChanges>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -245,13 +244,6 @@ struct RawStep {
     warn_on_failure: Option<bool>,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawScheduler {
-    kind: SchedulerKind,
-    builders: Vec<Spanned<String>>,
-}
-
 // ---- defaults ----------------------------------------------------------------------------
 
 /// Where keys are looked up when `[sshd] authorized_keys` is not given.
@@ -315,7 +307,7 @@ impl Config {
     pub fn try_builders(&self) -> Vec<&str> {
         let mut names: Vec<&str> = Vec::new();
         for scheduler in &self.schedulers {
-            if scheduler.kind == SchedulerKind::Try {
+            if scheduler.kind.is_try() {
                 for name in &scheduler.builders {
                     if !names.contains(&name.as_str()) {
                         names.push(name);
@@ -324,6 +316,20 @@ impl Config {
             }
         }
         names
+    }
+
+    /// The builders that may be forced: those of the `kind = "force"` schedulers, or every
+    /// builder when there is none.
+    pub fn may_force(&self, builder: &str) -> bool {
+        let mut force = self
+            .schedulers
+            .iter()
+            .filter(|scheduler| matches!(scheduler.kind, SchedulerKind::Force))
+            .peekable();
+        if force.peek().is_none() {
+            return self.builder(builder).is_some();
+        }
+        force.any(|scheduler| scheduler.builders.iter().any(|name| name == builder))
     }
 
     pub fn builder(&self, name: &str) -> Option<&BuilderConfig> {
@@ -362,8 +368,12 @@ struct Checker<'a> {
 
 impl Checker<'_> {
     fn problem<T>(&mut self, spanned: &Spanned<T>, message: String) {
+        self.problem_at(spanned.span(), message);
+    }
+
+    fn problem_at(&mut self, span: std::ops::Range<usize>, message: String) {
         self.problems.push(Problem {
-            line: self.lines.line_of(spanned.span().start),
+            line: self.lines.line_of(span.start),
             message,
         });
     }
@@ -411,7 +421,14 @@ impl Checker<'_> {
         });
         let slaves = self.slaves(&raw.slaves);
         let builders = self.builders(&raw.builders, &raw.slaves);
-        let schedulers = self.schedulers(&raw.schedulers, &raw.builders);
+        let builder_names: HashSet<&str> = raw
+            .builders
+            .iter()
+            .map(|builder| builder.name.get_ref().as_str())
+            .collect();
+        let schedulers = self.schedulers(&raw.schedulers, &builder_names);
+        let change_sources = self.change_sources(&raw.change_sources);
+        let changes = self.changes(raw.changes.as_ref());
         if let Some(group) = &raw.master.admin_group
             && nix::unistd::Group::from_name(group.get_ref())
                 .ok()
@@ -439,6 +456,8 @@ impl Checker<'_> {
             slaves,
             builders,
             schedulers,
+            change_sources,
+            changes,
         })
     }
 
@@ -592,38 +611,6 @@ impl Checker<'_> {
         }
         builders
     }
-
-    fn schedulers(
-        &mut self,
-        raw: &[RawScheduler],
-        raw_builders: &[RawBuilder],
-    ) -> Vec<SchedulerConfig> {
-        let builder_names: HashSet<&str> = raw_builders
-            .iter()
-            .map(|builder| builder.name.get_ref().as_str())
-            .collect();
-        let mut schedulers = Vec::new();
-        for scheduler in raw {
-            for builder in &scheduler.builders {
-                if !builder_names.contains(builder.get_ref().as_str()) {
-                    let message = format!(
-                        "scheduler names builder \"{}\", which is not defined by any [[builder]]",
-                        builder.get_ref()
-                    );
-                    self.problem(builder, message);
-                }
-            }
-            schedulers.push(SchedulerConfig {
-                kind: scheduler.kind,
-                builders: scheduler
-                    .builders
-                    .iter()
-                    .map(|b| b.get_ref().clone())
-                    .collect(),
-            });
-        }
-        schedulers
-    }
 }
 
 /// Slave names are SSH login names: keep them to what every client passes through untouched.
@@ -765,5 +752,105 @@ builders = ["linux"]
         assert_eq!(index.line_of(0), 1);
         assert_eq!(index.line_of(2), 2);
         assert_eq!(index.line_of(4), 3);
+    }
+
+    #[test]
+    fn every_scheduler_kind_reads_with_its_settings() {
+        let text = base()
+            + r#"
+[[scheduler]]
+kind = "branch"
+name = "main"
+builders = ["linux"]
+branches = ["main", "release/*"]
+tree_stable_timer = "2s"
+files = ["src/**"]
+[[scheduler]]
+kind = "periodic"
+name = "hourly"
+builders = ["linux"]
+interval = "1h"
+only_if_changed = true
+[[scheduler]]
+kind = "nightly"
+name = "night"
+builders = ["linux"]
+cron = "0 3 * * *"
+branch = "main"
+[[scheduler]]
+kind = "dependent"
+name = "after"
+builders = ["linux"]
+upstream = "main"
+[[change_source]]
+kind = "git-poll"
+repo = "https://example.org/p.git"
+branches = ["main"]
+interval = "30s"
+"#;
+        let config = Config::from_toml(&text, Path::new("/m")).expect("valid");
+        assert_eq!(config.schedulers.len(), 5);
+        assert!(matches!(
+            &config.schedulers[1].kind,
+            SchedulerKind::Branch { tree_stable_timer, files, .. }
+                if *tree_stable_timer == Duration::from_secs(2) && files.len() == 1
+        ));
+        assert_eq!(config.change_sources[0].interval, Duration::from_secs(30));
+        assert!(
+            config.may_force("linux"),
+            "no force scheduler: every builder"
+        );
+    }
+
+    #[test]
+    fn scheduler_mistakes_are_reported_on_their_lines() {
+        let text = base()
+            + r#"
+[[scheduler]]
+kind = "branch"
+name = "main"
+builders = ["linux"]
+branches = ["main"]
+cron = "0 3 * * *"
+[[scheduler]]
+kind = "nightly"
+name = "night"
+builders = ["linux"]
+cron = "every night"
+[[scheduler]]
+kind = "dependent"
+name = "after"
+builders = ["linux"]
+upstream = "nothing"
+[[scheduler]]
+kind = "hourly"
+builders = ["linux"]
+[[scheduler]]
+kind = "periodic"
+builders = ["linux"]
+interval = "1h"
+"#;
+        let found = problems(&text);
+        assert_eq!(found.len(), 5, "{found:#?}");
+        assert!(
+            found[0].starts_with("master.toml:23: `cron` is not a setting of a branch scheduler"),
+            "{found:#?}"
+        );
+        assert!(
+            found[1].starts_with("master.toml:28: cron = \"every night\" is not a cron expression"),
+            "{found:#?}"
+        );
+        assert!(
+            found[2].starts_with("master.toml:33: upstream = \"nothing\" names no other"),
+            "{found:#?}"
+        );
+        assert!(
+            found[3].starts_with("master.toml:35: unknown scheduler kind \"hourly\""),
+            "{found:#?}"
+        );
+        assert!(
+            found[4].starts_with("master.toml:38: a periodic scheduler needs a name"),
+            "{found:#?}"
+        );
     }
 }

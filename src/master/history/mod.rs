@@ -5,6 +5,8 @@
 //! One connection behind a mutex; callers on async threads go through [`History::run`], which
 //! moves the work to the blocking pool.
 
+pub mod changes;
+
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
@@ -82,6 +84,31 @@ const MIGRATIONS: &[&str] = &[
     );",
     // 2: requests forced by hand besides try jobs.
     "ALTER TABLE requests ADD COLUMN kind TEXT NOT NULL DEFAULT 'try';",
+    // 3: changes, which requests they went into, why each request exists, what pollers saw.
+    "CREATE TABLE changes (
+        id INTEGER PRIMARY KEY,
+        repository TEXT NOT NULL,
+        branch TEXT NOT NULL,
+        revision TEXT NOT NULL,
+        who TEXT,
+        comments TEXT,
+        files TEXT NOT NULL,
+        properties TEXT NOT NULL,
+        received_at REAL NOT NULL,
+        sent_by TEXT NOT NULL
+    );
+    CREATE TABLE request_changes (
+        request_id INTEGER NOT NULL REFERENCES requests(id),
+        change_id INTEGER NOT NULL REFERENCES changes(id),
+        PRIMARY KEY (request_id, change_id)
+    );
+    CREATE TABLE poll_heads (
+        repository TEXT NOT NULL,
+        branch TEXT NOT NULL,
+        revision TEXT NOT NULL,
+        PRIMARY KEY (repository, branch)
+    );
+    ALTER TABLE requests ADD COLUMN reason TEXT;",
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -112,6 +139,10 @@ pub struct StoredRequest {
     /// The job's build properties (stored as a JSON object).
     pub properties: std::collections::BTreeMap<String, String>,
     pub kind: RequestKind,
+    /// Why the request exists, for people ("try by alice", "changes 3, 4 on main").
+    pub reason: Option<String>,
+    /// The changes it builds (none for try jobs and forced builds).
+    pub change_ids: Vec<i64>,
 }
 
 /// A finished or running build, for status output.
@@ -222,8 +253,8 @@ pub fn insert_requests(
             continue;
         }
         transaction.execute(
-            "INSERT INTO requests (job_name, jobid, builder, who, comment, properties, repository, branch, baserev, patch, patch_level, submitted_at, state, kind)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?12, ?6, ?7, ?8, ?9, ?10, ?11, ?13, ?14)",
+            "INSERT INTO requests (job_name, jobid, builder, who, comment, properties, repository, branch, baserev, patch, patch_level, submitted_at, state, kind, reason)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?12, ?6, ?7, ?8, ?9, ?10, ?11, ?13, ?14, ?15)",
             params![
                 request.job_name,
                 request.jobid,
@@ -239,9 +270,17 @@ pub fn insert_requests(
                 properties_json(&request.properties),
                 RequestState::Pending,
                 request.kind,
+                request.reason,
             ],
         )?;
-        ids.push(transaction.last_insert_rowid());
+        let id = transaction.last_insert_rowid();
+        for change_id in &request.change_ids {
+            transaction.execute(
+                "INSERT INTO request_changes (request_id, change_id) VALUES (?1, ?2)",
+                params![id, change_id],
+            )?;
+        }
+        ids.push(id);
     }
     transaction.commit()?;
     Ok(ids)
@@ -256,12 +295,12 @@ pub fn is_job_recorded(connection: &Connection, job_name: &str) -> Result<bool, 
     Ok(count > 0)
 }
 
-fn properties_json(properties: &std::collections::BTreeMap<String, String>) -> String {
+pub(crate) fn properties_json(properties: &std::collections::BTreeMap<String, String>) -> String {
     serde_json::to_string(properties).unwrap_or_else(|_| "{}".to_string())
 }
 
 /// Properties as stored; a value that is not a JSON object of strings reads as none.
-fn properties_from_json(text: &str) -> std::collections::BTreeMap<String, String> {
+pub(crate) fn properties_from_json(text: &str) -> std::collections::BTreeMap<String, String> {
     serde_json::from_str(text).unwrap_or_default()
 }
 
@@ -281,10 +320,13 @@ fn request_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<StoredRequest> 
         submitted_at: row.get(11)?,
         properties: properties_from_json(&row.get::<_, String>(12)?),
         kind: row.get(13)?,
+        reason: row.get(14)?,
+        // Filled in by the callers that need them (see `change_ids_of`).
+        change_ids: Vec::new(),
     })
 }
 
-const REQUEST_COLUMNS: &str = "id, job_name, jobid, builder, who, comment, repository, branch, baserev, patch, patch_level, submitted_at, properties, kind";
+const REQUEST_COLUMNS: &str = "id, job_name, jobid, builder, who, comment, repository, branch, baserev, patch, patch_level, submitted_at, properties, kind, reason";
 
 /// Requests still waiting for a build, oldest first.
 pub fn pending_requests(connection: &Connection) -> Result<Vec<StoredRequest>, HistoryError> {
@@ -292,7 +334,11 @@ pub fn pending_requests(connection: &Connection) -> Result<Vec<StoredRequest>, H
         "SELECT {REQUEST_COLUMNS} FROM requests WHERE state = ?1 ORDER BY id"
     ))?;
     let rows = statement.query_map(params![RequestState::Pending], request_from_row)?;
-    Ok(rows.collect::<Result<_, _>>()?)
+    let mut requests: Vec<StoredRequest> = rows.collect::<Result<_, _>>()?;
+    for request in &mut requests {
+        request.change_ids = changes::change_ids_of(connection, request.id)?;
+    }
+    Ok(requests)
 }
 
 pub fn set_request_state(
@@ -476,6 +522,8 @@ mod tests {
             submitted_at: 1.0,
             properties: [("foo".to_string(), "bar".to_string())].into(),
             kind: RequestKind::Try,
+            reason: None,
+            change_ids: Vec::new(),
         }
     }
 

@@ -1,0 +1,202 @@
+//! Changes in the history: each change sent or polled, which requests built it, and the heads a
+//! poller last saw per branch (so a restarted master neither misses nor repeats a push).
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use crate::change::ChangeSpec;
+use crate::master::history::{HistoryError, now, properties_from_json, properties_json};
+
+/// A change as stored, with its id.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct StoredChange {
+    pub id: i64,
+    pub repository: String,
+    pub branch: String,
+    pub revision: String,
+    pub who: Option<String>,
+    pub comments: Option<String>,
+    pub files: Vec<String>,
+    pub properties: std::collections::BTreeMap<String, String>,
+    /// Seconds since the unix epoch.
+    pub received_at: f64,
+    /// The unix user (or poller) it came from.
+    pub sent_by: String,
+}
+
+const CHANGE_COLUMNS: &str =
+    "id, repository, branch, revision, who, comments, files, properties, received_at, sent_by";
+
+fn change_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<StoredChange> {
+    let files: String = row.get(6)?;
+    Ok(StoredChange {
+        id: row.get(0)?,
+        repository: row.get(1)?,
+        branch: row.get(2)?,
+        revision: row.get(3)?,
+        who: row.get(4)?,
+        comments: row.get(5)?,
+        files: serde_json::from_str(&files).unwrap_or_default(),
+        properties: properties_from_json(&row.get::<_, String>(7)?),
+        received_at: row.get(8)?,
+        sent_by: row.get(9)?,
+    })
+}
+
+/// Records a change; returns it with its id.
+pub fn insert_change(
+    connection: &Connection,
+    change: &ChangeSpec,
+    sent_by: &str,
+) -> Result<StoredChange, HistoryError> {
+    let received_at = now();
+    let files = serde_json::to_string(&change.files).unwrap_or_else(|_| "[]".into());
+    connection.execute(
+        "INSERT INTO changes (repository, branch, revision, who, comments, files, properties, received_at, sent_by)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        params![
+            change.repository,
+            change.branch,
+            change.revision,
+            change.who,
+            change.comments,
+            files,
+            properties_json(&change.properties),
+            received_at,
+            sent_by
+        ],
+    )?;
+    Ok(StoredChange {
+        id: connection.last_insert_rowid(),
+        repository: change.repository.clone(),
+        branch: change.branch.clone(),
+        revision: change.revision.clone(),
+        who: change.who.clone(),
+        comments: change.comments.clone(),
+        files: change.files.clone(),
+        properties: change.properties.clone(),
+        received_at,
+        sent_by: sent_by.to_string(),
+    })
+}
+
+/// The most recent changes, newest first.
+pub fn recent_changes(
+    connection: &Connection,
+    limit: i64,
+) -> Result<Vec<StoredChange>, HistoryError> {
+    let mut statement = connection.prepare(&format!(
+        "SELECT {CHANGE_COLUMNS} FROM changes ORDER BY id DESC LIMIT ?1"
+    ))?;
+    let rows = statement.query_map(params![limit], change_from_row)?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// The changes a request builds, oldest first.
+pub fn changes_of_request(
+    connection: &Connection,
+    request_id: i64,
+) -> Result<Vec<StoredChange>, HistoryError> {
+    let mut statement = connection.prepare(&format!(
+        "SELECT {CHANGE_COLUMNS} FROM changes WHERE id IN
+           (SELECT change_id FROM request_changes WHERE request_id = ?1) ORDER BY id"
+    ))?;
+    let rows = statement.query_map(params![request_id], change_from_row)?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+pub fn change_ids_of(connection: &Connection, request_id: i64) -> Result<Vec<i64>, HistoryError> {
+    let mut statement = connection.prepare(
+        "SELECT change_id FROM request_changes WHERE request_id = ?1 ORDER BY change_id",
+    )?;
+    let rows = statement.query_map(params![request_id], |row| row.get(0))?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// (builder, number) of the builds of requests that built `change_id`.
+pub fn builds_of_change(
+    connection: &Connection,
+    change_id: i64,
+) -> Result<Vec<(String, i64)>, HistoryError> {
+    let mut statement = connection.prepare(
+        "SELECT b.builder, b.number FROM builds b JOIN request_changes rc ON rc.request_id = b.request_id
+         WHERE rc.change_id = ?1 ORDER BY b.id",
+    )?;
+    let rows = statement.query_map(params![change_id], |row| Ok((row.get(0)?, row.get(1)?)))?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// The head a poller last saw on `branch` of `repository`.
+pub fn poll_head(
+    connection: &Connection,
+    repository: &str,
+    branch: &str,
+) -> Result<Option<String>, HistoryError> {
+    Ok(connection
+        .query_row(
+            "SELECT revision FROM poll_heads WHERE repository = ?1 AND branch = ?2",
+            params![repository, branch],
+            |row| row.get(0),
+        )
+        .optional()?)
+}
+
+/// Every head a poller saw in `repository`.
+pub fn poll_heads(
+    connection: &Connection,
+    repository: &str,
+) -> Result<Vec<(String, String)>, HistoryError> {
+    let mut statement =
+        connection.prepare("SELECT branch, revision FROM poll_heads WHERE repository = ?1")?;
+    let rows = statement.query_map(params![repository], |row| Ok((row.get(0)?, row.get(1)?)))?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+pub fn set_poll_head(
+    connection: &Connection,
+    repository: &str,
+    branch: &str,
+    revision: &str,
+) -> Result<(), HistoryError> {
+    connection.execute(
+        "INSERT INTO poll_heads (repository, branch, revision) VALUES (?1, ?2, ?3)
+         ON CONFLICT (repository, branch) DO UPDATE SET revision = excluded.revision",
+        params![repository, branch, revision],
+    )?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::master::history::History;
+
+    #[test]
+    fn changes_and_poll_heads_are_kept() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let history = History::open(&dir.path().join("state.sqlite")).expect("open");
+        history
+            .with(|connection| {
+                let spec = ChangeSpec {
+                    repository: "/r.git".into(),
+                    branch: "main".into(),
+                    revision: "0123456789abcdef0123456789abcdef01234567".into(),
+                    who: Some("alice".into()),
+                    comments: None,
+                    files: vec!["src/a.rs".into()],
+                    properties: Default::default(),
+                };
+                let stored = insert_change(connection, &spec, "alice")?;
+                assert_eq!(recent_changes(connection, 10)?, vec![stored.clone()]);
+                assert_eq!(poll_head(connection, "/r.git", "main")?, None);
+                set_poll_head(connection, "/r.git", "main", "abc")?;
+                set_poll_head(connection, "/r.git", "main", "def")?;
+                assert_eq!(
+                    poll_head(connection, "/r.git", "main")?.as_deref(),
+                    Some("def")
+                );
+                assert_eq!(poll_heads(connection, "/r.git")?.len(), 1);
+                Ok(())
+            })
+            .expect("works");
+    }
+}
