@@ -139,6 +139,32 @@ enum Command {
         #[command(flatten)]
         connection: ConnectionCli,
     },
+    /// Tell the master about a new revision on a branch (what the git post-receive hook in
+    /// etc/hooks runs). Needs the right to try, or membership of the master's [changes] group.
+    Sendchange {
+        /// The repository, as the master's builders name it.
+        #[arg(long)]
+        repository: String,
+        #[arg(long)]
+        branch: String,
+        /// The commit id.
+        #[arg(long)]
+        revision: String,
+        /// Who made the change (default: none).
+        #[arg(long)]
+        who: Option<String>,
+        /// The commit message.
+        #[arg(long)]
+        comments: Option<String>,
+        /// A file the change touches (repeatable).
+        #[arg(long = "file", value_name = "PATH")]
+        files: Vec<String>,
+        /// A property NAME=VALUE (repeatable).
+        #[arg(long = "property", value_name = "NAME=VALUE")]
+        properties: Vec<String>,
+        #[command(flatten)]
+        connection: ConnectionCli,
+    },
     /// Read a try job on stdin and write it into the maildir DIR (the classic Buildbot ssh
     /// path, for masters reached through a real sshd).
     Tryserver {
@@ -411,6 +437,38 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             let result = buildbot::client::watch::run_command(&words, &connection, &cwd);
             Ok(client_outcome("force", result))
+        }
+        Command::Sendchange {
+            repository,
+            branch,
+            revision,
+            who,
+            comments,
+            files,
+            properties,
+            connection,
+        } => {
+            let cwd = std::env::current_dir().context("cannot find the current directory")?;
+            let mut parsed = std::collections::BTreeMap::new();
+            for property in properties {
+                let Some((name, value)) = property.split_once('=') else {
+                    eprintln!("buildbot sendchange: --property {property}: write it NAME=VALUE");
+                    return Ok(ExitCode::from(try_cmd::EXIT_TROUBLE));
+                };
+                parsed.insert(name.to_string(), value.to_string());
+            }
+            let change = buildbot::change::ChangeSpec {
+                repository,
+                branch,
+                revision,
+                who,
+                comments,
+                files,
+                properties: parsed,
+            };
+            let connection = connection.into_try_args();
+            let result = buildbot::client::watch::send_change(&change, &connection, &cwd);
+            Ok(client_outcome("sendchange", result))
         }
         Command::Tryserver { jobdir } => {
             let name = buildbot::spool::submit::tryserver_local(&jobdir, &mut std::io::stdin())?;

@@ -59,6 +59,7 @@ impl Tracker {
                 self.running.remove(&format!("{builder} #{number}"));
             }
             BuildEvent::RequestsQueued { .. }
+            | BuildEvent::ChangeAdded { .. }
             | BuildEvent::RequestCancelled { .. }
             | BuildEvent::StepFinished { .. } => {}
         }

@@ -322,6 +322,25 @@ impl Connection {
         Ok(status.code().unwrap_or(255))
     }
 
+    /// Runs `remote` on the master with `input` on its stdin (stdout and stderr are the
+    /// terminal's); returns ssh's exit code (255: ssh itself failed).
+    pub fn run_remote_with_input(&self, remote: &str, input: &[u8]) -> Result<i32, TryError> {
+        let pinned = self.pinned_known_hosts()?;
+        let mut child = self
+            .command(remote, pinned.as_ref().map(|file| file.path()))
+            .stdin(Stdio::piped())
+            .spawn()
+            .map_err(|err| TryError::new(format!("cannot run '{}': {err}", self.ssh_argv[0])))?;
+        if let Some(mut stdin) = child.stdin.take() {
+            // A master that refuses early closes the channel; its reason arrives on stderr.
+            let _ = stdin.write_all(input);
+        }
+        let status = child
+            .wait()
+            .map_err(|err| TryError::new(format!("ssh did not finish: {err}")))?;
+        Ok(status.code().unwrap_or(255))
+    }
+
     /// Starts `remote` on the master with its stdout piped to us (stdin closed, stderr the
     /// terminal's). The returned file is the pinned known_hosts; keep it until ssh ends.
     pub fn spawn_remote_reading(

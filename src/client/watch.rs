@@ -1,4 +1,5 @@
-//! `buildbot watch`, `stop` and `force`: the master's commands run over the user's own ssh,
+//! `buildbot watch`, `stop`, `force` and `sendchange`: the master's commands run over the user's
+//! own ssh,
 //! with the same connection defaults as `try` (flags, then `.buildbot`).
 //!
 //! `watch` asks the master for its typed JSON stream and renders it (text, or JSON lines with
@@ -204,6 +205,23 @@ pub fn run_command(
     let remote = shlex::try_join(words.iter().map(String::as_str))
         .map_err(|_| TryError("an argument cannot be quoted for the remote command".into()))?;
     exit_code(Some(connection.run_remote(&remote)?), &connection)
+}
+
+/// Runs `buildbot sendchange`: the change as JSON to the master's `sendchange`, which prints
+/// `change N accepted`. Exit 0 accepted, 1 refused, 2 usage or connection trouble.
+pub fn send_change(
+    change: &crate::change::ChangeSpec,
+    connection_args: &TryArgs,
+    cwd: &Path,
+) -> Result<u8, TryError> {
+    crate::change::check(change).map_err(|err| TryError(err.to_string()))?;
+    let json = serde_json::to_vec(change)
+        .map_err(|err| TryError(format!("cannot encode the change: {err}")))?;
+    let connection = resolve(connection_args, cwd)?;
+    exit_code(
+        Some(connection.run_remote_with_input("sendchange", &json)?),
+        &connection,
+    )
 }
 
 /// The connection from the flags and `.buildbot`.

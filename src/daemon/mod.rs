@@ -16,8 +16,8 @@ use tokio_util::task::TaskTracker;
 
 use crate::master::config::Config;
 use crate::master::control::Control;
-use crate::master::executor;
 use crate::master::history::{self, History};
+use crate::master::{executor, poller, schedulers};
 use crate::spool::maildir::Maildir;
 use crate::spool::watcher::SpooledJob;
 use crate::sshd::{self, SshdContext};
@@ -72,12 +72,14 @@ pub async fn run(
         )
     })?;
     let (scheduler_tx, scheduler_rx) = tokio::sync::mpsc::channel(256);
+    let (changes_tx, changes_rx) = tokio::sync::mpsc::channel(256);
     let control = Arc::new(Control::new(
         Arc::clone(&config),
         host_key_fingerprint,
         history,
         format!("http://{}", listening.http),
         scheduler_tx,
+        changes_tx,
     ));
     let components = TaskTracker::new();
     let sshd_ctx = Arc::new(SshdContext::new(
@@ -113,6 +115,14 @@ pub async fn run(
     spawn_component(&components, &shutdown, "scheduler", {
         executor::run(Arc::clone(&control), scheduler_rx, shutdown.clone())
     });
+    spawn_component(&components, &shutdown, "schedulers", {
+        schedulers::run(Arc::clone(&control), changes_rx, shutdown.clone())
+    });
+    for source in &config.change_sources {
+        spawn_component(&components, &shutdown, "change poller", {
+            poller::run(Arc::clone(&control), source.clone(), shutdown.clone())
+        });
+    }
     components.close();
     components.wait().await;
     tracing::info!("master {} stopped", config.name);

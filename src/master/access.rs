@@ -18,6 +18,7 @@ pub enum Action {
     Force,
     Rebuild,
     Cancel,
+    SendChange,
 }
 
 impl fmt::Display for Action {
@@ -28,6 +29,7 @@ impl fmt::Display for Action {
             Action::Force => "force builds",
             Action::Rebuild => "rebuild builds",
             Action::Cancel => "cancel build requests",
+            Action::SendChange => "send changes",
         })
     }
 }
@@ -35,6 +37,12 @@ impl fmt::Display for Action {
 /// Why an account may not do an action; each message is the one line the user sees.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AccessError {
+    #[error("{user} may not {action} (ask an admin to add you to group {group})")]
+    NotInGroup {
+        user: String,
+        action: Action,
+        group: String,
+    },
     #[error("root may not {action} on this master (allow_root = false)")]
     RootRefused { action: Action },
     #[error(
@@ -56,6 +64,19 @@ pub enum AccessError {
 pub fn check(action: Action, account: &UnixAccount, config: &Config) -> Result<(), AccessError> {
     if account.is_root() && !config.sshd.allow_root {
         return Err(AccessError::RootRefused { action });
+    }
+    if action == Action::SendChange
+        && let Some(group) = &config.changes.group
+    {
+        // A configured changes group is the whole rule: the pushers, not the try users.
+        return match is_member(account, group) {
+            true => Ok(()),
+            false => Err(AccessError::NotInGroup {
+                user: account.name.clone(),
+                action,
+                group: group.clone(),
+            }),
+        };
     }
     if action != Action::Try && in_admin_group(account, config) {
         return Ok(());
@@ -79,9 +100,13 @@ pub fn check(action: Action, account: &UnixAccount, config: &Config) -> Result<(
 }
 
 fn in_admin_group(account: &UnixAccount, config: &Config) -> bool {
-    let Some(group) = &config.admin_group else {
-        return false;
-    };
+    config
+        .admin_group
+        .as_deref()
+        .is_some_and(|group| is_member(account, group))
+}
+
+fn is_member(account: &UnixAccount, group: &str) -> bool {
     matches!(
         nix::unistd::Group::from_name(group),
         Ok(Some(group)) if account.gids.contains(&group.gid.as_raw())

@@ -6,6 +6,7 @@
 //! channel closes, the step fails with "slave lost", and the build ends as exception (and its
 //! request is queued again).
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,6 +18,7 @@ use crate::master::board::{StopHandle, StopRequest};
 use crate::master::config::{BuilderConfig, StepConfig};
 use crate::master::control::Control;
 use crate::master::history::{self, StoredRequest};
+use crate::master::interpolate::{self, InterpolationError};
 use crate::master::results::{FailurePolicy, expected_duration};
 use crate::master::slaves::{SlaveEvent, SlaveLink};
 use crate::proto::{CheckoutRequest, CommandRequest, ExitReport, Message, StreamKind};
@@ -42,49 +44,108 @@ struct PlannedStep {
     kind: StepKind,
 }
 
-fn plan(builder: &BuilderConfig, request: &StoredRequest) -> Vec<PlannedStep> {
-    let mut steps = vec![PlannedStep {
-        name: "checkout".into(),
-        kind: StepKind::Checkout(CheckoutRequest {
-            builder: builder.name.clone(),
-            repo: builder.repo.clone(),
-            branch: request
-                .branch
-                .clone()
-                .unwrap_or_else(|| builder.branch.clone()),
-            revision: request.baserev.clone(),
-            patch: request.patch.clone(),
-            patch_level: request.patch_level,
-        }),
-    }];
-    // A try job's branch names the developer's branch, which the builder's repository may not
-    // have; the base revision is what matters, the builder's branch is the fallback. A forced
-    // build's branch is a branch of the builder's repository.
-    if let StepKind::Checkout(checkout) = &mut steps[0].kind
-        && request.kind == RequestKind::Try
-        && request.baserev.is_some()
-    {
-        checkout.branch = builder.branch.clone();
-    }
-    for step in &builder.steps {
-        steps.push(command_step(builder, step));
-    }
-    steps
+/// What the steps of one build may know of it: its properties (the request's, and the
+/// build's own: branch, revision, buildername, buildnumber, slavename) and the `BUILDBOT_*`
+/// environment.
+struct BuildFacts {
+    properties: BTreeMap<String, String>,
+    env: Vec<(String, String)>,
 }
 
-fn command_step(builder: &BuilderConfig, step: &StepConfig) -> PlannedStep {
-    PlannedStep {
+fn build_facts(
+    builder: &BuilderConfig,
+    request: &StoredRequest,
+    checkout: &CheckoutRequest,
+    number: i64,
+    slave: &str,
+) -> BuildFacts {
+    let revision = checkout.revision.clone().unwrap_or_default();
+    let own = [
+        ("branch", checkout.branch.clone()),
+        ("revision", revision.clone()),
+        ("buildername", builder.name.clone()),
+        ("buildnumber", number.to_string()),
+        ("slavename", slave.to_string()),
+    ];
+    let mut properties = request.properties.clone();
+    properties.extend(
+        own.iter()
+            .map(|(name, value)| (name.to_string(), value.clone())),
+    );
+    let mut env = vec![
+        ("BUILDBOT_BRANCH".to_string(), checkout.branch.clone()),
+        ("BUILDBOT_REVISION".to_string(), revision),
+        ("BUILDBOT_BUILDER".to_string(), builder.name.clone()),
+        ("BUILDBOT_BUILDNUMBER".to_string(), number.to_string()),
+        ("BUILDBOT_SLAVE".to_string(), slave.to_string()),
+    ];
+    env.extend(
+        request
+            .properties
+            .iter()
+            .filter(|(name, _)| crate::change::is_property_name(name))
+            .map(|(name, value)| {
+                (
+                    format!("BUILDBOT_PROP_{}", name.to_uppercase()),
+                    value.clone(),
+                )
+            }),
+    );
+    BuildFacts { properties, env }
+}
+
+/// The build's steps: the checkout (with the try patch), then the builder's commands with
+/// their properties put in. An interpolation that cannot be applied is the error.
+fn plan(
+    builder: &BuilderConfig,
+    request: &StoredRequest,
+    number: i64,
+    slave: &str,
+) -> Result<Vec<PlannedStep>, InterpolationError> {
+    let mut checkout = CheckoutRequest {
+        builder: builder.name.clone(),
+        repo: builder.repo.clone(),
+        branch: request
+            .branch
+            .clone()
+            .unwrap_or_else(|| builder.branch.clone()),
+        revision: request.baserev.clone(),
+        patch: request.patch.clone(),
+        patch_level: request.patch_level,
+    };
+    // A try job's branch names the developer's branch, which the builder's repository may not
+    // have; the base revision is what matters, the builder's branch is the fallback. Forced and
+    // scheduled builds name a branch of the builder's repository.
+    if request.kind == RequestKind::Try && request.baserev.is_some() {
+        checkout.branch = builder.branch.clone();
+    }
+    let facts = build_facts(builder, request, &checkout, number, slave);
+    let mut steps = vec![PlannedStep {
+        name: "checkout".into(),
+        kind: StepKind::Checkout(checkout),
+    }];
+    for step in &builder.steps {
+        steps.push(command_step(builder, step, &facts)?);
+    }
+    Ok(steps)
+}
+
+fn command_step(
+    builder: &BuilderConfig,
+    step: &StepConfig,
+    facts: &BuildFacts,
+) -> Result<PlannedStep, InterpolationError> {
+    let mut env = facts.env.clone();
+    // The step's own settings come last, so the config has the final word.
+    env.extend(step.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+    Ok(PlannedStep {
         name: step.name.clone(),
         kind: StepKind::Command(
             CommandRequest {
                 builder: builder.name.clone(),
-                shell: step.command.clone(),
+                shell: interpolate::apply(&step.command, &facts.properties)?,
                 workdir: step.workdir.clone(),
-                env: step
-                    .env
-                    .iter()
-                    .map(|(k, v)| (k.clone(), v.clone()))
-                    .collect(),
+                env,
                 timeout_secs: step.timeout.map(|timeout| timeout.as_secs().max(1)),
             },
             FailurePolicy {
@@ -93,7 +154,7 @@ fn command_step(builder: &BuilderConfig, step: &StepConfig) -> PlannedStep {
                 warn_on_failure: step.warn_on_failure,
             },
         ),
-    }
+    })
 }
 
 /// Runs the build of `request` on `link`'s slave.
@@ -241,7 +302,16 @@ async fn run_steps(
         reason: None,
         slave_lost: false,
     };
-    for (index, step) in plan(builder, request).into_iter().enumerate() {
+    let steps = match plan(builder, request, number, &link.name) {
+        Ok(steps) => steps,
+        Err(err) => {
+            tracing::error!("cannot plan the steps: {err}");
+            ending.result = BuildResult::Exception;
+            ending.reason = Some(format!("cannot plan the steps: {err}"));
+            return ending;
+        }
+    };
+    for (index, step) in steps.into_iter().enumerate() {
         let step_number = index as i64 + 1;
         let (step_name, build_id) = (step.name.clone(), started.build_id);
         let step_id = match control

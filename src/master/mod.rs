@@ -9,10 +9,14 @@ pub mod config;
 pub mod control;
 pub mod events;
 pub mod executor;
+pub mod git_remote;
 pub mod history;
+pub mod interpolate;
+pub mod poller;
 pub mod results;
 pub mod roster;
 pub mod scheduler;
+pub mod schedulers;
 pub mod sessions;
 pub mod slaves;
 

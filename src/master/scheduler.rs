@@ -241,11 +241,14 @@ impl Queue {
         effects
     }
 
-    /// How many requests wait, per builder.
-    pub fn queued_per_builder(&self) -> BTreeMap<String, usize> {
-        let mut queued = BTreeMap::new();
+    /// The requests waiting, per builder, in the order they will be served.
+    pub fn queued_per_builder(&self) -> BTreeMap<String, Vec<i64>> {
+        let mut queued: BTreeMap<String, Vec<i64>> = BTreeMap::new();
         for request in &self.pending {
-            *queued.entry(request.builder.clone()).or_default() += 1;
+            queued
+                .entry(request.builder.clone())
+                .or_default()
+                .push(request.id);
         }
         queued
     }
@@ -334,7 +337,7 @@ mod tests {
         assert_eq!(queue.pending_ids(), vec![3, 4]);
         assert_eq!(
             queue.queued_per_builder(),
-            BTreeMap::from([("linux".to_string(), 1), ("mac".to_string(), 1)])
+            BTreeMap::from([("linux".to_string(), vec![3]), ("mac".to_string(), vec![4])])
         );
     }
 

@@ -130,6 +130,7 @@ pub async fn run(
             }
             Err(err) => refuse(&err, io).await,
         },
+        ExecCommand::SendChange => send_change(ctx, user, io).await,
         ExecCommand::WebLogin => {
             let url = ctx.control.web_login(user);
             io.print(&format!(
@@ -139,6 +140,52 @@ pub async fn run(
             .await;
             0
         }
+    }
+}
+
+/// How long a sender has to deliver its change.
+const CHANGE_DEADLINE: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// `sendchange`: one change as JSON on stdin, read with a size cap and a deadline.
+async fn send_change(ctx: &SshdContext, user: &UnixAccount, io: &mut ExecIo<'_>) -> u32 {
+    use tokio::io::AsyncReadExt;
+    let mut bytes = Vec::new();
+    let limit = crate::change::MAX_CHANGE_BYTES as u64 + 1;
+    let read = tokio::time::timeout(
+        CHANGE_DEADLINE,
+        (&mut *io.stdin).take(limit).read_to_end(&mut bytes),
+    )
+    .await;
+    match read {
+        Ok(Ok(_)) => {}
+        Ok(Err(err)) => {
+            io.say(&format!("buildbot: cannot read the change: {err}"))
+                .await;
+            return 1;
+        }
+        Err(_) => {
+            io.say(&format!(
+                "buildbot: no complete change within {}s (send one JSON object on stdin, then close it)",
+                CHANGE_DEADLINE.as_secs()
+            ))
+            .await;
+            return 1;
+        }
+    }
+    let change = match crate::change::decode(&bytes) {
+        Ok(change) => change,
+        Err(err) => {
+            tracing::info!(user = %user.name, "change refused: {err}");
+            io.say(&format!("buildbot: {err}")).await;
+            return 1;
+        }
+    };
+    match ctx.control.send_change(user, change).await {
+        Ok(stored) => {
+            io.print(&format!("change {} accepted\n", stored.id)).await;
+            0
+        }
+        Err(err) => refuse(&err, io).await,
     }
 }
 

@@ -48,6 +48,8 @@ pub enum ExecCommand {
     },
     /// `cancel BUILDER REQUEST_ID`
     Cancel { builder: String, request_id: i64 },
+    /// `sendchange`: one change as JSON on stdin.
+    SendChange,
     /// `web-login`
     WebLogin,
     /// `slave`: the RPC channel of a build slave.
@@ -132,6 +134,7 @@ enum Remote {
         #[arg(value_parser = positive)]
         request_id: i64,
     },
+    Sendchange,
     WebLogin,
     Slave,
 }
@@ -284,6 +287,7 @@ fn from_remote(remote: Remote) -> ExecCommand {
             builder,
             request_id,
         },
+        Remote::Sendchange => ExecCommand::SendChange,
         Remote::WebLogin => ExecCommand::WebLogin,
         Remote::Slave => ExecCommand::Slave,
     }
@@ -375,6 +379,7 @@ mod tests {
             }
         );
         assert_eq!(parse("web-login"), ExecCommand::WebLogin);
+        assert_eq!(parse("sendchange"), ExecCommand::SendChange);
         assert_eq!(parse("slave"), ExecCommand::Slave);
         assert_eq!(
             parse("stop linux 7 --reason 'wrong branch'"),

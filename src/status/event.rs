@@ -13,6 +13,14 @@ pub enum BuildEvent {
         job_name: String,
         builders: Vec<String>,
     },
+    /// A change was recorded (sent or polled); schedulers may build it.
+    ChangeAdded {
+        change_id: i64,
+        repository: String,
+        branch: String,
+        revision: String,
+        who: Option<String>,
+    },
     /// A queued request was dropped before it was built.
     RequestCancelled {
         job_name: String,
@@ -57,8 +65,11 @@ pub enum BuildEvent {
 }
 
 impl BuildEvent {
+    /// The job (try job, forced build, scheduler firing) the event belongs to; changes belong
+    /// to none.
     pub fn job_name(&self) -> &str {
         match self {
+            BuildEvent::ChangeAdded { .. } => "",
             BuildEvent::RequestsQueued { job_name, .. }
             | BuildEvent::RequestCancelled { job_name, .. }
             | BuildEvent::BuildStarted { job_name, .. }
@@ -74,6 +85,7 @@ impl BuildEvent {
             return true;
         }
         match self {
+            BuildEvent::ChangeAdded { .. } => true,
             BuildEvent::RequestsQueued {
                 builders: queued, ..
             } => queued.iter().any(|builder| builders.contains(builder)),

@@ -133,15 +133,20 @@ pub enum RequestKind {
     Try,
     /// Forced by hand: the branch (default: the builder's) and revision (default: its head).
     Force,
+    /// Started by a scheduler (branch, periodic, nightly, dependent): a branch and revision of
+    /// the builder's repository, as for a forced build.
+    Scheduled,
 }
 
 impl RequestKind {
-    pub const ALL: [RequestKind; 2] = [RequestKind::Try, RequestKind::Force];
+    pub const ALL: [RequestKind; 3] =
+        [RequestKind::Try, RequestKind::Force, RequestKind::Scheduled];
 
     pub fn as_str(self) -> &'static str {
         match self {
             RequestKind::Try => "try",
             RequestKind::Force => "force",
+            RequestKind::Scheduled => "scheduled",
         }
     }
 }

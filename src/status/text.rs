@@ -15,6 +15,19 @@ pub fn describe_event(event: &BuildEvent) -> String {
         BuildEvent::RequestsQueued { builders, .. } => {
             format!("queued for {}", builders.join(", "))
         }
+        BuildEvent::ChangeAdded {
+            change_id,
+            branch,
+            revision,
+            who,
+            ..
+        } => {
+            let short = revision.get(..12).unwrap_or(revision);
+            match who {
+                Some(who) => format!("change {change_id} on {branch}: {short} by {who}"),
+                None => format!("change {change_id} on {branch}: {short}"),
+            }
+        }
         BuildEvent::RequestCancelled {
             builder,
             request_id,

@@ -3,8 +3,10 @@
 //! Stop Build button behind a session from `ssh master web-login`. Only this module touches
 //! axum and tera.
 
+mod actions;
 mod api;
 mod auth;
+mod changes;
 mod logs;
 mod pages;
 pub mod views;
@@ -24,7 +26,7 @@ use crate::master::control::{Control, ControlError};
 use crate::master::sessions::Session;
 
 /// Every template, embedded so the binary needs no files at run time.
-pub const TEMPLATES: [(&str, &str); 8] = [
+pub const TEMPLATES: [(&str, &str); 9] = [
     ("base.html", include_str!("templates/base.html")),
     ("waterfall.html", include_str!("templates/waterfall.html")),
     ("summary.html", include_str!("templates/summary.html")),
@@ -33,6 +35,7 @@ pub const TEMPLATES: [(&str, &str); 8] = [
     ("log.html", include_str!("templates/log.html")),
     ("slaves.html", include_str!("templates/slaves.html")),
     ("message.html", include_str!("templates/message.html")),
+    ("changes.html", include_str!("templates/changes.html")),
 ];
 
 /// What every handler shares.
@@ -71,7 +74,8 @@ impl From<ControlError> for WebError {
             ControlError::NotRunning { .. }
             | ControlError::NotQueued { .. }
             | ControlError::Ambiguous { .. }
-            | ControlError::Submit(_) => WebError::BadRequest(err.to_string()),
+            | ControlError::Submit(_)
+            | ControlError::BadChange(_) => WebError::BadRequest(err.to_string()),
             ControlError::NotAllowed(_) => WebError::Forbidden(err.to_string()),
             ControlError::History(_) => WebError::Internal(err.to_string()),
         }
@@ -199,8 +203,20 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .route(
             "/builders/{builder}/builds/{number}/stop",
-            post(pages::stop),
+            post(actions::stop),
         )
+        .route(
+            "/builders/{builder}/builds/{number}/rebuild",
+            post(actions::rebuild),
+        )
+        .route("/builders/{builder}/force", post(actions::force))
+        .route(
+            "/builders/{builder}/requests/{request}/cancel",
+            post(actions::cancel),
+        )
+        .route("/changes", get(changes::page))
+        .route("/api/changes", get(changes::api_changes))
+        .route("/api/requests", get(changes::api_requests))
         .route(
             "/builders/{builder}/builds/{number}/steps/{step}/logs/{stream}",
             get(logs::page),
@@ -230,6 +246,9 @@ mod tests {
             .add_raw_templates(TEMPLATES)
             .expect("templates parse");
         templates.autoescape_on(vec![".html"]);
+        let change = serde_json::json!({"id": 7, "repository": "/r.git", "branch": "main", "revision": "abc",
+            "short_revision": "abc", "who": "<alice>", "comments": "fix", "files": ["a"], "received": "now",
+            "sent_by": "alice", "builds": [{"builder": "linux", "number": 3, "url": "/builders/linux/builds/3"}]});
         let step = serde_json::json!({"number": 1, "name": "test", "result": "failure", "result_text": "failure",
             "css": "failure", "summary": "exit 1", "started_at": 0.0, "finished_at": 1.0, "took": "1s",
             "logs": [{"name": "stdout", "url": "/x"}]});
@@ -237,13 +256,16 @@ mod tests {
             "result_text": "running", "css": "running", "reason": "stopped by <alice>", "running": true,
             "started_at": 0.0, "finished_at": null, "started": "now", "took": "1s", "url": "/builders/linux/builds/3",
             "steps": [step], "repository": "r", "branch": "main", "baserev": "abc", "jobid": "j", "who": "alice",
-            "comment": "c", "has_patch": true, "eta": "2m45s", "properties": {"foo": "bar"}});
+            "comment": "c", "has_patch": true, "eta": "2m45s", "properties": {"foo": "bar"},
+            "why": "changes 1, 2 on main (scheduler main)", "changes": [change.clone()]});
         let builder = serde_json::json!({"name": "linux", "state": "idle", "state_class": "idle", "queued": 1,
             "last": "#2 success", "last_css": "success", "slaves": [{"name": "s1", "connected": true}],
             "builds": [build.clone()]});
         let context = tera::Context::from_serialize(&serde_json::json!({
             "master_name": "m", "host_key": "SHA256:x", "user": "alice", "builders": [builder.clone()],
-            "builder": builder, "builds": [build.clone()], "queue": [{"jobid": "j", "who": "alice", "comment": null, "submitted": "now"}],
+            "builder": builder, "builds": [build.clone()], "queue": [{"id": 4, "builder": "linux", "position": 1, "kind": "force", "why": "forced by alice: x",
+                "who": "alice", "branch": "main", "revision": "", "submitted": "now"}],
+            "changes": [change], "can_force": true, "logged_in": true,
             "build": build, "can_stop": true, "csrf": "token",
             "number": 3, "step": "test", "stream": "stdout", "size": 10, "shown": 5, "truncated": true, "more": 20,
             "running": true, "raw_url": "/raw", "text": "<b>output</b>",
@@ -271,5 +293,10 @@ mod tests {
             build_page.contains("property foo</th><td>bar"),
             "{build_page}"
         );
+        assert!(build_page.contains("<td id=\"why\">changes 1, 2 on main"), "{build_page}");
+        assert!(build_page.contains("&lt;alice&gt;</td>"), "change authors are escaped");
+        let builder_page = templates.render("builder.html", &context).expect("builder page");
+        assert!(builder_page.contains("id=\"force-form\""), "{builder_page}");
+        assert!(builder_page.contains("/builders/linux/requests/4/cancel"), "{builder_page}");
     }
 }

@@ -3,7 +3,6 @@
 
 use std::sync::Arc;
 
-use axum::Form;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{Html, IntoResponse, Redirect, Response};
@@ -83,27 +82,15 @@ pub async fn builder(
     let Some(builder) = builders.into_iter().find(|b| b.name == name) else {
         return Err(WebError::NotFound(format!("no builder named '{name}'")));
     };
-    let queued_for = name.clone();
-    let queue = state
-        .control
-        .history
-        .run(move |connection| history::queued_requests(connection, &queued_for))
-        .await?;
-    let queue: Vec<serde_json::Value> = queue
-        .into_iter()
-        .map(|request| {
-            serde_json::json!({
-                "jobid": request.jobid,
-                "who": request.who.unwrap_or_else(|| "(unknown)".into()),
-                "comment": request.comment,
-                "submitted": views::format_time(request.submitted_at),
-            })
-        })
-        .collect();
+    let queue = crate::web::changes::queue_views(&state, std::slice::from_ref(&name)).await?;
+    let session = state.session(&headers);
     let mut context = state.base_context(&headers);
     context.insert("builds", &builder.builds);
     context.insert("builder", &builder);
     context.insert("queue", &queue);
+    context.insert("can_force", &state.control.config.may_force(&name));
+    context.insert("logged_in", &session.is_some());
+    context.insert("csrf", &session.map(|s| s.csrf).unwrap_or_default());
     Ok(Html(state.render("builder.html", &context)?))
 }
 
@@ -196,44 +183,4 @@ pub async fn login(
         response.headers_mut().insert(header::SET_COOKIE, value);
     }
     Ok(response)
-}
-
-#[derive(serde::Deserialize)]
-pub struct StopForm {
-    csrf: Option<String>,
-    reason: Option<String>,
-}
-
-/// Stop Build: needs a session, its CSRF token, and the same right as trying.
-pub async fn stop(
-    State(state): State<Arc<AppState>>,
-    Path((builder, number)): Path<(String, i64)>,
-    headers: HeaderMap,
-    Form(form): Form<StopForm>,
-) -> Result<Response, WebError> {
-    let Some(session) = state.session(&headers) else {
-        return Err(WebError::Forbidden(
-            "log in first: run `ssh … web-login` and open the URL it prints".into(),
-        ));
-    };
-    if !form
-        .csrf
-        .as_deref()
-        .is_some_and(|token| auth::same_secret(token, &session.csrf))
-    {
-        return Err(WebError::Forbidden("this form is stale or was not sent by the build page (CSRF check failed); reload the page".into()));
-    }
-    let reason = form.reason.unwrap_or_default();
-    let reason = if reason.trim().is_empty() {
-        "stopped from the web page".to_string()
-    } else {
-        reason
-    };
-    // Returns once the build has ended (or the wait ran out), so the page the browser lands on
-    // shows the result.
-    state
-        .control
-        .stop_build(&session.account, &builder, Some(number), &reason)
-        .await?;
-    Ok(Redirect::to(&format!("/builders/{builder}/builds/{number}")).into_response())
 }

@@ -9,6 +9,7 @@ use serde::Serialize;
 use crate::durations::format_eta;
 use crate::master::build::log_file_name;
 use crate::master::control::Control;
+use crate::master::history::changes::StoredChange;
 use crate::master::history::{BuildDetail, BuildRow, StepRow};
 use crate::proto::StreamKind;
 use crate::status::{BuildResult, BuilderActivity, RunningBuild, text, unix_now};
@@ -87,6 +88,56 @@ pub struct BuildPage {
     pub has_patch: bool,
     pub properties: std::collections::BTreeMap<String, String>,
     pub eta: Option<String>,
+    /// Why the build's request exists.
+    pub why: Option<String>,
+    pub changes: Vec<ChangeView>,
+}
+
+/// A change, as the build page and /changes list it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ChangeView {
+    pub id: i64,
+    pub repository: String,
+    pub branch: String,
+    pub revision: String,
+    pub short_revision: String,
+    pub who: String,
+    pub comments: String,
+    pub files: Vec<String>,
+    pub received: String,
+    pub sent_by: String,
+    /// The builds it went into.
+    pub builds: Vec<BuildLink>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BuildLink {
+    pub builder: String,
+    pub number: i64,
+    pub url: String,
+}
+
+pub fn change_view(change: &StoredChange, builds: &[(String, i64)]) -> ChangeView {
+    ChangeView {
+        id: change.id,
+        repository: change.repository.clone(),
+        branch: change.branch.clone(),
+        revision: change.revision.clone(),
+        short_revision: change.revision.chars().take(12).collect(),
+        who: change.who.clone().unwrap_or_default(),
+        comments: change.comments.clone().unwrap_or_default(),
+        files: change.files.clone(),
+        received: format_time(change.received_at),
+        sent_by: change.sent_by.clone(),
+        builds: builds
+            .iter()
+            .map(|(builder, number)| BuildLink {
+                builder: builder.clone(),
+                number: *number,
+                url: format!("/builders/{builder}/builds/{number}"),
+            })
+            .collect(),
+    }
 }
 
 pub fn format_time(seconds: f64) -> String {
@@ -178,6 +229,12 @@ pub fn build_page(logs_dir: &Path, detail: &BuildDetail, eta: Option<String>) ->
         has_patch: detail.has_patch,
         properties: detail.properties.clone(),
         eta,
+        why: detail.why.clone(),
+        changes: detail
+            .changes
+            .iter()
+            .map(|change| change_view(change, &[]))
+            .collect(),
     }
 }
 

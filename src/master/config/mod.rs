@@ -122,6 +122,9 @@ pub struct BuilderConfig {
     pub steps: Vec<StepConfig>,
     /// Run a request again when its slave is lost mid-build (default true).
     pub retry_on_slave_lost: bool,
+    /// A newer scheduled request for the same branch replaces the queued ones (default false;
+    /// never try jobs or forced builds).
+    pub collapse_requests: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -223,13 +226,15 @@ struct RawBuilder {
     steps: Vec<RawStep>,
     #[serde(default)]
     retry_on_slave_lost: Option<bool>,
+    #[serde(default)]
+    collapse_requests: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawStep {
     name: String,
-    command: String,
+    command: Spanned<String>,
     #[serde(default)]
     workdir: Option<String>,
     #[serde(default)]
@@ -588,7 +593,14 @@ impl Checker<'_> {
                 .iter()
                 .map(|step| StepConfig {
                     name: step.name.clone(),
-                    command: step.command.clone(),
+                    command: {
+                        if let Err(err) = crate::master::interpolate::check(step.command.get_ref())
+                        {
+                            let message = format!("step \"{}\": {err}", step.name);
+                            self.problem(&step.command, message);
+                        }
+                        step.command.get_ref().clone()
+                    },
                     workdir: step.workdir.clone(),
                     env: step.env.clone(),
                     timeout: step
@@ -607,6 +619,7 @@ impl Checker<'_> {
                 branch: builder.branch.clone().unwrap_or_else(|| "main".to_string()),
                 steps,
                 retry_on_slave_lost: builder.retry_on_slave_lost.unwrap_or(true),
+                collapse_requests: builder.collapse_requests.unwrap_or(false),
             });
         }
         builders

@@ -7,6 +7,7 @@
 //! history, the event log, the board of running builds, the roster of slaves, the web sessions,
 //! and the way into the scheduler.
 
+mod changes;
 mod requests;
 mod stop;
 
@@ -21,6 +22,7 @@ use crate::master::access::AccessError;
 use crate::master::board::Board;
 use crate::master::config::{BuilderConfig, Config};
 use crate::master::events::EventLog;
+use crate::master::history::changes::StoredChange;
 use crate::master::history::{self, History, HistoryError, StoredRequest};
 use crate::master::lock;
 use crate::master::roster::Roster;
@@ -53,6 +55,8 @@ pub enum ControlError {
     NotAllowed(#[from] AccessError),
     #[error("{0}")]
     Submit(#[from] SubmitError),
+    #[error("{0}")]
+    BadChange(#[from] crate::change::ChangeError),
     #[error("{0}")]
     History(#[from] HistoryError),
 }
@@ -122,9 +126,11 @@ pub struct Control {
     /// Where step logs are written: `logs/BUILDER/NUMBER/STEP-NAME.STREAM`.
     pub logs_dir: PathBuf,
     /// Requests waiting per builder, as the scheduler executor last published them.
-    queued: Mutex<BTreeMap<String, usize>>,
+    queued: Mutex<BTreeMap<String, Vec<i64>>>,
     /// Into the scheduler executor; bounded, so a flood of inputs slows their senders.
     scheduler: mpsc::Sender<Mail>,
+    /// Recorded changes, to the schedulers that build them (`master::schedulers`).
+    changes: mpsc::Sender<StoredChange>,
 }
 
 impl Control {
@@ -134,6 +140,7 @@ impl Control {
         history: History,
         web_url: String,
         scheduler: mpsc::Sender<Mail>,
+        changes: mpsc::Sender<StoredChange>,
     ) -> Control {
         Control {
             logs_dir: config.master_dir.join("logs"),
@@ -147,6 +154,7 @@ impl Control {
             web_url,
             queued: Mutex::new(BTreeMap::new()),
             scheduler,
+            changes,
         }
     }
 
@@ -178,8 +186,13 @@ impl Control {
         }
     }
 
-    pub(crate) fn set_queued(&self, queued: BTreeMap<String, usize>) {
+    pub(crate) fn set_queued(&self, queued: BTreeMap<String, Vec<i64>>) {
         *lock(&self.queued) = queued;
+    }
+
+    /// The ids of a builder's queued requests, in the order they will be served.
+    pub fn queued_ids(&self, builder: &str) -> Vec<i64> {
+        lock(&self.queued).get(builder).cloned().unwrap_or_default()
     }
 
     /// Records requests and queues them; tells the followers under `job_name`.
@@ -241,7 +254,7 @@ impl Control {
                     name: builder.name.clone(),
                     activity,
                     running,
-                    queued: queued.get(&builder.name).copied().unwrap_or(0),
+                    queued: queued.get(&builder.name).map_or(0, Vec::len),
                     last: self.board.last(&builder.name),
                     slaves,
                 }

@@ -600,6 +600,10 @@ pub struct BuildDetail {
     pub baserev: Option<String>,
     pub has_patch: bool,
     pub properties: std::collections::BTreeMap<String, String>,
+    /// Why the request exists.
+    pub why: Option<String>,
+    /// The changes it built.
+    pub changes: Vec<changes::StoredChange>,
     pub steps: Vec<StepRow>,
 }
 
@@ -636,7 +640,7 @@ pub fn build_detail(
     let found = connection
         .query_row(
             &format!(
-                "SELECT {BUILD_COLUMNS}, r.id, r.job_name, r.jobid, r.who, r.comment, r.repository, r.branch, r.baserev, r.patch IS NOT NULL, r.properties
+                "SELECT {BUILD_COLUMNS}, r.id, r.job_name, r.jobid, r.who, r.comment, r.repository, r.branch, r.baserev, r.patch IS NOT NULL, r.properties, r.reason
                  FROM builds b JOIN requests r ON r.id = b.request_id WHERE {condition}"
             ),
             params![first, second],
@@ -653,6 +657,8 @@ pub fn build_detail(
                     baserev: row.get(15)?,
                     has_patch: row.get(16)?,
                     properties: properties_from_json(&row.get::<_, String>(17)?),
+                    why: row.get(18)?,
+                    changes: Vec::new(),
                     steps: Vec::new(),
                 })
             },
@@ -662,6 +668,7 @@ pub fn build_detail(
         return Ok(None);
     };
     detail.steps = steps_of(connection, detail.build.id)?;
+    detail.changes = changes::changes_of_request(connection, detail.request_id)?;
     Ok(Some(detail))
 }
 

@@ -1,0 +1,130 @@
+//! The schedulers that start builds without a person: one task that feeds the pure
+//! [`engine::Engine`] the recorded changes, the build results (for dependents) and the clock,
+//! and queues the builds it decides on through the control layer. Idle, it sleeps until the
+//! next thing that can be due: no timer runs when nothing is pending.
+
+pub mod engine;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::master::control::Control;
+use crate::master::events::Followed;
+use crate::master::git_remote;
+use crate::master::history::changes::StoredChange;
+use crate::master::history::{self, StoredRequest};
+use crate::status::{BuildEvent, RequestKind};
+use engine::{Engine, Fire};
+
+/// Runs the schedulers until `shutdown`.
+pub async fn run(
+    control: Arc<Control>,
+    mut changes: mpsc::Receiver<StoredChange>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let mut engine = Engine::new(
+        &control.config.schedulers,
+        Instant::now(),
+        chrono::Local::now(),
+    );
+    let mut follower = control.events.follow();
+    loop {
+        let deadline = engine.next_deadline();
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            change = changes.recv() => match change {
+                Some(change) => engine.on_change(&change, Instant::now()),
+                None => return Ok(()),
+            },
+            followed = follower.next() => match followed {
+                Followed::Event(sequenced) => {
+                    if let BuildEvent::BuildFinished { job_name, builder, result, will_retry, .. } = sequenced.event {
+                        for fire in engine.on_build_finished(&job_name, &builder, result, will_retry) {
+                            queue(&control, &mut engine, fire).await;
+                        }
+                    }
+                }
+                Followed::Missed(count) => {
+                    tracing::warn!(missed = count, "schedulers fell behind the build events; a dependent build may not start");
+                }
+                Followed::Closed => return Ok(()),
+            },
+            _ = sleep_until(deadline) => {}
+        }
+        let now = Instant::now();
+        for fire in engine.due_branches(now) {
+            queue(&control, &mut engine, fire).await;
+        }
+        for due in engine.due_timed(now, chrono::Local::now()) {
+            let revision = head_of(&control, &due.builders, due.branch.as_deref()).await;
+            if let Some(fire) = engine.timed_fire(&due, revision) {
+                queue(&control, &mut engine, fire).await;
+            }
+        }
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The head of `branch` (default: the builder's own) in the repository of the first builder.
+async fn head_of(control: &Control, builders: &[String], branch: Option<&str>) -> Option<String> {
+    let builder = builders
+        .iter()
+        .find_map(|name| control.config.builder(name))?;
+    let branch = branch.unwrap_or(&builder.branch);
+    let repo = builder.repo.clone();
+    match git_remote::heads(&repo).await {
+        Ok(heads) => heads
+            .into_iter()
+            .find(|(name, _)| name == branch)
+            .map(|(_, revision)| revision),
+        Err(err) => {
+            tracing::warn!("{err}; building the branch head as the slave finds it");
+            None
+        }
+    }
+}
+
+/// Queues one build per builder of a firing, as one job.
+async fn queue(control: &Control, engine: &mut Engine, fire: Fire) {
+    let job_name = format!("{}-{:016x}", fire.scheduler, rand::random::<u64>());
+    let submitted_at = history::now();
+    let requests: Vec<StoredRequest> = fire
+        .builders
+        .iter()
+        .filter_map(|name| control.config.builder(name))
+        .map(|builder| StoredRequest {
+            id: 0,
+            job_name: job_name.clone(),
+            jobid: String::new(),
+            builder: builder.name.clone(),
+            who: None,
+            comment: None,
+            repository: builder.repo.clone(),
+            branch: fire.source.branch.clone(),
+            baserev: fire.source.revision.clone(),
+            patch: None,
+            patch_level: 1,
+            submitted_at,
+            properties: fire.source.properties.clone(),
+            kind: RequestKind::Scheduled,
+            reason: Some(fire.reason.clone()),
+            change_ids: fire.source.change_ids.clone(),
+        })
+        .collect();
+    match control.enqueue(requests).await {
+        Ok(_) => {
+            tracing::info!(scheduler = %fire.scheduler, job = %job_name, reason = %fire.reason, "scheduler queued builds");
+            engine.fired(&job_name, &fire);
+        }
+        Err(err) => tracing::error!(scheduler = %fire.scheduler, "cannot queue the builds: {err}"),
+    }
+}

@@ -1,0 +1,114 @@
+//! Changes and the queue: `/changes` and `/api/changes` (each change with the builds it went
+//! into), `/api/requests` (queued requests in the order they will be served, with why each
+//! exists). The builder page shows its own part of the queue from the same views.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::response::Html;
+use serde::Serialize;
+
+use crate::master::history::{self, changes};
+use crate::web::views::{self, ChangeView};
+use crate::web::{AppState, WebError};
+
+/// How many changes `/changes` and `/api/changes` show.
+const RECENT_CHANGES: i64 = 200;
+
+/// A queued request, where it stands in its builder's queue.
+#[derive(Debug, Clone, Serialize)]
+pub struct QueuedView {
+    pub id: i64,
+    pub builder: String,
+    /// 1 = next to build.
+    pub position: usize,
+    pub kind: String,
+    pub why: String,
+    pub who: String,
+    pub branch: String,
+    pub revision: String,
+    pub submitted: String,
+}
+
+/// The queued requests of `builders`, each builder's in the scheduler's order.
+pub async fn queue_views(
+    state: &AppState,
+    builders: &[String],
+) -> Result<Vec<QueuedView>, WebError> {
+    let wanted: Vec<(String, Vec<i64>)> = builders
+        .iter()
+        .map(|builder| (builder.clone(), state.control.queued_ids(builder)))
+        .collect();
+    let views = state
+        .control
+        .history
+        .run(move |connection| {
+            let mut views = Vec::new();
+            for (builder, ids) in wanted {
+                for (index, id) in ids.into_iter().enumerate() {
+                    let Some(request) = history::request_by_id(connection, id)? else {
+                        continue;
+                    };
+                    views.push(QueuedView {
+                        id,
+                        builder: builder.clone(),
+                        position: index + 1,
+                        kind: request.kind.to_string(),
+                        why: request.reason.unwrap_or_default(),
+                        who: request.who.unwrap_or_default(),
+                        branch: request.branch.unwrap_or_default(),
+                        revision: request.baserev.unwrap_or_default(),
+                        submitted: views::format_time(request.submitted_at),
+                    });
+                }
+            }
+            Ok(views)
+        })
+        .await?;
+    Ok(views)
+}
+
+async fn recent_change_views(state: &AppState) -> Result<Vec<ChangeView>, WebError> {
+    Ok(state
+        .control
+        .history
+        .run(|connection| {
+            let mut views = Vec::new();
+            for change in changes::recent_changes(connection, RECENT_CHANGES)? {
+                let builds = changes::builds_of_change(connection, change.id)?;
+                views.push(views::change_view(&change, &builds));
+            }
+            Ok(views)
+        })
+        .await?)
+}
+
+pub async fn page(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+) -> Result<Html<String>, WebError> {
+    let mut context = state.base_context(&headers);
+    context.insert("changes", &recent_change_views(&state).await?);
+    Ok(Html(state.render("changes.html", &context)?))
+}
+
+pub async fn api_changes(
+    State(state): State<Arc<AppState>>,
+) -> Result<Json<Vec<ChangeView>>, WebError> {
+    Ok(Json(recent_change_views(&state).await?))
+}
+
+pub async fn api_requests(
+    State(state): State<Arc<AppState>>,
+) -> Result<Json<Vec<QueuedView>>, WebError> {
+    let builders: Vec<String> = state
+        .control
+        .config
+        .builders
+        .iter()
+        .map(|builder| builder.name.clone())
+        .collect();
+    Ok(Json(queue_views(&state, &builders).await?))
+}
