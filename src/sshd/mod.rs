@@ -14,6 +14,7 @@ pub mod exec;
 mod handler;
 pub mod keystore;
 mod session;
+pub mod strict_modes;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
@@ -151,6 +152,9 @@ impl SshdContext {
                 "{}:{line}: key expired (expiry-time)",
                 file.display()
             )),
+            Err(Refusal::UnsafeFile { reason }) => {
+                AuthOutcome::Refused(format!("key file not trusted: {reason}"))
+            }
         }
     }
 }
