@@ -9,7 +9,7 @@ use notify::{RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::spool::maildir::Maildir;
+use crate::spool::maildir::{Spool, SpoolError};
 use crate::spool::submit;
 use crate::tryjob::{self as job, Job};
 
@@ -27,15 +27,15 @@ pub struct SpooledJob {
     pub builders: Vec<String>,
 }
 
-/// Watches `maildir` until `shutdown` is cancelled, sending each good job to `jobs`.
+/// Watches the (already opened and verified) spool until `shutdown` is cancelled, sending each
+/// good job to `jobs`.
 pub async fn run(
-    maildir: Maildir,
+    maildir: Spool,
     try_builders: Vec<String>,
     max_patch_bytes: u64,
     jobs: mpsc::Sender<SpooledJob>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    maildir.ensure()?;
     let (wake_tx, mut wake_rx) = mpsc::channel::<()>(1);
     // Kept alive for the whole loop; dropping it stops the inotify thread.
     let _watcher = match start_notify(&maildir, wake_tx) {
@@ -75,26 +75,28 @@ pub async fn run(
 }
 
 fn start_notify(
-    maildir: &Maildir,
+    maildir: &Spool,
     wake: mpsc::Sender<()>,
 ) -> notify::Result<notify::RecommendedWatcher> {
     let mut watcher = notify::recommended_watcher(move |_event: notify::Result<notify::Event>| {
         // One pending wake-up is enough: a scan reads the whole directory.
         let _ = wake.try_send(());
     })?;
-    watcher.watch(&maildir.new_dir(), RecursiveMode::NonRecursive)?;
+    // inotify watches by path; a swapped new/ would only cost a wake-up, since every
+    // operation goes through the verified handles.
+    watcher.watch(&maildir.root().join("new"), RecursiveMode::NonRecursive)?;
     Ok(watcher)
 }
 
 /// Claims and checks every job in `new/`. Bad jobs are moved aside with their reason.
 fn scan(
-    maildir: &Maildir,
+    maildir: &Spool,
     try_builders: &[String],
     max_patch_bytes: u64,
-) -> std::io::Result<Vec<SpooledJob>> {
+) -> Result<Vec<SpooledJob>, SpoolError> {
     let mut found = Vec::new();
     for name in maildir.list_new()? {
-        if maildir.claim(&name)?.is_none() {
+        if !maildir.claim(&name)? {
             continue;
         }
         if let Some(spooled) = check_claimed(maildir, &name, try_builders, max_patch_bytes)? {
@@ -108,16 +110,17 @@ fn scan(
 /// `rejected/` with its reason. Also used at start for jobs claimed by a master that stopped
 /// before recording them.
 pub fn check_claimed(
-    maildir: &Maildir,
+    maildir: &Spool,
     name: &str,
     try_builders: &[String],
     max_patch_bytes: u64,
-) -> std::io::Result<Option<SpooledJob>> {
+) -> Result<Option<SpooledJob>, SpoolError> {
     let try_builders: Vec<&str> = try_builders.iter().map(String::as_str).collect();
-    let checked = std::fs::read(maildir.cur().join(name))
-        .map_err(|err| format!("cannot read the job: {err}"))
+    let limit = submit::job_size_limit(max_patch_bytes);
+    let checked = maildir
+        .read_claimed(name, limit)
         .and_then(|bytes| {
-            if bytes.len() as u64 > submit::job_size_limit(max_patch_bytes) {
+            if bytes.len() as u64 > limit {
                 return Err(format!(
                     "job is larger than this master's limit of {max_patch_bytes} bytes"
                 ));
