@@ -78,14 +78,36 @@ fn start_notify(
     maildir: &Spool,
     wake: mpsc::Sender<()>,
 ) -> notify::Result<notify::RecommendedWatcher> {
-    let mut watcher = notify::recommended_watcher(move |_event: notify::Result<notify::Event>| {
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         // One pending wake-up is enough: a scan reads the whole directory.
-        let _ = wake.try_send(());
+        if event.as_ref().map_or(true, means_a_job_may_have_arrived) {
+            let _ = wake.try_send(());
+        }
     })?;
     // inotify watches by path; a swapped new/ would only cost a wake-up, since every
     // operation goes through the verified handles.
     watcher.watch(&maildir.root().join("new"), RecursiveMode::NonRecursive)?;
     Ok(watcher)
+}
+
+/// Whether an inotify event on `new/` is worth a scan. notify watches with a wide mask (open,
+/// close-nowrite, moved-from, attrib ...), and a scan itself opens `new/` and renames jobs out
+/// of it: waking on those made an idle master rescan forever, a core busy. Only a file created,
+/// moved in or closed after writing can be a new job; an overflow (rescan flag) might hide one.
+/// An error from the watcher wakes the loop too: one extra scan is cheap, a missed job is not.
+fn means_a_job_may_have_arrived(event: &notify::Event) -> bool {
+    use notify::event::{AccessKind, AccessMode, EventKind, ModifyKind, RenameMode};
+    if event.need_rescan() {
+        return true;
+    }
+    matches!(
+        event.kind,
+        EventKind::Create(_)
+            | EventKind::Modify(ModifyKind::Name(
+                RenameMode::To | RenameMode::Both | RenameMode::Any
+            ))
+            | EventKind::Access(AccessKind::Close(AccessMode::Write))
+    )
 }
 
 /// Claims and checks every job in `new/`. Bad jobs are moved aside with their reason.
@@ -143,5 +165,45 @@ pub fn check_claimed(
             maildir.reject(name, &why)?;
             Ok(None)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use notify::event::{
+        AccessKind, AccessMode, CreateKind, EventKind, Flag, MetadataKind, ModifyKind, RenameMode,
+    };
+
+    use super::*;
+
+    #[test]
+    fn only_events_that_can_bring_a_job_wake_the_watcher() {
+        let cases = [
+            (EventKind::Create(CreateKind::File), true),
+            (EventKind::Modify(ModifyKind::Name(RenameMode::To)), true),
+            (EventKind::Modify(ModifyKind::Name(RenameMode::Both)), true),
+            (
+                EventKind::Access(AccessKind::Close(AccessMode::Write)),
+                true,
+            ),
+            // What a scan itself causes: opening new/, reading it, moving jobs out.
+            (EventKind::Access(AccessKind::Open(AccessMode::Any)), false),
+            (
+                EventKind::Access(AccessKind::Close(AccessMode::Read)),
+                false,
+            ),
+            (EventKind::Modify(ModifyKind::Name(RenameMode::From)), false),
+            (
+                EventKind::Modify(ModifyKind::Metadata(MetadataKind::Any)),
+                false,
+            ),
+            (EventKind::Remove(notify::event::RemoveKind::File), false),
+        ];
+        for (kind, wakes) in cases {
+            let event = notify::Event::new(kind);
+            assert_eq!(means_a_job_may_have_arrived(&event), wakes, "{kind:?}");
+        }
+        let overflow = notify::Event::new(EventKind::Other).set_flag(Flag::Rescan);
+        assert!(means_a_job_may_have_arrived(&overflow));
     }
 }
