@@ -8,7 +8,8 @@
 #  3. try-to-result latency of a one-step `true` build: median of 20 `buildbot try --wait`;
 #  4. serving that 1 GiB log over HTTP: full download (master RSS growth) and the time to the
 #     first byte of `?tail`;
-#  5. 100 clients following a live log at once (`?follow=1`), each receiving all of it.
+#  5. 100 clients following a live log at once (`?follow=1`), each receiving all of it;
+#  6. the CPU a fresh, idle master uses over 10 s (utime + stime from /proc/PID/stat): ~0.
 #
 # Installs openssh-server (for the private sshd) when missing. Everything runs on 127.0.0.1 in
 # a temp dir that is removed at the end.
@@ -40,6 +41,16 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
 hwm_kib() { awk '/^VmHWM/ {print $2}' "/proc/$1/status"; }
 median() { sort -n | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
+
+# ---- an idle master's CPU (before anything else runs) ---------------------------------------
+"$BB" create-master "$WORK/idle" --ssh-listen 127.0.0.1:0 --http-listen 127.0.0.1:0 >/dev/null
+"$BB" master "$WORK/idle" >/dev/null 2>&1 &
+IDLE_PID=$!; PIDS+=("$IDLE_PID")
+sleep 2
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+IDLE_BEFORE=$(cpu_ticks "$IDLE_PID"); sleep 10; IDLE_AFTER=$(cpu_ticks "$IDLE_PID")
+IDLE_CPU=$(python3 -c "print(round(($IDLE_AFTER - $IDLE_BEFORE) / $(getconf CLK_TCK) / 10 * 100, 2))")
+kill "$IDLE_PID"
 
 # ---- a master, a slave, a repository -------------------------------------------------------
 SSH_PORT=$(free_port); HTTP_PORT=$(free_port)
@@ -176,3 +187,4 @@ echo "try -> result latency, one-step 'true' build: median ${LATENCY} ms of $RUN
 echo "web: full download of the $SIZE_MB MiB log: $DOWNLOAD (bytes, seconds); master RSS $((RSS_BEFORE_WEB/1024)) MiB before, sampled peak growth $(((PEAK_WEB-RSS_BEFORE_WEB)/1024)) MiB"
 echo "web: ?tail time to first byte: $(python3 -c "print(round($TAIL_TTFB*1000, 1))") ms"
 echo "web: 100 live followers of a 50 MiB step: $COMPLETE received it all, in $(python3 -c "print(round($END-$START, 1))") s; master peak RSS $((HWM_FOLLOW/1024)) MiB"
+echo "idle master CPU over 10 s: $IDLE_CPU % of one core ($((IDLE_AFTER - IDLE_BEFORE)) ticks)"

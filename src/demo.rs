@@ -41,6 +41,8 @@ pub async fn run(shutdown: CancellationToken) -> anyhow::Result<()> {
         ssh_listen: "127.0.0.1:0".parse().ok(),
         http_listen: "127.0.0.1:0".parse().ok(),
         force: false,
+        // The demo submits over SSH, where the master itself writes the spool.
+        try_group: None,
     })?;
     let project = root.join("project");
     make_project(&project)?;

@@ -50,6 +50,10 @@ enum Command {
         /// Replace the config and host key of an existing master.
         #[arg(long)]
         force: bool,
+        /// Give the spool to this unix group (chgrp, chmod 3770: setgid + sticky): its
+        /// members may submit try jobs.
+        #[arg(long, value_name = "GROUP")]
+        try_group: Option<String>,
     },
     /// Run the master in the foreground. Logs go to stderr (RUST_LOG=debug for more);
     /// SIGTERM or Ctrl-C stop it gracefully.
@@ -298,12 +302,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             ssh_listen,
             http_listen,
             force,
+            try_group,
         } => {
             let created = daemon::create::create_master(&daemon::create::CreateMaster {
                 dir: dir.clone(),
                 ssh_listen,
                 http_listen,
                 force,
+                try_group,
             })?;
             println!("created master in {}", dir.display());
             println!("config: {}", created.config.display());

@@ -1,5 +1,6 @@
 //! `buildbot create-master DIR`: lays out a new master directory (config from the example,
-//! an ed25519 host key, the authorized_keys.d/ directory and the spool maildir).
+//! an ed25519 host key, the authorized_keys.d/ directory and the spool maildir, given to the
+//! try group with `--try-group`).
 
 use std::fs;
 use std::io::Write;
@@ -24,7 +25,22 @@ pub struct CreateMaster {
     pub http_listen: Option<SocketAddr>,
     /// Replace an existing master.toml and host key.
     pub force: bool,
+    /// The unix group whose members may submit try jobs: the spool is given to it (see
+    /// [`SPOOL_MODES`]).
+    pub try_group: Option<String>,
 }
+
+/// The spool's modes when it is shared with a try group. setgid keeps every file in the group;
+/// the sticky bit stops a member from renaming or removing what is not theirs, above all the
+/// sub-directories themselves (the master's), so none can be swapped for a symlink. Writers
+/// need `tmp/` and `new/`; only the master writes `cur/` and `rejected/`.
+pub const SPOOL_MODES: [(&str, u32); 5] = [
+    ("", 0o3770),
+    ("tmp", 0o3770),
+    ("new", 0o3770),
+    ("cur", 0o2750),
+    ("rejected", 0o2750),
+];
 
 /// What was created, for the caller to print.
 pub struct Created {
@@ -46,6 +62,15 @@ pub fn create_master(request: &CreateMaster) -> anyhow::Result<Created> {
             }
         }
     }
+    // Before anything is written: a typo in the group name must not leave half a master.
+    let try_group = match &request.try_group {
+        Some(name) => Some(
+            nix::unistd::Group::from_name(name)
+                .with_context(|| format!("cannot look up group {name}"))?
+                .with_context(|| format!("no such group: {name} (--try-group)"))?,
+        ),
+        None => None,
+    };
     fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
 
     let mut config = EXAMPLE_CONFIG.to_string();
@@ -76,14 +101,36 @@ pub fn create_master(request: &CreateMaster) -> anyhow::Result<Created> {
     let keys_dir = dir.join("authorized_keys.d");
     fs::create_dir_all(&keys_dir)
         .with_context(|| format!("cannot create {}", keys_dir.display()))?;
-    for sub in ["tmp", "new", "cur"] {
-        let path = dir.join("spool").join(sub);
+    let spool = dir.join("spool");
+    for sub in crate::spool::maildir::SUBDIRS {
+        let path = spool.join(sub);
         fs::create_dir_all(&path).with_context(|| format!("cannot create {}", path.display()))?;
+    }
+    if let Some(group) = try_group {
+        share_spool(&spool, &group)?;
     }
     Ok(Created {
         config: config_path,
         host_key_fingerprint: crate::sshd::fingerprint(host_key.public_key()),
     })
+}
+
+/// Gives the spool to the try group with [`SPOOL_MODES`]. The master's uid keeps owning every
+/// directory (the master refuses a spool whose sub-directories belong to anyone else).
+fn share_spool(spool: &Path, group: &nix::unistd::Group) -> anyhow::Result<()> {
+    for (sub, mode) in SPOOL_MODES {
+        let path = if sub.is_empty() {
+            spool.to_path_buf()
+        } else {
+            spool.join(sub)
+        };
+        nix::unistd::chown(&path, None, Some(group.gid))
+            .with_context(|| format!("cannot give {} to group {}", path.display(), group.name))?;
+        // After chown, which clears setgid on some systems.
+        fs::set_permissions(&path, fs::Permissions::from_mode(mode))
+            .with_context(|| format!("cannot set the mode of {}", path.display()))?;
+    }
+    Ok(())
 }
 
 /// Writes a file with the given mode from the start (a key is never briefly world-readable).

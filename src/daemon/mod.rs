@@ -18,7 +18,7 @@ use crate::master::config::Config;
 use crate::master::control::Control;
 use crate::master::history::{self, History};
 use crate::master::{executor, poller, schedulers};
-use crate::spool::maildir::Maildir;
+use crate::spool::maildir::{Maildir, Owner, Spool};
 use crate::spool::watcher::SpooledJob;
 use crate::sshd::{self, SshdContext};
 
@@ -48,6 +48,7 @@ pub async fn run(
     on_listening: impl FnOnce(&Listening),
 ) -> anyhow::Result<()> {
     let config = Arc::new(Config::load(master_dir)?);
+    let spool = open_spool(&config.spool.dir)?;
     let host_key = sshd::load_host_key(&config.sshd.host_key)?;
     let host_key_fingerprint = sshd::fingerprint(host_key.public_key());
     let ssh_listener = TcpListener::bind(config.sshd.listen)
@@ -94,11 +95,11 @@ pub async fn run(
         crate::web::run(http_listener, Arc::clone(&control), shutdown.clone())
     });
     // Before the watcher claims anything new, so nothing is taken twice.
-    let recovered = recover_claimed_jobs(&control).await?;
+    let recovered = recover_claimed_jobs(&control, &spool).await?;
     let (jobs_tx, jobs_rx) = tokio::sync::mpsc::channel(64);
     spawn_component(&components, &shutdown, "spool watcher", {
         crate::spool::watcher::run(
-            Maildir::new(&config.spool.dir),
+            spool,
             config
                 .try_builders()
                 .iter()
@@ -129,12 +130,24 @@ pub async fn run(
     Ok(())
 }
 
+/// Creates the spool's missing sub-directories and opens them, verified, once for the whole run.
+/// A spool whose sub-directory is a symlink or belongs to someone else stops the master here,
+/// with the one line that says which and what to do.
+fn open_spool(dir: &Path) -> anyhow::Result<Spool> {
+    let maildir = Maildir::new(dir);
+    maildir
+        .ensure()
+        .with_context(|| format!("cannot prepare the spool {}", dir.display()))?;
+    Ok(maildir.open(Owner::Master)?)
+}
+
 /// Jobs in `spool/cur/` that the history does not know were claimed by a master that stopped
 /// before recording them: they are recorded first. The spool is the source of truth until a
 /// request is durably recorded.
-async fn recover_claimed_jobs(control: &Control) -> anyhow::Result<Vec<SpooledJob>> {
-    let maildir = Maildir::new(&control.config.spool.dir);
-    maildir.ensure().context("cannot prepare the spool")?;
+async fn recover_claimed_jobs(
+    control: &Control,
+    maildir: &Spool,
+) -> anyhow::Result<Vec<SpooledJob>> {
     let claimed = maildir.list_cur().context("cannot list spool/cur")?;
     let unrecorded = control
         .history
@@ -158,7 +171,7 @@ async fn recover_claimed_jobs(control: &Control) -> anyhow::Result<Vec<SpooledJo
     for name in unrecorded {
         tracing::warn!(job = %name, "job claimed but never recorded (master stopped); taking it now");
         if let Some(spooled) = crate::spool::watcher::check_claimed(
-            &maildir,
+            maildir,
             &name,
             &try_builders,
             control.config.spool.max_patch_bytes,

@@ -210,7 +210,7 @@ pub async fn run(
     });
     BuildOutcome {
         retry,
-        slave_unusable: false,
+        slave_unusable: ending.slave_leaving,
     }
 }
 
@@ -281,6 +281,8 @@ struct Ending {
     result: BuildResult,
     reason: Option<String>,
     slave_lost: bool,
+    /// The slave said it is going away: its connection must not get the retry.
+    slave_leaving: bool,
 }
 
 /// Runs the planned steps one after the other, recording each; stops at the first that halts.
@@ -301,6 +303,7 @@ async fn run_steps(
         result: BuildResult::Success,
         reason: None,
         slave_lost: false,
+        slave_leaving: false,
     };
     let steps = match plan(builder, request, number, &link.name) {
         Ok(steps) => steps,
@@ -349,7 +352,11 @@ async fn run_steps(
         };
         let verdict = judge(&step.kind, &outcome);
         ending.result = ending.result.max(verdict.contribution);
-        ending.slave_lost |= matches!(outcome, StepOutcome::SlaveLost);
+        ending.slave_lost |= matches!(
+            outcome,
+            StepOutcome::SlaveLost | StepOutcome::SlaveShuttingDown
+        );
+        ending.slave_leaving |= matches!(outcome, StepOutcome::SlaveShuttingDown);
         let (summary, step_result) = (verdict.summary.clone(), verdict.step_result);
         if let Err(err) = control
             .history
@@ -402,6 +409,14 @@ fn judge(kind: &StepKind, outcome: &StepOutcome) -> Verdict {
             BuildResult::Failure,
             BuildResult::Exception,
             "slave lost".into(),
+            true,
+        ),
+        // The slave terminated the command on its own because it is stopping (a restart, a
+        // reboot): not the command's fault, and the build may run again elsewhere.
+        (_, StepOutcome::SlaveShuttingDown) => verdict(
+            BuildResult::Exception,
+            BuildResult::Exception,
+            "slave shutting down".into(),
             true,
         ),
         (_, StepOutcome::Interrupted { by, reason }) => verdict(
@@ -471,8 +486,14 @@ fn describe_exit(exit: &ExitReport) -> String {
 
 enum StepOutcome {
     Exited(ExitReport),
-    Interrupted { by: String, reason: String },
+    Interrupted {
+        by: String,
+        reason: String,
+    },
     SlaveLost,
+    /// The slave reported the command interrupted without the master asking: only a slave
+    /// that is shutting down does that (it terminates everything before it disconnects).
+    SlaveShuttingDown,
     MasterStopping,
     LogError(String),
 }
@@ -542,6 +563,17 @@ async fn run_step(
                     link.interrupt(id, "the master cannot write the log");
                     return StepOutcome::LogError(format!("cannot write the log: {err}"));
                 }
+            }
+            // A stop or the master's own shutdown returned above, so nobody here asked for
+            // this interrupt.
+            Some(SlaveEvent::Exit(exit)) if exit.interrupted => {
+                let line = format!(
+                    "slave shutting down; command terminated after {:.1}s\n",
+                    began.elapsed().as_secs_f64()
+                );
+                let _ = logs.append(StreamKind::Info, line.as_bytes()).await;
+                let _ = logs.finish().await;
+                return StepOutcome::SlaveShuttingDown;
             }
             Some(SlaveEvent::Exit(exit)) => {
                 if let Some(error) = &exit.error {
@@ -734,5 +766,26 @@ mod tests {
         );
         let log = judge(&checkout(), &StepOutcome::LogError("disk full".into()));
         assert_eq!(log.summary, "disk full");
+    }
+
+    #[test]
+    fn a_slave_shutting_down_is_an_exception_not_the_commands_failure() {
+        for kind in [command(true, true, false), checkout()] {
+            let verdict = judge(&kind, &StepOutcome::SlaveShuttingDown);
+            assert_eq!(
+                (
+                    verdict.step_result,
+                    verdict.contribution,
+                    verdict.halt,
+                    verdict.summary.as_str()
+                ),
+                (
+                    BuildResult::Exception,
+                    BuildResult::Exception,
+                    true,
+                    "slave shutting down"
+                )
+            );
+        }
     }
 }

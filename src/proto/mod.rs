@@ -180,6 +180,8 @@ pub struct ExitReport {
     pub signal: Option<i32>,
     pub elapsed_ms: u64,
     pub timed_out: bool,
+    /// The slave terminated it: when the master asked (a stop), or on its own when the slave
+    /// is shutting down (the master tells the two apart by whether it asked).
     pub interrupted: bool,
     /// Set when the slave could not run it at all (cannot spawn, checkout failed).
     pub error: Option<String>,

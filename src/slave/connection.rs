@@ -175,16 +175,26 @@ pub async fn serve(
             };
             let frame = proto::encode(&message);
             if write_half.data(&frame[..]).await.is_err() {
-                break;
+                return;
             }
         }
+        // Everything queued (the last Exit reports above all) went out before this EOF, on the
+        // same channel; the master closes its side once it has read them.
+        let _ = write_half.eof().await;
     });
 
     let result = run_session(config, &outgoing, &control, &mut incoming, shutdown).await;
     drop(outgoing);
     drop(control);
-    reader.abort();
     let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
+    // A disconnect can overtake channel data still on its way, so the reports of the commands
+    // terminated at shutdown ("slave shutting down", not "slave lost") would be lost: wait
+    // (briefly) for the master to close the channel after our EOF.
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        while incoming.recv().await.is_some() {}
+    })
+    .await;
+    reader.abort();
     let _ = session
         .disconnect(russh::Disconnect::ByApplication, "slave leaving", "")
         .await;

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use tokio::io::{AsyncRead, AsyncReadExt};
 
-use crate::spool::maildir::Maildir;
+use crate::spool::maildir::{Maildir, Owner, SpoolError};
 use crate::tryjob::{self as job, Job, JobError};
 
 /// The patch size limit when `[spool] max_patch_bytes` is not set.
@@ -28,7 +28,7 @@ pub enum SubmitError {
     #[error("cannot read the job: {0}")]
     Read(std::io::Error),
     #[error("cannot write the job into the spool: {0}")]
-    Spool(std::io::Error),
+    Spool(SpoolError),
 }
 
 /// Checks the `--jobdir` a classic client named: a job may only go into the configured spool.
@@ -136,12 +136,20 @@ pub fn check_builders(job: &Job, try_builders: &[&str]) -> Result<Vec<String>, S
     Ok(job.builders.clone())
 }
 
-/// Writes an accepted job into the maildir (blocking I/O, run off the async threads).
+/// Writes an accepted job into the maildir as the master (blocking I/O, run off the async
+/// threads). The spool's directories are opened and verified for each delivery, so one that
+/// was swapped for a symlink since the master started refuses the job instead of being written
+/// through.
 pub async fn deliver(maildir: &Maildir, bytes: Vec<u8>) -> Result<String, SubmitError> {
     let maildir = maildir.clone();
-    tokio::task::spawn_blocking(move || maildir.deliver(&bytes))
+    tokio::task::spawn_blocking(move || maildir.open(Owner::Master)?.deliver(&bytes))
         .await
-        .map_err(|err| SubmitError::Spool(std::io::Error::other(err)))?
+        .map_err(|err| {
+            SubmitError::Spool(SpoolError::Io {
+                path: PathBuf::new(),
+                source: std::io::Error::other(err),
+            })
+        })?
         .map_err(SubmitError::Spool)
 }
 

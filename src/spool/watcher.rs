@@ -9,7 +9,7 @@ use notify::{RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::spool::maildir::Maildir;
+use crate::spool::maildir::{Spool, SpoolError};
 use crate::spool::submit;
 use crate::tryjob::{self as job, Job};
 
@@ -27,15 +27,15 @@ pub struct SpooledJob {
     pub builders: Vec<String>,
 }
 
-/// Watches `maildir` until `shutdown` is cancelled, sending each good job to `jobs`.
+/// Watches the (already opened and verified) spool until `shutdown` is cancelled, sending each
+/// good job to `jobs`.
 pub async fn run(
-    maildir: Maildir,
+    maildir: Spool,
     try_builders: Vec<String>,
     max_patch_bytes: u64,
     jobs: mpsc::Sender<SpooledJob>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    maildir.ensure()?;
     let (wake_tx, mut wake_rx) = mpsc::channel::<()>(1);
     // Kept alive for the whole loop; dropping it stops the inotify thread.
     let _watcher = match start_notify(&maildir, wake_tx) {
@@ -75,26 +75,50 @@ pub async fn run(
 }
 
 fn start_notify(
-    maildir: &Maildir,
+    maildir: &Spool,
     wake: mpsc::Sender<()>,
 ) -> notify::Result<notify::RecommendedWatcher> {
-    let mut watcher = notify::recommended_watcher(move |_event: notify::Result<notify::Event>| {
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         // One pending wake-up is enough: a scan reads the whole directory.
-        let _ = wake.try_send(());
+        if event.as_ref().map_or(true, means_a_job_may_have_arrived) {
+            let _ = wake.try_send(());
+        }
     })?;
-    watcher.watch(&maildir.new_dir(), RecursiveMode::NonRecursive)?;
+    // inotify watches by path; a swapped new/ would only cost a wake-up, since every
+    // operation goes through the verified handles.
+    watcher.watch(&maildir.root().join("new"), RecursiveMode::NonRecursive)?;
     Ok(watcher)
+}
+
+/// Whether an inotify event on `new/` is worth a scan. notify watches with a wide mask (open,
+/// close-nowrite, moved-from, attrib ...), and a scan itself opens `new/` and renames jobs out
+/// of it: waking on those made an idle master rescan forever, a core busy. Only a file created,
+/// moved in or closed after writing can be a new job; an overflow (rescan flag) might hide one.
+/// An error from the watcher wakes the loop too: one extra scan is cheap, a missed job is not.
+fn means_a_job_may_have_arrived(event: &notify::Event) -> bool {
+    use notify::event::{AccessKind, AccessMode, EventKind, ModifyKind, RenameMode};
+    if event.need_rescan() {
+        return true;
+    }
+    matches!(
+        event.kind,
+        EventKind::Create(_)
+            | EventKind::Modify(ModifyKind::Name(
+                RenameMode::To | RenameMode::Both | RenameMode::Any
+            ))
+            | EventKind::Access(AccessKind::Close(AccessMode::Write))
+    )
 }
 
 /// Claims and checks every job in `new/`. Bad jobs are moved aside with their reason.
 fn scan(
-    maildir: &Maildir,
+    maildir: &Spool,
     try_builders: &[String],
     max_patch_bytes: u64,
-) -> std::io::Result<Vec<SpooledJob>> {
+) -> Result<Vec<SpooledJob>, SpoolError> {
     let mut found = Vec::new();
     for name in maildir.list_new()? {
-        if maildir.claim(&name)?.is_none() {
+        if !maildir.claim(&name)? {
             continue;
         }
         if let Some(spooled) = check_claimed(maildir, &name, try_builders, max_patch_bytes)? {
@@ -108,16 +132,17 @@ fn scan(
 /// `rejected/` with its reason. Also used at start for jobs claimed by a master that stopped
 /// before recording them.
 pub fn check_claimed(
-    maildir: &Maildir,
+    maildir: &Spool,
     name: &str,
     try_builders: &[String],
     max_patch_bytes: u64,
-) -> std::io::Result<Option<SpooledJob>> {
+) -> Result<Option<SpooledJob>, SpoolError> {
     let try_builders: Vec<&str> = try_builders.iter().map(String::as_str).collect();
-    let checked = std::fs::read(maildir.cur().join(name))
-        .map_err(|err| format!("cannot read the job: {err}"))
+    let limit = submit::job_size_limit(max_patch_bytes);
+    let checked = maildir
+        .read_claimed(name, limit)
         .and_then(|bytes| {
-            if bytes.len() as u64 > submit::job_size_limit(max_patch_bytes) {
+            if bytes.len() as u64 > limit {
                 return Err(format!(
                     "job is larger than this master's limit of {max_patch_bytes} bytes"
                 ));
@@ -140,5 +165,45 @@ pub fn check_claimed(
             maildir.reject(name, &why)?;
             Ok(None)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use notify::event::{
+        AccessKind, AccessMode, CreateKind, EventKind, Flag, MetadataKind, ModifyKind, RenameMode,
+    };
+
+    use super::*;
+
+    #[test]
+    fn only_events_that_can_bring_a_job_wake_the_watcher() {
+        let cases = [
+            (EventKind::Create(CreateKind::File), true),
+            (EventKind::Modify(ModifyKind::Name(RenameMode::To)), true),
+            (EventKind::Modify(ModifyKind::Name(RenameMode::Both)), true),
+            (
+                EventKind::Access(AccessKind::Close(AccessMode::Write)),
+                true,
+            ),
+            // What a scan itself causes: opening new/, reading it, moving jobs out.
+            (EventKind::Access(AccessKind::Open(AccessMode::Any)), false),
+            (
+                EventKind::Access(AccessKind::Close(AccessMode::Read)),
+                false,
+            ),
+            (EventKind::Modify(ModifyKind::Name(RenameMode::From)), false),
+            (
+                EventKind::Modify(ModifyKind::Metadata(MetadataKind::Any)),
+                false,
+            ),
+            (EventKind::Remove(notify::event::RemoveKind::File), false),
+        ];
+        for (kind, wakes) in cases {
+            let event = notify::Event::new(kind);
+            assert_eq!(means_a_job_may_have_arrived(&event), wakes, "{kind:?}");
+        }
+        let overflow = notify::Event::new(EventKind::Other).set_flag(Flag::Rescan);
+        assert!(means_a_job_may_have_arrived(&overflow));
     }
 }

@@ -2,8 +2,9 @@
 //!
 //! Every callback here runs inside the connection's single russh event loop, so none of them
 //! does real work: they decide, reply, and hand each accepted exec channel to a task of its own
-//! (`sshd::session`). Pty, shell, subsystem, env, X11, agent and port-forwarding requests are
-//! refused, as the design allows no interactive use of the master.
+//! (`sshd::session`). The one wait is the key lookup, which runs on a blocking thread under a
+//! timeout (`SshdContext::authenticate`). Pty, shell, subsystem, env, X11, agent and
+//! port-forwarding requests are refused, as the design allows no interactive use of the master.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -60,8 +61,10 @@ impl ConnectionHandler {
         }
     }
 
-    fn decide(&self, user: &str, key: &PublicKey) -> AuthOutcome {
-        self.ctx.authenticate(user, key, self.peer.ip())
+    /// Awaits the key lookup, which runs on a blocking thread with a timeout: only this
+    /// connection waits for it, never the runtime.
+    async fn decide(&self, user: &str, key: &PublicKey) -> AuthOutcome {
+        self.ctx.authenticate(user, key, self.peer.ip()).await
     }
 
     /// Refuses a channel request with a message on the channel's stderr and an exit status,
@@ -124,7 +127,7 @@ impl Handler for ConnectionHandler {
         }
         // Only keys that would be accepted are asked to prove possession; refusals are logged
         // once, when the verified attempt (or this offer) fails.
-        match self.decide(user, offer.public_key) {
+        match self.decide(user, offer.public_key).await {
             AuthOutcome::Accepted(_) => Ok(Auth::Accept),
             AuthOutcome::Refused(reason) => {
                 tracing::info!(peer = %self.peer, user, key = %fingerprint(offer.public_key), "refused key: {reason}");
@@ -138,7 +141,7 @@ impl Handler for ConnectionHandler {
         user: &str,
         key: VerifiedPublicKey<'_>,
     ) -> Result<Auth, Self::Error> {
-        match self.decide(user, key.public_key) {
+        match self.decide(user, key.public_key).await {
             AuthOutcome::Accepted(identity) => {
                 tracing::info!(peer = %self.peer, user, key = %fingerprint(key.public_key), algorithm = %key.algorithm, "accepted {}", identity.describe());
                 self.identity = Some(identity);

@@ -1,9 +1,12 @@
 //! Where user keys come from and whether a key may log in: expands the sshd-style
 //! `AuthorizedKeysFile` patterns for a login, reads those files (re-reading a file whenever its
 //! size, mtime or inode changed, so edits take effect without a restart), and decides whether an
-//! offered key from a given address is accepted. Parsing one file's text is
+//! offered key from a given address is accepted. A file is only trusted if it passes sshd's
+//! StrictModes checks (`sshd::strict_modes`). Parsing one file's text is
 //! `sshd::authorized_keys`; slave keys come from master.toml and are checked in
 //! `SshdContext::authenticate`.
+//!
+//! All of this is blocking file I/O: it runs on a blocking thread, never on the async runtime.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -14,6 +17,7 @@ use std::sync::{Arc, Mutex};
 use russh::keys::PublicKey;
 
 use crate::sshd::authorized_keys::{self, AuthorizedKey, KeyOptions};
+use crate::sshd::strict_modes::{self, Scope};
 use crate::unix::accounts::UnixAccount;
 
 /// A key entry that allowed a login: which file and line, and the options that come with it.
@@ -33,6 +37,16 @@ pub enum Refusal {
     FromMismatch { file: PathBuf, line: usize },
     /// Listed, but only on lines whose `expiry-time=` has passed.
     Expired { file: PathBuf, line: usize },
+    /// Not listed in any file that could be trusted, and this file was not trusted (the
+    /// reason names the file and what is wrong with it).
+    UnsafeFile { reason: String },
+}
+
+/// One file the patterns give for a login, and the rules it must pass to be trusted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyFile {
+    pub path: PathBuf,
+    pub scope: Scope,
 }
 
 /// Identifies one version of a file: if any of these change, the file is read again.
@@ -68,6 +82,8 @@ struct CachedFile {
 pub struct KeyStore {
     patterns: Vec<String>,
     master_dir: PathBuf,
+    /// The uid the master runs as: it may own the files under the master directory.
+    master_uid: u32,
     cache: Mutex<HashMap<PathBuf, CachedFile>>,
 }
 
@@ -76,19 +92,40 @@ impl KeyStore {
         KeyStore {
             patterns,
             master_dir,
+            master_uid: nix::unistd::geteuid().as_raw(),
             cache: Mutex::new(HashMap::new()),
         }
     }
 
     /// The files the patterns give for `account`, in pattern order.
-    pub fn files_for(&self, account: &UnixAccount) -> Vec<PathBuf> {
+    ///
+    /// A file from an absolute pattern (`%h/...`) belongs to the user: it and its directories
+    /// up to the home must be owned by the user or root. A relative pattern's file lives in the
+    /// master directory, which the master's admin keeps: its owner may also be the master's uid,
+    /// and the directory walk stops at the master directory.
+    pub fn files_for(&self, account: &UnixAccount) -> Vec<KeyFile> {
         self.patterns
             .iter()
             .map(|pattern| {
-                let expanded = expand_pattern(pattern, &account.name, &account.home);
+                let expanded = PathBuf::from(expand_pattern(pattern, &account.name, &account.home));
+                if expanded.is_absolute() {
+                    return KeyFile {
+                        path: expanded,
+                        scope: Scope {
+                            allowed_owners: dedup(vec![account.uid, 0]),
+                            stop_at: account.home.clone(),
+                        },
+                    };
+                }
                 // As sshd does, a relative result is taken relative to a fixed place; ours is
                 // the master directory (sshd's is the user's home).
-                self.master_dir.join(expanded)
+                KeyFile {
+                    path: self.master_dir.join(expanded),
+                    scope: Scope {
+                        allowed_owners: dedup(vec![account.uid, 0, self.master_uid]),
+                        stop_at: self.master_dir.clone(),
+                    },
+                }
             })
             .collect()
     }
@@ -102,8 +139,21 @@ impl KeyStore {
         now: chrono::DateTime<chrono::Utc>,
     ) -> Result<Grant, Refusal> {
         let mut refusal = Refusal::NotListed;
-        for file in self.files_for(account) {
-            let keys = self.keys_in(&file);
+        for KeyFile { path: file, scope } in self.files_for(account) {
+            let keys = match self.keys_in(&file, &scope) {
+                Ok(keys) => keys,
+                Err(unsafe_file) => {
+                    // As sshd: the file is skipped (another file may still list the key), and
+                    // the reason goes to the log and into the login's refusal.
+                    tracing::warn!(user = %account.name, "authentication refused: {unsafe_file}");
+                    if refusal == Refusal::NotListed {
+                        refusal = Refusal::UnsafeFile {
+                            reason: unsafe_file.to_string(),
+                        };
+                    }
+                    continue;
+                }
+            };
             for entry in keys.iter() {
                 // key_data(): PublicKey's own == would also compare the comment.
                 if entry.key.key_data() != key.key_data() {
@@ -135,33 +185,36 @@ impl KeyStore {
         Err(refusal)
     }
 
-    /// The parsed keys of one file; a missing or unreadable file has none. Parse warnings are
-    /// logged once per version of the file, not on every login.
-    fn keys_in(&self, file: &Path) -> Arc<Vec<AuthorizedKey>> {
-        let metadata = match std::fs::metadata(file) {
-            Ok(metadata) => metadata,
-            Err(err) => {
-                if err.kind() != std::io::ErrorKind::NotFound {
-                    tracing::warn!(file = %file.display(), "cannot read authorized keys: {err}");
-                }
+    /// The parsed keys of one file; a missing file has none, an unsafe one is an error. Parse
+    /// warnings are logged once per version of the file, not on every login.
+    fn keys_in(
+        &self,
+        file: &Path,
+        scope: &Scope,
+    ) -> Result<Arc<Vec<AuthorizedKey>>, strict_modes::UnsafeKeyFile> {
+        // Every login checks the file and its directories again (a few stats): a cached parse
+        // must not outlive a chmod that made the file unsafe.
+        let checked = match strict_modes::open_checked(file, scope) {
+            Ok(Some(checked)) => checked,
+            Ok(None) => {
                 self.forget(file);
-                return Arc::new(Vec::new());
+                return Ok(Arc::new(Vec::new()));
+            }
+            Err(err) => {
+                self.forget(file);
+                return Err(err);
             }
         };
-        let stamp = FileStamp::of(&metadata);
+        let stamp = FileStamp::of(&checked.metadata);
         if let Some(cached) = self.lock_cache().get(file)
             && cached.stamp == stamp
         {
-            return Arc::clone(&cached.keys);
+            return Ok(Arc::clone(&cached.keys));
         }
-        let text = match std::fs::read(file) {
-            Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
-            Err(err) => {
-                tracing::warn!(file = %file.display(), "cannot read authorized keys: {err}");
-                self.forget(file);
-                return Arc::new(Vec::new());
-            }
-        };
+        let bytes = strict_modes::read_capped(file, checked.file).inspect_err(|_| {
+            self.forget(file);
+        })?;
+        let text = String::from_utf8_lossy(&bytes);
         let (keys, warnings) = authorized_keys::parse(&text);
         for warning in &warnings {
             tracing::warn!("{}:{}", file.display(), warning);
@@ -175,7 +228,7 @@ impl KeyStore {
                 keys: Arc::clone(&keys),
             },
         );
-        keys
+        Ok(keys)
     }
 
     fn forget(&self, file: &Path) {
@@ -189,6 +242,12 @@ impl KeyStore {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
+}
+
+fn dedup(mut uids: Vec<u32>) -> Vec<u32> {
+    uids.sort_unstable();
+    uids.dedup();
+    uids
 }
 
 /// Expands `%u` (login name), `%h` (home directory) and `%%` as sshd does for
@@ -248,12 +307,20 @@ mod tests {
             gids: vec![1000],
             home: PathBuf::from("/home/bob"),
         };
+        let files = store.files_for(&account);
+        let paths: Vec<&Path> = files.iter().map(|file| file.path.as_path()).collect();
         assert_eq!(
-            store.files_for(&account),
+            paths,
             vec![
-                PathBuf::from("/home/bob/.ssh/authorized_keys"),
-                PathBuf::from("/srv/master/authorized_keys.d/bob"),
+                Path::new("/home/bob/.ssh/authorized_keys"),
+                Path::new("/srv/master/authorized_keys.d/bob"),
             ]
         );
+        // The user's own file: the user or root, checked up to the home.
+        assert_eq!(files[0].scope.allowed_owners, vec![0, 1000]);
+        assert_eq!(files[0].scope.stop_at, PathBuf::from("/home/bob"));
+        // The admin's file: the master's uid may own it too; checked up to the master dir.
+        assert!(files[1].scope.allowed_owners.contains(&store.master_uid));
+        assert_eq!(files[1].scope.stop_at, PathBuf::from("/srv/master"));
     }
 }

@@ -14,6 +14,7 @@ pub mod exec;
 mod handler;
 pub mod keystore;
 mod session;
+pub mod strict_modes;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
@@ -78,7 +79,8 @@ pub enum AuthOutcome {
 /// every task a connection spawns.
 pub struct SshdContext {
     pub config: Arc<Config>,
-    pub keys: KeyStore,
+    /// Shared with the blocking threads that read key files.
+    pub keys: Arc<KeyStore>,
     /// What commands do: the master's control layer.
     pub control: Arc<Control>,
     /// Exec-channel tasks; the server waits for them (under a deadline) when it stops.
@@ -94,10 +96,10 @@ impl SshdContext {
         shutdown: CancellationToken,
     ) -> SshdContext {
         SshdContext {
-            keys: KeyStore::new(
+            keys: Arc::new(KeyStore::new(
                 config.sshd.authorized_keys.clone(),
                 config.master_dir.clone(),
-            ),
+            )),
             config,
             control,
             tasks: TaskTracker::new(),
@@ -110,7 +112,11 @@ impl SshdContext {
     /// A slave name with its configured key is a slave. Any other login must be a unix account
     /// (root only with `allow_root`) whose authorized_keys files list the key. A key that
     /// belongs to a slave is never accepted as a user key, whatever the files say.
-    pub fn authenticate(&self, login: &str, key: &PublicKey, client: IpAddr) -> AuthOutcome {
+    ///
+    /// The account lookup (NSS) and the key files are read on a blocking thread under
+    /// [`KEY_LOOKUP_TIMEOUT`]: a user controls their own key files (a FIFO, a slow network
+    /// home), and the connection's event loop must not wait on them for long.
+    pub async fn authenticate(&self, login: &str, key: &PublicKey, client: IpAddr) -> AuthOutcome {
         let is_slave_key = |slave: &crate::master::config::SlaveConfig| {
             slave.public_key.key_data() == key.key_data()
         };
@@ -127,30 +133,64 @@ impl SshdContext {
                 owner.name
             ));
         }
-        let account = match accounts::lookup(login) {
-            Ok(Some(account)) => account,
-            Ok(None) => return AuthOutcome::Refused("no such unix account".into()),
-            Err(err) => return AuthOutcome::Refused(format!("cannot look up account: {err}")),
+        let lookup = {
+            let keys = Arc::clone(&self.keys);
+            let login = login.to_string();
+            let key = key.clone();
+            let allow_root = self.config.sshd.allow_root;
+            tokio::task::spawn_blocking(move || {
+                authenticate_user(&keys, &login, &key, client, allow_root)
+            })
         };
-        if account.is_root() && !self.config.sshd.allow_root {
-            return AuthOutcome::Refused("root may not log in (allow_root = false)".into());
-        }
-        match self
-            .keys
-            .authorize(&account, key, client, chrono::Utc::now())
-        {
-            Ok(grant) => AuthOutcome::Accepted(Identity::User { account, grant }),
-            Err(Refusal::NotListed) => {
-                AuthOutcome::Refused("key not in any authorized_keys file for this login".into())
+        match tokio::time::timeout(KEY_LOOKUP_TIMEOUT, lookup).await {
+            Ok(Ok(outcome)) => outcome,
+            Ok(Err(join_error)) => {
+                tracing::error!(user = login, "key lookup failed: {join_error}");
+                AuthOutcome::Refused("key lookup failed".into())
             }
-            Err(Refusal::FromMismatch { file, line }) => AuthOutcome::Refused(format!(
-                "{}:{line}: from= does not allow {client}",
-                file.display()
+            // The blocking thread is left to finish on its own; all it can still do is read a
+            // capped amount from a file that was already checked.
+            Err(_) => AuthOutcome::Refused(format!(
+                "account or key files not read within {KEY_LOOKUP_TIMEOUT:?}"
             )),
-            Err(Refusal::Expired { file, line }) => AuthOutcome::Refused(format!(
-                "{}:{line}: key expired (expiry-time)",
-                file.display()
-            )),
+        }
+    }
+}
+
+/// How long one login may wait for the account database and its key files.
+pub const KEY_LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The blocking half of [`SshdContext::authenticate`] for a user login.
+fn authenticate_user(
+    keys: &KeyStore,
+    login: &str,
+    key: &PublicKey,
+    client: IpAddr,
+    allow_root: bool,
+) -> AuthOutcome {
+    let account = match accounts::lookup(login) {
+        Ok(Some(account)) => account,
+        Ok(None) => return AuthOutcome::Refused("no such unix account".into()),
+        Err(err) => return AuthOutcome::Refused(format!("cannot look up account: {err}")),
+    };
+    if account.is_root() && !allow_root {
+        return AuthOutcome::Refused("root may not log in (allow_root = false)".into());
+    }
+    match keys.authorize(&account, key, client, chrono::Utc::now()) {
+        Ok(grant) => AuthOutcome::Accepted(Identity::User { account, grant }),
+        Err(Refusal::NotListed) => {
+            AuthOutcome::Refused("key not in any authorized_keys file for this login".into())
+        }
+        Err(Refusal::FromMismatch { file, line }) => AuthOutcome::Refused(format!(
+            "{}:{line}: from= does not allow {client}",
+            file.display()
+        )),
+        Err(Refusal::Expired { file, line }) => AuthOutcome::Refused(format!(
+            "{}:{line}: key expired (expiry-time)",
+            file.display()
+        )),
+        Err(Refusal::UnsafeFile { reason }) => {
+            AuthOutcome::Refused(format!("key file not trusted: {reason}"))
         }
     }
 }

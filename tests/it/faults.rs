@@ -78,6 +78,77 @@ fn a_killed_slave_fails_the_step_and_a_pool_mate_runs_the_retry() {
     assert!(log.contains("slave lost"), "{log}");
 }
 
+/// A step that records that it started, then runs long (the first run) or passes (a retry).
+fn first_run_hangs(marker: &Path) -> String {
+    format!(
+        r#"{{ name = "work", command = "if [ -e {m} ]; then echo second run; else touch {m}; sleep 60; fi" }},"#,
+        m = marker.display()
+    )
+}
+
+#[test]
+fn a_slave_restarted_during_a_build_is_an_exception_and_the_build_is_retried() {
+    let checkout = Checkout::new();
+    let shared = tempfile::tempdir().expect("temp dir");
+    let marker = shared.path().join("first-run");
+    let master = master_with(&["s1", "s2"], &checkout.upstream, &first_run_hangs(&marker));
+    let first = master.start_slave("s1");
+    let waiting = spawn_try_wait(&master, &checkout.work);
+    wait_until("the first run to start", || marker.exists());
+    // What systemd does on a restart or a reboot.
+    first.signal(Signal::SIGTERM);
+    wait_until("the master to drop s1", || !master.slave_connected("s1"));
+    let _second = master.start_slave("s2");
+    let output = finish(waiting);
+    let stdout = text(&output.stdout);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{stdout}\n{}",
+        text(&output.stderr)
+    );
+    assert!(
+        stdout.contains("linux #1: work exception (slave shutting down)"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("linux #1: exception: slave shutting down (will be retried)"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("linux #2: started on s2"), "{stdout}");
+    assert!(stdout.contains("linux #2: success"), "{stdout}");
+    let log =
+        std::fs::read_to_string(master.path().join("logs/linux/1/2-work.info")).expect("step log");
+    assert!(log.contains("slave shutting down"), "{log}");
+}
+
+#[test]
+fn without_retries_a_slave_shutting_down_is_an_exception_not_a_failure() {
+    let checkout = Checkout::new();
+    let shared = tempfile::tempdir().expect("temp dir");
+    let marker = shared.path().join("first-run");
+    let mut setup =
+        MasterSetup::linux_builder(&["s1"], &checkout.upstream, &first_run_hangs(&marker));
+    setup.edits.push((
+        "branch = \"main\"\nsteps = [",
+        "branch = \"main\"\nretry_on_slave_lost = false\nsteps = [",
+    ));
+    let master = TestMaster::start_with(setup);
+    let slave = master.start_slave("s1");
+    let waiting = spawn_try_wait(&master, &checkout.work);
+    wait_until("the first run to start", || marker.exists());
+    slave.signal(Signal::SIGTERM);
+    let output = finish(waiting);
+    let stdout = text(&output.stdout);
+    assert!(
+        stdout.contains("linux #1: exception: slave shutting down"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("will be retried"), "{stdout}");
+    let build = master.api_last_build("linux");
+    assert_eq!(build["result"], "exception", "{build}");
+}
+
 #[test]
 fn a_stopped_slave_is_detected_within_one_keepalive_interval() {
     let master = master_with(

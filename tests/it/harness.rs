@@ -767,6 +767,32 @@ impl TempAccount {
     }
 }
 
+impl TempAccount {
+    /// The account's uid.
+    pub fn uid(&self) -> nix::unistd::Uid {
+        nix::unistd::User::from_name(&self.user)
+            .ok()
+            .flatten()
+            .unwrap_or_else(|| panic!("user {} exists", self.user))
+            .uid
+    }
+
+    /// Points the account's home directory (`%h`) at `home` (`usermod -d`, not moved).
+    pub fn set_home(&self, home: &Path) {
+        let _lock = ACCOUNTS
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut usermod = Command::new("usermod");
+        usermod.arg("-d").arg(home).arg(&self.user);
+        let output = run_with_timeout(usermod, None);
+        assert!(
+            output.status.success(),
+            "usermod -d: {}",
+            text(&output.stderr)
+        );
+    }
+}
+
 impl Drop for TempAccount {
     fn drop(&mut self) {
         let _lock = ACCOUNTS

@@ -9,6 +9,7 @@ mod faults;
 mod force;
 mod harness;
 mod repo;
+mod security;
 mod sshd;
 mod stop;
 mod try_;
