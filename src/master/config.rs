@@ -113,8 +113,12 @@ pub struct BuilderConfig {
     pub repo: String,
     pub branch: String,
     pub steps: Vec<StepConfig>,
-    /// Run a request again when its slave is lost mid-build (default true).
+    /// Run a request again when its slave is lost mid-build (default true); never after the
+    /// second loss of the same request.
     pub retry_on_slave_lost: bool,
+    /// Check out the repository's submodules at the recorded pointers (default false: a slave
+    /// never fetches submodule contents unless asked).
+    pub submodules: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -224,6 +228,8 @@ struct RawBuilder {
     steps: Vec<RawStep>,
     #[serde(default)]
     retry_on_slave_lost: Option<bool>,
+    #[serde(default)]
+    submodules: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -588,6 +594,7 @@ impl Checker<'_> {
                 branch: builder.branch.clone().unwrap_or_else(|| "main".to_string()),
                 steps,
                 retry_on_slave_lost: builder.retry_on_slave_lost.unwrap_or(true),
+                submodules: builder.submodules,
             });
         }
         builders
