@@ -189,3 +189,43 @@ fn a_submodule_bump_applies_and_is_checked_out_when_the_builder_asks() {
     assert!(log.contains("int main2;"), "{log}");
     assert!(slave.is_running());
 }
+
+/// A build that kills its slave (the step runs `kill -9` on its parent, the slave process) is
+/// retried once on the restarted slave, then ends as exception and is not handed out again.
+#[test]
+fn a_request_whose_slave_is_lost_twice_ends_as_exception() {
+    let checkout = Checkout::new();
+    let master = master_for(
+        "patcher",
+        &checkout.upstream,
+        r#"{ name = "kill", command = "kill -9 $PPID; sleep 30" },"#,
+        false,
+    );
+    let mut first = master.start_slave("patcher");
+    let mut waiting = master.try_command(&checkout.work, "linux", true);
+    let waiting = waiting.spawn().expect("try --wait starts");
+    crate::harness::wait_until("the first slave to die", || !first.is_running());
+    let mut second = master.start_slave("patcher");
+    crate::harness::wait_until("the second slave to die", || !second.is_running());
+    let output =
+        crate::harness::output_with_deadline(waiting, "try --wait", crate::harness::PATIENCE);
+    let stdout = text(&output.stdout);
+    assert!(stdout.contains("exception"), "{stdout}");
+    let builds = master.api("/api/builds?builder=linux");
+    assert_eq!(builds.as_array().map(Vec::len), Some(2), "{builds}");
+    assert_eq!(builds[0]["result"], "exception", "{builds}");
+    assert_eq!(
+        builds[0]["reason"], "slave lost twice while building this request",
+        "{builds}"
+    );
+    // A third slave gets nothing to run: the request is not queued any more.
+    let mut third = master.start_slave("patcher");
+    assert!(third.is_running());
+    assert_eq!(
+        master
+            .api("/api/builds?builder=linux")
+            .as_array()
+            .map(Vec::len),
+        Some(2)
+    );
+}
