@@ -169,6 +169,16 @@ enum Command {
         #[command(flatten)]
         connection: ConnectionCli,
     },
+    /// Internal: a slave's patch step, run by the slave in a child process under a time and
+    /// memory limit. Reads the patch on stdin, applies it to WORKDIR, writes a JSON report.
+    #[command(name = "apply-patch", hide = true)]
+    ApplyPatch {
+        /// Leading path components to strip, as `patch -pN`.
+        #[arg(long, default_value_t = 1)]
+        level: u32,
+        /// The checked-out work tree.
+        workdir: PathBuf,
+    },
     /// Read a try job on stdin and write it into the maildir DIR (the classic Buildbot ssh
     /// path, for masters reached through a real sshd).
     Tryserver {
@@ -475,6 +485,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let connection = connection.into_try_args();
             let result = buildbot::client::watch::send_change(&change, &connection, &cwd);
             Ok(client_outcome("sendchange", result))
+        }
+        Command::ApplyPatch { level, workdir } => {
+            buildbot::slave::checkout::run_apply_patch_child(
+                &workdir,
+                level,
+                &mut std::io::stdin().lock(),
+                &mut std::io::stdout().lock(),
+            )?;
+            Ok(ExitCode::SUCCESS)
         }
         Command::Tryserver { jobdir } => {
             let name = buildbot::spool::submit::tryserver_local(&jobdir, &mut std::io::stdin())?;

@@ -10,7 +10,15 @@ use std::path::{Path, PathBuf};
 const LAYERS: &[(&str, &[&str])] = &[
     (
         "bottom",
-        &["change", "durations", "exec_io", "proto", "status", "tryjob", "unix"],
+        &[
+            "change",
+            "durations",
+            "exec_io",
+            "proto",
+            "status",
+            "tryjob",
+            "unix",
+        ],
     ),
     ("spool", &["spool"]),
     ("master core", &["master"]),

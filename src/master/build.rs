@@ -24,6 +24,13 @@ use crate::master::slaves::{SlaveEvent, SlaveLink};
 use crate::proto::{CheckoutRequest, CommandRequest, ExitReport, Message, StreamKind};
 use crate::status::{BuildEvent, BuildResult, RequestKind, RunningBuild, unix_now};
 
+/// A request whose slave was lost this many times while building it is not run again: a patch
+/// or a build that kills its slave would otherwise take down one slave after another forever.
+const MAX_SLAVE_LOSSES: i64 = 2;
+
+/// The build's reason when a request is given up after `MAX_SLAVE_LOSSES`.
+pub const SLAVE_LOST_TWICE: &str = "slave lost twice while building this request";
+
 /// What the scheduler needs to know when a build ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct BuildOutcome {
@@ -112,6 +119,7 @@ fn plan(
         revision: request.baserev.clone(),
         patch: request.patch.clone(),
         patch_level: request.patch_level,
+        submodules: builder.submodules,
     };
     // A try job's branch names the developer's branch, which the builder's repository may not
     // have; the base revision is what matters, the builder's branch is the fallback. Forced and
@@ -183,7 +191,28 @@ pub async fn run(
         };
     };
     let span = tracing::info_span!("build", builder = %builder.name, number = started.number, slave = %link.name);
-    let ending = run_steps(control, &builder, &request, &link, &started, &shutdown).await;
+    let mut ending = run_steps(control, &builder, &request, &link, &started, &shutdown).await;
+    let mut retry = ending.slave_lost && builder.retry_on_slave_lost;
+    if ending.slave_lost {
+        let request_id = request.id;
+        match control
+            .history
+            .run(move |connection| history::record_slave_loss(connection, request_id))
+            .await
+        {
+            Ok(losses) if losses >= MAX_SLAVE_LOSSES => {
+                tracing::warn!(parent: &span, request = request_id, "{SLAVE_LOST_TWICE}; not retried");
+                retry = false;
+                ending.reason = Some(SLAVE_LOST_TWICE.into());
+            }
+            Ok(_) => {}
+            // Without the count, retrying could loop: this request is not retried.
+            Err(err) => {
+                tracing::error!(parent: &span, "cannot count the slave loss: {err}");
+                retry = false;
+            }
+        }
+    }
     let recorded_reason = ending.reason.clone();
     let (build_id, result) = (started.build_id, ending.result);
     if let Err(err) = control
@@ -199,7 +228,6 @@ pub async fn run(
         .board
         .finish(&builder.name, started.number, ending.result);
     tracing::info!(parent: &span, result = %ending.result, "build finished");
-    let retry = ending.slave_lost && builder.retry_on_slave_lost;
     control.events.publish(BuildEvent::BuildFinished {
         job_name: request.job_name.clone(),
         builder: builder.name.clone(),
@@ -374,7 +402,8 @@ async fn run_steps(
             result: verdict.step_result,
             summary: verdict.summary.clone(),
         });
-        if !matches!(outcome, StepOutcome::Exited(_)) {
+        let slave_fault = matches!(&outcome, StepOutcome::Exited(exit) if exit.exception);
+        if slave_fault || !matches!(outcome, StepOutcome::Exited(_)) {
             ending.reason = Some(verdict.summary);
         }
         if verdict.halt {
@@ -395,8 +424,9 @@ struct Verdict {
 }
 
 /// The result policy, in one place: anything but the commands' own exit (slave lost, a stop,
-/// the master stopping, an unwritable log) halts the build; a failed checkout fails it; a failed
-/// command counts as its flags say.
+/// the master stopping, an unwritable log) halts the build; a step the slave reports as its own
+/// fault (`ExitReport::exception`: the patch process crashed or hung) makes it an exception; a
+/// failed checkout fails it; a failed command counts as its flags say.
 fn judge(kind: &StepKind, outcome: &StepOutcome) -> Verdict {
     let verdict = |step_result, contribution, summary: String, halt| Verdict {
         step_result,
@@ -442,6 +472,12 @@ fn judge(kind: &StepKind, outcome: &StepOutcome) -> Verdict {
             BuildResult::Success,
             describe_exit(exit),
             false,
+        ),
+        (_, StepOutcome::Exited(exit)) if exit.exception => verdict(
+            BuildResult::Exception,
+            BuildResult::Exception,
+            describe_exit(exit),
+            true,
         ),
         (StepKind::Checkout(_), StepOutcome::Exited(exit)) => verdict(
             BuildResult::Failure,
@@ -668,6 +704,7 @@ mod tests {
             timed_out: false,
             interrupted: false,
             error: None,
+            exception: false,
         })
     }
 
@@ -696,6 +733,7 @@ mod tests {
             revision: None,
             patch: None,
             patch_level: 1,
+            submodules: false,
         })
     }
 
@@ -731,6 +769,25 @@ mod tests {
             (verdict.contribution, verdict.halt),
             (BuildResult::Failure, true)
         );
+    }
+
+    #[test]
+    fn a_checkout_the_slave_reports_as_its_own_fault_is_an_exception() {
+        let crashed = StepOutcome::Exited(ExitReport {
+            exit_code: Some(1),
+            signal: None,
+            elapsed_ms: 10,
+            timed_out: false,
+            interrupted: false,
+            error: Some("the patch step failed: the patch process crashed (SIGSEGV)".into()),
+            exception: true,
+        });
+        let verdict = judge(&checkout(), &crashed);
+        assert_eq!(
+            (verdict.step_result, verdict.contribution, verdict.halt),
+            (BuildResult::Exception, BuildResult::Exception, true)
+        );
+        assert!(verdict.summary.contains("SIGSEGV"), "{}", verdict.summary);
     }
 
     #[test]

@@ -133,6 +133,7 @@ mod tests {
                     revision: Some("abc".into()),
                     patch: Some(vec![0, 255, 10]),
                     patch_level: 1,
+                    submodules: true,
                 },
             },
             Message::Output {
@@ -148,7 +149,8 @@ mod tests {
                     elapsed_ms: 12,
                     timed_out: false,
                     interrupted: false,
-                    error: None,
+                    error: Some("the patch step failed".into()),
+                    exception: true,
                 },
             },
             Message::Ping { nonce: u64::MAX },

@@ -12,8 +12,9 @@ use serde::{Deserialize, Serialize};
 
 pub use frame::{DecodeError, FrameDecoder, encode};
 
-/// Bumped on any incompatible change to [`Message`].
-pub const PROTOCOL_VERSION: u32 = 1;
+/// Bumped on any incompatible change to [`Message`]. postcard is positional, so an added field
+/// is one: 2 added `CheckoutRequest::submodules` and `ExitReport::exception`.
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// The largest frame either side sends or accepts (the length prefix excluded). A checkout
 /// message carries the whole try patch, so this bounds the patch size the RPC can carry.
@@ -159,6 +160,9 @@ pub struct CheckoutRequest {
     #[serde(with = "serde_bytes")]
     pub patch: Option<Vec<u8>>,
     pub patch_level: u32,
+    /// Check out the submodules at the pointers the (patched) tree records. Without it a slave
+    /// never fetches submodule contents.
+    pub submodules: bool,
 }
 
 /// What a command step needs.
@@ -185,10 +189,17 @@ pub struct ExitReport {
     pub interrupted: bool,
     /// Set when the slave could not run it at all (cannot spawn, checkout failed).
     pub error: Option<String>,
+    /// The failure is the slave's, not the input's (the patch process crashed or ran out of
+    /// time): the master ends the build as an exception, not a failure. `error` says why.
+    pub exception: bool,
 }
 
 impl ExitReport {
     pub fn succeeded(&self) -> bool {
-        self.error.is_none() && self.exit_code == Some(0) && !self.timed_out && !self.interrupted
+        self.error.is_none()
+            && !self.exception
+            && self.exit_code == Some(0)
+            && !self.timed_out
+            && !self.interrupted
     }
 }

@@ -11,6 +11,7 @@ use russh::keys::{Algorithm, PrivateKey, PublicKey};
 use serde::Deserialize;
 
 use crate::durations::parse_duration;
+use crate::slave::checkout::{PatchLimits, PatchRunner};
 
 pub const CONFIG_FILE: &str = "slave.toml";
 const KEY_FILE: &str = "slave_key";
@@ -28,6 +29,9 @@ pub struct SlaveConfig {
     pub workdir: PathBuf,
     pub keepalive_interval: Duration,
     pub keepalive_timeout: Duration,
+    /// How try patches are applied: a child process of this executable, with
+    /// `patch_timeout` (default 5m) as its time limit.
+    pub patch_runner: PatchRunner,
 }
 
 #[derive(Debug, Deserialize)]
@@ -50,6 +54,8 @@ struct RawSlave {
     keepalive_interval: Option<String>,
     #[serde(default)]
     keepalive_timeout: Option<String>,
+    #[serde(default)]
+    patch_timeout: Option<String>,
 }
 
 impl SlaveConfig {
@@ -84,7 +90,17 @@ impl SlaveConfig {
         if keepalive_timeout >= keepalive_interval {
             bail!("{CONFIG_FILE}: keepalive_timeout must be shorter than keepalive_interval");
         }
+        let patch_timeout = duration(raw.patch_timeout.as_ref(), 300, "patch_timeout")?;
+        let patch_runner = PatchRunner::Child {
+            program: std::env::current_exe()
+                .context("cannot find this executable, which applies try patches")?,
+            limits: PatchLimits {
+                time: patch_timeout,
+                ..PatchLimits::default()
+            },
+        };
         Ok(SlaveConfig {
+            patch_runner,
             name: raw.name,
             master: raw.master,
             master_host_key,

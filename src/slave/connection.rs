@@ -229,7 +229,11 @@ async fn run_session(
         None => bail!("the connection closed during the handshake"),
     }
 
-    let mut work = Work::new(config.workdir.clone(), outgoing.clone());
+    let mut work = Work::new(
+        config.workdir.clone(),
+        config.patch_runner.clone(),
+        outgoing.clone(),
+    );
     let mut last_heard = Instant::now();
     let mut keepalive_sent: Option<Instant> = None;
     let mut nonce = 0u64;

@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use crate::proto::{
     CheckoutRequest, CommandRequest, ExitReport, MAX_OUTPUT_CHUNK, Message, StreamKind,
 };
-use crate::slave::checkout::{self, CheckoutSpec};
+use crate::slave::checkout::{self, CheckoutSpec, PatchRunner};
 use crate::slave::runner::{self, CommandSpec, Stream};
 
 /// Time between SIGTERM and SIGKILL for an interrupted command (and for every command when
@@ -21,15 +21,22 @@ const KILL_GRACE: Duration = Duration::from_secs(2);
 
 pub struct Work {
     workdir: PathBuf,
+    /// Where try patches are applied: a child process in a running slave.
+    patch_runner: PatchRunner,
     outgoing: mpsc::Sender<Message>,
     running: HashMap<u64, CancellationToken>,
     tasks: JoinSet<u64>,
 }
 
 impl Work {
-    pub fn new(workdir: PathBuf, outgoing: mpsc::Sender<Message>) -> Work {
+    pub fn new(
+        workdir: PathBuf,
+        patch_runner: PatchRunner,
+        outgoing: mpsc::Sender<Message>,
+    ) -> Work {
         Work {
             workdir,
+            patch_runner,
             outgoing,
             running: HashMap::new(),
             tasks: JoinSet::new(),
@@ -56,6 +63,7 @@ impl Work {
                 return;
             }
         };
+        let patch_runner = self.patch_runner.clone();
         self.tasks.spawn(async move {
             let started = Instant::now();
             let (lines_tx, mut lines_rx) = mpsc::unbounded_channel::<String>();
@@ -65,12 +73,14 @@ impl Work {
                 revision: request.revision,
                 patch: request.patch,
                 patch_level: request.patch_level,
+                submodules: request.submodules,
             };
             let blocking = tokio::task::spawn_blocking(move || {
                 let mut log = |line: &str| {
                     let _ = lines_tx.send(format!("{line}\n"));
                 };
-                checkout::checkout(&builder_dir, &spec, &mut log).map_err(|err| err.to_string())
+                checkout::checkout(&builder_dir, &spec, &patch_runner, &mut log)
+                    .map_err(|err| (err.to_string(), err.is_exception()))
             });
             tokio::pin!(blocking);
             let result = loop {
@@ -81,17 +91,18 @@ impl Work {
                     joined = &mut blocking => break joined,
                     _ = token.cancelled() => {
                         // git cannot be interrupted midway safely; the result is discarded.
-                        break Ok(Err("interrupted".to_string()));
+                        break Ok(Err(("interrupted".to_string(), false)));
                     }
                 }
             };
             while let Ok(line) = lines_rx.try_recv() {
                 send_output(&outgoing, id, StreamKind::Info, line.into_bytes()).await;
             }
-            let error = match result {
-                Ok(Ok(_)) => None,
-                Ok(Err(message)) => Some(message),
-                Err(join_error) => Some(format!("checkout failed: {join_error}")),
+            let (error, exception) = match result {
+                Ok(Ok(_)) => (None, false),
+                Ok(Err((message, exception))) => (Some(message), exception),
+                // A panic in the checkout is the slave's fault, not the build's.
+                Err(join_error) => (Some(format!("checkout failed: {join_error}")), true),
             };
             let exit = ExitReport {
                 exit_code: Some(if error.is_none() { 0 } else { 1 }),
@@ -100,6 +111,7 @@ impl Work {
                 timed_out: false,
                 interrupted: token.is_cancelled(),
                 error,
+                exception,
             };
             let _ = outgoing.send(Message::Exit { id, exit }).await;
             id
@@ -155,6 +167,7 @@ impl Work {
                     timed_out: finished.timed_out,
                     interrupted: finished.interrupted,
                     error: None,
+                    exception: false,
                 },
                 Err(err) => ExitReport {
                     exit_code: None,
@@ -163,6 +176,7 @@ impl Work {
                     timed_out: false,
                     interrupted: false,
                     error: Some(err.to_string()),
+                    exception: false,
                 },
             };
             let _ = outgoing.send(Message::Exit { id, exit }).await;
@@ -217,6 +231,7 @@ async fn report_failure(outgoing: mpsc::Sender<Message>, id: u64, message: Strin
         timed_out: false,
         interrupted: false,
         error: Some(message),
+        exception: false,
     };
     let _ = outgoing.send(Message::Exit { id, exit }).await;
     id

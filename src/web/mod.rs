@@ -293,10 +293,21 @@ mod tests {
             build_page.contains("property foo</th><td>bar"),
             "{build_page}"
         );
-        assert!(build_page.contains("<td id=\"why\">changes 1, 2 on main"), "{build_page}");
-        assert!(build_page.contains("&lt;alice&gt;</td>"), "change authors are escaped");
-        let builder_page = templates.render("builder.html", &context).expect("builder page");
+        assert!(
+            build_page.contains("<td id=\"why\">changes 1, 2 on main"),
+            "{build_page}"
+        );
+        assert!(
+            build_page.contains("&lt;alice&gt;</td>"),
+            "change authors are escaped"
+        );
+        let builder_page = templates
+            .render("builder.html", &context)
+            .expect("builder page");
         assert!(builder_page.contains("id=\"force-form\""), "{builder_page}");
-        assert!(builder_page.contains("/builders/linux/requests/4/cancel"), "{builder_page}");
+        assert!(
+            builder_page.contains("/builders/linux/requests/4/cancel"),
+            "{builder_page}"
+        );
     }
 }

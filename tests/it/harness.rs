@@ -384,6 +384,27 @@ impl TestMaster {
 
     /// Starts a slave without waiting for it to connect; `edit` may change its slave.toml.
     pub fn launch_slave(&self, name: &str, edit: impl FnOnce(&mut String)) -> TestSlave {
+        self.launch_slave_env(name, edit, &[])
+    }
+
+    /// `start_slave_with`, the slave process also getting `env` (e.g. fault injection).
+    pub fn start_slave_env(
+        &self,
+        name: &str,
+        edit: impl FnOnce(&mut String),
+        env: &[(&str, &str)],
+    ) -> TestSlave {
+        let slave = self.launch_slave_env(name, edit, env);
+        self.wait_connected(name);
+        slave
+    }
+
+    fn launch_slave_env(
+        &self,
+        name: &str,
+        edit: impl FnOnce(&mut String),
+        env: &[(&str, &str)],
+    ) -> TestSlave {
         let dir = self.slaves_dir.path().join(name);
         let config_path = dir.join("slave.toml");
         let mut config = std::fs::read_to_string(&config_path).expect("slave.toml");
@@ -395,7 +416,7 @@ impl TestMaster {
         );
         edit(&mut config);
         std::fs::write(&config_path, config).expect("slave.toml written");
-        TestSlave::launch(dir)
+        TestSlave::launch(dir, env)
     }
 
     /// Starts a stopped master again.
@@ -862,7 +883,7 @@ pub struct TestSlave {
 }
 
 impl TestSlave {
-    fn launch(dir: PathBuf) -> TestSlave {
+    fn launch(dir: PathBuf, env: &[(&str, &str)]) -> TestSlave {
         let log_path = dir.join("slave.log");
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -873,6 +894,7 @@ impl TestSlave {
             .arg("slave")
             .arg(&dir)
             .env("RUST_LOG", "debug,russh=info")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -903,7 +925,14 @@ impl TestSlave {
         for file in ["slave.toml", "slave_key", "slave_key.pub"] {
             std::fs::copy(self.dir.join(file), dir.join(file)).expect("copy");
         }
-        TestSlave::launch(dir)
+        TestSlave::launch(dir, &[])
+    }
+
+    /// Whether the `buildbot slave` process is still alive (not exited, not killed).
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|child| matches!(child.try_wait(), Ok(None)))
     }
 }
 

@@ -120,11 +120,15 @@ pub struct BuilderConfig {
     pub repo: String,
     pub branch: String,
     pub steps: Vec<StepConfig>,
-    /// Run a request again when its slave is lost mid-build (default true).
+    /// Run a request again when its slave is lost mid-build (default true); never after the
+    /// second loss of the same request.
     pub retry_on_slave_lost: bool,
     /// A newer scheduled request for the same branch replaces the queued ones (default false;
     /// never try jobs or forced builds).
     pub collapse_requests: bool,
+    /// Check out the repository's submodules at the recorded pointers (default false: a slave
+    /// never fetches submodule contents unless asked).
+    pub submodules: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -228,6 +232,8 @@ struct RawBuilder {
     retry_on_slave_lost: Option<bool>,
     #[serde(default)]
     collapse_requests: Option<bool>,
+    #[serde(default)]
+    submodules: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -620,6 +626,7 @@ impl Checker<'_> {
                 steps,
                 retry_on_slave_lost: builder.retry_on_slave_lost.unwrap_or(true),
                 collapse_requests: builder.collapse_requests.unwrap_or(false),
+                submodules: builder.submodules,
             });
         }
         builders

@@ -109,6 +109,9 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (repository, branch)
     );
     ALTER TABLE requests ADD COLUMN reason TEXT;",
+    // 4: how often a request's slave was lost while building it, so a request that kills its
+    // slave is not retried forever (kept across master restarts).
+    "ALTER TABLE requests ADD COLUMN slave_losses INTEGER NOT NULL DEFAULT 0;",
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -398,6 +401,25 @@ pub fn finish_build(
     Ok(())
 }
 
+/// Counts one more loss of the slave while building request `request_id`; returns the count.
+pub fn record_slave_loss(
+    connection: &mut Connection,
+    request_id: i64,
+) -> Result<i64, HistoryError> {
+    let transaction = connection.transaction()?;
+    transaction.execute(
+        "UPDATE requests SET slave_losses = slave_losses + 1 WHERE id = ?1",
+        params![request_id],
+    )?;
+    let losses = transaction.query_row(
+        "SELECT slave_losses FROM requests WHERE id = ?1",
+        params![request_id],
+        |row| row.get(0),
+    )?;
+    transaction.commit()?;
+    Ok(losses)
+}
+
 pub fn start_step(
     connection: &Connection,
     build_id: i64,
@@ -565,6 +587,29 @@ mod tests {
                 assert_eq!(builds[0].reason.as_deref(), Some("master restarted"));
                 let (_, number) = start_build(c, pending[0].id, "linux", "s1")?;
                 assert_eq!(number, 2);
+                Ok(())
+            })
+            .expect("works");
+    }
+
+    #[test]
+    fn slave_losses_are_counted_per_request_across_restarts() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("state.sqlite");
+        let history = History::open(&path).expect("open");
+        let ids = history
+            .with(|c| {
+                let ids = insert_requests(c, &[request("j1", "linux"), request("j1", "mac")])?;
+                assert_eq!(record_slave_loss(c, ids[0])?, 1);
+                Ok(ids)
+            })
+            .expect("works");
+        drop(history);
+        let history = History::open(&path).expect("reopen");
+        history
+            .with(|c| {
+                assert_eq!(record_slave_loss(c, ids[0])?, 2);
+                assert_eq!(record_slave_loss(c, ids[1])?, 1);
                 Ok(())
             })
             .expect("works");

@@ -15,12 +15,17 @@
 //! callers run it on a blocking thread, one at a time per work tree.
 
 mod patch_apply;
+#[cfg(test)]
+mod replay_tests;
+mod sandbox;
 
 use std::path::Path;
 use std::process::{Command, Stdio};
 
 use git2::build::CheckoutBuilder;
 use git2::{ObjectType, Oid, Repository, ResetType};
+
+pub use sandbox::{FAULT_ENV, PatchLimits, PatchRunner, run_child as run_apply_patch_child};
 
 /// What to check out, as the master asks for it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,6 +42,8 @@ pub struct CheckoutSpec {
     pub patch: Option<Vec<u8>>,
     /// How many leading path components to strip from the patch's paths, as `patch -pN`.
     pub patch_level: u32,
+    /// Check out the submodules (recursively) at the pointers the patched tree records.
+    pub submodules: bool,
 }
 
 /// What a successful checkout produced.
@@ -70,6 +77,20 @@ pub enum CheckoutError {
     /// The patch cannot be read, or has something this slave cannot apply.
     #[error("cannot use the patch: {0}")]
     BadPatch(String),
+    /// The patch step (in its child process) refused the patch or failed; `message` is its
+    /// full detail, and `may_have_written` says whether the tree must be restored.
+    #[error("{message}")]
+    PatchRefused {
+        message: String,
+        may_have_written: bool,
+    },
+    /// The patch step's child process crashed, ran out of time or memory, or could not be
+    /// started. Not a verdict on the patch: the build ends as an exception.
+    #[error("the patch step failed: {reason}")]
+    PatchProcess { reason: String },
+    /// `git submodule update` failed; `detail` holds git's own message.
+    #[error("cannot check out the submodules: {detail}")]
+    Submodules { detail: String },
     /// `git clean` could not remove what an earlier build left.
     #[error("cannot clean the work tree: {detail}")]
     Clean { detail: String },
@@ -85,15 +106,38 @@ pub enum CheckoutError {
     },
 }
 
+impl CheckoutError {
+    /// Whether part of the patch may already be in the tree (the tree is then restored).
+    pub fn may_have_written(&self) -> bool {
+        match self {
+            CheckoutError::Io { .. }
+            | CheckoutError::Git(_)
+            | CheckoutError::PatchProcess { .. } => true,
+            CheckoutError::PatchRefused {
+                may_have_written, ..
+            } => *may_have_written,
+            _ => false,
+        }
+    }
+
+    /// Whether the failure is the slave's, not the input's: the build ends as an exception
+    /// rather than a failure.
+    pub fn is_exception(&self) -> bool {
+        matches!(self, CheckoutError::PatchProcess { .. })
+    }
+}
+
 /// Prepares `workdir` for a build: fetches `spec.repo` into it (cloning the first time),
 /// checks out the wanted commit with a detached HEAD, removes everything else, and applies the
-/// patch. Progress lines and, on failure, the error's full detail go to `log`. Blocking.
+/// patch with `patch_runner`. Progress lines and, on failure, the error's full detail go to
+/// `log`. Blocking.
 pub fn checkout(
     workdir: &Path,
     spec: &CheckoutSpec,
+    patch_runner: &PatchRunner,
     log: &mut dyn FnMut(&str),
 ) -> Result<CheckedOut, CheckoutError> {
-    let result = checkout_logged(workdir, spec, log);
+    let result = checkout_logged(workdir, spec, patch_runner, log);
     match &result {
         Ok(done) => {
             tracing::info!(workdir = %workdir.display(), revision = %done.revision, "checked out")
@@ -111,6 +155,7 @@ pub fn checkout(
 fn checkout_logged(
     workdir: &Path,
     spec: &CheckoutSpec,
+    patch_runner: &PatchRunner,
     log: &mut dyn FnMut(&str),
 ) -> Result<CheckedOut, CheckoutError> {
     let remote = Remote::new(&spec.repo);
@@ -145,21 +190,38 @@ fn checkout_logged(
         "checked out {} ({what}): {summary}",
         short_id(&target)
     ));
-    let patch = match spec.patch.as_deref() {
-        Some(patch) if !patch.is_empty() => patch,
-        _ => {
-            return Ok(CheckedOut {
-                revision: target.to_string(),
-                patched_files: Vec::new(),
-            });
+    let patched_files = match spec.patch.as_deref() {
+        Some(patch) if !patch.is_empty() => {
+            apply_patch(&repo, workdir, target, spec, patch, patch_runner, log)?
         }
+        _ => Vec::new(),
     };
-    let applied = match patch_apply::apply(&repo, workdir, patch, spec.patch_level) {
+    if spec.submodules {
+        update_submodules(workdir, &remote, log)?;
+    }
+    Ok(CheckedOut {
+        revision: target.to_string(),
+        patched_files,
+    })
+}
+
+/// Applies the try patch to the checked-out `target`; on a failure that may have written part
+/// of it, puts `target` back. Returns the files it touched.
+fn apply_patch(
+    repo: &Repository,
+    workdir: &Path,
+    target: Oid,
+    spec: &CheckoutSpec,
+    patch: &[u8],
+    patch_runner: &PatchRunner,
+    log: &mut dyn FnMut(&str),
+) -> Result<Vec<String>, CheckoutError> {
+    let applied = match patch_runner.apply(repo, workdir, patch, spec.patch_level) {
         Ok(applied) => applied,
         Err(err) => {
             // Only these can come after part of the patch was written; put the commit back.
-            if matches!(err, CheckoutError::Io { .. } | CheckoutError::Git(_))
-                && let Err(restore) = reset_tree(&repo, workdir, target, log)
+            if err.may_have_written()
+                && let Err(restore) = reset_tree(repo, workdir, target, log)
             {
                 log(&format!("cannot restore the checked-out tree: {restore}"));
             }
@@ -175,10 +237,34 @@ fn checkout_logged(
     for file in &applied.files {
         log(&format!("  {file}"));
     }
-    Ok(CheckedOut {
-        revision: target.to_string(),
-        patched_files: applied.files,
-    })
+    Ok(applied.files)
+}
+
+/// Checks out every submodule, recursively, at the pointer the index records (the patch step
+/// records changed pointers there). With the `git` command, for the same reasons as the fetch;
+/// file URLs are allowed because the builder's admin chose the repository and asked for its
+/// submodules, and a build runs the patch's code anyway.
+fn update_submodules(
+    workdir: &Path,
+    remote: &Remote<'_>,
+    log: &mut dyn FnMut(&str),
+) -> Result<(), CheckoutError> {
+    log("checking out submodules");
+    run_git(
+        workdir,
+        &[
+            "-c",
+            "protocol.file.allow=always",
+            "submodule",
+            "update",
+            "--init",
+            "--recursive",
+            "--force",
+        ],
+        remote,
+        log,
+    )
+    .map_err(|detail| CheckoutError::Submodules { detail })
 }
 
 fn short_id(id: &Oid) -> String {
@@ -273,7 +359,14 @@ fn run_git(
         .lines()
         .rfind(|line| !line.trim().is_empty())
         .unwrap_or("no message");
-    let command = args.iter().find(|arg| !arg.starts_with('-')).unwrap_or(&"");
+    // The subcommand: the first word that is neither an option nor the value of a `-c`.
+    let command = args
+        .iter()
+        .enumerate()
+        .find(|&(index, arg)| {
+            !arg.starts_with('-') && (index == 0 || args.get(index - 1) != Some(&"-c"))
+        })
+        .map_or("", |(_, arg)| *arg);
     Err(format!(
         "git {command} failed ({}): {}",
         output.status,
@@ -519,6 +612,7 @@ mod tests {
                 revision: None,
                 patch: None,
                 patch_level: 1,
+                submodules: false,
             }
         }
 
@@ -575,7 +669,7 @@ mod tests {
 
     fn run(workdir: &Path, spec: &CheckoutSpec) -> (Result<CheckedOut, CheckoutError>, String) {
         let mut lines = String::new();
-        let result = checkout(workdir, spec, &mut |line| {
+        let result = checkout(workdir, spec, &PatchRunner::InProcess, &mut |line| {
             lines.push_str(line);
             lines.push('\n');
         });

@@ -18,6 +18,9 @@ use git2::{ApplyOptions, Delta, Diff, ErrorClass, ErrorCode, FileMode, Repositor
 use super::git_headers::normalize_git_headers;
 use super::paths::check_path;
 use super::scan::Section;
+use super::tree_edits::{
+    add_new_paths, apply_gitlinks, checkout_paths, remove_old_paths, split_tree_edits,
+};
 use super::{Applied, FileList, cap, lossy, trim_eol};
 use crate::slave::checkout::CheckoutError;
 
@@ -35,21 +38,31 @@ pub(super) fn apply_git(
     for path in &header_paths {
         check_path(workdir, path, &no_links)?;
     }
+    let head_tree = repo.head()?.peel_to_tree()?;
+    // What libgit2 cannot apply, or applies wrongly, is applied by hand (see `tree_edits`).
+    let (normalized, edits) = split_tree_edits(repo, &normalized)?;
     let diff = Diff::from_buffer(&normalized).map_err(|err| {
         CheckoutError::BadPatch(format!("unreadable git diff: {}", err.message()))
     })?;
-    let new_links: HashSet<Vec<u8>> = diff
+    let (old_entries, base_tree) = remove_old_paths(repo, &head_tree, &edits)?;
+    let base_tree = repo.find_tree(base_tree)?;
+    let mut new_links: HashSet<Vec<u8>> = diff
         .deltas()
         .filter(|delta| delta.new_file().mode() == FileMode::Link)
         .filter_map(|delta| delta.new_file().path_bytes().map(<[u8]>::to_vec))
         .collect();
     let mut files = FileList::default();
+    for (edit, old_entry) in edits.iter().zip(&old_entries) {
+        files.push(edit.old_path.as_deref());
+        files.push(edit.new_path.as_deref());
+        let old_mode = old_entry.map(|(_, mode)| mode);
+        if let (Some(new), Some(0o120000)) = (&edit.new_path, edit.new_mode.or(old_mode)) {
+            new_links.insert(new.clone());
+        }
+    }
     for delta in diff.deltas() {
         let old = delta.old_file().path_bytes();
         let new = delta.new_file().path_bytes();
-        for path in [old, new].into_iter().flatten() {
-            check_path(workdir, path, &new_links)?;
-        }
         match delta.status() {
             Delta::Deleted => files.push(old.or(new)),
             Delta::Renamed => {
@@ -59,13 +72,67 @@ pub(super) fn apply_git(
             _ => files.push(new.or(old)),
         }
     }
+    let delta_paths = diff
+        .deltas()
+        .flat_map(|delta| [delta.old_file().path_bytes(), delta.new_file().path_bytes()])
+        .flatten();
+    let edit_paths = edits
+        .iter()
+        .flat_map(|edit| [edit.old_path.as_deref(), edit.new_path.as_deref()])
+        .flatten();
+    for path in delta_paths.chain(edit_paths) {
+        check_path(workdir, path, &new_links)?;
+    }
     if files.names.is_empty() {
         return Err(CheckoutError::BadPatch(
             "the git diff changes no file".into(),
         ));
     }
-    let head_tree = repo.head()?.peel_to_tree()?;
-    let mut postimage = match repo.apply_to_tree(&head_tree, &diff, None) {
+    let patched_tree = if diff.deltas().len() == 0 {
+        base_tree.clone()
+    } else {
+        apply_files(repo, &base_tree, &diff)?
+    };
+    let final_tree = repo.find_tree(add_new_paths(repo, &patched_tree, &edits, &old_entries)?)?;
+    let mut options = CheckoutBuilder::new();
+    // The index stays at HEAD, as after `git apply`: the build sees the patch as local changes.
+    // Submodule pointers are the exception: only the index can hold them.
+    options
+        .force()
+        .update_index(false)
+        .disable_pathspec_match(true);
+    let mut any_path = false;
+    for delta in diff.deltas() {
+        for path in [delta.old_file().path(), delta.new_file().path()]
+            .into_iter()
+            .flatten()
+        {
+            options.path(path);
+            any_path = true;
+        }
+    }
+    for path in checkout_paths(&head_tree, &final_tree, &edits) {
+        options.path(path);
+        any_path = true;
+    }
+    // With no path at all, a checkout would touch the whole tree.
+    if any_path {
+        repo.checkout_tree(final_tree.as_object(), Some(&mut options))?;
+    }
+    apply_gitlinks(repo, workdir, &head_tree, &final_tree, &edits)?;
+    Ok(Applied {
+        kind: "git diff".into(),
+        files: files.names,
+    })
+}
+
+/// The tree after the file changes of `diff`, in memory.
+fn apply_files<'r>(
+    repo: &'r Repository,
+    head_tree: &Tree<'r>,
+    diff: &Diff<'_>,
+) -> Result<Tree<'r>, CheckoutError> {
+    let mut postimage = match repo.apply_to_tree(head_tree, diff, None) {
         Ok(postimage) => postimage,
         // Anything else (a corrupt object, say) is not the patch's fault.
         Err(err) if err.code() != ErrorCode::ApplyFail && err.class() != ErrorClass::Patch => {
@@ -73,30 +140,11 @@ pub(super) fn apply_git(
         }
         Err(err) => {
             return Err(CheckoutError::PatchDoesNotApply {
-                detail: cap(describe_git_rejection(repo, &head_tree, &diff, &err)),
+                detail: cap(describe_git_rejection(repo, head_tree, diff, &err)),
             });
         }
     };
-    let patched_tree = repo.find_tree(postimage.write_tree_to(repo)?)?;
-    let mut options = CheckoutBuilder::new();
-    // The index stays at HEAD, as after `git apply`: the build sees the patch as local changes.
-    options
-        .force()
-        .update_index(false)
-        .disable_pathspec_match(true);
-    for delta in diff.deltas() {
-        for path in [delta.old_file().path(), delta.new_file().path()]
-            .into_iter()
-            .flatten()
-        {
-            options.path(path);
-        }
-    }
-    repo.checkout_tree(patched_tree.as_object(), Some(&mut options))?;
-    Ok(Applied {
-        kind: "git diff",
-        files: files.names,
-    })
+    Ok(repo.find_tree(postimage.write_tree_to(repo)?)?)
 }
 
 /// Says which file and hunk libgit2 rejected: each file is tried alone against the checked-out

@@ -4,7 +4,8 @@
 //! share. Not: fetching and checking out (the parent module `checkout`), validating patches on
 //! the master, nor the work of either engine, which lives in the child modules: `scan` finds the
 //! header lines, `paths` checks and quotes every path, `git_headers` rewrites git headers for
-//! libgit2, `git_diff` applies git diffs with libgit2 and `plain` applies plain diffs with diffy.
+//! libgit2, `git_diff` applies git diffs with libgit2 (`tree_edits` the hunk-less changes and the
+//! submodule pointers in them) and `plain` applies plain diffs with diffy.
 //!
 //! Two engines because neither does both: libgit2 knows renames, modes, symlinks and binary
 //! hunks but only reads git diffs; diffy reads what `diff -ruN` and other VCSs write. Both
@@ -16,6 +17,7 @@ mod git_headers;
 mod paths;
 mod plain;
 mod scan;
+mod tree_edits;
 
 use std::borrow::Cow;
 use std::collections::HashSet;
@@ -31,9 +33,9 @@ const MAX_DETAIL: usize = 64 * 1024;
 
 /// What applying a patch did.
 #[derive(Debug)]
-pub(super) struct Applied {
+pub(in crate::slave::checkout) struct Applied {
     /// Which engine applied it ("git diff" or "plain diff"), for the step log.
-    pub kind: &'static str,
+    pub kind: String,
     /// Every file created, changed, renamed (both names) or deleted, in patch order.
     pub files: Vec<String>,
 }
@@ -42,7 +44,7 @@ pub(super) struct Applied {
 /// of `repo`, which is `workdir` and holds exactly HEAD. On `UnsafePatchPath`,
 /// `PatchDoesNotApply` and `BadPatch` nothing was written; on `Io` and `Git` the caller
 /// restores the tree.
-pub(super) fn apply(
+pub(in crate::slave::checkout) fn apply(
     repo: &Repository,
     workdir: &Path,
     patch: &[u8],

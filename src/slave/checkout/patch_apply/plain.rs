@@ -112,7 +112,7 @@ pub(super) fn apply_plain(
     }
     staged.write()?;
     Ok(Applied {
-        kind: "plain diff",
+        kind: "plain diff".into(),
         files: names.names,
     })
 }
