@@ -49,7 +49,14 @@ pub async fn run(
         .iter()
         .map(|builder| (builder.name.clone(), builder.slaves.clone()))
         .collect();
-    let mut queue = Queue::new(pools);
+    let collapsing = control
+        .config
+        .builders
+        .iter()
+        .filter(|builder| builder.collapse_requests)
+        .map(|builder| builder.name.clone())
+        .collect();
+    let mut queue = Queue::new(pools, collapsing);
     let builds = TaskTracker::new();
     // Inputs that come from performing effects, handled before the next one from outside.
     let mut follow_ups = VecDeque::from([Input::Requests(pending)]);
@@ -146,6 +153,38 @@ fn perform(
                         builder,
                         request_id,
                         by: by.clone(),
+                    });
+                }
+            });
+            None
+        }
+        Effect::Collapsed {
+            into,
+            requests,
+            change_ids,
+        } => {
+            tracing::info!(into, merged = ?requests, "queued requests collapsed");
+            let control = Arc::clone(control);
+            builds.spawn(async move {
+                let ids: Vec<i64> = requests.iter().map(|(id, ..)| *id).collect();
+                let recorded = control
+                    .history
+                    .run(move |connection| {
+                        for id in ids {
+                            history::set_request_state(connection, id, RequestState::Cancelled)?;
+                        }
+                        history::changes::link_changes(connection, into, &change_ids)
+                    })
+                    .await;
+                if let Err(err) = recorded {
+                    tracing::error!("cannot record collapsed requests: {err}");
+                }
+                for (request_id, job_name, builder) in requests {
+                    control.events.publish(BuildEvent::RequestCancelled {
+                        job_name,
+                        builder,
+                        request_id,
+                        by: format!("collapsed into request {into}"),
                     });
                 }
             });

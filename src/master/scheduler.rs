@@ -6,9 +6,10 @@
 //! The queue owns which requests wait and which slave slot each running request occupies; the
 //! roster owns the connections themselves, the board the builds' progress.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
 use crate::master::history::StoredRequest;
+use crate::status::RequestKind;
 
 /// Everything that changes what the scheduler should do.
 #[derive(Debug, Clone, PartialEq)]
@@ -64,6 +65,13 @@ pub enum Effect {
         name: String,
         conn_id: u64,
     },
+    /// Queued requests were merged into request `into`, which builds all their changes.
+    Collapsed {
+        into: i64,
+        /// (request id, job name, builder) of each merged request.
+        requests: Vec<(i64, String, String)>,
+        change_ids: Vec<i64>,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,15 +91,18 @@ struct Assigned {
 pub struct Queue {
     /// Builder name → the slaves of its pool, in configuration order.
     pools: HashMap<String, Vec<String>>,
+    /// Builders whose queued scheduled requests for one branch collapse into the newest.
+    collapsing: HashSet<String>,
     pending: VecDeque<StoredRequest>,
     running: BTreeMap<i64, Assigned>,
     slaves: BTreeMap<String, Slot>,
 }
 
 impl Queue {
-    pub fn new(pools: HashMap<String, Vec<String>>) -> Queue {
+    pub fn new(pools: HashMap<String, Vec<String>>, collapsing: HashSet<String>) -> Queue {
         Queue {
             pools,
+            collapsing,
             ..Queue::default()
         }
     }
@@ -101,12 +112,16 @@ impl Queue {
         let mut effects = Vec::new();
         match input {
             Input::Requests(requests) => {
-                for request in requests {
+                for mut request in requests {
                     let known = self.running.contains_key(&request.id)
                         || self.pending.iter().any(|queued| queued.id == request.id);
-                    if !known {
-                        self.pending.push_back(request);
+                    if known {
+                        continue;
                     }
+                    if let Some(collapsed) = self.collapse_into(&mut request) {
+                        effects.push(collapsed);
+                    }
+                    self.pending.push_back(request);
                 }
             }
             Input::SlaveConnected {
@@ -152,6 +167,40 @@ impl Queue {
         }
         effects.extend(self.dispatch());
         effects
+    }
+
+    /// For a builder that collapses requests: the queued scheduled requests for the same branch
+    /// are dropped in favour of `newer`, which takes over their changes.
+    fn collapse_into(&mut self, newer: &mut StoredRequest) -> Option<Effect> {
+        if newer.kind != RequestKind::Scheduled || !self.collapsing.contains(&newer.builder) {
+            return None;
+        }
+        let same = |queued: &StoredRequest| {
+            queued.kind == RequestKind::Scheduled
+                && queued.builder == newer.builder
+                && queued.branch == newer.branch
+        };
+        let older: Vec<StoredRequest> = self.pending.iter().filter(|q| same(q)).cloned().collect();
+        if older.is_empty() {
+            return None;
+        }
+        self.pending.retain(|queued| !same(queued));
+        let mut change_ids: Vec<i64> = older
+            .iter()
+            .flat_map(|request| request.change_ids.iter().copied())
+            .collect();
+        change_ids.extend(newer.change_ids.iter().copied());
+        change_ids.sort_unstable();
+        change_ids.dedup();
+        newer.change_ids = change_ids.clone();
+        Some(Effect::Collapsed {
+            into: newer.id,
+            requests: older
+                .into_iter()
+                .map(|request| (request.id, request.job_name, request.builder))
+                .collect(),
+            change_ids,
+        })
     }
 
     /// Drops the pending requests that `chosen` picks.
@@ -262,7 +311,6 @@ impl Queue {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::status::RequestKind;
 
     fn request(id: i64, builder: &str, job_name: &str) -> StoredRequest {
         StoredRequest {
@@ -286,13 +334,16 @@ mod tests {
     }
 
     fn queue() -> Queue {
-        Queue::new(HashMap::from([
-            (
-                "linux".to_string(),
-                vec!["l1".to_string(), "l2".to_string()],
-            ),
-            ("mac".to_string(), vec!["m1".to_string()]),
-        ]))
+        Queue::new(
+            HashMap::from([
+                (
+                    "linux".to_string(),
+                    vec!["l1".to_string(), "l2".to_string()],
+                ),
+                ("mac".to_string(), vec!["m1".to_string()]),
+            ]),
+            HashSet::from(["mac".to_string()]),
+        )
     }
 
     fn connect(name: &str, conn_id: u64, capacity: usize) -> Input {
@@ -539,6 +590,57 @@ mod tests {
             }]
         );
         assert!(queue.pending_ids().is_empty());
+    }
+
+    fn scheduled(id: i64, builder: &str, branch: &str, changes: &[i64]) -> StoredRequest {
+        StoredRequest {
+            kind: RequestKind::Scheduled,
+            branch: Some(branch.into()),
+            change_ids: changes.to_vec(),
+            ..request(id, builder, &format!("job{id}"))
+        }
+    }
+
+    #[test]
+    fn a_collapsing_builder_keeps_the_newest_scheduled_request_per_branch() {
+        let mut queue = queue();
+        queue.apply(Input::Requests(vec![
+            scheduled(1, "mac", "main", &[10]),
+            scheduled(2, "mac", "release", &[11]),
+            request(3, "mac", "try-job"),
+        ]));
+        let effects = queue.apply(Input::Requests(vec![scheduled(4, "mac", "main", &[12])]));
+        assert_eq!(
+            effects,
+            vec![Effect::Collapsed {
+                into: 4,
+                requests: vec![(1, "job1".into(), "mac".into())],
+                change_ids: vec![10, 12],
+            }]
+        );
+        assert_eq!(
+            queue.pending_ids(),
+            vec![2, 3, 4],
+            "other branches and try jobs stay"
+        );
+        // linux does not collapse.
+        queue.apply(Input::Requests(vec![scheduled(5, "linux", "main", &[])]));
+        assert!(
+            queue
+                .apply(Input::Requests(vec![scheduled(6, "linux", "main", &[])]))
+                .is_empty()
+        );
+        assert_eq!(queue.pending_ids(), vec![2, 3, 4, 5, 6]);
+        queue.apply(connect("m1", 1, 1));
+        assert_eq!(queue.running.get(&2).map(|a| a.request.id), Some(2));
+        assert_eq!(
+            queue
+                .pending
+                .iter()
+                .find(|r| r.id == 4)
+                .map(|r| r.change_ids.clone()),
+            Some(vec![10, 12])
+        );
     }
 
     #[test]

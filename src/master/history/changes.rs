@@ -104,6 +104,21 @@ pub fn changes_of_request(
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
+/// Links more changes to a request (a collapsed request takes over the merged ones' changes).
+pub fn link_changes(
+    connection: &Connection,
+    request_id: i64,
+    change_ids: &[i64],
+) -> Result<(), HistoryError> {
+    for change_id in change_ids {
+        connection.execute(
+            "INSERT OR IGNORE INTO request_changes (request_id, change_id) VALUES (?1, ?2)",
+            params![request_id, change_id],
+        )?;
+    }
+    Ok(())
+}
+
 pub fn change_ids_of(connection: &Connection, request_id: i64) -> Result<Vec<i64>, HistoryError> {
     let mut statement = connection.prepare(
         "SELECT change_id FROM request_changes WHERE request_id = ?1 ORDER BY change_id",
