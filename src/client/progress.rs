@@ -61,6 +61,7 @@ impl Tracker {
             BuildEvent::RequestsQueued { .. }
             | BuildEvent::ChangeAdded { .. }
             | BuildEvent::RequestCancelled { .. }
+            | BuildEvent::WaitingForLock { .. }
             | BuildEvent::StepFinished { .. } => {}
         }
     }

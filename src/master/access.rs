@@ -19,6 +19,7 @@ pub enum Action {
     Rebuild,
     Cancel,
     SendChange,
+    PauseSlave,
 }
 
 impl fmt::Display for Action {
@@ -30,6 +31,7 @@ impl fmt::Display for Action {
             Action::Rebuild => "rebuild builds",
             Action::Cancel => "cancel build requests",
             Action::SendChange => "send changes",
+            Action::PauseSlave => "pause slaves",
         })
     }
 }

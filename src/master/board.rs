@@ -54,6 +54,7 @@ impl StopHandle {
 
 struct Entry {
     job_name: String,
+    request_id: i64,
     view: RunningBuild,
     stop: Arc<StopHandle>,
 }
@@ -72,17 +73,26 @@ pub struct Found {
 
 impl Board {
     /// Puts a build on the board; its owner calls [`Board::finish`] when it ends.
-    pub fn start(&self, job_name: &str, view: RunningBuild) -> Arc<StopHandle> {
+    pub fn start(&self, job_name: &str, request_id: i64, view: RunningBuild) -> Arc<StopHandle> {
         let stop = Arc::new(StopHandle::new());
         lock(&self.running).insert(
             (view.builder.clone(), view.number),
             Entry {
                 job_name: job_name.to_string(),
+                request_id,
                 view,
                 stop: Arc::clone(&stop),
             },
         );
         stop
+    }
+
+    /// The number of the running build of a request, if it has started.
+    pub fn number_of_request(&self, request_id: i64) -> Option<i64> {
+        lock(&self.running)
+            .values()
+            .find(|entry| entry.request_id == request_id)
+            .map(|entry| entry.view.number)
     }
 
     pub fn set_step(&self, builder: &str, number: i64, step: &str) {
@@ -158,7 +168,8 @@ mod tests {
     #[test]
     fn a_build_is_on_the_board_from_start_to_finish() {
         let board = Board::default();
-        let stop = board.start("job-1", view("linux", 3));
+        let stop = board.start("job-1", 7, view("linux", 3));
+        assert_eq!(board.number_of_request(7), Some(3));
         board.set_step("linux", 3, "test");
         assert_eq!(board.running("linux")[0].step.as_deref(), Some("test"));
         assert_eq!(board.stop_job("job-1", "alice", "enough"), 1);

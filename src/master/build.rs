@@ -19,7 +19,9 @@ use crate::master::config::{BuilderConfig, StepConfig};
 use crate::master::control::Control;
 use crate::master::history::{self, StoredRequest};
 use crate::master::interpolate::{self, InterpolationError};
+use crate::master::locks::LockUse;
 use crate::master::results::{FailurePolicy, expected_duration};
+use crate::master::scheduler::Input;
 use crate::master::slaves::{SlaveEvent, SlaveLink};
 use crate::proto::{CheckoutRequest, CommandRequest, ExitReport, Message, StreamKind};
 use crate::status::{BuildEvent, BuildResult, RequestKind, RunningBuild, unix_now};
@@ -49,6 +51,8 @@ enum StepKind {
 struct PlannedStep {
     name: String,
     kind: StepKind,
+    /// Taken all at once before the step runs, released when it ends.
+    locks: Vec<LockUse>,
 }
 
 /// What the steps of one build may know of it: its properties (the request's, and the
@@ -131,6 +135,7 @@ fn plan(
     let mut steps = vec![PlannedStep {
         name: "checkout".into(),
         kind: StepKind::Checkout(checkout),
+        locks: Vec::new(),
     }];
     for step in &builder.steps {
         steps.push(command_step(builder, step, &facts)?);
@@ -148,6 +153,7 @@ fn command_step(
     env.extend(step.env.iter().map(|(k, v)| (k.clone(), v.clone())));
     Ok(PlannedStep {
         name: step.name.clone(),
+        locks: step.locks.clone(),
         kind: StepKind::Command(
             CommandRequest {
                 builder: builder.name.clone(),
@@ -281,6 +287,7 @@ async fn begin(
         .map(|expected| expected.as_secs_f64());
     let stop = control.board.start(
         &request.job_name,
+        request.id,
         RunningBuild {
             builder: builder.name.clone(),
             number,
@@ -369,15 +376,27 @@ async fn run_steps(
             name: step.name.clone(),
         });
         let logs = StepLogs::new(log_dir.clone(), step_number, &step.name);
+        let locked = step.locks.is_empty()
+            || take_step_locks(control, request, started, &step, &link.name, shutdown).await;
         let outcome = if started.stop.token.is_cancelled() {
             let stop = started.stop.requested();
             StepOutcome::Interrupted {
                 by: stop.by,
                 reason: stop.reason,
             }
+        } else if !locked {
+            StepOutcome::MasterStopping
         } else {
             run_step(link, &step, logs, shutdown, &started.stop).await
         };
+        if !step.locks.is_empty() {
+            control
+                .scheduler_input(Input::ReleaseStepLocks {
+                    request_id: request.id,
+                    step: step.name.clone(),
+                })
+                .await;
+        }
         let verdict = judge(&step.kind, &outcome);
         ending.result = ending.result.max(verdict.contribution);
         ending.slave_lost |= matches!(
@@ -411,6 +430,42 @@ async fn run_steps(
         }
     }
     ending
+}
+
+/// How long a step may wait for its locks before the wait is announced.
+const LOCK_WAIT_ANNOUNCE: Duration = Duration::from_millis(200);
+
+/// Waits for a step's locks; false when the master stops first. A stop of the build ends the
+/// wait too (true: the caller sees the stop). The wait is announced once if it is not short.
+async fn take_step_locks(
+    control: &Arc<Control>,
+    request: &StoredRequest,
+    started: &Started,
+    step: &PlannedStep,
+    slave: &str,
+    shutdown: &CancellationToken,
+) -> bool {
+    let wait = control.step_locks(request.id, &step.name, slave, step.locks.clone());
+    tokio::pin!(wait);
+    let mut announced = false;
+    loop {
+        tokio::select! {
+            granted = &mut wait => return granted.is_some(),
+            _ = started.stop.token.cancelled() => return true,
+            _ = shutdown.cancelled() => return false,
+            _ = tokio::time::sleep(LOCK_WAIT_ANNOUNCE), if !announced => {
+                announced = true;
+                let lock = step.locks.iter().map(|lock_use| lock_use.lock.as_str()).collect::<Vec<_>>().join(", ");
+                control.events.publish(BuildEvent::WaitingForLock {
+                    job_name: request.job_name.clone(),
+                    builder: request.builder.clone(),
+                    number: Some(started.number),
+                    step: Some(step.name.clone()),
+                    lock,
+                });
+            }
+        }
+    }
 }
 
 /// What a step's outcome means: its own result, what it adds to the build's result, the

@@ -7,14 +7,16 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::master::build;
 use crate::master::control::{Control, Mail};
+use crate::master::control::{LockHolderView, LockStatus, LockWaiterView};
 use crate::master::history;
-use crate::master::scheduler::{Effect, Input, Queue};
+use crate::master::locks::LockTable;
+use crate::master::scheduler::{BuilderPolicy, Effect, Input, Queue};
 use crate::status::{BuildEvent, RequestState};
 
 /// How long a slave has to answer the ping before a build.
@@ -43,20 +45,27 @@ pub async fn run(
             "builds interrupted by a master restart are marked exception and queued again"
         );
     }
-    let pools: HashMap<String, Vec<String>> = control
+    let policies: HashMap<String, BuilderPolicy> = control
         .config
         .builders
         .iter()
-        .map(|builder| (builder.name.clone(), builder.slaves.clone()))
+        .map(|builder| {
+            let policy = BuilderPolicy {
+                pool: builder.slaves.clone(),
+                priority: builder.priority,
+                max_concurrent: builder.max_concurrent,
+                next_slave: builder.next_slave,
+                locks: builder.locks.clone(),
+                collapse: builder.collapse_requests,
+            };
+            (builder.name.clone(), policy)
+        })
         .collect();
-    let collapsing = control
-        .config
-        .builders
-        .iter()
-        .filter(|builder| builder.collapse_requests)
-        .map(|builder| builder.name.clone())
-        .collect();
-    let mut queue = Queue::new(pools, collapsing);
+    // Nothing held survives a restart: the table starts empty.
+    let locks = LockTable::new(control.config.locks.iter().cloned());
+    let mut queue = Queue::new(policies, locks, rand::random());
+    let mut lock_times = LockTimes::default();
+    let mut step_grants: HashMap<(i64, String), oneshot::Sender<()>> = HashMap::new();
     let builds = TaskTracker::new();
     // Inputs that come from performing effects, handled before the next one from outside.
     let mut follow_ups = VecDeque::from([Input::Requests(pending)]);
@@ -69,6 +78,10 @@ pub async fn run(
                     Some(Mail::Input(input)) => (input, None),
                     Some(Mail::CancelRequest { builder, request_id, by, reply }) => {
                         (Input::CancelRequest { builder, request_id, by }, Some((request_id, reply)))
+                    }
+                    Some(Mail::StepLocks { request_id, step, slave, uses, granted }) => {
+                        step_grants.insert((request_id, step.clone()), granted);
+                        (Input::StepLocks { request_id, step, slave, uses }, None)
                     }
                     None => break,
                 },
@@ -84,11 +97,37 @@ pub async fn run(
             let _ = reply.send(cancelled);
         }
         for effect in effects {
-            if let Some(follow_up) = perform(&control, effect, &builds, &shutdown) {
-                follow_ups.push_back(follow_up);
+            match effect {
+                Effect::StepLocksGranted { request_id, step } => {
+                    if let Some(granted) = step_grants.remove(&(request_id, step)) {
+                        // A build that stopped waiting releases the step's locks itself.
+                        let _ = granted.send(());
+                    }
+                }
+                Effect::WaitingForLock {
+                    job_name,
+                    builder,
+                    lock,
+                    ..
+                } => {
+                    control.events.publish(BuildEvent::WaitingForLock {
+                        job_name,
+                        builder,
+                        number: None,
+                        step: None,
+                        lock,
+                    });
+                }
+                effect => {
+                    if let Some(follow_up) = perform(&control, effect, &builds, &shutdown) {
+                        follow_ups.push_back(follow_up);
+                    }
+                }
             }
         }
+        step_grants.retain(|_, granted| !granted.is_closed());
         control.set_queued(queue.queued_per_builder());
+        control.set_locks(lock_times.view(&queue, &control));
     }
     builds.close();
     let _ = tokio::time::timeout(BUILDS_GRACE, builds.wait()).await;
@@ -194,5 +233,71 @@ fn perform(
             control.roster.close(&name, conn_id);
             None
         }
+        // Answered in the loop, which holds the waiting steps' channels.
+        Effect::StepLocksGranted { .. } | Effect::WaitingForLock { .. } => None,
+    }
+}
+
+/// When each lock hold was first seen, so pages can say "held since 2m10s".
+#[derive(Default)]
+struct LockTimes {
+    since: HashMap<(i64, Option<String>, String), f64>,
+}
+
+impl LockTimes {
+    fn view(&mut self, queue: &Queue, control: &Control) -> Vec<LockStatus> {
+        let now = crate::status::unix_now();
+        let holds = queue.locks().holds();
+        self.since.retain(|(request_id, step, lock), _| {
+            holds.iter().any(|hold| {
+                hold.holder.request_id == *request_id
+                    && &hold.holder.step == step
+                    && &hold.instance.lock == lock
+            })
+        });
+        let waiters = queue.lock_waiters();
+        let mut defs: Vec<_> = queue.locks().defs().collect();
+        defs.sort_by(|a, b| a.name.cmp(&b.name));
+        defs.into_iter()
+            .map(|def| LockStatus {
+                name: def.name.clone(),
+                kind: def.kind,
+                max_count: def.max_count,
+                holders: holds
+                    .iter()
+                    .filter(|hold| hold.instance.lock == def.name)
+                    .map(|hold| {
+                        let key = (
+                            hold.holder.request_id,
+                            hold.holder.step.clone(),
+                            def.name.clone(),
+                        );
+                        let since = *self.since.entry(key).or_insert(now);
+                        let (builder, slave) = queue
+                            .running_on(hold.holder.request_id)
+                            .map(|(builder, slave)| (builder.to_string(), Some(slave.to_string())))
+                            .unwrap_or_default();
+                        LockHolderView {
+                            request_id: hold.holder.request_id,
+                            number: control.board.number_of_request(hold.holder.request_id),
+                            builder,
+                            slave: hold.instance.slave.clone().or(slave),
+                            step: hold.holder.step.clone(),
+                            access: hold.access,
+                            since,
+                        }
+                    })
+                    .collect(),
+                waiters: waiters
+                    .iter()
+                    .filter(|(_, lock, _)| lock == &def.name)
+                    .map(|(request_id, _, step)| LockWaiterView {
+                        request_id: *request_id,
+                        builder: queue.builder_of(*request_id).unwrap_or_default(),
+                        step: step.clone(),
+                    })
+                    .collect(),
+            })
+            .collect()
     }
 }

@@ -3,13 +3,31 @@
 //! cancelled, close that connection). No I/O, no clock, no channels: every transition is a unit
 //! test. `master::executor` runs it and performs the effects.
 //!
-//! The queue owns which requests wait and which slave slot each running request occupies; the
-//! roster owns the connections themselves, the board the builds' progress.
+//! The queue owns which requests wait, which slave slot each running request occupies, which
+//! slaves are paused, and the lock table; the roster owns the connections themselves, the board
+//! the builds' progress.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
+use crate::master::config::NextSlave;
 use crate::master::history::StoredRequest;
+use crate::master::locks::{Holder, LockTable, LockUse};
 use crate::status::RequestKind;
+
+/// How the queue serves one builder.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BuilderPolicy {
+    /// The slaves of its pool, in configuration order.
+    pub pool: Vec<String>,
+    /// Higher is served first.
+    pub priority: i64,
+    pub max_concurrent: Option<usize>,
+    pub next_slave: NextSlave,
+    /// Taken all at once before a build starts.
+    pub locks: Vec<LockUse>,
+    /// Queued scheduled requests of one branch collapse into the newest.
+    pub collapse: bool,
+}
 
 /// Everything that changes what the scheduler should do.
 #[derive(Debug, Clone, PartialEq)]
@@ -36,6 +54,23 @@ pub enum Input {
         builder: String,
         request_id: i64,
         by: String,
+    },
+    /// A paused slave finishes its builds and takes no new ones.
+    PauseSlave {
+        name: String,
+        paused: bool,
+    },
+    /// A running build's step wants its locks (granted now, or when they are released).
+    StepLocks {
+        request_id: i64,
+        step: String,
+        slave: String,
+        uses: Vec<LockUse>,
+    },
+    /// A step's locks are released (or its wait is given up).
+    ReleaseStepLocks {
+        request_id: i64,
+        step: String,
     },
     /// A build (or the attempt to start it) ended.
     BuildEnded {
@@ -65,6 +100,18 @@ pub enum Effect {
         name: String,
         conn_id: u64,
     },
+    /// A step's locks were taken: it may run.
+    StepLocksGranted {
+        request_id: i64,
+        step: String,
+    },
+    /// A request waits for a lock (said once per request and lock).
+    WaitingForLock {
+        request_id: i64,
+        job_name: String,
+        builder: String,
+        lock: String,
+    },
     /// Queued requests were merged into request `into`, which builds all their changes.
     Collapsed {
         into: i64,
@@ -86,23 +133,38 @@ struct Assigned {
     slave: String,
 }
 
+/// A step waiting for its locks.
+#[derive(Debug, Clone, PartialEq)]
+struct StepWaiter {
+    holder: Holder,
+    slave: String,
+    uses: Vec<LockUse>,
+}
+
 /// The scheduler's state.
 #[derive(Debug, Default)]
 pub struct Queue {
-    /// Builder name → the slaves of its pool, in configuration order.
-    pools: HashMap<String, Vec<String>>,
-    /// Builders whose queued scheduled requests for one branch collapse into the newest.
-    collapsing: HashSet<String>,
+    builders: HashMap<String, BuilderPolicy>,
     pending: VecDeque<StoredRequest>,
     running: BTreeMap<i64, Assigned>,
     slaves: BTreeMap<String, Slot>,
+    paused: HashSet<String>,
+    locks: LockTable,
+    step_waiters: Vec<StepWaiter>,
+    /// (request, lock) pairs already announced as waiting.
+    announced: HashSet<(i64, String)>,
+    /// Where round-robin pools go on from, per builder.
+    round_robin: HashMap<String, usize>,
+    /// xorshift state for `next_slave = "random"`.
+    rng: u64,
 }
 
 impl Queue {
-    pub fn new(pools: HashMap<String, Vec<String>>, collapsing: HashSet<String>) -> Queue {
+    pub fn new(builders: HashMap<String, BuilderPolicy>, locks: LockTable, seed: u64) -> Queue {
         Queue {
-            pools,
-            collapsing,
+            builders,
+            locks,
+            rng: seed | 1,
             ..Queue::default()
         }
     }
@@ -145,11 +207,53 @@ impl Queue {
                     request.id == request_id && request.builder == builder
                 }));
             }
+            Input::PauseSlave { name, paused } => {
+                if paused {
+                    self.paused.insert(name);
+                } else {
+                    self.paused.remove(&name);
+                }
+            }
+            Input::StepLocks {
+                request_id,
+                step,
+                slave,
+                uses,
+            } => {
+                let holder = Holder {
+                    request_id,
+                    step: Some(step.clone()),
+                };
+                // Waiters are served in order: a newcomer does not overtake them.
+                if self.step_waiters.is_empty() && self.locks.acquire(&holder, &uses, &slave) {
+                    effects.push(Effect::StepLocksGranted { request_id, step });
+                } else {
+                    self.step_waiters.push(StepWaiter {
+                        holder,
+                        slave,
+                        uses,
+                    });
+                    effects.extend(self.grant_step_waiters());
+                }
+            }
+            Input::ReleaseStepLocks { request_id, step } => {
+                let holder = Holder {
+                    request_id,
+                    step: Some(step),
+                };
+                self.locks.release(&holder);
+                self.step_waiters.retain(|waiter| waiter.holder != holder);
+                effects.extend(self.grant_step_waiters());
+            }
             Input::BuildEnded {
                 request_id,
                 retry,
                 slave_unusable,
             } => {
+                self.locks.release_request(request_id);
+                self.step_waiters
+                    .retain(|waiter| waiter.holder.request_id != request_id);
+                effects.extend(self.grant_step_waiters());
                 if let Some(assigned) = self.running.remove(&request_id) {
                     if slave_unusable && let Some(slot) = self.slaves.get(&assigned.slave) {
                         effects.push(Effect::CloseSlave {
@@ -172,7 +276,11 @@ impl Queue {
     /// For a builder that collapses requests: the queued scheduled requests for the same branch
     /// are dropped in favour of `newer`, which takes over their changes.
     fn collapse_into(&mut self, newer: &mut StoredRequest) -> Option<Effect> {
-        if newer.kind != RequestKind::Scheduled || !self.collapsing.contains(&newer.builder) {
+        let collapse = self
+            .builders
+            .get(&newer.builder)
+            .is_some_and(|policy| policy.collapse);
+        if newer.kind != RequestKind::Scheduled || !collapse {
             return None;
         }
         let same = |queued: &StoredRequest| {
@@ -218,6 +326,8 @@ impl Queue {
             })
             .collect();
         self.pending.retain(|request| !chosen(request));
+        self.announced
+            .retain(|(id, _)| !requests.iter().any(|(cancelled, ..)| cancelled == id));
         (!requests.is_empty()).then_some(Effect::RecordCancelled { by, requests })
     }
 
@@ -238,41 +348,148 @@ impl Queue {
             .count()
     }
 
-    /// Each pending request, oldest first, goes to a slave of its builder's pool with a free
-    /// slot: the one with most free slots, then pool order.
+    /// Step waiters whose locks are free now, in the order they came.
+    fn grant_step_waiters(&mut self) -> Vec<Effect> {
+        let mut effects = Vec::new();
+        let mut index = 0;
+        while index < self.step_waiters.len() {
+            let waiter = self.step_waiters[index].clone();
+            if self
+                .locks
+                .acquire(&waiter.holder, &waiter.uses, &waiter.slave)
+            {
+                self.step_waiters.remove(index);
+                effects.push(Effect::StepLocksGranted {
+                    request_id: waiter.holder.request_id,
+                    step: waiter.holder.step.unwrap_or_default(),
+                });
+            } else {
+                index += 1;
+            }
+        }
+        effects
+    }
+
+    fn next_random(&mut self) -> u64 {
+        let mut x = self.rng;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.rng = x;
+        x
+    }
+
+    /// Hands out what can start now: pending requests in order of their builder's priority,
+    /// then their place in the queue, each to a free, unpaused slave of its pool on which its
+    /// build-level locks can all be had, chosen by the builder's `next_slave`. A request whose
+    /// locks are taken waits without holding a slave.
     fn dispatch(&mut self) -> Vec<Effect> {
         let mut free: BTreeMap<String, usize> = self
             .slaves
             .iter()
+            .filter(|(name, _)| !self.paused.contains(*name))
             .map(|(name, slot)| (name.clone(), slot.capacity.saturating_sub(self.busy(name))))
             .collect();
+        let mut order: Vec<usize> = (0..self.pending.len()).collect();
+        // A stable sort: equal priorities keep their queue order.
+        order.sort_by_key(|&index| {
+            std::cmp::Reverse(
+                self.builders
+                    .get(&self.pending[index].builder)
+                    .map_or(0, |policy| policy.priority),
+            )
+        });
         let mut effects = Vec::new();
-        let mut waiting = VecDeque::new();
-        while let Some(request) = self.pending.pop_front() {
-            let pool = self
-                .pools
-                .get(&request.builder)
-                .map(Vec::as_slice)
-                .unwrap_or(&[]);
-            let best = pool
+        let mut started: HashSet<usize> = HashSet::new();
+        for index in order {
+            let request = &self.pending[index];
+            let Some(policy) = self.builders.get(&request.builder).cloned() else {
+                continue;
+            };
+            if let Some(max) = policy.max_concurrent {
+                let running = self
+                    .running
+                    .values()
+                    .filter(|assigned| assigned.request.builder == request.builder)
+                    .count();
+                if running >= max {
+                    continue;
+                }
+            }
+            let candidates: Vec<(usize, String)> = policy
+                .pool
                 .iter()
                 .enumerate()
                 .filter(|(_, slave)| free.get(*slave).copied().unwrap_or(0) > 0)
-                .max_by_key(|(position, slave)| {
-                    (
-                        free.get(*slave).copied().unwrap_or(0),
-                        std::cmp::Reverse(*position),
-                    )
-                })
-                .map(|(_, slave)| slave.clone());
-            let Some(slave) = best else {
-                waiting.push_back(request);
+                .map(|(position, slave)| (position, slave.clone()))
+                .collect();
+            if candidates.is_empty() {
+                continue;
+            }
+            let lockable: Vec<(usize, String)> = candidates
+                .iter()
+                .filter(|(_, slave)| self.locks.blocker(&policy.locks, slave).is_none())
+                .cloned()
+                .collect();
+            if lockable.is_empty() {
+                if let Some(lock) = self.locks.blocker(&policy.locks, &candidates[0].1)
+                    && self.announced.insert((request.id, lock.clone()))
+                {
+                    effects.push(Effect::WaitingForLock {
+                        request_id: request.id,
+                        job_name: request.job_name.clone(),
+                        builder: request.builder.clone(),
+                        lock,
+                    });
+                }
+                continue;
+            }
+            let slave = match policy.next_slave {
+                NextSlave::LeastBusy => lockable
+                    .iter()
+                    .max_by_key(|(position, slave)| {
+                        (
+                            free.get(slave).copied().unwrap_or(0),
+                            std::cmp::Reverse(*position),
+                        )
+                    })
+                    .map(|(_, slave)| slave.clone()),
+                NextSlave::RoundRobin => {
+                    let from = self.round_robin.get(&request.builder).copied().unwrap_or(0);
+                    let chosen = lockable
+                        .iter()
+                        .find(|(position, _)| *position >= from)
+                        .or_else(|| lockable.first())
+                        .cloned();
+                    if let Some((position, _)) = &chosen {
+                        self.round_robin.insert(
+                            request.builder.clone(),
+                            (position + 1) % policy.pool.len().max(1),
+                        );
+                    }
+                    chosen.map(|(_, slave)| slave)
+                }
+                NextSlave::Random => {
+                    let pick = (self.next_random() % lockable.len() as u64) as usize;
+                    lockable.get(pick).map(|(_, slave)| slave.clone())
+                }
+            };
+            let Some(slave) = slave else {
                 continue;
             };
+            let request = self.pending[index].clone();
+            let holder = Holder {
+                request_id: request.id,
+                step: None,
+            };
+            if !self.locks.acquire(&holder, &policy.locks, &slave) {
+                continue;
+            }
             if let Some(slots) = free.get_mut(&slave) {
                 *slots -= 1;
             }
             let conn_id = self.slaves.get(&slave).map_or(0, |slot| slot.conn_id);
+            self.announced.retain(|(id, _)| *id != request.id);
             self.running.insert(
                 request.id,
                 Assigned {
@@ -280,14 +497,67 @@ impl Queue {
                     slave: slave.clone(),
                 },
             );
+            started.insert(index);
             effects.push(Effect::StartBuild {
                 request: Box::new(request),
                 slave,
                 conn_id,
             });
         }
-        self.pending = waiting;
+        let mut position = 0;
+        self.pending.retain(|_| {
+            let keep = !started.contains(&position);
+            position += 1;
+            keep
+        });
         effects
+    }
+
+    /// The lock table, for status pages.
+    pub fn locks(&self) -> &LockTable {
+        &self.locks
+    }
+
+    /// Requests waiting for a lock, as (request id, lock).
+    pub fn lock_waiters(&self) -> Vec<(i64, String, Option<String>)> {
+        let queued = self
+            .announced
+            .iter()
+            .map(|(id, lock)| (*id, lock.clone(), None));
+        let steps = self.step_waiters.iter().map(|waiter| {
+            let lock = waiter
+                .uses
+                .first()
+                .map(|lock_use| lock_use.lock.clone())
+                .unwrap_or_default();
+            (waiter.holder.request_id, lock, waiter.holder.step.clone())
+        });
+        queued.chain(steps).collect()
+    }
+
+    /// The builder of a queued or running request.
+    pub fn builder_of(&self, request_id: i64) -> Option<String> {
+        self.running
+            .get(&request_id)
+            .map(|assigned| assigned.request.builder.clone())
+            .or_else(|| {
+                self.pending
+                    .iter()
+                    .find(|request| request.id == request_id)
+                    .map(|request| request.builder.clone())
+            })
+    }
+
+    /// The paused slaves.
+    pub fn paused(&self) -> &HashSet<String> {
+        &self.paused
+    }
+
+    /// (builder, slave) of a running request.
+    pub fn running_on(&self, request_id: i64) -> Option<(&str, &str)> {
+        self.running
+            .get(&request_id)
+            .map(|assigned| (assigned.request.builder.as_str(), assigned.slave.as_str()))
     }
 
     /// The requests waiting, per builder, in the order they will be served.
@@ -311,6 +581,7 @@ impl Queue {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::master::locks::{Access, LockDef};
 
     fn request(id: i64, builder: &str, job_name: &str) -> StoredRequest {
         StoredRequest {
@@ -333,17 +604,75 @@ mod tests {
         }
     }
 
+    fn policy(pool: &[&str]) -> BuilderPolicy {
+        BuilderPolicy {
+            pool: pool.iter().map(ToString::to_string).collect(),
+            ..BuilderPolicy::default()
+        }
+    }
+
     fn queue() -> Queue {
+        let mac = BuilderPolicy {
+            collapse: true,
+            ..policy(&["m1"])
+        };
         Queue::new(
             HashMap::from([
-                (
-                    "linux".to_string(),
-                    vec!["l1".to_string(), "l2".to_string()],
-                ),
-                ("mac".to_string(), vec!["m1".to_string()]),
+                ("linux".to_string(), policy(&["l1", "l2"])),
+                ("mac".to_string(), mac),
             ]),
-            HashSet::from(["mac".to_string()]),
+            LockTable::default(),
+            7,
         )
+    }
+
+    fn lock_def(name: &str, kind: crate::master::locks::LockKind, max: usize) -> LockDef {
+        LockDef {
+            name: name.into(),
+            kind,
+            max_count: max,
+            max_count_for_slave: BTreeMap::new(),
+        }
+    }
+
+    fn uses(lock: &str, access: Access) -> Vec<LockUse> {
+        vec![LockUse {
+            lock: lock.into(),
+            access,
+        }]
+    }
+
+    /// Builders a, b (sharing slaves s1..s3) taking the master lock "db" as given.
+    fn locked_queue(a: Vec<LockUse>, b: Vec<LockUse>, db_max: usize) -> Queue {
+        let pool = ["s1", "s2", "s3"];
+        let mut queue = Queue::new(
+            HashMap::from([
+                (
+                    "a".to_string(),
+                    BuilderPolicy {
+                        locks: a,
+                        ..policy(&pool)
+                    },
+                ),
+                (
+                    "b".to_string(),
+                    BuilderPolicy {
+                        locks: b,
+                        ..policy(&pool)
+                    },
+                ),
+                ("free".to_string(), policy(&pool)),
+            ]),
+            LockTable::new([
+                lock_def("db", crate::master::locks::LockKind::Master, db_max),
+                lock_def("disk", crate::master::locks::LockKind::Slave, 1),
+            ]),
+            7,
+        );
+        for (conn, slave) in pool.iter().enumerate() {
+            queue.apply(connect(slave, conn as u64, 2));
+        }
+        queue
     }
 
     fn connect(name: &str, conn_id: u64, capacity: usize) -> Input {
@@ -641,6 +970,207 @@ mod tests {
                 .map(|r| r.change_ids.clone()),
             Some(vec![10, 12])
         );
+    }
+
+    #[test]
+    fn an_exclusive_build_lock_lets_one_build_run_and_the_waiter_holds_no_slave() {
+        let db = uses("db", Access::Exclusive);
+        let mut queue = locked_queue(db.clone(), db, 1);
+        let effects = queue.apply(Input::Requests(vec![
+            request(1, "a", "j1"),
+            request(2, "b", "j2"),
+            request(3, "free", "j3"),
+        ]));
+        assert_eq!(started(&effects).len(), 2, "a and free start: {effects:?}");
+        assert!(effects.iter().any(|effect| matches!(effect,
+            Effect::WaitingForLock { request_id: 2, lock, .. } if lock == "db")));
+        assert_eq!(queue.pending_ids(), vec![2]);
+        // The waiter is announced once, however often the queue is looked at again.
+        let again = queue.apply(Input::Requests(vec![]));
+        assert!(again.is_empty(), "{again:?}");
+        // When a's build ends, b gets the lock.
+        assert_eq!(started(&queue.apply(ended(1, false, false))).len(), 1);
+        assert!(queue.pending_ids().is_empty());
+        assert_eq!(queue.locks().holds()[0].holder.request_id, 2);
+    }
+
+    #[test]
+    fn a_counting_lock_admits_max_count_holders() {
+        let db = uses("db", Access::Counting);
+        let mut queue = locked_queue(db.clone(), db, 2);
+        let effects = queue.apply(Input::Requests(vec![
+            request(1, "a", "j"),
+            request(2, "a", "j"),
+            request(3, "b", "j"),
+        ]));
+        assert_eq!(started(&effects).len(), 2);
+        assert_eq!(queue.pending_ids(), vec![3]);
+        // A retried request gives its lock back too.
+        queue.apply(Input::SlaveLost {
+            name: "s1".into(),
+            conn_id: 0,
+        });
+        let effects = queue.apply(ended(1, true, false));
+        assert_eq!(started(&effects).len(), 1, "{effects:?}");
+        assert_eq!(queue.locks().holds().len(), 2);
+    }
+
+    #[test]
+    fn a_slave_lock_is_counted_per_slave() {
+        let disk = uses("disk", Access::Exclusive);
+        let mut queue = locked_queue(disk.clone(), disk, 1);
+        let effects = queue.apply(Input::Requests(
+            (1..=4).map(|id| request(id, "a", "j")).collect(),
+        ));
+        let slaves: HashSet<String> = started(&effects).into_iter().map(|(_, s)| s).collect();
+        assert_eq!(slaves.len(), 3, "one build per slave: {effects:?}");
+        assert_eq!(queue.pending_ids(), vec![4]);
+    }
+
+    #[test]
+    fn locks_taken_in_opposite_orders_never_deadlock() {
+        // Build-level sets are taken whole: whatever the order, one of them gets both.
+        let ab = vec![
+            LockUse {
+                lock: "db".into(),
+                access: Access::Exclusive,
+            },
+            LockUse {
+                lock: "disk".into(),
+                access: Access::Exclusive,
+            },
+        ];
+        let ba: Vec<LockUse> = ab.iter().rev().cloned().collect();
+        let mut queue = locked_queue(ab, ba, 1);
+        for round in 0..20 {
+            let first = round * 2 + 1;
+            let effects = queue.apply(Input::Requests(vec![
+                request(first, "a", "j"),
+                request(first + 1, "b", "j"),
+            ]));
+            let running = started(&effects);
+            assert_eq!(running.len(), 1, "round {round}: {effects:?}");
+            let waiting = if running[0].0 == first {
+                first + 1
+            } else {
+                first
+            };
+            let effects = queue.apply(ended(running[0].0, false, false));
+            assert_eq!(
+                started(&effects),
+                vec![(waiting, started(&effects)[0].1.clone())]
+            );
+            queue.apply(ended(waiting, false, false));
+            assert!(queue.locks().holds().is_empty());
+        }
+    }
+
+    #[test]
+    fn step_locks_are_granted_in_order_and_released_with_the_build() {
+        let mut queue = locked_queue(vec![], vec![], 1);
+        queue.apply(Input::Requests(vec![
+            request(1, "a", "j"),
+            request(2, "b", "j"),
+        ]));
+        let step = |request_id: i64| Input::StepLocks {
+            request_id,
+            step: "migrate".into(),
+            slave: "s1".into(),
+            uses: uses("db", Access::Exclusive),
+        };
+        assert_eq!(
+            queue.apply(step(1)),
+            vec![Effect::StepLocksGranted {
+                request_id: 1,
+                step: "migrate".into()
+            }]
+        );
+        assert!(queue.apply(step(2)).is_empty(), "2 waits");
+        // The build of 1 ends (stopped, slave lost...): its step lock goes to 2.
+        assert_eq!(
+            queue.apply(ended(1, false, false)),
+            vec![Effect::StepLocksGranted {
+                request_id: 2,
+                step: "migrate".into()
+            }]
+        );
+        queue.apply(Input::ReleaseStepLocks {
+            request_id: 2,
+            step: "migrate".into(),
+        });
+        assert!(queue.locks().holds().is_empty());
+    }
+
+    #[test]
+    fn priorities_go_first_and_max_concurrent_caps_a_builder() {
+        let mut queue = Queue::new(
+            HashMap::from([
+                ("low".to_string(), policy(&["s1"])),
+                (
+                    "high".to_string(),
+                    BuilderPolicy {
+                        priority: 10,
+                        max_concurrent: Some(1),
+                        ..policy(&["s1"])
+                    },
+                ),
+            ]),
+            LockTable::default(),
+            7,
+        );
+        queue.apply(Input::Requests(vec![
+            request(1, "low", "j"),
+            request(2, "high", "j"),
+            request(3, "high", "j"),
+        ]));
+        let effects = queue.apply(connect("s1", 1, 3));
+        let ids: Vec<i64> = started(&effects).into_iter().map(|(id, _)| id).collect();
+        assert_eq!(ids, vec![2, 1], "high first, but only one of it at a time");
+        assert_eq!(queue.pending_ids(), vec![3]);
+    }
+
+    #[test]
+    fn a_paused_slave_takes_no_new_build() {
+        let mut queue = queue();
+        queue.apply(connect("m1", 1, 1));
+        queue.apply(Input::PauseSlave {
+            name: "m1".into(),
+            paused: true,
+        });
+        assert!(
+            queue
+                .apply(Input::Requests(vec![request(1, "mac", "j")]))
+                .is_empty()
+        );
+        let effects = queue.apply(Input::PauseSlave {
+            name: "m1".into(),
+            paused: false,
+        });
+        assert_eq!(started(&effects), vec![(1, "m1".into())]);
+    }
+
+    #[test]
+    fn round_robin_takes_each_slave_in_turn() {
+        let mut queue = Queue::new(
+            HashMap::from([(
+                "a".to_string(),
+                BuilderPolicy {
+                    next_slave: NextSlave::RoundRobin,
+                    ..policy(&["s1", "s2", "s3"])
+                },
+            )]),
+            LockTable::default(),
+            7,
+        );
+        for (conn, slave) in ["s1", "s2", "s3"].iter().enumerate() {
+            queue.apply(connect(slave, conn as u64, 5));
+        }
+        let mut order = Vec::new();
+        for id in 1..=4 {
+            let effects = queue.apply(Input::Requests(vec![request(id, "a", "j")]));
+            order.extend(started(&effects).into_iter().map(|(_, slave)| slave));
+        }
+        assert_eq!(order, vec!["s1", "s2", "s3", "s1"]);
     }
 
     #[test]

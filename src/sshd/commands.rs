@@ -131,6 +131,20 @@ pub async fn run(
             Err(err) => refuse(&err, io).await,
         },
         ExecCommand::SendChange => send_change(ctx, user, io).await,
+        ExecCommand::PauseSlave { name, paused } => {
+            match ctx.control.pause_slave(user, &name, paused).await {
+                Ok(()) => {
+                    let what = if paused {
+                        "paused: it finishes its builds and takes no new ones"
+                    } else {
+                        "unpaused"
+                    };
+                    io.print(&format!("slave {name} {what}\n")).await;
+                    0
+                }
+                Err(err) => refuse(&err, io).await,
+            }
+        }
         ExecCommand::WebLogin => {
             let url = ctx.control.web_login(user);
             io.print(&format!(

@@ -50,6 +50,8 @@ pub enum ExecCommand {
     Cancel { builder: String, request_id: i64 },
     /// `sendchange`: one change as JSON on stdin.
     SendChange,
+    /// `pause-slave NAME` / `unpause-slave NAME`
+    PauseSlave { name: String, paused: bool },
     /// `web-login`
     WebLogin,
     /// `slave`: the RPC channel of a build slave.
@@ -135,6 +137,12 @@ enum Remote {
         request_id: i64,
     },
     Sendchange,
+    PauseSlave {
+        name: String,
+    },
+    UnpauseSlave {
+        name: String,
+    },
     WebLogin,
     Slave,
 }
@@ -288,6 +296,11 @@ fn from_remote(remote: Remote) -> ExecCommand {
             request_id,
         },
         Remote::Sendchange => ExecCommand::SendChange,
+        Remote::PauseSlave { name } => ExecCommand::PauseSlave { name, paused: true },
+        Remote::UnpauseSlave { name } => ExecCommand::PauseSlave {
+            name,
+            paused: false,
+        },
         Remote::WebLogin => ExecCommand::WebLogin,
         Remote::Slave => ExecCommand::Slave,
     }
@@ -380,6 +393,13 @@ mod tests {
         );
         assert_eq!(parse("web-login"), ExecCommand::WebLogin);
         assert_eq!(parse("sendchange"), ExecCommand::SendChange);
+        assert_eq!(
+            parse("unpause-slave s1"),
+            ExecCommand::PauseSlave {
+                name: "s1".into(),
+                paused: false
+            }
+        );
         assert_eq!(parse("slave"), ExecCommand::Slave);
         assert_eq!(
             parse("stop linux 7 --reason 'wrong branch'"),

@@ -21,6 +21,16 @@ pub enum BuildEvent {
         revision: String,
         who: Option<String>,
     },
+    /// A queued request (number none) or a running build's step waits for a lock.
+    WaitingForLock {
+        job_name: String,
+        builder: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        number: Option<i64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        step: Option<String>,
+        lock: String,
+    },
     /// A queued request was dropped before it was built.
     RequestCancelled {
         job_name: String,
@@ -72,6 +82,7 @@ impl BuildEvent {
             BuildEvent::ChangeAdded { .. } => "",
             BuildEvent::RequestsQueued { job_name, .. }
             | BuildEvent::RequestCancelled { job_name, .. }
+            | BuildEvent::WaitingForLock { job_name, .. }
             | BuildEvent::BuildStarted { job_name, .. }
             | BuildEvent::StepStarted { job_name, .. }
             | BuildEvent::StepFinished { job_name, .. }
@@ -90,6 +101,7 @@ impl BuildEvent {
                 builders: queued, ..
             } => queued.iter().any(|builder| builders.contains(builder)),
             BuildEvent::RequestCancelled { builder, .. }
+            | BuildEvent::WaitingForLock { builder, .. }
             | BuildEvent::BuildStarted { builder, .. }
             | BuildEvent::StepStarted { builder, .. }
             | BuildEvent::StepFinished { builder, .. }

@@ -28,6 +28,18 @@ pub fn describe_event(event: &BuildEvent) -> String {
                 None => format!("change {change_id} on {branch}: {short}"),
             }
         }
+        BuildEvent::WaitingForLock {
+            builder,
+            number,
+            step,
+            lock,
+            ..
+        } => match (number, step) {
+            (Some(number), Some(step)) => {
+                format!("{builder} #{number}: {step} waiting for lock {lock}")
+            }
+            _ => format!("{builder}: waiting for lock {lock}"),
+        },
         BuildEvent::RequestCancelled {
             builder,
             request_id,

@@ -176,3 +176,10 @@ pub async fn events(
     });
     Sse::new(stream).keep_alive(KeepAlive::default())
 }
+
+/// `/api/locks`: each lock with who holds it (since when) and who waits for it.
+pub async fn locks(
+    State(state): State<Arc<AppState>>,
+) -> Json<Vec<crate::master::control::LockStatus>> {
+    Json(state.control.locks())
+}

@@ -68,9 +68,9 @@ impl From<crate::master::history::HistoryError> for WebError {
 impl From<ControlError> for WebError {
     fn from(err: ControlError) -> Self {
         match err {
-            ControlError::NoSuchBuilder { .. } | ControlError::NoSuchBuild { .. } => {
-                WebError::NotFound(err.to_string())
-            }
+            ControlError::NoSuchBuilder { .. }
+            | ControlError::NoSuchBuild { .. }
+            | ControlError::NoSuchSlave { .. } => WebError::NotFound(err.to_string()),
             ControlError::NotRunning { .. }
             | ControlError::NotQueued { .. }
             | ControlError::Ambiguous { .. }
@@ -217,6 +217,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/changes", get(changes::page))
         .route("/api/changes", get(changes::api_changes))
         .route("/api/requests", get(changes::api_requests))
+        .route("/api/locks", get(api::locks))
         .route(
             "/builders/{builder}/builds/{number}/steps/{step}/logs/{stream}",
             get(logs::page),

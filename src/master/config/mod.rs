@@ -7,9 +7,10 @@
 //! `master.toml:LINE: message`. This module does not start anything and does not touch the
 //! spool, the SSH server or the network.
 
+mod locks;
 mod schedulers;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -21,6 +22,8 @@ use toml::Spanned;
 
 use crate::durations::parse_duration;
 
+pub use locks::NextSlave;
+use locks::{RawLock, RawLockUse};
 pub use schedulers::{ChangeSourceConfig, ChangesConfig, SchedulerConfig, SchedulerKind};
 use schedulers::{RawChangeSource, RawChanges, RawScheduler};
 
@@ -74,6 +77,7 @@ pub struct Config {
     pub schedulers: Vec<SchedulerConfig>,
     pub change_sources: Vec<ChangeSourceConfig>,
     pub changes: ChangesConfig,
+    pub locks: Vec<crate::master::locks::LockDef>,
 }
 
 #[derive(Debug, Clone)]
@@ -129,6 +133,13 @@ pub struct BuilderConfig {
     /// Check out the repository's submodules at the recorded pointers (default false: a slave
     /// never fetches submodule contents unless asked).
     pub submodules: bool,
+    /// Locks held for the whole build, taken all at once before it starts.
+    pub locks: Vec<crate::master::locks::LockUse>,
+    /// Higher is served first when builders share slaves (default 0).
+    pub priority: i64,
+    /// At most this many builds at once across the pool (default: no limit).
+    pub max_concurrent: Option<usize>,
+    pub next_slave: NextSlave,
 }
 
 #[derive(Debug, Clone)]
@@ -141,6 +152,8 @@ pub struct StepConfig {
     pub halt_on_failure: bool,
     pub flunk_on_failure: bool,
     pub warn_on_failure: bool,
+    /// Locks held for this step only, taken all at once before it runs.
+    pub locks: Vec<crate::master::locks::LockUse>,
 }
 
 // ---- the file as serde sees it -----------------------------------------------------------
@@ -162,6 +175,8 @@ struct RawConfig {
     schedulers: Vec<RawScheduler>,
     #[serde(default, rename = "change_source")]
     change_sources: Vec<RawChangeSource>,
+    #[serde(default, rename = "lock")]
+    locks: Vec<RawLock>,
     #[serde(default)]
     changes: Option<RawChanges>,
 }
@@ -234,6 +249,14 @@ struct RawBuilder {
     collapse_requests: Option<bool>,
     #[serde(default)]
     submodules: bool,
+    #[serde(default)]
+    locks: Vec<RawLockUse>,
+    #[serde(default)]
+    priority: Option<i64>,
+    #[serde(default)]
+    max_concurrent: Option<Spanned<usize>>,
+    #[serde(default)]
+    next_slave: Option<NextSlave>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -241,6 +264,8 @@ struct RawBuilder {
 struct RawStep {
     name: String,
     command: Spanned<String>,
+    #[serde(default)]
+    locks: Vec<RawLockUse>,
     #[serde(default)]
     workdir: Option<String>,
     #[serde(default)]
@@ -431,7 +456,13 @@ impl Checker<'_> {
             max_patch_bytes: None,
         });
         let slaves = self.slaves(&raw.slaves);
-        let builders = self.builders(&raw.builders, &raw.slaves);
+        let slave_names: HashSet<&str> = raw
+            .slaves
+            .iter()
+            .map(|s| s.name.get_ref().as_str())
+            .collect();
+        let locks = self.lock_defs(&raw.locks, &slave_names);
+        let builders = self.builders(&raw.builders, &raw.slaves, &locks);
         let builder_names: HashSet<&str> = raw
             .builders
             .iter()
@@ -469,6 +500,7 @@ impl Checker<'_> {
             schedulers,
             change_sources,
             changes,
+            locks,
         })
     }
 
@@ -561,7 +593,13 @@ impl Checker<'_> {
         }
     }
 
-    fn builders(&mut self, raw: &[RawBuilder], raw_slaves: &[RawSlave]) -> Vec<BuilderConfig> {
+    fn builders(
+        &mut self,
+        raw: &[RawBuilder],
+        raw_slaves: &[RawSlave],
+        lock_defs: &[crate::master::locks::LockDef],
+    ) -> Vec<BuilderConfig> {
+        let mut lock_levels = HashMap::new();
         let slave_names: HashSet<&str> = raw_slaves
             .iter()
             .map(|slave| slave.name.get_ref().as_str())
@@ -616,6 +654,7 @@ impl Checker<'_> {
                     halt_on_failure: step.halt_on_failure.unwrap_or(true),
                     flunk_on_failure: step.flunk_on_failure.unwrap_or(true),
                     warn_on_failure: step.warn_on_failure.unwrap_or(false),
+                    locks: self.lock_uses(&step.locks, lock_defs, "step", &mut lock_levels),
                 })
                 .collect();
             builders.push(BuilderConfig {
@@ -627,6 +666,17 @@ impl Checker<'_> {
                 retry_on_slave_lost: builder.retry_on_slave_lost.unwrap_or(true),
                 collapse_requests: builder.collapse_requests.unwrap_or(false),
                 submodules: builder.submodules,
+                locks: self.lock_uses(&builder.locks, lock_defs, "build", &mut lock_levels),
+                priority: builder.priority.unwrap_or(0),
+                max_concurrent: match &builder.max_concurrent {
+                    Some(count) if *count.get_ref() == 0 => {
+                        self.problem(count, "max_concurrent must be at least 1".into());
+                        None
+                    }
+                    Some(count) => Some(*count.get_ref()),
+                    None => None,
+                },
+                next_slave: builder.next_slave.unwrap_or_default(),
             });
         }
         builders
@@ -871,6 +921,47 @@ interval = "1h"
         assert!(
             found[4].starts_with("master.toml:38: a periodic scheduler needs a name"),
             "{found:#?}"
+        );
+    }
+
+    #[test]
+    fn locks_and_pool_settings_read_and_mixed_levels_are_refused() {
+        let text = base().replace(
+            "steps = [ { name = \"test\", command = \"make test\", timeout = \"20m\" } ]",
+            "steps = [ { name = \"test\", command = \"make test\", locks = [ { lock = \"disk\" } ] } ]\nlocks = [ { lock = \"db\", access = \"counting\" } ]\npriority = 5\nmax_concurrent = 2\nnext_slave = \"round_robin\"",
+        ) + r#"
+[[lock]]
+name = "db"
+kind = "master"
+max_count = 2
+[[lock]]
+name = "disk"
+kind = "slave"
+max_count_for_slave = { "s1" = 3 }
+"#;
+        let config = Config::from_toml(&text, Path::new("/m")).expect("valid");
+        let builder = &config.builders[0];
+        assert_eq!(
+            builder.locks[0].access,
+            crate::master::locks::Access::Counting
+        );
+        assert_eq!(builder.steps[0].locks[0].lock, "disk");
+        assert_eq!((builder.priority, builder.max_concurrent), (5, Some(2)));
+        assert_eq!(builder.next_slave, NextSlave::RoundRobin);
+        assert_eq!(config.locks.len(), 2);
+
+        let mixed = text.replace("lock = \"disk\" } ] } ]", "lock = \"db\" } ] } ]");
+        let found = problems(&mixed);
+        assert_eq!(found.len(), 1, "{found:#?}");
+        assert!(
+            found[0].contains("taken for whole builds and for single steps"),
+            "{found:#?}"
+        );
+        let unknown = text.replace("lock = \"disk\" } ]", "lock = \"nope\" } ]");
+        assert!(
+            problems(&unknown)[0].contains("lock \"nope\" is not defined"),
+            "{:?}",
+            problems(&unknown)
         );
     }
 }

@@ -47,6 +47,8 @@ pub enum ControlError {
     },
     #[error("{builder} is running {}; say which", numbers.iter().map(|n| format!("#{n}")).collect::<Vec<_>>().join(", "))]
     Ambiguous { builder: String, numbers: Vec<i64> },
+    #[error("no slave named '{name}'")]
+    NoSuchSlave { name: String },
     #[error("{builder} has no build #{number}")]
     NoSuchBuild { builder: String, number: i64 },
     #[error("{builder} has no queued request {request_id} (it may be building or done already)")]
@@ -101,6 +103,44 @@ pub enum Mail {
         by: String,
         reply: tokio::sync::oneshot::Sender<bool>,
     },
+    /// A running build's step wants its locks; `granted` fires when it has them.
+    StepLocks {
+        request_id: i64,
+        step: String,
+        slave: String,
+        uses: Vec<crate::master::locks::LockUse>,
+        granted: tokio::sync::oneshot::Sender<()>,
+    },
+}
+
+/// Who holds and who waits for each lock, as the scheduler executor last published it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LockStatus {
+    pub name: String,
+    pub kind: crate::master::locks::LockKind,
+    pub max_count: usize,
+    pub holders: Vec<LockHolderView>,
+    pub waiters: Vec<LockWaiterView>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LockHolderView {
+    pub request_id: i64,
+    pub builder: String,
+    /// The build's number, once it has one.
+    pub number: Option<i64>,
+    pub slave: Option<String>,
+    pub step: Option<String>,
+    pub access: crate::master::locks::Access,
+    /// Seconds since the unix epoch.
+    pub since: f64,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LockWaiterView {
+    pub request_id: i64,
+    pub builder: String,
+    pub step: Option<String>,
 }
 
 /// The answer to a stop.
@@ -125,6 +165,8 @@ pub struct Control {
     pub web_url: String,
     /// Where step logs are written: `logs/BUILDER/NUMBER/STEP-NAME.STREAM`.
     pub logs_dir: PathBuf,
+    /// The locks, as the scheduler executor last published them.
+    locks: Mutex<Vec<LockStatus>>,
     /// Requests waiting per builder, as the scheduler executor last published them.
     queued: Mutex<BTreeMap<String, Vec<i64>>>,
     /// Into the scheduler executor; bounded, so a flood of inputs slows their senders.
@@ -153,6 +195,7 @@ impl Control {
             sessions: Sessions::default(),
             web_url,
             queued: Mutex::new(BTreeMap::new()),
+            locks: Mutex::new(Vec::new()),
             scheduler,
             changes,
         }
@@ -188,6 +231,35 @@ impl Control {
 
     pub(crate) fn set_queued(&self, queued: BTreeMap<String, Vec<i64>>) {
         *lock(&self.queued) = queued;
+    }
+
+    pub(crate) fn set_locks(&self, locks: Vec<LockStatus>) {
+        *lock(&self.locks) = locks;
+    }
+
+    /// Who holds and who waits for each lock.
+    pub fn locks(&self) -> Vec<LockStatus> {
+        lock(&self.locks).clone()
+    }
+
+    /// Asks for a step's locks and waits until they are granted; none when the master stops.
+    pub(crate) async fn step_locks(
+        &self,
+        request_id: i64,
+        step: &str,
+        slave: &str,
+        uses: Vec<crate::master::locks::LockUse>,
+    ) -> Option<()> {
+        let (granted, answer) = tokio::sync::oneshot::channel();
+        let mail = Mail::StepLocks {
+            request_id,
+            step: step.to_string(),
+            slave: slave.to_string(),
+            uses,
+            granted,
+        };
+        self.scheduler.send(mail).await.ok()?;
+        answer.await.ok()
     }
 
     /// The ids of a builder's queued requests, in the order they will be served.

@@ -196,4 +196,26 @@ impl Control {
         .await;
         tracing::info!(job = %job_name, stopped, %by, "job cancelled");
     }
+
+    /// Pauses a slave (it finishes its builds and takes no new ones) or lets it work again.
+    pub async fn pause_slave(
+        &self,
+        account: &UnixAccount,
+        slave: &str,
+        paused: bool,
+    ) -> Result<(), ControlError> {
+        access::check(Action::PauseSlave, account, &self.config)?;
+        if self.config.slave(slave).is_none() {
+            return Err(ControlError::NoSuchSlave {
+                name: slave.to_string(),
+            });
+        }
+        self.scheduler_input(Input::PauseSlave {
+            name: slave.to_string(),
+            paused,
+        })
+        .await;
+        tracing::info!(user = %account.name, %slave, paused, "slave pause changed");
+        Ok(())
+    }
 }
