@@ -131,6 +131,11 @@ impl Renderer {
             StreamItem::Missed { count } => {
                 vec![format!("({count} events skipped: fell behind the master)")]
             }
+            StreamItem::Queued {
+                builder,
+                position,
+                starts_in_secs,
+            } => vec![text::describe_queued(&builder, position, starts_in_secs)],
             StreamItem::Status { snapshot, .. } => {
                 vec![
                     text::status_lines(&snapshot, crate::status::unix_now())

@@ -148,7 +148,7 @@ fn render(
                 true => line.clone(),
                 false => format!("({count} events skipped: this watcher fell behind)"),
             }),
-            StreamItem::Accepted { .. } => None,
+            StreamItem::Accepted { .. } | StreamItem::Queued { .. } => None,
         };
         if let Some(shown) = shown {
             let shown = shown.trim_end();

@@ -87,6 +87,14 @@ impl Board {
         stop
     }
 
+    /// How many builds run on `slave` now, of any builder.
+    pub fn running_on_slave(&self, slave: &str) -> usize {
+        lock(&self.running)
+            .values()
+            .filter(|entry| entry.view.slave == slave)
+            .count()
+    }
+
     /// The number of the running build of a request, if it has started.
     pub fn number_of_request(&self, request_id: i64) -> Option<i64> {
         lock(&self.running)

@@ -40,6 +40,42 @@ pub fn expected_duration(recent_successes: &[f64]) -> Option<Duration> {
     Some(Duration::from_secs_f64(durations[durations.len() / 2]))
 }
 
+/// When each of `queued` requests should start and finish, in seconds from now: slots free up
+/// at `slot_free_in` (0 for an idle slot, a running build's remaining time otherwise), and each
+/// build takes `expected`. None where there is nothing to go by (no slot, no expected duration
+/// for a wait behind a queued build).
+pub fn queue_estimates(
+    slot_free_in: &[f64],
+    expected: Option<f64>,
+    queued: usize,
+) -> Vec<Option<(f64, f64)>> {
+    let mut slots: Vec<f64> = slot_free_in.iter().map(|t| t.max(0.0)).collect();
+    let mut estimates = Vec::with_capacity(queued);
+    for _ in 0..queued {
+        let Some((index, start)) = slots
+            .iter()
+            .copied()
+            .enumerate()
+            .min_by(|a, b| a.1.total_cmp(&b.1))
+        else {
+            estimates.push(None);
+            continue;
+        };
+        match expected {
+            Some(duration) => {
+                slots[index] = start + duration;
+                estimates.push(Some((start, start + duration)));
+            }
+            None => {
+                // Without a duration only the first wait behind each slot is known.
+                estimates.push(Some((start, start)).filter(|_| start.is_finite()));
+                slots[index] = f64::INFINITY;
+            }
+        }
+    }
+    estimates
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -51,6 +87,25 @@ mod tests {
             Some(Duration::from_secs(20))
         );
         assert_eq!(expected_duration(&[]), None);
+    }
+
+    #[test]
+    fn queued_requests_start_as_slots_free_up() {
+        // Two slots: one idle, one free in 30 s; builds take 100 s.
+        let estimates = queue_estimates(&[0.0, 30.0], Some(100.0), 3);
+        assert_eq!(
+            estimates,
+            vec![
+                Some((0.0, 100.0)),
+                Some((30.0, 130.0)),
+                Some((100.0, 200.0))
+            ]
+        );
+        assert_eq!(queue_estimates(&[], Some(100.0), 1), vec![None]);
+        assert_eq!(
+            queue_estimates(&[20.0], None, 2),
+            vec![Some((20.0, 20.0)), None]
+        );
     }
 
     #[test]

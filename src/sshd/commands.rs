@@ -11,7 +11,7 @@ use crate::master::events::{Followed, Follower};
 use crate::master::sessions::LOGIN_TOKEN_LIFETIME;
 use crate::sshd::exec::{self, EXIT_UNKNOWN_COMMAND, EXIT_USAGE, ExecCommand, Resume};
 use crate::sshd::{Identity, SshdContext};
-use crate::status::{JobProgress, StreamItem, text, unix_now};
+use crate::status::{BuildEvent, JobProgress, StreamItem, text, unix_now};
 use crate::unix::accounts::UnixAccount;
 
 /// Runs `command` for `identity` and returns the exit status to send.
@@ -340,11 +340,18 @@ async fn wait_for_job(
             continue;
         }
         let done = progress.observe(&sequenced.event);
+        let queued_for = match &sequenced.event {
+            BuildEvent::RequestsQueued { builders, .. } => builders.clone(),
+            _ => Vec::new(),
+        };
         if json {
             io.print_json(&StreamItem::Event(sequenced)).await;
         } else {
             io.print(&format!("{}\n", text::describe_event(&sequenced.event)))
                 .await;
+        }
+        for builder in queued_for {
+            report_position(ctx, job_name, &builder, json, io).await;
         }
         if done {
             break;
@@ -355,6 +362,37 @@ async fn wait_for_job(
             .await;
     }
     if progress.all_good() { 0 } else { 1 }
+}
+
+/// Where the job's request stands in `builder`'s queue, when it has to wait at all.
+async fn report_position(
+    ctx: &SshdContext,
+    job_name: &str,
+    builder: &str,
+    json: bool,
+    io: &mut ExecIo<'_>,
+) {
+    let Ok(estimates) = ctx.control.queue_estimates(builder).await else {
+        return;
+    };
+    let request_of_job = ctx.control.request_ids_of_job(job_name, builder).await;
+    let Some(estimate) = estimates
+        .iter()
+        .find(|estimate| request_of_job.contains(&estimate.request_id))
+    else {
+        return;
+    };
+    if json {
+        io.print_json(&StreamItem::Queued {
+            builder: builder.to_string(),
+            position: estimate.position,
+            starts_in_secs: estimate.starts_in,
+        })
+        .await;
+    } else {
+        let line = text::describe_queued(builder, estimate.position, estimate.starts_in);
+        io.print(&format!("{line}\n")).await;
+    }
 }
 
 /// The status of the builders asked for (all when none are named), then with `follow` every

@@ -142,6 +142,13 @@ pub enum StreamItem {
         snapshot: StatusSnapshot,
     },
     Event(SequencedEvent),
+    /// Where the job's request stands in a builder's queue (after it was queued).
+    Queued {
+        builder: String,
+        position: usize,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        starts_in_secs: Option<f64>,
+    },
     /// Events the follower can no longer get: it fell behind, or asked to resume from further
     /// back than the master keeps.
     Missed {

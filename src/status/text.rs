@@ -94,6 +94,19 @@ pub fn describe_event(event: &BuildEvent) -> String {
     }
 }
 
+/// `queued: 3rd for linux, starts in ~4m10s`.
+pub fn describe_queued(builder: &str, position: usize, starts_in_secs: Option<f64>) -> String {
+    let position = crate::status::ordinal(position);
+    match starts_in_secs {
+        Some(secs) if secs >= 1.0 => format!(
+            "queued: {position} for {builder}, starts in ~{}",
+            format_eta(std::time::Duration::from_secs_f64(secs))
+        ),
+        Some(_) => format!("queued: {position} for {builder}, starts now"),
+        None => format!("queued: {position} for {builder}"),
+    }
+}
+
 /// `building #3 (test), ETA 1m05s` at `now` (seconds since the epoch).
 pub fn describe_running(build: &RunningBuild, now: f64) -> String {
     let step = build.step.as_deref().unwrap_or("starting");

@@ -30,6 +30,10 @@ pub struct QueuedView {
     pub branch: String,
     pub revision: String,
     pub submitted: String,
+    /// "~4m10s", "now", or empty when nothing is known; and in seconds for scripts.
+    pub starts_in: String,
+    pub starts_in_secs: Option<f64>,
+    pub finishes_in_secs: Option<f64>,
 }
 
 /// The queued requests of `builders`, each builder's in the scheduler's order.
@@ -37,10 +41,20 @@ pub async fn queue_views(
     state: &AppState,
     builders: &[String],
 ) -> Result<Vec<QueuedView>, WebError> {
-    let wanted: Vec<(String, Vec<i64>)> = builders
-        .iter()
-        .map(|builder| (builder.clone(), state.control.queued_ids(builder)))
-        .collect();
+    let mut wanted: Vec<(String, Vec<i64>)> = Vec::new();
+    let mut estimates = std::collections::HashMap::new();
+    for builder in builders {
+        let queued = state.control.queue_estimates(builder).await?;
+        wanted.push((
+            builder.clone(),
+            queued.iter().map(|estimate| estimate.request_id).collect(),
+        ));
+        estimates.extend(
+            queued
+                .into_iter()
+                .map(|estimate| (estimate.request_id, estimate)),
+        );
+    }
     let views = state
         .control
         .history
@@ -61,12 +75,30 @@ pub async fn queue_views(
                         branch: request.branch.unwrap_or_default(),
                         revision: request.baserev.unwrap_or_default(),
                         submitted: views::format_time(request.submitted_at),
+                        starts_in: String::new(),
+                        starts_in_secs: None,
+                        finishes_in_secs: None,
                     });
                 }
             }
             Ok(views)
         })
         .await?;
+    let mut views = views;
+    for view in &mut views {
+        if let Some(estimate) = estimates.get(&view.id) {
+            view.starts_in_secs = estimate.starts_in;
+            view.finishes_in_secs = estimate.finishes_in;
+            view.starts_in = match estimate.starts_in {
+                Some(secs) if secs >= 1.0 => format!(
+                    "~{}",
+                    crate::durations::format_eta(std::time::Duration::from_secs_f64(secs))
+                ),
+                Some(_) => "now".to_string(),
+                None => String::new(),
+            };
+        }
+    }
     Ok(views)
 }
 

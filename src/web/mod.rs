@@ -265,8 +265,10 @@ mod tests {
         let context = tera::Context::from_serialize(&serde_json::json!({
             "master_name": "m", "host_key": "SHA256:x", "user": "alice", "builders": [builder.clone()],
             "builder": builder, "builds": [build.clone()], "queue": [{"id": 4, "builder": "linux", "position": 1, "kind": "force", "why": "forced by alice: x",
-                "who": "alice", "branch": "main", "revision": "", "submitted": "now"}],
+                "who": "alice", "branch": "main", "revision": "", "submitted": "now", "starts_in": "~4m10s"}],
             "changes": [change], "can_force": true, "logged_in": true,
+            "locks": [{"name": "db", "holders": [{"builder": "deploy", "number": 12, "step": "migrate", "since": "2m10s"}],
+                "waiters": [{"request_id": 9, "builder": "linux", "step": null}]}],
             "build": build, "can_stop": true, "csrf": "token",
             "number": 3, "step": "test", "stream": "stdout", "size": 10, "shown": 5, "truncated": true, "more": 20,
             "running": true, "raw_url": "/raw", "text": "<b>output</b>",
@@ -306,6 +308,11 @@ mod tests {
             .render("builder.html", &context)
             .expect("builder page");
         assert!(builder_page.contains("id=\"force-form\""), "{builder_page}");
+        assert!(
+            builder_page
+                .contains("db: held by deploy #12 (migrate) since 2m10s; waiting: linux request 9"),
+            "{builder_page}"
+        );
         assert!(
             builder_page.contains("/builders/linux/requests/4/cancel"),
             "{builder_page}"

@@ -89,6 +89,7 @@ pub async fn builder(
     context.insert("builder", &builder);
     context.insert("queue", &queue);
     context.insert("can_force", &state.control.config.may_force(&name));
+    context.insert("locks", &views::lock_views(&state.control, &name));
     context.insert("logged_in", &session.is_some());
     context.insert("csrf", &session.map(|s| s.csrf).unwrap_or_default());
     Ok(Html(state.render("builder.html", &context)?))

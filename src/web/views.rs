@@ -281,3 +281,53 @@ pub fn builder_views(control: &Control) -> Vec<BuilderView> {
         })
         .collect()
 }
+
+/// A lock a builder takes, as its page shows it ("held by deploy #12 (migrate) since 2m10s").
+#[derive(Debug, Clone, Serialize)]
+pub struct LockView {
+    pub name: String,
+    pub holders: Vec<LockHolderLine>,
+    pub waiters: Vec<crate::master::control::LockWaiterView>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LockHolderLine {
+    pub builder: String,
+    pub number: Option<i64>,
+    pub step: Option<String>,
+    /// How long it has been held, as `2m10s`.
+    pub since: String,
+}
+
+/// The locks `builder` takes (at build or step level), with holders and waiters.
+pub fn lock_views(control: &Control, builder: &str) -> Vec<LockView> {
+    let Some(config) = control.config.builder(builder) else {
+        return Vec::new();
+    };
+    let used: Vec<&str> = config
+        .locks
+        .iter()
+        .chain(config.steps.iter().flat_map(|step| step.locks.iter()))
+        .map(|lock_use| lock_use.lock.as_str())
+        .collect();
+    let now = unix_now();
+    control
+        .locks()
+        .into_iter()
+        .filter(|lock| used.contains(&lock.name.as_str()))
+        .map(|lock| LockView {
+            name: lock.name,
+            holders: lock
+                .holders
+                .into_iter()
+                .map(|holder| LockHolderLine {
+                    builder: holder.builder,
+                    number: holder.number,
+                    step: holder.step,
+                    since: format_eta(Duration::from_secs_f64((now - holder.since).max(0.0))),
+                })
+                .collect(),
+            waiters: lock.waiters,
+        })
+        .collect()
+}

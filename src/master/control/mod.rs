@@ -113,6 +113,17 @@ pub enum Mail {
     },
 }
 
+/// Where a queued request stands in its builder's queue.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct QueueEstimate {
+    pub request_id: i64,
+    /// 1 = next.
+    pub position: usize,
+    /// Seconds from now, when there is anything to go by.
+    pub starts_in: Option<f64>,
+    pub finishes_in: Option<f64>,
+}
+
 /// Who holds and who waits for each lock, as the scheduler executor last published it.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct LockStatus {
@@ -260,6 +271,64 @@ impl Control {
         };
         self.scheduler.send(mail).await.ok()?;
         answer.await.ok()
+    }
+
+    /// Where each of a builder's queued requests stands: its position and when it should start
+    /// and finish (seconds from now), from the running builds' ETAs and recent durations.
+    pub async fn queue_estimates(&self, builder: &str) -> Result<Vec<QueueEstimate>, ControlError> {
+        let config = self.builder(builder)?;
+        let ids = self.queued_ids(builder);
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let name = builder.to_string();
+        let durations = self
+            .history
+            .run(move |connection| history::recent_success_durations(connection, &name, 10))
+            .await?;
+        let expected = crate::master::results::expected_duration(&durations)
+            .map(|duration| duration.as_secs_f64());
+        let now = crate::status::unix_now();
+        let connected = self.roster.snapshot();
+        let running = self.board.running(builder);
+        let mut slots = Vec::new();
+        for slave in config
+            .slaves
+            .iter()
+            .filter(|slave| connected.contains_key(*slave))
+        {
+            let capacity = self.config.slave(slave).map_or(1, |slave| slave.max_builds);
+            let busy = self.board.running_on_slave(slave);
+            slots.extend(std::iter::repeat_n(0.0, capacity.saturating_sub(busy)));
+        }
+        slots.extend(running.iter().map(|build| {
+            build
+                .eta_at(now)
+                .map_or(expected.unwrap_or(0.0), |eta| eta.as_secs_f64())
+        }));
+        let estimates = crate::master::results::queue_estimates(&slots, expected, ids.len());
+        Ok(ids
+            .into_iter()
+            .zip(estimates)
+            .enumerate()
+            .map(|(index, (request_id, estimate))| QueueEstimate {
+                request_id,
+                position: index + 1,
+                starts_in: estimate.map(|(start, _)| start),
+                finishes_in: estimate
+                    .filter(|_| expected.is_some())
+                    .map(|(_, finish)| finish),
+            })
+            .collect())
+    }
+
+    /// The ids of a job's requests for `builder`.
+    pub async fn request_ids_of_job(&self, job_name: &str, builder: &str) -> Vec<i64> {
+        let (job_name, builder) = (job_name.to_string(), builder.to_string());
+        self.history
+            .run(move |connection| history::request_ids_of_job(connection, &job_name, &builder))
+            .await
+            .unwrap_or_default()
     }
 
     /// The ids of a builder's queued requests, in the order they will be served.

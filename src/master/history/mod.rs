@@ -724,6 +724,18 @@ pub enum BuildKey<'a> {
     Id(i64),
 }
 
+/// The ids of a job's requests for one builder.
+pub fn request_ids_of_job(
+    connection: &Connection,
+    job_name: &str,
+    builder: &str,
+) -> Result<Vec<i64>, HistoryError> {
+    let mut statement =
+        connection.prepare("SELECT id FROM requests WHERE job_name = ?1 AND builder = ?2")?;
+    let rows = statement.query_map(params![job_name, builder], |row| row.get(0))?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
 /// One request by id, whatever its state.
 pub fn request_by_id(
     connection: &Connection,
