@@ -91,8 +91,17 @@ pub async fn run(
     spawn_component(&components, &shutdown, "sshd", {
         sshd::run(ssh_listener, host_key, sshd_ctx, SHUTDOWN_GRACE)
     });
+    let web_limits = crate::web::Limits {
+        max_connections: http_connection_cap(config.http.max_connections),
+        header_read_timeout: config.http.header_read_timeout,
+    };
     spawn_component(&components, &shutdown, "web", {
-        crate::web::run(http_listener, Arc::clone(&control), shutdown.clone())
+        crate::web::run(
+            http_listener,
+            Arc::clone(&control),
+            web_limits,
+            shutdown.clone(),
+        )
     });
     // Before the watcher claims anything new, so nothing is taken twice.
     let recovered = recover_claimed_jobs(&control, &spool).await?;
@@ -128,6 +137,57 @@ pub async fn run(
     components.wait().await;
     tracing::info!("master {} stopped", config.name);
     Ok(())
+}
+
+/// File descriptors kept out of the web server's reach: SSH connections (slaves, users and
+/// `max_startups` unauthenticated ones), log files, the database, the spool and inotify.
+const RESERVED_DESCRIPTORS: u64 = 256;
+/// The web server gets at least this many connections, whatever the limit says.
+const MIN_HTTP_CONNECTIONS: u64 = 16;
+/// The kernel's default `fs.nr_open`: the most a soft limit can be raised to when the hard
+/// limit is "unlimited".
+const NR_OPEN_DEFAULT: u64 = 1 << 20;
+
+/// Raises the soft RLIMIT_NOFILE to the hard one, then lowers `configured` so that HTTP
+/// connections can never use the descriptors SSH needs: a flood of idle HTTP connections must
+/// not make SSH accepts fail (issue #13).
+fn http_connection_cap(configured: usize) -> usize {
+    use nix::sys::resource::{RLIM_INFINITY, Resource, getrlimit, setrlimit};
+    let (mut soft, hard) = match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok(limits) => limits,
+        Err(err) => {
+            tracing::warn!(
+                "cannot read RLIMIT_NOFILE ({err}); [http] max_connections = {configured} unchecked"
+            );
+            return configured;
+        }
+    };
+    let target = if hard == RLIM_INFINITY {
+        NR_OPEN_DEFAULT
+    } else {
+        hard
+    };
+    if soft < target {
+        match setrlimit(Resource::RLIMIT_NOFILE, target, hard) {
+            Ok(()) => {
+                tracing::info!("raised the open-file limit from {soft} to {target}");
+                soft = target;
+            }
+            Err(err) => {
+                tracing::warn!("cannot raise the open-file limit from {soft} to {target}: {err}")
+            }
+        }
+    }
+    let room = soft
+        .saturating_sub(RESERVED_DESCRIPTORS)
+        .max(MIN_HTTP_CONNECTIONS);
+    let cap = (configured as u64).min(room) as usize;
+    if cap < configured {
+        tracing::warn!(
+            "[http] max_connections lowered from {configured} to {cap}: the open-file limit is {soft} and {RESERVED_DESCRIPTORS} stay free for SSH (raise LimitNOFILE)"
+        );
+    }
+    cap
 }
 
 /// Creates the spool's missing sub-directories and opens them, verified, once for the whole run.

@@ -94,16 +94,31 @@ impl EventLog {
     /// Follows from the event after `since` (a sequence number of this epoch): the kept ones
     /// first, then live ones. Events older than the ring are reported as missed.
     pub fn follow_since(&self, since: u64) -> Follower {
+        self.follow_since_at_most(since, KEPT_EVENTS)
+    }
+
+    /// As [`EventLog::follow_since`], but replays at most `max_replay` events (the newest);
+    /// older ones are reported as missed. A client on the open network asking for a replay from
+    /// long ago costs `max_replay` copies, not the whole ring.
+    pub fn follow_since_at_most(&self, since: u64, max_replay: usize) -> Follower {
         let kept = lock(&self.kept);
         let live = self.live.subscribe();
+        let newer = kept
+            .events
+            .iter()
+            .rev()
+            .take_while(|event| event.seq > since)
+            .count();
         let replay: VecDeque<SequencedEvent> = kept
             .events
             .iter()
-            .filter(|event| event.seq > since)
+            .skip(kept.events.len() - newer.min(max_replay))
             .cloned()
             .collect();
-        let first_kept = kept.events.front().map_or(kept.next_seq, |event| event.seq);
-        let missed_before = first_kept.saturating_sub(since + 1).min(kept.next_seq - 1);
+        let first_replayed = replay.front().map_or(kept.next_seq, |event| event.seq);
+        let missed_before = first_replayed
+            .saturating_sub(since + 1)
+            .min(kept.next_seq - 1);
         Follower {
             replay,
             missed_before,
@@ -213,6 +228,24 @@ mod tests {
         let mut follower = log.follow_since(5);
         assert_eq!(follower.next().await, Followed::Missed(5));
         assert_eq!(seq_of(follower.next().await), 11);
+    }
+
+    #[tokio::test]
+    async fn a_bounded_replay_hands_out_the_newest_and_reports_the_rest() {
+        let log = EventLog::new();
+        for _ in 0..100 {
+            log.publish(queued("x"));
+        }
+        let mut follower = log.follow_since_at_most(0, 10);
+        assert_eq!(follower.next().await, Followed::Missed(90));
+        assert_eq!(seq_of(follower.next().await), 91);
+        // Asking for less than the bound replays all of it.
+        let mut follower = log.follow_since_at_most(95, 10);
+        assert_eq!(seq_of(follower.next().await), 96);
+        // Nothing newer: nothing missed, nothing replayed.
+        let mut follower = log.follow_since_at_most(100, 10);
+        log.publish(queued("y"));
+        assert_eq!(seq_of(follower.next().await), 101);
     }
 
     #[tokio::test]

@@ -27,6 +27,11 @@ pub enum SubmitError {
     NoTryBuilders,
     #[error("cannot read the job: {0}")]
     Read(std::io::Error),
+    #[error(
+        "the job did not arrive within {} ([spool] upload_timeout); is the client stuck?",
+        crate::durations::format_eta(*.limit)
+    )]
+    UploadTimeout { limit: std::time::Duration },
     #[error("cannot write the job into the spool: {0}")]
     Spool(SpoolError),
 }

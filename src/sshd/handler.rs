@@ -15,9 +15,10 @@ use russh::server::{
     Auth, ChannelOpenHandle, Handler, Msg, PublicKeyOffer, Session, VerifiedPublicKey,
 };
 use russh::{Channel, ChannelId, MethodKind, MethodSet};
-use tokio::sync::{OwnedSemaphorePermit, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 
 use crate::sshd::session::ExecRequest;
+use crate::sshd::startups::StartupPermit;
 use crate::sshd::{AuthOutcome, Identity, SshdContext};
 
 /// Per-connection state. Created when the TCP connection is accepted.
@@ -25,12 +26,16 @@ pub struct ConnectionHandler {
     ctx: Arc<SshdContext>,
     peer: SocketAddr,
     identity: Option<Identity>,
-    /// Session channels opened but not yet given a command. Each one is either handed to a task
-    /// or dropped when the client closes it, so none stays undrained (russh trap #2).
-    idle_channels: HashMap<ChannelId, Channel<Msg>>,
+    /// Session channels opened but not yet given a command, each with its place among
+    /// `max_sessions`. Each one is either handed to a task (with its place) or dropped when the
+    /// client closes it, so none stays undrained (russh trap #2).
+    idle_channels: HashMap<ChannelId, (Channel<Msg>, OwnedSemaphorePermit)>,
+    /// The `max_sessions` places of this connection; a channel's task holds its place until
+    /// the channel is done.
+    sessions: Arc<Semaphore>,
     /// Holds one of the `max_startups` places for unauthenticated connections; released on
     /// successful authentication or when the connection ends.
-    startup_permit: Option<OwnedSemaphorePermit>,
+    startup_permit: Option<StartupPermit>,
     /// Tells the connection's owner that login succeeded, which stops the login-grace timer.
     authenticated_tx: Option<oneshot::Sender<()>>,
     offered_keys: usize,
@@ -40,14 +45,16 @@ impl ConnectionHandler {
     pub fn new(
         ctx: Arc<SshdContext>,
         peer: SocketAddr,
-        startup_permit: OwnedSemaphorePermit,
+        startup_permit: StartupPermit,
         authenticated_tx: oneshot::Sender<()>,
     ) -> ConnectionHandler {
+        let sessions = Arc::new(Semaphore::new(ctx.config.sshd.max_sessions));
         ConnectionHandler {
             ctx,
             peer,
             identity: None,
             idle_channels: HashMap::new(),
+            sessions,
             startup_permit: Some(startup_permit),
             authenticated_tx: Some(authenticated_tx),
             offered_keys: 0,
@@ -80,7 +87,7 @@ impl ConnectionHandler {
     }
 
     fn start(&mut self, channel_id: ChannelId, request: ExecRequest, session: &mut Session) {
-        let Some(channel) = self.idle_channels.remove(&channel_id) else {
+        let Some((channel, place)) = self.idle_channels.remove(&channel_id) else {
             // A second request on a channel that already runs something.
             let _ = session.channel_failure(channel_id);
             return;
@@ -90,7 +97,14 @@ impl ConnectionHandler {
             return;
         };
         let _ = session.channel_success(channel_id);
-        crate::sshd::session::spawn(Arc::clone(&self.ctx), channel, identity, self.peer, request);
+        crate::sshd::session::spawn(
+            Arc::clone(&self.ctx),
+            channel,
+            place,
+            identity,
+            self.peer,
+            request,
+        );
     }
 }
 
@@ -174,7 +188,16 @@ impl Handler for ConnectionHandler {
                 .await;
             return Ok(());
         }
-        self.idle_channels.insert(channel.id(), channel);
+        // A connection may hold only so many channels: each one is a task, buffers and, for
+        // `watch --follow`, a follower of the event log.
+        let Ok(place) = Arc::clone(&self.sessions).try_acquire_owned() else {
+            tracing::warn!(peer = %self.peer, "refused a channel: {} already open on this connection (max_sessions)", self.ctx.config.sshd.max_sessions);
+            reply
+                .reject(russh::ChannelOpenFailure::ResourceShortage)
+                .await;
+            return Ok(());
+        };
+        self.idle_channels.insert(channel.id(), (channel, place));
         reply.accept().await;
         Ok(())
     }

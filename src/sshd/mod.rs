@@ -14,6 +14,7 @@ pub mod exec;
 mod handler;
 pub mod keystore;
 mod session;
+mod startups;
 pub mod strict_modes;
 
 use std::net::{IpAddr, SocketAddr};
@@ -25,7 +26,7 @@ use anyhow::Context;
 use russh::keys::{PrivateKey, PublicKey};
 use russh::{MethodKind, MethodSet};
 use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, oneshot};
+use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -240,7 +241,10 @@ pub async fn run(
     grace: Duration,
 ) -> anyhow::Result<()> {
     let russh_config = Arc::new(russh_config(&ctx.config, host_key));
-    let startups = Arc::new(Semaphore::new(ctx.config.sshd.max_startups));
+    let startups = startups::Startups::new(
+        ctx.config.sshd.max_startups,
+        ctx.config.sshd.max_startups_per_source,
+    );
     let connections = TaskTracker::new();
     loop {
         let (stream, peer) = tokio::select! {
@@ -255,10 +259,13 @@ pub async fn run(
                 }
             },
         };
-        let Ok(permit) = Arc::clone(&startups).try_acquire_owned() else {
-            tracing::warn!(%peer, "dropped connection: {} unauthenticated connections already (max_startups)", ctx.config.sshd.max_startups);
-            drop(stream);
-            continue;
+        let permit = match startups.admit(peer.ip()) {
+            Ok(permit) => permit,
+            Err(refusal) => {
+                tracing::warn!(%peer, "dropped connection: {refusal}");
+                drop(stream);
+                continue;
+            }
         };
         let ctx = Arc::clone(&ctx);
         let russh_config = Arc::clone(&russh_config);
@@ -281,7 +288,7 @@ pub async fn run(
 async fn serve_connection(
     stream: tokio::net::TcpStream,
     peer: SocketAddr,
-    permit: tokio::sync::OwnedSemaphorePermit,
+    permit: startups::StartupPermit,
     russh_config: Arc<russh::server::Config>,
     ctx: Arc<SshdContext>,
 ) {

@@ -64,10 +64,12 @@ async fn pump_stdin(
 /// Exit status when the master stops while a command runs.
 const EXIT_SHUTTING_DOWN: u32 = 255;
 
-/// Hands the channel to a task tracked by `ctx.tasks`.
+/// Hands the channel to a task tracked by `ctx.tasks`, which holds the channel's `place`
+/// among the connection's `max_sessions` until the channel is done.
 pub fn spawn(
     ctx: Arc<SshdContext>,
     channel: Channel<Msg>,
+    place: tokio::sync::OwnedSemaphorePermit,
     identity: Identity,
     peer: SocketAddr,
     request: ExecRequest,
@@ -75,6 +77,8 @@ pub fn spawn(
     let tasks = ctx.tasks.clone();
     tasks.spawn(async move {
         run(ctx, channel, identity, peer, request).await;
+        // The connection's `max_sessions` place is free once the channel is done.
+        drop(place);
     });
 }
 

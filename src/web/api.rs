@@ -140,12 +140,19 @@ pub async fn slaves(State(state): State<Arc<AppState>>) -> Json<Vec<SlaveRow>> {
     Json(slave_rows(&state))
 }
 
+/// The most events one SSE client is replayed when it resumes; anyone may connect, and each
+/// replayed event is a copy held for that client.
+pub const SSE_MAX_REPLAY: usize = 256;
+
 #[derive(serde::Deserialize)]
 pub struct EventsQuery {
     since: Option<u64>,
 }
 
 /// Server-sent events: every build event as JSON, with its sequence number as the event id.
+/// A resume replays at most [`SSE_MAX_REPLAY`] events; what it cannot have comes first as one
+/// `missed` event whose data is the count, so a client knows to reload instead of trusting a
+/// gapless history.
 pub async fn events(
     State(state): State<Arc<AppState>>,
     Query(query): Query<EventsQuery>,
@@ -157,22 +164,22 @@ pub async fn events(
         .and_then(|value| value.parse::<u64>().ok())
         .or(query.since);
     let follower = match last_seen {
-        Some(seq) => state.control.events.follow_since(seq),
+        Some(seq) => state
+            .control
+            .events
+            .follow_since_at_most(seq, SSE_MAX_REPLAY),
         None => state.control.events.follow(),
     };
     let stream = futures_util::stream::unfold(follower, |mut follower| async move {
-        loop {
-            match follower.next().await {
-                Followed::Event(event) => {
-                    let data = serde_json::to_string(&event).unwrap_or_else(|_| "{}".into());
-                    let sse = Event::default().id(event.seq.to_string()).data(data);
-                    return Some((Ok(sse), follower));
-                }
-                // A browser that fell behind reloads what it shows on the next event anyway.
-                Followed::Missed(_) => continue,
-                Followed::Closed => return None,
+        let sse = match follower.next().await {
+            Followed::Event(event) => {
+                let data = serde_json::to_string(&event).unwrap_or_else(|_| "{}".into());
+                Event::default().id(event.seq.to_string()).data(data)
             }
-        }
+            Followed::Missed(count) => Event::default().event("missed").data(count.to_string()),
+            Followed::Closed => return None,
+        };
+        Some((Ok(sse), follower))
     });
     Sse::new(stream).keep_alive(KeepAlive::default())
 }

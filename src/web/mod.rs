@@ -9,9 +9,9 @@ mod auth;
 mod changes;
 mod logs;
 mod pages;
+mod serve;
 pub mod views;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context as _;
@@ -173,20 +173,20 @@ impl AppState {
     }
 }
 
-/// Serves HTTP on `listener` until `shutdown` is cancelled.
+pub use serve::Limits;
+
+/// Serves HTTP on `listener` until `shutdown` is cancelled, under `limits` (the caller lowers
+/// `[http] max_connections` when the process has fewer descriptors to spare).
 pub async fn run(
     listener: TcpListener,
     control: Arc<Control>,
+    limits: Limits,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let app = router(Arc::new(AppState::new(control)?));
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move { shutdown.cancelled().await })
-    .await
-    .context("the web server failed")
+    serve::serve(listener, app, limits, shutdown)
+        .await
+        .context("the web server failed")
 }
 
 pub fn router(state: Arc<AppState>) -> Router {

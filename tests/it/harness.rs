@@ -75,6 +75,7 @@ pub struct TestMaster {
     pub keys_dir: TempDir,
     /// The directories of the slaves made by `create-slave` for this master.
     pub slaves_dir: TempDir,
+    open_file_limit: Option<u64>,
 }
 
 pub struct MasterSetup {
@@ -85,6 +86,9 @@ pub struct MasterSetup {
     pub allow_root: bool,
     /// (old, new) replacements applied to the generated master.toml, e.g. to change a setting.
     pub edits: Vec<(&'static str, &'static str)>,
+    /// RLIMIT_NOFILE (soft and hard) the master process starts with, to run it short of file
+    /// descriptors.
+    pub open_file_limit: Option<u64>,
 }
 
 impl MasterSetup {
@@ -139,6 +143,7 @@ impl Default for MasterSetup {
             extra_config: String::new(),
             allow_root: true,
             edits: Vec::new(),
+            open_file_limit: None,
         }
     }
 }
@@ -229,6 +234,7 @@ impl TestMaster {
             user_key,
             keys_dir,
             slaves_dir,
+            open_file_limit: setup.open_file_limit,
         };
         master.authorize(&current_user(), &master.user_key.public_line);
         master.launched()
@@ -240,7 +246,23 @@ impl TestMaster {
             .append(true)
             .open(&self.log_path)
             .expect("log file");
-        let mut child = Command::new(BIN)
+        let mut command = Command::new(BIN);
+        if let Some(limit) = self.open_file_limit {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: runs between fork and exec; setrlimit(2) is async-signal-safe and the
+            // closure allocates nothing.
+            unsafe {
+                command.pre_exec(move || {
+                    nix::sys::resource::setrlimit(
+                        nix::sys::resource::Resource::RLIMIT_NOFILE,
+                        limit,
+                        limit,
+                    )
+                    .map_err(std::io::Error::from)
+                });
+            }
+        }
+        let mut child = command
             .arg("master")
             .arg(self.dir.path())
             .env("RUST_LOG", "debug,russh=info")

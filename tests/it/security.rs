@@ -1,15 +1,20 @@
 //! The attacks of issue #13, each as a regression test against a real master, run as root with
 //! throwaway unix users and groups: key files sshd's StrictModes would not trust, key files
 //! that hang or exhaust the reader, and a spool whose directories a try-group member swaps for
-//! symlinks. Each test also shows the honest case working, so a refusal is not an accident.
+//! symlinks; listeners flooded with slow, idle or unauthenticated connections, uploads that
+//! stall, and connections that open channel after channel. Each test also shows the honest
+//! case working, so a refusal is not an accident.
 
+use std::io::{Read, Write};
+use std::net::TcpStream;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::harness::{
-    BIN, MasterSetup, PATIENCE, TempAccount, TestKey, TestMaster, current_user, http_client,
+    BIN, MasterSetup, PATIENCE, SLACK, TempAccount, TestKey, TestMaster, current_user, http_client,
     output_with_deadline, run_with_timeout, text, wait_until,
 };
 use crate::repo::Checkout;
@@ -329,5 +334,314 @@ fn create_master_with_a_try_group_makes_the_spool_setgid_and_sticky() {
         text(&output.stderr).contains("no such group: no-such-group-here"),
         "{}",
         text(&output.stderr)
+    );
+}
+
+// ---- listener limits (#13 parts 4 and 5) ----------------------------------------------------
+
+/// Reads from `stream` until the server closes it (EOF or reset), writing `trickle` every
+/// 200 ms meanwhile; returns how long that took, or None if it was still open after PATIENCE.
+fn wait_closed_by_server(stream: &mut TcpStream, trickle: Option<&[u8]>) -> Option<Duration> {
+    let started = Instant::now();
+    stream
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .expect("read timeout");
+    let mut buf = [0u8; 4096];
+    while started.elapsed() < PATIENCE {
+        match stream.read(&mut buf) {
+            Ok(0) => return Some(started.elapsed()),
+            Ok(_) => continue,
+            Err(err)
+                if matches!(
+                    err.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                if let Some(bytes) = trickle
+                    && stream.write_all(bytes).is_err()
+                {
+                    return Some(started.elapsed());
+                }
+            }
+            Err(_) => return Some(started.elapsed()),
+        }
+    }
+    None
+}
+
+#[test]
+fn a_slowloris_client_is_cut_off_after_the_header_timeout() {
+    let master = TestMaster::start_with(MasterSetup {
+        edits: vec![(
+            "# header_read_timeout = \"30s\"",
+            "header_read_timeout = \"1s\"",
+        )],
+        ..MasterSetup::default()
+    });
+    let timeout = Duration::from_secs(1);
+    let addr = format!("127.0.0.1:{}", master.http_port);
+
+    // Headers sent a line every 200 ms never finish: the connection is cut at the timeout.
+    let mut slow = TcpStream::connect(&addr).expect("connect");
+    slow.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n")
+        .expect("request line");
+    let took = wait_closed_by_server(&mut slow, Some(b"X-Slow: 1\r\n"))
+        .unwrap_or_else(|| panic!("a slowloris connection stayed open for {PATIENCE:?}"));
+    println!("a slowloris connection was cut after {took:?} (header_read_timeout {timeout:?})");
+    assert!(
+        took + Duration::from_millis(300) >= timeout,
+        "cut too early: {took:?}"
+    );
+    assert!(took < timeout + SLACK, "took {took:?}");
+
+    // A connection that says nothing at all is cut the same way.
+    let mut silent = TcpStream::connect(&addr).expect("connect");
+    let took = wait_closed_by_server(&mut silent, None).expect("a silent connection is cut");
+    assert!(took < timeout + SLACK, "took {took:?}");
+
+    // An honest request is answered, and the kept-alive connection is closed once idle.
+    let mut honest = TcpStream::connect(&addr).expect("connect");
+    honest
+        .write_all(b"GET /api/slaves HTTP/1.1\r\nHost: x\r\n\r\n")
+        .expect("request");
+    honest
+        .set_read_timeout(Some(PATIENCE))
+        .expect("read timeout");
+    let mut head = [0u8; 64];
+    let read = honest.read(&mut head).expect("a response");
+    assert!(
+        head[..read].starts_with(b"HTTP/1.1 200"),
+        "{}",
+        text(&head[..read])
+    );
+    let idle = wait_closed_by_server(&mut honest, None).expect("an idle keep-alive is closed");
+    assert!(idle < timeout + SLACK, "took {idle:?}");
+}
+
+#[test]
+fn idle_http_connections_past_the_cap_do_not_lock_out_ssh() {
+    // 400 descriptors: without a cap, a few hundred idle HTTP connections take them all and
+    // SSH accepts fail with EMFILE. With it, HTTP gets 400 - 256 = 144 and waits for more.
+    let master = TestMaster::start_with(MasterSetup {
+        open_file_limit: Some(400),
+        ..MasterSetup::default()
+    });
+    let cap = 144;
+    // Logged when the web server starts, just after the master prints its addresses.
+    wait_until("the master to report the lowered HTTP cap", || {
+        master
+            .log()
+            .contains("[http] max_connections lowered from 512 to 144")
+    });
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{}", master.http_port)
+        .parse()
+        .expect("address");
+    let mut idle = Vec::new();
+    for _ in 0..cap + 300 {
+        match TcpStream::connect_timeout(&addr, Duration::from_secs(2)) {
+            Ok(stream) => idle.push(stream),
+            // The backlog is full: enough held either way.
+            Err(_) => break,
+        }
+    }
+    assert!(
+        idle.len() > cap,
+        "only {} connections were opened",
+        idle.len()
+    );
+    let started = Instant::now();
+    let watch = master.ssh(&master.user_key, &current_user(), "watch");
+    assert!(
+        watch.status.success(),
+        "ssh with {} idle HTTP connections open: {}\nmaster log:\n{}",
+        idle.len(),
+        text(&watch.stderr),
+        master.log()
+    );
+    println!(
+        "ssh watch with {} idle HTTP connections open took {:?}",
+        idle.len(),
+        started.elapsed()
+    );
+    assert!(!master.log().contains("accept failed"), "{}", master.log());
+    // The web serves again once the idle connections go.
+    drop(idle);
+    let client = http_client();
+    wait_until("the web answers after the idle connections closed", || {
+        client
+            .get(format!("http://127.0.0.1:{}/api/slaves", master.http_port))
+            .send()
+            .is_ok_and(|response| response.status().is_success())
+    });
+}
+
+#[test]
+fn one_host_holding_unauthenticated_sockets_does_not_lock_out_another() {
+    // max_startups 8: a source address may hold 2 unauthenticated connections.
+    let master = TestMaster::start_with(MasterSetup {
+        edits: vec![("max_startups = \"10:30:100\"", "max_startups = 8")],
+        ..MasterSetup::default()
+    });
+    let addr = format!("127.0.0.1:{}", master.ssh_port);
+    let mut held = Vec::new();
+    let mut dropped = 0;
+    for _ in 0..10 {
+        let mut stream = TcpStream::connect(&addr).expect("connect");
+        stream
+            .set_read_timeout(Some(PATIENCE))
+            .expect("read timeout");
+        let mut banner = [0u8; 64];
+        match stream.read(&mut banner) {
+            Ok(read) if read > 0 => held.push(stream),
+            _ => dropped += 1,
+        }
+    }
+    assert_eq!((held.len(), dropped), (2, 8), "{}", master.log());
+    assert!(
+        master.log().contains("(max_startups_per_source)"),
+        "{}",
+        master.log()
+    );
+    // The same host is over its share; another one still logs in.
+    let same_host = master.ssh(&master.user_key, &current_user(), "watch");
+    assert_eq!(
+        same_host.status.code(),
+        Some(REFUSED),
+        "{}",
+        text(&same_host.stderr)
+    );
+    let other_host = master.ssh_with(
+        &master.user_key,
+        &current_user(),
+        "watch",
+        &["-b", "127.0.0.2"],
+        None,
+    );
+    assert!(
+        other_host.status.success(),
+        "a login from 127.0.0.2: {}\nmaster log:\n{}",
+        text(&other_host.stderr),
+        master.log()
+    );
+    drop(held);
+    wait_until("the first host logs in once its sockets are gone", || {
+        master
+            .ssh(&master.user_key, &current_user(), "watch")
+            .status
+            .success()
+    });
+}
+
+#[test]
+fn an_upload_that_stalls_is_cut_at_its_deadline() {
+    let master = TestMaster::start_with(MasterSetup {
+        edits: vec![("# upload_timeout = \"5m\"", "upload_timeout = \"2s\"")],
+        ..MasterSetup::with_try_builders(&["linux"], "/srv/git/p.git")
+    });
+    let deadline = Duration::from_secs(2);
+    let mut ssh = master.ssh_command(&master.user_key, &current_user(), &[]);
+    ssh.arg("try")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let started = Instant::now();
+    let mut child = ssh.spawn().expect("ssh starts");
+    // The start of a job, and then nothing: the client keeps its end open.
+    let mut stdin = child.stdin.take().expect("piped stdin");
+    stdin.write_all(b"1:5,").expect("a first byte");
+    let output = output_with_deadline(child, "a stalled upload", PATIENCE);
+    let took = started.elapsed();
+    drop(stdin);
+    let stderr = text(&output.stderr);
+    println!("a stalled upload was cut after {took:?} (upload_timeout {deadline:?}): {stderr}");
+    assert!(!output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("the job did not arrive within 2s ([spool] upload_timeout)"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
+    assert!(took >= deadline && took < deadline + SLACK, "took {took:?}");
+}
+
+/// A russh client that trusts any host key: the test talks to its own master on loopback.
+struct AnyHostKey;
+
+impl russh::client::Handler for AnyHostKey {
+    type Error = russh::Error;
+
+    async fn check_server_key(
+        &mut self,
+        _key: &russh::keys::PublicKeyOrCertificate,
+    ) -> Result<bool, Self::Error> {
+        Ok(true)
+    }
+}
+
+#[test]
+fn the_eleventh_channel_on_one_connection_is_refused() {
+    let master = TestMaster::start();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let port = master.ssh_port;
+    let key_path = master.user_key.private.clone();
+    runtime.block_on(async move {
+        let steps = async {
+            let config = Arc::new(russh::client::Config::default());
+            let mut session = russh::client::connect(config, ("127.0.0.1", port), AnyHostKey)
+                .await
+                .expect("connect");
+            let key = russh::keys::load_secret_key(&key_path, None).expect("test key");
+            let auth = session
+                .authenticate_publickey(
+                    current_user(),
+                    russh::keys::PrivateKeyWithHashAlg::new(Arc::new(key), None),
+                )
+                .await
+                .expect("authentication");
+            assert!(auth.success());
+            let mut open = Vec::new();
+            for number in 1..=10 {
+                let channel = session
+                    .channel_open_session()
+                    .await
+                    .unwrap_or_else(|err| panic!("channel {number}: {err}"));
+                open.push(channel);
+            }
+            let eleventh = session.channel_open_session().await;
+            assert!(
+                matches!(
+                    eleventh,
+                    Err(russh::Error::ChannelOpenFailure(
+                        russh::ChannelOpenFailure::ResourceShortage
+                    ))
+                ),
+                "{:?}",
+                eleventh.map(|channel| channel.id())
+            );
+            // A closed channel gives its place back.
+            let first = open.remove(0);
+            first.close().await.expect("close");
+            let mut reopened = None;
+            for _ in 0..100 {
+                if let Ok(channel) = session.channel_open_session().await {
+                    reopened = Some(channel);
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            assert!(reopened.is_some(), "no channel after one was closed");
+        };
+        tokio::time::timeout(PATIENCE, steps)
+            .await
+            .expect("the channel test finished within PATIENCE");
+    });
+    assert!(
+        master
+            .log()
+            .contains("already open on this connection (max_sessions)"),
+        "{}",
+        master.log()
     );
 }

@@ -361,7 +361,10 @@ fn connections_that_never_log_in_are_dropped_after_the_grace_time() {
     let master = TestMaster::start_with(MasterSetup {
         edits: vec![
             ("login_grace_time = \"2m\"", "login_grace_time = \"1s\""),
-            ("max_startups = 10", "max_startups = 2"),
+            (
+                "max_startups = \"10:30:100\"",
+                "max_startups = 2\nmax_startups_per_source = 2",
+            ),
         ],
         ..MasterSetup::default()
     });

@@ -7,6 +7,7 @@
 //! `master.toml:LINE: message`. This module does not start anything and does not touch the
 //! spool, the SSH server or the network.
 
+mod limits;
 mod locks;
 mod schedulers;
 
@@ -22,6 +23,8 @@ use toml::Spanned;
 
 use crate::durations::parse_duration;
 
+pub use limits::MaxStartups;
+use limits::RawMaxStartups;
 pub use locks::NextSlave;
 use locks::{RawLock, RawLockUse};
 pub use schedulers::{ChangeSourceConfig, ChangesConfig, SchedulerConfig, SchedulerKind};
@@ -92,8 +95,14 @@ pub struct SshdConfig {
     pub login_grace_time: Duration,
     /// Public-key attempts allowed per connection (sshd's MaxAuthTries).
     pub max_auth_tries: usize,
-    /// Connections allowed to be unauthenticated at the same time (sshd's MaxStartups).
-    pub max_startups: usize,
+    /// Connections allowed to be unauthenticated at the same time, with sshd's random early
+    /// drop between `start` and `full` (sshd's MaxStartups).
+    pub max_startups: MaxStartups,
+    /// Unauthenticated connections one source address (an IPv6 /64) may hold at once, so one
+    /// host cannot take every place (sshd's PerSourceMaxStartups).
+    pub max_startups_per_source: usize,
+    /// Channels one connection may hold open at once (sshd's MaxSessions).
+    pub max_sessions: usize,
     /// Interval of SSH-level keepalives the master sends to quiet clients.
     pub keepalive_interval: Duration,
 }
@@ -101,12 +110,20 @@ pub struct SshdConfig {
 #[derive(Debug, Clone)]
 pub struct HttpConfig {
     pub listen: SocketAddr,
+    /// Connections served at once; more wait in the kernel's backlog. Also lowered at start so
+    /// that descriptors stay free for SSH (`daemon`).
+    pub max_connections: usize,
+    /// Time a client has to send a request's headers, and the longest a kept-alive connection
+    /// may wait idle for its next request.
+    pub header_read_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]
 pub struct SpoolConfig {
     pub dir: PathBuf,
     pub max_patch_bytes: u64,
+    /// Time a try or tryserver upload has to arrive whole.
+    pub upload_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -204,7 +221,11 @@ struct RawSshd {
     #[serde(default)]
     max_auth_tries: Option<usize>,
     #[serde(default)]
-    max_startups: Option<usize>,
+    max_startups: Option<Spanned<RawMaxStartups>>,
+    #[serde(default)]
+    max_startups_per_source: Option<Spanned<usize>>,
+    #[serde(default)]
+    max_sessions: Option<Spanned<usize>>,
     #[serde(default)]
     keepalive_interval: Option<Spanned<String>>,
 }
@@ -213,6 +234,10 @@ struct RawSshd {
 #[serde(deny_unknown_fields)]
 struct RawHttp {
     listen: Spanned<String>,
+    #[serde(default)]
+    max_connections: Option<Spanned<usize>>,
+    #[serde(default)]
+    header_read_timeout: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -222,6 +247,8 @@ struct RawSpool {
     dir: Option<String>,
     #[serde(default)]
     max_patch_bytes: Option<u64>,
+    #[serde(default)]
+    upload_timeout: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -291,7 +318,16 @@ const DEFAULT_SPOOL_DIR: &str = "spool";
 pub use crate::spool::submit::DEFAULT_MAX_PATCH_BYTES;
 const DEFAULT_LOGIN_GRACE_TIME: Duration = Duration::from_secs(120);
 const DEFAULT_MAX_AUTH_TRIES: usize = 6;
-const DEFAULT_MAX_STARTUPS: usize = 10;
+/// sshd's default MaxStartups, "10:30:100".
+const DEFAULT_MAX_STARTUPS: MaxStartups = MaxStartups {
+    start: 10,
+    rate: 30,
+    full: 100,
+};
+const DEFAULT_MAX_SESSIONS: usize = 10;
+const DEFAULT_HTTP_MAX_CONNECTIONS: usize = 512;
+const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+const DEFAULT_UPLOAD_TIMEOUT: Duration = Duration::from_secs(5 * 60);
 const DEFAULT_SSH_KEEPALIVE: Duration = Duration::from_secs(60);
 
 impl Config {
@@ -447,14 +483,13 @@ impl Checker<'_> {
 
     fn config(&mut self, raw: RawConfig) -> Option<Config> {
         let sshd = self.sshd(&raw.sshd);
-        let http_listen = match &raw.http {
-            Some(http) => self.socket_addr(&http.listen, "[http] listen"),
-            None => DEFAULT_HTTP_LISTEN.parse().ok(),
-        };
+        let http = self.http(raw.http.as_ref());
         let spool = raw.spool.unwrap_or(RawSpool {
             dir: None,
             max_patch_bytes: None,
+            upload_timeout: None,
         });
+        let upload_timeout = self.duration(spool.upload_timeout.as_ref(), DEFAULT_UPLOAD_TIMEOUT);
         let slaves = self.slaves(&raw.slaves);
         let slave_names: HashSet<&str> = raw
             .slaves
@@ -488,12 +523,11 @@ impl Checker<'_> {
             name: raw.master.name,
             admin_group: raw.master.admin_group.map(Spanned::into_inner),
             sshd: sshd?,
-            http: HttpConfig {
-                listen: http_listen?,
-            },
+            http: http?,
             spool: SpoolConfig {
                 dir: self.resolve(spool.dir.as_deref().unwrap_or(DEFAULT_SPOOL_DIR)),
                 max_patch_bytes: spool.max_patch_bytes.unwrap_or(DEFAULT_MAX_PATCH_BYTES),
+                upload_timeout,
             },
             slaves,
             builders,
@@ -502,6 +536,48 @@ impl Checker<'_> {
             changes,
             locks,
         })
+    }
+
+    fn http(&mut self, raw: Option<&RawHttp>) -> Option<HttpConfig> {
+        let Some(raw) = raw else {
+            return Some(HttpConfig {
+                listen: DEFAULT_HTTP_LISTEN.parse().ok()?,
+                max_connections: DEFAULT_HTTP_MAX_CONNECTIONS,
+                header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
+            });
+        };
+        let listen = self.socket_addr(&raw.listen, "[http] listen");
+        let max_connections = self.at_least_one(
+            raw.max_connections.as_ref(),
+            DEFAULT_HTTP_MAX_CONNECTIONS,
+            "[http] max_connections",
+        );
+        let header_read_timeout = self.duration(
+            raw.header_read_timeout.as_ref(),
+            DEFAULT_HEADER_READ_TIMEOUT,
+        );
+        Some(HttpConfig {
+            listen: listen?,
+            max_connections,
+            header_read_timeout,
+        })
+    }
+
+    /// A count that must be at least 1: 0 would lock everyone out, so it is reported.
+    fn at_least_one(
+        &mut self,
+        value: Option<&Spanned<usize>>,
+        default: usize,
+        what: &str,
+    ) -> usize {
+        match value {
+            None => default,
+            Some(value) if *value.get_ref() == 0 => {
+                self.problem(value, format!("{what} must be at least 1"));
+                default
+            }
+            Some(value) => *value.get_ref(),
+        }
     }
 
     fn sshd(&mut self, raw: &RawSshd) -> Option<SshdConfig> {
@@ -527,6 +603,26 @@ impl Checker<'_> {
                 .map(ToString::to_string)
                 .collect()
         });
+        let max_startups = match &raw.max_startups {
+            None => DEFAULT_MAX_STARTUPS,
+            Some(value) => match value.get_ref().parse() {
+                Ok(limits) => limits,
+                Err(message) => {
+                    self.problem(value, message);
+                    DEFAULT_MAX_STARTUPS
+                }
+            },
+        };
+        let max_startups_per_source = self.at_least_one(
+            raw.max_startups_per_source.as_ref(),
+            max_startups.default_per_source(),
+            "[sshd] max_startups_per_source",
+        );
+        let max_sessions = self.at_least_one(
+            raw.max_sessions.as_ref(),
+            DEFAULT_MAX_SESSIONS,
+            "[sshd] max_sessions",
+        );
         Some(SshdConfig {
             listen: listen?,
             host_key,
@@ -534,7 +630,9 @@ impl Checker<'_> {
             allow_root: raw.allow_root,
             login_grace_time,
             max_auth_tries: raw.max_auth_tries.unwrap_or(DEFAULT_MAX_AUTH_TRIES).max(1),
-            max_startups: raw.max_startups.unwrap_or(DEFAULT_MAX_STARTUPS).max(1),
+            max_startups,
+            max_startups_per_source,
+            max_sessions,
             keepalive_interval,
         })
     }
@@ -740,6 +838,45 @@ builders = ["linux"]
         );
         assert_eq!(config.try_builders(), vec!["linux"]);
         assert!(!config.sshd.allow_root);
+    }
+
+    #[test]
+    fn limits_have_defaults_and_are_checked_with_their_lines() {
+        let config = Config::from_toml(&base(), Path::new("/m")).expect("valid");
+        assert_eq!(config.sshd.max_startups, DEFAULT_MAX_STARTUPS);
+        assert_eq!(config.sshd.max_startups_per_source, 25);
+        assert_eq!(config.sshd.max_sessions, 10);
+        assert_eq!(config.http.max_connections, 512);
+        assert_eq!(config.http.header_read_timeout, Duration::from_secs(30));
+        assert_eq!(config.spool.upload_timeout, Duration::from_secs(300));
+
+        let text = base().replace(
+            "authorized_keys = [",
+            "max_startups = 8\nmax_sessions = 3\nauthorized_keys = [",
+        ) + "[http]\nlisten = \"127.0.0.1:0\"\nmax_connections = 64\nheader_read_timeout = \"5s\"\n\
+               [spool]\nupload_timeout = \"1m\"\n";
+        let config = Config::from_toml(&text, Path::new("/m")).expect("valid");
+        assert_eq!(config.sshd.max_startups, MaxStartups::plain(8));
+        assert_eq!(config.sshd.max_startups_per_source, 2);
+        assert_eq!(config.sshd.max_sessions, 3);
+        assert_eq!(config.http.max_connections, 64);
+        assert_eq!(config.http.header_read_timeout, Duration::from_secs(5));
+        assert_eq!(config.spool.upload_timeout, Duration::from_secs(60));
+
+        let bad = base().replace(
+            "authorized_keys = [",
+            "max_startups = \"30:10\"\nmax_sessions = 0\nauthorized_keys = [",
+        );
+        let found = problems(&bad);
+        assert_eq!(found.len(), 2, "{found:?}");
+        assert!(
+            found[0].starts_with("master.toml:5: max_startups = \"30:10\""),
+            "{found:?}"
+        );
+        assert!(
+            found[1].starts_with("master.toml:6: [sshd] max_sessions must be at least 1"),
+            "{found:?}"
+        );
     }
 
     #[test]

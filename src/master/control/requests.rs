@@ -27,7 +27,12 @@ impl Control {
         if let Some(jobdir) = jobdir {
             submit::check_jobdir(jobdir, &config.spool.dir, &config.master_dir, &account.home)?;
         }
-        let (bytes, job) = submit::read_job(input, config.spool.max_patch_bytes).await?;
+        // A client that stops sending would hold its channel, task and buffer for ever.
+        let limit = config.spool.upload_timeout;
+        let (bytes, job) =
+            tokio::time::timeout(limit, submit::read_job(input, config.spool.max_patch_bytes))
+                .await
+                .map_err(|_| submit::SubmitError::UploadTimeout { limit })??;
         let builders = submit::check_builders(&job, &config.try_builders())?;
         let job_name = submit::deliver(&Maildir::new(&config.spool.dir), bytes).await?;
         tracing::info!(user = %account.name, job = %job_name, jobid = %job.jobid, ?builders, "try job spooled");

@@ -19,6 +19,9 @@ mod plain;
 mod scan;
 mod tree_edits;
 
+#[cfg(test)]
+mod fuzz_tests;
+
 use std::borrow::Cow;
 use std::collections::HashSet;
 use std::ops::Range;
