@@ -864,3 +864,52 @@ fn bad_changes_are_refused_with_one_line_and_nothing_is_recorded() {
     assert_eq!(text(&output.stdout), "change 1 accepted\n");
     assert_eq!(master.api("/api/changes").as_array().map(Vec::len), Some(1));
 }
+
+#[test]
+fn an_unreachable_polled_repository_is_logged_and_retried_without_stopping_the_master() {
+    let checkout = Checkout::new();
+    let missing = checkout
+        .upstream
+        .parent()
+        .expect("temp dir")
+        .join("not-there.git");
+    let extra = format!(
+        "{}\n[[change_source]]\nkind = \"git-poll\"\nrepo = \"{}\"\nbranches = [\"main\"]\ninterval = \"1s\"\n",
+        branch_scheduler("on-main", "\"linux\"", "tree_stable_timer = \"1s\""),
+        missing.display()
+    );
+    let master = master_with(&checkout, SHOW_REVISION, &extra);
+    wait_until("two failed polls", || {
+        master.log().matches("poll failed").count() >= 2
+    });
+    assert_eq!(master.api("/api/changes"), serde_json::json!([]));
+
+    // Once the repository exists, the first successful poll only records its heads; the next
+    // commit is a change.
+    git(
+        checkout.upstream.parent().expect("temp dir"),
+        &[
+            "clone",
+            "-q",
+            "--bare",
+            checkout.upstream.to_str().expect("utf-8"),
+            "not-there.git",
+        ],
+    );
+    wait_until("the first good poll", || {
+        master
+            .log()
+            .contains("first poll: the current heads are recorded")
+    });
+    assert_eq!(master.api("/api/changes"), serde_json::json!([]));
+    let clone = checkout.upstream.parent().expect("temp dir").join("late");
+    git(
+        checkout.upstream.parent().expect("temp dir"),
+        &["clone", "-q", missing.to_str().expect("utf-8"), "late"],
+    );
+    let revision = commit(&clone, &[("src/late.rs", "late\n")], "late");
+    push(&clone);
+    wait_until("the poller to record the new head", || {
+        master.api("/api/changes")[0]["revision"] == revision.as_str()
+    });
+}
