@@ -33,20 +33,35 @@ pub struct ChangeSpec {
 pub enum ChangeError {
     #[error("the change is larger than {MAX_CHANGE_BYTES} bytes")]
     TooLarge,
-    #[error("the change is not valid JSON of the expected shape: {0}")]
+    #[error("the change is not valid JSON of the expected shape: {}", one_line(.0))]
     BadJson(String),
     #[error("the change has no {0}")]
     Missing(&'static str),
     #[error(
-        "the revision '{0}' is not a commit id (40 or 64 hex digits, or a shorter prefix of at least 7)"
+        "the revision '{}' is not a commit id (40 or 64 hex digits, or a shorter prefix of at least 7)",
+        one_line(.0)
     )]
     BadRevision(String),
-    #[error("the branch name '{0}' is not one git allows")]
+    #[error("the branch name '{}' is not one git allows", one_line(.0))]
     BadBranch(String),
     #[error("the change lists more than {MAX_FILES} files")]
     TooManyFiles,
-    #[error("the property name '{0}' is not made of letters, digits and _")]
+    #[error("the property name '{}' is not made of letters, digits and _", one_line(.0))]
     BadPropertyName(String),
+}
+
+/// A value from the sender, fit to quote in a one-line message: control characters (a newline
+/// in a revision, an escape sequence in a field name) are shown escaped, never sent raw.
+fn one_line(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_debug().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
 }
 
 /// Reads and checks one change.
@@ -179,5 +194,23 @@ mod tests {
             decode(b"{\"repository\": 1}"),
             Err(ChangeError::BadJson(_))
         ));
+    }
+
+    #[test]
+    fn refusals_stay_on_one_line_whatever_the_sender_put_in_them() {
+        let revision =
+            r#"{"repository": "/r", "branch": "main", "revision": "HEAD\nsecond\u001b[2J"}"#;
+        let branch = r#"{"repository": "/r", "branch": "a\nb", "revision": "0123456"}"#;
+        let field = r#"{"repository": "/r", "branch": "main", "revision": "0123456", "x\ny": 1}"#;
+        let property = r#"{"repository": "/r", "branch": "main", "revision": "0123456", "properties": {"a\nb": ""}}"#;
+        for json in [revision, branch, field, property] {
+            let message = decode(json.as_bytes()).expect_err(json).to_string();
+            assert!(
+                !message.chars().any(char::is_control),
+                "{json}: {message:?}"
+            );
+        }
+        let message = decode(revision.as_bytes()).expect_err("bad").to_string();
+        assert!(message.contains(r"'HEAD\nsecond\u{1b}[2J'"), "{message}");
     }
 }

@@ -17,7 +17,7 @@ use crate::repo::Checkout;
 
 const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
 
-struct Driver {
+pub(crate) struct Driver {
     process: Child,
     base: String,
     session: String,
@@ -26,7 +26,7 @@ struct Driver {
 }
 
 impl Driver {
-    fn start() -> Driver {
+    pub(crate) fn start() -> Driver {
         let chromedriver = ["/usr/bin/chromedriver", "/usr/lib/chromium/chromedriver"]
             .into_iter()
             .find(|path| Path::new(path).exists())
@@ -77,7 +77,7 @@ impl Driver {
         }
     }
 
-    fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
+    pub(crate) fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
         let url = format!("{}/session/{}{path}", self.base, self.session);
         let request = self.http.request(method, &url);
         let request = match body {
@@ -92,18 +92,18 @@ impl Driver {
         value["value"].clone()
     }
 
-    fn goto(&self, url: &str) {
+    pub(crate) fn goto(&self, url: &str) {
         self.call(reqwest::Method::POST, "/url", Some(json!({"url": url})));
     }
 
-    fn source(&self) -> String {
+    pub(crate) fn source(&self) -> String {
         self.call(reqwest::Method::GET, "/source", None)
             .as_str()
             .unwrap_or_default()
             .to_string()
     }
 
-    fn element(&self, css: &str) -> String {
+    pub(crate) fn element(&self, css: &str) -> String {
         let found = self.call(
             reqwest::Method::POST,
             "/element",
@@ -115,7 +115,7 @@ impl Driver {
             .to_string()
     }
 
-    fn type_into(&self, css: &str, text: &str) {
+    pub(crate) fn type_into(&self, css: &str, text: &str) {
         let element = self.element(css);
         self.call(
             reqwest::Method::POST,
@@ -125,7 +125,7 @@ impl Driver {
     }
 
     /// How many elements match `css`.
-    fn count(&self, css: &str) -> usize {
+    pub(crate) fn count(&self, css: &str) -> usize {
         let found = self.call(
             reqwest::Method::POST,
             "/elements",
@@ -138,7 +138,7 @@ impl Driver {
     }
 
     /// The rendered text of the first element matching `css`.
-    fn text(&self, css: &str) -> String {
+    pub(crate) fn text(&self, css: &str) -> String {
         let element = self.element(css);
         let value = self.call(
             reqwest::Method::GET,
@@ -151,7 +151,7 @@ impl Driver {
             .to_string()
     }
 
-    fn click(&self, css: &str) {
+    pub(crate) fn click(&self, css: &str) {
         let element = self.element(css);
         self.call(
             reqwest::Method::POST,
@@ -160,7 +160,7 @@ impl Driver {
         );
     }
 
-    fn screenshot(&self, path: &Path) {
+    pub(crate) fn screenshot(&self, path: &Path) {
         let encoded = self.call(reqwest::Method::GET, "/screenshot", None);
         let png = base64::engine::general_purpose::STANDARD
             .decode(encoded.as_str().unwrap_or_default())

@@ -2,6 +2,7 @@
 
 mod browser;
 mod builds;
+mod changes;
 mod cli;
 mod demo;
 mod events;
