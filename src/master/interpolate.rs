@@ -24,6 +24,10 @@ pub enum InterpolationError {
     Unknown(String),
     #[error("'{0}' is not a property name (letters, digits and _)")]
     BadName(String),
+    #[error(
+        "%(prop:{0})s stands inside quotes; write it bare: its value is quoted for the shell already"
+    )]
+    Quoted(String),
 }
 
 fn pieces(command: &str) -> Result<Vec<Piece<'_>>, InterpolationError> {
@@ -69,9 +73,33 @@ fn pieces(command: &str) -> Result<Vec<Piece<'_>>, InterpolationError> {
     Ok(pieces)
 }
 
-/// Checks a command's interpolations without properties (at config time).
+/// Checks a command's interpolations without properties (at config time). A property inside
+/// quotes is refused: inside double quotes `$(...)` in its value would still run.
 pub fn check(command: &str) -> Result<(), InterpolationError> {
-    pieces(command).map(|_| ())
+    let mut quote: Option<char> = None;
+    let mut escaped = false;
+    for piece in pieces(command)? {
+        match piece {
+            Piece::Text(part) => {
+                for c in part.chars() {
+                    match (quote, c) {
+                        _ if escaped => escaped = false,
+                        (Some('\''), '\'') => quote = None,
+                        (Some('\''), _) => {}
+                        (_, '\\') => escaped = true,
+                        (None, '\'' | '"') => quote = Some(c),
+                        (Some('"'), '"') => quote = None,
+                        _ => {}
+                    }
+                }
+            }
+            Piece::Property { name, .. } if quote.is_some() => {
+                return Err(InterpolationError::Quoted(name.to_string()));
+            }
+            Piece::Property { .. } => {}
+        }
+    }
+    Ok(())
 }
 
 /// The command with its properties put in, each value quoted for `/bin/sh`.
@@ -154,5 +182,14 @@ mod tests {
             Err(InterpolationError::BadName(_))
         ));
         assert_eq!(check("plain % and %% and %(prop:ok)s"), Ok(()));
+        assert_eq!(
+            check(r#"echo "ticket %(prop:t)s""#),
+            Err(InterpolationError::Quoted("t".into()))
+        );
+        assert!(matches!(
+            check("echo 'x %(prop:t)s'"),
+            Err(InterpolationError::Quoted(_))
+        ));
+        assert_eq!(check(r#"echo "a" %(prop:t)s 'b' \"%(prop:u)s"#), Ok(()));
     }
 }
