@@ -128,6 +128,9 @@ pub async fn run(
         step_grants.retain(|_, granted| !granted.is_closed());
         control.set_queued(queue.queued_per_builder());
         control.set_locks(lock_times.view(&queue, &control));
+        let mut paused: Vec<String> = queue.paused().iter().cloned().collect();
+        paused.sort();
+        control.set_paused(paused);
     }
     builds.close();
     let _ = tokio::time::timeout(BUILDS_GRACE, builds.wait()).await;

@@ -150,3 +150,27 @@ pub async fn cancel(
         .await?;
     Ok(Redirect::to(&format!("/builders/{builder}")).into_response())
 }
+
+/// Pause or Unpause, on the slaves page: the same as `ssh master pause-slave NAME`.
+pub async fn pause(
+    State(state): State<Arc<AppState>>,
+    Path((slave, what)): Path<(String, String)>,
+    headers: HeaderMap,
+    Form(form): Form<CancelForm>,
+) -> Result<Response, WebError> {
+    let session = state.form_session(&headers, form.csrf.as_deref())?;
+    let paused = match what.as_str() {
+        "pause" => true,
+        "unpause" => false,
+        _ => {
+            return Err(WebError::NotFound(format!(
+                "no action '{what}' for a slave"
+            )));
+        }
+    };
+    state
+        .control
+        .pause_slave(&session.account, &slave, paused)
+        .await?;
+    Ok(Redirect::to("/slaves").into_response())
+}

@@ -86,6 +86,8 @@ pub async fn build(
 pub struct SlaveRow {
     pub name: String,
     pub connected: bool,
+    /// Takes no new builds until unpaused.
+    pub paused: bool,
     pub since: String,
     pub facts: String,
     pub building: String,
@@ -114,6 +116,7 @@ pub fn slave_rows(state: &AppState) -> Vec<SlaveRow> {
             SlaveRow {
                 name: slave.name.clone(),
                 connected: info.is_some(),
+                paused: state.control.is_paused(&slave.name),
                 since: info
                     .map(|info| views::format_time(info.since as f64))
                     .unwrap_or_default(),

@@ -102,13 +102,16 @@ pub async fn queue_views(
     Ok(views)
 }
 
-async fn recent_change_views(state: &AppState) -> Result<Vec<ChangeView>, WebError> {
+pub async fn recent_change_views(
+    state: &AppState,
+    limit: i64,
+) -> Result<Vec<ChangeView>, WebError> {
     Ok(state
         .control
         .history
-        .run(|connection| {
+        .run(move |connection| {
             let mut views = Vec::new();
-            for change in changes::recent_changes(connection, RECENT_CHANGES)? {
+            for change in changes::recent_changes(connection, limit)? {
                 let builds = changes::builds_of_change(connection, change.id)?;
                 views.push(views::change_view(&change, &builds));
             }
@@ -122,14 +125,17 @@ pub async fn page(
     headers: HeaderMap,
 ) -> Result<Html<String>, WebError> {
     let mut context = state.base_context(&headers);
-    context.insert("changes", &recent_change_views(&state).await?);
+    context.insert(
+        "changes",
+        &recent_change_views(&state, RECENT_CHANGES).await?,
+    );
     Ok(Html(state.render("changes.html", &context)?))
 }
 
 pub async fn api_changes(
     State(state): State<Arc<AppState>>,
 ) -> Result<Json<Vec<ChangeView>>, WebError> {
-    Ok(Json(recent_change_views(&state).await?))
+    Ok(Json(recent_change_views(&state, RECENT_CHANGES).await?))
 }
 
 pub async fn api_requests(

@@ -214,6 +214,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/builders/{builder}/requests/{request}/cancel",
             post(actions::cancel),
         )
+        .route("/slaves/{slave}/{action}", post(actions::pause))
         .route("/changes", get(changes::page))
         .route("/api/changes", get(changes::api_changes))
         .route("/api/requests", get(changes::api_requests))

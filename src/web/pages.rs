@@ -11,6 +11,8 @@ use crate::master::history;
 use crate::web::views::{self, BuilderView};
 use crate::web::{AppState, WebError, auth};
 
+/// How many changes the waterfall lists beside the builders.
+const WATERFALL_CHANGES: i64 = 20;
 /// How many builds the waterfall shows.
 const WATERFALL_BUILDS: i64 = 200;
 
@@ -59,6 +61,10 @@ pub async fn waterfall(
     let builders = builders_with_builds(&state, per_builder).await?;
     let mut context = state.base_context(&headers);
     context.insert("builders", &builders);
+    context.insert(
+        "changes",
+        &crate::web::changes::recent_change_views(&state, WATERFALL_CHANGES).await?,
+    );
     Ok(Html(state.render("waterfall.html", &context)?))
 }
 
@@ -152,6 +158,9 @@ pub async fn slaves(
 ) -> Result<Html<String>, WebError> {
     let mut context = state.base_context(&headers);
     context.insert("slaves", &crate::web::api::slave_rows(&state));
+    let session = state.session(&headers);
+    context.insert("logged_in", &session.is_some());
+    context.insert("csrf", &session.map(|s| s.csrf).unwrap_or_default());
     Ok(Html(state.render("slaves.html", &context)?))
 }
 

@@ -176,6 +176,8 @@ pub struct Control {
     pub web_url: String,
     /// Where step logs are written: `logs/BUILDER/NUMBER/STEP-NAME.STREAM`.
     pub logs_dir: PathBuf,
+    /// The paused slaves, as the scheduler executor last published them.
+    paused: Mutex<Vec<String>>,
     /// The locks, as the scheduler executor last published them.
     locks: Mutex<Vec<LockStatus>>,
     /// Requests waiting per builder, as the scheduler executor last published them.
@@ -207,6 +209,7 @@ impl Control {
             web_url,
             queued: Mutex::new(BTreeMap::new()),
             locks: Mutex::new(Vec::new()),
+            paused: Mutex::new(Vec::new()),
             scheduler,
             changes,
         }
@@ -242,6 +245,14 @@ impl Control {
 
     pub(crate) fn set_queued(&self, queued: BTreeMap<String, Vec<i64>>) {
         *lock(&self.queued) = queued;
+    }
+
+    pub(crate) fn set_paused(&self, paused: Vec<String>) {
+        *lock(&self.paused) = paused;
+    }
+
+    pub fn is_paused(&self, slave: &str) -> bool {
+        lock(&self.paused).iter().any(|name| name == slave)
     }
 
     pub(crate) fn set_locks(&self, locks: Vec<LockStatus>) {
