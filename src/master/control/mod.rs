@@ -154,6 +154,24 @@ pub struct LockWaiterView {
     pub step: Option<String>,
 }
 
+/// Fills in the build numbers the published status lacks: the executor publishes it as it
+/// hands a build out, before the build task has put the build on the board and so before it
+/// has a number, and publishes again only on its next input.
+fn with_build_numbers(
+    mut locks: Vec<LockStatus>,
+    number_of: impl Fn(i64) -> Option<i64>,
+) -> Vec<LockStatus> {
+    for holder in locks
+        .iter_mut()
+        .flat_map(|status| status.holders.iter_mut())
+    {
+        if holder.number.is_none() {
+            holder.number = number_of(holder.request_id);
+        }
+    }
+    locks
+}
+
 /// The answer to a stop.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Stopped {
@@ -261,7 +279,8 @@ impl Control {
 
     /// Who holds and who waits for each lock.
     pub fn locks(&self) -> Vec<LockStatus> {
-        lock(&self.locks).clone()
+        let locks = lock(&self.locks).clone();
+        with_build_numbers(locks, |request_id| self.board.number_of_request(request_id))
     }
 
     /// Asks for a step's locks and waits until they are granted; none when the master stops.
@@ -481,5 +500,36 @@ mod tests {
             number: Some(7),
         };
         assert_eq!(not_running.to_string(), "linux #7 is not running");
+    }
+
+    /// Regression: a build-level holder published before its build was on the board showed
+    /// `number: null` in /api/locks for as long as the build ran.
+    #[test]
+    fn lock_holders_get_their_build_number_once_the_build_has_one() {
+        let holder = |request_id, number| LockHolderView {
+            request_id,
+            builder: "linux".into(),
+            number,
+            slave: Some("s1".into()),
+            step: None,
+            access: crate::master::locks::Access::Exclusive,
+            since: 0.0,
+        };
+        let status = LockStatus {
+            name: "db".into(),
+            kind: crate::master::locks::LockKind::Master,
+            max_count: 2,
+            holders: vec![holder(7, None), holder(8, Some(4)), holder(9, None)],
+            waiters: Vec::new(),
+        };
+        let board = Board::default();
+        let numbers = |request_id| match request_id {
+            7 => Some(3),
+            8 => Some(99),
+            _ => board.number_of_request(request_id),
+        };
+        let filled = with_build_numbers(vec![status], numbers);
+        let got: Vec<Option<i64>> = filled[0].holders.iter().map(|h| h.number).collect();
+        assert_eq!(got, [Some(3), Some(4), None]);
     }
 }
