@@ -65,6 +65,8 @@ pub async fn run(
     let locks = LockTable::new(control.config.locks.iter().cloned());
     let mut queue = Queue::new(policies, locks, rand::random());
     let mut lock_times = LockTimes::default();
+    // The locks exist from the start, free, before any input arrives.
+    control.set_locks(lock_times.view(&queue, &control));
     let mut step_grants: HashMap<(i64, String), oneshot::Sender<()>> = HashMap::new();
     let builds = TaskTracker::new();
     // Inputs that come from performing effects, handled before the next one from outside.

@@ -401,11 +401,21 @@ impl Queue {
         });
         let mut effects = Vec::new();
         let mut started: HashSet<usize> = HashSet::new();
+        // Locks an earlier request waits to take exclusively: later requests do not take them
+        // first, so a stream of counting holders cannot keep an exclusive one waiting forever.
+        let mut reserved: HashSet<String> = HashSet::new();
         for index in order {
             let request = &self.pending[index];
             let Some(policy) = self.builders.get(&request.builder).cloned() else {
                 continue;
             };
+            if policy
+                .locks
+                .iter()
+                .any(|lock_use| reserved.contains(&lock_use.lock))
+            {
+                continue;
+            }
             if let Some(max) = policy.max_concurrent {
                 let running = self
                     .running
@@ -432,6 +442,15 @@ impl Queue {
                 .cloned()
                 .collect();
             if lockable.is_empty() {
+                reserved.extend(
+                    policy
+                        .locks
+                        .iter()
+                        .filter(|lock_use| {
+                            lock_use.access == crate::master::locks::Access::Exclusive
+                        })
+                        .map(|lock_use| lock_use.lock.clone()),
+                );
                 if let Some(lock) = self.locks.blocker(&policy.locks, &candidates[0].1)
                     && self.announced.insert((request.id, lock.clone()))
                 {
@@ -1013,6 +1032,25 @@ mod tests {
         let effects = queue.apply(ended(1, true, false));
         assert_eq!(started(&effects).len(), 1, "{effects:?}");
         assert_eq!(queue.locks().holds().len(), 2);
+    }
+
+    #[test]
+    fn a_waiting_exclusive_request_is_not_overtaken_by_later_counting_ones() {
+        let mut queue = locked_queue(
+            uses("db", Access::Counting),
+            uses("db", Access::Exclusive),
+            2,
+        );
+        queue.apply(Input::Requests(vec![
+            request(1, "a", "j"),
+            request(2, "b", "j"),
+        ]));
+        // a holds db (counting); b waits to take it exclusively; a later counting request waits too.
+        let effects = queue.apply(Input::Requests(vec![request(3, "a", "j")]));
+        assert!(started(&effects).is_empty(), "{effects:?}");
+        let effects = queue.apply(ended(1, false, false));
+        assert_eq!(started(&effects).first().map(|(id, _)| *id), Some(2));
+        assert_eq!(queue.pending_ids(), vec![3]);
     }
 
     #[test]

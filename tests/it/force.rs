@@ -175,3 +175,85 @@ fn a_queued_request_can_be_cancelled_before_it_is_built() {
         Some(1)
     );
 }
+
+/// Reads `child`'s stdout lines on a thread; returns the receiver.
+fn lines_of(child: &mut std::process::Child) -> std::sync::mpsc::Receiver<String> {
+    use std::io::BufRead;
+    let stdout = child.stdout.take().expect("stdout is piped");
+    let (lines_tx, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if lines_tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    lines
+}
+
+#[test]
+fn try_wait_users_see_their_place_in_the_queue_and_when_it_starts() {
+    let checkout = Checkout::new();
+    let master = TestMaster::start_with(MasterSetup::linux_builder(
+        &["s1"],
+        &checkout.upstream,
+        r#"{ name = "work", command = "sleep 2" },"#,
+    ));
+    let _slave = master.start_slave("s1");
+    // One build first, so the master knows how long a build takes.
+    assert_eq!(
+        ssh(&master, "force linux --reason warm-up").status.code(),
+        Some(0)
+    );
+    wait_for_build(&master, 1);
+    assert_eq!(
+        ssh(&master, "force linux --reason busy").status.code(),
+        Some(0)
+    );
+    wait_until("build #2 to run", || {
+        master.api_last_build("linux")["number"] == 2
+    });
+    let mut clients = Vec::new();
+    let mut starts = Vec::new();
+    for place in ["1st", "2nd", "3rd"] {
+        let mut client = master
+            .try_command(&checkout.work, "linux", true)
+            .spawn()
+            .expect("try --wait runs");
+        let lines = lines_of(&mut client);
+        let deadline = std::time::Instant::now() + crate::harness::PATIENCE;
+        let queued = loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match lines.recv_timeout(left) {
+                Ok(line) if line.starts_with("queued: ") => break line,
+                Ok(_) => {}
+                Err(_) => panic!("try --wait said nothing about its place ({place})"),
+            }
+        };
+        let prefix = format!("queued: {place} for linux, starts in ~");
+        assert!(queued.starts_with(&prefix), "{queued}");
+        let secs: u64 = queued[prefix.len()..]
+            .trim_end_matches('s')
+            .parse()
+            .unwrap_or_else(|_| panic!("an ETA in seconds: {queued}"));
+        starts.push(secs);
+        clients.push((client, lines));
+    }
+    // Each waits about one build (2 s) longer than the one before it.
+    assert!(
+        starts.windows(2).all(|pair| pair[1] > pair[0]),
+        "{starts:?}"
+    );
+    assert!(starts[2] <= 20, "{starts:?}");
+    for (mut client, _lines) in clients {
+        let status = crate::harness::wait_with_deadline(
+            &mut client,
+            "try --wait",
+            crate::harness::PATIENCE * 2,
+        );
+        assert!(status.success());
+    }
+}
