@@ -68,6 +68,7 @@ pub async fn run(
     // The locks exist from the start, free, before any input arrives.
     control.set_locks(lock_times.view(&queue, &control));
     let mut step_grants: HashMap<(i64, String), oneshot::Sender<()>> = HashMap::new();
+    let mut enqueued: Option<oneshot::Sender<()>> = None;
     let builds = TaskTracker::new();
     // Inputs that come from performing effects, handled before the next one from outside.
     let mut follow_ups = VecDeque::from([Input::Requests(pending)]);
@@ -78,6 +79,10 @@ pub async fn run(
                 _ = shutdown.cancelled() => break,
                 mail = inputs.recv() => match mail {
                     Some(Mail::Input(input)) => (input, None),
+                    Some(Mail::Enqueue { requests, applied }) => {
+                        enqueued = Some(applied);
+                        (Input::Requests(requests), None)
+                    }
                     Some(Mail::CancelRequest { builder, request_id, by, reply }) => {
                         (Input::CancelRequest { builder, request_id, by }, Some((request_id, reply)))
                     }
@@ -130,6 +135,10 @@ pub async fn run(
         step_grants.retain(|_, granted| !granted.is_closed());
         control.set_queued(queue.queued_per_builder());
         control.set_locks(lock_times.view(&queue, &control));
+        if let Some(applied) = enqueued.take() {
+            // The enqueuer may have gone; the requests are queued all the same.
+            let _ = applied.send(());
+        }
         let mut paused: Vec<String> = queue.paused().iter().cloned().collect();
         paused.sort();
         control.set_paused(paused);

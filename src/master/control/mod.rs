@@ -97,6 +97,12 @@ pub struct ForceRequest {
 #[derive(Debug)]
 pub enum Mail {
     Input(Input),
+    /// Recorded requests to queue; `applied` fires once the queue (and what it publishes) has
+    /// them.
+    Enqueue {
+        requests: Vec<StoredRequest>,
+        applied: tokio::sync::oneshot::Sender<()>,
+    },
     CancelRequest {
         builder: String,
         request_id: i64,
@@ -388,7 +394,19 @@ impl Control {
             .zip(ids.iter())
             .map(|(request, id)| StoredRequest { id: *id, ..request })
             .collect();
-        self.scheduler_input(Input::Requests(stored)).await;
+        // Announced once the queue has them, so a follower asking for its place finds it.
+        let (applied, done) = tokio::sync::oneshot::channel();
+        if self
+            .scheduler
+            .send(Mail::Enqueue {
+                requests: stored,
+                applied,
+            })
+            .await
+            .is_ok()
+        {
+            let _ = done.await;
+        }
         self.events
             .publish(BuildEvent::RequestsQueued { job_name, builders });
         Ok(ids)
