@@ -546,7 +546,7 @@ pub fn status_light(master: &str, last_results: &[Option<BuildResult>]) -> Statu
 /// Pixels per second of a busy stretch of the waterfall's time axis.
 const WATERFALL_PX_PER_SEC: f64 = 0.5;
 /// A busy stretch is never shorter than one line of text, nor taller than this.
-const WATERFALL_MIN_PX: f64 = 30.0;
+const WATERFALL_MIN_PX: f64 = 40.0;
 const WATERFALL_MAX_PX: f64 = 240.0;
 /// Idle time between builds is squeezed to this, whatever its length.
 const WATERFALL_IDLE_PX: f64 = 14.0;
