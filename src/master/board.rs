@@ -103,9 +103,11 @@ impl Board {
             .map(|entry| entry.view.number)
     }
 
-    pub fn set_step(&self, builder: &str, number: i64, step: &str) {
+    /// Records the step a build is in now: its number (the checkout is 1) and name.
+    pub fn set_step(&self, builder: &str, number: i64, step_number: i64, step: &str) {
         if let Some(entry) = lock(&self.running).get_mut(&(builder.to_string(), number)) {
             entry.view.step = Some(step.to_string());
+            entry.view.step_number = Some(step_number);
         }
     }
 
@@ -168,6 +170,7 @@ mod tests {
             number,
             slave: "s1".into(),
             step: None,
+            step_number: None,
             started_at: 0.0,
             expected_secs: None,
         }
@@ -178,8 +181,9 @@ mod tests {
         let board = Board::default();
         let stop = board.start("job-1", 7, view("linux", 3));
         assert_eq!(board.number_of_request(7), Some(3));
-        board.set_step("linux", 3, "test");
+        board.set_step("linux", 3, 2, "test");
         assert_eq!(board.running("linux")[0].step.as_deref(), Some("test"));
+        assert_eq!(board.running("linux")[0].step_number, Some(2));
         assert_eq!(board.stop_job("job-1", "alice", "enough"), 1);
         assert!(stop.token.is_cancelled());
         stop.request("bob", "later stops do not overwrite");

@@ -293,6 +293,7 @@ async fn begin(
             number,
             slave: link.name.clone(),
             step: None,
+            step_number: None,
             started_at: unix_now(),
             expected_secs,
         },
@@ -367,7 +368,9 @@ async fn run_steps(
                 break;
             }
         };
-        control.board.set_step(&builder.name, number, &step.name);
+        control
+            .board
+            .set_step(&builder.name, number, step_number, &step.name);
         control.events.publish(BuildEvent::StepStarted {
             job_name: request.job_name.clone(),
             builder: builder.name.clone(),

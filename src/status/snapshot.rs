@@ -54,6 +54,10 @@ pub struct RunningBuild {
     pub slave: String,
     /// The step running now (none between the start and the first step).
     pub step: Option<String>,
+    /// The running step's number, counting the checkout as 1 (none before the first step).
+    /// Defaulted so a peer that predates it still decodes.
+    #[serde(default)]
+    pub step_number: Option<i64>,
     /// Seconds since the unix epoch.
     pub started_at: f64,
     /// Expected duration in seconds, from recent successful builds.

@@ -196,6 +196,7 @@ mod tests {
             number,
             slave: "s1".into(),
             step: step.map(str::to_string),
+            step_number: None,
             started_at: 1000.0,
             expected_secs: expected,
         }

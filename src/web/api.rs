@@ -79,6 +79,7 @@ pub async fn build(
         &state.control.logs_dir,
         &detail,
         None,
+        None,
     )))
 }
 

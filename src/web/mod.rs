@@ -12,6 +12,9 @@ mod pages;
 mod serve;
 pub mod views;
 
+#[cfg(test)]
+mod glance_tests;
+
 use std::sync::Arc;
 
 use anyhow::Context as _;
@@ -26,7 +29,7 @@ use crate::master::control::{Control, ControlError};
 use crate::master::sessions::Session;
 
 /// Every template, embedded so the binary needs no files at run time.
-pub const TEMPLATES: [(&str, &str); 9] = [
+pub const TEMPLATES: [(&str, &str); 11] = [
     ("base.html", include_str!("templates/base.html")),
     ("waterfall.html", include_str!("templates/waterfall.html")),
     ("summary.html", include_str!("templates/summary.html")),
@@ -36,6 +39,8 @@ pub const TEMPLATES: [(&str, &str); 9] = [
     ("slaves.html", include_str!("templates/slaves.html")),
     ("message.html", include_str!("templates/message.html")),
     ("changes.html", include_str!("templates/changes.html")),
+    ("progress.html", include_str!("templates/progress.html")),
+    ("trend.html", include_str!("templates/trend.html")),
 ];
 
 /// What every handler shares.
@@ -157,6 +162,24 @@ impl AppState {
         context.insert("host_key", &self.control.host_key_fingerprint);
         let user = self.session(headers).map(|session| session.account.name);
         context.insert("user", &user);
+        // The board's last results (since this master started); pages that load the
+        // history replace it with the light from each builder's last recorded build.
+        let results: Vec<_> = self
+            .control
+            .config
+            .builders
+            .iter()
+            .map(|builder| {
+                self.control
+                    .board
+                    .last(&builder.name)
+                    .map(|last| last.result)
+            })
+            .collect();
+        context.insert(
+            "light",
+            &views::status_light(&self.control.config.name, &results),
+        );
         context
     }
 
@@ -254,15 +277,29 @@ mod tests {
         let step = serde_json::json!({"number": 1, "name": "test", "result": "failure", "result_text": "failure",
             "css": "failure", "summary": "exit 1", "started_at": 0.0, "finished_at": 1.0, "took": "1s",
             "logs": [{"name": "stdout", "url": "/x"}]});
+        let progress = serde_json::json!({"number": 3, "determinate": true, "value": "70", "max": "165",
+            "text": "step 2/3 (test) · 1m10s of ~2m45s", "overdue": false});
+        let trend = serde_json::json!({"width": "300", "height": "80", "line": "6,70 294,10", "first_number": 1,
+            "last_number": 2, "max_label": "max 1m", "points": [{"x": "6", "y": "70", "css": "success", "title": "#1 success 5s"}]});
         let build = serde_json::json!({"id": 1, "builder": "linux", "number": 3, "slave": "s1", "result": null,
             "result_text": "running", "css": "running", "reason": "stopped by <alice>", "running": true,
             "started_at": 0.0, "finished_at": null, "started": "now", "took": "1s", "url": "/builders/linux/builds/3",
-            "steps": [step], "repository": "r", "branch": "main", "baserev": "abc", "jobid": "j", "who": "alice",
+            "steps": [step], "progress": progress.clone(), "repository": "r", "branch": "main", "baserev": "abc", "jobid": "j", "who": "alice",
             "comment": "c", "has_patch": true, "eta": "2m45s", "properties": {"foo": "bar"},
             "why": "changes 1, 2 on main (scheduler main)", "changes": [change.clone()]});
         let builder = serde_json::json!({"name": "linux", "state": "idle", "state_class": "idle", "queued": 1,
+            "progress": [progress.clone()], "trend": trend.clone(),
             "last": "#2 success", "last_css": "success", "slaves": [{"name": "s1", "connected": true}],
             "builds": [build.clone()]});
+        let light = serde_json::json!({"title": "✔ m", "favicon": "data:image/svg+xml,<svg/>"});
+        let waterfall_step = serde_json::json!({"name": "test", "css": "running", "title": "t", "top": "0",
+            "height": "40", "logs": [{"name": "stdout", "url": "/x"}]});
+        let waterfall_box = serde_json::json!({"number": 3, "url": "/builders/linux/builds/3", "css": "running",
+            "result_text": "running", "took": "1s", "title": "t", "top": "0", "height": "40",
+            "progress": progress.clone(), "steps": [waterfall_step]});
+        let waterfall = serde_json::json!({"height": "100", "hours": 24, "older_url": "/?before=1",
+            "newer_url": null, "ticks": [{"top": "0", "label": "01-01 00:00"}],
+            "columns": [{"name": "linux", "state": "idle", "state_class": "idle", "boxes": [waterfall_box]}]});
         let context = tera::Context::from_serialize(&serde_json::json!({
             "master_name": "m", "host_key": "SHA256:x", "user": "alice", "builders": [builder.clone()],
             "builder": builder, "builds": [build.clone()], "queue": [{"id": 4, "builder": "linux", "position": 1, "kind": "force", "why": "forced by alice: x",
@@ -274,14 +311,17 @@ mod tests {
             "number": 3, "step": "test", "stream": "stdout", "size": 10, "shown": 5, "truncated": true, "more": 20,
             "running": true, "raw_url": "/raw", "text": "<b>output</b>",
             "slaves": [{"name": "s1", "connected": true, "since": "now", "facts": "linux", "building": "linux #3"}],
-            "heading": "h", "message": "m",
+            "heading": "h", "message": "m", "progress": progress.clone(), "trend": trend,
+            "light": light, "waterfall": waterfall,
         }))
         .expect("context");
         for (name, _) in TEMPLATES {
             let html = templates
                 .render(name, &context)
                 .unwrap_or_else(|err| panic!("{name}: {err}"));
-            assert!(html.contains("</html>"), "{name}");
+            // progress.html and trend.html are pieces the pages include.
+            let is_page = !matches!(name, "progress.html" | "trend.html");
+            assert_eq!(html.contains("</html>"), is_page, "{name}");
             assert!(
                 !html.contains("<b>output</b>"),
                 "{name} must escape log text"
@@ -309,6 +349,24 @@ mod tests {
             .render("builder.html", &context)
             .expect("builder page");
         assert!(builder_page.contains("id=\"force-form\""), "{builder_page}");
+        // The included pieces see the variables the pages set for them.
+        assert!(
+            builder_page.contains("<circle class=\"pt success\" cx=\"6\""),
+            "{builder_page}"
+        );
+        assert!(
+            builder_page.contains("<progress value=\"70\" max=\"165\">"),
+            "{builder_page}"
+        );
+        let summary = templates.render("summary.html", &context).expect("summary");
+        assert!(
+            summary.contains("<title>#1 success 5s</title>"),
+            "{summary}"
+        );
+        assert!(
+            build_page.contains("<progress value=\"70\""),
+            "{build_page}"
+        );
         assert!(
             builder_page
                 .contains("db: held by deploy #12 (migrate) since 2m10s; waiting: linux request 9"),

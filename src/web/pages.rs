@@ -13,14 +13,100 @@ use crate::web::{AppState, WebError, auth};
 
 /// How many changes the waterfall lists beside the builders.
 const WATERFALL_CHANGES: i64 = 20;
-/// How many builds the waterfall shows.
+/// How many builds of one builder one page of the waterfall shows at most.
 const WATERFALL_BUILDS: i64 = 200;
+/// How much history the waterfall shows unless `?hours=` says otherwise.
+const WATERFALL_HOURS: u32 = 24;
+/// A week: longer windows would load too many builds for one page.
+const WATERFALL_MAX_HOURS: u32 = 168;
 
-/// Builders with their recent builds (for the waterfall and the builder page).
+/// Builders with their `per_builder` newest builds (with steps) and their duration trends
+/// (for the summary and the builder page).
 async fn builders_with_builds(
     state: &AppState,
     per_builder: i64,
 ) -> Result<Vec<BuilderView>, WebError> {
+    let mut builders = views::builder_views(&state.control);
+    let names: Vec<String> = builders.iter().map(|b| b.name.clone()).collect();
+    let logs_dir = state.control.logs_dir.clone();
+    let trend_limit = i64::try_from(views::TREND_BUILDS).unwrap_or(50);
+    let loaded = state
+        .control
+        .history
+        .run(move |connection| {
+            let mut all = Vec::new();
+            for name in names {
+                let rows = history::recent_builds(connection, &name, per_builder.max(trend_limit))?;
+                let mut builds = Vec::new();
+                // Only the builds the page lists need their steps; the trend needs rows only.
+                for build in rows.iter().take(usize::try_from(per_builder).unwrap_or(0)) {
+                    let steps = history::steps_of(connection, build.id)?;
+                    builds.push(views::build_view(&logs_dir, build, &steps));
+                }
+                let last = rows
+                    .iter()
+                    .find(|row| row.finished_at.is_some())
+                    .map(|row| (row.number, row.result));
+                all.push((builds, views::trend_view(&rows), last));
+            }
+            Ok(all)
+        })
+        .await?;
+    for (builder, (builds, trend, last)) in builders.iter_mut().zip(loaded) {
+        // The last result survives restarts through the history.
+        if let Some((number, result)) = last {
+            builder.last = format!("#{number} {}", result.map_or("running", |r| r.as_str()));
+            builder.last_css = result.map_or("running", |r| r.as_str()).to_string();
+            builder.last_result = result;
+        }
+        builder.trend = trend;
+        builder.builds = builds;
+        attach_progress(builder);
+    }
+    Ok(builders)
+}
+
+/// A running build's box carries the same bar as the builder's "now".
+fn attach_progress(builder: &mut BuilderView) {
+    for build in builder.builds.iter_mut().filter(|build| build.running) {
+        build.progress = builder
+            .progress
+            .iter()
+            .find(|progress| progress.number == build.number)
+            .cloned();
+    }
+}
+
+/// The tab title and favicon from the builders' last results.
+fn insert_light(state: &AppState, context: &mut tera::Context, builders: &[BuilderView]) {
+    let results: Vec<_> = builders.iter().map(|builder| builder.last_result).collect();
+    let light = views::status_light(&state.control.config.name, &results);
+    context.insert("light", &light);
+}
+
+/// The waterfall's window: `?hours=` of history (default [`WATERFALL_HOURS`]) ending at
+/// `?before=` (seconds since the epoch; default now).
+#[derive(serde::Deserialize)]
+pub struct WaterfallQuery {
+    hours: Option<u32>,
+    before: Option<f64>,
+}
+
+pub async fn waterfall(
+    State(state): State<Arc<AppState>>,
+    Query(query): Query<WaterfallQuery>,
+    headers: HeaderMap,
+) -> Result<Html<String>, WebError> {
+    let hours = query
+        .hours
+        .unwrap_or(WATERFALL_HOURS)
+        .clamp(1, WATERFALL_MAX_HOURS);
+    let now = crate::status::unix_now();
+    let upper = query
+        .before
+        .filter(|before| before.is_finite() && *before < now)
+        .unwrap_or(now);
+    let lower = upper - f64::from(hours) * 3600.0;
     let mut builders = views::builder_views(&state.control);
     let names: Vec<String> = builders.iter().map(|b| b.name.clone()).collect();
     let logs_dir = state.control.logs_dir.clone();
@@ -31,36 +117,30 @@ async fn builders_with_builds(
             let mut all = Vec::new();
             for name in names {
                 let mut builds = Vec::new();
-                for build in history::recent_builds(connection, &name, per_builder)? {
+                let rows =
+                    history::builds_in_window(connection, &name, lower, upper, WATERFALL_BUILDS)?;
+                for build in &rows {
                     let steps = history::steps_of(connection, build.id)?;
-                    builds.push(views::build_view(&logs_dir, &build, &steps));
+                    builds.push(views::build_view(&logs_dir, build, &steps));
                 }
-                all.push(builds);
+                let last = history::recent_builds(connection, &name, 5)?
+                    .into_iter()
+                    .find(|row| row.finished_at.is_some())
+                    .and_then(|row| row.result);
+                all.push((builds, last));
             }
             Ok(all)
         })
         .await?;
-    for (builder, builds) in builders.iter_mut().zip(loaded) {
-        // The last result survives restarts through the history.
-        if let Some(last) = builds.iter().find(|build| !build.running) {
-            builder.last = format!("#{} {}", last.number, last.result_text);
-            builder.last_css = last.css.clone();
-        }
+    for (builder, (builds, last)) in builders.iter_mut().zip(loaded) {
         builder.builds = builds;
+        builder.last_result = last.or(builder.last_result);
+        attach_progress(builder);
     }
-    Ok(builders)
-}
-
-pub async fn waterfall(
-    State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
-) -> Result<Html<String>, WebError> {
-    let per_builder = (WATERFALL_BUILDS
-        / i64::try_from(state.control.config.builders.len().max(1)).unwrap_or(1))
-    .max(5);
-    let builders = builders_with_builds(&state, per_builder).await?;
+    let view = views::waterfall_view(&builders, (lower, upper), now, hours, upper >= now);
     let mut context = state.base_context(&headers);
-    context.insert("builders", &builders);
+    insert_light(&state, &mut context, &builders);
+    context.insert("waterfall", &view);
     context.insert(
         "changes",
         &crate::web::changes::recent_change_views(&state, WATERFALL_CHANGES).await?,
@@ -74,6 +154,7 @@ pub async fn summary(
 ) -> Result<Html<String>, WebError> {
     let builders = builders_with_builds(&state, 1).await?;
     let mut context = state.base_context(&headers);
+    insert_light(&state, &mut context, &builders);
     context.insert("builders", &builders);
     Ok(Html(state.render("summary.html", &context)?))
 }
@@ -85,12 +166,13 @@ pub async fn builder(
 ) -> Result<Html<String>, WebError> {
     state.control.builder(&name)?;
     let builders = builders_with_builds(&state, 50).await?;
+    let mut context = state.base_context(&headers);
+    insert_light(&state, &mut context, &builders);
     let Some(builder) = builders.into_iter().find(|b| b.name == name) else {
         return Err(WebError::NotFound(format!("no builder named '{name}'")));
     };
     let queue = crate::web::changes::queue_views(&state, std::slice::from_ref(&name)).await?;
     let session = state.session(&headers);
-    let mut context = state.base_context(&headers);
     context.insert("builds", &builder.builds);
     context.insert("builder", &builder);
     context.insert("queue", &queue);
@@ -107,13 +189,21 @@ pub async fn build(
     headers: HeaderMap,
 ) -> Result<Html<String>, WebError> {
     let detail = state.load_build(&builder, number).await?;
-    let eta = state
-        .control
-        .board
-        .running_build(&builder, number)
-        .and_then(|running| running.eta_at(crate::status::unix_now()))
+    let now = crate::status::unix_now();
+    let running = state.control.board.running_build(&builder, number);
+    let eta = running
+        .as_ref()
+        .and_then(|running| running.eta_at(now))
         .map(crate::durations::format_eta);
-    let page = views::build_page(&state.control.logs_dir, &detail, eta);
+    let total_steps = state
+        .control
+        .config
+        .builder(&builder)
+        .map(|config| config.steps.len() + 1);
+    let progress = running
+        .as_ref()
+        .map(|running| views::progress_view(running, total_steps, now));
+    let page = views::build_page(&state.control.logs_dir, &detail, eta, progress);
     let session = state.session(&headers);
     let mut context = state.base_context(&headers);
     context.insert("can_stop", &session.is_some());

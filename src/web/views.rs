@@ -28,9 +28,15 @@ pub struct BuilderView {
     pub state_class: String,
     /// The builds running now, typed: number, step, start, ETA, slave.
     pub running: Vec<RunningBuild>,
+    /// One progress bar per running build, in the order of `running`.
+    pub progress: Vec<ProgressView>,
     pub queued: usize,
     pub last: String,
     pub last_css: String,
+    /// The last finished build's result, for the tab title.
+    pub last_result: Option<BuildResult>,
+    /// The duration trend, once a build has finished.
+    pub trend: Option<TrendView>,
     pub slaves: Vec<SlaveView>,
     pub builds: Vec<BuildView>,
 }
@@ -72,6 +78,71 @@ pub struct BuildView {
     pub took: String,
     pub url: String,
     pub steps: Vec<StepView>,
+    /// Set while the build runs and the board knows it (filled in by the page).
+    pub progress: Option<ProgressView>,
+}
+
+/// How far along a running build is: a `<progress>` bar and the line beside it, from the
+/// same estimate as the ETA (the median of recent successful builds).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ProgressView {
+    pub number: i64,
+    /// False past the estimate or without one: the page shows an indeterminate bar, so a
+    /// build still running never looks finished.
+    pub determinate: bool,
+    /// Elapsed seconds, below `max` whenever `determinate`.
+    pub value: String,
+    /// Expected seconds.
+    pub max: String,
+    /// "step 3/5 (test) · 1m10s of ~2m45s", or "… · overdue by 20s".
+    pub text: String,
+    pub overdue: bool,
+}
+
+/// The progress of `running` at `now`; `total_steps` counts the checkout step.
+pub fn progress_view(running: &RunningBuild, total_steps: Option<usize>, now: f64) -> ProgressView {
+    let step = match (&running.step, running.step_number, total_steps) {
+        (Some(name), Some(number), Some(total)) => format!("step {number}/{total} ({name})"),
+        (Some(name), _, _) => format!("step {name}"),
+        (None, _, _) => "starting".to_string(),
+    };
+    let elapsed = running.elapsed_at(now);
+    let elapsed_secs = elapsed.as_secs_f64();
+    let expected = running.expected_secs.filter(|secs| *secs > 0.0);
+    match expected {
+        Some(expected) if elapsed_secs < expected => ProgressView {
+            number: running.number,
+            determinate: true,
+            // Whole seconds, so the bar and the text agree; floor keeps it below max.
+            value: format!("{}", elapsed_secs.floor()),
+            max: format!("{}", expected.ceil()),
+            text: format!(
+                "{step} · {} of ~{}",
+                format_eta(elapsed),
+                format_eta(Duration::from_secs_f64(expected))
+            ),
+            overdue: false,
+        },
+        Some(expected) => ProgressView {
+            number: running.number,
+            determinate: false,
+            value: String::new(),
+            max: format!("{}", expected.ceil()),
+            text: format!(
+                "{step} · overdue by {}",
+                format_eta(Duration::from_secs_f64(elapsed_secs - expected))
+            ),
+            overdue: true,
+        },
+        None => ProgressView {
+            number: running.number,
+            determinate: false,
+            value: String::new(),
+            max: String::new(),
+            text: format!("{step} · {} (no estimate yet)", format_eta(elapsed)),
+            overdue: false,
+        },
+    }
 }
 
 /// A build page's extra facts: what was built and for whom.
@@ -214,12 +285,20 @@ pub fn build_view(logs_dir: &Path, build: &BuildRow, steps: &[StepRow]) -> Build
             .iter()
             .map(|step| step_view(logs_dir, &build.builder, build.number, step))
             .collect(),
+        progress: None,
     }
 }
 
-pub fn build_page(logs_dir: &Path, detail: &BuildDetail, eta: Option<String>) -> BuildPage {
+pub fn build_page(
+    logs_dir: &Path,
+    detail: &BuildDetail,
+    eta: Option<String>,
+    progress: Option<ProgressView>,
+) -> BuildPage {
+    let mut build = build_view(logs_dir, &detail.build, &detail.steps);
+    build.progress = progress;
     BuildPage {
-        build: build_view(logs_dir, &detail.build, &detail.steps),
+        build,
         repository: detail.repository.clone(),
         branch: detail.branch.clone().unwrap_or_default(),
         baserev: detail.baserev.clone().unwrap_or_default(),
@@ -253,6 +332,7 @@ pub fn builder_views(control: &Control) -> Vec<BuilderView> {
                 BuilderActivity::Idle => "idle",
                 BuilderActivity::Offline => "offline",
             };
+            let last_result = builder.last.map(|last| last.result);
             let (last, last_css) = match builder.last {
                 Some(last) => (
                     format!("#{} {}", last.number, last.result),
@@ -260,13 +340,24 @@ pub fn builder_views(control: &Control) -> Vec<BuilderView> {
                 ),
                 None => ("none yet".to_string(), "idle".to_string()),
             };
+            let total_steps = control
+                .config
+                .builder(&builder.name)
+                .map(|config| config.steps.len() + 1);
             BuilderView {
                 state: text::describe_activity(&builder, now),
+                progress: builder
+                    .running
+                    .iter()
+                    .map(|running| progress_view(running, total_steps, now))
+                    .collect(),
                 state_class: state_class.to_string(),
                 running: builder.running,
                 queued: builder.queued,
                 last,
                 last_css,
+                last_result,
+                trend: None,
                 slaves: builder
                     .slaves
                     .into_iter()
@@ -330,4 +421,343 @@ pub fn lock_views(control: &Control, builder: &str) -> Vec<LockView> {
             waiters: lock.waiters,
         })
         .collect()
+}
+
+/// How many finished builds a duration trend plots.
+pub const TREND_BUILDS: usize = 50;
+const TREND_WIDTH: f64 = 300.0;
+const TREND_HEIGHT: f64 = 80.0;
+const TREND_PAD: f64 = 6.0;
+
+/// A builder's duration trend: build time against build number, as an inline SVG.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TrendView {
+    pub width: String,
+    pub height: String,
+    /// The line through the points, oldest first (an SVG `points` list).
+    pub line: String,
+    pub points: Vec<TrendPoint>,
+    /// The longest duration plotted, as the axis label ("max 2m45s").
+    pub max_label: String,
+    pub first_number: i64,
+    pub last_number: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TrendPoint {
+    pub x: String,
+    pub y: String,
+    /// The result class ("success", "failure", ...) that colours the point.
+    pub css: String,
+    /// "#12 failure 1m10s", the point's `<title>`.
+    pub title: String,
+}
+
+/// The trend of the newest [`TREND_BUILDS`] finished builds in `builds` (any order); none
+/// when nothing has finished yet.
+pub fn trend_view(builds: &[BuildRow]) -> Option<TrendView> {
+    let mut finished: Vec<(i64, String, f64)> = builds
+        .iter()
+        .filter_map(|build| {
+            let finished_at = build.finished_at?;
+            Some((
+                build.number,
+                css(build.result),
+                (finished_at - build.started_at).max(0.0),
+            ))
+        })
+        .collect();
+    finished.sort_by_key(|(number, _, _)| std::cmp::Reverse(*number));
+    finished.truncate(TREND_BUILDS);
+    finished.reverse();
+    let (first, last) = (finished.first()?.0, finished.last()?.0);
+    let longest = finished
+        .iter()
+        .map(|(_, _, secs)| *secs)
+        .fold(0.0_f64, f64::max)
+        // A floor of one second keeps all-instant builds from dividing by zero.
+        .max(1.0);
+    let span = (last - first).max(1) as f64;
+    let points: Vec<TrendPoint> = finished
+        .iter()
+        .map(|(number, class, secs)| {
+            let x = if first == last {
+                TREND_WIDTH / 2.0
+            } else {
+                TREND_PAD + (number - first) as f64 / span * (TREND_WIDTH - 2.0 * TREND_PAD)
+            };
+            let y = TREND_HEIGHT - TREND_PAD - secs / longest * (TREND_HEIGHT - 2.0 * TREND_PAD);
+            TrendPoint {
+                x: format!("{x:.1}"),
+                y: format!("{y:.1}"),
+                css: class.clone(),
+                title: format!(
+                    "#{number} {class} {}",
+                    format_eta(Duration::from_secs_f64(*secs))
+                ),
+            }
+        })
+        .collect();
+    Some(TrendView {
+        width: format!("{TREND_WIDTH}"),
+        height: format!("{TREND_HEIGHT}"),
+        line: points
+            .iter()
+            .map(|point| format!("{},{}", point.x, point.y))
+            .collect::<Vec<_>>()
+            .join(" "),
+        points,
+        max_label: format!("max {}", format_eta(Duration::from_secs_f64(longest))),
+        first_number: first,
+        last_number: last,
+    })
+}
+
+/// The tab title and favicon: a status light from each builder's last result.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StatusLight {
+    /// "✔ example" or "✘ 2 failing · example".
+    pub title: String,
+    /// A `data:` URL of a round SVG icon in the state's colour.
+    pub favicon: String,
+}
+
+/// The light for `master` from each builder's last finished result (none: never built,
+/// which is not failing).
+pub fn status_light(master: &str, last_results: &[Option<BuildResult>]) -> StatusLight {
+    let failing = last_results
+        .iter()
+        .flatten()
+        .filter(|result| !result.is_good())
+        .count();
+    let (title, colour) = match failing {
+        0 => (format!("✔ {master}"), "%2388dd44"),
+        _ => (format!("✘ {failing} failing · {master}"), "%23dd4444"),
+    };
+    StatusLight {
+        title,
+        // `#` is a fragment marker in a URL, hence `%23`; the rest needs no encoding.
+        favicon: format!(
+            "data:image/svg+xml,<svg xmlns='http://www.w3.org/2000/svg' viewBox='0 0 16 16'><circle cx='8' cy='8' r='7' fill='{colour}'/></svg>"
+        ),
+    }
+}
+
+/// Pixels per second of a busy stretch of the waterfall's time axis.
+const WATERFALL_PX_PER_SEC: f64 = 0.5;
+/// A busy stretch is never shorter than one line of text, nor taller than this.
+const WATERFALL_MIN_PX: f64 = 40.0;
+const WATERFALL_MAX_PX: f64 = 240.0;
+/// Idle time between builds is squeezed to this, whatever its length.
+const WATERFALL_IDLE_PX: f64 = 14.0;
+
+/// The waterfall: builders as columns on one time axis, newest at the top.
+#[derive(Debug, Clone, Serialize)]
+pub struct WaterfallView {
+    /// The height of every column, in pixels.
+    pub height: String,
+    pub columns: Vec<WaterfallColumn>,
+    /// Time labels down the left, at each build's start.
+    pub ticks: Vec<WaterfallTick>,
+    pub hours: u32,
+    /// The page before this window (older builds).
+    pub older_url: String,
+    /// The page after it, unless this is the newest.
+    pub newer_url: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct WaterfallColumn {
+    pub name: String,
+    pub state: String,
+    pub state_class: String,
+    /// Newest first, so their `top` grows down the column.
+    pub boxes: Vec<WaterfallBox>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct WaterfallBox {
+    pub number: i64,
+    pub url: String,
+    pub css: String,
+    pub result_text: String,
+    pub took: String,
+    pub title: String,
+    pub top: String,
+    pub height: String,
+    pub steps: Vec<WaterfallStep>,
+    pub progress: Option<ProgressView>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct WaterfallStep {
+    pub name: String,
+    pub css: String,
+    pub title: String,
+    /// Relative to the build's box.
+    pub top: String,
+    pub height: String,
+    pub logs: Vec<LogLink>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct WaterfallTick {
+    pub top: String,
+    pub label: String,
+}
+
+/// Maps times to pixels down the page: busy stretches keep their proportions, idle ones
+/// shrink to a sliver, so short builds stay readable beside long quiet nights.
+struct TimeAxis {
+    /// Distinct moments where a build starts or ends, newest first.
+    moments: Vec<f64>,
+    /// The pixel offset of each moment.
+    offsets: Vec<f64>,
+}
+
+impl TimeAxis {
+    fn new(spans: &[(f64, f64)], upper: f64) -> TimeAxis {
+        let mut moments: Vec<f64> = spans
+            .iter()
+            .flat_map(|(start, end)| [*start, *end])
+            .chain([upper])
+            .collect();
+        moments.sort_by(|a, b| b.total_cmp(a));
+        moments.dedup();
+        let mut offsets = vec![0.0];
+        for pair in moments.windows(2) {
+            let (newer, older) = (pair[0], pair[1]);
+            let busy = spans
+                .iter()
+                .any(|(start, end)| *start <= older && *end >= newer);
+            let gap = if busy {
+                ((newer - older) * WATERFALL_PX_PER_SEC).clamp(WATERFALL_MIN_PX, WATERFALL_MAX_PX)
+            } else {
+                WATERFALL_IDLE_PX
+            };
+            offsets.push(offsets.last().copied().unwrap_or(0.0) + gap);
+        }
+        TimeAxis { moments, offsets }
+    }
+
+    fn y(&self, time: f64) -> f64 {
+        for (index, pair) in self.moments.windows(2).enumerate() {
+            if time >= pair[1] {
+                let fraction = ((pair[0] - time) / (pair[0] - pair[1])).clamp(0.0, 1.0);
+                return self.offsets[index]
+                    + fraction * (self.offsets[index + 1] - self.offsets[index]);
+            }
+        }
+        self.offsets.last().copied().unwrap_or(0.0)
+    }
+
+    fn height(&self) -> f64 {
+        self.offsets.last().copied().unwrap_or(0.0)
+    }
+}
+
+/// Lays out `builders` (with the builds of the window in `builds`) between `lower` and
+/// `upper`; running builds end at `now`. `newest` says whether `upper` is now (no newer page).
+pub fn waterfall_view(
+    builders: &[BuilderView],
+    window: (f64, f64),
+    now: f64,
+    hours: u32,
+    newest: bool,
+) -> WaterfallView {
+    let (lower, upper) = window;
+    let clamp = |time: f64| time.clamp(lower, upper);
+    let span_of = |build: &BuildView| {
+        (
+            clamp(build.started_at),
+            clamp(build.finished_at.unwrap_or(now)),
+        )
+    };
+    let spans: Vec<(f64, f64)> = builders
+        .iter()
+        .flat_map(|builder| builder.builds.iter().map(span_of))
+        .collect();
+    let axis = TimeAxis::new(&spans, upper);
+    let px = |value: f64| format!("{value:.0}");
+    let columns = builders
+        .iter()
+        .map(|builder| {
+            let mut builds: Vec<&BuildView> = builder.builds.iter().collect();
+            builds.sort_by(|a, b| b.started_at.total_cmp(&a.started_at));
+            WaterfallColumn {
+                name: builder.name.clone(),
+                state: builder.state.clone(),
+                state_class: builder.state_class.clone(),
+                boxes: builds
+                    .into_iter()
+                    .map(|build| {
+                        let (start, end) = span_of(build);
+                        let top = axis.y(end);
+                        let bottom = axis.y(start);
+                        WaterfallBox {
+                            number: build.number,
+                            url: build.url.clone(),
+                            css: build.css.clone(),
+                            result_text: build.result_text.clone(),
+                            took: build.took.clone(),
+                            title: format!(
+                                "#{} {} · {} · took {}",
+                                build.number, build.result_text, build.started, build.took
+                            ),
+                            top: px(top),
+                            height: px(bottom - top),
+                            steps: build
+                                .steps
+                                .iter()
+                                .map(|step| {
+                                    let step_top = axis.y(clamp(step.finished_at.unwrap_or(now)));
+                                    let step_bottom = axis.y(clamp(step.started_at));
+                                    WaterfallStep {
+                                        name: step.name.clone(),
+                                        css: step.css.clone(),
+                                        title: format!(
+                                            "{} {} {}",
+                                            step.name, step.result_text, step.took
+                                        ),
+                                        top: px(step_top - top),
+                                        height: px((step_bottom - step_top).max(1.0)),
+                                        logs: step.logs.clone(),
+                                    }
+                                })
+                                .collect(),
+                            progress: build.progress.clone(),
+                        }
+                    })
+                    .collect(),
+            }
+        })
+        .collect();
+    let mut ticks: Vec<WaterfallTick> = Vec::new();
+    let mut starts: Vec<f64> = spans.iter().map(|(start, _)| *start).collect();
+    starts.sort_by(|a, b| b.total_cmp(a));
+    let mut last_top: Option<f64> = None;
+    for start in starts {
+        let top = axis.y(start);
+        // Labels closer than a line apart would overprint each other.
+        if last_top.is_some_and(|last| top - last < 16.0) {
+            continue;
+        }
+        last_top = Some(top);
+        ticks.push(WaterfallTick {
+            top: px(top),
+            label: chrono::DateTime::from_timestamp(start as i64, 0)
+                .map(|time| time.format("%m-%d %H:%M").to_string())
+                .unwrap_or_default(),
+        });
+    }
+    let window_secs = f64::from(hours) * 3600.0;
+    WaterfallView {
+        height: px(axis.height().max(WATERFALL_MIN_PX)),
+        columns,
+        ticks,
+        hours,
+        older_url: format!("/?hours={hours}&before={}", lower.floor()),
+        newer_url: (!newest)
+            .then(|| format!("/?hours={hours}&before={}", (upper + window_secs).floor())),
+    }
 }

@@ -160,6 +160,38 @@ impl Driver {
         );
     }
 
+    /// Runs `script` in the page and returns its value.
+    pub(crate) fn script(&self, script: &str) -> Value {
+        self.call(
+            reqwest::Method::POST,
+            "/execute/sync",
+            Some(json!({"script": script, "args": []})),
+        )
+    }
+
+    /// Makes the viewport `width` CSS pixels wide (as a phone would), checked in the page.
+    pub(crate) fn set_viewport_width(&self, width: u64, height: u64) {
+        // Device-metrics emulation gives an exact viewport; resizing the window would
+        // include the browser's frame and a minimum window width.
+        self.call(
+            reqwest::Method::POST,
+            "/goog/cdp/execute",
+            Some(
+                json!({"cmd": "Emulation.setDeviceMetricsOverride", "params": {
+                "width": width, "height": height, "deviceScaleFactor": 1, "mobile": width < 600}}),
+            ),
+        );
+        let inner = self.script("return window.innerWidth;");
+        assert_eq!(inner.as_u64(), Some(width), "the viewport is {inner}");
+    }
+
+    pub(crate) fn title(&self) -> String {
+        self.call(reqwest::Method::GET, "/title", None)
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    }
+
     pub(crate) fn screenshot(&self, path: &Path) {
         let encoded = self.call(reqwest::Method::GET, "/screenshot", None);
         let png = base64::engine::general_purpose::STANDARD
@@ -253,4 +285,97 @@ fn a_person_logs_in_and_stops_a_build_in_chromium() {
     );
     let output = output_with_deadline(waiting, "try --wait", PATIENCE);
     assert_eq!(output.status.code(), Some(1), "{}", text(&output.stdout));
+}
+
+/// Screenshots of the waterfall and the builder page at desktop and phone widths, for a
+/// person to look at (`target/screenshots/`); at 390 px nothing may scroll sideways.
+#[test]
+fn the_glanceable_pages_fit_a_phone_and_show_progress_in_chromium() {
+    let checkout = Checkout::new();
+    // `../fail` makes the build fail; `../hold` keeps it running until `../go` appears.
+    let master = TestMaster::start_with(MasterSetup::linux_builder(
+        &["s1"],
+        &checkout.upstream,
+        r#"{ name = "test", command = "echo testing; if [ -e ../hold ]; then while [ ! -e ../go ]; do sleep 0.1; done; fi; [ ! -e ../fail ]" },"#,
+    ));
+    let slave = master.start_slave("s1");
+    let build_dir = slave.dir.join("build");
+    let try_build = |expected_exit: i32| {
+        let child = master
+            .try_command(&checkout.work, "linux", true)
+            .spawn()
+            .expect("try runs");
+        let output = output_with_deadline(child, "try --wait", PATIENCE);
+        assert_eq!(
+            output.status.code(),
+            Some(expected_exit),
+            "{}",
+            text(&output.stdout)
+        );
+    };
+    try_build(0);
+    std::fs::write(build_dir.join("fail"), "").expect("make the next build fail");
+    try_build(1);
+    std::fs::remove_file(build_dir.join("fail")).expect("let builds pass again");
+    std::fs::write(build_dir.join("hold"), "").expect("hold the next build");
+    let waiting = master
+        .try_command(&checkout.work, "linux", true)
+        .spawn()
+        .expect("try runs");
+    let web = format!("http://127.0.0.1:{}", master.http_port);
+    wait_until("build #3 to run its step", || {
+        reqwest::blocking::get(format!("{web}/builders/linux/builds/3"))
+            .and_then(|r| r.text())
+            .is_ok_and(|body| body.contains("step 2/2 (test)"))
+    });
+
+    let driver = Driver::start();
+    let shots = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/screenshots");
+    std::fs::create_dir_all(&shots).expect("screenshot dir");
+    for width in [1280, 390] {
+        driver.set_viewport_width(width, 900);
+        for (page, path) in [
+            ("waterfall", "/"),
+            ("builder", "/builders/linux"),
+            ("summary", "/summary"),
+            ("build", "/builders/linux/builds/3"),
+        ] {
+            driver.goto(&format!("{web}{path}"));
+            if page == "waterfall" || page == "builder" {
+                driver.screenshot(&shots.join(format!("{page}-{width}.png")));
+            }
+            let scroll_width = driver.script("return document.documentElement.scrollWidth;");
+            assert!(
+                scroll_width.as_u64().is_some_and(|scroll| scroll <= width),
+                "{page} at {width} px is {scroll_width} px wide"
+            );
+        }
+    }
+    println!("screenshots: {}", shots.display());
+
+    driver.goto(&format!("{web}/builders/linux"));
+    let title = driver.title();
+    assert!(title.starts_with("✘ 1 failing · "), "{title}");
+    assert_eq!(driver.count("#trend svg circle.pt.success"), 1);
+    assert_eq!(driver.count("#trend svg circle.pt.failure"), 1);
+    assert_eq!(driver.count(".progress progress"), 1, "{}", driver.source());
+    driver.goto(&format!("{web}/"));
+    assert_eq!(
+        driver.count("td.wf-lane[data-builder='linux'] .wf-build"),
+        3
+    );
+    assert_eq!(
+        driver.text("#waterfall a[href='/builders/linux/builds/3']"),
+        "#3"
+    );
+
+    std::fs::write(build_dir.join("go"), "").expect("release build #3");
+    let output = output_with_deadline(waiting, "try --wait", PATIENCE);
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output.stdout));
+    driver.goto(&format!("{web}/builders/linux"));
+    let title = driver.title();
+    assert!(
+        title.starts_with("✔ "),
+        "the last result is good again: {title}"
+    );
 }

@@ -53,7 +53,8 @@ fn the_demo_runs_a_try_to_a_result_and_cleans_up_on_ctrl_c() {
         .send()
         .and_then(|r| r.text())
         .expect("build page");
-    assert!(body.contains("<title>demo #1"), "{body}");
+    // The tab title leads with the status light (#17), then the page.
+    assert!(body.contains("<title>✔ demo — demo #1</title>"), "{body}");
     assert_eq!(
         element_text(&body, "id=\"result\"").as_deref(),
         Some("success"),

@@ -480,6 +480,23 @@ pub fn recent_builds(
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
+/// A builder's builds that overlap the time window `[from, to)` (seconds since the epoch),
+/// newest first, at most `limit`: what one page of the waterfall shows.
+pub fn builds_in_window(
+    connection: &Connection,
+    builder: &str,
+    from: f64,
+    to: f64,
+    limit: i64,
+) -> Result<Vec<BuildRow>, HistoryError> {
+    let mut statement = connection.prepare(&format!(
+        "SELECT {BUILD_COLUMNS} FROM builds b WHERE b.builder = ?1 AND b.started_at < ?3
+         AND (b.finished_at IS NULL OR b.finished_at >= ?2) ORDER BY b.number DESC LIMIT ?4"
+    ))?;
+    let rows = statement.query_map(params![builder, from, to, limit], build_from_row)?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
 /// A step of a build, for status output.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StepRow {
