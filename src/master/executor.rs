@@ -185,30 +185,7 @@ fn perform(
         }
         Effect::RecordCancelled { by, requests } => {
             tracing::info!(%by, requests = ?requests, "queued requests cancelled");
-            let control = Arc::clone(control);
-            builds.spawn(async move {
-                let ids: Vec<i64> = requests.iter().map(|(id, ..)| *id).collect();
-                let recorded = control
-                    .history
-                    .run(move |connection| {
-                        for id in ids {
-                            history::set_request_state(connection, id, RequestState::Cancelled)?;
-                        }
-                        Ok(())
-                    })
-                    .await;
-                if let Err(err) = recorded {
-                    tracing::error!("cannot record cancelled requests: {err}");
-                }
-                for (request_id, job_name, builder) in requests {
-                    control.events.publish(BuildEvent::RequestCancelled {
-                        job_name,
-                        builder,
-                        request_id,
-                        by: by.clone(),
-                    });
-                }
-            });
+            builds.spawn(drop_requests(Arc::clone(control), requests, by, None));
             None
         }
         Effect::Collapsed {
@@ -217,30 +194,13 @@ fn perform(
             change_ids,
         } => {
             tracing::info!(into, merged = ?requests, "queued requests collapsed");
-            let control = Arc::clone(control);
-            builds.spawn(async move {
-                let ids: Vec<i64> = requests.iter().map(|(id, ..)| *id).collect();
-                let recorded = control
-                    .history
-                    .run(move |connection| {
-                        for id in ids {
-                            history::set_request_state(connection, id, RequestState::Cancelled)?;
-                        }
-                        history::changes::link_changes(connection, into, &change_ids)
-                    })
-                    .await;
-                if let Err(err) = recorded {
-                    tracing::error!("cannot record collapsed requests: {err}");
-                }
-                for (request_id, job_name, builder) in requests {
-                    control.events.publish(BuildEvent::RequestCancelled {
-                        job_name,
-                        builder,
-                        request_id,
-                        by: format!("collapsed into request {into}"),
-                    });
-                }
-            });
+            let by = format!("collapsed into request {into}");
+            builds.spawn(drop_requests(
+                Arc::clone(control),
+                requests,
+                by,
+                Some((into, change_ids)),
+            ));
             None
         }
         Effect::CloseSlave { name, conn_id } => {
@@ -249,6 +209,42 @@ fn perform(
         }
         // Answered in the loop, which holds the waiting steps' channels.
         Effect::StepLocksGranted { .. } | Effect::WaitingForLock { .. } => None,
+    }
+}
+
+/// Records queued requests as cancelled (moving their changes to the request they collapsed
+/// into, if any), then tells the followers, each with who or what dropped it.
+async fn drop_requests(
+    control: Arc<Control>,
+    requests: Vec<(i64, String, String)>,
+    by: String,
+    collapsed_into: Option<(i64, Vec<i64>)>,
+) {
+    let ids: Vec<i64> = requests.iter().map(|(id, ..)| *id).collect();
+    let recorded = control
+        .history
+        .run(move |connection| {
+            for id in ids {
+                history::set_request_state(connection, id, RequestState::Cancelled)?;
+            }
+            match collapsed_into {
+                Some((into, change_ids)) => {
+                    history::changes::link_changes(connection, into, &change_ids)
+                }
+                None => Ok(()),
+            }
+        })
+        .await;
+    if let Err(err) = recorded {
+        tracing::error!("cannot record dropped requests: {err}");
+    }
+    for (request_id, job_name, builder) in requests {
+        control.events.publish(BuildEvent::RequestCancelled {
+            job_name,
+            builder,
+            request_id,
+            by: by.clone(),
+        });
     }
 }
 
