@@ -428,7 +428,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let cwd = std::env::current_dir().context("cannot find the current directory")?;
             let connection = connection.into_try_args();
             let result =
-                buildbot::client::watch::stop(&builder, number, &reason, &connection, &cwd);
+                buildbot::client::remote::stop(&builder, number, &reason, &connection, &cwd);
             Ok(client_outcome("stop", result))
         }
         Command::Force {
@@ -440,18 +440,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             connection,
         } => {
             let cwd = std::env::current_dir().context("cannot find the current directory")?;
-            let connection = connection.into_try_args();
-            let mut words = vec!["force".to_string(), builder];
-            for (flag, value) in [("--branch", branch), ("--revision", revision)] {
-                if let Some(value) = value {
-                    words.extend([flag.to_string(), value]);
-                }
-            }
-            words.extend(["--reason".to_string(), reason]);
-            for property in properties {
-                words.extend(["--property".to_string(), property]);
-            }
-            let result = buildbot::client::watch::run_command(&words, &connection, &cwd);
+            let force = buildbot::client::remote::ForceArgs {
+                builder,
+                branch,
+                revision,
+                reason,
+                properties,
+            };
+            let result = buildbot::client::remote::force(&force, &connection.into_try_args(), &cwd);
             Ok(client_outcome("force", result))
         }
         Command::Sendchange {
@@ -465,14 +461,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             connection,
         } => {
             let cwd = std::env::current_dir().context("cannot find the current directory")?;
-            let mut parsed = std::collections::BTreeMap::new();
-            for property in properties {
-                let Some((name, value)) = property.split_once('=') else {
-                    eprintln!("buildbot sendchange: --property {property}: write it NAME=VALUE");
-                    return Ok(ExitCode::from(try_cmd::EXIT_TROUBLE));
-                };
-                parsed.insert(name.to_string(), value.to_string());
-            }
+            let parsed = match buildbot::client::remote::parse_properties(&properties) {
+                Ok(parsed) => parsed,
+                Err(err) => return Ok(client_outcome("sendchange", Err(err))),
+            };
             let change = buildbot::change::ChangeSpec {
                 repository,
                 branch,
@@ -483,7 +475,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 properties: parsed,
             };
             let connection = connection.into_try_args();
-            let result = buildbot::client::watch::send_change(&change, &connection, &cwd);
+            let result = buildbot::client::remote::send_change(&change, &connection, &cwd);
             Ok(client_outcome("sendchange", result))
         }
         Command::ApplyPatch { level, workdir } => {

@@ -4,5 +4,6 @@
 pub mod dotfile;
 pub mod patch;
 pub mod progress;
+pub mod remote;
 pub mod try_cmd;
 pub mod watch;

@@ -111,10 +111,7 @@ impl Renderer {
                 web_url,
             } => {
                 self.web_url = web_url;
-                vec![format!(
-                    "buildbot: job {jobid} accepted as {job_name} for {}",
-                    builders.join(", ")
-                )]
+                vec![text::describe_accepted(&jobid, &job_name, &builders)]
             }
             StreamItem::Event(sequenced) => {
                 self.tracker.observe(&sequenced.event);

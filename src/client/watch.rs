@@ -1,6 +1,5 @@
-//! `buildbot watch`, `stop`, `force` and `sendchange`: the master's commands run over the user's
-//! own ssh,
-//! with the same connection defaults as `try` (flags, then `.buildbot`).
+//! `buildbot watch`: the master's `watch` over the user's own ssh, with the same connection
+//! defaults as `try` (flags, then `.buildbot`).
 //!
 //! `watch` asks the master for its typed JSON stream and renders it (text, or JSON lines with
 //! `--json`). When a connection that worked drops, it reconnects with backoff and resumes after
@@ -11,8 +10,8 @@ use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 use std::time::Duration;
 
-use crate::client::dotfile::{self, DotBuildbot};
-use crate::client::try_cmd::{Connection, TryArgs, TryError};
+use crate::client::remote::{exit_code, resolve};
+use crate::client::try_cmd::{TryArgs, TryError};
 use crate::status::{StreamItem, text, unix_now};
 
 const FIRST_BACKOFF: Duration = Duration::from_secs(1);
@@ -161,81 +160,6 @@ fn render(
         }
     }
     StreamEnd::Ended { received }
-}
-
-fn exit_code(code: Option<i32>, connection: &Connection) -> Result<u8, TryError> {
-    match code {
-        Some(0) => Ok(0),
-        Some(1) => Ok(1),
-        Some(255) => Err(ssh_failed(connection)),
-        _ => Ok(2),
-    }
-}
-
-fn ssh_failed(connection: &Connection) -> TryError {
-    TryError(format!(
-        "ssh to {} failed (see above): check the host, port and username, and that your key is in the master's authorized_keys",
-        connection.host()
-    ))
-}
-
-/// Runs `buildbot stop BUILDER [N] --reason TEXT`; the master prints the result. Exit 0 when
-/// the build was stopped, 1 when it could not be (not running, no right), 2 for trouble.
-pub fn stop(
-    builder: &str,
-    number: Option<u64>,
-    reason: &str,
-    connection_args: &TryArgs,
-    cwd: &Path,
-) -> Result<u8, TryError> {
-    let mut words = vec!["stop".to_string(), builder.to_string()];
-    words.extend(number.map(|n| n.to_string()));
-    words.extend(["--reason".to_string(), reason.to_string()]);
-    run_command(&words, connection_args, cwd)
-}
-
-/// Runs one master command (`stop`, `force`, ...) word by word over the user's ssh; the master
-/// prints the answer. Exit 0 done, 1 refused, 2 usage or connection trouble.
-pub fn run_command(
-    words: &[String],
-    connection_args: &TryArgs,
-    cwd: &Path,
-) -> Result<u8, TryError> {
-    let connection = resolve(connection_args, cwd)?;
-    let remote = shlex::try_join(words.iter().map(String::as_str))
-        .map_err(|_| TryError("an argument cannot be quoted for the remote command".into()))?;
-    exit_code(Some(connection.run_remote(&remote)?), &connection)
-}
-
-/// Runs `buildbot sendchange`: the change as JSON to the master's `sendchange`, which prints
-/// `change N accepted`. Exit 0 accepted, 1 refused, 2 usage or connection trouble.
-pub fn send_change(
-    change: &crate::change::ChangeSpec,
-    connection_args: &TryArgs,
-    cwd: &Path,
-) -> Result<u8, TryError> {
-    crate::change::check(change).map_err(|err| TryError(err.to_string()))?;
-    let json = serde_json::to_vec(change)
-        .map_err(|err| TryError(format!("cannot encode the change: {err}")))?;
-    let connection = resolve(connection_args, cwd)?;
-    exit_code(
-        Some(connection.run_remote_with_input("sendchange", &json)?),
-        &connection,
-    )
-}
-
-/// The connection from the flags and `.buildbot`.
-fn resolve(connection_args: &TryArgs, cwd: &Path) -> Result<Connection, TryError> {
-    let found = dotfile::find(cwd).map_err(|err| TryError(err.to_string()))?;
-    let (path, defaults) = match found {
-        Some((path, defaults)) => (Some(path), defaults),
-        None => (None, DotBuildbot::default()),
-    };
-    Connection::resolve(connection_args, &defaults, path.as_deref())?.ok_or_else(|| {
-        TryError(
-            "no master: give --host (and --port, --username), or put them in a .buildbot file at the top of your checkout".into(),
-        )
-    })
 }
 
 #[cfg(test)]

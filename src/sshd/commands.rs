@@ -223,12 +223,7 @@ async fn report_queued(
 }
 
 fn accepted_line(accepted: &crate::master::control::Accepted) -> String {
-    format!(
-        "buildbot: job {} accepted as {} for {}",
-        accepted.jobid,
-        accepted.job_name,
-        accepted.builders.join(", ")
-    )
+    text::describe_accepted(&accepted.jobid, &accepted.job_name, &accepted.builders)
 }
 
 async fn refuse_try(user: &UnixAccount, err: &ControlError, io: &mut ExecIo<'_>) -> u32 {

@@ -94,6 +94,14 @@ pub fn describe_event(event: &BuildEvent) -> String {
     }
 }
 
+/// `buildbot: job JOBID accepted as NAME for linux, mac`: what a submitter sees first.
+pub fn describe_accepted(jobid: &str, job_name: &str, builders: &[String]) -> String {
+    format!(
+        "buildbot: job {jobid} accepted as {job_name} for {}",
+        builders.join(", ")
+    )
+}
+
 /// `queued: 3rd for linux, starts in ~4m10s`.
 pub fn describe_queued(builder: &str, position: usize, starts_in_secs: Option<f64>) -> String {
     let position = crate::status::ordinal(position);

@@ -1,7 +1,7 @@
 //! Changes in the history: each change sent or polled, which requests built it, and the heads a
 //! poller last saw per branch (so a restarted master neither misses nor repeats a push).
 
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{Connection, params};
 
 use crate::change::ChangeSpec;
 use crate::master::history::{HistoryError, now, properties_from_json, properties_json};
@@ -140,21 +140,6 @@ pub fn builds_of_change(
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
-/// The head a poller last saw on `branch` of `repository`.
-pub fn poll_head(
-    connection: &Connection,
-    repository: &str,
-    branch: &str,
-) -> Result<Option<String>, HistoryError> {
-    Ok(connection
-        .query_row(
-            "SELECT revision FROM poll_heads WHERE repository = ?1 AND branch = ?2",
-            params![repository, branch],
-            |row| row.get(0),
-        )
-        .optional()?)
-}
-
 /// Every head a poller saw in `repository`.
 pub fn poll_heads(
     connection: &Connection,
@@ -202,14 +187,13 @@ mod tests {
                 };
                 let stored = insert_change(connection, &spec, "alice")?;
                 assert_eq!(recent_changes(connection, 10)?, vec![stored.clone()]);
-                assert_eq!(poll_head(connection, "/r.git", "main")?, None);
+                assert!(poll_heads(connection, "/r.git")?.is_empty());
                 set_poll_head(connection, "/r.git", "main", "abc")?;
                 set_poll_head(connection, "/r.git", "main", "def")?;
                 assert_eq!(
-                    poll_head(connection, "/r.git", "main")?.as_deref(),
-                    Some("def")
+                    poll_heads(connection, "/r.git")?,
+                    vec![("main".to_string(), "def".to_string())]
                 );
-                assert_eq!(poll_heads(connection, "/r.git")?.len(), 1);
                 Ok(())
             })
             .expect("works");

@@ -781,27 +781,3 @@ pub fn request_patch(
         .optional()?
         .flatten())
 }
-
-/// The most recent builds of all builders, newest first (the waterfall).
-pub fn recent_builds_all(
-    connection: &Connection,
-    limit: i64,
-) -> Result<Vec<BuildRow>, HistoryError> {
-    let mut statement = connection.prepare(&format!(
-        "SELECT {BUILD_COLUMNS} FROM builds b ORDER BY b.started_at DESC, b.id DESC LIMIT ?1"
-    ))?;
-    let rows = statement.query_map(params![limit], build_from_row)?;
-    Ok(rows.collect::<Result<_, _>>()?)
-}
-
-/// Requests waiting for a build, oldest first, with who asked.
-pub fn queued_requests(
-    connection: &Connection,
-    builder: &str,
-) -> Result<Vec<StoredRequest>, HistoryError> {
-    let mut statement = connection.prepare(&format!(
-        "SELECT {REQUEST_COLUMNS} FROM requests WHERE state = ?2 AND builder = ?1 ORDER BY id"
-    ))?;
-    let rows = statement.query_map(params![builder, RequestState::Pending], request_from_row)?;
-    Ok(rows.collect::<Result<_, _>>()?)
-}

@@ -1,0 +1,136 @@
+//! `buildbot stop`, `force` and `sendchange`: one master command each, run word by word over
+//! the user's own ssh with the same connection defaults as `try` (flags, then `.buildbot`). The
+//! master prints the answer; the exit code says how it went.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use crate::change::ChangeSpec;
+use crate::client::dotfile::{self, DotBuildbot};
+use crate::client::try_cmd::{Connection, TryArgs, TryError};
+
+/// What `buildbot force` asks for.
+#[derive(Debug, Clone, Default)]
+pub struct ForceArgs {
+    pub builder: String,
+    pub branch: Option<String>,
+    pub revision: Option<String>,
+    pub reason: String,
+    /// `NAME=VALUE`, as given.
+    pub properties: Vec<String>,
+}
+
+/// Runs `buildbot force`; the master checks the properties and the right to force.
+pub fn force(args: &ForceArgs, connection_args: &TryArgs, cwd: &Path) -> Result<u8, TryError> {
+    let mut words = vec!["force".to_string(), args.builder.clone()];
+    for (flag, value) in [("--branch", &args.branch), ("--revision", &args.revision)] {
+        if let Some(value) = value {
+            words.extend([flag.to_string(), value.clone()]);
+        }
+    }
+    words.extend(["--reason".to_string(), args.reason.clone()]);
+    for property in &args.properties {
+        words.extend(["--property".to_string(), property.clone()]);
+    }
+    run_command(&words, connection_args, cwd)
+}
+
+/// `NAME=VALUE` pairs into properties; the first that is not one is the error.
+pub fn parse_properties(pairs: &[String]) -> Result<BTreeMap<String, String>, TryError> {
+    pairs
+        .iter()
+        .map(|pair| match pair.split_once('=') {
+            Some((name, value)) if !name.is_empty() => Ok((name.to_string(), value.to_string())),
+            _ => Err(TryError(format!("--property {pair}: write it NAME=VALUE"))),
+        })
+        .collect()
+}
+
+pub(crate) fn exit_code(code: Option<i32>, connection: &Connection) -> Result<u8, TryError> {
+    match code {
+        Some(0) => Ok(0),
+        Some(1) => Ok(1),
+        Some(255) => Err(ssh_failed(connection)),
+        _ => Ok(2),
+    }
+}
+
+fn ssh_failed(connection: &Connection) -> TryError {
+    TryError(format!(
+        "ssh to {} failed (see above): check the host, port and username, and that your key is in the master's authorized_keys",
+        connection.host()
+    ))
+}
+
+/// Runs `buildbot stop BUILDER [N] --reason TEXT`; the master prints the result. Exit 0 when
+/// the build was stopped, 1 when it could not be (not running, no right), 2 for trouble.
+pub fn stop(
+    builder: &str,
+    number: Option<u64>,
+    reason: &str,
+    connection_args: &TryArgs,
+    cwd: &Path,
+) -> Result<u8, TryError> {
+    let mut words = vec!["stop".to_string(), builder.to_string()];
+    words.extend(number.map(|n| n.to_string()));
+    words.extend(["--reason".to_string(), reason.to_string()]);
+    run_command(&words, connection_args, cwd)
+}
+
+/// Runs one master command (`stop`, `force`, ...) word by word over the user's ssh; the master
+/// prints the answer. Exit 0 done, 1 refused, 2 usage or connection trouble.
+pub fn run_command(
+    words: &[String],
+    connection_args: &TryArgs,
+    cwd: &Path,
+) -> Result<u8, TryError> {
+    let connection = resolve(connection_args, cwd)?;
+    let remote = shlex::try_join(words.iter().map(String::as_str))
+        .map_err(|_| TryError("an argument cannot be quoted for the remote command".into()))?;
+    exit_code(Some(connection.run_remote(&remote)?), &connection)
+}
+
+/// Runs `buildbot sendchange`: the change as JSON to the master's `sendchange`, which prints
+/// `change N accepted`. Exit 0 accepted, 1 refused, 2 usage or connection trouble.
+pub fn send_change(
+    change: &ChangeSpec,
+    connection_args: &TryArgs,
+    cwd: &Path,
+) -> Result<u8, TryError> {
+    crate::change::check(change).map_err(|err| TryError(err.to_string()))?;
+    let json = serde_json::to_vec(change)
+        .map_err(|err| TryError(format!("cannot encode the change: {err}")))?;
+    let connection = resolve(connection_args, cwd)?;
+    exit_code(
+        Some(connection.run_remote_with_input("sendchange", &json)?),
+        &connection,
+    )
+}
+
+/// The connection from the flags and `.buildbot`.
+pub(crate) fn resolve(connection_args: &TryArgs, cwd: &Path) -> Result<Connection, TryError> {
+    let found = dotfile::find(cwd).map_err(|err| TryError(err.to_string()))?;
+    let (path, defaults) = match found {
+        Some((path, defaults)) => (Some(path), defaults),
+        None => (None, DotBuildbot::default()),
+    };
+    Connection::resolve(connection_args, &defaults, path.as_deref())?.ok_or_else(|| {
+        TryError(
+            "no master: give --host (and --port, --username), or put them in a .buildbot file at the top of your checkout".into(),
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn properties_are_name_value_pairs() {
+        let parsed = parse_properties(&["a=1".into(), "b=x=y".into()]).expect("good");
+        assert_eq!(parsed.get("b").map(String::as_str), Some("x=y"));
+        let err = parse_properties(&["novalue".into()]).expect_err("bad");
+        assert_eq!(err.to_string(), "--property novalue: write it NAME=VALUE");
+        assert!(parse_properties(&["=x".into()]).is_err());
+    }
+}
