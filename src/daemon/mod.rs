@@ -1,5 +1,5 @@
 //! `buildbot master` and `create-master`: composes the master core with its front ends (the
-//! SSH server and the web server), the spool watcher and the scheduler executor under one
+//! SSH server, the web server and the IRC bot), the spool watcher and the scheduler executor under one
 //! cancellation token. Top layer beside `main`: the only module that knows all the parts.
 
 pub mod create;
@@ -128,6 +128,11 @@ pub async fn run(
     spawn_component(&components, &shutdown, "schedulers", {
         schedulers::run(Arc::clone(&control), changes_rx, shutdown.clone())
     });
+    if let Some(irc) = &config.irc {
+        spawn_component(&components, &shutdown, "IRC bot", {
+            crate::irc::run(Arc::clone(&control), irc.clone(), shutdown.clone())
+        });
+    }
     for source in &config.change_sources {
         spawn_component(&components, &shutdown, "change poller", {
             poller::run(Arc::clone(&control), source.clone(), shutdown.clone())

@@ -12,6 +12,7 @@ pub mod executor;
 pub mod git_remote;
 pub mod history;
 pub mod interpolate;
+pub mod irc_links;
 pub mod locks;
 pub mod poller;
 pub mod results;

@@ -7,6 +7,7 @@
 //! `master.toml:LINE: message`. This module does not start anything and does not touch the
 //! spool, the SSH server or the network.
 
+mod irc;
 mod limits;
 mod locks;
 mod schedulers;
@@ -23,6 +24,8 @@ use toml::Spanned;
 
 use crate::durations::parse_duration;
 
+use irc::RawIrc;
+pub use irc::{IrcConfig, NotifyEvent};
 pub use limits::MaxStartups;
 use limits::RawMaxStartups;
 pub use locks::NextSlave;
@@ -81,6 +84,8 @@ pub struct Config {
     pub change_sources: Vec<ChangeSourceConfig>,
     pub changes: ChangesConfig,
     pub locks: Vec<crate::master::locks::LockDef>,
+    /// The IRC status bot; none when `[irc]` is absent.
+    pub irc: Option<IrcConfig>,
 }
 
 #[derive(Debug, Clone)]
@@ -196,6 +201,8 @@ struct RawConfig {
     locks: Vec<RawLock>,
     #[serde(default)]
     changes: Option<RawChanges>,
+    #[serde(default)]
+    irc: Option<RawIrc>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -506,6 +513,7 @@ impl Checker<'_> {
         let schedulers = self.schedulers(&raw.schedulers, &builder_names);
         let change_sources = self.change_sources(&raw.change_sources);
         let changes = self.changes(raw.changes.as_ref());
+        let irc = self.irc(raw.irc.as_ref());
         if let Some(group) = &raw.master.admin_group
             && nix::unistd::Group::from_name(group.get_ref())
                 .ok()
@@ -535,6 +543,7 @@ impl Checker<'_> {
             change_sources,
             changes,
             locks,
+            irc,
         })
     }
 
@@ -951,6 +960,53 @@ builders = ["linux"]
         let text = base().replace("name = \"t\"", "name = \"t\"\nadmin_group = \"root\"");
         let config = Config::from_toml(&text, Path::new("/m")).expect("valid");
         assert_eq!(config.admin_group.as_deref(), Some("root"));
+    }
+
+    #[test]
+    fn the_irc_section_reads_with_defaults_and_reports_mistakes_on_their_lines() {
+        let config = Config::from_toml(&base(), Path::new("/m")).expect("valid");
+        assert!(config.irc.is_none(), "no [irc]: no bot");
+        let text = base()
+            + r##"
+[irc]
+server = "irc.example.org:6697"
+tls = true
+nick = "ci-bot"
+channels = ["#ci"]
+link_ttl = "1h"
+line_interval = "500ms"
+"##;
+        let irc = Config::from_toml(&text, Path::new("/m"))
+            .expect("valid")
+            .irc
+            .expect("[irc] read");
+        assert_eq!(
+            (irc.host.as_str(), irc.port, irc.tls),
+            ("irc.example.org", 6697, true)
+        );
+        assert_eq!(irc.nick, "ci-bot");
+        assert_eq!(irc.alt_nicks[0], "ci-bot_");
+        assert_eq!(irc.link_ttl, Duration::from_secs(3600));
+        assert_eq!(irc.line_interval, Duration::from_millis(500));
+        assert_eq!(irc.notify, irc::DEFAULT_NOTIFY.to_vec());
+        assert_eq!(irc.max_lines, 8);
+        let text = base()
+            + r##"
+[irc]
+server = "irc.example.org"
+nick = "9lives"
+channels = ["ci"]
+notify = ["failure", "sometimes"]
+"##;
+        assert_eq!(
+            problems(&text),
+            vec![
+                "master.toml:19: [irc] server = \"irc.example.org\" is not HOST:PORT (write it like \"irc.example.org:6697\")",
+                "master.toml:20: [irc] nick \"9lives\" is not a valid IRC nick",
+                "master.toml:21: [irc] channel \"ci\" is not a channel name (write it like \"#ci\")",
+                "master.toml:22: [irc] notify: unknown event \"sometimes\" (one of: started, finished, success, failure, exception, interrupted, fixed, broken)",
+            ]
+        );
     }
 
     #[test]

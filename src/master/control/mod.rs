@@ -23,7 +23,8 @@ use crate::master::board::Board;
 use crate::master::config::{BuilderConfig, Config};
 use crate::master::events::EventLog;
 use crate::master::history::changes::StoredChange;
-use crate::master::history::{self, History, HistoryError, StoredRequest};
+use crate::master::history::{self, BuildRow, History, HistoryError, StoredRequest};
+use crate::master::irc_links::IrcLinks;
 use crate::master::lock;
 use crate::master::roster::Roster;
 use crate::master::scheduler::Input;
@@ -196,6 +197,8 @@ pub struct Control {
     pub board: Board,
     pub roster: Roster,
     pub sessions: Sessions,
+    /// IRC nicks bound to unix users (`ssh master irc-link`, then `/msg BOT link CODE`).
+    pub irc_links: IrcLinks,
     /// The web address, for links in summaries.
     pub web_url: String,
     /// Where step logs are written: `logs/BUILDER/NUMBER/STEP-NAME.STREAM`.
@@ -221,6 +224,14 @@ impl Control {
         scheduler: mpsc::Sender<Mail>,
         changes: mpsc::Sender<StoredChange>,
     ) -> Control {
+        let irc_links = IrcLinks::new(
+            config
+                .irc
+                .as_ref()
+                .map_or(std::time::Duration::from_secs(12 * 3600), |irc| {
+                    irc.link_ttl
+                }),
+        );
         Control {
             logs_dir: config.master_dir.join("logs"),
             config,
@@ -230,6 +241,7 @@ impl Control {
             board: Board::default(),
             roster: Roster::default(),
             sessions: Sessions::default(),
+            irc_links,
             web_url,
             queued: Mutex::new(BTreeMap::new()),
             locks: Mutex::new(Vec::new()),
@@ -455,6 +467,43 @@ impl Control {
             slaves_configured: self.config.slaves.len(),
             builders,
         })
+    }
+
+    /// The newest finished build of `builder`, from the history.
+    pub async fn last_finished_build(
+        &self,
+        builder: &str,
+    ) -> Result<Option<BuildRow>, ControlError> {
+        self.builder(builder)?;
+        let name = builder.to_string();
+        let rows = self
+            .history
+            .run(move |connection| history::recent_builds(connection, &name, 20))
+            .await?;
+        Ok(rows.into_iter().find(|row| row.result.is_some()))
+    }
+
+    /// The result of the newest finished build of `builder` numbered below `number`: what a
+    /// result is compared with to call it fixed or broken.
+    pub async fn result_before(
+        &self,
+        builder: &str,
+        number: i64,
+    ) -> Result<Option<BuildResult>, ControlError> {
+        let name = builder.to_string();
+        let rows = self
+            .history
+            .run(move |connection| history::recent_builds(connection, &name, 50))
+            .await?;
+        Ok(rows
+            .into_iter()
+            .filter(|row| row.number < number)
+            .find_map(|row| row.result))
+    }
+
+    /// The URL of a build's page.
+    pub fn build_url(&self, builder: &str, number: i64) -> String {
+        format!("{}/builders/{builder}/builds/{number}", self.web_url)
     }
 
     /// A one-time URL that logs a browser in as `account`.
