@@ -9,6 +9,7 @@ mod events;
 mod faults;
 mod force;
 mod harness;
+mod irc;
 mod locks;
 mod patches;
 mod repo;
