@@ -37,6 +37,17 @@ const MAX_LINE_BYTES: usize = 400;
 /// How long the bot's QUIT gets to reach the server when the master stops.
 const QUIT_WAIT: Duration = Duration::from_secs(1);
 
+/// An error with its causes: the irc crate's own messages ("an io error occurred") say little.
+fn causes(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
+    text
+}
+
 fn is_channel(target: &str) -> bool {
     target.starts_with(['#', '&'])
 }
@@ -151,7 +162,7 @@ impl Bot {
         };
         let mut client = match connect {
             Ok(Ok(client)) => client,
-            Ok(Err(err)) => return lost(false, format!("cannot connect: {err}")),
+            Ok(Err(err)) => return lost(false, format!("cannot connect: {}", causes(&err))),
             Err(_) => return lost(false, "cannot connect: timed out".to_string()),
         };
         if let Err(err) = client.identify() {
@@ -195,7 +206,7 @@ impl Bot {
                 }
                 message = stream.next() => match message {
                     Some(Ok(message)) => self.on_message(&mut conn, &client, message).await,
-                    Some(Err(err)) => return lost(conn.registered, err.to_string()),
+                    Some(Err(err)) => return lost(conn.registered, causes(&err)),
                     None => return lost(conn.registered, "the server closed the connection".to_string()),
                 },
                 _ = sleep_until_some(due) => {

@@ -22,30 +22,131 @@ const BOT: &str = "buildbot";
 struct IrcServer {
     dir: tempfile::TempDir,
     port: u16,
+    /// The TLS port, with a self-signed certificate for `localhost` in `cert.pem`.
+    tls_port: Option<u16>,
+    password: Option<String>,
     child: Option<Child>,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free port")
+        .port()
 }
 
 impl IrcServer {
     fn start() -> IrcServer {
+        IrcServer::start_with(false, None)
+    }
+
+    /// With `tls`, a TLS port too (certificate made with `openssl`); with `password`, every
+    /// client must send it.
+    fn start_with(tls: bool, password: Option<&str>) -> IrcServer {
         let dir = tempfile::Builder::new()
             .prefix("buildbot-ngircd-")
             .tempdir()
             .expect("temp dir");
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|listener| listener.local_addr())
-            .expect("a free port")
-            .port();
-        let config = format!(
+        let port = free_port();
+        let mut config = format!(
             "[Global]\nName = irc.test.local\nInfo = buildbot test server\nListen = 127.0.0.1\n\
-             Ports = {port}\nMotdPhrase = \"test server\"\nPidFile = {pid}\n\
+             Ports = {port}\nMotdPhrase = \"test server\"\nPidFile = {pid}\n{password}\
              [Limits]\nMaxPenaltyTime = 0\nPingTimeout = 120\n\
              [Options]\nDNS = no\nIdent = no\nPAM = no\n",
-            pid = dir.path().join("ngircd.pid").display()
+            pid = dir.path().join("ngircd.pid").display(),
+            password = password
+                .map(|password| format!("Password = {password}\n"))
+                .unwrap_or_default(),
         );
+        let tls_port = tls.then(|| {
+            // A CA and a server certificate for `localhost` it signed (rustls refuses a CA
+            // certificate as the server's own).
+            let path = |name: &str| dir.path().join(name).display().to_string();
+            std::fs::write(
+                dir.path().join("ext.cnf"),
+                "subjectAltName=DNS:localhost\nbasicConstraints=CA:FALSE\n",
+            )
+            .expect("extensions written");
+            let ec = [
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+                "-nodes",
+            ];
+            for args in [
+                [
+                    &[
+                        "req",
+                        "-x509",
+                        "-days",
+                        "2",
+                        "-subj",
+                        "/CN=buildbot test CA",
+                    ][..],
+                    &ec,
+                ]
+                .concat()
+                .into_iter()
+                .map(str::to_string)
+                .chain([
+                    "-keyout".into(),
+                    path("ca-key.pem"),
+                    "-out".into(),
+                    path("ca.pem"),
+                ])
+                .collect::<Vec<String>>(),
+                [&["req", "-subj", "/CN=localhost"][..], &ec]
+                    .concat()
+                    .into_iter()
+                    .map(str::to_string)
+                    .chain([
+                        "-keyout".into(),
+                        path("key.pem"),
+                        "-out".into(),
+                        path("req.pem"),
+                    ])
+                    .collect(),
+                ["x509", "-req", "-days", "2", "-CAcreateserial"]
+                    .into_iter()
+                    .map(str::to_string)
+                    .chain([
+                        "-in".into(),
+                        path("req.pem"),
+                        "-CA".into(),
+                        path("ca.pem"),
+                        "-CAkey".into(),
+                        path("ca-key.pem"),
+                        "-extfile".into(),
+                        path("ext.cnf"),
+                        "-out".into(),
+                        path("cert.pem"),
+                    ])
+                    .collect(),
+            ] {
+                let mut openssl = Command::new("openssl");
+                openssl.args(&args);
+                let made = crate::harness::run_with_timeout(openssl, None);
+                assert!(
+                    made.status.success(),
+                    "openssl {args:?}: {}",
+                    text(&made.stderr)
+                );
+            }
+            let tls_port = free_port();
+            config.push_str(&format!(
+                "[SSL]\nCertFile = {}\nKeyFile = {}\nPorts = {tls_port}\n",
+                dir.path().join("cert.pem").display(),
+                dir.path().join("key.pem").display()
+            ));
+            tls_port
+        });
         std::fs::write(dir.path().join("ngircd.conf"), config).expect("config written");
         let mut server = IrcServer {
             dir,
             port,
+            tls_port,
+            password: password.map(str::to_string),
             child: None,
         };
         server.launch();
@@ -166,6 +267,9 @@ impl IrcClient {
             lines,
             seen: Vec::new(),
         };
+        if let Some(password) = &server.password {
+            client.send(&format!("PASS {password}"));
+        }
         client.send(&format!("NICK {nick}"));
         client.send(&format!("USER {nick} 0 * :{nick}"));
         client.wait_line("welcome", |line| line.contains(" 001 "));
@@ -634,4 +738,36 @@ fn irc_server_killed_and_restarted_the_bot_rejoins_and_announces_what_finished_o
     // And a build after the reconnect is announced live.
     ssh(&master, "force linux --reason 'after'");
     alice.wait_bot("#ci", "linux #2: failure");
+}
+
+#[test]
+fn irc_over_tls_with_a_server_password_and_a_taken_nick() {
+    let server = IrcServer::start_with(true, Some("s3cret"));
+    let checkout = Checkout::new();
+    // Someone already has the bot's nick: it takes the first fallback.
+    let mut squatter = IrcClient::connect(&server, BOT);
+    squatter.join("#ci");
+    let mut alice = IrcClient::connect(&server, "alice");
+    alice.join("#ci");
+    let mut setup = MasterSetup::linux_builder(&["s1"], &checkout.upstream, "");
+    setup.extra_config.push_str(&format!(
+        "\n[irc]\nserver = \"localhost:{}\"\ntls = true\nca_file = \"{}\"\npassword = \"s3cret\"\n\
+         nick = \"{BOT}\"\nchannels = [\"#ci\"]\nreconnect_min = \"100ms\"\nreconnect_max = \"1s\"\n",
+        server.tls_port.expect("a TLS port"),
+        server.dir.path().join("ca.pem").display()
+    ));
+    let master = TestMaster::start_with(setup);
+    let fallback = format!("{BOT}_");
+    alice.wait_line("the bot joining under its fallback nick", |line| {
+        line.starts_with(&format!(":{fallback}!")) && line.contains(" JOIN ")
+    });
+    alice.say("#ci", &format!("{fallback}: version"));
+    let answer = alice.wait_line("the bot's answer", |line| {
+        privmsg_from(line, &fallback).is_some_and(|(_, text)| text.starts_with("buildbot "))
+    });
+    assert!(answer.contains(env!("CARGO_PKG_VERSION")), "{answer}");
+    assert!(
+        master.log().contains("tls=true"),
+        "the bot said it connected with TLS"
+    );
 }
