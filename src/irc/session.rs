@@ -212,6 +212,11 @@ impl Bot {
                 _ = sleep_until_some(due) => {
                     if let Some(item) = conn.pacer.pop(Instant::now().into_std()) {
                         let sent = match item {
+                            // To a person: a NOTICE, which no client or bot answers
+                            // automatically, so two bots cannot talk each other into a loop.
+                            Item::Line { target, text, .. } if !is_channel(&target) => {
+                                sender.send_notice(target, text)
+                            }
                             Item::Line { target, text, .. } => sender.send_privmsg(target, text),
                             Item::Join { channel } => sender.send_join(channel),
                             Item::Mark { seq } => {

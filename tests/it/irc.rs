@@ -236,7 +236,7 @@ struct IrcClient {
     seen: Vec<String>,
 }
 
-/// `(target, text)` of a PRIVMSG from `from` in `line`.
+/// `(target, text)` of a PRIVMSG or NOTICE from `from` in `line`.
 fn privmsg_from<'a>(line: &'a str, from: &str) -> Option<(&'a str, &'a str)> {
     let rest = line.strip_prefix(':')?;
     let (prefix, rest) = rest.split_once(' ')?;
@@ -244,7 +244,10 @@ fn privmsg_from<'a>(line: &'a str, from: &str) -> Option<(&'a str, &'a str)> {
     if !nick.eq_ignore_ascii_case(from) {
         return None;
     }
-    let rest = rest.strip_prefix("PRIVMSG ")?;
+    // The bot answers people in private with NOTICEs, channels with PRIVMSGs.
+    let rest = rest
+        .strip_prefix("PRIVMSG ")
+        .or_else(|| rest.strip_prefix("NOTICE "))?;
     let (target, text) = rest.split_once(" :")?;
     Some((target, text))
 }
