@@ -31,6 +31,9 @@ pub struct Bot {
     announced: u64,
     subscriptions: notify::Subscriptions,
     watches: Vec<Watch>,
+    /// Watches whose build finished, with the event's sequence number, until the line that
+    /// says so has been handed to a connection; a connection lost before that puts them back.
+    fired: Vec<(u64, Watch)>,
 }
 
 /// `watch BUILDER`: say to `target` when build `number` of `builder` finishes.
@@ -61,12 +64,17 @@ pub async fn run(
         subscriptions: notify::Subscriptions::new(&config.channels, &config.notify),
         announced: 0,
         watches: Vec::new(),
+        fired: Vec::new(),
         control,
         config,
     };
     let mut backoff = bot.config.reconnect_min;
     loop {
         let ended = bot.session(&shutdown).await;
+        // Their builds' ends will be announced again from the event log, to them too.
+        let unsaid = std::mem::take(&mut bot.fired);
+        bot.watches
+            .extend(unsaid.into_iter().map(|(_, watch)| watch));
         // Whoever holds a nick now can no longer be seen to quit: links start again.
         bot.control
             .irc_links

@@ -221,6 +221,7 @@ impl Bot {
                             Item::Join { channel } => sender.send_join(channel),
                             Item::Mark { seq } => {
                                 self.announced = self.announced.max(seq);
+                                self.fired.retain(|(fired_at, _)| *fired_at > seq);
                                 Ok(())
                             }
                         };
@@ -495,7 +496,10 @@ impl Bot {
                     .partition(|watch| watch.builder == *builder && watch.number == *number);
                 self.watches = waiting;
                 for watch in done {
-                    lines.entry(watch.target).or_insert_with(|| line.clone());
+                    lines
+                        .entry(watch.target.clone())
+                        .or_insert_with(|| line.clone());
+                    self.fired.push((sequenced.seq, watch));
                 }
             }
             _ => {}
