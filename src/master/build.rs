@@ -179,7 +179,7 @@ pub async fn run(
     ping_timeout: Duration,
     shutdown: CancellationToken,
 ) -> BuildOutcome {
-    let Some(builder) = control.config.builder(&request.builder).cloned() else {
+    let Some(builder) = control.config().builder(&request.builder).cloned() else {
         tracing::error!(builder = %request.builder, "request for a builder no longer configured; dropped");
         return BuildOutcome::default();
     };

@@ -14,6 +14,7 @@ pub mod history;
 pub mod interpolate;
 pub mod locks;
 pub mod poller;
+pub mod reconfig;
 pub mod results;
 pub mod roster;
 pub mod scheduler;

@@ -48,7 +48,7 @@ impl ConnectionHandler {
         startup_permit: StartupPermit,
         authenticated_tx: oneshot::Sender<()>,
     ) -> ConnectionHandler {
-        let sessions = Arc::new(Semaphore::new(ctx.config.sshd.max_sessions));
+        let sessions = Arc::new(Semaphore::new(ctx.config().sshd.max_sessions));
         ConnectionHandler {
             ctx,
             peer,
@@ -135,7 +135,7 @@ impl Handler for ConnectionHandler {
         offer: PublicKeyOffer<'_>,
     ) -> Result<Auth, Self::Error> {
         self.offered_keys += 1;
-        if self.offered_keys > self.ctx.config.sshd.max_auth_tries {
+        if self.offered_keys > self.ctx.config().sshd.max_auth_tries {
             tracing::info!(peer = %self.peer, user, "too many authentication attempts; disconnecting");
             return Err(russh::Error::Disconnect);
         }
@@ -191,7 +191,7 @@ impl Handler for ConnectionHandler {
         // A connection may hold only so many channels: each one is a task, buffers and, for
         // `watch --follow`, a follower of the event log.
         let Ok(place) = Arc::clone(&self.sessions).try_acquire_owned() else {
-            tracing::warn!(peer = %self.peer, "refused a channel: {} already open on this connection (max_sessions)", self.ctx.config.sshd.max_sessions);
+            tracing::warn!(peer = %self.peer, "refused a channel: {} already open on this connection (max_sessions)", self.ctx.config().sshd.max_sessions);
             reply
                 .reject(russh::ChannelOpenFailure::ResourceShortage)
                 .await;

@@ -79,7 +79,6 @@ pub enum AuthOutcome {
 /// Everything connections share: configuration, key lookup, master state, and the owner of
 /// every task a connection spawns.
 pub struct SshdContext {
-    pub config: Arc<Config>,
     /// Shared with the blocking threads that read key files.
     pub keys: Arc<KeyStore>,
     /// What commands do: the master's control layer.
@@ -101,11 +100,16 @@ impl SshdContext {
                 config.sshd.authorized_keys.clone(),
                 config.master_dir.clone(),
             )),
-            config,
             control,
             tasks: TaskTracker::new(),
             shutdown,
         }
+    }
+
+    /// The config in force now (slaves, `allow_root` and the limits per connection follow a
+    /// reconfig at the next login; listeners and `max_startups` are bound at start).
+    pub fn config(&self) -> Arc<Config> {
+        self.control.config()
     }
 
     /// Decides whether `key` may log in as `login` from `client`.
@@ -118,17 +122,18 @@ impl SshdContext {
     /// [`KEY_LOOKUP_TIMEOUT`]: a user controls their own key files (a FIFO, a slow network
     /// home), and the connection's event loop must not wait on them for long.
     pub async fn authenticate(&self, login: &str, key: &PublicKey, client: IpAddr) -> AuthOutcome {
+        let config = self.config();
         let is_slave_key = |slave: &crate::master::config::SlaveConfig| {
             slave.public_key.key_data() == key.key_data()
         };
-        if let Some(slave) = self.config.slave(login)
+        if let Some(slave) = config.slave(login)
             && is_slave_key(slave)
         {
             return AuthOutcome::Accepted(Identity::Slave {
                 name: slave.name.clone(),
             });
         }
-        if let Some(owner) = self.config.slaves.iter().find(|slave| is_slave_key(slave)) {
+        if let Some(owner) = config.slaves.iter().find(|slave| is_slave_key(slave)) {
             return AuthOutcome::Refused(format!(
                 "the key of slave {} may only log in as that slave",
                 owner.name
@@ -138,7 +143,7 @@ impl SshdContext {
             let keys = Arc::clone(&self.keys);
             let login = login.to_string();
             let key = key.clone();
-            let allow_root = self.config.sshd.allow_root;
+            let allow_root = config.sshd.allow_root;
             tokio::task::spawn_blocking(move || {
                 authenticate_user(&keys, &login, &key, client, allow_root)
             })
@@ -240,10 +245,10 @@ pub async fn run(
     ctx: Arc<SshdContext>,
     grace: Duration,
 ) -> anyhow::Result<()> {
-    let russh_config = Arc::new(russh_config(&ctx.config, host_key));
+    let russh_config = Arc::new(russh_config(&ctx.config(), host_key));
     let startups = startups::Startups::new(
-        ctx.config.sshd.max_startups,
-        ctx.config.sshd.max_startups_per_source,
+        ctx.config().sshd.max_startups,
+        ctx.config().sshd.max_startups_per_source,
     );
     let connections = TaskTracker::new();
     loop {
@@ -299,7 +304,7 @@ async fn serve_connection(
     // Cancelling `cut` ends the session task whatever state it is in; this guard does it on
     // every way out of this function, so no session outlives its owner.
     let _cut_on_exit = cut.clone().drop_guard();
-    let grace = ctx.config.sshd.login_grace_time;
+    let grace = ctx.config().sshd.login_grace_time;
     let login_deadline = tokio::time::sleep(grace);
     tokio::pin!(login_deadline);
     let session = tokio::select! {

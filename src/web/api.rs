@@ -109,7 +109,7 @@ pub fn slave_rows(state: &AppState) -> Vec<SlaveRow> {
         .unwrap_or_default();
     state
         .control
-        .config
+        .config()
         .slaves
         .iter()
         .map(|slave| {

@@ -158,7 +158,7 @@ impl AppState {
     /// What every page shows: the master's name and host key, who is logged in.
     pub fn base_context(&self, headers: &axum::http::HeaderMap) -> tera::Context {
         let mut context = tera::Context::new();
-        context.insert("master_name", &self.control.config.name);
+        context.insert("master_name", &self.control.config().name);
         context.insert("host_key", &self.control.host_key_fingerprint);
         let user = self.session(headers).map(|session| session.account.name);
         context.insert("user", &user);
@@ -166,7 +166,7 @@ impl AppState {
         // history replace it with the light from each builder's last recorded build.
         let results: Vec<_> = self
             .control
-            .config
+            .config()
             .builders
             .iter()
             .map(|builder| {
@@ -178,7 +178,7 @@ impl AppState {
             .collect();
         context.insert(
             "light",
-            &views::status_light(&self.control.config.name, &results),
+            &views::status_light(&self.control.config().name, &results),
         );
         context
     }

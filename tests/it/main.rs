@@ -11,6 +11,7 @@ mod force;
 mod harness;
 mod locks;
 mod patches;
+mod reconfig;
 mod repo;
 mod security;
 mod sshd;
