@@ -112,6 +112,7 @@ pub async fn run(
                     lock,
                     ..
                 } => {
+                    control.metrics.lock_wait(&lock);
                     control.events.publish(BuildEvent::WaitingForLock {
                         job_name,
                         builder,
@@ -129,6 +130,7 @@ pub async fn run(
         }
         step_grants.retain(|_, granted| !granted.is_closed());
         control.set_queued(queue.queued_per_builder());
+        control.metrics.set_queues(queue.queue_gauges());
         control.set_locks(lock_times.view(&queue, &control));
         if let Some(applied) = enqueued.take() {
             // The enqueuer may have gone; the requests are queued all the same.

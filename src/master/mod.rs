@@ -13,6 +13,7 @@ pub mod git_remote;
 pub mod history;
 pub mod interpolate;
 pub mod locks;
+pub mod metrics;
 pub mod poller;
 pub mod reconfig;
 pub mod results;

@@ -639,6 +639,22 @@ impl Queue {
     }
 
     /// The requests waiting, per builder, in the order they will be served.
+    /// Each builder's queue length and its oldest request's submission time, for the metrics.
+    pub fn queue_gauges(&self) -> BTreeMap<String, crate::master::metrics::QueueGauge> {
+        let mut gauges: BTreeMap<String, crate::master::metrics::QueueGauge> = BTreeMap::new();
+        for request in &self.pending {
+            let gauge = gauges.entry(request.builder.clone()).or_insert(
+                crate::master::metrics::QueueGauge {
+                    length: 0,
+                    oldest_submitted_at: request.submitted_at,
+                },
+            );
+            gauge.length += 1;
+            gauge.oldest_submitted_at = gauge.oldest_submitted_at.min(request.submitted_at);
+        }
+        gauges
+    }
+
     pub fn queued_per_builder(&self) -> BTreeMap<String, Vec<i64>> {
         let mut queued: BTreeMap<String, Vec<i64>> = BTreeMap::new();
         for request in &self.pending {

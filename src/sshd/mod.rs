@@ -32,6 +32,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::master::config::Config;
 use crate::master::control::Control;
+use crate::master::metrics::AuthFailure;
 use crate::sshd::keystore::{Grant, KeyStore, Refusal};
 use crate::unix::accounts::{self, UnixAccount};
 
@@ -73,7 +74,8 @@ impl Identity {
 #[derive(Debug)]
 pub enum AuthOutcome {
     Accepted(Identity),
-    Refused(String),
+    /// Why (a bounded reason, for the metrics) and the line for the log.
+    Refused(AuthFailure, String),
 }
 
 /// Everything connections share: configuration, key lookup, master state, and the owner of
@@ -134,10 +136,13 @@ impl SshdContext {
             });
         }
         if let Some(owner) = config.slaves.iter().find(|slave| is_slave_key(slave)) {
-            return AuthOutcome::Refused(format!(
-                "the key of slave {} may only log in as that slave",
-                owner.name
-            ));
+            return AuthOutcome::Refused(
+                AuthFailure::SlaveKey,
+                format!(
+                    "the key of slave {} may only log in as that slave",
+                    owner.name
+                ),
+            );
         }
         let lookup = {
             let keys = Arc::clone(&self.keys);
@@ -152,13 +157,14 @@ impl SshdContext {
             Ok(Ok(outcome)) => outcome,
             Ok(Err(join_error)) => {
                 tracing::error!(user = login, "key lookup failed: {join_error}");
-                AuthOutcome::Refused("key lookup failed".into())
+                AuthOutcome::Refused(AuthFailure::LookupFailed, "key lookup failed".into())
             }
             // The blocking thread is left to finish on its own; all it can still do is read a
             // capped amount from a file that was already checked.
-            Err(_) => AuthOutcome::Refused(format!(
-                "account or key files not read within {KEY_LOOKUP_TIMEOUT:?}"
-            )),
+            Err(_) => AuthOutcome::Refused(
+                AuthFailure::LookupFailed,
+                format!("account or key files not read within {KEY_LOOKUP_TIMEOUT:?}"),
+            ),
         }
     }
 }
@@ -176,28 +182,40 @@ fn authenticate_user(
 ) -> AuthOutcome {
     let account = match accounts::lookup(login) {
         Ok(Some(account)) => account,
-        Ok(None) => return AuthOutcome::Refused("no such unix account".into()),
-        Err(err) => return AuthOutcome::Refused(format!("cannot look up account: {err}")),
+        Ok(None) => {
+            return AuthOutcome::Refused(AuthFailure::UnknownUser, "no such unix account".into());
+        }
+        Err(err) => {
+            return AuthOutcome::Refused(
+                AuthFailure::LookupFailed,
+                format!("cannot look up account: {err}"),
+            );
+        }
     };
     if account.is_root() && !allow_root {
-        return AuthOutcome::Refused("root may not log in (allow_root = false)".into());
+        return AuthOutcome::Refused(
+            AuthFailure::Root,
+            "root may not log in (allow_root = false)".into(),
+        );
     }
     match keys.authorize(&account, key, client, chrono::Utc::now()) {
         Ok(grant) => AuthOutcome::Accepted(Identity::User { account, grant }),
-        Err(Refusal::NotListed) => {
-            AuthOutcome::Refused("key not in any authorized_keys file for this login".into())
-        }
-        Err(Refusal::FromMismatch { file, line }) => AuthOutcome::Refused(format!(
-            "{}:{line}: from= does not allow {client}",
-            file.display()
-        )),
-        Err(Refusal::Expired { file, line }) => AuthOutcome::Refused(format!(
-            "{}:{line}: key expired (expiry-time)",
-            file.display()
-        )),
-        Err(Refusal::UnsafeFile { reason }) => {
-            AuthOutcome::Refused(format!("key file not trusted: {reason}"))
-        }
+        Err(Refusal::NotListed) => AuthOutcome::Refused(
+            AuthFailure::KeyNotListed,
+            "key not in any authorized_keys file for this login".into(),
+        ),
+        Err(Refusal::FromMismatch { file, line }) => AuthOutcome::Refused(
+            AuthFailure::FromMismatch,
+            format!("{}:{line}: from= does not allow {client}", file.display()),
+        ),
+        Err(Refusal::Expired { file, line }) => AuthOutcome::Refused(
+            AuthFailure::Expired,
+            format!("{}:{line}: key expired (expiry-time)", file.display()),
+        ),
+        Err(Refusal::UnsafeFile { reason }) => AuthOutcome::Refused(
+            AuthFailure::UnsafeKeyFile,
+            format!("key file not trusted: {reason}"),
+        ),
     }
 }
 
@@ -264,6 +282,7 @@ pub async fn run(
                 }
             },
         };
+        ctx.control.metrics.ssh_connection();
         let permit = match startups.admit(peer.ip()) {
             Ok(permit) => permit,
             Err(refusal) => {

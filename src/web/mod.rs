@@ -8,6 +8,7 @@ mod api;
 mod auth;
 mod changes;
 mod logs;
+mod metrics;
 mod pages;
 mod serve;
 pub mod views;
@@ -21,7 +22,7 @@ use anyhow::Context as _;
 use axum::Router;
 use axum::http::StatusCode;
 use axum::response::{Html, IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{any, get, post};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -213,6 +214,21 @@ pub async fn run(
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
+    // The JSON API: every error in it is JSON (`api::json_errors`), 404s included.
+    let api = Router::new()
+        .route("/api", get(api::index))
+        .route("/api/", get(api::index))
+        .route("/api/changes", get(changes::api_changes))
+        .route("/api/requests", get(changes::api_requests))
+        .route("/api/locks", get(api::locks))
+        .route("/api/builders", get(api::builders))
+        .route("/api/builders/{builder}", get(api::builder))
+        .route("/api/builds", get(api::builds))
+        .route("/api/builds/{id}", get(api::build))
+        .route("/api/slaves", get(api::slaves))
+        .route("/api/events", get(api::events))
+        .route("/api/{*rest}", any(api::not_found))
+        .layer(axum::middleware::map_response(api::json_errors));
     Router::new()
         .route("/", get(pages::waterfall))
         .route("/summary", get(pages::summary))
@@ -239,9 +255,6 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .route("/slaves/{slave}/{action}", post(actions::pause))
         .route("/changes", get(changes::page))
-        .route("/api/changes", get(changes::api_changes))
-        .route("/api/requests", get(changes::api_requests))
-        .route("/api/locks", get(api::locks))
         .route(
             "/builders/{builder}/builds/{number}/steps/{step}/logs/{stream}",
             get(logs::page),
@@ -250,12 +263,8 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/builders/{builder}/builds/{number}/steps/{step}/logs/{stream}/raw",
             get(logs::raw),
         )
-        .route("/api/builders", get(api::builders))
-        .route("/api/builders/{builder}", get(api::builder))
-        .route("/api/builds", get(api::builds))
-        .route("/api/builds/{id}", get(api::build))
-        .route("/api/slaves", get(api::slaves))
-        .route("/api/events", get(api::events))
+        .route("/metrics", get(metrics::scrape))
+        .merge(api)
         .with_state(state)
 }
 

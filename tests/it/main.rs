@@ -10,6 +10,7 @@ mod faults;
 mod force;
 mod harness;
 mod locks;
+mod ops_web;
 mod patches;
 mod reconfig;
 mod repo;

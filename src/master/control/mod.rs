@@ -197,6 +197,8 @@ pub struct Control {
     pub events: EventLog,
     pub board: Board,
     pub roster: Roster,
+    /// The Prometheus metrics every part updates; `/metrics` encodes them.
+    pub metrics: crate::master::metrics::Metrics,
     pub sessions: Sessions,
     /// The web address, for links in summaries.
     pub web_url: String,
@@ -231,6 +233,7 @@ impl Control {
             events: EventLog::new(),
             board: Board::default(),
             roster: Roster::default(),
+            metrics: crate::master::metrics::Metrics::new(),
             sessions: Sessions::default(),
             web_url,
             queued: Mutex::new(BTreeMap::new()),
@@ -267,6 +270,21 @@ impl Control {
             tracing::warn!(generation = report.generation, "reconfig: {note}");
         }
         report
+    }
+
+    /// The metrics in Prometheus text format, with the gauges read now.
+    pub fn metrics_text(&self) -> String {
+        let builders: Vec<String> = self
+            .config()
+            .builders
+            .iter()
+            .map(|builder| builder.name.clone())
+            .collect();
+        self.metrics.encode(
+            &builders,
+            self.roster.snapshot().len(),
+            crate::status::unix_now(),
+        )
     }
 
     /// The builder of that name, or the one error every front end renders.
