@@ -93,6 +93,8 @@ pub fn merge(old: &Config, mut new: Config) -> (Config, Vec<String>) {
     keep!(sshd.listen, "[sshd] listen");
     keep!(sshd.host_key, "[sshd] host_key");
     keep!(sshd.authorized_keys, "[sshd] authorized_keys");
+    // russh's own attempt limit is set from it when the server starts.
+    keep!(sshd.max_auth_tries, "[sshd] max_auth_tries");
     keep!(sshd.max_startups, "[sshd] max_startups");
     keep!(
         sshd.max_startups_per_source,
