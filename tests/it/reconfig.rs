@@ -231,3 +231,70 @@ fn sighup_reloads_the_config_and_access_settings_apply_to_new_logins() {
         text(&output.stdout)
     );
 }
+
+#[test]
+fn a_slave_removed_from_the_config_finishes_its_build_then_is_disconnected() {
+    let checkout = Checkout::new();
+    let gates = tempfile::tempdir().expect("temp dir");
+    let gate = gates.path().join("go");
+    let master = TestMaster::start_with(MasterSetup::linux_builder(
+        &["s1", "s2"],
+        &checkout.upstream,
+        &gated_step(&gate),
+    ));
+    let s1 = master.start_slave("s1");
+    let mut s2 = master.start_slave("s2");
+    // Two builds: one on each slave of the pool.
+    for reason in ["one", "two"] {
+        let forced = ssh(&master, &format!("force linux --reason {reason}"));
+        assert_eq!(forced.status.code(), Some(0), "{}", text(&forced.stderr));
+    }
+    wait_until("both builds to run", || {
+        let builds = master.api("/api/builds?builder=linux");
+        builds[0]["running"] == true && builds[1]["running"] == true
+    });
+    let builds = master.api("/api/builds?builder=linux");
+    let on_s2 = builds
+        .as_array()
+        .expect("a list of builds")
+        .iter()
+        .find(|build| build["slave"] == "s2")
+        .unwrap_or_else(|| panic!("a build on s2: {builds}"))["id"]
+        .clone();
+
+    edit_config(&master, |config| {
+        let start = config
+            .find("[[slave]]\nname = \"s2\"")
+            .expect("the s2 block");
+        let end = start
+            + config[start..]
+                .find("public_key")
+                .and_then(|key| config[start + key..].find('\n').map(|eol| key + eol + 1))
+                .expect("the end of the s2 block");
+        let mut edited = config.clone();
+        edited.replace_range(start..end, "");
+        edited.replace("slaves = [\"s1\", \"s2\"]", "slaves = [\"s1\"]")
+    });
+    let output = reconfig(&master);
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
+    assert!(
+        text(&output.stdout).contains("slave s2 removed"),
+        "{}",
+        text(&output.stdout)
+    );
+    // s2 keeps its connection while it builds.
+    assert!(s2.is_running());
+    assert!(master.log().contains("slave s2 removed"));
+    std::fs::write(&gate, "").expect("gate opened");
+    wait_until("s2's build to be recorded", || {
+        master.api(&format!("/api/builds/{on_s2}"))["result"] == "success"
+    });
+    // Then the master closes it, and its key no longer logs in.
+    wait_until("s2 to be refused", || {
+        master
+            .log()
+            .lines()
+            .any(|line| line.contains("s2") && line.contains("refused key: no such unix account"))
+    });
+    drop(s1);
+}
