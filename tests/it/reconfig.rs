@@ -233,7 +233,7 @@ fn sighup_reloads_the_config_and_access_settings_apply_to_new_logins() {
 }
 
 #[test]
-fn a_slave_removed_from_the_config_finishes_its_build_then_is_disconnected() {
+fn a_slave_removed_from_the_config_finishes_its_build_is_disconnected_and_may_come_back() {
     let checkout = Checkout::new();
     let gates = tempfile::tempdir().expect("temp dir");
     let gate = gates.path().join("go");
@@ -262,6 +262,7 @@ fn a_slave_removed_from_the_config_finishes_its_build_then_is_disconnected() {
         .unwrap_or_else(|| panic!("a build on s2: {builds}"))["id"]
         .clone();
 
+    let original = edit_config(&master, |config| config);
     edit_config(&master, |config| {
         let start = config
             .find("[[slave]]\nname = \"s2\"")
@@ -296,5 +297,15 @@ fn a_slave_removed_from_the_config_finishes_its_build_then_is_disconnected() {
             .lines()
             .any(|line| line.contains("s2") && line.contains("refused key: no such unix account"))
     });
+    // Added back, it may connect again (it has kept trying).
+    edit_config(&master, |_| original);
+    let output = reconfig(&master);
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
+    assert!(
+        text(&output.stdout).contains("slave s2 added"),
+        "{}",
+        text(&output.stdout)
+    );
+    master.wait_connected("s2");
     drop(s1);
 }
