@@ -53,51 +53,125 @@ enum Ended {
     Lost { registered: bool, why: String },
 }
 
-/// Runs the bot until `shutdown`: connects, and reconnects with backoff whenever the
-/// connection is lost. Returns only when the master stops.
-pub async fn run(
-    control: Arc<Control>,
-    config: IrcConfig,
-    shutdown: CancellationToken,
-) -> anyhow::Result<()> {
-    let mut bot = Bot {
-        subscriptions: notify::Subscriptions::new(&config.channels, &config.notify),
-        announced: 0,
-        watches: Vec::new(),
-        fired: Vec::new(),
-        control,
-        config,
-    };
-    let mut backoff = bot.config.reconnect_min;
+/// Runs the bot while the config in force has an `[irc]` section, until `shutdown`. A reconfig
+/// that changes the section ends the connection and starts one with the new settings; what was
+/// announced and who watches what carry over, so nothing is said twice.
+pub async fn run(control: Arc<Control>, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let mut changes = control.config_changes();
+    let mut bot: Option<Bot> = None;
     loop {
-        let ended = bot.session(&shutdown).await;
-        // Their builds' ends will be announced again from the event log, to them too.
-        let unsaid = std::mem::take(&mut bot.fired);
-        bot.watches
-            .extend(unsaid.into_iter().map(|(_, watch)| watch));
-        // Whoever holds a nick now can no longer be seen to quit: links start again.
-        bot.control
-            .irc_links
-            .unbind_all("the bot's IRC connection ended");
-        let registered = match ended {
-            Ended::Shutdown => return Ok(()),
-            Ended::Lost { registered, why } => {
-                if registered {
-                    backoff = bot.config.reconnect_min;
+        let wanted = changes.borrow_and_update().irc.clone();
+        match wanted {
+            None => {
+                if bot.is_some() {
+                    tracing::info!("IRC bot stopped: [irc] was removed from the configuration");
                 }
-                tracing::warn!(
-                    server = %bot.config.host, port = bot.config.port,
-                    "IRC connection lost: {why}; reconnecting in {backoff:?}"
-                );
-                registered
             }
-        };
+            Some(config) => {
+                let bot = match bot.as_mut() {
+                    Some(bot) => {
+                        bot.reconfigure(config.clone());
+                        bot
+                    }
+                    None => bot.insert(Bot::new(Arc::clone(&control), config.clone())),
+                };
+                let connection_ends = shutdown.child_token();
+                let watcher = tokio::spawn(end_on_irc_change(
+                    changes.clone(),
+                    config,
+                    connection_ends.clone(),
+                ));
+                bot.connect_until(&connection_ends).await;
+                watcher.abort();
+            }
+        }
+        if shutdown.is_cancelled() {
+            return Ok(());
+        }
+        if changes.borrow().irc.is_some() && bot.is_some() {
+            // The section changed: connect again at once with the new settings.
+            continue;
+        }
         tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
-            _ = tokio::time::sleep(backoff) => {}
+            changed = changes.changed() => {
+                if changed.is_err() {
+                    return Ok(());
+                }
+            }
         }
-        if !registered {
-            backoff = next_backoff(backoff, bot.config.reconnect_max);
+    }
+}
+
+/// Cancels `connection_ends` when a reconfig puts an `[irc]` section other than `current` in
+/// force (or removes it).
+async fn end_on_irc_change(
+    mut changes: tokio::sync::watch::Receiver<Arc<crate::master::config::Config>>,
+    current: IrcConfig,
+    connection_ends: CancellationToken,
+) {
+    while changes.changed().await.is_ok() {
+        if changes.borrow_and_update().irc.as_ref() != Some(&current) {
+            connection_ends.cancel();
+            return;
+        }
+    }
+}
+
+impl Bot {
+    fn new(control: Arc<Control>, config: IrcConfig) -> Bot {
+        Bot {
+            subscriptions: notify::Subscriptions::new(&config.channels, &config.notify),
+            announced: 0,
+            watches: Vec::new(),
+            fired: Vec::new(),
+            control,
+            config,
+        }
+    }
+
+    /// New settings from a reconfig. The channels' `notify on|off` choices are kept unless the
+    /// channels or their defaults changed.
+    fn reconfigure(&mut self, config: IrcConfig) {
+        if config.channels != self.config.channels || config.notify != self.config.notify {
+            self.subscriptions = notify::Subscriptions::new(&config.channels, &config.notify);
+        }
+        self.config = config;
+    }
+
+    /// Connects, and reconnects with backoff whenever the connection is lost, until `ends`.
+    async fn connect_until(&mut self, ends: &CancellationToken) {
+        let mut backoff = self.config.reconnect_min;
+        loop {
+            let ended = self.session(ends).await;
+            // Their builds' ends will be announced again from the event log, to them too.
+            let unsaid = std::mem::take(&mut self.fired);
+            self.watches
+                .extend(unsaid.into_iter().map(|(_, watch)| watch));
+            // Whoever holds a nick now can no longer be seen to quit: links start again.
+            self.control
+                .irc_links
+                .unbind_all("the bot's IRC connection ended");
+            let registered = match ended {
+                Ended::Shutdown => return,
+                Ended::Lost { registered, why } => {
+                    if registered {
+                        backoff = self.config.reconnect_min;
+                    }
+                    tracing::warn!(
+                        server = %self.config.host, port = self.config.port,
+                        "IRC connection lost: {why}; reconnecting in {backoff:?}"
+                    );
+                    registered
+                }
+            };
+            tokio::select! {
+                _ = ends.cancelled() => return,
+                _ = tokio::time::sleep(backoff) => {}
+            }
+            if !registered {
+                backoff = next_backoff(backoff, self.config.reconnect_max);
+            }
         }
     }
 }

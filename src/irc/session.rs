@@ -135,7 +135,7 @@ impl Bot {
             nickname: Some(config.nick.clone()),
             alt_nicks: config.alt_nicks.clone(),
             username: Some("buildbot".to_string()),
-            realname: Some(format!("buildbot master {}", self.control.config.name)),
+            realname: Some(format!("buildbot master {}", self.control.config().name)),
             server: Some(config.host.clone()),
             port: Some(config.port),
             password: config.password.clone(),
@@ -574,7 +574,7 @@ impl Bot {
                 let line = format!(
                     "buildbot {} (master {})",
                     env!("CARGO_PKG_VERSION"),
-                    self.control.config.name
+                    self.control.config().name
                 );
                 self.say(conn, reply_to, &line, true);
             }

@@ -160,7 +160,8 @@ pub async fn run(
 
 /// `irc-link`: a one-time code to say to the bot; `irc-link --list`: who is linked.
 async fn irc_link(ctx: &SshdContext, user: &UnixAccount, list: bool, io: &mut ExecIo<'_>) -> u32 {
-    let Some(irc) = &ctx.control.config.irc else {
+    let config = ctx.control.config();
+    let Some(irc) = &config.irc else {
         io.say("buildbot: this master has no IRC bot (no [irc] section in master.toml)")
             .await;
         return 1;

@@ -32,6 +32,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::master::config::Config;
 use crate::master::control::Control;
+use crate::master::metrics::AuthFailure;
 use crate::sshd::keystore::{Grant, KeyStore, Refusal};
 use crate::unix::accounts::{self, UnixAccount};
 
@@ -73,13 +74,13 @@ impl Identity {
 #[derive(Debug)]
 pub enum AuthOutcome {
     Accepted(Identity),
-    Refused(String),
+    /// Why (a bounded reason, for the metrics) and the line for the log.
+    Refused(AuthFailure, String),
 }
 
 /// Everything connections share: configuration, key lookup, master state, and the owner of
 /// every task a connection spawns.
 pub struct SshdContext {
-    pub config: Arc<Config>,
     /// Shared with the blocking threads that read key files.
     pub keys: Arc<KeyStore>,
     /// What commands do: the master's control layer.
@@ -101,11 +102,16 @@ impl SshdContext {
                 config.sshd.authorized_keys.clone(),
                 config.master_dir.clone(),
             )),
-            config,
             control,
             tasks: TaskTracker::new(),
             shutdown,
         }
+    }
+
+    /// The config in force now (slaves, `allow_root` and the limits per connection follow a
+    /// reconfig at the next login; listeners and `max_startups` are bound at start).
+    pub fn config(&self) -> Arc<Config> {
+        self.control.config()
     }
 
     /// Decides whether `key` may log in as `login` from `client`.
@@ -118,27 +124,31 @@ impl SshdContext {
     /// [`KEY_LOOKUP_TIMEOUT`]: a user controls their own key files (a FIFO, a slow network
     /// home), and the connection's event loop must not wait on them for long.
     pub async fn authenticate(&self, login: &str, key: &PublicKey, client: IpAddr) -> AuthOutcome {
+        let config = self.config();
         let is_slave_key = |slave: &crate::master::config::SlaveConfig| {
             slave.public_key.key_data() == key.key_data()
         };
-        if let Some(slave) = self.config.slave(login)
+        if let Some(slave) = config.slave(login)
             && is_slave_key(slave)
         {
             return AuthOutcome::Accepted(Identity::Slave {
                 name: slave.name.clone(),
             });
         }
-        if let Some(owner) = self.config.slaves.iter().find(|slave| is_slave_key(slave)) {
-            return AuthOutcome::Refused(format!(
-                "the key of slave {} may only log in as that slave",
-                owner.name
-            ));
+        if let Some(owner) = config.slaves.iter().find(|slave| is_slave_key(slave)) {
+            return AuthOutcome::Refused(
+                AuthFailure::SlaveKey,
+                format!(
+                    "the key of slave {} may only log in as that slave",
+                    owner.name
+                ),
+            );
         }
         let lookup = {
             let keys = Arc::clone(&self.keys);
             let login = login.to_string();
             let key = key.clone();
-            let allow_root = self.config.sshd.allow_root;
+            let allow_root = config.sshd.allow_root;
             tokio::task::spawn_blocking(move || {
                 authenticate_user(&keys, &login, &key, client, allow_root)
             })
@@ -147,13 +157,14 @@ impl SshdContext {
             Ok(Ok(outcome)) => outcome,
             Ok(Err(join_error)) => {
                 tracing::error!(user = login, "key lookup failed: {join_error}");
-                AuthOutcome::Refused("key lookup failed".into())
+                AuthOutcome::Refused(AuthFailure::LookupFailed, "key lookup failed".into())
             }
             // The blocking thread is left to finish on its own; all it can still do is read a
             // capped amount from a file that was already checked.
-            Err(_) => AuthOutcome::Refused(format!(
-                "account or key files not read within {KEY_LOOKUP_TIMEOUT:?}"
-            )),
+            Err(_) => AuthOutcome::Refused(
+                AuthFailure::LookupFailed,
+                format!("account or key files not read within {KEY_LOOKUP_TIMEOUT:?}"),
+            ),
         }
     }
 }
@@ -171,28 +182,40 @@ fn authenticate_user(
 ) -> AuthOutcome {
     let account = match accounts::lookup(login) {
         Ok(Some(account)) => account,
-        Ok(None) => return AuthOutcome::Refused("no such unix account".into()),
-        Err(err) => return AuthOutcome::Refused(format!("cannot look up account: {err}")),
+        Ok(None) => {
+            return AuthOutcome::Refused(AuthFailure::UnknownUser, "no such unix account".into());
+        }
+        Err(err) => {
+            return AuthOutcome::Refused(
+                AuthFailure::LookupFailed,
+                format!("cannot look up account: {err}"),
+            );
+        }
     };
     if account.is_root() && !allow_root {
-        return AuthOutcome::Refused("root may not log in (allow_root = false)".into());
+        return AuthOutcome::Refused(
+            AuthFailure::Root,
+            "root may not log in (allow_root = false)".into(),
+        );
     }
     match keys.authorize(&account, key, client, chrono::Utc::now()) {
         Ok(grant) => AuthOutcome::Accepted(Identity::User { account, grant }),
-        Err(Refusal::NotListed) => {
-            AuthOutcome::Refused("key not in any authorized_keys file for this login".into())
-        }
-        Err(Refusal::FromMismatch { file, line }) => AuthOutcome::Refused(format!(
-            "{}:{line}: from= does not allow {client}",
-            file.display()
-        )),
-        Err(Refusal::Expired { file, line }) => AuthOutcome::Refused(format!(
-            "{}:{line}: key expired (expiry-time)",
-            file.display()
-        )),
-        Err(Refusal::UnsafeFile { reason }) => {
-            AuthOutcome::Refused(format!("key file not trusted: {reason}"))
-        }
+        Err(Refusal::NotListed) => AuthOutcome::Refused(
+            AuthFailure::KeyNotListed,
+            "key not in any authorized_keys file for this login".into(),
+        ),
+        Err(Refusal::FromMismatch { file, line }) => AuthOutcome::Refused(
+            AuthFailure::FromMismatch,
+            format!("{}:{line}: from= does not allow {client}", file.display()),
+        ),
+        Err(Refusal::Expired { file, line }) => AuthOutcome::Refused(
+            AuthFailure::Expired,
+            format!("{}:{line}: key expired (expiry-time)", file.display()),
+        ),
+        Err(Refusal::UnsafeFile { reason }) => AuthOutcome::Refused(
+            AuthFailure::UnsafeKeyFile,
+            format!("key file not trusted: {reason}"),
+        ),
     }
 }
 
@@ -240,10 +263,10 @@ pub async fn run(
     ctx: Arc<SshdContext>,
     grace: Duration,
 ) -> anyhow::Result<()> {
-    let russh_config = Arc::new(russh_config(&ctx.config, host_key));
+    let russh_config = Arc::new(russh_config(&ctx.config(), host_key));
     let startups = startups::Startups::new(
-        ctx.config.sshd.max_startups,
-        ctx.config.sshd.max_startups_per_source,
+        ctx.config().sshd.max_startups,
+        ctx.config().sshd.max_startups_per_source,
     );
     let connections = TaskTracker::new();
     loop {
@@ -259,6 +282,7 @@ pub async fn run(
                 }
             },
         };
+        ctx.control.metrics.ssh_connection();
         let permit = match startups.admit(peer.ip()) {
             Ok(permit) => permit,
             Err(refusal) => {
@@ -299,7 +323,7 @@ async fn serve_connection(
     // Cancelling `cut` ends the session task whatever state it is in; this guard does it on
     // every way out of this function, so no session outlives its owner.
     let _cut_on_exit = cut.clone().drop_guard();
-    let grace = ctx.config.sshd.login_grace_time;
+    let grace = ctx.config().sshd.login_grace_time;
     let login_deadline = tokio::time::sleep(grace);
     tokio::pin!(login_deadline);
     let session = tokio::select! {

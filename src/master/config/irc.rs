@@ -57,7 +57,7 @@ impl NotifyEvent {
 }
 
 /// The validated `[irc]` section.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IrcConfig {
     /// Host name (also the TLS server name) and port.
     pub host: String,
@@ -104,7 +104,6 @@ pub const DEFAULT_NOTIFY: [NotifyEvent; 3] = [
 ];
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub(super) struct RawIrc {
     server: Spanned<String>,
     #[serde(default)]

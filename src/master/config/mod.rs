@@ -11,6 +11,7 @@ mod irc;
 mod limits;
 mod locks;
 mod schedulers;
+mod unknown;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
@@ -179,9 +180,11 @@ pub struct StepConfig {
 }
 
 // ---- the file as serde sees it -----------------------------------------------------------
+//
+// No `deny_unknown_fields` here: `Config::from_toml` reads through `serde_ignored`, which names
+// every key these structs do not take, so all of them are reported at once (`unknown`).
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawConfig {
     master: RawMaster,
     sshd: RawSshd,
@@ -206,7 +209,6 @@ struct RawConfig {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawMaster {
     name: String,
     #[serde(default)]
@@ -214,7 +216,6 @@ struct RawMaster {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawSshd {
     listen: Spanned<String>,
     #[serde(default)]
@@ -238,7 +239,6 @@ struct RawSshd {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawHttp {
     listen: Spanned<String>,
     #[serde(default)]
@@ -248,7 +248,6 @@ struct RawHttp {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawSpool {
     #[serde(default)]
     dir: Option<String>,
@@ -259,7 +258,6 @@ struct RawSpool {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawSlave {
     name: Spanned<String>,
     public_key: Spanned<String>,
@@ -268,7 +266,6 @@ struct RawSlave {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawBuilder {
     name: Spanned<String>,
     slaves: Vec<Spanned<String>>,
@@ -294,7 +291,6 @@ struct RawBuilder {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawStep {
     name: String,
     command: Spanned<String>,
@@ -357,28 +353,49 @@ impl Config {
     }
 
     /// Validates the text of a `master.toml` whose relative paths are relative to `master_dir`.
+    /// Every syntax error, every unknown key and every semantic problem is reported in one go;
+    /// only a value of the wrong type stops the typed pass at the first one.
     pub fn from_toml(text: &str, master_dir: &Path) -> Result<Config, ConfigError> {
         let lines = LineIndex::new(text);
-        let raw: RawConfig = toml::from_str(text).map_err(|err| {
-            let line = err.span().map_or(0, |span| lines.line_of(span.start));
-            ConfigError(vec![Problem {
-                line,
-                message: err.message().trim().to_string(),
-            }])
-        })?;
+        let (document, syntax_errors) = toml::de::DeTable::parse_recoverable(text);
+        if !syntax_errors.is_empty() {
+            let problems = syntax_errors
+                .iter()
+                .map(|err| Problem {
+                    line: err.span().map_or(0, |span| lines.line_of(span.start)),
+                    message: err.message().trim().to_string(),
+                })
+                .collect();
+            return Err(ConfigError(sorted(problems)));
+        }
+        let mut problems = Vec::new();
+        let mut unknown_keys = Vec::new();
+        let typed: Result<RawConfig, toml::de::Error> =
+            serde_ignored::deserialize(toml::de::Deserializer::from(document.clone()), |path| {
+                unknown_keys.push(unknown::segments(&path))
+            });
+        for segments in &unknown_keys {
+            problems.push(unknown::problem(document.get_ref(), segments, &lines));
+        }
+        let raw = match typed {
+            Ok(raw) => raw,
+            Err(err) => {
+                problems.push(Problem {
+                    line: err.span().map_or(0, |span| lines.line_of(span.start)),
+                    message: err.message().trim().to_string(),
+                });
+                return Err(ConfigError(sorted(problems)));
+            }
+        };
         let mut check = Checker {
             lines: &lines,
-            problems: Vec::new(),
+            problems,
             master_dir,
         };
         let config = check.config(raw);
         match config {
             Some(config) if check.problems.is_empty() => Ok(config),
-            _ => {
-                let mut problems = check.problems;
-                problems.sort_by_key(|problem| problem.line);
-                Err(ConfigError(problems))
-            }
+            _ => Err(ConfigError(sorted(check.problems))),
         }
     }
 
@@ -418,6 +435,12 @@ impl Config {
     pub fn slave(&self, name: &str) -> Option<&SlaveConfig> {
         self.slaves.iter().find(|slave| slave.name == name)
     }
+}
+
+/// Problems in file order (a stable sort: one line's problems keep the order they were found).
+fn sorted(mut problems: Vec<Problem>) -> Vec<Problem> {
+    problems.sort_by_key(|problem| problem.line);
+    problems
 }
 
 /// Byte offset → 1-based line number.
@@ -900,6 +923,38 @@ builders = ["linux"]
             found[0].starts_with("master.toml:5: unknown field `lisen`"),
             "{found:?}"
         );
+    }
+
+    #[test]
+    fn every_unknown_key_is_reported_at_once_with_the_other_problems() {
+        let text = base()
+            .replace("name = \"t\"", "name = \"t\"\nnmae = \"x\"")
+            .replace(
+                "listen = \"127.0.0.1:0\"\n",
+                "listen = \"127.0.0.1:0\"\nalow_root = true\n",
+            )
+            .replace("timeout = \"20m\"", "timeuot = \"20m\"")
+            .replace("slaves = [\"s1\"]", "slaves = [\"ghost\"]")
+            + "[extra]\nx = 1\n";
+        let found = problems(&text);
+        assert_eq!(
+            found,
+            vec![
+                "master.toml:3: unknown field `nmae` in [master]",
+                "master.toml:6: unknown field `alow_root` in [sshd]",
+                "master.toml:13: builder \"linux\" names slave \"ghost\", which is not defined by any [[slave]]",
+                "master.toml:15: unknown field `timeuot` in steps 1 of [[builder]] 1",
+                "master.toml:19: unknown field `extra` (not a section of master.toml)",
+            ]
+        );
+    }
+
+    #[test]
+    fn every_syntax_error_is_reported() {
+        let text = base().replace("name = \"t\"", "name = \"t\nx = = 1");
+        let found = problems(&text);
+        assert!(found.len() >= 2, "{found:#?}");
+        assert!(found[0].starts_with("master.toml:2: "), "{found:#?}");
     }
 
     #[test]
