@@ -701,12 +701,12 @@ fn irc_server_killed_and_restarted_the_bot_rejoins_and_announces_what_finished_o
     let step = r#"{ name = "test", command = "false" },"#;
     let mut alice = IrcClient::connect(&server, "alice");
     alice.join("#ci");
-    // A fixed backoff of 3s: after the bot's first failed attempt, the test has time to bring
+    // A fixed backoff of 5s: after the bot's first failed attempt, the test has time to bring
     // the server back and be in the channel before the bot is.
     let mut setup = MasterSetup::linux_builder(&["s1"], &checkout.upstream, step);
     setup
         .extra_config
-        .push_str(&server.master_config_with_backoff("3s", "3s", ""));
+        .push_str(&server.master_config_with_backoff("5s", "5s", ""));
     let master = TestMaster::start_with(setup);
     alice.wait_bot_join();
     let _slave = master.start_slave("s1");
@@ -773,4 +773,63 @@ fn irc_over_tls_with_a_server_password_and_a_taken_nick() {
         master.log().contains("tls=true"),
         "the bot said it connected with TLS"
     );
+}
+
+#[test]
+fn reconfig_starts_the_bot_moves_it_to_new_settings_and_stops_it() {
+    let server = IrcServer::start();
+    let checkout = Checkout::new();
+    let mut alice = IrcClient::connect(&server, "alice");
+    alice.join("#ci");
+    let master = TestMaster::start_with(MasterSetup::linux_builder(
+        &["s1"],
+        &checkout.upstream,
+        r#"{ name = "test", command = "true" },"#,
+    ));
+    let path = master.path().join("master.toml");
+    let before = std::fs::read_to_string(&path).expect("config");
+    let reconfig = || {
+        let mut command = Command::new(crate::harness::BIN);
+        command.arg("reconfig").arg(master.path());
+        let output = crate::harness::run_with_timeout(command, None);
+        assert!(
+            output.status.success(),
+            "reconfig: {}{}",
+            text(&output.stdout),
+            text(&output.stderr)
+        );
+        text(&output.stdout)
+    };
+
+    // No [irc] at start: no bot. Adding the section starts one.
+    std::fs::write(&path, format!("{before}{}", server.master_config(""))).expect("config");
+    let said = reconfig();
+    assert!(said.contains("[irc] changed"), "{said}");
+    alice.wait_bot_join();
+    alice.ask("version", "buildbot ");
+
+    // A changed section: the bot leaves and comes back with the new settings (a second
+    // channel here).
+    alice.join("#ops");
+    let with_ops = format!("{before}{}", server.master_config(""))
+        .replace("channels = [\"#ci\"]", "channels = [\"#ci\", \"#ops\"]");
+    std::fs::write(&path, with_ops).expect("config");
+    reconfig();
+    alice.wait_line("the bot joining #ops", |line| {
+        line.starts_with(&format!(":{BOT}!")) && line.contains(" JOIN ") && line.contains("#ops")
+    });
+    alice.say("#ops", &format!("{BOT}: version"));
+    alice.wait_bot("#ops", "buildbot ");
+
+    // The section removed: the bot quits and stays away.
+    std::fs::write(&path, &before).expect("config");
+    reconfig();
+    alice.wait_line("the bot quitting", |line| {
+        line.starts_with(&format!(":{BOT}!")) && line.contains(" QUIT")
+    });
+    alice.say("#ci", &format!("{BOT}: version"));
+    let answer = alice.wait_line_within(Duration::from_secs(2), |line| {
+        privmsg_from(line, BOT).is_some()
+    });
+    assert_eq!(answer, None, "a removed bot answered");
 }
