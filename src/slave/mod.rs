@@ -9,6 +9,7 @@ pub mod checkout;
 pub mod config;
 mod connection;
 pub mod runner;
+pub mod swarm;
 mod work;
 
 use std::time::{Duration, Instant};
