@@ -225,7 +225,7 @@ class Master:
 
     def slaves_connected(self):
         try:
-            return len(self.api("/api/slaves"))
+            return sum(1 for slave in self.api("/api/slaves") if slave.get("connected"))
         except (OSError, ValueError):
             return -1
 
@@ -258,6 +258,7 @@ run(git + ["-C", REPO, "commit", "-q", "-m", "base"])
 BASEREV = run(["git", "-C", REPO, "rev-parse", "HEAD"], capture_output=True,
               text=True).stdout.strip()
 SSH_OPTS = ["-F", "/dev/null", "-i", KEY, "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes",
+            "-o", "GSSAPIAuthentication=no",
             "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
             "-o", "LogLevel=ERROR"]
 
@@ -363,7 +364,8 @@ try:
     with open(sshd_cfg, "w") as f:
         f.write(f"Port {sshd_port}\nListenAddress 127.0.0.1\nHostKey {host_key}\n"
                 f"AuthorizedKeysFile {auth}\nPermitRootLogin yes\nStrictModes no\nUsePAM no\n"
-                f"PidFile none\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n")
+                f"PidFile none\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n"
+                f"UseDNS no\n")
     os.makedirs("/run/sshd", exist_ok=True)
     sshd = spawn([SSHD, "-D", "-e", "-f", sshd_cfg], stderr=open(WORK + "/sshd.log", "w"))
     import socket

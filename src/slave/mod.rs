@@ -6,6 +6,7 @@
 //! ends, every running command's process group is terminated (then killed) before reconnecting.
 
 pub mod checkout;
+mod coalesce;
 pub mod config;
 mod connection;
 pub mod runner;
