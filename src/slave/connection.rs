@@ -70,6 +70,11 @@ pub async fn serve(
     .await
     .with_context(|| format!("timed out connecting to {}", config.master))?
     .with_context(|| format!("cannot connect to {}", config.master))?;
+    // russh applies its `nodelay` only to sockets it opens itself. Without it, Nagle holds a
+    // small frame (a pong, an exit report) until the master's delayed ACK, some 40 ms.
+    if let Err(err) = stream.set_nodelay(true) {
+        tracing::debug!("cannot set TCP_NODELAY: {err}");
+    }
     let mismatch = Arc::new(Mutex::new(None));
     let handler = ClientHandler {
         expected: config.master_host_key.clone(),
