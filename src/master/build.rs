@@ -721,7 +721,7 @@ pub fn log_file_name(step: i64, name: &str, stream: StreamKind) -> String {
 const LOG_BUFFER: usize = 256 * 1024;
 /// How long output may stay in the buffer before it is written, so `?follow=1` readers and the
 /// log pages see a live step's output promptly.
-const LOG_FLUSH: Duration = Duration::from_millis(20);
+const LOG_FLUSH: Duration = Duration::from_millis(10);
 
 /// The log files of one step, one per stream, created when the stream first has output and
 /// appended as it arrives through a buffer of [`LOG_BUFFER`] that is written out at most
