@@ -954,6 +954,49 @@ mod tests {
     }
 
     #[test]
+    fn a_present_commit_is_not_fetched_and_a_reused_tree_equals_a_fresh_one() {
+        let fixture = Fixture::new();
+        let work = fixture.work();
+        let mut spec = fixture.spec();
+        spec.revision = Some(fixture.head());
+        run_ok(&work, &spec);
+        let fresh = snapshot(&work);
+        // The remote is gone: only a checkout that does not fetch can succeed.
+        std::fs::rename(&fixture.upstream, fixture.tmp.path().join("gone")).expect("mv");
+        let (_, log) = run_ok(&work, &spec);
+        assert!(log.contains("not needed, the commit is here"), "{log}");
+        assert!(log.contains("already clean at that commit"), "{log}");
+        let leftovers: [fn(&Path); 7] = [
+            |work| write(&work.join("untracked.txt"), "junk"),
+            |work| write(&work.join("main.o"), "ignored"),
+            |work| std::fs::create_dir_all(work.join("empty/dir")).expect("mkdir"),
+            |work| write(&work.join("a.txt"), "modified by a build"),
+            |work| {
+                std::fs::set_permissions(work.join("run.sh"), PermissionsExt::from_mode(0o755))
+                    .expect("chmod")
+            },
+            |work| {
+                write(&work.join("staged.txt"), "staged");
+                git(work, &["add", "staged.txt"]);
+            },
+            |work| {
+                git(work, &["checkout", "-q", "-b", "elsewhere"]);
+            },
+        ];
+        for (index, leftover) in leftovers.iter().enumerate() {
+            leftover(&work);
+            let (_, log) = run_ok(&work, &spec);
+            assert!(!log.contains("already clean"), "leftover {index}: {log}");
+            assert_clean(&work);
+            assert_eq!(snapshot(&work), fresh, "leftover {index}");
+            assert_eq!(
+                git(&work, &["rev-parse", "HEAD"]).trim(),
+                spec.revision.as_deref().unwrap_or_default()
+            );
+        }
+    }
+
+    #[test]
     fn a_git_patch_with_every_kind_of_change() {
         let fixture = Fixture::new();
         let clone = fixture.clone("edited");
