@@ -18,14 +18,22 @@ pub enum DecodeError {
 
 /// Encodes one message as a frame, in one allocation (output frames are most of the traffic).
 pub fn encode(message: &Message) -> Vec<u8> {
-    let mut frame = Vec::with_capacity(4 + encoded_size_hint(message));
-    frame.extend_from_slice(&[0; 4]);
-    // Serialising our own enum cannot fail (no maps with non-string keys, no unsupported
-    // types); an empty frame would be rejected by the peer, which is the right failure if it
-    // ever did.
-    let mut frame = postcard::to_extend(message, frame).unwrap_or_else(|_| vec![0; 4]);
-    let length = u32::try_from(frame.len() - 4).unwrap_or(u32::MAX);
-    frame[..4].copy_from_slice(&length.to_be_bytes());
+    // Serialised straight into the frame when the hint is room enough (always for output);
+    // otherwise through postcard's own growing buffer. Serialising our own enum cannot fail
+    // (no maps with non-string keys, no unsupported types); an empty frame would be rejected
+    // by the peer, which is the right failure if it ever did.
+    let mut frame = vec![0; 4 + encoded_size_hint(message)];
+    let length = match postcard::to_slice(message, &mut frame[4..]) {
+        Ok(body) => body.len(),
+        Err(_) => {
+            let body = postcard::to_stdvec(message).unwrap_or_default();
+            frame.truncate(4);
+            frame.extend_from_slice(&body);
+            body.len()
+        }
+    };
+    frame.truncate(4 + length);
+    frame[..4].copy_from_slice(&u32::try_from(length).unwrap_or(u32::MAX).to_be_bytes());
     frame
 }
 
