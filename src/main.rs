@@ -169,6 +169,19 @@ enum Command {
         #[command(flatten)]
         connection: ConnectionCli,
     },
+    /// Internal, for bench/run.sh: COUNT real slaves in one process (directories DIR/swarm-N).
+    /// With --master and --master-host-key, creates them and prints their [[slave]] blocks;
+    /// without, runs them until SIGTERM.
+    #[command(name = "bench-swarm", hide = true)]
+    BenchSwarm {
+        dir: PathBuf,
+        #[arg(long)]
+        count: usize,
+        #[arg(long, requires = "master_host_key")]
+        master: Option<String>,
+        #[arg(long)]
+        master_host_key: Option<String>,
+    },
     /// Internal: a slave's patch step, run by the slave in a child process under a time and
     /// memory limit. Reads the patch on stdin, applies it to WORKDIR, writes a JSON report.
     #[command(name = "apply-patch", hide = true)]
@@ -484,6 +497,28 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let connection = connection.into_try_args();
             let result = buildbot::client::remote::send_change(&change, &connection, &cwd);
             Ok(client_outcome("sendchange", result))
+        }
+        Command::BenchSwarm {
+            dir,
+            count,
+            master,
+            master_host_key,
+        } => {
+            if let (Some(master), Some(host_key)) = (master, master_host_key) {
+                print!(
+                    "{}",
+                    buildbot::slave::swarm::create(&dir, count, &master, &host_key)?
+                );
+                return Ok(ExitCode::SUCCESS);
+            }
+            let runtime =
+                tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+            runtime.block_on(async {
+                let shutdown = CancellationToken::new();
+                spawn_signal_handler(shutdown.clone())?;
+                buildbot::slave::swarm::run(&dir, count, shutdown).await?;
+                Ok(ExitCode::SUCCESS)
+            })
         }
         Command::ApplyPatch { level, workdir } => {
             buildbot::slave::checkout::run_apply_patch_child(

@@ -270,7 +270,7 @@ async fn begin(
     let (builder_name, slave_name) = (builder.name.clone(), link.name.clone());
     let started = control
         .history
-        .run(move |connection| {
+        .run_relaxed(move |connection| {
             history::start_build(connection, request_id, &builder_name, &slave_name)
         })
         .await;
@@ -359,7 +359,7 @@ async fn run_steps(
         let (step_name, build_id) = (step.name.clone(), started.build_id);
         let step_id = match control
             .history
-            .run(move |connection| {
+            .run_relaxed(move |connection| {
                 history::start_step(connection, build_id, step_number, &step_name)
             })
             .await
@@ -414,7 +414,9 @@ async fn run_steps(
         let (summary, step_result) = (verdict.summary.clone(), verdict.step_result);
         if let Err(err) = control
             .history
-            .run(move |connection| history::finish_step(connection, step_id, step_result, &summary))
+            .run_relaxed(move |connection| {
+                history::finish_step(connection, step_id, step_result, &summary)
+            })
             .await
         {
             tracing::error!("cannot record a step's end: {err}");
@@ -622,14 +624,24 @@ async fn run_step(
     });
     let Ok((id, mut events)) = started else {
         let _ = logs.append(StreamKind::Info, b"slave lost\n").await;
+        let _ = logs.finish().await;
         return StepOutcome::SlaveLost;
     };
     let began = Instant::now();
     loop {
+        let flush_at = logs.flush_at;
         let event = tokio::select! {
             event = events.recv() => event,
+            () = tokio::time::sleep_until(flush_at.unwrap_or_else(tokio::time::Instant::now)), if flush_at.is_some() => {
+                if let Err(err) = logs.flush().await {
+                    link.interrupt(id, "the master cannot write the log");
+                    return StepOutcome::LogError(format!("cannot write the log: {err}"));
+                }
+                continue;
+            }
             _ = shutdown.cancelled() => {
                 link.interrupt(id, "master shutting down");
+                let _ = logs.finish().await;
                 return StepOutcome::MasterStopping;
             }
             _ = stop.token.cancelled() => {
@@ -711,13 +723,24 @@ pub fn log_file_name(step: i64, name: &str, stream: StreamKind) -> String {
     format!("{step}-{safe}.{}", stream.file_extension())
 }
 
+/// How much of a log is gathered before it is written: output frames are up to 64 KiB, and a
+/// write per frame costs a trip to a blocking thread.
+const LOG_BUFFER: usize = 256 * 1024;
+/// How long output may stay in the buffer before it is written, so `?follow=1` readers and the
+/// log pages see a live step's output promptly.
+const LOG_FLUSH: Duration = Duration::from_millis(10);
+
 /// The log files of one step, one per stream, created when the stream first has output and
-/// appended as it arrives (never held in memory): `logs/BUILDER/NUMBER/STEP-NAME.STREAM`.
+/// appended as it arrives through a buffer of [`LOG_BUFFER`] that is written out at most
+/// [`LOG_FLUSH`] after its first byte (the owner calls [`StepLogs::flush`] when `flush_at`
+/// passes) and at the end of the step: `logs/BUILDER/NUMBER/STEP-NAME.STREAM`.
 struct StepLogs {
     dir: PathBuf,
     step: i64,
     name: String,
-    files: Vec<(StreamKind, tokio::fs::File)>,
+    files: Vec<(StreamKind, tokio::io::BufWriter<tokio::fs::File>)>,
+    /// When buffered output must be written; none when nothing is buffered.
+    flush_at: Option<tokio::time::Instant>,
 }
 
 impl StepLogs {
@@ -727,6 +750,7 @@ impl StepLogs {
             step,
             name: name.to_string(),
             files: Vec::new(),
+            flush_at: None,
         }
     }
 
@@ -740,20 +764,32 @@ impl StepLogs {
                     .append(true)
                     .open(self.dir.join(log_file_name(self.step, &self.name, stream)))
                     .await?;
-                self.files.push((stream, file));
+                self.files.push((
+                    stream,
+                    tokio::io::BufWriter::with_capacity(LOG_BUFFER, file),
+                ));
                 self.files.len() - 1
             }
         };
-        // tokio's File hands each write to a blocking thread and finishes it before the next,
-        // so followers see the data promptly without a flush per chunk.
-        self.files[position].1.write_all(data).await
+        self.files[position].1.write_all(data).await?;
+        if self.flush_at.is_none() {
+            self.flush_at = Some(tokio::time::Instant::now() + LOG_FLUSH);
+        }
+        Ok(())
     }
 
-    async fn finish(&mut self) -> std::io::Result<()> {
+    /// Writes out everything buffered, and waits until the files have it (tokio's `File`
+    /// finishes its blocking write on flush), so readers of the files see it.
+    async fn flush(&mut self) -> std::io::Result<()> {
+        self.flush_at = None;
         for (_, file) in &mut self.files {
             file.flush().await?;
         }
         Ok(())
+    }
+
+    async fn finish(&mut self) -> std::io::Result<()> {
+        self.flush().await
     }
 }
 

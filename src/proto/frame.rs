@@ -16,16 +16,36 @@ pub enum DecodeError {
     Truncated { buffered: usize },
 }
 
-/// Encodes one message as a frame.
+/// Encodes one message as a frame, in one allocation (output frames are most of the traffic).
 pub fn encode(message: &Message) -> Vec<u8> {
-    // Serialising our own enum into a Vec cannot fail (no maps with non-string keys, no
-    // unsupported types); an empty frame would be rejected by the peer, which is the right
-    // failure if it ever did.
-    let body = postcard::to_stdvec(message).unwrap_or_default();
-    let mut frame = Vec::with_capacity(4 + body.len());
-    frame.extend_from_slice(&u32::try_from(body.len()).unwrap_or(u32::MAX).to_be_bytes());
-    frame.extend_from_slice(&body);
+    // Serialised straight into the frame when the hint is room enough (always for output);
+    // otherwise through postcard's own growing buffer. Serialising our own enum cannot fail
+    // (no maps with non-string keys, no unsupported types); an empty frame would be rejected
+    // by the peer, which is the right failure if it ever did.
+    let mut frame = vec![0; 4 + encoded_size_hint(message)];
+    let length = match postcard::to_slice(message, &mut frame[4..]) {
+        Ok(body) => body.len(),
+        Err(_) => {
+            let body = postcard::to_stdvec(message).unwrap_or_default();
+            frame.truncate(4);
+            frame.extend_from_slice(&body);
+            body.len()
+        }
+    };
+    frame.truncate(4 + length);
+    frame[..4].copy_from_slice(&u32::try_from(length).unwrap_or(u32::MAX).to_be_bytes());
     frame
+}
+
+/// Room for the body: the bytes of output or patch, plus a little for the rest.
+fn encoded_size_hint(message: &Message) -> usize {
+    match message {
+        Message::Output { data, .. } => data.len() + 32,
+        Message::Checkout { checkout, .. } => {
+            checkout.patch.as_ref().map_or(0, Vec::len) + checkout.repo.len() + 256
+        }
+        _ => 128,
+    }
 }
 
 /// Decodes the frame at the start of `bytes`: `Ok(None)` when more bytes are needed, else the

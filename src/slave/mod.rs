@@ -6,9 +6,11 @@
 //! ends, every running command's process group is terminated (then killed) before reconnecting.
 
 pub mod checkout;
+mod coalesce;
 pub mod config;
 mod connection;
 pub mod runner;
+pub mod swarm;
 mod work;
 
 use std::time::{Duration, Instant};

@@ -13,6 +13,7 @@ use crate::proto::{
     CheckoutRequest, CommandRequest, ExitReport, MAX_OUTPUT_CHUNK, Message, StreamKind,
 };
 use crate::slave::checkout::{self, CheckoutSpec, PatchRunner};
+use crate::slave::coalesce::{Coalescer, OUTPUT_FLUSH};
 use crate::slave::runner::{self, CommandSpec, Stream};
 
 /// Time between SIGTERM and SIGKILL for an interrupted command (and for every command when
@@ -145,15 +146,51 @@ impl Work {
                 timeout: request.timeout_secs.map(Duration::from_secs),
             };
             let (chunks_tx, mut chunks_rx) = mpsc::channel::<runner::Chunk>(8);
+            // Output is gathered into frames (`coalesce`), sent when full, when the other
+            // stream has output, or OUTPUT_FLUSH after the first byte held.
             let forward = {
                 let outgoing = outgoing.clone();
                 async move {
-                    while let Some(chunk) = chunks_rx.recv().await {
+                    let mut coalescer = Coalescer::default();
+                    let mut frames = Vec::new();
+                    let mut flush_at: Option<tokio::time::Instant> = None;
+                    loop {
+                        let chunk = match flush_at {
+                            None => chunks_rx.recv().await,
+                            Some(at) => tokio::select! {
+                                chunk = chunks_rx.recv() => chunk,
+                                () = tokio::time::sleep_until(at) => {
+                                    flush_at = None;
+                                    if let Some((stream, data)) = coalescer.take()
+                                        && !send_frame(&outgoing, id, stream, data).await
+                                    {
+                                        return;
+                                    }
+                                    continue;
+                                }
+                            },
+                        };
+                        let Some(chunk) = chunk else { break };
                         let stream = match chunk.stream {
                             Stream::Stdout => StreamKind::Stdout,
                             Stream::Stderr => StreamKind::Stderr,
                         };
-                        send_output(&outgoing, id, stream, chunk.data).await;
+                        coalescer.push(stream, chunk.data, &mut |stream, data| {
+                            frames.push((stream, data));
+                        });
+                        for (stream, data) in frames.drain(..) {
+                            if !send_frame(&outgoing, id, stream, data).await {
+                                return;
+                            }
+                        }
+                        if coalescer.is_empty() {
+                            flush_at = None;
+                        } else if flush_at.is_none() {
+                            flush_at = Some(tokio::time::Instant::now() + OUTPUT_FLUSH);
+                        }
+                    }
+                    if let Some((stream, data)) = coalescer.take() {
+                        send_frame(&outgoing, id, stream, data).await;
                     }
                 }
             };
@@ -221,6 +258,19 @@ async fn send_output(outgoing: &mpsc::Sender<Message>, id: u64, stream: StreamKi
             return;
         }
     }
+}
+
+/// Sends one output frame (at most MAX_OUTPUT_CHUNK); false when the connection is gone.
+async fn send_frame(
+    outgoing: &mpsc::Sender<Message>,
+    id: u64,
+    stream: StreamKind,
+    data: Vec<u8>,
+) -> bool {
+    outgoing
+        .send(Message::Output { id, stream, data })
+        .await
+        .is_ok()
 }
 
 async fn report_failure(outgoing: mpsc::Sender<Message>, id: u64, message: String) -> u64 {

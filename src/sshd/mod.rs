@@ -316,6 +316,11 @@ async fn serve_connection(
     russh_config: Arc<russh::server::Config>,
     ctx: Arc<SshdContext>,
 ) {
+    // russh applies its `nodelay` only to sockets it accepts itself. Without it, Nagle holds a
+    // small frame (a pong, a command's exit) until the peer's delayed ACK, some 40 ms.
+    if let Err(err) = stream.set_nodelay(true) {
+        tracing::debug!(%peer, "cannot set TCP_NODELAY: {err}");
+    }
     let (authenticated_tx, authenticated_rx) = oneshot::channel();
     let handler = handler::ConnectionHandler::new(Arc::clone(&ctx), peer, permit, authenticated_tx);
     let cut = CancellationToken::new();

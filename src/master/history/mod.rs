@@ -199,6 +199,25 @@ impl History {
         .map_err(|err| HistoryError::Task(err.to_string()))?
     }
 
+    /// Like [`History::run`], for progress marks (a build or step started, a step finished)
+    /// on the way to a build's result: committed without waiting for the disk
+    /// (`synchronous=NORMAL`; WAL keeps them across a crash of the master, and the next
+    /// durable commit, a request recorded or a build finished, makes them durable too). A
+    /// power loss may roll back the last of them; the start-up recovery then treats the build
+    /// as interrupted. An fsync per mark cost a trivial build most of its time.
+    pub async fn run_relaxed<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&mut Connection) -> Result<T, HistoryError> + Send + 'static,
+    ) -> Result<T, HistoryError> {
+        self.run(move |connection| {
+            connection.pragma_update(None, "synchronous", "NORMAL")?;
+            let result = work(connection);
+            connection.pragma_update(None, "synchronous", "FULL")?;
+            result
+        })
+        .await
+    }
+
     /// The same, for callers that are already on a blocking thread (and tests).
     pub fn with<T>(
         &self,

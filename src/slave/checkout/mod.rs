@@ -159,12 +159,24 @@ fn checkout_logged(
     log: &mut dyn FnMut(&str),
 ) -> Result<CheckedOut, CheckoutError> {
     let remote = Remote::new(&spec.repo);
-    let repo = fetch(workdir, &remote, log)?;
     let revision = spec
         .revision
         .as_deref()
         .map(str::trim)
         .filter(|revision| !revision.is_empty());
+    // A commit named by its full id is the same commit wherever it came from: when the clone
+    // has it already, there is nothing to fetch.
+    let present = revision.and_then(|revision| clone_having(workdir, &remote, revision));
+    let repo = match present {
+        Some(repo) => {
+            log(&format!(
+                "fetching {}: not needed, the commit is here",
+                remote.shown
+            ));
+            repo
+        }
+        None => fetch(workdir, &remote, log)?,
+    };
     let target = match revision {
         Some(revision) => resolve_revision(&repo, workdir, &remote, revision, log)?,
         None => repo
@@ -176,7 +188,11 @@ fn checkout_logged(
                 repo: remote.shown.clone(),
             })?,
     };
-    reset_tree(&repo, workdir, target, log)?;
+    if !spec.submodules && is_clean_at(&repo, workdir, target) {
+        log("the work tree is already clean at that commit");
+    } else {
+        reset_tree(&repo, workdir, target, log)?;
+    }
     let summary = repo
         .find_commit(target)
         .ok()
@@ -445,6 +461,75 @@ fn fetch(
         )));
     }
     Ok(repo)
+}
+
+/// The clone in `workdir`, when it already holds the commit whose full id is `revision`.
+fn clone_having(workdir: &Path, remote: &Remote<'_>, revision: &str) -> Option<Repository> {
+    let full_id =
+        matches!(revision.len(), 40 | 64) && revision.bytes().all(|byte| byte.is_ascii_hexdigit());
+    // Such a remote is refused by `fetch`, which says why.
+    if !full_id || remote.given.trim().is_empty() || remote.given.starts_with('-') {
+        return None;
+    }
+    let repo = Repository::open(workdir).ok()?;
+    if repo.is_bare() {
+        return None;
+    }
+    let id = Oid::from_str(revision).ok()?;
+    repo.find_object(id, None).ok()?.peel_to_commit().ok()?;
+    Some(repo)
+}
+
+/// Whether the work tree already is exactly `target`, as a fresh checkout would leave it: HEAD
+/// detached at it, nothing modified, staged, untracked or ignored, and no empty directory
+/// (which git's status does not show, but `git clean -d` would remove). Anything unsure is
+/// "no", and the tree is reset.
+fn is_clean_at(repo: &Repository, workdir: &Path, target: Oid) -> bool {
+    let at_target = repo.head_detached().unwrap_or(false)
+        && repo.head().ok().and_then(|head| head.target()) == Some(target);
+    if !at_target {
+        return false;
+    }
+    let mut options = git2::StatusOptions::new();
+    options
+        .include_untracked(true)
+        .include_ignored(true)
+        .include_unmodified(false)
+        .recurse_untracked_dirs(false)
+        .recurse_ignored_dirs(false)
+        .exclude_submodules(false);
+    let clean = repo
+        .statuses(Some(&mut options))
+        .is_ok_and(|statuses| statuses.is_empty());
+    clean && !has_empty_dir(workdir, true)
+}
+
+/// Whether `dir` holds an empty directory (itself included, unless it is the top; `.git` at
+/// the top is not looked into). An unreadable directory counts as one.
+fn has_empty_dir(dir: &Path, top: bool) -> bool {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return true;
+    };
+    let mut empty = true;
+    for entry in entries {
+        let Ok(entry) = entry else {
+            return true;
+        };
+        empty = false;
+        if top && entry.file_name() == ".git" {
+            continue;
+        }
+        match entry.file_type() {
+            Ok(kind) if kind.is_dir() => {
+                if has_empty_dir(&entry.path(), false) {
+                    return true;
+                }
+            }
+            Ok(_) => {}
+            Err(_) => return true,
+        }
+    }
+    empty && !top
 }
 
 /// Finds `revision` after the fetch; a commit that no branch or tag reaches any more (a
@@ -866,6 +951,49 @@ mod tests {
         run_ok(&work, &fixture.spec());
         assert_clean(&work);
         assert_eq!(snapshot(&work), snapshot(&fixture.upstream));
+    }
+
+    #[test]
+    fn a_present_commit_is_not_fetched_and_a_reused_tree_equals_a_fresh_one() {
+        let fixture = Fixture::new();
+        let work = fixture.work();
+        let mut spec = fixture.spec();
+        spec.revision = Some(fixture.head());
+        run_ok(&work, &spec);
+        let fresh = snapshot(&work);
+        // The remote is gone: only a checkout that does not fetch can succeed.
+        std::fs::rename(&fixture.upstream, fixture.tmp.path().join("gone")).expect("mv");
+        let (_, log) = run_ok(&work, &spec);
+        assert!(log.contains("not needed, the commit is here"), "{log}");
+        assert!(log.contains("already clean at that commit"), "{log}");
+        let leftovers: [fn(&Path); 7] = [
+            |work| write(&work.join("untracked.txt"), "junk"),
+            |work| write(&work.join("main.o"), "ignored"),
+            |work| std::fs::create_dir_all(work.join("empty/dir")).expect("mkdir"),
+            |work| write(&work.join("a.txt"), "modified by a build"),
+            |work| {
+                std::fs::set_permissions(work.join("run.sh"), PermissionsExt::from_mode(0o755))
+                    .expect("chmod")
+            },
+            |work| {
+                write(&work.join("staged.txt"), "staged");
+                git(work, &["add", "staged.txt"]);
+            },
+            |work| {
+                git(work, &["checkout", "-q", "-b", "elsewhere"]);
+            },
+        ];
+        for (index, leftover) in leftovers.iter().enumerate() {
+            leftover(&work);
+            let (_, log) = run_ok(&work, &spec);
+            assert!(!log.contains("already clean"), "leftover {index}: {log}");
+            assert_clean(&work);
+            assert_eq!(snapshot(&work), fresh, "leftover {index}");
+            assert_eq!(
+                git(&work, &["rev-parse", "HEAD"]).trim(),
+                spec.revision.as_deref().unwrap_or_default()
+            );
+        }
     }
 
     #[test]
