@@ -759,9 +759,14 @@ impl StepLogs {
             Some(position) => position,
             None => {
                 tokio::fs::create_dir_all(&self.dir).await?;
+                // Truncate, not append: one writer owns a step's log for the step's whole
+                // life, and a file already there can only be left by a build whose record a
+                // power loss rolled back (its progress marks are not fsynced), whose number
+                // this build now has.
                 let file = tokio::fs::OpenOptions::new()
                     .create(true)
-                    .append(true)
+                    .write(true)
+                    .truncate(true)
                     .open(self.dir.join(log_file_name(self.step, &self.name, stream)))
                     .await?;
                 self.files.push((
