@@ -106,12 +106,14 @@ enum Remote {
         builder_flags: Vec<String>,
         builders: Vec<String>,
     },
+    // A reason is all the words after --reason up to the next flag: `ssh master stop B 4
+    // --reason wrong branch` arrives as one line, so quotes would not survive anyway.
     Stop {
         builder: String,
         #[arg(value_parser = positive)]
         build: Option<i64>,
-        #[arg(long, value_parser = non_empty)]
-        reason: String,
+        #[arg(long, num_args = 1.., required = true, value_parser = non_empty)]
+        reason: Vec<String>,
     },
     Force {
         builder: String,
@@ -119,8 +121,8 @@ enum Remote {
         branch: Option<String>,
         #[arg(long)]
         revision: Option<String>,
-        #[arg(long, value_parser = non_empty)]
-        reason: String,
+        #[arg(long, num_args = 1.., required = true, value_parser = non_empty)]
+        reason: Vec<String>,
         #[arg(long = "property", value_name = "K=V", value_parser = parse_property)]
         properties: Vec<(String, String)>,
     },
@@ -128,8 +130,8 @@ enum Remote {
         builder: String,
         #[arg(value_parser = positive)]
         build: i64,
-        #[arg(long, default_value = "rebuild requested")]
-        reason: String,
+        #[arg(long, num_args = 1.., default_value = "rebuild requested")]
+        reason: Vec<String>,
     },
     Cancel {
         builder: String,
@@ -264,7 +266,7 @@ fn from_remote(remote: Remote) -> ExecCommand {
         } => ExecCommand::Stop {
             builder,
             build,
-            reason,
+            reason: reason.join(" "),
         },
         Remote::Force {
             builder,
@@ -276,7 +278,7 @@ fn from_remote(remote: Remote) -> ExecCommand {
             builder,
             branch,
             revision,
-            reason,
+            reason: reason.join(" "),
             properties: properties.into_iter().collect(),
         },
         Remote::Rebuild {
@@ -286,7 +288,7 @@ fn from_remote(remote: Remote) -> ExecCommand {
         } => ExecCommand::Rebuild {
             builder,
             build,
-            reason,
+            reason: reason.join(" "),
         },
         Remote::Cancel {
             builder,
@@ -309,6 +311,45 @@ fn from_remote(remote: Remote) -> ExecCommand {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Regression (issue 15): `ssh master stop B 4 --reason wrong branch`, as docs/try.md shows
+    /// it, was a usage error; ssh joins the words into one line, so quotes cannot be required.
+    #[test]
+    fn a_reason_of_unquoted_words() {
+        assert_eq!(
+            parse("stop linux 4 --reason wrong branch"),
+            ExecCommand::Stop {
+                builder: "linux".into(),
+                build: Some(4),
+                reason: "wrong branch".into()
+            }
+        );
+        assert_eq!(
+            parse("stop linux --reason wrong branch"),
+            ExecCommand::Stop {
+                builder: "linux".into(),
+                build: None,
+                reason: "wrong branch".into()
+            }
+        );
+        let ExecCommand::Force {
+            reason, properties, ..
+        } = parse("force linux --reason nightly re-run please --property a=1")
+        else {
+            panic!("force parses");
+        };
+        assert_eq!(reason, "nightly re-run please");
+        assert_eq!(properties.get("a").map(String::as_str), Some("1"));
+        let ExecCommand::Rebuild { reason, .. } = parse("rebuild linux 3 --reason flaky test")
+        else {
+            panic!("rebuild parses");
+        };
+        assert_eq!(reason, "flaky test");
+        let ExecCommand::Rebuild { reason, .. } = parse("rebuild linux 3") else {
+            panic!("rebuild parses");
+        };
+        assert_eq!(reason, "rebuild requested");
+    }
 
     #[test]
     fn classic_tryserver_with_any_binary_path() {
@@ -410,6 +451,10 @@ mod tests {
             }
         );
         assert!(matches!(parse("stop linux"), ExecCommand::Usage { .. }));
+        assert!(matches!(
+            parse("stop linux 7 --reason"),
+            ExecCommand::Usage { .. }
+        ));
         assert!(matches!(
             parse("stop linux x --reason r"),
             ExecCommand::Usage { .. }
