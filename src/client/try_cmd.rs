@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use crate::client::dotfile::{self, DotBuildbot};
-use crate::client::patch::{self, PatchOptions};
+use crate::client::patch::{self, FileStat, PatchOptions};
 use crate::client::ssh_stderr::{self, SshTrouble};
 use crate::tryjob::{self as job, Job};
 
@@ -62,10 +62,15 @@ pub fn run(args: &TryArgs, cwd: &Path) -> Result<u8, TryError> {
         Some((path, defaults)) => (Some(path), defaults),
         None => (None, DotBuildbot::default()),
     };
-    let job = build_job(args, &defaults, cwd)?;
+    let (job, files) = build_job(args, &defaults, cwd)?;
     let connection = Connection::resolve(args, &defaults, dotfile_path.as_deref())?;
     if args.dryrun {
-        print_summary(&job, connection.as_ref());
+        print_summary(&job, files.as_deref(), connection.as_ref());
+        if args.verbose {
+            let mut stdout = std::io::stdout().lock();
+            let _ = stdout.write_all(job.patch.as_deref().unwrap_or_default());
+            let _ = stdout.flush();
+        }
         return Ok(EXIT_OK);
     }
     let Some(connection) = connection else {
@@ -77,7 +82,12 @@ pub fn run(args: &TryArgs, cwd: &Path) -> Result<u8, TryError> {
     connection.deliver(&encoded, args.wait)
 }
 
-fn build_job(args: &TryArgs, defaults: &DotBuildbot, cwd: &Path) -> Result<Job, TryError> {
+/// The job, and the files its patch touches when they can be told (for the dry run).
+fn build_job(
+    args: &TryArgs,
+    defaults: &DotBuildbot,
+    cwd: &Path,
+) -> Result<(Job, Option<Vec<FileStat>>), TryError> {
     let builders = if args.builders.is_empty() {
         defaults.builders.clone()
     } else {
@@ -115,8 +125,17 @@ fn build_job(args: &TryArgs, defaults: &DotBuildbot, cwd: &Path) -> Result<Job, 
         properties,
     };
     if let Some(diff) = &args.diff {
-        job.patch = Some(read_diff(diff)?);
-        return Ok(job);
+        let patch = read_diff(diff)?;
+        if let Some(level) = job::patch_level_hint(&patch, args.patchlevel) {
+            return Err(TryError::new(format!(
+                "--diff {}: its paths start with a/ and b/, as git writes them, so -p {} would find no file: try -p {level}",
+                diff.display(),
+                args.patchlevel
+            )));
+        }
+        let files = patch::stats_of(&patch);
+        job.patch = Some(patch);
+        return Ok((job, files));
     }
     let computed = patch::compute(
         cwd,
@@ -149,7 +168,7 @@ fn build_job(args: &TryArgs, defaults: &DotBuildbot, cwd: &Path) -> Result<Job, 
     if job.who.is_none() {
         job.who = computed.author;
     }
-    Ok(job)
+    Ok((job, Some(computed.files)))
 }
 
 fn read_diff(path: &Path) -> Result<Vec<u8>, TryError> {
@@ -173,7 +192,7 @@ fn short(rev: &str) -> &str {
     rev.get(..12).unwrap_or(rev)
 }
 
-fn print_summary(job: &Job, connection: Option<&Connection>) {
+fn print_summary(job: &Job, files: Option<&[FileStat]>, connection: Option<&Connection>) {
     let patch = job.patch.as_deref().unwrap_or_default();
     println!("Job (dry run, nothing sent):");
     println!("\tRepository: {}", job.repository);
@@ -194,9 +213,14 @@ fn print_summary(job: &Job, connection: Option<&Connection>) {
         patch.len(),
         patch.iter().filter(|&&b| b == b'\n').count()
     );
+
     match connection {
         Some(connection) => println!("\tWould run: {}", connection.describe()),
         None => println!("\tMaster: none configured (give --host or a .buildbot file)"),
+    }
+    if let Some(files) = files {
+        println!("Files:");
+        print!("{}", patch::diffstat(files));
     }
 }
 
