@@ -28,7 +28,13 @@ fn client_outcome(command: &str, result: Result<u8, try_cmd::TryError>) -> ExitC
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing();
+    // The demo's output is for a person reading along: its master's and slave's INFO lines
+    // would bury it, so it logs warnings only (RUST_LOG still decides when set).
+    let default_level = match cli.command {
+        Command::Demo => "warn",
+        _ => "info",
+    };
+    init_tracing(default_level);
     match run(cli) {
         Ok(code) => code,
         Err(err) => {
@@ -38,9 +44,9 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_tracing() {
+fn init_tracing(default_level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
