@@ -273,3 +273,35 @@ fn an_admin_group_member_may_stop_without_the_right_to_try() {
         text(&output.stdout)
     );
 }
+
+/// Issue 15: a master that shuts down while `try --wait` follows its builds is reported as
+/// such, not with the hint about keys and authorized_keys.
+#[test]
+fn a_master_shutting_down_during_try_wait_is_reported_as_such() {
+    let checkout = Checkout::new();
+    let step = r#"{ name = "sleep", command = "exec sleep 600" },"#;
+    let mut master = master_with(&checkout.upstream, step);
+    let _slave = master.start_slave("s1");
+    let waiting = spawn_try_wait(&master, &checkout.work);
+    wait_building(&master, "sleep");
+    let (status, _) = master.terminate();
+    assert!(status.success(), "{status:?}");
+    let output = output_with_deadline(waiting, "try --wait while the master stops", PATIENCE);
+    let stderr = text(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(
+            "buildbot try: the master is shutting down; your build will run again when it is back"
+        ),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("authorized_keys"), "{stderr}");
+    // And it does run again when the master is back.
+    drop(_slave);
+    let master = master.start_again();
+    let _slave = master.start_slave("s1");
+    wait_until("the build to run again after the restart", || {
+        let build = master.api("/api/builds?builder=linux")[0].clone();
+        build["number"] == 2 && build["running"] == true
+    });
+}
