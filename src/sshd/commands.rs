@@ -339,7 +339,7 @@ async fn wait_for_job(
                 continue;
             }
             Followed::Closed => {
-                io.say("buildbot: the master stopped before the builds finished")
+                io.say("buildbot: the master is shutting down before the builds finished")
                     .await;
                 return EXIT_USAGE;
             }
