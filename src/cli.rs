@@ -185,6 +185,13 @@ pub enum Command {
     /// of a sample change through the real SSH path. Prints the web URL; Ctrl-C stops it and
     /// removes its temp dir. Needs git and the OpenSSH client.
     Demo,
+    /// Reload DIR/master.toml into the running master (the same as sending it SIGHUP): check
+    /// the file, signal the master, print what changed or the master's errors. Exits 1 when the
+    /// file is refused (the master keeps its old config) or the master does not answer.
+    Reconfig {
+        /// The master directory.
+        dir: PathBuf,
+    },
     /// Check DIR/master.toml without starting anything. Prints one line per problem as
     /// master.toml:LINE: message and exits 1 if there is any.
     Checkconfig {

@@ -16,6 +16,7 @@ pub mod master;
 pub mod spool;
 
 // Front ends over the master core.
+pub mod irc;
 pub mod sshd;
 pub mod web;
 

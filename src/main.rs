@@ -259,6 +259,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             buildbot::cli::print_completions(shell);
             Ok(ExitCode::SUCCESS)
         }
+        Command::Reconfig { dir } => Ok(ExitCode::from(daemon::reconfig::command(&dir))),
         Command::Checkconfig { dir } => match Config::load(&dir) {
             Ok(config) => {
                 println!(

@@ -1,8 +1,9 @@
 //! `buildbot master` and `create-master`: composes the master core with its front ends (the
-//! SSH server and the web server), the spool watcher and the scheduler executor under one
+//! SSH server, the web server and the IRC bot), the spool watcher and the scheduler executor under one
 //! cancellation token. Top layer beside `main`: the only module that knows all the parts.
 
 pub mod create;
+pub mod reconfig;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -93,7 +94,11 @@ pub async fn run(
             master_dir.display()
         );
     }
-    let config = Arc::new(Config::load(master_dir)?);
+    let mut config = Config::load(master_dir)?;
+    // Before the pid file says where to send it: SIGHUP's default action ends the process.
+    let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .context("cannot listen for SIGHUP")?;
+    let pid_file = reconfig::PidFile::create(&config.master_dir)?;
     let spool = open_spool(&config.spool.dir)?;
     let host_key = sshd::load_host_key(&config.sshd.host_key)?;
     let host_key_fingerprint = sshd::fingerprint(host_key.public_key());
@@ -112,6 +117,11 @@ pub async fn run(
             .to_openssh()
             .context("cannot encode the host key's public half")?,
     };
+    // The config in force records what was bound (a port given as 0 is known now), so a file
+    // that names the bound ports is no listener change for a reconfig.
+    config.sshd.listen = listening.ssh;
+    config.http.listen = listening.http;
+    let config = Arc::new(config);
     tracing::info!(ssh = %listening.ssh, http = %listening.http, host_key = %host_key_fingerprint, "master {} started", config.name);
     on_listening(&listening);
 
@@ -157,14 +167,20 @@ pub async fn run(
     let recovered = recover_claimed_jobs(&control, &spool).await?;
     let (jobs_tx, jobs_rx) = tokio::sync::mpsc::channel(64);
     spawn_component(&components, &shutdown, "spool watcher", {
+        let control = Arc::clone(&control);
         crate::spool::watcher::run(
             spool,
-            config
-                .try_builders()
-                .iter()
-                .map(ToString::to_string)
-                .collect(),
-            config.spool.max_patch_bytes,
+            move || {
+                let config = control.config();
+                crate::spool::watcher::Intake {
+                    try_builders: config
+                        .try_builders()
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect(),
+                    max_patch_bytes: config.spool.max_patch_bytes,
+                }
+            },
             jobs_tx,
             shutdown.clone(),
         )
@@ -178,6 +194,18 @@ pub async fn run(
     spawn_component(&components, &shutdown, "schedulers", {
         schedulers::run(Arc::clone(&control), changes_rx, shutdown.clone())
     });
+    // Idle until a config (at start or from a reconfig) has an [irc] section.
+    spawn_component(&components, &shutdown, "IRC bot", {
+        crate::irc::run(Arc::clone(&control), shutdown.clone())
+    });
+    spawn_component(&components, &shutdown, "reconfig", {
+        reconfig::serve(
+            config.master_dir.clone(),
+            Arc::clone(&control),
+            hangups,
+            shutdown.clone(),
+        )
+    });
     for source in &config.change_sources {
         spawn_component(&components, &shutdown, "change poller", {
             poller::run(Arc::clone(&control), source.clone(), shutdown.clone())
@@ -185,6 +213,7 @@ pub async fn run(
     }
     components.close();
     components.wait().await;
+    drop(pid_file);
     tracing::info!("master {} stopped", config.name);
     Ok(())
 }
@@ -272,7 +301,7 @@ async fn recover_claimed_jobs(
         })
         .await?;
     let try_builders: Vec<String> = control
-        .config
+        .config()
         .try_builders()
         .iter()
         .map(ToString::to_string)
@@ -284,7 +313,7 @@ async fn recover_claimed_jobs(
             maildir,
             &name,
             &try_builders,
-            control.config.spool.max_patch_bytes,
+            control.config().spool.max_patch_bytes,
         )? {
             recovered.push(spooled);
         }

@@ -179,7 +179,7 @@ pub async fn run(
     ping_timeout: Duration,
     shutdown: CancellationToken,
 ) -> BuildOutcome {
-    let Some(builder) = control.config.builder(&request.builder).cloned() else {
+    let Some(builder) = control.config().builder(&request.builder).cloned() else {
         tracing::error!(builder = %request.builder, "request for a builder no longer configured; dropped");
         return BuildOutcome::default();
     };
@@ -196,6 +196,7 @@ pub async fn run(
             slave_unusable: false,
         };
     };
+    let began = std::time::Instant::now();
     let span = tracing::info_span!("build", builder = %builder.name, number = started.number, slave = %link.name);
     let mut ending = run_steps(control, &builder, &request, &link, &started, &shutdown).await;
     let mut retry = ending.slave_lost && builder.retry_on_slave_lost;
@@ -242,6 +243,9 @@ pub async fn run(
         .board
         .finish(&builder.name, started.number, ending.result);
     tracing::info!(parent: &span, result = %ending.result, "build finished");
+    control
+        .metrics
+        .build_finished(&builder.name, ending.result, began.elapsed().as_secs_f64());
     control.events.publish(BuildEvent::BuildFinished {
         job_name: request.job_name.clone(),
         builder: builder.name.clone(),
@@ -398,7 +402,7 @@ async fn run_steps(
         } else if !locked {
             StepOutcome::MasterStopping
         } else {
-            run_step(link, &step, logs, shutdown, &started.stop).await
+            run_step(link, &step, logs, shutdown, &started.stop, &control.metrics).await
         };
         if !step.locks.is_empty() {
             control
@@ -612,6 +616,7 @@ async fn run_step(
     mut logs: StepLogs,
     shutdown: &CancellationToken,
     stop: &StopHandle,
+    metrics: &crate::master::metrics::Metrics,
 ) -> StepOutcome {
     let started = link.start(|id| match &step.kind {
         StepKind::Checkout(checkout) => Message::Checkout {
@@ -645,6 +650,7 @@ async fn run_step(
                     tokio::select! {
                         event = tokio::time::timeout(STOP_SILENCE, events.recv()) => match event {
                             Ok(Some(SlaveEvent::Output { stream, data })) => {
+                                metrics.log_bytes(data.len());
                                 let _ = logs.append(stream, &data).await;
                             }
                             // Exit, lost, or a slave that says nothing: done waiting.
@@ -661,6 +667,7 @@ async fn run_step(
         };
         match event {
             Some(SlaveEvent::Output { stream, data }) => {
+                metrics.log_bytes(data.len());
                 if let Err(err) = logs.append(stream, &data).await {
                     link.interrupt(id, "the master cannot write the log");
                     return StepOutcome::LogError(format!("cannot write the log: {err}"));

@@ -80,6 +80,11 @@ impl EventLog {
         sequenced
     }
 
+    /// The sequence number of the newest event (0 before the first).
+    pub fn last_seq(&self) -> u64 {
+        lock(&self.kept).next_seq - 1
+    }
+
     /// Follows from now on.
     pub fn follow(&self) -> Follower {
         let kept = lock(&self.kept);

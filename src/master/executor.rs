@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::master::build;
+use crate::master::config::Config;
 use crate::master::control::{Control, Mail};
 use crate::master::control::{LockHolderView, LockStatus, LockWaiterView};
 use crate::master::history;
@@ -51,25 +52,11 @@ pub async fn run(
             "builds interrupted by a master restart are marked exception and queued again"
         );
     }
-    let policies: HashMap<String, BuilderPolicy> = control
-        .config
-        .builders
-        .iter()
-        .map(|builder| {
-            let policy = BuilderPolicy {
-                pool: builder.slaves.clone(),
-                priority: builder.priority,
-                max_concurrent: builder.max_concurrent,
-                next_slave: builder.next_slave,
-                locks: builder.locks.clone(),
-                collapse: builder.collapse_requests,
-            };
-            (builder.name.clone(), policy)
-        })
-        .collect();
+    let mut config_changes = control.config_changes();
+    let config = control.config();
     // Nothing held survives a restart: the table starts empty.
-    let locks = LockTable::new(control.config.locks.iter().cloned());
-    let mut queue = Queue::new(policies, locks, rand::random());
+    let locks = LockTable::new(config.locks.iter().cloned());
+    let mut queue = Queue::new(policies(&config), locks, rand::random());
     let mut lock_times = LockTimes::default();
     // The locks exist from the start, free, before any input arrives.
     control.set_locks(lock_times.view(&queue, &control));
@@ -98,6 +85,14 @@ pub async fn run(
                     }
                     None => break,
                 },
+                changed = config_changes.changed() => match changed {
+                    Ok(()) => {
+                        let config = config_changes.borrow_and_update().clone();
+                        (reconfigure_input(&config), None)
+                    }
+                    // The control layer is gone: the master is stopping.
+                    Err(_) => break,
+                },
             },
         };
         let effects = queue.apply(input);
@@ -123,6 +118,7 @@ pub async fn run(
                     lock,
                     ..
                 } => {
+                    control.metrics.lock_wait(&lock);
                     control.events.publish(BuildEvent::WaitingForLock {
                         job_name,
                         builder,
@@ -140,6 +136,7 @@ pub async fn run(
         }
         step_grants.retain(|_, granted| !granted.is_closed());
         control.set_queued(queue.queued_per_builder());
+        control.metrics.set_queues(queue.queue_gauges());
         control.set_locks(lock_times.view(&queue, &control));
         if let Some(applied) = enqueued.take() {
             // The enqueuer may have gone; the requests are queued all the same.
@@ -152,6 +149,38 @@ pub async fn run(
     builds.close();
     let _ = tokio::time::timeout(BUILDS_GRACE, builds.wait()).await;
     Ok(())
+}
+
+/// Each builder's scheduling policy, from the config.
+fn policies(config: &Config) -> HashMap<String, BuilderPolicy> {
+    config
+        .builders
+        .iter()
+        .map(|builder| {
+            let policy = BuilderPolicy {
+                pool: builder.slaves.clone(),
+                priority: builder.priority,
+                max_concurrent: builder.max_concurrent,
+                next_slave: builder.next_slave,
+                locks: builder.locks.clone(),
+                collapse: builder.collapse_requests,
+            };
+            (builder.name.clone(), policy)
+        })
+        .collect()
+}
+
+/// The scheduler's part of a new config.
+fn reconfigure_input(config: &Config) -> Input {
+    Input::Reconfigure {
+        builders: policies(config),
+        slaves: config
+            .slaves
+            .iter()
+            .map(|slave| slave.name.clone())
+            .collect(),
+        locks: config.locks.clone(),
+    }
 }
 
 fn perform(

@@ -89,6 +89,15 @@ impl LockTable {
         }
     }
 
+    /// Replaces the lock definitions (a reconfig). Holds stay until released: a lock removed
+    /// from the config is still held by the builds that took it, and granted to no one new.
+    pub fn redefine(&mut self, defs: impl IntoIterator<Item = LockDef>) {
+        self.defs = defs
+            .into_iter()
+            .map(|def| (def.name.clone(), def))
+            .collect();
+    }
+
     fn instance(&self, lock: &str, slave: &str) -> Option<(Instance, usize)> {
         let def = self.defs.get(lock)?;
         Some(match def.kind {

@@ -72,6 +72,14 @@ pub enum Input {
         request_id: i64,
         step: String,
     },
+    /// A new config is in force: builders' policies, the configured slaves and the locks.
+    /// Queued requests of removed builders are cancelled; a connected slave that is no longer
+    /// configured finishes its builds, takes no new one, and is then disconnected.
+    Reconfigure {
+        builders: HashMap<String, BuilderPolicy>,
+        slaves: HashSet<String>,
+        locks: Vec<crate::master::locks::LockDef>,
+    },
     /// A build (or the attempt to start it) ended.
     BuildEnded {
         request_id: i64,
@@ -157,6 +165,8 @@ pub struct Queue {
     round_robin: HashMap<String, usize>,
     /// xorshift state for `next_slave = "random"`.
     rng: u64,
+    /// Connected slaves removed from the config: no new builds; closed when idle.
+    retiring: HashSet<String>,
 }
 
 impl Queue {
@@ -192,6 +202,7 @@ impl Queue {
                 capacity,
             } => {
                 // A replaced connection's builds end through their own BuildEnded.
+                self.retiring.remove(&name);
                 self.slaves.insert(name, Slot { conn_id, capacity });
             }
             Input::SlaveLost { name, conn_id } => self.forget_slave(&name, conn_id),
@@ -245,6 +256,32 @@ impl Queue {
                 self.step_waiters.retain(|waiter| waiter.holder != holder);
                 effects.extend(self.grant_step_waiters());
             }
+            Input::Reconfigure {
+                builders,
+                slaves,
+                locks,
+            } => {
+                let mut removed: Vec<String> = self
+                    .builders
+                    .keys()
+                    .filter(|name| !builders.contains_key(*name))
+                    .cloned()
+                    .collect();
+                removed.sort();
+                self.builders = builders;
+                self.locks.redefine(locks);
+                for builder in removed {
+                    let by = format!("builder {builder} was removed from the configuration");
+                    effects.extend(self.cancel(by, |request| request.builder == builder));
+                }
+                self.retiring = self
+                    .slaves
+                    .keys()
+                    .filter(|name| !slaves.contains(*name))
+                    .cloned()
+                    .collect();
+                effects.extend(self.close_idle_retiring());
+            }
             Input::BuildEnded {
                 request_id,
                 retry,
@@ -269,7 +306,29 @@ impl Queue {
                 }
             }
         }
+        effects.extend(self.close_idle_retiring());
         effects.extend(self.dispatch());
+        effects
+    }
+
+    /// Closes the connections of retiring slaves that run nothing now.
+    fn close_idle_retiring(&mut self) -> Vec<Effect> {
+        let idle: Vec<String> = self
+            .retiring
+            .iter()
+            .filter(|name| self.busy(name) == 0)
+            .cloned()
+            .collect();
+        let mut effects = Vec::new();
+        for name in idle {
+            self.retiring.remove(&name);
+            if let Some(slot) = self.slaves.remove(&name) {
+                effects.push(Effect::CloseSlave {
+                    name,
+                    conn_id: slot.conn_id,
+                });
+            }
+        }
         effects
     }
 
@@ -387,7 +446,7 @@ impl Queue {
         let mut free: BTreeMap<String, usize> = self
             .slaves
             .iter()
-            .filter(|(name, _)| !self.paused.contains(*name))
+            .filter(|(name, _)| !self.paused.contains(*name) && !self.retiring.contains(*name))
             .map(|(name, slot)| (name.clone(), slot.capacity.saturating_sub(self.busy(name))))
             .collect();
         let mut order: Vec<usize> = (0..self.pending.len()).collect();
@@ -580,6 +639,22 @@ impl Queue {
     }
 
     /// The requests waiting, per builder, in the order they will be served.
+    /// Each builder's queue length and its oldest request's submission time, for the metrics.
+    pub fn queue_gauges(&self) -> BTreeMap<String, crate::master::metrics::QueueGauge> {
+        let mut gauges: BTreeMap<String, crate::master::metrics::QueueGauge> = BTreeMap::new();
+        for request in &self.pending {
+            let gauge = gauges.entry(request.builder.clone()).or_insert(
+                crate::master::metrics::QueueGauge {
+                    length: 0,
+                    oldest_submitted_at: request.submitted_at,
+                },
+            );
+            gauge.length += 1;
+            gauge.oldest_submitted_at = gauge.oldest_submitted_at.min(request.submitted_at);
+        }
+        gauges
+    }
+
     pub fn queued_per_builder(&self) -> BTreeMap<String, Vec<i64>> {
         let mut queued: BTreeMap<String, Vec<i64>> = BTreeMap::new();
         for request in &self.pending {
@@ -719,6 +794,58 @@ mod tests {
             retry,
             slave_unusable,
         }
+    }
+
+    #[test]
+    fn a_reconfig_cancels_removed_builders_requests_and_retires_removed_slaves_when_idle() {
+        let mut queue = queue();
+        queue.apply(connect("l1", 1, 1));
+        queue.apply(connect("l2", 2, 1));
+        queue.apply(connect("m1", 3, 1));
+        let effects = queue.apply(Input::Requests(vec![
+            request(1, "linux", "a"),
+            request(2, "mac", "b"),
+            request(3, "mac", "c"),
+        ]));
+        assert_eq!(
+            started(&effects),
+            vec![(1, "l1".to_string()), (2, "m1".to_string())]
+        );
+        // mac is removed (its queued request 3 goes, its running build 2 goes on) and so are
+        // m1 (busy) and l2 (idle); a new builder "bsd" appears.
+        let effects = queue.apply(Input::Reconfigure {
+            builders: HashMap::from([
+                ("linux".to_string(), policy(&["l1"])),
+                ("bsd".to_string(), policy(&["l1"])),
+            ]),
+            slaves: HashSet::from(["l1".to_string()]),
+            locks: Vec::new(),
+        });
+        assert_eq!(
+            effects,
+            vec![
+                Effect::RecordCancelled {
+                    by: "builder mac was removed from the configuration".into(),
+                    requests: vec![(3, "c".into(), "mac".into())],
+                },
+                Effect::CloseSlave {
+                    name: "l2".into(),
+                    conn_id: 2,
+                },
+            ]
+        );
+        let effects = queue.apply(Input::Requests(vec![request(4, "bsd", "d")]));
+        assert!(started(&effects).is_empty(), "l1 is busy: {effects:?}");
+        let effects = queue.apply(ended(2, false, false));
+        assert_eq!(
+            effects,
+            vec![Effect::CloseSlave {
+                name: "m1".into(),
+                conn_id: 3,
+            }]
+        );
+        let effects = queue.apply(ended(1, false, false));
+        assert_eq!(started(&effects), vec![(4, "l1".to_string())]);
     }
 
     #[test]

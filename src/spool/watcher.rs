@@ -27,12 +27,18 @@ pub struct SpooledJob {
     pub builders: Vec<String>,
 }
 
+/// What a claimed job is checked against, as configured now.
+pub struct Intake {
+    /// The builders a try job may name.
+    pub try_builders: Vec<String>,
+    pub max_patch_bytes: u64,
+}
+
 /// Watches the (already opened and verified) spool until `shutdown` is cancelled, sending each
-/// good job to `jobs`.
+/// good job to `jobs`. `intake` gives the rules in force at each scan.
 pub async fn run(
     maildir: Spool,
-    try_builders: Vec<String>,
-    max_patch_bytes: u64,
+    intake: impl Fn() -> Intake + Send + 'static,
     jobs: mpsc::Sender<SpooledJob>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
@@ -48,7 +54,11 @@ pub async fn run(
     loop {
         let scanned = {
             let maildir = maildir.clone();
-            let try_builders = try_builders.clone();
+            // Read per scan: a reconfig changes them while the watcher runs.
+            let Intake {
+                try_builders,
+                max_patch_bytes,
+            } = intake();
             tokio::task::spawn_blocking(move || scan(&maildir, &try_builders, max_patch_bytes))
                 .await
         };

@@ -145,6 +145,7 @@ pub async fn run(
                 Err(err) => refuse(&err, io).await,
             }
         }
+        ExecCommand::IrcLink { list } => irc_link(ctx, user, list, io).await,
         ExecCommand::WebLogin => {
             let url = ctx.control.web_login(user);
             io.print(&format!(
@@ -155,6 +156,47 @@ pub async fn run(
             0
         }
     }
+}
+
+/// `irc-link`: a one-time code to say to the bot; `irc-link --list`: who is linked.
+async fn irc_link(ctx: &SshdContext, user: &UnixAccount, list: bool, io: &mut ExecIo<'_>) -> u32 {
+    let config = ctx.control.config();
+    let Some(irc) = &config.irc else {
+        io.say("buildbot: this master has no IRC bot (no [irc] section in master.toml)")
+            .await;
+        return 1;
+    };
+    let links = &ctx.control.irc_links;
+    if list {
+        let now = unix_now();
+        let mut out = String::new();
+        for binding in links.list() {
+            out.push_str(&format!(
+                "{} -> {} (linked {} ago, ends in {})\n",
+                binding.nick,
+                binding.account.name,
+                crate::durations::format_eta(std::time::Duration::from_secs_f64(
+                    (now - binding.since).max(0.0)
+                )),
+                crate::durations::format_eta(binding.expires_in)
+            ));
+        }
+        if out.is_empty() {
+            out.push_str("no IRC nicks are linked\n");
+        }
+        io.print(&out).await;
+        return 0;
+    }
+    let code = links.new_code(user.clone());
+    tracing::info!(user = %user.name, "IRC link code issued");
+    io.print(&format!(
+        "{code}\nsay on IRC, within {} minutes: /msg {} link {code}\n(the link lasts {} at most, and ends when that nick quits or changes nick)\n",
+        crate::master::irc_links::LINK_CODE_LIFETIME.as_secs() / 60,
+        irc.nick,
+        crate::durations::format_eta(links.ttl()),
+    ))
+    .await;
+    0
 }
 
 /// How long a sender has to deliver its change.

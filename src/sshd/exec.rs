@@ -54,6 +54,9 @@ pub enum ExecCommand {
     PauseSlave { name: String, paused: bool },
     /// `web-login`
     WebLogin,
+    /// `irc-link [--list]`: a one-time code that binds an IRC nick to this user, or the
+    /// bindings.
+    IrcLink { list: bool },
     /// `slave`: the RPC channel of a build slave.
     Slave,
     /// A command we do not know; reported with exit status 127.
@@ -146,6 +149,10 @@ enum Remote {
         name: String,
     },
     WebLogin,
+    IrcLink {
+        #[arg(long)]
+        list: bool,
+    },
     Slave,
 }
 
@@ -304,6 +311,7 @@ fn from_remote(remote: Remote) -> ExecCommand {
             paused: false,
         },
         Remote::WebLogin => ExecCommand::WebLogin,
+        Remote::IrcLink { list } => ExecCommand::IrcLink { list },
         Remote::Slave => ExecCommand::Slave,
     }
 }
@@ -433,6 +441,11 @@ mod tests {
             }
         );
         assert_eq!(parse("web-login"), ExecCommand::WebLogin);
+        assert_eq!(parse("irc-link"), ExecCommand::IrcLink { list: false });
+        assert_eq!(
+            parse("irc-link --list"),
+            ExecCommand::IrcLink { list: true }
+        );
         assert_eq!(parse("sendchange"), ExecCommand::SendChange);
         assert_eq!(
             parse("unpause-slave s1"),

@@ -17,6 +17,7 @@ use russh::server::{
 use russh::{Channel, ChannelId, MethodKind, MethodSet};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 
+use crate::master::metrics::AuthFailure;
 use crate::sshd::session::ExecRequest;
 use crate::sshd::startups::StartupPermit;
 use crate::sshd::{AuthOutcome, Identity, LoginRefusal, SshdContext};
@@ -56,7 +57,7 @@ impl ConnectionHandler {
         authenticated_tx: oneshot::Sender<()>,
         handle: Arc<OnceLock<Handle>>,
     ) -> ConnectionHandler {
-        let sessions = Arc::new(Semaphore::new(ctx.config.sshd.max_sessions));
+        let sessions = Arc::new(Semaphore::new(ctx.config().sshd.max_sessions));
         ConnectionHandler {
             ctx,
             peer,
@@ -95,6 +96,7 @@ impl ConnectionHandler {
         if !self.refusal_sent {
             self.refusal_sent = true;
             tracing::info!(peer = %self.peer, user, "refused login: {refusal}");
+            self.ctx.control.metrics.auth_failure(refusal.failure());
             if let Some(handle) = self.handle.get() {
                 let _ = handle
                     .disconnect(
@@ -174,16 +176,21 @@ impl Handler for ConnectionHandler {
         offer: PublicKeyOffer<'_>,
     ) -> Result<Auth, Self::Error> {
         self.offered_keys += 1;
-        if self.offered_keys > self.ctx.config.sshd.max_auth_tries {
+        if self.offered_keys > self.ctx.config().sshd.max_auth_tries {
             tracing::info!(peer = %self.peer, user, "too many authentication attempts; disconnecting");
+            self.ctx
+                .control
+                .metrics
+                .auth_failure(AuthFailure::TooManyTries);
             return Err(russh::Error::Disconnect);
         }
         // Only keys that would be accepted are asked to prove possession; refusals are logged
         // once, when the verified attempt (or this offer) fails.
         match self.decide(user, offer.public_key).await {
             AuthOutcome::Accepted(_) => Ok(Auth::Accept),
-            AuthOutcome::Refused(reason) => {
+            AuthOutcome::Refused(failure, reason) => {
                 tracing::info!(peer = %self.peer, user, key = %fingerprint(offer.public_key), "refused key: {reason}");
+                self.ctx.control.metrics.auth_failure(failure);
                 Ok(Self::publickey_only())
             }
             AuthOutcome::NoLogin(refusal) => Ok(self.refuse_login(user, refusal).await),
@@ -201,8 +208,9 @@ impl Handler for ConnectionHandler {
                 self.identity = Some(identity);
                 Ok(Auth::Accept)
             }
-            AuthOutcome::Refused(reason) => {
+            AuthOutcome::Refused(failure, reason) => {
                 tracing::info!(peer = %self.peer, user, "refused key: {reason}");
+                self.ctx.control.metrics.auth_failure(failure);
                 Ok(Self::publickey_only())
             }
             AuthOutcome::NoLogin(refusal) => Ok(self.refuse_login(user, refusal).await),
@@ -232,7 +240,7 @@ impl Handler for ConnectionHandler {
         // A connection may hold only so many channels: each one is a task, buffers and, for
         // `watch --follow`, a follower of the event log.
         let Ok(place) = Arc::clone(&self.sessions).try_acquire_owned() else {
-            tracing::warn!(peer = %self.peer, "refused a channel: {} already open on this connection (max_sessions)", self.ctx.config.sshd.max_sessions);
+            tracing::warn!(peer = %self.peer, "refused a channel: {} already open on this connection (max_sessions)", self.ctx.config().sshd.max_sessions);
             reply
                 .reject(russh::ChannelOpenFailure::ResourceShortage)
                 .await;

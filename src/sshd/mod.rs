@@ -32,6 +32,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::master::config::Config;
 use crate::master::control::Control;
+use crate::master::metrics::AuthFailure;
 use crate::sshd::keystore::{Grant, KeyStore, Refusal};
 use crate::unix::accounts::{self, UnixAccount};
 
@@ -73,8 +74,9 @@ impl Identity {
 #[derive(Debug)]
 pub enum AuthOutcome {
     Accepted(Identity),
-    /// This key may not log in; another key might.
-    Refused(String),
+    /// This key may not log in; another key might. Why (a bounded reason, for the metrics)
+    /// and the line for the log.
+    Refused(AuthFailure, String),
     /// No key may log in under this name (no such account, root without `allow_root`). The
     /// reason is told to the client before the connection is closed (see [`LoginRefusal`]).
     NoLogin(LoginRefusal),
@@ -90,10 +92,19 @@ pub enum LoginRefusal {
     RootNotAllowed,
 }
 
+impl LoginRefusal {
+    /// The bounded reason the metrics count it under.
+    pub fn failure(&self) -> AuthFailure {
+        match self {
+            LoginRefusal::NoAccount(_) => AuthFailure::UnknownUser,
+            LoginRefusal::RootNotAllowed => AuthFailure::Root,
+        }
+    }
+}
+
 /// Everything connections share: configuration, key lookup, master state, and the owner of
 /// every task a connection spawns.
 pub struct SshdContext {
-    pub config: Arc<Config>,
     /// Shared with the blocking threads that read key files.
     pub keys: Arc<KeyStore>,
     /// What commands do: the master's control layer.
@@ -115,11 +126,16 @@ impl SshdContext {
                 config.sshd.authorized_keys.clone(),
                 config.master_dir.clone(),
             )),
-            config,
             control,
             tasks: TaskTracker::new(),
             shutdown,
         }
+    }
+
+    /// The config in force now (slaves, `allow_root` and the limits per connection follow a
+    /// reconfig at the next login; listeners and `max_startups` are bound at start).
+    pub fn config(&self) -> Arc<Config> {
+        self.control.config()
     }
 
     /// Decides whether `key` may log in as `login` from `client`.
@@ -132,27 +148,31 @@ impl SshdContext {
     /// [`KEY_LOOKUP_TIMEOUT`]: a user controls their own key files (a FIFO, a slow network
     /// home), and the connection's event loop must not wait on them for long.
     pub async fn authenticate(&self, login: &str, key: &PublicKey, client: IpAddr) -> AuthOutcome {
+        let config = self.config();
         let is_slave_key = |slave: &crate::master::config::SlaveConfig| {
             slave.public_key.key_data() == key.key_data()
         };
-        if let Some(slave) = self.config.slave(login)
+        if let Some(slave) = config.slave(login)
             && is_slave_key(slave)
         {
             return AuthOutcome::Accepted(Identity::Slave {
                 name: slave.name.clone(),
             });
         }
-        if let Some(owner) = self.config.slaves.iter().find(|slave| is_slave_key(slave)) {
-            return AuthOutcome::Refused(format!(
-                "the key of slave {} may only log in as that slave",
-                owner.name
-            ));
+        if let Some(owner) = config.slaves.iter().find(|slave| is_slave_key(slave)) {
+            return AuthOutcome::Refused(
+                AuthFailure::SlaveKey,
+                format!(
+                    "the key of slave {} may only log in as that slave",
+                    owner.name
+                ),
+            );
         }
         let lookup = {
             let keys = Arc::clone(&self.keys);
             let login = login.to_string();
             let key = key.clone();
-            let allow_root = self.config.sshd.allow_root;
+            let allow_root = config.sshd.allow_root;
             tokio::task::spawn_blocking(move || {
                 authenticate_user(&keys, &login, &key, client, allow_root)
             })
@@ -161,13 +181,14 @@ impl SshdContext {
             Ok(Ok(outcome)) => outcome,
             Ok(Err(join_error)) => {
                 tracing::error!(user = login, "key lookup failed: {join_error}");
-                AuthOutcome::Refused("key lookup failed".into())
+                AuthOutcome::Refused(AuthFailure::LookupFailed, "key lookup failed".into())
             }
             // The blocking thread is left to finish on its own; all it can still do is read a
             // capped amount from a file that was already checked.
-            Err(_) => AuthOutcome::Refused(format!(
-                "account or key files not read within {KEY_LOOKUP_TIMEOUT:?}"
-            )),
+            Err(_) => AuthOutcome::Refused(
+                AuthFailure::LookupFailed,
+                format!("account or key files not read within {KEY_LOOKUP_TIMEOUT:?}"),
+            ),
         }
     }
 }
@@ -179,10 +200,11 @@ impl SshdContext {
     /// when a key might still log in, or when the account database did not answer in time
     /// (the key check then decides, and logs).
     pub async fn login_refusal(&self, login: &str) -> Option<LoginRefusal> {
-        if self.config.slave(login).is_some() {
+        let config = self.config();
+        if config.slave(login).is_some() {
             return None;
         }
-        let allow_root = self.config.sshd.allow_root;
+        let allow_root = config.sshd.allow_root;
         let lookup = {
             let login = login.to_string();
             tokio::task::spawn_blocking(move || account_refusal(&login, allow_root))
@@ -217,27 +239,34 @@ fn authenticate_user(
     let account = match accounts::lookup(login) {
         Ok(Some(account)) => account,
         Ok(None) => return AuthOutcome::NoLogin(LoginRefusal::NoAccount(login.to_string())),
-        Err(err) => return AuthOutcome::Refused(format!("cannot look up account: {err}")),
+        Err(err) => {
+            return AuthOutcome::Refused(
+                AuthFailure::LookupFailed,
+                format!("cannot look up account: {err}"),
+            );
+        }
     };
     if account.is_root() && !allow_root {
         return AuthOutcome::NoLogin(LoginRefusal::RootNotAllowed);
     }
     match keys.authorize(&account, key, client, chrono::Utc::now()) {
         Ok(grant) => AuthOutcome::Accepted(Identity::User { account, grant }),
-        Err(Refusal::NotListed) => {
-            AuthOutcome::Refused("key not in any authorized_keys file for this login".into())
-        }
-        Err(Refusal::FromMismatch { file, line }) => AuthOutcome::Refused(format!(
-            "{}:{line}: from= does not allow {client}",
-            file.display()
-        )),
-        Err(Refusal::Expired { file, line }) => AuthOutcome::Refused(format!(
-            "{}:{line}: key expired (expiry-time)",
-            file.display()
-        )),
-        Err(Refusal::UnsafeFile { reason }) => {
-            AuthOutcome::Refused(format!("key file not trusted: {reason}"))
-        }
+        Err(Refusal::NotListed) => AuthOutcome::Refused(
+            AuthFailure::KeyNotListed,
+            "key not in any authorized_keys file for this login".into(),
+        ),
+        Err(Refusal::FromMismatch { file, line }) => AuthOutcome::Refused(
+            AuthFailure::FromMismatch,
+            format!("{}:{line}: from= does not allow {client}", file.display()),
+        ),
+        Err(Refusal::Expired { file, line }) => AuthOutcome::Refused(
+            AuthFailure::Expired,
+            format!("{}:{line}: key expired (expiry-time)", file.display()),
+        ),
+        Err(Refusal::UnsafeFile { reason }) => AuthOutcome::Refused(
+            AuthFailure::UnsafeKeyFile,
+            format!("key file not trusted: {reason}"),
+        ),
     }
 }
 
@@ -285,10 +314,10 @@ pub async fn run(
     ctx: Arc<SshdContext>,
     grace: Duration,
 ) -> anyhow::Result<()> {
-    let russh_config = Arc::new(russh_config(&ctx.config, host_key));
+    let russh_config = Arc::new(russh_config(&ctx.config(), host_key));
     let startups = startups::Startups::new(
-        ctx.config.sshd.max_startups,
-        ctx.config.sshd.max_startups_per_source,
+        ctx.config().sshd.max_startups,
+        ctx.config().sshd.max_startups_per_source,
     );
     let connections = TaskTracker::new();
     loop {
@@ -304,6 +333,7 @@ pub async fn run(
                 }
             },
         };
+        ctx.control.metrics.ssh_connection();
         let permit = match startups.admit(peer.ip()) {
             Ok(permit) => permit,
             Err(refusal) => {
@@ -351,7 +381,7 @@ async fn serve_connection(
     // Cancelling `cut` ends the session task whatever state it is in; this guard does it on
     // every way out of this function, so no session outlives its owner.
     let _cut_on_exit = cut.clone().drop_guard();
-    let grace = ctx.config.sshd.login_grace_time;
+    let grace = ctx.config().sshd.login_grace_time;
     let login_deadline = tokio::time::sleep(grace);
     tokio::pin!(login_deadline);
     let session = tokio::select! {

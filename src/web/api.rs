@@ -18,6 +18,122 @@ use crate::status::RunningBuild;
 use crate::web::views::{self, BuildPage, BuildView, BuilderView};
 use crate::web::{AppState, WebError};
 
+/// One endpoint of the JSON API, as `/api/` lists it (docs/api.md says more).
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Endpoint {
+    pub method: &'static str,
+    pub path: &'static str,
+    pub description: &'static str,
+}
+
+/// Every endpoint under `/api/`, and `/metrics`.
+pub const ENDPOINTS: [Endpoint; 11] = [
+    Endpoint {
+        method: "GET",
+        path: "/api/",
+        description: "this list",
+    },
+    Endpoint {
+        method: "GET",
+        path: "/api/builders",
+        description: "every builder: state, queue, slaves, last result",
+    },
+    Endpoint {
+        method: "GET",
+        path: "/api/builders/{builder}",
+        description: "one builder",
+    },
+    Endpoint {
+        method: "GET",
+        path: "/api/builds?builder={builder}&limit={n}",
+        description: "a builder's most recent builds with their steps (limit 1..1000, default 20)",
+    },
+    Endpoint {
+        method: "GET",
+        path: "/api/builds/{id}",
+        description: "one build: steps, results, times, source, properties, log URLs",
+    },
+    Endpoint {
+        method: "GET",
+        path: "/api/slaves",
+        description: "every configured slave: connected, paused, what it builds",
+    },
+    Endpoint {
+        method: "GET",
+        path: "/api/requests",
+        description: "queued build requests with position and ETA",
+    },
+    Endpoint {
+        method: "GET",
+        path: "/api/changes",
+        description: "recent changes and the builds of each",
+    },
+    Endpoint {
+        method: "GET",
+        path: "/api/locks",
+        description: "each lock: who holds it since when, who waits",
+    },
+    Endpoint {
+        method: "GET",
+        path: "/api/events?since={seq}",
+        description: "server-sent build events; the id is the sequence number (Last-Event-ID resumes)",
+    },
+    Endpoint {
+        method: "GET",
+        path: "/metrics",
+        description: "Prometheus text format",
+    },
+];
+
+#[derive(Serialize)]
+pub struct Index {
+    pub endpoints: &'static [Endpoint],
+}
+
+/// `/api/`: what there is.
+pub async fn index() -> Json<Index> {
+    Json(Index {
+        endpoints: &ENDPOINTS,
+    })
+}
+
+/// Anything else under `/api/`.
+pub async fn not_found(uri: axum::http::Uri) -> WebError {
+    WebError::NotFound(format!("no API endpoint {}; see /api/", uri.path()))
+}
+
+/// Under `/api/` every error is JSON, `{"error": "..."}`, with its status: the handlers' own
+/// errors and axum's rejections (a bad query string, a path parameter of the wrong type, a
+/// wrong method) alike, which come as plain text.
+pub async fn json_errors(response: axum::response::Response) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| value.starts_with("application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let body = axum::body::to_bytes(response.into_body(), ERROR_BODY_LIMIT)
+        .await
+        .unwrap_or_default();
+    let text = String::from_utf8_lossy(&body).trim().to_string();
+    let error = if text.is_empty() {
+        status
+            .canonical_reason()
+            .unwrap_or("error")
+            .to_ascii_lowercase()
+    } else {
+        text
+    };
+    (status, Json(serde_json::json!({ "error": error }))).into_response()
+}
+
+/// Error bodies are one line; anything longer is cut rather than buffered.
+const ERROR_BODY_LIMIT: usize = 64 * 1024;
+
 pub async fn builders(State(state): State<Arc<AppState>>) -> Json<Vec<BuilderView>> {
     Json(views::builder_views(&state.control))
 }
@@ -109,7 +225,7 @@ pub fn slave_rows(state: &AppState) -> Vec<SlaveRow> {
         .unwrap_or_default();
     state
         .control
-        .config
+        .config()
         .slaves
         .iter()
         .map(|slave| {

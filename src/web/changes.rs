@@ -143,7 +143,7 @@ pub async fn api_requests(
 ) -> Result<Json<Vec<QueuedView>>, WebError> {
     let builders: Vec<String> = state
         .control
-        .config
+        .config()
         .builders
         .iter()
         .map(|builder| builder.name.clone())

@@ -8,6 +8,7 @@ mod api;
 mod auth;
 mod changes;
 mod logs;
+mod metrics;
 mod pages;
 mod serve;
 pub mod views;
@@ -21,7 +22,7 @@ use anyhow::Context as _;
 use axum::Router;
 use axum::http::StatusCode;
 use axum::response::{Html, IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{any, get, post};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -81,7 +82,9 @@ impl From<ControlError> for WebError {
             | ControlError::Ambiguous { .. }
             | ControlError::Submit(_)
             | ControlError::BadChange(_) => WebError::BadRequest(err.to_string()),
-            ControlError::NotAllowed(_) => WebError::Forbidden(err.to_string()),
+            ControlError::NotAllowed(_) | ControlError::NotForcible { .. } => {
+                WebError::Forbidden(err.to_string())
+            }
             ControlError::History(_) => WebError::Internal(err.to_string()),
         }
     }
@@ -158,7 +161,7 @@ impl AppState {
     /// What every page shows: the master's name and host key, who is logged in.
     pub fn base_context(&self, headers: &axum::http::HeaderMap) -> tera::Context {
         let mut context = tera::Context::new();
-        context.insert("master_name", &self.control.config.name);
+        context.insert("master_name", &self.control.config().name);
         context.insert("host_key", &self.control.host_key_fingerprint);
         let user = self.session(headers).map(|session| session.account.name);
         context.insert("user", &user);
@@ -166,7 +169,7 @@ impl AppState {
         // history replace it with the light from each builder's last recorded build.
         let results: Vec<_> = self
             .control
-            .config
+            .config()
             .builders
             .iter()
             .map(|builder| {
@@ -178,7 +181,7 @@ impl AppState {
             .collect();
         context.insert(
             "light",
-            &views::status_light(&self.control.config.name, &results),
+            &views::status_light(&self.control.config().name, &results),
         );
         context
     }
@@ -213,6 +216,21 @@ pub async fn run(
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
+    // The JSON API: every error in it is JSON (`api::json_errors`), 404s included.
+    let api = Router::new()
+        .route("/api", get(api::index))
+        .route("/api/", get(api::index))
+        .route("/api/changes", get(changes::api_changes))
+        .route("/api/requests", get(changes::api_requests))
+        .route("/api/locks", get(api::locks))
+        .route("/api/builders", get(api::builders))
+        .route("/api/builders/{builder}", get(api::builder))
+        .route("/api/builds", get(api::builds))
+        .route("/api/builds/{id}", get(api::build))
+        .route("/api/slaves", get(api::slaves))
+        .route("/api/events", get(api::events))
+        .route("/api/{*rest}", any(api::not_found))
+        .layer(axum::middleware::map_response(api::json_errors));
     Router::new()
         .route("/", get(pages::waterfall))
         .route("/summary", get(pages::summary))
@@ -239,9 +257,6 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .route("/slaves/{slave}/{action}", post(actions::pause))
         .route("/changes", get(changes::page))
-        .route("/api/changes", get(changes::api_changes))
-        .route("/api/requests", get(changes::api_requests))
-        .route("/api/locks", get(api::locks))
         .route(
             "/builders/{builder}/builds/{number}/steps/{step}/logs/{stream}",
             get(logs::page),
@@ -250,12 +265,8 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/builders/{builder}/builds/{number}/steps/{step}/logs/{stream}/raw",
             get(logs::raw),
         )
-        .route("/api/builders", get(api::builders))
-        .route("/api/builders/{builder}", get(api::builder))
-        .route("/api/builds", get(api::builds))
-        .route("/api/builds/{id}", get(api::build))
-        .route("/api/slaves", get(api::slaves))
-        .route("/api/events", get(api::events))
+        .route("/metrics", get(metrics::scrape))
+        .merge(api)
         .with_state(state)
 }
 

@@ -80,7 +80,7 @@ fn attach_progress(builder: &mut BuilderView) {
 /// The tab title and favicon from the builders' last results.
 fn insert_light(state: &AppState, context: &mut tera::Context, builders: &[BuilderView]) {
     let results: Vec<_> = builders.iter().map(|builder| builder.last_result).collect();
-    let light = views::status_light(&state.control.config.name, &results);
+    let light = views::status_light(&state.control.config().name, &results);
     context.insert("light", &light);
 }
 
@@ -176,7 +176,7 @@ pub async fn builder(
     context.insert("builds", &builder.builds);
     context.insert("builder", &builder);
     context.insert("queue", &queue);
-    context.insert("can_force", &state.control.config.may_force(&name));
+    context.insert("can_force", &state.control.config().may_force(&name));
     context.insert("locks", &views::lock_views(&state.control, &name));
     context.insert("logged_in", &session.is_some());
     context.insert("csrf", &session.map(|s| s.csrf).unwrap_or_default());
@@ -196,7 +196,7 @@ pub async fn build(
         .map(|running| crate::status::text::eta_text(running.eta_at(now)));
     let total_steps = state
         .control
-        .config
+        .config()
         .builder(&builder)
         .map(|config| config.steps.len() + 1);
     let progress = running

@@ -341,7 +341,7 @@ pub fn builder_views(control: &Control) -> Vec<BuilderView> {
                 None => ("none yet".to_string(), "idle".to_string()),
             };
             let total_steps = control
-                .config
+                .config()
                 .builder(&builder.name)
                 .map(|config| config.steps.len() + 1);
             BuilderView {
@@ -392,7 +392,8 @@ pub struct LockHolderLine {
 
 /// The locks `builder` takes (at build or step level), with holders and waiters.
 pub fn lock_views(control: &Control, builder: &str) -> Vec<LockView> {
-    let Some(config) = control.config.builder(builder) else {
+    let current = control.config();
+    let Some(config) = current.builder(builder) else {
         return Vec::new();
     };
     let used: Vec<&str> = config

@@ -118,6 +118,50 @@ fn checkconfig_reports_each_problem_with_its_line() {
     );
 }
 
+/// Issue 15: checkconfig used to stop at the first unknown key, so fixing a file took one run
+/// per typo.
+#[test]
+fn checkconfig_reports_three_typos_at_once() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let dir = tmp.path().join("m");
+    let dir_arg = dir.to_str().expect("utf-8 path");
+    assert!(buildbot(&["create-master", dir_arg]).status.success());
+    let config_path = dir.join("master.toml");
+    let config = std::fs::read_to_string(&config_path)
+        .expect("config")
+        .replacen("allow_root = false", "alow_root = false", 1)
+        .replacen("[http]", "[http]\nlisen = \"127.0.0.1:1\"", 1)
+        .replacen("max_patch_bytes =", "max_patch_byte =", 1);
+    std::fs::write(&config_path, &config).expect("config written");
+    let line_of = |needle: &str| {
+        config
+            .lines()
+            .position(|line| line.starts_with(needle))
+            .unwrap_or_else(|| panic!("{needle} is in the config"))
+            + 1
+    };
+    let output = buildbot(&["checkconfig", dir_arg]);
+    assert_eq!(output.status.code(), Some(1), "{}", text(&output.stderr));
+    let lines: Vec<String> = text(&output.stderr).lines().map(str::to_string).collect();
+    assert_eq!(
+        lines,
+        vec![
+            format!(
+                "master.toml:{}: unknown field `alow_root` in [sshd]",
+                line_of("alow_root")
+            ),
+            format!(
+                "master.toml:{}: unknown field `lisen` in [http]",
+                line_of("lisen")
+            ),
+            format!(
+                "master.toml:{}: unknown field `max_patch_byte` in [spool]",
+                line_of("max_patch_byte")
+            ),
+        ]
+    );
+}
+
 #[test]
 fn help_and_usage_errors() {
     let help = buildbot(&["--help"]);

@@ -22,7 +22,6 @@ pub enum NextSlave {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub(super) struct RawLock {
     name: Spanned<String>,
     kind: Spanned<String>,
@@ -33,7 +32,6 @@ pub(super) struct RawLock {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub(super) struct RawLockUse {
     lock: Spanned<String>,
     #[serde(default)]

@@ -7,9 +7,11 @@
 //! `master.toml:LINE: message`. This module does not start anything and does not touch the
 //! spool, the SSH server or the network.
 
+mod irc;
 mod limits;
 mod locks;
 mod schedulers;
+mod unknown;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
@@ -23,6 +25,8 @@ use toml::Spanned;
 
 use crate::durations::parse_duration;
 
+use irc::RawIrc;
+pub use irc::{IrcConfig, NotifyEvent};
 pub use limits::MaxStartups;
 use limits::RawMaxStartups;
 pub use locks::NextSlave;
@@ -81,6 +85,8 @@ pub struct Config {
     pub change_sources: Vec<ChangeSourceConfig>,
     pub changes: ChangesConfig,
     pub locks: Vec<crate::master::locks::LockDef>,
+    /// The IRC status bot; none when `[irc]` is absent.
+    pub irc: Option<IrcConfig>,
 }
 
 #[derive(Debug, Clone)]
@@ -174,9 +180,11 @@ pub struct StepConfig {
 }
 
 // ---- the file as serde sees it -----------------------------------------------------------
+//
+// No `deny_unknown_fields` here: `Config::from_toml` reads through `serde_ignored`, which names
+// every key these structs do not take, so all of them are reported at once (`unknown`).
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawConfig {
     master: RawMaster,
     sshd: RawSshd,
@@ -196,10 +204,11 @@ struct RawConfig {
     locks: Vec<RawLock>,
     #[serde(default)]
     changes: Option<RawChanges>,
+    #[serde(default)]
+    irc: Option<RawIrc>,
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawMaster {
     name: String,
     #[serde(default)]
@@ -207,7 +216,6 @@ struct RawMaster {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawSshd {
     listen: Spanned<String>,
     #[serde(default)]
@@ -231,7 +239,6 @@ struct RawSshd {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawHttp {
     listen: Spanned<String>,
     #[serde(default)]
@@ -241,7 +248,6 @@ struct RawHttp {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawSpool {
     #[serde(default)]
     dir: Option<String>,
@@ -252,7 +258,6 @@ struct RawSpool {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawSlave {
     name: Spanned<String>,
     public_key: Spanned<String>,
@@ -261,7 +266,6 @@ struct RawSlave {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawBuilder {
     name: Spanned<String>,
     slaves: Vec<Spanned<String>>,
@@ -287,7 +291,6 @@ struct RawBuilder {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawStep {
     name: String,
     command: Spanned<String>,
@@ -350,28 +353,49 @@ impl Config {
     }
 
     /// Validates the text of a `master.toml` whose relative paths are relative to `master_dir`.
+    /// Every syntax error, every unknown key and every semantic problem is reported in one go;
+    /// only a value of the wrong type stops the typed pass at the first one.
     pub fn from_toml(text: &str, master_dir: &Path) -> Result<Config, ConfigError> {
         let lines = LineIndex::new(text);
-        let raw: RawConfig = toml::from_str(text).map_err(|err| {
-            let line = err.span().map_or(0, |span| lines.line_of(span.start));
-            ConfigError(vec![Problem {
-                line,
-                message: err.message().trim().to_string(),
-            }])
-        })?;
+        let (document, syntax_errors) = toml::de::DeTable::parse_recoverable(text);
+        if !syntax_errors.is_empty() {
+            let problems = syntax_errors
+                .iter()
+                .map(|err| Problem {
+                    line: err.span().map_or(0, |span| lines.line_of(span.start)),
+                    message: err.message().trim().to_string(),
+                })
+                .collect();
+            return Err(ConfigError(sorted(problems)));
+        }
+        let mut problems = Vec::new();
+        let mut unknown_keys = Vec::new();
+        let typed: Result<RawConfig, toml::de::Error> =
+            serde_ignored::deserialize(toml::de::Deserializer::from(document.clone()), |path| {
+                unknown_keys.push(unknown::segments(&path))
+            });
+        for segments in &unknown_keys {
+            problems.push(unknown::problem(document.get_ref(), segments, &lines));
+        }
+        let raw = match typed {
+            Ok(raw) => raw,
+            Err(err) => {
+                problems.push(Problem {
+                    line: err.span().map_or(0, |span| lines.line_of(span.start)),
+                    message: err.message().trim().to_string(),
+                });
+                return Err(ConfigError(sorted(problems)));
+            }
+        };
         let mut check = Checker {
             lines: &lines,
-            problems: Vec::new(),
+            problems,
             master_dir,
         };
         let config = check.config(raw);
         match config {
             Some(config) if check.problems.is_empty() => Ok(config),
-            _ => {
-                let mut problems = check.problems;
-                problems.sort_by_key(|problem| problem.line);
-                Err(ConfigError(problems))
-            }
+            _ => Err(ConfigError(sorted(check.problems))),
         }
     }
 
@@ -411,6 +435,12 @@ impl Config {
     pub fn slave(&self, name: &str) -> Option<&SlaveConfig> {
         self.slaves.iter().find(|slave| slave.name == name)
     }
+}
+
+/// Problems in file order (a stable sort: one line's problems keep the order they were found).
+fn sorted(mut problems: Vec<Problem>) -> Vec<Problem> {
+    problems.sort_by_key(|problem| problem.line);
+    problems
 }
 
 /// Byte offset → 1-based line number.
@@ -506,6 +536,7 @@ impl Checker<'_> {
         let schedulers = self.schedulers(&raw.schedulers, &builder_names);
         let change_sources = self.change_sources(&raw.change_sources);
         let changes = self.changes(raw.changes.as_ref());
+        let irc = self.irc(raw.irc.as_ref());
         if let Some(group) = &raw.master.admin_group
             && nix::unistd::Group::from_name(group.get_ref())
                 .ok()
@@ -535,6 +566,7 @@ impl Checker<'_> {
             change_sources,
             changes,
             locks,
+            irc,
         })
     }
 
@@ -894,6 +926,38 @@ builders = ["linux"]
     }
 
     #[test]
+    fn every_unknown_key_is_reported_at_once_with_the_other_problems() {
+        let text = base()
+            .replace("name = \"t\"", "name = \"t\"\nnmae = \"x\"")
+            .replace(
+                "listen = \"127.0.0.1:0\"\n",
+                "listen = \"127.0.0.1:0\"\nalow_root = true\n",
+            )
+            .replace("timeout = \"20m\"", "timeuot = \"20m\"")
+            .replace("slaves = [\"s1\"]", "slaves = [\"ghost\"]")
+            + "[extra]\nx = 1\n";
+        let found = problems(&text);
+        assert_eq!(
+            found,
+            vec![
+                "master.toml:3: unknown field `nmae` in [master]",
+                "master.toml:6: unknown field `alow_root` in [sshd]",
+                "master.toml:13: builder \"linux\" names slave \"ghost\", which is not defined by any [[slave]]",
+                "master.toml:15: unknown field `timeuot` in steps 1 of [[builder]] 1",
+                "master.toml:19: unknown field `extra` (not a section of master.toml)",
+            ]
+        );
+    }
+
+    #[test]
+    fn every_syntax_error_is_reported() {
+        let text = base().replace("name = \"t\"", "name = \"t\nx = = 1");
+        let found = problems(&text);
+        assert!(found.len() >= 2, "{found:#?}");
+        assert!(found[0].starts_with("master.toml:2: "), "{found:#?}");
+    }
+
+    #[test]
     fn every_semantic_problem_is_reported_with_its_line() {
         let text = base()
             .replace("slaves = [\"s1\"]", "slaves = [\"s1\", \"ghost\"]")
@@ -951,6 +1015,53 @@ builders = ["linux"]
         let text = base().replace("name = \"t\"", "name = \"t\"\nadmin_group = \"root\"");
         let config = Config::from_toml(&text, Path::new("/m")).expect("valid");
         assert_eq!(config.admin_group.as_deref(), Some("root"));
+    }
+
+    #[test]
+    fn the_irc_section_reads_with_defaults_and_reports_mistakes_on_their_lines() {
+        let config = Config::from_toml(&base(), Path::new("/m")).expect("valid");
+        assert!(config.irc.is_none(), "no [irc]: no bot");
+        let text = base()
+            + r##"
+[irc]
+server = "irc.example.org:6697"
+tls = true
+nick = "ci-bot"
+channels = ["#ci"]
+link_ttl = "1h"
+line_interval = "500ms"
+"##;
+        let irc = Config::from_toml(&text, Path::new("/m"))
+            .expect("valid")
+            .irc
+            .expect("[irc] read");
+        assert_eq!(
+            (irc.host.as_str(), irc.port, irc.tls),
+            ("irc.example.org", 6697, true)
+        );
+        assert_eq!(irc.nick, "ci-bot");
+        assert_eq!(irc.alt_nicks[0], "ci-bot_");
+        assert_eq!(irc.link_ttl, Duration::from_secs(3600));
+        assert_eq!(irc.line_interval, Duration::from_millis(500));
+        assert_eq!(irc.notify, irc::DEFAULT_NOTIFY.to_vec());
+        assert_eq!(irc.max_lines, 8);
+        let text = base()
+            + r##"
+[irc]
+server = "irc.example.org"
+nick = "9lives"
+channels = ["ci"]
+notify = ["failure", "sometimes"]
+"##;
+        assert_eq!(
+            problems(&text),
+            vec![
+                "master.toml:19: [irc] server = \"irc.example.org\" is not HOST:PORT (write it like \"irc.example.org:6697\")",
+                "master.toml:20: [irc] nick \"9lives\" is not a valid IRC nick",
+                "master.toml:21: [irc] channel \"ci\" is not a channel name (write it like \"#ci\")",
+                "master.toml:22: [irc] notify: unknown event \"sometimes\" (one of: started, finished, success, failure, exception, interrupted, fixed, broken)",
+            ]
+        );
     }
 
     #[test]

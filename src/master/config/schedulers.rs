@@ -76,7 +76,6 @@ pub struct ChangesConfig {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub(super) struct RawScheduler {
     kind: Spanned<String>,
     #[serde(default)]
@@ -101,7 +100,6 @@ pub(super) struct RawScheduler {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub(super) struct RawChangeSource {
     kind: Spanned<String>,
     repo: Spanned<String>,
@@ -112,7 +110,6 @@ pub(super) struct RawChangeSource {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub(super) struct RawChanges {
     #[serde(default)]
     group: Option<Spanned<String>>,

@@ -15,7 +15,7 @@ impl Control {
         account: &UnixAccount,
         change: ChangeSpec,
     ) -> Result<StoredChange, ControlError> {
-        access::check(Action::SendChange, account, &self.config)?;
+        access::check(Action::SendChange, account, &self.config())?;
         crate::change::check(&change)?;
         self.record_change(change, &account.name).await
     }

@@ -23,8 +23,10 @@ use crate::master::board::Board;
 use crate::master::config::{BuilderConfig, Config};
 use crate::master::events::EventLog;
 use crate::master::history::changes::StoredChange;
-use crate::master::history::{self, History, HistoryError, StoredRequest};
+use crate::master::history::{self, BuildRow, History, HistoryError, StoredRequest};
+use crate::master::irc_links::IrcLinks;
 use crate::master::lock;
+use crate::master::reconfig::{LiveConfig, Report};
 use crate::master::roster::Roster;
 use crate::master::scheduler::Input;
 use crate::master::sessions::Sessions;
@@ -47,6 +49,8 @@ pub enum ControlError {
     },
     #[error("{builder} is running {}; say which", numbers.iter().map(|n| format!("#{n}")).collect::<Vec<_>>().join(", "))]
     Ambiguous { builder: String, numbers: Vec<i64> },
+    #[error("{builder} may not be forced: no kind = \"force\" scheduler lists it")]
+    NotForcible { builder: String },
     #[error("no slave named '{name}'")]
     NoSuchSlave { name: String },
     #[error("{builder} has no build #{number}")]
@@ -188,14 +192,19 @@ pub struct Stopped {
 }
 
 pub struct Control {
-    pub config: Arc<Config>,
+    /// The config in force; see [`Control::config`] and `master::reconfig`.
+    live: LiveConfig,
     /// `SHA256:...` of the host key, shown to users so they can check what they connect to.
     pub host_key_fingerprint: String,
     pub history: History,
     pub events: EventLog,
     pub board: Board,
     pub roster: Roster,
+    /// The Prometheus metrics every part updates; `/metrics` encodes them.
+    pub metrics: crate::master::metrics::Metrics,
     pub sessions: Sessions,
+    /// IRC nicks bound to unix users (`ssh master irc-link`, then `/msg BOT link CODE`).
+    pub irc_links: IrcLinks,
     /// The web address, for links in summaries.
     pub web_url: String,
     /// Where step logs are written: `logs/BUILDER/NUMBER/STEP-NAME.STREAM`.
@@ -221,15 +230,25 @@ impl Control {
         scheduler: mpsc::Sender<Mail>,
         changes: mpsc::Sender<StoredChange>,
     ) -> Control {
+        let irc_links = IrcLinks::new(
+            config
+                .irc
+                .as_ref()
+                .map_or(std::time::Duration::from_secs(12 * 3600), |irc| {
+                    irc.link_ttl
+                }),
+        );
         Control {
             logs_dir: config.master_dir.join("logs"),
-            config,
+            live: LiveConfig::new(config),
             host_key_fingerprint,
             history,
             events: EventLog::new(),
             board: Board::default(),
             roster: Roster::default(),
+            metrics: crate::master::metrics::Metrics::new(),
             sessions: Sessions::default(),
+            irc_links,
             web_url,
             queued: Mutex::new(BTreeMap::new()),
             locks: Mutex::new(Vec::new()),
@@ -239,18 +258,58 @@ impl Control {
         }
     }
 
+    /// The config in force now. A snapshot: take it once per action, so one action sees one
+    /// config even when a reconfig happens meanwhile.
+    pub fn config(&self) -> Arc<Config> {
+        self.live.current()
+    }
+
+    /// Wakes on every reconfig, for subsystems that keep state derived from the config.
+    pub fn config_changes(&self) -> tokio::sync::watch::Receiver<Arc<Config>> {
+        self.live.subscribe()
+    }
+
+    /// How many reconfigs this master has applied (0 = the config read at start).
+    pub fn config_generation(&self) -> u64 {
+        self.live.generation()
+    }
+
+    /// Puts a new, validated config in force; each subsystem applies its part as it wakes.
+    pub fn reconfigure(&self, new: Config) -> Report {
+        let report = self.live.replace(new);
+        for change in &report.changes {
+            tracing::info!(generation = report.generation, "reconfig: {change}");
+        }
+        for note in &report.needs_restart {
+            tracing::warn!(generation = report.generation, "reconfig: {note}");
+        }
+        report
+    }
+
+    /// The metrics in Prometheus text format, with the gauges read now.
+    pub fn metrics_text(&self) -> String {
+        let builders: Vec<String> = self
+            .config()
+            .builders
+            .iter()
+            .map(|builder| builder.name.clone())
+            .collect();
+        self.metrics.encode(
+            &builders,
+            self.roster.snapshot().len(),
+            crate::status::unix_now(),
+        )
+    }
+
     /// The builder of that name, or the one error every front end renders.
-    pub fn builder(&self, name: &str) -> Result<&BuilderConfig, ControlError> {
-        self.config
+    pub fn builder(&self, name: &str) -> Result<BuilderConfig, ControlError> {
+        let config = self.config();
+        config
             .builder(name)
+            .cloned()
             .ok_or_else(|| ControlError::NoSuchBuilder {
                 name: name.to_string(),
-                known: self
-                    .config
-                    .builders
-                    .iter()
-                    .map(|b| b.name.clone())
-                    .collect(),
+                known: config.builders.iter().map(|b| b.name.clone()).collect(),
             })
     }
 
@@ -333,7 +392,10 @@ impl Control {
             .iter()
             .filter(|slave| connected.contains_key(*slave))
         {
-            let capacity = self.config.slave(slave).map_or(1, |slave| slave.max_builds);
+            let capacity = self
+                .config()
+                .slave(slave)
+                .map_or(1, |slave| slave.max_builds);
             let busy = self.board.running_on_slave(slave);
             slots.extend(std::iter::repeat_n(0.0, capacity.saturating_sub(busy)));
         }
@@ -418,7 +480,7 @@ impl Control {
         let connected = self.roster.snapshot();
         let queued = lock(&self.queued).clone();
         let builders = self
-            .config
+            .config()
             .builders
             .iter()
             .filter(|builder| only.is_empty() || only.contains(&builder.name))
@@ -450,11 +512,48 @@ impl Control {
             })
             .collect();
         Ok(StatusSnapshot {
-            master: self.config.name.clone(),
+            master: self.config().name.clone(),
             slaves_connected: connected.len(),
-            slaves_configured: self.config.slaves.len(),
+            slaves_configured: self.config().slaves.len(),
             builders,
         })
+    }
+
+    /// The newest finished build of `builder`, from the history.
+    pub async fn last_finished_build(
+        &self,
+        builder: &str,
+    ) -> Result<Option<BuildRow>, ControlError> {
+        self.builder(builder)?;
+        let name = builder.to_string();
+        let rows = self
+            .history
+            .run(move |connection| history::recent_builds(connection, &name, 20))
+            .await?;
+        Ok(rows.into_iter().find(|row| row.result.is_some()))
+    }
+
+    /// The result of the newest finished build of `builder` numbered below `number`: what a
+    /// result is compared with to call it fixed or broken.
+    pub async fn result_before(
+        &self,
+        builder: &str,
+        number: i64,
+    ) -> Result<Option<BuildResult>, ControlError> {
+        let name = builder.to_string();
+        let rows = self
+            .history
+            .run(move |connection| history::recent_builds(connection, &name, 50))
+            .await?;
+        Ok(rows
+            .into_iter()
+            .filter(|row| row.number < number)
+            .find_map(|row| row.result))
+    }
+
+    /// The URL of a build's page.
+    pub fn build_url(&self, builder: &str, number: i64) -> String {
+        format!("{}/builders/{builder}/builds/{number}", self.web_url)
     }
 
     /// A one-time URL that logs a browser in as `account`.
@@ -470,7 +569,7 @@ impl Control {
         peer: std::net::SocketAddr,
         io: &mut ExecIo<'_>,
     ) -> u32 {
-        slaves::serve(self, &self.config.name, name, peer, io).await
+        slaves::serve(self, &self.config().name, name, peer, io).await
     }
 }
 
@@ -480,7 +579,7 @@ impl SlaveRegistry for Control {
     async fn connected(&self, link: Arc<SlaveLink>) {
         tracing::info!(slave = %link.name, peer = %link.peer, os = %link.hello.os, arch = %link.hello.arch, cpus = link.hello.cpus, version = %link.hello.buildbot_version, "slave connected");
         let capacity = self
-            .config
+            .config()
             .slave(&link.name)
             .map_or(1, |slave| slave.max_builds);
         let input = Input::SlaveConnected {

@@ -22,7 +22,7 @@ impl Control {
         jobdir: Option<&str>,
         input: &mut (dyn AsyncRead + Unpin + Send),
     ) -> Result<Accepted, ControlError> {
-        let config = &self.config;
+        let config = &self.config();
         access::check(Action::Try, account, config)?;
         if let Some(jobdir) = jobdir {
             submit::check_jobdir(jobdir, &config.spool.dir, &config.master_dir, &account.home)?;
@@ -83,8 +83,14 @@ impl Control {
         builder: &str,
         force: ForceRequest,
     ) -> Result<Queued, ControlError> {
-        access::check(Action::Force, account, &self.config)?;
+        let in_force = self.config();
+        access::check(Action::Force, account, &in_force)?;
         let config = self.builder(builder)?;
+        if !in_force.may_force(builder) {
+            return Err(ControlError::NotForcible {
+                builder: builder.to_string(),
+            });
+        }
         let job_name = format!("force-{:016x}", rand::random::<u64>());
         let request = StoredRequest {
             id: 0,
@@ -121,7 +127,7 @@ impl Control {
         number: i64,
         reason: &str,
     ) -> Result<Queued, ControlError> {
-        access::check(Action::Rebuild, account, &self.config)?;
+        access::check(Action::Rebuild, account, &self.config())?;
         self.builder(builder)?;
         let name = builder.to_string();
         let original = self
@@ -170,7 +176,7 @@ impl Control {
         builder: &str,
         request_id: i64,
     ) -> Result<(), ControlError> {
-        access::check(Action::Cancel, account, &self.config)?;
+        access::check(Action::Cancel, account, &self.config())?;
         self.builder(builder)?;
         let (reply, answer) = tokio::sync::oneshot::channel();
         let mail = Mail::CancelRequest {
@@ -209,8 +215,8 @@ impl Control {
         slave: &str,
         paused: bool,
     ) -> Result<(), ControlError> {
-        access::check(Action::PauseSlave, account, &self.config)?;
-        if self.config.slave(slave).is_none() {
+        access::check(Action::PauseSlave, account, &self.config())?;
+        if self.config().slave(slave).is_none() {
             return Err(ControlError::NoSuchSlave {
                 name: slave.to_string(),
             });

@@ -24,7 +24,7 @@ impl Control {
         number: Option<i64>,
         reason: &str,
     ) -> Result<Stopped, ControlError> {
-        access::check(Action::Stop, account, &self.config)?;
+        access::check(Action::Stop, account, &self.config())?;
         self.builder(builder)?;
         let mut running = self.board.stoppable(builder);
         let target = match number {

@@ -25,11 +25,9 @@ pub async fn run(
     mut changes: mpsc::Receiver<StoredChange>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let mut engine = Engine::new(
-        &control.config.schedulers,
-        Instant::now(),
-        chrono::Local::now(),
-    );
+    let mut config_changes = control.config_changes();
+    let mut schedulers = control.config().schedulers.clone();
+    let mut engine = Engine::new(&schedulers, Instant::now(), chrono::Local::now());
     let mut follower = control.events.follow();
     loop {
         let deadline = engine.next_deadline();
@@ -52,6 +50,19 @@ pub async fn run(
                 }
                 Followed::Closed => return Ok(()),
             },
+            changed = config_changes.changed() => {
+                if changed.is_err() {
+                    return Ok(());
+                }
+                let config = config_changes.borrow_and_update().clone();
+                // A new engine only when the schedulers changed: it forgets pending
+                // tree-stable timers and when periodic ones last fired.
+                if format!("{:?}", config.schedulers) != format!("{schedulers:?}") {
+                    tracing::info!("reconfig: schedulers replaced");
+                    schedulers = config.schedulers.clone();
+                    engine = Engine::new(&schedulers, Instant::now(), chrono::Local::now());
+                }
+            }
             _ = sleep_until(deadline) => {}
         }
         let now = Instant::now();
@@ -78,7 +89,7 @@ async fn sleep_until(deadline: Option<Instant>) {
 async fn head_of(control: &Control, builders: &[String], branch: Option<&str>) -> Option<String> {
     let builder = builders
         .iter()
-        .find_map(|name| control.config.builder(name))?;
+        .find_map(|name| control.config().builder(name).cloned())?;
     let branch = branch.unwrap_or(&builder.branch);
     let repo = builder.repo.clone();
     match git_remote::heads(&repo).await {
@@ -100,7 +111,7 @@ async fn queue(control: &Control, engine: &mut Engine, fire: Fire) {
     let requests: Vec<StoredRequest> = fire
         .builders
         .iter()
-        .filter_map(|name| control.config.builder(name))
+        .filter_map(|name| control.config().builder(name).cloned())
         .map(|builder| StoredRequest {
             id: 0,
             job_name: job_name.clone(),

@@ -1,0 +1,835 @@
+//! The IRC status bot against a real IRC server: Debian's `ngircd` (scripts/test.sh installs
+//! it), one instance per test on a free loopback port with a generated config, driven by a
+//! small raw-socket IRC client.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use crate::harness::{
+    MasterSetup, PATIENCE, TestMaster, current_user, reap, signal, text, wait_until,
+    wait_with_timeout,
+};
+use crate::repo::Checkout;
+
+const BOT: &str = "buildbot";
+
+/// A private ngircd on 127.0.0.1. Penalties are off (`MaxPenaltyTime = 0`): the server passes
+/// lines on as fast as they come, so what a client sees is the bot's own pacing.
+struct IrcServer {
+    dir: tempfile::TempDir,
+    port: u16,
+    /// The TLS port, with a self-signed certificate for `localhost` in `cert.pem`.
+    tls_port: Option<u16>,
+    password: Option<String>,
+    child: Option<Child>,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+impl IrcServer {
+    fn start() -> IrcServer {
+        IrcServer::start_with(false, None)
+    }
+
+    /// With `tls`, a TLS port too (certificate made with `openssl`); with `password`, every
+    /// client must send it.
+    fn start_with(tls: bool, password: Option<&str>) -> IrcServer {
+        let dir = tempfile::Builder::new()
+            .prefix("buildbot-ngircd-")
+            .tempdir()
+            .expect("temp dir");
+        let port = free_port();
+        let mut config = format!(
+            "[Global]\nName = irc.test.local\nInfo = buildbot test server\nListen = 127.0.0.1\n\
+             Ports = {port}\nMotdPhrase = \"test server\"\nPidFile = {pid}\n{password}\
+             [Limits]\nMaxPenaltyTime = 0\nPingTimeout = 120\n\
+             [Options]\nDNS = no\nIdent = no\nPAM = no\n",
+            pid = dir.path().join("ngircd.pid").display(),
+            password = password
+                .map(|password| format!("Password = {password}\n"))
+                .unwrap_or_default(),
+        );
+        let tls_port = tls.then(|| {
+            // A CA and a server certificate for `localhost` it signed (rustls refuses a CA
+            // certificate as the server's own).
+            let path = |name: &str| dir.path().join(name).display().to_string();
+            std::fs::write(
+                dir.path().join("ext.cnf"),
+                "subjectAltName=DNS:localhost\nbasicConstraints=CA:FALSE\n",
+            )
+            .expect("extensions written");
+            let ec = [
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+                "-nodes",
+            ];
+            for args in [
+                [
+                    &[
+                        "req",
+                        "-x509",
+                        "-days",
+                        "2",
+                        "-subj",
+                        "/CN=buildbot test CA",
+                    ][..],
+                    &ec,
+                ]
+                .concat()
+                .into_iter()
+                .map(str::to_string)
+                .chain([
+                    "-keyout".into(),
+                    path("ca-key.pem"),
+                    "-out".into(),
+                    path("ca.pem"),
+                ])
+                .collect::<Vec<String>>(),
+                [&["req", "-subj", "/CN=localhost"][..], &ec]
+                    .concat()
+                    .into_iter()
+                    .map(str::to_string)
+                    .chain([
+                        "-keyout".into(),
+                        path("key.pem"),
+                        "-out".into(),
+                        path("req.pem"),
+                    ])
+                    .collect(),
+                ["x509", "-req", "-days", "2", "-CAcreateserial"]
+                    .into_iter()
+                    .map(str::to_string)
+                    .chain([
+                        "-in".into(),
+                        path("req.pem"),
+                        "-CA".into(),
+                        path("ca.pem"),
+                        "-CAkey".into(),
+                        path("ca-key.pem"),
+                        "-extfile".into(),
+                        path("ext.cnf"),
+                        "-out".into(),
+                        path("cert.pem"),
+                    ])
+                    .collect(),
+            ] {
+                let mut openssl = Command::new("openssl");
+                openssl.args(&args);
+                let made = crate::harness::run_with_timeout(openssl, None);
+                assert!(
+                    made.status.success(),
+                    "openssl {args:?}: {}",
+                    text(&made.stderr)
+                );
+            }
+            let tls_port = free_port();
+            config.push_str(&format!(
+                "[SSL]\nCertFile = {}\nKeyFile = {}\nPorts = {tls_port}\n",
+                dir.path().join("cert.pem").display(),
+                dir.path().join("key.pem").display()
+            ));
+            tls_port
+        });
+        std::fs::write(dir.path().join("ngircd.conf"), config).expect("config written");
+        let mut server = IrcServer {
+            dir,
+            port,
+            tls_port,
+            password: password.map(str::to_string),
+            child: None,
+        };
+        server.launch();
+        server
+    }
+
+    fn launch(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("ngircd.log"))
+            .expect("log file");
+        let child = Command::new(ngircd())
+            .arg("-n")
+            .arg("-f")
+            .arg(self.dir.path().join("ngircd.conf"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log file"))
+            .stderr(log)
+            .spawn()
+            .expect("ngircd starts (scripts/test.sh installs it)");
+        self.child = Some(child);
+        let deadline = Instant::now() + PATIENCE;
+        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "ngircd did not listen on {}; log:\n{}",
+                self.port,
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("ngircd.log")).unwrap_or_default()
+    }
+
+    /// SIGKILL: the server vanishes without a word to its clients.
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            signal(child.id(), nix::sys::signal::Signal::SIGKILL);
+            reap(&mut child);
+        }
+    }
+
+    /// The `[irc]` section a master needs to use this server (fast pacing and backoff).
+    fn master_config(&self, extra: &str) -> String {
+        self.master_config_with_backoff("100ms", "1s", extra)
+    }
+
+    fn master_config_with_backoff(&self, min: &str, max: &str, extra: &str) -> String {
+        format!(
+            "\n[irc]\nserver = \"127.0.0.1:{}\"\nnick = \"{BOT}\"\nchannels = [\"#ci\"]\n\
+             line_interval = \"100ms\"\nburst = 4\nreconnect_min = \"{min}\"\nreconnect_max = \"{max}\"\n{extra}",
+            self.port
+        )
+    }
+}
+
+impl Drop for IrcServer {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            signal(child.id(), nix::sys::signal::Signal::SIGTERM);
+            if wait_with_timeout(&mut child, Duration::from_secs(5)).is_none() {
+                reap(&mut child);
+            }
+        }
+    }
+}
+
+fn ngircd() -> PathBuf {
+    for candidate in ["/usr/sbin/ngircd", "/usr/bin/ngircd"] {
+        if Path::new(candidate).exists() {
+            return PathBuf::from(candidate);
+        }
+    }
+    PathBuf::from("ngircd")
+}
+
+/// A person on IRC: a raw socket and a reader thread.
+struct IrcClient {
+    nick: String,
+    stream: TcpStream,
+    lines: mpsc::Receiver<String>,
+    /// Every line received so far.
+    seen: Vec<String>,
+}
+
+/// `(target, text)` of a PRIVMSG or NOTICE from `from` in `line`.
+fn privmsg_from<'a>(line: &'a str, from: &str) -> Option<(&'a str, &'a str)> {
+    let rest = line.strip_prefix(':')?;
+    let (prefix, rest) = rest.split_once(' ')?;
+    let nick = prefix.split('!').next()?;
+    if !nick.eq_ignore_ascii_case(from) {
+        return None;
+    }
+    // The bot answers people in private with NOTICEs, channels with PRIVMSGs.
+    let rest = rest
+        .strip_prefix("PRIVMSG ")
+        .or_else(|| rest.strip_prefix("NOTICE "))?;
+    let (target, text) = rest.split_once(" :")?;
+    Some((target, text))
+}
+
+impl IrcClient {
+    fn connect(server: &IrcServer, nick: &str) -> IrcClient {
+        let stream = TcpStream::connect(("127.0.0.1", server.port)).expect("connect to ngircd");
+        let reader = stream.try_clone().expect("clone socket");
+        let (lines_tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(reader).lines().map_while(Result::ok) {
+                if lines_tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut client = IrcClient {
+            nick: nick.to_string(),
+            stream,
+            lines,
+            seen: Vec::new(),
+        };
+        if let Some(password) = &server.password {
+            client.send(&format!("PASS {password}"));
+        }
+        client.send(&format!("NICK {nick}"));
+        client.send(&format!("USER {nick} 0 * :{nick}"));
+        client.wait_line("welcome", |line| line.contains(" 001 "));
+        client
+    }
+
+    fn send(&mut self, line: &str) {
+        self.stream
+            .write_all(format!("{line}\r\n").as_bytes())
+            .expect("write to ngircd");
+    }
+
+    fn join(&mut self, channel: &str) {
+        self.send(&format!("JOIN {channel}"));
+        let me = format!(":{}!", self.nick);
+        self.wait_line("own join", |line| {
+            line.starts_with(&me) && line.contains(" JOIN ")
+        });
+    }
+
+    fn say(&mut self, target: &str, text: &str) {
+        self.send(&format!("PRIVMSG {target} :{text}"));
+    }
+
+    /// The next line (answering PINGs on the way) that `matches`; panics at the deadline.
+    fn wait_line(&mut self, what: &str, mut matches: impl FnMut(&str) -> bool) -> String {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = match self.lines.recv_timeout(left) {
+                Ok(line) => line,
+                Err(_) => panic!(
+                    "{}: timed out waiting for {what}; saw:\n{}",
+                    self.nick,
+                    self.seen.join("\n")
+                ),
+            };
+            if let Some(token) = line.strip_prefix("PING ") {
+                self.send(&format!("PONG {token}"));
+            }
+            self.seen.push(line.clone());
+            if matches(&line) {
+                return line;
+            }
+        }
+    }
+
+    /// The text of the next thing the bot says to `target` that contains `needle`.
+    fn wait_bot(&mut self, target: &str, needle: &str) -> String {
+        let line = self.wait_line(&format!("the bot saying '{needle}' to {target}"), |line| {
+            privmsg_from(line, BOT)
+                .is_some_and(|(to, text)| to.eq_ignore_ascii_case(target) && text.contains(needle))
+        });
+        privmsg_from(&line, BOT)
+            .map(|(_, text)| text.to_string())
+            .unwrap_or_default()
+    }
+
+    /// Asks the bot in #ci and returns its answer there containing `needle`.
+    fn ask(&mut self, command: &str, needle: &str) -> String {
+        self.say("#ci", &format!("{BOT}: {command}"));
+        self.wait_bot("#ci", needle)
+    }
+
+    fn wait_bot_join(&mut self) {
+        self.wait_line("the bot joining #ci", |line| {
+            line.starts_with(&format!(":{BOT}!")) && line.contains(" JOIN ")
+        });
+    }
+
+    fn quit(mut self) {
+        self.send("QUIT :bye");
+        let _ = self.wait_line_within(Duration::from_secs(5), |line| line.starts_with("ERROR"));
+    }
+
+    fn wait_line_within(
+        &mut self,
+        patience: Duration,
+        mut matches: impl FnMut(&str) -> bool,
+    ) -> Option<String> {
+        let deadline = Instant::now() + patience;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = self.lines.recv_timeout(left).ok()?;
+            self.seen.push(line.clone());
+            if matches(&line) {
+                return Some(line);
+            }
+        }
+    }
+
+    /// What the bot said to `target`, of everything seen so far.
+    fn bot_lines(&self, target: &str) -> Vec<String> {
+        self.seen
+            .iter()
+            .filter_map(|line| privmsg_from(line, BOT))
+            .filter(|(to, _)| to.eq_ignore_ascii_case(target))
+            .map(|(_, text)| text.to_string())
+            .collect()
+    }
+}
+
+/// A step that waits for `gate` to exist, then runs `then`.
+fn gated_step(gate: &Path, then: &str) -> String {
+    format!(
+        r#"{{ name = "work", command = "while [ ! -e {} ]; do sleep 0.1; done; {then}" }},"#,
+        gate.display()
+    )
+}
+
+fn master_with(server: &IrcServer, repo: &Path, steps: &str, irc_extra: &str) -> TestMaster {
+    let mut setup = MasterSetup::linux_builder(&["s1"], repo, steps);
+    setup
+        .extra_config
+        .push_str(&server.master_config(irc_extra));
+    TestMaster::start_with(setup)
+}
+
+fn ssh(master: &TestMaster, command: &str) -> String {
+    let output = master.ssh(&master.user_key, &current_user(), command);
+    assert!(
+        output.status.success(),
+        "ssh {command}: {}",
+        text(&output.stderr)
+    );
+    text(&output.stdout)
+}
+
+fn wait_result(master: &TestMaster, number: i64) -> String {
+    let mut result = String::new();
+    wait_until(&format!("linux #{number} to finish"), || {
+        let builds = master.api("/api/builds?builder=linux");
+        let found = builds
+            .as_array()
+            .and_then(|builds| builds.iter().find(|build| build["number"] == number))
+            .and_then(|build| build["result"].as_str())
+            .map(str::to_string);
+        result = found.unwrap_or_default();
+        !result.is_empty()
+    });
+    result
+}
+
+#[test]
+fn irc_status_last_and_watch_follow_a_real_build_and_the_bot_rejoins_after_a_kick() {
+    let server = IrcServer::start();
+    let checkout = Checkout::new();
+    let gates = tempfile::tempdir().expect("temp dir");
+    let gate = gates.path().join("go");
+    // First in the channel: an operator, who may kick.
+    let mut alice = IrcClient::connect(&server, "alice");
+    alice.join("#ci");
+    let master = master_with(&server, &checkout.upstream, &gated_step(&gate, "true"), "");
+    alice.wait_bot_join();
+    let _slave = master.start_slave("s1");
+
+    let idle = alice.ask("status linux", "linux:");
+    assert!(idle.ends_with("linux: idle, 0 queued"), "{idle}");
+    let none = alice.ask("last linux", "linux");
+    assert!(none.ends_with("linux has no finished builds yet"), "{none}");
+
+    ssh(&master, "force linux --reason 'irc test'");
+    wait_until("linux #1 to run", || {
+        master.api("/api/builds?builder=linux")[0]["running"] == true
+    });
+    let building = alice.ask("status", "linux:");
+    assert!(
+        building.contains("linux: building #1 (") && building.ends_with(", 0 queued"),
+        "{building}"
+    );
+    let watching = alice.ask("watch linux", "watching");
+    assert!(
+        watching.ends_with("watching linux #1: I will say here when it finishes"),
+        "{watching}"
+    );
+
+    std::fs::write(&gate, "").expect("gate opened");
+    let finished = alice.wait_bot("#ci", "linux #1: success");
+    assert!(
+        finished.contains(&format!(
+            "http://127.0.0.1:{}/builders/linux/builds/1",
+            master.http_port
+        )),
+        "{finished}"
+    );
+    let last = alice.ask("last linux", "linux #1");
+    assert!(
+        last.contains("linux #1: success") && last.contains(" ago (took "),
+        "{last}"
+    );
+
+    // Malformed lines and unknown commands: one line pointing at help, and the bot goes on.
+    let unknown = alice.ask("frobnicate the build", "unknown");
+    assert!(
+        unknown.ends_with("unknown command 'frobnicate'; say help for the commands"),
+        "{unknown}"
+    );
+    let usage = alice.ask("stop build", "usage");
+    assert!(
+        usage.starts_with("stop: which builder? (usage: stop build BUILDER"),
+        "{usage}"
+    );
+    alice.say(
+        "#ci",
+        &format!("{BOT}: \u{1}\u{2}\u{3}4,5 \u{7f}status \u{1}"),
+    );
+    alice.say(BOT, "");
+    alice.send(&format!("PRIVMSG {BOT} :{}", "x".repeat(450)));
+    let help = alice.ask("help force", "usage: force");
+    assert!(help.contains("REASON"), "{help}");
+    let version = alice.ask("version", "buildbot ");
+    assert!(version.contains(env!("CARGO_PKG_VERSION")), "{version}");
+
+    // Kicked: the bot comes back.
+    alice.send(&format!("KICK #ci {BOT} :testing"));
+    alice.wait_bot_join();
+    let after = alice.ask("status linux", "linux:");
+    assert!(after.ends_with("linux: idle, 0 queued"), "{after}");
+}
+
+#[test]
+fn irc_announces_failure_and_fixed_in_the_channel() {
+    let server = IrcServer::start();
+    let checkout = Checkout::new();
+    let flags = tempfile::tempdir().expect("temp dir");
+    let flag = flags.path().join("good");
+    let step = format!(
+        r#"{{ name = "test", command = "test -e {}" }},"#,
+        flag.display()
+    );
+    let mut alice = IrcClient::connect(&server, "alice");
+    alice.join("#ci");
+    let master = master_with(&server, &checkout.upstream, &step, "");
+    alice.wait_bot_join();
+    let _slave = master.start_slave("s1");
+
+    ssh(&master, "force linux --reason 'first'");
+    let failed = alice.wait_bot("#ci", "linux #1: failure");
+    assert!(
+        !failed.contains("broken") && !failed.contains("fixed"),
+        "{failed}"
+    );
+    std::fs::write(&flag, "").expect("flag");
+    ssh(&master, "force linux --reason 'second'");
+    let fixed = alice.wait_bot("#ci", "linux #2: success");
+    assert!(fixed.contains("(fixed)"), "{fixed}");
+    // The default notify set (failure, fixed, exception) says nothing about a plain success
+    // or a start; a third, passing build stays quiet.
+    ssh(&master, "force linux --reason 'third'");
+    assert_eq!(wait_result(&master, 3), "success");
+    let _ = alice.ask("version", "buildbot");
+    let said = alice.bot_lines("#ci");
+    assert!(
+        !said
+            .iter()
+            .any(|line| line.contains("linux #3") || line.contains("started")),
+        "{said:#?}"
+    );
+}
+
+#[test]
+fn irc_force_and_stop_need_a_linked_nick_and_a_taken_over_nick_inherits_nothing() {
+    let server = IrcServer::start();
+    let checkout = Checkout::new();
+    let gates = tempfile::tempdir().expect("temp dir");
+    let gate = gates.path().join("never");
+    let mut alice = IrcClient::connect(&server, "alice");
+    alice.join("#ci");
+    let master = master_with(&server, &checkout.upstream, &gated_step(&gate, "true"), "");
+    alice.wait_bot_join();
+    let _slave = master.start_slave("s1");
+
+    let refused = alice.ask("force linux please", "not linked");
+    assert!(
+        refused.starts_with("alice: your nick is not linked to a unix user"),
+        "{refused}"
+    );
+    assert_eq!(
+        master
+            .api("/api/builds?builder=linux")
+            .as_array()
+            .map(Vec::len),
+        Some(0),
+        "nothing was forced"
+    );
+
+    let issued = ssh(&master, "irc-link");
+    let code = issued.lines().next().expect("a code").trim().to_string();
+    assert!(
+        issued.contains(&format!("/msg {BOT} link {code}")),
+        "{issued}"
+    );
+    alice.say(BOT, &format!("link {code}"));
+    let linked = alice.wait_bot("alice", "speaks for");
+    assert!(
+        linked.starts_with(&format!(
+            "alice now speaks for unix user {}",
+            current_user()
+        )),
+        "{linked}"
+    );
+    let list = ssh(&master, "irc-link --list");
+    assert!(
+        list.starts_with(&format!("alice -> {} (linked ", current_user())),
+        "{list}"
+    );
+    // A code works once.
+    let mut mallory = IrcClient::connect(&server, "mallory");
+    mallory.join("#ci");
+    mallory.say(BOT, &format!("link {code}"));
+    mallory.wait_bot("mallory", "unknown or expired link code");
+
+    let forced = alice.ask("force linux from irc", "forced build");
+    assert!(
+        forced.starts_with("linux: forced build queued as request "),
+        "{forced}"
+    );
+    wait_until("linux #1 to run", || {
+        master.api("/api/builds?builder=linux")[0]["running"] == true
+    });
+    let refused = mallory.ask("stop build linux 1 mine now", "not linked");
+    assert!(refused.starts_with("mallory: "), "{refused}");
+    let stopped = alice.ask("stop build linux 1 enough of that", "linux #1");
+    assert_eq!(
+        stopped,
+        format!(
+            "linux #1: interrupted (stopped by {}: enough of that (IRC, alice))",
+            current_user()
+        )
+    );
+    let build = master.api_last_build("linux");
+    assert_eq!(build["result"], "interrupted");
+
+    // alice quits; mallory takes her nick and inherits nothing.
+    alice.quit();
+    wait_until("alice's link to end", || {
+        ssh(&master, "irc-link --list").starts_with("no IRC nicks are linked")
+    });
+    mallory.send("NICK alice");
+    mallory.wait_line("the nick change", |line| {
+        line.starts_with(":mallory!") && line.contains(" NICK ")
+    });
+    mallory.nick = "alice".to_string();
+    let refused = mallory.ask("force linux it is mine now", "not linked");
+    assert!(
+        refused.starts_with("alice: your nick is not linked"),
+        "{refused}"
+    );
+    assert_eq!(
+        master
+            .api("/api/builds?builder=linux")
+            .as_array()
+            .map(Vec::len),
+        Some(1),
+        "no second build"
+    );
+}
+
+#[test]
+fn irc_output_is_paced_and_a_hundred_lines_do_not_get_the_bot_kicked() {
+    let server = IrcServer::start();
+    let checkout = Checkout::new();
+    let mut setup = MasterSetup::linux_builder(&["s1"], &checkout.upstream, "");
+    for n in 1..100 {
+        setup.extra_config.push_str(&format!(
+            "\n[[builder]]\nname = \"b{n:02}\"\nslaves = [\"s1\"]\nrepo = \"{}\"\n",
+            checkout.upstream.display()
+        ));
+    }
+    setup
+        .extra_config
+        .push_str(&server.master_config("max_lines = 200\n"));
+    let mut alice = IrcClient::connect(&server, "alice");
+    alice.join("#ci");
+    let _master = TestMaster::start_with(setup);
+    alice.wait_bot_join();
+
+    let started = Instant::now();
+    alice.say("#ci", &format!("{BOT}: status"));
+    let mut arrivals = Vec::new();
+    let mut texts = Vec::new();
+    while texts.len() < 100 {
+        let line = alice.wait_bot("#ci", ": offline, 0 queued");
+        arrivals.push(started.elapsed());
+        texts.push(line);
+    }
+    let first = arrivals[0];
+    let spread = arrivals[99] - first;
+    println!("100 lines in {spread:?} after the first ({first:?} to the first)");
+    // A burst of 4, then one line per 100 ms: 96 intervals at least.
+    assert!(
+        spread >= Duration::from_millis(9000),
+        "not paced: {spread:?}"
+    );
+    assert!(spread < Duration::from_secs(30), "far too slow: {spread:?}");
+    let names: Vec<bool> = texts
+        .iter()
+        .enumerate()
+        .map(|(index, line)| match index {
+            0 => line.starts_with("linux: offline"),
+            n => line.starts_with(&format!("b{n:02}: offline")),
+        })
+        .collect();
+    assert!(
+        names.iter().all(|ok| *ok),
+        "out of order or lost: {texts:#?}"
+    );
+    // Still there, still answering: not kicked, not disconnected.
+    let version = alice.ask("version", "buildbot ");
+    assert!(version.contains("buildbot"), "{version}");
+    assert!(
+        !alice.seen.iter().any(|line| {
+            line.starts_with(&format!(":{BOT}!"))
+                && (line.contains(" QUIT ") || line.contains(" PART "))
+                || line.contains(&format!(" KICK #ci {BOT}"))
+        }),
+        "the bot left: {:#?}",
+        alice.seen
+    );
+}
+
+#[test]
+fn irc_server_killed_and_restarted_the_bot_rejoins_and_announces_what_finished_once() {
+    let mut server = IrcServer::start();
+    let checkout = Checkout::new();
+    let step = r#"{ name = "test", command = "false" },"#;
+    let mut alice = IrcClient::connect(&server, "alice");
+    alice.join("#ci");
+    // A fixed backoff of 5s: after the bot's first failed attempt, the test has time to bring
+    // the server back and be in the channel before the bot is.
+    let mut setup = MasterSetup::linux_builder(&["s1"], &checkout.upstream, step);
+    setup
+        .extra_config
+        .push_str(&server.master_config_with_backoff("5s", "5s", ""));
+    let master = TestMaster::start_with(setup);
+    alice.wait_bot_join();
+    let _slave = master.start_slave("s1");
+    drop(alice);
+    server.kill();
+    wait_until("the bot to notice", || {
+        master.log().contains("IRC connection lost")
+    });
+
+    ssh(&master, "force linux --reason 'while the bot is away'");
+    assert_eq!(wait_result(&master, 1), "failure");
+    let failed_attempts = || master.log().matches("cannot connect").count();
+    wait_until("a failed reconnect", || failed_attempts() >= 1);
+
+    server.launch();
+    let mut alice = IrcClient::connect(&server, "alice");
+    alice.join("#ci");
+    alice.wait_bot_join();
+    let announced = alice.wait_bot("#ci", "linux #1: failure");
+    assert!(
+        announced.contains("/builders/linux/builds/1"),
+        "{announced}"
+    );
+    // Everything the bot had to say before this answer has been said.
+    let _ = alice.ask("version", "buildbot ");
+    let count = alice
+        .bot_lines("#ci")
+        .iter()
+        .filter(|line| line.starts_with("linux #1: failure"))
+        .count();
+    assert_eq!(count, 1, "announced once: {:#?}", alice.bot_lines("#ci"));
+    // And a build after the reconnect is announced live.
+    ssh(&master, "force linux --reason 'after'");
+    alice.wait_bot("#ci", "linux #2: failure");
+}
+
+#[test]
+fn irc_over_tls_with_a_server_password_and_a_taken_nick() {
+    let server = IrcServer::start_with(true, Some("s3cret"));
+    let checkout = Checkout::new();
+    // Someone already has the bot's nick: it takes the first fallback.
+    let mut squatter = IrcClient::connect(&server, BOT);
+    squatter.join("#ci");
+    let mut alice = IrcClient::connect(&server, "alice");
+    alice.join("#ci");
+    let mut setup = MasterSetup::linux_builder(&["s1"], &checkout.upstream, "");
+    setup.extra_config.push_str(&format!(
+        "\n[irc]\nserver = \"localhost:{}\"\ntls = true\nca_file = \"{}\"\npassword = \"s3cret\"\n\
+         nick = \"{BOT}\"\nchannels = [\"#ci\"]\nreconnect_min = \"100ms\"\nreconnect_max = \"1s\"\n",
+        server.tls_port.expect("a TLS port"),
+        server.dir.path().join("ca.pem").display()
+    ));
+    let master = TestMaster::start_with(setup);
+    let fallback = format!("{BOT}_");
+    alice.wait_line("the bot joining under its fallback nick", |line| {
+        line.starts_with(&format!(":{fallback}!")) && line.contains(" JOIN ")
+    });
+    alice.say("#ci", &format!("{fallback}: version"));
+    let answer = alice.wait_line("the bot's answer", |line| {
+        privmsg_from(line, &fallback).is_some_and(|(_, text)| text.starts_with("buildbot "))
+    });
+    assert!(answer.contains(env!("CARGO_PKG_VERSION")), "{answer}");
+    assert!(
+        master.log().contains("tls=true"),
+        "the bot said it connected with TLS"
+    );
+}
+
+#[test]
+fn reconfig_starts_the_bot_moves_it_to_new_settings_and_stops_it() {
+    let server = IrcServer::start();
+    let checkout = Checkout::new();
+    let mut alice = IrcClient::connect(&server, "alice");
+    alice.join("#ci");
+    let master = TestMaster::start_with(MasterSetup::linux_builder(
+        &["s1"],
+        &checkout.upstream,
+        r#"{ name = "test", command = "true" },"#,
+    ));
+    let path = master.path().join("master.toml");
+    let before = std::fs::read_to_string(&path).expect("config");
+    let reconfig = || {
+        let mut command = Command::new(crate::harness::BIN);
+        command.arg("reconfig").arg(master.path());
+        let output = crate::harness::run_with_timeout(command, None);
+        assert!(
+            output.status.success(),
+            "reconfig: {}{}",
+            text(&output.stdout),
+            text(&output.stderr)
+        );
+        text(&output.stdout)
+    };
+
+    // No [irc] at start: no bot. Adding the section starts one.
+    std::fs::write(&path, format!("{before}{}", server.master_config(""))).expect("config");
+    let said = reconfig();
+    assert!(said.contains("[irc] changed"), "{said}");
+    alice.wait_bot_join();
+    alice.ask("version", "buildbot ");
+
+    // A changed section: the bot leaves and comes back with the new settings (a second
+    // channel here).
+    alice.join("#ops");
+    let with_ops = format!("{before}{}", server.master_config(""))
+        .replace("channels = [\"#ci\"]", "channels = [\"#ci\", \"#ops\"]");
+    std::fs::write(&path, with_ops).expect("config");
+    reconfig();
+    alice.wait_line("the bot joining #ops", |line| {
+        line.starts_with(&format!(":{BOT}!")) && line.contains(" JOIN ") && line.contains("#ops")
+    });
+    alice.say("#ops", &format!("{BOT}: version"));
+    alice.wait_bot("#ops", "buildbot ");
+
+    // The section removed: the bot quits and stays away.
+    std::fs::write(&path, &before).expect("config");
+    reconfig();
+    alice.wait_line("the bot quitting", |line| {
+        line.starts_with(&format!(":{BOT}!")) && line.contains(" QUIT")
+    });
+    alice.say("#ci", &format!("{BOT}: version"));
+    let answer = alice.wait_line_within(Duration::from_secs(2), |line| {
+        privmsg_from(line, BOT).is_some()
+    });
+    assert_eq!(answer, None, "a removed bot answered");
+}
