@@ -24,6 +24,7 @@ pub mod web;
 pub mod client;
 pub mod slave;
 
-// Composition: the master daemon, the demo.
+// Composition: the master daemon, the demo, the command line's definition.
+pub mod cli;
 pub mod daemon;
 pub mod demo;

@@ -461,9 +461,66 @@ fn push_string(json: &mut String, text: &str) {
     json.push('"');
 }
 
+/// The patch level a patch was most likely written for, when `level` looks wrong: a git diff
+/// (`--- a/X`, `+++ b/X`, or `diff --git a/X b/X`) sent with `-p 0` strips nothing, so every
+/// path starts with `a/` or `b/` and no file is found. `Some(1)` then; `None` when `level` fits.
+pub fn patch_level_hint(patch: &[u8], level: u32) -> Option<u32> {
+    if level != 0 {
+        return None;
+    }
+    let text = String::from_utf8_lossy(patch);
+    let mut pairs = 0;
+    for line in text.lines() {
+        let (prefix, path) = if let Some(rest) = line.strip_prefix("--- ") {
+            ("a/", rest)
+        } else if let Some(rest) = line.strip_prefix("+++ ") {
+            ("b/", rest)
+        } else if let Some(rest) = line.strip_prefix("diff --git ") {
+            match rest.split_once(' ') {
+                Some((old, new)) if old.starts_with("a/") && new.starts_with("b/") => {
+                    pairs += 1;
+                    continue;
+                }
+                _ => return None,
+            }
+        } else {
+            continue;
+        };
+        let path = path
+            .split('\t')
+            .next()
+            .unwrap_or_default()
+            .trim_matches('"');
+        if path == "/dev/null" {
+            continue;
+        }
+        if !path.starts_with(prefix) {
+            return None;
+        }
+        pairs += 1;
+    }
+    (pairs > 0).then_some(1)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_git_diff_at_level_zero_is_told_to_use_one() {
+        let git =
+            b"diff --git a/src/x.c b/src/x.c\n--- a/src/x.c\n+++ b/src/x.c\n@@ -1 +1 @@\n-a\n+b\n";
+        assert_eq!(patch_level_hint(git, 0), Some(1));
+        assert_eq!(patch_level_hint(git, 1), None);
+        let plain_git = b"--- a/x.c\t2024-01-01\n+++ b/x.c\n@@ -1 +1 @@\n-a\n+b\n";
+        assert_eq!(patch_level_hint(plain_git, 0), Some(1));
+        let new_file = b"--- /dev/null\n+++ b/new.c\n@@ -0,0 +1 @@\n+b\n";
+        assert_eq!(patch_level_hint(new_file, 0), Some(1));
+        let plain = b"--- x.c.orig\n+++ x.c\n@@ -1 +1 @@\n-a\n+b\n";
+        assert_eq!(patch_level_hint(plain, 0), None);
+        let src_dirs = b"--- src/x.c\n+++ src/x.c\n@@ -1 +1 @@\n-a\n+b\n";
+        assert_eq!(patch_level_hint(src_dirs, 0), None);
+    }
 
     const SAMPLE_V5_GIT: &[u8] = include_bytes!("../tests/data/try-samples/job-v5-git.bin");
     const SAMPLE_V5_EMPTY: &[u8] =

@@ -23,7 +23,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("spool", &["spool"]),
     ("master core", &["master"]),
     ("front ends", &["sshd", "web", "irc"]),
-    ("composition", &["daemon", "demo"]),
+    ("composition", &["cli", "daemon", "demo"]),
 ];
 
 /// Modules that run away from the master: they may use the bottom layer only.

@@ -2,8 +2,10 @@
 //! They run the user's own `ssh`; nothing here speaks SSH itself.
 
 pub mod dotfile;
+pub mod interrupt;
 pub mod patch;
 pub mod progress;
 pub mod remote;
+pub mod ssh_stderr;
 pub mod try_cmd;
 pub mod watch;

@@ -39,9 +39,94 @@ pub struct TryPatch {
     pub files_changed: usize,
     pub insertions: usize,
     pub deletions: usize,
+    /// Each file the patch touches, in patch order (the dry run's diffstat).
+    pub files: Vec<FileStat>,
     /// `Name <email>` from git config, the default for the job's `who`.
     pub author: Option<String>,
     pub workdir: PathBuf,
+}
+
+/// One file of the patch: its lines added and removed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileStat {
+    pub path: String,
+    pub insertions: usize,
+    pub deletions: usize,
+    pub binary: bool,
+}
+
+/// ` src/main.c | 3 ++-` lines and a total, as `git diff --stat` prints them.
+pub fn diffstat(files: &[FileStat]) -> String {
+    let width = files.iter().map(|file| file.path.len()).max().unwrap_or(0);
+    let mut out = String::new();
+    for file in files {
+        let changes = if file.binary {
+            "Bin".to_string()
+        } else if file.insertions + file.deletions == 0 {
+            "0".to_string()
+        } else {
+            format!(
+                "{} {}{}",
+                file.insertions + file.deletions,
+                "+".repeat(file.insertions.min(40)),
+                "-".repeat(file.deletions.min(40))
+            )
+        };
+        out.push_str(&format!(" {:width$} | {changes}\n", file.path));
+    }
+    out.push_str(&format!(
+        " {} files changed, {} insertions(+), {} deletions(-)\n",
+        files.len(),
+        files.iter().map(|file| file.insertions).sum::<usize>(),
+        files.iter().map(|file| file.deletions).sum::<usize>()
+    ));
+    out
+}
+
+/// The files of a ready patch (`try --diff`), as far as git can read it; `None` if it cannot.
+pub fn stats_of(patch: &[u8]) -> Option<Vec<FileStat>> {
+    let diff = git2::Diff::from_buffer(patch).ok()?;
+    let mut files = Vec::new();
+    for index in 0..diff.deltas().len() {
+        let delta = diff.get_delta(index)?;
+        let path = delta_name(&delta);
+        let (insertions, deletions) = match git2::Patch::from_diff(&diff, index) {
+            Ok(Some(patch)) => patch
+                .line_stats()
+                .map(|(_, added, removed)| (added, removed))
+                .unwrap_or_default(),
+            _ => (0, 0),
+        };
+        files.push(FileStat {
+            path,
+            insertions,
+            deletions,
+            binary: delta.flags().is_binary(),
+        });
+    }
+    Some(files)
+}
+
+/// `path`, or `old => new` for a rename, as `git diff --stat` names it.
+fn delta_name(delta: &git2::DiffDelta<'_>) -> String {
+    let name = |file: git2::DiffFile<'_>| {
+        file.path()
+            .map(|path| path.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    };
+    match delta.status() {
+        git2::Delta::Renamed => format!("{} => {}", name(delta.old_file()), name(delta.new_file())),
+        git2::Delta::Deleted => name(delta.old_file()),
+        _ => name(delta.new_file()),
+    }
+}
+
+/// `.buildbot`, or anything under a `.buildbot` directory, at any depth.
+fn is_dot_buildbot(path: Option<&Path>) -> bool {
+    path.is_some_and(|path| {
+        path.components()
+            .any(|part| part.as_os_str() == crate::client::dotfile::FILE_NAME)
+    })
 }
 
 pub struct PatchOptions<'a> {
@@ -89,9 +174,31 @@ pub fn compute(start: &Path, options: &PatchOptions<'_>) -> Result<TryPatch, Pat
         .copies(false)
         .for_untracked(options.include_untracked);
     diff.find_similar(Some(&mut find))?;
-    let stats = diff.stats()?;
     let mut patch = Vec::new();
-    diff.print(DiffFormat::Patch, |_delta, _hunk, line| {
+    let mut files: Vec<FileStat> = Vec::new();
+    diff.print(DiffFormat::Patch, |delta, _hunk, line| {
+        // `.buildbot` (the file, or classic Buildbot's directory) holds the user's own
+        // connection settings: an untracked one is never part of what is tried.
+        if delta.status() == git2::Delta::Untracked && is_dot_buildbot(delta.new_file().path()) {
+            return true;
+        }
+        let path = delta_name(&delta);
+        if files.last().is_none_or(|last| last.path != path) {
+            files.push(FileStat {
+                path,
+                insertions: 0,
+                deletions: 0,
+                binary: delta.flags().is_binary(),
+            });
+        }
+        if let Some(file) = files.last_mut() {
+            match line.origin() {
+                '+' => file.insertions += 1,
+                '-' => file.deletions += 1,
+                'B' => file.binary = true,
+                _ => {}
+            }
+        }
         // Content and context lines come without their marker; headers carry their own text.
         if matches!(line.origin(), '+' | '-' | ' ') {
             patch.push(line.origin() as u8);
@@ -119,9 +226,10 @@ pub fn compute(start: &Path, options: &PatchOptions<'_>) -> Result<TryPatch, Pat
         branch,
         repository,
         patch,
-        files_changed: stats.files_changed(),
-        insertions: stats.insertions(),
-        deletions: stats.deletions(),
+        files_changed: files.len(),
+        insertions: files.iter().map(|file| file.insertions).sum(),
+        deletions: files.iter().map(|file| file.deletions).sum(),
+        files,
         author,
         workdir,
     })

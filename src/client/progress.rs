@@ -66,21 +66,18 @@ impl Tracker {
         }
     }
 
-    /// `linux #3: test 0m12s, ETA 2m33s | mac #1: checkout 1s`, or nothing when idle.
+    /// `linux #3: test 0m12s, ETA 2m33s | mac #1: checkout 1s, ETA unknown`, or nothing when idle.
     pub fn status_line(&self) -> String {
         self.running
             .iter()
             .map(|(build, running)| {
                 let elapsed = running.started.elapsed();
-                match running.eta {
-                    Some(eta) => format!(
-                        "{build}: {} {}, ETA {}",
-                        running.step,
-                        format_eta(elapsed),
-                        format_eta(eta.saturating_sub(elapsed))
-                    ),
-                    None => format!("{build}: {} {}", running.step, format_eta(elapsed)),
-                }
+                format!(
+                    "{build}: {} {}, ETA {}",
+                    running.step,
+                    format_eta(elapsed),
+                    text::eta_text(running.eta.map(|eta| eta.saturating_sub(elapsed)))
+                )
             })
             .collect::<Vec<_>>()
             .join(" | ")
@@ -227,7 +224,10 @@ mod tests {
         });
         let line = tracker.status_line();
         assert!(line.starts_with("linux #3: test 0s, ETA 2m4"), "{line}");
-        assert!(line.contains(" | mac #1: starting 0s"), "{line}");
+        assert!(
+            line.ends_with(" | mac #1: starting 0s, ETA unknown"),
+            "{line}"
+        );
         for (builder, number) in [("linux", 3), ("mac", 1)] {
             tracker.observe(&BuildEvent::BuildFinished {
                 job_name: "j".into(),
@@ -239,6 +239,15 @@ mod tests {
             });
         }
         assert_eq!(tracker.status_line(), "");
+    }
+
+    /// Regression (issue 15): a build past its expected duration showed a stale "ETA 0s".
+    #[test]
+    fn an_overdue_build_has_an_unknown_eta() {
+        let mut tracker = Tracker::default();
+        tracker.observe(&started("linux", 3, Some(0.0)));
+        let line = tracker.status_line();
+        assert_eq!(line, "linux #3: starting 0s, ETA unknown");
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::path::Path;
 
 use crate::change::ChangeSpec;
 use crate::client::dotfile::{self, DotBuildbot};
-use crate::client::try_cmd::{Connection, TryArgs, TryError};
+use crate::client::try_cmd::{Connection, SshExit, TryArgs, TryError};
 
 /// What `buildbot force` asks for.
 #[derive(Debug, Clone, Default)]
@@ -46,20 +46,18 @@ pub fn parse_properties(pairs: &[String]) -> Result<BTreeMap<String, String>, Tr
         .collect()
 }
 
-pub(crate) fn exit_code(code: Option<i32>, connection: &Connection) -> Result<u8, TryError> {
-    match code {
+/// The documented exit codes of `stop`, `force`, `sendchange` (and `cancel`, `rebuild` over
+/// plain ssh): 0 done; 1 refused or not found (no such builder, build or request, not running,
+/// no right); 2 a usage error. ssh's own failure (255) becomes an error naming its cause, which
+/// the CLI reports with exit code 2.
+pub(crate) fn exit_code(exit: SshExit, connection: &Connection) -> Result<u8, TryError> {
+    match exit.code {
         Some(0) => Ok(0),
         Some(1) => Ok(1),
-        Some(255) => Err(ssh_failed(connection)),
+        Some(255) => Err(connection.failure(exit.trouble, false)),
+        _ if exit.trouble.shutting_down => Err(connection.failure(exit.trouble, false)),
         _ => Ok(2),
     }
-}
-
-fn ssh_failed(connection: &Connection) -> TryError {
-    TryError(format!(
-        "ssh to {} failed (see above): check the host, port and username, and that your key is in the master's authorized_keys",
-        connection.host()
-    ))
 }
 
 /// Runs `buildbot stop BUILDER [N] --reason TEXT`; the master prints the result. Exit 0 when
@@ -87,7 +85,7 @@ pub fn run_command(
     let connection = resolve(connection_args, cwd)?;
     let remote = shlex::try_join(words.iter().map(String::as_str))
         .map_err(|_| TryError("an argument cannot be quoted for the remote command".into()))?;
-    exit_code(Some(connection.run_remote(&remote)?), &connection)
+    exit_code(connection.run_remote(&remote)?, &connection)
 }
 
 /// Runs `buildbot sendchange`: the change as JSON to the master's `sendchange`, which prints
@@ -102,7 +100,7 @@ pub fn send_change(
         .map_err(|err| TryError(format!("cannot encode the change: {err}")))?;
     let connection = resolve(connection_args, cwd)?;
     exit_code(
-        Some(connection.run_remote_with_input("sendchange", &json)?),
+        connection.run_remote_with_input("sendchange", &json)?,
         &connection,
     )
 }

@@ -11,7 +11,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use crate::client::dotfile::{self, DotBuildbot};
-use crate::client::patch::{self, PatchOptions};
+use crate::client::patch::{self, FileStat, PatchOptions};
+use crate::client::ssh_stderr::{self, SshTrouble};
 use crate::tryjob::{self as job, Job};
 
 pub const EXIT_OK: u8 = 0;
@@ -29,10 +30,14 @@ pub struct TryArgs {
     pub branch: Option<String>,
     pub baserev: Option<String>,
     pub dryrun: bool,
+    /// With `dryrun`, print the patch too.
+    pub verbose: bool,
     pub host: Option<String>,
     pub port: Option<u16>,
     pub username: Option<String>,
     pub ssh: Option<String>,
+    /// Pins the master's host key ("ssh-ed25519 AAAA..."), as `master_host_key` in `.buildbot`.
+    pub master_host_key: Option<String>,
     pub properties: Vec<String>,
     pub include_untracked: bool,
     pub who: Option<String>,
@@ -57,10 +62,15 @@ pub fn run(args: &TryArgs, cwd: &Path) -> Result<u8, TryError> {
         Some((path, defaults)) => (Some(path), defaults),
         None => (None, DotBuildbot::default()),
     };
-    let job = build_job(args, &defaults, cwd)?;
+    let (job, files) = build_job(args, &defaults, cwd)?;
     let connection = Connection::resolve(args, &defaults, dotfile_path.as_deref())?;
     if args.dryrun {
-        print_summary(&job, connection.as_ref());
+        print_summary(&job, files.as_deref(), connection.as_ref());
+        if args.verbose {
+            let mut stdout = std::io::stdout().lock();
+            let _ = stdout.write_all(job.patch.as_deref().unwrap_or_default());
+            let _ = stdout.flush();
+        }
         return Ok(EXIT_OK);
     }
     let Some(connection) = connection else {
@@ -72,7 +82,12 @@ pub fn run(args: &TryArgs, cwd: &Path) -> Result<u8, TryError> {
     connection.deliver(&encoded, args.wait)
 }
 
-fn build_job(args: &TryArgs, defaults: &DotBuildbot, cwd: &Path) -> Result<Job, TryError> {
+/// The job, and the files its patch touches when they can be told (for the dry run).
+fn build_job(
+    args: &TryArgs,
+    defaults: &DotBuildbot,
+    cwd: &Path,
+) -> Result<(Job, Option<Vec<FileStat>>), TryError> {
     let builders = if args.builders.is_empty() {
         defaults.builders.clone()
     } else {
@@ -110,8 +125,17 @@ fn build_job(args: &TryArgs, defaults: &DotBuildbot, cwd: &Path) -> Result<Job, 
         properties,
     };
     if let Some(diff) = &args.diff {
-        job.patch = Some(read_diff(diff)?);
-        return Ok(job);
+        let patch = read_diff(diff)?;
+        if let Some(level) = job::patch_level_hint(&patch, args.patchlevel) {
+            return Err(TryError::new(format!(
+                "--diff {}: its paths start with a/ and b/, as git writes them, so -p {} would find no file: try -p {level}",
+                diff.display(),
+                args.patchlevel
+            )));
+        }
+        let files = patch::stats_of(&patch);
+        job.patch = Some(patch);
+        return Ok((job, files));
     }
     let computed = patch::compute(
         cwd,
@@ -144,7 +168,7 @@ fn build_job(args: &TryArgs, defaults: &DotBuildbot, cwd: &Path) -> Result<Job, 
     if job.who.is_none() {
         job.who = computed.author;
     }
-    Ok(job)
+    Ok((job, Some(computed.files)))
 }
 
 fn read_diff(path: &Path) -> Result<Vec<u8>, TryError> {
@@ -168,7 +192,7 @@ fn short(rev: &str) -> &str {
     rev.get(..12).unwrap_or(rev)
 }
 
-fn print_summary(job: &Job, connection: Option<&Connection>) {
+fn print_summary(job: &Job, files: Option<&[FileStat]>, connection: Option<&Connection>) {
     let patch = job.patch.as_deref().unwrap_or_default();
     println!("Job (dry run, nothing sent):");
     println!("\tRepository: {}", job.repository);
@@ -189,9 +213,47 @@ fn print_summary(job: &Job, connection: Option<&Connection>) {
         patch.len(),
         patch.iter().filter(|&&b| b == b'\n').count()
     );
+
     match connection {
         Some(connection) => println!("\tWould run: {}", connection.describe()),
         None => println!("\tMaster: none configured (give --host or a .buildbot file)"),
+    }
+    if let Some(files) = files {
+        println!("Files:");
+        print!("{}", patch::diffstat(files));
+    }
+}
+
+/// ssh running one master command. Holds the pinned known_hosts file until ssh ends.
+pub struct SshRun {
+    pub child: std::process::Child,
+    stderr: Option<std::thread::JoinHandle<SshTrouble>>,
+    _pinned: Option<tempfile::NamedTempFile>,
+}
+
+/// How ssh ended: its exit code (255: ssh itself failed) and what its stderr said.
+#[derive(Debug, Clone, Copy)]
+pub struct SshExit {
+    pub code: Option<i32>,
+    pub trouble: SshTrouble,
+}
+
+impl SshRun {
+    /// Waits for ssh and for the last of its stderr.
+    pub fn wait(mut self) -> Result<SshExit, TryError> {
+        let status = self
+            .child
+            .wait()
+            .map_err(|err| TryError::new(format!("ssh did not finish: {err}")))?;
+        let trouble = self
+            .stderr
+            .take()
+            .and_then(|thread| thread.join().ok())
+            .unwrap_or_default();
+        Ok(SshExit {
+            code: status.code(),
+            trouble,
+        })
     }
 }
 
@@ -236,24 +298,29 @@ impl Connection {
             host,
             port: args.port.or(defaults.port),
             username: args.username.clone().or_else(|| defaults.username.clone()),
-            master_host_key: defaults.master_host_key.clone(),
+            master_host_key: args
+                .master_host_key
+                .clone()
+                .or_else(|| defaults.master_host_key.clone()),
         }))
     }
 
     fn command(&self, remote: &str, known_hosts: Option<&Path>) -> Command {
         let mut command = Command::new(&self.ssh_argv[0]);
+        // ssh takes the first value of an option: a pinned key goes before the user's own
+        // options (`--ssh "ssh -o StrictHostKeyChecking=no"` must not undo the pin).
+        if let Some(known_hosts) = known_hosts {
+            command
+                .arg("-o")
+                .arg(format!("UserKnownHostsFile={}", known_hosts.display()))
+                .args(["-o", "StrictHostKeyChecking=yes"]);
+        }
         command.args(&self.ssh_argv[1..]);
         if let Some(port) = self.port {
             command.args(["-p", &port.to_string()]);
         }
         if let Some(username) = &self.username {
             command.args(["-l", username]);
-        }
-        if let Some(known_hosts) = known_hosts {
-            command
-                .arg("-o")
-                .arg(format!("UserKnownHostsFile={}", known_hosts.display()))
-                .args(["-o", "StrictHostKeyChecking=yes"]);
         }
         command.arg(&self.host).arg(remote);
         command
@@ -269,24 +336,21 @@ impl Connection {
     }
 
     /// Pipes the job to `ssh HOST try [--wait]`. The master's messages reach the user as they
-    /// come (ssh's stdout and stderr are ours).
+    /// come (ssh's stderr passes through; with `--wait` its stdout is rendered).
     fn deliver(&self, job: &[u8], wait: bool) -> Result<u8, TryError> {
-        let pinned = self.pinned_known_hosts()?;
         let remote = if wait { "try --wait --json" } else { "try" };
-        let mut command = self.command(remote, pinned.as_ref().map(|file| file.path()));
-        command.stdin(Stdio::piped());
-        if wait {
-            command.stdout(Stdio::piped());
-        }
-        let mut child = command
-            .spawn()
-            .map_err(|err| TryError::new(format!("cannot run '{}': {err}", self.ssh_argv[0])))?;
-        if let Some(mut stdin) = child.stdin.take() {
+        let mut run = self.spawn(remote, Stdio::piped(), wait)?;
+        if let Some(mut stdin) = run.child.stdin.take() {
             // A master that refuses early closes the channel: a broken pipe here is expected,
             // and its reason arrives on stderr.
             let _ = stdin.write_all(job);
         }
-        if let Some(progress) = child.stdout.take() {
+        let interrupted = if wait {
+            crate::client::interrupt::catch()
+        } else {
+            None
+        };
+        if let Some(progress) = run.child.stdout.take() {
             let terminal = std::io::stdout().is_terminal();
             crate::client::progress::follow(
                 std::io::BufReader::new(progress),
@@ -294,16 +358,17 @@ impl Connection {
                 terminal,
             );
         }
-        let status = child
-            .wait()
-            .map_err(|err| TryError::new(format!("ssh did not finish: {err}")))?;
-        match status.code() {
+        let exit = run.wait()?;
+        if interrupted.is_some_and(|caught| caught.happened()) {
+            return Err(TryError::new(
+                "interrupted: the master stops this job's builds when `try --wait` goes away (send without --wait to leave them running, and follow them with `buildbot watch`)",
+            ));
+        }
+        match exit.code {
             Some(0) => Ok(EXIT_OK),
             Some(1) if wait => Ok(EXIT_BUILD_FAILED),
-            Some(255) => Err(TryError::new(format!(
-                "ssh to {} failed (see above): check the host, port and username, and that your key is in the master's authorized_keys",
-                self.host
-            ))),
+            Some(255) => Err(self.failure(exit.trouble, wait)),
+            Some(_) if exit.trouble.shutting_down => Err(self.failure(exit.trouble, wait)),
             Some(_) => Err(TryError::new(
                 "the master refused the job (see its message above)",
             )),
@@ -311,50 +376,69 @@ impl Connection {
         }
     }
 
-    /// Runs `remote` on the master with the terminal's stdin/stdout/stderr; returns ssh's exit
-    /// code (255: ssh itself failed).
-    pub fn run_remote(&self, remote: &str) -> Result<i32, TryError> {
-        let pinned = self.pinned_known_hosts()?;
-        let status = self
-            .command(remote, pinned.as_ref().map(|file| file.path()))
-            .status()
-            .map_err(|err| TryError::new(format!("cannot run '{}': {err}", self.ssh_argv[0])))?;
-        Ok(status.code().unwrap_or(255))
+    /// What to tell the user when ssh failed (exit status 255), from what its stderr said.
+    pub fn failure(&self, trouble: SshTrouble, waiting_for_builds: bool) -> TryError {
+        if trouble.shutting_down {
+            return TryError::new(if waiting_for_builds {
+                "the master is shutting down; your build will run again when it is back (follow it with `buildbot watch`)"
+            } else {
+                "the master is shutting down; try again when it is back"
+            });
+        }
+        if trouble.host_key {
+            return TryError::new(match &self.master_host_key {
+                Some(_) => "the master's host key is not the pinned master_host_key (from --master-host-key or .buildbot): compare it with the master's host_key.pub, which the master prints when it starts"
+                .to_string(),
+                None => format!(
+                    "the master's host key is not known: add master_host_key = \"ssh-ed25519 ...\" to .buildbot (the master prints the line when it starts; it is the master's host_key.pub), or pass --master-host-key, or add {} to your known_hosts",
+                    self.host
+                ),
+            });
+        }
+        if trouble.master_explained {
+            return TryError::new("the master refused the login (its reason is above)");
+        }
+        TryError::new(format!(
+            "ssh to {} failed (see above): check the host, port and username, and that your key is in the master's authorized_keys",
+            self.host
+        ))
     }
 
-    /// Runs `remote` on the master with `input` on its stdin (stdout and stderr are the
-    /// terminal's); returns ssh's exit code (255: ssh itself failed).
-    pub fn run_remote_with_input(&self, remote: &str, input: &[u8]) -> Result<i32, TryError> {
+    /// Starts ssh running `remote`, with its stdin as given, its stdout piped when `read_stdout`
+    /// (else the terminal's), and its stderr passed through to ours and read for the cause of a
+    /// failure.
+    pub fn spawn(&self, remote: &str, stdin: Stdio, read_stdout: bool) -> Result<SshRun, TryError> {
         let pinned = self.pinned_known_hosts()?;
-        let mut child = self
-            .command(remote, pinned.as_ref().map(|file| file.path()))
-            .stdin(Stdio::piped())
+        let mut command = self.command(remote, pinned.as_ref().map(|file| file.path()));
+        command.stdin(stdin).stderr(Stdio::piped());
+        if read_stdout {
+            command.stdout(Stdio::piped());
+        }
+        let mut child = command
             .spawn()
             .map_err(|err| TryError::new(format!("cannot run '{}': {err}", self.ssh_argv[0])))?;
-        if let Some(mut stdin) = child.stdin.take() {
+        let stderr = child.stderr.take().map(ssh_stderr::pass_through);
+        Ok(SshRun {
+            child,
+            stderr,
+            _pinned: pinned,
+        })
+    }
+
+    /// Runs `remote` on the master with the terminal's stdin/stdout; returns how ssh ended.
+    pub fn run_remote(&self, remote: &str) -> Result<SshExit, TryError> {
+        self.spawn(remote, Stdio::inherit(), false)?.wait()
+    }
+
+    /// Runs `remote` on the master with `input` on its stdin (stdout is the terminal's);
+    /// returns how ssh ended.
+    pub fn run_remote_with_input(&self, remote: &str, input: &[u8]) -> Result<SshExit, TryError> {
+        let mut run = self.spawn(remote, Stdio::piped(), false)?;
+        if let Some(mut stdin) = run.child.stdin.take() {
             // A master that refuses early closes the channel; its reason arrives on stderr.
             let _ = stdin.write_all(input);
         }
-        let status = child
-            .wait()
-            .map_err(|err| TryError::new(format!("ssh did not finish: {err}")))?;
-        Ok(status.code().unwrap_or(255))
-    }
-
-    /// Starts `remote` on the master with its stdout piped to us (stdin closed, stderr the
-    /// terminal's). The returned file is the pinned known_hosts; keep it until ssh ends.
-    pub fn spawn_remote_reading(
-        &self,
-        remote: &str,
-    ) -> Result<(std::process::Child, Option<tempfile::NamedTempFile>), TryError> {
-        let pinned = self.pinned_known_hosts()?;
-        let child = self
-            .command(remote, pinned.as_ref().map(|file| file.path()))
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .spawn()
-            .map_err(|err| TryError::new(format!("cannot run '{}': {err}", self.ssh_argv[0])))?;
-        Ok((child, pinned))
+        run.wait()
     }
 
     pub fn host(&self) -> &str {

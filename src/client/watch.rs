@@ -49,8 +49,8 @@ pub fn run(options: &WatchOptions, connection_args: &TryArgs, cwd: &Path) -> Res
     let stdout = std::io::stdout();
     loop {
         let remote = remote_command(options, &position)?;
-        let (mut child, _pinned) = connection.spawn_remote_reading(&remote)?;
-        let ended = match child.stdout.take() {
+        let mut run = connection.spawn(&remote, std::process::Stdio::null(), true)?;
+        let ended = match run.child.stdout.take() {
             Some(stream) => render(
                 BufReader::new(stream),
                 &mut stdout.lock(),
@@ -59,21 +59,19 @@ pub fn run(options: &WatchOptions, connection_args: &TryArgs, cwd: &Path) -> Res
             ),
             None => StreamEnd::Ended { received: false },
         };
-        let status = child
-            .wait()
-            .map_err(|err| TryError(format!("ssh did not finish: {err}")))?;
+        let status = run.wait()?;
         let received = match ended {
             StreamEnd::OutputClosed => return Ok(0),
             StreamEnd::Ended { received } => received,
         };
         if options.once {
-            return exit_code(status.code(), &connection);
+            return exit_code(status, &connection);
         }
         ever_received |= received;
         // A watch that never got going (wrong key, unknown builder) reports why and ends; one
         // that worked and dropped comes back.
-        if !ever_received || status.code() == Some(2) {
-            return exit_code(status.code(), &connection);
+        if !ever_received || status.code == Some(2) {
+            return exit_code(status, &connection);
         }
         if received {
             backoff = FIRST_BACKOFF;

@@ -62,6 +62,13 @@ pub fn create_master(request: &CreateMaster) -> anyhow::Result<Created> {
             }
         }
     }
+    // A directory that holds something else is not made into a master by accident.
+    if !request.force && !config_path.exists() && has_entries(dir) {
+        bail!(
+            "{} is not empty and holds no master; refusing to create a master in it (pick a new or empty directory, or use --force)",
+            dir.display()
+        );
+    }
     // Before anything is written: a typo in the group name must not leave half a master.
     let try_group = match &request.try_group {
         Some(name) => Some(
@@ -113,6 +120,11 @@ pub fn create_master(request: &CreateMaster) -> anyhow::Result<Created> {
         config: config_path,
         host_key_fingerprint: crate::sshd::fingerprint(host_key.public_key()),
     })
+}
+
+/// Whether `dir` exists and has anything in it.
+fn has_entries(dir: &Path) -> bool {
+    fs::read_dir(dir).is_ok_and(|mut entries| entries.next().is_some())
 }
 
 /// Gives the spool to the try group with [`SPOOL_MODES`]. The master's uid keeps owning every

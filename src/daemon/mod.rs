@@ -31,6 +31,44 @@ pub struct Listening {
     pub ssh: SocketAddr,
     pub http: SocketAddr,
     pub host_key_fingerprint: String,
+    /// The host key's public line, `ssh-ed25519 AAAA...` (what clients and slaves pin).
+    pub host_key_line: String,
+}
+
+impl Listening {
+    /// The lines a person pastes to reach this master: `.buildbot` for `try` and `watch`, and
+    /// the pinned key for a slave. Printed once at start, apart from the log.
+    pub fn first_contact(&self) -> String {
+        let host = if self.ssh.ip().is_unspecified() {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .ok()
+                .map(|name| name.trim().to_string())
+                .filter(|name| !name.is_empty())
+                .unwrap_or_else(|| "MASTER_HOST".to_string())
+        } else {
+            self.ssh.ip().to_string()
+        };
+        let port = self.ssh.port();
+        let key = &self.host_key_line;
+        format!(
+            "\n\
+             ---- to reach this master ----------------------------------------------------\n\
+             Users: put this in .buildbot at the top of a checkout (or give the same as\n\
+             --host, --port, --master-host-key to try, watch, stop, force, sendchange):\n\
+             \n\
+             \x20   host = \"{host}\"\n\
+             \x20   port = {port}\n\
+             \x20   # username = \"you\"    # your unix account here (default: your local name)\n\
+             \x20   master_host_key = \"{key}\"\n\
+             \n\
+             Slaves: put this in slave.toml (create-slave writes it from --master-host-key):\n\
+             \n\
+             \x20   master_host_key = \"{key}\"\n\
+             \n\
+             \x20   buildbot create-slave DIR --master {host}:{port} --name NAME --master-host-key \"{key}\"\n\
+             -------------------------------------------------------------------------------\n"
+        )
+    }
 }
 
 impl std::fmt::Display for Listening {
@@ -48,6 +86,14 @@ pub async fn run(
     shutdown: CancellationToken,
     on_listening: impl FnOnce(&Listening),
 ) -> anyhow::Result<()> {
+    let config_path = master_dir.join(crate::master::config::CONFIG_FILE);
+    if !config_path.exists() {
+        anyhow::bail!(
+            "cannot read {}: there is no master here; make one with `buildbot create-master {}`",
+            config_path.display(),
+            master_dir.display()
+        );
+    }
     let mut config = Config::load(master_dir)?;
     // Before the pid file says where to send it: SIGHUP's default action ends the process.
     let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
@@ -66,6 +112,10 @@ pub async fn run(
         ssh: ssh_listener.local_addr()?,
         http: http_listener.local_addr()?,
         host_key_fingerprint: host_key_fingerprint.clone(),
+        host_key_line: host_key
+            .public_key()
+            .to_openssh()
+            .context("cannot encode the host key's public half")?,
     };
     // The config in force records what was bound (a port given as 0 is known now), so a file
     // that names the bound ports is no listener change for a reconfig.

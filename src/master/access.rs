@@ -48,13 +48,16 @@ pub enum AccessError {
     #[error("root may not {action} on this master (allow_root = false)")]
     RootRefused { action: Action },
     #[error(
-        "{user} may not {action} (no write permission on the spool; ask an admin to add you to group {spool_group}){}",
+        "{user} may not {action} (no write permission on the spool; {}){}",
+        spool_advice(try_group.as_deref()),
         admin_group.as_ref().map(|group| format!(" (or be in the admin group {group})")).unwrap_or_default()
     )]
     NoSpoolWrite {
         user: String,
         action: Action,
-        spool_group: String,
+        /// The group the spool is shared with, if it is shared with one (group-writable, and
+        /// not root's group, which no admin means to hand out).
+        try_group: Option<String>,
         /// For actions other than trying, the admin group that would also do.
         admin_group: Option<String>,
     },
@@ -92,7 +95,7 @@ pub fn check(action: Action, account: &UnixAccount, config: &Config) -> Result<(
         Ok(Decision::Denied { .. }) | Err(_) => Err(AccessError::NoSpoolWrite {
             user: account.name.clone(),
             action,
-            spool_group: spool_group(config),
+            try_group: try_group(config),
             admin_group: match action {
                 Action::Try => None,
                 _ => config.admin_group.clone(),
@@ -115,11 +118,22 @@ fn is_member(account: &UnixAccount, group: &str) -> bool {
     )
 }
 
-fn spool_group(config: &Config) -> String {
-    std::fs::metadata(&config.spool.dir)
-        .ok()
-        .and_then(|metadata| accounts::group_name(metadata.gid()))
-        .unwrap_or_else(|| "of the spool".to_string())
+/// The try group: the spool's group when the spool is writable by its group and the group is
+/// not root's (a fresh `create-master` leaves the spool root:root 0755, shared with nobody).
+fn try_group(config: &Config) -> Option<String> {
+    let metadata = std::fs::metadata(&config.spool.dir).ok()?;
+    if metadata.mode() & 0o020 == 0 || metadata.gid() == 0 {
+        return None;
+    }
+    accounts::group_name(metadata.gid())
+}
+
+/// How to get the right to write into the spool.
+fn spool_advice(try_group: Option<&str>) -> String {
+    match try_group {
+        Some(group) => format!("ask an admin to add you to group {group}"),
+        None => "the spool is shared with no try group yet: an admin sets one up with `buildbot create-master --try-group GROUP` or as docs/admin.md shows (chgrp GROUP and chmod 3770 on spool, spool/tmp and spool/new), then adds you to GROUP".to_string(),
+    }
 }
 
 #[cfg(test)]
@@ -131,13 +145,25 @@ mod tests {
         let stop = AccessError::NoSpoolWrite {
             user: "bob".into(),
             action: Action::Stop,
-            spool_group: "try-users".into(),
+            try_group: Some("try-users".into()),
             admin_group: Some("ci-admins".into()),
         };
         assert_eq!(
             stop.to_string(),
             "bob may not stop builds (no write permission on the spool; ask an admin to add you to group try-users) (or be in the admin group ci-admins)"
         );
+        let unshared = AccessError::NoSpoolWrite {
+            user: "bob".into(),
+            action: Action::Try,
+            try_group: None,
+            admin_group: None,
+        };
+        let message = unshared.to_string();
+        assert!(
+            message.starts_with("bob may not submit try jobs (no write permission on the spool; the spool is shared with no try group yet: an admin sets one up with `buildbot create-master --try-group GROUP`"),
+            "{message}"
+        );
+        assert!(!message.contains("group root"), "{message}");
         let root = AccessError::RootRefused {
             action: Action::Try,
         };

@@ -132,6 +132,12 @@ impl Board {
             .map(|entry| entry.view.clone())
     }
 
+    /// Sets a builder's last build from the history at start; a build that finished since
+    /// (already on the board) wins.
+    pub fn restore_last(&self, builder: &str, last: LastBuild) {
+        lock(&self.last).entry(builder.to_string()).or_insert(last);
+    }
+
     pub fn last(&self, builder: &str) -> Option<LastBuild> {
         lock(&self.last).get(builder).copied()
     }

@@ -24,7 +24,7 @@ use crate::master::results::{FailurePolicy, expected_duration};
 use crate::master::scheduler::Input;
 use crate::master::slaves::{SlaveEvent, SlaveLink};
 use crate::proto::{CheckoutRequest, CommandRequest, ExitReport, Message, StreamKind};
-use crate::status::{BuildEvent, BuildResult, RequestKind, RunningBuild, unix_now};
+use crate::status::{BuildEvent, BuildResult, RequestKind, RequestState, RunningBuild, unix_now};
 
 /// A request whose slave was lost this many times while building it is not run again: a patch
 /// or a build that kills its slave would otherwise take down one slave after another forever.
@@ -220,12 +220,20 @@ pub async fn run(
             }
         }
     }
+    // A build cut short by the master stopping runs again at the next start: its request goes
+    // back to pending, as a build the master could not finish at all does
+    // (`history::recover_interrupted_builds`).
+    let master_stopping = shutdown.is_cancelled() && ending.result == BuildResult::Exception;
     let recorded_reason = ending.reason.clone();
-    let (build_id, result) = (started.build_id, ending.result);
+    let (build_id, result, request_id) = (started.build_id, ending.result, request.id);
     if let Err(err) = control
         .history
         .run(move |connection| {
-            history::finish_build(connection, build_id, result, recorded_reason.as_deref())
+            history::finish_build(connection, build_id, result, recorded_reason.as_deref())?;
+            if master_stopping {
+                history::set_request_state(connection, request_id, RequestState::Pending)?;
+            }
+            Ok(())
         })
         .await
     {
@@ -244,7 +252,7 @@ pub async fn run(
         number: started.number,
         result: ending.result,
         reason: ending.reason,
-        will_retry: retry,
+        will_retry: retry || master_stopping,
     });
     BuildOutcome {
         retry,

@@ -19,8 +19,10 @@ pub enum SubmitError {
     WrongJobdir { given: String, spool: String },
     #[error("job is larger than this master's limit of {limit} bytes ([spool] max_patch_bytes)")]
     TooLarge { limit: u64 },
+    /// Not a `#[source]`: the message already carries the decoder's, and a chain printer
+    /// (`{:#}`) would say it twice.
     #[error("bad job: {0}")]
-    BadJob(#[from] JobError),
+    BadJob(JobError),
     #[error("unknown builder '{name}' (try builders here: {allowed})")]
     UnknownBuilder { name: String, allowed: String },
     #[error("this master has no try builders (no [[scheduler]] kind = \"try\")")]
@@ -34,6 +36,12 @@ pub enum SubmitError {
     UploadTimeout { limit: std::time::Duration },
     #[error("cannot write the job into the spool: {0}")]
     Spool(SpoolError),
+}
+
+impl From<JobError> for SubmitError {
+    fn from(err: JobError) -> SubmitError {
+        SubmitError::BadJob(err)
+    }
 }
 
 /// Checks the `--jobdir` a classic client named: a job may only go into the configured spool.

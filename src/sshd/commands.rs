@@ -276,10 +276,23 @@ async fn refuse_try(user: &UnixAccount, err: &ControlError, io: &mut ExecIo<'_>)
         }
         _ => tracing::info!(user = %user.name, "try refused: {err}"),
     }
-    refuse(err, io).await
+    refuse_try_job(err, io).await
 }
 
-/// One line on stderr for a refused action; usage mistakes exit 2, refusals 1.
+/// One line on stderr for a refused try job: an unknown builder exits 2 (a usage mistake of the
+/// submitter, which `try --wait` must not report as a failed build), other refusals 1.
+async fn refuse_try_job(err: &ControlError, io: &mut ExecIo<'_>) -> u32 {
+    let status = refuse(err, io).await;
+    match err {
+        ControlError::NoSuchBuilder { .. } => EXIT_USAGE,
+        _ => status,
+    }
+}
+
+/// One line on stderr for a refused action, with the documented exit codes of `stop`,
+/// `force`, `rebuild`, `cancel` and `pause-slave` (docs/try.md, "Exit codes"): 1 refused or not
+/// found (no such builder, build or request; not running; no right), 2 a usage mistake (a
+/// builder running several builds needs the number).
 async fn refuse(err: &ControlError, io: &mut ExecIo<'_>) -> u32 {
     match err {
         ControlError::NoSuchBuilder { name, known } => {
@@ -292,7 +305,7 @@ async fn refuse(err: &ControlError, io: &mut ExecIo<'_>) -> u32 {
                 "buildbot: no builder named '{name}' (builders: {known})"
             ))
             .await;
-            EXIT_USAGE
+            1
         }
         ControlError::Ambiguous { builder, .. } => {
             io.say(&format!(
@@ -368,7 +381,7 @@ async fn wait_for_job(
                 continue;
             }
             Followed::Closed => {
-                io.say("buildbot: the master stopped before the builds finished")
+                io.say("buildbot: the master is shutting down before the builds finished")
                     .await;
                 return EXIT_USAGE;
             }

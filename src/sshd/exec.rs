@@ -109,12 +109,14 @@ enum Remote {
         builder_flags: Vec<String>,
         builders: Vec<String>,
     },
+    // A reason is all the words after --reason up to the next flag: `ssh master stop B 4
+    // --reason wrong branch` arrives as one line, so quotes would not survive anyway.
     Stop {
         builder: String,
         #[arg(value_parser = positive)]
         build: Option<i64>,
-        #[arg(long, value_parser = non_empty)]
-        reason: String,
+        #[arg(long, num_args = 1.., required = true, value_parser = non_empty)]
+        reason: Vec<String>,
     },
     Force {
         builder: String,
@@ -122,8 +124,8 @@ enum Remote {
         branch: Option<String>,
         #[arg(long)]
         revision: Option<String>,
-        #[arg(long, value_parser = non_empty)]
-        reason: String,
+        #[arg(long, num_args = 1.., required = true, value_parser = non_empty)]
+        reason: Vec<String>,
         #[arg(long = "property", value_name = "K=V", value_parser = parse_property)]
         properties: Vec<(String, String)>,
     },
@@ -131,8 +133,8 @@ enum Remote {
         builder: String,
         #[arg(value_parser = positive)]
         build: i64,
-        #[arg(long, default_value = "rebuild requested")]
-        reason: String,
+        #[arg(long, num_args = 1.., default_value = "rebuild requested")]
+        reason: Vec<String>,
     },
     Cancel {
         builder: String,
@@ -271,7 +273,7 @@ fn from_remote(remote: Remote) -> ExecCommand {
         } => ExecCommand::Stop {
             builder,
             build,
-            reason,
+            reason: reason.join(" "),
         },
         Remote::Force {
             builder,
@@ -283,7 +285,7 @@ fn from_remote(remote: Remote) -> ExecCommand {
             builder,
             branch,
             revision,
-            reason,
+            reason: reason.join(" "),
             properties: properties.into_iter().collect(),
         },
         Remote::Rebuild {
@@ -293,7 +295,7 @@ fn from_remote(remote: Remote) -> ExecCommand {
         } => ExecCommand::Rebuild {
             builder,
             build,
-            reason,
+            reason: reason.join(" "),
         },
         Remote::Cancel {
             builder,
@@ -317,6 +319,45 @@ fn from_remote(remote: Remote) -> ExecCommand {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Regression (issue 15): `ssh master stop B 4 --reason wrong branch`, as docs/try.md shows
+    /// it, was a usage error; ssh joins the words into one line, so quotes cannot be required.
+    #[test]
+    fn a_reason_of_unquoted_words() {
+        assert_eq!(
+            parse("stop linux 4 --reason wrong branch"),
+            ExecCommand::Stop {
+                builder: "linux".into(),
+                build: Some(4),
+                reason: "wrong branch".into()
+            }
+        );
+        assert_eq!(
+            parse("stop linux --reason wrong branch"),
+            ExecCommand::Stop {
+                builder: "linux".into(),
+                build: None,
+                reason: "wrong branch".into()
+            }
+        );
+        let ExecCommand::Force {
+            reason, properties, ..
+        } = parse("force linux --reason nightly re-run please --property a=1")
+        else {
+            panic!("force parses");
+        };
+        assert_eq!(reason, "nightly re-run please");
+        assert_eq!(properties.get("a").map(String::as_str), Some("1"));
+        let ExecCommand::Rebuild { reason, .. } = parse("rebuild linux 3 --reason flaky test")
+        else {
+            panic!("rebuild parses");
+        };
+        assert_eq!(reason, "flaky test");
+        let ExecCommand::Rebuild { reason, .. } = parse("rebuild linux 3") else {
+            panic!("rebuild parses");
+        };
+        assert_eq!(reason, "rebuild requested");
+    }
 
     #[test]
     fn classic_tryserver_with_any_binary_path() {
@@ -423,6 +464,10 @@ mod tests {
             }
         );
         assert!(matches!(parse("stop linux"), ExecCommand::Usage { .. }));
+        assert!(matches!(
+            parse("stop linux 7 --reason"),
+            ExecCommand::Usage { .. }
+        ));
         assert!(matches!(
             parse("stop linux x --reason r"),
             ExecCommand::Usage { .. }

@@ -8,11 +8,11 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use russh::keys::PublicKey;
 use russh::server::{
-    Auth, ChannelOpenHandle, Handler, Msg, PublicKeyOffer, Session, VerifiedPublicKey,
+    Auth, ChannelOpenHandle, Handle, Handler, Msg, PublicKeyOffer, Session, VerifiedPublicKey,
 };
 use russh::{Channel, ChannelId, MethodKind, MethodSet};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
@@ -20,7 +20,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 use crate::master::metrics::AuthFailure;
 use crate::sshd::session::ExecRequest;
 use crate::sshd::startups::StartupPermit;
-use crate::sshd::{AuthOutcome, Identity, SshdContext};
+use crate::sshd::{AuthOutcome, Identity, LoginRefusal, SshdContext};
 
 /// Per-connection state. Created when the TCP connection is accepted.
 pub struct ConnectionHandler {
@@ -39,6 +39,13 @@ pub struct ConnectionHandler {
     startup_permit: Option<StartupPermit>,
     /// Tells the connection's owner that login succeeded, which stops the login-grace timer.
     authenticated_tx: Option<oneshot::Sender<()>>,
+    /// The connection's own handle, set by its owner once the session runs. A login that no
+    /// key can pass is disconnected through it with the reason, which the OpenSSH client
+    /// prints. (russh sends its one banner before the client names a user, so the reason
+    /// cannot be a banner.)
+    handle: Arc<OnceLock<Handle>>,
+    /// Whether the reason was already sent.
+    refusal_sent: bool,
     offered_keys: usize,
 }
 
@@ -48,6 +55,7 @@ impl ConnectionHandler {
         peer: SocketAddr,
         startup_permit: StartupPermit,
         authenticated_tx: oneshot::Sender<()>,
+        handle: Arc<OnceLock<Handle>>,
     ) -> ConnectionHandler {
         let sessions = Arc::new(Semaphore::new(ctx.config().sshd.max_sessions));
         ConnectionHandler {
@@ -58,6 +66,8 @@ impl ConnectionHandler {
             sessions,
             startup_permit: Some(startup_permit),
             authenticated_tx: Some(authenticated_tx),
+            handle,
+            refusal_sent: false,
             offered_keys: 0,
         }
     }
@@ -73,6 +83,31 @@ impl ConnectionHandler {
     /// connection waits for it, never the runtime.
     async fn decide(&self, user: &str, key: &PublicKey) -> AuthOutcome {
         self.ctx.authenticate(user, key, self.peer.ip()).await
+    }
+
+    /// Logs a refusal that holds for every key and closes the connection with its reason.
+    ///
+    /// The disconnect is queued on the session's own channel before this callback returns, and
+    /// russh drains that channel before it reads the client's next packet: the client gets the
+    /// reason right after this rejection, before it can give up with a bare "Permission
+    /// denied". During authentication no channel exists, so the queue has room and the send
+    /// does not wait.
+    async fn refuse_login(&mut self, user: &str, refusal: LoginRefusal) -> Auth {
+        if !self.refusal_sent {
+            self.refusal_sent = true;
+            tracing::info!(peer = %self.peer, user, "refused login: {refusal}");
+            self.ctx.control.metrics.auth_failure(refusal.failure());
+            if let Some(handle) = self.handle.get() {
+                let _ = handle
+                    .disconnect(
+                        russh::Disconnect::NoMoreAuthMethodsAvailable,
+                        format!("buildbot: {refusal}"),
+                        String::new(),
+                    )
+                    .await;
+            }
+        }
+        Self::publickey_only()
     }
 
     /// Refuses a channel request with a message on the channel's stderr and an exit status,
@@ -112,8 +147,13 @@ impl ConnectionHandler {
 impl Handler for ConnectionHandler {
     type Error = russh::Error;
 
-    async fn auth_none(&mut self, _user: &str) -> Result<Auth, Self::Error> {
-        Ok(Self::publickey_only())
+    async fn auth_none(&mut self, user: &str) -> Result<Auth, Self::Error> {
+        // OpenSSH asks with "none" first, naming the user: the moment to tell a person that no
+        // key of theirs can work under this name.
+        match self.ctx.login_refusal(user).await {
+            Some(refusal) => Ok(self.refuse_login(user, refusal).await),
+            None => Ok(Self::publickey_only()),
+        }
     }
 
     async fn auth_password(&mut self, user: &str, _password: &str) -> Result<Auth, Self::Error> {
@@ -153,6 +193,7 @@ impl Handler for ConnectionHandler {
                 self.ctx.control.metrics.auth_failure(failure);
                 Ok(Self::publickey_only())
             }
+            AuthOutcome::NoLogin(refusal) => Ok(self.refuse_login(user, refusal).await),
         }
     }
 
@@ -172,6 +213,7 @@ impl Handler for ConnectionHandler {
                 self.ctx.control.metrics.auth_failure(failure);
                 Ok(Self::publickey_only())
             }
+            AuthOutcome::NoLogin(refusal) => Ok(self.refuse_login(user, refusal).await),
         }
     }
 

@@ -74,8 +74,32 @@ impl Identity {
 #[derive(Debug)]
 pub enum AuthOutcome {
     Accepted(Identity),
-    /// Why (a bounded reason, for the metrics) and the line for the log.
+    /// This key may not log in; another key might. Why (a bounded reason, for the metrics)
+    /// and the line for the log.
     Refused(AuthFailure, String),
+    /// No key may log in under this name (no such account, root without `allow_root`). The
+    /// reason is told to the client before the connection is closed (see [`LoginRefusal`]).
+    NoLogin(LoginRefusal),
+}
+
+/// Why no key at all can log in under a name: what the client is told in the disconnect
+/// message, so the person sees the reason instead of a bare "Permission denied".
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LoginRefusal {
+    #[error("no unix account {0} on this master")]
+    NoAccount(String),
+    #[error("root may not log in (allow_root = false)")]
+    RootNotAllowed,
+}
+
+impl LoginRefusal {
+    /// The bounded reason the metrics count it under.
+    pub fn failure(&self) -> AuthFailure {
+        match self {
+            LoginRefusal::NoAccount(_) => AuthFailure::UnknownUser,
+            LoginRefusal::RootNotAllowed => AuthFailure::Root,
+        }
+    }
 }
 
 /// Everything connections share: configuration, key lookup, master state, and the owner of
@@ -169,6 +193,38 @@ impl SshdContext {
     }
 }
 
+impl SshdContext {
+    /// Whether no key can log in as `login` at all, decided from the name alone: a name that is
+    /// neither a slave nor a unix account, or root without `allow_root`. Asked at the first
+    /// authentication request (OpenSSH's "none" probe), so the client can be told why. `None`
+    /// when a key might still log in, or when the account database did not answer in time
+    /// (the key check then decides, and logs).
+    pub async fn login_refusal(&self, login: &str) -> Option<LoginRefusal> {
+        let config = self.config();
+        if config.slave(login).is_some() {
+            return None;
+        }
+        let allow_root = config.sshd.allow_root;
+        let lookup = {
+            let login = login.to_string();
+            tokio::task::spawn_blocking(move || account_refusal(&login, allow_root))
+        };
+        match tokio::time::timeout(KEY_LOOKUP_TIMEOUT, lookup).await {
+            Ok(Ok(refusal)) => refusal,
+            Ok(Err(_)) | Err(_) => None,
+        }
+    }
+}
+
+/// The blocking half of [`SshdContext::login_refusal`].
+fn account_refusal(login: &str, allow_root: bool) -> Option<LoginRefusal> {
+    match accounts::lookup(login) {
+        Ok(Some(account)) if account.is_root() && !allow_root => Some(LoginRefusal::RootNotAllowed),
+        Ok(Some(_)) | Err(_) => None,
+        Ok(None) => Some(LoginRefusal::NoAccount(login.to_string())),
+    }
+}
+
 /// How long one login may wait for the account database and its key files.
 pub const KEY_LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -182,9 +238,7 @@ fn authenticate_user(
 ) -> AuthOutcome {
     let account = match accounts::lookup(login) {
         Ok(Some(account)) => account,
-        Ok(None) => {
-            return AuthOutcome::Refused(AuthFailure::UnknownUser, "no such unix account".into());
-        }
+        Ok(None) => return AuthOutcome::NoLogin(LoginRefusal::NoAccount(login.to_string())),
         Err(err) => {
             return AuthOutcome::Refused(
                 AuthFailure::LookupFailed,
@@ -193,10 +247,7 @@ fn authenticate_user(
         }
     };
     if account.is_root() && !allow_root {
-        return AuthOutcome::Refused(
-            AuthFailure::Root,
-            "root may not log in (allow_root = false)".into(),
-        );
+        return AuthOutcome::NoLogin(LoginRefusal::RootNotAllowed);
     }
     match keys.authorize(&account, key, client, chrono::Utc::now()) {
         Ok(grant) => AuthOutcome::Accepted(Identity::User { account, grant }),
@@ -322,7 +373,14 @@ async fn serve_connection(
         tracing::debug!(%peer, "cannot set TCP_NODELAY: {err}");
     }
     let (authenticated_tx, authenticated_rx) = oneshot::channel();
-    let handler = handler::ConnectionHandler::new(Arc::clone(&ctx), peer, permit, authenticated_tx);
+    let own_handle = Arc::new(std::sync::OnceLock::new());
+    let handler = handler::ConnectionHandler::new(
+        Arc::clone(&ctx),
+        peer,
+        permit,
+        authenticated_tx,
+        Arc::clone(&own_handle),
+    );
     let cut = CancellationToken::new();
     let stream = cutoff::CutOffStream::new(stream, cut.clone());
     // Cancelling `cut` ends the session task whatever state it is in; this guard does it on
@@ -345,6 +403,8 @@ async fn serve_connection(
         }
     };
     let handle = session.handle();
+    // Key exchange comes first, so the handle is there before any authentication request.
+    let _ = own_handle.set(handle.clone());
     let mut session = std::pin::pin!(session);
     let mut authenticated_rx = authenticated_rx;
     let mut authenticated = false;

@@ -115,17 +115,23 @@ pub fn describe_queued(builder: &str, position: usize, starts_in_secs: Option<f6
     }
 }
 
+/// `1m05s`, or `unknown` when there is no estimate or the build has run past it (a stale
+/// "0s" would promise an end that is not coming).
+pub fn eta_text(remaining: Option<std::time::Duration>) -> String {
+    match remaining {
+        Some(left) if left.as_secs() >= 1 => format_eta(left),
+        _ => "unknown".to_string(),
+    }
+}
+
 /// `building #3 (test), ETA 1m05s` at `now` (seconds since the epoch).
 pub fn describe_running(build: &RunningBuild, now: f64) -> String {
     let step = build.step.as_deref().unwrap_or("starting");
-    match build.eta_at(now) {
-        Some(eta) => format!(
-            "building #{} ({step}), ETA {}",
-            build.number,
-            format_eta(eta)
-        ),
-        None => format!("building #{} ({step})", build.number),
-    }
+    format!(
+        "building #{} ({step}), ETA {}",
+        build.number,
+        eta_text(build.eta_at(now))
+    )
 }
 
 /// `idle`, `offline`, or the running builds joined by ", ".
@@ -250,16 +256,16 @@ mod tests {
         assert_eq!(
             status_lines(&snapshot, 1035.0),
             "master example: 2 builders, 1 of 2 slaves connected\n\
-             linux: building #3 (test), ETA 1m05s, building #4 (starting), 2 queued; last #2 failure; slaves: s1 (connected)\n\
+             linux: building #3 (test), ETA 1m05s, building #4 (starting), ETA unknown, 2 queued; last #2 failure; slaves: s1 (connected)\n\
              mac: offline, 0 queued; slaves: m1 (not connected)\n"
         );
     }
 
     #[test]
-    fn an_overdue_build_shows_no_negative_eta() {
+    fn an_overdue_build_shows_an_unknown_eta_not_zero() {
         assert_eq!(
             describe_running(&running(1, Some("test"), Some(10.0)), 1100.0),
-            "building #1 (test), ETA 0s"
+            "building #1 (test), ETA unknown"
         );
     }
 

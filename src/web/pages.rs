@@ -193,8 +193,7 @@ pub async fn build(
     let running = state.control.board.running_build(&builder, number);
     let eta = running
         .as_ref()
-        .and_then(|running| running.eta_at(now))
-        .map(crate::durations::format_eta);
+        .map(|running| crate::status::text::eta_text(running.eta_at(now)));
     let total_steps = state
         .control
         .config()

@@ -249,6 +249,17 @@ fn history_survives_a_master_restart() {
     let steps = builds[0]["steps"].as_array().expect("steps");
     assert_eq!(steps.len(), 2, "{builds}");
     assert_eq!(steps[1]["name"], "test");
+    // Regression (issue 15): the builder's last build came back empty after a restart.
+    let builders = master.api("/api/builders");
+    let linux = builders
+        .as_array()
+        .and_then(|all| all.iter().find(|builder| builder["name"] == "linux"))
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(linux["last"], "#1 success", "{builders}");
+    let watched = master.ssh(&master.user_key, &current_user(), "watch linux");
+    let status = text(&watched.stdout);
+    assert!(status.contains("last #1 success"), "{status}");
     // The next build numbers on, with an ETA from the first.
     let _slave = master.start_slave("s1");
     let output = try_wait(&master, &checkout.work);

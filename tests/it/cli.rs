@@ -187,3 +187,39 @@ fn help_and_usage_errors() {
         "{stderr}"
     );
 }
+
+/// Issue 15: man pages and completions come from the command line's own definition.
+#[test]
+fn generate_docs_writes_man_pages_and_completions() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let output = buildbot(&[
+        "generate-docs",
+        "--out",
+        tmp.path().to_str().expect("utf-8"),
+    ]);
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let try_page =
+        std::fs::read_to_string(tmp.path().join("man1/buildbot-try.1")).expect("try's man page");
+    assert!(try_page.contains("master\\-host\\-key"), "{try_page}");
+    assert!(
+        !tmp.path().join("man1/buildbot-apply-patch.1").exists(),
+        "hidden commands have no page"
+    );
+    for file in ["buildbot.bash", "_buildbot", "buildbot.fish"] {
+        let script = std::fs::read_to_string(tmp.path().join("completions").join(file))
+            .unwrap_or_else(|err| panic!("{file}: {err}"));
+        assert!(script.contains("create-master"), "{file}");
+    }
+}
+
+/// Issue 15: `buildbot tryserver` says what is wrong with a job once, not twice.
+#[test]
+fn tryserver_reports_a_bad_job_once() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let mut command = Command::new(BIN);
+    command.args(["tryserver", "--jobdir"]).arg(tmp.path());
+    let output = run_with_timeout(command, Some(b"not a job"));
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = text(&output.stderr);
+    assert_eq!(stderr.matches("malformed netstring").count(), 1, "{stderr}");
+}

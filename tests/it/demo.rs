@@ -11,13 +11,15 @@ use crate::harness::{
 
 #[test]
 fn the_demo_runs_a_try_to_a_result_and_cleans_up_on_ctrl_c() {
+    let stderr_file = tempfile::NamedTempFile::new().expect("temp file");
     let mut command = Command::new(BIN);
     let mut demo = default_sigint(&mut command)
         .arg("demo")
-        .env("RUST_LOG", "warn")
+        // As a new user runs it: no RUST_LOG.
+        .env_remove("RUST_LOG")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(stderr_file.reopen().expect("reopen"))
         .spawn()
         .expect("demo starts");
     let stdout = demo.stdout.take().expect("stdout");
@@ -64,6 +66,9 @@ fn the_demo_runs_a_try_to_a_result_and_cleans_up_on_ctrl_c() {
     signal(demo.id(), nix::sys::signal::Signal::SIGINT);
     let status = wait_with_deadline(&mut demo, "the demo after Ctrl-C", PATIENCE);
     assert!(status.success(), "{status:?}");
+    // Issue 15: what the demo says is not mixed with INFO log lines.
+    let stderr = std::fs::read_to_string(stderr_file.path()).expect("stderr");
+    assert!(!stderr.contains(" INFO "), "{stderr}");
     let directory = directory.expect("the demo names its directory");
     assert!(
         !directory.exists(),

@@ -106,7 +106,7 @@ fn refusals_are_one_line_each() {
     for (command, status, message) in [
         (
             "force nope --reason x",
-            2,
+            1,
             "buildbot: no builder named 'nope' (builders: linux)",
         ),
         ("force linux", 2, "buildbot: force: "),

@@ -7,6 +7,7 @@ mod cli;
 mod demo;
 mod events;
 mod faults;
+mod first_contact;
 mod force;
 mod harness;
 mod irc;

@@ -295,7 +295,7 @@ fn a_slave_removed_from_the_config_finishes_its_build_is_disconnected_and_may_co
         master
             .log()
             .lines()
-            .any(|line| line.contains("s2") && line.contains("refused key: no such unix account"))
+            .any(|line| line.contains("refused login: no unix account s2"))
     });
     // Added back, it may connect again (it has kept trying).
     edit_config(&master, |_| original);

@@ -122,11 +122,31 @@ fn a_key_not_in_the_file_is_refused() {
     assert_denied(&master.ssh(&stranger, &current_user(), "watch"));
 }
 
+/// A login no key can pass: ssh exits 255 and prints the master's reason (the disconnect
+/// message), not only "Permission denied".
+fn assert_refused_with(output: &std::process::Output, reason: &str) {
+    assert_eq!(
+        output.status.code(),
+        Some(255),
+        "stderr: {}",
+        text(&output.stderr)
+    );
+    assert!(
+        text(&output.stderr).contains(reason),
+        "no '{reason}' in ssh's stderr: {}",
+        text(&output.stderr)
+    );
+}
+
 #[test]
-fn an_unknown_login_is_refused_like_a_wrong_key() {
+fn an_unknown_login_is_told_there_is_no_such_account() {
     let master = TestMaster::start();
     master.authorize("no-such-user-xyz", &master.user_key.public_line);
-    assert_denied(&master.ssh(&master.user_key, "no-such-user-xyz", "watch"));
+    let output = master.ssh(&master.user_key, "no-such-user-xyz", "watch");
+    assert_refused_with(
+        &output,
+        "buildbot: no unix account no-such-user-xyz on this master",
+    );
 }
 
 #[test]
@@ -136,7 +156,11 @@ fn root_is_refused_unless_allow_root() {
         ..MasterSetup::default()
     });
     master.authorize("root", &master.user_key.public_line);
-    assert_denied(&master.ssh(&master.user_key, "root", "watch"));
+    let output = master.ssh(&master.user_key, "root", "watch");
+    assert_refused_with(
+        &output,
+        "buildbot: root may not log in (allow_root = false)",
+    );
     assert!(
         master.log().contains("root may not log in"),
         "{}",

@@ -9,7 +9,7 @@ use nix::sys::signal::Signal;
 
 use crate::harness::{
     MasterSetup, PATIENCE, SLACK, TempAccount, TestMaster, current_user, default_sigint,
-    output_with_deadline, text, wait_until, wait_with_deadline,
+    output_with_deadline, text, wait_until,
 };
 use crate::repo::Checkout;
 
@@ -123,6 +123,38 @@ fn stop_over_ssh_interrupts_a_long_step_with_the_reason() {
     );
 }
 
+/// Regression (issue 15): `stop B N --reason wrong branch` with the words unquoted, as
+/// docs/try.md shows it, was a usage error; an unknown builder is told the builders there are.
+#[test]
+fn stop_takes_an_unquoted_reason_and_names_the_builders() {
+    let checkout = Checkout::new();
+    let master = master_with(&checkout.upstream, "");
+    let output = master.ssh(
+        &master.user_key,
+        &current_user(),
+        "stop linux 4 --reason wrong branch",
+    );
+    assert_eq!(output.status.code(), Some(1), "{}", text(&output.stderr));
+    assert_eq!(
+        text(&output.stderr).trim(),
+        "buildbot: linux #4 is not running"
+    );
+
+    let mut stop = std::process::Command::new(crate::harness::BIN);
+    stop.args(["stop", "nope", "--reason", "wrong", "branch"])
+        .args(master.client_args());
+    let output = crate::harness::run_with_timeout(stop, None);
+    assert_eq!(output.status.code(), Some(1), "{}", text(&output.stderr));
+    assert_eq!(
+        text(&output.stderr).trim(),
+        "buildbot: no builder named 'nope' (builders: linux)"
+    );
+
+    // A usage mistake is 2, over ssh and through the client alike.
+    let output = master.ssh(&master.user_key, &current_user(), "stop linux --reason");
+    assert_eq!(output.status.code(), Some(2), "{}", text(&output.stderr));
+}
+
 #[test]
 fn a_stop_against_a_frozen_slave_finishes_at_once() {
     let checkout = Checkout::new();
@@ -170,14 +202,21 @@ fn ctrl_c_on_try_wait_cancels_the_jobs_unfinished_builds() {
     );
     let master = master_with(&checkout.upstream, &step);
     let _slave = master.start_slave("s1");
-    let mut waiting = spawn_try_wait(&master, &checkout.work);
+    let waiting = spawn_try_wait(&master, &checkout.work);
     wait_building(&master, "sleep");
     let pid = crate::harness::wait_for_pid(&pid_file);
     // Ctrl-C reaches the terminal's whole foreground group: ssh dies with the client.
     let group = nix::unistd::Pid::from_raw(i32::try_from(waiting.id()).expect("pid"));
     nix::sys::signal::killpg(group, Signal::SIGINT).expect("SIGINT to the try group");
-    let status = wait_with_deadline(&mut waiting, "try --wait after Ctrl-C", PATIENCE);
-    assert!(!status.success(), "{status:?}");
+    let output = output_with_deadline(waiting, "try --wait after Ctrl-C", PATIENCE);
+    assert!(!output.status.success(), "{:?}", output.status);
+    // The last line says what became of the builds.
+    let stderr = text(&output.stderr);
+    assert!(
+        stderr.trim_end().lines().last().is_some_and(|last| last
+            .starts_with("buildbot try: interrupted: the master stops this job's builds")),
+        "{stderr}"
+    );
     wait_until("the build to be interrupted", || {
         api_build(&master)["result"] == "interrupted"
     });
@@ -233,4 +272,36 @@ fn an_admin_group_member_may_stop_without_the_right_to_try() {
         "{}",
         text(&output.stdout)
     );
+}
+
+/// Issue 15: a master that shuts down while `try --wait` follows its builds is reported as
+/// such, not with the hint about keys and authorized_keys.
+#[test]
+fn a_master_shutting_down_during_try_wait_is_reported_as_such() {
+    let checkout = Checkout::new();
+    let step = r#"{ name = "sleep", command = "exec sleep 600" },"#;
+    let mut master = master_with(&checkout.upstream, step);
+    let _slave = master.start_slave("s1");
+    let waiting = spawn_try_wait(&master, &checkout.work);
+    wait_building(&master, "sleep");
+    let (status, _) = master.terminate();
+    assert!(status.success(), "{status:?}");
+    let output = output_with_deadline(waiting, "try --wait while the master stops", PATIENCE);
+    let stderr = text(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(
+            "buildbot try: the master is shutting down; your build will run again when it is back"
+        ),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("authorized_keys"), "{stderr}");
+    // And it does run again when the master is back.
+    drop(_slave);
+    let master = master.start_again();
+    let _slave = master.start_slave("s1");
+    wait_until("the build to run again after the restart", || {
+        let build = master.api("/api/builds?builder=linux")[0].clone();
+        build["number"] == 2 && build["running"] == true
+    });
 }

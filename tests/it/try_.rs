@@ -100,6 +100,84 @@ fn a_ready_patch_from_stdin_with_its_patchlevel() {
     assert_eq!(job.baserev.as_deref(), Some("abc123"));
 }
 
+/// Regression (issue 15): a plain `git diff` sent without `-p 1` failed on the slave with a path
+/// that does not exist; the client now says which level to use, before sending.
+#[test]
+fn a_git_diff_with_the_wrong_patchlevel_is_told_to_use_p1() {
+    let master = try_master(&["linux"]);
+    let outside = tempfile::tempdir().expect("temp dir");
+    let patch = b"diff --git a/src/main.c b/src/main.c\n--- a/src/main.c\n+++ b/src/main.c\n@@ -1 +1 @@\n-int x;\n+int y;\n";
+    let mut command = Command::new(BIN);
+    command
+        .args(["try", "--diff", "-", "--baserev", "abc123", "-b", "linux"])
+        .args(master.client_args())
+        .current_dir(outside.path());
+    let output = run_with_timeout(command, Some(patch));
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = text(&output.stderr);
+    assert!(stderr.trim_end().ends_with("try -p 1"), "{stderr}");
+    assert!(!stderr.contains("does not exist"), "{stderr}");
+}
+
+/// Issue 15: the dry run lists the files (a diffstat) and, with -v, prints the patch; an
+/// untracked `.buildbot` is never sent, even with --include-untracked.
+#[test]
+fn dryrun_shows_a_diffstat_and_include_untracked_leaves_dot_buildbot_out() {
+    let checkout = Checkout::new();
+    std::fs::write(
+        checkout.work.join(".buildbot"),
+        "host = \"ci.example.org\"\n",
+    )
+    .expect("write .buildbot");
+    std::fs::write(checkout.work.join("untracked.txt"), "new\n").expect("write");
+    let mut command = Command::new(BIN);
+    command
+        .args(["try", "--dryrun", "-v", "--include-untracked"])
+        .current_dir(&checkout.work);
+    let output = run_with_timeout(command, None);
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let stdout = text(&output.stdout);
+    let stat_line = |path: &str| {
+        stdout
+            .lines()
+            .find(|line| line.trim_start().starts_with(path) && line.contains(" | "))
+            .map(str::to_string)
+    };
+    assert!(
+        stat_line("hello.txt").is_some_and(|line| line.ends_with("| 3 ++-")),
+        "{stdout}"
+    );
+    assert!(stat_line("untracked.txt").is_some(), "{stdout}");
+    assert!(
+        stat_line("old-name.txt => new-name.txt").is_some(),
+        "{stdout}"
+    );
+    assert!(
+        stat_line("logo.bin").is_some_and(|line| line.ends_with("| Bin")),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("+++ b/untracked.txt"),
+        "the patch: {stdout}"
+    );
+    assert!(!stdout.contains(".buildbot"), "{stdout}");
+
+    // Without -v: the diffstat, no patch.
+    let mut command = Command::new(BIN);
+    command
+        .args(["try", "--dryrun", "--include-untracked"])
+        .current_dir(&checkout.work);
+    let output = run_with_timeout(command, None);
+    let stdout = text(&output.stdout);
+    assert!(
+        stdout
+            .lines()
+            .any(|line| line.trim_start().starts_with("untracked.txt ") && line.ends_with("| 1 +")),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("+++ b/"), "{stdout}");
+}
+
 #[test]
 fn defaults_come_from_the_nearest_dot_buildbot_file() {
     let master = try_master(&["linux"]);
@@ -355,17 +433,16 @@ fn the_spool_mode_bits_decide_who_may_try() {
     let sample = include_bytes!("../data/try-samples/job-v5-empty-diff.bin");
     let output = master.ssh_with(&master.user_key, user, "try", &[], Some(sample));
     assert_eq!(output.status.code(), Some(1));
-    let spool_gid = std::os::unix::fs::MetadataExt::gid(&std::fs::metadata(&spool).expect("spool"));
-    let group = nix::unistd::Group::from_gid(nix::unistd::Gid::from_raw(spool_gid))
-        .expect("lookup")
-        .expect("the spool's group")
-        .name;
-    assert_eq!(
-        text(&output.stderr).trim(),
-        format!(
-            "buildbot: {user} may not submit try jobs (no write permission on the spool; ask an admin to add you to group {group})"
-        )
+    // Regression (issue 15): a fresh spool is root:root 0755, and the advice was "ask an admin
+    // to add you to group root". It now says how to set up a try group.
+    let stderr = text(&output.stderr);
+    assert!(
+        stderr.trim().starts_with(&format!(
+            "buildbot: {user} may not submit try jobs (no write permission on the spool; the spool is shared with no try group yet: an admin sets one up with `buildbot create-master --try-group GROUP`"
+        )),
+        "{stderr}"
     );
+    assert!(!stderr.contains("group root"), "{stderr}");
     // chgrp to the user's group and chmod 2770: now the user may try.
     nix::unistd::chown(&spool, None, Some(account.gid)).expect("chgrp");
     std::fs::set_permissions(&spool, std::os::unix::fs::PermissionsExt::from_mode(0o2770))

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSql, ToSqlOutput, ValueRef};
 use rusqlite::{Connection, OptionalExtension, params};
 
-use crate::status::{BuildResult, RequestKind, RequestState};
+use crate::status::{BuildResult, LastBuild, RequestKind, RequestState};
 
 /// Results, states and kinds are stored as their one spelling; anything else in the column is
 /// an error, not a guess.
@@ -484,6 +484,27 @@ pub fn recover_interrupted_builds(connection: &mut Connection) -> Result<usize, 
     )?;
     transaction.commit()?;
     Ok(count)
+}
+
+/// Each builder's finished build with the highest number, with its result.
+pub fn last_finished_builds(
+    connection: &mut Connection,
+) -> Result<Vec<(String, LastBuild)>, HistoryError> {
+    let mut statement = connection.prepare(
+        "SELECT b.builder, b.number, b.result FROM builds b
+         WHERE b.result IS NOT NULL AND b.number = (
+             SELECT MAX(n.number) FROM builds n WHERE n.builder = b.builder AND n.result IS NOT NULL)",
+    )?;
+    let rows = statement.query_map([], |row| {
+        Ok((
+            row.get::<_, String>(0)?,
+            LastBuild {
+                number: row.get(1)?,
+                result: row.get(2)?,
+            },
+        ))
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
 }
 
 /// The most recent builds of a builder, newest first.

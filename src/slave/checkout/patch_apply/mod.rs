@@ -67,10 +67,22 @@ pub(in crate::slave::checkout) fn apply(
     }
     let sections = scan::scan(patch, &lines);
     let strip = usize::try_from(level).unwrap_or(usize::MAX);
-    if sections.iter().any(|section| section.git) {
+    let applied = if sections.iter().any(|section| section.git) {
         git_diff::apply_git(repo, workdir, patch, &sections, strip)
     } else {
         plain::apply_plain(workdir, patch, &sections, strip)
+    };
+    match applied {
+        Err(CheckoutError::PatchDoesNotApply { mut detail }) => {
+            if let Some(hint) = crate::tryjob::patch_level_hint(patch, level) {
+                detail = format!(
+                    "{}\nthe patch's paths start with a/ and b/, as git writes them, but the job's patch level is {level}: try -p {hint}",
+                    detail.trim_end()
+                );
+            }
+            Err(CheckoutError::PatchDoesNotApply { detail })
+        }
+        other => other,
     }
 }
 
