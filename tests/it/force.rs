@@ -265,3 +265,28 @@ fn try_wait_users_see_their_place_in_the_queue_and_when_it_starts() {
         assert!(status.success());
     }
 }
+
+#[test]
+fn a_force_scheduler_limits_what_may_be_forced_over_ssh_too() {
+    let checkout = Checkout::new();
+    let mut setup = MasterSetup::linux_builder(
+        &["s1"],
+        &checkout.upstream,
+        r#"{ name = "noop", command = "true" },"#,
+    );
+    setup.extra_config.push_str(&format!(
+        "\n[[builder]]\nname = \"docs\"\nslaves = [\"s1\"]\nrepo = \"{}\"\nbranch = \"main\"\nsteps = [ {{ name = \"noop\", command = \"true\" }} ]\n\
+         \n[[scheduler]]\nkind = \"force\"\nname = \"by-hand\"\nbuilders = [\"linux\"]\n",
+        checkout.upstream.display()
+    ));
+    let master = TestMaster::start_with(setup);
+    let refused = ssh(&master, "force docs --reason 'not listed'");
+    let stderr = text(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("docs may not be forced"),
+        "the refusal says why: {stderr}"
+    );
+    let allowed = ssh(&master, "force linux --reason 'listed'");
+    assert_eq!(allowed.status.code(), Some(0), "{}", text(&allowed.stderr));
+}
