@@ -205,7 +205,9 @@ fn a_request_whose_slave_is_lost_twice_ends_as_exception() {
     let mut waiting = master.try_command(&checkout.work, "linux", true);
     let waiting = waiting.spawn().expect("try --wait starts");
     crate::harness::wait_until("the first slave to die", || !first.is_running());
-    let mut second = master.start_slave("patcher");
+    // Not start_slave: the retry reaches the second slave at once and kills it, often before
+    // a poll of /api/slaves could see it connected.
+    let mut second = master.launch_slave("patcher", |_| {});
     crate::harness::wait_until("the second slave to die", || !second.is_running());
     let output =
         crate::harness::output_with_deadline(waiting, "try --wait", crate::harness::PATIENCE);
