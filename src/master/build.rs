@@ -222,15 +222,17 @@ pub async fn run(
     }
     // A build cut short by the master stopping runs again at the next start: its request goes
     // back to pending, as a build the master could not finish at all does
-    // (`history::recover_interrupted_builds`).
+    // (`history::recover_interrupted_builds`). So does one retried after a lost slave, so a
+    // restart before the retry runs does not lose it.
     let master_stopping = shutdown.is_cancelled() && ending.result == BuildResult::Exception;
+    let runs_again = master_stopping || retry;
     let recorded_reason = ending.reason.clone();
     let (build_id, result, request_id) = (started.build_id, ending.result, request.id);
     if let Err(err) = control
         .history
         .run(move |connection| {
             history::finish_build(connection, build_id, result, recorded_reason.as_deref())?;
-            if master_stopping {
+            if runs_again {
                 history::set_request_state(connection, request_id, RequestState::Pending)?;
             }
             Ok(())

@@ -442,3 +442,43 @@ fn a_slave_that_does_not_answer_the_ping_is_dropped_and_the_build_goes_to_anothe
         .unwrap_or_else(|| panic!("{log}"));
     assert!(line.contains("slave=s1"), "{line}");
 }
+
+/// A retry after a lost slave is kept in the history, not only in memory: a master restarted
+/// before any slave came back still runs it.
+#[test]
+fn a_retry_after_a_lost_slave_survives_a_master_restart() {
+    let checkout = Checkout::new();
+    let shared = tempfile::tempdir().expect("temp dir");
+    let marker = shared.path().join("first-run");
+    let step = format!(
+        r#"{{ name = "work", command = "if [ -e {m} ]; then echo second run; else touch {m}; kill -9 $PPID; sleep 60; fi" }},"#,
+        m = marker.display()
+    );
+    let mut master = master_with(&["s1"], &checkout.upstream, &step);
+    let mut slave = master.launch_slave("s1", |_| {});
+    let forced = master.ssh(
+        &master.user_key,
+        &crate::harness::current_user(),
+        "force linux --reason 'lose the slave'",
+    );
+    assert_eq!(forced.status.code(), Some(0), "{}", text(&forced.stderr));
+    wait_until("the slave to be killed by its step", || !slave.is_running());
+    wait_until("build #1 to end as exception", || {
+        master.api_last_build("linux")["result"] == "exception"
+    });
+    let (status, _) = master.terminate();
+    assert!(status.success());
+
+    let master = master.start_again();
+    let _slave = master.start_slave("s1");
+    wait_until("the retry to run after the restart", || {
+        let build = master.api_last_build("linux");
+        build["number"] == 2 && build["result"] == "success"
+    });
+    let log = std::fs::read_to_string(master.path().join("logs/linux/2/2-work.stdout"))
+        .unwrap_or_default();
+    assert!(
+        log.contains("second run"),
+        "build #2 ran the step again: {log}"
+    );
+}
