@@ -833,3 +833,57 @@ fn reconfig_starts_the_bot_moves_it_to_new_settings_and_stops_it() {
     });
     assert_eq!(answer, None, "a removed bot answered");
 }
+
+/// A link ends when its nick changes (the new nick inherits nothing, and neither does whoever
+/// takes the old one) and when `link_ttl` runs out.
+#[test]
+fn irc_a_link_ends_with_a_nick_change_and_with_its_ttl() {
+    let server = IrcServer::start();
+    let checkout = Checkout::new();
+    let mut alice = IrcClient::connect(&server, "alice");
+    alice.join("#ci");
+    let master = master_with(
+        &server,
+        &checkout.upstream,
+        r#"{ name = "test", command = "true" },"#,
+        "link_ttl = \"3s\"\n",
+    );
+    alice.wait_bot_join();
+    let link = |alice: &mut IrcClient| {
+        let issued = ssh(&master, "irc-link");
+        let code = issued.lines().next().expect("a code").trim().to_string();
+        alice.say(BOT, &format!("link {code}"));
+        alice.wait_bot(&alice.nick.clone(), "speaks for");
+    };
+
+    link(&mut alice);
+    alice.send("NICK alice2");
+    alice.wait_line("the nick change", |line| {
+        line.starts_with(":alice!") && line.contains(" NICK ")
+    });
+    alice.nick = "alice2".to_string();
+    wait_until("the link to end with the nick change", || {
+        ssh(&master, "irc-link --list").starts_with("no IRC nicks are linked")
+    });
+    let refused = alice.ask("force linux after a nick change", "not linked");
+    assert!(refused.starts_with("alice2: "), "{refused}");
+
+    link(&mut alice);
+    assert!(
+        ssh(&master, "irc-link --list").starts_with("alice2 -> "),
+        "linked again"
+    );
+    wait_until("the link to expire (link_ttl = 3s)", || {
+        ssh(&master, "irc-link --list").starts_with("no IRC nicks are linked")
+    });
+    let refused = alice.ask("force linux after the ttl", "not linked");
+    assert!(refused.starts_with("alice2: "), "{refused}");
+    assert_eq!(
+        master
+            .api("/api/builds?builder=linux")
+            .as_array()
+            .map(Vec::len),
+        Some(0),
+        "nothing was forced"
+    );
+}
