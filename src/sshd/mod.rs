@@ -210,6 +210,8 @@ impl SshdContext {
             tokio::task::spawn_blocking(move || account_refusal(&login, allow_root))
         };
         match tokio::time::timeout(KEY_LOOKUP_TIMEOUT, lookup).await {
+            // Left to the key check, which refuses it like a wrong key (and logs why).
+            Ok(Ok(Some(LoginRefusal::NoAccount(_)))) if !config.sshd.tell_unknown_users => None,
             Ok(Ok(refusal)) => refusal,
             Ok(Err(_)) | Err(_) => None,
         }

@@ -150,6 +150,27 @@ fn an_unknown_login_is_told_there_is_no_such_account() {
 }
 
 #[test]
+fn with_tell_unknown_users_off_an_unknown_login_is_refused_like_a_wrong_key() {
+    let mut setup = MasterSetup::default();
+    setup
+        .edits
+        .push(("tell_unknown_users = true", "tell_unknown_users = false"));
+    let master = TestMaster::start_with(setup);
+    master.authorize("no-such-user-xyz", &master.user_key.public_line);
+    let output = master.ssh(&master.user_key, "no-such-user-xyz", "watch");
+    let stderr = text(&output.stderr);
+    assert_eq!(output.status.code(), Some(255), "{stderr}");
+    assert!(stderr.contains("Permission denied"), "{stderr}");
+    assert!(
+        !stderr.contains("no unix account"),
+        "the name's absence was told: {stderr}"
+    );
+    wait_until("the refusal to be logged", || {
+        master.log().contains("no-such-user-xyz")
+    });
+}
+
+#[test]
 fn root_is_refused_unless_allow_root() {
     let master = TestMaster::start_with(MasterSetup {
         allow_root: false,

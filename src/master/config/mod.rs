@@ -97,6 +97,9 @@ pub struct SshdConfig {
     /// Relative patterns are relative to the master directory *after* expansion.
     pub authorized_keys: Vec<String>,
     pub allow_root: bool,
+    /// Whether a login name with no unix account is told so before auth fails. Helpful for a
+    /// master on a trusted network; on an exposed one it tells strangers which names exist.
+    pub tell_unknown_users: bool,
     /// Time a connection has to authenticate before it is dropped (sshd's LoginGraceTime).
     pub login_grace_time: Duration,
     /// Public-key attempts allowed per connection (sshd's MaxAuthTries).
@@ -224,6 +227,8 @@ struct RawSshd {
     authorized_keys: Option<Vec<String>>,
     #[serde(default)]
     allow_root: bool,
+    #[serde(default)]
+    tell_unknown_users: Option<bool>,
     #[serde(default)]
     login_grace_time: Option<Spanned<String>>,
     #[serde(default)]
@@ -660,6 +665,7 @@ impl Checker<'_> {
             host_key,
             authorized_keys,
             allow_root: raw.allow_root,
+            tell_unknown_users: raw.tell_unknown_users.unwrap_or(true),
             login_grace_time,
             max_auth_tries: raw.max_auth_tries.unwrap_or(DEFAULT_MAX_AUTH_TRIES).max(1),
             max_startups,
