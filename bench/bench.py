@@ -53,8 +53,17 @@ def spawn(argv, **kw):
 
 
 def run(argv, **kw):
-    return subprocess.run(argv, check=True, stdin=kw.pop("stdin", subprocess.DEVNULL),
+    # stderr is kept (unless the caller redirects it elsewhere) so a failing command says why.
+    if not kw.get("capture_output") and kw.get("stderr") in (None, subprocess.DEVNULL):
+        kw["stderr"] = subprocess.PIPE
+    done = subprocess.run(argv, stdin=kw.pop("stdin", subprocess.DEVNULL),
                           timeout=kw.pop("timeout", 120), **kw)
+    if done.returncode != 0:
+        err = done.stderr if isinstance(done.stderr, str) else (done.stderr or b"").decode(
+            errors="replace")
+        sys.exit(f"bench: {argv[0]} {argv[1] if len(argv) > 1 else ''} exited "
+                 f"{done.returncode}: {err.strip()}")
+    return done
 
 
 def free_port():
@@ -471,7 +480,7 @@ try:
         with Load() as load:
             for _ in range(RUNS):
                 start = time.monotonic()
-                run([BB, "try", "--wait", "--diff", patch, "--baserev", BASEREV, "-b", "noop",
+                run([BB, "try", "--wait", "--diff", patch, "-p", "1", "--baserev", BASEREV, "-b", "noop",
                      "--host", "127.0.0.1", "--port", str(main.ssh_port), "--username", USER,
                      "--ssh", ssh_cmd], cwd=REPO, stdout=subprocess.DEVNULL,
                     stderr=subprocess.DEVNULL)
