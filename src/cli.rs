@@ -356,7 +356,17 @@ pub fn generate_docs(out: &Path) -> anyhow::Result<Vec<PathBuf>> {
     Ok(written)
 }
 
-/// Prints the completion script for `shell` on stdout.
-pub fn print_completions(shell: clap_complete::Shell) {
-    clap_complete::generate(shell, &mut command(), "buildbot", &mut std::io::stdout());
+/// Prints the completion script for `shell` on stdout. Generated into memory first: clap
+/// panics on a failed write, and a reader such as `head` may close the pipe early, which is
+/// no error.
+pub fn print_completions(shell: clap_complete::Shell) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut command(), "buildbot", &mut script);
+    match std::io::stdout().lock().write_all(&script) {
+        Err(err) if err.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(err).context("cannot write the completion script")
+        }
+        _ => Ok(()),
+    }
 }

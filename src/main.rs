@@ -278,7 +278,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Completions { shell } => {
-            buildbot::cli::print_completions(shell);
+            buildbot::cli::print_completions(shell)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Reconfig { dir } => Ok(ExitCode::from(daemon::reconfig::command(&dir))),

@@ -223,3 +223,25 @@ fn tryserver_reports_a_bad_job_once() {
     let stderr = text(&output.stderr);
     assert_eq!(stderr.matches("malformed netstring").count(), 1, "{stderr}");
 }
+
+/// `buildbot completions bash | head -1`: a reader that goes away early is no error.
+#[test]
+fn completions_to_a_closed_pipe_exit_quietly() {
+    let mut child = Command::new(BIN)
+        .args(["completions", "bash"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("buildbot starts");
+    // Close the read end before the script is written: the write fails with EPIPE.
+    drop(child.stdout.take());
+    let output =
+        crate::harness::output_with_deadline(child, "completions", crate::harness::PATIENCE);
+    assert!(
+        output.status.success(),
+        "exit {:?}: {}",
+        output.status,
+        text(&output.stderr)
+    );
+    assert_eq!(text(&output.stderr), "", "nothing on stderr");
+}
