@@ -59,15 +59,17 @@ enum Ended {
 pub async fn run(control: Arc<Control>, shutdown: CancellationToken) -> anyhow::Result<()> {
     let mut changes = control.config_changes();
     let mut bot: Option<Bot> = None;
+    let mut running = false;
     loop {
         let wanted = changes.borrow_and_update().irc.clone();
         match wanted {
-            None => {
-                if bot.is_some() {
-                    tracing::info!("IRC bot stopped: [irc] was removed from the configuration");
-                }
+            None if running => {
+                running = false;
+                tracing::info!("IRC bot stopped: [irc] was removed from the configuration");
             }
+            None => {}
             Some(config) => {
+                running = true;
                 let bot = match bot.as_mut() {
                     Some(bot) => {
                         bot.reconfigure(config.clone());
@@ -85,13 +87,8 @@ pub async fn run(control: Arc<Control>, shutdown: CancellationToken) -> anyhow::
                 watcher.abort();
             }
         }
-        if shutdown.is_cancelled() {
-            return Ok(());
-        }
-        if changes.borrow().irc.is_some() && bot.is_some() {
-            // The section changed: connect again at once with the new settings.
-            continue;
-        }
+        // After a connection ended for a new [irc] section, `changes` has not seen that
+        // config yet, so this returns at once and the loop takes it up.
         tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
             changed = changes.changed() => {
