@@ -80,11 +80,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Master { dir } => {
-            let runtime =
-                tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
-            runtime.block_on(async {
-                let shutdown = CancellationToken::new();
-                spawn_signal_handler(shutdown.clone())?;
+            until_signal(|shutdown| async move {
                 daemon::run(&dir, shutdown, |listening| {
                     // Whoever reads stdout may stop reading once it has the addresses; the
                     // master carries on.
@@ -94,8 +90,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     let _ = write!(stdout, "{}", listening.first_contact());
                     let _ = stdout.flush();
                 })
-                .await?;
-                Ok(ExitCode::SUCCESS)
+                .await
             })
         }
         Command::CreateSlave {
@@ -121,25 +116,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Slave { dir } => {
             let config = buildbot::slave::SlaveConfig::load(&dir)?;
-            let runtime =
-                tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
-            runtime.block_on(async {
-                let shutdown = CancellationToken::new();
-                spawn_signal_handler(shutdown.clone())?;
-                buildbot::slave::run(config, shutdown).await?;
-                Ok(ExitCode::SUCCESS)
-            })
+            until_signal(|shutdown| buildbot::slave::run(config, shutdown))
         }
-        Command::Demo => {
-            let runtime =
-                tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
-            runtime.block_on(async {
-                let shutdown = CancellationToken::new();
-                spawn_signal_handler(shutdown.clone())?;
-                buildbot::demo::run(shutdown).await?;
-                Ok(ExitCode::SUCCESS)
-            })
-        }
+        Command::Demo => until_signal(buildbot::demo::run),
         Command::Try(args) => {
             let cwd = std::env::current_dir().context("cannot find the current directory")?;
             let args = TryArgs {
@@ -248,13 +227,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 );
                 return Ok(ExitCode::SUCCESS);
             }
-            let runtime =
-                tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
-            runtime.block_on(async {
-                let shutdown = CancellationToken::new();
-                spawn_signal_handler(shutdown.clone())?;
-                buildbot::slave::swarm::run(&dir, count, shutdown).await?;
-                Ok(ExitCode::SUCCESS)
+            until_signal(|shutdown| async move {
+                buildbot::slave::swarm::run(&dir, count, shutdown).await
             })
         }
         Command::ApplyPatch { level, workdir } => {
@@ -300,6 +274,23 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         },
     }
+}
+
+/// Runs a daemon-like command on a new runtime until it returns; SIGINT and SIGTERM cancel
+/// the token it is given.
+fn until_signal<F, Fut, E>(command: F) -> anyhow::Result<ExitCode>
+where
+    F: FnOnce(CancellationToken) -> Fut,
+    Fut: std::future::Future<Output = Result<(), E>>,
+    anyhow::Error: From<E>,
+{
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        let shutdown = CancellationToken::new();
+        spawn_signal_handler(shutdown.clone())?;
+        command(shutdown).await?;
+        Ok(ExitCode::SUCCESS)
+    })
 }
 
 /// SIGINT and SIGTERM cancel `shutdown`; everything else stops from there.

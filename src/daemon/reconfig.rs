@@ -56,6 +56,21 @@ pub struct ReconfigResult {
     pub needs_restart: Vec<String>,
 }
 
+impl ReconfigResult {
+    /// Nothing changed: at start (no errors), or a refused file (its error lines).
+    fn unchanged(pid: u32, attempt: u64, generation: u64, errors: Vec<String>) -> ReconfigResult {
+        ReconfigResult {
+            pid,
+            attempt,
+            ok: errors.is_empty(),
+            generation,
+            errors,
+            changes: Vec::new(),
+            needs_restart: Vec::new(),
+        }
+    }
+}
+
 /// The pid file, locked while the master runs; removed when it stops.
 pub struct PidFile {
     path: PathBuf,
@@ -123,15 +138,7 @@ pub async fn serve(
     let mut attempt = 0;
     write_result(
         &master_dir,
-        &ReconfigResult {
-            pid,
-            attempt,
-            ok: true,
-            generation: control.config_generation(),
-            errors: Vec::new(),
-            changes: Vec::new(),
-            needs_restart: Vec::new(),
-        },
+        &ReconfigResult::unchanged(pid, attempt, control.config_generation(), Vec::new()),
     )?;
     loop {
         tokio::select! {
@@ -164,15 +171,7 @@ pub async fn serve(
                 for line in &errors {
                     tracing::error!("reconfig refused, the old config stays: {line}");
                 }
-                ReconfigResult {
-                    pid,
-                    attempt,
-                    ok: false,
-                    generation: control.config_generation(),
-                    errors,
-                    changes: Vec::new(),
-                    needs_restart: Vec::new(),
-                }
+                ReconfigResult::unchanged(pid, attempt, control.config_generation(), errors)
             }
         };
         if let Err(err) = write_result(&master_dir, &result) {

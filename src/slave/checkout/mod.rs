@@ -615,30 +615,7 @@ mod tests {
 
     use super::*;
 
-    /// Runs git for a test, with a fixed identity and no user or system config.
-    fn git(dir: &Path, args: &[&str]) -> String {
-        let output = Command::new("git")
-            .args([
-                "-c",
-                "user.name=Test",
-                "-c",
-                "user.email=test@example.org",
-                "-c",
-                "init.defaultBranch=main",
-            ])
-            .args(args)
-            .current_dir(dir)
-            .env("GIT_CONFIG_GLOBAL", "/dev/null")
-            .env("GIT_CONFIG_NOSYSTEM", "1")
-            .output()
-            .expect("git runs");
-        assert!(
-            output.status.success(),
-            "git {args:?}: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        String::from_utf8_lossy(&output.stdout).into_owned()
-    }
+    use super::replay_tests::git;
 
     fn write(path: &Path, content: impl AsRef<[u8]>) {
         if let Some(parent) = path.parent() {

@@ -9,8 +9,9 @@ use std::process::Command;
 
 use super::{CheckoutError, CheckoutSpec, PatchRunner, checkout};
 
-/// Runs git with a fixed identity and no user or system config; returns stdout.
-fn git(dir: &Path, args: &[&str]) -> String {
+/// Runs git with a fixed identity and no user or system config; returns stdout. The checkout's
+/// own tests use it too.
+pub(super) fn git(dir: &Path, args: &[&str]) -> String {
     let output = Command::new("git")
         .args([
             "-c",
