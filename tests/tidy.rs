@@ -260,3 +260,39 @@ fn the_checks_catch_what_they_are_for() {
         "{cycle:?}"
     );
 }
+
+/// Front ends read the history through `master::store::Store` (the seam a shared store will
+/// answer behind), never by running SQL on the `History` themselves.
+#[test]
+fn front_ends_read_through_the_store() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut offenders = Vec::new();
+    for front_end in ["sshd", "web", "irc"] {
+        let mut files = Vec::new();
+        rust_files(&src.join(front_end), &mut files);
+        for file in files {
+            let text = std::fs::read_to_string(&file).expect("source is readable");
+            let code = text.split("#[cfg(test)]").next().unwrap_or_default();
+            if history_access(code) {
+                offenders.push(module_path(&src, &file));
+            }
+        }
+    }
+    assert!(
+        offenders.is_empty(),
+        "front ends that touch the History directly (use Control's reads or Store): {offenders:?}"
+    );
+    assert!(history_access(
+        "let rows = control.history.run(move |connection| x)"
+    ));
+    assert!(!history_access(
+        "use crate::master::history::{BuildRow, HistoryError};"
+    ));
+}
+
+fn history_access(code: &str) -> bool {
+    code.contains("|connection|")
+        || code.match_indices("History").any(|(index, _)| {
+            !code[index..].starts_with("HistoryError") && !code[..index].ends_with("ControlError::")
+        })
+}

@@ -17,10 +17,9 @@ use tokio_util::task::TaskTracker;
 
 use crate::master::config::Config;
 use crate::master::control::Control;
-use crate::master::history::{self, History};
-use crate::master::{executor, poller, schedulers};
+use crate::master::history::History;
+use crate::master::{executor, intake, poller, schedulers};
 use crate::spool::maildir::{Maildir, Owner, Spool};
-use crate::spool::watcher::SpooledJob;
 use crate::sshd::{self, SshdContext};
 
 /// How long running SSH commands get to finish when the master stops.
@@ -164,7 +163,8 @@ pub async fn run(
         )
     });
     // Before the watcher claims anything new, so nothing is taken twice.
-    let recovered = recover_claimed_jobs(&control, &spool).await?;
+    let intake = control.intake_handle();
+    let recovered = intake::recover_claimed_jobs(&intake, &spool).await?;
     let (jobs_tx, jobs_rx) = tokio::sync::mpsc::channel(64);
     spawn_component(&components, &shutdown, "spool watcher", {
         let control = Arc::clone(&control);
@@ -186,13 +186,13 @@ pub async fn run(
         )
     });
     spawn_component(&components, &shutdown, "spool to scheduler", {
-        record_jobs(recovered, jobs_rx, Arc::clone(&control), shutdown.clone())
+        intake::run(intake, recovered, jobs_rx, shutdown.clone())
     });
     spawn_component(&components, &shutdown, "scheduler", {
-        executor::run(Arc::clone(&control), scheduler_rx, shutdown.clone())
+        executor::run(control.executor_parts(), scheduler_rx, shutdown.clone())
     });
     spawn_component(&components, &shutdown, "schedulers", {
-        schedulers::run(Arc::clone(&control), changes_rx, shutdown.clone())
+        schedulers::run(control.schedulers_handle(), changes_rx, shutdown.clone())
     });
     // Idle until a config (at start or from a reconfig) has an [irc] section.
     spawn_component(&components, &shutdown, "IRC bot", {
@@ -208,7 +208,7 @@ pub async fn run(
     });
     for source in &config.change_sources {
         spawn_component(&components, &shutdown, "change poller", {
-            poller::run(Arc::clone(&control), source.clone(), shutdown.clone())
+            poller::run(control.poller_handle(), source.clone(), shutdown.clone())
         });
     }
     components.close();
@@ -278,77 +278,6 @@ fn open_spool(dir: &Path) -> anyhow::Result<Spool> {
         .ensure()
         .with_context(|| format!("cannot prepare the spool {}", dir.display()))?;
     Ok(maildir.open(Owner::Master)?)
-}
-
-/// Jobs in `spool/cur/` that the history does not know were claimed by a master that stopped
-/// before recording them: they are recorded first. The spool is the source of truth until a
-/// request is durably recorded.
-async fn recover_claimed_jobs(
-    control: &Control,
-    maildir: &Spool,
-) -> anyhow::Result<Vec<SpooledJob>> {
-    let claimed = maildir.list_cur().context("cannot list spool/cur")?;
-    let unrecorded = control
-        .history
-        .run(move |connection| {
-            let mut unrecorded = Vec::new();
-            for name in claimed {
-                if !history::is_job_recorded(connection, &name)? {
-                    unrecorded.push(name);
-                }
-            }
-            Ok(unrecorded)
-        })
-        .await?;
-    let try_builders: Vec<String> = control
-        .config()
-        .try_builders()
-        .iter()
-        .map(ToString::to_string)
-        .collect();
-    let mut recovered = Vec::new();
-    for name in unrecorded {
-        tracing::warn!(job = %name, "job claimed but never recorded (master stopped); taking it now");
-        if let Some(spooled) = crate::spool::watcher::check_claimed(
-            maildir,
-            &name,
-            &try_builders,
-            control.config().spool.max_patch_bytes,
-        )? {
-            recovered.push(spooled);
-        }
-    }
-    Ok(recovered)
-}
-
-/// Records each job claimed from the spool (the recovered ones first) as build requests.
-async fn record_jobs(
-    recovered: Vec<SpooledJob>,
-    mut jobs: tokio::sync::mpsc::Receiver<SpooledJob>,
-    control: Arc<Control>,
-    shutdown: CancellationToken,
-) -> anyhow::Result<()> {
-    for spooled in recovered {
-        record(&control, spooled).await;
-    }
-    loop {
-        let spooled = tokio::select! {
-            _ = shutdown.cancelled() => return Ok(()),
-            spooled = jobs.recv() => match spooled {
-                Some(spooled) => spooled,
-                None => return Ok(()),
-            },
-        };
-        record(&control, spooled).await;
-    }
-}
-
-async fn record(control: &Control, spooled: SpooledJob) {
-    let name = spooled.name.clone();
-    if let Err(err) = control.record_spooled(spooled).await {
-        // It stays in spool/cur/, unrecorded: the next start takes it again.
-        tracing::error!(job = %name, "cannot record the job's requests: {err}");
-    }
 }
 
 /// Runs one long-lived part of the master; if it ends on its own (error or not) while the

@@ -63,7 +63,7 @@ pub fn refusal(err: &ControlError) -> String {
 
 pub async fn status(control: &Control, builder: Option<String>) -> Answer {
     let only: Vec<String> = builder.into_iter().collect();
-    let url = format!("{}/", control.web_url);
+    let url = format!("{}/", control.web_url());
     let snapshot = match control.status(&only) {
         Ok(snapshot) => snapshot,
         Err(err) => return Answer::line(refusal(&err), &url),
@@ -91,7 +91,7 @@ pub async fn status(control: &Control, builder: Option<String>) -> Answer {
 }
 
 pub async fn last(control: &Control, builder: &str) -> Answer {
-    let url = format!("{}/builders/{builder}", control.web_url);
+    let url = control.builder_url(builder);
     match control.last_finished_build(builder).await {
         Ok(Some(build)) => {
             let finished = build.finished_at.unwrap_or(build.started_at);
@@ -121,7 +121,7 @@ pub async fn last(control: &Control, builder: &str) -> Answer {
 }
 
 pub async fn queue(control: &Control, builder: &str) -> Answer {
-    let url = format!("{}/builders/{builder}", control.web_url);
+    let url = control.builder_url(builder);
     match control.queue_estimates(builder).await {
         Ok(estimates) if estimates.is_empty() => {
             Answer::line(format!("{builder}: nothing queued"), &url)
@@ -149,7 +149,7 @@ pub async fn force(
     builder: &str,
     force: ForceRequest,
 ) -> Answer {
-    let url = format!("{}/builders/{builder}", control.web_url);
+    let url = control.builder_url(builder);
     match control.force(account, builder, force).await {
         Ok(queued) => Answer::line(
             format!(
@@ -169,7 +169,7 @@ pub async fn stop(
     number: Option<i64>,
     reason: &str,
 ) -> Answer {
-    let url = format!("{}/builders/{builder}", control.web_url);
+    let url = control.builder_url(builder);
     match control.stop_build(account, builder, number, reason).await {
         Ok(stopped) => match stopped.result {
             Some(result) => Answer::line(

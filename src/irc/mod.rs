@@ -147,7 +147,7 @@ impl Bot {
                 .extend(unsaid.into_iter().map(|(_, watch)| watch));
             // Whoever holds a nick now can no longer be seen to quit: links start again.
             self.control
-                .irc_links
+                .irc_links()
                 .unbind_all("the bot's IRC connection ended");
             let registered = match ended {
                 Ended::Shutdown => return,

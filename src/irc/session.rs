@@ -316,7 +316,7 @@ impl Bot {
                     self.left_channel(conn, channel);
                 } else if !conn.remove_member(channel, &source) {
                     self.control
-                        .irc_links
+                        .irc_links()
                         .unbind(&source, "left the bot's channels");
                 }
             }
@@ -329,7 +329,7 @@ impl Bot {
                     });
                 } else if !conn.remove_member(channel, kicked) {
                     self.control
-                        .irc_links
+                        .irc_links()
                         .unbind(kicked, "kicked from the bot's channels");
                 }
             }
@@ -338,7 +338,7 @@ impl Bot {
                 for members in conn.members.values_mut() {
                     members.remove(&key);
                 }
-                self.control.irc_links.unbind(&source, "quit");
+                self.control.irc_links().unbind(&source, "quit");
             }
             Command::NICK(new_nick) => {
                 if from_me {
@@ -350,7 +350,7 @@ impl Bot {
                             members.insert(new.clone());
                         }
                     }
-                    self.control.irc_links.unbind(&source, "changed nick");
+                    self.control.irc_links().unbind(&source, "changed nick");
                 }
             }
             Command::PRIVMSG(target, body) if !from_me && !source.is_empty() => {
@@ -368,7 +368,7 @@ impl Bot {
         for nick in members {
             if !conn.is_seen(&nick) {
                 self.control
-                    .irc_links
+                    .irc_links()
                     .unbind(&nick, "the bot left the channel it shared");
             }
         }
@@ -397,9 +397,8 @@ impl Bot {
         if conn.follower.is_some() {
             return;
         }
-        let events = &self.control.events;
-        let head = events.last_seq();
-        let mut follower = events.follow_since(self.announced);
+        let head = self.control.last_event_seq();
+        let mut follower = self.control.follow_since(self.announced);
         let mut catch_up = CatchUp::default();
         let drained = tokio::time::timeout(CATCH_UP_WAIT, async {
             while follower.last_seq() < head {
@@ -417,7 +416,7 @@ impl Bot {
         for (target, skipped) in catch_up.skipped {
             let line = format!(
                 "... and {skipped} more while I was away: {}/",
-                self.control.web_url
+                self.control.web_url()
             );
             self.say(conn, &target, &line, false);
         }
@@ -664,7 +663,7 @@ impl Bot {
         source: &str,
         reply_to: &str,
     ) -> Option<crate::unix::accounts::UnixAccount> {
-        let account = self.control.irc_links.account_of(source);
+        let account = self.control.irc_links().account_of(source);
         if account.is_none() {
             let line = format!(
                 "{source}: your nick is not linked to a unix user; run `ssh MASTER irc-link` and /msg {} link CODE",
@@ -679,7 +678,7 @@ impl Bot {
         if let Err(err) = self.control.builder(builder) {
             return answers::refusal(&err);
         }
-        let running = self.control.board.running(builder);
+        let running = self.control.running(builder);
         if running.is_empty() {
             return format!("{builder} is not building; nothing to watch");
         }
@@ -702,7 +701,7 @@ impl Bot {
     }
 
     fn link(&self, conn: &Connection, source: &str, reply_to: &str, code: &str) -> String {
-        let links = &self.control.irc_links;
+        let links = &self.control.irc_links();
         if is_channel(reply_to) {
             links.discard(code);
             return format!(

@@ -16,7 +16,6 @@ use tokio_util::sync::CancellationToken;
 
 use crate::master::board::{StopHandle, StopRequest};
 use crate::master::config::{BuilderConfig, StepConfig};
-use crate::master::control::Control;
 use crate::master::history::{self, StoredRequest};
 use crate::master::interpolate::{self, InterpolationError};
 use crate::master::locks::LockUse;
@@ -171,9 +170,58 @@ fn command_step(
     })
 }
 
+/// What a build asks of the scheduler executor: its one narrow way back into the queue
+/// (`executor` implements it; a build does not know the executor).
+pub trait SchedulerPort: Send + Sync {
+    fn input(&self, input: Input) -> futures_util::future::BoxFuture<'_, ()>;
+    /// Waits until the step's locks are granted; none when the master stops.
+    fn step_locks(
+        &self,
+        request_id: i64,
+        step: String,
+        slave: String,
+        uses: Vec<LockUse>,
+    ) -> futures_util::future::BoxFuture<'_, Option<()>>;
+}
+
+/// What one build touches: the config, the history, the board, the event log, the metrics,
+/// the log directory, and the scheduler's port (step locks). Not the whole control layer.
+pub struct BuildParts {
+    pub(crate) config: crate::master::reconfig::ConfigView,
+    pub(crate) history: crate::master::history::History,
+    pub(crate) events: Arc<crate::master::events::EventLog>,
+    pub(crate) board: Arc<crate::master::board::Board>,
+    pub(crate) metrics: Arc<crate::master::metrics::Metrics>,
+    /// Where step logs are written: `logs/BUILDER/NUMBER/STEP-NAME.STREAM`.
+    pub(crate) logs_dir: PathBuf,
+    pub(crate) scheduler: Arc<dyn SchedulerPort>,
+}
+
+impl BuildParts {
+    pub fn config(&self) -> Arc<crate::master::config::Config> {
+        self.config.current()
+    }
+
+    pub async fn scheduler_input(&self, input: Input) {
+        self.scheduler.input(input).await;
+    }
+
+    async fn step_locks(
+        &self,
+        request_id: i64,
+        step: &str,
+        slave: &str,
+        uses: Vec<LockUse>,
+    ) -> Option<()> {
+        self.scheduler
+            .step_locks(request_id, step.to_string(), slave.to_string(), uses)
+            .await
+    }
+}
+
 /// Runs the build of `request` on `link`'s slave.
 pub async fn run(
-    control: &Arc<Control>,
+    control: &Arc<BuildParts>,
     request: StoredRequest,
     link: Arc<SlaveLink>,
     ping_timeout: Duration,
@@ -271,7 +319,7 @@ struct Started {
 
 /// Records the build, puts it on the board and announces it; none when the history fails.
 async fn begin(
-    control: &Arc<Control>,
+    control: &Arc<BuildParts>,
     builder: &BuilderConfig,
     request: &StoredRequest,
     link: &SlaveLink,
@@ -337,7 +385,7 @@ struct Ending {
 
 /// Runs the planned steps one after the other, recording each; stops at the first that halts.
 async fn run_steps(
-    control: &Arc<Control>,
+    control: &Arc<BuildParts>,
     builder: &BuilderConfig,
     request: &StoredRequest,
     link: &SlaveLink,
@@ -457,7 +505,7 @@ const LOCK_WAIT_ANNOUNCE: Duration = Duration::from_millis(200);
 /// Waits for a step's locks; false when the master stops first. A stop of the build ends the
 /// wait too (true: the caller sees the stop). The wait is announced once if it is not short.
 async fn take_step_locks(
-    control: &Arc<Control>,
+    control: &Arc<BuildParts>,
     request: &StoredRequest,
     started: &Started,
     step: &PlannedStep,

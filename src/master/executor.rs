@@ -11,14 +11,168 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::master::board::Board;
 use crate::master::build;
+use crate::master::build::{BuildParts, SchedulerPort};
 use crate::master::config::Config;
-use crate::master::control::{Control, Mail};
-use crate::master::control::{LockHolderView, LockStatus, LockWaiterView};
-use crate::master::history;
-use crate::master::locks::LockTable;
+use crate::master::events::EventLog;
+use crate::master::history::{self, History, StoredRequest};
+use crate::master::locks::{LockTable, LockUse};
+use crate::master::metrics::Metrics;
+use crate::master::reconfig::ConfigView;
+use crate::master::roster::Roster;
 use crate::master::scheduler::{BuilderPolicy, Effect, Input, Queue};
 use crate::status::{BuildEvent, RequestState};
+
+/// The executor's inbox: what the rest of the master asks of the scheduler. Most letters are
+/// a plain [`Input`] for the queue; the others carry the one answer their sender waits for.
+#[derive(Debug)]
+pub enum Mail {
+    Input(Input),
+    /// Recorded requests to queue; `applied` fires once the queue (and what it publishes) has
+    /// them.
+    Enqueue {
+        requests: Vec<StoredRequest>,
+        applied: oneshot::Sender<()>,
+    },
+    /// Drop a queued request; the answer says whether it was still queued.
+    CancelRequest {
+        builder: String,
+        request_id: i64,
+        by: String,
+        reply: oneshot::Sender<bool>,
+    },
+    /// A running build's step wants its locks; `granted` fires when it has them.
+    StepLocks {
+        request_id: i64,
+        step: String,
+        slave: String,
+        uses: Vec<LockUse>,
+        granted: oneshot::Sender<()>,
+    },
+}
+
+/// Who holds and who waits for each lock, as the scheduler executor last published it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LockStatus {
+    pub name: String,
+    pub kind: crate::master::locks::LockKind,
+    pub max_count: usize,
+    pub holders: Vec<LockHolderView>,
+    pub waiters: Vec<LockWaiterView>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LockHolderView {
+    pub request_id: i64,
+    pub builder: String,
+    /// The build's number, once it has one.
+    pub number: Option<i64>,
+    pub slave: Option<String>,
+    pub step: Option<String>,
+    pub access: crate::master::locks::Access,
+    /// Seconds since the unix epoch.
+    pub since: f64,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LockWaiterView {
+    pub request_id: i64,
+    pub builder: String,
+    pub step: Option<String>,
+}
+
+/// The executor's end of [`SchedulerPort`]: what builds send back lands in the inbox.
+pub struct Port(pub mpsc::Sender<Mail>);
+
+impl SchedulerPort for Port {
+    fn input(&self, input: Input) -> futures_util::future::BoxFuture<'_, ()> {
+        Box::pin(async move {
+            if self.0.send(Mail::Input(input)).await.is_err() {
+                tracing::debug!("scheduler gone (master stopping)");
+            }
+        })
+    }
+
+    fn step_locks(
+        &self,
+        request_id: i64,
+        step: String,
+        slave: String,
+        uses: Vec<LockUse>,
+    ) -> futures_util::future::BoxFuture<'_, Option<()>> {
+        Box::pin(async move {
+            let (granted, answer) = oneshot::channel();
+            let mail = Mail::StepLocks {
+                request_id,
+                step,
+                slave,
+                uses,
+                granted,
+            };
+            self.0.send(mail).await.ok()?;
+            answer.await.ok()
+        })
+    }
+}
+
+/// What the scheduler executor touches: what builds touch (it starts them), the roster (to
+/// find a slave's link, to close one) and what it publishes. Not the whole control layer.
+pub struct ExecutorParts {
+    pub(crate) config: ConfigView,
+    pub(crate) history: History,
+    pub(crate) events: Arc<EventLog>,
+    pub(crate) board: Arc<Board>,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) roster: Arc<Roster>,
+    pub(crate) published: Arc<Published>,
+    pub(crate) build: Arc<BuildParts>,
+}
+
+impl ExecutorParts {
+    pub fn config(&self) -> Arc<Config> {
+        self.config.current()
+    }
+
+    pub fn config_changes(&self) -> tokio::sync::watch::Receiver<Arc<Config>> {
+        self.config.changes()
+    }
+}
+
+/// What the executor publishes after each input for readers outside it (the status, the queue
+/// pages, the locks page): a snapshot, replaced whole, so a reader never sees half an update.
+#[derive(Debug, Default)]
+pub struct Published {
+    view: std::sync::Mutex<PublishedView>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct PublishedView {
+    /// Requests waiting per builder, in the order they will be served.
+    pub queued: std::collections::BTreeMap<String, Vec<i64>>,
+    /// The paused slaves, sorted.
+    pub paused: Vec<String>,
+    /// The locks, with their holders and waiters.
+    pub locks: Vec<LockStatus>,
+}
+
+impl Published {
+    pub fn get(&self) -> PublishedView {
+        crate::master::lock(&self.view).clone()
+    }
+
+    pub fn queued(&self, builder: &str) -> Vec<i64> {
+        crate::master::lock(&self.view)
+            .queued
+            .get(builder)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    fn set(&self, view: PublishedView) {
+        *crate::master::lock(&self.view) = view;
+    }
+}
 
 /// How long a slave has to answer the ping before a build.
 const PING_TIMEOUT: Duration = Duration::from_secs(5);
@@ -29,10 +183,11 @@ const BUILDS_GRACE: Duration = Duration::from_secs(1);
 /// Runs the scheduler until `shutdown`; requests left pending in the history at start are
 /// queued first.
 pub async fn run(
-    control: Arc<Control>,
+    control: ExecutorParts,
     mut inputs: mpsc::Receiver<Mail>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    let control = Arc::new(control);
     let (interrupted, pending) = control
         .history
         .run(|connection| {
@@ -59,7 +214,10 @@ pub async fn run(
     let mut queue = Queue::new(policies(&config), locks, rand::random());
     let mut lock_times = LockTimes::default();
     // The locks exist from the start, free, before any input arrives.
-    control.set_locks(lock_times.view(&queue, &control));
+    control.published.set(PublishedView {
+        locks: lock_times.view(&queue, &control),
+        ..PublishedView::default()
+    });
     let mut step_grants: HashMap<(i64, String), oneshot::Sender<()>> = HashMap::new();
     let mut enqueued: Option<oneshot::Sender<()>> = None;
     let builds = TaskTracker::new();
@@ -135,16 +293,18 @@ pub async fn run(
             }
         }
         step_grants.retain(|_, granted| !granted.is_closed());
-        control.set_queued(queue.queued_per_builder());
         control.metrics.set_queues(queue.queue_gauges());
-        control.set_locks(lock_times.view(&queue, &control));
+        let mut paused: Vec<String> = queue.paused().iter().cloned().collect();
+        paused.sort();
+        control.published.set(PublishedView {
+            queued: queue.queued_per_builder(),
+            paused,
+            locks: lock_times.view(&queue, &control),
+        });
         if let Some(applied) = enqueued.take() {
             // The enqueuer may have gone; the requests are queued all the same.
             let _ = applied.send(());
         }
-        let mut paused: Vec<String> = queue.paused().iter().cloned().collect();
-        paused.sort();
-        control.set_paused(paused);
     }
     builds.close();
     let _ = tokio::time::timeout(BUILDS_GRACE, builds.wait()).await;
@@ -184,7 +344,7 @@ fn reconfigure_input(config: &Config) -> Input {
 }
 
 fn perform(
-    control: &Arc<Control>,
+    control: &Arc<ExecutorParts>,
     effect: Effect,
     builds: &TaskTracker,
     shutdown: &CancellationToken,
@@ -203,12 +363,12 @@ fn perform(
                     slave_unusable: true,
                 });
             };
-            let control = Arc::clone(control);
+            let parts = Arc::clone(&control.build);
             let shutdown = shutdown.clone();
             builds.spawn(async move {
                 let request_id = request.id;
-                let outcome = build::run(&control, *request, link, PING_TIMEOUT, shutdown).await;
-                control
+                let outcome = build::run(&parts, *request, link, PING_TIMEOUT, shutdown).await;
+                parts
                     .scheduler_input(Input::BuildEnded {
                         request_id,
                         retry: outcome.retry,
@@ -250,7 +410,7 @@ fn perform(
 /// Records queued requests as cancelled (moving their changes to the request they collapsed
 /// into, if any), then tells the followers, each with who or what dropped it.
 async fn drop_requests(
-    control: Arc<Control>,
+    control: Arc<ExecutorParts>,
     requests: Vec<(i64, String, String)>,
     by: String,
     collapsed_into: Option<(i64, Vec<i64>)>,
@@ -290,7 +450,7 @@ struct LockTimes {
 }
 
 impl LockTimes {
-    fn view(&mut self, queue: &Queue, control: &Control) -> Vec<LockStatus> {
+    fn view(&mut self, queue: &Queue, control: &ExecutorParts) -> Vec<LockStatus> {
         let now = crate::status::unix_now();
         let holds = queue.locks().holds();
         self.since.retain(|(request_id, step, lock), _| {

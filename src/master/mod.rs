@@ -11,6 +11,7 @@ pub mod events;
 pub mod executor;
 pub mod git_remote;
 pub mod history;
+pub mod intake;
 pub mod interpolate;
 pub mod irc_links;
 pub mod locks;
@@ -23,6 +24,7 @@ pub mod scheduler;
 pub mod schedulers;
 pub mod sessions;
 pub mod slaves;
+pub mod store;
 
 /// Locks a mutex that guards plain data; a panic elsewhere while it was held leaves data that is
 /// still consistent for these short, non-awaiting sections, so poisoning is not an error.

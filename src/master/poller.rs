@@ -5,19 +5,18 @@
 //! An unreachable repository is logged and asked again next time; it never stops the master.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
 use crate::change::ChangeSpec;
 use crate::master::config::ChangeSourceConfig;
-use crate::master::control::Control;
+use crate::master::control::PollerHandle;
 use crate::master::git_remote;
 use crate::master::history::changes;
 
 /// Polls one repository until `shutdown`.
 pub async fn run(
-    control: Arc<Control>,
+    control: PollerHandle,
     source: ChangeSourceConfig,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
@@ -35,7 +34,10 @@ pub async fn run(
 }
 
 /// One poll: compares the remote heads with the ones seen last and records the moves.
-pub async fn poll_once(control: &Control, source: &ChangeSourceConfig) -> anyhow::Result<usize> {
+pub async fn poll_once(
+    control: &PollerHandle,
+    source: &ChangeSourceConfig,
+) -> anyhow::Result<usize> {
     let heads: Vec<(String, String)> = git_remote::heads(&source.repo)
         .await?
         .into_iter()

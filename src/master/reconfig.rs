@@ -64,6 +64,25 @@ impl LiveConfig {
     }
 }
 
+/// The config in force, as a handle reads it: one snapshot per call.
+#[derive(Clone)]
+pub struct ConfigView(watch::Receiver<Arc<Config>>);
+
+impl ConfigView {
+    pub fn new(receiver: watch::Receiver<Arc<Config>>) -> ConfigView {
+        ConfigView(receiver)
+    }
+
+    pub fn current(&self) -> Arc<Config> {
+        self.0.borrow().clone()
+    }
+
+    /// Wakes on every reconfig.
+    pub fn changes(&self) -> watch::Receiver<Arc<Config>> {
+        self.0.clone()
+    }
+}
+
 /// What one reconfig did.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Report {

@@ -69,7 +69,7 @@ pub async fn run(
         }
         ExecCommand::Try { wait, json } => {
             // Follow before the job exists, so no event about it can be missed.
-            let follower = ctx.control.events.follow();
+            let follower = ctx.control.follow();
             let accepted = match ctx.control.submit_try(user, None, io.stdin).await {
                 Ok(accepted) => accepted,
                 Err(err) => return refuse_try(user, &err, io).await,
@@ -79,7 +79,7 @@ pub async fn run(
                     job_name: accepted.job_name.clone(),
                     jobid: accepted.jobid.clone(),
                     builders: accepted.builders.clone(),
-                    web_url: ctx.control.web_url.clone(),
+                    web_url: ctx.control.web_url().to_string(),
                 })
                 .await;
             } else {
@@ -166,7 +166,7 @@ async fn irc_link(ctx: &SshdContext, user: &UnixAccount, list: bool, io: &mut Ex
             .await;
         return 1;
     };
-    let links = &ctx.control.irc_links;
+    let links = ctx.control.irc_links();
     if list {
         let now = unix_now();
         let mut out = String::new();
@@ -408,7 +408,7 @@ async fn wait_for_job(
         }
     }
     if !json {
-        io.print(&text::try_summary(&ctx.control.web_url, &progress))
+        io.print(&text::try_summary(ctx.control.web_url(), &progress))
             .await;
     }
     if progress.all_good() { 0 } else { 1 }
@@ -455,13 +455,13 @@ async fn watch(
     since: Option<Resume>,
     io: &mut ExecIo<'_>,
 ) -> u32 {
-    let events = &ctx.control.events;
+    let control = &ctx.control;
     // Follow before taking the status, so nothing between the two is missed.
     let mut follower = match &since {
-        Some(resume) if resume.epoch == events.epoch() => events.follow_since(resume.seq),
+        Some(resume) if resume.epoch == control.events_epoch() => control.follow_since(resume.seq),
         // Another run of the master: everything it kept is new to this follower.
-        Some(_) => events.follow_since(0),
-        None => events.follow(),
+        Some(_) => control.follow_since(0),
+        None => control.follow(),
     };
     let snapshot = match ctx.control.status(builders) {
         Ok(snapshot) => snapshot,
@@ -469,7 +469,7 @@ async fn watch(
     };
     if json {
         io.print_json(&StreamItem::Status {
-            epoch: events.epoch().to_string(),
+            epoch: control.events_epoch().to_string(),
             snapshot,
         })
         .await;

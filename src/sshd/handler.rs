@@ -96,7 +96,7 @@ impl ConnectionHandler {
         if !self.refusal_sent {
             self.refusal_sent = true;
             tracing::info!(peer = %self.peer, user, "refused login: {refusal}");
-            self.ctx.control.metrics.auth_failure(refusal.failure());
+            self.ctx.control.metrics().auth_failure(refusal.failure());
             if let Some(handle) = self.handle.get() {
                 let _ = handle
                     .disconnect(
@@ -180,7 +180,7 @@ impl Handler for ConnectionHandler {
             tracing::info!(peer = %self.peer, user, "too many authentication attempts; disconnecting");
             self.ctx
                 .control
-                .metrics
+                .metrics()
                 .auth_failure(AuthFailure::TooManyTries);
             return Err(russh::Error::Disconnect);
         }
@@ -190,7 +190,7 @@ impl Handler for ConnectionHandler {
             AuthOutcome::Accepted(_) => Ok(Auth::Accept),
             AuthOutcome::Refused(failure, reason) => {
                 tracing::info!(peer = %self.peer, user, key = %fingerprint(offer.public_key), "refused key: {reason}");
-                self.ctx.control.metrics.auth_failure(failure);
+                self.ctx.control.metrics().auth_failure(failure);
                 Ok(Self::publickey_only())
             }
             AuthOutcome::NoLogin(refusal) => Ok(self.refuse_login(user, refusal).await),
@@ -210,7 +210,7 @@ impl Handler for ConnectionHandler {
             }
             AuthOutcome::Refused(failure, reason) => {
                 tracing::info!(peer = %self.peer, user, "refused key: {reason}");
-                self.ctx.control.metrics.auth_failure(failure);
+                self.ctx.control.metrics().auth_failure(failure);
                 Ok(Self::publickey_only())
             }
             AuthOutcome::NoLogin(refusal) => Ok(self.refuse_login(user, refusal).await),

@@ -335,7 +335,7 @@ pub async fn run(
                 }
             },
         };
-        ctx.control.metrics.ssh_connection();
+        ctx.control.metrics().ssh_connection();
         let permit = match startups.admit(peer.ip()) {
             Ok(permit) => permit,
             Err(refusal) => {

@@ -13,7 +13,8 @@ use futures_util::Stream;
 use serde::Serialize;
 
 use crate::master::events::Followed;
-use crate::master::history::{self, BuildKey};
+use crate::master::store::BuildRef;
+
 use crate::status::RunningBuild;
 use crate::web::views::{self, BuildPage, BuildView, BuilderView};
 use crate::web::{AppState, WebError};
@@ -163,20 +164,17 @@ pub async fn builds(
 ) -> Result<Json<Vec<BuildView>>, WebError> {
     state.control.builder(&query.builder)?;
     let limit = query.limit.unwrap_or(20).clamp(1, 1000);
-    let logs_dir = state.control.logs_dir.clone();
-    let builder = query.builder.clone();
-    let views = state
+    let recent = state
         .control
-        .history
-        .run(move |connection| {
-            let mut views = Vec::new();
-            for build in history::recent_builds(connection, &builder, limit)? {
-                let steps = history::steps_of(connection, build.id)?;
-                views.push(views::build_view(&logs_dir, &build, &steps));
-            }
-            Ok(views)
-        })
+        .store()
+        .recent_builds(vec![query.builder.clone()], limit, usize::MAX)
         .await?;
+    let logs_dir = state.control.logs_dir();
+    let views = recent
+        .into_iter()
+        .flat_map(|recent| recent.rows.into_iter().zip(recent.steps))
+        .map(|(build, steps)| views::build_view(logs_dir, &build, &steps))
+        .collect();
     Ok(Json(views))
 }
 
@@ -187,12 +185,12 @@ pub async fn build(
 ) -> Result<Json<BuildPage>, WebError> {
     let detail = state
         .control
-        .history
-        .run(move |connection| history::build_detail(connection, BuildKey::Id(id)))
+        .store()
+        .build(BuildRef::Id(id))
         .await?
         .ok_or_else(|| WebError::NotFound(format!("no build with id {id}")))?;
     Ok(Json(views::build_page(
-        &state.control.logs_dir,
+        state.control.logs_dir(),
         &detail,
         None,
         None,
@@ -211,7 +209,7 @@ pub struct SlaveRow {
 }
 
 pub fn slave_rows(state: &AppState) -> Vec<SlaveRow> {
-    let connected = state.control.roster.snapshot();
+    let connected = state.control.slaves();
     let running: Vec<RunningBuild> = state
         .control
         .status(&[])
@@ -284,11 +282,8 @@ pub async fn events(
         .and_then(|value| value.parse::<u64>().ok())
         .or(query.since);
     let follower = match last_seen {
-        Some(seq) => state
-            .control
-            .events
-            .follow_since_at_most(seq, SSE_MAX_REPLAY),
-        None => state.control.events.follow(),
+        Some(seq) => state.control.follow_since_at_most(seq, SSE_MAX_REPLAY),
+        None => state.control.follow(),
     };
     let stream = futures_util::stream::unfold(follower, |mut follower| async move {
         let sse = match follower.next().await {

@@ -10,7 +10,6 @@ use axum::http::HeaderMap;
 use axum::response::Html;
 use serde::Serialize;
 
-use crate::master::history::{self, changes};
 use crate::web::views::{self, ChangeView};
 use crate::web::{AppState, WebError};
 
@@ -55,36 +54,29 @@ pub async fn queue_views(
                 .map(|estimate| (estimate.request_id, estimate)),
         );
     }
-    let views = state
-        .control
-        .history
-        .run(move |connection| {
-            let mut views = Vec::new();
-            for (builder, ids) in wanted {
-                for (index, id) in ids.into_iter().enumerate() {
-                    let Some(request) = history::request_by_id(connection, id)? else {
-                        continue;
-                    };
-                    views.push(QueuedView {
-                        id,
-                        builder: builder.clone(),
-                        position: index + 1,
-                        kind: request.kind.to_string(),
-                        why: request.reason.unwrap_or_default(),
-                        who: request.who.unwrap_or_default(),
-                        branch: request.branch.unwrap_or_default(),
-                        revision: request.baserev.unwrap_or_default(),
-                        submitted: views::format_time(request.submitted_at),
-                        starts_in: String::new(),
-                        starts_in_secs: None,
-                        finishes_in_secs: None,
-                    });
-                }
-            }
-            Ok(views)
-        })
-        .await?;
-    let mut views = views;
+    let mut views = Vec::new();
+    for (builder, ids) in wanted {
+        let requests = state.control.store().requests(ids.clone()).await?;
+        for (index, id) in ids.into_iter().enumerate() {
+            let Some(request) = requests.iter().find(|request| request.id == id).cloned() else {
+                continue;
+            };
+            views.push(QueuedView {
+                id,
+                builder: builder.clone(),
+                position: index + 1,
+                kind: request.kind.to_string(),
+                why: request.reason.unwrap_or_default(),
+                who: request.who.unwrap_or_default(),
+                branch: request.branch.unwrap_or_default(),
+                revision: request.baserev.unwrap_or_default(),
+                submitted: views::format_time(request.submitted_at),
+                starts_in: String::new(),
+                starts_in_secs: None,
+                finishes_in_secs: None,
+            });
+        }
+    }
     for view in &mut views {
         if let Some(estimate) = estimates.get(&view.id) {
             view.starts_in_secs = estimate.starts_in;
@@ -108,16 +100,12 @@ pub async fn recent_change_views(
 ) -> Result<Vec<ChangeView>, WebError> {
     Ok(state
         .control
-        .history
-        .run(move |connection| {
-            let mut views = Vec::new();
-            for change in changes::recent_changes(connection, limit)? {
-                let builds = changes::builds_of_change(connection, change.id)?;
-                views.push(views::change_view(&change, &builds));
-            }
-            Ok(views)
-        })
-        .await?)
+        .store()
+        .recent_changes(limit)
+        .await?
+        .iter()
+        .map(|(change, builds)| views::change_view(change, builds))
+        .collect())
 }
 
 pub async fn page(

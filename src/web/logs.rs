@@ -15,7 +15,6 @@ use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tower::ServiceExt;
 
 use crate::master::build::log_file_name;
-use crate::master::history;
 use crate::proto::StreamKind;
 use crate::web::{AppState, WebError};
 
@@ -59,7 +58,7 @@ async fn find_log(
         .ok_or_else(|| WebError::NotFound(format!("{builder} #{number} has no step {step}")))?;
     let path = state
         .control
-        .logs_dir
+        .logs_dir()
         .join(builder)
         .join(number.to_string())
         .join(log_file_name(step, &step_row.name, kind));
@@ -80,7 +79,6 @@ async fn find_log(
 fn step_may_write(state: &AppState, log: &LogFile) -> bool {
     state
         .control
-        .board
         .running_build(&log.builder, log.number)
         .is_some_and(|build| {
             build
@@ -92,12 +90,8 @@ fn step_may_write(state: &AppState, log: &LogFile) -> bool {
 async fn step_running(state: &AppState, build_id: i64, step: i64) -> bool {
     state
         .control
-        .history
-        .run(move |connection| {
-            Ok(history::steps_of(connection, build_id)?
-                .iter()
-                .any(|row| row.number == step && row.finished_at.is_none()))
-        })
+        .store()
+        .step_running(build_id, step)
         .await
         .unwrap_or(false)
 }

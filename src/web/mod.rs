@@ -136,33 +136,27 @@ impl AppState {
         builder: &str,
         number: i64,
     ) -> Result<crate::master::history::BuildDetail, WebError> {
-        use crate::master::history::{self, BuildKey};
-        let name = builder.to_string();
+        let key = crate::master::store::BuildRef::Number {
+            builder: builder.to_string(),
+            number,
+        };
         self.control
-            .history
-            .run(move |connection| {
-                history::build_detail(
-                    connection,
-                    BuildKey::Number {
-                        builder: &name,
-                        number,
-                    },
-                )
-            })
+            .store()
+            .build(key)
             .await?
             .ok_or_else(|| WebError::NotFound(format!("{builder} has no build #{number}")))
     }
 
     /// The session of this request, if it has a valid one.
     pub fn session(&self, headers: &axum::http::HeaderMap) -> Option<Session> {
-        auth::session_cookie(headers).and_then(|id| self.control.sessions.get(&id))
+        auth::session_cookie(headers).and_then(|id| self.control.web_session(&id))
     }
 
     /// What every page shows: the master's name and host key, who is logged in.
     pub fn base_context(&self, headers: &axum::http::HeaderMap) -> tera::Context {
         let mut context = tera::Context::new();
         context.insert("master_name", &self.control.config().name);
-        context.insert("host_key", &self.control.host_key_fingerprint);
+        context.insert("host_key", self.control.host_key_fingerprint());
         let user = self.session(headers).map(|session| session.account.name);
         context.insert("user", &user);
         // The board's last results (since this master started); pages that load the
@@ -174,8 +168,7 @@ impl AppState {
             .iter()
             .map(|builder| {
                 self.control
-                    .board
-                    .last(&builder.name)
+                    .last_build(&builder.name)
                     .map(|last| last.result)
             })
             .collect();

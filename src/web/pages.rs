@@ -7,7 +7,6 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 
-use crate::master::history;
 use crate::web::views::{self, BuilderView};
 use crate::web::{AppState, WebError, auth};
 
@@ -28,30 +27,32 @@ async fn builders_with_builds(
 ) -> Result<Vec<BuilderView>, WebError> {
     let mut builders = views::builder_views(&state.control);
     let names: Vec<String> = builders.iter().map(|b| b.name.clone()).collect();
-    let logs_dir = state.control.logs_dir.clone();
     let trend_limit = i64::try_from(views::TREND_BUILDS).unwrap_or(50);
-    let loaded = state
+    // Only the builds the page lists need their steps; the trend needs rows only.
+    let recent = state
         .control
-        .history
-        .run(move |connection| {
-            let mut all = Vec::new();
-            for name in names {
-                let rows = history::recent_builds(connection, &name, per_builder.max(trend_limit))?;
-                let mut builds = Vec::new();
-                // Only the builds the page lists need their steps; the trend needs rows only.
-                for build in rows.iter().take(usize::try_from(per_builder).unwrap_or(0)) {
-                    let steps = history::steps_of(connection, build.id)?;
-                    builds.push(views::build_view(&logs_dir, build, &steps));
-                }
-                let last = rows
-                    .iter()
-                    .find(|row| row.finished_at.is_some())
-                    .map(|row| (row.number, row.result));
-                all.push((builds, views::trend_view(&rows), last));
-            }
-            Ok(all)
-        })
+        .store()
+        .recent_builds(
+            names,
+            per_builder.max(trend_limit),
+            usize::try_from(per_builder).unwrap_or(0),
+        )
         .await?;
+    let logs_dir = state.control.logs_dir();
+    let loaded = recent.into_iter().map(|recent| {
+        let builds = recent
+            .rows
+            .iter()
+            .zip(&recent.steps)
+            .map(|(build, steps)| views::build_view(logs_dir, build, steps))
+            .collect::<Vec<_>>();
+        let last = recent
+            .rows
+            .iter()
+            .find(|row| row.finished_at.is_some())
+            .map(|row| (row.number, row.result));
+        (builds, views::trend_view(&recent.rows), last)
+    });
     for (builder, (builds, trend, last)) in builders.iter_mut().zip(loaded) {
         // The last result survives restarts through the history.
         if let Some((number, result)) = last {
@@ -109,32 +110,19 @@ pub async fn waterfall(
     let lower = upper - f64::from(hours) * 3600.0;
     let mut builders = views::builder_views(&state.control);
     let names: Vec<String> = builders.iter().map(|b| b.name.clone()).collect();
-    let logs_dir = state.control.logs_dir.clone();
     let loaded = state
         .control
-        .history
-        .run(move |connection| {
-            let mut all = Vec::new();
-            for name in names {
-                let mut builds = Vec::new();
-                let rows =
-                    history::builds_in_window(connection, &name, lower, upper, WATERFALL_BUILDS)?;
-                for build in &rows {
-                    let steps = history::steps_of(connection, build.id)?;
-                    builds.push(views::build_view(&logs_dir, build, &steps));
-                }
-                let last = history::recent_builds(connection, &name, 5)?
-                    .into_iter()
-                    .find(|row| row.finished_at.is_some())
-                    .and_then(|row| row.result);
-                all.push((builds, last));
-            }
-            Ok(all)
-        })
+        .store()
+        .builds_in_window(names, lower, upper, WATERFALL_BUILDS)
         .await?;
-    for (builder, (builds, last)) in builders.iter_mut().zip(loaded) {
-        builder.builds = builds;
-        builder.last_result = last.or(builder.last_result);
+    let logs_dir = state.control.logs_dir();
+    for (builder, window) in builders.iter_mut().zip(loaded) {
+        builder.builds = window
+            .builds
+            .iter()
+            .map(|found| views::build_view(logs_dir, &found.build, &found.steps))
+            .collect();
+        builder.last_result = window.last_result.or(builder.last_result);
         attach_progress(builder);
     }
     let view = views::waterfall_view(&builders, (lower, upper), now, hours, upper >= now);
@@ -190,7 +178,7 @@ pub async fn build(
 ) -> Result<Html<String>, WebError> {
     let detail = state.load_build(&builder, number).await?;
     let now = crate::status::unix_now();
-    let running = state.control.board.running_build(&builder, number);
+    let running = state.control.running_build(&builder, number);
     let eta = running
         .as_ref()
         .map(|running| crate::status::text::eta_text(running.eta_at(now)));
@@ -202,7 +190,7 @@ pub async fn build(
     let progress = running
         .as_ref()
         .map(|running| views::progress_view(running, total_steps, now));
-    let page = views::build_page(&state.control.logs_dir, &detail, eta, progress);
+    let page = views::build_page(state.control.logs_dir(), &detail, eta, progress);
     let session = state.session(&headers);
     let mut context = state.base_context(&headers);
     context.insert("can_stop", &session.is_some());
@@ -219,8 +207,8 @@ pub async fn patch(
     let request_id = detail.request_id;
     let patch = state
         .control
-        .history
-        .run(move |connection| history::request_patch(connection, request_id))
+        .store()
+        .patch(request_id)
         .await?
         .ok_or_else(|| WebError::NotFound(format!("{builder} #{number} built no patch")))?;
     let disposition = format!("attachment; filename=\"{builder}-{number}.patch\"");
@@ -264,7 +252,7 @@ pub async fn login(
     Query(query): Query<LoginQuery>,
     headers: HeaderMap,
 ) -> Result<Response, WebError> {
-    let Some(session_id) = state.control.sessions.redeem(&query.token) else {
+    let Some(session_id) = state.control.redeem_web_login(&query.token) else {
         let page = state.message(
             &headers,
             "Login link expired",

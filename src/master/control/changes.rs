@@ -1,11 +1,11 @@
 //! Changes: a revision that appeared on a branch, sent over SSH (`sendchange`, the git hook) or
-//! found by a poller. Recorded first, then handed to the schedulers that build them.
+//! found by a poller (`parts::PollerHandle`). Recorded first, then handed to the schedulers that
+//! build them (`parts::ChangeRecorder`).
 
 use crate::change::ChangeSpec;
 use crate::master::access::{self, Action};
 use crate::master::control::{Control, ControlError};
-use crate::master::history::changes::{self, StoredChange};
-use crate::status::BuildEvent;
+use crate::master::history::changes::StoredChange;
 use crate::unix::accounts::UnixAccount;
 
 impl Control {
@@ -17,36 +17,6 @@ impl Control {
     ) -> Result<StoredChange, ControlError> {
         access::check(Action::SendChange, account, &self.config())?;
         crate::change::check(&change)?;
-        self.record_change(change, &account.name).await
-    }
-
-    /// A change a poller found in `repository`.
-    pub async fn polled_change(&self, change: ChangeSpec) -> Result<StoredChange, ControlError> {
-        let sent_by = format!("poller {}", change.repository);
-        self.record_change(change, &sent_by).await
-    }
-
-    async fn record_change(
-        &self,
-        change: ChangeSpec,
-        sent_by: &str,
-    ) -> Result<StoredChange, ControlError> {
-        let sent_by = sent_by.to_string();
-        let stored = self
-            .history
-            .run(move |connection| changes::insert_change(connection, &change, &sent_by))
-            .await?;
-        tracing::info!(change = stored.id, branch = %stored.branch, revision = %stored.revision, by = %stored.sent_by, "change recorded");
-        self.events.publish(BuildEvent::ChangeAdded {
-            change_id: stored.id,
-            repository: stored.repository.clone(),
-            branch: stored.branch.clone(),
-            revision: stored.revision.clone(),
-            who: stored.who.clone(),
-        });
-        if self.changes.send(stored.clone()).await.is_err() {
-            tracing::debug!("schedulers gone (master stopping)");
-        }
-        Ok(stored)
+        self.changes.record(change, &account.name).await
     }
 }

@@ -3,38 +3,48 @@
 //! result or [`ControlError`] their own way. Here live the checks ("no builder named X", who
 //! may stop), the one stop behaviour, try submission, cancelling a job, and the status snapshot.
 //!
-//! [`Control`] holds the master's parts, each the one owner of its facts: the config, the
-//! history, the event log, the board of running builds, the roster of slaves, the web sessions,
-//! and the way into the scheduler.
+//! [`Control`] is a facade of actions and typed reads; its parts stay private. It holds the
+//! master's parts, each the one owner of its facts: the config, the history (read by front
+//! ends through [`Store`]), the event log, the board of running builds, the roster of slaves,
+//! the web sessions, the IRC links, and the way into the scheduler. The core's workers get the
+//! narrow handles of `parts` instead.
 
 mod changes;
+mod parts;
 mod requests;
 mod stop;
 
+pub use crate::master::executor::{LockHolderView, LockStatus, LockWaiterView};
+pub use parts::{ChangeRecorder, Enqueuer, IntakeHandle, PollerHandle, SchedulersHandle};
+
 use std::collections::BTreeMap;
-use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use tokio::sync::mpsc;
 
 use crate::exec_io::ExecIo;
 use crate::master::access::AccessError;
 use crate::master::board::Board;
+use crate::master::build::BuildParts;
 use crate::master::config::{BuilderConfig, Config};
-use crate::master::events::EventLog;
+use crate::master::events::{EventLog, Follower};
+use crate::master::executor::{ExecutorParts, Mail, Port, Published};
 use crate::master::history::changes::StoredChange;
-use crate::master::history::{self, BuildRow, History, HistoryError, StoredRequest};
+use crate::master::history::{self, BuildRow, History, HistoryError, NewRequest};
 use crate::master::irc_links::IrcLinks;
-use crate::master::lock;
+use crate::master::metrics::Metrics;
+use crate::master::reconfig::ConfigView;
 use crate::master::reconfig::{LiveConfig, Report};
 use crate::master::roster::Roster;
 use crate::master::scheduler::Input;
-use crate::master::sessions::Sessions;
+use crate::master::sessions::{Session, Sessions};
+use crate::master::slaves::SlaveInfo;
 use crate::master::slaves::{self, SlaveLink, SlaveRegistry};
+use crate::master::store::Store;
 use crate::spool::submit::SubmitError;
-use crate::status::{
-    BuildEvent, BuildResult, BuilderActivity, BuilderStatus, PoolSlave, StatusSnapshot,
-};
+use crate::status::RunningBuild;
+use crate::status::{BuildResult, BuilderActivity, BuilderStatus, PoolSlave, StatusSnapshot};
 use crate::unix::accounts::UnixAccount;
 
 /// Why an action was refused or failed. Front ends render these their own way.
@@ -96,33 +106,6 @@ pub struct ForceRequest {
     pub properties: BTreeMap<String, String>,
 }
 
-/// What reaches the scheduler executor: an input for the queue, or a cancellation whose
-/// caller wants to know whether the request was still queued.
-#[derive(Debug)]
-pub enum Mail {
-    Input(Input),
-    /// Recorded requests to queue; `applied` fires once the queue (and what it publishes) has
-    /// them.
-    Enqueue {
-        requests: Vec<StoredRequest>,
-        applied: tokio::sync::oneshot::Sender<()>,
-    },
-    CancelRequest {
-        builder: String,
-        request_id: i64,
-        by: String,
-        reply: tokio::sync::oneshot::Sender<bool>,
-    },
-    /// A running build's step wants its locks; `granted` fires when it has them.
-    StepLocks {
-        request_id: i64,
-        step: String,
-        slave: String,
-        uses: Vec<crate::master::locks::LockUse>,
-        granted: tokio::sync::oneshot::Sender<()>,
-    },
-}
-
 /// Where a queued request stands in its builder's queue.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct QueueEstimate {
@@ -132,36 +115,6 @@ pub struct QueueEstimate {
     /// Seconds from now, when there is anything to go by.
     pub starts_in: Option<f64>,
     pub finishes_in: Option<f64>,
-}
-
-/// Who holds and who waits for each lock, as the scheduler executor last published it.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct LockStatus {
-    pub name: String,
-    pub kind: crate::master::locks::LockKind,
-    pub max_count: usize,
-    pub holders: Vec<LockHolderView>,
-    pub waiters: Vec<LockWaiterView>,
-}
-
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct LockHolderView {
-    pub request_id: i64,
-    pub builder: String,
-    /// The build's number, once it has one.
-    pub number: Option<i64>,
-    pub slave: Option<String>,
-    pub step: Option<String>,
-    pub access: crate::master::locks::Access,
-    /// Seconds since the unix epoch.
-    pub since: f64,
-}
-
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct LockWaiterView {
-    pub request_id: i64,
-    pub builder: String,
-    pub step: Option<String>,
 }
 
 /// Fills in the build numbers the published status lacks: the executor publishes it as it
@@ -195,30 +148,27 @@ pub struct Control {
     /// The config in force; see [`Control::config`] and `master::reconfig`.
     live: LiveConfig,
     /// `SHA256:...` of the host key, shown to users so they can check what they connect to.
-    pub host_key_fingerprint: String,
-    pub history: History,
-    pub events: EventLog,
-    pub board: Board,
-    pub roster: Roster,
+    host_key_fingerprint: String,
+    history: History,
+    store: Store,
+    events: Arc<EventLog>,
+    board: Arc<Board>,
+    roster: Arc<Roster>,
     /// The Prometheus metrics every part updates; `/metrics` encodes them.
-    pub metrics: crate::master::metrics::Metrics,
-    pub sessions: Sessions,
+    metrics: Arc<Metrics>,
+    sessions: Sessions,
     /// IRC nicks bound to unix users (`ssh master irc-link`, then `/msg BOT link CODE`).
-    pub irc_links: IrcLinks,
-    /// The web address, for links in summaries.
-    pub web_url: String,
+    irc_links: IrcLinks,
+    /// The web address, for links in answers.
+    web_url: String,
     /// Where step logs are written: `logs/BUILDER/NUMBER/STEP-NAME.STREAM`.
-    pub logs_dir: PathBuf,
-    /// The paused slaves, as the scheduler executor last published them.
-    paused: Mutex<Vec<String>>,
-    /// The locks, as the scheduler executor last published them.
-    locks: Mutex<Vec<LockStatus>>,
-    /// Requests waiting per builder, as the scheduler executor last published them.
-    queued: Mutex<BTreeMap<String, Vec<i64>>>,
+    logs_dir: PathBuf,
+    /// What the scheduler executor last published: queued requests, paused slaves, locks.
+    published: Arc<Published>,
     /// Into the scheduler executor; bounded, so a flood of inputs slows their senders.
-    scheduler: mpsc::Sender<Mail>,
-    /// Recorded changes, to the schedulers that build them (`master::schedulers`).
-    changes: mpsc::Sender<StoredChange>,
+    inbox: mpsc::Sender<Mail>,
+    enqueuer: Enqueuer,
+    changes: ChangeRecorder,
 }
 
 impl Control {
@@ -227,7 +177,7 @@ impl Control {
         host_key_fingerprint: String,
         history: History,
         web_url: String,
-        scheduler: mpsc::Sender<Mail>,
+        inbox: mpsc::Sender<Mail>,
         changes: mpsc::Sender<StoredChange>,
     ) -> Control {
         let irc_links = IrcLinks::new(
@@ -238,24 +188,179 @@ impl Control {
                     irc.link_ttl
                 }),
         );
+        let events = Arc::new(EventLog::new());
         Control {
             logs_dir: config.master_dir.join("logs"),
             live: LiveConfig::new(config),
             host_key_fingerprint,
+            store: Store::new(history.clone()),
+            enqueuer: Enqueuer {
+                history: history.clone(),
+                events: Arc::clone(&events),
+                inbox: inbox.clone(),
+            },
+            changes: ChangeRecorder {
+                history: history.clone(),
+                events: Arc::clone(&events),
+                changes,
+            },
             history,
-            events: EventLog::new(),
-            board: Board::default(),
-            roster: Roster::default(),
-            metrics: crate::master::metrics::Metrics::new(),
+            events,
+            board: Arc::default(),
+            roster: Arc::default(),
+            metrics: Arc::new(Metrics::new()),
             sessions: Sessions::default(),
             irc_links,
             web_url,
-            queued: Mutex::new(BTreeMap::new()),
-            locks: Mutex::new(Vec::new()),
-            paused: Mutex::new(Vec::new()),
-            scheduler,
-            changes,
+            published: Arc::default(),
+            inbox,
         }
+    }
+
+    fn config_view(&self) -> ConfigView {
+        ConfigView::new(self.live.subscribe())
+    }
+
+    fn build_parts(&self) -> BuildParts {
+        BuildParts {
+            config: self.config_view(),
+            history: self.history.clone(),
+            events: Arc::clone(&self.events),
+            board: Arc::clone(&self.board),
+            metrics: Arc::clone(&self.metrics),
+            logs_dir: self.logs_dir.clone(),
+            scheduler: Arc::new(Port(self.inbox.clone())),
+        }
+    }
+
+    /// The scheduler executor's handle.
+    pub fn executor_parts(&self) -> ExecutorParts {
+        ExecutorParts {
+            config: self.config_view(),
+            history: self.history.clone(),
+            events: Arc::clone(&self.events),
+            board: Arc::clone(&self.board),
+            metrics: Arc::clone(&self.metrics),
+            roster: Arc::clone(&self.roster),
+            published: Arc::clone(&self.published),
+            build: Arc::new(self.build_parts()),
+        }
+    }
+
+    /// The schedulers task's handle.
+    pub fn schedulers_handle(&self) -> SchedulersHandle {
+        SchedulersHandle {
+            config: self.config_view(),
+            events: Arc::clone(&self.events),
+            enqueuer: self.enqueuer.clone(),
+        }
+    }
+
+    /// A change poller's handle.
+    pub fn poller_handle(&self) -> PollerHandle {
+        PollerHandle {
+            history: self.history.clone(),
+            recorder: self.changes.clone(),
+        }
+    }
+
+    /// The spool intake's handle.
+    pub fn intake_handle(&self) -> IntakeHandle {
+        IntakeHandle {
+            history: self.history.clone(),
+            config: self.config_view(),
+            enqueuer: self.enqueuer.clone(),
+        }
+    }
+
+    /// The read side of the store, for pages and the API.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The metrics every part updates (sshd counts its logins and refusals).
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// `SHA256:...` of the host key.
+    pub fn host_key_fingerprint(&self) -> &str {
+        &self.host_key_fingerprint
+    }
+
+    /// The web address, `http://HOST:PORT`.
+    pub fn web_url(&self) -> &str {
+        &self.web_url
+    }
+
+    /// The URL of a builder's page.
+    pub fn builder_url(&self, builder: &str) -> String {
+        format!("{}/builders/{builder}", self.web_url)
+    }
+
+    /// Where step logs are, for serving them.
+    pub fn logs_dir(&self) -> &Path {
+        &self.logs_dir
+    }
+
+    /// Every event from now on.
+    pub fn follow(&self) -> Follower {
+        self.events.follow()
+    }
+
+    /// The kept events after `since`, then every new one.
+    pub fn follow_since(&self, since: u64) -> Follower {
+        self.events.follow_since(since)
+    }
+
+    /// As [`Control::follow_since`], replaying at most `max_replay` kept events.
+    pub fn follow_since_at_most(&self, since: u64, max_replay: usize) -> Follower {
+        self.events.follow_since_at_most(since, max_replay)
+    }
+
+    /// The sequence number of the newest event.
+    pub fn last_event_seq(&self) -> u64 {
+        self.events.last_seq()
+    }
+
+    /// Names this master run's event sequence numbers.
+    pub fn events_epoch(&self) -> &str {
+        self.events.epoch()
+    }
+
+    /// The running builds of `builder`.
+    pub fn running(&self, builder: &str) -> Vec<RunningBuild> {
+        self.board.running(builder)
+    }
+
+    /// Build `number` of `builder`, while it runs.
+    pub fn running_build(&self, builder: &str, number: i64) -> Option<RunningBuild> {
+        self.board.running_build(builder, number)
+    }
+
+    /// The last build of `builder` to end (since start, or as the history had it at start).
+    pub fn last_build(&self, builder: &str) -> Option<crate::status::LastBuild> {
+        self.board.last(builder)
+    }
+
+    /// The connected slaves.
+    pub fn slaves(&self) -> BTreeMap<String, SlaveInfo> {
+        self.roster.snapshot()
+    }
+
+    /// The web session of that id, if it is live.
+    pub fn web_session(&self, id: &str) -> Option<Session> {
+        self.sessions.get(id)
+    }
+
+    /// Turns a one-time login token into a session id.
+    pub fn redeem_web_login(&self, token: &str) -> Option<String> {
+        self.sessions.redeem(token)
+    }
+
+    /// The IRC links: issued by `ssh master irc-link`, redeemed and ended by the bot.
+    pub fn irc_links(&self) -> &IrcLinks {
+        &self.irc_links
     }
 
     /// The config in force now. A snapshot: take it once per action, so one action sees one
@@ -320,52 +425,20 @@ impl Control {
             .try_for_each(|name| self.builder(name).map(|_| ()))
     }
 
-    pub async fn scheduler_input(&self, input: Input) {
-        if self.scheduler.send(Mail::Input(input)).await.is_err() {
+    async fn scheduler_input(&self, input: Input) {
+        if self.inbox.send(Mail::Input(input)).await.is_err() {
             tracing::debug!("scheduler gone (master stopping)");
         }
     }
 
-    pub(crate) fn set_queued(&self, queued: BTreeMap<String, Vec<i64>>) {
-        *lock(&self.queued) = queued;
-    }
-
-    pub(crate) fn set_paused(&self, paused: Vec<String>) {
-        *lock(&self.paused) = paused;
-    }
-
     pub fn is_paused(&self, slave: &str) -> bool {
-        lock(&self.paused).iter().any(|name| name == slave)
-    }
-
-    pub(crate) fn set_locks(&self, locks: Vec<LockStatus>) {
-        *lock(&self.locks) = locks;
+        self.published.get().paused.iter().any(|name| name == slave)
     }
 
     /// Who holds and who waits for each lock.
     pub fn locks(&self) -> Vec<LockStatus> {
-        let locks = lock(&self.locks).clone();
+        let locks = self.published.get().locks;
         with_build_numbers(locks, |request_id| self.board.number_of_request(request_id))
-    }
-
-    /// Asks for a step's locks and waits until they are granted; none when the master stops.
-    pub(crate) async fn step_locks(
-        &self,
-        request_id: i64,
-        step: &str,
-        slave: &str,
-        uses: Vec<crate::master::locks::LockUse>,
-    ) -> Option<()> {
-        let (granted, answer) = tokio::sync::oneshot::channel();
-        let mail = Mail::StepLocks {
-            request_id,
-            step: step.to_string(),
-            slave: slave.to_string(),
-            uses,
-            granted,
-        };
-        self.scheduler.send(mail).await.ok()?;
-        answer.await.ok()
     }
 
     /// Where each of a builder's queued requests stands: its position and when it should start
@@ -431,54 +504,19 @@ impl Control {
 
     /// The ids of a builder's queued requests, in the order they will be served.
     pub fn queued_ids(&self, builder: &str) -> Vec<i64> {
-        lock(&self.queued).get(builder).cloned().unwrap_or_default()
+        self.published.queued(builder)
     }
 
-    /// Records requests and queues them; tells the followers under `job_name`.
-    pub(crate) async fn enqueue(
-        &self,
-        requests: Vec<StoredRequest>,
-    ) -> Result<Vec<i64>, ControlError> {
-        let to_store = requests.clone();
-        let ids = self
-            .history
-            .run(move |connection| history::insert_requests(connection, &to_store))
-            .await?;
-        let Some(job_name) = requests.first().map(|request| request.job_name.clone()) else {
-            return Ok(ids);
-        };
-        let builders = requests
-            .iter()
-            .map(|request| request.builder.clone())
-            .collect();
-        let stored = requests
-            .into_iter()
-            .zip(ids.iter())
-            .map(|(request, id)| StoredRequest { id: *id, ..request })
-            .collect();
-        // Announced once the queue has them, so a follower asking for its place finds it.
-        let (applied, done) = tokio::sync::oneshot::channel();
-        if self
-            .scheduler
-            .send(Mail::Enqueue {
-                requests: stored,
-                applied,
-            })
-            .await
-            .is_ok()
-        {
-            let _ = done.await;
-        }
-        self.events
-            .publish(BuildEvent::RequestsQueued { job_name, builders });
-        Ok(ids)
+    /// Records requests and queues them; tells the followers under their job's name.
+    async fn enqueue(&self, requests: Vec<NewRequest>) -> Result<Vec<i64>, ControlError> {
+        self.enqueuer.enqueue(requests).await
     }
 
     /// What each builder (all, or those named) is doing now.
     pub fn status(&self, only: &[String]) -> Result<StatusSnapshot, ControlError> {
         self.check_builders(only)?;
         let connected = self.roster.snapshot();
-        let queued = lock(&self.queued).clone();
+        let queued = self.published.get().queued;
         let builders = self
             .config()
             .builders

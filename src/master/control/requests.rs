@@ -4,12 +4,12 @@
 use tokio::io::AsyncRead;
 
 use crate::master::access::{self, Action};
-use crate::master::control::{Accepted, Control, ControlError, ForceRequest, Mail, Queued};
-use crate::master::history::{self, StoredRequest};
+use crate::master::control::{Accepted, Control, ControlError, ForceRequest, Queued};
+use crate::master::executor::Mail;
+use crate::master::history::{self, NewRequest};
 use crate::master::scheduler::Input;
 use crate::spool::maildir::Maildir;
 use crate::spool::submit;
-use crate::spool::watcher::SpooledJob;
 use crate::status::RequestKind;
 use crate::unix::accounts::UnixAccount;
 
@@ -43,39 +43,6 @@ impl Control {
         })
     }
 
-    /// Records a spooled job's requests durably (after which the spool file is only an
-    /// archive), queues them, and tells the followers.
-    pub async fn record_spooled(&self, spooled: SpooledJob) -> Result<(), ControlError> {
-        let submitted_at = history::now();
-        let requests: Vec<StoredRequest> = spooled
-            .builders
-            .iter()
-            .map(|builder| StoredRequest {
-                id: 0,
-                job_name: spooled.name.clone(),
-                jobid: spooled.job.jobid.clone(),
-                builder: builder.clone(),
-                who: spooled.job.who.clone(),
-                comment: spooled.job.comment.clone(),
-                repository: spooled.job.repository.clone(),
-                branch: spooled.job.branch.clone(),
-                baserev: spooled.job.baserev.clone(),
-                patch: spooled.job.patch.clone(),
-                patch_level: spooled.job.patch_level,
-                submitted_at,
-                properties: spooled.job.properties.clone(),
-                kind: RequestKind::Try,
-                reason: Some(match &spooled.job.who {
-                    Some(who) => format!("try by {who}"),
-                    None => "try".to_string(),
-                }),
-                change_ids: Vec::new(),
-            })
-            .collect();
-        self.enqueue(requests).await?;
-        Ok(())
-    }
-
     /// Queues a build of `builder` by hand, of a branch and revision of its repository.
     pub async fn force(
         &self,
@@ -92,8 +59,7 @@ impl Control {
             });
         }
         let job_name = format!("force-{:016x}", rand::random::<u64>());
-        let request = StoredRequest {
-            id: 0,
+        let request = NewRequest {
             job_name: job_name.clone(),
             jobid: String::new(),
             builder: config.name.clone(),
@@ -148,8 +114,8 @@ impl Control {
                 number,
             })?;
         let job_name = format!("rebuild-{:016x}", rand::random::<u64>());
-        let request = StoredRequest {
-            id: 0,
+        let original = original.renew();
+        let request = NewRequest {
             job_name: job_name.clone(),
             who: Some(account.name.clone()),
             comment: Some(format!("rebuild of {builder} #{number}: {reason}")),
@@ -185,7 +151,7 @@ impl Control {
             by: account.name.clone(),
             reply,
         };
-        let cancelled = self.scheduler.send(mail).await.is_ok() && answer.await.unwrap_or(false);
+        let cancelled = self.inbox.send(mail).await.is_ok() && answer.await.unwrap_or(false);
         if !cancelled {
             return Err(ControlError::NotQueued {
                 builder: builder.to_string(),

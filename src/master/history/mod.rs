@@ -124,6 +124,77 @@ pub enum HistoryError {
     Task(String),
 }
 
+/// A request before the history has recorded it (and so before it has an id): what try jobs,
+/// forced builds, rebuilds and the schedulers hand to the queue.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewRequest {
+    pub job_name: String,
+    pub jobid: String,
+    pub builder: String,
+    pub who: Option<String>,
+    pub comment: Option<String>,
+    pub repository: String,
+    pub branch: Option<String>,
+    pub baserev: Option<String>,
+    pub patch: Option<Vec<u8>>,
+    pub patch_level: u32,
+    pub submitted_at: f64,
+    /// The job's build properties (stored as a JSON object).
+    pub properties: std::collections::BTreeMap<String, String>,
+    pub kind: RequestKind,
+    /// Why the request exists, for people ("try by alice", "changes 3, 4 on main").
+    pub reason: Option<String>,
+    /// The changes it builds (none for try jobs and forced builds).
+    pub change_ids: Vec<i64>,
+}
+
+impl NewRequest {
+    /// The request as recorded under `id`.
+    pub fn stored(self, id: i64) -> StoredRequest {
+        StoredRequest {
+            id,
+            job_name: self.job_name,
+            jobid: self.jobid,
+            builder: self.builder,
+            who: self.who,
+            comment: self.comment,
+            repository: self.repository,
+            branch: self.branch,
+            baserev: self.baserev,
+            patch: self.patch,
+            patch_level: self.patch_level,
+            submitted_at: self.submitted_at,
+            properties: self.properties,
+            kind: self.kind,
+            reason: self.reason,
+            change_ids: self.change_ids,
+        }
+    }
+}
+
+impl StoredRequest {
+    /// The same request, to be recorded again (a rebuild).
+    pub fn renew(self) -> NewRequest {
+        NewRequest {
+            job_name: self.job_name,
+            jobid: self.jobid,
+            builder: self.builder,
+            who: self.who,
+            comment: self.comment,
+            repository: self.repository,
+            branch: self.branch,
+            baserev: self.baserev,
+            patch: self.patch,
+            patch_level: self.patch_level,
+            submitted_at: self.submitted_at,
+            properties: self.properties,
+            kind: self.kind,
+            reason: self.reason,
+            change_ids: self.change_ids,
+        }
+    }
+}
+
 /// A request as stored: everything needed to run its build after a restart.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StoredRequest {
@@ -258,7 +329,7 @@ fn migrate(connection: &mut Connection) -> Result<(), HistoryError> {
 /// recorded twice.
 pub fn insert_requests(
     connection: &mut Connection,
-    requests: &[StoredRequest],
+    requests: &[NewRequest],
 ) -> Result<Vec<i64>, HistoryError> {
     let transaction = connection.transaction()?;
     let mut ids = Vec::new();
@@ -585,9 +656,8 @@ pub fn recent_success_durations(
 mod tests {
     use super::*;
 
-    fn request(job: &str, builder: &str) -> StoredRequest {
-        StoredRequest {
-            id: 0,
+    fn request(job: &str, builder: &str) -> NewRequest {
+        NewRequest {
             job_name: job.into(),
             jobid: "1".into(),
             builder: builder.into(),

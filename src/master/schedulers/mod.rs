@@ -5,30 +5,29 @@
 
 pub mod engine;
 
-use std::sync::Arc;
 use std::time::Instant;
 
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::master::control::Control;
+use crate::master::control::SchedulersHandle;
 use crate::master::events::Followed;
 use crate::master::git_remote;
 use crate::master::history::changes::StoredChange;
-use crate::master::history::{self, StoredRequest};
+use crate::master::history::{self, NewRequest};
 use crate::status::{BuildEvent, RequestKind};
 use engine::{Engine, Fire};
 
 /// Runs the schedulers until `shutdown`.
 pub async fn run(
-    control: Arc<Control>,
+    control: SchedulersHandle,
     mut changes: mpsc::Receiver<StoredChange>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let mut config_changes = control.config_changes();
     let mut schedulers = control.config().schedulers.clone();
     let mut engine = Engine::new(&schedulers, Instant::now(), chrono::Local::now());
-    let mut follower = control.events.follow();
+    let mut follower = control.follow();
     loop {
         let deadline = engine.next_deadline();
         tokio::select! {
@@ -86,7 +85,11 @@ async fn sleep_until(deadline: Option<Instant>) {
 }
 
 /// The head of `branch` (default: the builder's own) in the repository of the first builder.
-async fn head_of(control: &Control, builders: &[String], branch: Option<&str>) -> Option<String> {
+async fn head_of(
+    control: &SchedulersHandle,
+    builders: &[String],
+    branch: Option<&str>,
+) -> Option<String> {
     let builder = builders
         .iter()
         .find_map(|name| control.config().builder(name).cloned())?;
@@ -105,15 +108,14 @@ async fn head_of(control: &Control, builders: &[String], branch: Option<&str>) -
 }
 
 /// Queues one build per builder of a firing, as one job.
-async fn queue(control: &Control, engine: &mut Engine, fire: Fire) {
+async fn queue(control: &SchedulersHandle, engine: &mut Engine, fire: Fire) {
     let job_name = format!("{}-{:016x}", fire.scheduler, rand::random::<u64>());
     let submitted_at = history::now();
-    let requests: Vec<StoredRequest> = fire
+    let requests: Vec<NewRequest> = fire
         .builders
         .iter()
         .filter_map(|name| control.config().builder(name).cloned())
-        .map(|builder| StoredRequest {
-            id: 0,
+        .map(|builder| NewRequest {
             job_name: job_name.clone(),
             jobid: String::new(),
             builder: builder.name.clone(),
