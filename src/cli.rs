@@ -121,20 +121,12 @@ pub enum Command {
     /// Queue a build of BUILDER by hand, of its branch (or --branch) at its head (or
     /// --revision). Needs the right to try, or membership of the master's admin group.
     Force {
-        /// The builder.
-        builder: String,
-        /// The branch to build (default: the builder's).
+        #[command(flatten)]
+        force: crate::commands::ForceArgs,
+        /// Stay connected and report the build's progress, as `try --wait` does; exit 0 only if
+        /// it succeeds.
         #[arg(long)]
-        branch: Option<String>,
-        /// The revision to build (default: the branch's head).
-        #[arg(long)]
-        revision: Option<String>,
-        /// Why: recorded with the build. The words after --reason need no quotes.
-        #[arg(long, num_args = 1.., required = true, value_name = "TEXT")]
-        reason: Vec<String>,
-        /// A build property NAME=VALUE (repeatable).
-        #[arg(long = "property", value_name = "NAME=VALUE")]
-        properties: Vec<String>,
+        wait: bool,
         #[command(flatten)]
         connection: ConnectionCli,
     },

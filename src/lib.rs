@@ -4,6 +4,7 @@
 
 // Bottom layer: shared vocabulary and unix facts, no knowledge of the parts above.
 pub mod change;
+pub mod commands;
 pub mod durations;
 pub mod exec_io;
 pub mod proto;

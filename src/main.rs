@@ -168,22 +168,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(client_outcome("stop", result))
         }
         Command::Force {
-            builder,
-            branch,
-            revision,
-            reason,
-            properties,
+            force,
+            wait,
             connection,
         } => {
             let cwd = std::env::current_dir().context("cannot find the current directory")?;
-            let force = buildbot::client::remote::ForceArgs {
-                builder,
-                branch,
-                revision,
-                reason: reason.join(" "),
-                properties,
-            };
-            let result = buildbot::client::remote::force(&force, &connection.into_try_args(), &cwd);
+            let result =
+                buildbot::client::remote::force(&force, wait, &connection.into_try_args(), &cwd);
             Ok(client_outcome("force", result))
         }
         Command::Sendchange {

@@ -12,6 +12,7 @@ const LAYERS: &[(&str, &[&str])] = &[
         "bottom",
         &[
             "change",
+            "commands",
             "durations",
             "exec_io",
             "proto",

@@ -110,6 +110,10 @@ impl Renderer {
                 self.web_url = web_url;
                 vec![text::describe_accepted(&jobid, &job_name, &builders)]
             }
+            StreamItem::Answer { answer, web_url } => {
+                self.web_url = web_url;
+                vec![answer.to_string()]
+            }
             StreamItem::Event(sequenced) => {
                 self.tracker.observe(&sequenced.event);
                 let mut lines = vec![text::describe_event(&sequenced.event)];

@@ -1,38 +1,55 @@
 //! `buildbot stop`, `force` and `sendchange`: one master command each, run word by word over
 //! the user's own ssh with the same connection defaults as `try` (flags, then `.buildbot`). The
-//! master prints the answer; the exit code says how it went.
+//! master prints the answer (`force` reads it as JSON and renders it, and follows the build with
+//! `--wait`); the exit code says how it went.
 
 use std::collections::BTreeMap;
+use std::io::IsTerminal;
 use std::path::Path;
+use std::process::Stdio;
 
 use crate::change::ChangeSpec;
 use crate::client::dotfile::{self, DotBuildbot};
 use crate::client::try_cmd::{Connection, SshExit, TryArgs, TryError};
+use crate::commands::{EXIT_FAILED, EXIT_OK, EXIT_USAGE, ForceArgs};
 
-/// What `buildbot force` asks for.
-#[derive(Debug, Clone, Default)]
-pub struct ForceArgs {
-    pub builder: String,
-    pub branch: Option<String>,
-    pub revision: Option<String>,
-    pub reason: String,
-    /// `NAME=VALUE`, as given.
-    pub properties: Vec<String>,
-}
-
-/// Runs `buildbot force`; the master checks the properties and the right to force.
-pub fn force(args: &ForceArgs, connection_args: &TryArgs, cwd: &Path) -> Result<u8, TryError> {
-    let mut words = vec!["force".to_string(), args.builder.clone()];
-    for (flag, value) in [("--branch", &args.branch), ("--revision", &args.revision)] {
-        if let Some(value) = value {
-            words.extend([flag.to_string(), value.clone()]);
-        }
+/// Runs `buildbot force`: the master answers with one JSON object (`commands::Answer`), shown
+/// as "forced build queued as request 6 → linux, http://…"; with `wait` the build's progress
+/// follows and the exit code says how it ended, as for `try --wait`.
+pub fn force(
+    args: &ForceArgs,
+    wait: bool,
+    connection_args: &TryArgs,
+    cwd: &Path,
+) -> Result<u8, TryError> {
+    let mut words = args.to_words();
+    words.push("--json".to_string());
+    if wait {
+        words.push("--wait".to_string());
     }
-    words.extend(["--reason".to_string(), args.reason.clone()]);
-    for property in &args.properties {
-        words.extend(["--property".to_string(), property.clone()]);
+    let connection = resolve(connection_args, cwd)?;
+    let remote = shlex::try_join(words.iter().map(String::as_str))
+        .map_err(|_| TryError("an argument cannot be quoted for the remote command".into()))?;
+    let mut run = connection.spawn(&remote, Stdio::null(), true)?;
+    let interrupted = if wait {
+        crate::client::interrupt::catch()
+    } else {
+        None
+    };
+    if let Some(answer) = run.child.stdout.take() {
+        crate::client::progress::follow(
+            std::io::BufReader::new(answer),
+            &mut std::io::stdout(),
+            wait && std::io::stdout().is_terminal(),
+        );
     }
-    run_command(&words, connection_args, cwd)
+    let exit = run.wait()?;
+    if interrupted.is_some_and(|caught| caught.happened()) {
+        return Err(TryError(
+            "interrupted: the master stops the forced build when `force --wait` goes away (force without --wait to leave it running, and follow it with `buildbot watch`)".into(),
+        ));
+    }
+    exit_code(exit, &connection)
 }
 
 /// `NAME=VALUE` pairs into properties; the first that is not one is the error.
@@ -46,17 +63,17 @@ pub fn parse_properties(pairs: &[String]) -> Result<BTreeMap<String, String>, Tr
         .collect()
 }
 
-/// The documented exit codes of `stop`, `force`, `sendchange` (and `cancel`, `rebuild` over
-/// plain ssh): 0 done; 1 refused or not found (no such builder, build or request, not running,
-/// no right); 2 a usage error. ssh's own failure (255) becomes an error naming its cause, which
-/// the CLI reports with exit code 2.
+/// The one exit-code scheme (`commands`): 0 done; 1 refused, not found (no such builder, build
+/// or request, not running, no right) or a build that did not succeed (`--wait`); 2 a usage
+/// error. ssh's own failure (255) becomes an error naming its cause, which the CLI reports
+/// with exit code 2.
 pub(crate) fn exit_code(exit: SshExit, connection: &Connection) -> Result<u8, TryError> {
     match exit.code {
-        Some(0) => Ok(0),
-        Some(1) => Ok(1),
+        Some(0) => Ok(EXIT_OK),
+        Some(1) => Ok(EXIT_FAILED),
         Some(255) => Err(connection.failure(exit.trouble, false)),
         _ if exit.trouble.shutting_down => Err(connection.failure(exit.trouble, false)),
-        _ => Ok(2),
+        _ => Ok(EXIT_USAGE),
     }
 }
 

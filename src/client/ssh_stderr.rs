@@ -5,10 +5,12 @@
 //!
 //! This reads OpenSSH's own sentences because ssh reports these causes no other way (its exit
 //! status is 255 for all of them); the master's sentences it looks for are the ones it sends as
-//! a disconnect reason, prefixed `buildbot:`.
+//! a disconnect reason, typed once as `commands::Farewell`.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::thread::JoinHandle;
+
+use crate::commands::{Farewell, FarewellKind};
 
 /// The causes of an ssh failure worth their own advice.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -38,11 +40,10 @@ impl SshTrouble {
         {
             self.host_key = true;
         }
-        if line.contains("the master is shutting down") || line.contains("master shutting down") {
-            self.shutting_down = true;
-        }
-        if line.contains("Received disconnect") && line.contains("buildbot:") {
-            self.master_explained = true;
+        match Farewell::recognise(line) {
+            Some(FarewellKind::ShuttingDown) => self.shutting_down = true,
+            Some(FarewellKind::LoginRefused) => self.master_explained = true,
+            None => {}
         }
     }
 }

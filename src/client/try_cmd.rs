@@ -15,9 +15,9 @@ use crate::client::patch::{self, FileStat, PatchOptions};
 use crate::client::ssh_stderr::{self, SshTrouble};
 use crate::tryjob::{self as job, Job};
 
-pub const EXIT_OK: u8 = 0;
-pub const EXIT_BUILD_FAILED: u8 = 1;
-pub const EXIT_TROUBLE: u8 = 2;
+pub const EXIT_OK: u8 = crate::commands::EXIT_OK;
+pub const EXIT_BUILD_FAILED: u8 = crate::commands::EXIT_FAILED;
+pub const EXIT_TROUBLE: u8 = crate::commands::EXIT_USAGE;
 
 /// The try command's arguments, as parsed by the CLI.
 #[derive(Debug, Clone, Default)]
@@ -366,7 +366,9 @@ impl Connection {
         }
         match exit.code {
             Some(0) => Ok(EXIT_OK),
-            Some(1) if wait => Ok(EXIT_BUILD_FAILED),
+            // Refused (the master's line is above) or, with --wait, a build that failed: one
+            // exit code for both, as for force and stop (`commands`, docs/try.md).
+            Some(1) => Ok(EXIT_BUILD_FAILED),
             Some(255) => Err(self.failure(exit.trouble, wait)),
             Some(_) if exit.trouble.shutting_down => Err(self.failure(exit.trouble, wait)),
             Some(_) => Err(TryError::new(

@@ -145,7 +145,9 @@ fn render(
                 true => line.clone(),
                 false => format!("({count} events skipped: this watcher fell behind)"),
             }),
-            StreamItem::Accepted { .. } | StreamItem::Queued { .. } => None,
+            StreamItem::Accepted { .. } | StreamItem::Answer { .. } | StreamItem::Queued { .. } => {
+                None
+            }
         };
         if let Some(shown) = shown {
             let shown = shown.trim_end();

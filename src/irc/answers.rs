@@ -39,25 +39,12 @@ impl Answer {
     }
 }
 
-/// A refusal as one line.
+/// A refusal as one line: `ControlError`'s own, with the bot's syntax for naming a build.
 pub fn refusal(err: &ControlError) -> String {
+    let line = err.user_line();
     match err {
-        ControlError::NoSuchBuilder { name, known } => {
-            let known = if known.is_empty() {
-                "none".to_string()
-            } else {
-                known.join(", ")
-            };
-            format!("no builder named '{name}' (builders: {known})")
-        }
-        ControlError::Ambiguous { builder, .. } => {
-            format!("{err}: stop build {builder} N REASON")
-        }
-        ControlError::History(_) => {
-            tracing::error!("IRC command failed: {err}");
-            "that did not work (the master's log says why)".to_string()
-        }
-        _ => err.to_string(),
+        ControlError::Ambiguous { builder, .. } => format!("{line}: stop build {builder} N REASON"),
+        _ => line,
     }
 }
 

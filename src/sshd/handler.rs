@@ -101,7 +101,7 @@ impl ConnectionHandler {
                 let _ = handle
                     .disconnect(
                         russh::Disconnect::NoMoreAuthMethodsAvailable,
-                        format!("buildbot: {refusal}"),
+                        crate::commands::Farewell::LoginRefused(refusal.to_string()).to_string(),
                         String::new(),
                     )
                     .await;

@@ -8,7 +8,7 @@
 //! answers as text (or JSON lines) on the channel.
 
 pub mod authorized_keys;
-pub mod commands;
+pub mod cmd;
 mod cutoff;
 pub mod exec;
 mod handler;
@@ -431,7 +431,11 @@ async fn serve_connection(
             }
             _ = ctx.shutdown.cancelled() => {
                 let _ = handle
-                    .disconnect(russh::Disconnect::ByApplication, "master shutting down".into(), String::new())
+                    .disconnect(
+                        russh::Disconnect::ByApplication,
+                        crate::commands::Farewell::ShuttingDown.to_string(),
+                        String::new(),
+                    )
                     .await;
                 let _ = tokio::time::timeout(Duration::from_millis(500), &mut session).await;
                 return;

@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::exec_io::ExecIo;
-use crate::sshd::commands;
+use crate::sshd::cmd;
 use crate::sshd::{Identity, SshdContext};
 
 /// What to run on an accepted channel.
@@ -113,8 +113,8 @@ async fn run(
                     stderr: &mut stderr,
                     client_gone,
                 };
-                let command_future = commands::run(&ctx, &identity, peer, &command, &mut io)
-                    .instrument(span.clone());
+                let command_future =
+                    cmd::run(&ctx, &identity, peer, &command, &mut io).instrument(span.clone());
                 tokio::pin!(command_future);
                 tokio::pin!(pump);
                 let mut pump_done = false;
@@ -129,9 +129,8 @@ async fn run(
             let status = match finished {
                 Some(status) => status,
                 None => {
-                    let _ = stderr
-                        .write_all(b"buildbot: the master is shutting down\n")
-                        .await;
+                    let farewell = format!("{}\n", crate::commands::Farewell::ShuttingDown);
+                    let _ = stderr.write_all(farewell.as_bytes()).await;
                     EXIT_SHUTTING_DOWN
                 }
             };

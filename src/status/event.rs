@@ -142,6 +142,13 @@ pub enum StreamItem {
         snapshot: StatusSnapshot,
     },
     Event(SequencedEvent),
+    /// The typed answer of the action whose builds follow (first item of `force --wait` and
+    /// `rebuild --wait`).
+    Answer {
+        answer: crate::commands::Answer,
+        /// The master's web address, for links to the builds.
+        web_url: String,
+    },
     /// Where the job's request stands in a builder's queue (after it was queued).
     Queued {
         builder: String,

@@ -252,7 +252,7 @@ fn an_unknown_command_exits_127_with_a_message() {
     assert_eq!(output.status.code(), Some(127));
     assert_eq!(
         text(&output.stderr).trim(),
-        "buildbot: unknown command 'frobnicate'"
+        "buildbot: unknown command 'frobnicate' (`help` lists the commands)"
     );
 }
 

@@ -135,9 +135,10 @@ fn stop_takes_an_unquoted_reason_and_names_the_builders() {
         "stop linux 4 --reason wrong branch",
     );
     assert_eq!(output.status.code(), Some(1), "{}", text(&output.stderr));
+    // Build #4 never existed: that, not "not running" (issue 21).
     assert_eq!(
         text(&output.stderr).trim(),
-        "buildbot: linux #4 is not running"
+        "buildbot: linux has no build #4"
     );
 
     let mut stop = std::process::Command::new(crate::harness::BIN);

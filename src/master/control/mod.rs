@@ -77,6 +77,51 @@ pub enum ControlError {
     History(#[from] HistoryError),
 }
 
+impl ControlError {
+    /// The one line a person reads for this refusal, over SSH and IRC alike (the web maps the
+    /// variants onto HTTP statuses). A failure of the master itself says only that: its detail
+    /// (a database error may name tables, paths or SQL) goes to the log, here.
+    pub fn user_line(&self) -> String {
+        match self {
+            ControlError::NoSuchBuilder { name, known } => {
+                let known = if known.is_empty() {
+                    "none".to_string()
+                } else {
+                    known.join(", ")
+                };
+                format!("no builder named '{name}' (builders: {known})")
+            }
+            _ if self.is_internal() => {
+                tracing::error!("action failed: {self}");
+                "internal error (logged on the master)".to_string()
+            }
+            _ => {
+                tracing::info!("refused: {self}");
+                self.to_string()
+            }
+        }
+    }
+
+    /// A failure of the master (its database, its spool), not of the request.
+    pub fn is_internal(&self) -> bool {
+        matches!(
+            self,
+            ControlError::History(_)
+                | ControlError::Submit(crate::spool::submit::SubmitError::Spool(_))
+        )
+    }
+
+    /// The exit status of the one scheme (`commands`, docs/try.md "Exit codes"): 2 for a
+    /// usage mistake (a builder running several builds needs the number), 1 for every other
+    /// refusal, whatever the command.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            ControlError::Ambiguous { .. } => crate::commands::EXIT_USAGE,
+            _ => crate::commands::EXIT_FAILED,
+        }
+    }
+}
+
 /// A try job taken into the spool.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Accepted {
@@ -642,6 +687,24 @@ impl SlaveRegistry for Control {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Regression (issue 21): SSH showed raw database errors to users.
+    #[test]
+    fn a_history_error_renders_without_database_text() {
+        let err = ControlError::History(HistoryError::Sql(rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(11),
+            Some("database disk image is malformed: table requests".into()),
+        )));
+        let line = err.user_line();
+        assert_eq!(line, "internal error (logged on the master)");
+        assert!(!line.contains("requests") && !line.contains("malformed"));
+        assert_eq!(err.exit_code(), 1);
+        let refused = ControlError::NoSuchBuild {
+            builder: "long".into(),
+            number: 99,
+        };
+        assert_eq!(refused.user_line(), "long has no build #99");
+    }
 
     #[test]
     fn errors_read_as_one_line() {

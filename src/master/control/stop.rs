@@ -7,6 +7,7 @@ use std::time::Duration;
 use crate::master::access::{self, Action};
 use crate::master::control::{Control, ControlError, Stopped};
 use crate::master::events::Followed;
+use crate::master::store::BuildRef;
 use crate::status::BuildEvent;
 use crate::unix::accounts::UnixAccount;
 
@@ -38,6 +39,19 @@ impl Control {
             None => running.pop(),
         };
         let Some(target) = target else {
+            // A number that never was a build is not "not running".
+            if let Some(number) = number {
+                let key = BuildRef::Number {
+                    builder: builder.to_string(),
+                    number,
+                };
+                if self.store().build(key).await?.is_none() {
+                    return Err(ControlError::NoSuchBuild {
+                        builder: builder.to_string(),
+                        number,
+                    });
+                }
+            }
             return Err(ControlError::NotRunning {
                 builder: builder.to_string(),
                 number,

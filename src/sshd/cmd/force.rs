@@ -1,0 +1,89 @@
+//! `force BUILDER [--branch B] [--revision SHA] --reason TEXT [--property K=V]... [--json]
+//! [--wait]`: queues a build by hand. The arguments are `commands::ForceArgs`, the same that
+//! `buildbot force` sends. With `--wait` the build's progress follows, as for `try --wait`.
+
+use crate::commands::{Action, Answer, ForceArgs};
+use crate::exec_io::ExecIo;
+use crate::master::control::{ControlError, ForceRequest, Queued};
+use crate::sshd::SshdContext;
+use crate::status::StreamItem;
+use crate::unix::accounts::UnixAccount;
+
+#[derive(Debug, Clone, PartialEq, Eq, clap::Args)]
+pub struct Force {
+    #[command(flatten)]
+    pub args: ForceArgs,
+    /// Answer with one JSON object (with --wait: JSON stream items).
+    #[arg(long)]
+    pub json: bool,
+    /// Stay connected and report the build's progress; exit 0 only if it succeeds.
+    #[arg(long)]
+    pub wait: bool,
+}
+
+pub(super) fn positive(value: &str) -> Result<i64, String> {
+    match value.parse::<i64>() {
+        Ok(number) if number > 0 => Ok(number),
+        _ => Err("must be a number from 1 up".to_string()),
+    }
+}
+
+impl Force {
+    pub async fn apply(self, ctx: &SshdContext, user: &UnixAccount, io: &mut ExecIo<'_>) -> u32 {
+        let force = ForceRequest {
+            branch: self.args.branch.clone(),
+            revision: self.args.revision.clone(),
+            reason: self.args.reason(),
+            properties: self.args.properties(),
+        };
+        // Follow before the request exists, so no event about it can be missed.
+        let follower = ctx.control.follow();
+        let queued = ctx.control.force(user, &self.args.builder, force).await;
+        let text = |queued: &Queued| {
+            format!(
+                "{}: forced build queued as request {}",
+                queued.builder, queued.request_id
+            )
+        };
+        let Some(queued) = answer(ctx, queued, Action::Force, text, self.json, io).await else {
+            return 1;
+        };
+        if !self.wait {
+            return 0;
+        }
+        super::wait::for_job(ctx, &queued.job_name, follower, self.json, io).await
+    }
+}
+
+/// Prints what a queued request (force, rebuild) became, as text or JSON, or the refusal.
+pub(super) async fn answer(
+    ctx: &SshdContext,
+    queued: Result<Queued, ControlError>,
+    action: Action,
+    text: impl Fn(&Queued) -> String,
+    json: bool,
+    io: &mut ExecIo<'_>,
+) -> Option<Queued> {
+    let queued = match queued {
+        Ok(queued) => queued,
+        Err(err) => {
+            super::refuse(&err, io).await;
+            return None;
+        }
+    };
+    if json {
+        let mut answer = Answer::new(action);
+        answer.builder = Some(queued.builder.clone());
+        answer.request_id = Some(queued.request_id);
+        answer.job_name = Some(queued.job_name.clone());
+        answer.url = Some(ctx.control.builder_url(&queued.builder));
+        io.print_json(&StreamItem::Answer {
+            answer,
+            web_url: ctx.control.web_url().to_string(),
+        })
+        .await;
+    } else {
+        io.print(&format!("{}\n", text(&queued))).await;
+    }
+    Some(queued)
+}

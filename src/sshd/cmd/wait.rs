@@ -1,0 +1,106 @@
+//! Following a job's builds to their end, for `try --wait`, `force --wait` and
+//! `rebuild --wait`: one line (or JSON stream item) per event of the job, where each request
+//! stands in its queue, and a summary. Exit 0 when every build succeeded (or had warnings), 1
+//! otherwise. If the client goes away, the job is cancelled: its builds are not wanted any more.
+
+use crate::commands::{EXIT_FAILED, EXIT_OK, EXIT_USAGE};
+use crate::exec_io::ExecIo;
+use crate::master::events::{Followed, Follower};
+use crate::sshd::SshdContext;
+use crate::status::{BuildEvent, JobProgress, StreamItem, text};
+
+pub async fn for_job(
+    ctx: &SshdContext,
+    job_name: &str,
+    mut follower: Follower,
+    json: bool,
+    io: &mut ExecIo<'_>,
+) -> u32 {
+    let mut progress = JobProgress::default();
+    loop {
+        let followed = tokio::select! {
+            followed = follower.next() => followed,
+            _ = io.client_gone.cancelled() => {
+                ctx.control
+                    .cancel_job(job_name, "--wait (client disconnected)", "the submitter went away")
+                    .await;
+                return EXIT_FAILED.into();
+            }
+        };
+        let sequenced = match followed {
+            Followed::Event(sequenced) => sequenced,
+            Followed::Missed(count) => {
+                tracing::warn!(missed = count, "--wait fell behind the build events");
+                continue;
+            }
+            Followed::Closed => {
+                io.say(&format!(
+                    "{} before the builds finished",
+                    crate::commands::Farewell::ShuttingDown
+                ))
+                .await;
+                return EXIT_USAGE.into();
+            }
+        };
+        if sequenced.event.job_name() != job_name {
+            continue;
+        }
+        let done = progress.observe(&sequenced.event);
+        let queued_for = match &sequenced.event {
+            BuildEvent::RequestsQueued { builders, .. } => builders.clone(),
+            _ => Vec::new(),
+        };
+        if json {
+            io.print_json(&StreamItem::Event(sequenced)).await;
+        } else {
+            io.print(&format!("{}\n", text::describe_event(&sequenced.event)))
+                .await;
+        }
+        for builder in queued_for {
+            report_position(ctx, job_name, &builder, json, io).await;
+        }
+        if done {
+            break;
+        }
+    }
+    if !json {
+        io.print(&text::try_summary(ctx.control.web_url(), &progress))
+            .await;
+    }
+    if progress.all_good() {
+        EXIT_OK.into()
+    } else {
+        EXIT_FAILED.into()
+    }
+}
+
+/// Where the job's request stands in `builder`'s queue, when it has to wait at all.
+async fn report_position(
+    ctx: &SshdContext,
+    job_name: &str,
+    builder: &str,
+    json: bool,
+    io: &mut ExecIo<'_>,
+) {
+    let Ok(estimates) = ctx.control.queue_estimates(builder).await else {
+        return;
+    };
+    let request_of_job = ctx.control.request_ids_of_job(job_name, builder).await;
+    let Some(estimate) = estimates
+        .iter()
+        .find(|estimate| request_of_job.contains(&estimate.request_id))
+    else {
+        return;
+    };
+    if json {
+        io.print_json(&StreamItem::Queued {
+            builder: builder.to_string(),
+            position: estimate.position,
+            starts_in_secs: estimate.starts_in,
+        })
+        .await;
+    } else {
+        let line = text::describe_queued(builder, estimate.position, estimate.starts_in);
+        io.print(&format!("{line}\n")).await;
+    }
+}
