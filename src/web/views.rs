@@ -153,6 +153,8 @@ pub struct BuildPage {
     pub repository: String,
     pub branch: String,
     pub baserev: String,
+    /// The commit the build checked out (empty until its checkout succeeded).
+    pub revision: String,
     pub jobid: String,
     pub who: Option<String>,
     pub comment: Option<String>,
@@ -302,6 +304,7 @@ pub fn build_page(
         repository: detail.repository.clone(),
         branch: detail.branch.clone().unwrap_or_default(),
         baserev: detail.baserev.clone().unwrap_or_default(),
+        revision: detail.revision.clone().unwrap_or_default(),
         jobid: detail.jobid.clone(),
         who: detail.who.clone(),
         comment: detail.comment.clone(),
