@@ -4,7 +4,7 @@
 use crate::change::ChangeSpec;
 use crate::master::access::{self, Action};
 use crate::master::control::{Control, ControlError};
-use crate::master::history::changes::{self, StoredChange};
+use crate::master::history::changes::{self, Recorded, StoredChange};
 use crate::status::BuildEvent;
 use crate::unix::accounts::UnixAccount;
 
@@ -26,16 +26,26 @@ impl Control {
         self.record_change(change, &sent_by).await
     }
 
+    /// Records the change and hands it to the schedulers, unless its revision on its
+    /// repository and branch is recorded already (the hook and a poller on one repository):
+    /// then the answer is the change recorded first, and nothing is built again.
     async fn record_change(
         &self,
         change: ChangeSpec,
         sent_by: &str,
     ) -> Result<StoredChange, ControlError> {
         let sent_by = sent_by.to_string();
-        let stored = self
+        let recorded = self
             .history
-            .run(move |connection| changes::insert_change(connection, &change, &sent_by))
+            .run(move |connection| changes::record_change(connection, &change, &sent_by))
             .await?;
+        let stored = match recorded {
+            Recorded::New(stored) => stored,
+            Recorded::Known(known) => {
+                tracing::info!(change = known.id, branch = %known.branch, revision = %known.revision, "change already recorded");
+                return Ok(known);
+            }
+        };
         tracing::info!(change = stored.id, branch = %stored.branch, revision = %stored.revision, by = %stored.sent_by, "change recorded");
         self.events.publish(BuildEvent::ChangeAdded {
             change_id: stored.id,

@@ -117,6 +117,8 @@ const MIGRATIONS: &[&str] = &[
     // asked only for a branch's tip still says what it built.
     "ALTER TABLE builds ADD COLUMN branch TEXT;
     ALTER TABLE builds ADD COLUMN revision TEXT;",
+    // 6: one revision is one change whichever way it came; the look-up before each insert.
+    "CREATE INDEX changes_revision ON changes(repository, branch, revision);",
 ];
 
 #[derive(Debug, thiserror::Error)]
