@@ -136,6 +136,7 @@ pub async fn run(
         }
         step_grants.retain(|_, granted| !granted.is_closed());
         control.set_queued(queue.queued_per_builder());
+        control.set_lock_waits(queue.waiting_for_lock());
         control.metrics.set_queues(queue.queue_gauges());
         control.set_locks(lock_times.view(&queue, &control));
         if let Some(applied) = enqueued.take() {

@@ -132,6 +132,8 @@ pub struct QueueEstimate {
     /// Seconds from now, when there is anything to go by.
     pub starts_in: Option<f64>,
     pub finishes_in: Option<f64>,
+    /// The build-level lock that keeps it from starting (then no start is estimated).
+    pub waiting_for_lock: Option<String>,
 }
 
 /// Who holds and who waits for each lock, as the scheduler executor last published it.
@@ -215,6 +217,9 @@ pub struct Control {
     locks: Mutex<Vec<LockStatus>>,
     /// Requests waiting per builder, as the scheduler executor last published them.
     queued: Mutex<BTreeMap<String, Vec<i64>>>,
+    /// The queued requests a build-level lock keeps from starting, with that lock, as the
+    /// scheduler executor last published them (the queue owns the fact).
+    lock_waits: Mutex<BTreeMap<i64, String>>,
     /// Into the scheduler executor; bounded, so a flood of inputs slows their senders.
     scheduler: mpsc::Sender<Mail>,
     /// Recorded changes, to the schedulers that build them (`master::schedulers`).
@@ -251,6 +256,7 @@ impl Control {
             irc_links,
             web_url,
             queued: Mutex::new(BTreeMap::new()),
+            lock_waits: Mutex::new(BTreeMap::new()),
             locks: Mutex::new(Vec::new()),
             paused: Mutex::new(Vec::new()),
             scheduler,
@@ -330,6 +336,10 @@ impl Control {
         *lock(&self.queued) = queued;
     }
 
+    pub(crate) fn set_lock_waits(&self, waits: BTreeMap<i64, String>) {
+        *lock(&self.lock_waits) = waits;
+    }
+
     pub(crate) fn set_paused(&self, paused: Vec<String>) {
         *lock(&self.paused) = paused;
     }
@@ -405,17 +415,24 @@ impl Control {
                 .map_or(expected.unwrap_or(0.0), |eta| eta.as_secs_f64())
         }));
         let estimates = crate::master::results::queue_estimates(&slots, expected, ids.len());
+        let waits = lock(&self.lock_waits).clone();
         Ok(ids
             .into_iter()
             .zip(estimates)
             .enumerate()
-            .map(|(index, (request_id, estimate))| QueueEstimate {
-                request_id,
-                position: index + 1,
-                starts_in: estimate.map(|(start, _)| start),
-                finishes_in: estimate
-                    .filter(|_| expected.is_some())
-                    .map(|(_, finish)| finish),
+            .map(|(index, (request_id, estimate))| {
+                let waiting_for_lock = waits.get(&request_id).cloned();
+                // A free slot says nothing about when a lock is given back.
+                let estimate = estimate.filter(|_| waiting_for_lock.is_none());
+                QueueEstimate {
+                    request_id,
+                    position: index + 1,
+                    starts_in: estimate.map(|(start, _)| start),
+                    finishes_in: estimate
+                        .filter(|_| expected.is_some())
+                        .map(|(_, finish)| finish),
+                    waiting_for_lock,
+                }
             })
             .collect())
     }
@@ -479,6 +496,7 @@ impl Control {
         self.check_builders(only)?;
         let connected = self.roster.snapshot();
         let queued = lock(&self.queued).clone();
+        let waits = lock(&self.lock_waits).clone();
         let builders = self
             .config()
             .builders
@@ -494,8 +512,12 @@ impl Control {
                     })
                     .collect();
                 let running = self.board.running(&builder.name);
+                let ids = queued.get(&builder.name).map_or(&[][..], Vec::as_slice);
+                let waiting_for_lock = ids.iter().find_map(|id| waits.get(id)).cloned();
                 let activity = if !running.is_empty() {
                     BuilderActivity::Building
+                } else if waiting_for_lock.is_some() {
+                    BuilderActivity::WaitingForLock
                 } else if slaves.iter().any(|slave| slave.connected) {
                     BuilderActivity::Idle
                 } else {
@@ -505,7 +527,8 @@ impl Control {
                     name: builder.name.clone(),
                     activity,
                     running,
-                    queued: queued.get(&builder.name).map_or(0, Vec::len),
+                    queued: ids.len(),
+                    waiting_for_lock,
                     last: self.board.last(&builder.name),
                     slaves,
                 }
