@@ -3,10 +3,10 @@
 //! output to log files as it streams in, and record every result.
 //!
 //! A build never hangs on a dead slave: when the slave's connection ends, the step's event
-//! channel closes, the step fails with "slave lost", and the build ends as exception (and its
-//! request is queued again).
+//! channel closes, the step and the build end as exception ("slave lost", the rule
+//! `results::CUT_SHORT`), and the request is queued again.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -19,7 +19,7 @@ use crate::master::config::{BuilderConfig, StepConfig};
 use crate::master::history::{self, StoredRequest};
 use crate::master::interpolate::{self, InterpolationError};
 use crate::master::locks::LockUse;
-use crate::master::results::{FailurePolicy, expected_duration};
+use crate::master::results::{CUT_SHORT, FailurePolicy, expected_duration};
 use crate::master::scheduler::Input;
 use crate::master::slaves::{SlaveEvent, SlaveLink};
 use crate::proto::{CheckoutRequest, CommandRequest, ExitReport, Message, StreamKind};
@@ -104,14 +104,9 @@ fn build_facts(
     BuildFacts { properties, env }
 }
 
-/// The build's steps: the checkout (with the try patch), then the builder's commands with
-/// their properties put in. An interpolation that cannot be applied is the error.
-fn plan(
-    builder: &BuilderConfig,
-    request: &StoredRequest,
-    number: i64,
-    slave: &str,
-) -> Result<Vec<PlannedStep>, InterpolationError> {
+/// What the build's checkout step asks of the slave: the request's branch (or the builder's)
+/// and revision, with the try patch.
+fn plan_checkout(builder: &BuilderConfig, request: &StoredRequest) -> CheckoutRequest {
     let mut checkout = CheckoutRequest {
         builder: builder.name.clone(),
         repo: builder.repo.clone(),
@@ -130,16 +125,25 @@ fn plan(
     if request.kind == RequestKind::Try && request.baserev.is_some() {
         checkout.branch = builder.branch.clone();
     }
-    let facts = build_facts(builder, request, &checkout, number, slave);
-    let mut steps = vec![PlannedStep {
-        name: "checkout".into(),
-        kind: StepKind::Checkout(checkout),
-        locks: Vec::new(),
-    }];
-    for step in &builder.steps {
-        steps.push(command_step(builder, step, &facts)?);
-    }
-    Ok(steps)
+    checkout
+}
+
+/// The builder's command steps with their properties put in, knowing of the source what
+/// `checkout` says (planned first with the request's revision, again with the commit the
+/// checkout reported). An interpolation that cannot be applied is the error.
+fn plan_commands(
+    builder: &BuilderConfig,
+    request: &StoredRequest,
+    checkout: &CheckoutRequest,
+    number: i64,
+    slave: &str,
+) -> Result<VecDeque<PlannedStep>, InterpolationError> {
+    let facts = build_facts(builder, request, checkout, number, slave);
+    builder
+        .steps
+        .iter()
+        .map(|step| command_step(builder, step, &facts))
+        .collect()
 }
 
 fn command_step(
@@ -403,8 +407,11 @@ async fn run_steps(
         slave_lost: false,
         slave_leaving: false,
     };
-    let steps = match plan(builder, request, number, &link.name) {
-        Ok(steps) => steps,
+    let mut checkout = plan_checkout(builder, request);
+    // Planned now so a property that cannot be put in ends the build before any work, and
+    // again once the checkout has said which commit it is.
+    let commands = match plan_commands(builder, request, &checkout, number, &link.name) {
+        Ok(commands) => commands,
         Err(err) => {
             tracing::error!("cannot plan the steps: {err}");
             ending.result = BuildResult::Exception;
@@ -412,8 +419,15 @@ async fn run_steps(
             return ending;
         }
     };
-    for (index, step) in steps.into_iter().enumerate() {
-        let step_number = index as i64 + 1;
+    let mut steps = VecDeque::from([PlannedStep {
+        name: "checkout".into(),
+        kind: StepKind::Checkout(checkout.clone()),
+        locks: Vec::new(),
+    }]);
+    steps.extend(commands);
+    let mut step_number = 0;
+    while let Some(step) = steps.pop_front() {
+        step_number += 1;
         let (step_name, build_id) = (step.name.clone(), started.build_id);
         let step_id = match control
             .history
@@ -488,12 +502,39 @@ async fn run_steps(
             result: verdict.step_result,
             summary: verdict.summary.clone(),
         });
-        let slave_fault = matches!(&outcome, StepOutcome::Exited(exit) if exit.exception);
+        let slave_fault = matches!(&outcome, StepOutcome::Exited(exit) if exit.is_slave_fault());
         if slave_fault || !matches!(outcome, StepOutcome::Exited(_)) {
             ending.reason = Some(verdict.summary);
         }
         if verdict.halt {
             break;
+        }
+        if let StepOutcome::Exited(ExitReport {
+            checked_out: Some(revision),
+            ..
+        }) = &outcome
+        {
+            checkout.revision = Some(revision.clone());
+            let (build_id, branch, revision) =
+                (started.build_id, checkout.branch.clone(), revision.clone());
+            if let Err(err) = control
+                .history
+                .run_relaxed(move |connection| {
+                    history::record_build_source(connection, build_id, &branch, &revision)
+                })
+                .await
+            {
+                tracing::error!("cannot record what the build checked out: {err}");
+            }
+            // The later steps see the commit built, not the request's (often empty) revision.
+            match plan_commands(builder, request, &checkout, number, &link.name) {
+                Ok(commands) => steps = commands,
+                Err(err) => {
+                    ending.result = ending.result.max(BuildResult::Exception);
+                    ending.reason = Some(format!("cannot plan the steps: {err}"));
+                    break;
+                }
+            }
         }
     }
     ending
@@ -547,7 +588,7 @@ struct Verdict {
 
 /// The result policy, in one place: anything but the commands' own exit (slave lost, a stop,
 /// the master stopping, an unwritable log) halts the build; a step the slave reports as its own
-/// fault (`ExitReport::exception`: the patch process crashed or hung) makes it an exception; a
+/// fault (`proto::Failure::SlaveFault`: the patch process crashed or hung) makes it an exception; a
 /// failed checkout fails it; a failed command counts as its flags say.
 fn judge(kind: &StepKind, outcome: &StepOutcome) -> Verdict {
     let verdict = |step_result, contribution, summary: String, halt| Verdict {
@@ -557,32 +598,25 @@ fn judge(kind: &StepKind, outcome: &StepOutcome) -> Verdict {
         halt,
     };
     match (kind, outcome) {
-        (_, StepOutcome::SlaveLost) => verdict(
-            BuildResult::Failure,
-            BuildResult::Exception,
-            "slave lost".into(),
-            true,
-        ),
-        // The slave terminated the command on its own because it is stopping (a restart, a
-        // reboot): not the command's fault, and the build may run again elsewhere.
-        (_, StepOutcome::SlaveShuttingDown) => verdict(
-            BuildResult::Exception,
-            BuildResult::Exception,
-            "slave shutting down".into(),
-            true,
-        ),
+        // Cut short by the loss of the slave (CUT_SHORT, the rule the start-up recovery
+        // applies to steps a master restart cut short): not the command's fault, and the build
+        // may run again elsewhere. A slave that terminated the command on its own is stopping
+        // (a restart, a reboot).
+        (_, StepOutcome::SlaveLost) => {
+            verdict(CUT_SHORT, CUT_SHORT, "slave lost".into(), true)
+        }
+        (_, StepOutcome::SlaveShuttingDown) => {
+            verdict(CUT_SHORT, CUT_SHORT, "slave shutting down".into(), true)
+        }
         (_, StepOutcome::Interrupted { by, reason }) => verdict(
             BuildResult::Interrupted,
             BuildResult::Interrupted,
             format!("stopped by {by}: {reason}"),
             true,
         ),
-        (_, StepOutcome::MasterStopping) => verdict(
-            BuildResult::Exception,
-            BuildResult::Exception,
-            "master shutting down".into(),
-            true,
-        ),
+        (_, StepOutcome::MasterStopping) => {
+            verdict(CUT_SHORT, CUT_SHORT, "master shutting down".into(), true)
+        }
         (_, StepOutcome::LogError(message)) => verdict(
             BuildResult::Exception,
             BuildResult::Exception,
@@ -595,7 +629,7 @@ fn judge(kind: &StepKind, outcome: &StepOutcome) -> Verdict {
             describe_exit(exit),
             false,
         ),
-        (_, StepOutcome::Exited(exit)) if exit.exception => verdict(
+        (_, StepOutcome::Exited(exit)) if exit.is_slave_fault() => verdict(
             BuildResult::Exception,
             BuildResult::Exception,
             describe_exit(exit),
@@ -626,8 +660,8 @@ fn judge(kind: &StepKind, outcome: &StepOutcome) -> Verdict {
 
 fn describe_exit(exit: &ExitReport) -> String {
     let seconds = exit.elapsed_ms as f64 / 1000.0;
-    if let Some(error) = &exit.error {
-        return error.clone();
+    if let Some(failure) = &exit.failure {
+        return failure.message().to_string();
     }
     if exit.timed_out {
         return format!("timed out after {seconds:.1}s");
@@ -747,10 +781,9 @@ async fn run_step(
                 return StepOutcome::SlaveShuttingDown;
             }
             Some(SlaveEvent::Exit(exit)) => {
-                if let Some(error) = &exit.error {
-                    let _ = logs
-                        .append(StreamKind::Info, format!("{error}\n").as_bytes())
-                        .await;
+                if let Some(failure) = &exit.failure {
+                    let line = format!("{}\n", failure.message());
+                    let _ = logs.append(StreamKind::Info, line.as_bytes()).await;
                 }
                 let _ = logs.finish().await;
                 return StepOutcome::Exited(exit);
@@ -867,8 +900,8 @@ mod tests {
             elapsed_ms: 1500,
             timed_out: false,
             interrupted: false,
-            error: None,
-            exception: false,
+            failure: None,
+            checked_out: None,
         })
     }
 
@@ -943,8 +976,10 @@ mod tests {
             elapsed_ms: 10,
             timed_out: false,
             interrupted: false,
-            error: Some("the patch step failed: the patch process crashed (SIGSEGV)".into()),
-            exception: true,
+            failure: Some(crate::proto::Failure::SlaveFault(
+                "the patch step failed: the patch process crashed (SIGSEGV)".into(),
+            )),
+            checked_out: None,
         });
         let verdict = judge(&checkout(), &crashed);
         assert_eq!(
@@ -965,7 +1000,7 @@ mod tests {
                 lost.summary.as_str()
             ),
             (
-                BuildResult::Failure,
+                BuildResult::Exception,
                 BuildResult::Exception,
                 true,
                 "slave lost"

@@ -150,6 +150,9 @@ pub struct Published {
 pub struct PublishedView {
     /// Requests waiting per builder, in the order they will be served.
     pub queued: std::collections::BTreeMap<String, Vec<i64>>,
+    /// The queued requests a build-level lock keeps from starting, with that lock (the queue
+    /// owns the fact).
+    pub lock_waits: std::collections::BTreeMap<i64, String>,
     /// The paused slaves, sorted.
     pub paused: Vec<String>,
     /// The locks, with their holders and waiters.
@@ -298,6 +301,7 @@ pub async fn run(
         paused.sort();
         control.published.set(PublishedView {
             queued: queue.queued_per_builder(),
+            lock_waits: queue.waiting_for_lock(),
             paused,
             locks: lock_times.view(&queue, &control),
         });

@@ -3,6 +3,12 @@
 //! are kept in the history, so a restarted master neither rebuilds old heads nor misses one
 //! that moved while it was down. The first poll of a repository only records what is there.
 //! An unreachable repository is logged and asked again next time; it never stops the master.
+//!
+//! A change lists what the moved head brought, as the post-receive hook does: the files that
+//! differ from the old head (a new branch: its head commit's files), the authors of the new
+//! commits and the head's message. To know them the poller fetches the moved branches into a
+//! bare mirror under `DIR/gitpoll/` (`git_remote::Mirror`); when that fails, the change is
+//! still recorded, without files (which every `files` filter lets through).
 
 use std::collections::BTreeMap;
 
@@ -13,6 +19,9 @@ use crate::master::config::ChangeSourceConfig;
 use crate::master::control::PollerHandle;
 use crate::master::git_remote;
 use crate::master::history::changes;
+
+/// Where the pollers' mirrors live, under the master directory.
+const MIRRORS: &str = "gitpoll";
 
 /// Polls one repository until `shutdown`.
 pub async fn run(
@@ -53,22 +62,51 @@ pub async fn poll_once(
         })
         .await?;
     let first_poll = seen.is_empty();
+    let moved: Vec<(String, String)> = heads
+        .into_iter()
+        .filter(|(branch, revision)| seen.get(branch) != Some(revision))
+        .collect();
+    let mirror = git_remote::Mirror::new(&control.master_dir().join(MIRRORS), &source.repo);
+    let fetched = if first_poll {
+        Ok(())
+    } else {
+        let branches: Vec<String> = moved.iter().map(|(branch, _)| branch.clone()).collect();
+        mirror.fetch(&branches).await
+    };
+    if let Err(err) = &fetched {
+        tracing::warn!(repo = %source.repo, "cannot fetch the moved branches: {err}; their changes list no files");
+    }
     let mut recorded = 0;
-    for (branch, revision) in heads {
-        if seen.get(&branch) == Some(&revision) {
-            continue;
-        }
+    for (branch, revision) in moved {
         if !first_poll {
+            let old = seen.get(&branch).map(String::as_str);
+            let brought = match &fetched {
+                Ok(()) => match mirror.brought(old, &revision).await {
+                    Ok(brought) => Some(brought),
+                    Err(err) => {
+                        tracing::warn!(repo = %source.repo, %branch, "cannot list what {revision} brought: {err}");
+                        None
+                    }
+                },
+                Err(_) => None,
+            };
+            let fallback = match old {
+                Some(old) => format!("{branch} moved from {old}"),
+                None => format!("new branch {branch}"),
+            };
             let change = ChangeSpec {
                 repository: source.repo.clone(),
                 branch: branch.clone(),
                 revision: revision.clone(),
-                who: None,
-                comments: Some(match seen.get(&branch) {
-                    Some(old) => format!("{branch} moved from {old}"),
-                    None => format!("new branch {branch}"),
-                }),
-                files: Vec::new(),
+                who: brought.as_ref().and_then(git_remote::Brought::who),
+                comments: Some(
+                    brought
+                        .as_ref()
+                        .map(|brought| brought.message.clone())
+                        .filter(|message| !message.is_empty())
+                        .unwrap_or(fallback),
+                ),
+                files: brought.map(|brought| brought.files).unwrap_or_default(),
                 properties: BTreeMap::new(),
             };
             control.polled_change(change).await?;

@@ -5,6 +5,12 @@ use std::time::Duration;
 
 use crate::status::BuildResult;
 
+/// The result of a step, and of its build, cut short by the loss of its slave or of its master
+/// (a lost connection, a slave shutting down, the master stopping or restarted): never the
+/// command's own failure. The one rule for both `build::judge` and the start-up recovery
+/// (`history::recover_interrupted_builds`).
+pub const CUT_SHORT: BuildResult = BuildResult::Exception;
+
 /// What a failed step does to its build, from the step's flags.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FailurePolicy {

@@ -161,6 +161,9 @@ pub struct Queue {
     step_waiters: Vec<StepWaiter>,
     /// (request, lock) pairs already announced as waiting.
     announced: HashSet<(i64, String)>,
+    /// The queued requests that a build-level lock keeps from starting, with that lock, as
+    /// the last dispatch found them (status pages show "waiting for lock db").
+    lock_blocked: BTreeMap<i64, String>,
     /// Where round-robin pools go on from, per builder.
     round_robin: HashMap<String, usize>,
     /// xorshift state for `next_slave = "random"`.
@@ -463,16 +466,19 @@ impl Queue {
         // Locks an earlier request waits to take exclusively: later requests do not take them
         // first, so a stream of counting holders cannot keep an exclusive one waiting forever.
         let mut reserved: HashSet<String> = HashSet::new();
+        self.lock_blocked.clear();
         for index in order {
             let request = &self.pending[index];
             let Some(policy) = self.builders.get(&request.builder).cloned() else {
                 continue;
             };
-            if policy
+            if let Some(lock_use) = policy
                 .locks
                 .iter()
-                .any(|lock_use| reserved.contains(&lock_use.lock))
+                .find(|lock_use| reserved.contains(&lock_use.lock))
             {
+                self.lock_blocked
+                    .insert(request.id, lock_use.lock.clone());
                 continue;
             }
             if let Some(max) = policy.max_concurrent {
@@ -510,7 +516,11 @@ impl Queue {
                         })
                         .map(|lock_use| lock_use.lock.clone()),
                 );
-                if let Some(lock) = self.locks.blocker(&policy.locks, &candidates[0].1)
+                let blocker = self.locks.blocker(&policy.locks, &candidates[0].1);
+                if let Some(lock) = &blocker {
+                    self.lock_blocked.insert(request.id, lock.clone());
+                }
+                if let Some(lock) = blocker
                     && self.announced.insert((request.id, lock.clone()))
                 {
                     effects.push(Effect::WaitingForLock {
@@ -594,6 +604,11 @@ impl Queue {
     /// The lock table, for status pages.
     pub fn locks(&self) -> &LockTable {
         &self.locks
+    }
+
+    /// The queued requests a build-level lock keeps from starting, with that lock.
+    pub fn waiting_for_lock(&self) -> BTreeMap<i64, String> {
+        self.lock_blocked.clone()
     }
 
     /// Requests waiting for a lock, as (request id, lock).
@@ -1131,12 +1146,18 @@ mod tests {
         assert!(effects.iter().any(|effect| matches!(effect,
             Effect::WaitingForLock { request_id: 2, lock, .. } if lock == "db")));
         assert_eq!(queue.pending_ids(), vec![2]);
-        // The waiter is announced once, however often the queue is looked at again.
+        // The waiter is announced once, however often the queue is looked at again, and the
+        // status knows which lock it waits for.
         let again = queue.apply(Input::Requests(vec![]));
         assert!(again.is_empty(), "{again:?}");
+        assert_eq!(
+            queue.waiting_for_lock(),
+            BTreeMap::from([(2, "db".to_string())])
+        );
         // When a's build ends, b gets the lock.
         assert_eq!(started(&queue.apply(ended(1, false, false))).len(), 1);
         assert!(queue.pending_ids().is_empty());
+        assert!(queue.waiting_for_lock().is_empty());
         assert_eq!(queue.locks().holds()[0].holder.request_id, 2);
     }
 

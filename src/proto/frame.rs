@@ -169,8 +169,10 @@ mod tests {
                     elapsed_ms: 12,
                     timed_out: false,
                     interrupted: false,
-                    error: Some("the patch step failed".into()),
-                    exception: true,
+                    failure: Some(crate::proto::Failure::SlaveFault(
+                        "the patch step failed".into(),
+                    )),
+                    checked_out: Some("0123456789abcdef0123456789abcdef01234567".into()),
                 },
             },
             Message::Ping { nonce: u64::MAX },

@@ -13,8 +13,9 @@ use serde::{Deserialize, Serialize};
 pub use frame::{DecodeError, FrameDecoder, encode};
 
 /// Bumped on any incompatible change to [`Message`]. postcard is positional, so an added field
-/// is one: 2 added `CheckoutRequest::submodules` and `ExitReport::exception`.
-pub const PROTOCOL_VERSION: u32 = 2;
+/// is one: 2 added `CheckoutRequest::submodules` and `ExitReport::exception`; 3 replaced
+/// `error` and `exception` by [`Failure`] and added `ExitReport::checked_out`.
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// The largest frame either side sends or accepts (the length prefix excluded). A checkout
 /// message carries the whole try patch, so this bounds the patch size the RPC can carry.
@@ -187,19 +188,42 @@ pub struct ExitReport {
     /// The slave terminated it: when the master asked (a stop), or on its own when the slave
     /// is shutting down (the master tells the two apart by whether it asked).
     pub interrupted: bool,
-    /// Set when the slave could not run it at all (cannot spawn, checkout failed).
-    pub error: Option<String>,
-    /// The failure is the slave's, not the input's (the patch process crashed or ran out of
-    /// time): the master ends the build as an exception, not a failure. `error` says why.
-    pub exception: bool,
+    /// Set when the slave could not run it at all, and whose fault that is.
+    pub failure: Option<Failure>,
+    /// A checkout's answer: the full id of the commit it checked out (before any patch), so
+    /// the master records what was built even when it asked only for a branch's tip. `None`
+    /// for commands and for a checkout that failed.
+    pub checked_out: Option<String>,
+}
+
+/// Why the slave could not run a checkout or command at all. Each says why in its text, which
+/// goes into the step's log and summary.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Failure {
+    /// The input's fault (an unknown revision, a patch that does not apply, a command that
+    /// cannot be spawned): the step fails.
+    Failed(String),
+    /// The slave's own fault, not a verdict on the input (the patch process crashed or ran
+    /// out of time, the checkout panicked): the master ends the build as an exception.
+    SlaveFault(String),
+}
+
+impl Failure {
+    /// What went wrong, for the step's log and summary.
+    pub fn message(&self) -> &str {
+        match self {
+            Failure::Failed(message) | Failure::SlaveFault(message) => message,
+        }
+    }
 }
 
 impl ExitReport {
     pub fn succeeded(&self) -> bool {
-        self.error.is_none()
-            && !self.exception
-            && self.exit_code == Some(0)
-            && !self.timed_out
-            && !self.interrupted
+        self.failure.is_none() && self.exit_code == Some(0) && !self.timed_out && !self.interrupted
+    }
+
+    /// Whether the slave reports the failure as its own fault.
+    pub fn is_slave_fault(&self) -> bool {
+        matches!(self.failure, Some(Failure::SlaveFault(_)))
     }
 }

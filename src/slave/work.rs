@@ -10,7 +10,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::proto::{
-    CheckoutRequest, CommandRequest, ExitReport, MAX_OUTPUT_CHUNK, Message, StreamKind,
+    CheckoutRequest, CommandRequest, ExitReport, Failure, MAX_OUTPUT_CHUNK, Message, StreamKind,
 };
 use crate::slave::checkout::{self, CheckoutSpec, PatchRunner};
 use crate::slave::coalesce::{Coalescer, OUTPUT_FLUSH};
@@ -80,8 +80,13 @@ impl Work {
                 let mut log = |line: &str| {
                     let _ = lines_tx.send(format!("{line}\n"));
                 };
-                checkout::checkout(&builder_dir, &spec, &patch_runner, &mut log)
-                    .map_err(|err| (err.to_string(), err.is_exception()))
+                checkout::checkout(&builder_dir, &spec, &patch_runner, &mut log).map_err(|err| {
+                    if err.is_exception() {
+                        Failure::SlaveFault(err.to_string())
+                    } else {
+                        Failure::Failed(err.to_string())
+                    }
+                })
             });
             tokio::pin!(blocking);
             let result = loop {
@@ -92,27 +97,30 @@ impl Work {
                     joined = &mut blocking => break joined,
                     _ = token.cancelled() => {
                         // git cannot be interrupted midway safely; the result is discarded.
-                        break Ok(Err(("interrupted".to_string(), false)));
+                        break Ok(Err(Failure::Failed("interrupted".to_string())));
                     }
                 }
             };
             while let Ok(line) = lines_rx.try_recv() {
                 send_output(&outgoing, id, StreamKind::Info, line.into_bytes()).await;
             }
-            let (error, exception) = match result {
-                Ok(Ok(_)) => (None, false),
-                Ok(Err((message, exception))) => (Some(message), exception),
+            let (checked_out, failure) = match result {
+                Ok(Ok(done)) => (Some(done.revision), None),
+                Ok(Err(failure)) => (None, Some(failure)),
                 // A panic in the checkout is the slave's fault, not the build's.
-                Err(join_error) => (Some(format!("checkout failed: {join_error}")), true),
+                Err(join_error) => (
+                    None,
+                    Some(Failure::SlaveFault(format!("checkout failed: {join_error}"))),
+                ),
             };
             let exit = ExitReport {
-                exit_code: Some(if error.is_none() { 0 } else { 1 }),
+                exit_code: Some(if failure.is_none() { 0 } else { 1 }),
                 signal: None,
                 elapsed_ms: elapsed_ms(started),
                 timed_out: false,
                 interrupted: token.is_cancelled(),
-                error,
-                exception,
+                failure,
+                checked_out,
             };
             let _ = outgoing.send(Message::Exit { id, exit }).await;
             id
@@ -203,8 +211,8 @@ impl Work {
                     elapsed_ms: u64::try_from(finished.elapsed.as_millis()).unwrap_or(u64::MAX),
                     timed_out: finished.timed_out,
                     interrupted: finished.interrupted,
-                    error: None,
-                    exception: false,
+                    failure: None,
+                    checked_out: None,
                 },
                 Err(err) => ExitReport {
                     exit_code: None,
@@ -212,8 +220,8 @@ impl Work {
                     elapsed_ms: elapsed_ms(started),
                     timed_out: false,
                     interrupted: false,
-                    error: Some(err.to_string()),
-                    exception: false,
+                    failure: Some(Failure::Failed(err.to_string())),
+                    checked_out: None,
                 },
             };
             let _ = outgoing.send(Message::Exit { id, exit }).await;
@@ -280,8 +288,8 @@ async fn report_failure(outgoing: mpsc::Sender<Message>, id: u64, message: Strin
         elapsed_ms: 0,
         timed_out: false,
         interrupted: false,
-        error: Some(message),
-        exception: false,
+        failure: Some(Failure::Failed(message)),
+        checked_out: None,
     };
     let _ = outgoing.send(Message::Exit { id, exit }).await;
     id

@@ -21,6 +21,9 @@ pub struct StatusSnapshot {
 pub enum BuilderActivity {
     Building,
     Idle,
+    /// Nothing running, and the next request waits for a build-level lock
+    /// ([`BuilderStatus::waiting_for_lock`]).
+    WaitingForLock,
     /// No slave of its pool is connected.
     Offline,
 }
@@ -30,6 +33,7 @@ impl BuilderActivity {
         match self {
             BuilderActivity::Building => "building",
             BuilderActivity::Idle => "idle",
+            BuilderActivity::WaitingForLock => "waiting for lock",
             BuilderActivity::Offline => "offline",
         }
     }
@@ -41,6 +45,10 @@ pub struct BuilderStatus {
     pub activity: BuilderActivity,
     pub running: Vec<RunningBuild>,
     pub queued: usize,
+    /// The lock that keeps the builder's next queued request from starting, if one does.
+    /// Defaulted so a peer that predates it still decodes.
+    #[serde(default)]
+    pub waiting_for_lock: Option<String>,
     /// The last build that finished since the master started.
     pub last: Option<LastBuild>,
     pub slaves: Vec<PoolSlave>,

@@ -134,9 +134,13 @@ pub fn describe_running(build: &RunningBuild, now: f64) -> String {
     )
 }
 
-/// `idle`, `offline`, or the running builds joined by ", ".
+/// `idle`, `offline`, `waiting for lock db`, or the running builds joined by ", ".
 pub fn describe_activity(builder: &BuilderStatus, now: f64) -> String {
     match builder.activity {
+        BuilderActivity::WaitingForLock => match &builder.waiting_for_lock {
+            Some(lock) => format!("waiting for lock {lock}"),
+            None => BuilderActivity::WaitingForLock.as_str().to_string(),
+        },
         BuilderActivity::Building => builder
             .running
             .iter()
@@ -231,6 +235,7 @@ mod tests {
                         running(4, None, None),
                     ],
                     queued: 2,
+                    waiting_for_lock: None,
                     last: Some(LastBuild {
                         number: 2,
                         result: BuildResult::Failure,
@@ -245,19 +250,33 @@ mod tests {
                     activity: BuilderActivity::Offline,
                     running: vec![],
                     queued: 0,
+                    waiting_for_lock: None,
                     last: None,
                     slaves: vec![PoolSlave {
                         name: "m1".into(),
                         connected: false,
                     }],
                 },
+                BuilderStatus {
+                    name: "db".into(),
+                    activity: BuilderActivity::WaitingForLock,
+                    running: vec![],
+                    queued: 1,
+                    waiting_for_lock: Some("db".into()),
+                    last: None,
+                    slaves: vec![PoolSlave {
+                        name: "s1".into(),
+                        connected: true,
+                    }],
+                },
             ],
         };
         assert_eq!(
             status_lines(&snapshot, 1035.0),
-            "master example: 2 builders, 1 of 2 slaves connected\n\
+            "master example: 3 builders, 1 of 2 slaves connected\n\
              linux: building #3 (test), ETA 1m05s, building #4 (starting), ETA unknown, 2 queued; last #2 failure; slaves: s1 (connected)\n\
-             mac: offline, 0 queued; slaves: m1 (not connected)\n"
+             mac: offline, 0 queued; slaves: m1 (not connected)\n\
+             db: waiting for lock db, 1 queued; slaves: s1 (connected)\n"
         );
     }
 

@@ -29,10 +29,13 @@ pub struct QueuedView {
     pub branch: String,
     pub revision: String,
     pub submitted: String,
-    /// "~4m10s", "now", or empty when nothing is known; and in seconds for scripts.
+    /// "~4m10s", "now", "waiting for lock db", or empty when nothing is known; and in seconds
+    /// for scripts.
     pub starts_in: String,
     pub starts_in_secs: Option<f64>,
     pub finishes_in_secs: Option<f64>,
+    /// The build-level lock that keeps it from starting, if one does.
+    pub waiting_for_lock: Option<String>,
 }
 
 /// The queued requests of `builders`, each builder's in the scheduler's order.
@@ -74,6 +77,7 @@ pub async fn queue_views(
                 starts_in: String::new(),
                 starts_in_secs: None,
                 finishes_in_secs: None,
+                waiting_for_lock: None,
             });
         }
     }
@@ -81,13 +85,15 @@ pub async fn queue_views(
         if let Some(estimate) = estimates.get(&view.id) {
             view.starts_in_secs = estimate.starts_in;
             view.finishes_in_secs = estimate.finishes_in;
-            view.starts_in = match estimate.starts_in {
-                Some(secs) if secs >= 1.0 => format!(
+            view.waiting_for_lock = estimate.waiting_for_lock.clone();
+            view.starts_in = match (&estimate.waiting_for_lock, estimate.starts_in) {
+                (Some(lock), _) => format!("waiting for lock {lock}"),
+                (None, Some(secs)) if secs >= 1.0 => format!(
                     "~{}",
                     crate::durations::format_eta(std::time::Duration::from_secs_f64(secs))
                 ),
-                Some(_) => "now".to_string(),
-                None => String::new(),
+                (None, Some(_)) => "now".to_string(),
+                (None, None) => String::new(),
             };
         }
     }

@@ -206,6 +206,7 @@ fn builder(name: &str, builds: Vec<BuildView>, last: Option<BuildResult>) -> Bui
         running: Vec::new(),
         progress: Vec::new(),
         queued: 0,
+        waiting_for_lock: None,
         last: String::new(),
         last_css: String::new(),
         last_result: last,

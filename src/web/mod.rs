@@ -288,7 +288,7 @@ mod tests {
         let build = serde_json::json!({"id": 1, "builder": "linux", "number": 3, "slave": "s1", "result": null,
             "result_text": "running", "css": "running", "reason": "stopped by <alice>", "running": true,
             "started_at": 0.0, "finished_at": null, "started": "now", "took": "1s", "url": "/builders/linux/builds/3",
-            "steps": [step], "progress": progress.clone(), "repository": "r", "branch": "main", "baserev": "abc", "jobid": "j", "who": "alice",
+            "steps": [step], "progress": progress.clone(), "repository": "r", "branch": "main", "baserev": "abc", "revision": "abcdef", "jobid": "j", "who": "alice",
             "comment": "c", "has_patch": true, "eta": "2m45s", "properties": {"foo": "bar"},
             "why": "changes 1, 2 on main (scheduler main)", "changes": [change.clone()]});
         let builder = serde_json::json!({"name": "linux", "state": "idle", "state_class": "idle", "queued": 1,

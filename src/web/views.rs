@@ -23,7 +23,7 @@ pub struct SlaveView {
 #[derive(Debug, Clone, Serialize)]
 pub struct BuilderView {
     pub name: String,
-    /// "idle", "building #3 (test), ETA 1m05s", "offline".
+    /// "idle", "building #3 (test), ETA 1m05s", "waiting for lock db", "offline".
     pub state: String,
     pub state_class: String,
     /// The builds running now, typed: number, step, start, ETA, slave.
@@ -31,6 +31,8 @@ pub struct BuilderView {
     /// One progress bar per running build, in the order of `running`.
     pub progress: Vec<ProgressView>,
     pub queued: usize,
+    /// The lock that keeps the next queued request from starting, if one does.
+    pub waiting_for_lock: Option<String>,
     pub last: String,
     pub last_css: String,
     /// The last finished build's result, for the tab title.
@@ -153,6 +155,8 @@ pub struct BuildPage {
     pub repository: String,
     pub branch: String,
     pub baserev: String,
+    /// The commit the build checked out (empty until its checkout succeeded).
+    pub revision: String,
     pub jobid: String,
     pub who: Option<String>,
     pub comment: Option<String>,
@@ -302,6 +306,7 @@ pub fn build_page(
         repository: detail.repository.clone(),
         branch: detail.branch.clone().unwrap_or_default(),
         baserev: detail.baserev.clone().unwrap_or_default(),
+        revision: detail.revision.clone().unwrap_or_default(),
         jobid: detail.jobid.clone(),
         who: detail.who.clone(),
         comment: detail.comment.clone(),
@@ -330,6 +335,7 @@ pub fn builder_views(control: &Control) -> Vec<BuilderView> {
             let state_class = match builder.activity {
                 BuilderActivity::Building => "running",
                 BuilderActivity::Idle => "idle",
+                BuilderActivity::WaitingForLock => "queued",
                 BuilderActivity::Offline => "offline",
             };
             let last_result = builder.last.map(|last| last.result);
@@ -354,6 +360,7 @@ pub fn builder_views(control: &Control) -> Vec<BuilderView> {
                 state_class: state_class.to_string(),
                 running: builder.running,
                 queued: builder.queued,
+                waiting_for_lock: builder.waiting_for_lock,
                 last,
                 last_css,
                 last_result,

@@ -435,6 +435,89 @@ fn the_poller_builds_a_new_commit_once_and_not_again_after_a_restart() {
     assert!(revisions.contains(&first.as_str()) && revisions.contains(&second.as_str()));
 }
 
+/// Issue 21, item 5: a polled change lists the files and authors of what the head brought, so
+/// a `files` filter decides on it as on a pushed one; and the hook plus a poller on one
+/// repository record one change for one revision, whichever arrives first.
+#[test]
+fn polled_changes_list_files_and_authors_and_a_revision_is_one_change_however_it_came() {
+    let checkout = Checkout::new();
+    let extra = format!(
+        "{}\n[[change_source]]\nkind = \"git-poll\"\nrepo = \"{}\"\nbranches = [\"main\"]\ninterval = \"1s\"\n",
+        branch_scheduler(
+            "src-only",
+            "\"linux\"",
+            "tree_stable_timer = \"1s\"\nfiles = [\"src/**\"]"
+        ),
+        checkout.upstream.display()
+    );
+    let master = master_with(&checkout, SHOW_REVISION, &extra);
+    let _slave = master.start_slave("s1");
+    wait_until("the first poll", || {
+        master
+            .log()
+            .contains("first poll: the current heads are recorded")
+    });
+    let clone = pusher(&checkout, "bob");
+
+    // No hook yet: only the poller sees this push, which touches docs only.
+    let docs = commit(
+        &clone,
+        &[("docs/guide.md", "# guide\n"), ("docs/faq.md", "faq\n")],
+        "docs only",
+    );
+    push(&clone);
+    let mut changes = Value::Null;
+    wait_until("the poller to record the docs change", || {
+        changes = master.api("/api/changes");
+        changes[0]["revision"] == docs.as_str()
+    });
+    let mut files: Vec<&str> = changes[0]["files"]
+        .as_array()
+        .expect("files")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    files.sort_unstable();
+    assert_eq!(files, ["docs/faq.md", "docs/guide.md"], "{changes}");
+    assert_eq!(changes[0]["who"], "Alice <alice@example.org>", "{changes}");
+    assert_eq!(changes[0]["comments"], "docs only", "{changes}");
+    quiet_for(Duration::from_secs(1) + SLACK / 2);
+    assert!(
+        builds(&master, "linux").is_empty(),
+        "a polled docs change passed the src filter"
+    );
+
+    // Now the hook too: the push reaches the master twice, and is one change and one build.
+    install_hook(&master, &checkout.upstream);
+    git(
+        &checkout.upstream,
+        &[
+            "config",
+            "buildbot.repository",
+            checkout.upstream.to_str().expect("utf-8"),
+        ],
+    );
+    let code = commit(&clone, &[("src/lib.rs", "code\n")], "code");
+    let accepted = accepted_change(&push(&clone));
+    wait_until("the second arrival of the revision", || {
+        master.log().contains("change already recorded")
+    });
+    let detail = finished_build(&master, "linux", 1);
+    assert_eq!(detail["baserev"], code.as_str(), "{detail}");
+    assert_eq!(change_ids(&detail), vec![accepted], "{detail}");
+    let changes = master.api("/api/changes");
+    let of_code: Vec<&Value> = changes
+        .as_array()
+        .expect("list")
+        .iter()
+        .filter(|change| change["revision"] == code.as_str())
+        .collect();
+    assert_eq!(of_code.len(), 1, "one change for one revision: {changes}");
+    assert_eq!(of_code[0]["id"], accepted, "{changes}");
+    quiet_for(Duration::from_secs(1) + SLACK / 2);
+    assert_eq!(builds(&master, "linux").len(), 1);
+}
+
 #[test]
 fn a_dependent_builder_runs_after_its_upstream_succeeded_on_the_same_revision() {
     let checkout = Checkout::new();

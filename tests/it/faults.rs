@@ -35,7 +35,7 @@ fn alive(pid: i32) -> bool {
 }
 
 #[test]
-fn a_killed_slave_fails_the_step_and_a_pool_mate_runs_the_retry() {
+fn a_killed_slave_is_an_exception_of_the_step_and_a_pool_mate_runs_the_retry() {
     let checkout = Checkout::new();
     let shared = tempfile::tempdir().expect("temp dir");
     let marker = shared.path().join("first-run");
@@ -64,7 +64,7 @@ fn a_killed_slave_fails_the_step_and_a_pool_mate_runs_the_retry() {
         text(&output.stderr)
     );
     assert!(
-        stdout.contains("linux #1: work failure (slave lost)"),
+        stdout.contains("linux #1: work exception (slave lost)"),
         "{stdout}"
     );
     assert!(
@@ -466,6 +466,16 @@ fn a_retry_after_a_lost_slave_survives_a_master_restart() {
     wait_until("build #1 to end as exception", || {
         master.api_last_build("linux")["result"] == "exception"
     });
+    // One rule for a step cut short, whether its slave or its master went away (issue 21,
+    // item 13): the step is an exception too, not a failure of the command.
+    let first = master.api_last_build("linux");
+    let detail = master.api(&format!("/api/builds/{}", first["id"]));
+    let work = &detail["steps"][1];
+    assert_eq!(
+        (work["name"].as_str(), work["result"].as_str(), work["summary"].as_str()),
+        (Some("work"), Some("exception"), Some("slave lost")),
+        "{detail}"
+    );
     let (status, _) = master.terminate();
     assert!(status.success());
 

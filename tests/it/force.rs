@@ -290,3 +290,41 @@ fn a_force_scheduler_limits_what_may_be_forced_over_ssh_too() {
     let allowed = ssh(&master, "force linux --reason 'listed'");
     assert_eq!(allowed.status.code(), Some(0), "{}", text(&allowed.stderr));
 }
+
+/// Issue 21, item 1: a build asked only for a branch's tip (forced without `--revision`, as
+/// periodic and nightly builds are) records the commit its slave checked out, shows it on the
+/// build page and in the API, and gives it to the later steps.
+#[test]
+fn a_forced_build_of_a_branch_tip_records_and_passes_on_the_commit_it_built() {
+    let checkout = Checkout::new();
+    let head = git(&checkout.upstream, &["rev-parse", "main"]);
+    let head = head.trim();
+    let master = TestMaster::start_with(MasterSetup::linux_builder(
+        &["s1"],
+        &checkout.upstream,
+        r#"{ name = "env", command = "echo rev=$BUILDBOT_REVISION branch=$BUILDBOT_BRANCH prop=%(prop:revision)s" },"#,
+    ));
+    let _slave = master.start_slave("s1");
+    let forced = ssh(&master, "force linux --reason 'tip of main'");
+    assert_eq!(forced.status.code(), Some(0), "{}", text(&forced.stderr));
+    let build = wait_for_build(&master, 1);
+    assert_eq!(build["result"], "success", "{build}");
+
+    let detail = master.api(&format!("/api/builds/{}", build["id"]));
+    assert_eq!(detail["branch"], "main", "{detail}");
+    assert_eq!(detail["baserev"], head, "{detail}");
+    assert_eq!(detail["revision"], head, "{detail}");
+    let log = std::fs::read_to_string(master.path().join("logs/linux/1/2-env.stdout"))
+        .expect("the env step's log");
+    assert_eq!(
+        log.trim(),
+        format!("rev={head} branch=main prop={head}"),
+        "the later steps see the commit built"
+    );
+    let page = crate::harness::http_client()
+        .get(format!("http://127.0.0.1:{}/builders/linux/builds/1", master.http_port))
+        .send()
+        .and_then(|response| response.text())
+        .expect("the build page");
+    assert!(page.contains(head), "the page shows the commit: {page}");
+}

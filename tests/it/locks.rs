@@ -815,3 +815,62 @@ fn a_paused_slave_finishes_its_build_and_takes_no_new_one_until_unpaused() {
     assert_ne!(output.status.code(), Some(0));
     wait_until("nothing queued", || queued(&master, "linux") == 0);
 }
+
+/// Issue 21, item 6: a request that a build-level lock keeps from starting shows as waiting
+/// for that lock (the builder's state in /api/builders and on its page, and /api/requests),
+/// never as idle with "starts in now".
+#[test]
+fn a_request_waiting_for_a_lock_says_which_lock_everywhere() {
+    let checkout = Checkout::new();
+    let stamps = Stamps::new();
+    let mut config = "\n[[lock]]\nname = \"db\"\nkind = \"master\"\n".to_string();
+    config.push_str(&builder(
+        "holder",
+        &["s1"],
+        &checkout.upstream,
+        "locks = [ { lock = \"db\" } ]",
+        &stamps.gated_step("holder"),
+    ));
+    config.push_str(&builder(
+        "waiter",
+        &["s2"],
+        &checkout.upstream,
+        "locks = [ { lock = \"db\" } ]",
+        &stamps.step("waiter", 0.1, ""),
+    ));
+    let master = master(&["s1", "s2"], 1, config);
+    let _s1 = master.start_slave("s1");
+    let _s2 = master.start_slave("s2");
+    force(&master, "holder");
+    wait_for(&master, "holder #1 to hold db", PATIENCE, || {
+        held_by(&master, "db", "holder", 1)
+    });
+    force(&master, "waiter");
+    wait_for(&master, "waiter to wait for db", PATIENCE, || {
+        master.api("/api/builders/waiter")["waiting_for_lock"] == "db"
+    });
+    let waiter = master.api("/api/builders/waiter");
+    assert_eq!(waiter["state"], "waiting for lock db", "{waiter}");
+    let requests = master.api("/api/requests");
+    let queued = requests
+        .as_array()
+        .and_then(|requests| requests.iter().find(|request| request["builder"] == "waiter"))
+        .cloned()
+        .unwrap_or_else(|| panic!("the waiter's request in /api/requests: {requests}"));
+    assert_eq!(queued["waiting_for_lock"], "db", "{queued}");
+    assert_eq!(queued["starts_in"], "waiting for lock db", "{queued}");
+    assert_eq!(queued["starts_in_secs"], Value::Null, "{queued}");
+    let page = crate::harness::http_client()
+        .get(format!("http://127.0.0.1:{}/builders/waiter", master.http_port))
+        .send()
+        .and_then(|response| response.text())
+        .expect("the builder page");
+    assert!(page.contains("waiting for lock db"), "{page}");
+    assert!(!page.contains(">now<"), "no 'starts in now': {page}");
+
+    stamps.release();
+    wait_successes(&master, "waiter", 1, LONG);
+    wait_for(&master, "the waiter's state to clear", PATIENCE, || {
+        master.api("/api/builders/waiter")["waiting_for_lock"].is_null()
+    });
+}

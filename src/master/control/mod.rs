@@ -160,6 +160,8 @@ pub struct QueueEstimate {
     /// Seconds from now, when there is anything to go by.
     pub starts_in: Option<f64>,
     pub finishes_in: Option<f64>,
+    /// The build-level lock that keeps it from starting (then no start is estimated).
+    pub waiting_for_lock: Option<String>,
 }
 
 /// Fills in the build numbers the published status lacks: the executor publishes it as it
@@ -306,6 +308,7 @@ impl Control {
         PollerHandle {
             history: self.history.clone(),
             recorder: self.changes.clone(),
+            master_dir: self.config().master_dir.clone(),
         }
     }
 
@@ -523,17 +526,24 @@ impl Control {
                 .map_or(expected.unwrap_or(0.0), |eta| eta.as_secs_f64())
         }));
         let estimates = crate::master::results::queue_estimates(&slots, expected, ids.len());
+        let waits = self.published.get().lock_waits;
         Ok(ids
             .into_iter()
             .zip(estimates)
             .enumerate()
-            .map(|(index, (request_id, estimate))| QueueEstimate {
-                request_id,
-                position: index + 1,
-                starts_in: estimate.map(|(start, _)| start),
-                finishes_in: estimate
-                    .filter(|_| expected.is_some())
-                    .map(|(_, finish)| finish),
+            .map(|(index, (request_id, estimate))| {
+                let waiting_for_lock = waits.get(&request_id).cloned();
+                // A free slot says nothing about when a lock is given back.
+                let estimate = estimate.filter(|_| waiting_for_lock.is_none());
+                QueueEstimate {
+                    request_id,
+                    position: index + 1,
+                    starts_in: estimate.map(|(start, _)| start),
+                    finishes_in: estimate
+                        .filter(|_| expected.is_some())
+                        .map(|(_, finish)| finish),
+                    waiting_for_lock,
+                }
             })
             .collect())
     }
@@ -561,7 +571,9 @@ impl Control {
     pub fn status(&self, only: &[String]) -> Result<StatusSnapshot, ControlError> {
         self.check_builders(only)?;
         let connected = self.roster.snapshot();
-        let queued = self.published.get().queued;
+        let published = self.published.get();
+        let queued = published.queued;
+        let waits = published.lock_waits;
         let builders = self
             .config()
             .builders
@@ -577,8 +589,12 @@ impl Control {
                     })
                     .collect();
                 let running = self.board.running(&builder.name);
+                let ids = queued.get(&builder.name).map_or(&[][..], Vec::as_slice);
+                let waiting_for_lock = ids.iter().find_map(|id| waits.get(id)).cloned();
                 let activity = if !running.is_empty() {
                     BuilderActivity::Building
+                } else if waiting_for_lock.is_some() {
+                    BuilderActivity::WaitingForLock
                 } else if slaves.iter().any(|slave| slave.connected) {
                     BuilderActivity::Idle
                 } else {
@@ -588,7 +604,8 @@ impl Control {
                     name: builder.name.clone(),
                     activity,
                     running,
-                    queued: queued.get(&builder.name).map_or(0, Vec::len),
+                    queued: ids.len(),
+                    waiting_for_lock,
                     last: self.board.last(&builder.name),
                     slaves,
                 }

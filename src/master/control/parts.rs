@@ -14,7 +14,7 @@ use crate::master::config::Config;
 use crate::master::control::ControlError;
 use crate::master::events::{EventLog, Follower};
 use crate::master::executor::Mail;
-use crate::master::history::changes::{self, StoredChange};
+use crate::master::history::changes::{self, Recorded, StoredChange};
 use crate::master::history::{self, History, NewRequest};
 use crate::master::reconfig::ConfigView;
 use crate::status::BuildEvent;
@@ -82,10 +82,19 @@ impl ChangeRecorder {
         sent_by: &str,
     ) -> Result<StoredChange, ControlError> {
         let sent_by = sent_by.to_string();
-        let stored = self
+        let recorded = self
             .history
-            .run(move |connection| changes::insert_change(connection, &change, &sent_by))
+            .run(move |connection| changes::record_change(connection, &change, &sent_by))
             .await?;
+        // The hook and a poller on one repository both bring a revision: the change recorded
+        // first is the answer, and nothing is built again.
+        let stored = match recorded {
+            Recorded::New(stored) => stored,
+            Recorded::Known(known) => {
+                tracing::info!(change = known.id, branch = %known.branch, revision = %known.revision, "change already recorded");
+                return Ok(known);
+            }
+        };
         tracing::info!(change = stored.id, branch = %stored.branch, revision = %stored.revision, by = %stored.sent_by, "change recorded");
         self.events.publish(BuildEvent::ChangeAdded {
             change_id: stored.id,
@@ -130,9 +139,15 @@ impl SchedulersHandle {
 pub struct PollerHandle {
     pub(crate) history: History,
     pub(super) recorder: ChangeRecorder,
+    /// Where the poller keeps its mirrors (`DIR/gitpoll/`), bound at start.
+    pub(super) master_dir: std::path::PathBuf,
 }
 
 impl PollerHandle {
+    pub fn master_dir(&self) -> &std::path::Path {
+        &self.master_dir
+    }
+
     /// A change the poller found in `repository`.
     pub async fn polled_change(&self, change: ChangeSpec) -> Result<StoredChange, ControlError> {
         let sent_by = format!("poller {}", change.repository);

@@ -1,7 +1,7 @@
 //! Changes in the history: each change sent or polled, which requests built it, and the heads a
 //! poller last saw per branch (so a restarted master neither misses nor repeats a push).
 
-use rusqlite::{Connection, params};
+use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::change::ChangeSpec;
 use crate::master::history::{HistoryError, now, properties_from_json, properties_json};
@@ -42,8 +42,54 @@ fn change_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<StoredChange> {
     })
 }
 
-/// Records a change; returns it with its id.
-pub fn insert_change(
+/// A change as [`record_change`] found it: new, or already recorded.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Recorded {
+    /// Recorded now.
+    New(StoredChange),
+    /// The same revision on the same repository and branch was recorded before (the hook and
+    /// a poller on one repository both saw it): that change, unchanged.
+    Known(StoredChange),
+}
+
+impl Recorded {
+    pub fn change(&self) -> &StoredChange {
+        match self {
+            Recorded::New(change) | Recorded::Known(change) => change,
+        }
+    }
+}
+
+/// Records a change unless its revision on its repository and branch is recorded already,
+/// whichever way it came: one revision is one change. The look-up and the insert are one
+/// transaction, so two arrivals at once still make one change.
+pub fn record_change(
+    connection: &mut Connection,
+    change: &ChangeSpec,
+    sent_by: &str,
+) -> Result<Recorded, HistoryError> {
+    let transaction =
+        connection.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let known = transaction
+        .query_row(
+            &format!(
+                "SELECT {CHANGE_COLUMNS} FROM changes
+                 WHERE repository = ?1 AND branch = ?2 AND revision = ?3 ORDER BY id LIMIT 1"
+            ),
+            params![change.repository, change.branch, change.revision],
+            change_from_row,
+        )
+        .optional()?;
+    if let Some(known) = known {
+        return Ok(Recorded::Known(known));
+    }
+    let stored = insert_change(&transaction, change, sent_by)?;
+    transaction.commit()?;
+    Ok(Recorded::New(stored))
+}
+
+/// Records a change as it is; returns it with its id.
+fn insert_change(
     connection: &Connection,
     change: &ChangeSpec,
     sent_by: &str,
@@ -185,8 +231,29 @@ mod tests {
                     files: vec!["src/a.rs".into()],
                     properties: Default::default(),
                 };
-                let stored = insert_change(connection, &spec, "alice")?;
+                let Recorded::New(stored) = record_change(connection, &spec, "alice")? else {
+                    panic!("the first arrival is new");
+                };
                 assert_eq!(recent_changes(connection, 10)?, vec![stored.clone()]);
+                // The same revision from a poller is the same change; another branch is not.
+                let polled = ChangeSpec {
+                    who: None,
+                    files: Vec::new(),
+                    ..spec.clone()
+                };
+                assert_eq!(
+                    record_change(connection, &polled, "poller /r.git")?,
+                    Recorded::Known(stored.clone())
+                );
+                let elsewhere = ChangeSpec {
+                    branch: "release".into(),
+                    ..spec.clone()
+                };
+                assert!(matches!(
+                    record_change(connection, &elsewhere, "alice")?,
+                    Recorded::New(_)
+                ));
+                assert_eq!(recent_changes(connection, 10)?.len(), 2);
                 assert!(poll_heads(connection, "/r.git")?.is_empty());
                 set_poll_head(connection, "/r.git", "main", "abc")?;
                 set_poll_head(connection, "/r.git", "main", "def")?;

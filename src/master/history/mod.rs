@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSql, ToSqlOutput, ValueRef};
 use rusqlite::{Connection, OptionalExtension, params};
 
+use crate::master::results::CUT_SHORT;
 use crate::status::{BuildResult, LastBuild, RequestKind, RequestState};
 
 /// Results, states and kinds are stored as their one spelling; anything else in the column is
@@ -112,6 +113,12 @@ const MIGRATIONS: &[&str] = &[
     // 4: how often a request's slave was lost while building it, so a request that kills its
     // slave is not retried forever (kept across master restarts).
     "ALTER TABLE requests ADD COLUMN slave_losses INTEGER NOT NULL DEFAULT 0;",
+    // 5: what a build checked out (the branch and the commit the slave reports), so a build
+    // asked only for a branch's tip still says what it built.
+    "ALTER TABLE builds ADD COLUMN branch TEXT;
+    ALTER TABLE builds ADD COLUMN revision TEXT;",
+    // 6: one revision is one change whichever way it came; the look-up before each insert.
+    "CREATE INDEX changes_revision ON changes(repository, branch, revision);",
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -491,6 +498,20 @@ pub fn finish_build(
     Ok(())
 }
 
+/// Records what build `build_id` checked out: the branch and the commit the slave reported.
+pub fn record_build_source(
+    connection: &Connection,
+    build_id: i64,
+    branch: &str,
+    revision: &str,
+) -> Result<(), HistoryError> {
+    connection.execute(
+        "UPDATE builds SET branch = ?2, revision = ?3 WHERE id = ?1",
+        params![build_id, branch, revision],
+    )?;
+    Ok(())
+}
+
 /// Counts one more loss of the slave while building request `request_id`; returns the count.
 pub fn record_slave_loss(
     connection: &mut Connection,
@@ -543,7 +564,7 @@ pub fn recover_interrupted_builds(connection: &mut Connection) -> Result<usize, 
     transaction.execute(
         "UPDATE steps SET finished_at = ?1, result = ?2, summary = 'master restarted'
          WHERE finished_at IS NULL",
-        params![now(), BuildResult::Exception],
+        params![now(), CUT_SHORT],
     )?;
     transaction.execute(
         "UPDATE requests SET state = ?1 WHERE id IN (SELECT request_id FROM builds WHERE finished_at IS NULL)",
@@ -551,7 +572,7 @@ pub fn recover_interrupted_builds(connection: &mut Connection) -> Result<usize, 
     )?;
     let count = transaction.execute(
         "UPDATE builds SET finished_at = ?1, result = ?2, reason = 'master restarted' WHERE finished_at IS NULL",
-        params![now(), BuildResult::Exception],
+        params![now(), CUT_SHORT],
     )?;
     transaction.commit()?;
     Ok(count)
@@ -768,8 +789,13 @@ pub struct BuildDetail {
     pub who: Option<String>,
     pub comment: Option<String>,
     pub repository: String,
+    /// The request's branch, else the branch the build checked out.
     pub branch: Option<String>,
+    /// The request's base revision, else the commit the build checked out.
     pub baserev: Option<String>,
+    /// The commit the build checked out, as its slave reported it (before any patch); none
+    /// until the checkout step has succeeded.
+    pub revision: Option<String>,
     pub has_patch: bool,
     pub properties: std::collections::BTreeMap<String, String>,
     /// Why the request exists.
@@ -812,7 +838,7 @@ pub fn build_detail(
     let found = connection
         .query_row(
             &format!(
-                "SELECT {BUILD_COLUMNS}, r.id, r.job_name, r.jobid, r.who, r.comment, r.repository, r.branch, r.baserev, r.patch IS NOT NULL, r.properties, r.reason
+                "SELECT {BUILD_COLUMNS}, r.id, r.job_name, r.jobid, r.who, r.comment, r.repository, COALESCE(r.branch, b.branch), COALESCE(r.baserev, b.revision), r.patch IS NOT NULL, r.properties, r.reason, b.revision
                  FROM builds b JOIN requests r ON r.id = b.request_id WHERE {condition}"
             ),
             params![first, second],
@@ -830,6 +856,7 @@ pub fn build_detail(
                     has_patch: row.get(16)?,
                     properties: properties_from_json(&row.get::<_, String>(17)?),
                     why: row.get(18)?,
+                    revision: row.get(19)?,
                     changes: Vec::new(),
                     steps: Vec::new(),
                 })
