@@ -353,7 +353,9 @@ fn force_answers_in_json_and_the_client_waits_for_the_result() {
     );
     let first = stdout.lines().next().unwrap_or_default();
     assert!(
-        first.starts_with("forced build queued as request ") && first.contains(" → linux, http://"),
+        first.starts_with("forced build queued as request ")
+            && first.contains(" → linux")
+            && first.contains(", http://"),
         "{stdout}"
     );
     assert!(stdout.contains("linux #1: success"), "{stdout}");

@@ -103,7 +103,12 @@ pub(super) async fn answer(
     answer.builder = Some(queued.builder.clone());
     answer.request_id = Some(queued.request_id);
     answer.job_name = Some(queued.job_name.clone());
-    answer.url = Some(ctx.control.builder_url(&queued.builder));
+    // The build has a number only if it started already (a free slave, no lock to wait for).
+    answer.number = ctx.control.build_number_of_request(queued.request_id);
+    answer.url = Some(match answer.number {
+        Some(number) => ctx.control.build_url(&queued.builder, number),
+        None => ctx.control.builder_url(&queued.builder),
+    });
     match shape {
         Shape::Text => io.print(&format!("{}\n", text(&queued))).await,
         Shape::Json => io.print_json(&answer).await,
