@@ -149,7 +149,7 @@ async fn apply(
 }
 
 /// One line on stderr for a refused action and its exit status, the same for every command
-/// (docs/try.md, "Exit codes"). `hint` follows an ambiguous stop: how to name the build.
+/// (docs/try.md, "Exit codes"); an ambiguous stop also says how to name the build.
 async fn refuse(err: &ControlError, io: &mut ExecIo<'_>) -> u32 {
     let line = err.user_line();
     let line = match err {
