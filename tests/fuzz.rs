@@ -204,8 +204,8 @@ fn fuzz_exec_command_parse() {
     ];
     let strategy =
         bytes_or_pieces(PIECES, 200).prop_map(|bytes| String::from_utf8_lossy(&bytes).into_owned());
-    fuzz("sshd::exec::parse", strategy, |command| {
-        let _ = buildbot::sshd::exec::parse(&command);
+    fuzz("sshd::cmd::parse", strategy, |command| {
+        let _ = buildbot::sshd::cmd::parse(&command);
     });
 }
 

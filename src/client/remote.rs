@@ -4,14 +4,14 @@
 //! `--wait`); the exit code says how it went.
 
 use std::collections::BTreeMap;
-use std::io::IsTerminal;
+use std::io::{BufRead, IsTerminal};
 use std::path::Path;
 use std::process::Stdio;
 
 use crate::change::ChangeSpec;
 use crate::client::dotfile::{self, DotBuildbot};
 use crate::client::try_cmd::{Connection, SshExit, TryArgs, TryError};
-use crate::commands::{EXIT_FAILED, EXIT_OK, EXIT_USAGE, ForceArgs};
+use crate::commands::{Answer, EXIT_FAILED, EXIT_OK, EXIT_USAGE, ForceArgs};
 
 /// Runs `buildbot force`: the master answers with one JSON object (`commands::Answer`), shown
 /// as "forced build queued as request 6 → linux, http://…"; with `wait` the build's progress
@@ -37,11 +37,22 @@ pub fn force(
         None
     };
     if let Some(answer) = run.child.stdout.take() {
-        crate::client::progress::follow(
-            std::io::BufReader::new(answer),
-            &mut std::io::stdout(),
-            wait && std::io::stdout().is_terminal(),
-        );
+        let answer = std::io::BufReader::new(answer);
+        if wait {
+            crate::client::progress::follow(
+                answer,
+                &mut std::io::stdout(),
+                std::io::stdout().is_terminal(),
+            );
+        } else {
+            for line in answer.lines().map_while(Result::ok) {
+                // Not an answer this client knows (an older master?): shown as it came.
+                match serde_json::from_str::<Answer>(&line) {
+                    Ok(answer) => println!("{answer}"),
+                    Err(_) => println!("{line}"),
+                }
+            }
+        }
     }
     let exit = run.wait()?;
     if interrupted.is_some_and(|caught| caught.happened()) {

@@ -10,7 +10,6 @@
 pub mod authorized_keys;
 pub mod cmd;
 mod cutoff;
-pub mod exec;
 mod handler;
 pub mod keystore;
 mod session;

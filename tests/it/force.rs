@@ -328,3 +328,96 @@ fn a_forced_build_of_a_branch_tip_records_and_passes_on_the_commit_it_built() {
         .expect("the build page");
     assert!(page.contains(head), "the page shows the commit: {page}");
 }
+
+/// Issue 21: `--json` answers are one typed object, and `buildbot force --wait` follows the
+/// build like `try --wait`, with the one exit-code scheme: 0 success, 1 a failed build or a
+/// refusal, 2 a usage mistake.
+#[test]
+fn force_answers_in_json_and_the_client_waits_for_the_result() {
+    let checkout = Checkout::new();
+    git(
+        &checkout.work,
+        &["push", "-q", "origin", "HEAD:refs/heads/release"],
+    );
+    let master = master_needing_the_new_commit(&checkout);
+
+    // No slave yet: the request waits, so the answer has no build number.
+    let forced = ssh(&master, "force linux --reason typed answer --json");
+    assert_eq!(forced.status.code(), Some(0), "{}", text(&forced.stderr));
+    let answer: serde_json::Value =
+        serde_json::from_slice(&forced.stdout).expect("one JSON object");
+    assert_eq!(answer["action"], "force", "{answer}");
+    assert_eq!(answer["builder"], "linux", "{answer}");
+    let request_id = answer["request_id"].as_i64().expect("a request id");
+    assert!(request_id > 0, "{answer}");
+    assert!(answer.get("number").is_none(), "{answer}");
+    assert!(
+        answer["url"]
+            .as_str()
+            .is_some_and(|url| url.starts_with("http://") && url.ends_with("/builders/linux")),
+        "{answer}"
+    );
+    let cancelled = ssh(&master, &format!("cancel linux {request_id} --json"));
+    assert_eq!(
+        cancelled.status.code(),
+        Some(0),
+        "{}",
+        text(&cancelled.stderr)
+    );
+    let cancelled: serde_json::Value =
+        serde_json::from_slice(&cancelled.stdout).expect("one JSON object");
+    assert_eq!(cancelled["action"], "cancel", "{cancelled}");
+    assert_eq!(cancelled["request_id"], request_id, "{cancelled}");
+
+    let _slave = master.start_slave("s1");
+    let force = |branch: &str| {
+        let mut client = Command::new(BIN);
+        client
+            .args([
+                "force", "linux", "--branch", branch, "--reason", "wait", "for", "it",
+            ])
+            .arg("--wait")
+            .args(master.client_args());
+        run_with_timeout(client, None)
+    };
+    // The release branch has the commit: the build succeeds and force exits 0.
+    let output = force("release");
+    let stdout = text(&output.stdout);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{stdout}{}",
+        text(&output.stderr)
+    );
+    let first = stdout.lines().next().unwrap_or_default();
+    assert!(
+        first.starts_with("forced build queued as request ")
+            && first.contains(" → linux")
+            && first.contains(", http://"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("linux #1: success"), "{stdout}");
+    assert!(stdout.contains("/builders/linux/builds/1"), "{stdout}");
+    // main has not: the build fails and force exits 1, like try --wait.
+    let output = force("main");
+    let stdout = text(&output.stdout);
+    assert_eq!(
+        output.status.code(),
+        Some(1),
+        "{stdout}{}",
+        text(&output.stderr)
+    );
+    assert!(stdout.contains("linux #2: failure"), "{stdout}");
+
+    // A refused force exits 1, a usage mistake 2: through the client as over ssh.
+    let mut refused = Command::new(BIN);
+    refused
+        .args(["force", "nope", "--reason", "x"])
+        .args(master.client_args());
+    let output = run_with_timeout(refused, None);
+    assert_eq!(output.status.code(), Some(1), "{}", text(&output.stderr));
+    assert_eq!(
+        text(&output.stderr).trim(),
+        "buildbot: no builder named 'nope' (builders: linux)"
+    );
+}

@@ -454,3 +454,42 @@ fn connections_that_never_log_in_are_dropped_after_the_grace_time() {
             .success()
     });
 }
+
+/// Issue 21: `help` lists the commands (it was "unknown command"); `help CMD` explains one.
+#[test]
+fn help_lists_the_commands_and_explains_one() {
+    let master = TestMaster::start();
+    let output = master.ssh(&master.user_key, &current_user(), "help");
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
+    let listed = text(&output.stdout);
+    for command in [
+        "try",
+        "watch",
+        "stop",
+        "force",
+        "rebuild",
+        "cancel",
+        "sendchange",
+    ] {
+        assert!(
+            listed
+                .lines()
+                .any(|line| line.trim_start().starts_with(&format!("{command} "))),
+            "{command}: {listed}"
+        );
+    }
+    let output = master.ssh(&master.user_key, &current_user(), "help stop");
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
+    let stop = text(&output.stdout);
+    assert!(stop.contains("ssh MASTER stop"), "{stop}");
+    assert!(
+        stop.contains("--reason") && stop.contains("--json"),
+        "{stop}"
+    );
+    let output = master.ssh(&master.user_key, &current_user(), "help frobnicate");
+    assert_eq!(output.status.code(), Some(2));
+    assert_eq!(
+        text(&output.stderr).trim(),
+        "buildbot: unknown command 'frobnicate' (`help` lists the commands)"
+    );
+}

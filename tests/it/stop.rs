@@ -306,3 +306,36 @@ fn a_master_shutting_down_during_try_wait_is_reported_as_such() {
         build["number"] == 2 && build["running"] == true
     });
 }
+
+/// Issue 21: `stop --json` answers one typed object with the build, its URL and its result.
+#[test]
+fn stop_answers_in_json() {
+    let checkout = Checkout::new();
+    let master = master_with(
+        &checkout.upstream,
+        r#"{ name = "sleep", command = "exec sleep 600" },"#,
+    );
+    let _slave = master.start_slave("s1");
+    let waiting = spawn_try_wait(&master, &checkout.work);
+    wait_building(&master, "sleep");
+    let output = master.ssh(
+        &master.user_key,
+        &current_user(),
+        "stop linux --reason typed --json",
+    );
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
+    let answer: serde_json::Value =
+        serde_json::from_slice(&output.stdout).expect("one JSON object");
+    assert_eq!(answer["action"], "stop", "{answer}");
+    assert_eq!(answer["builder"], "linux", "{answer}");
+    assert_eq!(answer["number"], 1, "{answer}");
+    assert_eq!(answer["result"], "interrupted", "{answer}");
+    assert!(
+        answer["url"]
+            .as_str()
+            .is_some_and(|url| url.ends_with("/builders/linux/builds/1")),
+        "{answer}"
+    );
+    let waited = output_with_deadline(waiting, "try --wait", PATIENCE);
+    assert_eq!(waited.status.code(), Some(1), "{}", text(&waited.stdout));
+}

@@ -391,6 +391,11 @@ impl Control {
         self.board.last(builder)
     }
 
+    /// The number of the build of request `request_id`, once it has started.
+    pub fn build_number_of_request(&self, request_id: i64) -> Option<i64> {
+        self.board.number_of_request(request_id)
+    }
+
     /// The connected slaves.
     pub fn slaves(&self) -> BTreeMap<String, SlaveInfo> {
         self.roster.snapshot()

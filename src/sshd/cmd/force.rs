@@ -45,23 +45,51 @@ impl Force {
                 queued.builder, queued.request_id
             )
         };
-        let Some(queued) = answer(ctx, queued, Action::Force, text, self.json, io).await else {
+        let shape = Shape::of(self.json, self.wait);
+        let Some(queued) = answer(ctx, queued, Action::Force, text, shape, io).await else {
             return 1;
         };
         if !self.wait {
             return 0;
         }
-        super::wait::for_job(ctx, &queued.job_name, follower, self.json, io).await
+        super::wait::for_job(
+            ctx,
+            "force --wait",
+            &queued.job_name,
+            follower,
+            self.json,
+            io,
+        )
+        .await
     }
 }
 
-/// Prints what a queued request (force, rebuild) became, as text or JSON, or the refusal.
+/// How an answer is written: a line of text, one JSON object, or (with `--wait --json`) the
+/// first item of a JSON stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Shape {
+    Text,
+    Json,
+    StreamItem,
+}
+
+impl Shape {
+    pub(super) fn of(json: bool, wait: bool) -> Shape {
+        match (json, wait) {
+            (false, _) => Shape::Text,
+            (true, false) => Shape::Json,
+            (true, true) => Shape::StreamItem,
+        }
+    }
+}
+
+/// Prints what a queued request (force, rebuild) became, or the refusal.
 pub(super) async fn answer(
     ctx: &SshdContext,
     queued: Result<Queued, ControlError>,
     action: Action,
     text: impl Fn(&Queued) -> String,
-    json: bool,
+    shape: Shape,
     io: &mut ExecIo<'_>,
 ) -> Option<Queued> {
     let queued = match queued {
@@ -71,19 +99,26 @@ pub(super) async fn answer(
             return None;
         }
     };
-    if json {
-        let mut answer = Answer::new(action);
-        answer.builder = Some(queued.builder.clone());
-        answer.request_id = Some(queued.request_id);
-        answer.job_name = Some(queued.job_name.clone());
-        answer.url = Some(ctx.control.builder_url(&queued.builder));
-        io.print_json(&StreamItem::Answer {
-            answer,
-            web_url: ctx.control.web_url().to_string(),
-        })
-        .await;
-    } else {
-        io.print(&format!("{}\n", text(&queued))).await;
+    let mut answer = Answer::new(action);
+    answer.builder = Some(queued.builder.clone());
+    answer.request_id = Some(queued.request_id);
+    answer.job_name = Some(queued.job_name.clone());
+    // The build has a number only if it started already (a free slave, no lock to wait for).
+    answer.number = ctx.control.build_number_of_request(queued.request_id);
+    answer.url = Some(match answer.number {
+        Some(number) => ctx.control.build_url(&queued.builder, number),
+        None => ctx.control.builder_url(&queued.builder),
+    });
+    match shape {
+        Shape::Text => io.print(&format!("{}\n", text(&queued))).await,
+        Shape::Json => io.print_json(&answer).await,
+        Shape::StreamItem => {
+            io.print_json(&StreamItem::Answer {
+                answer,
+                web_url: ctx.control.web_url().to_string(),
+            })
+            .await
+        }
     }
     Some(queued)
 }

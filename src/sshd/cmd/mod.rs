@@ -1,5 +1,5 @@
 //! The exec commands the SSH server understands, one file each (as mini-redis's `cmd/`): each
-//! defines its arguments (parsed with clap by `sshd::exec`) and `apply`, which calls the
+//! defines its arguments (the command line is split and parsed with clap in `parse`) and `apply`, which calls the
 //! control layer for the identity that asked and renders the typed answer as text, or as JSON
 //! with `--json`. Commands see plain async streams ([`ExecIo`]), never russh types. A refusal
 //! is rendered once, by [`refuse`], from `ControlError`'s own line and exit status.
@@ -8,6 +8,7 @@ mod cancel;
 mod force;
 mod help;
 mod irc_link;
+mod parse;
 mod pause_slave;
 mod rebuild;
 mod sendchange;
@@ -24,6 +25,7 @@ pub use cancel::Cancel;
 pub use force::Force;
 pub use help::Help;
 pub use irc_link::IrcLink;
+pub use parse::{ExecCommand, parse};
 pub use pause_slave::PauseSlave;
 pub use rebuild::Rebuild;
 pub use sendchange::Sendchange;
@@ -35,7 +37,6 @@ pub use watch::{Resume, Watch};
 use crate::commands::{EXIT_UNKNOWN_COMMAND, EXIT_USAGE};
 use crate::exec_io::ExecIo;
 use crate::master::control::ControlError;
-use crate::sshd::exec::{self, ExecCommand};
 use crate::sshd::{Identity, SshdContext};
 use crate::unix::accounts::UnixAccount;
 
@@ -87,7 +88,7 @@ pub async fn run(
     command: &str,
     io: &mut ExecIo<'_>,
 ) -> u32 {
-    let parsed = exec::parse(command);
+    let parsed = parse(command);
     let user = match identity {
         Identity::Slave { name } => {
             if parsed == ExecCommand::Run(Command::Slave) {
@@ -148,7 +149,7 @@ async fn apply(
 }
 
 /// One line on stderr for a refused action and its exit status, the same for every command
-/// (docs/try.md, "Exit codes"). `hint` follows an ambiguous stop: how to name the build.
+/// (docs/try.md, "Exit codes"); an ambiguous stop also says how to name the build.
 async fn refuse(err: &ControlError, io: &mut ExecIo<'_>) -> u32 {
     let line = err.user_line();
     let line = match err {

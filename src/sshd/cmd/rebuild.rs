@@ -40,14 +40,23 @@ impl Rebuild {
                 queued.builder, queued.request_id
             )
         };
+        let shape = super::force::Shape::of(self.json, self.wait);
         let Some(queued) =
-            super::force::answer(ctx, queued, Action::Rebuild, text, self.json, io).await
+            super::force::answer(ctx, queued, Action::Rebuild, text, shape, io).await
         else {
             return 1;
         };
         if !self.wait {
             return 0;
         }
-        super::wait::for_job(ctx, &queued.job_name, follower, self.json, io).await
+        super::wait::for_job(
+            ctx,
+            "rebuild --wait",
+            &queued.job_name,
+            follower,
+            self.json,
+            io,
+        )
+        .await
     }
 }

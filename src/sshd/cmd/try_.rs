@@ -39,7 +39,15 @@ impl Try {
         if !self.wait {
             return 0;
         }
-        super::wait::for_job(ctx, &accepted.job_name, follower, self.json, io).await
+        super::wait::for_job(
+            ctx,
+            "try --wait",
+            &accepted.job_name,
+            follower,
+            self.json,
+            io,
+        )
+        .await
     }
 }
 

@@ -9,8 +9,10 @@ use crate::master::events::{Followed, Follower};
 use crate::sshd::SshdContext;
 use crate::status::{BuildEvent, JobProgress, StreamItem, text};
 
+/// `command` names the waiting command (`try --wait`, ...) in the record of a cancellation.
 pub async fn for_job(
     ctx: &SshdContext,
+    command: &str,
     job_name: &str,
     mut follower: Follower,
     json: bool,
@@ -21,8 +23,9 @@ pub async fn for_job(
         let followed = tokio::select! {
             followed = follower.next() => followed,
             _ = io.client_gone.cancelled() => {
+                let by = format!("{command} (client disconnected)");
                 ctx.control
-                    .cancel_job(job_name, "--wait (client disconnected)", "the submitter went away")
+                    .cancel_job(job_name, &by, "the submitter went away")
                     .await;
                 return EXIT_FAILED.into();
             }
@@ -30,7 +33,7 @@ pub async fn for_job(
         let sequenced = match followed {
             Followed::Event(sequenced) => sequenced,
             Followed::Missed(count) => {
-                tracing::warn!(missed = count, "--wait fell behind the build events");
+                tracing::warn!(missed = count, "{command} fell behind the build events");
                 continue;
             }
             Followed::Closed => {

@@ -1,6 +1,6 @@
 //! Parsing the command string a client sent into an [`ExecCommand`] with clap, as the CLI
 //! parses its own arguments. Pure; each command's arguments and what it does live in its own
-//! file under `sshd::cmd` (and, below it, `master::control`).
+//! file beside this one (and, below them, `master::control`).
 //!
 //! The command string arrives as one line (OpenSSH joins the words after the host with single
 //! spaces), so it is split with POSIX shell quoting rules, as a shell on a real sshd would.
