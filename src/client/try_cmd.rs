@@ -126,6 +126,18 @@ fn build_job(
     };
     if let Some(diff) = &args.diff {
         let patch = read_diff(diff)?;
+        // An empty diff (a commit that reverts to its parent, `--diff /dev/null`) is a job
+        // without a patch: the builders build the base as it is, as Buildbot's client does.
+        if patch.is_empty() {
+            eprintln!(
+                "patch: --diff {} is empty; the job is sent without a patch (the builders build {})",
+                diff.display(),
+                args.baserev
+                    .as_deref()
+                    .map_or("their branch's tip".to_string(), |rev| format!("--baserev {rev}"))
+            );
+            return Ok((job, Some(Vec::new())));
+        }
         if let Some(level) = job::patch_level_hint(&patch, args.patchlevel) {
             return Err(TryError::new(format!(
                 "--diff {}: its paths start with a/ and b/, as git writes them, so -p {} would find no file: try -p {level}",
@@ -147,9 +159,10 @@ fn build_job(
     .map_err(|err| TryError::new(err.to_string()))?;
     if computed.patch.is_empty() {
         return Err(TryError::new(format!(
-            "no changes to try: the working tree is the same as the base {} ({})",
+            "no changes to try: the working tree is the same as the base {} ({}); to build the base as it is, send an empty diff: --diff /dev/null --baserev {}",
             short(&computed.baserev),
-            computed.base_from
+            computed.base_from,
+            computed.baserev
         )));
     }
     eprintln!(
@@ -179,12 +192,6 @@ fn read_diff(path: &Path) -> Result<Vec<u8>, TryError> {
         std::fs::File::open(path).and_then(|mut file| file.read_to_end(&mut bytes).map(|_| ()))
     };
     read.map_err(|err| TryError::new(format!("cannot read --diff {}: {err}", path.display())))?;
-    if bytes.is_empty() {
-        return Err(TryError::new(format!(
-            "--diff {} is empty: nothing to try",
-            path.display()
-        )));
-    }
     Ok(bytes)
 }
 
