@@ -24,6 +24,8 @@ pub const EXIT_TROUBLE: u8 = 2;
 pub struct TryArgs {
     pub builders: Vec<String>,
     pub wait: bool,
+    /// With `wait`: how many lines of a failed step's log to show.
+    pub tail: usize,
     /// A ready patch instead of the checkout's changes; `-` is stdin.
     pub diff: Option<PathBuf>,
     pub patchlevel: u32,
@@ -79,7 +81,7 @@ pub fn run(args: &TryArgs, cwd: &Path) -> Result<u8, TryError> {
         ));
     };
     let encoded = job::encode(&job);
-    connection.deliver(&encoded, args.wait)
+    connection.deliver(&encoded, args.wait.then_some(args.tail))
 }
 
 /// The job, and the files its patch touches when they can be told (for the dry run).
@@ -342,11 +344,16 @@ impl Connection {
             .join(" ")
     }
 
-    /// Pipes the job to `ssh HOST try [--wait]`. The master's messages reach the user as they
-    /// come (ssh's stderr passes through; with `--wait` its stdout is rendered).
-    fn deliver(&self, job: &[u8], wait: bool) -> Result<u8, TryError> {
-        let remote = if wait { "try --wait --json" } else { "try" };
-        let mut run = self.spawn(remote, Stdio::piped(), wait)?;
+    /// Pipes the job to `ssh HOST try [--wait]`; `wait` holds the `--tail` to ask for. The
+    /// master's messages reach the user as they come (ssh's stderr passes through; with
+    /// `--wait` its stdout is rendered).
+    fn deliver(&self, job: &[u8], wait: Option<usize>) -> Result<u8, TryError> {
+        let remote = match wait {
+            Some(tail) => format!("try --wait --json --tail {tail}"),
+            None => "try".to_string(),
+        };
+        let wait = wait.is_some();
+        let mut run = self.spawn(&remote, Stdio::piped(), wait)?;
         if let Some(mut stdin) = run.child.stdin.take() {
             // A master that refuses early closes the channel: a broken pipe here is expected,
             // and its reason arrives on stderr.

@@ -145,7 +145,11 @@ fn render(
                 true => line.clone(),
                 false => format!("({count} events skipped: this watcher fell behind)"),
             }),
-            StreamItem::Accepted { .. } | StreamItem::Queued { .. } => None,
+            // Only `try --wait` sends these.
+            StreamItem::Accepted { .. }
+            | StreamItem::Queued { .. }
+            | StreamItem::StepTail(_)
+            | StreamItem::Resync { .. } => None,
         };
         if let Some(shown) = shown {
             let shown = shown.trim_end();

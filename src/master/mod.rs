@@ -14,6 +14,7 @@ pub mod history;
 pub mod interpolate;
 pub mod irc_links;
 pub mod locks;
+pub mod log_tail;
 pub mod metrics;
 pub mod poller;
 pub mod reconfig;

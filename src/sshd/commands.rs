@@ -67,7 +67,7 @@ pub async fn run(
                 Err(err) => refuse_try(user, &err, io).await,
             }
         }
-        ExecCommand::Try { wait, json } => {
+        ExecCommand::Try { wait, json, tail } => {
             // Follow before the job exists, so no event about it can be missed.
             let follower = ctx.control.events.follow();
             let accepted = match ctx.control.submit_try(user, None, io.stdin).await {
@@ -88,7 +88,7 @@ pub async fn run(
             if !wait {
                 return 0;
             }
-            wait_for_job(ctx, &accepted.job_name, follower, json, io).await
+            wait_for_job(ctx, &accepted.job_name, follower, json, tail, io).await
         }
         ExecCommand::Stop {
             builder,
@@ -361,6 +361,7 @@ async fn wait_for_job(
     job_name: &str,
     mut follower: Follower,
     json: bool,
+    tail: usize,
     io: &mut ExecIo<'_>,
 ) -> u32 {
     let mut progress = JobProgress::default();
@@ -378,6 +379,26 @@ async fn wait_for_job(
             Followed::Event(sequenced) => sequenced,
             Followed::Missed(count) => {
                 tracing::warn!(missed = count, "try --wait fell behind the build events");
+                // The events that would end the job may be among those missed: the history
+                // says where it stands.
+                let record = match ctx.control.job_record(job_name).await {
+                    Ok(record) => record,
+                    Err(err) => {
+                        tracing::error!("cannot read the job's record: {err}");
+                        continue;
+                    }
+                };
+                let done = progress.resync(&record);
+                if json {
+                    io.print_json(&StreamItem::Missed { count }).await;
+                    io.print_json(&StreamItem::Resync { record }).await;
+                } else {
+                    io.print(&format!("({count} events skipped: fell behind the master)\n"))
+                        .await;
+                }
+                if done {
+                    break;
+                }
                 continue;
             }
             Followed::Closed => {
@@ -394,6 +415,16 @@ async fn wait_for_job(
             BuildEvent::RequestsQueued { builders, .. } => builders.clone(),
             _ => Vec::new(),
         };
+        let failed = match &sequenced.event {
+            BuildEvent::BuildFinished {
+                builder,
+                number,
+                result,
+                will_retry: false,
+                ..
+            } if !result.is_good() => Some((builder.clone(), *number)),
+            _ => None,
+        };
         if json {
             io.print_json(&StreamItem::Event(sequenced)).await;
         } else {
@@ -402,6 +433,17 @@ async fn wait_for_job(
         }
         for builder in queued_for {
             report_position(ctx, job_name, &builder, json, io).await;
+        }
+        if let Some((builder, number)) = failed {
+            match ctx.control.failed_step_tail(&builder, number, tail).await {
+                Ok(Some(step_tail)) if json => io.print_json(&StreamItem::StepTail(step_tail)).await,
+                Ok(Some(step_tail)) => {
+                    io.print(&format!("{}\n", text::describe_tail(&step_tail)))
+                        .await
+                }
+                Ok(None) => {}
+                Err(err) => tracing::warn!("cannot read the failed step's log: {err}"),
+            }
         }
         if done {
             break;

@@ -16,7 +16,9 @@ pub enum ExecCommand {
     TryServer { jobdir: String },
     /// `try [--wait] [--json]`: our own client's path. With `--json`, what follows the job is
     /// one JSON stream item per line instead of text.
-    Try { wait: bool, json: bool },
+    /// `try [--wait] [--json] [--tail N]`: with --wait, the last N lines of each failed
+    /// step's log follow its build's end.
+    Try { wait: bool, json: bool, tail: usize },
     /// `watch [--follow] [--json] [--since EPOCH:SEQ] [builder...]`: the status, then (with
     /// --follow) every build event as it happens until the client goes away; `--since` resumes
     /// after the last event a client saw.
@@ -97,6 +99,8 @@ enum Remote {
         wait: bool,
         #[arg(long)]
         json: bool,
+        #[arg(long, value_name = "N", default_value_t = crate::status::DEFAULT_TAIL_LINES)]
+        tail: usize,
     },
     Watch {
         #[arg(short = 'f', long)]
@@ -250,7 +254,7 @@ fn from_remote(remote: Remote) -> ExecCommand {
             usage("tryserver: --jobdir DIR is required".to_string())
         }
         Remote::Tryserver { jobdir } => ExecCommand::TryServer { jobdir },
-        Remote::Try { wait, json } => ExecCommand::Try { wait, json },
+        Remote::Try { wait, json, tail } => ExecCommand::Try { wait, json, tail },
         Remote::Watch {
             follow,
             json,
@@ -394,14 +398,16 @@ mod tests {
             parse("try"),
             ExecCommand::Try {
                 wait: false,
-                json: false
+                json: false,
+                tail: crate::status::DEFAULT_TAIL_LINES,
             }
         );
         assert_eq!(
-            parse("try --wait --json"),
+            parse("try --wait --json --tail 0"),
             ExecCommand::Try {
                 wait: true,
-                json: true
+                json: true,
+                tail: 0,
             }
         );
         assert_eq!(

@@ -10,6 +10,7 @@
 mod changes;
 mod requests;
 mod stop;
+mod tail;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
