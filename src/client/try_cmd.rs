@@ -136,7 +136,9 @@ fn build_job(
                 diff.display(),
                 args.baserev
                     .as_deref()
-                    .map_or("their branch's tip".to_string(), |rev| format!("--baserev {rev}"))
+                    .map_or("their branch's tip".to_string(), |rev| format!(
+                        "--baserev {rev}"
+                    ))
             );
             return Ok((job, Some(Vec::new())));
         }

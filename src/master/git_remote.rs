@@ -190,7 +190,13 @@ impl Mirror {
         let log = self
             .git(
                 "log",
-                &["log", "--format=%an <%ae>", "--max-count=10000", &range, "--"],
+                &[
+                    "log",
+                    "--format=%an <%ae>",
+                    "--max-count=10000",
+                    &range,
+                    "--",
+                ],
                 LS_REMOTE_TIMEOUT,
             )
             .await?;
@@ -253,13 +259,9 @@ impl Mirror {
 
     async fn has_commit(&self, revision: &str) -> bool {
         let commit = format!("{revision}^{{commit}}");
-        self.git(
-            "cat-file",
-            &["cat-file", "-e", &commit],
-            LS_REMOTE_TIMEOUT,
-        )
-        .await
-        .is_ok()
+        self.git("cat-file", &["cat-file", "-e", &commit], LS_REMOTE_TIMEOUT)
+            .await
+            .is_ok()
     }
 
     /// Runs git in the mirror; its standard output (lossy UTF-8) or why it failed.

@@ -28,7 +28,11 @@ pub fn tail(path: &Path, lines: usize) -> std::io::Result<Option<(Vec<String>, b
     file.seek(SeekFrom::Start(start))?;
     let mut bytes = Vec::new();
     file.take(TAIL_BYTES).read_to_end(&mut bytes)?;
-    Ok(Some(last_lines(&bytes, start > 0, lines.min(MAX_TAIL_LINES))))
+    Ok(Some(last_lines(
+        &bytes,
+        start > 0,
+        lines.min(MAX_TAIL_LINES),
+    )))
 }
 
 /// The last `wanted` lines of `bytes` (whose first line is partial when `partial_start`), and
@@ -59,7 +63,13 @@ fn terminal_safe(line: &[u8]) -> String {
     };
     let mut safe: String = String::from_utf8_lossy(line)
         .chars()
-        .map(|c| if c.is_control() && c != '\t' { '\u{fffd}' } else { c })
+        .map(|c| {
+            if c.is_control() && c != '\t' {
+                '\u{fffd}'
+            } else {
+                c
+            }
+        })
         .take(MAX_LINE_CHARS + 1)
         .collect();
     if safe.chars().count() > MAX_LINE_CHARS {
@@ -92,7 +102,10 @@ mod tests {
 
     #[test]
     fn lines_are_safe_for_a_terminal() {
-        assert_eq!(terminal_safe(b"\x1b[31mred\x1b[0m\tok"), "\u{fffd}[31mred\u{fffd}[0m\tok");
+        assert_eq!(
+            terminal_safe(b"\x1b[31mred\x1b[0m\tok"),
+            "\u{fffd}[31mred\u{fffd}[0m\tok"
+        );
         assert_eq!(terminal_safe(b" 10%\r 50%\r100%"), "100%");
         assert_eq!(terminal_safe(b"crlf\r"), "crlf");
         assert_eq!(terminal_safe(&[0xff, b'x']), "\u{fffd}x");
@@ -112,7 +125,10 @@ mod tests {
         std::fs::write(&big, text).expect("write");
         assert_eq!(
             tail(&big, 2).expect("read"),
-            Some((vec!["line 99998".to_string(), "line 99999".to_string()], true))
+            Some((
+                vec!["line 99998".to_string(), "line 99999".to_string()],
+                true
+            ))
         );
     }
 }

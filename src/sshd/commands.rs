@@ -393,8 +393,10 @@ async fn wait_for_job(
                     io.print_json(&StreamItem::Missed { count }).await;
                     io.print_json(&StreamItem::Resync { record }).await;
                 } else {
-                    io.print(&format!("({count} events skipped: fell behind the master)\n"))
-                        .await;
+                    io.print(&format!(
+                        "({count} events skipped: fell behind the master)\n"
+                    ))
+                    .await;
                 }
                 if done {
                     break;
@@ -436,7 +438,9 @@ async fn wait_for_job(
         }
         if let Some((builder, number)) = failed {
             match ctx.control.failed_step_tail(&builder, number, tail).await {
-                Ok(Some(step_tail)) if json => io.print_json(&StreamItem::StepTail(step_tail)).await,
+                Ok(Some(step_tail)) if json => {
+                    io.print_json(&StreamItem::StepTail(step_tail)).await
+                }
                 Ok(Some(step_tail)) => {
                     io.print(&format!("{}\n", text::describe_tail(&step_tail)))
                         .await

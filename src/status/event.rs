@@ -159,7 +159,9 @@ pub enum StreamItem {
     StepTail(StepTail),
     /// After missed events, where the try job stands as the history records it (`try --wait`
     /// follows on from it instead of waiting for events that will not come).
-    Resync { record: JobRecord },
+    Resync {
+        record: JobRecord,
+    },
 }
 
 /// The end of a failed step's log, as `try --wait` shows it in the terminal.

@@ -120,16 +120,31 @@ fn try_wait_shows_the_end_of_the_failing_steps_log() {
         .find("linux #1, step 2 (tests): failure: exit 3")
         .unwrap_or_else(|| panic!("no tail header: {stdout}"));
     let summary_at = stdout.find("summary:").expect("a summary");
-    assert!(tail_at < summary_at, "the tail comes before the summary: {stdout}");
-    assert!(stdout.contains("  stdout (last 20 lines):\n    line 11\n"), "{stdout}");
-    assert!(stdout.contains("    line 30\n  stderr:\n    bad \u{fffd}[31mred\n"), "{stdout}");
+    assert!(
+        tail_at < summary_at,
+        "the tail comes before the summary: {stdout}"
+    );
+    assert!(
+        stdout.contains("  stdout (last 20 lines):\n    line 11\n"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("    line 30\n  stderr:\n    bad \u{fffd}[31mred\n"),
+        "{stdout}"
+    );
     assert!(!stdout.contains("    line 10\n"), "{stdout}");
-    assert!(!stdout.contains('\u{1b}'), "no escape reaches the terminal: {stdout}");
+    assert!(
+        !stdout.contains('\u{1b}'),
+        "no escape reaches the terminal: {stdout}"
+    );
 
     let mut command = master.try_command(&checkout.work, "linux", true);
     command.args(["--tail", "3"]);
     let stdout = text(&run_with_timeout(command, None).stdout);
-    assert!(stdout.contains("  stdout (last 3 lines):\n    line 28\n    line 29\n    line 30\n"), "{stdout}");
+    assert!(
+        stdout.contains("  stdout (last 3 lines):\n    line 28\n    line 29\n    line 30\n"),
+        "{stdout}"
+    );
 
     let mut command = master.try_command(&checkout.work, "linux", true);
     command.args(["--tail", "0"]);
@@ -137,7 +152,10 @@ fn try_wait_shows_the_end_of_the_failing_steps_log() {
     let stdout = text(&output.stdout);
     assert_eq!(output.status.code(), Some(1), "{stdout}");
     assert!(stdout.contains("linux #3: failure"), "{stdout}");
-    assert!(!stdout.contains("line 30"), "--tail 0 shows no log: {stdout}");
+    assert!(
+        !stdout.contains("line 30"),
+        "--tail 0 shows no log: {stdout}"
+    );
 }
 
 #[test]

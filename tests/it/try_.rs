@@ -116,7 +116,16 @@ fn an_empty_diff_is_sent_without_a_patch_and_builds_the_base() {
     let outside = tempfile::tempdir().expect("temp dir");
     let mut command = Command::new(BIN);
     command
-        .args(["try", "--diff", "/dev/null", "--baserev", base, "-b", "linux", "--wait"])
+        .args([
+            "try",
+            "--diff",
+            "/dev/null",
+            "--baserev",
+            base,
+            "-b",
+            "linux",
+            "--wait",
+        ])
         .args(master.client_args())
         .current_dir(outside.path());
     let output = run_with_timeout(command, None);
