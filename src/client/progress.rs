@@ -139,7 +139,13 @@ impl Renderer {
                 builder,
                 position,
                 starts_in_secs,
-            } => vec![text::describe_queued(&builder, position, starts_in_secs)],
+                waiting_for_lock,
+            } => vec![text::describe_queued(
+                &builder,
+                position,
+                starts_in_secs,
+                waiting_for_lock.as_deref(),
+            )],
             StreamItem::Status { snapshot, .. } => {
                 vec![
                     text::status_lines(&snapshot, crate::status::unix_now())

@@ -483,10 +483,16 @@ async fn report_position(
             builder: builder.to_string(),
             position: estimate.position,
             starts_in_secs: estimate.starts_in,
+            waiting_for_lock: estimate.waiting_for_lock.clone(),
         })
         .await;
     } else {
-        let line = text::describe_queued(builder, estimate.position, estimate.starts_in);
+        let line = text::describe_queued(
+            builder,
+            estimate.position,
+            estimate.starts_in,
+            estimate.waiting_for_lock.as_deref(),
+        );
         io.print(&format!("{line}\n")).await;
     }
 }

@@ -148,6 +148,9 @@ pub enum StreamItem {
         position: usize,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         starts_in_secs: Option<f64>,
+        /// The build-level lock that keeps it from starting, if one does.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        waiting_for_lock: Option<String>,
     },
     /// Events the follower can no longer get: it fell behind, or asked to resume from further
     /// back than the master keeps.

@@ -102,9 +102,17 @@ pub fn describe_accepted(jobid: &str, job_name: &str, builders: &[String]) -> St
     )
 }
 
-/// `queued: 3rd for linux, starts in ~4m10s`.
-pub fn describe_queued(builder: &str, position: usize, starts_in_secs: Option<f64>) -> String {
+/// `queued: 3rd for linux, starts in ~4m10s`, or `queued: 1st for linux, waiting for lock db`.
+pub fn describe_queued(
+    builder: &str,
+    position: usize,
+    starts_in_secs: Option<f64>,
+    waiting_for_lock: Option<&str>,
+) -> String {
     let position = crate::status::ordinal(position);
+    if let Some(lock) = waiting_for_lock {
+        return format!("queued: {position} for {builder}, waiting for lock {lock}");
+    }
     match starts_in_secs {
         Some(secs) if secs >= 1.0 => format!(
             "queued: {position} for {builder}, starts in ~{}",
@@ -310,6 +318,18 @@ mod tests {
              linux: building #3 (test), ETA 1m05s, building #4 (starting), ETA unknown, 2 queued; last #2 failure; slaves: s1 (connected)\n\
              mac: offline, 0 queued; slaves: m1 (not connected)\n\
              db: waiting for lock db, 1 queued; slaves: s1 (connected)\n"
+        );
+    }
+
+    #[test]
+    fn a_queued_request_says_when_it_starts_or_which_lock_it_waits_for() {
+        assert_eq!(
+            describe_queued("linux", 3, Some(250.0), None),
+            "queued: 3rd for linux, starts in ~4m10s"
+        );
+        assert_eq!(
+            describe_queued("linux", 1, Some(0.0), Some("db")),
+            "queued: 1st for linux, waiting for lock db"
         );
     }
 
