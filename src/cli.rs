@@ -264,6 +264,9 @@ pub struct TryCli {
     /// Stay connected and show each build's progress and result.
     #[arg(long)]
     pub wait: bool,
+    /// With --wait, show the last N lines of the log of each build's failed step (0: none).
+    #[arg(long, value_name = "N", default_value_t = crate::status::DEFAULT_TAIL_LINES)]
+    pub tail: usize,
     /// Send this ready patch (- for stdin) instead of the checkout's changes.
     #[arg(long, value_name = "FILE")]
     pub diff: Option<PathBuf>,

@@ -124,6 +124,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let args = TryArgs {
                 builders: args.builders,
                 wait: args.wait,
+                tail: args.tail,
                 diff: args.diff,
                 patchlevel: args.patchlevel,
                 branch: args.branch,

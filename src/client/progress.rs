@@ -93,6 +93,18 @@ struct Renderer {
 }
 
 impl Renderer {
+    /// The closing summary, once the job is done: printed when the stream ends, after the
+    /// tails of failed steps that follow the last build's end.
+    fn summary(&self) -> Option<String> {
+        self.progress.is_done().then(|| {
+            text::try_summary(&self.web_url, &self.progress)
+                .trim_end()
+                .to_string()
+        })
+    }
+}
+
+impl Renderer {
     /// The lines to print for one line of the master's stream.
     fn lines_for(&mut self, line: &str) -> Vec<String> {
         let item = match serde_json::from_str::<StreamItem>(line) {
@@ -116,24 +128,28 @@ impl Renderer {
             }
             StreamItem::Event(sequenced) => {
                 self.tracker.observe(&sequenced.event);
-                let mut lines = vec![text::describe_event(&sequenced.event)];
-                if self.progress.observe(&sequenced.event) {
-                    lines.push(
-                        text::try_summary(&self.web_url, &self.progress)
-                            .trim_end()
-                            .to_string(),
-                    );
-                }
-                lines
+                self.progress.observe(&sequenced.event);
+                vec![text::describe_event(&sequenced.event)]
             }
             StreamItem::Missed { count } => {
                 vec![format!("({count} events skipped: fell behind the master)")]
             }
+            StreamItem::Resync { record } => {
+                self.progress.resync(&record);
+                Vec::new()
+            }
+            StreamItem::StepTail(tail) => vec![text::describe_tail(&tail)],
             StreamItem::Queued {
                 builder,
                 position,
                 starts_in_secs,
-            } => vec![text::describe_queued(&builder, position, starts_in_secs)],
+                waiting_for_lock,
+            } => vec![text::describe_queued(
+                &builder,
+                position,
+                starts_in_secs,
+                waiting_for_lock.as_deref(),
+            )],
             StreamItem::Status { snapshot, .. } => {
                 vec![
                     text::status_lines(&snapshot, crate::status::unix_now())
@@ -156,6 +172,9 @@ pub fn follow(input: impl BufRead + Send + 'static, output: &mut impl Write, ter
                     return;
                 }
             }
+        }
+        if let Some(summary) = renderer.summary() {
+            let _ = writeln!(output, "{summary}");
         }
         return;
     }
@@ -187,6 +206,9 @@ pub fn follow(input: impl BufRead + Send + 'static, output: &mut impl Write, ter
         let _ = output.flush();
     }
     let _ = write!(output, "\r\x1b[K");
+    if let Some(summary) = renderer.summary() {
+        let _ = writeln!(output, "{summary}");
+    }
     let _ = output.flush();
 }
 

@@ -24,6 +24,8 @@ pub const EXIT_TROUBLE: u8 = crate::commands::EXIT_USAGE;
 pub struct TryArgs {
     pub builders: Vec<String>,
     pub wait: bool,
+    /// With `wait`: how many lines of a failed step's log to show.
+    pub tail: usize,
     /// A ready patch instead of the checkout's changes; `-` is stdin.
     pub diff: Option<PathBuf>,
     pub patchlevel: u32,
@@ -79,7 +81,7 @@ pub fn run(args: &TryArgs, cwd: &Path) -> Result<u8, TryError> {
         ));
     };
     let encoded = job::encode(&job);
-    connection.deliver(&encoded, args.wait)
+    connection.deliver(&encoded, args.wait.then_some(args.tail))
 }
 
 /// The job, and the files its patch touches when they can be told (for the dry run).
@@ -126,6 +128,20 @@ fn build_job(
     };
     if let Some(diff) = &args.diff {
         let patch = read_diff(diff)?;
+        // An empty diff (a commit that reverts to its parent, `--diff /dev/null`) is a job
+        // without a patch: the builders build the base as it is, as Buildbot's client does.
+        if patch.is_empty() {
+            eprintln!(
+                "patch: --diff {} is empty; the job is sent without a patch (the builders build {})",
+                diff.display(),
+                args.baserev
+                    .as_deref()
+                    .map_or("their branch's tip".to_string(), |rev| format!(
+                        "--baserev {rev}"
+                    ))
+            );
+            return Ok((job, Some(Vec::new())));
+        }
         if let Some(level) = job::patch_level_hint(&patch, args.patchlevel) {
             return Err(TryError::new(format!(
                 "--diff {}: its paths start with a/ and b/, as git writes them, so -p {} would find no file: try -p {level}",
@@ -147,9 +163,10 @@ fn build_job(
     .map_err(|err| TryError::new(err.to_string()))?;
     if computed.patch.is_empty() {
         return Err(TryError::new(format!(
-            "no changes to try: the working tree is the same as the base {} ({})",
+            "no changes to try: the working tree is the same as the base {} ({}); to build the base as it is, send an empty diff: --diff /dev/null --baserev {}",
             short(&computed.baserev),
-            computed.base_from
+            computed.base_from,
+            computed.baserev
         )));
     }
     eprintln!(
@@ -179,12 +196,6 @@ fn read_diff(path: &Path) -> Result<Vec<u8>, TryError> {
         std::fs::File::open(path).and_then(|mut file| file.read_to_end(&mut bytes).map(|_| ()))
     };
     read.map_err(|err| TryError::new(format!("cannot read --diff {}: {err}", path.display())))?;
-    if bytes.is_empty() {
-        return Err(TryError::new(format!(
-            "--diff {} is empty: nothing to try",
-            path.display()
-        )));
-    }
     Ok(bytes)
 }
 
@@ -335,11 +346,16 @@ impl Connection {
             .join(" ")
     }
 
-    /// Pipes the job to `ssh HOST try [--wait]`. The master's messages reach the user as they
-    /// come (ssh's stderr passes through; with `--wait` its stdout is rendered).
-    fn deliver(&self, job: &[u8], wait: bool) -> Result<u8, TryError> {
-        let remote = if wait { "try --wait --json" } else { "try" };
-        let mut run = self.spawn(remote, Stdio::piped(), wait)?;
+    /// Pipes the job to `ssh HOST try [--wait]`; `wait` holds the `--tail` to ask for. The
+    /// master's messages reach the user as they come (ssh's stderr passes through; with
+    /// `--wait` its stdout is rendered).
+    fn deliver(&self, job: &[u8], wait: Option<usize>) -> Result<u8, TryError> {
+        let remote = match wait {
+            Some(tail) => format!("try --wait --json --tail {tail}"),
+            None => "try".to_string(),
+        };
+        let wait = wait.is_some();
+        let mut run = self.spawn(&remote, Stdio::piped(), wait)?;
         if let Some(mut stdin) = run.child.stdin.take() {
             // A master that refuses early closes the channel: a broken pipe here is expected,
             // and its reason arrives on stderr.

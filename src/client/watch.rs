@@ -145,9 +145,12 @@ fn render(
                 true => line.clone(),
                 false => format!("({count} events skipped: this watcher fell behind)"),
             }),
-            StreamItem::Accepted { .. } | StreamItem::Answer { .. } | StreamItem::Queued { .. } => {
-                None
-            }
+            // Only the waiting commands (`try --wait`, `force --wait`) send these.
+            StreamItem::Accepted { .. }
+            | StreamItem::Answer { .. }
+            | StreamItem::Queued { .. }
+            | StreamItem::StepTail(_)
+            | StreamItem::Resync { .. } => None,
         };
         if let Some(shown) = shown {
             let shown = shown.trim_end();

@@ -120,7 +120,12 @@ pub async fn queue(control: &Control, builder: &str) -> Answer {
                     format!(
                         "request {}: {}",
                         estimate.request_id,
-                        text::describe_queued(builder, estimate.position, estimate.starts_in)
+                        text::describe_queued(
+                            builder,
+                            estimate.position,
+                            estimate.starts_in,
+                            estimate.waiting_for_lock.as_deref(),
+                        )
                     )
                 })
                 .collect(),

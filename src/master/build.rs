@@ -602,9 +602,7 @@ fn judge(kind: &StepKind, outcome: &StepOutcome) -> Verdict {
         // applies to steps a master restart cut short): not the command's fault, and the build
         // may run again elsewhere. A slave that terminated the command on its own is stopping
         // (a restart, a reboot).
-        (_, StepOutcome::SlaveLost) => {
-            verdict(CUT_SHORT, CUT_SHORT, "slave lost".into(), true)
-        }
+        (_, StepOutcome::SlaveLost) => verdict(CUT_SHORT, CUT_SHORT, "slave lost".into(), true),
         (_, StepOutcome::SlaveShuttingDown) => {
             verdict(CUT_SHORT, CUT_SHORT, "slave shutting down".into(), true)
         }

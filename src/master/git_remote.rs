@@ -129,7 +129,7 @@ impl Mirror {
         });
         Mirror {
             dir: parent.join(format!("{safe}-{hash:016x}.git")),
-            repo: repo.to_string(),
+            repo: fetchable_from_elsewhere(repo),
         }
     }
 
@@ -190,7 +190,13 @@ impl Mirror {
         let log = self
             .git(
                 "log",
-                &["log", "--format=%an <%ae>", "--max-count=10000", &range, "--"],
+                &[
+                    "log",
+                    "--format=%an <%ae>",
+                    "--max-count=10000",
+                    &range,
+                    "--",
+                ],
                 LS_REMOTE_TIMEOUT,
             )
             .await?;
@@ -253,13 +259,9 @@ impl Mirror {
 
     async fn has_commit(&self, revision: &str) -> bool {
         let commit = format!("{revision}^{{commit}}");
-        self.git(
-            "cat-file",
-            &["cat-file", "-e", &commit],
-            LS_REMOTE_TIMEOUT,
-        )
-        .await
-        .is_ok()
+        self.git("cat-file", &["cat-file", "-e", &commit], LS_REMOTE_TIMEOUT)
+            .await
+            .is_ok()
     }
 
     /// Runs git in the mirror; its standard output (lossy UTF-8) or why it failed.
@@ -304,6 +306,23 @@ impl Mirror {
     }
 }
 
+/// `repo` as git run in another directory (the mirror) finds it: a relative local path is
+/// made absolute against the master's working directory, where `ls-remote` resolves it.
+fn fetchable_from_elsewhere(repo: &str) -> String {
+    let is_url = repo.contains("://");
+    // scp-like `host:path`: a colon before any slash.
+    let is_scp = repo
+        .find(':')
+        .is_some_and(|colon| repo.find('/').is_none_or(|slash| colon < slash));
+    if is_url || is_scp || Path::new(repo).is_absolute() {
+        return repo.to_string();
+    }
+    match std::env::current_dir() {
+        Ok(cwd) => cwd.join(repo).to_string_lossy().into_owned(),
+        Err(_) => repo.to_string(),
+    }
+}
+
 /// `SHA<TAB>refs/heads/NAME` lines into (NAME, SHA).
 fn parse_heads(listing: &str) -> Vec<(String, String)> {
     listing
@@ -330,6 +349,39 @@ mod tests {
                 ("release/1.0".to_string(), "abcd".to_string())
             ]
         );
+    }
+
+    #[test]
+    fn mirrors_find_the_repository_from_their_own_directory() {
+        for remote in [
+            "https://h/p.git",
+            "git@h:p.git",
+            "/srv/p.git",
+            "file:///srv/p.git",
+        ] {
+            assert_eq!(fetchable_from_elsewhere(remote), remote);
+        }
+        let relative = fetchable_from_elsewhere("repos/p.git");
+        assert!(Path::new(&relative).is_absolute(), "{relative}");
+        assert!(relative.ends_with("repos/p.git"), "{relative}");
+        // Distinct addresses never share a mirror, however alike their safe names are.
+        let parent = Path::new("/m/gitpoll");
+        assert_ne!(
+            Mirror::new(parent, "/a/b.git").dir,
+            Mirror::new(parent, "/a_b.git").dir
+        );
+    }
+
+    #[test]
+    fn the_authors_read_as_one_who() {
+        let brought = Brought {
+            authors: (1..=12).map(|n| format!("A{n} <a{n}@x>")).collect(),
+            ..Brought::default()
+        };
+        let who = brought.who().expect("authors");
+        assert!(who.starts_with("A1 <a1@x>, A2 <a2@x>"), "{who}");
+        assert!(who.ends_with("A10 <a10@x> and 2 more"), "{who}");
+        assert_eq!(Brought::default().who(), None);
     }
 
     #[tokio::test]

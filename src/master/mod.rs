@@ -15,6 +15,7 @@ pub mod intake;
 pub mod interpolate;
 pub mod irc_links;
 pub mod locks;
+pub mod log_tail;
 pub mod metrics;
 pub mod poller;
 pub mod reconfig;

@@ -99,7 +99,7 @@ pub fn merge(old: &Config, mut new: Config) -> (Config, Vec<String>) {
     let mut notes = Vec::new();
     macro_rules! keep {
         ($($field:ident).+, $name:expr) => {
-            if format!("{:?}", new.$($field).+) != format!("{:?}", old.$($field).+) {
+            if new.$($field).+ != old.$($field).+ {
                 notes.push(format!(
                     "{} change needs a restart; kept {}",
                     $name,
@@ -162,53 +162,32 @@ fn summarize(old: &Config, new: &Config) -> Vec<String> {
     }
     for builder in &new.builders {
         if let Some(previous) = old.builder(&builder.name)
-            && format!("{previous:?}") != format!("{builder:?}")
+            && previous != builder
         {
             changes.push(format!("builder {} changed", builder.name));
         }
     }
     for slave in &new.slaves {
         if let Some(previous) = old.slave(&slave.name)
-            && format!("{previous:?}") != format!("{slave:?}")
+            && previous != slave
         {
             changes.push(format!("slave {} changed", slave.name));
         }
     }
-    let sections: [(&str, String, String); 7] = [
-        (
-            "[[scheduler]]",
-            format!("{:?}", old.schedulers),
-            format!("{:?}", new.schedulers),
-        ),
-        (
-            "[[lock]]",
-            format!("{:?}", old.locks),
-            format!("{:?}", new.locks),
-        ),
+    let sections = [
+        ("[[scheduler]]", old.schedulers != new.schedulers),
+        ("[[lock]]", old.locks != new.locks),
         (
             "[master]",
-            format!("{:?}{:?}", old.name, old.admin_group),
-            format!("{:?}{:?}", new.name, new.admin_group),
+            (&old.name, &old.admin_group) != (&new.name, &new.admin_group),
         ),
-        (
-            "[sshd]",
-            format!("{:?}", old.sshd),
-            format!("{:?}", new.sshd),
-        ),
-        (
-            "[spool]",
-            format!("{:?}", old.spool),
-            format!("{:?}", new.spool),
-        ),
-        (
-            "[changes]",
-            format!("{:?}", old.changes),
-            format!("{:?}", new.changes),
-        ),
-        ("[irc]", format!("{:?}", old.irc), format!("{:?}", new.irc)),
+        ("[sshd]", old.sshd != new.sshd),
+        ("[spool]", old.spool != new.spool),
+        ("[changes]", old.changes != new.changes),
+        ("[irc]", old.irc != new.irc),
     ];
-    for (section, before, after) in sections {
-        if before != after {
+    for (section, changed) in sections {
+        if changed {
             changes.push(format!("{section} changed"));
         }
     }

@@ -477,8 +477,7 @@ impl Queue {
                 .iter()
                 .find(|lock_use| reserved.contains(&lock_use.lock))
             {
-                self.lock_blocked
-                    .insert(request.id, lock_use.lock.clone());
+                self.lock_blocked.insert(request.id, lock_use.lock.clone());
                 continue;
             }
             if let Some(max) = policy.max_concurrent {

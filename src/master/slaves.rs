@@ -256,11 +256,17 @@ pub async fn serve(
     };
     // The master watches the link as the slave does: silence for `provoke_after` gets a ping,
     // silence for the whole interval means the slave is gone (a quiet loss: no FIN, no RST).
+    // It sleeps until the next of those deadlines, not on a tick: a thousand idle slaves cost
+    // a wake-up each per keepalive interval, not four a second.
     let watchdog = async {
         let mut pinged_at: Option<Instant> = None;
-        let mut tick = tokio::time::interval(Duration::from_millis(250));
         loop {
-            tick.tick().await;
+            let heard = *lock(&last_heard);
+            let deadline = match pinged_at {
+                Some(at) if at >= heard => heard + interval,
+                _ => heard + provoke_after,
+            };
+            tokio::time::sleep_until(tokio::time::Instant::from_std(deadline)).await;
             let heard = *lock(&last_heard);
             let silent = heard.elapsed();
             if silent >= interval {

@@ -252,8 +252,15 @@ async fn run_session(
     let mut last_heard = Instant::now();
     let mut keepalive_sent: Option<Instant> = None;
     let mut nonce = 0u64;
-    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    let provoke_at = config
+        .keepalive_interval
+        .saturating_sub(config.keepalive_timeout);
     let ended = loop {
+        // Sleeps until the next deadline (provoke the master, or give it up), not on a tick.
+        let deadline = match keepalive_sent {
+            None => last_heard + provoke_at,
+            Some(_) => last_heard + config.keepalive_interval,
+        };
         tokio::select! {
             _ = shutdown.cancelled() => break Ended::Shutdown,
             message = incoming.recv() => {
@@ -276,12 +283,11 @@ async fn run_session(
                     other => break Ended::Lost(format!("unexpected message from the master: {other:?}")),
                 }
             }
-            _ = tick.tick() => {
+            () = tokio::time::sleep_until(tokio::time::Instant::from_std(deadline)) => {
                 let silent = last_heard.elapsed();
                 if silent >= config.keepalive_interval {
                     break Ended::Lost(format!("no traffic from the master for {silent:?} (keepalive_interval)"));
                 }
-                let provoke_at = config.keepalive_interval - config.keepalive_timeout;
                 if silent >= provoke_at && keepalive_sent.is_none() {
                     nonce += 1;
                     keepalive_sent = Some(Instant::now());

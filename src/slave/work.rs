@@ -110,7 +110,9 @@ impl Work {
                 // A panic in the checkout is the slave's fault, not the build's.
                 Err(join_error) => (
                     None,
-                    Some(Failure::SlaveFault(format!("checkout failed: {join_error}"))),
+                    Some(Failure::SlaveFault(format!(
+                        "checkout failed: {join_error}"
+                    ))),
                 ),
             };
             let exit = ExitReport {

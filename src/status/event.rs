@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::status::{BuildResult, StatusSnapshot};
+use crate::status::{BuildResult, JobRecord, StatusSnapshot};
 
 /// Something that happened to a build, for everyone following along.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -155,10 +155,47 @@ pub enum StreamItem {
         position: usize,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         starts_in_secs: Option<f64>,
+        /// The build-level lock that keeps it from starting, if one does.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        waiting_for_lock: Option<String>,
     },
     /// Events the follower can no longer get: it fell behind, or asked to resume from further
     /// back than the master keeps.
     Missed {
         count: u64,
     },
+    /// The last lines of the log of the step that failed a build (`try --wait --tail N`),
+    /// right after the build's final `build_finished`.
+    StepTail(StepTail),
+    /// After missed events, where the try job stands as the history records it (`try --wait`
+    /// follows on from it instead of waiting for events that will not come).
+    Resync {
+        record: JobRecord,
+    },
+}
+
+/// The end of a failed step's log, as `try --wait` shows it in the terminal.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepTail {
+    pub builder: String,
+    pub number: i64,
+    /// The step's number (1 = the checkout) and name.
+    pub step: i64,
+    pub name: String,
+    pub result: BuildResult,
+    pub summary: Option<String>,
+    /// Each log stream that has output (`stdout`, `stderr`, `info`), in that order.
+    pub streams: Vec<TailStream>,
+    /// The step's log page.
+    pub url: String,
+}
+
+/// The last lines of one stream of a step's log, made safe for a terminal (no control
+/// characters).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TailStream {
+    pub stream: String,
+    pub lines: Vec<String>,
+    /// Whether the log has more lines before these.
+    pub cut: bool,
 }

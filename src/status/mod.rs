@@ -12,8 +12,8 @@ mod result;
 mod snapshot;
 pub mod text;
 
-pub use event::{BuildEvent, SequencedEvent, StreamItem};
-pub use progress::JobProgress;
+pub use event::{BuildEvent, SequencedEvent, StepTail, StreamItem, TailStream};
+pub use progress::{DEFAULT_TAIL_LINES, JobProgress, JobRecord};
 pub use result::{BuildResult, RequestKind, RequestState, UnknownName};
 pub use snapshot::{
     BuilderActivity, BuilderStatus, LastBuild, PoolSlave, RunningBuild, StatusSnapshot,

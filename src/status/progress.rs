@@ -2,7 +2,23 @@
 //! one's final build. The master decides `try --wait`'s exit status with it; the client writes
 //! its summary with it.
 
+use serde::{Deserialize, Serialize};
+
 use crate::status::{BuildEvent, BuildResult};
+
+/// How many lines of a failed step's log `try --wait` shows by default (`--tail N`).
+pub const DEFAULT_TAIL_LINES: usize = 20;
+
+/// A try job as the history records it: its builders, each one's final build, and which of
+/// its requests were cancelled. What `try --wait` resumes from after missing events.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobRecord {
+    pub builders: Vec<String>,
+    /// (builder, number, result) of each request that is done.
+    pub finished: Vec<(String, i64, BuildResult)>,
+    /// The builders whose request was cancelled before it was built.
+    pub cancelled: Vec<String>,
+}
 
 /// Follows a try job's builds to their end: which builders it waits for, and each one's last
 /// result (a build retried after a lost slave finishes twice; the last one counts).
@@ -32,6 +48,28 @@ impl JobProgress {
                 .finished
                 .push((builder.clone(), *number, *result, *will_retry)),
             _ => {}
+        }
+        self.is_done()
+    }
+
+    /// Takes the job as the history records it, in place of what the events said (some were
+    /// missed); returns whether every build of it has ended for good. A record without
+    /// builders (the job's requests are not recorded yet) changes nothing.
+    pub fn resync(&mut self, record: &JobRecord) -> bool {
+        if record.builders.is_empty() {
+            return self.is_done();
+        }
+        self.builders = Some(record.builders.clone());
+        self.finished = record
+            .finished
+            .iter()
+            .map(|(builder, number, result)| (builder.clone(), *number, *result, false))
+            .collect();
+        for builder in &record.cancelled {
+            if !self.cancelled.iter().any(|(name, _)| name == builder) {
+                self.cancelled
+                    .push((builder.clone(), "someone (while events were missed)".into()));
+            }
         }
         self.is_done()
     }
@@ -106,6 +144,37 @@ mod tests {
         assert_eq!(
             progress.cancelled(),
             [("mac".to_string(), "alice".to_string())]
+        );
+    }
+
+    #[test]
+    fn after_missed_events_the_record_decides() {
+        let mut progress = JobProgress::default();
+        // Nothing recorded yet: still waiting.
+        assert!(!progress.resync(&JobRecord::default()));
+        assert!(!progress.is_done());
+        // The queued and finished events were missed; the history has the final builds.
+        let record = JobRecord {
+            builders: vec!["linux".into(), "mac".into()],
+            finished: vec![("linux".into(), 4, BuildResult::Failure)],
+            cancelled: Vec::new(),
+        };
+        assert!(!progress.resync(&record));
+        let record = JobRecord {
+            finished: vec![
+                ("linux".into(), 4, BuildResult::Failure),
+                ("mac".into(), 2, BuildResult::Success),
+            ],
+            ..record
+        };
+        assert!(progress.resync(&record));
+        assert!(!progress.all_good());
+        assert_eq!(
+            progress.results(),
+            vec![
+                ("linux".into(), 4, BuildResult::Failure),
+                ("mac".into(), 2, BuildResult::Success)
+            ]
         );
     }
 

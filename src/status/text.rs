@@ -102,9 +102,17 @@ pub fn describe_accepted(jobid: &str, job_name: &str, builders: &[String]) -> St
     )
 }
 
-/// `queued: 3rd for linux, starts in ~4m10s`.
-pub fn describe_queued(builder: &str, position: usize, starts_in_secs: Option<f64>) -> String {
+/// `queued: 3rd for linux, starts in ~4m10s`, or `queued: 1st for linux, waiting for lock db`.
+pub fn describe_queued(
+    builder: &str,
+    position: usize,
+    starts_in_secs: Option<f64>,
+    waiting_for_lock: Option<&str>,
+) -> String {
     let position = crate::status::ordinal(position);
+    if let Some(lock) = waiting_for_lock {
+        return format!("queued: {position} for {builder}, waiting for lock {lock}");
+    }
     match starts_in_secs {
         Some(secs) if secs >= 1.0 => format!(
             "queued: {position} for {builder}, starts in ~{}",
@@ -184,6 +192,39 @@ pub fn status_lines(snapshot: &StatusSnapshot, now: f64) -> String {
             slaves.join(", ")
         );
     }
+    out
+}
+
+/// The end of a failed step's log, for the terminal:
+///
+/// ```text
+/// linux #3, step 2 (test): failure: exit 1 (0.4s)
+///   stdout (last 2 lines):
+///     FAIL tests::parse
+///     error: 1 test failed
+///   log: http://ci/builders/linux/builds/3
+/// ```
+pub fn describe_tail(tail: &crate::status::StepTail) -> String {
+    let mut out = format!(
+        "{} #{}, step {} ({}): {}",
+        tail.builder, tail.number, tail.step, tail.name, tail.result
+    );
+    if let Some(summary) = &tail.summary {
+        let _ = write!(out, ": {summary}");
+    }
+    for stream in &tail.streams {
+        let count = stream.lines.len();
+        let lines = if count == 1 { "line" } else { "lines" };
+        if stream.cut {
+            let _ = write!(out, "\n  {} (last {count} {lines}):", stream.stream);
+        } else {
+            let _ = write!(out, "\n  {}:", stream.stream);
+        }
+        for line in &stream.lines {
+            let _ = write!(out, "\n    {line}");
+        }
+    }
+    let _ = write!(out, "\n  log: {}", tail.url);
     out
 }
 
@@ -277,6 +318,47 @@ mod tests {
              linux: building #3 (test), ETA 1m05s, building #4 (starting), ETA unknown, 2 queued; last #2 failure; slaves: s1 (connected)\n\
              mac: offline, 0 queued; slaves: m1 (not connected)\n\
              db: waiting for lock db, 1 queued; slaves: s1 (connected)\n"
+        );
+    }
+
+    #[test]
+    fn a_queued_request_says_when_it_starts_or_which_lock_it_waits_for() {
+        assert_eq!(
+            describe_queued("linux", 3, Some(250.0), None),
+            "queued: 3rd for linux, starts in ~4m10s"
+        );
+        assert_eq!(
+            describe_queued("linux", 1, Some(0.0), Some("db")),
+            "queued: 1st for linux, waiting for lock db"
+        );
+    }
+
+    #[test]
+    fn a_tail_shows_each_stream_under_its_step() {
+        let tail = crate::status::StepTail {
+            builder: "linux".into(),
+            number: 3,
+            step: 2,
+            name: "test".into(),
+            result: BuildResult::Failure,
+            summary: Some("exit 1 (0.4s)".into()),
+            streams: vec![
+                crate::status::TailStream {
+                    stream: "stdout".into(),
+                    lines: vec!["FAIL tests::parse".into(), "error: 1 test failed".into()],
+                    cut: true,
+                },
+                crate::status::TailStream {
+                    stream: "stderr".into(),
+                    lines: vec!["make: *** [test] Error 1".into()],
+                    cut: false,
+                },
+            ],
+            url: "http://ci/builders/linux/builds/3".into(),
+        };
+        assert_eq!(
+            describe_tail(&tail),
+            "linux #3, step 2 (test): failure: exit 1 (0.4s)\n  stdout (last 2 lines):\n    FAIL tests::parse\n    error: 1 test failed\n  stderr:\n    make: *** [test] Error 1\n  log: http://ci/builders/linux/builds/3"
         );
     }
 

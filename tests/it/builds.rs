@@ -101,6 +101,63 @@ fn a_failing_step_fails_the_build_and_halts_the_sequence() {
     assert_eq!(builds[0]["result"], "failure", "{builds}");
 }
 
+/// Issue 21, item 7: `try --wait` ends a failed build with the last lines of the failing
+/// step's log (20 by default, `--tail N`, none with `--tail 0`), sent by the master in the
+/// typed stream, before the summary.
+#[test]
+fn try_wait_shows_the_end_of_the_failing_steps_log() {
+    let checkout = Checkout::new();
+    let master = master_with(
+        &["s1"],
+        &checkout.upstream,
+        r#"{ name = "tests", command = 'for i in $(seq 1 30); do echo line $i; done; printf "bad \033[31mred\n" >&2; exit 3' },"#,
+    );
+    let _slave = master.start_slave("s1");
+    let output = try_wait(&master, &checkout.work);
+    let stdout = text(&output.stdout);
+    assert_eq!(output.status.code(), Some(1), "{stdout}");
+    let tail_at = stdout
+        .find("linux #1, step 2 (tests): failure: exit 3")
+        .unwrap_or_else(|| panic!("no tail header: {stdout}"));
+    let summary_at = stdout.find("summary:").expect("a summary");
+    assert!(
+        tail_at < summary_at,
+        "the tail comes before the summary: {stdout}"
+    );
+    assert!(
+        stdout.contains("  stdout (last 20 lines):\n    line 11\n"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("    line 30\n  stderr:\n    bad \u{fffd}[31mred\n"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("    line 10\n"), "{stdout}");
+    assert!(
+        !stdout.contains('\u{1b}'),
+        "no escape reaches the terminal: {stdout}"
+    );
+
+    let mut command = master.try_command(&checkout.work, "linux", true);
+    command.args(["--tail", "3"]);
+    let stdout = text(&run_with_timeout(command, None).stdout);
+    assert!(
+        stdout.contains("  stdout (last 3 lines):\n    line 28\n    line 29\n    line 30\n"),
+        "{stdout}"
+    );
+
+    let mut command = master.try_command(&checkout.work, "linux", true);
+    command.args(["--tail", "0"]);
+    let output = run_with_timeout(command, None);
+    let stdout = text(&output.stdout);
+    assert_eq!(output.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("linux #3: failure"), "{stdout}");
+    assert!(
+        !stdout.contains("line 30"),
+        "--tail 0 shows no log: {stdout}"
+    );
+}
+
 #[test]
 fn large_and_binary_output_is_stored_byte_exact() {
     let checkout = Checkout::new();

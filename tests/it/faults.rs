@@ -472,7 +472,11 @@ fn a_retry_after_a_lost_slave_survives_a_master_restart() {
     let detail = master.api(&format!("/api/builds/{}", first["id"]));
     let work = &detail["steps"][1];
     assert_eq!(
-        (work["name"].as_str(), work["result"].as_str(), work["summary"].as_str()),
+        (
+            work["name"].as_str(),
+            work["result"].as_str(),
+            work["summary"].as_str()
+        ),
         (Some("work"), Some("exception"), Some("slave lost")),
         "{detail}"
     );

@@ -322,7 +322,10 @@ fn a_forced_build_of_a_branch_tip_records_and_passes_on_the_commit_it_built() {
         "the later steps see the commit built"
     );
     let page = crate::harness::http_client()
-        .get(format!("http://127.0.0.1:{}/builders/linux/builds/1", master.http_port))
+        .get(format!(
+            "http://127.0.0.1:{}/builders/linux/builds/1",
+            master.http_port
+        ))
         .send()
         .and_then(|response| response.text())
         .expect("the build page");

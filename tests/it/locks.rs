@@ -854,14 +854,21 @@ fn a_request_waiting_for_a_lock_says_which_lock_everywhere() {
     let requests = master.api("/api/requests");
     let queued = requests
         .as_array()
-        .and_then(|requests| requests.iter().find(|request| request["builder"] == "waiter"))
+        .and_then(|requests| {
+            requests
+                .iter()
+                .find(|request| request["builder"] == "waiter")
+        })
         .cloned()
         .unwrap_or_else(|| panic!("the waiter's request in /api/requests: {requests}"));
     assert_eq!(queued["waiting_for_lock"], "db", "{queued}");
     assert_eq!(queued["starts_in"], "waiting for lock db", "{queued}");
     assert_eq!(queued["starts_in_secs"], Value::Null, "{queued}");
     let page = crate::harness::http_client()
-        .get(format!("http://127.0.0.1:{}/builders/waiter", master.http_port))
+        .get(format!(
+            "http://127.0.0.1:{}/builders/waiter",
+            master.http_port
+        ))
         .send()
         .and_then(|response| response.text())
         .expect("the builder page");

@@ -100,6 +100,55 @@ fn a_ready_patch_from_stdin_with_its_patchlevel() {
     assert_eq!(job.baserev.as_deref(), Some("abc123"));
 }
 
+/// Issue 21, item 12: an empty `--diff` (a commit that reverts to its parent) is a job without
+/// a patch, built at its base revision, not refused as "nothing to try".
+#[test]
+fn an_empty_diff_is_sent_without_a_patch_and_builds_the_base() {
+    let checkout = Checkout::new();
+    let base = git(&checkout.upstream, &["rev-parse", "main"]);
+    let base = base.trim();
+    let master = TestMaster::start_with(MasterSetup::linux_builder(
+        &["s1"],
+        &checkout.upstream,
+        r#"{ name = "head", command = "git rev-parse HEAD; git status --porcelain" },"#,
+    ));
+    let _slave = master.start_slave("s1");
+    let outside = tempfile::tempdir().expect("temp dir");
+    let mut command = Command::new(BIN);
+    command
+        .args([
+            "try",
+            "--diff",
+            "/dev/null",
+            "--baserev",
+            base,
+            "-b",
+            "linux",
+            "--wait",
+        ])
+        .args(master.client_args())
+        .current_dir(outside.path());
+    let output = run_with_timeout(command, None);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}\n{}",
+        text(&output.stdout),
+        text(&output.stderr)
+    );
+    assert!(
+        text(&output.stderr).contains("sent without a patch"),
+        "{}",
+        text(&output.stderr)
+    );
+    let job = the_claimed_job(&master);
+    assert_eq!(job.patch, None);
+    assert_eq!(job.baserev.as_deref(), Some(base));
+    let log = std::fs::read_to_string(master.path().join("logs/linux/1/2-head.stdout"))
+        .expect("the step's log");
+    assert_eq!(log, format!("{base}\n"), "the base, unpatched and clean");
+}
+
 /// Regression (issue 15): a plain `git diff` sent without `-p 1` failed on the slave with a path
 /// that does not exist; the client now says which level to use, before sending.
 #[test]

@@ -69,7 +69,7 @@ fn display_problems(problems: &[Problem]) -> String {
 }
 
 /// The validated configuration of a master. Paths are absolute.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     /// The master directory every relative path was resolved against.
     pub master_dir: PathBuf,
@@ -89,7 +89,7 @@ pub struct Config {
     pub irc: Option<IrcConfig>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct SshdConfig {
     pub listen: SocketAddr,
     pub host_key: PathBuf,
@@ -116,7 +116,7 @@ pub struct SshdConfig {
     pub keepalive_interval: Duration,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct HttpConfig {
     pub listen: SocketAddr,
     /// Connections served at once; more wait in the kernel's backlog. Also lowered at start so
@@ -127,7 +127,7 @@ pub struct HttpConfig {
     pub header_read_timeout: Duration,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct SpoolConfig {
     pub dir: PathBuf,
     pub max_patch_bytes: u64,
@@ -135,14 +135,14 @@ pub struct SpoolConfig {
     pub upload_timeout: Duration,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct SlaveConfig {
     pub name: String,
     pub public_key: PublicKey,
     pub max_builds: usize,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct BuilderConfig {
     pub name: String,
     /// Several names form a pool of identical slaves.
@@ -168,7 +168,7 @@ pub struct BuilderConfig {
     pub next_slave: NextSlave,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct StepConfig {
     pub name: String,
     pub command: String,

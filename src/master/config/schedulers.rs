@@ -16,7 +16,7 @@ const DEFAULT_TREE_STABLE_TIMER: Duration = Duration::from_secs(15);
 /// How often a poller asks its repository (when not set).
 const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(60);
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct SchedulerConfig {
     /// Unique; `try` and `force` schedulers may leave it out.
     pub name: String,
@@ -24,7 +24,7 @@ pub struct SchedulerConfig {
     pub kind: SchedulerKind,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum SchedulerKind {
     /// Builders a try job may name.
     Try,
@@ -60,7 +60,7 @@ impl SchedulerKind {
 }
 
 /// `[[change_source]]`: a repository the master polls for new heads.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ChangeSourceConfig {
     /// Any URL or path the `git` command understands.
     pub repo: String,
@@ -69,7 +69,7 @@ pub struct ChangeSourceConfig {
 }
 
 /// `[changes]`: who may send changes.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct ChangesConfig {
     /// Members of this unix group may send changes; without it, whoever may try may.
     pub group: Option<String>,

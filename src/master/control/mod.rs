@@ -13,6 +13,7 @@ mod changes;
 mod parts;
 mod requests;
 mod stop;
+mod tail;
 
 pub use crate::master::executor::{LockHolderView, LockStatus, LockWaiterView};
 pub use parts::{ChangeRecorder, Enqueuer, IntakeHandle, PollerHandle, SchedulersHandle};

@@ -878,6 +878,45 @@ pub enum BuildKey<'a> {
     Id(i64),
 }
 
+/// A try job as recorded: its builders, each done request's final build and result, and the
+/// builders whose request was cancelled (what `try --wait` resumes from after missed events).
+pub fn job_record(
+    connection: &Connection,
+    job_name: &str,
+) -> Result<crate::status::JobRecord, HistoryError> {
+    let mut statement = connection
+        .prepare("SELECT id, builder, state FROM requests WHERE job_name = ?1 ORDER BY id")?;
+    let requests: Vec<(i64, String, RequestState)> = statement
+        .query_map(params![job_name], |row| {
+            Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+        })?
+        .collect::<Result<_, _>>()?;
+    let mut record = crate::status::JobRecord::default();
+    for (id, builder, state) in requests {
+        if !record.builders.contains(&builder) {
+            record.builders.push(builder.clone());
+        }
+        match state {
+            RequestState::Done => {
+                let last: Option<(i64, BuildResult)> = connection
+                    .query_row(
+                        "SELECT number, result FROM builds WHERE request_id = ?1 AND result IS NOT NULL
+                         ORDER BY number DESC LIMIT 1",
+                        params![id],
+                        |row| Ok((row.get(0)?, row.get(1)?)),
+                    )
+                    .optional()?;
+                if let Some((number, result)) = last {
+                    record.finished.push((builder, number, result));
+                }
+            }
+            RequestState::Cancelled => record.cancelled.push(builder),
+            RequestState::Pending | RequestState::Building => {}
+        }
+    }
+    Ok(record)
+}
+
 /// The ids of a job's requests for one builder.
 pub fn request_ids_of_job(
     connection: &Connection,

@@ -56,7 +56,7 @@ pub async fn run(
                 let config = config_changes.borrow_and_update().clone();
                 // A new engine only when the schedulers changed: it forgets pending
                 // tree-stable timers and when periodic ones last fired.
-                if format!("{:?}", config.schedulers) != format!("{schedulers:?}") {
+                if config.schedulers != schedulers {
                     tracing::info!("reconfig: schedulers replaced");
                     schedulers = config.schedulers.clone();
                     engine = Engine::new(&schedulers, Instant::now(), chrono::Local::now());

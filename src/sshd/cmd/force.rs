@@ -58,6 +58,7 @@ impl Force {
             &queued.job_name,
             follower,
             self.json,
+            crate::status::DEFAULT_TAIL_LINES,
             io,
         )
         .await

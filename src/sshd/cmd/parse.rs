@@ -164,14 +164,16 @@ mod tests {
             parse("try"),
             run(Command::Try(Try {
                 wait: false,
-                json: false
+                json: false,
+                tail: crate::status::DEFAULT_TAIL_LINES,
             }))
         );
         assert_eq!(
-            parse("try --wait --json"),
+            parse("try --wait --json --tail 0"),
             run(Command::Try(Try {
                 wait: true,
-                json: true
+                json: true,
+                tail: 0,
             }))
         );
         let ExecCommand::Run(Command::Watch(watch)) = parse("watch") else {

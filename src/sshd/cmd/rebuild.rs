@@ -55,6 +55,7 @@ impl Rebuild {
             &queued.job_name,
             follower,
             self.json,
+            crate::status::DEFAULT_TAIL_LINES,
             io,
         )
         .await

@@ -1,5 +1,6 @@
-//! `try [--wait] [--json]`: our own client's try path. The job comes on stdin; with `--wait`
-//! the builds' progress streams back (as JSON stream items with `--json`).
+//! `try [--wait] [--json] [--tail N]`: our own client's try path. The job comes on stdin; with
+//! `--wait` the builds' progress streams back (as JSON stream items with `--json`), and the last
+//! N lines of each failed step's log follow its build's end.
 
 use crate::exec_io::ExecIo;
 use crate::master::control::Accepted;
@@ -15,6 +16,9 @@ pub struct Try {
     /// One JSON stream item per line instead of text.
     #[arg(long)]
     pub json: bool,
+    /// With --wait: the last N lines of a failed build's failing step (0: none).
+    #[arg(long, value_name = "N", default_value_t = crate::status::DEFAULT_TAIL_LINES)]
+    pub tail: usize,
 }
 
 impl Try {
@@ -45,6 +49,7 @@ impl Try {
             &accepted.job_name,
             follower,
             self.json,
+            self.tail,
             io,
         )
         .await

@@ -16,6 +16,7 @@ pub async fn for_job(
     job_name: &str,
     mut follower: Follower,
     json: bool,
+    tail: usize,
     io: &mut ExecIo<'_>,
 ) -> u32 {
     let mut progress = JobProgress::default();
@@ -34,6 +35,28 @@ pub async fn for_job(
             Followed::Event(sequenced) => sequenced,
             Followed::Missed(count) => {
                 tracing::warn!(missed = count, "{command} fell behind the build events");
+                // The events that would end the job may be among those missed: the history
+                // says where it stands.
+                let record = match ctx.control.job_record(job_name).await {
+                    Ok(record) => record,
+                    Err(err) => {
+                        tracing::error!("cannot read the job's record: {err}");
+                        continue;
+                    }
+                };
+                let done = progress.resync(&record);
+                if json {
+                    io.print_json(&StreamItem::Missed { count }).await;
+                    io.print_json(&StreamItem::Resync { record }).await;
+                } else {
+                    io.print(&format!(
+                        "({count} events skipped: fell behind the master)\n"
+                    ))
+                    .await;
+                }
+                if done {
+                    break;
+                }
                 continue;
             }
             Followed::Closed => {
@@ -53,6 +76,16 @@ pub async fn for_job(
             BuildEvent::RequestsQueued { builders, .. } => builders.clone(),
             _ => Vec::new(),
         };
+        let failed = match &sequenced.event {
+            BuildEvent::BuildFinished {
+                builder,
+                number,
+                result,
+                will_retry: false,
+                ..
+            } if !result.is_good() => Some((builder.clone(), *number)),
+            _ => None,
+        };
         if json {
             io.print_json(&StreamItem::Event(sequenced)).await;
         } else {
@@ -61,6 +94,19 @@ pub async fn for_job(
         }
         for builder in queued_for {
             report_position(ctx, job_name, &builder, json, io).await;
+        }
+        if let Some((builder, number)) = failed {
+            match ctx.control.failed_step_tail(&builder, number, tail).await {
+                Ok(Some(step_tail)) if json => {
+                    io.print_json(&StreamItem::StepTail(step_tail)).await
+                }
+                Ok(Some(step_tail)) => {
+                    io.print(&format!("{}\n", text::describe_tail(&step_tail)))
+                        .await
+                }
+                Ok(None) => {}
+                Err(err) => tracing::warn!("cannot read the failed step's log: {err}"),
+            }
         }
         if done {
             break;
@@ -100,10 +146,16 @@ async fn report_position(
             builder: builder.to_string(),
             position: estimate.position,
             starts_in_secs: estimate.starts_in,
+            waiting_for_lock: estimate.waiting_for_lock.clone(),
         })
         .await;
     } else {
-        let line = text::describe_queued(builder, estimate.position, estimate.starts_in);
+        let line = text::describe_queued(
+            builder,
+            estimate.position,
+            estimate.starts_in,
+            estimate.waiting_for_lock.as_deref(),
+        );
         io.print(&format!("{line}\n")).await;
     }
 }

@@ -1,0 +1,89 @@
+//! What `try --wait` asks of a job besides its events: the end of the log of the step that
+//! failed a build, and where the job stands in the history when events were missed.
+
+use crate::master::build::log_file_name;
+use crate::master::control::{Control, ControlError};
+use crate::master::history::{self, BuildKey};
+use crate::master::log_tail;
+use crate::proto::StreamKind;
+use crate::status::{JobRecord, StepTail, TailStream};
+
+impl Control {
+    /// The last `lines` lines of each log stream of the step that failed build `number` of
+    /// `builder`: the last step whose result is not good. None when no step failed or `lines`
+    /// is 0.
+    pub async fn failed_step_tail(
+        &self,
+        builder: &str,
+        number: i64,
+        lines: usize,
+    ) -> Result<Option<StepTail>, ControlError> {
+        if lines == 0 {
+            return Ok(None);
+        }
+        let name = builder.to_string();
+        let detail = self
+            .history
+            .run(move |connection| {
+                history::build_detail(
+                    connection,
+                    BuildKey::Number {
+                        builder: &name,
+                        number,
+                    },
+                )
+            })
+            .await?;
+        let Some(step) = detail.and_then(|detail| {
+            detail
+                .steps
+                .into_iter()
+                .rev()
+                .find(|step| step.result.is_some_and(|result| !result.is_good()))
+        }) else {
+            return Ok(None);
+        };
+        let dir = self.logs_dir.join(builder).join(number.to_string());
+        let (step_number, step_name) = (step.number, step.name.clone());
+        let streams = tokio::task::spawn_blocking(move || {
+            [StreamKind::Stdout, StreamKind::Stderr, StreamKind::Info]
+                .into_iter()
+                .filter_map(|stream| {
+                    let path = dir.join(log_file_name(step_number, &step_name, stream));
+                    match log_tail::tail(&path, lines) {
+                        Ok(found) => found.map(|(lines, cut)| TailStream {
+                            stream: stream.file_extension().to_string(),
+                            lines,
+                            cut,
+                        }),
+                        Err(err) => {
+                            tracing::warn!(path = %path.display(), "cannot read a log's tail: {err}");
+                            None
+                        }
+                    }
+                })
+                .collect::<Vec<_>>()
+        })
+        .await
+        .unwrap_or_default();
+        Ok(Some(StepTail {
+            builder: builder.to_string(),
+            number,
+            step: step.number,
+            name: step.name,
+            result: step.result.unwrap_or(crate::status::BuildResult::Failure),
+            summary: step.summary,
+            streams,
+            url: self.build_url(builder, number),
+        }))
+    }
+
+    /// A try job as the history records it (after a follower missed events about it).
+    pub async fn job_record(&self, job_name: &str) -> Result<JobRecord, ControlError> {
+        let job_name = job_name.to_string();
+        Ok(self
+            .history
+            .run(move |connection| history::job_record(connection, &job_name))
+            .await?)
+    }
+}
