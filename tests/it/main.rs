@@ -17,6 +17,7 @@ mod patches;
 mod reconfig;
 mod repo;
 mod security;
+mod slave_processes;
 mod sshd;
 mod stop;
 mod try_;
