@@ -390,8 +390,8 @@ impl Connection {
                 Some(_) => "the master's host key is not the pinned master_host_key (from --master-host-key or .buildbot): compare it with the master's host_key.pub, which the master prints when it starts"
                 .to_string(),
                 None => format!(
-                    "the master's host key is not known: add master_host_key = \"ssh-ed25519 ...\" to .buildbot (the master prints the line when it starts; it is the master's host_key.pub), or pass --master-host-key, or add {} to your known_hosts",
-                    self.host
+                    "the master's host key is not known: add master_host_key = \"ssh-ed25519 ...\" to .buildbot (the master prints the line when it starts; it is the master's host_key.pub), or pass --master-host-key, or add the line \"{} ssh-ed25519 ...\" to your known_hosts",
+                    self.known_hosts_pattern()
                 ),
             });
         }
@@ -445,15 +445,20 @@ impl Connection {
         &self.host
     }
 
+    /// The master as ssh looks it up in known_hosts: `[HOST]:PORT` for a port other than 22.
+    fn known_hosts_pattern(&self) -> String {
+        match self.port {
+            Some(port) if port != 22 => format!("[{}]:{port}", self.host),
+            _ => self.host.clone(),
+        }
+    }
+
     /// A known_hosts file holding only the pinned master key, when `.buildbot` pins one.
     fn pinned_known_hosts(&self) -> Result<Option<tempfile::NamedTempFile>, TryError> {
         let Some(key) = &self.master_host_key else {
             return Ok(None);
         };
-        let host_pattern = match self.port {
-            Some(port) if port != 22 => format!("[{}]:{port}", self.host),
-            _ => self.host.clone(),
-        };
+        let host_pattern = self.known_hosts_pattern();
         let mut file = tempfile::NamedTempFile::new()
             .map_err(|err| TryError::new(format!("cannot write a temporary known_hosts: {err}")))?;
         writeln!(file, "{host_pattern} {}", key.trim())

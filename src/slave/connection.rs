@@ -207,7 +207,8 @@ pub async fn serve(
         &control,
         &mut incoming,
         shutdown,
-    ).await;
+    )
+    .await;
     drop(outgoing);
     drop(control);
     let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;

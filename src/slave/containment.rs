@@ -139,7 +139,9 @@ impl Containment {
             }
         }
         let own = format!("{}-{}-", self.dir_tag, std::process::id());
-        killed += kill_tagged(|tag| tag.starts_with(&format!("{}-", self.dir_tag)) && !tag.starts_with(&own));
+        killed += kill_tagged(|tag| {
+            tag.starts_with(&format!("{}-", self.dir_tag)) && !tag.starts_with(&own)
+        });
         killed
     }
 }

@@ -14,8 +14,8 @@ use crate::proto::{
     CheckoutRequest, CommandRequest, ExitReport, MAX_OUTPUT_CHUNK, Message, StreamKind,
 };
 use crate::slave::checkout::{self, CheckoutSpec, PatchRunner};
-use crate::slave::containment::Containment;
 use crate::slave::coalesce::{Coalescer, OUTPUT_FLUSH};
+use crate::slave::containment::Containment;
 use crate::slave::runner::{self, CommandSpec, Stream};
 
 /// Time between SIGTERM and SIGKILL for an interrupted command (and for every command when

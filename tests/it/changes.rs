@@ -913,3 +913,84 @@ fn an_unreachable_polled_repository_is_logged_and_retried_without_stopping_the_m
         master.api("/api/changes")[0]["revision"] == revision.as_str()
     });
 }
+
+/// The hook with the pusher's ssh as it is out of the box: strict host key checking against a
+/// known_hosts that does not know the master (here an empty file, as a new pusher's is).
+fn install_hook_with_strict_ssh(master: &TestMaster, bare: &Path, known_hosts: &Path) {
+    install_hook(master, bare);
+    std::fs::write(known_hosts, "").expect("empty known_hosts");
+    let ssh = format!(
+        "ssh -F /dev/null -i {} -o BatchMode=yes -o IdentitiesOnly=yes -o StrictHostKeyChecking=yes -o UserKnownHostsFile={} -o LogLevel=ERROR",
+        master.user_key.private.display(),
+        known_hosts.display()
+    );
+    git(bare, &["config", "buildbot.ssh", &ssh]);
+}
+
+#[test]
+fn an_unknown_master_host_key_is_said_on_the_pushers_terminal_with_the_exact_hint() {
+    let checkout = Checkout::new();
+    let master = master_with(&checkout, SHOW_REVISION, "");
+    let scratch = tempfile::tempdir().expect("temp dir");
+    install_hook_with_strict_ssh(
+        &master,
+        &checkout.upstream,
+        &scratch.path().join("known_hosts"),
+    );
+
+    let clone = pusher(&checkout, "bob");
+    commit(&clone, &[("a.txt", "a\n")], "first");
+    let output = push(&clone);
+    let hint = format!("[127.0.0.1]:{}", master.ssh_port);
+    assert!(
+        output.contains(&format!("remote: buildbot: no change sent for main")),
+        "the pusher is told, on a line of its own, that the change was not sent: {output}"
+    );
+    assert!(output.contains("buildbot.masterHostKey"), "{output}");
+    assert!(
+        output.contains(&hint),
+        "the known_hosts hint names the host as ssh looks it up: {output}"
+    );
+    assert!(!output.contains("add 127.0.0.1 to"), "{output}");
+    assert_eq!(master.api("/api/changes"), serde_json::json!([]));
+}
+
+#[test]
+fn the_hook_pins_the_master_host_key_from_its_git_setting() {
+    let checkout = Checkout::new();
+    let master = master_with(&checkout, SHOW_REVISION, "");
+    let scratch = tempfile::tempdir().expect("temp dir");
+    install_hook_with_strict_ssh(
+        &master,
+        &checkout.upstream,
+        &scratch.path().join("known_hosts"),
+    );
+    let host_key = std::fs::read_to_string(master.path().join("host_key.pub")).expect("host key");
+    git(
+        &checkout.upstream,
+        &["config", "buildbot.masterHostKey", host_key.trim()],
+    );
+
+    let clone = pusher(&checkout, "bob");
+    let pushed = commit(&clone, &[("a.txt", "a\n")], "first");
+    let change_id = accepted_change(&push(&clone));
+    let changes = master.api("/api/changes");
+    assert_eq!(changes[0]["id"], change_id, "{changes}");
+    assert_eq!(changes[0]["revision"], pushed.as_str(), "{changes}");
+
+    // A wrong pin is refused as such, loudly, and the push still goes through.
+    let other =
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl other";
+    git(
+        &checkout.upstream,
+        &["config", "buildbot.masterHostKey", other],
+    );
+    commit(&clone, &[("b.txt", "b\n")], "second");
+    let output = push(&clone);
+    assert!(
+        output.contains("remote: buildbot: no change sent for main"),
+        "{output}"
+    );
+    assert!(output.contains("not the pinned"), "{output}");
+    assert_eq!(master.api("/api/changes").as_array().map(Vec::len), Some(1));
+}

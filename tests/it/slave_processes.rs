@@ -10,8 +10,7 @@ use std::process::{Command, Stdio};
 use nix::sys::signal::Signal;
 
 use crate::harness::{
-    BIN, MasterSetup, PATIENCE, TestMaster, output_with_deadline, process_running, text,
-    wait_until,
+    BIN, MasterSetup, PATIENCE, TestMaster, output_with_deadline, process_running, text, wait_until,
 };
 use crate::repo::Checkout;
 
