@@ -994,3 +994,51 @@ fn the_hook_pins_the_master_host_key_from_its_git_setting() {
     assert!(output.contains("not the pinned"), "{output}");
     assert_eq!(master.api("/api/changes").as_array().map(Vec::len), Some(1));
 }
+
+#[test]
+fn a_web_session_survives_a_master_restart_and_a_login_url_does_not() {
+    let checkout = Checkout::new();
+    let mut master = master_with(&checkout, r#"{ name = "ok", command = "true" },"#, "");
+    let session = web_login(&master);
+    let unused_login = text(&ssh(&master, "web-login").stdout);
+    let unused_login = unused_login.lines().next().expect("a URL").trim().to_string();
+    let (status, _) = master.terminate();
+    assert!(status.success());
+    let master = master.start_again();
+
+    let client = reqwest::blocking::Client::builder()
+        .timeout(PATIENCE)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client");
+    let page = client
+        .get(web_url(&master, "/builders/linux"))
+        .header("Cookie", &session.cookie)
+        .send()
+        .and_then(|response| response.text())
+        .expect("builder page");
+    assert!(
+        page.contains(&format!("name=\"csrf\" value=\"{}\"", session.csrf)),
+        "the page after the restart is the same session's (its CSRF token): {page}"
+    );
+    let (status, location) = session.post(&master, "/builders/linux/force", &[("reason", "after restart")]);
+    assert_eq!(status, 303, "the kept session may force: {location}");
+    wait_until("the forced build to be queued or run", || {
+        !builds(&master, "linux").is_empty() || master.api("/api/requests") != serde_json::json!([])
+    });
+
+    // The one-time login URL stays short-lived and in memory: a restart voids it.
+    let response = client.get(&unused_login).send().expect("login");
+    assert_eq!(response.status().as_u16(), 403);
+
+    // Only a hash of the session id is in the database.
+    let id = session.cookie.split_once('=').expect("pair").1;
+    let database = std::fs::read(master.path().join("state.sqlite")).expect("database");
+    let wal = std::fs::read(master.path().join("state.sqlite-wal")).unwrap_or_default();
+    for bytes in [&database, &wal] {
+        assert!(
+            !bytes.windows(id.len()).any(|window| window == id.as_bytes()),
+            "the session id is not stored in the clear"
+        );
+    }
+}

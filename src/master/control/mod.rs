@@ -29,7 +29,7 @@ use crate::master::lock;
 use crate::master::reconfig::{LiveConfig, Report};
 use crate::master::roster::Roster;
 use crate::master::scheduler::Input;
-use crate::master::sessions::Sessions;
+use crate::master::sessions::{HistorySessions, Sessions};
 use crate::master::slaves::{self, SlaveLink, SlaveRegistry};
 use crate::spool::submit::SubmitError;
 use crate::status::{
@@ -238,6 +238,7 @@ impl Control {
                     irc.link_ttl
                 }),
         );
+        let sessions = Sessions::with_store(Arc::new(HistorySessions(history.clone())));
         Control {
             logs_dir: config.master_dir.join("logs"),
             live: LiveConfig::new(config),
@@ -247,7 +248,7 @@ impl Control {
             board: Board::default(),
             roster: Roster::default(),
             metrics: crate::master::metrics::Metrics::new(),
-            sessions: Sessions::default(),
+            sessions,
             irc_links,
             web_url,
             queued: Mutex::new(BTreeMap::new()),

@@ -112,6 +112,14 @@ const MIGRATIONS: &[&str] = &[
     // 4: how often a request's slave was lost while building it, so a request that kills its
     // slave is not retried forever (kept across master restarts).
     "ALTER TABLE requests ADD COLUMN slave_losses INTEGER NOT NULL DEFAULT 0;",
+    // 5: web sessions, so a restart logs nobody out (`master::sessions`); the id only hashed.
+    "CREATE TABLE web_sessions (
+        token_hash TEXT PRIMARY KEY,
+        user TEXT NOT NULL,
+        uid INTEGER NOT NULL,
+        csrf TEXT NOT NULL,
+        expires_at REAL NOT NULL
+    );",
 ];
 
 #[derive(Debug, thiserror::Error)]
