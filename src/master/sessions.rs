@@ -144,7 +144,10 @@ impl Sessions {
                         },
                     );
                 }
-                tracing::info!("{} web session(s) kept from before the start", sessions.len());
+                tracing::info!(
+                    "{} web session(s) kept from before the start",
+                    sessions.len()
+                );
             }
             Err(err) => tracing::warn!("cannot load the web sessions: {err}"),
         }
@@ -254,7 +257,10 @@ mod tests {
         // A new master process on the same database.
         let second = Sessions::with_store(Arc::clone(&store));
         let kept = second.get(&id).expect("the session survived");
-        assert_eq!((kept.account.name.as_str(), kept.csrf.as_str()), ("root", csrf.as_str()));
+        assert_eq!(
+            (kept.account.name.as_str(), kept.csrf.as_str()),
+            ("root", csrf.as_str())
+        );
         let left = kept.expires.saturating_duration_since(Instant::now());
         assert!(left <= SESSION_LIFETIME && left > SESSION_LIFETIME - Duration::from_secs(600));
 

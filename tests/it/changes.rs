@@ -1001,7 +1001,12 @@ fn a_web_session_survives_a_master_restart_and_a_login_url_does_not() {
     let mut master = master_with(&checkout, r#"{ name = "ok", command = "true" },"#, "");
     let session = web_login(&master);
     let unused_login = text(&ssh(&master, "web-login").stdout);
-    let unused_login = unused_login.lines().next().expect("a URL").trim().to_string();
+    let unused_login = unused_login
+        .lines()
+        .next()
+        .expect("a URL")
+        .trim()
+        .to_string();
     let (status, _) = master.terminate();
     assert!(status.success());
     let master = master.start_again();
@@ -1021,7 +1026,11 @@ fn a_web_session_survives_a_master_restart_and_a_login_url_does_not() {
         page.contains(&format!("name=\"csrf\" value=\"{}\"", session.csrf)),
         "the page after the restart is the same session's (its CSRF token): {page}"
     );
-    let (status, location) = session.post(&master, "/builders/linux/force", &[("reason", "after restart")]);
+    let (status, location) = session.post(
+        &master,
+        "/builders/linux/force",
+        &[("reason", "after restart")],
+    );
     assert_eq!(status, 303, "the kept session may force: {location}");
     wait_until("the forced build to be queued or run", || {
         !builds(&master, "linux").is_empty() || master.api("/api/requests") != serde_json::json!([])
@@ -1037,7 +1046,9 @@ fn a_web_session_survives_a_master_restart_and_a_login_url_does_not() {
     let wal = std::fs::read(master.path().join("state.sqlite-wal")).unwrap_or_default();
     for bytes in [&database, &wal] {
         assert!(
-            !bytes.windows(id.len()).any(|window| window == id.as_bytes()),
+            !bytes
+                .windows(id.len())
+                .any(|window| window == id.as_bytes()),
             "the session id is not stored in the clear"
         );
     }

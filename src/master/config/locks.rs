@@ -13,7 +13,8 @@ use crate::master::locks::{Access, LockDef, LockKind, LockUse};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum NextSlave {
-    /// The one with the most free slots (then pool order).
+    /// The one with the most free slots (then the one that started a build least recently,
+    /// then pool order).
     #[default]
     LeastBusy,
     /// Each in turn.
