@@ -153,10 +153,12 @@ fn build_job(
         )));
     }
     eprintln!(
-        "patch: {} files changed, {} insertions(+), {} deletions(-) against {} ({})",
-        computed.files_changed,
-        computed.insertions,
-        computed.deletions,
+        "patch: {} against {} ({})",
+        crate::status::text::diffstat_summary(
+            computed.files_changed,
+            computed.insertions,
+            computed.deletions
+        ),
         short(&computed.baserev),
         computed.base_from
     );

@@ -1036,6 +1036,14 @@ fn a_web_session_survives_a_master_restart_and_a_login_url_does_not() {
         !builds(&master, "linux").is_empty() || master.api("/api/requests") != serde_json::json!([])
     });
 
+    // The nav's "waterfall" is a page of its own name too, not a JSON 404.
+    let waterfall = client
+        .get(web_url(&master, "/waterfall"))
+        .send()
+        .expect("GET /waterfall");
+    assert_eq!(waterfall.status().as_u16(), 200);
+    assert!(waterfall.text().expect("page").contains("id=\"waterfall\""));
+
     // The one-time login URL stays short-lived and in memory: a restart voids it.
     let response = client.get(&unused_login).send().expect("login");
     assert_eq!(response.status().as_u16(), 403);

@@ -201,6 +201,20 @@ fn generate_docs_writes_man_pages_and_completions() {
     let try_page =
         std::fs::read_to_string(tmp.path().join("man1/buildbot-try.1")).expect("try's man page");
     assert!(try_page.contains("master\\-host\\-key"), "{try_page}");
+    // The page is named buildbot-master, the synopsis shows the command as it is typed.
+    let master_page = std::fs::read_to_string(tmp.path().join("man1/buildbot-master.1"))
+        .expect("master's man page");
+    let synopsis = master_page
+        .split(".SH SYNOPSIS")
+        .nth(1)
+        .and_then(|rest| rest.split(".SH").next())
+        .unwrap_or_else(|| panic!("no SYNOPSIS: {master_page}"));
+    assert!(synopsis.contains("buildbot master"), "{synopsis}");
+    assert!(!synopsis.contains("buildbot\\-master"), "{synopsis}");
+    assert!(
+        master_page.contains("buildbot\\-master"),
+        "the page keeps its name"
+    );
     assert!(
         !tmp.path().join("man1/buildbot-apply-patch.1").exists(),
         "hidden commands have no page"

@@ -185,3 +185,31 @@ fn create_slave_help_shows_the_host_key_as_required() {
     ]);
     assert_eq!(output.status.code(), Some(2), "{}", text(&output.stderr));
 }
+
+#[test]
+fn create_master_takes_the_masters_name() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let dir = tmp.path().join("m");
+    let dir = dir.to_str().expect("utf-8");
+    let output = buildbot(&["create-master", "--name", "Team \"A\" CI", dir]);
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let config = std::fs::read_to_string(tmp.path().join("m/master.toml")).expect("config");
+    let parsed: toml::Table = toml::from_str(&config).expect("valid TOML");
+    assert_eq!(parsed["master"]["name"].as_str(), Some("Team \"A\" CI"));
+    let checked = buildbot(&["checkconfig", dir]);
+    assert!(checked.status.success(), "{}", text(&checked.stderr));
+    assert!(
+        text(&checked.stdout).contains("OK (0 slaves, 0 builders)"),
+        "{}",
+        text(&checked.stdout)
+    );
+
+    let empty = buildbot(&[
+        "create-master",
+        "--name",
+        " ",
+        tmp.path().join("n").to_str().expect("utf-8"),
+    ]);
+    assert_eq!(empty.status.code(), Some(1));
+    assert!(!tmp.path().join("n/master.toml").exists());
+}
