@@ -396,7 +396,7 @@ fn tagged_processes(wanted: &impl Fn(&str) -> bool) -> Vec<i32> {
                 std::str::from_utf8(entry)
                     .ok()
                     .and_then(|entry| entry.strip_prefix(&prefix))
-                    .is_some_and(|tag| wanted(tag))
+                    .is_some_and(wanted)
             })
         })
         .collect()

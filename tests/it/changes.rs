@@ -943,7 +943,7 @@ fn an_unknown_master_host_key_is_said_on_the_pushers_terminal_with_the_exact_hin
     let output = push(&clone);
     let hint = format!("[127.0.0.1]:{}", master.ssh_port);
     assert!(
-        output.contains(&format!("remote: buildbot: no change sent for main")),
+        output.contains("remote: buildbot: no change sent for main"),
         "the pusher is told, on a line of its own, that the change was not sent: {output}"
     );
     assert!(output.contains("buildbot.masterHostKey"), "{output}");
