@@ -146,6 +146,16 @@ impl Containment {
     }
 }
 
+impl Drop for Containment {
+    /// The slave is leaving: its directory of step cgroups goes too, once empty (a step still
+    /// running there keeps it, and the next start kills what is in it).
+    fn drop(&mut self) {
+        if let Mechanism::Cgroup(base) = &self.mechanism {
+            let _ = std::fs::remove_dir(base);
+        }
+    }
+}
+
 struct CellCgroup {
     dir: PathBuf,
     /// `cgroup.procs`, opened before the fork: the child writes "0" into it (itself) before
