@@ -11,6 +11,7 @@ mod first_contact;
 mod force;
 mod harness;
 mod irc;
+mod lock_levels;
 mod locks;
 mod ops_web;
 mod patches;
