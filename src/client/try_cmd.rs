@@ -211,9 +211,13 @@ fn print_summary(job: &Job, files: Option<&[FileStat]>, connection: Option<&Conn
     );
     println!("\tWho: {}", job.who.as_deref().unwrap_or("(unknown)"));
     println!(
-        "\tPatch: {} bytes, {} lines",
-        patch.len(),
-        patch.iter().filter(|&&b| b == b'\n').count()
+        "\tPatch: {}, {}",
+        crate::status::text::count(patch.len(), "byte", "bytes"),
+        crate::status::text::count(
+            patch.iter().filter(|&&b| b == b'\n').count(),
+            "line",
+            "lines"
+        )
     );
 
     match connection {

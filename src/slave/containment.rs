@@ -81,7 +81,8 @@ impl Containment {
         let killed = containment.kill_leftovers();
         if killed > 0 {
             tracing::warn!(
-                "killed {killed} process(es) that a previous run of this slave left running"
+                "killed {} that a previous run of this slave left running",
+                crate::status::text::count(killed, "process", "processes")
             );
         }
         containment

@@ -213,3 +213,52 @@ fn create_master_takes_the_masters_name() {
     assert_eq!(empty.status.code(), Some(1));
     assert!(!tmp.path().join("n/master.toml").exists());
 }
+
+#[test]
+fn checkconfig_shows_every_mistake_in_one_run_with_suggestions() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let dir = tmp.path().join("m");
+    let dir = dir.to_str().expect("utf-8");
+    let created = buildbot(&["create-master", dir]);
+    assert!(created.status.success(), "{}", text(&created.stderr));
+    let path = tmp.path().join("m/master.toml");
+    let mut config = std::fs::read_to_string(&path).expect("config");
+    config.push_str(
+        r#"
+[[builder]]
+name = "linux"
+slaves = []
+repo = "/srv/git/p.git"
+steps = [ { name = "a", command = "make", env = { A = 1 }, workdir = "../.." } ]
+[[scheduler]]
+kind = "force"
+builders = ["linx"]
+"#,
+    );
+    std::fs::write(&path, &config).expect("config written");
+    let output = buildbot(&["checkconfig", dir]);
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = text(&output.stderr);
+    let line_of = |text: &str| {
+        let offset = config.rfind(text).expect("in the config");
+        config[..offset].matches('\n').count() + 1
+    };
+    for (at, message) in [
+        ("name = \"linux\"", "builder \"linux\" names no slaves"),
+        (
+            "steps = [ {",
+            "invalid type: integer `1`, expected a string",
+        ),
+        (
+            "steps = [ {",
+            "step \"a\": workdir \"../..\" must be a relative path",
+        ),
+        (
+            "builders = [\"linx\"]",
+            "scheduler names builder \"linx\", which is not defined by any [[builder]] (did you mean `linux`?)",
+        ),
+    ] {
+        let want = format!("master.toml:{}: {message}", line_of(at));
+        assert!(stderr.contains(&want), "missing {want:?} in:\n{stderr}");
+    }
+}

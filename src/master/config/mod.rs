@@ -385,7 +385,7 @@ impl Config {
         // Each value of the wrong type is reported once, replaced by a stand-in, and the typed
         // pass runs again, so one run shows every mistake (`repair`).
         let mut repairs = repair::Repairs::default();
-        let mut repaired_lines = Vec::new();
+        let mut repaired_spans = Vec::new();
         let mut raw = None;
         for _ in 0..MAX_TYPE_REPAIRS {
             unknown_keys.clear();
@@ -410,7 +410,9 @@ impl Config {
                     line,
                     message: err.message().trim().to_string(),
                 });
-                repaired_lines.push(line);
+            }
+            if let Some(span) = err.span() {
+                repaired_spans.push(span);
             }
             if verdict == repair::Repaired::GaveUp {
                 break;
@@ -422,21 +424,14 @@ impl Config {
         let Some(raw) = raw else {
             return Err(ConfigError(sorted(problems)));
         };
-        let type_problems = problems.len();
         let mut check = Checker {
             lines: &lines,
             problems,
             master_dir,
+            stand_ins: &repaired_spans,
         };
         let config = check.config(raw);
-        // What the checks say about a stand-in is noise: its line already has its problem.
-        let mut problems = check.problems;
-        let checked = problems.split_off(type_problems);
-        problems.extend(
-            checked
-                .into_iter()
-                .filter(|problem| !repaired_lines.contains(&problem.line)),
-        );
+        let problems = check.problems;
         match config {
             Some(config) if problems.is_empty() => Ok(config),
             _ => Err(ConfigError(sorted(problems))),
@@ -510,6 +505,9 @@ struct Checker<'a> {
     lines: &'a LineIndex,
     problems: Vec<Problem>,
     master_dir: &'a Path,
+    /// Where values of the wrong type were replaced by stand-ins (`repair`): what the checks
+    /// say about a stand-in is noise, its value already has its problem.
+    stand_ins: &'a [std::ops::Range<usize>],
 }
 
 impl Checker<'_> {
@@ -518,6 +516,13 @@ impl Checker<'_> {
     }
 
     fn problem_at(&mut self, span: std::ops::Range<usize>, message: String) {
+        let about_a_stand_in = self.stand_ins.iter().any(|stand_in| {
+            span.start < stand_in.end.max(stand_in.start + 1)
+                && stand_in.start < span.end.max(span.start + 1)
+        });
+        if about_a_stand_in {
+            return;
+        }
         self.problems.push(Problem {
             line: self.lines.line_of(span.start),
             message,
