@@ -147,15 +147,15 @@ fn checkconfig_reports_three_typos_at_once() {
         lines,
         vec![
             format!(
-                "master.toml:{}: unknown field `alow_root` in [sshd]",
+                "master.toml:{}: unknown field `alow_root` in [sshd] (did you mean `allow_root`?)",
                 line_of("alow_root")
             ),
             format!(
-                "master.toml:{}: unknown field `lisen` in [http]",
+                "master.toml:{}: unknown field `lisen` in [http] (did you mean `listen`?)",
                 line_of("lisen")
             ),
             format!(
-                "master.toml:{}: unknown field `max_patch_byte` in [spool]",
+                "master.toml:{}: unknown field `max_patch_byte` in [spool] (did you mean `max_patch_bytes`?)",
                 line_of("max_patch_byte")
             ),
         ]
