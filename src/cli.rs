@@ -35,6 +35,10 @@ pub enum Command {
     CreateMaster {
         /// The master directory to create (created if missing).
         dir: PathBuf,
+        /// The master's name, shown on the web page, in `watch` and by the IRC bot
+        /// (default "example"; [master] name in master.toml).
+        #[arg(long, value_name = "NAME")]
+        name: Option<String>,
         /// Address the SSH server listens on (default 127.0.0.1:2222).
         #[arg(long, value_name = "ADDR")]
         ssh_listen: Option<SocketAddr>,
@@ -321,11 +325,11 @@ pub fn generate_docs(out: &Path) -> anyhow::Result<Vec<PathBuf>> {
     let root = command();
     let mut pages = vec![("buildbot".to_string(), root.clone())];
     for sub in root.get_subcommands().filter(|sub| !sub.is_hide_set()) {
+        // The page is buildbot-master(1), but the command is typed `buildbot master`: the
+        // synopsis shows it as typed.
         let name = format!("buildbot-{}", sub.get_name());
-        pages.push((
-            name.clone(),
-            sub.clone().display_name(name.clone()).bin_name(name),
-        ));
+        let typed = format!("buildbot {}", sub.get_name());
+        pages.push((name.clone(), sub.clone().display_name(name).bin_name(typed)));
     }
     for (name, page) in pages {
         let path = man_dir.join(format!("{name}.1"));

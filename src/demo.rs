@@ -38,6 +38,7 @@ pub async fn run(shutdown: CancellationToken) -> anyhow::Result<()> {
     let master_dir = root.join("master");
     create_master(&CreateMaster {
         dir: master_dir.clone(),
+        name: Some("demo".to_string()),
         ssh_listen: "127.0.0.1:0".parse().ok(),
         http_listen: "127.0.0.1:0".parse().ok(),
         force: false,

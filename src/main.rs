@@ -14,6 +14,7 @@ use buildbot::cli::{Cli, Command};
 use buildbot::client::try_cmd::{self, TryArgs};
 use buildbot::daemon;
 use buildbot::master::config::Config;
+use buildbot::status::text::count;
 
 /// A client command's result as an exit code; its error is one line on stderr.
 fn client_outcome(command: &str, result: Result<u8, try_cmd::TryError>) -> ExitCode {
@@ -58,6 +59,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::CreateMaster {
             dir,
+            name,
             ssh_listen,
             http_listen,
             force,
@@ -65,6 +67,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } => {
             let created = daemon::create::create_master(&daemon::create::CreateMaster {
                 dir: dir.clone(),
+                name,
                 ssh_listen,
                 http_listen,
                 force,
@@ -251,10 +254,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Checkconfig { dir } => match Config::load(&dir) {
             Ok(config) => {
                 println!(
-                    "{}: OK ({} slaves, {} builders)",
+                    "{}: OK ({}, {})",
                     dir.join(buildbot::master::config::CONFIG_FILE).display(),
-                    config.slaves.len(),
-                    config.builders.len()
+                    count(config.slaves.len(), "slave", "slaves"),
+                    count(config.builders.len(), "builder", "builders")
                 );
                 Ok(ExitCode::SUCCESS)
             }

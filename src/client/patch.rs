@@ -75,10 +75,12 @@ pub fn diffstat(files: &[FileStat]) -> String {
         out.push_str(&format!(" {:width$} | {changes}\n", file.path));
     }
     out.push_str(&format!(
-        " {} files changed, {} insertions(+), {} deletions(-)\n",
-        files.len(),
-        files.iter().map(|file| file.insertions).sum::<usize>(),
-        files.iter().map(|file| file.deletions).sum::<usize>()
+        " {}\n",
+        crate::status::text::diffstat_summary(
+            files.len(),
+            files.iter().map(|file| file.insertions).sum::<usize>(),
+            files.iter().map(|file| file.deletions).sum::<usize>()
+        )
     ));
     out
 }

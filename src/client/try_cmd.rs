@@ -170,10 +170,12 @@ fn build_job(
         )));
     }
     eprintln!(
-        "patch: {} files changed, {} insertions(+), {} deletions(-) against {} ({})",
-        computed.files_changed,
-        computed.insertions,
-        computed.deletions,
+        "patch: {} against {} ({})",
+        crate::status::text::diffstat_summary(
+            computed.files_changed,
+            computed.insertions,
+            computed.deletions
+        ),
         short(&computed.baserev),
         computed.base_from
     );
@@ -220,9 +222,13 @@ fn print_summary(job: &Job, files: Option<&[FileStat]>, connection: Option<&Conn
     );
     println!("\tWho: {}", job.who.as_deref().unwrap_or("(unknown)"));
     println!(
-        "\tPatch: {} bytes, {} lines",
-        patch.len(),
-        patch.iter().filter(|&&b| b == b'\n').count()
+        "\tPatch: {}, {}",
+        crate::status::text::count(patch.len(), "byte", "bytes"),
+        crate::status::text::count(
+            patch.iter().filter(|&&b| b == b'\n').count(),
+            "line",
+            "lines"
+        )
     );
 
     match connection {
@@ -408,8 +414,8 @@ impl Connection {
                 Some(_) => "the master's host key is not the pinned master_host_key (from --master-host-key or .buildbot): compare it with the master's host_key.pub, which the master prints when it starts"
                 .to_string(),
                 None => format!(
-                    "the master's host key is not known: add master_host_key = \"ssh-ed25519 ...\" to .buildbot (the master prints the line when it starts; it is the master's host_key.pub), or pass --master-host-key, or add {} to your known_hosts",
-                    self.host
+                    "the master's host key is not known: add master_host_key = \"ssh-ed25519 ...\" to .buildbot (the master prints the line when it starts; it is the master's host_key.pub), or pass --master-host-key, or add the line \"{} ssh-ed25519 ...\" to your known_hosts",
+                    self.known_hosts_pattern()
                 ),
             });
         }
@@ -463,15 +469,20 @@ impl Connection {
         &self.host
     }
 
+    /// The master as ssh looks it up in known_hosts: `[HOST]:PORT` for a port other than 22.
+    fn known_hosts_pattern(&self) -> String {
+        match self.port {
+            Some(port) if port != 22 => format!("[{}]:{port}", self.host),
+            _ => self.host.clone(),
+        }
+    }
+
     /// A known_hosts file holding only the pinned master key, when `.buildbot` pins one.
     fn pinned_known_hosts(&self) -> Result<Option<tempfile::NamedTempFile>, TryError> {
         let Some(key) = &self.master_host_key else {
             return Ok(None);
         };
-        let host_pattern = match self.port {
-            Some(port) if port != 22 => format!("[{}]:{port}", self.host),
-            _ => self.host.clone(),
-        };
+        let host_pattern = self.known_hosts_pattern();
         let mut file = tempfile::NamedTempFile::new()
             .map_err(|err| TryError::new(format!("cannot write a temporary known_hosts: {err}")))?;
         writeln!(file, "{host_pattern} {}", key.trim())

@@ -18,9 +18,12 @@ use crate::master::config::CONFIG_FILE;
 pub const EXAMPLE_CONFIG: &str = include_str!("../../etc/master.toml");
 const EXAMPLE_SSH_LISTEN: &str = "listen = \"127.0.0.1:2222\"";
 const EXAMPLE_HTTP_LISTEN: &str = "listen = \"127.0.0.1:8010\"";
+const EXAMPLE_NAME: &str = "name = \"example\"";
 
 pub struct CreateMaster {
     pub dir: PathBuf,
+    /// `[master] name`; the example's when `None`.
+    pub name: Option<String>,
     pub ssh_listen: Option<SocketAddr>,
     pub http_listen: Option<SocketAddr>,
     /// Replace an existing master.toml and host key.
@@ -69,6 +72,11 @@ pub fn create_master(request: &CreateMaster) -> anyhow::Result<Created> {
             dir.display()
         );
     }
+    if let Some(name) = &request.name
+        && (name.trim().is_empty() || name.chars().any(char::is_control))
+    {
+        bail!("--name must be a non-empty name without control characters");
+    }
     // Before anything is written: a typo in the group name must not leave half a master.
     let try_group = match &request.try_group {
         Some(name) => Some(
@@ -81,6 +89,11 @@ pub fn create_master(request: &CreateMaster) -> anyhow::Result<Created> {
     fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
 
     let mut config = EXAMPLE_CONFIG.to_string();
+    if let Some(name) = &request.name {
+        // A TOML string, quoted and escaped by the toml crate.
+        let quoted = toml::Value::String(name.clone()).to_string();
+        config = config.replacen(EXAMPLE_NAME, &format!("name = {quoted}"), 1);
+    }
     if let Some(addr) = request.ssh_listen {
         config = config.replacen(EXAMPLE_SSH_LISTEN, &format!("listen = \"{addr}\""), 1);
     }

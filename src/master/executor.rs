@@ -327,6 +327,11 @@ fn policies(config: &Config) -> HashMap<String, BuilderPolicy> {
                 max_concurrent: builder.max_concurrent,
                 next_slave: builder.next_slave,
                 locks: builder.locks.clone(),
+                step_locks: builder
+                    .steps
+                    .iter()
+                    .flat_map(|step| step.locks.iter().map(|lock_use| lock_use.lock.clone()))
+                    .collect(),
                 collapse: builder.collapse_requests,
             };
             (builder.name.clone(), policy)

@@ -28,6 +28,14 @@ pub enum InterpolationError {
         "%(prop:{0})s stands inside quotes; write it bare: its value is quoted for the shell already"
     )]
     Quoted(String),
+    #[error(
+        "%(prop:{0})s stands inside backticks, where a backtick in its value would end the command substitution; set a shell variable from it first (V=%(prop:{0})s) and use \"$V\""
+    )]
+    Backticks(String),
+    #[error(
+        "%(prop:{0})s stands in a here-document, where quotes are plain text and $(...) in its value would run; set a shell variable from it first (V=%(prop:{0})s) and use $V there"
+    )]
+    HereDocument(String),
 }
 
 fn pieces(command: &str) -> Result<Vec<Piece<'_>>, InterpolationError> {
@@ -73,33 +81,126 @@ fn pieces(command: &str) -> Result<Vec<Piece<'_>>, InterpolationError> {
     Ok(pieces)
 }
 
-/// Checks a command's interpolations without properties (at config time). A property inside
-/// quotes is refused: inside double quotes `$(...)` in its value would still run.
+/// Checks a command's interpolations without properties (at config time). A property is
+/// refused where the shell would read its quoted value as code: inside quotes (inside double
+/// quotes `$(...)` in its value would still run), inside backticks (a backtick in the value ends
+/// the substitution, quotes or not) and in a here-document's body (where quotes are plain text
+/// and `$(...)` runs).
 pub fn check(command: &str) -> Result<(), InterpolationError> {
-    let mut quote: Option<char> = None;
-    let mut escaped = false;
+    // The command with each property as one marker character, so the scan sees the shell text
+    // whole (a here-document's delimiter is found by looking ahead).
+    let mut skeleton = String::with_capacity(command.len());
+    let mut names = Vec::new();
     for piece in pieces(command)? {
         match piece {
-            Piece::Text(part) => {
-                for c in part.chars() {
-                    match (quote, c) {
-                        _ if escaped => escaped = false,
-                        (Some('\''), '\'') => quote = None,
-                        (Some('\''), _) => {}
-                        (_, '\\') => escaped = true,
-                        (None, '\'' | '"') => quote = Some(c),
-                        (Some('"'), '"') => quote = None,
-                        _ => {}
-                    }
-                }
+            // A marker in the text itself is no property; a space scans the same for this.
+            Piece::Text(text) => {
+                skeleton.extend(text.chars().map(|c| if c == MARK { ' ' } else { c }))
             }
-            Piece::Property { name, .. } if quote.is_some() => {
-                return Err(InterpolationError::Quoted(name.to_string()));
+            Piece::Property { name, .. } => {
+                skeleton.push(MARK);
+                names.push(name);
             }
-            Piece::Property { .. } => {}
         }
     }
+    let chars: Vec<char> = skeleton.chars().collect();
+    let mut properties = names.into_iter();
+    let mut quote: Option<char> = None;
+    let mut escaped = false;
+    let mut backtick = false;
+    // Here-documents announced on the current line, read in order after its newline.
+    let mut pending: Vec<(String, bool)> = Vec::new();
+    let mut index = 0;
+    while index < chars.len() {
+        let c = chars[index];
+        if c == MARK {
+            let name = properties.next().unwrap_or_default().to_string();
+            if quote.is_some() {
+                return Err(InterpolationError::Quoted(name));
+            }
+            if backtick {
+                return Err(InterpolationError::Backticks(name));
+            }
+            index += 1;
+            continue;
+        }
+        match (quote, c) {
+            _ if escaped => escaped = false,
+            (Some('\''), '\'') => quote = None,
+            (Some('\''), _) => {}
+            (_, '\\') => escaped = true,
+            (None, '\'' | '"') => quote = Some(c),
+            (Some('"'), '"') => quote = None,
+            (_, '`') => backtick = !backtick,
+            (None, '<')
+                if chars.get(index + 1) == Some(&'<') && chars.get(index + 2) != Some(&'<') =>
+            {
+                let (delimiter, strip_tabs, next) = heredoc_delimiter(&chars, index + 2);
+                pending.push((delimiter, strip_tabs));
+                index = next;
+                continue;
+            }
+            (None, '\n') if !pending.is_empty() => {
+                index += 1;
+                for (delimiter, strip_tabs) in std::mem::take(&mut pending) {
+                    // The body: every line up to the delimiter's own line.
+                    loop {
+                        let line_end = chars[index..]
+                            .iter()
+                            .position(|c| *c == '\n')
+                            .map_or(chars.len(), |at| index + at);
+                        let line = &chars[index..line_end];
+                        let marks = line.iter().filter(|c| **c == MARK).count();
+                        if marks > 0 {
+                            let name = properties.next().unwrap_or_default().to_string();
+                            return Err(InterpolationError::HereDocument(name));
+                        }
+                        let text: String = line.iter().collect();
+                        let text = if strip_tabs {
+                            text.trim_start_matches('\t')
+                        } else {
+                            &text
+                        };
+                        index = (line_end + 1).min(chars.len());
+                        if text == delimiter || line_end >= chars.len() {
+                            break;
+                        }
+                    }
+                }
+                continue;
+            }
+            _ => {}
+        }
+        index += 1;
+    }
     Ok(())
+}
+
+/// Stands for a property in `check`'s scan.
+const MARK: char = '\u{1}';
+
+/// The delimiter word of a here-document whose `<<` ends before `from`: (the word with its
+/// quotes removed, whether `<<-` strips leading tabs, where the scan goes on).
+fn heredoc_delimiter(chars: &[char], from: usize) -> (String, bool, usize) {
+    let mut index = from;
+    let strip_tabs = chars.get(index) == Some(&'-');
+    if strip_tabs {
+        index += 1;
+    }
+    while chars.get(index).is_some_and(|c| *c == ' ' || *c == '\t') {
+        index += 1;
+    }
+    let mut word = String::new();
+    while let Some(&c) = chars.get(index) {
+        if c.is_whitespace() || matches!(c, ';' | '|' | '&' | '<' | '>' | '(' | ')') {
+            break;
+        }
+        if !matches!(c, '\'' | '"' | '\\') {
+            word.push(c);
+        }
+        index += 1;
+    }
+    (word, strip_tabs, index)
 }
 
 /// The command with its properties put in, each value quoted for `/bin/sh`.
@@ -191,5 +292,38 @@ mod tests {
             Err(InterpolationError::Quoted(_))
         ));
         assert_eq!(check(r#"echo "a" %(prop:t)s 'b' \"%(prop:u)s"#), Ok(()));
+    }
+
+    #[test]
+    fn properties_in_backticks_and_here_documents_are_refused() {
+        // A value with a backtick ends the substitution whatever the quotes:
+        // `echo 'x`rm -rf ~`'` would run rm.
+        assert_eq!(
+            check("echo `echo %(prop:t)s`"),
+            Err(InterpolationError::Backticks("t".into()))
+        );
+        assert_eq!(check("echo `date` %(prop:t)s"), Ok(()));
+        // In a here-document body quotes are text: '$(id)' runs id.
+        assert_eq!(
+            check("cat <<EOF\nticket %(prop:t)s\nEOF"),
+            Err(InterpolationError::HereDocument("t".into()))
+        );
+        assert_eq!(
+            check("cat <<-'END' > f\n\tline %(prop:u)s\n\tEND"),
+            Err(InterpolationError::HereDocument("u".into()))
+        );
+        // Before the body, on the line of `<<`, and after the delimiter, it is a plain word.
+        assert_eq!(
+            check("V=%(prop:t)s; cat <<EOF > %(prop:f)s\n$V\nEOF\necho %(prop:t)s"),
+            Ok(())
+        );
+        // A here-string is one quoted word; `<<` in quotes is text.
+        assert_eq!(check("cat <<< %(prop:t)s"), Ok(()));
+        assert_eq!(check("echo '<<x'\necho %(prop:t)s"), Ok(()));
+        // The applied command of such a check really is safe for sh.
+        let command = "cat <<EOF\n$V\nEOF\necho %(prop:t)s";
+        assert_eq!(check(command), Ok(()));
+        let applied = apply(command, &props(&[("t", "`id`'$(id)")])).expect("applies");
+        assert!(applied.ends_with(r"echo '`id`'\''$(id)'"), "{applied}");
     }
 }

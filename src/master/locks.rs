@@ -5,7 +5,10 @@
 //! Deadlock freedom: a build takes its build-level locks all at once before it starts, holding
 //! nothing else; a step takes its step-level locks all at once, and the config refuses a lock
 //! used at both levels. So no holder of a step lock ever waits for a lock, and no wait-for cycle
-//! can form, whatever order the config lists locks in.
+//! can form, whatever order the config lists locks in. A reconfig may move a lock between the
+//! levels while builds of the old config run: the queue then takes no lock at build level that
+//! a running build may still ask for at step level (`scheduler::Queue::dispatch`), so a build
+//! holding it never waits on a build that waits for it.
 
 use std::collections::{BTreeMap, HashMap};
 

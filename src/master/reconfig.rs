@@ -133,6 +133,9 @@ pub fn merge(old: &Config, mut new: Config) -> (Config, Vec<String>) {
 fn shown(debug: &str) -> String {
     const MAX: usize = 80;
     let trimmed = debug.trim_matches('"');
+    if matches!(trimmed, "[]" | "{}" | "" | "None") {
+        return "none".to_string();
+    }
     if trimmed.chars().count() > MAX {
         let short: String = trimmed.chars().take(MAX).collect();
         format!("{short}...")

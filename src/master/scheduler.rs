@@ -25,6 +25,9 @@ pub struct BuilderPolicy {
     pub next_slave: NextSlave,
     /// Taken all at once before a build starts.
     pub locks: Vec<LockUse>,
+    /// The locks its steps take (by name), recorded with each build it starts: a reconfig
+    /// may move a lock from step to build level while such a build runs (see `dispatch`).
+    pub step_locks: Vec<String>,
     /// Queued scheduled requests of one branch collapse into the newest.
     pub collapse: bool,
 }
@@ -139,6 +142,8 @@ struct Slot {
 struct Assigned {
     request: StoredRequest,
     slave: String,
+    /// The locks this build's steps may still ask for, as its config had them at its start.
+    step_locks: Vec<String>,
 }
 
 /// A step waiting for its locks.
@@ -170,6 +175,9 @@ pub struct Queue {
     rng: u64,
     /// Connected slaves removed from the config: no new builds; closed when idle.
     retiring: HashSet<String>,
+    /// Builds started so far, and when (in that count) each slave last started one.
+    starts: u64,
+    last_start: HashMap<String, u64>,
 }
 
 impl Queue {
@@ -500,11 +508,24 @@ impl Queue {
             if candidates.is_empty() {
                 continue;
             }
-            let lockable: Vec<(usize, String)> = candidates
-                .iter()
-                .filter(|(_, slave)| self.locks.blocker(&policy.locks, slave).is_none())
-                .cloned()
-                .collect();
+            // A lock a reconfig moved from step to build level is not taken at build level
+            // while a build started under the old config runs: that build may still ask for it
+            // for a step while holding its own build-level locks, which this build may want
+            // for its steps in turn (two builds waiting on each other for good).
+            let in_transition = policy.locks.iter().find(|lock_use| {
+                self.running
+                    .values()
+                    .any(|assigned| assigned.step_locks.contains(&lock_use.lock))
+            });
+            let lockable: Vec<(usize, String)> = if in_transition.is_some() {
+                Vec::new()
+            } else {
+                candidates
+                    .iter()
+                    .filter(|(_, slave)| self.locks.blocker(&policy.locks, slave).is_none())
+                    .cloned()
+                    .collect()
+            };
             if lockable.is_empty() {
                 reserved.extend(
                     policy
@@ -515,7 +536,9 @@ impl Queue {
                         })
                         .map(|lock_use| lock_use.lock.clone()),
                 );
-                let blocker = self.locks.blocker(&policy.locks, &candidates[0].1);
+                let blocker = in_transition
+                    .map(|lock_use| lock_use.lock.clone())
+                    .or_else(|| self.locks.blocker(&policy.locks, &candidates[0].1));
                 if let Some(lock) = &blocker {
                     self.lock_blocked.insert(request.id, lock.clone());
                 }
@@ -532,11 +555,14 @@ impl Queue {
                 continue;
             }
             let slave = match policy.next_slave {
+                // Ties (two idle slaves) go to the one that started a build least recently,
+                // so work spreads instead of always landing on the first of the pool.
                 NextSlave::LeastBusy => lockable
                     .iter()
                     .max_by_key(|(position, slave)| {
                         (
                             free.get(slave).copied().unwrap_or(0),
+                            std::cmp::Reverse(self.last_start.get(slave).copied().unwrap_or(0)),
                             std::cmp::Reverse(*position),
                         )
                     })
@@ -577,11 +603,14 @@ impl Queue {
             }
             let conn_id = self.slaves.get(&slave).map_or(0, |slot| slot.conn_id);
             self.announced.retain(|(id, _)| *id != request.id);
+            self.starts += 1;
+            self.last_start.insert(slave.clone(), self.starts);
             self.running.insert(
                 request.id,
                 Assigned {
                     request: request.clone(),
                     slave: slave.clone(),
+                    step_locks: policy.step_locks.clone(),
                 },
             );
             started.insert(index);
@@ -1248,6 +1277,105 @@ mod tests {
             queue.apply(ended(waiting, false, false));
             assert!(queue.locks().holds().is_empty());
         }
+    }
+
+    #[test]
+    fn a_reconfig_swapping_lock_levels_never_leaves_two_builds_waiting_on_each_other() {
+        // Before: builder a takes "db" for the build and "disk" for its step "work".
+        let pool = ["s1", "s2"];
+        let before = |locks: Vec<LockUse>, step_locks: &[&str]| BuilderPolicy {
+            locks,
+            step_locks: step_locks.iter().map(ToString::to_string).collect(),
+            ..policy(&pool)
+        };
+        let mut queue = Queue::new(
+            HashMap::from([(
+                "a".to_string(),
+                before(uses("db", Access::Exclusive), &["disk"]),
+            )]),
+            LockTable::new([
+                lock_def("db", crate::master::locks::LockKind::Master, 1),
+                lock_def("disk", crate::master::locks::LockKind::Master, 1),
+            ]),
+            7,
+        );
+        for (conn, slave) in pool.iter().enumerate() {
+            queue.apply(connect(slave, conn as u64, 1));
+        }
+        let effects = queue.apply(Input::Requests(vec![request(1, "a", "j")]));
+        assert_eq!(started(&effects).len(), 1);
+        // After: "disk" for the build, "db" for the step.
+        queue.apply(Input::Reconfigure {
+            builders: HashMap::from([(
+                "a".to_string(),
+                before(uses("disk", Access::Exclusive), &["db"]),
+            )]),
+            slaves: pool.iter().map(ToString::to_string).collect(),
+            locks: vec![
+                lock_def("db", crate::master::locks::LockKind::Master, 1),
+                lock_def("disk", crate::master::locks::LockKind::Master, 1),
+            ],
+        });
+        // Request 2 must not take "disk" for its build while build 1 may still ask for it
+        // for a step (it would then wait for "db", which build 1 holds: a deadlock).
+        let effects = queue.apply(Input::Requests(vec![request(2, "a", "j")]));
+        assert!(started(&effects).is_empty(), "{effects:?}");
+        assert!(
+            effects.iter().any(|effect| matches!(effect,
+                Effect::WaitingForLock { request_id: 2, lock, .. } if lock == "disk")),
+            "{effects:?}"
+        );
+        let step = |request_id: i64, lock: &str, slave: &str| Input::StepLocks {
+            request_id,
+            step: "work".into(),
+            slave: slave.into(),
+            uses: uses(lock, Access::Exclusive),
+        };
+        assert_eq!(
+            queue.apply(step(1, "disk", "s1")),
+            vec![Effect::StepLocksGranted {
+                request_id: 1,
+                step: "work".into()
+            }]
+        );
+        queue.apply(Input::ReleaseStepLocks {
+            request_id: 1,
+            step: "work".into(),
+        });
+        // Build 1 ends: request 2 starts, takes "disk", and its step gets "db".
+        let effects = queue.apply(ended(1, false, false));
+        let running = started(&effects);
+        assert_eq!(
+            running.iter().map(|(id, _)| *id).collect::<Vec<_>>(),
+            vec![2]
+        );
+        assert_eq!(
+            queue.apply(step(2, "db", &running[0].1)),
+            vec![Effect::StepLocksGranted {
+                request_id: 2,
+                step: "work".into()
+            }]
+        );
+    }
+
+    #[test]
+    fn least_busy_spreads_builds_over_idle_slaves() {
+        let mut queue = Queue::new(
+            HashMap::from([("a".to_string(), policy(&["s1", "s2"]))]),
+            LockTable::default(),
+            7,
+        );
+        queue.apply(connect("s1", 1, 1));
+        queue.apply(connect("s2", 2, 1));
+        let mut used = Vec::new();
+        for id in 1..=4 {
+            let effects = queue.apply(Input::Requests(vec![request(id, "a", "j")]));
+            let running = started(&effects);
+            assert_eq!(running.len(), 1, "{effects:?}");
+            used.push(running[0].1.clone());
+            queue.apply(ended(id, false, false));
+        }
+        assert_eq!(used, ["s1", "s2", "s1", "s2"]);
     }
 
     #[test]

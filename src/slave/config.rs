@@ -32,6 +32,9 @@ pub struct SlaveConfig {
     /// How try patches are applied: a child process of this executable, with
     /// `patch_timeout` (default 5m) as its time limit.
     pub patch_runner: PatchRunner,
+    /// Run each step in a cgroup of its own where one can be made (default true); false uses
+    /// the subreaper mechanism (see `slave::containment`).
+    pub step_cgroups: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -56,6 +59,8 @@ struct RawSlave {
     keepalive_timeout: Option<String>,
     #[serde(default)]
     patch_timeout: Option<String>,
+    #[serde(default)]
+    step_cgroups: Option<bool>,
 }
 
 impl SlaveConfig {
@@ -108,6 +113,7 @@ impl SlaveConfig {
             workdir: dir.join(raw.workdir.as_deref().unwrap_or("build")),
             keepalive_interval,
             keepalive_timeout,
+            step_cgroups: raw.step_cgroups.unwrap_or(true),
             dir,
         })
     }

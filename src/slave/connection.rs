@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::proto::{self, FrameDecoder, Hello, Message};
 use crate::slave::SlaveConfig;
+use crate::slave::containment::Containment;
 use crate::slave::work::Work;
 
 /// How a connection ended.
@@ -61,6 +62,7 @@ impl russh::client::Handler for ClientHandler {
 pub async fn serve(
     config: &SlaveConfig,
     key: &PrivateKey,
+    containment: &Arc<Containment>,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<Ended> {
     let stream = tokio::time::timeout(
@@ -198,7 +200,15 @@ pub async fn serve(
         let _ = write_half.eof().await;
     });
 
-    let result = run_session(config, &outgoing, &control, &mut incoming, shutdown).await;
+    let result = run_session(
+        config,
+        containment,
+        &outgoing,
+        &control,
+        &mut incoming,
+        shutdown,
+    )
+    .await;
     drop(outgoing);
     drop(control);
     let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
@@ -218,6 +228,7 @@ pub async fn serve(
 
 async fn run_session(
     config: &SlaveConfig,
+    containment: &Arc<Containment>,
     outgoing: &mpsc::Sender<Message>,
     control: &mpsc::UnboundedSender<Message>,
     incoming: &mut mpsc::UnboundedReceiver<Result<Message, String>>,
@@ -247,6 +258,7 @@ async fn run_session(
     let mut work = Work::new(
         config.workdir.clone(),
         config.patch_runner.clone(),
+        Arc::clone(containment),
         outgoing.clone(),
     );
     let mut last_heard = Instant::now();

@@ -4,11 +4,16 @@
 //!
 //! A slave never runs a command for a master it is no longer connected to: when the connection
 //! ends, every running command's process group is terminated (then killed) before reconnecting.
+//! Nothing a step started outlives the step (`containment`: a cgroup per step, or an
+//! environment tag with the slave as subreaper), and a restarted slave kills what its previous
+//! run left. One slave per directory (`dirlock`).
 
 pub mod checkout;
 mod coalesce;
 pub mod config;
 mod connection;
+pub mod containment;
+pub mod dirlock;
 pub mod runner;
 pub mod swarm;
 mod work;
@@ -27,7 +32,15 @@ const STABLE_CONNECTION: Duration = Duration::from_secs(60);
 
 /// Runs the slave until `shutdown` is cancelled.
 pub async fn run(config: SlaveConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+    // Before anything else: a second slave on this directory must not touch its work.
+    let _dir_lock = dirlock::DirLock::acquire(&config.dir)?;
     let key = load_key(&config.key)?;
+    // Also kills what a previous run of this slave left running (it may have been SIGKILLed).
+    let containment = std::sync::Arc::new(containment::Containment::start(
+        &config.dir,
+        config.step_cgroups,
+    ));
+    tracing::info!(slave = %config.name, "{}", containment.describe());
     std::fs::create_dir_all(&config.workdir).with_context(|| {
         format!(
             "cannot create the work directory {}",
@@ -37,7 +50,7 @@ pub async fn run(config: SlaveConfig, shutdown: CancellationToken) -> anyhow::Re
     let mut backoff = FIRST_BACKOFF;
     loop {
         let started = Instant::now();
-        match connection::serve(&config, &key, &shutdown).await {
+        match connection::serve(&config, &key, &containment, &shutdown).await {
             Ok(connection::Ended::Shutdown) => return Ok(()),
             Ok(connection::Ended::Lost(reason)) => {
                 tracing::warn!(master = %config.master, "connection to the master lost: {reason}")

@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::Duration;
 
 use nix::errno::Errno;
@@ -18,6 +19,8 @@ use tokio::process::Command;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+
+use crate::slave::containment::{Cell, Containment};
 
 /// What to run, and where.
 #[derive(Debug, Clone)]
@@ -32,6 +35,9 @@ pub struct CommandSpec {
     pub env: BTreeMap<String, String>,
     /// Wall-clock limit; when it elapses the group is terminated as for an interrupt.
     pub timeout: Option<Duration>,
+    /// Where the step's processes are contained beyond its process group (a cgroup, or a tag
+    /// with the slave as subreaper); `None` contains by the process group alone.
+    pub containment: Option<Arc<Containment>>,
 }
 
 /// Which pipe a chunk came from.
@@ -77,6 +83,11 @@ pub enum RunError {
     },
     #[error("cannot start {program}: {source}")]
     Spawn {
+        program: String,
+        source: std::io::Error,
+    },
+    #[error("cannot contain {program} (cgroup): {source}")]
+    Contain {
         program: String,
         source: std::io::Error,
     },
@@ -127,6 +138,10 @@ impl Drop for GroupGuard {
     }
 }
 
+/// Holds the step's cell; `take`n when the step ends normally, dropped (killing the cell's
+/// processes) when the future is.
+struct CellGuard(Option<Cell>);
+
 /// Where the supervisor is in ending the command.
 #[derive(Clone, Copy)]
 enum Ending {
@@ -173,7 +188,22 @@ pub async fn run(
             dir: spec.workdir.clone(),
             source,
         })?;
+    let cell = match &spec.containment {
+        Some(containment) => Some(containment.cell().map_err(|source| RunError::Contain {
+            program: program.to_string(),
+            source,
+        })?),
+        None => None,
+    };
+    // Dropped last (declared first): whatever the step started is killed even when this
+    // future is dropped, after the group guard has done its part.
+    let mut cell = CellGuard(cell);
     let mut command = Command::new(program);
+    if let Some(cell) = &cell.0 {
+        let (name, value) = cell.env();
+        command.env(name, value);
+        cell.prepare(&mut command);
+    }
     command
         .args(&args)
         .current_dir(&spec.workdir)
@@ -247,6 +277,11 @@ pub async fn run(
         // already reaped here, but Linux does not hand out a pid while a group of that id
         // still has members, so this reaches exactly the leftovers (or nobody).
         guard.kill_and_disarm();
+        // And whatever left the group (setsid, double fork) goes too, in the cell. Blocking
+        // (it waits until they are gone), so off the runtime's threads.
+        if let Some(cell) = cell.0.take() {
+            let _ = tokio::task::spawn_blocking(move || drop(cell)).await;
+        }
         exited.cancel();
         (status, elapsed, timed_out, interrupted)
     };
@@ -347,6 +382,7 @@ mod tests {
             workdir: workdir.to_path_buf(),
             env: BTreeMap::new(),
             timeout: None,
+            containment: None,
         }
     }
 
@@ -726,6 +762,7 @@ mod tests {
             workdir: dir.path().to_path_buf(),
             env: BTreeMap::new(),
             timeout: None,
+            containment: None,
         };
         let (output_tx, _output_rx) = mpsc::channel(1);
         let err = run(&spec, output_tx, CancellationToken::new(), GRACE)

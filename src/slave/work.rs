@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
@@ -14,6 +15,7 @@ use crate::proto::{
 };
 use crate::slave::checkout::{self, CheckoutSpec, PatchRunner};
 use crate::slave::coalesce::{Coalescer, OUTPUT_FLUSH};
+use crate::slave::containment::Containment;
 use crate::slave::runner::{self, CommandSpec, Stream};
 
 /// Time between SIGTERM and SIGKILL for an interrupted command (and for every command when
@@ -24,6 +26,8 @@ pub struct Work {
     workdir: PathBuf,
     /// Where try patches are applied: a child process in a running slave.
     patch_runner: PatchRunner,
+    /// Where each step's processes are contained, so that none outlives its step.
+    containment: Arc<Containment>,
     outgoing: mpsc::Sender<Message>,
     running: HashMap<u64, CancellationToken>,
     tasks: JoinSet<u64>,
@@ -33,11 +37,13 @@ impl Work {
     pub fn new(
         workdir: PathBuf,
         patch_runner: PatchRunner,
+        containment: Arc<Containment>,
         outgoing: mpsc::Sender<Message>,
     ) -> Work {
         Work {
             workdir,
             patch_runner,
+            containment,
             outgoing,
             running: HashMap::new(),
             tasks: JoinSet::new(),
@@ -146,6 +152,7 @@ impl Work {
                 return;
             }
         };
+        let containment = Arc::clone(&self.containment);
         self.tasks.spawn(async move {
             let started = Instant::now();
             let spec = CommandSpec {
@@ -154,6 +161,7 @@ impl Work {
                 workdir,
                 env: request.env.into_iter().collect(),
                 timeout: request.timeout_secs.map(Duration::from_secs),
+                containment: Some(containment),
             };
             let (chunks_tx, mut chunks_rx) = mpsc::channel::<runner::Chunk>(8);
             // Output is gathered into frames (`coalesce`), sent when full, when the other

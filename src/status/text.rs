@@ -10,6 +10,21 @@ use crate::status::{
 };
 
 /// One line for a build event, as `try --wait` and `watch` print it.
+/// `1 builder`, `2 builders`, `0 builders`: a count with its noun, singular for one.
+pub fn count(number: usize, one: &str, many: &str) -> String {
+    format!("{number} {}", if number == 1 { one } else { many })
+}
+
+/// A diffstat summary as git words it: `1 file changed, 1 insertion(+), 0 deletions(-)`.
+pub fn diffstat_summary(files: usize, insertions: usize, deletions: usize) -> String {
+    format!(
+        "{} changed, {}(+), {}(-)",
+        count(files, "file", "files"),
+        count(insertions, "insertion", "insertions"),
+        count(deletions, "deletion", "deletions")
+    )
+}
+
 pub fn describe_event(event: &BuildEvent) -> String {
     match event {
         BuildEvent::RequestsQueued { builders, .. } => {
@@ -164,11 +179,11 @@ pub fn status_lines(snapshot: &StatusSnapshot, now: f64) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "master {}: {} builders, {} of {} slaves connected",
+        "master {}: {}, {} of {} connected",
         snapshot.master,
-        snapshot.builders.len(),
+        count(snapshot.builders.len(), "builder", "builders"),
         snapshot.slaves_connected,
-        snapshot.slaves_configured
+        count(snapshot.slaves_configured, "slave", "slaves")
     );
     for builder in &snapshot.builders {
         let slaves: Vec<String> = builder
@@ -411,6 +426,21 @@ mod tests {
         assert_eq!(
             try_summary("http://m", &progress),
             "summary:\n  linux #3: success  http://m/builders/linux/builds/3\n"
+        );
+    }
+
+    #[test]
+    fn counts_are_singular_for_one() {
+        assert_eq!(count(1, "builder", "builders"), "1 builder");
+        assert_eq!(count(0, "builder", "builders"), "0 builders");
+        assert_eq!(count(2, "slave", "slaves"), "2 slaves");
+        assert_eq!(
+            diffstat_summary(1, 1, 0),
+            "1 file changed, 1 insertion(+), 0 deletions(-)"
+        );
+        assert_eq!(
+            diffstat_summary(3, 0, 1),
+            "3 files changed, 0 insertions(+), 1 deletion(-)"
         );
     }
 }

@@ -333,3 +333,50 @@ fn the_tab_title_counts_failing_builders() {
     assert_eq!(good.title, "✔ example");
     assert!(good.favicon.contains("%2388dd44"));
 }
+
+#[test]
+fn the_steps_of_a_short_build_share_its_box_without_overprinting() {
+    // A 3-second build of four steps: on the time axis each would be a pixel or two high.
+    let mut short = build("linux", 1, 1000.0, 1003.0);
+    short.steps = ["checkout", "configure", "compile", "test"]
+        .iter()
+        .enumerate()
+        .map(|(index, name)| {
+            step(
+                name,
+                1000.0 + index as f64 * 0.75,
+                1000.75 + index as f64 * 0.75,
+            )
+        })
+        .collect();
+    let view = waterfall_view(
+        &[builder("linux", vec![short], None)],
+        (0.0, 4000.0),
+        4000.0,
+        24,
+        true,
+    );
+    let steps = &view.columns[0].boxes[0].steps;
+    let box_height: f64 = view.columns[0].boxes[0].height.parse().expect("px");
+    let spans: Vec<(f64, f64)> = steps
+        .iter()
+        .map(|step| {
+            let top: f64 = step.top.parse().expect("px");
+            let height: f64 = step.height.parse().expect("px");
+            (top, top + height)
+        })
+        .collect();
+    assert!(steps.iter().all(|step| step.labelled), "{steps:?}");
+    assert!(
+        spans.iter().all(|(_, bottom)| *bottom <= box_height + 1.0),
+        "inside the box: {spans:?} in {box_height}"
+    );
+    // Oldest at the bottom, and no two overlap.
+    let mut by_top = spans.clone();
+    by_top.sort_by(|a, b| a.0.total_cmp(&b.0));
+    assert_eq!(by_top.first(), spans.last(), "{spans:?}");
+    assert!(
+        by_top.windows(2).all(|pair| pair[0].1 <= pair[1].0 + 1.0),
+        "{by_top:?}"
+    );
+}

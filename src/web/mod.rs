@@ -226,6 +226,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .layer(axum::middleware::map_response(api::json_errors));
     Router::new()
         .route("/", get(pages::waterfall))
+        // The nav says "waterfall": the page answers under that name too.
+        .route("/waterfall", get(pages::waterfall))
         .route("/summary", get(pages::summary))
         .route("/slaves", get(pages::slaves))
         .route("/login", get(pages::login))

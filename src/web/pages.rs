@@ -252,7 +252,7 @@ pub async fn login(
     Query(query): Query<LoginQuery>,
     headers: HeaderMap,
 ) -> Result<Response, WebError> {
-    let Some(session_id) = state.control.redeem_web_login(&query.token) else {
+    let Some(session_id) = state.control.redeem_web_login(&query.token).await else {
         let page = state.message(
             &headers,
             "Login link expired",

@@ -606,7 +606,13 @@ pub struct WaterfallStep {
     pub top: String,
     pub height: String,
     pub logs: Vec<LogLink>,
+    /// Whether the step is tall enough for its name and links (else they would overprint
+    /// the next step's; the title still names it).
+    pub labelled: bool,
 }
+
+/// A line of a step's label, in pixels.
+const WATERFALL_STEP_LINE_PX: f64 = 13.0;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct WaterfallTick {
@@ -624,10 +630,11 @@ struct TimeAxis {
 }
 
 impl TimeAxis {
-    fn new(spans: &[(f64, f64)], upper: f64) -> TimeAxis {
+    /// `spans`: (start, end, the least height in pixels the span needs, e.g. a line per step).
+    fn new(spans: &[(f64, f64, f64)], upper: f64) -> TimeAxis {
         let mut moments: Vec<f64> = spans
             .iter()
-            .flat_map(|(start, end)| [*start, *end])
+            .flat_map(|(start, end, _)| [*start, *end])
             .chain([upper])
             .collect();
         moments.sort_by(|a, b| b.total_cmp(a));
@@ -635,11 +642,23 @@ impl TimeAxis {
         let mut offsets = vec![0.0];
         for pair in moments.windows(2) {
             let (newer, older) = (pair[0], pair[1]);
-            let busy = spans
+            let covering = spans
                 .iter()
-                .any(|(start, end)| *start <= older && *end >= newer);
-            let gap = if busy {
-                ((newer - older) * WATERFALL_PX_PER_SEC).clamp(WATERFALL_MIN_PX, WATERFALL_MAX_PX)
+                .filter(|(start, end, _)| *start <= older && *end >= newer);
+            // A span crossing several gaps shares its least height among them.
+            let least = covering
+                .clone()
+                .map(|(start, end, least)| {
+                    let gaps = moments
+                        .iter()
+                        .filter(|moment| *moment > start && *moment < end)
+                        .count()
+                        + 1;
+                    least / gaps as f64
+                })
+                .fold(WATERFALL_MIN_PX, f64::max);
+            let gap = if covering.count() > 0 {
+                ((newer - older) * WATERFALL_PX_PER_SEC).clamp(least, WATERFALL_MAX_PX.max(least))
             } else {
                 WATERFALL_IDLE_PX
             };
@@ -664,6 +683,58 @@ impl TimeAxis {
     }
 }
 
+/// The steps of one build's box (`top`, `box_height` in pixels): on the time axis, unless a
+/// step would be too thin for its label while the box has a line for every step; then (a
+/// short build) the steps share the box evenly, oldest at the bottom, so no label overprints
+/// another. In a box too small even for that, thin steps go without a label.
+fn waterfall_steps(
+    build: &BuildView,
+    axis: &TimeAxis,
+    top: f64,
+    box_height: f64,
+    clamp: &impl Fn(f64) -> f64,
+    now: f64,
+) -> Vec<WaterfallStep> {
+    let px = |value: f64| format!("{value:.0}");
+    let placed: Vec<(f64, f64)> = build
+        .steps
+        .iter()
+        .map(|step| {
+            let step_top = axis.y(clamp(step.finished_at.unwrap_or(now)));
+            let step_bottom = axis.y(clamp(step.started_at));
+            (step_top - top, (step_bottom - step_top).max(1.0))
+        })
+        .collect();
+    let count = build.steps.len() as f64;
+    let too_thin = placed
+        .iter()
+        .any(|(_, height)| *height < WATERFALL_STEP_LINE_PX);
+    let even = too_thin && count > 0.0 && box_height / count >= WATERFALL_STEP_LINE_PX;
+    build
+        .steps
+        .iter()
+        .zip(placed)
+        .enumerate()
+        .map(|(index, (step, (step_top, height)))| {
+            let (step_top, height) = if even {
+                let share = box_height / count;
+                (box_height - share * (index as f64 + 1.0), share)
+            } else {
+                (step_top, height)
+            };
+            WaterfallStep {
+                name: step.name.clone(),
+                css: step.css.clone(),
+                title: format!("{} {} {}", step.name, step.result_text, step.took),
+                top: px(step_top),
+                height: px(height),
+                logs: step.logs.clone(),
+                labelled: height >= WATERFALL_STEP_LINE_PX,
+            }
+        })
+        .collect()
+}
+
 /// Lays out `builders` (with the builds of the window in `builds`) between `lower` and
 /// `upper`; running builds end at `now`. `newest` says whether `upper` is now (no newer page).
 pub fn waterfall_view(
@@ -681,9 +752,17 @@ pub fn waterfall_view(
             clamp(build.finished_at.unwrap_or(now)),
         )
     };
-    let spans: Vec<(f64, f64)> = builders
+    let spans: Vec<(f64, f64, f64)> = builders
         .iter()
-        .flat_map(|builder| builder.builds.iter().map(span_of))
+        .flat_map(|builder| builder.builds.iter())
+        .map(|build| {
+            let (start, end) = span_of(build);
+            (
+                start,
+                end,
+                build.steps.len() as f64 * WATERFALL_STEP_LINE_PX,
+            )
+        })
         .collect();
     let axis = TimeAxis::new(&spans, upper);
     let px = |value: f64| format!("{value:.0}");
@@ -714,25 +793,7 @@ pub fn waterfall_view(
                             ),
                             top: px(top),
                             height: px(bottom - top),
-                            steps: build
-                                .steps
-                                .iter()
-                                .map(|step| {
-                                    let step_top = axis.y(clamp(step.finished_at.unwrap_or(now)));
-                                    let step_bottom = axis.y(clamp(step.started_at));
-                                    WaterfallStep {
-                                        name: step.name.clone(),
-                                        css: step.css.clone(),
-                                        title: format!(
-                                            "{} {} {}",
-                                            step.name, step.result_text, step.took
-                                        ),
-                                        top: px(step_top - top),
-                                        height: px((step_bottom - step_top).max(1.0)),
-                                        logs: step.logs.clone(),
-                                    }
-                                })
-                                .collect(),
+                            steps: waterfall_steps(build, &axis, top, bottom - top, &clamp, now),
                             progress: build.progress.clone(),
                         }
                     })
@@ -741,7 +802,7 @@ pub fn waterfall_view(
         })
         .collect();
     let mut ticks: Vec<WaterfallTick> = Vec::new();
-    let mut starts: Vec<f64> = spans.iter().map(|(start, _)| *start).collect();
+    let mut starts: Vec<f64> = spans.iter().map(|(start, _, _)| *start).collect();
     starts.sort_by(|a, b| b.total_cmp(a));
     let mut last_top: Option<f64> = None;
     for start in starts {

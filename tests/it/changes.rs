@@ -996,3 +996,151 @@ fn an_unreachable_polled_repository_is_logged_and_retried_without_stopping_the_m
         master.api("/api/changes")[0]["revision"] == revision.as_str()
     });
 }
+
+/// The hook with the pusher's ssh as it is out of the box: strict host key checking against a
+/// known_hosts that does not know the master (here an empty file, as a new pusher's is).
+fn install_hook_with_strict_ssh(master: &TestMaster, bare: &Path, known_hosts: &Path) {
+    install_hook(master, bare);
+    std::fs::write(known_hosts, "").expect("empty known_hosts");
+    let ssh = format!(
+        "ssh -F /dev/null -i {} -o BatchMode=yes -o IdentitiesOnly=yes -o StrictHostKeyChecking=yes -o UserKnownHostsFile={} -o LogLevel=ERROR",
+        master.user_key.private.display(),
+        known_hosts.display()
+    );
+    git(bare, &["config", "buildbot.ssh", &ssh]);
+}
+
+#[test]
+fn an_unknown_master_host_key_is_said_on_the_pushers_terminal_with_the_exact_hint() {
+    let checkout = Checkout::new();
+    let master = master_with(&checkout, SHOW_REVISION, "");
+    let scratch = tempfile::tempdir().expect("temp dir");
+    install_hook_with_strict_ssh(
+        &master,
+        &checkout.upstream,
+        &scratch.path().join("known_hosts"),
+    );
+
+    let clone = pusher(&checkout, "bob");
+    commit(&clone, &[("a.txt", "a\n")], "first");
+    let output = push(&clone);
+    let hint = format!("[127.0.0.1]:{}", master.ssh_port);
+    assert!(
+        output.contains("remote: buildbot: no change sent for main"),
+        "the pusher is told, on a line of its own, that the change was not sent: {output}"
+    );
+    assert!(output.contains("buildbot.masterHostKey"), "{output}");
+    assert!(
+        output.contains(&hint),
+        "the known_hosts hint names the host as ssh looks it up: {output}"
+    );
+    assert!(!output.contains("add 127.0.0.1 to"), "{output}");
+    assert_eq!(master.api("/api/changes"), serde_json::json!([]));
+}
+
+#[test]
+fn the_hook_pins_the_master_host_key_from_its_git_setting() {
+    let checkout = Checkout::new();
+    let master = master_with(&checkout, SHOW_REVISION, "");
+    let scratch = tempfile::tempdir().expect("temp dir");
+    install_hook_with_strict_ssh(
+        &master,
+        &checkout.upstream,
+        &scratch.path().join("known_hosts"),
+    );
+    let host_key = std::fs::read_to_string(master.path().join("host_key.pub")).expect("host key");
+    git(
+        &checkout.upstream,
+        &["config", "buildbot.masterHostKey", host_key.trim()],
+    );
+
+    let clone = pusher(&checkout, "bob");
+    let pushed = commit(&clone, &[("a.txt", "a\n")], "first");
+    let change_id = accepted_change(&push(&clone));
+    let changes = master.api("/api/changes");
+    assert_eq!(changes[0]["id"], change_id, "{changes}");
+    assert_eq!(changes[0]["revision"], pushed.as_str(), "{changes}");
+
+    // A wrong pin is refused as such, loudly, and the push still goes through.
+    let other =
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl other";
+    git(
+        &checkout.upstream,
+        &["config", "buildbot.masterHostKey", other],
+    );
+    commit(&clone, &[("b.txt", "b\n")], "second");
+    let output = push(&clone);
+    assert!(
+        output.contains("remote: buildbot: no change sent for main"),
+        "{output}"
+    );
+    assert!(output.contains("not the pinned"), "{output}");
+    assert_eq!(master.api("/api/changes").as_array().map(Vec::len), Some(1));
+}
+
+#[test]
+fn a_web_session_survives_a_master_restart_and_a_login_url_does_not() {
+    let checkout = Checkout::new();
+    let mut master = master_with(&checkout, r#"{ name = "ok", command = "true" },"#, "");
+    let session = web_login(&master);
+    let unused_login = text(&ssh(&master, "web-login").stdout);
+    let unused_login = unused_login
+        .lines()
+        .next()
+        .expect("a URL")
+        .trim()
+        .to_string();
+    let (status, _) = master.terminate();
+    assert!(status.success());
+    let master = master.start_again();
+
+    let client = reqwest::blocking::Client::builder()
+        .timeout(PATIENCE)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client");
+    let page = client
+        .get(web_url(&master, "/builders/linux"))
+        .header("Cookie", &session.cookie)
+        .send()
+        .and_then(|response| response.text())
+        .expect("builder page");
+    assert!(
+        page.contains(&format!("name=\"csrf\" value=\"{}\"", session.csrf)),
+        "the page after the restart is the same session's (its CSRF token): {page}"
+    );
+    let (status, location) = session.post(
+        &master,
+        "/builders/linux/force",
+        &[("reason", "after restart")],
+    );
+    assert_eq!(status, 303, "the kept session may force: {location}");
+    wait_until("the forced build to be queued or run", || {
+        !builds(&master, "linux").is_empty() || master.api("/api/requests") != serde_json::json!([])
+    });
+
+    // The nav's "waterfall" is a page of its own name too, not a JSON 404.
+    let waterfall = client
+        .get(web_url(&master, "/waterfall"))
+        .send()
+        .expect("GET /waterfall");
+    assert_eq!(waterfall.status().as_u16(), 200);
+    assert!(waterfall.text().expect("page").contains("id=\"waterfall\""));
+
+    // The one-time login URL stays short-lived and in memory: a restart voids it.
+    let response = client.get(&unused_login).send().expect("login");
+    assert_eq!(response.status().as_u16(), 403);
+
+    // Only a hash of the session id is in the database.
+    let id = session.cookie.split_once('=').expect("pair").1;
+    let database = std::fs::read(master.path().join("state.sqlite")).expect("database");
+    let wal = std::fs::read(master.path().join("state.sqlite-wal")).unwrap_or_default();
+    for bytes in [&database, &wal] {
+        assert!(
+            !bytes
+                .windows(id.len())
+                .any(|window| window == id.as_bytes()),
+            "the session id is not stored in the clear"
+        );
+    }
+}

@@ -147,15 +147,15 @@ fn checkconfig_reports_three_typos_at_once() {
         lines,
         vec![
             format!(
-                "master.toml:{}: unknown field `alow_root` in [sshd]",
+                "master.toml:{}: unknown field `alow_root` in [sshd] (did you mean `allow_root`?)",
                 line_of("alow_root")
             ),
             format!(
-                "master.toml:{}: unknown field `lisen` in [http]",
+                "master.toml:{}: unknown field `lisen` in [http] (did you mean `listen`?)",
                 line_of("lisen")
             ),
             format!(
-                "master.toml:{}: unknown field `max_patch_byte` in [spool]",
+                "master.toml:{}: unknown field `max_patch_byte` in [spool] (did you mean `max_patch_bytes`?)",
                 line_of("max_patch_byte")
             ),
         ]
@@ -201,6 +201,20 @@ fn generate_docs_writes_man_pages_and_completions() {
     let try_page =
         std::fs::read_to_string(tmp.path().join("man1/buildbot-try.1")).expect("try's man page");
     assert!(try_page.contains("master\\-host\\-key"), "{try_page}");
+    // The page is named buildbot-master, the synopsis shows the command as it is typed.
+    let master_page = std::fs::read_to_string(tmp.path().join("man1/buildbot-master.1"))
+        .expect("master's man page");
+    let synopsis = master_page
+        .split(".SH SYNOPSIS")
+        .nth(1)
+        .and_then(|rest| rest.split(".SH").next())
+        .unwrap_or_else(|| panic!("no SYNOPSIS: {master_page}"));
+    assert!(synopsis.contains("buildbot master"), "{synopsis}");
+    assert!(!synopsis.contains("buildbot\\-master"), "{synopsis}");
+    assert!(
+        master_page.contains("buildbot\\-master"),
+        "the page keeps its name"
+    );
     assert!(
         !tmp.path().join("man1/buildbot-apply-patch.1").exists(),
         "hidden commands have no page"

@@ -185,3 +185,80 @@ fn create_slave_help_shows_the_host_key_as_required() {
     ]);
     assert_eq!(output.status.code(), Some(2), "{}", text(&output.stderr));
 }
+
+#[test]
+fn create_master_takes_the_masters_name() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let dir = tmp.path().join("m");
+    let dir = dir.to_str().expect("utf-8");
+    let output = buildbot(&["create-master", "--name", "Team \"A\" CI", dir]);
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let config = std::fs::read_to_string(tmp.path().join("m/master.toml")).expect("config");
+    let parsed: toml::Table = toml::from_str(&config).expect("valid TOML");
+    assert_eq!(parsed["master"]["name"].as_str(), Some("Team \"A\" CI"));
+    let checked = buildbot(&["checkconfig", dir]);
+    assert!(checked.status.success(), "{}", text(&checked.stderr));
+    assert!(
+        text(&checked.stdout).contains("OK (0 slaves, 0 builders)"),
+        "{}",
+        text(&checked.stdout)
+    );
+
+    let empty = buildbot(&[
+        "create-master",
+        "--name",
+        " ",
+        tmp.path().join("n").to_str().expect("utf-8"),
+    ]);
+    assert_eq!(empty.status.code(), Some(1));
+    assert!(!tmp.path().join("n/master.toml").exists());
+}
+
+#[test]
+fn checkconfig_shows_every_mistake_in_one_run_with_suggestions() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let dir = tmp.path().join("m");
+    let dir = dir.to_str().expect("utf-8");
+    let created = buildbot(&["create-master", dir]);
+    assert!(created.status.success(), "{}", text(&created.stderr));
+    let path = tmp.path().join("m/master.toml");
+    let mut config = std::fs::read_to_string(&path).expect("config");
+    config.push_str(
+        r#"
+[[builder]]
+name = "linux"
+slaves = []
+repo = "/srv/git/p.git"
+steps = [ { name = "a", command = "make", env = { A = 1 }, workdir = "../.." } ]
+[[scheduler]]
+kind = "force"
+builders = ["linx"]
+"#,
+    );
+    std::fs::write(&path, &config).expect("config written");
+    let output = buildbot(&["checkconfig", dir]);
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = text(&output.stderr);
+    let line_of = |text: &str| {
+        let offset = config.rfind(text).expect("in the config");
+        config[..offset].matches('\n').count() + 1
+    };
+    for (at, message) in [
+        ("name = \"linux\"", "builder \"linux\" names no slaves"),
+        (
+            "steps = [ {",
+            "invalid type: integer `1`, expected a string",
+        ),
+        (
+            "steps = [ {",
+            "step \"a\": workdir \"../..\" must be a relative path",
+        ),
+        (
+            "builders = [\"linx\"]",
+            "scheduler names builder \"linx\", which is not defined by any [[builder]] (did you mean `linux`?)",
+        ),
+    ] {
+        let want = format!("master.toml:{}: {message}", line_of(at));
+        assert!(stderr.contains(&want), "missing {want:?} in:\n{stderr}");
+    }
+}

@@ -933,6 +933,10 @@ impl TestSlave {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
     pub fn signal(&self, sig: nix::sys::signal::Signal) {
         if let Some(child) = &self.child {
             signal(child.id(), sig);

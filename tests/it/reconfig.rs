@@ -147,7 +147,7 @@ fn a_broken_file_keeps_the_old_config_and_reconfig_says_why() {
     let stderr = text(&output.stderr);
     assert!(
         stderr.starts_with(&format!(
-            "master.toml:{line}: unknown field `slavs` in [[builder]] 1\n"
+            "master.toml:{line}: unknown field `slavs` in [[builder]] 1 (did you mean `slaves`?)\n"
         )),
         "{stderr}"
     );

@@ -13,7 +13,8 @@ use crate::master::locks::{Access, LockDef, LockKind, LockUse};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum NextSlave {
-    /// The one with the most free slots (then pool order).
+    /// The one with the most free slots (then the one that started a build least recently,
+    /// then pool order).
     #[default]
     LeastBusy,
     /// Each in turn.
@@ -55,7 +56,10 @@ impl Checker<'_> {
                 "master" => LockKind::Master,
                 "slave" => LockKind::Slave,
                 other => {
-                    let message = format!("unknown lock kind \"{other}\" (kinds: master, slave)");
+                    let message = format!(
+                        "unknown lock kind \"{other}\" (kinds: master, slave){}",
+                        super::suggest::hint(other, ["master", "slave"])
+                    );
                     self.problem(&lock.kind, message);
                     continue;
                 }
@@ -80,7 +84,8 @@ impl Checker<'_> {
                 }
                 for slave in counts.get_ref().keys() {
                     if !slave_names.contains(slave.as_str()) {
-                        self.problem(counts, format!("max_count_for_slave names slave \"{slave}\", which is not defined by any [[slave]]"));
+                        let hint = super::suggest::hint(slave, slave_names.iter().copied());
+                        self.problem(counts, format!("max_count_for_slave names slave \"{slave}\", which is not defined by any [[slave]]{hint}"));
                     }
                 }
             }
@@ -106,7 +111,10 @@ impl Checker<'_> {
         for lock_use in raw {
             let name = lock_use.lock.get_ref();
             if !defs.iter().any(|def| &def.name == name) {
-                let message = format!("lock \"{name}\" is not defined by any [[lock]]");
+                let message = format!(
+                    "lock \"{name}\" is not defined by any [[lock]]{}",
+                    super::suggest::hint(name, defs.iter().map(|def| def.name.as_str()))
+                );
                 self.problem(&lock_use.lock, message);
                 continue;
             }

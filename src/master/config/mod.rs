@@ -10,7 +10,9 @@
 mod irc;
 mod limits;
 mod locks;
+mod repair;
 mod schedulers;
+mod suggest;
 mod unknown;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -33,6 +35,10 @@ pub use locks::NextSlave;
 use locks::{RawLock, RawLockUse};
 pub use schedulers::{ChangeSourceConfig, ChangesConfig, SchedulerConfig, SchedulerKind};
 use schedulers::{RawChangeSource, RawChanges, RawScheduler};
+
+/// At most this many values of the wrong type are replaced by stand-ins in one run (each
+/// replacement costs a typed pass over the whole file).
+const MAX_TYPE_REPAIRS: usize = 200;
 
 /// The file name of the master's configuration inside the master directory.
 pub const CONFIG_FILE: &str = "master.toml";
@@ -302,7 +308,7 @@ struct RawStep {
     #[serde(default)]
     locks: Vec<RawLockUse>,
     #[serde(default)]
-    workdir: Option<String>,
+    workdir: Option<Spanned<String>>,
     #[serde(default)]
     env: BTreeMap<String, String>,
     #[serde(default)]
@@ -358,8 +364,8 @@ impl Config {
     }
 
     /// Validates the text of a `master.toml` whose relative paths are relative to `master_dir`.
-    /// Every syntax error, every unknown key and every semantic problem is reported in one go;
-    /// only a value of the wrong type stops the typed pass at the first one.
+    /// Every syntax error, every unknown key, every value of the wrong type and every semantic
+    /// problem is reported in one go.
     pub fn from_toml(text: &str, master_dir: &Path) -> Result<Config, ConfigError> {
         let lines = LineIndex::new(text);
         let (document, syntax_errors) = toml::de::DeTable::parse_recoverable(text);
@@ -373,34 +379,62 @@ impl Config {
                 .collect();
             return Err(ConfigError(sorted(problems)));
         }
+        let mut document = document;
         let mut problems = Vec::new();
         let mut unknown_keys = Vec::new();
-        let typed: Result<RawConfig, toml::de::Error> =
-            serde_ignored::deserialize(toml::de::Deserializer::from(document.clone()), |path| {
-                unknown_keys.push(unknown::segments(&path))
-            });
+        // Each value of the wrong type is reported once, replaced by a stand-in, and the typed
+        // pass runs again, so one run shows every mistake (`repair`).
+        let mut repairs = repair::Repairs::default();
+        let mut repaired_spans = Vec::new();
+        let mut raw = None;
+        for _ in 0..MAX_TYPE_REPAIRS {
+            unknown_keys.clear();
+            let typed: Result<RawConfig, toml::de::Error> = serde_ignored::deserialize(
+                toml::de::Deserializer::from(document.clone()),
+                |path| unknown_keys.push(unknown::segments(&path)),
+            );
+            let err = match typed {
+                Ok(typed) => {
+                    raw = Some(typed);
+                    break;
+                }
+                Err(err) => err,
+            };
+            let line = err.span().map_or(0, |span| lines.line_of(span.start));
+            let verdict = match err.span() {
+                Some(span) => repairs.repair(&mut document, span),
+                None => repair::Repaired::GaveUp,
+            };
+            if verdict != repair::Repaired::Again {
+                problems.push(Problem {
+                    line,
+                    message: err.message().trim().to_string(),
+                });
+            }
+            if let Some(span) = err.span() {
+                repaired_spans.push(span);
+            }
+            if verdict == repair::Repaired::GaveUp {
+                break;
+            }
+        }
         for segments in &unknown_keys {
             problems.push(unknown::problem(document.get_ref(), segments, &lines));
         }
-        let raw = match typed {
-            Ok(raw) => raw,
-            Err(err) => {
-                problems.push(Problem {
-                    line: err.span().map_or(0, |span| lines.line_of(span.start)),
-                    message: err.message().trim().to_string(),
-                });
-                return Err(ConfigError(sorted(problems)));
-            }
+        let Some(raw) = raw else {
+            return Err(ConfigError(sorted(problems)));
         };
         let mut check = Checker {
             lines: &lines,
             problems,
             master_dir,
+            stand_ins: &repaired_spans,
         };
         let config = check.config(raw);
+        let problems = check.problems;
         match config {
-            Some(config) if check.problems.is_empty() => Ok(config),
-            _ => Err(ConfigError(sorted(check.problems))),
+            Some(config) if problems.is_empty() => Ok(config),
+            _ => Err(ConfigError(sorted(problems))),
         }
     }
 
@@ -471,6 +505,9 @@ struct Checker<'a> {
     lines: &'a LineIndex,
     problems: Vec<Problem>,
     master_dir: &'a Path,
+    /// Where values of the wrong type were replaced by stand-ins (`repair`): what the checks
+    /// say about a stand-in is noise, its value already has its problem.
+    stand_ins: &'a [std::ops::Range<usize>],
 }
 
 impl Checker<'_> {
@@ -479,6 +516,13 @@ impl Checker<'_> {
     }
 
     fn problem_at(&mut self, span: std::ops::Range<usize>, message: String) {
+        let about_a_stand_in = self.stand_ins.iter().any(|stand_in| {
+            span.start < stand_in.end.max(stand_in.start + 1)
+                && stand_in.start < span.end.max(span.start + 1)
+        });
+        if about_a_stand_in {
+            return;
+        }
         self.problems.push(Problem {
             line: self.lines.line_of(span.start),
             message,
@@ -750,10 +794,13 @@ impl Checker<'_> {
                     format!("builder \"{name}\" is defined twice"),
                 );
             }
-            if name.is_empty() || name.contains('/') {
+            // The name is a directory on the master (logs/BUILDER) and on slaves.
+            if name.is_empty() || name.contains('/') || name == "." || name == ".." {
                 self.problem(
                     &builder.name,
-                    format!("builder name \"{name}\" must be non-empty and contain no '/'"),
+                    format!(
+                        "builder name \"{name}\" must be non-empty, not . or .., and contain no '/'"
+                    ),
                 );
             }
             if builder.slaves.is_empty() {
@@ -762,8 +809,9 @@ impl Checker<'_> {
             for slave in &builder.slaves {
                 if !slave_names.contains(slave.get_ref().as_str()) {
                     let message = format!(
-                        "builder \"{name}\" names slave \"{}\", which is not defined by any [[slave]]",
-                        slave.get_ref()
+                        "builder \"{name}\" names slave \"{}\", which is not defined by any [[slave]]{}",
+                        slave.get_ref(),
+                        suggest::hint(slave.get_ref(), slave_names.iter().copied())
                     );
                     self.problem(slave, message);
                 }
@@ -781,7 +829,19 @@ impl Checker<'_> {
                         }
                         step.command.get_ref().clone()
                     },
-                    workdir: step.workdir.clone(),
+                    workdir: {
+                        if let Some(workdir) = &step.workdir
+                            && !is_inside_relative(workdir.get_ref())
+                        {
+                            let message = format!(
+                                "step \"{}\": workdir \"{}\" must be a relative path that stays inside the checkout (no .., not absolute)",
+                                step.name,
+                                workdir.get_ref()
+                            );
+                            self.problem(workdir, message);
+                        }
+                        step.workdir.as_ref().map(|workdir| workdir.get_ref().clone())
+                    },
                     env: step.env.clone(),
                     timeout: step
                         .timeout
@@ -820,6 +880,18 @@ impl Checker<'_> {
 }
 
 /// Slave names are SSH login names: keep them to what every client passes through untouched.
+/// A step's workdir: relative, and never climbing out (`a/./b` is fine, `a/../..` is not).
+fn is_inside_relative(workdir: &str) -> bool {
+    let path = Path::new(workdir);
+    !workdir.is_empty()
+        && path.components().all(|component| {
+            matches!(
+                component,
+                std::path::Component::Normal(_) | std::path::Component::CurDir
+            )
+        })
+}
+
 fn is_valid_login_name(name: &str) -> bool {
     !name.is_empty()
         && !name.starts_with('-')
@@ -946,10 +1018,10 @@ builders = ["linux"]
         assert_eq!(
             found,
             vec![
-                "master.toml:3: unknown field `nmae` in [master]",
-                "master.toml:6: unknown field `alow_root` in [sshd]",
+                "master.toml:3: unknown field `nmae` in [master] (did you mean `name`?)",
+                "master.toml:6: unknown field `alow_root` in [sshd] (did you mean `allow_root`?)",
                 "master.toml:13: builder \"linux\" names slave \"ghost\", which is not defined by any [[slave]]",
-                "master.toml:15: unknown field `timeuot` in steps 1 of [[builder]] 1",
+                "master.toml:15: unknown field `timeuot` in steps 1 of [[builder]] 1 (did you mean `timeout`?)",
                 "master.toml:19: unknown field `extra` (not a section of master.toml)",
             ]
         );
@@ -977,6 +1049,74 @@ builders = ["linux"]
         );
         assert!(found[1].starts_with("master.toml:11: builder \"linux\" names slave \"ghost\""));
         assert!(found[2].starts_with("master.toml:13: bad duration \"20 parsecs\""));
+    }
+
+    #[test]
+    fn type_errors_misspellings_and_unsafe_names_are_all_reported_in_one_run_with_suggestions() {
+        let text = format!(
+            r#"[master]
+name = "t"
+[sshd]
+listen = "127.0.0.1:0"
+alow_root = true
+authorized_keys = ["authorized_keys.d/%u"]
+[[slave]]
+name = "s1"
+public_key = "{KEY}"
+[[lock]]
+name = "disk"
+kind = "master"
+[[lock]]
+name = "net"
+kind = "mastr"
+[[builder]]
+name = "linux"
+slaves = ["s2"]
+repo = "/srv/git/p.git"
+max_concurrent = "two"
+steps = [
+  {{ name = "a", command = "make", env = {{ A = 1 }}, timeout = 5 }},
+  {{ name = "b", command = "cat <<EOF\n%(prop:x)s\nEOF", workdir = "../..", locks = [ {{ lock = "dsik" }} ] }},
+  {{ name = "c", command = "echo `echo %(prop:x)s`", comand = "x" }},
+]
+[[builder]]
+name = ".."
+slaves = ["s1"]
+repo = "/srv/git/p.git"
+steps = []
+[[scheduler]]
+kind = "brnach"
+builders = ["linx"]
+"#
+        );
+        let found = problems(&text);
+        let expected = [
+            "master.toml:5: unknown field `alow_root` in [sshd] (did you mean `allow_root`?)",
+            "master.toml:15: unknown lock kind \"mastr\" (kinds: master, slave) (did you mean `master`?)",
+            "master.toml:18: builder \"linux\" names slave \"s2\", which is not defined by any [[slave]] (did you mean `s1`?)",
+            "master.toml:20: invalid type: string \"two\", expected usize",
+            "master.toml:22: invalid type: integer `1`, expected a string",
+            "master.toml:22: invalid type: integer `5`, expected a string",
+            "master.toml:23: step \"b\": %(prop:x)s stands in a here-document",
+            "master.toml:23: step \"b\": workdir \"../..\" must be a relative path that stays inside the checkout",
+            "master.toml:23: lock \"dsik\" is not defined by any [[lock]] (did you mean `disk`?)",
+            "master.toml:24: step \"c\": %(prop:x)s stands inside backticks",
+            "master.toml:24: unknown field `comand` in steps 3 of [[builder]] 1 (did you mean `command`?)",
+            "master.toml:27: builder name \"..\" must be non-empty, not . or .., and contain no '/'",
+            "master.toml:32: unknown scheduler kind \"brnach\"",
+            "master.toml:33: scheduler names builder \"linx\", which is not defined by any [[builder]] (did you mean `linux`?)",
+        ];
+        for want in expected {
+            assert!(
+                found.iter().any(|problem| problem.starts_with(want)),
+                "missing {want:?} in {found:#?}"
+            );
+        }
+        assert!(
+            found.iter().any(|problem| problem.contains("\"brnach\"")
+                && problem.contains("did you mean `branch`")),
+            "{found:#?}"
+        );
     }
 
     #[test]

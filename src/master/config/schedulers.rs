@@ -127,8 +127,9 @@ impl Checker<'_> {
             for builder in &scheduler.builders {
                 if !builder_names.contains(builder.get_ref().as_str()) {
                     let message = format!(
-                        "scheduler names builder \"{}\", which is not defined by any [[builder]]",
-                        builder.get_ref()
+                        "scheduler names builder \"{}\", which is not defined by any [[builder]]{}",
+                        builder.get_ref(),
+                        super::suggest::hint(builder.get_ref(), builder_names.iter().copied())
                     );
                     self.problem(builder, message);
                 }
@@ -196,7 +197,11 @@ impl Checker<'_> {
             "dependent" => &["upstream"],
             _ => {
                 let message = format!(
-                    "unknown scheduler kind \"{kind}\" (kinds: try, force, branch, periodic, nightly, dependent)"
+                    "unknown scheduler kind \"{kind}\" (kinds: try, force, branch, periodic, nightly, dependent){}",
+                    super::suggest::hint(
+                        kind,
+                        ["try", "force", "branch", "periodic", "nightly", "dependent"]
+                    )
                 );
                 self.problem(&raw.kind, message);
                 return None;
@@ -331,8 +336,9 @@ impl Checker<'_> {
         for source in raw {
             if source.kind.get_ref() != "git-poll" {
                 let message = format!(
-                    "unknown change source kind \"{}\" (kinds: git-poll)",
-                    source.kind.get_ref()
+                    "unknown change source kind \"{}\" (kinds: git-poll){}",
+                    source.kind.get_ref(),
+                    super::suggest::hint(source.kind.get_ref(), ["git-poll"])
                 );
                 self.problem(&source.kind, message);
                 continue;

@@ -56,10 +56,18 @@ pub(super) fn problem(document: &DeTable<'_>, segments: &[Segment], lines: &Line
     };
     let line = key_start(document, segments).map_or(0, |offset| lines.line_of(offset));
     let place = describe(parents);
+    let tables: Vec<&str> = parents
+        .iter()
+        .filter_map(|segment| match segment {
+            Segment::Key(name) => Some(name.as_str()),
+            Segment::Index(_) => None,
+        })
+        .collect();
+    let hint = super::suggest::hint(key, super::suggest::known_keys(&tables).iter().copied());
     let message = if place.is_empty() {
-        format!("unknown field `{key}` (not a section of master.toml)")
+        format!("unknown field `{key}` (not a section of master.toml){hint}")
     } else {
-        format!("unknown field `{key}` in {place}")
+        format!("unknown field `{key}` in {place}{hint}")
     };
     Problem { line, message }
 }

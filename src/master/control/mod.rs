@@ -39,7 +39,7 @@ use crate::master::reconfig::ConfigView;
 use crate::master::reconfig::{LiveConfig, Report};
 use crate::master::roster::Roster;
 use crate::master::scheduler::Input;
-use crate::master::sessions::{Session, Sessions};
+use crate::master::sessions::{HistorySessions, Session, Sessions};
 use crate::master::slaves::SlaveInfo;
 use crate::master::slaves::{self, SlaveLink, SlaveRegistry};
 use crate::master::store::Store;
@@ -237,6 +237,7 @@ impl Control {
                 }),
         );
         let events = Arc::new(EventLog::new());
+        let sessions = Sessions::with_store(Arc::new(HistorySessions(history.clone())));
         Control {
             logs_dir: config.master_dir.join("logs"),
             live: LiveConfig::new(config),
@@ -257,7 +258,7 @@ impl Control {
             board: Arc::default(),
             roster: Arc::default(),
             metrics: Arc::new(Metrics::new()),
-            sessions: Sessions::default(),
+            sessions,
             irc_links,
             web_url,
             published: Arc::default(),
@@ -408,8 +409,8 @@ impl Control {
     }
 
     /// Turns a one-time login token into a session id.
-    pub fn redeem_web_login(&self, token: &str) -> Option<String> {
-        self.sessions.redeem(token)
+    pub async fn redeem_web_login(&self, token: &str) -> Option<String> {
+        self.sessions.redeem(token).await
     }
 
     /// The IRC links: issued by `ssh master irc-link`, redeemed and ended by the bot.

@@ -119,6 +119,14 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE builds ADD COLUMN revision TEXT;",
     // 6: one revision is one change whichever way it came; the look-up before each insert.
     "CREATE INDEX changes_revision ON changes(repository, branch, revision);",
+    // 7: web sessions, so a restart logs nobody out (`master::sessions`); the id only hashed.
+    "CREATE TABLE web_sessions (
+        token_hash TEXT PRIMARY KEY,
+        user TEXT NOT NULL,
+        uid INTEGER NOT NULL,
+        csrf TEXT NOT NULL,
+        expires_at REAL NOT NULL
+    );",
 ];
 
 #[derive(Debug, thiserror::Error)]

@@ -245,8 +245,8 @@ fn apply_patch(
         }
     };
     log(&format!(
-        "applied patch: {} files ({}, -p{})",
-        applied.files.len(),
+        "applied patch: {} ({}, -p{})",
+        crate::status::text::count(applied.files.len(), "file", "files"),
         applied.kind,
         spec.patch_level
     ));
