@@ -18,6 +18,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "status",
             "tryjob",
             "unix",
+            "untrusted",
         ],
     ),
     ("spool", &["spool"]),

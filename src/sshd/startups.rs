@@ -5,10 +5,11 @@
 //! or ends.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv6Addr};
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
 use crate::master::config::MaxStartups;
+use crate::untrusted::source::source_of;
 
 /// The counts of unauthenticated connections, in total and by source.
 pub struct Startups {
@@ -129,21 +130,6 @@ fn decide(
     Ok(())
 }
 
-/// The unit a share is counted by: an IPv4 address, or an IPv6 /64 (one host usually owns a
-/// whole /64, so counting single IPv6 addresses would give it millions of shares).
-fn source_of(peer: IpAddr) -> IpAddr {
-    match peer {
-        IpAddr::V4(_) => peer,
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => {
-                let bits = u128::from(v6) & !((1u128 << 64) - 1);
-                IpAddr::V6(Ipv6Addr::from(bits))
-            }
-        },
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -206,18 +192,5 @@ mod tests {
         );
         held.clear();
         assert!(startups.admit_with_roll(ip("10.0.1.3"), 0).is_ok());
-    }
-
-    #[test]
-    fn an_ipv6_host_is_counted_by_its_64() {
-        assert_eq!(
-            source_of(ip("2001:db8::1")),
-            source_of(ip("2001:db8::ffff:1"))
-        );
-        assert_ne!(
-            source_of(ip("2001:db8::1")),
-            source_of(ip("2001:db8:0:1::1"))
-        );
-        assert_eq!(source_of(ip("::ffff:10.0.0.1")), ip("10.0.0.1"));
     }
 }

@@ -81,7 +81,8 @@ impl From<ControlError> for WebError {
             | ControlError::NotQueued { .. }
             | ControlError::Ambiguous { .. }
             | ControlError::Submit(_)
-            | ControlError::BadChange(_) => WebError::BadRequest(err.to_string()),
+            | ControlError::BadChange(_)
+            | ControlError::NotPlain(_) => WebError::BadRequest(err.to_string()),
             ControlError::NotAllowed(_) | ControlError::NotForcible { .. } => {
                 WebError::Forbidden(err.to_string())
             }
