@@ -645,3 +645,113 @@ fn the_eleventh_channel_on_one_connection_is_refused() {
         master.log()
     );
 }
+
+// ---- issue 22 ------------------------------------------------------------------------------
+
+/// Item 7, first half: `master.pid` was opened create+truncate through a symlink before any
+/// check, so whoever could write into the master directory had root's master overwrite a file
+/// of their choosing. A directory others may write into is refused, and a symlinked pid file
+/// is never followed.
+#[test]
+fn a_master_dir_others_can_write_or_a_symlinked_pid_file_stops_the_master() {
+    let mallory = TempAccount::create("a_master_dir_others_can_write");
+    let mut master = TestMaster::start();
+    master.terminate();
+    let dir = master.path().to_path_buf();
+    let victims = tempfile::tempdir().expect("temp dir");
+    let victim = victims.path().join("root-owned");
+    std::fs::write(&victim, "precious\n").expect("victim");
+    std::os::unix::fs::symlink(&victim, dir.join("master.pid")).expect("symlink planted");
+
+    let mode = std::fs::metadata(&dir).expect("stat").permissions().mode() & 0o7777;
+    chmod(&dir, 0o777);
+    let stderr = refused_start(&dir);
+    assert!(
+        stderr.contains("is writable by group or others (mode 0777) without the sticky bit"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    chmod(&dir, mode);
+    chown(&dir, &mallory);
+    let stderr = refused_start(&dir);
+    assert!(
+        stderr.contains(&format!("is owned by uid {}", mallory.uid())),
+        "{stderr}"
+    );
+    nix::unistd::chown(&dir, Some(nix::unistd::geteuid()), None).expect("chown back");
+    let stderr = refused_start(&dir);
+    assert!(stderr.contains("master.pid is a symbolic link"), "{stderr}");
+    assert_eq!(
+        std::fs::read_to_string(&victim).expect("victim"),
+        "precious\n",
+        "the symlink's target was not touched"
+    );
+    // The honest case: the link removed, the master starts.
+    std::fs::remove_file(dir.join("master.pid")).expect("symlink removed");
+    let master = master.start_again();
+    assert!(master.api("/api/slaves").is_array());
+}
+
+fn reconfig_of(dir: &Path) -> Output {
+    let mut command = Command::new(BIN);
+    command.arg("reconfig").arg(dir);
+    run_with_timeout(command, None)
+}
+
+/// Item 7, second half: `buildbot reconfig` sent SIGHUP to whatever pid `master.pid` held as
+/// long as someone held its lock, and killed an unrelated process. It now signals only the
+/// process that holds the lock, and only if that is a buildbot.
+#[test]
+fn reconfig_signals_only_the_master_that_holds_the_pid_file() {
+    let mut master = TestMaster::start();
+    master.terminate();
+    let dir = master.path().to_path_buf();
+    let pid_path = dir.join("master.pid");
+    std::fs::write(&pid_path, "").expect("pid file");
+    let mut bystander = Command::new("sleep")
+        .arg("600")
+        .spawn()
+        .expect("an unrelated process");
+    // Someone else holds the lock (flock(1), its pid in /proc/locks).
+    let mut holder = Command::new("flock")
+        .arg(&pid_path)
+        .args(["sleep", "600"])
+        .spawn()
+        .expect("flock holds the pid file");
+    wait_until("flock to hold the pid file", || {
+        std::fs::read_to_string("/proc/locks")
+            .unwrap_or_default()
+            .contains(&format!(" {} ", holder.id()))
+    });
+    for pid in [bystander.id(), holder.id()] {
+        std::fs::write(&pid_path, format!("{pid}\n")).expect("pid written");
+        let output = reconfig_of(&dir);
+        let stderr = text(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{stderr}");
+        assert!(
+            stderr.contains(&format!("pid {pid} in "))
+                && stderr.contains("is not a buildbot master of this directory"),
+            "{stderr}"
+        );
+        assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    }
+    assert!(
+        bystander.try_wait().expect("wait").is_none(),
+        "the unrelated process was signalled"
+    );
+    assert!(holder.try_wait().expect("wait").is_none());
+    for child in [&mut bystander, &mut holder] {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    // The honest case: the real master is found and answers.
+    std::fs::remove_file(&pid_path).expect("pid file removed");
+    let master = master.start_again();
+    let output = reconfig_of(master.path());
+    assert!(
+        output.status.success(),
+        "{}\n{}",
+        text(&output.stderr),
+        master.log()
+    );
+}
