@@ -210,7 +210,11 @@ pub async fn run(
     limits: Limits,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let app = router(Arc::new(AppState::new(control)?));
+    let state = Arc::new(AppState::new(control)?);
+    let app = router(Arc::clone(&state)).layer(axum::middleware::from_fn_with_state(
+        (state, limits.header_read_timeout),
+        actions::guard_body,
+    ));
     serve::serve(listener, app, limits, shutdown)
         .await
         .context("the web server failed")

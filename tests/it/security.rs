@@ -755,3 +755,128 @@ fn reconfig_signals_only_the_master_that_holds_the_pid_file() {
         master.log()
     );
 }
+
+/// Item 4: the header timeout did not cover a request's body, and a form's body was read before
+/// its session was checked, so slow bodies from nobody held every connection place. Now a POST
+/// without a session is refused before its body is read, and a logged-in one's body must
+/// arrive within `header_read_timeout`.
+#[test]
+fn slow_form_bodies_do_not_take_the_web_down() {
+    let master = TestMaster::start_with(MasterSetup {
+        edits: vec![
+            ("# max_connections = 512", "max_connections = 40"),
+            (
+                "# max_connections_per_source = 128",
+                "max_connections_per_source = 40",
+            ),
+            (
+                "# header_read_timeout = \"30s\"",
+                "header_read_timeout = \"2s\"",
+            ),
+        ],
+        ..MasterSetup::with_try_builders(&["linux"], "/srv/git/p.git")
+    });
+    let addr = format!("127.0.0.1:{}", master.http_port);
+    let slow_post = |cookie: Option<&str>| {
+        let mut stream = TcpStream::connect(&addr).expect("connect");
+        let cookie = cookie
+            .map(|cookie| format!("Cookie: {cookie}\r\n"))
+            .unwrap_or_default();
+        stream
+            .write_all(
+                format!(
+                    "POST /builders/linux/force HTTP/1.1\r\nHost: x\r\n{cookie}\
+                     Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 60000\r\n\r\nr"
+                )
+                .as_bytes(),
+            )
+            .expect("headers and a first byte");
+        stream
+    };
+    // 100 slow bodies without a session, at most 40 served at once: each is refused at once.
+    let mut slow: Vec<TcpStream> = (0..100).map(|_| slow_post(None)).collect();
+    let client = http_client();
+    let started = Instant::now();
+    let page = client
+        .get(format!("http://{addr}/"))
+        .send()
+        .unwrap_or_else(|err| panic!("GET / with 100 slow bodies open: {err}"));
+    assert!(page.status().is_success(), "{}", page.status());
+    println!(
+        "GET / answered in {:?} with 100 slow bodies open",
+        started.elapsed()
+    );
+    let mut answer = String::new();
+    slow[0]
+        .set_read_timeout(Some(PATIENCE))
+        .expect("read timeout");
+    let _ = slow[0].read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 403"), "{answer}");
+    assert!(answer.contains("log in first"), "{answer}");
+    slow.clear();
+
+    // A logged-in form whose body stalls is cut at the deadline.
+    let session = crate::changes::web_login(&master);
+    let mut stalled = slow_post(Some(&session.cookie));
+    let took = wait_closed_by_server(&mut stalled, None)
+        .unwrap_or_else(|| panic!("a stalled body stayed open for {PATIENCE:?}"));
+    assert!(took < Duration::from_secs(2) + SLACK, "took {took:?}");
+    // A body larger than a form can be is refused from its length.
+    let mut huge = TcpStream::connect(&addr).expect("connect");
+    huge.write_all(
+        format!(
+            "POST /builders/linux/force HTTP/1.1\r\nHost: x\r\nCookie: {}\r\n\
+             Content-Length: 100000000\r\n\r\n",
+            session.cookie
+        )
+        .as_bytes(),
+    )
+    .expect("headers");
+    huge.set_read_timeout(Some(PATIENCE)).expect("read timeout");
+    let mut head = [0u8; 64];
+    let read = huge.read(&mut head).expect("an answer");
+    assert!(
+        head[..read].starts_with(b"HTTP/1.1 413"),
+        "{}",
+        text(&head[..read])
+    );
+}
+
+/// Item 11: 20,000 idle HTTP connections from one host stalled the web for everyone. One source
+/// may hold `max_connections_per_source`; another host is still served.
+#[test]
+fn one_host_holding_idle_http_connections_does_not_lock_out_another() {
+    let master = TestMaster::start_with(MasterSetup {
+        edits: vec![("# max_connections = 512", "max_connections = 40")],
+        ..MasterSetup::default()
+    });
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{}", master.http_port)
+        .parse()
+        .expect("address");
+    let idle: Vec<TcpStream> = (0..200)
+        .filter_map(|_| TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok())
+        .collect();
+    assert!(
+        idle.len() > 40,
+        "only {} connections were opened",
+        idle.len()
+    );
+    let other_host = reqwest::blocking::Client::builder()
+        .timeout(PATIENCE)
+        .local_address(Some("127.0.0.2".parse().expect("address")))
+        .build()
+        .expect("client");
+    let started = Instant::now();
+    let answer = other_host
+        .get(format!("http://127.0.0.1:{}/api/slaves", master.http_port))
+        .send()
+        .unwrap_or_else(|err| panic!("127.0.0.2 with 200 idle connections from 127.0.0.1: {err}"));
+    assert!(answer.status().is_success(), "{}", answer.status());
+    println!("another host was served in {:?}", started.elapsed());
+    assert!(
+        master.log().contains("([http] max_connections_per_source)"),
+        "{}",
+        master.log()
+    );
+    drop(idle);
+}
