@@ -101,8 +101,11 @@ impl Startups {
     }
 }
 
-/// The decision, pure: a source over its share is refused first (that is deterministic and
-/// names the culprit), then sshd's random early drop applies to everyone.
+/// The decision, pure. A source over its share is refused first (that is deterministic and
+/// names the culprit); `full` is full for everyone. sshd's random early drop then applies only
+/// to sources that already hold an unauthenticated connection: a host that holds none gets in
+/// while there is room, so one busy host (capped at its share) pushing the count past `start`
+/// cannot make every other host lose the draw.
 fn decide(
     limits: &MaxStartups,
     per_source: usize,
@@ -117,13 +120,16 @@ fn decide(
             holding: from_source,
         });
     }
-    let percent = limits.drop_percent(waiting);
-    if percent >= 100 {
+    if waiting >= limits.full {
         return Err(Refusal::Full {
             waiting,
             full: limits.full,
         });
     }
+    if from_source == 0 {
+        return Ok(());
+    }
+    let percent = limits.drop_percent(waiting);
     if roll < percent {
         return Err(Refusal::EarlyDrop { waiting, percent });
     }
@@ -163,25 +169,26 @@ mod tests {
         let limits = MaxStartups::parse("2:50:4").expect("valid");
         let startups = Startups::new(limits, 10);
         let mut held: Vec<StartupPermit> = (1..=2)
-            .map(|n| {
+            .map(|_| {
                 startups
-                    .admit_with_roll(ip(&format!("10.0.0.{n}")), 0)
+                    .admit_with_roll(ip("10.0.0.1"), 0)
                     .expect("below start")
             })
             .collect();
-        // 2 waiting: 50% chance. A roll of 49 drops, 50 gets in.
+        // 2 waiting: 50% chance for a source that holds some. A roll of 49 drops, 50 gets in.
         assert_eq!(
-            startups.admit_with_roll(ip("10.0.1.1"), 49).err(),
+            startups.admit_with_roll(ip("10.0.0.1"), 49).err(),
             Some(Refusal::EarlyDrop {
                 waiting: 2,
                 percent: 50
             })
         );
-        held.push(startups.admit_with_roll(ip("10.0.1.1"), 50).expect("lucky"));
+        held.push(startups.admit_with_roll(ip("10.0.0.1"), 50).expect("lucky"));
+        // A host that holds nothing is not in the draw.
         held.push(
             startups
-                .admit_with_roll(ip("10.0.1.2"), 99)
-                .expect("75%, lucky"),
+                .admit_with_roll(ip("10.0.1.2"), 0)
+                .expect("a fresh host gets in below full"),
         );
         assert_eq!(
             startups.admit_with_roll(ip("10.0.1.3"), 99).err(),
@@ -192,5 +199,27 @@ mod tests {
         );
         held.clear();
         assert!(startups.admit_with_roll(ip("10.0.1.3"), 0).is_ok());
+    }
+
+    #[test]
+    fn a_busy_host_past_start_does_not_make_others_lose_the_draw() {
+        // Everyone who holds a place is dropped past start (rate 100).
+        let limits = MaxStartups::parse("2:100:100").expect("valid");
+        let startups = Startups::new(limits, 25);
+        let busy: Vec<StartupPermit> = (0..2)
+            .map(|_| {
+                startups
+                    .admit_with_roll(ip("10.0.0.1"), 99)
+                    .expect("below start")
+            })
+            .collect();
+        assert!(matches!(
+            startups.admit_with_roll(ip("10.0.0.1"), 99),
+            Err(Refusal::EarlyDrop { .. })
+        ));
+        let _other = startups
+            .admit_with_roll(ip("10.0.0.2"), 0)
+            .expect("another host still gets in");
+        drop(busy);
     }
 }

@@ -880,3 +880,52 @@ fn one_host_holding_idle_http_connections_does_not_lock_out_another() {
     );
     drop(idle);
 }
+
+/// Item 11: one host holding unauthenticated sockets, even within its per-source share, pushed
+/// the count past `start`, and sshd's random early drop then refused every other host too. A
+/// host that holds none is no longer in the draw.
+#[test]
+fn a_busy_host_past_max_startups_start_does_not_get_others_dropped() {
+    // Past 2 unauthenticated connections, every source that holds one is dropped.
+    let master = TestMaster::start_with(MasterSetup {
+        edits: vec![(
+            "max_startups = \"10:30:100\"",
+            "max_startups = \"2:100:100\"",
+        )],
+        ..MasterSetup::default()
+    });
+    let addr = format!("127.0.0.1:{}", master.ssh_port);
+    let mut held = Vec::new();
+    for _ in 0..6 {
+        let mut stream = TcpStream::connect(&addr).expect("connect");
+        stream
+            .set_read_timeout(Some(PATIENCE))
+            .expect("read timeout");
+        let mut banner = [0u8; 64];
+        if let Ok(read) = stream.read(&mut banner)
+            && read > 0
+        {
+            held.push(stream);
+        }
+    }
+    assert_eq!(held.len(), 2, "{}", master.log());
+    assert!(
+        master.log().contains("random early drop"),
+        "{}",
+        master.log()
+    );
+    let other_host = master.ssh_with(
+        &master.user_key,
+        &current_user(),
+        "watch",
+        &["-b", "127.0.0.2"],
+        None,
+    );
+    assert!(
+        other_host.status.success(),
+        "a login from 127.0.0.2 while 127.0.0.1 holds 2: {}\nmaster log:\n{}",
+        text(&other_host.stderr),
+        master.log()
+    );
+    drop(held);
+}
