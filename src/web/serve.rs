@@ -127,7 +127,7 @@ pub async fn serve(
         };
         let Some(source_place) = sources.take(peer.ip(), limits.max_connections_per_source) else {
             // Closed at once: the place goes back to everyone else.
-            if !last_source_warning.is_some_and(|at| at.elapsed() < FULL_WARNING_INTERVAL) {
+            if last_source_warning.is_none_or(|at| at.elapsed() >= FULL_WARNING_INTERVAL) {
                 last_source_warning = Some(Instant::now());
                 tracing::warn!(
                     %peer,
