@@ -11,6 +11,7 @@ pub mod proto;
 pub mod status;
 pub mod tryjob;
 pub mod unix;
+pub mod untrusted;
 
 // The spool, then the master core.
 pub mod master;

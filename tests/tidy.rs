@@ -19,6 +19,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "status",
             "tryjob",
             "unix",
+            "untrusted",
         ],
     ),
     ("spool", &["spool"]),

@@ -3,6 +3,7 @@
 //! cancellation token. Top layer beside `main`: the only module that knows all the parts.
 
 pub mod create;
+pub mod pidfile;
 pub mod reconfig;
 
 use std::net::SocketAddr;
@@ -152,6 +153,7 @@ pub async fn run(
     });
     let web_limits = crate::web::Limits {
         max_connections: http_connection_cap(config.http.max_connections),
+        max_connections_per_source: config.http.max_connections_per_source,
         header_read_timeout: config.http.header_read_timeout,
     };
     spawn_component(&components, &shutdown, "web", {

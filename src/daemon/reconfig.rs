@@ -17,14 +17,12 @@
 //! file whole (temporary file + rename), so a reader never sees half of one. This module does
 //! not decide what a new config may change (`master::reconfig`).
 
-use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 use tokio::signal::unix::Signal;
 use tokio_util::sync::CancellationToken;
@@ -32,8 +30,7 @@ use tokio_util::sync::CancellationToken;
 use crate::master::config::Config;
 use crate::master::control::Control;
 
-/// The running master's pid, locked (flock) for as long as it runs.
-pub const PID_FILE: &str = "master.pid";
+pub use crate::daemon::pidfile::{PID_FILE, PidFile};
 /// The master's answer to the last reconfig.
 pub const RESULT_FILE: &str = "reconfig.result";
 /// How long `buildbot reconfig` waits for the master's answer.
@@ -68,51 +65,6 @@ impl ReconfigResult {
             changes: Vec::new(),
             needs_restart: Vec::new(),
         }
-    }
-}
-
-/// The pid file, locked while the master runs; removed when it stops.
-pub struct PidFile {
-    path: PathBuf,
-    _lock: Flock<File>,
-}
-
-impl PidFile {
-    /// Creates and locks `DIR/master.pid`; fails when another master runs in `master_dir`.
-    pub fn create(master_dir: &Path) -> anyhow::Result<PidFile> {
-        let path = master_dir.join(PID_FILE);
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .with_context(|| format!("cannot open {}", path.display()))?;
-        let mut lock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-            Ok(lock) => lock,
-            Err((_, nix::errno::Errno::EWOULDBLOCK)) => {
-                let other = std::fs::read_to_string(&path).unwrap_or_default();
-                anyhow::bail!(
-                    "another master is running in {} (pid {})",
-                    master_dir.display(),
-                    other.trim()
-                );
-            }
-            Err((_, errno)) => {
-                return Err(errno).with_context(|| format!("cannot lock {}", path.display()));
-            }
-        };
-        lock.set_len(0)?;
-        writeln!(&mut *lock, "{}", std::process::id())
-            .with_context(|| format!("cannot write {}", path.display()))?;
-        Ok(PidFile { path, _lock: lock })
-    }
-}
-
-impl Drop for PidFile {
-    fn drop(&mut self) {
-        // Still locked here: no other master can have taken the file over.
-        let _ = std::fs::remove_file(&self.path);
     }
 }
 
@@ -274,30 +226,14 @@ pub fn request(master_dir: &Path, timeout: Duration) -> Result<ReconfigResult, R
     }
 }
 
-/// The pid of the master running in `master_dir`: its pid file exists and is locked.
+/// The pid of the master running in `master_dir` (see `daemon::pidfile` for the checks).
 fn running_master(master_dir: &Path) -> Result<i32, ReconfigError> {
-    let path = master_dir.join(PID_FILE);
-    let file = match File::open(&path) {
-        Ok(file) => file,
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
-            return Err(ReconfigError::NotRunning(master_dir.to_path_buf()));
+    match crate::daemon::pidfile::running_master(master_dir)? {
+        crate::daemon::pidfile::Running::Pid(pid) => Ok(pid),
+        crate::daemon::pidfile::Running::No => {
+            Err(ReconfigError::NotRunning(master_dir.to_path_buf()))
         }
-        Err(err) => {
-            return Err(anyhow::Error::new(err)
-                .context(format!("cannot open {}", path.display()))
-                .into());
-        }
-    };
-    // A shared lock we can take means no master holds the file: it is stale.
-    if Flock::lock(file, FlockArg::LockSharedNonblock).is_ok() {
-        return Err(ReconfigError::NotRunning(master_dir.to_path_buf()));
     }
-    let text = std::fs::read_to_string(&path).context("cannot read the pid file")?;
-    text.trim()
-        .parse::<i32>()
-        .ok()
-        .filter(|pid| *pid > 0)
-        .ok_or_else(|| anyhow::anyhow!("{} holds no pid: {:?}", path.display(), text.trim()).into())
 }
 
 fn read_result(master_dir: &Path) -> Option<ReconfigResult> {

@@ -1,12 +1,15 @@
 //! The bot's outgoing queue, paced so that the server never kicks it for flooding: a token
-//! bucket of `burst` lines, refilled one per `line_interval`. Marks in the queue say "every
-//! announcement of events up to this sequence number has been handed to the connection", so a
-//! reconnect resumes after what was really sent (pure: the caller gives the time).
+//! bucket of `burst` lines, refilled one per `line_interval`. Announcements go first: answers to
+//! commands wait in a queue of their own, so a busy channel asking the bot things cannot delay
+//! a build result by minutes. Marks in the announcement queue say "every announcement of events
+//! up to this sequence number has been handed to the connection", so a reconnect resumes after
+//! what was really sent (pure: the caller gives the time).
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-/// Something to send, in order.
+/// Something to send. Announcements, joins and marks keep their order among themselves;
+/// answers keep theirs, and go only when no announcement waits.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Item {
     /// A PRIVMSG line; `answer` lines may be dropped when the queue is full, announcements not.
@@ -24,12 +27,21 @@ pub enum Item {
     },
 }
 
-/// Answers beyond this many queued items are dropped (a flood of commands must not grow the
-/// queue without bound).
+impl Item {
+    fn is_answer(&self) -> bool {
+        matches!(self, Item::Line { answer: true, .. })
+    }
+}
+
+/// Answers beyond this many queued are dropped (a flood of commands must not grow the queue
+/// without bound).
 const MAX_QUEUED: usize = 1000;
 
 pub struct Pacer {
-    queue: VecDeque<Item>,
+    /// Announcements, joins and marks: first.
+    first: VecDeque<Item>,
+    /// Answers to commands: when `first` is empty.
+    answers: VecDeque<Item>,
     burst: f64,
     interval: Duration,
     tokens: f64,
@@ -39,7 +51,8 @@ pub struct Pacer {
 impl Pacer {
     pub fn new(burst: usize, interval: Duration, now: Instant) -> Pacer {
         Pacer {
-            queue: VecDeque::new(),
+            first: VecDeque::new(),
+            answers: VecDeque::new(),
             burst: burst.max(1) as f64,
             interval,
             tokens: burst.max(1) as f64,
@@ -49,19 +62,23 @@ impl Pacer {
 
     /// Queues an item; false when an answer was dropped because the queue is full.
     pub fn push(&mut self, item: Item) -> bool {
-        if matches!(item, Item::Line { answer: true, .. }) && self.queue.len() >= MAX_QUEUED {
+        if !item.is_answer() {
+            self.first.push_back(item);
+            return true;
+        }
+        if self.answers.len() >= MAX_QUEUED {
             return false;
         }
-        self.queue.push_back(item);
+        self.answers.push_back(item);
         true
     }
 
     pub fn len(&self) -> usize {
-        self.queue.len()
+        self.first.len() + self.answers.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.queue.is_empty()
+        self.first.is_empty() && self.answers.is_empty()
     }
 
     fn refill(&mut self, now: Instant) {
@@ -75,9 +92,13 @@ impl Pacer {
         self.updated = now;
     }
 
+    fn front(&self) -> Option<&Item> {
+        self.first.front().or_else(|| self.answers.front())
+    }
+
     /// When the next item may go: none when the queue is empty.
     pub fn due(&mut self, now: Instant) -> Option<Instant> {
-        let front = self.queue.front()?;
+        let front = self.front()?;
         if matches!(front, Item::Mark { .. }) {
             return Some(now);
         }
@@ -90,17 +111,16 @@ impl Pacer {
 
     /// The next item, if it may go now.
     pub fn pop(&mut self, now: Instant) -> Option<Item> {
-        match self.queue.front()? {
-            Item::Mark { .. } => self.queue.pop_front(),
-            _ => {
-                self.refill(now);
-                if self.tokens < 1.0 {
-                    return None;
-                }
-                self.tokens -= 1.0;
-                self.queue.pop_front()
-            }
+        if matches!(self.first.front(), Some(Item::Mark { .. })) {
+            return self.first.pop_front();
         }
+        self.front()?;
+        self.refill(now);
+        if self.tokens < 1.0 {
+            return None;
+        }
+        self.tokens -= 1.0;
+        self.first.pop_front().or_else(|| self.answers.pop_front())
     }
 }
 
@@ -122,7 +142,11 @@ mod tests {
         let interval = Duration::from_millis(500);
         let mut pacer = Pacer::new(4, interval, start);
         for n in 0..10 {
-            pacer.push(line(n));
+            pacer.push(Item::Line {
+                target: "#ci".into(),
+                text: format!("announcement {n}"),
+                answer: false,
+            });
         }
         pacer.push(Item::Mark { seq: 7 });
         let mut now = start;
@@ -140,6 +164,33 @@ mod tests {
         }
         assert_eq!(sent[10].0, Item::Mark { seq: 7 });
         assert_eq!(sent[10].1, sent[9].1, "a mark costs nothing");
+    }
+
+    #[test]
+    fn announcements_overtake_waiting_answers() {
+        let start = Instant::now();
+        let mut pacer = Pacer::new(1, Duration::from_secs(1), start);
+        for n in 0..50 {
+            pacer.push(line(n));
+        }
+        assert_eq!(pacer.pop(start), Some(line(0)));
+        let result = Item::Line {
+            target: "#ci".into(),
+            text: "linux #3: failure".into(),
+            answer: false,
+        };
+        pacer.push(result.clone());
+        pacer.push(Item::Mark { seq: 9 });
+        let later = start + Duration::from_secs(1);
+        assert_eq!(pacer.due(later), Some(later));
+        assert_eq!(
+            pacer.pop(later),
+            Some(result),
+            "the result before 49 answers"
+        );
+        assert_eq!(pacer.pop(later), Some(Item::Mark { seq: 9 }));
+        assert_eq!(pacer.pop(later + Duration::from_secs(1)), Some(line(1)));
+        assert_eq!(pacer.len(), 48);
     }
 
     #[test]

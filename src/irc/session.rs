@@ -20,7 +20,7 @@ use crate::irc::{Bot, Ended, Watch};
 use crate::master::config::NotifyEvent;
 use crate::master::control::ForceRequest;
 use crate::master::events::{Followed, Follower};
-use crate::master::irc_links::fold_nick;
+use crate::master::irc_links::{CaseMapping, fold_nick};
 use crate::status::{BuildEvent, SequencedEvent, text};
 
 /// Time to connect (TCP and TLS).
@@ -52,12 +52,11 @@ fn is_channel(target: &str) -> bool {
     target.starts_with(['#', '&'])
 }
 
-/// At most [`MAX_LINE_BYTES`], cut on a character boundary; no line breaks.
+/// At most [`MAX_LINE_BYTES`], cut on a character boundary; no line breaks and no control
+/// characters (a NUL drops the connection, a `\x01` makes the line a CTCP request; the text
+/// often holds what users typed: reasons, comments, nicks).
 fn one_line(text: &str) -> String {
-    let mut line: String = text
-        .chars()
-        .map(|c| if c == '\r' || c == '\n' { ' ' } else { c })
-        .collect();
+    let mut line = crate::untrusted::text::one_line(text);
     if line.len() > MAX_LINE_BYTES {
         let mut end = MAX_LINE_BYTES;
         while !line.is_char_boundary(end) {
@@ -72,6 +71,8 @@ fn one_line(text: &str) -> String {
 struct Connection {
     nick: String,
     registered: bool,
+    /// How the server compares names (ISUPPORT `CASEMAPPING`); every key below is folded by it.
+    casemap: CaseMapping,
     /// Channels joined, in IRC lower case.
     joined: HashSet<String>,
     /// Who is in each channel joined (IRC lower case both).
@@ -88,14 +89,14 @@ struct Connection {
 impl Connection {
     /// Forgets `nick` in `channel`; false when it is in none of the bot's channels any more.
     fn remove_member(&mut self, channel: &str, nick: &str) -> bool {
-        if let Some(members) = self.members.get_mut(&fold_nick(channel)) {
-            members.remove(&fold_nick(nick));
+        if let Some(members) = self.members.get_mut(&self.casemap.fold(channel)) {
+            members.remove(&self.casemap.fold(nick));
         }
         self.is_seen(nick)
     }
 
     fn is_seen(&self, nick: &str) -> bool {
-        let nick = fold_nick(nick);
+        let nick = self.casemap.fold(nick);
         self.members.values().any(|members| members.contains(&nick))
     }
 }
@@ -173,10 +174,15 @@ impl Bot {
             Err(err) => return lost(false, err.to_string()),
         };
         let sender = client.sender();
+        // Until the server says otherwise (links of an earlier connection are gone already).
+        self.control
+            .irc_links()
+            .set_casemapping(CaseMapping::default());
         tracing::info!(server = %self.config.host, port = self.config.port, tls = self.config.tls, "IRC connected");
         let mut conn = Connection {
             nick: self.config.nick.clone(),
             registered: false,
+            casemap: CaseMapping::default(),
             joined: HashSet::new(),
             members: HashMap::new(),
             pacer: Pacer::new(
@@ -269,7 +275,7 @@ impl Bot {
 
     async fn on_message(&mut self, conn: &mut Connection, client: &Client, message: Message) {
         let source = message.source_nickname().unwrap_or_default().to_string();
-        let from_me = fold_nick(&source) == fold_nick(&conn.nick);
+        let from_me = conn.casemap.fold(&source) == conn.casemap.fold(&conn.nick);
         match &message.command {
             Command::Response(Response::RPL_WELCOME, args) => {
                 conn.registered = true;
@@ -278,6 +284,17 @@ impl Bot {
                     .cloned()
                     .unwrap_or_else(|| client.current_nickname().to_string());
                 tracing::info!(nick = %conn.nick, "IRC registered");
+            }
+            // Sent before the message of day, so before any channel or link is keyed.
+            Command::Response(Response::RPL_ISUPPORT, args) => {
+                let mapping = args
+                    .iter()
+                    .find_map(|token| token.strip_prefix("CASEMAPPING="));
+                if let Some(mapping) = mapping {
+                    conn.casemap = CaseMapping::from_isupport(mapping);
+                    self.control.irc_links().set_casemapping(conn.casemap);
+                    tracing::info!(casemapping = ?conn.casemap, "IRC server's nick case mapping");
+                }
             }
             // The irc crate joins the configured channels now.
             Command::Response(Response::RPL_ENDOFMOTD, _)
@@ -289,16 +306,17 @@ impl Bot {
             }
             Command::Response(Response::RPL_NAMREPLY, args) => {
                 if let (Some(channel), Some(names)) = (args.get(2), args.get(3)) {
-                    let members = conn.members.entry(fold_nick(channel)).or_default();
+                    let members = conn.members.entry(conn.casemap.fold(channel)).or_default();
                     for name in names.split_whitespace() {
-                        members.insert(fold_nick(
-                            name.trim_start_matches(['@', '+', '%', '~', '&', '!']),
-                        ));
+                        members.insert(
+                            conn.casemap
+                                .fold(name.trim_start_matches(['@', '+', '%', '~', '&', '!'])),
+                        );
                     }
                 }
             }
             Command::JOIN(channel, _, _) => {
-                let key = fold_nick(channel);
+                let key = conn.casemap.fold(channel);
                 if from_me {
                     tracing::info!(%channel, "IRC channel joined");
                     conn.joined.insert(key.clone());
@@ -308,7 +326,7 @@ impl Bot {
                     conn.members
                         .entry(key)
                         .or_default()
-                        .insert(fold_nick(&source));
+                        .insert(conn.casemap.fold(&source));
                 }
             }
             Command::PART(channel, _) => {
@@ -321,7 +339,7 @@ impl Bot {
                 }
             }
             Command::KICK(channel, kicked, _) => {
-                if fold_nick(kicked) == fold_nick(&conn.nick) {
+                if conn.casemap.fold(kicked) == conn.casemap.fold(&conn.nick) {
                     tracing::warn!(%channel, by = %source, "IRC: kicked; rejoining");
                     self.left_channel(conn, channel);
                     let _ = conn.pacer.push(Item::Join {
@@ -334,7 +352,7 @@ impl Bot {
                 }
             }
             Command::QUIT(_) => {
-                let key = fold_nick(&source);
+                let key = conn.casemap.fold(&source);
                 for members in conn.members.values_mut() {
                     members.remove(&key);
                 }
@@ -344,7 +362,7 @@ impl Bot {
                 if from_me {
                     conn.nick = new_nick.clone();
                 } else {
-                    let (old, new) = (fold_nick(&source), fold_nick(new_nick));
+                    let (old, new) = (conn.casemap.fold(&source), conn.casemap.fold(new_nick));
                     for members in conn.members.values_mut() {
                         if members.remove(&old) {
                             members.insert(new.clone());
@@ -362,7 +380,7 @@ impl Bot {
 
     /// The bot is out of `channel`: whoever it saw only there can no longer be seen to quit.
     fn left_channel(&self, conn: &mut Connection, channel: &str) {
-        let key = fold_nick(channel);
+        let key = conn.casemap.fold(channel);
         conn.joined.remove(&key);
         let members = conn.members.remove(&key).unwrap_or_default();
         for nick in members {
@@ -383,7 +401,7 @@ impl Bot {
             .config
             .channels
             .iter()
-            .all(|channel| conn.joined.contains(&fold_nick(channel)));
+            .all(|channel| conn.joined.contains(&conn.casemap.fold(channel)));
         if all_joined {
             conn.join_deadline = None;
             self.start_announcing(conn).await;
@@ -656,13 +674,26 @@ impl Bot {
         }
     }
 
-    /// The unix user `source` speaks for, or a refusal said to `reply_to`.
+    /// The unix user `source` speaks for, or a refusal said to `reply_to`. The nick must be in
+    /// one of the bot's channels now: only there does the bot see it quit or change, which is
+    /// what ends a link.
     fn linked(
         &self,
         conn: &mut Connection,
         source: &str,
         reply_to: &str,
     ) -> Option<crate::unix::accounts::UnixAccount> {
+        if !conn.is_seen(source) {
+            let line = format!(
+                "{source}: I act only for linked nicks I can see; join {} first",
+                self.config
+                    .channels
+                    .first()
+                    .map_or("my channel", String::as_str)
+            );
+            self.say(conn, reply_to, &line, true);
+            return None;
+        }
         let account = self.control.irc_links().account_of(source);
         if account.is_none() {
             let line = format!(
@@ -743,6 +774,7 @@ mod tests {
     #[test]
     fn lines_are_single_and_bounded() {
         assert_eq!(one_line("a\r\nb"), "a  b");
+        assert_eq!(one_line("x\0y\u{1}ACTION"), "x\u{fffd}y\u{fffd}ACTION");
         let long = "é".repeat(300);
         let cut = one_line(&long);
         assert!(cut.len() <= MAX_LINE_BYTES);

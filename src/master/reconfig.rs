@@ -123,6 +123,10 @@ pub fn merge(old: &Config, mut new: Config) -> (Config, Vec<String>) {
     keep!(sshd.keepalive_interval, "[sshd] keepalive_interval");
     keep!(http.listen, "[http] listen");
     keep!(http.max_connections, "[http] max_connections");
+    keep!(
+        http.max_connections_per_source,
+        "[http] max_connections_per_source"
+    );
     keep!(http.header_read_timeout, "[http] header_read_timeout");
     keep!(spool.dir, "[spool] dir");
     keep!(change_sources, "[[change_source]]");

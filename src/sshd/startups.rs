@@ -5,10 +5,11 @@
 //! or ends.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv6Addr};
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
 use crate::master::config::MaxStartups;
+use crate::untrusted::source::source_of;
 
 /// The counts of unauthenticated connections, in total and by source.
 pub struct Startups {
@@ -100,8 +101,11 @@ impl Startups {
     }
 }
 
-/// The decision, pure: a source over its share is refused first (that is deterministic and
-/// names the culprit), then sshd's random early drop applies to everyone.
+/// The decision, pure. A source over its share is refused first (that is deterministic and
+/// names the culprit); `full` is full for everyone. sshd's random early drop then applies only
+/// to sources that already hold an unauthenticated connection: a host that holds none gets in
+/// while there is room, so one busy host (capped at its share) pushing the count past `start`
+/// cannot make every other host lose the draw.
 fn decide(
     limits: &MaxStartups,
     per_source: usize,
@@ -116,32 +120,20 @@ fn decide(
             holding: from_source,
         });
     }
-    let percent = limits.drop_percent(waiting);
-    if percent >= 100 {
+    if waiting >= limits.full {
         return Err(Refusal::Full {
             waiting,
             full: limits.full,
         });
     }
+    if from_source == 0 {
+        return Ok(());
+    }
+    let percent = limits.drop_percent(waiting);
     if roll < percent {
         return Err(Refusal::EarlyDrop { waiting, percent });
     }
     Ok(())
-}
-
-/// The unit a share is counted by: an IPv4 address, or an IPv6 /64 (one host usually owns a
-/// whole /64, so counting single IPv6 addresses would give it millions of shares).
-fn source_of(peer: IpAddr) -> IpAddr {
-    match peer {
-        IpAddr::V4(_) => peer,
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => {
-                let bits = u128::from(v6) & !((1u128 << 64) - 1);
-                IpAddr::V6(Ipv6Addr::from(bits))
-            }
-        },
-    }
 }
 
 #[cfg(test)]
@@ -177,25 +169,26 @@ mod tests {
         let limits = MaxStartups::parse("2:50:4").expect("valid");
         let startups = Startups::new(limits, 10);
         let mut held: Vec<StartupPermit> = (1..=2)
-            .map(|n| {
+            .map(|_| {
                 startups
-                    .admit_with_roll(ip(&format!("10.0.0.{n}")), 0)
+                    .admit_with_roll(ip("10.0.0.1"), 0)
                     .expect("below start")
             })
             .collect();
-        // 2 waiting: 50% chance. A roll of 49 drops, 50 gets in.
+        // 2 waiting: 50% chance for a source that holds some. A roll of 49 drops, 50 gets in.
         assert_eq!(
-            startups.admit_with_roll(ip("10.0.1.1"), 49).err(),
+            startups.admit_with_roll(ip("10.0.0.1"), 49).err(),
             Some(Refusal::EarlyDrop {
                 waiting: 2,
                 percent: 50
             })
         );
-        held.push(startups.admit_with_roll(ip("10.0.1.1"), 50).expect("lucky"));
+        held.push(startups.admit_with_roll(ip("10.0.0.1"), 50).expect("lucky"));
+        // A host that holds nothing is not in the draw.
         held.push(
             startups
-                .admit_with_roll(ip("10.0.1.2"), 99)
-                .expect("75%, lucky"),
+                .admit_with_roll(ip("10.0.1.2"), 0)
+                .expect("a fresh host gets in below full"),
         );
         assert_eq!(
             startups.admit_with_roll(ip("10.0.1.3"), 99).err(),
@@ -209,15 +202,24 @@ mod tests {
     }
 
     #[test]
-    fn an_ipv6_host_is_counted_by_its_64() {
-        assert_eq!(
-            source_of(ip("2001:db8::1")),
-            source_of(ip("2001:db8::ffff:1"))
-        );
-        assert_ne!(
-            source_of(ip("2001:db8::1")),
-            source_of(ip("2001:db8:0:1::1"))
-        );
-        assert_eq!(source_of(ip("::ffff:10.0.0.1")), ip("10.0.0.1"));
+    fn a_busy_host_past_start_does_not_make_others_lose_the_draw() {
+        // Everyone who holds a place is dropped past start (rate 100).
+        let limits = MaxStartups::parse("2:100:100").expect("valid");
+        let startups = Startups::new(limits, 25);
+        let busy: Vec<StartupPermit> = (0..2)
+            .map(|_| {
+                startups
+                    .admit_with_roll(ip("10.0.0.1"), 99)
+                    .expect("below start")
+            })
+            .collect();
+        assert!(matches!(
+            startups.admit_with_roll(ip("10.0.0.1"), 99),
+            Err(Refusal::EarlyDrop { .. })
+        ));
+        let _other = startups
+            .admit_with_roll(ip("10.0.0.2"), 0)
+            .expect("another host still gets in");
+        drop(busy);
     }
 }

@@ -14,13 +14,73 @@ use crate::master::control::ForceRequest;
 use crate::master::sessions::Session;
 use crate::web::{AppState, WebError, auth};
 
+/// The largest form body taken (a Force Build form with its properties is a few KiB).
+pub const MAX_FORM_BYTES: usize = 64 * 1024;
+
+/// Before any POST's body is read: a request without a valid session is refused at once (its
+/// body never read, so hyper closes the connection and the place is free again), and a body is
+/// read whole within `body_timeout` and [`MAX_FORM_BYTES`], so a slow or huge body cannot hold
+/// a connection place. Every POST route is a control form; GET handlers never read a body.
+pub async fn guard_body(
+    State((state, body_timeout)): State<(Arc<AppState>, std::time::Duration)>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if request.method() != axum::http::Method::POST {
+        return next.run(request).await;
+    }
+    if state.session(request.headers()).is_none() {
+        return WebError::Forbidden(LOG_IN_FIRST.into()).into_response();
+    }
+    let declared = request
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > MAX_FORM_BYTES as u64) {
+        return (
+            axum::http::StatusCode::PAYLOAD_TOO_LARGE,
+            format!("a form is at most {} KiB\n", MAX_FORM_BYTES / 1024),
+        )
+            .into_response();
+    }
+    let (parts, body) = request.into_parts();
+    let read = tokio::time::timeout(body_timeout, axum::body::to_bytes(body, MAX_FORM_BYTES));
+    let bytes = match read.await {
+        Ok(Ok(bytes)) => bytes,
+        // Too long (a chunked body past the limit), or cut off.
+        Ok(Err(err)) => {
+            return WebError::BadRequest(format!(
+                "cannot read the form (at most {} KiB): {err}",
+                MAX_FORM_BYTES / 1024
+            ))
+            .into_response();
+        }
+        Err(_) => {
+            return (
+                axum::http::StatusCode::REQUEST_TIMEOUT,
+                format!(
+                    "the form did not arrive within {} ([http] header_read_timeout)\n",
+                    crate::durations::format_eta(body_timeout)
+                ),
+            )
+                .into_response();
+        }
+    };
+    next.run(axum::extract::Request::from_parts(
+        parts,
+        axum::body::Body::from(bytes),
+    ))
+    .await
+}
+
+const LOG_IN_FIRST: &str = "log in first: run `ssh … web-login` and open the URL it prints";
+
 impl AppState {
     /// The session of a form post whose CSRF token matches it.
     fn form_session(&self, headers: &HeaderMap, csrf: Option<&str>) -> Result<Session, WebError> {
         let Some(session) = self.session(headers) else {
-            return Err(WebError::Forbidden(
-                "log in first: run `ssh … web-login` and open the URL it prints".into(),
-            ));
+            return Err(WebError::Forbidden(LOG_IN_FIRST.into()));
         };
         if !csrf.is_some_and(|token| auth::same_secret(token, &session.csrf)) {
             return Err(WebError::Forbidden("this form is stale or was not sent by this site (CSRF check failed); reload the page".into()));

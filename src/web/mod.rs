@@ -81,7 +81,8 @@ impl From<ControlError> for WebError {
             | ControlError::NotQueued { .. }
             | ControlError::Ambiguous { .. }
             | ControlError::Submit(_)
-            | ControlError::BadChange(_) => WebError::BadRequest(err.to_string()),
+            | ControlError::BadChange(_)
+            | ControlError::NotPlain(_) => WebError::BadRequest(err.to_string()),
             ControlError::NotAllowed(_) | ControlError::NotForcible { .. } => {
                 WebError::Forbidden(err.to_string())
             }
@@ -202,7 +203,11 @@ pub async fn run(
     limits: Limits,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let app = router(Arc::new(AppState::new(control)?));
+    let state = Arc::new(AppState::new(control)?);
+    let app = router(Arc::clone(&state)).layer(axum::middleware::from_fn_with_state(
+        (state, limits.header_read_timeout),
+        actions::guard_body,
+    ));
     serve::serve(listener, app, limits, shutdown)
         .await
         .context("the web server failed")

@@ -9,9 +9,12 @@
 //!   starts the same timer again whenever a kept-alive connection waits for its next request,
 //!   so it is also the idle timeout between requests. A response in progress (an event stream,
 //!   a followed log) is not cut by it.
+//! - At most `max_connections_per_source` from one source (an IPv4 address, an IPv6 /64): one
+//!   more is closed as soon as it is accepted, so one host cannot hold every place.
 
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -24,11 +27,54 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt as _;
 
+use crate::untrusted::source::source_of;
+
 /// The limits of one HTTP listener.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     pub max_connections: usize,
+    pub max_connections_per_source: usize,
     pub header_read_timeout: Duration,
+}
+
+/// Connections held, by source.
+#[derive(Default)]
+struct Sources {
+    held: Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// One source's place; given back on drop.
+struct SourcePlace {
+    sources: Arc<Sources>,
+    source: IpAddr,
+}
+
+impl Sources {
+    fn take(self: &Arc<Self>, peer: IpAddr, max: usize) -> Option<SourcePlace> {
+        let source = source_of(peer);
+        let mut held = crate::master::lock(&self.held);
+        let count = held.entry(source).or_insert(0);
+        if *count >= max {
+            return None;
+        }
+        *count += 1;
+        Some(SourcePlace {
+            sources: Arc::clone(self),
+            source,
+        })
+    }
+}
+
+impl Drop for SourcePlace {
+    fn drop(&mut self) {
+        let mut held = crate::master::lock(&self.sources.held);
+        if let Some(count) = held.get_mut(&self.source) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                held.remove(&self.source);
+            }
+        }
+    }
 }
 
 /// How long open connections get to finish their response once the master stops. Event
@@ -53,6 +99,8 @@ pub async fn serve(
         .header_read_timeout(limits.header_read_timeout)
         .keep_alive(true);
     let mut last_full_warning: Option<Instant> = None;
+    let mut last_source_warning: Option<Instant> = None;
+    let sources = Arc::new(Sources::default());
     loop {
         if places.available_permits() == 0 {
             warn_full(&mut last_full_warning, limits.max_connections);
@@ -77,6 +125,19 @@ pub async fn serve(
                 }
             },
         };
+        let Some(source_place) = sources.take(peer.ip(), limits.max_connections_per_source) else {
+            // Closed at once: the place goes back to everyone else.
+            if last_source_warning.is_none_or(|at| at.elapsed() >= FULL_WARNING_INTERVAL) {
+                last_source_warning = Some(Instant::now());
+                tracing::warn!(
+                    %peer,
+                    "web: {} connections from one source already ([http] max_connections_per_source); closing new ones",
+                    limits.max_connections_per_source
+                );
+            }
+            drop(stream);
+            continue;
+        };
         let _ = stream.set_nodelay(true);
         let service = app.clone().map_request(
             move |mut request: axum::extract::Request<hyper::body::Incoming>| {
@@ -92,6 +153,7 @@ pub async fn serve(
         connections.spawn(async move {
             // The place is given back when this connection ends, however it ends.
             let _place = permit;
+            let _source_place = source_place;
             let mut connection = std::pin::pin!(connection);
             tokio::select! {
                 result = connection.as_mut() => {

@@ -571,8 +571,8 @@ fn a_dependent_builder_runs_after_its_upstream_succeeded_on_the_same_revision() 
 }
 
 /// A web session (`ssh master web-login`): the cookie pair and the CSRF token of its pages.
-struct WebSession {
-    cookie: String,
+pub(crate) struct WebSession {
+    pub(crate) cookie: String,
     csrf: String,
 }
 
@@ -580,7 +580,7 @@ fn web_url(master: &TestMaster, path: &str) -> String {
     format!("http://127.0.0.1:{}{path}", master.http_port)
 }
 
-fn web_login(master: &TestMaster) -> WebSession {
+pub(crate) fn web_login(master: &TestMaster) -> WebSession {
     let login = text(&ssh(master, "web-login").stdout);
     let url = login
         .lines()
@@ -619,7 +619,12 @@ fn web_login(master: &TestMaster) -> WebSession {
 
 impl WebSession {
     /// POSTs a form; returns the status and the Location it redirects to.
-    fn post(&self, master: &TestMaster, path: &str, fields: &[(&str, &str)]) -> (u16, String) {
+    pub(crate) fn post(
+        &self,
+        master: &TestMaster,
+        path: &str,
+        fields: &[(&str, &str)],
+    ) -> (u16, String) {
         let mut form: Vec<(&str, &str)> = vec![("csrf", self.csrf.as_str())];
         form.extend_from_slice(fields);
         let client = reqwest::blocking::Client::builder()

@@ -274,7 +274,9 @@ impl IrcClient {
             client.send(&format!("PASS {password}"));
         }
         client.send(&format!("NICK {nick}"));
-        client.send(&format!("USER {nick} 0 * :{nick}"));
+        // ngIRCd takes only plain user names (`dev[a]` is a valid nick, not a user name).
+        let user: String = nick.chars().filter(char::is_ascii_alphanumeric).collect();
+        client.send(&format!("USER {user} 0 * :{nick}"));
         client.wait_line("welcome", |line| line.contains(" 001 "));
         client
     }
@@ -885,5 +887,205 @@ fn irc_a_link_ends_with_a_nick_change_and_with_its_ttl() {
             .map(Vec::len),
         Some(0),
         "nothing was forced"
+    );
+}
+
+// ---- attacks of issue 22 (items 1, 5 and 11) ----------------------------------------------
+
+/// Links `client`'s nick to the test's unix user with a fresh code.
+fn link(master: &TestMaster, client: &mut IrcClient) {
+    let issued = ssh(master, "irc-link");
+    let code = issued.lines().next().expect("a code").trim().to_string();
+    let nick = client.nick.clone();
+    client.say(BOT, &format!("link {code}"));
+    let linked = client.wait_bot(&nick, "speaks for");
+    assert!(
+        linked.starts_with(&format!("{nick} now speaks for")),
+        "{linked}"
+    );
+}
+
+fn build_count(master: &TestMaster) -> usize {
+    master
+        .api("/api/builds?builder=linux")
+        .as_array()
+        .map_or(0, Vec::len)
+}
+
+/// Item 1: ngIRCd compares nicks in ASCII (it says `CASEMAPPING=ascii`), so `dev{a}` is another
+/// person than `dev[a]`. The bot folded rfc1459-style and let `dev{a}` force builds as the unix
+/// user linked to `dev[a]`, from outside the channel too.
+#[test]
+fn irc_a_nick_that_only_folds_like_a_linked_one_acts_as_nobody() {
+    let server = IrcServer::start();
+    let checkout = Checkout::new();
+    let mut owner = IrcClient::connect(&server, "dev[a]");
+    owner.join("#ci");
+    let master = master_with(&server, &checkout.upstream, "", "");
+    owner.wait_bot_join();
+    let _slave = master.start_slave("s1");
+    wait_until("the bot to learn the server's case mapping", || {
+        master.log().contains("casemapping=Ascii")
+    });
+    link(&master, &mut owner);
+
+    // Another person, not in the channel, in private.
+    let mut other = IrcClient::connect(&server, "dev{a}");
+    other.say(BOT, "force linux as someone else");
+    let refused = other.wait_bot("dev{a}", "dev{a}: ");
+    assert!(
+        refused.contains("join #ci first") || refused.contains("not linked"),
+        "{refused}"
+    );
+    // In the channel, where the bot sees it: still not linked.
+    other.join("#ci");
+    let refused = other.ask("force linux from the channel", "dev{a}: ");
+    assert!(
+        refused.starts_with("dev{a}: your nick is not linked"),
+        "{refused}"
+    );
+    assert_eq!(build_count(&master), 0, "nothing was forced");
+
+    // The linked person still acts, in private too.
+    owner.say(BOT, "force linux honest");
+    let forced = owner.wait_bot("dev[a]", "forced build");
+    assert!(forced.starts_with("linux: forced build queued"), "{forced}");
+    assert_eq!(wait_result(&master, 1), "success");
+    assert_eq!(build_count(&master), 1);
+}
+
+/// Item 5: a stop reason with a NUL (web form `reason=%00`) made the bot drop off the server
+/// and come back under another nick, losing every link; a `\x01` made its announcement a CTCP.
+/// Such a reason is refused with one line wherever it comes from, and the bot stays.
+#[test]
+fn irc_a_stop_reason_with_nul_or_ctcp_is_refused_and_the_bot_stays() {
+    let server = IrcServer::start();
+    let checkout = Checkout::new();
+    let gates = tempfile::tempdir().expect("temp dir");
+    let gate = gates.path().join("never");
+    let mut alice = IrcClient::connect(&server, "alice");
+    alice.join("#ci");
+    let master = master_with(&server, &checkout.upstream, &gated_step(&gate, "true"), "");
+    alice.wait_bot_join();
+    let _slave = master.start_slave("s1");
+    link(&master, &mut alice);
+    ssh(&master, "force linux --reason 'to be stopped'");
+    wait_until("linux #1 to run", || {
+        master.api("/api/builds?builder=linux")[0]["running"] == true
+    });
+    let watching = alice.ask("watch linux", "watching");
+    assert!(watching.contains("linux #1"), "{watching}");
+
+    // The web form.
+    let session = crate::changes::web_login(&master);
+    let (status, _) = session.post(
+        &master,
+        "/builders/linux/builds/1/stop",
+        &[("reason", "x\0\u{1}ACTION y\u{1}")],
+    );
+    assert_eq!(status, 400, "a NUL in a web stop reason is refused");
+    // SSH (OpenSSH cannot carry a NUL in a command; \x01 it can).
+    let over_ssh = master.ssh(
+        &master.user_key,
+        &current_user(),
+        "stop linux 1 --reason '\u{1}ACTION dances\u{1}'",
+    );
+    let stderr = text(&over_ssh.stderr);
+    assert!(!over_ssh.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("the reason contains a control character (U+0001)"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
+    // (Over IRC itself the command parser turns control characters into spaces.)
+    assert_eq!(
+        master.api("/api/builds?builder=linux")[0]["running"],
+        true,
+        "still running: nothing was stopped"
+    );
+
+    // The bot is still here under its nick, alice's link holds, and a plain stop works.
+    let list = ssh(&master, "irc-link --list");
+    assert!(list.starts_with("alice -> "), "{list}");
+    let stopped = alice.ask("stop build linux 1 plain words", "linux #1");
+    assert!(stopped.contains("interrupted"), "{stopped}");
+    assert!(
+        !master.log().contains("IRC connection lost"),
+        "{}",
+        master.log()
+    );
+    assert!(
+        !alice
+            .seen
+            .iter()
+            .any(|line| line.contains('\u{1}') || line.contains('\0')),
+        "a control character reached the channel: {:#?}",
+        alice.seen
+    );
+}
+
+/// Item 11: link codes could be guessed at the speed of the connection. Five wrong codes a
+/// minute per nick, then one clear line; not even a right code goes through until then.
+#[test]
+fn irc_link_code_guessing_is_limited_per_nick() {
+    let server = IrcServer::start();
+    let checkout = Checkout::new();
+    let mut mallory = IrcClient::connect(&server, "mallory");
+    mallory.join("#ci");
+    let master = master_with(&server, &checkout.upstream, "", "");
+    mallory.wait_bot_join();
+    for guess in 0..5 {
+        mallory.say(BOT, &format!("link AAAA-AAA{guess}"));
+        mallory.wait_bot("mallory", "unknown or expired link code");
+    }
+    mallory.say(BOT, "link AAAA-AAA9");
+    let limited = mallory.wait_bot("mallory", "too many");
+    assert!(
+        limited.starts_with("too many wrong link codes from this nick; try again in "),
+        "{limited}"
+    );
+    // A real code is not tried for her now (and stays good for its owner).
+    let issued = ssh(&master, "irc-link");
+    let code = issued.lines().next().expect("a code").trim().to_string();
+    mallory.say(BOT, &format!("link {code}"));
+    mallory.wait_bot("mallory", "too many");
+    let mut alice = IrcClient::connect(&server, "alice");
+    alice.join("#ci");
+    alice.say(BOT, &format!("link {code}"));
+    alice.wait_bot("alice", "alice now speaks for");
+}
+
+/// Item 11: answers and announcements shared one queue, so a channel asking the bot many things
+/// delayed a build's result by minutes. Announcements go first.
+#[test]
+fn irc_an_announcement_overtakes_queued_answers() {
+    let server = IrcServer::start();
+    let checkout = Checkout::new();
+    let gates = tempfile::tempdir().expect("temp dir");
+    let gate = gates.path().join("go");
+    let mut alice = IrcClient::connect(&server, "alice");
+    alice.join("#ci");
+    let master = master_with(&server, &checkout.upstream, &gated_step(&gate, "false"), "");
+    alice.wait_bot_join();
+    let _slave = master.start_slave("s1");
+    ssh(&master, "force linux --reason 'to fail'");
+    wait_until("linux #1 to run", || {
+        master.api("/api/builds?builder=linux")[0]["running"] == true
+    });
+    // 150 answers at 100 ms a line: fifteen seconds of talk queued.
+    for _ in 0..150 {
+        alice.say("#ci", &format!("{BOT}: version"));
+    }
+    alice.wait_bot("#ci", "buildbot ");
+    std::fs::write(&gate, "").expect("gate opened");
+    alice.wait_bot("#ci", "linux #1: failure");
+    let said = alice.bot_lines("#ci");
+    let answers_before = said
+        .iter()
+        .filter(|line| line.starts_with("buildbot "))
+        .count();
+    assert!(
+        answers_before < 150,
+        "the result came after all {answers_before} answers: {said:#?}"
     );
 }

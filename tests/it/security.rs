@@ -645,3 +645,287 @@ fn the_eleventh_channel_on_one_connection_is_refused() {
         master.log()
     );
 }
+
+// ---- issue 22 ------------------------------------------------------------------------------
+
+/// Item 7, first half: `master.pid` was opened create+truncate through a symlink before any
+/// check, so whoever could write into the master directory had root's master overwrite a file
+/// of their choosing. A directory others may write into is refused, and a symlinked pid file
+/// is never followed.
+#[test]
+fn a_master_dir_others_can_write_or_a_symlinked_pid_file_stops_the_master() {
+    let mallory = TempAccount::create("a_master_dir_others_can_write");
+    let mut master = TestMaster::start();
+    master.terminate();
+    let dir = master.path().to_path_buf();
+    let victims = tempfile::tempdir().expect("temp dir");
+    let victim = victims.path().join("root-owned");
+    std::fs::write(&victim, "precious\n").expect("victim");
+    std::os::unix::fs::symlink(&victim, dir.join("master.pid")).expect("symlink planted");
+
+    let mode = std::fs::metadata(&dir).expect("stat").permissions().mode() & 0o7777;
+    chmod(&dir, 0o777);
+    let stderr = refused_start(&dir);
+    assert!(
+        stderr.contains("is writable by group or others (mode 0777) without the sticky bit"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    chmod(&dir, mode);
+    chown(&dir, &mallory);
+    let stderr = refused_start(&dir);
+    assert!(
+        stderr.contains(&format!("is owned by uid {}", mallory.uid())),
+        "{stderr}"
+    );
+    nix::unistd::chown(&dir, Some(nix::unistd::geteuid()), None).expect("chown back");
+    let stderr = refused_start(&dir);
+    assert!(stderr.contains("master.pid is a symbolic link"), "{stderr}");
+    assert_eq!(
+        std::fs::read_to_string(&victim).expect("victim"),
+        "precious\n",
+        "the symlink's target was not touched"
+    );
+    // The honest case: the link removed, the master starts.
+    std::fs::remove_file(dir.join("master.pid")).expect("symlink removed");
+    let master = master.start_again();
+    assert!(master.api("/api/slaves").is_array());
+}
+
+fn reconfig_of(dir: &Path) -> Output {
+    let mut command = Command::new(BIN);
+    command.arg("reconfig").arg(dir);
+    run_with_timeout(command, None)
+}
+
+/// Item 7, second half: `buildbot reconfig` sent SIGHUP to whatever pid `master.pid` held as
+/// long as someone held its lock, and killed an unrelated process. It now signals only the
+/// process that holds the lock, and only if that is a buildbot.
+#[test]
+fn reconfig_signals_only_the_master_that_holds_the_pid_file() {
+    let mut master = TestMaster::start();
+    master.terminate();
+    let dir = master.path().to_path_buf();
+    let pid_path = dir.join("master.pid");
+    std::fs::write(&pid_path, "").expect("pid file");
+    let mut bystander = Command::new("sleep")
+        .arg("600")
+        .spawn()
+        .expect("an unrelated process");
+    // Someone else holds the lock (flock(1), its pid in /proc/locks).
+    let mut holder = Command::new("flock")
+        .arg(&pid_path)
+        .args(["sleep", "600"])
+        .spawn()
+        .expect("flock holds the pid file");
+    wait_until("flock to hold the pid file", || {
+        std::fs::read_to_string("/proc/locks")
+            .unwrap_or_default()
+            .contains(&format!(" {} ", holder.id()))
+    });
+    for pid in [bystander.id(), holder.id()] {
+        std::fs::write(&pid_path, format!("{pid}\n")).expect("pid written");
+        let output = reconfig_of(&dir);
+        let stderr = text(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{stderr}");
+        assert!(
+            stderr.contains(&format!("pid {pid} in "))
+                && stderr.contains("is not a buildbot master of this directory"),
+            "{stderr}"
+        );
+        assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    }
+    assert!(
+        bystander.try_wait().expect("wait").is_none(),
+        "the unrelated process was signalled"
+    );
+    assert!(holder.try_wait().expect("wait").is_none());
+    for child in [&mut bystander, &mut holder] {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    // The honest case: the real master is found and answers.
+    std::fs::remove_file(&pid_path).expect("pid file removed");
+    let master = master.start_again();
+    let output = reconfig_of(master.path());
+    assert!(
+        output.status.success(),
+        "{}\n{}",
+        text(&output.stderr),
+        master.log()
+    );
+}
+
+/// Item 4: the header timeout did not cover a request's body, and a form's body was read before
+/// its session was checked, so slow bodies from nobody held every connection place. Now a POST
+/// without a session is refused before its body is read, and a logged-in one's body must
+/// arrive within `header_read_timeout`.
+#[test]
+fn slow_form_bodies_do_not_take_the_web_down() {
+    let master = TestMaster::start_with(MasterSetup {
+        edits: vec![
+            ("# max_connections = 512", "max_connections = 40"),
+            (
+                "# max_connections_per_source = 128",
+                "max_connections_per_source = 40",
+            ),
+            (
+                "# header_read_timeout = \"30s\"",
+                "header_read_timeout = \"2s\"",
+            ),
+        ],
+        ..MasterSetup::with_try_builders(&["linux"], "/srv/git/p.git")
+    });
+    let addr = format!("127.0.0.1:{}", master.http_port);
+    let slow_post = |cookie: Option<&str>| {
+        let mut stream = TcpStream::connect(&addr).expect("connect");
+        let cookie = cookie
+            .map(|cookie| format!("Cookie: {cookie}\r\n"))
+            .unwrap_or_default();
+        stream
+            .write_all(
+                format!(
+                    "POST /builders/linux/force HTTP/1.1\r\nHost: x\r\n{cookie}\
+                     Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 60000\r\n\r\nr"
+                )
+                .as_bytes(),
+            )
+            .expect("headers and a first byte");
+        stream
+    };
+    // 100 slow bodies without a session, at most 40 served at once: each is refused at once.
+    let mut slow: Vec<TcpStream> = (0..100).map(|_| slow_post(None)).collect();
+    let client = http_client();
+    let started = Instant::now();
+    let page = client
+        .get(format!("http://{addr}/"))
+        .send()
+        .unwrap_or_else(|err| panic!("GET / with 100 slow bodies open: {err}"));
+    assert!(page.status().is_success(), "{}", page.status());
+    println!(
+        "GET / answered in {:?} with 100 slow bodies open",
+        started.elapsed()
+    );
+    let mut answer = String::new();
+    slow[0]
+        .set_read_timeout(Some(PATIENCE))
+        .expect("read timeout");
+    let _ = slow[0].read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 403"), "{answer}");
+    assert!(answer.contains("log in first"), "{answer}");
+    slow.clear();
+
+    // A logged-in form whose body stalls is cut at the deadline.
+    let session = crate::changes::web_login(&master);
+    let mut stalled = slow_post(Some(&session.cookie));
+    let took = wait_closed_by_server(&mut stalled, None)
+        .unwrap_or_else(|| panic!("a stalled body stayed open for {PATIENCE:?}"));
+    assert!(took < Duration::from_secs(2) + SLACK, "took {took:?}");
+    // A body larger than a form can be is refused from its length.
+    let mut huge = TcpStream::connect(&addr).expect("connect");
+    huge.write_all(
+        format!(
+            "POST /builders/linux/force HTTP/1.1\r\nHost: x\r\nCookie: {}\r\n\
+             Content-Length: 100000000\r\n\r\n",
+            session.cookie
+        )
+        .as_bytes(),
+    )
+    .expect("headers");
+    huge.set_read_timeout(Some(PATIENCE)).expect("read timeout");
+    let mut head = [0u8; 64];
+    let read = huge.read(&mut head).expect("an answer");
+    assert!(
+        head[..read].starts_with(b"HTTP/1.1 413"),
+        "{}",
+        text(&head[..read])
+    );
+}
+
+/// Item 11: 20,000 idle HTTP connections from one host stalled the web for everyone. One source
+/// may hold `max_connections_per_source`; another host is still served.
+#[test]
+fn one_host_holding_idle_http_connections_does_not_lock_out_another() {
+    let master = TestMaster::start_with(MasterSetup {
+        edits: vec![("# max_connections = 512", "max_connections = 40")],
+        ..MasterSetup::default()
+    });
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{}", master.http_port)
+        .parse()
+        .expect("address");
+    let idle: Vec<TcpStream> = (0..200)
+        .filter_map(|_| TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok())
+        .collect();
+    assert!(
+        idle.len() > 40,
+        "only {} connections were opened",
+        idle.len()
+    );
+    let other_host = reqwest::blocking::Client::builder()
+        .timeout(PATIENCE)
+        .local_address(Some("127.0.0.2".parse().expect("address")))
+        .build()
+        .expect("client");
+    let started = Instant::now();
+    let answer = other_host
+        .get(format!("http://127.0.0.1:{}/api/slaves", master.http_port))
+        .send()
+        .unwrap_or_else(|err| panic!("127.0.0.2 with 200 idle connections from 127.0.0.1: {err}"));
+    assert!(answer.status().is_success(), "{}", answer.status());
+    println!("another host was served in {:?}", started.elapsed());
+    assert!(
+        master.log().contains("([http] max_connections_per_source)"),
+        "{}",
+        master.log()
+    );
+    drop(idle);
+}
+
+/// Item 11: one host holding unauthenticated sockets, even within its per-source share, pushed
+/// the count past `start`, and sshd's random early drop then refused every other host too. A
+/// host that holds none is no longer in the draw.
+#[test]
+fn a_busy_host_past_max_startups_start_does_not_get_others_dropped() {
+    // Past 2 unauthenticated connections, every source that holds one is dropped.
+    let master = TestMaster::start_with(MasterSetup {
+        edits: vec![(
+            "max_startups = \"10:30:100\"",
+            "max_startups = \"2:100:100\"",
+        )],
+        ..MasterSetup::default()
+    });
+    let addr = format!("127.0.0.1:{}", master.ssh_port);
+    let mut held = Vec::new();
+    for _ in 0..6 {
+        let mut stream = TcpStream::connect(&addr).expect("connect");
+        stream
+            .set_read_timeout(Some(PATIENCE))
+            .expect("read timeout");
+        let mut banner = [0u8; 64];
+        if let Ok(read) = stream.read(&mut banner)
+            && read > 0
+        {
+            held.push(stream);
+        }
+    }
+    assert_eq!(held.len(), 2, "{}", master.log());
+    assert!(
+        master.log().contains("random early drop"),
+        "{}",
+        master.log()
+    );
+    let other_host = master.ssh_with(
+        &master.user_key,
+        &current_user(),
+        "watch",
+        &["-b", "127.0.0.2"],
+        None,
+    );
+    assert!(
+        other_host.status.success(),
+        "a login from 127.0.0.2 while 127.0.0.1 holds 2: {}\nmaster log:\n{}",
+        text(&other_host.stderr),
+        master.log()
+    );
+    drop(held);
+}

@@ -128,8 +128,11 @@ pub struct HttpConfig {
     /// Connections served at once; more wait in the kernel's backlog. Also lowered at start so
     /// that descriptors stay free for SSH (`daemon`).
     pub max_connections: usize,
+    /// Connections one source (an IPv4 address, an IPv6 /64) may hold at once; more are closed
+    /// as soon as they are accepted.
+    pub max_connections_per_source: usize,
     /// Time a client has to send a request's headers, and the longest a kept-alive connection
-    /// may wait idle for its next request.
+    /// may wait idle for its next request; also the time a form's body has to arrive.
     pub header_read_timeout: Duration,
 }
 
@@ -255,6 +258,8 @@ struct RawHttp {
     #[serde(default)]
     max_connections: Option<Spanned<usize>>,
     #[serde(default)]
+    max_connections_per_source: Option<Spanned<usize>>,
+    #[serde(default)]
     header_read_timeout: Option<Spanned<String>>,
 }
 
@@ -340,6 +345,12 @@ const DEFAULT_MAX_STARTUPS: MaxStartups = MaxStartups {
 };
 const DEFAULT_MAX_SESSIONS: usize = 10;
 const DEFAULT_HTTP_MAX_CONNECTIONS: usize = 512;
+
+/// A quarter of the places, as `max_startups_per_source` takes of `full`: one host cannot
+/// take them all, and a browser's handful of connections never comes near.
+fn default_per_source(max_connections: usize) -> usize {
+    (max_connections / 4).max(1)
+}
 const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 const DEFAULT_UPLOAD_TIMEOUT: Duration = Duration::from_secs(5 * 60);
 const DEFAULT_SSH_KEEPALIVE: Duration = Duration::from_secs(60);
@@ -624,6 +635,7 @@ impl Checker<'_> {
             return Some(HttpConfig {
                 listen: DEFAULT_HTTP_LISTEN.parse().ok()?,
                 max_connections: DEFAULT_HTTP_MAX_CONNECTIONS,
+                max_connections_per_source: default_per_source(DEFAULT_HTTP_MAX_CONNECTIONS),
                 header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
             });
         };
@@ -633,6 +645,11 @@ impl Checker<'_> {
             DEFAULT_HTTP_MAX_CONNECTIONS,
             "[http] max_connections",
         );
+        let max_connections_per_source = self.at_least_one(
+            raw.max_connections_per_source.as_ref(),
+            default_per_source(max_connections),
+            "[http] max_connections_per_source",
+        );
         let header_read_timeout = self.duration(
             raw.header_read_timeout.as_ref(),
             DEFAULT_HEADER_READ_TIMEOUT,
@@ -640,6 +657,7 @@ impl Checker<'_> {
         Some(HttpConfig {
             listen: listen?,
             max_connections,
+            max_connections_per_source,
             header_read_timeout,
         })
     }
@@ -957,6 +975,7 @@ builders = ["linux"]
         assert_eq!(config.sshd.max_startups_per_source, 25);
         assert_eq!(config.sshd.max_sessions, 10);
         assert_eq!(config.http.max_connections, 512);
+        assert_eq!(config.http.max_connections_per_source, 128);
         assert_eq!(config.http.header_read_timeout, Duration::from_secs(30));
         assert_eq!(config.spool.upload_timeout, Duration::from_secs(300));
 
@@ -970,6 +989,7 @@ builders = ["linux"]
         assert_eq!(config.sshd.max_startups_per_source, 2);
         assert_eq!(config.sshd.max_sessions, 3);
         assert_eq!(config.http.max_connections, 64);
+        assert_eq!(config.http.max_connections_per_source, 16);
         assert_eq!(config.http.header_read_timeout, Duration::from_secs(5));
         assert_eq!(config.spool.upload_timeout, Duration::from_secs(60));
 

@@ -74,6 +74,9 @@ pub enum ControlError {
     Submit(#[from] SubmitError),
     #[error("{0}")]
     BadChange(#[from] crate::change::ChangeError),
+    /// A reason or comment with control characters (they would break IRC lines and logs).
+    #[error("{0}")]
+    NotPlain(#[from] crate::untrusted::text::NotPlain),
     #[error("{0}")]
     History(#[from] HistoryError),
 }

@@ -52,6 +52,7 @@ impl Control {
     ) -> Result<Queued, ControlError> {
         let in_force = self.config();
         access::check(Action::Force, account, &in_force)?;
+        crate::untrusted::text::check_plain("reason", &force.reason)?;
         let config = self.builder(builder)?;
         if !in_force.may_force(builder) {
             return Err(ControlError::NotForcible {
@@ -94,6 +95,7 @@ impl Control {
         reason: &str,
     ) -> Result<Queued, ControlError> {
         access::check(Action::Rebuild, account, &self.config())?;
+        crate::untrusted::text::check_plain("reason", reason)?;
         self.builder(builder)?;
         let name = builder.to_string();
         let original = self

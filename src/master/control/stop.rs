@@ -26,6 +26,7 @@ impl Control {
         reason: &str,
     ) -> Result<Stopped, ControlError> {
         access::check(Action::Stop, account, &self.config())?;
+        crate::untrusted::text::check_plain("reason", reason)?;
         self.builder(builder)?;
         let mut running = self.board.stoppable(builder);
         let target = match number {
