@@ -68,6 +68,8 @@ pub struct Board {
 /// A running build, as a stop action finds it.
 pub struct Found {
     pub number: i64,
+    /// Whose request it builds: the history knows.
+    pub request_id: i64,
     pub stop: Arc<StopHandle>,
 }
 
@@ -149,6 +151,7 @@ impl Board {
             .filter(|entry| entry.view.builder == builder)
             .map(|entry| Found {
                 number: entry.view.number,
+                request_id: entry.request_id,
                 stop: Arc::clone(&entry.stop),
             })
             .collect()

@@ -164,6 +164,7 @@ fn policies(config: &Config) -> HashMap<String, BuilderPolicy> {
                 next_slave: builder.next_slave,
                 locks: builder.locks.clone(),
                 collapse: builder.collapse_requests,
+                keeps_patches_off_slaves: builder.trusted && !builder.patch_builds_on_slaves,
             };
             (builder.name.clone(), policy)
         })

@@ -16,6 +16,7 @@ pub mod irc_links;
 pub mod locks;
 pub mod metrics;
 pub mod poller;
+pub mod quotas;
 pub mod reconfig;
 pub mod results;
 pub mod roster;

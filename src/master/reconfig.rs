@@ -168,8 +168,8 @@ fn summarize(old: &Config, new: &Config) -> Vec<String> {
         ),
         (
             "[master]",
-            format!("{:?}{:?}", old.name, old.admin_group),
-            format!("{:?}{:?}", new.name, new.admin_group),
+            format!("{:?}{:?}{:?}", old.name, old.operators, old.quotas),
+            format!("{:?}{:?}{:?}", new.name, new.operators, new.quotas),
         ),
         (
             "[sshd]",

@@ -147,6 +147,17 @@ impl Spool {
     /// longer job means). Only a regular file with one link is read: a symlink or a hard link
     /// planted in `new/` must not make the master read a file the submitter could not.
     pub fn read_claimed(&self, name: &str, limit: u64) -> Result<Vec<u8>, String> {
+        self.read_claimed_with_owner(name, limit)
+            .map(|(bytes, _)| bytes)
+    }
+
+    /// [`Maildir::read_claimed`], and the uid that owns the file: the master's own for a job
+    /// that came over SSH, the submitter's for one written into the spool directly.
+    pub fn read_claimed_with_owner(
+        &self,
+        name: &str,
+        limit: u64,
+    ) -> Result<(Vec<u8>, u32), String> {
         let fd = openat(
             &self.dirs.cur,
             name,
@@ -169,7 +180,7 @@ impl Spool {
             .take(limit.saturating_add(1))
             .read_to_end(&mut bytes)
             .map_err(|err| format!("cannot read the job: {err}"))?;
-        Ok(bytes)
+        Ok((bytes, stat.st_uid))
     }
 
     /// Moves `cur/NAME` to `rejected/NAME` beside `rejected/NAME.why` with the reason. The

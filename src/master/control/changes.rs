@@ -2,7 +2,7 @@
 //! found by a poller. Recorded first, then handed to the schedulers that build them.
 
 use crate::change::ChangeSpec;
-use crate::master::access::{self, Action};
+use crate::master::access::{self, Action, Target};
 use crate::master::control::{Control, ControlError};
 use crate::master::history::changes::{self, StoredChange};
 use crate::status::BuildEvent;
@@ -15,7 +15,7 @@ impl Control {
         account: &UnixAccount,
         change: ChangeSpec,
     ) -> Result<StoredChange, ControlError> {
-        access::check(Action::SendChange, account, &self.config())?;
+        access::check(account, Action::SendChange, Target::Master, &self.config())?;
         crate::change::check(&change)?;
         self.record_change(change, &account.name).await
     }

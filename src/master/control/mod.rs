@@ -219,6 +219,8 @@ pub struct Control {
     scheduler: mpsc::Sender<Mail>,
     /// Recorded changes, to the schedulers that build them (`master::schedulers`).
     changes: mpsc::Sender<StoredChange>,
+    /// Each user's recent submissions, for `[limits]`.
+    quotas: crate::master::quotas::Quotas,
 }
 
 impl Control {
@@ -255,6 +257,7 @@ impl Control {
             paused: Mutex::new(Vec::new()),
             scheduler,
             changes,
+            quotas: crate::master::quotas::Quotas::default(),
         }
     }
 

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use crate::master::access::{self, Action};
+use crate::master::access::{self, Action, Target};
 use crate::master::control::{Control, ControlError, Stopped};
 use crate::master::events::Followed;
 use crate::status::BuildEvent;
@@ -24,7 +24,6 @@ impl Control {
         number: Option<i64>,
         reason: &str,
     ) -> Result<Stopped, ControlError> {
-        access::check(Action::Stop, account, &self.config())?;
         self.builder(builder)?;
         let mut running = self.board.stoppable(builder);
         let target = match number {
@@ -43,6 +42,20 @@ impl Control {
                 number,
             });
         };
+        let request_id = target.request_id;
+        let owner = self
+            .history
+            .run(move |connection| crate::master::history::request_by_id(connection, request_id))
+            .await?
+            .and_then(|request| request.who);
+        access::check(
+            account,
+            Action::Stop,
+            Target::Owned {
+                owner: owner.as_deref(),
+            },
+            &self.config(),
+        )?;
         // Follow before stopping, so the end cannot slip by.
         let mut follower = self.events.follow();
         tracing::info!(user = %account.name, %builder, number = target.number, %reason, "stop requested");
