@@ -124,6 +124,8 @@ pub enum AccessError {
     #[error("{builder} is a trusted builder: patch builds never run on it")]
     Trusted { builder: String },
     #[error("{0}")]
+    Revision(#[from] crate::master::revisions::RevisionError),
+    #[error("{0}")]
     Quota(#[from] crate::master::quotas::QuotaError),
     #[error(
         "the patch changes a submodule URL in .gitmodules, which {builder} does not allow (patch_submodule_urls = false)"

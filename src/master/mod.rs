@@ -19,6 +19,7 @@ pub mod poller;
 pub mod quotas;
 pub mod reconfig;
 pub mod results;
+pub mod revisions;
 pub mod roster;
 pub mod scheduler;
 pub mod schedulers;

@@ -58,6 +58,13 @@ pub enum Input {
         request_id: i64,
         by: String,
     },
+    /// Drop every queued request of a builder, or only those of one owner (an operator's
+    /// bulk cancel).
+    CancelQueued {
+        builder: String,
+        who: Option<String>,
+        by: String,
+    },
     /// A paused slave finishes its builds and takes no new ones.
     PauseSlave {
         name: String,
@@ -223,6 +230,14 @@ impl Queue {
             } => {
                 effects.extend(self.cancel(by, |request| {
                     request.id == request_id && request.builder == builder
+                }));
+            }
+            Input::CancelQueued { builder, who, by } => {
+                effects.extend(self.cancel(by, |request| {
+                    request.builder == builder
+                        && who
+                            .as_deref()
+                            .is_none_or(|who| request.who.as_deref() == Some(who))
                 }));
             }
             Input::PauseSlave { name, paused } => {

@@ -130,6 +130,16 @@ pub async fn run(
             }
             Err(err) => refuse(&err, io).await,
         },
+        ExecCommand::CancelAll { builder, user: of } => {
+            match ctx.control.cancel_all(user, &builder, of.as_deref()).await {
+                Ok(count) => {
+                    io.print(&format!("{builder}: {count} queued requests cancelled\n"))
+                        .await;
+                    0
+                }
+                Err(err) => refuse(&err, io).await,
+            }
+        }
         ExecCommand::SendChange => send_change(ctx, user, io).await,
         ExecCommand::PauseSlave { name, paused } => {
             match ctx.control.pause_slave(user, &name, paused).await {

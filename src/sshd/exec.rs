@@ -48,6 +48,11 @@ pub enum ExecCommand {
     },
     /// `cancel BUILDER REQUEST_ID`
     Cancel { builder: String, request_id: i64 },
+    /// `cancel BUILDER --all [--user U]`: every queued request (of one user).
+    CancelAll {
+        builder: String,
+        user: Option<String>,
+    },
     /// `sendchange`: one change as JSON on stdin.
     SendChange,
     /// `pause-slave NAME` / `unpause-slave NAME`
@@ -138,8 +143,14 @@ enum Remote {
     },
     Cancel {
         builder: String,
-        #[arg(value_parser = positive)]
-        request_id: i64,
+        #[arg(value_parser = positive, required_unless_present = "all", conflicts_with = "all")]
+        request_id: Option<i64>,
+        /// Every queued request of the builder (operators).
+        #[arg(long)]
+        all: bool,
+        /// With --all: only this user's requests.
+        #[arg(long, requires = "all")]
+        user: Option<String>,
     },
     Sendchange,
     PauseSlave {
@@ -299,11 +310,18 @@ fn from_remote(remote: Remote) -> ExecCommand {
         },
         Remote::Cancel {
             builder,
-            request_id,
+            request_id: Some(request_id),
+            ..
         } => ExecCommand::Cancel {
             builder,
             request_id,
         },
+        Remote::Cancel {
+            builder,
+            request_id: None,
+            user,
+            ..
+        } => ExecCommand::CancelAll { builder, user },
         Remote::Sendchange => ExecCommand::SendChange,
         Remote::PauseSlave { name } => ExecCommand::PauseSlave { name, paused: true },
         Remote::UnpauseSlave { name } => ExecCommand::PauseSlave {

@@ -19,6 +19,7 @@ mod repo;
 mod security;
 mod sshd;
 mod stop;
+mod trust;
 mod try_;
 mod watch;
 mod web;

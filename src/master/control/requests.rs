@@ -270,6 +270,31 @@ impl Control {
         Ok(())
     }
 
+    /// Drops every queued request of `builder`, or of one user there (operators only);
+    /// returns how many were waiting.
+    pub async fn cancel_all(
+        &self,
+        account: &UnixAccount,
+        builder: &str,
+        user: Option<&str>,
+    ) -> Result<usize, ControlError> {
+        access::check(account, Action::CancelAll, Target::Master, &self.config())?;
+        self.builder(builder)?;
+        let (name, who) = (builder.to_string(), user.map(str::to_string));
+        let waiting = self
+            .history
+            .run(move |connection| history::pending_count_in(connection, &name, who.as_deref()))
+            .await?;
+        self.scheduler_input(Input::CancelQueued {
+            builder: builder.to_string(),
+            who: user.map(str::to_string),
+            by: account.name.clone(),
+        })
+        .await;
+        tracing::info!(user = %account.name, %builder, of = ?user, waiting, "queued requests cancelled in bulk");
+        Ok(waiting)
+    }
+
     /// The submitter of a try job went away: its running builds are stopped and its queued
     /// requests dropped.
     pub async fn cancel_job(&self, job_name: &str, by: &str, reason: &str) {

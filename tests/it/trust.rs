@@ -1,0 +1,379 @@
+//! The attacks of issue #22 on the trust between users, each against a real master with
+//! throwaway unix users: a try user, an operator, and a user whose rights are taken away while
+//! connected. Each test also shows the honest case working, so a refusal is no accident.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::{Command, Output};
+
+use crate::harness::{
+    MasterSetup, TempAccount, TestKey, TestMaster, current_user, run_with_timeout, text, wait_until,
+};
+use crate::repo::{Checkout, git};
+
+/// `gpasswd -a/-d USER GROUP`, retried while another test holds the group file's lock.
+fn gpasswd(flag: &str, user: &str, group: &str) {
+    let mut last = String::new();
+    for _ in 0..50 {
+        let mut command = Command::new("gpasswd");
+        command.args([flag, user, group]);
+        let output = run_with_timeout(command, None);
+        if output.status.success() {
+            return;
+        }
+        last = text(&output.stderr);
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    panic!("gpasswd {flag} {user} {group}: {last}");
+}
+
+/// Shares the master's spool with `group` as `create-master --try-group` does, and lets
+/// others through the master directory to it.
+fn share_spool(master: &TestMaster, group: &TempAccount) {
+    let chmod = |path: &Path, mode: u32| {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod")
+    };
+    chmod(master.path(), 0o755);
+    let spool = master.path().join("spool");
+    for sub in ["", "tmp", "new"] {
+        let dir = spool.join(sub);
+        nix::unistd::chown(&dir, None, Some(group.gid)).expect("chgrp");
+        chmod(&dir, 0o3770);
+    }
+}
+
+/// A user with a key the master knows.
+struct User {
+    account: TempAccount,
+    key: TestKey,
+}
+
+impl User {
+    fn new(master: &TestMaster, why: &str) -> User {
+        let account = TempAccount::create(why);
+        let key = TestKey::ed25519(master.keys_dir.path(), &account.user);
+        master.authorize(&account.user, &key.public_line);
+        User { account, key }
+    }
+
+    fn name(&self) -> &str {
+        &self.account.user
+    }
+
+    fn ssh(&self, master: &TestMaster, command: &str) -> Output {
+        master.ssh(&self.key, self.name(), command)
+    }
+
+    /// A try job for `builder` of the upstream's main, claiming to be `who`.
+    fn try_job(
+        &self,
+        master: &TestMaster,
+        builder: &str,
+        who: &str,
+        patch: Option<&[u8]>,
+    ) -> Output {
+        let job = buildbot::tryjob::encode(&buildbot::tryjob::Job {
+            version: 5,
+            jobid: format!("{}-{}", self.name(), rand_suffix()),
+            branch: Some("main".into()),
+            baserev: None,
+            patch_level: 1,
+            patch: patch.map(<[u8]>::to_vec),
+            repository: String::new(),
+            project: String::new(),
+            who: Some(who.into()),
+            comment: None,
+            builders: vec![builder.into()],
+            properties: Default::default(),
+        });
+        master.ssh_with(&self.key, self.name(), "try", &[], Some(&job))
+    }
+}
+
+fn rand_suffix() -> u64 {
+    use std::time::{SystemTime, UNIX_EPOCH};
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_nanos() as u64)
+}
+
+fn refused(output: &Output, mentions: &str) {
+    let stderr = text(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "one line: {stderr:?}");
+    assert!(stderr.contains(mentions), "{stderr}");
+}
+
+fn ok(output: &Output) -> String {
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
+    text(&output.stdout)
+}
+
+/// A farm: `linux` (try and force, slave s1, a long step) and the trusted `deploy` (slave
+/// s2, built from changes on main), try users in group `tryers`, operators in `ops`.
+struct Farm {
+    master: TestMaster,
+    checkout: Checkout,
+    tryers: TempAccount,
+    ops: TempAccount,
+}
+
+fn farm(why: &str, extra: &str) -> Farm {
+    let checkout = Checkout::new();
+    let tryers = TempAccount::create(why);
+    let ops = TempAccount::create(why);
+    let mut setup = MasterSetup::default();
+    setup.slaves = vec!["s1".into(), "s2".into()];
+    setup.extra_config = format!(
+        "\n[[builder]]\nname = \"linux\"\nslaves = [\"s1\"]\nrepo = \"{repo}\"\nsteps = [ {{ name = \"sleep\", command = \"sleep 600\" }} ]\n\
+         \n[[builder]]\nname = \"deploy\"\nslaves = [\"s2\"]\nrepo = \"{repo}\"\ntrusted = true\nsteps = [ {{ name = \"deploy\", command = \"true\" }} ]\n\
+         \n[[scheduler]]\nkind = \"try\"\nbuilders = [\"linux\", \"deploy\"]\n\
+         \n[[scheduler]]\nkind = \"force\"\nbuilders = [\"linux\"]\n\
+         \n[[scheduler]]\nkind = \"branch\"\nname = \"deploys\"\nbuilders = [\"deploy\"]\nbranches = [\"main\"]\ntree_stable_timer = \"1s\"\n\
+         \n[changes]\ngroup = \"{tryers}\"\n{extra}",
+        repo = checkout.upstream.display(),
+        tryers = tryers.group,
+    );
+    let operators: &'static str =
+        Box::leak(format!("name = \"example\"\noperators = \"{}\"", ops.group).into_boxed_str());
+    setup.edits.push(("name = \"example\"", operators));
+    let master = TestMaster::start_with(setup);
+    share_spool(&master, &tryers);
+    Farm {
+        master,
+        checkout,
+        tryers,
+        ops,
+    }
+}
+
+fn requests(master: &TestMaster) -> Vec<serde_json::Value> {
+    master
+        .api("/api/requests")
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+#[test]
+fn owners_act_on_their_own_builds_operators_on_all_and_rebuild_obeys_the_force_rules() {
+    let why = "owners_act_on_their_own_builds_operators_on_all";
+    let farm = farm(why, "");
+    let master = &farm.master;
+    let alice = User::new(master, why);
+    let mallory = User::new(master, why);
+    let oscar = User::new(master, why);
+    gpasswd("-a", alice.name(), &farm.tryers.group);
+    gpasswd("-a", mallory.name(), &farm.tryers.group);
+    gpasswd("-a", oscar.name(), &farm.ops.group);
+    let _s1 = master.start_slave("s1");
+    let _s2 = master.start_slave("s2");
+
+    // A deploy of main, from a change alice (a pusher) sends.
+    let head = git(&farm.checkout.upstream, &["rev-parse", "main"]);
+    let change = format!(
+        r#"{{"repository": "{}", "branch": "main", "revision": "{}"}}"#,
+        farm.checkout.upstream.display(),
+        head.trim()
+    );
+    let sent = master.ssh_with(
+        &alice.key,
+        alice.name(),
+        "sendchange",
+        &[],
+        Some(change.as_bytes()),
+    );
+    ok(&sent);
+    wait_until("deploy #1 to finish", || {
+        let build = master.api_last_build("deploy");
+        build["number"] == 1 && build["running"] == false
+    });
+    // Item 2: no force scheduler lists deploy, so nobody re-runs an old deploy by rebuilding it.
+    refused(
+        &mallory.ssh(master, "rebuild deploy 1 --reason again"),
+        "deploy may not be forced",
+    );
+    // Patch builds never run on a trusted builder.
+    refused(
+        &alice.try_job(master, "deploy", "alice", None),
+        "deploy is a trusted builder",
+    );
+
+    // Item 10: the "who" of a try job is the authenticated user, not what the job says.
+    ok(&alice.try_job(master, "linux", mallory.name(), None));
+    wait_until("linux #1 to run", || {
+        master.api_last_build("linux")["running"] == true
+    });
+    let build = master.api_last_build("linux");
+    let detail = master.api(&format!("/api/builds/{}", build["id"]));
+    assert_eq!(detail["who"], alice.name(), "{detail}");
+
+    // Someone else's build: mallory may neither stop it nor pause its slave.
+    refused(
+        &mallory.ssh(master, "stop linux 1 --reason mine-now"),
+        "only its owner and operators may",
+    );
+    refused(&mallory.ssh(master, "pause-slave s1"), "only operators may");
+    // A forced build of mallory's own waits behind alice's; alice may not cancel it.
+    let forced = ok(&mallory.ssh(master, "force linux --reason mine"));
+    let request_id = forced
+        .trim()
+        .rsplit(' ')
+        .next()
+        .expect("request id")
+        .to_string();
+    refused(
+        &alice.ssh(master, &format!("cancel linux {request_id}")),
+        "only its owner and operators may",
+    );
+    // The owner may; the operator may act on anyone's.
+    ok(&mallory.ssh(master, &format!("cancel linux {request_id}")));
+    ok(&oscar.ssh(master, "pause-slave s1"));
+    ok(&oscar.ssh(master, "unpause-slave s1"));
+    let stopped = ok(&alice.ssh(master, "stop linux 1 --reason done"));
+    assert!(stopped.contains("stopped by"), "{stopped}");
+}
+
+#[test]
+fn rights_taken_away_end_on_an_open_connection() {
+    let why = "rights_taken_away_end_on_an_open_connection";
+    let farm = farm(why, "");
+    let master = &farm.master;
+    let alice = User::new(master, why);
+    gpasswd("-a", alice.name(), &farm.tryers.group);
+    // One SSH connection, kept open (OpenSSH connection sharing): later commands ride on it
+    // without logging in again.
+    let control = tempfile::tempdir().expect("temp dir");
+    let socket = control.path().join("c");
+    let path_option = format!("ControlPath={}", socket.display());
+    let options = [
+        "-o",
+        "ControlMaster=auto",
+        "-o",
+        path_option.as_str(),
+        "-o",
+        "ControlPersist=120",
+    ];
+    let force = || {
+        master.ssh_with(
+            &alice.key,
+            alice.name(),
+            "force linux --reason r",
+            &options,
+            None,
+        )
+    };
+    ok(&force());
+    assert!(socket.exists(), "the shared connection is open");
+
+    gpasswd("-d", alice.name(), &farm.tryers.group);
+    let mut last = String::new();
+    wait_until("the removed user's next action to be refused", || {
+        let output = force();
+        last = text(&output.stderr);
+        output.status.code() == Some(1)
+    });
+    assert!(last.contains("may not force builds"), "{last}");
+    assert!(socket.exists(), "still the same connection");
+    let _ = Command::new("ssh")
+        .args(["-o", &path_option, "-O", "exit", "x"])
+        .output();
+}
+
+#[test]
+fn sendchange_is_off_unless_configured_and_a_revision_must_be_on_its_branch() {
+    let why = "sendchange_is_off_unless_configured";
+    // Without [changes] group nobody may send changes, not even root.
+    let plain = TestMaster::start();
+    let change = br#"{"repository": "/r.git", "branch": "main", "revision": "0123456789abcdef"}"#;
+    refused(
+        &plain.ssh_with(
+            &plain.user_key,
+            &current_user(),
+            "sendchange",
+            &[],
+            Some(change),
+        ),
+        "takes no changes over SSH",
+    );
+    drop(plain);
+
+    let farm = farm(why, "");
+    let master = &farm.master;
+    let alice = User::new(master, why);
+    gpasswd("-a", alice.name(), &farm.tryers.group);
+    // A commit on a release branch, labelled "main", would make deploy build it.
+    let work = &farm.checkout.work;
+    std::fs::write(work.join("release.txt"), "release only\n").expect("write");
+    git(work, &["add", "release.txt"]);
+    git(work, &["commit", "-q", "-m", "release only"]);
+    git(work, &["push", "-q", "origin", "HEAD:refs/heads/release"]);
+    let release = git(work, &["rev-parse", "HEAD"]);
+    let send = |revision: &str| {
+        let change = format!(
+            r#"{{"repository": "{}", "branch": "main", "revision": "{}"}}"#,
+            farm.checkout.upstream.display(),
+            revision.trim()
+        );
+        master.ssh_with(
+            &alice.key,
+            alice.name(),
+            "sendchange",
+            &[],
+            Some(change.as_bytes()),
+        )
+    };
+    refused(&send(&release), "is not on branch main");
+    let main = git(&farm.checkout.upstream, &["rev-parse", "main"]);
+    assert_eq!(ok(&send(&main)), "change 1 accepted\n");
+}
+
+#[test]
+fn quotas_bulk_cancel_and_submodule_urls() {
+    let why = "quotas_bulk_cancel_and_submodule_urls";
+    let farm = farm(why, "\n[limits]\nmax_queued_per_user = 3\n");
+    let master = &farm.master;
+    let alice = User::new(master, why);
+    let mallory = User::new(master, why);
+    let oscar = User::new(master, why);
+    gpasswd("-a", alice.name(), &farm.tryers.group);
+    gpasswd("-a", mallory.name(), &farm.tryers.group);
+    gpasswd("-a", oscar.name(), &farm.ops.group);
+    // No slave runs: everything waits in the queue.
+    for _ in 0..3 {
+        ok(&mallory.ssh(master, "force linux --reason flood"));
+    }
+    refused(
+        &mallory.ssh(master, "force linux --reason flood"),
+        "at most 3 may wait per user",
+    );
+    refused(
+        &mallory.try_job(master, "linux", "mallory", None),
+        "at most 3 may wait per user",
+    );
+    // Another user is not held up by mallory's quota.
+    ok(&alice.ssh(master, "force linux --reason mine"));
+    // Bulk cancel is for operators.
+    refused(
+        &mallory.ssh(master, "cancel linux --all"),
+        "only operators may",
+    );
+    let cancelled = ok(&oscar.ssh(
+        master,
+        &format!("cancel linux --all --user {}", mallory.name()),
+    ));
+    assert_eq!(cancelled, "linux: 3 queued requests cancelled\n");
+    wait_until("mallory's requests to be cancelled", || {
+        !requests(master)
+            .iter()
+            .any(|request| request["who"] == mallory.name())
+    });
+    ok(&mallory.ssh(master, "force linux --reason again"));
+
+    // Item 8: a patch that points a submodule elsewhere is refused at the master.
+    let patch = b"diff --git a/.gitmodules b/.gitmodules\nnew file mode 100644\n--- /dev/null\n+++ b/.gitmodules\n@@ -0,0 +1,3 @@\n+[submodule \"lib\"]\n+\tpath = lib\n+\turl = https://evil.example/lib.git\n";
+    refused(
+        &alice.try_job(master, "linux", "alice", Some(patch)),
+        "changes a submodule URL in .gitmodules",
+    );
+}
