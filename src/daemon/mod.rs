@@ -166,6 +166,7 @@ pub async fn run(
     // Before the watcher claims anything new, so nothing is taken twice.
     let recovered = recover_claimed_jobs(&control, &spool).await?;
     let (jobs_tx, jobs_rx) = tokio::sync::mpsc::channel(64);
+    let recorded_spool = spool.clone();
     spawn_component(&components, &shutdown, "spool watcher", {
         let control = Arc::clone(&control);
         crate::spool::watcher::run(
@@ -186,7 +187,13 @@ pub async fn run(
         )
     });
     spawn_component(&components, &shutdown, "spool to scheduler", {
-        record_jobs(recovered, jobs_rx, Arc::clone(&control), shutdown.clone())
+        record_jobs(
+            recovered,
+            jobs_rx,
+            Arc::clone(&control),
+            recorded_spool,
+            shutdown.clone(),
+        )
     });
     spawn_component(&components, &shutdown, "scheduler", {
         executor::run(Arc::clone(&control), scheduler_rx, shutdown.clone())
@@ -292,14 +299,25 @@ async fn recover_claimed_jobs(
         .history
         .run(move |connection| {
             let mut unrecorded = Vec::new();
+            let mut recorded = Vec::new();
             for name in claimed {
-                if !history::is_job_recorded(connection, &name)? {
+                if history::is_job_recorded(connection, &name)? {
+                    recorded.push(name);
+                } else {
                     unrecorded.push(name);
                 }
             }
-            Ok(unrecorded)
+            Ok((unrecorded, recorded))
         })
         .await?;
+    let (unrecorded, recorded) = unrecorded;
+    // Jobs recorded before this version deleted them, or before a crash between recording
+    // and deleting: the history has them.
+    for name in recorded {
+        if let Err(err) = maildir.remove_recorded(&name) {
+            tracing::warn!("cannot remove a recorded job from spool/cur: {err}");
+        }
+    }
     let try_builders: Vec<String> = control
         .config()
         .try_builders()
@@ -326,10 +344,11 @@ async fn record_jobs(
     recovered: Vec<SpooledJob>,
     mut jobs: tokio::sync::mpsc::Receiver<SpooledJob>,
     control: Arc<Control>,
+    spool: Spool,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     for spooled in recovered {
-        record(&control, spooled).await;
+        record(&control, &spool, spooled).await;
     }
     loop {
         let spooled = tokio::select! {
@@ -339,15 +358,24 @@ async fn record_jobs(
                 None => return Ok(()),
             },
         };
-        record(&control, spooled).await;
+        record(&control, &spool, spooled).await;
     }
 }
 
-async fn record(control: &Control, spooled: SpooledJob) {
+async fn record(control: &Control, spool: &Spool, spooled: SpooledJob) {
     let name = spooled.name.clone();
     if let Err(err) = control.record_spooled(spooled).await {
         // It stays in spool/cur/, unrecorded: the next start takes it again.
         tracing::error!(job = %name, "cannot record the job's requests: {err}");
+        return;
+    }
+    // Recorded durably: the history holds all of it, so the spool's copy goes.
+    let spool = spool.clone();
+    let removed = tokio::task::spawn_blocking(move || spool.remove_recorded(&name)).await;
+    match removed {
+        Ok(Ok(())) => {}
+        Ok(Err(err)) => tracing::warn!("cannot remove a recorded job from spool/cur: {err}"),
+        Err(err) => tracing::warn!("removing a recorded job panicked: {err}"),
     }
 }
 

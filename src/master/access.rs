@@ -367,6 +367,162 @@ fn spool_advice(try_group: Option<&str>) -> String {
 mod tests {
     use super::*;
 
+    fn config(extra: &str) -> Config {
+        let text = format!(
+            r#"[master]
+name = "t"
+[sshd]
+listen = "127.0.0.1:0"
+[[slave]]
+name = "s1"
+public_key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl t"
+[[builder]]
+name = "linux"
+slaves = ["s1"]
+repo = "/r.git"
+[[builder]]
+name = "deploy"
+slaves = ["s1"]
+repo = "/r.git"
+trusted = true
+[[scheduler]]
+kind = "try"
+builders = ["linux", "deploy"]
+[[scheduler]]
+kind = "force"
+builders = ["linux"]
+{extra}"#
+        );
+        Config::from_toml(&text, std::path::Path::new("/m")).expect("config")
+    }
+
+    fn user(name: &str, may_try: bool, operator: bool) -> Rights {
+        Rights {
+            user: name.into(),
+            root: false,
+            may_try,
+            operator,
+            sends_changes: false,
+            try_group: Some("try-users".into()),
+        }
+    }
+
+    #[test]
+    fn owners_act_on_their_own_and_operators_on_all() {
+        let config = config("");
+        let alice = user("alice", true, false);
+        let oscar = user("oscar", false, true);
+        let mine = Target::Owned {
+            owner: Some("alice"),
+        };
+        let theirs = Target::Owned { owner: Some("bob") };
+        let scheduled = Target::Owned { owner: None };
+        for action in [Action::Stop, Action::Cancel] {
+            assert_eq!(authorize(&alice, action, mine, &config), Ok(()));
+            assert!(matches!(
+                authorize(&alice, action, theirs, &config),
+                Err(AccessError::NotOwner { .. })
+            ));
+            assert!(authorize(&alice, action, scheduled, &config).is_err());
+            assert_eq!(authorize(&oscar, action, theirs, &config), Ok(()));
+        }
+        // An owner who left the try group acts on nothing any more.
+        let gone = user("alice", false, false);
+        assert!(authorize(&gone, Action::Stop, mine, &config).is_err());
+        for action in [Action::PauseSlave, Action::CancelAll] {
+            let refused = authorize(&alice, action, Target::Master, &config).expect_err("op");
+            assert_eq!(
+                refused.to_string(),
+                format!(
+                    "alice may not {action}: only operators may (no operators group is configured: [master] operators)"
+                )
+            );
+            assert_eq!(authorize(&oscar, action, Target::Master, &config), Ok(()));
+        }
+    }
+
+    #[test]
+    fn every_start_of_a_build_obeys_the_builders_rules() {
+        let config = config("");
+        let alice = user("alice", true, false);
+        let oscar = user("oscar", false, true);
+        let start = |builder, patch, of| Target::Start { builder, patch, of };
+        // Force and a rebuild without a patch: only builders a force scheduler lists.
+        assert_eq!(
+            authorize(&alice, Action::Force, start("linux", false, None), &config),
+            Ok(())
+        );
+        for action in [Action::Force, Action::Rebuild] {
+            let of = (action == Action::Rebuild).then_some(None);
+            for who in [&alice, &oscar] {
+                assert_eq!(
+                    authorize(who, action, start("deploy", false, of), &config),
+                    Err(AccessError::NotForcible {
+                        builder: "deploy".into()
+                    })
+                );
+            }
+        }
+        // Patch builds: never on a trusted builder; a try rebuild only by its owner.
+        assert!(matches!(
+            authorize(&alice, Action::Try, start("deploy", true, None), &config),
+            Err(AccessError::Trusted { .. })
+        ));
+        assert_eq!(
+            authorize(&alice, Action::Try, start("linux", false, None), &config),
+            Ok(())
+        );
+        assert_eq!(
+            authorize(
+                &alice,
+                Action::Rebuild,
+                start("linux", true, Some(Some("alice"))),
+                &config
+            ),
+            Ok(())
+        );
+        assert!(matches!(
+            authorize(
+                &alice,
+                Action::Rebuild,
+                start("linux", true, Some(Some("bob"))),
+                &config
+            ),
+            Err(AccessError::NotOwner { .. })
+        ));
+        assert_eq!(
+            authorize(
+                &oscar,
+                Action::Rebuild,
+                start("linux", true, Some(Some("bob"))),
+                &config
+            ),
+            Ok(())
+        );
+        // Operators may not try without the right to (a try job is theirs to run).
+        assert!(authorize(&oscar, Action::Try, start("linux", true, None), &config).is_err());
+    }
+
+    #[test]
+    fn sending_changes_is_off_unless_a_group_is_named() {
+        let off = config("");
+        let mut alice = user("alice", true, true);
+        assert!(matches!(
+            authorize(&alice, Action::SendChange, Target::Master, &off),
+            Err(AccessError::ChangesOff { .. })
+        ));
+        let on = config("[changes]\ngroup = \"root\"\n");
+        assert!(matches!(
+            authorize(&alice, Action::SendChange, Target::Master, &on),
+            Err(AccessError::NotInGroup { .. })
+        ));
+        alice.sends_changes = true;
+        assert_eq!(
+            authorize(&alice, Action::SendChange, Target::Master, &on),
+            Ok(())
+        );
+    }
+
     #[test]
     fn refusals_name_the_action_and_the_way_in() {
         let stop = AccessError::NoSpoolWrite {

@@ -130,6 +130,16 @@ impl Spool {
         list(&self.dirs.cur, &self.dirs.root_path.join("cur"))
     }
 
+    /// Deletes the claimed job `cur/NAME` once the master has recorded all of it in its
+    /// history (which keeps the patch and every field): a processed job is not kept twice, so
+    /// a flood of jobs cannot fill the disk with copies. A job already gone is no error.
+    pub fn remove_recorded(&self, name: &str) -> Result<(), SpoolError> {
+        match unlinkat(&self.dirs.cur, name, UnlinkatFlags::NoRemoveDir) {
+            Ok(()) | Err(nix::errno::Errno::ENOENT) => Ok(()),
+            Err(errno) => Err(SpoolError::io(&self.path_in("cur", name), errno)),
+        }
+    }
+
     /// Moves `new/NAME` to `cur/NAME`. `Ok(false)` if another process or an earlier pass
     /// claimed it already.
     pub fn claim(&self, name: &str) -> Result<bool, SpoolError> {

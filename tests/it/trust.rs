@@ -147,6 +147,11 @@ fn farm(why: &str, extra: &str) -> Farm {
     }
 }
 
+/// The newest build of `builder`, or null while it has none.
+fn last_build(master: &TestMaster, builder: &str) -> serde_json::Value {
+    master.api(&format!("/api/builds?builder={builder}"))[0].clone()
+}
+
 fn requests(master: &TestMaster) -> Vec<serde_json::Value> {
     master
         .api("/api/requests")
@@ -185,7 +190,7 @@ fn owners_act_on_their_own_builds_operators_on_all_and_rebuild_obeys_the_force_r
     );
     ok(&sent);
     wait_until("deploy #1 to finish", || {
-        let build = master.api_last_build("deploy");
+        let build = last_build(master, "deploy");
         build["number"] == 1 && build["running"] == false
     });
     // Item 2: no force scheduler lists deploy, so nobody re-runs an old deploy by rebuilding it.
@@ -202,7 +207,7 @@ fn owners_act_on_their_own_builds_operators_on_all_and_rebuild_obeys_the_force_r
     // Item 10: the "who" of a try job is the authenticated user, not what the job says.
     ok(&alice.try_job(master, "linux", mallory.name(), None));
     wait_until("linux #1 to run", || {
-        master.api_last_build("linux")["running"] == true
+        last_build(master, "linux")["running"] == true
     });
     let build = master.api_last_build("linux");
     let detail = master.api(&format!("/api/builds/{}", build["id"]));
@@ -275,9 +280,20 @@ fn rights_taken_away_end_on_an_open_connection() {
     });
     assert!(last.contains("may not force builds"), "{last}");
     assert!(socket.exists(), "still the same connection");
-    let _ = Command::new("ssh")
-        .args(["-o", &path_option, "-O", "exit", "x"])
-        .output();
+
+    // A key taken out of the user's file ends the connection it opened.
+    master.authorize(alice.name(), "");
+    let output = master.ssh_with(&alice.key, alice.name(), "watch", &options, None);
+    let stderr = text(&output.stderr);
+    assert!(
+        stderr.contains("the login of this connection no longer holds"),
+        "{stderr}"
+    );
+    wait_until("the shared connection to be closed by the master", || {
+        let mut check = Command::new("ssh");
+        check.args(["-o", &path_option, "-O", "check", "x"]);
+        !run_with_timeout(check, None).status.success()
+    });
 }
 
 #[test]
