@@ -160,7 +160,8 @@ pub struct Rights {
 /// The account as the system describes it now (cached for [`RIGHTS_TTL`]): none when it was
 /// deleted, or when its name now belongs to another uid.
 pub fn current_account(account: &UnixAccount) -> Option<UnixAccount> {
-    static CACHE: Mutex<Option<HashMap<String, (Instant, Option<UnixAccount>)>>> = Mutex::new(None);
+    type Looked = (Instant, Option<UnixAccount>);
+    static CACHE: Mutex<Option<HashMap<String, Looked>>> = Mutex::new(None);
     let now = Instant::now();
     let cached = {
         let mut cache = CACHE
@@ -197,7 +198,7 @@ pub fn rights(account: &UnixAccount, config: &Config) -> Result<Rights, AccessEr
         uid: fresh.uid,
         gids: fresh.gids.clone(),
     };
-    let may_try = !(root && !config.sshd.allow_root)
+    let may_try = (!root || config.sshd.allow_root)
         && matches!(
             permission::may_write_path(&principal, &config.spool.dir, config.sshd.allow_root),
             Ok(Decision::Allowed)
@@ -288,7 +289,8 @@ pub fn authorize(
                 });
             }
             if patch {
-                if !rights.may_try && !(rights.operator && action != Action::Try) {
+                let operator_may = rights.operator && action != Action::Try;
+                if !rights.may_try && !operator_may {
                     return Err(no_spool(action));
                 }
                 if config.builder(builder).is_some_and(|found| found.trusted) {

@@ -46,7 +46,7 @@ pub enum Identity {
         account: UnixAccount,
         grant: Grant,
         /// The key it logged in with: each command checks that it still lets this user in.
-        key: PublicKey,
+        key: Box<PublicKey>,
     },
     /// A build slave, logged in with its name and the key master.toml lists for it.
     Slave { name: String },
@@ -214,7 +214,7 @@ impl SshdContext {
         let lookup = {
             let keys = Arc::clone(&self.keys);
             let login = account.name.clone();
-            let key = key.clone();
+            let key = PublicKey::clone(key);
             let allow_root = self.config().sshd.allow_root;
             tokio::task::spawn_blocking(move || {
                 authenticate_user(&keys, &login, &key, client, allow_root)
@@ -294,7 +294,7 @@ fn authenticate_user(
         Ok(grant) => AuthOutcome::Accepted(Identity::User {
             account,
             grant,
-            key: key.clone(),
+            key: Box::new(key.clone()),
         }),
         Err(Refusal::NotListed) => AuthOutcome::Refused(
             AuthFailure::KeyNotListed,

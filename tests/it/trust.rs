@@ -122,8 +122,10 @@ fn farm(why: &str, extra: &str) -> Farm {
     let checkout = Checkout::new();
     let tryers = TempAccount::create(why);
     let ops = TempAccount::create(why);
-    let mut setup = MasterSetup::default();
-    setup.slaves = vec!["s1".into(), "s2".into()];
+    let mut setup = MasterSetup {
+        slaves: vec!["s1".into(), "s2".into()],
+        ..MasterSetup::default()
+    };
     setup.extra_config = format!(
         "\n[[builder]]\nname = \"linux\"\nslaves = [\"s1\"]\nrepo = \"{repo}\"\nsteps = [ {{ name = \"sleep\", command = \"sleep 600\" }} ]\n\
          \n[[builder]]\nname = \"deploy\"\nslaves = [\"s2\"]\nrepo = \"{repo}\"\ntrusted = true\nsteps = [ {{ name = \"deploy\", command = \"true\" }} ]\n\
