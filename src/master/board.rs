@@ -157,6 +157,18 @@ impl Board {
             .collect()
     }
 
+    /// Stops the running build of a request, if it runs; whether it did.
+    pub fn stop_request(&self, request_id: i64, by: &str, reason: &str) -> bool {
+        let running = lock(&self.running);
+        let found = running
+            .values()
+            .find(|entry| entry.request_id == request_id);
+        if let Some(entry) = found {
+            entry.stop.request(by, reason);
+        }
+        found.is_some()
+    }
+
     /// Stops every running build of a try job; returns how many.
     pub fn stop_job(&self, job_name: &str, by: &str, reason: &str) -> usize {
         let running = lock(&self.running);

@@ -208,7 +208,17 @@ fn perform(
             let shutdown = shutdown.clone();
             builds.spawn(async move {
                 let request_id = request.id;
-                let outcome = build::run(&control, *request, link, PING_TIMEOUT, shutdown).await;
+                let hold_limit =
+                    crate::master::quotas::lock_hold_limit(&control.config(), &request.builder);
+                let build = build::run(&control, *request, link, PING_TIMEOUT, shutdown);
+                let outcome = crate::master::quotas::within_lock_hold(build, hold_limit, || {
+                    control.board.stop_request(
+                        request_id,
+                        "the master",
+                        "it held its locks longer than [limits] max_lock_hold",
+                    )
+                })
+                .await;
                 control
                     .scheduler_input(Input::BuildEnded {
                         request_id,

@@ -90,6 +90,37 @@ impl Quotas {
     }
 }
 
+/// How long a build of `builder` may hold its locks: `[limits] max_lock_hold` when the builder
+/// uses any (for the build or a step), none otherwise.
+pub fn lock_hold_limit(config: &crate::master::config::Config, builder: &str) -> Option<Duration> {
+    let builder = config.builder(builder)?;
+    let uses_locks =
+        !builder.locks.is_empty() || builder.steps.iter().any(|step| !step.locks.is_empty());
+    uses_locks.then_some(config.quotas.max_lock_hold)
+}
+
+/// Runs `build`; if it is still running after `limit`, `stop` asks it to stop (the build then
+/// ends as interrupted and releases its locks) and its end is awaited as usual.
+pub async fn within_lock_hold<T>(
+    build: impl std::future::Future<Output = T>,
+    limit: Option<Duration>,
+    stop: impl FnOnce() -> bool,
+) -> T {
+    let Some(limit) = limit else {
+        return build.await;
+    };
+    tokio::pin!(build);
+    tokio::select! {
+        outcome = &mut build => outcome,
+        () = tokio::time::sleep(limit) => {
+            if stop() {
+                tracing::warn!(?limit, "a build held its locks past [limits] max_lock_hold; stopped");
+            }
+            build.await
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -97,6 +128,7 @@ mod tests {
     const LIMITS: QuotaConfig = QuotaConfig {
         max_queued_per_user: 5,
         max_requests_per_minute: 3,
+        max_lock_hold: Duration::from_secs(60),
     };
 
     #[test]

@@ -263,8 +263,11 @@ pub async fn slaves(
     headers: HeaderMap,
 ) -> Result<Html<String>, WebError> {
     let mut context = state.base_context(&headers);
-    context.insert("slaves", &crate::web::api::slave_rows(&state));
     let session = state.session(&headers);
+    context.insert(
+        "slaves",
+        &crate::web::api::slave_rows(&state, session.is_some()),
+    );
     context.insert("logged_in", &session.is_some());
     context.insert("csrf", &session.map(|s| s.csrf).unwrap_or_default());
     Ok(Html(state.render("slaves.html", &context)?))

@@ -395,3 +395,116 @@ fn quotas_bulk_cancel_and_submodule_urls() {
         "changes a submodule URL in .gitmodules",
     );
 }
+
+/// A session cookie for `user` (`ssh master web-login`, then the link it prints).
+fn web_cookie(master: &TestMaster, user: &User) -> String {
+    let login = ok(&user.ssh(master, "web-login"));
+    let url = login
+        .lines()
+        .next()
+        .expect("a login URL")
+        .trim()
+        .to_string();
+    let client = reqwest::blocking::Client::builder()
+        .timeout(crate::harness::PATIENCE)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client");
+    let response = client.get(&url).send().expect("login");
+    assert_eq!(response.status().as_u16(), 303, "{url}");
+    response.headers()["set-cookie"]
+        .to_str()
+        .expect("cookie")
+        .split(';')
+        .next()
+        .expect("pair")
+        .to_string()
+}
+
+#[test]
+fn a_private_farm_shows_nothing_to_visitors_and_patches_only_to_their_owner() {
+    let why = "a_private_farm_shows_nothing_to_visitors";
+    let checkout = Checkout::new();
+    let tryers = TempAccount::create(why);
+    let mut setup = MasterSetup::linux_builder(
+        &["s1"],
+        &checkout.upstream,
+        r#"{ name = "sleep", command = "sleep 600" },"#,
+    );
+    setup.edits.push(("[http]\n", "[http]\npublic = false\n"));
+    let master = TestMaster::start_with(setup);
+    share_spool(&master, &tryers);
+    let alice = User::new(&master, why);
+    let mallory = User::new(&master, why);
+    gpasswd("-a", alice.name(), &tryers.group);
+    gpasswd("-a", mallory.name(), &tryers.group);
+    // Not start_slave: it asks the (now private) API whether the slave is connected.
+    let _s1 = master.launch_slave("s1", |_| {});
+    let patch = b"diff --git a/secret.txt b/secret.txt\nnew file mode 100644\n--- /dev/null\n+++ b/secret.txt\n@@ -0,0 +1 @@\n+not public yet\n";
+    ok(&alice.try_job(&master, "linux", "alice", Some(patch)));
+
+    let client = crate::harness::http_client();
+    let get = |path: &str, cookie: Option<&str>| {
+        let mut request = client.get(format!("http://127.0.0.1:{}{path}", master.http_port));
+        if let Some(cookie) = cookie {
+            request = request.header("Cookie", cookie);
+        }
+        let response = request.send().expect("request");
+        let status = response.status().as_u16();
+        (status, response.text().unwrap_or_default())
+    };
+    // Visitors: nothing, not the pages, not the API, not the metrics.
+    for path in ["/", "/slaves", "/api/builds", "/api/slaves", "/metrics"] {
+        let (status, body) = get(path, None);
+        assert_eq!(status, 401, "{path}: {body}");
+        assert!(body.contains("web-login"), "{path}: {body}");
+    }
+    let alice_cookie = web_cookie(&master, &alice);
+    let mallory_cookie = web_cookie(&master, &mallory);
+    wait_until("linux #1 to start", || {
+        get("/api/builds?builder=linux", Some(&alice_cookie))
+            .1
+            .contains("\"number\":1")
+    });
+    let patch_path = "/builders/linux/builds/1/patch";
+    let (status, body) = get(patch_path, Some(&alice_cookie));
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("not public yet"), "{body}");
+    // Another try user is signed in, sees the farm, but not alice's patch.
+    assert_eq!(get("/", Some(&mallory_cookie)).0, 200);
+    let (status, body) = get(patch_path, Some(&mallory_cookie));
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("only its owner and operators"), "{body}");
+}
+
+#[test]
+fn a_lock_is_held_no_longer_than_max_lock_hold() {
+    let checkout = Checkout::new();
+    let mut setup = MasterSetup::linux_builder(
+        &["s1"],
+        &checkout.upstream,
+        r#"{ name = "hog", command = "sleep 600" },"#,
+    );
+    setup.extra_config.push_str(
+        "\n[[lock]]\nname = \"db\"\nkind = \"master\"\n\n[limits]\nmax_lock_hold = \"3s\"\n",
+    );
+    setup.edits.push((
+        "branch = \"main\"\nsteps",
+        "branch = \"main\"\nlocks = [ { lock = \"db\" } ]\nsteps",
+    ));
+    let master = TestMaster::start_with(setup);
+    let _s1 = master.start_slave("s1");
+    ok(&master.ssh(
+        &master.user_key,
+        &current_user(),
+        "force linux --reason hog",
+    ));
+    wait_until("the lock holder to be stopped at the limit", || {
+        let build = last_build(&master, "linux");
+        build["number"] == 1 && build["running"] == false
+    });
+    let build = last_build(&master, "linux");
+    assert_eq!(build["result"], "interrupted", "{build}");
+    let detail = master.api(&format!("/api/builds/{}", build["id"]));
+    assert!(detail.to_string().contains("max_lock_hold"), "{detail}");
+}

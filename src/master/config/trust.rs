@@ -1,6 +1,8 @@
 //! The keys about trust between users: `[master] operators` (alias `admin_group`) and the
 //! per-user quotas of `[limits]`.
 
+use std::time::Duration;
+
 use serde::Deserialize;
 use toml::Spanned;
 
@@ -13,7 +15,12 @@ pub struct QuotaConfig {
     pub max_queued_per_user: usize,
     /// Requests one user may submit per minute.
     pub max_requests_per_minute: u32,
+    /// The longest a build of a builder that uses locks may run: it is stopped then, so a
+    /// lock is never held without a limit.
+    pub max_lock_hold: Duration,
 }
+
+pub const DEFAULT_MAX_LOCK_HOLD: Duration = Duration::from_secs(4 * 3600);
 
 pub const DEFAULT_MAX_QUEUED_PER_USER: usize = 50;
 pub const DEFAULT_MAX_REQUESTS_PER_MINUTE: u32 = 30;
@@ -23,6 +30,7 @@ impl Default for QuotaConfig {
         QuotaConfig {
             max_queued_per_user: DEFAULT_MAX_QUEUED_PER_USER,
             max_requests_per_minute: DEFAULT_MAX_REQUESTS_PER_MINUTE,
+            max_lock_hold: DEFAULT_MAX_LOCK_HOLD,
         }
     }
 }
@@ -33,6 +41,8 @@ pub(super) struct RawQuotas {
     max_queued_per_user: Option<Spanned<usize>>,
     #[serde(default)]
     max_requests_per_minute: Option<Spanned<u32>>,
+    #[serde(default)]
+    max_lock_hold: Option<Spanned<String>>,
 }
 
 impl Checker<'_> {
@@ -83,9 +93,11 @@ impl Checker<'_> {
             }
             Some(value) => *value.get_ref(),
         };
+        let max_lock_hold = self.duration(raw.max_lock_hold.as_ref(), DEFAULT_MAX_LOCK_HOLD);
         QuotaConfig {
             max_queued_per_user,
             max_requests_per_minute,
+            max_lock_hold,
         }
     }
 }
