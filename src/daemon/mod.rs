@@ -364,10 +364,24 @@ async fn record_jobs(
 
 async fn record(control: &Control, spool: &Spool, spooled: SpooledJob) {
     let name = spooled.name.clone();
-    if let Err(err) = control.record_spooled(spooled).await {
-        // It stays in spool/cur/, unrecorded: the next start takes it again.
-        tracing::error!(job = %name, "cannot record the job's requests: {err}");
-        return;
+    match control.record_spooled(spooled).await {
+        Ok(()) => {}
+        // Refused by a builder's rules (trusted, .gitmodules URLs): rejected with the reason,
+        // as a malformed job is.
+        Err(crate::master::control::ControlError::NotAllowed(refusal)) => {
+            let spool = spool.clone();
+            let why = refusal.to_string();
+            let rejected = tokio::task::spawn_blocking(move || spool.reject(&name, &why)).await;
+            if !matches!(rejected, Ok(Ok(_))) {
+                tracing::error!("cannot move a refused job to spool/rejected");
+            }
+            return;
+        }
+        Err(err) => {
+            // It stays in spool/cur/, unrecorded: the next start takes it again.
+            tracing::error!(job = %name, "cannot record the job's requests: {err}");
+            return;
+        }
     }
     // Recorded durably: the history holds all of it, so the spool's copy goes.
     let spool = spool.clone();

@@ -62,6 +62,7 @@ impl Control {
                     .unwrap_or_else(|| format!("uid {}", spooled.owner_uid)),
             );
         }
+        let mut refused = None;
         let allowed: Vec<String> = spooled
             .builders
             .iter()
@@ -69,11 +70,19 @@ impl Control {
                 Ok(()) => true,
                 Err(err) => {
                     tracing::warn!(job = %spooled.name, %builder, "try job refused for this builder: {err}");
+                    refused = Some(err);
                     false
                 }
             })
             .cloned()
             .collect();
+        // Refused for every builder it names: nothing to record; the caller rejects the file
+        // with the reason.
+        if allowed.is_empty()
+            && let Some(err) = refused
+        {
+            return Err(err.into());
+        }
         let requests: Vec<StoredRequest> = allowed
             .iter()
             .map(|builder| StoredRequest {
