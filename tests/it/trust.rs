@@ -388,6 +388,47 @@ fn quotas_bulk_cancel_and_submodule_urls() {
     });
     ok(&mallory.ssh(master, "force linux --reason again"));
 
+    // A job written into the spool directly (the classic `tryserver --jobdir`, run as alice)
+    // is alice's, whatever name it carries.
+    let job = buildbot::tryjob::encode(&buildbot::tryjob::Job {
+        version: 5,
+        jobid: "written-by-alice".into(),
+        branch: Some("main".into()),
+        baserev: None,
+        patch_level: 1,
+        patch: None,
+        repository: String::new(),
+        project: String::new(),
+        who: Some(mallory.name().into()),
+        comment: None,
+        builders: vec!["linux".into()],
+        properties: Default::default(),
+    });
+    let mut tryserver = Command::new("runuser");
+    tryserver
+        .args([
+            "-u",
+            alice.name(),
+            "--",
+            crate::harness::BIN,
+            "tryserver",
+            "--jobdir",
+        ])
+        .arg(master.path().join("spool"));
+    ok(&run_with_timeout(tryserver, Some(&job)));
+    wait_until("the spooled job to be recorded as alice's", || {
+        requests(master)
+            .iter()
+            .any(|request| request["who"] == alice.name() && request["kind"] == "try")
+    });
+    // Mallory's only waiting request is the build mallory forced.
+    let mallorys: Vec<_> = requests(master)
+        .into_iter()
+        .filter(|request| request["who"] == mallory.name())
+        .collect();
+    assert_eq!(mallorys.len(), 1, "{mallorys:?}");
+    assert_eq!(mallorys[0]["kind"], "force", "{mallorys:?}");
+
     // Item 8: a patch that points a submodule elsewhere is refused at the master.
     let patch = b"diff --git a/.gitmodules b/.gitmodules\nnew file mode 100644\n--- /dev/null\n+++ b/.gitmodules\n@@ -0,0 +1,3 @@\n+[submodule \"lib\"]\n+\tpath = lib\n+\turl = https://evil.example/lib.git\n";
     refused(
