@@ -115,6 +115,9 @@ pub struct Answer {
     pub result: Option<BuildResult>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub change_id: Option<i64>,
+    /// `cancel BUILDER --all`: how many queued requests were dropped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cancelled: Option<usize>,
 }
 
 impl Answer {
@@ -128,6 +131,7 @@ impl Answer {
             url: None,
             result: None,
             change_id: None,
+            cancelled: None,
         }
     }
 }
@@ -159,11 +163,15 @@ impl std::fmt::Display for Answer {
                 Some(result) => write!(f, "{build}: {result}{url}"),
                 None => write!(f, "asked {build} to stop; it has not finished yet{url}"),
             },
-            Action::Cancel => write!(
-                f,
-                "{builder}: request {} cancelled",
-                self.request_id.unwrap_or_default()
-            ),
+            Action::Cancel => match self.cancelled {
+                Some(1) => write!(f, "{builder}: 1 queued request cancelled"),
+                Some(count) => write!(f, "{builder}: {count} queued requests cancelled"),
+                None => write!(
+                    f,
+                    "{builder}: request {} cancelled",
+                    self.request_id.unwrap_or_default()
+                ),
+            },
             Action::Sendchange => {
                 write!(f, "change {} accepted", self.change_id.unwrap_or_default())
             }

@@ -502,9 +502,66 @@ pub fn patch_level_hint(patch: &[u8], level: u32) -> Option<u32> {
     (pairs > 0).then_some(1)
 }
 
+/// Whether a patch changes a submodule URL: it adds or removes a `url` line of a `.gitmodules`
+/// file (at any depth), or renames, copies or binary-patches a file into one, whose content
+/// this cannot see. A changed URL makes a `submodules = true` builder clone whatever the
+/// submitter names, so the master refuses such jobs unless the builder allows them.
+/// Conservative: any header naming `.gitmodules` counts as entering such a file.
+pub fn changes_gitmodules_urls(patch: &[u8]) -> bool {
+    fn names_gitmodules(line: &str) -> bool {
+        line.split_whitespace().any(|token| {
+            let token = token.trim_matches('"');
+            token.rsplit('/').next() == Some(".gitmodules")
+        })
+    }
+    let text = String::from_utf8_lossy(patch);
+    let mut in_gitmodules = false;
+    for line in text.lines() {
+        if line.starts_with("diff ") || line.starts_with("Index: ") {
+            in_gitmodules = names_gitmodules(line);
+            continue;
+        }
+        if line.starts_with("--- ") || line.starts_with("+++ ") {
+            in_gitmodules |= names_gitmodules(line);
+            continue;
+        }
+        if (line.starts_with("rename to ") || line.starts_with("copy to "))
+            && names_gitmodules(line)
+        {
+            return true;
+        }
+        if !in_gitmodules {
+            continue;
+        }
+        if line.starts_with("GIT binary patch") {
+            return true;
+        }
+        if let Some(content) = line.strip_prefix('+').or_else(|| line.strip_prefix('-'))
+            && content.trim_start().to_ascii_lowercase().starts_with("url")
+        {
+            return true;
+        }
+    }
+    false
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn submodule_url_changes_are_found_and_other_edits_are_not() {
+        let url_change = b"diff --git a/.gitmodules b/.gitmodules\n--- a/.gitmodules\n+++ b/.gitmodules\n@@ -1,3 +1,3 @@\n [submodule \"lib\"]\n \tpath = lib\n-\turl = https://example.org/lib.git\n+\turl = https://evil.example/lib.git\n";
+        assert!(changes_gitmodules_urls(url_change));
+        let nested = b"--- a/vendor/.gitmodules\n+++ b/vendor/.gitmodules\n@@ -1 +1,2 @@\n [submodule \"x\"]\n+  URL=git@evil:x\n";
+        assert!(changes_gitmodules_urls(nested));
+        let renamed = b"diff --git a/notes b/.gitmodules\nsimilarity index 100%\nrename from notes\nrename to .gitmodules\n";
+        assert!(changes_gitmodules_urls(renamed));
+        let path_only = b"diff --git a/.gitmodules b/.gitmodules\n--- a/.gitmodules\n+++ b/.gitmodules\n@@ -1,2 +1,2 @@\n-\tpath = lib\n+\tpath = lib2\n";
+        assert!(!changes_gitmodules_urls(path_only));
+        let elsewhere = b"diff --git a/README b/README\n--- a/README\n+++ b/README\n@@ -1 +1 @@\n-url = a\n+url = b\n";
+        assert!(!changes_gitmodules_urls(elsewhere));
+    }
 
     #[test]
     fn a_git_diff_at_level_zero_is_told_to_use_one() {

@@ -168,6 +168,7 @@ pub async fn run(
     let intake = control.intake_handle();
     let recovered = intake::recover_claimed_jobs(&intake, &spool).await?;
     let (jobs_tx, jobs_rx) = tokio::sync::mpsc::channel(64);
+    let recorded_spool = spool.clone();
     spawn_component(&components, &shutdown, "spool watcher", {
         let control = Arc::clone(&control);
         crate::spool::watcher::run(
@@ -188,7 +189,7 @@ pub async fn run(
         )
     });
     spawn_component(&components, &shutdown, "spool to scheduler", {
-        intake::run(intake, recovered, jobs_rx, shutdown.clone())
+        intake::run(intake, recorded_spool, recovered, jobs_rx, shutdown.clone())
     });
     spawn_component(&components, &shutdown, "scheduler", {
         executor::run(control.executor_parts(), scheduler_rx, shutdown.clone())

@@ -68,6 +68,8 @@ pub struct Board {
 /// A running build, as a stop action finds it.
 pub struct Found {
     pub number: i64,
+    /// Whose request it builds: the history knows.
+    pub request_id: i64,
     pub stop: Arc<StopHandle>,
 }
 
@@ -149,9 +151,22 @@ impl Board {
             .filter(|entry| entry.view.builder == builder)
             .map(|entry| Found {
                 number: entry.view.number,
+                request_id: entry.request_id,
                 stop: Arc::clone(&entry.stop),
             })
             .collect()
+    }
+
+    /// Stops the running build of a request, if it runs; whether it did.
+    pub fn stop_request(&self, request_id: i64, by: &str, reason: &str) -> bool {
+        let running = lock(&self.running);
+        let found = running
+            .values()
+            .find(|entry| entry.request_id == request_id);
+        if let Some(entry) = found {
+            entry.stop.request(by, reason);
+        }
+        found.is_some()
     }
 
     /// Stops every running build of a try job; returns how many.

@@ -333,6 +333,7 @@ fn policies(config: &Config) -> HashMap<String, BuilderPolicy> {
                     .flat_map(|step| step.locks.iter().map(|lock_use| lock_use.lock.clone()))
                     .collect(),
                 collapse: builder.collapse_requests,
+                keeps_patches_off_slaves: builder.trusted && !builder.patch_builds_on_slaves,
             };
             (builder.name.clone(), policy)
         })
@@ -376,7 +377,17 @@ fn perform(
             let shutdown = shutdown.clone();
             builds.spawn(async move {
                 let request_id = request.id;
-                let outcome = build::run(&parts, *request, link, PING_TIMEOUT, shutdown).await;
+                let hold_limit =
+                    crate::master::quotas::lock_hold_limit(&parts.config(), &request.builder);
+                let build = build::run(&parts, *request, link, PING_TIMEOUT, shutdown);
+                let outcome = crate::master::quotas::within_lock_hold(build, hold_limit, || {
+                    parts.board.stop_request(
+                        request_id,
+                        "the master",
+                        "it held its locks longer than [limits] max_lock_hold",
+                    )
+                })
+                .await;
                 parts
                     .scheduler_input(Input::BuildEnded {
                         request_id,

@@ -7,7 +7,7 @@ use anyhow::Context;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::master::control::{ControlError, IntakeHandle};
+use crate::master::control::{ControlError, IntakeHandle, start_try_policy};
 use crate::master::history::{self, NewRequest};
 use crate::spool::maildir::Spool;
 use crate::spool::watcher::SpooledJob;
@@ -23,14 +23,25 @@ pub async fn recover_claimed_jobs(
         .history
         .run(move |connection| {
             let mut unrecorded = Vec::new();
+            let mut recorded = Vec::new();
             for name in claimed {
-                if !history::is_job_recorded(connection, &name)? {
+                if history::is_job_recorded(connection, &name)? {
+                    recorded.push(name);
+                } else {
                     unrecorded.push(name);
                 }
             }
-            Ok(unrecorded)
+            Ok((unrecorded, recorded))
         })
         .await?;
+    let (unrecorded, recorded) = unrecorded;
+    // Jobs recorded before this version deleted them, or before a crash between recording
+    // and deleting: the history has them.
+    for name in recorded {
+        if let Err(err) = maildir.remove_recorded(&name) {
+            tracing::warn!("cannot remove a recorded job from spool/cur: {err}");
+        }
+    }
     let config = intake.config();
     let try_builders: Vec<String> = config
         .try_builders()
@@ -55,12 +66,13 @@ pub async fn recover_claimed_jobs(
 /// Records each job claimed from the spool (the recovered ones first) until `shutdown`.
 pub async fn run(
     intake: IntakeHandle,
+    spool: Spool,
     recovered: Vec<SpooledJob>,
     mut jobs: mpsc::Receiver<SpooledJob>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     for spooled in recovered {
-        record(&intake, spooled).await;
+        record(&intake, &spool, spooled).await;
     }
     loop {
         let spooled = tokio::select! {
@@ -70,30 +82,85 @@ pub async fn run(
                 None => return Ok(()),
             },
         };
-        record(&intake, spooled).await;
+        record(&intake, &spool, spooled).await;
     }
 }
 
-async fn record(intake: &IntakeHandle, spooled: SpooledJob) {
+async fn record(intake: &IntakeHandle, spool: &Spool, spooled: SpooledJob) {
     let name = spooled.name.clone();
-    if let Err(err) = record_spooled(intake, spooled).await {
-        // It stays in spool/cur/, unrecorded: the next start takes it again.
-        tracing::error!(job = %name, "cannot record the job's requests: {err}");
+    match record_spooled(intake, spooled).await {
+        Ok(()) => {}
+        // Refused by a builder's rules (trusted, .gitmodules URLs): rejected with the reason,
+        // as a malformed job is.
+        Err(ControlError::NotAllowed(refusal)) => {
+            let spool = spool.clone();
+            let why = refusal.to_string();
+            let rejected = tokio::task::spawn_blocking(move || spool.reject(&name, &why)).await;
+            if !matches!(rejected, Ok(Ok(_))) {
+                tracing::error!("cannot move a refused job to spool/rejected");
+            }
+            return;
+        }
+        Err(err) => {
+            // It stays in spool/cur/, unrecorded: the next start takes it again.
+            tracing::error!(job = %name, "cannot record the job's requests: {err}");
+            return;
+        }
+    }
+    // Recorded durably: the history holds all of it, so the spool's copy goes.
+    let spool = spool.clone();
+    let removed = tokio::task::spawn_blocking(move || spool.remove_recorded(&name)).await;
+    match removed {
+        Ok(Ok(())) => {}
+        Ok(Err(err)) => tracing::warn!("cannot remove a recorded job from spool/cur: {err}"),
+        Err(err) => tracing::warn!("removing a recorded job panicked: {err}"),
     }
 }
 
 /// Records a spooled job's requests, queues them, and tells the followers.
 async fn record_spooled(intake: &IntakeHandle, spooled: SpooledJob) -> Result<(), ControlError> {
+    let mut spooled = spooled;
+    let config = intake.config();
+    // A job written into the spool directly is its file owner's, whatever it says; one the
+    // master wrote itself came over SSH, where `submit_try` set the authenticated user.
+    if spooled.owner_uid != nix::unistd::geteuid().as_raw() {
+        spooled.job.who = Some(
+            crate::unix::accounts::user_name(spooled.owner_uid)
+                .unwrap_or_else(|| format!("uid {}", spooled.owner_uid)),
+        );
+    }
+    let mut refused = None;
+    let allowed: Vec<String> = spooled
+        .builders
+        .iter()
+        .filter(
+            |builder| match start_try_policy(&spooled.job, builder, &config) {
+                Ok(()) => true,
+                Err(err) => {
+                    tracing::warn!(job = %spooled.name, %builder, "try job refused for this builder: {err}");
+                    refused = Some(err);
+                    false
+                }
+            },
+        )
+        .cloned()
+        .collect();
+    // Refused for every builder it names: nothing to record; the caller rejects the file with
+    // the reason.
+    if allowed.is_empty()
+        && let Some(err) = refused
+    {
+        return Err(err.into());
+    }
     intake
-        .enqueue(requests_of(&spooled, history::now()))
+        .enqueue(requests_of(&spooled, &allowed, history::now()))
         .await?;
     Ok(())
 }
 
-/// One request per builder the job names.
-fn requests_of(spooled: &SpooledJob, submitted_at: f64) -> Vec<NewRequest> {
-    spooled
-        .builders
+/// One request per builder the job may go to.
+fn requests_of(spooled: &SpooledJob, builders: &[String], submitted_at: f64) -> Vec<NewRequest> {
+    builders
         .iter()
         .map(|builder| NewRequest {
             job_name: spooled.name.clone(),

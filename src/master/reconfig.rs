@@ -186,7 +186,7 @@ fn summarize(old: &Config, new: &Config) -> Vec<String> {
         ("[[lock]]", old.locks != new.locks),
         (
             "[master]",
-            (&old.name, &old.admin_group) != (&new.name, &new.admin_group),
+            (&old.name, &old.operators, &old.quotas) != (&new.name, &new.operators, &new.quotas),
         ),
         ("[sshd]", old.sshd != new.sshd),
         ("[spool]", old.spool != new.spool),

@@ -30,6 +30,9 @@ pub struct BuilderPolicy {
     pub step_locks: Vec<String>,
     /// Queued scheduled requests of one branch collapse into the newest.
     pub collapse: bool,
+    /// A trusted builder whose slaves take no patch (try) builds of any builder, so a user's
+    /// patch never runs where a deploy runs next.
+    pub keeps_patches_off_slaves: bool,
 }
 
 /// Everything that changes what the scheduler should do.
@@ -56,6 +59,13 @@ pub enum Input {
     CancelRequest {
         builder: String,
         request_id: i64,
+        by: String,
+    },
+    /// Drop every queued request of a builder, or only those of one owner (an operator's
+    /// bulk cancel).
+    CancelQueued {
+        builder: String,
+        who: Option<String>,
         by: String,
     },
     /// A paused slave finishes its builds and takes no new ones.
@@ -178,6 +188,9 @@ pub struct Queue {
     /// Builds started so far, and when (in that count) each slave last started one.
     starts: u64,
     last_start: HashMap<String, u64>,
+    /// When each (builder, owner) last had a build started, as a count of starts, so owners
+    /// take turns (`service_order`).
+    last_served: HashMap<(String, Option<String>), u64>,
 }
 
 impl Queue {
@@ -227,6 +240,14 @@ impl Queue {
             } => {
                 effects.extend(self.cancel(by, |request| {
                     request.id == request_id && request.builder == builder
+                }));
+            }
+            Input::CancelQueued { builder, who, by } => {
+                effects.extend(self.cancel(by, |request| {
+                    request.builder == builder
+                        && who
+                            .as_deref()
+                            .is_none_or(|who| request.who.as_deref() == Some(who))
                 }));
             }
             Input::PauseSlave { name, paused } => {
@@ -460,15 +481,13 @@ impl Queue {
             .filter(|(name, _)| !self.paused.contains(*name) && !self.retiring.contains(*name))
             .map(|(name, slot)| (name.clone(), slot.capacity.saturating_sub(self.busy(name))))
             .collect();
-        let mut order: Vec<usize> = (0..self.pending.len()).collect();
-        // A stable sort: equal priorities keep their queue order.
-        order.sort_by_key(|&index| {
-            std::cmp::Reverse(
-                self.builders
-                    .get(&self.pending[index].builder)
-                    .map_or(0, |policy| policy.priority),
-            )
-        });
+        let order = self.service_order();
+        let no_patches: HashSet<String> = self
+            .builders
+            .values()
+            .filter(|policy| policy.keeps_patches_off_slaves)
+            .flat_map(|policy| policy.pool.iter().cloned())
+            .collect();
         let mut effects = Vec::new();
         let mut started: HashSet<usize> = HashSet::new();
         // Locks an earlier request waits to take exclusively: later requests do not take them
@@ -503,6 +522,7 @@ impl Queue {
                 .iter()
                 .enumerate()
                 .filter(|(_, slave)| free.get(*slave).copied().unwrap_or(0) > 0)
+                .filter(|(_, slave)| request.patch.is_none() || !no_patches.contains(*slave))
                 .map(|(position, slave)| (position, slave.clone()))
                 .collect();
             if candidates.is_empty() {
@@ -614,6 +634,8 @@ impl Queue {
                 },
             );
             started.insert(index);
+            self.last_served
+                .insert((request.builder.clone(), request.who.clone()), self.starts);
             effects.push(Effect::StartBuild {
                 request: Box::new(request),
                 slave,
@@ -700,7 +722,11 @@ impl Queue {
 
     pub fn queued_per_builder(&self) -> BTreeMap<String, Vec<i64>> {
         let mut queued: BTreeMap<String, Vec<i64>> = BTreeMap::new();
-        for request in &self.pending {
+        for request in self
+            .service_order()
+            .into_iter()
+            .map(|index| &self.pending[index])
+        {
             queued
                 .entry(request.builder.clone())
                 .or_default()
@@ -711,7 +737,58 @@ impl Queue {
 
     /// The ids of the pending requests, in the order they will be served.
     pub fn pending_ids(&self) -> Vec<i64> {
-        self.pending.iter().map(|request| request.id).collect()
+        self.service_order()
+            .into_iter()
+            .map(|index| self.pending[index].id)
+            .collect()
+    }
+
+    /// The pending requests' indices in the order they are served: higher builder priority
+    /// first, then queue order, except that within a builder's queue its owners (`who`) take
+    /// turns: each owner's first waiting request, then each one's second, and so on, an owner
+    /// served longer ago before one served recently. So one user's thousand requests do not
+    /// make the next user wait for all of them. A builder's requests keep the places in the
+    /// queue they had; only which of them stands in each place changes.
+    fn service_order(&self) -> Vec<usize> {
+        let mut by_builder: HashMap<&str, Vec<usize>> = HashMap::new();
+        for (index, request) in self.pending.iter().enumerate() {
+            by_builder
+                .entry(request.builder.as_str())
+                .or_default()
+                .push(index);
+        }
+        let mut placed: Vec<usize> = (0..self.pending.len()).collect();
+        for (builder, places) in by_builder {
+            let mut turns: HashMap<Option<&str>, usize> = HashMap::new();
+            let mut fair: Vec<(usize, u64, usize)> = places
+                .iter()
+                .map(|&index| {
+                    let who = self.pending[index].who.as_deref();
+                    let turn = turns.entry(who).or_insert(0);
+                    let last = self
+                        .last_served
+                        .get(&(builder.to_string(), who.map(str::to_string)))
+                        .copied()
+                        .unwrap_or(0);
+                    let key = (*turn, last, index);
+                    *turn += 1;
+                    key
+                })
+                .collect();
+            fair.sort_unstable();
+            for (&place, (_, _, index)) in places.iter().zip(fair) {
+                placed[place] = index;
+            }
+        }
+        // A stable sort: equal priorities keep the order above.
+        placed.sort_by_key(|&index| {
+            std::cmp::Reverse(
+                self.builders
+                    .get(&self.pending[index].builder)
+                    .map_or(0, |policy| policy.priority),
+            )
+        });
+        placed
     }
 }
 
@@ -1484,6 +1561,56 @@ mod tests {
             order.extend(started(&effects).into_iter().map(|(_, slave)| slave));
         }
         assert_eq!(order, vec!["s1", "s2", "s3", "s1"]);
+    }
+
+    #[test]
+    fn owners_take_turns_in_a_builders_queue() {
+        let mut queue = Queue::new(
+            HashMap::from([("linux".to_string(), policy(&["l1"]))]),
+            LockTable::default(),
+            1,
+        );
+        let owned = |id: i64, who: &str| StoredRequest {
+            who: Some(who.into()),
+            ..request(id, "linux", &format!("job{id}"))
+        };
+        let flood: Vec<StoredRequest> = (1..=4).map(|id| owned(id, "mallory")).collect();
+        queue.apply(Input::Requests(flood));
+        queue.apply(Input::Requests(vec![owned(5, "alice"), owned(6, "alice")]));
+        assert_eq!(queue.pending_ids(), [1, 5, 2, 6, 3, 4]);
+        assert_eq!(queue.queued_per_builder()["linux"], [1, 5, 2, 6, 3, 4]);
+        let effects = queue.apply(connect("l1", 1, 1));
+        assert_eq!(started(&effects), [(1, "l1".to_string())]);
+        let effects = queue.apply(ended(1, false, false));
+        assert_eq!(started(&effects), [(5, "l1".to_string())]);
+    }
+
+    #[test]
+    fn patch_builds_never_go_to_a_slave_of_a_trusted_builder() {
+        let deploy = BuilderPolicy {
+            keeps_patches_off_slaves: true,
+            ..policy(&["shared"])
+        };
+        let mut queue = Queue::new(
+            HashMap::from([
+                ("linux".to_string(), policy(&["shared", "l2"])),
+                ("deploy".to_string(), deploy),
+            ]),
+            LockTable::default(),
+            1,
+        );
+        queue.apply(connect("shared", 1, 2));
+        let patched = StoredRequest {
+            patch: Some(b"diff".to_vec()),
+            ..request(1, "linux", "try-1")
+        };
+        assert!(started(&queue.apply(Input::Requests(vec![patched]))).is_empty());
+        // A build without a patch may use the shared slave.
+        let effects = queue.apply(Input::Requests(vec![request(2, "linux", "force-2")]));
+        assert_eq!(started(&effects), [(2, "shared".to_string())]);
+        // The patch build waits for a slave that serves no trusted builder.
+        let effects = queue.apply(connect("l2", 2, 1));
+        assert_eq!(started(&effects), [(1, "l2".to_string())]);
     }
 
     #[test]

@@ -130,6 +130,16 @@ impl Spool {
         list(&self.dirs.cur, &self.dirs.root_path.join("cur"))
     }
 
+    /// Deletes the claimed job `cur/NAME` once the master has recorded all of it in its
+    /// history (which keeps the patch and every field): a processed job is not kept twice, so
+    /// a flood of jobs cannot fill the disk with copies. A job already gone is no error.
+    pub fn remove_recorded(&self, name: &str) -> Result<(), SpoolError> {
+        match unlinkat(&self.dirs.cur, name, UnlinkatFlags::NoRemoveDir) {
+            Ok(()) | Err(nix::errno::Errno::ENOENT) => Ok(()),
+            Err(errno) => Err(SpoolError::io(&self.path_in("cur", name), errno)),
+        }
+    }
+
     /// Moves `new/NAME` to `cur/NAME`. `Ok(false)` if another process or an earlier pass
     /// claimed it already.
     pub fn claim(&self, name: &str) -> Result<bool, SpoolError> {
@@ -147,6 +157,17 @@ impl Spool {
     /// longer job means). Only a regular file with one link is read: a symlink or a hard link
     /// planted in `new/` must not make the master read a file the submitter could not.
     pub fn read_claimed(&self, name: &str, limit: u64) -> Result<Vec<u8>, String> {
+        self.read_claimed_with_owner(name, limit)
+            .map(|(bytes, _)| bytes)
+    }
+
+    /// [`Maildir::read_claimed`], and the uid that owns the file: the master's own for a job
+    /// that came over SSH, the submitter's for one written into the spool directly.
+    pub fn read_claimed_with_owner(
+        &self,
+        name: &str,
+        limit: u64,
+    ) -> Result<(Vec<u8>, u32), String> {
         let fd = openat(
             &self.dirs.cur,
             name,
@@ -169,7 +190,7 @@ impl Spool {
             .take(limit.saturating_add(1))
             .read_to_end(&mut bytes)
             .map_err(|err| format!("cannot read the job: {err}"))?;
-        Ok(bytes)
+        Ok((bytes, stat.st_uid))
     }
 
     /// Moves `cur/NAME` to `rejected/NAME` beside `rejected/NAME.why` with the reason. The

@@ -25,6 +25,9 @@ pub struct SpooledJob {
     pub job: Job,
     /// The builders it runs on (all try builders when the job named none).
     pub builders: Vec<String>,
+    /// Who wrote the file: the master's own uid for a job taken over SSH (whose `who` the
+    /// master set), the submitter's for a job written into the spool directly.
+    pub owner_uid: u32,
 }
 
 /// What a claimed job is checked against, as configured now.
@@ -149,9 +152,11 @@ pub fn check_claimed(
 ) -> Result<Option<SpooledJob>, SpoolError> {
     let try_builders: Vec<&str> = try_builders.iter().map(String::as_str).collect();
     let limit = submit::job_size_limit(max_patch_bytes);
+    let mut owner_uid = u32::MAX;
     let checked = maildir
-        .read_claimed(name, limit)
-        .and_then(|bytes| {
+        .read_claimed_with_owner(name, limit)
+        .and_then(|(bytes, owner)| {
+            owner_uid = owner;
             if bytes.len() as u64 > limit {
                 return Err(format!(
                     "job is larger than this master's limit of {max_patch_bytes} bytes"
@@ -169,6 +174,7 @@ pub fn check_claimed(
             name: name.to_string(),
             job,
             builders,
+            owner_uid,
         })),
         Err(why) => {
             tracing::warn!(job = %name, "rejected try job: {why}");

@@ -140,6 +140,7 @@ impl ConnectionHandler {
             identity,
             self.peer,
             request,
+            Arc::clone(&self.handle),
         );
     }
 }

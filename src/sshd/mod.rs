@@ -41,7 +41,12 @@ pub use handler::fingerprint;
 #[derive(Debug, Clone)]
 pub enum Identity {
     /// A person, logged in as a unix account with a key from one of its authorized_keys files.
-    User { account: UnixAccount, grant: Grant },
+    User {
+        account: UnixAccount,
+        grant: Grant,
+        /// The key it logged in with: each command checks that it still lets this user in.
+        key: Box<PublicKey>,
+    },
     /// A build slave, logged in with its name and the key master.toml lists for it.
     Slave { name: String },
 }
@@ -57,7 +62,7 @@ impl Identity {
 
     pub fn describe(&self) -> String {
         match self {
-            Identity::User { account, grant } => format!(
+            Identity::User { account, grant, .. } => format!(
                 "user {} (uid {}) by {}:{}",
                 account.name,
                 account.uid,
@@ -193,6 +198,40 @@ impl SshdContext {
 }
 
 impl SshdContext {
+    /// Whether the key and account a connection logged in with still let it in now, asked
+    /// before each command: a key removed from its file, an account deleted or replaced, ends
+    /// what an open connection may do. The key files are cached by their stamp (`keystore`),
+    /// so this re-reads only a file that changed. `Err` says why not.
+    pub async fn still_authorized(
+        &self,
+        identity: &Identity,
+        client: IpAddr,
+    ) -> Result<(), String> {
+        let Identity::User { account, key, .. } = identity else {
+            return Ok(());
+        };
+        let lookup = {
+            let keys = Arc::clone(&self.keys);
+            let login = account.name.clone();
+            let key = PublicKey::clone(key);
+            let allow_root = self.config().sshd.allow_root;
+            tokio::task::spawn_blocking(move || {
+                authenticate_user(&keys, &login, &key, client, allow_root)
+            })
+        };
+        match tokio::time::timeout(KEY_LOOKUP_TIMEOUT, lookup).await {
+            Ok(Ok(AuthOutcome::Accepted(Identity::User { account: now, .. })))
+                if now.uid == account.uid =>
+            {
+                Ok(())
+            }
+            Ok(Ok(AuthOutcome::Accepted(_))) => Err("the account is another one now".into()),
+            Ok(Ok(AuthOutcome::Refused(_, reason))) => Err(reason),
+            Ok(Ok(AuthOutcome::NoLogin(refusal))) => Err(refusal.to_string()),
+            Ok(Err(_)) | Err(_) => Err("the key files could not be read in time".into()),
+        }
+    }
+
     /// Whether no key can log in as `login` at all, decided from the name alone: a name that is
     /// neither a slave nor a unix account, or root without `allow_root`. Asked at the first
     /// authentication request (OpenSSH's "none" probe), so the client can be told why. `None`
@@ -251,7 +290,11 @@ fn authenticate_user(
         return AuthOutcome::NoLogin(LoginRefusal::RootNotAllowed);
     }
     match keys.authorize(&account, key, client, chrono::Utc::now()) {
-        Ok(grant) => AuthOutcome::Accepted(Identity::User { account, grant }),
+        Ok(grant) => AuthOutcome::Accepted(Identity::User {
+            account,
+            grant,
+            key: Box::new(key.clone()),
+        }),
         Err(Refusal::NotListed) => AuthOutcome::Refused(
             AuthFailure::KeyNotListed,
             "key not in any authorized_keys file for this login".into(),

@@ -73,10 +73,11 @@ pub fn spawn(
     identity: Identity,
     peer: SocketAddr,
     request: ExecRequest,
+    connection: Arc<std::sync::OnceLock<russh::server::Handle>>,
 ) {
     let tasks = ctx.tasks.clone();
     tasks.spawn(async move {
-        run(ctx, channel, identity, peer, request).await;
+        run(ctx, channel, identity, peer, request, connection).await;
         // The connection's `max_sessions` place is free once the channel is done.
         drop(place);
     });
@@ -88,8 +89,27 @@ async fn run(
     identity: Identity,
     peer: SocketAddr,
     request: ExecRequest,
+    connection: Arc<std::sync::OnceLock<russh::server::Handle>>,
 ) {
     let (mut read_half, write_half) = channel.split();
+    // Rights end when the key or account goes, even on a connection opened before.
+    let revoked = match &request {
+        ExecRequest::Command { .. } => ctx.still_authorized(&identity, peer.ip()).await.err(),
+        ExecRequest::Refuse { .. } => None,
+    };
+    let closing = revoked.is_some();
+    let request = match revoked {
+        Some(reason) => {
+            tracing::info!(%peer, who = %identity.describe(), "closing a connection whose login no longer holds: {reason}");
+            ExecRequest::Refuse {
+                message: format!(
+                    "buildbot: the login of this connection no longer holds ({reason}); the connection is closed"
+                ),
+            }
+        }
+        None => request,
+    };
+
     let mut stdout = write_half.make_writer();
     let mut stderr = write_half.make_writer_ext(Some(1));
     let exit_status = match request {
@@ -143,4 +163,13 @@ async fn run(
     let _ = write_half.exit_status(exit_status).await;
     let _ = write_half.eof().await;
     let _ = write_half.close().await;
+    if closing && let Some(handle) = connection.get() {
+        let _ = handle
+            .disconnect(
+                russh::Disconnect::ByApplication,
+                "buildbot: the login of this connection no longer holds".into(),
+                String::new(),
+            )
+            .await;
+    }
 }

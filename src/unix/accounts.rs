@@ -49,6 +49,14 @@ pub fn lookup(name: &str) -> std::io::Result<Option<UnixAccount>> {
     }))
 }
 
+/// The login name of a uid, e.g. for the submitter of a job file.
+pub fn user_name(uid: u32) -> Option<String> {
+    nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+        .ok()
+        .flatten()
+        .map(|user| user.name)
+}
+
 /// The name of a group id, for messages ("ask an admin to add you to group GROUP").
 pub fn group_name(gid: u32) -> Option<String> {
     nix::unistd::Group::from_gid(nix::unistd::Gid::from_raw(gid))

@@ -208,7 +208,8 @@ pub struct SlaveRow {
     pub building: String,
 }
 
-pub fn slave_rows(state: &AppState) -> Vec<SlaveRow> {
+/// `signed_in`: a visitor without a session is not shown where slaves connect from.
+pub fn slave_rows(state: &AppState, signed_in: bool) -> Vec<SlaveRow> {
     let connected = state.control.slaves();
     let running: Vec<RunningBuild> = state
         .control
@@ -237,9 +238,13 @@ pub fn slave_rows(state: &AppState) -> Vec<SlaveRow> {
                     .unwrap_or_default(),
                 facts: info
                     .map(|info| {
+                        let from = match signed_in {
+                            true => format!(" from {}", info.peer),
+                            false => String::new(),
+                        };
                         format!(
-                            "{} {}, {} CPUs, buildbot {} from {}",
-                            info.os, info.arch, info.cpus, info.buildbot_version, info.peer
+                            "{} {}, {} CPUs, buildbot {}{from}",
+                            info.os, info.arch, info.cpus, info.buildbot_version
                         )
                     })
                     .unwrap_or_default(),
@@ -254,8 +259,9 @@ pub fn slave_rows(state: &AppState) -> Vec<SlaveRow> {
         .collect()
 }
 
-pub async fn slaves(State(state): State<Arc<AppState>>) -> Json<Vec<SlaveRow>> {
-    Json(slave_rows(&state))
+pub async fn slaves(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Json<Vec<SlaveRow>> {
+    let signed_in = state.session(&headers).is_some();
+    Json(slave_rows(&state, signed_in))
 }
 
 /// The most events one SSE client is replayed when it resumes; anyone may connect, and each

@@ -267,7 +267,34 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .route("/metrics", get(metrics::scrape))
         .merge(api)
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&state),
+            private_farm,
+        ))
         .with_state(state)
+}
+
+/// `[http] public = false`: every page and API call needs a session of an account that still
+/// exists; only `/login` (where `ssh master web-login` links lead) is open.
+async fn private_farm(
+    axum::extract::State(state): axum::extract::State<Arc<AppState>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if state.control.config().http.public || request.uri().path() == "/login" {
+        return next.run(request).await;
+    }
+    let signed_in = state
+        .session(request.headers())
+        .is_some_and(|session| crate::master::access::current_account(&session.account).is_some());
+    if signed_in {
+        return next.run(request).await;
+    }
+    (
+        StatusCode::UNAUTHORIZED,
+        "this CI is private: log in first with `ssh -p PORT HOST web-login` and open the link it prints\n",
+    )
+        .into_response()
 }
 
 #[cfg(test)]

@@ -202,8 +202,25 @@ pub async fn build(
 pub async fn patch(
     State(state): State<Arc<AppState>>,
     Path((builder, number)): Path<(String, i64)>,
+    headers: axum::http::HeaderMap,
 ) -> Result<Response, WebError> {
     let detail = state.load_build(&builder, number).await?;
+    // A patch may hold what is not public yet: its owner and operators see it, logged in.
+    let Some(session) = state.session(&headers) else {
+        return Err(WebError::Forbidden(
+            "try patches are shown to their owner and operators: log in with `ssh master web-login`"
+                .into(),
+        ));
+    };
+    crate::master::access::check(
+        &session.account,
+        crate::master::access::Action::SeePatch,
+        crate::master::access::Target::Owned {
+            owner: detail.who.as_deref(),
+        },
+        &state.control.config(),
+    )
+    .map_err(|err| WebError::Forbidden(err.to_string()))?;
     let request_id = detail.request_id;
     let patch = state
         .control
@@ -234,8 +251,11 @@ pub async fn slaves(
     headers: HeaderMap,
 ) -> Result<Html<String>, WebError> {
     let mut context = state.base_context(&headers);
-    context.insert("slaves", &crate::web::api::slave_rows(&state));
     let session = state.session(&headers);
+    context.insert(
+        "slaves",
+        &crate::web::api::slave_rows(&state, session.is_some()),
+    );
     context.insert("logged_in", &session.is_some());
     context.insert("csrf", &session.map(|s| s.csrf).unwrap_or_default());
     Ok(Html(state.render("slaves.html", &context)?))

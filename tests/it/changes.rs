@@ -32,6 +32,10 @@ fn branch_scheduler(name: &str, builders: &str, settings: &str) -> String {
 fn master_with(checkout: &Checkout, steps: &str, extra: &str) -> TestMaster {
     let mut setup = MasterSetup::linux_builder(&["s1"], &checkout.upstream, steps);
     setup.extra_config.push_str(extra);
+    // Sending changes is off unless a group is named; the tests send as root.
+    setup
+        .extra_config
+        .push_str("\n[changes]\ngroup = \"root\"\n");
     TestMaster::start_with(setup)
 }
 
@@ -863,7 +867,8 @@ fn bad_changes_are_refused_with_one_line_and_nothing_is_recorded() {
         SHOW_REVISION,
         &branch_scheduler("on-main", "\"linux\"", "tree_stable_timer = \"1s\""),
     );
-    let revision = "0123456789abcdef0123456789abcdef01234567";
+    let head = git(&checkout.upstream, &["rev-parse", "main"]);
+    let revision = head.trim();
     let huge = format!(
         r#"{{"repository": "/r.git", "branch": "main", "revision": "{revision}", "comments": "{}"}}"#,
         "a".repeat(10 * 1024 * 1024)

@@ -21,6 +21,7 @@ mod security;
 mod slave_processes;
 mod sshd;
 mod stop;
+mod trust;
 mod try_;
 mod watch;
 mod web;

@@ -13,6 +13,7 @@ mod locks;
 mod repair;
 mod schedulers;
 mod suggest;
+mod trust;
 mod unknown;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -35,6 +36,8 @@ pub use locks::NextSlave;
 use locks::{RawLock, RawLockUse};
 pub use schedulers::{ChangeSourceConfig, ChangesConfig, SchedulerConfig, SchedulerKind};
 use schedulers::{RawChangeSource, RawChanges, RawScheduler};
+pub use trust::QuotaConfig;
+use trust::RawQuotas;
 
 /// At most this many values of the wrong type are replaced by stand-ins in one run (each
 /// replacement costs a typed pass over the whole file).
@@ -80,8 +83,11 @@ pub struct Config {
     /// The master directory every relative path was resolved against.
     pub master_dir: PathBuf,
     pub name: String,
-    /// Members of this unix group may stop any build, besides those who may try.
-    pub admin_group: Option<String>,
+    /// Operators: members of this unix group act on every request, build and slave
+    /// (`[master] operators`, or its older name `admin_group`).
+    pub operators: Option<String>,
+    /// Per-user quotas (`[limits]`).
+    pub quotas: QuotaConfig,
     pub sshd: SshdConfig,
     pub http: HttpConfig,
     pub spool: SpoolConfig,
@@ -134,6 +140,9 @@ pub struct HttpConfig {
     /// Time a client has to send a request's headers, and the longest a kept-alive connection
     /// may wait idle for its next request; also the time a form's body has to arrive.
     pub header_read_timeout: Duration,
+    /// Whether pages and the API are open to visitors without a session (default true); a
+    /// private farm sets false.
+    pub public: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -175,6 +184,13 @@ pub struct BuilderConfig {
     /// At most this many builds at once across the pool (default: no limit).
     pub max_concurrent: Option<usize>,
     pub next_slave: NextSlave,
+    /// Deploys and releases: patch (try) builds never run on it, and its slaves take none
+    /// unless `patch_builds_on_slaves` (default false).
+    pub trusted: bool,
+    /// For a trusted builder: its slaves may still run other builders' patch builds.
+    pub patch_builds_on_slaves: bool,
+    /// Try patches may change `.gitmodules` URLs (default false: such a job is refused).
+    pub patch_submodule_urls: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -218,11 +234,15 @@ struct RawConfig {
     changes: Option<RawChanges>,
     #[serde(default)]
     irc: Option<RawIrc>,
+    #[serde(default)]
+    limits: Option<RawQuotas>,
 }
 
 #[derive(Debug, Deserialize)]
 struct RawMaster {
     name: String,
+    #[serde(default)]
+    operators: Option<Spanned<String>>,
     #[serde(default)]
     admin_group: Option<Spanned<String>>,
 }
@@ -261,6 +281,8 @@ struct RawHttp {
     max_connections_per_source: Option<Spanned<usize>>,
     #[serde(default)]
     header_read_timeout: Option<Spanned<String>>,
+    #[serde(default)]
+    public: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -304,6 +326,12 @@ struct RawBuilder {
     max_concurrent: Option<Spanned<usize>>,
     #[serde(default)]
     next_slave: Option<NextSlave>,
+    #[serde(default)]
+    trusted: bool,
+    #[serde(default)]
+    patch_builds_on_slaves: bool,
+    #[serde(default)]
+    patch_submodule_urls: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -597,22 +625,13 @@ impl Checker<'_> {
         let change_sources = self.change_sources(&raw.change_sources);
         let changes = self.changes(raw.changes.as_ref());
         let irc = self.irc(raw.irc.as_ref());
-        if let Some(group) = &raw.master.admin_group
-            && nix::unistd::Group::from_name(group.get_ref())
-                .ok()
-                .flatten()
-                .is_none()
-        {
-            let message = format!(
-                "admin_group \"{}\" is not a unix group on this host",
-                group.get_ref()
-            );
-            self.problem(group, message);
-        }
+        let operators = self.operators(&raw.master);
+        let quotas = self.quotas(raw.limits.as_ref());
         Some(Config {
             master_dir: self.master_dir.to_path_buf(),
             name: raw.master.name,
-            admin_group: raw.master.admin_group.map(Spanned::into_inner),
+            operators,
+            quotas,
             sshd: sshd?,
             http: http?,
             spool: SpoolConfig {
@@ -637,6 +656,7 @@ impl Checker<'_> {
                 max_connections: DEFAULT_HTTP_MAX_CONNECTIONS,
                 max_connections_per_source: default_per_source(DEFAULT_HTTP_MAX_CONNECTIONS),
                 header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
+                public: true,
             });
         };
         let listen = self.socket_addr(&raw.listen, "[http] listen");
@@ -659,6 +679,7 @@ impl Checker<'_> {
             max_connections,
             max_connections_per_source,
             header_read_timeout,
+            public: raw.public.unwrap_or(true),
         })
     }
 
@@ -891,6 +912,9 @@ impl Checker<'_> {
                     None => None,
                 },
                 next_slave: builder.next_slave.unwrap_or_default(),
+                trusted: builder.trusted,
+                patch_builds_on_slaves: builder.patch_builds_on_slaves,
+                patch_submodule_urls: builder.patch_submodule_urls,
             });
         }
         builders
@@ -1180,7 +1204,7 @@ builders = ["linx"]
         );
         let text = base().replace("name = \"t\"", "name = \"t\"\nadmin_group = \"root\"");
         let config = Config::from_toml(&text, Path::new("/m")).expect("valid");
-        assert_eq!(config.admin_group.as_deref(), Some("root"));
+        assert_eq!(config.operators.as_deref(), Some("root"));
     }
 
     #[test]

@@ -12,6 +12,7 @@
 mod changes;
 mod parts;
 mod requests;
+pub(crate) use requests::start_try_policy;
 mod stop;
 mod tail;
 
@@ -220,6 +221,8 @@ pub struct Control {
     inbox: mpsc::Sender<Mail>,
     enqueuer: Enqueuer,
     changes: ChangeRecorder,
+    /// Each user's recent submissions, for `[limits]`.
+    quotas: crate::master::quotas::Quotas,
 }
 
 impl Control {
@@ -266,6 +269,7 @@ impl Control {
             web_url,
             published: Arc::default(),
             inbox,
+            quotas: crate::master::quotas::Quotas::default(),
         }
     }
 

@@ -3,7 +3,7 @@
 
 use tokio::io::AsyncRead;
 
-use crate::master::access::{self, Action};
+use crate::master::access::{self, AccessError, Action, Rights, Target};
 use crate::master::control::{Accepted, Control, ControlError, ForceRequest, Queued};
 use crate::master::executor::Mail;
 use crate::master::history::{self, NewRequest};
@@ -23,17 +23,22 @@ impl Control {
         input: &mut (dyn AsyncRead + Unpin + Send),
     ) -> Result<Accepted, ControlError> {
         let config = &self.config();
-        access::check(Action::Try, account, config)?;
+        access::check(account, Action::Try, Target::Master, config)?;
         if let Some(jobdir) = jobdir {
             submit::check_jobdir(jobdir, &config.spool.dir, &config.master_dir, &account.home)?;
         }
         // A client that stops sending would hold its channel, task and buffer for ever.
         let limit = config.spool.upload_timeout;
-        let (bytes, job) =
+        let (_, mut job) =
             tokio::time::timeout(limit, submit::read_job(input, config.spool.max_patch_bytes))
                 .await
                 .map_err(|_| submit::SubmitError::UploadTimeout { limit })??;
         let builders = submit::check_builders(&job, &config.try_builders())?;
+        let rights = self.may_start_try(account, &job, &builders, config)?;
+        self.admit(&rights, builders.len(), config).await?;
+        // The job's "who" is the authenticated user, whatever the client wrote in it.
+        job.who = Some(account.name.clone());
+        let bytes = crate::tryjob::encode(&job);
         let job_name = submit::deliver(&Maildir::new(&config.spool.dir), bytes).await?;
         tracing::info!(user = %account.name, job = %job_name, jobid = %job.jobid, ?builders, "try job spooled");
         Ok(Accepted {
@@ -51,14 +56,19 @@ impl Control {
         force: ForceRequest,
     ) -> Result<Queued, ControlError> {
         let in_force = self.config();
-        access::check(Action::Force, account, &in_force)?;
         crate::untrusted::text::check_plain("reason", &force.reason)?;
         let config = self.builder(builder)?;
-        if !in_force.may_force(builder) {
-            return Err(ControlError::NotForcible {
-                builder: builder.to_string(),
-            });
-        }
+        let rights = access::check(
+            account,
+            Action::Force,
+            Target::Start {
+                builder,
+                patch: false,
+                of: None,
+            },
+            &in_force,
+        )?;
+        self.admit(&rights, 1, &in_force).await?;
         let job_name = format!("force-{:016x}", rand::random::<u64>());
         let request = NewRequest {
             job_name: job_name.clone(),
@@ -94,7 +104,7 @@ impl Control {
         number: i64,
         reason: &str,
     ) -> Result<Queued, ControlError> {
-        access::check(Action::Rebuild, account, &self.config())?;
+        let in_force = self.config();
         crate::untrusted::text::check_plain("reason", reason)?;
         self.builder(builder)?;
         let name = builder.to_string();
@@ -115,6 +125,30 @@ impl Control {
                 builder: builder.to_string(),
                 number,
             })?;
+        // A rebuild starts a build like force and try do, under the same rules: the builder
+        // must be forcible, or for a patch build take try jobs, and be the rebuilder's own.
+        let rights = access::check(
+            account,
+            Action::Rebuild,
+            Target::Start {
+                builder,
+                patch: original.patch.is_some(),
+                of: Some(original.who.as_deref()),
+            },
+            &in_force,
+        )?;
+        if let Some(patch) = &original.patch {
+            let allowed = in_force
+                .builder(builder)
+                .is_some_and(|found| found.patch_submodule_urls);
+            if !allowed && crate::tryjob::changes_gitmodules_urls(patch) {
+                return Err(AccessError::SubmoduleUrls {
+                    builder: builder.to_string(),
+                }
+                .into());
+            }
+        }
+        self.admit(&rights, 1, &in_force).await?;
         let job_name = format!("rebuild-{:016x}", rand::random::<u64>());
         let original = original.renew();
         let request = NewRequest {
@@ -144,8 +178,27 @@ impl Control {
         builder: &str,
         request_id: i64,
     ) -> Result<(), ControlError> {
-        access::check(Action::Cancel, account, &self.config())?;
         self.builder(builder)?;
+        let owner = self
+            .history
+            .run(move |connection| history::request_by_id(connection, request_id))
+            .await?
+            .filter(|request| request.builder == builder)
+            .map(|request| request.who);
+        let Some(owner) = owner else {
+            return Err(ControlError::NotQueued {
+                builder: builder.to_string(),
+                request_id,
+            });
+        };
+        access::check(
+            account,
+            Action::Cancel,
+            Target::Owned {
+                owner: owner.as_deref(),
+            },
+            &self.config(),
+        )?;
         let (reply, answer) = tokio::sync::oneshot::channel();
         let mail = Mail::CancelRequest {
             builder: builder.to_string(),
@@ -162,6 +215,31 @@ impl Control {
         }
         tracing::info!(user = %account.name, %builder, request_id, "request cancelled");
         Ok(())
+    }
+
+    /// Drops every queued request of `builder`, or of one user there (operators only);
+    /// returns how many were waiting.
+    pub async fn cancel_all(
+        &self,
+        account: &UnixAccount,
+        builder: &str,
+        user: Option<&str>,
+    ) -> Result<usize, ControlError> {
+        access::check(account, Action::CancelAll, Target::Master, &self.config())?;
+        self.builder(builder)?;
+        let (name, who) = (builder.to_string(), user.map(str::to_string));
+        let waiting = self
+            .history
+            .run(move |connection| history::pending_count_in(connection, &name, who.as_deref()))
+            .await?;
+        self.scheduler_input(Input::CancelQueued {
+            builder: builder.to_string(),
+            who: user.map(str::to_string),
+            by: account.name.clone(),
+        })
+        .await;
+        tracing::info!(user = %account.name, %builder, of = ?user, waiting, "queued requests cancelled in bulk");
+        Ok(waiting)
     }
 
     /// The submitter of a try job went away: its running builds are stopped and its queued
@@ -183,7 +261,7 @@ impl Control {
         slave: &str,
         paused: bool,
     ) -> Result<(), ControlError> {
-        access::check(Action::PauseSlave, account, &self.config())?;
+        access::check(account, Action::PauseSlave, Target::Master, &self.config())?;
         if self.config().slave(slave).is_none() {
             return Err(ControlError::NoSuchSlave {
                 name: slave.to_string(),
@@ -197,4 +275,86 @@ impl Control {
         tracing::info!(user = %account.name, %slave, paused, "slave pause changed");
         Ok(())
     }
+
+    /// The one check for a try job's builders: the rights of the submitter now, and each
+    /// builder's policy (a try builder, not trusted, submodule URLs).
+    fn may_start_try(
+        &self,
+        account: &UnixAccount,
+        job: &crate::tryjob::Job,
+        builders: &[String],
+        config: &crate::master::config::Config,
+    ) -> Result<Rights, ControlError> {
+        let rights = access::rights(account, config)?;
+        for builder in builders {
+            access::authorize(
+                &rights,
+                Action::Try,
+                Target::Start {
+                    builder,
+                    patch: true,
+                    of: None,
+                },
+                config,
+            )?;
+            start_try_policy(job, builder, config)?;
+        }
+        Ok(rights)
+    }
+
+    /// The per-user quota: operators are exempt; others may have so many requests waiting
+    /// and submit so many per minute.
+    async fn admit(
+        &self,
+        rights: &Rights,
+        adding: usize,
+        config: &crate::master::config::Config,
+    ) -> Result<(), ControlError> {
+        if rights.operator {
+            return Ok(());
+        }
+        let who = rights.user.clone();
+        let queued = self
+            .history
+            .run(move |connection| history::pending_count_of(connection, &who))
+            .await?;
+        self.quotas
+            .admit(
+                &rights.user,
+                queued,
+                adding,
+                &config.quotas,
+                std::time::Instant::now(),
+            )
+            .map_err(AccessError::from)?;
+        Ok(())
+    }
+}
+
+/// What a builder says about a try job, whoever sent it: trusted builders take no patch builds
+/// and `.gitmodules` URLs change only where allowed.
+pub(crate) fn start_try_policy(
+    job: &crate::tryjob::Job,
+    builder: &str,
+    config: &crate::master::config::Config,
+) -> Result<(), AccessError> {
+    let Some(found) = config.builder(builder) else {
+        return Ok(());
+    };
+    if found.trusted {
+        return Err(AccessError::Trusted {
+            builder: builder.to_string(),
+        });
+    }
+    if !found.patch_submodule_urls
+        && job
+            .patch
+            .as_deref()
+            .is_some_and(crate::tryjob::changes_gitmodules_urls)
+    {
+        return Err(AccessError::SubmoduleUrls {
+            builder: builder.to_string(),
+        });
+    }
+    Ok(())
 }

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use crate::master::access::{self, Action};
+use crate::master::access::{self, Action, Target};
 use crate::master::control::{Control, ControlError, Stopped};
 use crate::master::events::Followed;
 use crate::master::store::BuildRef;
@@ -25,7 +25,6 @@ impl Control {
         number: Option<i64>,
         reason: &str,
     ) -> Result<Stopped, ControlError> {
-        access::check(Action::Stop, account, &self.config())?;
         crate::untrusted::text::check_plain("reason", reason)?;
         self.builder(builder)?;
         let mut running = self.board.stoppable(builder);
@@ -58,6 +57,20 @@ impl Control {
                 number,
             });
         };
+        let request_id = target.request_id;
+        let owner = self
+            .history
+            .run(move |connection| crate::master::history::request_by_id(connection, request_id))
+            .await?
+            .and_then(|request| request.who);
+        access::check(
+            account,
+            Action::Stop,
+            Target::Owned {
+                owner: owner.as_deref(),
+            },
+            &self.config(),
+        )?;
         // Follow before stopping, so the end cannot slip by.
         let mut follower = self.events.follow();
         tracing::info!(user = %account.name, %builder, number = target.number, %reason, "stop requested");

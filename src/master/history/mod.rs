@@ -437,6 +437,30 @@ fn request_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<StoredRequest> 
 const REQUEST_COLUMNS: &str = "id, job_name, jobid, builder, who, comment, repository, branch, baserev, patch, patch_level, submitted_at, properties, kind, reason";
 
 /// Requests still waiting for a build, oldest first.
+/// How many requests of `builder` wait, of everyone or of `who`.
+pub fn pending_count_in(
+    connection: &Connection,
+    builder: &str,
+    who: Option<&str>,
+) -> Result<usize, HistoryError> {
+    let count: i64 = connection.query_row(
+        "SELECT COUNT(*) FROM requests WHERE state = ?1 AND builder = ?2 AND (?3 IS NULL OR who = ?3)",
+        params![RequestState::Pending, builder, who],
+        |row| row.get(0),
+    )?;
+    Ok(usize::try_from(count).unwrap_or(0))
+}
+
+/// How many requests `who` has waiting (not yet building), for the per-user quota.
+pub fn pending_count_of(connection: &Connection, who: &str) -> Result<usize, HistoryError> {
+    let count: i64 = connection.query_row(
+        "SELECT COUNT(*) FROM requests WHERE state = ?1 AND who = ?2",
+        params![RequestState::Pending, who],
+        |row| row.get(0),
+    )?;
+    Ok(usize::try_from(count).unwrap_or(0))
+}
+
 pub fn pending_requests(connection: &Connection) -> Result<Vec<StoredRequest>, HistoryError> {
     let mut statement = connection.prepare(&format!(
         "SELECT {REQUEST_COLUMNS} FROM requests WHERE state = ?1 ORDER BY id"

@@ -273,7 +273,9 @@ mod tests {
             parse("cancel linux 12 --json"),
             run(Command::Cancel(Cancel {
                 builder: "linux".into(),
-                request_id: 12,
+                request_id: Some(12),
+                all: false,
+                user: None,
                 json: true,
             }))
         );
