@@ -142,6 +142,12 @@ pub async fn run(
         scheduler_tx,
         changes_tx,
     ));
+    // Before anyone can ask: `watch` and `/api/builders` show each builder's last build across
+    // a restart.
+    control
+        .restore_last_builds()
+        .await
+        .context("cannot read the builders' last builds")?;
     let components = TaskTracker::new();
     let sshd_ctx = Arc::new(SshdContext::new(
         Arc::clone(&config),

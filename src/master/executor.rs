@@ -198,13 +198,12 @@ pub async fn run(
             Ok((interrupted, history::pending_requests(connection)?))
         })
         .await?;
-    // Each builder's last build, as the history has it: `watch` and `/api/builders` show it
-    // across a restart.
-    let last_builds = control.history.run(history::last_finished_builds).await?;
-    for (builder, last) in last_builds {
-        control.board.restore_last(&builder, last);
-    }
     if interrupted > 0 {
+        // Those builds ended just now, as exceptions: they are their builders' last.
+        let last_builds = control.history.run(history::last_finished_builds).await?;
+        for (builder, last) in last_builds {
+            control.board.restore_last(&builder, last);
+        }
         tracing::warn!(
             builds = interrupted,
             "builds interrupted by a master restart are marked exception and queued again"

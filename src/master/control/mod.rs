@@ -396,6 +396,16 @@ impl Control {
     }
 
     /// The last build of `builder` to end (since start, or as the history had it at start).
+    /// Each builder's last build, as the history has it, put on the board at start (before the
+    /// listeners serve anyone).
+    pub async fn restore_last_builds(&self) -> Result<(), ControlError> {
+        let last_builds = self.history.run(history::last_finished_builds).await?;
+        for (builder, last) in last_builds {
+            self.board.restore_last(&builder, last);
+        }
+        Ok(())
+    }
+
     pub fn last_build(&self, builder: &str) -> Option<crate::status::LastBuild> {
         self.board.last(builder)
     }

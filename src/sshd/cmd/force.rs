@@ -45,24 +45,52 @@ impl Force {
                 queued.builder, queued.request_id
             )
         };
-        let shape = Shape::of(self.json, self.wait);
-        let Some(queued) = answer(ctx, queued, Action::Force, text, shape, io).await else {
-            return 1;
+        let asked = Asked {
+            action: Action::Force,
+            command: "force --wait",
+            json: self.json,
+            wait: self.wait,
         };
-        if !self.wait {
-            return 0;
-        }
-        super::wait::for_job(
-            ctx,
-            "force --wait",
-            &queued.job_name,
-            follower,
-            self.json,
-            crate::status::DEFAULT_TAIL_LINES,
-            io,
-        )
-        .await
+        answer_and_follow(ctx, follower, queued, asked, text, io).await
     }
+}
+
+/// What a queuing command (force, rebuild) was asked for: how to answer, and whether to wait.
+pub(super) struct Asked {
+    pub action: Action,
+    /// Names the waiting command in the record of a cancellation.
+    pub command: &'static str,
+    pub json: bool,
+    pub wait: bool,
+}
+
+/// Answers a queuing command, then with `--wait` follows its build to the end like
+/// `try --wait`; the exit status of the one scheme.
+pub(super) async fn answer_and_follow(
+    ctx: &SshdContext,
+    follower: crate::master::events::Follower,
+    queued: Result<Queued, ControlError>,
+    asked: Asked,
+    text: impl Fn(&Queued) -> String,
+    io: &mut ExecIo<'_>,
+) -> u32 {
+    let shape = Shape::of(asked.json, asked.wait);
+    let Some(queued) = answer(ctx, queued, asked.action, text, shape, io).await else {
+        return 1;
+    };
+    if !asked.wait {
+        return 0;
+    }
+    super::wait::for_job(
+        ctx,
+        asked.command,
+        &queued.job_name,
+        follower,
+        asked.json,
+        crate::status::DEFAULT_TAIL_LINES,
+        io,
+    )
+    .await
 }
 
 /// How an answer is written: a line of text, one JSON object, or (with `--wait --json`) the
@@ -85,7 +113,7 @@ impl Shape {
 }
 
 /// Prints what a queued request (force, rebuild) became, or the refusal.
-pub(super) async fn answer(
+async fn answer(
     ctx: &SshdContext,
     queued: Result<Queued, ControlError>,
     action: Action,

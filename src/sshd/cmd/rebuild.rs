@@ -40,24 +40,12 @@ impl Rebuild {
                 queued.builder, queued.request_id
             )
         };
-        let shape = super::force::Shape::of(self.json, self.wait);
-        let Some(queued) =
-            super::force::answer(ctx, queued, Action::Rebuild, text, shape, io).await
-        else {
-            return 1;
+        let asked = super::force::Asked {
+            action: Action::Rebuild,
+            command: "rebuild --wait",
+            json: self.json,
+            wait: self.wait,
         };
-        if !self.wait {
-            return 0;
-        }
-        super::wait::for_job(
-            ctx,
-            "rebuild --wait",
-            &queued.job_name,
-            follower,
-            self.json,
-            crate::status::DEFAULT_TAIL_LINES,
-            io,
-        )
-        .await
+        super::force::answer_and_follow(ctx, follower, queued, asked, text, io).await
     }
 }
