@@ -38,7 +38,7 @@ pub struct ConnectionHandler {
     /// successful authentication or when the connection ends.
     startup_permit: Option<StartupPermit>,
     /// Tells the connection's owner that login succeeded, which stops the login-grace timer.
-    authenticated_tx: Option<oneshot::Sender<()>>,
+    authenticated_tx: Option<oneshot::Sender<Identity>>,
     /// The connection's own handle, set by its owner once the session runs. A login that no
     /// key can pass is disconnected through it with the reason, which the OpenSSH client
     /// prints. (russh sends its one banner before the client names a user, so the reason
@@ -54,7 +54,7 @@ impl ConnectionHandler {
         ctx: Arc<SshdContext>,
         peer: SocketAddr,
         startup_permit: StartupPermit,
-        authenticated_tx: oneshot::Sender<()>,
+        authenticated_tx: oneshot::Sender<Identity>,
         handle: Arc<OnceLock<Handle>>,
     ) -> ConnectionHandler {
         let sessions = Arc::new(Semaphore::new(ctx.config().sshd.max_sessions));
@@ -220,8 +220,10 @@ impl Handler for ConnectionHandler {
 
     async fn auth_succeeded(&mut self, _session: &mut Session) -> Result<(), Self::Error> {
         self.startup_permit = None;
-        if let Some(tx) = self.authenticated_tx.take() {
-            let _ = tx.send(());
+        if let Some(tx) = self.authenticated_tx.take()
+            && let Some(identity) = self.identity.clone()
+        {
+            let _ = tx.send(identity);
         }
         Ok(())
     }

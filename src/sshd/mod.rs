@@ -12,6 +12,7 @@ pub mod cmd;
 mod cutoff;
 mod handler;
 pub mod keystore;
+mod revocation;
 mod session;
 mod startups;
 pub mod strict_modes;
@@ -117,6 +118,8 @@ pub struct SshdContext {
     pub tasks: TaskTracker,
     /// Cancelled when the master stops.
     pub shutdown: CancellationToken,
+    /// The open user connections, closed when their login stops holding (`revocation`).
+    pub logins: Arc<revocation::Logins>,
 }
 
 impl SshdContext {
@@ -133,6 +136,7 @@ impl SshdContext {
             control,
             tasks: TaskTracker::new(),
             shutdown,
+            logins: Arc::default(),
         }
     }
 
@@ -364,6 +368,7 @@ pub async fn run(
         ctx.config().sshd.max_startups_per_source,
     );
     let connections = TaskTracker::new();
+    connections.spawn(revocation::run(Arc::clone(&ctx)));
     loop {
         let (stream, peer) = tokio::select! {
             _ = ctx.shutdown.cancelled() => break,
@@ -452,7 +457,14 @@ async fn serve_connection(
     let mut session = std::pin::pin!(session);
     let mut authenticated_rx = authenticated_rx;
     let mut authenticated = false;
+    let mut login: Option<revocation::Registered> = None;
     loop {
+        let revoked = async {
+            match &login {
+                Some(login) => login.revoked.cancelled().await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             result = &mut session => {
                 if let Err(err) = result {
@@ -466,10 +478,23 @@ async fn serve_connection(
             }
             result = &mut authenticated_rx, if !authenticated => {
                 authenticated = true;
-                if result.is_err() {
+                match result {
+                    Ok(identity) => login = ctx.logins.register(&identity, peer.ip()),
                     // The handler is gone without authenticating: the session is ending.
-                    continue;
+                    Err(_) => continue,
                 }
+            }
+            _ = revoked => {
+                let reason = login.as_ref().map(revocation::Registered::reason).unwrap_or_default();
+                let _ = handle
+                    .disconnect(
+                        russh::Disconnect::ByApplication,
+                        format!("buildbot: the login of this connection no longer holds ({reason})"),
+                        String::new(),
+                    )
+                    .await;
+                let _ = tokio::time::timeout(Duration::from_millis(500), &mut session).await;
+                return;
             }
             _ = ctx.shutdown.cancelled() => {
                 let _ = handle

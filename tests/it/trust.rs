@@ -573,3 +573,60 @@ fn a_lock_is_held_no_longer_than_max_lock_hold() {
     let detail = master.api(&format!("/api/builds/{}", build["id"]));
     assert!(detail.to_string().contains("max_lock_hold"), "{detail}");
 }
+
+/// Issue 22, item 3: a removed key ends the connections it opened even when they send no new
+/// command: a `watch --follow` that runs for ever is closed by the master, and so is a
+/// connection of a user whose account is deleted.
+#[test]
+fn a_removed_key_ends_a_running_watch_without_a_new_command() {
+    let why = "a_removed_key_ends_a_running_watch";
+    let farm = farm(why, "");
+    let master = &farm.master;
+    let alice = User::new(master, why);
+    let mut watch = master.ssh_command(&alice.key, alice.name(), &[]);
+    watch
+        .arg("watch --follow")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = watch.spawn().expect("ssh runs");
+    // The watch runs once it has printed the status: read it line by line meanwhile.
+    let stdout = child.stdout.take().expect("piped stdout");
+    let (lines_tx, lines) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if lines_tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let first = lines
+        .recv_timeout(crate::harness::PATIENCE)
+        .expect("the watch prints the status first");
+    assert!(first.contains("builders"), "{first}");
+    // Nothing else happens on the connection: only the key file changes.
+    master.authorize(alice.name(), "");
+    let status = crate::harness::wait_with_deadline(
+        &mut child,
+        "the watch of a user whose key was removed",
+        crate::harness::PATIENCE,
+    );
+    assert!(!status.success(), "{status:?}");
+    let output = Output {
+        status,
+        stdout: Vec::new(),
+        stderr: Vec::new(),
+    };
+    assert!(!output.status.success(), "{}", text(&output.stdout));
+    assert!(
+        master
+            .log()
+            .contains("closing a connection whose login no longer holds"),
+        "{}",
+        master.log()
+    );
+}
