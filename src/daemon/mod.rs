@@ -86,14 +86,6 @@ pub async fn run(
     shutdown: CancellationToken,
     on_listening: impl FnOnce(&Listening),
 ) -> anyhow::Result<()> {
-    let config_path = master_dir.join(crate::master::config::CONFIG_FILE);
-    if !config_path.exists() {
-        anyhow::bail!(
-            "cannot read {}: there is no master here; make one with `buildbot create-master {}`",
-            config_path.display(),
-            master_dir.display()
-        );
-    }
     let mut config = Config::load(master_dir)?;
     // Before the pid file says where to send it: SIGHUP's default action ends the process.
     let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())

@@ -200,10 +200,7 @@ pub async fn run(
         .await?;
     if interrupted > 0 {
         // Those builds ended just now, as exceptions: they are their builders' last.
-        let last_builds = control.history.run(history::last_finished_builds).await?;
-        for (builder, last) in last_builds {
-            control.board.restore_last(&builder, last);
-        }
+        restore_last_builds(&control.history, &control.board).await?;
         tracing::warn!(
             builds = interrupted,
             "builds interrupted by a master restart are marked exception and queued again"
@@ -311,6 +308,20 @@ pub async fn run(
     }
     builds.close();
     let _ = tokio::time::timeout(BUILDS_GRACE, builds.wait()).await;
+    Ok(())
+}
+
+/// Puts each builder's last finished build, as the history has it, on the board: at start
+/// (by the master, before the listeners serve), and again once builds a
+/// restart interrupted have been ended as exceptions.
+pub(crate) async fn restore_last_builds(
+    records: &crate::master::history::History,
+    board: &crate::master::board::Board,
+) -> Result<(), crate::master::history::HistoryError> {
+    let last_builds = records.run(history::last_finished_builds).await?;
+    for (builder, last) in last_builds {
+        board.restore_last(&builder, last);
+    }
     Ok(())
 }
 

@@ -396,7 +396,13 @@ impl Queue {
             into: newer.id,
             requests: older
                 .into_iter()
-                .map(|request| (request.id, request.job_name, request.builder))
+                .map(|request| {
+                    (
+                        request.id,
+                        request.request.job_name,
+                        request.request.builder,
+                    )
+                })
                 .collect(),
             change_ids,
         })
@@ -795,11 +801,11 @@ impl Queue {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::master::history::NewRequest;
     use crate::master::locks::{Access, LockDef};
 
     fn request(id: i64, builder: &str, job_name: &str) -> StoredRequest {
-        StoredRequest {
-            id,
+        NewRequest {
             job_name: job_name.into(),
             jobid: format!("job{id}"),
             builder: builder.into(),
@@ -816,6 +822,7 @@ mod tests {
             reason: None,
             change_ids: Vec::new(),
         }
+        .stored(id)
     }
 
     fn policy(pool: &[&str]) -> BuilderPolicy {
@@ -1188,12 +1195,11 @@ mod tests {
     }
 
     fn scheduled(id: i64, builder: &str, branch: &str, changes: &[i64]) -> StoredRequest {
-        StoredRequest {
-            kind: RequestKind::Scheduled,
-            branch: Some(branch.into()),
-            change_ids: changes.to_vec(),
-            ..request(id, builder, &format!("job{id}"))
-        }
+        let mut scheduled = request(id, builder, &format!("job{id}"));
+        scheduled.kind = RequestKind::Scheduled;
+        scheduled.branch = Some(branch.into());
+        scheduled.change_ids = changes.to_vec();
+        scheduled
     }
 
     #[test]
@@ -1570,9 +1576,10 @@ mod tests {
             LockTable::default(),
             1,
         );
-        let owned = |id: i64, who: &str| StoredRequest {
-            who: Some(who.into()),
-            ..request(id, "linux", &format!("job{id}"))
+        let owned = |id: i64, who: &str| {
+            let mut owned = request(id, "linux", &format!("job{id}"));
+            owned.who = Some(who.into());
+            owned
         };
         let flood: Vec<StoredRequest> = (1..=4).map(|id| owned(id, "mallory")).collect();
         queue.apply(Input::Requests(flood));
@@ -1600,10 +1607,8 @@ mod tests {
             1,
         );
         queue.apply(connect("shared", 1, 2));
-        let patched = StoredRequest {
-            patch: Some(b"diff".to_vec()),
-            ..request(1, "linux", "try-1")
-        };
+        let mut patched = request(1, "linux", "try-1");
+        patched.patch = Some(b"diff".to_vec());
         assert!(started(&queue.apply(Input::Requests(vec![patched]))).is_empty());
         // A build without a patch may use the shared slave.
         let effects = queue.apply(Input::Requests(vec![request(2, "linux", "force-2")]));

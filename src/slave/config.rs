@@ -68,8 +68,17 @@ impl SlaveConfig {
         let dir = std::path::absolute(dir)
             .with_context(|| format!("cannot resolve {}", dir.display()))?;
         let path = dir.join(CONFIG_FILE);
-        let text = std::fs::read_to_string(&path)
-            .with_context(|| format!("cannot read {}", path.display()))?;
+        let text = std::fs::read_to_string(&path).map_err(|err| {
+            if err.kind() == std::io::ErrorKind::NotFound {
+                anyhow::anyhow!(
+                    "cannot read {}: there is no slave here; make one with `buildbot create-slave {} --master HOST:PORT --name NAME`",
+                    path.display(),
+                    dir.display()
+                )
+            } else {
+                anyhow::anyhow!("cannot read {}: {err}", path.display())
+            }
+        })?;
         let raw: RawFile = toml::from_str(&text).map_err(|err| {
             let line = err
                 .span()

@@ -31,7 +31,7 @@ const ACCOUNT_FILES: [&str; 3] = ["passwd", "shadow", "group"];
 #[derive(Default)]
 pub struct Logins {
     open: Mutex<HashMap<u64, OpenLogin>>,
-    next_id: Mutex<u64>,
+    next_id: std::sync::atomic::AtomicU64,
     /// To the watching task: a directory to watch from now on.
     dirs: Mutex<Option<mpsc::UnboundedSender<PathBuf>>>,
 }
@@ -75,11 +75,9 @@ impl Logins {
         let Identity::User { grant, .. } = identity else {
             return None;
         };
-        let id = {
-            let mut next = crate::master::lock(&self.next_id);
-            *next += 1;
-            *next
-        };
+        let id = self
+            .next_id
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let revoked = CancellationToken::new();
         let reason = Arc::new(Mutex::new(None));
         crate::master::lock(&self.open).insert(
@@ -169,20 +167,18 @@ pub async fn run(ctx: Arc<SshdContext>) {
 
 /// Key files live anywhere the patterns say; of `/etc` only the account files matter.
 fn is_relevant(path: &Path) -> bool {
-    match path.parent() {
-        Some(parent) if parent == Path::new(ACCOUNTS_DIR) => path
-            .file_name()
-            .and_then(|name| name.to_str())
-            .is_some_and(|name| {
-                ACCOUNT_FILES.iter().any(|file| {
-                    name == *file
-                        || name.starts_with(&format!("{file}."))
-                        || name.starts_with(&format!("{file}+"))
-                        || name.starts_with(&format!("{file}-"))
-                })
-            }),
-        _ => true,
+    if path.parent() != Some(Path::new(ACCOUNTS_DIR)) {
+        return true;
     }
+    // The files themselves and the lock, backup and temp files the tools write beside them.
+    let name = path
+        .file_name()
+        .and_then(|name| name.to_str())
+        .unwrap_or("");
+    ACCOUNT_FILES.iter().any(|file| {
+        name.strip_prefix(file)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with(['.', '+', '-']))
+    })
 }
 
 async fn recheck(ctx: &SshdContext) {

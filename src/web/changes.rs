@@ -61,7 +61,12 @@ pub async fn queue_views(
     for (builder, ids) in wanted {
         let requests = state.control.store().requests(ids.clone()).await?;
         for (index, id) in ids.into_iter().enumerate() {
-            let Some(request) = requests.iter().find(|request| request.id == id).cloned() else {
+            let Some(request) = requests
+                .iter()
+                .find(|request| request.id == id)
+                .cloned()
+                .map(|stored| stored.request)
+            else {
                 continue;
             };
             views.push(QueuedView {

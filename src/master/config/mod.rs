@@ -390,7 +390,15 @@ impl Config {
         let text = std::fs::read_to_string(&path).map_err(|err| {
             ConfigError(vec![Problem {
                 line: 0,
-                message: format!("cannot read {}: {err}", path.display()),
+                message: if err.kind() == std::io::ErrorKind::NotFound {
+                    format!(
+                        "cannot read {}: there is no master here; make one with `buildbot create-master {}`",
+                        path.display(),
+                        master_dir.display()
+                    )
+                } else {
+                    format!("cannot read {}: {err}", path.display())
+                },
             }])
         })?;
         let master_dir = std::path::absolute(master_dir).map_err(|err| {

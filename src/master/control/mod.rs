@@ -399,10 +399,7 @@ impl Control {
     /// Each builder's last build, as the history has it, put on the board at start (before the
     /// listeners serve anyone).
     pub async fn restore_last_builds(&self) -> Result<(), ControlError> {
-        let last_builds = self.history.run(history::last_finished_builds).await?;
-        for (builder, last) in last_builds {
-            self.board.restore_last(&builder, last);
-        }
+        crate::master::executor::restore_last_builds(&self.history, &self.board).await?;
         Ok(())
     }
 

@@ -184,7 +184,7 @@ impl Control {
             .run(move |connection| history::request_by_id(connection, request_id))
             .await?
             .filter(|request| request.builder == builder)
-            .map(|request| request.who);
+            .map(|request| request.request.who);
         let Some(owner) = owner else {
             return Err(ControlError::NotQueued {
                 builder: builder.to_string(),

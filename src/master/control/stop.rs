@@ -62,7 +62,7 @@ impl Control {
             .history
             .run(move |connection| crate::master::history::request_by_id(connection, request_id))
             .await?
-            .and_then(|request| request.who);
+            .and_then(|request| request.request.who);
         access::check(
             account,
             Action::Stop,

@@ -166,72 +166,37 @@ pub struct NewRequest {
 impl NewRequest {
     /// The request as recorded under `id`.
     pub fn stored(self, id: i64) -> StoredRequest {
-        StoredRequest {
-            id,
-            job_name: self.job_name,
-            jobid: self.jobid,
-            builder: self.builder,
-            who: self.who,
-            comment: self.comment,
-            repository: self.repository,
-            branch: self.branch,
-            baserev: self.baserev,
-            patch: self.patch,
-            patch_level: self.patch_level,
-            submitted_at: self.submitted_at,
-            properties: self.properties,
-            kind: self.kind,
-            reason: self.reason,
-            change_ids: self.change_ids,
-        }
+        StoredRequest { id, request: self }
     }
 }
 
 impl StoredRequest {
     /// The same request, to be recorded again (a rebuild).
     pub fn renew(self) -> NewRequest {
-        NewRequest {
-            job_name: self.job_name,
-            jobid: self.jobid,
-            builder: self.builder,
-            who: self.who,
-            comment: self.comment,
-            repository: self.repository,
-            branch: self.branch,
-            baserev: self.baserev,
-            patch: self.patch,
-            patch_level: self.patch_level,
-            submitted_at: self.submitted_at,
-            properties: self.properties,
-            kind: self.kind,
-            reason: self.reason,
-            change_ids: self.change_ids,
-        }
+        self.request
     }
 }
 
-/// A request as stored: everything needed to run its build after a restart.
+/// A request as stored: everything needed to run its build after a restart. It reads as the
+/// [`NewRequest`] it was recorded from, plus its id.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StoredRequest {
     pub id: i64,
-    pub job_name: String,
-    pub jobid: String,
-    pub builder: String,
-    pub who: Option<String>,
-    pub comment: Option<String>,
-    pub repository: String,
-    pub branch: Option<String>,
-    pub baserev: Option<String>,
-    pub patch: Option<Vec<u8>>,
-    pub patch_level: u32,
-    pub submitted_at: f64,
-    /// The job's build properties (stored as a JSON object).
-    pub properties: std::collections::BTreeMap<String, String>,
-    pub kind: RequestKind,
-    /// Why the request exists, for people ("try by alice", "changes 3, 4 on main").
-    pub reason: Option<String>,
-    /// The changes it builds (none for try jobs and forced builds).
-    pub change_ids: Vec<i64>,
+    pub request: NewRequest,
+}
+
+impl std::ops::Deref for StoredRequest {
+    type Target = NewRequest;
+
+    fn deref(&self) -> &NewRequest {
+        &self.request
+    }
+}
+
+impl std::ops::DerefMut for StoredRequest {
+    fn deref_mut(&mut self) -> &mut NewRequest {
+        &mut self.request
+    }
 }
 
 /// A finished or running build, for status output.
@@ -413,8 +378,7 @@ pub(crate) fn properties_from_json(text: &str) -> std::collections::BTreeMap<Str
 }
 
 fn request_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<StoredRequest> {
-    Ok(StoredRequest {
-        id: row.get(0)?,
+    Ok(NewRequest {
         job_name: row.get(1)?,
         jobid: row.get(2)?,
         builder: row.get(3)?,
@@ -431,7 +395,8 @@ fn request_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<StoredRequest> 
         reason: row.get(14)?,
         // Filled in by the callers that need them (see `change_ids_of`).
         change_ids: Vec::new(),
-    })
+    }
+    .stored(row.get(0)?))
 }
 
 const REQUEST_COLUMNS: &str = "id, job_name, jobid, builder, who, comment, repository, branch, baserev, patch, patch_level, submitted_at, properties, kind, reason";
