@@ -18,7 +18,9 @@ use tokio_util::task::TaskTracker;
 
 use crate::master::config::Config;
 use crate::master::control::Control;
-use crate::master::history::History;
+use crate::master::sessions::Sessions;
+use crate::master::store::SharedStore;
+use crate::master::store::sqlite::SqliteStore;
 use crate::master::{executor, intake, poller, schedulers};
 use crate::spool::maildir::{Maildir, Owner, Spool};
 use crate::sshd::{self, SshdContext};
@@ -118,18 +120,20 @@ pub async fn run(
     on_listening(&listening);
 
     let history_path = config.master_dir.join("state.sqlite");
-    let history = History::open(&history_path).with_context(|| {
+    let store: SharedStore = Arc::new(SqliteStore::open(&history_path).with_context(|| {
         format!(
             "cannot open the history database {}",
             history_path.display()
         )
-    })?;
+    })?);
+    let sessions = Sessions::load(Arc::clone(&store)).await;
     let (scheduler_tx, scheduler_rx) = tokio::sync::mpsc::channel(256);
     let (changes_tx, changes_rx) = tokio::sync::mpsc::channel(256);
     let control = Arc::new(Control::new(
         Arc::clone(&config),
         host_key_fingerprint,
-        history,
+        store,
+        sessions,
         format!("http://{}", listening.http),
         scheduler_tx,
         changes_tx,

@@ -16,14 +16,14 @@ use tokio_util::sync::CancellationToken;
 
 use crate::master::board::{StopHandle, StopRequest};
 use crate::master::config::{BuilderConfig, StepConfig};
-use crate::master::history::{self, StoredRequest};
 use crate::master::interpolate::{self, InterpolationError};
 use crate::master::locks::LockUse;
 use crate::master::results::{CUT_SHORT, FailurePolicy, expected_duration};
 use crate::master::scheduler::Input;
 use crate::master::slaves::{SlaveEvent, SlaveLink};
+use crate::master::store::{SharedStore, StoredRequest};
 use crate::proto::{CheckoutRequest, CommandRequest, ExitReport, Message, StreamKind};
-use crate::status::{BuildEvent, BuildResult, RequestKind, RequestState, RunningBuild, unix_now};
+use crate::status::{BuildEvent, BuildResult, RequestKind, RunningBuild, unix_now};
 
 /// A request whose slave was lost this many times while building it is not run again: a patch
 /// or a build that kills its slave would otherwise take down one slave after another forever.
@@ -192,7 +192,7 @@ pub trait SchedulerPort: Send + Sync {
 /// the log directory, and the scheduler's port (step locks). Not the whole control layer.
 pub struct BuildParts {
     pub(crate) config: crate::master::reconfig::ConfigView,
-    pub(crate) history: crate::master::history::History,
+    pub(crate) store: SharedStore,
     pub(crate) events: Arc<crate::master::events::EventLog>,
     pub(crate) board: Arc<crate::master::board::Board>,
     pub(crate) metrics: Arc<crate::master::metrics::Metrics>,
@@ -254,11 +254,7 @@ pub async fn run(
     let mut retry = ending.slave_lost && builder.retry_on_slave_lost;
     if ending.slave_lost {
         let request_id = request.id;
-        match control
-            .history
-            .run(move |connection| history::record_slave_loss(connection, request_id))
-            .await
-        {
+        match control.store.record_slave_loss(request_id).await {
             Ok(losses) if losses >= MAX_SLAVE_LOSSES => {
                 tracing::warn!(parent: &span, request = request_id, "{SLAVE_LOST_TWICE}; not retried");
                 retry = false;
@@ -274,21 +270,19 @@ pub async fn run(
     }
     // A build cut short by the master stopping runs again at the next start: its request goes
     // back to pending, as a build the master could not finish at all does
-    // (`history::recover_interrupted_builds`). So does one retried after a lost slave, so a
+    // (`Store::recover_interrupted_builds`). So does one retried after a lost slave, so a
     // restart before the retry runs does not lose it.
     let master_stopping = shutdown.is_cancelled() && ending.result == BuildResult::Exception;
     let runs_again = master_stopping || retry;
     let recorded_reason = ending.reason.clone();
-    let (build_id, result, request_id) = (started.build_id, ending.result, request.id);
     if let Err(err) = control
-        .history
-        .run(move |connection| {
-            history::finish_build(connection, build_id, result, recorded_reason.as_deref())?;
-            if runs_again {
-                history::set_request_state(connection, request_id, RequestState::Pending)?;
-            }
-            Ok(())
-        })
+        .store
+        .finish_build(
+            started.build_id,
+            ending.result,
+            recorded_reason.as_deref(),
+            runs_again,
+        )
         .await
     {
         tracing::error!(parent: &span, "cannot record the build's end: {err}");
@@ -331,10 +325,8 @@ async fn begin(
     let request_id = request.id;
     let (builder_name, slave_name) = (builder.name.clone(), link.name.clone());
     let started = control
-        .history
-        .run_relaxed(move |connection| {
-            history::start_build(connection, request_id, &builder_name, &slave_name)
-        })
+        .store
+        .start_build(request_id, &builder_name, &slave_name)
         .await;
     let (build_id, number) = match started {
         Ok(started) => started,
@@ -345,8 +337,8 @@ async fn begin(
     };
     let eta_builder = builder.name.clone();
     let expected_secs = control
-        .history
-        .run(move |connection| history::recent_success_durations(connection, &eta_builder, 10))
+        .store
+        .recent_success_durations(&eta_builder, 10)
         .await
         .ok()
         .and_then(|durations| expected_duration(&durations))
@@ -430,10 +422,8 @@ async fn run_steps(
         step_number += 1;
         let (step_name, build_id) = (step.name.clone(), started.build_id);
         let step_id = match control
-            .history
-            .run_relaxed(move |connection| {
-                history::start_step(connection, build_id, step_number, &step_name)
-            })
+            .store
+            .start_step(build_id, step_number, &step_name)
             .await
         {
             Ok(id) => id,
@@ -485,10 +475,8 @@ async fn run_steps(
         ending.slave_leaving |= matches!(outcome, StepOutcome::SlaveShuttingDown);
         let (summary, step_result) = (verdict.summary.clone(), verdict.step_result);
         if let Err(err) = control
-            .history
-            .run_relaxed(move |connection| {
-                history::finish_step(connection, step_id, step_result, &summary)
-            })
+            .store
+            .finish_step(step_id, step_result, &summary)
             .await
         {
             tracing::error!("cannot record a step's end: {err}");
@@ -518,10 +506,8 @@ async fn run_steps(
             let (build_id, branch, revision) =
                 (started.build_id, checkout.branch.clone(), revision.clone());
             if let Err(err) = control
-                .history
-                .run_relaxed(move |connection| {
-                    history::record_build_source(connection, build_id, &branch, &revision)
-                })
+                .store
+                .record_build_source(build_id, &branch, &revision)
                 .await
             {
                 tracing::error!("cannot record what the build checked out: {err}");

@@ -16,13 +16,13 @@ use crate::master::build;
 use crate::master::build::{BuildParts, SchedulerPort};
 use crate::master::config::Config;
 use crate::master::events::EventLog;
-use crate::master::history::{self, History, StoredRequest};
 use crate::master::locks::{LockTable, LockUse};
 use crate::master::metrics::Metrics;
 use crate::master::reconfig::ConfigView;
 use crate::master::roster::Roster;
 use crate::master::scheduler::{BuilderPolicy, Effect, Input, Queue};
-use crate::status::{BuildEvent, RequestState};
+use crate::master::store::{SharedStore, Store, StoreError, StoredRequest};
+use crate::status::BuildEvent;
 
 /// The executor's inbox: what the rest of the master asks of the scheduler. Most letters are
 /// a plain [`Input`] for the queue; the others carry the one answer their sender waits for.
@@ -120,7 +120,7 @@ impl SchedulerPort for Port {
 /// find a slave's link, to close one) and what it publishes. Not the whole control layer.
 pub struct ExecutorParts {
     pub(crate) config: ConfigView,
-    pub(crate) history: History,
+    pub(crate) store: SharedStore,
     pub(crate) events: Arc<EventLog>,
     pub(crate) board: Arc<Board>,
     pub(crate) metrics: Arc<Metrics>,
@@ -191,16 +191,11 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let control = Arc::new(control);
-    let (interrupted, pending) = control
-        .history
-        .run(|connection| {
-            let interrupted = history::recover_interrupted_builds(connection)?;
-            Ok((interrupted, history::pending_requests(connection)?))
-        })
-        .await?;
+    let interrupted = control.store.recover_interrupted_builds().await?;
+    let pending = control.store.pending_requests().await?;
     if interrupted > 0 {
         // Those builds ended just now, as exceptions: they are their builders' last.
-        restore_last_builds(&control.history, &control.board).await?;
+        restore_last_builds(control.store.as_ref(), &control.board).await?;
         tracing::warn!(
             builds = interrupted,
             "builds interrupted by a master restart are marked exception and queued again"
@@ -315,10 +310,10 @@ pub async fn run(
 /// (by the master, before the listeners serve), and again once builds a
 /// restart interrupted have been ended as exceptions.
 pub(crate) async fn restore_last_builds(
-    records: &crate::master::history::History,
+    records: &dyn Store,
     board: &crate::master::board::Board,
-) -> Result<(), crate::master::history::HistoryError> {
-    let last_builds = records.run(history::last_finished_builds).await?;
+) -> Result<(), StoreError> {
+    let last_builds = records.last_finished_builds().await?;
     for (builder, last) in last_builds {
         board.restore_last(&builder, last);
     }
@@ -446,20 +441,7 @@ async fn drop_requests(
     collapsed_into: Option<(i64, Vec<i64>)>,
 ) {
     let ids: Vec<i64> = requests.iter().map(|(id, ..)| *id).collect();
-    let recorded = control
-        .history
-        .run(move |connection| {
-            for id in ids {
-                history::set_request_state(connection, id, RequestState::Cancelled)?;
-            }
-            match collapsed_into {
-                Some((into, change_ids)) => {
-                    history::changes::link_changes(connection, into, &change_ids)
-                }
-                None => Ok(()),
-            }
-        })
-        .await;
+    let recorded = control.store.cancel_requests(ids, collapsed_into).await;
     if let Err(err) = recorded {
         tracing::error!("cannot record dropped requests: {err}");
     }

@@ -8,7 +8,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::master::control::{ControlError, IntakeHandle, start_try_policy};
-use crate::master::history::{self, NewRequest};
+use crate::master::store::{NewRequest, now};
 use crate::spool::maildir::Spool;
 use crate::spool::watcher::SpooledJob;
 use crate::status::RequestKind;
@@ -19,22 +19,15 @@ pub async fn recover_claimed_jobs(
     maildir: &Spool,
 ) -> anyhow::Result<Vec<SpooledJob>> {
     let claimed = maildir.list_cur().context("cannot list spool/cur")?;
-    let unrecorded = intake
-        .history
-        .run(move |connection| {
-            let mut unrecorded = Vec::new();
-            let mut recorded = Vec::new();
-            for name in claimed {
-                if history::is_job_recorded(connection, &name)? {
-                    recorded.push(name);
-                } else {
-                    unrecorded.push(name);
-                }
-            }
-            Ok((unrecorded, recorded))
-        })
-        .await?;
-    let (unrecorded, recorded) = unrecorded;
+    let mut unrecorded = Vec::new();
+    let mut recorded = Vec::new();
+    for name in claimed {
+        if intake.store.is_job_recorded(&name).await? {
+            recorded.push(name);
+        } else {
+            unrecorded.push(name);
+        }
+    }
     // Jobs recorded before this version deleted them, or before a crash between recording
     // and deleting: the history has them.
     for name in recorded {
@@ -153,7 +146,7 @@ async fn record_spooled(intake: &IntakeHandle, spooled: SpooledJob) -> Result<()
         return Err(err.into());
     }
     intake
-        .enqueue(requests_of(&spooled, &allowed, history::now()))
+        .enqueue(requests_of(&spooled, &allowed, now()))
         .await?;
     Ok(())
 }

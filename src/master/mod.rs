@@ -10,7 +10,6 @@ pub mod control;
 pub mod events;
 pub mod executor;
 pub mod git_remote;
-pub mod history;
 pub mod intake;
 pub mod interpolate;
 pub mod irc_links;

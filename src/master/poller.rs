@@ -18,7 +18,6 @@ use crate::change::ChangeSpec;
 use crate::master::config::ChangeSourceConfig;
 use crate::master::control::PollerHandle;
 use crate::master::git_remote;
-use crate::master::history::changes;
 
 /// Where the pollers' mirrors live, under the master directory.
 const MIRRORS: &str = "gitpoll";
@@ -53,14 +52,8 @@ pub async fn poll_once(
         .filter(|(branch, _)| source.branches.iter().any(|glob| glob.matches(branch)))
         .collect();
     let repo = source.repo.clone();
-    let seen: BTreeMap<String, String> = control
-        .history
-        .run(move |connection| {
-            Ok(changes::poll_heads(connection, &repo)?
-                .into_iter()
-                .collect())
-        })
-        .await?;
+    let seen: BTreeMap<String, String> =
+        control.store.poll_heads(&repo).await?.into_iter().collect();
     let first_poll = seen.is_empty();
     let moved: Vec<(String, String)> = heads
         .into_iter()
@@ -113,10 +106,9 @@ pub async fn poll_once(
             recorded += 1;
         }
         // Remembered after the change is recorded: a crash in between polls it again.
-        let (repo, branch, revision) = (source.repo.clone(), branch.clone(), revision.clone());
         control
-            .history
-            .run(move |connection| changes::set_poll_head(connection, &repo, &branch, &revision))
+            .store
+            .set_poll_head(&source.repo, &branch, &revision)
             .await?;
     }
     if first_poll {

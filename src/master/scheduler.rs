@@ -10,8 +10,8 @@
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
 use crate::master::config::NextSlave;
-use crate::master::history::StoredRequest;
 use crate::master::locks::{Holder, LockTable, LockUse};
+use crate::master::store::StoredRequest;
 use crate::status::RequestKind;
 
 /// How the queue serves one builder.
@@ -801,8 +801,8 @@ impl Queue {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::master::history::NewRequest;
     use crate::master::locks::{Access, LockDef};
+    use crate::master::store::NewRequest;
 
     fn request(id: i64, builder: &str, job_name: &str) -> StoredRequest {
         NewRequest {

@@ -4,21 +4,21 @@
 //! web's business.
 //!
 //! Login tokens live 120 s in memory only (a restart voids them, and `web-login` is cheap).
-//! Sessions survive a restart: each is written through a [`SessionStore`] (the history
-//! database, through its migration 5) and loaded again at start, so nobody logs in over ssh
-//! again after an upgrade. Only a SHA-256 of the session id is stored, so a copy of the
-//! database opens no session; the expiry is stored and kept. Reads are answered from memory.
-//! A store shared by several masters (a later issue) will also be asked on a miss.
+//! Sessions survive a restart: each is written through the [`Store`] (`web_sessions`) and
+//! loaded again at start, so nobody logs in over ssh again after an upgrade. Only a SHA-256 of
+//! the session id is stored, so a copy of the database opens no session; the expiry is stored
+//! and kept. Reads are answered from memory; a session this master does not know (created on
+//! another master of the cluster since the start) is looked up in the store on a miss.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
 use sha2::Digest;
 
-use crate::master::history::{History, HistoryError};
 use crate::master::lock;
+use crate::master::store::{SharedStore, StoredSession, now};
 use crate::unix::accounts::UnixAccount;
 
 /// How long a login URL may wait before it is used.
@@ -33,76 +33,13 @@ pub struct Session {
     expires: Instant,
 }
 
-/// A session as a store keeps it: the id only as its hash, the user by name and uid (the
-/// account is looked up again when loaded), the expiry as unix time.
-#[derive(Debug, Clone, PartialEq)]
-pub struct StoredSession {
-    pub token_hash: String,
-    pub user: String,
-    pub uid: u32,
-    pub csrf: String,
-    pub expires_at: f64,
-}
-
-/// Where sessions outlive the master process. Blocking calls: callers use a blocking thread.
-pub trait SessionStore: Send + Sync {
-    /// Every session not expired at `now` (unix seconds).
-    fn load(&self, now: f64) -> Result<Vec<StoredSession>, HistoryError>;
-    /// Keeps `session`; forgets those expired at `now`.
-    fn save(&self, session: &StoredSession, now: f64) -> Result<(), HistoryError>;
-}
-
-/// Sessions in the history database (`web_sessions`).
-pub struct HistorySessions(pub History);
-
-impl SessionStore for HistorySessions {
-    fn load(&self, now: f64) -> Result<Vec<StoredSession>, HistoryError> {
-        self.0.with(|connection| {
-            let mut statement = connection.prepare(
-                "SELECT token_hash, user, uid, csrf, expires_at FROM web_sessions
-                 WHERE expires_at > ?1",
-            )?;
-            let rows = statement.query_map([now], |row| {
-                Ok(StoredSession {
-                    token_hash: row.get(0)?,
-                    user: row.get(1)?,
-                    uid: row.get(2)?,
-                    csrf: row.get(3)?,
-                    expires_at: row.get(4)?,
-                })
-            })?;
-            Ok(rows.collect::<Result<Vec<_>, _>>()?)
-        })
-    }
-
-    fn save(&self, session: &StoredSession, now: f64) -> Result<(), HistoryError> {
-        self.0.with(|connection| {
-            let transaction = connection.transaction()?;
-            transaction.execute("DELETE FROM web_sessions WHERE expires_at <= ?1", [now])?;
-            transaction.execute(
-                "INSERT OR REPLACE INTO web_sessions (token_hash, user, uid, csrf, expires_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
-                rusqlite::params![
-                    session.token_hash,
-                    session.user,
-                    session.uid,
-                    session.csrf,
-                    session.expires_at
-                ],
-            )?;
-            transaction.commit()?;
-            Ok(())
-        })
-    }
-}
-
 /// The login tokens and sessions of this master. `Default` keeps sessions in memory only.
 #[derive(Default)]
 pub struct Sessions {
     login_tokens: Mutex<HashMap<String, (UnixAccount, Instant)>>,
     /// By the hash of the session id, as stored.
     sessions: Mutex<HashMap<String, Session>>,
-    store: Option<Arc<dyn SessionStore>>,
+    store: Option<SharedStore>,
 }
 
 fn random_token() -> String {
@@ -119,30 +56,17 @@ fn token_hash(id: &str) -> String {
 }
 
 impl Sessions {
-    /// Sessions kept in `store`, with those it holds loaded (blocking: call at start). A
-    /// session whose user is gone, or now has another uid, is not loaded.
-    pub fn with_store(store: Arc<dyn SessionStore>) -> Sessions {
-        let now_unix = crate::master::history::now();
-        let now = Instant::now();
+    /// Sessions kept in `store`, with those it holds loaded. A session whose user is gone, or
+    /// now has another uid, is not loaded.
+    pub async fn load(store: SharedStore) -> Sessions {
+        let now_unix = now();
         let mut sessions = HashMap::new();
-        match store.load(now_unix) {
+        match store.live_sessions(now_unix).await {
             Ok(stored) => {
                 for session in stored {
-                    let account = match crate::unix::accounts::lookup(&session.user) {
-                        Ok(Some(account)) if account.uid == session.uid => account,
-                        _ => continue,
-                    };
-                    let left = Duration::try_from_secs_f64(session.expires_at - now_unix)
-                        .unwrap_or(Duration::ZERO)
-                        .min(SESSION_LIFETIME);
-                    sessions.insert(
-                        session.token_hash,
-                        Session {
-                            account,
-                            csrf: session.csrf,
-                            expires: now + left,
-                        },
-                    );
+                    if let Some((hash, session)) = revive(session, now_unix) {
+                        sessions.insert(hash, session);
+                    }
                 }
                 tracing::info!(
                     "{} web session(s) kept from before the start",
@@ -182,7 +106,7 @@ impl Sessions {
             expires: Instant::now() + SESSION_LIFETIME,
         };
         if let Some(store) = &self.store {
-            let now = crate::master::history::now();
+            let now = now();
             let stored = StoredSession {
                 token_hash: hash.clone(),
                 user: session.account.name.clone(),
@@ -190,13 +114,9 @@ impl Sessions {
                 csrf: session.csrf.clone(),
                 expires_at: now + SESSION_LIFETIME.as_secs_f64(),
             };
-            let store = Arc::clone(store);
-            let saved = tokio::task::spawn_blocking(move || store.save(&stored, now)).await;
-            match saved {
-                Ok(Ok(())) => {}
-                // The session still works until a restart; the log says why it will not last.
-                Ok(Err(err)) => tracing::warn!("cannot store a web session: {err}"),
-                Err(err) => tracing::warn!("cannot store a web session: {err}"),
+            // The session still works here until a restart; the log says why it will not last.
+            if let Err(err) = store.save_session(&stored, now).await {
+                tracing::warn!("cannot store a web session: {err}");
             }
         }
         let mut sessions = lock(&self.sessions);
@@ -206,18 +126,56 @@ impl Sessions {
         Some(id)
     }
 
-    pub fn get(&self, id: &str) -> Option<Session> {
-        let sessions = lock(&self.sessions);
-        sessions
-            .get(&token_hash(id))
+    /// The session `id` names, if it is live: from memory, else (created on another master
+    /// of the cluster, or before this one started) from the store.
+    pub async fn get(&self, id: &str) -> Option<Session> {
+        let hash = token_hash(id);
+        let known = lock(&self.sessions)
+            .get(&hash)
             .filter(|session| session.expires > Instant::now())
-            .cloned()
+            .cloned();
+        if known.is_some() {
+            return known;
+        }
+        let store = self.store.as_ref()?;
+        let now_unix = now();
+        let found = match store.session(&hash, now_unix).await {
+            Ok(found) => found?,
+            Err(err) => {
+                tracing::warn!("cannot look a web session up: {err}");
+                return None;
+            }
+        };
+        let (hash, session) = revive(found, now_unix)?;
+        lock(&self.sessions).insert(hash, session.clone());
+        Some(session)
     }
+}
+
+/// A stored session as this master holds it, unless its user is gone or now has another uid.
+fn revive(stored: StoredSession, now_unix: f64) -> Option<(String, Session)> {
+    let account = match crate::unix::accounts::lookup(&stored.user) {
+        Ok(Some(account)) if account.uid == stored.uid => account,
+        _ => return None,
+    };
+    let left = Duration::try_from_secs_f64(stored.expires_at - now_unix)
+        .ok()
+        .filter(|left| !left.is_zero())?
+        .min(SESSION_LIFETIME);
+    Some((
+        stored.token_hash,
+        Session {
+            account,
+            csrf: stored.csrf,
+            expires: Instant::now() + left,
+        },
+    ))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
 
     fn alice() -> UnixAccount {
         UnixAccount {
@@ -233,7 +191,10 @@ mod tests {
         let sessions = Sessions::default();
         let token = sessions.new_login_token(alice());
         let id = sessions.redeem(&token).await.expect("first use");
-        assert_eq!(sessions.get(&id).expect("session").account.name, "alice");
+        assert_eq!(
+            sessions.get(&id).await.expect("session").account.name,
+            "alice"
+        );
         assert!(sessions.redeem(&token).await.is_none(), "single use");
         assert!(sessions.redeem("made-up").await.is_none());
     }
@@ -247,16 +208,25 @@ mod tests {
     #[tokio::test]
     async fn sessions_outlive_the_process_by_their_hash_with_their_expiry() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let history = History::open(&dir.path().join("state.sqlite")).expect("history");
-        let store: Arc<dyn SessionStore> = Arc::new(HistorySessions(history.clone()));
-        let first = Sessions::with_store(Arc::clone(&store));
+        let store: SharedStore = Arc::new(
+            crate::master::store::sqlite::SqliteStore::open(&dir.path().join("state.sqlite"))
+                .expect("store"),
+        );
+        let first = Sessions::load(Arc::clone(&store)).await;
+        // Another master of the cluster, started before the login.
+        let elsewhere = Sessions::load(Arc::clone(&store)).await;
         let token = first.new_login_token(root());
         let id = first.redeem(&token).await.expect("redeemed");
-        let csrf = first.get(&id).expect("session").csrf;
+        let csrf = first.get(&id).await.expect("session").csrf;
+        let there = elsewhere
+            .get(&id)
+            .await
+            .expect("found in the store on a miss");
+        assert_eq!(there.csrf, csrf);
 
         // A new master process on the same database.
-        let second = Sessions::with_store(Arc::clone(&store));
-        let kept = second.get(&id).expect("the session survived");
+        let second = Sessions::load(Arc::clone(&store)).await;
+        let kept = second.get(&id).await.expect("the session survived");
         assert_eq!(
             (kept.account.name.as_str(), kept.csrf.as_str()),
             ("root", csrf.as_str())
@@ -265,18 +235,21 @@ mod tests {
         assert!(left <= SESSION_LIFETIME && left > SESSION_LIFETIME - Duration::from_secs(600));
 
         // Only the hash is stored; an expired session is not loaded; login tokens do not last.
-        let stored = store.load(crate::master::history::now()).expect("load");
+        let mut stored = store.live_sessions(now()).await.expect("load");
         assert_eq!(stored.len(), 1);
         assert_eq!(stored[0].token_hash, token_hash(&id));
         assert_ne!(stored[0].token_hash, id);
-        history
-            .with(|connection| {
-                connection.execute("UPDATE web_sessions SET expires_at = 1", [])?;
-                Ok(())
-            })
-            .expect("expire it");
-        assert!(Sessions::with_store(Arc::clone(&store)).get(&id).is_none());
+        let mut expired = stored.remove(0);
+        expired.expires_at = 1.0;
+        store.save_session(&expired, 0.0).await.expect("expire it");
+        assert!(
+            Sessions::load(Arc::clone(&store))
+                .await
+                .get(&id)
+                .await
+                .is_none()
+        );
         let token = second.new_login_token(root());
-        assert!(Sessions::with_store(store).redeem(&token).await.is_none());
+        assert!(Sessions::load(store).await.redeem(&token).await.is_none());
     }
 }

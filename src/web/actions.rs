@@ -29,7 +29,7 @@ pub async fn guard_body(
     if request.method() != axum::http::Method::POST {
         return next.run(request).await;
     }
-    if state.session(request.headers()).is_none() {
+    if state.session(request.headers()).await.is_none() {
         return WebError::Forbidden(LOG_IN_FIRST.into()).into_response();
     }
     let declared = request
@@ -78,8 +78,12 @@ const LOG_IN_FIRST: &str = "log in first: run `ssh … web-login` and open the U
 
 impl AppState {
     /// The session of a form post whose CSRF token matches it.
-    fn form_session(&self, headers: &HeaderMap, csrf: Option<&str>) -> Result<Session, WebError> {
-        let Some(session) = self.session(headers) else {
+    async fn form_session(
+        &self,
+        headers: &HeaderMap,
+        csrf: Option<&str>,
+    ) -> Result<Session, WebError> {
+        let Some(session) = self.session(headers).await else {
             return Err(WebError::Forbidden(LOG_IN_FIRST.into()));
         };
         if !csrf.is_some_and(|token| auth::same_secret(token, &session.csrf)) {
@@ -114,7 +118,7 @@ pub async fn stop(
     headers: HeaderMap,
     Form(form): Form<StopForm>,
 ) -> Result<Response, WebError> {
-    let session = state.form_session(&headers, form.csrf.as_deref())?;
+    let session = state.form_session(&headers, form.csrf.as_deref()).await?;
     let reason = or_default(form.reason, "stopped from the web page");
     // Returns once the build has ended (or the wait ran out), so the page the browser lands on
     // shows the result.
@@ -142,7 +146,7 @@ pub async fn force(
     headers: HeaderMap,
     Form(form): Form<ForceForm>,
 ) -> Result<Response, WebError> {
-    let session = state.form_session(&headers, form.csrf.as_deref())?;
+    let session = state.form_session(&headers, form.csrf.as_deref()).await?;
     let mut properties = BTreeMap::new();
     for line in form.properties.unwrap_or_default().lines() {
         let line = line.trim();
@@ -182,7 +186,7 @@ pub async fn rebuild(
     headers: HeaderMap,
     Form(form): Form<RebuildForm>,
 ) -> Result<Response, WebError> {
-    let session = state.form_session(&headers, form.csrf.as_deref())?;
+    let session = state.form_session(&headers, form.csrf.as_deref()).await?;
     let reason = or_default(form.reason, "rebuilt from the web page");
     state
         .control
@@ -203,7 +207,7 @@ pub async fn cancel(
     headers: HeaderMap,
     Form(form): Form<CancelForm>,
 ) -> Result<Response, WebError> {
-    let session = state.form_session(&headers, form.csrf.as_deref())?;
+    let session = state.form_session(&headers, form.csrf.as_deref()).await?;
     state
         .control
         .cancel_request(&session.account, &builder, request_id)
@@ -218,7 +222,7 @@ pub async fn pause(
     headers: HeaderMap,
     Form(form): Form<CancelForm>,
 ) -> Result<Response, WebError> {
-    let session = state.form_session(&headers, form.csrf.as_deref())?;
+    let session = state.form_session(&headers, form.csrf.as_deref()).await?;
     let paused = match what.as_str() {
         "pause" => true,
         "unpause" => false,

@@ -260,7 +260,7 @@ pub fn slave_rows(state: &AppState, signed_in: bool) -> Vec<SlaveRow> {
 }
 
 pub async fn slaves(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Json<Vec<SlaveRow>> {
-    let signed_in = state.session(&headers).is_some();
+    let signed_in = state.session(&headers).await.is_some();
     Json(slave_rows(&state, signed_in))
 }
 

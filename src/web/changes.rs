@@ -123,7 +123,7 @@ pub async fn page(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
 ) -> Result<Html<String>, WebError> {
-    let mut context = state.base_context(&headers);
+    let mut context = state.base_context(&headers).await;
     context.insert(
         "changes",
         &recent_change_views(&state, RECENT_CHANGES).await?,

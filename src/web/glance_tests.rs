@@ -1,7 +1,7 @@
 //! The glanceable parts of the pages (progress bars, duration trends, the waterfall's time
 //! axis, the tab title), rendered from typed views with known data through the real templates.
 
-use crate::master::history::BuildRow;
+use crate::master::store::BuildRow;
 use crate::status::{BuildResult, RunningBuild};
 use crate::web::TEMPLATES;
 use crate::web::views::{

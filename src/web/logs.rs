@@ -122,7 +122,7 @@ pub async fn page(
         Err(err) => return Err(err.into()),
     };
     let shown = text.len() as u64;
-    let mut context = state.base_context(&headers);
+    let mut context = state.base_context(&headers).await;
     context.insert("builder", &builder);
     context.insert("number", &number);
     context.insert("step", &log.step_name);

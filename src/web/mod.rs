@@ -65,8 +65,8 @@ pub enum WebError {
     Internal(String),
 }
 
-impl From<crate::master::history::HistoryError> for WebError {
-    fn from(err: crate::master::history::HistoryError) -> Self {
+impl From<crate::master::store::StoreError> for WebError {
+    fn from(err: crate::master::store::StoreError) -> Self {
         WebError::Internal(err.to_string())
     }
 }
@@ -136,7 +136,7 @@ impl AppState {
         &self,
         builder: &str,
         number: i64,
-    ) -> Result<crate::master::history::BuildDetail, WebError> {
+    ) -> Result<crate::master::store::BuildDetail, WebError> {
         let key = crate::master::store::BuildRef::Number {
             builder: builder.to_string(),
             number,
@@ -149,16 +149,20 @@ impl AppState {
     }
 
     /// The session of this request, if it has a valid one.
-    pub fn session(&self, headers: &axum::http::HeaderMap) -> Option<Session> {
-        auth::session_cookie(headers).and_then(|id| self.control.web_session(&id))
+    pub async fn session(&self, headers: &axum::http::HeaderMap) -> Option<Session> {
+        let id = auth::session_cookie(headers)?;
+        self.control.web_session(&id).await
     }
 
     /// What every page shows: the master's name and host key, who is logged in.
-    pub fn base_context(&self, headers: &axum::http::HeaderMap) -> tera::Context {
+    pub async fn base_context(&self, headers: &axum::http::HeaderMap) -> tera::Context {
         let mut context = tera::Context::new();
         context.insert("master_name", &self.control.config().name);
         context.insert("host_key", self.control.host_key_fingerprint());
-        let user = self.session(headers).map(|session| session.account.name);
+        let user = self
+            .session(headers)
+            .await
+            .map(|session| session.account.name);
         context.insert("user", &user);
         // The board's last results (since this master started); pages that load the
         // history replace it with the light from each builder's last recorded build.
@@ -180,13 +184,13 @@ impl AppState {
         context
     }
 
-    pub fn message(
+    pub async fn message(
         &self,
         headers: &axum::http::HeaderMap,
         heading: &str,
         message: &str,
     ) -> Result<Html<String>, WebError> {
-        let mut context = self.base_context(headers);
+        let mut context = self.base_context(headers).await;
         context.insert("heading", heading);
         context.insert("message", message);
         Ok(Html(self.render("message.html", &context)?))
@@ -286,6 +290,7 @@ async fn private_farm(
     }
     let signed_in = state
         .session(request.headers())
+        .await
         .is_some_and(|session| crate::master::access::current_account(&session.account).is_some());
     if signed_in {
         return next.run(request).await;

@@ -126,7 +126,7 @@ pub async fn waterfall(
         attach_progress(builder);
     }
     let view = views::waterfall_view(&builders, (lower, upper), now, hours, upper >= now);
-    let mut context = state.base_context(&headers);
+    let mut context = state.base_context(&headers).await;
     insert_light(&state, &mut context, &builders);
     context.insert("waterfall", &view);
     context.insert(
@@ -141,7 +141,7 @@ pub async fn summary(
     headers: HeaderMap,
 ) -> Result<Html<String>, WebError> {
     let builders = builders_with_builds(&state, 1).await?;
-    let mut context = state.base_context(&headers);
+    let mut context = state.base_context(&headers).await;
     insert_light(&state, &mut context, &builders);
     context.insert("builders", &builders);
     Ok(Html(state.render("summary.html", &context)?))
@@ -154,13 +154,13 @@ pub async fn builder(
 ) -> Result<Html<String>, WebError> {
     state.control.builder(&name)?;
     let builders = builders_with_builds(&state, 50).await?;
-    let mut context = state.base_context(&headers);
+    let mut context = state.base_context(&headers).await;
     insert_light(&state, &mut context, &builders);
     let Some(builder) = builders.into_iter().find(|b| b.name == name) else {
         return Err(WebError::NotFound(format!("no builder named '{name}'")));
     };
     let queue = crate::web::changes::queue_views(&state, std::slice::from_ref(&name)).await?;
-    let session = state.session(&headers);
+    let session = state.session(&headers).await;
     context.insert("builds", &builder.builds);
     context.insert("builder", &builder);
     context.insert("queue", &queue);
@@ -191,8 +191,8 @@ pub async fn build(
         .as_ref()
         .map(|running| views::progress_view(running, total_steps, now));
     let page = views::build_page(state.control.logs_dir(), &detail, eta, progress);
-    let session = state.session(&headers);
-    let mut context = state.base_context(&headers);
+    let session = state.session(&headers).await;
+    let mut context = state.base_context(&headers).await;
     context.insert("can_stop", &session.is_some());
     context.insert("csrf", &session.map(|s| s.csrf).unwrap_or_default());
     context.insert("build", &page);
@@ -206,7 +206,7 @@ pub async fn patch(
 ) -> Result<Response, WebError> {
     let detail = state.load_build(&builder, number).await?;
     // A patch may hold what is not public yet: its owner and operators see it, logged in.
-    let Some(session) = state.session(&headers) else {
+    let Some(session) = state.session(&headers).await else {
         return Err(WebError::Forbidden(
             "try patches are shown to their owner and operators: log in with `ssh master web-login`"
                 .into(),
@@ -250,8 +250,8 @@ pub async fn slaves(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
 ) -> Result<Html<String>, WebError> {
-    let mut context = state.base_context(&headers);
-    let session = state.session(&headers);
+    let mut context = state.base_context(&headers).await;
+    let session = state.session(&headers).await;
     context.insert(
         "slaves",
         &crate::web::api::slave_rows(&state, session.is_some()),
@@ -277,7 +277,8 @@ pub async fn login(
             &headers,
             "Login link expired",
             "This login link was used already or has expired. Run `ssh … web-login` again for a new one.",
-        )?;
+        )
+        .await?;
         return Ok((axum::http::StatusCode::FORBIDDEN, page).into_response());
     };
     let cookie = format!(

@@ -9,8 +9,7 @@ use serde::Serialize;
 use crate::durations::format_eta;
 use crate::master::build::log_file_name;
 use crate::master::control::Control;
-use crate::master::history::changes::StoredChange;
-use crate::master::history::{BuildDetail, BuildRow, StepRow};
+use crate::master::store::{BuildDetail, BuildRow, StepRow, StoredChange};
 use crate::proto::StreamKind;
 use crate::status::{BuildResult, BuilderActivity, RunningBuild, text, unix_now};
 
@@ -222,7 +221,7 @@ pub fn format_time(seconds: f64) -> String {
 }
 
 fn took(started: f64, finished: Option<f64>) -> String {
-    let end = finished.unwrap_or_else(crate::master::history::now);
+    let end = finished.unwrap_or_else(crate::master::store::now);
     format_eta(Duration::from_secs_f64((end - started).max(0.0)))
 }
 

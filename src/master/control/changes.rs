@@ -6,7 +6,7 @@ use crate::change::ChangeSpec;
 use crate::master::access::{self, Action, Target};
 use crate::master::config::SchedulerKind;
 use crate::master::control::{Control, ControlError};
-use crate::master::history::changes::StoredChange;
+use crate::master::store::StoredChange;
 use crate::unix::accounts::UnixAccount;
 
 impl Control {

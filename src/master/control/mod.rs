@@ -32,18 +32,16 @@ use crate::master::build::BuildParts;
 use crate::master::config::{BuilderConfig, Config};
 use crate::master::events::{EventLog, Follower};
 use crate::master::executor::{ExecutorParts, Mail, Port, Published};
-use crate::master::history::changes::StoredChange;
-use crate::master::history::{self, BuildRow, History, HistoryError, NewRequest};
 use crate::master::irc_links::IrcLinks;
 use crate::master::metrics::Metrics;
 use crate::master::reconfig::ConfigView;
 use crate::master::reconfig::{LiveConfig, Report};
 use crate::master::roster::Roster;
 use crate::master::scheduler::Input;
-use crate::master::sessions::{HistorySessions, Session, Sessions};
+use crate::master::sessions::{Session, Sessions};
 use crate::master::slaves::SlaveInfo;
 use crate::master::slaves::{self, SlaveLink, SlaveRegistry};
-use crate::master::store::Store;
+use crate::master::store::{BuildRow, NewRequest, SharedStore, Store, StoreError, StoredChange};
 use crate::spool::submit::SubmitError;
 use crate::status::RunningBuild;
 use crate::status::{BuildResult, BuilderActivity, BuilderStatus, PoolSlave, StatusSnapshot};
@@ -79,7 +77,7 @@ pub enum ControlError {
     #[error("{0}")]
     NotPlain(#[from] crate::untrusted::text::NotPlain),
     #[error("{0}")]
-    History(#[from] HistoryError),
+    History(#[from] StoreError),
 }
 
 impl ControlError {
@@ -201,8 +199,7 @@ pub struct Control {
     live: LiveConfig,
     /// `SHA256:...` of the host key, shown to users so they can check what they connect to.
     host_key_fingerprint: String,
-    history: History,
-    store: Store,
+    store: SharedStore,
     events: Arc<EventLog>,
     board: Arc<Board>,
     roster: Arc<Roster>,
@@ -229,7 +226,8 @@ impl Control {
     pub fn new(
         config: Arc<Config>,
         host_key_fingerprint: String,
-        history: History,
+        store: SharedStore,
+        sessions: Sessions,
         web_url: String,
         inbox: mpsc::Sender<Mail>,
         changes: mpsc::Sender<StoredChange>,
@@ -243,23 +241,21 @@ impl Control {
                 }),
         );
         let events = Arc::new(EventLog::new());
-        let sessions = Sessions::with_store(Arc::new(HistorySessions(history.clone())));
         Control {
             logs_dir: config.master_dir.join("logs"),
             live: LiveConfig::new(config),
             host_key_fingerprint,
-            store: Store::new(history.clone()),
             enqueuer: Enqueuer {
-                history: history.clone(),
+                store: Arc::clone(&store),
                 events: Arc::clone(&events),
                 inbox: inbox.clone(),
             },
             changes: ChangeRecorder {
-                history: history.clone(),
+                store: Arc::clone(&store),
                 events: Arc::clone(&events),
                 changes,
             },
-            history,
+            store,
             events,
             board: Arc::default(),
             roster: Arc::default(),
@@ -280,7 +276,7 @@ impl Control {
     fn build_parts(&self) -> BuildParts {
         BuildParts {
             config: self.config_view(),
-            history: self.history.clone(),
+            store: Arc::clone(&self.store),
             events: Arc::clone(&self.events),
             board: Arc::clone(&self.board),
             metrics: Arc::clone(&self.metrics),
@@ -293,7 +289,7 @@ impl Control {
     pub fn executor_parts(&self) -> ExecutorParts {
         ExecutorParts {
             config: self.config_view(),
-            history: self.history.clone(),
+            store: Arc::clone(&self.store),
             events: Arc::clone(&self.events),
             board: Arc::clone(&self.board),
             metrics: Arc::clone(&self.metrics),
@@ -315,7 +311,7 @@ impl Control {
     /// A change poller's handle.
     pub fn poller_handle(&self) -> PollerHandle {
         PollerHandle {
-            history: self.history.clone(),
+            store: Arc::clone(&self.store),
             recorder: self.changes.clone(),
             master_dir: self.config().master_dir.clone(),
         }
@@ -324,15 +320,15 @@ impl Control {
     /// The spool intake's handle.
     pub fn intake_handle(&self) -> IntakeHandle {
         IntakeHandle {
-            history: self.history.clone(),
+            store: Arc::clone(&self.store),
             config: self.config_view(),
             enqueuer: self.enqueuer.clone(),
         }
     }
 
     /// The read side of the store, for pages and the API.
-    pub fn store(&self) -> &Store {
-        &self.store
+    pub fn store(&self) -> &dyn Store {
+        self.store.as_ref()
     }
 
     /// The metrics every part updates (sshd counts its logins and refusals).
@@ -399,7 +395,7 @@ impl Control {
     /// Each builder's last build, as the history has it, put on the board at start (before the
     /// listeners serve anyone).
     pub async fn restore_last_builds(&self) -> Result<(), ControlError> {
-        crate::master::executor::restore_last_builds(&self.history, &self.board).await?;
+        crate::master::executor::restore_last_builds(self.store.as_ref(), &self.board).await?;
         Ok(())
     }
 
@@ -418,8 +414,8 @@ impl Control {
     }
 
     /// The web session of that id, if it is live.
-    pub fn web_session(&self, id: &str) -> Option<Session> {
-        self.sessions.get(id)
+    pub async fn web_session(&self, id: &str) -> Option<Session> {
+        self.sessions.get(id).await
     }
 
     /// Turns a one-time login token into a session id.
@@ -519,10 +515,7 @@ impl Control {
             return Ok(Vec::new());
         }
         let name = builder.to_string();
-        let durations = self
-            .history
-            .run(move |connection| history::recent_success_durations(connection, &name, 10))
-            .await?;
+        let durations = self.store.recent_success_durations(&name, 10).await?;
         let expected = crate::master::results::expected_duration(&durations)
             .map(|duration| duration.as_secs_f64());
         let now = crate::status::unix_now();
@@ -572,8 +565,8 @@ impl Control {
     /// The ids of a job's requests for `builder`.
     pub async fn request_ids_of_job(&self, job_name: &str, builder: &str) -> Vec<i64> {
         let (job_name, builder) = (job_name.to_string(), builder.to_string());
-        self.history
-            .run(move |connection| history::request_ids_of_job(connection, &job_name, &builder))
+        self.store
+            .request_ids_of_job(&job_name, &builder)
             .await
             .unwrap_or_default()
     }
@@ -647,10 +640,7 @@ impl Control {
     ) -> Result<Option<BuildRow>, ControlError> {
         self.builder(builder)?;
         let name = builder.to_string();
-        let rows = self
-            .history
-            .run(move |connection| history::recent_builds(connection, &name, 20))
-            .await?;
+        let rows = self.store.newest_builds(&name, 20).await?;
         Ok(rows.into_iter().find(|row| row.result.is_some()))
     }
 
@@ -662,10 +652,7 @@ impl Control {
         number: i64,
     ) -> Result<Option<BuildResult>, ControlError> {
         let name = builder.to_string();
-        let rows = self
-            .history
-            .run(move |connection| history::recent_builds(connection, &name, 50))
-            .await?;
+        let rows = self.store.newest_builds(&name, 50).await?;
         Ok(rows
             .into_iter()
             .filter(|row| row.number < number)
@@ -729,7 +716,7 @@ mod tests {
     /// Regression (issue 21): SSH showed raw database errors to users.
     #[test]
     fn a_history_error_renders_without_database_text() {
-        let err = ControlError::History(HistoryError::Sql(rusqlite::Error::SqliteFailure(
+        let err = ControlError::History(StoreError::Sql(rusqlite::Error::SqliteFailure(
             rusqlite::ffi::Error::new(11),
             Some("database disk image is malformed: table requests".into()),
         )));

@@ -14,16 +14,15 @@ use crate::master::config::Config;
 use crate::master::control::ControlError;
 use crate::master::events::{EventLog, Follower};
 use crate::master::executor::Mail;
-use crate::master::history::changes::{self, Recorded, StoredChange};
-use crate::master::history::{self, History, NewRequest};
 use crate::master::reconfig::ConfigView;
+use crate::master::store::{NewRequest, Recorded, SharedStore, StoredChange};
 use crate::status::BuildEvent;
 
 /// Records requests and hands them to the executor: the one way into the queue, for try jobs,
 /// forced builds, rebuilds and the schedulers.
 #[derive(Clone)]
 pub struct Enqueuer {
-    pub(super) history: History,
+    pub(super) store: SharedStore,
     pub(super) events: Arc<EventLog>,
     pub(super) inbox: mpsc::Sender<Mail>,
 }
@@ -32,10 +31,7 @@ impl Enqueuer {
     /// Records requests and queues them; tells the followers under their job's name.
     pub async fn enqueue(&self, requests: Vec<NewRequest>) -> Result<Vec<i64>, ControlError> {
         let to_store = requests.clone();
-        let ids = self
-            .history
-            .run(move |connection| history::insert_requests(connection, &to_store))
-            .await?;
+        let ids = self.store.record_requests(to_store).await?;
         let Some(job_name) = requests.first().map(|request| request.job_name.clone()) else {
             return Ok(ids);
         };
@@ -70,7 +66,7 @@ impl Enqueuer {
 /// Records a change, announces it and hands it to the schedulers.
 #[derive(Clone)]
 pub struct ChangeRecorder {
-    pub(super) history: History,
+    pub(super) store: SharedStore,
     pub(super) events: Arc<EventLog>,
     pub(super) changes: mpsc::Sender<StoredChange>,
 }
@@ -82,10 +78,7 @@ impl ChangeRecorder {
         sent_by: &str,
     ) -> Result<StoredChange, ControlError> {
         let sent_by = sent_by.to_string();
-        let recorded = self
-            .history
-            .run(move |connection| changes::record_change(connection, &change, &sent_by))
-            .await?;
+        let recorded = self.store.record_change(&change, &sent_by).await?;
         // The hook and a poller on one repository both bring a revision: the change recorded
         // first is the answer, and nothing is built again.
         let stored = match recorded {
@@ -137,7 +130,7 @@ impl SchedulersHandle {
 
 /// What a change poller touches: the heads it saw (in the history) and the change recorder.
 pub struct PollerHandle {
-    pub(crate) history: History,
+    pub(crate) store: SharedStore,
     pub(super) recorder: ChangeRecorder,
     /// Where the poller keeps its mirrors (`DIR/gitpoll/`), bound at start.
     pub(super) master_dir: std::path::PathBuf,
@@ -158,7 +151,7 @@ impl PollerHandle {
 /// What the spool intake touches: which jobs are recorded, the config (try builders, size
 /// limit) and the queue.
 pub struct IntakeHandle {
-    pub(crate) history: History,
+    pub(crate) store: SharedStore,
     pub(super) config: ConfigView,
     pub(super) enqueuer: Enqueuer,
 }

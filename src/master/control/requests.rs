@@ -6,8 +6,8 @@ use tokio::io::AsyncRead;
 use crate::master::access::{self, AccessError, Action, Rights, Target};
 use crate::master::control::{Accepted, Control, ControlError, ForceRequest, Queued};
 use crate::master::executor::Mail;
-use crate::master::history::{self, NewRequest};
 use crate::master::scheduler::Input;
+use crate::master::store::{BuildRef, NewRequest, now};
 use crate::spool::maildir::Maildir;
 use crate::spool::submit;
 use crate::status::RequestKind;
@@ -82,7 +82,7 @@ impl Control {
             baserev: force.revision,
             patch: None,
             patch_level: 1,
-            submitted_at: history::now(),
+            submitted_at: now(),
             properties: force.properties,
             kind: RequestKind::Force,
             change_ids: Vec::new(),
@@ -108,23 +108,21 @@ impl Control {
         crate::untrusted::text::check_plain("reason", reason)?;
         self.builder(builder)?;
         let name = builder.to_string();
-        let original = self
-            .history
-            .run(move |connection| {
-                let key = history::BuildKey::Number {
-                    builder: &name,
-                    number,
-                };
-                match history::build_detail(connection, key)? {
-                    Some(detail) => history::request_by_id(connection, detail.request_id),
-                    None => Ok(None),
-                }
-            })
-            .await?
-            .ok_or_else(|| ControlError::NoSuchBuild {
-                builder: builder.to_string(),
+        let detail = self
+            .store
+            .build_detail(&BuildRef::Number {
+                builder: name,
                 number,
-            })?;
+            })
+            .await?;
+        let original = match detail {
+            Some(detail) => self.store.request(detail.request_id).await?,
+            None => None,
+        }
+        .ok_or_else(|| ControlError::NoSuchBuild {
+            builder: builder.to_string(),
+            number,
+        })?;
         // A rebuild starts a build like force and try do, under the same rules: the builder
         // must be forcible, or for a patch build take try jobs, and be the rebuilder's own.
         let rights = access::check(
@@ -159,7 +157,7 @@ impl Control {
                 "rebuild of {builder} #{number} by {}: {reason}",
                 account.name
             )),
-            submitted_at: history::now(),
+            submitted_at: now(),
             ..original
         };
         let ids = self.enqueue(vec![request]).await?;
@@ -180,8 +178,8 @@ impl Control {
     ) -> Result<(), ControlError> {
         self.builder(builder)?;
         let owner = self
-            .history
-            .run(move |connection| history::request_by_id(connection, request_id))
+            .store
+            .request(request_id)
             .await?
             .filter(|request| request.builder == builder)
             .map(|request| request.request.who);
@@ -229,8 +227,8 @@ impl Control {
         self.builder(builder)?;
         let (name, who) = (builder.to_string(), user.map(str::to_string));
         let waiting = self
-            .history
-            .run(move |connection| history::pending_count_in(connection, &name, who.as_deref()))
+            .store
+            .pending_count(Some(&name), who.as_deref())
             .await?;
         self.scheduler_input(Input::CancelQueued {
             builder: builder.to_string(),
@@ -314,10 +312,7 @@ impl Control {
             return Ok(());
         }
         let who = rights.user.clone();
-        let queued = self
-            .history
-            .run(move |connection| history::pending_count_of(connection, &who))
-            .await?;
+        let queued = self.store.pending_count(None, Some(&who)).await?;
         self.quotas
             .admit(
                 &rights.user,

@@ -59,8 +59,8 @@ impl Control {
         };
         let request_id = target.request_id;
         let owner = self
-            .history
-            .run(move |connection| crate::master::history::request_by_id(connection, request_id))
+            .store
+            .request(request_id)
             .await?
             .and_then(|request| request.request.who);
         access::check(

@@ -3,8 +3,8 @@
 
 use crate::master::build::log_file_name;
 use crate::master::control::{Control, ControlError};
-use crate::master::history::{self, BuildKey};
 use crate::master::log_tail;
+use crate::master::store::BuildRef;
 use crate::proto::StreamKind;
 use crate::status::{JobRecord, StepTail, TailStream};
 
@@ -23,15 +23,10 @@ impl Control {
         }
         let name = builder.to_string();
         let detail = self
-            .history
-            .run(move |connection| {
-                history::build_detail(
-                    connection,
-                    BuildKey::Number {
-                        builder: &name,
-                        number,
-                    },
-                )
+            .store
+            .build_detail(&BuildRef::Number {
+                builder: name,
+                number,
             })
             .await?;
         let Some(step) = detail.and_then(|detail| {
@@ -81,9 +76,6 @@ impl Control {
     /// A try job as the history records it (after a follower missed events about it).
     pub async fn job_record(&self, job_name: &str) -> Result<JobRecord, ControlError> {
         let job_name = job_name.to_string();
-        Ok(self
-            .history
-            .run(move |connection| history::job_record(connection, &job_name))
-            .await?)
+        Ok(self.store.job_record(&job_name).await?)
     }
 }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Local};
 
 use crate::master::config::{SchedulerConfig, SchedulerKind};
-use crate::master::history::changes::StoredChange;
+use crate::master::store::StoredChange;
 use crate::status::BuildResult;
 
 /// What a build should build: a branch of the builders' repositories at a revision (none: the

@@ -13,8 +13,7 @@ use tokio_util::sync::CancellationToken;
 use crate::master::control::SchedulersHandle;
 use crate::master::events::Followed;
 use crate::master::git_remote;
-use crate::master::history::changes::StoredChange;
-use crate::master::history::{self, NewRequest};
+use crate::master::store::{NewRequest, StoredChange, now};
 use crate::status::{BuildEvent, RequestKind};
 use engine::{Engine, Fire};
 
@@ -110,7 +109,7 @@ async fn head_of(
 /// Queues one build per builder of a firing, as one job.
 async fn queue(control: &SchedulersHandle, engine: &mut Engine, fire: Fire) {
     let job_name = format!("{}-{:016x}", fire.scheduler, rand::random::<u64>());
-    let submitted_at = history::now();
+    let submitted_at = now();
     let requests: Vec<NewRequest> = fire
         .builders
         .iter()

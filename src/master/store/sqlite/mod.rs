@@ -1,9 +1,9 @@
-//! Build history in SQLite: build requests, builds, steps, with versioned migrations from the
-//! first schema. Logs are files (written by `master::build`, served by the web); the database
-//! holds the builds and steps they belong to.
+//! The embedded store: one SQLite file (`state.sqlite` in the master directory) for one
+//! master, with versioned migrations from the first schema. Logs are files (written by
+//! `master::build`, served by the web); the database holds the builds and steps they belong to.
 //!
-//! One connection behind a mutex; callers on async threads go through [`History::run`], which
-//! moves the work to the blocking pool.
+//! One connection behind a mutex; the [`Store`] verbs run on the blocking pool
+//! ([`SqliteStore::run`]).
 
 pub mod changes;
 
@@ -13,8 +13,14 @@ use std::sync::{Arc, Mutex};
 use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSql, ToSqlOutput, ValueRef};
 use rusqlite::{Connection, OptionalExtension, params};
 
+use crate::change::ChangeSpec;
 use crate::master::results::CUT_SHORT;
-use crate::status::{BuildResult, LastBuild, RequestKind, RequestState};
+use crate::master::store::model::{
+    BuildDetail, BuildRef, BuildRow, NewRequest, Recorded, StepRow, StoredChange, StoredRequest,
+    StoredSession, now,
+};
+use crate::master::store::{Store, StoreError};
+use crate::status::{BuildResult, JobRecord, LastBuild, RequestKind, RequestState};
 
 /// Results, states and kinds are stored as their one spelling; anything else in the column is
 /// an error, not a guess.
@@ -129,107 +135,21 @@ const MIGRATIONS: &[&str] = &[
     );",
 ];
 
-#[derive(Debug, thiserror::Error)]
-pub enum HistoryError {
-    #[error("history database: {0}")]
-    Sql(#[from] rusqlite::Error),
-    #[error("history database is newer (schema {found}) than this buildbot knows ({known})")]
-    TooNew { found: i64, known: i64 },
-    #[error("history task failed: {0}")]
-    Task(String),
-}
-
-/// A request before the history has recorded it (and so before it has an id): what try jobs,
-/// forced builds, rebuilds and the schedulers hand to the queue.
-#[derive(Debug, Clone, PartialEq)]
-pub struct NewRequest {
-    pub job_name: String,
-    pub jobid: String,
-    pub builder: String,
-    pub who: Option<String>,
-    pub comment: Option<String>,
-    pub repository: String,
-    pub branch: Option<String>,
-    pub baserev: Option<String>,
-    pub patch: Option<Vec<u8>>,
-    pub patch_level: u32,
-    pub submitted_at: f64,
-    /// The job's build properties (stored as a JSON object).
-    pub properties: std::collections::BTreeMap<String, String>,
-    pub kind: RequestKind,
-    /// Why the request exists, for people ("try by alice", "changes 3, 4 on main").
-    pub reason: Option<String>,
-    /// The changes it builds (none for try jobs and forced builds).
-    pub change_ids: Vec<i64>,
-}
-
-impl NewRequest {
-    /// The request as recorded under `id`.
-    pub fn stored(self, id: i64) -> StoredRequest {
-        StoredRequest { id, request: self }
-    }
-}
-
-impl StoredRequest {
-    /// The same request, to be recorded again (a rebuild).
-    pub fn renew(self) -> NewRequest {
-        self.request
-    }
-}
-
-/// A request as stored: everything needed to run its build after a restart. It reads as the
-/// [`NewRequest`] it was recorded from, plus its id.
-#[derive(Debug, Clone, PartialEq)]
-pub struct StoredRequest {
-    pub id: i64,
-    pub request: NewRequest,
-}
-
-impl std::ops::Deref for StoredRequest {
-    type Target = NewRequest;
-
-    fn deref(&self) -> &NewRequest {
-        &self.request
-    }
-}
-
-impl std::ops::DerefMut for StoredRequest {
-    fn deref_mut(&mut self) -> &mut NewRequest {
-        &mut self.request
-    }
-}
-
-/// A finished or running build, for status output.
-#[derive(Debug, Clone, PartialEq)]
-pub struct BuildRow {
-    pub id: i64,
-    pub builder: String,
-    pub number: i64,
-    pub slave: String,
-    pub started_at: f64,
-    pub finished_at: Option<f64>,
-    pub result: Option<BuildResult>,
-    pub reason: Option<String>,
-}
-
+/// The SQLite store.
 #[derive(Clone)]
-pub struct History {
+pub struct SqliteStore {
     connection: Arc<Mutex<Connection>>,
 }
 
-pub fn now() -> f64 {
-    crate::status::unix_now()
-}
-
-impl History {
+impl SqliteStore {
     /// Opens (creating if needed) and migrates the database.
-    pub fn open(path: &Path) -> Result<History, HistoryError> {
+    pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
         let mut connection = Connection::open(path)?;
         connection.pragma_update(None, "journal_mode", "WAL")?;
         connection.pragma_update(None, "synchronous", "FULL")?;
         connection.pragma_update(None, "foreign_keys", "ON")?;
         migrate(&mut connection)?;
-        Ok(History {
+        Ok(SqliteStore {
             connection: Arc::new(Mutex::new(connection)),
         })
     }
@@ -237,8 +157,8 @@ impl History {
     /// Runs `work` with the connection on the blocking pool.
     pub async fn run<T: Send + 'static>(
         &self,
-        work: impl FnOnce(&mut Connection) -> Result<T, HistoryError> + Send + 'static,
-    ) -> Result<T, HistoryError> {
+        work: impl FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
         let connection = Arc::clone(&self.connection);
         tokio::task::spawn_blocking(move || {
             let mut guard = connection
@@ -247,10 +167,10 @@ impl History {
             work(&mut guard)
         })
         .await
-        .map_err(|err| HistoryError::Task(err.to_string()))?
+        .map_err(|err| StoreError::Task(err.to_string()))?
     }
 
-    /// Like [`History::run`], for progress marks (a build or step started, a step finished)
+    /// Like [`SqliteStore::run`], for progress marks (a build or step started, a step finished)
     /// on the way to a build's result: committed without waiting for the disk
     /// (`synchronous=NORMAL`; WAL keeps them across a crash of the master, and the next
     /// durable commit, a request recorded or a build finished, makes them durable too). A
@@ -258,8 +178,8 @@ impl History {
     /// as interrupted. An fsync per mark cost a trivial build most of its time.
     pub async fn run_relaxed<T: Send + 'static>(
         &self,
-        work: impl FnOnce(&mut Connection) -> Result<T, HistoryError> + Send + 'static,
-    ) -> Result<T, HistoryError> {
+        work: impl FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
         self.run(move |connection| {
             connection.pragma_update(None, "synchronous", "NORMAL")?;
             let result = work(connection);
@@ -272,8 +192,8 @@ impl History {
     /// The same, for callers that are already on a blocking thread (and tests).
     pub fn with<T>(
         &self,
-        work: impl FnOnce(&mut Connection) -> Result<T, HistoryError>,
-    ) -> Result<T, HistoryError> {
+        work: impl FnOnce(&mut Connection) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
         let mut guard = self
             .connection
             .lock()
@@ -282,11 +202,11 @@ impl History {
     }
 }
 
-fn migrate(connection: &mut Connection) -> Result<(), HistoryError> {
+fn migrate(connection: &mut Connection) -> Result<(), StoreError> {
     let version: i64 = connection.pragma_query_value(None, "user_version", |row| row.get(0))?;
     let known = MIGRATIONS.len() as i64;
     if version > known {
-        return Err(HistoryError::TooNew {
+        return Err(StoreError::TooNew {
             found: version,
             known,
         });
@@ -307,10 +227,10 @@ fn migrate(connection: &mut Connection) -> Result<(), HistoryError> {
 /// Records the requests of one job (one per builder) in one transaction; returns their ids.
 /// A job already recorded (the master restarted between recording it and moving on) is not
 /// recorded twice.
-pub fn insert_requests(
+pub(crate) fn insert_requests(
     connection: &mut Connection,
     requests: &[NewRequest],
-) -> Result<Vec<i64>, HistoryError> {
+) -> Result<Vec<i64>, StoreError> {
     let transaction = connection.transaction()?;
     let mut ids = Vec::new();
     for request in requests {
@@ -359,7 +279,7 @@ pub fn insert_requests(
     Ok(ids)
 }
 
-pub fn is_job_recorded(connection: &Connection, job_name: &str) -> Result<bool, HistoryError> {
+pub(crate) fn is_job_recorded(connection: &Connection, job_name: &str) -> Result<bool, StoreError> {
     let count: i64 = connection.query_row(
         "SELECT COUNT(*) FROM requests WHERE job_name = ?1",
         params![job_name],
@@ -401,32 +321,23 @@ fn request_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<StoredRequest> 
 
 const REQUEST_COLUMNS: &str = "id, job_name, jobid, builder, who, comment, repository, branch, baserev, patch, patch_level, submitted_at, properties, kind, reason";
 
-/// Requests still waiting for a build, oldest first.
-/// How many requests of `builder` wait, of everyone or of `who`.
-pub fn pending_count_in(
+/// How many requests wait, of `builder` or all, of `who` or everyone.
+pub(crate) fn pending_count(
     connection: &Connection,
-    builder: &str,
+    builder: Option<&str>,
     who: Option<&str>,
-) -> Result<usize, HistoryError> {
+) -> Result<usize, StoreError> {
     let count: i64 = connection.query_row(
-        "SELECT COUNT(*) FROM requests WHERE state = ?1 AND builder = ?2 AND (?3 IS NULL OR who = ?3)",
+        "SELECT COUNT(*) FROM requests WHERE state = ?1 AND (?2 IS NULL OR builder = ?2)
+         AND (?3 IS NULL OR who = ?3)",
         params![RequestState::Pending, builder, who],
         |row| row.get(0),
     )?;
     Ok(usize::try_from(count).unwrap_or(0))
 }
 
-/// How many requests `who` has waiting (not yet building), for the per-user quota.
-pub fn pending_count_of(connection: &Connection, who: &str) -> Result<usize, HistoryError> {
-    let count: i64 = connection.query_row(
-        "SELECT COUNT(*) FROM requests WHERE state = ?1 AND who = ?2",
-        params![RequestState::Pending, who],
-        |row| row.get(0),
-    )?;
-    Ok(usize::try_from(count).unwrap_or(0))
-}
-
-pub fn pending_requests(connection: &Connection) -> Result<Vec<StoredRequest>, HistoryError> {
+/// Requests still waiting for a build, oldest first.
+pub(crate) fn pending_requests(connection: &Connection) -> Result<Vec<StoredRequest>, StoreError> {
     let mut statement = connection.prepare(&format!(
         "SELECT {REQUEST_COLUMNS} FROM requests WHERE state = ?1 ORDER BY id"
     ))?;
@@ -438,11 +349,11 @@ pub fn pending_requests(connection: &Connection) -> Result<Vec<StoredRequest>, H
     Ok(requests)
 }
 
-pub fn set_request_state(
+pub(crate) fn set_request_state(
     connection: &Connection,
     id: i64,
     state: RequestState,
-) -> Result<(), HistoryError> {
+) -> Result<(), StoreError> {
     connection.execute(
         "UPDATE requests SET state = ?2 WHERE id = ?1",
         params![id, state],
@@ -451,12 +362,12 @@ pub fn set_request_state(
 }
 
 /// Starts a build of a request: the next number of its builder. Returns (build id, number).
-pub fn start_build(
+pub(crate) fn start_build(
     connection: &mut Connection,
     request_id: i64,
     builder: &str,
     slave: &str,
-) -> Result<(i64, i64), HistoryError> {
+) -> Result<(i64, i64), StoreError> {
     let transaction = connection.transaction()?;
     let number: i64 = transaction.query_row(
         "SELECT COALESCE(MAX(number), 0) + 1 FROM builds WHERE builder = ?1",
@@ -476,32 +387,38 @@ pub fn start_build(
     Ok((id, number))
 }
 
-pub fn finish_build(
+pub(crate) fn finish_build(
     connection: &mut Connection,
     build_id: i64,
     result: BuildResult,
     reason: Option<&str>,
-) -> Result<(), HistoryError> {
+    requeue: bool,
+) -> Result<(), StoreError> {
     let transaction = connection.transaction()?;
     transaction.execute(
         "UPDATE builds SET finished_at = ?2, result = ?3, reason = ?4 WHERE id = ?1",
         params![build_id, now(), result, reason],
     )?;
+    let state = if requeue {
+        RequestState::Pending
+    } else {
+        RequestState::Done
+    };
     transaction.execute(
         "UPDATE requests SET state = ?2 WHERE id = (SELECT request_id FROM builds WHERE id = ?1)",
-        params![build_id, RequestState::Done],
+        params![build_id, state],
     )?;
     transaction.commit()?;
     Ok(())
 }
 
 /// Records what build `build_id` checked out: the branch and the commit the slave reported.
-pub fn record_build_source(
+pub(crate) fn record_build_source(
     connection: &Connection,
     build_id: i64,
     branch: &str,
     revision: &str,
-) -> Result<(), HistoryError> {
+) -> Result<(), StoreError> {
     connection.execute(
         "UPDATE builds SET branch = ?2, revision = ?3 WHERE id = ?1",
         params![build_id, branch, revision],
@@ -510,10 +427,10 @@ pub fn record_build_source(
 }
 
 /// Counts one more loss of the slave while building request `request_id`; returns the count.
-pub fn record_slave_loss(
+pub(crate) fn record_slave_loss(
     connection: &mut Connection,
     request_id: i64,
-) -> Result<i64, HistoryError> {
+) -> Result<i64, StoreError> {
     let transaction = connection.transaction()?;
     transaction.execute(
         "UPDATE requests SET slave_losses = slave_losses + 1 WHERE id = ?1",
@@ -528,12 +445,12 @@ pub fn record_slave_loss(
     Ok(losses)
 }
 
-pub fn start_step(
+pub(crate) fn start_step(
     connection: &Connection,
     build_id: i64,
     number: i64,
     name: &str,
-) -> Result<i64, HistoryError> {
+) -> Result<i64, StoreError> {
     connection.execute(
         "INSERT INTO steps (build_id, number, name, started_at) VALUES (?1, ?2, ?3, ?4)",
         params![build_id, number, name, now()],
@@ -541,12 +458,12 @@ pub fn start_step(
     Ok(connection.last_insert_rowid())
 }
 
-pub fn finish_step(
+pub(crate) fn finish_step(
     connection: &Connection,
     step_id: i64,
     result: BuildResult,
     summary: &str,
-) -> Result<(), HistoryError> {
+) -> Result<(), StoreError> {
     connection.execute(
         "UPDATE steps SET finished_at = ?2, result = ?3, summary = ?4 WHERE id = ?1",
         params![step_id, now(), result, summary],
@@ -556,7 +473,7 @@ pub fn finish_step(
 
 /// Builds left running by a master that stopped (or crashed): marked exception, and their
 /// requests made pending again so they run anew. Returns how many.
-pub fn recover_interrupted_builds(connection: &mut Connection) -> Result<usize, HistoryError> {
+pub(crate) fn recover_interrupted_builds(connection: &mut Connection) -> Result<usize, StoreError> {
     let transaction = connection.transaction()?;
     transaction.execute(
         "UPDATE steps SET finished_at = ?1, result = ?2, summary = 'master restarted'
@@ -576,9 +493,9 @@ pub fn recover_interrupted_builds(connection: &mut Connection) -> Result<usize, 
 }
 
 /// Each builder's finished build with the highest number, with its result.
-pub fn last_finished_builds(
+pub(crate) fn last_finished_builds(
     connection: &mut Connection,
-) -> Result<Vec<(String, LastBuild)>, HistoryError> {
+) -> Result<Vec<(String, LastBuild)>, StoreError> {
     let mut statement = connection.prepare(
         "SELECT b.builder, b.number, b.result FROM builds b
          WHERE b.result IS NOT NULL AND b.number = (
@@ -597,11 +514,11 @@ pub fn last_finished_builds(
 }
 
 /// The most recent builds of a builder, newest first.
-pub fn recent_builds(
+pub(crate) fn recent_builds(
     connection: &Connection,
     builder: &str,
     limit: i64,
-) -> Result<Vec<BuildRow>, HistoryError> {
+) -> Result<Vec<BuildRow>, StoreError> {
     let mut statement = connection.prepare(&format!(
         "SELECT {BUILD_COLUMNS} FROM builds b WHERE b.builder = ?1 ORDER BY b.number DESC LIMIT ?2"
     ))?;
@@ -611,13 +528,13 @@ pub fn recent_builds(
 
 /// A builder's builds that overlap the time window `[from, to)` (seconds since the epoch),
 /// newest first, at most `limit`: what one page of the waterfall shows.
-pub fn builds_in_window(
+pub(crate) fn builds_in_window(
     connection: &Connection,
     builder: &str,
     from: f64,
     to: f64,
     limit: i64,
-) -> Result<Vec<BuildRow>, HistoryError> {
+) -> Result<Vec<BuildRow>, StoreError> {
     let mut statement = connection.prepare(&format!(
         "SELECT {BUILD_COLUMNS} FROM builds b WHERE b.builder = ?1 AND b.started_at < ?3
          AND (b.finished_at IS NULL OR b.finished_at >= ?2) ORDER BY b.number DESC LIMIT ?4"
@@ -626,18 +543,7 @@ pub fn builds_in_window(
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
-/// A step of a build, for status output.
-#[derive(Debug, Clone, PartialEq)]
-pub struct StepRow {
-    pub number: i64,
-    pub name: String,
-    pub started_at: f64,
-    pub finished_at: Option<f64>,
-    pub result: Option<BuildResult>,
-    pub summary: Option<String>,
-}
-
-pub fn steps_of(connection: &Connection, build_id: i64) -> Result<Vec<StepRow>, HistoryError> {
+pub(crate) fn steps_of(connection: &Connection, build_id: i64) -> Result<Vec<StepRow>, StoreError> {
     let mut statement = connection.prepare(
         "SELECT number, name, started_at, finished_at, result, summary FROM steps WHERE build_id = ?1 ORDER BY number",
     )?;
@@ -655,11 +561,11 @@ pub fn steps_of(connection: &Connection, build_id: i64) -> Result<Vec<StepRow>, 
 }
 
 /// Durations (seconds) of the last successful builds of a builder, newest first, for the ETA.
-pub fn recent_success_durations(
+pub(crate) fn recent_success_durations(
     connection: &Connection,
     builder: &str,
     limit: i64,
-) -> Result<Vec<f64>, HistoryError> {
+) -> Result<Vec<f64>, StoreError> {
     let mut statement = connection.prepare(
         "SELECT finished_at - started_at FROM builds WHERE builder = ?1 AND result = ?3
          ORDER BY number DESC LIMIT ?2",
@@ -668,138 +574,6 @@ pub fn recent_success_durations(
         row.get(0)
     })?;
     Ok(rows.collect::<Result<_, _>>()?)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn request(job: &str, builder: &str) -> NewRequest {
-        NewRequest {
-            job_name: job.into(),
-            jobid: "1".into(),
-            builder: builder.into(),
-            who: Some("alice".into()),
-            comment: None,
-            repository: String::new(),
-            branch: None,
-            baserev: Some("abc".into()),
-            patch: Some(vec![0, 1, 255]),
-            patch_level: 1,
-            submitted_at: 1.0,
-            properties: [("foo".to_string(), "bar".to_string())].into(),
-            kind: RequestKind::Try,
-            reason: None,
-            change_ids: Vec::new(),
-        }
-    }
-
-    #[test]
-    fn requests_builds_and_restart_recovery() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let path = dir.path().join("state.sqlite");
-        let history = History::open(&path).expect("open");
-        history
-            .with(|c| {
-                let ids = insert_requests(c, &[request("j1", "linux"), request("j1", "mac")])?;
-                assert_eq!(ids.len(), 2);
-                // The same job again (replayed after a crash) is not recorded twice.
-                assert_eq!(insert_requests(c, &[request("j1", "linux")])?, vec![ids[0]]);
-                assert!(is_job_recorded(c, "j1")?);
-                let (build, number) = start_build(c, ids[0], "linux", "s1")?;
-                assert_eq!(number, 1);
-                let step = start_step(c, build, 1, "checkout")?;
-                finish_step(c, step, BuildResult::Success, "ok")?;
-                assert_eq!(pending_requests(c)?.len(), 1);
-                Ok(())
-            })
-            .expect("works");
-        drop(history);
-        // Reopening migrates nothing and finds the build that was running.
-        let history = History::open(&path).expect("reopen");
-        history
-            .with(|c| {
-                assert_eq!(recover_interrupted_builds(c)?, 1);
-                let pending = pending_requests(c)?;
-                assert_eq!(pending.len(), 2);
-                assert_eq!(pending[0].patch.as_deref(), Some(&[0u8, 1, 255][..]));
-                assert_eq!(
-                    pending[0].properties.get("foo").map(String::as_str),
-                    Some("bar")
-                );
-                let builds = recent_builds(c, "linux", 10)?;
-                assert_eq!(builds[0].result, Some(BuildResult::Exception));
-                assert_eq!(builds[0].reason.as_deref(), Some("master restarted"));
-                let (_, number) = start_build(c, pending[0].id, "linux", "s1")?;
-                assert_eq!(number, 2);
-                Ok(())
-            })
-            .expect("works");
-    }
-
-    #[test]
-    fn slave_losses_are_counted_per_request_across_restarts() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let path = dir.path().join("state.sqlite");
-        let history = History::open(&path).expect("open");
-        let ids = history
-            .with(|c| {
-                let ids = insert_requests(c, &[request("j1", "linux"), request("j1", "mac")])?;
-                assert_eq!(record_slave_loss(c, ids[0])?, 1);
-                Ok(ids)
-            })
-            .expect("works");
-        drop(history);
-        let history = History::open(&path).expect("reopen");
-        history
-            .with(|c| {
-                assert_eq!(record_slave_loss(c, ids[0])?, 2);
-                assert_eq!(record_slave_loss(c, ids[1])?, 1);
-                Ok(())
-            })
-            .expect("works");
-    }
-
-    #[test]
-    fn a_newer_schema_is_refused() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let path = dir.path().join("state.sqlite");
-        let connection = Connection::open(&path).expect("open");
-        connection
-            .pragma_update(None, "user_version", 99)
-            .expect("set");
-        drop(connection);
-        assert!(matches!(
-            History::open(&path),
-            Err(HistoryError::TooNew { found: 99, .. })
-        ));
-    }
-}
-
-/// A build with what it was asked to build, for the build page.
-#[derive(Debug, Clone, PartialEq)]
-pub struct BuildDetail {
-    pub build: BuildRow,
-    pub request_id: i64,
-    pub job_name: String,
-    pub jobid: String,
-    pub who: Option<String>,
-    pub comment: Option<String>,
-    pub repository: String,
-    /// The request's branch, else the branch the build checked out.
-    pub branch: Option<String>,
-    /// The request's base revision, else the commit the build checked out.
-    pub baserev: Option<String>,
-    /// The commit the build checked out, as its slave reported it (before any patch); none
-    /// until the checkout step has succeeded.
-    pub revision: Option<String>,
-    pub has_patch: bool,
-    pub properties: std::collections::BTreeMap<String, String>,
-    /// Why the request exists.
-    pub why: Option<String>,
-    /// The changes it built.
-    pub changes: Vec<changes::StoredChange>,
-    pub steps: Vec<StepRow>,
 }
 
 fn build_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<BuildRow> {
@@ -819,18 +593,18 @@ const BUILD_COLUMNS: &str =
     "b.id, b.builder, b.number, b.slave, b.started_at, b.finished_at, b.result, b.reason";
 
 /// One build by builder and number, or by id.
-pub fn build_detail(
+pub(crate) fn build_detail(
     connection: &Connection,
-    key: BuildKey<'_>,
-) -> Result<Option<BuildDetail>, HistoryError> {
+    key: &BuildRef,
+) -> Result<Option<BuildDetail>, StoreError> {
     let (condition, first, second): (&str, rusqlite::types::Value, rusqlite::types::Value) =
         match key {
-            BuildKey::Number { builder, number } => (
+            BuildRef::Number { builder, number } => (
                 "b.builder = ?1 AND b.number = ?2",
-                builder.to_string().into(),
-                number.into(),
+                builder.clone().into(),
+                (*number).into(),
             ),
-            BuildKey::Id(id) => ("b.id = ?1 AND ?2 = ?2", id.into(), 0i64.into()),
+            BuildRef::Id(id) => ("b.id = ?1 AND ?2 = ?2", (*id).into(), 0i64.into()),
         };
     let found = connection
         .query_row(
@@ -868,19 +642,9 @@ pub fn build_detail(
     Ok(Some(detail))
 }
 
-/// How a build is named.
-#[derive(Debug, Clone, Copy)]
-pub enum BuildKey<'a> {
-    Number { builder: &'a str, number: i64 },
-    Id(i64),
-}
-
 /// A try job as recorded: its builders, each done request's final build and result, and the
 /// builders whose request was cancelled (what `try --wait` resumes from after missed events).
-pub fn job_record(
-    connection: &Connection,
-    job_name: &str,
-) -> Result<crate::status::JobRecord, HistoryError> {
+pub(crate) fn job_record(connection: &Connection, job_name: &str) -> Result<JobRecord, StoreError> {
     let mut statement = connection
         .prepare("SELECT id, builder, state FROM requests WHERE job_name = ?1 ORDER BY id")?;
     let requests: Vec<(i64, String, RequestState)> = statement
@@ -888,7 +652,7 @@ pub fn job_record(
             Ok((row.get(0)?, row.get(1)?, row.get(2)?))
         })?
         .collect::<Result<_, _>>()?;
-    let mut record = crate::status::JobRecord::default();
+    let mut record = JobRecord::default();
     for (id, builder, state) in requests {
         if !record.builders.contains(&builder) {
             record.builders.push(builder.clone());
@@ -915,11 +679,11 @@ pub fn job_record(
 }
 
 /// The ids of a job's requests for one builder.
-pub fn request_ids_of_job(
+pub(crate) fn request_ids_of_job(
     connection: &Connection,
     job_name: &str,
     builder: &str,
-) -> Result<Vec<i64>, HistoryError> {
+) -> Result<Vec<i64>, StoreError> {
     let mut statement =
         connection.prepare("SELECT id FROM requests WHERE job_name = ?1 AND builder = ?2")?;
     let rows = statement.query_map(params![job_name, builder], |row| row.get(0))?;
@@ -927,10 +691,10 @@ pub fn request_ids_of_job(
 }
 
 /// One request by id, whatever its state.
-pub fn request_by_id(
+pub(crate) fn request_by_id(
     connection: &Connection,
     id: i64,
-) -> Result<Option<StoredRequest>, HistoryError> {
+) -> Result<Option<StoredRequest>, StoreError> {
     Ok(connection
         .query_row(
             &format!("SELECT {REQUEST_COLUMNS} FROM requests WHERE id = ?1"),
@@ -941,10 +705,10 @@ pub fn request_by_id(
 }
 
 /// The patch of a request.
-pub fn request_patch(
+pub(crate) fn request_patch(
     connection: &Connection,
     request_id: i64,
-) -> Result<Option<Vec<u8>>, HistoryError> {
+) -> Result<Option<Vec<u8>>, StoreError> {
     Ok(connection
         .query_row(
             "SELECT patch FROM requests WHERE id = ?1",
@@ -953,4 +717,393 @@ pub fn request_patch(
         )
         .optional()?
         .flatten())
+}
+
+pub(crate) fn live_sessions(
+    connection: &Connection,
+    now: f64,
+) -> Result<Vec<StoredSession>, StoreError> {
+    live_sessions_where(connection, "?2 = ?2", "", now)
+}
+
+fn live_sessions_where(
+    connection: &Connection,
+    condition: &str,
+    value: &str,
+    now: f64,
+) -> Result<Vec<StoredSession>, StoreError> {
+    let mut statement = connection.prepare(&format!(
+        "SELECT token_hash, user, uid, csrf, expires_at FROM web_sessions
+         WHERE expires_at > ?1 AND {condition}"
+    ))?;
+    let rows = statement.query_map(params![now, value], |row| {
+        Ok(StoredSession {
+            token_hash: row.get(0)?,
+            user: row.get(1)?,
+            uid: row.get(2)?,
+            csrf: row.get(3)?,
+            expires_at: row.get(4)?,
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+pub(crate) fn session(
+    connection: &Connection,
+    token_hash: &str,
+    now: f64,
+) -> Result<Option<StoredSession>, StoreError> {
+    Ok(live_sessions_where(connection, "token_hash = ?2", token_hash, now)?.pop())
+}
+
+pub(crate) fn save_session(
+    connection: &mut Connection,
+    session: &StoredSession,
+    now: f64,
+) -> Result<(), StoreError> {
+    let transaction = connection.transaction()?;
+    transaction.execute("DELETE FROM web_sessions WHERE expires_at <= ?1", [now])?;
+    transaction.execute(
+        "INSERT OR REPLACE INTO web_sessions (token_hash, user, uid, csrf, expires_at)
+         VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![
+            session.token_hash,
+            session.user,
+            session.uid,
+            session.csrf,
+            session.expires_at
+        ],
+    )?;
+    transaction.commit()?;
+    Ok(())
+}
+
+#[async_trait::async_trait]
+impl Store for SqliteStore {
+    async fn record_requests(&self, requests: Vec<NewRequest>) -> Result<Vec<i64>, StoreError> {
+        self.run(move |c| insert_requests(c, &requests)).await
+    }
+
+    async fn is_job_recorded(&self, job_name: &str) -> Result<bool, StoreError> {
+        let job_name = job_name.to_string();
+        self.run(move |c| is_job_recorded(c, &job_name)).await
+    }
+
+    async fn pending_count(
+        &self,
+        builder: Option<&str>,
+        who: Option<&str>,
+    ) -> Result<usize, StoreError> {
+        let (builder, who) = (builder.map(str::to_string), who.map(str::to_string));
+        self.run(move |c| pending_count(c, builder.as_deref(), who.as_deref()))
+            .await
+    }
+
+    async fn pending_requests(&self) -> Result<Vec<StoredRequest>, StoreError> {
+        self.run(|c| pending_requests(c)).await
+    }
+
+    async fn cancel_requests(
+        &self,
+        ids: Vec<i64>,
+        collapsed_into: Option<(i64, Vec<i64>)>,
+    ) -> Result<(), StoreError> {
+        self.run(move |c| {
+            let transaction = c.transaction()?;
+            for id in ids {
+                set_request_state(&transaction, id, RequestState::Cancelled)?;
+            }
+            if let Some((into, change_ids)) = collapsed_into {
+                changes::link_changes(&transaction, into, &change_ids)?;
+            }
+            transaction.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn request(&self, id: i64) -> Result<Option<StoredRequest>, StoreError> {
+        self.run(move |c| request_by_id(c, id)).await
+    }
+
+    async fn request_patch(&self, id: i64) -> Result<Option<Vec<u8>>, StoreError> {
+        self.run(move |c| request_patch(c, id)).await
+    }
+
+    async fn request_ids_of_job(
+        &self,
+        job_name: &str,
+        builder: &str,
+    ) -> Result<Vec<i64>, StoreError> {
+        let (job_name, builder) = (job_name.to_string(), builder.to_string());
+        self.run(move |c| request_ids_of_job(c, &job_name, &builder))
+            .await
+    }
+
+    async fn job_record(&self, job_name: &str) -> Result<JobRecord, StoreError> {
+        let job_name = job_name.to_string();
+        self.run(move |c| job_record(c, &job_name)).await
+    }
+
+    async fn record_slave_loss(&self, request_id: i64) -> Result<i64, StoreError> {
+        self.run(move |c| record_slave_loss(c, request_id)).await
+    }
+
+    async fn start_build(
+        &self,
+        request_id: i64,
+        builder: &str,
+        slave: &str,
+    ) -> Result<(i64, i64), StoreError> {
+        let (builder, slave) = (builder.to_string(), slave.to_string());
+        self.run_relaxed(move |c| start_build(c, request_id, &builder, &slave))
+            .await
+    }
+
+    async fn record_build_source(
+        &self,
+        build_id: i64,
+        branch: &str,
+        revision: &str,
+    ) -> Result<(), StoreError> {
+        let (branch, revision) = (branch.to_string(), revision.to_string());
+        self.run_relaxed(move |c| record_build_source(c, build_id, &branch, &revision))
+            .await
+    }
+
+    async fn start_step(&self, build_id: i64, number: i64, name: &str) -> Result<i64, StoreError> {
+        let name = name.to_string();
+        self.run_relaxed(move |c| start_step(c, build_id, number, &name))
+            .await
+    }
+
+    async fn finish_step(
+        &self,
+        step_id: i64,
+        result: BuildResult,
+        summary: &str,
+    ) -> Result<(), StoreError> {
+        let summary = summary.to_string();
+        self.run_relaxed(move |c| finish_step(c, step_id, result, &summary))
+            .await
+    }
+
+    async fn finish_build(
+        &self,
+        build_id: i64,
+        result: BuildResult,
+        reason: Option<&str>,
+        requeue: bool,
+    ) -> Result<(), StoreError> {
+        let reason = reason.map(str::to_string);
+        self.run(move |c| finish_build(c, build_id, result, reason.as_deref(), requeue))
+            .await
+    }
+
+    async fn recover_interrupted_builds(&self) -> Result<usize, StoreError> {
+        self.run(recover_interrupted_builds).await
+    }
+
+    async fn last_finished_builds(&self) -> Result<Vec<(String, LastBuild)>, StoreError> {
+        self.run(last_finished_builds).await
+    }
+
+    async fn newest_builds(&self, builder: &str, limit: i64) -> Result<Vec<BuildRow>, StoreError> {
+        let builder = builder.to_string();
+        self.run(move |c| recent_builds(c, &builder, limit)).await
+    }
+
+    async fn builds_overlapping(
+        &self,
+        builder: &str,
+        from: f64,
+        to: f64,
+        limit: i64,
+    ) -> Result<Vec<BuildRow>, StoreError> {
+        let builder = builder.to_string();
+        self.run(move |c| builds_in_window(c, &builder, from, to, limit))
+            .await
+    }
+
+    async fn steps_of(&self, build_id: i64) -> Result<Vec<StepRow>, StoreError> {
+        self.run(move |c| steps_of(c, build_id)).await
+    }
+
+    async fn build_detail(&self, key: &BuildRef) -> Result<Option<BuildDetail>, StoreError> {
+        let key = key.clone();
+        self.run(move |c| build_detail(c, &key)).await
+    }
+
+    async fn recent_success_durations(
+        &self,
+        builder: &str,
+        limit: i64,
+    ) -> Result<Vec<f64>, StoreError> {
+        let builder = builder.to_string();
+        self.run(move |c| recent_success_durations(c, &builder, limit))
+            .await
+    }
+
+    async fn record_change(
+        &self,
+        change: &ChangeSpec,
+        sent_by: &str,
+    ) -> Result<Recorded, StoreError> {
+        let (change, sent_by) = (change.clone(), sent_by.to_string());
+        self.run(move |c| changes::record_change(c, &change, &sent_by))
+            .await
+    }
+
+    async fn newest_changes(&self, limit: i64) -> Result<Vec<StoredChange>, StoreError> {
+        self.run(move |c| changes::recent_changes(c, limit)).await
+    }
+
+    async fn builds_of_change(&self, change_id: i64) -> Result<Vec<(String, i64)>, StoreError> {
+        self.run(move |c| changes::builds_of_change(c, change_id))
+            .await
+    }
+
+    async fn poll_heads(&self, repository: &str) -> Result<Vec<(String, String)>, StoreError> {
+        let repository = repository.to_string();
+        self.run(move |c| changes::poll_heads(c, &repository)).await
+    }
+
+    async fn set_poll_head(
+        &self,
+        repository: &str,
+        branch: &str,
+        revision: &str,
+    ) -> Result<(), StoreError> {
+        let (repository, branch, revision) = (
+            repository.to_string(),
+            branch.to_string(),
+            revision.to_string(),
+        );
+        self.run(move |c| changes::set_poll_head(c, &repository, &branch, &revision))
+            .await
+    }
+
+    async fn live_sessions(&self, now: f64) -> Result<Vec<StoredSession>, StoreError> {
+        self.run(move |c| live_sessions(c, now)).await
+    }
+
+    async fn session(
+        &self,
+        token_hash: &str,
+        now: f64,
+    ) -> Result<Option<StoredSession>, StoreError> {
+        let token_hash = token_hash.to_string();
+        self.run(move |c| session(c, &token_hash, now)).await
+    }
+
+    async fn save_session(&self, session: &StoredSession, now: f64) -> Result<(), StoreError> {
+        let session = session.clone();
+        self.run(move |c| save_session(c, &session, now)).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(job: &str, builder: &str) -> NewRequest {
+        NewRequest {
+            job_name: job.into(),
+            jobid: "1".into(),
+            builder: builder.into(),
+            who: Some("alice".into()),
+            comment: None,
+            repository: String::new(),
+            branch: None,
+            baserev: Some("abc".into()),
+            patch: Some(vec![0, 1, 255]),
+            patch_level: 1,
+            submitted_at: 1.0,
+            properties: [("foo".to_string(), "bar".to_string())].into(),
+            kind: RequestKind::Try,
+            reason: None,
+            change_ids: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn requests_builds_and_restart_recovery() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("state.sqlite");
+        let history = SqliteStore::open(&path).expect("open");
+        history
+            .with(|c| {
+                let ids = insert_requests(c, &[request("j1", "linux"), request("j1", "mac")])?;
+                assert_eq!(ids.len(), 2);
+                // The same job again (replayed after a crash) is not recorded twice.
+                assert_eq!(insert_requests(c, &[request("j1", "linux")])?, vec![ids[0]]);
+                assert!(is_job_recorded(c, "j1")?);
+                let (build, number) = start_build(c, ids[0], "linux", "s1")?;
+                assert_eq!(number, 1);
+                let step = start_step(c, build, 1, "checkout")?;
+                finish_step(c, step, BuildResult::Success, "ok")?;
+                assert_eq!(pending_requests(c)?.len(), 1);
+                Ok(())
+            })
+            .expect("works");
+        drop(history);
+        // Reopening migrates nothing and finds the build that was running.
+        let history = SqliteStore::open(&path).expect("reopen");
+        history
+            .with(|c| {
+                assert_eq!(recover_interrupted_builds(c)?, 1);
+                let pending = pending_requests(c)?;
+                assert_eq!(pending.len(), 2);
+                assert_eq!(pending[0].patch.as_deref(), Some(&[0u8, 1, 255][..]));
+                assert_eq!(
+                    pending[0].properties.get("foo").map(String::as_str),
+                    Some("bar")
+                );
+                let builds = recent_builds(c, "linux", 10)?;
+                assert_eq!(builds[0].result, Some(BuildResult::Exception));
+                assert_eq!(builds[0].reason.as_deref(), Some("master restarted"));
+                let (_, number) = start_build(c, pending[0].id, "linux", "s1")?;
+                assert_eq!(number, 2);
+                Ok(())
+            })
+            .expect("works");
+    }
+
+    #[test]
+    fn slave_losses_are_counted_per_request_across_restarts() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("state.sqlite");
+        let history = SqliteStore::open(&path).expect("open");
+        let ids = history
+            .with(|c| {
+                let ids = insert_requests(c, &[request("j1", "linux"), request("j1", "mac")])?;
+                assert_eq!(record_slave_loss(c, ids[0])?, 1);
+                Ok(ids)
+            })
+            .expect("works");
+        drop(history);
+        let history = SqliteStore::open(&path).expect("reopen");
+        history
+            .with(|c| {
+                assert_eq!(record_slave_loss(c, ids[0])?, 2);
+                assert_eq!(record_slave_loss(c, ids[1])?, 1);
+                Ok(())
+            })
+            .expect("works");
+    }
+
+    #[test]
+    fn a_newer_schema_is_refused() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("state.sqlite");
+        let connection = Connection::open(&path).expect("open");
+        connection
+            .pragma_update(None, "user_version", 99)
+            .expect("set");
+        drop(connection);
+        assert!(matches!(
+            SqliteStore::open(&path),
+            Err(StoreError::TooNew { found: 99, .. })
+        ));
+    }
 }

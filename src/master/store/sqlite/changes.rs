@@ -3,25 +3,10 @@
 
 use rusqlite::{Connection, OptionalExtension, params};
 
+use super::{properties_from_json, properties_json};
 use crate::change::ChangeSpec;
-use crate::master::history::{HistoryError, now, properties_from_json, properties_json};
-
-/// A change as stored, with its id.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
-pub struct StoredChange {
-    pub id: i64,
-    pub repository: String,
-    pub branch: String,
-    pub revision: String,
-    pub who: Option<String>,
-    pub comments: Option<String>,
-    pub files: Vec<String>,
-    pub properties: std::collections::BTreeMap<String, String>,
-    /// Seconds since the unix epoch.
-    pub received_at: f64,
-    /// The unix user (or poller) it came from.
-    pub sent_by: String,
-}
+use crate::master::store::StoreError;
+use crate::master::store::model::{Recorded, StoredChange, now};
 
 const CHANGE_COLUMNS: &str =
     "id, repository, branch, revision, who, comments, files, properties, received_at, sent_by";
@@ -42,32 +27,14 @@ fn change_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<StoredChange> {
     })
 }
 
-/// A change as [`record_change`] found it: new, or already recorded.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Recorded {
-    /// Recorded now.
-    New(StoredChange),
-    /// The same revision on the same repository and branch was recorded before (the hook and
-    /// a poller on one repository both saw it): that change, unchanged.
-    Known(StoredChange),
-}
-
-impl Recorded {
-    pub fn change(&self) -> &StoredChange {
-        match self {
-            Recorded::New(change) | Recorded::Known(change) => change,
-        }
-    }
-}
-
 /// Records a change unless its revision on its repository and branch is recorded already,
 /// whichever way it came: one revision is one change. The look-up and the insert are one
 /// transaction, so two arrivals at once still make one change.
-pub fn record_change(
+pub(crate) fn record_change(
     connection: &mut Connection,
     change: &ChangeSpec,
     sent_by: &str,
-) -> Result<Recorded, HistoryError> {
+) -> Result<Recorded, StoreError> {
     let transaction =
         connection.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     let known = transaction
@@ -93,7 +60,7 @@ fn insert_change(
     connection: &Connection,
     change: &ChangeSpec,
     sent_by: &str,
-) -> Result<StoredChange, HistoryError> {
+) -> Result<StoredChange, StoreError> {
     let received_at = now();
     let files = serde_json::to_string(&change.files).unwrap_or_else(|_| "[]".into());
     connection.execute(
@@ -126,10 +93,10 @@ fn insert_change(
 }
 
 /// The most recent changes, newest first.
-pub fn recent_changes(
+pub(crate) fn recent_changes(
     connection: &Connection,
     limit: i64,
-) -> Result<Vec<StoredChange>, HistoryError> {
+) -> Result<Vec<StoredChange>, StoreError> {
     let mut statement = connection.prepare(&format!(
         "SELECT {CHANGE_COLUMNS} FROM changes ORDER BY id DESC LIMIT ?1"
     ))?;
@@ -138,10 +105,10 @@ pub fn recent_changes(
 }
 
 /// The changes a request builds, oldest first.
-pub fn changes_of_request(
+pub(crate) fn changes_of_request(
     connection: &Connection,
     request_id: i64,
-) -> Result<Vec<StoredChange>, HistoryError> {
+) -> Result<Vec<StoredChange>, StoreError> {
     let mut statement = connection.prepare(&format!(
         "SELECT {CHANGE_COLUMNS} FROM changes WHERE id IN
            (SELECT change_id FROM request_changes WHERE request_id = ?1) ORDER BY id"
@@ -151,11 +118,11 @@ pub fn changes_of_request(
 }
 
 /// Links more changes to a request (a collapsed request takes over the merged ones' changes).
-pub fn link_changes(
+pub(crate) fn link_changes(
     connection: &Connection,
     request_id: i64,
     change_ids: &[i64],
-) -> Result<(), HistoryError> {
+) -> Result<(), StoreError> {
     for change_id in change_ids {
         connection.execute(
             "INSERT OR IGNORE INTO request_changes (request_id, change_id) VALUES (?1, ?2)",
@@ -165,7 +132,10 @@ pub fn link_changes(
     Ok(())
 }
 
-pub fn change_ids_of(connection: &Connection, request_id: i64) -> Result<Vec<i64>, HistoryError> {
+pub(crate) fn change_ids_of(
+    connection: &Connection,
+    request_id: i64,
+) -> Result<Vec<i64>, StoreError> {
     let mut statement = connection.prepare(
         "SELECT change_id FROM request_changes WHERE request_id = ?1 ORDER BY change_id",
     )?;
@@ -174,10 +144,10 @@ pub fn change_ids_of(connection: &Connection, request_id: i64) -> Result<Vec<i64
 }
 
 /// (builder, number) of the builds of requests that built `change_id`.
-pub fn builds_of_change(
+pub(crate) fn builds_of_change(
     connection: &Connection,
     change_id: i64,
-) -> Result<Vec<(String, i64)>, HistoryError> {
+) -> Result<Vec<(String, i64)>, StoreError> {
     let mut statement = connection.prepare(
         "SELECT b.builder, b.number FROM builds b JOIN request_changes rc ON rc.request_id = b.request_id
          WHERE rc.change_id = ?1 ORDER BY b.id",
@@ -187,22 +157,22 @@ pub fn builds_of_change(
 }
 
 /// Every head a poller saw in `repository`.
-pub fn poll_heads(
+pub(crate) fn poll_heads(
     connection: &Connection,
     repository: &str,
-) -> Result<Vec<(String, String)>, HistoryError> {
+) -> Result<Vec<(String, String)>, StoreError> {
     let mut statement =
         connection.prepare("SELECT branch, revision FROM poll_heads WHERE repository = ?1")?;
     let rows = statement.query_map(params![repository], |row| Ok((row.get(0)?, row.get(1)?)))?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
-pub fn set_poll_head(
+pub(crate) fn set_poll_head(
     connection: &Connection,
     repository: &str,
     branch: &str,
     revision: &str,
-) -> Result<(), HistoryError> {
+) -> Result<(), StoreError> {
     connection.execute(
         "INSERT INTO poll_heads (repository, branch, revision) VALUES (?1, ?2, ?3)
          ON CONFLICT (repository, branch) DO UPDATE SET revision = excluded.revision",
@@ -214,12 +184,12 @@ pub fn set_poll_head(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::master::history::History;
+    use crate::master::store::sqlite::SqliteStore;
 
     #[test]
     fn changes_and_poll_heads_are_kept() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let history = History::open(&dir.path().join("state.sqlite")).expect("open");
+        let history = SqliteStore::open(&dir.path().join("state.sqlite")).expect("open");
         history
             .with(|connection| {
                 let spec = ChangeSpec {

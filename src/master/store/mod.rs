@@ -1,0 +1,297 @@
+//! The store: everything the master keeps beyond one process — requests and their patches,
+//! builds, steps, changes, poll heads, web sessions — behind one interface of domain verbs
+//! ([`Store`]), not SQL. Two backends answer it: [`sqlite`], the embedded default (one master,
+//! the file `state.sqlite` in the master directory), and PostgreSQL, shared by several masters.
+//! The caller never knows which one answers; one conformance suite (tests/store_conformance.rs)
+//! runs against both.
+//!
+//! Front ends (web, API, IRC) read through the composite questions at the end of the trait
+//! ("the newest builds of these builders with their steps"), which every backend answers from
+//! the same primitives.
+
+pub mod model;
+pub mod sqlite;
+
+use std::sync::Arc;
+
+use crate::change::ChangeSpec;
+use crate::status::{BuildResult, JobRecord, LastBuild};
+
+pub use model::{
+    BuildDetail, BuildRef, BuildRow, BuildWithSteps, NewRequest, RecentBuilds, Recorded, StepRow,
+    StoredChange, StoredRequest, StoredSession, WindowBuilds, now,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("history database: {0}")]
+    Sql(#[from] rusqlite::Error),
+    /// A newer buildbot migrated the database: this one would misread it.
+    #[error("history database is newer (schema {found}) than this buildbot knows ({known})")]
+    TooNew { found: i64, known: i64 },
+    #[error("history task failed: {0}")]
+    Task(String),
+}
+
+/// The store, shared by every part of the master that keeps or reads what outlives a build.
+pub type SharedStore = Arc<dyn Store>;
+
+/// Everything the master keeps, as domain verbs. Every method is one transaction: what it
+/// writes is there whole or not at all.
+#[async_trait::async_trait]
+pub trait Store: Send + Sync {
+    // --- requests ---------------------------------------------------------------------------
+
+    /// Records the requests of one job (one per builder) in one transaction; returns their ids
+    /// in order. A request already recorded (same job name and builder: the master restarted
+    /// between recording a job and moving on) is not recorded twice; its id is returned.
+    async fn record_requests(&self, requests: Vec<NewRequest>) -> Result<Vec<i64>, StoreError>;
+
+    /// Whether any request of the job `job_name` is recorded.
+    async fn is_job_recorded(&self, job_name: &str) -> Result<bool, StoreError>;
+
+    /// How many requests wait (not yet building), of `builder` or of all, of `who` or of all.
+    async fn pending_count(
+        &self,
+        builder: Option<&str>,
+        who: Option<&str>,
+    ) -> Result<usize, StoreError>;
+
+    /// Requests still waiting for a build, oldest first, with their changes.
+    async fn pending_requests(&self) -> Result<Vec<StoredRequest>, StoreError>;
+
+    /// Records queued requests as cancelled; with `collapsed_into`, the request they were
+    /// merged into takes over their changes.
+    async fn cancel_requests(
+        &self,
+        ids: Vec<i64>,
+        collapsed_into: Option<(i64, Vec<i64>)>,
+    ) -> Result<(), StoreError>;
+
+    /// One request by id, whatever its state (without its changes).
+    async fn request(&self, id: i64) -> Result<Option<StoredRequest>, StoreError>;
+
+    /// The patch of a request, if it had one.
+    async fn request_patch(&self, id: i64) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// The ids of a job's requests for one builder.
+    async fn request_ids_of_job(
+        &self,
+        job_name: &str,
+        builder: &str,
+    ) -> Result<Vec<i64>, StoreError>;
+
+    /// A try job as recorded: its builders, each done request's final build and result, and
+    /// the builders whose request was cancelled.
+    async fn job_record(&self, job_name: &str) -> Result<JobRecord, StoreError>;
+
+    /// Counts one more loss of the slave while building request `request_id` (kept across
+    /// restarts, so a request that kills its slave is not retried forever); returns the count.
+    async fn record_slave_loss(&self, request_id: i64) -> Result<i64, StoreError>;
+
+    // --- builds and steps -------------------------------------------------------------------
+
+    /// Starts a build of a request on `slave`: the next number of `builder`, the request
+    /// building. Returns (build id, number).
+    async fn start_build(
+        &self,
+        request_id: i64,
+        builder: &str,
+        slave: &str,
+    ) -> Result<(i64, i64), StoreError>;
+
+    /// Records what a build checked out: the branch and the commit its slave reported.
+    async fn record_build_source(
+        &self,
+        build_id: i64,
+        branch: &str,
+        revision: &str,
+    ) -> Result<(), StoreError>;
+
+    /// Starts step `number` of a build; returns the step's id.
+    async fn start_step(&self, build_id: i64, number: i64, name: &str) -> Result<i64, StoreError>;
+
+    async fn finish_step(
+        &self,
+        step_id: i64,
+        result: BuildResult,
+        summary: &str,
+    ) -> Result<(), StoreError>;
+
+    /// Ends a build with its result; its request is done, or pending again when `requeue`
+    /// (the build is retried), in the same transaction.
+    async fn finish_build(
+        &self,
+        build_id: i64,
+        result: BuildResult,
+        reason: Option<&str>,
+        requeue: bool,
+    ) -> Result<(), StoreError>;
+
+    /// Builds left running by a master that stopped or crashed: their unfinished steps and
+    /// the builds are cut short ("master restarted"), their requests pending again. Returns
+    /// how many builds.
+    async fn recover_interrupted_builds(&self) -> Result<usize, StoreError>;
+
+    /// Each builder's finished build with the highest number, with its result.
+    async fn last_finished_builds(&self) -> Result<Vec<(String, LastBuild)>, StoreError>;
+
+    /// The newest builds of a builder, newest first.
+    async fn newest_builds(&self, builder: &str, limit: i64) -> Result<Vec<BuildRow>, StoreError>;
+
+    /// A builder's builds that overlap `[from, to)` (unix seconds), newest first, at most
+    /// `limit`.
+    async fn builds_overlapping(
+        &self,
+        builder: &str,
+        from: f64,
+        to: f64,
+        limit: i64,
+    ) -> Result<Vec<BuildRow>, StoreError>;
+
+    /// A build's steps in order.
+    async fn steps_of(&self, build_id: i64) -> Result<Vec<StepRow>, StoreError>;
+
+    /// One build with its steps, request and changes.
+    async fn build_detail(&self, key: &BuildRef) -> Result<Option<BuildDetail>, StoreError>;
+
+    /// Durations (seconds) of the last successful builds of a builder, newest first.
+    async fn recent_success_durations(
+        &self,
+        builder: &str,
+        limit: i64,
+    ) -> Result<Vec<f64>, StoreError>;
+
+    // --- changes and pollers ----------------------------------------------------------------
+
+    /// Records a change unless its revision on its repository and branch is recorded already
+    /// (one revision is one change, however often it arrives, also when two arrive at once).
+    async fn record_change(
+        &self,
+        change: &ChangeSpec,
+        sent_by: &str,
+    ) -> Result<Recorded, StoreError>;
+
+    /// The newest changes, newest first.
+    async fn newest_changes(&self, limit: i64) -> Result<Vec<StoredChange>, StoreError>;
+
+    /// (builder, number) of the builds of requests that built `change_id`.
+    async fn builds_of_change(&self, change_id: i64) -> Result<Vec<(String, i64)>, StoreError>;
+
+    /// Every head a poller saw in `repository`: (branch, revision).
+    async fn poll_heads(&self, repository: &str) -> Result<Vec<(String, String)>, StoreError>;
+
+    async fn set_poll_head(
+        &self,
+        repository: &str,
+        branch: &str,
+        revision: &str,
+    ) -> Result<(), StoreError>;
+
+    // --- web sessions -----------------------------------------------------------------------
+
+    /// Every session not expired at `now` (unix seconds).
+    async fn live_sessions(&self, now: f64) -> Result<Vec<StoredSession>, StoreError>;
+
+    /// The live session stored under `token_hash`, if any.
+    async fn session(
+        &self,
+        token_hash: &str,
+        now: f64,
+    ) -> Result<Option<StoredSession>, StoreError>;
+
+    /// Keeps `session` (replacing one of the same hash); forgets those expired at `now`.
+    async fn save_session(&self, session: &StoredSession, now: f64) -> Result<(), StoreError>;
+
+    // --- composite reads for pages, the API and the bot -------------------------------------
+
+    /// For each of `builders`: its newest `rows` builds, the first `with_steps` with steps.
+    async fn recent_builds(
+        &self,
+        builders: Vec<String>,
+        rows: i64,
+        with_steps: usize,
+    ) -> Result<Vec<RecentBuilds>, StoreError> {
+        let mut all = Vec::new();
+        for name in builders {
+            let rows = self.newest_builds(&name, rows).await?;
+            let mut steps = Vec::new();
+            for build in rows.iter().take(with_steps) {
+                steps.push(self.steps_of(build.id).await?);
+            }
+            all.push(RecentBuilds { rows, steps });
+        }
+        Ok(all)
+    }
+
+    /// For each of `builders`: its builds in `[from, to)` (at most `max`) with steps, and its
+    /// last result whatever the window.
+    async fn builds_in_window(
+        &self,
+        builders: Vec<String>,
+        from: f64,
+        to: f64,
+        max: i64,
+    ) -> Result<Vec<WindowBuilds>, StoreError> {
+        let mut all = Vec::new();
+        for name in builders {
+            let mut builds = Vec::new();
+            for build in self.builds_overlapping(&name, from, to, max).await? {
+                let steps = self.steps_of(build.id).await?;
+                builds.push(BuildWithSteps { build, steps });
+            }
+            let last_result = self
+                .newest_builds(&name, 5)
+                .await?
+                .into_iter()
+                .find(|row| row.finished_at.is_some())
+                .and_then(|row| row.result);
+            all.push(WindowBuilds {
+                builds,
+                last_result,
+            });
+        }
+        Ok(all)
+    }
+
+    /// One build with its steps, request and changes.
+    async fn build(&self, key: BuildRef) -> Result<Option<BuildDetail>, StoreError> {
+        self.build_detail(&key).await
+    }
+
+    /// Whether step `step` of build `build_id` is still running.
+    async fn step_running(&self, build_id: i64, step: i64) -> Result<bool, StoreError> {
+        Ok(self
+            .steps_of(build_id)
+            .await?
+            .iter()
+            .any(|row| row.number == step && row.finished_at.is_none()))
+    }
+
+    /// The requests of these ids that exist, in the order given.
+    async fn requests(&self, ids: Vec<i64>) -> Result<Vec<StoredRequest>, StoreError> {
+        let mut found = Vec::new();
+        for id in ids {
+            found.extend(self.request(id).await?);
+        }
+        Ok(found)
+    }
+
+    /// The patch a request built, if it had one.
+    async fn patch(&self, request_id: i64) -> Result<Option<Vec<u8>>, StoreError> {
+        self.request_patch(request_id).await
+    }
+
+    /// The newest `limit` changes, each with the builds (builder, number) that built it.
+    async fn recent_changes(
+        &self,
+        limit: i64,
+    ) -> Result<Vec<(StoredChange, Vec<(String, i64)>)>, StoreError> {
+        let mut all = Vec::new();
+        for change in self.newest_changes(limit).await? {
+            let builds = self.builds_of_change(change.id).await?;
+            all.push((change, builds));
+        }
+        Ok(all)
+    }
+}
