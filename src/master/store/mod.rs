@@ -10,6 +10,7 @@
 //! the same primitives.
 
 pub mod model;
+pub mod postgres;
 pub mod sqlite;
 
 use std::sync::Arc;
@@ -31,6 +32,22 @@ pub enum StoreError {
     TooNew { found: i64, known: i64 },
     #[error("history task failed: {0}")]
     Task(String),
+    /// The PostgreSQL server could not be reached or refused the login (wrong address, server
+    /// down, wrong password). `target` names the server, database and user, never a password.
+    #[error("cannot reach the database at {target}: {reason}")]
+    Connect { target: String, reason: String },
+    /// A PostgreSQL statement failed (on one line, whatever the server said).
+    #[error("history database: {}", postgres::one_line(.0))]
+    Postgres(#[source] tokio_postgres::Error),
+    /// No PostgreSQL connection could be had from the pool in time, or the pool is closed.
+    #[error("history database connections: {0}")]
+    Pool(String),
+    /// `[database] url` is neither a `postgresql://` URL nor a `key=value` connection string.
+    #[error("database url is not valid: {0}")]
+    BadUrl(String),
+    /// A column holds what no buildbot writes (a result, state or kind of no known name).
+    #[error("history database holds {0}")]
+    BadValue(String),
 }
 
 /// The store, shared by every part of the master that keeps or reads what outlives a build.

@@ -45,8 +45,10 @@ macro_rules! stored_by_name {
 
 stored_by_name!(BuildResult, RequestState, RequestKind);
 
-/// Each entry upgrades the schema by one version; never edit one that has shipped.
-const MIGRATIONS: &[&str] = &[
+/// Each entry upgrades the schema by one version; never edit one that has shipped. A new
+/// migration is added here and to `store::postgres::MIGRATIONS` under the same number, both
+/// making the same tables (a test checks the two lists are as long).
+pub(crate) const MIGRATIONS: &[&str] = &[
     // 1: the first schema.
     "CREATE TABLE requests (
         id INTEGER PRIMARY KEY,
