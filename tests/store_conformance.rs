@@ -1,0 +1,1130 @@
+//! One conformance suite for every store backend: each case below is an async function of a
+//! `SharedStore`, run once against a fresh `SqliteStore` in a temp dir and once against a fresh
+//! database on a private PostgreSQL server (tests/support/postgres.rs). A backend passes when
+//! it answers every verb as the trait's doc comments say — the same way as the other.
+//!
+//! The cases that only PostgreSQL has (connection errors, concurrent masters migrating) follow
+//! at the end.
+
+#[path = "support/postgres.rs"]
+mod postgres;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use buildbot::change::ChangeSpec;
+use buildbot::master::store::postgres::PgStore;
+use buildbot::master::store::{
+    BuildRef, NewRequest, Recorded, SharedStore, StoreError, StoredSession, now,
+};
+use buildbot::status::{BuildResult, JobRecord, LastBuild, RequestKind};
+
+/// Runs each named case against both backends: `sqlite::NAME` and `postgresql::NAME`.
+macro_rules! conformance {
+    ($($case:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    let dir = tempfile::tempdir().expect("temp dir");
+                    let store = buildbot::master::store::sqlite::SqliteStore::open(
+                        &dir.path().join("state.sqlite"),
+                    )
+                    .expect("open a fresh SQLite store");
+                    super::$case(std::sync::Arc::new(store)).await;
+                }
+            )*
+        }
+        mod postgresql {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    let url = super::postgres::fresh_database().await;
+                    let store = buildbot::master::store::postgres::PgStore::connect(&url)
+                        .await
+                        .expect("connect to a fresh PostgreSQL database");
+                    super::$case(std::sync::Arc::new(store)).await;
+                }
+            )*
+        }
+    };
+}
+
+conformance!(
+    requests_are_recorded_once_in_order,
+    pending_counts_by_builder_and_who,
+    pending_requests_oldest_first_with_changes_patch_and_properties,
+    cancelled_requests_hand_their_changes_to_the_collapsed_one,
+    builds_are_numbered_per_builder_with_their_steps,
+    finished_builds_end_or_requeue_their_request,
+    slave_losses_are_counted_per_request,
+    interrupted_builds_are_cut_short_and_requeued,
+    builds_in_a_time_window,
+    build_detail_by_number_and_id,
+    durations_of_recent_successes,
+    one_revision_is_one_change,
+    one_revision_is_one_change_also_when_arriving_at_once,
+    a_job_is_recorded_once_also_when_recorded_at_once,
+    builds_started_at_once_get_distinct_numbers,
+    poll_heads_are_upserted,
+    sessions_live_until_they_expire,
+);
+
+fn request(job: &str, builder: &str) -> NewRequest {
+    NewRequest {
+        job_name: job.into(),
+        jobid: format!("{job}-id"),
+        builder: builder.into(),
+        who: Some("alice".into()),
+        comment: Some("a comment".into()),
+        repository: "/srv/repo.git".into(),
+        branch: None,
+        baserev: Some("abc123".into()),
+        // Not UTF-8: a patch is bytes.
+        patch: Some(vec![b'-', 0, 0x9f, 0xff, b'\n']),
+        patch_level: 1,
+        submitted_at: 1_700_000_000.25,
+        properties: [("foo".to_string(), "bar".to_string())].into(),
+        kind: RequestKind::Try,
+        reason: Some("try by alice".into()),
+        change_ids: Vec::new(),
+    }
+}
+
+fn change(revision: &str) -> ChangeSpec {
+    ChangeSpec {
+        repository: "/srv/repo.git".into(),
+        branch: "main".into(),
+        revision: revision.into(),
+        who: Some("bob".into()),
+        comments: Some("fix it".into()),
+        files: vec!["src/a.rs".into(), "README".into()],
+        properties: [("ticket".to_string(), "7".to_string())].into(),
+    }
+}
+
+async fn new_change(store: &SharedStore, revision: &str) -> i64 {
+    match store.record_change(&change(revision), "bob").await {
+        Ok(Recorded::New(stored)) => stored.id,
+        other => panic!("{revision} should be new: {other:?}"),
+    }
+}
+
+async fn one(store: &SharedStore, request: NewRequest) -> i64 {
+    let ids = store.record_requests(vec![request]).await.expect("record");
+    assert_eq!(ids.len(), 1);
+    ids[0]
+}
+
+async fn requests_are_recorded_once_in_order(store: SharedStore) {
+    let ids = store
+        .record_requests(vec![request("j1", "linux"), request("j1", "mac")])
+        .await
+        .expect("record");
+    assert_eq!(ids.len(), 2);
+    assert!(ids[0] < ids[1], "ids in order: {ids:?}");
+    // The same job again (a master restarted between recording and moving on): the known one
+    // keeps its id, a new builder gets a new request.
+    let again = store
+        .record_requests(vec![request("j1", "linux"), request("j1", "windows")])
+        .await
+        .expect("record again");
+    assert_eq!(again[0], ids[0]);
+    assert!(again[1] > ids[1]);
+    assert!(store.is_job_recorded("j1").await.expect("read"));
+    assert!(!store.is_job_recorded("j2").await.expect("read"));
+    assert_eq!(
+        store.request_ids_of_job("j1", "linux").await.expect("read"),
+        vec![ids[0]]
+    );
+    assert!(
+        store
+            .request_ids_of_job("j1", "solaris")
+            .await
+            .expect("read")
+            .is_empty()
+    );
+    // A request reads back as it was recorded (without its changes).
+    let stored = store.request(ids[1]).await.expect("read");
+    assert_eq!(stored, Some(request("j1", "mac").stored(ids[1])));
+    assert_eq!(store.request(ids[1] + 1000).await.expect("read"), None);
+    let expected_patch = Some(vec![b'-', 0, 0x9f, 0xff, b'\n']);
+    assert_eq!(
+        store.request_patch(ids[0]).await.expect("read"),
+        expected_patch
+    );
+    assert_eq!(store.patch(ids[0]).await.expect("read"), expected_patch);
+    let no_patch = one(
+        &store,
+        NewRequest {
+            patch: None,
+            kind: RequestKind::Force,
+            ..request("j3", "linux")
+        },
+    )
+    .await;
+    assert_eq!(store.request_patch(no_patch).await.expect("read"), None);
+    assert_eq!(store.request_patch(no_patch + 1000).await.expect("read"), None);
+    assert_eq!(
+        store.request(no_patch).await.expect("read").map(|r| r.kind),
+        Some(RequestKind::Force)
+    );
+    // The composite read keeps the order asked for and leaves out what does not exist.
+    let found: Vec<i64> = store
+        .requests(vec![ids[1], 99_999, ids[0]])
+        .await
+        .expect("read")
+        .into_iter()
+        .map(|request| request.id)
+        .collect();
+    assert_eq!(found, vec![ids[1], ids[0]]);
+}
+
+async fn pending_counts_by_builder_and_who(store: SharedStore) {
+    let bob = |job: &str, builder: &str| NewRequest {
+        who: Some("bob".into()),
+        ..request(job, builder)
+    };
+    let ids = store
+        .record_requests(vec![
+            request("j1", "linux"),
+            request("j1", "mac"),
+            bob("j2", "linux"),
+        ])
+        .await
+        .expect("record");
+    let count = |builder: Option<&'static str>, who: Option<&'static str>| {
+        let store = Arc::clone(&store);
+        async move { store.pending_count(builder, who).await.expect("count") }
+    };
+    assert_eq!(count(None, None).await, 3);
+    assert_eq!(count(Some("linux"), None).await, 2);
+    assert_eq!(count(None, Some("bob")).await, 1);
+    assert_eq!(count(Some("mac"), Some("bob")).await, 0);
+    assert_eq!(count(Some("linux"), Some("alice")).await, 1);
+    // A request being built no longer waits.
+    store.start_build(ids[0], "linux", "s1").await.expect("start");
+    assert_eq!(count(Some("linux"), None).await, 1);
+    assert_eq!(count(None, None).await, 2);
+}
+
+async fn pending_requests_oldest_first_with_changes_patch_and_properties(store: SharedStore) {
+    let first_change = new_change(&store, "1111").await;
+    let second_change = new_change(&store, "2222").await;
+    let properties: BTreeMap<String, String> = [
+        ("a".to_string(), "1".to_string()),
+        ("ü".to_string(), "\"quoted\"".to_string()),
+    ]
+    .into();
+    let with_changes = NewRequest {
+        change_ids: vec![second_change, first_change],
+        properties: properties.clone(),
+        kind: RequestKind::Scheduled,
+        patch: None,
+        baserev: None,
+        branch: Some("main".into()),
+        ..request("sched-1", "linux")
+    };
+    let first = one(&store, with_changes.clone()).await;
+    let building = one(&store, request("j2", "linux")).await;
+    let last = one(&store, request("j3", "mac")).await;
+    store
+        .start_build(building, "linux", "s1")
+        .await
+        .expect("start");
+    let pending = store.pending_requests().await.expect("read");
+    let ids: Vec<i64> = pending.iter().map(|request| request.id).collect();
+    assert_eq!(ids, vec![first, last], "oldest first, without the building one");
+    assert_eq!(pending[0].change_ids, vec![first_change, second_change]);
+    assert_eq!(pending[0].properties, properties);
+    assert_eq!(
+        pending[0],
+        NewRequest {
+            change_ids: vec![first_change, second_change],
+            ..with_changes
+        }
+        .stored(first)
+    );
+    assert_eq!(
+        pending[1].patch.as_deref(),
+        Some(&[b'-', 0, 0x9f, 0xff, b'\n'][..])
+    );
+    assert!(pending[1].change_ids.is_empty());
+}
+
+async fn cancelled_requests_hand_their_changes_to_the_collapsed_one(store: SharedStore) {
+    let first_change = new_change(&store, "1111").await;
+    let second_change = new_change(&store, "2222").await;
+    let third_change = new_change(&store, "3333").await;
+    let with = |job: &str, changes: Vec<i64>| NewRequest {
+        change_ids: changes,
+        ..request(job, "linux")
+    };
+    let older = one(&store, with("c1", vec![first_change])).await;
+    let middle = one(&store, with("c2", vec![second_change])).await;
+    let newest = one(&store, with("c3", vec![third_change])).await;
+    store
+        .cancel_requests(
+            vec![older, middle],
+            Some((newest, vec![first_change, second_change, third_change])),
+        )
+        .await
+        .expect("cancel");
+    let pending = store.pending_requests().await.expect("read");
+    assert_eq!(pending.len(), 1);
+    assert_eq!(pending[0].id, newest);
+    assert_eq!(
+        pending[0].change_ids,
+        vec![first_change, second_change, third_change]
+    );
+    assert_eq!(
+        store.job_record("c1").await.expect("read"),
+        JobRecord {
+            builders: vec!["linux".into()],
+            finished: Vec::new(),
+            cancelled: vec!["linux".into()],
+        }
+    );
+    // Cancelling without collapsing, and cancelling nothing, are fine too.
+    store.cancel_requests(vec![newest], None).await.expect("cancel");
+    store.cancel_requests(Vec::new(), None).await.expect("cancel");
+    assert!(store.pending_requests().await.expect("read").is_empty());
+}
+
+async fn builds_are_numbered_per_builder_with_their_steps(store: SharedStore) {
+    let ids = store
+        .record_requests(vec![
+            request("j1", "linux"),
+            request("j1", "mac"),
+            request("j2", "linux"),
+        ])
+        .await
+        .expect("record");
+    let (linux_1, number) = store.start_build(ids[0], "linux", "s1").await.expect("start");
+    assert_eq!(number, 1);
+    let (mac_1, number) = store.start_build(ids[1], "mac", "s2").await.expect("start");
+    assert_eq!(number, 1);
+    let (linux_2, number) = store.start_build(ids[2], "linux", "s1").await.expect("start");
+    assert_eq!(number, 2);
+    assert!(linux_1 != mac_1 && mac_1 != linux_2);
+
+    let checkout = store
+        .start_step(linux_1, 1, "checkout")
+        .await
+        .expect("step");
+    let test = store.start_step(linux_1, 2, "test").await.expect("step");
+    assert_ne!(checkout, test);
+    assert!(store.step_running(linux_1, 1).await.expect("read"));
+    store
+        .finish_step(checkout, BuildResult::Success, "ok")
+        .await
+        .expect("finish");
+    assert!(!store.step_running(linux_1, 1).await.expect("read"));
+    assert!(store.step_running(linux_1, 2).await.expect("read"));
+    assert!(!store.step_running(linux_1, 3).await.expect("read"));
+    let steps = store.steps_of(linux_1).await.expect("read");
+    assert_eq!(steps.len(), 2);
+    assert_eq!((steps[0].number, steps[0].name.as_str()), (1, "checkout"));
+    assert_eq!(steps[0].result, Some(BuildResult::Success));
+    assert_eq!(steps[0].summary.as_deref(), Some("ok"));
+    assert!(steps[0].finished_at.is_some_and(|end| end >= steps[0].started_at));
+    assert_eq!((steps[1].number, steps[1].result), (2, None));
+    assert!(store.steps_of(mac_1).await.expect("read").is_empty());
+
+    store
+        .finish_step(test, BuildResult::Failure, "2 failed")
+        .await
+        .expect("finish");
+    store
+        .finish_build(linux_1, BuildResult::Failure, Some("tests failed"), false)
+        .await
+        .expect("finish");
+    let newest = store.newest_builds("linux", 10).await.expect("read");
+    let numbers: Vec<i64> = newest.iter().map(|build| build.number).collect();
+    assert_eq!(numbers, vec![2, 1], "newest first");
+    assert_eq!(newest[1].id, linux_1);
+    assert_eq!(newest[1].slave, "s1");
+    assert_eq!(newest[1].result, Some(BuildResult::Failure));
+    assert_eq!(newest[1].reason.as_deref(), Some("tests failed"));
+    assert!(newest[1].finished_at.is_some());
+    assert_eq!((newest[0].finished_at, newest[0].result), (None, None));
+    assert_eq!(store.newest_builds("linux", 1).await.expect("read").len(), 1);
+    assert!(store.newest_builds("bsd", 5).await.expect("read").is_empty());
+
+    // The composite read: newest rows, the first `with_steps` with steps.
+    let recent = store
+        .recent_builds(vec!["linux".into(), "mac".into()], 5, 2)
+        .await
+        .expect("read");
+    assert_eq!(recent.len(), 2);
+    assert_eq!(recent[0].rows, newest);
+    assert_eq!(recent[0].steps.len(), 2);
+    assert!(recent[0].steps[0].is_empty());
+    assert_eq!(recent[0].steps[1], steps_after(&store, linux_1).await);
+    assert_eq!(recent[1].rows.len(), 1);
+
+    // Each builder's finished build with the highest number; a running one does not count.
+    let mut last = store.last_finished_builds().await.expect("read");
+    last.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(
+        last,
+        vec![(
+            "linux".to_string(),
+            LastBuild {
+                number: 1,
+                result: BuildResult::Failure
+            }
+        )]
+    );
+    store
+        .finish_build(linux_2, BuildResult::Success, None, false)
+        .await
+        .expect("finish");
+    store
+        .finish_build(mac_1, BuildResult::Warnings, None, false)
+        .await
+        .expect("finish");
+    let mut last = store.last_finished_builds().await.expect("read");
+    last.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(
+        last,
+        vec![
+            (
+                "linux".to_string(),
+                LastBuild {
+                    number: 2,
+                    result: BuildResult::Success
+                }
+            ),
+            (
+                "mac".to_string(),
+                LastBuild {
+                    number: 1,
+                    result: BuildResult::Warnings
+                }
+            ),
+        ]
+    );
+}
+
+async fn steps_after(store: &SharedStore, build_id: i64) -> Vec<buildbot::master::store::StepRow> {
+    store.steps_of(build_id).await.expect("read")
+}
+
+async fn finished_builds_end_or_requeue_their_request(store: SharedStore) {
+    let ids = store
+        .record_requests(vec![request("j1", "linux"), request("j1", "mac")])
+        .await
+        .expect("record");
+    let (build, _) = store.start_build(ids[0], "linux", "s1").await.expect("start");
+    // The slave was lost: the build is retried, its request waits again.
+    store
+        .finish_build(build, BuildResult::Exception, Some("slave lost"), true)
+        .await
+        .expect("finish");
+    let pending: Vec<i64> = store
+        .pending_requests()
+        .await
+        .expect("read")
+        .iter()
+        .map(|request| request.id)
+        .collect();
+    assert_eq!(pending, ids);
+    assert_eq!(
+        store.job_record("j1").await.expect("read").finished,
+        Vec::new()
+    );
+    let (again, number) = store.start_build(ids[0], "linux", "s2").await.expect("start");
+    assert_eq!(number, 2);
+    store
+        .finish_build(again, BuildResult::Success, None, false)
+        .await
+        .expect("finish");
+    let (mac, _) = store.start_build(ids[1], "mac", "s3").await.expect("start");
+    store
+        .finish_build(mac, BuildResult::Failure, None, false)
+        .await
+        .expect("finish");
+    assert!(store.pending_requests().await.expect("read").is_empty());
+    assert_eq!(
+        store.job_record("j1").await.expect("read"),
+        JobRecord {
+            builders: vec!["linux".into(), "mac".into()],
+            finished: vec![
+                ("linux".into(), 2, BuildResult::Success),
+                ("mac".into(), 1, BuildResult::Failure),
+            ],
+            cancelled: Vec::new(),
+        }
+    );
+    assert_eq!(
+        store.job_record("nothing").await.expect("read"),
+        JobRecord::default()
+    );
+}
+
+async fn slave_losses_are_counted_per_request(store: SharedStore) {
+    let ids = store
+        .record_requests(vec![request("j1", "linux"), request("j1", "mac")])
+        .await
+        .expect("record");
+    assert_eq!(store.record_slave_loss(ids[0]).await.expect("count"), 1);
+    assert_eq!(store.record_slave_loss(ids[0]).await.expect("count"), 2);
+    assert_eq!(store.record_slave_loss(ids[1]).await.expect("count"), 1);
+    assert_eq!(store.record_slave_loss(ids[0]).await.expect("count"), 3);
+}
+
+async fn interrupted_builds_are_cut_short_and_requeued(store: SharedStore) {
+    let ids = store
+        .record_requests(vec![request("j1", "linux"), request("j1", "mac")])
+        .await
+        .expect("record");
+    let (running, _) = store.start_build(ids[0], "linux", "s1").await.expect("start");
+    let done_step = store.start_step(running, 1, "checkout").await.expect("step");
+    store
+        .finish_step(done_step, BuildResult::Success, "ok")
+        .await
+        .expect("finish");
+    store.start_step(running, 2, "test").await.expect("step");
+    let (finished, _) = store.start_build(ids[1], "mac", "s2").await.expect("start");
+    store
+        .finish_build(finished, BuildResult::Success, None, false)
+        .await
+        .expect("finish");
+
+    assert_eq!(store.recover_interrupted_builds().await.expect("recover"), 1);
+    let pending: Vec<i64> = store
+        .pending_requests()
+        .await
+        .expect("read")
+        .iter()
+        .map(|request| request.id)
+        .collect();
+    assert_eq!(pending, vec![ids[0]]);
+    let build = &store.newest_builds("linux", 1).await.expect("read")[0];
+    assert_eq!(build.result, Some(BuildResult::Exception));
+    assert_eq!(build.reason.as_deref(), Some("master restarted"));
+    assert!(build.finished_at.is_some());
+    let steps = store.steps_of(running).await.expect("read");
+    assert_eq!(steps[0].summary.as_deref(), Some("ok"));
+    assert_eq!(steps[1].result, Some(BuildResult::Exception));
+    assert_eq!(steps[1].summary.as_deref(), Some("master restarted"));
+    // The finished build is left alone, and a second recovery finds nothing.
+    let mac = &store.newest_builds("mac", 1).await.expect("read")[0];
+    assert_eq!((mac.result, mac.reason.as_deref()), (Some(BuildResult::Success), None));
+    assert_eq!(store.recover_interrupted_builds().await.expect("recover"), 0);
+    // The next build of the builder is numbered after the interrupted one.
+    let (_, number) = store.start_build(ids[0], "linux", "s1").await.expect("start");
+    assert_eq!(number, 2);
+}
+
+async fn builds_in_a_time_window(store: SharedStore) {
+    let ids = store
+        .record_requests(vec![
+            request("j1", "linux"),
+            request("j2", "linux"),
+            request("j3", "linux"),
+        ])
+        .await
+        .expect("record");
+    let before = now() - 1.0;
+    let (first, _) = store.start_build(ids[0], "linux", "s1").await.expect("start");
+    store.start_step(first, 1, "compile").await.expect("step");
+    store
+        .finish_build(first, BuildResult::Failure, None, false)
+        .await
+        .expect("finish");
+    let (second, _) = store.start_build(ids[1], "linux", "s1").await.expect("start");
+    let (third, _) = store.start_build(ids[2], "linux", "s1").await.expect("start");
+    let after = now() + 1.0;
+    let finished = store.newest_builds("linux", 3).await.expect("read")[2].clone();
+    let finished_at = finished.finished_at.expect("finished");
+
+    let numbers = |builds: Vec<buildbot::master::store::BuildRow>| -> Vec<i64> {
+        builds.iter().map(|build| build.number).collect()
+    };
+    let window = store
+        .builds_overlapping("linux", before, after, 10)
+        .await
+        .expect("read");
+    assert_eq!(numbers(window), vec![3, 2, 1], "newest first");
+    assert_eq!(
+        numbers(
+            store
+                .builds_overlapping("linux", before, after, 2)
+                .await
+                .expect("read")
+        ),
+        vec![3, 2]
+    );
+    // A window that ends before anything started has nothing; `to` is not in the window.
+    assert!(
+        store
+            .builds_overlapping("linux", before - 100.0, finished.started_at, 10)
+            .await
+            .expect("read")
+            .is_empty()
+    );
+    // After the first build finished, only the running ones overlap.
+    assert_eq!(
+        numbers(
+            store
+                .builds_overlapping("linux", finished_at + 0.001, after + 100.0, 10)
+                .await
+                .expect("read")
+        ),
+        vec![3, 2]
+    );
+    // `from` is in the window: a build that finished exactly then overlaps.
+    assert!(
+        numbers(
+            store
+                .builds_overlapping("linux", finished_at, after, 10)
+                .await
+                .expect("read")
+        )
+        .contains(&1)
+    );
+    assert!(
+        store
+            .builds_overlapping("mac", before, after, 10)
+            .await
+            .expect("read")
+            .is_empty()
+    );
+
+    // The composite: builds with their steps, and the last result whatever the window.
+    let windows = store
+        .builds_in_window(vec!["linux".into(), "mac".into()], before, after, 10)
+        .await
+        .expect("read");
+    assert_eq!(windows.len(), 2);
+    let builds: Vec<i64> = windows[0].builds.iter().map(|b| b.build.id).collect();
+    assert_eq!(builds, vec![third, second, first]);
+    assert_eq!(windows[0].builds[2].steps.len(), 1);
+    assert_eq!(windows[0].last_result, Some(BuildResult::Failure));
+    // Running builds overlap every window after their start; this one is before them all.
+    let empty = store
+        .builds_in_window(vec!["linux".into()], before - 200.0, before - 100.0, 10)
+        .await
+        .expect("read");
+    assert!(empty[0].builds.is_empty());
+    assert_eq!(empty[0].last_result, Some(BuildResult::Failure));
+    assert!(windows[1].builds.is_empty());
+    assert_eq!(windows[1].last_result, None);
+}
+
+async fn build_detail_by_number_and_id(store: SharedStore) {
+    let change_id = new_change(&store, "cafe").await;
+    // Asked for a branch's tip: branch and base revision come from what the build checked out.
+    let tip = one(
+        &store,
+        NewRequest {
+            branch: None,
+            baserev: None,
+            patch: None,
+            change_ids: vec![change_id],
+            reason: Some("changes 1 on main".into()),
+            ..request("tip", "linux")
+        },
+    )
+    .await;
+    let (build, number) = store.start_build(tip, "linux", "s1").await.expect("start");
+    let by_number = BuildRef::Number {
+        builder: "linux".into(),
+        number,
+    };
+    let detail = store
+        .build_detail(&by_number)
+        .await
+        .expect("read")
+        .expect("found");
+    assert_eq!((detail.branch.as_deref(), detail.baserev.as_deref()), (None, None));
+    assert_eq!(detail.revision, None);
+    store
+        .record_build_source(build, "main", "beef")
+        .await
+        .expect("record source");
+    let step = store.start_step(build, 1, "checkout").await.expect("step");
+    store
+        .finish_step(step, BuildResult::Success, "at beef")
+        .await
+        .expect("finish");
+    let detail = store
+        .build_detail(&by_number)
+        .await
+        .expect("read")
+        .expect("found");
+    assert_eq!(detail.build.id, build);
+    assert_eq!(detail.request_id, tip);
+    assert_eq!(detail.job_name, "tip");
+    assert_eq!(detail.jobid, "tip-id");
+    assert_eq!(detail.who.as_deref(), Some("alice"));
+    assert_eq!(detail.comment.as_deref(), Some("a comment"));
+    assert_eq!(detail.repository, "/srv/repo.git");
+    assert_eq!(detail.branch.as_deref(), Some("main"));
+    assert_eq!(detail.baserev.as_deref(), Some("beef"));
+    assert_eq!(detail.revision.as_deref(), Some("beef"));
+    assert!(!detail.has_patch);
+    assert_eq!(detail.properties.get("foo").map(String::as_str), Some("bar"));
+    assert_eq!(detail.why.as_deref(), Some("changes 1 on main"));
+    assert_eq!(detail.changes.len(), 1);
+    assert_eq!(detail.changes[0].id, change_id);
+    assert_eq!(detail.changes[0].files, vec!["src/a.rs", "README"]);
+    assert_eq!(detail.steps.len(), 1);
+    assert_eq!(detail.steps[0].summary.as_deref(), Some("at beef"));
+    assert_eq!(
+        store.build_detail(&BuildRef::Id(build)).await.expect("read"),
+        Some(detail.clone())
+    );
+    assert_eq!(store.build(BuildRef::Id(build)).await.expect("read"), Some(detail));
+
+    // A try job names its own branch and base: what the build reports does not replace them.
+    let try_job = one(
+        &store,
+        NewRequest {
+            branch: Some("feature".into()),
+            ..request("try", "linux")
+        },
+    )
+    .await;
+    let (try_build, _) = store.start_build(try_job, "linux", "s1").await.expect("start");
+    store
+        .record_build_source(try_build, "main", "f00d")
+        .await
+        .expect("record source");
+    let detail = store
+        .build_detail(&BuildRef::Id(try_build))
+        .await
+        .expect("read")
+        .expect("found");
+    assert_eq!(detail.branch.as_deref(), Some("feature"));
+    assert_eq!(detail.baserev.as_deref(), Some("abc123"));
+    assert_eq!(detail.revision.as_deref(), Some("f00d"));
+    assert!(detail.has_patch);
+    assert!(detail.changes.is_empty());
+
+    assert_eq!(store.build_detail(&BuildRef::Id(try_build + 100)).await.expect("read"), None);
+    assert_eq!(
+        store
+            .build_detail(&BuildRef::Number {
+                builder: "linux".into(),
+                number: 99
+            })
+            .await
+            .expect("read"),
+        None
+    );
+    assert_eq!(
+        store
+            .build_detail(&BuildRef::Number {
+                builder: "mac".into(),
+                number: 1
+            })
+            .await
+            .expect("read"),
+        None
+    );
+}
+
+async fn durations_of_recent_successes(store: SharedStore) {
+    let ids = store
+        .record_requests(vec![
+            request("j1", "linux"),
+            request("j2", "linux"),
+            request("j3", "linux"),
+            request("j4", "mac"),
+        ])
+        .await
+        .expect("record");
+    let results = [
+        BuildResult::Success,
+        BuildResult::Failure,
+        BuildResult::Success,
+    ];
+    for (id, result) in ids.iter().zip(results) {
+        let (build, _) = store.start_build(*id, "linux", "s1").await.expect("start");
+        store
+            .finish_build(build, result, None, false)
+            .await
+            .expect("finish");
+    }
+    let durations = store
+        .recent_success_durations("linux", 10)
+        .await
+        .expect("read");
+    assert_eq!(durations.len(), 2, "only the successes: {durations:?}");
+    assert!(durations.iter().all(|seconds| *seconds >= 0.0));
+    // Newest first: the same as the newest successful build's own times.
+    let newest = &store.newest_builds("linux", 1).await.expect("read")[0];
+    assert_eq!(
+        durations[0],
+        newest.finished_at.expect("finished") - newest.started_at
+    );
+    assert_eq!(
+        store
+            .recent_success_durations("linux", 1)
+            .await
+            .expect("read")
+            .len(),
+        1
+    );
+    assert!(
+        store
+            .recent_success_durations("mac", 10)
+            .await
+            .expect("read")
+            .is_empty()
+    );
+}
+
+async fn one_revision_is_one_change(store: SharedStore) {
+    let spec = change("0123456789abcdef");
+    let Recorded::New(stored) = store.record_change(&spec, "alice").await.expect("record") else {
+        panic!("the first arrival is new");
+    };
+    assert_eq!(stored.who.as_deref(), Some("bob"));
+    assert_eq!(stored.sent_by, "alice");
+    assert_eq!(stored.files, spec.files);
+    assert_eq!(stored.properties, spec.properties);
+    // The same revision from a poller is the same change, unchanged.
+    let polled = ChangeSpec {
+        who: None,
+        files: Vec::new(),
+        ..spec.clone()
+    };
+    assert_eq!(
+        store
+            .record_change(&polled, "poller /srv/repo.git")
+            .await
+            .expect("record"),
+        Recorded::Known(stored.clone())
+    );
+    // Another branch or repository is another change.
+    let elsewhere = ChangeSpec {
+        branch: "release".into(),
+        ..spec.clone()
+    };
+    let Recorded::New(release) = store.record_change(&elsewhere, "alice").await.expect("record")
+    else {
+        panic!("another branch is new");
+    };
+    let other_repo = ChangeSpec {
+        repository: "/srv/other.git".into(),
+        ..spec.clone()
+    };
+    let Recorded::New(other) = store.record_change(&other_repo, "alice").await.expect("record")
+    else {
+        panic!("another repository is new");
+    };
+    let newest = store.newest_changes(10).await.expect("read");
+    assert_eq!(newest, vec![other.clone(), release.clone(), stored.clone()]);
+    assert_eq!(store.newest_changes(1).await.expect("read"), vec![other]);
+
+    // Which builds built a change: those of requests that carry it.
+    let ids = store
+        .record_requests(vec![
+            NewRequest {
+                change_ids: vec![stored.id],
+                ..request("sched", "linux")
+            },
+            NewRequest {
+                change_ids: vec![stored.id, release.id],
+                ..request("sched", "mac")
+            },
+        ])
+        .await
+        .expect("record");
+    assert!(store.builds_of_change(stored.id).await.expect("read").is_empty());
+    store.start_build(ids[0], "linux", "s1").await.expect("start");
+    store.start_build(ids[1], "mac", "s2").await.expect("start");
+    assert_eq!(
+        store.builds_of_change(stored.id).await.expect("read"),
+        vec![("linux".to_string(), 1), ("mac".to_string(), 1)]
+    );
+    let recent = store.recent_changes(2).await.expect("read");
+    assert_eq!(recent.len(), 2);
+    assert_eq!(recent[1].0.id, release.id);
+    assert_eq!(recent[1].1, vec![("mac".to_string(), 1)]);
+    assert!(recent[0].1.is_empty());
+}
+
+/// Runs `count` copies of `work` at once (they all wait at one barrier first).
+async fn at_once<T: Send + 'static>(
+    count: usize,
+    store: &SharedStore,
+    work: impl Fn(SharedStore) -> std::pin::Pin<Box<dyn Future<Output = T> + Send>>,
+) -> Vec<T> {
+    let barrier = Arc::new(tokio::sync::Barrier::new(count));
+    let mut tasks = Vec::new();
+    for _ in 0..count {
+        let barrier = Arc::clone(&barrier);
+        let job = work(Arc::clone(store));
+        tasks.push(tokio::spawn(async move {
+            barrier.wait().await;
+            job.await
+        }));
+    }
+    let mut results = Vec::new();
+    for task in tasks {
+        results.push(task.await.expect("the task ran"));
+    }
+    results
+}
+
+async fn one_revision_is_one_change_also_when_arriving_at_once(store: SharedStore) {
+    for round in 0..5 {
+        let revision = format!("race{round}");
+        let results = at_once(8, &store, |store| {
+            let spec = change(&revision);
+            Box::pin(async move { store.record_change(&spec, "hook").await.expect("record") })
+        })
+        .await;
+        let new: Vec<&Recorded> = results
+            .iter()
+            .filter(|recorded| matches!(recorded, Recorded::New(_)))
+            .collect();
+        assert_eq!(new.len(), 1, "exactly one arrival is new: {results:?}");
+        let id = new[0].change().id;
+        assert!(results.iter().all(|recorded| recorded.change().id == id));
+    }
+    let all = store.newest_changes(100).await.expect("read");
+    assert_eq!(all.len(), 5, "one change per revision: {all:?}");
+}
+
+async fn a_job_is_recorded_once_also_when_recorded_at_once(store: SharedStore) {
+    let results = at_once(6, &store, |store| {
+        Box::pin(async move {
+            store
+                .record_requests(vec![request("j1", "linux"), request("j1", "mac")])
+                .await
+                .expect("record")
+        })
+    })
+    .await;
+    assert!(results.iter().all(|ids| *ids == results[0]), "{results:?}");
+    assert_eq!(store.pending_count(None, None).await.expect("count"), 2);
+}
+
+async fn builds_started_at_once_get_distinct_numbers(store: SharedStore) {
+    let jobs: Vec<NewRequest> = (0..6).map(|n| request(&format!("j{n}"), "linux")).collect();
+    let ids = store.record_requests(jobs).await.expect("record");
+    let next = Arc::new(std::sync::Mutex::new(ids));
+    let results = at_once(6, &store, |store| {
+        let id = next.lock().expect("not poisoned").pop().expect("one each");
+        Box::pin(async move { store.start_build(id, "linux", "s1").await.expect("start") })
+    })
+    .await;
+    let mut numbers: Vec<i64> = results.iter().map(|(_, number)| *number).collect();
+    numbers.sort_unstable();
+    assert_eq!(numbers, vec![1, 2, 3, 4, 5, 6]);
+}
+
+async fn poll_heads_are_upserted(store: SharedStore) {
+    assert!(store.poll_heads("/r.git").await.expect("read").is_empty());
+    store
+        .set_poll_head("/r.git", "main", "abc")
+        .await
+        .expect("set");
+    store
+        .set_poll_head("/r.git", "main", "def")
+        .await
+        .expect("set");
+    store
+        .set_poll_head("/r.git", "dev", "123")
+        .await
+        .expect("set");
+    store
+        .set_poll_head("/other.git", "main", "999")
+        .await
+        .expect("set");
+    let mut heads = store.poll_heads("/r.git").await.expect("read");
+    heads.sort();
+    assert_eq!(
+        heads,
+        vec![
+            ("dev".to_string(), "123".to_string()),
+            ("main".to_string(), "def".to_string())
+        ]
+    );
+    assert_eq!(
+        store.poll_heads("/other.git").await.expect("read"),
+        vec![("main".to_string(), "999".to_string())]
+    );
+}
+
+async fn sessions_live_until_they_expire(store: SharedStore) {
+    let session = |hash: &str, expires_at: f64| StoredSession {
+        token_hash: hash.into(),
+        user: "alice".into(),
+        // Above i32: a uid is unsigned.
+        uid: 4_000_000_000,
+        csrf: format!("csrf-{hash}"),
+        expires_at,
+    };
+    let short = session("short", 1000.0);
+    let long = session("long", 2000.0);
+    store.save_session(&short, 500.0).await.expect("save");
+    store.save_session(&long, 500.0).await.expect("save");
+    let mut live = store.live_sessions(900.0).await.expect("read");
+    live.sort_by(|a, b| a.token_hash.cmp(&b.token_hash));
+    assert_eq!(live, vec![long.clone(), short.clone()]);
+    assert_eq!(
+        store.session("short", 900.0).await.expect("read"),
+        Some(short.clone())
+    );
+    assert_eq!(store.session("nobody", 900.0).await.expect("read"), None);
+    // Expired at its expiry time.
+    assert_eq!(store.session("short", 1000.0).await.expect("read"), None);
+    assert_eq!(store.live_sessions(1000.0).await.expect("read"), vec![long.clone()]);
+    // Saving one of the same hash replaces it.
+    let renewed = StoredSession {
+        csrf: "new-csrf".into(),
+        expires_at: 3000.0,
+        ..long.clone()
+    };
+    store.save_session(&renewed, 900.0).await.expect("save");
+    assert_eq!(
+        store.session("long", 900.0).await.expect("read"),
+        Some(renewed.clone())
+    );
+    // Saving forgets the sessions expired by then: even an old `now` no longer finds them.
+    store
+        .save_session(&session("later", 5000.0), 1500.0)
+        .await
+        .expect("save");
+    assert_eq!(store.session("short", 0.0).await.expect("read"), None);
+    assert_eq!(store.live_sessions(0.0).await.expect("read").len(), 2);
+}
+
+// --- PostgreSQL only --------------------------------------------------------------------------
+
+/// The one-line message of a failed `connect`.
+async fn refused(url: &str) -> String {
+    match PgStore::connect(url).await {
+        Ok(_) => panic!("{url} should not connect"),
+        Err(err) => {
+            let message = err.to_string();
+            assert!(!message.contains('\n'), "one line: {message:?}");
+            message
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_password_is_one_clear_line_without_the_password() {
+    let cluster = postgres::cluster();
+    let wrong = "not-the-battery-staple";
+    let url = format!(
+        "host={} dbname=postgres user={} password={wrong}",
+        cluster.socket_dir.display(),
+        postgres::PASSWORD_USER
+    );
+    let message = refused(&url).await;
+    assert!(
+        message.starts_with(&format!(
+            "cannot reach the database at host={} dbname=postgres user={}: ",
+            cluster.socket_dir.display(),
+            postgres::PASSWORD_USER
+        )),
+        "{message}"
+    );
+    assert!(message.contains("password authentication failed"), "{message}");
+    assert!(!message.contains(wrong), "{message}");
+    // The right password gets in (the role may not create tables there, so no migration is
+    // asked of it: a fresh database owned by the role).
+    let url = postgres::fresh_database().await;
+    postgres::execute(
+        &url,
+        &format!(
+            "ALTER DATABASE {} OWNER TO {}; GRANT ALL ON SCHEMA public TO {}",
+            url.split("dbname=").nth(1).and_then(|rest| rest.split(' ').next()).expect("dbname"),
+            postgres::PASSWORD_USER,
+            postgres::PASSWORD_USER
+        ),
+    )
+    .await;
+    let with_password = url.replace(
+        "user=postgres",
+        &format!("user={} password={}", postgres::PASSWORD_USER, postgres::PASSWORD),
+    );
+    PgStore::connect(&with_password)
+        .await
+        .expect("the right password connects and migrates");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_server_is_one_clear_line() {
+    let message = refused("host=/nonexistent/buildbot-socket dbname=buildbot user=bb").await;
+    assert!(
+        message.starts_with(
+            "cannot reach the database at host=/nonexistent/buildbot-socket dbname=buildbot user=bb: "
+        ),
+        "{message}"
+    );
+    assert!(message.contains("No such file or directory"), "{message}");
+    // A TCP port nobody listens on, in URL form with a password: refused, password unshown.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("address").port();
+    drop(listener);
+    let message = refused(&format!("postgresql://bb:hunter2@127.0.0.1:{port}/buildbot")).await;
+    assert!(message.contains("127.0.0.1"), "{message}");
+    assert!(message.to_lowercase().contains("refused"), "{message}");
+    assert!(!message.contains("hunter2"), "{message}");
+    // Not a connection string at all.
+    let message = refused("host=/tmp port=notanumber").await;
+    assert!(message.starts_with("database url is not valid"), "{message}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_url_forms_connect() {
+    let url = postgres::fresh_database().await;
+    let cluster = postgres::cluster();
+    let dbname = url
+        .split("dbname=")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .expect("dbname");
+    let socket = cluster.socket_dir.display().to_string().replace('/', "%2F");
+    let store = PgStore::connect(&format!("postgresql://postgres@{socket}/{dbname}"))
+        .await
+        .expect("a URL with the socket dir as host connects");
+    let store: SharedStore = Arc::new(store);
+    assert!(!store.is_job_recorded("j1").await.expect("read"));
+    PgStore::connect(&url)
+        .await
+        .expect("the key=value form connects");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn masters_starting_at_once_migrate_once() {
+    let url = postgres::fresh_database().await;
+    let mut tasks = Vec::new();
+    for _ in 0..4 {
+        let url = url.clone();
+        tasks.push(tokio::spawn(async move { PgStore::connect(&url).await }));
+    }
+    let mut stores: Vec<SharedStore> = Vec::new();
+    for task in tasks {
+        stores.push(Arc::new(
+            task.await.expect("ran").expect("every master connects"),
+        ));
+    }
+    // One schema: what one master records, the others see.
+    let ids = stores[0]
+        .record_requests(vec![request("j1", "linux")])
+        .await
+        .expect("record");
+    assert_eq!(stores[3].request_ids_of_job("j1", "linux").await.expect("read"), ids);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_migrated_by_a_newer_buildbot_is_refused() {
+    let url = postgres::fresh_database().await;
+    drop(PgStore::connect(&url).await.expect("migrates"));
+    postgres::execute(&url, "UPDATE schema_version SET version = 99").await;
+    match PgStore::connect(&url).await {
+        Err(StoreError::TooNew { found: 99, known }) => assert!(known < 99),
+        other => panic!("a newer schema is refused: {other:?}"),
+    }
+}
