@@ -164,7 +164,10 @@ async fn requests_are_recorded_once_in_order(store: SharedStore) {
     )
     .await;
     assert_eq!(store.request_patch(no_patch).await.expect("read"), None);
-    assert_eq!(store.request_patch(no_patch + 1000).await.expect("read"), None);
+    assert_eq!(
+        store.request_patch(no_patch + 1000).await.expect("read"),
+        None
+    );
     assert_eq!(
         store.request(no_patch).await.expect("read").map(|r| r.kind),
         Some(RequestKind::Force)
@@ -203,7 +206,10 @@ async fn pending_counts_by_builder_and_who(store: SharedStore) {
     assert_eq!(count(Some("mac"), Some("bob")).await, 0);
     assert_eq!(count(Some("linux"), Some("alice")).await, 1);
     // A request being built no longer waits.
-    store.start_build(ids[0], "linux", "s1").await.expect("start");
+    store
+        .start_build(ids[0], "linux", "s1")
+        .await
+        .expect("start");
     assert_eq!(count(Some("linux"), None).await, 1);
     assert_eq!(count(None, None).await, 2);
 }
@@ -234,7 +240,11 @@ async fn pending_requests_oldest_first_with_changes_patch_and_properties(store: 
         .expect("start");
     let pending = store.pending_requests().await.expect("read");
     let ids: Vec<i64> = pending.iter().map(|request| request.id).collect();
-    assert_eq!(ids, vec![first, last], "oldest first, without the building one");
+    assert_eq!(
+        ids,
+        vec![first, last],
+        "oldest first, without the building one"
+    );
     assert_eq!(pending[0].change_ids, vec![first_change, second_change]);
     assert_eq!(pending[0].properties, properties);
     assert_eq!(
@@ -286,8 +296,14 @@ async fn cancelled_requests_hand_their_changes_to_the_collapsed_one(store: Share
         }
     );
     // Cancelling without collapsing, and cancelling nothing, are fine too.
-    store.cancel_requests(vec![newest], None).await.expect("cancel");
-    store.cancel_requests(Vec::new(), None).await.expect("cancel");
+    store
+        .cancel_requests(vec![newest], None)
+        .await
+        .expect("cancel");
+    store
+        .cancel_requests(Vec::new(), None)
+        .await
+        .expect("cancel");
     assert!(store.pending_requests().await.expect("read").is_empty());
 }
 
@@ -300,11 +316,17 @@ async fn builds_are_numbered_per_builder_with_their_steps(store: SharedStore) {
         ])
         .await
         .expect("record");
-    let (linux_1, number) = store.start_build(ids[0], "linux", "s1").await.expect("start");
+    let (linux_1, number) = store
+        .start_build(ids[0], "linux", "s1")
+        .await
+        .expect("start");
     assert_eq!(number, 1);
     let (mac_1, number) = store.start_build(ids[1], "mac", "s2").await.expect("start");
     assert_eq!(number, 1);
-    let (linux_2, number) = store.start_build(ids[2], "linux", "s1").await.expect("start");
+    let (linux_2, number) = store
+        .start_build(ids[2], "linux", "s1")
+        .await
+        .expect("start");
     assert_eq!(number, 2);
     assert!(linux_1 != mac_1 && mac_1 != linux_2);
 
@@ -327,7 +349,11 @@ async fn builds_are_numbered_per_builder_with_their_steps(store: SharedStore) {
     assert_eq!((steps[0].number, steps[0].name.as_str()), (1, "checkout"));
     assert_eq!(steps[0].result, Some(BuildResult::Success));
     assert_eq!(steps[0].summary.as_deref(), Some("ok"));
-    assert!(steps[0].finished_at.is_some_and(|end| end >= steps[0].started_at));
+    assert!(
+        steps[0]
+            .finished_at
+            .is_some_and(|end| end >= steps[0].started_at)
+    );
     assert_eq!((steps[1].number, steps[1].result), (2, None));
     assert!(store.steps_of(mac_1).await.expect("read").is_empty());
 
@@ -348,8 +374,17 @@ async fn builds_are_numbered_per_builder_with_their_steps(store: SharedStore) {
     assert_eq!(newest[1].reason.as_deref(), Some("tests failed"));
     assert!(newest[1].finished_at.is_some());
     assert_eq!((newest[0].finished_at, newest[0].result), (None, None));
-    assert_eq!(store.newest_builds("linux", 1).await.expect("read").len(), 1);
-    assert!(store.newest_builds("bsd", 5).await.expect("read").is_empty());
+    assert_eq!(
+        store.newest_builds("linux", 1).await.expect("read").len(),
+        1
+    );
+    assert!(
+        store
+            .newest_builds("bsd", 5)
+            .await
+            .expect("read")
+            .is_empty()
+    );
 
     // The composite read: newest rows, the first `with_steps` with steps.
     let recent = store
@@ -416,7 +451,10 @@ async fn finished_builds_end_or_requeue_their_request(store: SharedStore) {
         .record_requests(vec![request("j1", "linux"), request("j1", "mac")])
         .await
         .expect("record");
-    let (build, _) = store.start_build(ids[0], "linux", "s1").await.expect("start");
+    let (build, _) = store
+        .start_build(ids[0], "linux", "s1")
+        .await
+        .expect("start");
     // The slave was lost: the build is retried, its request waits again.
     store
         .finish_build(build, BuildResult::Exception, Some("slave lost"), true)
@@ -434,7 +472,10 @@ async fn finished_builds_end_or_requeue_their_request(store: SharedStore) {
         store.job_record("j1").await.expect("read").finished,
         Vec::new()
     );
-    let (again, number) = store.start_build(ids[0], "linux", "s2").await.expect("start");
+    let (again, number) = store
+        .start_build(ids[0], "linux", "s2")
+        .await
+        .expect("start");
     assert_eq!(number, 2);
     store
         .finish_build(again, BuildResult::Success, None, false)
@@ -479,8 +520,14 @@ async fn interrupted_builds_are_cut_short_and_requeued(store: SharedStore) {
         .record_requests(vec![request("j1", "linux"), request("j1", "mac")])
         .await
         .expect("record");
-    let (running, _) = store.start_build(ids[0], "linux", "s1").await.expect("start");
-    let done_step = store.start_step(running, 1, "checkout").await.expect("step");
+    let (running, _) = store
+        .start_build(ids[0], "linux", "s1")
+        .await
+        .expect("start");
+    let done_step = store
+        .start_step(running, 1, "checkout")
+        .await
+        .expect("step");
     store
         .finish_step(done_step, BuildResult::Success, "ok")
         .await
@@ -492,7 +539,10 @@ async fn interrupted_builds_are_cut_short_and_requeued(store: SharedStore) {
         .await
         .expect("finish");
 
-    assert_eq!(store.recover_interrupted_builds().await.expect("recover"), 1);
+    assert_eq!(
+        store.recover_interrupted_builds().await.expect("recover"),
+        1
+    );
     let pending: Vec<i64> = store
         .pending_requests()
         .await
@@ -511,10 +561,19 @@ async fn interrupted_builds_are_cut_short_and_requeued(store: SharedStore) {
     assert_eq!(steps[1].summary.as_deref(), Some("master restarted"));
     // The finished build is left alone, and a second recovery finds nothing.
     let mac = &store.newest_builds("mac", 1).await.expect("read")[0];
-    assert_eq!((mac.result, mac.reason.as_deref()), (Some(BuildResult::Success), None));
-    assert_eq!(store.recover_interrupted_builds().await.expect("recover"), 0);
+    assert_eq!(
+        (mac.result, mac.reason.as_deref()),
+        (Some(BuildResult::Success), None)
+    );
+    assert_eq!(
+        store.recover_interrupted_builds().await.expect("recover"),
+        0
+    );
     // The next build of the builder is numbered after the interrupted one.
-    let (_, number) = store.start_build(ids[0], "linux", "s1").await.expect("start");
+    let (_, number) = store
+        .start_build(ids[0], "linux", "s1")
+        .await
+        .expect("start");
     assert_eq!(number, 2);
 }
 
@@ -528,14 +587,23 @@ async fn builds_in_a_time_window(store: SharedStore) {
         .await
         .expect("record");
     let before = now() - 1.0;
-    let (first, _) = store.start_build(ids[0], "linux", "s1").await.expect("start");
+    let (first, _) = store
+        .start_build(ids[0], "linux", "s1")
+        .await
+        .expect("start");
     store.start_step(first, 1, "compile").await.expect("step");
     store
         .finish_build(first, BuildResult::Failure, None, false)
         .await
         .expect("finish");
-    let (second, _) = store.start_build(ids[1], "linux", "s1").await.expect("start");
-    let (third, _) = store.start_build(ids[2], "linux", "s1").await.expect("start");
+    let (second, _) = store
+        .start_build(ids[1], "linux", "s1")
+        .await
+        .expect("start");
+    let (third, _) = store
+        .start_build(ids[2], "linux", "s1")
+        .await
+        .expect("start");
     let after = now() + 1.0;
     let finished = store.newest_builds("linux", 3).await.expect("read")[2].clone();
     let finished_at = finished.finished_at.expect("finished");
@@ -639,7 +707,10 @@ async fn build_detail_by_number_and_id(store: SharedStore) {
         .await
         .expect("read")
         .expect("found");
-    assert_eq!((detail.branch.as_deref(), detail.baserev.as_deref()), (None, None));
+    assert_eq!(
+        (detail.branch.as_deref(), detail.baserev.as_deref()),
+        (None, None)
+    );
     assert_eq!(detail.revision, None);
     store
         .record_build_source(build, "main", "beef")
@@ -666,7 +737,10 @@ async fn build_detail_by_number_and_id(store: SharedStore) {
     assert_eq!(detail.baserev.as_deref(), Some("beef"));
     assert_eq!(detail.revision.as_deref(), Some("beef"));
     assert!(!detail.has_patch);
-    assert_eq!(detail.properties.get("foo").map(String::as_str), Some("bar"));
+    assert_eq!(
+        detail.properties.get("foo").map(String::as_str),
+        Some("bar")
+    );
     assert_eq!(detail.why.as_deref(), Some("changes 1 on main"));
     assert_eq!(detail.changes.len(), 1);
     assert_eq!(detail.changes[0].id, change_id);
@@ -674,10 +748,16 @@ async fn build_detail_by_number_and_id(store: SharedStore) {
     assert_eq!(detail.steps.len(), 1);
     assert_eq!(detail.steps[0].summary.as_deref(), Some("at beef"));
     assert_eq!(
-        store.build_detail(&BuildRef::Id(build)).await.expect("read"),
+        store
+            .build_detail(&BuildRef::Id(build))
+            .await
+            .expect("read"),
         Some(detail.clone())
     );
-    assert_eq!(store.build(BuildRef::Id(build)).await.expect("read"), Some(detail));
+    assert_eq!(
+        store.build(BuildRef::Id(build)).await.expect("read"),
+        Some(detail)
+    );
 
     // A try job names its own branch and base: what the build reports does not replace them.
     let try_job = one(
@@ -688,7 +768,10 @@ async fn build_detail_by_number_and_id(store: SharedStore) {
         },
     )
     .await;
-    let (try_build, _) = store.start_build(try_job, "linux", "s1").await.expect("start");
+    let (try_build, _) = store
+        .start_build(try_job, "linux", "s1")
+        .await
+        .expect("start");
     store
         .record_build_source(try_build, "main", "f00d")
         .await
@@ -704,7 +787,13 @@ async fn build_detail_by_number_and_id(store: SharedStore) {
     assert!(detail.has_patch);
     assert!(detail.changes.is_empty());
 
-    assert_eq!(store.build_detail(&BuildRef::Id(try_build + 100)).await.expect("read"), None);
+    assert_eq!(
+        store
+            .build_detail(&BuildRef::Id(try_build + 100))
+            .await
+            .expect("read"),
+        None
+    );
     assert_eq!(
         store
             .build_detail(&BuildRef::Number {
@@ -805,7 +894,10 @@ async fn one_revision_is_one_change(store: SharedStore) {
         branch: "release".into(),
         ..spec.clone()
     };
-    let Recorded::New(release) = store.record_change(&elsewhere, "alice").await.expect("record")
+    let Recorded::New(release) = store
+        .record_change(&elsewhere, "alice")
+        .await
+        .expect("record")
     else {
         panic!("another branch is new");
     };
@@ -813,7 +905,10 @@ async fn one_revision_is_one_change(store: SharedStore) {
         repository: "/srv/other.git".into(),
         ..spec.clone()
     };
-    let Recorded::New(other) = store.record_change(&other_repo, "alice").await.expect("record")
+    let Recorded::New(other) = store
+        .record_change(&other_repo, "alice")
+        .await
+        .expect("record")
     else {
         panic!("another repository is new");
     };
@@ -835,8 +930,17 @@ async fn one_revision_is_one_change(store: SharedStore) {
         ])
         .await
         .expect("record");
-    assert!(store.builds_of_change(stored.id).await.expect("read").is_empty());
-    store.start_build(ids[0], "linux", "s1").await.expect("start");
+    assert!(
+        store
+            .builds_of_change(stored.id)
+            .await
+            .expect("read")
+            .is_empty()
+    );
+    store
+        .start_build(ids[0], "linux", "s1")
+        .await
+        .expect("start");
     store.start_build(ids[1], "mac", "s2").await.expect("start");
     assert_eq!(
         store.builds_of_change(stored.id).await.expect("read"),
@@ -893,17 +997,18 @@ async fn one_revision_is_one_change_also_when_arriving_at_once(store: SharedStor
 }
 
 async fn a_job_is_recorded_once_also_when_recorded_at_once(store: SharedStore) {
-    let results = at_once(6, &store, |store| {
-        Box::pin(async move {
-            store
-                .record_requests(vec![request("j1", "linux"), request("j1", "mac")])
-                .await
-                .expect("record")
+    for round in 0..5 {
+        let job = format!("race{round}");
+        let results = at_once(8, &store, |store| {
+            let requests = ["linux", "mac", "windows"]
+                .map(|builder| request(&job, builder))
+                .to_vec();
+            Box::pin(async move { store.record_requests(requests).await.expect("record") })
         })
-    })
-    .await;
-    assert!(results.iter().all(|ids| *ids == results[0]), "{results:?}");
-    assert_eq!(store.pending_count(None, None).await.expect("count"), 2);
+        .await;
+        assert!(results.iter().all(|ids| *ids == results[0]), "{results:?}");
+    }
+    assert_eq!(store.pending_count(None, None).await.expect("count"), 15);
 }
 
 async fn builds_started_at_once_get_distinct_numbers(store: SharedStore) {
@@ -976,7 +1081,10 @@ async fn sessions_live_until_they_expire(store: SharedStore) {
     assert_eq!(store.session("nobody", 900.0).await.expect("read"), None);
     // Expired at its expiry time.
     assert_eq!(store.session("short", 1000.0).await.expect("read"), None);
-    assert_eq!(store.live_sessions(1000.0).await.expect("read"), vec![long.clone()]);
+    assert_eq!(
+        store.live_sessions(1000.0).await.expect("read"),
+        vec![long.clone()]
+    );
     // Saving one of the same hash replaces it.
     let renewed = StoredSession {
         csrf: "new-csrf".into(),
@@ -1029,7 +1137,10 @@ async fn a_wrong_password_is_one_clear_line_without_the_password() {
         )),
         "{message}"
     );
-    assert!(message.contains("password authentication failed"), "{message}");
+    assert!(
+        message.contains("password authentication failed"),
+        "{message}"
+    );
     assert!(!message.contains(wrong), "{message}");
     // The right password gets in (the role may not create tables there, so no migration is
     // asked of it: a fresh database owned by the role).
@@ -1038,7 +1149,10 @@ async fn a_wrong_password_is_one_clear_line_without_the_password() {
         &url,
         &format!(
             "ALTER DATABASE {} OWNER TO {}; GRANT ALL ON SCHEMA public TO {}",
-            url.split("dbname=").nth(1).and_then(|rest| rest.split(' ').next()).expect("dbname"),
+            url.split("dbname=")
+                .nth(1)
+                .and_then(|rest| rest.split(' ').next())
+                .expect("dbname"),
             postgres::PASSWORD_USER,
             postgres::PASSWORD_USER
         ),
@@ -1046,7 +1160,11 @@ async fn a_wrong_password_is_one_clear_line_without_the_password() {
     .await;
     let with_password = url.replace(
         "user=postgres",
-        &format!("user={} password={}", postgres::PASSWORD_USER, postgres::PASSWORD),
+        &format!(
+            "user={} password={}",
+            postgres::PASSWORD_USER,
+            postgres::PASSWORD
+        ),
     );
     PgStore::connect(&with_password)
         .await
@@ -1067,13 +1185,19 @@ async fn an_unreachable_server_is_one_clear_line() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let port = listener.local_addr().expect("address").port();
     drop(listener);
-    let message = refused(&format!("postgresql://bb:hunter2@127.0.0.1:{port}/buildbot")).await;
+    let message = refused(&format!(
+        "postgresql://bb:hunter2@127.0.0.1:{port}/buildbot"
+    ))
+    .await;
     assert!(message.contains("127.0.0.1"), "{message}");
     assert!(message.to_lowercase().contains("refused"), "{message}");
     assert!(!message.contains("hunter2"), "{message}");
     // Not a connection string at all.
     let message = refused("host=/tmp port=notanumber").await;
-    assert!(message.starts_with("database url is not valid"), "{message}");
+    assert!(
+        message.starts_with("database url is not valid"),
+        "{message}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1115,7 +1239,13 @@ async fn masters_starting_at_once_migrate_once() {
         .record_requests(vec![request("j1", "linux")])
         .await
         .expect("record");
-    assert_eq!(stores[3].request_ids_of_job("j1", "linux").await.expect("read"), ids);
+    assert_eq!(
+        stores[3]
+            .request_ids_of_job("j1", "linux")
+            .await
+            .expect("read"),
+        ids
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -244,10 +244,16 @@ fn start() -> Result<Cluster, String> {
         }
     }
     let mut initdb = as_owner(&bin.join("initdb"));
-    initdb
-        .arg("-D")
-        .arg(&data)
-        .args(["-U", "postgres", "-A", "trust", "-E", "UTF8", "--no-locale", "-N"]);
+    initdb.arg("-D").arg(&data).args([
+        "-U",
+        "postgres",
+        "-A",
+        "trust",
+        "-E",
+        "UTF8",
+        "--no-locale",
+        "-N",
+    ]);
     run(initdb, "initdb", &dir.join("initdb.log"), PATIENCE)?;
     // Trusted local logins, except one role that must give its password.
     std::fs::write(
@@ -281,7 +287,15 @@ fn start() -> Result<Cluster, String> {
         create_role
             .arg("-h")
             .arg(&socket_dir)
-            .args(["-U", "postgres", "-d", "postgres", "-v", "ON_ERROR_STOP=1", "-c"])
+            .args([
+                "-U",
+                "postgres",
+                "-d",
+                "postgres",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-c",
+            ])
             .arg(format!(
                 "CREATE ROLE {PASSWORD_USER} LOGIN PASSWORD '{PASSWORD}'"
             ));
