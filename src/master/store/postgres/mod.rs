@@ -13,7 +13,9 @@ mod verbs;
 use std::error::Error as _;
 use std::time::Duration;
 
-use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime};
+use deadpool_postgres::{
+    Hook, HookError, Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime,
+};
 use tokio_postgres::NoTls;
 use tokio_postgres::config::Host;
 
@@ -130,6 +132,17 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a verb waits for a free connection before it fails.
 const POOL_WAIT: Duration = Duration::from_secs(30);
 
+/// Set on every new connection, so no verb waits forever: how long a statement may wait for a
+/// lock (an advisory one of another master included), and how long a connection may sit idle
+/// inside a transaction before the server ends it and so releases its locks. Statements rather
+/// than the startup `options`, which connection poolers such as PgBouncer refuse.
+const SESSION_SETTINGS: &str =
+    "SET lock_timeout = '60s'; SET idle_in_transaction_session_timeout = '300s'";
+
+/// How long a master waits for another's migration to finish (a migration of a big history
+/// may well take longer than an ordinary lock wait).
+const MIGRATION_LOCK_TIMEOUT: &str = "30min";
+
 /// The PostgreSQL store.
 #[derive(Clone)]
 pub struct PgStore {
@@ -153,6 +166,9 @@ impl PgStore {
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(CONNECT_TIMEOUT);
         }
+        if config.get_application_name().is_none() {
+            config.application_name("buildbot");
+        }
         let target = describe_target(&config);
         let manager = Manager::from_config(
             config,
@@ -167,13 +183,23 @@ impl PgStore {
             .wait_timeout(Some(POOL_WAIT))
             .create_timeout(Some(CONNECT_TIMEOUT + Duration::from_secs(5)))
             .recycle_timeout(Some(CONNECT_TIMEOUT))
+            .post_create(Hook::async_fn(|client, _| {
+                Box::pin(async move {
+                    client
+                        .batch_execute(SESSION_SETTINGS)
+                        .await
+                        .map_err(HookError::Backend)
+                })
+            }))
             .build()
             .map_err(|err| StoreError::Pool(err.to_string()))?;
         let mut client = pool.get().await.map_err(|err| match err {
-            PoolError::Backend(err) => StoreError::Connect {
-                target: target.clone(),
-                reason: connect_reason(&err),
-            },
+            PoolError::Backend(err) | PoolError::PostCreateHook(HookError::Backend(err)) => {
+                StoreError::Connect {
+                    target: target.clone(),
+                    reason: connect_reason(&err),
+                }
+            }
             PoolError::Timeout(_) => StoreError::Connect {
                 target: target.clone(),
                 reason: "no answer in time".to_string(),
@@ -197,6 +223,11 @@ async fn migrate(client: &mut deadpool_postgres::Client) -> Result<(), StoreErro
     let known = MIGRATIONS.len() as i64;
     loop {
         let transaction = client.transaction().await?;
+        transaction
+            .batch_execute(&format!(
+                "SET LOCAL lock_timeout = '{MIGRATION_LOCK_TIMEOUT}'"
+            ))
+            .await?;
         transaction
             .execute("SELECT pg_advisory_xact_lock($1, 0)", &[&LOCK_MIGRATIONS])
             .await?;
@@ -250,7 +281,9 @@ impl From<tokio_postgres::Error> for StoreError {
 
 fn pool_error(err: PoolError) -> StoreError {
     match err {
-        PoolError::Backend(err) => StoreError::Postgres(err),
+        PoolError::Backend(err) | PoolError::PostCreateHook(HookError::Backend(err)) => {
+            StoreError::Postgres(err)
+        }
         PoolError::Timeout(_) => StoreError::Pool(format!(
             "no connection to the database free or made within {}s",
             POOL_WAIT.as_secs()

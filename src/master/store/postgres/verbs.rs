@@ -5,8 +5,8 @@
 use std::collections::BTreeMap;
 use std::str::FromStr;
 
-use tokio_postgres::Row;
 use tokio_postgres::types::ToSql;
+use tokio_postgres::{IsolationLevel, Row};
 
 use super::{LOCK_BUILDER, LOCK_JOB, LOCK_REVISION, PgStore};
 use crate::change::ChangeSpec;
@@ -613,7 +613,14 @@ impl Store for PgStore {
     }
 
     async fn build_detail(&self, key: &BuildRef) -> Result<Option<BuildDetail>, StoreError> {
-        let client = self.client().await?;
+        let mut client = self.client().await?;
+        // Three reads, one snapshot: the steps and changes of the build as it was read.
+        let client = client
+            .build_transaction()
+            .isolation_level(IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+            .await?;
         let select = format!(
             "SELECT {BUILD_COLUMNS}, r.id, r.job_name, r.jobid, r.who, r.comment, r.repository,
                COALESCE(r.branch, b.branch), COALESCE(r.baserev, b.revision),
@@ -640,7 +647,7 @@ impl Store for PgStore {
         };
         let build = build_from_row(&row)?;
         let request_id: i64 = row.try_get(8)?;
-        let steps = PgStore::steps(&**client, build.id).await?;
+        let steps = PgStore::steps(&*client, build.id).await?;
         let changes = client
             .query(
                 &format!(
@@ -651,6 +658,7 @@ impl Store for PgStore {
                 &[&request_id],
             )
             .await?;
+        client.commit().await?;
         Ok(Some(BuildDetail {
             build,
             request_id,
