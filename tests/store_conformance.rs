@@ -14,6 +14,7 @@ use std::sync::Arc;
 
 use buildbot::change::ChangeSpec;
 use buildbot::master::store::postgres::PgStore;
+use buildbot::master::store::sqlite::SqliteStore;
 use buildbot::master::store::{
     BuildRef, NewRequest, Recorded, SharedStore, StoreError, StoredSession, now,
 };
@@ -1257,4 +1258,106 @@ async fn a_database_migrated_by_a_newer_buildbot_is_refused() {
         Err(StoreError::TooNew { found: 99, known }) => assert!(known < 99),
         other => panic!("a newer schema is refused: {other:?}"),
     }
+}
+
+/// Tables, columns (with whether they may be empty) and indexes of a migrated store.
+type Schema = (
+    BTreeMap<String, Vec<(String, bool)>>,
+    std::collections::BTreeSet<String>,
+);
+
+fn sqlite_schema(path: &std::path::Path) -> Schema {
+    let connection = rusqlite::Connection::open(path).expect("open");
+    let mut tables = BTreeMap::new();
+    let names: Vec<String> = connection
+        .prepare("SELECT name FROM sqlite_master WHERE type = 'table'")
+        .expect("prepare")
+        .query_map([], |row| row.get(0))
+        .expect("query")
+        .collect::<Result<_, _>>()
+        .expect("rows");
+    for table in names {
+        let mut columns: Vec<(String, bool)> = connection
+            .prepare(&format!("PRAGMA table_info({table})"))
+            .expect("prepare")
+            .query_map([], |row| {
+                let not_null: bool = row.get(3)?;
+                let primary_key: i64 = row.get(5)?;
+                Ok((row.get(1)?, not_null || primary_key > 0))
+            })
+            .expect("query")
+            .collect::<Result<_, _>>()
+            .expect("rows");
+        columns.sort();
+        tables.insert(table, columns);
+    }
+    let indexes = connection
+        .prepare(
+            "SELECT name FROM sqlite_master WHERE type = 'index'
+             AND name NOT LIKE 'sqlite_autoindex%'",
+        )
+        .expect("prepare")
+        .query_map([], |row| row.get(0))
+        .expect("query")
+        .collect::<Result<_, _>>()
+        .expect("rows");
+    (tables, indexes)
+}
+
+async fn postgres_schema(url: &str) -> Schema {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    let connection = tokio::spawn(connection);
+    let mut tables: BTreeMap<String, Vec<(String, bool)>> = BTreeMap::new();
+    for row in client
+        .query(
+            "SELECT table_name::TEXT, column_name::TEXT, is_nullable = 'NO'
+             FROM information_schema.columns
+             WHERE table_schema = 'public' AND table_name <> 'schema_version'",
+            &[],
+        )
+        .await
+        .expect("columns")
+    {
+        tables
+            .entry(row.get(0))
+            .or_default()
+            .push((row.get(1), row.get(2)));
+    }
+    for columns in tables.values_mut() {
+        columns.sort();
+    }
+    // Those the schema names, not those behind its primary keys and UNIQUE constraints.
+    let indexes = client
+        .query(
+            "SELECT indexname::TEXT FROM pg_indexes WHERE schemaname = 'public'
+             AND indexname NOT LIKE '%\\_pkey' AND indexname NOT LIKE '%\\_key'",
+            &[],
+        )
+        .await
+        .expect("indexes")
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    drop(client);
+    let _ = connection.await;
+    (tables, indexes)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_backends_migrate_to_the_same_tables() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("state.sqlite");
+    drop(SqliteStore::open(&path).expect("open"));
+    let url = postgres::fresh_database().await;
+    drop(PgStore::connect(&url).await.expect("connect"));
+    let (sqlite_tables, sqlite_indexes) = sqlite_schema(&path);
+    let (postgres_tables, postgres_indexes) = postgres_schema(&url).await;
+    assert!(
+        sqlite_tables.contains_key("web_sessions"),
+        "{sqlite_tables:?}"
+    );
+    assert_eq!(postgres_tables, sqlite_tables);
+    assert_eq!(postgres_indexes, sqlite_indexes);
 }
