@@ -381,6 +381,18 @@ async fn builds_are_numbered_per_builder_with_their_steps(store: SharedStore) {
     );
     assert!(
         store
+            .newest_builds("linux", 0)
+            .await
+            .expect("read")
+            .is_empty()
+    );
+    // A negative limit is none (SQLite's reading of LIMIT -1).
+    assert_eq!(
+        store.newest_builds("linux", -1).await.expect("read"),
+        newest
+    );
+    assert!(
+        store
             .newest_builds("bsd", 5)
             .await
             .expect("read")
@@ -915,6 +927,7 @@ async fn one_revision_is_one_change(store: SharedStore) {
     };
     let newest = store.newest_changes(10).await.expect("read");
     assert_eq!(newest, vec![other.clone(), release.clone(), stored.clone()]);
+    assert_eq!(store.newest_changes(-1).await.expect("read"), newest);
     assert_eq!(store.newest_changes(1).await.expect("read"), vec![other]);
 
     // Which builds built a change: those of requests that carry it.

@@ -66,6 +66,12 @@ where
     .transpose()
 }
 
+/// A `LIMIT` as SQLite reads it: a negative one is no limit (`LIMIT NULL` in PostgreSQL, which
+/// would refuse a negative one).
+fn no_limit_if_negative(limit: i64) -> Option<i64> {
+    (limit >= 0).then_some(limit)
+}
+
 fn properties_json(properties: &BTreeMap<String, String>) -> String {
     serde_json::to_string(properties).unwrap_or_else(|_| "{}".to_string())
 }
@@ -580,7 +586,7 @@ impl Store for PgStore {
                     "SELECT {BUILD_COLUMNS} FROM builds b WHERE b.builder = $1
                      ORDER BY b.number DESC LIMIT $2"
                 ),
-                &[&builder, &limit.max(0)],
+                &[&builder, &no_limit_if_negative(limit)],
             )
             .await?;
         all(&rows, build_from_row)
@@ -602,7 +608,7 @@ impl Store for PgStore {
                      AND b.started_at < $3 AND (b.finished_at IS NULL OR b.finished_at >= $2)
                      ORDER BY b.number DESC LIMIT $4"
                 ),
-                &[&builder, &from, &to, &limit.max(0)],
+                &[&builder, &from, &to, &no_limit_if_negative(limit)],
             )
             .await?;
         all(&rows, build_from_row)
@@ -689,7 +695,11 @@ impl Store for PgStore {
             .query(
                 "SELECT finished_at - started_at FROM builds WHERE builder = $1 AND result = $3
                  ORDER BY number DESC LIMIT $2",
-                &[&builder, &limit.max(0), &BuildResult::Success.as_str()],
+                &[
+                    &builder,
+                    &no_limit_if_negative(limit),
+                    &BuildResult::Success.as_str(),
+                ],
             )
             .await?;
         Ok(rows
@@ -768,7 +778,7 @@ impl Store for PgStore {
             .await?
             .query(
                 &format!("SELECT {CHANGE_COLUMNS} FROM changes c ORDER BY c.id DESC LIMIT $1"),
-                &[&limit.max(0)],
+                &[&no_limit_if_negative(limit)],
             )
             .await?;
         all(&rows, change_from_row)
