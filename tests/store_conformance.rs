@@ -69,6 +69,7 @@ conformance!(
     builds_started_at_once_get_distinct_numbers,
     poll_heads_are_upserted,
     sessions_live_until_they_expire,
+    text_with_nul_is_stored_whatever_the_backend,
 );
 
 fn request(job: &str, builder: &str) -> NewRequest {
@@ -1117,6 +1118,65 @@ async fn sessions_live_until_they_expire(store: SharedStore) {
         .expect("save");
     assert_eq!(store.session("short", 0.0).await.expect("read"), None);
     assert_eq!(store.live_sessions(0.0).await.expect("read").len(), 2);
+}
+
+/// NUL in free text (binary output in a step's summary, a comment sent with a change): SQLite
+/// keeps it, PostgreSQL keeps U+FFFD in its place; neither fails the verb, and what is read
+/// back is the same once NUL is shown as U+FFFD.
+async fn text_with_nul_is_stored_whatever_the_backend(store: SharedStore) {
+    let shown = |text: &str| text.replace('\0', "\u{fffd}");
+    let id = one(
+        &store,
+        NewRequest {
+            who: Some("al\0ice".into()),
+            comment: Some("a\0comment".into()),
+            reason: Some("try by al\0ice".into()),
+            ..request("j1", "linux")
+        },
+    )
+    .await;
+    let stored = store.request(id).await.expect("read").expect("found");
+    assert_eq!(
+        stored.comment.as_deref().map(shown),
+        Some(shown("a\0comment"))
+    );
+    assert_eq!(stored.who.as_deref().map(shown), Some(shown("al\0ice")));
+    assert_eq!(
+        store
+            .pending_count(None, Some("al\0ice"))
+            .await
+            .expect("count"),
+        1
+    );
+    let (build, _) = store.start_build(id, "linux", "s1").await.expect("start");
+    let step = store.start_step(build, 1, "test").await.expect("step");
+    store
+        .finish_step(step, BuildResult::Failure, "binary\0output")
+        .await
+        .expect("finish");
+    store
+        .finish_build(build, BuildResult::Failure, Some("failed:\0"), false)
+        .await
+        .expect("finish");
+    let steps = store.steps_of(build).await.expect("read");
+    assert_eq!(
+        steps[0].summary.as_deref().map(shown),
+        Some(shown("binary\0output"))
+    );
+    let row = &store.newest_builds("linux", 1).await.expect("read")[0];
+    assert_eq!(row.reason.as_deref().map(shown), Some(shown("failed:\0")));
+    let spec = ChangeSpec {
+        comments: Some("fix\0it".into()),
+        ..change("abcd")
+    };
+    let first = store.record_change(&spec, "bob").await.expect("record");
+    let again = store.record_change(&spec, "bob").await.expect("record");
+    assert!(matches!(first, Recorded::New(_)));
+    assert_eq!(again, Recorded::Known(first.change().clone()));
+    assert_eq!(
+        first.change().comments.as_deref().map(shown),
+        Some(shown("fix\0it"))
+    );
 }
 
 // --- PostgreSQL only --------------------------------------------------------------------------

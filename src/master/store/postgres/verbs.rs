@@ -36,7 +36,7 @@ async fn lock(
     transaction
         .execute(
             "SELECT pg_advisory_xact_lock($1, hashtext($2))",
-            &[&purpose, &subject],
+            &[&purpose, &text(subject)],
         )
         .await?;
     Ok(())
@@ -64,6 +64,17 @@ where
             .map_err(|err: T::Err| StoreError::BadValue(err.to_string()))
     })
     .transpose()
+}
+
+/// Text as PostgreSQL can keep it. It refuses NUL in text, which SQLite keeps and which can
+/// arrive (a step's summary of binary output, a comment sent with a change): U+FFFD stands in
+/// for it, written and looked up alike, rather than the whole verb failing.
+fn text(value: &str) -> String {
+    value.replace('\0', "\u{fffd}")
+}
+
+fn opt_text(value: Option<&str>) -> Option<String> {
+    value.map(text)
 }
 
 /// A `LIMIT` as SQLite reads it: a negative one is no limit (`LIMIT NULL` in PostgreSQL, which
@@ -195,7 +206,7 @@ impl Store for PgStore {
                 .query_opt(
                     "SELECT id FROM requests WHERE job_name = $1 AND builder = $2
                      ORDER BY id LIMIT 1",
-                    &[&request.job_name, &request.builder],
+                    &[&text(&request.job_name), &text(&request.builder)],
                 )
                 .await?;
             if let Some(row) = existing {
@@ -210,21 +221,21 @@ impl Store for PgStore {
                      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
                      RETURNING id",
                     &[
-                        &request.job_name,
-                        &request.jobid,
-                        &request.builder,
-                        &request.who,
-                        &request.comment,
+                        &text(&request.job_name),
+                        &text(&request.jobid),
+                        &text(&request.builder),
+                        &opt_text(request.who.as_deref()),
+                        &opt_text(request.comment.as_deref()),
                         &properties_json(&request.properties),
-                        &request.repository,
-                        &request.branch,
-                        &request.baserev,
+                        &text(&request.repository),
+                        &opt_text(request.branch.as_deref()),
+                        &opt_text(request.baserev.as_deref()),
                         &request.patch,
                         &i64::from(request.patch_level),
                         &request.submitted_at,
                         &RequestState::Pending.as_str(),
                         &request.kind.as_str(),
-                        &request.reason,
+                        &opt_text(request.reason.as_deref()),
                     ],
                 )
                 .await?;
@@ -249,7 +260,7 @@ impl Store for PgStore {
             .await?
             .query_one(
                 "SELECT EXISTS (SELECT 1 FROM requests WHERE job_name = $1)",
-                &[&job_name],
+                &[&text(job_name)],
             )
             .await?;
         Ok(row.try_get(0)?)
@@ -266,7 +277,11 @@ impl Store for PgStore {
             .query_one(
                 "SELECT COUNT(*) FROM requests WHERE state = $1
                  AND ($2::TEXT IS NULL OR builder = $2) AND ($3::TEXT IS NULL OR who = $3)",
-                &[&RequestState::Pending.as_str(), &builder, &who],
+                &[
+                    &RequestState::Pending.as_str(),
+                    &builder.map(text),
+                    &who.map(text),
+                ],
             )
             .await?;
         let count: i64 = row.try_get(0)?;
@@ -358,7 +373,7 @@ impl Store for PgStore {
             .await?
             .query(
                 "SELECT id FROM requests WHERE job_name = $1 AND builder = $2 ORDER BY id",
-                &[&job_name, &builder],
+                &[&text(job_name), &text(builder)],
             )
             .await?;
         Ok(rows
@@ -377,7 +392,7 @@ impl Store for PgStore {
                    WHERE b.request_id = r.id AND b.result IS NOT NULL
                    ORDER BY b.number DESC LIMIT 1) last ON TRUE
                  WHERE r.job_name = $1 ORDER BY r.id",
-                &[&job_name],
+                &[&text(job_name)],
             )
             .await?;
         let mut record = JobRecord::default();
@@ -427,7 +442,7 @@ impl Store for PgStore {
         let row = transaction
             .query_one(
                 "SELECT COALESCE(MAX(number), 0) + 1 FROM builds WHERE builder = $1",
-                &[&builder],
+                &[&text(builder)],
             )
             .await?;
         let number: i64 = row.try_get(0)?;
@@ -435,7 +450,7 @@ impl Store for PgStore {
             .query_one(
                 "INSERT INTO builds (builder, number, request_id, slave, started_at)
                  VALUES ($1, $2, $3, $4, $5) RETURNING id",
-                &[&builder, &number, &request_id, &slave, &now()],
+                &[&text(builder), &number, &request_id, &text(slave), &now()],
             )
             .await?;
         let id: i64 = row.try_get(0)?;
@@ -459,7 +474,7 @@ impl Store for PgStore {
             .await?
             .execute(
                 "UPDATE builds SET branch = $2, revision = $3 WHERE id = $1",
-                &[&build_id, &branch, &revision],
+                &[&build_id, &text(branch), &text(revision)],
             )
             .await?;
         Ok(())
@@ -472,7 +487,7 @@ impl Store for PgStore {
             .query_one(
                 "INSERT INTO steps (build_id, number, name, started_at) VALUES ($1, $2, $3, $4)
                  RETURNING id",
-                &[&build_id, &number, &name, &now()],
+                &[&build_id, &number, &text(name), &now()],
             )
             .await?;
         Ok(row.try_get(0)?)
@@ -488,7 +503,7 @@ impl Store for PgStore {
             .await?
             .execute(
                 "UPDATE steps SET finished_at = $2, result = $3, summary = $4 WHERE id = $1",
-                &[&step_id, &now(), &result.as_str(), &summary],
+                &[&step_id, &now(), &result.as_str(), &text(summary)],
             )
             .await?;
         Ok(())
@@ -511,7 +526,7 @@ impl Store for PgStore {
         transaction
             .execute(
                 "UPDATE builds SET finished_at = $2, result = $3, reason = $4 WHERE id = $1",
-                &[&build_id, &now(), &result.as_str(), &reason],
+                &[&build_id, &now(), &result.as_str(), &reason.map(text)],
             )
             .await?;
         transaction
@@ -586,7 +601,7 @@ impl Store for PgStore {
                     "SELECT {BUILD_COLUMNS} FROM builds b WHERE b.builder = $1
                      ORDER BY b.number DESC LIMIT $2"
                 ),
-                &[&builder, &no_limit_if_negative(limit)],
+                &[&text(builder), &no_limit_if_negative(limit)],
             )
             .await?;
         all(&rows, build_from_row)
@@ -608,7 +623,7 @@ impl Store for PgStore {
                      AND b.started_at < $3 AND (b.finished_at IS NULL OR b.finished_at >= $2)
                      ORDER BY b.number DESC LIMIT $4"
                 ),
-                &[&builder, &from, &to, &no_limit_if_negative(limit)],
+                &[&text(builder), &from, &to, &no_limit_if_negative(limit)],
             )
             .await?;
         all(&rows, build_from_row)
@@ -638,7 +653,7 @@ impl Store for PgStore {
                 client
                     .query_opt(
                         &format!("{select} WHERE b.builder = $1 AND b.number = $2"),
-                        &[builder, number],
+                        &[&text(builder), number],
                     )
                     .await?
             }
@@ -696,7 +711,7 @@ impl Store for PgStore {
                 "SELECT finished_at - started_at FROM builds WHERE builder = $1 AND result = $3
                  ORDER BY number DESC LIMIT $2",
                 &[
-                    &builder,
+                    &text(builder),
                     &no_limit_if_negative(limit),
                     &BuildResult::Success.as_str(),
                 ],
@@ -729,7 +744,11 @@ impl Store for PgStore {
                      WHERE c.repository = $1 AND c.branch = $2 AND c.revision = $3
                      ORDER BY c.id LIMIT 1"
                 ),
-                &[&change.repository, &change.branch, &change.revision],
+                &[
+                    &text(&change.repository),
+                    &text(&change.branch),
+                    &text(&change.revision),
+                ],
             )
             .await?;
         if let Some(row) = known {
@@ -738,15 +757,15 @@ impl Store for PgStore {
         let received_at = now();
         let files = serde_json::to_string(&change.files).unwrap_or_else(|_| "[]".into());
         let params: [&(dyn ToSql + Sync); 9] = [
-            &change.repository,
-            &change.branch,
-            &change.revision,
-            &change.who,
-            &change.comments,
+            &text(&change.repository),
+            &text(&change.branch),
+            &text(&change.revision),
+            &opt_text(change.who.as_deref()),
+            &opt_text(change.comments.as_deref()),
             &files,
             &properties_json(&change.properties),
             &received_at,
-            &sent_by,
+            &text(sent_by),
         ];
         let row = transaction
             .query_one(
@@ -758,17 +777,18 @@ impl Store for PgStore {
             .await?;
         let id: i64 = row.try_get(0)?;
         transaction.commit().await?;
+        // As a later look-up will read it.
         Ok(Recorded::New(StoredChange {
             id,
-            repository: change.repository.clone(),
-            branch: change.branch.clone(),
-            revision: change.revision.clone(),
-            who: change.who.clone(),
-            comments: change.comments.clone(),
+            repository: text(&change.repository),
+            branch: text(&change.branch),
+            revision: text(&change.revision),
+            who: opt_text(change.who.as_deref()),
+            comments: opt_text(change.comments.as_deref()),
             files: change.files.clone(),
             properties: change.properties.clone(),
             received_at,
-            sent_by: sent_by.to_string(),
+            sent_by: text(sent_by),
         }))
     }
 
@@ -806,7 +826,7 @@ impl Store for PgStore {
             .await?
             .query(
                 "SELECT branch, revision FROM poll_heads WHERE repository = $1 ORDER BY branch",
-                &[&repository],
+                &[&text(repository)],
             )
             .await?;
         rows.iter()
@@ -825,7 +845,7 @@ impl Store for PgStore {
             .execute(
                 "INSERT INTO poll_heads (repository, branch, revision) VALUES ($1, $2, $3)
                  ON CONFLICT (repository, branch) DO UPDATE SET revision = EXCLUDED.revision",
-                &[&repository, &branch, &revision],
+                &[&text(repository), &text(branch), &text(revision)],
             )
             .await?;
         Ok(())
@@ -855,7 +875,7 @@ impl Store for PgStore {
             .query_opt(
                 "SELECT token_hash, \"user\", uid, csrf, expires_at FROM web_sessions
                  WHERE expires_at > $1 AND token_hash = $2",
-                &[&now, &token_hash],
+                &[&now, &text(token_hash)],
             )
             .await?;
         row.as_ref().map(session_from_row).transpose()
@@ -874,10 +894,10 @@ impl Store for PgStore {
                  ON CONFLICT (token_hash) DO UPDATE SET \"user\" = EXCLUDED.\"user\",
                    uid = EXCLUDED.uid, csrf = EXCLUDED.csrf, expires_at = EXCLUDED.expires_at",
                 &[
-                    &session.token_hash,
-                    &session.user,
+                    &text(&session.token_hash),
+                    &text(&session.user),
                     &i64::from(session.uid),
-                    &session.csrf,
+                    &text(&session.csrf),
                     &session.expires_at,
                 ],
             )
