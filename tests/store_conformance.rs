@@ -1323,6 +1323,36 @@ async fn masters_starting_at_once_migrate_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ids_copied_in_are_not_generated_again() {
+    let url = postgres::fresh_database().await;
+    let store = PgStore::connect(&url).await.expect("connect");
+    // A history copied in with its own ids, as from SQLite.
+    postgres::execute(
+        &url,
+        "INSERT INTO requests (id, job_name, jobid, builder, properties, repository, patch_level,
+           submitted_at, state) VALUES (41, 'old', '1', 'linux', '{}', '', 1, 1.0, 'done');
+         INSERT INTO changes (id, repository, branch, revision, files, properties, received_at,
+           sent_by) VALUES (7, '/r', 'main', 'abc', '[]', '{}', 1.0, 'alice')",
+    )
+    .await;
+    store.advance_identities().await.expect("advance");
+    let store: SharedStore = Arc::new(store);
+    let ids = store
+        .record_requests(vec![request("new", "linux")])
+        .await
+        .expect("record");
+    assert_eq!(ids, vec![42]);
+    let change_id = new_change(&store, "def").await;
+    assert_eq!(change_id, 8);
+    // On an empty table too: the first id is 1.
+    let (build, _) = store
+        .start_build(ids[0], "linux", "s1")
+        .await
+        .expect("start");
+    assert_eq!(build, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_database_migrated_by_a_newer_buildbot_is_refused() {
     let url = postgres::fresh_database().await;
     drop(PgStore::connect(&url).await.expect("migrates"));

@@ -25,8 +25,8 @@ use crate::master::store::StoreError;
 /// migration is added here and to `store::sqlite::MIGRATIONS` under the same number, both
 /// making the same tables (tests/store_conformance.rs checks that each version makes the same
 /// tables, columns and indexes in both). Ids are identities generated *by default*, so a
-/// history copied from SQLite keeps its ids (the copy then moves each identity past the highest
-/// id); times are unix seconds as `DOUBLE PRECISION`, like SQLite's `REAL`.
+/// history copied from SQLite keeps its ids (the copy then calls
+/// [`PgStore::advance_identities`]); times are unix seconds as `DOUBLE PRECISION`, like SQLite's `REAL`.
 pub const MIGRATIONS: &[&str] = &[
     // 1: the first schema.
     "CREATE TABLE requests (
@@ -210,6 +210,24 @@ impl PgStore {
         migrate(&mut client).await?;
         tracing::info!(database = %target, "history in PostgreSQL");
         Ok(PgStore { pool })
+    }
+
+    /// Moves each table's id generator past the highest id stored, after rows were copied in
+    /// with their own ids (a history moved from SQLite): the next id generated is new.
+    pub async fn advance_identities(&self) -> Result<(), StoreError> {
+        let mut client = self.client().await?;
+        let transaction = client.transaction().await?;
+        for table in ["requests", "builds", "steps", "changes"] {
+            transaction
+                .batch_execute(&format!(
+                    "LOCK TABLE {table} IN EXCLUSIVE MODE;
+                     SELECT setval(pg_get_serial_sequence('{table}', 'id'),
+                                   COALESCE(MAX(id), 0) + 1, false) FROM {table}"
+                ))
+                .await?;
+        }
+        transaction.commit().await?;
+        Ok(())
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Client, StoreError> {
