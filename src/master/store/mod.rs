@@ -1,7 +1,8 @@
 //! The store: everything the master keeps beyond one process — requests and their patches,
 //! builds, steps, changes, poll heads, web sessions — behind one interface of domain verbs
 //! ([`Store`]), not SQL. Two backends answer it: [`sqlite`], the embedded default (one master,
-//! the file `state.sqlite` in the master directory), and PostgreSQL, shared by several masters.
+//! the file `state.sqlite` in the master directory), and [`postgres`], one PostgreSQL database
+//! shared by several masters.
 //! The caller never knows which one answers; one conformance suite (tests/store_conformance.rs)
 //! runs against both.
 //!

@@ -170,6 +170,10 @@ impl PgStore {
         if config.get_application_name().is_none() {
             config.application_name("buildbot");
         }
+        let connect_timeout = config
+            .get_connect_timeout()
+            .copied()
+            .unwrap_or(CONNECT_TIMEOUT);
         let target = describe_target(&config);
         let manager = Manager::from_config(
             config,
@@ -182,8 +186,8 @@ impl PgStore {
             .max_size(POOL_SIZE)
             .runtime(Runtime::Tokio1)
             .wait_timeout(Some(POOL_WAIT))
-            .create_timeout(Some(CONNECT_TIMEOUT + Duration::from_secs(5)))
-            .recycle_timeout(Some(CONNECT_TIMEOUT))
+            .create_timeout(Some(connect_timeout + Duration::from_secs(5)))
+            .recycle_timeout(Some(connect_timeout))
             .post_create(Hook::async_fn(|client, _| {
                 Box::pin(async move {
                     client
@@ -203,7 +207,7 @@ impl PgStore {
             }
             PoolError::Timeout(_) => StoreError::Connect {
                 target: target.clone(),
-                reason: "no answer in time".to_string(),
+                reason: format!("no answer within {}s", connect_timeout.as_secs() + 5),
             },
             other => pool_error(other),
         })?;
