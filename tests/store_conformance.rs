@@ -1320,6 +1320,36 @@ async fn masters_starting_at_once_migrate_once() {
             .expect("read"),
         ids
     );
+    // The same revision arriving at every master at once is one change, and builds of one
+    // builder started on every master at once get distinct numbers.
+    let barrier = Arc::new(tokio::sync::Barrier::new(stores.len()));
+    let mut tasks = Vec::new();
+    for (index, store) in stores.iter().enumerate() {
+        let (store, barrier) = (Arc::clone(store), Arc::clone(&barrier));
+        tasks.push(tokio::spawn(async move {
+            let request_id = one(&store, request(&format!("m{index}"), "linux")).await;
+            barrier.wait().await;
+            let recorded = store
+                .record_change(&change("feed"), "hook")
+                .await
+                .expect("record");
+            let (_, number) = store
+                .start_build(request_id, "linux", "s1")
+                .await
+                .expect("start");
+            (recorded, number)
+        }));
+    }
+    let mut new_changes = 0;
+    let mut numbers = Vec::new();
+    for task in tasks {
+        let (recorded, number) = task.await.expect("ran");
+        new_changes += usize::from(matches!(recorded, Recorded::New(_)));
+        numbers.push(number);
+    }
+    numbers.sort_unstable();
+    assert_eq!(new_changes, 1);
+    assert_eq!(numbers, vec![1, 2, 3, 4]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
