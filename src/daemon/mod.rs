@@ -144,7 +144,15 @@ pub async fn run(
         .restore_last_builds()
         .await
         .context("cannot read the builders' last builds")?;
+    let lease_parts = control.lease_parts(listening.ssh.to_string(), listening.http.to_string());
+    let lease = crate::master::lease::register(&lease_parts, &shutdown)
+        .await
+        .context("cannot register this master in the database")?;
+    tracing::info!(master = %lease.name, epoch = lease.epoch, database = %config.database.backend.shown(), "registered in the database");
     let components = TaskTracker::new();
+    spawn_component(&components, &shutdown, "lease", {
+        crate::master::lease::run(lease_parts, lease, shutdown.clone())
+    });
     let sshd_ctx = Arc::new(SshdContext::new(
         Arc::clone(&config),
         Arc::clone(&control),

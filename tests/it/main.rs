@@ -4,6 +4,7 @@ mod browser;
 mod builds;
 mod changes;
 mod cli;
+mod cluster;
 mod demo;
 mod events;
 mod faults;

@@ -317,6 +317,27 @@ impl Control {
         }
     }
 
+    /// The lease task's handle; `ssh` and `http` are the bound listeners.
+    pub fn lease_parts(&self, ssh: String, http: String) -> crate::master::lease::LeaseParts {
+        crate::master::lease::LeaseParts {
+            config: self.config_view(),
+            store: Arc::clone(&self.store),
+            roster: Arc::clone(&self.roster),
+            board: Arc::clone(&self.board),
+            ssh,
+            http,
+        }
+    }
+
+    /// The masters of the cluster as the store knows them, and the digest of this master's
+    /// config (a master whose digest differs runs another config).
+    pub async fn masters(
+        &self,
+    ) -> Result<(Vec<crate::master::store::MasterRow>, String), ControlError> {
+        let rows = self.store.masters().await?;
+        Ok((rows, crate::master::lease::config_digest(&self.config())))
+    }
+
     /// The spool intake's handle.
     pub fn intake_handle(&self) -> IntakeHandle {
         IntakeHandle {

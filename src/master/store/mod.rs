@@ -18,8 +18,9 @@ use crate::change::ChangeSpec;
 use crate::status::{BuildResult, JobRecord, LastBuild};
 
 pub use model::{
-    BuildDetail, BuildRef, BuildRow, BuildWithSteps, NewRequest, RecentBuilds, Recorded, StepRow,
-    StoredChange, StoredRequest, StoredSession, WindowBuilds, now,
+    BuildDetail, BuildRef, BuildRow, BuildWithSteps, MasterInfo, MasterLease, MasterRow,
+    NewRequest, RecentBuilds, Recorded, StepRow, StoredChange, StoredRequest, StoredSession,
+    WindowBuilds, now,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -31,6 +32,17 @@ pub enum StoreError {
     TooNew { found: i64, known: i64 },
     #[error("history task failed: {0}")]
     Task(String),
+    /// Another master of this name holds a live lease: two masters would act as one.
+    #[error(
+        "another master named {name} is running on this database (its lease holds until {until}); give each master its own [master] name"
+    )]
+    NameTaken { name: String, until: String },
+    /// This run of the master is no longer the one the cluster knows (its lease ran out and
+    /// another master took its work over): what it still tries to write is refused.
+    #[error(
+        "master {name} (epoch {epoch}) was declared lost by the cluster; its writes are refused"
+    )]
+    Fenced { name: String, epoch: i64 },
 }
 
 /// The store, shared by every part of the master that keeps or reads what outlives a build.
@@ -202,6 +214,33 @@ pub trait Store: Send + Sync {
 
     /// Keeps `session` (replacing one of the same hash); forgets those expired at `now`.
     async fn save_session(&self, session: &StoredSession, now: f64) -> Result<(), StoreError>;
+
+    // --- masters of the cluster ------------------------------------------------------------
+
+    /// Registers this master for a new run: a new epoch and a lease of `lease` from now, by
+    /// the database's clock. Refused with [`StoreError::NameTaken`] while another run of the
+    /// same name holds a live lease.
+    async fn register_master(
+        &self,
+        name: &str,
+        info: &MasterInfo,
+        lease: std::time::Duration,
+    ) -> Result<MasterLease, StoreError>;
+
+    /// Renews this run's lease for `lease` from now, with what it tells the others. Refused
+    /// with [`StoreError::Fenced`] once the cluster declared this run lost.
+    async fn renew_lease(
+        &self,
+        master: &MasterLease,
+        info: &MasterInfo,
+        lease: std::time::Duration,
+    ) -> Result<(), StoreError>;
+
+    /// Ends this run's lease now (a clean shutdown): nobody waits for it to run out.
+    async fn retire_master(&self, master: &MasterLease) -> Result<(), StoreError>;
+
+    /// Every master the store has seen, by name.
+    async fn masters(&self) -> Result<Vec<MasterRow>, StoreError>;
 
     // --- composite reads for pages, the API and the bot -------------------------------------
 

@@ -16,8 +16,8 @@ use rusqlite::{Connection, OptionalExtension, params};
 use crate::change::ChangeSpec;
 use crate::master::results::CUT_SHORT;
 use crate::master::store::model::{
-    BuildDetail, BuildRef, BuildRow, NewRequest, Recorded, StepRow, StoredChange, StoredRequest,
-    StoredSession, now,
+    BuildDetail, BuildRef, BuildRow, MasterInfo, MasterLease, MasterRow, NewRequest, Recorded,
+    StepRow, StoredChange, StoredRequest, StoredSession, now,
 };
 use crate::master::store::{Store, StoreError};
 use crate::status::{BuildResult, JobRecord, LastBuild, RequestKind, RequestState};
@@ -45,7 +45,8 @@ macro_rules! stored_by_name {
 
 stored_by_name!(BuildResult, RequestState, RequestKind);
 
-/// Each entry upgrades the schema by one version; never edit one that has shipped.
+/// Each entry upgrades the schema by one version; never edit one that has shipped. A new
+/// migration is added here and to PostgreSQL's list with the same number.
 const MIGRATIONS: &[&str] = &[
     // 1: the first schema.
     "CREATE TABLE requests (
@@ -132,6 +133,16 @@ const MIGRATIONS: &[&str] = &[
         uid INTEGER NOT NULL,
         csrf TEXT NOT NULL,
         expires_at REAL NOT NULL
+    );",
+    // 8: the masters of the cluster, each run with its epoch and lease (`/masters`).
+    "CREATE TABLE masters (
+        name TEXT PRIMARY KEY,
+        epoch INTEGER NOT NULL,
+        started_at REAL NOT NULL,
+        renewed_at REAL NOT NULL,
+        expires_at REAL NOT NULL,
+        state TEXT NOT NULL,
+        info TEXT NOT NULL
     );",
 ];
 
@@ -778,8 +789,138 @@ pub(crate) fn save_session(
     Ok(())
 }
 
+/// A new run of `name`. One SQLite file has one master (the pid file in its directory sees to
+/// that), so a row left "up" is a run that crashed: it is taken over at once.
+pub(crate) fn register_master(
+    connection: &mut Connection,
+    name: &str,
+    info: &MasterInfo,
+    lease: std::time::Duration,
+) -> Result<MasterLease, StoreError> {
+    let transaction = connection.transaction()?;
+    let now = now();
+    let epoch: i64 = transaction
+        .query_row(
+            "SELECT epoch FROM masters WHERE name = ?1",
+            params![name],
+            |row| row.get(0),
+        )
+        .optional()?
+        .unwrap_or(0)
+        + 1;
+    transaction.execute(
+        "INSERT INTO masters (name, epoch, started_at, renewed_at, expires_at, state, info)
+         VALUES (?1, ?2, ?3, ?3, ?4, 'up', ?5)
+         ON CONFLICT (name) DO UPDATE SET epoch = excluded.epoch, started_at = excluded.started_at,
+           renewed_at = excluded.renewed_at, expires_at = excluded.expires_at, state = 'up',
+           info = excluded.info",
+        params![name, epoch, now, now + lease.as_secs_f64(), info_json(info)],
+    )?;
+    transaction.commit()?;
+    Ok(MasterLease {
+        name: name.to_string(),
+        epoch,
+    })
+}
+
+fn info_json(info: &MasterInfo) -> String {
+    serde_json::to_string(info).unwrap_or_else(|_| "{}".into())
+}
+
+pub(crate) fn renew_lease(
+    connection: &Connection,
+    master: &MasterLease,
+    info: &MasterInfo,
+    lease: std::time::Duration,
+) -> Result<(), StoreError> {
+    let now = now();
+    let renewed = connection.execute(
+        "UPDATE masters SET renewed_at = ?3, expires_at = ?4, info = ?5
+         WHERE name = ?1 AND epoch = ?2 AND state = 'up'",
+        params![
+            master.name,
+            master.epoch,
+            now,
+            now + lease.as_secs_f64(),
+            info_json(info)
+        ],
+    )?;
+    if renewed == 0 {
+        return Err(StoreError::Fenced {
+            name: master.name.clone(),
+            epoch: master.epoch,
+        });
+    }
+    Ok(())
+}
+
+pub(crate) fn retire_master(
+    connection: &Connection,
+    master: &MasterLease,
+) -> Result<(), StoreError> {
+    connection.execute(
+        "UPDATE masters SET expires_at = ?3, state = 'stopped' WHERE name = ?1 AND epoch = ?2",
+        params![master.name, master.epoch, now()],
+    )?;
+    Ok(())
+}
+
+pub(crate) fn masters(connection: &Connection) -> Result<Vec<MasterRow>, StoreError> {
+    let now = now();
+    let mut statement = connection.prepare(
+        "SELECT name, epoch, started_at, renewed_at, expires_at, state, info FROM masters
+         ORDER BY name",
+    )?;
+    let rows = statement.query_map([], |row| {
+        let expires_at: f64 = row.get(4)?;
+        let state: String = row.get(5)?;
+        Ok(MasterRow {
+            name: row.get(0)?,
+            epoch: row.get(1)?,
+            started_at: row.get(2)?,
+            renewed_at: row.get(3)?,
+            expires_at,
+            alive: state == "up" && expires_at > now,
+            state,
+            info: serde_json::from_str(&row.get::<_, String>(6)?).unwrap_or_default(),
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
 #[async_trait::async_trait]
 impl Store for SqliteStore {
+    async fn register_master(
+        &self,
+        name: &str,
+        info: &MasterInfo,
+        lease: std::time::Duration,
+    ) -> Result<MasterLease, StoreError> {
+        let (name, info) = (name.to_string(), info.clone());
+        self.run(move |c| register_master(c, &name, &info, lease))
+            .await
+    }
+
+    async fn renew_lease(
+        &self,
+        master: &MasterLease,
+        info: &MasterInfo,
+        lease: std::time::Duration,
+    ) -> Result<(), StoreError> {
+        let (master, info) = (master.clone(), info.clone());
+        self.run_relaxed(move |c| renew_lease(c, &master, &info, lease))
+            .await
+    }
+
+    async fn retire_master(&self, master: &MasterLease) -> Result<(), StoreError> {
+        let master = master.clone();
+        self.run(move |c| retire_master(c, &master)).await
+    }
+
+    async fn masters(&self) -> Result<Vec<MasterRow>, StoreError> {
+        self.run(|c| masters(c)).await
+    }
+
     async fn record_requests(&self, requests: Vec<NewRequest>) -> Result<Vec<i64>, StoreError> {
         self.run(move |c| insert_requests(c, &requests)).await
     }

@@ -1,0 +1,134 @@
+//! This master's lease in the cluster. At start the master registers a new run (a new epoch)
+//! in the store; this task renews the lease three times per lease, each time telling the
+//! others what it holds (slaves, builds, the digest of its config), and ends it at a clean
+//! shutdown so nobody waits for it to run out. When the store refuses a renewal because the
+//! cluster declared this run lost (it stalled past its lease and another master took its work
+//! over), the task fails, which stops the master: a run the cluster gave up on must not act.
+//! A store that cannot be reached is retried each period with a warning; the lease runs out
+//! on its own if that lasts.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sha2::Digest;
+use tokio_util::sync::CancellationToken;
+
+use crate::master::board::Board;
+use crate::master::config::Config;
+use crate::master::roster::Roster;
+use crate::master::store::{MasterInfo, MasterLease, SharedStore, StoreError};
+
+/// What the lease task touches: the store and what the master tells the others.
+pub struct LeaseParts {
+    pub config: crate::master::reconfig::ConfigView,
+    pub store: SharedStore,
+    pub roster: Arc<Roster>,
+    pub board: Arc<Board>,
+    /// The listeners' addresses, as bound.
+    pub ssh: String,
+    pub http: String,
+}
+
+impl LeaseParts {
+    /// What this master tells the others now.
+    pub fn info(&self, config: &Config) -> MasterInfo {
+        MasterInfo {
+            config_digest: config_digest(config),
+            ssh: self.ssh.clone(),
+            http: self.http.clone(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            slaves: self.roster.snapshot().into_keys().collect(),
+            builds: self
+                .board
+                .all_running()
+                .into_iter()
+                .map(|build| format!("{} #{}", build.builder, build.number))
+                .collect(),
+        }
+    }
+}
+
+/// A digest of what masters of one cluster must agree on: builders, slaves, schedulers,
+/// locks, change sources, access and the database. What differs per master by design (its
+/// name, directory and listeners) is left out, so two masters with one config agree.
+pub fn config_digest(config: &Config) -> String {
+    let shared = format!(
+        "{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}",
+        config.builders,
+        config.slaves,
+        config.schedulers,
+        config.locks,
+        config.change_sources,
+        config.changes,
+        config.operators,
+        config.quotas,
+        config.irc,
+        config.database,
+        config.http.public,
+    );
+    sha2::Sha256::digest(shared.as_bytes())
+        .iter()
+        .take(8)
+        .map(|byte| format!("{byte:02x}"))
+        .collect()
+}
+
+/// Registers a new run of this master, waiting (at most one lease and a bit) for the lease of
+/// a previous run of the same name to run out: a master killed and restarted at once finds
+/// its old run still holding.
+pub async fn register(
+    parts: &LeaseParts,
+    shutdown: &CancellationToken,
+) -> Result<MasterLease, StoreError> {
+    let config = parts.config.current();
+    let lease = config.database.lease;
+    let deadline = tokio::time::Instant::now() + lease + Duration::from_secs(2);
+    let mut told = false;
+    loop {
+        match parts
+            .store
+            .register_master(&config.name, &parts.info(&config), lease)
+            .await
+        {
+            Err(StoreError::NameTaken { name, until })
+                if tokio::time::Instant::now() < deadline && !shutdown.is_cancelled() =>
+            {
+                if !told {
+                    tracing::warn!(master = %name, %until, "a run of this master still holds its lease; waiting for it to run out");
+                    told = true;
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Renews `lease` until `shutdown`, then ends it.
+pub async fn run(
+    parts: LeaseParts,
+    lease: MasterLease,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    loop {
+        let lasts = parts.config.current().database.lease;
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            () = tokio::time::sleep(lasts / 3) => {}
+        }
+        let info = parts.info(&parts.config.current());
+        match parts.store.renew_lease(&lease, &info, lasts).await {
+            Ok(()) => {}
+            Err(fenced @ StoreError::Fenced { .. }) => {
+                return Err(anyhow::anyhow!(
+                    "{fenced}; stopping so that it does no harm"
+                ));
+            }
+            Err(err) => tracing::warn!("cannot renew this master's lease: {err}"),
+        }
+    }
+    if let Err(err) = parts.store.retire_master(&lease).await {
+        tracing::warn!("cannot end this master's lease: {err}");
+    }
+    Ok(())
+}
