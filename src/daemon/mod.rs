@@ -127,13 +127,29 @@ pub async fn run(
         )
     })?);
     let sessions = Sessions::load(Arc::clone(&store)).await;
+    let owner = crate::master::lease::register(
+        store.as_ref(),
+        &config,
+        &crate::master::lease::starting_info(
+            &config,
+            &listening.ssh.to_string(),
+            &listening.http.to_string(),
+        ),
+        &shutdown,
+    )
+    .await
+    .context("cannot register this master in the database")?;
+    tracing::info!(master = %owner.name, epoch = owner.epoch, database = %config.database.backend.shown(), "registered in the database");
     let (scheduler_tx, scheduler_rx) = tokio::sync::mpsc::channel(256);
     let (changes_tx, changes_rx) = tokio::sync::mpsc::channel(256);
     let control = Arc::new(Control::new(
         Arc::clone(&config),
         host_key_fingerprint,
-        store,
-        sessions,
+        crate::master::control::Storage {
+            store,
+            sessions,
+            owner: owner.clone(),
+        },
         format!("http://{}", listening.http),
         scheduler_tx,
         changes_tx,
@@ -145,13 +161,9 @@ pub async fn run(
         .await
         .context("cannot read the builders' last builds")?;
     let lease_parts = control.lease_parts(listening.ssh.to_string(), listening.http.to_string());
-    let lease = crate::master::lease::register(&lease_parts, &shutdown)
-        .await
-        .context("cannot register this master in the database")?;
-    tracing::info!(master = %lease.name, epoch = lease.epoch, database = %config.database.backend.shown(), "registered in the database");
     let components = TaskTracker::new();
     spawn_component(&components, &shutdown, "lease", {
-        crate::master::lease::run(lease_parts, lease, shutdown.clone())
+        crate::master::lease::run(lease_parts, owner, shutdown.clone())
     });
     let sshd_ctx = Arc::new(SshdContext::new(
         Arc::clone(&config),

@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use crate::master::board::Board;
 use crate::master::config::Config;
 use crate::master::roster::Roster;
-use crate::master::store::{MasterInfo, MasterLease, SharedStore, StoreError};
+use crate::master::store::{MasterInfo, MasterLease, SharedStore, Store, StoreError};
 
 /// What the lease task touches: the store and what the master tells the others.
 pub struct LeaseParts {
@@ -33,10 +33,6 @@ impl LeaseParts {
     /// What this master tells the others now.
     pub fn info(&self, config: &Config) -> MasterInfo {
         MasterInfo {
-            config_digest: config_digest(config),
-            ssh: self.ssh.clone(),
-            http: self.http.clone(),
-            version: env!("CARGO_PKG_VERSION").to_string(),
             slaves: self.roster.snapshot().into_keys().collect(),
             builds: self
                 .board
@@ -44,7 +40,20 @@ impl LeaseParts {
                 .into_iter()
                 .map(|build| format!("{} #{}", build.builder, build.number))
                 .collect(),
+            ..starting_info(config, &self.ssh, &self.http)
         }
+    }
+}
+
+/// What a master tells the others as it starts, before it has slaves or builds.
+pub fn starting_info(config: &Config, ssh: &str, http: &str) -> MasterInfo {
+    MasterInfo {
+        config_digest: config_digest(config),
+        ssh: ssh.to_string(),
+        http: http.to_string(),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        slaves: Vec::new(),
+        builds: Vec::new(),
     }
 }
 
@@ -77,19 +86,16 @@ pub fn config_digest(config: &Config) -> String {
 /// a previous run of the same name to run out: a master killed and restarted at once finds
 /// its old run still holding.
 pub async fn register(
-    parts: &LeaseParts,
+    store: &dyn Store,
+    config: &Config,
+    info: &MasterInfo,
     shutdown: &CancellationToken,
 ) -> Result<MasterLease, StoreError> {
-    let config = parts.config.current();
     let lease = config.database.lease;
     let deadline = tokio::time::Instant::now() + lease + Duration::from_secs(2);
     let mut told = false;
     loop {
-        match parts
-            .store
-            .register_master(&config.name, &parts.info(&config), lease)
-            .await
-        {
+        match store.register_master(&config.name, info, lease).await {
             Err(StoreError::NameTaken { name, until })
                 if tokio::time::Instant::now() < deadline && !shutdown.is_cancelled() =>
             {
@@ -104,7 +110,26 @@ pub async fn register(
     }
 }
 
-/// Renews `lease` until `shutdown`, then ends it.
+/// Takes over the work of masters whose lease ran out: their builds end and their requests
+/// wait again, for whichever live master has a free slave.
+async fn reap(parts: &LeaseParts, lease: &MasterLease) {
+    match parts.store.reap_lost_masters(lease).await {
+        Ok(lost) => {
+            for master in lost {
+                tracing::warn!(
+                    lost = %master.name,
+                    epoch = master.epoch,
+                    retried = ?master.retried,
+                    "a master's lease ran out: its builds are retried"
+                );
+            }
+        }
+        Err(err) => tracing::warn!("cannot check the other masters' leases: {err}"),
+    }
+}
+
+/// Renews `lease` until `shutdown`, then ends it; after each renewal, takes over the work of
+/// masters whose lease ran out.
 pub async fn run(
     parts: LeaseParts,
     lease: MasterLease,
@@ -118,7 +143,7 @@ pub async fn run(
         }
         let info = parts.info(&parts.config.current());
         match parts.store.renew_lease(&lease, &info, lasts).await {
-            Ok(()) => {}
+            Ok(()) => reap(&parts, &lease).await,
             Err(fenced @ StoreError::Fenced { .. }) => {
                 return Err(anyhow::anyhow!(
                     "{fenced}; stopping so that it does no harm"

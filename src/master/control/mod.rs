@@ -41,7 +41,9 @@ use crate::master::scheduler::Input;
 use crate::master::sessions::{Session, Sessions};
 use crate::master::slaves::SlaveInfo;
 use crate::master::slaves::{self, SlaveLink, SlaveRegistry};
-use crate::master::store::{BuildRow, NewRequest, SharedStore, Store, StoreError, StoredChange};
+use crate::master::store::{
+    BuildRow, MasterLease, NewRequest, SharedStore, Store, StoreError, StoredChange,
+};
 use crate::spool::submit::SubmitError;
 use crate::status::RunningBuild;
 use crate::status::{BuildResult, BuilderActivity, BuilderStatus, PoolSlave, StatusSnapshot};
@@ -200,6 +202,8 @@ pub struct Control {
     /// `SHA256:...` of the host key, shown to users so they can check what they connect to.
     host_key_fingerprint: String,
     store: SharedStore,
+    /// This run of the master: what its writes about its builds are fenced with.
+    owner: MasterLease,
     events: Arc<EventLog>,
     board: Arc<Board>,
     roster: Arc<Roster>,
@@ -222,16 +226,28 @@ pub struct Control {
     quotas: crate::master::quotas::Quotas,
 }
 
+/// What the master keeps beyond a build: the store, the web sessions loaded from it, and this
+/// run's registration in it.
+pub struct Storage {
+    pub store: SharedStore,
+    pub sessions: Sessions,
+    pub owner: MasterLease,
+}
+
 impl Control {
     pub fn new(
         config: Arc<Config>,
         host_key_fingerprint: String,
-        store: SharedStore,
-        sessions: Sessions,
+        storage: Storage,
         web_url: String,
         inbox: mpsc::Sender<Mail>,
         changes: mpsc::Sender<StoredChange>,
     ) -> Control {
+        let Storage {
+            store,
+            sessions,
+            owner,
+        } = storage;
         let irc_links = IrcLinks::new(
             config
                 .irc
@@ -256,6 +272,7 @@ impl Control {
                 changes,
             },
             store,
+            owner,
             events,
             board: Arc::default(),
             roster: Arc::default(),
@@ -282,6 +299,7 @@ impl Control {
             metrics: Arc::clone(&self.metrics),
             logs_dir: self.logs_dir.clone(),
             scheduler: Arc::new(Port(self.inbox.clone())),
+            owner: self.owner.clone(),
         }
     }
 

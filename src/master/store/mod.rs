@@ -18,9 +18,9 @@ use crate::change::ChangeSpec;
 use crate::status::{BuildResult, JobRecord, LastBuild};
 
 pub use model::{
-    BuildDetail, BuildRef, BuildRow, BuildWithSteps, MasterInfo, MasterLease, MasterRow,
-    NewRequest, RecentBuilds, Recorded, StepRow, StoredChange, StoredRequest, StoredSession,
-    WindowBuilds, now,
+    BuildDetail, BuildRef, BuildRow, BuildWithSteps, LostMaster, MasterInfo, MasterLease,
+    MasterRow, NewRequest, RecentBuilds, Recorded, StepRow, StoredChange, StoredRequest,
+    StoredSession, WindowBuilds, now,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +43,9 @@ pub enum StoreError {
         "master {name} (epoch {epoch}) was declared lost by the cluster; its writes are refused"
     )]
     Fenced { name: String, epoch: i64 },
+    /// The request is no longer waiting: another master claimed it, or it was cancelled.
+    #[error("request {request_id} is no longer waiting (claimed by another master or cancelled)")]
+    AlreadyClaimed { request_id: i64 },
 }
 
 /// The store, shared by every part of the master that keeps or reads what outlives a build.
@@ -72,8 +75,9 @@ pub trait Store: Send + Sync {
     /// Requests still waiting for a build, oldest first, with their changes.
     async fn pending_requests(&self) -> Result<Vec<StoredRequest>, StoreError>;
 
-    /// Records queued requests as cancelled; with `collapsed_into`, the request they were
-    /// merged into takes over their changes.
+    /// Records queued requests as cancelled (those still waiting: one another master claimed
+    /// meanwhile builds); with `collapsed_into`, the request they were merged into takes over
+    /// their changes.
     async fn cancel_requests(
         &self,
         ids: Vec<i64>,
@@ -103,28 +107,44 @@ pub trait Store: Send + Sync {
 
     // --- builds and steps -------------------------------------------------------------------
 
-    /// Starts a build of a request on `slave`: the next number of `builder`, the request
-    /// building. Returns (build id, number).
+    /// Claims a waiting request for `owner` and starts its build on `slave`: the next number
+    /// of `builder`, the request building, the build owned by this run of the master. Exactly
+    /// one claim of a request succeeds, whichever masters try at once; the others get
+    /// [`StoreError::AlreadyClaimed`]. A run the cluster declared lost gets
+    /// [`StoreError::Fenced`]. Returns (build id, number).
     async fn start_build(
         &self,
+        owner: &MasterLease,
         request_id: i64,
         builder: &str,
         slave: &str,
     ) -> Result<(i64, i64), StoreError>;
 
+    // Every write about a running build names its owner (the run that claimed it): once the
+    // cluster declared that run lost and retried the build elsewhere, the write is refused with
+    // `StoreError::Fenced` and changes nothing.
+
     /// Records what a build checked out: the branch and the commit its slave reported.
     async fn record_build_source(
         &self,
+        owner: &MasterLease,
         build_id: i64,
         branch: &str,
         revision: &str,
     ) -> Result<(), StoreError>;
 
     /// Starts step `number` of a build; returns the step's id.
-    async fn start_step(&self, build_id: i64, number: i64, name: &str) -> Result<i64, StoreError>;
+    async fn start_step(
+        &self,
+        owner: &MasterLease,
+        build_id: i64,
+        number: i64,
+        name: &str,
+    ) -> Result<i64, StoreError>;
 
     async fn finish_step(
         &self,
+        owner: &MasterLease,
         step_id: i64,
         result: BuildResult,
         summary: &str,
@@ -134,16 +154,17 @@ pub trait Store: Send + Sync {
     /// (the build is retried), in the same transaction.
     async fn finish_build(
         &self,
+        owner: &MasterLease,
         build_id: i64,
         result: BuildResult,
         reason: Option<&str>,
         requeue: bool,
     ) -> Result<(), StoreError>;
 
-    /// Builds left running by a master that stopped or crashed: their unfinished steps and
-    /// the builds are cut short ("master restarted"), their requests pending again. Returns
-    /// how many builds.
-    async fn recover_interrupted_builds(&self) -> Result<usize, StoreError>;
+    /// Builds left running by an earlier run of `owner`'s master (it stopped or crashed), and
+    /// builds recorded before masters had names: their unfinished steps and the builds are
+    /// cut short ("master restarted"), their requests pending again. Returns how many builds.
+    async fn recover_interrupted_builds(&self, owner: &MasterLease) -> Result<usize, StoreError>;
 
     /// Each builder's finished build with the highest number, with its result.
     async fn last_finished_builds(&self) -> Result<Vec<(String, LastBuild)>, StoreError>;
@@ -241,6 +262,19 @@ pub trait Store: Send + Sync {
 
     /// Every master the store has seen, by name.
     async fn masters(&self) -> Result<Vec<MasterRow>, StoreError>;
+
+    /// Declares lost every other master whose lease ran out (by the database's clock), in one
+    /// transaction per master: its run is fenced, its running builds end as exceptions ("master
+    /// NAME lost") and their requests wait again, to be claimed by a live master. Returns what
+    /// was taken over.
+    async fn reap_lost_masters(&self, by: &MasterLease) -> Result<Vec<LostMaster>, StoreError>;
+
+    /// Changes whenever another master may have changed what waits (a request recorded,
+    /// claimed, cancelled or re-queued elsewhere), so this master's queue learns of it; `None`
+    /// for a store that only this master writes (the embedded SQLite file).
+    fn request_notices(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        None
+    }
 
     // --- composite reads for pages, the API and the bot -------------------------------------
 

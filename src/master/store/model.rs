@@ -231,3 +231,13 @@ pub struct MasterRow {
     pub alive: bool,
     pub info: MasterInfo,
 }
+
+/// A master whose lease ran out, as another master took its work over.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LostMaster {
+    pub name: String,
+    pub epoch: i64,
+    /// Its builds that were running, now ended and their requests waiting again:
+    /// (builder, number, request id).
+    pub retried: Vec<(String, i64, i64)>,
+}

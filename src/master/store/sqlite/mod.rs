@@ -16,8 +16,8 @@ use rusqlite::{Connection, OptionalExtension, params};
 use crate::change::ChangeSpec;
 use crate::master::results::CUT_SHORT;
 use crate::master::store::model::{
-    BuildDetail, BuildRef, BuildRow, MasterInfo, MasterLease, MasterRow, NewRequest, Recorded,
-    StepRow, StoredChange, StoredRequest, StoredSession, now,
+    BuildDetail, BuildRef, BuildRow, LostMaster, MasterInfo, MasterLease, MasterRow, NewRequest,
+    Recorded, StepRow, StoredChange, StoredRequest, StoredSession, now,
 };
 use crate::master::store::{Store, StoreError};
 use crate::status::{BuildResult, JobRecord, LastBuild, RequestKind, RequestState};
@@ -144,6 +144,11 @@ const MIGRATIONS: &[&str] = &[
         state TEXT NOT NULL,
         info TEXT NOT NULL
     );",
+    // 9: claims: which master's run owns a build (fencing) and who claimed a request.
+    "ALTER TABLE requests ADD COLUMN claimed_by TEXT;
+    ALTER TABLE builds ADD COLUMN master TEXT;
+    ALTER TABLE builds ADD COLUMN master_epoch INTEGER;
+    CREATE INDEX builds_running ON builds(master) WHERE finished_at IS NULL;",
 ];
 
 /// The SQLite store.
@@ -360,52 +365,104 @@ pub(crate) fn pending_requests(connection: &Connection) -> Result<Vec<StoredRequ
     Ok(requests)
 }
 
-pub(crate) fn set_request_state(
-    connection: &Connection,
-    id: i64,
-    state: RequestState,
-) -> Result<(), StoreError> {
-    connection.execute(
-        "UPDATE requests SET state = ?2 WHERE id = ?1",
-        params![id, state],
+/// The run `owner` may still write: the cluster has not declared it lost.
+fn fence(connection: &Connection, owner: &MasterLease) -> Result<(), StoreError> {
+    let live: bool = connection.query_row(
+        "SELECT EXISTS (SELECT 1 FROM masters WHERE name = ?1 AND epoch = ?2 AND state = 'up')",
+        params![owner.name, owner.epoch],
+        |row| row.get(0),
     )?;
-    Ok(())
+    if live {
+        Ok(())
+    } else {
+        Err(StoreError::Fenced {
+            name: owner.name.clone(),
+            epoch: owner.epoch,
+        })
+    }
 }
 
-/// Starts a build of a request: the next number of its builder. Returns (build id, number).
+/// `owner` may write about build `build_id`: it is that build's owner, still running, and
+/// not declared lost.
+fn fence_build(
+    connection: &Connection,
+    owner: &MasterLease,
+    build_id: i64,
+) -> Result<(), StoreError> {
+    fence(connection, owner)?;
+    let owned: bool = connection.query_row(
+        "SELECT EXISTS (SELECT 1 FROM builds WHERE id = ?1 AND master = ?2 AND master_epoch = ?3
+           AND finished_at IS NULL)",
+        params![build_id, owner.name, owner.epoch],
+        |row| row.get(0),
+    )?;
+    if owned {
+        Ok(())
+    } else {
+        Err(StoreError::Fenced {
+            name: owner.name.clone(),
+            epoch: owner.epoch,
+        })
+    }
+}
+
+/// Claims a waiting request for `owner` and starts its build: the next number of its
+/// builder. Returns (build id, number).
 pub(crate) fn start_build(
     connection: &mut Connection,
+    owner: &MasterLease,
     request_id: i64,
     builder: &str,
     slave: &str,
 ) -> Result<(i64, i64), StoreError> {
-    let transaction = connection.transaction()?;
+    let transaction =
+        connection.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    fence(&transaction, owner)?;
+    let claimed = transaction.execute(
+        "UPDATE requests SET state = ?2, claimed_by = ?3 WHERE id = ?1 AND state = ?4",
+        params![
+            request_id,
+            RequestState::Building,
+            owner.name,
+            RequestState::Pending
+        ],
+    )?;
+    if claimed == 0 {
+        return Err(StoreError::AlreadyClaimed { request_id });
+    }
     let number: i64 = transaction.query_row(
         "SELECT COALESCE(MAX(number), 0) + 1 FROM builds WHERE builder = ?1",
         params![builder],
         |row| row.get(0),
     )?;
     transaction.execute(
-        "INSERT INTO builds (builder, number, request_id, slave, started_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-        params![builder, number, request_id, slave, now()],
+        "INSERT INTO builds (builder, number, request_id, slave, started_at, master, master_epoch)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        params![
+            builder,
+            number,
+            request_id,
+            slave,
+            now(),
+            owner.name,
+            owner.epoch
+        ],
     )?;
     let id = transaction.last_insert_rowid();
-    transaction.execute(
-        "UPDATE requests SET state = ?2 WHERE id = ?1",
-        params![request_id, RequestState::Building],
-    )?;
     transaction.commit()?;
     Ok((id, number))
 }
 
 pub(crate) fn finish_build(
     connection: &mut Connection,
+    owner: &MasterLease,
     build_id: i64,
     result: BuildResult,
     reason: Option<&str>,
     requeue: bool,
 ) -> Result<(), StoreError> {
     let transaction = connection.transaction()?;
+    fence_build(&transaction, owner, build_id)?;
     transaction.execute(
         "UPDATE builds SET finished_at = ?2, result = ?3, reason = ?4 WHERE id = ?1",
         params![build_id, now(), result, reason],
@@ -416,7 +473,8 @@ pub(crate) fn finish_build(
         RequestState::Done
     };
     transaction.execute(
-        "UPDATE requests SET state = ?2 WHERE id = (SELECT request_id FROM builds WHERE id = ?1)",
+        "UPDATE requests SET state = ?2, claimed_by = NULL
+         WHERE id = (SELECT request_id FROM builds WHERE id = ?1)",
         params![build_id, state],
     )?;
     transaction.commit()?;
@@ -425,15 +483,19 @@ pub(crate) fn finish_build(
 
 /// Records what build `build_id` checked out: the branch and the commit the slave reported.
 pub(crate) fn record_build_source(
-    connection: &Connection,
+    connection: &mut Connection,
+    owner: &MasterLease,
     build_id: i64,
     branch: &str,
     revision: &str,
 ) -> Result<(), StoreError> {
-    connection.execute(
+    let transaction = connection.transaction()?;
+    fence_build(&transaction, owner, build_id)?;
+    transaction.execute(
         "UPDATE builds SET branch = ?2, revision = ?3 WHERE id = ?1",
         params![build_id, branch, revision],
     )?;
+    transaction.commit()?;
     Ok(())
 }
 
@@ -457,50 +519,103 @@ pub(crate) fn record_slave_loss(
 }
 
 pub(crate) fn start_step(
-    connection: &Connection,
+    connection: &mut Connection,
+    owner: &MasterLease,
     build_id: i64,
     number: i64,
     name: &str,
 ) -> Result<i64, StoreError> {
-    connection.execute(
+    let transaction = connection.transaction()?;
+    fence_build(&transaction, owner, build_id)?;
+    transaction.execute(
         "INSERT INTO steps (build_id, number, name, started_at) VALUES (?1, ?2, ?3, ?4)",
         params![build_id, number, name, now()],
     )?;
-    Ok(connection.last_insert_rowid())
+    let id = transaction.last_insert_rowid();
+    transaction.commit()?;
+    Ok(id)
 }
 
 pub(crate) fn finish_step(
-    connection: &Connection,
+    connection: &mut Connection,
+    owner: &MasterLease,
     step_id: i64,
     result: BuildResult,
     summary: &str,
 ) -> Result<(), StoreError> {
-    connection.execute(
+    let transaction = connection.transaction()?;
+    let build_id: Option<i64> = transaction
+        .query_row(
+            "SELECT build_id FROM steps WHERE id = ?1",
+            params![step_id],
+            |row| row.get(0),
+        )
+        .optional()?;
+    fence_build(&transaction, owner, build_id.unwrap_or(-1))?;
+    transaction.execute(
         "UPDATE steps SET finished_at = ?2, result = ?3, summary = ?4 WHERE id = ?1",
         params![step_id, now(), result, summary],
     )?;
+    transaction.commit()?;
     Ok(())
 }
 
-/// Builds left running by a master that stopped (or crashed): marked exception, and their
-/// requests made pending again so they run anew. Returns how many.
-pub(crate) fn recover_interrupted_builds(connection: &mut Connection) -> Result<usize, StoreError> {
+/// Builds left running by an earlier run of `owner`'s master (or recorded before masters had
+/// names): marked exception, and their requests made pending again so they run anew.
+/// Returns how many.
+pub(crate) fn recover_interrupted_builds(
+    connection: &mut Connection,
+    owner: &MasterLease,
+) -> Result<usize, StoreError> {
     let transaction = connection.transaction()?;
-    transaction.execute(
-        "UPDATE steps SET finished_at = ?1, result = ?2, summary = 'master restarted'
-         WHERE finished_at IS NULL",
-        params![now(), CUT_SHORT],
-    )?;
-    transaction.execute(
-        "UPDATE requests SET state = ?1 WHERE id IN (SELECT request_id FROM builds WHERE finished_at IS NULL)",
-        params![RequestState::Pending],
-    )?;
-    let count = transaction.execute(
-        "UPDATE builds SET finished_at = ?1, result = ?2, reason = 'master restarted' WHERE finished_at IS NULL",
-        params![now(), CUT_SHORT],
-    )?;
+    let count = end_builds_where(
+        &transaction,
+        "(master IS NULL OR (master = ?1 AND master_epoch < ?2))",
+        params![owner.name, owner.epoch],
+        "master restarted",
+    )?
+    .len();
     transaction.commit()?;
     Ok(count)
+}
+
+/// Ends the unfinished builds that `condition` selects (over `builds`), with their unfinished
+/// steps, as cut short for `why`; their requests wait again. Returns (builder, number,
+/// request id) of each.
+fn end_builds_where(
+    transaction: &rusqlite::Transaction<'_>,
+    condition: &str,
+    values: &[&dyn ToSql],
+    why: &str,
+) -> Result<Vec<(String, i64, i64)>, StoreError> {
+    let mut statement = transaction.prepare(&format!(
+        "SELECT id, builder, number, request_id FROM builds WHERE finished_at IS NULL AND {condition}"
+    ))?;
+    let ended: Vec<(i64, String, i64, i64)> = statement
+        .query_map(values, |row| {
+            Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
+        })?
+        .collect::<Result<_, _>>()?;
+    let now = now();
+    for (id, _, _, request_id) in &ended {
+        transaction.execute(
+            "UPDATE steps SET finished_at = ?2, result = ?3, summary = ?4
+             WHERE build_id = ?1 AND finished_at IS NULL",
+            params![id, now, CUT_SHORT, why],
+        )?;
+        transaction.execute(
+            "UPDATE builds SET finished_at = ?2, result = ?3, reason = ?4 WHERE id = ?1",
+            params![id, now, CUT_SHORT, why],
+        )?;
+        transaction.execute(
+            "UPDATE requests SET state = ?2, claimed_by = NULL WHERE id = ?1 AND state = ?3",
+            params![request_id, RequestState::Pending, RequestState::Building],
+        )?;
+    }
+    Ok(ended
+        .into_iter()
+        .map(|(_, builder, number, request_id)| (builder, number, request_id))
+        .collect())
 }
 
 /// Each builder's finished build with the highest number, with its result.
@@ -865,6 +980,44 @@ pub(crate) fn retire_master(
     Ok(())
 }
 
+pub(crate) fn reap_lost_masters(
+    connection: &mut Connection,
+    by: &MasterLease,
+) -> Result<Vec<LostMaster>, StoreError> {
+    let transaction =
+        connection.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let lost: Vec<(String, i64)> = {
+        let mut statement = transaction.prepare(
+            "SELECT name, epoch FROM masters WHERE state = 'up' AND expires_at < ?1 AND name <> ?2",
+        )?;
+        statement
+            .query_map(params![now(), by.name], |row| {
+                Ok((row.get(0)?, row.get(1)?))
+            })?
+            .collect::<Result<_, _>>()?
+    };
+    let mut reaped = Vec::new();
+    for (name, epoch) in lost {
+        transaction.execute(
+            "UPDATE masters SET state = 'lost' WHERE name = ?1 AND epoch = ?2",
+            params![name, epoch],
+        )?;
+        let retried = end_builds_where(
+            &transaction,
+            "master = ?1",
+            params![name],
+            &format!("master {name} lost (its lease ran out); retried"),
+        )?;
+        reaped.push(LostMaster {
+            name,
+            epoch,
+            retried,
+        });
+    }
+    transaction.commit()?;
+    Ok(reaped)
+}
+
 pub(crate) fn masters(connection: &Connection) -> Result<Vec<MasterRow>, StoreError> {
     let now = now();
     let mut statement = connection.prepare(
@@ -921,6 +1074,11 @@ impl Store for SqliteStore {
         self.run(|c| masters(c)).await
     }
 
+    async fn reap_lost_masters(&self, by: &MasterLease) -> Result<Vec<LostMaster>, StoreError> {
+        let by = by.clone();
+        self.run(move |c| reap_lost_masters(c, &by)).await
+    }
+
     async fn record_requests(&self, requests: Vec<NewRequest>) -> Result<Vec<i64>, StoreError> {
         self.run(move |c| insert_requests(c, &requests)).await
     }
@@ -952,7 +1110,10 @@ impl Store for SqliteStore {
         self.run(move |c| {
             let transaction = c.transaction()?;
             for id in ids {
-                set_request_state(&transaction, id, RequestState::Cancelled)?;
+                transaction.execute(
+                    "UPDATE requests SET state = ?2 WHERE id = ?1 AND state = ?3",
+                    params![id, RequestState::Cancelled, RequestState::Pending],
+                )?;
             }
             if let Some((into, change_ids)) = collapsed_into {
                 changes::link_changes(&transaction, into, &change_ids)?;
@@ -992,57 +1153,69 @@ impl Store for SqliteStore {
 
     async fn start_build(
         &self,
+        owner: &MasterLease,
         request_id: i64,
         builder: &str,
         slave: &str,
     ) -> Result<(i64, i64), StoreError> {
-        let (builder, slave) = (builder.to_string(), slave.to_string());
-        self.run_relaxed(move |c| start_build(c, request_id, &builder, &slave))
+        let (owner, builder, slave) = (owner.clone(), builder.to_string(), slave.to_string());
+        self.run_relaxed(move |c| start_build(c, &owner, request_id, &builder, &slave))
             .await
     }
 
     async fn record_build_source(
         &self,
+        owner: &MasterLease,
         build_id: i64,
         branch: &str,
         revision: &str,
     ) -> Result<(), StoreError> {
-        let (branch, revision) = (branch.to_string(), revision.to_string());
-        self.run_relaxed(move |c| record_build_source(c, build_id, &branch, &revision))
+        let (owner, branch, revision) = (owner.clone(), branch.to_string(), revision.to_string());
+        self.run_relaxed(move |c| record_build_source(c, &owner, build_id, &branch, &revision))
             .await
     }
 
-    async fn start_step(&self, build_id: i64, number: i64, name: &str) -> Result<i64, StoreError> {
-        let name = name.to_string();
-        self.run_relaxed(move |c| start_step(c, build_id, number, &name))
+    async fn start_step(
+        &self,
+        owner: &MasterLease,
+        build_id: i64,
+        number: i64,
+        name: &str,
+    ) -> Result<i64, StoreError> {
+        let (owner, name) = (owner.clone(), name.to_string());
+        self.run_relaxed(move |c| start_step(c, &owner, build_id, number, &name))
             .await
     }
 
     async fn finish_step(
         &self,
+        owner: &MasterLease,
         step_id: i64,
         result: BuildResult,
         summary: &str,
     ) -> Result<(), StoreError> {
-        let summary = summary.to_string();
-        self.run_relaxed(move |c| finish_step(c, step_id, result, &summary))
+        let (owner, summary) = (owner.clone(), summary.to_string());
+        self.run_relaxed(move |c| finish_step(c, &owner, step_id, result, &summary))
             .await
     }
 
     async fn finish_build(
         &self,
+        owner: &MasterLease,
         build_id: i64,
         result: BuildResult,
         reason: Option<&str>,
         requeue: bool,
     ) -> Result<(), StoreError> {
-        let reason = reason.map(str::to_string);
-        self.run(move |c| finish_build(c, build_id, result, reason.as_deref(), requeue))
+        let (owner, reason) = (owner.clone(), reason.map(str::to_string));
+        self.run(move |c| finish_build(c, &owner, build_id, result, reason.as_deref(), requeue))
             .await
     }
 
-    async fn recover_interrupted_builds(&self) -> Result<usize, StoreError> {
-        self.run(recover_interrupted_builds).await
+    async fn recover_interrupted_builds(&self, owner: &MasterLease) -> Result<usize, StoreError> {
+        let owner = owner.clone();
+        self.run(move |c| recover_interrupted_builds(c, &owner))
+            .await
     }
 
     async fn last_finished_builds(&self) -> Result<Vec<(String, LastBuild)>, StoreError> {
@@ -1172,6 +1345,10 @@ mod tests {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("state.sqlite");
         let history = SqliteStore::open(&path).expect("open");
+        let lease = std::time::Duration::from_secs(10);
+        let first_run = history
+            .with(|c| register_master(c, "m", &MasterInfo::default(), lease))
+            .expect("registered");
         history
             .with(|c| {
                 let ids = insert_requests(c, &[request("j1", "linux"), request("j1", "mac")])?;
@@ -1179,10 +1356,15 @@ mod tests {
                 // The same job again (replayed after a crash) is not recorded twice.
                 assert_eq!(insert_requests(c, &[request("j1", "linux")])?, vec![ids[0]]);
                 assert!(is_job_recorded(c, "j1")?);
-                let (build, number) = start_build(c, ids[0], "linux", "s1")?;
+                let (build, number) = start_build(c, &first_run, ids[0], "linux", "s1")?;
+                // A request is claimed once.
+                assert!(matches!(
+                    start_build(c, &first_run, ids[0], "linux", "s2"),
+                    Err(StoreError::AlreadyClaimed { .. })
+                ));
                 assert_eq!(number, 1);
-                let step = start_step(c, build, 1, "checkout")?;
-                finish_step(c, step, BuildResult::Success, "ok")?;
+                let step = start_step(c, &first_run, build, 1, "checkout")?;
+                finish_step(c, &first_run, step, BuildResult::Success, "ok")?;
                 assert_eq!(pending_requests(c)?.len(), 1);
                 Ok(())
             })
@@ -1190,9 +1372,18 @@ mod tests {
         drop(history);
         // Reopening migrates nothing and finds the build that was running.
         let history = SqliteStore::open(&path).expect("reopen");
+        let second_run = history
+            .with(|c| register_master(c, "m", &MasterInfo::default(), lease))
+            .expect("registered again");
+        assert_eq!(second_run.epoch, first_run.epoch + 1);
         history
             .with(|c| {
-                assert_eq!(recover_interrupted_builds(c)?, 1);
+                // The first run's writes are refused now: it is not the master any more.
+                assert!(matches!(
+                    finish_build(c, &first_run, 1, BuildResult::Success, None, false),
+                    Err(StoreError::Fenced { .. })
+                ));
+                assert_eq!(recover_interrupted_builds(c, &second_run)?, 1);
                 let pending = pending_requests(c)?;
                 assert_eq!(pending.len(), 2);
                 assert_eq!(pending[0].patch.as_deref(), Some(&[0u8, 1, 255][..]));
@@ -1203,8 +1394,58 @@ mod tests {
                 let builds = recent_builds(c, "linux", 10)?;
                 assert_eq!(builds[0].result, Some(BuildResult::Exception));
                 assert_eq!(builds[0].reason.as_deref(), Some("master restarted"));
-                let (_, number) = start_build(c, pending[0].id, "linux", "s1")?;
+                let (_, number) = start_build(c, &second_run, pending[0].id, "linux", "s1")?;
                 assert_eq!(number, 2);
+                Ok(())
+            })
+            .expect("works");
+    }
+
+    #[test]
+    fn a_lost_masters_builds_are_retried_and_its_late_writes_refused() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let history = SqliteStore::open(&dir.path().join("state.sqlite")).expect("open");
+        let short = std::time::Duration::from_millis(1);
+        let long = std::time::Duration::from_secs(60);
+        history
+            .with(|c| {
+                let stalled = register_master(c, "a", &MasterInfo::default(), short)?;
+                let alive = register_master(c, "b", &MasterInfo::default(), long)?;
+                let ids = insert_requests(c, &[request("j1", "linux")])?;
+                let (build, _) = start_build(c, &stalled, ids[0], "linux", "s1")?;
+                let step = start_step(c, &stalled, build, 1, "test")?;
+                std::thread::sleep(std::time::Duration::from_millis(5));
+                let lost = reap_lost_masters(c, &alive)?;
+                assert_eq!(lost.len(), 1);
+                assert_eq!(lost[0].retried, vec![("linux".to_string(), 1, ids[0])]);
+                // Reaped once only.
+                assert!(reap_lost_masters(c, &alive)?.is_empty());
+                // The stalled run comes back: every write it tries is refused.
+                assert!(matches!(
+                    finish_step(c, &stalled, step, BuildResult::Success, "ok"),
+                    Err(StoreError::Fenced { .. })
+                ));
+                assert!(matches!(
+                    finish_build(c, &stalled, build, BuildResult::Success, None, false),
+                    Err(StoreError::Fenced { .. })
+                ));
+                assert!(matches!(
+                    renew_lease(c, &stalled, &MasterInfo::default(), long),
+                    Err(StoreError::Fenced { .. })
+                ));
+                // The request waits again and the live master builds it.
+                let pending = pending_requests(c)?;
+                assert_eq!(pending.len(), 1);
+                let (_, number) = start_build(c, &alive, pending[0].id, "linux", "s2")?;
+                assert_eq!(number, 2);
+                let builds = recent_builds(c, "linux", 10)?;
+                assert_eq!(builds[1].result, Some(BuildResult::Exception));
+                assert!(
+                    builds[1]
+                        .reason
+                        .as_deref()
+                        .is_some_and(|r| r.contains("master a lost"))
+                );
                 Ok(())
             })
             .expect("works");
