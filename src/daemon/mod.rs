@@ -140,6 +140,17 @@ pub async fn run(
     .await
     .context("cannot register this master in the database")?;
     tracing::info!(master = %owner.name, epoch = owner.epoch, database = %config.database.backend.shown(), "registered in the database");
+    // Several masters on one store number their events there, one sequence for all.
+    let (journal, journaled) = if store.is_shared() {
+        let epoch = store
+            .cluster_id()
+            .await
+            .context("cannot read the cluster's id from the database")?;
+        let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
+        (Some((epoch, sender)), Some(receiver))
+    } else {
+        (None, None)
+    };
     let (scheduler_tx, scheduler_rx) = tokio::sync::mpsc::channel(256);
     let (changes_tx, changes_rx) = tokio::sync::mpsc::channel(256);
     let control = Arc::new(Control::new(
@@ -149,6 +160,7 @@ pub async fn run(
             store,
             sessions,
             owner: owner.clone(),
+            journal,
         },
         format!("http://{}", listening.http),
         scheduler_tx,
@@ -162,6 +174,20 @@ pub async fn run(
         .context("cannot read the builders' last builds")?;
     let lease_parts = control.lease_parts(listening.ssh.to_string(), listening.http.to_string());
     let components = TaskTracker::new();
+    if let Some(published) = journaled {
+        let (store, events) = control.journal_parts();
+        spawn_component(&components, &shutdown, "event journal", {
+            crate::master::journal::write(
+                Arc::clone(&store),
+                owner.name.clone(),
+                published,
+                shutdown.clone(),
+            )
+        });
+        spawn_component(&components, &shutdown, "event journal tail", {
+            crate::master::journal::tail(store, events, shutdown.clone())
+        });
+    }
     spawn_component(&components, &shutdown, "lease", {
         crate::master::lease::run(lease_parts, owner, shutdown.clone())
     });

@@ -232,6 +232,12 @@ pub struct Storage {
     pub store: SharedStore,
     pub sessions: Sessions,
     pub owner: MasterLease,
+    /// With a shared store: the name of its event numbering and where published events go
+    /// (`master::journal`); none: events are numbered by this master alone.
+    pub journal: Option<(
+        String,
+        tokio::sync::mpsc::UnboundedSender<(f64, crate::status::BuildEvent)>,
+    )>,
 }
 
 impl Control {
@@ -247,6 +253,7 @@ impl Control {
             store,
             sessions,
             owner,
+            journal,
         } = storage;
         let irc_links = IrcLinks::new(
             config
@@ -256,7 +263,10 @@ impl Control {
                     irc.link_ttl
                 }),
         );
-        let events = Arc::new(EventLog::new());
+        let events = Arc::new(match journal {
+            Some((epoch, journal)) => EventLog::journaled(epoch, journal),
+            None => EventLog::new(),
+        });
         Control {
             logs_dir: config.master_dir.join("logs"),
             live: LiveConfig::new(config),
@@ -333,6 +343,12 @@ impl Control {
             recorder: self.changes.clone(),
             master_dir: self.config().master_dir.clone(),
         }
+    }
+
+    /// What the journal's tail delivers to: the store and this master's event log (the
+    /// daemon runs the tail with a shared store).
+    pub fn journal_parts(&self) -> (SharedStore, Arc<EventLog>) {
+        (Arc::clone(&self.store), Arc::clone(&self.events))
     }
 
     /// The lease task's handle; `ssh` and `http` are the bound listeners.

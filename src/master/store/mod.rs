@@ -269,6 +269,41 @@ pub trait Store: Send + Sync {
     /// was taken over.
     async fn reap_lost_masters(&self, by: &MasterLease) -> Result<Vec<LostMaster>, StoreError>;
 
+    // --- the cluster's shared event log ------------------------------------------------------
+
+    /// Whether other masters share this store (PostgreSQL): events and the queue then go
+    /// through it. The embedded SQLite file has one master.
+    fn is_shared(&self) -> bool {
+        false
+    }
+
+    /// Names the store's event numbering; the same for every master and across restarts.
+    async fn cluster_id(&self) -> Result<String, StoreError>;
+
+    /// Appends events (unix time, the event as JSON) published by `master`, numbered next in
+    /// the store's one sequence, in order and without gaps; returns their numbers.
+    async fn append_events(
+        &self,
+        master: &str,
+        events: Vec<(f64, String)>,
+    ) -> Result<Vec<i64>, StoreError>;
+
+    /// At most `limit` events after number `seq`, oldest first: (seq, unix time, JSON).
+    async fn events_after(
+        &self,
+        seq: i64,
+        limit: i64,
+    ) -> Result<Vec<(i64, f64, String)>, StoreError>;
+
+    /// The newest event's number (0 before the first).
+    async fn last_event_seq(&self) -> Result<i64, StoreError>;
+
+    /// Changes whenever events were appended (by any master); `None` for a store only this
+    /// master writes.
+    fn event_notices(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        None
+    }
+
     /// Changes whenever another master may have changed what waits (a request recorded,
     /// claimed, cancelled or re-queued elsewhere), so this master's queue learns of it; `None`
     /// for a store that only this master writes (the embedded SQLite file).

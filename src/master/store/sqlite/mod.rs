@@ -149,6 +149,18 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE builds ADD COLUMN master TEXT;
     ALTER TABLE builds ADD COLUMN master_epoch INTEGER;
     CREATE INDEX builds_running ON builds(master) WHERE finished_at IS NULL;",
+    // 10: the cluster's event log (one sequence for every master) and the store's identity.
+    "CREATE TABLE events (
+        seq INTEGER PRIMARY KEY,
+        at REAL NOT NULL,
+        master TEXT NOT NULL,
+        body TEXT NOT NULL
+    );
+    CREATE TABLE cluster (
+        key TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    );
+    INSERT INTO cluster (key, value) VALUES ('id', lower(hex(randomblob(8))));",
 ];
 
 /// The SQLite store.
@@ -1041,8 +1053,84 @@ pub(crate) fn masters(connection: &Connection) -> Result<Vec<MasterRow>, StoreEr
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
+pub(crate) fn append_events(
+    connection: &mut Connection,
+    master: &str,
+    events: &[(f64, String)],
+) -> Result<Vec<i64>, StoreError> {
+    let transaction =
+        connection.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let first: i64 =
+        transaction.query_row("SELECT COALESCE(MAX(seq), 0) + 1 FROM events", [], |row| {
+            row.get(0)
+        })?;
+    let mut numbers = Vec::new();
+    for (seq, (at, body)) in (first..).zip(events) {
+        transaction.execute(
+            "INSERT INTO events (seq, at, master, body) VALUES (?1, ?2, ?3, ?4)",
+            params![seq, at, master, body],
+        )?;
+        numbers.push(seq);
+    }
+    transaction.commit()?;
+    Ok(numbers)
+}
+
+pub(crate) fn events_after(
+    connection: &Connection,
+    seq: i64,
+    limit: i64,
+) -> Result<Vec<(i64, f64, String)>, StoreError> {
+    let mut statement = connection
+        .prepare("SELECT seq, at, body FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2")?;
+    let rows = statement.query_map(params![seq, limit], |row| {
+        Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
 #[async_trait::async_trait]
 impl Store for SqliteStore {
+    async fn cluster_id(&self) -> Result<String, StoreError> {
+        self.run(|c| {
+            Ok(
+                c.query_row("SELECT value FROM cluster WHERE key = 'id'", [], |row| {
+                    row.get(0)
+                })?,
+            )
+        })
+        .await
+    }
+
+    async fn append_events(
+        &self,
+        master: &str,
+        events: Vec<(f64, String)>,
+    ) -> Result<Vec<i64>, StoreError> {
+        let master = master.to_string();
+        self.run_relaxed(move |c| append_events(c, &master, &events))
+            .await
+    }
+
+    async fn events_after(
+        &self,
+        seq: i64,
+        limit: i64,
+    ) -> Result<Vec<(i64, f64, String)>, StoreError> {
+        self.run(move |c| events_after(c, seq, limit)).await
+    }
+
+    async fn last_event_seq(&self) -> Result<i64, StoreError> {
+        self.run(|c| {
+            Ok(
+                c.query_row("SELECT COALESCE(MAX(seq), 0) FROM events", [], |row| {
+                    row.get(0)
+                })?,
+            )
+        })
+        .await
+    }
+
     async fn register_master(
         &self,
         name: &str,
