@@ -64,9 +64,11 @@ pub enum Command {
     CreateSlave {
         /// The slave directory to create.
         dir: PathBuf,
-        /// The master's SSH address.
-        #[arg(long, value_name = "HOST:PORT")]
-        master: String,
+        /// The master's SSH address. Several masters of one cluster: repeat the option or
+        /// separate them with commas; the slave dials them in this order and moves on to the
+        /// next when one is gone.
+        #[arg(long, value_name = "HOST:PORT", required = true, value_delimiter = ',')]
+        master: Vec<String>,
         /// The slave's name (its login name on the master).
         #[arg(long)]
         name: String,
