@@ -70,7 +70,7 @@ pub async fn run(config: SlaveConfig, shutdown: CancellationToken) -> anyhow::Re
         {
             Ok(connection::Ended::Shutdown) => return Ok(()),
             Ok(connection::Ended::Lost(reason)) => {
-                tracing::warn!(master = %address, "connection to the master at {address} lost: {reason}");
+                tracing::warn!(master = %address, "connection to the master lost ({address}): {reason}");
                 Some(started.elapsed())
             }
             Err(err) => {
