@@ -80,7 +80,7 @@ pub async fn run(config: SlaveConfig, shutdown: CancellationToken) -> anyhow::Re
         };
         if let Some(pause) = dialer.after_dial(served) {
             tracing::info!(
-                "no master kept this slave (tried {}); dialing again in {pause:?}",
+                "reconnecting in {pause:?} (every master tried once since the last that kept this slave: {})",
                 config.masters.join(", ")
             );
             tokio::select! {

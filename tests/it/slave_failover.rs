@@ -104,7 +104,7 @@ fn a_slave_whose_master_is_killed_builds_for_the_next_one() {
     let until_b = &after_loss[..after_loss
         .find(&connected)
         .unwrap_or_else(|| panic!("no {connected:?} in the slave's log:\n{log}"))];
-    assert!(!until_b.contains("dialing again in"), "{log}");
+    assert!(!until_b.contains("reconnecting in"), "{log}");
 }
 
 #[test]
@@ -124,7 +124,7 @@ fn an_address_that_does_not_answer_is_passed_over() {
         after_dead.contains(&format!("to master example at {}", address(&a))),
         "{log}"
     );
-    assert!(!log.contains("dialing again in"), "{log}");
+    assert!(!log.contains("reconnecting in"), "{log}");
     let build = force_and_finish(&a, 1);
     assert_eq!(build["result"], "success", "{build}");
 }
