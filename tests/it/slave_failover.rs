@@ -8,18 +8,27 @@ use std::path::Path;
 use std::process::Command;
 
 use crate::harness::{
-    BIN, MasterSetup, TestKey, TestMaster, current_user, run_with_timeout, text, wait_until,
+    BIN, MasterSetup, TestKey, TestMaster, current_user, process_running, run_with_timeout, text,
+    wait_until,
 };
 use crate::repo::Checkout;
 
 const STEPS: &str = r#"{ name = "test", command = "true" },"#;
 
+/// A step that passes, or hangs (its pid in `dir/pid`) while `dir/hang` exists.
+fn hanging_steps(dir: &Path) -> String {
+    format!(
+        r#"{{ name = "test", command = "sh -c 'if [ -e {d}/hang ]; then echo $$ > {d}/pid; exec sleep 300; fi'" }},"#,
+        d = dir.display()
+    )
+}
+
 /// A master configured as `first` is (its linux builder on the slave s1, with s1's key), with
 /// `first`'s host key when `same_host_key`.
-fn member_of(first: &TestMaster, repo: &Path, same_host_key: bool) -> TestMaster {
+fn member_of(first: &TestMaster, repo: &Path, steps: &str, same_host_key: bool) -> TestMaster {
     let slave_key = std::fs::read_to_string(first.slaves_dir.path().join("s1/slave_key.pub"))
         .expect("s1's public key");
-    let mut setup = MasterSetup::linux_builder(&[], repo, STEPS);
+    let mut setup = MasterSetup::linux_builder(&[], repo, steps);
     setup.extra_config = format!(
         "\n[[slave]]\nname = \"s1\"\npublic_key = \"{}\"\n{}",
         slave_key.trim(),
@@ -33,8 +42,8 @@ fn member_of(first: &TestMaster, repo: &Path, same_host_key: bool) -> TestMaster
     TestMaster::start_with(setup)
 }
 
-fn first_master(repo: &Path) -> TestMaster {
-    TestMaster::start_with(MasterSetup::linux_builder(&["s1"], repo, STEPS))
+fn first_master(repo: &Path, steps: &str) -> TestMaster {
+    TestMaster::start_with(MasterSetup::linux_builder(&["s1"], repo, steps))
 }
 
 /// Edits slave.toml to list these addresses as its masters.
@@ -78,8 +87,10 @@ fn log_from(log: &str, from: &str) -> String {
 #[test]
 fn a_slave_whose_master_is_killed_builds_for_the_next_one() {
     let checkout = Checkout::new();
-    let mut a = first_master(&checkout.upstream);
-    let b = member_of(&a, &checkout.upstream, true);
+    let shared = tempfile::tempdir().expect("temp dir");
+    let steps = hanging_steps(shared.path());
+    let mut a = first_master(&checkout.upstream, &steps);
+    let b = member_of(&a, &checkout.upstream, &steps, true);
     let slave = a.launch_slave("s1", masters(vec![address(&a), address(&b)]));
     a.wait_connected("s1");
     assert!(!b.slave_connected("s1"), "{}", b.api("/api/slaves"));
@@ -87,8 +98,27 @@ fn a_slave_whose_master_is_killed_builds_for_the_next_one() {
     assert_eq!(on_a["result"], "success", "{on_a}");
     assert_eq!(on_a["slave"], "s1", "{on_a}");
 
+    // A's second build is still running when A dies.
+    std::fs::write(shared.path().join("hang"), "").expect("hang marker");
+    let forced = a.ssh(&a.user_key, &current_user(), "force linux --reason hang");
+    assert_eq!(forced.status.code(), Some(0), "{}", text(&forced.stderr));
+    let pid_file = shared.path().join("pid");
+    let mut step_pid = None;
+    wait_until("the hanging step to start", || {
+        step_pid = std::fs::read_to_string(&pid_file)
+            .ok()
+            .and_then(|text| text.trim().parse::<i32>().ok());
+        step_pid.is_some()
+    });
+    let step_pid = step_pid.expect("the step's pid");
+    assert!(process_running(step_pid));
     a.kill_hard();
     b.wait_connected("s1");
+    // The slave killed what it ran for the master it lost before serving another.
+    wait_until("the lost master's step to be gone", || {
+        !process_running(step_pid)
+    });
+    std::fs::remove_file(shared.path().join("hang")).expect("marker removed");
     let on_b = force_and_finish(&b, 1);
     assert_eq!(on_b["result"], "success", "{on_b}");
     assert_eq!(on_b["slave"], "s1", "{on_b}");
@@ -110,7 +140,7 @@ fn a_slave_whose_master_is_killed_builds_for_the_next_one() {
 #[test]
 fn an_address_that_does_not_answer_is_passed_over() {
     let checkout = Checkout::new();
-    let a = first_master(&checkout.upstream);
+    let a = first_master(&checkout.upstream, STEPS);
     // A port nobody listens on: bound and let go.
     let dead = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|listener| listener.local_addr())
@@ -132,10 +162,10 @@ fn an_address_that_does_not_answer_is_passed_over() {
 #[test]
 fn a_master_with_another_host_key_gets_nothing_from_the_slave() {
     let checkout = Checkout::new();
-    let mut a = first_master(&checkout.upstream);
+    let mut a = first_master(&checkout.upstream, STEPS);
     // Configured for s1 like A, but with a host key of its own: an impostor, or a master
     // someone forgot to give the cluster's key.
-    let impostor = member_of(&a, &checkout.upstream, false);
+    let impostor = member_of(&a, &checkout.upstream, STEPS, false);
     let slave = a.launch_slave("s1", masters(vec![address(&impostor), address(&a)]));
     a.wait_connected("s1");
     let mismatch = format!("MASTER HOST KEY MISMATCH: {} presented", address(&impostor));
