@@ -73,15 +73,17 @@ pub enum Command {
         #[arg(long)]
         name: String,
         /// The master's host key, the line from its host_key.pub (pinned in slave.toml; the
-        /// master prints it when it starts).
+        /// master prints it when it starts). One key for several masters: the masters of a
+        /// cluster share their host key (docs/multimaster.md).
         #[arg(long, value_name = "KEY", required = true)]
         master_host_key: Option<String>,
         /// Replace an existing slave.toml and key.
         #[arg(long)]
         force: bool,
     },
-    /// Run the slave in the foreground; it reconnects to its master forever. SIGTERM or
-    /// Ctrl-C stop it (running commands are terminated first).
+    /// Run the slave in the foreground; it reconnects to its master (the next of its masters,
+    /// when slave.toml lists several) forever. SIGTERM or Ctrl-C stop it (running commands are
+    /// terminated first).
     Slave {
         /// The slave directory (made by create-slave).
         dir: PathBuf,
