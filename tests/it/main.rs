@@ -19,6 +19,7 @@ mod patches;
 mod reconfig;
 mod repo;
 mod security;
+mod slave_failover;
 mod slave_processes;
 mod sshd;
 mod stop;
