@@ -327,9 +327,14 @@ impl Control {
         }
     }
 
-    /// The schedulers task's handle.
-    pub fn schedulers_handle(&self) -> SchedulersHandle {
+    /// The schedulers task's handle; `leading` says whether this master fires them.
+    pub fn schedulers_handle(
+        &self,
+        leading: tokio::sync::watch::Receiver<bool>,
+    ) -> SchedulersHandle {
         SchedulersHandle {
+            leading,
+            store: Arc::clone(&self.store),
             config: self.config_view(),
             events: Arc::clone(&self.events),
             enqueuer: self.enqueuer.clone(),
@@ -352,9 +357,15 @@ impl Control {
     }
 
     /// The lease task's handle; `ssh` and `http` are the bound listeners.
-    pub fn lease_parts(&self, ssh: String, http: String) -> crate::master::lease::LeaseParts {
+    pub fn lease_parts(
+        &self,
+        ssh: String,
+        http: String,
+        leading: tokio::sync::watch::Sender<bool>,
+    ) -> crate::master::lease::LeaseParts {
         crate::master::lease::LeaseParts {
             config: self.config_view(),
+            leading,
             store: Arc::clone(&self.store),
             roster: Arc::clone(&self.roster),
             board: Arc::clone(&self.board),
