@@ -197,6 +197,9 @@ pub async fn run(
         spawn_component(&components, &shutdown, "event journal tail", {
             crate::master::journal::tail(store, events, shutdown.clone())
         });
+        spawn_component(&components, &shutdown, "stops asked elsewhere", {
+            control.serve_remote_stops(shutdown.clone())
+        });
     }
     spawn_component(&components, &shutdown, "lease", {
         crate::master::lease::run(lease_parts, owner, shutdown.clone())

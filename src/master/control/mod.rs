@@ -350,6 +350,21 @@ impl Control {
         }
     }
 
+    /// Stops this master's builds that were asked to stop on another master of the cluster,
+    /// until `shutdown` (the daemon runs it with a shared store).
+    pub fn serve_remote_stops(
+        &self,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) -> impl std::future::Future<Output = anyhow::Result<()>> + Send + 'static {
+        stop::serve_remote_stops(
+            Arc::clone(&self.board),
+            Arc::clone(&self.roster),
+            self.owner.name.clone(),
+            self.events.follow(),
+            shutdown,
+        )
+    }
+
     /// What the journal's tail delivers to: the store and this master's event log (the
     /// daemon runs the tail with a shared store).
     pub fn journal_parts(&self) -> (SharedStore, Arc<EventLog>) {
@@ -761,8 +776,16 @@ impl SlaveRegistry for Control {
             conn_id: link.conn_id,
             capacity,
         };
+        let slave = link.name.clone();
         self.roster.connect(link);
         self.scheduler_input(input).await;
+        if self.store.is_shared() {
+            self.events
+                .publish(crate::status::BuildEvent::SlaveConnected {
+                    slave,
+                    master: self.owner.name.clone(),
+                });
+        }
     }
 
     async fn disconnected(&self, link: &SlaveLink) {
