@@ -64,22 +64,26 @@ pub enum Command {
     CreateSlave {
         /// The slave directory to create.
         dir: PathBuf,
-        /// The master's SSH address.
-        #[arg(long, value_name = "HOST:PORT")]
-        master: String,
+        /// The master's SSH address. Several masters of one cluster: repeat the option or
+        /// separate them with commas; the slave dials them in this order and moves on to the
+        /// next when one is gone.
+        #[arg(long, value_name = "HOST:PORT", required = true, value_delimiter = ',')]
+        master: Vec<String>,
         /// The slave's name (its login name on the master).
         #[arg(long)]
         name: String,
         /// The master's host key, the line from its host_key.pub (pinned in slave.toml; the
-        /// master prints it when it starts).
+        /// master prints it when it starts). One key for several masters: the masters of a
+        /// cluster share their host key (docs/multimaster.md).
         #[arg(long, value_name = "KEY", required = true)]
         master_host_key: Option<String>,
         /// Replace an existing slave.toml and key.
         #[arg(long)]
         force: bool,
     },
-    /// Run the slave in the foreground; it reconnects to its master forever. SIGTERM or
-    /// Ctrl-C stop it (running commands are terminated first).
+    /// Run the slave in the foreground; it reconnects to its master (the next of its masters,
+    /// when slave.toml lists several) forever. SIGTERM or Ctrl-C stop it (running commands are
+    /// terminated first).
     Slave {
         /// The slave directory (made by create-slave).
         dir: PathBuf,

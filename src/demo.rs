@@ -53,7 +53,7 @@ pub async fn run(shutdown: CancellationToken) -> anyhow::Result<()> {
     // The slave's master address is known once the master listens; fixed up below.
     let slave_block = create_slave(
         &slave_dir,
-        "127.0.0.1:1",
+        &["127.0.0.1:1".to_string()],
         SLAVE_NAME,
         Some(host_key.trim()),
         false,

@@ -11,12 +11,14 @@ mod postgres;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use buildbot::change::ChangeSpec;
 use buildbot::master::store::postgres::PgStore;
 use buildbot::master::store::sqlite::SqliteStore;
 use buildbot::master::store::{
-    BuildRef, NewRequest, Recorded, SharedStore, StoreError, StoredSession, now,
+    BuildRef, MasterInfo, MasterLease, NewRequest, Recorded, SharedStore, StoreError,
+    StoredSession, now,
 };
 use buildbot::status::{BuildResult, JobRecord, LastBuild, RequestKind};
 
@@ -105,6 +107,14 @@ fn change(revision: &str) -> ChangeSpec {
     }
 }
 
+/// A run of master `name`, registered with a lease that outlasts the test.
+async fn run_of(store: &SharedStore, name: &str) -> MasterLease {
+    store
+        .register_master(name, &MasterInfo::default(), Duration::from_secs(600))
+        .await
+        .expect("register the master")
+}
+
 async fn new_change(store: &SharedStore, revision: &str) -> i64 {
     match store.record_change(&change(revision), "bob").await {
         Ok(Recorded::New(stored)) => stored.id,
@@ -186,6 +196,7 @@ async fn requests_are_recorded_once_in_order(store: SharedStore) {
 }
 
 async fn pending_counts_by_builder_and_who(store: SharedStore) {
+    let me = run_of(&store, "m").await;
     let bob = |job: &str, builder: &str| NewRequest {
         who: Some("bob".into()),
         ..request(job, builder)
@@ -209,7 +220,7 @@ async fn pending_counts_by_builder_and_who(store: SharedStore) {
     assert_eq!(count(Some("linux"), Some("alice")).await, 1);
     // A request being built no longer waits.
     store
-        .start_build(ids[0], "linux", "s1")
+        .start_build(&me, ids[0], "linux", "s1")
         .await
         .expect("start");
     assert_eq!(count(Some("linux"), None).await, 1);
@@ -217,6 +228,7 @@ async fn pending_counts_by_builder_and_who(store: SharedStore) {
 }
 
 async fn pending_requests_oldest_first_with_changes_patch_and_properties(store: SharedStore) {
+    let me = run_of(&store, "m").await;
     let first_change = new_change(&store, "1111").await;
     let second_change = new_change(&store, "2222").await;
     let properties: BTreeMap<String, String> = [
@@ -237,7 +249,7 @@ async fn pending_requests_oldest_first_with_changes_patch_and_properties(store: 
     let building = one(&store, request("j2", "linux")).await;
     let last = one(&store, request("j3", "mac")).await;
     store
-        .start_build(building, "linux", "s1")
+        .start_build(&me, building, "linux", "s1")
         .await
         .expect("start");
     let pending = store.pending_requests().await.expect("read");
@@ -310,6 +322,7 @@ async fn cancelled_requests_hand_their_changes_to_the_collapsed_one(store: Share
 }
 
 async fn builds_are_numbered_per_builder_with_their_steps(store: SharedStore) {
+    let me = run_of(&store, "m").await;
     let ids = store
         .record_requests(vec![
             request("j1", "linux"),
@@ -319,28 +332,34 @@ async fn builds_are_numbered_per_builder_with_their_steps(store: SharedStore) {
         .await
         .expect("record");
     let (linux_1, number) = store
-        .start_build(ids[0], "linux", "s1")
+        .start_build(&me, ids[0], "linux", "s1")
         .await
         .expect("start");
     assert_eq!(number, 1);
-    let (mac_1, number) = store.start_build(ids[1], "mac", "s2").await.expect("start");
+    let (mac_1, number) = store
+        .start_build(&me, ids[1], "mac", "s2")
+        .await
+        .expect("start");
     assert_eq!(number, 1);
     let (linux_2, number) = store
-        .start_build(ids[2], "linux", "s1")
+        .start_build(&me, ids[2], "linux", "s1")
         .await
         .expect("start");
     assert_eq!(number, 2);
     assert!(linux_1 != mac_1 && mac_1 != linux_2);
 
     let checkout = store
-        .start_step(linux_1, 1, "checkout")
+        .start_step(&me, linux_1, 1, "checkout")
         .await
         .expect("step");
-    let test = store.start_step(linux_1, 2, "test").await.expect("step");
+    let test = store
+        .start_step(&me, linux_1, 2, "test")
+        .await
+        .expect("step");
     assert_ne!(checkout, test);
     assert!(store.step_running(linux_1, 1).await.expect("read"));
     store
-        .finish_step(checkout, BuildResult::Success, "ok")
+        .finish_step(&me, checkout, BuildResult::Success, "ok")
         .await
         .expect("finish");
     assert!(!store.step_running(linux_1, 1).await.expect("read"));
@@ -360,11 +379,17 @@ async fn builds_are_numbered_per_builder_with_their_steps(store: SharedStore) {
     assert!(store.steps_of(mac_1).await.expect("read").is_empty());
 
     store
-        .finish_step(test, BuildResult::Failure, "2 failed")
+        .finish_step(&me, test, BuildResult::Failure, "2 failed")
         .await
         .expect("finish");
     store
-        .finish_build(linux_1, BuildResult::Failure, Some("tests failed"), false)
+        .finish_build(
+            &me,
+            linux_1,
+            BuildResult::Failure,
+            Some("tests failed"),
+            false,
+        )
         .await
         .expect("finish");
     let newest = store.newest_builds("linux", 10).await.expect("read");
@@ -426,11 +451,11 @@ async fn builds_are_numbered_per_builder_with_their_steps(store: SharedStore) {
         )]
     );
     store
-        .finish_build(linux_2, BuildResult::Success, None, false)
+        .finish_build(&me, linux_2, BuildResult::Success, None, false)
         .await
         .expect("finish");
     store
-        .finish_build(mac_1, BuildResult::Warnings, None, false)
+        .finish_build(&me, mac_1, BuildResult::Warnings, None, false)
         .await
         .expect("finish");
     let mut last = store.last_finished_builds().await.expect("read");
@@ -461,17 +486,18 @@ async fn steps_after(store: &SharedStore, build_id: i64) -> Vec<buildbot::master
 }
 
 async fn finished_builds_end_or_requeue_their_request(store: SharedStore) {
+    let me = run_of(&store, "m").await;
     let ids = store
         .record_requests(vec![request("j1", "linux"), request("j1", "mac")])
         .await
         .expect("record");
     let (build, _) = store
-        .start_build(ids[0], "linux", "s1")
+        .start_build(&me, ids[0], "linux", "s1")
         .await
         .expect("start");
     // The slave was lost: the build is retried, its request waits again.
     store
-        .finish_build(build, BuildResult::Exception, Some("slave lost"), true)
+        .finish_build(&me, build, BuildResult::Exception, Some("slave lost"), true)
         .await
         .expect("finish");
     let pending: Vec<i64> = store
@@ -487,17 +513,20 @@ async fn finished_builds_end_or_requeue_their_request(store: SharedStore) {
         Vec::new()
     );
     let (again, number) = store
-        .start_build(ids[0], "linux", "s2")
+        .start_build(&me, ids[0], "linux", "s2")
         .await
         .expect("start");
     assert_eq!(number, 2);
     store
-        .finish_build(again, BuildResult::Success, None, false)
+        .finish_build(&me, again, BuildResult::Success, None, false)
         .await
         .expect("finish");
-    let (mac, _) = store.start_build(ids[1], "mac", "s3").await.expect("start");
+    let (mac, _) = store
+        .start_build(&me, ids[1], "mac", "s3")
+        .await
+        .expect("start");
     store
-        .finish_build(mac, BuildResult::Failure, None, false)
+        .finish_build(&me, mac, BuildResult::Failure, None, false)
         .await
         .expect("finish");
     assert!(store.pending_requests().await.expect("read").is_empty());
@@ -530,32 +559,62 @@ async fn slave_losses_are_counted_per_request(store: SharedStore) {
 }
 
 async fn interrupted_builds_are_cut_short_and_requeued(store: SharedStore) {
+    let me = run_of(&store, "m").await;
     let ids = store
         .record_requests(vec![request("j1", "linux"), request("j1", "mac")])
         .await
         .expect("record");
     let (running, _) = store
-        .start_build(ids[0], "linux", "s1")
+        .start_build(&me, ids[0], "linux", "s1")
         .await
         .expect("start");
     let done_step = store
-        .start_step(running, 1, "checkout")
+        .start_step(&me, running, 1, "checkout")
         .await
         .expect("step");
     store
-        .finish_step(done_step, BuildResult::Success, "ok")
+        .finish_step(&me, done_step, BuildResult::Success, "ok")
         .await
         .expect("finish");
-    store.start_step(running, 2, "test").await.expect("step");
-    let (finished, _) = store.start_build(ids[1], "mac", "s2").await.expect("start");
     store
-        .finish_build(finished, BuildResult::Success, None, false)
+        .start_step(&me, running, 2, "test")
+        .await
+        .expect("step");
+    let (finished, _) = store
+        .start_build(&me, ids[1], "mac", "s2")
+        .await
+        .expect("start");
+    store
+        .finish_build(&me, finished, BuildResult::Success, None, false)
         .await
         .expect("finish");
 
+    // Another master's running build is not this master's to recover.
+    let other = run_of(&store, "other").await;
+    let others = one(&store, request("j2", "linux")).await;
+    let (other_build, _) = store
+        .start_build(&other, others, "linux", "s9")
+        .await
+        .expect("start");
+    // The master stops (its builds left running) and starts again: a new run.
+    store.retire_master(&me).await.expect("retire");
+    let me = run_of(&store, "m").await;
     assert_eq!(
-        store.recover_interrupted_builds().await.expect("recover"),
+        store
+            .recover_interrupted_builds(&me)
+            .await
+            .expect("recover"),
         1
+    );
+    assert_eq!(
+        store
+            .build_detail(&BuildRef::Id(other_build))
+            .await
+            .expect("read")
+            .expect("found")
+            .build
+            .finished_at,
+        None
     );
     let pending: Vec<i64> = store
         .pending_requests()
@@ -565,7 +624,12 @@ async fn interrupted_builds_are_cut_short_and_requeued(store: SharedStore) {
         .map(|request| request.id)
         .collect();
     assert_eq!(pending, vec![ids[0]]);
-    let build = &store.newest_builds("linux", 1).await.expect("read")[0];
+    let build = &store
+        .build_detail(&BuildRef::Id(running))
+        .await
+        .expect("read")
+        .expect("found")
+        .build;
     assert_eq!(build.result, Some(BuildResult::Exception));
     assert_eq!(build.reason.as_deref(), Some("master restarted"));
     assert!(build.finished_at.is_some());
@@ -580,18 +644,22 @@ async fn interrupted_builds_are_cut_short_and_requeued(store: SharedStore) {
         (Some(BuildResult::Success), None)
     );
     assert_eq!(
-        store.recover_interrupted_builds().await.expect("recover"),
+        store
+            .recover_interrupted_builds(&me)
+            .await
+            .expect("recover"),
         0
     );
-    // The next build of the builder is numbered after the interrupted one.
+    // The next build of the builder is numbered after the interrupted one and the other's.
     let (_, number) = store
-        .start_build(ids[0], "linux", "s1")
+        .start_build(&me, ids[0], "linux", "s1")
         .await
         .expect("start");
-    assert_eq!(number, 2);
+    assert_eq!(number, 3);
 }
 
 async fn builds_in_a_time_window(store: SharedStore) {
+    let me = run_of(&store, "m").await;
     let ids = store
         .record_requests(vec![
             request("j1", "linux"),
@@ -602,20 +670,23 @@ async fn builds_in_a_time_window(store: SharedStore) {
         .expect("record");
     let before = now() - 1.0;
     let (first, _) = store
-        .start_build(ids[0], "linux", "s1")
+        .start_build(&me, ids[0], "linux", "s1")
         .await
         .expect("start");
-    store.start_step(first, 1, "compile").await.expect("step");
     store
-        .finish_build(first, BuildResult::Failure, None, false)
+        .start_step(&me, first, 1, "compile")
+        .await
+        .expect("step");
+    store
+        .finish_build(&me, first, BuildResult::Failure, None, false)
         .await
         .expect("finish");
     let (second, _) = store
-        .start_build(ids[1], "linux", "s1")
+        .start_build(&me, ids[1], "linux", "s1")
         .await
         .expect("start");
     let (third, _) = store
-        .start_build(ids[2], "linux", "s1")
+        .start_build(&me, ids[2], "linux", "s1")
         .await
         .expect("start");
     let after = now() + 1.0;
@@ -697,6 +768,7 @@ async fn builds_in_a_time_window(store: SharedStore) {
 }
 
 async fn build_detail_by_number_and_id(store: SharedStore) {
+    let me = run_of(&store, "m").await;
     let change_id = new_change(&store, "cafe").await;
     // Asked for a branch's tip: branch and base revision come from what the build checked out.
     let tip = one(
@@ -711,7 +783,10 @@ async fn build_detail_by_number_and_id(store: SharedStore) {
         },
     )
     .await;
-    let (build, number) = store.start_build(tip, "linux", "s1").await.expect("start");
+    let (build, number) = store
+        .start_build(&me, tip, "linux", "s1")
+        .await
+        .expect("start");
     let by_number = BuildRef::Number {
         builder: "linux".into(),
         number,
@@ -727,12 +802,15 @@ async fn build_detail_by_number_and_id(store: SharedStore) {
     );
     assert_eq!(detail.revision, None);
     store
-        .record_build_source(build, "main", "beef")
+        .record_build_source(&me, build, "main", "beef")
         .await
         .expect("record source");
-    let step = store.start_step(build, 1, "checkout").await.expect("step");
+    let step = store
+        .start_step(&me, build, 1, "checkout")
+        .await
+        .expect("step");
     store
-        .finish_step(step, BuildResult::Success, "at beef")
+        .finish_step(&me, step, BuildResult::Success, "at beef")
         .await
         .expect("finish");
     let detail = store
@@ -783,11 +861,11 @@ async fn build_detail_by_number_and_id(store: SharedStore) {
     )
     .await;
     let (try_build, _) = store
-        .start_build(try_job, "linux", "s1")
+        .start_build(&me, try_job, "linux", "s1")
         .await
         .expect("start");
     store
-        .record_build_source(try_build, "main", "f00d")
+        .record_build_source(&me, try_build, "main", "f00d")
         .await
         .expect("record source");
     let detail = store
@@ -831,6 +909,7 @@ async fn build_detail_by_number_and_id(store: SharedStore) {
 }
 
 async fn durations_of_recent_successes(store: SharedStore) {
+    let me = run_of(&store, "m").await;
     let ids = store
         .record_requests(vec![
             request("j1", "linux"),
@@ -846,9 +925,12 @@ async fn durations_of_recent_successes(store: SharedStore) {
         BuildResult::Success,
     ];
     for (id, result) in ids.iter().zip(results) {
-        let (build, _) = store.start_build(*id, "linux", "s1").await.expect("start");
+        let (build, _) = store
+            .start_build(&me, *id, "linux", "s1")
+            .await
+            .expect("start");
         store
-            .finish_build(build, result, None, false)
+            .finish_build(&me, build, result, None, false)
             .await
             .expect("finish");
     }
@@ -882,6 +964,7 @@ async fn durations_of_recent_successes(store: SharedStore) {
 }
 
 async fn one_revision_is_one_change(store: SharedStore) {
+    let me = run_of(&store, "m").await;
     let spec = change("0123456789abcdef");
     let Recorded::New(stored) = store.record_change(&spec, "alice").await.expect("record") else {
         panic!("the first arrival is new");
@@ -953,10 +1036,13 @@ async fn one_revision_is_one_change(store: SharedStore) {
             .is_empty()
     );
     store
-        .start_build(ids[0], "linux", "s1")
+        .start_build(&me, ids[0], "linux", "s1")
         .await
         .expect("start");
-    store.start_build(ids[1], "mac", "s2").await.expect("start");
+    store
+        .start_build(&me, ids[1], "mac", "s2")
+        .await
+        .expect("start");
     assert_eq!(
         store.builds_of_change(stored.id).await.expect("read"),
         vec![("linux".to_string(), 1), ("mac".to_string(), 1)]
@@ -1027,12 +1113,19 @@ async fn a_job_is_recorded_once_also_when_recorded_at_once(store: SharedStore) {
 }
 
 async fn builds_started_at_once_get_distinct_numbers(store: SharedStore) {
+    let me = run_of(&store, "m").await;
     let jobs: Vec<NewRequest> = (0..6).map(|n| request(&format!("j{n}"), "linux")).collect();
     let ids = store.record_requests(jobs).await.expect("record");
     let next = Arc::new(std::sync::Mutex::new(ids));
     let results = at_once(6, &store, |store| {
         let id = next.lock().expect("not poisoned").pop().expect("one each");
-        Box::pin(async move { store.start_build(id, "linux", "s1").await.expect("start") })
+        let me = me.clone();
+        Box::pin(async move {
+            store
+                .start_build(&me, id, "linux", "s1")
+                .await
+                .expect("start")
+        })
     })
     .await;
     let mut numbers: Vec<i64> = results.iter().map(|(_, number)| *number).collect();
@@ -1124,6 +1217,7 @@ async fn sessions_live_until_they_expire(store: SharedStore) {
 /// keeps it, PostgreSQL keeps U+FFFD in its place; neither fails the verb, and what is read
 /// back is the same once NUL is shown as U+FFFD.
 async fn text_with_nul_is_stored_whatever_the_backend(store: SharedStore) {
+    let me = run_of(&store, "m").await;
     let shown = |text: &str| text.replace('\0', "\u{fffd}");
     let id = one(
         &store,
@@ -1148,14 +1242,17 @@ async fn text_with_nul_is_stored_whatever_the_backend(store: SharedStore) {
             .expect("count"),
         1
     );
-    let (build, _) = store.start_build(id, "linux", "s1").await.expect("start");
-    let step = store.start_step(build, 1, "test").await.expect("step");
+    let (build, _) = store
+        .start_build(&me, id, "linux", "s1")
+        .await
+        .expect("start");
+    let step = store.start_step(&me, build, 1, "test").await.expect("step");
     store
-        .finish_step(step, BuildResult::Failure, "binary\0output")
+        .finish_step(&me, step, BuildResult::Failure, "binary\0output")
         .await
         .expect("finish");
     store
-        .finish_build(build, BuildResult::Failure, Some("failed:\0"), false)
+        .finish_build(&me, build, BuildResult::Failure, Some("failed:\0"), false)
         .await
         .expect("finish");
     let steps = store.steps_of(build).await.expect("read");
@@ -1327,6 +1424,7 @@ async fn masters_starting_at_once_migrate_once() {
     for (index, store) in stores.iter().enumerate() {
         let (store, barrier) = (Arc::clone(store), Arc::clone(&barrier));
         tasks.push(tokio::spawn(async move {
+            let me = run_of(&store, &format!("master-{index}")).await;
             let request_id = one(&store, request(&format!("m{index}"), "linux")).await;
             barrier.wait().await;
             let recorded = store
@@ -1334,7 +1432,7 @@ async fn masters_starting_at_once_migrate_once() {
                 .await
                 .expect("record");
             let (_, number) = store
-                .start_build(request_id, "linux", "s1")
+                .start_build(&me, request_id, "linux", "s1")
                 .await
                 .expect("start");
             (recorded, number)
@@ -1367,6 +1465,7 @@ async fn ids_copied_in_are_not_generated_again() {
     .await;
     store.advance_identities().await.expect("advance");
     let store: SharedStore = Arc::new(store);
+    let me = run_of(&store, "m").await;
     let ids = store
         .record_requests(vec![request("new", "linux")])
         .await
@@ -1376,7 +1475,7 @@ async fn ids_copied_in_are_not_generated_again() {
     assert_eq!(change_id, 8);
     // On an empty table too: the first id is 1.
     let (build, _) = store
-        .start_build(ids[0], "linux", "s1")
+        .start_build(&me, ids[0], "linux", "s1")
         .await
         .expect("start");
     assert_eq!(build, 1);

@@ -126,14 +126,43 @@ pub async fn run(
             history_path.display()
         )
     })?);
+    let store_for_lead = Arc::clone(&store);
     let sessions = Sessions::load(Arc::clone(&store)).await;
+    let owner = crate::master::lease::register(
+        store.as_ref(),
+        &config,
+        &crate::master::lease::starting_info(
+            &config,
+            &listening.ssh.to_string(),
+            &listening.http.to_string(),
+        ),
+        &shutdown,
+    )
+    .await
+    .context("cannot register this master in the database")?;
+    tracing::info!(master = %owner.name, epoch = owner.epoch, database = %config.database.backend.shown(), "registered in the database");
+    // Several masters on one store number their events there, one sequence for all.
+    let (journal, journaled) = if store.is_shared() {
+        let epoch = store
+            .cluster_id()
+            .await
+            .context("cannot read the cluster's id from the database")?;
+        let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
+        (Some((epoch, sender)), Some(receiver))
+    } else {
+        (None, None)
+    };
     let (scheduler_tx, scheduler_rx) = tokio::sync::mpsc::channel(256);
     let (changes_tx, changes_rx) = tokio::sync::mpsc::channel(256);
     let control = Arc::new(Control::new(
         Arc::clone(&config),
         host_key_fingerprint,
-        store,
-        sessions,
+        crate::master::control::Storage {
+            store,
+            sessions,
+            owner: owner.clone(),
+            journal,
+        },
         format!("http://{}", listening.http),
         scheduler_tx,
         changes_tx,
@@ -144,7 +173,37 @@ pub async fn run(
         .restore_last_builds()
         .await
         .context("cannot read the builders' last builds")?;
+    // One master of a cluster fires the schedulers, polls and runs the IRC bot; with the
+    // embedded store this one, from the start.
+    let leads_now =
+        crate::master::lease::lead(store_for_lead.as_ref(), &owner, config.database.lease).await;
+    let (leading_tx, leading) = tokio::sync::watch::channel(leads_now);
+    let lease_parts = control.lease_parts(
+        listening.ssh.to_string(),
+        listening.http.to_string(),
+        leading_tx,
+    );
     let components = TaskTracker::new();
+    if let Some(published) = journaled {
+        let (store, events) = control.journal_parts();
+        spawn_component(&components, &shutdown, "event journal", {
+            crate::master::journal::write(
+                Arc::clone(&store),
+                owner.name.clone(),
+                published,
+                shutdown.clone(),
+            )
+        });
+        spawn_component(&components, &shutdown, "event journal tail", {
+            crate::master::journal::tail(store, events, shutdown.clone())
+        });
+        spawn_component(&components, &shutdown, "stops asked elsewhere", {
+            control.serve_remote_stops(shutdown.clone())
+        });
+    }
+    spawn_component(&components, &shutdown, "lease", {
+        crate::master::lease::run(lease_parts, owner, shutdown.clone())
+    });
     let sshd_ctx = Arc::new(SshdContext::new(
         Arc::clone(&config),
         Arc::clone(&control),
@@ -197,11 +256,21 @@ pub async fn run(
         executor::run(control.executor_parts(), scheduler_rx, shutdown.clone())
     });
     spawn_component(&components, &shutdown, "schedulers", {
-        schedulers::run(control.schedulers_handle(), changes_rx, shutdown.clone())
+        schedulers::run(
+            control.schedulers_handle(leading.clone()),
+            changes_rx,
+            shutdown.clone(),
+        )
     });
     // Idle until a config (at start or from a reconfig) has an [irc] section.
     spawn_component(&components, &shutdown, "IRC bot", {
-        crate::irc::run(Arc::clone(&control), shutdown.clone())
+        let control = Arc::clone(&control);
+        crate::master::lease::while_leading(
+            leading.clone(),
+            "the IRC bot",
+            shutdown.clone(),
+            move |token| crate::irc::run(Arc::clone(&control), token),
+        )
     });
     spawn_component(&components, &shutdown, "reconfig", {
         reconfig::serve(
@@ -213,7 +282,13 @@ pub async fn run(
     });
     for source in &config.change_sources {
         spawn_component(&components, &shutdown, "change poller", {
-            poller::run(control.poller_handle(), source.clone(), shutdown.clone())
+            let (control, source) = (Arc::clone(&control), source.clone());
+            crate::master::lease::while_leading(
+                leading.clone(),
+                "a change poller",
+                shutdown.clone(),
+                move |token| poller::run(control.poller_handle(), source.clone(), token),
+            )
         });
     }
     components.close();

@@ -128,6 +128,14 @@ impl Board {
             .collect()
     }
 
+    /// Every running build, by builder and number.
+    pub fn all_running(&self) -> Vec<RunningBuild> {
+        lock(&self.running)
+            .values()
+            .map(|entry| entry.view.clone())
+            .collect()
+    }
+
     pub fn running_build(&self, builder: &str, number: i64) -> Option<RunningBuild> {
         lock(&self.running)
             .get(&(builder.to_string(), number))

@@ -199,6 +199,8 @@ pub struct BuildParts {
     /// Where step logs are written: `logs/BUILDER/NUMBER/STEP-NAME.STREAM`.
     pub(crate) logs_dir: PathBuf,
     pub(crate) scheduler: Arc<dyn SchedulerPort>,
+    /// This run of the master, which owns the builds it starts.
+    pub(crate) owner: crate::master::store::MasterLease,
 }
 
 impl BuildParts {
@@ -242,11 +244,26 @@ pub async fn run(
             slave_unusable: true,
         };
     }
-    let Some(started) = begin(control, &builder, &request, &link).await else {
-        return BuildOutcome {
-            retry: true,
-            slave_unusable: false,
-        };
+    let started = match begin(control, &builder, &request, &link).await {
+        Ok(started) => started,
+        // Another master claimed it first (or it was cancelled meanwhile): nothing to do
+        // here, and nothing to retry.
+        Err(crate::master::store::StoreError::AlreadyClaimed { request_id }) => {
+            tracing::info!(request = request_id, builder = %builder.name, "request claimed elsewhere; the slave stays free");
+            return BuildOutcome::default();
+        }
+        // This run was declared lost: it must not start anything (the lease task stops it).
+        Err(fenced @ crate::master::store::StoreError::Fenced { .. }) => {
+            tracing::error!("cannot start a build: {fenced}");
+            return BuildOutcome::default();
+        }
+        Err(err) => {
+            tracing::error!("cannot record the build: {err}");
+            return BuildOutcome {
+                retry: true,
+                slave_unusable: false,
+            };
+        }
     };
     let began = std::time::Instant::now();
     let span = tracing::info_span!("build", builder = %builder.name, number = started.number, slave = %link.name);
@@ -278,6 +295,7 @@ pub async fn run(
     if let Err(err) = control
         .store
         .finish_build(
+            &control.owner,
             started.build_id,
             ending.result,
             recorded_reason.as_deref(),
@@ -315,26 +333,20 @@ struct Started {
     stop: Arc<StopHandle>,
 }
 
-/// Records the build, puts it on the board and announces it; none when the history fails.
+/// Claims the request and records its build, puts it on the board and announces it.
 async fn begin(
     control: &Arc<BuildParts>,
     builder: &BuilderConfig,
     request: &StoredRequest,
     link: &SlaveLink,
-) -> Option<Started> {
+) -> Result<Started, crate::master::store::StoreError> {
     let request_id = request.id;
     let (builder_name, slave_name) = (builder.name.clone(), link.name.clone());
     let started = control
         .store
-        .start_build(request_id, &builder_name, &slave_name)
+        .start_build(&control.owner, request_id, &builder_name, &slave_name)
         .await;
-    let (build_id, number) = match started {
-        Ok(started) => started,
-        Err(err) => {
-            tracing::error!("cannot record the build: {err}");
-            return None;
-        }
-    };
+    let (build_id, number) = started?;
     let eta_builder = builder.name.clone();
     let expected_secs = control
         .store
@@ -363,7 +375,7 @@ async fn begin(
         slave: link.name.clone(),
         expected_secs,
     });
-    Some(Started {
+    Ok(Started {
         build_id,
         number,
         stop,
@@ -423,7 +435,7 @@ async fn run_steps(
         let (step_name, build_id) = (step.name.clone(), started.build_id);
         let step_id = match control
             .store
-            .start_step(build_id, step_number, &step_name)
+            .start_step(&control.owner, build_id, step_number, &step_name)
             .await
         {
             Ok(id) => id,
@@ -476,7 +488,7 @@ async fn run_steps(
         let (summary, step_result) = (verdict.summary.clone(), verdict.step_result);
         if let Err(err) = control
             .store
-            .finish_step(step_id, step_result, &summary)
+            .finish_step(&control.owner, step_id, step_result, &summary)
             .await
         {
             tracing::error!("cannot record a step's end: {err}");
@@ -507,7 +519,7 @@ async fn run_steps(
                 (started.build_id, checkout.branch.clone(), revision.clone());
             if let Err(err) = control
                 .store
-                .record_build_source(build_id, &branch, &revision)
+                .record_build_source(&control.owner, build_id, &branch, &revision)
                 .await
             {
                 tracing::error!("cannot record what the build checked out: {err}");

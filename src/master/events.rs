@@ -2,6 +2,12 @@
 //! ring of recent events for followers that resume, and is broadcast to those following now.
 //! [`Follower`] is the one way to follow it (replay, then live, never an event twice); the SSE
 //! endpoint, `watch`, `try --wait` and the stop action all use it.
+//!
+//! With a shared store (several masters), the log is *journaled*: `publish` hands the event
+//! to the journal (`master::journal`), which appends it to the store, where it gets the
+//! cluster's next sequence number; every master's journal tail reads the events back in
+//! sequence order and [`EventLog::deliver`]s them, its own and the other masters' alike. So a
+//! sequence number means the same event on every master and across restarts.
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
@@ -17,8 +23,11 @@ const KEPT_EVENTS: usize = 4096;
 const BROADCAST_CAPACITY: usize = 1024;
 
 pub struct EventLog {
-    /// Names this run of the master: a sequence number from another run means nothing here.
+    /// Names the numbering: this run of the master, or the cluster's shared store. A sequence
+    /// number from another numbering means nothing here.
     epoch: String,
+    /// Where a journaled log sends what is published (none: numbered here).
+    journal: Option<tokio::sync::mpsc::UnboundedSender<(f64, BuildEvent)>>,
     live: broadcast::Sender<SequencedEvent>,
     kept: Mutex<Kept>,
 }
@@ -50,6 +59,7 @@ impl EventLog {
         let epoch = format!("{:x}", rand::random::<u64>());
         EventLog {
             epoch,
+            journal: None,
             live,
             kept: Mutex::new(Kept {
                 events: VecDeque::new(),
@@ -58,12 +68,32 @@ impl EventLog {
         }
     }
 
+    /// A log numbered by the cluster's store: published events go to `journal`, and come back
+    /// through [`EventLog::deliver`] with their number. `epoch` names the store's numbering.
+    pub fn journaled(
+        epoch: String,
+        journal: tokio::sync::mpsc::UnboundedSender<(f64, BuildEvent)>,
+    ) -> EventLog {
+        EventLog {
+            journal: Some(journal),
+            epoch,
+            ..EventLog::new()
+        }
+    }
+
     pub fn epoch(&self) -> &str {
         &self.epoch
     }
 
-    /// Numbers the event, keeps it, and tells every follower.
-    pub fn publish(&self, event: BuildEvent) -> SequencedEvent {
+    /// Numbers the event, keeps it, and tells every follower (journaled: hands it to the
+    /// journal, which numbers it in the store; it is delivered from there).
+    pub fn publish(&self, event: BuildEvent) {
+        if let Some(journal) = &self.journal {
+            // The journal outlives every publisher but at the very end of a shutdown, when
+            // nobody follows any more.
+            let _ = journal.send((unix_now(), event));
+            return;
+        }
         let mut kept = lock(&self.kept);
         let sequenced = SequencedEvent {
             seq: kept.next_seq,
@@ -76,8 +106,22 @@ impl EventLog {
             kept.events.pop_front();
         }
         // Sent under the lock, so followers see events in sequence order; no follower is fine.
-        let _ = self.live.send(sequenced.clone());
-        sequenced
+        let _ = self.live.send(sequenced);
+    }
+
+    /// Keeps and tells an event numbered by the store (a journaled log). Events come in
+    /// sequence order; one already delivered is ignored.
+    pub fn deliver(&self, sequenced: SequencedEvent) {
+        let mut kept = lock(&self.kept);
+        if sequenced.seq < kept.next_seq {
+            return;
+        }
+        kept.next_seq = sequenced.seq + 1;
+        kept.events.push_back(sequenced.clone());
+        if kept.events.len() > KEPT_EVENTS {
+            kept.events.pop_front();
+        }
+        let _ = self.live.send(sequenced);
     }
 
     /// The sequence number of the newest event (0 before the first).

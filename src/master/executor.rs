@@ -191,7 +191,10 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let control = Arc::new(control);
-    let interrupted = control.store.recover_interrupted_builds().await?;
+    let interrupted = control
+        .store
+        .recover_interrupted_builds(&control.build.owner)
+        .await?;
     let pending = control.store.pending_requests().await?;
     if interrupted > 0 {
         // Those builds ended just now, as exceptions: they are their builders' last.
@@ -217,6 +220,10 @@ pub async fn run(
     let builds = TaskTracker::new();
     // Inputs that come from performing effects, handled before the next one from outside.
     let mut follow_ups = VecDeque::from([Input::Requests(pending)]);
+    // Requests recorded, re-queued or dropped by other masters of the cluster: the queue takes
+    // the ones it does not know; one claimed elsewhere first is dropped when its start finds
+    // it claimed (the store decides who builds it).
+    let mut notices = control.store.request_notices();
     loop {
         let (input, reply) = match follow_ups.pop_front() {
             Some(input) => (input, None),
@@ -236,6 +243,24 @@ pub async fn run(
                         (Input::StepLocks { request_id, step, slave, uses }, None)
                     }
                     None => break,
+                },
+                noticed = async {
+                    match notices.as_mut() {
+                        Some(notices) => notices.changed().await,
+                        None => std::future::pending().await,
+                    }
+                } => match noticed {
+                    Ok(()) => match control.store.pending_requests().await {
+                        Ok(pending) => (Input::Requests(pending), None),
+                        Err(err) => {
+                            tracing::warn!("cannot read the cluster's waiting requests: {err}");
+                            continue;
+                        }
+                    },
+                    Err(_) => {
+                        notices = None;
+                        continue;
+                    }
                 },
                 changed = config_changes.changed() => match changed {
                     Ok(()) => {

@@ -13,6 +13,8 @@ pub mod git_remote;
 pub mod intake;
 pub mod interpolate;
 pub mod irc_links;
+pub mod journal;
+pub mod lease;
 pub mod locks;
 pub mod log_tail;
 pub mod metrics;

@@ -130,6 +130,7 @@ pub fn merge(old: &Config, mut new: Config) -> (Config, Vec<String>) {
     keep!(http.header_read_timeout, "[http] header_read_timeout");
     keep!(spool.dir, "[spool] dir");
     keep!(change_sources, "[[change_source]]");
+    keep!(database, "[database]");
     (new, notes)
 }
 

@@ -1,5 +1,6 @@
-//! One connection to the master: SSH handshake with the pinned host key, the `slave` channel,
-//! the version handshake, then the message loop with keepalives.
+//! One connection to one master: SSH handshake with the pinned host key, the `slave` channel,
+//! the version handshake, then the message loop with keepalives. Which master to dial, and
+//! when, is `slave::run`'s decision.
 //!
 //! The channel is read by a task of its own that always drains it (russh trap #1: a task that
 //! reads and writes one channel stalls when both sides send at once); frames go out through a
@@ -20,11 +21,15 @@ use crate::slave::SlaveConfig;
 use crate::slave::containment::Containment;
 use crate::slave::work::Work;
 
-/// How a connection ended.
+/// How a connection ended once the master had welcomed the slave (failures before that are
+/// errors: the slave never served that master).
 pub enum Ended {
     Shutdown,
     Lost(String),
 }
+
+/// For the SSH handshake and the login, each; the RPC handshake has a limit of its own.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Frames waiting for the writer; bounded, so output producers feel the link's speed.
 const OUTGOING_QUEUE: usize = 64;
@@ -58,20 +63,20 @@ impl russh::client::Handler for ClientHandler {
     }
 }
 
-/// Connects, registers and serves until the connection ends or `shutdown` is cancelled.
+/// Connects to the master at `address` (one of `config.masters`), registers and serves until
+/// the connection ends or `shutdown` is cancelled. `connect_timeout` bounds the TCP connect.
 pub async fn serve(
     config: &SlaveConfig,
+    address: &str,
+    connect_timeout: Duration,
     key: &PrivateKey,
     containment: &Arc<Containment>,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<Ended> {
-    let stream = tokio::time::timeout(
-        Duration::from_secs(20),
-        tokio::net::TcpStream::connect(&config.master),
-    )
-    .await
-    .with_context(|| format!("timed out connecting to {}", config.master))?
-    .with_context(|| format!("cannot connect to {}", config.master))?;
+    let stream = tokio::time::timeout(connect_timeout, tokio::net::TcpStream::connect(address))
+        .await
+        .with_context(|| format!("timed out connecting to {address}"))?
+        .with_context(|| format!("cannot connect to {address}"))?;
     // russh applies its `nodelay` only to sockets it opens itself. Without it, Nagle holds a
     // small frame (a pong, an exit report) until the master's delayed ACK, some 40 ms.
     if let Err(err) = stream.set_nodelay(true) {
@@ -100,29 +105,38 @@ pub async fn serve(
         },
         ..Default::default()
     });
-    let mut session = match russh::client::connect_stream(ssh_config, stream, handler).await {
+    // A stopped master's kernel still accepts the connection: without a limit the slave would
+    // wait on it forever instead of dialing the next master.
+    let handshake = tokio::time::timeout(
+        HANDSHAKE_TIMEOUT,
+        russh::client::connect_stream(ssh_config, stream, handler),
+    )
+    .await
+    .with_context(|| format!("no SSH handshake from {address} within {HANDSHAKE_TIMEOUT:?}"))?;
+    let mut session = match handshake {
         Ok(session) => session,
         Err(err) => {
             if let Some(presented) = mismatch.lock().ok().and_then(|m| m.clone()) {
                 bail!(
-                    "MASTER HOST KEY MISMATCH: {} presented {presented}, but slave.toml pins {}; refusing to connect (if the master's key really changed, update master_host_key)",
-                    config.master,
+                    "MASTER HOST KEY MISMATCH: {address} presented {presented}, but slave.toml pins {}; refusing to connect (if the master's key really changed, update master_host_key; every master of a cluster must present the same key)",
                     config
                         .master_host_key
                         .fingerprint(russh::keys::HashAlg::Sha256)
                 );
             }
-            return Err(err)
-                .with_context(|| format!("SSH handshake with {} failed", config.master));
+            return Err(err).with_context(|| format!("SSH handshake with {address} failed"));
         }
     };
-    let auth = session
-        .authenticate_publickey(
+    let auth = tokio::time::timeout(
+        HANDSHAKE_TIMEOUT,
+        session.authenticate_publickey(
             config.name.clone(),
             PrivateKeyWithHashAlg::new(Arc::new(key.clone()), None),
-        )
-        .await
-        .context("authentication failed")?;
+        ),
+    )
+    .await
+    .with_context(|| format!("no answer to the login from {address} within {HANDSHAKE_TIMEOUT:?}"))?
+    .context("authentication failed")?;
     if !auth.success() {
         bail!(
             "the master refused this slave's key for login '{}' (is the [[slave]] block with this key in master.toml?)",
@@ -202,6 +216,7 @@ pub async fn serve(
 
     let result = run_session(
         config,
+        address,
         containment,
         &outgoing,
         &control,
@@ -228,6 +243,7 @@ pub async fn serve(
 
 async fn run_session(
     config: &SlaveConfig,
+    address: &str,
     containment: &Arc<Containment>,
     outgoing: &mpsc::Sender<Message>,
     control: &mpsc::UnboundedSender<Message>,
@@ -247,7 +263,7 @@ async fn run_session(
         .context("no answer to the handshake within 30 s")?;
     match welcome {
         Some(Ok(Message::Welcome { master })) => {
-            tracing::info!(master = %master, address = %config.master, "connected as slave {}", config.name)
+            tracing::info!(master = %master, address = %address, "connected as slave {} to master {master} at {address}", config.name)
         }
         Some(Ok(Message::Refused { reason })) => bail!("the master refused this slave: {reason}"),
         Some(Ok(other)) => bail!("unexpected first message from the master: {other:?}"),

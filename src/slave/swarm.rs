@@ -28,7 +28,7 @@ pub fn create(dir: &Path, count: usize, master: &str, host_key: &str) -> anyhow:
         let name = slave_name(index);
         blocks.push_str(&create_slave(
             &dir.join(&name),
-            master,
+            &[master.to_string()],
             &name,
             Some(host_key),
             true,

@@ -28,7 +28,7 @@ pub struct Endpoint {
 }
 
 /// Every endpoint under `/api/`, and `/metrics`.
-pub const ENDPOINTS: [Endpoint; 11] = [
+pub const ENDPOINTS: [Endpoint; 12] = [
     Endpoint {
         method: "GET",
         path: "/api/",
@@ -68,6 +68,11 @@ pub const ENDPOINTS: [Endpoint; 11] = [
         method: "GET",
         path: "/api/changes",
         description: "recent changes and the builds of each",
+    },
+    Endpoint {
+        method: "GET",
+        path: "/api/masters",
+        description: "the masters of the cluster: lease, slaves, builds, whether their config differs",
     },
     Endpoint {
         method: "GET",
@@ -310,4 +315,63 @@ pub async fn locks(
     State(state): State<Arc<AppState>>,
 ) -> Json<Vec<crate::master::control::LockStatus>> {
     Json(state.control.locks())
+}
+
+/// A master of the cluster, as `/masters` and `/api/masters` show it.
+#[derive(Debug, Clone, Serialize)]
+pub struct MasterRow {
+    pub name: String,
+    /// "up", "stopped" or "lost".
+    pub state: String,
+    /// Whether its lease holds now.
+    pub alive: bool,
+    /// The number of its run (every start takes the next).
+    pub epoch: i64,
+    pub started_at: f64,
+    pub renewed_at: f64,
+    pub lease_expires_at: f64,
+    pub ssh: String,
+    pub http: String,
+    pub version: String,
+    pub slaves: Vec<String>,
+    pub builds: Vec<String>,
+    pub config_digest: String,
+    /// Its config differs from this master's (what masters of one cluster share).
+    pub config_differs: bool,
+    /// The master answering.
+    pub this: bool,
+}
+
+pub async fn master_rows(state: &AppState) -> Result<Vec<MasterRow>, WebError> {
+    let (rows, digest) = state.control.masters().await?;
+    let this = state.control.config().name.clone();
+    Ok(rows
+        .into_iter()
+        .map(|row| MasterRow {
+            config_differs: row.alive && row.info.config_digest != digest,
+            this: row.name == this,
+            name: row.name,
+            state: if row.state == "up" && !row.alive {
+                "lost".to_string()
+            } else {
+                row.state
+            },
+            alive: row.alive,
+            epoch: row.epoch,
+            started_at: row.started_at,
+            renewed_at: row.renewed_at,
+            lease_expires_at: row.expires_at,
+            ssh: row.info.ssh,
+            http: row.info.http,
+            version: row.info.version,
+            slaves: row.info.slaves,
+            builds: row.info.builds,
+            config_digest: row.info.config_digest,
+        })
+        .collect())
+}
+
+/// `/api/masters`.
+pub async fn masters(State(state): State<Arc<AppState>>) -> Result<Json<Vec<MasterRow>>, WebError> {
+    Ok(Json(master_rows(&state).await?))
 }

@@ -30,7 +30,7 @@ use crate::master::control::{Control, ControlError};
 use crate::master::sessions::Session;
 
 /// Every template, embedded so the binary needs no files at run time.
-pub const TEMPLATES: [(&str, &str); 11] = [
+pub const TEMPLATES: [(&str, &str); 12] = [
     ("base.html", include_str!("templates/base.html")),
     ("waterfall.html", include_str!("templates/waterfall.html")),
     ("summary.html", include_str!("templates/summary.html")),
@@ -38,6 +38,7 @@ pub const TEMPLATES: [(&str, &str); 11] = [
     ("build.html", include_str!("templates/build.html")),
     ("log.html", include_str!("templates/log.html")),
     ("slaves.html", include_str!("templates/slaves.html")),
+    ("masters.html", include_str!("templates/masters.html")),
     ("message.html", include_str!("templates/message.html")),
     ("changes.html", include_str!("templates/changes.html")),
     ("progress.html", include_str!("templates/progress.html")),
@@ -225,6 +226,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/changes", get(changes::api_changes))
         .route("/api/requests", get(changes::api_requests))
         .route("/api/locks", get(api::locks))
+        .route("/api/masters", get(api::masters))
         .route("/api/builders", get(api::builders))
         .route("/api/builders/{builder}", get(api::builder))
         .route("/api/builds", get(api::builds))
@@ -239,6 +241,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/waterfall", get(pages::waterfall))
         .route("/summary", get(pages::summary))
         .route("/slaves", get(pages::slaves))
+        .route("/masters", get(pages::masters))
         .route("/login", get(pages::login))
         .route("/builders/{builder}", get(pages::builder))
         .route("/builders/{builder}/builds/{number}", get(pages::build))
@@ -343,6 +346,9 @@ mod tests {
         let waterfall = serde_json::json!({"height": "100", "hours": 24, "older_url": "/?before=1",
             "newer_url": null, "ticks": [{"top": "0", "label": "01-01 00:00"}],
             "columns": [{"name": "linux", "state": "idle", "state_class": "idle", "boxes": [waterfall_box]}]});
+        let master = serde_json::json!({"name": "ci-a", "state": "up", "alive": true, "epoch": 3,
+            "started": "now", "lease": "7s left", "ssh": "a:2222", "http": "a:8010", "slaves": "s1",
+            "builds": "linux #3", "config_differs": true, "this": true});
         let context = tera::Context::from_serialize(&serde_json::json!({
             "master_name": "m", "host_key": "SHA256:x", "user": "alice", "builders": [builder.clone()],
             "builder": builder, "builds": [build.clone()], "queue": [{"id": 4, "builder": "linux", "position": 1, "kind": "force", "why": "forced by alice: x",
@@ -356,6 +362,7 @@ mod tests {
             "slaves": [{"name": "s1", "connected": true, "since": "now", "facts": "linux", "building": "linux #3"}],
             "heading": "h", "message": "m", "progress": progress.clone(), "trend": trend,
             "light": light, "waterfall": waterfall,
+            "masters": [master],
         }))
         .expect("context");
         for (name, _) in TEMPLATES {

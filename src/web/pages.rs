@@ -261,6 +261,46 @@ pub async fn slaves(
     Ok(Html(state.render("slaves.html", &context)?))
 }
 
+/// `/masters`: the masters of the cluster, their leases, slaves and builds.
+pub async fn masters(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+) -> Result<Html<String>, WebError> {
+    let mut context = state.base_context(&headers).await;
+    let rows = crate::web::api::master_rows(&state).await?;
+    let now = crate::master::store::now();
+    let shown: Vec<serde_json::Value> = rows
+        .iter()
+        .map(|row| {
+            let left = row.lease_expires_at - now;
+            let lease = if !row.alive {
+                format!(
+                    "ended {}",
+                    crate::web::views::format_time(row.lease_expires_at)
+                )
+            } else {
+                format!("{:.0}s left", left.max(0.0))
+            };
+            serde_json::json!({
+                "name": row.name,
+                "state": row.state,
+                "alive": row.alive,
+                "epoch": row.epoch,
+                "started": crate::web::views::format_time(row.started_at),
+                "lease": lease,
+                "ssh": row.ssh,
+                "http": row.http,
+                "slaves": row.slaves.join(", "),
+                "builds": row.builds.join(", "),
+                "config_differs": row.config_differs,
+                "this": row.this,
+            })
+        })
+        .collect();
+    context.insert("masters", &shown);
+    Ok(Html(state.render("masters.html", &context)?))
+}
+
 #[derive(serde::Deserialize)]
 pub struct LoginQuery {
     token: String,

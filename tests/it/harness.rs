@@ -89,6 +89,9 @@ pub struct MasterSetup {
     /// RLIMIT_NOFILE (soft and hard) the master process starts with, to run it short of file
     /// descriptors.
     pub open_file_limit: Option<u64>,
+    /// A master directory whose `host_key` (and `.pub`) replace the fresh ones, as every
+    /// master of one cluster presents one host key (docs/multimaster.md).
+    pub host_key_of: Option<PathBuf>,
 }
 
 impl MasterSetup {
@@ -144,6 +147,7 @@ impl Default for MasterSetup {
             allow_root: true,
             edits: Vec::new(),
             open_file_limit: None,
+            host_key_of: None,
         }
     }
 }
@@ -190,6 +194,26 @@ impl TestMaster {
             .prefix("buildbot-slaves-")
             .tempdir()
             .expect("temp dir");
+        if let Some(other) = &setup.host_key_of {
+            // The commands of docs/multimaster.md: cp -p keeps the private key's mode 0600.
+            for file in ["host_key", "host_key.pub"] {
+                let copied = run_with_timeout(
+                    {
+                        let mut cp = Command::new("cp");
+                        cp.arg("-p")
+                            .arg(other.join(file))
+                            .arg(dir.path().join(file));
+                        cp
+                    },
+                    None,
+                );
+                assert!(
+                    copied.status.success(),
+                    "cp {file}: {}",
+                    text(&copied.stderr)
+                );
+            }
+        }
         let host_key = std::fs::read_to_string(dir.path().join("host_key.pub")).expect("host key");
         for name in &setup.slaves {
             let mut create = Command::new(BIN);

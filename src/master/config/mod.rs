@@ -7,6 +7,7 @@
 //! `master.toml:LINE: message`. This module does not start anything and does not touch the
 //! spool, the SSH server or the network.
 
+mod database;
 mod irc;
 mod limits;
 mod locks;
@@ -28,6 +29,8 @@ use toml::Spanned;
 
 use crate::durations::parse_duration;
 
+use database::RawDatabase;
+pub use database::{Backend, DatabaseConfig};
 use irc::RawIrc;
 pub use irc::{IrcConfig, NotifyEvent};
 pub use limits::MaxStartups;
@@ -99,6 +102,8 @@ pub struct Config {
     pub locks: Vec<crate::master::locks::LockDef>,
     /// The IRC status bot; none when `[irc]` is absent.
     pub irc: Option<IrcConfig>,
+    /// Where the store lives (`[database]`): SQLite by default, or a shared PostgreSQL.
+    pub database: DatabaseConfig,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -236,6 +241,8 @@ struct RawConfig {
     irc: Option<RawIrc>,
     #[serde(default)]
     limits: Option<RawQuotas>,
+    #[serde(default)]
+    database: Option<RawDatabase>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -635,6 +642,7 @@ impl Checker<'_> {
         let irc = self.irc(raw.irc.as_ref());
         let operators = self.operators(&raw.master);
         let quotas = self.quotas(raw.limits.as_ref());
+        let database = self.database(raw.database.as_ref());
         Some(Config {
             master_dir: self.master_dir.to_path_buf(),
             name: raw.master.name,
@@ -654,6 +662,7 @@ impl Checker<'_> {
             changes,
             locks,
             irc,
+            database,
         })
     }
 

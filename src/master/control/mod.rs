@@ -41,7 +41,9 @@ use crate::master::scheduler::Input;
 use crate::master::sessions::{Session, Sessions};
 use crate::master::slaves::SlaveInfo;
 use crate::master::slaves::{self, SlaveLink, SlaveRegistry};
-use crate::master::store::{BuildRow, NewRequest, SharedStore, Store, StoreError, StoredChange};
+use crate::master::store::{
+    BuildRow, MasterLease, NewRequest, SharedStore, Store, StoreError, StoredChange,
+};
 use crate::spool::submit::SubmitError;
 use crate::status::RunningBuild;
 use crate::status::{BuildResult, BuilderActivity, BuilderStatus, PoolSlave, StatusSnapshot};
@@ -200,6 +202,8 @@ pub struct Control {
     /// `SHA256:...` of the host key, shown to users so they can check what they connect to.
     host_key_fingerprint: String,
     store: SharedStore,
+    /// This run of the master: what its writes about its builds are fenced with.
+    owner: MasterLease,
     events: Arc<EventLog>,
     board: Arc<Board>,
     roster: Arc<Roster>,
@@ -222,16 +226,35 @@ pub struct Control {
     quotas: crate::master::quotas::Quotas,
 }
 
+/// What the master keeps beyond a build: the store, the web sessions loaded from it, and this
+/// run's registration in it.
+pub struct Storage {
+    pub store: SharedStore,
+    pub sessions: Sessions,
+    pub owner: MasterLease,
+    /// With a shared store: the name of its event numbering and where published events go
+    /// (`master::journal`); none: events are numbered by this master alone.
+    pub journal: Option<(
+        String,
+        tokio::sync::mpsc::UnboundedSender<(f64, crate::status::BuildEvent)>,
+    )>,
+}
+
 impl Control {
     pub fn new(
         config: Arc<Config>,
         host_key_fingerprint: String,
-        store: SharedStore,
-        sessions: Sessions,
+        storage: Storage,
         web_url: String,
         inbox: mpsc::Sender<Mail>,
         changes: mpsc::Sender<StoredChange>,
     ) -> Control {
+        let Storage {
+            store,
+            sessions,
+            owner,
+            journal,
+        } = storage;
         let irc_links = IrcLinks::new(
             config
                 .irc
@@ -240,7 +263,10 @@ impl Control {
                     irc.link_ttl
                 }),
         );
-        let events = Arc::new(EventLog::new());
+        let events = Arc::new(match journal {
+            Some((epoch, journal)) => EventLog::journaled(epoch, journal),
+            None => EventLog::new(),
+        });
         Control {
             logs_dir: config.master_dir.join("logs"),
             live: LiveConfig::new(config),
@@ -256,6 +282,7 @@ impl Control {
                 changes,
             },
             store,
+            owner,
             events,
             board: Arc::default(),
             roster: Arc::default(),
@@ -282,6 +309,7 @@ impl Control {
             metrics: Arc::clone(&self.metrics),
             logs_dir: self.logs_dir.clone(),
             scheduler: Arc::new(Port(self.inbox.clone())),
+            owner: self.owner.clone(),
         }
     }
 
@@ -299,9 +327,14 @@ impl Control {
         }
     }
 
-    /// The schedulers task's handle.
-    pub fn schedulers_handle(&self) -> SchedulersHandle {
+    /// The schedulers task's handle; `leading` says whether this master fires them.
+    pub fn schedulers_handle(
+        &self,
+        leading: tokio::sync::watch::Receiver<bool>,
+    ) -> SchedulersHandle {
         SchedulersHandle {
+            leading,
+            store: Arc::clone(&self.store),
             config: self.config_view(),
             events: Arc::clone(&self.events),
             enqueuer: self.enqueuer.clone(),
@@ -315,6 +348,54 @@ impl Control {
             recorder: self.changes.clone(),
             master_dir: self.config().master_dir.clone(),
         }
+    }
+
+    /// Stops this master's builds that were asked to stop on another master of the cluster,
+    /// until `shutdown` (the daemon runs it with a shared store).
+    pub fn serve_remote_stops(
+        &self,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) -> impl std::future::Future<Output = anyhow::Result<()>> + Send + 'static {
+        stop::serve_remote_stops(
+            Arc::clone(&self.board),
+            Arc::clone(&self.roster),
+            self.owner.name.clone(),
+            self.events.follow(),
+            shutdown,
+        )
+    }
+
+    /// What the journal's tail delivers to: the store and this master's event log (the
+    /// daemon runs the tail with a shared store).
+    pub fn journal_parts(&self) -> (SharedStore, Arc<EventLog>) {
+        (Arc::clone(&self.store), Arc::clone(&self.events))
+    }
+
+    /// The lease task's handle; `ssh` and `http` are the bound listeners.
+    pub fn lease_parts(
+        &self,
+        ssh: String,
+        http: String,
+        leading: tokio::sync::watch::Sender<bool>,
+    ) -> crate::master::lease::LeaseParts {
+        crate::master::lease::LeaseParts {
+            config: self.config_view(),
+            leading,
+            store: Arc::clone(&self.store),
+            roster: Arc::clone(&self.roster),
+            board: Arc::clone(&self.board),
+            ssh,
+            http,
+        }
+    }
+
+    /// The masters of the cluster as the store knows them, and the digest of this master's
+    /// config (a master whose digest differs runs another config).
+    pub async fn masters(
+        &self,
+    ) -> Result<(Vec<crate::master::store::MasterRow>, String), ControlError> {
+        let rows = self.store.masters().await?;
+        Ok((rows, crate::master::lease::config_digest(&self.config())))
     }
 
     /// The spool intake's handle.
@@ -695,8 +776,16 @@ impl SlaveRegistry for Control {
             conn_id: link.conn_id,
             capacity,
         };
+        let slave = link.name.clone();
         self.roster.connect(link);
         self.scheduler_input(input).await;
+        if self.store.is_shared() {
+            self.events
+                .publish(crate::status::BuildEvent::SlaveConnected {
+                    slave,
+                    master: self.owner.name.clone(),
+                });
+        }
     }
 
     async fn disconnected(&self, link: &SlaveLink) {

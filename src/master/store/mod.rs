@@ -20,8 +20,9 @@ use crate::change::ChangeSpec;
 use crate::status::{BuildResult, JobRecord, LastBuild};
 
 pub use model::{
-    BuildDetail, BuildRef, BuildRow, BuildWithSteps, NewRequest, RecentBuilds, Recorded, StepRow,
-    StoredChange, StoredRequest, StoredSession, WindowBuilds, now,
+    BuildDetail, BuildRef, BuildRow, BuildWithSteps, LostMaster, MasterInfo, MasterLease,
+    MasterRow, NewRequest, RecentBuilds, Recorded, StepRow, StoredChange, StoredRequest,
+    StoredSession, WindowBuilds, now,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +50,20 @@ pub enum StoreError {
     /// A column holds what no buildbot writes (a result, state or kind of no known name).
     #[error("history database holds {0}")]
     BadValue(String),
+    /// Another master of this name holds a live lease: two masters would act as one.
+    #[error(
+        "another master named {name} is running on this database (its lease holds until {until}); give each master its own [master] name"
+    )]
+    NameTaken { name: String, until: String },
+    /// This run of the master is no longer the one the cluster knows (its lease ran out and
+    /// another master took its work over): what it still tries to write is refused.
+    #[error(
+        "master {name} (epoch {epoch}) was declared lost by the cluster; its writes are refused"
+    )]
+    Fenced { name: String, epoch: i64 },
+    /// The request is no longer waiting: another master claimed it, or it was cancelled.
+    #[error("request {request_id} is no longer waiting (claimed by another master or cancelled)")]
+    AlreadyClaimed { request_id: i64 },
 }
 
 /// The store, shared by every part of the master that keeps or reads what outlives a build.
@@ -78,8 +93,9 @@ pub trait Store: Send + Sync {
     /// Requests still waiting for a build, oldest first, with their changes.
     async fn pending_requests(&self) -> Result<Vec<StoredRequest>, StoreError>;
 
-    /// Records queued requests as cancelled; with `collapsed_into`, the request they were
-    /// merged into takes over their changes.
+    /// Records queued requests as cancelled (those still waiting: one another master claimed
+    /// meanwhile builds); with `collapsed_into`, the request they were merged into takes over
+    /// their changes.
     async fn cancel_requests(
         &self,
         ids: Vec<i64>,
@@ -109,28 +125,44 @@ pub trait Store: Send + Sync {
 
     // --- builds and steps -------------------------------------------------------------------
 
-    /// Starts a build of a request on `slave`: the next number of `builder`, the request
-    /// building. Returns (build id, number).
+    /// Claims a waiting request for `owner` and starts its build on `slave`: the next number
+    /// of `builder`, the request building, the build owned by this run of the master. Exactly
+    /// one claim of a request succeeds, whichever masters try at once; the others get
+    /// [`StoreError::AlreadyClaimed`]. A run the cluster declared lost gets
+    /// [`StoreError::Fenced`]. Returns (build id, number).
     async fn start_build(
         &self,
+        owner: &MasterLease,
         request_id: i64,
         builder: &str,
         slave: &str,
     ) -> Result<(i64, i64), StoreError>;
 
+    // Every write about a running build names its owner (the run that claimed it): once the
+    // cluster declared that run lost and retried the build elsewhere, the write is refused with
+    // `StoreError::Fenced` and changes nothing.
+
     /// Records what a build checked out: the branch and the commit its slave reported.
     async fn record_build_source(
         &self,
+        owner: &MasterLease,
         build_id: i64,
         branch: &str,
         revision: &str,
     ) -> Result<(), StoreError>;
 
     /// Starts step `number` of a build; returns the step's id.
-    async fn start_step(&self, build_id: i64, number: i64, name: &str) -> Result<i64, StoreError>;
+    async fn start_step(
+        &self,
+        owner: &MasterLease,
+        build_id: i64,
+        number: i64,
+        name: &str,
+    ) -> Result<i64, StoreError>;
 
     async fn finish_step(
         &self,
+        owner: &MasterLease,
         step_id: i64,
         result: BuildResult,
         summary: &str,
@@ -140,16 +172,17 @@ pub trait Store: Send + Sync {
     /// (the build is retried), in the same transaction.
     async fn finish_build(
         &self,
+        owner: &MasterLease,
         build_id: i64,
         result: BuildResult,
         reason: Option<&str>,
         requeue: bool,
     ) -> Result<(), StoreError>;
 
-    /// Builds left running by a master that stopped or crashed: their unfinished steps and
-    /// the builds are cut short ("master restarted"), their requests pending again. Returns
-    /// how many builds.
-    async fn recover_interrupted_builds(&self) -> Result<usize, StoreError>;
+    /// Builds left running by an earlier run of `owner`'s master (it stopped or crashed), and
+    /// builds recorded before masters had names: their unfinished steps and the builds are
+    /// cut short ("master restarted"), their requests pending again. Returns how many builds.
+    async fn recover_interrupted_builds(&self, owner: &MasterLease) -> Result<usize, StoreError>;
 
     /// Each builder's finished build with the highest number, with its result.
     async fn last_finished_builds(&self) -> Result<Vec<(String, LastBuild)>, StoreError>;
@@ -190,6 +223,9 @@ pub trait Store: Send + Sync {
         sent_by: &str,
     ) -> Result<Recorded, StoreError>;
 
+    /// One change by id.
+    async fn change(&self, id: i64) -> Result<Option<StoredChange>, StoreError>;
+
     /// The newest changes, newest first.
     async fn newest_changes(&self, limit: i64) -> Result<Vec<StoredChange>, StoreError>;
 
@@ -220,6 +256,92 @@ pub trait Store: Send + Sync {
 
     /// Keeps `session` (replacing one of the same hash); forgets those expired at `now`.
     async fn save_session(&self, session: &StoredSession, now: f64) -> Result<(), StoreError>;
+
+    // --- masters of the cluster ------------------------------------------------------------
+
+    /// Registers this master for a new run: a new epoch and a lease of `lease` from now, by
+    /// the database's clock. Refused with [`StoreError::NameTaken`] while another run of the
+    /// same name holds a live lease.
+    async fn register_master(
+        &self,
+        name: &str,
+        info: &MasterInfo,
+        lease: std::time::Duration,
+    ) -> Result<MasterLease, StoreError>;
+
+    /// Renews this run's lease for `lease` from now, with what it tells the others. Refused
+    /// with [`StoreError::Fenced`] once the cluster declared this run lost.
+    async fn renew_lease(
+        &self,
+        master: &MasterLease,
+        info: &MasterInfo,
+        lease: std::time::Duration,
+    ) -> Result<(), StoreError>;
+
+    /// Ends this run's lease now (a clean shutdown): nobody waits for it to run out.
+    async fn retire_master(&self, master: &MasterLease) -> Result<(), StoreError>;
+
+    /// Holds (takes, or renews) the cluster-wide job `job` for `owner` until `lease` from
+    /// now, by the database's clock: true while `owner` holds it. A job is held by one run at a
+    /// time; another may take it once the holder's lease ran out, or at once after the holder
+    /// retired. A run declared lost holds nothing.
+    async fn hold_singleton(
+        &self,
+        job: &str,
+        owner: &MasterLease,
+        lease: std::time::Duration,
+    ) -> Result<bool, StoreError>;
+
+    /// Every master the store has seen, by name.
+    async fn masters(&self) -> Result<Vec<MasterRow>, StoreError>;
+
+    /// Declares lost every other master whose lease ran out (by the database's clock), in one
+    /// transaction per master: its run is fenced, its running builds end as exceptions ("master
+    /// NAME lost") and their requests wait again, to be claimed by a live master. Returns what
+    /// was taken over.
+    async fn reap_lost_masters(&self, by: &MasterLease) -> Result<Vec<LostMaster>, StoreError>;
+
+    // --- the cluster's shared event log ------------------------------------------------------
+
+    /// Whether other masters share this store (PostgreSQL): events and the queue then go
+    /// through it. The embedded SQLite file has one master.
+    fn is_shared(&self) -> bool {
+        false
+    }
+
+    /// Names the store's event numbering; the same for every master and across restarts.
+    async fn cluster_id(&self) -> Result<String, StoreError>;
+
+    /// Appends events (unix time, the event as JSON) published by `master`, numbered next in
+    /// the store's one sequence, in order and without gaps; returns their numbers.
+    async fn append_events(
+        &self,
+        master: &str,
+        events: Vec<(f64, String)>,
+    ) -> Result<Vec<i64>, StoreError>;
+
+    /// At most `limit` events after number `seq`, oldest first: (seq, unix time, JSON).
+    async fn events_after(
+        &self,
+        seq: i64,
+        limit: i64,
+    ) -> Result<Vec<(i64, f64, String)>, StoreError>;
+
+    /// The newest event's number (0 before the first).
+    async fn last_event_seq(&self) -> Result<i64, StoreError>;
+
+    /// Changes whenever events were appended (by any master); `None` for a store only this
+    /// master writes.
+    fn event_notices(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        None
+    }
+
+    /// Changes whenever another master may have changed what waits (a request recorded,
+    /// claimed, cancelled or re-queued elsewhere), so this master's queue learns of it; `None`
+    /// for a store that only this master writes (the embedded SQLite file).
+    fn request_notices(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        None
+    }
 
     // --- composite reads for pages, the API and the bot -------------------------------------
 

@@ -193,3 +193,51 @@ pub struct StoredSession {
     pub csrf: String,
     pub expires_at: f64,
 }
+
+/// One run of one master in the cluster: its name and the epoch of this run. Every start
+/// takes a new epoch, so what a previous run (or a stalled one declared dead) still tries to
+/// write is told apart and refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MasterLease {
+    pub name: String,
+    pub epoch: i64,
+}
+
+/// What a master tells the others about itself when it renews its lease.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct MasterInfo {
+    /// SHA-256 of its master.toml, so masters whose configs differ are shown as such.
+    pub config_digest: String,
+    pub ssh: String,
+    pub http: String,
+    pub version: String,
+    /// The slaves connected to it.
+    pub slaves: Vec<String>,
+    /// Its running builds, as "builder #number".
+    pub builds: Vec<String>,
+}
+
+/// A master as the store knows it, for `/masters`.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct MasterRow {
+    pub name: String,
+    pub epoch: i64,
+    pub started_at: f64,
+    pub renewed_at: f64,
+    pub expires_at: f64,
+    /// "up", "stopped" (shut down cleanly) or "lost" (its lease ran out).
+    pub state: String,
+    /// Whether its lease holds now, by the database's clock.
+    pub alive: bool,
+    pub info: MasterInfo,
+}
+
+/// A master whose lease ran out, as another master took its work over.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LostMaster {
+    pub name: String,
+    pub epoch: i64,
+    /// Its builds that were running, now ended and their requests waiting again:
+    /// (builder, number, request id).
+    pub retried: Vec<(String, i64, i64)>,
+}

@@ -8,9 +8,11 @@
 //! decides about, so two masters deciding at once take turns instead of both deciding "new".
 //! The verbs themselves are in [`verbs`].
 
+mod cluster;
 mod verbs;
 
 use std::error::Error as _;
+use std::sync::Arc;
 use std::time::Duration;
 
 use deadpool_postgres::{
@@ -114,6 +116,41 @@ pub const MIGRATIONS: &[&str] = &[
         csrf TEXT NOT NULL,
         expires_at DOUBLE PRECISION NOT NULL
     );",
+    // 8: the masters of the cluster, each run with its epoch and lease (`/masters`).
+    "CREATE TABLE masters (
+        name TEXT PRIMARY KEY,
+        epoch BIGINT NOT NULL,
+        started_at DOUBLE PRECISION NOT NULL,
+        renewed_at DOUBLE PRECISION NOT NULL,
+        expires_at DOUBLE PRECISION NOT NULL,
+        state TEXT NOT NULL,
+        info TEXT NOT NULL
+    );",
+    // 9: claims: which master's run owns a build (fencing) and who claimed a request.
+    "ALTER TABLE requests ADD COLUMN claimed_by TEXT;
+    ALTER TABLE builds ADD COLUMN master TEXT;
+    ALTER TABLE builds ADD COLUMN master_epoch BIGINT;
+    CREATE INDEX builds_running ON builds(master) WHERE finished_at IS NULL;",
+    // 10: the cluster's event log (one sequence for every master) and the store's identity.
+    "CREATE TABLE events (
+        seq BIGINT PRIMARY KEY,
+        at DOUBLE PRECISION NOT NULL,
+        master TEXT NOT NULL,
+        body TEXT NOT NULL
+    );
+    CREATE TABLE cluster (
+        key TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    );
+    INSERT INTO cluster (key, value)
+        VALUES ('id', substr(md5(random()::TEXT || clock_timestamp()::TEXT), 1, 16));",
+    // 11: cluster-wide jobs (schedulers, pollers, the IRC bot) and the run that holds each.
+    "CREATE TABLE singletons (
+        job TEXT PRIMARY KEY,
+        master TEXT NOT NULL,
+        epoch BIGINT NOT NULL,
+        expires_at DOUBLE PRECISION NOT NULL
+    );",
 ];
 
 /// The first key of every advisory lock this store takes ("bb"), the second names what is
@@ -148,6 +185,8 @@ const MIGRATION_LOCK_TIMEOUT: &str = "30min";
 #[derive(Clone)]
 pub struct PgStore {
     pool: Pool,
+    /// Tells this master when another changed the event log or the queue.
+    notices: Arc<cluster::Notices>,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -175,6 +214,7 @@ impl PgStore {
             .copied()
             .unwrap_or(CONNECT_TIMEOUT);
         let target = describe_target(&config);
+        let listener_config = config.clone();
         let manager = Manager::from_config(
             config,
             NoTls,
@@ -213,7 +253,10 @@ impl PgStore {
         })?;
         migrate(&mut client).await?;
         tracing::info!(database = %target, "history in PostgreSQL");
-        Ok(PgStore { pool })
+        Ok(PgStore {
+            pool,
+            notices: Arc::new(cluster::Notices::start(listener_config)),
+        })
     }
 
     /// Moves each table's id generator past the highest id stored, after rows were copied in

@@ -8,12 +8,12 @@ use std::str::FromStr;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{IsolationLevel, Row};
 
+use super::cluster::{end_builds_where, fence, fence_build, notify_requests};
 use super::{LOCK_BUILDER, LOCK_JOB, LOCK_REVISION, PgStore};
 use crate::change::ChangeSpec;
-use crate::master::results::CUT_SHORT;
 use crate::master::store::model::{
-    BuildDetail, BuildRef, BuildRow, NewRequest, Recorded, StepRow, StoredChange, StoredRequest,
-    StoredSession, now,
+    BuildDetail, BuildRef, BuildRow, LostMaster, MasterInfo, MasterLease, MasterRow, NewRequest,
+    Recorded, StepRow, StoredChange, StoredRequest, StoredSession, now,
 };
 use crate::master::store::{Store, StoreError};
 use crate::status::{BuildResult, JobRecord, LastBuild, RequestState};
@@ -28,7 +28,7 @@ const CHANGE_COLUMNS: &str = "c.id, c.repository, c.branch, c.revision, c.who, c
 /// Waits (inside the caller's transaction, released at its end) until no other transaction
 /// decides about the same `subject` under the same `purpose`. A hash collision only makes two
 /// unrelated decisions take turns.
-async fn lock(
+pub(super) async fn lock(
     transaction: &tokio_postgres::Transaction<'_>,
     purpose: i32,
     subject: &str,
@@ -69,7 +69,7 @@ where
 /// Text as PostgreSQL can keep it. It refuses NUL in text, which SQLite keeps and which can
 /// arrive (a step's summary of binary output, a comment sent with a change): U+FFFD stands in
 /// for it, written and looked up alike, rather than the whole verb failing.
-fn text(value: &str) -> String {
+pub(super) fn text(value: &str) -> String {
     value.replace('\0', "\u{fffd}")
 }
 
@@ -79,7 +79,7 @@ fn opt_text(value: Option<&str>) -> Option<String> {
 
 /// A `LIMIT` as SQLite reads it: a negative one is no limit (`LIMIT NULL` in PostgreSQL, which
 /// would refuse a negative one).
-fn no_limit_if_negative(limit: i64) -> Option<i64> {
+pub(super) fn no_limit_if_negative(limit: i64) -> Option<i64> {
     (limit >= 0).then_some(limit)
 }
 
@@ -250,6 +250,7 @@ impl Store for PgStore {
             }
             ids.push(id);
         }
+        notify_requests(&transaction).await?;
         transaction.commit().await?;
         Ok(ids)
     }
@@ -320,10 +321,15 @@ impl Store for PgStore {
         let transaction = client.transaction().await?;
         transaction
             .execute(
-                "UPDATE requests SET state = $2 WHERE id = ANY($1)",
-                &[&ids, &RequestState::Cancelled.as_str()],
+                "UPDATE requests SET state = $2 WHERE id = ANY($1) AND state = $3",
+                &[
+                    &ids,
+                    &RequestState::Cancelled.as_str(),
+                    &RequestState::Pending.as_str(),
+                ],
             )
             .await?;
+        notify_requests(&transaction).await?;
         if let Some((into, change_ids)) = collapsed_into {
             for change_id in change_ids {
                 transaction
@@ -431,12 +437,30 @@ impl Store for PgStore {
 
     async fn start_build(
         &self,
+        owner: &MasterLease,
         request_id: i64,
         builder: &str,
         slave: &str,
     ) -> Result<(i64, i64), StoreError> {
         let mut client = self.client().await?;
         let transaction = client.transaction().await?;
+        fence(&transaction, owner).await?;
+        // The claim: of masters claiming one request at once, the row lock lets one through;
+        // the others find it no longer waiting.
+        let claimed = transaction
+            .execute(
+                "UPDATE requests SET state = $2, claimed_by = $3 WHERE id = $1 AND state = $4",
+                &[
+                    &request_id,
+                    &RequestState::Building.as_str(),
+                    &text(&owner.name),
+                    &RequestState::Pending.as_str(),
+                ],
+            )
+            .await?;
+        if claimed == 0 {
+            return Err(StoreError::AlreadyClaimed { request_id });
+        }
         // Two masters starting builds of one builder take turns for the next number.
         lock(&transaction, LOCK_BUILDER, builder).await?;
         let row = transaction
@@ -448,69 +472,96 @@ impl Store for PgStore {
         let number: i64 = row.try_get(0)?;
         let row = transaction
             .query_one(
-                "INSERT INTO builds (builder, number, request_id, slave, started_at)
-                 VALUES ($1, $2, $3, $4, $5) RETURNING id",
-                &[&text(builder), &number, &request_id, &text(slave), &now()],
+                "INSERT INTO builds (builder, number, request_id, slave, started_at, master,
+                   master_epoch)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
+                &[
+                    &text(builder),
+                    &number,
+                    &request_id,
+                    &text(slave),
+                    &now(),
+                    &text(&owner.name),
+                    &owner.epoch,
+                ],
             )
             .await?;
         let id: i64 = row.try_get(0)?;
-        transaction
-            .execute(
-                "UPDATE requests SET state = $2 WHERE id = $1",
-                &[&request_id, &RequestState::Building.as_str()],
-            )
-            .await?;
+        notify_requests(&transaction).await?;
         transaction.commit().await?;
         Ok((id, number))
     }
 
     async fn record_build_source(
         &self,
+        owner: &MasterLease,
         build_id: i64,
         branch: &str,
         revision: &str,
     ) -> Result<(), StoreError> {
-        self.client()
-            .await?
+        let mut client = self.client().await?;
+        let transaction = client.transaction().await?;
+        fence_build(&transaction, owner, build_id).await?;
+        transaction
             .execute(
                 "UPDATE builds SET branch = $2, revision = $3 WHERE id = $1",
                 &[&build_id, &text(branch), &text(revision)],
             )
             .await?;
+        transaction.commit().await?;
         Ok(())
     }
 
-    async fn start_step(&self, build_id: i64, number: i64, name: &str) -> Result<i64, StoreError> {
-        let row = self
-            .client()
-            .await?
+    async fn start_step(
+        &self,
+        owner: &MasterLease,
+        build_id: i64,
+        number: i64,
+        name: &str,
+    ) -> Result<i64, StoreError> {
+        let mut client = self.client().await?;
+        let transaction = client.transaction().await?;
+        fence_build(&transaction, owner, build_id).await?;
+        let row = transaction
             .query_one(
                 "INSERT INTO steps (build_id, number, name, started_at) VALUES ($1, $2, $3, $4)
                  RETURNING id",
                 &[&build_id, &number, &text(name), &now()],
             )
             .await?;
+        transaction.commit().await?;
         Ok(row.try_get(0)?)
     }
 
     async fn finish_step(
         &self,
+        owner: &MasterLease,
         step_id: i64,
         result: BuildResult,
         summary: &str,
     ) -> Result<(), StoreError> {
-        self.client()
+        let mut client = self.client().await?;
+        let transaction = client.transaction().await?;
+        let build_id: i64 = transaction
+            .query_opt("SELECT build_id FROM steps WHERE id = $1", &[&step_id])
             .await?
+            .map(|row| row.try_get(0))
+            .transpose()?
+            .unwrap_or(-1);
+        fence_build(&transaction, owner, build_id).await?;
+        transaction
             .execute(
                 "UPDATE steps SET finished_at = $2, result = $3, summary = $4 WHERE id = $1",
                 &[&step_id, &now(), &result.as_str(), &text(summary)],
             )
             .await?;
+        transaction.commit().await?;
         Ok(())
     }
 
     async fn finish_build(
         &self,
+        owner: &MasterLease,
         build_id: i64,
         result: BuildResult,
         reason: Option<&str>,
@@ -523,6 +574,7 @@ impl Store for PgStore {
         };
         let mut client = self.client().await?;
         let transaction = client.transaction().await?;
+        fence_build(&transaction, owner, build_id).await?;
         transaction
             .execute(
                 "UPDATE builds SET finished_at = $2, result = $3, reason = $4 WHERE id = $1",
@@ -531,42 +583,30 @@ impl Store for PgStore {
             .await?;
         transaction
             .execute(
-                "UPDATE requests SET state = $2
+                "UPDATE requests SET state = $2, claimed_by = NULL
                  WHERE id = (SELECT request_id FROM builds WHERE id = $1)",
                 &[&build_id, &state.as_str()],
             )
             .await?;
+        if requeue {
+            notify_requests(&transaction).await?;
+        }
         transaction.commit().await?;
         Ok(())
     }
 
-    async fn recover_interrupted_builds(&self) -> Result<usize, StoreError> {
+    async fn recover_interrupted_builds(&self, owner: &MasterLease) -> Result<usize, StoreError> {
         let mut client = self.client().await?;
         let transaction = client.transaction().await?;
-        let cut_short = CUT_SHORT.as_str();
-        transaction
-            .execute(
-                "UPDATE steps SET finished_at = $1, result = $2, summary = 'master restarted'
-                 WHERE finished_at IS NULL",
-                &[&now(), &cut_short],
-            )
-            .await?;
-        transaction
-            .execute(
-                "UPDATE requests SET state = $1
-                 WHERE id IN (SELECT request_id FROM builds WHERE finished_at IS NULL)",
-                &[&RequestState::Pending.as_str()],
-            )
-            .await?;
-        let count = transaction
-            .execute(
-                "UPDATE builds SET finished_at = $1, result = $2, reason = 'master restarted'
-                 WHERE finished_at IS NULL",
-                &[&now(), &cut_short],
-            )
-            .await?;
+        let ended = end_builds_where(
+            &transaction,
+            "(master IS NULL OR (master = $1 AND master_epoch < $2))",
+            &[&text(&owner.name), &owner.epoch],
+            "master restarted",
+        )
+        .await?;
         transaction.commit().await?;
-        Ok(usize::try_from(count).unwrap_or(usize::MAX))
+        Ok(ended.len())
     }
 
     async fn last_finished_builds(&self) -> Result<Vec<(String, LastBuild)>, StoreError> {
@@ -792,6 +832,18 @@ impl Store for PgStore {
         }))
     }
 
+    async fn change(&self, id: i64) -> Result<Option<StoredChange>, StoreError> {
+        let row = self
+            .client()
+            .await?
+            .query_opt(
+                &format!("SELECT {CHANGE_COLUMNS} FROM changes c WHERE c.id = $1"),
+                &[&id],
+            )
+            .await?;
+        row.as_ref().map(change_from_row).transpose()
+    }
+
     async fn newest_changes(&self, limit: i64) -> Result<Vec<StoredChange>, StoreError> {
         let rows = self
             .client()
@@ -904,5 +956,80 @@ impl Store for PgStore {
             .await?;
         transaction.commit().await?;
         Ok(())
+    }
+
+    async fn register_master(
+        &self,
+        name: &str,
+        info: &MasterInfo,
+        lease: std::time::Duration,
+    ) -> Result<MasterLease, StoreError> {
+        self.register(name, info, lease).await
+    }
+
+    async fn renew_lease(
+        &self,
+        master: &MasterLease,
+        info: &MasterInfo,
+        lease: std::time::Duration,
+    ) -> Result<(), StoreError> {
+        self.renew(master, info, lease).await
+    }
+
+    async fn retire_master(&self, master: &MasterLease) -> Result<(), StoreError> {
+        self.retire(master).await
+    }
+
+    async fn hold_singleton(
+        &self,
+        job: &str,
+        owner: &MasterLease,
+        lease: std::time::Duration,
+    ) -> Result<bool, StoreError> {
+        self.hold(job, owner, lease).await
+    }
+
+    async fn masters(&self) -> Result<Vec<MasterRow>, StoreError> {
+        self.all_masters().await
+    }
+
+    async fn reap_lost_masters(&self, by: &MasterLease) -> Result<Vec<LostMaster>, StoreError> {
+        self.reap(by).await
+    }
+
+    fn is_shared(&self) -> bool {
+        true
+    }
+
+    async fn cluster_id(&self) -> Result<String, StoreError> {
+        self.cluster_identity().await
+    }
+
+    async fn append_events(
+        &self,
+        master: &str,
+        events: Vec<(f64, String)>,
+    ) -> Result<Vec<i64>, StoreError> {
+        self.append(master, events).await
+    }
+
+    async fn events_after(
+        &self,
+        seq: i64,
+        limit: i64,
+    ) -> Result<Vec<(i64, f64, String)>, StoreError> {
+        self.read_events(seq, limit).await
+    }
+
+    async fn last_event_seq(&self) -> Result<i64, StoreError> {
+        self.newest_event().await
+    }
+
+    fn event_notices(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        Some(self.notices.channels.events.subscribe())
+    }
+
+    fn request_notices(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        Some(self.notices.channels.requests.subscribe())
     }
 }

@@ -16,8 +16,8 @@ use rusqlite::{Connection, OptionalExtension, params};
 use crate::change::ChangeSpec;
 use crate::master::results::CUT_SHORT;
 use crate::master::store::model::{
-    BuildDetail, BuildRef, BuildRow, NewRequest, Recorded, StepRow, StoredChange, StoredRequest,
-    StoredSession, now,
+    BuildDetail, BuildRef, BuildRow, LostMaster, MasterInfo, MasterLease, MasterRow, NewRequest,
+    Recorded, StepRow, StoredChange, StoredRequest, StoredSession, now,
 };
 use crate::master::store::{Store, StoreError};
 use crate::status::{BuildResult, JobRecord, LastBuild, RequestKind, RequestState};
@@ -134,6 +134,40 @@ pub const MIGRATIONS: &[&str] = &[
         user TEXT NOT NULL,
         uid INTEGER NOT NULL,
         csrf TEXT NOT NULL,
+        expires_at REAL NOT NULL
+    );",
+    // 8: the masters of the cluster, each run with its epoch and lease (`/masters`).
+    "CREATE TABLE masters (
+        name TEXT PRIMARY KEY,
+        epoch INTEGER NOT NULL,
+        started_at REAL NOT NULL,
+        renewed_at REAL NOT NULL,
+        expires_at REAL NOT NULL,
+        state TEXT NOT NULL,
+        info TEXT NOT NULL
+    );",
+    // 9: claims: which master's run owns a build (fencing) and who claimed a request.
+    "ALTER TABLE requests ADD COLUMN claimed_by TEXT;
+    ALTER TABLE builds ADD COLUMN master TEXT;
+    ALTER TABLE builds ADD COLUMN master_epoch INTEGER;
+    CREATE INDEX builds_running ON builds(master) WHERE finished_at IS NULL;",
+    // 10: the cluster's event log (one sequence for every master) and the store's identity.
+    "CREATE TABLE events (
+        seq INTEGER PRIMARY KEY,
+        at REAL NOT NULL,
+        master TEXT NOT NULL,
+        body TEXT NOT NULL
+    );
+    CREATE TABLE cluster (
+        key TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    );
+    INSERT INTO cluster (key, value) VALUES ('id', lower(hex(randomblob(8))));",
+    // 11: cluster-wide jobs (schedulers, pollers, the IRC bot) and the run that holds each.
+    "CREATE TABLE singletons (
+        job TEXT PRIMARY KEY,
+        master TEXT NOT NULL,
+        epoch INTEGER NOT NULL,
         expires_at REAL NOT NULL
     );",
 ];
@@ -352,52 +386,104 @@ pub(crate) fn pending_requests(connection: &Connection) -> Result<Vec<StoredRequ
     Ok(requests)
 }
 
-pub(crate) fn set_request_state(
-    connection: &Connection,
-    id: i64,
-    state: RequestState,
-) -> Result<(), StoreError> {
-    connection.execute(
-        "UPDATE requests SET state = ?2 WHERE id = ?1",
-        params![id, state],
+/// The run `owner` may still write: the cluster has not declared it lost.
+fn fence(connection: &Connection, owner: &MasterLease) -> Result<(), StoreError> {
+    let live: bool = connection.query_row(
+        "SELECT EXISTS (SELECT 1 FROM masters WHERE name = ?1 AND epoch = ?2 AND state = 'up')",
+        params![owner.name, owner.epoch],
+        |row| row.get(0),
     )?;
-    Ok(())
+    if live {
+        Ok(())
+    } else {
+        Err(StoreError::Fenced {
+            name: owner.name.clone(),
+            epoch: owner.epoch,
+        })
+    }
 }
 
-/// Starts a build of a request: the next number of its builder. Returns (build id, number).
+/// `owner` may write about build `build_id`: it is that build's owner, still running, and
+/// not declared lost.
+fn fence_build(
+    connection: &Connection,
+    owner: &MasterLease,
+    build_id: i64,
+) -> Result<(), StoreError> {
+    fence(connection, owner)?;
+    let owned: bool = connection.query_row(
+        "SELECT EXISTS (SELECT 1 FROM builds WHERE id = ?1 AND master = ?2 AND master_epoch = ?3
+           AND finished_at IS NULL)",
+        params![build_id, owner.name, owner.epoch],
+        |row| row.get(0),
+    )?;
+    if owned {
+        Ok(())
+    } else {
+        Err(StoreError::Fenced {
+            name: owner.name.clone(),
+            epoch: owner.epoch,
+        })
+    }
+}
+
+/// Claims a waiting request for `owner` and starts its build: the next number of its
+/// builder. Returns (build id, number).
 pub(crate) fn start_build(
     connection: &mut Connection,
+    owner: &MasterLease,
     request_id: i64,
     builder: &str,
     slave: &str,
 ) -> Result<(i64, i64), StoreError> {
-    let transaction = connection.transaction()?;
+    let transaction =
+        connection.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    fence(&transaction, owner)?;
+    let claimed = transaction.execute(
+        "UPDATE requests SET state = ?2, claimed_by = ?3 WHERE id = ?1 AND state = ?4",
+        params![
+            request_id,
+            RequestState::Building,
+            owner.name,
+            RequestState::Pending
+        ],
+    )?;
+    if claimed == 0 {
+        return Err(StoreError::AlreadyClaimed { request_id });
+    }
     let number: i64 = transaction.query_row(
         "SELECT COALESCE(MAX(number), 0) + 1 FROM builds WHERE builder = ?1",
         params![builder],
         |row| row.get(0),
     )?;
     transaction.execute(
-        "INSERT INTO builds (builder, number, request_id, slave, started_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-        params![builder, number, request_id, slave, now()],
+        "INSERT INTO builds (builder, number, request_id, slave, started_at, master, master_epoch)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        params![
+            builder,
+            number,
+            request_id,
+            slave,
+            now(),
+            owner.name,
+            owner.epoch
+        ],
     )?;
     let id = transaction.last_insert_rowid();
-    transaction.execute(
-        "UPDATE requests SET state = ?2 WHERE id = ?1",
-        params![request_id, RequestState::Building],
-    )?;
     transaction.commit()?;
     Ok((id, number))
 }
 
 pub(crate) fn finish_build(
     connection: &mut Connection,
+    owner: &MasterLease,
     build_id: i64,
     result: BuildResult,
     reason: Option<&str>,
     requeue: bool,
 ) -> Result<(), StoreError> {
     let transaction = connection.transaction()?;
+    fence_build(&transaction, owner, build_id)?;
     transaction.execute(
         "UPDATE builds SET finished_at = ?2, result = ?3, reason = ?4 WHERE id = ?1",
         params![build_id, now(), result, reason],
@@ -408,7 +494,8 @@ pub(crate) fn finish_build(
         RequestState::Done
     };
     transaction.execute(
-        "UPDATE requests SET state = ?2 WHERE id = (SELECT request_id FROM builds WHERE id = ?1)",
+        "UPDATE requests SET state = ?2, claimed_by = NULL
+         WHERE id = (SELECT request_id FROM builds WHERE id = ?1)",
         params![build_id, state],
     )?;
     transaction.commit()?;
@@ -417,15 +504,19 @@ pub(crate) fn finish_build(
 
 /// Records what build `build_id` checked out: the branch and the commit the slave reported.
 pub(crate) fn record_build_source(
-    connection: &Connection,
+    connection: &mut Connection,
+    owner: &MasterLease,
     build_id: i64,
     branch: &str,
     revision: &str,
 ) -> Result<(), StoreError> {
-    connection.execute(
+    let transaction = connection.transaction()?;
+    fence_build(&transaction, owner, build_id)?;
+    transaction.execute(
         "UPDATE builds SET branch = ?2, revision = ?3 WHERE id = ?1",
         params![build_id, branch, revision],
     )?;
+    transaction.commit()?;
     Ok(())
 }
 
@@ -449,50 +540,103 @@ pub(crate) fn record_slave_loss(
 }
 
 pub(crate) fn start_step(
-    connection: &Connection,
+    connection: &mut Connection,
+    owner: &MasterLease,
     build_id: i64,
     number: i64,
     name: &str,
 ) -> Result<i64, StoreError> {
-    connection.execute(
+    let transaction = connection.transaction()?;
+    fence_build(&transaction, owner, build_id)?;
+    transaction.execute(
         "INSERT INTO steps (build_id, number, name, started_at) VALUES (?1, ?2, ?3, ?4)",
         params![build_id, number, name, now()],
     )?;
-    Ok(connection.last_insert_rowid())
+    let id = transaction.last_insert_rowid();
+    transaction.commit()?;
+    Ok(id)
 }
 
 pub(crate) fn finish_step(
-    connection: &Connection,
+    connection: &mut Connection,
+    owner: &MasterLease,
     step_id: i64,
     result: BuildResult,
     summary: &str,
 ) -> Result<(), StoreError> {
-    connection.execute(
+    let transaction = connection.transaction()?;
+    let build_id: Option<i64> = transaction
+        .query_row(
+            "SELECT build_id FROM steps WHERE id = ?1",
+            params![step_id],
+            |row| row.get(0),
+        )
+        .optional()?;
+    fence_build(&transaction, owner, build_id.unwrap_or(-1))?;
+    transaction.execute(
         "UPDATE steps SET finished_at = ?2, result = ?3, summary = ?4 WHERE id = ?1",
         params![step_id, now(), result, summary],
     )?;
+    transaction.commit()?;
     Ok(())
 }
 
-/// Builds left running by a master that stopped (or crashed): marked exception, and their
-/// requests made pending again so they run anew. Returns how many.
-pub(crate) fn recover_interrupted_builds(connection: &mut Connection) -> Result<usize, StoreError> {
+/// Builds left running by an earlier run of `owner`'s master (or recorded before masters had
+/// names): marked exception, and their requests made pending again so they run anew.
+/// Returns how many.
+pub(crate) fn recover_interrupted_builds(
+    connection: &mut Connection,
+    owner: &MasterLease,
+) -> Result<usize, StoreError> {
     let transaction = connection.transaction()?;
-    transaction.execute(
-        "UPDATE steps SET finished_at = ?1, result = ?2, summary = 'master restarted'
-         WHERE finished_at IS NULL",
-        params![now(), CUT_SHORT],
-    )?;
-    transaction.execute(
-        "UPDATE requests SET state = ?1 WHERE id IN (SELECT request_id FROM builds WHERE finished_at IS NULL)",
-        params![RequestState::Pending],
-    )?;
-    let count = transaction.execute(
-        "UPDATE builds SET finished_at = ?1, result = ?2, reason = 'master restarted' WHERE finished_at IS NULL",
-        params![now(), CUT_SHORT],
-    )?;
+    let count = end_builds_where(
+        &transaction,
+        "(master IS NULL OR (master = ?1 AND master_epoch < ?2))",
+        params![owner.name, owner.epoch],
+        "master restarted",
+    )?
+    .len();
     transaction.commit()?;
     Ok(count)
+}
+
+/// Ends the unfinished builds that `condition` selects (over `builds`), with their unfinished
+/// steps, as cut short for `why`; their requests wait again. Returns (builder, number,
+/// request id) of each.
+fn end_builds_where(
+    transaction: &rusqlite::Transaction<'_>,
+    condition: &str,
+    values: &[&dyn ToSql],
+    why: &str,
+) -> Result<Vec<(String, i64, i64)>, StoreError> {
+    let mut statement = transaction.prepare(&format!(
+        "SELECT id, builder, number, request_id FROM builds WHERE finished_at IS NULL AND {condition}"
+    ))?;
+    let ended: Vec<(i64, String, i64, i64)> = statement
+        .query_map(values, |row| {
+            Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
+        })?
+        .collect::<Result<_, _>>()?;
+    let now = now();
+    for (id, _, _, request_id) in &ended {
+        transaction.execute(
+            "UPDATE steps SET finished_at = ?2, result = ?3, summary = ?4
+             WHERE build_id = ?1 AND finished_at IS NULL",
+            params![id, now, CUT_SHORT, why],
+        )?;
+        transaction.execute(
+            "UPDATE builds SET finished_at = ?2, result = ?3, reason = ?4 WHERE id = ?1",
+            params![id, now, CUT_SHORT, why],
+        )?;
+        transaction.execute(
+            "UPDATE requests SET state = ?2, claimed_by = NULL WHERE id = ?1 AND state = ?3",
+            params![request_id, RequestState::Pending, RequestState::Building],
+        )?;
+    }
+    Ok(ended
+        .into_iter()
+        .map(|(_, builder, number, request_id)| (builder, number, request_id))
+        .collect())
 }
 
 /// Each builder's finished build with the highest number, with its result.
@@ -781,8 +925,307 @@ pub(crate) fn save_session(
     Ok(())
 }
 
+/// A new run of `name`. One SQLite file has one master (the pid file in its directory sees to
+/// that), so a row left "up" is a run that crashed: it is taken over at once.
+pub(crate) fn register_master(
+    connection: &mut Connection,
+    name: &str,
+    info: &MasterInfo,
+    lease: std::time::Duration,
+) -> Result<MasterLease, StoreError> {
+    let transaction = connection.transaction()?;
+    let now = now();
+    let epoch: i64 = transaction
+        .query_row(
+            "SELECT epoch FROM masters WHERE name = ?1",
+            params![name],
+            |row| row.get(0),
+        )
+        .optional()?
+        .unwrap_or(0)
+        + 1;
+    transaction.execute(
+        "INSERT INTO masters (name, epoch, started_at, renewed_at, expires_at, state, info)
+         VALUES (?1, ?2, ?3, ?3, ?4, 'up', ?5)
+         ON CONFLICT (name) DO UPDATE SET epoch = excluded.epoch, started_at = excluded.started_at,
+           renewed_at = excluded.renewed_at, expires_at = excluded.expires_at, state = 'up',
+           info = excluded.info",
+        params![name, epoch, now, now + lease.as_secs_f64(), info_json(info)],
+    )?;
+    transaction.commit()?;
+    Ok(MasterLease {
+        name: name.to_string(),
+        epoch,
+    })
+}
+
+fn info_json(info: &MasterInfo) -> String {
+    serde_json::to_string(info).unwrap_or_else(|_| "{}".into())
+}
+
+pub(crate) fn renew_lease(
+    connection: &Connection,
+    master: &MasterLease,
+    info: &MasterInfo,
+    lease: std::time::Duration,
+) -> Result<(), StoreError> {
+    let now = now();
+    let renewed = connection.execute(
+        "UPDATE masters SET renewed_at = ?3, expires_at = ?4, info = ?5
+         WHERE name = ?1 AND epoch = ?2 AND state = 'up'",
+        params![
+            master.name,
+            master.epoch,
+            now,
+            now + lease.as_secs_f64(),
+            info_json(info)
+        ],
+    )?;
+    if renewed == 0 {
+        return Err(StoreError::Fenced {
+            name: master.name.clone(),
+            epoch: master.epoch,
+        });
+    }
+    Ok(())
+}
+
+pub(crate) fn retire_master(
+    connection: &mut Connection,
+    master: &MasterLease,
+) -> Result<(), StoreError> {
+    let transaction = connection.transaction()?;
+    transaction.execute(
+        "UPDATE masters SET expires_at = ?3, state = 'stopped' WHERE name = ?1 AND epoch = ?2",
+        params![master.name, master.epoch, now()],
+    )?;
+    transaction.execute(
+        "DELETE FROM singletons WHERE master = ?1 AND epoch = ?2",
+        params![master.name, master.epoch],
+    )?;
+    transaction.commit()?;
+    Ok(())
+}
+
+pub(crate) fn hold_singleton(
+    connection: &mut Connection,
+    job: &str,
+    owner: &MasterLease,
+    lease: std::time::Duration,
+) -> Result<bool, StoreError> {
+    let transaction =
+        connection.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    if fence(&transaction, owner).is_err() {
+        return Ok(false);
+    }
+    let now = now();
+    transaction.execute(
+        "INSERT INTO singletons (job, master, epoch, expires_at) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (job) DO UPDATE SET master = excluded.master, epoch = excluded.epoch,
+           expires_at = excluded.expires_at
+         WHERE singletons.expires_at < ?5
+            OR (singletons.master = excluded.master AND singletons.epoch = excluded.epoch)",
+        params![job, owner.name, owner.epoch, now + lease.as_secs_f64(), now],
+    )?;
+    let held: bool = transaction.query_row(
+        "SELECT EXISTS (SELECT 1 FROM singletons WHERE job = ?1 AND master = ?2 AND epoch = ?3)",
+        params![job, owner.name, owner.epoch],
+        |row| row.get(0),
+    )?;
+    transaction.commit()?;
+    Ok(held)
+}
+
+pub(crate) fn reap_lost_masters(
+    connection: &mut Connection,
+    by: &MasterLease,
+) -> Result<Vec<LostMaster>, StoreError> {
+    let transaction =
+        connection.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let lost: Vec<(String, i64)> = {
+        let mut statement = transaction.prepare(
+            "SELECT name, epoch FROM masters WHERE state = 'up' AND expires_at < ?1 AND name <> ?2",
+        )?;
+        statement
+            .query_map(params![now(), by.name], |row| {
+                Ok((row.get(0)?, row.get(1)?))
+            })?
+            .collect::<Result<_, _>>()?
+    };
+    let mut reaped = Vec::new();
+    for (name, epoch) in lost {
+        transaction.execute(
+            "UPDATE masters SET state = 'lost' WHERE name = ?1 AND epoch = ?2",
+            params![name, epoch],
+        )?;
+        let retried = end_builds_where(
+            &transaction,
+            "master = ?1",
+            params![name],
+            &format!("master {name} lost (its lease ran out); retried"),
+        )?;
+        reaped.push(LostMaster {
+            name,
+            epoch,
+            retried,
+        });
+    }
+    transaction.commit()?;
+    Ok(reaped)
+}
+
+pub(crate) fn masters(connection: &Connection) -> Result<Vec<MasterRow>, StoreError> {
+    let now = now();
+    let mut statement = connection.prepare(
+        "SELECT name, epoch, started_at, renewed_at, expires_at, state, info FROM masters
+         ORDER BY name",
+    )?;
+    let rows = statement.query_map([], |row| {
+        let expires_at: f64 = row.get(4)?;
+        let state: String = row.get(5)?;
+        Ok(MasterRow {
+            name: row.get(0)?,
+            epoch: row.get(1)?,
+            started_at: row.get(2)?,
+            renewed_at: row.get(3)?,
+            expires_at,
+            alive: state == "up" && expires_at > now,
+            state,
+            info: serde_json::from_str(&row.get::<_, String>(6)?).unwrap_or_default(),
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+pub(crate) fn append_events(
+    connection: &mut Connection,
+    master: &str,
+    events: &[(f64, String)],
+) -> Result<Vec<i64>, StoreError> {
+    let transaction =
+        connection.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let first: i64 =
+        transaction.query_row("SELECT COALESCE(MAX(seq), 0) + 1 FROM events", [], |row| {
+            row.get(0)
+        })?;
+    let mut numbers = Vec::new();
+    for (seq, (at, body)) in (first..).zip(events) {
+        transaction.execute(
+            "INSERT INTO events (seq, at, master, body) VALUES (?1, ?2, ?3, ?4)",
+            params![seq, at, master, body],
+        )?;
+        numbers.push(seq);
+    }
+    transaction.commit()?;
+    Ok(numbers)
+}
+
+pub(crate) fn events_after(
+    connection: &Connection,
+    seq: i64,
+    limit: i64,
+) -> Result<Vec<(i64, f64, String)>, StoreError> {
+    let mut statement = connection
+        .prepare("SELECT seq, at, body FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2")?;
+    let rows = statement.query_map(params![seq, limit], |row| {
+        Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
 #[async_trait::async_trait]
 impl Store for SqliteStore {
+    async fn cluster_id(&self) -> Result<String, StoreError> {
+        self.run(|c| {
+            Ok(
+                c.query_row("SELECT value FROM cluster WHERE key = 'id'", [], |row| {
+                    row.get(0)
+                })?,
+            )
+        })
+        .await
+    }
+
+    async fn append_events(
+        &self,
+        master: &str,
+        events: Vec<(f64, String)>,
+    ) -> Result<Vec<i64>, StoreError> {
+        let master = master.to_string();
+        self.run_relaxed(move |c| append_events(c, &master, &events))
+            .await
+    }
+
+    async fn events_after(
+        &self,
+        seq: i64,
+        limit: i64,
+    ) -> Result<Vec<(i64, f64, String)>, StoreError> {
+        self.run(move |c| events_after(c, seq, limit)).await
+    }
+
+    async fn last_event_seq(&self) -> Result<i64, StoreError> {
+        self.run(|c| {
+            Ok(
+                c.query_row("SELECT COALESCE(MAX(seq), 0) FROM events", [], |row| {
+                    row.get(0)
+                })?,
+            )
+        })
+        .await
+    }
+
+    async fn register_master(
+        &self,
+        name: &str,
+        info: &MasterInfo,
+        lease: std::time::Duration,
+    ) -> Result<MasterLease, StoreError> {
+        let (name, info) = (name.to_string(), info.clone());
+        self.run(move |c| register_master(c, &name, &info, lease))
+            .await
+    }
+
+    async fn renew_lease(
+        &self,
+        master: &MasterLease,
+        info: &MasterInfo,
+        lease: std::time::Duration,
+    ) -> Result<(), StoreError> {
+        let (master, info) = (master.clone(), info.clone());
+        self.run_relaxed(move |c| renew_lease(c, &master, &info, lease))
+            .await
+    }
+
+    async fn retire_master(&self, master: &MasterLease) -> Result<(), StoreError> {
+        let master = master.clone();
+        self.run(move |c| retire_master(c, &master)).await
+    }
+
+    async fn masters(&self) -> Result<Vec<MasterRow>, StoreError> {
+        self.run(|c| masters(c)).await
+    }
+
+    async fn hold_singleton(
+        &self,
+        job: &str,
+        owner: &MasterLease,
+        lease: std::time::Duration,
+    ) -> Result<bool, StoreError> {
+        let (job, owner) = (job.to_string(), owner.clone());
+        self.run_relaxed(move |c| hold_singleton(c, &job, &owner, lease))
+            .await
+    }
+
+    async fn change(&self, id: i64) -> Result<Option<StoredChange>, StoreError> {
+        self.run(move |c| changes::change_by_id(c, id)).await
+    }
+
+    async fn reap_lost_masters(&self, by: &MasterLease) -> Result<Vec<LostMaster>, StoreError> {
+        let by = by.clone();
+        self.run(move |c| reap_lost_masters(c, &by)).await
+    }
+
     async fn record_requests(&self, requests: Vec<NewRequest>) -> Result<Vec<i64>, StoreError> {
         self.run(move |c| insert_requests(c, &requests)).await
     }
@@ -814,7 +1257,10 @@ impl Store for SqliteStore {
         self.run(move |c| {
             let transaction = c.transaction()?;
             for id in ids {
-                set_request_state(&transaction, id, RequestState::Cancelled)?;
+                transaction.execute(
+                    "UPDATE requests SET state = ?2 WHERE id = ?1 AND state = ?3",
+                    params![id, RequestState::Cancelled, RequestState::Pending],
+                )?;
             }
             if let Some((into, change_ids)) = collapsed_into {
                 changes::link_changes(&transaction, into, &change_ids)?;
@@ -854,57 +1300,69 @@ impl Store for SqliteStore {
 
     async fn start_build(
         &self,
+        owner: &MasterLease,
         request_id: i64,
         builder: &str,
         slave: &str,
     ) -> Result<(i64, i64), StoreError> {
-        let (builder, slave) = (builder.to_string(), slave.to_string());
-        self.run_relaxed(move |c| start_build(c, request_id, &builder, &slave))
+        let (owner, builder, slave) = (owner.clone(), builder.to_string(), slave.to_string());
+        self.run_relaxed(move |c| start_build(c, &owner, request_id, &builder, &slave))
             .await
     }
 
     async fn record_build_source(
         &self,
+        owner: &MasterLease,
         build_id: i64,
         branch: &str,
         revision: &str,
     ) -> Result<(), StoreError> {
-        let (branch, revision) = (branch.to_string(), revision.to_string());
-        self.run_relaxed(move |c| record_build_source(c, build_id, &branch, &revision))
+        let (owner, branch, revision) = (owner.clone(), branch.to_string(), revision.to_string());
+        self.run_relaxed(move |c| record_build_source(c, &owner, build_id, &branch, &revision))
             .await
     }
 
-    async fn start_step(&self, build_id: i64, number: i64, name: &str) -> Result<i64, StoreError> {
-        let name = name.to_string();
-        self.run_relaxed(move |c| start_step(c, build_id, number, &name))
+    async fn start_step(
+        &self,
+        owner: &MasterLease,
+        build_id: i64,
+        number: i64,
+        name: &str,
+    ) -> Result<i64, StoreError> {
+        let (owner, name) = (owner.clone(), name.to_string());
+        self.run_relaxed(move |c| start_step(c, &owner, build_id, number, &name))
             .await
     }
 
     async fn finish_step(
         &self,
+        owner: &MasterLease,
         step_id: i64,
         result: BuildResult,
         summary: &str,
     ) -> Result<(), StoreError> {
-        let summary = summary.to_string();
-        self.run_relaxed(move |c| finish_step(c, step_id, result, &summary))
+        let (owner, summary) = (owner.clone(), summary.to_string());
+        self.run_relaxed(move |c| finish_step(c, &owner, step_id, result, &summary))
             .await
     }
 
     async fn finish_build(
         &self,
+        owner: &MasterLease,
         build_id: i64,
         result: BuildResult,
         reason: Option<&str>,
         requeue: bool,
     ) -> Result<(), StoreError> {
-        let reason = reason.map(str::to_string);
-        self.run(move |c| finish_build(c, build_id, result, reason.as_deref(), requeue))
+        let (owner, reason) = (owner.clone(), reason.map(str::to_string));
+        self.run(move |c| finish_build(c, &owner, build_id, result, reason.as_deref(), requeue))
             .await
     }
 
-    async fn recover_interrupted_builds(&self) -> Result<usize, StoreError> {
-        self.run(recover_interrupted_builds).await
+    async fn recover_interrupted_builds(&self, owner: &MasterLease) -> Result<usize, StoreError> {
+        let owner = owner.clone();
+        self.run(move |c| recover_interrupted_builds(c, &owner))
+            .await
     }
 
     async fn last_finished_builds(&self) -> Result<Vec<(String, LastBuild)>, StoreError> {
@@ -1034,6 +1492,10 @@ mod tests {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("state.sqlite");
         let history = SqliteStore::open(&path).expect("open");
+        let lease = std::time::Duration::from_secs(10);
+        let first_run = history
+            .with(|c| register_master(c, "m", &MasterInfo::default(), lease))
+            .expect("registered");
         history
             .with(|c| {
                 let ids = insert_requests(c, &[request("j1", "linux"), request("j1", "mac")])?;
@@ -1041,10 +1503,15 @@ mod tests {
                 // The same job again (replayed after a crash) is not recorded twice.
                 assert_eq!(insert_requests(c, &[request("j1", "linux")])?, vec![ids[0]]);
                 assert!(is_job_recorded(c, "j1")?);
-                let (build, number) = start_build(c, ids[0], "linux", "s1")?;
+                let (build, number) = start_build(c, &first_run, ids[0], "linux", "s1")?;
+                // A request is claimed once.
+                assert!(matches!(
+                    start_build(c, &first_run, ids[0], "linux", "s2"),
+                    Err(StoreError::AlreadyClaimed { .. })
+                ));
                 assert_eq!(number, 1);
-                let step = start_step(c, build, 1, "checkout")?;
-                finish_step(c, step, BuildResult::Success, "ok")?;
+                let step = start_step(c, &first_run, build, 1, "checkout")?;
+                finish_step(c, &first_run, step, BuildResult::Success, "ok")?;
                 assert_eq!(pending_requests(c)?.len(), 1);
                 Ok(())
             })
@@ -1052,9 +1519,18 @@ mod tests {
         drop(history);
         // Reopening migrates nothing and finds the build that was running.
         let history = SqliteStore::open(&path).expect("reopen");
+        let second_run = history
+            .with(|c| register_master(c, "m", &MasterInfo::default(), lease))
+            .expect("registered again");
+        assert_eq!(second_run.epoch, first_run.epoch + 1);
         history
             .with(|c| {
-                assert_eq!(recover_interrupted_builds(c)?, 1);
+                // The first run's writes are refused now: it is not the master any more.
+                assert!(matches!(
+                    finish_build(c, &first_run, 1, BuildResult::Success, None, false),
+                    Err(StoreError::Fenced { .. })
+                ));
+                assert_eq!(recover_interrupted_builds(c, &second_run)?, 1);
                 let pending = pending_requests(c)?;
                 assert_eq!(pending.len(), 2);
                 assert_eq!(pending[0].patch.as_deref(), Some(&[0u8, 1, 255][..]));
@@ -1065,8 +1541,68 @@ mod tests {
                 let builds = recent_builds(c, "linux", 10)?;
                 assert_eq!(builds[0].result, Some(BuildResult::Exception));
                 assert_eq!(builds[0].reason.as_deref(), Some("master restarted"));
-                let (_, number) = start_build(c, pending[0].id, "linux", "s1")?;
+                let (_, number) = start_build(c, &second_run, pending[0].id, "linux", "s1")?;
                 assert_eq!(number, 2);
+                Ok(())
+            })
+            .expect("works");
+    }
+
+    #[test]
+    fn a_lost_masters_builds_are_retried_and_its_late_writes_refused() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let history = SqliteStore::open(&dir.path().join("state.sqlite")).expect("open");
+        let short = std::time::Duration::from_millis(1);
+        let long = std::time::Duration::from_secs(60);
+        history
+            .with(|c| {
+                let stalled = register_master(c, "a", &MasterInfo::default(), short)?;
+                let alive = register_master(c, "b", &MasterInfo::default(), long)?;
+                let ids = insert_requests(c, &[request("j1", "linux")])?;
+                let (build, _) = start_build(c, &stalled, ids[0], "linux", "s1")?;
+                let step = start_step(c, &stalled, build, 1, "test")?;
+                assert!(hold_singleton(c, "jobs", &stalled, short)?);
+                std::thread::sleep(std::time::Duration::from_millis(5));
+                // Its hold ran out with its lease: the live master takes the job over, and
+                // holds it against the stalled one.
+                assert!(hold_singleton(c, "jobs", &alive, long)?);
+                assert!(!hold_singleton(c, "jobs", &stalled, long)?);
+                let lost = reap_lost_masters(c, &alive)?;
+                assert_eq!(lost.len(), 1);
+                assert_eq!(lost[0].retried, vec![("linux".to_string(), 1, ids[0])]);
+                // Reaped once only.
+                assert!(reap_lost_masters(c, &alive)?.is_empty());
+                // The stalled run comes back: every write it tries is refused.
+                assert!(matches!(
+                    finish_step(c, &stalled, step, BuildResult::Success, "ok"),
+                    Err(StoreError::Fenced { .. })
+                ));
+                assert!(matches!(
+                    finish_build(c, &stalled, build, BuildResult::Success, None, false),
+                    Err(StoreError::Fenced { .. })
+                ));
+                assert!(matches!(
+                    renew_lease(c, &stalled, &MasterInfo::default(), long),
+                    Err(StoreError::Fenced { .. })
+                ));
+                // The request waits again and the live master builds it.
+                let pending = pending_requests(c)?;
+                assert_eq!(pending.len(), 1);
+                let (_, number) = start_build(c, &alive, pending[0].id, "linux", "s2")?;
+                assert_eq!(number, 2);
+                let builds = recent_builds(c, "linux", 10)?;
+                assert_eq!(builds[1].result, Some(BuildResult::Exception));
+                assert!(
+                    builds[1]
+                        .reason
+                        .as_deref()
+                        .is_some_and(|r| r.contains("master a lost"))
+                );
+                // A clean stop gives the job up at once.
+                let third = register_master(c, "c", &MasterInfo::default(), long)?;
+                assert!(!hold_singleton(c, "jobs", &third, long)?);
+                retire_master(c, &alive)?;
+                assert!(hold_singleton(c, "jobs", &third, long)?);
                 Ok(())
             })
             .expect("works");
