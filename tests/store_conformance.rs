@@ -72,6 +72,10 @@ conformance!(
     poll_heads_are_upserted,
     sessions_live_until_they_expire,
     text_with_nul_is_stored_whatever_the_backend,
+    a_request_is_claimed_once,
+    masters_hold_leases_and_cluster_jobs,
+    a_lost_masters_builds_are_retried_and_its_late_writes_refused,
+    the_event_log_numbers_events_in_one_sequence,
 );
 
 fn request(job: &str, builder: &str) -> NewRequest {
@@ -1013,6 +1017,11 @@ async fn one_revision_is_one_change(store: SharedStore) {
     assert_eq!(newest, vec![other.clone(), release.clone(), stored.clone()]);
     assert_eq!(store.newest_changes(-1).await.expect("read"), newest);
     assert_eq!(store.newest_changes(1).await.expect("read"), vec![other]);
+    assert_eq!(
+        store.change(stored.id).await.expect("read"),
+        Some(stored.clone())
+    );
+    assert_eq!(store.change(stored.id + 1000).await.expect("read"), None);
 
     // Which builds built a change: those of requests that carry it.
     let ids = store
@@ -1276,6 +1285,279 @@ async fn text_with_nul_is_stored_whatever_the_backend(store: SharedStore) {
     );
 }
 
+async fn a_request_is_claimed_once(store: SharedStore) {
+    let first = run_of(&store, "a").await;
+    let second = run_of(&store, "b").await;
+    let id = one(&store, request("j1", "linux")).await;
+    store
+        .start_build(&first, id, "linux", "s1")
+        .await
+        .expect("the first claim");
+    assert!(matches!(
+        store.start_build(&second, id, "linux", "s2").await,
+        Err(StoreError::AlreadyClaimed { request_id }) if request_id == id
+    ));
+    // A request being built is not cancelled: its build goes on.
+    store.cancel_requests(vec![id], None).await.expect("cancel");
+    assert!(
+        store
+            .job_record("j1")
+            .await
+            .expect("read")
+            .cancelled
+            .is_empty()
+    );
+    assert_eq!(
+        store.newest_builds("linux", 5).await.expect("read").len(),
+        1
+    );
+    // Claims at once: one wins.
+    let raced = one(&store, request("j2", "linux")).await;
+    let results = at_once(6, &store, |store| {
+        let owner = second.clone();
+        Box::pin(async move { store.start_build(&owner, raced, "linux", "s3").await })
+    })
+    .await;
+    assert_eq!(results.iter().filter(|result| result.is_ok()).count(), 1);
+    assert!(
+        results
+            .iter()
+            .all(|result| matches!(result, Ok(_) | Err(StoreError::AlreadyClaimed { .. })))
+    );
+}
+
+async fn masters_hold_leases_and_cluster_jobs(store: SharedStore) {
+    let long = Duration::from_secs(600);
+    let a = run_of(&store, "a").await;
+    let b = run_of(&store, "b").await;
+    assert_eq!((a.epoch, b.epoch), (1, 1));
+    let info = MasterInfo {
+        slaves: vec!["s1".into()],
+        builds: vec!["linux #3".into()],
+        ssh: "a:2222".into(),
+        ..MasterInfo::default()
+    };
+    store.renew_lease(&a, &info, long).await.expect("renew");
+    let masters = store.masters().await.expect("read");
+    let names: Vec<&str> = masters.iter().map(|m| m.name.as_str()).collect();
+    assert_eq!(names, vec!["a", "b"]);
+    assert!(masters.iter().all(|m| m.alive && m.state == "up"));
+    assert_eq!(masters[0].info, info);
+    assert!(masters[0].expires_at > masters[0].renewed_at);
+
+    assert!(store.hold_singleton("jobs", &a, long).await.expect("hold"));
+    assert!(
+        store
+            .hold_singleton("jobs", &a, long)
+            .await
+            .expect("renew hold")
+    );
+    assert!(!store.hold_singleton("jobs", &b, long).await.expect("hold"));
+    // A clean stop gives everything up at once.
+    store.retire_master(&a).await.expect("retire");
+    let masters = store.masters().await.expect("read");
+    assert_eq!(
+        (masters[0].state.as_str(), masters[0].alive),
+        ("stopped", false)
+    );
+    assert!(store.hold_singleton("jobs", &b, long).await.expect("hold"));
+    assert!(!store.hold_singleton("jobs", &a, long).await.expect("hold"));
+    assert!(matches!(
+        store.renew_lease(&a, &info, long).await,
+        Err(StoreError::Fenced { .. })
+    ));
+    // The next run of a takes the next epoch.
+    let again = run_of(&store, "a").await;
+    assert_eq!(again.epoch, 2);
+    assert!(
+        !store
+            .hold_singleton("jobs", &again, long)
+            .await
+            .expect("hold")
+    );
+}
+
+/// Polls `condition` until it holds, for at most a minute.
+async fn wait_until<F, Fut>(what: &str, condition: F)
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while !condition().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "waited in vain for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn a_lost_masters_builds_are_retried_and_its_late_writes_refused(store: SharedStore) {
+    let short = Duration::from_millis(200);
+    let long = Duration::from_secs(600);
+    let stalled = store
+        .register_master("a", &MasterInfo::default(), short)
+        .await
+        .expect("register");
+    let alive = run_of(&store, "b").await;
+    let id = one(&store, request("j1", "linux")).await;
+    let (build, _) = store
+        .start_build(&stalled, id, "linux", "s1")
+        .await
+        .expect("start");
+    let step = store
+        .start_step(&stalled, build, 1, "test")
+        .await
+        .expect("step");
+    assert!(
+        store
+            .hold_singleton("jobs", &stalled, short)
+            .await
+            .expect("hold")
+    );
+    assert!(
+        store
+            .reap_lost_masters(&alive)
+            .await
+            .expect("reap")
+            .is_empty()
+    );
+    wait_until("the lease of a to run out", || {
+        let store = Arc::clone(&store);
+        async move {
+            store
+                .masters()
+                .await
+                .expect("read")
+                .iter()
+                .any(|m| m.name == "a" && !m.alive)
+        }
+    })
+    .await;
+    // Its hold runs out with its lease: the live master takes the job over.
+    wait_until("the hold of a to run out", || {
+        let (store, alive) = (Arc::clone(&store), alive.clone());
+        async move {
+            store
+                .hold_singleton("jobs", &alive, long)
+                .await
+                .expect("hold")
+        }
+    })
+    .await;
+    assert!(
+        !store
+            .hold_singleton("jobs", &stalled, long)
+            .await
+            .expect("hold")
+    );
+    let lost = store.reap_lost_masters(&alive).await.expect("reap");
+    assert_eq!(lost.len(), 1);
+    assert_eq!((lost[0].name.as_str(), lost[0].epoch), ("a", 1));
+    assert_eq!(lost[0].retried, vec![("linux".to_string(), 1, id)]);
+    assert!(
+        store
+            .reap_lost_masters(&alive)
+            .await
+            .expect("reap")
+            .is_empty()
+    );
+    let masters = store.masters().await.expect("read");
+    assert_eq!(masters[0].state, "lost");
+    // The stalled run comes back: every write it tries is refused.
+    assert!(matches!(
+        store
+            .finish_step(&stalled, step, BuildResult::Success, "ok")
+            .await,
+        Err(StoreError::Fenced { .. })
+    ));
+    assert!(matches!(
+        store
+            .finish_build(&stalled, build, BuildResult::Success, None, false)
+            .await,
+        Err(StoreError::Fenced { .. })
+    ));
+    assert!(matches!(
+        store.start_step(&stalled, build, 2, "more").await,
+        Err(StoreError::Fenced { .. })
+    ));
+    assert!(matches!(
+        store
+            .renew_lease(&stalled, &MasterInfo::default(), long)
+            .await,
+        Err(StoreError::Fenced { .. })
+    ));
+    // The request waits again, and the live master builds it.
+    let pending = store.pending_requests().await.expect("read");
+    assert_eq!(pending.len(), 1);
+    let (_, number) = store
+        .start_build(&alive, pending[0].id, "linux", "s2")
+        .await
+        .expect("start");
+    assert_eq!(number, 2);
+    let builds = store.newest_builds("linux", 10).await.expect("read");
+    assert_eq!(builds[1].result, Some(BuildResult::Exception));
+    assert!(
+        builds[1]
+            .reason
+            .as_deref()
+            .is_some_and(|reason| reason.contains("master a lost")),
+        "{:?}",
+        builds[1].reason
+    );
+    let steps = store.steps_of(build).await.expect("read");
+    assert_eq!(steps[0].result, Some(BuildResult::Exception));
+}
+
+async fn the_event_log_numbers_events_in_one_sequence(store: SharedStore) {
+    let cluster = store.cluster_id().await.expect("read");
+    assert!(!cluster.is_empty());
+    assert_eq!(store.cluster_id().await.expect("read"), cluster);
+    assert_eq!(store.last_event_seq().await.expect("read"), 0);
+    assert!(store.events_after(0, 10).await.expect("read").is_empty());
+    let numbers = store
+        .append_events(
+            "a",
+            vec![
+                (1.5, r#"{"first":1}"#.to_string()),
+                (2.5, r#"{"second":2}"#.to_string()),
+                (3.5, r#"{"third":3}"#.to_string()),
+            ],
+        )
+        .await
+        .expect("append");
+    assert_eq!(numbers, vec![1, 2, 3]);
+    assert_eq!(
+        store.events_after(1, 1).await.expect("read"),
+        vec![(2, 2.5, r#"{"second":2}"#.to_string())]
+    );
+    assert_eq!(store.events_after(0, 10).await.expect("read").len(), 3);
+    assert_eq!(store.last_event_seq().await.expect("read"), 3);
+    // Masters appending at once: one sequence, no gaps, each batch in a row.
+    let batches = at_once(6, &store, |store| {
+        Box::pin(async move {
+            store
+                .append_events("b", vec![(4.0, "{}".to_string()), (5.0, "{}".to_string())])
+                .await
+                .expect("append")
+        })
+    })
+    .await;
+    let mut all: Vec<i64> = batches.iter().flatten().copied().collect();
+    all.sort_unstable();
+    assert_eq!(all, (4..=15).collect::<Vec<i64>>());
+    assert!(batches.iter().all(|batch| batch[1] == batch[0] + 1));
+    let seqs: Vec<i64> = store
+        .events_after(3, 100)
+        .await
+        .expect("read")
+        .iter()
+        .map(|(seq, _, _)| *seq)
+        .collect();
+    assert_eq!(seqs, (4..=15).collect::<Vec<i64>>());
+}
+
 // --- PostgreSQL only --------------------------------------------------------------------------
 
 /// The one-line message of a failed `connect`.
@@ -1479,6 +1761,57 @@ async fn ids_copied_in_are_not_generated_again() {
         .await
         .expect("start");
     assert_eq!(build, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_master_name_is_not_taken_twice() {
+    let url = postgres::fresh_database().await;
+    let store: SharedStore = Arc::new(PgStore::connect(&url).await.expect("connect"));
+    assert!(store.is_shared());
+    let first = run_of(&store, "ci-a").await;
+    match store
+        .register_master("ci-a", &MasterInfo::default(), Duration::from_secs(60))
+        .await
+    {
+        Err(StoreError::NameTaken { name, .. }) => assert_eq!(name, "ci-a"),
+        other => panic!("a live name is refused: {other:?}"),
+    }
+    store.retire_master(&first).await.expect("retire");
+    assert_eq!(run_of(&store, "ci-a").await.epoch, 2);
+    // SQLite has one master per file: a run left "up" is taken over at once.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let sqlite: SharedStore =
+        Arc::new(SqliteStore::open(&dir.path().join("state.sqlite")).expect("open"));
+    assert!(!sqlite.is_shared());
+    assert!(sqlite.event_notices().is_none() && sqlite.request_notices().is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn other_masters_hear_of_new_events_and_requests() {
+    let url = postgres::fresh_database().await;
+    let writer: SharedStore = Arc::new(PgStore::connect(&url).await.expect("connect"));
+    let reader: SharedStore = Arc::new(PgStore::connect(&url).await.expect("connect"));
+    let mut events = reader
+        .event_notices()
+        .expect("a shared store tells of events");
+    let mut requests = reader.request_notices().expect("and of requests");
+    events.borrow_and_update();
+    requests.borrow_and_update();
+    writer
+        .append_events("a", vec![(1.0, "{}".to_string())])
+        .await
+        .expect("append");
+    tokio::time::timeout(Duration::from_secs(60), events.changed())
+        .await
+        .expect("the reader hears of the event")
+        .expect("the notices go on");
+    assert_eq!(reader.last_event_seq().await.expect("read"), 1);
+    one(&writer, request("j1", "linux")).await;
+    tokio::time::timeout(Duration::from_secs(60), requests.changed())
+        .await
+        .expect("the reader hears of the request")
+        .expect("the notices go on");
+    assert_eq!(reader.pending_count(None, None).await.expect("count"), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
