@@ -6,8 +6,8 @@
 //! before it writes (a job recorded once, the next build number of a builder, one change per
 //! revision, the migrations themselves) takes a transaction-scoped advisory lock on what it
 //! decides about, so two masters deciding at once take turns instead of both deciding "new".
-//! The verbs themselves are in [`verbs`]; the masters of the cluster (leases, fencing,
-//! cluster-wide jobs, the event log, LISTEN/NOTIFY) in [`cluster`].
+//! The verbs themselves are in `verbs`; the masters of the cluster (leases, fencing,
+//! cluster-wide jobs, the event log, LISTEN/NOTIFY) in `cluster`.
 
 mod cluster;
 mod verbs;
