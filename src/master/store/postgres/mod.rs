@@ -244,11 +244,13 @@ impl PgStore {
                 StoreError::Connect {
                     target: target.clone(),
                     reason: connect_reason(&err),
+                    answered: err.as_db_error().is_some(),
                 }
             }
             PoolError::Timeout(_) => StoreError::Connect {
                 target: target.clone(),
                 reason: format!("no answer within {}s", connect_timeout.as_secs() + 5),
+                answered: false,
             },
             other => pool_error(other),
         })?;
