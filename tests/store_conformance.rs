@@ -76,6 +76,7 @@ conformance!(
     masters_hold_leases_and_cluster_jobs,
     a_lost_masters_builds_are_retried_and_its_late_writes_refused,
     the_event_log_numbers_events_in_one_sequence,
+    master_locks_are_taken_whole_and_freed_on_every_end,
 );
 
 fn request(job: &str, builder: &str) -> NewRequest {
@@ -1954,4 +1955,85 @@ async fn both_backends_migrate_to_the_same_tables() {
     );
     assert_eq!(postgres_tables, sqlite_tables);
     assert_eq!(postgres_indexes, sqlite_indexes);
+}
+
+fn lock_use(lock: &str, exclusive: bool, max_count: i64) -> buildbot::master::store::MasterLockUse {
+    buildbot::master::store::MasterLockUse {
+        lock: lock.into(),
+        exclusive,
+        max_count,
+    }
+}
+
+async fn master_locks_are_taken_whole_and_freed_on_every_end(store: SharedStore) {
+    let a = run_of(&store, "a").await;
+    let b = run_of(&store, "b").await;
+    let take = |owner: MasterLease, holder: &'static str, uses: Vec<_>| {
+        let store = Arc::clone(&store);
+        async move {
+            store
+                .take_master_locks(&owner, holder, uses)
+                .await
+                .expect("take")
+        }
+    };
+    // Exclusive: one holder; the same holder again is no second hold.
+    assert!(take(a.clone(), "a:build:1", vec![lock_use("db", true, 1)]).await);
+    assert!(take(a.clone(), "a:build:1", vec![lock_use("db", true, 1)]).await);
+    assert!(!take(b.clone(), "b:build:2", vec![lock_use("db", true, 1)]).await);
+    // Counting, two at most, none while held exclusively.
+    assert!(take(b.clone(), "b:step:3", vec![lock_use("pool", false, 2)]).await);
+    assert!(take(a.clone(), "a:step:4", vec![lock_use("pool", false, 2)]).await);
+    assert!(!take(b.clone(), "b:step:5", vec![lock_use("pool", false, 2)]).await);
+    assert!(!take(b.clone(), "b:step:6", vec![lock_use("pool", true, 2)]).await);
+    // All or nothing: "free" is free, but "db" is not, so "free" stays free.
+    assert!(
+        !take(
+            b.clone(),
+            "b:build:7",
+            vec![lock_use("free", true, 1), lock_use("db", true, 1)]
+        )
+        .await
+    );
+    assert!(take(b.clone(), "b:build:8", vec![lock_use("free", true, 1)]).await);
+    // Freed by its holder only.
+    store
+        .release_master_locks(&b, "a:build:1")
+        .await
+        .expect("release");
+    assert!(!take(b.clone(), "b:build:2", vec![lock_use("db", true, 1)]).await);
+    store
+        .release_master_locks(&a, "a:build:1")
+        .await
+        .expect("release");
+    assert!(take(b.clone(), "b:build:2", vec![lock_use("db", true, 1)]).await);
+    // A master declared lost frees what it held; a master that starts again frees what its
+    // earlier run held.
+    let short = Duration::from_millis(1);
+    let lost = store
+        .register_master("lost", &MasterInfo::default(), short)
+        .await
+        .expect("register");
+    assert!(
+        take(
+            lost.clone(),
+            "lost:build:9",
+            vec![lock_use("solo", true, 1)]
+        )
+        .await
+    );
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    store.reap_lost_masters(&a).await.expect("reap");
+    assert!(take(a.clone(), "a:build:10", vec![lock_use("solo", true, 1)]).await);
+    store.retire_master(&a).await.expect("retire");
+    let again = run_of(&store, "a").await;
+    assert!(
+        take(
+            again.clone(),
+            "a2:build:11",
+            vec![lock_use("solo", true, 1)]
+        )
+        .await
+    );
+    assert!(take(again, "a2:build:12", vec![lock_use("pool", false, 2)]).await);
 }

@@ -244,6 +244,91 @@ pub async fn run(
             slave_unusable: true,
         };
     }
+    // In a cluster, the builder's master locks are held across the masters: taken in the
+    // store, whole or not at all, before the request is claimed.
+    let cluster_locks = cluster_lock_uses(control, &builder.locks);
+    // Named by this run too: two masters may both try to start one request (only one claims
+    // it), and the loser must not free what the winner holds.
+    let holder = format!(
+        "{}#{}:build:{}",
+        control.owner.name, control.owner.epoch, request.id
+    );
+    if !cluster_locks.is_empty() {
+        match control
+            .store
+            .take_master_locks(&control.owner, &holder, cluster_locks)
+            .await
+        {
+            Ok(true) => {
+                tracing::debug!(
+                    request = request.id,
+                    "took the build's master locks in the store"
+                );
+            }
+            Ok(false) | Err(_) => {
+                // Held on another master: the request waits its turn again, after a pause
+                // so the queue does not spin on it.
+                tracing::debug!(request = request.id, builder = %builder.name, "a master lock is held on another master");
+                tokio::select! {
+                    () = shutdown.cancelled() => {}
+                    () = tokio::time::sleep(CLUSTER_LOCK_RETRY) => {}
+                }
+                return BuildOutcome {
+                    retry: true,
+                    slave_unusable: false,
+                };
+            }
+        }
+    }
+    let outcome = claim_and_run(control, &builder, request, link, shutdown).await;
+    if !builder.locks.is_empty()
+        && control.store.is_shared()
+        && let Err(err) = control
+            .store
+            .release_master_locks(&control.owner, &holder)
+            .await
+    {
+        tracing::error!("cannot release the build's master locks: {err}");
+    }
+    outcome
+}
+
+/// How long a build whose master lock is held on another master waits before it tries again.
+const CLUSTER_LOCK_RETRY: Duration = Duration::from_secs(1);
+
+/// The master locks among `uses`, as the store takes them across a cluster; none with a
+/// store only this master uses (its own lock table decides alone).
+fn cluster_lock_uses(
+    control: &BuildParts,
+    uses: &[LockUse],
+) -> Vec<crate::master::store::MasterLockUse> {
+    if !control.store.is_shared() {
+        return Vec::new();
+    }
+    let config = control.config();
+    uses.iter()
+        .filter_map(|lock_use| {
+            let def = config.locks.iter().find(|def| def.name == lock_use.lock)?;
+            (def.kind == crate::master::locks::LockKind::Master).then(|| {
+                crate::master::store::MasterLockUse {
+                    lock: lock_use.lock.clone(),
+                    exclusive: lock_use.access == crate::master::locks::Access::Exclusive,
+                    max_count: i64::try_from(def.max_count).unwrap_or(i64::MAX),
+                }
+            })
+        })
+        .collect()
+}
+
+/// Claims the request and runs its build (the slave answered, the cluster's locks are held).
+async fn claim_and_run(
+    control: &Arc<BuildParts>,
+    builder: &BuilderConfig,
+    request: StoredRequest,
+    link: Arc<SlaveLink>,
+    shutdown: CancellationToken,
+) -> BuildOutcome {
+    let builder = builder.clone();
     let started = match begin(control, &builder, &request, &link).await {
         Ok(started) => started,
         // Another master claimed it first (or it was cancelled meanwhile): nothing to do
@@ -471,6 +556,17 @@ async fn run_steps(
             run_step(link, &step, logs, shutdown, &started.stop, &control.metrics).await
         };
         if !step.locks.is_empty() {
+            if control.store.is_shared()
+                && let Err(err) = control
+                    .store
+                    .release_master_locks(
+                        &control.owner,
+                        &step_lock_holder(control, request.id, &step.name),
+                    )
+                    .await
+            {
+                tracing::error!("cannot release a step's master locks: {err}");
+            }
             control
                 .scheduler_input(Input::ReleaseStepLocks {
                     request_id: request.id,
@@ -556,7 +652,12 @@ async fn take_step_locks(
     let mut announced = false;
     loop {
         tokio::select! {
-            granted = &mut wait => return granted.is_some(),
+            granted = &mut wait => {
+                if granted.is_none() {
+                    return false;
+                }
+                return take_cluster_step_locks(control, request, started, step, shutdown).await;
+            }
             _ = started.stop.token.cancelled() => return true,
             _ = shutdown.cancelled() => return false,
             _ = tokio::time::sleep(LOCK_WAIT_ANNOUNCE), if !announced => {
@@ -572,6 +673,46 @@ async fn take_step_locks(
             }
         }
     }
+}
+
+/// In a cluster: takes the step's master locks in the store as well (this master's table
+/// granted them here), waiting while another master holds one; false when the master stops
+/// first (a stop of the build ends the wait too, true: the caller sees the stop).
+async fn take_cluster_step_locks(
+    control: &Arc<BuildParts>,
+    request: &StoredRequest,
+    started: &Started,
+    step: &PlannedStep,
+    shutdown: &CancellationToken,
+) -> bool {
+    let uses = cluster_lock_uses(control, &step.locks);
+    if uses.is_empty() {
+        return true;
+    }
+    let holder = step_lock_holder(control, request.id, &step.name);
+    loop {
+        match control
+            .store
+            .take_master_locks(&control.owner, &holder, uses.clone())
+            .await
+        {
+            Ok(true) => return true,
+            Ok(false) => {}
+            Err(err) => tracing::warn!("cannot take a step's master locks: {err}"),
+        }
+        tokio::select! {
+            _ = started.stop.token.cancelled() => return true,
+            _ = shutdown.cancelled() => return false,
+            _ = tokio::time::sleep(CLUSTER_LOCK_RETRY) => {}
+        }
+    }
+}
+
+fn step_lock_holder(control: &BuildParts, request_id: i64, step: &str) -> String {
+    format!(
+        "{}#{}:step:{request_id}:{step}",
+        control.owner.name, control.owner.epoch
+    )
 }
 
 /// What a step's outcome means: its own result, what it adds to the build's result, the

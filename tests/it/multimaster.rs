@@ -680,3 +680,141 @@ fn many_try_jobs_over_three_masters_one_killed_twice_each_build_exactly_once() {
         );
     }
 }
+
+/// The most of `runs` (start, end) going on at one moment; touching ones do not overlap.
+fn most_at_once(runs: &[(f64, f64)]) -> usize {
+    let mut edges: Vec<(f64, i32)> = runs
+        .iter()
+        .flat_map(|(start, end)| [(*start, 1), (*end, -1)])
+        .collect();
+    edges.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+    let (mut now, mut most) = (0i32, 0i32);
+    for (_, change) in edges {
+        now += change;
+        most = most.max(now);
+    }
+    usize::try_from(most).unwrap_or_default()
+}
+
+fn recorded_runs(file: &Path) -> Vec<(f64, f64)> {
+    std::fs::read_to_string(file)
+        .unwrap_or_default()
+        .lines()
+        .map(|line| {
+            let (start, end) = line.split_once(' ').expect("start end");
+            (
+                start.parse().expect("a start time"),
+                end.parse().expect("an end time"),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn master_locks_hold_across_masters() {
+    let url = fresh_database();
+    let checkout = Checkout::new();
+    let runs = tempfile::tempdir().expect("temp dir");
+    let record = |file: &str| {
+        format!(
+            r#"s=$(date +%s.%N); sleep 0.4; e=$(date +%s.%N); echo "$s $e" >> {}/{file}"#,
+            runs.path().display()
+        )
+    };
+    // linux takes the exclusive lock for the whole build; counted's step takes a counting
+    // lock of two.
+    let steps = format!(
+        "{{ name = \"test\", command = '{}' }},",
+        record("exclusive")
+    );
+    let locks_and_counted = format!(
+        "\n[[lock]]\nname = \"db\"\nkind = \"master\"\nmax_count = 1\n\
+         \n[[lock]]\nname = \"pool\"\nkind = \"master\"\nmax_count = 2\n\
+         \n[[builder]]\nname = \"counted\"\nslaves = [\"s1\", \"s2\", \"s3\"]\nrepo = \"{}\"\nbranch = \"main\"\n\
+         steps = [ {{ name = \"test\", command = '{}', locks = [ {{ lock = \"pool\", access = \"counting\" }} ] }} ]\n",
+        checkout.upstream.display(),
+        record("counting")
+    );
+    let with_lock = |config: String| {
+        config.replacen(
+            "branch = \"main\"\nsteps",
+            "branch = \"main\"\nlocks = [ { lock = \"db\", access = \"exclusive\" } ]\nsteps",
+            1,
+        )
+    };
+    let pool = ["s1", "s2", "s3"];
+    let mut setup = MasterSetup::linux_builder(&pool, &checkout.upstream, &steps);
+    setup.extra_config =
+        with_lock(setup.extra_config) + &locks_and_counted + &database_section(&url);
+    setup.edits.push(named("ci-a"));
+    let a = TestMaster::start_with(setup);
+    let blocks: String = {
+        let config = std::fs::read_to_string(a.path().join("master.toml")).expect("config");
+        let start = config.find("\n[[slave]]").expect("slave blocks") + 1;
+        let end = config[start..]
+            .find("\n[[builder]]")
+            .map_or(config.len(), |end| start + end);
+        config[start..end].to_string()
+    };
+    let member = |name: &str| {
+        let mut setup = MasterSetup::linux_builder(&[], &checkout.upstream, &steps);
+        setup.extra_config = format!(
+            "\n{blocks}\n{}{}{}",
+            with_lock(
+                setup
+                    .extra_config
+                    .replace("slaves = []", "slaves = [\"s1\", \"s2\", \"s3\"]")
+            ),
+            locks_and_counted,
+            database_section(&url),
+        );
+        setup.host_key_of = Some(a.path().to_path_buf());
+        setup.edits.push(named(name));
+        TestMaster::start_with(setup)
+    };
+    let b = member("ci-b");
+    let c = member("ci-c");
+    let _s1 = a.launch_slave("s1", masters(&[&a]));
+    let _s2 = a.launch_slave("s2", masters(&[&b]));
+    let _s3 = a.launch_slave("s3", masters(&[&c]));
+    for (master, slave) in [(&a, "s1"), (&b, "s2"), (&c, "s3")] {
+        master.wait_connected(slave);
+    }
+    // Each master builds on its own slave: without the cluster's locks all three would run
+    // at once.
+    for _ in 0..3 {
+        for master in [&a, &b, &c] {
+            for builder in ["linux", "counted"] {
+                let forced = master.ssh(
+                    &master.user_key,
+                    &current_user(),
+                    &format!("force {builder} --reason locks"),
+                );
+                assert_eq!(forced.status.code(), Some(0), "{}", text(&forced.stderr));
+            }
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(180);
+    while recorded_runs(&runs.path().join("exclusive")).len() < 9
+        || recorded_runs(&runs.path().join("counting")).len() < 9
+    {
+        assert!(
+            Instant::now() < deadline,
+            "not every build ran: {} exclusive, {} counting",
+            recorded_runs(&runs.path().join("exclusive")).len(),
+            recorded_runs(&runs.path().join("counting")).len()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let exclusive = recorded_runs(&runs.path().join("exclusive"));
+    assert_eq!(
+        most_at_once(&exclusive),
+        1,
+        "the exclusive lock overlapped: {exclusive:?}"
+    );
+    let counting = recorded_runs(&runs.path().join("counting"));
+    assert!(
+        most_at_once(&counting) <= 2,
+        "the counting lock of two held by more: {counting:?}"
+    );
+}

@@ -21,8 +21,8 @@ use crate::status::{BuildResult, JobRecord, LastBuild};
 
 pub use model::{
     BuildDetail, BuildRef, BuildRow, BuildWithSteps, LostMaster, MasterInfo, MasterLease,
-    MasterRow, NewRequest, RecentBuilds, Recorded, StepRow, StoredChange, StoredRequest,
-    StoredSession, WindowBuilds, now,
+    MasterLockUse, MasterRow, NewRequest, RecentBuilds, Recorded, StepRow, StoredChange,
+    StoredRequest, StoredSession, WindowBuilds, now,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -340,6 +340,25 @@ pub trait Store: Send + Sync {
         owner: &MasterLease,
         lease: std::time::Duration,
     ) -> Result<bool, StoreError>;
+
+    /// Takes master locks for `holder` (a build, or one of its steps) of `owner`'s run, all or
+    /// none, whichever masters take locks at once: true when taken. A lock is free for an
+    /// exclusive taker while nobody holds it, for a counting one while nobody holds it
+    /// exclusively and fewer than its `max_count` hold it. A lost run's locks are freed when
+    /// it is reaped, an earlier run's when its master starts again.
+    async fn take_master_locks(
+        &self,
+        owner: &MasterLease,
+        holder: &str,
+        uses: Vec<MasterLockUse>,
+    ) -> Result<bool, StoreError>;
+
+    /// Frees what `holder` of `owner`'s run holds.
+    async fn release_master_locks(
+        &self,
+        owner: &MasterLease,
+        holder: &str,
+    ) -> Result<(), StoreError>;
 
     /// Every master the store has seen, by name.
     async fn masters(&self) -> Result<Vec<MasterRow>, StoreError>;

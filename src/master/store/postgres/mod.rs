@@ -152,6 +152,16 @@ pub const MIGRATIONS: &[&str] = &[
         epoch BIGINT NOT NULL,
         expires_at DOUBLE PRECISION NOT NULL
     );",
+    // 12: master locks held across the masters of a cluster.
+    "CREATE TABLE master_locks (
+        lock TEXT NOT NULL,
+        holder TEXT NOT NULL,
+        exclusive BIGINT NOT NULL,
+        master TEXT NOT NULL,
+        epoch BIGINT NOT NULL,
+        since DOUBLE PRECISION NOT NULL,
+        PRIMARY KEY (lock, holder)
+    );",
 ];
 
 /// The first key of every advisory lock this store takes ("bb"), the second names what is

@@ -605,6 +605,12 @@ impl Store for PgStore {
             "master restarted",
         )
         .await?;
+        transaction
+            .execute(
+                "DELETE FROM master_locks WHERE master = $1 AND epoch < $2",
+                &[&text(&owner.name), &owner.epoch],
+            )
+            .await?;
         transaction.commit().await?;
         Ok(ended.len())
     }
@@ -987,6 +993,23 @@ impl Store for PgStore {
         lease: std::time::Duration,
     ) -> Result<bool, StoreError> {
         self.hold(job, owner, lease).await
+    }
+
+    async fn take_master_locks(
+        &self,
+        owner: &MasterLease,
+        holder: &str,
+        uses: Vec<crate::master::store::MasterLockUse>,
+    ) -> Result<bool, StoreError> {
+        self.take_locks(owner, holder, &uses).await
+    }
+
+    async fn release_master_locks(
+        &self,
+        owner: &MasterLease,
+        holder: &str,
+    ) -> Result<(), StoreError> {
+        self.release_locks(owner, holder).await
     }
 
     async fn masters(&self) -> Result<Vec<MasterRow>, StoreError> {

@@ -16,8 +16,8 @@ use rusqlite::{Connection, OptionalExtension, params};
 use crate::change::ChangeSpec;
 use crate::master::results::CUT_SHORT;
 use crate::master::store::model::{
-    BuildDetail, BuildRef, BuildRow, LostMaster, MasterInfo, MasterLease, MasterRow, NewRequest,
-    Recorded, StepRow, StoredChange, StoredRequest, StoredSession, now,
+    BuildDetail, BuildRef, BuildRow, LostMaster, MasterInfo, MasterLease, MasterLockUse, MasterRow,
+    NewRequest, Recorded, StepRow, StoredChange, StoredRequest, StoredSession, now,
 };
 use crate::master::store::{Store, StoreError};
 use crate::status::{BuildResult, JobRecord, LastBuild, RequestKind, RequestState};
@@ -169,6 +169,16 @@ pub const MIGRATIONS: &[&str] = &[
         master TEXT NOT NULL,
         epoch INTEGER NOT NULL,
         expires_at REAL NOT NULL
+    );",
+    // 12: master locks held across the masters of a cluster.
+    "CREATE TABLE master_locks (
+        lock TEXT NOT NULL,
+        holder TEXT NOT NULL,
+        exclusive INTEGER NOT NULL,
+        master TEXT NOT NULL,
+        epoch INTEGER NOT NULL,
+        since REAL NOT NULL,
+        PRIMARY KEY (lock, holder)
     );",
 ];
 
@@ -596,6 +606,10 @@ pub(crate) fn recover_interrupted_builds(
         "master restarted",
     )?
     .len();
+    transaction.execute(
+        "DELETE FROM master_locks WHERE master = ?1 AND epoch < ?2",
+        params![owner.name, owner.epoch],
+    )?;
     transaction.commit()?;
     Ok(count)
 }
@@ -1003,8 +1017,55 @@ pub(crate) fn retire_master(
         "DELETE FROM singletons WHERE master = ?1 AND epoch = ?2",
         params![master.name, master.epoch],
     )?;
+    transaction.execute(
+        "DELETE FROM master_locks WHERE master = ?1 AND epoch = ?2",
+        params![master.name, master.epoch],
+    )?;
     transaction.commit()?;
     Ok(())
+}
+
+pub(crate) fn take_master_locks(
+    connection: &mut Connection,
+    owner: &MasterLease,
+    holder: &str,
+    uses: &[MasterLockUse],
+) -> Result<bool, StoreError> {
+    let transaction =
+        connection.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    fence(&transaction, owner)?;
+    for wanted in uses {
+        let (held, exclusive): (i64, i64) = transaction.query_row(
+            "SELECT COUNT(*), COALESCE(MAX(exclusive), 0) FROM master_locks
+             WHERE lock = ?1 AND holder <> ?2",
+            params![wanted.lock, holder],
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        )?;
+        let free = if wanted.exclusive {
+            held == 0
+        } else {
+            exclusive == 0 && held < wanted.max_count
+        };
+        if !free {
+            return Ok(false);
+        }
+    }
+    for wanted in uses {
+        transaction.execute(
+            "INSERT OR REPLACE INTO master_locks (lock, holder, exclusive, master, epoch, since)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![
+                wanted.lock,
+                holder,
+                i64::from(wanted.exclusive),
+                owner.name,
+                owner.epoch,
+                now()
+            ],
+        )?;
+    }
+    transaction.commit()?;
+    Ok(true)
 }
 
 pub(crate) fn hold_singleton(
@@ -1058,6 +1119,7 @@ pub(crate) fn reap_lost_masters(
             "UPDATE masters SET state = 'lost' WHERE name = ?1 AND epoch = ?2",
             params![name, epoch],
         )?;
+        transaction.execute("DELETE FROM master_locks WHERE master = ?1", params![name])?;
         let retried = end_builds_where(
             &transaction,
             "master = ?1",
@@ -1204,6 +1266,33 @@ impl Store for SqliteStore {
 
     async fn masters(&self) -> Result<Vec<MasterRow>, StoreError> {
         self.run(|c| masters(c)).await
+    }
+
+    async fn take_master_locks(
+        &self,
+        owner: &MasterLease,
+        holder: &str,
+        uses: Vec<MasterLockUse>,
+    ) -> Result<bool, StoreError> {
+        let (owner, holder) = (owner.clone(), holder.to_string());
+        self.run_relaxed(move |c| take_master_locks(c, &owner, &holder, &uses))
+            .await
+    }
+
+    async fn release_master_locks(
+        &self,
+        owner: &MasterLease,
+        holder: &str,
+    ) -> Result<(), StoreError> {
+        let (owner, holder) = (owner.clone(), holder.to_string());
+        self.run_relaxed(move |c| {
+            c.execute(
+                "DELETE FROM master_locks WHERE holder = ?1 AND master = ?2 AND epoch = ?3",
+                params![holder, owner.name, owner.epoch],
+            )?;
+            Ok(())
+        })
+        .await
     }
 
     async fn hold_singleton(
