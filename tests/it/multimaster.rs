@@ -818,3 +818,90 @@ fn master_locks_hold_across_masters() {
         "the counting lock of two held by more: {counting:?}"
     );
 }
+
+#[test]
+fn migrate_db_moves_a_single_masters_history_into_postgresql() {
+    let url = fresh_database();
+    let checkout = Checkout::new();
+    let steps = r#"{ name = "test", command = "true" },"#;
+    let mut master = TestMaster::start_with(MasterSetup::linux_builder(
+        &["s1"],
+        &checkout.upstream,
+        steps,
+    ));
+    let slave = master.start_slave("s1");
+    let forced = master.ssh(
+        &master.user_key,
+        &current_user(),
+        "force linux --reason before",
+    );
+    assert_eq!(forced.status.code(), Some(0), "{}", text(&forced.stderr));
+    wait_until("build #1 to finish", || {
+        builds(&master)
+            .iter()
+            .any(|build| build["number"] == 1 && build["running"] == false)
+    });
+    let master_dir = master.path().to_path_buf();
+    let migrate = || {
+        let mut command = std::process::Command::new(crate::harness::BIN);
+        command
+            .arg("migrate-db")
+            .arg(&master_dir)
+            .args(["--to", &url]);
+        run_with_timeout(command, None)
+    };
+    // Not while the master runs.
+    let refused = migrate();
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(
+        text(&refused.stderr).contains("is running"),
+        "{}",
+        text(&refused.stderr)
+    );
+
+    master.terminate();
+    drop(slave);
+    let copied = migrate();
+    let stdout = text(&copied.stdout);
+    assert_eq!(
+        copied.status.code(),
+        Some(0),
+        "{stdout}\n{}",
+        text(&copied.stderr)
+    );
+    assert!(
+        stdout.contains("requests: 1 rows") && stdout.contains("builds: 1 rows"),
+        "{stdout}"
+    );
+    // Into a database that holds a history: one line, nothing copied twice.
+    let again = migrate();
+    let stderr = text(&again.stderr);
+    assert_eq!(again.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("already holds a history (1 requests)"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+
+    // The master on PostgreSQL finds its history and goes on numbering.
+    let config = master.path().join("master.toml");
+    let mut text_of = std::fs::read_to_string(&config).expect("config");
+    text_of.push_str(&database_section(&url));
+    std::fs::write(&config, text_of).expect("config written");
+    let master = master.start_again();
+    let _slave = master.start_slave("s1");
+    let first = builds(&master);
+    assert_eq!(first.len(), 1, "{first:?}");
+    assert_eq!(first[0]["result"], "success", "{first:?}");
+    let forced = master.ssh(
+        &master.user_key,
+        &current_user(),
+        "force linux --reason after",
+    );
+    assert_eq!(forced.status.code(), Some(0), "{}", text(&forced.stderr));
+    wait_until("build #2 to finish", || {
+        builds(&master)
+            .iter()
+            .any(|build| build["number"] == 2 && build["result"] == "success")
+    });
+}

@@ -10,6 +10,8 @@
 //! cluster-wide jobs, the event log, LISTEN/NOTIFY) in `cluster`.
 
 mod cluster;
+mod copy;
+pub use copy::{Copied, CopyError};
 mod verbs;
 
 use std::error::Error as _;
