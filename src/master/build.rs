@@ -18,6 +18,8 @@ use crate::master::board::{StopHandle, StopRequest};
 use crate::master::config::{BuilderConfig, StepConfig};
 use crate::master::interpolate::{self, InterpolationError};
 use crate::master::locks::LockUse;
+pub use crate::master::logs::log_file_name;
+use crate::master::logs::{LOG_CHUNK, StoreShipper};
 use crate::master::results::{CUT_SHORT, FailurePolicy, expected_duration};
 use crate::master::scheduler::Input;
 use crate::master::slaves::{SlaveEvent, SlaveLink};
@@ -456,7 +458,15 @@ async fn run_steps(
             step: step_number,
             name: step.name.clone(),
         });
-        let logs = StepLogs::new(log_dir.clone(), step_number, &step.name);
+        let mut logs = StepLogs::new(log_dir.clone(), step_number, &step.name);
+        if control.store.is_shared() {
+            logs.ship_to(StoreShipper::new(
+                Arc::clone(&control.store),
+                control.owner.clone(),
+                build_id,
+                step_number,
+            ));
+        }
         let locked = step.locks.is_empty()
             || take_step_locks(control, request, started, &step, &link.name, shutdown).await;
         let outcome = if started.stop.token.is_cancelled() {
@@ -717,11 +727,11 @@ async fn run_step(
     };
     let began = Instant::now();
     loop {
-        let flush_at = logs.flush_at;
+        let wake_at = logs.wake_at();
         let event = tokio::select! {
             event = events.recv() => event,
-            () = tokio::time::sleep_until(flush_at.unwrap_or_else(tokio::time::Instant::now)), if flush_at.is_some() => {
-                if let Err(err) = logs.flush().await {
+            () = tokio::time::sleep_until(wake_at.unwrap_or_else(tokio::time::Instant::now)), if wake_at.is_some() => {
+                if let Err(err) = logs.tick().await {
                     link.interrupt(id, "the master cannot write the log");
                     return StepOutcome::LogError(format!("cannot write the log: {err}"));
                 }
@@ -794,22 +804,6 @@ async fn run_step(
     }
 }
 
-/// The file name of a step's log: `STEP-NAME.STREAM`, the name reduced to characters that are
-/// safe in a path (the web server finds logs by this same function).
-pub fn log_file_name(step: i64, name: &str, stream: StreamKind) -> String {
-    let safe: String = name
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    format!("{step}-{safe}.{}", stream.file_extension())
-}
-
 /// How much of a log is gathered before it is written: output frames are up to 64 KiB, and a
 /// write per frame costs a trip to a blocking thread.
 const LOG_BUFFER: usize = 256 * 1024;
@@ -819,15 +813,19 @@ const LOG_FLUSH: Duration = Duration::from_millis(10);
 
 /// The log files of one step, one per stream, created when the stream first has output and
 /// appended as it arrives through a buffer of [`LOG_BUFFER`] that is written out at most
-/// [`LOG_FLUSH`] after its first byte (the owner calls [`StepLogs::flush`] when `flush_at`
-/// passes) and at the end of the step: `logs/BUILDER/NUMBER/STEP-NAME.STREAM`.
+/// [`LOG_FLUSH`] after its first byte (the owner calls [`StepLogs::tick`] when `wake_at`
+/// passes) and at the end of the step: `logs/BUILDER/NUMBER/STEP-NAME.STREAM`. With a shared
+/// store the files are also shipped into it (`master::logs::StoreShipper`), so every master
+/// can serve the log.
 struct StepLogs {
     dir: PathBuf,
     step: i64,
     name: String,
-    files: Vec<(StreamKind, tokio::io::BufWriter<tokio::fs::File>)>,
+    /// Each stream's file and how many bytes were written to it (buffered ones included).
+    files: Vec<(StreamKind, tokio::io::BufWriter<tokio::fs::File>, u64)>,
     /// When buffered output must be written; none when nothing is buffered.
     flush_at: Option<tokio::time::Instant>,
+    shipper: Option<StoreShipper>,
 }
 
 impl StepLogs {
@@ -838,11 +836,17 @@ impl StepLogs {
             name: name.to_string(),
             files: Vec::new(),
             flush_at: None,
+            shipper: None,
         }
     }
 
+    /// Ships the files into a shared store as they grow.
+    fn ship_to(&mut self, shipper: StoreShipper) {
+        self.shipper = Some(shipper);
+    }
+
     async fn append(&mut self, stream: StreamKind, data: &[u8]) -> std::io::Result<()> {
-        let position = match self.files.iter().position(|(kind, _)| *kind == stream) {
+        let position = match self.files.iter().position(|(kind, _, _)| *kind == stream) {
             Some(position) => position,
             None => {
                 tokio::fs::create_dir_all(&self.dir).await?;
@@ -859,13 +863,53 @@ impl StepLogs {
                 self.files.push((
                     stream,
                     tokio::io::BufWriter::with_capacity(LOG_BUFFER, file),
+                    0,
                 ));
                 self.files.len() - 1
             }
         };
-        self.files[position].1.write_all(data).await?;
+        let (_, file, written) = &mut self.files[position];
+        file.write_all(data).await?;
+        *written += data.len() as u64;
+        let written = *written;
         if self.flush_at.is_none() {
             self.flush_at = Some(tokio::time::Instant::now() + LOG_FLUSH);
+        }
+        if let Some(shipper) = &mut self.shipper {
+            let path = self.dir.join(log_file_name(self.step, &self.name, stream));
+            shipper.grew(stream, &path);
+            // A full chunk goes now rather than waiting for the timer.
+            if shipper.unshipped(stream, written) >= LOG_CHUNK as u64 {
+                self.flush().await?;
+                self.ship().await;
+            }
+        }
+        Ok(())
+    }
+
+    /// When [`StepLogs::tick`] has work: buffered output to write or to ship.
+    fn wake_at(&self) -> Option<tokio::time::Instant> {
+        let ship_at = self.shipper.as_ref().and_then(|shipper| shipper.ship_at);
+        match (self.flush_at, ship_at) {
+            (Some(flush), Some(ship)) => Some(flush.min(ship)),
+            (flush, ship) => flush.or(ship),
+        }
+    }
+
+    /// Writes out what is due, and ships to the store what is due there.
+    async fn tick(&mut self) -> std::io::Result<()> {
+        let now = tokio::time::Instant::now();
+        if self.flush_at.is_some_and(|at| at <= now) {
+            self.flush().await?;
+        }
+        let ship_due = self
+            .shipper
+            .as_ref()
+            .and_then(|shipper| shipper.ship_at)
+            .is_some_and(|at| at <= now);
+        if ship_due {
+            self.flush().await?;
+            self.ship().await;
         }
         Ok(())
     }
@@ -874,14 +918,29 @@ impl StepLogs {
     /// finishes its blocking write on flush), so readers of the files see it.
     async fn flush(&mut self) -> std::io::Result<()> {
         self.flush_at = None;
-        for (_, file) in &mut self.files {
+        for (_, file, _) in &mut self.files {
             file.flush().await?;
         }
         Ok(())
     }
 
+    /// Ships what the (flushed) files have beyond the store's copy.
+    async fn ship(&mut self) {
+        let written: Vec<(StreamKind, u64)> = self
+            .files
+            .iter()
+            .map(|(stream, _, written)| (*stream, *written))
+            .collect();
+        if let Some(shipper) = &mut self.shipper {
+            shipper.ship(&written).await;
+        }
+    }
+
+    /// Writes out and ships everything: the step's record may end once this returns.
     async fn finish(&mut self) -> std::io::Result<()> {
-        self.flush().await
+        self.flush().await?;
+        self.ship().await;
+        Ok(())
     }
 }
 

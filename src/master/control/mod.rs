@@ -411,6 +411,11 @@ impl Control {
         &self.logs_dir
     }
 
+    /// Step logs to read, from this master's files or the shared store (`master::logs`).
+    pub fn logs(&self) -> crate::master::logs::LogSource {
+        crate::master::logs::LogSource::new(self.logs_dir.clone(), Arc::clone(&self.store))
+    }
+
     /// Every event from now on.
     pub fn follow(&self) -> Follower {
         self.events.follow()
