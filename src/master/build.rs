@@ -881,7 +881,7 @@ impl StepLogs {
             // A full chunk goes now rather than waiting for the timer.
             if shipper.unshipped(stream, written) >= LOG_CHUNK as u64 {
                 self.flush().await?;
-                self.ship().await;
+                self.ship(true).await;
             }
         }
         Ok(())
@@ -909,7 +909,7 @@ impl StepLogs {
             .is_some_and(|at| at <= now);
         if ship_due {
             self.flush().await?;
-            self.ship().await;
+            self.ship(false).await;
         }
         Ok(())
     }
@@ -924,22 +924,23 @@ impl StepLogs {
         Ok(())
     }
 
-    /// Ships what the (flushed) files have beyond the store's copy.
-    async fn ship(&mut self) {
+    /// Ships what the (flushed) files have beyond the store's copy (with `whole_chunks`, full
+    /// chunks only).
+    async fn ship(&mut self, whole_chunks: bool) {
         let written: Vec<(StreamKind, u64)> = self
             .files
             .iter()
             .map(|(stream, _, written)| (*stream, *written))
             .collect();
         if let Some(shipper) = &mut self.shipper {
-            shipper.ship(&written).await;
+            shipper.ship(&written, whole_chunks).await;
         }
     }
 
     /// Writes out and ships everything: the step's record may end once this returns.
     async fn finish(&mut self) -> std::io::Result<()> {
         self.flush().await?;
-        self.ship().await;
+        self.ship(false).await;
         Ok(())
     }
 }
@@ -1098,5 +1099,74 @@ mod tests {
                 )
             );
         }
+    }
+
+    /// With a shared store a step's output reaches it while the step runs, in a few big
+    /// chunks however small the pieces it arrives in, and the store ends up with the file.
+    #[tokio::test]
+    async fn a_shared_stores_copy_of_a_log_is_live_batched_and_whole() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (store, sqlite, owner, build_id, _) =
+            crate::master::logs::testing::running_build(dir.path()).await;
+        let logs_dir = dir.path().join("logs");
+        let mut logs = StepLogs::new(logs_dir.clone(), 1, "make test");
+        logs.ship_to(StoreShipper::new(Arc::clone(&store), owner, build_id, 1));
+        logs.append(StreamKind::Stdout, b"first line\n")
+            .await
+            .expect("written");
+        // Live: the timers put the line in the store before the step ends.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while store
+            .log_size(build_id, 1, StreamKind::Stdout)
+            .await
+            .expect("size")
+            == 0
+        {
+            assert!(tokio::time::Instant::now() < deadline, "never shipped");
+            let wake_at = logs.wake_at().expect("something is due");
+            tokio::time::sleep_until(wake_at).await;
+            logs.tick().await.expect("ticked");
+        }
+        // 2000 lines one by one: a few chunks, not a row per line.
+        let line = [b'x'; 99];
+        for _ in 0..2000 {
+            logs.append(StreamKind::Stdout, &line)
+                .await
+                .expect("written");
+            logs.append(StreamKind::Stdout, b"\n")
+                .await
+                .expect("written");
+        }
+        logs.append(StreamKind::Stderr, b"warning\n")
+            .await
+            .expect("written");
+        logs.finish().await.expect("finished");
+        let chunks: i64 = sqlite
+            .with(|c| {
+                Ok(c.query_row(
+                    "SELECT COUNT(*) FROM log_chunks WHERE build_id = ?1",
+                    [build_id],
+                    |row| row.get(0),
+                )?)
+            })
+            .expect("counted");
+        // 200 KB: three full chunks and the rest, one for stderr, one for the first line.
+        assert!(chunks <= 6, "{chunks} chunks");
+        let file = std::fs::read(logs_dir.join(log_file_name(1, "make test", StreamKind::Stdout)))
+            .expect("the file");
+        assert_eq!(file.len(), 11 + 2000 * 100);
+        let (stored, size) = store
+            .read_log(build_id, 1, StreamKind::Stdout, 0, 1 << 20)
+            .await
+            .expect("read");
+        assert_eq!(size, file.len() as u64);
+        assert!(stored == file, "the store's copy differs from the file");
+        assert_eq!(
+            store
+                .read_log(build_id, 1, StreamKind::Stderr, 0, 100)
+                .await
+                .expect("read"),
+            (b"warning\n".to_vec(), 8)
+        );
     }
 }

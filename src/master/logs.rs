@@ -377,10 +377,14 @@ impl StoreShipper {
     }
 
     /// Ships what the files (`written`: each stream's flushed size) have beyond what the
-    /// store has. Failures are logged, not returned: the file keeps the output and the next
-    /// ship tries again; only a fenced run gives up.
-    pub async fn ship(&mut self, written: &[(StreamKind, u64)]) {
-        self.ship_at = None;
+    /// store has; with `whole_chunks`, only full chunks (the rest waits for its timer, so a
+    /// full buffer does not leave a sliver of a chunk behind). Failures are logged, not
+    /// returned: the file keeps the output and the next ship tries again; only a fenced run
+    /// gives up.
+    pub async fn ship(&mut self, written: &[(StreamKind, u64)], whole_chunks: bool) {
+        if !whole_chunks {
+            self.ship_at = None;
+        }
         if self.fenced {
             return;
         }
@@ -388,7 +392,7 @@ impl StoreShipper {
             let Some(&(_, size)) = written.iter().find(|(kind, _)| kind == stream) else {
                 continue;
             };
-            while *shipped < size {
+            while *shipped < size && (!whole_chunks || size - *shipped >= LOG_CHUNK as u64) {
                 let want = usize::try_from(size - *shipped)
                     .unwrap_or(LOG_CHUNK)
                     .min(LOG_CHUNK);
@@ -452,4 +456,497 @@ async fn read_piece(path: &Path, offset: u64, want: usize) -> std::io::Result<Ve
     let mut piece = Vec::with_capacity(want);
     file.take(want as u64).read_to_end(&mut piece).await?;
     Ok(piece)
+}
+
+/// A SQLite store that says it is shared, so the shared-store paths (shipping, reading from
+/// the store, following it) run in unit tests without PostgreSQL.
+#[cfg(test)]
+pub(crate) mod testing {
+    use crate::change::ChangeSpec;
+    use crate::master::store::sqlite::SqliteStore;
+    use crate::master::store::*;
+    use crate::proto::StreamKind;
+    use crate::status::{BuildResult, JobRecord, LastBuild};
+
+    pub(crate) struct Shared(pub SqliteStore);
+
+    #[async_trait::async_trait]
+    impl Store for Shared {
+        fn is_shared(&self) -> bool {
+            true
+        }
+
+        async fn record_requests(&self, requests: Vec<NewRequest>) -> Result<Vec<i64>, StoreError> {
+            self.0.record_requests(requests).await
+        }
+
+        async fn is_job_recorded(&self, job_name: &str) -> Result<bool, StoreError> {
+            self.0.is_job_recorded(job_name).await
+        }
+
+        async fn pending_count(
+            &self,
+            builder: Option<&str>,
+            who: Option<&str>,
+        ) -> Result<usize, StoreError> {
+            self.0.pending_count(builder, who).await
+        }
+
+        async fn pending_requests(&self) -> Result<Vec<StoredRequest>, StoreError> {
+            self.0.pending_requests().await
+        }
+
+        async fn cancel_requests(
+            &self,
+            ids: Vec<i64>,
+            collapsed_into: Option<(i64, Vec<i64>)>,
+        ) -> Result<(), StoreError> {
+            self.0.cancel_requests(ids, collapsed_into).await
+        }
+
+        async fn request(&self, id: i64) -> Result<Option<StoredRequest>, StoreError> {
+            self.0.request(id).await
+        }
+
+        async fn request_patch(&self, id: i64) -> Result<Option<Vec<u8>>, StoreError> {
+            self.0.request_patch(id).await
+        }
+
+        async fn request_ids_of_job(
+            &self,
+            job_name: &str,
+            builder: &str,
+        ) -> Result<Vec<i64>, StoreError> {
+            self.0.request_ids_of_job(job_name, builder).await
+        }
+
+        async fn job_record(&self, job_name: &str) -> Result<JobRecord, StoreError> {
+            self.0.job_record(job_name).await
+        }
+
+        async fn record_slave_loss(&self, request_id: i64) -> Result<i64, StoreError> {
+            self.0.record_slave_loss(request_id).await
+        }
+
+        async fn start_build(
+            &self,
+            owner: &MasterLease,
+            request_id: i64,
+            builder: &str,
+            slave: &str,
+        ) -> Result<(i64, i64), StoreError> {
+            self.0.start_build(owner, request_id, builder, slave).await
+        }
+
+        async fn record_build_source(
+            &self,
+            owner: &MasterLease,
+            build_id: i64,
+            branch: &str,
+            revision: &str,
+        ) -> Result<(), StoreError> {
+            self.0
+                .record_build_source(owner, build_id, branch, revision)
+                .await
+        }
+
+        async fn start_step(
+            &self,
+            owner: &MasterLease,
+            build_id: i64,
+            number: i64,
+            name: &str,
+        ) -> Result<i64, StoreError> {
+            self.0.start_step(owner, build_id, number, name).await
+        }
+
+        async fn finish_step(
+            &self,
+            owner: &MasterLease,
+            step_id: i64,
+            result: BuildResult,
+            summary: &str,
+        ) -> Result<(), StoreError> {
+            self.0.finish_step(owner, step_id, result, summary).await
+        }
+
+        async fn finish_build(
+            &self,
+            owner: &MasterLease,
+            build_id: i64,
+            result: BuildResult,
+            reason: Option<&str>,
+            requeue: bool,
+        ) -> Result<(), StoreError> {
+            self.0
+                .finish_build(owner, build_id, result, reason, requeue)
+                .await
+        }
+
+        async fn recover_interrupted_builds(
+            &self,
+            owner: &MasterLease,
+        ) -> Result<usize, StoreError> {
+            self.0.recover_interrupted_builds(owner).await
+        }
+
+        async fn last_finished_builds(&self) -> Result<Vec<(String, LastBuild)>, StoreError> {
+            self.0.last_finished_builds().await
+        }
+
+        async fn newest_builds(
+            &self,
+            builder: &str,
+            limit: i64,
+        ) -> Result<Vec<BuildRow>, StoreError> {
+            self.0.newest_builds(builder, limit).await
+        }
+
+        async fn builds_overlapping(
+            &self,
+            builder: &str,
+            from: f64,
+            to: f64,
+            limit: i64,
+        ) -> Result<Vec<BuildRow>, StoreError> {
+            self.0.builds_overlapping(builder, from, to, limit).await
+        }
+
+        async fn steps_of(&self, build_id: i64) -> Result<Vec<StepRow>, StoreError> {
+            self.0.steps_of(build_id).await
+        }
+
+        async fn build_detail(&self, key: &BuildRef) -> Result<Option<BuildDetail>, StoreError> {
+            self.0.build_detail(key).await
+        }
+
+        async fn recent_success_durations(
+            &self,
+            builder: &str,
+            limit: i64,
+        ) -> Result<Vec<f64>, StoreError> {
+            self.0.recent_success_durations(builder, limit).await
+        }
+
+        async fn record_change(
+            &self,
+            change: &ChangeSpec,
+            sent_by: &str,
+        ) -> Result<Recorded, StoreError> {
+            self.0.record_change(change, sent_by).await
+        }
+
+        async fn newest_changes(&self, limit: i64) -> Result<Vec<StoredChange>, StoreError> {
+            self.0.newest_changes(limit).await
+        }
+
+        async fn builds_of_change(&self, change_id: i64) -> Result<Vec<(String, i64)>, StoreError> {
+            self.0.builds_of_change(change_id).await
+        }
+
+        async fn poll_heads(&self, repository: &str) -> Result<Vec<(String, String)>, StoreError> {
+            self.0.poll_heads(repository).await
+        }
+
+        async fn set_poll_head(
+            &self,
+            repository: &str,
+            branch: &str,
+            revision: &str,
+        ) -> Result<(), StoreError> {
+            self.0.set_poll_head(repository, branch, revision).await
+        }
+
+        async fn live_sessions(&self, now: f64) -> Result<Vec<StoredSession>, StoreError> {
+            self.0.live_sessions(now).await
+        }
+
+        async fn session(
+            &self,
+            token_hash: &str,
+            now: f64,
+        ) -> Result<Option<StoredSession>, StoreError> {
+            self.0.session(token_hash, now).await
+        }
+
+        async fn save_session(&self, session: &StoredSession, now: f64) -> Result<(), StoreError> {
+            self.0.save_session(session, now).await
+        }
+
+        async fn register_master(
+            &self,
+            name: &str,
+            info: &MasterInfo,
+            lease: std::time::Duration,
+        ) -> Result<MasterLease, StoreError> {
+            self.0.register_master(name, info, lease).await
+        }
+
+        async fn renew_lease(
+            &self,
+            master: &MasterLease,
+            info: &MasterInfo,
+            lease: std::time::Duration,
+        ) -> Result<(), StoreError> {
+            self.0.renew_lease(master, info, lease).await
+        }
+
+        async fn retire_master(&self, master: &MasterLease) -> Result<(), StoreError> {
+            self.0.retire_master(master).await
+        }
+
+        async fn masters(&self) -> Result<Vec<MasterRow>, StoreError> {
+            self.0.masters().await
+        }
+
+        async fn reap_lost_masters(&self, by: &MasterLease) -> Result<Vec<LostMaster>, StoreError> {
+            self.0.reap_lost_masters(by).await
+        }
+
+        async fn cluster_id(&self) -> Result<String, StoreError> {
+            self.0.cluster_id().await
+        }
+
+        async fn append_events(
+            &self,
+            master: &str,
+            events: Vec<(f64, String)>,
+        ) -> Result<Vec<i64>, StoreError> {
+            self.0.append_events(master, events).await
+        }
+
+        async fn events_after(
+            &self,
+            seq: i64,
+            limit: i64,
+        ) -> Result<Vec<(i64, f64, String)>, StoreError> {
+            self.0.events_after(seq, limit).await
+        }
+
+        async fn last_event_seq(&self) -> Result<i64, StoreError> {
+            self.0.last_event_seq().await
+        }
+
+        async fn append_log(
+            &self,
+            owner: &MasterLease,
+            build_id: i64,
+            step: i64,
+            stream: StreamKind,
+            offset: u64,
+            data: Vec<u8>,
+        ) -> Result<(), StoreError> {
+            self.0
+                .append_log(owner, build_id, step, stream, offset, data)
+                .await
+        }
+
+        async fn read_log(
+            &self,
+            build_id: i64,
+            step: i64,
+            stream: StreamKind,
+            offset: u64,
+            max: usize,
+        ) -> Result<(Vec<u8>, u64), StoreError> {
+            self.0.read_log(build_id, step, stream, offset, max).await
+        }
+
+        async fn log_size(
+            &self,
+            build_id: i64,
+            step: i64,
+            stream: StreamKind,
+        ) -> Result<u64, StoreError> {
+            self.0.log_size(build_id, step, stream).await
+        }
+
+        async fn log_streams(&self, build_id: i64) -> Result<Vec<(i64, StreamKind)>, StoreError> {
+            self.0.log_streams(build_id).await
+        }
+    }
+
+    /// A shared test store in `dir` with one registered master and one running build with
+    /// one step: (store, its SQLite inside, owner, build id, step id).
+    pub(crate) async fn running_build(
+        dir: &std::path::Path,
+    ) -> (SharedStore, SqliteStore, MasterLease, i64, i64) {
+        let sqlite = SqliteStore::open(&dir.join("state.sqlite")).expect("open");
+        let store: SharedStore = std::sync::Arc::new(Shared(sqlite.clone()));
+        let owner = store
+            .register_master(
+                "a",
+                &MasterInfo::default(),
+                std::time::Duration::from_secs(60),
+            )
+            .await
+            .expect("registered");
+        let ids = store
+            .record_requests(vec![NewRequest {
+                job_name: "j1".into(),
+                jobid: "1".into(),
+                builder: "linux".into(),
+                who: Some("alice".into()),
+                comment: None,
+                repository: String::new(),
+                branch: None,
+                baserev: None,
+                patch: None,
+                patch_level: 1,
+                submitted_at: 1.0,
+                properties: Default::default(),
+                kind: crate::status::RequestKind::Try,
+                reason: None,
+                change_ids: Vec::new(),
+            }])
+            .await
+            .expect("recorded");
+        let (build_id, _) = store
+            .start_build(&owner, ids[0], "linux", "s1")
+            .await
+            .expect("started");
+        let step_id = store
+            .start_step(&owner, build_id, 1, "make test")
+            .await
+            .expect("step");
+        (store, sqlite, owner, build_id, step_id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use futures_util::StreamExt;
+
+    use super::testing::running_build;
+    use super::*;
+    use crate::master::store::sqlite::SqliteStore;
+    use crate::status::BuildResult;
+
+    fn stdout_log(build_id: i64) -> StepLog {
+        StepLog {
+            builder: "linux".into(),
+            number: 1,
+            build_id,
+            step: 1,
+            step_name: "make test".into(),
+            stream: StreamKind::Stdout,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_log_written_on_one_master_is_served_by_another_from_the_store_alone() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (store, _, owner, build_id, step_id) = running_build(dir.path()).await;
+        let log = stdout_log(build_id);
+        // The writing master's file, shipped in chunks (150 KiB: three chunks, two borders).
+        let writer_logs = dir.path().join("a-logs");
+        let path = file_path(&writer_logs, "linux", 1, 1, "make test", StreamKind::Stdout);
+        std::fs::create_dir_all(path.parent().expect("parent")).expect("dir");
+        let text: Vec<u8> = (0..150 * 1024).map(|n| b"abcdefghij\n"[n % 11]).collect();
+        std::fs::write(&path, &text).expect("write");
+        let mut shipper = StoreShipper::new(Arc::clone(&store), owner.clone(), build_id, 1);
+        shipper.grew(StreamKind::Stdout, &path);
+        shipper
+            .ship(&[(StreamKind::Stdout, text.len() as u64)], false)
+            .await;
+        assert_eq!(shipper.unshipped(StreamKind::Stdout, text.len() as u64), 0);
+
+        // Another master: no file of this log on its disk.
+        let reader = LogSource::new(dir.path().join("b-logs"), Arc::clone(&store));
+        assert_eq!(reader.locate(&log).await, Located::Store);
+        assert_eq!(reader.size(&log).await.expect("size"), text.len() as u64);
+        let (whole, size) = reader.read(&log, 0, usize::MAX).await.expect("read");
+        assert_eq!((whole.len(), size), (text.len(), text.len() as u64));
+        assert!(whole == text);
+        // A range across the first chunk border, and one across the second to the end.
+        let border = LOG_CHUNK as u64;
+        let (piece, _) = reader.read(&log, border - 5, 10).await.expect("read");
+        assert_eq!(piece, text[LOG_CHUNK - 5..LOG_CHUNK + 5]);
+        let (piece, _) = reader
+            .read(&log, 2 * border - 3, 1 << 20)
+            .await
+            .expect("read");
+        assert!(piece == text[2 * LOG_CHUNK - 3..], "{} bytes", piece.len());
+        assert_eq!(
+            reader.tail(&log, 2).await.expect("tail"),
+            Some((vec!["abcdefghij".to_string(), "abcdefg".to_string()], true))
+        );
+        // The build's page links the stream it has, and only that one.
+        let steps = store.steps_of(build_id).await.expect("steps");
+        let index = reader
+            .index(vec![(build_id, steps.as_slice())])
+            .await
+            .expect("index");
+        assert!(index.has("linux", 1, build_id, &steps[0], StreamKind::Stdout));
+        assert!(!index.has("linux", 1, build_id, &steps[0], StreamKind::Stderr));
+
+        // Followed from the middle while the step runs: more output arrives, the step ends,
+        // the follow ends with everything.
+        let mut follow = Box::pin(reader.follow_stored(log.clone(), 100 * 1024));
+        let first = follow.next().await.expect("a piece").expect("read");
+        // What is stored from there (less than a chunk: up to the end so far).
+        assert!(first == text[100 * 1024..], "{} bytes", first.len());
+        let mut more = text.clone();
+        more.extend_from_slice(b"the end\n");
+        std::fs::write(&path, &more).expect("write");
+        shipper.grew(StreamKind::Stdout, &path);
+        shipper
+            .ship(&[(StreamKind::Stdout, more.len() as u64)], false)
+            .await;
+        let finisher = {
+            let store = Arc::clone(&store);
+            let owner = owner.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(STORE_FOLLOW_POLL).await;
+                store
+                    .finish_step(&owner, step_id, BuildResult::Success, "ok")
+                    .await
+            })
+        };
+        let mut rest = Vec::new();
+        let collected = tokio::time::timeout(Duration::from_secs(30), async {
+            while let Some(piece) = follow.next().await {
+                rest.extend_from_slice(&piece.expect("read"));
+            }
+        })
+        .await;
+        assert!(collected.is_ok(), "the follow ends when the step ends");
+        finisher.await.expect("task").expect("finished");
+        assert_eq!(rest, b"the end\n");
+    }
+
+    #[tokio::test]
+    async fn with_the_embedded_store_logs_are_files_only() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let sqlite = SqliteStore::open(&dir.path().join("state.sqlite")).expect("open");
+        let store: SharedStore = Arc::new(sqlite);
+        let source = LogSource::new(dir.path().join("logs"), store);
+        let log = stdout_log(1);
+        let path = file_path(
+            &dir.path().join("logs"),
+            "linux",
+            1,
+            1,
+            "make test",
+            log.stream,
+        );
+        assert_eq!(source.locate(&log).await, Located::File(path.clone()));
+        assert_eq!(
+            source.read(&log, 0, 10).await.expect("read"),
+            (Vec::new(), 0)
+        );
+        std::fs::create_dir_all(path.parent().expect("parent")).expect("dir");
+        std::fs::write(&path, b"hello\nworld\n").expect("write");
+        assert_eq!(source.size(&log).await.expect("size"), 12);
+        assert_eq!(
+            source.read(&log, 3, 5).await.expect("read"),
+            (b"lo\nwo".to_vec(), 12)
+        );
+        assert_eq!(
+            source.tail(&log, 1).await.expect("tail"),
+            Some((vec!["world".to_string()], true))
+        );
+    }
 }
