@@ -1,6 +1,8 @@
 //! The embedded store: one SQLite file (`state.sqlite` in the master directory) for one
 //! master, with versioned migrations from the first schema. Logs are files (written by
-//! `master::build`, served by the web); the database holds the builds and steps they belong to.
+//! `master::build`, read through `master::logs`); this store answers the log-chunk verbs too
+//! (the same schema as PostgreSQL's, where they hold every master's logs), but one master
+//! never ships its logs into its own file.
 //!
 //! One connection behind a mutex; the [`Store`] verbs run on the blocking pool
 //! ([`SqliteStore::run`]).
