@@ -364,7 +364,144 @@ fn byte_range(header: &str, size: u64) -> Option<Result<(u64, u64), ()>> {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
+    use axum::body::Body;
+    use axum::http::{Request, StatusCode, header};
+    use tower::ServiceExt;
+
     use super::byte_range;
+    use crate::master::config::Config;
+    use crate::master::control::{Control, Storage};
+    use crate::master::logs::testing::running_build;
+    use crate::master::logs::{StoreShipper, log_file_name};
+    use crate::master::sessions::Sessions;
+    use crate::proto::StreamKind;
+    use crate::status::BuildResult;
+    use crate::web::{AppState, router};
+
+    const KEY: &str =
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl test";
+
+    async fn body_of(response: axum::response::Response) -> Vec<u8> {
+        axum::body::to_bytes(response.into_body(), 64 << 20)
+            .await
+            .expect("the body")
+            .to_vec()
+    }
+
+    /// A master that never ran the build serves its log from the shared store alone: the
+    /// page, the raw log whole and in a range across a chunk border, and a live follow that
+    /// ends with the step.
+    #[tokio::test]
+    async fn another_masters_log_is_served_from_the_shared_store() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (store, _, owner, build_id, step_id) = running_build(dir.path()).await;
+        // What the master running the build wrote and shipped (two chunks and a bit).
+        let writer = dir.path().join("writer");
+        std::fs::create_dir_all(&writer).expect("dir");
+        let path = writer.join(log_file_name(1, "make test", StreamKind::Stdout));
+        let text: Vec<u8> = (0..140_000).map(|n| b"0123456789\n"[n % 11]).collect();
+        std::fs::write(&path, &text).expect("write");
+        let mut shipper = StoreShipper::new(Arc::clone(&store), owner.clone(), build_id, 1);
+        shipper.grew(StreamKind::Stdout, &path);
+        shipper
+            .ship(&[(StreamKind::Stdout, text.len() as u64)], false)
+            .await;
+
+        let reader_dir = dir.path().join("reader");
+        let config = Config::from_toml(
+            &format!(
+                "[master]\nname = \"b\"\n[sshd]\nlisten = \"127.0.0.1:2222\"\n\
+                 authorized_keys = [\"authorized_keys.d/%u\"]\n\
+                 [[slave]]\nname = \"s1\"\npublic_key = \"{KEY}\"\n\
+                 [[builder]]\nname = \"linux\"\nslaves = [\"s1\"]\nrepo = \"/r\"\n"
+            ),
+            &reader_dir,
+        )
+        .expect("valid config");
+        let reader_owner = store
+            .register_master(
+                "b",
+                &crate::master::store::MasterInfo::default(),
+                std::time::Duration::from_secs(60),
+            )
+            .await
+            .expect("registered");
+        let (inbox, _inbox) = tokio::sync::mpsc::channel(8);
+        let (changes, _changes) = tokio::sync::mpsc::channel(8);
+        let control = Arc::new(Control::new(
+            Arc::new(config),
+            "SHA256:test".into(),
+            Storage {
+                sessions: Sessions::load(Arc::clone(&store)).await,
+                store: Arc::clone(&store),
+                owner: reader_owner,
+                journal: None,
+            },
+            "http://127.0.0.1:8010".into(),
+            inbox,
+            changes,
+        ));
+        let app = router(Arc::new(AppState::new(control).expect("templates")));
+        let get = |uri: &str, range: Option<&str>| {
+            let mut request = Request::get(uri);
+            if let Some(range) = range {
+                request = request.header(header::RANGE, range);
+            }
+            app.clone()
+                .oneshot(request.body(Body::empty()).expect("request"))
+        };
+        let raw = "/builders/linux/builds/1/steps/1/logs/stdout/raw";
+
+        let response = get(raw, None).await.expect("answered");
+        assert_eq!(response.status(), StatusCode::OK);
+        assert!(body_of(response).await == text, "the whole log");
+        let response = get(raw, Some("bytes=65530-65545")).await.expect("answered");
+        assert_eq!(response.status(), StatusCode::PARTIAL_CONTENT);
+        assert_eq!(
+            response.headers()[header::CONTENT_RANGE],
+            "bytes 65530-65545/140000"
+        );
+        assert_eq!(body_of(response).await, text[65530..65546]);
+        let response = get(raw, Some("bytes=200000-")).await.expect("answered");
+        assert_eq!(response.status(), StatusCode::RANGE_NOT_SATISFIABLE);
+        let response = get("/builders/linux/builds/1/steps/1/logs/stdout?tail=20", None)
+            .await
+            .expect("answered");
+        assert_eq!(response.status(), StatusCode::OK);
+        let page = String::from_utf8(body_of(response).await).expect("utf-8");
+        let end = String::from_utf8_lossy(&text[text.len() - 20..]).into_owned();
+        assert!(page.contains(&end), "the log's end on the page: {page}");
+        // The build's page links the stream.
+        let response = get("/builders/linux/builds/1", None)
+            .await
+            .expect("answered");
+        let page = String::from_utf8(body_of(response).await).expect("utf-8");
+        assert!(page.contains("/steps/1/logs/stdout"), "a link to the log");
+        assert!(
+            !page.contains("/steps/1/logs/stderr"),
+            "no link to a log without output"
+        );
+
+        // Followed live: the step ends a little later, and the follow with it.
+        let finisher = tokio::spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+            store
+                .finish_step(&owner, step_id, BuildResult::Success, "ok")
+                .await
+        });
+        let followed = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+            let response = get(&format!("{raw}?follow=1"), None)
+                .await
+                .expect("answered");
+            body_of(response).await
+        })
+        .await
+        .expect("the follow ends with the step");
+        finisher.await.expect("task").expect("finished");
+        assert!(followed == text, "the followed log is whole");
+    }
 
     #[test]
     fn byte_ranges_of_a_stored_log() {
