@@ -321,8 +321,8 @@ impl LogSource {
                 .filter(|(_, steps)| !steps.is_empty())
                 .map(|(id, _)| id)
                 .collect();
-            for build_id in ids {
-                for (step, stream) in self.store.log_streams(build_id).await? {
+            if !ids.is_empty() {
+                for (build_id, step, stream) in self.store.log_streams(ids).await? {
                     stored.insert((build_id, step, stream.file_extension()));
                 }
             }
@@ -761,8 +761,11 @@ pub(crate) mod testing {
             self.0.log_size(build_id, step, stream).await
         }
 
-        async fn log_streams(&self, build_id: i64) -> Result<Vec<(i64, StreamKind)>, StoreError> {
-            self.0.log_streams(build_id).await
+        async fn log_streams(
+            &self,
+            build_ids: Vec<i64>,
+        ) -> Result<Vec<(i64, i64, StreamKind)>, StoreError> {
+            self.0.log_streams(build_ids).await
         }
     }
 

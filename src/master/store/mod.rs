@@ -446,6 +446,10 @@ pub trait Store: Send + Sync {
         stream: StreamKind,
     ) -> Result<u64, StoreError>;
 
-    /// The (step, stream) pairs of a build that have stored output.
-    async fn log_streams(&self, build_id: i64) -> Result<Vec<(i64, StreamKind)>, StoreError>;
+    /// The (build id, step, stream) of these builds' streams that have stored output: one
+    /// question for a page's builds, not one per build.
+    async fn log_streams(
+        &self,
+        build_ids: Vec<i64>,
+    ) -> Result<Vec<(i64, i64, StreamKind)>, StoreError>;
 }

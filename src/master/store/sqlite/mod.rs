@@ -1219,19 +1219,28 @@ pub(crate) fn read_log(
 
 pub(crate) fn log_streams(
     connection: &Connection,
-    build_id: i64,
-) -> Result<Vec<(i64, StreamKind)>, StoreError> {
-    let mut statement = connection.prepare(
-        "SELECT DISTINCT step, stream FROM log_chunks WHERE build_id = ?1 ORDER BY step, stream",
-    )?;
-    let rows = statement.query_map(params![build_id], |row| {
-        Ok((row.get::<_, i64>(0)?, row.get::<_, String>(1)?))
-    })?;
+    build_ids: &[i64],
+) -> Result<Vec<(i64, i64, StreamKind)>, StoreError> {
     let mut streams = Vec::new();
-    for row in rows {
-        let (step, stream) = row?;
-        if let Some(stream) = StreamKind::from_file_extension(&stream) {
-            streams.push((step, stream));
+    // In slices, under SQLite's limit on parameters per statement.
+    for ids in build_ids.chunks(500) {
+        let marks = vec!["?"; ids.len()].join(", ");
+        let mut statement = connection.prepare(&format!(
+            "SELECT DISTINCT build_id, step, stream FROM log_chunks WHERE build_id IN ({marks})
+             ORDER BY build_id, step, stream"
+        ))?;
+        let rows = statement.query_map(rusqlite::params_from_iter(ids), |row| {
+            Ok((
+                row.get::<_, i64>(0)?,
+                row.get::<_, i64>(1)?,
+                row.get::<_, String>(2)?,
+            ))
+        })?;
+        for row in rows {
+            let (build_id, step, stream) = row?;
+            if let Some(stream) = StreamKind::from_file_extension(&stream) {
+                streams.push((build_id, step, stream));
+            }
         }
     }
     Ok(streams)
@@ -1587,8 +1596,11 @@ impl Store for SqliteStore {
         self.run(move |c| log_size(c, build_id, step, stream)).await
     }
 
-    async fn log_streams(&self, build_id: i64) -> Result<Vec<(i64, StreamKind)>, StoreError> {
-        self.run(move |c| log_streams(c, build_id)).await
+    async fn log_streams(
+        &self,
+        build_ids: Vec<i64>,
+    ) -> Result<Vec<(i64, i64, StreamKind)>, StoreError> {
+        self.run(move |c| log_streams(c, &build_ids)).await
     }
 }
 
@@ -1839,11 +1851,11 @@ mod tests {
                 ));
                 assert_eq!(log_size(c, build, 1, StreamKind::Stdout)?, 100);
                 assert_eq!(
-                    log_streams(c, build)?,
+                    log_streams(c, &[build, build + 1])?,
                     vec![
-                        (1, StreamKind::Stderr),
-                        (1, StreamKind::Stdout),
-                        (2, StreamKind::Info)
+                        (build, 1, StreamKind::Stderr),
+                        (build, 1, StreamKind::Stdout),
+                        (build, 2, StreamKind::Info)
                     ]
                 );
                 Ok(())
