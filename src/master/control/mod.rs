@@ -406,7 +406,8 @@ impl Control {
         format!("{}/builders/{builder}", self.web_url)
     }
 
-    /// Where step logs are, for serving them.
+    /// Where this master's step log files are; readers go through [`Control::logs`], which
+    /// also finds logs other masters wrote.
     pub fn logs_dir(&self) -> &Path {
         &self.logs_dir
     }
