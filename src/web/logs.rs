@@ -138,7 +138,8 @@ pub async fn page(
     Ok(Html(state.render("log.html", &context)?).into_response())
 }
 
-/// The raw log: with byte ranges (via `ServeFile`), or followed live with `?follow=1`.
+/// The raw log, whole or a byte range (a file through `ServeFile`, a log in the shared store
+/// through [`serve_stored`]), or followed live with `?follow=1`.
 pub async fn raw(
     State(state): State<Arc<AppState>>,
     Path((builder, number, step, stream)): Path<(String, i64, i64, String)>,
