@@ -62,7 +62,9 @@ impl Tracker {
             | BuildEvent::ChangeAdded { .. }
             | BuildEvent::RequestCancelled { .. }
             | BuildEvent::WaitingForLock { .. }
-            | BuildEvent::StepFinished { .. } => {}
+            | BuildEvent::StepFinished { .. }
+            | BuildEvent::StopRequested { .. }
+            | BuildEvent::SlaveConnected { .. } => {}
         }
     }
 

@@ -126,6 +126,7 @@ pub async fn run(
             history_path.display()
         )
     })?);
+    let store_for_lead = Arc::clone(&store);
     let sessions = Sessions::load(Arc::clone(&store)).await;
     let owner = crate::master::lease::register(
         store.as_ref(),
@@ -172,7 +173,16 @@ pub async fn run(
         .restore_last_builds()
         .await
         .context("cannot read the builders' last builds")?;
-    let lease_parts = control.lease_parts(listening.ssh.to_string(), listening.http.to_string());
+    // One master of a cluster fires the schedulers, polls and runs the IRC bot; with the
+    // embedded store this one, from the start.
+    let leads_now =
+        crate::master::lease::lead(store_for_lead.as_ref(), &owner, config.database.lease).await;
+    let (leading_tx, leading) = tokio::sync::watch::channel(leads_now);
+    let lease_parts = control.lease_parts(
+        listening.ssh.to_string(),
+        listening.http.to_string(),
+        leading_tx,
+    );
     let components = TaskTracker::new();
     if let Some(published) = journaled {
         let (store, events) = control.journal_parts();
@@ -186,6 +196,9 @@ pub async fn run(
         });
         spawn_component(&components, &shutdown, "event journal tail", {
             crate::master::journal::tail(store, events, shutdown.clone())
+        });
+        spawn_component(&components, &shutdown, "stops asked elsewhere", {
+            control.serve_remote_stops(shutdown.clone())
         });
     }
     spawn_component(&components, &shutdown, "lease", {
@@ -243,11 +256,21 @@ pub async fn run(
         executor::run(control.executor_parts(), scheduler_rx, shutdown.clone())
     });
     spawn_component(&components, &shutdown, "schedulers", {
-        schedulers::run(control.schedulers_handle(), changes_rx, shutdown.clone())
+        schedulers::run(
+            control.schedulers_handle(leading.clone()),
+            changes_rx,
+            shutdown.clone(),
+        )
     });
     // Idle until a config (at start or from a reconfig) has an [irc] section.
     spawn_component(&components, &shutdown, "IRC bot", {
-        crate::irc::run(Arc::clone(&control), shutdown.clone())
+        let control = Arc::clone(&control);
+        crate::master::lease::while_leading(
+            leading.clone(),
+            "the IRC bot",
+            shutdown.clone(),
+            move |token| crate::irc::run(Arc::clone(&control), token),
+        )
     });
     spawn_component(&components, &shutdown, "reconfig", {
         reconfig::serve(
@@ -259,7 +282,13 @@ pub async fn run(
     });
     for source in &config.change_sources {
         spawn_component(&components, &shutdown, "change poller", {
-            poller::run(control.poller_handle(), source.clone(), shutdown.clone())
+            let (control, source) = (Arc::clone(&control), source.clone());
+            crate::master::lease::while_leading(
+                leading.clone(),
+                "a change poller",
+                shutdown.clone(),
+                move |token| poller::run(control.poller_handle(), source.clone(), token),
+            )
         });
     }
     components.close();

@@ -6,11 +6,17 @@
 //! over), the task fails, which stops the master: a run the cluster gave up on must not act.
 //! A store that cannot be reached is retried each period with a warning; the lease runs out
 //! on its own if that lasts.
+//!
+//! The same task holds the cluster-wide jobs ([`CLUSTER_JOBS`]: the schedulers' firing, the
+//! change pollers, the IRC bot) for this master while it can: one master of the cluster leads
+//! them at a time, another takes over when the leader's hold runs out, at once when it shuts
+//! down cleanly. [`while_leading`] runs such a job only while this master leads.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use sha2::Digest;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::master::board::Board;
@@ -21,6 +27,8 @@ use crate::master::store::{MasterInfo, MasterLease, SharedStore, Store, StoreErr
 /// What the lease task touches: the store and what the master tells the others.
 pub struct LeaseParts {
     pub config: crate::master::reconfig::ConfigView,
+    /// Whether this master leads the cluster-wide jobs now.
+    pub leading: watch::Sender<bool>,
     pub store: SharedStore,
     pub roster: Arc<Roster>,
     pub board: Arc<Board>,
@@ -110,6 +118,60 @@ pub async fn register(
     }
 }
 
+/// The one singleton the masters elect a holder for: everything that must run once per
+/// cluster (the schedulers' firing, the change pollers, the IRC bot).
+pub const CLUSTER_JOBS: &str = "cluster jobs";
+
+/// Whether `owner` leads the cluster-wide jobs now (taking them if they are free).
+pub async fn lead(store: &dyn Store, owner: &MasterLease, lease: Duration) -> bool {
+    match store.hold_singleton(CLUSTER_JOBS, owner, lease).await {
+        Ok(held) => held,
+        Err(err) => {
+            // Better nobody for a moment than two: the hold is retried at the next renewal.
+            tracing::warn!("cannot hold the cluster's jobs: {err}");
+            false
+        }
+    }
+}
+
+/// Runs `start`'s job while this master leads, stopping it (by its token) when the lead goes
+/// elsewhere and starting it again when it comes back; ends at `shutdown`.
+pub async fn while_leading<F, Fut>(
+    mut leading: watch::Receiver<bool>,
+    what: &'static str,
+    shutdown: CancellationToken,
+    mut start: F,
+) -> anyhow::Result<()>
+where
+    F: FnMut(CancellationToken) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    loop {
+        while !*leading.borrow_and_update() {
+            tokio::select! {
+                () = shutdown.cancelled() => return Ok(()),
+                changed = leading.changed() => if changed.is_err() { return Ok(()) },
+            }
+        }
+        let token = shutdown.child_token();
+        let job = start(token.clone());
+        tokio::pin!(job);
+        loop {
+            tokio::select! {
+                ended = &mut job => return ended,
+                changed = leading.changed() => {
+                    if changed.is_err() || !*leading.borrow_and_update() {
+                        tracing::info!("{what} stops here: another master leads the cluster's jobs now");
+                        token.cancel();
+                        let _ = (&mut job).await;
+                        break;
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// Takes over the work of masters whose lease ran out: their builds end and their requests
 /// wait again, for whichever live master has a free slave.
 async fn reap(parts: &LeaseParts, lease: &MasterLease) {
@@ -143,7 +205,16 @@ pub async fn run(
         }
         let info = parts.info(&parts.config.current());
         match parts.store.renew_lease(&lease, &info, lasts).await {
-            Ok(()) => reap(&parts, &lease).await,
+            Ok(()) => {
+                reap(&parts, &lease).await;
+                let leads = lead(parts.store.as_ref(), &lease, lasts).await;
+                parts.leading.send_if_modified(|leading| {
+                    if *leading != leads {
+                        tracing::info!(leads, "this master's lead of the cluster's jobs changed");
+                    }
+                    std::mem::replace(leading, leads) != leads
+                });
+            }
             Err(fenced @ StoreError::Fenced { .. }) => {
                 return Err(anyhow::anyhow!(
                     "{fenced}; stopping so that it does no harm"

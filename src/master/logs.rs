@@ -476,6 +476,19 @@ pub(crate) mod testing {
             true
         }
 
+        async fn change(&self, id: i64) -> Result<Option<StoredChange>, StoreError> {
+            self.0.change(id).await
+        }
+
+        async fn hold_singleton(
+            &self,
+            job: &str,
+            owner: &MasterLease,
+            lease: std::time::Duration,
+        ) -> Result<bool, StoreError> {
+            self.0.hold_singleton(job, owner, lease).await
+        }
+
         async fn record_requests(&self, requests: Vec<NewRequest>) -> Result<Vec<i64>, StoreError> {
             self.0.record_requests(requests).await
         }

@@ -34,6 +34,19 @@ impl Roster {
         false
     }
 
+    /// Closes the slave's connection if it was made before `before` (a newer one of the same
+    /// slave reached another master of the cluster). Returns whether one was closed.
+    pub fn close_older(&self, name: &str, before: std::time::SystemTime) -> bool {
+        let link = lock(&self.links).get(name).cloned();
+        match link.filter(|link| link.since < before) {
+            Some(link) => {
+                link.close();
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Closes connection `conn_id` of `name` (it did not answer a ping).
     pub fn close(&self, name: &str, conn_id: u64) {
         let link = lock(&self.links).get(name).cloned();

@@ -72,6 +72,18 @@ pub enum BuildEvent {
         /// The request is queued again (its slave was lost): another build will follow.
         will_retry: bool,
     },
+    /// Someone asked to stop a build running on another master of the cluster: the master
+    /// running it stops it (the asker's right was checked where they asked).
+    StopRequested {
+        builder: String,
+        number: i64,
+        by: String,
+        reason: String,
+    },
+    /// A slave connected to a master of the cluster: a connection of the same slave to
+    /// another master, older than this one, is closed (the newest connection wins, as on one
+    /// master).
+    SlaveConnected { slave: String, master: String },
 }
 
 impl BuildEvent {
@@ -79,7 +91,9 @@ impl BuildEvent {
     /// to none.
     pub fn job_name(&self) -> &str {
         match self {
-            BuildEvent::ChangeAdded { .. } => "",
+            BuildEvent::ChangeAdded { .. }
+            | BuildEvent::StopRequested { .. }
+            | BuildEvent::SlaveConnected { .. } => "",
             BuildEvent::RequestsQueued { job_name, .. }
             | BuildEvent::RequestCancelled { job_name, .. }
             | BuildEvent::WaitingForLock { job_name, .. }
@@ -96,7 +110,7 @@ impl BuildEvent {
             return true;
         }
         match self {
-            BuildEvent::ChangeAdded { .. } => true,
+            BuildEvent::ChangeAdded { .. } | BuildEvent::SlaveConnected { .. } => true,
             BuildEvent::RequestsQueued {
                 builders: queued, ..
             } => queued.iter().any(|builder| builders.contains(builder)),
@@ -105,7 +119,8 @@ impl BuildEvent {
             | BuildEvent::BuildStarted { builder, .. }
             | BuildEvent::StepStarted { builder, .. }
             | BuildEvent::StepFinished { builder, .. }
-            | BuildEvent::BuildFinished { builder, .. } => builders.contains(builder),
+            | BuildEvent::BuildFinished { builder, .. }
+            | BuildEvent::StopRequested { builder, .. } => builders.contains(builder),
         }
     }
 }

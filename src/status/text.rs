@@ -30,6 +30,15 @@ pub fn describe_event(event: &BuildEvent) -> String {
         BuildEvent::RequestsQueued { builders, .. } => {
             format!("queued for {}", builders.join(", "))
         }
+        BuildEvent::StopRequested {
+            builder,
+            number,
+            by,
+            reason,
+        } => format!("{builder} #{number}: stop asked by {by}: {reason}"),
+        BuildEvent::SlaveConnected { slave, master } => {
+            format!("slave {slave} connected to master {master}")
+        }
         BuildEvent::ChangeAdded {
             change_id,
             branch,

@@ -327,9 +327,14 @@ impl Control {
         }
     }
 
-    /// The schedulers task's handle.
-    pub fn schedulers_handle(&self) -> SchedulersHandle {
+    /// The schedulers task's handle; `leading` says whether this master fires them.
+    pub fn schedulers_handle(
+        &self,
+        leading: tokio::sync::watch::Receiver<bool>,
+    ) -> SchedulersHandle {
         SchedulersHandle {
+            leading,
+            store: Arc::clone(&self.store),
             config: self.config_view(),
             events: Arc::clone(&self.events),
             enqueuer: self.enqueuer.clone(),
@@ -345,6 +350,21 @@ impl Control {
         }
     }
 
+    /// Stops this master's builds that were asked to stop on another master of the cluster,
+    /// until `shutdown` (the daemon runs it with a shared store).
+    pub fn serve_remote_stops(
+        &self,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) -> impl std::future::Future<Output = anyhow::Result<()>> + Send + 'static {
+        stop::serve_remote_stops(
+            Arc::clone(&self.board),
+            Arc::clone(&self.roster),
+            self.owner.name.clone(),
+            self.events.follow(),
+            shutdown,
+        )
+    }
+
     /// What the journal's tail delivers to: the store and this master's event log (the
     /// daemon runs the tail with a shared store).
     pub fn journal_parts(&self) -> (SharedStore, Arc<EventLog>) {
@@ -352,9 +372,15 @@ impl Control {
     }
 
     /// The lease task's handle; `ssh` and `http` are the bound listeners.
-    pub fn lease_parts(&self, ssh: String, http: String) -> crate::master::lease::LeaseParts {
+    pub fn lease_parts(
+        &self,
+        ssh: String,
+        http: String,
+        leading: tokio::sync::watch::Sender<bool>,
+    ) -> crate::master::lease::LeaseParts {
         crate::master::lease::LeaseParts {
             config: self.config_view(),
+            leading,
             store: Arc::clone(&self.store),
             roster: Arc::clone(&self.roster),
             board: Arc::clone(&self.board),
@@ -756,8 +782,16 @@ impl SlaveRegistry for Control {
             conn_id: link.conn_id,
             capacity,
         };
+        let slave = link.name.clone();
         self.roster.connect(link);
         self.scheduler_input(input).await;
+        if self.store.is_shared() {
+            self.events
+                .publish(crate::status::BuildEvent::SlaveConnected {
+                    slave,
+                    master: self.owner.name.clone(),
+                });
+        }
     }
 
     async fn disconnected(&self, link: &SlaveLink) {

@@ -105,6 +105,9 @@ impl ChangeRecorder {
 
 /// What the schedulers task touches: the config, the event log (build results) and the queue.
 pub struct SchedulersHandle {
+    /// Whether this master fires the schedulers (one master of a cluster does).
+    pub(super) leading: watch::Receiver<bool>,
+    pub(super) store: SharedStore,
     pub(super) config: ConfigView,
     pub(super) events: Arc<EventLog>,
     pub(super) enqueuer: Enqueuer,
@@ -121,6 +124,22 @@ impl SchedulersHandle {
 
     pub fn follow(&self) -> Follower {
         self.events.follow()
+    }
+
+    /// Whether this master fires the schedulers now.
+    pub fn leads(&self) -> bool {
+        *self.leading.borrow()
+    }
+
+    /// Whether other masters record changes too: then every change comes through the event
+    /// log, the local ones included.
+    pub fn shared(&self) -> bool {
+        self.store.is_shared()
+    }
+
+    /// A recorded change, by id.
+    pub async fn change(&self, id: i64) -> Result<Option<StoredChange>, ControlError> {
+        Ok(self.store.change(id).await?)
     }
 
     pub async fn enqueue(&self, requests: Vec<NewRequest>) -> Result<Vec<i64>, ControlError> {

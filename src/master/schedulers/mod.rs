@@ -2,6 +2,10 @@
 //! [`engine::Engine`] the recorded changes, the build results (for dependents) and the clock,
 //! and queues the builds it decides on through the control layer. Idle, it sleeps until the
 //! next thing that can be due: no timer runs when nothing is pending.
+//!
+//! In a cluster every master runs the same engine on the same inputs (each change and build
+//! result comes to all through the shared event log), so any of them can take over; only the
+//! master that leads the cluster's jobs queues what the engine fires.
 
 pub mod engine;
 
@@ -32,17 +36,27 @@ pub async fn run(
         tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
             change = changes.recv() => match change {
+                // Shared: this change comes through the event log like every other master's.
+                Some(_) if control.shared() => {}
                 Some(change) => engine.on_change(&change, Instant::now()),
                 None => return Ok(()),
             },
             followed = follower.next() => match followed {
-                Followed::Event(sequenced) => {
-                    if let BuildEvent::BuildFinished { job_name, builder, result, will_retry, .. } = sequenced.event {
+                Followed::Event(sequenced) => match sequenced.event {
+                    BuildEvent::BuildFinished { job_name, builder, result, will_retry, .. } => {
                         for fire in engine.on_build_finished(&job_name, &builder, result, will_retry) {
                             queue(&control, &mut engine, fire).await;
                         }
                     }
-                }
+                    BuildEvent::ChangeAdded { change_id, .. } if control.shared() => {
+                        match control.change(change_id).await {
+                            Ok(Some(change)) => engine.on_change(&change, Instant::now()),
+                            Ok(None) => tracing::warn!(change = change_id, "a change announced but not found"),
+                            Err(err) => tracing::warn!(change = change_id, "cannot read a change: {err}"),
+                        }
+                    }
+                    _ => {}
+                },
                 Followed::Missed(count) => {
                     tracing::warn!(missed = count, "schedulers fell behind the build events; a dependent build may not start");
                 }
@@ -68,7 +82,12 @@ pub async fn run(
             queue(&control, &mut engine, fire).await;
         }
         for due in engine.due_timed(now, chrono::Local::now()) {
-            let revision = head_of(&control, &due.builders, due.branch.as_deref()).await;
+            // Only the leader builds it: the others keep time without asking the repository.
+            let revision = if control.leads() {
+                head_of(&control, &due.builders, due.branch.as_deref()).await
+            } else {
+                None
+            };
             if let Some(fire) = engine.timed_fire(&due, revision) {
                 queue(&control, &mut engine, fire).await;
             }
@@ -106,8 +125,13 @@ async fn head_of(
     }
 }
 
-/// Queues one build per builder of a firing, as one job.
+/// Queues one build per builder of a firing, as one job (the leader of a cluster does; the
+/// others only keep their engine in step).
 async fn queue(control: &SchedulersHandle, engine: &mut Engine, fire: Fire) {
+    if !control.leads() {
+        tracing::debug!(scheduler = %fire.scheduler, "fired; the leading master queues it");
+        return;
+    }
     let job_name = format!("{}-{:016x}", fire.scheduler, rand::random::<u64>());
     let submitted_at = now();
     let requests: Vec<NewRequest> = fire

@@ -210,6 +210,9 @@ pub trait Store: Send + Sync {
         sent_by: &str,
     ) -> Result<Recorded, StoreError>;
 
+    /// One change by id.
+    async fn change(&self, id: i64) -> Result<Option<StoredChange>, StoreError>;
+
     /// The newest changes, newest first.
     async fn newest_changes(&self, limit: i64) -> Result<Vec<StoredChange>, StoreError>;
 
@@ -264,6 +267,17 @@ pub trait Store: Send + Sync {
 
     /// Ends this run's lease now (a clean shutdown): nobody waits for it to run out.
     async fn retire_master(&self, master: &MasterLease) -> Result<(), StoreError>;
+
+    /// Holds (takes, or renews) the cluster-wide job `job` for `owner` until `lease` from
+    /// now, by the database's clock: true while `owner` holds it. A job is held by one run at a
+    /// time; another may take it once the holder's lease ran out, or at once after the holder
+    /// retired. A run declared lost holds nothing.
+    async fn hold_singleton(
+        &self,
+        job: &str,
+        owner: &MasterLease,
+        lease: std::time::Duration,
+    ) -> Result<bool, StoreError>;
 
     /// Every master the store has seen, by name.
     async fn masters(&self) -> Result<Vec<MasterRow>, StoreError>;

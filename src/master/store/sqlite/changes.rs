@@ -104,6 +104,20 @@ pub(crate) fn recent_changes(
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
+/// One change by id.
+pub(crate) fn change_by_id(
+    connection: &Connection,
+    id: i64,
+) -> Result<Option<StoredChange>, StoreError> {
+    Ok(connection
+        .query_row(
+            &format!("SELECT {CHANGE_COLUMNS} FROM changes WHERE id = ?1"),
+            params![id],
+            change_from_row,
+        )
+        .optional()?)
+}
+
 /// The changes a request builds, oldest first.
 pub(crate) fn changes_of_request(
     connection: &Connection,

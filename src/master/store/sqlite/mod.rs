@@ -164,7 +164,14 @@ const MIGRATIONS: &[&str] = &[
         value TEXT NOT NULL
     );
     INSERT INTO cluster (key, value) VALUES ('id', lower(hex(randomblob(8))));",
-    // 11 (PostgreSQL's migration 11 is the same table, `data` a BYTEA): step logs as chunks,
+    // 11: cluster-wide jobs (schedulers, pollers, the IRC bot) and the run that holds each.
+    "CREATE TABLE singletons (
+        job TEXT PRIMARY KEY,
+        master TEXT NOT NULL,
+        epoch INTEGER NOT NULL,
+        expires_at REAL NOT NULL
+    );",
+    // 12 (PostgreSQL's migration 12 is the same table, `data` a BYTEA): step logs as chunks,
     // so any master of a cluster serves and follows any build's log (`master::logs`). The
     // length is a column of its own because SQL spells a blob's length differently per
     // database, and the key's order is the order a range is read in.
@@ -998,14 +1005,49 @@ pub(crate) fn renew_lease(
 }
 
 pub(crate) fn retire_master(
-    connection: &Connection,
+    connection: &mut Connection,
     master: &MasterLease,
 ) -> Result<(), StoreError> {
-    connection.execute(
+    let transaction = connection.transaction()?;
+    transaction.execute(
         "UPDATE masters SET expires_at = ?3, state = 'stopped' WHERE name = ?1 AND epoch = ?2",
         params![master.name, master.epoch, now()],
     )?;
+    transaction.execute(
+        "DELETE FROM singletons WHERE master = ?1 AND epoch = ?2",
+        params![master.name, master.epoch],
+    )?;
+    transaction.commit()?;
     Ok(())
+}
+
+pub(crate) fn hold_singleton(
+    connection: &mut Connection,
+    job: &str,
+    owner: &MasterLease,
+    lease: std::time::Duration,
+) -> Result<bool, StoreError> {
+    let transaction =
+        connection.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    if fence(&transaction, owner).is_err() {
+        return Ok(false);
+    }
+    let now = now();
+    transaction.execute(
+        "INSERT INTO singletons (job, master, epoch, expires_at) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (job) DO UPDATE SET master = excluded.master, epoch = excluded.epoch,
+           expires_at = excluded.expires_at
+         WHERE singletons.expires_at < ?5
+            OR (singletons.master = excluded.master AND singletons.epoch = excluded.epoch)",
+        params![job, owner.name, owner.epoch, now + lease.as_secs_f64(), now],
+    )?;
+    let held: bool = transaction.query_row(
+        "SELECT EXISTS (SELECT 1 FROM singletons WHERE job = ?1 AND master = ?2 AND epoch = ?3)",
+        params![job, owner.name, owner.epoch],
+        |row| row.get(0),
+    )?;
+    transaction.commit()?;
+    Ok(held)
 }
 
 pub(crate) fn reap_lost_masters(
@@ -1317,6 +1359,21 @@ impl Store for SqliteStore {
 
     async fn masters(&self) -> Result<Vec<MasterRow>, StoreError> {
         self.run(|c| masters(c)).await
+    }
+
+    async fn hold_singleton(
+        &self,
+        job: &str,
+        owner: &MasterLease,
+        lease: std::time::Duration,
+    ) -> Result<bool, StoreError> {
+        let (job, owner) = (job.to_string(), owner.clone());
+        self.run_relaxed(move |c| hold_singleton(c, &job, &owner, lease))
+            .await
+    }
+
+    async fn change(&self, id: i64) -> Result<Option<StoredChange>, StoreError> {
+        self.run(move |c| changes::change_by_id(c, id)).await
     }
 
     async fn reap_lost_masters(&self, by: &MasterLease) -> Result<Vec<LostMaster>, StoreError> {
@@ -1702,7 +1759,12 @@ mod tests {
                 let ids = insert_requests(c, &[request("j1", "linux")])?;
                 let (build, _) = start_build(c, &stalled, ids[0], "linux", "s1")?;
                 let step = start_step(c, &stalled, build, 1, "test")?;
+                assert!(hold_singleton(c, "jobs", &stalled, short)?);
                 std::thread::sleep(std::time::Duration::from_millis(5));
+                // Its hold ran out with its lease: the live master takes the job over, and
+                // holds it against the stalled one.
+                assert!(hold_singleton(c, "jobs", &alive, long)?);
+                assert!(!hold_singleton(c, "jobs", &stalled, long)?);
                 let lost = reap_lost_masters(c, &alive)?;
                 assert_eq!(lost.len(), 1);
                 assert_eq!(lost[0].retried, vec![("linux".to_string(), 1, ids[0])]);
@@ -1734,6 +1796,11 @@ mod tests {
                         .as_deref()
                         .is_some_and(|r| r.contains("master a lost"))
                 );
+                // A clean stop gives the job up at once.
+                let third = register_master(c, "c", &MasterInfo::default(), long)?;
+                assert!(!hold_singleton(c, "jobs", &third, long)?);
+                retire_master(c, &alive)?;
+                assert!(hold_singleton(c, "jobs", &third, long)?);
                 Ok(())
             })
             .expect("works");
