@@ -6,6 +6,7 @@
 //! Each test gets a fresh database in the private PostgreSQL server of this test binary
 //! (`tests/support/postgres.rs`).
 
+use std::io::Read;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -122,7 +123,12 @@ fn a_job_sent_to_one_master_builds_on_another_and_is_seen_and_stopped_from_the_f
     // A try job sent to A: it builds on B's slave, and `try --wait` on A follows it to the end.
     let waited = run_with_timeout(a.try_command(&checkout.work, "linux", true), None);
     let stdout = text(&waited.stdout);
-    assert_eq!(waited.status.code(), Some(0), "{stdout}\n{}", text(&waited.stderr));
+    assert_eq!(
+        waited.status.code(),
+        Some(0),
+        "{stdout}\n{}",
+        text(&waited.stderr)
+    );
     assert!(stdout.contains("linux #1"), "{stdout}");
     let on_a = &builds(&a)[0];
     assert_eq!(on_a["number"], 1, "{on_a}");
@@ -132,7 +138,11 @@ fn a_job_sent_to_one_master_builds_on_another_and_is_seen_and_stopped_from_the_f
     let masters_seen = b.api("/api/masters");
     let rows = masters_seen.as_array().expect("masters");
     assert_eq!(rows.len(), 2, "{masters_seen}");
-    assert!(rows.iter().all(|row| row["alive"] == true && row["config_differs"] == false), "{masters_seen}");
+    assert!(
+        rows.iter()
+            .all(|row| row["alive"] == true && row["config_differs"] == false),
+        "{masters_seen}"
+    );
     let slaves_of_b = rows
         .iter()
         .find(|row| row["name"] == "ci-b")
@@ -142,7 +152,11 @@ fn a_job_sent_to_one_master_builds_on_another_and_is_seen_and_stopped_from_the_f
 
     // A hanging build forced on A runs on B; a stop asked on A stops it there.
     std::fs::write(shared.path().join("hang"), "").expect("hang marker");
-    let forced = a.ssh(&a.user_key, &current_user(), "force linux --reason 'hang on B'");
+    let forced = a.ssh(
+        &a.user_key,
+        &current_user(),
+        "force linux --reason 'hang on B'",
+    );
     assert_eq!(forced.status.code(), Some(0), "{}", text(&forced.stderr));
     let step_pid = wait_for_pid(&shared.path().join("pid"));
     wait_until("A to see build #2 running", || {
@@ -155,8 +169,16 @@ fn a_job_sent_to_one_master_builds_on_another_and_is_seen_and_stopped_from_the_f
         &current_user(),
         "stop linux 2 --reason 'stopped from A'",
     );
-    assert_eq!(stopped.status.code(), Some(0), "{}\n{}", text(&stopped.stdout), text(&stopped.stderr));
-    wait_until("the step on B's slave to be killed", || !process_running(step_pid));
+    assert_eq!(
+        stopped.status.code(),
+        Some(0),
+        "{}\n{}",
+        text(&stopped.stdout),
+        text(&stopped.stderr)
+    );
+    wait_until("the step on B's slave to be killed", || {
+        !process_running(step_pid)
+    });
     let second = builds(&b)
         .into_iter()
         .find(|build| build["number"] == 2)
@@ -176,7 +198,11 @@ fn a_killed_masters_build_is_retried_on_another_exactly_once() {
     a.wait_connected("s1");
 
     std::fs::write(shared.path().join("hang"), "").expect("hang marker");
-    let forced = a.ssh(&a.user_key, &current_user(), "force linux --reason 'dies with A'");
+    let forced = a.ssh(
+        &a.user_key,
+        &current_user(),
+        "force linux --reason 'dies with A'",
+    );
     assert_eq!(forced.status.code(), Some(0), "{}", text(&forced.stderr));
     let step_pid = wait_for_pid(&shared.path().join("pid"));
     // The retry may run through.
@@ -184,7 +210,9 @@ fn a_killed_masters_build_is_retried_on_another_exactly_once() {
     let killed_at = Instant::now();
     a.kill_hard();
     b.wait_connected("s1");
-    wait_until("the killed master's step to be gone", || !process_running(step_pid));
+    wait_until("the killed master's step to be gone", || {
+        !process_running(step_pid)
+    });
     wait_until("the build to be retried and finish on B", || {
         builds(&b)
             .iter()
@@ -196,7 +224,9 @@ fn a_killed_masters_build_is_retried_on_another_exactly_once() {
     let second = all.iter().find(|build| build["number"] == 2).expect("#2");
     assert_eq!(first["result"], "exception", "{first}");
     assert!(
-        first["reason"].as_str().is_some_and(|reason| reason.contains("master ci-a lost")),
+        first["reason"]
+            .as_str()
+            .is_some_and(|reason| reason.contains("master ci-a lost")),
         "{first}"
     );
     assert_eq!(second["result"], "success", "{second}");
@@ -225,7 +255,11 @@ fn a_stalled_master_coming_back_is_fenced_and_its_build_ran_once_elsewhere() {
     let _slave = a.launch_slave("s1", masters(&[&a, &b]));
     a.wait_connected("s1");
     std::fs::write(shared.path().join("hang"), "").expect("hang marker");
-    let forced = a.ssh(&a.user_key, &current_user(), "force linux --reason 'A stalls'");
+    let forced = a.ssh(
+        &a.user_key,
+        &current_user(),
+        "force linux --reason 'A stalls'",
+    );
     assert_eq!(forced.status.code(), Some(0), "{}", text(&forced.stderr));
     let step_pid = wait_for_pid(&shared.path().join("pid"));
     std::fs::remove_file(shared.path().join("hang")).expect("hang marker removed");
@@ -233,7 +267,9 @@ fn a_stalled_master_coming_back_is_fenced_and_its_build_ran_once_elsewhere() {
     signal(a.pid(), nix::sys::signal::Signal::SIGSTOP);
     // The slave gives the silent master up, B takes the build over and runs it again.
     b.wait_connected("s1");
-    wait_until("the stalled master's step to be gone", || !process_running(step_pid));
+    wait_until("the stalled master's step to be gone", || {
+        !process_running(step_pid)
+    });
     wait_until("the build to be retried and finish on B", || {
         builds(&b)
             .iter()
@@ -242,7 +278,9 @@ fn a_stalled_master_coming_back_is_fenced_and_its_build_ran_once_elsewhere() {
     signal(a.pid(), nix::sys::signal::Signal::SIGCONT);
     // A learns it was declared lost at its next renewal and stops; what it still tried to
     // write about build #1 was refused.
-    wait_until("the fenced master to stop", || !process_running(a.pid() as i32));
+    wait_until("the fenced master to stop", || {
+        !process_running(a.pid() as i32)
+    });
     let log = a.log();
     assert!(log.contains("was declared lost by the cluster"), "{log}");
     let all = builds(&b);
@@ -250,8 +288,83 @@ fn a_stalled_master_coming_back_is_fenced_and_its_build_ran_once_elsewhere() {
     let first = all.iter().find(|build| build["number"] == 1).expect("#1");
     assert_eq!(first["result"], "exception", "{first}");
     assert!(
-        first["reason"].as_str().is_some_and(|reason| reason.contains("master ci-a lost")),
+        first["reason"]
+            .as_str()
+            .is_some_and(|reason| reason.contains("master ci-a lost")),
         "{first}"
     );
     a.kill_hard();
+}
+
+#[test]
+fn a_step_log_written_on_one_master_is_served_and_followed_live_on_another() {
+    let url = fresh_database();
+    let checkout = Checkout::new();
+    let shared = tempfile::tempdir().expect("temp dir");
+    // Prints a line, waits for the test, prints more on both streams and fails.
+    let steps = format!(
+        r#"{{ name = "test", command = "sh -c 'echo first; while [ ! -e {d}/go ]; do sleep 0.1; done; echo second; echo oops >&2; exit 1'" }},"#,
+        d = shared.path().display()
+    );
+    let a = first_master(&url, &checkout.upstream, &steps);
+    let b = member_of(&a, "ci-b", &url, &checkout.upstream, &steps);
+    // The slave knows only A: the build runs there, and B has no log file of it.
+    let only_a = format!("master = [\"127.0.0.1:{}\"]", a.ssh_port);
+    let _slave = a.launch_slave("s1", move |config: &mut String| {
+        let start = config.find("master = ").expect("master line");
+        let end = start + config[start..].find('\n').expect("line end");
+        config.replace_range(start..end, &only_a);
+    });
+    a.wait_connected("s1");
+    let forced = a.ssh(&a.user_key, &current_user(), "force linux --reason 'logs'");
+    assert_eq!(forced.status.code(), Some(0), "{}", text(&forced.stderr));
+    let raw = |stream: &str| {
+        format!(
+            "http://127.0.0.1:{}/builders/linux/builds/1/steps/2/logs/{stream}/raw",
+            b.http_port
+        )
+    };
+    let get = |url: &str| {
+        crate::harness::http_client()
+            .get(url)
+            .send()
+            .ok()
+            .filter(|response| response.status().is_success())
+            .and_then(|response| response.text().ok())
+            .unwrap_or_default()
+    };
+    // On B, while the step runs on A: the first line, from the database.
+    wait_until("B to serve the first line", || get(&raw("stdout")) == "first\n");
+    let follow = {
+        let url = format!("{}?follow=1", raw("stdout"));
+        std::thread::spawn(move || {
+            let mut followed = String::new();
+            crate::harness::http_client()
+                .get(url)
+                .send()
+                .expect("follow")
+                .read_to_string(&mut followed)
+                .expect("read to the end");
+            followed
+        })
+    };
+    std::fs::write(shared.path().join("go"), "").expect("go marker");
+    assert_eq!(follow.join().expect("the follower"), "first\nsecond\n");
+    wait_until("B to see the build fail", || {
+        builds(&b)
+            .iter()
+            .any(|build| build["number"] == 1 && build["result"] == "failure")
+    });
+    assert_eq!(get(&raw("stderr")), "oops\n");
+    let build = &builds(&b)[0];
+    let links = build["steps"][1]["logs"].to_string();
+    assert!(
+        links.contains("stdout") && links.contains("stderr"),
+        "{build}"
+    );
+    assert!(
+        !b.path().join("logs/linux/1").exists(),
+        "B served the log from its own files"
+    );
+    assert!(a.path().join("logs/linux/1").exists(), "A keeps its files");
 }

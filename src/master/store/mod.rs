@@ -1,7 +1,8 @@
 //! The store: everything the master keeps beyond one process — requests and their patches,
 //! builds, steps, changes, poll heads, web sessions — behind one interface of domain verbs
 //! ([`Store`]), not SQL. Two backends answer it: [`sqlite`], the embedded default (one master,
-//! the file `state.sqlite` in the master directory), and PostgreSQL, shared by several masters.
+//! the file `state.sqlite` in the master directory), and [`postgres`], one PostgreSQL database
+//! shared by several masters.
 //! The caller never knows which one answers; one conformance suite (tests/store_conformance.rs)
 //! runs against both.
 //!
@@ -10,6 +11,7 @@
 //! the same primitives.
 
 pub mod model;
+pub mod postgres;
 pub mod sqlite;
 
 use std::sync::Arc;
@@ -33,6 +35,22 @@ pub enum StoreError {
     TooNew { found: i64, known: i64 },
     #[error("history task failed: {0}")]
     Task(String),
+    /// The PostgreSQL server could not be reached or refused the login (wrong address, server
+    /// down, wrong password). `target` names the server, database and user, never a password.
+    #[error("cannot reach the database at {target}: {reason}")]
+    Connect { target: String, reason: String },
+    /// A PostgreSQL statement failed (on one line, whatever the server said).
+    #[error("history database: {}", postgres::one_line(.0))]
+    Postgres(#[source] tokio_postgres::Error),
+    /// No PostgreSQL connection could be had from the pool in time, or the pool is closed.
+    #[error("history database connections: {0}")]
+    Pool(String),
+    /// `[database] url` is neither a `postgresql://` URL nor a `key=value` connection string.
+    #[error("database url is not valid: {0}")]
+    BadUrl(String),
+    /// A column holds what no buildbot writes (a result, state or kind of no known name).
+    #[error("history database holds {0}")]
+    BadValue(String),
     /// Another master of this name holds a live lease: two masters would act as one.
     #[error(
         "another master named {name} is running on this database (its lease holds until {until}); give each master its own [master] name"
