@@ -77,6 +77,7 @@ conformance!(
     a_lost_masters_builds_are_retried_and_its_late_writes_refused,
     the_event_log_numbers_events_in_one_sequence,
     master_locks_are_taken_whole_and_freed_on_every_end,
+    step_logs_are_chunked_read_in_ranges_and_fenced,
 );
 
 fn request(job: &str, builder: &str) -> NewRequest {
@@ -1557,6 +1558,114 @@ async fn the_event_log_numbers_events_in_one_sequence(store: SharedStore) {
         .map(|(seq, _, _)| *seq)
         .collect();
     assert_eq!(seqs, (4..=15).collect::<Vec<i64>>());
+}
+
+async fn step_logs_are_chunked_read_in_ranges_and_fenced(store: SharedStore) {
+    use buildbot::proto::StreamKind::{Info, Stderr, Stdout};
+    let short = Duration::from_millis(200);
+    let writer = store
+        .register_master("a", &MasterInfo::default(), short)
+        .await
+        .expect("register");
+    let other = run_of(&store, "b").await;
+    let id = one(&store, request("j1", "linux")).await;
+    let (build, _) = store
+        .start_build(&writer, id, "linux", "s1")
+        .await
+        .expect("start");
+    store
+        .start_step(&writer, build, 1, "test")
+        .await
+        .expect("step");
+    assert_eq!(store.log_size(build, 1, Stdout).await.expect("size"), 0);
+    assert_eq!(
+        store.read_log(build, 1, Stdout, 0, 10).await.expect("read"),
+        (Vec::new(), 0)
+    );
+    // Not UTF-8: a log is bytes.
+    let text: Vec<u8> = (0..=255u8).cycle().take(1000).collect();
+    let mut offset = 0;
+    for piece in [&text[..7], &text[7..300], &text[300..]] {
+        store
+            .append_log(&writer, build, 1, Stdout, offset, piece.to_vec())
+            .await
+            .expect("append");
+        offset += piece.len() as u64;
+    }
+    store
+        .append_log(&writer, build, 1, Stderr, 0, b"warning\n".to_vec())
+        .await
+        .expect("append");
+    store
+        .append_log(&writer, build, 2, Info, 0, b"later\n".to_vec())
+        .await
+        .expect("append");
+    assert_eq!(store.log_size(build, 1, Stdout).await.expect("size"), 1000);
+    let read = |offset: u64, max: usize| {
+        let store = Arc::clone(&store);
+        async move {
+            store
+                .read_log(build, 1, Stdout, offset, max)
+                .await
+                .expect("read")
+        }
+    };
+    assert!(read(0, 5000).await == (text.clone(), 1000));
+    assert_eq!(read(2, 3).await.0, text[2..5]);
+    assert_eq!(read(5, 10).await.0, text[5..15]);
+    assert!(read(290, 500).await.0 == text[290..790]);
+    assert!(read(950, 500).await.0 == text[950..]);
+    assert!(read(1000, 5).await.0.is_empty());
+    // A retried append of stored bytes changes nothing; a gap or other bytes are refused.
+    store
+        .append_log(&writer, build, 1, Stdout, 7, text[7..300].to_vec())
+        .await
+        .expect("a retry is accepted");
+    for (offset, data) in [(7, b"other".to_vec()), (1001, b"gap".to_vec())] {
+        assert!(matches!(
+            store
+                .append_log(&writer, build, 1, Stdout, offset, data)
+                .await,
+            Err(StoreError::LogOffset { .. })
+        ));
+    }
+    assert_eq!(
+        store
+            .log_streams(vec![build, build + 1])
+            .await
+            .expect("streams"),
+        vec![(build, 1, Stderr), (build, 1, Stdout), (build, 2, Info)]
+    );
+    // Only the build's owner writes its log, and not once the cluster declared it lost.
+    assert!(matches!(
+        store
+            .append_log(&other, build, 1, Stdout, 1000, b"not mine".to_vec())
+            .await,
+        Err(StoreError::Fenced { .. })
+    ));
+    wait_until("the lease of a to run out", || {
+        let store = Arc::clone(&store);
+        async move {
+            store
+                .masters()
+                .await
+                .expect("read")
+                .iter()
+                .any(|m| m.name == "a" && !m.alive)
+        }
+    })
+    .await;
+    assert_eq!(
+        store.reap_lost_masters(&other).await.expect("reap").len(),
+        1
+    );
+    assert!(matches!(
+        store
+            .append_log(&writer, build, 1, Stdout, 1000, b"late".to_vec())
+            .await,
+        Err(StoreError::Fenced { .. })
+    ));
+    assert_eq!(store.log_size(build, 1, Stdout).await.expect("size"), 1000);
 }
 
 // --- PostgreSQL only --------------------------------------------------------------------------

@@ -18,6 +18,8 @@ use crate::master::board::{StopHandle, StopRequest};
 use crate::master::config::{BuilderConfig, StepConfig};
 use crate::master::interpolate::{self, InterpolationError};
 use crate::master::locks::LockUse;
+pub use crate::master::logs::log_file_name;
+use crate::master::logs::{LOG_CHUNK, StoreShipper};
 use crate::master::results::{CUT_SHORT, FailurePolicy, expected_duration};
 use crate::master::scheduler::Input;
 use crate::master::slaves::{SlaveEvent, SlaveLink};
@@ -541,7 +543,15 @@ async fn run_steps(
             step: step_number,
             name: step.name.clone(),
         });
-        let logs = StepLogs::new(log_dir.clone(), step_number, &step.name);
+        let mut logs = StepLogs::new(log_dir.clone(), step_number, &step.name);
+        if control.store.is_shared() {
+            logs.ship_to(StoreShipper::new(
+                Arc::clone(&control.store),
+                control.owner.clone(),
+                build_id,
+                step_number,
+            ));
+        }
         let locked = step.locks.is_empty()
             || take_step_locks(control, request, started, &step, &link.name, shutdown).await;
         let outcome = if started.stop.token.is_cancelled() {
@@ -858,11 +868,11 @@ async fn run_step(
     };
     let began = Instant::now();
     loop {
-        let flush_at = logs.flush_at;
+        let wake_at = logs.wake_at();
         let event = tokio::select! {
             event = events.recv() => event,
-            () = tokio::time::sleep_until(flush_at.unwrap_or_else(tokio::time::Instant::now)), if flush_at.is_some() => {
-                if let Err(err) = logs.flush().await {
+            () = tokio::time::sleep_until(wake_at.unwrap_or_else(tokio::time::Instant::now)), if wake_at.is_some() => {
+                if let Err(err) = logs.tick().await {
                     link.interrupt(id, "the master cannot write the log");
                     return StepOutcome::LogError(format!("cannot write the log: {err}"));
                 }
@@ -935,22 +945,6 @@ async fn run_step(
     }
 }
 
-/// The file name of a step's log: `STEP-NAME.STREAM`, the name reduced to characters that are
-/// safe in a path (the web server finds logs by this same function).
-pub fn log_file_name(step: i64, name: &str, stream: StreamKind) -> String {
-    let safe: String = name
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    format!("{step}-{safe}.{}", stream.file_extension())
-}
-
 /// How much of a log is gathered before it is written: output frames are up to 64 KiB, and a
 /// write per frame costs a trip to a blocking thread.
 const LOG_BUFFER: usize = 256 * 1024;
@@ -960,15 +954,19 @@ const LOG_FLUSH: Duration = Duration::from_millis(10);
 
 /// The log files of one step, one per stream, created when the stream first has output and
 /// appended as it arrives through a buffer of [`LOG_BUFFER`] that is written out at most
-/// [`LOG_FLUSH`] after its first byte (the owner calls [`StepLogs::flush`] when `flush_at`
-/// passes) and at the end of the step: `logs/BUILDER/NUMBER/STEP-NAME.STREAM`.
+/// [`LOG_FLUSH`] after its first byte (the owner calls [`StepLogs::tick`] when `wake_at`
+/// passes) and at the end of the step: `logs/BUILDER/NUMBER/STEP-NAME.STREAM`. With a shared
+/// store the files are also shipped into it (`master::logs::StoreShipper`), so every master
+/// can serve the log.
 struct StepLogs {
     dir: PathBuf,
     step: i64,
     name: String,
-    files: Vec<(StreamKind, tokio::io::BufWriter<tokio::fs::File>)>,
+    /// Each stream's file and how many bytes were written to it (buffered ones included).
+    files: Vec<(StreamKind, tokio::io::BufWriter<tokio::fs::File>, u64)>,
     /// When buffered output must be written; none when nothing is buffered.
     flush_at: Option<tokio::time::Instant>,
+    shipper: Option<StoreShipper>,
 }
 
 impl StepLogs {
@@ -979,11 +977,17 @@ impl StepLogs {
             name: name.to_string(),
             files: Vec::new(),
             flush_at: None,
+            shipper: None,
         }
     }
 
+    /// Ships the files into a shared store as they grow.
+    fn ship_to(&mut self, shipper: StoreShipper) {
+        self.shipper = Some(shipper);
+    }
+
     async fn append(&mut self, stream: StreamKind, data: &[u8]) -> std::io::Result<()> {
-        let position = match self.files.iter().position(|(kind, _)| *kind == stream) {
+        let position = match self.files.iter().position(|(kind, _, _)| *kind == stream) {
             Some(position) => position,
             None => {
                 tokio::fs::create_dir_all(&self.dir).await?;
@@ -1000,13 +1004,53 @@ impl StepLogs {
                 self.files.push((
                     stream,
                     tokio::io::BufWriter::with_capacity(LOG_BUFFER, file),
+                    0,
                 ));
                 self.files.len() - 1
             }
         };
-        self.files[position].1.write_all(data).await?;
+        let (_, file, written) = &mut self.files[position];
+        file.write_all(data).await?;
+        *written += data.len() as u64;
+        let written = *written;
         if self.flush_at.is_none() {
             self.flush_at = Some(tokio::time::Instant::now() + LOG_FLUSH);
+        }
+        if let Some(shipper) = &mut self.shipper {
+            let path = self.dir.join(log_file_name(self.step, &self.name, stream));
+            shipper.grew(stream, &path);
+            // A full chunk goes now rather than waiting for the timer.
+            if shipper.unshipped(stream, written) >= LOG_CHUNK as u64 {
+                self.flush().await?;
+                self.ship(true).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// When [`StepLogs::tick`] has work: buffered output to write or to ship.
+    fn wake_at(&self) -> Option<tokio::time::Instant> {
+        let ship_at = self.shipper.as_ref().and_then(|shipper| shipper.ship_at);
+        match (self.flush_at, ship_at) {
+            (Some(flush), Some(ship)) => Some(flush.min(ship)),
+            (flush, ship) => flush.or(ship),
+        }
+    }
+
+    /// Writes out what is due, and ships to the store what is due there.
+    async fn tick(&mut self) -> std::io::Result<()> {
+        let now = tokio::time::Instant::now();
+        if self.flush_at.is_some_and(|at| at <= now) {
+            self.flush().await?;
+        }
+        let ship_due = self
+            .shipper
+            .as_ref()
+            .and_then(|shipper| shipper.ship_at)
+            .is_some_and(|at| at <= now);
+        if ship_due {
+            self.flush().await?;
+            self.ship(false).await;
         }
         Ok(())
     }
@@ -1015,14 +1059,30 @@ impl StepLogs {
     /// finishes its blocking write on flush), so readers of the files see it.
     async fn flush(&mut self) -> std::io::Result<()> {
         self.flush_at = None;
-        for (_, file) in &mut self.files {
+        for (_, file, _) in &mut self.files {
             file.flush().await?;
         }
         Ok(())
     }
 
+    /// Ships what the (flushed) files have beyond the store's copy (with `whole_chunks`, full
+    /// chunks only).
+    async fn ship(&mut self, whole_chunks: bool) {
+        let written: Vec<(StreamKind, u64)> = self
+            .files
+            .iter()
+            .map(|(stream, _, written)| (*stream, *written))
+            .collect();
+        if let Some(shipper) = &mut self.shipper {
+            shipper.ship(&written, whole_chunks).await;
+        }
+    }
+
+    /// Writes out and ships everything: the step's record may end once this returns.
     async fn finish(&mut self) -> std::io::Result<()> {
-        self.flush().await
+        self.flush().await?;
+        self.ship(false).await;
+        Ok(())
     }
 }
 
@@ -1180,5 +1240,74 @@ mod tests {
                 )
             );
         }
+    }
+
+    /// With a shared store a step's output reaches it while the step runs, in a few big
+    /// chunks however small the pieces it arrives in, and the store ends up with the file.
+    #[tokio::test]
+    async fn a_shared_stores_copy_of_a_log_is_live_batched_and_whole() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (store, sqlite, owner, build_id, _) =
+            crate::master::logs::testing::running_build(dir.path()).await;
+        let logs_dir = dir.path().join("logs");
+        let mut logs = StepLogs::new(logs_dir.clone(), 1, "make test");
+        logs.ship_to(StoreShipper::new(Arc::clone(&store), owner, build_id, 1));
+        logs.append(StreamKind::Stdout, b"first line\n")
+            .await
+            .expect("written");
+        // Live: the timers put the line in the store before the step ends.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while store
+            .log_size(build_id, 1, StreamKind::Stdout)
+            .await
+            .expect("size")
+            == 0
+        {
+            assert!(tokio::time::Instant::now() < deadline, "never shipped");
+            let wake_at = logs.wake_at().expect("something is due");
+            tokio::time::sleep_until(wake_at).await;
+            logs.tick().await.expect("ticked");
+        }
+        // 2000 lines one by one: a few chunks, not a row per line.
+        let line = [b'x'; 99];
+        for _ in 0..2000 {
+            logs.append(StreamKind::Stdout, &line)
+                .await
+                .expect("written");
+            logs.append(StreamKind::Stdout, b"\n")
+                .await
+                .expect("written");
+        }
+        logs.append(StreamKind::Stderr, b"warning\n")
+            .await
+            .expect("written");
+        logs.finish().await.expect("finished");
+        let chunks: i64 = sqlite
+            .with(|c| {
+                Ok(c.query_row(
+                    "SELECT COUNT(*) FROM log_chunks WHERE build_id = ?1",
+                    [build_id],
+                    |row| row.get(0),
+                )?)
+            })
+            .expect("counted");
+        // 200 KB: three full chunks and the rest, one for stderr, one for the first line.
+        assert!(chunks <= 6, "{chunks} chunks");
+        let file = std::fs::read(logs_dir.join(log_file_name(1, "make test", StreamKind::Stdout)))
+            .expect("the file");
+        assert_eq!(file.len(), 11 + 2000 * 100);
+        let (stored, size) = store
+            .read_log(build_id, 1, StreamKind::Stdout, 0, 1 << 20)
+            .await
+            .expect("read");
+        assert_eq!(size, file.len() as u64);
+        assert!(stored == file, "the store's copy differs from the file");
+        assert_eq!(
+            store
+                .read_log(build_id, 1, StreamKind::Stderr, 0, 100)
+                .await
+                .expect("read"),
+            (b"warning\n".to_vec(), 8)
+        );
     }
 }

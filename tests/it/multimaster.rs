@@ -6,6 +6,7 @@
 //! Each test gets a fresh database in the private PostgreSQL server of this test binary
 //! (`tests/support/postgres.rs`).
 
+use std::io::Read;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -904,4 +905,79 @@ fn migrate_db_moves_a_single_masters_history_into_postgresql() {
             .iter()
             .any(|build| build["number"] == 2 && build["result"] == "success")
     });
+}
+
+#[test]
+fn a_step_log_written_on_one_master_is_served_and_followed_live_on_another() {
+    let url = fresh_database();
+    let checkout = Checkout::new();
+    let shared = tempfile::tempdir().expect("temp dir");
+    // Prints a line, waits for the test, prints more on both streams and fails.
+    let steps = format!(
+        r#"{{ name = "test", command = "sh -c 'echo first; while [ ! -e {d}/go ]; do sleep 0.1; done; echo second; echo oops >&2; exit 1'" }},"#,
+        d = shared.path().display()
+    );
+    let a = first_master(&url, &checkout.upstream, &steps);
+    let b = member_of(&a, "ci-b", &url, &checkout.upstream, &steps);
+    // The slave knows only A: the build runs there, and B has no log file of it.
+    let only_a = format!("master = [\"127.0.0.1:{}\"]", a.ssh_port);
+    let _slave = a.launch_slave("s1", move |config: &mut String| {
+        let start = config.find("master = ").expect("master line");
+        let end = start + config[start..].find('\n').expect("line end");
+        config.replace_range(start..end, &only_a);
+    });
+    a.wait_connected("s1");
+    let forced = a.ssh(&a.user_key, &current_user(), "force linux --reason 'logs'");
+    assert_eq!(forced.status.code(), Some(0), "{}", text(&forced.stderr));
+    let raw = |stream: &str| {
+        format!(
+            "http://127.0.0.1:{}/builders/linux/builds/1/steps/2/logs/{stream}/raw",
+            b.http_port
+        )
+    };
+    let get = |url: &str| {
+        crate::harness::http_client()
+            .get(url)
+            .send()
+            .ok()
+            .filter(|response| response.status().is_success())
+            .and_then(|response| response.text().ok())
+            .unwrap_or_default()
+    };
+    // On B, while the step runs on A: the first line, from the database.
+    wait_until("B to serve the first line", || {
+        get(&raw("stdout")) == "first\n"
+    });
+    let follow = {
+        let url = format!("{}?follow=1", raw("stdout"));
+        std::thread::spawn(move || {
+            let mut followed = String::new();
+            crate::harness::http_client()
+                .get(url)
+                .send()
+                .expect("follow")
+                .read_to_string(&mut followed)
+                .expect("read to the end");
+            followed
+        })
+    };
+    std::fs::write(shared.path().join("go"), "").expect("go marker");
+    assert_eq!(follow.join().expect("the follower"), "first\nsecond\n");
+    wait_until("B to see the build fail", || {
+        builds(&b)
+            .iter()
+            .any(|build| build["number"] == 1 && build["result"] == "failure")
+    });
+    assert_eq!(get(&raw("stderr")), "oops\n");
+    let build = &builds(&b)[0];
+    let links = build["steps"][1]["logs"].to_string();
+    assert!(
+        links.contains("stdout") && links.contains("stderr"),
+        "{build}"
+    );
+    assert!(
+        !b.path().join("logs/linux/1").exists(),
+        "B served the log from its own files"
+    );
+    assert!(a.path().join("logs/linux/1").exists(), "A keeps its files");
 }

@@ -17,6 +17,7 @@ pub mod sqlite;
 use std::sync::Arc;
 
 use crate::change::ChangeSpec;
+use crate::proto::StreamKind;
 use crate::status::{BuildResult, JobRecord, LastBuild};
 
 pub use model::{
@@ -70,6 +71,10 @@ pub enum StoreError {
     /// The request is no longer waiting: another master claimed it, or it was cancelled.
     #[error("request {request_id} is no longer waiting (claimed by another master or cancelled)")]
     AlreadyClaimed { request_id: i64 },
+    /// A log chunk that would leave a gap in its stream or overlap what is there with other
+    /// bytes: the writer lost track of what the store holds.
+    #[error("log chunk at byte {offset} does not follow the stored log (it ends at byte {size})")]
+    LogOffset { offset: u64, size: u64 },
 }
 
 /// The store, shared by every part of the master that keeps or reads what outlives a build.
@@ -502,4 +507,49 @@ pub trait Store: Send + Sync {
         }
         Ok(all)
     }
+
+    // --- step logs ---------------------------------------------------------------------------
+    // A step's output is kept per stream as chunks keyed by (build, step, stream, byte offset),
+    // so any master can serve and follow a log another master is writing (`master::logs`).
+
+    /// Appends `data` to stream `stream` of step `step` of build `build_id`, starting at byte
+    /// `offset`: where the stored stream ends now. A chunk the store holds already (a retried
+    /// append whose first answer was lost) is accepted again and changes nothing; one that
+    /// leaves a gap or overlaps with other bytes is refused with [`StoreError::LogOffset`].
+    /// Fenced by `owner` like every write about a running build.
+    async fn append_log(
+        &self,
+        owner: &MasterLease,
+        build_id: i64,
+        step: i64,
+        stream: StreamKind,
+        offset: u64,
+        data: Vec<u8>,
+    ) -> Result<(), StoreError>;
+
+    /// At most `max` bytes of a stored stream from byte `offset`, and the stream's size so far
+    /// (0 and nothing for a stream with no output).
+    async fn read_log(
+        &self,
+        build_id: i64,
+        step: i64,
+        stream: StreamKind,
+        offset: u64,
+        max: usize,
+    ) -> Result<(Vec<u8>, u64), StoreError>;
+
+    /// The size so far of a stored stream (0 when it has no output).
+    async fn log_size(
+        &self,
+        build_id: i64,
+        step: i64,
+        stream: StreamKind,
+    ) -> Result<u64, StoreError>;
+
+    /// The (build id, step, stream) of these builds' streams that have stored output: one
+    /// question for a page's builds, not one per build.
+    async fn log_streams(
+        &self,
+        build_ids: Vec<i64>,
+    ) -> Result<Vec<(i64, i64, StreamKind)>, StoreError>;
 }

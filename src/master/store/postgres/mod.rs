@@ -12,6 +12,7 @@
 mod cluster;
 mod copy;
 pub use copy::{Copied, CopyError};
+mod logs;
 mod verbs;
 
 use std::error::Error as _;
@@ -163,6 +164,17 @@ pub const MIGRATIONS: &[&str] = &[
         epoch BIGINT NOT NULL,
         since DOUBLE PRECISION NOT NULL,
         PRIMARY KEY (lock, holder)
+    );",
+    // 13: step logs as chunks, so any master serves and follows any build's log
+    // (`master::logs`); the same table as SQLite's 13, `data` a BYTEA.
+    "CREATE TABLE log_chunks (
+        build_id BIGINT NOT NULL,
+        step BIGINT NOT NULL,
+        stream TEXT NOT NULL,
+        byte_offset BIGINT NOT NULL,
+        byte_count BIGINT NOT NULL,
+        data BYTEA NOT NULL,
+        PRIMARY KEY (build_id, step, stream, byte_offset)
     );",
 ];
 

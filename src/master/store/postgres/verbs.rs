@@ -1055,4 +1055,44 @@ impl Store for PgStore {
     fn request_notices(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
         Some(self.notices.channels.requests.subscribe())
     }
+
+    async fn append_log(
+        &self,
+        owner: &MasterLease,
+        build_id: i64,
+        step: i64,
+        stream: crate::proto::StreamKind,
+        offset: u64,
+        data: Vec<u8>,
+    ) -> Result<(), StoreError> {
+        self.append_chunk(owner, build_id, step, stream, offset, data)
+            .await
+    }
+
+    async fn read_log(
+        &self,
+        build_id: i64,
+        step: i64,
+        stream: crate::proto::StreamKind,
+        offset: u64,
+        max: usize,
+    ) -> Result<(Vec<u8>, u64), StoreError> {
+        self.read_chunks(build_id, step, stream, offset, max).await
+    }
+
+    async fn log_size(
+        &self,
+        build_id: i64,
+        step: i64,
+        stream: crate::proto::StreamKind,
+    ) -> Result<u64, StoreError> {
+        self.chunked_size(build_id, step, stream).await
+    }
+
+    async fn log_streams(
+        &self,
+        build_ids: Vec<i64>,
+    ) -> Result<Vec<(i64, i64, crate::proto::StreamKind)>, StoreError> {
+        self.chunked_streams(build_ids).await
+    }
 }
