@@ -77,6 +77,7 @@ conformance!(
     a_lost_masters_builds_are_retried_and_its_late_writes_refused,
     the_event_log_numbers_events_in_one_sequence,
     master_locks_are_taken_whole_and_freed_on_every_end,
+    irc_link_codes_are_taken_once_and_expire,
     step_logs_are_chunked_read_in_ranges_and_fenced,
 );
 
@@ -2145,4 +2146,48 @@ async fn master_locks_are_taken_whole_and_freed_on_every_end(store: SharedStore)
         .await
     );
     assert!(take(again, "a2:build:12", vec![lock_use("pool", false, 2)]).await);
+}
+
+async fn irc_link_codes_are_taken_once_and_expire(store: SharedStore) {
+    let now = 1_800_000_000.0;
+    store
+        .save_link_code("hash-1", "alice", 1000, now + 600.0)
+        .await
+        .expect("save");
+    store
+        .save_link_code("hash-2", "bob", 1001, now - 1.0)
+        .await
+        .expect("save");
+    assert_eq!(
+        store.take_link_code("hash-1", now).await.expect("take"),
+        Some(("alice".to_string(), 1000))
+    );
+    // Once only; an expired one is no code; an unknown one neither.
+    assert_eq!(
+        store.take_link_code("hash-1", now).await.expect("take"),
+        None
+    );
+    assert_eq!(
+        store.take_link_code("hash-2", now).await.expect("take"),
+        None
+    );
+    assert_eq!(
+        store.take_link_code("nothing", now).await.expect("take"),
+        None
+    );
+    // Two takers at once: one gets it.
+    store
+        .save_link_code("hash-3", "carol", 1002, now + 600.0)
+        .await
+        .expect("save");
+    let (first, second) = tokio::join!(
+        store.take_link_code("hash-3", now),
+        store.take_link_code("hash-3", now)
+    );
+    let got = [first.expect("take"), second.expect("take")];
+    assert_eq!(
+        got.iter().filter(|taken| taken.is_some()).count(),
+        1,
+        "{got:?}"
+    );
 }

@@ -372,7 +372,7 @@ impl Bot {
                 }
             }
             Command::PRIVMSG(target, body) if !from_me && !source.is_empty() => {
-                self.on_privmsg(conn, &source, target, body);
+                self.on_privmsg(conn, &source, target, body).await;
             }
             _ => {}
         }
@@ -541,7 +541,7 @@ impl Bot {
         }
     }
 
-    fn on_privmsg(&mut self, conn: &mut Connection, source: &str, target: &str, body: &str) {
+    async fn on_privmsg(&mut self, conn: &mut Connection, source: &str, target: &str, body: &str) {
         // CTCP (ACTION, VERSION...) is not a command.
         if body.starts_with('\u{1}') {
             return;
@@ -557,10 +557,10 @@ impl Bot {
         };
         let command = commands::parse(&line);
         tracing::debug!(%source, %target, ?command, "IRC command");
-        self.run_command(conn, source, &reply_to, command);
+        self.run_command(conn, source, &reply_to, command).await;
     }
 
-    fn run_command(
+    async fn run_command(
         &mut self,
         conn: &mut Connection,
         source: &str,
@@ -634,7 +634,7 @@ impl Bot {
                 self.say(conn, reply_to, &line, true);
             }
             BotCommand::Link { code } => {
-                let line = self.link(conn, source, reply_to, &code);
+                let line = self.link(conn, source, reply_to, &code).await;
                 self.say(conn, reply_to, &line, true);
             }
             BotCommand::Force {
@@ -731,10 +731,10 @@ impl Bot {
         )
     }
 
-    fn link(&self, conn: &Connection, source: &str, reply_to: &str, code: &str) -> String {
+    async fn link(&self, conn: &Connection, source: &str, reply_to: &str, code: &str) -> String {
         let links = &self.control.irc_links();
         if is_channel(reply_to) {
-            links.discard(code);
+            links.discard(code).await;
             return format!(
                 "{source}: a link code said in a channel is void now; get a new one and say it to me in private: /msg {} link CODE",
                 conn.nick
@@ -749,7 +749,7 @@ impl Bot {
                     .map_or("my channel", String::as_str)
             );
         }
-        match links.redeem(code, source) {
+        match links.redeem(code, source).await {
             Ok(account) => format!(
                 "{source} now speaks for unix user {} (until this nick quits or changes, or for {} at most)",
                 account.name,

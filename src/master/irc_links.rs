@@ -123,6 +123,18 @@ pub struct IrcLinks {
     casemapping: Mutex<CaseMapping>,
     /// Wrong codes lately, keyed by folded nick: guessing is slowed to a few tries a minute.
     failed: Mutex<FailedTries>,
+    /// With several masters: codes are also kept in the store (by their hash), so the bot of
+    /// whichever master leads redeems a code issued on any of them.
+    store: Option<crate::master::store::SharedStore>,
+}
+
+/// What the store keeps instead of a code.
+fn code_hash(code: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(code.as_bytes())
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect()
 }
 
 /// How the IRC server compares nicks and channel names (ISUPPORT `CASEMAPPING`). Two nicks
@@ -196,7 +208,14 @@ impl IrcLinks {
             bindings: Mutex::new(HashMap::new()),
             casemapping: Mutex::new(CaseMapping::default()),
             failed: Mutex::new(FailedTries::default()),
+            store: None,
         }
+    }
+
+    /// Codes kept in `store` too: for the masters of a cluster.
+    pub fn shared_through(mut self, store: crate::master::store::SharedStore) -> IrcLinks {
+        self.store = Some(store);
+        self
     }
 
     /// The server says how it compares nicks; bindings are keyed again by it.
@@ -222,8 +241,18 @@ impl IrcLinks {
     }
 
     /// A one-time code for `account`, valid for [`LINK_CODE_LIFETIME`].
-    pub fn new_code(&self, account: UnixAccount) -> String {
+    pub async fn new_code(&self, account: UnixAccount) -> String {
         let code = new_code();
+        if let Some(store) = &self.store {
+            let expires_at = crate::status::unix_now() + LINK_CODE_LIFETIME.as_secs_f64();
+            if let Err(err) = store
+                .save_link_code(&code_hash(&code), &account.name, account.uid, expires_at)
+                .await
+            {
+                // It still works with this master's bot; the log says why not elsewhere.
+                tracing::warn!("cannot share an IRC link code with the other masters: {err}");
+            }
+        }
         let mut codes = lock(&self.codes);
         let now = Instant::now();
         codes.retain(|_, (_, expires)| *expires > now);
@@ -234,16 +263,39 @@ impl IrcLinks {
     /// Uses up `code` and binds `nick` to its user (replacing what the nick had). A nick with
     /// too many wrong codes lately (or everyone, see [`MAX_FAILED_OVERALL`]) is told to wait,
     /// before its code is looked at.
-    pub fn redeem(&self, code: &str, nick: &str) -> Result<UnixAccount, LinkError> {
+    pub async fn redeem(&self, code: &str, nick: &str) -> Result<UnixAccount, LinkError> {
         let code = code.trim().to_ascii_uppercase();
         let key = self.key(nick);
         let now = Instant::now();
         lock(&self.failed).check(&key, now)?;
-        let found = lock(&self.codes)
+        let local = lock(&self.codes)
             .remove(&code)
-            .filter(|(_, expires)| *expires > now);
-        let Some((account, _)) = found else {
-            lock(&self.failed).failed(&key, now);
+            .filter(|(_, expires)| *expires > now)
+            .map(|(account, _)| account);
+        let found = match &self.store {
+            None => local,
+            // The store decides, whichever master issued the code: used once, on one master.
+            Some(store) => match store
+                .take_link_code(&code_hash(&code), crate::status::unix_now())
+                .await
+            {
+                Ok(Some((name, uid))) => local.or_else(|| {
+                    crate::unix::accounts::lookup(&name)
+                        .ok()
+                        .flatten()
+                        .filter(|account| account.uid == uid)
+                }),
+                // Used or voided on another master (or expired).
+                Ok(None) => None,
+                // The store cannot say: this master's own codes still work.
+                Err(err) => {
+                    tracing::warn!("cannot look an IRC link code up: {err}");
+                    local
+                }
+            },
+        };
+        let Some(account) = found else {
+            lock(&self.failed).failed(&key, Instant::now());
             return Err(LinkError::UnknownCode);
         };
         tracing::info!(%nick, user = %account.name, "IRC nick linked");
@@ -260,8 +312,14 @@ impl IrcLinks {
     }
 
     /// Voids a code that was shown where others could read it.
-    pub fn discard(&self, code: &str) {
-        lock(&self.codes).remove(&code.trim().to_ascii_uppercase());
+    pub async fn discard(&self, code: &str) {
+        let code = code.trim().to_ascii_uppercase();
+        lock(&self.codes).remove(&code);
+        if let Some(store) = &self.store {
+            let _ = store
+                .take_link_code(&code_hash(&code), crate::status::unix_now())
+                .await;
+        }
     }
 
     /// The user `nick` speaks for, if it is bound and the binding has not expired.
@@ -327,13 +385,19 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_code_binds_once_and_the_binding_ends_on_unbind() {
+    #[tokio::test]
+    async fn a_code_binds_once_and_the_binding_ends_on_unbind() {
         let links = IrcLinks::new(Duration::from_secs(3600));
-        let code = links.new_code(alice());
+        let code = links.new_code(alice()).await;
         assert_eq!(code.len(), 9);
-        assert_eq!(links.redeem(&code.to_lowercase(), "Al[ice]"), Ok(alice()));
-        assert_eq!(links.redeem(&code, "mallory"), Err(LinkError::UnknownCode));
+        assert_eq!(
+            links.redeem(&code.to_lowercase(), "Al[ice]").await,
+            Ok(alice())
+        );
+        assert_eq!(
+            links.redeem(&code, "mallory").await,
+            Err(LinkError::UnknownCode)
+        );
         assert_eq!(
             links.account_of("al{ICE}"),
             Some(alice()),
@@ -345,12 +409,12 @@ mod tests {
         assert!(links.list().is_empty());
     }
 
-    #[test]
-    fn an_ascii_server_keeps_brackets_and_braces_apart() {
+    #[tokio::test]
+    async fn an_ascii_server_keeps_brackets_and_braces_apart() {
         let links = IrcLinks::new(Duration::from_secs(3600));
         links.set_casemapping(CaseMapping::from_isupport("ascii"));
-        let code = links.new_code(alice());
-        links.redeem(&code, "dev[a]").expect("code works");
+        let code = links.new_code(alice()).await;
+        links.redeem(&code, "dev[a]").await.expect("code works");
         assert_eq!(links.account_of("DEV[A]"), Some(alice()));
         assert_eq!(links.account_of("dev{a}"), None, "another person on ngIRCd");
         links.unbind("dev{a}", "quit");
@@ -408,17 +472,17 @@ mod tests {
         ));
     }
 
-    #[test]
-    fn a_limited_nick_cannot_redeem_even_a_good_code() {
+    #[tokio::test]
+    async fn a_limited_nick_cannot_redeem_even_a_good_code() {
         let links = IrcLinks::new(Duration::from_secs(3600));
         for _ in 0..MAX_FAILED_PER_NICK {
             assert_eq!(
-                links.redeem("AAAA-AAAA", "mallory"),
+                links.redeem("AAAA-AAAA", "mallory").await,
                 Err(LinkError::UnknownCode)
             );
         }
-        let code = links.new_code(alice());
-        let refused = links.redeem(&code, "Mallory").expect_err("limited");
+        let code = links.new_code(alice()).await;
+        let refused = links.redeem(&code, "Mallory").await.expect_err("limited");
         assert!(
             refused
                 .to_string()
@@ -426,17 +490,52 @@ mod tests {
             "{refused}"
         );
         assert_eq!(
-            links.redeem(&code, "alice"),
+            links.redeem(&code, "alice").await,
             Ok(alice()),
             "the code was not used up"
         );
     }
 
-    #[test]
-    fn a_binding_expires() {
+    #[tokio::test]
+    async fn a_binding_expires() {
         let links = IrcLinks::new(Duration::ZERO);
-        let code = links.new_code(alice());
-        links.redeem(&code, "alice").expect("code works");
+        let code = links.new_code(alice()).await;
+        links.redeem(&code, "alice").await.expect("code works");
         assert_eq!(links.account_of("alice"), None);
+    }
+
+    #[tokio::test]
+    async fn a_code_issued_on_one_master_is_redeemed_once_on_another() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store: crate::master::store::SharedStore = std::sync::Arc::new(
+            crate::master::store::sqlite::SqliteStore::open(&dir.path().join("state.sqlite"))
+                .expect("store"),
+        );
+        let issuing =
+            IrcLinks::new(Duration::from_secs(3600)).shared_through(std::sync::Arc::clone(&store));
+        let leading =
+            IrcLinks::new(Duration::from_secs(3600)).shared_through(std::sync::Arc::clone(&store));
+        let root = crate::unix::accounts::lookup("root")
+            .expect("passwd readable")
+            .expect("root exists");
+        let code = issuing.new_code(root.clone()).await;
+        assert_eq!(leading.redeem(&code, "alice").await, Ok(root.clone()));
+        assert_eq!(leading.account_of("alice"), Some(root.clone()));
+        // Once: neither master takes it again.
+        assert_eq!(
+            leading.redeem(&code, "bob").await,
+            Err(LinkError::UnknownCode)
+        );
+        assert_eq!(
+            issuing.redeem(&code, "bob").await,
+            Err(LinkError::UnknownCode)
+        );
+        // A code said in a channel is void on every master.
+        let code = issuing.new_code(root).await;
+        leading.discard(&code).await;
+        assert_eq!(
+            issuing.redeem(&code, "carol").await,
+            Err(LinkError::UnknownCode)
+        );
     }
 }

@@ -489,6 +489,26 @@ pub(crate) mod testing {
             self.0.hold_singleton(job, owner, lease).await
         }
 
+        async fn save_link_code(
+            &self,
+            code_hash: &str,
+            account: &str,
+            uid: u32,
+            expires_at: f64,
+        ) -> Result<(), StoreError> {
+            self.0
+                .save_link_code(code_hash, account, uid, expires_at)
+                .await
+        }
+
+        async fn take_link_code(
+            &self,
+            code_hash: &str,
+            now: f64,
+        ) -> Result<Option<(String, u32)>, StoreError> {
+            self.0.take_link_code(code_hash, now).await
+        }
+
         async fn take_master_locks(
             &self,
             owner: &MasterLease,

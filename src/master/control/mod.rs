@@ -263,6 +263,11 @@ impl Control {
                     irc.link_ttl
                 }),
         );
+        let irc_links = if store.is_shared() {
+            irc_links.shared_through(Arc::clone(&store))
+        } else {
+            irc_links
+        };
         let events = Arc::new(match journal {
             Some((epoch, journal)) => EventLog::journaled(epoch, journal),
             None => EventLog::new(),

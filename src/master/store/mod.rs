@@ -365,6 +365,24 @@ pub trait Store: Send + Sync {
         holder: &str,
     ) -> Result<(), StoreError>;
 
+    /// Keeps a one-time IRC link code (by its hash) issued to `account` (name and uid) until
+    /// `expires_at`, so the bot of whichever master leads can redeem it.
+    async fn save_link_code(
+        &self,
+        code_hash: &str,
+        account: &str,
+        uid: u32,
+        expires_at: f64,
+    ) -> Result<(), StoreError>;
+
+    /// Uses a stored link code up: the account it was issued to, if it is known and not
+    /// expired at `now`. It is gone afterwards either way, on every master.
+    async fn take_link_code(
+        &self,
+        code_hash: &str,
+        now: f64,
+    ) -> Result<Option<(String, u32)>, StoreError>;
+
     /// Every master the store has seen, by name.
     async fn masters(&self) -> Result<Vec<MasterRow>, StoreError>;
 

@@ -41,7 +41,7 @@ impl IrcLink {
             io.print(&out).await;
             return 0;
         }
-        let code = links.new_code(user.clone());
+        let code = links.new_code(user.clone()).await;
         tracing::info!(user = %user.name, "IRC link code issued");
         io.print(&format!(
             "{code}\nsay on IRC, within {} minutes: /msg {} link {code}\n(the link lasts {} at most, and ends when that nick quits or changes nick)\n",

@@ -176,6 +176,13 @@ pub const MIGRATIONS: &[&str] = &[
         data BYTEA NOT NULL,
         PRIMARY KEY (build_id, step, stream, byte_offset)
     );",
+    // 14: one-time IRC link codes, redeemed by the leading master's bot (hashes only).
+    "CREATE TABLE irc_link_codes (
+        code_hash TEXT PRIMARY KEY,
+        account TEXT NOT NULL,
+        uid BIGINT NOT NULL,
+        expires_at DOUBLE PRECISION NOT NULL
+    );",
 ];
 
 /// The first key of every advisory lock this store takes ("bb"), the second names what is

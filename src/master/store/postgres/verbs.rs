@@ -995,6 +995,58 @@ impl Store for PgStore {
         self.hold(job, owner, lease).await
     }
 
+    async fn save_link_code(
+        &self,
+        code_hash: &str,
+        account: &str,
+        uid: u32,
+        expires_at: f64,
+    ) -> Result<(), StoreError> {
+        let mut client = self.client().await?;
+        let transaction = client.transaction().await?;
+        transaction
+            .execute(
+                "DELETE FROM irc_link_codes WHERE expires_at <= $1",
+                &[&now()],
+            )
+            .await?;
+        transaction
+            .execute(
+                "INSERT INTO irc_link_codes (code_hash, account, uid, expires_at)
+                 VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (code_hash) DO UPDATE SET account = EXCLUDED.account,
+                   uid = EXCLUDED.uid, expires_at = EXCLUDED.expires_at",
+                &[&code_hash, &text(account), &i64::from(uid), &expires_at],
+            )
+            .await?;
+        transaction.commit().await?;
+        Ok(())
+    }
+
+    async fn take_link_code(
+        &self,
+        code_hash: &str,
+        now: f64,
+    ) -> Result<Option<(String, u32)>, StoreError> {
+        // DELETE ... RETURNING: two bots taking one code at once, one of them gets it.
+        let row = self
+            .client()
+            .await?
+            .query_opt(
+                "DELETE FROM irc_link_codes WHERE code_hash = $1
+                 RETURNING account, uid, expires_at",
+                &[&code_hash],
+            )
+            .await?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let (account, uid, expires_at): (String, i64, f64) =
+            (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
+        let uid = u32::try_from(uid).map_err(|_| StoreError::BadValue(format!("uid {uid}")))?;
+        Ok((expires_at > now).then_some((account, uid)))
+    }
+
     async fn take_master_locks(
         &self,
         owner: &MasterLease,

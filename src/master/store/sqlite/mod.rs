@@ -196,6 +196,14 @@ pub const MIGRATIONS: &[&str] = &[
         data BLOB NOT NULL,
         PRIMARY KEY (build_id, step, stream, byte_offset)
     );",
+    // 14: one-time IRC link codes, so the bot of the leading master redeems a code that
+    // `ssh master irc-link` issued on any master (only the code's hash is kept).
+    "CREATE TABLE irc_link_codes (
+        code_hash TEXT PRIMARY KEY,
+        account TEXT NOT NULL,
+        uid INTEGER NOT NULL,
+        expires_at REAL NOT NULL
+    );",
 ];
 
 /// The SQLite store.
@@ -1423,6 +1431,58 @@ impl Store for SqliteStore {
 
     async fn masters(&self) -> Result<Vec<MasterRow>, StoreError> {
         self.run(|c| masters(c)).await
+    }
+
+    async fn save_link_code(
+        &self,
+        code_hash: &str,
+        account: &str,
+        uid: u32,
+        expires_at: f64,
+    ) -> Result<(), StoreError> {
+        let (code_hash, account) = (code_hash.to_string(), account.to_string());
+        self.run(move |c| {
+            let transaction = c.transaction()?;
+            transaction.execute(
+                "DELETE FROM irc_link_codes WHERE expires_at <= ?1",
+                params![now()],
+            )?;
+            transaction.execute(
+                "INSERT OR REPLACE INTO irc_link_codes (code_hash, account, uid, expires_at)
+                 VALUES (?1, ?2, ?3, ?4)",
+                params![code_hash, account, uid, expires_at],
+            )?;
+            transaction.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn take_link_code(
+        &self,
+        code_hash: &str,
+        now: f64,
+    ) -> Result<Option<(String, u32)>, StoreError> {
+        let code_hash = code_hash.to_string();
+        self.run(move |c| {
+            let transaction = c.transaction()?;
+            let found: Option<(String, u32, f64)> = transaction
+                .query_row(
+                    "SELECT account, uid, expires_at FROM irc_link_codes WHERE code_hash = ?1",
+                    params![code_hash],
+                    |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
+                )
+                .optional()?;
+            transaction.execute(
+                "DELETE FROM irc_link_codes WHERE code_hash = ?1",
+                params![code_hash],
+            )?;
+            transaction.commit()?;
+            Ok(found
+                .filter(|(_, _, expires_at)| *expires_at > now)
+                .map(|(account, uid, _)| (account, uid)))
+        })
+        .await
     }
 
     async fn take_master_locks(
