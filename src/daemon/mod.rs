@@ -181,8 +181,12 @@ pub async fn run(
         .context("cannot read the builders' last builds")?;
     // One master of a cluster fires the schedulers, polls and runs the IRC bot; with the
     // embedded store this one, from the start.
-    let leads_now =
-        crate::master::lease::lead(store_for_lead.as_ref(), &owner, config.database.lease).await;
+    let leads_now = crate::master::lease::lead(
+        store_for_lead.as_ref(),
+        &owner,
+        crate::master::lease::held_for(store_for_lead.as_ref(), &config),
+    )
+    .await;
     let (leading_tx, leading) = tokio::sync::watch::channel(leads_now);
     let lease_parts = control.lease_parts(
         listening.ssh.to_string(),

@@ -32,6 +32,7 @@ pub struct LeaseParts {
     pub store: SharedStore,
     pub roster: Arc<Roster>,
     pub board: Arc<Board>,
+    pub metrics: Arc<crate::master::metrics::Metrics>,
     /// The listeners' addresses, as bound.
     pub ssh: String,
     pub http: String,
@@ -92,6 +93,16 @@ pub fn config_digest(config: &Config) -> String {
         .collect()
 }
 
+/// How long a lease is registered and held for: `[database] lease` with a shared store; with
+/// the embedded one (one master, no renewals) long enough never to run out.
+pub fn held_for(store: &dyn Store, config: &Config) -> Duration {
+    if store.is_shared() {
+        config.database.lease
+    } else {
+        Duration::from_secs(100 * 365 * 24 * 3600)
+    }
+}
+
 /// Registers a new run of this master, waiting (at most one lease and a bit) for the lease of
 /// a previous run of the same name to run out: a master killed and restarted at once finds
 /// its old run still holding.
@@ -101,7 +112,7 @@ pub async fn register(
     info: &MasterInfo,
     shutdown: &CancellationToken,
 ) -> Result<MasterLease, StoreError> {
-    let lease = config.database.lease;
+    let lease = held_for(store, config);
     let deadline = tokio::time::Instant::now() + lease + Duration::from_secs(2);
     let mut told = false;
     loop {
@@ -199,6 +210,16 @@ pub async fn run(
     lease: MasterLease,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    if !parts.store.is_shared() {
+        // One master on its own file: nobody else could take over, so nothing is renewed and
+        // an idle master stays idle; its lease is registered to last (`held_for`).
+        parts.metrics.set_cluster(lease.epoch, true, 1);
+        shutdown.cancelled().await;
+        if let Err(err) = parts.store.retire_master(&lease).await {
+            tracing::warn!("cannot end this master's lease: {err}");
+        }
+        return Ok(());
+    }
     loop {
         let lasts = parts.config.current().database.lease;
         tokio::select! {
@@ -216,6 +237,11 @@ pub async fn run(
                     }
                     std::mem::replace(leading, leads) != leads
                 });
+                let alive = match parts.store.masters().await {
+                    Ok(masters) => masters.iter().filter(|master| master.alive).count(),
+                    Err(_) => 0,
+                };
+                parts.metrics.set_cluster(lease.epoch, leads, alive);
             }
             Err(fenced @ StoreError::Fenced { .. }) => {
                 return Err(anyhow::anyhow!(

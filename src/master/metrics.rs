@@ -88,6 +88,11 @@ pub struct Metrics {
     ssh_auth_failures: Family<ReasonLabels, Counter>,
     log_bytes: Counter,
     lock_waits: Family<LockLabels, Counter>,
+    /// This master in its cluster: its run's epoch, whether it leads the cluster's jobs, how
+    /// many masters' leases hold (set by the lease task).
+    master_epoch: Gauge,
+    master_leads: Gauge,
+    masters_alive: Gauge,
     /// Published by the executor; turned into the queue gauges at each scrape.
     queues: Mutex<BTreeMap<String, QueueGauge>>,
 }
@@ -158,8 +163,29 @@ impl Metrics {
             "Times a build or step had to wait for a lock, by lock",
             lock_waits.clone(),
         );
+        let master_epoch = Gauge::default();
+        registry.register(
+            "buildbot_master_epoch",
+            "The run of this master (each start takes the next)",
+            master_epoch.clone(),
+        );
+        let master_leads = Gauge::default();
+        registry.register(
+            "buildbot_master_leads",
+            "1 while this master leads the cluster's jobs (schedulers, pollers, the IRC bot)",
+            master_leads.clone(),
+        );
+        let masters_alive = Gauge::default();
+        registry.register(
+            "buildbot_masters_alive",
+            "Masters of the cluster whose lease holds, this one included",
+            masters_alive.clone(),
+        );
         Metrics {
             registry,
+            master_epoch,
+            master_leads,
+            masters_alive,
             builds,
             build_duration,
             queue_length,
@@ -199,6 +225,14 @@ impl Metrics {
 
     pub fn log_bytes(&self, count: usize) {
         self.log_bytes.inc_by(count as u64);
+    }
+
+    /// This master's place in its cluster, as the lease task last saw it.
+    pub fn set_cluster(&self, epoch: i64, leads: bool, masters_alive: usize) {
+        self.master_epoch.set(epoch);
+        self.master_leads.set(i64::from(leads));
+        self.masters_alive
+            .set(i64::try_from(masters_alive).unwrap_or(i64::MAX));
     }
 
     pub fn lock_wait(&self, lock: &str) {

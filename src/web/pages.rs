@@ -303,6 +303,9 @@ pub async fn masters(
                     "ended {}",
                     crate::web::views::format_time(row.lease_expires_at)
                 )
+            } else if left > 86_400.0 {
+                // One master on its own file: its lease is not renewed and does not run out.
+                "held (one master)".to_string()
             } else {
                 format!("{:.0}s left", left.max(0.0))
             };

@@ -146,6 +146,14 @@ fn a_job_sent_to_one_master_builds_on_another_and_is_seen_and_stopped_from_the_f
     });
     let rows = masters_seen.as_array().expect("masters");
     assert_eq!(rows.len(), 2, "{masters_seen}");
+    // Each master's /metrics says where it stands in the cluster.
+    wait_until("A's metrics to count both masters", || {
+        crate::harness::http_client()
+            .get(format!("http://127.0.0.1:{}/metrics", a.http_port))
+            .send()
+            .and_then(|response| response.text())
+            .is_ok_and(|text| text.contains("buildbot_masters_alive 2"))
+    });
     assert!(
         rows.iter()
             .all(|row| row["alive"] == true && row["config_differs"] == false),

@@ -389,6 +389,7 @@ impl Control {
             store: Arc::clone(&self.store),
             roster: Arc::clone(&self.roster),
             board: Arc::clone(&self.board),
+            metrics: Arc::clone(&self.metrics),
             ssh,
             http,
         }
