@@ -614,7 +614,7 @@ def live(kind):
                 for reader in readers:
                     reader.join(timeout=LINES * 0.1 + 120)
             out["live"] = ([(m.name, r) for m, r in zip(masters, readers)], load)
-        if "events" not in SKIP and db_pg:
+        if "events" not in SKIP:
             out["events"] = events_latency(masters, db, label)
         return out
     finally:
@@ -622,10 +622,10 @@ def live(kind):
 
 
 def events_latency(masters, db, label):
-    """`ssh B watch --follow --json` while trivial builds run on A's slave."""
-    a, b = masters[0], masters[1]
+    """`ssh B watch --follow --json` (and on A) while trivial builds run on A's slave."""
+    a = masters[0]
     watchers = []
-    for master in (b, a):
+    for master in list(reversed(masters[1:])) + [a]:
         proc = spawn(["ssh", *SSH_OPTS, "-p", str(master.ssh_port), f"{USER}@127.0.0.1",
                       "watch", "--follow", "--json", "noop"],
                      stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
@@ -683,14 +683,15 @@ def live_section():
         if "events" in out:
             watchers, load = out["events"]
             for index, (name, delays) in enumerate(watchers):
-                where = "another master (B)" if index == 0 else "the same master (A)"
-                results[f"events_{name}"] = {
+                where = ("one SQLite master" if kind == "SQLite" else
+                         ("another master (B)" if index == 0 else "the same master (A)"))
+                results[f"events_{kind.lower()}_{name}"] = {
                     "events": len(delays),
                     "p50_ms": statistics.median(delays) if delays else None,
                     "p99_ms": percentile(delays, 99)}
                 row("live", f"an event on A (20 builds) -> `watch --follow` on {where}",
                     latency_text(delays).replace("lines", "events"),
-                    "p99 < 250 ms" if index == 0 else "—", load)
+                    "p99 < 250 ms" if where.startswith("another") else "—", load)
 
 
 # ---- failover ------------------------------------------------------------------------------------
@@ -887,6 +888,10 @@ finally:
 with open("/proc/loadavg") as f:
     results["loadavg_at_end"] = f.read().split()[:3]
 results["cpus"] = os.cpu_count()
+commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                        text=True).stdout.strip()
+results["commit"] = commit
+print(f"commit {commit or '?'}, {BB}, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
 width = [max([len(r[1]) for r in rows] + [8]), max([len(r[2]) for r in rows] + [6])]
 print(f"buildbot multi-master bench ({os.cpu_count()} CPUs; load = 1-min load average at the end "
       f"of the figure, busy = all CPUs during it, everything on the machine counted)")
