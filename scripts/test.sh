@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it: installs what the tests need when it is missing
-# (OpenSSH client, git, ngircd), then checks formatting and lints, and runs every test.
+# (OpenSSH client, git, ngircd, PostgreSQL), then checks formatting and lints, and runs every test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,6 +15,9 @@ command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 # The browser test drives Debian's Chromium through chromedriver.
 [ -x /usr/bin/chromium ] || missing+=(chromium)
 [ -x /usr/bin/chromedriver ] || missing+=(chromium-driver)
+# The store conformance suite runs each case against a private PostgreSQL server it starts
+# itself (tests/support/postgres.rs); it needs Debian's server binaries.
+compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || missing+=(postgresql)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing: ${missing[*]}"
   sudo=""

@@ -48,6 +48,12 @@ fn main() -> ExitCode {
 fn init_tracing(default_level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    // tokio_postgres logs statements with their parameters at debug: patches and session
+    // hashes have no place in a log, whatever RUST_LOG asks.
+    let filter = match "tokio_postgres=info".parse() {
+        Ok(cap) => filter.add_directive(cap),
+        Err(_) => filter,
+    };
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -20,7 +20,6 @@ use crate::master::config::Config;
 use crate::master::control::Control;
 use crate::master::sessions::Sessions;
 use crate::master::store::SharedStore;
-use crate::master::store::sqlite::SqliteStore;
 use crate::master::{executor, intake, poller, schedulers};
 use crate::spool::maildir::{Maildir, Owner, Spool};
 use crate::sshd::{self, SshdContext};
@@ -120,12 +119,18 @@ pub async fn run(
     on_listening(&listening);
 
     let history_path = config.master_dir.join("state.sqlite");
-    let store: SharedStore = Arc::new(SqliteStore::open(&history_path).with_context(|| {
-        format!(
-            "cannot open the history database {}",
-            history_path.display()
-        )
-    })?);
+    let store: SharedStore =
+        crate::master::store::open(&config.database, &config.master_dir, &shutdown)
+            .await
+            .with_context(|| match &config.database.backend {
+                crate::master::config::Backend::Sqlite => {
+                    format!(
+                        "cannot open the history database {}",
+                        history_path.display()
+                    )
+                }
+                postgres => format!("cannot open the database {}", postgres.shown()),
+            })?;
     let store_for_lead = Arc::clone(&store);
     let sessions = Sessions::load(Arc::clone(&store)).await;
     let owner = crate::master::lease::register(

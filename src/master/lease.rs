@@ -48,6 +48,7 @@ impl LeaseParts {
                 .into_iter()
                 .map(|build| format!("{} #{}", build.builder, build.number))
                 .collect(),
+            leads: *self.leading.borrow(),
             ..starting_info(config, &self.ssh, &self.http)
         }
     }
@@ -62,6 +63,7 @@ pub fn starting_info(config: &Config, ssh: &str, http: &str) -> MasterInfo {
         version: env!("CARGO_PKG_VERSION").to_string(),
         slaves: Vec::new(),
         builds: Vec::new(),
+        leads: false,
     }
 }
 

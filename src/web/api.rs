@@ -338,6 +338,8 @@ pub struct MasterRow {
     pub config_digest: String,
     /// Its config differs from this master's (what masters of one cluster share).
     pub config_differs: bool,
+    /// It leads the cluster's jobs (schedulers, pollers, the IRC bot).
+    pub leads: bool,
     /// The master answering.
     pub this: bool,
 }
@@ -349,6 +351,7 @@ pub async fn master_rows(state: &AppState) -> Result<Vec<MasterRow>, WebError> {
         .into_iter()
         .map(|row| MasterRow {
             config_differs: row.alive && row.info.config_digest != digest,
+            leads: row.alive && row.info.leads,
             this: row.name == this,
             name: row.name,
             state: if row.state == "up" && !row.alive {

@@ -348,7 +348,7 @@ mod tests {
             "columns": [{"name": "linux", "state": "idle", "state_class": "idle", "boxes": [waterfall_box]}]});
         let master = serde_json::json!({"name": "ci-a", "state": "up", "alive": true, "epoch": 3,
             "started": "now", "lease": "7s left", "ssh": "a:2222", "http": "a:8010", "slaves": "s1",
-            "builds": "linux #3", "config_differs": true, "this": true});
+            "builds": "linux #3", "config_differs": true, "leads": true, "this": true});
         let context = tera::Context::from_serialize(&serde_json::json!({
             "master_name": "m", "host_key": "SHA256:x", "user": "alice", "builders": [builder.clone()],
             "builder": builder, "builds": [build.clone()], "queue": [{"id": 4, "builder": "linux", "position": 1, "kind": "force", "why": "forced by alice: x",

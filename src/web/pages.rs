@@ -293,6 +293,7 @@ pub async fn masters(
                 "slaves": row.slaves.join(", "),
                 "builds": row.builds.join(", "),
                 "config_differs": row.config_differs,
+                "leads": row.leads,
                 "this": row.this,
             })
         })

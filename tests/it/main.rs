@@ -14,8 +14,11 @@ mod harness;
 mod irc;
 mod lock_levels;
 mod locks;
+mod multimaster;
 mod ops_web;
 mod patches;
+#[path = "../support/postgres.rs"]
+mod postgres;
 mod reconfig;
 mod repo;
 mod security;

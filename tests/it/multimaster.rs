@@ -80,7 +80,7 @@ fn masters(list: &[&TestMaster]) -> impl FnOnce(&mut String) {
         .map(|master| format!("\"127.0.0.1:{}\"", master.ssh_port))
         .collect();
     move |config: &mut String| {
-        keepalive("1s", "3s")(config);
+        keepalive("2s", "1s")(config);
         let start = config.find("master = ").expect("master line");
         let end = start + config[start..].find('\n').expect("line end");
         config.replace_range(start..end, &format!("master = [{}]", addresses.join(", ")));
@@ -122,27 +122,42 @@ fn a_job_sent_to_one_master_builds_on_another_and_is_seen_and_stopped_from_the_f
     // A try job sent to A: it builds on B's slave, and `try --wait` on A follows it to the end.
     let waited = run_with_timeout(a.try_command(&checkout.work, "linux", true), None);
     let stdout = text(&waited.stdout);
-    assert_eq!(waited.status.code(), Some(0), "{stdout}\n{}", text(&waited.stderr));
+    assert_eq!(
+        waited.status.code(),
+        Some(0),
+        "{stdout}\n{}",
+        text(&waited.stderr)
+    );
     assert!(stdout.contains("linux #1"), "{stdout}");
     let on_a = &builds(&a)[0];
     assert_eq!(on_a["number"], 1, "{on_a}");
     assert_eq!(on_a["result"], "success", "{on_a}");
     assert_eq!(on_a["slave"], "s1", "{on_a}");
-    // B's master list shows both, alive, with one config.
-    let masters_seen = b.api("/api/masters");
+    // A's master list shows both, alive, with one config, and (from B's next renewal of its
+    // lease) the slave on B.
+    let mut masters_seen = serde_json::Value::Null;
+    wait_until("A to show s1 on B", || {
+        masters_seen = a.api("/api/masters");
+        masters_seen.as_array().is_some_and(|rows| {
+            rows.iter()
+                .any(|row| row["name"] == "ci-b" && row["slaves"] == serde_json::json!(["s1"]))
+        })
+    });
     let rows = masters_seen.as_array().expect("masters");
     assert_eq!(rows.len(), 2, "{masters_seen}");
-    assert!(rows.iter().all(|row| row["alive"] == true && row["config_differs"] == false), "{masters_seen}");
-    let slaves_of_b = rows
-        .iter()
-        .find(|row| row["name"] == "ci-b")
-        .map(|row| row["slaves"].clone())
-        .expect("B's row");
-    assert_eq!(slaves_of_b, serde_json::json!(["s1"]), "{masters_seen}");
+    assert!(
+        rows.iter()
+            .all(|row| row["alive"] == true && row["config_differs"] == false),
+        "{masters_seen}"
+    );
 
     // A hanging build forced on A runs on B; a stop asked on A stops it there.
     std::fs::write(shared.path().join("hang"), "").expect("hang marker");
-    let forced = a.ssh(&a.user_key, &current_user(), "force linux --reason 'hang on B'");
+    let forced = a.ssh(
+        &a.user_key,
+        &current_user(),
+        "force linux --reason 'hang on B'",
+    );
     assert_eq!(forced.status.code(), Some(0), "{}", text(&forced.stderr));
     let step_pid = wait_for_pid(&shared.path().join("pid"));
     wait_until("A to see build #2 running", || {
@@ -155,8 +170,16 @@ fn a_job_sent_to_one_master_builds_on_another_and_is_seen_and_stopped_from_the_f
         &current_user(),
         "stop linux 2 --reason 'stopped from A'",
     );
-    assert_eq!(stopped.status.code(), Some(0), "{}\n{}", text(&stopped.stdout), text(&stopped.stderr));
-    wait_until("the step on B's slave to be killed", || !process_running(step_pid));
+    assert_eq!(
+        stopped.status.code(),
+        Some(0),
+        "{}\n{}",
+        text(&stopped.stdout),
+        text(&stopped.stderr)
+    );
+    wait_until("the step on B's slave to be killed", || {
+        !process_running(step_pid)
+    });
     let second = builds(&b)
         .into_iter()
         .find(|build| build["number"] == 2)
@@ -176,7 +199,11 @@ fn a_killed_masters_build_is_retried_on_another_exactly_once() {
     a.wait_connected("s1");
 
     std::fs::write(shared.path().join("hang"), "").expect("hang marker");
-    let forced = a.ssh(&a.user_key, &current_user(), "force linux --reason 'dies with A'");
+    let forced = a.ssh(
+        &a.user_key,
+        &current_user(),
+        "force linux --reason 'dies with A'",
+    );
     assert_eq!(forced.status.code(), Some(0), "{}", text(&forced.stderr));
     let step_pid = wait_for_pid(&shared.path().join("pid"));
     // The retry may run through.
@@ -184,7 +211,9 @@ fn a_killed_masters_build_is_retried_on_another_exactly_once() {
     let killed_at = Instant::now();
     a.kill_hard();
     b.wait_connected("s1");
-    wait_until("the killed master's step to be gone", || !process_running(step_pid));
+    wait_until("the killed master's step to be gone", || {
+        !process_running(step_pid)
+    });
     wait_until("the build to be retried and finish on B", || {
         builds(&b)
             .iter()
@@ -196,7 +225,9 @@ fn a_killed_masters_build_is_retried_on_another_exactly_once() {
     let second = all.iter().find(|build| build["number"] == 2).expect("#2");
     assert_eq!(first["result"], "exception", "{first}");
     assert!(
-        first["reason"].as_str().is_some_and(|reason| reason.contains("master ci-a lost")),
+        first["reason"]
+            .as_str()
+            .is_some_and(|reason| reason.contains("master ci-a lost")),
         "{first}"
     );
     assert_eq!(second["result"], "success", "{second}");
@@ -225,7 +256,11 @@ fn a_stalled_master_coming_back_is_fenced_and_its_build_ran_once_elsewhere() {
     let _slave = a.launch_slave("s1", masters(&[&a, &b]));
     a.wait_connected("s1");
     std::fs::write(shared.path().join("hang"), "").expect("hang marker");
-    let forced = a.ssh(&a.user_key, &current_user(), "force linux --reason 'A stalls'");
+    let forced = a.ssh(
+        &a.user_key,
+        &current_user(),
+        "force linux --reason 'A stalls'",
+    );
     assert_eq!(forced.status.code(), Some(0), "{}", text(&forced.stderr));
     let step_pid = wait_for_pid(&shared.path().join("pid"));
     std::fs::remove_file(shared.path().join("hang")).expect("hang marker removed");
@@ -233,7 +268,9 @@ fn a_stalled_master_coming_back_is_fenced_and_its_build_ran_once_elsewhere() {
     signal(a.pid(), nix::sys::signal::Signal::SIGSTOP);
     // The slave gives the silent master up, B takes the build over and runs it again.
     b.wait_connected("s1");
-    wait_until("the stalled master's step to be gone", || !process_running(step_pid));
+    wait_until("the stalled master's step to be gone", || {
+        !process_running(step_pid)
+    });
     wait_until("the build to be retried and finish on B", || {
         builds(&b)
             .iter()
@@ -242,7 +279,9 @@ fn a_stalled_master_coming_back_is_fenced_and_its_build_ran_once_elsewhere() {
     signal(a.pid(), nix::sys::signal::Signal::SIGCONT);
     // A learns it was declared lost at its next renewal and stops; what it still tried to
     // write about build #1 was refused.
-    wait_until("the fenced master to stop", || !process_running(a.pid() as i32));
+    wait_until("the fenced master to stop", || {
+        !process_running(a.pid() as i32)
+    });
     let log = a.log();
     assert!(log.contains("was declared lost by the cluster"), "{log}");
     let all = builds(&b);
@@ -250,8 +289,394 @@ fn a_stalled_master_coming_back_is_fenced_and_its_build_ran_once_elsewhere() {
     let first = all.iter().find(|build| build["number"] == 1).expect("#1");
     assert_eq!(first["result"], "exception", "{first}");
     assert!(
-        first["reason"].as_str().is_some_and(|reason| reason.contains("master ci-a lost")),
+        first["reason"]
+            .as_str()
+            .is_some_and(|reason| reason.contains("master ci-a lost")),
         "{first}"
     );
     a.kill_hard();
+}
+
+/// The masters' rows in `master`'s `/api/masters`, by name.
+fn leader_of(master: &TestMaster) -> Option<String> {
+    master
+        .api("/api/masters")
+        .as_array()
+        .expect("masters")
+        .iter()
+        .find(|row| row["leads"] == true && row["alive"] == true)
+        .and_then(|row| row["name"].as_str().map(str::to_string))
+}
+
+/// Builds of `builder` as `master` lists them (newest first).
+fn builds_of(master: &TestMaster, builder: &str) -> Vec<serde_json::Value> {
+    master
+        .api(&format!("/api/builds?builder={builder}&limit=200"))
+        .as_array()
+        .cloned()
+        .expect("a list of builds")
+}
+
+#[test]
+fn a_periodic_scheduler_and_a_poller_fire_once_per_cluster_and_go_on_after_the_leader_dies() {
+    let url = fresh_database();
+    let checkout = Checkout::new();
+    let steps = r#"{ name = "test", command = "true" },"#;
+    let cluster_jobs = format!(
+        "\n[[builder]]\nname = \"polled\"\nslaves = [\"s1\"]\nrepo = \"{repo}\"\nbranch = \"main\"\n\
+         steps = [ {{ name = \"test\", command = \"true\" }} ]\n\
+         \n[[scheduler]]\nkind = \"periodic\"\nname = \"tick\"\nbuilders = [\"linux\"]\ninterval = \"3s\"\nbranch = \"main\"\n\
+         \n[[scheduler]]\nkind = \"branch\"\nname = \"on-main\"\nbuilders = [\"polled\"]\nbranches = [\"main\"]\ntree_stable_timer = \"1s\"\n\
+         \n[[change_source]]\nkind = \"git-poll\"\nrepo = \"{repo}\"\nbranches = [\"main\"]\ninterval = \"1s\"\n",
+        repo = checkout.upstream.display()
+    );
+    let mut setup = MasterSetup::linux_builder(&["s1"], &checkout.upstream, steps);
+    setup.extra_config.push_str(&cluster_jobs);
+    setup.extra_config.push_str(&database_section(&url));
+    setup.edits.push(named("ci-a"));
+    let a = TestMaster::start_with(setup);
+    let member = |name: &str| {
+        let slave_key = std::fs::read_to_string(a.slaves_dir.path().join("s1/slave_key.pub"))
+            .expect("s1's public key");
+        let mut setup = MasterSetup::linux_builder(&[], &checkout.upstream, steps);
+        setup.extra_config = format!(
+            "\n[[slave]]\nname = \"s1\"\npublic_key = \"{}\"\n{}{}{}",
+            slave_key.trim(),
+            setup
+                .extra_config
+                .replace("slaves = []", "slaves = [\"s1\"]"),
+            cluster_jobs,
+            database_section(&url),
+        );
+        setup.host_key_of = Some(a.path().to_path_buf());
+        setup.edits.push(named(name));
+        TestMaster::start_with(setup)
+    };
+    let b = member("ci-b");
+    let c = member("ci-c");
+    // The slave builds on C (then B, then A).
+    let _slave = a.launch_slave("s1", masters(&[&c, &b, &a]));
+    c.wait_connected("s1");
+    let mut leader = None;
+    wait_until("one master to lead the cluster's jobs", || {
+        leader = leader_of(&c);
+        leader.is_some()
+    });
+    let leader = leader.expect("a leader");
+    let rows = c.api("/api/masters");
+    let leading: Vec<_> = rows
+        .as_array()
+        .expect("masters")
+        .iter()
+        .filter(|row| row["leads"] == true)
+        .collect();
+    assert_eq!(leading.len(), 1, "{rows}");
+
+    // Three masters, one period of 3 s: about one build per period, not three.
+    let window = Duration::from_secs(12);
+    let before = builds_of(&c, "linux").len();
+    std::thread::sleep(window);
+    let fired = builds_of(&c, "linux").len() - before;
+    assert!(
+        (2..=5).contains(&fired),
+        "{fired} periodic builds in {window:?} at one per 3 s"
+    );
+
+    // A commit pushed once is polled and built once.
+    let clone = {
+        let parent = checkout.upstream.parent().expect("temp dir");
+        crate::repo::git(
+            parent,
+            &[
+                "clone",
+                "-q",
+                checkout.upstream.to_str().expect("utf-8"),
+                "pusher",
+            ],
+        );
+        parent.join("pusher")
+    };
+    let push = |file: &str| {
+        std::fs::write(clone.join(file), file).expect("write");
+        crate::repo::git(&clone, &["add", "-A"]);
+        crate::repo::git(&clone, &["commit", "-q", "-m", file]);
+        crate::repo::git(&clone, &["push", "-q", "origin", "HEAD:main"]);
+        crate::repo::git(&clone, &["rev-parse", "HEAD"])
+            .trim()
+            .to_string()
+    };
+    let first = push("one.txt");
+    wait_until("the pushed commit to be built", || {
+        builds_of(&c, "polled")
+            .iter()
+            .any(|build| build["running"] == false)
+    });
+
+    // The leader dies: another master leads, the period goes on, the poller too.
+    let mut by_name: Vec<(String, TestMaster)> =
+        vec![("ci-a".into(), a), ("ci-b".into(), b), ("ci-c".into(), c)];
+    let index = by_name
+        .iter()
+        .position(|(name, _)| *name == leader)
+        .expect("the leader is one of them");
+    let (_, mut dead) = by_name.remove(index);
+    dead.kill_hard();
+    wait_until("s1 on a surviving master", || {
+        by_name
+            .iter()
+            .any(|(_, master)| master.slave_connected("s1"))
+    });
+    let (_, survivor) = &by_name[0];
+    wait_until("another master to lead", || {
+        leader_of(survivor).is_some_and(|now| now != leader)
+    });
+    let before = builds_of(survivor, "linux").len();
+    std::thread::sleep(window);
+    let fired = builds_of(survivor, "linux").len() - before;
+    assert!(
+        (2..=5).contains(&fired),
+        "{fired} periodic builds in {window:?} after the leader died"
+    );
+    let second = push("two.txt");
+    wait_until("the second commit to be built", || {
+        builds_of(survivor, "polled").len() >= 2
+            && builds_of(survivor, "polled")
+                .iter()
+                .all(|build| build["running"] == false)
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    let polled = builds_of(survivor, "polled");
+    assert_eq!(polled.len(), 2, "each commit built once: {polled:?}");
+    let changes = survivor.api("/api/changes");
+    let revisions: Vec<&str> = changes
+        .as_array()
+        .expect("changes")
+        .iter()
+        .filter_map(|change| change["revision"].as_str())
+        .collect();
+    assert_eq!(revisions.len(), 2, "{changes}");
+    assert!(revisions.contains(&first.as_str()) && revisions.contains(&second.as_str()));
+}
+
+/// (jobid, requests, successful builds, other builds not explained by a lost master) per job.
+fn outcome_per_job(url: &str) -> Vec<(String, i64, i64, i64)> {
+    let query = async {
+        let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
+        let connection = tokio::spawn(connection);
+        let rows = client
+            .query(
+                "SELECT r.jobid, COUNT(DISTINCT r.id),
+                   COUNT(b.id) FILTER (WHERE b.result = 'success'),
+                   COUNT(b.id) FILTER (WHERE b.result IS DISTINCT FROM 'success'
+                     AND NOT (b.reason LIKE 'master % lost%' OR b.reason = 'master restarted'
+                              OR b.reason LIKE '%slave%'))
+                 FROM requests r LEFT JOIN builds b ON b.request_id = r.id
+                 GROUP BY r.jobid",
+                &[],
+            )
+            .await?;
+        drop(client);
+        let _ = connection.await;
+        Ok::<_, tokio_postgres::Error>(
+            rows.iter()
+                .map(|row| (row.get(0), row.get(1), row.get(2), row.get(3)))
+                .collect::<Vec<_>>(),
+        )
+    };
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime")
+        .block_on(query)
+        .unwrap_or_else(|err| panic!("reading the outcome: {err:?}"))
+}
+
+#[test]
+fn many_try_jobs_over_three_masters_one_killed_twice_each_build_exactly_once() {
+    use std::io::Write;
+    use std::process::Stdio;
+
+    const JOBS: usize = 300;
+    let url = fresh_database();
+    let checkout = Checkout::new();
+    // Long enough that the kills find builds running.
+    let steps = r#"{ name = "test", command = "sleep 0.3" },"#;
+    let pool = ["s1", "s2", "s3"];
+    let mut setup = MasterSetup::linux_builder(&pool, &checkout.upstream, steps);
+    setup.extra_config.push_str(&database_section(&url));
+    // Many jobs from one user at once: the per-user quotas are not under test here.
+    setup
+        .extra_config
+        .push_str("\n[limits]\nmax_queued_per_user = 1000\nmax_requests_per_minute = 100000\n");
+    setup.edits.push(named("ci-a"));
+    let a = TestMaster::start_with(setup);
+    let blocks: String = {
+        let config = std::fs::read_to_string(a.path().join("master.toml")).expect("config");
+        let start = config.find("\n[[slave]]").expect("slave blocks") + 1;
+        let end = config[start..]
+            .find("\n[[builder]]")
+            .map_or(config.len(), |end| start + end);
+        config[start..end].to_string()
+    };
+    let member = |name: &str| {
+        let mut setup = MasterSetup::linux_builder(&[], &checkout.upstream, steps);
+        setup.extra_config = format!(
+            "\n{blocks}\n{}{}\n[limits]\nmax_queued_per_user = 1000\nmax_requests_per_minute = 100000\n",
+            setup
+                .extra_config
+                .replace("slaves = []", "slaves = [\"s1\", \"s2\", \"s3\"]"),
+            database_section(&url),
+        );
+        setup.host_key_of = Some(a.path().to_path_buf());
+        setup.edits.push(named(name));
+        TestMaster::start_with(setup)
+    };
+    let b = member("ci-b");
+    let c = member("ci-c");
+    let _s1 = a.launch_slave("s1", masters(&[&a, &b, &c]));
+    let _s2 = a.launch_slave("s2", masters(&[&b, &c, &a]));
+    let _s3 = a.launch_slave("s3", masters(&[&c, &a, &b]));
+    for (master, slave) in [(&a, "s1"), (&b, "s2"), (&c, "s3")] {
+        master.wait_connected(slave);
+    }
+    let mut cluster = vec![a, b, c];
+    let baserev = crate::repo::git(&checkout.work, &["rev-parse", "origin/main"])
+        .trim()
+        .to_string();
+    let mut accepted = Vec::new();
+    let mut kills = 0;
+    for batch in 0..JOBS / 30 {
+        let mut children = Vec::new();
+        for index in batch * 30..(batch + 1) * 30 {
+            let master = &cluster[index % 3];
+            let jobid = format!("job-{index:03}");
+            let job = buildbot::tryjob::encode(&buildbot::tryjob::Job {
+                version: 5,
+                jobid: jobid.clone(),
+                branch: Some("main".into()),
+                baserev: Some(baserev.clone()),
+                patch_level: 1,
+                patch: None,
+                repository: String::new(),
+                project: String::new(),
+                who: None,
+                comment: None,
+                builders: vec![],
+                properties: Default::default(),
+            });
+            let mut command = master.ssh_command(&master.user_key, &current_user(), &[]);
+            command
+                .arg("try")
+                .stdin(Stdio::piped())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null());
+            let mut child = command.spawn().expect("ssh runs");
+            if let Some(mut stdin) = child.stdin.take() {
+                let _ = stdin.write_all(&job);
+            }
+            children.push((jobid, child));
+        }
+        // Twice, while jobs arrive, the master running a build dies (and comes back).
+        let mut killed = None;
+        if batch == 3 || batch == 6 {
+            let mut busy = None;
+            wait_until("a master with a running build", || {
+                busy = cluster.iter().position(|master| {
+                    master.api("/api/slaves").as_array().is_some_and(|rows| {
+                        rows.iter().any(|row| {
+                            row["connected"] == true
+                                && row["building"].as_str().is_some_and(|b| !b.is_empty())
+                        })
+                    })
+                });
+                busy.is_some()
+            });
+            let index = busy.expect("a busy master");
+            cluster[index].kill_hard();
+            kills += 1;
+            killed = Some(index);
+        }
+        for (jobid, mut child) in children {
+            let status =
+                crate::harness::wait_with_deadline(&mut child, &jobid, crate::harness::PATIENCE);
+            if status.success() {
+                accepted.push(jobid);
+            }
+        }
+        if let Some(index) = killed {
+            let dead = cluster.remove(index);
+            cluster.insert(index, dead.start_again());
+        }
+    }
+    assert_eq!(kills, 2);
+    assert!(accepted.len() > JOBS / 2, "{} accepted", accepted.len());
+    let started = Instant::now();
+    let mut last;
+    // Three slaves work off the jobs: this takes a while, so the usual patience is not enough.
+    let deadline = Instant::now() + Duration::from_secs(240);
+    loop {
+        last = outcome_per_job(&url);
+        let done = accepted.iter().all(|jobid| {
+            last.iter().any(|(id, requests, successes, _)| {
+                id == jobid && *requests == 1 && *successes == 1
+            })
+        });
+        if done {
+            break;
+        }
+        let finished = last
+            .iter()
+            .filter(|(_, _, successes, _)| *successes > 0)
+            .count();
+        assert!(
+            Instant::now() < deadline,
+            "timed out: {finished} of {} accepted jobs built: {:?}",
+            accepted.len(),
+            last.iter()
+                .filter(|(_, _, successes, _)| *successes != 1)
+                .take(10)
+                .collect::<Vec<_>>()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    eprintln!(
+        "{} jobs accepted of {JOBS}, all built once {:?} after the last submission",
+        accepted.len(),
+        started.elapsed()
+    );
+    let cut_short: i64 = {
+        let query = async {
+            let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await?;
+            let connection = tokio::spawn(connection);
+            let row = client
+                .query_one(
+                    "SELECT COUNT(*) FROM builds WHERE reason LIKE 'master % lost%'
+                           OR reason = 'master restarted'",
+                    &[],
+                )
+                .await?;
+            drop(client);
+            let _ = connection.await;
+            Ok::<i64, tokio_postgres::Error>(row.get(0))
+        };
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime")
+            .block_on(query)
+            .expect("count")
+    };
+    eprintln!("{cut_short} builds cut short by the kills and built again");
+    assert!(
+        cut_short >= 1,
+        "the kills interrupted no build: the test proves nothing"
+    );
+    // Nothing built twice, nothing else failed.
+    for (jobid, requests, successes, unexplained) in &last {
+        assert_eq!(
+            (*requests, *successes, *unexplained),
+            (1, 1, 0),
+            "job {jobid}: {requests} requests, {successes} successful builds, {unexplained} other builds"
+        );
+    }
 }

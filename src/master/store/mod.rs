@@ -1,7 +1,8 @@
 //! The store: everything the master keeps beyond one process — requests and their patches,
 //! builds, steps, changes, poll heads, web sessions — behind one interface of domain verbs
 //! ([`Store`]), not SQL. Two backends answer it: [`sqlite`], the embedded default (one master,
-//! the file `state.sqlite` in the master directory), and PostgreSQL, shared by several masters.
+//! the file `state.sqlite` in the master directory), and [`postgres`], one PostgreSQL database
+//! shared by several masters.
 //! The caller never knows which one answers; one conformance suite (tests/store_conformance.rs)
 //! runs against both.
 //!
@@ -10,6 +11,7 @@
 //! the same primitives.
 
 pub mod model;
+pub mod postgres;
 pub mod sqlite;
 
 use std::sync::Arc;
@@ -32,6 +34,28 @@ pub enum StoreError {
     TooNew { found: i64, known: i64 },
     #[error("history task failed: {0}")]
     Task(String),
+    /// The PostgreSQL server could not be reached or refused the login (wrong address, server
+    /// down, wrong password). `target` names the server, database and user, never a password.
+    #[error("cannot reach the database at {target}: {reason}")]
+    Connect {
+        target: String,
+        reason: String,
+        /// The server answered (and refused: a wrong password, no such database): waiting
+        /// will not help. Otherwise it may be restarting.
+        answered: bool,
+    },
+    /// A PostgreSQL statement failed (on one line, whatever the server said).
+    #[error("history database: {}", postgres::one_line(.0))]
+    Postgres(#[source] tokio_postgres::Error),
+    /// No PostgreSQL connection could be had from the pool in time, or the pool is closed.
+    #[error("history database connections: {0}")]
+    Pool(String),
+    /// `[database] url` is neither a `postgresql://` URL nor a `key=value` connection string.
+    #[error("database url is not valid: {0}")]
+    BadUrl(String),
+    /// A column holds what no buildbot writes (a result, state or kind of no known name).
+    #[error("history database holds {0}")]
+    BadValue(String),
     /// Another master of this name holds a live lease: two masters would act as one.
     #[error(
         "another master named {name} is running on this database (its lease holds until {until}); give each master its own [master] name"
@@ -50,6 +74,49 @@ pub enum StoreError {
 
 /// The store, shared by every part of the master that keeps or reads what outlives a build.
 pub type SharedStore = Arc<dyn Store>;
+
+/// Opens the store `[database]` names: the SQLite file `state.sqlite` in `master_dir`, or the
+/// PostgreSQL database (migrated on the way). A PostgreSQL server that does not answer (down,
+/// restarting) is waited for, with a log line every few seconds, until `shutdown`; one that
+/// refuses (a wrong password, no such database) or a bad URL is an error at once.
+pub async fn open(
+    database: &crate::master::config::DatabaseConfig,
+    master_dir: &std::path::Path,
+    shutdown: &tokio_util::sync::CancellationToken,
+) -> Result<SharedStore, StoreError> {
+    use crate::master::config::Backend;
+    match &database.backend {
+        Backend::Sqlite => Ok(Arc::new(sqlite::SqliteStore::open(
+            &master_dir.join("state.sqlite"),
+        )?)),
+        Backend::Postgres { url } => {
+            let mut waited = false;
+            loop {
+                match postgres::PgStore::connect(url).await {
+                    Ok(store) => {
+                        if waited {
+                            tracing::info!("the database answers now");
+                        }
+                        return Ok(Arc::new(store));
+                    }
+                    Err(
+                        err @ StoreError::Connect {
+                            answered: false, ..
+                        },
+                    ) if !shutdown.is_cancelled() => {
+                        tracing::warn!("{err}; waiting for it (retrying every 5s)");
+                        waited = true;
+                        tokio::select! {
+                            () = shutdown.cancelled() => return Err(err),
+                            () = tokio::time::sleep(std::time::Duration::from_secs(5)) => {}
+                        }
+                    }
+                    Err(err) => return Err(err),
+                }
+            }
+        }
+    }
+}
 
 /// Everything the master keeps, as domain verbs. Every method is one transaction: what it
 /// writes is there whole or not at all.

@@ -215,6 +215,9 @@ pub struct MasterInfo {
     pub slaves: Vec<String>,
     /// Its running builds, as "builder #number".
     pub builds: Vec<String>,
+    /// Whether it leads the cluster's jobs (schedulers, pollers, the IRC bot).
+    #[serde(default)]
+    pub leads: bool,
 }
 
 /// A master as the store knows it, for `/masters`.

@@ -46,8 +46,10 @@ macro_rules! stored_by_name {
 stored_by_name!(BuildResult, RequestState, RequestKind);
 
 /// Each entry upgrades the schema by one version; never edit one that has shipped. A new
-/// migration is added here and to PostgreSQL's list with the same number.
-const MIGRATIONS: &[&str] = &[
+/// migration is added here and to `store::postgres::MIGRATIONS` under the same number, both
+/// making the same tables (tests/store_conformance.rs checks that each version makes the same
+/// tables, columns and indexes in both).
+pub const MIGRATIONS: &[&str] = &[
     // 1: the first schema.
     "CREATE TABLE requests (
         id INTEGER PRIMARY KEY,
