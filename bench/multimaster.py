@@ -47,6 +47,7 @@ BB = os.environ["BUILDBOT"]
 WORK = os.environ["BENCH_WORK"]
 PG_SOCKET = os.environ.get("BENCH_PG_SOCKET", "")
 PG_BIN = os.environ.get("BENCH_PG_BIN", "")
+PG_DATA = os.environ.get("BENCH_PG_DATA", "")
 JOBS = int(os.environ.get("BENCH_JOBS", "300"))
 SWARM = int(os.environ.get("BENCH_SWARM", "100"))
 BURST = int(os.environ.get("BENCH_BURST", "100"))
@@ -142,6 +143,71 @@ class Load:
 
     def text(self):
         return f"load {self.load1:.1f}, busy {self.busy:.0f}%"
+
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def proc_cpu(pid):
+    """User + system CPU seconds of a process (all its threads), None when it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def pg_pids():
+    """The PostgreSQL server's processes: the postmaster and its children (the backends)."""
+    try:
+        with open(os.path.join(PG_DATA, "postmaster.pid")) as f:
+            postmaster = int(f.readline())
+    except (OSError, ValueError):
+        return []
+    pids = [postmaster]
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                if int(f.read().rsplit(")", 1)[1].split()[1]) == postmaster:
+                    pids.append(int(entry))
+        except (OSError, ValueError, IndexError):
+            continue
+    return pids
+
+
+class Cpu:
+    """CPU seconds spent by groups of processes over a measurement: {group: lambda: pids}.
+    A process that ends within the window (a short psql of this script) is not counted."""
+
+    def __init__(self, groups):
+        self.groups = groups
+
+    def __enter__(self):
+        self.start = {name: {pid: proc_cpu(pid) for pid in pids()}
+                      for name, pids in self.groups.items()}
+        return self
+
+    def __exit__(self, *exc):
+        self.spent = {}
+        for name, pids in self.groups.items():
+            total = 0.0
+            for pid in pids():
+                now = proc_cpu(pid)
+                if now is not None:
+                    total += now - (self.start[name].get(pid) or 0.0)
+            self.spent[name] = total
+        return False
+
+    def per(self, count):
+        """Milliseconds per item, per group."""
+        return {name: round(spent * 1000 / count, 2) for name, spent in self.spent.items()}
+
+
+def cpu_text(per_build):
+    return ", ".join(f"{name} {ms:.1f}" for name, ms in per_build.items())
 
 
 # ---- the stores ----------------------------------------------------------------------------------
@@ -466,7 +532,11 @@ def claims(kind, count):
                          f"{masters[0].log_tail()}")
         tag = f"{label}-run"
         names = [job_name(tag, "claim") for _ in range(JOBS)]
-        with Load() as load:
+        groups = {"masters": lambda: [m.proc.pid for m in masters],
+                  "swarm": lambda: [swarm.pid]}
+        if db_pg:
+            groups["PostgreSQL"] = pg_pids
+        with Load() as load, Cpu(groups) as cpu:
             first = None
             for i, name in enumerate(names):
                 at = masters[i % count].submit(name, "claim")
@@ -483,6 +553,7 @@ def claims(kind, count):
             "claims_per_s": round(len(done) / (max(starts) - first), 1) if starts else None,
             "builds_per_s": round(len(done) / (max(finishes) - first), 1) if finishes else None,
             "duplicates": dup, "per_master": per_master, "load": load.text(),
+            "cpu_ms_per_build": cpu.per(max(len(done), 1)),
         }
         return figure, load
     finally:
@@ -511,7 +582,8 @@ def claims_section():
             split = "; claimed " + " / ".join(f"{m} {n}" for m, n in sorted(fig["per_master"].items()))
         row("claims", what,
             f"{fig['claims_per_s']} claims/s ({fig['builds_per_s']} builds/s finished), "
-            f"duplicates {fig['duplicates']}{scale}{split}{missing}",
+            f"duplicates {fig['duplicates']}{scale}{split}{missing}; CPU ms per build: "
+            f"{cpu_text(fig['cpu_ms_per_build'])}",
             "scales with masters; duplicates 0", load)
 
 
@@ -829,7 +901,10 @@ def burst(kind):
             master.submit(job_name(f"{label}-warm", "burst"), "burst")
         wait_jobs(db, f"{label}-warm", 2, 120)
         names = [job_name(f"{label}-run", "burst") for _ in range(BURST)]
-        with Load() as load:
+        groups = {"master": lambda: [master.proc.pid]}
+        if db_pg:
+            groups["PostgreSQL"] = pg_pids
+        with Load() as load, Cpu(groups) as cpu:
             first = None
             for name in names:
                 at = master.submit(name, "burst")
@@ -837,7 +912,8 @@ def burst(kind):
             done = wait_jobs(db, f"{label}-run", BURST, 600)
         last = max(finished for (_, _, finished, _) in done.values())
         return {"builds_per_s": round(len(done) / (last - first), 1), "built": len(done),
-                "seconds": round(last - first, 2), "load": load.text()}, load
+                "seconds": round(last - first, 2), "load": load.text(),
+                "cpu_ms_per_build": cpu.per(max(len(done), 1))}, load
     finally:
         stop_all(procs)
 
@@ -857,7 +933,8 @@ def burst_section():
         if kind == "PostgreSQL" and figures.get("SQLite"):
             ratio = f" ({fig['builds_per_s'] / figures['SQLite']:.2f}x SQLite)"
         missing = "" if fig["built"] == BURST else f"; only {fig['built']} of {BURST} built"
-        row("burst", what, f"{fig['builds_per_s']} builds/s{ratio}{missing}",
+        row("burst", what, f"{fig['builds_per_s']} builds/s{ratio}{missing}; CPU ms per build: "
+            f"{cpu_text(fig['cpu_ms_per_build'])}",
             "PostgreSQL ≥ 0.5x SQLite" if kind == "PostgreSQL" else "—", load)
 
 

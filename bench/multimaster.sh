@@ -65,4 +65,5 @@ as_postgres "$PG_BIN/pg_ctl" start -D "$PG_DIR/data" -w -t 120 -l "$PG_DIR/serve
   || { cat "$PG_DIR/server.log" >&2; exit 1; }
 
 BUILDBOT=$BUILDBOT BENCH_WORK=$WORK BENCH_PG_SOCKET=$PG_DIR/socket BENCH_PG_BIN=$PG_BIN \
+  BENCH_PG_DATA=$PG_DIR/data \
   python3 bench/multimaster.py
