@@ -205,6 +205,16 @@ pub enum Command {
         /// The master directory.
         dir: PathBuf,
     },
+    /// Copy the history of the (stopped) master in DIR, its SQLite file, into an empty
+    /// PostgreSQL database, ids and all; then point [database] url at it (several masters).
+    #[command(name = "migrate-db")]
+    MigrateDb {
+        /// The master directory.
+        dir: PathBuf,
+        /// The PostgreSQL database: postgresql://USER@HOST/DB or "host=/run/postgresql dbname=DB".
+        #[arg(long, value_name = "URL")]
+        to: String,
+    },
     /// Check DIR/master.toml without starting anything. Prints one line per problem as
     /// master.toml:LINE: message and exits 1 if there is any.
     Checkconfig {

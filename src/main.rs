@@ -30,9 +30,10 @@ fn client_outcome(command: &str, result: Result<u8, try_cmd::TryError>) -> ExitC
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // The demo's output is for a person reading along: its master's and slave's INFO lines
-    // would bury it, so it logs warnings only (RUST_LOG still decides when set).
+    // would bury it, so it logs warnings only (RUST_LOG still decides when set); so does
+    // migrate-db, whose own lines say what it did.
     let default_level = match cli.command {
-        Command::Demo => "warn",
+        Command::Demo | Command::MigrateDb { .. } => "warn",
         _ => "info",
     };
     init_tracing(default_level);
@@ -50,7 +51,7 @@ fn init_tracing(default_level: &str) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
     // tokio_postgres logs statements with their parameters at debug: patches and session
     // hashes have no place in a log, whatever RUST_LOG asks.
-    let filter = match "tokio_postgres=info".parse() {
+    let filter = match "tokio_postgres=warn".parse() {
         Ok(cap) => filter.add_directive(cap),
         Err(_) => filter,
     };
@@ -257,6 +258,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Reconfig { dir } => Ok(ExitCode::from(daemon::reconfig::command(&dir))),
+        Command::MigrateDb { dir, to } => {
+            let runtime =
+                tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+            runtime.block_on(daemon::migrate_db::run(&dir, &to))?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Checkconfig { dir } => match Config::load(&dir) {
             Ok(config) => {
                 println!(

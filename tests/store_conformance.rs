@@ -76,6 +76,8 @@ conformance!(
     masters_hold_leases_and_cluster_jobs,
     a_lost_masters_builds_are_retried_and_its_late_writes_refused,
     the_event_log_numbers_events_in_one_sequence,
+    master_locks_are_taken_whole_and_freed_on_every_end,
+    step_logs_are_chunked_read_in_ranges_and_fenced,
 );
 
 fn request(job: &str, builder: &str) -> NewRequest {
@@ -1558,6 +1560,114 @@ async fn the_event_log_numbers_events_in_one_sequence(store: SharedStore) {
     assert_eq!(seqs, (4..=15).collect::<Vec<i64>>());
 }
 
+async fn step_logs_are_chunked_read_in_ranges_and_fenced(store: SharedStore) {
+    use buildbot::proto::StreamKind::{Info, Stderr, Stdout};
+    let short = Duration::from_millis(200);
+    let writer = store
+        .register_master("a", &MasterInfo::default(), short)
+        .await
+        .expect("register");
+    let other = run_of(&store, "b").await;
+    let id = one(&store, request("j1", "linux")).await;
+    let (build, _) = store
+        .start_build(&writer, id, "linux", "s1")
+        .await
+        .expect("start");
+    store
+        .start_step(&writer, build, 1, "test")
+        .await
+        .expect("step");
+    assert_eq!(store.log_size(build, 1, Stdout).await.expect("size"), 0);
+    assert_eq!(
+        store.read_log(build, 1, Stdout, 0, 10).await.expect("read"),
+        (Vec::new(), 0)
+    );
+    // Not UTF-8: a log is bytes.
+    let text: Vec<u8> = (0..=255u8).cycle().take(1000).collect();
+    let mut offset = 0;
+    for piece in [&text[..7], &text[7..300], &text[300..]] {
+        store
+            .append_log(&writer, build, 1, Stdout, offset, piece.to_vec())
+            .await
+            .expect("append");
+        offset += piece.len() as u64;
+    }
+    store
+        .append_log(&writer, build, 1, Stderr, 0, b"warning\n".to_vec())
+        .await
+        .expect("append");
+    store
+        .append_log(&writer, build, 2, Info, 0, b"later\n".to_vec())
+        .await
+        .expect("append");
+    assert_eq!(store.log_size(build, 1, Stdout).await.expect("size"), 1000);
+    let read = |offset: u64, max: usize| {
+        let store = Arc::clone(&store);
+        async move {
+            store
+                .read_log(build, 1, Stdout, offset, max)
+                .await
+                .expect("read")
+        }
+    };
+    assert!(read(0, 5000).await == (text.clone(), 1000));
+    assert_eq!(read(2, 3).await.0, text[2..5]);
+    assert_eq!(read(5, 10).await.0, text[5..15]);
+    assert!(read(290, 500).await.0 == text[290..790]);
+    assert!(read(950, 500).await.0 == text[950..]);
+    assert!(read(1000, 5).await.0.is_empty());
+    // A retried append of stored bytes changes nothing; a gap or other bytes are refused.
+    store
+        .append_log(&writer, build, 1, Stdout, 7, text[7..300].to_vec())
+        .await
+        .expect("a retry is accepted");
+    for (offset, data) in [(7, b"other".to_vec()), (1001, b"gap".to_vec())] {
+        assert!(matches!(
+            store
+                .append_log(&writer, build, 1, Stdout, offset, data)
+                .await,
+            Err(StoreError::LogOffset { .. })
+        ));
+    }
+    assert_eq!(
+        store
+            .log_streams(vec![build, build + 1])
+            .await
+            .expect("streams"),
+        vec![(build, 1, Stderr), (build, 1, Stdout), (build, 2, Info)]
+    );
+    // Only the build's owner writes its log, and not once the cluster declared it lost.
+    assert!(matches!(
+        store
+            .append_log(&other, build, 1, Stdout, 1000, b"not mine".to_vec())
+            .await,
+        Err(StoreError::Fenced { .. })
+    ));
+    wait_until("the lease of a to run out", || {
+        let store = Arc::clone(&store);
+        async move {
+            store
+                .masters()
+                .await
+                .expect("read")
+                .iter()
+                .any(|m| m.name == "a" && !m.alive)
+        }
+    })
+    .await;
+    assert_eq!(
+        store.reap_lost_masters(&other).await.expect("reap").len(),
+        1
+    );
+    assert!(matches!(
+        store
+            .append_log(&writer, build, 1, Stdout, 1000, b"late".to_vec())
+            .await,
+        Err(StoreError::Fenced { .. })
+    ));
+    assert_eq!(store.log_size(build, 1, Stdout).await.expect("size"), 1000);
+}
+
 // --- PostgreSQL only --------------------------------------------------------------------------
 
 /// The one-line message of a failed `connect`.
@@ -1954,4 +2064,85 @@ async fn both_backends_migrate_to_the_same_tables() {
     );
     assert_eq!(postgres_tables, sqlite_tables);
     assert_eq!(postgres_indexes, sqlite_indexes);
+}
+
+fn lock_use(lock: &str, exclusive: bool, max_count: i64) -> buildbot::master::store::MasterLockUse {
+    buildbot::master::store::MasterLockUse {
+        lock: lock.into(),
+        exclusive,
+        max_count,
+    }
+}
+
+async fn master_locks_are_taken_whole_and_freed_on_every_end(store: SharedStore) {
+    let a = run_of(&store, "a").await;
+    let b = run_of(&store, "b").await;
+    let take = |owner: MasterLease, holder: &'static str, uses: Vec<_>| {
+        let store = Arc::clone(&store);
+        async move {
+            store
+                .take_master_locks(&owner, holder, uses)
+                .await
+                .expect("take")
+        }
+    };
+    // Exclusive: one holder; the same holder again is no second hold.
+    assert!(take(a.clone(), "a:build:1", vec![lock_use("db", true, 1)]).await);
+    assert!(take(a.clone(), "a:build:1", vec![lock_use("db", true, 1)]).await);
+    assert!(!take(b.clone(), "b:build:2", vec![lock_use("db", true, 1)]).await);
+    // Counting, two at most, none while held exclusively.
+    assert!(take(b.clone(), "b:step:3", vec![lock_use("pool", false, 2)]).await);
+    assert!(take(a.clone(), "a:step:4", vec![lock_use("pool", false, 2)]).await);
+    assert!(!take(b.clone(), "b:step:5", vec![lock_use("pool", false, 2)]).await);
+    assert!(!take(b.clone(), "b:step:6", vec![lock_use("pool", true, 2)]).await);
+    // All or nothing: "free" is free, but "db" is not, so "free" stays free.
+    assert!(
+        !take(
+            b.clone(),
+            "b:build:7",
+            vec![lock_use("free", true, 1), lock_use("db", true, 1)]
+        )
+        .await
+    );
+    assert!(take(b.clone(), "b:build:8", vec![lock_use("free", true, 1)]).await);
+    // Freed by its holder only.
+    store
+        .release_master_locks(&b, "a:build:1")
+        .await
+        .expect("release");
+    assert!(!take(b.clone(), "b:build:2", vec![lock_use("db", true, 1)]).await);
+    store
+        .release_master_locks(&a, "a:build:1")
+        .await
+        .expect("release");
+    assert!(take(b.clone(), "b:build:2", vec![lock_use("db", true, 1)]).await);
+    // A master declared lost frees what it held; a master that starts again frees what its
+    // earlier run held.
+    let short = Duration::from_millis(1);
+    let lost = store
+        .register_master("lost", &MasterInfo::default(), short)
+        .await
+        .expect("register");
+    assert!(
+        take(
+            lost.clone(),
+            "lost:build:9",
+            vec![lock_use("solo", true, 1)]
+        )
+        .await
+    );
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    store.reap_lost_masters(&a).await.expect("reap");
+    assert!(take(a.clone(), "a:build:10", vec![lock_use("solo", true, 1)]).await);
+    store.retire_master(&a).await.expect("retire");
+    let again = run_of(&store, "a").await;
+    assert!(
+        take(
+            again.clone(),
+            "a2:build:11",
+            vec![lock_use("solo", true, 1)]
+        )
+        .await
+    );
+    assert!(take(again, "a2:build:12", vec![lock_use("pool", false, 2)]).await);
 }

@@ -3,6 +3,7 @@
 //! cancellation token. Top layer beside `main`: the only module that knows all the parts.
 
 pub mod create;
+pub mod migrate_db;
 pub mod pidfile;
 pub mod reconfig;
 

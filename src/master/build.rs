@@ -18,6 +18,8 @@ use crate::master::board::{StopHandle, StopRequest};
 use crate::master::config::{BuilderConfig, StepConfig};
 use crate::master::interpolate::{self, InterpolationError};
 use crate::master::locks::LockUse;
+pub use crate::master::logs::log_file_name;
+use crate::master::logs::{LOG_CHUNK, StoreShipper};
 use crate::master::results::{CUT_SHORT, FailurePolicy, expected_duration};
 use crate::master::scheduler::Input;
 use crate::master::slaves::{SlaveEvent, SlaveLink};
@@ -244,6 +246,91 @@ pub async fn run(
             slave_unusable: true,
         };
     }
+    // In a cluster, the builder's master locks are held across the masters: taken in the
+    // store, whole or not at all, before the request is claimed.
+    let cluster_locks = cluster_lock_uses(control, &builder.locks);
+    // Named by this run too: two masters may both try to start one request (only one claims
+    // it), and the loser must not free what the winner holds.
+    let holder = format!(
+        "{}#{}:build:{}",
+        control.owner.name, control.owner.epoch, request.id
+    );
+    if !cluster_locks.is_empty() {
+        match control
+            .store
+            .take_master_locks(&control.owner, &holder, cluster_locks)
+            .await
+        {
+            Ok(true) => {
+                tracing::debug!(
+                    request = request.id,
+                    "took the build's master locks in the store"
+                );
+            }
+            Ok(false) | Err(_) => {
+                // Held on another master: the request waits its turn again, after a pause
+                // so the queue does not spin on it.
+                tracing::debug!(request = request.id, builder = %builder.name, "a master lock is held on another master");
+                tokio::select! {
+                    () = shutdown.cancelled() => {}
+                    () = tokio::time::sleep(CLUSTER_LOCK_RETRY) => {}
+                }
+                return BuildOutcome {
+                    retry: true,
+                    slave_unusable: false,
+                };
+            }
+        }
+    }
+    let outcome = claim_and_run(control, &builder, request, link, shutdown).await;
+    if !builder.locks.is_empty()
+        && control.store.is_shared()
+        && let Err(err) = control
+            .store
+            .release_master_locks(&control.owner, &holder)
+            .await
+    {
+        tracing::error!("cannot release the build's master locks: {err}");
+    }
+    outcome
+}
+
+/// How long a build whose master lock is held on another master waits before it tries again.
+const CLUSTER_LOCK_RETRY: Duration = Duration::from_secs(1);
+
+/// The master locks among `uses`, as the store takes them across a cluster; none with a
+/// store only this master uses (its own lock table decides alone).
+fn cluster_lock_uses(
+    control: &BuildParts,
+    uses: &[LockUse],
+) -> Vec<crate::master::store::MasterLockUse> {
+    if !control.store.is_shared() {
+        return Vec::new();
+    }
+    let config = control.config();
+    uses.iter()
+        .filter_map(|lock_use| {
+            let def = config.locks.iter().find(|def| def.name == lock_use.lock)?;
+            (def.kind == crate::master::locks::LockKind::Master).then(|| {
+                crate::master::store::MasterLockUse {
+                    lock: lock_use.lock.clone(),
+                    exclusive: lock_use.access == crate::master::locks::Access::Exclusive,
+                    max_count: i64::try_from(def.max_count).unwrap_or(i64::MAX),
+                }
+            })
+        })
+        .collect()
+}
+
+/// Claims the request and runs its build (the slave answered, the cluster's locks are held).
+async fn claim_and_run(
+    control: &Arc<BuildParts>,
+    builder: &BuilderConfig,
+    request: StoredRequest,
+    link: Arc<SlaveLink>,
+    shutdown: CancellationToken,
+) -> BuildOutcome {
+    let builder = builder.clone();
     let started = match begin(control, &builder, &request, &link).await {
         Ok(started) => started,
         // Another master claimed it first (or it was cancelled meanwhile): nothing to do
@@ -456,7 +543,15 @@ async fn run_steps(
             step: step_number,
             name: step.name.clone(),
         });
-        let logs = StepLogs::new(log_dir.clone(), step_number, &step.name);
+        let mut logs = StepLogs::new(log_dir.clone(), step_number, &step.name);
+        if control.store.is_shared() {
+            logs.ship_to(StoreShipper::new(
+                Arc::clone(&control.store),
+                control.owner.clone(),
+                build_id,
+                step_number,
+            ));
+        }
         let locked = step.locks.is_empty()
             || take_step_locks(control, request, started, &step, &link.name, shutdown).await;
         let outcome = if started.stop.token.is_cancelled() {
@@ -471,6 +566,17 @@ async fn run_steps(
             run_step(link, &step, logs, shutdown, &started.stop, &control.metrics).await
         };
         if !step.locks.is_empty() {
+            if control.store.is_shared()
+                && let Err(err) = control
+                    .store
+                    .release_master_locks(
+                        &control.owner,
+                        &step_lock_holder(control, request.id, &step.name),
+                    )
+                    .await
+            {
+                tracing::error!("cannot release a step's master locks: {err}");
+            }
             control
                 .scheduler_input(Input::ReleaseStepLocks {
                     request_id: request.id,
@@ -556,7 +662,12 @@ async fn take_step_locks(
     let mut announced = false;
     loop {
         tokio::select! {
-            granted = &mut wait => return granted.is_some(),
+            granted = &mut wait => {
+                if granted.is_none() {
+                    return false;
+                }
+                return take_cluster_step_locks(control, request, started, step, shutdown).await;
+            }
             _ = started.stop.token.cancelled() => return true,
             _ = shutdown.cancelled() => return false,
             _ = tokio::time::sleep(LOCK_WAIT_ANNOUNCE), if !announced => {
@@ -572,6 +683,46 @@ async fn take_step_locks(
             }
         }
     }
+}
+
+/// In a cluster: takes the step's master locks in the store as well (this master's table
+/// granted them here), waiting while another master holds one; false when the master stops
+/// first (a stop of the build ends the wait too, true: the caller sees the stop).
+async fn take_cluster_step_locks(
+    control: &Arc<BuildParts>,
+    request: &StoredRequest,
+    started: &Started,
+    step: &PlannedStep,
+    shutdown: &CancellationToken,
+) -> bool {
+    let uses = cluster_lock_uses(control, &step.locks);
+    if uses.is_empty() {
+        return true;
+    }
+    let holder = step_lock_holder(control, request.id, &step.name);
+    loop {
+        match control
+            .store
+            .take_master_locks(&control.owner, &holder, uses.clone())
+            .await
+        {
+            Ok(true) => return true,
+            Ok(false) => {}
+            Err(err) => tracing::warn!("cannot take a step's master locks: {err}"),
+        }
+        tokio::select! {
+            _ = started.stop.token.cancelled() => return true,
+            _ = shutdown.cancelled() => return false,
+            _ = tokio::time::sleep(CLUSTER_LOCK_RETRY) => {}
+        }
+    }
+}
+
+fn step_lock_holder(control: &BuildParts, request_id: i64, step: &str) -> String {
+    format!(
+        "{}#{}:step:{request_id}:{step}",
+        control.owner.name, control.owner.epoch
+    )
 }
 
 /// What a step's outcome means: its own result, what it adds to the build's result, the
@@ -717,11 +868,11 @@ async fn run_step(
     };
     let began = Instant::now();
     loop {
-        let flush_at = logs.flush_at;
+        let wake_at = logs.wake_at();
         let event = tokio::select! {
             event = events.recv() => event,
-            () = tokio::time::sleep_until(flush_at.unwrap_or_else(tokio::time::Instant::now)), if flush_at.is_some() => {
-                if let Err(err) = logs.flush().await {
+            () = tokio::time::sleep_until(wake_at.unwrap_or_else(tokio::time::Instant::now)), if wake_at.is_some() => {
+                if let Err(err) = logs.tick().await {
                     link.interrupt(id, "the master cannot write the log");
                     return StepOutcome::LogError(format!("cannot write the log: {err}"));
                 }
@@ -794,22 +945,6 @@ async fn run_step(
     }
 }
 
-/// The file name of a step's log: `STEP-NAME.STREAM`, the name reduced to characters that are
-/// safe in a path (the web server finds logs by this same function).
-pub fn log_file_name(step: i64, name: &str, stream: StreamKind) -> String {
-    let safe: String = name
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    format!("{step}-{safe}.{}", stream.file_extension())
-}
-
 /// How much of a log is gathered before it is written: output frames are up to 64 KiB, and a
 /// write per frame costs a trip to a blocking thread.
 const LOG_BUFFER: usize = 256 * 1024;
@@ -819,15 +954,19 @@ const LOG_FLUSH: Duration = Duration::from_millis(10);
 
 /// The log files of one step, one per stream, created when the stream first has output and
 /// appended as it arrives through a buffer of [`LOG_BUFFER`] that is written out at most
-/// [`LOG_FLUSH`] after its first byte (the owner calls [`StepLogs::flush`] when `flush_at`
-/// passes) and at the end of the step: `logs/BUILDER/NUMBER/STEP-NAME.STREAM`.
+/// [`LOG_FLUSH`] after its first byte (the owner calls [`StepLogs::tick`] when `wake_at`
+/// passes) and at the end of the step: `logs/BUILDER/NUMBER/STEP-NAME.STREAM`. With a shared
+/// store the files are also shipped into it (`master::logs::StoreShipper`), so every master
+/// can serve the log.
 struct StepLogs {
     dir: PathBuf,
     step: i64,
     name: String,
-    files: Vec<(StreamKind, tokio::io::BufWriter<tokio::fs::File>)>,
+    /// Each stream's file and how many bytes were written to it (buffered ones included).
+    files: Vec<(StreamKind, tokio::io::BufWriter<tokio::fs::File>, u64)>,
     /// When buffered output must be written; none when nothing is buffered.
     flush_at: Option<tokio::time::Instant>,
+    shipper: Option<StoreShipper>,
 }
 
 impl StepLogs {
@@ -838,11 +977,17 @@ impl StepLogs {
             name: name.to_string(),
             files: Vec::new(),
             flush_at: None,
+            shipper: None,
         }
     }
 
+    /// Ships the files into a shared store as they grow.
+    fn ship_to(&mut self, shipper: StoreShipper) {
+        self.shipper = Some(shipper);
+    }
+
     async fn append(&mut self, stream: StreamKind, data: &[u8]) -> std::io::Result<()> {
-        let position = match self.files.iter().position(|(kind, _)| *kind == stream) {
+        let position = match self.files.iter().position(|(kind, _, _)| *kind == stream) {
             Some(position) => position,
             None => {
                 tokio::fs::create_dir_all(&self.dir).await?;
@@ -859,13 +1004,53 @@ impl StepLogs {
                 self.files.push((
                     stream,
                     tokio::io::BufWriter::with_capacity(LOG_BUFFER, file),
+                    0,
                 ));
                 self.files.len() - 1
             }
         };
-        self.files[position].1.write_all(data).await?;
+        let (_, file, written) = &mut self.files[position];
+        file.write_all(data).await?;
+        *written += data.len() as u64;
+        let written = *written;
         if self.flush_at.is_none() {
             self.flush_at = Some(tokio::time::Instant::now() + LOG_FLUSH);
+        }
+        if let Some(shipper) = &mut self.shipper {
+            let path = self.dir.join(log_file_name(self.step, &self.name, stream));
+            shipper.grew(stream, &path);
+            // A full chunk goes now rather than waiting for the timer.
+            if shipper.unshipped(stream, written) >= LOG_CHUNK as u64 {
+                self.flush().await?;
+                self.ship(true).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// When [`StepLogs::tick`] has work: buffered output to write or to ship.
+    fn wake_at(&self) -> Option<tokio::time::Instant> {
+        let ship_at = self.shipper.as_ref().and_then(|shipper| shipper.ship_at);
+        match (self.flush_at, ship_at) {
+            (Some(flush), Some(ship)) => Some(flush.min(ship)),
+            (flush, ship) => flush.or(ship),
+        }
+    }
+
+    /// Writes out what is due, and ships to the store what is due there.
+    async fn tick(&mut self) -> std::io::Result<()> {
+        let now = tokio::time::Instant::now();
+        if self.flush_at.is_some_and(|at| at <= now) {
+            self.flush().await?;
+        }
+        let ship_due = self
+            .shipper
+            .as_ref()
+            .and_then(|shipper| shipper.ship_at)
+            .is_some_and(|at| at <= now);
+        if ship_due {
+            self.flush().await?;
+            self.ship(false).await;
         }
         Ok(())
     }
@@ -874,14 +1059,30 @@ impl StepLogs {
     /// finishes its blocking write on flush), so readers of the files see it.
     async fn flush(&mut self) -> std::io::Result<()> {
         self.flush_at = None;
-        for (_, file) in &mut self.files {
+        for (_, file, _) in &mut self.files {
             file.flush().await?;
         }
         Ok(())
     }
 
+    /// Ships what the (flushed) files have beyond the store's copy (with `whole_chunks`, full
+    /// chunks only).
+    async fn ship(&mut self, whole_chunks: bool) {
+        let written: Vec<(StreamKind, u64)> = self
+            .files
+            .iter()
+            .map(|(stream, _, written)| (*stream, *written))
+            .collect();
+        if let Some(shipper) = &mut self.shipper {
+            shipper.ship(&written, whole_chunks).await;
+        }
+    }
+
+    /// Writes out and ships everything: the step's record may end once this returns.
     async fn finish(&mut self) -> std::io::Result<()> {
-        self.flush().await
+        self.flush().await?;
+        self.ship(false).await;
+        Ok(())
     }
 }
 
@@ -1039,5 +1240,74 @@ mod tests {
                 )
             );
         }
+    }
+
+    /// With a shared store a step's output reaches it while the step runs, in a few big
+    /// chunks however small the pieces it arrives in, and the store ends up with the file.
+    #[tokio::test]
+    async fn a_shared_stores_copy_of_a_log_is_live_batched_and_whole() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (store, sqlite, owner, build_id, _) =
+            crate::master::logs::testing::running_build(dir.path()).await;
+        let logs_dir = dir.path().join("logs");
+        let mut logs = StepLogs::new(logs_dir.clone(), 1, "make test");
+        logs.ship_to(StoreShipper::new(Arc::clone(&store), owner, build_id, 1));
+        logs.append(StreamKind::Stdout, b"first line\n")
+            .await
+            .expect("written");
+        // Live: the timers put the line in the store before the step ends.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while store
+            .log_size(build_id, 1, StreamKind::Stdout)
+            .await
+            .expect("size")
+            == 0
+        {
+            assert!(tokio::time::Instant::now() < deadline, "never shipped");
+            let wake_at = logs.wake_at().expect("something is due");
+            tokio::time::sleep_until(wake_at).await;
+            logs.tick().await.expect("ticked");
+        }
+        // 2000 lines one by one: a few chunks, not a row per line.
+        let line = [b'x'; 99];
+        for _ in 0..2000 {
+            logs.append(StreamKind::Stdout, &line)
+                .await
+                .expect("written");
+            logs.append(StreamKind::Stdout, b"\n")
+                .await
+                .expect("written");
+        }
+        logs.append(StreamKind::Stderr, b"warning\n")
+            .await
+            .expect("written");
+        logs.finish().await.expect("finished");
+        let chunks: i64 = sqlite
+            .with(|c| {
+                Ok(c.query_row(
+                    "SELECT COUNT(*) FROM log_chunks WHERE build_id = ?1",
+                    [build_id],
+                    |row| row.get(0),
+                )?)
+            })
+            .expect("counted");
+        // 200 KB: three full chunks and the rest, one for stderr, one for the first line.
+        assert!(chunks <= 6, "{chunks} chunks");
+        let file = std::fs::read(logs_dir.join(log_file_name(1, "make test", StreamKind::Stdout)))
+            .expect("the file");
+        assert_eq!(file.len(), 11 + 2000 * 100);
+        let (stored, size) = store
+            .read_log(build_id, 1, StreamKind::Stdout, 0, 1 << 20)
+            .await
+            .expect("read");
+        assert_eq!(size, file.len() as u64);
+        assert!(stored == file, "the store's copy differs from the file");
+        assert_eq!(
+            store
+                .read_log(build_id, 1, StreamKind::Stderr, 0, 100)
+                .await
+                .expect("read"),
+            (b"warning\n".to_vec(), 8)
+        );
     }
 }

@@ -1,6 +1,6 @@
-//! The last lines of a step's log file, made safe to print in a terminal: what `try --wait`
-//! shows of a failed step. Reads at most [`TAIL_BYTES`] from the end of the file, never the
-//! whole log.
+//! The last lines of a step's log, made safe to print in a terminal: what `try --wait` shows
+//! of a failed step. Reads at most [`TAIL_BYTES`] from the end of the log, never the whole log
+//! (a file here; `master::logs` hands it the end of a log kept in a shared store).
 
 use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
@@ -28,11 +28,16 @@ pub fn tail(path: &Path, lines: usize) -> std::io::Result<Option<(Vec<String>, b
     file.seek(SeekFrom::Start(start))?;
     let mut bytes = Vec::new();
     file.take(TAIL_BYTES).read_to_end(&mut bytes)?;
-    Ok(Some(last_lines(
-        &bytes,
-        start > 0,
-        lines.min(MAX_TAIL_LINES),
-    )))
+    Ok(tail_of(&bytes, start > 0, lines))
+}
+
+/// The same for the end of a log read elsewhere (a shared store): `bytes` are its last bytes,
+/// at most [`TAIL_BYTES`], from the middle of the log when `partial_start`.
+pub fn tail_of(bytes: &[u8], partial_start: bool, lines: usize) -> Option<(Vec<String>, bool)> {
+    if bytes.is_empty() || lines == 0 {
+        return None;
+    }
+    Some(last_lines(bytes, partial_start, lines.min(MAX_TAIL_LINES)))
 }
 
 /// The last `wanted` lines of `bytes` (whose first line is partial when `partial_start`), and

@@ -17,6 +17,7 @@ pub mod journal;
 pub mod lease;
 pub mod locks;
 pub mod log_tail;
+pub mod logs;
 pub mod metrics;
 pub mod poller;
 pub mod quotas;

@@ -174,11 +174,21 @@ pub async fn builds(
         .store()
         .recent_builds(vec![query.builder.clone()], limit, usize::MAX)
         .await?;
-    let logs_dir = state.control.logs_dir();
+    let logs = state
+        .control
+        .logs()
+        .index(
+            recent
+                .iter()
+                .flat_map(|recent| recent.rows.iter().zip(&recent.steps))
+                .map(|(build, steps)| (build.id, steps.as_slice()))
+                .collect(),
+        )
+        .await?;
     let views = recent
         .into_iter()
         .flat_map(|recent| recent.rows.into_iter().zip(recent.steps))
-        .map(|(build, steps)| views::build_view(logs_dir, &build, &steps))
+        .map(|(build, steps)| views::build_view(&logs, &build, &steps))
         .collect();
     Ok(Json(views))
 }
@@ -194,12 +204,12 @@ pub async fn build(
         .build(BuildRef::Id(id))
         .await?
         .ok_or_else(|| WebError::NotFound(format!("no build with id {id}")))?;
-    Ok(Json(views::build_page(
-        state.control.logs_dir(),
-        &detail,
-        None,
-        None,
-    )))
+    let logs = state
+        .control
+        .logs()
+        .index(vec![(detail.build.id, detail.steps.as_slice())])
+        .await?;
+    Ok(Json(views::build_page(&logs, &detail, None, None)))
 }
 
 #[derive(Debug, Clone, Serialize)]

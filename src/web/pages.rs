@@ -38,13 +38,23 @@ async fn builders_with_builds(
             usize::try_from(per_builder).unwrap_or(0),
         )
         .await?;
-    let logs_dir = state.control.logs_dir();
+    let logs = state
+        .control
+        .logs()
+        .index(
+            recent
+                .iter()
+                .flat_map(|recent| recent.rows.iter().zip(&recent.steps))
+                .map(|(build, steps)| (build.id, steps.as_slice()))
+                .collect(),
+        )
+        .await?;
     let loaded = recent.into_iter().map(|recent| {
         let builds = recent
             .rows
             .iter()
             .zip(&recent.steps)
-            .map(|(build, steps)| views::build_view(logs_dir, build, steps))
+            .map(|(build, steps)| views::build_view(&logs, build, steps))
             .collect::<Vec<_>>();
         let last = recent
             .rows
@@ -115,12 +125,22 @@ pub async fn waterfall(
         .store()
         .builds_in_window(names, lower, upper, WATERFALL_BUILDS)
         .await?;
-    let logs_dir = state.control.logs_dir();
+    let logs = state
+        .control
+        .logs()
+        .index(
+            loaded
+                .iter()
+                .flat_map(|window| &window.builds)
+                .map(|found| (found.build.id, found.steps.as_slice()))
+                .collect(),
+        )
+        .await?;
     for (builder, window) in builders.iter_mut().zip(loaded) {
         builder.builds = window
             .builds
             .iter()
-            .map(|found| views::build_view(logs_dir, &found.build, &found.steps))
+            .map(|found| views::build_view(&logs, &found.build, &found.steps))
             .collect();
         builder.last_result = window.last_result.or(builder.last_result);
         attach_progress(builder);
@@ -190,7 +210,12 @@ pub async fn build(
     let progress = running
         .as_ref()
         .map(|running| views::progress_view(running, total_steps, now));
-    let page = views::build_page(state.control.logs_dir(), &detail, eta, progress);
+    let logs = state
+        .control
+        .logs()
+        .index(vec![(detail.build.id, detail.steps.as_slice())])
+        .await?;
+    let page = views::build_page(&logs, &detail, eta, progress);
     let session = state.session(&headers).await;
     let mut context = state.base_context(&headers).await;
     context.insert("can_stop", &session.is_some());

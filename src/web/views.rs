@@ -1,14 +1,13 @@
 //! What the pages and the JSON API show, built from the history and the live state: plain
 //! serialisable structs, so templates hold no logic beyond loops and ifs.
 
-use std::path::Path;
 use std::time::Duration;
 
 use serde::Serialize;
 
 use crate::durations::format_eta;
-use crate::master::build::log_file_name;
 use crate::master::control::Control;
+use crate::master::logs::LogIndex;
 use crate::master::store::{BuildDetail, BuildRow, StepRow, StoredChange};
 use crate::proto::StreamKind;
 use crate::status::{BuildResult, BuilderActivity, RunningBuild, text, unix_now};
@@ -233,15 +232,17 @@ fn result_text(result: Option<BuildResult>) -> String {
     css(result)
 }
 
-/// The log files a step has, in stream order.
-fn step_logs(logs_dir: &Path, builder: &str, number: i64, step: &StepRow) -> Vec<LogLink> {
-    let dir = logs_dir.join(builder).join(number.to_string());
+/// The logs a step has, in stream order.
+fn step_logs(
+    logs: &LogIndex,
+    builder: &str,
+    number: i64,
+    build_id: i64,
+    step: &StepRow,
+) -> Vec<LogLink> {
     [StreamKind::Stdout, StreamKind::Stderr, StreamKind::Info]
         .into_iter()
-        .filter(|stream| {
-            dir.join(log_file_name(step.number, &step.name, *stream))
-                .exists()
-        })
+        .filter(|stream| logs.has(builder, number, build_id, step, *stream))
         .map(|stream| LogLink {
             name: stream.file_extension().to_string(),
             url: format!(
@@ -253,7 +254,13 @@ fn step_logs(logs_dir: &Path, builder: &str, number: i64, step: &StepRow) -> Vec
         .collect()
 }
 
-pub fn step_view(logs_dir: &Path, builder: &str, number: i64, step: &StepRow) -> StepView {
+pub fn step_view(
+    logs: &LogIndex,
+    builder: &str,
+    number: i64,
+    build_id: i64,
+    step: &StepRow,
+) -> StepView {
     StepView {
         number: step.number,
         name: step.name.clone(),
@@ -264,11 +271,11 @@ pub fn step_view(logs_dir: &Path, builder: &str, number: i64, step: &StepRow) ->
         started_at: step.started_at,
         finished_at: step.finished_at,
         took: took(step.started_at, step.finished_at),
-        logs: step_logs(logs_dir, builder, number, step),
+        logs: step_logs(logs, builder, number, build_id, step),
     }
 }
 
-pub fn build_view(logs_dir: &Path, build: &BuildRow, steps: &[StepRow]) -> BuildView {
+pub fn build_view(logs: &LogIndex, build: &BuildRow, steps: &[StepRow]) -> BuildView {
     BuildView {
         id: build.id,
         builder: build.builder.clone(),
@@ -286,19 +293,19 @@ pub fn build_view(logs_dir: &Path, build: &BuildRow, steps: &[StepRow]) -> Build
         url: format!("/builders/{}/builds/{}", build.builder, build.number),
         steps: steps
             .iter()
-            .map(|step| step_view(logs_dir, &build.builder, build.number, step))
+            .map(|step| step_view(logs, &build.builder, build.number, build.id, step))
             .collect(),
         progress: None,
     }
 }
 
 pub fn build_page(
-    logs_dir: &Path,
+    logs: &LogIndex,
     detail: &BuildDetail,
     eta: Option<String>,
     progress: Option<ProgressView>,
 ) -> BuildPage {
-    let mut build = build_view(logs_dir, &detail.build, &detail.steps);
+    let mut build = build_view(logs, &detail.build, &detail.steps);
     build.progress = progress;
     BuildPage {
         build,

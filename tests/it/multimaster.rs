@@ -6,6 +6,7 @@
 //! Each test gets a fresh database in the private PostgreSQL server of this test binary
 //! (`tests/support/postgres.rs`).
 
+use std::io::Read;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -679,4 +680,304 @@ fn many_try_jobs_over_three_masters_one_killed_twice_each_build_exactly_once() {
             "job {jobid}: {requests} requests, {successes} successful builds, {unexplained} other builds"
         );
     }
+}
+
+/// The most of `runs` (start, end) going on at one moment; touching ones do not overlap.
+fn most_at_once(runs: &[(f64, f64)]) -> usize {
+    let mut edges: Vec<(f64, i32)> = runs
+        .iter()
+        .flat_map(|(start, end)| [(*start, 1), (*end, -1)])
+        .collect();
+    edges.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+    let (mut now, mut most) = (0i32, 0i32);
+    for (_, change) in edges {
+        now += change;
+        most = most.max(now);
+    }
+    usize::try_from(most).unwrap_or_default()
+}
+
+fn recorded_runs(file: &Path) -> Vec<(f64, f64)> {
+    std::fs::read_to_string(file)
+        .unwrap_or_default()
+        .lines()
+        .map(|line| {
+            let (start, end) = line.split_once(' ').expect("start end");
+            (
+                start.parse().expect("a start time"),
+                end.parse().expect("an end time"),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn master_locks_hold_across_masters() {
+    let url = fresh_database();
+    let checkout = Checkout::new();
+    let runs = tempfile::tempdir().expect("temp dir");
+    let record = |file: &str| {
+        format!(
+            r#"s=$(date +%s.%N); sleep 0.4; e=$(date +%s.%N); echo "$s $e" >> {}/{file}"#,
+            runs.path().display()
+        )
+    };
+    // linux takes the exclusive lock for the whole build; counted's step takes a counting
+    // lock of two.
+    let steps = format!(
+        "{{ name = \"test\", command = '{}' }},",
+        record("exclusive")
+    );
+    let locks_and_counted = format!(
+        "\n[[lock]]\nname = \"db\"\nkind = \"master\"\nmax_count = 1\n\
+         \n[[lock]]\nname = \"pool\"\nkind = \"master\"\nmax_count = 2\n\
+         \n[[builder]]\nname = \"counted\"\nslaves = [\"s1\", \"s2\", \"s3\"]\nrepo = \"{}\"\nbranch = \"main\"\n\
+         steps = [ {{ name = \"test\", command = '{}', locks = [ {{ lock = \"pool\", access = \"counting\" }} ] }} ]\n",
+        checkout.upstream.display(),
+        record("counting")
+    );
+    let with_lock = |config: String| {
+        config.replacen(
+            "branch = \"main\"\nsteps",
+            "branch = \"main\"\nlocks = [ { lock = \"db\", access = \"exclusive\" } ]\nsteps",
+            1,
+        )
+    };
+    let pool = ["s1", "s2", "s3"];
+    let mut setup = MasterSetup::linux_builder(&pool, &checkout.upstream, &steps);
+    setup.extra_config =
+        with_lock(setup.extra_config) + &locks_and_counted + &database_section(&url);
+    setup.edits.push(named("ci-a"));
+    let a = TestMaster::start_with(setup);
+    let blocks: String = {
+        let config = std::fs::read_to_string(a.path().join("master.toml")).expect("config");
+        let start = config.find("\n[[slave]]").expect("slave blocks") + 1;
+        let end = config[start..]
+            .find("\n[[builder]]")
+            .map_or(config.len(), |end| start + end);
+        config[start..end].to_string()
+    };
+    let member = |name: &str| {
+        let mut setup = MasterSetup::linux_builder(&[], &checkout.upstream, &steps);
+        setup.extra_config = format!(
+            "\n{blocks}\n{}{}{}",
+            with_lock(
+                setup
+                    .extra_config
+                    .replace("slaves = []", "slaves = [\"s1\", \"s2\", \"s3\"]")
+            ),
+            locks_and_counted,
+            database_section(&url),
+        );
+        setup.host_key_of = Some(a.path().to_path_buf());
+        setup.edits.push(named(name));
+        TestMaster::start_with(setup)
+    };
+    let b = member("ci-b");
+    let c = member("ci-c");
+    let _s1 = a.launch_slave("s1", masters(&[&a]));
+    let _s2 = a.launch_slave("s2", masters(&[&b]));
+    let _s3 = a.launch_slave("s3", masters(&[&c]));
+    for (master, slave) in [(&a, "s1"), (&b, "s2"), (&c, "s3")] {
+        master.wait_connected(slave);
+    }
+    // Each master builds on its own slave: without the cluster's locks all three would run
+    // at once.
+    for _ in 0..3 {
+        for master in [&a, &b, &c] {
+            for builder in ["linux", "counted"] {
+                let forced = master.ssh(
+                    &master.user_key,
+                    &current_user(),
+                    &format!("force {builder} --reason locks"),
+                );
+                assert_eq!(forced.status.code(), Some(0), "{}", text(&forced.stderr));
+            }
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(180);
+    while recorded_runs(&runs.path().join("exclusive")).len() < 9
+        || recorded_runs(&runs.path().join("counting")).len() < 9
+    {
+        assert!(
+            Instant::now() < deadline,
+            "not every build ran: {} exclusive, {} counting",
+            recorded_runs(&runs.path().join("exclusive")).len(),
+            recorded_runs(&runs.path().join("counting")).len()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let exclusive = recorded_runs(&runs.path().join("exclusive"));
+    assert_eq!(
+        most_at_once(&exclusive),
+        1,
+        "the exclusive lock overlapped: {exclusive:?}"
+    );
+    let counting = recorded_runs(&runs.path().join("counting"));
+    assert!(
+        most_at_once(&counting) <= 2,
+        "the counting lock of two held by more: {counting:?}"
+    );
+}
+
+#[test]
+fn migrate_db_moves_a_single_masters_history_into_postgresql() {
+    let url = fresh_database();
+    let checkout = Checkout::new();
+    let steps = r#"{ name = "test", command = "true" },"#;
+    let mut master = TestMaster::start_with(MasterSetup::linux_builder(
+        &["s1"],
+        &checkout.upstream,
+        steps,
+    ));
+    let slave = master.start_slave("s1");
+    let forced = master.ssh(
+        &master.user_key,
+        &current_user(),
+        "force linux --reason before",
+    );
+    assert_eq!(forced.status.code(), Some(0), "{}", text(&forced.stderr));
+    wait_until("build #1 to finish", || {
+        builds(&master)
+            .iter()
+            .any(|build| build["number"] == 1 && build["running"] == false)
+    });
+    let master_dir = master.path().to_path_buf();
+    let migrate = || {
+        let mut command = std::process::Command::new(crate::harness::BIN);
+        command
+            .arg("migrate-db")
+            .arg(&master_dir)
+            .args(["--to", &url]);
+        run_with_timeout(command, None)
+    };
+    // Not while the master runs.
+    let refused = migrate();
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(
+        text(&refused.stderr).contains("is running"),
+        "{}",
+        text(&refused.stderr)
+    );
+
+    master.terminate();
+    drop(slave);
+    let copied = migrate();
+    let stdout = text(&copied.stdout);
+    assert_eq!(
+        copied.status.code(),
+        Some(0),
+        "{stdout}\n{}",
+        text(&copied.stderr)
+    );
+    assert!(
+        stdout.contains("requests: 1 rows") && stdout.contains("builds: 1 rows"),
+        "{stdout}"
+    );
+    // Into a database that holds a history: one line, nothing copied twice.
+    let again = migrate();
+    let stderr = text(&again.stderr);
+    assert_eq!(again.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("already holds a history (1 requests)"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+
+    // The master on PostgreSQL finds its history and goes on numbering.
+    let config = master.path().join("master.toml");
+    let mut text_of = std::fs::read_to_string(&config).expect("config");
+    text_of.push_str(&database_section(&url));
+    std::fs::write(&config, text_of).expect("config written");
+    let master = master.start_again();
+    let _slave = master.start_slave("s1");
+    let first = builds(&master);
+    assert_eq!(first.len(), 1, "{first:?}");
+    assert_eq!(first[0]["result"], "success", "{first:?}");
+    let forced = master.ssh(
+        &master.user_key,
+        &current_user(),
+        "force linux --reason after",
+    );
+    assert_eq!(forced.status.code(), Some(0), "{}", text(&forced.stderr));
+    wait_until("build #2 to finish", || {
+        builds(&master)
+            .iter()
+            .any(|build| build["number"] == 2 && build["result"] == "success")
+    });
+}
+
+#[test]
+fn a_step_log_written_on_one_master_is_served_and_followed_live_on_another() {
+    let url = fresh_database();
+    let checkout = Checkout::new();
+    let shared = tempfile::tempdir().expect("temp dir");
+    // Prints a line, waits for the test, prints more on both streams and fails.
+    let steps = format!(
+        r#"{{ name = "test", command = "sh -c 'echo first; while [ ! -e {d}/go ]; do sleep 0.1; done; echo second; echo oops >&2; exit 1'" }},"#,
+        d = shared.path().display()
+    );
+    let a = first_master(&url, &checkout.upstream, &steps);
+    let b = member_of(&a, "ci-b", &url, &checkout.upstream, &steps);
+    // The slave knows only A: the build runs there, and B has no log file of it.
+    let only_a = format!("master = [\"127.0.0.1:{}\"]", a.ssh_port);
+    let _slave = a.launch_slave("s1", move |config: &mut String| {
+        let start = config.find("master = ").expect("master line");
+        let end = start + config[start..].find('\n').expect("line end");
+        config.replace_range(start..end, &only_a);
+    });
+    a.wait_connected("s1");
+    let forced = a.ssh(&a.user_key, &current_user(), "force linux --reason 'logs'");
+    assert_eq!(forced.status.code(), Some(0), "{}", text(&forced.stderr));
+    let raw = |stream: &str| {
+        format!(
+            "http://127.0.0.1:{}/builders/linux/builds/1/steps/2/logs/{stream}/raw",
+            b.http_port
+        )
+    };
+    let get = |url: &str| {
+        crate::harness::http_client()
+            .get(url)
+            .send()
+            .ok()
+            .filter(|response| response.status().is_success())
+            .and_then(|response| response.text().ok())
+            .unwrap_or_default()
+    };
+    // On B, while the step runs on A: the first line, from the database.
+    wait_until("B to serve the first line", || {
+        get(&raw("stdout")) == "first\n"
+    });
+    let follow = {
+        let url = format!("{}?follow=1", raw("stdout"));
+        std::thread::spawn(move || {
+            let mut followed = String::new();
+            crate::harness::http_client()
+                .get(url)
+                .send()
+                .expect("follow")
+                .read_to_string(&mut followed)
+                .expect("read to the end");
+            followed
+        })
+    };
+    std::fs::write(shared.path().join("go"), "").expect("go marker");
+    assert_eq!(follow.join().expect("the follower"), "first\nsecond\n");
+    wait_until("B to see the build fail", || {
+        builds(&b)
+            .iter()
+            .any(|build| build["number"] == 1 && build["result"] == "failure")
+    });
+    assert_eq!(get(&raw("stderr")), "oops\n");
+    let build = &builds(&b)[0];
+    let links = build["steps"][1]["logs"].to_string();
+    assert!(
+        links.contains("stdout") && links.contains("stderr"),
+        "{build}"
+    );
+    assert!(
+        !b.path().join("logs/linux/1").exists(),
+        "B served the log from its own files"
+    );
+    assert!(a.path().join("logs/linux/1").exists(), "A keeps its files");
 }

@@ -7,7 +7,7 @@
 //! `master.toml:LINE: message`. This module does not start anything and does not touch the
 //! spool, the SSH server or the network.
 
-mod database;
+pub mod database;
 mod irc;
 mod limits;
 mod locks;

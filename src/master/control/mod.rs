@@ -432,9 +432,15 @@ impl Control {
         format!("{}/builders/{builder}", self.web_url)
     }
 
-    /// Where step logs are, for serving them.
+    /// Where this master's step log files are; readers go through [`Control::logs`], which
+    /// also finds logs other masters wrote.
     pub fn logs_dir(&self) -> &Path {
         &self.logs_dir
+    }
+
+    /// Step logs to read, from this master's files or the shared store (`master::logs`).
+    pub fn logs(&self) -> crate::master::logs::LogSource {
+        crate::master::logs::LogSource::new(self.logs_dir.clone(), Arc::clone(&self.store))
     }
 
     /// Every event from now on.

@@ -1,9 +1,8 @@
 //! What `try --wait` asks of a job besides its events: the end of the log of the step that
 //! failed a build, and where the job stands in the history when events were missed.
 
-use crate::master::build::log_file_name;
 use crate::master::control::{Control, ControlError};
-use crate::master::log_tail;
+use crate::master::logs::StepLog;
 use crate::master::store::BuildRef;
 use crate::proto::StreamKind;
 use crate::status::{JobRecord, StepTail, TailStream};
@@ -29,38 +28,44 @@ impl Control {
                 number,
             })
             .await?;
-        let Some(step) = detail.and_then(|detail| {
+        let Some((build_id, step)) = detail.and_then(|detail| {
+            let build_id = detail.build.id;
             detail
                 .steps
                 .into_iter()
                 .rev()
                 .find(|step| step.result.is_some_and(|result| !result.is_good()))
+                .map(|step| (build_id, step))
         }) else {
             return Ok(None);
         };
-        let dir = self.logs_dir.join(builder).join(number.to_string());
-        let (step_number, step_name) = (step.number, step.name.clone());
-        let streams = tokio::task::spawn_blocking(move || {
-            [StreamKind::Stdout, StreamKind::Stderr, StreamKind::Info]
-                .into_iter()
-                .filter_map(|stream| {
-                    let path = dir.join(log_file_name(step_number, &step_name, stream));
-                    match log_tail::tail(&path, lines) {
-                        Ok(found) => found.map(|(lines, cut)| TailStream {
-                            stream: stream.file_extension().to_string(),
-                            lines,
-                            cut,
-                        }),
-                        Err(err) => {
-                            tracing::warn!(path = %path.display(), "cannot read a log's tail: {err}");
-                            None
-                        }
-                    }
-                })
-                .collect::<Vec<_>>()
-        })
-        .await
-        .unwrap_or_default();
+        let source = self.logs();
+        let mut streams = Vec::new();
+        for stream in [StreamKind::Stdout, StreamKind::Stderr, StreamKind::Info] {
+            let log = StepLog {
+                builder: builder.to_string(),
+                number,
+                build_id,
+                step: step.number,
+                step_name: step.name.clone(),
+                stream,
+            };
+            match source.tail(&log, lines).await {
+                Ok(found) => streams.extend(found.map(|(lines, cut)| TailStream {
+                    stream: stream.file_extension().to_string(),
+                    lines,
+                    cut,
+                })),
+                Err(err) => {
+                    tracing::warn!(
+                        builder,
+                        number,
+                        step = step.number,
+                        "cannot read a log's tail: {err}"
+                    );
+                }
+            }
+        }
         Ok(Some(StepTail {
             builder: builder.to_string(),
             number,

@@ -17,12 +17,13 @@ pub mod sqlite;
 use std::sync::Arc;
 
 use crate::change::ChangeSpec;
+use crate::proto::StreamKind;
 use crate::status::{BuildResult, JobRecord, LastBuild};
 
 pub use model::{
     BuildDetail, BuildRef, BuildRow, BuildWithSteps, LostMaster, MasterInfo, MasterLease,
-    MasterRow, NewRequest, RecentBuilds, Recorded, StepRow, StoredChange, StoredRequest,
-    StoredSession, WindowBuilds, now,
+    MasterLockUse, MasterRow, NewRequest, RecentBuilds, Recorded, StepRow, StoredChange,
+    StoredRequest, StoredSession, WindowBuilds, now,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -70,6 +71,10 @@ pub enum StoreError {
     /// The request is no longer waiting: another master claimed it, or it was cancelled.
     #[error("request {request_id} is no longer waiting (claimed by another master or cancelled)")]
     AlreadyClaimed { request_id: i64 },
+    /// A log chunk that would leave a gap in its stream or overlap what is there with other
+    /// bytes: the writer lost track of what the store holds.
+    #[error("log chunk at byte {offset} does not follow the stored log (it ends at byte {size})")]
+    LogOffset { offset: u64, size: u64 },
 }
 
 /// The store, shared by every part of the master that keeps or reads what outlives a build.
@@ -341,6 +346,25 @@ pub trait Store: Send + Sync {
         lease: std::time::Duration,
     ) -> Result<bool, StoreError>;
 
+    /// Takes master locks for `holder` (a build, or one of its steps) of `owner`'s run, all or
+    /// none, whichever masters take locks at once: true when taken. A lock is free for an
+    /// exclusive taker while nobody holds it, for a counting one while nobody holds it
+    /// exclusively and fewer than its `max_count` hold it. A lost run's locks are freed when
+    /// it is reaped, an earlier run's when its master starts again.
+    async fn take_master_locks(
+        &self,
+        owner: &MasterLease,
+        holder: &str,
+        uses: Vec<MasterLockUse>,
+    ) -> Result<bool, StoreError>;
+
+    /// Frees what `holder` of `owner`'s run holds.
+    async fn release_master_locks(
+        &self,
+        owner: &MasterLease,
+        holder: &str,
+    ) -> Result<(), StoreError>;
+
     /// Every master the store has seen, by name.
     async fn masters(&self) -> Result<Vec<MasterRow>, StoreError>;
 
@@ -483,4 +507,49 @@ pub trait Store: Send + Sync {
         }
         Ok(all)
     }
+
+    // --- step logs ---------------------------------------------------------------------------
+    // A step's output is kept per stream as chunks keyed by (build, step, stream, byte offset),
+    // so any master can serve and follow a log another master is writing (`master::logs`).
+
+    /// Appends `data` to stream `stream` of step `step` of build `build_id`, starting at byte
+    /// `offset`: where the stored stream ends now. A chunk the store holds already (a retried
+    /// append whose first answer was lost) is accepted again and changes nothing; one that
+    /// leaves a gap or overlaps with other bytes is refused with [`StoreError::LogOffset`].
+    /// Fenced by `owner` like every write about a running build.
+    async fn append_log(
+        &self,
+        owner: &MasterLease,
+        build_id: i64,
+        step: i64,
+        stream: StreamKind,
+        offset: u64,
+        data: Vec<u8>,
+    ) -> Result<(), StoreError>;
+
+    /// At most `max` bytes of a stored stream from byte `offset`, and the stream's size so far
+    /// (0 and nothing for a stream with no output).
+    async fn read_log(
+        &self,
+        build_id: i64,
+        step: i64,
+        stream: StreamKind,
+        offset: u64,
+        max: usize,
+    ) -> Result<(Vec<u8>, u64), StoreError>;
+
+    /// The size so far of a stored stream (0 when it has no output).
+    async fn log_size(
+        &self,
+        build_id: i64,
+        step: i64,
+        stream: StreamKind,
+    ) -> Result<u64, StoreError>;
+
+    /// The (build id, step, stream) of these builds' streams that have stored output: one
+    /// question for a page's builds, not one per build.
+    async fn log_streams(
+        &self,
+        build_ids: Vec<i64>,
+    ) -> Result<Vec<(i64, i64, StreamKind)>, StoreError>;
 }

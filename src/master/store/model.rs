@@ -235,6 +235,16 @@ pub struct MasterRow {
     pub info: MasterInfo,
 }
 
+/// A master lock a build or step takes in a cluster's store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MasterLockUse {
+    pub lock: String,
+    /// Exclusive, or counting.
+    pub exclusive: bool,
+    /// How many may hold it at once counting.
+    pub max_count: i64,
+}
+
 /// A master whose lease ran out, as another master took its work over.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LostMaster {

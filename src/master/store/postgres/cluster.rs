@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use super::PgStore;
 use crate::master::results::CUT_SHORT;
 use crate::master::store::StoreError;
-use crate::master::store::model::{LostMaster, MasterInfo, MasterLease, MasterRow};
+use crate::master::store::model::{LostMaster, MasterInfo, MasterLease, MasterLockUse, MasterRow};
 use crate::status::RequestState;
 
 /// Now, in unix seconds, by the database's clock.
@@ -33,6 +33,8 @@ const NOTICE_TICK: Duration = Duration::from_secs(15);
 const LOCK_MASTER: i32 = 0x6262_0005;
 /// Serialises appends to the event log, so numbers follow commit order without gaps.
 const LOCK_EVENTS: i32 = 0x6262_0006;
+/// Master locks: takers of one lock take turns deciding whether it is free.
+const LOCK_MASTER_LOCK: i32 = 0x6262_0007;
 
 /// The run `owner` may still write: the cluster has not declared it lost. The row stays
 /// share-locked to the end of the caller's transaction, so a reaper declaring it lost waits
@@ -261,7 +263,84 @@ impl PgStore {
                 &[&master.name, &master.epoch],
             )
             .await?;
+        transaction
+            .execute(
+                "DELETE FROM master_locks WHERE master = $1 AND epoch = $2",
+                &[&master.name, &master.epoch],
+            )
+            .await?;
         transaction.commit().await?;
+        Ok(())
+    }
+
+    pub(super) async fn take_locks(
+        &self,
+        owner: &MasterLease,
+        holder: &str,
+        uses: &[MasterLockUse],
+    ) -> Result<bool, StoreError> {
+        let mut client = self.client().await?;
+        let transaction = client.transaction().await?;
+        fence(&transaction, owner).await?;
+        // In one order, so two takers of overlapping sets cannot wait on each other.
+        let mut names: Vec<&str> = uses.iter().map(|wanted| wanted.lock.as_str()).collect();
+        names.sort_unstable();
+        names.dedup();
+        for name in names {
+            super::verbs::lock(&transaction, LOCK_MASTER_LOCK, name).await?;
+        }
+        for wanted in uses {
+            let row = transaction
+                .query_one(
+                    "SELECT COUNT(*), COALESCE(MAX(exclusive), 0) FROM master_locks
+                     WHERE lock = $1 AND holder <> $2",
+                    &[&wanted.lock, &holder],
+                )
+                .await?;
+            let (held, exclusive): (i64, i64) = (row.try_get(0)?, row.try_get(1)?);
+            let free = if wanted.exclusive {
+                held == 0
+            } else {
+                exclusive == 0 && held < wanted.max_count
+            };
+            if !free {
+                return Ok(false);
+            }
+        }
+        for wanted in uses {
+            transaction
+                .execute(
+                    "INSERT INTO master_locks (lock, holder, exclusive, master, epoch, since)
+                     VALUES ($1, $2, $3, $4, $5, $6)
+                     ON CONFLICT (lock, holder) DO UPDATE SET exclusive = EXCLUDED.exclusive,
+                       master = EXCLUDED.master, epoch = EXCLUDED.epoch, since = EXCLUDED.since",
+                    &[
+                        &wanted.lock,
+                        &holder,
+                        &i64::from(wanted.exclusive),
+                        &owner.name,
+                        &owner.epoch,
+                        &crate::master::store::now(),
+                    ],
+                )
+                .await?;
+        }
+        transaction.commit().await?;
+        Ok(true)
+    }
+
+    pub(super) async fn release_locks(
+        &self,
+        owner: &MasterLease,
+        holder: &str,
+    ) -> Result<(), StoreError> {
+        self.client()
+            .await?
+            .execute(
+                "DELETE FROM master_locks WHERE holder = $1 AND master = $2 AND epoch = $3",
+                &[&holder, &owner.name, &owner.epoch],
+            )
+            .await?;
         Ok(())
     }
 
@@ -342,6 +421,9 @@ impl PgStore {
                     "UPDATE masters SET state = 'lost' WHERE name = $1 AND epoch = $2",
                     &[&name, &epoch],
                 )
+                .await?;
+            transaction
+                .execute("DELETE FROM master_locks WHERE master = $1", &[&name])
                 .await?;
             let retried = end_builds_where(
                 &transaction,

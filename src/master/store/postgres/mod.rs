@@ -10,6 +10,9 @@
 //! cluster-wide jobs, the event log, LISTEN/NOTIFY) in `cluster`.
 
 mod cluster;
+mod copy;
+pub use copy::{Copied, CopyError};
+mod logs;
 mod verbs;
 
 use std::error::Error as _;
@@ -151,6 +154,27 @@ pub const MIGRATIONS: &[&str] = &[
         master TEXT NOT NULL,
         epoch BIGINT NOT NULL,
         expires_at DOUBLE PRECISION NOT NULL
+    );",
+    // 12: master locks held across the masters of a cluster.
+    "CREATE TABLE master_locks (
+        lock TEXT NOT NULL,
+        holder TEXT NOT NULL,
+        exclusive BIGINT NOT NULL,
+        master TEXT NOT NULL,
+        epoch BIGINT NOT NULL,
+        since DOUBLE PRECISION NOT NULL,
+        PRIMARY KEY (lock, holder)
+    );",
+    // 13: step logs as chunks, so any master serves and follows any build's log
+    // (`master::logs`); the same table as SQLite's 13, `data` a BYTEA.
+    "CREATE TABLE log_chunks (
+        build_id BIGINT NOT NULL,
+        step BIGINT NOT NULL,
+        stream TEXT NOT NULL,
+        byte_offset BIGINT NOT NULL,
+        byte_count BIGINT NOT NULL,
+        data BYTEA NOT NULL,
+        PRIMARY KEY (build_id, step, stream, byte_offset)
     );",
 ];
 

@@ -605,6 +605,12 @@ impl Store for PgStore {
             "master restarted",
         )
         .await?;
+        transaction
+            .execute(
+                "DELETE FROM master_locks WHERE master = $1 AND epoch < $2",
+                &[&text(&owner.name), &owner.epoch],
+            )
+            .await?;
         transaction.commit().await?;
         Ok(ended.len())
     }
@@ -989,6 +995,23 @@ impl Store for PgStore {
         self.hold(job, owner, lease).await
     }
 
+    async fn take_master_locks(
+        &self,
+        owner: &MasterLease,
+        holder: &str,
+        uses: Vec<crate::master::store::MasterLockUse>,
+    ) -> Result<bool, StoreError> {
+        self.take_locks(owner, holder, &uses).await
+    }
+
+    async fn release_master_locks(
+        &self,
+        owner: &MasterLease,
+        holder: &str,
+    ) -> Result<(), StoreError> {
+        self.release_locks(owner, holder).await
+    }
+
     async fn masters(&self) -> Result<Vec<MasterRow>, StoreError> {
         self.all_masters().await
     }
@@ -1031,5 +1054,45 @@ impl Store for PgStore {
 
     fn request_notices(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
         Some(self.notices.channels.requests.subscribe())
+    }
+
+    async fn append_log(
+        &self,
+        owner: &MasterLease,
+        build_id: i64,
+        step: i64,
+        stream: crate::proto::StreamKind,
+        offset: u64,
+        data: Vec<u8>,
+    ) -> Result<(), StoreError> {
+        self.append_chunk(owner, build_id, step, stream, offset, data)
+            .await
+    }
+
+    async fn read_log(
+        &self,
+        build_id: i64,
+        step: i64,
+        stream: crate::proto::StreamKind,
+        offset: u64,
+        max: usize,
+    ) -> Result<(Vec<u8>, u64), StoreError> {
+        self.read_chunks(build_id, step, stream, offset, max).await
+    }
+
+    async fn log_size(
+        &self,
+        build_id: i64,
+        step: i64,
+        stream: crate::proto::StreamKind,
+    ) -> Result<u64, StoreError> {
+        self.chunked_size(build_id, step, stream).await
+    }
+
+    async fn log_streams(
+        &self,
+        build_ids: Vec<i64>,
+    ) -> Result<Vec<(i64, i64, crate::proto::StreamKind)>, StoreError> {
+        self.chunked_streams(build_ids).await
     }
 }

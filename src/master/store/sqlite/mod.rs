@@ -1,6 +1,8 @@
 //! The embedded store: one SQLite file (`state.sqlite` in the master directory) for one
 //! master, with versioned migrations from the first schema. Logs are files (written by
-//! `master::build`, served by the web); the database holds the builds and steps they belong to.
+//! `master::build`, read through `master::logs`); this store answers the log-chunk verbs too
+//! (the same schema as PostgreSQL's, where they hold every master's logs), but one master
+//! never ships its logs into its own file.
 //!
 //! One connection behind a mutex; the [`Store`] verbs run on the blocking pool
 //! ([`SqliteStore::run`]).
@@ -16,10 +18,11 @@ use rusqlite::{Connection, OptionalExtension, params};
 use crate::change::ChangeSpec;
 use crate::master::results::CUT_SHORT;
 use crate::master::store::model::{
-    BuildDetail, BuildRef, BuildRow, LostMaster, MasterInfo, MasterLease, MasterRow, NewRequest,
-    Recorded, StepRow, StoredChange, StoredRequest, StoredSession, now,
+    BuildDetail, BuildRef, BuildRow, LostMaster, MasterInfo, MasterLease, MasterLockUse, MasterRow,
+    NewRequest, Recorded, StepRow, StoredChange, StoredRequest, StoredSession, now,
 };
 use crate::master::store::{Store, StoreError};
+use crate::proto::StreamKind;
 use crate::status::{BuildResult, JobRecord, LastBuild, RequestKind, RequestState};
 
 /// Results, states and kinds are stored as their one spelling; anything else in the column is
@@ -169,6 +172,29 @@ pub const MIGRATIONS: &[&str] = &[
         master TEXT NOT NULL,
         epoch INTEGER NOT NULL,
         expires_at REAL NOT NULL
+    );",
+    // 12: master locks held across the masters of a cluster.
+    "CREATE TABLE master_locks (
+        lock TEXT NOT NULL,
+        holder TEXT NOT NULL,
+        exclusive INTEGER NOT NULL,
+        master TEXT NOT NULL,
+        epoch INTEGER NOT NULL,
+        since REAL NOT NULL,
+        PRIMARY KEY (lock, holder)
+    );",
+    // 13 (PostgreSQL's migration 13 is the same table, `data` a BYTEA): step logs as chunks,
+    // so any master of a cluster serves and follows any build's log (`master::logs`). The
+    // length is a column of its own because SQL spells a blob's length differently per
+    // database, and the key's order is the order a range is read in.
+    "CREATE TABLE log_chunks (
+        build_id INTEGER NOT NULL,
+        step INTEGER NOT NULL,
+        stream TEXT NOT NULL,
+        byte_offset INTEGER NOT NULL,
+        byte_count INTEGER NOT NULL,
+        data BLOB NOT NULL,
+        PRIMARY KEY (build_id, step, stream, byte_offset)
     );",
 ];
 
@@ -596,6 +622,10 @@ pub(crate) fn recover_interrupted_builds(
         "master restarted",
     )?
     .len();
+    transaction.execute(
+        "DELETE FROM master_locks WHERE master = ?1 AND epoch < ?2",
+        params![owner.name, owner.epoch],
+    )?;
     transaction.commit()?;
     Ok(count)
 }
@@ -1003,8 +1033,55 @@ pub(crate) fn retire_master(
         "DELETE FROM singletons WHERE master = ?1 AND epoch = ?2",
         params![master.name, master.epoch],
     )?;
+    transaction.execute(
+        "DELETE FROM master_locks WHERE master = ?1 AND epoch = ?2",
+        params![master.name, master.epoch],
+    )?;
     transaction.commit()?;
     Ok(())
+}
+
+pub(crate) fn take_master_locks(
+    connection: &mut Connection,
+    owner: &MasterLease,
+    holder: &str,
+    uses: &[MasterLockUse],
+) -> Result<bool, StoreError> {
+    let transaction =
+        connection.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    fence(&transaction, owner)?;
+    for wanted in uses {
+        let (held, exclusive): (i64, i64) = transaction.query_row(
+            "SELECT COUNT(*), COALESCE(MAX(exclusive), 0) FROM master_locks
+             WHERE lock = ?1 AND holder <> ?2",
+            params![wanted.lock, holder],
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        )?;
+        let free = if wanted.exclusive {
+            held == 0
+        } else {
+            exclusive == 0 && held < wanted.max_count
+        };
+        if !free {
+            return Ok(false);
+        }
+    }
+    for wanted in uses {
+        transaction.execute(
+            "INSERT OR REPLACE INTO master_locks (lock, holder, exclusive, master, epoch, since)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![
+                wanted.lock,
+                holder,
+                i64::from(wanted.exclusive),
+                owner.name,
+                owner.epoch,
+                now()
+            ],
+        )?;
+    }
+    transaction.commit()?;
+    Ok(true)
 }
 
 pub(crate) fn hold_singleton(
@@ -1058,6 +1135,7 @@ pub(crate) fn reap_lost_masters(
             "UPDATE masters SET state = 'lost' WHERE name = ?1 AND epoch = ?2",
             params![name, epoch],
         )?;
+        transaction.execute("DELETE FROM master_locks WHERE master = ?1", params![name])?;
         let retried = end_builds_where(
             &transaction,
             "master = ?1",
@@ -1133,6 +1211,147 @@ pub(crate) fn events_after(
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
+/// A byte position as the database keeps it.
+fn position(bytes: u64) -> Result<i64, StoreError> {
+    i64::try_from(bytes).map_err(|_| StoreError::Task(format!("log position {bytes} too large")))
+}
+
+/// Where a stored stream ends now.
+pub(crate) fn log_size(
+    connection: &Connection,
+    build_id: i64,
+    step: i64,
+    stream: StreamKind,
+) -> Result<u64, StoreError> {
+    // The last chunk by key, not MAX(offset + count): one index probe, not a scan of the log.
+    let end: Option<i64> = connection
+        .query_row(
+            "SELECT byte_offset + byte_count FROM log_chunks
+             WHERE build_id = ?1 AND step = ?2 AND stream = ?3
+             ORDER BY byte_offset DESC LIMIT 1",
+            params![build_id, step, stream.file_extension()],
+            |row| row.get(0),
+        )
+        .optional()?;
+    Ok(end.map_or(0, |end| u64::try_from(end).unwrap_or(0)))
+}
+
+pub(crate) fn append_log(
+    connection: &mut Connection,
+    owner: &MasterLease,
+    build_id: i64,
+    step: i64,
+    stream: StreamKind,
+    offset: u64,
+    data: &[u8],
+) -> Result<(), StoreError> {
+    let transaction = connection.transaction()?;
+    fence_build(&transaction, owner, build_id)?;
+    let size = log_size(&transaction, build_id, step, stream)?;
+    let end = offset.saturating_add(data.len() as u64);
+    if offset < size && end <= size {
+        // A retry of an append that was stored: the same bytes, or the writer is confused.
+        let (stored, _) = read_log(&transaction, build_id, step, stream, offset, data.len())?;
+        return if stored == data {
+            Ok(())
+        } else {
+            Err(StoreError::LogOffset { offset, size })
+        };
+    }
+    if offset != size {
+        return Err(StoreError::LogOffset { offset, size });
+    }
+    if !data.is_empty() {
+        transaction.execute(
+            "INSERT INTO log_chunks (build_id, step, stream, byte_offset, byte_count, data)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![
+                build_id,
+                step,
+                stream.file_extension(),
+                position(offset)?,
+                position(data.len() as u64)?,
+                data
+            ],
+        )?;
+    }
+    transaction.commit()?;
+    Ok(())
+}
+
+pub(crate) fn read_log(
+    connection: &Connection,
+    build_id: i64,
+    step: i64,
+    stream: StreamKind,
+    offset: u64,
+    max: usize,
+) -> Result<(Vec<u8>, u64), StoreError> {
+    let size = log_size(connection, build_id, step, stream)?;
+    let end = offset.saturating_add(max as u64).min(size);
+    let mut bytes = Vec::new();
+    if offset >= end {
+        return Ok((bytes, size));
+    }
+    // From the chunk holding `offset` (the last one starting at or before it) up to `end`.
+    let mut statement = connection.prepare(
+        "SELECT byte_offset, data FROM log_chunks
+         WHERE build_id = ?1 AND step = ?2 AND stream = ?3 AND byte_offset < ?5
+           AND byte_offset >= COALESCE((SELECT MAX(byte_offset) FROM log_chunks
+               WHERE build_id = ?1 AND step = ?2 AND stream = ?3 AND byte_offset <= ?4), 0)
+         ORDER BY byte_offset",
+    )?;
+    let rows = statement.query_map(
+        params![
+            build_id,
+            step,
+            stream.file_extension(),
+            position(offset)?,
+            position(end)?
+        ],
+        |row| Ok((row.get::<_, i64>(0)?, row.get::<_, Vec<u8>>(1)?)),
+    )?;
+    for row in rows {
+        let (start, data) = row?;
+        let start = u64::try_from(start).unwrap_or(0);
+        let from = offset.saturating_sub(start).min(data.len() as u64) as usize;
+        let to = (end.saturating_sub(start)).min(data.len() as u64) as usize;
+        if from < to {
+            bytes.extend_from_slice(&data[from..to]);
+        }
+    }
+    Ok((bytes, size))
+}
+
+pub(crate) fn log_streams(
+    connection: &Connection,
+    build_ids: &[i64],
+) -> Result<Vec<(i64, i64, StreamKind)>, StoreError> {
+    let mut streams = Vec::new();
+    // In slices, under SQLite's limit on parameters per statement.
+    for ids in build_ids.chunks(500) {
+        let marks = vec!["?"; ids.len()].join(", ");
+        let mut statement = connection.prepare(&format!(
+            "SELECT DISTINCT build_id, step, stream FROM log_chunks WHERE build_id IN ({marks})
+             ORDER BY build_id, step, stream"
+        ))?;
+        let rows = statement.query_map(rusqlite::params_from_iter(ids), |row| {
+            Ok((
+                row.get::<_, i64>(0)?,
+                row.get::<_, i64>(1)?,
+                row.get::<_, String>(2)?,
+            ))
+        })?;
+        for row in rows {
+            let (build_id, step, stream) = row?;
+            if let Some(stream) = StreamKind::from_file_extension(&stream) {
+                streams.push((build_id, step, stream));
+            }
+        }
+    }
+    Ok(streams)
+}
+
 #[async_trait::async_trait]
 impl Store for SqliteStore {
     async fn cluster_id(&self) -> Result<String, StoreError> {
@@ -1204,6 +1423,33 @@ impl Store for SqliteStore {
 
     async fn masters(&self) -> Result<Vec<MasterRow>, StoreError> {
         self.run(|c| masters(c)).await
+    }
+
+    async fn take_master_locks(
+        &self,
+        owner: &MasterLease,
+        holder: &str,
+        uses: Vec<MasterLockUse>,
+    ) -> Result<bool, StoreError> {
+        let (owner, holder) = (owner.clone(), holder.to_string());
+        self.run_relaxed(move |c| take_master_locks(c, &owner, &holder, &uses))
+            .await
+    }
+
+    async fn release_master_locks(
+        &self,
+        owner: &MasterLease,
+        holder: &str,
+    ) -> Result<(), StoreError> {
+        let (owner, holder) = (owner.clone(), holder.to_string());
+        self.run_relaxed(move |c| {
+            c.execute(
+                "DELETE FROM master_locks WHERE holder = ?1 AND master = ?2 AND epoch = ?3",
+                params![holder, owner.name, owner.epoch],
+            )?;
+            Ok(())
+        })
+        .await
     }
 
     async fn hold_singleton(
@@ -1461,6 +1707,49 @@ impl Store for SqliteStore {
         let session = session.clone();
         self.run(move |c| save_session(c, &session, now)).await
     }
+    async fn append_log(
+        &self,
+        owner: &MasterLease,
+        build_id: i64,
+        step: i64,
+        stream: StreamKind,
+        offset: u64,
+        data: Vec<u8>,
+    ) -> Result<(), StoreError> {
+        let owner = owner.clone();
+        // Relaxed like the other progress marks: a crash of the master keeps the chunk (WAL),
+        // and the log file on this machine has it whatever a power loss rolls back.
+        self.run_relaxed(move |c| append_log(c, &owner, build_id, step, stream, offset, &data))
+            .await
+    }
+
+    async fn read_log(
+        &self,
+        build_id: i64,
+        step: i64,
+        stream: StreamKind,
+        offset: u64,
+        max: usize,
+    ) -> Result<(Vec<u8>, u64), StoreError> {
+        self.run(move |c| read_log(c, build_id, step, stream, offset, max))
+            .await
+    }
+
+    async fn log_size(
+        &self,
+        build_id: i64,
+        step: i64,
+        stream: StreamKind,
+    ) -> Result<u64, StoreError> {
+        self.run(move |c| log_size(c, build_id, step, stream)).await
+    }
+
+    async fn log_streams(
+        &self,
+        build_ids: Vec<i64>,
+    ) -> Result<Vec<(i64, i64, StreamKind)>, StoreError> {
+        self.run(move |c| log_streams(c, &build_ids)).await
+    }
 }
 
 #[cfg(test)]
@@ -1644,5 +1933,126 @@ mod tests {
             SqliteStore::open(&path),
             Err(StoreError::TooNew { found: 99, .. })
         ));
+    }
+
+    #[test]
+    fn step_logs_are_appended_in_chunks_and_read_in_any_range() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let history = SqliteStore::open(&dir.path().join("state.sqlite")).expect("open");
+        let long = std::time::Duration::from_secs(60);
+        history
+            .with(|c| {
+                let run = register_master(c, "m", &MasterInfo::default(), long)?;
+                let ids = insert_requests(c, &[request("j1", "linux")])?;
+                let (build, _) = start_build(c, &run, ids[0], "linux", "s1")?;
+                start_step(c, &run, build, 1, "test")?;
+                assert_eq!(log_size(c, build, 1, StreamKind::Stdout)?, 0);
+                assert_eq!(
+                    read_log(c, build, 1, StreamKind::Stdout, 0, 100)?,
+                    (Vec::new(), 0)
+                );
+                let text: Vec<u8> = (0..100u8).collect();
+                // Chunks of 7, 30 and the rest, one stream interleaved with another.
+                let mut offset = 0;
+                for (errors, piece) in [&text[..7], &text[7..37], &text[37..]].iter().enumerate() {
+                    append_log(c, &run, build, 1, StreamKind::Stdout, offset, piece)?;
+                    append_log(c, &run, build, 1, StreamKind::Stderr, errors as u64, b"x")?;
+                    offset += piece.len() as u64;
+                }
+                append_log(c, &run, build, 2, StreamKind::Info, 0, b"later")?;
+                assert_eq!(log_size(c, build, 1, StreamKind::Stdout)?, 100);
+                assert_eq!(log_size(c, build, 1, StreamKind::Stderr)?, 3);
+                // Whole, inside one chunk, across both chunk borders, past the end.
+                assert_eq!(
+                    read_log(c, build, 1, StreamKind::Stdout, 0, 1000)?,
+                    (text.clone(), 100)
+                );
+                assert_eq!(
+                    read_log(c, build, 1, StreamKind::Stdout, 2, 3)?.0,
+                    text[2..5]
+                );
+                assert_eq!(
+                    read_log(c, build, 1, StreamKind::Stdout, 5, 40)?.0,
+                    text[5..45]
+                );
+                assert_eq!(
+                    read_log(c, build, 1, StreamKind::Stdout, 37, 1)?.0,
+                    text[37..38]
+                );
+                assert_eq!(
+                    read_log(c, build, 1, StreamKind::Stdout, 90, 50)?,
+                    (text[90..].to_vec(), 100)
+                );
+                assert!(
+                    read_log(c, build, 1, StreamKind::Stdout, 100, 50)?
+                        .0
+                        .is_empty()
+                );
+                assert!(
+                    read_log(c, build, 1, StreamKind::Stdout, 500, 50)?
+                        .0
+                        .is_empty()
+                );
+                // A retried append of stored bytes changes nothing; a gap or other bytes are
+                // refused.
+                append_log(c, &run, build, 1, StreamKind::Stdout, 7, &text[7..37])?;
+                assert!(matches!(
+                    append_log(c, &run, build, 1, StreamKind::Stdout, 7, b"other"),
+                    Err(StoreError::LogOffset {
+                        offset: 7,
+                        size: 100
+                    })
+                ));
+                assert!(matches!(
+                    append_log(c, &run, build, 1, StreamKind::Stdout, 101, b"gap"),
+                    Err(StoreError::LogOffset { .. })
+                ));
+                assert_eq!(log_size(c, build, 1, StreamKind::Stdout)?, 100);
+                assert_eq!(
+                    log_streams(c, &[build, build + 1])?,
+                    vec![
+                        (build, 1, StreamKind::Stderr),
+                        (build, 1, StreamKind::Stdout),
+                        (build, 2, StreamKind::Info)
+                    ]
+                );
+                Ok(())
+            })
+            .expect("works");
+    }
+
+    #[test]
+    fn a_lost_masters_late_log_chunks_are_refused() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let history = SqliteStore::open(&dir.path().join("state.sqlite")).expect("open");
+        let short = std::time::Duration::from_millis(1);
+        let long = std::time::Duration::from_secs(60);
+        history
+            .with(|c| {
+                let stalled = register_master(c, "a", &MasterInfo::default(), short)?;
+                let alive = register_master(c, "b", &MasterInfo::default(), long)?;
+                let ids = insert_requests(c, &[request("j1", "linux")])?;
+                let (build, _) = start_build(c, &stalled, ids[0], "linux", "s1")?;
+                start_step(c, &stalled, build, 1, "test")?;
+                append_log(c, &stalled, build, 1, StreamKind::Stdout, 0, b"before\n")?;
+                // Only the build's owner writes its log.
+                assert!(matches!(
+                    append_log(c, &alive, build, 1, StreamKind::Stdout, 7, b"not mine\n"),
+                    Err(StoreError::Fenced { .. })
+                ));
+                std::thread::sleep(std::time::Duration::from_millis(5));
+                assert_eq!(reap_lost_masters(c, &alive)?.len(), 1);
+                assert!(matches!(
+                    append_log(c, &stalled, build, 1, StreamKind::Stdout, 7, b"after\n"),
+                    Err(StoreError::Fenced { .. })
+                ));
+                // What it wrote before stays readable.
+                assert_eq!(
+                    read_log(c, build, 1, StreamKind::Stdout, 0, 100)?,
+                    (b"before\n".to_vec(), 7)
+                );
+                Ok(())
+            })
+            .expect("works");
     }
 }
