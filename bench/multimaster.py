@@ -237,7 +237,18 @@ class PgDb:
     def url(self):
         return f"host={PG_SOCKET} dbname={self.name} user=postgres"
 
+    def stats(self):
+        """(transactions committed in this database, rows inserted, updated, deleted), not
+        counting this script's own queries (each one transaction)."""
+        time.sleep(1.5)  # backends publish their statistics when idle, within a second
+        commits, = self.rows("SELECT xact_commit FROM pg_stat_database "
+                             f"WHERE datname = '{self.name}'")[0]
+        ins, upd, dele = self.rows("SELECT COALESCE(SUM(n_tup_ins), 0), COALESCE(SUM(n_tup_upd), 0), "
+                                   "COALESCE(SUM(n_tup_del), 0) FROM pg_stat_user_tables")[0]
+        return (int(commits) - self.queries, int(ins), int(upd), int(dele))
+
     def rows(self, sql):
+        self.queries = getattr(self, "queries", 0) + 1
         out = run([os.path.join(PG_BIN, "psql"), "-X", "-q", "-At", "-F", "\t", "-h", PG_SOCKET,
                    "-U", "postgres", "-d", self.name, "-v", "ON_ERROR_STOP=1", "-c", sql],
                   capture_output=True, text=True).stdout
@@ -910,6 +921,7 @@ def burst(kind):
             master.submit(job_name(f"{label}-warm", "burst"), "burst")
         wait_jobs(db, f"{label}-warm", 2, 120)
         names = [job_name(f"{label}-run", "burst") for _ in range(BURST)]
+        before = db_pg.stats() if db_pg else None
         groups = {"master": lambda: [master.proc.pid]}
         if db_pg:
             groups["PostgreSQL"] = pg_pids
@@ -920,9 +932,16 @@ def burst(kind):
                 first = first or at
             done = wait_jobs(db, f"{label}-run", BURST, 600)
         last = max(finished for (_, _, finished, _) in done.values())
-        return {"builds_per_s": round(len(done) / (last - first), 1), "built": len(done),
-                "seconds": round(last - first, 2), "load": load.text(),
-                "cpu_ms_per_build": cpu.per(max(len(done), 1))}, load
+        fig = {"builds_per_s": round(len(done) / (last - first), 1), "built": len(done),
+               "seconds": round(last - first, 2), "load": load.text(),
+               "cpu_ms_per_build": cpu.per(max(len(done), 1))}
+        if db_pg:
+            after = db_pg.stats()
+            n = max(len(done), 1)
+            fig["per_build_in_postgresql"] = {
+                key: round((a - b) / n, 1) for key, a, b in
+                zip(("commits", "rows_inserted", "rows_updated", "rows_deleted"), after, before)}
+        return fig, load
     finally:
         stop_all(procs)
 
@@ -942,8 +961,12 @@ def burst_section():
         if kind == "PostgreSQL" and figures.get("SQLite"):
             ratio = f" ({fig['builds_per_s'] / figures['SQLite']:.2f}x SQLite)"
         missing = "" if fig["built"] == BURST else f"; only {fig['built']} of {BURST} built"
+        per = fig.get("per_build_in_postgresql")
+        writes = (f"; per build in PostgreSQL: {per['commits']} commits, {per['rows_inserted']} "
+                  f"rows inserted, {per['rows_updated']} updated, {per['rows_deleted']} deleted"
+                  if per else "")
         row("burst", what, f"{fig['builds_per_s']} builds/s{ratio}{missing}; CPU ms per build: "
-            f"{cpu_text(fig['cpu_ms_per_build'])}",
+            f"{cpu_text(fig['cpu_ms_per_build'])}{writes}",
             "PostgreSQL ≥ 0.5x SQLite" if kind == "PostgreSQL" else "—", load)
 
 
