@@ -575,7 +575,8 @@ def claims_section():
     base = None
     configs = [("SQLite", 1)] + [("PostgreSQL", n) for n in MASTER_COUNTS]
     for kind, count in configs:
-        what = f"claims: {JOBS} try jobs, {SWARM} slaves, {count} {kind} master(s)"
+        what = (f"claims: {JOBS} try jobs, {SWARM} slaves, {count} {kind} "
+                f"master{'s' if count > 1 else ''}")
         try:
             fig, load = claims(kind, count)
         except Failed as err:
