@@ -18,7 +18,9 @@ The workloads (BENCH_SKIP=claims,live,events,failover,burst skips some):
             (a build ended as `exception` is one a lost master or slave gave back, retried).
   live      a step on a slave of master A prints its clock every 0.1 s (BENCH_LINES, 50
             lines); readers of the step's log (`?follow=1`) on master B and on A time each line
-            (p50/p99). Next to it: the same on one SQLite master.
+            (p50/p99), and a third joins A one second into the step (a reader that comes
+            before A's log file exists is served from the store). Next to it: the same on one
+            SQLite master.
   events    `ssh B watch --follow --json` (real OpenSSH) while trivial builds run on a slave of
             A: each event's publication (`at`, set by A) until B's watch prints it.
   failover  two PostgreSQL masters, one slave each (each slave lists both masters); a build
@@ -28,7 +30,10 @@ The workloads (BENCH_SKIP=claims,live,events,failover,burst skips some):
             (builds.finished_at of the ended build, same transaction); restart = the retried
             build's builds.started_at. All from the kill.
   burst     BENCH_BURST (100) trivial builds queued at once on one master with 2 slaves,
-            builds/s = builds / (last finished_at - first trigger), SQLite and PostgreSQL.
+            builds/s = builds / (last finished_at - first trigger), SQLite and PostgreSQL;
+            on PostgreSQL also the transactions and rows written per build.
+CPU per build (claims, burst) is the user+system CPU of the masters, the swarm and the
+PostgreSQL server (postmaster and backends) over the measurement, divided by the builds.
 """
 
 import http.client
