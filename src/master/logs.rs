@@ -28,12 +28,14 @@ pub const LOG_CHUNK: usize = 64 * 1024;
 /// the table huge. Gathering up to [`LOG_CHUNK`] or this long, whichever comes first, keeps a
 /// followed log live enough (a follower elsewhere sees a line within about this plus its own
 /// poll) at a few appends a second per busy stream.
-pub const LOG_SHIP_DELAY: Duration = Duration::from_millis(100);
+pub const LOG_SHIP_DELAY: Duration = Duration::from_millis(50);
 /// After the store refused or failed an append, how long before the next try (the file keeps
 /// everything meanwhile, so nothing is lost by waiting).
 const LOG_SHIP_RETRY: Duration = Duration::from_secs(1);
-/// How often a follower of a log another master writes asks the store for more.
-pub const STORE_FOLLOW_POLL: Duration = Duration::from_millis(200);
+/// How often a follower of a log another master writes asks the store for more: with the
+/// shipping delay, a line printed on another master's slave reaches its reader here within
+/// about 100 ms (bench/results-issue-23.md), at one small query per poll while it is followed.
+pub const STORE_FOLLOW_POLL: Duration = Duration::from_millis(50);
 
 #[derive(Debug, thiserror::Error)]
 pub enum LogError {
@@ -52,6 +54,19 @@ pub struct StepLog {
     pub step: i64,
     pub step_name: String,
     pub stream: StreamKind,
+}
+
+/// Whether more of step `step` of build `build_id` may come: the step runs, or has not started
+/// yet while its build runs (a follower may arrive before the step does).
+async fn still_to_come(store: &SharedStore, build_id: i64, step: i64) -> Result<bool, StoreError> {
+    let steps = store.steps_of(build_id).await?;
+    if let Some(row) = steps.iter().find(|row| row.number == step) {
+        return Ok(row.finished_at.is_none());
+    }
+    Ok(store
+        .build_detail(&crate::master::store::BuildRef::Id(build_id))
+        .await?
+        .is_some_and(|detail| detail.build.finished_at.is_none()))
 }
 
 /// Where a log is read from.
@@ -299,7 +314,7 @@ impl LogSource {
                 }
                 // Nothing new: once the step has ended, one more read catches its tail (its
                 // last chunk is stored before its end is).
-                match follow.store.step_running(log.build_id, log.step).await {
+                match still_to_come(&follow.store, log.build_id, log.step).await {
                     Ok(true) => tokio::time::sleep(STORE_FOLLOW_POLL).await,
                     Ok(false) => follow.draining = true,
                     Err(err) => {
@@ -968,6 +983,53 @@ mod tests {
         assert!(collected.is_ok(), "the follow ends when the step ends");
         finisher.await.expect("task").expect("finished");
         assert_eq!(rest, b"the end\n");
+    }
+
+    #[tokio::test]
+    async fn a_follower_that_comes_before_the_step_waits_for_it() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (store, _, owner, build_id, first_step) = running_build(dir.path()).await;
+        // Step 2 has not started yet; its follower on another master must not end at once.
+        let log = StepLog {
+            step: 2,
+            step_name: "later".into(),
+            ..stdout_log(build_id)
+        };
+        let reader = LogSource::new(dir.path().join("b-logs"), Arc::clone(&store));
+        let mut follow = Box::pin(reader.follow_stored(log, 0));
+        let writer = {
+            let (store, owner) = (Arc::clone(&store), owner.clone());
+            tokio::spawn(async move {
+                tokio::time::sleep(3 * STORE_FOLLOW_POLL).await;
+                store
+                    .finish_step(&owner, first_step, BuildResult::Success, "ok")
+                    .await?;
+                let step = store.start_step(&owner, build_id, 2, "later").await?;
+                store
+                    .append_log(
+                        &owner,
+                        build_id,
+                        2,
+                        StreamKind::Stdout,
+                        0,
+                        b"late\n".to_vec(),
+                    )
+                    .await?;
+                store
+                    .finish_step(&owner, step, BuildResult::Success, "ok")
+                    .await
+            })
+        };
+        let mut got = Vec::new();
+        let collected = tokio::time::timeout(Duration::from_secs(30), async {
+            while let Some(piece) = follow.next().await {
+                got.extend_from_slice(&piece.expect("read"));
+            }
+        })
+        .await;
+        assert!(collected.is_ok(), "the follow ends when the step ends");
+        writer.await.expect("task").expect("written");
+        assert_eq!(got, b"late\n");
     }
 
     #[tokio::test]
