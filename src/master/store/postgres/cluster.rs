@@ -458,6 +458,9 @@ impl PgStore {
     ) -> Result<Vec<i64>, StoreError> {
         let mut client = self.client().await?;
         let transaction = client.transaction().await?;
+        // Events are marks too (see `verbs::relaxed`): what a server crash loses of the last
+        // ones, the followers lose as they would a master's ring.
+        super::verbs::relaxed(&transaction).await?;
         // Numbers in commit order without gaps: one appender at a time, to its commit.
         transaction
             .execute("SELECT pg_advisory_xact_lock($1, 0)", &[&LOCK_EVENTS])

@@ -86,6 +86,8 @@ impl PgStore {
     ) -> Result<(), StoreError> {
         let mut client = self.client().await?;
         let transaction = client.transaction().await?;
+        // The master's own file holds what a crash of the server might lose of the last chunks.
+        super::verbs::relaxed(&transaction).await?;
         fence_build(&transaction, owner, build_id).await?;
         let size = stream_size(&*transaction, build_id, step, stream).await?;
         let end = offset.saturating_add(data.len() as u64);
