@@ -65,7 +65,7 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     for spooled in recovered {
-        record(&intake, &spool, spooled).await;
+        record(&intake, &spool, spooled, &shutdown).await;
     }
     loop {
         let spooled = tokio::select! {
@@ -75,13 +75,39 @@ pub async fn run(
                 None => return Ok(()),
             },
         };
-        record(&intake, &spool, spooled).await;
+        record(&intake, &spool, spooled, &shutdown).await;
     }
 }
 
-async fn record(intake: &IntakeHandle, spool: &Spool, spooled: SpooledJob) {
+/// How long the intake waits before it tries again to record a job the store refused
+/// (unreachable, restarting), at first and at most.
+const RECORD_RETRY_FIRST: std::time::Duration = std::time::Duration::from_secs(1);
+const RECORD_RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(30);
+
+async fn record(
+    intake: &IntakeHandle,
+    spool: &Spool,
+    spooled: SpooledJob,
+    shutdown: &CancellationToken,
+) {
     let name = spooled.name.clone();
-    match record_spooled(intake, spooled).await {
+    let mut wait = RECORD_RETRY_FIRST;
+    let recorded = loop {
+        match record_spooled(intake, spooled.clone()).await {
+            // The store cannot take it now (a database restarting): the job waits in
+            // spool/cur/ and is tried again, with a log line, until it is recorded.
+            Err(ControlError::History(err)) if !shutdown.is_cancelled() => {
+                tracing::warn!(job = %name, "cannot record the job's requests yet, retrying in {wait:?}: {err}");
+                tokio::select! {
+                    () = shutdown.cancelled() => {}
+                    () = tokio::time::sleep(wait) => {}
+                }
+                wait = (wait * 2).min(RECORD_RETRY_MAX);
+            }
+            other => break other,
+        }
+    };
+    match recorded {
         Ok(()) => {}
         // Refused by a builder's rules (trusted, .gitmodules URLs): rejected with the reason,
         // as a malformed job is.
