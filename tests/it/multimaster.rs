@@ -55,22 +55,18 @@ fn first_master(url: &str, repo: &Path, steps: &str) -> TestMaster {
     TestMaster::start_with(setup)
 }
 
-/// Another master of `first`'s cluster: the same builders and slaves, the same host key.
-fn member_of(first: &TestMaster, name: &str, url: &str, repo: &Path, steps: &str) -> TestMaster {
-    let slave_key = std::fs::read_to_string(first.slaves_dir.path().join("s1/slave_key.pub"))
-        .expect("s1's public key");
-    let mut setup = MasterSetup::linux_builder(&[], repo, steps);
-    setup.extra_config = format!(
-        "\n[[slave]]\nname = \"s1\"\npublic_key = \"{}\"\n{}{}",
-        slave_key.trim(),
-        setup
-            .extra_config
-            .replace("slaves = []", "slaves = [\"s1\"]"),
-        database_section(url),
-    );
-    setup.host_key_of = Some(first.path().to_path_buf());
-    setup.edits.push(named(name));
-    TestMaster::start_with(setup)
+/// Another master of `first`'s cluster, named `name`: everything `first`'s master.toml has
+/// after its own sections (slaves, builders, schedulers, locks, the database, limits), and
+/// `first`'s host key.
+fn join(first: &TestMaster, name: &str) -> TestMaster {
+    let config = std::fs::read_to_string(first.path().join("master.toml")).expect("config");
+    let start = config.find("\n[[slave]]").expect("slave blocks") + 1;
+    TestMaster::start_with(MasterSetup {
+        extra_config: format!("\n{}", &config[start..]),
+        host_key_of: Some(first.path().to_path_buf()),
+        edits: vec![named(name)],
+        ..MasterSetup::default()
+    })
 }
 
 /// Edits slave.toml to list these masters (and keep quiet links short, so a stalled master is
@@ -114,7 +110,7 @@ fn a_job_sent_to_one_master_builds_on_another_and_is_seen_and_stopped_from_the_f
     let shared = tempfile::tempdir().expect("temp dir");
     let steps = hanging_steps(shared.path());
     let a = first_master(&url, &checkout.upstream, &steps);
-    let b = member_of(&a, "ci-b", &url, &checkout.upstream, &steps);
+    let b = join(&a, "ci-b");
     // The slave knows only B.
     let _slave = a.launch_slave("s1", masters(&[&b]));
     b.wait_connected("s1");
@@ -203,7 +199,7 @@ fn a_killed_masters_build_is_retried_on_another_exactly_once() {
     let shared = tempfile::tempdir().expect("temp dir");
     let steps = hanging_steps(shared.path());
     let mut a = first_master(&url, &checkout.upstream, &steps);
-    let b = member_of(&a, "ci-b", &url, &checkout.upstream, &steps);
+    let b = join(&a, "ci-b");
     let _slave = a.launch_slave("s1", masters(&[&a, &b]));
     a.wait_connected("s1");
 
@@ -261,7 +257,7 @@ fn a_stalled_master_coming_back_is_fenced_and_its_build_ran_once_elsewhere() {
     let shared = tempfile::tempdir().expect("temp dir");
     let steps = hanging_steps(shared.path());
     let mut a = first_master(&url, &checkout.upstream, &steps);
-    let b = member_of(&a, "ci-b", &url, &checkout.upstream, &steps);
+    let b = join(&a, "ci-b");
     let _slave = a.launch_slave("s1", masters(&[&a, &b]));
     a.wait_connected("s1");
     std::fs::write(shared.path().join("hang"), "").expect("hang marker");
@@ -344,25 +340,8 @@ fn a_periodic_scheduler_and_a_poller_fire_once_per_cluster_and_go_on_after_the_l
     setup.extra_config.push_str(&database_section(&url));
     setup.edits.push(named("ci-a"));
     let a = TestMaster::start_with(setup);
-    let member = |name: &str| {
-        let slave_key = std::fs::read_to_string(a.slaves_dir.path().join("s1/slave_key.pub"))
-            .expect("s1's public key");
-        let mut setup = MasterSetup::linux_builder(&[], &checkout.upstream, steps);
-        setup.extra_config = format!(
-            "\n[[slave]]\nname = \"s1\"\npublic_key = \"{}\"\n{}{}{}",
-            slave_key.trim(),
-            setup
-                .extra_config
-                .replace("slaves = []", "slaves = [\"s1\"]"),
-            cluster_jobs,
-            database_section(&url),
-        );
-        setup.host_key_of = Some(a.path().to_path_buf());
-        setup.edits.push(named(name));
-        TestMaster::start_with(setup)
-    };
-    let b = member("ci-b");
-    let c = member("ci-c");
+    let b = join(&a, "ci-b");
+    let c = join(&a, "ci-c");
     // The slave builds on C (then B, then A).
     let _slave = a.launch_slave("s1", masters(&[&c, &b, &a]));
     c.wait_connected("s1");
@@ -519,29 +498,8 @@ fn many_try_jobs_over_three_masters_one_killed_twice_each_build_exactly_once() {
         .push_str("\n[limits]\nmax_queued_per_user = 1000\nmax_requests_per_minute = 100000\n");
     setup.edits.push(named("ci-a"));
     let a = TestMaster::start_with(setup);
-    let blocks: String = {
-        let config = std::fs::read_to_string(a.path().join("master.toml")).expect("config");
-        let start = config.find("\n[[slave]]").expect("slave blocks") + 1;
-        let end = config[start..]
-            .find("\n[[builder]]")
-            .map_or(config.len(), |end| start + end);
-        config[start..end].to_string()
-    };
-    let member = |name: &str| {
-        let mut setup = MasterSetup::linux_builder(&[], &checkout.upstream, steps);
-        setup.extra_config = format!(
-            "\n{blocks}\n{}{}\n[limits]\nmax_queued_per_user = 1000\nmax_requests_per_minute = 100000\n",
-            setup
-                .extra_config
-                .replace("slaves = []", "slaves = [\"s1\", \"s2\", \"s3\"]"),
-            database_section(&url),
-        );
-        setup.host_key_of = Some(a.path().to_path_buf());
-        setup.edits.push(named(name));
-        TestMaster::start_with(setup)
-    };
-    let b = member("ci-b");
-    let c = member("ci-c");
+    let b = join(&a, "ci-b");
+    let c = join(&a, "ci-c");
     let _s1 = a.launch_slave("s1", masters(&[&a, &b, &c]));
     let _s2 = a.launch_slave("s2", masters(&[&b, &c, &a]));
     let _s3 = a.launch_slave("s3", masters(&[&c, &a, &b]));
@@ -757,32 +715,8 @@ fn master_locks_hold_across_masters() {
         with_lock(setup.extra_config) + &locks_and_counted + &database_section(&url);
     setup.edits.push(named("ci-a"));
     let a = TestMaster::start_with(setup);
-    let blocks: String = {
-        let config = std::fs::read_to_string(a.path().join("master.toml")).expect("config");
-        let start = config.find("\n[[slave]]").expect("slave blocks") + 1;
-        let end = config[start..]
-            .find("\n[[builder]]")
-            .map_or(config.len(), |end| start + end);
-        config[start..end].to_string()
-    };
-    let member = |name: &str| {
-        let mut setup = MasterSetup::linux_builder(&[], &checkout.upstream, &steps);
-        setup.extra_config = format!(
-            "\n{blocks}\n{}{}{}",
-            with_lock(
-                setup
-                    .extra_config
-                    .replace("slaves = []", "slaves = [\"s1\", \"s2\", \"s3\"]")
-            ),
-            locks_and_counted,
-            database_section(&url),
-        );
-        setup.host_key_of = Some(a.path().to_path_buf());
-        setup.edits.push(named(name));
-        TestMaster::start_with(setup)
-    };
-    let b = member("ci-b");
-    let c = member("ci-c");
+    let b = join(&a, "ci-b");
+    let c = join(&a, "ci-c");
     let _s1 = a.launch_slave("s1", masters(&[&a]));
     let _s2 = a.launch_slave("s2", masters(&[&b]));
     let _s3 = a.launch_slave("s3", masters(&[&c]));
@@ -926,7 +860,7 @@ fn a_step_log_written_on_one_master_is_served_and_followed_live_on_another() {
         d = shared.path().display()
     );
     let a = first_master(&url, &checkout.upstream, &steps);
-    let b = member_of(&a, "ci-b", &url, &checkout.upstream, &steps);
+    let b = join(&a, "ci-b");
     // The slave knows only A: the build runs there, and B has no log file of it.
     let only_a = format!("master = [\"127.0.0.1:{}\"]", a.ssh_port);
     let _slave = a.launch_slave("s1", move |config: &mut String| {
@@ -988,4 +922,36 @@ fn a_step_log_written_on_one_master_is_served_and_followed_live_on_another() {
         "B served the log from its own files"
     );
     assert!(a.path().join("logs/linux/1").exists(), "A keeps its files");
+}
+
+#[test]
+fn a_slaves_newer_connection_to_another_master_closes_its_older_one() {
+    let url = fresh_database();
+    let checkout = Checkout::new();
+    let a = first_master(
+        &url,
+        &checkout.upstream,
+        r#"{ name = "test", command = "true" },"#,
+    );
+    let b = join(&a, "ci-b");
+    let slave = a.launch_slave("s1", masters(&[&a]));
+    a.wait_connected("s1");
+    // The same slave (its key and name) starts again elsewhere and reaches B.
+    let config = slave.dir.join("slave.toml");
+    let mut text_of = std::fs::read_to_string(&config).expect("slave.toml");
+    masters(&[&b])(&mut text_of);
+    std::fs::write(&config, text_of).expect("slave.toml written");
+    let parent = tempfile::tempdir().expect("temp dir");
+    let twin = slave.twin(parent.path());
+    b.wait_connected("s1");
+    // A hears of it through the cluster and drops its older connection.
+    wait_until("A to drop its older connection of s1", || {
+        a.log()
+            .contains("slave connected to another master; dropping its older connection here")
+    });
+    drop(slave);
+    wait_until("s1 on B alone", || {
+        b.slave_connected("s1") && !a.slave_connected("s1")
+    });
+    drop(twin);
 }
