@@ -26,6 +26,8 @@ import sys
 import threading
 import time
 
+from benchlib import Load
+
 BB, SSHD, WORK = sys.argv[1], sys.argv[2], sys.argv[3]
 LOG_BYTES = int(float(os.environ.get("BENCH_LOG_MB", "1000")) * 1_000_000)
 RUNS = int(os.environ.get("BENCH_RUNS", "20"))
@@ -74,32 +76,6 @@ def free_port():
 
 
 # ---- machine load ------------------------------------------------------------------------------
-def cpu_times():
-    with open("/proc/stat") as f:
-        fields = [int(x) for x in f.readline().split()[1:]]
-    idle = fields[3] + fields[4]
-    return sum(fields[:8]), idle
-
-
-class Load:
-    """The machine's load over a measurement: loadavg at the end, busy % of all CPUs."""
-
-    def __enter__(self):
-        self.start = cpu_times()
-        return self
-
-    def __exit__(self, *exc):
-        total, idle = cpu_times()
-        dt, di = total - self.start[0], idle - self.start[1]
-        self.busy = round(100 * (1 - di / dt), 0) if dt else 0.0
-        with open("/proc/loadavg") as f:
-            self.load1 = float(f.read().split()[0])
-        return False
-
-    def describe(self):
-        return {"load1": self.load1, "busy_pct": self.busy, "cpus": os.cpu_count()}
-
-
 def proc_cpu(pid):
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()

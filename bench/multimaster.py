@@ -48,6 +48,8 @@ import sys
 import threading
 import time
 
+from benchlib import Load
+
 BB = os.environ["BUILDBOT"]
 WORK = os.environ["BENCH_WORK"]
 PG_SOCKET = os.environ.get("BENCH_PG_SOCKET", "")
@@ -125,31 +127,6 @@ def end_process(proc, how=signal.SIGTERM, limit=20):
 
 
 # ---- machine load ------------------------------------------------------------------------------
-def cpu_times():
-    with open("/proc/stat") as f:
-        fields = [int(x) for x in f.readline().split()[1:]]
-    return sum(fields[:8]), fields[3] + fields[4]
-
-
-class Load:
-    """The machine's load over a measurement: loadavg at the end, busy % of all CPUs."""
-
-    def __enter__(self):
-        self.start = cpu_times()
-        return self
-
-    def __exit__(self, *exc):
-        total, idle = cpu_times()
-        dt, di = total - self.start[0], idle - self.start[1]
-        self.busy = round(100 * (1 - di / dt), 0) if dt else 0.0
-        with open("/proc/loadavg") as f:
-            self.load1 = float(f.read().split()[0])
-        return False
-
-    def text(self):
-        return f"load {self.load1:.1f}, busy {self.busy:.0f}%"
-
-
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 

@@ -29,7 +29,8 @@ pub async fn run(master_dir: &Path, url: &str) -> anyhow::Result<()> {
     let shown = redact_password(url);
     let store = PgStore::connect(url)
         .await
-        .with_context(|| format!("cannot open the database {shown}"))?;
+        // Its errors name the server (never the password) themselves.
+        .context("cannot open the database")?;
     let copied = store
         .copy_from_sqlite(&sqlite)
         .await

@@ -130,7 +130,10 @@ pub async fn run(
                         history_path.display()
                     )
                 }
-                postgres => format!("cannot open the database {}", postgres.shown()),
+                // Its errors name the server (never the password) themselves.
+                crate::master::config::Backend::Postgres { .. } => {
+                    "cannot open the database".to_string()
+                }
             })?;
     let store_for_lead = Arc::clone(&store);
     let sessions = Sessions::load(Arc::clone(&store)).await;

@@ -255,7 +255,8 @@ pub async fn run(
         "{}#{}:build:{}",
         control.owner.name, control.owner.epoch, request.id
     );
-    if !cluster_locks.is_empty() {
+    let holds_cluster_locks = !cluster_locks.is_empty();
+    if holds_cluster_locks {
         match control
             .store
             .take_master_locks(&control.owner, &holder, cluster_locks)
@@ -283,8 +284,7 @@ pub async fn run(
         }
     }
     let outcome = claim_and_run(control, &builder, request, link, shutdown).await;
-    if !builder.locks.is_empty()
-        && control.store.is_shared()
+    if holds_cluster_locks
         && let Err(err) = control
             .store
             .release_master_locks(&control.owner, &holder)

@@ -43,7 +43,7 @@ pub async fn write(
                 Err(_) => break,
             }
         }
-        append(&store, &master, &batch, &shutdown).await;
+        append(&store, &master, &batch, Some(&shutdown)).await;
     }
     // What was published up to the end goes out too (the last builds' ends).
     let mut rest = Vec::new();
@@ -51,20 +51,18 @@ pub async fn write(
         rest.push(event);
     }
     if !rest.is_empty() {
-        let stopped = CancellationToken::new();
-        stopped.cancel();
-        append(&store, &master, &rest, &stopped).await;
+        append(&store, &master, &rest, None).await;
     }
     Ok(())
 }
 
-/// Appends `batch`, retrying while the store fails; gives up only at a shutdown, after one
-/// more attempt.
+/// Appends `batch`, retrying while the store fails until `shutdown` (none: one attempt, the
+/// last words of a stopping master).
 async fn append(
     store: &SharedStore,
     master: &str,
     batch: &[(f64, BuildEvent)],
-    shutdown: &CancellationToken,
+    shutdown: Option<&CancellationToken>,
 ) {
     let rows: Vec<(f64, String)> = batch
         .iter()
@@ -86,13 +84,13 @@ async fn append(
                 return;
             }
             Err(err) => {
-                if shutdown.is_cancelled() {
+                let Some(shutdown) = shutdown.filter(|shutdown| !shutdown.is_cancelled()) else {
                     tracing::error!(
                         events = rows.len(),
                         "cannot write the last events to the journal: {err}"
                     );
                     return;
-                }
+                };
                 if !told {
                     tracing::warn!("cannot write events to the journal, retrying: {err}");
                     told = true;

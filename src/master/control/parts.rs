@@ -96,7 +96,9 @@ impl ChangeRecorder {
             revision: stored.revision.clone(),
             who: stored.who.clone(),
         });
-        if self.changes.send(stored.clone()).await.is_err() {
+        // With a shared store every master's schedulers take changes from the event log (this
+        // one's included), so only a master alone hands them over directly.
+        if !self.store.is_shared() && self.changes.send(stored.clone()).await.is_err() {
             tracing::debug!("schedulers gone (master stopping)");
         }
         Ok(stored)

@@ -36,8 +36,6 @@ pub async fn run(
         tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
             change = changes.recv() => match change {
-                // Shared: this change comes through the event log like every other master's.
-                Some(_) if control.shared() => {}
                 Some(change) => engine.on_change(&change, Instant::now()),
                 None => return Ok(()),
             },
