@@ -88,6 +88,10 @@ impl From<ControlError> for WebError {
                 WebError::Forbidden(err.to_string())
             }
             ControlError::History(_) => WebError::Internal(err.to_string()),
+            ControlError::Land(crate::master::land::LandError::Git(_)) => {
+                WebError::Internal(err.to_string())
+            }
+            ControlError::Land(_) => WebError::BadRequest(err.to_string()),
         }
     }
 }

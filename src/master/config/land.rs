@@ -85,6 +85,13 @@ impl Checker<'_> {
                         );
                         ok = false;
                     }
+                    Some(builder) if builder.trusted => {
+                        self.problem(
+                            &land.builders,
+                            format!("[[land]] {branch}: builder \"{name}\" is trusted and never builds a series (a patch build)"),
+                        );
+                        ok = false;
+                    }
                     Some(builder) => match repo {
                         Some(first) if first != builder.repo => {
                             self.problem(

@@ -186,3 +186,22 @@ impl IntakeHandle {
         self.enqueuer.enqueue(requests).await
     }
 }
+
+/// What the merge queue's driver touches (`master::land::driver`): the config, the store
+/// (the queue), the queue of builds and the event log.
+pub struct LandHandle {
+    pub store: SharedStore,
+    pub(super) config: ConfigView,
+    pub enqueuer: Enqueuer,
+    pub events: Arc<EventLog>,
+}
+
+impl LandHandle {
+    pub fn config(&self) -> Arc<Config> {
+        self.config.current()
+    }
+
+    pub fn follow(&self) -> Follower {
+        self.events.follow()
+    }
+}
