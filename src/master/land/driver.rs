@@ -104,6 +104,7 @@ async fn step(
     land: &LandConfig,
     entry: LandEntry,
 ) -> anyhow::Result<Step> {
+    tracing::debug!(id = entry.id, branch = %land.branch, state = entry.state.as_str(), "land: the queue's head");
     match entry.state {
         LandState::Queued => start_test(handle, config, land, entry).await,
         LandState::Testing => judge(handle, entry).await,

@@ -1119,6 +1119,9 @@ pub(crate) fn take_master_locks(
     Ok(true)
 }
 
+/// A newer run of the same master takes over what an older run held: on the embedded store a
+/// run holds for good (`lease::held_for`), so a master killed with SIGKILL would otherwise
+/// never lead again after its restart (`register` waited out the old run already).
 pub(crate) fn hold_singleton(
     connection: &mut Connection,
     job: &str,
@@ -1136,7 +1139,7 @@ pub(crate) fn hold_singleton(
          ON CONFLICT (job) DO UPDATE SET master = excluded.master, epoch = excluded.epoch,
            expires_at = excluded.expires_at
          WHERE singletons.expires_at < ?5
-            OR (singletons.master = excluded.master AND singletons.epoch = excluded.epoch)",
+            OR (singletons.master = excluded.master AND singletons.epoch <= excluded.epoch)",
         params![job, owner.name, owner.epoch, now + lease.as_secs_f64(), now],
     )?;
     let held: bool = transaction.query_row(
