@@ -68,14 +68,21 @@ fn text(output: &std::process::Output) -> String {
 fn upstream_branch(cwd: &Path) -> Option<String> {
     let output = git(
         cwd,
-        &["rev-parse", "--abbrev-ref", "--symbolic-full-name", "@{upstream}"],
+        &[
+            "rev-parse",
+            "--abbrev-ref",
+            "--symbolic-full-name",
+            "@{upstream}",
+        ],
     )
     .ok()?;
     if !output.status.success() {
         return None;
     }
     let upstream = text(&output);
-    upstream.split_once('/').map(|(_, branch)| branch.to_string())
+    upstream
+        .split_once('/')
+        .map(|(_, branch)| branch.to_string())
 }
 
 /// `git bundle create - BASE..HEAD`, BASE the merge-base of HEAD and the remote's `onto`.
@@ -83,7 +90,12 @@ fn bundle(cwd: &Path, onto: &str) -> Result<Vec<u8>, TryError> {
     let remote = {
         let output = git(
             cwd,
-            &["rev-parse", "--abbrev-ref", "--symbolic-full-name", "@{upstream}"],
+            &[
+                "rev-parse",
+                "--abbrev-ref",
+                "--symbolic-full-name",
+                "@{upstream}",
+            ],
         )?;
         let upstream = text(&output);
         match upstream.split_once('/') {

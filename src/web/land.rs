@@ -57,8 +57,6 @@ fn row(view: &crate::master::control::LandEntryView) -> serde_json::Value {
     })
 }
 
-pub async fn api(
-    State(state): State<Arc<AppState>>,
-) -> Result<Json<Vec<LandQueueView>>, WebError> {
+pub async fn api(State(state): State<Arc<AppState>>) -> Result<Json<Vec<LandQueueView>>, WebError> {
     Ok(Json(state.control.land_queues().await?))
 }

@@ -44,7 +44,10 @@ impl Project {
         std::fs::write(seed.join("hello.txt"), "hello\n").expect("write");
         git(&seed, &["add", "."]);
         git(&seed, &["commit", "-q", "-m", "base"]);
-        git(tmp.path(), &["clone", "-q", "--bare", "seed", "upstream.git"]);
+        git(
+            tmp.path(),
+            &["clone", "-q", "--bare", "seed", "upstream.git"],
+        );
         let work = tmp.path().join("work");
         git(tmp.path(), &["clone", "-q", "upstream.git", "work"]);
         let project = Project {
@@ -88,10 +91,21 @@ impl Project {
     /// Someone else pushes a commit to the remote's main.
     fn push_elsewhere(&self, file: &str, content: &str) -> String {
         let other = self.tmp.path().join(format!("other-{}", rand_suffix()));
-        git(self.tmp.path(), &["clone", "-q", "upstream.git", other.to_str().expect("utf-8")]);
+        git(
+            self.tmp.path(),
+            &[
+                "clone",
+                "-q",
+                "upstream.git",
+                other.to_str().expect("utf-8"),
+            ],
+        );
         std::fs::write(other.join(file), content).expect("write");
         git(&other, &["add", file]);
-        git(&other, &["commit", "-q", "-m", &format!("elsewhere: {file}")]);
+        git(
+            &other,
+            &["commit", "-q", "-m", &format!("elsewhere: {file}")],
+        );
         git(&other, &["push", "-q", "origin", "HEAD:main"]);
         git(&other, &["rev-parse", "HEAD"])
     }
@@ -135,7 +149,9 @@ fn land_command(master: &TestMaster, cwd: &Path, args: &[&str]) -> Command {
 }
 
 fn land(master: &TestMaster, cwd: &Path, args: &[&str]) -> Output {
-    let child = land_command(master, cwd, args).spawn().expect("buildbot land runs");
+    let child = land_command(master, cwd, args)
+        .spawn()
+        .expect("buildbot land runs");
     output_with_deadline(child, "buildbot land", PATIENCE * 3)
 }
 
@@ -168,15 +184,25 @@ fn a_clean_series_lands_with_ids_authors_and_messages_kept() {
     let out = land(&master, &project.work, &["--wait"]);
     let said = text(&out.stdout);
     assert!(out.status.success(), "{said}\n{}", text(&out.stderr));
-    assert!(said.contains("land #1: 2 commits queued for main (position 1"), "{said}");
+    assert!(
+        said.contains("land #1: 2 commits queued for main (position 1"),
+        "{said}"
+    );
     assert!(said.contains("linux #1"), "the build is shown: {said}");
     assert!(
-        said.contains(&format!("landed 2 commits by {} on main: {}", crate::harness::current_user(), &head[..7])),
+        said.contains(&format!(
+            "landed 2 commits by {} on main: {}",
+            crate::harness::current_user(),
+            &head[..7]
+        )),
         "{said}"
     );
     // The series sat on main: its commits land as they are.
     assert_eq!(project.main(), head);
-    let log = git(&project.upstream, &["log", "--format=%an|%s|%b", "-2", "main"]);
+    let log = git(
+        &project.upstream,
+        &["log", "--format=%an|%s|%b", "-2", "main"],
+    );
     assert!(log.contains("Bob|add b|"), "{log}");
     assert!(log.contains("Alice|add a|with a body"), "{log}");
     let landed = entry(&master, 1).expect("entry in /api/land");
@@ -213,7 +239,9 @@ fn a_push_during_the_test_is_rebased_on_and_tested_again() {
     let waiting = land_command(&master, &project.work, &["--wait"])
         .spawn()
         .expect("land runs");
-    wait_until("the series is being tested", || state_of(&master, 1) == "testing");
+    wait_until("the series is being tested", || {
+        state_of(&master, 1) == "testing"
+    });
     let theirs = project.push_elsewhere("theirs.txt", "theirs\n");
     project.open_gate();
     let out = output_with_deadline(waiting, "land --wait", PATIENCE * 3);
@@ -222,7 +250,10 @@ fn a_push_during_the_test_is_rebased_on_and_tested_again() {
     let main = project.main();
     // Rebased onto their commit, tested again (a second build), authored as before.
     assert_eq!(git(&project.upstream, &["rev-parse", "main^"]), theirs);
-    assert_eq!(git(&project.upstream, &["log", "-1", "--format=%an|%s", "main"]), "Alice|my change");
+    assert_eq!(
+        git(&project.upstream, &["log", "-1", "--format=%an|%s", "main"]),
+        "Alice|my change"
+    );
     let landed = entry(&master, 1).expect("entry");
     assert_eq!(landed["attempts"], 2, "{landed}");
     assert_eq!(landed["landed_sha"], main.as_str());
@@ -231,7 +262,10 @@ fn a_push_during_the_test_is_rebased_on_and_tested_again() {
     let build = master.api_last_build("linux");
     assert_eq!(build["result"], "success", "{build}");
     let files = git(&project.upstream, &["ls-tree", "--name-only", "main"]);
-    assert!(files.contains("theirs.txt") && files.contains("mine.txt"), "{files}");
+    assert!(
+        files.contains("theirs.txt") && files.contains("mine.txt"),
+        "{files}"
+    );
 }
 
 #[test]
@@ -243,7 +277,9 @@ fn ff_only_refuses_when_the_target_moved() {
     let waiting = land_command(&master, &project.work, &["--wait", "--ff-only"])
         .spawn()
         .expect("land runs");
-    wait_until("the series is being tested", || state_of(&master, 1) == "testing");
+    wait_until("the series is being tested", || {
+        state_of(&master, 1) == "testing"
+    });
     let theirs = project.push_elsewhere("theirs.txt", "theirs\n");
     project.open_gate();
     let out = output_with_deadline(waiting, "land --wait --ff-only", PATIENCE * 3);
@@ -254,7 +290,11 @@ fn ff_only_refuses_when_the_target_moved() {
     // Submitted now, the series no longer sits on main: refused at once, nothing queued.
     let out = land(&master, &project.work, &["--ff-only"]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(text(&out.stderr).contains("--ff-only: the series does not sit on the branch's tip"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("--ff-only: the series does not sit on the branch's tip"),
+        "{}",
+        text(&out.stderr)
+    );
     assert!(entry(&master, 2).is_none());
 }
 
@@ -268,7 +308,10 @@ fn a_conflict_is_refused_with_the_file_names() {
     let out = land(&master, &project.work, &[]);
     let err = text(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(err.contains("does not apply") && err.contains("conflicts in hello.txt"), "{err}");
+    assert!(
+        err.contains("does not apply") && err.contains("conflicts in hello.txt"),
+        "{err}"
+    );
     assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
     assert!(entry(&master, 1).is_none(), "nothing queued");
     assert_eq!(project.main(), before);
@@ -287,11 +330,27 @@ fn bad_input_is_refused_in_one_line_and_nothing_is_queued() {
         assert!(err.contains(expected), "{command}: {err}");
         assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
     };
-    refused("land --onto main", b"this is not a bundle", "not a git bundle");
-    refused("land --onto nope", b"", "no [[land]] queue for branch 'nope'");
+    refused(
+        "land --onto main",
+        b"this is not a bundle",
+        "not a git bundle",
+    );
+    refused(
+        "land --onto nope",
+        b"",
+        "no [[land]] queue for branch 'nope'",
+    );
     // A commit whose tree has a .git directory, made with plumbing (git add refuses it).
-    let blob = git_stdin(&project.work, &["hash-object", "-w", "--stdin"], b"[core]\n");
-    let inner = git_stdin(&project.work, &["mktree"], format!("100644 blob {blob}\tconfig\n").as_bytes());
+    let blob = git_stdin(
+        &project.work,
+        &["hash-object", "-w", "--stdin"],
+        b"[core]\n",
+    );
+    let inner = git_stdin(
+        &project.work,
+        &["mktree"],
+        format!("100644 blob {blob}\tconfig\n").as_bytes(),
+    );
     let base_tree = git(&project.work, &["rev-parse", "HEAD^{tree}"]);
     let listing = git(&project.work, &["ls-tree", &base_tree]);
     let tree = git_stdin(
@@ -299,15 +358,35 @@ fn bad_input_is_refused_in_one_line_and_nothing_is_queued() {
         &["mktree"],
         format!("{listing}\n040000 tree {inner}\t.git\n").as_bytes(),
     );
-    let commit = git(&project.work, &["commit-tree", &tree, "-p", "HEAD", "-m", "sneaky"]);
+    let commit = git(
+        &project.work,
+        &["commit-tree", &tree, "-p", "HEAD", "-m", "sneaky"],
+    );
     git(&project.work, &["branch", "sneaky", &commit]);
     let bundle = project.tmp.path().join("sneaky.bundle");
-    git(&project.work, &["bundle", "create", "-q", bundle.to_str().expect("utf-8"), "origin/main..sneaky"]);
-    refused("land --onto main", &std::fs::read(&bundle).expect("bundle"), ".git");
+    git(
+        &project.work,
+        &[
+            "bundle",
+            "create",
+            "-q",
+            bundle.to_str().expect("utf-8"),
+            "origin/main..sneaky",
+        ],
+    );
+    refused(
+        "land --onto main",
+        &std::fs::read(&bundle).expect("bundle"),
+        ".git",
+    );
     // The client says it before anything is sent: no commits on top of main.
     let out = land(&master, &project.work, &[]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(text(&out.stderr).contains("nothing to land"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("nothing to land"),
+        "{}",
+        text(&out.stderr)
+    );
     assert!(entry(&master, 1).is_none(), "nothing queued");
 }
 
@@ -347,7 +426,9 @@ fn cancel_takes_the_entry_out_and_stops_its_build() {
     project.commit("a.txt", "a\n", "a", "Alice");
     let out = land(&master, &project.work, &[]);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    wait_until("the series is being tested", || state_of(&master, 1) == "testing");
+    wait_until("the series is being tested", || {
+        state_of(&master, 1) == "testing"
+    });
     let out = land(&master, &project.work, &["--cancel"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(text(&out.stdout).contains("land #1 on main cancelled"));
@@ -359,7 +440,11 @@ fn cancel_takes_the_entry_out_and_stops_its_build() {
     assert_eq!(project.main(), before);
     let out = land(&master, &project.work, &["--cancel"]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(text(&out.stderr).contains("nothing of yours waits"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("nothing of yours waits"),
+        "{}",
+        text(&out.stderr)
+    );
 }
 
 #[test]
@@ -379,10 +464,15 @@ fn after_a_kill_9_during_the_test_the_queue_resumes_and_lands_once() {
     let master = master.start_again();
     let _slave = master.start_slave("s1");
     project.open_gate();
-    wait_until("the series landed after the restart", || state_of(&master, 1) == "landed");
+    wait_until("the series landed after the restart", || {
+        state_of(&master, 1) == "landed"
+    });
     assert_eq!(project.main(), head);
     // Exactly one copy of the commit on main, and a passing build of it.
-    assert_eq!(git(&project.upstream, &["rev-list", "--count", "main"]), "2");
+    assert_eq!(
+        git(&project.upstream, &["rev-list", "--count", "main"]),
+        "2"
+    );
     let build = master.api_last_build("linux");
     assert_eq!(build["result"], "success", "{build}");
 }

@@ -8,8 +8,8 @@
 //! spool, the SSH server or the network.
 
 pub mod database;
-pub mod land;
 mod irc;
+pub mod land;
 mod limits;
 mod locks;
 mod repair;
@@ -31,11 +31,11 @@ use toml::Spanned;
 use crate::durations::parse_duration;
 
 use database::RawDatabase;
-use land::RawLand;
-pub use land::LandConfig;
 pub use database::{Backend, DatabaseConfig};
 use irc::RawIrc;
 pub use irc::{IrcConfig, NotifyEvent};
+pub use land::LandConfig;
+use land::RawLand;
 pub use limits::MaxStartups;
 use limits::RawMaxStartups;
 pub use locks::NextSlave;

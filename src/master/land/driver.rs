@@ -65,9 +65,8 @@ pub async fn run(handle: LandHandle, shutdown: CancellationToken) -> anyhow::Res
 fn concerns_land(event: &BuildEvent) -> bool {
     match event {
         BuildEvent::LandQueued { .. } | BuildEvent::LandRejected { .. } => true,
-        BuildEvent::BuildFinished { job_name, .. } | BuildEvent::RequestCancelled { job_name, .. } => {
-            job_name.starts_with("land-")
-        }
+        BuildEvent::BuildFinished { job_name, .. }
+        | BuildEvent::RequestCancelled { job_name, .. } => job_name.starts_with("land-"),
         _ => false,
     }
 }
@@ -130,7 +129,10 @@ async fn series_head(
     let name = series::entry_ref(entry.id);
     let spec = format!("{name}^{{commit}}");
     let known = work
-        .git_status(&["rev-parse", "--verify", "-q", &spec], super::git::LOCAL_TIMEOUT)
+        .git_status(
+            &["rev-parse", "--verify", "-q", &spec],
+            super::git::LOCAL_TIMEOUT,
+        )
         .await
         .map_err(|err| LandError::Git(err.to_string()))?;
     if known.code == Some(0) {
@@ -160,7 +162,9 @@ async fn start_test(
     let (tip, rebased, patch) = match prepared {
         Ok(prepared) => prepared,
         Err(LandError::Git(message)) => anyhow::bail!("#{}: {message}", entry.id),
-        Err(refusal) => return reject(handle, &entry, LandState::Queued, &refusal.to_string()).await,
+        Err(refusal) => {
+            return reject(handle, &entry, LandState::Queued, &refusal.to_string()).await;
+        }
     };
     if let Some(patch) = &patch {
         for builder in &entry.builders {
@@ -239,7 +243,11 @@ async fn prepare(
     // The tested commits must survive a `git gc` until they are pushed.
     let _ = work
         .git(
-            &["update-ref", &format!("refs/land/tested/{}", entry.id), &rebased.sha],
+            &[
+                "update-ref",
+                &format!("refs/land/tested/{}", entry.id),
+                &rebased.sha,
+            ],
             super::git::LOCAL_TIMEOUT,
         )
         .await;
@@ -347,7 +355,10 @@ async fn push(
             Ok(Step::Moved)
         }
         Pushed::Moved if entry.ff_only => {
-            let reason = format!("{} moved during the test; --ff-only refuses to rebase", land.branch);
+            let reason = format!(
+                "{} moved during the test; --ff-only refuses to rebase",
+                land.branch
+            );
             reject(handle, &entry, LandState::Landing, &reason).await
         }
         Pushed::Moved if entry.progress.attempts > i64::from(land.retries) => {

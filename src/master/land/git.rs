@@ -58,7 +58,14 @@ impl Repo {
                     .map_err(|err| GitError::Spawn(format!("{}: {err}", parent.display())))?;
             }
             let text = dir.to_string_lossy().to_string();
-            run(None, &["init", "--bare", "-q", &text], None, LOCAL_TIMEOUT, &[]).await?;
+            run(
+                None,
+                &["init", "--bare", "-q", &text],
+                None,
+                LOCAL_TIMEOUT,
+                &[],
+            )
+            .await?;
         }
         Ok(repo)
     }

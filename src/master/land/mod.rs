@@ -17,11 +17,15 @@ pub enum LandError {
     NoQueue { branch: String, known: String },
     #[error("branch '{branch}' does not exist in the builders' repository")]
     NoSuchBranch { branch: String },
-    #[error("the input is not a git bundle (buildbot land sends one: git bundle create - BASE..HEAD)")]
+    #[error(
+        "the input is not a git bundle (buildbot land sends one: git bundle create - BASE..HEAD)"
+    )]
     NotABundle,
     #[error("bad bundle: {0}")]
     BadBundle(String),
-    #[error("the series does not sit on the target branch: its base commit is not there (fetch, rebase, land again)")]
+    #[error(
+        "the series does not sit on the target branch: its base commit is not there (fetch, rebase, land again)"
+    )]
     NotOnTarget,
     #[error("nothing to land: the series is on the target branch already")]
     NothingToLand,

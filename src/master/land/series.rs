@@ -5,8 +5,8 @@
 
 use std::path::{Path, PathBuf};
 
-use super::git::{GitError, LOCAL_TIMEOUT, REMOTE_TIMEOUT, Repo};
 use super::LandError;
+use super::git::{GitError, LOCAL_TIMEOUT, REMOTE_TIMEOUT, Repo};
 
 /// More commits than this in one series is refused (a mistaken base, not a change).
 pub const MAX_COMMITS: usize = 1000;
@@ -27,7 +27,9 @@ pub async fn turn(dir: &Path) -> tokio::sync::OwnedMutexGuard<()> {
     static LOCKS: std::sync::Mutex<Vec<(PathBuf, std::sync::Arc<tokio::sync::Mutex<()>>)>> =
         std::sync::Mutex::new(Vec::new());
     let lock = {
-        let mut locks = LOCKS.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut locks = LOCKS
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         match locks.iter().find(|(path, _)| path == dir) {
             Some((_, lock)) => std::sync::Arc::clone(lock),
             None => {
@@ -56,7 +58,10 @@ pub async fn fetch_tip(work: &Repo, repo: &str, branch: &str) -> Result<String, 
     }
     let refspec = format!("+refs/heads/{branch}:refs/land/tip");
     match work
-        .git(&["fetch", "-q", "--no-tags", "--", repo, &refspec], REMOTE_TIMEOUT)
+        .git(
+            &["fetch", "-q", "--no-tags", "--", repo, &refspec],
+            REMOTE_TIMEOUT,
+        )
         .await
     {
         Ok(_) => {}
@@ -88,7 +93,9 @@ pub fn entry_ref(id: i64) -> String {
 /// with one head, whose commits sit on the target (fetched first as `refs/land/tip`), at most
 /// [`MAX_COMMITS`], no merges, no path through a `.git` directory.
 pub async fn import(work: &Repo, bundle: &[u8], into: &str) -> Result<Imported, LandError> {
-    let file = work.dir.join(format!("incoming-{:016x}.bundle", rand::random::<u64>()));
+    let file = work
+        .dir
+        .join(format!("incoming-{:016x}.bundle", rand::random::<u64>()));
     tokio::fs::write(&file, bundle)
         .await
         .map_err(|err| LandError::Git(format!("cannot write {}: {err}", file.display())))?;
@@ -119,7 +126,9 @@ async fn import_file(work: &Repo, file: &Path, into: &str) -> Result<Imported, L
     };
     let plain = |c: char| c.is_ascii_graphic() && !matches!(c, ':' | '^' | '~' | '*' | '?' | '\\');
     if name.starts_with('-') || !name.chars().all(plain) {
-        return Err(LandError::BadBundle("the bundle's head has a strange name".into()));
+        return Err(LandError::BadBundle(
+            "the bundle's head has a strange name".into(),
+        ));
     }
     let verify = work
         .git_status(&["bundle", "verify", "-q", &path], LOCAL_TIMEOUT)
@@ -127,16 +136,21 @@ async fn import_file(work: &Repo, file: &Path, into: &str) -> Result<Imported, L
         .map_err(|err| LandError::Git(err.to_string()))?;
     if verify.code != Some(0) {
         let message = super::git::first_line(&verify.stderr);
-        return Err(if message.contains("lacks these prerequisite") || message.contains("requires") {
-            LandError::NotOnTarget
-        } else {
-            LandError::BadBundle(message)
-        });
+        return Err(
+            if message.contains("lacks these prerequisite") || message.contains("requires") {
+                LandError::NotOnTarget
+            } else {
+                LandError::BadBundle(message)
+            },
+        );
     }
     let refspec = format!("+{name}:{into}");
-    work.git(&["fetch", "-q", "--no-tags", "--", &path, &refspec], LOCAL_TIMEOUT)
-        .await
-        .map_err(|err| LandError::BadBundle(err.to_string()))?;
+    work.git(
+        &["fetch", "-q", "--no-tags", "--", &path, &refspec],
+        LOCAL_TIMEOUT,
+    )
+    .await
+    .map_err(|err| LandError::BadBundle(err.to_string()))?;
     let head = rev_parse(work, into).await?;
     let base = merge_base(work, "refs/land/tip", &head).await?;
     if base == head {
@@ -168,7 +182,14 @@ async fn import_file(work: &Repo, file: &Path, into: &str) -> Result<Imported, L
     }
     let names = work
         .git(
-            &["log", "--format=", "--name-only", "-z", "--no-renames", &range],
+            &[
+                "log",
+                "--format=",
+                "--name-only",
+                "-z",
+                "--no-renames",
+                &range,
+            ],
             LOCAL_TIMEOUT,
         )
         .await
@@ -253,7 +274,10 @@ pub async fn rebase(
     }
     let range = format!("{base}..{head}");
     let list = work
-        .git(&["rev-list", "--reverse", "--topo-order", &range], LOCAL_TIMEOUT)
+        .git(
+            &["rev-list", "--reverse", "--topo-order", &range],
+            LOCAL_TIMEOUT,
+        )
         .await
         .map_err(|err| LandError::Git(err.to_string()))?
         .text();
@@ -313,8 +337,9 @@ async fn pick(work: &Repo, commit: &str, onto: &str) -> Result<String, LandError
         .await
         .map_err(|err| LandError::Git(err.to_string()))?;
     let (author, message) = split_commit(&raw.stdout);
-    let (name, email, date) = parse_person(&author)
-        .ok_or_else(|| LandError::Git(format!("commit {} has no readable author", short(commit))))?;
+    let (name, email, date) = parse_person(&author).ok_or_else(|| {
+        LandError::Git(format!("commit {} has no readable author", short(commit)))
+    })?;
     let env = [
         ("GIT_AUTHOR_NAME", name),
         ("GIT_AUTHOR_EMAIL", email),
@@ -362,7 +387,14 @@ fn parse_person(line: &str) -> Option<(String, String, String)> {
 pub async fn diff(work: &Repo, base: &str, head: &str) -> Result<Vec<u8>, LandError> {
     Ok(work
         .git(
-            &["diff", "--binary", "--full-index", "--no-renames", base, head],
+            &[
+                "diff",
+                "--binary",
+                "--full-index",
+                "--no-renames",
+                base,
+                head,
+            ],
             LOCAL_TIMEOUT,
         )
         .await
@@ -392,7 +424,10 @@ pub async fn push(
     let lease = format!("--force-with-lease=refs/heads/{branch}:{expected}");
     let refspec = format!("{sha}:refs/heads/{branch}");
     let output = work
-        .git_status(&["push", "-q", "--porcelain", &lease, "--", url, &refspec], REMOTE_TIMEOUT)
+        .git_status(
+            &["push", "-q", "--porcelain", &lease, "--", url, &refspec],
+            REMOTE_TIMEOUT,
+        )
         .await
         .map_err(|err| LandError::Git(err.to_string()))?;
     if output.code == Some(0) {
@@ -403,7 +438,10 @@ pub async fn push(
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
-    if said.contains("stale info") || said.contains("non-fast-forward") || said.contains("fetch first") {
+    if said.contains("stale info")
+        || said.contains("non-fast-forward")
+        || said.contains("fetch first")
+    {
         return Ok(Pushed::Moved);
     }
     Err(LandError::Git(format!(
@@ -431,10 +469,22 @@ mod tests {
 
     #[test]
     fn git_dir_paths_in_any_spelling() {
-        for bad in [".git/config", "a/.git/hooks/x", ".GIT/x", "sub/.git./x", ".git ", "git~1/x"] {
+        for bad in [
+            ".git/config",
+            "a/.git/hooks/x",
+            ".GIT/x",
+            "sub/.git./x",
+            ".git ",
+            "git~1/x",
+        ] {
             assert!(touches_git_dir(bad), "{bad}");
         }
-        for good in [".gitignore", ".github/workflows/x", "a/git/x", "src/.gitkeep"] {
+        for good in [
+            ".gitignore",
+            ".github/workflows/x",
+            "a/git/x",
+            "src/.gitkeep",
+        ] {
             assert!(!touches_git_dir(good), "{good}");
         }
     }

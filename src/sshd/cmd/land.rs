@@ -125,7 +125,8 @@ async fn ended(ctx: &SshdContext, id: i64, io: &mut ExecIo<'_>) -> Option<u32> {
     match entry.state {
         LandState::Landed => {
             let sha = entry.progress.landed_sha.unwrap_or_default();
-            io.print(&format!("landed on {}: {sha}\n", entry.branch)).await;
+            io.print(&format!("landed on {}: {sha}\n", entry.branch))
+                .await;
             Some(EXIT_OK.into())
         }
         LandState::Rejected | LandState::Cancelled => {
