@@ -158,3 +158,106 @@ impl super::Config {
         self.lands.iter().find(|land| land.branch == branch)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use crate::master::config::{Config, ConfigError};
+
+    const KEY: &str =
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl";
+
+    fn with_lands(lands: &str) -> Result<Config, Vec<String>> {
+        let text = format!(
+            r#"[master]
+name = "t"
+[sshd]
+listen = "127.0.0.1:0"
+[[slave]]
+name = "s1"
+public_key = "{KEY}"
+[[builder]]
+name = "linux"
+slaves = ["s1"]
+repo = "/srv/git/p.git"
+steps = [ {{ name = "test", command = "make test" }} ]
+[[builder]]
+name = "other"
+slaves = ["s1"]
+repo = "/srv/git/q.git"
+[[builder]]
+name = "deploy"
+slaves = ["s1"]
+repo = "/srv/git/p.git"
+trusted = true
+{lands}"#
+        );
+        Config::from_toml(&text, Path::new("/m"))
+            .map_err(|ConfigError(problems)| problems.iter().map(ToString::to_string).collect())
+    }
+
+    #[test]
+    fn defaults_and_every_key() {
+        let config =
+            with_lands("[[land]]\nbranch = \"main\"\nbuilders = [\"linux\"]\n").expect("valid");
+        let land = config.land("main").expect("main has a queue");
+        assert_eq!(land.push_url, "/srv/git/p.git");
+        assert_eq!(
+            (land.window, land.retries, land.group.as_deref()),
+            (1, 3, None)
+        );
+        let config = with_lands(
+            "[[land]]\nbranch = \"release/2\"\nbuilders = [\"linux\"]\ngroup = \"landers\"\n\
+             push_url = \"ssh://git@h/p.git\"\nwindow = 3\nretries = 0\n",
+        )
+        .expect("valid");
+        let land = config.land("release/2").expect("queue");
+        assert_eq!(land.push_url, "ssh://git@h/p.git");
+        assert_eq!(land.repo, "/srv/git/p.git");
+        assert_eq!((land.window, land.retries), (3, 0));
+        assert_eq!(land.group.as_deref(), Some("landers"));
+        assert!(config.land("main").is_none());
+    }
+
+    #[test]
+    fn problems_name_their_line() {
+        let problems = with_lands(
+            "[[land]]\nbranch = \"main\"\nbuilders = [\"nope\"]\n\
+             [[land]]\nbranch = \"dev\"\nbuilders = [\"linux\"]\n\
+             [[land]]\nbranch = \"dev\"\nbuilders = [\"linux\"]\n\
+             [[land]]\nbranch = \"-x\"\nbuilders = [\"linux\"]\n\
+             [[land]]\nbranch = \"mixed\"\nbuilders = [\"linux\", \"other\"]\n\
+             [[land]]\nbranch = \"trusted\"\nbuilders = [\"deploy\"]\n\
+             [[land]]\nbranch = \"w\"\nbuilders = [\"linux\"]\nwindow = 0\n\
+             [[land]]\nbranch = \"none\"\nbuilders = []\n",
+        )
+        .expect_err("refused");
+        let expected = [
+            "no builder named \"nope\"",
+            "branch \"dev\" has two [[land]] sections",
+            "\"-x\" is not a branch name",
+            "the builders of a branch share its repository",
+            "is trusted",
+            "window must be between 1 and 32",
+            "builders must name at least one builder",
+        ];
+        assert_eq!(problems.len(), expected.len(), "{problems:?}");
+        for (problem, expected) in problems.iter().zip(expected) {
+            assert!(problem.starts_with("master.toml:"), "{problem}");
+            assert!(problem.contains(expected), "{problem} lacks {expected}");
+        }
+    }
+
+    #[test]
+    fn branch_names() {
+        for good in ["main", "release/2.0", "feature-x", "a_b"] {
+            assert!(super::is_branch_name(good), "{good}");
+        }
+        for bad in [
+            "", "-x", "a..b", "a b", "a:b", "a/", "x.lock", "@{u}", "a\\b", "/a",
+        ] {
+            assert!(!super::is_branch_name(bad), "{bad}");
+        }
+    }
+}
