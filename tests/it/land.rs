@@ -476,3 +476,103 @@ fn after_a_kill_9_during_the_test_the_queue_resumes_and_lands_once() {
     let build = master.api_last_build("linux");
     assert_eq!(build["result"], "success", "{build}");
 }
+
+/// A series of its own in a fresh clone of the remote, as a bundle `land` takes.
+fn series_bundle(project: &Project, name: &str, file: &str) -> Vec<u8> {
+    let clone = project.tmp.path().join(format!("clone-{name}"));
+    git(
+        project.tmp.path(),
+        &[
+            "clone",
+            "-q",
+            "upstream.git",
+            clone.to_str().expect("utf-8"),
+        ],
+    );
+    std::fs::write(clone.join(file), format!("{name}\n")).expect("write");
+    git(&clone, &["add", file]);
+    git(&clone, &["commit", "-q", "-m", &format!("{name}'s change")]);
+    let bundle = project.tmp.path().join(format!("{name}.bundle"));
+    git(
+        &clone,
+        &[
+            "bundle",
+            "create",
+            "-q",
+            bundle.to_str().expect("utf-8"),
+            "origin/main..HEAD",
+        ],
+    );
+    std::fs::read(&bundle).expect("bundle")
+}
+
+#[test]
+fn window_3_with_the_middle_failing_lands_first_and_third_linearly() {
+    let project = Project::new();
+    let landers = TempAccount::create("land window");
+    let (master, _slave) = master(
+        &project,
+        &format!("group = \"{}\"\nwindow = 3", landers.group),
+    );
+    // Three people of the landers' group, each with a series on the same main.
+    let others = [
+        TempAccount::create("land window"),
+        TempAccount::create("land window"),
+    ];
+    for other in &others {
+        let added = crate::harness::run_with_timeout(
+            {
+                let mut usermod = Command::new("usermod");
+                usermod.args(["-a", "-G", &landers.group, &other.user]);
+                usermod
+            },
+            None,
+        );
+        assert!(added.status.success(), "usermod: {}", text(&added.stderr));
+    }
+    let users = [&landers, &others[0], &others[1]];
+    let series = [
+        series_bundle(&project, "first", "first.txt"),
+        series_bundle(&project, "second", "FAIL"),
+        series_bundle(&project, "third", "third.txt"),
+    ];
+    let before = project.main();
+    project.close_gate();
+    for (index, (user, bundle)) in users.iter().zip(&series).enumerate() {
+        let key = TestKey::ed25519(master.keys_dir.path(), &format!("lander-{index}"));
+        master.authorize(&user.user, &key.public_line);
+        let out = master.ssh_with(&key, &user.user, "land --onto main", &[], Some(bundle));
+        assert!(out.status.success(), "{}: {}", user.user, text(&out.stderr));
+    }
+    wait_until("all three are tested at once", || {
+        (1..=3).all(|id| state_of(&master, id) == "testing")
+    });
+    project.open_gate();
+    wait_until("the queue is done", || {
+        (1..=3).all(|id| ["landed", "rejected"].contains(&state_of(&master, id).as_str()))
+    });
+    assert_eq!(state_of(&master, 1), "landed");
+    assert_eq!(state_of(&master, 2), "rejected");
+    assert_eq!(state_of(&master, 3), "landed");
+    let second = entry(&master, 2).expect("entry");
+    assert!(
+        second["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("failure"),
+        "{second}"
+    );
+    // The third was tested on the second, evicted when it failed, tested again on the first.
+    let third = entry(&master, 3).expect("entry");
+    assert_eq!(third["attempts"], 2, "{third}");
+    // Linear history: base, first, third; the tip is what the third's last test built.
+    let log = git(&project.upstream, &["log", "--format=%s", "main"]);
+    assert_eq!(
+        log.lines().collect::<Vec<_>>(),
+        ["third's change", "first's change", "base"]
+    );
+    assert_eq!(git(&project.upstream, &["rev-parse", "main~2"]), before);
+    assert_eq!(third["landed_sha"], project.main().as_str());
+    let files = git(&project.upstream, &["ls-tree", "--name-only", "main"]);
+    assert!(!files.contains("FAIL"), "{files}");
+}

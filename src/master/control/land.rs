@@ -71,6 +71,8 @@ impl Control {
             config: self.config_view(),
             enqueuer: self.enqueuer.clone(),
             events: Arc::clone(&self.events),
+            board: Arc::clone(&self.board),
+            inbox: self.inbox.clone(),
         }
     }
 

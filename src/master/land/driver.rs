@@ -79,37 +79,94 @@ enum Step {
     Waiting,
 }
 
-/// Moves `land`'s head entry as far as it goes now.
+/// Moves `land`'s window (its first `window` entries) as far as it goes now. The head is
+/// tested on the target's tip; each entry behind it on the rebased series of the one ahead
+/// (Zuul's gate), so when the head lands the next one's test is already of what it lands as.
+/// An entry whose test is no longer on the one ahead of it (that one failed, was cancelled
+/// or tested again) is evicted: its builds stop and it is tested again.
 async fn drive(handle: &LandHandle, config: &Config, land: &LandConfig) -> anyhow::Result<()> {
-    for _ in 0..16 {
+    let window = land.window.max(1);
+    for _ in 0..(4 * window + 16) {
         let entries = handle
             .store
-            .land_entries(Some(land.branch.clone()), true, 1)
+            .land_entries(Some(land.branch.clone()), true, window as i64)
             .await?;
-        let Some(head) = entries.into_iter().next() else {
+        let mut moved = false;
+        // What the entry ahead was rebased to; none for the head (it goes on the tip).
+        let mut ahead: Option<String> = None;
+        for (index, entry) in entries.into_iter().enumerate() {
+            let head = index == 0;
+            if head && window > 1 && entry.state == LandState::Testing {
+                // Tested on a series ahead that then left the queue without landing (failed,
+                // cancelled): that series is not under the target's tip.
+                if let Some(base) = &entry.progress.tested_base
+                    && !under_tip(config, land, base).await?
+                {
+                    evict(handle, &entry).await?;
+                    moved = true;
+                    break;
+                }
+            }
+            if !head {
+                let Some(parent) = ahead.clone() else {
+                    break;
+                };
+                let stacked_on = entry.progress.tested_base.as_deref();
+                if entry.state == LandState::Testing && stacked_on != Some(parent.as_str()) {
+                    evict(handle, &entry).await?;
+                    moved = true;
+                    break;
+                }
+                if entry.state == LandState::Queued && entry.ff_only {
+                    // A series that must not be rebased waits until it is the head.
+                    break;
+                }
+            }
+            tracing::debug!(id = entry.id, branch = %land.branch, state = entry.state.as_str(), index, "land: in the window");
+            let tested = entry.progress.tested_sha.clone();
+            let step = match entry.state {
+                LandState::Queued => start_test(handle, config, land, entry, ahead.clone()).await?,
+                LandState::Testing => judge(handle, entry, head).await?,
+                LandState::Landing if head => push(handle, config, land, entry).await?,
+                _ => Step::Waiting,
+            };
+            if let Step::Moved = step {
+                moved = true;
+                break;
+            }
+            ahead = tested;
+        }
+        if !moved {
             return Ok(());
-        };
-        match step(handle, config, land, head).await? {
-            Step::Moved => continue,
-            Step::Waiting => return Ok(()),
         }
     }
     Ok(())
 }
 
-async fn step(
-    handle: &LandHandle,
-    config: &Config,
-    land: &LandConfig,
-    entry: LandEntry,
-) -> anyhow::Result<Step> {
-    tracing::debug!(id = entry.id, branch = %land.branch, state = entry.state.as_str(), "land: the queue's head");
-    match entry.state {
-        LandState::Queued => start_test(handle, config, land, entry).await,
-        LandState::Testing => judge(handle, entry).await,
-        LandState::Landing => push(handle, config, land, entry).await,
-        LandState::Landed | LandState::Rejected | LandState::Cancelled => Ok(Step::Waiting),
+/// Whether `commit` is the target's tip as this master last saw it (fetched, or pushed by
+/// itself), or under it.
+async fn under_tip(config: &Config, land: &LandConfig, commit: &str) -> anyhow::Result<bool> {
+    let work = work_repo(config, land).await?;
+    let _turn = series::turn(&work.dir).await;
+    let answer = work
+        .git_status(
+            &["merge-base", "--is-ancestor", commit, "refs/land/tip"],
+            super::git::LOCAL_TIMEOUT,
+        )
+        .await?;
+    Ok(answer.code == Some(0))
+}
+
+/// A speculative test whose base went away: its builds stop and it is tested again.
+async fn evict(handle: &LandHandle, entry: &LandEntry) -> anyhow::Result<()> {
+    if let Some(job) = &entry.progress.job_name {
+        handle
+            .cancel_job(job, "land", "the series ahead of it changed")
+            .await;
     }
+    tracing::info!(id = entry.id, branch = %entry.branch, "land: the series ahead changed; testing again");
+    requeue(handle, entry, LandState::Testing, 0).await?;
+    Ok(())
 }
 
 async fn work_repo(config: &Config, land: &LandConfig) -> Result<Repo, LandError> {
@@ -153,13 +210,14 @@ async fn start_test(
     config: &Config,
     land: &LandConfig,
     entry: LandEntry,
+    onto: Option<String>,
 ) -> anyhow::Result<Step> {
     let work = work_repo(config, land).await?;
     let prepared = {
         let _turn = series::turn(&work.dir).await;
-        prepare(handle, &work, land, &entry).await
+        prepare(handle, &work, land, &entry, onto.as_deref()).await
     };
-    let (tip, rebased, patch) = match prepared {
+    let (parent, build_base, rebased, patch) = match prepared {
         Ok(prepared) => prepared,
         Err(LandError::Git(message)) => anyhow::bail!("#{}: {message}", entry.id),
         Err(refusal) => {
@@ -183,7 +241,7 @@ async fn start_test(
     let job_name = format!("land-{}-{attempts}", entry.id);
     let progress = LandProgress {
         job_name: Some(job_name.clone()),
-        tested_base: Some(tip.clone()),
+        tested_base: Some(parent.clone()),
         tested_sha: Some(rebased.clone()),
         attempts,
         ..LandProgress::default()
@@ -206,7 +264,7 @@ async fn start_test(
             comment: Some(entry.summary.clone()),
             repository: land.repo.clone(),
             branch: Some(land.branch.clone()),
-            baserev: Some(tip.clone()),
+            baserev: Some(build_base.clone()),
             patch: patch.clone(),
             patch_level: 1,
             submitted_at: now(),
@@ -225,21 +283,39 @@ async fn start_test(
         })
         .collect();
     handle.enqueuer.enqueue(requests).await?;
-    tracing::info!(id = entry.id, branch = %land.branch, %job_name, tip = %series::short(&tip), sha = %series::short(&rebased), "land: testing");
-    Ok(Step::Waiting)
+    tracing::info!(id = entry.id, branch = %land.branch, %job_name, on = %series::short(&parent), sha = %series::short(&rebased), "land: testing");
+    Ok(Step::Moved)
 }
 
-/// The target's tip, the series rebased onto it, and the diff between them (none: empty).
+/// The commit the series goes on (the target's tip, or `onto`: the rebased series ahead of it
+/// in the window), the commit of the builders' repository the builds check out (the tip the
+/// stack sits on), the series rebased, and the diff from that checkout to it (none: empty).
 async fn prepare(
     handle: &LandHandle,
     work: &Repo,
     land: &LandConfig,
     entry: &LandEntry,
-) -> Result<(String, String, Option<Vec<u8>>), LandError> {
-    let tip = series::fetch_tip(work, &land.repo, &land.branch).await?;
+    onto: Option<&str>,
+) -> Result<(String, String, String, Option<Vec<u8>>), LandError> {
+    let parent = match onto {
+        Some(onto) => onto.to_string(),
+        None => series::fetch_tip(work, &land.repo, &land.branch).await?,
+    };
     let head = series_head(handle, work, entry).await?;
-    let rebased = series::rebase(work, &head, &tip, entry.ff_only).await?;
-    let patch = series::diff(work, &tip, &rebased.sha).await?;
+    let rebased = series::rebase(work, &head, &parent, entry.ff_only).await?;
+    // The stack's commits exist only here: the builds check out the tip under them.
+    let build_base = match onto {
+        None => parent.clone(),
+        Some(_) => work
+            .git(
+                &["merge-base", &rebased.sha, "refs/land/tip"],
+                super::git::LOCAL_TIMEOUT,
+            )
+            .await
+            .map_err(|err| LandError::Git(err.to_string()))?
+            .text(),
+    };
+    let patch = series::diff(work, &build_base, &rebased.sha).await?;
     // The tested commits must survive a `git gc` until they are pushed.
     let _ = work
         .git(
@@ -251,11 +327,17 @@ async fn prepare(
             super::git::LOCAL_TIMEOUT,
         )
         .await;
-    Ok((tip, rebased.sha, (!patch.is_empty()).then_some(patch)))
+    Ok((
+        parent,
+        build_base,
+        rebased.sha,
+        (!patch.is_empty()).then_some(patch),
+    ))
 }
 
-/// Testing → landing once every builder passed; rejected when one did not.
-async fn judge(handle: &LandHandle, entry: LandEntry) -> anyhow::Result<Step> {
+/// Testing → landing once every builder passed (the head only: the others wait for their
+/// turn with their results); rejected when one did not.
+async fn judge(handle: &LandHandle, entry: LandEntry, head: bool) -> anyhow::Result<Step> {
     let Some(job_name) = entry.progress.job_name.clone() else {
         return requeue(handle, &entry, LandState::Testing, 0).await;
     };
@@ -284,7 +366,7 @@ async fn judge(handle: &LandHandle, entry: LandEntry) -> anyhow::Result<Step> {
             }
         }
     }
-    if waiting {
+    if waiting || !head {
         return Ok(Step::Waiting);
     }
     let moved = handle
@@ -333,6 +415,15 @@ async fn push(
     };
     match outcome {
         Pushed::Done => {
+            // The next series in the window was tested on this one: it is the tip now.
+            let turn = series::turn(&work.dir).await;
+            let _ = work
+                .git(
+                    &["update-ref", "refs/land/tip", &sha],
+                    super::git::LOCAL_TIMEOUT,
+                )
+                .await;
+            drop(turn);
             let progress = LandProgress {
                 landed_sha: Some(sha.clone()),
                 finished_at: Some(now()),
