@@ -1,12 +1,13 @@
 //! The merge queues: `/land` (each branch's queue with positions and estimates, and its last
-//! landed or rejected series) and `/api/land` (the same as JSON).
+//! landed or rejected series), its Cancel button (`POST /land/ID/cancel`, the same action as
+//! `buildbot land --cancel`) and `/api/land` (the same as JSON).
 
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::State;
+use axum::extract::{Form, Path, State};
 use axum::http::HeaderMap;
-use axum::response::Html;
+use axum::response::{Html, IntoResponse, Redirect, Response};
 
 use crate::master::control::LandQueueView;
 use crate::web::{AppState, WebError};
@@ -30,6 +31,9 @@ pub async fn page(
         })
         .collect();
     context.insert("queues", &rows);
+    let session = state.session(&headers).await;
+    context.insert("logged_in", &session.is_some());
+    context.insert("csrf", &session.map(|s| s.csrf).unwrap_or_default());
     Ok(Html(state.render("land.html", &context)?))
 }
 
@@ -59,4 +63,29 @@ fn row(view: &crate::master::control::LandEntryView) -> serde_json::Value {
 
 pub async fn api(State(state): State<Arc<AppState>>) -> Result<Json<Vec<LandQueueView>>, WebError> {
     Ok(Json(state.control.land_queues().await?))
+}
+
+#[derive(Debug, serde::Deserialize)]
+pub struct CancelForm {
+    csrf: Option<String>,
+}
+
+/// Cancel, on an entry of the `/land` page: its owner's (or an operator's) session.
+pub async fn cancel(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<i64>,
+    headers: HeaderMap,
+    Form(form): Form<CancelForm>,
+) -> Result<Response, WebError> {
+    let session = state.form_session(&headers, form.csrf.as_deref()).await?;
+    let entry = state
+        .control
+        .land_entry(id)
+        .await?
+        .ok_or_else(|| WebError::NotFound(format!("no land entry #{id}")))?;
+    state
+        .control
+        .land_cancel(&session.account, &entry.branch, Some(id))
+        .await?;
+    Ok(Redirect::to("/land").into_response())
 }

@@ -272,6 +272,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/slaves/{slave}/{action}", post(actions::pause))
         .route("/changes", get(changes::page))
         .route("/land", get(land::page))
+        .route("/land/{id}/cancel", post(land::cancel))
         .route(
             "/builders/{builder}/builds/{number}/steps/{step}/logs/{stream}",
             get(logs::page),

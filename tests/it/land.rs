@@ -445,6 +445,64 @@ fn cancel_takes_the_entry_out_and_stops_its_build() {
         "{}",
         text(&out.stderr)
     );
+
+    // The web page's Cancel button does the same, behind a session and its CSRF token.
+    project.close_gate();
+    let out = land(&master, &project.work, &[]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    wait_until("the series is being tested", || {
+        state_of(&master, 2) == "testing"
+    });
+    let client = reqwest::blocking::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client");
+    let base = format!("http://127.0.0.1:{}", master.http_port);
+    let cancel_url = format!("{base}/land/2/cancel");
+    let refused = client
+        .post(&cancel_url)
+        .form(&[("csrf", "x")])
+        .send()
+        .expect("POST");
+    assert_eq!(refused.status().as_u16(), 403, "no session");
+    let login = text(
+        &master
+            .ssh(
+                &master.user_key,
+                &crate::harness::current_user(),
+                "web-login",
+            )
+            .stdout,
+    );
+    let login_url = login.lines().next().expect("a URL").trim().to_string();
+    let response = client.get(&login_url).send().expect("login");
+    let cookie = response.headers()["set-cookie"]
+        .to_str()
+        .expect("cookie")
+        .to_string();
+    let session = cookie.split(';').next().expect("pair").to_string();
+    let page = client
+        .get(format!("{base}/land"))
+        .header("Cookie", &session)
+        .send()
+        .and_then(|response| response.text())
+        .expect("page");
+    let csrf = page
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .expect("the page has a Cancel form")
+        .to_string();
+    let response = client
+        .post(&cancel_url)
+        .header("Cookie", &session)
+        .form(&[("csrf", csrf.as_str())])
+        .send()
+        .expect("POST");
+    assert_eq!(response.status().as_u16(), 303);
+    assert_eq!(state_of(&master, 2), "cancelled");
+    project.open_gate();
+    assert_eq!(project.main(), before);
 }
 
 #[test]
