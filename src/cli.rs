@@ -138,6 +138,28 @@ pub enum Command {
         #[command(flatten)]
         connection: ConnectionCli,
     },
+    /// Land the commits of HEAD that the target branch lacks: the master rebases them onto
+    /// the branch's tip, builds the result on the branch's builders and pushes it only if all
+    /// pass (docs/land.md). Connection defaults come from .buildbot, as for try.
+    Land {
+        /// The target branch (default: the upstream's branch, else main).
+        #[arg(long, value_name = "BRANCH")]
+        onto: Option<String>,
+        /// Test on this builder too (repeatable).
+        #[arg(short = 'b', long = "builder", value_name = "BUILDER")]
+        builders: Vec<String>,
+        /// Stay connected until the series landed or was rejected; exit 0 only if it landed.
+        #[arg(long)]
+        wait: bool,
+        /// Refuse instead of rebasing when the series does not sit on the branch's tip.
+        #[arg(long)]
+        ff_only: bool,
+        /// Take your queued entry for the branch out of the queue.
+        #[arg(long)]
+        cancel: bool,
+        #[command(flatten)]
+        connection: ConnectionCli,
+    },
     /// Tell the master about a new revision on a branch (what the git post-receive hook in
     /// etc/hooks runs). Needs the right to try, or membership of the master's [changes] group.
     Sendchange {

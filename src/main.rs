@@ -178,6 +178,25 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 buildbot::client::remote::stop(&builder, number, &reason, &connection, &cwd);
             Ok(client_outcome("stop", result))
         }
+        Command::Land {
+            onto,
+            builders,
+            wait,
+            ff_only,
+            cancel,
+            connection,
+        } => {
+            let cwd = std::env::current_dir().context("cannot find the current directory")?;
+            let args = buildbot::client::land::LandArgs {
+                onto,
+                builders,
+                wait,
+                ff_only,
+                cancel,
+            };
+            let result = buildbot::client::land::run(&args, &connection.into_try_args(), &cwd);
+            Ok(client_outcome("land", result))
+        }
         Command::Force {
             force,
             wait,

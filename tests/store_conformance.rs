@@ -79,6 +79,8 @@ conformance!(
     master_locks_are_taken_whole_and_freed_on_every_end,
     irc_link_codes_are_taken_once_and_expire,
     step_logs_are_chunked_read_in_ranges_and_fenced,
+    land_entries_queue_per_branch_and_replace_the_users_queued_one,
+    land_transitions_are_compare_and_set,
 );
 
 fn request(job: &str, builder: &str) -> NewRequest {
@@ -1378,6 +1380,41 @@ async fn masters_hold_leases_and_cluster_jobs(store: SharedStore) {
             .await
             .expect("hold")
     );
+    // A newer run of the holder takes over what its older run (killed, never retired) held:
+    // on the embedded store a hold lasts for good.
+    let short = Duration::from_secs(1);
+    let c = store
+        .register_master("c", &MasterInfo::default(), short)
+        .await
+        .expect("register");
+    assert!(store.hold_singleton("other", &c, long).await.expect("hold"));
+    let c_again = std::sync::Arc::new(std::sync::Mutex::new(None));
+    wait_until(
+        "a newer run of c registers once the old one's lease ran out",
+        || {
+            let (store, c_again) = (store.clone(), c_again.clone());
+            async move {
+                match store
+                    .register_master("c", &MasterInfo::default(), short)
+                    .await
+                {
+                    Ok(run) => {
+                        *c_again.lock().expect("lock") = Some(run);
+                        true
+                    }
+                    Err(_) => false,
+                }
+            }
+        },
+    )
+    .await;
+    let c_again = c_again.lock().expect("lock").clone().expect("registered");
+    assert!(
+        store
+            .hold_singleton("other", &c_again, long)
+            .await
+            .expect("hold")
+    );
 }
 
 /// Polls `condition` until it holds, for at most a minute.
@@ -2190,4 +2227,144 @@ async fn irc_link_codes_are_taken_once_and_expire(store: SharedStore) {
         1,
         "{got:?}"
     );
+}
+
+// ---- land: the merge queue (issue 24) ----
+
+fn new_land(branch: &str, who: &str) -> buildbot::master::store::NewLand {
+    buildbot::master::store::NewLand {
+        branch: branch.into(),
+        who: who.into(),
+        builders: vec!["linux".into(), "docs".into()],
+        ff_only: true,
+        // A bundle is bytes.
+        bundle: vec![b'#', 0, 0xff, b'\n'],
+        head: "b".repeat(40),
+        base: "a".repeat(40),
+        commits: 3,
+        summary: "add a thing".into(),
+        submitted_at: 1_700_000_000.5,
+    }
+}
+
+async fn land_entries_queue_per_branch_and_replace_the_users_queued_one(store: SharedStore) {
+    use buildbot::master::store::LandState;
+    let (first, replaced) = store
+        .land_enqueue(new_land("main", "alice"))
+        .await
+        .expect("queue");
+    assert_eq!(replaced, None);
+    let (bobs, _) = store
+        .land_enqueue(new_land("main", "bob"))
+        .await
+        .expect("queue");
+    let (other_branch, _) = store
+        .land_enqueue(new_land("release", "alice"))
+        .await
+        .expect("queue");
+    // Alice lands on main again: her queued entry there is replaced, not her other branch's.
+    let (second, replaced) = store
+        .land_enqueue(new_land("main", "alice"))
+        .await
+        .expect("queue");
+    assert_eq!(replaced, Some(first));
+    let main = store
+        .land_entries(Some("main".into()), true, 100)
+        .await
+        .expect("read");
+    let ids: Vec<i64> = main.iter().map(|entry| entry.id).collect();
+    assert_eq!(
+        ids,
+        vec![bobs, second],
+        "oldest first, the replaced one gone"
+    );
+    let entry = &main[1];
+    assert_eq!(entry.state, LandState::Queued);
+    assert_eq!(
+        entry.builders,
+        vec!["linux".to_string(), "docs".to_string()]
+    );
+    assert!(entry.ff_only);
+    assert_eq!((entry.commits, entry.summary.as_str()), (3, "add a thing"));
+    assert_eq!(entry.submitted_at, 1_700_000_000.5);
+    assert_eq!(entry.progress.attempts, 0);
+    let ended = store
+        .land_entries(Some("main".into()), false, 10)
+        .await
+        .expect("read");
+    assert_eq!(ended.len(), 1);
+    assert_eq!(ended[0].state, LandState::Cancelled);
+    assert_eq!(
+        ended[0].progress.reason.as_deref(),
+        Some(format!("replaced by #{second}").as_str())
+    );
+    let all = store.land_entries(None, true, 100).await.expect("read");
+    assert_eq!(all.len(), 3);
+    assert!(all.iter().any(|entry| entry.id == other_branch));
+    assert_eq!(
+        store.land_bundle(second).await.expect("read"),
+        Some(vec![b'#', 0, 0xff, b'\n'])
+    );
+    assert_eq!(store.land_bundle(9999).await.expect("read"), None);
+    assert_eq!(store.land_entry(9999).await.expect("read"), None);
+}
+
+async fn land_transitions_are_compare_and_set(store: SharedStore) {
+    use buildbot::master::store::{LandProgress, LandState};
+    let (id, _) = store
+        .land_enqueue(new_land("main", "alice"))
+        .await
+        .expect("queue");
+    let testing = LandProgress {
+        job_name: Some(format!("land-{id}-1")),
+        tested_base: Some("c".repeat(40)),
+        tested_sha: Some("d".repeat(40)),
+        attempts: 1,
+        ..LandProgress::default()
+    };
+    assert!(
+        store
+            .land_transition(id, LandState::Queued, LandState::Testing, testing.clone())
+            .await
+            .expect("move")
+    );
+    // From a state it is no longer in: nothing moves (a cancel that came first wins).
+    assert!(
+        !store
+            .land_transition(
+                id,
+                LandState::Queued,
+                LandState::Cancelled,
+                LandProgress::default()
+            )
+            .await
+            .expect("move")
+    );
+    let entry = store.land_entry(id).await.expect("read").expect("entry");
+    assert_eq!(entry.state, LandState::Testing);
+    assert_eq!(entry.progress, testing);
+    let landed = LandProgress {
+        landed_sha: Some("d".repeat(40)),
+        finished_at: Some(1_700_000_100.0),
+        ..testing
+    };
+    assert!(
+        store
+            .land_transition(id, LandState::Testing, LandState::Landed, landed.clone())
+            .await
+            .expect("move")
+    );
+    assert!(
+        store
+            .land_entries(Some("main".into()), true, 10)
+            .await
+            .expect("read")
+            .is_empty()
+    );
+    let ended = store
+        .land_entries(Some("main".into()), false, 10)
+        .await
+        .expect("read");
+    assert_eq!(ended[0].state, LandState::Landed);
+    assert_eq!(ended[0].progress, landed);
 }

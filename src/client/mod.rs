@@ -3,6 +3,7 @@
 
 pub mod dotfile;
 pub mod interrupt;
+pub mod land;
 pub mod patch;
 pub mod progress;
 pub mod remote;

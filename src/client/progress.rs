@@ -64,7 +64,10 @@ impl Tracker {
             | BuildEvent::WaitingForLock { .. }
             | BuildEvent::StepFinished { .. }
             | BuildEvent::StopRequested { .. }
-            | BuildEvent::SlaveConnected { .. } => {}
+            | BuildEvent::SlaveConnected { .. }
+            | BuildEvent::LandQueued { .. }
+            | BuildEvent::Landed { .. }
+            | BuildEvent::LandRejected { .. } => {}
         }
     }
 

@@ -285,6 +285,16 @@ pub async fn run(
             move |token| crate::irc::run(Arc::clone(&control), token),
         )
     });
+    // The merge queues: one driver in a cluster (the leader), idle without [[land]].
+    spawn_component(&components, &shutdown, "land queue", {
+        let control = Arc::clone(&control);
+        crate::master::lease::while_leading(
+            leading.clone(),
+            "the land queue",
+            shutdown.clone(),
+            move |token| crate::master::land::driver::run(control.land_handle(), token),
+        )
+    });
     spawn_component(&components, &shutdown, "reconfig", {
         reconfig::serve(
             config.master_dir.clone(),

@@ -519,6 +519,17 @@ impl Bot {
                     self.fired.push((sequenced.seq, watch));
                 }
             }
+            BuildEvent::Landed { .. } | BuildEvent::LandRejected { .. } => {
+                let verdict = match &sequenced.event {
+                    BuildEvent::Landed { .. } => NotifyEvent::Success,
+                    _ => NotifyEvent::Failure,
+                };
+                let classes = [NotifyEvent::Finished, verdict].into_iter().collect();
+                let line = text::describe_event(&sequenced.event);
+                for target in self.subscriptions.targets_for(&classes) {
+                    lines.insert(target, line.clone());
+                }
+            }
             _ => {}
         }
         match catch_up {

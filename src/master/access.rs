@@ -41,6 +41,8 @@ pub enum Action {
     PauseSlave,
     /// Read a try job's patch.
     SeePatch,
+    /// Put a series into a branch's merge queue, or take one's own out (`buildbot land`).
+    Land,
 }
 
 impl fmt::Display for Action {
@@ -55,6 +57,7 @@ impl fmt::Display for Action {
             Action::SendChange => "send changes",
             Action::PauseSlave => "pause slaves",
             Action::SeePatch => "see try patches",
+            Action::Land => "land onto this branch",
         })
     }
 }
@@ -231,6 +234,44 @@ pub fn check(
     let rights = rights(account, config)?;
     authorize(&rights, action, target, config)?;
     Ok(rights)
+}
+
+/// May `account` land onto the branch of `land` now: a member of its `group` (or an operator),
+/// or, without a group, whoever may try. Asked at every land action.
+pub fn may_land(
+    account: &UnixAccount,
+    land: &crate::master::config::LandConfig,
+    config: &Config,
+) -> Result<Rights, AccessError> {
+    let rights = rights(account, config)?;
+    if rights.root && !config.sshd.allow_root {
+        return Err(AccessError::RootRefused {
+            action: Action::Land,
+        });
+    }
+    let allowed = match &land.group {
+        Some(group) => {
+            rights.operator
+                || current_account(account).is_some_and(|fresh| is_member(&fresh, group))
+        }
+        None => rights.may_try || rights.operator,
+    };
+    if allowed {
+        return Ok(rights);
+    }
+    Err(match &land.group {
+        Some(group) => AccessError::NotInGroup {
+            user: rights.user.clone(),
+            action: Action::Land,
+            group: group.clone(),
+        },
+        None => AccessError::NoSpoolWrite {
+            user: rights.user.clone(),
+            action: Action::Land,
+            try_group: rights.try_group.clone(),
+            admin_group: config.operators.clone(),
+        },
+    })
 }
 
 /// The policy (pure): may someone with `rights` do `action` to `target` under `config`?

@@ -832,6 +832,37 @@ pub(crate) mod testing {
         ) -> Result<Vec<(i64, i64, StreamKind)>, StoreError> {
             self.0.log_streams(build_ids).await
         }
+
+        async fn land_enqueue(&self, entry: NewLand) -> Result<(i64, Option<i64>), StoreError> {
+            self.0.land_enqueue(entry).await
+        }
+
+        async fn land_entries(
+            &self,
+            branch: Option<String>,
+            active: bool,
+            limit: i64,
+        ) -> Result<Vec<LandEntry>, StoreError> {
+            self.0.land_entries(branch, active, limit).await
+        }
+
+        async fn land_entry(&self, id: i64) -> Result<Option<LandEntry>, StoreError> {
+            self.0.land_entry(id).await
+        }
+
+        async fn land_bundle(&self, id: i64) -> Result<Option<Vec<u8>>, StoreError> {
+            self.0.land_bundle(id).await
+        }
+
+        async fn land_transition(
+            &self,
+            id: i64,
+            from: LandState,
+            to: LandState,
+            progress: LandProgress,
+        ) -> Result<bool, StoreError> {
+            self.0.land_transition(id, from, to, progress).await
+        }
     }
 
     /// A shared test store in `dir` with one registered master and one running build with

@@ -14,6 +14,7 @@ pub mod intake;
 pub mod interpolate;
 pub mod irc_links;
 pub mod journal;
+pub mod land;
 pub mod lease;
 pub mod locks;
 pub mod log_tail;

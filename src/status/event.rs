@@ -84,6 +84,30 @@ pub enum BuildEvent {
     /// another master, older than this one, is closed (the newest connection wins, as on one
     /// master).
     SlaveConnected { slave: String, master: String },
+    /// A series entered the merge queue of `branch` (`buildbot land`); `position` 1 is the
+    /// queue's head.
+    LandQueued {
+        id: i64,
+        branch: String,
+        who: String,
+        commits: i64,
+        position: usize,
+    },
+    /// A series was tested and pushed: `branch` now points at `sha`.
+    Landed {
+        id: i64,
+        branch: String,
+        who: String,
+        commits: i64,
+        sha: String,
+    },
+    /// A series left the queue without landing (a failed build, a conflict, cancelled).
+    LandRejected {
+        id: i64,
+        branch: String,
+        who: String,
+        reason: String,
+    },
 }
 
 impl BuildEvent {
@@ -93,7 +117,10 @@ impl BuildEvent {
         match self {
             BuildEvent::ChangeAdded { .. }
             | BuildEvent::StopRequested { .. }
-            | BuildEvent::SlaveConnected { .. } => "",
+            | BuildEvent::SlaveConnected { .. }
+            | BuildEvent::LandQueued { .. }
+            | BuildEvent::Landed { .. }
+            | BuildEvent::LandRejected { .. } => "",
             BuildEvent::RequestsQueued { job_name, .. }
             | BuildEvent::RequestCancelled { job_name, .. }
             | BuildEvent::WaitingForLock { job_name, .. }
@@ -110,7 +137,11 @@ impl BuildEvent {
             return true;
         }
         match self {
-            BuildEvent::ChangeAdded { .. } | BuildEvent::SlaveConnected { .. } => true,
+            BuildEvent::ChangeAdded { .. }
+            | BuildEvent::SlaveConnected { .. }
+            | BuildEvent::LandQueued { .. }
+            | BuildEvent::Landed { .. }
+            | BuildEvent::LandRejected { .. } => true,
             BuildEvent::RequestsQueued {
                 builders: queued, ..
             } => queued.iter().any(|builder| builders.contains(builder)),

@@ -39,6 +39,33 @@ pub fn describe_event(event: &BuildEvent) -> String {
         BuildEvent::SlaveConnected { slave, master } => {
             format!("slave {slave} connected to master {master}")
         }
+        BuildEvent::LandQueued {
+            id,
+            branch,
+            who,
+            commits,
+            position,
+        } => format!(
+            "land #{id}: {} by {who} queued for {branch} (position {position})",
+            count(usize::try_from(*commits).unwrap_or(0), "commit", "commits")
+        ),
+        BuildEvent::Landed {
+            branch,
+            who,
+            commits,
+            sha,
+            ..
+        } => format!(
+            "landed {} by {who} on {branch}: {}",
+            count(usize::try_from(*commits).unwrap_or(0), "commit", "commits"),
+            sha.get(..7).unwrap_or(sha)
+        ),
+        BuildEvent::LandRejected {
+            id,
+            branch,
+            who,
+            reason,
+        } => format!("land #{id} by {who} on {branch} rejected: {reason}"),
         BuildEvent::ChangeAdded {
             change_id,
             branch,

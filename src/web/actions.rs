@@ -78,7 +78,7 @@ const LOG_IN_FIRST: &str = "log in first: run `ssh … web-login` and open the U
 
 impl AppState {
     /// The session of a form post whose CSRF token matches it.
-    async fn form_session(
+    pub(super) async fn form_session(
         &self,
         headers: &HeaderMap,
         csrf: Option<&str>,

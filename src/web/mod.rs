@@ -7,6 +7,7 @@ mod actions;
 mod api;
 mod auth;
 mod changes;
+mod land;
 mod logs;
 mod metrics;
 mod pages;
@@ -30,7 +31,7 @@ use crate::master::control::{Control, ControlError};
 use crate::master::sessions::Session;
 
 /// Every template, embedded so the binary needs no files at run time.
-pub const TEMPLATES: [(&str, &str); 12] = [
+pub const TEMPLATES: [(&str, &str); 13] = [
     ("base.html", include_str!("templates/base.html")),
     ("waterfall.html", include_str!("templates/waterfall.html")),
     ("summary.html", include_str!("templates/summary.html")),
@@ -43,6 +44,7 @@ pub const TEMPLATES: [(&str, &str); 12] = [
     ("changes.html", include_str!("templates/changes.html")),
     ("progress.html", include_str!("templates/progress.html")),
     ("trend.html", include_str!("templates/trend.html")),
+    ("land.html", include_str!("templates/land.html")),
 ];
 
 /// What every handler shares.
@@ -88,6 +90,10 @@ impl From<ControlError> for WebError {
                 WebError::Forbidden(err.to_string())
             }
             ControlError::History(_) => WebError::Internal(err.to_string()),
+            ControlError::Land(crate::master::land::LandError::Git(_)) => {
+                WebError::Internal(err.to_string())
+            }
+            ControlError::Land(_) => WebError::BadRequest(err.to_string()),
         }
     }
 }
@@ -233,6 +239,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/builds/{id}", get(api::build))
         .route("/api/slaves", get(api::slaves))
         .route("/api/events", get(api::events))
+        .route("/api/land", get(land::api))
         .route("/api/{*rest}", any(api::not_found))
         .layer(axum::middleware::map_response(api::json_errors));
     Router::new()
@@ -264,6 +271,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .route("/slaves/{slave}/{action}", post(actions::pause))
         .route("/changes", get(changes::page))
+        .route("/land", get(land::page))
+        .route("/land/{id}/cancel", post(land::cancel))
         .route(
             "/builders/{builder}/builds/{number}/steps/{step}/logs/{stream}",
             get(logs::page),

@@ -12,6 +12,7 @@ mod first_contact;
 mod force;
 mod harness;
 mod irc;
+mod land;
 mod lock_levels;
 mod locks;
 mod multimaster;

@@ -9,6 +9,7 @@
 
 pub mod database;
 mod irc;
+pub mod land;
 mod limits;
 mod locks;
 mod repair;
@@ -33,6 +34,8 @@ use database::RawDatabase;
 pub use database::{Backend, DatabaseConfig};
 use irc::RawIrc;
 pub use irc::{IrcConfig, NotifyEvent};
+pub use land::LandConfig;
+use land::RawLand;
 pub use limits::MaxStartups;
 use limits::RawMaxStartups;
 pub use locks::NextSlave;
@@ -104,6 +107,8 @@ pub struct Config {
     pub irc: Option<IrcConfig>,
     /// Where the store lives (`[database]`): SQLite by default, or a shared PostgreSQL.
     pub database: DatabaseConfig,
+    /// The merge queues (`[[land]]`), one per target branch.
+    pub lands: Vec<LandConfig>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -243,6 +248,8 @@ struct RawConfig {
     limits: Option<RawQuotas>,
     #[serde(default)]
     database: Option<RawDatabase>,
+    #[serde(default, rename = "land")]
+    lands: Vec<RawLand>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -643,6 +650,7 @@ impl Checker<'_> {
         let operators = self.operators(&raw.master);
         let quotas = self.quotas(raw.limits.as_ref());
         let database = self.database(raw.database.as_ref());
+        let lands = self.lands(&raw.lands, &builders);
         Some(Config {
             master_dir: self.master_dir.to_path_buf(),
             name: raw.master.name,
@@ -663,6 +671,7 @@ impl Checker<'_> {
             locks,
             irc,
             database,
+            lands,
         })
     }
 

@@ -10,6 +10,7 @@
 //! narrow handles of `parts` instead.
 
 mod changes;
+mod land;
 mod parts;
 mod requests;
 pub(crate) use requests::start_try_policy;
@@ -17,7 +18,10 @@ mod stop;
 mod tail;
 
 pub use crate::master::executor::{LockHolderView, LockStatus, LockWaiterView};
-pub use parts::{ChangeRecorder, Enqueuer, IntakeHandle, PollerHandle, SchedulersHandle};
+pub use land::{LandAccepted, LandEntryView, LandQueueView, LandRequest};
+pub use parts::{
+    ChangeRecorder, Enqueuer, IntakeHandle, LandHandle, PollerHandle, SchedulersHandle,
+};
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -80,6 +84,9 @@ pub enum ControlError {
     NotPlain(#[from] crate::untrusted::text::NotPlain),
     #[error("{0}")]
     History(#[from] StoreError),
+    /// A series refused by the merge queue (`buildbot land`).
+    #[error("{0}")]
+    Land(#[from] crate::master::land::LandError),
 }
 
 impl ControlError {
@@ -113,6 +120,7 @@ impl ControlError {
             self,
             ControlError::History(_)
                 | ControlError::Submit(crate::spool::submit::SubmitError::Spool(_))
+                | ControlError::Land(crate::master::land::LandError::Git(_))
         )
     }
 

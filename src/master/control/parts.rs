@@ -186,3 +186,38 @@ impl IntakeHandle {
         self.enqueuer.enqueue(requests).await
     }
 }
+
+/// What the merge queue's driver touches (`master::land::driver`): the config, the store
+/// (the queue), the queue of builds and the event log.
+pub struct LandHandle {
+    pub store: SharedStore,
+    pub(super) config: ConfigView,
+    pub enqueuer: Enqueuer,
+    pub events: Arc<EventLog>,
+    pub(super) board: Arc<crate::master::board::Board>,
+    pub(super) inbox: mpsc::Sender<Mail>,
+}
+
+impl LandHandle {
+    /// Stops a land test's builds and drops its queued requests (a series evicted from a
+    /// speculative test, or taken out of the queue).
+    pub async fn cancel_job(&self, job_name: &str, by: &str, reason: &str) {
+        let stopped = self.board.stop_job(job_name, by, reason);
+        let input = crate::master::scheduler::Input::CancelJob {
+            job_name: job_name.to_string(),
+            by: by.to_string(),
+        };
+        if self.inbox.send(Mail::Input(input)).await.is_err() {
+            tracing::debug!("scheduler gone (master stopping)");
+        }
+        tracing::info!(job = %job_name, stopped, %by, "land test cancelled");
+    }
+
+    pub fn config(&self) -> Arc<Config> {
+        self.config.current()
+    }
+
+    pub fn follow(&self) -> Follower {
+        self.events.follow()
+    }
+}

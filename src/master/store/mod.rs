@@ -11,6 +11,7 @@
 //! the same primitives.
 
 pub mod model;
+pub mod model_land;
 pub mod postgres;
 pub mod sqlite;
 
@@ -25,6 +26,7 @@ pub use model::{
     MasterLockUse, MasterRow, NewRequest, RecentBuilds, Recorded, StepRow, StoredChange,
     StoredRequest, StoredSession, WindowBuilds, now,
 };
+pub use model_land::{LandEntry, LandProgress, LandState, NewLand};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -570,4 +572,37 @@ pub trait Store: Send + Sync {
         &self,
         build_ids: Vec<i64>,
     ) -> Result<Vec<(i64, i64, StreamKind)>, StoreError>;
+
+    // ---- land: the merge queue (issue 24) ----
+    // One serial queue per target branch; the entry's state machine is here so any master
+    // resumes it (`master::land`).
+
+    /// Queues a series; a queued (not yet tested) entry of the same user for the same branch
+    /// is cancelled in the same transaction. Returns the new id and the replaced entry's.
+    async fn land_enqueue(&self, entry: NewLand) -> Result<(i64, Option<i64>), StoreError>;
+
+    /// The entries still in the queue (`active`), oldest first, or the last `limit` ended
+    /// ones, newest first; of one branch or all.
+    async fn land_entries(
+        &self,
+        branch: Option<String>,
+        active: bool,
+        limit: i64,
+    ) -> Result<Vec<LandEntry>, StoreError>;
+
+    /// One entry.
+    async fn land_entry(&self, id: i64) -> Result<Option<LandEntry>, StoreError>;
+
+    /// The bundle an entry was submitted in.
+    async fn land_bundle(&self, id: i64) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// Moves entry `id` from state `from` to `to` with `progress`, only if it is still in
+    /// `from` (compare-and-set); returns whether it moved.
+    async fn land_transition(
+        &self,
+        id: i64,
+        from: LandState,
+        to: LandState,
+        progress: LandProgress,
+    ) -> Result<bool, StoreError>;
 }

@@ -8,6 +8,7 @@ mod cancel;
 mod force;
 mod help;
 mod irc_link;
+mod land;
 mod parse;
 mod pause_slave;
 mod rebuild;
@@ -25,6 +26,7 @@ pub use cancel::Cancel;
 pub use force::Force;
 pub use help::Help;
 pub use irc_link::IrcLink;
+pub use land::Land;
 pub use parse::{ExecCommand, parse};
 pub use pause_slave::PauseSlave;
 pub use rebuild::Rebuild;
@@ -76,6 +78,8 @@ pub enum Command {
     IrcLink(IrcLink),
     /// The commands, or one command's arguments.
     Help(Help),
+    /// A series (a git bundle) on stdin into a branch's merge queue.
+    Land(Land),
     /// The RPC channel of a build slave (a slave's key only).
     Slave,
 }
@@ -139,6 +143,7 @@ async fn apply(
         Command::WebLogin => web_login::apply(ctx, user, io).await,
         Command::IrcLink(command) => command.apply(ctx, user, io).await,
         Command::Help(command) => command.apply(io).await,
+        Command::Land(command) => command.apply(ctx, user, io).await,
         Command::Slave => {
             tracing::warn!(user = %user.name, "a user key tried to open the slave RPC");
             io.say("buildbot: the slave RPC needs a slave's key; user keys may not open it")

@@ -15,6 +15,7 @@ use crate::master::store::model::{
     BuildDetail, BuildRef, BuildRow, LostMaster, MasterInfo, MasterLease, MasterRow, NewRequest,
     Recorded, StepRow, StoredChange, StoredRequest, StoredSession, now,
 };
+use crate::master::store::model_land::{LandEntry, LandProgress, LandState, NewLand};
 use crate::master::store::{Store, StoreError};
 use crate::status::{BuildResult, JobRecord, LastBuild, RequestState};
 
@@ -1163,5 +1164,38 @@ impl Store for PgStore {
         build_ids: Vec<i64>,
     ) -> Result<Vec<(i64, i64, crate::proto::StreamKind)>, StoreError> {
         self.chunked_streams(build_ids).await
+    }
+
+    // ---- land: the merge queue (issue 24) ----
+
+    async fn land_enqueue(&self, entry: NewLand) -> Result<(i64, Option<i64>), StoreError> {
+        self.land_insert(entry).await
+    }
+
+    async fn land_entries(
+        &self,
+        branch: Option<String>,
+        active: bool,
+        limit: i64,
+    ) -> Result<Vec<LandEntry>, StoreError> {
+        self.land_list(branch, active, limit).await
+    }
+
+    async fn land_entry(&self, id: i64) -> Result<Option<LandEntry>, StoreError> {
+        self.land_one(id).await
+    }
+
+    async fn land_bundle(&self, id: i64) -> Result<Option<Vec<u8>>, StoreError> {
+        self.land_bundle_of(id).await
+    }
+
+    async fn land_transition(
+        &self,
+        id: i64,
+        from: LandState,
+        to: LandState,
+        progress: LandProgress,
+    ) -> Result<bool, StoreError> {
+        self.land_move(id, from, to, progress).await
     }
 }

@@ -8,6 +8,7 @@
 //! ([`SqliteStore::run`]).
 
 pub mod changes;
+pub mod land;
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -21,6 +22,7 @@ use crate::master::store::model::{
     BuildDetail, BuildRef, BuildRow, LostMaster, MasterInfo, MasterLease, MasterLockUse, MasterRow,
     NewRequest, Recorded, StepRow, StoredChange, StoredRequest, StoredSession, now,
 };
+use crate::master::store::model_land::{LandEntry, LandProgress, LandState, NewLand};
 use crate::master::store::{Store, StoreError};
 use crate::proto::StreamKind;
 use crate::status::{BuildResult, JobRecord, LastBuild, RequestKind, RequestState};
@@ -204,6 +206,31 @@ pub const MIGRATIONS: &[&str] = &[
         uid INTEGER NOT NULL,
         expires_at REAL NOT NULL
     );",
+    // 15 (issue 24): the merge queue of `buildbot land`, one row per submitted series with
+    // the bundle it came in; the state machine of `master::land` (queued, testing, landing,
+    // then landed, rejected or cancelled).
+    "CREATE TABLE land_entries (
+        id INTEGER PRIMARY KEY,
+        branch TEXT NOT NULL,
+        who TEXT NOT NULL,
+        builders TEXT NOT NULL,
+        ff_only INTEGER NOT NULL,
+        bundle BLOB NOT NULL,
+        head TEXT NOT NULL,
+        base TEXT NOT NULL,
+        commits INTEGER NOT NULL,
+        summary TEXT NOT NULL,
+        submitted_at REAL NOT NULL,
+        state TEXT NOT NULL,
+        job_name TEXT,
+        tested_base TEXT,
+        tested_sha TEXT,
+        landed_sha TEXT,
+        reason TEXT,
+        attempts INTEGER NOT NULL,
+        finished_at REAL
+    );
+    CREATE INDEX land_entries_state ON land_entries (branch, state, id);",
 ];
 
 /// The SQLite store.
@@ -1092,6 +1119,9 @@ pub(crate) fn take_master_locks(
     Ok(true)
 }
 
+/// A newer run of the same master takes over what an older run held: on the embedded store a
+/// run holds for good (`lease::held_for`), so a master killed with SIGKILL would otherwise
+/// never lead again after its restart (`register` waited out the old run already).
 pub(crate) fn hold_singleton(
     connection: &mut Connection,
     job: &str,
@@ -1109,7 +1139,7 @@ pub(crate) fn hold_singleton(
          ON CONFLICT (job) DO UPDATE SET master = excluded.master, epoch = excluded.epoch,
            expires_at = excluded.expires_at
          WHERE singletons.expires_at < ?5
-            OR (singletons.master = excluded.master AND singletons.epoch = excluded.epoch)",
+            OR (singletons.master = excluded.master AND singletons.epoch <= excluded.epoch)",
         params![job, owner.name, owner.epoch, now + lease.as_secs_f64(), now],
     )?;
     let held: bool = transaction.query_row(
@@ -1809,6 +1839,41 @@ impl Store for SqliteStore {
         build_ids: Vec<i64>,
     ) -> Result<Vec<(i64, i64, StreamKind)>, StoreError> {
         self.run(move |c| log_streams(c, &build_ids)).await
+    }
+
+    // ---- land: the merge queue (issue 24) ----
+
+    async fn land_enqueue(&self, entry: NewLand) -> Result<(i64, Option<i64>), StoreError> {
+        self.run(move |c| land::enqueue(c, &entry)).await
+    }
+
+    async fn land_entries(
+        &self,
+        branch: Option<String>,
+        active: bool,
+        limit: i64,
+    ) -> Result<Vec<LandEntry>, StoreError> {
+        self.run(move |c| land::entries(c, branch.as_deref(), active, limit))
+            .await
+    }
+
+    async fn land_entry(&self, id: i64) -> Result<Option<LandEntry>, StoreError> {
+        self.run(move |c| land::entry(c, id)).await
+    }
+
+    async fn land_bundle(&self, id: i64) -> Result<Option<Vec<u8>>, StoreError> {
+        self.run(move |c| land::bundle(c, id)).await
+    }
+
+    async fn land_transition(
+        &self,
+        id: i64,
+        from: LandState,
+        to: LandState,
+        progress: LandProgress,
+    ) -> Result<bool, StoreError> {
+        self.run(move |c| land::transition(c, id, from, to, &progress))
+            .await
     }
 }
 
