@@ -520,11 +520,15 @@ impl Bot {
                 }
             }
             BuildEvent::Landed { .. } | BuildEvent::LandRejected { .. } => {
-                let verdict = match &sequenced.event {
-                    BuildEvent::Landed { .. } => NotifyEvent::Success,
-                    _ => NotifyEvent::Failure,
-                };
-                let classes = [NotifyEvent::Finished, verdict].into_iter().collect();
+                // What happened to a branch: told wherever build results are (the default
+                // notify set too), landed or not.
+                let classes = [
+                    NotifyEvent::Finished,
+                    NotifyEvent::Success,
+                    NotifyEvent::Failure,
+                ]
+                .into_iter()
+                .collect();
                 let line = text::describe_event(&sequenced.event);
                 for target in self.subscriptions.targets_for(&classes) {
                     lines.insert(target, line.clone());

@@ -358,6 +358,13 @@ mod tests {
         let master = serde_json::json!({"name": "ci-a", "state": "up", "alive": true, "epoch": 3,
             "started": "now", "lease": "7s left", "ssh": "a:2222", "http": "a:8010", "slaves": "s1",
             "builds": "linux #3", "config_differs": true, "leads": true, "this": true});
+        let land_entry = serde_json::json!({"id": 4, "position": 1, "who": "alice", "commits": 3,
+            "summary": "<b>output</b>", "state": "testing", "tested_base": "abc", "attempts": 1,
+            "estimate": "2m"});
+        let land_recent = serde_json::json!({"id": 3, "who": "bob", "commits": 1, "summary": "s",
+            "state": "landed", "landed_sha": "def", "reason": "", "submitted": "now"});
+        let land_queue = serde_json::json!({"branch": "main", "builders": "linux", "window": 2,
+            "queue": [land_entry], "recent": [land_recent]});
         let context = tera::Context::from_serialize(&serde_json::json!({
             "master_name": "m", "host_key": "SHA256:x", "user": "alice", "builders": [builder.clone()],
             "builder": builder, "builds": [build.clone()], "queue": [{"id": 4, "builder": "linux", "position": 1, "kind": "force", "why": "forced by alice: x",
@@ -372,6 +379,7 @@ mod tests {
             "heading": "h", "message": "m", "progress": progress.clone(), "trend": trend,
             "light": light, "waterfall": waterfall,
             "masters": [master],
+            "queues": [land_queue],
         }))
         .expect("context");
         for (name, _) in TEMPLATES {

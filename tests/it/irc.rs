@@ -1089,3 +1089,55 @@ fn irc_an_announcement_overtakes_queued_answers() {
         "the result came after all {answers_before} answers: {said:#?}"
     );
 }
+
+/// Issue 24: a series landed by `buildbot land` is announced in the channel with the default
+/// notify set: "landed 1 commit by USER on main: SHA".
+#[test]
+fn irc_announces_a_landing() {
+    let server = IrcServer::start();
+    let checkout = Checkout::new();
+    let mut alice = IrcClient::connect(&server, "alice");
+    alice.join("#ci");
+    let mut setup = MasterSetup::linux_builder(
+        &["s1"],
+        &checkout.upstream,
+        r#"{ name = "test", command = "true" },"#,
+    );
+    setup.extra_config.push_str(&server.master_config(""));
+    setup
+        .extra_config
+        .push_str("\n[[land]]\nbranch = \"main\"\nbuilders = [\"linux\"]\n");
+    let master = TestMaster::start_with(setup);
+    alice.wait_bot_join();
+    let _slave = master.start_slave("s1");
+    // The checkout's committed (unpushed) work is the series.
+    let head = crate::repo::git(&checkout.work, &["rev-parse", "HEAD"]);
+    let bundle = checkout.work.join("..").join("series.bundle");
+    crate::repo::git(
+        &checkout.work,
+        &[
+            "bundle",
+            "create",
+            "-q",
+            bundle.to_str().expect("utf-8"),
+            "origin/HEAD..HEAD",
+        ],
+    );
+    let out = master.ssh_with(
+        &master.user_key,
+        &current_user(),
+        "land --onto main",
+        &[],
+        Some(&std::fs::read(&bundle).expect("bundle")),
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let said = alice.wait_bot("#ci", "landed 1 commit by");
+    assert!(
+        said.contains(&format!(
+            "by {} on main: {}",
+            current_user(),
+            &head.trim()[..7]
+        )),
+        "{said}"
+    );
+}

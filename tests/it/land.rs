@@ -214,6 +214,18 @@ fn a_clean_series_lands_with_ids_authors_and_messages_kept() {
         .and_then(|response| response.text())
         .expect("/land");
     assert!(page.contains("land-entry-1"), "{page}");
+    let build = crate::harness::http_client()
+        .get(format!(
+            "http://127.0.0.1:{}/builders/linux/builds/1",
+            master.http_port
+        ))
+        .send()
+        .and_then(|response| response.text())
+        .expect("build page");
+    assert!(
+        build.contains("href=\"/land#land-entry-1\""),
+        "the build links its landing: {build}"
+    );
 }
 
 #[test]

@@ -435,6 +435,7 @@ async fn push(
                 .await?
             {
                 tracing::info!(id = entry.id, branch = %land.branch, sha = %sha, "landed");
+                forget(handle, &entry).await;
                 handle.events.publish(BuildEvent::Landed {
                     id: entry.id,
                     branch: entry.branch.clone(),
@@ -502,6 +503,7 @@ async fn reject(
         .await?
     {
         tracing::info!(id = entry.id, branch = %entry.branch, %reason, "land rejected");
+        forget(handle, entry).await;
         handle.events.publish(BuildEvent::LandRejected {
             id: entry.id,
             branch: entry.branch.clone(),
@@ -510,4 +512,25 @@ async fn reject(
         });
     }
     Ok(Step::Moved)
+}
+
+/// Drops an ended entry's private refs from the work repository (best effort), so its
+/// objects can go at the next `git gc`; a landed series lives on in the target.
+async fn forget(handle: &LandHandle, entry: &LandEntry) {
+    let config = handle.config();
+    let Some(land) = config.land(&entry.branch) else {
+        return;
+    };
+    let Ok(work) = work_repo(&config, land).await else {
+        return;
+    };
+    let _turn = series::turn(&work.dir).await;
+    for name in [
+        series::entry_ref(entry.id),
+        format!("refs/land/tested/{}", entry.id),
+    ] {
+        let _ = work
+            .git(&["update-ref", "-d", &name], super::git::LOCAL_TIMEOUT)
+            .await;
+    }
 }

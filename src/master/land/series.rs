@@ -325,9 +325,12 @@ async fn pick(work: &Repo, commit: &str, onto: &str) -> Result<String, LandError
                 files,
             });
         }
+        // What the series holds decides these failures, not the master: a refusal, so a
+        // hostile series cannot hold the queue up by failing again at every look.
         _ => {
-            return Err(LandError::Git(format!(
-                "git merge-tree failed: {}",
+            return Err(LandError::BadBundle(format!(
+                "commit {} cannot be rebased: {}",
+                short(commit),
                 super::git::first_line(&merged.stderr)
             )));
         }
@@ -338,7 +341,7 @@ async fn pick(work: &Repo, commit: &str, onto: &str) -> Result<String, LandError
         .map_err(|err| LandError::Git(err.to_string()))?;
     let (author, message) = split_commit(&raw.stdout);
     let (name, email, date) = parse_person(&author).ok_or_else(|| {
-        LandError::Git(format!("commit {} has no readable author", short(commit)))
+        LandError::BadBundle(format!("commit {} has no readable author", short(commit)))
     })?;
     let env = [
         ("GIT_AUTHOR_NAME", name),
@@ -355,7 +358,13 @@ async fn pick(work: &Repo, commit: &str, onto: &str) -> Result<String, LandError
             LOCAL_TIMEOUT,
         )
         .await
-        .map_err(|err| LandError::Git(err.to_string()))?;
+        .map_err(|err| match err {
+            GitError::Failed { message, .. } => LandError::BadBundle(format!(
+                "commit {} cannot be rewritten: {message}",
+                short(commit)
+            )),
+            other => LandError::Git(other.to_string()),
+        })?;
     Ok(created.text())
 }
 

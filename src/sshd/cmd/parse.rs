@@ -301,6 +301,41 @@ mod tests {
     }
 
     #[test]
+    fn land() {
+        use crate::sshd::cmd::Land;
+        assert_eq!(
+            parse("land"),
+            run(Command::Land(Land {
+                onto: "main".into(),
+                builders: Vec::new(),
+                ff_only: false,
+                wait: false,
+                cancel: None,
+            }))
+        );
+        assert_eq!(
+            parse("land --onto release/2 -b linux -b docs --ff-only --wait"),
+            run(Command::Land(Land {
+                onto: "release/2".into(),
+                builders: vec!["linux".into(), "docs".into()],
+                ff_only: true,
+                wait: true,
+                cancel: None,
+            }))
+        );
+        let ExecCommand::Run(Command::Land(land)) = parse("land --onto main --cancel") else {
+            panic!("land --cancel parses");
+        };
+        assert_eq!(land.cancel, Some(0));
+        let ExecCommand::Run(Command::Land(land)) = parse("land --cancel 7") else {
+            panic!("land --cancel ID parses");
+        };
+        assert_eq!(land.cancel, Some(7));
+        assert!(is_usage(parse("land --onto")));
+        assert!(is_usage(parse("land --cancel x")));
+    }
+
+    #[test]
     fn unknown_and_broken_commands() {
         assert_eq!(
             parse("rm -rf /"),
