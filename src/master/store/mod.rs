@@ -11,6 +11,7 @@
 //! the same primitives.
 
 pub mod model;
+pub mod model_tests;
 pub mod postgres;
 pub mod sqlite;
 
