@@ -50,7 +50,9 @@ pub fn classify<'k>(
     let same_revision: Vec<i64> = history
         .builds
         .iter()
-        .filter(|b| !b.patched && build.revision.is_some() && b.revision.as_deref() == build.revision)
+        .filter(|b| {
+            !b.patched && build.revision.is_some() && b.revision.as_deref() == build.revision
+        })
         .map(|b| b.build_id)
         .collect();
     let mut results: HashMap<(&str, &str, i64), TestOutcome> = HashMap::new();
@@ -63,7 +65,9 @@ pub fn classify<'k>(
             let result_in = |build_id: i64| results.get(&(suite, name, build_id)).copied();
             let failed_in =
                 |build_id: i64| result_in(build_id).is_some_and(TestOutcome::is_failure);
-            let new = same_branch.first().is_none_or(|last| !failed_in(last.build_id));
+            let new = same_branch
+                .first()
+                .is_none_or(|last| !failed_in(last.build_id));
             let failing_since = if new {
                 None
             } else {

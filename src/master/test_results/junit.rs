@@ -101,8 +101,9 @@ pub fn parse(data: &[u8]) -> Result<Parsed, ReportError> {
                             // An error outranks a failure outranks a skip.
                             if outcome < case.result {
                                 case.result = outcome;
-                                case.summary = attribute(element, b"message", &mut parsed.warnings)?
-                                    .unwrap_or_default();
+                                case.summary =
+                                    attribute(element, b"message", &mut parsed.warnings)?
+                                        .unwrap_or_default();
                                 case.body.clear();
                                 capture = Capture::Message(depth);
                             }
@@ -198,7 +199,9 @@ fn close(
                 (true, _) => first_lines(&body),
                 (false, true) => first_lines(&case.summary),
                 // The summary first: it is often the assertion; the body the trace under it.
-                (false, false) if body.trim_start().starts_with(case.summary.trim()) => first_lines(&body),
+                (false, false) if body.trim_start().starts_with(case.summary.trim()) => {
+                    first_lines(&body)
+                }
                 (false, false) => first_lines(&format!("{}\n{body}", case.summary)),
             }
         };
@@ -362,7 +365,10 @@ E       assert 1 == 2</failure></testcase><testcase classname="test_demo" name="
             "assert 1 == 2\ndef test_bad():\n>       assert 1 == 2\nE       assert 1 == 2"
         );
         assert_eq!(cases[2].message, "not today\ntest_demo.py:9: not today");
-        assert_eq!(cases[3].message, "failed on setup with \"RuntimeError\"\nboom");
+        assert_eq!(
+            cases[3].message,
+            "failed on setup with \"RuntimeError\"\nboom"
+        );
     }
 
     #[test]
@@ -407,7 +413,11 @@ Expected equality of these values:
         assert_eq!(cases[0].duration_ms, Some(1_234_500));
         assert_eq!(cases[1].suite, "com.example.AppTest");
         assert_eq!(cases[1].result, TestOutcome::Error);
-        assert!(cases[1].message.starts_with("NPE\njava.lang.NullPointerException"));
+        assert!(
+            cases[1]
+                .message
+                .starts_with("NPE\njava.lang.NullPointerException")
+        );
     }
 
     #[test]
@@ -417,12 +427,17 @@ Expected equality of these values:
 <testsuite name="x"><testcase name="&lol2;"/></testsuite>"#;
         assert_eq!(parse(bomb.as_bytes()).unwrap_err(), ReportError::Doctype);
         let external = r#"<!DOCTYPE t [<!ENTITY xxe SYSTEM "file:///etc/passwd">]><testsuite><testcase name="&xxe;"/></testsuite>"#;
-        assert_eq!(parse(external.as_bytes()).unwrap_err(), ReportError::Doctype);
+        assert_eq!(
+            parse(external.as_bytes()).unwrap_err(),
+            ReportError::Doctype
+        );
     }
 
     #[test]
     fn undefined_entities_stay_as_written() {
-        let cases = cases(r#"<testsuite><testcase name="a&xxe;b"><failure>x &xxe; y</failure></testcase></testsuite>"#);
+        let cases = cases(
+            r#"<testsuite><testcase name="a&xxe;b"><failure>x &xxe; y</failure></testcase></testsuite>"#,
+        );
         assert_eq!(cases[0].name, "a&xxe;b");
         assert_eq!(cases[0].message, "x &xxe; y");
     }

@@ -61,7 +61,9 @@ pub fn parse_entry(entry: &str) -> Result<(ReportKind, &str), String> {
         ));
     };
     if pattern.is_empty() {
-        return Err(format!("test_results entry \"{entry}\" has no file pattern"));
+        return Err(format!(
+            "test_results entry \"{entry}\" has no file pattern"
+        ));
     }
     Ok((kind, pattern))
 }
@@ -189,7 +191,11 @@ mod tests {
             Ok((ReportKind::Junit, "target/*.xml"))
         );
         assert_eq!(parse_entry("tap:out.tap"), Ok((ReportKind::Tap, "out.tap")));
-        assert!(parse_entry("xunit:a.xml").unwrap_err().contains("unknown kind \"xunit\""));
+        assert!(
+            parse_entry("xunit:a.xml")
+                .unwrap_err()
+                .contains("unknown kind \"xunit\"")
+        );
         assert!(parse_entry("a.xml").unwrap_err().contains("KIND:GLOB"));
         assert!(parse_entry("tap:").unwrap_err().contains("no file pattern"));
     }

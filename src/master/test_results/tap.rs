@@ -97,11 +97,20 @@ fn test_line(suite: &str, rest: &str, ok: bool, seen: usize) -> Option<TestCase>
     let (result, message) = match directive {
         Some(directive) if starts_with_word(directive, "SKIP") => (
             TestOutcome::Skipped,
-            directive[4..].trim_start_matches(|c: char| c.is_ascii_alphabetic()).trim(),
+            directive[4..]
+                .trim_start_matches(|c: char| c.is_ascii_alphabetic())
+                .trim(),
         ),
         Some(directive) if starts_with_word(directive, "TODO") => {
             let why = directive[4..].trim();
-            (if ok { TestOutcome::Passed } else { TestOutcome::Skipped }, why)
+            (
+                if ok {
+                    TestOutcome::Passed
+                } else {
+                    TestOutcome::Skipped
+                },
+                why,
+            )
         }
         _ if ok => (TestOutcome::Passed, ""),
         _ => (TestOutcome::Failed, ""),

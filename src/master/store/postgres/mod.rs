@@ -13,6 +13,7 @@ mod cluster;
 mod copy;
 pub use copy::{Copied, CopyError};
 mod logs;
+mod test_results;
 mod verbs;
 
 use std::error::Error as _;
@@ -183,6 +184,18 @@ pub const MIGRATIONS: &[&str] = &[
         uid BIGINT NOT NULL,
         expires_at DOUBLE PRECISION NOT NULL
     );",
+    // test results (issue 26): the same table as SQLite's.
+    "CREATE TABLE test_results (
+        build_id BIGINT NOT NULL REFERENCES builds(id),
+        seq BIGINT NOT NULL,
+        suite TEXT NOT NULL,
+        name TEXT NOT NULL,
+        result TEXT NOT NULL,
+        duration_ms BIGINT,
+        message TEXT NOT NULL,
+        PRIMARY KEY (build_id, seq)
+    );
+    CREATE INDEX test_results_test ON test_results (name, suite, build_id);",
 ];
 
 /// The first key of every advisory lock this store takes ("bb"), the second names what is
