@@ -10,6 +10,7 @@
 pub mod database;
 mod irc;
 mod limits;
+mod test_results;
 mod locks;
 mod repair;
 mod schedulers;
@@ -210,6 +211,8 @@ pub struct StepConfig {
     pub warn_on_failure: bool,
     /// Locks held for this step only, taken all at once before it runs.
     pub locks: Vec<crate::master::locks::LockUse>,
+    /// Test reports the slave sends after the step (`KIND:GLOB`, validated; issue 26).
+    pub test_results: Vec<(crate::master::test_results::ReportKind, String)>,
 }
 
 // ---- the file as serde sees it -----------------------------------------------------------
@@ -359,6 +362,8 @@ struct RawStep {
     flunk_on_failure: Option<bool>,
     #[serde(default)]
     warn_on_failure: Option<bool>,
+    #[serde(default)]
+    test_results: Vec<Spanned<String>>,
 }
 
 // ---- defaults ----------------------------------------------------------------------------
@@ -907,6 +912,7 @@ impl Checker<'_> {
                     flunk_on_failure: step.flunk_on_failure.unwrap_or(true),
                     warn_on_failure: step.warn_on_failure.unwrap_or(false),
                     locks: self.lock_uses(&step.locks, lock_defs, "step", &mut lock_levels),
+                    test_results: self.test_results(&step.name, &step.test_results),
                 })
                 .collect();
             builders.push(BuilderConfig {
