@@ -7,6 +7,7 @@
 //! the build's log, never a panic, and it never changes the build's result.
 
 pub mod classify;
+pub mod collect;
 pub mod junit;
 pub mod tap;
 
