@@ -2209,6 +2209,7 @@ fn case(suite: &str, name: &str, result: TestOutcome, ms: Option<i64>) -> TestCa
         } else {
             format!("{name} went wrong\nsecond line")
         },
+        step: 2,
     }
 }
 

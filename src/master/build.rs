@@ -571,6 +571,7 @@ async fn run_steps(
             let reports = Reports {
                 control,
                 build_id,
+                step: step_number,
                 budget: &mut report_budget,
             };
             run_step(
@@ -866,6 +867,8 @@ const STOP_SILENCE: Duration = Duration::from_millis(750);
 struct Reports<'a> {
     control: &'a Arc<BuildParts>,
     build_id: i64,
+    /// The step's number in its build.
+    step: i64,
     /// What the build may still collect, across its steps.
     budget: &'a mut crate::master::test_results::collect::Budget,
 }
@@ -900,6 +903,9 @@ async fn collect_reports(
             lines: vec!["test results: master shutting down; none kept".into()],
         },
     };
+    for case in &mut gathered.cases {
+        case.step = reports.step;
+    }
     if !gathered.cases.is_empty() {
         let mut counts = crate::master::store::TestCounts::default();
         for case in &gathered.cases {

@@ -10,11 +10,11 @@
 pub mod database;
 mod irc;
 mod limits;
-mod test_results;
 mod locks;
 mod repair;
 mod schedulers;
 mod suggest;
+mod test_results;
 mod trust;
 mod unknown;
 

@@ -43,7 +43,9 @@ fn pattern_problem(pattern: &str) -> Option<String> {
         ));
     }
     if let Err(err) = glob::Pattern::new(pattern) {
-        return Some(format!("test_results pattern \"{pattern}\" is not a glob: {err}"));
+        return Some(format!(
+            "test_results pattern \"{pattern}\" is not a glob: {err}"
+        ));
     }
     None
 }
@@ -100,7 +102,8 @@ steps = [ {{ name = "test", command = "make test", test_results = {test_results}
             };
             let text: Vec<String> = problems.iter().map(ToString::to_string).collect();
             assert!(
-                text.iter().any(|p| p.contains(expected) && p.contains("step \"test\"")),
+                text.iter()
+                    .any(|p| p.contains(expected) && p.contains("step \"test\"")),
                 "{entry}: {text:?}"
             );
         }

@@ -55,8 +55,11 @@ pub struct TestCase {
     pub result: TestOutcome,
     /// As the report says; `None` when it says nothing.
     pub duration_ms: Option<i64>,
-    /// The first lines of the failure, error or skip message; empty for a pass.
+    /// The first lines of the failure, error or skipped message; empty for a pass.
     pub message: String,
+    /// The number of the build step whose reports held it (its log is the one to read); 0
+    /// until the master knows (a parser does not).
+    pub step: i64,
 }
 
 /// How many test cases of a build ended each way.

@@ -167,7 +167,9 @@ pub async fn gather(
                             kind.as_str()
                         ));
                         for warning in parsed.warnings {
-                            gathered.lines.push(format!("test results: {name}: {warning}"));
+                            gathered
+                                .lines
+                                .push(format!("test results: {name}: {warning}"));
                         }
                         gathered.cases.extend(parsed.cases);
                     }
@@ -232,7 +234,10 @@ mod tests {
             (ReportKind::Junit, "target/**/junit.xml".to_string()),
         ];
         assert_eq!(kind_of(&entries, "out/a.txt"), ReportKind::Tap);
-        assert_eq!(kind_of(&entries, "target/nextest/ci/junit.xml"), ReportKind::Junit);
+        assert_eq!(
+            kind_of(&entries, "target/nextest/ci/junit.xml"),
+            ReportKind::Junit
+        );
         assert_eq!(kind_of(&entries, "other.xml"), ReportKind::Junit);
     }
 }

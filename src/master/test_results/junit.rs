@@ -211,6 +211,7 @@ fn close(
             result: case.result,
             duration_ms: case.duration_ms,
             message,
+            step: 0,
         });
     }
 }

@@ -9,6 +9,7 @@
 pub mod classify;
 pub mod collect;
 pub mod junit;
+pub mod report;
 pub mod tap;
 
 pub use crate::master::store::model_tests::{TestCase, TestCounts, TestOutcome};

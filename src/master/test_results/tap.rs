@@ -46,6 +46,7 @@ pub fn parse(file: &str, data: &[u8]) -> Result<Parsed, ReportError> {
                 result: TestOutcome::Error,
                 duration_ms: None,
                 message: first_lines(reason.trim()),
+                step: 0,
             })
         } else {
             None
@@ -121,6 +122,7 @@ fn test_line(suite: &str, rest: &str, ok: bool, seen: usize) -> Option<TestCase>
         result,
         duration_ms: None,
         message: first_lines(message),
+        step: 0,
     })
 }
 

@@ -193,6 +193,7 @@ pub const MIGRATIONS: &[&str] = &[
         result TEXT NOT NULL,
         duration_ms BIGINT,
         message TEXT NOT NULL,
+        step BIGINT NOT NULL,
         PRIMARY KEY (build_id, seq)
     );
     CREATE INDEX test_results_test ON test_results (name, suite, build_id);",

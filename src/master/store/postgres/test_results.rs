@@ -35,7 +35,7 @@ fn history_row(row: &Row) -> Result<TestHistoryRow, StoreError> {
 }
 
 const HISTORY_COLUMNS: &str =
-    "t.suite, t.name, b.id, b.number, COALESCE(b.branch, r.branch), b.revision,
+    "t.suite, t.name, b.id, b.number, COALESCE(r.branch, b.branch), b.revision,
      r.patch IS NOT NULL, t.result, t.duration_ms";
 
 impl PgStore {
@@ -57,7 +57,7 @@ impl PgStore {
             .get(0);
         let sink = transaction
             .copy_in(
-                "COPY test_results (build_id, seq, suite, name, result, duration_ms, message)
+                "COPY test_results (build_id, seq, suite, name, result, duration_ms, message, step)
                  FROM STDIN (FORMAT binary)",
             )
             .await?;
@@ -71,6 +71,7 @@ impl PgStore {
                 Type::TEXT,
                 Type::INT8,
                 Type::TEXT,
+                Type::INT8,
             ],
         );
         pin_mut!(writer);
@@ -85,6 +86,7 @@ impl PgStore {
                     &case.result.as_str(),
                     &case.duration_ms,
                     &case.message,
+                    &case.step,
                 ])
                 .await?;
         }
@@ -125,7 +127,7 @@ impl PgStore {
         let rows = client
             .query(
                 &format!(
-                    "SELECT suite, name, result, duration_ms, message FROM test_results
+                    "SELECT suite, name, result, duration_ms, message, step FROM test_results
                      WHERE build_id = $1 {filter} ORDER BY {} LIMIT $2 OFFSET $3",
                     order_by(order)
                 ),
@@ -140,6 +142,7 @@ impl PgStore {
                     result: outcome(row.get(2))?,
                     duration_ms: row.get(3),
                     message: row.get(4),
+                    step: row.get(5),
                 })
             })
             .collect()
@@ -178,7 +181,7 @@ impl PgStore {
         let mut history = FailureHistory::default();
         let rows = client
             .query(
-                "SELECT b.id, b.number, COALESCE(b.branch, r.branch), b.revision, r.patch IS NOT NULL
+                "SELECT b.id, b.number, COALESCE(r.branch, b.branch), b.revision, r.patch IS NOT NULL
                  FROM builds b JOIN requests r ON r.id = b.request_id, builds this
                  WHERE this.id = $1 AND b.builder = this.builder AND b.number < this.number
                    AND b.finished_at IS NOT NULL

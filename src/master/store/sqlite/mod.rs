@@ -217,6 +217,7 @@ pub const MIGRATIONS: &[&str] = &[
         result TEXT NOT NULL,
         duration_ms INTEGER,
         message TEXT NOT NULL,
+        step INTEGER NOT NULL,
         PRIMARY KEY (build_id, seq)
     );
     CREATE INDEX test_results_test ON test_results (name, suite, build_id);",

@@ -30,8 +30,8 @@ pub(crate) fn record_test_results(
     )?;
     {
         let mut insert = transaction.prepare(
-            "INSERT INTO test_results (build_id, seq, suite, name, result, duration_ms, message)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            "INSERT INTO test_results (build_id, seq, suite, name, result, duration_ms, message, step)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
         )?;
         for (seq, case) in (first..).zip(cases) {
             insert.execute(params![
@@ -41,7 +41,8 @@ pub(crate) fn record_test_results(
                 case.name,
                 case.result.as_str(),
                 case.duration_ms,
-                case.message
+                case.message,
+                case.step
             ])?;
         }
     }
@@ -88,7 +89,7 @@ pub(crate) fn build_tests(
         ""
     };
     let mut statement = connection.prepare(&format!(
-        "SELECT suite, name, result, duration_ms, message FROM test_results
+        "SELECT suite, name, result, duration_ms, message, step FROM test_results
          WHERE build_id = ?1 {filter} ORDER BY {} LIMIT ?2 OFFSET ?3",
         order_by(order)
     ))?;
@@ -102,6 +103,7 @@ pub(crate) fn build_tests(
             result: outcome(&result)?,
             duration_ms: row.get(3)?,
             message: row.get(4)?,
+            step: row.get(5)?,
         });
     }
     Ok(cases)
@@ -130,7 +132,7 @@ pub(crate) fn test_history(
     limit: i64,
 ) -> Result<Vec<TestHistoryRow>, StoreError> {
     let mut statement = connection.prepare(
-        "SELECT t.suite, t.name, b.id, b.number, COALESCE(b.branch, r.branch), b.revision,
+        "SELECT t.suite, t.name, b.id, b.number, COALESCE(r.branch, b.branch), b.revision,
                 r.patch IS NOT NULL, t.result, t.duration_ms
          FROM test_results t JOIN builds b ON b.id = t.build_id JOIN requests r ON r.id = b.request_id
          WHERE t.name = ?1 AND (?2 IS NULL OR t.suite = ?2) AND b.builder = ?3
@@ -146,7 +148,7 @@ pub(crate) fn test_history(
 
 /// The finished builds with test results of a builder before build `build_id`, newest first.
 const WINDOW_BUILDS: &str =
-    "SELECT b.id, b.number, COALESCE(b.branch, r.branch), b.revision, r.patch IS NOT NULL
+    "SELECT b.id, b.number, COALESCE(r.branch, b.branch), b.revision, r.patch IS NOT NULL
      FROM builds b JOIN requests r ON r.id = b.request_id, builds this
      WHERE this.id = ?1 AND b.builder = this.builder AND b.number < this.number
        AND b.finished_at IS NOT NULL
@@ -181,7 +183,7 @@ pub(crate) fn failure_history(
         .map(|b| b.build_id.to_string())
         .collect();
     let mut statement = connection.prepare(&format!(
-        "SELECT t.suite, t.name, b.id, b.number, COALESCE(b.branch, r.branch), b.revision,
+        "SELECT t.suite, t.name, b.id, b.number, COALESCE(r.branch, b.branch), b.revision,
                 r.patch IS NOT NULL, t.result, t.duration_ms
          FROM (SELECT suite, name FROM test_results WHERE build_id = ?1
                  AND result IN ('failed', 'error') ORDER BY seq LIMIT ?2) cur
