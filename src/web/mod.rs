@@ -11,6 +11,7 @@ mod logs;
 mod metrics;
 mod pages;
 mod serve;
+pub mod test_results;
 pub mod views;
 
 #[cfg(test)]
@@ -30,7 +31,7 @@ use crate::master::control::{Control, ControlError};
 use crate::master::sessions::Session;
 
 /// Every template, embedded so the binary needs no files at run time.
-pub const TEMPLATES: [(&str, &str); 12] = [
+pub const TEMPLATES: [(&str, &str); 15] = [
     ("base.html", include_str!("templates/base.html")),
     ("waterfall.html", include_str!("templates/waterfall.html")),
     ("summary.html", include_str!("templates/summary.html")),
@@ -43,6 +44,9 @@ pub const TEMPLATES: [(&str, &str); 12] = [
     ("changes.html", include_str!("templates/changes.html")),
     ("progress.html", include_str!("templates/progress.html")),
     ("trend.html", include_str!("templates/trend.html")),
+    ("tests.html", include_str!("templates/tests.html")),
+    ("test.html", include_str!("templates/test.html")),
+    ("tests_summary.html", include_str!("templates/tests_summary.html")),
 ];
 
 /// What every handler shares.
@@ -233,6 +237,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/builds/{id}", get(api::build))
         .route("/api/slaves", get(api::slaves))
         .route("/api/events", get(api::events))
+        .route("/api/builds/{id}/tests", get(test_results::api_build_tests))
+        .route("/api/tests", get(test_results::api_tests))
         .route("/api/{*rest}", any(api::not_found))
         .layer(axum::middleware::map_response(api::json_errors));
     Router::new()
@@ -258,6 +264,11 @@ pub fn router(state: Arc<AppState>) -> Router {
             post(actions::rebuild),
         )
         .route("/builders/{builder}/force", post(actions::force))
+        .route(
+            "/builders/{builder}/builds/{number}/tests",
+            get(test_results::build_tests_page),
+        )
+        .route("/builders/{builder}/tests", get(test_results::test_page))
         .route(
             "/builders/{builder}/requests/{request}/cancel",
             post(actions::cancel),
