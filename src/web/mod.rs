@@ -46,7 +46,10 @@ pub const TEMPLATES: [(&str, &str); 15] = [
     ("trend.html", include_str!("templates/trend.html")),
     ("tests.html", include_str!("templates/tests.html")),
     ("test.html", include_str!("templates/test.html")),
-    ("tests_summary.html", include_str!("templates/tests_summary.html")),
+    (
+        "tests_summary.html",
+        include_str!("templates/tests_summary.html"),
+    ),
 ];
 
 /// What every handler shares.

@@ -114,7 +114,10 @@ fn case_view(
         new: class.new,
         failing_since: class.failing_since,
         flaky: class.flaky,
-        log_url: format!("/builders/{builder}/builds/{number}/steps/{}/logs/stdout", case.step),
+        log_url: format!(
+            "/builders/{builder}/builds/{number}/steps/{}/logs/stdout",
+            case.step
+        ),
         history_url: history_url(builder, &case.suite, &case.name),
     }
 }
@@ -175,7 +178,9 @@ pub async fn build_tests_page(
         )
         .await?;
     let view = |case: &TestCase| {
-        let class = classes.get(&(case.suite.as_str(), case.name.as_str())).copied();
+        let class = classes
+            .get(&(case.suite.as_str(), case.name.as_str()))
+            .copied();
         case_view(&builder, number, case, class)
     };
     let cases: Vec<CaseView> = cases.iter().map(view).collect();
@@ -426,7 +431,12 @@ pub async fn api_tests(
     let history = state
         .control
         .store()
-        .test_history(&builder, query.suite.filter(|s| !s.is_empty()), &name, limit)
+        .test_history(
+            &builder,
+            query.suite.filter(|s| !s.is_empty()),
+            &name,
+            limit,
+        )
         .await?;
     Ok(Json(ApiTestHistory {
         builder,

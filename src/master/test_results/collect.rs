@@ -107,7 +107,6 @@ pub async fn gather(
     let deadline = tokio::time::sleep(COLLECT_TIMEOUT);
     tokio::pin!(deadline);
     let mut file: Option<(String, Vec<u8>)> = None;
-    let mut files = 0usize;
     loop {
         let event = tokio::select! {
             event = events.recv() => event,
@@ -151,7 +150,6 @@ pub async fn gather(
                     file = Some((name, bytes));
                     continue;
                 }
-                files += 1;
                 budget.files = budget.files.saturating_sub(1);
                 budget.bytes = budget.bytes.saturating_sub(bytes.len() as u64);
                 let kind = kind_of(entries, &name);
@@ -187,16 +185,6 @@ pub async fn gather(
             Some(SlaveEvent::ReportsDone { refused }) => {
                 for line in refused {
                     gathered.lines.push(format!("test results: {line}"));
-                }
-                if files == 0 {
-                    let patterns: Vec<String> = entries
-                        .iter()
-                        .map(|(kind, pattern)| format!("{}:{pattern}", kind.as_str()))
-                        .collect();
-                    gathered.lines.push(format!(
-                        "test results: no report found ({})",
-                        patterns.join(", ")
-                    ));
                 }
                 break;
             }
