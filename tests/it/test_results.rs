@@ -120,7 +120,23 @@ fn failures_are_new_then_known_then_flaky_over_a_series_of_builds() {
         )
         .expect("write");
         new_revision(&checkout, number);
-        force(&master);
+        if number < 5 {
+            force(&master);
+        } else {
+            // `--wait` ends with the tests' summary and the new failures' names.
+            let waited = master.ssh(
+                &master.user_key,
+                &current_user(),
+                "force linux --reason tests --wait",
+            );
+            let out = text(&waited.stdout);
+            assert!(
+                out.contains(
+                    "linux #5 tests: 1 passed · 2 failed (1 new, 1 known since #2) · 1 flaky; 1 new failure (beta)"
+                ),
+                "{out}"
+            );
+        }
         let build = wait_for_build(&master, number);
         // Failing tests do not fail a build whose command passed: the report is information.
         assert_eq!(build["result"], "success", "{build}");

@@ -131,3 +131,61 @@ pub async fn of_build(
         failures: failures.into_iter().zip(classes).collect(),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::master::store::TestOutcome;
+
+    fn failure(name: &str, class: Classification) -> (TestCase, Classification) {
+        let case = TestCase {
+            suite: "s".into(),
+            name: name.into(),
+            result: TestOutcome::Failed,
+            duration_ms: None,
+            message: String::new(),
+            step: 2,
+        };
+        (case, class)
+    }
+
+    #[test]
+    fn new_failures_are_named_and_known_ones_dated() {
+        let new = Classification {
+            new: true,
+            ..Classification::default()
+        };
+        let report = TestReport {
+            counts: TestCounts {
+                passed: 412,
+                failed: 3,
+                error: 0,
+                skipped: 5,
+            },
+            failures: vec![
+                failure("test_a", new),
+                failure("test_b", new),
+                failure(
+                    "test_c",
+                    Classification {
+                        failing_since: Some(40),
+                        ..Classification::default()
+                    },
+                ),
+            ],
+        };
+        assert_eq!(
+            report.summary(),
+            "412 passed · 3 failed (2 new, 1 known since #40) · 5 skipped"
+        );
+        assert_eq!(
+            report.new_failures_line(5).as_deref(),
+            Some("2 new failures (test_a, test_b)")
+        );
+        assert_eq!(
+            report.new_failures_line(1).as_deref(),
+            Some("2 new failures (test_a, … 1 more)")
+        );
+        assert_eq!(TestReport::default().new_failures_line(5), None);
+    }
+}

@@ -39,8 +39,8 @@ pub fn parse(file: &str, data: &[u8]) -> Result<Parsed, ReportError> {
             test_line(&suite, rest, false, parsed.cases.len())
         } else if let Some(rest) = line.strip_prefix("ok") {
             test_line(&suite, rest, true, parsed.cases.len())
-        } else if let Some(reason) = line.strip_prefix("Bail out!") {
-            Some(TestCase {
+        } else {
+            line.strip_prefix("Bail out!").map(|reason| TestCase {
                 suite: suite.clone(),
                 name: "Bail out!".into(),
                 result: TestOutcome::Error,
@@ -48,8 +48,6 @@ pub fn parse(file: &str, data: &[u8]) -> Result<Parsed, ReportError> {
                 message: first_lines(reason.trim()),
                 step: 0,
             })
-        } else {
-            None
         };
         if let Some(case) = case {
             if parsed.cases.len() >= MAX_CASES_PER_BUILD {
