@@ -401,7 +401,7 @@ pub struct ApiTestQuery {
 
 /// `/api/tests?builder=B&name=N`: one result per build, newest first.
 #[derive(Debug, Serialize)]
-pub struct ApiTestHistory {
+pub struct ApiTestRuns {
     pub builder: String,
     pub name: String,
     pub results: Vec<ApiTestResult>,
@@ -421,7 +421,7 @@ pub struct ApiTestResult {
 pub async fn api_tests(
     State(state): State<Arc<AppState>>,
     Query(query): Query<ApiTestQuery>,
-) -> Result<Json<ApiTestHistory>, WebError> {
+) -> Result<Json<ApiTestRuns>, WebError> {
     let (Some(builder), Some(name)) = (query.builder, query.name) else {
         return Err(WebError::BadRequest(
             "give the test: /api/tests?builder=BUILDER&name=NAME[&suite=SUITE]".into(),
@@ -438,7 +438,7 @@ pub async fn api_tests(
             limit,
         )
         .await?;
-    Ok(Json(ApiTestHistory {
+    Ok(Json(ApiTestRuns {
         builder,
         name,
         results: history
