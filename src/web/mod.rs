@@ -363,6 +363,9 @@ mod tests {
         let master = serde_json::json!({"name": "ci-a", "state": "up", "alive": true, "epoch": 3,
             "started": "now", "lease": "7s left", "ssh": "a:2222", "http": "a:8010", "slaves": "s1",
             "builds": "linux #3", "config_differs": true, "leads": true, "this": true});
+        let test_case = serde_json::json!({"suite": "s", "name": "<b>t</b>", "result": "failed",
+            "css": "failure", "duration": "1 s", "message": "<b>boom</b>", "new": true,
+            "failing_since": null, "flaky": true, "log_url": "/l", "history_url": "/h"});
         let context = tera::Context::from_serialize(&serde_json::json!({
             "master_name": "m", "host_key": "SHA256:x", "user": "alice", "builders": [builder.clone()],
             "builder": builder, "builds": [build.clone()], "queue": [{"id": 4, "builder": "linux", "position": 1, "kind": "force", "why": "forced by alice: x",
@@ -379,16 +382,39 @@ mod tests {
             "masters": [master],
         }))
         .expect("context");
+        let mut context = context;
+        let tests = serde_json::json!({"line": "1 passed · 1 failed (1 new)", "more_failures": 2,
+            "tests_url": "/t", "failures": [test_case.clone()]});
+        let flaky = serde_json::json!([{"suite": "s", "name": "<b>t</b>", "failed": 1, "passed": 2,
+            "url": "/u"}]);
+        let cells = serde_json::json!([{"number": 3, "css": "failure", "title": "#3 failed 1 s",
+            "url": "/b"}]);
+        context.insert("test_builder", "linux");
+        context.insert("tests", &tests);
+        context.insert("summary", "1 passed · 1 failed (1 new)");
+        context.insert("cases", &[test_case.clone()]);
+        context.insert("slowest", &[test_case]);
+        context.insert("flaky", &flaky);
+        context.insert("flaky_window", &30);
+        context.insert("page", &2);
+        context.insert("pages", &3);
+        context.insert("name", "<b>t</b>");
+        context.insert("suite", "s");
+        context.insert("cells", &cells);
         for (name, _) in TEMPLATES {
             let html = templates
                 .render(name, &context)
                 .unwrap_or_else(|err| panic!("{name}: {err}"));
             // progress.html and trend.html are pieces the pages include.
-            let is_page = !matches!(name, "progress.html" | "trend.html");
+            let is_page = !matches!(name, "progress.html" | "trend.html" | "tests_summary.html");
             assert_eq!(html.contains("</html>"), is_page, "{name}");
             assert!(
                 !html.contains("<b>output</b>"),
                 "{name} must escape log text"
+            );
+            assert!(
+                !html.contains("<b>t</b>") && !html.contains("<b>boom</b>"),
+                "{name} must escape test names and messages"
             );
         }
         let build_page = templates

@@ -202,7 +202,7 @@ pub async fn build_tests_page(
         })
         .collect();
     let mut context = state.base_context(&headers).await;
-    context.insert("builder", &builder);
+    context.insert("test_builder", &builder);
     context.insert("number", &number);
     context.insert("summary", &report.summary());
     context.insert("cases", &cases);
@@ -239,7 +239,7 @@ pub async fn test_page(
 ) -> Result<Html<String>, WebError> {
     let store = state.control.store();
     let mut context = state.base_context(&headers).await;
-    context.insert("builder", &builder);
+    context.insert("test_builder", &builder);
     let Some(name) = query.name.filter(|name| !name.is_empty()) else {
         let flaky = store.flaky_tests(&builder, FLAKY_WINDOW, 50).await?;
         let flaky: Vec<_> = flaky
