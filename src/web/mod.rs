@@ -392,7 +392,7 @@ mod tests {
         context.insert("test_builder", "linux");
         context.insert("tests", &tests);
         context.insert("summary", "1 passed · 1 failed (1 new)");
-        context.insert("cases", &[test_case.clone()]);
+        context.insert("cases", std::slice::from_ref(&test_case));
         context.insert("slowest", &[test_case]);
         context.insert("flaky", &flaky);
         context.insert("flaky_window", &30);
