@@ -39,6 +39,13 @@ if [ ! -x target/pyvenv/bin/buildbot ]; then
   target/pyvenv/bin/pip install -q --disable-pip-version-check 'buildbot==4.3.0'
 fi
 
+# pytest, whose --junitxml reports the test-results tests feed through a real build.
+if [ ! -x target/pytest-venv/bin/pytest ]; then
+  mkdir -p target
+  python3 -m venv target/pytest-venv
+  target/pytest-venv/bin/pip install -q --disable-pip-version-check 'pytest==8.3.4'
+fi
+
 cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings
 cargo test --all-targets --locked

@@ -81,6 +81,8 @@ conformance!(
     step_logs_are_chunked_read_in_ranges_and_fenced,
     land_entries_queue_per_branch_and_replace_the_users_queued_one,
     land_transitions_are_compare_and_set,
+    test_results_are_kept_paged_counted_and_fenced,
+    test_history_looks_back_at_the_builders_builds,
 );
 
 fn request(job: &str, builder: &str) -> NewRequest {
@@ -2367,4 +2369,232 @@ async fn land_transitions_are_compare_and_set(store: SharedStore) {
         .expect("read");
     assert_eq!(ended[0].state, LandState::Landed);
     assert_eq!(ended[0].progress, landed);
+}
+
+// ---- test results (issue 26) ----
+
+use buildbot::master::store::{TestCase, TestOrder, TestOutcome};
+
+fn case(suite: &str, name: &str, result: TestOutcome, ms: Option<i64>) -> TestCase {
+    TestCase {
+        suite: suite.into(),
+        name: name.into(),
+        result,
+        duration_ms: ms,
+        message: if result == TestOutcome::Passed {
+            String::new()
+        } else {
+            format!("{name} went wrong\nsecond line")
+        },
+        step: 2,
+    }
+}
+
+async fn test_results_are_kept_paged_counted_and_fenced(store: SharedStore) {
+    let me = run_of(&store, "m").await;
+    let id = one(&store, request("j1", "linux")).await;
+    let (build, _) = store
+        .start_build(&me, id, "linux", "s1")
+        .await
+        .expect("start");
+    let mut cases: Vec<TestCase> = (0..1000)
+        .map(|i| case("suite", &format!("t{i:04}"), TestOutcome::Passed, Some(i)))
+        .collect();
+    cases[10] = case("suite", "t0010", TestOutcome::Failed, Some(5));
+    cases[20] = case("other", "t0020", TestOutcome::Error, None);
+    cases[30] = case("suite", "t0030", TestOutcome::Skipped, Some(1));
+    store
+        .record_test_results(&me, build, cases.clone())
+        .await
+        .expect("record");
+    // A second step's reports add to the first's.
+    store
+        .record_test_results(
+            &me,
+            build,
+            vec![case("tap", "late", TestOutcome::Failed, None)],
+        )
+        .await
+        .expect("record more");
+    let counts = store.test_counts(build).await.expect("counts");
+    assert_eq!(
+        (counts.passed, counts.failed, counts.error, counts.skipped),
+        (997, 2, 1, 1)
+    );
+    let failures = store
+        .build_tests(build, TestOrder::WorstFirst, true, 0, 100)
+        .await
+        .expect("failures");
+    let names: Vec<_> = failures.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(names, ["t0020", "t0010", "late"]);
+    assert_eq!(failures[1], cases[10]);
+    let page = store
+        .build_tests(build, TestOrder::WorstFirst, false, 3, 3)
+        .await
+        .expect("page");
+    let names: Vec<_> = page.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(names, ["t0030", "t0000", "t0001"]);
+    let slowest = store
+        .build_tests(build, TestOrder::Slowest, false, 0, 2)
+        .await
+        .expect("slowest");
+    assert_eq!(slowest[0].duration_ms, Some(999));
+    assert_eq!(slowest[1].duration_ms, Some(998));
+    assert_eq!(
+        store.test_counts(build + 1000).await.expect("none"),
+        Default::default()
+    );
+
+    // Once the build is over, nothing is added to it.
+    store
+        .finish_build(&me, build, BuildResult::Failure, None, false)
+        .await
+        .expect("finish");
+    let late = store
+        .record_test_results(
+            &me,
+            build,
+            vec![case("s", "after", TestOutcome::Passed, None)],
+        )
+        .await;
+    assert!(matches!(late, Err(StoreError::Fenced { .. })), "{late:?}");
+}
+
+async fn test_history_looks_back_at_the_builders_builds(store: SharedStore) {
+    let me = run_of(&store, "m").await;
+    // linux #1..#4 on main; #3 without tests (it broke before them); a mac build in between.
+    let mut linux = Vec::new();
+    for (i, results) in [
+        Some([TestOutcome::Passed, TestOutcome::Passed]),
+        Some([TestOutcome::Failed, TestOutcome::Passed]),
+        None,
+        Some([TestOutcome::Failed, TestOutcome::Failed]),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let id = one(&store, request(&format!("l{i}"), "linux")).await;
+        let (build, number) = store
+            .start_build(&me, id, "linux", "s1")
+            .await
+            .expect("start");
+        assert_eq!(number, i as i64 + 1);
+        store
+            .record_build_source(&me, build, "main", &format!("rev{i}"))
+            .await
+            .expect("source");
+        if let Some([a, b]) = results {
+            store
+                .record_test_results(
+                    &me,
+                    build,
+                    vec![case("s", "a", a, Some(10)), case("s", "b", b, Some(20))],
+                )
+                .await
+                .expect("record");
+        }
+        let id = one(&store, request(&format!("m{i}"), "mac")).await;
+        let (mac, _) = store
+            .start_build(&me, id, "mac", "s2")
+            .await
+            .expect("start");
+        store
+            .record_test_results(&me, mac, vec![case("s", "a", TestOutcome::Passed, None)])
+            .await
+            .expect("record");
+        store
+            .finish_build(&me, mac, BuildResult::Success, None, false)
+            .await
+            .expect("finish");
+        if i < 3 {
+            store
+                .finish_build(&me, build, BuildResult::Failure, None, false)
+                .await
+                .expect("finish");
+        }
+        linux.push(build);
+    }
+    let history = store
+        .test_history("linux", Some("s".into()), "a", 50)
+        .await
+        .expect("history");
+    let cells: Vec<_> = history.iter().map(|row| (row.number, row.result)).collect();
+    assert_eq!(
+        cells,
+        [
+            (4, TestOutcome::Failed),
+            (2, TestOutcome::Failed),
+            (1, TestOutcome::Passed)
+        ]
+    );
+    assert_eq!(history[0].branch.as_deref(), Some("main"));
+    assert_eq!(history[0].revision.as_deref(), Some("rev3"));
+    assert!(
+        history[0].patched,
+        "the requests of this suite carry a patch"
+    );
+    assert_eq!(
+        store
+            .test_history("linux", None, "a", 1)
+            .await
+            .expect("one")
+            .len(),
+        1
+    );
+
+    // Build #4 (still running) looks back at #2 and #1: #3 has no tests, mac is another builder.
+    let back = store
+        .failure_history(linux[3], 50, 100)
+        .await
+        .expect("history");
+    let numbers: Vec<_> = back.builds.iter().map(|b| b.number).collect();
+    assert_eq!(numbers, [2, 1]);
+    let mut seen: Vec<_> = back
+        .results
+        .iter()
+        .map(|row| (row.name.as_str(), row.number, row.result))
+        .collect();
+    seen.sort();
+    assert_eq!(
+        seen,
+        [
+            ("a", 1, TestOutcome::Passed),
+            ("a", 2, TestOutcome::Failed),
+            ("b", 1, TestOutcome::Passed),
+            ("b", 2, TestOutcome::Passed),
+        ]
+    );
+    let limited = store
+        .failure_history(linux[3], 1, 1)
+        .await
+        .expect("history");
+    assert_eq!(limited.builds.len(), 1);
+    assert!(
+        limited
+            .results
+            .iter()
+            .all(|row| row.name == "a" && row.number == 2)
+    );
+
+    store
+        .finish_build(&me, linux[3], BuildResult::Failure, None, false)
+        .await
+        .expect("finish");
+    let flaky = store.flaky_tests("linux", 20, 10).await.expect("flaky");
+    assert_eq!(flaky.len(), 2);
+    assert_eq!(
+        (flaky[0].name.as_str(), flaky[0].failed, flaky[0].passed),
+        ("a", 2, 1)
+    );
+    assert_eq!(
+        (flaky[1].name.as_str(), flaky[1].failed, flaky[1].passed),
+        ("b", 1, 2)
+    );
+    assert!(
+        store
+            .flaky_tests("mac", 20, 10)
+            .await
+            .expect("flaky")
+            .is_empty()
+    );
 }

@@ -501,6 +501,11 @@ impl Bot {
                     .flatten();
                 let classes = classes_of(*result, previous);
                 let mut line = text::describe_event(&sequenced.event);
+                if !result.is_good()
+                    && let Some(new) = self.control.new_failures_line(builder, *number).await
+                {
+                    line.push_str(&format!(": {new}"));
+                }
                 if let Some(word) = transition(&classes) {
                     line.push_str(&format!(" ({word})"));
                 }

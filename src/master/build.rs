@@ -54,6 +54,8 @@ struct PlannedStep {
     kind: StepKind,
     /// Taken all at once before the step runs, released when it ends.
     locks: Vec<LockUse>,
+    /// Test reports collected after the step (issue 26).
+    test_results: Vec<(crate::master::test_results::ReportKind, String)>,
 }
 
 /// What the steps of one build may know of it: its properties (the request's, and the
@@ -159,6 +161,7 @@ fn command_step(
     Ok(PlannedStep {
         name: step.name.clone(),
         locks: step.locks.clone(),
+        test_results: step.test_results.clone(),
         kind: StepKind::Command(
             CommandRequest {
                 builder: builder.name.clone(),
@@ -514,7 +517,9 @@ async fn run_steps(
         name: "checkout".into(),
         kind: StepKind::Checkout(checkout.clone()),
         locks: Vec::new(),
+        test_results: Vec::new(),
     }]);
+    let mut report_budget = crate::master::test_results::collect::Budget::default();
     steps.extend(commands);
     let mut step_number = 0;
     while let Some(step) = steps.pop_front() {
@@ -563,7 +568,22 @@ async fn run_steps(
         } else if !locked {
             StepOutcome::MasterStopping
         } else {
-            run_step(link, &step, logs, shutdown, &started.stop, &control.metrics).await
+            let reports = Reports {
+                control,
+                build_id,
+                step: step_number,
+                budget: &mut report_budget,
+            };
+            run_step(
+                link,
+                &step,
+                logs,
+                shutdown,
+                &started.stop,
+                &control.metrics,
+                reports,
+            )
+            .await
         };
         if !step.locks.is_empty() {
             if control.store.is_shared()
@@ -843,6 +863,83 @@ const STOP_WAIT: Duration = Duration::from_secs(3);
 /// ... and a slave that sends nothing at all for this long after a stop is not waited for.
 const STOP_SILENCE: Duration = Duration::from_millis(750);
 
+/// What collecting a step's test reports needs (issue 26).
+struct Reports<'a> {
+    control: &'a Arc<BuildParts>,
+    build_id: i64,
+    /// The step's number in its build.
+    step: i64,
+    /// What the build may still collect, across its steps.
+    budget: &'a mut crate::master::test_results::collect::Budget,
+}
+
+/// Collects, parses and stores the test reports of a command step that ran to its end, with
+/// a line in its log for each report and each thing left out. The build's result is not
+/// touched: a report that cannot be read is said, not judged.
+async fn collect_reports(
+    link: &SlaveLink,
+    step: &PlannedStep,
+    reports: Reports<'_>,
+    logs: &mut StepLogs,
+    shutdown: &CancellationToken,
+    stop: &StopHandle,
+) {
+    use crate::master::test_results::collect;
+    let StepKind::Command(command, _) = &step.kind else {
+        return;
+    };
+    let gathering = collect::gather(
+        link,
+        &command.builder,
+        command.workdir.as_deref(),
+        &step.test_results,
+        reports.budget,
+        &stop.token,
+    );
+    let mut gathered = tokio::select! {
+        gathered = gathering => gathered,
+        _ = shutdown.cancelled() => collect::Gathered {
+            cases: Vec::new(),
+            lines: vec!["test results: master shutting down; none kept".into()],
+        },
+    };
+    for case in &mut gathered.cases {
+        case.step = reports.step;
+    }
+    if !gathered.cases.is_empty() {
+        let mut counts = crate::master::store::TestCounts::default();
+        for case in &gathered.cases {
+            counts.add(case.result, 1);
+        }
+        let control = reports.control;
+        match control
+            .store
+            .record_test_results(&control.owner, reports.build_id, gathered.cases)
+            .await
+        {
+            Ok(()) => {
+                control.metrics.test_cases(&counts);
+                gathered.lines.push(format!(
+                    "test results: {}",
+                    crate::master::test_results::summary_line(&counts, 0, None)
+                ));
+            }
+            Err(err) => {
+                tracing::error!("cannot store test results: {err}");
+                gathered
+                    .lines
+                    .push(format!("test results: not stored: {err}"));
+            }
+        }
+    }
+    for line in gathered.lines {
+        let _ = logs
+            .append(StreamKind::Info, format!("{line}\n").as_bytes())
+            .await;
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn run_step(
     link: &SlaveLink,
     step: &PlannedStep,
@@ -850,7 +947,9 @@ async fn run_step(
     shutdown: &CancellationToken,
     stop: &StopHandle,
     metrics: &crate::master::metrics::Metrics,
+    reports: Reports<'_>,
 ) -> StepOutcome {
+    let mut reports = Some(reports);
     let started = link.start(|id| match &step.kind {
         StepKind::Checkout(checkout) => Message::Checkout {
             id,
@@ -896,6 +995,8 @@ async fn run_step(
                                 metrics.log_bytes(data.len());
                                 let _ = logs.append(stream, &data).await;
                             }
+                            // Report pieces are not asked for yet: not ours.
+                            Ok(Some(SlaveEvent::ReportChunk { .. } | SlaveEvent::ReportsDone { .. })) => {}
                             // Exit, lost, or a slave that says nothing: done waiting.
                             Ok(Some(SlaveEvent::Exit(_)) | None) | Err(_) => break,
                         },
@@ -932,9 +1033,16 @@ async fn run_step(
                     let line = format!("{}\n", failure.message());
                     let _ = logs.append(StreamKind::Info, line.as_bytes()).await;
                 }
+                if exit.failure.is_none()
+                    && !step.test_results.is_empty()
+                    && let Some(reports) = reports.take()
+                {
+                    collect_reports(link, step, reports, &mut logs, shutdown, stop).await;
+                }
                 let _ = logs.finish().await;
                 return StepOutcome::Exited(exit);
             }
+            Some(SlaveEvent::ReportChunk { .. } | SlaveEvent::ReportsDone { .. }) => {}
             None => {
                 let line = format!("slave lost after {:.1}s\n", began.elapsed().as_secs_f64());
                 let _ = logs.append(StreamKind::Info, line.as_bytes()).await;

@@ -863,6 +863,63 @@ pub(crate) mod testing {
         ) -> Result<bool, StoreError> {
             self.0.land_transition(id, from, to, progress).await
         }
+
+        async fn record_test_results(
+            &self,
+            owner: &MasterLease,
+            build_id: i64,
+            cases: Vec<crate::master::store::TestCase>,
+        ) -> Result<(), StoreError> {
+            self.0.record_test_results(owner, build_id, cases).await
+        }
+
+        async fn test_counts(
+            &self,
+            build_id: i64,
+        ) -> Result<crate::master::store::TestCounts, StoreError> {
+            self.0.test_counts(build_id).await
+        }
+
+        async fn build_tests(
+            &self,
+            build_id: i64,
+            order: crate::master::store::TestOrder,
+            failures_only: bool,
+            offset: i64,
+            limit: i64,
+        ) -> Result<Vec<crate::master::store::TestCase>, StoreError> {
+            self.0
+                .build_tests(build_id, order, failures_only, offset, limit)
+                .await
+        }
+
+        async fn test_history(
+            &self,
+            builder: &str,
+            suite: Option<String>,
+            name: &str,
+            limit: i64,
+        ) -> Result<Vec<crate::master::store::TestHistoryRow>, StoreError> {
+            self.0.test_history(builder, suite, name, limit).await
+        }
+
+        async fn failure_history(
+            &self,
+            build_id: i64,
+            window: i64,
+            max_failures: i64,
+        ) -> Result<crate::master::store::FailureHistory, StoreError> {
+            self.0.failure_history(build_id, window, max_failures).await
+        }
+
+        async fn flaky_tests(
+            &self,
+            builder: &str,
+            window: i64,
+            limit: i64,
+        ) -> Result<Vec<crate::master::store::FlakyTest>, StoreError> {
+            self.0.flaky_tests(builder, window, limit).await
+        }
     }
 
     /// A shared test store in `dir` with one registered master and one running build with

@@ -95,6 +95,13 @@ pub struct Metrics {
     masters_alive: Gauge,
     /// Published by the executor; turned into the queue gauges at each scrape.
     queues: Mutex<BTreeMap<String, QueueGauge>>,
+    /// Test cases stored from builds' reports, by result (issue 26).
+    test_cases: Family<TestResultLabels, Counter>,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TestResultLabels {
+    result: String,
 }
 
 impl Default for Metrics {
@@ -181,7 +188,14 @@ impl Metrics {
             "Masters of the cluster whose lease holds, this one included",
             masters_alive.clone(),
         );
+        let test_cases = Family::<TestResultLabels, Counter>::default();
+        registry.register(
+            "buildbot_test_cases",
+            "Test cases stored from builds' test reports, by result",
+            test_cases.clone(),
+        );
         Metrics {
+            test_cases,
             registry,
             master_epoch,
             master_leads,
@@ -221,6 +235,22 @@ impl Metrics {
         self.ssh_auth_failures
             .get_or_create(&ReasonLabels { reason })
             .inc();
+    }
+
+    /// Counts the test cases of reports just stored.
+    pub fn test_cases(&self, counts: &crate::master::store::TestCounts) {
+        for (result, count) in [
+            ("passed", counts.passed),
+            ("failed", counts.failed),
+            ("error", counts.error),
+            ("skipped", counts.skipped),
+        ] {
+            self.test_cases
+                .get_or_create(&TestResultLabels {
+                    result: result.to_string(),
+                })
+                .inc_by(u64::try_from(count).unwrap_or(0));
+        }
     }
 
     pub fn log_bytes(&self, count: usize) {

@@ -31,6 +31,7 @@ pub mod schedulers;
 pub mod sessions;
 pub mod slaves;
 pub mod store;
+pub mod test_results;
 
 /// Locks a mutex that guards plain data; a panic elsewhere while it was held leaves data that is
 /// still consistent for these short, non-awaiting sections, so poisoning is not an error.

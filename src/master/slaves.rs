@@ -23,8 +23,21 @@ use crate::proto::{self, ExitReport, FrameDecoder, Hello, Message, PROTOCOL_VERS
 /// What a running checkout or command reports.
 #[derive(Debug)]
 pub enum SlaveEvent {
-    Output { stream: StreamKind, data: Vec<u8> },
+    Output {
+        stream: StreamKind,
+        data: Vec<u8>,
+    },
     Exit(ExitReport),
+    /// A piece of a test report (issue 26); `last` ends its file.
+    ReportChunk {
+        path: String,
+        data: Vec<u8>,
+        last: bool,
+    },
+    /// Every test report sent; what the slave left out, one line each.
+    ReportsDone {
+        refused: Vec<String>,
+    },
 }
 
 /// Output waiting for a build to write it; bounded, so a slow disk slows the slave down
@@ -231,6 +244,25 @@ pub async fn serve(
                     let route = lock(&link.routes).remove(&id);
                     if let Some(route) = route {
                         let _ = route.send(SlaveEvent::Exit(exit)).await;
+                    }
+                }
+                Message::ReportChunk {
+                    id,
+                    path,
+                    data,
+                    last,
+                } => {
+                    let route = lock(&link.routes).get(&id).cloned();
+                    if let Some(route) = route {
+                        let _ = route
+                            .send(SlaveEvent::ReportChunk { path, data, last })
+                            .await;
+                    }
+                }
+                Message::ReportsDone { id, refused } => {
+                    let route = lock(&link.routes).remove(&id);
+                    if let Some(route) = route {
+                        let _ = route.send(SlaveEvent::ReportsDone { refused }).await;
                     }
                 }
                 Message::Pong { nonce } => {

@@ -14,8 +14,10 @@ pub use frame::{DecodeError, FrameDecoder, encode};
 
 /// Bumped on any incompatible change to [`Message`]. postcard is positional, so an added field
 /// is one: 2 added `CheckoutRequest::submodules` and `ExitReport::exception`; 3 replaced
-/// `error` and `exception` by [`Failure`] and added `ExitReport::checked_out`.
-pub const PROTOCOL_VERSION: u32 = 3;
+/// `error` and `exception` by [`Failure`] and added `ExitReport::checked_out`; 4 added the
+/// test report messages (an older slave would drop the connection on them; the handshake
+/// refuses it with the versions instead).
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// The largest frame either side sends or accepts (the length prefix excluded). A checkout
 /// message carries the whole try patch, so this bounds the patch size the RPC can carry.
@@ -109,7 +111,48 @@ pub enum Message {
     Keepalive {
         nonce: u64,
     },
+
+    // ---- test reports (issue 26) ----
+    /// master → slave, after a command step: send the step's test reports (files of the work
+    /// tree matching the patterns, within the limits) as [`Message::ReportChunk`]s, then
+    /// [`Message::ReportsDone`]. `id` is a fresh one, as for a command.
+    CollectReports {
+        id: u64,
+        collect: CollectReportsRequest,
+    },
+    /// slave → master: the next piece of report `path` (relative to the step's work tree);
+    /// `last` on a file's final piece. Files follow one another, never interleaved.
+    ReportChunk {
+        id: u64,
+        path: String,
+        #[serde(with = "serde_bytes")]
+        data: Vec<u8>,
+        last: bool,
+    },
+    /// slave → master: every report sent; `refused` says, one line each, what was left out
+    /// (outside the work tree, a symlink, too large, over the limits).
+    ReportsDone {
+        id: u64,
+        refused: Vec<String>,
+    },
 }
+
+/// Which files of a step's work tree are its test reports, and how much of them to send.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CollectReportsRequest {
+    pub builder: String,
+    /// The step's work tree, relative to the builder's (as [`CommandRequest::workdir`]).
+    pub workdir: Option<String>,
+    /// Globs relative to it.
+    pub patterns: Vec<String>,
+    pub max_files: u32,
+    pub max_file_bytes: u64,
+    pub max_total_bytes: u64,
+}
+
+/// The largest piece of a report in one [`Message::ReportChunk`]: a keepalive waits behind
+/// at most one of them.
+pub const MAX_REPORT_CHUNK: usize = 256 * 1024;
 
 /// The slave's introduction.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

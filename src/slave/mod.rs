@@ -16,6 +16,7 @@ pub mod config;
 mod connection;
 pub mod containment;
 pub mod dirlock;
+pub mod reports;
 pub mod runner;
 pub mod swarm;
 mod work;

@@ -239,6 +239,39 @@ impl Work {
         });
     }
 
+    /// Sends the test reports a step left (issue 26): see `slave::reports`.
+    pub fn collect_reports(&mut self, id: u64, request: crate::proto::CollectReportsRequest) {
+        self.reap();
+        let outgoing = self.outgoing.clone();
+        let token = CancellationToken::new();
+        self.running.insert(id, token.clone());
+        let dir = match builder_dir(&self.workdir, &request.builder).and_then(|dir| match &request
+            .workdir
+        {
+            Some(sub) => relative_inside(&dir, sub),
+            None => Ok(dir),
+        }) {
+            Ok(dir) => dir,
+            Err(message) => {
+                self.tasks.spawn(async move {
+                    let refused = vec![message];
+                    let _ = outgoing.send(Message::ReportsDone { id, refused }).await;
+                    id
+                });
+                return;
+            }
+        };
+        self.tasks.spawn(async move {
+            let sending = tokio::task::spawn_blocking(move || {
+                crate::slave::reports::send(&dir, id, &request, &outgoing, &token);
+            });
+            if let Err(err) = sending.await {
+                tracing::error!(id, "sending test reports failed: {err}");
+            }
+            id
+        });
+    }
+
     pub fn interrupt(&mut self, id: u64, reason: &str) {
         if let Some(token) = self.running.get(&id) {
             tracing::info!(id, "interrupting: {reason}");

@@ -12,7 +12,7 @@ use crate::web::views::{
 fn templates() -> tera::Tera {
     let mut templates = tera::Tera::new();
     templates
-        .add_raw_templates(TEMPLATES)
+        .add_raw_templates(TEMPLATES.iter().copied())
         .expect("templates parse");
     templates.autoescape_on(vec![".html"]);
     templates

@@ -12,6 +12,7 @@ mod logs;
 mod metrics;
 mod pages;
 mod serve;
+pub mod test_results;
 pub mod views;
 
 #[cfg(test)]
@@ -31,7 +32,7 @@ use crate::master::control::{Control, ControlError};
 use crate::master::sessions::Session;
 
 /// Every template, embedded so the binary needs no files at run time.
-pub const TEMPLATES: [(&str, &str); 13] = [
+pub const TEMPLATES: &[(&str, &str)] = &[
     ("base.html", include_str!("templates/base.html")),
     ("waterfall.html", include_str!("templates/waterfall.html")),
     ("summary.html", include_str!("templates/summary.html")),
@@ -45,6 +46,12 @@ pub const TEMPLATES: [(&str, &str); 13] = [
     ("progress.html", include_str!("templates/progress.html")),
     ("trend.html", include_str!("templates/trend.html")),
     ("land.html", include_str!("templates/land.html")),
+    ("tests.html", include_str!("templates/tests.html")),
+    ("test.html", include_str!("templates/test.html")),
+    (
+        "tests_summary.html",
+        include_str!("templates/tests_summary.html"),
+    ),
 ];
 
 /// What every handler shares.
@@ -126,7 +133,7 @@ impl AppState {
     pub fn new(control: Arc<Control>) -> anyhow::Result<AppState> {
         let mut templates = tera::Tera::new();
         templates
-            .add_raw_templates(TEMPLATES)
+            .add_raw_templates(TEMPLATES.iter().copied())
             .map_err(|err| anyhow::anyhow!("template error: {err}"))?;
         templates.autoescape_on(vec![".html"]);
         Ok(AppState { control, templates })
@@ -240,6 +247,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/slaves", get(api::slaves))
         .route("/api/events", get(api::events))
         .route("/api/land", get(land::api))
+        .route("/api/builds/{id}/tests", get(test_results::api_build_tests))
+        .route("/api/tests", get(test_results::api_tests))
         .route("/api/{*rest}", any(api::not_found))
         .layer(axum::middleware::map_response(api::json_errors));
     Router::new()
@@ -265,6 +274,11 @@ pub fn router(state: Arc<AppState>) -> Router {
             post(actions::rebuild),
         )
         .route("/builders/{builder}/force", post(actions::force))
+        .route(
+            "/builders/{builder}/builds/{number}/tests",
+            get(test_results::build_tests_page),
+        )
+        .route("/builders/{builder}/tests", get(test_results::test_page))
         .route(
             "/builders/{builder}/requests/{request}/cancel",
             post(actions::cancel),
@@ -323,7 +337,7 @@ mod tests {
     fn every_template_renders() {
         let mut templates = tera::Tera::new();
         templates
-            .add_raw_templates(TEMPLATES)
+            .add_raw_templates(TEMPLATES.iter().copied())
             .expect("templates parse");
         templates.autoescape_on(vec![".html"]);
         let change = serde_json::json!({"id": 7, "repository": "/r.git", "branch": "main", "revision": "abc",
@@ -365,6 +379,9 @@ mod tests {
             "state": "landed", "landed_sha": "def", "reason": "", "submitted": "now"});
         let land_queue = serde_json::json!({"branch": "main", "builders": "linux", "window": 2,
             "queue": [land_entry], "recent": [land_recent]});
+        let test_case = serde_json::json!({"suite": "s", "name": "<b>t</b>", "result": "failed",
+            "css": "failure", "duration": "1 s", "message": "<b>boom</b>", "new": true,
+            "failing_since": null, "flaky": true, "log_url": "/l", "history_url": "/h"});
         let context = tera::Context::from_serialize(&serde_json::json!({
             "master_name": "m", "host_key": "SHA256:x", "user": "alice", "builders": [builder.clone()],
             "builder": builder, "builds": [build.clone()], "queue": [{"id": 4, "builder": "linux", "position": 1, "kind": "force", "why": "forced by alice: x",
@@ -382,16 +399,39 @@ mod tests {
             "queues": [land_queue],
         }))
         .expect("context");
-        for (name, _) in TEMPLATES {
+        let mut context = context;
+        let tests = serde_json::json!({"line": "1 passed · 1 failed (1 new)", "more_failures": 2,
+            "tests_url": "/t", "failures": [test_case.clone()]});
+        let flaky = serde_json::json!([{"suite": "s", "name": "<b>t</b>", "failed": 1, "passed": 2,
+            "url": "/u"}]);
+        let cells = serde_json::json!([{"number": 3, "css": "failure", "title": "#3 failed 1 s",
+            "url": "/b"}]);
+        context.insert("test_builder", "linux");
+        context.insert("tests", &tests);
+        context.insert("summary", "1 passed · 1 failed (1 new)");
+        context.insert("cases", std::slice::from_ref(&test_case));
+        context.insert("slowest", &[test_case]);
+        context.insert("flaky", &flaky);
+        context.insert("flaky_window", &30);
+        context.insert("page", &2);
+        context.insert("pages", &3);
+        context.insert("name", "<b>t</b>");
+        context.insert("suite", "s");
+        context.insert("cells", &cells);
+        for &(name, _) in TEMPLATES {
             let html = templates
                 .render(name, &context)
                 .unwrap_or_else(|err| panic!("{name}: {err}"));
             // progress.html and trend.html are pieces the pages include.
-            let is_page = !matches!(name, "progress.html" | "trend.html");
+            let is_page = !matches!(name, "progress.html" | "trend.html" | "tests_summary.html");
             assert_eq!(html.contains("</html>"), is_page, "{name}");
             assert!(
                 !html.contains("<b>output</b>"),
                 "{name} must escape log text"
+            );
+            assert!(
+                !html.contains("<b>t</b>") && !html.contains("<b>boom</b>"),
+                "{name} must escape test names and messages"
             );
         }
         let build_page = templates

@@ -216,8 +216,13 @@ pub async fn build(
         .index(vec![(detail.build.id, detail.steps.as_slice())])
         .await?;
     let page = views::build_page(&logs, &detail, eta, progress);
+    let tests = crate::web::test_results::build_report(&state, &detail).await?;
     let session = state.session(&headers).await;
     let mut context = state.base_context(&headers).await;
+    context.insert(
+        "tests",
+        &crate::web::test_results::summary_view(&builder, number, &tests),
+    );
     context.insert("can_stop", &session.is_some());
     context.insert("csrf", &session.map(|s| s.csrf).unwrap_or_default());
     context.insert("build", &page);

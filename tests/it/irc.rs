@@ -1141,3 +1141,32 @@ fn irc_announces_a_landing() {
         "{said}"
     );
 }
+
+/// Issue 26: the announcement of a failed build names its new test failures.
+#[test]
+fn irc_announces_the_new_test_failures_of_a_failed_build() {
+    let server = IrcServer::start();
+    let checkout = Checkout::new();
+    let report = tempfile::tempdir().expect("temp dir");
+    let xml = report.path().join("junit.xml");
+    std::fs::write(
+        &xml,
+        r#"<testsuite name="demo"><testcase name="test_ok"/><testcase name="test_a"><failure message="a"/></testcase><testcase name="test_b"><error message="b"/></testcase></testsuite>"#,
+    )
+    .expect("write");
+    let step = format!(
+        r#"{{ name = "test", command = "mkdir -p reports && cp {} reports/ && exit 1", test_results = ["junit:reports/*.xml"] }},"#,
+        xml.display()
+    );
+    let mut alice = IrcClient::connect(&server, "alice");
+    alice.join("#ci");
+    let master = master_with(&server, &checkout.upstream, &step, "");
+    alice.wait_bot_join();
+    let _slave = master.start_slave("s1");
+    ssh(&master, "force linux --reason 'tests'");
+    let failed = alice.wait_bot("#ci", "linux #1: failure");
+    assert!(
+        failed.contains("2 new failures (test_b, test_a)"),
+        "{failed}"
+    );
+}

@@ -27,6 +27,7 @@ mod slave_failover;
 mod slave_processes;
 mod sshd;
 mod stop;
+mod test_results;
 mod trust;
 mod try_;
 mod watch;

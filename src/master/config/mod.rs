@@ -15,6 +15,7 @@ mod locks;
 mod repair;
 mod schedulers;
 mod suggest;
+mod test_results;
 mod trust;
 mod unknown;
 
@@ -215,6 +216,8 @@ pub struct StepConfig {
     pub warn_on_failure: bool,
     /// Locks held for this step only, taken all at once before it runs.
     pub locks: Vec<crate::master::locks::LockUse>,
+    /// Test reports the slave sends after the step (`KIND:GLOB`, validated; issue 26).
+    pub test_results: Vec<(crate::master::test_results::ReportKind, String)>,
 }
 
 // ---- the file as serde sees it -----------------------------------------------------------
@@ -366,6 +369,8 @@ struct RawStep {
     flunk_on_failure: Option<bool>,
     #[serde(default)]
     warn_on_failure: Option<bool>,
+    #[serde(default)]
+    test_results: Vec<Spanned<String>>,
 }
 
 // ---- defaults ----------------------------------------------------------------------------
@@ -916,6 +921,7 @@ impl Checker<'_> {
                     flunk_on_failure: step.flunk_on_failure.unwrap_or(true),
                     warn_on_failure: step.warn_on_failure.unwrap_or(false),
                     locks: self.lock_uses(&step.locks, lock_defs, "step", &mut lock_levels),
+                    test_results: self.test_results(&step.name, &step.test_results),
                 })
                 .collect();
             builders.push(BuilderConfig {

@@ -16,6 +16,7 @@ mod requests;
 pub(crate) use requests::start_try_policy;
 mod stop;
 mod tail;
+mod test_results;
 
 pub use crate::master::executor::{LockHolderView, LockStatus, LockWaiterView};
 pub use land::{LandAccepted, LandEntryView, LandQueueView, LandRequest};

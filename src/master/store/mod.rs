@@ -12,6 +12,7 @@
 
 pub mod model;
 pub mod model_land;
+pub mod model_tests;
 pub mod postgres;
 pub mod sqlite;
 
@@ -27,6 +28,10 @@ pub use model::{
     StoredRequest, StoredSession, WindowBuilds, now,
 };
 pub use model_land::{LandEntry, LandProgress, LandState, NewLand};
+pub use model_tests::{
+    FailureHistory, FlakyTest, HistoryBuild, TestCase, TestCounts, TestHistoryRow, TestOrder,
+    TestOutcome,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -605,4 +610,59 @@ pub trait Store: Send + Sync {
         to: LandState,
         progress: LandProgress,
     ) -> Result<bool, StoreError>;
+
+    // ---- test results (issue 26) ----
+    // One row per test case of a build, parsed from its steps' reports (`master::test_results`).
+
+    /// Adds test cases to a build (after any it has: one call per step's reports), in one
+    /// transaction. Fenced by `owner` like every write about a running build.
+    async fn record_test_results(
+        &self,
+        owner: &MasterLease,
+        build_id: i64,
+        cases: Vec<TestCase>,
+    ) -> Result<(), StoreError>;
+
+    /// How many test cases of a build ended each way.
+    async fn test_counts(&self, build_id: i64) -> Result<TestCounts, StoreError>;
+
+    /// A page of a build's test cases: all of them or only the failures (failed and error),
+    /// in `order`.
+    async fn build_tests(
+        &self,
+        build_id: i64,
+        order: TestOrder,
+        failures_only: bool,
+        offset: i64,
+        limit: i64,
+    ) -> Result<Vec<TestCase>, StoreError>;
+
+    /// The newest `limit` results of the test `name` (of `suite`, or of any suite) in the
+    /// builds of `builder`, newest first.
+    async fn test_history(
+        &self,
+        builder: &str,
+        suite: Option<String>,
+        name: &str,
+        limit: i64,
+    ) -> Result<Vec<TestHistoryRow>, StoreError>;
+
+    /// What classifying the failures of build `build_id` looks back at: the newest `window`
+    /// finished builds with test results of its builder numbered before it, and the results
+    /// there of the first `max_failures` tests it failed.
+    async fn failure_history(
+        &self,
+        build_id: i64,
+        window: i64,
+        max_failures: i64,
+    ) -> Result<FailureHistory, StoreError>;
+
+    /// The tests that both failed and passed in the newest `window` builds with test results of
+    /// `builder`, the most mixed first.
+    async fn flaky_tests(
+        &self,
+        builder: &str,
+        window: i64,
+        limit: i64,
+    ) -> Result<Vec<FlakyTest>, StoreError>;
 }

@@ -76,6 +76,15 @@ pub async fn for_job(
             BuildEvent::RequestsQueued { builders, .. } => builders.clone(),
             _ => Vec::new(),
         };
+        let finished = match &sequenced.event {
+            BuildEvent::BuildFinished {
+                builder,
+                number,
+                will_retry: false,
+                ..
+            } => Some((builder.clone(), *number)),
+            _ => None,
+        };
         let failed = match &sequenced.event {
             BuildEvent::BuildFinished {
                 builder,
@@ -91,6 +100,12 @@ pub async fn for_job(
         } else {
             io.print(&format!("{}\n", text::describe_event(&sequenced.event)))
                 .await;
+        }
+        if !json
+            && let Some((builder, number)) = &finished
+            && let Some(line) = ctx.control.test_line(builder, *number).await
+        {
+            io.print(&format!("{line}\n")).await;
         }
         for builder in queued_for {
             report_position(ctx, job_name, &builder, json, io).await;

@@ -89,6 +89,16 @@ impl Watch {
                     } else {
                         io.print(&format!("{}\n", text::describe_event(&sequenced.event)))
                             .await;
+                        if let crate::status::BuildEvent::BuildFinished {
+                            builder,
+                            number,
+                            will_retry: false,
+                            ..
+                        } = &sequenced.event
+                            && let Some(line) = control.test_line(builder, *number).await
+                        {
+                            io.print(&format!("{line}\n")).await;
+                        }
                     }
                 }
                 Followed::Event(_) => {}

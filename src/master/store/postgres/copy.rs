@@ -17,6 +17,7 @@ const HISTORY: &[&str] = &[
     "request_changes",
     "builds",
     "steps",
+    "test_results",
     "poll_heads",
     "web_sessions",
 ];

@@ -14,6 +14,7 @@ mod copy;
 mod land;
 pub use copy::{Copied, CopyError};
 mod logs;
+mod test_results;
 mod verbs;
 
 use std::error::Error as _;
@@ -207,6 +208,19 @@ pub const MIGRATIONS: &[&str] = &[
         finished_at DOUBLE PRECISION
     );
     CREATE INDEX land_entries_state ON land_entries (branch, state, id);",
+    // test results (issue 26): the same table as SQLite's.
+    "CREATE TABLE test_results (
+        build_id BIGINT NOT NULL REFERENCES builds(id),
+        seq BIGINT NOT NULL,
+        suite TEXT NOT NULL,
+        name TEXT NOT NULL,
+        result TEXT NOT NULL,
+        duration_ms BIGINT,
+        message TEXT NOT NULL,
+        step BIGINT NOT NULL,
+        PRIMARY KEY (build_id, seq)
+    );
+    CREATE INDEX test_results_test ON test_results (name, suite, build_id);",
 ];
 
 /// The first key of every advisory lock this store takes ("bb"), the second names what is

@@ -1198,4 +1198,63 @@ impl Store for PgStore {
     ) -> Result<bool, StoreError> {
         self.land_move(id, from, to, progress).await
     }
+
+    // ---- test results (issue 26) ----
+
+    async fn record_test_results(
+        &self,
+        owner: &MasterLease,
+        build_id: i64,
+        cases: Vec<crate::master::store::TestCase>,
+    ) -> Result<(), StoreError> {
+        self.insert_test_results(owner, build_id, cases).await
+    }
+
+    async fn test_counts(
+        &self,
+        build_id: i64,
+    ) -> Result<crate::master::store::TestCounts, StoreError> {
+        self.count_tests(build_id).await
+    }
+
+    async fn build_tests(
+        &self,
+        build_id: i64,
+        order: crate::master::store::TestOrder,
+        failures_only: bool,
+        offset: i64,
+        limit: i64,
+    ) -> Result<Vec<crate::master::store::TestCase>, StoreError> {
+        self.page_tests(build_id, order, failures_only, offset, limit)
+            .await
+    }
+
+    async fn test_history(
+        &self,
+        builder: &str,
+        suite: Option<String>,
+        name: &str,
+        limit: i64,
+    ) -> Result<Vec<crate::master::store::TestHistoryRow>, StoreError> {
+        self.history_of_test(builder, suite, name, limit).await
+    }
+
+    async fn failure_history(
+        &self,
+        build_id: i64,
+        window: i64,
+        max_failures: i64,
+    ) -> Result<crate::master::store::FailureHistory, StoreError> {
+        self.history_of_failures(build_id, window, max_failures)
+            .await
+    }
+
+    async fn flaky_tests(
+        &self,
+        builder: &str,
+        window: i64,
+        limit: i64,
+    ) -> Result<Vec<crate::master::store::FlakyTest>, StoreError> {
+        self.mixed_tests(builder, window, limit).await
+    }
 }

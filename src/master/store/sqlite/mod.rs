@@ -9,6 +9,7 @@
 
 pub mod changes;
 pub mod land;
+pub mod test_results;
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -23,7 +24,9 @@ use crate::master::store::model::{
     NewRequest, Recorded, StepRow, StoredChange, StoredRequest, StoredSession, now,
 };
 use crate::master::store::model_land::{LandEntry, LandProgress, LandState, NewLand};
-use crate::master::store::{Store, StoreError};
+use crate::master::store::{
+    FailureHistory, FlakyTest, Store, StoreError, TestCase, TestCounts, TestHistoryRow, TestOrder,
+};
 use crate::proto::StreamKind;
 use crate::status::{BuildResult, JobRecord, LastBuild, RequestKind, RequestState};
 
@@ -231,6 +234,20 @@ pub const MIGRATIONS: &[&str] = &[
         finished_at REAL
     );
     CREATE INDEX land_entries_state ON land_entries (branch, state, id);",
+    // test results (issue 26): one row per test case of a build, in report order (`seq`);
+    // looked up by build, and by test name for a test's history.
+    "CREATE TABLE test_results (
+        build_id INTEGER NOT NULL REFERENCES builds(id),
+        seq INTEGER NOT NULL,
+        suite TEXT NOT NULL,
+        name TEXT NOT NULL,
+        result TEXT NOT NULL,
+        duration_ms INTEGER,
+        message TEXT NOT NULL,
+        step INTEGER NOT NULL,
+        PRIMARY KEY (build_id, seq)
+    );
+    CREATE INDEX test_results_test ON test_results (name, suite, build_id);",
 ];
 
 /// The SQLite store.
@@ -1873,6 +1890,71 @@ impl Store for SqliteStore {
         progress: LandProgress,
     ) -> Result<bool, StoreError> {
         self.run(move |c| land::transition(c, id, from, to, &progress))
+            .await
+    }
+
+    // ---- test results (issue 26) ----
+
+    async fn record_test_results(
+        &self,
+        owner: &MasterLease,
+        build_id: i64,
+        cases: Vec<TestCase>,
+    ) -> Result<(), StoreError> {
+        let owner = owner.clone();
+        self.run(move |c| test_results::record_test_results(c, &owner, build_id, &cases))
+            .await
+    }
+
+    async fn test_counts(&self, build_id: i64) -> Result<TestCounts, StoreError> {
+        self.run(move |c| test_results::test_counts(c, build_id))
+            .await
+    }
+
+    async fn build_tests(
+        &self,
+        build_id: i64,
+        order: TestOrder,
+        failures_only: bool,
+        offset: i64,
+        limit: i64,
+    ) -> Result<Vec<TestCase>, StoreError> {
+        self.run(move |c| {
+            test_results::build_tests(c, build_id, order, failures_only, offset, limit)
+        })
+        .await
+    }
+
+    async fn test_history(
+        &self,
+        builder: &str,
+        suite: Option<String>,
+        name: &str,
+        limit: i64,
+    ) -> Result<Vec<TestHistoryRow>, StoreError> {
+        let (builder, name) = (builder.to_string(), name.to_string());
+        self.run(move |c| test_results::test_history(c, &builder, suite.as_deref(), &name, limit))
+            .await
+    }
+
+    async fn failure_history(
+        &self,
+        build_id: i64,
+        window: i64,
+        max_failures: i64,
+    ) -> Result<FailureHistory, StoreError> {
+        self.run(move |c| test_results::failure_history(c, build_id, window, max_failures))
+            .await
+    }
+
+    async fn flaky_tests(
+        &self,
+        builder: &str,
+        window: i64,
+        limit: i64,
+    ) -> Result<Vec<FlakyTest>, StoreError> {
+        let builder = builder.to_string();
+        self.run(move |c| test_results::flaky_tests(c, &builder, window, limit))
             .await
     }
 }
