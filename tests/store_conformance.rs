@@ -79,6 +79,7 @@ conformance!(
     master_locks_are_taken_whole_and_freed_on_every_end,
     irc_link_codes_are_taken_once_and_expire,
     step_logs_are_chunked_read_in_ranges_and_fenced,
+    the_outbox_keeps_each_notification_once_until_it_ends,
 );
 
 fn request(job: &str, builder: &str) -> NewRequest {
@@ -2189,5 +2190,87 @@ async fn irc_link_codes_are_taken_once_and_expire(store: SharedStore) {
         got.iter().filter(|taken| taken.is_some()).count(),
         1,
         "{got:?}"
+    );
+}
+
+async fn the_outbox_keeps_each_notification_once_until_it_ends(store: SharedStore) {
+    use buildbot::master::store::{NewNotification, OutboxState};
+    let give_up_at = now() + 3600.0;
+    let note = |key: &str, to: &str| NewNotification {
+        event_key: key.into(),
+        notifier: "mail".into(),
+        recipient: to.into(),
+        payload: "{\"subject\": \"linux broke\\u0000\"}".into(),
+        give_up_at,
+    };
+    let new = store
+        .enqueue_notifications(vec![
+            note("build:linux:1", "a@x"),
+            note("build:linux:1", "b@x"),
+        ])
+        .await
+        .expect("enqueue");
+    assert_eq!(new, 2);
+    // The same event recorded again (a restart, another master): nothing new, also at once.
+    let (again, at_once) = tokio::join!(
+        store.enqueue_notifications(vec![note("build:linux:1", "a@x")]),
+        store.enqueue_notifications(vec![
+            note("build:linux:1", "a@x"),
+            note("build:linux:2", "a@x")
+        ]),
+    );
+    assert_eq!(again.expect("enqueue") + at_once.expect("enqueue"), 1);
+    let due = store.due_notifications(now() + 1.0, 10).await.expect("due");
+    assert_eq!(due.len(), 3, "{due:?}");
+    assert!(
+        due.iter()
+            .all(|n| n.state == OutboxState::Pending && n.attempts == 0)
+    );
+    assert_eq!(due[0].new, note("build:linux:1", "a@x"));
+    // A failed attempt waits for its next time; a delivered one and a given-up one are done.
+    store
+        .retry_notification(due[0].id, "connection refused", now() + 60.0)
+        .await
+        .expect("retry");
+    store
+        .finish_notification(due[1].id, OutboxState::Delivered, None)
+        .await
+        .expect("delivered");
+    store
+        .finish_notification(due[2].id, OutboxState::GivenUp, Some("HTTP 404"))
+        .await
+        .expect("given up");
+    // Finishing twice changes nothing.
+    store
+        .finish_notification(due[1].id, OutboxState::GivenUp, Some("late"))
+        .await
+        .expect("finish again");
+    assert!(
+        store
+            .due_notifications(now() + 1.0, 10)
+            .await
+            .expect("due")
+            .is_empty()
+    );
+    let later = store
+        .due_notifications(now() + 61.0, 10)
+        .await
+        .expect("due");
+    assert_eq!(later.len(), 1);
+    assert_eq!(later[0].attempts, 1);
+    assert_eq!(later[0].last_error.as_deref(), Some("connection refused"));
+    let all = store.notifications(10).await.expect("all");
+    let states: Vec<(OutboxState, Option<&str>)> = all
+        .iter()
+        .rev()
+        .map(|n| (n.state, n.last_error.as_deref()))
+        .collect();
+    assert_eq!(
+        states,
+        [
+            (OutboxState::Pending, Some("connection refused")),
+            (OutboxState::Delivered, None),
+            (OutboxState::GivenUp, Some("HTTP 404")),
+        ]
     );
 }

@@ -11,6 +11,7 @@
 //! the same primitives.
 
 pub mod model;
+pub mod model_notify;
 pub mod postgres;
 pub mod sqlite;
 
@@ -25,6 +26,7 @@ pub use model::{
     MasterLockUse, MasterRow, NewRequest, RecentBuilds, Recorded, StepRow, StoredChange,
     StoredRequest, StoredSession, WindowBuilds, now,
 };
+pub use model_notify::{NewNotification, Notification, OutboxState};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -570,4 +572,42 @@ pub trait Store: Send + Sync {
         &self,
         build_ids: Vec<i64>,
     ) -> Result<Vec<(i64, i64, StreamKind)>, StoreError>;
+
+    // ---- notifications (issue 28) ----
+
+    /// Keeps notifications to deliver, in one transaction; one whose (event key, notifier,
+    /// recipient) is kept already is left as it is (a restart, or another master, recorded the
+    /// same event). Returns how many were new.
+    async fn enqueue_notifications(
+        &self,
+        notifications: Vec<NewNotification>,
+    ) -> Result<usize, StoreError>;
+
+    /// Pending notifications due at `now` (next attempt not later), oldest first, at most
+    /// `limit`.
+    async fn due_notifications(
+        &self,
+        now: f64,
+        limit: i64,
+    ) -> Result<Vec<Notification>, StoreError>;
+
+    /// Ends a pending notification: delivered, or given up with `error`.
+    async fn finish_notification(
+        &self,
+        id: i64,
+        state: OutboxState,
+        error: Option<&str>,
+    ) -> Result<(), StoreError>;
+
+    /// Records a failed attempt of a pending notification: the next one at `next_at`.
+    async fn retry_notification(
+        &self,
+        id: i64,
+        error: &str,
+        next_at: f64,
+    ) -> Result<(), StoreError>;
+
+    /// The newest kept notifications, newest first, at most `limit` (for the operator and the
+    /// tests).
+    async fn notifications(&self, limit: i64) -> Result<Vec<Notification>, StoreError>;
 }

@@ -15,7 +15,7 @@ use crate::master::store::model::{
     BuildDetail, BuildRef, BuildRow, LostMaster, MasterInfo, MasterLease, MasterRow, NewRequest,
     Recorded, StepRow, StoredChange, StoredRequest, StoredSession, now,
 };
-use crate::master::store::{Store, StoreError};
+use crate::master::store::{NewNotification, Notification, OutboxState, Store, StoreError};
 use crate::status::{BuildResult, JobRecord, LastBuild, RequestState};
 
 const REQUEST_COLUMNS: &str = "r.id, r.job_name, r.jobid, r.builder, r.who, r.comment, r.repository, r.branch, r.baserev, r.patch, r.patch_level, r.submitted_at, r.properties, r.kind, r.reason";
@@ -1163,5 +1163,44 @@ impl Store for PgStore {
         build_ids: Vec<i64>,
     ) -> Result<Vec<(i64, i64, crate::proto::StreamKind)>, StoreError> {
         self.chunked_streams(build_ids).await
+    }
+
+    // ---- notifications (issue 28) ----
+
+    async fn enqueue_notifications(
+        &self,
+        notifications: Vec<NewNotification>,
+    ) -> Result<usize, StoreError> {
+        self.outbox_enqueue(notifications).await
+    }
+
+    async fn due_notifications(
+        &self,
+        now: f64,
+        limit: i64,
+    ) -> Result<Vec<Notification>, StoreError> {
+        self.outbox_due(now, limit).await
+    }
+
+    async fn finish_notification(
+        &self,
+        id: i64,
+        state: OutboxState,
+        error: Option<&str>,
+    ) -> Result<(), StoreError> {
+        self.outbox_finish(id, state, error).await
+    }
+
+    async fn retry_notification(
+        &self,
+        id: i64,
+        error: &str,
+        next_at: f64,
+    ) -> Result<(), StoreError> {
+        self.outbox_retry(id, error, next_at).await
+    }
+
+    async fn notifications(&self, limit: i64) -> Result<Vec<Notification>, StoreError> {
+        self.outbox_newest(limit).await
     }
 }

@@ -8,6 +8,7 @@
 //! ([`SqliteStore::run`]).
 
 pub mod changes;
+mod notify;
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -21,7 +22,7 @@ use crate::master::store::model::{
     BuildDetail, BuildRef, BuildRow, LostMaster, MasterInfo, MasterLease, MasterLockUse, MasterRow,
     NewRequest, Recorded, StepRow, StoredChange, StoredRequest, StoredSession, now,
 };
-use crate::master::store::{Store, StoreError};
+use crate::master::store::{NewNotification, Notification, OutboxState, Store, StoreError};
 use crate::proto::StreamKind;
 use crate::status::{BuildResult, JobRecord, LastBuild, RequestKind, RequestState};
 
@@ -204,6 +205,23 @@ pub const MIGRATIONS: &[&str] = &[
         uid INTEGER NOT NULL,
         expires_at REAL NOT NULL
     );",
+    // 15 (issue 28): the notification outbox, one row per (event, notifier, recipient), kept
+    // until delivered or given up, so a restart delays a notification and never repeats it.
+    "CREATE TABLE outbox_notifications (
+        id INTEGER PRIMARY KEY,
+        event_key TEXT NOT NULL,
+        notifier TEXT NOT NULL,
+        recipient TEXT NOT NULL,
+        payload TEXT NOT NULL,
+        give_up_at REAL NOT NULL,
+        state TEXT NOT NULL,
+        attempts INTEGER NOT NULL,
+        next_at REAL NOT NULL,
+        created_at REAL NOT NULL,
+        last_error TEXT,
+        UNIQUE (event_key, notifier, recipient)
+    );
+    CREATE INDEX outbox_notifications_due ON outbox_notifications(state, next_at);",
 ];
 
 /// The SQLite store.
@@ -1809,6 +1827,49 @@ impl Store for SqliteStore {
         build_ids: Vec<i64>,
     ) -> Result<Vec<(i64, i64, StreamKind)>, StoreError> {
         self.run(move |c| log_streams(c, &build_ids)).await
+    }
+
+    // ---- notifications (issue 28) ----
+
+    async fn enqueue_notifications(
+        &self,
+        notifications: Vec<NewNotification>,
+    ) -> Result<usize, StoreError> {
+        self.run(move |c| notify::enqueue(c, &notifications)).await
+    }
+
+    async fn due_notifications(
+        &self,
+        now: f64,
+        limit: i64,
+    ) -> Result<Vec<Notification>, StoreError> {
+        self.run(move |c| notify::due(c, now, limit)).await
+    }
+
+    async fn finish_notification(
+        &self,
+        id: i64,
+        state: OutboxState,
+        error: Option<&str>,
+    ) -> Result<(), StoreError> {
+        let error = error.map(str::to_string);
+        self.run(move |c| notify::finish(c, id, state, error.as_deref()))
+            .await
+    }
+
+    async fn retry_notification(
+        &self,
+        id: i64,
+        error: &str,
+        next_at: f64,
+    ) -> Result<(), StoreError> {
+        let error = error.to_string();
+        self.run(move |c| notify::retry(c, id, &error, next_at))
+            .await
+    }
+
+    async fn notifications(&self, limit: i64) -> Result<Vec<Notification>, StoreError> {
+        self.run(move |c| notify::newest(c, limit)).await
     }
 }
 
