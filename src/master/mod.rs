@@ -19,6 +19,7 @@ pub mod locks;
 pub mod log_tail;
 pub mod logs;
 pub mod metrics;
+pub mod notify;
 pub mod poller;
 pub mod quotas;
 pub mod reconfig;

@@ -11,6 +11,7 @@ pub mod database;
 mod irc;
 mod limits;
 mod locks;
+mod notifier;
 mod repair;
 mod schedulers;
 mod suggest;
@@ -37,6 +38,11 @@ pub use limits::MaxStartups;
 use limits::RawMaxStartups;
 pub use locks::NextSlave;
 use locks::{RawLock, RawLockUse};
+use notifier::RawNotifier;
+pub use notifier::{
+    MailConfig, NotifierConfig, NotifierEvent, NotifierKind, WebhookConfig, check_secret_file,
+    plain_address,
+};
 pub use schedulers::{ChangeSourceConfig, ChangesConfig, SchedulerConfig, SchedulerKind};
 use schedulers::{RawChangeSource, RawChanges, RawScheduler};
 pub use trust::QuotaConfig;
@@ -104,6 +110,8 @@ pub struct Config {
     pub irc: Option<IrcConfig>,
     /// Where the store lives (`[database]`): SQLite by default, or a shared PostgreSQL.
     pub database: DatabaseConfig,
+    /// Mail and webhook notifiers (`[[notifier]]`, issue 28).
+    pub notifiers: Vec<NotifierConfig>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -243,6 +251,8 @@ struct RawConfig {
     limits: Option<RawQuotas>,
     #[serde(default)]
     database: Option<RawDatabase>,
+    #[serde(default, rename = "notifier")]
+    notifiers: Vec<RawNotifier>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -643,6 +653,7 @@ impl Checker<'_> {
         let operators = self.operators(&raw.master);
         let quotas = self.quotas(raw.limits.as_ref());
         let database = self.database(raw.database.as_ref());
+        let notifiers = self.notifiers(&raw.notifiers, &builder_names);
         Some(Config {
             master_dir: self.master_dir.to_path_buf(),
             name: raw.master.name,
@@ -663,6 +674,7 @@ impl Checker<'_> {
             locks,
             irc,
             database,
+            notifiers,
         })
     }
 
