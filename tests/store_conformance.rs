@@ -80,6 +80,7 @@ conformance!(
     irc_link_codes_are_taken_once_and_expire,
     step_logs_are_chunked_read_in_ranges_and_fenced,
     the_outbox_keeps_each_notification_once_until_it_ends,
+    a_new_run_of_a_master_takes_over_what_its_killed_run_held,
 );
 
 fn request(job: &str, builder: &str) -> NewRequest {
@@ -2190,6 +2191,44 @@ async fn irc_link_codes_are_taken_once_and_expire(store: SharedStore) {
         got.iter().filter(|taken| taken.is_some()).count(),
         1,
         "{got:?}"
+    );
+}
+
+/// A master killed and started again (kill -9: no retirement) leads at once, also with the
+/// embedded store whose leases never run out: what its earlier run held is its own.
+async fn a_new_run_of_a_master_takes_over_what_its_killed_run_held(store: SharedStore) {
+    let long = Duration::from_secs(3600);
+    let info = MasterInfo::default();
+    let first = store
+        .register_master("a", &info, Duration::from_millis(200))
+        .await
+        .expect("register");
+    assert!(
+        store
+            .hold_singleton("jobs", &first, long)
+            .await
+            .expect("hold")
+    );
+    // Killed: its lease runs out (PostgreSQL refuses the name until then), the hold does not.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let second = store
+        .register_master("a", &info, long)
+        .await
+        .expect("register again");
+    assert!(second.epoch > first.epoch);
+    assert!(
+        store
+            .hold_singleton("jobs", &second, long)
+            .await
+            .expect("hold"),
+        "the new run leads"
+    );
+    let other = store.register_master("b", &info, long).await.expect("b");
+    assert!(
+        !store
+            .hold_singleton("jobs", &other, long)
+            .await
+            .expect("hold")
     );
 }
 

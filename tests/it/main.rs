@@ -15,6 +15,7 @@ mod irc;
 mod lock_levels;
 mod locks;
 mod multimaster;
+mod notify;
 mod ops_web;
 mod patches;
 #[path = "../support/postgres.rs"]

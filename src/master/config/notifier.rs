@@ -93,6 +93,8 @@ pub struct NotifierConfig {
     pub give_up: Duration,
     /// One attempt may take this long (connect, send, answer).
     pub timeout: Duration,
+    /// Retries wait 1 s, doubling up to this (default 5 min).
+    pub retry_max: Duration,
 }
 
 pub const DEFAULT_EVENTS: [NotifierEvent; 3] = [
@@ -102,6 +104,7 @@ pub const DEFAULT_EVENTS: [NotifierEvent; 3] = [
 ];
 const DEFAULT_GIVE_UP: Duration = Duration::from_secs(24 * 3600);
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+const DEFAULT_RETRY_MAX: Duration = Duration::from_secs(300);
 
 #[derive(Debug, Deserialize)]
 pub(super) struct RawNotifier {
@@ -130,6 +133,8 @@ pub(super) struct RawNotifier {
     give_up: Option<Spanned<String>>,
     #[serde(default)]
     timeout: Option<Spanned<String>>,
+    #[serde(default)]
+    retry_max: Option<Spanned<String>>,
 }
 
 /// An address as SMTP takes it in an envelope: one `@`, no spaces, brackets or controls.
@@ -209,6 +214,9 @@ impl Checker<'_> {
         }
         let give_up = self.duration(raw.give_up.as_ref(), DEFAULT_GIVE_UP);
         let timeout = self.duration(raw.timeout.as_ref(), DEFAULT_TIMEOUT);
+        let retry_max = self
+            .duration(raw.retry_max.as_ref(), DEFAULT_RETRY_MAX)
+            .max(Duration::from_secs(1));
         let kind = match kind_word {
             "mail" => NotifierKind::Mail(self.mail(raw)?),
             "webhook" => NotifierKind::Webhook(self.webhook(raw)?),
@@ -228,6 +236,7 @@ impl Checker<'_> {
             builders: raw.builders.iter().map(|b| b.get_ref().clone()).collect(),
             give_up,
             timeout,
+            retry_max,
         })
     }
 

@@ -38,19 +38,21 @@ pub enum SendError {
     Permanent(String),
 }
 
-/// The first retry waits this long, each next one twice as long, up to [`MAX_BACKOFF`].
+/// The first retry waits this long, each next one twice as long, up to the notifier's
+/// `retry_max`.
 const FIRST_BACKOFF: Duration = Duration::from_secs(1);
+/// A notification whose notifier is gone is looked at again this much later.
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
 /// How often the outbox is looked at for what is due.
 const POLL: Duration = Duration::from_secs(1);
 /// At most this many notifications are taken per look.
 const BATCH: i64 = 50;
 
-fn backoff(attempts: i64) -> Duration {
+fn backoff(attempts: i64, max: Duration) -> Duration {
     let doublings = u32::try_from(attempts.clamp(0, 20)).unwrap_or(20);
     FIRST_BACKOFF
         .saturating_mul(2u32.saturating_pow(doublings))
-        .min(MAX_BACKOFF)
+        .min(max)
 }
 
 /// The notifier words an event is, given (for a finished build) the result before it.
@@ -288,7 +290,7 @@ async fn attempt(
                 .await
         }
         Err(SendError::Transient(reason)) => {
-            let next_at = now() + backoff(notification.attempts).as_secs_f64();
+            let next_at = now() + backoff(notification.attempts, notifier.retry_max).as_secs_f64();
             if next_at > notification.new.give_up_at {
                 tracing::warn!(
                     "gave up notification {what} after {} attempts: {reason}",
@@ -361,8 +363,9 @@ mod tests {
 
     #[test]
     fn retries_back_off_doubling_to_a_cap() {
-        assert_eq!(backoff(0), Duration::from_secs(1));
-        assert_eq!(backoff(3), Duration::from_secs(8));
-        assert_eq!(backoff(40), MAX_BACKOFF);
+        assert_eq!(backoff(0, MAX_BACKOFF), Duration::from_secs(1));
+        assert_eq!(backoff(3, MAX_BACKOFF), Duration::from_secs(8));
+        assert_eq!(backoff(40, MAX_BACKOFF), MAX_BACKOFF);
+        assert_eq!(backoff(40, Duration::from_secs(2)), Duration::from_secs(2));
     }
 }

@@ -340,7 +340,8 @@ pub trait Store: Send + Sync {
     /// Holds (takes, or renews) the cluster-wide job `job` for `owner` until `lease` from
     /// now, by the database's clock: true while `owner` holds it. A job is held by one run at a
     /// time; another may take it once the holder's lease ran out, or at once after the holder
-    /// retired. A run declared lost holds nothing.
+    /// retired, or a later run of the same master at once (a name has a new run only once the
+    /// earlier one is gone). A run declared lost holds nothing.
     async fn hold_singleton(
         &self,
         job: &str,

@@ -366,7 +366,7 @@ impl PgStore {
                        epoch = EXCLUDED.epoch, expires_at = EXCLUDED.expires_at
                      WHERE singletons.expires_at < {DB_NOW}
                         OR (singletons.master = EXCLUDED.master
-                            AND singletons.epoch = EXCLUDED.epoch)"
+                            AND singletons.epoch <= EXCLUDED.epoch)"
                 ),
                 &[&job, &owner.name, &owner.epoch, &lease.as_secs_f64()],
             )

@@ -1110,6 +1110,9 @@ pub(crate) fn take_master_locks(
     Ok(true)
 }
 
+/// A job held by an earlier run of the same master is free for its new run: a name gets a new
+/// run only once the earlier one is gone (here, the one master of the file, killed and
+/// started again: its hold would otherwise last the embedded store's century-long lease).
 pub(crate) fn hold_singleton(
     connection: &mut Connection,
     job: &str,
@@ -1127,7 +1130,7 @@ pub(crate) fn hold_singleton(
          ON CONFLICT (job) DO UPDATE SET master = excluded.master, epoch = excluded.epoch,
            expires_at = excluded.expires_at
          WHERE singletons.expires_at < ?5
-            OR (singletons.master = excluded.master AND singletons.epoch = excluded.epoch)",
+            OR (singletons.master = excluded.master AND singletons.epoch <= excluded.epoch)",
         params![job, owner.name, owner.epoch, now + lease.as_secs_f64(), now],
     )?;
     let held: bool = transaction.query_row(
