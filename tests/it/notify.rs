@@ -424,3 +424,72 @@ fn a_secret_file_open_to_others_is_refused_on_its_line() {
         "{problems}"
     );
 }
+
+#[test]
+fn a_cluster_records_an_event_once_and_one_master_delivers_it() {
+    use crate::multimaster::{database_section, fresh_database, join, masters, named};
+    let url = fresh_database();
+    let checkout = Checkout::new();
+    let scratch = tempfile::tempdir().expect("temp dir");
+    let flag = scratch.path().join("fail");
+    let (port, received) = start_receiver();
+    let notifiers = format!(
+        "\n[[notifier]]\nname = \"hook\"\nkind = \"webhook\"\nurl = \"http://127.0.0.1:{port}/hook\"\n\
+         events = [\"broken\"]\nretry_max = \"1s\"\n\
+         \n[[notifier]]\nname = \"later\"\nkind = \"webhook\"\nurl = \"http://127.0.0.1:{port}/later\"\n\
+         events = [\"failure\"]\n"
+    );
+    let mut setup = flagged_builder(&checkout, &flag, &notifiers);
+    setup.extra_config.push_str(&database_section(&url));
+    setup.edits.push(named("ci-a"));
+    let a = TestMaster::start_with(setup);
+    let b = join(&a, "ci-b");
+    let _slave = a.launch_slave("s1", masters(&[&a, &b]));
+    a.wait_connected("s1");
+
+    ssh(&a, "force linux --reason green");
+    assert_eq!(wait_for_build(&a, 1)["result"], "success");
+    std::fs::write(&flag, "").expect("flag");
+    ssh(&b, "force linux --reason red");
+    assert_eq!(wait_for_build(&a, 2)["result"], "failure");
+    wait_until("the webhook delivered after a 500", || {
+        let all = received.lock().expect("lock");
+        all.iter().filter(|r| r.path == "/hook").count() >= 2
+    });
+    // Another failure, told to the other notifier: once that arrives, the leader's delivery
+    // went past build 2 for good.
+    ssh(&b, "force linux --reason 'still red'");
+    assert_eq!(wait_for_build(&b, 3)["result"], "failure");
+    wait_until("build 3 told", || {
+        let all = received.lock().expect("lock");
+        all.iter().any(|r| {
+            r.path == "/later" && String::from_utf8_lossy(&r.body).contains("\"number\":3")
+        })
+    });
+    let all: Vec<Received> = received
+        .lock()
+        .expect("lock")
+        .iter()
+        .filter(|r| r.path == "/hook")
+        .cloned()
+        .collect();
+    let deliveries: std::collections::BTreeSet<&str> = all
+        .iter()
+        .filter_map(|r| r.header("X-Buildbot-Delivery"))
+        .collect();
+    assert_eq!(
+        deliveries.len(),
+        1,
+        "one notification in the cluster: {all:#?}"
+    );
+    assert_eq!(all.len(), 2, "a 500, then delivered once: {all:#?}");
+    let sent_by: Vec<bool> = [&a, &b]
+        .iter()
+        .map(|master| master.log().contains("sent notification build:linux:2"))
+        .collect();
+    assert_eq!(
+        sent_by.iter().filter(|sent| **sent).count(),
+        1,
+        "one master sends: {sent_by:?}"
+    );
+}
