@@ -136,19 +136,30 @@ async fn record_event(control: &Control, sequenced: &SequencedEvent) -> anyhow::
         BuildEvent::BuildFinished { .. } => return Ok(()),
         _ => None,
     };
-    let words = words_of(event, previous);
-    if words.is_empty() {
-        return Ok(());
-    }
+    let mut words = words_of(event, previous);
     let builder = builder_of(event);
     let config = control.config();
+    let concerned = |notifier: &&NotifierConfig| match &builder {
+        Some(builder) => notifier.builders.is_empty() || notifier.builders.contains(builder),
+        None => true,
+    };
+    if !config
+        .notifiers
+        .iter()
+        .filter(concerned)
+        .any(|notifier| words.iter().any(|word| notifier.events.contains(word)))
+    {
+        return Ok(());
+    }
+    let rendered = render::render(control, sequenced, previous).await?;
+    if rendered.patch_build {
+        // A try build's patch is not on the branch: it neither breaks nor fixes it.
+        words.retain(|word| *word == NotifierEvent::Failure);
+    }
     let wanted: Vec<(&NotifierConfig, NotifierEvent)> = config
         .notifiers
         .iter()
-        .filter(|notifier| match &builder {
-            Some(builder) => notifier.builders.is_empty() || notifier.builders.contains(builder),
-            None => true,
-        })
+        .filter(concerned)
         // The most telling word the notifier wants: "broken" says more than "failure".
         .filter_map(|notifier| {
             words
@@ -161,7 +172,6 @@ async fn record_event(control: &Control, sequenced: &SequencedEvent) -> anyhow::
     if wanted.is_empty() {
         return Ok(());
     }
-    let rendered = render::render(control, sequenced, previous).await?;
     let mut notes = Vec::new();
     for (notifier, word) in wanted {
         let give_up_at = now() + notifier.give_up.as_secs_f64();

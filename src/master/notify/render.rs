@@ -20,6 +20,8 @@ pub struct Rendered {
     lines: Vec<String>,
     authors: Vec<String>,
     culprit_author: Option<String>,
+    /// A try build of a patch (not a commit of the branch).
+    pub patch_build: bool,
 }
 
 /// The address in `Name <address>` or a bare address; none when it is not one.
@@ -80,6 +82,7 @@ pub async fn render(
             let mut lines = Vec::new();
             let mut headline = format!("{builder} build {number}: {result}");
             let mut authors = Vec::new();
+            let patch_build = detail.as_ref().is_some_and(|detail| detail.has_patch);
             if let Some(detail) = &detail {
                 describe_build(detail, &mut headline, &mut lines);
                 authors = authors_of(detail);
@@ -98,6 +101,7 @@ pub async fn render(
                 lines,
                 authors,
                 culprit_author: None,
+                patch_build,
             })
         }
         _ => {
@@ -133,6 +137,7 @@ pub async fn render(
                 lines: Vec::new(),
                 authors: Vec::new(),
                 culprit_author: address_in(&author),
+                patch_build: false,
             })
         }
     }
@@ -283,6 +288,68 @@ mod tests {
         );
         assert_eq!(address_in("alice"), None);
         assert_eq!(address_in("x <a@b\r\nBcc: evil@example.org>"), None);
+    }
+
+    fn rendered() -> Rendered {
+        Rendered {
+            key: "build:linux:2".into(),
+            event: SequencedEvent {
+                seq: 7,
+                at: 1.5,
+                event: BuildEvent::BuildFinished {
+                    job_name: "j".into(),
+                    builder: "linux".into(),
+                    number: 2,
+                    result: BuildResult::Failure,
+                    reason: None,
+                    will_retry: false,
+                },
+            },
+            url: "http://ci/builders/linux/builds/2".into(),
+            headline: "linux build 2: failure in step test".into(),
+            lines: vec!["Failing step: test (failure): exit 1".into()],
+            authors: vec!["alice@example.org".into(), "bob@example.org".into()],
+            culprit_author: None,
+            patch_build: false,
+        }
+    }
+
+    #[test]
+    fn recipients_are_the_list_the_authors_and_each_once() {
+        let to = ["ci@example.org", "author", "ALICE@example.org", "culprit"].map(String::from);
+        assert_eq!(
+            rendered().recipients(&to),
+            ["ci@example.org", "alice@example.org", "bob@example.org"]
+        );
+    }
+
+    #[test]
+    fn the_mail_says_what_failed_what_to_do_and_where() {
+        let rendered = rendered();
+        assert_eq!(
+            rendered.subject(NotifierEvent::Broken),
+            "[buildbot] linux build 2: failure in step test (broken)"
+        );
+        let body = rendered.body(NotifierEvent::Broken);
+        assert!(
+            body.starts_with("A builder that was green is failing now.\n"),
+            "{body}"
+        );
+        assert!(
+            body.contains("Failing step: test (failure): exit 1\n"),
+            "{body}"
+        );
+        assert!(body.contains("What to do next:"), "{body}");
+        assert!(
+            body.ends_with("http://ci/builders/linux/builds/2\n"),
+            "{body}"
+        );
+        let hook: serde_json::Value =
+            serde_json::from_str(&rendered.webhook_body(NotifierEvent::Broken)).expect("JSON");
+        assert_eq!(hook["type"], "build_finished");
+        assert_eq!(hook["seq"], 7);
+        assert_eq!(hook["notification"], "broken");
+        assert_eq!(hook["url"], "http://ci/builders/linux/builds/2");
     }
 
     #[test]
