@@ -81,6 +81,7 @@ conformance!(
     step_logs_are_chunked_read_in_ranges_and_fenced,
     the_outbox_keeps_each_notification_once_until_it_ends,
     a_new_run_of_a_master_takes_over_what_its_killed_run_held,
+    bisections_are_kept_and_updated,
 );
 
 fn request(job: &str, builder: &str) -> NewRequest {
@@ -2230,6 +2231,36 @@ async fn a_new_run_of_a_master_takes_over_what_its_killed_run_held(store: Shared
             .await
             .expect("hold")
     );
+}
+
+async fn bisections_are_kept_and_updated(store: SharedStore) {
+    use buildbot::master::store::BisectRow;
+    let mut row = BisectRow {
+        id: 0,
+        builder: "linux".into(),
+        branch: "main".into(),
+        good: "aaa".into(),
+        bad: "bbb".into(),
+        state: "running".into(),
+        culprit: None,
+        builds: 0,
+        summary: "bisecting 16 commits".into(),
+        plan: "{}".into(),
+        started_at: 1_800_000_000.5,
+    };
+    let id = store.save_bisect(row.clone()).await.expect("save");
+    assert!(id > 0);
+    let other = store.save_bisect(row.clone()).await.expect("save");
+    assert!(other > id);
+    row.id = id;
+    row.state = "found".into();
+    row.culprit = Some("ccc".into());
+    row.builds = 5;
+    assert_eq!(store.save_bisect(row.clone()).await.expect("update"), id);
+    let kept = store.bisects(10).await.expect("read");
+    assert_eq!(kept.len(), 2);
+    assert_eq!(kept[0].id, other, "newest first");
+    assert_eq!(kept[1], row);
 }
 
 async fn the_outbox_keeps_each_notification_once_until_it_ends(store: SharedStore) {

@@ -299,6 +299,15 @@ pub async fn run(
             move |token| crate::master::notify::deliver(Arc::clone(&control), token),
         )
     });
+    spawn_component(&components, &shutdown, "bisections", {
+        let control = Arc::clone(&control);
+        crate::master::lease::while_leading(
+            leading.clone(),
+            "bisections",
+            shutdown.clone(),
+            move |token| crate::master::bisect::run(Arc::clone(&control), token),
+        )
+    });
     spawn_component(&components, &shutdown, "reconfig", {
         reconfig::serve(
             config.master_dir.clone(),

@@ -872,6 +872,20 @@ pub(crate) mod testing {
         ) -> Result<Vec<crate::master::store::Notification>, StoreError> {
             self.0.notifications(limit).await
         }
+
+        async fn save_bisect(
+            &self,
+            row: crate::master::store::BisectRow,
+        ) -> Result<i64, StoreError> {
+            self.0.save_bisect(row).await
+        }
+
+        async fn bisects(
+            &self,
+            limit: i64,
+        ) -> Result<Vec<crate::master::store::BisectRow>, StoreError> {
+            self.0.bisects(limit).await
+        }
     }
 
     /// A shared test store in `dir` with one registered master and one running build with

@@ -496,12 +496,22 @@ impl Queue {
             .collect();
         let mut effects = Vec::new();
         let mut started: HashSet<usize> = HashSet::new();
+        let real: Vec<usize> = order
+            .iter()
+            .copied()
+            .filter(|&index| !is_bisect(&self.pending[index]))
+            .collect();
         // Locks an earlier request waits to take exclusively: later requests do not take them
         // first, so a stream of counting holders cannot keep an exclusive one waiting forever.
         let mut reserved: HashSet<String> = HashSet::new();
         self.lock_blocked.clear();
         for index in order {
             let request = &self.pending[index];
+            // A bisection's build takes only what no other request waits for: it never
+            // delays real work, and a new request goes before the bisection's next build.
+            if is_bisect(request) && real.iter().any(|other| !started.contains(other)) {
+                continue;
+            }
             let Some(policy) = self.builders.get(&request.builder).cloned() else {
                 continue;
             };
@@ -786,16 +796,29 @@ impl Queue {
                 placed[place] = index;
             }
         }
-        // A stable sort: equal priorities keep the order above.
+        // A stable sort: equal priorities keep the order above; bisections' builds last.
         placed.sort_by_key(|&index| {
-            std::cmp::Reverse(
-                self.builders
-                    .get(&self.pending[index].builder)
-                    .map_or(0, |policy| policy.priority),
+            (
+                is_bisect(&self.pending[index]),
+                std::cmp::Reverse(
+                    self.builders
+                        .get(&self.pending[index].builder)
+                        .map_or(0, |policy| policy.priority),
+                ),
             )
         });
         placed
     }
+}
+
+/// The property that marks a bisection's request (`master::bisect`): its value is the
+/// bisection's id.
+pub const BISECT_PROPERTY: &str = "bisect";
+
+/// Whether a request is a bisection's build, served only when nothing else waits.
+pub fn is_bisect(request: &StoredRequest) -> bool {
+    request.kind == crate::status::RequestKind::Scheduled
+        && request.properties.contains_key(BISECT_PROPERTY)
 }
 
 #[cfg(test)]

@@ -39,6 +39,30 @@ pub fn describe_event(event: &BuildEvent) -> String {
         BuildEvent::SlaveConnected { slave, master } => {
             format!("slave {slave} connected to master {master}")
         }
+        BuildEvent::BisectStarted {
+            builder,
+            good,
+            bad,
+            commits,
+            ..
+        } => format!(
+            "{builder}: bisecting {commits} commits from {} (good) to {} (bad)",
+            good.get(..7).unwrap_or(good),
+            bad.get(..7).unwrap_or(bad)
+        ),
+        BuildEvent::CulpritFound {
+            builder,
+            culprit,
+            author,
+            title,
+            builds,
+            ..
+        } => format!(
+            "{builder}: first bad: {} by {} '{}' — {builds} builds",
+            culprit.get(..7).unwrap_or(culprit),
+            crate::untrusted::text::one_line(author),
+            crate::untrusted::text::one_line(title)
+        ),
         BuildEvent::ChangeAdded {
             change_id,
             branch,

@@ -233,6 +233,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/builds/{id}", get(api::build))
         .route("/api/slaves", get(api::slaves))
         .route("/api/events", get(api::events))
+        .route("/api/bisects", get(api::bisects))
         .route("/api/{*rest}", any(api::not_found))
         .layer(axum::middleware::map_response(api::json_errors));
     Router::new()

@@ -1,5 +1,6 @@
 //! Integration tests: real `buildbot` processes on loopback, driven by real clients.
 
+mod bisect;
 mod browser;
 mod builds;
 mod changes;

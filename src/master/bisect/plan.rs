@@ -13,7 +13,7 @@
 use std::collections::BTreeMap;
 
 /// How one build of one commit ended, for the search.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Outcome {
     Good,
     Bad,
@@ -32,7 +32,7 @@ pub enum Next {
 }
 
 /// One bisection's search state.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Plan {
     good: String,
     /// After `good`, oldest first; the last is the bad revision.
@@ -55,6 +55,7 @@ enum Verdict {
 impl Plan {
     /// A search from `good` (built successfully) to the last of `commits` (built and failed).
     pub fn new(good: String, commits: Vec<String>, repeats: u32, max_builds: u32) -> Plan {
+        // Kept with the plan: a bisection goes on with the settings it started with.
         Plan {
             good,
             commits,

@@ -204,6 +204,32 @@ pub struct BuilderConfig {
     pub patch_builds_on_slaves: bool,
     /// Try patches may change `.gitmodules` URLs (default false: such a job is refused).
     pub patch_submodule_urls: bool,
+    /// Automatic bisection of a branch that broke (`bisect = { ... }`, issue 28); off when none.
+    pub bisect: Option<BisectConfig>,
+}
+
+/// `[[builder]] bisect = { max_builds = 8, repeats = 1, skip_exit_code = 125 }`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+pub struct BisectConfig {
+    /// At most this many builds per bisection (default 8).
+    #[serde(default = "default_bisect_max_builds")]
+    pub max_builds: u32,
+    /// The suspect and its parent are built this many more times before the suspect is named
+    /// (default 1).
+    #[serde(default = "default_bisect_repeats")]
+    pub repeats: u32,
+    /// A step ending with this exit code means the commit cannot be tested (`git bisect
+    /// skip`); `exception` always does.
+    #[serde(default)]
+    pub skip_exit_code: Option<i32>,
+}
+
+fn default_bisect_max_builds() -> u32 {
+    8
+}
+
+fn default_bisect_repeats() -> u32 {
+    1
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -349,6 +375,8 @@ struct RawBuilder {
     patch_builds_on_slaves: bool,
     #[serde(default)]
     patch_submodule_urls: bool,
+    #[serde(default)]
+    bisect: Option<BisectConfig>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -944,6 +972,7 @@ impl Checker<'_> {
                 trusted: builder.trusted,
                 patch_builds_on_slaves: builder.patch_builds_on_slaves,
                 patch_submodule_urls: builder.patch_submodule_urls,
+                bisect: builder.bisect,
             });
         }
         builders

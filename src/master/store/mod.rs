@@ -11,6 +11,7 @@
 //! the same primitives.
 
 pub mod model;
+pub mod model_bisect;
 pub mod model_notify;
 pub mod postgres;
 pub mod sqlite;
@@ -26,6 +27,7 @@ pub use model::{
     MasterLockUse, MasterRow, NewRequest, RecentBuilds, Recorded, StepRow, StoredChange,
     StoredRequest, StoredSession, WindowBuilds, now,
 };
+pub use model_bisect::BisectRow;
 pub use model_notify::{NewNotification, Notification, OutboxState};
 
 #[derive(Debug, thiserror::Error)]
@@ -611,4 +613,12 @@ pub trait Store: Send + Sync {
     /// The newest kept notifications, newest first, at most `limit` (for the operator and the
     /// tests).
     async fn notifications(&self, limit: i64) -> Result<Vec<Notification>, StoreError>;
+
+    // ---- bisections (issue 28) ----
+
+    /// Keeps a bisection: a new one (id 0) gets its id; a kept one its new state.
+    async fn save_bisect(&self, row: BisectRow) -> Result<i64, StoreError>;
+
+    /// The newest bisections, newest first, at most `limit`.
+    async fn bisects(&self, limit: i64) -> Result<Vec<BisectRow>, StoreError>;
 }

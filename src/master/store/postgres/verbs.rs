@@ -1203,4 +1203,15 @@ impl Store for PgStore {
     async fn notifications(&self, limit: i64) -> Result<Vec<Notification>, StoreError> {
         self.outbox_newest(limit).await
     }
+
+    async fn save_bisect(&self, row: crate::master::store::BisectRow) -> Result<i64, StoreError> {
+        self.bisect_save(row).await
+    }
+
+    async fn bisects(
+        &self,
+        limit: i64,
+    ) -> Result<Vec<crate::master::store::BisectRow>, StoreError> {
+        self.bisect_newest(limit).await
+    }
 }

@@ -7,6 +7,7 @@
 //! One connection behind a mutex; the [`Store`] verbs run on the blocking pool
 //! ([`SqliteStore::run`]).
 
+mod bisect;
 pub mod changes;
 mod notify;
 
@@ -222,6 +223,20 @@ pub const MIGRATIONS: &[&str] = &[
         UNIQUE (event_key, notifier, recipient)
     );
     CREATE INDEX outbox_notifications_due ON outbox_notifications(state, next_at);",
+    // 16 (issue 28): bisections, their search kept as JSON.
+    "CREATE TABLE bisect_runs (
+        id INTEGER PRIMARY KEY,
+        builder TEXT NOT NULL,
+        branch TEXT NOT NULL,
+        good TEXT NOT NULL,
+        bad TEXT NOT NULL,
+        state TEXT NOT NULL,
+        culprit TEXT,
+        builds INTEGER NOT NULL,
+        summary TEXT NOT NULL,
+        plan TEXT NOT NULL,
+        started_at REAL NOT NULL
+    );",
 ];
 
 /// The SQLite store.
@@ -1873,6 +1888,17 @@ impl Store for SqliteStore {
 
     async fn notifications(&self, limit: i64) -> Result<Vec<Notification>, StoreError> {
         self.run(move |c| notify::newest(c, limit)).await
+    }
+
+    async fn save_bisect(&self, row: crate::master::store::BisectRow) -> Result<i64, StoreError> {
+        self.run(move |c| bisect::save(c, &row)).await
+    }
+
+    async fn bisects(
+        &self,
+        limit: i64,
+    ) -> Result<Vec<crate::master::store::BisectRow>, StoreError> {
+        self.run(move |c| bisect::newest(c, limit)).await
     }
 }
 
