@@ -998,6 +998,55 @@ mod tests {
         assert_eq!(started(&effects), vec![(4, "l1".to_string())]);
     }
 
+    fn bisect_request(id: i64, builder: &str) -> StoredRequest {
+        let mut request = request(id, builder, &format!("bisect-{id}"));
+        request.kind = RequestKind::Scheduled;
+        request
+            .properties
+            .insert(BISECT_PROPERTY.to_string(), "1".to_string());
+        request
+    }
+
+    #[test]
+    fn a_bisections_build_takes_only_idle_slaves_and_yields_to_a_new_request() {
+        let mut queue = queue();
+        queue.apply(connect("l1", 1, 1));
+        queue.apply(connect("l2", 2, 1));
+        // Real work on l1; the bisection's build goes to the idle l2.
+        let effects = queue.apply(Input::Requests(vec![request(1, "linux", "a")]));
+        assert_eq!(started(&effects), vec![(1, "l1".into())]);
+        let effects = queue.apply(Input::Requests(vec![bisect_request(2, "linux")]));
+        assert_eq!(started(&effects), vec![(2, "l2".into())]);
+        // Both busy: a bisection's next build and a new request wait; the request queued
+        // later goes first when a slave frees.
+        queue.apply(Input::Requests(vec![bisect_request(3, "linux")]));
+        queue.apply(Input::Requests(vec![request(4, "linux", "b")]));
+        assert_eq!(queue.pending_ids(), vec![4, 3]);
+        let effects = queue.apply(ended(1, false, false));
+        assert_eq!(started(&effects), vec![(4, "l1".into())]);
+        // While a real request waits for a slave, no bisection build takes one, whatever its
+        // builder: real work is never delayed.
+        queue.apply(Input::Requests(vec![request(5, "linux", "c")]));
+        let effects = queue.apply(ended(2, false, false));
+        assert_eq!(started(&effects), vec![(5, "l2".into())]);
+        let effects = queue.apply(ended(4, false, false));
+        assert_eq!(started(&effects), vec![(3, "l1".into())]);
+    }
+
+    #[test]
+    fn a_forced_build_with_a_bisect_property_is_real_work() {
+        let mut request = request(1, "linux", "f");
+        request.kind = RequestKind::Force;
+        request
+            .properties
+            .insert(BISECT_PROPERTY.to_string(), "1".to_string());
+        assert!(
+            !is_bisect(&request),
+            "a user cannot lower their build to a bisection's"
+        );
+        assert!(is_bisect(&bisect_request(2, "linux")));
+    }
+
     #[test]
     fn oldest_requests_go_to_free_pool_members() {
         let mut queue = queue();

@@ -115,7 +115,13 @@ async fn on_finished(
         return Ok(());
     };
     if let Some(id) = detail.properties.get(BISECT_PROPERTY) {
-        let Some(at) = running.iter().position(|r| r.row.id.to_string() == *id) else {
+        // Only this task's own requests count: anyone may force a build with a `bisect`
+        // property, nobody else names a job `bisect-ID-N`.
+        let ours = !detail.has_patch && detail.job_name.starts_with(&format!("bisect-{id}-"));
+        let Some(at) = running
+            .iter()
+            .position(|r| ours && r.row.id.to_string() == *id)
+        else {
             return Ok(());
         };
         let Some(commit) = detail.baserev.clone() else {

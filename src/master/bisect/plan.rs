@@ -283,9 +283,8 @@ mod tests {
         let (end, _) = search(16, 2, 100, |i| {
             let n = seen.entry(i).or_default();
             *n += 1;
-            if i >= 12 {
-                Outcome::Bad
-            } else if *n == 1 && (i == 4 || i == 6 || i == 8) {
+            let flaked = *n == 1 && [4, 6, 8].contains(&i);
+            if i >= 12 || flaked {
                 Outcome::Bad
             } else {
                 Outcome::Good
