@@ -38,6 +38,10 @@ if [ ! -x target/pyvenv/bin/buildbot ]; then
   python3 -m venv target/pyvenv
   target/pyvenv/bin/pip install -q --disable-pip-version-check 'buildbot==4.3.0'
 fi
+# A real SMTP server for the notification tests (tests/it/notify.rs), in the same venv.
+if ! target/pyvenv/bin/python -c 'import aiosmtpd' >/dev/null 2>&1; then
+  target/pyvenv/bin/pip install -q --disable-pip-version-check 'aiosmtpd==1.4.6'
+fi
 
 # pytest, whose --junitxml reports the test-results tests feed through a real build.
 if [ ! -x target/pytest-venv/bin/pytest ]; then

@@ -83,6 +83,9 @@ conformance!(
     land_transitions_are_compare_and_set,
     test_results_are_kept_paged_counted_and_fenced,
     test_history_looks_back_at_the_builders_builds,
+    the_outbox_keeps_each_notification_once_until_it_ends,
+    a_new_run_of_a_master_takes_over_what_its_killed_run_held,
+    bisections_are_kept_and_updated,
 );
 
 fn request(job: &str, builder: &str) -> NewRequest {
@@ -2596,5 +2599,155 @@ async fn test_history_looks_back_at_the_builders_builds(store: SharedStore) {
             .await
             .expect("flaky")
             .is_empty()
+    );
+}
+
+/// A master killed and started again (kill -9: no retirement) leads at once, also with the
+/// embedded store whose leases never run out: what its earlier run held is its own.
+async fn a_new_run_of_a_master_takes_over_what_its_killed_run_held(store: SharedStore) {
+    let long = Duration::from_secs(3600);
+    let info = MasterInfo::default();
+    let first = store
+        .register_master("a", &info, Duration::from_millis(200))
+        .await
+        .expect("register");
+    assert!(
+        store
+            .hold_singleton("jobs", &first, long)
+            .await
+            .expect("hold")
+    );
+    // Killed: its lease runs out (PostgreSQL refuses the name until then), the hold does not.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let second = store
+        .register_master("a", &info, long)
+        .await
+        .expect("register again");
+    assert!(second.epoch > first.epoch);
+    assert!(
+        store
+            .hold_singleton("jobs", &second, long)
+            .await
+            .expect("hold"),
+        "the new run leads"
+    );
+    let other = store.register_master("b", &info, long).await.expect("b");
+    assert!(
+        !store
+            .hold_singleton("jobs", &other, long)
+            .await
+            .expect("hold")
+    );
+}
+
+async fn bisections_are_kept_and_updated(store: SharedStore) {
+    use buildbot::master::store::BisectRow;
+    let mut row = BisectRow {
+        id: 0,
+        builder: "linux".into(),
+        branch: "main".into(),
+        good: "aaa".into(),
+        bad: "bbb".into(),
+        state: "running".into(),
+        culprit: None,
+        builds: 0,
+        summary: "bisecting 16 commits".into(),
+        plan: "{}".into(),
+        started_at: 1_800_000_000.5,
+    };
+    let id = store.save_bisect(row.clone()).await.expect("save");
+    assert!(id > 0);
+    let other = store.save_bisect(row.clone()).await.expect("save");
+    assert!(other > id);
+    row.id = id;
+    row.state = "found".into();
+    row.culprit = Some("ccc".into());
+    row.builds = 5;
+    assert_eq!(store.save_bisect(row.clone()).await.expect("update"), id);
+    let kept = store.bisects(10).await.expect("read");
+    assert_eq!(kept.len(), 2);
+    assert_eq!(kept[0].id, other, "newest first");
+    assert_eq!(kept[1], row);
+}
+
+async fn the_outbox_keeps_each_notification_once_until_it_ends(store: SharedStore) {
+    use buildbot::master::store::{NewNotification, OutboxState};
+    let give_up_at = now() + 3600.0;
+    let note = |key: &str, to: &str| NewNotification {
+        event_key: key.into(),
+        notifier: "mail".into(),
+        recipient: to.into(),
+        payload: "{\"subject\": \"linux broke\\u0000\"}".into(),
+        give_up_at,
+    };
+    let new = store
+        .enqueue_notifications(vec![
+            note("build:linux:1", "a@x"),
+            note("build:linux:1", "b@x"),
+        ])
+        .await
+        .expect("enqueue");
+    assert_eq!(new, 2);
+    // The same event recorded again (a restart, another master): nothing new, also at once.
+    let (again, at_once) = tokio::join!(
+        store.enqueue_notifications(vec![note("build:linux:1", "a@x")]),
+        store.enqueue_notifications(vec![
+            note("build:linux:1", "a@x"),
+            note("build:linux:2", "a@x")
+        ]),
+    );
+    assert_eq!(again.expect("enqueue") + at_once.expect("enqueue"), 1);
+    let due = store.due_notifications(now() + 1.0, 10).await.expect("due");
+    assert_eq!(due.len(), 3, "{due:?}");
+    assert!(
+        due.iter()
+            .all(|n| n.state == OutboxState::Pending && n.attempts == 0)
+    );
+    assert_eq!(due[0].new, note("build:linux:1", "a@x"));
+    // A failed attempt waits for its next time; a delivered one and a given-up one are done.
+    store
+        .retry_notification(due[0].id, "connection refused", now() + 60.0)
+        .await
+        .expect("retry");
+    store
+        .finish_notification(due[1].id, OutboxState::Delivered, None)
+        .await
+        .expect("delivered");
+    store
+        .finish_notification(due[2].id, OutboxState::GivenUp, Some("HTTP 404"))
+        .await
+        .expect("given up");
+    // Finishing twice changes nothing.
+    store
+        .finish_notification(due[1].id, OutboxState::GivenUp, Some("late"))
+        .await
+        .expect("finish again");
+    assert!(
+        store
+            .due_notifications(now() + 1.0, 10)
+            .await
+            .expect("due")
+            .is_empty()
+    );
+    let later = store
+        .due_notifications(now() + 61.0, 10)
+        .await
+        .expect("due");
+    assert_eq!(later.len(), 1);
+    assert_eq!(later[0].attempts, 1);
+    assert_eq!(later[0].last_error.as_deref(), Some("connection refused"));
+    let all = store.notifications(10).await.expect("all");
+    let states: Vec<(OutboxState, Option<&str>)> = all
+        .iter()
+        .rev()
+        .map(|n| (n.state, n.last_error.as_deref()))
+        .collect();
+    assert_eq!(
+        states,
+        [
+            (OutboxState::Pending, Some("connection refused")),
+            (OutboxState::Delivered, None),
+            (OutboxState::GivenUp, Some("HTTP 404")),
+        ]
     );
 }

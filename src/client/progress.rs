@@ -67,7 +67,9 @@ impl Tracker {
             | BuildEvent::SlaveConnected { .. }
             | BuildEvent::LandQueued { .. }
             | BuildEvent::Landed { .. }
-            | BuildEvent::LandRejected { .. } => {}
+            | BuildEvent::LandRejected { .. }
+            | BuildEvent::BisectStarted { .. }
+            | BuildEvent::CulpritFound { .. } => {}
         }
     }
 

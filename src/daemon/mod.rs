@@ -295,6 +295,29 @@ pub async fn run(
             move |token| crate::master::land::driver::run(control.land_handle(), token),
         )
     });
+    // Every master keeps what its notifiers want in the outbox (kept once per event, however
+    // many masters see it); the leading one sends it.
+    spawn_component(&components, &shutdown, "notification recorder", {
+        crate::master::notify::record(Arc::clone(&control), shutdown.clone())
+    });
+    spawn_component(&components, &shutdown, "notification delivery", {
+        let control = Arc::clone(&control);
+        crate::master::lease::while_leading(
+            leading.clone(),
+            "notification delivery",
+            shutdown.clone(),
+            move |token| crate::master::notify::deliver(Arc::clone(&control), token),
+        )
+    });
+    spawn_component(&components, &shutdown, "bisections", {
+        let control = Arc::clone(&control);
+        crate::master::lease::while_leading(
+            leading.clone(),
+            "bisections",
+            shutdown.clone(),
+            move |token| crate::master::bisect::run(Arc::clone(&control), token),
+        )
+    });
     spawn_component(&components, &shutdown, "reconfig", {
         reconfig::serve(
             config.master_dir.clone(),

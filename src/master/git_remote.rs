@@ -166,6 +166,49 @@ impl Mirror {
         Ok(())
     }
 
+    /// The commits after `good` up to `bad`, oldest first: (id, author `Name <address>`,
+    /// subject). Both must have been fetched. For bisection (`master::bisect`).
+    pub async fn commits_between(
+        &self,
+        good: &str,
+        bad: &str,
+    ) -> Result<Vec<(String, String, String)>, GitRemoteError> {
+        for revision in [good, bad] {
+            if revision.is_empty() || !revision.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(GitRemoteError::Mirror {
+                    what: "log".into(),
+                    message: format!("'{revision}' is not a commit id"),
+                });
+            }
+        }
+        let range = format!("{good}..{bad}");
+        let log = self
+            .git(
+                "log",
+                &[
+                    "log",
+                    "--reverse",
+                    "--format=%H%x00%an <%ae>%x00%s",
+                    "--max-count=10000",
+                    &range,
+                    "--",
+                ],
+                LS_REMOTE_TIMEOUT,
+            )
+            .await?;
+        Ok(log
+            .lines()
+            .filter_map(|line| {
+                let mut parts = line.splitn(3, '\0');
+                Some((
+                    parts.next()?.to_string(),
+                    parts.next()?.to_string(),
+                    parts.next().unwrap_or_default().to_string(),
+                ))
+            })
+            .collect())
+    }
+
     /// What moving a head from `old` (none: a new branch) to `new` brought. `new` must have
     /// been fetched; an `old` the mirror does not have (a force push over history it never
     /// saw) counts as a new branch.

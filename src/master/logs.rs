@@ -920,6 +920,60 @@ pub(crate) mod testing {
         ) -> Result<Vec<crate::master::store::FlakyTest>, StoreError> {
             self.0.flaky_tests(builder, window, limit).await
         }
+
+        async fn enqueue_notifications(
+            &self,
+            notifications: Vec<crate::master::store::NewNotification>,
+        ) -> Result<usize, StoreError> {
+            self.0.enqueue_notifications(notifications).await
+        }
+
+        async fn due_notifications(
+            &self,
+            now: f64,
+            limit: i64,
+        ) -> Result<Vec<crate::master::store::Notification>, StoreError> {
+            self.0.due_notifications(now, limit).await
+        }
+
+        async fn finish_notification(
+            &self,
+            id: i64,
+            state: crate::master::store::OutboxState,
+            error: Option<&str>,
+        ) -> Result<(), StoreError> {
+            self.0.finish_notification(id, state, error).await
+        }
+
+        async fn retry_notification(
+            &self,
+            id: i64,
+            error: &str,
+            next_at: f64,
+        ) -> Result<(), StoreError> {
+            self.0.retry_notification(id, error, next_at).await
+        }
+
+        async fn notifications(
+            &self,
+            limit: i64,
+        ) -> Result<Vec<crate::master::store::Notification>, StoreError> {
+            self.0.notifications(limit).await
+        }
+
+        async fn save_bisect(
+            &self,
+            row: crate::master::store::BisectRow,
+        ) -> Result<i64, StoreError> {
+            self.0.save_bisect(row).await
+        }
+
+        async fn bisects(
+            &self,
+            limit: i64,
+        ) -> Result<Vec<crate::master::store::BisectRow>, StoreError> {
+            self.0.bisects(limit).await
+        }
     }
 
     /// A shared test store in `dir` with one registered master and one running build with

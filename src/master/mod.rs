@@ -3,6 +3,7 @@
 //! It knows nothing of SSH sessions or HTTP: `daemon` composes it with the front ends.
 
 pub mod access;
+pub mod bisect;
 pub mod board;
 pub mod build;
 pub mod config;
@@ -20,6 +21,7 @@ pub mod locks;
 pub mod log_tail;
 pub mod logs;
 pub mod metrics;
+pub mod notify;
 pub mod poller;
 pub mod quotas;
 pub mod reconfig;

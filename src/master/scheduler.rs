@@ -496,12 +496,22 @@ impl Queue {
             .collect();
         let mut effects = Vec::new();
         let mut started: HashSet<usize> = HashSet::new();
+        let real: Vec<usize> = order
+            .iter()
+            .copied()
+            .filter(|&index| !is_bisect(&self.pending[index]))
+            .collect();
         // Locks an earlier request waits to take exclusively: later requests do not take them
         // first, so a stream of counting holders cannot keep an exclusive one waiting forever.
         let mut reserved: HashSet<String> = HashSet::new();
         self.lock_blocked.clear();
         for index in order {
             let request = &self.pending[index];
+            // A bisection's build takes only what no other request waits for: it never
+            // delays real work, and a new request goes before the bisection's next build.
+            if is_bisect(request) && real.iter().any(|other| !started.contains(other)) {
+                continue;
+            }
             let Some(policy) = self.builders.get(&request.builder).cloned() else {
                 continue;
             };
@@ -786,16 +796,29 @@ impl Queue {
                 placed[place] = index;
             }
         }
-        // A stable sort: equal priorities keep the order above.
+        // A stable sort: equal priorities keep the order above; bisections' builds last.
         placed.sort_by_key(|&index| {
-            std::cmp::Reverse(
-                self.builders
-                    .get(&self.pending[index].builder)
-                    .map_or(0, |policy| policy.priority),
+            (
+                is_bisect(&self.pending[index]),
+                std::cmp::Reverse(
+                    self.builders
+                        .get(&self.pending[index].builder)
+                        .map_or(0, |policy| policy.priority),
+                ),
             )
         });
         placed
     }
+}
+
+/// The property that marks a bisection's request (`master::bisect`): its value is the
+/// bisection's id.
+pub const BISECT_PROPERTY: &str = "bisect";
+
+/// Whether a request is a bisection's build, served only when nothing else waits.
+pub fn is_bisect(request: &StoredRequest) -> bool {
+    request.kind == crate::status::RequestKind::Scheduled
+        && request.properties.contains_key(BISECT_PROPERTY)
 }
 
 #[cfg(test)]
@@ -973,6 +996,55 @@ mod tests {
         );
         let effects = queue.apply(ended(1, false, false));
         assert_eq!(started(&effects), vec![(4, "l1".to_string())]);
+    }
+
+    fn bisect_request(id: i64, builder: &str) -> StoredRequest {
+        let mut request = request(id, builder, &format!("bisect-{id}"));
+        request.kind = RequestKind::Scheduled;
+        request
+            .properties
+            .insert(BISECT_PROPERTY.to_string(), "1".to_string());
+        request
+    }
+
+    #[test]
+    fn a_bisections_build_takes_only_idle_slaves_and_yields_to_a_new_request() {
+        let mut queue = queue();
+        queue.apply(connect("l1", 1, 1));
+        queue.apply(connect("l2", 2, 1));
+        // Real work on l1; the bisection's build goes to the idle l2.
+        let effects = queue.apply(Input::Requests(vec![request(1, "linux", "a")]));
+        assert_eq!(started(&effects), vec![(1, "l1".into())]);
+        let effects = queue.apply(Input::Requests(vec![bisect_request(2, "linux")]));
+        assert_eq!(started(&effects), vec![(2, "l2".into())]);
+        // Both busy: a bisection's next build and a new request wait; the request queued
+        // later goes first when a slave frees.
+        queue.apply(Input::Requests(vec![bisect_request(3, "linux")]));
+        queue.apply(Input::Requests(vec![request(4, "linux", "b")]));
+        assert_eq!(queue.pending_ids(), vec![4, 3]);
+        let effects = queue.apply(ended(1, false, false));
+        assert_eq!(started(&effects), vec![(4, "l1".into())]);
+        // While a real request waits for a slave, no bisection build takes one, whatever its
+        // builder: real work is never delayed.
+        queue.apply(Input::Requests(vec![request(5, "linux", "c")]));
+        let effects = queue.apply(ended(2, false, false));
+        assert_eq!(started(&effects), vec![(5, "l2".into())]);
+        let effects = queue.apply(ended(4, false, false));
+        assert_eq!(started(&effects), vec![(3, "l1".into())]);
+    }
+
+    #[test]
+    fn a_forced_build_with_a_bisect_property_is_real_work() {
+        let mut request = request(1, "linux", "f");
+        request.kind = RequestKind::Force;
+        request
+            .properties
+            .insert(BISECT_PROPERTY.to_string(), "1".to_string());
+        assert!(
+            !is_bisect(&request),
+            "a user cannot lower their build to a bisection's"
+        );
+        assert!(is_bisect(&bisect_request(2, "linux")));
     }
 
     #[test]

@@ -108,6 +108,26 @@ pub enum BuildEvent {
         who: String,
         reason: String,
     },
+    /// A builder went from good to bad over several commits: a bisection looks for the first
+    /// bad one (issue 28).
+    BisectStarted {
+        bisect: i64,
+        builder: String,
+        good: String,
+        bad: String,
+        /// Commits after `good` up to `bad`.
+        commits: usize,
+    },
+    /// A bisection named the first bad commit.
+    CulpritFound {
+        bisect: i64,
+        builder: String,
+        culprit: String,
+        /// The commit's author, as git has it (`Name <address>`).
+        author: String,
+        title: String,
+        builds: u32,
+    },
 }
 
 impl BuildEvent {
@@ -120,7 +140,9 @@ impl BuildEvent {
             | BuildEvent::SlaveConnected { .. }
             | BuildEvent::LandQueued { .. }
             | BuildEvent::Landed { .. }
-            | BuildEvent::LandRejected { .. } => "",
+            | BuildEvent::LandRejected { .. }
+            | BuildEvent::BisectStarted { .. }
+            | BuildEvent::CulpritFound { .. } => "",
             BuildEvent::RequestsQueued { job_name, .. }
             | BuildEvent::RequestCancelled { job_name, .. }
             | BuildEvent::WaitingForLock { job_name, .. }
@@ -151,7 +173,9 @@ impl BuildEvent {
             | BuildEvent::StepStarted { builder, .. }
             | BuildEvent::StepFinished { builder, .. }
             | BuildEvent::BuildFinished { builder, .. }
-            | BuildEvent::StopRequested { builder, .. } => builders.contains(builder),
+            | BuildEvent::StopRequested { builder, .. }
+            | BuildEvent::BisectStarted { builder, .. }
+            | BuildEvent::CulpritFound { builder, .. } => builders.contains(builder),
         }
     }
 }

@@ -66,6 +66,30 @@ pub fn describe_event(event: &BuildEvent) -> String {
             who,
             reason,
         } => format!("land #{id} by {who} on {branch} rejected: {reason}"),
+        BuildEvent::BisectStarted {
+            builder,
+            good,
+            bad,
+            commits,
+            ..
+        } => format!(
+            "{builder}: bisecting {commits} commits from {} (good) to {} (bad)",
+            good.get(..7).unwrap_or(good),
+            bad.get(..7).unwrap_or(bad)
+        ),
+        BuildEvent::CulpritFound {
+            builder,
+            culprit,
+            author,
+            title,
+            builds,
+            ..
+        } => format!(
+            "{builder}: first bad: {} by {} '{}' — {builds} builds",
+            culprit.get(..7).unwrap_or(culprit),
+            crate::untrusted::text::one_line(author),
+            crate::untrusted::text::one_line(title)
+        ),
         BuildEvent::ChangeAdded {
             change_id,
             branch,

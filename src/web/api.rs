@@ -388,3 +388,45 @@ pub async fn master_rows(state: &AppState) -> Result<Vec<MasterRow>, WebError> {
 pub async fn masters(State(state): State<Arc<AppState>>) -> Result<Json<Vec<MasterRow>>, WebError> {
     Ok(Json(master_rows(&state).await?))
 }
+
+/// One bisection in `/api/bisects` (issue 28).
+#[derive(Serialize)]
+pub struct BisectView {
+    pub id: i64,
+    pub builder: String,
+    pub branch: String,
+    pub good: String,
+    pub bad: String,
+    /// `running`, `found`, `inconclusive` or `stopped`.
+    pub state: String,
+    /// The first bad commit, once found.
+    pub culprit: Option<String>,
+    /// Builds the bisection asked for so far.
+    pub builds: i64,
+    /// Progress or result in one line ("first bad: abc1234 by alice 'Refactor parser' — 4 builds").
+    pub summary: String,
+    pub started_at: f64,
+}
+
+/// `GET /api/bisects`: the newest bisections, newest first.
+pub async fn bisects(
+    State(state): State<Arc<AppState>>,
+) -> Result<Json<Vec<BisectView>>, WebError> {
+    let rows = state.control.store().bisects(100).await?;
+    Ok(Json(
+        rows.into_iter()
+            .map(|row| BisectView {
+                id: row.id,
+                builder: row.builder,
+                branch: row.branch,
+                good: row.good,
+                bad: row.bad,
+                state: row.state,
+                culprit: row.culprit,
+                builds: row.builds,
+                summary: row.summary,
+                started_at: row.started_at,
+            })
+            .collect(),
+    ))
+}

@@ -249,6 +249,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/land", get(land::api))
         .route("/api/builds/{id}/tests", get(test_results::api_build_tests))
         .route("/api/tests", get(test_results::api_tests))
+        .route("/api/bisects", get(api::bisects))
         .route("/api/{*rest}", any(api::not_found))
         .layer(axum::middleware::map_response(api::json_errors));
     Router::new()

@@ -1,5 +1,6 @@
 //! Integration tests: real `buildbot` processes on loopback, driven by real clients.
 
+mod bisect;
 mod browser;
 mod builds;
 mod changes;
@@ -16,6 +17,7 @@ mod land;
 mod lock_levels;
 mod locks;
 mod multimaster;
+mod notify;
 mod ops_web;
 mod patches;
 #[path = "../support/postgres.rs"]

@@ -20,7 +20,7 @@ use crate::repo::Checkout;
 /// The shortest lease the config accepts: failover tests wait for it to run out.
 const LEASE: &str = "2s";
 
-fn fresh_database() -> String {
+pub(crate) fn fresh_database() -> String {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -36,11 +36,11 @@ fn hanging_steps(dir: &Path) -> String {
     )
 }
 
-fn database_section(url: &str) -> String {
+pub(crate) fn database_section(url: &str) -> String {
     format!("\n[database]\nurl = \"{url}\"\nlease = \"{LEASE}\"\n")
 }
 
-fn named(name: &str) -> (&'static str, &'static str) {
+pub(crate) fn named(name: &str) -> (&'static str, &'static str) {
     (
         "name = \"example\"",
         Box::leak(format!("name = \"{name}\"").into_boxed_str()),
@@ -58,7 +58,7 @@ fn first_master(url: &str, repo: &Path, steps: &str) -> TestMaster {
 /// Another master of `first`'s cluster, named `name`: everything `first`'s master.toml has
 /// after its own sections (slaves, builders, schedulers, locks, the database, limits), and
 /// `first`'s host key.
-fn join(first: &TestMaster, name: &str) -> TestMaster {
+pub(crate) fn join(first: &TestMaster, name: &str) -> TestMaster {
     let config = std::fs::read_to_string(first.path().join("master.toml")).expect("config");
     let start = config.find("\n[[slave]]").expect("slave blocks") + 1;
     TestMaster::start_with(MasterSetup {
@@ -71,7 +71,7 @@ fn join(first: &TestMaster, name: &str) -> TestMaster {
 
 /// Edits slave.toml to list these masters (and keep quiet links short, so a stalled master is
 /// noticed within seconds).
-fn masters(list: &[&TestMaster]) -> impl FnOnce(&mut String) {
+pub(crate) fn masters(list: &[&TestMaster]) -> impl FnOnce(&mut String) {
     let addresses: Vec<String> = list
         .iter()
         .map(|master| format!("\"127.0.0.1:{}\"", master.ssh_port))

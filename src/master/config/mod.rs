@@ -12,6 +12,7 @@ mod irc;
 pub mod land;
 mod limits;
 mod locks;
+mod notifier;
 mod repair;
 mod schedulers;
 mod suggest;
@@ -41,6 +42,11 @@ pub use limits::MaxStartups;
 use limits::RawMaxStartups;
 pub use locks::NextSlave;
 use locks::{RawLock, RawLockUse};
+use notifier::RawNotifier;
+pub use notifier::{
+    MailConfig, NotifierConfig, NotifierEvent, NotifierKind, WebhookConfig, check_secret_file,
+    plain_address,
+};
 pub use schedulers::{ChangeSourceConfig, ChangesConfig, SchedulerConfig, SchedulerKind};
 use schedulers::{RawChangeSource, RawChanges, RawScheduler};
 pub use trust::QuotaConfig;
@@ -110,6 +116,8 @@ pub struct Config {
     pub database: DatabaseConfig,
     /// The merge queues (`[[land]]`), one per target branch.
     pub lands: Vec<LandConfig>,
+    /// Mail and webhook notifiers (`[[notifier]]`, issue 28).
+    pub notifiers: Vec<NotifierConfig>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -202,6 +210,32 @@ pub struct BuilderConfig {
     pub patch_builds_on_slaves: bool,
     /// Try patches may change `.gitmodules` URLs (default false: such a job is refused).
     pub patch_submodule_urls: bool,
+    /// Automatic bisection of a branch that broke (`bisect = { ... }`, issue 28); off when none.
+    pub bisect: Option<BisectConfig>,
+}
+
+/// `[[builder]] bisect = { max_builds = 8, repeats = 1, skip_exit_code = 125 }`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+pub struct BisectConfig {
+    /// At most this many builds per bisection (default 8).
+    #[serde(default = "default_bisect_max_builds")]
+    pub max_builds: u32,
+    /// The suspect and its parent are built this many more times before the suspect is named
+    /// (default 1).
+    #[serde(default = "default_bisect_repeats")]
+    pub repeats: u32,
+    /// A step ending with this exit code means the commit cannot be tested (`git bisect
+    /// skip`); `exception` always does.
+    #[serde(default)]
+    pub skip_exit_code: Option<i32>,
+}
+
+fn default_bisect_max_builds() -> u32 {
+    8
+}
+
+fn default_bisect_repeats() -> u32 {
+    1
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -253,6 +287,8 @@ struct RawConfig {
     database: Option<RawDatabase>,
     #[serde(default, rename = "land")]
     lands: Vec<RawLand>,
+    #[serde(default, rename = "notifier")]
+    notifiers: Vec<RawNotifier>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -349,6 +385,8 @@ struct RawBuilder {
     patch_builds_on_slaves: bool,
     #[serde(default)]
     patch_submodule_urls: bool,
+    #[serde(default)]
+    bisect: Option<BisectConfig>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -656,6 +694,7 @@ impl Checker<'_> {
         let quotas = self.quotas(raw.limits.as_ref());
         let database = self.database(raw.database.as_ref());
         let lands = self.lands(&raw.lands, &builders);
+        let notifiers = self.notifiers(&raw.notifiers, &builder_names);
         Some(Config {
             master_dir: self.master_dir.to_path_buf(),
             name: raw.master.name,
@@ -677,6 +716,7 @@ impl Checker<'_> {
             irc,
             database,
             lands,
+            notifiers,
         })
     }
 
@@ -947,6 +987,7 @@ impl Checker<'_> {
                 trusted: builder.trusted,
                 patch_builds_on_slaves: builder.patch_builds_on_slaves,
                 patch_submodule_urls: builder.patch_submodule_urls,
+                bisect: builder.bisect,
             });
         }
         builders

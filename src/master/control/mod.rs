@@ -458,6 +458,11 @@ impl Control {
         crate::master::logs::LogSource::new(self.logs_dir.clone(), Arc::clone(&self.store))
     }
 
+    /// Tells every follower (and, with a shared store, every master) of an event.
+    pub fn publish(&self, event: crate::status::BuildEvent) {
+        self.events.publish(event);
+    }
+
     /// Every event from now on.
     pub fn follow(&self) -> Follower {
         self.events.follow()

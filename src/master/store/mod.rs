@@ -11,7 +11,9 @@
 //! the same primitives.
 
 pub mod model;
+pub mod model_bisect;
 pub mod model_land;
+pub mod model_notify;
 pub mod model_tests;
 pub mod postgres;
 pub mod sqlite;
@@ -27,7 +29,9 @@ pub use model::{
     MasterLockUse, MasterRow, NewRequest, RecentBuilds, Recorded, StepRow, StoredChange,
     StoredRequest, StoredSession, WindowBuilds, now,
 };
+pub use model_bisect::BisectRow;
 pub use model_land::{LandEntry, LandProgress, LandState, NewLand};
+pub use model_notify::{NewNotification, Notification, OutboxState};
 pub use model_tests::{
     FailureHistory, FlakyTest, HistoryBuild, TestCase, TestCounts, TestHistoryRow, TestOrder,
     TestOutcome,
@@ -345,7 +349,8 @@ pub trait Store: Send + Sync {
     /// Holds (takes, or renews) the cluster-wide job `job` for `owner` until `lease` from
     /// now, by the database's clock: true while `owner` holds it. A job is held by one run at a
     /// time; another may take it once the holder's lease ran out, or at once after the holder
-    /// retired. A run declared lost holds nothing.
+    /// retired, or a later run of the same master at once (a name has a new run only once the
+    /// earlier one is gone). A run declared lost holds nothing.
     async fn hold_singleton(
         &self,
         job: &str,
@@ -665,4 +670,49 @@ pub trait Store: Send + Sync {
         window: i64,
         limit: i64,
     ) -> Result<Vec<FlakyTest>, StoreError>;
+    // ---- notifications (issue 28) ----
+
+    /// Keeps notifications to deliver, in one transaction; one whose (event key, notifier,
+    /// recipient) is kept already is left as it is (a restart, or another master, recorded the
+    /// same event). Returns how many were new.
+    async fn enqueue_notifications(
+        &self,
+        notifications: Vec<NewNotification>,
+    ) -> Result<usize, StoreError>;
+
+    /// Pending notifications due at `now` (next attempt not later), oldest first, at most
+    /// `limit`.
+    async fn due_notifications(
+        &self,
+        now: f64,
+        limit: i64,
+    ) -> Result<Vec<Notification>, StoreError>;
+
+    /// Ends a pending notification: delivered, or given up with `error`.
+    async fn finish_notification(
+        &self,
+        id: i64,
+        state: OutboxState,
+        error: Option<&str>,
+    ) -> Result<(), StoreError>;
+
+    /// Records a failed attempt of a pending notification: the next one at `next_at`.
+    async fn retry_notification(
+        &self,
+        id: i64,
+        error: &str,
+        next_at: f64,
+    ) -> Result<(), StoreError>;
+
+    /// The newest kept notifications, newest first, at most `limit` (for the operator and the
+    /// tests).
+    async fn notifications(&self, limit: i64) -> Result<Vec<Notification>, StoreError>;
+
+    // ---- bisections (issue 28) ----
+
+    /// Keeps a bisection: a new one (id 0) gets its id; a kept one its new state.
+    async fn save_bisect(&self, row: BisectRow) -> Result<i64, StoreError>;
+
+    /// The newest bisections, newest first, at most `limit`.
+    async fn bisects(&self, limit: i64) -> Result<Vec<BisectRow>, StoreError>;
 }

@@ -16,6 +16,7 @@ use crate::master::store::model::{
     Recorded, StepRow, StoredChange, StoredRequest, StoredSession, now,
 };
 use crate::master::store::model_land::{LandEntry, LandProgress, LandState, NewLand};
+use crate::master::store::{NewNotification, Notification, OutboxState};
 use crate::master::store::{Store, StoreError};
 use crate::status::{BuildResult, JobRecord, LastBuild, RequestState};
 
@@ -1256,5 +1257,55 @@ impl Store for PgStore {
         limit: i64,
     ) -> Result<Vec<crate::master::store::FlakyTest>, StoreError> {
         self.mixed_tests(builder, window, limit).await
+    }
+
+    // ---- notifications (issue 28) ----
+
+    async fn enqueue_notifications(
+        &self,
+        notifications: Vec<NewNotification>,
+    ) -> Result<usize, StoreError> {
+        self.outbox_enqueue(notifications).await
+    }
+
+    async fn due_notifications(
+        &self,
+        now: f64,
+        limit: i64,
+    ) -> Result<Vec<Notification>, StoreError> {
+        self.outbox_due(now, limit).await
+    }
+
+    async fn finish_notification(
+        &self,
+        id: i64,
+        state: OutboxState,
+        error: Option<&str>,
+    ) -> Result<(), StoreError> {
+        self.outbox_finish(id, state, error).await
+    }
+
+    async fn retry_notification(
+        &self,
+        id: i64,
+        error: &str,
+        next_at: f64,
+    ) -> Result<(), StoreError> {
+        self.outbox_retry(id, error, next_at).await
+    }
+
+    async fn notifications(&self, limit: i64) -> Result<Vec<Notification>, StoreError> {
+        self.outbox_newest(limit).await
+    }
+
+    async fn save_bisect(&self, row: crate::master::store::BisectRow) -> Result<i64, StoreError> {
+        self.bisect_save(row).await
+    }
+
+    async fn bisects(
+        &self,
+        limit: i64,
+    ) -> Result<Vec<crate::master::store::BisectRow>, StoreError> {
+        self.bisect_newest(limit).await
     }
 }

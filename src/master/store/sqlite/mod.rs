@@ -7,8 +7,10 @@
 //! One connection behind a mutex; the [`Store`] verbs run on the blocking pool
 //! ([`SqliteStore::run`]).
 
+mod bisect;
 pub mod changes;
 pub mod land;
+mod notify;
 pub mod test_results;
 
 use std::path::Path;
@@ -27,6 +29,7 @@ use crate::master::store::model_land::{LandEntry, LandProgress, LandState, NewLa
 use crate::master::store::{
     FailureHistory, FlakyTest, Store, StoreError, TestCase, TestCounts, TestHistoryRow, TestOrder,
 };
+use crate::master::store::{NewNotification, Notification, OutboxState};
 use crate::proto::StreamKind;
 use crate::status::{BuildResult, JobRecord, LastBuild, RequestKind, RequestState};
 
@@ -248,6 +251,37 @@ pub const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (build_id, seq)
     );
     CREATE INDEX test_results_test ON test_results (name, suite, build_id);",
+    // 15 (issue 28): the notification outbox, one row per (event, notifier, recipient), kept
+    // until delivered or given up, so a restart delays a notification and never repeats it.
+    "CREATE TABLE outbox_notifications (
+        id INTEGER PRIMARY KEY,
+        event_key TEXT NOT NULL,
+        notifier TEXT NOT NULL,
+        recipient TEXT NOT NULL,
+        payload TEXT NOT NULL,
+        give_up_at REAL NOT NULL,
+        state TEXT NOT NULL,
+        attempts INTEGER NOT NULL,
+        next_at REAL NOT NULL,
+        created_at REAL NOT NULL,
+        last_error TEXT,
+        UNIQUE (event_key, notifier, recipient)
+    );
+    CREATE INDEX outbox_notifications_due ON outbox_notifications(state, next_at);",
+    // 16 (issue 28): bisections, their search kept as JSON.
+    "CREATE TABLE bisect_runs (
+        id INTEGER PRIMARY KEY,
+        builder TEXT NOT NULL,
+        branch TEXT NOT NULL,
+        good TEXT NOT NULL,
+        bad TEXT NOT NULL,
+        state TEXT NOT NULL,
+        culprit TEXT,
+        builds INTEGER NOT NULL,
+        summary TEXT NOT NULL,
+        plan TEXT NOT NULL,
+        started_at REAL NOT NULL
+    );",
 ];
 
 /// The SQLite store.
@@ -1139,6 +1173,9 @@ pub(crate) fn take_master_locks(
 /// A newer run of the same master takes over what an older run held: on the embedded store a
 /// run holds for good (`lease::held_for`), so a master killed with SIGKILL would otherwise
 /// never lead again after its restart (`register` waited out the old run already).
+/// A job held by an earlier run of the same master is free for its new run: a name gets a new
+/// run only once the earlier one is gone (here, the one master of the file, killed and
+/// started again: its hold would otherwise last the embedded store's century-long lease).
 pub(crate) fn hold_singleton(
     connection: &mut Connection,
     job: &str,
@@ -1956,6 +1993,60 @@ impl Store for SqliteStore {
         let builder = builder.to_string();
         self.run(move |c| test_results::flaky_tests(c, &builder, window, limit))
             .await
+    }
+
+    // ---- notifications (issue 28) ----
+
+    async fn enqueue_notifications(
+        &self,
+        notifications: Vec<NewNotification>,
+    ) -> Result<usize, StoreError> {
+        self.run(move |c| notify::enqueue(c, &notifications)).await
+    }
+
+    async fn due_notifications(
+        &self,
+        now: f64,
+        limit: i64,
+    ) -> Result<Vec<Notification>, StoreError> {
+        self.run(move |c| notify::due(c, now, limit)).await
+    }
+
+    async fn finish_notification(
+        &self,
+        id: i64,
+        state: OutboxState,
+        error: Option<&str>,
+    ) -> Result<(), StoreError> {
+        let error = error.map(str::to_string);
+        self.run(move |c| notify::finish(c, id, state, error.as_deref()))
+            .await
+    }
+
+    async fn retry_notification(
+        &self,
+        id: i64,
+        error: &str,
+        next_at: f64,
+    ) -> Result<(), StoreError> {
+        let error = error.to_string();
+        self.run(move |c| notify::retry(c, id, &error, next_at))
+            .await
+    }
+
+    async fn notifications(&self, limit: i64) -> Result<Vec<Notification>, StoreError> {
+        self.run(move |c| notify::newest(c, limit)).await
+    }
+
+    async fn save_bisect(&self, row: crate::master::store::BisectRow) -> Result<i64, StoreError> {
+        self.run(move |c| bisect::save(c, &row)).await
+    }
+
+    async fn bisects(
+        &self,
+        limit: i64,
+    ) -> Result<Vec<crate::master::store::BisectRow>, StoreError> {
+        self.run(move |c| bisect::newest(c, limit)).await
     }
 }
 
