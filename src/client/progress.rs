@@ -64,7 +64,9 @@ impl Tracker {
             | BuildEvent::WaitingForLock { .. }
             | BuildEvent::StepFinished { .. }
             | BuildEvent::StopRequested { .. }
-            | BuildEvent::SlaveConnected { .. } => {}
+            | BuildEvent::SlaveConnected { .. }
+            | BuildEvent::ShellOpened { .. }
+            | BuildEvent::ShellClosed { .. } => {}
         }
     }
 

@@ -17,6 +17,7 @@ mod connection;
 pub mod containment;
 pub mod dirlock;
 pub mod runner;
+mod shell;
 pub mod swarm;
 mod work;
 

@@ -84,6 +84,21 @@ pub enum BuildEvent {
     /// another master, older than this one, is closed (the newest connection wins, as on one
     /// master).
     SlaveConnected { slave: String, master: String },
+    // ---- shell (issue 25) ----
+    /// `who` opened a shell (from `from`) into held build `number` of `builder`.
+    ShellOpened {
+        builder: String,
+        number: i64,
+        who: String,
+        from: String,
+    },
+    /// That shell ended.
+    ShellClosed {
+        builder: String,
+        number: i64,
+        who: String,
+        reason: String,
+    },
 }
 
 impl BuildEvent {
@@ -93,7 +108,9 @@ impl BuildEvent {
         match self {
             BuildEvent::ChangeAdded { .. }
             | BuildEvent::StopRequested { .. }
-            | BuildEvent::SlaveConnected { .. } => "",
+            | BuildEvent::SlaveConnected { .. }
+            | BuildEvent::ShellOpened { .. }
+            | BuildEvent::ShellClosed { .. } => "",
             BuildEvent::RequestsQueued { job_name, .. }
             | BuildEvent::RequestCancelled { job_name, .. }
             | BuildEvent::WaitingForLock { job_name, .. }
@@ -120,7 +137,9 @@ impl BuildEvent {
             | BuildEvent::StepStarted { builder, .. }
             | BuildEvent::StepFinished { builder, .. }
             | BuildEvent::BuildFinished { builder, .. }
-            | BuildEvent::StopRequested { builder, .. } => builders.contains(builder),
+            | BuildEvent::StopRequested { builder, .. }
+            | BuildEvent::ShellOpened { builder, .. }
+            | BuildEvent::ShellClosed { builder, .. } => builders.contains(builder),
         }
     }
 }

@@ -39,6 +39,18 @@ pub fn describe_event(event: &BuildEvent) -> String {
         BuildEvent::SlaveConnected { slave, master } => {
             format!("slave {slave} connected to master {master}")
         }
+        BuildEvent::ShellOpened {
+            builder,
+            number,
+            who,
+            from,
+        } => format!("{builder} #{number}: {who} opened a shell (from {from})"),
+        BuildEvent::ShellClosed {
+            builder,
+            number,
+            who,
+            reason,
+        } => format!("{builder} #{number}: {who}'s shell ended: {reason}"),
         BuildEvent::ChangeAdded {
             change_id,
             branch,
