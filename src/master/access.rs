@@ -41,6 +41,8 @@ pub enum Action {
     PauseSlave,
     /// Read a try job's patch.
     SeePatch,
+    /// Open a shell in a held build's directory (issue 25).
+    Shell,
 }
 
 impl fmt::Display for Action {
@@ -55,6 +57,7 @@ impl fmt::Display for Action {
             Action::SendChange => "send changes",
             Action::PauseSlave => "pause slaves",
             Action::SeePatch => "see try patches",
+            Action::Shell => "open a shell in the build",
         })
     }
 }

@@ -25,6 +25,8 @@ pub enum ExecRequest {
         command: String,
         /// What the client asked for when a forced command replaced it.
         original: Option<String>,
+        /// The terminal the client asked for first (`pty-req`): type, columns, rows.
+        pty: Option<(String, u32, u32)>,
     },
     /// An interactive request we refuse: print the message, exit 1.
     Refuse { message: String },
@@ -40,6 +42,7 @@ async fn pump_stdin(
     read_half: &mut russh::ChannelReadHalf,
     stdin: tokio::io::DuplexStream,
     client_gone: CancellationToken,
+    resizes: Option<tokio::sync::mpsc::UnboundedSender<(u16, u16)>>,
 ) {
     let mut stdin = Some(stdin);
     while let Some(message) = read_half.wait().await {
@@ -54,11 +57,25 @@ async fn pump_stdin(
             }
             russh::ChannelMsg::Eof => stdin = None,
             russh::ChannelMsg::Close => break,
+            russh::ChannelMsg::WindowChange {
+                col_width,
+                row_height,
+                ..
+            } => {
+                if let Some(resizes) = &resizes {
+                    let _ = resizes.send((clamp(col_width), clamp(row_height)));
+                }
+            }
             _ => {}
         }
     }
     drop(stdin);
     client_gone.cancel();
+}
+
+/// A terminal dimension as a PTY takes it.
+fn clamp(value: u32) -> u16 {
+    u16::try_from(value).unwrap_or(u16::MAX)
 }
 
 /// Exit status when the master stops while a command runs.
@@ -117,7 +134,11 @@ async fn run(
             let _ = stderr.write_all(format!("{message}\n").as_bytes()).await;
             1
         }
-        ExecRequest::Command { command, original } => {
+        ExecRequest::Command {
+            command,
+            original,
+            pty,
+        } => {
             let span =
                 tracing::info_span!("exec", %peer, who = %identity.describe(), command = %command);
             if let Some(original) = &original {
@@ -125,13 +146,27 @@ async fn run(
             }
             let (stdin_writer, mut stdin) = tokio::io::duplex(STDIN_BUFFER);
             let client_gone = CancellationToken::new();
+            let (resizes, terminal) = match pty {
+                Some((term, cols, rows)) => {
+                    let (resizes_tx, resizes) = tokio::sync::mpsc::unbounded_channel();
+                    let terminal = crate::exec_io::Terminal {
+                        term,
+                        cols: clamp(cols),
+                        rows: clamp(rows),
+                        resizes,
+                    };
+                    (Some(resizes_tx), Some(terminal))
+                }
+                None => (None, None),
+            };
             let finished = {
-                let pump = pump_stdin(&mut read_half, stdin_writer, client_gone.clone());
+                let pump = pump_stdin(&mut read_half, stdin_writer, client_gone.clone(), resizes);
                 let mut io = ExecIo {
                     stdin: &mut stdin,
                     stdout: &mut stdout,
                     stderr: &mut stderr,
                     client_gone,
+                    terminal,
                 };
                 let command_future =
                     cmd::run(&ctx, &identity, peer, &command, &mut io).instrument(span.clone());

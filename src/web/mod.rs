@@ -88,6 +88,10 @@ impl From<ControlError> for WebError {
                 WebError::Forbidden(err.to_string())
             }
             ControlError::History(_) => WebError::Internal(err.to_string()),
+            ControlError::NotHeld { .. }
+            | ControlError::HoldEnded { .. }
+            | ControlError::StillRunning { .. }
+            | ControlError::SlaveAway { .. } => WebError::BadRequest(err.to_string()),
         }
     }
 }

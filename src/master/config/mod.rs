@@ -8,6 +8,7 @@
 //! spool, the SSH server or the network.
 
 pub mod database;
+pub mod hold;
 mod irc;
 mod limits;
 mod locks;
@@ -196,6 +197,8 @@ pub struct BuilderConfig {
     pub patch_builds_on_slaves: bool,
     /// Try patches may change `.gitmodules` URLs (default false: such a job is refused).
     pub patch_submodule_urls: bool,
+    /// Which finished builds keep their directory for a shell, and how long (issue 25).
+    pub hold: hold::HoldPolicy,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -339,6 +342,8 @@ struct RawBuilder {
     patch_builds_on_slaves: bool,
     #[serde(default)]
     patch_submodule_urls: bool,
+    #[serde(default)]
+    hold: Option<hold::RawHold>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -851,11 +856,18 @@ impl Checker<'_> {
                 );
             }
             // The name is a directory on the master (logs/BUILDER) and on slaves.
-            if name.is_empty() || name.contains('/') || name == "." || name == ".." {
+            // No '~' either: `NAME~2` is where a build of NAME goes while NAME's directory is
+            // held for a shell (`master::shell`).
+            if name.is_empty()
+                || name.contains('/')
+                || name.contains('~')
+                || name == "."
+                || name == ".."
+            {
                 self.problem(
                     &builder.name,
                     format!(
-                        "builder name \"{name}\" must be non-empty, not . or .., and contain no '/'"
+                        "builder name \"{name}\" must be non-empty, not . or .., and contain no '/' or '~'"
                     ),
                 );
             }
@@ -932,6 +944,13 @@ impl Checker<'_> {
                 trusted: builder.trusted,
                 patch_builds_on_slaves: builder.patch_builds_on_slaves,
                 patch_submodule_urls: builder.patch_submodule_urls,
+                hold: match &builder.hold {
+                    Some(raw) => hold::HoldPolicy {
+                        on: raw.on.unwrap_or_default(),
+                        hold_for: self.duration(raw.hold_for.as_ref(), hold::DEFAULT_HOLD_FOR),
+                    },
+                    None => hold::HoldPolicy::default(),
+                },
             });
         }
         builders

@@ -12,6 +12,7 @@
 mod changes;
 mod parts;
 mod requests;
+pub mod shell;
 pub(crate) use requests::start_try_policy;
 mod stop;
 mod tail;
@@ -80,6 +81,24 @@ pub enum ControlError {
     NotPlain(#[from] crate::untrusted::text::NotPlain),
     #[error("{0}")]
     History(#[from] StoreError),
+    // ---- shell (issue 25) ----
+    #[error("{builder} #{number} is not held: its directory was not kept (hold = {{ on = \"failure\" }} keeps failed builds; try --hold or force --hold keeps one)")]
+    NotHeld { builder: String, number: i64 },
+    #[error("{builder} #{number} was held until {until}; its directory may be in use by another build now")]
+    HoldEnded {
+        builder: String,
+        number: i64,
+        until: String,
+    },
+    #[error("{builder} #{number} is still running; a shell opens once it has ended and is held")]
+    StillRunning { builder: String, number: i64 },
+    #[error("slave {slave}, which holds {builder} #{number}, is not connected to this master{}", elsewhere.as_ref().map(|m| format!(" (it may be connected to master {m}: ssh there)")).unwrap_or_default())]
+    SlaveAway {
+        slave: String,
+        builder: String,
+        number: i64,
+        elsewhere: Option<String>,
+    },
 }
 
 impl ControlError {
