@@ -246,20 +246,18 @@ impl OpenedShell {
         &self.hold
     }
 
-    /// The next output or the end; `None` when the slave's connection ended.
+    /// The next output, acknowledgement (after which [`OpenedShell::takes_input`] may have
+    /// changed) or the end; `None` when the slave's connection ended.
     pub async fn next(&mut self) -> Option<ShellEvent> {
-        loop {
-            match self.events.recv().await? {
-                ShellEvent::Ack(cost) => {
-                    self.input_in_flight = self.input_in_flight.saturating_sub(cost);
-                }
-                exit @ ShellEvent::Exit { .. } => {
-                    self.exited = true;
-                    return Some(exit);
-                }
-                output => return Some(output),
+        let event = self.events.recv().await?;
+        match &event {
+            ShellEvent::Ack(cost) => {
+                self.input_in_flight = self.input_in_flight.saturating_sub(*cost);
             }
+            ShellEvent::Exit { .. } => self.exited = true,
+            ShellEvent::Output { .. } => {}
         }
+        Some(event)
     }
 
     /// Whether the slave may take another [`INPUT_CHUNK`] of input now.
