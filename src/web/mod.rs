@@ -30,12 +30,13 @@ use crate::master::control::{Control, ControlError};
 use crate::master::sessions::Session;
 
 /// Every template, embedded so the binary needs no files at run time.
-pub const TEMPLATES: [(&str, &str); 12] = [
+pub const TEMPLATES: [(&str, &str); 13] = [
     ("base.html", include_str!("templates/base.html")),
     ("waterfall.html", include_str!("templates/waterfall.html")),
     ("summary.html", include_str!("templates/summary.html")),
     ("builder.html", include_str!("templates/builder.html")),
     ("build.html", include_str!("templates/build.html")),
+    ("shell.html", include_str!("templates/shell.html")),
     ("log.html", include_str!("templates/log.html")),
     ("slaves.html", include_str!("templates/slaves.html")),
     ("masters.html", include_str!("templates/masters.html")),
