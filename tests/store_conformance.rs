@@ -2226,14 +2226,29 @@ async fn held_builds_keep_their_directory_and_record_their_shells(store: SharedS
         store.shell_hold("linux", number).await.expect("read"),
         Some(hold.clone())
     );
-    assert_eq!(store.shell_hold("linux", number + 1).await.expect("read"), None);
+    assert_eq!(
+        store.shell_hold("linux", number + 1).await.expect("read"),
+        None
+    );
     // Held: the directory is taken on that slave only, for that builder only.
     assert_eq!(
         store.held_dirs("s1", "linux", t).await.expect("read"),
         vec!["linux".to_string()]
     );
-    assert!(store.held_dirs("s2", "linux", t).await.expect("read").is_empty());
-    assert!(store.held_dirs("s1", "mac", t).await.expect("read").is_empty());
+    assert!(
+        store
+            .held_dirs("s2", "linux", t)
+            .await
+            .expect("read")
+            .is_empty()
+    );
+    assert!(
+        store
+            .held_dirs("s1", "mac", t)
+            .await
+            .expect("read")
+            .is_empty()
+    );
     // A build that finished cannot be held any more (fenced like every write about a build).
     let late = store.hold_build(&me, hold.clone()).await;
     assert!(matches!(late, Err(StoreError::Fenced { .. })), "{late:?}");
@@ -2257,10 +2272,19 @@ async fn held_builds_keep_their_directory_and_record_their_shells(store: SharedS
         .await
         .expect("start");
     assert_ne!(first, second);
-    assert_eq!(store.end_shell_session(first, t + 1.0).await.expect("end"), 1);
+    assert_eq!(
+        store.end_shell_session(first, t + 1.0).await.expect("end"),
+        1
+    );
     // Ending one twice changes nothing.
-    assert_eq!(store.end_shell_session(first, t + 5.0).await.expect("end"), 1);
-    assert_eq!(store.end_shell_session(second, t + 2.0).await.expect("end"), 0);
+    assert_eq!(
+        store.end_shell_session(first, t + 5.0).await.expect("end"),
+        1
+    );
+    assert_eq!(
+        store.end_shell_session(second, t + 2.0).await.expect("end"),
+        0
+    );
     let sessions = store.shell_sessions(build).await.expect("read");
     assert_eq!(
         sessions
@@ -2272,7 +2296,13 @@ async fn held_builds_keep_their_directory_and_record_their_shells(store: SharedS
 
     // Released: the directory is free again.
     store.set_held_until(build, t - 1.0).await.expect("release");
-    assert!(store.held_dirs("s1", "linux", t).await.expect("read").is_empty());
+    assert!(
+        store
+            .held_dirs("s1", "linux", t)
+            .await
+            .expect("read")
+            .is_empty()
+    );
     assert_eq!(
         store
             .shell_hold("linux", number)

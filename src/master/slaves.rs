@@ -30,7 +30,10 @@ pub enum SlaveEvent {
 /// What a shell on the slave reports (issue 25).
 #[derive(Debug)]
 pub enum ShellEvent {
-    Output { stream: StreamKind, data: Vec<u8> },
+    Output {
+        stream: StreamKind,
+        data: Vec<u8>,
+    },
     /// The slave wrote input costing this much ([`proto::shell_cost`]).
     Ack(u64),
     Exit {
@@ -123,7 +126,11 @@ impl SlaveLink {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (events_tx, events_rx) = mpsc::unbounded_channel();
         lock(&self.shells).insert(id, events_tx);
-        if self.outgoing.send(Message::ShellOpen { id, shell }).is_err() {
+        if self
+            .outgoing
+            .send(Message::ShellOpen { id, shell })
+            .is_err()
+        {
             lock(&self.shells).remove(&id);
             return Err(SlaveLost);
         }

@@ -219,11 +219,18 @@ pub async fn build(
     let session = state.session(&headers).await;
     if let Some((hold, sessions)) = state.control.shell_hold(&builder, number).await? {
         // The command only for those who may open the shell (its requester, operators).
-        let may = session
-            .as_ref()
-            .is_some_and(|session| state.control.may_shell(&session.account, hold.owner.as_deref()));
+        let may = session.as_ref().is_some_and(|session| {
+            state
+                .control
+                .may_shell(&session.account, hold.owner.as_deref())
+        });
         let command = may.then(|| format!("ssh -t {} shell {builder} {number}", ssh_host(&state)));
-        page.shell = Some(views::shell_view(&hold, &sessions, command, session.is_some()));
+        page.shell = Some(views::shell_view(
+            &hold,
+            &sessions,
+            command,
+            session.is_some(),
+        ));
     }
     let mut context = state.base_context(&headers).await;
     context.insert("can_stop", &session.is_some());

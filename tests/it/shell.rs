@@ -143,7 +143,8 @@ impl Terminal {
     fn resize(&self, rows: u16, cols: u16) {
         let size = winsize(rows, cols);
         // SAFETY: TIOCSWINSZ reads one winsize; the kernel then signals ssh (SIGWINCH).
-        let done = unsafe { nix::libc::ioctl(self.master.as_raw_fd(), nix::libc::TIOCSWINSZ, &size) };
+        let done =
+            unsafe { nix::libc::ioctl(self.master.as_raw_fd(), nix::libc::TIOCSWINSZ, &size) };
         assert_eq!(done, 0, "TIOCSWINSZ");
     }
 
@@ -261,7 +262,8 @@ fn a_terminal_in_a_held_build_has_its_directory_environment_size_and_exit_status
     assert!(
         sessions
             .iter()
-            .all(|session| session["who"] == current_user().as_str() && session["ended_at"].is_number()),
+            .all(|session| session["who"] == current_user().as_str()
+                && session["ended_at"].is_number()),
         "{detail}"
     );
 }
@@ -284,7 +286,12 @@ fn only_the_requester_may_and_a_held_directory_is_reused_only_after_its_hold() {
     assert_eq!(line.lines().count(), 1, "{line}");
     assert!(line.contains("may not open a shell"), "{line}");
     let released = master.ssh(&key, &stranger.user, "shell linux 1 --release");
-    assert_eq!(released.status.code(), Some(1), "{}", text(&released.stderr));
+    assert_eq!(
+        released.status.code(),
+        Some(1),
+        "{}",
+        text(&released.stderr)
+    );
 
     // While #1 is held, #2 builds elsewhere and #1's directory stays as #1 left it.
     force_and_wait(&master, 2);
@@ -304,10 +311,19 @@ fn only_the_requester_may_and_a_held_directory_is_reused_only_after_its_hold() {
     });
     let late = master.ssh(&master.user_key, &current_user(), "shell linux 1 -- true");
     assert_eq!(late.status.code(), Some(1), "{}", text(&late.stderr));
-    assert!(text(&late.stderr).contains("was held until"), "{}", text(&late.stderr));
+    assert!(
+        text(&late.stderr).contains("was held until"),
+        "{}",
+        text(&late.stderr)
+    );
     // #2 still holds linux~2; its owner releases it.
     let released = master.ssh(&master.user_key, &current_user(), "shell linux 2 --release");
-    assert_eq!(released.status.code(), Some(0), "{}", text(&released.stderr));
+    assert_eq!(
+        released.status.code(),
+        Some(0),
+        "{}",
+        text(&released.stderr)
+    );
     std::thread::sleep(Duration::from_secs(11)); // DIR_GRACE: shells of an ended hold are gone
     force_and_wait(&master, 3);
     assert_eq!(

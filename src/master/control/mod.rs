@@ -82,9 +82,13 @@ pub enum ControlError {
     #[error("{0}")]
     History(#[from] StoreError),
     // ---- shell (issue 25) ----
-    #[error("{builder} #{number} is not held: its directory was not kept (hold = {{ on = \"failure\" }} keeps failed builds; try --hold or force --hold keeps one)")]
+    #[error(
+        "{builder} #{number} is not held: its directory was not kept (hold = {{ on = \"failure\" }} keeps failed builds; try --hold or force --hold keeps one)"
+    )]
     NotHeld { builder: String, number: i64 },
-    #[error("{builder} #{number} was held until {until}; its directory may be in use by another build now")]
+    #[error(
+        "{builder} #{number} was held until {until}; its directory may be in use by another build now"
+    )]
     HoldEnded {
         builder: String,
         number: i64,

@@ -201,12 +201,10 @@ impl Control {
                 builder: builder.to_string(),
                 number,
             }),
-            Some(detail) if detail.build.finished_at.is_none() => {
-                Err(ControlError::StillRunning {
-                    builder: builder.to_string(),
-                    number,
-                })
-            }
+            Some(detail) if detail.build.finished_at.is_none() => Err(ControlError::StillRunning {
+                builder: builder.to_string(),
+                number,
+            }),
             Some(_) => Err(ControlError::NotHeld {
                 builder: builder.to_string(),
                 number,
@@ -230,7 +228,13 @@ impl Control {
     /// Whether `account` may open a shell into a build held for `owner` (pages show the
     /// command only to those who may).
     pub fn may_shell(&self, account: &UnixAccount, owner: Option<&str>) -> bool {
-        access::check(account, Action::Shell, Target::Owned { owner }, &self.config()).is_ok()
+        access::check(
+            account,
+            Action::Shell,
+            Target::Owned { owner },
+            &self.config(),
+        )
+        .is_ok()
     }
 }
 
@@ -285,7 +289,9 @@ impl OpenedShell {
     }
 
     pub fn resize(&self, size: TermSize) {
-        let _ = self.link.to_shell(Message::ShellResize { id: self.id, size });
+        let _ = self
+            .link
+            .to_shell(Message::ShellResize { id: self.id, size });
     }
 
     pub fn eof(&self) {

@@ -79,9 +79,9 @@ impl Shell {
         let mut input_open = true;
         let end = loop {
             let until = shell.hold().held_until;
-            let wake = std::time::Duration::from_secs_f64(
-                (until - crate::status::unix_now()).max(0.0),
-            ) + HOLD_CHECK_SLACK;
+            let wake =
+                std::time::Duration::from_secs_f64((until - crate::status::unix_now()).max(0.0))
+                    + HOLD_CHECK_SLACK;
             let resize = async {
                 match terminal.as_mut() {
                     Some(terminal) => terminal.resizes.recv().await,
