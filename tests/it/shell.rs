@@ -18,12 +18,20 @@ use crate::repo::Checkout;
 /// A master with the `linux` builder on slave s1 (forced by hand) whose one step leaves a file
 /// behind and fails, held for `hold_for`.
 fn farm(checkout: &Checkout, hold_for: &str) -> TestMaster {
+    farm_with(
+        checkout,
+        hold_for,
+        "echo $BUILDBOT_BUILDNUMBER > ran.txt; exit 3",
+    )
+}
+
+fn farm_with(checkout: &Checkout, hold_for: &str, step: &str) -> TestMaster {
     let setup = MasterSetup {
         slaves: vec!["s1".into()],
         extra_config: format!(
             "\n[[builder]]\nname = \"linux\"\nslaves = [\"s1\"]\nrepo = \"{}\"\nbranch = \"main\"\n\
              hold = {{ on = \"failure\", for = \"{hold_for}\" }}\n\
-             steps = [ {{ name = \"fail\", command = \"echo $BUILDBOT_BUILDNUMBER > ran.txt; exit 3\" }} ]\n\
+             steps = [ {{ name = \"step\", command = \"{step}\" }} ]\n\
              \n[[scheduler]]\nkind = \"force\"\nbuilders = [\"linux\"]\n",
             checkout.upstream.display()
         ),
@@ -33,10 +41,16 @@ fn farm(checkout: &Checkout, hold_for: &str) -> TestMaster {
 }
 
 fn force_and_wait(master: &TestMaster, number: u64) -> serde_json::Value {
+    let build = force_and_wait_with(master, number, "");
+    assert_eq!(build["result"], "failure", "{build}");
+    build
+}
+
+fn force_and_wait_with(master: &TestMaster, number: u64, flags: &str) -> serde_json::Value {
     let forced = master.ssh(
         &master.user_key,
         &current_user(),
-        "force linux --reason look",
+        &format!("force linux --reason look{flags}"),
     );
     assert_eq!(forced.status.code(), Some(0), "{}", text(&forced.stderr));
     let mut build = serde_json::Value::Null;
@@ -44,7 +58,6 @@ fn force_and_wait(master: &TestMaster, number: u64) -> serde_json::Value {
         build = master.api_last_build("linux");
         build["number"] == number && build["running"] == false
     });
-    assert_eq!(build["result"], "failure", "{build}");
     build
 }
 
@@ -359,4 +372,53 @@ fn killing_the_slave_ends_the_shell_with_a_message_and_nothing_of_it_survives() 
     wait_until("the shell's processes to be gone", || {
         !process_running(background)
     });
+}
+
+#[test]
+fn a_passing_build_is_held_only_when_asked_and_the_client_opens_its_shell() {
+    let checkout = Checkout::new();
+    let master = farm_with(&checkout, "10m", "echo passed > ran.txt");
+    let _slave = master.start_slave("s1");
+    assert_eq!(force_and_wait_with(&master, 1, "")["result"], "success");
+    let not_held = master.ssh(&master.user_key, &current_user(), "shell linux 1 -- true");
+    assert_eq!(
+        not_held.status.code(),
+        Some(1),
+        "{}",
+        text(&not_held.stderr)
+    );
+    assert!(
+        text(&not_held.stderr).contains("linux #1 is not held"),
+        "{}",
+        text(&not_held.stderr)
+    );
+
+    assert_eq!(
+        force_and_wait_with(&master, 2, " --hold")["result"],
+        "success"
+    );
+    // `buildbot shell` with the usual connection flags; its exit status is the command's.
+    let mut client = Command::new(crate::harness::BIN);
+    client
+        .arg("shell")
+        .args(master.client_args())
+        .args(["linux", "2", "--", "cat ran.txt; exit 4"])
+        .stdin(Stdio::null());
+    let ran = crate::harness::run_with_timeout(client, None);
+    assert_eq!(ran.status.code(), Some(4), "{}", text(&ran.stderr));
+    assert_eq!(text(&ran.stdout), "passed\n");
+    let mut release = Command::new(crate::harness::BIN);
+    release
+        .arg("shell")
+        .args(master.client_args())
+        .args(["linux", "2", "--release"]);
+    let released = crate::harness::run_with_timeout(release, None);
+    assert_eq!(
+        released.status.code(),
+        Some(0),
+        "{}",
+        text(&released.stderr)
+    );
+    let after = master.ssh(&master.user_key, &current_user(), "shell linux 2 -- true");
+    assert_eq!(after.status.code(), Some(1), "{}", text(&after.stderr));
 }
