@@ -245,6 +245,20 @@ fn a_terminal_in_a_held_build_has_its_directory_environment_size_and_exit_status
         !process_running(background)
     });
 
+    // Other commands on a terminal (raw mode) get CR LF line ends.
+    let mut help = shell_terminal(&master, &master.user_key, &current_user(), "help");
+    assert_eq!(help.wait().code(), Some(0));
+    std::thread::sleep(Duration::from_millis(100));
+    let shown = help.text();
+    assert!(
+        shown.contains("shell") && shown.contains("\r\n"),
+        "{shown:?}"
+    );
+    assert!(
+        !shown.replace("\r\n", "").contains('\n'),
+        "a bare LF: {shown:?}"
+    );
+
     // Without a terminal: one command, its output and its status.
     let once = master.ssh(
         &master.user_key,
