@@ -113,6 +113,23 @@ pub enum Command {
         #[command(flatten)]
         connection: ConnectionCli,
     },
+    /// A terminal in held build N of BUILDER, in its directory on its slave with its
+    /// environment (or, after --, one command there); --release ends the hold. For the build's
+    /// requester and the master's admin group.
+    Shell {
+        /// The builder.
+        builder: String,
+        /// The held build's number.
+        number: u64,
+        /// End the hold now: the directory is free for the next build.
+        #[arg(long)]
+        release: bool,
+        /// A command to run instead of an interactive shell.
+        #[arg(last = true)]
+        command: Vec<String>,
+        #[command(flatten)]
+        connection: ConnectionCli,
+    },
     /// Stop a running build (it ends as interrupted, with your name and reason). Needs the right
     /// to try, or membership of the master's admin group.
     Stop {
@@ -335,6 +352,10 @@ pub struct TryCli {
     /// A build property KEY=VALUE (repeatable).
     #[arg(long = "property", value_name = "K=V")]
     pub properties: Vec<String>,
+    /// Keep the builds' directories on their slaves when they end, whatever their result, for
+    /// `buildbot shell BUILDER N` (the property hold=1).
+    #[arg(long)]
+    pub hold: bool,
     /// Include untracked files in the patch too.
     #[arg(long)]
     pub include_untracked: bool,

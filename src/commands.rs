@@ -38,6 +38,10 @@ pub struct ForceArgs {
     /// A build property NAME=VALUE (repeatable).
     #[arg(long = "property", value_name = "NAME=VALUE", value_parser = parse_property)]
     pub properties: Vec<(String, String)>,
+    /// Keep the build's directory on its slave when it ends, whatever its result, for
+    /// `shell BUILDER N` (the property hold=1).
+    #[arg(long)]
+    pub hold: bool,
 }
 
 impl ForceArgs {
@@ -46,7 +50,11 @@ impl ForceArgs {
     }
 
     pub fn properties(&self) -> BTreeMap<String, String> {
-        self.properties.iter().cloned().collect()
+        let mut properties: BTreeMap<String, String> = self.properties.iter().cloned().collect();
+        if self.hold {
+            properties.insert("hold".to_string(), "1".to_string());
+        }
+        properties
     }
 
     /// The words of `force` on the master's command line.
@@ -61,6 +69,9 @@ impl ForceArgs {
         words.extend(self.reason.iter().cloned());
         for (name, value) in &self.properties {
             words.extend(["--property".to_string(), format!("{name}={value}")]);
+        }
+        if self.hold {
+            words.push("--hold".to_string());
         }
         words
     }
@@ -275,6 +286,7 @@ mod tests {
             revision: None,
             reason: vec!["nightly".into(), "rerun".into()],
             properties: vec![("a".into(), "1=2".into())],
+            hold: false,
         };
         let Top::Force(parsed) = Top::try_parse_from(args.to_words()).expect("parses");
         assert_eq!(parsed, args);

@@ -12,6 +12,16 @@ pub struct ExecIo<'a> {
     pub stderr: &'a mut (dyn AsyncWrite + Unpin + Send),
     /// Cancelled when the client closes the channel (Ctrl-C on `try --wait`).
     pub client_gone: CancellationToken,
+    /// The client's terminal, when it asked for one (`ssh -t`); only `shell` uses it.
+    pub terminal: Option<Terminal>,
+}
+
+/// A client's terminal: its type, its size, and its size changes as they come.
+pub struct Terminal {
+    pub term: String,
+    pub cols: u16,
+    pub rows: u16,
+    pub resizes: tokio::sync::mpsc::UnboundedReceiver<(u16, u16)>,
 }
 
 impl ExecIo<'_> {

@@ -141,7 +141,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 baserev: args.baserev,
                 dryrun: args.dryrun,
                 verbose: args.verbose,
-                properties: args.properties,
+                properties: if args.hold {
+                    let mut properties = args.properties;
+                    properties.push("hold=1".to_string());
+                    properties
+                } else {
+                    args.properties
+                },
                 include_untracked: args.include_untracked,
                 who: args.who,
                 comment: args.comment,
@@ -164,6 +170,25 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             let result = buildbot::client::watch::run(&options, &connection, &cwd);
             Ok(client_outcome("watch", result))
+        }
+        Command::Shell {
+            builder,
+            number,
+            release,
+            command,
+            connection,
+        } => {
+            let cwd = std::env::current_dir().context("cannot find the current directory")?;
+            let connection = connection.into_try_args();
+            let result = buildbot::client::remote::shell(
+                &builder,
+                number,
+                release,
+                &command,
+                &connection,
+                &cwd,
+            );
+            Ok(client_outcome("shell", result))
         }
         Command::Stop {
             builder,

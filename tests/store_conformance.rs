@@ -86,6 +86,7 @@ conformance!(
     the_outbox_keeps_each_notification_once_until_it_ends,
     a_new_run_of_a_master_takes_over_what_its_killed_run_held,
     bisections_are_kept_and_updated,
+    held_builds_keep_their_directory_and_record_their_shells,
 );
 
 fn request(job: &str, builder: &str) -> NewRequest {
@@ -2749,5 +2750,125 @@ async fn the_outbox_keeps_each_notification_once_until_it_ends(store: SharedStor
             (OutboxState::Delivered, None),
             (OutboxState::GivenUp, Some("HTTP 404")),
         ]
+    );
+}
+
+// ---- shell (issue 25) ----
+
+async fn held_builds_keep_their_directory_and_record_their_shells(store: SharedStore) {
+    use buildbot::master::store::{ShellHold, ShellSession};
+    let me = run_of(&store, "m").await;
+    let ids = store
+        .record_requests(vec![request("j1", "linux"), request("j2", "linux")])
+        .await
+        .expect("record");
+    let (build, number) = store
+        .start_build(&me, ids[0], "linux", "s1")
+        .await
+        .expect("start");
+    let t = now();
+    let hold = ShellHold {
+        build_id: build,
+        builder: "linux".into(),
+        number,
+        slave: "s1".into(),
+        dir: "linux".into(),
+        env: vec![("BUILDBOT_BUILDER".into(), "linux".into())],
+        owner: Some("alice".into()),
+        held_until: t + 600.0,
+    };
+    store.hold_build(&me, hold.clone()).await.expect("hold");
+    store
+        .finish_build(&me, build, BuildResult::Failure, None, false)
+        .await
+        .expect("finish");
+    assert_eq!(
+        store.shell_hold("linux", number).await.expect("read"),
+        Some(hold.clone())
+    );
+    assert_eq!(
+        store.shell_hold("linux", number + 1).await.expect("read"),
+        None
+    );
+    // Held: the directory is taken on that slave only, for that builder only.
+    assert_eq!(
+        store.held_dirs("s1", "linux", t).await.expect("read"),
+        vec!["linux".to_string()]
+    );
+    assert!(
+        store
+            .held_dirs("s2", "linux", t)
+            .await
+            .expect("read")
+            .is_empty()
+    );
+    assert!(
+        store
+            .held_dirs("s1", "mac", t)
+            .await
+            .expect("read")
+            .is_empty()
+    );
+    // A build that finished cannot be held any more (fenced like every write about a build).
+    let late = store.hold_build(&me, hold.clone()).await;
+    assert!(matches!(late, Err(StoreError::Fenced { .. })), "{late:?}");
+
+    // Sessions: recorded with who and from where; the count of open ones comes back.
+    let session = |who: &str| ShellSession {
+        id: 0,
+        build_id: build,
+        who: who.into(),
+        from_addr: "127.0.0.1".into(),
+        master: "m".into(),
+        started_at: t,
+        ended_at: None,
+    };
+    let first = store
+        .start_shell_session(session("alice"))
+        .await
+        .expect("start");
+    let second = store
+        .start_shell_session(session("root"))
+        .await
+        .expect("start");
+    assert_ne!(first, second);
+    assert_eq!(
+        store.end_shell_session(first, t + 1.0).await.expect("end"),
+        1
+    );
+    // Ending one twice changes nothing.
+    assert_eq!(
+        store.end_shell_session(first, t + 5.0).await.expect("end"),
+        1
+    );
+    assert_eq!(
+        store.end_shell_session(second, t + 2.0).await.expect("end"),
+        0
+    );
+    let sessions = store.shell_sessions(build).await.expect("read");
+    assert_eq!(
+        sessions
+            .iter()
+            .map(|s| (s.who.as_str(), s.ended_at))
+            .collect::<Vec<_>>(),
+        vec![("alice", Some(t + 1.0)), ("root", Some(t + 2.0))]
+    );
+
+    // Released: the directory is free again.
+    store.set_held_until(build, t - 1.0).await.expect("release");
+    assert!(
+        store
+            .held_dirs("s1", "linux", t)
+            .await
+            .expect("read")
+            .is_empty()
+    );
+    assert_eq!(
+        store
+            .shell_hold("linux", number)
+            .await
+            .expect("read")
+            .map(|hold| hold.held_until),
+        Some(t - 1.0)
     );
 }

@@ -69,7 +69,9 @@ impl Tracker {
             | BuildEvent::Landed { .. }
             | BuildEvent::LandRejected { .. }
             | BuildEvent::BisectStarted { .. }
-            | BuildEvent::CulpritFound { .. } => {}
+            | BuildEvent::CulpritFound { .. }
+            | BuildEvent::ShellOpened { .. }
+            | BuildEvent::ShellClosed { .. } => {}
         }
     }
 

@@ -103,6 +103,38 @@ pub fn stop(
     run_command(&words, connection_args, cwd)
 }
 
+/// Runs `buildbot shell`: `ssh -t master shell BUILDER N` on the user's terminal (without -t
+/// when a command is given or stdin is not a terminal), or `--release`. The exit code is the
+/// shell's own.
+pub fn shell(
+    builder: &str,
+    number: u64,
+    release: bool,
+    command: &[String],
+    connection_args: &TryArgs,
+    cwd: &Path,
+) -> Result<u8, TryError> {
+    let mut words = vec!["shell".to_string(), builder.to_string(), number.to_string()];
+    if release {
+        words.push("--release".to_string());
+        return run_command(&words, connection_args, cwd);
+    }
+    let terminal = command.is_empty() && std::io::stdin().is_terminal();
+    if !command.is_empty() {
+        words.push("--".to_string());
+        words.extend(command.iter().cloned());
+    }
+    let connection = resolve(connection_args, cwd)?;
+    let remote = shlex::try_join(words.iter().map(String::as_str))
+        .map_err(|_| TryError("an argument cannot be quoted for the remote command".into()))?;
+    let exit = connection.run_remote_terminal(&remote, terminal)?;
+    match exit.code {
+        // The shell's own status, whatever it is.
+        Some(code) if code != 255 => Ok(u8::try_from(code).unwrap_or(EXIT_FAILED)),
+        _ => exit_code(exit, &connection),
+    }
+}
+
 /// Runs one master command (`stop`, `force`, ...) word by word over the user's ssh; the master
 /// prints the answer. Exit 0 done, 1 refused, 2 usage or connection trouble.
 pub fn run_command(

@@ -323,6 +323,11 @@ impl Connection {
     }
 
     fn command(&self, remote: &str, known_hosts: Option<&Path>) -> Command {
+        self.command_with(remote, known_hosts, &[])
+    }
+
+    /// The ssh command, `extra` options before the host.
+    fn command_with(&self, remote: &str, known_hosts: Option<&Path>, extra: &[&str]) -> Command {
         let mut command = Command::new(&self.ssh_argv[0]);
         // ssh takes the first value of an option: a pinned key goes before the user's own
         // options (`--ssh "ssh -o StrictHostKeyChecking=no"` must not undo the pin).
@@ -339,7 +344,7 @@ impl Connection {
         if let Some(username) = &self.username {
             command.args(["-l", username]);
         }
-        command.arg(&self.host).arg(remote);
+        command.args(extra).arg(&self.host).arg(remote);
         command
     }
 
@@ -452,6 +457,23 @@ impl Connection {
     /// Runs `remote` on the master with the terminal's stdin/stdout; returns how ssh ended.
     pub fn run_remote(&self, remote: &str) -> Result<SshExit, TryError> {
         self.spawn(remote, Stdio::inherit(), false)?.wait()
+    }
+
+    /// Runs `remote` on the master on the user's terminal (`ssh -t` when `terminal`), every
+    /// stream the terminal's; returns how ssh ended.
+    pub fn run_remote_terminal(&self, remote: &str, terminal: bool) -> Result<SshExit, TryError> {
+        let pinned = self.pinned_known_hosts()?;
+        let extra: &[&str] = if terminal { &["-t"] } else { &[] };
+        let mut command = self.command_with(remote, pinned.as_ref().map(|file| file.path()), extra);
+        let status = command
+            .status()
+            .map_err(|err| TryError::new(format!("cannot run '{}': {err}", self.ssh_argv[0])))?;
+        // stderr stays the terminal's: ssh's own complaints and the master's refusal are
+        // already in front of the user.
+        Ok(SshExit {
+            code: status.code(),
+            trouble: SshTrouble::default(),
+        })
     }
 
     /// Runs `remote` on the master with `input` on its stdin (stdout is the terminal's);

@@ -43,6 +43,8 @@ pub enum Action {
     SeePatch,
     /// Put a series into a branch's merge queue, or take one's own out (`buildbot land`).
     Land,
+    /// Open a shell in a held build's directory (issue 25).
+    Shell,
 }
 
 impl fmt::Display for Action {
@@ -58,6 +60,7 @@ impl fmt::Display for Action {
             Action::PauseSlave => "pause slaves",
             Action::SeePatch => "see try patches",
             Action::Land => "land onto this branch",
+            Action::Shell => "open a shell in the build",
         })
     }
 }

@@ -501,11 +501,14 @@ async fn run_steps(
         slave_lost: false,
         slave_leaving: false,
     };
+    // The builder's directory on the slave, unless a held build keeps it (`master::shell`).
+    let dir = crate::master::shell::work_dir(&*control.store, &link.name, &builder.name).await;
     let mut checkout = plan_checkout(builder, request);
+    checkout.builder = dir.clone();
     // Planned now so a property that cannot be put in ends the build before any work, and
     // again once the checkout has said which commit it is.
     let commands = match plan_commands(builder, request, &checkout, number, &link.name) {
-        Ok(commands) => commands,
+        Ok(commands) => in_dir(commands, &dir),
         Err(err) => {
             tracing::error!("cannot plan the steps: {err}");
             ending.result = BuildResult::Exception;
@@ -652,7 +655,7 @@ async fn run_steps(
             }
             // The later steps see the commit built, not the request's (often empty) revision.
             match plan_commands(builder, request, &checkout, number, &link.name) {
-                Ok(commands) => steps = commands,
+                Ok(commands) => steps = in_dir(commands, &dir),
                 Err(err) => {
                     ending.result = ending.result.max(BuildResult::Exception);
                     ending.reason = Some(format!("cannot plan the steps: {err}"));
@@ -661,7 +664,48 @@ async fn run_steps(
             }
         }
     }
+    // Held for a shell: recorded before the build's end, so the slave's next build of this
+    // builder (which may start as soon as this one ends) already sees the directory taken.
+    let master_stopping = shutdown.is_cancelled();
+    if !ending.slave_lost
+        && !master_stopping
+        && crate::master::shell::wants_hold(&builder.hold, ending.result, asked_hold(request))
+    {
+        let facts = build_facts(builder, request, &checkout, number, &link.name);
+        let hold = crate::master::store::ShellHold {
+            build_id: started.build_id,
+            builder: builder.name.clone(),
+            number,
+            slave: link.name.clone(),
+            dir,
+            env: facts.env,
+            owner: request.who.clone(),
+            held_until: crate::status::unix_now() + builder.hold.hold_for.as_secs_f64(),
+        };
+        if let Err(err) = control.store.hold_build(&control.owner, hold).await {
+            tracing::error!("cannot hold the build for a shell: {err}");
+        }
+    }
     ending
+}
+
+/// Whether the requester asked for this build to be held (`try --hold`, `force --hold`: the
+/// property `hold`).
+fn asked_hold(request: &StoredRequest) -> bool {
+    request
+        .properties
+        .get("hold")
+        .is_some_and(|value| matches!(value.as_str(), "1" | "true" | "yes"))
+}
+
+/// The planned command steps, run in `dir` under the slave's work directory.
+fn in_dir(mut steps: VecDeque<PlannedStep>, dir: &str) -> VecDeque<PlannedStep> {
+    for step in &mut steps {
+        if let StepKind::Command(command, _) = &mut step.kind {
+            command.builder = dir.to_string();
+        }
+    }
+    steps
 }
 
 /// How long a step may wait for its locks before the wait is announced.

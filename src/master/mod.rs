@@ -31,6 +31,7 @@ pub mod roster;
 pub mod scheduler;
 pub mod schedulers;
 pub mod sessions;
+pub mod shell;
 pub mod slaves;
 pub mod store;
 pub mod test_results;

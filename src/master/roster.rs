@@ -63,6 +63,14 @@ impl Roster {
             .cloned()
     }
 
+    /// The slave's current connection, if it has one here (a shell relays over it).
+    pub fn current(&self, name: &str) -> Option<Arc<SlaveLink>> {
+        lock(&self.links)
+            .get(name)
+            .filter(|link| !link.closed.is_cancelled())
+            .cloned()
+    }
+
     pub fn is_connected(&self, name: &str) -> bool {
         lock(&self.links).contains_key(name)
     }

@@ -40,6 +40,22 @@ pub enum SlaveEvent {
     },
 }
 
+/// What a shell on the slave reports (issue 25).
+#[derive(Debug)]
+pub enum ShellEvent {
+    Output {
+        stream: StreamKind,
+        data: Vec<u8>,
+    },
+    /// The slave wrote input costing this much ([`proto::shell_cost`]).
+    Ack(u64),
+    Exit {
+        exit_code: Option<i32>,
+        signal: Option<i32>,
+        error: Option<String>,
+    },
+}
+
 /// Output waiting for a build to write it; bounded, so a slow disk slows the slave down
 /// instead of filling the master's memory.
 const EVENT_QUEUE: usize = 64;
@@ -57,6 +73,9 @@ pub struct SlaveLink {
     outgoing: mpsc::UnboundedSender<Message>,
     routes: Mutex<HashMap<u64, mpsc::Sender<SlaveEvent>>>,
     pings: Mutex<HashMap<u64, oneshot::Sender<()>>>,
+    /// Open shells. Unbounded, because the slave sends at most `proto::SHELL_WINDOW` of a
+    /// shell's output before the relay acknowledges it: the reader never waits on a user.
+    shells: Mutex<HashMap<u64, mpsc::UnboundedSender<ShellEvent>>>,
     next_id: AtomicU64,
     /// Cancelled when the connection ends or a newer connection of the same slave replaces it.
     pub closed: CancellationToken,
@@ -106,6 +125,39 @@ impl SlaveLink {
             return Err(SlaveLost);
         }
         Ok((id, events_rx))
+    }
+
+    /// Opens a shell on the slave; returns its id and the receiver of its events, which ends
+    /// when the connection does.
+    pub fn open_shell(
+        &self,
+        shell: proto::ShellRequest,
+    ) -> Result<(u64, mpsc::UnboundedReceiver<ShellEvent>), SlaveLost> {
+        if self.closed.is_cancelled() {
+            return Err(SlaveLost);
+        }
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (events_tx, events_rx) = mpsc::unbounded_channel();
+        lock(&self.shells).insert(id, events_tx);
+        if self
+            .outgoing
+            .send(Message::ShellOpen { id, shell })
+            .is_err()
+        {
+            lock(&self.shells).remove(&id);
+            return Err(SlaveLost);
+        }
+        Ok((id, events_rx))
+    }
+
+    /// Sends a shell's input, resize, EOF, acknowledgement or close.
+    pub fn to_shell(&self, message: Message) -> Result<(), SlaveLost> {
+        self.outgoing.send(message).map_err(|_| SlaveLost)
+    }
+
+    /// Forgets shell `id` (its relay ended).
+    pub fn forget_shell(&self, id: u64) {
+        lock(&self.shells).remove(&id);
     }
 
     pub fn interrupt(&self, id: u64, reason: &str) {
@@ -211,6 +263,7 @@ pub async fn serve(
         outgoing,
         routes: Mutex::new(HashMap::new()),
         pings: Mutex::new(HashMap::new()),
+        shells: Mutex::new(HashMap::new()),
         next_id: AtomicU64::new(1),
         closed: CancellationToken::new(),
     });
@@ -273,6 +326,30 @@ pub async fn serve(
                 Message::Keepalive { nonce } => {
                     let _ = link.outgoing.send(Message::KeepaliveAck { nonce });
                 }
+                Message::ShellOutput { id, stream, data } => {
+                    if let Some(shell) = lock(&link.shells).get(&id) {
+                        let _ = shell.send(ShellEvent::Output { stream, data });
+                    }
+                }
+                Message::ShellAck { id, cost } => {
+                    if let Some(shell) = lock(&link.shells).get(&id) {
+                        let _ = shell.send(ShellEvent::Ack(cost));
+                    }
+                }
+                Message::ShellExit {
+                    id,
+                    exit_code,
+                    signal,
+                    error,
+                } => {
+                    if let Some(shell) = lock(&link.shells).remove(&id) {
+                        let _ = shell.send(ShellEvent::Exit {
+                            exit_code,
+                            signal,
+                            error,
+                        });
+                    }
+                }
                 other => return format!("unexpected message from the slave: {other:?}"),
             }
         }
@@ -322,6 +399,8 @@ pub async fn serve(
     link.closed.cancel();
     // Every build waiting on this slave sees its event channel close: "slave lost".
     lock(&link.routes).clear();
+    // And every shell's relay: it tells its user why.
+    lock(&link.shells).clear();
     tracing::info!(slave = %name, %peer, "slave disconnected: {reason}");
     registry.disconnected(&link).await;
     let _ = stderr

@@ -40,7 +40,9 @@ pub fn encode(message: &Message) -> Vec<u8> {
 /// Room for the body: the bytes of output or patch, plus a little for the rest.
 fn encoded_size_hint(message: &Message) -> usize {
     match message {
-        Message::Output { data, .. } => data.len() + 32,
+        Message::Output { data, .. }
+        | Message::ShellOutput { data, .. }
+        | Message::ShellInput { data, .. } => data.len() + 32,
         Message::Checkout { checkout, .. } => {
             checkout.patch.as_ref().map_or(0, Vec::len) + checkout.repo.len() + 256
         }

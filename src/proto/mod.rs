@@ -15,8 +15,8 @@ pub use frame::{DecodeError, FrameDecoder, encode};
 /// Bumped on any incompatible change to [`Message`]. postcard is positional, so an added field
 /// is one: 2 added `CheckoutRequest::submodules` and `ExitReport::exception`; 3 replaced
 /// `error` and `exception` by [`Failure`] and added `ExitReport::checked_out`; 4 added the
-/// test report messages (an older slave would drop the connection on them; the handshake
-/// refuses it with the versions instead).
+/// test report, `Shell*` and artifact messages (an older slave would drop the connection on
+/// the first one it cannot decode, so the handshake refuses it instead, with the versions).
 pub const PROTOCOL_VERSION: u32 = 4;
 
 /// The largest frame either side sends or accepts (the length prefix excluded). A checkout
@@ -135,6 +135,85 @@ pub enum Message {
         id: u64,
         refused: Vec<String>,
     },
+    // ---- shell into a held build (issue 25) ----
+    /// master → slave: open a shell (or run one command) in a held build's directory.
+    ShellOpen {
+        id: u64,
+        shell: ShellRequest,
+    },
+    /// master → slave: the user's keystrokes (or a command's stdin).
+    ShellInput {
+        id: u64,
+        #[serde(with = "serde_bytes")]
+        data: Vec<u8>,
+    },
+    /// master → slave: the user's terminal has a new size.
+    ShellResize {
+        id: u64,
+        size: TermSize,
+    },
+    /// master → slave: the user's input ended (a command's stdin is closed).
+    ShellEof {
+        id: u64,
+    },
+    /// master → slave: end the shell now; its processes are killed.
+    ShellClose {
+        id: u64,
+        reason: String,
+    },
+    /// Either way: the peer delivered data costing `cost` ([`shell_cost`]), so that much more
+    /// may be sent. Each side keeps at most [`SHELL_WINDOW`] unacknowledged, so a shell that
+    /// prints faster than its user reads (or a paste into a program that does not read)
+    /// waits instead of filling the memory between them.
+    ShellAck {
+        id: u64,
+        cost: u64,
+    },
+    /// slave → master: what the shell wrote.
+    ShellOutput {
+        id: u64,
+        stream: StreamKind,
+        #[serde(with = "serde_bytes")]
+        data: Vec<u8>,
+    },
+    /// slave → master: the shell ended (after its last output), or could not start.
+    ShellExit {
+        id: u64,
+        exit_code: Option<i32>,
+        signal: Option<i32>,
+        error: Option<String>,
+    },
+}
+
+/// How many bytes of shell data (counted by [`shell_cost`]) may be on their way, unacknowledged,
+/// in each direction of one shell.
+pub const SHELL_WINDOW: u64 = 1024 * 1024;
+
+/// What a piece of shell data counts against [`SHELL_WINDOW`]: its bytes and a fixed part for
+/// the message, so a flood of one-byte messages is bounded too.
+pub fn shell_cost(bytes: usize) -> u64 {
+    bytes as u64 + 256
+}
+
+/// A terminal's size in characters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TermSize {
+    pub cols: u16,
+    pub rows: u16,
+}
+
+/// What a shell needs on the slave.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShellRequest {
+    /// The held build's directory under the slave's work directory.
+    pub dir: String,
+    /// The build's environment.
+    pub env: Vec<(String, String)>,
+    /// Run this with the user's shell `-c` instead of an interactive shell.
+    pub command: Option<String>,
+    /// A terminal (`TERM` and its size) when the user asked for one: the shell runs on a PTY.
+    /// Without one its output comes back as stdout and stderr.
+    pub pty: Option<(String, TermSize)>,
 }
 
 /// Which files of a step's work tree are its test reports, and how much of them to send.

@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use crate::proto::{self, FrameDecoder, Hello, Message};
 use crate::slave::SlaveConfig;
 use crate::slave::containment::Containment;
+use crate::slave::shell::{ShellControl, Shells};
 use crate::slave::work::Work;
 
 /// How a connection ended once the master had welcomed the slave (failures before that are
@@ -277,6 +278,11 @@ async fn run_session(
         Arc::clone(containment),
         outgoing.clone(),
     );
+    let mut shells = Shells::new(
+        config.workdir.clone(),
+        Arc::clone(containment),
+        outgoing.clone(),
+    );
     let mut last_heard = Instant::now();
     let mut keepalive_sent: Option<Instant> = None;
     let mut nonce = 0u64;
@@ -309,6 +315,12 @@ async fn run_session(
                     Message::StartCommand { id, command } => work.start_command(id, command),
                     Message::Interrupt { id, reason } => work.interrupt(id, &reason),
                     Message::CollectReports { id, collect } => work.collect_reports(id, collect),
+                    Message::ShellOpen { id, shell } => shells.open(id, shell),
+                    Message::ShellInput { id, data } => shells.deliver(id, ShellControl::Input(data)),
+                    Message::ShellResize { id, size } => shells.deliver(id, ShellControl::Resize(size)),
+                    Message::ShellEof { id } => shells.deliver(id, ShellControl::Eof),
+                    Message::ShellAck { id, cost } => shells.deliver(id, ShellControl::Ack(cost)),
+                    Message::ShellClose { id, reason } => shells.deliver(id, ShellControl::Close(reason)),
                     other => break Ended::Lost(format!("unexpected message from the master: {other:?}")),
                 }
             }
@@ -325,6 +337,10 @@ async fn run_session(
             }
         }
     };
-    work.stop_all().await;
+    let reason = match &ended {
+        Ended::Shutdown => "the slave is shutting down".to_string(),
+        Ended::Lost(reason) => format!("the slave lost its master: {reason}"),
+    };
+    tokio::join!(work.stop_all(), shells.stop_all(&reason));
     Ok(ended)
 }

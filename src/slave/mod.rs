@@ -18,6 +18,7 @@ pub mod containment;
 pub mod dirlock;
 pub mod reports;
 pub mod runner;
+mod shell;
 pub mod swarm;
 mod work;
 pub mod workfiles;

@@ -347,7 +347,7 @@ fn builder_dir(workdir: &Path, builder: &str) -> Result<PathBuf, String> {
 }
 
 /// `base/sub`, refusing anything that would leave `base`.
-fn relative_inside(base: &Path, sub: &str) -> Result<PathBuf, String> {
+pub(crate) fn relative_inside(base: &Path, sub: &str) -> Result<PathBuf, String> {
     let path = Path::new(sub);
     let safe = !sub.is_empty()
         && path

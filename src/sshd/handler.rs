@@ -3,8 +3,9 @@
 //! Every callback here runs inside the connection's single russh event loop, so none of them
 //! does real work: they decide, reply, and hand each accepted exec channel to a task of its own
 //! (`sshd::session`). The one wait is the key lookup, which runs on a blocking thread under a
-//! timeout (`SshdContext::authenticate`). Pty, shell, subsystem, env, X11, agent and
-//! port-forwarding requests are refused, as the design allows no interactive use of the master.
+//! timeout (`SshdContext::authenticate`). Shell, subsystem, env, X11, agent and
+//! port-forwarding requests are refused, as the design allows no interactive use of the master;
+//! a pty request is kept for the channel's command (`shell` relays a terminal to a slave).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -44,6 +45,8 @@ pub struct ConnectionHandler {
     /// prints. (russh sends its one banner before the client names a user, so the reason
     /// cannot be a banner.)
     handle: Arc<OnceLock<Handle>>,
+    /// The terminal each idle channel asked for (`ssh -t`), handed to its command.
+    ptys: HashMap<ChannelId, (String, u32, u32)>,
     /// Whether the reason was already sent.
     refusal_sent: bool,
     offered_keys: usize,
@@ -67,6 +70,7 @@ impl ConnectionHandler {
             startup_permit: Some(startup_permit),
             authenticated_tx: Some(authenticated_tx),
             handle,
+            ptys: HashMap::new(),
             refusal_sent: false,
             offered_keys: 0,
         }
@@ -260,6 +264,7 @@ impl Handler for ConnectionHandler {
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
         self.idle_channels.remove(&channel);
+        self.ptys.remove(&channel);
         Ok(())
     }
 
@@ -270,17 +275,20 @@ impl Handler for ConnectionHandler {
         session: &mut Session,
     ) -> Result<(), Self::Error> {
         let requested = String::from_utf8_lossy(data).into_owned();
+        let pty = self.ptys.remove(&channel);
         let request = match self.identity.as_ref().and_then(Identity::forced_command) {
             Some(forced) => {
                 tracing::info!(peer = %self.peer, requested = %requested, forced = %forced, "forced command replaces the requested one");
                 ExecRequest::Command {
                     command: forced.to_string(),
                     original: Some(requested),
+                    pty,
                 }
             }
             None => ExecRequest::Command {
                 command: requested,
                 original: None,
+                pty,
             },
         };
         self.start(channel, request, session);
@@ -297,6 +305,7 @@ impl Handler for ConnectionHandler {
             let request = ExecRequest::Command {
                 command: forced.to_string(),
                 original: None,
+                pty: self.ptys.remove(&channel),
             };
             self.start(channel, request, session);
             return Ok(());
@@ -324,16 +333,25 @@ impl Handler for ConnectionHandler {
     async fn pty_request(
         &mut self,
         channel: ChannelId,
-        _term: &str,
-        _col_width: u32,
-        _row_height: u32,
+        term: &str,
+        col_width: u32,
+        row_height: u32,
         _pix_width: u32,
         _pix_height: u32,
         _modes: &[(russh::Pty, u32)],
         session: &mut Session,
     ) -> Result<(), Self::Error> {
-        // OpenSSH prints "PTY allocation request failed" and carries on without one.
-        let _ = session.channel_failure(channel);
+        // Kept for the command: `shell` opens a PTY on the slave with it; the others have no
+        // use for one and write plain lines. A second request, or one for a channel already
+        // running, fails (OpenSSH prints "PTY allocation request failed" and carries on).
+        if self.idle_channels.contains_key(&channel) && !self.ptys.contains_key(&channel) {
+            let term = crate::untrusted::text::one_line(term);
+            let term: String = term.chars().take(64).collect();
+            self.ptys.insert(channel, (term, col_width, row_height));
+            let _ = session.channel_success(channel);
+        } else {
+            let _ = session.channel_failure(channel);
+        }
         Ok(())
     }
 

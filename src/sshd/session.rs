@@ -25,6 +25,8 @@ pub enum ExecRequest {
         command: String,
         /// What the client asked for when a forced command replaced it.
         original: Option<String>,
+        /// The terminal the client asked for first (`pty-req`): type, columns, rows.
+        pty: Option<(String, u32, u32)>,
     },
     /// An interactive request we refuse: print the message, exit 1.
     Refuse { message: String },
@@ -40,6 +42,7 @@ async fn pump_stdin(
     read_half: &mut russh::ChannelReadHalf,
     stdin: tokio::io::DuplexStream,
     client_gone: CancellationToken,
+    resizes: Option<tokio::sync::mpsc::UnboundedSender<(u16, u16)>>,
 ) {
     let mut stdin = Some(stdin);
     while let Some(message) = read_half.wait().await {
@@ -54,11 +57,101 @@ async fn pump_stdin(
             }
             russh::ChannelMsg::Eof => stdin = None,
             russh::ChannelMsg::Close => break,
+            russh::ChannelMsg::WindowChange {
+                col_width,
+                row_height,
+                ..
+            } => {
+                if let Some(resizes) = &resizes {
+                    let _ = resizes.send((clamp(col_width), clamp(row_height)));
+                }
+            }
             _ => {}
         }
     }
     drop(stdin);
     client_gone.cancel();
+}
+
+/// A writer that turns LF into CR LF when `on` (output to a client's raw terminal).
+struct CrLf<'a, W: tokio::io::AsyncWrite + Unpin> {
+    inner: &'a mut W,
+    on: bool,
+    /// Translated bytes not yet taken by `inner`.
+    pending: Vec<u8>,
+}
+
+impl<'a, W: tokio::io::AsyncWrite + Unpin> CrLf<'a, W> {
+    fn new(inner: &'a mut W, on: bool) -> CrLf<'a, W> {
+        CrLf {
+            inner,
+            on,
+            pending: Vec::new(),
+        }
+    }
+
+    fn poll_drain(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        while !self.pending.is_empty() {
+            let written = std::task::ready!(
+                std::pin::Pin::new(&mut *self.inner).poll_write(cx, &self.pending)
+            )?;
+            if written == 0 {
+                return std::task::Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
+            }
+            self.pending.drain(..written);
+        }
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+impl<W: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for CrLf<'_, W> {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        data: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        if !this.on {
+            return std::pin::Pin::new(&mut *this.inner).poll_write(cx, data);
+        }
+        // One piece at a time: what was translated before goes out first.
+        std::task::ready!(this.poll_drain(cx))?;
+        for &byte in data {
+            if byte == b'\n' {
+                this.pending.push(b'\r');
+            }
+            this.pending.push(byte);
+        }
+        // Taken whole; `pending` is written by the next write or flush.
+        let _ = this.poll_drain(cx);
+        std::task::Poll::Ready(Ok(data.len()))
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        std::task::ready!(this.poll_drain(cx))?;
+        std::pin::Pin::new(&mut *this.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        std::task::ready!(this.poll_drain(cx))?;
+        std::pin::Pin::new(&mut *this.inner).poll_shutdown(cx)
+    }
+}
+
+/// A terminal dimension as a PTY takes it.
+fn clamp(value: u32) -> u16 {
+    u16::try_from(value).unwrap_or(u16::MAX)
 }
 
 /// Exit status when the master stops while a command runs.
@@ -117,7 +210,11 @@ async fn run(
             let _ = stderr.write_all(format!("{message}\n").as_bytes()).await;
             1
         }
-        ExecRequest::Command { command, original } => {
+        ExecRequest::Command {
+            command,
+            original,
+            pty,
+        } => {
             let span =
                 tracing::info_span!("exec", %peer, who = %identity.describe(), command = %command);
             if let Some(original) = &original {
@@ -125,13 +222,36 @@ async fn run(
             }
             let (stdin_writer, mut stdin) = tokio::io::duplex(STDIN_BUFFER);
             let client_gone = CancellationToken::new();
+            let (resizes, terminal) = match pty {
+                Some((term, cols, rows)) => {
+                    let (resizes_tx, resizes) = tokio::sync::mpsc::unbounded_channel();
+                    let terminal = crate::exec_io::Terminal {
+                        term,
+                        cols: clamp(cols),
+                        rows: clamp(rows),
+                        resizes,
+                    };
+                    (Some(resizes_tx), Some(terminal))
+                }
+                None => (None, None),
+            };
+            // A client with a terminal (`ssh -t`) put it in raw mode: lines of commands other
+            // than `shell` (whose PTY on the slave does this itself) need CR LF.
+            let raw_terminal = terminal.is_some()
+                && !matches!(
+                    cmd::parse(&command),
+                    cmd::ExecCommand::Run(cmd::Command::Shell(_))
+                );
+            let mut stdout_lines = CrLf::new(&mut stdout, raw_terminal);
+            let mut stderr_lines = CrLf::new(&mut stderr, raw_terminal);
             let finished = {
-                let pump = pump_stdin(&mut read_half, stdin_writer, client_gone.clone());
+                let pump = pump_stdin(&mut read_half, stdin_writer, client_gone.clone(), resizes);
                 let mut io = ExecIo {
                     stdin: &mut stdin,
-                    stdout: &mut stdout,
-                    stderr: &mut stderr,
+                    stdout: &mut stdout_lines,
+                    stderr: &mut stderr_lines,
                     client_gone,
+                    terminal,
                 };
                 let command_future =
                     cmd::run(&ctx, &identity, peer, &command, &mut io).instrument(span.clone());
@@ -150,10 +270,12 @@ async fn run(
                 Some(status) => status,
                 None => {
                     let farewell = format!("{}\n", crate::commands::Farewell::ShuttingDown);
-                    let _ = stderr.write_all(farewell.as_bytes()).await;
+                    let _ = stderr_lines.write_all(farewell.as_bytes()).await;
                     EXIT_SHUTTING_DOWN
                 }
             };
+            let _ = stdout_lines.flush().await;
+            let _ = stderr_lines.flush().await;
             tracing::info!(parent: &span, status, "exec finished");
             status
         }

@@ -128,6 +128,21 @@ pub enum BuildEvent {
         title: String,
         builds: u32,
     },
+    // ---- shell (issue 25) ----
+    /// `who` opened a shell (from `from`) into held build `number` of `builder`.
+    ShellOpened {
+        builder: String,
+        number: i64,
+        who: String,
+        from: String,
+    },
+    /// That shell ended.
+    ShellClosed {
+        builder: String,
+        number: i64,
+        who: String,
+        reason: String,
+    },
 }
 
 impl BuildEvent {
@@ -142,7 +157,9 @@ impl BuildEvent {
             | BuildEvent::Landed { .. }
             | BuildEvent::LandRejected { .. }
             | BuildEvent::BisectStarted { .. }
-            | BuildEvent::CulpritFound { .. } => "",
+            | BuildEvent::CulpritFound { .. }
+            | BuildEvent::ShellOpened { .. }
+            | BuildEvent::ShellClosed { .. } => "",
             BuildEvent::RequestsQueued { job_name, .. }
             | BuildEvent::RequestCancelled { job_name, .. }
             | BuildEvent::WaitingForLock { job_name, .. }
@@ -176,6 +193,9 @@ impl BuildEvent {
             | BuildEvent::StopRequested { builder, .. }
             | BuildEvent::BisectStarted { builder, .. }
             | BuildEvent::CulpritFound { builder, .. } => builders.contains(builder),
+            BuildEvent::ShellOpened { builder, .. } | BuildEvent::ShellClosed { builder, .. } => {
+                builders.contains(builder)
+            }
         }
     }
 }

@@ -90,6 +90,18 @@ pub fn describe_event(event: &BuildEvent) -> String {
             crate::untrusted::text::one_line(author),
             crate::untrusted::text::one_line(title)
         ),
+        BuildEvent::ShellOpened {
+            builder,
+            number,
+            who,
+            from,
+        } => format!("{builder} #{number}: {who} opened a shell (from {from})"),
+        BuildEvent::ShellClosed {
+            builder,
+            number,
+            who,
+            reason,
+        } => format!("{builder} #{number}: {who}'s shell ended: {reason}"),
         BuildEvent::ChangeAdded {
             change_id,
             branch,

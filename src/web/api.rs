@@ -209,7 +209,15 @@ pub async fn build(
         .logs()
         .index(vec![(detail.build.id, detail.steps.as_slice())])
         .await?;
-    Ok(Json(views::build_page(&logs, &detail, None, None)))
+    let mut page = views::build_page(&logs, &detail, None, None);
+    if let Some((hold, sessions)) = state
+        .control
+        .shell_hold(&detail.build.builder, detail.build.number)
+        .await?
+    {
+        page.shell = Some(views::shell_view(&hold, &sessions, None, false));
+    }
+    Ok(Json(page))
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -38,6 +38,7 @@ pub const TEMPLATES: &[(&str, &str)] = &[
     ("summary.html", include_str!("templates/summary.html")),
     ("builder.html", include_str!("templates/builder.html")),
     ("build.html", include_str!("templates/build.html")),
+    ("shell.html", include_str!("templates/shell.html")),
     ("log.html", include_str!("templates/log.html")),
     ("slaves.html", include_str!("templates/slaves.html")),
     ("masters.html", include_str!("templates/masters.html")),
@@ -101,6 +102,10 @@ impl From<ControlError> for WebError {
                 WebError::Internal(err.to_string())
             }
             ControlError::Land(_) => WebError::BadRequest(err.to_string()),
+            ControlError::NotHeld { .. }
+            | ControlError::HoldEnded { .. }
+            | ControlError::StillRunning { .. }
+            | ControlError::SlaveAway { .. } => WebError::BadRequest(err.to_string()),
         }
     }
 }
@@ -351,12 +356,16 @@ mod tests {
             "text": "step 2/3 (test) · 1m10s of ~2m45s", "overdue": false});
         let trend = serde_json::json!({"width": "300", "height": "80", "line": "6,70 294,10", "first_number": 1,
             "last_number": 2, "max_label": "max 1m", "points": [{"x": "6", "y": "70", "css": "success", "title": "#1 success 5s"}]});
-        let build = serde_json::json!({"id": 1, "builder": "linux", "number": 3, "slave": "s1", "result": null,
+        let mut build = serde_json::json!({"id": 1, "builder": "linux", "number": 3, "slave": "s1", "result": null,
             "result_text": "running", "css": "running", "reason": "stopped by <alice>", "running": true,
             "started_at": 0.0, "finished_at": null, "started": "now", "took": "1s", "url": "/builders/linux/builds/3",
             "steps": [step], "progress": progress.clone(), "repository": "r", "branch": "main", "baserev": "abc", "revision": "abcdef", "jobid": "j", "who": "alice",
             "comment": "c", "has_patch": true, "eta": "2m45s", "properties": {"foo": "bar"},
             "why": "changes 1, 2 on main (scheduler main)", "changes": [change.clone()]});
+        let session = serde_json::json!({"who": "<alice>", "from": "10.0.0.1", "started_at": 0.0,
+            "ended_at": null, "started": "12:30 UTC", "ended": "open"});
+        build["shell"] = serde_json::json!({"held_until": 0.0, "held_until_text": "12:40 UTC",
+            "held": true, "command": "ssh -t master shell linux 3", "sessions": [session]});
         let builder = serde_json::json!({"name": "linux", "state": "idle", "state_class": "idle", "queued": 1,
             "progress": [progress.clone()], "trend": trend.clone(),
             "last": "#2 success", "last_css": "success", "slaves": [{"name": "s1", "connected": true}],
@@ -423,8 +432,11 @@ mod tests {
             let html = templates
                 .render(name, &context)
                 .unwrap_or_else(|err| panic!("{name}: {err}"));
-            // progress.html and trend.html are pieces the pages include.
-            let is_page = !matches!(name, "progress.html" | "trend.html" | "tests_summary.html");
+            // These are pieces the pages include.
+            let is_page = !matches!(
+                name,
+                "progress.html" | "trend.html" | "tests_summary.html" | "shell.html"
+            );
             assert_eq!(html.contains("</html>"), is_page, "{name}");
             assert!(
                 !html.contains("<b>output</b>"),
@@ -441,6 +453,9 @@ mod tests {
         assert!(build_page.contains("stopped by &lt;alice&gt;"));
         assert!(build_page.contains("Stop Build"));
         assert!(build_page.contains("ETA 2m45s"));
+        assert!(build_page.contains("held until 12:40 UTC"));
+        assert!(build_page.contains("ssh -t master shell linux 3"));
+        assert!(build_page.contains("&lt;alice&gt;</td><td>10.0.0.1"));
         assert!(
             build_page.contains("property foo</th><td>bar"),
             "{build_page}"

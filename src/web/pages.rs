@@ -215,9 +215,24 @@ pub async fn build(
         .logs()
         .index(vec![(detail.build.id, detail.steps.as_slice())])
         .await?;
-    let page = views::build_page(&logs, &detail, eta, progress);
+    let mut page = views::build_page(&logs, &detail, eta, progress);
     let tests = crate::web::test_results::build_report(&state, &detail).await?;
     let session = state.session(&headers).await;
+    if let Some((hold, sessions)) = state.control.shell_hold(&builder, number).await? {
+        // The command only for those who may open the shell (its requester, operators).
+        let may = session.as_ref().is_some_and(|session| {
+            state
+                .control
+                .may_shell(&session.account, hold.owner.as_deref())
+        });
+        let command = may.then(|| format!("ssh -t {} shell {builder} {number}", ssh_host(&state)));
+        page.shell = Some(views::shell_view(
+            &hold,
+            &sessions,
+            command,
+            session.is_some(),
+        ));
+    }
     let mut context = state.base_context(&headers).await;
     context.insert(
         "tests",
@@ -227,6 +242,24 @@ pub async fn build(
     context.insert("csrf", &session.map(|s| s.csrf).unwrap_or_default());
     context.insert("build", &page);
     Ok(Html(state.render("build.html", &context)?))
+}
+
+/// The master's SSH address as users type it: the web address's host, and `-p PORT` unless
+/// sshd listens on 22.
+fn ssh_host(state: &AppState) -> String {
+    let web = state.control.web_url();
+    let host = web
+        .split("://")
+        .nth(1)
+        .unwrap_or(web)
+        .split(['/', ':'])
+        .next()
+        .unwrap_or("master");
+    let host = if host.is_empty() { "master" } else { host };
+    match state.control.config().sshd.listen.port() {
+        22 => host.to_string(),
+        port => format!("-p {port} {host}"),
+    }
 }
 
 pub async fn patch(

@@ -164,6 +164,64 @@ pub struct BuildPage {
     /// Why the build's request exists.
     pub why: Option<String>,
     pub changes: Vec<ChangeView>,
+    /// The build's hold for a shell, when it was held (issue 25).
+    pub shell: Option<ShellView>,
+}
+
+/// A held build as pages and the API show it: until when, and the shells opened into it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ShellView {
+    /// Seconds since the unix epoch.
+    pub held_until: f64,
+    /// `HH:MM UTC`.
+    pub held_until_text: String,
+    /// Still held now.
+    pub held: bool,
+    /// The command that opens a shell, shown only to those who may (empty otherwise).
+    pub command: String,
+    pub sessions: Vec<ShellSessionView>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ShellSessionView {
+    pub who: String,
+    /// Where the user connected from: shown only to signed-in visitors (empty otherwise).
+    pub from: String,
+    pub started_at: f64,
+    pub ended_at: Option<f64>,
+    pub started: String,
+    pub ended: String,
+}
+
+/// `hold` and its sessions as shown; `command` and addresses only when given.
+pub fn shell_view(
+    hold: &crate::master::store::ShellHold,
+    sessions: &[crate::master::store::ShellSession],
+    command: Option<String>,
+    show_addresses: bool,
+) -> ShellView {
+    let clock = crate::master::control::shell::clock;
+    ShellView {
+        held_until: hold.held_until,
+        held_until_text: clock(hold.held_until),
+        held: hold.held_until > crate::status::unix_now(),
+        command: command.unwrap_or_default(),
+        sessions: sessions
+            .iter()
+            .map(|session| ShellSessionView {
+                who: session.who.clone(),
+                from: if show_addresses {
+                    session.from_addr.clone()
+                } else {
+                    String::new()
+                },
+                started_at: session.started_at,
+                ended_at: session.ended_at,
+                started: clock(session.started_at),
+                ended: session.ended_at.map(clock).unwrap_or_else(|| "open".into()),
+            })
+            .collect(),
+    }
 }
 
 /// A change, as the build page and /changes list it.
@@ -319,6 +377,7 @@ pub fn build_page(
         has_patch: detail.has_patch,
         properties: detail.properties.clone(),
         eta,
+        shell: None,
         why: detail.why.clone(),
         changes: detail
             .changes

@@ -25,6 +25,7 @@ mod postgres;
 mod reconfig;
 mod repo;
 mod security;
+mod shell;
 mod slave_failover;
 mod slave_processes;
 mod sshd;

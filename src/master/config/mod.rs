@@ -8,6 +8,7 @@
 //! spool, the SSH server or the network.
 
 pub mod database;
+pub mod hold;
 mod irc;
 pub mod land;
 mod limits;
@@ -212,6 +213,8 @@ pub struct BuilderConfig {
     pub patch_submodule_urls: bool,
     /// Automatic bisection of a branch that broke (`bisect = { ... }`, issue 28); off when none.
     pub bisect: Option<BisectConfig>,
+    /// Which finished builds keep their directory for a shell, and how long (issue 25).
+    pub hold: hold::HoldPolicy,
 }
 
 /// `[[builder]] bisect = { max_builds = 8, repeats = 1, skip_exit_code = 125 }`.
@@ -387,6 +390,7 @@ struct RawBuilder {
     patch_submodule_urls: bool,
     #[serde(default)]
     bisect: Option<BisectConfig>,
+    hold: Option<hold::RawHold>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -905,11 +909,18 @@ impl Checker<'_> {
                 );
             }
             // The name is a directory on the master (logs/BUILDER) and on slaves.
-            if name.is_empty() || name.contains('/') || name == "." || name == ".." {
+            // No '~' either: `NAME~2` is where a build of NAME goes while NAME's directory is
+            // held for a shell (`master::shell`).
+            if name.is_empty()
+                || name.contains('/')
+                || name.contains('~')
+                || name == "."
+                || name == ".."
+            {
                 self.problem(
                     &builder.name,
                     format!(
-                        "builder name \"{name}\" must be non-empty, not . or .., and contain no '/'"
+                        "builder name \"{name}\" must be non-empty, not . or .., and contain no '/' or '~'"
                     ),
                 );
             }
@@ -988,6 +999,13 @@ impl Checker<'_> {
                 patch_builds_on_slaves: builder.patch_builds_on_slaves,
                 patch_submodule_urls: builder.patch_submodule_urls,
                 bisect: builder.bisect,
+                hold: match &builder.hold {
+                    Some(raw) => hold::HoldPolicy {
+                        on: raw.on.unwrap_or_default(),
+                        hold_for: self.duration(raw.hold_for.as_ref(), hold::DEFAULT_HOLD_FOR),
+                    },
+                    None => hold::HoldPolicy::default(),
+                },
             });
         }
         builders

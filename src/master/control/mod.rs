@@ -13,6 +13,7 @@ mod changes;
 mod land;
 mod parts;
 mod requests;
+pub mod shell;
 pub(crate) use requests::start_try_policy;
 mod stop;
 mod tail;
@@ -88,6 +89,28 @@ pub enum ControlError {
     /// A series refused by the merge queue (`buildbot land`).
     #[error("{0}")]
     Land(#[from] crate::master::land::LandError),
+    // ---- shell (issue 25) ----
+    #[error(
+        "{builder} #{number} is not held: its directory was not kept (hold = {{ on = \"failure\" }} keeps failed builds; try --hold or force --hold keeps one)"
+    )]
+    NotHeld { builder: String, number: i64 },
+    #[error(
+        "{builder} #{number} was held until {until}; its directory may be in use by another build now"
+    )]
+    HoldEnded {
+        builder: String,
+        number: i64,
+        until: String,
+    },
+    #[error("{builder} #{number} is still running; a shell opens once it has ended and is held")]
+    StillRunning { builder: String, number: i64 },
+    #[error("slave {slave}, which holds {builder} #{number}, is not connected to this master{}", elsewhere.as_ref().map(|m| format!(" (it may be connected to master {m}: ssh there)")).unwrap_or_default())]
+    SlaveAway {
+        slave: String,
+        builder: String,
+        number: i64,
+        elsewhere: Option<String>,
+    },
 }
 
 impl ControlError {

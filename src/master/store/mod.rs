@@ -14,6 +14,7 @@ pub mod model;
 pub mod model_bisect;
 pub mod model_land;
 pub mod model_notify;
+pub mod model_shell;
 pub mod model_tests;
 pub mod postgres;
 pub mod sqlite;
@@ -32,6 +33,7 @@ pub use model::{
 pub use model_bisect::BisectRow;
 pub use model_land::{LandEntry, LandProgress, LandState, NewLand};
 pub use model_notify::{NewNotification, Notification, OutboxState};
+pub use model_shell::{ShellHold, ShellSession};
 pub use model_tests::{
     FailureHistory, FlakyTest, HistoryBuild, TestCase, TestCounts, TestHistoryRow, TestOrder,
     TestOutcome,
@@ -715,4 +717,36 @@ pub trait Store: Send + Sync {
 
     /// The newest bisections, newest first, at most `limit`.
     async fn bisects(&self, limit: i64) -> Result<Vec<BisectRow>, StoreError>;
+    // ---- shell (issue 25) ----
+    // A held build's directory stays on its slave until `held_until`; a later build of the
+    // builder on that slave uses another directory meanwhile (`master::shell`).
+
+    /// Records that build `hold.build_id`, about to finish, is held. Fenced by `owner` like
+    /// every write about a running build.
+    async fn hold_build(&self, owner: &MasterLease, hold: ShellHold) -> Result<(), StoreError>;
+
+    /// The hold of build `number` of `builder`, whether or not it is still in force.
+    async fn shell_hold(&self, builder: &str, number: i64)
+    -> Result<Option<ShellHold>, StoreError>;
+
+    /// The directories of `builder` on `slave` that holds keep after `after` (unix seconds).
+    async fn held_dirs(
+        &self,
+        slave: &str,
+        builder: &str,
+        after: f64,
+    ) -> Result<Vec<String>, StoreError>;
+
+    /// Sets until when build `build_id` is held (longer when a shell connects, shorter on a
+    /// release or the last logout).
+    async fn set_held_until(&self, build_id: i64, until: f64) -> Result<(), StoreError>;
+
+    /// Records a shell opened into build `build_id`; returns its id.
+    async fn start_shell_session(&self, session: ShellSession) -> Result<i64, StoreError>;
+
+    /// Records the end of shell `id`; returns how many shells of its build are still open.
+    async fn end_shell_session(&self, id: i64, at: f64) -> Result<i64, StoreError>;
+
+    /// The shells opened into build `build_id`, oldest first.
+    async fn shell_sessions(&self, build_id: i64) -> Result<Vec<ShellSession>, StoreError>;
 }

@@ -13,6 +13,7 @@ mod parse;
 mod pause_slave;
 mod rebuild;
 mod sendchange;
+mod shell;
 mod stop;
 mod try_;
 mod tryserver;
@@ -31,6 +32,7 @@ pub use parse::{ExecCommand, parse};
 pub use pause_slave::PauseSlave;
 pub use rebuild::Rebuild;
 pub use sendchange::Sendchange;
+pub use shell::Shell;
 pub use stop::Stop;
 pub use try_::Try;
 pub use tryserver::Tryserver;
@@ -82,6 +84,8 @@ pub enum Command {
     Land(Land),
     /// The RPC channel of a build slave (a slave's key only).
     Slave,
+    /// A terminal (ssh -t) or one command (after --) in a held build's directory on its slave.
+    Shell(Shell),
 }
 
 /// Runs `command` for `identity` and returns the exit status to send.
@@ -120,12 +124,13 @@ pub async fn run(
             return EXIT_USAGE.into();
         }
     };
-    apply(ctx, user, command, io).await
+    apply(ctx, user, peer, command, io).await
 }
 
 async fn apply(
     ctx: &SshdContext,
     user: &UnixAccount,
+    peer: SocketAddr,
     command: Command,
     io: &mut ExecIo<'_>,
 ) -> u32 {
@@ -144,6 +149,7 @@ async fn apply(
         Command::IrcLink(command) => command.apply(ctx, user, io).await,
         Command::Help(command) => command.apply(io).await,
         Command::Land(command) => command.apply(ctx, user, io).await,
+        Command::Shell(command) => command.apply(ctx, user, peer, io).await,
         Command::Slave => {
             tracing::warn!(user = %user.name, "a user key tried to open the slave RPC");
             io.say("buildbot: the slave RPC needs a slave's key; user keys may not open it")

@@ -254,6 +254,7 @@ mod tests {
                     revision: Some("abc123".into()),
                     reason: vec!["nightly check".into()],
                     properties: vec![("a".into(), "1".into()), ("b".into(), "x=y".into())],
+                    hold: false,
                 },
                 json: true,
                 wait: false,

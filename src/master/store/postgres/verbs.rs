@@ -1308,4 +1308,52 @@ impl Store for PgStore {
     ) -> Result<Vec<crate::master::store::BisectRow>, StoreError> {
         self.bisect_newest(limit).await
     }
+
+    // ---- shell (issue 25) ----
+    async fn hold_build(
+        &self,
+        owner: &MasterLease,
+        hold: crate::master::store::ShellHold,
+    ) -> Result<(), StoreError> {
+        self.pg_hold_build(owner, hold).await
+    }
+
+    async fn shell_hold(
+        &self,
+        builder: &str,
+        number: i64,
+    ) -> Result<Option<crate::master::store::ShellHold>, StoreError> {
+        self.pg_shell_hold(builder, number).await
+    }
+
+    async fn held_dirs(
+        &self,
+        slave: &str,
+        builder: &str,
+        after: f64,
+    ) -> Result<Vec<String>, StoreError> {
+        self.pg_held_dirs(slave, builder, after).await
+    }
+
+    async fn set_held_until(&self, build_id: i64, until: f64) -> Result<(), StoreError> {
+        self.pg_set_held_until(build_id, until).await
+    }
+
+    async fn start_shell_session(
+        &self,
+        session: crate::master::store::ShellSession,
+    ) -> Result<i64, StoreError> {
+        self.pg_start_shell_session(session).await
+    }
+
+    async fn end_shell_session(&self, id: i64, at: f64) -> Result<i64, StoreError> {
+        self.pg_end_shell_session(id, at).await
+    }
+
+    async fn shell_sessions(
+        &self,
+        build_id: i64,
+    ) -> Result<Vec<crate::master::store::ShellSession>, StoreError> {
+        self.pg_shell_sessions(build_id).await
+    }
 }

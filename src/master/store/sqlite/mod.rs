@@ -11,6 +11,7 @@ mod bisect;
 pub mod changes;
 pub mod land;
 mod notify;
+pub mod shell;
 pub mod test_results;
 
 use std::path::Path;
@@ -30,6 +31,7 @@ use crate::master::store::{
     FailureHistory, FlakyTest, Store, StoreError, TestCase, TestCounts, TestHistoryRow, TestOrder,
 };
 use crate::master::store::{NewNotification, Notification, OutboxState};
+use crate::master::store::{ShellHold, ShellSession};
 use crate::proto::StreamKind;
 use crate::status::{BuildResult, JobRecord, LastBuild, RequestKind, RequestState};
 
@@ -282,6 +284,29 @@ pub const MIGRATIONS: &[&str] = &[
         plan TEXT NOT NULL,
         started_at REAL NOT NULL
     );",
+    // 15: held builds (`shell`): where a finished build's directory is kept on its slave,
+    // with the environment a shell there gets, until when; and who had a shell in it.
+    "CREATE TABLE shell_holds (
+        build_id INTEGER PRIMARY KEY,
+        builder TEXT NOT NULL,
+        number INTEGER NOT NULL,
+        slave TEXT NOT NULL,
+        dir TEXT NOT NULL,
+        env TEXT NOT NULL,
+        owner TEXT,
+        held_until REAL NOT NULL
+    );
+    CREATE INDEX shell_holds_slave ON shell_holds (slave, builder, held_until);
+    CREATE TABLE shell_sessions (
+        id INTEGER PRIMARY KEY,
+        build_id INTEGER NOT NULL,
+        who TEXT NOT NULL,
+        from_addr TEXT NOT NULL,
+        master TEXT NOT NULL,
+        started_at REAL NOT NULL,
+        ended_at REAL
+    );
+    CREATE INDEX shell_sessions_build ON shell_sessions (build_id);",
 ];
 
 /// The SQLite store.
@@ -2047,6 +2072,51 @@ impl Store for SqliteStore {
         limit: i64,
     ) -> Result<Vec<crate::master::store::BisectRow>, StoreError> {
         self.run(move |c| bisect::newest(c, limit)).await
+    }
+
+    // ---- shell (issue 25) ----
+    async fn hold_build(&self, owner: &MasterLease, hold: ShellHold) -> Result<(), StoreError> {
+        let owner = owner.clone();
+        self.run(move |c| shell::hold_build(c, &owner, &hold)).await
+    }
+
+    async fn shell_hold(
+        &self,
+        builder: &str,
+        number: i64,
+    ) -> Result<Option<ShellHold>, StoreError> {
+        let builder = builder.to_string();
+        self.run(move |c| shell::shell_hold(c, &builder, number))
+            .await
+    }
+
+    async fn held_dirs(
+        &self,
+        slave: &str,
+        builder: &str,
+        after: f64,
+    ) -> Result<Vec<String>, StoreError> {
+        let (slave, builder) = (slave.to_string(), builder.to_string());
+        self.run(move |c| shell::held_dirs(c, &slave, &builder, after))
+            .await
+    }
+
+    async fn set_held_until(&self, build_id: i64, until: f64) -> Result<(), StoreError> {
+        self.run(move |c| shell::set_held_until(c, build_id, until))
+            .await
+    }
+
+    async fn start_shell_session(&self, session: ShellSession) -> Result<i64, StoreError> {
+        self.run(move |c| shell::start_shell_session(c, &session))
+            .await
+    }
+
+    async fn end_shell_session(&self, id: i64, at: f64) -> Result<i64, StoreError> {
+        self.run(move |c| shell::end_shell_session(c, id, at)).await
+    }
+
+    async fn shell_sessions(&self, build_id: i64) -> Result<Vec<ShellSession>, StoreError> {
+        self.run(move |c| shell::shell_sessions(c, build_id)).await
     }
 }
 
