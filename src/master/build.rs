@@ -22,6 +22,7 @@ pub use crate::master::logs::log_file_name;
 use crate::master::logs::{LOG_CHUNK, StoreShipper};
 use crate::master::results::{CUT_SHORT, FailurePolicy, expected_duration};
 use crate::master::scheduler::Input;
+use crate::master::secrets::{self, RedactState, Redactor, Secret};
 use crate::master::slaves::{SlaveEvent, SlaveLink};
 use crate::master::store::{SharedStore, StoredRequest};
 use crate::proto::{CheckoutRequest, CommandRequest, ExitReport, Message, StreamKind};
@@ -139,8 +140,10 @@ fn plan_commands(
     checkout: &CheckoutRequest,
     number: i64,
     slave: &str,
+    secrets: &BuildSecrets,
 ) -> Result<VecDeque<PlannedStep>, InterpolationError> {
-    let facts = build_facts(builder, request, checkout, number, slave);
+    let mut facts = build_facts(builder, request, checkout, number, slave);
+    facts.env.extend(secrets.env());
     builder
         .steps
         .iter()
@@ -174,6 +177,76 @@ fn command_step(
             },
         ),
     })
+}
+
+/// The secrets of one build: what its steps get in their environment (none for a build that
+/// runs a user's patch, unless the builder allows it) and the redactor of its logs (all the
+/// builder's secrets that could be read, whether the steps get them or not).
+#[derive(Default)]
+struct BuildSecrets {
+    given: Vec<Secret>,
+    redactor: Option<Arc<Redactor>>,
+}
+
+impl BuildSecrets {
+    /// Reads the builder's secret files afresh (a rotated token needs no reconfig). A file
+    /// that cannot be read fails a build that was to get it, with one line naming it.
+    async fn load(
+        config: &crate::master::config::Config,
+        builder: &BuilderConfig,
+        request: &StoredRequest,
+    ) -> Result<BuildSecrets, String> {
+        if builder.secrets.is_empty() {
+            return Ok(BuildSecrets::default());
+        }
+        let gets = secrets::gets_secrets(builder, request);
+        let files: Vec<(String, PathBuf)> = builder
+            .secrets
+            .iter()
+            .filter_map(|name| {
+                let secret = config.secrets.iter().find(|secret| &secret.name == name)?;
+                Some((name.clone(), secret.file.clone()))
+            })
+            .collect();
+        let read = tokio::task::spawn_blocking(move || {
+            files
+                .into_iter()
+                .map(|(name, file)| {
+                    let value = secrets::read_secret_file(&file);
+                    (name, value)
+                })
+                .collect::<Vec<_>>()
+        })
+        .await
+        .map_err(|err| format!("cannot read the secrets: {err}"))?;
+        let mut all = Vec::new();
+        for (name, value) in read {
+            match value {
+                Ok(value) => all.push(Secret { name, value }),
+                Err(err) if gets => return Err(format!("secret \"{name}\": {err}")),
+                Err(err) => tracing::warn!("secret \"{name}\" not redacted: {err}"),
+            }
+        }
+        let redactor = Redactor::new(&all)
+            .map_err(|err| err.to_string())?
+            .map(Arc::new);
+        if !gets && request.kind == RequestKind::Try {
+            tracing::info!(builder = %builder.name, "a build of a user's patch: the builder's secrets are not given");
+        }
+        Ok(BuildSecrets {
+            given: if gets { all } else { Vec::new() },
+            redactor,
+        })
+    }
+
+    fn env(&self) -> impl Iterator<Item = (String, String)> + '_ {
+        self.given.iter().map(|secret| {
+            (
+                secrets::env_name(&secret.name),
+                String::from_utf8_lossy(&secret.value).into_owned(),
+            )
+        })
+    }
 }
 
 /// What a build asks of the scheduler executor: its one narrow way back into the queue
@@ -498,10 +571,19 @@ async fn run_steps(
         slave_lost: false,
         slave_leaving: false,
     };
+    let secrets = match BuildSecrets::load(&control.config(), builder, request).await {
+        Ok(secrets) => secrets,
+        Err(err) => {
+            tracing::error!("{err}");
+            ending.result = BuildResult::Exception;
+            ending.reason = Some(err);
+            return ending;
+        }
+    };
     let mut checkout = plan_checkout(builder, request);
     // Planned now so a property that cannot be put in ends the build before any work, and
     // again once the checkout has said which commit it is.
-    let commands = match plan_commands(builder, request, &checkout, number, &link.name) {
+    let commands = match plan_commands(builder, request, &checkout, number, &link.name, &secrets) {
         Ok(commands) => commands,
         Err(err) => {
             tracing::error!("cannot plan the steps: {err}");
@@ -544,6 +626,7 @@ async fn run_steps(
             name: step.name.clone(),
         });
         let mut logs = StepLogs::new(log_dir.clone(), step_number, &step.name);
+        logs.redact_with(secrets.redactor.clone());
         if control.store.is_shared() {
             logs.ship_to(StoreShipper::new(
                 Arc::clone(&control.store),
@@ -631,7 +714,7 @@ async fn run_steps(
                 tracing::error!("cannot record what the build checked out: {err}");
             }
             // The later steps see the commit built, not the request's (often empty) revision.
-            match plan_commands(builder, request, &checkout, number, &link.name) {
+            match plan_commands(builder, request, &checkout, number, &link.name, &secrets) {
                 Ok(commands) => steps = commands,
                 Err(err) => {
                     ending.result = ending.result.max(BuildResult::Exception);
@@ -964,6 +1047,10 @@ struct StepLogs {
     name: String,
     /// Each stream's file and how many bytes were written to it (buffered ones included).
     files: Vec<(StreamKind, tokio::io::BufWriter<tokio::fs::File>, u64)>,
+    /// Replaces the build's secrets before anything is written; each stream holds back what
+    /// may be the start of one until more arrives or the step ends.
+    redactor: Option<Arc<Redactor>>,
+    redacting: Vec<(StreamKind, RedactState)>,
     /// When buffered output must be written; none when nothing is buffered.
     flush_at: Option<tokio::time::Instant>,
     shipper: Option<StoreShipper>,
@@ -976,9 +1063,51 @@ impl StepLogs {
             step,
             name: name.to_string(),
             files: Vec::new(),
+            redactor: None,
+            redacting: Vec::new(),
             flush_at: None,
             shipper: None,
         }
+    }
+
+    fn redact_with(&mut self, redactor: Option<Arc<Redactor>>) {
+        self.redactor = redactor;
+    }
+
+    /// Appends a stream's output, its secrets replaced.
+    async fn append(&mut self, stream: StreamKind, data: &[u8]) -> std::io::Result<()> {
+        let Some(redactor) = &self.redactor else {
+            return self.write(stream, data).await;
+        };
+        let position = match self.redacting.iter().position(|(kind, _)| *kind == stream) {
+            Some(position) => position,
+            None => {
+                self.redacting.push((stream, redactor.stream()));
+                self.redacting.len() - 1
+            }
+        };
+        let clean = redactor.push(&mut self.redacting[position].1, data);
+        if clean.is_empty() {
+            return Ok(());
+        }
+        self.write(stream, &clean).await
+    }
+
+    /// What the redactor still holds at the step's end, written out.
+    async fn end_redaction(&mut self) -> std::io::Result<()> {
+        let Some(redactor) = self.redactor.clone() else {
+            return Ok(());
+        };
+        let mut rest = Vec::new();
+        for (stream, state) in &mut self.redacting {
+            if state.holds_anything() {
+                rest.push((*stream, redactor.finish(state)));
+            }
+        }
+        for (stream, data) in rest {
+            self.write(stream, &data).await?;
+        }
+        Ok(())
     }
 
     /// Ships the files into a shared store as they grow.
@@ -986,7 +1115,7 @@ impl StepLogs {
         self.shipper = Some(shipper);
     }
 
-    async fn append(&mut self, stream: StreamKind, data: &[u8]) -> std::io::Result<()> {
+    async fn write(&mut self, stream: StreamKind, data: &[u8]) -> std::io::Result<()> {
         let position = match self.files.iter().position(|(kind, _, _)| *kind == stream) {
             Some(position) => position,
             None => {
@@ -1080,6 +1209,7 @@ impl StepLogs {
 
     /// Writes out and ships everything: the step's record may end once this returns.
     async fn finish(&mut self) -> std::io::Result<()> {
+        self.end_redaction().await?;
         self.flush().await?;
         self.ship(false).await;
         Ok(())

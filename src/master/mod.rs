@@ -27,6 +27,7 @@ pub mod revisions;
 pub mod roster;
 pub mod scheduler;
 pub mod schedulers;
+pub mod secrets;
 pub mod sessions;
 pub mod slaves;
 pub mod store;

@@ -13,6 +13,7 @@ mod limits;
 mod locks;
 mod repair;
 mod schedulers;
+mod secrets;
 mod suggest;
 mod trust;
 mod unknown;
@@ -39,6 +40,8 @@ pub use locks::NextSlave;
 use locks::{RawLock, RawLockUse};
 pub use schedulers::{ChangeSourceConfig, ChangesConfig, SchedulerConfig, SchedulerKind};
 use schedulers::{RawChangeSource, RawChanges, RawScheduler};
+pub use secrets::SecretConfig;
+use secrets::RawSecret;
 pub use trust::QuotaConfig;
 use trust::RawQuotas;
 
@@ -104,6 +107,8 @@ pub struct Config {
     pub irc: Option<IrcConfig>,
     /// Where the store lives (`[database]`): SQLite by default, or a shared PostgreSQL.
     pub database: DatabaseConfig,
+    /// `[[secret]]`: names and files; the values are read by each build that gets them.
+    pub secrets: Vec<SecretConfig>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -196,6 +201,11 @@ pub struct BuilderConfig {
     pub patch_builds_on_slaves: bool,
     /// Try patches may change `.gitmodules` URLs (default false: such a job is refused).
     pub patch_submodule_urls: bool,
+    /// The `[[secret]]`s its steps get as environment variables (`$NAME`, upper-cased).
+    pub secrets: Vec<String>,
+    /// Builds that run a user's patch (try) get the secrets too (default false: any try user
+    /// could print them).
+    pub secrets_for_patches: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -243,6 +253,8 @@ struct RawConfig {
     limits: Option<RawQuotas>,
     #[serde(default)]
     database: Option<RawDatabase>,
+    #[serde(default, rename = "secret")]
+    secrets: Vec<RawSecret>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -339,6 +351,10 @@ struct RawBuilder {
     patch_builds_on_slaves: bool,
     #[serde(default)]
     patch_submodule_urls: bool,
+    #[serde(default)]
+    secrets: Vec<Spanned<String>>,
+    #[serde(default)]
+    secrets_for_patches: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -643,6 +659,8 @@ impl Checker<'_> {
         let operators = self.operators(&raw.master);
         let quotas = self.quotas(raw.limits.as_ref());
         let database = self.database(raw.database.as_ref());
+        let secrets = self.secrets(&raw.secrets);
+        self.builder_secrets(&raw.builders, &secrets);
         Some(Config {
             master_dir: self.master_dir.to_path_buf(),
             name: raw.master.name,
@@ -663,6 +681,7 @@ impl Checker<'_> {
             locks,
             irc,
             database,
+            secrets,
         })
     }
 
@@ -932,6 +951,8 @@ impl Checker<'_> {
                 trusted: builder.trusted,
                 patch_builds_on_slaves: builder.patch_builds_on_slaves,
                 patch_submodule_urls: builder.patch_submodule_urls,
+                secrets: builder.secrets.iter().map(|s| s.get_ref().clone()).collect(),
+                secrets_for_patches: builder.secrets_for_patches,
             });
         }
         builders
