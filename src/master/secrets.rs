@@ -171,8 +171,8 @@ impl std::fmt::Debug for Secret {
 }
 
 /// The byte strings that stand for a secret in output: the value, its standard and URL-safe
-/// base64 at each of the three alignments it can have inside a longer encoded text, and its
-/// URL-encoded form. Forms equal to one already listed, or too short to be telling, are left
+/// base64 at each of the three alignments it can have inside a longer encoded text (and
+/// whole, with its padding), and its URL-encoded form (either case of hex digits). Forms equal to one already listed, or too short to be telling, are left
 /// out.
 pub fn forms_of(value: &[u8]) -> Vec<Vec<u8>> {
     let mut forms: Vec<Vec<u8>> = vec![value.to_vec()];
@@ -198,10 +198,17 @@ pub fn forms_of(value: &[u8]) -> Vec<Vec<u8>> {
             }
         }
     }
-    let url = percent_encoding::percent_encode(value, URL_COMPONENT)
-        .to_string()
-        .into_bytes();
-    add(url);
+    // The value encoded alone ends in its last, partial character and `=` padding.
+    add(base64::engine::general_purpose::STANDARD
+        .encode(value)
+        .into_bytes());
+    add(base64::engine::general_purpose::URL_SAFE
+        .encode(value)
+        .into_bytes());
+    let url = percent_encoding::percent_encode(value, URL_COMPONENT).to_string();
+    // Encoders differ in the case of their hex digits.
+    add(url.to_ascii_lowercase().into_bytes());
+    add(url.into_bytes());
     forms
 }
 
@@ -372,10 +379,14 @@ mod tests {
         }
         let url = percent_encoding::percent_encode(TOKEN.as_bytes(), URL_COMPONENT).to_string();
         assert_ne!(url, TOKEN);
-        assert_eq!(
-            whole(&redactor, &[format!("?t={url}&x").as_bytes()]),
-            "?t=[secret deploy_token]&x"
-        );
+        for url in [url.clone(), url.to_ascii_lowercase()] {
+            assert_eq!(
+                whole(&redactor, &[format!("?t={url}&x").as_bytes()]),
+                "?t=[secret deploy_token]&x"
+            );
+        }
+        let alone = base64::engine::general_purpose::STANDARD.encode(TOKEN);
+        assert_eq!(whole(&redactor, &[alone.as_bytes()]), "[secret deploy_token]");
     }
 
     #[test]

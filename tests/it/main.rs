@@ -21,6 +21,7 @@ mod patches;
 mod postgres;
 mod reconfig;
 mod repo;
+mod secrets;
 mod security;
 mod slave_failover;
 mod slave_processes;
