@@ -19,6 +19,7 @@ pub mod dirlock;
 pub mod runner;
 pub mod swarm;
 mod work;
+pub mod workfiles;
 
 use std::time::{Duration, Instant};
 
