@@ -25,7 +25,11 @@ use crate::master::scheduler::Input;
 use crate::master::secrets::{self, RedactState, Redactor, Secret};
 use crate::master::slaves::{SlaveEvent, SlaveLink};
 use crate::master::store::{SharedStore, StoredRequest};
-use crate::proto::{CheckoutRequest, CommandRequest, ExitReport, Message, StreamKind};
+use crate::master::artifacts::{self, Sink};
+use crate::master::config::ArtifactsWhen;
+use crate::proto::{
+    CheckoutRequest, CollectRequest, CommandRequest, ExitReport, Failure, Message, StreamKind,
+};
 use crate::status::{BuildEvent, BuildResult, RequestKind, RunningBuild, unix_now};
 
 /// A request whose slave was lost this many times while building it is not run again: a patch
@@ -48,6 +52,8 @@ pub struct BuildOutcome {
 enum StepKind {
     Checkout(CheckoutRequest),
     Command(CommandRequest, FailurePolicy),
+    /// Keep the files the previous step left (`artifacts`), streamed into `master::artifacts`.
+    Collect(CollectRequest, ArtifactsWhen),
 }
 
 struct PlannedStep {
@@ -144,11 +150,27 @@ fn plan_commands(
 ) -> Result<VecDeque<PlannedStep>, InterpolationError> {
     let mut facts = build_facts(builder, request, checkout, number, slave);
     facts.env.extend(secrets.env());
-    builder
-        .steps
-        .iter()
-        .map(|step| command_step(builder, step, &facts))
-        .collect()
+    let mut planned = VecDeque::new();
+    for step in &builder.steps {
+        planned.push_back(command_step(builder, step, &facts)?);
+        if !step.artifacts.is_empty() {
+            planned.push_back(PlannedStep {
+                name: format!("{}-artifacts", step.name),
+                locks: Vec::new(),
+                kind: StepKind::Collect(
+                    CollectRequest {
+                        builder: builder.name.clone(),
+                        patterns: step.artifacts.clone(),
+                        max_files: artifacts::MAX_FILES,
+                        max_file_bytes: artifacts::MAX_FILE_BYTES,
+                        max_total_bytes: artifacts::MAX_TOTAL_BYTES,
+                    },
+                    step.when,
+                ),
+            });
+        }
+    }
+    Ok(planned)
 }
 
 fn command_step(
@@ -599,7 +621,15 @@ async fn run_steps(
     }]);
     steps.extend(commands);
     let mut step_number = 0;
+    // Whether the step before succeeded: a collection `when = "success"` runs only then.
+    let mut previous_succeeded = true;
     while let Some(step) = steps.pop_front() {
+        if let StepKind::Collect(_, when) = &step.kind
+            && *when == ArtifactsWhen::Success
+            && !previous_succeeded
+        {
+            continue;
+        }
         step_number += 1;
         let (step_name, build_id) = (step.name.clone(), started.build_id);
         let step_id = match control
@@ -646,7 +676,16 @@ async fn run_steps(
         } else if !locked {
             StepOutcome::MasterStopping
         } else {
-            run_step(link, &step, logs, shutdown, &started.stop, &control.metrics).await
+            let sink = matches!(step.kind, StepKind::Collect(..)).then(|| {
+                Sink::new(
+                    artifacts::build_dir(&control.config().master_dir, &builder.name, number),
+                    Arc::clone(&control.store),
+                    control.owner.clone(),
+                    build_id,
+                    step_number,
+                )
+            });
+            run_step(link, &step, logs, sink, shutdown, &started.stop, &control.metrics).await
         };
         if !step.locks.is_empty() {
             if control.store.is_shared()
@@ -695,8 +734,21 @@ async fn run_steps(
         if slave_fault || !matches!(outcome, StepOutcome::Exited(_)) {
             ending.reason = Some(verdict.summary);
         }
+        previous_succeeded = verdict.step_result == BuildResult::Success;
         if verdict.halt {
-            break;
+            // Files to keep whatever happened are still asked for, if the slave is there.
+            let still_there = matches!(outcome, StepOutcome::Exited(_));
+            match steps.pop_front() {
+                Some(next)
+                    if still_there
+                        && matches!(next.kind, StepKind::Collect(_, ArtifactsWhen::Always)) =>
+                {
+                    steps = VecDeque::from([next]);
+                    previous_succeeded = true;
+                    continue;
+                }
+                _ => break,
+            }
         }
         if let StepOutcome::Exited(ExitReport {
             checked_out: Some(revision),
@@ -865,6 +917,12 @@ fn judge(kind: &StepKind, outcome: &StepOutcome) -> Verdict {
             describe_exit(exit),
             true,
         ),
+        (StepKind::Collect(..), StepOutcome::Exited(exit)) => verdict(
+            BuildResult::Failure,
+            BuildResult::Failure,
+            describe_exit(exit),
+            false,
+        ),
         (StepKind::Checkout(_), StepOutcome::Exited(exit)) => verdict(
             BuildResult::Failure,
             BuildResult::Failure,
@@ -930,6 +988,7 @@ async fn run_step(
     link: &SlaveLink,
     step: &PlannedStep,
     mut logs: StepLogs,
+    mut sink: Option<Sink>,
     shutdown: &CancellationToken,
     stop: &StopHandle,
     metrics: &crate::master::metrics::Metrics,
@@ -942,6 +1001,10 @@ async fn run_step(
         StepKind::Command(command, _) => Message::StartCommand {
             id,
             command: command.clone(),
+        },
+        StepKind::Collect(collect, _) => Message::CollectFiles {
+            id,
+            collect: collect.clone(),
         },
     });
     let Ok((id, mut events)) = started else {
@@ -980,6 +1043,7 @@ async fn run_step(
                                 let _ = logs.append(stream, &data).await;
                             }
                             // Exit, lost, or a slave that says nothing: done waiting.
+                            Ok(Some(SlaveEvent::FileStart { .. } | SlaveEvent::FileData(_) | SlaveEvent::FileEnd { .. })) => {}
                             Ok(Some(SlaveEvent::Exit(_)) | None) | Err(_) => break,
                         },
                         _ = &mut deadline => break,
@@ -1010,7 +1074,50 @@ async fn run_step(
                 let _ = logs.finish().await;
                 return StepOutcome::SlaveShuttingDown;
             }
-            Some(SlaveEvent::Exit(exit)) => {
+            Some(SlaveEvent::FileStart { path, size }) => {
+                if let Some(sink) = sink.as_mut()
+                    && let Err(err) = sink.start(path, size).await
+                {
+                    sink.errors.push(err.to_string());
+                    let _ = logs.append(StreamKind::Info, format!("{err}\n").as_bytes()).await;
+                }
+            }
+            Some(SlaveEvent::FileData(data)) => {
+                if let Some(sink) = sink.as_mut()
+                    && let Err(err) = sink.data(&data).await
+                {
+                    sink.errors.push(err.to_string());
+                    let _ = logs.append(StreamKind::Info, format!("{err}\n").as_bytes()).await;
+                }
+            }
+            Some(SlaveEvent::FileEnd { sha256 }) => {
+                if let Some(sink) = sink.as_mut() {
+                    let line = match sink.end(sha256).await {
+                        Ok(Some(kept)) => format!(
+                            "kept {} ({} bytes, sha256 {})\n",
+                            kept.path, kept.size, kept.sha256
+                        ),
+                        Ok(None) => String::new(),
+                        Err(err) => {
+                            sink.errors.push(err.to_string());
+                            format!("{err}\n")
+                        }
+                    };
+                    let _ = logs.append(StreamKind::Info, line.as_bytes()).await;
+                }
+            }
+            Some(SlaveEvent::Exit(mut exit)) => {
+                if let Some(sink) = sink.as_mut() {
+                    sink.close().await;
+                    if !sink.errors.is_empty() && exit.failure.is_none() {
+                        let count = sink.errors.len();
+                        exit.exit_code = Some(1);
+                        exit.failure = Some(Failure::Failed(format!(
+                            "{count} artifact(s) not kept: {}",
+                            sink.errors.join("; ")
+                        )));
+                    }
+                }
                 if let Some(failure) = &exit.failure {
                     let line = format!("{}\n", failure.message());
                     let _ = logs.append(StreamKind::Info, line.as_bytes()).await;

@@ -25,6 +25,10 @@ use crate::proto::{self, ExitReport, FrameDecoder, Hello, Message, PROTOCOL_VERS
 pub enum SlaveEvent {
     Output { stream: StreamKind, data: Vec<u8> },
     Exit(ExitReport),
+    /// A collected file follows (`master::artifacts`).
+    FileStart { path: String, size: u64 },
+    FileData(Vec<u8>),
+    FileEnd { sha256: String },
 }
 
 /// Output waiting for a build to write it; bounded, so a slow disk slows the slave down
@@ -227,6 +231,15 @@ pub async fn serve(
                         let _ = route.send(SlaveEvent::Output { stream, data }).await;
                     }
                 }
+                Message::FileStart { id, path, size } => {
+                    route_event(&link, id, SlaveEvent::FileStart { path, size }).await;
+                }
+                Message::FileData { id, data } => {
+                    route_event(&link, id, SlaveEvent::FileData(data)).await;
+                }
+                Message::FileEnd { id, sha256 } => {
+                    route_event(&link, id, SlaveEvent::FileEnd { sha256 }).await;
+                }
                 Message::Exit { id, exit } => {
                     let route = lock(&link.routes).remove(&id);
                     if let Some(route) = route {
@@ -296,6 +309,15 @@ pub async fn serve(
         .write_all(format!("buildbot: {reason}\n").as_bytes())
         .await;
     0
+}
+
+/// Hands an event to the command it belongs to. The queue is bounded: a receiver writing to a
+/// slow disk holds the reader here, and the slave's sends wait in turn (memory stays bounded).
+async fn route_event(link: &SlaveLink, id: u64, event: SlaveEvent) {
+    let route = lock(&link.routes).get(&id).cloned();
+    if let Some(route) = route {
+        let _ = route.send(event).await;
+    }
 }
 
 async fn read_message(

@@ -14,8 +14,10 @@ pub use frame::{DecodeError, FrameDecoder, encode};
 
 /// Bumped on any incompatible change to [`Message`]. postcard is positional, so an added field
 /// is one: 2 added `CheckoutRequest::submodules` and `ExitReport::exception`; 3 replaced
-/// `error` and `exception` by [`Failure`] and added `ExitReport::checked_out`.
-pub const PROTOCOL_VERSION: u32 = 3;
+/// `error` and `exception` by [`Failure`] and added `ExitReport::checked_out`; 4 added the
+/// artifact messages (`CollectFiles`, `FileStart`, `FileData`, `FileEnd`), which an older peer
+/// could not decode, so the handshake refuses it with a reason instead.
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// The largest frame either side sends or accepts (the length prefix excluded). A checkout
 /// message carries the whole try patch, so this bounds the patch size the RPC can carry.
@@ -109,7 +111,46 @@ pub enum Message {
     Keepalive {
         nonce: u64,
     },
+
+    // ---- artifacts (issue 27) ----
+    /// master → slave: send the files of the builder's work tree that match these globs (an
+    /// `Exit` ends it; refusals come as `Info` output lines before it).
+    CollectFiles {
+        id: u64,
+        collect: CollectRequest,
+    },
+    /// slave → master: a file follows, `size` bytes in `FileData` frames, then `FileEnd`.
+    FileStart {
+        id: u64,
+        path: String,
+        size: u64,
+    },
+    FileData {
+        id: u64,
+        #[serde(with = "serde_bytes")]
+        data: Vec<u8>,
+    },
+    /// The file's SHA-256 (hex) as the slave read it; the master checks its own against it.
+    FileEnd {
+        id: u64,
+        sha256: String,
+    },
 }
+
+/// What a `CollectFiles` asks for: globs relative to the builder's work tree, and limits the
+/// slave applies before sending anything (the master checks them again as bytes arrive).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CollectRequest {
+    pub builder: String,
+    pub patterns: Vec<String>,
+    pub max_files: u64,
+    pub max_file_bytes: u64,
+    pub max_total_bytes: u64,
+}
+
+/// The largest piece of a file in one `FileData` frame: big enough that a 200 MB artifact is
+/// not a million frames, small enough that a keepalive never waits long behind one.
+pub const MAX_FILE_CHUNK: usize = 256 * 1024;
 
 /// The slave's introduction.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -308,6 +308,7 @@ async fn run_session(
                     Message::Checkout { id, checkout } => work.start_checkout(id, checkout),
                     Message::StartCommand { id, command } => work.start_command(id, command),
                     Message::Interrupt { id, reason } => work.interrupt(id, &reason),
+                    Message::CollectFiles { id, collect } => work.start_collect(id, collect),
                     other => break Ended::Lost(format!("unexpected message from the master: {other:?}")),
                 }
             }

@@ -5,6 +5,7 @@
 
 mod actions;
 mod api;
+mod artifacts;
 mod auth;
 mod changes;
 mod logs;
@@ -30,7 +31,7 @@ use crate::master::control::{Control, ControlError};
 use crate::master::sessions::Session;
 
 /// Every template, embedded so the binary needs no files at run time.
-pub const TEMPLATES: [(&str, &str); 12] = [
+pub const TEMPLATES: [(&str, &str); 13] = [
     ("base.html", include_str!("templates/base.html")),
     ("waterfall.html", include_str!("templates/waterfall.html")),
     ("summary.html", include_str!("templates/summary.html")),
@@ -43,6 +44,7 @@ pub const TEMPLATES: [(&str, &str); 12] = [
     ("changes.html", include_str!("templates/changes.html")),
     ("progress.html", include_str!("templates/progress.html")),
     ("trend.html", include_str!("templates/trend.html")),
+    ("artifacts.html", include_str!("templates/artifacts.html")),
 ];
 
 /// What every handler shares.
@@ -77,7 +79,8 @@ impl From<ControlError> for WebError {
         match err {
             ControlError::NoSuchBuilder { .. }
             | ControlError::NoSuchBuild { .. }
-            | ControlError::NoSuchSlave { .. } => WebError::NotFound(err.to_string()),
+            | ControlError::NoSuchSlave { .. }
+            | ControlError::NoSuchArtifact { .. } => WebError::NotFound(err.to_string()),
             ControlError::NotRunning { .. }
             | ControlError::NotQueued { .. }
             | ControlError::Ambiguous { .. }
@@ -272,6 +275,12 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/builders/{builder}/builds/{number}/steps/{step}/logs/{stream}/raw",
             get(logs::raw),
         )
+        // ---- artifacts (issue 27) ----
+        .route(
+            "/builders/{builder}/builds/{number}/artifacts/{*path}",
+            get(artifacts::download),
+        )
+        .route("/api/builds/{id}/artifacts", get(artifacts::api))
         .route("/metrics", get(metrics::scrape))
         .merge(api)
         .layer(axum::middleware::from_fn_with_state(

@@ -216,11 +216,13 @@ pub async fn build(
         .index(vec![(detail.build.id, detail.steps.as_slice())])
         .await?;
     let page = views::build_page(&logs, &detail, eta, progress);
+    let kept = crate::web::artifacts::of_build(&state, &builder, number, detail.build.id).await?;
     let session = state.session(&headers).await;
     let mut context = state.base_context(&headers).await;
     context.insert("can_stop", &session.is_some());
     context.insert("csrf", &session.map(|s| s.csrf).unwrap_or_default());
     context.insert("build", &page);
+    context.insert("artifacts", &kept);
     Ok(Html(state.render("build.html", &context)?))
 }
 

@@ -220,6 +220,19 @@ pub struct StepConfig {
     pub warn_on_failure: bool,
     /// Locks held for this step only, taken all at once before it runs.
     pub locks: Vec<crate::master::locks::LockUse>,
+    /// Globs (relative to the builder's work tree) of the files kept after the step.
+    pub artifacts: Vec<String>,
+    /// When they are kept: after the step succeeded (default) or whatever its result.
+    pub when: ArtifactsWhen,
+}
+
+/// When a step's `artifacts` are collected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ArtifactsWhen {
+    #[default]
+    Success,
+    Always,
 }
 
 // ---- the file as serde sees it -----------------------------------------------------------
@@ -375,6 +388,10 @@ struct RawStep {
     flunk_on_failure: Option<bool>,
     #[serde(default)]
     warn_on_failure: Option<bool>,
+    #[serde(default)]
+    artifacts: Vec<Spanned<String>>,
+    #[serde(default)]
+    when: Option<ArtifactsWhen>,
 }
 
 // ---- defaults ----------------------------------------------------------------------------
@@ -926,6 +943,22 @@ impl Checker<'_> {
                     flunk_on_failure: step.flunk_on_failure.unwrap_or(true),
                     warn_on_failure: step.warn_on_failure.unwrap_or(false),
                     locks: self.lock_uses(&step.locks, lock_defs, "step", &mut lock_levels),
+                    artifacts: step
+                        .artifacts
+                        .iter()
+                        .map(|pattern| {
+                            if !is_inside_glob(pattern.get_ref()) {
+                                let message = format!(
+                                    "step \"{}\": artifact pattern \"{}\" must be relative to the work tree (no .., not absolute)",
+                                    step.name,
+                                    pattern.get_ref()
+                                );
+                                self.problem(pattern, message);
+                            }
+                            pattern.get_ref().clone()
+                        })
+                        .collect(),
+                    when: step.when.unwrap_or_default(),
                 })
                 .collect();
             builders.push(BuilderConfig {
@@ -970,6 +1003,13 @@ fn is_inside_relative(workdir: &str) -> bool {
                 std::path::Component::Normal(_) | std::path::Component::CurDir
             )
         })
+}
+
+/// An artifact glob: relative, never climbing out (the slave checks again as it walks).
+fn is_inside_glob(pattern: &str) -> bool {
+    !pattern.is_empty()
+        && !pattern.starts_with('/')
+        && pattern.split('/').all(|part| part != "..")
 }
 
 fn is_valid_login_name(name: &str) -> bool {

@@ -9,6 +9,7 @@
 //! the web sessions, the IRC links, and the way into the scheduler. The core's workers get the
 //! narrow handles of `parts` instead.
 
+mod artifacts;
 mod changes;
 mod parts;
 mod requests;
@@ -80,6 +81,12 @@ pub enum ControlError {
     NotPlain(#[from] crate::untrusted::text::NotPlain),
     #[error("{0}")]
     History(#[from] StoreError),
+    #[error("{builder} #{number} kept no artifact {path} (or it was pruned)")]
+    NoSuchArtifact {
+        builder: String,
+        number: i64,
+        path: String,
+    },
 }
 
 impl ControlError {

@@ -11,6 +11,7 @@
 //! the same primitives.
 
 pub mod model;
+pub mod model_artifacts;
 pub mod postgres;
 pub mod sqlite;
 
@@ -25,6 +26,7 @@ pub use model::{
     MasterLockUse, MasterRow, NewRequest, RecentBuilds, Recorded, StepRow, StoredChange,
     StoredRequest, StoredSession, WindowBuilds, now,
 };
+pub use model_artifacts::{ARTIFACT_CHUNK, ArtifactRow, NewArtifact};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -570,4 +572,40 @@ pub trait Store: Send + Sync {
         &self,
         build_ids: Vec<i64>,
     ) -> Result<Vec<(i64, i64, StreamKind)>, StoreError>;
+
+    // ---- artifacts (issue 27) ----
+    // Metadata of each kept file; with a shared store also its bytes in chunks of
+    // `ARTIFACT_CHUNK` keyed by (build, path, seq), stored before the metadata, so a recorded
+    // artifact is always whole wherever it is read.
+
+    /// Stores chunk `seq` of an artifact of a running build (fenced by `owner`). Storing the
+    /// same chunk again replaces it (a retried write).
+    async fn put_artifact_chunk(
+        &self,
+        owner: &MasterLease,
+        build_id: i64,
+        path: &str,
+        seq: u64,
+        data: Vec<u8>,
+    ) -> Result<(), StoreError>;
+
+    /// Records an artifact of a running build (fenced by `owner`); `in_store` says its chunks
+    /// were stored. Recording a path again replaces the record.
+    async fn record_artifact(
+        &self,
+        owner: &MasterLease,
+        artifact: &NewArtifact,
+        in_store: bool,
+    ) -> Result<(), StoreError>;
+
+    /// A build's artifacts, by path.
+    async fn artifacts_of(&self, build_id: i64) -> Result<Vec<ArtifactRow>, StoreError>;
+
+    /// Chunk `seq` of a stored artifact (none when the store does not hold it).
+    async fn artifact_chunk(
+        &self,
+        build_id: i64,
+        path: &str,
+        seq: u64,
+    ) -> Result<Option<Vec<u8>>, StoreError>;
 }

@@ -5,6 +5,7 @@
 //! is rendered once, by [`refuse`], from `ControlError`'s own line and exit status.
 
 mod cancel;
+mod fetch;
 mod force;
 mod help;
 mod irc_link;
@@ -22,6 +23,7 @@ mod web_login;
 use std::net::SocketAddr;
 
 pub use cancel::Cancel;
+pub use fetch::Fetch;
 pub use force::Force;
 pub use help::Help;
 pub use irc_link::IrcLink;
@@ -78,6 +80,8 @@ pub enum Command {
     Help(Help),
     /// The RPC channel of a build slave (a slave's key only).
     Slave,
+    /// An artifact of a build on stdout.
+    Fetch(Fetch),
 }
 
 /// Runs `command` for `identity` and returns the exit status to send.
@@ -139,6 +143,7 @@ async fn apply(
         Command::WebLogin => web_login::apply(ctx, user, io).await,
         Command::IrcLink(command) => command.apply(ctx, user, io).await,
         Command::Help(command) => command.apply(io).await,
+        Command::Fetch(command) => command.apply(ctx, io).await,
         Command::Slave => {
             tracing::warn!(user = %user.name, "a user key tried to open the slave RPC");
             io.say("buildbot: the slave RPC needs a slave's key; user keys may not open it")

@@ -9,6 +9,7 @@
 //! The verbs themselves are in `verbs`; the masters of the cluster (leases, fencing,
 //! cluster-wide jobs, the event log, LISTEN/NOTIFY) in `cluster`.
 
+mod artifacts;
 mod cluster;
 mod copy;
 pub use copy::{Copied, CopyError};
@@ -182,6 +183,25 @@ pub const MIGRATIONS: &[&str] = &[
         account TEXT NOT NULL,
         uid BIGINT NOT NULL,
         expires_at DOUBLE PRECISION NOT NULL
+    );",
+    // 15: artifacts (issue 27): each kept file's metadata, and its bytes in 1 MiB chunks when
+    // the store is shared (every master serves them).
+    "CREATE TABLE artifact_files (
+        build_id BIGINT NOT NULL,
+        step BIGINT NOT NULL,
+        path TEXT NOT NULL,
+        size BIGINT NOT NULL,
+        sha256 TEXT NOT NULL,
+        created_at DOUBLE PRECISION NOT NULL,
+        in_store BOOLEAN NOT NULL,
+        PRIMARY KEY (build_id, path)
+    );
+    CREATE TABLE artifact_chunks (
+        build_id BIGINT NOT NULL,
+        path TEXT NOT NULL,
+        seq BIGINT NOT NULL,
+        data BYTEA NOT NULL,
+        PRIMARY KEY (build_id, path, seq)
     );",
 ];
 

@@ -1164,4 +1164,43 @@ impl Store for PgStore {
     ) -> Result<Vec<(i64, i64, crate::proto::StreamKind)>, StoreError> {
         self.chunked_streams(build_ids).await
     }
+
+    // ---- artifacts (issue 27) ----
+
+    async fn put_artifact_chunk(
+        &self,
+        owner: &MasterLease,
+        build_id: i64,
+        path: &str,
+        seq: u64,
+        data: Vec<u8>,
+    ) -> Result<(), StoreError> {
+        self.put_artifact_chunk_in(owner, build_id, path, seq, data)
+            .await
+    }
+
+    async fn record_artifact(
+        &self,
+        owner: &MasterLease,
+        artifact: &crate::master::store::NewArtifact,
+        in_store: bool,
+    ) -> Result<(), StoreError> {
+        self.record_artifact_in(owner, artifact, in_store).await
+    }
+
+    async fn artifacts_of(
+        &self,
+        build_id: i64,
+    ) -> Result<Vec<crate::master::store::ArtifactRow>, StoreError> {
+        self.artifacts_of_in(build_id).await
+    }
+
+    async fn artifact_chunk(
+        &self,
+        build_id: i64,
+        path: &str,
+        seq: u64,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        self.artifact_chunk_in(build_id, path, seq).await
+    }
 }

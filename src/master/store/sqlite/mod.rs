@@ -7,6 +7,7 @@
 //! One connection behind a mutex; the [`Store`] verbs run on the blocking pool
 //! ([`SqliteStore::run`]).
 
+mod artifacts;
 pub mod changes;
 
 use std::path::Path;
@@ -21,7 +22,7 @@ use crate::master::store::model::{
     BuildDetail, BuildRef, BuildRow, LostMaster, MasterInfo, MasterLease, MasterLockUse, MasterRow,
     NewRequest, Recorded, StepRow, StoredChange, StoredRequest, StoredSession, now,
 };
-use crate::master::store::{Store, StoreError};
+use crate::master::store::{ArtifactRow, NewArtifact, Store, StoreError};
 use crate::proto::StreamKind;
 use crate::status::{BuildResult, JobRecord, LastBuild, RequestKind, RequestState};
 
@@ -203,6 +204,25 @@ pub const MIGRATIONS: &[&str] = &[
         account TEXT NOT NULL,
         uid INTEGER NOT NULL,
         expires_at REAL NOT NULL
+    );",
+    // 15: artifacts (issue 27): each kept file's metadata, and its bytes in 1 MiB chunks when
+    // the store is shared (every master serves them).
+    "CREATE TABLE artifact_files (
+        build_id INTEGER NOT NULL,
+        step INTEGER NOT NULL,
+        path TEXT NOT NULL,
+        size INTEGER NOT NULL,
+        sha256 TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        in_store INTEGER NOT NULL,
+        PRIMARY KEY (build_id, path)
+    );
+    CREATE TABLE artifact_chunks (
+        build_id INTEGER NOT NULL,
+        path TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        data BLOB NOT NULL,
+        PRIMARY KEY (build_id, path, seq)
     );",
 ];
 
@@ -1809,6 +1829,47 @@ impl Store for SqliteStore {
         build_ids: Vec<i64>,
     ) -> Result<Vec<(i64, i64, StreamKind)>, StoreError> {
         self.run(move |c| log_streams(c, &build_ids)).await
+    }
+
+    // ---- artifacts (issue 27) ----
+
+    async fn put_artifact_chunk(
+        &self,
+        owner: &MasterLease,
+        build_id: i64,
+        path: &str,
+        seq: u64,
+        data: Vec<u8>,
+    ) -> Result<(), StoreError> {
+        let (owner, path) = (owner.clone(), path.to_string());
+        self.run(move |c| artifacts::put_chunk(c, &owner, build_id, &path, seq, &data))
+            .await
+    }
+
+    async fn record_artifact(
+        &self,
+        owner: &MasterLease,
+        artifact: &NewArtifact,
+        in_store: bool,
+    ) -> Result<(), StoreError> {
+        let (owner, artifact) = (owner.clone(), artifact.clone());
+        self.run(move |c| artifacts::record(c, &owner, &artifact, in_store))
+            .await
+    }
+
+    async fn artifacts_of(&self, build_id: i64) -> Result<Vec<ArtifactRow>, StoreError> {
+        self.run(move |c| artifacts::of_build(c, build_id)).await
+    }
+
+    async fn artifact_chunk(
+        &self,
+        build_id: i64,
+        path: &str,
+        seq: u64,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        let path = path.to_string();
+        self.run(move |c| artifacts::chunk(c, build_id, &path, seq))
+            .await
     }
 }
 
