@@ -79,6 +79,7 @@ conformance!(
     master_locks_are_taken_whole_and_freed_on_every_end,
     irc_link_codes_are_taken_once_and_expire,
     step_logs_are_chunked_read_in_ranges_and_fenced,
+    artifacts_are_recorded_chunked_and_fenced,
 );
 
 fn request(job: &str, builder: &str) -> NewRequest {
@@ -2190,4 +2191,101 @@ async fn irc_link_codes_are_taken_once_and_expire(store: SharedStore) {
         1,
         "{got:?}"
     );
+}
+
+// ---- artifacts (issue 27) ----
+
+async fn artifacts_are_recorded_chunked_and_fenced(store: SharedStore) {
+    use buildbot::master::store::NewArtifact;
+    let writer = store
+        .register_master("a", &MasterInfo::default(), Duration::from_secs(60))
+        .await
+        .expect("register");
+    let other = run_of(&store, "b").await;
+    let id = one(&store, request("j1", "linux")).await;
+    let (build, _) = store
+        .start_build(&writer, id, "linux", "s1")
+        .await
+        .expect("start");
+    assert!(store.artifacts_of(build).await.expect("read").is_empty());
+    // Bytes first (any byte value), then the record.
+    let first: Vec<u8> = (0..=255u8).cycle().take(1000).collect();
+    store
+        .put_artifact_chunk(&writer, build, "dist/app", 0, first.clone())
+        .await
+        .expect("chunk 0");
+    store
+        .put_artifact_chunk(&writer, build, "dist/app", 1, vec![0, 1, 2])
+        .await
+        .expect("chunk 1");
+    // A retried chunk replaces itself.
+    store
+        .put_artifact_chunk(&writer, build, "dist/app", 1, vec![7, 8, 9])
+        .await
+        .expect("chunk 1 again");
+    let app = NewArtifact {
+        build_id: build,
+        step: 2,
+        path: "dist/app".into(),
+        size: 1003,
+        sha256: "ab".repeat(32),
+    };
+    store
+        .record_artifact(&writer, &app, true)
+        .await
+        .expect("record");
+    let notes = NewArtifact {
+        path: "a/notes.txt".into(),
+        size: 5,
+        ..app.clone()
+    };
+    store
+        .record_artifact(&writer, &notes, false)
+        .await
+        .expect("record");
+    let rows = store.artifacts_of(build).await.expect("read");
+    let listed: Vec<(&str, u64, bool)> = rows
+        .iter()
+        .map(|row| (row.path.as_str(), row.size, row.in_store))
+        .collect();
+    assert_eq!(
+        listed,
+        vec![("a/notes.txt", 5, false), ("dist/app", 1003, true)]
+    );
+    assert_eq!(rows[1].sha256, "ab".repeat(32));
+    assert_eq!(rows[1].step, 2);
+    assert_eq!(
+        store.artifact_chunk(build, "dist/app", 0).await.expect("read"),
+        Some(first)
+    );
+    assert_eq!(
+        store.artifact_chunk(build, "dist/app", 1).await.expect("read"),
+        Some(vec![7, 8, 9])
+    );
+    assert_eq!(
+        store.artifact_chunk(build, "dist/app", 2).await.expect("read"),
+        None
+    );
+    // Only the build's own master writes about it, and only while it runs.
+    assert!(matches!(
+        store
+            .record_artifact(&other, &NewArtifact { path: "x".into(), ..app.clone() }, false)
+            .await,
+        Err(StoreError::Fenced { .. })
+    ));
+    assert!(matches!(
+        store
+            .put_artifact_chunk(&other, build, "x", 0, vec![1])
+            .await,
+        Err(StoreError::Fenced { .. })
+    ));
+    store
+        .finish_build(&writer, build, BuildResult::Success, None, false)
+        .await
+        .expect("finish");
+    assert!(matches!(
+        store.record_artifact(&writer, &app, true).await,
+        Err(StoreError::Fenced { .. })
+    ));
+    assert_eq!(store.artifacts_of(build).await.expect("read").len(), 2);
 }
