@@ -2255,21 +2255,37 @@ async fn artifacts_are_recorded_chunked_and_fenced(store: SharedStore) {
     assert_eq!(rows[1].sha256, "ab".repeat(32));
     assert_eq!(rows[1].step, 2);
     assert_eq!(
-        store.artifact_chunk(build, "dist/app", 0).await.expect("read"),
+        store
+            .artifact_chunk(build, "dist/app", 0)
+            .await
+            .expect("read"),
         Some(first)
     );
     assert_eq!(
-        store.artifact_chunk(build, "dist/app", 1).await.expect("read"),
+        store
+            .artifact_chunk(build, "dist/app", 1)
+            .await
+            .expect("read"),
         Some(vec![7, 8, 9])
     );
     assert_eq!(
-        store.artifact_chunk(build, "dist/app", 2).await.expect("read"),
+        store
+            .artifact_chunk(build, "dist/app", 2)
+            .await
+            .expect("read"),
         None
     );
     // Only the build's own master writes about it, and only while it runs.
     assert!(matches!(
         store
-            .record_artifact(&other, &NewArtifact { path: "x".into(), ..app.clone() }, false)
+            .record_artifact(
+                &other,
+                &NewArtifact {
+                    path: "x".into(),
+                    ..app.clone()
+                },
+                false
+            )
             .await,
         Err(StoreError::Fenced { .. })
     ));

@@ -50,7 +50,11 @@ pub enum ReceiveError {
     #[error("refused {path}: {size} bytes is over the limit of {limit} per file")]
     TooLarge { path: String, size: u64, limit: u64 },
     #[error("refused {path}: over the limit of {limit} files or {bytes} bytes per step")]
-    OverLimits { path: String, limit: u64, bytes: u64 },
+    OverLimits {
+        path: String,
+        limit: u64,
+        bytes: u64,
+    },
     #[error("{path}: {received} bytes arrived of the {size} announced")]
     WrongSize {
         path: String,
@@ -251,9 +255,8 @@ impl Sink {
         if let Err(source) = written {
             return fail(io(source), incoming.temp).await;
         }
-        let relative = safe_relative(&path).ok_or_else(|| ReceiveError::BadPath {
-            path: path.clone(),
-        })?;
+        let relative =
+            safe_relative(&path).ok_or_else(|| ReceiveError::BadPath { path: path.clone() })?;
         let target = self.dir.join(&relative);
         let placed = async {
             if let Some(parent) = target.parent() {
@@ -479,7 +482,15 @@ mod tests {
             assert!(safe_relative(good).is_some(), "{good}");
         }
         for bad in [
-            "", "/etc/passwd", "../x", "a/../../x", "a/./b", "./a", "a//b", "a\0b", "..",
+            "",
+            "/etc/passwd",
+            "../x",
+            "a/../../x",
+            "a/./b",
+            "./a",
+            "a//b",
+            "a\0b",
+            "..",
         ] {
             assert!(safe_relative(bad).is_none(), "{bad:?}");
         }

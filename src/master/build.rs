@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
 use tokio_util::sync::CancellationToken;
 
+use crate::master::artifacts::{self, Sink};
 use crate::master::board::{StopHandle, StopRequest};
+use crate::master::config::ArtifactsWhen;
 use crate::master::config::{BuilderConfig, StepConfig};
 use crate::master::interpolate::{self, InterpolationError};
 use crate::master::locks::LockUse;
@@ -25,8 +27,6 @@ use crate::master::scheduler::Input;
 use crate::master::secrets::{self, RedactState, Redactor, Secret};
 use crate::master::slaves::{SlaveEvent, SlaveLink};
 use crate::master::store::{SharedStore, StoredRequest};
-use crate::master::artifacts::{self, Sink};
-use crate::master::config::ArtifactsWhen;
 use crate::proto::{
     CheckoutRequest, CollectRequest, CommandRequest, ExitReport, Failure, Message, StreamKind,
 };
@@ -685,7 +685,16 @@ async fn run_steps(
                     step_number,
                 )
             });
-            run_step(link, &step, logs, sink, shutdown, &started.stop, &control.metrics).await
+            run_step(
+                link,
+                &step,
+                logs,
+                sink,
+                shutdown,
+                &started.stop,
+                &control.metrics,
+            )
+            .await
         };
         if !step.locks.is_empty() {
             if control.store.is_shared()
@@ -1079,7 +1088,9 @@ async fn run_step(
                     && let Err(err) = sink.start(path, size).await
                 {
                     sink.errors.push(err.to_string());
-                    let _ = logs.append(StreamKind::Info, format!("{err}\n").as_bytes()).await;
+                    let _ = logs
+                        .append(StreamKind::Info, format!("{err}\n").as_bytes())
+                        .await;
                 }
             }
             Some(SlaveEvent::FileData(data)) => {
@@ -1087,7 +1098,9 @@ async fn run_step(
                     && let Err(err) = sink.data(&data).await
                 {
                     sink.errors.push(err.to_string());
-                    let _ = logs.append(StreamKind::Info, format!("{err}\n").as_bytes()).await;
+                    let _ = logs
+                        .append(StreamKind::Info, format!("{err}\n").as_bytes())
+                        .await;
                 }
             }
             Some(SlaveEvent::FileEnd { sha256 }) => {

@@ -37,11 +37,15 @@ pub enum SecretFileError {
     Symlink(PathBuf),
     #[error("{0}: is not a regular file")]
     NotRegular(PathBuf),
-    #[error("{path}: owned by uid {owner}, but it must be owned by the master's user (uid {master})")]
-    BadOwner { path: PathBuf, owner: u32, master: u32 },
     #[error(
-        "{path}: readable or writable by group or others (mode {mode:04o}); chmod 600 it"
+        "{path}: owned by uid {owner}, but it must be owned by the master's user (uid {master})"
     )]
+    BadOwner {
+        path: PathBuf,
+        owner: u32,
+        master: u32,
+    },
+    #[error("{path}: readable or writable by group or others (mode {mode:04o}); chmod 600 it")]
     TooOpen { path: PathBuf, mode: u32 },
     #[error("{0}: larger than {MAX_SECRET_BYTES} bytes")]
     TooLarge(PathBuf),
@@ -333,7 +337,9 @@ mod tests {
                 value: value.as_bytes().to_vec(),
             })
             .collect();
-        Redactor::new(&secrets).expect("builds").expect("has patterns")
+        Redactor::new(&secrets)
+            .expect("builds")
+            .expect("has patterns")
     }
 
     fn whole(redactor: &Redactor, pieces: &[&[u8]]) -> String {
@@ -386,13 +392,18 @@ mod tests {
             );
         }
         let alone = base64::engine::general_purpose::STANDARD.encode(TOKEN);
-        assert_eq!(whole(&redactor, &[alone.as_bytes()]), "[secret deploy_token]");
+        assert_eq!(
+            whole(&redactor, &[alone.as_bytes()]),
+            "[secret deploy_token]"
+        );
     }
 
     #[test]
     fn ordinary_output_passes_unchanged_and_whole() {
         let redactor = redactor(&[("a", "hunter22-long-enough")]);
-        let text: Vec<u8> = (0..200_000u32).map(|i| b"abcdefgh \n"[i as usize % 10]).collect();
+        let text: Vec<u8> = (0..200_000u32)
+            .map(|i| b"abcdefgh \n"[i as usize % 10])
+            .collect();
         let pieces: Vec<&[u8]> = text.chunks(4093).collect();
         assert_eq!(whole(&redactor, &pieces).as_bytes(), text.as_slice());
     }

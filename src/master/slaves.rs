@@ -23,12 +23,20 @@ use crate::proto::{self, ExitReport, FrameDecoder, Hello, Message, PROTOCOL_VERS
 /// What a running checkout or command reports.
 #[derive(Debug)]
 pub enum SlaveEvent {
-    Output { stream: StreamKind, data: Vec<u8> },
+    Output {
+        stream: StreamKind,
+        data: Vec<u8>,
+    },
     Exit(ExitReport),
     /// A collected file follows (`master::artifacts`).
-    FileStart { path: String, size: u64 },
+    FileStart {
+        path: String,
+        size: u64,
+    },
     FileData(Vec<u8>),
-    FileEnd { sha256: String },
+    FileEnd {
+        sha256: String,
+    },
 }
 
 /// Output waiting for a build to write it; bounded, so a slow disk slows the slave down

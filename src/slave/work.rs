@@ -326,7 +326,13 @@ async fn send_files(
         Err(err) => return Some(format!("the file collection failed: {err}")),
     };
     for line in collected.refused {
-        send_output(outgoing, id, StreamKind::Info, format!("{line}\n").into_bytes()).await;
+        send_output(
+            outgoing,
+            id,
+            StreamKind::Info,
+            format!("{line}\n").into_bytes(),
+        )
+        .await;
     }
     if collected.found.is_empty() {
         send_output(
@@ -372,7 +378,11 @@ async fn send_files(
             .iter()
             .map(|byte| format!("{byte:02x}"))
             .collect();
-        if outgoing.send(Message::FileEnd { id, sha256 }).await.is_err() {
+        if outgoing
+            .send(Message::FileEnd { id, sha256 })
+            .await
+            .is_err()
+        {
             return Some("the connection closed".into());
         }
     }

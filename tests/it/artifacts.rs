@@ -20,7 +20,8 @@ use crate::repo::Checkout;
 const STEPS: &str = r#"{ name = "make", command = "mkdir -p dist/sub && head -c 200000000 /dev/urandom > dist/big.bin && echo hello artifact > dist/sub/small.txt && ln -sf /etc/passwd dist/passwd && ln -sfn /etc dist/etc && ln -sf big.bin dist/again.bin", artifacts = ["dist/**/*"] },"#;
 
 fn sha256_file(path: &Path) -> (String, u64) {
-    let mut file = std::fs::File::open(path).unwrap_or_else(|err| panic!("{}: {err}", path.display()));
+    let mut file =
+        std::fs::File::open(path).unwrap_or_else(|err| panic!("{}: {err}", path.display()));
     sha256_reader(&mut file)
 }
 
@@ -36,7 +37,11 @@ fn sha256_reader(reader: &mut impl Read) -> (String, u64) {
         size += count as u64;
         hasher.update(&buffer[..count]);
     }
-    let hex = hasher.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    let hex = hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
     (hex, size)
 }
 
@@ -54,7 +59,11 @@ fn a_200_mb_artifact_arrives_byte_exact_with_bounded_memory_and_escapes_are_refu
     ));
     let slave = master.start_slave("s1");
     let before_kib = master.peak_rss_kib();
-    let forced = master.ssh(&master.user_key, &current_user(), "force linux --reason ship");
+    let forced = master.ssh(
+        &master.user_key,
+        &current_user(),
+        "force linux --reason ship",
+    );
     assert!(forced.status.success(), "{}", text(&forced.stderr));
     // 200 MB through a debug build on a loaded machine: more than the usual patience.
     let deadline = std::time::Instant::now() + PATIENCE * 6;
@@ -78,7 +87,9 @@ fn a_200_mb_artifact_arrives_byte_exact_with_bounded_memory_and_escapes_are_refu
         .collect();
     assert_eq!(build["result"], "success", "{build}");
     assert!(
-        steps.iter().any(|step| step.starts_with("\"make-artifacts\"")),
+        steps
+            .iter()
+            .any(|step| step.starts_with("\"make-artifacts\"")),
         "{steps:?}"
     );
 
@@ -100,7 +111,10 @@ fn a_200_mb_artifact_arrives_byte_exact_with_bounded_memory_and_escapes_are_refu
     for refused in ["dist/passwd", "dist/etc", "dist/again.bin"] {
         assert!(info.contains(refused), "{refused} not reported:\n{info}");
     }
-    assert!(info.contains("kept dist/big.bin (200000000 bytes"), "{info}");
+    assert!(
+        info.contains("kept dist/big.bin (200000000 bytes"),
+        "{info}"
+    );
 
     let original = slave.dir.join("build/linux/dist/big.bin");
     let (expected, size) = sha256_file(&original);
@@ -141,7 +155,11 @@ fn a_200_mb_artifact_arrives_byte_exact_with_bounded_memory_and_escapes_are_refu
             format!("bytes {from}-{}/200000000", to - 1),
             "{range}"
         );
-        assert_eq!(response.bytes().expect("body").as_ref(), &bytes[from..to], "{range}");
+        assert_eq!(
+            response.bytes().expect("body").as_ref(),
+            &bytes[from..to],
+            "{range}"
+        );
     }
     drop(bytes);
     let unsatisfiable = http_client()
@@ -168,7 +186,10 @@ fn a_200_mb_artifact_arrives_byte_exact_with_bounded_memory_and_escapes_are_refu
         .send()
         .and_then(|r| r.text())
         .expect("build page");
-    assert!(page.contains("dist/sub/small.txt") && page.contains(&expected), "{page}");
+    assert!(
+        page.contains("dist/sub/small.txt") && page.contains(&expected),
+        "{page}"
+    );
 
     // ssh master fetch, to a file.
     let fetched = tempfile::tempdir().expect("temp dir");
@@ -192,8 +213,15 @@ fn a_200_mb_artifact_arrives_byte_exact_with_bounded_memory_and_escapes_are_refu
         .current_dir(fetched.path());
     let output = run_with_timeout(client, None);
     assert!(output.status.success(), "{}", text(&output.stderr));
-    assert_eq!(std::fs::read_to_string(&small).expect("fetched"), "hello artifact\n");
-    let refused = master.ssh(&master.user_key, &current_user(), "fetch linux 1 dist/passwd");
+    assert_eq!(
+        std::fs::read_to_string(&small).expect("fetched"),
+        "hello artifact\n"
+    );
+    let refused = master.ssh(
+        &master.user_key,
+        &current_user(),
+        "fetch linux 1 dist/passwd",
+    );
     assert_eq!(refused.status.code(), Some(1));
     assert_eq!(
         text(&refused.stderr).trim(),
@@ -231,7 +259,10 @@ fn an_artifact_pattern_leaving_the_work_tree_is_refused_by_checkconfig() {
     assert_eq!(checked.status.code(), Some(1));
     let stderr = text(&checked.stderr);
     assert_eq!(
-        stderr.lines().filter(|line| line.contains("artifact pattern")).count(),
+        stderr
+            .lines()
+            .filter(|line| line.contains("artifact pattern"))
+            .count(),
         2,
         "{stderr}"
     );

@@ -1,7 +1,7 @@
 //! Integration tests: real `buildbot` processes on loopback, driven by real clients.
 
-mod browser;
 mod artifacts;
+mod browser;
 mod builds;
 mod changes;
 mod cli;

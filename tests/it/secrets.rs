@@ -65,7 +65,11 @@ fn a_builders_steps_get_its_secret_and_no_form_of_it_is_ever_shown() {
     let master = TestMaster::start_with(setup);
     let _slave = master.start_slave("s1");
 
-    let forced = master.ssh(&master.user_key, &current_user(), "force linux --reason deploy");
+    let forced = master.ssh(
+        &master.user_key,
+        &current_user(),
+        "force linux --reason deploy",
+    );
     assert!(forced.status.success(), "{}", text(&forced.stderr));
     wait_until("linux #1 to finish", || {
         let build = master.api_last_build("linux");
@@ -144,7 +148,10 @@ fn a_secret_file_others_may_read_is_refused_with_one_line() {
     );
     assert!(stderr.contains(&expected), "{stderr}");
     assert_eq!(
-        stderr.lines().filter(|l| l.contains("deploy_token")).count(),
+        stderr
+            .lines()
+            .filter(|l| l.contains("deploy_token"))
+            .count(),
         1,
         "{stderr}"
     );

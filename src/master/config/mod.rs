@@ -40,8 +40,8 @@ pub use locks::NextSlave;
 use locks::{RawLock, RawLockUse};
 pub use schedulers::{ChangeSourceConfig, ChangesConfig, SchedulerConfig, SchedulerKind};
 use schedulers::{RawChangeSource, RawChanges, RawScheduler};
-pub use secrets::SecretConfig;
 use secrets::RawSecret;
+pub use secrets::SecretConfig;
 pub use trust::QuotaConfig;
 use trust::RawQuotas;
 
@@ -984,7 +984,11 @@ impl Checker<'_> {
                 trusted: builder.trusted,
                 patch_builds_on_slaves: builder.patch_builds_on_slaves,
                 patch_submodule_urls: builder.patch_submodule_urls,
-                secrets: builder.secrets.iter().map(|s| s.get_ref().clone()).collect(),
+                secrets: builder
+                    .secrets
+                    .iter()
+                    .map(|s| s.get_ref().clone())
+                    .collect(),
                 secrets_for_patches: builder.secrets_for_patches,
             });
         }
@@ -1007,9 +1011,7 @@ fn is_inside_relative(workdir: &str) -> bool {
 
 /// An artifact glob: relative, never climbing out (the slave checks again as it walks).
 fn is_inside_glob(pattern: &str) -> bool {
-    !pattern.is_empty()
-        && !pattern.starts_with('/')
-        && pattern.split('/').all(|part| part != "..")
+    !pattern.is_empty() && !pattern.starts_with('/') && pattern.split('/').all(|part| part != "..")
 }
 
 fn is_valid_login_name(name: &str) -> bool {

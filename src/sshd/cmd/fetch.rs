@@ -34,7 +34,8 @@ impl Fetch {
                 Ok(piece) => piece,
                 Err(err) => {
                     tracing::error!(builder = %self.builder, build = self.build, path = %self.path, "cannot read an artifact: {err}");
-                    io.say("buildbot: internal error (logged on the master)").await;
+                    io.say("buildbot: internal error (logged on the master)")
+                        .await;
                     return 1;
                 }
             };

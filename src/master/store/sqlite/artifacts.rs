@@ -58,7 +58,10 @@ pub(super) fn record(
     Ok(())
 }
 
-pub(super) fn of_build(connection: &Connection, build_id: i64) -> Result<Vec<ArtifactRow>, StoreError> {
+pub(super) fn of_build(
+    connection: &Connection,
+    build_id: i64,
+) -> Result<Vec<ArtifactRow>, StoreError> {
     let mut statement = connection.prepare(
         "SELECT build_id, step, path, size, sha256, created_at, in_store FROM artifact_files
          WHERE build_id = ?1 ORDER BY path",
