@@ -872,6 +872,27 @@ pub(crate) mod testing {
         ) -> Result<Option<Vec<u8>>, StoreError> {
             self.0.artifact_chunk(build_id, path, seq).await
         }
+
+        async fn prune_candidates(
+            &self,
+            builder: &str,
+            part: crate::master::store::PrunePart,
+            finished_before: f64,
+            keep_last: i64,
+            limit: i64,
+        ) -> Result<Vec<(i64, i64)>, StoreError> {
+            self.0
+                .prune_candidates(builder, part, finished_before, keep_last, limit)
+                .await
+        }
+
+        async fn prune_build_part(
+            &self,
+            build_id: i64,
+            part: crate::master::store::PrunePart,
+        ) -> Result<(), StoreError> {
+            self.0.prune_build_part(build_id, part).await
+        }
     }
 
     /// A shared test store in `dir` with one registered master and one running build with

@@ -95,6 +95,13 @@ pub struct Metrics {
     masters_alive: Gauge,
     /// Published by the executor; turned into the queue gauges at each scrape.
     queues: Mutex<BTreeMap<String, QueueGauge>>,
+    /// Bytes kept, by kind (artifacts, logs, database), measured by the retention task.
+    storage: Family<StorageLabels, Gauge>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StorageLabels {
+    kind: String,
 }
 
 impl Default for Metrics {
@@ -181,8 +188,15 @@ impl Metrics {
             "Masters of the cluster whose lease holds, this one included",
             masters_alive.clone(),
         );
+        let storage = Family::<StorageLabels, Gauge>::default();
+        registry.register(
+            "buildbot_storage_bytes",
+            "Bytes kept on this master, by kind: artifacts, logs, database (SQLite only)",
+            storage.clone(),
+        );
         Metrics {
             registry,
+            storage,
             master_epoch,
             master_leads,
             masters_alive,
@@ -197,6 +211,15 @@ impl Metrics {
             lock_waits,
             queues: Mutex::new(BTreeMap::new()),
         }
+    }
+
+    /// What the artifacts, logs or database take now (set by `master::retention`).
+    pub fn storage_bytes(&self, kind: &str, bytes: u64) {
+        self.storage
+            .get_or_create(&StorageLabels {
+                kind: kind.to_string(),
+            })
+            .set(i64::try_from(bytes).unwrap_or(i64::MAX));
     }
 
     pub fn build_finished(&self, builder: &str, result: BuildResult, seconds: f64) {

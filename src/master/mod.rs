@@ -24,6 +24,7 @@ pub mod poller;
 pub mod quotas;
 pub mod reconfig;
 pub mod results;
+pub mod retention;
 pub mod revisions;
 pub mod roster;
 pub mod scheduler;

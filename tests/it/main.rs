@@ -22,6 +22,7 @@ mod patches;
 mod postgres;
 mod reconfig;
 mod repo;
+mod retention;
 mod secrets;
 mod security;
 mod slave_failover;

@@ -12,6 +12,7 @@ mod irc;
 mod limits;
 mod locks;
 mod repair;
+mod retention;
 mod schedulers;
 mod secrets;
 mod suggest;
@@ -38,6 +39,8 @@ pub use limits::MaxStartups;
 use limits::RawMaxStartups;
 pub use locks::NextSlave;
 use locks::{RawLock, RawLockUse};
+use retention::RawRetention;
+pub use retention::RetentionConfig;
 pub use schedulers::{ChangeSourceConfig, ChangesConfig, SchedulerConfig, SchedulerKind};
 use schedulers::{RawChangeSource, RawChanges, RawScheduler};
 use secrets::RawSecret;
@@ -109,6 +112,8 @@ pub struct Config {
     pub database: DatabaseConfig,
     /// `[[secret]]`: names and files; the values are read by each build that gets them.
     pub secrets: Vec<SecretConfig>,
+    /// `[retention]`: none keeps everything.
+    pub retention: Option<RetentionConfig>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -268,6 +273,8 @@ struct RawConfig {
     database: Option<RawDatabase>,
     #[serde(default, rename = "secret")]
     secrets: Vec<RawSecret>,
+    #[serde(default)]
+    retention: Option<RawRetention>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -678,6 +685,7 @@ impl Checker<'_> {
         let database = self.database(raw.database.as_ref());
         let secrets = self.secrets(&raw.secrets);
         self.builder_secrets(&raw.builders, &secrets);
+        let retention = self.retention(raw.retention.as_ref());
         Some(Config {
             master_dir: self.master_dir.to_path_buf(),
             name: raw.master.name,
@@ -699,6 +707,7 @@ impl Checker<'_> {
             irc,
             database,
             secrets,
+            retention,
         })
     }
 

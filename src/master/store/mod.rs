@@ -26,7 +26,7 @@ pub use model::{
     MasterLockUse, MasterRow, NewRequest, RecentBuilds, Recorded, StepRow, StoredChange,
     StoredRequest, StoredSession, WindowBuilds, now,
 };
-pub use model_artifacts::{ARTIFACT_CHUNK, ArtifactRow, NewArtifact};
+pub use model_artifacts::{ARTIFACT_CHUNK, ArtifactRow, NewArtifact, PrunePart};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -608,4 +608,19 @@ pub trait Store: Send + Sync {
         path: &str,
         seq: u64,
     ) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// Finished builds of `builder` whose `part` retention may remove: finished before
+    /// `finished_before`, not among the builder's newest `keep_last` (by number), not pruned
+    /// of it yet; oldest first, at most `limit`, as (build id, number).
+    async fn prune_candidates(
+        &self,
+        builder: &str,
+        part: PrunePart,
+        finished_before: f64,
+        keep_last: i64,
+        limit: i64,
+    ) -> Result<Vec<(i64, i64)>, StoreError>;
+
+    /// Removes `part` of a build from the store and remembers that it is gone.
+    async fn prune_build_part(&self, build_id: i64, part: PrunePart) -> Result<(), StoreError>;
 }

@@ -29,3 +29,21 @@ pub struct ArtifactRow {
     /// Whether the store holds the bytes too (a shared store), or only this master's disk.
     pub in_store: bool,
 }
+
+/// What retention removes of an old build, each on its own schedule (`[retention]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PrunePart {
+    /// Its kept files (records, stored chunks; the master removes its own copies).
+    Artifacts,
+    /// Its step logs (stored chunks; the master removes its own files).
+    Logs,
+}
+
+impl PrunePart {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PrunePart::Artifacts => "artifacts",
+            PrunePart::Logs => "logs",
+        }
+    }
+}

@@ -4,7 +4,7 @@
 use super::PgStore;
 use super::cluster::fence_build;
 use crate::master::store::model::MasterLease;
-use crate::master::store::{ArtifactRow, NewArtifact, StoreError};
+use crate::master::store::{ArtifactRow, NewArtifact, PrunePart, StoreError};
 
 fn number(value: u64) -> Result<i64, StoreError> {
     i64::try_from(value).map_err(|_| StoreError::Task(format!("artifact number {value} too large")))
@@ -104,5 +104,73 @@ impl PgStore {
             )
             .await?;
         Ok(row.map(|row| row.get(0)))
+    }
+
+    pub(super) async fn prune_candidates_in(
+        &self,
+        builder: &str,
+        part: PrunePart,
+        finished_before: f64,
+        keep_last: i64,
+        limit: i64,
+    ) -> Result<Vec<(i64, i64)>, StoreError> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT b.id, b.number FROM builds b
+                 WHERE b.builder = $1 AND b.finished_at IS NOT NULL AND b.finished_at < $2
+                   AND b.number <= (SELECT MAX(number) FROM builds WHERE builder = $1) - $3
+                   AND NOT EXISTS (SELECT 1 FROM artifact_pruned p
+                                   WHERE p.build_id = b.id AND p.part = $4)
+                 ORDER BY b.number LIMIT $5",
+                &[
+                    &builder,
+                    &finished_before,
+                    &keep_last,
+                    &part.as_str(),
+                    &limit,
+                ],
+            )
+            .await?;
+        Ok(rows.iter().map(|row| (row.get(0), row.get(1))).collect())
+    }
+
+    pub(super) async fn prune_build_part_in(
+        &self,
+        build_id: i64,
+        part: PrunePart,
+    ) -> Result<(), StoreError> {
+        let mut client = self.client().await?;
+        let transaction = client.transaction().await?;
+        match part {
+            PrunePart::Artifacts => {
+                transaction
+                    .execute(
+                        "DELETE FROM artifact_chunks WHERE build_id = $1",
+                        &[&build_id],
+                    )
+                    .await?;
+                transaction
+                    .execute(
+                        "DELETE FROM artifact_files WHERE build_id = $1",
+                        &[&build_id],
+                    )
+                    .await?;
+            }
+            PrunePart::Logs => {
+                transaction
+                    .execute("DELETE FROM log_chunks WHERE build_id = $1", &[&build_id])
+                    .await?;
+            }
+        }
+        transaction
+            .execute(
+                "INSERT INTO artifact_pruned (build_id, part, pruned_at) VALUES ($1, $2, $3)
+                 ON CONFLICT (build_id, part) DO NOTHING",
+                &[&build_id, &part.as_str(), &crate::master::store::now()],
+            )
+            .await?;
+        transaction.commit().await?;
+        Ok(())
     }
 }

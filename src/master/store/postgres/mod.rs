@@ -184,8 +184,9 @@ pub const MIGRATIONS: &[&str] = &[
         uid BIGINT NOT NULL,
         expires_at DOUBLE PRECISION NOT NULL
     );",
-    // 15: artifacts (issue 27): each kept file's metadata, and its bytes in 1 MiB chunks when
-    // the store is shared (every master serves them).
+    // 15: artifacts (issue 27): each kept file's metadata, its bytes in 1 MiB chunks when the
+    // store is shared (every master serves them), and which parts of which builds retention
+    // pruned (`[retention]`).
     "CREATE TABLE artifact_files (
         build_id BIGINT NOT NULL,
         step BIGINT NOT NULL,
@@ -202,6 +203,12 @@ pub const MIGRATIONS: &[&str] = &[
         seq BIGINT NOT NULL,
         data BYTEA NOT NULL,
         PRIMARY KEY (build_id, path, seq)
+    );
+    CREATE TABLE artifact_pruned (
+        build_id BIGINT NOT NULL,
+        part TEXT NOT NULL,
+        pruned_at DOUBLE PRECISION NOT NULL,
+        PRIMARY KEY (build_id, part)
     );",
 ];
 

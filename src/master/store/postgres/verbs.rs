@@ -1203,4 +1203,24 @@ impl Store for PgStore {
     ) -> Result<Option<Vec<u8>>, StoreError> {
         self.artifact_chunk_in(build_id, path, seq).await
     }
+
+    async fn prune_candidates(
+        &self,
+        builder: &str,
+        part: crate::master::store::PrunePart,
+        finished_before: f64,
+        keep_last: i64,
+        limit: i64,
+    ) -> Result<Vec<(i64, i64)>, StoreError> {
+        self.prune_candidates_in(builder, part, finished_before, keep_last, limit)
+            .await
+    }
+
+    async fn prune_build_part(
+        &self,
+        build_id: i64,
+        part: crate::master::store::PrunePart,
+    ) -> Result<(), StoreError> {
+        self.prune_build_part_in(build_id, part).await
+    }
 }

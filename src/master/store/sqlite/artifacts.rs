@@ -5,7 +5,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use super::fence_build;
 use crate::master::store::model::MasterLease;
-use crate::master::store::{ArtifactRow, NewArtifact, StoreError};
+use crate::master::store::{ArtifactRow, NewArtifact, PrunePart, StoreError};
 
 fn number(value: u64) -> Result<i64, StoreError> {
     i64::try_from(value).map_err(|_| StoreError::Task(format!("artifact number {value} too large")))
@@ -93,4 +93,59 @@ pub(super) fn chunk(
             |row| row.get(0),
         )
         .optional()?)
+}
+
+pub(super) fn prune_candidates(
+    connection: &Connection,
+    builder: &str,
+    part: PrunePart,
+    finished_before: f64,
+    keep_last: i64,
+    limit: i64,
+) -> Result<Vec<(i64, i64)>, StoreError> {
+    let mut statement = connection.prepare(
+        "SELECT b.id, b.number FROM builds b
+         WHERE b.builder = ?1 AND b.finished_at IS NOT NULL AND b.finished_at < ?2
+           AND b.number <= (SELECT MAX(number) FROM builds WHERE builder = ?1) - ?3
+           AND NOT EXISTS (SELECT 1 FROM artifact_pruned p WHERE p.build_id = b.id AND p.part = ?4)
+         ORDER BY b.number LIMIT ?5",
+    )?;
+    let rows = statement.query_map(
+        params![builder, finished_before, keep_last, part.as_str(), limit],
+        |row| Ok((row.get(0)?, row.get(1)?)),
+    )?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+pub(super) fn prune_build_part(
+    connection: &mut Connection,
+    build_id: i64,
+    part: PrunePart,
+) -> Result<(), StoreError> {
+    let transaction = connection.transaction()?;
+    match part {
+        PrunePart::Artifacts => {
+            transaction.execute(
+                "DELETE FROM artifact_chunks WHERE build_id = ?1",
+                params![build_id],
+            )?;
+            transaction.execute(
+                "DELETE FROM artifact_files WHERE build_id = ?1",
+                params![build_id],
+            )?;
+        }
+        PrunePart::Logs => {
+            transaction.execute(
+                "DELETE FROM log_chunks WHERE build_id = ?1",
+                params![build_id],
+            )?;
+        }
+    }
+    transaction.execute(
+        "INSERT INTO artifact_pruned (build_id, part, pruned_at) VALUES (?1, ?2, ?3)
+         ON CONFLICT (build_id, part) DO NOTHING",
+        params![build_id, part.as_str(), crate::master::store::now()],
+    )?;
+    transaction.commit()?;
+    Ok(())
 }

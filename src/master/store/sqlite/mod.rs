@@ -22,7 +22,7 @@ use crate::master::store::model::{
     BuildDetail, BuildRef, BuildRow, LostMaster, MasterInfo, MasterLease, MasterLockUse, MasterRow,
     NewRequest, Recorded, StepRow, StoredChange, StoredRequest, StoredSession, now,
 };
-use crate::master::store::{ArtifactRow, NewArtifact, Store, StoreError};
+use crate::master::store::{ArtifactRow, NewArtifact, PrunePart, Store, StoreError};
 use crate::proto::StreamKind;
 use crate::status::{BuildResult, JobRecord, LastBuild, RequestKind, RequestState};
 
@@ -205,8 +205,9 @@ pub const MIGRATIONS: &[&str] = &[
         uid INTEGER NOT NULL,
         expires_at REAL NOT NULL
     );",
-    // 15: artifacts (issue 27): each kept file's metadata, and its bytes in 1 MiB chunks when
-    // the store is shared (every master serves them).
+    // 15: artifacts (issue 27): each kept file's metadata, its bytes in 1 MiB chunks when the
+    // store is shared (every master serves them), and which parts of which builds retention
+    // pruned (`[retention]`).
     "CREATE TABLE artifact_files (
         build_id INTEGER NOT NULL,
         step INTEGER NOT NULL,
@@ -223,6 +224,12 @@ pub const MIGRATIONS: &[&str] = &[
         seq INTEGER NOT NULL,
         data BLOB NOT NULL,
         PRIMARY KEY (build_id, path, seq)
+    );
+    CREATE TABLE artifact_pruned (
+        build_id INTEGER NOT NULL,
+        part TEXT NOT NULL,
+        pruned_at REAL NOT NULL,
+        PRIMARY KEY (build_id, part)
     );",
 ];
 
@@ -1869,6 +1876,26 @@ impl Store for SqliteStore {
     ) -> Result<Option<Vec<u8>>, StoreError> {
         let path = path.to_string();
         self.run(move |c| artifacts::chunk(c, build_id, &path, seq))
+            .await
+    }
+
+    async fn prune_candidates(
+        &self,
+        builder: &str,
+        part: PrunePart,
+        finished_before: f64,
+        keep_last: i64,
+        limit: i64,
+    ) -> Result<Vec<(i64, i64)>, StoreError> {
+        let builder = builder.to_string();
+        self.run(move |c| {
+            artifacts::prune_candidates(c, &builder, part, finished_before, keep_last, limit)
+        })
+        .await
+    }
+
+    async fn prune_build_part(&self, build_id: i64, part: PrunePart) -> Result<(), StoreError> {
+        self.run(move |c| artifacts::prune_build_part(c, build_id, part))
             .await
     }
 }
