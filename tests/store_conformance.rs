@@ -80,6 +80,7 @@ conformance!(
     irc_link_codes_are_taken_once_and_expire,
     step_logs_are_chunked_read_in_ranges_and_fenced,
     artifacts_are_recorded_chunked_and_fenced,
+    retention_prunes_old_builds_parts_once_and_keeps_the_newest,
 );
 
 fn request(job: &str, builder: &str) -> NewRequest {
@@ -2304,4 +2305,134 @@ async fn artifacts_are_recorded_chunked_and_fenced(store: SharedStore) {
         Err(StoreError::Fenced { .. })
     ));
     assert_eq!(store.artifacts_of(build).await.expect("read").len(), 2);
+}
+
+async fn retention_prunes_old_builds_parts_once_and_keeps_the_newest(store: SharedStore) {
+    use buildbot::master::store::{NewArtifact, PrunePart};
+    let writer = store
+        .register_master("a", &MasterInfo::default(), Duration::from_secs(60))
+        .await
+        .expect("register");
+    let mut builds = Vec::new();
+    for job in ["j1", "j2", "j3"] {
+        let id = one(&store, request(job, "linux")).await;
+        let (build, _) = store
+            .start_build(&writer, id, "linux", "s1")
+            .await
+            .expect("start");
+        store
+            .start_step(&writer, build, 1, "test")
+            .await
+            .expect("step");
+        store
+            .append_log(
+                &writer,
+                build,
+                1,
+                buildbot::proto::StreamKind::Stdout,
+                0,
+                b"out".to_vec(),
+            )
+            .await
+            .expect("log");
+        let artifact = NewArtifact {
+            build_id: build,
+            step: 1,
+            path: "app".into(),
+            size: 3,
+            sha256: "00".repeat(32),
+        };
+        store
+            .put_artifact_chunk(&writer, build, "app", 0, b"app".to_vec())
+            .await
+            .expect("chunk");
+        store
+            .record_artifact(&writer, &artifact, true)
+            .await
+            .expect("record");
+        store
+            .finish_build(&writer, build, BuildResult::Success, None, false)
+            .await
+            .expect("finish");
+        builds.push(build);
+    }
+    let later = now() + 60.0;
+    // The newest build is kept; a running or too recent one never appears.
+    let candidates = store
+        .prune_candidates("linux", PrunePart::Artifacts, later, 1, 10)
+        .await
+        .expect("candidates");
+    assert_eq!(candidates, vec![(builds[0], 1), (builds[1], 2)]);
+    assert!(
+        store
+            .prune_candidates("linux", PrunePart::Artifacts, now() - 3600.0, 0, 10)
+            .await
+            .expect("candidates")
+            .is_empty()
+    );
+    assert_eq!(
+        store
+            .prune_candidates("linux", PrunePart::Logs, later, 0, 2)
+            .await
+            .expect("candidates")
+            .len(),
+        2
+    );
+    store
+        .prune_build_part(builds[0], PrunePart::Artifacts)
+        .await
+        .expect("prune");
+    assert!(
+        store
+            .artifacts_of(builds[0])
+            .await
+            .expect("read")
+            .is_empty()
+    );
+    assert_eq!(
+        store
+            .artifact_chunk(builds[0], "app", 0)
+            .await
+            .expect("read"),
+        None
+    );
+    assert_eq!(store.artifacts_of(builds[1]).await.expect("read").len(), 1);
+    // Its logs are another part, pruned on their own schedule.
+    assert_eq!(
+        store
+            .log_size(builds[0], 1, buildbot::proto::StreamKind::Stdout)
+            .await
+            .expect("size"),
+        3
+    );
+    assert_eq!(
+        store
+            .prune_candidates("linux", PrunePart::Artifacts, later, 1, 10)
+            .await
+            .expect("candidates"),
+        vec![(builds[1], 2)]
+    );
+    store
+        .prune_build_part(builds[0], PrunePart::Logs)
+        .await
+        .expect("prune");
+    store
+        .prune_build_part(builds[0], PrunePart::Logs)
+        .await
+        .expect("pruning twice is harmless");
+    assert_eq!(
+        store
+            .log_size(builds[0], 1, buildbot::proto::StreamKind::Stdout)
+            .await
+            .expect("size"),
+        0
+    );
+    assert!(
+        store
+            .build(BuildRef::Id(builds[0]))
+            .await
+            .expect("read")
+            .is_some(),
+        "the build's record stays"
+    );
 }
