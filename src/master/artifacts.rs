@@ -155,9 +155,18 @@ impl Sink {
             source,
         };
         tokio::fs::create_dir_all(&self.dir).await.map_err(io)?;
-        // Written beside the others under a name no relative path can have, renamed into place
-        // once whole and checked: a reader never sees half a file.
-        let temp = self.dir.join(format!(".incoming-{}", self.files));
+        // Written beside the build's directory under a name no artifact path can have (a
+        // build directory is a number), renamed into place once whole and checked: a reader
+        // never sees half a file.
+        let temp = self.dir.with_file_name(format!(
+            ".incoming-{}-{}-{}",
+            self.dir
+                .file_name()
+                .map(|name| name.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            self.step,
+            self.files
+        ));
         let file = tokio::fs::OpenOptions::new()
             .create(true)
             .write(true)
