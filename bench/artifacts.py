@@ -93,7 +93,9 @@ with open("/dev/urandom", "rb") as src, open(PAYLOAD, "wb") as dst:
         left -= len(chunk)
 SECRET = os.path.join(WORK, "token")
 with open(SECRET, "w") as f:
-    f.write("bench-secret-token-0123456789\n")
+    # Random-looking, as a real token is (one whose first bytes recur on every line makes the
+    # matcher verify a candidate per line: see results-issue-27.md).
+    f.write("tok-Zq81xVb7Lm2Pw9Rt0Kd\n")
 os.chmod(SECRET, 0o600)
 
 # ---- the master and its slave ------------------------------------------------------------------
