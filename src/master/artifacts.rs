@@ -35,11 +35,14 @@ pub fn safe_relative(path: &str) -> Option<PathBuf> {
     if path.is_empty() || path.contains('\0') || path.starts_with('/') || path.contains("//") {
         return None;
     }
+    // By the text, not `Path::components`, which drops a `.` in the middle unseen.
+    let plain = path.split('/').all(|part| !matches!(part, "" | "." | ".."));
     let relative = Path::new(path);
-    relative
-        .components()
-        .all(|component| matches!(component, Component::Normal(_)))
-        .then(|| relative.to_path_buf())
+    (plain
+        && relative
+            .components()
+            .all(|component| matches!(component, Component::Normal(_))))
+    .then(|| relative.to_path_buf())
 }
 
 /// Why a file the slave sent was not kept; the line goes into the step's log.
@@ -500,6 +503,7 @@ mod tests {
             "a//b",
             "a\0b",
             "..",
+            "a/",
         ] {
             assert!(safe_relative(bad).is_none(), "{bad:?}");
         }

@@ -372,6 +372,7 @@ mod tests {
             "heading": "h", "message": "m", "progress": progress.clone(), "trend": trend,
             "light": light, "waterfall": waterfall,
             "masters": [master],
+            "artifacts": [{"path": "dist/<b>output</b>", "size": 3, "sha256": "ab", "step": 3, "url": "/u"}],
         }))
         .expect("context");
         for (name, _) in TEMPLATES {
@@ -379,7 +380,7 @@ mod tests {
                 .render(name, &context)
                 .unwrap_or_else(|err| panic!("{name}: {err}"));
             // progress.html and trend.html are pieces the pages include.
-            let is_page = !matches!(name, "progress.html" | "trend.html");
+            let is_page = !matches!(name, "progress.html" | "trend.html" | "artifacts.html");
             assert_eq!(html.contains("</html>"), is_page, "{name}");
             assert!(
                 !html.contains("<b>output</b>"),
