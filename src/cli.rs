@@ -143,6 +143,20 @@ pub enum Command {
         #[command(flatten)]
         connection: ConnectionCli,
     },
+    /// Download an artifact a build kept (as its page lists it): to stdout, or with -o into a
+    /// file that appears only once the whole artifact arrived.
+    Fetch {
+        builder: String,
+        /// The build number.
+        number: u64,
+        /// The artifact's path, e.g. target/release/app.
+        path: String,
+        /// Write it to FILE instead of stdout.
+        #[arg(short = 'o', long = "output", value_name = "FILE")]
+        output: Option<std::path::PathBuf>,
+        #[command(flatten)]
+        connection: ConnectionCli,
+    },
     /// Queue a build of BUILDER by hand, of its branch (or --branch) at its head (or
     /// --revision). Needs the right to try, or membership of the master's admin group.
     Force {

@@ -222,6 +222,24 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let result = buildbot::client::land::run(&args, &connection.into_try_args(), &cwd);
             Ok(client_outcome("land", result))
         }
+        Command::Fetch {
+            builder,
+            number,
+            path,
+            output,
+            connection,
+        } => {
+            let cwd = std::env::current_dir().context("cannot find the current directory")?;
+            let result = buildbot::client::remote::fetch(
+                &builder,
+                number,
+                &path,
+                output.as_deref(),
+                &connection.into_try_args(),
+                &cwd,
+            );
+            Ok(client_outcome("fetch", result))
+        }
         Command::Force {
             force,
             wait,

@@ -87,6 +87,8 @@ conformance!(
     a_new_run_of_a_master_takes_over_what_its_killed_run_held,
     bisections_are_kept_and_updated,
     held_builds_keep_their_directory_and_record_their_shells,
+    artifacts_are_recorded_chunked_and_fenced,
+    retention_prunes_old_builds_parts_once_and_keeps_the_newest,
 );
 
 fn request(job: &str, builder: &str) -> NewRequest {
@@ -2870,5 +2872,248 @@ async fn held_builds_keep_their_directory_and_record_their_shells(store: SharedS
             .expect("read")
             .map(|hold| hold.held_until),
         Some(t - 1.0)
+    );
+}
+
+// ---- artifacts (issue 27) ----
+
+async fn artifacts_are_recorded_chunked_and_fenced(store: SharedStore) {
+    use buildbot::master::store::NewArtifact;
+    let writer = store
+        .register_master("a", &MasterInfo::default(), Duration::from_secs(60))
+        .await
+        .expect("register");
+    let other = run_of(&store, "b").await;
+    let id = one(&store, request("j1", "linux")).await;
+    let (build, _) = store
+        .start_build(&writer, id, "linux", "s1")
+        .await
+        .expect("start");
+    assert!(store.artifacts_of(build).await.expect("read").is_empty());
+    // Bytes first (any byte value), then the record.
+    let first: Vec<u8> = (0..=255u8).cycle().take(1000).collect();
+    store
+        .put_artifact_chunk(&writer, build, "dist/app", 0, first.clone())
+        .await
+        .expect("chunk 0");
+    store
+        .put_artifact_chunk(&writer, build, "dist/app", 1, vec![0, 1, 2])
+        .await
+        .expect("chunk 1");
+    // A retried chunk replaces itself.
+    store
+        .put_artifact_chunk(&writer, build, "dist/app", 1, vec![7, 8, 9])
+        .await
+        .expect("chunk 1 again");
+    let app = NewArtifact {
+        build_id: build,
+        step: 2,
+        path: "dist/app".into(),
+        size: 1003,
+        sha256: "ab".repeat(32),
+    };
+    store
+        .record_artifact(&writer, &app, true)
+        .await
+        .expect("record");
+    let notes = NewArtifact {
+        path: "a/notes.txt".into(),
+        size: 5,
+        ..app.clone()
+    };
+    store
+        .record_artifact(&writer, &notes, false)
+        .await
+        .expect("record");
+    let rows = store.artifacts_of(build).await.expect("read");
+    let listed: Vec<(&str, u64, bool)> = rows
+        .iter()
+        .map(|row| (row.path.as_str(), row.size, row.in_store))
+        .collect();
+    assert_eq!(
+        listed,
+        vec![("a/notes.txt", 5, false), ("dist/app", 1003, true)]
+    );
+    assert_eq!(rows[1].sha256, "ab".repeat(32));
+    assert_eq!(rows[1].step, 2);
+    assert_eq!(
+        store
+            .artifact_chunk(build, "dist/app", 0)
+            .await
+            .expect("read"),
+        Some(first)
+    );
+    assert_eq!(
+        store
+            .artifact_chunk(build, "dist/app", 1)
+            .await
+            .expect("read"),
+        Some(vec![7, 8, 9])
+    );
+    assert_eq!(
+        store
+            .artifact_chunk(build, "dist/app", 2)
+            .await
+            .expect("read"),
+        None
+    );
+    // Only the build's own master writes about it, and only while it runs.
+    assert!(matches!(
+        store
+            .record_artifact(
+                &other,
+                &NewArtifact {
+                    path: "x".into(),
+                    ..app.clone()
+                },
+                false
+            )
+            .await,
+        Err(StoreError::Fenced { .. })
+    ));
+    assert!(matches!(
+        store
+            .put_artifact_chunk(&other, build, "x", 0, vec![1])
+            .await,
+        Err(StoreError::Fenced { .. })
+    ));
+    store
+        .finish_build(&writer, build, BuildResult::Success, None, false)
+        .await
+        .expect("finish");
+    assert!(matches!(
+        store.record_artifact(&writer, &app, true).await,
+        Err(StoreError::Fenced { .. })
+    ));
+    assert_eq!(store.artifacts_of(build).await.expect("read").len(), 2);
+}
+
+async fn retention_prunes_old_builds_parts_once_and_keeps_the_newest(store: SharedStore) {
+    use buildbot::master::store::{NewArtifact, PrunePart};
+    let writer = store
+        .register_master("a", &MasterInfo::default(), Duration::from_secs(60))
+        .await
+        .expect("register");
+    let mut builds = Vec::new();
+    for job in ["j1", "j2", "j3"] {
+        let id = one(&store, request(job, "linux")).await;
+        let (build, _) = store
+            .start_build(&writer, id, "linux", "s1")
+            .await
+            .expect("start");
+        store
+            .start_step(&writer, build, 1, "test")
+            .await
+            .expect("step");
+        store
+            .append_log(
+                &writer,
+                build,
+                1,
+                buildbot::proto::StreamKind::Stdout,
+                0,
+                b"out".to_vec(),
+            )
+            .await
+            .expect("log");
+        let artifact = NewArtifact {
+            build_id: build,
+            step: 1,
+            path: "app".into(),
+            size: 3,
+            sha256: "00".repeat(32),
+        };
+        store
+            .put_artifact_chunk(&writer, build, "app", 0, b"app".to_vec())
+            .await
+            .expect("chunk");
+        store
+            .record_artifact(&writer, &artifact, true)
+            .await
+            .expect("record");
+        store
+            .finish_build(&writer, build, BuildResult::Success, None, false)
+            .await
+            .expect("finish");
+        builds.push(build);
+    }
+    let later = now() + 60.0;
+    // The newest build is kept; a running or too recent one never appears.
+    let candidates = store
+        .prune_candidates("linux", PrunePart::Artifacts, later, 1, 10)
+        .await
+        .expect("candidates");
+    assert_eq!(candidates, vec![(builds[0], 1), (builds[1], 2)]);
+    assert!(
+        store
+            .prune_candidates("linux", PrunePart::Artifacts, now() - 3600.0, 0, 10)
+            .await
+            .expect("candidates")
+            .is_empty()
+    );
+    assert_eq!(
+        store
+            .prune_candidates("linux", PrunePart::Logs, later, 0, 2)
+            .await
+            .expect("candidates")
+            .len(),
+        2
+    );
+    store
+        .prune_build_part(builds[0], PrunePart::Artifacts)
+        .await
+        .expect("prune");
+    assert!(
+        store
+            .artifacts_of(builds[0])
+            .await
+            .expect("read")
+            .is_empty()
+    );
+    assert_eq!(
+        store
+            .artifact_chunk(builds[0], "app", 0)
+            .await
+            .expect("read"),
+        None
+    );
+    assert_eq!(store.artifacts_of(builds[1]).await.expect("read").len(), 1);
+    // Its logs are another part, pruned on their own schedule.
+    assert_eq!(
+        store
+            .log_size(builds[0], 1, buildbot::proto::StreamKind::Stdout)
+            .await
+            .expect("size"),
+        3
+    );
+    assert_eq!(
+        store
+            .prune_candidates("linux", PrunePart::Artifacts, later, 1, 10)
+            .await
+            .expect("candidates"),
+        vec![(builds[1], 2)]
+    );
+    store
+        .prune_build_part(builds[0], PrunePart::Logs)
+        .await
+        .expect("prune");
+    store
+        .prune_build_part(builds[0], PrunePart::Logs)
+        .await
+        .expect("pruning twice is harmless");
+    assert_eq!(
+        store
+            .log_size(builds[0], 1, buildbot::proto::StreamKind::Stdout)
+            .await
+            .expect("size"),
+        0
+    );
+    assert!(
+        store
+            .build(BuildRef::Id(builds[0]))
+            .await
+            .expect("read")
+            .is_some(),
+        "the build's record stays"
     );
 }

@@ -165,6 +165,54 @@ pub fn send_change(
     )
 }
 
+/// Runs `buildbot fetch BUILDER N PATH [-o FILE]`: the master's `fetch` streams the artifact;
+/// without `output` it goes to stdout, with it into a file beside `output` that is renamed
+/// into place only when the whole artifact arrived (a failed fetch leaves no half file).
+pub fn fetch(
+    builder: &str,
+    number: u64,
+    path: &str,
+    output: Option<&Path>,
+    connection_args: &TryArgs,
+    cwd: &Path,
+) -> Result<u8, TryError> {
+    let words = [
+        "fetch".to_string(),
+        builder.to_string(),
+        number.to_string(),
+        path.to_string(),
+    ];
+    let Some(output) = output else {
+        return run_command(&words, connection_args, cwd);
+    };
+    let connection = resolve(connection_args, cwd)?;
+    let remote = shlex::try_join(words.iter().map(String::as_str))
+        .map_err(|_| TryError("an argument cannot be quoted for the remote command".into()))?;
+    let output = cwd.join(output);
+    let dir = output
+        .parent()
+        .filter(|dir| !dir.as_os_str().is_empty())
+        .unwrap_or(cwd);
+    let mut partial = tempfile::Builder::new()
+        .prefix(".buildbot-fetch-")
+        .tempfile_in(dir)
+        .map_err(|err| TryError(format!("cannot write into {}: {err}", dir.display())))?;
+    let mut run = connection.spawn(&remote, Stdio::null(), true)?;
+    let copied = match run.child.stdout.take() {
+        Some(mut stdout) => std::io::copy(&mut stdout, partial.as_file_mut()),
+        None => Ok(0),
+    };
+    let code = exit_code(run.wait()?, &connection)?;
+    if code != EXIT_OK {
+        return Ok(code);
+    }
+    copied.map_err(|err| TryError(format!("cannot write {}: {err}", output.display())))?;
+    partial
+        .persist(&output)
+        .map_err(|err| TryError(format!("cannot write {}: {}", output.display(), err.error)))?;
+    Ok(EXIT_OK)
+}
+
 /// The connection from the flags and `.buildbot`.
 pub(crate) fn resolve(connection_args: &TryArgs, cwd: &Path) -> Result<Connection, TryError> {
     let found = dotfile::find(cwd).map_err(|err| TryError(err.to_string()))?;

@@ -318,6 +318,16 @@ pub async fn run(
             move |token| crate::master::bisect::run(Arc::clone(&control), token),
         )
     });
+    // [retention]: old builds' logs and artifacts pruned by the master leading the cluster.
+    spawn_component(&components, &shutdown, "retention", {
+        let control = Arc::clone(&control);
+        crate::master::lease::while_leading(
+            leading.clone(),
+            "retention",
+            shutdown.clone(),
+            move |token| crate::master::retention::run(Arc::clone(&control), token),
+        )
+    });
     spawn_component(&components, &shutdown, "reconfig", {
         reconfig::serve(
             config.master_dir.clone(),

@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
 use tokio_util::sync::CancellationToken;
 
+use crate::master::artifacts::{self, Sink};
 use crate::master::board::{StopHandle, StopRequest};
+use crate::master::config::ArtifactsWhen;
 use crate::master::config::{BuilderConfig, StepConfig};
 use crate::master::interpolate::{self, InterpolationError};
 use crate::master::locks::LockUse;
@@ -22,9 +24,12 @@ pub use crate::master::logs::log_file_name;
 use crate::master::logs::{LOG_CHUNK, StoreShipper};
 use crate::master::results::{CUT_SHORT, FailurePolicy, expected_duration};
 use crate::master::scheduler::Input;
+use crate::master::secrets::{self, RedactState, Redactor, Secret};
 use crate::master::slaves::{SlaveEvent, SlaveLink};
 use crate::master::store::{SharedStore, StoredRequest};
-use crate::proto::{CheckoutRequest, CommandRequest, ExitReport, Message, StreamKind};
+use crate::proto::{
+    CheckoutRequest, CollectRequest, CommandRequest, ExitReport, Failure, Message, StreamKind,
+};
 use crate::status::{BuildEvent, BuildResult, RequestKind, RunningBuild, unix_now};
 
 /// A request whose slave was lost this many times while building it is not run again: a patch
@@ -47,6 +52,8 @@ pub struct BuildOutcome {
 enum StepKind {
     Checkout(CheckoutRequest),
     Command(CommandRequest, FailurePolicy),
+    /// Keep the files the previous step left (`artifacts`), streamed into `master::artifacts`.
+    Collect(CollectRequest, ArtifactsWhen),
 }
 
 struct PlannedStep {
@@ -141,13 +148,32 @@ fn plan_commands(
     checkout: &CheckoutRequest,
     number: i64,
     slave: &str,
+    secrets: &BuildSecrets,
 ) -> Result<VecDeque<PlannedStep>, InterpolationError> {
-    let facts = build_facts(builder, request, checkout, number, slave);
-    builder
-        .steps
-        .iter()
-        .map(|step| command_step(builder, step, &facts))
-        .collect()
+    let mut facts = build_facts(builder, request, checkout, number, slave);
+    facts.env.extend(secrets.env());
+    let mut planned = VecDeque::new();
+    for step in &builder.steps {
+        planned.push_back(command_step(builder, step, &facts)?);
+        if !step.artifacts.is_empty() {
+            planned.push_back(PlannedStep {
+                name: format!("{}-artifacts", step.name),
+                locks: Vec::new(),
+                test_results: Vec::new(),
+                kind: StepKind::Collect(
+                    CollectRequest {
+                        builder: builder.name.clone(),
+                        patterns: step.artifacts.clone(),
+                        max_files: artifacts::MAX_FILES,
+                        max_file_bytes: artifacts::MAX_FILE_BYTES,
+                        max_total_bytes: artifacts::MAX_TOTAL_BYTES,
+                    },
+                    step.when,
+                ),
+            });
+        }
+    }
+    Ok(planned)
 }
 
 fn command_step(
@@ -177,6 +203,76 @@ fn command_step(
             },
         ),
     })
+}
+
+/// The secrets of one build: what its steps get in their environment (none for a build that
+/// runs a user's patch, unless the builder allows it) and the redactor of its logs (all the
+/// builder's secrets that could be read, whether the steps get them or not).
+#[derive(Default)]
+struct BuildSecrets {
+    given: Vec<Secret>,
+    redactor: Option<Arc<Redactor>>,
+}
+
+impl BuildSecrets {
+    /// Reads the builder's secret files afresh (a rotated token needs no reconfig). A file
+    /// that cannot be read fails a build that was to get it, with one line naming it.
+    async fn load(
+        config: &crate::master::config::Config,
+        builder: &BuilderConfig,
+        request: &StoredRequest,
+    ) -> Result<BuildSecrets, String> {
+        if builder.secrets.is_empty() {
+            return Ok(BuildSecrets::default());
+        }
+        let gets = secrets::gets_secrets(builder, request);
+        let files: Vec<(String, PathBuf)> = builder
+            .secrets
+            .iter()
+            .filter_map(|name| {
+                let secret = config.secrets.iter().find(|secret| &secret.name == name)?;
+                Some((name.clone(), secret.file.clone()))
+            })
+            .collect();
+        let read = tokio::task::spawn_blocking(move || {
+            files
+                .into_iter()
+                .map(|(name, file)| {
+                    let value = secrets::read_secret_file(&file);
+                    (name, value)
+                })
+                .collect::<Vec<_>>()
+        })
+        .await
+        .map_err(|err| format!("cannot read the secrets: {err}"))?;
+        let mut all = Vec::new();
+        for (name, value) in read {
+            match value {
+                Ok(value) => all.push(Secret { name, value }),
+                Err(err) if gets => return Err(format!("secret \"{name}\": {err}")),
+                Err(err) => tracing::warn!("secret \"{name}\" not redacted: {err}"),
+            }
+        }
+        let redactor = Redactor::new(&all)
+            .map_err(|err| err.to_string())?
+            .map(Arc::new);
+        if !gets && request.kind == RequestKind::Try {
+            tracing::info!(builder = %builder.name, "a build of a user's patch: the builder's secrets are not given");
+        }
+        Ok(BuildSecrets {
+            given: if gets { all } else { Vec::new() },
+            redactor,
+        })
+    }
+
+    fn env(&self) -> impl Iterator<Item = (String, String)> + '_ {
+        self.given.iter().map(|secret| {
+            (
+                secrets::env_name(&secret.name),
+                String::from_utf8_lossy(&secret.value).into_owned(),
+            )
+        })
+    }
 }
 
 /// What a build asks of the scheduler executor: its one narrow way back into the queue
@@ -503,11 +599,20 @@ async fn run_steps(
     };
     // The builder's directory on the slave, unless a held build keeps it (`master::shell`).
     let dir = crate::master::shell::work_dir(&*control.store, &link.name, &builder.name).await;
+    let secrets = match BuildSecrets::load(&control.config(), builder, request).await {
+        Ok(secrets) => secrets,
+        Err(err) => {
+            tracing::error!("{err}");
+            ending.result = BuildResult::Exception;
+            ending.reason = Some(err);
+            return ending;
+        }
+    };
     let mut checkout = plan_checkout(builder, request);
     checkout.builder = dir.clone();
     // Planned now so a property that cannot be put in ends the build before any work, and
     // again once the checkout has said which commit it is.
-    let commands = match plan_commands(builder, request, &checkout, number, &link.name) {
+    let commands = match plan_commands(builder, request, &checkout, number, &link.name, &secrets) {
         Ok(commands) => in_dir(commands, &dir),
         Err(err) => {
             tracing::error!("cannot plan the steps: {err}");
@@ -525,7 +630,15 @@ async fn run_steps(
     let mut report_budget = crate::master::test_results::collect::Budget::default();
     steps.extend(commands);
     let mut step_number = 0;
+    // Whether the step before succeeded: a collection `when = "success"` runs only then.
+    let mut previous_succeeded = true;
     while let Some(step) = steps.pop_front() {
+        if let StepKind::Collect(_, when) = &step.kind
+            && *when == ArtifactsWhen::Success
+            && !previous_succeeded
+        {
+            continue;
+        }
         step_number += 1;
         let (step_name, build_id) = (step.name.clone(), started.build_id);
         let step_id = match control
@@ -552,6 +665,7 @@ async fn run_steps(
             name: step.name.clone(),
         });
         let mut logs = StepLogs::new(log_dir.clone(), step_number, &step.name);
+        logs.redact_with(secrets.redactor.clone());
         if control.store.is_shared() {
             logs.ship_to(StoreShipper::new(
                 Arc::clone(&control.store),
@@ -577,10 +691,20 @@ async fn run_steps(
                 step: step_number,
                 budget: &mut report_budget,
             };
+            let sink = matches!(step.kind, StepKind::Collect(..)).then(|| {
+                Sink::new(
+                    artifacts::build_dir(&control.config().master_dir, &builder.name, number),
+                    Arc::clone(&control.store),
+                    control.owner.clone(),
+                    build_id,
+                    step_number,
+                )
+            });
             run_step(
                 link,
                 &step,
                 logs,
+                sink,
                 shutdown,
                 &started.stop,
                 &control.metrics,
@@ -635,8 +759,21 @@ async fn run_steps(
         if slave_fault || !matches!(outcome, StepOutcome::Exited(_)) {
             ending.reason = Some(verdict.summary);
         }
+        previous_succeeded = verdict.step_result == BuildResult::Success;
         if verdict.halt {
-            break;
+            // Files to keep whatever happened are still asked for, if the slave is there.
+            let still_there = matches!(outcome, StepOutcome::Exited(_));
+            match steps.pop_front() {
+                Some(next)
+                    if still_there
+                        && matches!(next.kind, StepKind::Collect(_, ArtifactsWhen::Always)) =>
+                {
+                    steps = VecDeque::from([next]);
+                    previous_succeeded = true;
+                    continue;
+                }
+                _ => break,
+            }
         }
         if let StepOutcome::Exited(ExitReport {
             checked_out: Some(revision),
@@ -654,7 +791,7 @@ async fn run_steps(
                 tracing::error!("cannot record what the build checked out: {err}");
             }
             // The later steps see the commit built, not the request's (often empty) revision.
-            match plan_commands(builder, request, &checkout, number, &link.name) {
+            match plan_commands(builder, request, &checkout, number, &link.name, &secrets) {
                 Ok(commands) => steps = in_dir(commands, &dir),
                 Err(err) => {
                     ending.result = ending.result.max(BuildResult::Exception);
@@ -701,8 +838,10 @@ fn asked_hold(request: &StoredRequest) -> bool {
 /// The planned command steps, run in `dir` under the slave's work directory.
 fn in_dir(mut steps: VecDeque<PlannedStep>, dir: &str) -> VecDeque<PlannedStep> {
     for step in &mut steps {
-        if let StepKind::Command(command, _) = &mut step.kind {
-            command.builder = dir.to_string();
+        match &mut step.kind {
+            StepKind::Command(command, _) => command.builder = dir.to_string(),
+            StepKind::Collect(collect, _) => collect.builder = dir.to_string(),
+            StepKind::Checkout(checkout) => checkout.builder = dir.to_string(),
         }
     }
     steps
@@ -846,6 +985,12 @@ fn judge(kind: &StepKind, outcome: &StepOutcome) -> Verdict {
             describe_exit(exit),
             true,
         ),
+        (StepKind::Collect(..), StepOutcome::Exited(exit)) => verdict(
+            BuildResult::Failure,
+            BuildResult::Failure,
+            describe_exit(exit),
+            false,
+        ),
         (StepKind::Checkout(_), StepOutcome::Exited(exit)) => verdict(
             BuildResult::Failure,
             BuildResult::Failure,
@@ -988,6 +1133,7 @@ async fn run_step(
     link: &SlaveLink,
     step: &PlannedStep,
     mut logs: StepLogs,
+    mut sink: Option<Sink>,
     shutdown: &CancellationToken,
     stop: &StopHandle,
     metrics: &crate::master::metrics::Metrics,
@@ -1002,6 +1148,10 @@ async fn run_step(
         StepKind::Command(command, _) => Message::StartCommand {
             id,
             command: command.clone(),
+        },
+        StepKind::Collect(collect, _) => Message::CollectFiles {
+            id,
+            collect: collect.clone(),
         },
     });
     let Ok((id, mut events)) = started else {
@@ -1042,6 +1192,7 @@ async fn run_step(
                             // Report pieces are not asked for yet: not ours.
                             Ok(Some(SlaveEvent::ReportChunk { .. } | SlaveEvent::ReportsDone { .. })) => {}
                             // Exit, lost, or a slave that says nothing: done waiting.
+                            Ok(Some(SlaveEvent::FileStart { .. } | SlaveEvent::FileData(_) | SlaveEvent::FileEnd { .. })) => {}
                             Ok(Some(SlaveEvent::Exit(_)) | None) | Err(_) => break,
                         },
                         _ = &mut deadline => break,
@@ -1072,7 +1223,54 @@ async fn run_step(
                 let _ = logs.finish().await;
                 return StepOutcome::SlaveShuttingDown;
             }
-            Some(SlaveEvent::Exit(exit)) => {
+            Some(SlaveEvent::FileStart { path, size }) => {
+                if let Some(sink) = sink.as_mut()
+                    && let Err(err) = sink.start(path, size).await
+                {
+                    sink.errors.push(err.to_string());
+                    let _ = logs
+                        .append(StreamKind::Info, format!("{err}\n").as_bytes())
+                        .await;
+                }
+            }
+            Some(SlaveEvent::FileData(data)) => {
+                if let Some(sink) = sink.as_mut()
+                    && let Err(err) = sink.data(&data).await
+                {
+                    sink.errors.push(err.to_string());
+                    let _ = logs
+                        .append(StreamKind::Info, format!("{err}\n").as_bytes())
+                        .await;
+                }
+            }
+            Some(SlaveEvent::FileEnd { sha256 }) => {
+                if let Some(sink) = sink.as_mut() {
+                    let line = match sink.end(sha256).await {
+                        Ok(Some(kept)) => format!(
+                            "kept {} ({} bytes, sha256 {})\n",
+                            kept.path, kept.size, kept.sha256
+                        ),
+                        Ok(None) => String::new(),
+                        Err(err) => {
+                            sink.errors.push(err.to_string());
+                            format!("{err}\n")
+                        }
+                    };
+                    let _ = logs.append(StreamKind::Info, line.as_bytes()).await;
+                }
+            }
+            Some(SlaveEvent::Exit(mut exit)) => {
+                if let Some(sink) = sink.as_mut() {
+                    sink.close().await;
+                    if !sink.errors.is_empty() && exit.failure.is_none() {
+                        let count = sink.errors.len();
+                        exit.exit_code = Some(1);
+                        exit.failure = Some(Failure::Failed(format!(
+                            "{count} artifact(s) not kept: {}",
+                            sink.errors.join("; ")
+                        )));
+                    }
+                }
                 if let Some(failure) = &exit.failure {
                     let line = format!("{}\n", failure.message());
                     let _ = logs.append(StreamKind::Info, line.as_bytes()).await;
@@ -1116,6 +1314,10 @@ struct StepLogs {
     name: String,
     /// Each stream's file and how many bytes were written to it (buffered ones included).
     files: Vec<(StreamKind, tokio::io::BufWriter<tokio::fs::File>, u64)>,
+    /// Replaces the build's secrets before anything is written; each stream holds back what
+    /// may be the start of one until more arrives or the step ends.
+    redactor: Option<Arc<Redactor>>,
+    redacting: Vec<(StreamKind, RedactState)>,
     /// When buffered output must be written; none when nothing is buffered.
     flush_at: Option<tokio::time::Instant>,
     shipper: Option<StoreShipper>,
@@ -1128,9 +1330,51 @@ impl StepLogs {
             step,
             name: name.to_string(),
             files: Vec::new(),
+            redactor: None,
+            redacting: Vec::new(),
             flush_at: None,
             shipper: None,
         }
+    }
+
+    fn redact_with(&mut self, redactor: Option<Arc<Redactor>>) {
+        self.redactor = redactor;
+    }
+
+    /// Appends a stream's output, its secrets replaced.
+    async fn append(&mut self, stream: StreamKind, data: &[u8]) -> std::io::Result<()> {
+        let Some(redactor) = &self.redactor else {
+            return self.write(stream, data).await;
+        };
+        let position = match self.redacting.iter().position(|(kind, _)| *kind == stream) {
+            Some(position) => position,
+            None => {
+                self.redacting.push((stream, redactor.stream()));
+                self.redacting.len() - 1
+            }
+        };
+        let clean = redactor.push(&mut self.redacting[position].1, data);
+        if clean.is_empty() {
+            return Ok(());
+        }
+        self.write(stream, &clean).await
+    }
+
+    /// What the redactor still holds at the step's end, written out.
+    async fn end_redaction(&mut self) -> std::io::Result<()> {
+        let Some(redactor) = self.redactor.clone() else {
+            return Ok(());
+        };
+        let mut rest = Vec::new();
+        for (stream, state) in &mut self.redacting {
+            if state.holds_anything() {
+                rest.push((*stream, redactor.finish(state)));
+            }
+        }
+        for (stream, data) in rest {
+            self.write(stream, &data).await?;
+        }
+        Ok(())
     }
 
     /// Ships the files into a shared store as they grow.
@@ -1138,7 +1382,7 @@ impl StepLogs {
         self.shipper = Some(shipper);
     }
 
-    async fn append(&mut self, stream: StreamKind, data: &[u8]) -> std::io::Result<()> {
+    async fn write(&mut self, stream: StreamKind, data: &[u8]) -> std::io::Result<()> {
         let position = match self.files.iter().position(|(kind, _, _)| *kind == stream) {
             Some(position) => position,
             None => {
@@ -1232,6 +1476,7 @@ impl StepLogs {
 
     /// Writes out and ships everything: the step's record may end once this returns.
     async fn finish(&mut self) -> std::io::Result<()> {
+        self.end_redaction().await?;
         self.flush().await?;
         self.ship(false).await;
         Ok(())

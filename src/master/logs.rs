@@ -1022,6 +1022,67 @@ pub(crate) mod testing {
         ) -> Result<Vec<crate::master::store::ShellSession>, StoreError> {
             self.0.shell_sessions(build_id).await
         }
+
+        // ---- artifacts (issue 27) ----
+
+        async fn put_artifact_chunk(
+            &self,
+            owner: &MasterLease,
+            build_id: i64,
+            path: &str,
+            seq: u64,
+            data: Vec<u8>,
+        ) -> Result<(), StoreError> {
+            self.0
+                .put_artifact_chunk(owner, build_id, path, seq, data)
+                .await
+        }
+
+        async fn record_artifact(
+            &self,
+            owner: &MasterLease,
+            artifact: &crate::master::store::NewArtifact,
+            in_store: bool,
+        ) -> Result<(), StoreError> {
+            self.0.record_artifact(owner, artifact, in_store).await
+        }
+
+        async fn artifacts_of(
+            &self,
+            build_id: i64,
+        ) -> Result<Vec<crate::master::store::ArtifactRow>, StoreError> {
+            self.0.artifacts_of(build_id).await
+        }
+
+        async fn artifact_chunk(
+            &self,
+            build_id: i64,
+            path: &str,
+            seq: u64,
+        ) -> Result<Option<Vec<u8>>, StoreError> {
+            self.0.artifact_chunk(build_id, path, seq).await
+        }
+
+        async fn prune_candidates(
+            &self,
+            builder: &str,
+            part: crate::master::store::PrunePart,
+            finished_before: f64,
+            keep_last: i64,
+            limit: i64,
+        ) -> Result<Vec<(i64, i64)>, StoreError> {
+            self.0
+                .prune_candidates(builder, part, finished_before, keep_last, limit)
+                .await
+        }
+
+        async fn prune_build_part(
+            &self,
+            build_id: i64,
+            part: crate::master::store::PrunePart,
+        ) -> Result<(), StoreError> {
+            self.0.prune_build_part(build_id, part).await
+        }
     }
 
     /// A shared test store in `dir` with one registered master and one running build with

@@ -97,6 +97,13 @@ pub struct Metrics {
     queues: Mutex<BTreeMap<String, QueueGauge>>,
     /// Test cases stored from builds' reports, by result (issue 26).
     test_cases: Family<TestResultLabels, Counter>,
+    /// Bytes kept, by kind (artifacts, logs, database), measured by the retention task.
+    storage: Family<StorageLabels, Gauge>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StorageLabels {
+    kind: String,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -194,9 +201,16 @@ impl Metrics {
             "Test cases stored from builds' test reports, by result",
             test_cases.clone(),
         );
+        let storage = Family::<StorageLabels, Gauge>::default();
+        registry.register(
+            "buildbot_storage_bytes",
+            "Bytes kept on this master, by kind: artifacts, logs, database (SQLite only)",
+            storage.clone(),
+        );
         Metrics {
             test_cases,
             registry,
+            storage,
             master_epoch,
             master_leads,
             masters_alive,
@@ -211,6 +225,15 @@ impl Metrics {
             lock_waits,
             queues: Mutex::new(BTreeMap::new()),
         }
+    }
+
+    /// What the artifacts, logs or database take now (set by `master::retention`).
+    pub fn storage_bytes(&self, kind: &str, bytes: u64) {
+        self.storage
+            .get_or_create(&StorageLabels {
+                kind: kind.to_string(),
+            })
+            .set(i64::try_from(bytes).unwrap_or(i64::MAX));
     }
 
     pub fn build_finished(&self, builder: &str, result: BuildResult, seconds: f64) {

@@ -3,6 +3,7 @@
 //! It knows nothing of SSH sessions or HTTP: `daemon` composes it with the front ends.
 
 pub mod access;
+pub mod artifacts;
 pub mod bisect;
 pub mod board;
 pub mod build;
@@ -26,10 +27,12 @@ pub mod poller;
 pub mod quotas;
 pub mod reconfig;
 pub mod results;
+pub mod retention;
 pub mod revisions;
 pub mod roster;
 pub mod scheduler;
 pub mod schedulers;
+pub mod secrets;
 pub mod sessions;
 pub mod shell;
 pub mod slaves;

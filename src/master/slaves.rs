@@ -38,6 +38,15 @@ pub enum SlaveEvent {
     ReportsDone {
         refused: Vec<String>,
     },
+    /// A collected file follows (`master::artifacts`).
+    FileStart {
+        path: String,
+        size: u64,
+    },
+    FileData(Vec<u8>),
+    FileEnd {
+        sha256: String,
+    },
 }
 
 /// What a shell on the slave reports (issue 25).
@@ -293,6 +302,15 @@ pub async fn serve(
                         let _ = route.send(SlaveEvent::Output { stream, data }).await;
                     }
                 }
+                Message::FileStart { id, path, size } => {
+                    route_event(&link, id, SlaveEvent::FileStart { path, size }).await;
+                }
+                Message::FileData { id, data } => {
+                    route_event(&link, id, SlaveEvent::FileData(data)).await;
+                }
+                Message::FileEnd { id, sha256 } => {
+                    route_event(&link, id, SlaveEvent::FileEnd { sha256 }).await;
+                }
                 Message::Exit { id, exit } => {
                     let route = lock(&link.routes).remove(&id);
                     if let Some(route) = route {
@@ -407,6 +425,15 @@ pub async fn serve(
         .write_all(format!("buildbot: {reason}\n").as_bytes())
         .await;
     0
+}
+
+/// Hands an event to the command it belongs to. The queue is bounded: a receiver writing to a
+/// slow disk holds the reader here, and the slave's sends wait in turn (memory stays bounded).
+async fn route_event(link: &SlaveLink, id: u64, event: SlaveEvent) {
+    let route = lock(&link.routes).get(&id).cloned();
+    if let Some(route) = route {
+        let _ = route.send(event).await;
+    }
 }
 
 async fn read_message(

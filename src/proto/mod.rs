@@ -183,7 +183,45 @@ pub enum Message {
         signal: Option<i32>,
         error: Option<String>,
     },
+    // ---- artifacts (issue 27) ----
+    /// master → slave: send the files of the builder's work tree that match these globs (an
+    /// `Exit` ends it; refusals come as `Info` output lines before it).
+    CollectFiles {
+        id: u64,
+        collect: CollectRequest,
+    },
+    /// slave → master: a file follows, `size` bytes in `FileData` frames, then `FileEnd`.
+    FileStart {
+        id: u64,
+        path: String,
+        size: u64,
+    },
+    FileData {
+        id: u64,
+        #[serde(with = "serde_bytes")]
+        data: Vec<u8>,
+    },
+    /// The file's SHA-256 (hex) as the slave read it; the master checks its own against it.
+    FileEnd {
+        id: u64,
+        sha256: String,
+    },
 }
+
+/// What a `CollectFiles` asks for: globs relative to the builder's work tree, and limits the
+/// slave applies before sending anything (the master checks them again as bytes arrive).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CollectRequest {
+    pub builder: String,
+    pub patterns: Vec<String>,
+    pub max_files: u64,
+    pub max_file_bytes: u64,
+    pub max_total_bytes: u64,
+}
+
+/// The largest piece of a file in one `FileData` frame: big enough that a 200 MB artifact is
+/// not a million frames, small enough that a keepalive never waits long behind one.
+pub const MAX_FILE_CHUNK: usize = 256 * 1024;
 
 /// How many bytes of shell data (counted by [`shell_cost`]) may be on their way, unacknowledged,
 /// in each direction of one shell.

@@ -321,6 +321,7 @@ async fn run_session(
                     Message::ShellEof { id } => shells.deliver(id, ShellControl::Eof),
                     Message::ShellAck { id, cost } => shells.deliver(id, ShellControl::Ack(cost)),
                     Message::ShellClose { id, reason } => shells.deliver(id, ShellControl::Close(reason)),
+                    Message::CollectFiles { id, collect } => work.start_collect(id, collect),
                     other => break Ended::Lost(format!("unexpected message from the master: {other:?}")),
                 }
             }

@@ -331,7 +331,7 @@ async fn serve_stored(
 /// The one byte range `[start, end)` a `Range` header asks of a log of `size` bytes: none
 /// for a header this does not answer with a range (several ranges, another unit, nonsense),
 /// which then gets the whole log; an error for a range outside the log.
-fn byte_range(header: &str, size: u64) -> Option<Result<(u64, u64), ()>> {
+pub(crate) fn byte_range(header: &str, size: u64) -> Option<Result<(u64, u64), ()>> {
     let spec = header.trim().strip_prefix("bytes=")?;
     if spec.contains(',') {
         return None;

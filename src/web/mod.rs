@@ -5,6 +5,7 @@
 
 mod actions;
 mod api;
+mod artifacts;
 mod auth;
 mod changes;
 mod land;
@@ -53,6 +54,7 @@ pub const TEMPLATES: &[(&str, &str)] = &[
         "tests_summary.html",
         include_str!("templates/tests_summary.html"),
     ),
+    ("artifacts.html", include_str!("templates/artifacts.html")),
 ];
 
 /// What every handler shares.
@@ -87,7 +89,8 @@ impl From<ControlError> for WebError {
         match err {
             ControlError::NoSuchBuilder { .. }
             | ControlError::NoSuchBuild { .. }
-            | ControlError::NoSuchSlave { .. } => WebError::NotFound(err.to_string()),
+            | ControlError::NoSuchSlave { .. }
+            | ControlError::NoSuchArtifact { .. } => WebError::NotFound(err.to_string()),
             ControlError::NotRunning { .. }
             | ControlError::NotQueued { .. }
             | ControlError::Ambiguous { .. }
@@ -301,6 +304,12 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/builders/{builder}/builds/{number}/steps/{step}/logs/{stream}/raw",
             get(logs::raw),
         )
+        // ---- artifacts (issue 27) ----
+        .route(
+            "/builders/{builder}/builds/{number}/artifacts/{*path}",
+            get(artifacts::download),
+        )
+        .route("/api/builds/{id}/artifacts", get(artifacts::api))
         .route("/metrics", get(metrics::scrape))
         .merge(api)
         .layer(axum::middleware::from_fn_with_state(
@@ -407,6 +416,7 @@ mod tests {
             "light": light, "waterfall": waterfall,
             "masters": [master],
             "queues": [land_queue],
+            "artifacts": [{"path": "dist/<b>output</b>", "size": 3, "sha256": "ab", "step": 3, "url": "/u"}],
         }))
         .expect("context");
         let mut context = context;
@@ -435,7 +445,11 @@ mod tests {
             // These are pieces the pages include.
             let is_page = !matches!(
                 name,
-                "progress.html" | "trend.html" | "tests_summary.html" | "shell.html"
+                "progress.html"
+                    | "trend.html"
+                    | "tests_summary.html"
+                    | "shell.html"
+                    | "artifacts.html"
             );
             assert_eq!(html.contains("</html>"), is_page, "{name}");
             assert!(

@@ -217,6 +217,7 @@ pub async fn build(
         .await?;
     let mut page = views::build_page(&logs, &detail, eta, progress);
     let tests = crate::web::test_results::build_report(&state, &detail).await?;
+    let kept = crate::web::artifacts::of_build(&state, &builder, number, detail.build.id).await?;
     let session = state.session(&headers).await;
     if let Some((hold, sessions)) = state.control.shell_hold(&builder, number).await? {
         // The command only for those who may open the shell (its requester, operators).
@@ -241,6 +242,7 @@ pub async fn build(
     context.insert("can_stop", &session.is_some());
     context.insert("csrf", &session.map(|s| s.csrf).unwrap_or_default());
     context.insert("build", &page);
+    context.insert("artifacts", &kept);
     Ok(Html(state.render("build.html", &context)?))
 }
 

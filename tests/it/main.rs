@@ -1,5 +1,6 @@
 //! Integration tests: real `buildbot` processes on loopback, driven by real clients.
 
+mod artifacts;
 mod bisect;
 mod browser;
 mod builds;
@@ -24,6 +25,8 @@ mod patches;
 mod postgres;
 mod reconfig;
 mod repo;
+mod retention;
+mod secrets;
 mod security;
 mod shell;
 mod slave_failover;

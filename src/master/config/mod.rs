@@ -15,7 +15,9 @@ mod limits;
 mod locks;
 mod notifier;
 mod repair;
+mod retention;
 mod schedulers;
+mod secrets;
 mod suggest;
 mod test_results;
 mod trust;
@@ -48,8 +50,12 @@ pub use notifier::{
     MailConfig, NotifierConfig, NotifierEvent, NotifierKind, WebhookConfig, check_secret_file,
     plain_address,
 };
+use retention::RawRetention;
+pub use retention::RetentionConfig;
 pub use schedulers::{ChangeSourceConfig, ChangesConfig, SchedulerConfig, SchedulerKind};
 use schedulers::{RawChangeSource, RawChanges, RawScheduler};
+use secrets::RawSecret;
+pub use secrets::SecretConfig;
 pub use trust::QuotaConfig;
 use trust::RawQuotas;
 
@@ -119,6 +125,10 @@ pub struct Config {
     pub lands: Vec<LandConfig>,
     /// Mail and webhook notifiers (`[[notifier]]`, issue 28).
     pub notifiers: Vec<NotifierConfig>,
+    /// `[[secret]]`: names and files; the values are read by each build that gets them.
+    pub secrets: Vec<SecretConfig>,
+    /// `[retention]`: none keeps everything.
+    pub retention: Option<RetentionConfig>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -215,6 +225,11 @@ pub struct BuilderConfig {
     pub bisect: Option<BisectConfig>,
     /// Which finished builds keep their directory for a shell, and how long (issue 25).
     pub hold: hold::HoldPolicy,
+    /// The `[[secret]]`s its steps get as environment variables (`$NAME`, upper-cased).
+    pub secrets: Vec<String>,
+    /// Builds that run a user's patch (try) get the secrets too (default false: any try user
+    /// could print them).
+    pub secrets_for_patches: bool,
 }
 
 /// `[[builder]] bisect = { max_builds = 8, repeats = 1, skip_exit_code = 125 }`.
@@ -255,6 +270,19 @@ pub struct StepConfig {
     pub locks: Vec<crate::master::locks::LockUse>,
     /// Test reports the slave sends after the step (`KIND:GLOB`, validated; issue 26).
     pub test_results: Vec<(crate::master::test_results::ReportKind, String)>,
+    /// Globs (relative to the builder's work tree) of the files kept after the step.
+    pub artifacts: Vec<String>,
+    /// When they are kept: after the step succeeded (default) or whatever its result.
+    pub when: ArtifactsWhen,
+}
+
+/// When a step's `artifacts` are collected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ArtifactsWhen {
+    #[default]
+    Success,
+    Always,
 }
 
 // ---- the file as serde sees it -----------------------------------------------------------
@@ -292,6 +320,10 @@ struct RawConfig {
     lands: Vec<RawLand>,
     #[serde(default, rename = "notifier")]
     notifiers: Vec<RawNotifier>,
+    #[serde(default, rename = "secret")]
+    secrets: Vec<RawSecret>,
+    #[serde(default)]
+    retention: Option<RawRetention>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -391,6 +423,9 @@ struct RawBuilder {
     #[serde(default)]
     bisect: Option<BisectConfig>,
     hold: Option<hold::RawHold>,
+    secrets: Vec<Spanned<String>>,
+    #[serde(default)]
+    secrets_for_patches: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -413,6 +448,9 @@ struct RawStep {
     warn_on_failure: Option<bool>,
     #[serde(default)]
     test_results: Vec<Spanned<String>>,
+    artifacts: Vec<Spanned<String>>,
+    #[serde(default)]
+    when: Option<ArtifactsWhen>,
 }
 
 // ---- defaults ----------------------------------------------------------------------------
@@ -699,6 +737,9 @@ impl Checker<'_> {
         let database = self.database(raw.database.as_ref());
         let lands = self.lands(&raw.lands, &builders);
         let notifiers = self.notifiers(&raw.notifiers, &builder_names);
+        let secrets = self.secrets(&raw.secrets);
+        self.builder_secrets(&raw.builders, &secrets);
+        let retention = self.retention(raw.retention.as_ref());
         Some(Config {
             master_dir: self.master_dir.to_path_buf(),
             name: raw.master.name,
@@ -721,6 +762,8 @@ impl Checker<'_> {
             database,
             lands,
             notifiers,
+            secrets,
+            retention,
         })
     }
 
@@ -973,6 +1016,22 @@ impl Checker<'_> {
                     warn_on_failure: step.warn_on_failure.unwrap_or(false),
                     locks: self.lock_uses(&step.locks, lock_defs, "step", &mut lock_levels),
                     test_results: self.test_results(&step.name, &step.test_results),
+                    artifacts: step
+                        .artifacts
+                        .iter()
+                        .map(|pattern| {
+                            if !is_inside_glob(pattern.get_ref()) {
+                                let message = format!(
+                                    "step \"{}\": artifact pattern \"{}\" must be relative to the work tree (no .., not absolute)",
+                                    step.name,
+                                    pattern.get_ref()
+                                );
+                                self.problem(pattern, message);
+                            }
+                            pattern.get_ref().clone()
+                        })
+                        .collect(),
+                    when: step.when.unwrap_or_default(),
                 })
                 .collect();
             builders.push(BuilderConfig {
@@ -1006,6 +1065,12 @@ impl Checker<'_> {
                     },
                     None => hold::HoldPolicy::default(),
                 },
+                secrets: builder
+                    .secrets
+                    .iter()
+                    .map(|s| s.get_ref().clone())
+                    .collect(),
+                secrets_for_patches: builder.secrets_for_patches,
             });
         }
         builders
@@ -1023,6 +1088,11 @@ fn is_inside_relative(workdir: &str) -> bool {
                 std::path::Component::Normal(_) | std::path::Component::CurDir
             )
         })
+}
+
+/// An artifact glob: relative, never climbing out (the slave checks again as it walks).
+fn is_inside_glob(pattern: &str) -> bool {
+    !pattern.is_empty() && !pattern.starts_with('/') && pattern.split('/').all(|part| part != "..")
 }
 
 fn is_valid_login_name(name: &str) -> bool {

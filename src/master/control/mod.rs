@@ -9,6 +9,7 @@
 //! the web sessions, the IRC links, and the way into the scheduler. The core's workers get the
 //! narrow handles of `parts` instead.
 
+mod artifacts;
 mod changes;
 mod land;
 mod parts;
@@ -110,6 +111,12 @@ pub enum ControlError {
         builder: String,
         number: i64,
         elsewhere: Option<String>,
+    },
+    #[error("{builder} #{number} kept no artifact {path} (or it was pruned)")]
+    NoSuchArtifact {
+        builder: String,
+        number: i64,
+        path: String,
     },
 }
 

@@ -11,6 +11,7 @@
 //! the same primitives.
 
 pub mod model;
+pub mod model_artifacts;
 pub mod model_bisect;
 pub mod model_land;
 pub mod model_notify;
@@ -30,6 +31,7 @@ pub use model::{
     MasterLockUse, MasterRow, NewRequest, RecentBuilds, Recorded, StepRow, StoredChange,
     StoredRequest, StoredSession, WindowBuilds, now,
 };
+pub use model_artifacts::{ARTIFACT_CHUNK, ArtifactRow, NewArtifact, PrunePart};
 pub use model_bisect::BisectRow;
 pub use model_land::{LandEntry, LandProgress, LandState, NewLand};
 pub use model_notify::{NewNotification, Notification, OutboxState};
@@ -749,4 +751,54 @@ pub trait Store: Send + Sync {
 
     /// The shells opened into build `build_id`, oldest first.
     async fn shell_sessions(&self, build_id: i64) -> Result<Vec<ShellSession>, StoreError>;
+    // ---- artifacts (issue 27) ----
+    // Metadata of each kept file; with a shared store also its bytes in chunks of
+    // `ARTIFACT_CHUNK` keyed by (build, path, seq), stored before the metadata, so a recorded
+    // artifact is always whole wherever it is read.
+
+    /// Stores chunk `seq` of an artifact of a running build (fenced by `owner`). Storing the
+    /// same chunk again replaces it (a retried write).
+    async fn put_artifact_chunk(
+        &self,
+        owner: &MasterLease,
+        build_id: i64,
+        path: &str,
+        seq: u64,
+        data: Vec<u8>,
+    ) -> Result<(), StoreError>;
+
+    /// Records an artifact of a running build (fenced by `owner`); `in_store` says its chunks
+    /// were stored. Recording a path again replaces the record.
+    async fn record_artifact(
+        &self,
+        owner: &MasterLease,
+        artifact: &NewArtifact,
+        in_store: bool,
+    ) -> Result<(), StoreError>;
+
+    /// A build's artifacts, by path.
+    async fn artifacts_of(&self, build_id: i64) -> Result<Vec<ArtifactRow>, StoreError>;
+
+    /// Chunk `seq` of a stored artifact (none when the store does not hold it).
+    async fn artifact_chunk(
+        &self,
+        build_id: i64,
+        path: &str,
+        seq: u64,
+    ) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// Finished builds of `builder` whose `part` retention may remove: finished before
+    /// `finished_before`, not among the builder's newest `keep_last` (by number), not pruned
+    /// of it yet; oldest first, at most `limit`, as (build id, number).
+    async fn prune_candidates(
+        &self,
+        builder: &str,
+        part: PrunePart,
+        finished_before: f64,
+        keep_last: i64,
+        limit: i64,
+    ) -> Result<Vec<(i64, i64)>, StoreError>;
+
+    /// Removes `part` of a build from the store and remembers that it is gone.
+    async fn prune_build_part(&self, build_id: i64, part: PrunePart) -> Result<(), StoreError>;
 }

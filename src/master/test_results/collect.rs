@@ -199,7 +199,13 @@ pub async fn gather(
                     .push(format!("test results: none collected: {why}"));
                 break;
             }
-            Some(SlaveEvent::Output { .. }) => {}
+            // Not part of this exchange (a file transfer is answered on its own id).
+            Some(
+                SlaveEvent::Output { .. }
+                | SlaveEvent::FileStart { .. }
+                | SlaveEvent::FileData(_)
+                | SlaveEvent::FileEnd { .. },
+            ) => {}
             None => {
                 gathered
                     .lines

@@ -5,6 +5,7 @@
 //! is rendered once, by [`refuse`], from `ControlError`'s own line and exit status.
 
 mod cancel;
+mod fetch;
 mod force;
 mod help;
 mod irc_link;
@@ -24,6 +25,7 @@ mod web_login;
 use std::net::SocketAddr;
 
 pub use cancel::Cancel;
+pub use fetch::Fetch;
 pub use force::Force;
 pub use help::Help;
 pub use irc_link::IrcLink;
@@ -86,6 +88,8 @@ pub enum Command {
     Slave,
     /// A terminal (ssh -t) or one command (after --) in a held build's directory on its slave.
     Shell(Shell),
+    /// An artifact of a build on stdout.
+    Fetch(Fetch),
 }
 
 /// Runs `command` for `identity` and returns the exit status to send.
@@ -150,6 +154,7 @@ async fn apply(
         Command::Help(command) => command.apply(io).await,
         Command::Land(command) => command.apply(ctx, user, io).await,
         Command::Shell(command) => command.apply(ctx, user, peer, io).await,
+        Command::Fetch(command) => command.apply(ctx, io).await,
         Command::Slave => {
             tracing::warn!(user = %user.name, "a user key tried to open the slave RPC");
             io.say("buildbot: the slave RPC needs a slave's key; user keys may not open it")

@@ -1,4 +1,4 @@
-//! Held builds and their shell sessions in PostgreSQL (migration 15, as SQLite's).
+//! Held builds and their shell sessions in PostgreSQL (migration 19, as SQLite's).
 
 use super::PgStore;
 use super::cluster::fence_build;

@@ -1356,4 +1356,63 @@ impl Store for PgStore {
     ) -> Result<Vec<crate::master::store::ShellSession>, StoreError> {
         self.pg_shell_sessions(build_id).await
     }
+
+    // ---- artifacts (issue 27) ----
+
+    async fn put_artifact_chunk(
+        &self,
+        owner: &MasterLease,
+        build_id: i64,
+        path: &str,
+        seq: u64,
+        data: Vec<u8>,
+    ) -> Result<(), StoreError> {
+        self.put_artifact_chunk_in(owner, build_id, path, seq, data)
+            .await
+    }
+
+    async fn record_artifact(
+        &self,
+        owner: &MasterLease,
+        artifact: &crate::master::store::NewArtifact,
+        in_store: bool,
+    ) -> Result<(), StoreError> {
+        self.record_artifact_in(owner, artifact, in_store).await
+    }
+
+    async fn artifacts_of(
+        &self,
+        build_id: i64,
+    ) -> Result<Vec<crate::master::store::ArtifactRow>, StoreError> {
+        self.artifacts_of_in(build_id).await
+    }
+
+    async fn artifact_chunk(
+        &self,
+        build_id: i64,
+        path: &str,
+        seq: u64,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        self.artifact_chunk_in(build_id, path, seq).await
+    }
+
+    async fn prune_candidates(
+        &self,
+        builder: &str,
+        part: crate::master::store::PrunePart,
+        finished_before: f64,
+        keep_last: i64,
+        limit: i64,
+    ) -> Result<Vec<(i64, i64)>, StoreError> {
+        self.prune_candidates_in(builder, part, finished_before, keep_last, limit)
+            .await
+    }
+
+    async fn prune_build_part(
+        &self,
+        build_id: i64,
+        part: crate::master::store::PrunePart,
+    ) -> Result<(), StoreError> {
+        self.prune_build_part_in(build_id, part).await
+    }
 }

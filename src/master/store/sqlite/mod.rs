@@ -7,6 +7,7 @@
 //! One connection behind a mutex; the [`Store`] verbs run on the blocking pool
 //! ([`SqliteStore::run`]).
 
+mod artifacts;
 mod bisect;
 pub mod changes;
 pub mod land;
@@ -27,6 +28,7 @@ use crate::master::store::model::{
     NewRequest, Recorded, StepRow, StoredChange, StoredRequest, StoredSession, now,
 };
 use crate::master::store::model_land::{LandEntry, LandProgress, LandState, NewLand};
+use crate::master::store::{ArtifactRow, NewArtifact, PrunePart};
 use crate::master::store::{
     FailureHistory, FlakyTest, Store, StoreError, TestCase, TestCounts, TestHistoryRow, TestOrder,
 };
@@ -239,7 +241,7 @@ pub const MIGRATIONS: &[&str] = &[
         finished_at REAL
     );
     CREATE INDEX land_entries_state ON land_entries (branch, state, id);",
-    // test results (issue 26): one row per test case of a build, in report order (`seq`);
+    // 16 (issue 26): test results: one row per test case of a build, in report order (`seq`);
     // looked up by build, and by test name for a test's history.
     "CREATE TABLE test_results (
         build_id INTEGER NOT NULL REFERENCES builds(id),
@@ -253,7 +255,7 @@ pub const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (build_id, seq)
     );
     CREATE INDEX test_results_test ON test_results (name, suite, build_id);",
-    // 15 (issue 28): the notification outbox, one row per (event, notifier, recipient), kept
+    // 17 (issue 28): the notification outbox, one row per (event, notifier, recipient), kept
     // until delivered or given up, so a restart delays a notification and never repeats it.
     "CREATE TABLE outbox_notifications (
         id INTEGER PRIMARY KEY,
@@ -270,7 +272,7 @@ pub const MIGRATIONS: &[&str] = &[
         UNIQUE (event_key, notifier, recipient)
     );
     CREATE INDEX outbox_notifications_due ON outbox_notifications(state, next_at);",
-    // 16 (issue 28): bisections, their search kept as JSON.
+    // 18 (issue 28): bisections, their search kept as JSON.
     "CREATE TABLE bisect_runs (
         id INTEGER PRIMARY KEY,
         builder TEXT NOT NULL,
@@ -284,7 +286,7 @@ pub const MIGRATIONS: &[&str] = &[
         plan TEXT NOT NULL,
         started_at REAL NOT NULL
     );",
-    // 15: held builds (`shell`): where a finished build's directory is kept on its slave,
+    // 19 (issue 25): held builds (`shell`): where a finished build's directory is kept on its slave,
     // with the environment a shell there gets, until when; and who had a shell in it.
     "CREATE TABLE shell_holds (
         build_id INTEGER PRIMARY KEY,
@@ -307,6 +309,32 @@ pub const MIGRATIONS: &[&str] = &[
         ended_at REAL
     );
     CREATE INDEX shell_sessions_build ON shell_sessions (build_id);",
+    // 20 (issue 27): artifacts: each kept file's metadata, its bytes in 1 MiB chunks when the
+    // store is shared (every master serves them), and which parts of which builds retention
+    // pruned (`[retention]`).
+    "CREATE TABLE artifact_files (
+        build_id INTEGER NOT NULL,
+        step INTEGER NOT NULL,
+        path TEXT NOT NULL,
+        size INTEGER NOT NULL,
+        sha256 TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        in_store INTEGER NOT NULL,
+        PRIMARY KEY (build_id, path)
+    );
+    CREATE TABLE artifact_chunks (
+        build_id INTEGER NOT NULL,
+        path TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        data BLOB NOT NULL,
+        PRIMARY KEY (build_id, path, seq)
+    );
+    CREATE TABLE artifact_pruned (
+        build_id INTEGER NOT NULL,
+        part TEXT NOT NULL,
+        pruned_at REAL NOT NULL,
+        PRIMARY KEY (build_id, part)
+    );",
 ];
 
 /// The SQLite store.
@@ -2117,6 +2145,67 @@ impl Store for SqliteStore {
 
     async fn shell_sessions(&self, build_id: i64) -> Result<Vec<ShellSession>, StoreError> {
         self.run(move |c| shell::shell_sessions(c, build_id)).await
+    }
+
+    // ---- artifacts (issue 27) ----
+
+    async fn put_artifact_chunk(
+        &self,
+        owner: &MasterLease,
+        build_id: i64,
+        path: &str,
+        seq: u64,
+        data: Vec<u8>,
+    ) -> Result<(), StoreError> {
+        let (owner, path) = (owner.clone(), path.to_string());
+        self.run(move |c| artifacts::put_chunk(c, &owner, build_id, &path, seq, &data))
+            .await
+    }
+
+    async fn record_artifact(
+        &self,
+        owner: &MasterLease,
+        artifact: &NewArtifact,
+        in_store: bool,
+    ) -> Result<(), StoreError> {
+        let (owner, artifact) = (owner.clone(), artifact.clone());
+        self.run(move |c| artifacts::record(c, &owner, &artifact, in_store))
+            .await
+    }
+
+    async fn artifacts_of(&self, build_id: i64) -> Result<Vec<ArtifactRow>, StoreError> {
+        self.run(move |c| artifacts::of_build(c, build_id)).await
+    }
+
+    async fn artifact_chunk(
+        &self,
+        build_id: i64,
+        path: &str,
+        seq: u64,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        let path = path.to_string();
+        self.run(move |c| artifacts::chunk(c, build_id, &path, seq))
+            .await
+    }
+
+    async fn prune_candidates(
+        &self,
+        builder: &str,
+        part: PrunePart,
+        finished_before: f64,
+        keep_last: i64,
+        limit: i64,
+    ) -> Result<Vec<(i64, i64)>, StoreError> {
+        let builder = builder.to_string();
+        self.run(move |c| {
+            artifacts::prune_candidates(c, &builder, part, finished_before, keep_last, limit)
+        })
+        .await
+    }
+
+    async fn prune_build_part(&self, build_id: i64, part: PrunePart) -> Result<(), StoreError> {
+        self.run(move |c| artifacts::prune_build_part(c, build_id, part))
+            .await
     }
 }
 

@@ -1,4 +1,4 @@
-//! Held builds and their shell sessions in SQLite (migration 15).
+//! Held builds and their shell sessions in SQLite (migration 19).
 
 use rusqlite::{Connection, OptionalExtension, params};
 

@@ -1,0 +1,157 @@
+//! The retention task (`[retention]`): removes the logs and artifacts of old builds, on this
+//! master's disk and in the store, in small batches so builds never wait on it; and measures
+//! what the artifacts, logs and database take (`/metrics`, `buildbot_storage_bytes`).
+//!
+//! In a cluster it runs only on the master that leads the cluster's jobs (`lease::while_leading`
+//! in `daemon`): the store's part is pruned once. Files another master of the cluster keeps on
+//! its own disk are its copies of what the store holds; they go when that master leads, or
+//! with its directory.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::master::control::Control;
+use crate::master::store::PrunePart;
+
+/// How often the task looks for something to prune.
+const ROUND: Duration = Duration::from_secs(10 * 60);
+/// Builds handled per store question: small, so a round never holds the database long.
+const BATCH: i64 = 20;
+/// A pause between batches, so a first round over a big history does not compete with builds.
+const BATCH_PAUSE: Duration = Duration::from_millis(50);
+
+/// Runs until `token` is cancelled: a round at start, then one every [`ROUND`].
+pub async fn run(control: Arc<Control>, token: CancellationToken) -> anyhow::Result<()> {
+    loop {
+        let pruned = prune_round(&control, &token).await;
+        if pruned > 0 {
+            tracing::info!("retention removed {pruned} old build parts");
+        }
+        measure(&control).await;
+        tokio::select! {
+            () = token.cancelled() => return Ok(()),
+            () = tokio::time::sleep(ROUND) => {}
+        }
+    }
+}
+
+/// One pass over every builder; returns how many build parts were removed.
+pub async fn prune_round(control: &Control, token: &CancellationToken) -> u64 {
+    let config = control.config();
+    let Some(retention) = config.retention.clone() else {
+        return 0;
+    };
+    let keep_last = i64::try_from(retention.keep_last).unwrap_or(i64::MAX);
+    let now = crate::status::unix_now();
+    let mut pruned = 0;
+    for builder in &config.builders {
+        for (part, age) in [
+            (PrunePart::Artifacts, retention.artifacts),
+            (PrunePart::Logs, retention.logs),
+        ] {
+            let Some(age) = age else { continue };
+            let before = now - age.as_secs_f64();
+            loop {
+                if token.is_cancelled() {
+                    return pruned;
+                }
+                let candidates = match control
+                    .store()
+                    .prune_candidates(&builder.name, part, before, keep_last, BATCH)
+                    .await
+                {
+                    Ok(candidates) => candidates,
+                    Err(err) => {
+                        tracing::warn!("retention: cannot list old builds: {err}");
+                        return pruned;
+                    }
+                };
+                let full = candidates.len() as i64 == BATCH;
+                for (build_id, number) in candidates {
+                    // This master's copy first: a build whose record says pruned never
+                    // leaves files nobody would remove.
+                    let dir = part_dir(&config.master_dir, control.logs_dir(), part)
+                        .join(&builder.name)
+                        .join(number.to_string());
+                    if let Err(err) = remove_dir(dir.clone()).await {
+                        tracing::warn!("retention: cannot remove {}: {err}", dir.display());
+                        continue;
+                    }
+                    if let Err(err) = control.store().prune_build_part(build_id, part).await {
+                        tracing::warn!("retention: cannot prune build {build_id}: {err}");
+                        return pruned;
+                    }
+                    pruned += 1;
+                }
+                if !full {
+                    break;
+                }
+                tokio::time::sleep(BATCH_PAUSE).await;
+            }
+        }
+    }
+    pruned
+}
+
+fn part_dir(master_dir: &Path, logs_dir: &Path, part: PrunePart) -> PathBuf {
+    match part {
+        PrunePart::Artifacts => master_dir.join("artifacts"),
+        PrunePart::Logs => logs_dir.to_path_buf(),
+    }
+}
+
+async fn remove_dir(dir: PathBuf) -> std::io::Result<()> {
+    match tokio::fs::remove_dir_all(&dir).await {
+        Err(err) if err.kind() != std::io::ErrorKind::NotFound => Err(err),
+        _ => Ok(()),
+    }
+}
+
+/// Sets the storage gauges: bytes under `artifacts/` and `logs/`, and the SQLite file (with its
+/// WAL) when the store is the embedded one.
+async fn measure(control: &Control) {
+    let config = control.config();
+    let dirs = [
+        ("artifacts", config.master_dir.join("artifacts")),
+        ("logs", control.logs_dir().to_path_buf()),
+    ];
+    let database = (!control.store().is_shared()).then(|| config.master_dir.clone());
+    let sizes = tokio::task::spawn_blocking(move || {
+        let mut sizes: Vec<(&'static str, u64)> = dirs
+            .iter()
+            .map(|(kind, dir)| (*kind, tree_size(dir)))
+            .collect();
+        if let Some(dir) = database {
+            let bytes = ["state.sqlite", "state.sqlite-wal"]
+                .iter()
+                .filter_map(|name| std::fs::symlink_metadata(dir.join(name)).ok())
+                .map(|metadata| metadata.len())
+                .sum();
+            sizes.push(("database", bytes));
+        }
+        sizes
+    })
+    .await
+    .unwrap_or_default();
+    for (kind, bytes) in sizes {
+        control.metrics().storage_bytes(kind, bytes);
+    }
+}
+
+/// Bytes of the regular files below `dir` (symlinks not followed).
+fn tree_size(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .filter_map(Result::ok)
+        .map(|entry| match entry.file_type() {
+            Ok(kind) if kind.is_dir() => tree_size(&entry.path()),
+            Ok(kind) if kind.is_file() => entry.metadata().map_or(0, |m| m.len()),
+            _ => 0,
+        })
+        .sum()
+}

@@ -1,0 +1,151 @@
+//! Artifacts in SQLite (migration 20): metadata, and chunks when asked to keep bytes (a single
+//! master keeps them on its disk, so only the conformance suite stores chunks here).
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use super::fence_build;
+use crate::master::store::model::MasterLease;
+use crate::master::store::{ArtifactRow, NewArtifact, PrunePart, StoreError};
+
+fn number(value: u64) -> Result<i64, StoreError> {
+    i64::try_from(value).map_err(|_| StoreError::Task(format!("artifact number {value} too large")))
+}
+
+pub(super) fn put_chunk(
+    connection: &mut Connection,
+    owner: &MasterLease,
+    build_id: i64,
+    path: &str,
+    seq: u64,
+    data: &[u8],
+) -> Result<(), StoreError> {
+    let transaction = connection.transaction()?;
+    fence_build(&transaction, owner, build_id)?;
+    transaction.execute(
+        "INSERT INTO artifact_chunks (build_id, path, seq, data) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (build_id, path, seq) DO UPDATE SET data = excluded.data",
+        params![build_id, path, number(seq)?, data],
+    )?;
+    transaction.commit()?;
+    Ok(())
+}
+
+pub(super) fn record(
+    connection: &mut Connection,
+    owner: &MasterLease,
+    artifact: &NewArtifact,
+    in_store: bool,
+) -> Result<(), StoreError> {
+    let transaction = connection.transaction()?;
+    fence_build(&transaction, owner, artifact.build_id)?;
+    transaction.execute(
+        "INSERT INTO artifact_files (build_id, step, path, size, sha256, created_at, in_store)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+         ON CONFLICT (build_id, path) DO UPDATE SET step = excluded.step, size = excluded.size,
+           sha256 = excluded.sha256, created_at = excluded.created_at,
+           in_store = excluded.in_store",
+        params![
+            artifact.build_id,
+            artifact.step,
+            artifact.path,
+            number(artifact.size)?,
+            artifact.sha256,
+            crate::master::store::now(),
+            in_store
+        ],
+    )?;
+    transaction.commit()?;
+    Ok(())
+}
+
+pub(super) fn of_build(
+    connection: &Connection,
+    build_id: i64,
+) -> Result<Vec<ArtifactRow>, StoreError> {
+    let mut statement = connection.prepare(
+        "SELECT build_id, step, path, size, sha256, created_at, in_store FROM artifact_files
+         WHERE build_id = ?1 ORDER BY path",
+    )?;
+    let rows = statement.query_map(params![build_id], |row| {
+        Ok(ArtifactRow {
+            build_id: row.get(0)?,
+            step: row.get(1)?,
+            path: row.get(2)?,
+            size: u64::try_from(row.get::<_, i64>(3)?).unwrap_or(0),
+            sha256: row.get(4)?,
+            created_at: row.get(5)?,
+            in_store: row.get(6)?,
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+pub(super) fn chunk(
+    connection: &Connection,
+    build_id: i64,
+    path: &str,
+    seq: u64,
+) -> Result<Option<Vec<u8>>, StoreError> {
+    Ok(connection
+        .query_row(
+            "SELECT data FROM artifact_chunks WHERE build_id = ?1 AND path = ?2 AND seq = ?3",
+            params![build_id, path, number(seq)?],
+            |row| row.get(0),
+        )
+        .optional()?)
+}
+
+pub(super) fn prune_candidates(
+    connection: &Connection,
+    builder: &str,
+    part: PrunePart,
+    finished_before: f64,
+    keep_last: i64,
+    limit: i64,
+) -> Result<Vec<(i64, i64)>, StoreError> {
+    let mut statement = connection.prepare(
+        "SELECT b.id, b.number FROM builds b
+         WHERE b.builder = ?1 AND b.finished_at IS NOT NULL AND b.finished_at < ?2
+           AND b.number <= (SELECT MAX(number) FROM builds WHERE builder = ?1) - ?3
+           AND NOT EXISTS (SELECT 1 FROM artifact_pruned p WHERE p.build_id = b.id AND p.part = ?4)
+         ORDER BY b.number LIMIT ?5",
+    )?;
+    let rows = statement.query_map(
+        params![builder, finished_before, keep_last, part.as_str(), limit],
+        |row| Ok((row.get(0)?, row.get(1)?)),
+    )?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+pub(super) fn prune_build_part(
+    connection: &mut Connection,
+    build_id: i64,
+    part: PrunePart,
+) -> Result<(), StoreError> {
+    let transaction = connection.transaction()?;
+    match part {
+        PrunePart::Artifacts => {
+            transaction.execute(
+                "DELETE FROM artifact_chunks WHERE build_id = ?1",
+                params![build_id],
+            )?;
+            transaction.execute(
+                "DELETE FROM artifact_files WHERE build_id = ?1",
+                params![build_id],
+            )?;
+        }
+        PrunePart::Logs => {
+            transaction.execute(
+                "DELETE FROM log_chunks WHERE build_id = ?1",
+                params![build_id],
+            )?;
+        }
+    }
+    transaction.execute(
+        "INSERT INTO artifact_pruned (build_id, part, pruned_at) VALUES (?1, ?2, ?3)
+         ON CONFLICT (build_id, part) DO NOTHING",
+        params![build_id, part.as_str(), crate::master::store::now()],
+    )?;
+    transaction.commit()?;
+    Ok(())
+}
