@@ -422,7 +422,9 @@ struct RawBuilder {
     patch_submodule_urls: bool,
     #[serde(default)]
     bisect: Option<BisectConfig>,
+    #[serde(default)]
     hold: Option<hold::RawHold>,
+    #[serde(default)]
     secrets: Vec<Spanned<String>>,
     #[serde(default)]
     secrets_for_patches: bool,
@@ -448,6 +450,7 @@ struct RawStep {
     warn_on_failure: Option<bool>,
     #[serde(default)]
     test_results: Vec<Spanned<String>>,
+    #[serde(default)]
     artifacts: Vec<Spanned<String>>,
     #[serde(default)]
     when: Option<ArtifactsWhen>,
