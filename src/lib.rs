@@ -30,3 +30,12 @@ pub mod slave;
 pub mod cli;
 pub mod daemon;
 pub mod demo;
+
+/// Chooses the TLS crypto provider of the whole process, before any TLS connection is made.
+/// The IRC bot's TLS (tokio-rustls' defaults), the mail client and the webhook client compile
+/// in two providers (aws-lc-rs and ring), and with two rustls cannot choose by itself: the
+/// first TLS connection would panic.
+pub fn choose_tls_provider() {
+    // Err: a provider is already chosen (a second call), which is as good.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+}

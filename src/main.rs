@@ -37,6 +37,7 @@ fn main() -> ExitCode {
         _ => "info",
     };
     init_tracing(default_level);
+    buildbot::choose_tls_provider();
     match run(cli) {
         Ok(code) => code,
         Err(err) => {

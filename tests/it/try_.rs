@@ -449,6 +449,10 @@ fn malformed_and_unknown_builder_jobs_land_in_rejected_with_a_reason() {
 fn a_job_over_the_limit_is_refused_without_buffering_it() {
     // The default limit is 10 MiB.
     let master = try_master(&["linux"]);
+    // One command first, so what the master allocates once (its first SSH session, tasks
+    // still starting on a loaded machine) is not counted against the job.
+    let warm = master.ssh_with(&master.user_key, &current_user(), "help", &[], None);
+    assert!(warm.status.success(), "{}", text(&warm.stderr));
     let before = master.peak_rss_kib();
     let patch = vec![b'+'; 20 * 1024 * 1024];
     let job = job::encode(&job::Job {
