@@ -35,6 +35,21 @@ pub struct Work {
     tasks: JoinSet<u64>,
 }
 
+/// One lock per build directory, held by each checkout there. An interrupted checkout is
+/// abandoned, not stopped (git cannot be interrupted midway safely), so without it the next
+/// build's checkout of the same directory (a stopped speculative land test is followed at once
+/// by its retest) could run beside it and have its tree overwritten by the abandoned one.
+/// Process-wide, so a checkout abandoned by a connection that was replaced is waited for too.
+fn checkout_lock(dir: &std::path::Path) -> Arc<std::sync::Mutex<()>> {
+    static LOCKS: std::sync::LazyLock<
+        std::sync::Mutex<HashMap<PathBuf, Arc<std::sync::Mutex<()>>>>,
+    > = std::sync::LazyLock::new(Default::default);
+    let mut locks = LOCKS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    Arc::clone(locks.entry(dir.to_path_buf()).or_default())
+}
+
 impl Work {
     pub fn new(
         workdir: PathBuf,
@@ -84,7 +99,11 @@ impl Work {
                 patch_level: request.patch_level,
                 submodules: request.submodules,
             };
+            let dir_lock = checkout_lock(&builder_dir);
             let blocking = tokio::task::spawn_blocking(move || {
+                let _one_at_a_time = dir_lock
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
                 let mut log = |line: &str| {
                     let _ = lines_tx.send(format!("{line}\n"));
                 };
