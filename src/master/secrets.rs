@@ -9,10 +9,12 @@
 
 use std::fs::File;
 use std::io::{self, Read};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use aho_corasick::{AhoCorasick, MatchKind};
+
+use crate::unix::regular_file::{self, Refused};
 use base64::Engine as _;
 
 use crate::master::config::BuilderConfig;
@@ -68,34 +70,18 @@ pub fn read_secret_file(path: &Path) -> Result<Vec<u8>, SecretFileError> {
         path: path.to_path_buf(),
         source,
     };
-    // lstat first, so a FIFO or device is refused without ever being opened.
-    let before = std::fs::symlink_metadata(path).map_err(io_error)?;
-    if before.file_type().is_symlink() {
-        return Err(SecretFileError::Symlink(path.to_path_buf()));
-    }
-    if !before.file_type().is_file() {
-        return Err(SecretFileError::NotRegular(path.to_path_buf()));
-    }
-    let file = match std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK | nix::libc::O_NOCTTY)
-        .open(path)
-    {
-        Ok(file) => file,
-        Err(err) if err.raw_os_error() == Some(nix::libc::ELOOP) => {
-            return Err(SecretFileError::Symlink(path.to_path_buf()));
+    let (file, metadata) = match regular_file::open_regular(path) {
+        Ok(Some(opened)) => opened,
+        Ok(None) => return Err(io_error(io::ErrorKind::NotFound.into())),
+        Err(Refused::Symlink) => return Err(SecretFileError::Symlink(path.to_path_buf())),
+        Err(Refused::NotRegular) => return Err(SecretFileError::NotRegular(path.to_path_buf())),
+        Err(Refused::Changed) => {
+            return Err(SecretFileError::Changed {
+                path: path.to_path_buf(),
+            });
         }
-        Err(err) => return Err(io_error(err)),
+        Err(Refused::Io(err)) => return Err(io_error(err)),
     };
-    let metadata = file.metadata().map_err(io_error)?;
-    if metadata.dev() != before.dev() || metadata.ino() != before.ino() {
-        return Err(SecretFileError::Changed {
-            path: path.to_path_buf(),
-        });
-    }
-    if !metadata.file_type().is_file() {
-        return Err(SecretFileError::NotRegular(path.to_path_buf()));
-    }
     let master = nix::unistd::geteuid().as_raw();
     if metadata.uid() != master {
         return Err(SecretFileError::BadOwner {

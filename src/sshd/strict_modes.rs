@@ -10,8 +10,10 @@
 
 use std::fs::{File, Metadata};
 use std::io::{self, Read};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+
+use crate::unix::regular_file::{self, Refused};
 
 /// The largest key file read; sshd has no such limit, but a file this big is an attack.
 pub const MAX_KEY_FILE_BYTES: u64 = 1 << 20;
@@ -65,41 +67,18 @@ pub fn open_checked(path: &Path, scope: &Scope) -> Result<Option<CheckedFile>, U
         path: path.to_path_buf(),
         source,
     };
-    // lstat first, so a FIFO or device is refused without ever being opened.
-    let before = match std::fs::symlink_metadata(path) {
-        Ok(metadata) => metadata,
-        Err(err) if is_missing(&err) => return Ok(None),
-        Err(err) => return Err(io_error(err)),
-    };
-    if before.file_type().is_symlink() {
-        return Err(UnsafeKeyFile::Symlink(path.to_path_buf()));
-    }
-    if !before.file_type().is_file() {
-        return Err(UnsafeKeyFile::NotRegular(path.to_path_buf()));
-    }
-    // O_NOFOLLOW: a symlink swapped in after the lstat fails with ELOOP instead of being
-    // followed. O_NONBLOCK: a FIFO swapped in cannot block the open.
-    let file = match std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK | nix::libc::O_NOCTTY)
-        .open(path)
-    {
-        Ok(file) => file,
-        Err(err) if err.raw_os_error() == Some(nix::libc::ELOOP) => {
-            return Err(UnsafeKeyFile::Symlink(path.to_path_buf()));
+    let (file, metadata) = match regular_file::open_regular(path) {
+        Ok(Some(opened)) => opened,
+        Ok(None) => return Ok(None),
+        Err(Refused::Symlink) => return Err(UnsafeKeyFile::Symlink(path.to_path_buf())),
+        Err(Refused::NotRegular) => return Err(UnsafeKeyFile::NotRegular(path.to_path_buf())),
+        Err(Refused::Changed) => {
+            return Err(UnsafeKeyFile::Changed {
+                path: path.to_path_buf(),
+            });
         }
-        Err(err) if is_missing(&err) => return Ok(None),
-        Err(err) => return Err(io_error(err)),
+        Err(Refused::Io(err)) => return Err(io_error(err)),
     };
-    let metadata = file.metadata().map_err(io_error)?;
-    if metadata.dev() != before.dev() || metadata.ino() != before.ino() {
-        return Err(UnsafeKeyFile::Changed {
-            path: path.to_path_buf(),
-        });
-    }
-    if !metadata.file_type().is_file() {
-        return Err(UnsafeKeyFile::NotRegular(path.to_path_buf()));
-    }
     check_owner_and_mode(path, &metadata, scope)?;
     if metadata.len() > MAX_KEY_FILE_BYTES {
         return Err(UnsafeKeyFile::TooLarge(path.to_path_buf()));
@@ -170,10 +149,6 @@ fn check_owner_and_mode(
         });
     }
     Ok(())
-}
-
-fn is_missing(err: &io::Error) -> bool {
-    err.kind() == io::ErrorKind::NotFound || err.raw_os_error() == Some(nix::libc::ENOTDIR)
 }
 
 #[cfg(test)]

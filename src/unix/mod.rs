@@ -4,3 +4,4 @@
 
 pub mod accounts;
 pub mod permission;
+pub mod regular_file;

@@ -47,8 +47,8 @@ pub use locks::NextSlave;
 use locks::{RawLock, RawLockUse};
 use notifier::RawNotifier;
 pub use notifier::{
-    MailConfig, NotifierConfig, NotifierEvent, NotifierKind, WebhookConfig, check_secret_file,
-    plain_address,
+    MailConfig, NotifierConfig, NotifierEvent, NotifierKind, WebhookConfig, plain_address,
+    read_webhook_key,
 };
 use retention::RawRetention;
 pub use retention::RetentionConfig;

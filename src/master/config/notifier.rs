@@ -337,8 +337,8 @@ impl Checker<'_> {
         }
         let secret_file = raw.secret_file.as_ref().and_then(|file| {
             let path = self.resolve(file.get_ref());
-            match check_secret_file(&path) {
-                Ok(()) => Some(path),
+            match read_webhook_key(&path) {
+                Ok(_) => Some(path),
                 Err(reason) => {
                     self.problem(file, format!("[[notifier]] secret_file: {reason}"));
                     None
@@ -352,29 +352,44 @@ impl Checker<'_> {
     }
 }
 
-/// A secret file as a key file must be: readable, owned by the master's user, and neither
-/// readable nor writable by group or others (as sshd asks of a host key).
-pub fn check_secret_file(path: &std::path::Path) -> Result<(), String> {
-    use std::os::unix::fs::{MetadataExt, PermissionsExt};
-    let metadata =
-        std::fs::metadata(path).map_err(|err| format!("cannot read {}: {err}", path.display()))?;
-    if !metadata.is_file() {
-        return Err(format!("{} is not a file", path.display()));
-    }
-    let mode = metadata.permissions().mode() & 0o777;
+/// A webhook's signing key, read from a file that must be as a key file is: a regular file (no
+/// symlink, checked on the descriptor it is read from), owned by the master's user, and neither
+/// readable nor writable by group or others (as sshd asks of a host key). One open for the
+/// checks and the read, so what was checked is what signs.
+pub fn read_webhook_key(path: &std::path::Path) -> Result<Vec<u8>, String> {
+    use crate::unix::regular_file::{Refused, open_regular};
+    use std::io::Read;
+    use std::os::unix::fs::MetadataExt;
+    /// A signing key, not a data set.
+    const MAX_KEY_BYTES: u64 = 64 * 1024;
+    let shown = path.display();
+    let (file, metadata) = match open_regular(path) {
+        Ok(Some(opened)) => opened,
+        Ok(None) => return Err(format!("cannot read {shown}: it does not exist")),
+        Err(Refused::Symlink) => return Err(format!("{shown} is a symlink; name the file itself")),
+        Err(Refused::NotRegular) => return Err(format!("{shown} is not a file")),
+        Err(Refused::Changed) => return Err(format!("{shown} changed while it was being opened")),
+        Err(Refused::Io(err)) => return Err(format!("cannot read {shown}: {err}")),
+    };
+    let mode = metadata.mode() & 0o777;
     if mode & 0o077 != 0 {
         return Err(format!(
-            "{} is open to others (mode {mode:o}); run chmod 600 on it",
-            path.display()
+            "{shown} is open to others (mode {mode:o}); run chmod 600 on it"
         ));
     }
     let me = nix::unistd::geteuid().as_raw();
     if metadata.uid() != me {
         return Err(format!(
-            "{} is owned by uid {}, not by the master's user (uid {me})",
-            path.display(),
+            "{shown} is owned by uid {}, not by the master's user (uid {me})",
             metadata.uid()
         ));
     }
-    Ok(())
+    let mut key = Vec::new();
+    file.take(MAX_KEY_BYTES + 1)
+        .read_to_end(&mut key)
+        .map_err(|err| format!("cannot read {shown}: {err}"))?;
+    if key.len() as u64 > MAX_KEY_BYTES {
+        return Err(format!("{shown} is larger than {MAX_KEY_BYTES} bytes"));
+    }
+    Ok(key)
 }

@@ -9,7 +9,7 @@ use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 
 use super::SendError;
-use crate::master::config::{WebhookConfig, check_secret_file};
+use crate::master::config::{WebhookConfig, read_webhook_key};
 use crate::master::store::Notification;
 
 /// The one HTTP client of the delivery task: no redirects (a POST redirected is not what the
@@ -51,11 +51,13 @@ pub async fn send(
         request = request.header("X-Buildbot-Event", kind);
     }
     if let Some(secret_file) = &config.secret_file {
-        // Checked again: the file may have changed since the config was read.
-        check_secret_file(secret_file).map_err(SendError::Transient)?;
-        let key = tokio::fs::read(secret_file).await.map_err(|err| {
-            SendError::Transient(format!("cannot read {}: {err}", secret_file.display()))
-        })?;
+        // Read again for each delivery, checked again: the file may have changed since the
+        // config was read. Blocking file I/O, off the runtime.
+        let path = secret_file.clone();
+        let key = tokio::task::spawn_blocking(move || read_webhook_key(&path))
+            .await
+            .map_err(|err| SendError::Transient(format!("reading the signing key failed: {err}")))?
+            .map_err(SendError::Transient)?;
         let key = key.trim_ascii();
         request = request.header("X-Buildbot-Signature", signature(key, &body));
     }
