@@ -146,6 +146,7 @@ pub enum Command {
     /// Download an artifact a build kept (as its page lists it): to stdout, or with -o into a
     /// file that appears only once the whole artifact arrived.
     Fetch {
+        /// The builder whose build kept it.
         builder: String,
         /// The build number.
         number: u64,

@@ -22,9 +22,16 @@ pub struct LandArgs {
 }
 
 pub fn run(args: &LandArgs, connection_args: &TryArgs, cwd: &Path) -> Result<u8, TryError> {
+    let inside = git(cwd, &["rev-parse", "--is-inside-work-tree"])?;
+    if !inside.status.success() {
+        return Err(TryError(format!(
+            "{} is not in a git checkout: run it in the repository whose commits you want to land",
+            cwd.display()
+        )));
+    }
     let onto = match &args.onto {
         Some(onto) => onto.clone(),
-        None => upstream_branch(cwd).unwrap_or_else(|| "main".to_string()),
+        None => upstream(cwd).map_or_else(|| "main".to_string(), |(_, branch)| branch),
     };
     let mut words = vec!["land".to_string(), "--onto".to_string(), onto.clone()];
     if args.cancel {
@@ -64,8 +71,8 @@ fn text(output: &std::process::Output) -> String {
     String::from_utf8_lossy(&output.stdout).trim().to_string()
 }
 
-/// The branch name of the current branch's upstream (`origin/main` → `main`).
-fn upstream_branch(cwd: &Path) -> Option<String> {
+/// The current branch's upstream as (remote, branch): `origin/main` → (`origin`, `main`).
+fn upstream(cwd: &Path) -> Option<(String, String)> {
     let output = git(
         cwd,
         &[
@@ -82,28 +89,19 @@ fn upstream_branch(cwd: &Path) -> Option<String> {
     let upstream = text(&output);
     upstream
         .split_once('/')
-        .map(|(_, branch)| branch.to_string())
+        .map(|(remote, branch)| (remote.to_string(), branch.to_string()))
 }
 
 /// `git bundle create - BASE..HEAD`, BASE the merge-base of HEAD and the remote's `onto`.
 fn bundle(cwd: &Path, onto: &str) -> Result<Vec<u8>, TryError> {
-    let remote = {
-        let output = git(
-            cwd,
-            &[
-                "rev-parse",
-                "--abbrev-ref",
-                "--symbolic-full-name",
-                "@{upstream}",
-            ],
-        )?;
-        let upstream = text(&output);
-        match upstream.split_once('/') {
-            Some((remote, _)) if output.status.success() => remote.to_string(),
-            _ => "origin".to_string(),
-        }
-    };
+    let remote = upstream(cwd).map_or_else(|| "origin".to_string(), |(remote, _)| remote);
     let target = format!("refs/remotes/{remote}/{onto}");
+    let known = git(cwd, &["rev-parse", "--verify", "--quiet", &target])?;
+    if !known.status.success() {
+        return Err(TryError(format!(
+            "there is no {remote}/{onto} here: git fetch {remote}, or name the target with --onto BRANCH"
+        )));
+    }
     let base = git(cwd, &["merge-base", "HEAD", &target])?;
     if !base.status.success() {
         return Err(TryError(format!(

@@ -259,3 +259,54 @@ fn completions_to_a_closed_pipe_exit_quietly() {
     );
     assert_eq!(text(&output.stderr), "", "nothing on stderr");
 }
+
+/// `buildbot land` in the wrong place says where the problem is in one line, before it looks
+/// for a master: outside a checkout, and in a checkout that never fetched the target branch.
+#[test]
+fn land_outside_a_checkout_or_without_the_target_branch_says_which() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let run_in = |dir: &std::path::Path, args: &[&str]| {
+        let mut command = Command::new(BIN);
+        command.args(args).current_dir(dir);
+        run_with_timeout(command, None)
+    };
+    let outside = run_in(tmp.path(), &["land"]);
+    assert_eq!(outside.status.code(), Some(2), "a usage problem");
+    let stderr = text(&outside.stderr);
+    assert!(stderr.contains("is not in a git checkout"), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+
+    let repo = tmp.path().join("repo");
+    let git = |args: &[&str]| {
+        let mut command = Command::new("git");
+        command.args(args).current_dir(tmp.path());
+        let output = run_with_timeout(command, None);
+        assert!(
+            output.status.success(),
+            "git {args:?}: {}",
+            text(&output.stderr)
+        );
+    };
+    let repo_arg = repo.to_str().expect("utf-8 path");
+    git(&["init", "-q", "-b", "work", repo_arg]);
+    git(&[
+        "-C",
+        repo_arg,
+        "-c",
+        "user.name=t",
+        "-c",
+        "user.email=t@example.org",
+        "commit",
+        "-q",
+        "--allow-empty",
+        "-m",
+        "one",
+    ]);
+    let unfetched = run_in(&repo, &["land", "--onto", "release"]);
+    assert_eq!(unfetched.status.code(), Some(2), "a usage problem");
+    let stderr = text(&unfetched.stderr);
+    assert!(
+        stderr.contains("there is no origin/release here"),
+        "{stderr}"
+    );
+}
