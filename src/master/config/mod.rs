@@ -552,9 +552,12 @@ impl Config {
             let line = err.span().map_or(0, |span| lines.line_of(span.start));
             let verdict = match err.span() {
                 Some(span) => repairs.repair(&mut document, span),
-                None => repair::Repaired::GaveUp,
+                None => repair::Repaired::GaveUp { first: true },
             };
-            if verdict != repair::Repaired::Again {
+            if matches!(
+                verdict,
+                repair::Repaired::First | repair::Repaired::GaveUp { first: true }
+            ) {
                 problems.push(Problem {
                     line,
                     message: err.message().trim().to_string(),
@@ -563,7 +566,7 @@ impl Config {
             if let Some(span) = err.span() {
                 repaired_spans.push(span);
             }
-            if verdict == repair::Repaired::GaveUp {
+            if matches!(verdict, repair::Repaired::GaveUp { .. }) {
                 break;
             }
         }
@@ -1323,6 +1326,31 @@ builders = ["linx"]
         assert!(
             found.iter().any(|problem| problem.contains("\"brnach\"")
                 && problem.contains("did you mean `branch`")),
+            "{found:#?}"
+        );
+    }
+
+    /// An unknown variant has no stand-in of its own type: its key is taken out after the
+    /// stand-ins of other types, reported once, and the mistakes after it still show.
+    #[test]
+    fn an_unknown_variant_is_reported_once_and_later_mistakes_still_are() {
+        let text = base().replace(
+            "steps = [",
+            "hold = { on = \"fail\", for = \"10m\" }\nsteps = [",
+        ) + "[retention]\nlog = \"30d\"\n";
+        let found = problems(&text);
+        let hold: Vec<_> = found.iter().filter(|p| p.contains(":13:")).collect();
+        assert_eq!(
+            hold,
+            [
+                "master.toml:13: unknown variant `fail`, expected one of `failure`, `always`, `never`"
+            ],
+            "{found:#?}"
+        );
+        assert!(
+            found
+                .iter()
+                .any(|p| p.starts_with("master.toml:19: unknown field `log` in [retention]")),
             "{found:#?}"
         );
     }

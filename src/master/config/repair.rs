@@ -23,8 +23,10 @@ const STAND_INS: [&str; 6] = ["\"\"", "0", "false", "[]", "{}", "0.0"];
 /// Where the repair of one value is: which stand-in was tried last.
 #[derive(Debug, Default)]
 pub(super) struct Repairs {
-    /// (the error's span, how many stand-ins were tried there).
-    tried: Vec<(Range<usize>, usize)>,
+    /// (the value's path, how many stand-ins were tried there). By path, not by the error's
+    /// span: serde's error about a stand-in need not point at exactly the bytes its first error
+    /// did, and the value's mistake is reported once.
+    tried: Vec<(Vec<Step>, usize)>,
 }
 
 /// What `Repairs::repair` did.
@@ -35,8 +37,8 @@ pub(super) enum Repaired {
     /// The same value again (its last stand-in did not fit either): do not report it again. The
     /// document was changed.
     Again,
-    /// Nothing left to try.
-    GaveUp,
+    /// Nothing left to try; `first`: this value's mistake was not reported yet.
+    GaveUp { first: bool },
 }
 
 impl Repairs {
@@ -47,15 +49,15 @@ impl Repairs {
         span: Range<usize>,
     ) -> Repaired {
         let Some(path) = innermost(document.get_ref(), &span) else {
-            return Repaired::GaveUp;
+            return Repaired::GaveUp { first: true };
         };
-        let attempt = match self.tried.iter_mut().find(|(tried, _)| *tried == span) {
+        let attempt = match self.tried.iter_mut().find(|(tried, _)| *tried == path) {
             Some((_, count)) => {
                 *count += 1;
                 *count
             }
             None => {
-                self.tried.push((span.clone(), 0));
+                self.tried.push((path.clone(), 0));
                 0
             }
         };
@@ -64,21 +66,25 @@ impl Repairs {
         } else {
             Repaired::Again
         };
+        let gave_up = Repaired::GaveUp {
+            first: attempt == 0,
+        };
         let Some(slot) = value_mut(document.get_mut(), &path) else {
-            return Repaired::GaveUp;
+            return gave_up;
         };
         let current = slot.get_ref().type_str();
-        let mut stand_ins = STAND_INS
+        let stand_ins: Vec<_> = STAND_INS
             .iter()
             .filter_map(|text| DeValue::parse(text).ok())
-            .filter(|value| value.get_ref().type_str() != current);
-        if let Some(stand_in) = stand_ins.nth(attempt) {
+            .filter(|value| value.get_ref().type_str() != current)
+            .collect();
+        let last_try = stand_ins.len();
+        if let Some(stand_in) = stand_ins.into_iter().nth(attempt) {
             let original = slot.span();
             *slot = Spanned::new(original, stand_in.into_inner());
             return verdict;
         }
         // No stand-in fits (an unknown variant, say): take the key out, if it is a key.
-        let last_try = STAND_INS.len();
         if attempt == last_try
             && let Some((Step::Key(key), parent)) = path.split_last()
             && let Some(DeValue::Table(table)) = parent_mut(document.get_mut(), parent)
@@ -86,7 +92,7 @@ impl Repairs {
             table.remove(key.as_str());
             return verdict;
         }
-        Repaired::GaveUp
+        gave_up
     }
 }
 
