@@ -277,31 +277,9 @@ fn land_outside_a_checkout_or_without_the_target_branch_says_which() {
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
 
     let repo = tmp.path().join("repo");
-    let git = |args: &[&str]| {
-        let mut command = Command::new("git");
-        command.args(args).current_dir(tmp.path());
-        let output = run_with_timeout(command, None);
-        assert!(
-            output.status.success(),
-            "git {args:?}: {}",
-            text(&output.stderr)
-        );
-    };
-    let repo_arg = repo.to_str().expect("utf-8 path");
-    git(&["init", "-q", "-b", "work", repo_arg]);
-    git(&[
-        "-C",
-        repo_arg,
-        "-c",
-        "user.name=t",
-        "-c",
-        "user.email=t@example.org",
-        "commit",
-        "-q",
-        "--allow-empty",
-        "-m",
-        "one",
-    ]);
+    std::fs::create_dir(&repo).expect("repo dir");
+    crate::repo::git(&repo, &["init", "-q", "-b", "work"]);
+    crate::repo::git(&repo, &["commit", "-q", "--allow-empty", "-m", "one"]);
     let unfetched = run_in(&repo, &["land", "--onto", "release"]);
     assert_eq!(unfetched.status.code(), Some(2), "a usage problem");
     let stderr = text(&unfetched.stderr);
