@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
 use tokio_util::sync::CancellationToken;
 
+use crate::master::artifact_fetch;
 use crate::master::artifacts::{self, Sink};
 use crate::master::board::{StopHandle, StopRequest};
 use crate::master::config::ArtifactsWhen;
@@ -54,6 +55,9 @@ enum StepKind {
     Command(CommandRequest, FailurePolicy),
     /// Keep the files the previous step left (`artifacts`), streamed into `master::artifacts`.
     Collect(CollectRequest, ArtifactsWhen),
+    /// Put kept files into the work tree before the next step (`fetch_artifacts`): the
+    /// builder's directory on the slave and what to fetch.
+    Fetch(String, Vec<crate::master::config::FetchArtifacts>),
 }
 
 struct PlannedStep {
@@ -154,6 +158,14 @@ fn plan_commands(
     facts.env.extend(secrets.env());
     let mut planned = VecDeque::new();
     for step in &builder.steps {
+        if !step.fetch_artifacts.is_empty() {
+            planned.push_back(PlannedStep {
+                name: format!("{}-fetch", step.name),
+                locks: Vec::new(),
+                test_results: Vec::new(),
+                kind: StepKind::Fetch(builder.name.clone(), step.fetch_artifacts.clone()),
+            });
+        }
         planned.push_back(command_step(builder, step, &facts)?);
         if !step.artifacts.is_empty() {
             planned.push_back(PlannedStep {
@@ -684,6 +696,22 @@ async fn run_steps(
             }
         } else if !locked {
             StepOutcome::MasterStopping
+        } else if let StepKind::Fetch(dir, specs) = &step.kind {
+            let fetch = Fetch {
+                control,
+                this: artifact_fetch::ThisBuild {
+                    builder: &builder.name,
+                    number,
+                    build_id,
+                    upstream_job: request
+                        .properties
+                        .get(crate::master::schedulers::engine::UPSTREAM_JOB)
+                        .map(String::as_str),
+                },
+                dir,
+                specs,
+            };
+            run_fetch(link, fetch, logs, shutdown, &started.stop).await
         } else {
             let reports = Reports {
                 control,
@@ -842,6 +870,7 @@ fn in_dir(mut steps: VecDeque<PlannedStep>, dir: &str) -> VecDeque<PlannedStep> 
             StepKind::Command(command, _) => command.builder = dir.to_string(),
             StepKind::Collect(collect, _) => collect.builder = dir.to_string(),
             StepKind::Checkout(checkout) => checkout.builder = dir.to_string(),
+            StepKind::Fetch(builder, _) => *builder = dir.to_string(),
         }
     }
     steps
@@ -991,7 +1020,8 @@ fn judge(kind: &StepKind, outcome: &StepOutcome) -> Verdict {
             describe_exit(exit),
             false,
         ),
-        (StepKind::Checkout(_), StepOutcome::Exited(exit)) => verdict(
+        // The step after it would run without its inputs.
+        (StepKind::Checkout(_) | StepKind::Fetch(..), StepOutcome::Exited(exit)) => verdict(
             BuildResult::Failure,
             BuildResult::Failure,
             describe_exit(exit),
@@ -1128,6 +1158,109 @@ async fn collect_reports(
     }
 }
 
+/// What a `fetch_artifacts` step needs.
+struct Fetch<'a> {
+    control: &'a Arc<BuildParts>,
+    this: artifact_fetch::ThisBuild<'a>,
+    /// The builder's directory on the slave.
+    dir: &'a str,
+    specs: &'a [crate::master::config::FetchArtifacts],
+}
+
+/// Puts the artifacts a step names into its work tree on the slave (`master::artifact_fetch`),
+/// a line in the log for each file and one for whatever stopped it.
+async fn run_fetch(
+    link: &SlaveLink,
+    fetch: Fetch<'_>,
+    mut logs: StepLogs,
+    shutdown: &CancellationToken,
+    stop: &StopHandle,
+) -> StepOutcome {
+    let control = fetch.control;
+    let master_dir = control.config().master_dir.clone();
+    let resolved =
+        artifact_fetch::resolve(&control.store, &master_dir, fetch.specs, &fetch.this).await;
+    let sources = match resolved {
+        Ok(sources) => sources,
+        Err(line) => {
+            let _ = logs
+                .append(StreamKind::Info, format!("{line}\n").as_bytes())
+                .await;
+            let _ = logs.finish().await;
+            return StepOutcome::Exited(ExitReport {
+                exit_code: Some(1),
+                signal: None,
+                elapsed_ms: 0,
+                timed_out: false,
+                interrupted: false,
+                failure: Some(Failure::Failed(line)),
+                checked_out: None,
+            });
+        }
+    };
+    for source in &sources {
+        let line = format!(
+            "fetching {} of {} #{} ({} bytes, sha256 {})\n",
+            source.row.path, source.builder, source.number, source.row.size, source.row.sha256
+        );
+        let _ = logs.append(StreamKind::Info, line.as_bytes()).await;
+    }
+    let receive = crate::proto::ReceiveRequest {
+        builder: fetch.dir.to_string(),
+        files: sources
+            .iter()
+            .map(artifact_fetch::Source::incoming)
+            .collect(),
+        max_total_bytes: artifacts::MAX_TOTAL_BYTES,
+    };
+    let Ok((id, mut events)) = link.start(|id| Message::ReceiveFiles { id, receive }) else {
+        let _ = logs.append(StreamKind::Info, b"slave lost\n").await;
+        let _ = logs.finish().await;
+        return StepOutcome::SlaveLost;
+    };
+    let began = Instant::now();
+    let streaming = artifact_fetch::stream(link, id, &mut events, &control.store, &sources);
+    let ended = tokio::select! {
+        ended = streaming => Some(ended),
+        _ = shutdown.cancelled() => None,
+        _ = stop.token.cancelled() => None,
+    };
+    let outcome = match ended {
+        Some(artifact_fetch::Ended::Exited(mut exit)) => {
+            exit.elapsed_ms = u64::try_from(began.elapsed().as_millis()).unwrap_or(u64::MAX);
+            let line = match &exit.failure {
+                Some(failure) => failure.message().to_string(),
+                None => format!(
+                    "fetched {} file(s), {} bytes, each checked by its sha256 on the slave",
+                    sources.len(),
+                    sources.iter().map(|source| source.row.size).sum::<u64>()
+                ),
+            };
+            let _ = logs
+                .append(StreamKind::Info, format!("{line}\n").as_bytes())
+                .await;
+            StepOutcome::Exited(exit)
+        }
+        Some(artifact_fetch::Ended::Lost) => {
+            let _ = logs.append(StreamKind::Info, b"slave lost\n").await;
+            StepOutcome::SlaveLost
+        }
+        None if shutdown.is_cancelled() => {
+            link.interrupt(id, "master shutting down");
+            StepOutcome::MasterStopping
+        }
+        None => {
+            let StopRequest { by, reason } = stop.requested();
+            link.interrupt(id, &format!("stopped by {by}: {reason}"));
+            let line = format!("interrupted by {by}: {reason}\n");
+            let _ = logs.append(StreamKind::Info, line.as_bytes()).await;
+            StepOutcome::Interrupted { by, reason }
+        }
+    };
+    let _ = logs.finish().await;
+    outcome
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn run_step(
     link: &SlaveLink,
@@ -1152,6 +1285,11 @@ async fn run_step(
         StepKind::Collect(collect, _) => Message::CollectFiles {
             id,
             collect: collect.clone(),
+        },
+        // Run by `run_fetch`; nothing to start here.
+        StepKind::Fetch(..) => Message::Interrupt {
+            id,
+            reason: "not a command".into(),
         },
     });
     let Ok((id, mut events)) = started else {
@@ -1192,7 +1330,7 @@ async fn run_step(
                             // Report pieces are not asked for yet: not ours.
                             Ok(Some(SlaveEvent::ReportChunk { .. } | SlaveEvent::ReportsDone { .. })) => {}
                             // Exit, lost, or a slave that says nothing: done waiting.
-                            Ok(Some(SlaveEvent::FileStart { .. } | SlaveEvent::FileData(_) | SlaveEvent::FileEnd { .. })) => {}
+                            Ok(Some(SlaveEvent::FileStart { .. } | SlaveEvent::FileData(_) | SlaveEvent::FileEnd { .. } | SlaveEvent::FileAck(_))) => {}
                             Ok(Some(SlaveEvent::Exit(_)) | None) | Err(_) => break,
                         },
                         _ = &mut deadline => break,
@@ -1284,7 +1422,11 @@ async fn run_step(
                 let _ = logs.finish().await;
                 return StepOutcome::Exited(exit);
             }
-            Some(SlaveEvent::ReportChunk { .. } | SlaveEvent::ReportsDone { .. }) => {}
+            Some(
+                SlaveEvent::ReportChunk { .. }
+                | SlaveEvent::ReportsDone { .. }
+                | SlaveEvent::FileAck(_),
+            ) => {}
             None => {
                 let line = format!("slave lost after {:.1}s\n", began.elapsed().as_secs_f64());
                 let _ = logs.append(StreamKind::Info, line.as_bytes()).await;

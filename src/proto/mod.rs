@@ -201,12 +201,47 @@ pub enum Message {
         #[serde(with = "serde_bytes")]
         data: Vec<u8>,
     },
-    /// The file's SHA-256 (hex) as the slave read it; the master checks its own against it.
+    /// The file's SHA-256 (hex) as the sender read it; the receiver checks its own against it.
+    /// `FileStart`, `FileData` and `FileEnd` also go master → slave after a `ReceiveFiles`.
     FileEnd {
         id: u64,
         sha256: String,
     },
+    /// master → slave: artifacts follow (as `FileStart`, `FileData`s, `FileEnd`, in the order
+    /// listed) to be written into the builder's work tree; an `Exit` ends it, refusals come
+    /// as `Info` output lines before it.
+    ReceiveFiles {
+        id: u64,
+        receive: ReceiveRequest,
+    },
+    /// slave → master: `bytes` more of a `ReceiveFiles`' data are written, so that much more
+    /// may be sent (at most [`FILE_WINDOW`] is on its way unacknowledged).
+    FileAck {
+        id: u64,
+        bytes: u64,
+    },
 }
+
+/// What a `ReceiveFiles` brings: the files in the order they come, each at its relative path
+/// under the builder's work tree.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReceiveRequest {
+    pub builder: String,
+    pub files: Vec<IncomingFile>,
+    /// The slave refuses more than this in all (the master's limit, checked again there).
+    pub max_total_bytes: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IncomingFile {
+    pub path: String,
+    pub size: u64,
+    pub sha256: String,
+}
+
+/// How many bytes of a `ReceiveFiles` may be unacknowledged: the master's outgoing queue is
+/// unbounded, so this is what keeps a 4 GiB artifact out of both ends' memory.
+pub const FILE_WINDOW: u64 = 4 * 1024 * 1024;
 
 /// What a `CollectFiles` asks for: globs relative to the builder's work tree, and limits the
 /// slave applies before sending anything (the master checks them again as bytes arrive).

@@ -16,6 +16,7 @@ pub mod config;
 mod connection;
 pub mod containment;
 pub mod dirlock;
+mod fetch;
 pub mod reports;
 pub mod runner;
 mod shell;

@@ -32,6 +32,8 @@ pub struct Work {
     containment: Arc<Containment>,
     outgoing: mpsc::Sender<Message>,
     running: HashMap<u64, CancellationToken>,
+    /// The fetches (`ReceiveFiles`) under way: where the connection hands their pieces.
+    receiving: HashMap<u64, mpsc::UnboundedSender<crate::slave::fetch::Piece>>,
     tasks: JoinSet<u64>,
 }
 
@@ -63,6 +65,7 @@ impl Work {
             containment,
             outgoing,
             running: HashMap::new(),
+            receiving: HashMap::new(),
             tasks: JoinSet::new(),
         }
     }
@@ -71,6 +74,7 @@ impl Work {
         while let Some(done) = self.tasks.try_join_next() {
             if let Ok(id) = done {
                 self.running.remove(&id);
+                self.receiving.remove(&id);
             }
         }
     }
@@ -329,7 +333,59 @@ impl Work {
         });
     }
 
+    /// Writes the artifacts the master sends next into the builder's work tree
+    /// (`slave::fetch`); an `Exit` ends it, its failure the one line saying why.
+    pub fn start_receive(&mut self, id: u64, request: crate::proto::ReceiveRequest) {
+        self.reap();
+        let outgoing = self.outgoing.clone();
+        let dir = match builder_dir(&self.workdir, &request.builder) {
+            Ok(dir) => dir,
+            Err(message) => {
+                self.tasks.spawn(report_failure(outgoing, id, message));
+                return;
+            }
+        };
+        let (pieces_tx, mut pieces_rx) = mpsc::unbounded_channel();
+        self.receiving.insert(id, pieces_tx);
+        self.running.insert(id, CancellationToken::new());
+        self.tasks.spawn(async move {
+            let started = Instant::now();
+            let writer = {
+                let outgoing = outgoing.clone();
+                tokio::task::spawn_blocking(move || {
+                    crate::slave::fetch::receive(&dir, id, &request, &mut pieces_rx, &outgoing)
+                })
+            };
+            let failure = match writer.await {
+                Ok(failure) => failure,
+                Err(err) => Some(format!("the fetch failed: {err}")),
+            };
+            let exit = ExitReport {
+                exit_code: Some(i32::from(failure.is_some())),
+                signal: None,
+                elapsed_ms: elapsed_ms(started),
+                timed_out: false,
+                interrupted: false,
+                failure: failure.map(Failure::Failed),
+                checked_out: None,
+            };
+            let _ = outgoing.send(Message::Exit { id, exit }).await;
+            id
+        });
+    }
+
+    /// A piece of a fetch; one for a fetch that ended (refused, interrupted) is dropped.
+    pub fn receive_piece(&mut self, id: u64, piece: crate::slave::fetch::Piece) {
+        if let Some(pieces) = self.receiving.get(&id)
+            && pieces.send(piece).is_err()
+        {
+            self.receiving.remove(&id);
+        }
+    }
+
     pub fn interrupt(&mut self, id: u64, reason: &str) {
+        // A fetch waits for its next piece: without its sender it ends at once.
+        self.receiving.remove(&id);
         if let Some(token) = self.running.get(&id) {
             tracing::info!(id, "interrupting: {reason}");
             token.cancel();
@@ -339,6 +395,7 @@ impl Work {
     /// The master is gone: terminate everything (SIGTERM, then SIGKILL after the grace), and
     /// wait for it, so nothing of a build outlives the connection it belonged to.
     pub async fn stop_all(&mut self) {
+        self.receiving.clear();
         for token in self.running.values() {
             token.cancel();
         }

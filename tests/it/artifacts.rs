@@ -269,3 +269,129 @@ fn an_artifact_pattern_leaving_the_work_tree_is_refused_by_checkconfig() {
     assert!(stderr.contains("\"../outside\""), "{stderr}");
     assert!(stderr.contains("\"/etc/passwd\""), "{stderr}");
 }
+
+/// `linux` keeps `dist/app.bin`; its success starts `deploy` and `escape` (a dependent
+/// scheduler). `deploy` fetches it before a step (and later fetches a file of its own earlier
+/// step); `escape` planted a symlink where it would go.
+fn fetching_config(checkout: &Checkout, outside: &Path) -> (String, String) {
+    let upstream = r#"{ name = "make", command = "mkdir -p dist && head -c 3000000 /dev/urandom > dist/app.bin && sha256sum dist/app.bin", artifacts = ["dist/*.bin"] },"#;
+    let deploy = r#"
+  { name = "use", command = "sha256sum dist/app.bin", fetch_artifacts = [{ from = "upstream", path = "dist/*.bin" }] },
+  { name = "pack", command = "cp dist/app.bin out.bin", artifacts = ["out.bin"] },
+  { name = "reuse", command = "rm out.bin dist/app.bin && true", },
+  { name = "again", command = "sha256sum out.bin", fetch_artifacts = [{ from = "build", path = "out.bin" }] },
+"#;
+    let escape = format!(
+        r#"
+  {{ name = "plant", command = "rm -rf dist && ln -sfn {} dist" }},
+  {{ name = "use", command = "true", fetch_artifacts = [{{ from = "upstream", path = "dist/app.bin", builder = "linux" }}] }},
+"#,
+        outside.display()
+    );
+    let mut extra = String::new();
+    for (name, steps) in [("deploy", deploy.to_string()), ("escape", escape)] {
+        extra.push_str(&format!(
+            "\n[[builder]]\nname = \"{name}\"\nslaves = [\"s1\"]\nrepo = \"{}\"\nbranch = \"main\"\nsteps = [\n{steps}\n]\n",
+            checkout.upstream.display()
+        ));
+    }
+    extra.push_str(&crate::changes::branch_scheduler(
+        "on-main",
+        "\"linux\"",
+        "tree_stable_timer = \"1s\"",
+    ));
+    extra.push_str(
+        "\n[[scheduler]]\nkind = \"dependent\"\nname = \"after-main\"\nbuilders = [\"deploy\", \"escape\"]\nupstream = \"on-main\"\n",
+    );
+    (upstream.to_string(), extra)
+}
+
+/// The info log (the master's own lines) of a step.
+fn info_log(master: &TestMaster, builder: &str, number: u64, step: &str) -> String {
+    std::fs::read_to_string(
+        master
+            .path()
+            .join(format!("logs/{builder}/{number}/{step}.info")),
+    )
+    .unwrap_or_default()
+}
+
+#[test]
+fn a_dependent_build_fetches_its_upstreams_artifact_byte_exact_and_an_escape_is_refused() {
+    use crate::changes::{finished_build, master_with, sendchange, step_log};
+    let checkout = Checkout::new();
+    let outside = tempfile::tempdir().expect("temp dir");
+    let (steps, extra) = fetching_config(&checkout, outside.path());
+    let master = master_with(&checkout, &steps, &extra);
+    let slave = master.start_slave("s1");
+    let revision = crate::repo::git(&checkout.upstream, &["rev-parse", "HEAD"]);
+    let change = format!(
+        r#"{{"repository": "{}", "branch": "main", "revision": "{}"}}"#,
+        checkout.upstream.display(),
+        revision.trim()
+    );
+    let sent = sendchange(&master, change.as_bytes());
+    assert!(sent.status.success(), "{}", text(&sent.stderr));
+
+    let linux = finished_build(&master, "linux", 1);
+    assert_eq!(linux["result"], "success", "{linux}");
+    let kept = master.api(&format!("/api/builds/{}/artifacts", linux["id"]));
+    let sha = kept[0]["sha256"]
+        .as_str()
+        .expect("a kept artifact")
+        .to_string();
+    let (original, size) = sha256_file(&slave.dir.join("build/linux/dist/app.bin"));
+    assert_eq!((sha.as_str(), size), (original.as_str(), 3_000_000));
+
+    // deploy: the upstream's file, byte-exact, before its step ran; later its own earlier
+    // step's file, after the step before removed it.
+    let deploy = finished_build(&master, "deploy", 1);
+    let fetch_info = info_log(&master, "deploy", 1, "2-use-fetch");
+    assert_eq!(deploy["result"], "success", "{deploy}\n{fetch_info}");
+    assert!(
+        fetch_info.contains(&format!(
+            "fetching dist/app.bin of linux #1 (3000000 bytes, sha256 {sha})"
+        )),
+        "{fetch_info}"
+    );
+    assert_eq!(
+        step_log(&master, "deploy", 1, 3),
+        format!("{sha}  dist/app.bin\n")
+    );
+    assert_eq!(
+        step_log(&master, "deploy", 1, 8),
+        format!("{sha}  out.bin\n"),
+        "{}",
+        info_log(&master, "deploy", 1, "7-again-fetch")
+    );
+    let (fetched, _) = sha256_file(&slave.dir.join("build/deploy/out.bin"));
+    assert_eq!(fetched, sha);
+
+    // escape: its `dist` is a symlink out of the work tree; the fetch is refused in one line
+    // and nothing is written there.
+    let escape = finished_build(&master, "escape", 1);
+    assert_eq!(escape["result"], "failure", "{escape}");
+    let refused = info_log(&master, "escape", 1, "3-use-fetch");
+    let refusals: Vec<&str> = refused
+        .lines()
+        .filter(|line| line.contains("refused"))
+        .collect();
+    assert_eq!(
+        refusals,
+        ["refused dist/app.bin: dist is a symlink; not followed"],
+        "{refused}"
+    );
+    let left = std::fs::read_dir(outside.path()).expect("outside").count();
+    assert_eq!(left, 0, "something was written outside the work tree");
+    let steps: Vec<String> = escape["steps"]
+        .as_array()
+        .expect("steps")
+        .iter()
+        .map(|step| step["name"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(
+        steps,
+        ["checkout", "plant", "use-fetch"],
+        "the step after a refused fetch does not run"
+    );
+}

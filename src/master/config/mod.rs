@@ -8,6 +8,7 @@
 //! spool, the SSH server or the network.
 
 pub mod database;
+mod fetch;
 pub mod hold;
 mod irc;
 pub mod land;
@@ -274,6 +275,37 @@ pub struct StepConfig {
     pub artifacts: Vec<String>,
     /// When they are kept: after the step succeeded (default) or whatever its result.
     pub when: ArtifactsWhen,
+    /// Artifacts put into the work tree before the step's command runs.
+    pub fetch_artifacts: Vec<FetchArtifacts>,
+}
+
+/// `fetch_artifacts = [{ from = "upstream", path = "dist/*.tar.gz" }]`: kept files of another
+/// build (or of an earlier step of this one) written at their own paths into the work tree.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FetchArtifacts {
+    pub from: FetchFrom,
+    /// A glob over the artifacts' recorded paths (same syntax as `artifacts`).
+    pub path: String,
+    /// With `from = "upstream"`: only that builder's build of the upstream firing.
+    pub builder: Option<String>,
+}
+
+/// Whose artifacts a step fetches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FetchFrom {
+    /// The builds of the firing whose success started this build (a `dependent` scheduler).
+    Upstream,
+    /// The earlier steps of this build.
+    Build,
+}
+
+#[derive(Debug, Deserialize)]
+struct RawFetch {
+    from: FetchFrom,
+    path: Spanned<String>,
+    #[serde(default)]
+    builder: Option<Spanned<String>>,
 }
 
 /// When a step's `artifacts` are collected.
@@ -454,6 +486,8 @@ struct RawStep {
     artifacts: Vec<Spanned<String>>,
     #[serde(default)]
     when: Option<ArtifactsWhen>,
+    #[serde(default)]
+    fetch_artifacts: Vec<RawFetch>,
 }
 
 // ---- defaults ----------------------------------------------------------------------------
@@ -1035,6 +1069,7 @@ impl Checker<'_> {
                         })
                         .collect(),
                     when: step.when.unwrap_or_default(),
+                    fetch_artifacts: self.fetch_artifacts(&step.name, &step.fetch_artifacts),
                 })
                 .collect();
             builders.push(BuilderConfig {
@@ -1113,7 +1148,7 @@ mod tests {
     const KEY: &str =
         "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl test";
 
-    fn base() -> String {
+    pub(super) fn base() -> String {
         format!(
             r#"[master]
 name = "t"
