@@ -270,10 +270,10 @@ fn an_artifact_pattern_leaving_the_work_tree_is_refused_by_checkconfig() {
     assert!(stderr.contains("\"/etc/passwd\""), "{stderr}");
 }
 
-/// `linux` keeps `dist/app.bin`; its success starts `deploy` and `escape` (a dependent
-/// scheduler). `deploy` fetches it before a step (and later fetches a file of its own earlier
+/// `linux` (on `s1`) keeps `dist/app.bin`; its success starts `deploy` and `escape` (on
+/// `slave`, by a dependent scheduler). `deploy` fetches it before a step (and later fetches a file of its own earlier
 /// step); `escape` planted a symlink where it would go.
-fn fetching_config(checkout: &Checkout, outside: &Path) -> (String, String) {
+fn fetching_config(checkout: &Checkout, outside: &Path, slave: &str) -> (String, String) {
     let upstream = r#"{ name = "make", command = "mkdir -p dist && head -c 3000000 /dev/urandom > dist/app.bin && sha256sum dist/app.bin", artifacts = ["dist/*.bin"] },"#;
     let deploy = r#"
   { name = "use", command = "sha256sum dist/app.bin", fetch_artifacts = [{ from = "upstream", path = "dist/*.bin" }] },
@@ -291,7 +291,7 @@ fn fetching_config(checkout: &Checkout, outside: &Path) -> (String, String) {
     let mut extra = String::new();
     for (name, steps) in [("deploy", deploy.to_string()), ("escape", escape)] {
         extra.push_str(&format!(
-            "\n[[builder]]\nname = \"{name}\"\nslaves = [\"s1\"]\nrepo = \"{}\"\nbranch = \"main\"\nsteps = [\n{steps}\n]\n",
+            "\n[[builder]]\nname = \"{name}\"\nslaves = [\"{slave}\"]\nrepo = \"{}\"\nbranch = \"main\"\nsteps = [\n{steps}\n]\n",
             checkout.upstream.display()
         ));
     }
@@ -321,16 +321,10 @@ fn a_dependent_build_fetches_its_upstreams_artifact_byte_exact_and_an_escape_is_
     use crate::changes::{finished_build, master_with, sendchange, step_log};
     let checkout = Checkout::new();
     let outside = tempfile::tempdir().expect("temp dir");
-    let (steps, extra) = fetching_config(&checkout, outside.path());
+    let (steps, extra) = fetching_config(&checkout, outside.path(), "s1");
     let master = master_with(&checkout, &steps, &extra);
     let slave = master.start_slave("s1");
-    let revision = crate::repo::git(&checkout.upstream, &["rev-parse", "HEAD"]);
-    let change = format!(
-        r#"{{"repository": "{}", "branch": "main", "revision": "{}"}}"#,
-        checkout.upstream.display(),
-        revision.trim()
-    );
-    let sent = sendchange(&master, change.as_bytes());
+    let sent = sendchange(&master, head_change(&checkout).as_bytes());
     assert!(sent.status.success(), "{}", text(&sent.stderr));
 
     let linux = finished_build(&master, "linux", 1);
@@ -394,4 +388,66 @@ fn a_dependent_build_fetches_its_upstreams_artifact_byte_exact_and_an_escape_is_
         ["checkout", "plant", "use-fetch"],
         "the step after a refused fetch does not run"
     );
+}
+
+/// A change of the upstream's head, as `sendchange` takes it.
+fn head_change(checkout: &Checkout) -> String {
+    let revision = crate::repo::git(&checkout.upstream, &["rev-parse", "HEAD"]);
+    format!(
+        r#"{{"repository": "{}", "branch": "main", "revision": "{}"}}"#,
+        checkout.upstream.display(),
+        revision.trim()
+    )
+}
+
+#[test]
+fn with_postgresql_a_dependent_build_on_another_master_fetches_from_the_stored_chunks() {
+    use crate::changes::{finished_build, sendchange, step_log};
+    use crate::multimaster::{database_section, fresh_database, join, masters, named};
+    let url = fresh_database();
+    let checkout = Checkout::new();
+    let outside = tempfile::tempdir().expect("temp dir");
+    let (steps, extra) = fetching_config(&checkout, outside.path(), "s2");
+    let mut setup = MasterSetup::linux_builder(&["s1"], &checkout.upstream, &steps);
+    setup.slaves.push("s2".into());
+    setup.extra_config.push_str(&extra);
+    setup
+        .extra_config
+        .push_str("\n[changes]\ngroup = \"root\"\n");
+    setup.extra_config.push_str(&database_section(&url));
+    setup.edits.push(named("ci-a"));
+    let a = TestMaster::start_with(setup);
+    let b = join(&a, "ci-b");
+    // linux builds on A (s1 knows only A), deploy on B (s2 knows only B): B has no file of
+    // linux #1's artifacts, only the database's chunks.
+    let _s1 = a.launch_slave("s1", masters(&[&a]));
+    a.wait_connected("s1");
+    let _s2 = a.launch_slave("s2", masters(&[&b]));
+    b.wait_connected("s2");
+    let sent = sendchange(&a, head_change(&checkout).as_bytes());
+    assert!(sent.status.success(), "{}", text(&sent.stderr));
+
+    let linux = finished_build(&a, "linux", 1);
+    assert_eq!(linux["result"], "success", "{linux}");
+    let kept = a.api(&format!("/api/builds/{}/artifacts", linux["id"]));
+    let sha = kept[0]["sha256"]
+        .as_str()
+        .expect("a kept artifact")
+        .to_string();
+    let deploy = finished_build(&b, "deploy", 1);
+    assert_eq!(
+        deploy["result"],
+        "success",
+        "{deploy}\n{}",
+        info_log(&b, "deploy", 1, "2-use-fetch")
+    );
+    assert_eq!(
+        step_log(&b, "deploy", 1, 3),
+        format!("{sha}  dist/app.bin\n")
+    );
+    assert!(
+        !b.path().join("artifacts/linux/1").exists(),
+        "B had linux #1's file"
+    );
+    assert!(a.path().join("artifacts/linux/1/dist/app.bin").exists());
 }
