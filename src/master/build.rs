@@ -53,11 +53,31 @@ pub struct BuildOutcome {
 enum StepKind {
     Checkout(CheckoutRequest),
     Command(CommandRequest, FailurePolicy),
-    /// Keep the files the previous step left (`artifacts`), streamed into `master::artifacts`.
-    Collect(CollectRequest, ArtifactsWhen),
+    /// Keep the files the previous step left (`artifacts`), or, after the last step, the
+    /// builder's (`[[builder]] artifacts`), streamed into `master::artifacts`.
+    Collect(CollectRequest, ArtifactsWhen, CollectScope),
     /// Put kept files into the work tree before the next step (`fetch_artifacts`): the
     /// builder's directory on the slave and what to fetch.
     Fetch(String, Vec<crate::master::config::FetchArtifacts>),
+}
+
+/// Whose `artifacts` a collection keeps, which decides what `when = "success"` looks at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CollectScope {
+    /// A step's: kept if that step succeeded.
+    Step,
+    /// The builder's, after its last step: kept if the build so far is good.
+    Build,
+}
+
+fn collection(builder: &str, patterns: &[String]) -> CollectRequest {
+    CollectRequest {
+        builder: builder.to_string(),
+        patterns: patterns.to_vec(),
+        max_files: artifacts::MAX_FILES,
+        max_file_bytes: artifacts::MAX_FILE_BYTES,
+        max_total_bytes: artifacts::MAX_TOTAL_BYTES,
+    }
 }
 
 struct PlannedStep {
@@ -173,17 +193,24 @@ fn plan_commands(
                 locks: Vec::new(),
                 test_results: Vec::new(),
                 kind: StepKind::Collect(
-                    CollectRequest {
-                        builder: builder.name.clone(),
-                        patterns: step.artifacts.clone(),
-                        max_files: artifacts::MAX_FILES,
-                        max_file_bytes: artifacts::MAX_FILE_BYTES,
-                        max_total_bytes: artifacts::MAX_TOTAL_BYTES,
-                    },
+                    collection(&builder.name, &step.artifacts),
                     step.when,
+                    CollectScope::Step,
                 ),
             });
         }
+    }
+    if !builder.artifacts.is_empty() {
+        planned.push_back(PlannedStep {
+            name: "artifacts".into(),
+            locks: Vec::new(),
+            test_results: Vec::new(),
+            kind: StepKind::Collect(
+                collection(&builder.name, &builder.artifacts),
+                builder.artifacts_when,
+                CollectScope::Build,
+            ),
+        });
     }
     Ok(planned)
 }
@@ -645,11 +672,14 @@ async fn run_steps(
     // Whether the step before succeeded: a collection `when = "success"` runs only then.
     let mut previous_succeeded = true;
     while let Some(step) = steps.pop_front() {
-        if let StepKind::Collect(_, when) = &step.kind
-            && *when == ArtifactsWhen::Success
-            && !previous_succeeded
-        {
-            continue;
+        if let StepKind::Collect(_, ArtifactsWhen::Success, scope) = &step.kind {
+            let went_well = match scope {
+                CollectScope::Step => previous_succeeded,
+                CollectScope::Build => ending.result.is_good(),
+            };
+            if !went_well {
+                continue;
+            }
         }
         step_number += 1;
         let (step_name, build_id) = (step.name.clone(), started.build_id);
@@ -789,19 +819,29 @@ async fn run_steps(
         }
         previous_succeeded = verdict.step_result == BuildResult::Success;
         if verdict.halt {
-            // Files to keep whatever happened are still asked for, if the slave is there.
+            // Files to keep whatever happened are still asked for, if the slave is there:
+            // this step's, and the builder's after the last step.
             let still_there = matches!(outcome, StepOutcome::Exited(_));
-            match steps.pop_front() {
-                Some(next)
-                    if still_there
-                        && matches!(next.kind, StepKind::Collect(_, ArtifactsWhen::Always)) =>
+            let always = |step: &PlannedStep, wanted: CollectScope| matches!(step.kind, StepKind::Collect(_, ArtifactsWhen::Always, scope) if scope == wanted);
+            let mut rest = VecDeque::new();
+            if still_there {
+                if let Some(next) = steps.pop_front()
+                    && (always(&next, CollectScope::Step) || always(&next, CollectScope::Build))
                 {
-                    steps = VecDeque::from([next]);
-                    previous_succeeded = true;
-                    continue;
+                    rest.push_back(next);
                 }
-                _ => break,
+                if let Some(last) = steps.pop_back()
+                    && always(&last, CollectScope::Build)
+                {
+                    rest.push_back(last);
+                }
             }
+            if rest.is_empty() {
+                break;
+            }
+            steps = rest;
+            previous_succeeded = true;
+            continue;
         }
         if let StepOutcome::Exited(ExitReport {
             checked_out: Some(revision),
@@ -868,7 +908,7 @@ fn in_dir(mut steps: VecDeque<PlannedStep>, dir: &str) -> VecDeque<PlannedStep> 
     for step in &mut steps {
         match &mut step.kind {
             StepKind::Command(command, _) => command.builder = dir.to_string(),
-            StepKind::Collect(collect, _) => collect.builder = dir.to_string(),
+            StepKind::Collect(collect, ..) => collect.builder = dir.to_string(),
             StepKind::Checkout(checkout) => checkout.builder = dir.to_string(),
             StepKind::Fetch(builder, _) => *builder = dir.to_string(),
         }
@@ -1282,7 +1322,7 @@ async fn run_step(
             id,
             command: command.clone(),
         },
-        StepKind::Collect(collect, _) => Message::CollectFiles {
+        StepKind::Collect(collect, ..) => Message::CollectFiles {
             id,
             collect: collect.clone(),
         },

@@ -451,3 +451,76 @@ fn with_postgresql_a_dependent_build_on_another_master_fetches_from_the_stored_c
     );
     assert!(a.path().join("artifacts/linux/1/dist/app.bin").exists());
 }
+
+/// The names of a build's steps (/api/builds/ID), in order.
+fn step_names(build: &serde_json::Value) -> Vec<String> {
+    build["steps"]
+        .as_array()
+        .expect("steps")
+        .iter()
+        .map(|step| step["name"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+fn artifact_paths(master: &TestMaster, build: &serde_json::Value) -> Vec<String> {
+    master
+        .api(&format!("/api/builds/{}/artifacts", build["id"]))
+        .as_array()
+        .expect("a list")
+        .iter()
+        .map(|artifact| artifact["path"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+#[test]
+fn a_builders_artifacts_are_kept_after_its_last_step_as_artifacts_when_says() {
+    use crate::changes::finished_build;
+    let checkout = Checkout::new();
+    // linux halts at `test`; `always` keeps its files all the same. quiet passes its first
+    // build and fails its second; the default (`success`) keeps only the first's.
+    let steps = r#"{ name = "make", command = "mkdir -p out && echo report > out/report.txt && echo x > out/other.log" },
+{ name = "test", command = "exit 1" },
+{ name = "never", command = "echo never" },"#;
+    let mut setup = MasterSetup::linux_builder(&["s1"], &checkout.upstream, steps);
+    setup.edits.push((
+        "[[builder]]\nname = \"linux\"\n",
+        "[[builder]]\nname = \"linux\"\nartifacts = [\"out/*.txt\"]\nartifacts_when = \"always\"\n",
+    ));
+    setup.extra_config.push_str(&format!(
+        "\n[[builder]]\nname = \"quiet\"\nslaves = [\"s1\"]\nrepo = \"{}\"\nartifacts = [\"out/*.txt\"]\nsteps = [\n{}\n]\n",
+        checkout.upstream.display(),
+        r#"{ name = "make", command = "mkdir -p out && echo report > out/report.txt && test $BUILDBOT_BUILDNUMBER = 1" },"#
+    ));
+    let master = TestMaster::start_with(setup);
+    let _slave = master.start_slave("s1");
+    // One at a time: quiet's second build must not overtake its first.
+    for (builder, number) in [("linux", 1), ("quiet", 1), ("quiet", 2)] {
+        let forced = master.ssh(
+            &master.user_key,
+            &current_user(),
+            &format!("force {builder} --reason keep"),
+        );
+        assert!(forced.status.success(), "{}", text(&forced.stderr));
+        finished_build(&master, builder, number);
+    }
+
+    let linux = finished_build(&master, "linux", 1);
+    assert_eq!(linux["result"], "failure", "{linux}");
+    assert_eq!(
+        step_names(&linux),
+        ["checkout", "make", "test", "artifacts"],
+        "{linux}"
+    );
+    assert_eq!(artifact_paths(&master, &linux), ["out/report.txt"]);
+    let info = info_log(&master, "linux", 1, "4-artifacts");
+    assert!(info.contains("kept out/report.txt (7 bytes"), "{info}");
+
+    let first = finished_build(&master, "quiet", 1);
+    assert_eq!(first["result"], "success", "{first}");
+    assert_eq!(step_names(&first), ["checkout", "make", "artifacts"]);
+    assert_eq!(artifact_paths(&master, &first), ["out/report.txt"]);
+    let second = finished_build(&master, "quiet", 2);
+    assert_eq!(second["result"], "failure", "{second}");
+    assert_eq!(step_names(&second), ["checkout", "make"]);
+    assert!(artifact_paths(&master, &second).is_empty());
+}

@@ -231,6 +231,10 @@ pub struct BuilderConfig {
     /// Builds that run a user's patch (try) get the secrets too (default false: any try user
     /// could print them).
     pub secrets_for_patches: bool,
+    /// Globs of files kept after the builder's last step (`[[builder]] artifacts`).
+    pub artifacts: Vec<String>,
+    /// When those are kept: after a build that went well so far (default), or always.
+    pub artifacts_when: ArtifactsWhen,
 }
 
 /// `[[builder]] bisect = { max_builds = 8, repeats = 1, skip_exit_code = 125 }`.
@@ -460,6 +464,10 @@ struct RawBuilder {
     secrets: Vec<Spanned<String>>,
     #[serde(default)]
     secrets_for_patches: bool,
+    #[serde(default)]
+    artifacts: Vec<Spanned<String>>,
+    #[serde(default)]
+    artifacts_when: Option<ArtifactsWhen>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -694,6 +702,23 @@ struct Checker<'a> {
 }
 
 impl Checker<'_> {
+    /// `artifacts` globs of a step or builder (`whose`: `step "test"`): relative, no `..`.
+    fn artifact_patterns(&mut self, whose: &str, patterns: &[Spanned<String>]) -> Vec<String> {
+        patterns
+            .iter()
+            .map(|pattern| {
+                if !is_inside_glob(pattern.get_ref()) {
+                    let message = format!(
+                        "{whose}: artifact pattern \"{}\" must be relative to the work tree (no .., not absolute)",
+                        pattern.get_ref()
+                    );
+                    self.problem(pattern, message);
+                }
+                pattern.get_ref().clone()
+            })
+            .collect()
+    }
+
     fn problem<T>(&mut self, spanned: &Spanned<T>, message: String) {
         self.problem_at(spanned.span(), message);
     }
@@ -1053,21 +1078,8 @@ impl Checker<'_> {
                     warn_on_failure: step.warn_on_failure.unwrap_or(false),
                     locks: self.lock_uses(&step.locks, lock_defs, "step", &mut lock_levels),
                     test_results: self.test_results(&step.name, &step.test_results),
-                    artifacts: step
-                        .artifacts
-                        .iter()
-                        .map(|pattern| {
-                            if !is_inside_glob(pattern.get_ref()) {
-                                let message = format!(
-                                    "step \"{}\": artifact pattern \"{}\" must be relative to the work tree (no .., not absolute)",
-                                    step.name,
-                                    pattern.get_ref()
-                                );
-                                self.problem(pattern, message);
-                            }
-                            pattern.get_ref().clone()
-                        })
-                        .collect(),
+                    artifacts: self
+                        .artifact_patterns(&format!("step \"{}\"", step.name), &step.artifacts),
                     when: step.when.unwrap_or_default(),
                     fetch_artifacts: self.fetch_artifacts(&step.name, &step.fetch_artifacts),
                 })
@@ -1109,6 +1121,9 @@ impl Checker<'_> {
                     .map(|s| s.get_ref().clone())
                     .collect(),
                 secrets_for_patches: builder.secrets_for_patches,
+                artifacts: self
+                    .artifact_patterns(&format!("builder \"{name}\""), &builder.artifacts),
+                artifacts_when: builder.artifacts_when.unwrap_or_default(),
             });
         }
         builders
