@@ -1413,7 +1413,7 @@ async fn run_step(
             }
             Some(SlaveEvent::FileData(data)) => {
                 if let Some(sink) = sink.as_mut()
-                    && let Err(err) = sink.data(&data).await
+                    && let Err(err) = sink.data(data).await
                 {
                     sink.errors.push(err.to_string());
                     let _ = logs

@@ -19,6 +19,7 @@ pub mod dirlock;
 mod fetch;
 pub mod reports;
 pub mod runner;
+pub mod sender;
 mod shell;
 pub mod swarm;
 mod work;

@@ -11,14 +11,13 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::proto::{
-    CheckoutRequest, CollectRequest, CommandRequest, ExitReport, Failure, MAX_FILE_CHUNK,
-    MAX_OUTPUT_CHUNK, Message, StreamKind,
+    CheckoutRequest, CollectRequest, CommandRequest, ExitReport, Failure, MAX_OUTPUT_CHUNK,
+    Message, StreamKind,
 };
 use crate::slave::checkout::{self, CheckoutSpec, PatchRunner};
 use crate::slave::coalesce::{Coalescer, OUTPUT_FLUSH};
 use crate::slave::containment::Containment;
 use crate::slave::runner::{self, CommandSpec, Stream};
-use crate::slave::workfiles::{self, Limits};
 
 /// Time between SIGTERM and SIGKILL for an interrupted command (and for every command when
 /// the connection to the master ends).
@@ -297,10 +296,8 @@ impl Work {
         });
     }
 
-    /// Sends the files of the builder's work tree that match the request's globs, one after
-    /// the other, each as `FileStart`, `FileData`s and `FileEnd` with its SHA-256; what was
-    /// left out is one `Info` line each; an `Exit` ends it. The bounded outgoing queue paces
-    /// the reads to what the connection carries.
+    /// Sends the files of the builder's work tree that match the request's globs
+    /// (`slave::sender::send_artifacts`); an `Exit` ends it.
     pub fn start_collect(&mut self, id: u64, request: CollectRequest) {
         self.reap();
         let outgoing = self.outgoing.clone();
@@ -315,10 +312,15 @@ impl Work {
         };
         self.tasks.spawn(async move {
             let started = Instant::now();
-            let failure = tokio::select! {
-                failure = send_files(&outgoing, id, dir, request) => failure,
-                () = token.cancelled() => Some("interrupted".to_string()),
+            let sending = {
+                let (outgoing, token) = (outgoing.clone(), token.clone());
+                tokio::task::spawn_blocking(move || {
+                    crate::slave::sender::send_artifacts(&outgoing, id, &dir, &request, &token)
+                })
             };
+            let failure = sending
+                .await
+                .unwrap_or_else(|err| Some(format!("the file collection failed: {err}")));
             let exit = ExitReport {
                 exit_code: Some(i32::from(failure.is_some())),
                 signal: None,
@@ -410,92 +412,6 @@ impl Work {
         }
         self.running.clear();
     }
-}
-
-/// The collection itself; `Some(reason)` when it could not be done.
-async fn send_files(
-    outgoing: &mpsc::Sender<Message>,
-    id: u64,
-    dir: PathBuf,
-    request: CollectRequest,
-) -> Option<String> {
-    use sha2::Digest as _;
-    use tokio::io::AsyncReadExt as _;
-    let limits = Limits {
-        max_files: usize::try_from(request.max_files).unwrap_or(usize::MAX),
-        max_file_bytes: request.max_file_bytes,
-        max_total_bytes: request.max_total_bytes,
-    };
-    let patterns = request.patterns;
-    let collected =
-        tokio::task::spawn_blocking(move || workfiles::collect(&dir, &patterns, &limits)).await;
-    let collected = match collected {
-        Ok(Ok(collected)) => collected,
-        Ok(Err(err)) => return Some(err.to_string()),
-        Err(err) => return Some(format!("the file collection failed: {err}")),
-    };
-    for line in collected.refused {
-        send_output(
-            outgoing,
-            id,
-            StreamKind::Info,
-            format!("{line}\n").into_bytes(),
-        )
-        .await;
-    }
-    if collected.found.is_empty() {
-        send_output(
-            outgoing,
-            id,
-            StreamKind::Info,
-            b"no file matched the artifact patterns\n".to_vec(),
-        )
-        .await;
-    }
-    for found in collected.found {
-        let start = Message::FileStart {
-            id,
-            path: found.relative.clone(),
-            size: found.size,
-        };
-        if outgoing.send(start).await.is_err() {
-            return Some("the connection closed".into());
-        }
-        // Exactly the size taken from the open file: a file still growing is cut there, and
-        // one that shrank arrives short (the master refuses it).
-        let mut file = tokio::fs::File::from_std(found.file).take(found.size);
-        let mut hasher = sha2::Sha256::new();
-        loop {
-            let mut buffer = vec![0u8; MAX_FILE_CHUNK];
-            let count = match file.read(&mut buffer).await {
-                Ok(0) => break,
-                Ok(count) => count,
-                Err(err) => return Some(format!("cannot read {}: {err}", found.relative)),
-            };
-            buffer.truncate(count);
-            hasher.update(&buffer);
-            if outgoing
-                .send(Message::FileData { id, data: buffer })
-                .await
-                .is_err()
-            {
-                return Some("the connection closed".into());
-            }
-        }
-        let sha256 = hasher
-            .finalize()
-            .iter()
-            .map(|byte| format!("{byte:02x}"))
-            .collect();
-        if outgoing
-            .send(Message::FileEnd { id, sha256 })
-            .await
-            .is_err()
-        {
-            return Some("the connection closed".into());
-        }
-    }
-    None
 }
 
 async fn send_output(outgoing: &mpsc::Sender<Message>, id: u64, stream: StreamKind, data: Vec<u8>) {
