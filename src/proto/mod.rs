@@ -16,8 +16,9 @@ pub use frame::{DecodeError, FrameDecoder, encode};
 /// is one: 2 added `CheckoutRequest::submodules` and `ExitReport::exception`; 3 replaced
 /// `error` and `exception` by [`Failure`] and added `ExitReport::checked_out`; 4 added the
 /// test report, `Shell*` and artifact messages (an older slave would drop the connection on
-/// the first one it cannot decode, so the handshake refuses it instead, with the versions).
-pub const PROTOCOL_VERSION: u32 = 4;
+/// the first one it cannot decode, so the handshake refuses it instead, with the versions);
+/// 5 added `ReceiveFiles` and `FileAck` (fetching artifacts into a work tree).
+pub const PROTOCOL_VERSION: u32 = 5;
 
 /// The largest frame either side sends or accepts (the length prefix excluded). A checkout
 /// message carries the whole try patch, so this bounds the patch size the RPC can carry.
