@@ -14,14 +14,14 @@ Every figure carries the machine's load while it was measured.
 """
 
 import os
-import socket
 import sqlite3
 import statistics
 import subprocess
 import sys
 import time
 
-from benchlib import Load
+from benchlib import (Load, free_port, log, private_sshd, run, spawn, stop_children,
+                      wait_port)
 
 BB, SSHD, WORK = sys.argv[1], sys.argv[2], sys.argv[3]
 ART_BYTES = int(float(os.environ.get("BENCH_ART_MB", "500")) * 1_000_000)
@@ -29,45 +29,6 @@ LOG_BYTES = int(float(os.environ.get("BENCH_LOG_MB", "300")) * 1_000_000)
 RUNS = int(os.environ.get("BENCH_RUNS", "3"))
 USER = subprocess.run(["id", "-un"], capture_output=True, text=True, check=True).stdout.strip()
 LINE = "0123456789abcdefghijklmnopqrstuvwxyz0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ-bench!"
-children = []
-
-
-def log(message):
-    print(f"bench: {message}", file=sys.stderr, flush=True)
-
-
-def run(argv, **kw):
-    kw.setdefault("stderr", subprocess.PIPE)
-    done = subprocess.run(argv, stdin=kw.pop("stdin", subprocess.DEVNULL),
-                          timeout=kw.pop("timeout", 3600), **kw)
-    if done.returncode != 0:
-        sys.exit(f"bench: {argv[0]} {argv[1:3]} exited {done.returncode}: "
-                 f"{(done.stderr or b'').decode(errors='replace').strip()}")
-    return done
-
-
-def spawn(argv, **kw):
-    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, start_new_session=True, **kw)
-    children.append(proc)
-    return proc
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port, what, limit=30):
-    deadline = time.monotonic() + limit
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            if time.monotonic() > deadline:
-                sys.exit(f"bench: {what} did not come up")
-            time.sleep(0.05)
 
 
 KEY = os.path.join(WORK, "user_key")
@@ -159,7 +120,7 @@ time.sleep(2)
 def step_seconds(builder, step):
     """Forces a build of `builder`, waits for it, returns `step`'s duration."""
     run(["ssh", *SSH_OPTS, "-p", str(ssh_port), f"{USER}@127.0.0.1",
-         f"force {builder} --reason bench --wait"], stdout=subprocess.DEVNULL)
+         f"force {builder} --reason bench --wait"], stdout=subprocess.DEVNULL, timeout=3600)
     with sqlite3.connect(os.path.join(MDIR, "state.sqlite")) as db:
         started, finished, result = db.execute(
             "SELECT s.started_at, s.finished_at, s.result FROM steps s JOIN builds b "
@@ -171,22 +132,7 @@ def step_seconds(builder, step):
 
 
 # ---- the private OpenSSH sshd ------------------------------------------------------------------
-sshd_port = free_port()
-sshd_key = os.path.join(WORK, "sshd_host_key")
-run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", sshd_key])
-auth = os.path.join(WORK, "sshd_authorized_keys")
-with open(KEY + ".pub") as src, open(auth, "w") as dst:
-    dst.write(src.read())
-os.chmod(auth, 0o600)
-sshd_cfg = os.path.join(WORK, "sshd_config")
-with open(sshd_cfg, "w") as f:
-    f.write(f"Port {sshd_port}\nListenAddress 127.0.0.1\nHostKey {sshd_key}\n"
-            f"AuthorizedKeysFile {auth}\nPermitRootLogin yes\nStrictModes no\nUsePAM no\n"
-            f"PidFile none\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n"
-            f"UseDNS no\n")
-os.makedirs("/run/sshd", exist_ok=True)
-spawn([SSHD, "-D", "-e", "-f", sshd_cfg], stderr=open(WORK + "/sshd.log", "w"))
-wait_port(sshd_port, "the private sshd")
+sshd_port, _ = private_sshd(SSHD, WORK, KEY + ".pub")
 RAW_TARGET = os.path.join(WORK, "raw.bin")
 
 
@@ -194,7 +140,8 @@ def openssh_upload():
     start = time.monotonic()
     with open(PAYLOAD, "rb") as src:
         run(["ssh", *SSH_OPTS, "-p", str(sshd_port), f"{USER}@127.0.0.1",
-             f"cat > {RAW_TARGET} && sync {RAW_TARGET}"], stdin=src, stdout=subprocess.DEVNULL)
+             f"cat > {RAW_TARGET} && sync {RAW_TARGET}"], stdin=src, stdout=subprocess.DEVNULL,
+            timeout=3600)
     return time.monotonic() - start
 
 
@@ -224,11 +171,4 @@ try:
     for name, figure, target, load in results:
         print(f"{name:32} {figure:28} {target:48} {load.text()}")
 finally:
-    for proc in children:
-        if proc.poll() is None:
-            proc.terminate()
-    for proc in children:
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+    stop_children()

@@ -26,7 +26,7 @@ import sys
 import threading
 import time
 
-from benchlib import Load
+from benchlib import Load, free_port, private_sshd, run, spawn, stop_children
 
 BB, SSHD, WORK = sys.argv[1], sys.argv[2], sys.argv[3]
 LOG_BYTES = int(float(os.environ.get("BENCH_LOG_MB", "1000")) * 1_000_000)
@@ -40,39 +40,6 @@ assert len(LINE) == 79  # 80 bytes with the newline
 LINES_CMD = f"yes {LINE} | head -c {LOG_BYTES}"
 RANDOM_CMD = f"head -c {LOG_BYTES * 3 // 4 + 3} /dev/urandom | base64 -w 76 | head -c {LOG_BYTES}"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-children = []
-
-
-def log(message):
-    print(f"bench: {message}", file=sys.stderr, flush=True)
-
-
-def spawn(argv, **kw):
-    kw.setdefault("stdin", subprocess.DEVNULL)
-    proc = subprocess.Popen(argv, start_new_session=True, **kw)
-    children.append(proc)
-    return proc
-
-
-def run(argv, **kw):
-    # stderr is kept (unless the caller redirects it elsewhere) so a failing command says why.
-    if not kw.get("capture_output") and kw.get("stderr") in (None, subprocess.DEVNULL):
-        kw["stderr"] = subprocess.PIPE
-    done = subprocess.run(argv, stdin=kw.pop("stdin", subprocess.DEVNULL),
-                          timeout=kw.pop("timeout", 120), **kw)
-    if done.returncode != 0:
-        err = done.stderr if isinstance(done.stderr, str) else (done.stderr or b"").decode(
-            errors="replace")
-        sys.exit(f"bench: {argv[0]} {argv[1] if len(argv) > 1 else ''} exited "
-                 f"{done.returncode}: {err.strip()}")
-    return done
-
-
-def free_port():
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # ---- machine load ------------------------------------------------------------------------------
@@ -338,30 +305,7 @@ try:
             f"{idle['master_cpu_s_over_10s']} / {idle['slave_cpu_s_over_10s']} s", "—", load)
 
     # ---- the private OpenSSH sshd --------------------------------------------------------------
-    sshd_port = free_port()
-    host_key = os.path.join(WORK, "sshd_host_key")
-    run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", host_key])
-    auth = os.path.join(WORK, "sshd_authorized_keys")
-    with open(KEY + ".pub") as src, open(auth, "w") as dst:
-        dst.write(src.read())
-    os.chmod(auth, 0o600)
-    sshd_cfg = os.path.join(WORK, "sshd_config")
-    with open(sshd_cfg, "w") as f:
-        f.write(f"Port {sshd_port}\nListenAddress 127.0.0.1\nHostKey {host_key}\n"
-                f"AuthorizedKeysFile {auth}\nPermitRootLogin yes\nStrictModes no\nUsePAM no\n"
-                f"PidFile none\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n"
-                f"UseDNS no\n")
-    os.makedirs("/run/sshd", exist_ok=True)
-    sshd = spawn([SSHD, "-D", "-e", "-f", sshd_cfg], stderr=open(WORK + "/sshd.log", "w"))
-    import socket
-
-    def sshd_up():
-        try:
-            socket.create_connection(("127.0.0.1", sshd_port), timeout=1).close()
-            return True
-        except OSError:
-            return False
-    wait_for(sshd_up, 20, "the private sshd")
+    sshd_port, sshd = private_sshd(SSHD, WORK, KEY + ".pub")
 
     def openssh(command):
         """Seconds for `ssh host COMMAND > /dev/null` against the private sshd."""
@@ -581,17 +525,7 @@ try:
             swarm.kill()
         many.stop()
 finally:
-    for proc in children:
-        if proc.poll() is None:
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-    for proc in children:
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            pass
+    stop_children()
 
 # ---- the table -------------------------------------------------------------------------------
 with open("/proc/loadavg") as f:

@@ -10,7 +10,7 @@
 use std::path::{Component, Path, PathBuf};
 
 use sha2::Digest as _;
-use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 use crate::master::store::{
     ARTIFACT_CHUNK, ArtifactRow, MasterLease, NewArtifact, SharedStore, StoreError,
@@ -81,14 +81,46 @@ pub enum ReceiveError {
     Store { path: String, source: StoreError },
 }
 
-/// One file arriving.
+/// One file arriving. Its bytes are hashed and written by a blocking thread of its own, so
+/// the build task only hands pieces over: the hashing and the disk run beside the network
+/// instead of after it, without a trip to the blocking pool per write.
 struct Incoming {
     path: String,
     size: u64,
     received: u64,
-    hasher: sha2::Sha256,
     temp: PathBuf,
-    file: tokio::io::BufWriter<tokio::fs::File>,
+    /// Dropped to tell the writer the file is whole.
+    pieces: Option<tokio::sync::mpsc::Sender<Vec<u8>>>,
+    writer: tokio::task::JoinHandle<std::io::Result<Written>>,
+}
+
+/// What the writer thread made of a file: the file (not yet synced) and its SHA-256.
+struct Written {
+    file: std::fs::File,
+    sha256: String,
+}
+
+/// Pieces waiting for the writer: bounded, so a slow disk slows the slave down.
+const WRITER_QUEUE: usize = 16;
+
+fn write_pieces(
+    mut file: std::fs::File,
+    mut pieces: tokio::sync::mpsc::Receiver<Vec<u8>>,
+) -> std::io::Result<Written> {
+    use std::io::Write as _;
+    let mut hasher = sha2::Sha256::new();
+    while let Some(piece) = pieces.blocking_recv() {
+        hasher.update(&piece);
+        file.write_all(&piece)?;
+    }
+    Ok(Written {
+        file,
+        sha256: hex(&hasher.finalize()),
+    })
+}
+
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
 }
 
 /// Receives one collection's files for one step of a running build.
@@ -176,23 +208,26 @@ impl Sink {
             .truncate(true)
             .open(&temp)
             .await
-            .map_err(io)?;
+            .map_err(io)?
+            .into_std()
+            .await;
         let _ = relative;
         self.files += 1;
         self.bytes = self.bytes.saturating_add(size);
         self.discarding = false;
+        let (pieces, queued) = tokio::sync::mpsc::channel(WRITER_QUEUE);
         self.current = Some(Incoming {
             path,
             size,
             received: 0,
-            hasher: sha2::Sha256::new(),
             temp,
-            file: tokio::io::BufWriter::with_capacity(1024 * 1024, file),
+            pieces: Some(pieces),
+            writer: tokio::task::spawn_blocking(move || write_pieces(file, queued)),
         });
         Ok(())
     }
 
-    pub async fn data(&mut self, data: &[u8]) -> Result<(), ReceiveError> {
+    pub async fn data(&mut self, data: Vec<u8>) -> Result<(), ReceiveError> {
         if self.discarding {
             return Ok(());
         }
@@ -210,9 +245,19 @@ impl Sink {
             self.discarding = true;
             return Err(error);
         }
-        incoming.hasher.update(data);
-        if let Err(source) = incoming.file.write_all(data).await {
+        let sent = match &incoming.pieces {
+            Some(pieces) => pieces.send(data).await.is_ok(),
+            None => false,
+        };
+        if !sent {
+            // The writer stopped: a write failed, and it says how.
             let path = incoming.path.clone();
+            incoming.pieces = None;
+            let source = match (&mut incoming.writer).await {
+                Ok(Err(err)) => err,
+                Ok(Ok(_)) => std::io::Error::other("the writer stopped early"),
+                Err(join) => std::io::Error::other(join.to_string()),
+            };
             self.abandon().await;
             self.discarding = true;
             return Err(ReceiveError::Io { path, source });
@@ -229,12 +274,21 @@ impl Sink {
         let Some(mut incoming) = self.current.take() else {
             return Err(ReceiveError::OutOfOrder);
         };
-        let received: String = std::mem::take(&mut incoming.hasher)
-            .finalize()
-            .iter()
-            .map(|byte| format!("{byte:02x}"))
-            .collect();
+        incoming.pieces = None;
         let path = incoming.path.clone();
+        let written = match (&mut incoming.writer).await {
+            Ok(Ok(written)) => written,
+            Ok(Err(source)) => {
+                let _ = tokio::fs::remove_file(&incoming.temp).await;
+                return Err(ReceiveError::Io { path, source });
+            }
+            Err(join) => {
+                let _ = tokio::fs::remove_file(&incoming.temp).await;
+                let source = std::io::Error::other(join.to_string());
+                return Err(ReceiveError::Io { path, source });
+            }
+        };
+        let received = written.sha256;
         let fail = |error: ReceiveError, temp: PathBuf| async move {
             let _ = tokio::fs::remove_file(&temp).await;
             Err(error)
@@ -259,12 +313,11 @@ impl Sink {
             path: path.clone(),
             source,
         };
-        let written = async {
-            incoming.file.flush().await?;
-            incoming.file.get_ref().sync_data().await
-        }
-        .await;
-        if let Err(source) = written {
+        let file = written.file;
+        let synced = tokio::task::spawn_blocking(move || file.sync_data())
+            .await
+            .unwrap_or_else(|join| Err(std::io::Error::other(join.to_string())));
+        if let Err(source) = synced {
             return fail(io(source), incoming.temp).await;
         }
         let relative =
@@ -334,7 +387,8 @@ impl Sink {
     /// Drops a file that did not arrive whole.
     async fn abandon(&mut self) {
         if let Some(incoming) = self.current.take() {
-            drop(incoming.file);
+            // Without its sender the writer ends after what is queued, into a removed file.
+            drop(incoming.pieces);
             let _ = tokio::fs::remove_file(&incoming.temp).await;
         }
     }

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
 use tokio_util::sync::CancellationToken;
 
+use crate::master::artifact_fetch;
 use crate::master::artifacts::{self, Sink};
 use crate::master::board::{StopHandle, StopRequest};
 use crate::master::config::ArtifactsWhen;
@@ -52,8 +53,31 @@ pub struct BuildOutcome {
 enum StepKind {
     Checkout(CheckoutRequest),
     Command(CommandRequest, FailurePolicy),
-    /// Keep the files the previous step left (`artifacts`), streamed into `master::artifacts`.
-    Collect(CollectRequest, ArtifactsWhen),
+    /// Keep the files the previous step left (`artifacts`), or, after the last step, the
+    /// builder's (`[[builder]] artifacts`), streamed into `master::artifacts`.
+    Collect(CollectRequest, ArtifactsWhen, CollectScope),
+    /// Put kept files into the work tree before the next step (`fetch_artifacts`): the
+    /// builder's directory on the slave and what to fetch.
+    Fetch(String, Vec<crate::master::config::FetchArtifacts>),
+}
+
+/// Whose `artifacts` a collection keeps, which decides what `when = "success"` looks at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CollectScope {
+    /// A step's: kept if that step succeeded.
+    Step,
+    /// The builder's, after its last step: kept if the build so far is good.
+    Build,
+}
+
+fn collection(builder: &str, patterns: &[String]) -> CollectRequest {
+    CollectRequest {
+        builder: builder.to_string(),
+        patterns: patterns.to_vec(),
+        max_files: artifacts::MAX_FILES,
+        max_file_bytes: artifacts::MAX_FILE_BYTES,
+        max_total_bytes: artifacts::MAX_TOTAL_BYTES,
+    }
 }
 
 struct PlannedStep {
@@ -154,6 +178,14 @@ fn plan_commands(
     facts.env.extend(secrets.env());
     let mut planned = VecDeque::new();
     for step in &builder.steps {
+        if !step.fetch_artifacts.is_empty() {
+            planned.push_back(PlannedStep {
+                name: format!("{}-fetch", step.name),
+                locks: Vec::new(),
+                test_results: Vec::new(),
+                kind: StepKind::Fetch(builder.name.clone(), step.fetch_artifacts.clone()),
+            });
+        }
         planned.push_back(command_step(builder, step, &facts)?);
         if !step.artifacts.is_empty() {
             planned.push_back(PlannedStep {
@@ -161,17 +193,24 @@ fn plan_commands(
                 locks: Vec::new(),
                 test_results: Vec::new(),
                 kind: StepKind::Collect(
-                    CollectRequest {
-                        builder: builder.name.clone(),
-                        patterns: step.artifacts.clone(),
-                        max_files: artifacts::MAX_FILES,
-                        max_file_bytes: artifacts::MAX_FILE_BYTES,
-                        max_total_bytes: artifacts::MAX_TOTAL_BYTES,
-                    },
+                    collection(&builder.name, &step.artifacts),
                     step.when,
+                    CollectScope::Step,
                 ),
             });
         }
+    }
+    if !builder.artifacts.is_empty() {
+        planned.push_back(PlannedStep {
+            name: "artifacts".into(),
+            locks: Vec::new(),
+            test_results: Vec::new(),
+            kind: StepKind::Collect(
+                collection(&builder.name, &builder.artifacts),
+                builder.artifacts_when,
+                CollectScope::Build,
+            ),
+        });
     }
     Ok(planned)
 }
@@ -633,11 +672,14 @@ async fn run_steps(
     // Whether the step before succeeded: a collection `when = "success"` runs only then.
     let mut previous_succeeded = true;
     while let Some(step) = steps.pop_front() {
-        if let StepKind::Collect(_, when) = &step.kind
-            && *when == ArtifactsWhen::Success
-            && !previous_succeeded
-        {
-            continue;
+        if let StepKind::Collect(_, ArtifactsWhen::Success, scope) = &step.kind {
+            let went_well = match scope {
+                CollectScope::Step => previous_succeeded,
+                CollectScope::Build => ending.result.is_good(),
+            };
+            if !went_well {
+                continue;
+            }
         }
         step_number += 1;
         let (step_name, build_id) = (step.name.clone(), started.build_id);
@@ -684,6 +726,22 @@ async fn run_steps(
             }
         } else if !locked {
             StepOutcome::MasterStopping
+        } else if let StepKind::Fetch(dir, specs) = &step.kind {
+            let fetch = Fetch {
+                control,
+                this: artifact_fetch::ThisBuild {
+                    builder: &builder.name,
+                    number,
+                    build_id,
+                    upstream_job: request
+                        .properties
+                        .get(crate::master::schedulers::engine::UPSTREAM_JOB)
+                        .map(String::as_str),
+                },
+                dir,
+                specs,
+            };
+            run_fetch(link, fetch, logs, shutdown, &started.stop).await
         } else {
             let reports = Reports {
                 control,
@@ -761,19 +819,29 @@ async fn run_steps(
         }
         previous_succeeded = verdict.step_result == BuildResult::Success;
         if verdict.halt {
-            // Files to keep whatever happened are still asked for, if the slave is there.
+            // Files to keep whatever happened are still asked for, if the slave is there:
+            // this step's, and the builder's after the last step.
             let still_there = matches!(outcome, StepOutcome::Exited(_));
-            match steps.pop_front() {
-                Some(next)
-                    if still_there
-                        && matches!(next.kind, StepKind::Collect(_, ArtifactsWhen::Always)) =>
+            let always = |step: &PlannedStep, wanted: CollectScope| matches!(step.kind, StepKind::Collect(_, ArtifactsWhen::Always, scope) if scope == wanted);
+            let mut rest = VecDeque::new();
+            if still_there {
+                if let Some(next) = steps.pop_front()
+                    && (always(&next, CollectScope::Step) || always(&next, CollectScope::Build))
                 {
-                    steps = VecDeque::from([next]);
-                    previous_succeeded = true;
-                    continue;
+                    rest.push_back(next);
                 }
-                _ => break,
+                if let Some(last) = steps.pop_back()
+                    && always(&last, CollectScope::Build)
+                {
+                    rest.push_back(last);
+                }
             }
+            if rest.is_empty() {
+                break;
+            }
+            steps = rest;
+            previous_succeeded = true;
+            continue;
         }
         if let StepOutcome::Exited(ExitReport {
             checked_out: Some(revision),
@@ -840,8 +908,9 @@ fn in_dir(mut steps: VecDeque<PlannedStep>, dir: &str) -> VecDeque<PlannedStep> 
     for step in &mut steps {
         match &mut step.kind {
             StepKind::Command(command, _) => command.builder = dir.to_string(),
-            StepKind::Collect(collect, _) => collect.builder = dir.to_string(),
+            StepKind::Collect(collect, ..) => collect.builder = dir.to_string(),
             StepKind::Checkout(checkout) => checkout.builder = dir.to_string(),
+            StepKind::Fetch(builder, _) => *builder = dir.to_string(),
         }
     }
     steps
@@ -991,7 +1060,8 @@ fn judge(kind: &StepKind, outcome: &StepOutcome) -> Verdict {
             describe_exit(exit),
             false,
         ),
-        (StepKind::Checkout(_), StepOutcome::Exited(exit)) => verdict(
+        // The step after it would run without its inputs.
+        (StepKind::Checkout(_) | StepKind::Fetch(..), StepOutcome::Exited(exit)) => verdict(
             BuildResult::Failure,
             BuildResult::Failure,
             describe_exit(exit),
@@ -1128,6 +1198,109 @@ async fn collect_reports(
     }
 }
 
+/// What a `fetch_artifacts` step needs.
+struct Fetch<'a> {
+    control: &'a Arc<BuildParts>,
+    this: artifact_fetch::ThisBuild<'a>,
+    /// The builder's directory on the slave.
+    dir: &'a str,
+    specs: &'a [crate::master::config::FetchArtifacts],
+}
+
+/// Puts the artifacts a step names into its work tree on the slave (`master::artifact_fetch`),
+/// a line in the log for each file and one for whatever stopped it.
+async fn run_fetch(
+    link: &SlaveLink,
+    fetch: Fetch<'_>,
+    mut logs: StepLogs,
+    shutdown: &CancellationToken,
+    stop: &StopHandle,
+) -> StepOutcome {
+    let control = fetch.control;
+    let master_dir = control.config().master_dir.clone();
+    let resolved =
+        artifact_fetch::resolve(&control.store, &master_dir, fetch.specs, &fetch.this).await;
+    let sources = match resolved {
+        Ok(sources) => sources,
+        Err(line) => {
+            let _ = logs
+                .append(StreamKind::Info, format!("{line}\n").as_bytes())
+                .await;
+            let _ = logs.finish().await;
+            return StepOutcome::Exited(ExitReport {
+                exit_code: Some(1),
+                signal: None,
+                elapsed_ms: 0,
+                timed_out: false,
+                interrupted: false,
+                failure: Some(Failure::Failed(line)),
+                checked_out: None,
+            });
+        }
+    };
+    for source in &sources {
+        let line = format!(
+            "fetching {} of {} #{} ({} bytes, sha256 {})\n",
+            source.row.path, source.builder, source.number, source.row.size, source.row.sha256
+        );
+        let _ = logs.append(StreamKind::Info, line.as_bytes()).await;
+    }
+    let receive = crate::proto::ReceiveRequest {
+        builder: fetch.dir.to_string(),
+        files: sources
+            .iter()
+            .map(artifact_fetch::Source::incoming)
+            .collect(),
+        max_total_bytes: artifacts::MAX_TOTAL_BYTES,
+    };
+    let Ok((id, mut events)) = link.start(|id| Message::ReceiveFiles { id, receive }) else {
+        let _ = logs.append(StreamKind::Info, b"slave lost\n").await;
+        let _ = logs.finish().await;
+        return StepOutcome::SlaveLost;
+    };
+    let began = Instant::now();
+    let streaming = artifact_fetch::stream(link, id, &mut events, &control.store, &sources);
+    let ended = tokio::select! {
+        ended = streaming => Some(ended),
+        _ = shutdown.cancelled() => None,
+        _ = stop.token.cancelled() => None,
+    };
+    let outcome = match ended {
+        Some(artifact_fetch::Ended::Exited(mut exit)) => {
+            exit.elapsed_ms = u64::try_from(began.elapsed().as_millis()).unwrap_or(u64::MAX);
+            let line = match &exit.failure {
+                Some(failure) => failure.message().to_string(),
+                None => format!(
+                    "fetched {} file(s), {} bytes, each checked by its sha256 on the slave",
+                    sources.len(),
+                    sources.iter().map(|source| source.row.size).sum::<u64>()
+                ),
+            };
+            let _ = logs
+                .append(StreamKind::Info, format!("{line}\n").as_bytes())
+                .await;
+            StepOutcome::Exited(exit)
+        }
+        Some(artifact_fetch::Ended::Lost) => {
+            let _ = logs.append(StreamKind::Info, b"slave lost\n").await;
+            StepOutcome::SlaveLost
+        }
+        None if shutdown.is_cancelled() => {
+            link.interrupt(id, "master shutting down");
+            StepOutcome::MasterStopping
+        }
+        None => {
+            let StopRequest { by, reason } = stop.requested();
+            link.interrupt(id, &format!("stopped by {by}: {reason}"));
+            let line = format!("interrupted by {by}: {reason}\n");
+            let _ = logs.append(StreamKind::Info, line.as_bytes()).await;
+            StepOutcome::Interrupted { by, reason }
+        }
+    };
+    let _ = logs.finish().await;
+    outcome
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn run_step(
     link: &SlaveLink,
@@ -1149,9 +1322,14 @@ async fn run_step(
             id,
             command: command.clone(),
         },
-        StepKind::Collect(collect, _) => Message::CollectFiles {
+        StepKind::Collect(collect, ..) => Message::CollectFiles {
             id,
             collect: collect.clone(),
+        },
+        // Run by `run_fetch`; nothing to start here.
+        StepKind::Fetch(..) => Message::Interrupt {
+            id,
+            reason: "not a command".into(),
         },
     });
     let Ok((id, mut events)) = started else {
@@ -1192,7 +1370,7 @@ async fn run_step(
                             // Report pieces are not asked for yet: not ours.
                             Ok(Some(SlaveEvent::ReportChunk { .. } | SlaveEvent::ReportsDone { .. })) => {}
                             // Exit, lost, or a slave that says nothing: done waiting.
-                            Ok(Some(SlaveEvent::FileStart { .. } | SlaveEvent::FileData(_) | SlaveEvent::FileEnd { .. })) => {}
+                            Ok(Some(SlaveEvent::FileStart { .. } | SlaveEvent::FileData(_) | SlaveEvent::FileEnd { .. } | SlaveEvent::FileAck(_))) => {}
                             Ok(Some(SlaveEvent::Exit(_)) | None) | Err(_) => break,
                         },
                         _ = &mut deadline => break,
@@ -1235,7 +1413,7 @@ async fn run_step(
             }
             Some(SlaveEvent::FileData(data)) => {
                 if let Some(sink) = sink.as_mut()
-                    && let Err(err) = sink.data(&data).await
+                    && let Err(err) = sink.data(data).await
                 {
                     sink.errors.push(err.to_string());
                     let _ = logs
@@ -1284,7 +1462,11 @@ async fn run_step(
                 let _ = logs.finish().await;
                 return StepOutcome::Exited(exit);
             }
-            Some(SlaveEvent::ReportChunk { .. } | SlaveEvent::ReportsDone { .. }) => {}
+            Some(
+                SlaveEvent::ReportChunk { .. }
+                | SlaveEvent::ReportsDone { .. }
+                | SlaveEvent::FileAck(_),
+            ) => {}
             None => {
                 let line = format!("slave lost after {:.1}s\n", began.elapsed().as_secs_f64());
                 let _ = logs.append(StreamKind::Info, line.as_bytes()).await;

@@ -3,6 +3,7 @@
 //! It knows nothing of SSH sessions or HTTP: `daemon` composes it with the front ends.
 
 pub mod access;
+pub mod artifact_fetch;
 pub mod artifacts;
 pub mod bisect;
 pub mod board;

@@ -47,6 +47,8 @@ pub enum SlaveEvent {
     FileEnd {
         sha256: String,
     },
+    /// The slave wrote this many more bytes of a fetch (`ReceiveFiles`).
+    FileAck(u64),
 }
 
 /// What a shell on the slave reports (issue 25).
@@ -161,6 +163,11 @@ impl SlaveLink {
 
     /// Sends a shell's input, resize, EOF, acknowledgement or close.
     pub fn to_shell(&self, message: Message) -> Result<(), SlaveLost> {
+        self.outgoing.send(message).map_err(|_| SlaveLost)
+    }
+
+    /// Sends the next piece of a fetch (`ReceiveFiles`) the master streams to the slave.
+    pub fn send_file_piece(&self, message: Message) -> Result<(), SlaveLost> {
         self.outgoing.send(message).map_err(|_| SlaveLost)
     }
 
@@ -310,6 +317,9 @@ pub async fn serve(
                 }
                 Message::FileEnd { id, sha256 } => {
                     route_event(&link, id, SlaveEvent::FileEnd { sha256 }).await;
+                }
+                Message::FileAck { id, bytes } => {
+                    route_event(&link, id, SlaveEvent::FileAck(bytes)).await;
                 }
                 Message::Exit { id, exit } => {
                     let route = lock(&link.routes).remove(&id);

@@ -16,8 +16,9 @@ pub use frame::{DecodeError, FrameDecoder, encode};
 /// is one: 2 added `CheckoutRequest::submodules` and `ExitReport::exception`; 3 replaced
 /// `error` and `exception` by [`Failure`] and added `ExitReport::checked_out`; 4 added the
 /// test report, `Shell*` and artifact messages (an older slave would drop the connection on
-/// the first one it cannot decode, so the handshake refuses it instead, with the versions).
-pub const PROTOCOL_VERSION: u32 = 4;
+/// the first one it cannot decode, so the handshake refuses it instead, with the versions);
+/// 5 added `ReceiveFiles` and `FileAck` (fetching artifacts into a work tree).
+pub const PROTOCOL_VERSION: u32 = 5;
 
 /// The largest frame either side sends or accepts (the length prefix excluded). A checkout
 /// message carries the whole try patch, so this bounds the patch size the RPC can carry.
@@ -201,12 +202,47 @@ pub enum Message {
         #[serde(with = "serde_bytes")]
         data: Vec<u8>,
     },
-    /// The file's SHA-256 (hex) as the slave read it; the master checks its own against it.
+    /// The file's SHA-256 (hex) as the sender read it; the receiver checks its own against it.
+    /// `FileStart`, `FileData` and `FileEnd` also go master → slave after a `ReceiveFiles`.
     FileEnd {
         id: u64,
         sha256: String,
     },
+    /// master → slave: artifacts follow (as `FileStart`, `FileData`s, `FileEnd`, in the order
+    /// listed) to be written into the builder's work tree; an `Exit` ends it, refusals come
+    /// as `Info` output lines before it.
+    ReceiveFiles {
+        id: u64,
+        receive: ReceiveRequest,
+    },
+    /// slave → master: `bytes` more of a `ReceiveFiles`' data are written, so that much more
+    /// may be sent (at most [`FILE_WINDOW`] is on its way unacknowledged).
+    FileAck {
+        id: u64,
+        bytes: u64,
+    },
 }
+
+/// What a `ReceiveFiles` brings: the files in the order they come, each at its relative path
+/// under the builder's work tree.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReceiveRequest {
+    pub builder: String,
+    pub files: Vec<IncomingFile>,
+    /// The slave refuses more than this in all (the master's limit, checked again there).
+    pub max_total_bytes: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IncomingFile {
+    pub path: String,
+    pub size: u64,
+    pub sha256: String,
+}
+
+/// How many bytes of a `ReceiveFiles` may be unacknowledged: the master's outgoing queue is
+/// unbounded, so this is what keeps a 4 GiB artifact out of both ends' memory.
+pub const FILE_WINDOW: u64 = 4 * 1024 * 1024;
 
 /// What a `CollectFiles` asks for: globs relative to the builder's work tree, and limits the
 /// slave applies before sending anything (the master checks them again as bytes arrive).

@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use crate::proto::{self, FrameDecoder, Hello, Message};
 use crate::slave::SlaveConfig;
 use crate::slave::containment::Containment;
+use crate::slave::fetch::Piece;
 use crate::slave::shell::{ShellControl, Shells};
 use crate::slave::work::Work;
 
@@ -322,6 +323,10 @@ async fn run_session(
                     Message::ShellAck { id, cost } => shells.deliver(id, ShellControl::Ack(cost)),
                     Message::ShellClose { id, reason } => shells.deliver(id, ShellControl::Close(reason)),
                     Message::CollectFiles { id, collect } => work.start_collect(id, collect),
+                    Message::ReceiveFiles { id, receive } => work.start_receive(id, receive),
+                    Message::FileStart { id, path, size } => work.receive_piece(id, Piece::Start { path, size }),
+                    Message::FileData { id, data } => work.receive_piece(id, Piece::Data(data)),
+                    Message::FileEnd { id, sha256 } => work.receive_piece(id, Piece::End { sha256 }),
                     other => break Ended::Lost(format!("unexpected message from the master: {other:?}")),
                 }
             }

@@ -11,14 +11,13 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::proto::{
-    CheckoutRequest, CollectRequest, CommandRequest, ExitReport, Failure, MAX_FILE_CHUNK,
-    MAX_OUTPUT_CHUNK, Message, StreamKind,
+    CheckoutRequest, CollectRequest, CommandRequest, ExitReport, Failure, MAX_OUTPUT_CHUNK,
+    Message, StreamKind,
 };
 use crate::slave::checkout::{self, CheckoutSpec, PatchRunner};
 use crate::slave::coalesce::{Coalescer, OUTPUT_FLUSH};
 use crate::slave::containment::Containment;
 use crate::slave::runner::{self, CommandSpec, Stream};
-use crate::slave::workfiles::{self, Limits};
 
 /// Time between SIGTERM and SIGKILL for an interrupted command (and for every command when
 /// the connection to the master ends).
@@ -32,6 +31,8 @@ pub struct Work {
     containment: Arc<Containment>,
     outgoing: mpsc::Sender<Message>,
     running: HashMap<u64, CancellationToken>,
+    /// The fetches (`ReceiveFiles`) under way: where the connection hands their pieces.
+    receiving: HashMap<u64, mpsc::UnboundedSender<crate::slave::fetch::Piece>>,
     tasks: JoinSet<u64>,
 }
 
@@ -63,6 +64,7 @@ impl Work {
             containment,
             outgoing,
             running: HashMap::new(),
+            receiving: HashMap::new(),
             tasks: JoinSet::new(),
         }
     }
@@ -71,6 +73,7 @@ impl Work {
         while let Some(done) = self.tasks.try_join_next() {
             if let Ok(id) = done {
                 self.running.remove(&id);
+                self.receiving.remove(&id);
             }
         }
     }
@@ -293,10 +296,8 @@ impl Work {
         });
     }
 
-    /// Sends the files of the builder's work tree that match the request's globs, one after
-    /// the other, each as `FileStart`, `FileData`s and `FileEnd` with its SHA-256; what was
-    /// left out is one `Info` line each; an `Exit` ends it. The bounded outgoing queue paces
-    /// the reads to what the connection carries.
+    /// Sends the files of the builder's work tree that match the request's globs
+    /// (`slave::sender::send_artifacts`); an `Exit` ends it.
     pub fn start_collect(&mut self, id: u64, request: CollectRequest) {
         self.reap();
         let outgoing = self.outgoing.clone();
@@ -311,10 +312,15 @@ impl Work {
         };
         self.tasks.spawn(async move {
             let started = Instant::now();
-            let failure = tokio::select! {
-                failure = send_files(&outgoing, id, dir, request) => failure,
-                () = token.cancelled() => Some("interrupted".to_string()),
+            let sending = {
+                let (outgoing, token) = (outgoing.clone(), token.clone());
+                tokio::task::spawn_blocking(move || {
+                    crate::slave::sender::send_artifacts(&outgoing, id, &dir, &request, &token)
+                })
             };
+            let failure = sending
+                .await
+                .unwrap_or_else(|err| Some(format!("the file collection failed: {err}")));
             let exit = ExitReport {
                 exit_code: Some(i32::from(failure.is_some())),
                 signal: None,
@@ -329,7 +335,59 @@ impl Work {
         });
     }
 
+    /// Writes the artifacts the master sends next into the builder's work tree
+    /// (`slave::fetch`); an `Exit` ends it, its failure the one line saying why.
+    pub fn start_receive(&mut self, id: u64, request: crate::proto::ReceiveRequest) {
+        self.reap();
+        let outgoing = self.outgoing.clone();
+        let dir = match builder_dir(&self.workdir, &request.builder) {
+            Ok(dir) => dir,
+            Err(message) => {
+                self.tasks.spawn(report_failure(outgoing, id, message));
+                return;
+            }
+        };
+        let (pieces_tx, mut pieces_rx) = mpsc::unbounded_channel();
+        self.receiving.insert(id, pieces_tx);
+        self.running.insert(id, CancellationToken::new());
+        self.tasks.spawn(async move {
+            let started = Instant::now();
+            let writer = {
+                let outgoing = outgoing.clone();
+                tokio::task::spawn_blocking(move || {
+                    crate::slave::fetch::receive(&dir, id, &request, &mut pieces_rx, &outgoing)
+                })
+            };
+            let failure = match writer.await {
+                Ok(failure) => failure,
+                Err(err) => Some(format!("the fetch failed: {err}")),
+            };
+            let exit = ExitReport {
+                exit_code: Some(i32::from(failure.is_some())),
+                signal: None,
+                elapsed_ms: elapsed_ms(started),
+                timed_out: false,
+                interrupted: false,
+                failure: failure.map(Failure::Failed),
+                checked_out: None,
+            };
+            let _ = outgoing.send(Message::Exit { id, exit }).await;
+            id
+        });
+    }
+
+    /// A piece of a fetch; one for a fetch that ended (refused, interrupted) is dropped.
+    pub fn receive_piece(&mut self, id: u64, piece: crate::slave::fetch::Piece) {
+        if let Some(pieces) = self.receiving.get(&id)
+            && pieces.send(piece).is_err()
+        {
+            self.receiving.remove(&id);
+        }
+    }
+
     pub fn interrupt(&mut self, id: u64, reason: &str) {
+        // A fetch waits for its next piece: without its sender it ends at once.
+        self.receiving.remove(&id);
         if let Some(token) = self.running.get(&id) {
             tracing::info!(id, "interrupting: {reason}");
             token.cancel();
@@ -339,6 +397,7 @@ impl Work {
     /// The master is gone: terminate everything (SIGTERM, then SIGKILL after the grace), and
     /// wait for it, so nothing of a build outlives the connection it belonged to.
     pub async fn stop_all(&mut self) {
+        self.receiving.clear();
         for token in self.running.values() {
             token.cancel();
         }
@@ -353,92 +412,6 @@ impl Work {
         }
         self.running.clear();
     }
-}
-
-/// The collection itself; `Some(reason)` when it could not be done.
-async fn send_files(
-    outgoing: &mpsc::Sender<Message>,
-    id: u64,
-    dir: PathBuf,
-    request: CollectRequest,
-) -> Option<String> {
-    use sha2::Digest as _;
-    use tokio::io::AsyncReadExt as _;
-    let limits = Limits {
-        max_files: usize::try_from(request.max_files).unwrap_or(usize::MAX),
-        max_file_bytes: request.max_file_bytes,
-        max_total_bytes: request.max_total_bytes,
-    };
-    let patterns = request.patterns;
-    let collected =
-        tokio::task::spawn_blocking(move || workfiles::collect(&dir, &patterns, &limits)).await;
-    let collected = match collected {
-        Ok(Ok(collected)) => collected,
-        Ok(Err(err)) => return Some(err.to_string()),
-        Err(err) => return Some(format!("the file collection failed: {err}")),
-    };
-    for line in collected.refused {
-        send_output(
-            outgoing,
-            id,
-            StreamKind::Info,
-            format!("{line}\n").into_bytes(),
-        )
-        .await;
-    }
-    if collected.found.is_empty() {
-        send_output(
-            outgoing,
-            id,
-            StreamKind::Info,
-            b"no file matched the artifact patterns\n".to_vec(),
-        )
-        .await;
-    }
-    for found in collected.found {
-        let start = Message::FileStart {
-            id,
-            path: found.relative.clone(),
-            size: found.size,
-        };
-        if outgoing.send(start).await.is_err() {
-            return Some("the connection closed".into());
-        }
-        // Exactly the size taken from the open file: a file still growing is cut there, and
-        // one that shrank arrives short (the master refuses it).
-        let mut file = tokio::fs::File::from_std(found.file).take(found.size);
-        let mut hasher = sha2::Sha256::new();
-        loop {
-            let mut buffer = vec![0u8; MAX_FILE_CHUNK];
-            let count = match file.read(&mut buffer).await {
-                Ok(0) => break,
-                Ok(count) => count,
-                Err(err) => return Some(format!("cannot read {}: {err}", found.relative)),
-            };
-            buffer.truncate(count);
-            hasher.update(&buffer);
-            if outgoing
-                .send(Message::FileData { id, data: buffer })
-                .await
-                .is_err()
-            {
-                return Some("the connection closed".into());
-            }
-        }
-        let sha256 = hasher
-            .finalize()
-            .iter()
-            .map(|byte| format!("{byte:02x}"))
-            .collect();
-        if outgoing
-            .send(Message::FileEnd { id, sha256 })
-            .await
-            .is_err()
-        {
-            return Some("the connection closed".into());
-        }
-    }
-    None
 }
 
 async fn send_output(outgoing: &mpsc::Sender<Message>, id: u64, stream: StreamKind, data: Vec<u8>) {

@@ -371,6 +371,112 @@ fn open_dir(dir: &OwnedFd, name: &str) -> Option<OwnedFd> {
     .ok()
 }
 
+/// A file being written at a relative path of a work dir (a fetched artifact), through
+/// directory handles only, like the walk: every directory on the way is opened from its
+/// parent with `O_NOFOLLOW` (made when missing), so a symlink a step planted anywhere on the
+/// path is refused, never followed. The bytes go into a fresh temporary name beside the
+/// target and are renamed over it once whole and checked: a symlink at the target name is
+/// replaced, not written through.
+#[derive(Debug)]
+pub struct Placing {
+    dir: OwnedFd,
+    temp: String,
+    name: String,
+    pub file: File,
+}
+
+/// Opens `relative` under `workdir` for writing (see [`Placing`]); the error is one line.
+pub fn create_inside(workdir: &Path, relative: &str) -> Result<Placing, String> {
+    let parts: Vec<&str> = relative.split('/').collect();
+    if relative.contains('\0') || parts.iter().any(|part| matches!(*part, "" | "." | "..")) {
+        return Err(format!(
+            "refused {relative:?}: not a relative path inside the work tree"
+        ));
+    }
+    let Some((name, dirs)) = parts.split_last() else {
+        return Err(format!("refused {relative:?}: it names no file"));
+    };
+    let mut dir = open(
+        workdir,
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|errno| format!("cannot open the work dir {}: {errno}", workdir.display()))?;
+    let mut shown = String::new();
+    for part in dirs {
+        shown.push_str(part);
+        let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+        let opened = match openat(&dir, *part, flags, Mode::empty()) {
+            Err(nix::Error::ENOENT) => {
+                match nix::sys::stat::mkdirat(&dir, *part, Mode::from_bits_truncate(0o755)) {
+                    Ok(()) | Err(nix::Error::EEXIST) => {}
+                    Err(errno) => return Err(format!("cannot make {shown}: {errno}")),
+                }
+                openat(&dir, *part, flags, Mode::empty())
+            }
+            other => other,
+        };
+        dir = match opened {
+            Ok(fd) => fd,
+            Err(errno) => {
+                let symlink = fstatat(&dir, *part, AtFlags::AT_SYMLINK_NOFOLLOW)
+                    .is_ok_and(|stat| matches!(kind_of(&stat), Kind::Symlink));
+                return Err(if symlink {
+                    format!("refused {relative}: {shown} is a symlink; not followed")
+                } else {
+                    format!("refused {relative}: cannot open the directory {shown}: {errno}")
+                });
+            }
+        };
+        shown.push('/');
+    }
+    let temp = format!(".{name}.buildbot-fetch-{}", std::process::id());
+    let create = || {
+        openat(
+            &dir,
+            temp.as_str(),
+            OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::from_bits_truncate(0o644),
+        )
+    };
+    let fd = match create() {
+        // Left by a fetch this process did not finish (its slave was killed).
+        Err(nix::Error::EEXIST) => {
+            let _ =
+                nix::unistd::unlinkat(&dir, temp.as_str(), nix::unistd::UnlinkatFlags::NoRemoveDir);
+            create()
+        }
+        other => other,
+    }
+    .map_err(|errno| format!("cannot write {relative}: {errno}"))?;
+    Ok(Placing {
+        dir,
+        temp,
+        name: (*name).to_string(),
+        file: File::from(fd),
+    })
+}
+
+impl Placing {
+    /// The file is whole and checked: it takes its name (replacing what had it, unfollowed).
+    pub fn place(self) -> Result<(), String> {
+        self.file
+            .sync_data()
+            .map_err(|err| format!("cannot write {}: {err}", self.name))?;
+        nix::fcntl::renameat(&self.dir, self.temp.as_str(), &self.dir, self.name.as_str())
+            .map_err(|errno| format!("cannot put {} in place: {errno}", self.name))
+    }
+
+    /// The file did not arrive whole: nothing of it stays.
+    pub fn abandon(self) {
+        let _ = nix::unistd::unlinkat(
+            &self.dir,
+            self.temp.as_str(),
+            nix::unistd::UnlinkatFlags::NoRemoveDir,
+        );
+    }
+}
+
 fn shown_dir(prefix: &str) -> &str {
     if prefix.is_empty() {
         "the work dir"
@@ -544,5 +650,47 @@ mod tests {
         let missing = dir.path().join("gone");
         let err = collect(&missing, &patterns(&["*"]), &ROOMY).expect_err("no dir");
         assert!(err.to_string().contains("gone"), "{err}");
+    }
+
+    #[test]
+    fn a_fetched_file_never_goes_through_a_symlink() {
+        use std::io::Write as _;
+        let dir = tree(&[("keep.txt", "x")]);
+        let outside = tempfile::tempdir().expect("temp dir");
+        symlink(outside.path(), dir.path().join("dist")).expect("symlink");
+        let err = create_inside(dir.path(), "dist/app.bin").expect_err("through a symlink");
+        assert_eq!(err, "refused dist/app.bin: dist is a symlink; not followed");
+        for bad in ["../x", "a/../../x", "/etc/x", "a//b", "./a", ""] {
+            assert!(create_inside(dir.path(), bad).is_err(), "{bad:?}");
+        }
+        // A symlink at the name itself is replaced, not written through.
+        let target = outside.path().join("victim");
+        std::fs::write(&target, "untouched").expect("victim");
+        symlink(&target, dir.path().join("app.bin")).expect("symlink");
+        let mut placing = create_inside(dir.path(), "app.bin").expect("create");
+        placing.file.write_all(b"fetched").expect("write");
+        placing.place().expect("place");
+        assert_eq!(
+            std::fs::read_to_string(&target).expect("victim"),
+            "untouched"
+        );
+        let placed = dir.path().join("app.bin");
+        assert!(
+            std::fs::symlink_metadata(&placed)
+                .expect("placed")
+                .is_file()
+        );
+        assert_eq!(std::fs::read_to_string(&placed).expect("placed"), "fetched");
+        // Missing directories are made; an abandoned file leaves nothing behind.
+        let placing = create_inside(dir.path(), "new/deep/file").expect("create");
+        placing.abandon();
+        let left: Vec<_> = std::fs::read_dir(dir.path().join("new/deep"))
+            .expect("made")
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
+        assert_eq!(
+            std::fs::read_dir(outside.path()).expect("outside").count(),
+            1
+        );
     }
 }

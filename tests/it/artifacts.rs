@@ -269,3 +269,258 @@ fn an_artifact_pattern_leaving_the_work_tree_is_refused_by_checkconfig() {
     assert!(stderr.contains("\"../outside\""), "{stderr}");
     assert!(stderr.contains("\"/etc/passwd\""), "{stderr}");
 }
+
+/// `linux` (on `s1`) keeps `dist/app.bin`; its success starts `deploy` and `escape` (on
+/// `slave`, by a dependent scheduler). `deploy` fetches it before a step (and later fetches a file of its own earlier
+/// step); `escape` planted a symlink where it would go.
+fn fetching_config(checkout: &Checkout, outside: &Path, slave: &str) -> (String, String) {
+    let upstream = r#"{ name = "make", command = "mkdir -p dist && head -c 3000000 /dev/urandom > dist/app.bin && sha256sum dist/app.bin", artifacts = ["dist/*.bin"] },"#;
+    let deploy = r#"
+  { name = "use", command = "sha256sum dist/app.bin", fetch_artifacts = [{ from = "upstream", path = "dist/*.bin" }] },
+  { name = "pack", command = "cp dist/app.bin out.bin", artifacts = ["out.bin"] },
+  { name = "reuse", command = "rm out.bin dist/app.bin && true", },
+  { name = "again", command = "sha256sum out.bin", fetch_artifacts = [{ from = "build", path = "out.bin" }] },
+"#;
+    let escape = format!(
+        r#"
+  {{ name = "plant", command = "rm -rf dist && ln -sfn {} dist" }},
+  {{ name = "use", command = "true", fetch_artifacts = [{{ from = "upstream", path = "dist/app.bin", builder = "linux" }}] }},
+"#,
+        outside.display()
+    );
+    let mut extra = String::new();
+    for (name, steps) in [("deploy", deploy.to_string()), ("escape", escape)] {
+        extra.push_str(&format!(
+            "\n[[builder]]\nname = \"{name}\"\nslaves = [\"{slave}\"]\nrepo = \"{}\"\nbranch = \"main\"\nsteps = [\n{steps}\n]\n",
+            checkout.upstream.display()
+        ));
+    }
+    extra.push_str(&crate::changes::branch_scheduler(
+        "on-main",
+        "\"linux\"",
+        "tree_stable_timer = \"1s\"",
+    ));
+    extra.push_str(
+        "\n[[scheduler]]\nkind = \"dependent\"\nname = \"after-main\"\nbuilders = [\"deploy\", \"escape\"]\nupstream = \"on-main\"\n",
+    );
+    (upstream.to_string(), extra)
+}
+
+/// The info log (the master's own lines) of a step.
+fn info_log(master: &TestMaster, builder: &str, number: u64, step: &str) -> String {
+    std::fs::read_to_string(
+        master
+            .path()
+            .join(format!("logs/{builder}/{number}/{step}.info")),
+    )
+    .unwrap_or_default()
+}
+
+#[test]
+fn a_dependent_build_fetches_its_upstreams_artifact_byte_exact_and_an_escape_is_refused() {
+    use crate::changes::{finished_build, master_with, sendchange, step_log};
+    let checkout = Checkout::new();
+    let outside = tempfile::tempdir().expect("temp dir");
+    let (steps, extra) = fetching_config(&checkout, outside.path(), "s1");
+    let master = master_with(&checkout, &steps, &extra);
+    let slave = master.start_slave("s1");
+    let sent = sendchange(&master, head_change(&checkout).as_bytes());
+    assert!(sent.status.success(), "{}", text(&sent.stderr));
+
+    let linux = finished_build(&master, "linux", 1);
+    assert_eq!(linux["result"], "success", "{linux}");
+    let kept = master.api(&format!("/api/builds/{}/artifacts", linux["id"]));
+    let sha = kept[0]["sha256"]
+        .as_str()
+        .expect("a kept artifact")
+        .to_string();
+    let (original, size) = sha256_file(&slave.dir.join("build/linux/dist/app.bin"));
+    assert_eq!((sha.as_str(), size), (original.as_str(), 3_000_000));
+
+    // deploy: the upstream's file, byte-exact, before its step ran; later its own earlier
+    // step's file, after the step before removed it.
+    let deploy = finished_build(&master, "deploy", 1);
+    let fetch_info = info_log(&master, "deploy", 1, "2-use-fetch");
+    assert_eq!(deploy["result"], "success", "{deploy}\n{fetch_info}");
+    assert!(
+        fetch_info.contains(&format!(
+            "fetching dist/app.bin of linux #1 (3000000 bytes, sha256 {sha})"
+        )),
+        "{fetch_info}"
+    );
+    assert_eq!(
+        step_log(&master, "deploy", 1, 3),
+        format!("{sha}  dist/app.bin\n")
+    );
+    assert_eq!(
+        step_log(&master, "deploy", 1, 8),
+        format!("{sha}  out.bin\n"),
+        "{}",
+        info_log(&master, "deploy", 1, "7-again-fetch")
+    );
+    let (fetched, _) = sha256_file(&slave.dir.join("build/deploy/out.bin"));
+    assert_eq!(fetched, sha);
+
+    // escape: its `dist` is a symlink out of the work tree; the fetch is refused in one line
+    // and nothing is written there.
+    let escape = finished_build(&master, "escape", 1);
+    assert_eq!(escape["result"], "failure", "{escape}");
+    let refused = info_log(&master, "escape", 1, "3-use-fetch");
+    let refusals: Vec<&str> = refused
+        .lines()
+        .filter(|line| line.contains("refused"))
+        .collect();
+    assert_eq!(
+        refusals,
+        ["refused dist/app.bin: dist is a symlink; not followed"],
+        "{refused}"
+    );
+    let left = std::fs::read_dir(outside.path()).expect("outside").count();
+    assert_eq!(left, 0, "something was written outside the work tree");
+    let steps: Vec<String> = escape["steps"]
+        .as_array()
+        .expect("steps")
+        .iter()
+        .map(|step| step["name"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(
+        steps,
+        ["checkout", "plant", "use-fetch"],
+        "the step after a refused fetch does not run"
+    );
+}
+
+/// A change of the upstream's head, as `sendchange` takes it.
+fn head_change(checkout: &Checkout) -> String {
+    let revision = crate::repo::git(&checkout.upstream, &["rev-parse", "HEAD"]);
+    format!(
+        r#"{{"repository": "{}", "branch": "main", "revision": "{}"}}"#,
+        checkout.upstream.display(),
+        revision.trim()
+    )
+}
+
+#[test]
+fn with_postgresql_a_dependent_build_on_another_master_fetches_from_the_stored_chunks() {
+    use crate::changes::{finished_build, sendchange, step_log};
+    use crate::multimaster::{database_section, fresh_database, join, masters, named};
+    let url = fresh_database();
+    let checkout = Checkout::new();
+    let outside = tempfile::tempdir().expect("temp dir");
+    let (steps, extra) = fetching_config(&checkout, outside.path(), "s2");
+    let mut setup = MasterSetup::linux_builder(&["s1"], &checkout.upstream, &steps);
+    setup.slaves.push("s2".into());
+    setup.extra_config.push_str(&extra);
+    setup
+        .extra_config
+        .push_str("\n[changes]\ngroup = \"root\"\n");
+    setup.extra_config.push_str(&database_section(&url));
+    setup.edits.push(named("ci-a"));
+    let a = TestMaster::start_with(setup);
+    let b = join(&a, "ci-b");
+    // linux builds on A (s1 knows only A), deploy on B (s2 knows only B): B has no file of
+    // linux #1's artifacts, only the database's chunks.
+    let _s1 = a.launch_slave("s1", masters(&[&a]));
+    a.wait_connected("s1");
+    let _s2 = a.launch_slave("s2", masters(&[&b]));
+    b.wait_connected("s2");
+    let sent = sendchange(&a, head_change(&checkout).as_bytes());
+    assert!(sent.status.success(), "{}", text(&sent.stderr));
+
+    let linux = finished_build(&a, "linux", 1);
+    assert_eq!(linux["result"], "success", "{linux}");
+    let kept = a.api(&format!("/api/builds/{}/artifacts", linux["id"]));
+    let sha = kept[0]["sha256"]
+        .as_str()
+        .expect("a kept artifact")
+        .to_string();
+    let deploy = finished_build(&b, "deploy", 1);
+    assert_eq!(
+        deploy["result"],
+        "success",
+        "{deploy}\n{}",
+        info_log(&b, "deploy", 1, "2-use-fetch")
+    );
+    assert_eq!(
+        step_log(&b, "deploy", 1, 3),
+        format!("{sha}  dist/app.bin\n")
+    );
+    assert!(
+        !b.path().join("artifacts/linux/1").exists(),
+        "B had linux #1's file"
+    );
+    assert!(a.path().join("artifacts/linux/1/dist/app.bin").exists());
+}
+
+/// The names of a build's steps (/api/builds/ID), in order.
+fn step_names(build: &serde_json::Value) -> Vec<String> {
+    build["steps"]
+        .as_array()
+        .expect("steps")
+        .iter()
+        .map(|step| step["name"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+fn artifact_paths(master: &TestMaster, build: &serde_json::Value) -> Vec<String> {
+    master
+        .api(&format!("/api/builds/{}/artifacts", build["id"]))
+        .as_array()
+        .expect("a list")
+        .iter()
+        .map(|artifact| artifact["path"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+#[test]
+fn a_builders_artifacts_are_kept_after_its_last_step_as_artifacts_when_says() {
+    use crate::changes::finished_build;
+    let checkout = Checkout::new();
+    // linux halts at `test`; `always` keeps its files all the same. quiet passes its first
+    // build and fails its second; the default (`success`) keeps only the first's.
+    let steps = r#"{ name = "make", command = "mkdir -p out && echo report > out/report.txt && echo x > out/other.log" },
+{ name = "test", command = "exit 1" },
+{ name = "never", command = "echo never" },"#;
+    let mut setup = MasterSetup::linux_builder(&["s1"], &checkout.upstream, steps);
+    setup.edits.push((
+        "[[builder]]\nname = \"linux\"\n",
+        "[[builder]]\nname = \"linux\"\nartifacts = [\"out/*.txt\"]\nartifacts_when = \"always\"\n",
+    ));
+    setup.extra_config.push_str(&format!(
+        "\n[[builder]]\nname = \"quiet\"\nslaves = [\"s1\"]\nrepo = \"{}\"\nartifacts = [\"out/*.txt\"]\nsteps = [\n{}\n]\n",
+        checkout.upstream.display(),
+        r#"{ name = "make", command = "mkdir -p out && echo report > out/report.txt && test $BUILDBOT_BUILDNUMBER = 1" },"#
+    ));
+    let master = TestMaster::start_with(setup);
+    let _slave = master.start_slave("s1");
+    // One at a time: quiet's second build must not overtake its first.
+    for (builder, number) in [("linux", 1), ("quiet", 1), ("quiet", 2)] {
+        let forced = master.ssh(
+            &master.user_key,
+            &current_user(),
+            &format!("force {builder} --reason keep"),
+        );
+        assert!(forced.status.success(), "{}", text(&forced.stderr));
+        finished_build(&master, builder, number);
+    }
+
+    let linux = finished_build(&master, "linux", 1);
+    assert_eq!(linux["result"], "failure", "{linux}");
+    assert_eq!(
+        step_names(&linux),
+        ["checkout", "make", "test", "artifacts"],
+        "{linux}"
+    );
+    assert_eq!(artifact_paths(&master, &linux), ["out/report.txt"]);
+    let info = info_log(&master, "linux", 1, "4-artifacts");
+    assert!(info.contains("kept out/report.txt (7 bytes"), "{info}");
+
+    let first = finished_build(&master, "quiet", 1);
+    assert_eq!(first["result"], "success", "{first}");
+    assert_eq!(step_names(&first), ["checkout", "make", "artifacts"]);
+    assert_eq!(artifact_paths(&master, &first), ["out/report.txt"]);
+    let second = finished_build(&master, "quiet", 2);
+    assert_eq!(second["result"], "failure", "{second}");
+    assert_eq!(step_names(&second), ["checkout", "make"]);
+    assert!(artifact_paths(&master, &second).is_empty());
+}

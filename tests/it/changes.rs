@@ -21,7 +21,7 @@ use crate::repo::{Checkout, git};
 const SHOW_REVISION: &str = r#"{ name = "rev", command = "echo env=$BUILDBOT_REVISION; echo head=$(git rev-parse HEAD); echo branch=$BUILDBOT_BRANCH" },"#;
 
 /// A branch scheduler on `main` for `linux`, with `settings` (TOML lines) added.
-fn branch_scheduler(name: &str, builders: &str, settings: &str) -> String {
+pub(crate) fn branch_scheduler(name: &str, builders: &str, settings: &str) -> String {
     format!(
         "\n[[scheduler]]\nkind = \"branch\"\nname = \"{name}\"\nbuilders = [{builders}]\nbranches = [\"main\"]\n{settings}\n"
     )
@@ -29,7 +29,7 @@ fn branch_scheduler(name: &str, builders: &str, settings: &str) -> String {
 
 /// A master with the try builder `linux` (slave `s1`) on the checkout's upstream running
 /// `steps`, and `extra` config appended.
-fn master_with(checkout: &Checkout, steps: &str, extra: &str) -> TestMaster {
+pub(crate) fn master_with(checkout: &Checkout, steps: &str, extra: &str) -> TestMaster {
     let mut setup = MasterSetup::linux_builder(&["s1"], &checkout.upstream, steps);
     setup.extra_config.push_str(extra);
     // Sending changes is off unless a group is named; the tests send as root.
@@ -116,7 +116,7 @@ fn install_hook(master: &TestMaster, bare: &Path) {
 }
 
 /// `ssh master sendchange` with `json` on stdin.
-fn sendchange(master: &TestMaster, json: &[u8]) -> Output {
+pub(crate) fn sendchange(master: &TestMaster, json: &[u8]) -> Output {
     master.ssh_with(
         &master.user_key,
         &current_user(),
@@ -140,7 +140,7 @@ fn builds(master: &TestMaster, builder: &str) -> Vec<Value> {
 }
 
 /// Waits for build `number` of `builder` to finish and returns its detail (/api/builds/ID).
-fn finished_build(master: &TestMaster, builder: &str, number: u64) -> Value {
+pub(crate) fn finished_build(master: &TestMaster, builder: &str, number: u64) -> Value {
     let mut found = Value::Null;
     wait_until(&format!("{builder} #{number} to finish"), || {
         found = builds(master, builder)
@@ -153,7 +153,7 @@ fn finished_build(master: &TestMaster, builder: &str, number: u64) -> Value {
 }
 
 /// The raw stdout log of step `step` (1 is the checkout) of `builder` #`number`.
-fn step_log(master: &TestMaster, builder: &str, number: u64, step: u64) -> String {
+pub(crate) fn step_log(master: &TestMaster, builder: &str, number: u64, step: u64) -> String {
     let url = format!(
         "http://127.0.0.1:{}/builders/{builder}/builds/{number}/steps/{step}/logs/stdout/raw",
         master.http_port

@@ -8,6 +8,7 @@
 //! spool, the SSH server or the network.
 
 pub mod database;
+mod fetch;
 pub mod hold;
 mod irc;
 pub mod land;
@@ -230,6 +231,10 @@ pub struct BuilderConfig {
     /// Builds that run a user's patch (try) get the secrets too (default false: any try user
     /// could print them).
     pub secrets_for_patches: bool,
+    /// Globs of files kept after the builder's last step (`[[builder]] artifacts`).
+    pub artifacts: Vec<String>,
+    /// When those are kept: after a build that went well so far (default), or always.
+    pub artifacts_when: ArtifactsWhen,
 }
 
 /// `[[builder]] bisect = { max_builds = 8, repeats = 1, skip_exit_code = 125 }`.
@@ -274,6 +279,37 @@ pub struct StepConfig {
     pub artifacts: Vec<String>,
     /// When they are kept: after the step succeeded (default) or whatever its result.
     pub when: ArtifactsWhen,
+    /// Artifacts put into the work tree before the step's command runs.
+    pub fetch_artifacts: Vec<FetchArtifacts>,
+}
+
+/// `fetch_artifacts = [{ from = "upstream", path = "dist/*.tar.gz" }]`: kept files of another
+/// build (or of an earlier step of this one) written at their own paths into the work tree.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FetchArtifacts {
+    pub from: FetchFrom,
+    /// A glob over the artifacts' recorded paths (same syntax as `artifacts`).
+    pub path: String,
+    /// With `from = "upstream"`: only that builder's build of the upstream firing.
+    pub builder: Option<String>,
+}
+
+/// Whose artifacts a step fetches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FetchFrom {
+    /// The builds of the firing whose success started this build (a `dependent` scheduler).
+    Upstream,
+    /// The earlier steps of this build.
+    Build,
+}
+
+#[derive(Debug, Deserialize)]
+struct RawFetch {
+    from: FetchFrom,
+    path: Spanned<String>,
+    #[serde(default)]
+    builder: Option<Spanned<String>>,
 }
 
 /// When a step's `artifacts` are collected.
@@ -428,6 +464,10 @@ struct RawBuilder {
     secrets: Vec<Spanned<String>>,
     #[serde(default)]
     secrets_for_patches: bool,
+    #[serde(default)]
+    artifacts: Vec<Spanned<String>>,
+    #[serde(default)]
+    artifacts_when: Option<ArtifactsWhen>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -454,6 +494,8 @@ struct RawStep {
     artifacts: Vec<Spanned<String>>,
     #[serde(default)]
     when: Option<ArtifactsWhen>,
+    #[serde(default)]
+    fetch_artifacts: Vec<RawFetch>,
 }
 
 // ---- defaults ----------------------------------------------------------------------------
@@ -663,6 +705,23 @@ struct Checker<'a> {
 }
 
 impl Checker<'_> {
+    /// `artifacts` globs of a step or builder (`whose`: `step "test"`): relative, no `..`.
+    fn artifact_patterns(&mut self, whose: &str, patterns: &[Spanned<String>]) -> Vec<String> {
+        patterns
+            .iter()
+            .map(|pattern| {
+                if !is_inside_glob(pattern.get_ref()) {
+                    let message = format!(
+                        "{whose}: artifact pattern \"{}\" must be relative to the work tree (no .., not absolute)",
+                        pattern.get_ref()
+                    );
+                    self.problem(pattern, message);
+                }
+                pattern.get_ref().clone()
+            })
+            .collect()
+    }
+
     fn problem<T>(&mut self, spanned: &Spanned<T>, message: String) {
         self.problem_at(spanned.span(), message);
     }
@@ -1022,22 +1081,10 @@ impl Checker<'_> {
                     warn_on_failure: step.warn_on_failure.unwrap_or(false),
                     locks: self.lock_uses(&step.locks, lock_defs, "step", &mut lock_levels),
                     test_results: self.test_results(&step.name, &step.test_results),
-                    artifacts: step
-                        .artifacts
-                        .iter()
-                        .map(|pattern| {
-                            if !is_inside_glob(pattern.get_ref()) {
-                                let message = format!(
-                                    "step \"{}\": artifact pattern \"{}\" must be relative to the work tree (no .., not absolute)",
-                                    step.name,
-                                    pattern.get_ref()
-                                );
-                                self.problem(pattern, message);
-                            }
-                            pattern.get_ref().clone()
-                        })
-                        .collect(),
+                    artifacts: self
+                        .artifact_patterns(&format!("step \"{}\"", step.name), &step.artifacts),
                     when: step.when.unwrap_or_default(),
+                    fetch_artifacts: self.fetch_artifacts(&step.name, &step.fetch_artifacts),
                 })
                 .collect();
             builders.push(BuilderConfig {
@@ -1077,6 +1124,9 @@ impl Checker<'_> {
                     .map(|s| s.get_ref().clone())
                     .collect(),
                 secrets_for_patches: builder.secrets_for_patches,
+                artifacts: self
+                    .artifact_patterns(&format!("builder \"{name}\""), &builder.artifacts),
+                artifacts_when: builder.artifacts_when.unwrap_or_default(),
             });
         }
         builders
@@ -1116,7 +1166,7 @@ mod tests {
     const KEY: &str =
         "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl test";
 
-    fn base() -> String {
+    pub(super) fn base() -> String {
         format!(
             r#"[master]
 name = "t"

@@ -77,6 +77,9 @@ struct DependentScheduler {
     upstream: String,
 }
 
+/// The property of a dependent scheduler's build that names the job of its upstream firing.
+pub const UPSTREAM_JOB: &str = "upstream_job";
+
 /// A firing of an upstream scheduler that dependents wait on.
 struct UpstreamRun {
     scheduler: String,
@@ -345,7 +348,16 @@ impl Engine {
                         .unwrap_or_default(),
                     dependent.name
                 ),
-                source: run.source.clone(),
+                // Names the upstream firing, so a step can fetch its artifacts
+                // (`fetch_artifacts = [{ from = "upstream", … }]`).
+                source: Source {
+                    properties: {
+                        let mut properties = run.source.properties.clone();
+                        properties.insert(UPSTREAM_JOB.to_string(), job_name.to_string());
+                        properties
+                    },
+                    ..run.source.clone()
+                },
             })
             .collect()
     }
@@ -537,6 +549,15 @@ mod tests {
         assert_eq!(fires.len(), 1);
         assert_eq!(fires[0].builders, vec!["deploy".to_string()]);
         assert_eq!(fires[0].source.revision.as_deref(), Some("aaa"));
+        assert_eq!(
+            fires[0]
+                .source
+                .properties
+                .get(UPSTREAM_JOB)
+                .map(String::as_str),
+            Some("job-1"),
+            "the dependent build knows its upstream firing (to fetch its artifacts)"
+        );
 
         engine.on_change(&change(2, "main", "bbb", &[]), start);
         let fire = engine

@@ -203,6 +203,7 @@ pub async fn gather(
             Some(
                 SlaveEvent::Output { .. }
                 | SlaveEvent::FileStart { .. }
+                | SlaveEvent::FileAck(_)
                 | SlaveEvent::FileData(_)
                 | SlaveEvent::FileEnd { .. },
             ) => {}
