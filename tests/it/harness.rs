@@ -389,6 +389,21 @@ impl TestMaster {
         serde_json::from_str(&body).unwrap_or_else(|err| panic!("GET {url}: {err}: {body}"))
     }
 
+    /// GETs the HTML page at `path` (e.g. `/builders/linux`); panics on anything but a 200.
+    pub fn page(&self, path: &str) -> String {
+        let url = format!("http://127.0.0.1:{}{path}", self.http_port);
+        let response = http_client()
+            .get(&url)
+            .send()
+            .unwrap_or_else(|err| panic!("GET {url}: {err}"));
+        let status = response.status();
+        let body = response
+            .text()
+            .unwrap_or_else(|err| panic!("GET {url}: {err}"));
+        assert_eq!(status.as_u16(), 200, "GET {url}: {body}");
+        body
+    }
+
     /// The builder's most recent build as `/api/builds` shows it (panics when there is none).
     pub fn api_last_build(&self, builder: &str) -> serde_json::Value {
         let builds = self.api(&format!("/api/builds?builder={builder}"));
@@ -1023,6 +1038,24 @@ impl Drop for TestSlave {
 /// to the next tag: for asserting on one element of a page rather than on the whole page,
 /// whose stylesheet names every state.
 pub fn element_text(html: &str, marker: &str) -> Option<String> {
+    let text = element_html(html, marker)?;
+    // Undo the template's escaping (`&amp;` last, so an escaped entity stays one).
+    Some(
+        [
+            ("&lt;", "<"),
+            ("&gt;", ">"),
+            ("&quot;", "\""),
+            ("&#x27;", "'"),
+            ("&#39;", "'"),
+            ("&#x2F;", "/"),
+        ]
+        .iter()
+        .fold(text, |text, (entity, plain)| text.replace(entity, plain))
+        .replace("&amp;", "&"),
+    )
+}
+
+fn element_html(html: &str, marker: &str) -> Option<String> {
     let at = html.find(marker)?;
     let rest = &html[at..];
     let content = &rest[rest.find('>')? + 1..];
