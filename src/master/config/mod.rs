@@ -47,8 +47,8 @@ pub use locks::NextSlave;
 use locks::{RawLock, RawLockUse};
 use notifier::RawNotifier;
 pub use notifier::{
-    MailConfig, NotifierConfig, NotifierEvent, NotifierKind, WebhookConfig, check_secret_file,
-    plain_address,
+    MailConfig, NotifierConfig, NotifierEvent, NotifierKind, TRY_USER, WebhookConfig,
+    check_secret_file, plain_address,
 };
 use retention::RawRetention;
 pub use retention::RetentionConfig;
