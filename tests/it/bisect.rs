@@ -13,7 +13,7 @@ use crate::repo::git;
 /// An upstream with a base commit and sixteen more on main: the `culprit`-th adds the file
 /// `broken`; the `nobuild`-th adds `nobuild` and the next removes it. Returns (dir guard,
 /// upstream, base, the sixteen ids).
-fn sixteen_commits(
+pub fn sixteen_commits(
     culprit: usize,
     nobuild: Option<usize>,
 ) -> (tempfile::TempDir, std::path::PathBuf, String, Vec<String>) {
@@ -65,7 +65,12 @@ fn master_bisecting(upstream: &Path, repeats: u32) -> TestMaster {
 
 /// A master with slave s1 and `linux` (on s1, bisecting, its one step `sh -c 'SCRIPT'`), plus
 /// `extra` (more slaves and builders).
-fn master_bisecting_with(upstream: &Path, repeats: u32, script: &str, extra: &str) -> TestMaster {
+pub fn master_bisecting_with(
+    upstream: &Path,
+    repeats: u32,
+    script: &str,
+    extra: &str,
+) -> TestMaster {
     let mut slaves = vec!["s1".to_string()];
     if extra.contains("\"s2\"") {
         slaves.push("s2".into());
@@ -129,7 +134,7 @@ fn wait_for_build(master: &TestMaster, number: u64) -> serde_json::Value {
 
 /// Builds `base` (green, build 1) and the branch head (red, build 2), which starts a
 /// bisection.
-fn green_then_red(master: &TestMaster, base: &str) {
+pub fn green_then_red(master: &TestMaster, base: &str) {
     ssh(
         master,
         &format!("force linux --revision {base} --reason green"),
