@@ -7,7 +7,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use crate::harness::{MasterSetup, TestMaster, current_user, element_text, text, wait_until};
+use crate::harness::{MasterSetup, TestMaster, element_text, wait_until};
 use crate::repo::git;
 
 /// An upstream with a base commit and sixteen more on main: the `culprit`-th adds the file
@@ -92,11 +92,6 @@ pub fn master_bisecting_with(
     })
 }
 
-fn ssh(master: &TestMaster, command: &str) {
-    let output = master.ssh(&master.user_key, &current_user(), command);
-    assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
-}
-
 /// Waits (up to two minutes: a bisection is several builds) for the bisection to end.
 fn finished_bisect(master: &TestMaster) -> serde_json::Value {
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -116,32 +111,13 @@ fn finished_bisect(master: &TestMaster) -> serde_json::Value {
     }
 }
 
-/// Waits for linux build `number` to finish (asked by number: a bisection's build may follow
-/// it at once).
-fn wait_for_build(master: &TestMaster, number: u64) -> serde_json::Value {
-    let mut build = serde_json::Value::Null;
-    wait_until(&format!("linux #{number} to finish"), || {
-        let all = master.api("/api/builds?builder=linux&limit=50");
-        build = all
-            .as_array()
-            .and_then(|all| all.iter().find(|b| b["number"] == number))
-            .cloned()
-            .unwrap_or_default();
-        build["running"] == false
-    });
-    build
-}
-
 /// Builds `base` (green, build 1) and the branch head (red, build 2), which starts a
 /// bisection.
 pub fn green_then_red(master: &TestMaster, base: &str) {
-    ssh(
-        master,
-        &format!("force linux --revision {base} --reason green"),
-    );
-    assert_eq!(wait_for_build(master, 1)["result"], "success");
-    ssh(master, "force linux --reason red");
-    assert_eq!(wait_for_build(master, 2)["result"], "failure");
+    master.ssh_ok(&format!("force linux --revision {base} --reason green"));
+    assert_eq!(master.finished_build("linux", 1)["result"], "success");
+    master.ssh_ok("force linux --reason red");
+    assert_eq!(master.finished_build("linux", 2)["result"], "failure");
 }
 
 /// The builder page's line about bisection `id`.
@@ -259,7 +235,7 @@ fn a_bisection_takes_no_busy_slave_and_a_new_request_goes_before_its_next_build(
     let master = master_bisecting_with(&upstream, 1, &script, &extra);
     let _s1 = master.start_slave("s1");
     let _s2 = master.start_slave("s2");
-    ssh(&master, "force other --reason busy");
+    master.ssh_ok("force other --reason busy");
     wait_until("other #1 running on s2", || {
         let build = master.api_last_build("other");
         build["running"] == true && build["slave"] == "s2"
@@ -284,7 +260,7 @@ fn a_bisection_takes_no_busy_slave_and_a_new_request_goes_before_its_next_build(
     );
 
     // A real request arrives while the bisection's build runs: it goes first.
-    ssh(&master, "force linux --reason real");
+    master.ssh_ok("force linux --reason real");
     wait_until("the real request queued", || {
         master.api("/api/builders/linux")["queued"] == 1
     });

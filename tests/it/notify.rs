@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 
-use crate::harness::{MasterSetup, TestMaster, current_user, text, wait_until};
+use crate::harness::{MasterSetup, TestMaster, current_user, wait_until};
 use crate::repo::Checkout;
 
 /// The venv's Python with aiosmtpd, installed by scripts/test.sh.
@@ -121,20 +121,6 @@ fn wait_or_show(master: &TestMaster, what: &str, mut condition: impl FnMut() -> 
     }
 }
 
-fn ssh(master: &TestMaster, command: &str) {
-    let output = master.ssh(&master.user_key, &current_user(), command);
-    assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
-}
-
-fn wait_for_build(master: &TestMaster, number: u64) -> serde_json::Value {
-    let mut build = serde_json::Value::Null;
-    wait_until(&format!("linux #{number} to finish"), || {
-        build = master.api_last_build("linux");
-        build["number"] == number && build["running"] == false
-    });
-    build
-}
-
 /// What every test here builds: an upstream, and a flag file that fails the build while it
 /// exists.
 struct Scene {
@@ -170,11 +156,11 @@ impl Scene {
     /// Build 1 succeeds on `green`; build 2, with the flag set, fails on `red` (the same
     /// master, or another of its cluster).
     fn green_then_red(&self, green: &TestMaster, red: &TestMaster) {
-        ssh(green, "force linux --reason green");
-        assert_eq!(wait_for_build(green, 1)["result"], "success");
+        green.ssh_ok("force linux --reason green");
+        assert_eq!(green.finished_build("linux", 1)["result"], "success");
         std::fs::write(&self.flag, "").expect("flag");
-        ssh(red, "force linux --reason red");
-        assert_eq!(wait_for_build(red, 2)["result"], "failure");
+        red.ssh_ok("force linux --reason red");
+        assert_eq!(red.finished_build("linux", 2)["result"], "failure");
     }
 }
 
@@ -226,8 +212,8 @@ fn one_mail_per_event_and_recipient_reaches_a_real_smtp_server_across_a_kill_9()
     let mut master = master.start_again();
     let _slave_again = master.start_slave("s1");
     std::fs::remove_file(&scene.flag).expect("unflag");
-    ssh(&master, "force linux --reason fixed");
-    assert_eq!(wait_for_build(&master, 3)["result"], "success");
+    master.ssh_ok("force linux --reason fixed");
+    assert_eq!(master.finished_build("linux", 3)["result"], "success");
     // The server comes up: the kept mails and the new ones arrive, once each.
     let _server = SmtpServer::start(smtp_port, &inbox);
     wait_or_show(&master, "four mails", || mails(&inbox).len() >= 4);
@@ -239,8 +225,8 @@ fn one_mail_per_event_and_recipient_reaches_a_real_smtp_server_across_a_kill_9()
         })
     });
     // One more round of the delivery loop after all were marked: nothing is sent again.
-    ssh(&master, "force linux --reason 'still green'");
-    assert_eq!(wait_for_build(&master, 4)["result"], "success");
+    master.ssh_ok("force linux --reason 'still green'");
+    assert_eq!(master.finished_build("linux", 4)["result"], "success");
     let got = mails(&inbox);
     assert_eq!(got.len(), 4, "one mail per event and recipient: {got:#?}");
     let to_user = got
@@ -490,8 +476,8 @@ fn a_cluster_records_an_event_once_and_one_master_delivers_it() {
     });
     // Another failure, told to the other notifier: once that arrives, the leader's delivery
     // went past build 2 for good.
-    ssh(&b, "force linux --reason 'still red'");
-    assert_eq!(wait_for_build(&b, 3)["result"], "failure");
+    b.ssh_ok("force linux --reason 'still red'");
+    assert_eq!(b.finished_build("linux", 3)["result"], "failure");
     wait_until("build 3 told", || {
         let all = received.lock().expect("lock");
         all.iter().any(|r| {
