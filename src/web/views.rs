@@ -928,3 +928,43 @@ pub fn waterfall_view(
             .then(|| format!("/?hours={hours}&before={}", (upper + window_secs).floor())),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::master::store::BisectRow;
+
+    fn row(id: i64, builder: &str, state: &str) -> BisectRow {
+        BisectRow {
+            id,
+            builder: builder.into(),
+            branch: "main".into(),
+            good: "a".into(),
+            bad: "b".into(),
+            state: state.into(),
+            culprit: None,
+            builds: 0,
+            summary: format!("summary {id}"),
+            plan: String::new(),
+            started_at: 0.0,
+        }
+    }
+
+    #[test]
+    fn a_builder_page_shows_its_running_bisections_and_its_newest_ended_one() {
+        // Newest first, as the store gives them.
+        let rows = [
+            row(6, "mac", "running"),
+            row(5, "linux", "running"),
+            row(4, "linux", "found"),
+            row(3, "linux", "running"),
+            row(2, "linux", "stopped"),
+        ];
+        let shown: Vec<i64> = builder_bisect_views(&rows, "linux")
+            .iter()
+            .map(|view| view.id)
+            .collect();
+        assert_eq!(shown, [5, 4, 3]);
+        assert!(builder_bisect_views(&rows, "windows").is_empty());
+    }
+}
