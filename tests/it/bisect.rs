@@ -134,6 +134,8 @@ fn a_branch_broken_over_sixteen_commits_is_bisected_and_the_culprit_named() {
     let repeats = 1;
     let master = master_bisecting(&upstream, repeats);
     let _slave = master.start_slave("s1");
+    let watching = crate::watch::Watching::start(&master, &["-b", "linux"]);
+    watching.until(|line| line.starts_with("master example:"));
     green_then_red(&master, &base);
 
     let bisect = finished_bisect(&master);
@@ -158,6 +160,18 @@ fn a_branch_broken_over_sixteen_commits_is_bisected_and_the_culprit_named() {
         Some(format!("main: {summary}").as_str()),
         "the builder page tells the result"
     );
+    // `watch` told the start and the result.
+    let seen = watching.until(|line| line.starts_with("linux: first bad:"));
+    assert!(
+        seen.contains(&format!(
+            "linux: bisecting {}..{}: 16 commits",
+            &base[..7],
+            &ids[15][..7]
+        )),
+        "{seen:?}"
+    );
+    assert_eq!(seen.last(), Some(&format!("linux: {summary}")), "{seen:?}");
+    watching.interrupt();
     // Every build the bisection asked for is a build of linux, after the two.
     let all = master.api("/api/builds?builder=linux&limit=50");
     assert_eq!(
