@@ -539,6 +539,22 @@ impl Bot {
                     lines.insert(target, line.clone());
                 }
             }
+            BuildEvent::BisectStarted { builder, .. }
+            | BuildEvent::CulpritFound { builder, .. } => {
+                // Who broke a builder is news wherever its failures are; with its page, where
+                // the bisection's progress is.
+                let classes = [NotifyEvent::Finished, NotifyEvent::Failure]
+                    .into_iter()
+                    .collect();
+                let line = format!(
+                    "{} {}",
+                    text::describe_event(&sequenced.event),
+                    self.control.builder_url(builder)
+                );
+                for target in self.subscriptions.targets_for(&classes) {
+                    lines.insert(target, line.clone());
+                }
+            }
             _ => {}
         }
         match catch_up {

@@ -73,9 +73,10 @@ pub fn describe_event(event: &BuildEvent) -> String {
             commits,
             ..
         } => format!(
-            "{builder}: bisecting {commits} commits from {} (good) to {} (bad)",
+            "{builder}: bisecting {}..{}: {}",
             good.get(..7).unwrap_or(good),
-            bad.get(..7).unwrap_or(bad)
+            bad.get(..7).unwrap_or(bad),
+            count(*commits, "commit", "commits")
         ),
         BuildEvent::CulpritFound {
             builder,
@@ -335,6 +336,33 @@ pub fn try_summary(web_url: &str, progress: &JobProgress) -> String {
 mod tests {
     use super::*;
     use crate::status::{BuildResult, LastBuild, PoolSlave};
+
+    #[test]
+    fn a_bisection_is_told_by_its_range_and_its_culprit() {
+        let started = BuildEvent::BisectStarted {
+            bisect: 3,
+            builder: "linux".into(),
+            good: "abc1234ffff".into(),
+            bad: "def5678eeee".into(),
+            commits: 16,
+        };
+        assert_eq!(
+            describe_event(&started),
+            "linux: bisecting abc1234..def5678: 16 commits"
+        );
+        let found = BuildEvent::CulpritFound {
+            bisect: 3,
+            builder: "linux".into(),
+            culprit: "0123456789abcdef".into(),
+            author: "alice <alice@example.org>\nBcc: x".into(),
+            title: "Refactor parser".into(),
+            builds: 4,
+        };
+        assert_eq!(
+            describe_event(&found),
+            "linux: first bad: 0123456 by alice <alice@example.org> Bcc: x 'Refactor parser' — 4 builds"
+        );
+    }
 
     fn running(number: i64, step: Option<&str>, expected: Option<f64>) -> RunningBuild {
         RunningBuild {

@@ -186,6 +186,8 @@ pub async fn builder(
     context.insert("queue", &queue);
     context.insert("can_force", &state.control.config().may_force(&name));
     context.insert("locks", &views::lock_views(&state.control, &name));
+    let bisects = state.control.store().bisects(100).await?;
+    context.insert("bisects", &views::builder_bisect_views(&bisects, &name));
     context.insert("logged_in", &session.is_some());
     context.insert("csrf", &session.map(|s| s.csrf).unwrap_or_default());
     Ok(Html(state.render("builder.html", &context)?))

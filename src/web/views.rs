@@ -271,6 +271,39 @@ pub fn change_view(change: &StoredChange, builds: &[(String, i64)]) -> ChangeVie
     }
 }
 
+/// A bisection as the builder page shows it (issue 28).
+#[derive(Debug, Clone, Serialize)]
+pub struct BuilderBisectView {
+    pub id: i64,
+    pub branch: String,
+    /// `running`, `found`, `inconclusive` or `stopped`.
+    pub state: String,
+    /// Progress or result in a line ("bisecting abc1234..def5678: 3 of ≤6 builds, 5 commits
+    /// left", "first bad: abc1234 by alice 'Refactor parser' — 4 builds").
+    pub summary: String,
+    pub started: String,
+}
+
+/// What a builder's page says about its bisections: every running one and the newest one
+/// that ended (older results are in `/api/bisects`). `rows` newest first.
+pub fn builder_bisect_views(
+    rows: &[crate::master::store::BisectRow],
+    builder: &str,
+) -> Vec<BuilderBisectView> {
+    let mut ended = false;
+    rows.iter()
+        .filter(|row| row.builder == builder)
+        .filter(|row| row.state == "running" || !std::mem::replace(&mut ended, true))
+        .map(|row| BuilderBisectView {
+            id: row.id,
+            branch: row.branch.clone(),
+            state: row.state.clone(),
+            summary: row.summary.clone(),
+            started: format_time(row.started_at),
+        })
+        .collect()
+}
+
 pub fn format_time(seconds: f64) -> String {
     chrono::DateTime::from_timestamp(seconds as i64, 0)
         .map(|time| time.format("%Y-%m-%d %H:%M:%S UTC").to_string())
@@ -893,5 +926,45 @@ pub fn waterfall_view(
         older_url: format!("/?hours={hours}&before={}", lower.floor()),
         newer_url: (!newest)
             .then(|| format!("/?hours={hours}&before={}", (upper + window_secs).floor())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::master::store::BisectRow;
+
+    fn row(id: i64, builder: &str, state: &str) -> BisectRow {
+        BisectRow {
+            id,
+            builder: builder.into(),
+            branch: "main".into(),
+            good: "a".into(),
+            bad: "b".into(),
+            state: state.into(),
+            culprit: None,
+            builds: 0,
+            summary: format!("summary {id}"),
+            plan: String::new(),
+            started_at: 0.0,
+        }
+    }
+
+    #[test]
+    fn a_builder_page_shows_its_running_bisections_and_its_newest_ended_one() {
+        // Newest first, as the store gives them.
+        let rows = [
+            row(6, "mac", "running"),
+            row(5, "linux", "running"),
+            row(4, "linux", "found"),
+            row(3, "linux", "running"),
+            row(2, "linux", "stopped"),
+        ];
+        let shown: Vec<i64> = builder_bisect_views(&rows, "linux")
+            .iter()
+            .map(|view| view.id)
+            .collect();
+        assert_eq!(shown, [5, 4, 3]);
+        assert!(builder_bisect_views(&rows, "windows").is_empty());
     }
 }

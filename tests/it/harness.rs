@@ -389,6 +389,38 @@ impl TestMaster {
         serde_json::from_str(&body).unwrap_or_else(|err| panic!("GET {url}: {err}: {body}"))
     }
 
+    /// GETs the HTML page at `path` (e.g. `/builders/linux`); panics on anything but a 200.
+    pub fn page(&self, path: &str) -> String {
+        let url = format!("http://127.0.0.1:{}{path}", self.http_port);
+        let response = http_client()
+            .get(&url)
+            .send()
+            .unwrap_or_else(|err| panic!("GET {url}: {err}"));
+        let status = response.status();
+        let body = response
+            .text()
+            .unwrap_or_else(|err| panic!("GET {url}: {err}"));
+        assert_eq!(status.as_u16(), 200, "GET {url}: {body}");
+        body
+    }
+
+    /// Waits for build `number` of `builder` to have finished and returns it as `/api/builds`
+    /// shows it. Asked by number: the build may not have started yet when this is called, and
+    /// another may follow it at once.
+    pub fn finished_build(&self, builder: &str, number: u64) -> serde_json::Value {
+        let mut build = serde_json::Value::Null;
+        wait_until(&format!("{builder} #{number} to finish"), || {
+            let all = self.api(&format!("/api/builds?builder={builder}&limit=50"));
+            build = all
+                .as_array()
+                .and_then(|all| all.iter().find(|b| b["number"] == number))
+                .cloned()
+                .unwrap_or_default();
+            build["running"] == false
+        });
+        build
+    }
+
     /// The builder's most recent build as `/api/builds` shows it (panics when there is none).
     pub fn api_last_build(&self, builder: &str) -> serde_json::Value {
         let builds = self.api(&format!("/api/builds?builder={builder}"));
@@ -542,6 +574,19 @@ impl TestMaster {
     pub fn authorize(&self, user: &str, lines: &str) {
         let path = self.path().join("authorized_keys.d").join(user);
         std::fs::write(&path, format!("{lines}\n")).expect("authorized_keys written");
+    }
+
+    /// Runs `command` over SSH as the current user with the user key; panics (with its
+    /// stderr) unless it succeeds; returns its stdout.
+    pub fn ssh_ok(&self, command: &str) -> String {
+        let output = self.ssh(&self.user_key, &current_user(), command);
+        assert_eq!(
+            output.status.code(),
+            Some(0),
+            "ssh {command}: {}",
+            text(&output.stderr)
+        );
+        text(&output.stdout)
     }
 
     pub fn ssh(&self, key: &TestKey, user: &str, command: &str) -> Output {
@@ -1023,6 +1068,24 @@ impl Drop for TestSlave {
 /// to the next tag: for asserting on one element of a page rather than on the whole page,
 /// whose stylesheet names every state.
 pub fn element_text(html: &str, marker: &str) -> Option<String> {
+    let text = element_html(html, marker)?;
+    // Undo the template's escaping (`&amp;` last, so an escaped entity stays one).
+    Some(
+        [
+            ("&lt;", "<"),
+            ("&gt;", ">"),
+            ("&quot;", "\""),
+            ("&#x27;", "'"),
+            ("&#39;", "'"),
+            ("&#x2F;", "/"),
+        ]
+        .iter()
+        .fold(text, |text, (entity, plain)| text.replace(entity, plain))
+        .replace("&amp;", "&"),
+    )
+}
+
+fn element_html(html: &str, marker: &str) -> Option<String> {
     let at = html.find(marker)?;
     let rest = &html[at..];
     let content = &rest[rest.find('>')? + 1..];

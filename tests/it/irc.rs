@@ -1170,3 +1170,39 @@ fn irc_announces_the_new_test_failures_of_a_failed_build() {
         "{failed}"
     );
 }
+
+/// Issue 28: a bisection is announced where failures are, when it starts and when it names the
+/// culprit, with the builder page.
+#[test]
+fn irc_announces_a_bisection_and_its_culprit() {
+    let server = IrcServer::start();
+    let mut alice = IrcClient::connect(&server, "alice");
+    alice.join("#ci");
+    let (_tmp, upstream, base, ids) = crate::bisect::sixteen_commits(11, None);
+    let master = crate::bisect::master_bisecting_with(
+        &upstream,
+        1,
+        "test ! -e broken",
+        &server.master_config(""),
+    );
+    alice.wait_bot_join();
+    let _slave = master.start_slave("s1");
+    crate::bisect::green_then_red(&master, &base);
+    let started = alice.wait_bot("#ci", "linux: bisecting");
+    assert!(
+        started.starts_with(&format!(
+            "linux: bisecting {}..{}: 16 commits http",
+            &base[..7],
+            &ids[15][..7]
+        )) && started.ends_with("/builders/linux"),
+        "{started}"
+    );
+    let found = alice.wait_bot("#ci", "linux: first bad:");
+    assert!(
+        found.starts_with(&format!(
+            "linux: first bad: {} by Alice <alice@example.org> 'Refactor parser' — ",
+            &ids[10][..7]
+        )) && found.ends_with("/builders/linux"),
+        "{found}"
+    );
+}

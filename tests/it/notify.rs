@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 
-use crate::harness::{MasterSetup, TestMaster, current_user, text, wait_until};
+use crate::harness::{MasterSetup, TestMaster, current_user, wait_until};
 use crate::repo::Checkout;
 
 /// The venv's Python with aiosmtpd, installed by scripts/test.sh.
@@ -121,57 +121,87 @@ fn wait_or_show(master: &TestMaster, what: &str, mut condition: impl FnMut() -> 
     }
 }
 
-fn ssh(master: &TestMaster, command: &str) {
-    let output = master.ssh(&master.user_key, &current_user(), command);
-    assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
+/// What every test here builds: an upstream, and a flag file that fails the build while it
+/// exists.
+struct Scene {
+    checkout: Checkout,
+    scratch: tempfile::TempDir,
+    flag: PathBuf,
 }
 
-fn wait_for_build(master: &TestMaster, number: u64) -> serde_json::Value {
-    let mut build = serde_json::Value::Null;
-    wait_until(&format!("linux #{number} to finish"), || {
-        build = master.api_last_build("linux");
-        build["number"] == number && build["running"] == false
-    });
-    build
+impl Scene {
+    fn new() -> Scene {
+        let scratch = tempfile::tempdir().expect("temp dir");
+        Scene {
+            checkout: Checkout::new(),
+            flag: scratch.path().join("fail"),
+            scratch,
+        }
+    }
+
+    /// A linux builder whose one step fails while the flag exists, and `notifiers`.
+    fn setup(&self, notifiers: &str) -> MasterSetup {
+        let mut setup = MasterSetup::linux_builder(
+            &["s1"],
+            &self.checkout.upstream,
+            &format!(
+                r#"{{ name = "unit-tests", command = "test ! -e {}" }},"#,
+                self.flag.display()
+            ),
+        );
+        setup.extra_config.push_str(notifiers);
+        setup
+    }
+
+    /// Build 1 succeeds on `green`; build 2, with the flag set, fails on `red` (the same
+    /// master, or another of its cluster).
+    fn green_then_red(&self, green: &TestMaster, red: &TestMaster) {
+        green.ssh_ok("force linux --reason green");
+        assert_eq!(green.finished_build("linux", 1)["result"], "success");
+        std::fs::write(&self.flag, "").expect("flag");
+        red.ssh_ok("force linux --reason red");
+        assert_eq!(red.finished_build("linux", 2)["result"], "failure");
+    }
 }
 
-/// A linux builder whose one step fails while `flag` exists.
-fn flagged_builder(checkout: &Checkout, flag: &Path, notifiers: &str) -> MasterSetup {
-    let mut setup = MasterSetup::linux_builder(
-        &["s1"],
-        &checkout.upstream,
-        &format!(
-            r#"{{ name = "unit-tests", command = "test ! -e {}" }},"#,
-            flag.display()
-        ),
-    );
-    setup.extra_config.push_str(notifiers);
-    setup
+/// A `[[notifier]]` posting to `/PATH` of the receiver on `port`, with more `keys` (TOML lines).
+fn webhook(name: &str, port: u16, events: &str, keys: &str) -> String {
+    format!(
+        "\n[[notifier]]\nname = \"{name}\"\nkind = \"webhook\"\n\
+         url = \"http://127.0.0.1:{port}/{name}\"\nevents = [{events}]\n{keys}"
+    )
+}
+
+/// How many requests the receiver got at `path`.
+fn received_at(received: &Mutex<Vec<Received>>, path: &str) -> usize {
+    received
+        .lock()
+        .expect("lock")
+        .iter()
+        .filter(|r| r.path == path)
+        .count()
 }
 
 #[test]
-fn one_mail_per_event_reaches_a_real_smtp_server_across_a_kill_9() {
-    let checkout = Checkout::new();
-    let scratch = tempfile::tempdir().expect("temp dir");
-    let flag = scratch.path().join("fail");
-    let inbox = scratch.path().join("inbox");
+fn one_mail_per_event_and_recipient_reaches_a_real_smtp_server_across_a_kill_9() {
+    let scene = Scene::new();
+    let inbox = scene.scratch.path().join("inbox");
     std::fs::create_dir(&inbox).expect("inbox");
     let smtp_port = free_port();
+    // The try user: who forced the builds, mailed at USER@user_domain.
     let notifiers = format!(
-        "\n[[notifier]]\nkind = \"mail\"\nto = [\"ci@example.org\", \"author\"]\n\
+        "\n[[notifier]]\nkind = \"mail\"\nto = [\"ci@example.org\", \"author\", \"try_user\"]\n\
+         user_domain = \"users.example.org\"\n\
          events = [\"failure\", \"broken\", \"fixed\"]\nsmtp = \"127.0.0.1:{smtp_port}\"\n\
          smtp_tls = \"none\"\nfrom = \"buildbot@example.org\"\nbuilders = [\"linux\"]\n\
          retry_max = \"1s\"\n"
     );
-    let mut master = TestMaster::start_with(flagged_builder(&checkout, &flag, &notifiers));
+    let user_address = format!("{}@users.example.org", current_user());
+    let mut master = TestMaster::start_with(scene.setup(&notifiers));
     let _slave = master.start_slave("s1");
 
     // Green, then red while the SMTP server is down: the mail waits in the outbox.
-    ssh(&master, "force linux --reason green");
-    assert_eq!(wait_for_build(&master, 1)["result"], "success");
-    std::fs::write(&flag, "").expect("flag");
-    ssh(&master, "force linux --reason red");
-    assert_eq!(wait_for_build(&master, 2)["result"], "failure");
+    scene.green_then_red(&master, &master);
     wait_until("a failed attempt to send the mail", || {
         master
             .log()
@@ -181,27 +211,33 @@ fn one_mail_per_event_reaches_a_real_smtp_server_across_a_kill_9() {
 
     let mut master = master.start_again();
     let _slave_again = master.start_slave("s1");
-    std::fs::remove_file(&flag).expect("unflag");
-    ssh(&master, "force linux --reason fixed");
-    assert_eq!(wait_for_build(&master, 3)["result"], "success");
-    // The server comes up: the kept mail and the new one arrive, once each.
+    std::fs::remove_file(&scene.flag).expect("unflag");
+    master.ssh_ok("force linux --reason fixed");
+    assert_eq!(master.finished_build("linux", 3)["result"], "success");
+    // The server comes up: the kept mails and the new ones arrive, once each.
     let _server = SmtpServer::start(smtp_port, &inbox);
-    wait_or_show(&master, "two mails", || mails(&inbox).len() >= 2);
-    wait_until("both marked sent", || {
+    wait_or_show(&master, "four mails", || mails(&inbox).len() >= 4);
+    wait_until("all marked sent", || {
         let log = master.log();
-        log.contains("sent notification build:linux:2 to ci@example.org")
-            && log.contains("sent notification build:linux:3 to ci@example.org")
+        ["build:linux:2", "build:linux:3"].iter().all(|key| {
+            log.contains(&format!("sent notification {key} to ci@example.org"))
+                && log.contains(&format!("sent notification {key} to {user_address}"))
+        })
     });
-    // One more round of the delivery loop after both were marked: nothing is sent again.
-    ssh(&master, "force linux --reason 'still green'");
-    assert_eq!(wait_for_build(&master, 4)["result"], "success");
+    // One more round of the delivery loop after all were marked: nothing is sent again.
+    master.ssh_ok("force linux --reason 'still green'");
+    assert_eq!(master.finished_build("linux", 4)["result"], "success");
     let got = mails(&inbox);
-    assert_eq!(got.len(), 2, "one mail per event: {got:#?}");
+    assert_eq!(got.len(), 4, "one mail per event and recipient: {got:#?}");
+    let to_user = got
+        .iter()
+        .filter(|mail| mail.starts_with(&format!("X-Rcpt: {user_address}\r\n")))
+        .count();
+    assert_eq!(to_user, 2, "the try user gets both: {got:#?}");
     let broken = got
         .iter()
-        .find(|mail| mail.contains("build 2"))
+        .find(|mail| mail.contains("build 2") && mail.contains("X-Rcpt: ci@example.org"))
         .expect("the mail about build 2");
-    assert!(broken.contains("X-Rcpt: ci@example.org"), "{broken}");
     assert!(
         broken.contains("Subject: [buildbot] linux build 2: failure in step unit-tests (broken)"),
         "{broken}"
@@ -318,36 +354,23 @@ fn hmac_hex(key: &[u8], body: &[u8]) -> String {
 #[test]
 fn signed_webhooks_reach_a_real_receiver_a_500_is_retried_and_a_404_given_up() {
     use std::os::unix::fs::PermissionsExt;
-    let checkout = Checkout::new();
-    let scratch = tempfile::tempdir().expect("temp dir");
-    let flag = scratch.path().join("fail");
-    let secret = scratch.path().join("hook.secret");
+    let scene = Scene::new();
+    let secret = scene.scratch.path().join("hook.secret");
     std::fs::write(&secret, "s3cret-key\n").expect("secret");
     std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).expect("chmod");
     let (port, received) = start_receiver();
-    let notifiers = format!(
-        "\n[[notifier]]\nname = \"hook\"\nkind = \"webhook\"\nurl = \"http://127.0.0.1:{port}/hook\"\n\
-         secret_file = \"{}\"\nevents = [\"broken\", \"fixed\"]\n\
-         \n[[notifier]]\nname = \"gone\"\nkind = \"webhook\"\nurl = \"http://127.0.0.1:{port}/gone\"\n\
-         events = [\"failure\"]\n",
-        secret.display()
-    );
-    let master = TestMaster::start_with(flagged_builder(&checkout, &flag, &notifiers));
+    let notifiers = webhook(
+        "hook",
+        port,
+        "\"broken\", \"fixed\"",
+        &format!("secret_file = \"{}\"\n", secret.display()),
+    ) + &webhook("gone", port, "\"failure\"", "");
+    let master = TestMaster::start_with(scene.setup(&notifiers));
     let _slave = master.start_slave("s1");
-    ssh(&master, "force linux --reason green");
-    assert_eq!(wait_for_build(&master, 1)["result"], "success");
-    std::fs::write(&flag, "").expect("flag");
-    ssh(&master, "force linux --reason red");
-    assert_eq!(wait_for_build(&master, 2)["result"], "failure");
+    scene.green_then_red(&master, &master);
 
     wait_until("the webhook delivered after a 500", || {
-        received
-            .lock()
-            .expect("lock")
-            .iter()
-            .filter(|r| r.path == "/hook")
-            .count()
-            >= 2
+        received_at(&received, "/hook") >= 2
     });
     wait_until("the 404 given up", || {
         master
@@ -397,7 +420,7 @@ fn a_secret_file_open_to_others_is_refused_on_its_line() {
     let config = format!(
         "[master]\nname = \"m\"\n[sshd]\nlisten = \"127.0.0.1:0\"\n\
          [[notifier]]\nkind = \"webhook\"\nurl = \"http://127.0.0.1:9/x\"\nsecret_file = \"{}\"\n\
-         [[notifier]]\nkind = \"mail\"\nto = [\"not an address\"]\nsmtp = \"mail.example.org\"\n\
+         [[notifier]]\nkind = \"mail\"\nto = [\"not an address\", \"try_user\"]\nsmtp = \"mail.example.org\"\n\
          events = [\"sometimes\"]\n",
         secret.display()
     );
@@ -415,6 +438,12 @@ fn a_secret_file_open_to_others_is_refused_on_its_line() {
         "{problems}"
     );
     assert!(
+        problems.contains(
+            "master.toml:11: [[notifier]] to = [\"try_user\"] needs user_domain = \"example.org\""
+        ),
+        "{problems}"
+    );
+    assert!(
         problems
             .contains("master.toml:12: [[notifier]] smtp = \"mail.example.org\" is not HOST:PORT"),
         "{problems}"
@@ -429,17 +458,11 @@ fn a_secret_file_open_to_others_is_refused_on_its_line() {
 fn a_cluster_records_an_event_once_and_one_master_delivers_it() {
     use crate::multimaster::{database_section, fresh_database, join, masters, named};
     let url = fresh_database();
-    let checkout = Checkout::new();
-    let scratch = tempfile::tempdir().expect("temp dir");
-    let flag = scratch.path().join("fail");
+    let scene = Scene::new();
     let (port, received) = start_receiver();
-    let notifiers = format!(
-        "\n[[notifier]]\nname = \"hook\"\nkind = \"webhook\"\nurl = \"http://127.0.0.1:{port}/hook\"\n\
-         events = [\"broken\"]\nretry_max = \"1s\"\n\
-         \n[[notifier]]\nname = \"later\"\nkind = \"webhook\"\nurl = \"http://127.0.0.1:{port}/later\"\n\
-         events = [\"failure\"]\n"
-    );
-    let mut setup = flagged_builder(&checkout, &flag, &notifiers);
+    let notifiers = webhook("hook", port, "\"broken\"", "retry_max = \"1s\"\n")
+        + &webhook("later", port, "\"failure\"", "");
+    let mut setup = scene.setup(&notifiers);
     setup.extra_config.push_str(&database_section(&url));
     setup.edits.push(named("ci-a"));
     let a = TestMaster::start_with(setup);
@@ -447,19 +470,14 @@ fn a_cluster_records_an_event_once_and_one_master_delivers_it() {
     let _slave = a.launch_slave("s1", masters(&[&a, &b]));
     a.wait_connected("s1");
 
-    ssh(&a, "force linux --reason green");
-    assert_eq!(wait_for_build(&a, 1)["result"], "success");
-    std::fs::write(&flag, "").expect("flag");
-    ssh(&b, "force linux --reason red");
-    assert_eq!(wait_for_build(&a, 2)["result"], "failure");
+    scene.green_then_red(&a, &b);
     wait_until("the webhook delivered after a 500", || {
-        let all = received.lock().expect("lock");
-        all.iter().filter(|r| r.path == "/hook").count() >= 2
+        received_at(&received, "/hook") >= 2
     });
     // Another failure, told to the other notifier: once that arrives, the leader's delivery
     // went past build 2 for good.
-    ssh(&b, "force linux --reason 'still red'");
-    assert_eq!(wait_for_build(&b, 3)["result"], "failure");
+    b.ssh_ok("force linux --reason 'still red'");
+    assert_eq!(b.finished_build("linux", 3)["result"], "failure");
     wait_until("build 3 told", || {
         let all = received.lock().expect("lock");
         all.iter().any(|r| {

@@ -287,10 +287,14 @@ async fn advance(control: &Control, running: &mut Vec<Running>, at: usize) -> an
     r.row.builds = i64::from(r.plan.builds());
     match next {
         Next::Build(commit) => {
+            let progress = r.plan.progress();
             r.row.summary = format!(
-                "bisecting: testing {} ({} builds so far)",
-                short(&commit),
-                r.row.builds
+                "bisecting {}..{}: {} of ≤{} builds, {} commits left",
+                short(&r.row.good),
+                short(&r.row.bad),
+                progress.builds,
+                progress.at_most,
+                progress.left
             );
             let request = NewRequest {
                 job_name: format!("bisect-{}-{}", r.row.id, r.row.builds + 1),

@@ -6,9 +6,11 @@
 //! verdict is *good* when any of its builds was good (a failure that does not always happen is
 //! taken for noise), *bad* when every build was bad, *skipped* when every build was skipped.
 //! The first bad commit is the lowest bad one above the highest good one. Before it is named,
-//! it and its parent are built until each has `1 + repeats` builds that agree (the good
-//! revision's and the bad revision's own builds count); a disagreement changes the verdicts and
-//! the search goes on from there.
+//! it is built until it has `1 + repeats` bad builds (the bad revision's own build counts); one
+//! good build among them makes it good and the search goes on above it. Its parent is not built
+//! again: a good verdict stands on one good build, so more builds of the parent could never
+//! change what is named. Hence at most ⌈log2 N⌉ + `repeats` builds for N commits when nothing
+//! flakes.
 
 use std::collections::BTreeMap;
 
@@ -156,26 +158,55 @@ impl Plan {
                 short(&self.name(high))
             ));
         }
-        // Confirm: the suspect bad and its parent good, 1 + repeats times each.
-        let wanted = 1 + self.repeats as usize;
-        let bad_runs = self
-            .outcomes(high)
-            .iter()
-            .filter(|&&o| o == Outcome::Bad)
-            .count();
-        let good_runs = self
-            .outcomes(low)
-            .iter()
-            .filter(|&&o| o == Outcome::Good)
-            .count();
-        if bad_runs < wanted || good_runs < wanted {
+        // Confirm the suspect: 1 + repeats builds, all bad. Its parent is not built again: its
+        // verdict is good from one good build, and more builds could never change that.
+        if self.confirmations_wanted(high) > 0 {
             if over_budget {
                 return self.out_of_builds(low, high);
             }
-            let again = if bad_runs < wanted { high } else { low };
-            return Next::Build(self.name(again));
+            return Next::Build(self.name(high));
         }
         Next::Culprit(self.name(high))
+    }
+
+    /// Builds the suspect `index` still needs before it is named.
+    fn confirmations_wanted(&self, index: isize) -> u32 {
+        let bad_runs = self
+            .outcomes(index)
+            .iter()
+            .filter(|&&o| o == Outcome::Bad)
+            .count();
+        let bad_runs = u32::try_from(bad_runs).unwrap_or(u32::MAX);
+        (1 + self.repeats).saturating_sub(bad_runs)
+    }
+
+    /// Where a running search stands: the builds so far, at most how many it takes in all
+    /// (when no build flakes; never over `max_builds`), and how many commits may still be the
+    /// first bad one.
+    pub fn progress(&self) -> Progress {
+        let builds = self.builds();
+        let count = isize::try_from(self.commits.len()).unwrap_or(isize::MAX);
+        let low = (0..count)
+            .rev()
+            .find(|&i| self.verdict(i) == Verdict::Good)
+            .unwrap_or(-1);
+        let high = (low + 1..count)
+            .find(|&i| self.verdict(i) == Verdict::Bad)
+            .unwrap_or(count - 1);
+        let left = usize::try_from(high - low).unwrap_or(0);
+        let searching = (low + 1..high).any(|i| self.verdict(i) == Verdict::Unknown);
+        // Halving `left` candidates takes ⌈log2 left⌉ builds; the one found then has one bad
+        // build and wants `repeats` more (unless it is the suspect already).
+        let to_go = if searching {
+            ceil_log2(left) + self.repeats
+        } else {
+            self.confirmations_wanted(high)
+        };
+        Progress {
+            builds,
+            at_most: (builds + to_go).min(self.max_builds.max(builds)),
+            left,
+        }
     }
 
     fn out_of_builds(&self, low: isize, high: isize) -> Next {
@@ -190,6 +221,23 @@ impl Plan {
 
 fn short(commit: &str) -> &str {
     commit.get(..10).unwrap_or(commit)
+}
+
+/// ⌈log2 n⌉: the builds that halve `n` candidates down to one.
+fn ceil_log2(n: usize) -> u32 {
+    if n <= 1 {
+        0
+    } else {
+        usize::BITS - (n - 1).leading_zeros()
+    }
+}
+
+/// [`Plan::progress`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Progress {
+    pub builds: u32,
+    pub at_most: u32,
+    pub left: usize,
 }
 
 #[cfg(test)]
@@ -226,12 +274,8 @@ mod tests {
         panic!("the search did not end");
     }
 
-    fn ceil_log2(n: usize) -> u32 {
-        usize::BITS - (n - 1).leading_zeros()
-    }
-
     #[test]
-    fn every_culprit_of_sixteen_is_found_in_log2_builds_plus_the_confirmations() {
+    fn every_culprit_of_sixteen_is_found_in_log2_builds_plus_repeats() {
         for culprit in 1..=16 {
             for repeats in 0..=2 {
                 let (end, builds) = search(16, repeats, 100, |i| {
@@ -247,8 +291,45 @@ mod tests {
                     "culprit {culprit}"
                 );
                 assert!(
-                    builds <= ceil_log2(16) + 2 * repeats,
+                    builds <= ceil_log2(16) + repeats,
                     "culprit {culprit}, repeats {repeats}: {builds} builds"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn the_progress_bound_holds_all_along_and_counts_down_the_candidates() {
+        for culprit in 1..=16 {
+            let mut plan = Plan::new("c00".into(), commits(16), 1, 100);
+            let first = plan.progress();
+            assert_eq!(
+                first,
+                Progress {
+                    builds: 0,
+                    at_most: 5,
+                    left: 16
+                }
+            );
+            let mut bounds = vec![first];
+            while let Next::Build(commit) = plan.next() {
+                let index: usize = commit[1..].parse().expect("index");
+                let outcome = if index >= culprit {
+                    Outcome::Bad
+                } else {
+                    Outcome::Good
+                };
+                plan.record(&commit, outcome);
+                bounds.push(plan.progress());
+            }
+            assert_eq!(plan.next(), Next::Culprit(format!("c{culprit:02}")));
+            let last = bounds.last().copied().expect("a progress");
+            assert_eq!(last.left, 1, "culprit {culprit}");
+            for progress in &bounds {
+                assert!(
+                    progress.at_most >= plan.builds(),
+                    "culprit {culprit}: {progress:?} under {} builds",
+                    plan.builds()
                 );
             }
         }

@@ -48,8 +48,8 @@ pub use locks::NextSlave;
 use locks::{RawLock, RawLockUse};
 use notifier::RawNotifier;
 pub use notifier::{
-    MailConfig, NotifierConfig, NotifierEvent, NotifierKind, WebhookConfig, plain_address,
-    read_webhook_key,
+    MailConfig, NotifierConfig, NotifierEvent, NotifierKind, TRY_USER, WebhookConfig,
+    plain_address, read_webhook_key,
 };
 use retention::RawRetention;
 pub use retention::RetentionConfig;

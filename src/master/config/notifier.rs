@@ -68,6 +68,9 @@ pub struct MailConfig {
     /// A PEM file of extra certificates to trust (a private CA or a self-signed relay).
     pub ca_file: Option<PathBuf>,
     pub from: String,
+    /// `to = ["try_user"]` mails the user who asked for the build (try, force, land) at
+    /// `USER@user_domain`; a user name that is a mail address already is used as it is.
+    pub user_domain: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -83,8 +86,9 @@ pub struct NotifierConfig {
     /// Names it in the outbox (default `mail-N` / `webhook-N`, N its place in the file).
     pub name: String,
     pub kind: NotifierKind,
-    /// Mail: addresses, and the words `author` (the authors of the build's changes) and
-    /// `culprit` (the author of a bisection's culprit). Webhooks: unused (the URL is it).
+    /// Mail: addresses, and the words `author` (the authors of the build's changes),
+    /// `culprit` (the author of a bisection's culprit) and `try_user` (who asked for the
+    /// build or the landing). Webhooks: unused (the URL is it).
     pub to: Vec<String>,
     pub events: Vec<NotifierEvent>,
     /// Only these builders (empty: all).
@@ -126,6 +130,8 @@ pub(super) struct RawNotifier {
     #[serde(default)]
     from: Option<Spanned<String>>,
     #[serde(default)]
+    user_domain: Option<Spanned<String>>,
+    #[serde(default)]
     url: Option<Spanned<String>>,
     #[serde(default)]
     secret_file: Option<Spanned<String>>,
@@ -136,6 +142,9 @@ pub(super) struct RawNotifier {
     #[serde(default)]
     retry_max: Option<Spanned<String>>,
 }
+
+/// The `to` word for the user who asked for the build: the try, force or land user.
+pub const TRY_USER: &str = "try_user";
 
 /// An address as SMTP takes it in an envelope: one `@`, no spaces, brackets or controls.
 pub fn plain_address(address: &str) -> bool {
@@ -249,12 +258,32 @@ impl Checker<'_> {
         }
         for to in &raw.to {
             let to_word = to.get_ref().as_str();
-            if !matches!(to_word, "author" | "culprit") && !plain_address(to_word) {
+            if !matches!(to_word, "author" | "culprit" | TRY_USER) && !plain_address(to_word) {
                 let message = format!(
-                    "[[notifier]] to: \"{to_word}\" is not a mail address (write it like \"ci@example.org\", or \"author\" / \"culprit\")"
+                    "[[notifier]] to: \"{to_word}\" is not a mail address (write it like \"ci@example.org\", or \"author\" / \"culprit\" / \"try_user\")"
                 );
                 self.problem(to, message);
             }
+        }
+        let user_domain = match &raw.user_domain {
+            Some(domain) if !plain_address(&format!("user@{}", domain.get_ref())) => {
+                let message = format!(
+                    "[[notifier]] user_domain = \"{}\" is not a mail domain (write it like \"example.org\")",
+                    domain.get_ref()
+                );
+                self.problem(domain, message);
+                None
+            }
+            Some(domain) => Some(domain.get_ref().clone()),
+            None => None,
+        };
+        if user_domain.is_none()
+            && let Some(to) = raw.to.iter().find(|to| to.get_ref() == TRY_USER)
+        {
+            self.problem(
+                to,
+                "[[notifier]] to = [\"try_user\"] needs user_domain = \"example.org\" (the try user is mailed at USER@user_domain)".to_string(),
+            );
         }
         let Some(smtp) = &raw.smtp else {
             self.problem(
@@ -315,6 +344,7 @@ impl Checker<'_> {
             starttls,
             ca_file: raw.ca_file.as_deref().map(|path| self.resolve(path)),
             from,
+            user_domain,
         })
     }
 

@@ -174,13 +174,13 @@ async fn record_event(control: &Control, sequenced: &SequencedEvent) -> anyhow::
     for (notifier, word) in wanted {
         let give_up_at = now() + notifier.give_up.as_secs_f64();
         match &notifier.kind {
-            NotifierKind::Mail(_) => {
+            NotifierKind::Mail(mail) => {
                 let payload = serde_json::json!({
                     "subject": rendered.subject(word),
                     "body": rendered.body(word),
                 })
                 .to_string();
-                for recipient in rendered.recipients(&notifier.to) {
+                for recipient in rendered.recipients(&notifier.to, mail.user_domain.as_deref()) {
                     notes.push(NewNotification {
                         event_key: rendered.key.clone(),
                         notifier: notifier.name.clone(),

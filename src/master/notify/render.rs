@@ -4,7 +4,7 @@
 
 use std::collections::BTreeSet;
 
-use crate::master::config::{NotifierEvent, plain_address};
+use crate::master::config::{NotifierEvent, TRY_USER, plain_address};
 use crate::master::control::Control;
 use crate::master::store::{BuildDetail, BuildRef};
 use crate::status::{BuildEvent, BuildResult, SequencedEvent};
@@ -20,6 +20,9 @@ pub struct Rendered {
     lines: Vec<String>,
     authors: Vec<String>,
     culprit_author: Option<String>,
+    /// Who asked for the build or the landing (the authenticated unix user, or the spool
+    /// file's owner): `try_user`.
+    submitter: Option<String>,
     /// A try build of a patch (not a commit of the branch).
     pub patch_build: bool,
 }
@@ -42,6 +45,20 @@ fn one_line(text: &str, max: usize) -> String {
         clean.push('…');
     }
     clean
+}
+
+/// The try user's address: a user name that is an address already, else `USER@domain` when
+/// the user name can be the local part of one (a unix name: letters, digits, `._-`).
+fn submitter_address(user: &str, domain: Option<&str>) -> Option<String> {
+    if plain_address(user) {
+        return Some(user.to_string());
+    }
+    let unix_name = !user.is_empty()
+        && user
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
+    let address = format!("{user}@{}", domain?);
+    (unix_name && plain_address(&address)).then_some(address)
 }
 
 fn short(revision: &str) -> &str {
@@ -101,6 +118,7 @@ pub async fn render(
                 lines,
                 authors,
                 culprit_author: None,
+                submitter: detail.as_ref().and_then(|detail| detail.who.clone()),
                 patch_build,
             })
         }
@@ -137,6 +155,8 @@ pub async fn render(
                 lines: Vec::new(),
                 authors: Vec::new(),
                 culprit_author: address_in(&author),
+                // A landing's user; a bisection's culprit has none (the master asked for it).
+                submitter: matches!(event, BuildEvent::Landed { .. }).then(|| field("who")),
                 patch_build: false,
             })
         }
@@ -201,14 +221,21 @@ fn authors_of(detail: &BuildDetail) -> Vec<String> {
 
 impl Rendered {
     /// The addresses `to` names: addresses as they are, `author` as the changes' authors,
-    /// `culprit` as the culprit's author; each once.
-    pub fn recipients(&self, to: &[String]) -> Vec<String> {
+    /// `culprit` as the culprit's author, `try_user` as who asked for it (a user name that is
+    /// an address as it is, else `USER@user_domain`); each once.
+    pub fn recipients(&self, to: &[String], user_domain: Option<&str>) -> Vec<String> {
         let mut seen = BTreeSet::new();
         let mut all = Vec::new();
         for entry in to {
             let found: Vec<String> = match entry.as_str() {
                 "author" => self.authors.clone(),
                 "culprit" => self.culprit_author.iter().cloned().collect(),
+                TRY_USER => self
+                    .submitter
+                    .as_deref()
+                    .and_then(|user| submitter_address(user, user_domain))
+                    .into_iter()
+                    .collect(),
                 address => vec![address.to_string()],
             };
             for address in found {
@@ -310,6 +337,7 @@ mod tests {
             lines: vec!["Failing step: test (failure): exit 1".into()],
             authors: vec!["alice@example.org".into(), "bob@example.org".into()],
             culprit_author: None,
+            submitter: Some("carol".into()),
             patch_build: false,
         }
     }
@@ -318,8 +346,34 @@ mod tests {
     fn recipients_are_the_list_the_authors_and_each_once() {
         let to = ["ci@example.org", "author", "ALICE@example.org", "culprit"].map(String::from);
         assert_eq!(
-            rendered().recipients(&to),
+            rendered().recipients(&to, None),
             ["ci@example.org", "alice@example.org", "bob@example.org"]
+        );
+    }
+
+    #[test]
+    fn the_try_user_is_mailed_at_the_user_domain() {
+        let to = ["try_user", "carol@example.org"].map(String::from);
+        assert_eq!(
+            rendered().recipients(&to, Some("example.org")),
+            ["carol@example.org"]
+        );
+        let mut rendered = rendered();
+        rendered.submitter = Some("dave@elsewhere.org".into());
+        assert_eq!(
+            rendered.recipients(&to, Some("example.org")),
+            ["dave@elsewhere.org", "carol@example.org"]
+        );
+        // Not a name an address can be made of, or no submitter (a bisection's build).
+        rendered.submitter = Some("uid 1234".into());
+        assert_eq!(
+            rendered.recipients(&to, Some("example.org")),
+            ["carol@example.org"]
+        );
+        rendered.submitter = None;
+        assert_eq!(
+            rendered.recipients(&to, Some("example.org")),
+            ["carol@example.org"]
         );
     }
 
