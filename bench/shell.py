@@ -32,6 +32,12 @@ from benchlib import Load  # noqa: E402
 BB = os.path.abspath(os.environ.get("BB", "target/release/buildbot"))
 KEYS = int(os.environ.get("BENCH_KEYS", "200"))
 BIG_MB = int(os.environ.get("BENCH_CAT_MB", "100"))
+# Keystroke rounds, relay and OpenSSH alternating, pooled: on a shared machine a burst of
+# someone else's load then falls on both sides instead of on one.
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "1"))
+# A file to write a `perf trace` of the relay's syscalls (master, slave, ssh client) over a few
+# paced keystrokes into, to see where a round trip's time goes (bench/results-issue-25.md).
+TRACE = os.environ.get("BENCH_TRACE")
 USER = subprocess.run(["id", "-un"], capture_output=True, text=True, check=True).stdout.strip()
 children = []
 
@@ -120,11 +126,36 @@ class Terminal:
         os.close(self.fd)
 
 
-def keystrokes(argv):
+def trace_keys(term, pids):
+    """Paced keystrokes under `perf trace` of `pids`, its output into TRACE."""
+    perf = subprocess.Popen(["perf", "trace", "-o", TRACE, "-p", ",".join(map(str, pids)),
+                             "-e", "read,write,readv,writev,recvfrom,sendto,epoll_wait,futex"],
+                            stdin=subprocess.DEVNULL)
+    time.sleep(2)
+    for _ in range(20):
+        term.send(b"x")
+        term.read_until(b"x")
+        time.sleep(0.02)
+    perf.send_signal(signal.SIGINT)
+    perf.wait(timeout=30)
+    # perf names threads, not processes: which thread is whose, for bench/trace_hops.py.
+    with open(TRACE + ".tids", "w") as f:
+        for name, pid in zip(("master", "slave", "ssh"), pids):
+            tids = os.listdir(f"/proc/{pid}/task") if os.path.exists(f"/proc/{pid}/task") else []
+            f.write(f"{name} {' '.join(tids)}\n")
+    term.send(b"\x15")
+    time.sleep(0.05)
+    term.buffer = b""
+    os.read(term.fd, 65536)
+
+
+def keystrokes(argv, trace_pids=None):
     """Round trips of KEYS single keys (each waits for its echo), in milliseconds."""
     term = Terminal(argv)
     term.send(b"PS1='RE''ADY> '; stty -echoctl\n")
     term.read_until(b"READY> ")
+    if TRACE and trace_pids:
+        trace_keys(term, trace_pids + [term.pid])
     times = []
     for index in range(KEYS):
         start = time.perf_counter()
@@ -141,7 +172,12 @@ def keystrokes(argv):
                 pass
     term.send(b"\x15exit\n")
     term.close()
-    times.sort()
+    return times
+
+
+def summary(times):
+    """Median and p95 of round trips."""
+    times = sorted(times)
     return statistics.median(times), times[int(len(times) * 0.95) - 1]
 
 
@@ -281,13 +317,17 @@ def measure(work, sshd_bin):
     plain = ssh_base + ["-p", str(sshd_port), f"{USER}@127.0.0.1"]
 
     rows = []
+    relay_times, plain_times = [], []
     with Load() as load:
-        relay_keys = keystrokes(master_ssh[:1] + ["-tt"] + master_ssh[1:] + ["shell linux 1"])
-        plain_keys = keystrokes(plain[:1] + ["-tt"] + plain[1:] + [f"cd {build_dir}; exec $SHELL"])
+        for _ in range(ROUNDS):
+            relay_times += keystrokes(master_ssh[:1] + ["-tt"] + master_ssh[1:] + ["shell linux 1"],
+                                      [children[0].pid, children[1].pid])
+            plain_times += keystrokes(plain[:1] + ["-tt"] + plain[1:] + [f"cd {build_dir}; exec $SHELL"])
+    relay_keys, plain_keys = summary(relay_times), summary(plain_times)
     rows.append(("keystroke round trip, median ms", relay_keys[0], plain_keys[0], load.text()))
     rows.append(("keystroke round trip, p95 ms", relay_keys[1], plain_keys[1], load.text()))
 
-    for on_pty in (True, False):
+    for on_pty in (True, False) if BIG_MB > 0 else ():
         tt = ["-tt"] if on_pty else ["-T"]
         with Load() as load:
             relay = cat_seconds(master_ssh[:1] + tt + master_ssh[1:]

@@ -14,7 +14,15 @@ pub struct ExecIo<'a> {
     pub client_gone: CancellationToken,
     /// The client's terminal, when it asked for one (`ssh -t`); only `shell` uses it.
     pub terminal: Option<Terminal>,
+    /// Another writer onto `stdout`, owned, for a command written to from more than one task:
+    /// the slave RPC, where a shell's relay writes the user's keystrokes to the slave itself
+    /// instead of waking the RPC's writer for each. A message written on it must not be
+    /// interleaved with writes on `stdout`.
+    pub shared_stdout: Option<SharedWriter>,
 }
+
+/// An owned writer onto a command's stdout; see [`ExecIo::shared_stdout`].
+pub type SharedWriter = Box<dyn AsyncWrite + Send + Unpin>;
 
 /// A client's terminal: its type, its size, and its size changes as they come.
 pub struct Terminal {

@@ -1,6 +1,7 @@
 //! The master's end of the slave RPC: one [`SlaveLink`] per connected slave, and [`serve`],
 //! which runs the `slave` exec channel (handshake, then a reader and a writer running side by
-//! side so neither can block the other).
+//! side so neither can block the other). A shell's relay writes to the slave itself, not
+//! through the writer, so a keystroke wakes no task on its way out (bench/results-issue-25.md).
 //!
 //! Commands are multiplexed by id: whoever starts one gets a receiver of its [`SlaveEvent`]s.
 //! When the connection ends, every such receiver sees its channel close: that is how a build
@@ -16,7 +17,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use crate::exec_io::ExecIo;
+use crate::exec_io::{ExecIo, SharedWriter};
 use crate::master::lock;
 use crate::proto::{self, ExitReport, FrameDecoder, Hello, Message, PROTOCOL_VERSION, StreamKind};
 
@@ -82,6 +83,8 @@ pub struct SlaveLink {
     pub hello: Hello,
     pub since: SystemTime,
     outgoing: mpsc::UnboundedSender<Message>,
+    /// The channel to the slave: the writer task and shell relays write whole frames on it.
+    writer: tokio::sync::Mutex<SharedWriter>,
     routes: Mutex<HashMap<u64, mpsc::Sender<SlaveEvent>>>,
     pings: Mutex<HashMap<u64, oneshot::Sender<()>>>,
     /// Open shells. Unbounded, because the slave sends at most `proto::SHELL_WINDOW` of a
@@ -140,7 +143,7 @@ impl SlaveLink {
 
     /// Opens a shell on the slave; returns its id and the receiver of its events, which ends
     /// when the connection does.
-    pub fn open_shell(
+    pub async fn open_shell(
         &self,
         shell: proto::ShellRequest,
     ) -> Result<(u64, mpsc::UnboundedReceiver<ShellEvent>), SlaveLost> {
@@ -150,20 +153,31 @@ impl SlaveLink {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (events_tx, events_rx) = mpsc::unbounded_channel();
         lock(&self.shells).insert(id, events_tx);
-        if self
-            .outgoing
-            .send(Message::ShellOpen { id, shell })
-            .is_err()
-        {
+        // Written directly, as the shell's input after it will be: nothing overtakes it.
+        if self.write(&Message::ShellOpen { id, shell }).await.is_err() {
             lock(&self.shells).remove(&id);
             return Err(SlaveLost);
         }
         Ok((id, events_rx))
     }
 
-    /// Sends a shell's input, resize, EOF, acknowledgement or close.
-    pub fn to_shell(&self, message: Message) -> Result<(), SlaveLost> {
-        self.outgoing.send(message).map_err(|_| SlaveLost)
+    /// Sends a shell's input, resize, EOF, acknowledgement or close, written to the slave's
+    /// channel by the caller (in the order of the calls).
+    pub async fn to_shell(&self, message: Message) -> Result<(), SlaveLost> {
+        self.write(&message).await
+    }
+
+    /// Sends a shell's close through the writer task, for callers that cannot wait.
+    pub fn to_shell_later(&self, message: Message) {
+        let _ = self.outgoing.send(message);
+    }
+
+    /// Writes one frame on the channel to the slave.
+    async fn write(&self, message: &Message) -> Result<(), SlaveLost> {
+        let frame = proto::encode(message);
+        let mut writer = self.writer.lock().await;
+        writer.write_all(&frame).await.map_err(|_| SlaveLost)?;
+        writer.flush().await.map_err(|_| SlaveLost)
     }
 
     /// Sends the next piece of a fetch (`ReceiveFiles`) the master streams to the slave.
@@ -233,8 +247,12 @@ pub async fn serve(
         stdin,
         stdout,
         stderr,
+        shared_stdout,
         ..
     } = io;
+    let Some(writer) = shared_stdout.take() else {
+        return refuse(*stdout, name, "this front end cannot carry the slave RPC").await;
+    };
     let mut decoder = FrameDecoder::default();
     let mut buffer = vec![0u8; 64 * 1024];
 
@@ -277,6 +295,7 @@ pub async fn serve(
         hello,
         since: SystemTime::now(),
         outgoing,
+        writer: tokio::sync::Mutex::new(writer),
         routes: Mutex::new(HashMap::new()),
         pings: Mutex::new(HashMap::new()),
         shells: Mutex::new(HashMap::new()),
@@ -384,8 +403,7 @@ pub async fn serve(
     };
     let writer = async {
         while let Some(message) = outgoing_rx.recv().await {
-            let frame = proto::encode(&message);
-            if stdout.write_all(&frame).await.is_err() || stdout.flush().await.is_err() {
+            if link.write(&message).await.is_err() {
                 return "cannot write to the slave".to_string();
             }
         }

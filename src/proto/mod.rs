@@ -269,6 +269,25 @@ pub fn shell_cost(bytes: usize) -> u64 {
     bytes as u64 + 256
 }
 
+/// An acknowledgement goes once this much is owed, not per message: per message, a keystroke's
+/// echo queued behind the acknowledgement of the keystroke, and each one cost both processes
+/// a frame (bench/results-issue-25.md). It stays below [`SHELL_WINDOW`] less the largest piece
+/// of shell data (32 KiB), so a sender stopped at its window always gets the acknowledgement
+/// that lets it go on once the peer has delivered everything.
+pub const SHELL_ACK_AT: u64 = SHELL_WINDOW / 4;
+
+/// Shell data delivered and not yet acknowledged to its sender; see [`SHELL_ACK_AT`].
+#[derive(Debug, Default)]
+pub struct AckOwed(u64);
+
+impl AckOwed {
+    /// Counts data costing `cost` as delivered: the acknowledgement to send now, if one is due.
+    pub fn add(&mut self, cost: u64) -> Option<u64> {
+        self.0 += cost;
+        (self.0 >= SHELL_ACK_AT).then(|| std::mem::take(&mut self.0))
+    }
+}
+
 /// A terminal's size in characters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TermSize {
@@ -421,5 +440,30 @@ impl ExitReport {
     /// Whether the slave reports the failure as its own fault.
     pub fn is_slave_fault(&self) -> bool {
         matches!(self.failure, Some(Failure::SlaveFault(_)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn acknowledgements_go_in_batches_and_lose_nothing() {
+        let mut owed = AckOwed::default();
+        let keystroke = shell_cost(1);
+        let mut sent = 0;
+        let mut messages = 0;
+        for _ in 0..10_000 {
+            if let Some(cost) = owed.add(keystroke) {
+                assert!(cost >= SHELL_ACK_AT);
+                sent += cost;
+                messages += 1;
+            }
+        }
+        assert_eq!(sent + owed.0, 10_000 * keystroke);
+        assert_eq!(messages, 10_000 * keystroke / SHELL_ACK_AT);
+        // A sender stopped at its window is owed an acknowledgement before the peer holds
+        // all of it: it never waits for one that is not coming.
+        const { assert!(SHELL_ACK_AT + 32 * 1024 + 256 <= SHELL_WINDOW) };
     }
 }

@@ -5,7 +5,9 @@
 //! The channel is read by a task of its own that always drains it (russh trap #1: a task that
 //! reads and writes one channel stalls when both sides send at once); frames go out through a
 //! writer task fed by a bounded queue, which is what slows down a command that prints faster
-//! than the link carries.
+//! than the link carries. A shell's messages skip both: the reader hands them straight to the
+//! shell's task (`ShellRoutes`), and the shell writes its frames on the channel itself
+//! ([`Outgoing`]), a task hop less each way per keystroke.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -20,7 +22,7 @@ use crate::proto::{self, FrameDecoder, Hello, Message};
 use crate::slave::SlaveConfig;
 use crate::slave::containment::Containment;
 use crate::slave::fetch::Piece;
-use crate::slave::shell::{ShellControl, Shells};
+use crate::slave::shell::{ShellRoutes, Shells};
 use crate::slave::work::Work;
 
 /// How a connection ended once the master had welcomed the slave (failures before that are
@@ -35,6 +37,26 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Frames waiting for the writer; bounded, so output producers feel the link's speed.
 const OUTGOING_QUEUE: usize = 64;
+
+/// The channel to the master, shared by the writer task and the shells, each writing whole
+/// frames: a shell's output goes out from its own task instead of waking the writer, one task
+/// hop less per echoed keystroke (bench/results-issue-25.md).
+#[derive(Clone)]
+pub struct Outgoing(Arc<tokio::sync::Mutex<russh::ChannelWriteHalf<russh::client::Msg>>>);
+
+/// The connection to the master is gone.
+#[derive(Debug)]
+pub struct LinkGone;
+
+impl Outgoing {
+    pub async fn send(&self, message: Message) -> Result<(), LinkGone> {
+        // Owned bytes go out in packets of the channel's largest size; `data` would copy
+        // them through an 8 KiB buffer, four packets for one 32 KiB output frame.
+        let frame = proto::encode(&message);
+        let channel = self.0.lock().await;
+        channel.data_bytes(frame).await.map_err(|_| LinkGone)
+    }
+}
 
 struct ClientHandler {
     expected: PublicKey,
@@ -154,8 +176,11 @@ pub async fn serve(
         .await
         .context("cannot start the slave RPC")?;
     let (mut read_half, write_half) = channel.split();
+    let direct = Outgoing(Arc::new(tokio::sync::Mutex::new(write_half)));
 
     let (incoming_tx, mut incoming) = mpsc::unbounded_channel::<Result<Message, String>>();
+    let routes = ShellRoutes::default();
+    let shell_routes = routes.clone();
     let reader = tokio::spawn(async move {
         let mut decoder = FrameDecoder::default();
         while let Some(message) = read_half.wait().await {
@@ -165,6 +190,11 @@ pub async fn serve(
                     loop {
                         match decoder.next_message() {
                             Ok(Some(message)) => {
+                                // A shell's keystrokes go straight to it, not through
+                                // `run_session`.
+                                let Some(message) = shell_routes.route(message) else {
+                                    continue;
+                                };
                                 if incoming_tx.send(Ok(message)).is_err() {
                                     return;
                                 }
@@ -197,6 +227,7 @@ pub async fn serve(
 
     let (outgoing, mut outgoing_rx) = mpsc::channel::<Message>(OUTGOING_QUEUE);
     let (control, mut control_rx) = mpsc::unbounded_channel::<Message>();
+    let channel = direct.clone();
     let writer = tokio::spawn(async move {
         loop {
             // Pongs and keepalives overtake queued output: a busy step must not look dead.
@@ -206,20 +237,34 @@ pub async fn serve(
                 Some(message) = outgoing_rx.recv() => message,
                 else => break,
             };
-            let frame = proto::encode(&message);
-            if write_half.data(&frame[..]).await.is_err() {
+            if channel.send(message).await.is_err() {
                 return;
             }
         }
         // Everything queued (the last Exit reports above all) went out before this EOF, on the
-        // same channel; the master closes its side once it has read them.
-        let _ = write_half.eof().await;
+        // same channel, and the shells wrote their last before `run_session` returned; the
+        // master closes its side once it has read them.
+        let _ = channel.0.lock().await.eof().await;
     });
 
+    let workers = Workers {
+        work: Work::new(
+            config.workdir.clone(),
+            config.patch_runner.clone(),
+            Arc::clone(containment),
+            outgoing.clone(),
+        ),
+        shells: Shells::new(
+            config.workdir.clone(),
+            Arc::clone(containment),
+            direct,
+            routes,
+        ),
+    };
     let result = run_session(
         config,
         address,
-        containment,
+        workers,
         &outgoing,
         &control,
         &mut incoming,
@@ -243,10 +288,19 @@ pub async fn serve(
     result
 }
 
+/// What the message loop hands the master's requests to.
+struct Workers {
+    work: Work,
+    shells: Shells,
+}
+
 async fn run_session(
     config: &SlaveConfig,
     address: &str,
-    containment: &Arc<Containment>,
+    Workers {
+        mut work,
+        mut shells,
+    }: Workers,
     outgoing: &mpsc::Sender<Message>,
     control: &mpsc::UnboundedSender<Message>,
     incoming: &mut mpsc::UnboundedReceiver<Result<Message, String>>,
@@ -273,17 +327,6 @@ async fn run_session(
         None => bail!("the connection closed during the handshake"),
     }
 
-    let mut work = Work::new(
-        config.workdir.clone(),
-        config.patch_runner.clone(),
-        Arc::clone(containment),
-        outgoing.clone(),
-    );
-    let mut shells = Shells::new(
-        config.workdir.clone(),
-        Arc::clone(containment),
-        outgoing.clone(),
-    );
     let mut last_heard = Instant::now();
     let mut keepalive_sent: Option<Instant> = None;
     let mut nonce = 0u64;
@@ -304,7 +347,9 @@ async fn run_session(
                     Some(Err(reason)) => break Ended::Lost(reason),
                     None => break Ended::Lost("the connection closed".into()),
                 };
-                // Any traffic counts as a sign of life, acknowledgements included.
+                // Any traffic counts as a sign of life, acknowledgements included (a shell's
+                // keystrokes went to it from the reader: on a link carrying only those, the
+                // keepalive below asks, as on an idle one).
                 last_heard = Instant::now();
                 keepalive_sent = None;
                 match message {
@@ -316,12 +361,8 @@ async fn run_session(
                     Message::StartCommand { id, command } => work.start_command(id, command),
                     Message::Interrupt { id, reason } => work.interrupt(id, &reason),
                     Message::CollectReports { id, collect } => work.collect_reports(id, collect),
+                    // The rest of a shell's messages went to it from the reader.
                     Message::ShellOpen { id, shell } => shells.open(id, shell),
-                    Message::ShellInput { id, data } => shells.deliver(id, ShellControl::Input(data)),
-                    Message::ShellResize { id, size } => shells.deliver(id, ShellControl::Resize(size)),
-                    Message::ShellEof { id } => shells.deliver(id, ShellControl::Eof),
-                    Message::ShellAck { id, cost } => shells.deliver(id, ShellControl::Ack(cost)),
-                    Message::ShellClose { id, reason } => shells.deliver(id, ShellControl::Close(reason)),
                     Message::CollectFiles { id, collect } => work.start_collect(id, collect),
                     Message::ReceiveFiles { id, receive } => work.start_receive(id, receive),
                     Message::FileStart { id, path, size } => work.receive_piece(id, Piece::Start { path, size }),

@@ -26,7 +26,10 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
-use crate::proto::{Message, SHELL_WINDOW, ShellRequest, StreamKind, TermSize, shell_cost};
+use crate::proto::{
+    AckOwed, Message, SHELL_WINDOW, ShellRequest, StreamKind, TermSize, shell_cost,
+};
+use crate::slave::connection::Outgoing;
 use crate::slave::containment::Containment;
 
 /// The most one output message carries.
@@ -45,12 +48,60 @@ pub enum ShellControl {
     Close(String),
 }
 
+/// Where the connection's reader hands a shell's input, acknowledgements and the like straight
+/// to the shell's task: through the connection's message loop, a keystroke took one task hop
+/// more on its way to the PTY (bench/results-issue-25.md).
+#[derive(Clone, Default)]
+pub struct ShellRoutes(Arc<std::sync::Mutex<RouteTable>>);
+
+#[derive(Default)]
+struct RouteTable {
+    open: HashMap<u64, mpsc::UnboundedSender<ShellControl>>,
+    /// The controls of shells whose `ShellOpen` is still on its way to the message loop: the
+    /// route exists from the moment the reader saw it, so no input after it is lost.
+    starting: HashMap<u64, mpsc::UnboundedReceiver<ShellControl>>,
+}
+
+impl ShellRoutes {
+    fn table(&self) -> std::sync::MutexGuard<'_, RouteTable> {
+        // A panic elsewhere while holding the lock leaves the table itself consistent.
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Takes `message` when it is for a running shell; gives back any other (a `ShellOpen`
+    /// too, after making its route).
+    pub fn route(&self, message: Message) -> Option<Message> {
+        let (id, control) = match message {
+            Message::ShellOpen { id, .. } => {
+                let (controls_tx, controls) = mpsc::unbounded_channel();
+                let mut table = self.table();
+                table.open.insert(id, controls_tx);
+                table.starting.insert(id, controls);
+                return Some(message);
+            }
+            Message::ShellInput { id, data } => (id, ShellControl::Input(data)),
+            Message::ShellResize { id, size } => (id, ShellControl::Resize(size)),
+            Message::ShellEof { id } => (id, ShellControl::Eof),
+            Message::ShellAck { id, cost } => (id, ShellControl::Ack(cost)),
+            Message::ShellClose { id, reason } => (id, ShellControl::Close(reason)),
+            other => return Some(other),
+        };
+        // Gone shells ignore it: their exit is on its way.
+        if let Some(shell) = self.table().open.get(&id) {
+            let _ = shell.send(control);
+        }
+        None
+    }
+}
+
 /// The shells the master opened on this connection.
 pub struct Shells {
     workdir: PathBuf,
     containment: Arc<Containment>,
-    outgoing: mpsc::Sender<Message>,
-    open: HashMap<u64, mpsc::UnboundedSender<ShellControl>>,
+    outgoing: Outgoing,
+    routes: ShellRoutes,
     tasks: JoinSet<u64>,
 }
 
@@ -58,13 +109,14 @@ impl Shells {
     pub fn new(
         workdir: PathBuf,
         containment: Arc<Containment>,
-        outgoing: mpsc::Sender<Message>,
+        outgoing: Outgoing,
+        routes: ShellRoutes,
     ) -> Shells {
         Shells {
             workdir,
             containment,
             outgoing,
-            open: HashMap::new(),
+            routes,
             tasks: JoinSet::new(),
         }
     }
@@ -72,15 +124,21 @@ impl Shells {
     fn reap(&mut self) {
         while let Some(done) = self.tasks.try_join_next() {
             if let Ok(id) = done {
-                self.open.remove(&id);
+                self.routes.table().open.remove(&id);
             }
         }
     }
 
+    /// Starts shell `id`, whose route the reader made when it saw the `ShellOpen`.
     pub fn open(&mut self, id: u64, request: ShellRequest) {
         self.reap();
-        let (controls_tx, controls) = mpsc::unbounded_channel();
-        self.open.insert(id, controls_tx);
+        let controls = self.routes.table().starting.remove(&id);
+        let controls = controls.unwrap_or_else(|| {
+            // Not seen by the reader (cannot happen): a route of its own, so it still runs.
+            let (controls_tx, controls) = mpsc::unbounded_channel();
+            self.routes.table().open.insert(id, controls_tx);
+            controls
+        });
         let outgoing = self.outgoing.clone();
         let containment = Arc::clone(&self.containment);
         let dir = crate::slave::work::relative_inside(&self.workdir, &request.dir);
@@ -105,16 +163,9 @@ impl Shells {
         });
     }
 
-    /// Hands `control` to shell `id` (gone shells ignore it: their exit is on its way).
-    pub fn deliver(&mut self, id: u64, control: ShellControl) {
-        if let Some(shell) = self.open.get(&id) {
-            let _ = shell.send(control);
-        }
-    }
-
     /// The connection ended: every shell is closed (its processes killed) before this returns.
     pub async fn stop_all(&mut self, reason: &str) {
-        for shell in self.open.values() {
+        for shell in self.routes.table().open.values() {
             let _ = shell.send(ShellControl::Close(reason.to_string()));
         }
         if tokio::time::timeout(Duration::from_secs(5), async {
@@ -126,7 +177,9 @@ impl Shells {
             self.tasks.abort_all();
             while self.tasks.join_next().await.is_some() {}
         }
-        self.open.clear();
+        let mut table = self.routes.table();
+        table.open.clear();
+        table.starting.clear();
     }
 }
 
@@ -232,7 +285,7 @@ async fn run(
     dir: &Path,
     request: ShellRequest,
     containment: Arc<Containment>,
-    outgoing: &mpsc::Sender<Message>,
+    outgoing: &Outgoing,
     mut controls: mpsc::UnboundedReceiver<ShellControl>,
 ) -> Result<(Option<i32>, Option<i32>), String> {
     if !dir.is_dir() {
@@ -329,6 +382,7 @@ async fn run(
     tracing::info!(id, dir = %dir.display(), pty = pty.is_some(), "shell started");
 
     let mut in_flight: u64 = 0;
+    let mut owed = AckOwed::default();
     let mut pending: VecDeque<(Vec<u8>, usize)> = VecDeque::new();
     let mut input_ended = false;
     let mut out_buffer = Vec::with_capacity(CHUNK);
@@ -372,14 +426,18 @@ async fn run(
             written = write_front(&mut stdin, &mut pending), if writing => {
                 match written {
                     Ok(Some(cost)) => {
-                        let _ = outgoing.send(Message::ShellAck { id, cost }).await;
+                        if let Some(cost) = owed.add(cost) {
+                            let _ = outgoing.send(Message::ShellAck { id, cost }).await;
+                        }
                     }
                     Ok(None) => {}
                     // The program closed its input: the rest is acknowledged and dropped.
                     Err(_) => {
                         stdin = None;
                         let cost: u64 = pending.drain(..).map(|(data, _)| shell_cost(data.len())).sum();
-                        let _ = outgoing.send(Message::ShellAck { id, cost }).await;
+                        if let Some(cost) = owed.add(cost) {
+                            let _ = outgoing.send(Message::ShellAck { id, cost }).await;
+                        }
                     }
                 }
                 if input_ended && pending.is_empty() && pty.is_none() {
@@ -390,8 +448,8 @@ async fn run(
                 Some(ShellControl::Input(data)) => {
                     if stdin.is_some() {
                         pending.push_back((data, 0));
-                    } else {
-                        let _ = outgoing.send(Message::ShellAck { id, cost: shell_cost(data.len()) }).await;
+                    } else if let Some(cost) = owed.add(shell_cost(data.len())) {
+                        let _ = outgoing.send(Message::ShellAck { id, cost }).await;
                     }
                 }
                 Some(ShellControl::Resize(size)) => {

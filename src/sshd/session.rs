@@ -252,6 +252,7 @@ async fn run(
                     stderr: &mut stderr_lines,
                     client_gone,
                     terminal,
+                    shared_stdout: Some(Box::new(write_half.make_writer())),
                 };
                 let command_future =
                     cmd::run(&ctx, &identity, peer, &command, &mut io).instrument(span.clone());

@@ -436,3 +436,32 @@ fn a_passing_build_is_held_only_when_asked_and_the_client_opens_its_shell() {
     let after = master.ssh(&master.user_key, &current_user(), "shell linux 2 -- true");
     assert_eq!(after.status.code(), Some(1), "{}", text(&after.stderr));
 }
+
+#[test]
+fn megabytes_pass_both_ways_through_the_window_of_acknowledgements() {
+    let checkout = Checkout::new();
+    let master = farm(&checkout, "10m");
+    let _slave = master.start_slave("s1");
+    force_and_wait(&master, 1);
+
+    // Each way several times the window (1 MiB), acknowledged in batches: neither side may
+    // stop for an acknowledgement that never comes.
+    let input = vec![b'k'; 3_000_000];
+    let ran = master.ssh_with(
+        &master.user_key,
+        &current_user(),
+        "shell linux 1 -- 'wc -c; head -c 5000000 /dev/zero'",
+        &[],
+        Some(&input),
+    );
+    assert_eq!(ran.status.code(), Some(0), "{}", text(&ran.stderr));
+    let (count, zeros) = ran.stdout.split_at(
+        ran.stdout
+            .iter()
+            .position(|&b| b == b'\n')
+            .map_or(0, |at| at + 1),
+    );
+    assert_eq!(String::from_utf8_lossy(count).trim(), "3000000");
+    assert_eq!(zeros.len(), 5_000_000);
+    assert!(zeros.iter().all(|&b| b == 0));
+}

@@ -13,7 +13,7 @@ use crate::master::events::EventLog;
 use crate::master::shell::LOGOUT_GRACE;
 use crate::master::slaves::{ShellEvent, SlaveLink};
 use crate::master::store::{BuildRef, SharedStore, ShellHold, ShellSession};
-use crate::proto::{Message, SHELL_WINDOW, ShellRequest, TermSize, shell_cost};
+use crate::proto::{AckOwed, Message, SHELL_WINDOW, ShellRequest, TermSize, shell_cost};
 use crate::status::{BuildEvent, unix_now};
 use crate::unix::accounts::UnixAccount;
 
@@ -51,6 +51,8 @@ pub struct OpenedShell {
     who: String,
     /// Input sent to the slave and not yet acknowledged, by `proto::shell_cost`.
     input_in_flight: u64,
+    /// Output delivered to the user and not yet acknowledged to the slave.
+    output_owed: AckOwed,
     exited: bool,
     /// `finish` ran; otherwise dropping the shell (its relay cancelled at shutdown) closes it.
     finished: bool,
@@ -106,6 +108,7 @@ impl Control {
         };
         let (id, events) = link
             .open_shell(request)
+            .await
             .map_err(|_| ControlError::SlaveAway {
                 slave: hold.slave.clone(),
                 builder: ask.builder.clone(),
@@ -125,10 +128,12 @@ impl Control {
             Ok(id) => id,
             Err(err) => {
                 // Unrecorded, it does not run.
-                let _ = link.to_shell(Message::ShellClose {
-                    id,
-                    reason: "the master cannot record the session".into(),
-                });
+                let _ = link
+                    .to_shell(Message::ShellClose {
+                        id,
+                        reason: "the master cannot record the session".into(),
+                    })
+                    .await;
                 link.forget_shell(id);
                 return Err(err.into());
             }
@@ -153,6 +158,7 @@ impl Control {
             },
             who: account.name.clone(),
             input_in_flight: 0,
+            output_owed: AckOwed::default(),
             exited: false,
             finished: false,
         })
@@ -270,32 +276,39 @@ impl OpenedShell {
     }
 
     /// Hands the user's input to the shell (at most [`INPUT_CHUNK`] at once).
-    pub fn input(&mut self, data: &[u8]) {
+    pub async fn input(&mut self, data: &[u8]) {
         for piece in data.chunks(INPUT_CHUNK) {
             self.input_in_flight += shell_cost(piece.len());
-            let _ = self.link.to_shell(Message::ShellInput {
-                id: self.id,
-                data: piece.to_vec(),
-            });
+            let _ = self
+                .link
+                .to_shell(Message::ShellInput {
+                    id: self.id,
+                    data: piece.to_vec(),
+                })
+                .await;
         }
     }
 
-    /// The user read `bytes` of output: the slave may send that much more.
-    pub fn delivered(&self, bytes: usize) {
-        let _ = self.link.to_shell(Message::ShellAck {
-            id: self.id,
-            cost: shell_cost(bytes),
-        });
+    /// The user read `bytes` of output: the slave may send that much more (told in batches,
+    /// [`crate::proto::SHELL_ACK_AT`]).
+    pub async fn delivered(&mut self, bytes: usize) {
+        if let Some(cost) = self.output_owed.add(shell_cost(bytes)) {
+            let _ = self
+                .link
+                .to_shell(Message::ShellAck { id: self.id, cost })
+                .await;
+        }
     }
 
-    pub fn resize(&self, size: TermSize) {
+    pub async fn resize(&self, size: TermSize) {
         let _ = self
             .link
-            .to_shell(Message::ShellResize { id: self.id, size });
+            .to_shell(Message::ShellResize { id: self.id, size })
+            .await;
     }
 
-    pub fn eof(&self) {
-        let _ = self.link.to_shell(Message::ShellEof { id: self.id });
+    pub async fn eof(&self) {
+        let _ = self.link.to_shell(Message::ShellEof { id: self.id }).await;
     }
 
     /// When the hold ends now, as the store says (another session may have extended or
@@ -323,10 +336,13 @@ impl OpenedShell {
                 ShellEnd::Exited(_) => "the shell ended".to_string(),
                 ShellEnd::Ended(reason) => reason.clone(),
             };
-            let _ = self.link.to_shell(Message::ShellClose {
-                id: self.id,
-                reason,
-            });
+            let _ = self
+                .link
+                .to_shell(Message::ShellClose {
+                    id: self.id,
+                    reason,
+                })
+                .await;
         }
         self.link.forget_shell(self.id);
         let now = unix_now();
@@ -363,7 +379,7 @@ impl Drop for OpenedShell {
         }
         let reason = "the master is shutting down".to_string();
         if !self.exited {
-            let _ = self.link.to_shell(Message::ShellClose {
+            self.link.to_shell_later(Message::ShellClose {
                 id: self.id,
                 reason: reason.clone(),
             });

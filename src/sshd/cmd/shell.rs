@@ -102,7 +102,7 @@ impl Shell {
                         if written.is_err() || flushed.is_err() {
                             break ShellEnd::Ended("the user's connection ended".into());
                         }
-                        shell.delivered(data.len());
+                        shell.delivered(data.len()).await;
                     }
                     Some(ShellEvent::Exit { exit_code, signal, error }) => {
                         if let Some(error) = error {
@@ -126,11 +126,11 @@ impl Shell {
                 read = io.stdin.read(&mut input), if input_open && shell.takes_input() => match read {
                     Ok(0) | Err(_) => {
                         input_open = false;
-                        shell.eof();
+                        shell.eof().await;
                     }
-                    Ok(read) => shell.input(&input[..read]),
+                    Ok(read) => shell.input(&input[..read]).await,
                 },
-                Some((cols, rows)) = resize => shell.resize(TermSize { cols, rows }),
+                Some((cols, rows)) = resize => shell.resize(TermSize { cols, rows }).await,
                 () = io.client_gone.cancelled() => {
                     break ShellEnd::Ended("the user logged out".into());
                 }
