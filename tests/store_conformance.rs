@@ -89,6 +89,7 @@ conformance!(
     held_builds_keep_their_directory_and_record_their_shells,
     artifacts_are_recorded_chunked_and_fenced,
     retention_prunes_old_builds_parts_once_and_keeps_the_newest,
+    retention_deletes_old_builds_with_everything_hanging_off_them,
 );
 
 fn request(job: &str, builder: &str) -> NewRequest {
@@ -3115,5 +3116,245 @@ async fn retention_prunes_old_builds_parts_once_and_keeps_the_newest(store: Shar
             .expect("read")
             .is_some(),
         "the build's record stays"
+    );
+}
+
+async fn retention_deletes_old_builds_with_everything_hanging_off_them(store: SharedStore) {
+    use buildbot::master::store::{
+        NewArtifact, NewNotification, OutboxState, ShellHold, ShellSession,
+    };
+    let writer = store
+        .register_master("a", &MasterInfo::default(), Duration::from_secs(60))
+        .await
+        .expect("register");
+    let stdout = buildbot::proto::StreamKind::Stdout;
+    let t = now();
+    // Five builds of linux, each with a step, a log, an artifact, a test result, a shell
+    // session; #2 is still held for a shell, #1 and #3 had their holds run out.
+    let mut builds = Vec::new();
+    for job in ["j1", "j2", "j3", "j4", "j5"] {
+        let id = one(&store, request(job, "linux")).await;
+        let (build, number) = store
+            .start_build(&writer, id, "linux", "s1")
+            .await
+            .expect("start");
+        store
+            .start_step(&writer, build, 1, "test")
+            .await
+            .expect("step");
+        store
+            .append_log(&writer, build, 1, stdout, 0, b"out".to_vec())
+            .await
+            .expect("log");
+        store
+            .put_artifact_chunk(&writer, build, "app", 0, b"app".to_vec())
+            .await
+            .expect("chunk");
+        let artifact = NewArtifact {
+            build_id: build,
+            step: 1,
+            path: "app".into(),
+            size: 3,
+            sha256: "00".repeat(32),
+        };
+        store
+            .record_artifact(&writer, &artifact, true)
+            .await
+            .expect("record");
+        store
+            .record_test_results(
+                &writer,
+                build,
+                vec![case("suite", "t", TestOutcome::Failed, Some(1))],
+            )
+            .await
+            .expect("tests");
+        if number <= 3 {
+            let hold = ShellHold {
+                build_id: build,
+                builder: "linux".into(),
+                number,
+                slave: "s1".into(),
+                dir: format!("linux~{number}"),
+                env: Vec::new(),
+                owner: None,
+                held_until: if number == 2 { t + 600.0 } else { t - 1.0 },
+            };
+            store.hold_build(&writer, hold).await.expect("hold");
+        }
+        store
+            .finish_build(&writer, build, BuildResult::Failure, None, false)
+            .await
+            .expect("finish");
+        store
+            .start_shell_session(ShellSession {
+                id: 0,
+                build_id: build,
+                who: "alice".into(),
+                from_addr: "127.0.0.1".into(),
+                master: "a".into(),
+                started_at: t,
+                ended_at: None,
+            })
+            .await
+            .expect("session");
+        builds.push((build, number));
+    }
+    assert_eq!(
+        builds.iter().map(|(_, number)| *number).collect::<Vec<_>>(),
+        vec![1, 2, 3, 4, 5]
+    );
+    let key = |number: i64| buildbot::master::store::build_event_key("linux", number);
+    let note = |key: String, to: &str| NewNotification {
+        event_key: key,
+        notifier: "mail".into(),
+        recipient: to.into(),
+        payload: "{}".into(),
+        give_up_at: t + 3600.0,
+    };
+    store
+        .enqueue_notifications(vec![
+            note(key(1), "sent@example.com"),
+            note(key(1), "pending@example.com"),
+            note(key(3), "sent@example.com"),
+        ])
+        .await
+        .expect("enqueue");
+    for notification in store.notifications(10).await.expect("read") {
+        if notification.new.recipient == "sent@example.com" {
+            store
+                .finish_notification(notification.id, OutboxState::Delivered, None)
+                .await
+                .expect("delivered");
+        }
+    }
+    // A build of another builder, as old: not linux's to prune.
+    let other = one(&store, request("j6", "mac")).await;
+    let (mac, _) = store
+        .start_build(&writer, other, "mac", "s1")
+        .await
+        .expect("start");
+    store
+        .finish_build(&writer, mac, BuildResult::Success, None, false)
+        .await
+        .expect("finish");
+
+    let later = now() + 60.0;
+    let at = now();
+    let id = |number: usize| builds[number - 1].0;
+    // The held #2 and the newest stay, even with keep_last 0; keep_last counts from the newest.
+    assert_eq!(
+        store
+            .old_builds("linux", later, 0, at, 10)
+            .await
+            .expect("old"),
+        vec![(id(1), 1), (id(3), 3), (id(4), 4)]
+    );
+    assert_eq!(
+        store
+            .old_builds("linux", later, 2, at, 10)
+            .await
+            .expect("old"),
+        vec![(id(1), 1), (id(3), 3)]
+    );
+    assert_eq!(
+        store
+            .old_builds("linux", later, 0, at, 1)
+            .await
+            .expect("old"),
+        vec![(id(1), 1)]
+    );
+    assert!(
+        store
+            .old_builds("linux", t - 3600.0, 0, at, 10)
+            .await
+            .expect("old")
+            .is_empty(),
+        "none finished an hour ago"
+    );
+
+    for number in [1, 3] {
+        store.delete_build(id(number)).await.expect("delete");
+    }
+    store
+        .delete_build(id(1))
+        .await
+        .expect("deleting twice is harmless");
+    for number in [1_i64, 3] {
+        let build = builds[usize::try_from(number - 1).expect("index")].0;
+        assert!(
+            store
+                .build(BuildRef::Id(build))
+                .await
+                .expect("read")
+                .is_none(),
+            "#{number} is gone"
+        );
+        assert!(store.steps_of(build).await.expect("steps").is_empty());
+        assert_eq!(store.log_size(build, 1, stdout).await.expect("size"), 0);
+        assert!(store.artifacts_of(build).await.expect("read").is_empty());
+        assert_eq!(
+            store.artifact_chunk(build, "app", 0).await.expect("read"),
+            None
+        );
+        assert_eq!(store.test_counts(build).await.expect("counts").total(), 0);
+        assert!(store.shell_sessions(build).await.expect("read").is_empty());
+        assert_eq!(store.shell_hold("linux", number).await.expect("read"), None);
+    }
+    for number in [2, 4, 5] {
+        let build = id(number);
+        assert!(
+            store
+                .build(BuildRef::Id(build))
+                .await
+                .expect("read")
+                .is_some(),
+            "#{number} stays"
+        );
+        assert_eq!(store.steps_of(build).await.expect("steps").len(), 1);
+        assert_eq!(store.log_size(build, 1, stdout).await.expect("size"), 3);
+        assert_eq!(store.artifacts_of(build).await.expect("read").len(), 1);
+        assert_eq!(store.test_counts(build).await.expect("counts").failed, 1);
+        assert_eq!(store.shell_sessions(build).await.expect("read").len(), 1);
+    }
+    assert!(store.shell_hold("linux", 2).await.expect("read").is_some());
+    assert!(
+        store
+            .build(BuildRef::Id(mac))
+            .await
+            .expect("read")
+            .is_some()
+    );
+    // The sent notifications of the deleted builds went; one still to send stays.
+    let left: Vec<(String, String)> = store
+        .notifications(10)
+        .await
+        .expect("read")
+        .into_iter()
+        .map(|n| (n.new.event_key, n.new.recipient))
+        .collect();
+    assert_eq!(left, vec![(key(1), "pending@example.com".to_string())]);
+    // Numbering goes on after the newest, whatever went before it.
+    let next = one(&store, request("j7", "linux")).await;
+    let (running, number) = store
+        .start_build(&writer, next, "linux", "s1")
+        .await
+        .expect("start");
+    assert_eq!(number, 6);
+    // A running build is never deleted; #5 is no longer the newest, #6 (running) is.
+    store.delete_build(running).await.expect("delete running");
+    assert!(
+        store
+            .build(BuildRef::Id(running))
+            .await
+            .expect("read")
+            .is_some()
+    );
+    assert_eq!(
+        store
+            .old_builds("linux", later, 0, now(), 10)
+            .await
+            .expect("old"),
+        vec![(id(4), 4), (id(5), 5)]
     );
 }

@@ -217,6 +217,12 @@ pub async fn run(
     spawn_component(&components, &shutdown, "lease", {
         crate::master::lease::run(lease_parts, owner, shutdown.clone())
     });
+    // Before the SSH listener serves slaves: no upload of this run has started yet.
+    match crate::master::artifacts::remove_crash_leftovers(&config.master_dir).await {
+        Ok(0) => {}
+        Ok(removed) => tracing::info!("removed {removed} unfinished artifact uploads"),
+        Err(err) => tracing::warn!("cannot remove unfinished artifact uploads: {err}"),
+    }
     let sshd_ctx = Arc::new(SshdContext::new(
         Arc::clone(&config),
         Arc::clone(&control),
@@ -327,6 +333,9 @@ pub async fn run(
             shutdown.clone(),
             move |token| crate::master::retention::run(Arc::clone(&control), token),
         )
+    });
+    spawn_component(&components, &shutdown, "storage measure", {
+        crate::master::retention::measure_every(Arc::clone(&control), shutdown.clone())
     });
     spawn_component(&components, &shutdown, "reconfig", {
         reconfig::serve(

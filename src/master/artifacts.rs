@@ -29,6 +29,36 @@ pub fn build_dir(master_dir: &Path, builder: &str, number: i64) -> PathBuf {
         .join(number.to_string())
 }
 
+/// Removes the half-written uploads (`artifacts/BUILDER/.incoming-*`) a crash of this master
+/// left behind; returns how many. Run at start, before the SSH listener serves anyone, so no
+/// upload of this run can be in flight. Each master has its own directory (a shared store keeps
+/// its own copy of the bytes), so what is here is this master's alone.
+pub async fn remove_crash_leftovers(master_dir: &Path) -> std::io::Result<u64> {
+    let mut removed = 0;
+    let mut builders = match tokio::fs::read_dir(master_dir.join("artifacts")).await {
+        Ok(builders) => builders,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(err) => return Err(err),
+    };
+    while let Some(builder) = builders.next_entry().await? {
+        if !builder.file_type().await?.is_dir() {
+            continue;
+        }
+        let mut entries = tokio::fs::read_dir(builder.path()).await?;
+        while let Some(entry) = entries.next_entry().await? {
+            let leftover = entry
+                .file_name()
+                .to_string_lossy()
+                .starts_with(".incoming-");
+            if leftover && entry.file_type().await?.is_file() {
+                tokio::fs::remove_file(entry.path()).await?;
+                removed += 1;
+            }
+        }
+    }
+    Ok(removed)
+}
+
 /// `path` as a relative path that stays inside: only plain components (no `..`, `.`, root or
 /// empty part), no NUL. A peer's path is never joined otherwise.
 pub fn safe_relative(path: &str) -> Option<PathBuf> {

@@ -153,6 +153,7 @@ fn plan_checkout(builder: &BuilderConfig, request: &StoredRequest) -> CheckoutRe
         patch: request.patch.clone(),
         patch_level: request.patch_level,
         submodules: builder.submodules,
+        keep_siblings: None,
     };
     // A try job's branch names the developer's branch, which the builder's repository may not
     // have; the base revision is what matters, the builder's branch is the fallback. Forced and
@@ -637,7 +638,10 @@ async fn run_steps(
         slave_leaving: false,
     };
     // The builder's directory on the slave, unless a held build keeps it (`master::shell`).
-    let dir = crate::master::shell::work_dir(&*control.store, &link.name, &builder.name).await;
+    let (dir, keep_siblings) =
+        crate::master::shell::work_dir(&*control.store, &link.name, &builder.name).await;
+    // Until the build ends, a later build of the builder on this slave keeps this directory.
+    let _dir_in_use = crate::master::shell::DirInUse::take(&link.name, &dir);
     let secrets = match BuildSecrets::load(&control.config(), builder, request).await {
         Ok(secrets) => secrets,
         Err(err) => {
@@ -649,6 +653,7 @@ async fn run_steps(
     };
     let mut checkout = plan_checkout(builder, request);
     checkout.builder = dir.clone();
+    checkout.keep_siblings = keep_siblings;
     // Planned now so a property that cannot be put in ends the build before any work, and
     // again once the checkout has said which commit it is.
     let commands = match plan_commands(builder, request, &checkout, number, &link.name, &secrets) {
@@ -1707,6 +1712,7 @@ mod tests {
             patch: None,
             patch_level: 1,
             submodules: false,
+            keep_siblings: None,
         })
     }
 

@@ -1083,6 +1083,27 @@ pub(crate) mod testing {
         ) -> Result<(), StoreError> {
             self.0.prune_build_part(build_id, part).await
         }
+
+        async fn old_builds(
+            &self,
+            builder: &str,
+            finished_before: f64,
+            keep_last: i64,
+            now: f64,
+            limit: i64,
+        ) -> Result<Vec<(i64, i64)>, StoreError> {
+            self.0
+                .old_builds(builder, finished_before, keep_last, now, limit)
+                .await
+        }
+
+        async fn delete_build(&self, build_id: i64) -> Result<(), StoreError> {
+            self.0.delete_build(build_id).await
+        }
+
+        async fn reclaim_space(&self) -> Result<u64, StoreError> {
+            self.0.reclaim_space().await
+        }
     }
 
     /// A shared test store in `dir` with one registered master and one running build with

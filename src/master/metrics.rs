@@ -99,6 +99,8 @@ pub struct Metrics {
     test_cases: Family<TestResultLabels, Counter>,
     /// Bytes kept, by kind (artifacts, logs, database), measured by the retention task.
     storage: Family<StorageLabels, Gauge>,
+    /// The same figures for the admin page (`/masters`): a gauge family cannot be listed.
+    storage_measured: Mutex<BTreeMap<String, u64>>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -211,6 +213,7 @@ impl Metrics {
             test_cases,
             registry,
             storage,
+            storage_measured: Mutex::default(),
             master_epoch,
             master_leads,
             masters_alive,
@@ -234,6 +237,17 @@ impl Metrics {
                 kind: kind.to_string(),
             })
             .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+        if let Ok(mut measured) = self.storage_measured.lock() {
+            measured.insert(kind.to_string(), bytes);
+        }
+    }
+
+    /// The last `storage_bytes` of each kind; empty before the first measurement.
+    pub fn storage(&self) -> BTreeMap<String, u64> {
+        self.storage_measured
+            .lock()
+            .map(|measured| measured.clone())
+            .unwrap_or_default()
     }
 
     pub fn build_finished(&self, builder: &str, result: BuildResult, seconds: f64) {

@@ -1,6 +1,7 @@
-//! The retention task (`[retention]`): removes the logs and artifacts of old builds, on this
-//! master's disk and in the store, in small batches so builds never wait on it; and measures
-//! what the artifacts, logs and database take (`/metrics`, `buildbot_storage_bytes`).
+//! The retention task (`[retention]`): removes the logs and artifacts of old builds, and older
+//! builds whole, on this master's disk and in the store, in small batches so builds never wait
+//! on it; gives SQLite's freed pages back; and measures what the artifacts, logs and database
+//! take (`/metrics`, `buildbot_storage_bytes`, the admin page `/masters`).
 //!
 //! In a cluster it runs only on the master that leads the cluster's jobs (`lease::while_leading`
 //! in `daemon`): the store's part is pruned once. Files another master of the cluster keeps on
@@ -29,7 +30,26 @@ pub async fn run(control: Arc<Control>, token: CancellationToken) -> anyhow::Res
         let pruned = prune_round(&control, &token).await;
         if pruned > 0 {
             tracing::info!("retention removed {pruned} old build parts");
+            match control.store().reclaim_space().await {
+                Ok(0) => {}
+                Ok(pages) => tracing::info!("retention gave {pages} database pages back"),
+                Err(err) => tracing::warn!("retention: cannot give database space back: {err}"),
+            }
+            // The admin page and /metrics show what the round gave back without waiting for
+            // the next measurement.
+            measure(&control).await;
         }
+        tokio::select! {
+            () = token.cancelled() => return Ok(()),
+            () = tokio::time::sleep(ROUND) => {}
+        }
+    }
+}
+
+/// Measures this master's storage at start and every [`ROUND`] until `token` is cancelled.
+/// Every master of a cluster runs it: each has its own disk, whichever one prunes.
+pub async fn measure_every(control: Arc<Control>, token: CancellationToken) -> anyhow::Result<()> {
+    loop {
         measure(&control).await;
         tokio::select! {
             () = token.cancelled() => return Ok(()),
@@ -48,6 +68,10 @@ pub async fn prune_round(control: &Control, token: &CancellationToken) -> u64 {
     let now = crate::status::unix_now();
     let mut pruned = 0;
     for builder in &config.builders {
+        if let Some(age) = retention.builds {
+            let before = now - age.as_secs_f64();
+            pruned += prune_builds(control, token, &builder.name, before, keep_last).await;
+        }
         for (part, age) in [
             (PrunePart::Artifacts, retention.artifacts),
             (PrunePart::Logs, retention.logs),
@@ -94,6 +118,63 @@ pub async fn prune_round(control: &Control, token: &CancellationToken) -> u64 {
         }
     }
     pruned
+}
+
+/// Removes the builds of `builder` that finished before `before` (beyond `keep_last`), whole:
+/// this master's files first, then the store's rows, one build per transaction. Returns how
+/// many went.
+async fn prune_builds(
+    control: &Control,
+    token: &CancellationToken,
+    builder: &str,
+    before: f64,
+    keep_last: i64,
+) -> u64 {
+    let config = control.config();
+    let mut pruned = 0;
+    loop {
+        if token.is_cancelled() {
+            return pruned;
+        }
+        let now = crate::status::unix_now();
+        let candidates = match control
+            .store()
+            .old_builds(builder, before, keep_last, now, BATCH)
+            .await
+        {
+            Ok(candidates) => candidates,
+            Err(err) => {
+                tracing::warn!("retention: cannot list old builds: {err}");
+                return pruned;
+            }
+        };
+        let full = candidates.len() as i64 == BATCH;
+        for (build_id, number) in candidates {
+            let mut removed = true;
+            for part in [PrunePart::Artifacts, PrunePart::Logs] {
+                let dir = part_dir(&config.master_dir, control.logs_dir(), part)
+                    .join(builder)
+                    .join(number.to_string());
+                if let Err(err) = remove_dir(dir.clone()).await {
+                    tracing::warn!("retention: cannot remove {}: {err}", dir.display());
+                    removed = false;
+                }
+            }
+            // A record kept while its files could not go: the next round tries again.
+            if !removed {
+                continue;
+            }
+            if let Err(err) = control.store().delete_build(build_id).await {
+                tracing::warn!("retention: cannot remove build {builder} #{number}: {err}");
+                return pruned;
+            }
+            pruned += 1;
+        }
+        if !full {
+            return pruned;
+        }
+        tokio::time::sleep(BATCH_PAUSE).await;
+    }
 }
 
 fn part_dir(master_dir: &Path, logs_dir: &Path, part: PrunePart) -> PathBuf {

@@ -47,15 +47,78 @@ pub fn pick_dir(builder: &str, held: &[String]) -> String {
         .unwrap_or_else(|| builder.to_string())
 }
 
-/// The directory for a new build of `builder` on `slave`, as the store's holds say.
-pub async fn work_dir(store: &dyn Store, slave: &str, builder: &str) -> String {
+/// The directory for a new build of `builder` on `slave`, as the store's holds say, and the
+/// builder's directories there that must stay (held, or used by a running build of this
+/// master; a slave builds for one master at a time); none when the holds cannot be read.
+pub async fn work_dir(
+    store: &dyn Store,
+    slave: &str,
+    builder: &str,
+) -> (String, Option<Vec<String>>) {
     let after = crate::status::unix_now() - DIR_GRACE.as_secs_f64();
     match store.held_dirs(slave, builder, after).await {
-        Ok(held) => pick_dir(builder, &held),
+        Ok(mut held) => {
+            let dir = pick_dir(builder, &held);
+            held.extend(DirInUse::dirs_of(slave));
+            held.retain(|kept| *kept != dir);
+            held.sort();
+            held.dedup();
+            (dir, Some(held))
+        }
         Err(err) => {
             // Without the holds, a fresh directory rather than one a shell may be using.
             tracing::error!("cannot read the held directories of {builder} on {slave}: {err}");
-            format!("{builder}~{}", std::process::id())
+            (format!("{builder}~{}", std::process::id()), None)
+        }
+    }
+}
+
+/// The directories running builds use, by slave: process-wide because a slave's builds all
+/// run through the one master it is connected to.
+static IN_USE: std::sync::LazyLock<std::sync::Mutex<Vec<(String, String)>>> =
+    std::sync::LazyLock::new(Default::default);
+
+/// A running build's directory on its slave, kept from the clean-up of other builds' checkouts
+/// until dropped (when the build ends, however it ends).
+pub struct DirInUse {
+    slave: String,
+    dir: String,
+}
+
+impl DirInUse {
+    pub fn take(slave: &str, dir: &str) -> DirInUse {
+        let mut in_use = IN_USE
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        in_use.push((slave.to_string(), dir.to_string()));
+        DirInUse {
+            slave: slave.to_string(),
+            dir: dir.to_string(),
+        }
+    }
+
+    fn dirs_of(slave: &str) -> Vec<String> {
+        let in_use = IN_USE
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        in_use
+            .iter()
+            .filter(|(on, _)| on == slave)
+            .map(|(_, dir)| dir.clone())
+            .collect()
+    }
+}
+
+impl Drop for DirInUse {
+    fn drop(&mut self) {
+        let mut in_use = IN_USE
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(at) = in_use
+            .iter()
+            .position(|(slave, dir)| *slave == self.slave && *dir == self.dir)
+        {
+            in_use.swap_remove(at);
         }
     }
 }

@@ -156,6 +156,7 @@ mod tests {
                     patch: Some(vec![0, 255, 10]),
                     patch_level: 1,
                     submodules: true,
+                    keep_siblings: Some(vec!["linux~2".into()]),
                 },
             },
             Message::Output {

@@ -379,6 +379,10 @@ pub struct CheckoutRequest {
     /// Check out the submodules at the pointers the (patched) tree records. Without it a slave
     /// never fetches submodule contents.
     pub submodules: bool,
+    /// The builder's other directories (`BUILDER~N`) a hold or a running build still uses:
+    /// the slave removes the rest of them before this checkout. None: the master does not
+    /// know, nothing is removed.
+    pub keep_siblings: Option<Vec<String>>,
 }
 
 /// What a command step needs.

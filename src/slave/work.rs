@@ -91,9 +91,13 @@ impl Work {
             }
         };
         let patch_runner = self.patch_runner.clone();
+        let workdir = self.workdir.clone();
         self.tasks.spawn(async move {
             let started = Instant::now();
             let (lines_tx, mut lines_rx) = mpsc::unbounded_channel::<String>();
+            let siblings = request
+                .keep_siblings
+                .map(|keep| (workdir, request.builder.clone(), keep));
             let spec = CheckoutSpec {
                 repo: request.repo,
                 branch: request.branch,
@@ -110,6 +114,9 @@ impl Work {
                 let mut log = |line: &str| {
                     let _ = lines_tx.send(format!("{line}\n"));
                 };
+                if let Some((workdir, dir, keep)) = siblings {
+                    remove_stale_siblings(&workdir, &dir, &keep, &mut log);
+                }
                 checkout::checkout(&builder_dir, &spec, &patch_runner, &mut log).map_err(|err| {
                     if err.is_exception() {
                         Failure::SlaveFault(err.to_string())
@@ -458,6 +465,49 @@ fn elapsed_ms(started: Instant) -> u64 {
     u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX)
 }
 
+/// Removes the builder's other directories beside `dir` (`BUILDER~N`, made while `BUILDER` was
+/// held for a shell) that the master does not list in `keep` (held, or a running build's) and
+/// no checkout is writing, each named in the checkout's log. A failure is logged, not fatal:
+/// the build does not need them gone.
+fn remove_stale_siblings(workdir: &Path, dir: &str, keep: &[String], log: &mut dyn FnMut(&str)) {
+    let base = match dir.rsplit_once('~') {
+        Some((base, n)) if !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) => base,
+        _ => dir,
+    };
+    if base.is_empty() || base.contains('/') {
+        return;
+    }
+    let Ok(entries) = std::fs::read_dir(workdir) else {
+        return;
+    };
+    for entry in entries.filter_map(Result::ok) {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let sibling = name
+            .strip_prefix(base)
+            .and_then(|rest| rest.strip_prefix('~'));
+        let numbered =
+            sibling.is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+        if !numbered || name == dir || keep.contains(&name) {
+            continue;
+        }
+        // Not a symlink's target: only a directory of the work directory itself.
+        if !entry.file_type().is_ok_and(|kind| kind.is_dir()) {
+            continue;
+        }
+        let path = entry.path();
+        let lock = checkout_lock(&path);
+        let Ok(_no_checkout) = lock.try_lock() else {
+            continue;
+        };
+        match std::fs::remove_dir_all(&path) {
+            Ok(()) => log(&format!(
+                "removed {name}: no hold or build uses it any more"
+            )),
+            Err(err) => log(&format!("cannot remove {name}: {err}")),
+        }
+    }
+}
+
 fn builder_dir(workdir: &Path, builder: &str) -> Result<PathBuf, String> {
     relative_inside(workdir, builder)
 }
@@ -481,6 +531,33 @@ pub(crate) fn relative_inside(base: &Path, sub: &str) -> Result<PathBuf, String>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_the_builders_unused_numbered_directories_are_removed() {
+        let work = tempfile::tempdir().expect("temp dir");
+        let names = [
+            "linux", "linux~2", "linux~3", "linux~4", "linux~x", "linux2~2", "mac~2",
+        ];
+        for name in names {
+            std::fs::create_dir(work.path().join(name)).expect("dir");
+        }
+        std::fs::write(work.path().join("linux~5"), "a file").expect("file");
+        let mut lines = Vec::new();
+        remove_stale_siblings(work.path(), "linux", &["linux~3".into()], &mut |line| {
+            lines.push(line.to_string());
+        });
+        let left = |name: &str| work.path().join(name).exists();
+        assert!(!left("linux~2") && !left("linux~4"), "{lines:?}");
+        for name in [
+            "linux", "linux~3", "linux~x", "linux2~2", "mac~2", "linux~5",
+        ] {
+            assert!(left(name), "{name} stays");
+        }
+        assert_eq!(lines.len(), 2, "{lines:?}");
+        // From a numbered directory the base builder's own one stays too.
+        remove_stale_siblings(work.path(), "linux~3", &[], &mut |_| {});
+        assert!(left("linux") && left("linux~3"));
+    }
 
     #[test]
     fn directories_stay_inside() {

@@ -420,6 +420,10 @@ mod tests {
         }))
         .expect("context");
         let mut context = context;
+        context.insert(
+            "storage",
+            &serde_json::json!([{"kind": "logs", "bytes": 2_000_000, "shown": "2.0 MB"}]),
+        );
         let tests = serde_json::json!({"line": "1 passed · 1 failed (1 new)", "more_failures": 2,
             "tests_url": "/t", "failures": [test_case.clone()]});
         let flaky = serde_json::json!([{"suite": "s", "name": "<b>t</b>", "failed": 1, "passed": 2,

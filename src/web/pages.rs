@@ -369,6 +369,21 @@ pub async fn masters(
         })
         .collect();
     context.insert("masters", &shown);
+    // This master's disk, as last measured (at start, then every ten minutes).
+    let storage: Vec<serde_json::Value> = state
+        .control
+        .metrics()
+        .storage()
+        .into_iter()
+        .map(|(kind, bytes)| {
+            serde_json::json!({
+                "kind": kind,
+                "bytes": bytes,
+                "shown": crate::web::views::human_bytes(bytes),
+            })
+        })
+        .collect();
+    context.insert("storage", &storage);
     Ok(Html(state.render("masters.html", &context)?))
 }
 

@@ -310,6 +310,37 @@ pub fn format_time(seconds: f64) -> String {
         .unwrap_or_default()
 }
 
+/// Bytes for a person: `512 B`, `3.4 MB`, `1.2 GB` (decimal units, as `df -H` and disk
+/// vendors count).
+pub fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["kB", "MB", "GB", "TB", "PB"];
+    if bytes < 1000 {
+        return format!("{bytes} B");
+    }
+    let mut value = bytes as f64 / 1000.0;
+    let mut unit = 0;
+    while value >= 999.95 && unit + 1 < UNITS.len() {
+        value /= 1000.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
+}
+
+#[cfg(test)]
+mod human_bytes_tests {
+    use super::human_bytes;
+
+    #[test]
+    fn sizes_read_as_a_person_would_say_them() {
+        assert_eq!(human_bytes(0), "0 B");
+        assert_eq!(human_bytes(999), "999 B");
+        assert_eq!(human_bytes(1000), "1.0 kB");
+        assert_eq!(human_bytes(3_450_000), "3.5 MB");
+        assert_eq!(human_bytes(999_990_000), "1.0 GB");
+        assert_eq!(human_bytes(1_200_000_000), "1.2 GB");
+    }
+}
+
 fn took(started: f64, finished: Option<f64>) -> String {
     let end = finished.unwrap_or_else(crate::master::store::now);
     format_eta(Duration::from_secs_f64((end - started).max(0.0)))

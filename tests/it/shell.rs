@@ -357,6 +357,11 @@ fn only_the_requester_may_and_a_held_directory_is_reused_only_after_its_hold() {
         std::fs::read_to_string(workdir(&slave, "linux").join("ran.txt")).expect("rebuilt"),
         "3\n"
     );
+    // No hold or build uses linux~2 any more: the build in linux removed it.
+    assert!(
+        !workdir(&slave, "linux~2").exists(),
+        "linux~2 is left behind"
+    );
 }
 
 #[test]

@@ -1,5 +1,5 @@
-//! `[retention]`: how long old builds keep their logs and artifacts. Absent: everything is
-//! kept forever, as before.
+//! `[retention]`: how long old builds keep their logs and artifacts, and their records.
+//! Absent: everything is kept forever, as before.
 
 use std::time::Duration;
 
@@ -15,6 +15,9 @@ pub struct RetentionConfig {
     pub logs: Option<Duration>,
     /// Artifacts of builds that finished longer ago than this are removed.
     pub artifacts: Option<Duration>,
+    /// Builds that finished longer ago than this are removed whole: record, steps, logs, test
+    /// results, artifacts, shell sessions, sent notifications.
+    pub builds: Option<Duration>,
     /// The newest this many builds of each builder keep everything, whatever their age.
     pub keep_last: u64,
 }
@@ -28,6 +31,8 @@ pub(super) struct RawRetention {
     #[serde(default)]
     artifacts: Option<Spanned<String>>,
     #[serde(default)]
+    builds: Option<Spanned<String>>,
+    #[serde(default)]
     keep_last: Option<u64>,
 }
 
@@ -39,9 +44,11 @@ impl Checker<'_> {
         };
         let logs = age(raw.logs.as_ref());
         let artifacts = age(raw.artifacts.as_ref());
+        let builds = age(raw.builds.as_ref());
         Some(RetentionConfig {
             logs,
             artifacts,
+            builds,
             keep_last: raw.keep_last.unwrap_or(DEFAULT_KEEP_LAST),
         })
     }

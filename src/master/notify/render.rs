@@ -111,7 +111,7 @@ pub async fn render(
                 lines.push(format!("The build before it: {previous}."));
             }
             Ok(Rendered {
-                key: format!("build:{builder}:{number}"),
+                key: crate::master::store::build_event_key(builder, *number),
                 event: sequenced.clone(),
                 url,
                 headline,

@@ -138,6 +138,25 @@ pub async fn open(
     }
 }
 
+/// The tables whose rows belong to one build (column `build_id`): what [`Store::delete_build`]
+/// removes with it, in this order (children before `builds`, whose id some reference). A
+/// migration adding such a table adds it here, so both backends forget it alike.
+pub const BUILD_CHILDREN: &[&str] = &[
+    "steps",
+    "log_chunks",
+    "test_results",
+    "shell_holds",
+    "shell_sessions",
+    "artifact_chunks",
+    "artifact_files",
+    "artifact_pruned",
+];
+
+/// The outbox's key of the notifications about one build (`master::notify` makes it).
+pub fn build_event_key(builder: &str, number: i64) -> String {
+    format!("build:{builder}:{number}")
+}
+
 /// Everything the master keeps, as domain verbs. Every method is one transaction: what it
 /// writes is there whole or not at all.
 #[async_trait::async_trait]
@@ -801,4 +820,27 @@ pub trait Store: Send + Sync {
 
     /// Removes `part` of a build from the store and remembers that it is gone.
     async fn prune_build_part(&self, build_id: i64, part: PrunePart) -> Result<(), StoreError>;
+
+    /// Finished builds of `builder` whose records `[retention] builds` removes: finished
+    /// before `finished_before`, not among the builder's newest `keep_last` by number (never
+    /// the newest: the next number follows it), not held for a shell at `now`; oldest first,
+    /// at most `limit`, as (build id, number).
+    async fn old_builds(
+        &self,
+        builder: &str,
+        finished_before: f64,
+        keep_last: i64,
+        now: f64,
+        limit: i64,
+    ) -> Result<Vec<(i64, i64)>, StoreError>;
+
+    /// Deletes a finished build and every row hanging off it ([`BUILD_CHILDREN`], and the
+    /// notifications about it that were sent or given up), in one short transaction. A build
+    /// gone already, or not finished, is left alone without error.
+    async fn delete_build(&self, build_id: i64) -> Result<(), StoreError>;
+
+    /// Gives the pages that pruning freed back to the file system, after a retention round;
+    /// returns the pages freed (SQLite's `incremental_vacuum`; PostgreSQL's autovacuum does
+    /// this on its own, so there it does nothing and returns 0).
+    async fn reclaim_space(&self) -> Result<u64, StoreError>;
 }

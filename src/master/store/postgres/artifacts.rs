@@ -4,7 +4,7 @@
 use super::PgStore;
 use super::cluster::fence_build;
 use crate::master::store::model::MasterLease;
-use crate::master::store::{ArtifactRow, NewArtifact, PrunePart, StoreError};
+use crate::master::store::{ArtifactRow, BUILD_CHILDREN, NewArtifact, PrunePart, StoreError};
 
 fn number(value: u64) -> Result<i64, StoreError> {
     i64::try_from(value).map_err(|_| StoreError::Task(format!("artifact number {value} too large")))
@@ -169,6 +169,68 @@ impl PgStore {
                  ON CONFLICT (build_id, part) DO NOTHING",
                 &[&build_id, &part.as_str(), &crate::master::store::now()],
             )
+            .await?;
+        transaction.commit().await?;
+        Ok(())
+    }
+
+    pub(super) async fn old_builds_in(
+        &self,
+        builder: &str,
+        finished_before: f64,
+        keep_last: i64,
+        now: f64,
+        limit: i64,
+    ) -> Result<Vec<(i64, i64)>, StoreError> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT b.id, b.number FROM builds b
+                 WHERE b.builder = $1 AND b.finished_at IS NOT NULL AND b.finished_at < $2
+                   AND b.number <= (SELECT MAX(number) FROM builds WHERE builder = $1)
+                                   - GREATEST($3::BIGINT, 1)
+                   AND NOT EXISTS (SELECT 1 FROM shell_holds h
+                                   WHERE h.build_id = b.id AND h.held_until > $4)
+                 ORDER BY b.number LIMIT $5",
+                &[&builder, &finished_before, &keep_last, &now, &limit],
+            )
+            .await?;
+        Ok(rows.iter().map(|row| (row.get(0), row.get(1))).collect())
+    }
+
+    pub(super) async fn delete_build_in(&self, build_id: i64) -> Result<(), StoreError> {
+        let mut client = self.client().await?;
+        let transaction = client.transaction().await?;
+        // Locked: a build being deleted is not read half-gone by another master's writer.
+        let Some(build) = transaction
+            .query_opt(
+                "SELECT builder, number FROM builds WHERE id = $1 AND finished_at IS NOT NULL
+                 FOR UPDATE",
+                &[&build_id],
+            )
+            .await?
+        else {
+            return Ok(());
+        };
+        let (builder, number): (String, i64) = (build.get(0), build.get(1));
+        for table in BUILD_CHILDREN {
+            transaction
+                .execute(
+                    &format!("DELETE FROM {table} WHERE build_id = $1"),
+                    &[&build_id],
+                )
+                .await?;
+        }
+        // Pending ones stay: they still go out, and carry what they say in their payload.
+        transaction
+            .execute(
+                "DELETE FROM outbox_notifications
+                 WHERE event_key = $1 AND state IN ('delivered', 'given_up')",
+                &[&crate::master::store::build_event_key(&builder, number)],
+            )
+            .await?;
+        transaction
+            .execute("DELETE FROM builds WHERE id = $1", &[&build_id])
             .await?;
         transaction.commit().await?;
         Ok(())

@@ -5,7 +5,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use super::fence_build;
 use crate::master::store::model::MasterLease;
-use crate::master::store::{ArtifactRow, NewArtifact, PrunePart, StoreError};
+use crate::master::store::{ArtifactRow, BUILD_CHILDREN, NewArtifact, PrunePart, StoreError};
 
 fn number(value: u64) -> Result<i64, StoreError> {
     i64::try_from(value).map_err(|_| StoreError::Task(format!("artifact number {value} too large")))
@@ -146,6 +146,58 @@ pub(super) fn prune_build_part(
          ON CONFLICT (build_id, part) DO NOTHING",
         params![build_id, part.as_str(), crate::master::store::now()],
     )?;
+    transaction.commit()?;
+    Ok(())
+}
+
+pub(super) fn old_builds(
+    connection: &Connection,
+    builder: &str,
+    finished_before: f64,
+    keep_last: i64,
+    now: f64,
+    limit: i64,
+) -> Result<Vec<(i64, i64)>, StoreError> {
+    let mut statement = connection.prepare(
+        "SELECT b.id, b.number FROM builds b
+         WHERE b.builder = ?1 AND b.finished_at IS NOT NULL AND b.finished_at < ?2
+           AND b.number <= (SELECT MAX(number) FROM builds WHERE builder = ?1) - MAX(?3, 1)
+           AND NOT EXISTS (SELECT 1 FROM shell_holds h
+                           WHERE h.build_id = b.id AND h.held_until > ?4)
+         ORDER BY b.number LIMIT ?5",
+    )?;
+    let rows = statement.query_map(
+        params![builder, finished_before, keep_last, now, limit],
+        |row| Ok((row.get(0)?, row.get(1)?)),
+    )?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+pub(super) fn delete_build(connection: &mut Connection, build_id: i64) -> Result<(), StoreError> {
+    let transaction = connection.transaction()?;
+    let build: Option<(String, i64)> = transaction
+        .query_row(
+            "SELECT builder, number FROM builds WHERE id = ?1 AND finished_at IS NOT NULL",
+            params![build_id],
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        )
+        .optional()?;
+    let Some((builder, number)) = build else {
+        return Ok(());
+    };
+    for table in BUILD_CHILDREN {
+        transaction.execute(
+            &format!("DELETE FROM {table} WHERE build_id = ?1"),
+            params![build_id],
+        )?;
+    }
+    // Pending ones stay: they still go out, and carry what they say in their payload.
+    transaction.execute(
+        "DELETE FROM outbox_notifications
+         WHERE event_key = ?1 AND state IN ('delivered', 'given_up')",
+        params![crate::master::store::build_event_key(&builder, number)],
+    )?;
+    transaction.execute("DELETE FROM builds WHERE id = ?1", params![build_id])?;
     transaction.commit()?;
     Ok(())
 }

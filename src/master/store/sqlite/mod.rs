@@ -347,6 +347,7 @@ impl SqliteStore {
     /// Opens (creating if needed) and migrates the database.
     pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
         let mut connection = Connection::open(path)?;
+        incremental_vacuum(&connection)?;
         connection.pragma_update(None, "journal_mode", "WAL")?;
         connection.pragma_update(None, "synchronous", "FULL")?;
         connection.pragma_update(None, "foreign_keys", "ON")?;
@@ -402,6 +403,26 @@ impl SqliteStore {
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         work(&mut guard)
     }
+}
+
+/// Lets retention give freed pages back (`auto_vacuum = INCREMENTAL`, see `reclaim_space`).
+/// The mode takes effect only before the first table exists, or with a `VACUUM`: a database
+/// made before it is rewritten once here, at open, before anything else uses it. `VACUUM` is a
+/// transaction of its own: a crash in the middle leaves the database as it was.
+fn incremental_vacuum(connection: &Connection) -> Result<(), StoreError> {
+    const INCREMENTAL: i64 = 2;
+    let mode: i64 = connection.pragma_query_value(None, "auto_vacuum", |row| row.get(0))?;
+    if mode == INCREMENTAL {
+        return Ok(());
+    }
+    connection.pragma_update(None, "auto_vacuum", "INCREMENTAL")?;
+    let tables: i64 =
+        connection.query_row("SELECT count(*) FROM sqlite_master", [], |row| row.get(0))?;
+    if tables > 0 {
+        tracing::info!("switching the history database to incremental vacuum (once)");
+        connection.execute_batch("VACUUM")?;
+    }
+    Ok(())
 }
 
 fn migrate(connection: &mut Connection) -> Result<(), StoreError> {
@@ -2207,11 +2228,87 @@ impl Store for SqliteStore {
         self.run(move |c| artifacts::prune_build_part(c, build_id, part))
             .await
     }
+
+    async fn old_builds(
+        &self,
+        builder: &str,
+        finished_before: f64,
+        keep_last: i64,
+        now: f64,
+        limit: i64,
+    ) -> Result<Vec<(i64, i64)>, StoreError> {
+        let builder = builder.to_string();
+        self.run(move |c| {
+            artifacts::old_builds(c, &builder, finished_before, keep_last, now, limit)
+        })
+        .await
+    }
+
+    async fn delete_build(&self, build_id: i64) -> Result<(), StoreError> {
+        self.run(move |c| artifacts::delete_build(c, build_id))
+            .await
+    }
+
+    async fn reclaim_space(&self) -> Result<u64, StoreError> {
+        self.run(|c| {
+            let free: i64 = c.pragma_query_value(None, "freelist_count", |row| row.get(0))?;
+            // The statement frees a page per step: it must be stepped to the end (a single
+            // `execute` would free one page).
+            let mut statement = c.prepare("PRAGMA incremental_vacuum")?;
+            let mut rows = statement.query([])?;
+            while rows.next()?.is_some() {}
+            drop(rows);
+            drop(statement);
+            let left: i64 = c.pragma_query_value(None, "freelist_count", |row| row.get(0))?;
+            Ok(u64::try_from(free - left).unwrap_or(0))
+        })
+        .await
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn an_old_database_switches_to_incremental_vacuum_and_gives_pages_back() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("state.sqlite");
+        {
+            // As a master before this change made it: tables first, no auto_vacuum.
+            let old = Connection::open(&path).expect("open");
+            old.execute_batch(
+                "CREATE TABLE filler (data BLOB);
+                 WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 200)
+                 INSERT INTO filler SELECT zeroblob(4096) FROM n;",
+            )
+            .expect("filler");
+        }
+        let store = SqliteStore::open(&path).expect("reopen");
+        let mode: i64 = store
+            .with(|c| Ok(c.pragma_query_value(None, "auto_vacuum", |row| row.get(0))?))
+            .expect("mode");
+        assert_eq!(mode, 2, "INCREMENTAL");
+        let filler: i64 = store
+            .with(|c| Ok(c.query_row("SELECT count(*) FROM filler", [], |row| row.get(0))?))
+            .expect("rows kept by the VACUUM");
+        assert_eq!(filler, 200);
+        let size = || std::fs::metadata(&path).expect("size").len();
+        store
+            .with(|c| Ok(c.execute_batch("DELETE FROM filler; PRAGMA wal_checkpoint(TRUNCATE);")?))
+            .expect("delete");
+        let before = size();
+        assert!(store.reclaim_space().await.expect("reclaim") >= 190);
+        store
+            .with(|c| Ok(c.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")?))
+            .expect("checkpoint");
+        assert!(
+            size() + 190 * 4096 <= before,
+            "the file shrank: {before} -> {}",
+            size()
+        );
+        assert_eq!(store.reclaim_space().await.expect("reclaim"), 0);
+    }
 
     fn request(job: &str, builder: &str) -> NewRequest {
         NewRequest {
