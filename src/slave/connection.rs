@@ -7,7 +7,7 @@
 //! writer task fed by a bounded queue, which is what slows down a command that prints faster
 //! than the link carries. A shell's messages skip both: the reader hands them straight to the
 //! shell's task (`ShellRoutes`), and the shell writes its frames on the channel itself
-//! ([`Outgoing`]), a task hop less each way per keystroke.
+//! ([`Outgoing`](crate::slave::outgoing::Outgoing)), a task hop less each way per keystroke.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -18,10 +18,11 @@ use russh::keys::{PrivateKey, PrivateKeyWithHashAlg, PublicKey};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::proto::{self, FrameDecoder, Hello, Message};
+use crate::proto::{FrameDecoder, Hello, Message};
 use crate::slave::SlaveConfig;
 use crate::slave::containment::Containment;
 use crate::slave::fetch::Piece;
+use crate::slave::outgoing::Outgoing;
 use crate::slave::shell::{ShellRoutes, Shells};
 use crate::slave::work::Work;
 
@@ -37,26 +38,6 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Frames waiting for the writer; bounded, so output producers feel the link's speed.
 const OUTGOING_QUEUE: usize = 64;
-
-/// The channel to the master, shared by the writer task and the shells, each writing whole
-/// frames: a shell's output goes out from its own task instead of waking the writer, one task
-/// hop less per echoed keystroke (bench/results-issue-25.md).
-#[derive(Clone)]
-pub struct Outgoing(Arc<tokio::sync::Mutex<russh::ChannelWriteHalf<russh::client::Msg>>>);
-
-/// The connection to the master is gone.
-#[derive(Debug)]
-pub struct LinkGone;
-
-impl Outgoing {
-    pub async fn send(&self, message: Message) -> Result<(), LinkGone> {
-        // Owned bytes go out in packets of the channel's largest size; `data` would copy
-        // them through an 8 KiB buffer, four packets for one 32 KiB output frame.
-        let frame = proto::encode(&message);
-        let channel = self.0.lock().await;
-        channel.data_bytes(frame).await.map_err(|_| LinkGone)
-    }
-}
 
 struct ClientHandler {
     expected: PublicKey,
@@ -176,7 +157,7 @@ pub async fn serve(
         .await
         .context("cannot start the slave RPC")?;
     let (mut read_half, write_half) = channel.split();
-    let direct = Outgoing(Arc::new(tokio::sync::Mutex::new(write_half)));
+    let direct = Outgoing::new(write_half);
 
     let (incoming_tx, mut incoming) = mpsc::unbounded_channel::<Result<Message, String>>();
     let routes = ShellRoutes::default();
@@ -244,7 +225,7 @@ pub async fn serve(
         // Everything queued (the last Exit reports above all) went out before this EOF, on the
         // same channel, and the shells wrote their last before `run_session` returned; the
         // master closes its side once it has read them.
-        let _ = channel.0.lock().await.eof().await;
+        channel.eof().await;
     });
 
     let workers = Workers {

@@ -17,6 +17,7 @@ mod connection;
 pub mod containment;
 pub mod dirlock;
 mod fetch;
+mod outgoing;
 pub mod reports;
 pub mod runner;
 pub mod sender;

@@ -29,8 +29,8 @@ use tokio::task::JoinSet;
 use crate::proto::{
     AckOwed, Message, SHELL_WINDOW, ShellRequest, StreamKind, TermSize, shell_cost,
 };
-use crate::slave::connection::Outgoing;
 use crate::slave::containment::Containment;
+use crate::slave::outgoing::Outgoing;
 
 /// The most one output message carries.
 const CHUNK: usize = 32 * 1024;
