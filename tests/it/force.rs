@@ -21,15 +21,6 @@ fn ssh(master: &TestMaster, command: &str) -> std::process::Output {
     master.ssh(&master.user_key, &current_user(), command)
 }
 
-fn wait_for_build(master: &TestMaster, number: u64) -> serde_json::Value {
-    let mut build = serde_json::Value::Null;
-    wait_until(&format!("linux #{number} to finish"), || {
-        build = master.api_last_build("linux");
-        build["number"] == number && build["running"] == false
-    });
-    build
-}
-
 #[test]
 fn a_forced_build_builds_the_branch_and_revision_asked_for_and_says_who_and_why() {
     let checkout = Checkout::new();
@@ -52,7 +43,7 @@ fn a_forced_build_builds_the_branch_and_revision_asked_for_and_says_who_and_why(
         "{}",
         text(&forced.stdout)
     );
-    let first = wait_for_build(&master, 1);
+    let first = master.finished_build("linux", 1);
     assert_eq!(
         first["result"], "success",
         "the release branch has the commit: {first}"
@@ -72,12 +63,12 @@ fn a_forced_build_builds_the_branch_and_revision_asked_for_and_says_who_and_why(
         ),
     );
     assert_eq!(pinned.status.code(), Some(0), "{}", text(&pinned.stderr));
-    assert_eq!(wait_for_build(&master, 2)["result"], "failure");
+    assert_eq!(master.finished_build("linux", 2)["result"], "failure");
 
     // A rebuild of #1 builds what #1 built.
     let rebuilt = ssh(&master, "rebuild linux 1 --reason 'flaky?'");
     assert_eq!(rebuilt.status.code(), Some(0), "{}", text(&rebuilt.stderr));
-    let third = wait_for_build(&master, 3);
+    let third = master.finished_build("linux", 3);
     assert_eq!(third["result"], "success", "{third}");
     let detail = master.api(&format!("/api/builds/{}", third["id"]));
     assert_eq!(detail["comment"], "rebuild of linux #1: flaky?", "{detail}");
@@ -96,7 +87,7 @@ fn a_forced_build_builds_the_branch_and_revision_asked_for_and_says_who_and_why(
         .args(master.client_args());
     let output = run_with_timeout(client, None);
     assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
-    assert_eq!(wait_for_build(&master, 4)["result"], "success");
+    assert_eq!(master.finished_build("linux", 4)["result"], "success");
 }
 
 #[test]
@@ -164,7 +155,7 @@ fn a_queued_request_can_be_cancelled_before_it_is_built() {
     let _slave = master.start_slave("s1");
     let after = ssh(&master, "force linux --reason 'after the cancel'");
     assert_eq!(after.status.code(), Some(0), "{}", text(&after.stderr));
-    let first = wait_for_build(&master, 1);
+    let first = master.finished_build("linux", 1);
     let detail = master.api(&format!("/api/builds/{}", first["id"]));
     assert_eq!(detail["comment"], "after the cancel", "{detail}");
     assert_eq!(
@@ -208,7 +199,7 @@ fn try_wait_users_see_their_place_in_the_queue_and_when_it_starts() {
         ssh(&master, "force linux --reason warm-up").status.code(),
         Some(0)
     );
-    wait_for_build(&master, 1);
+    master.finished_build("linux", 1);
     assert_eq!(
         ssh(&master, "force linux --reason busy").status.code(),
         Some(0)
@@ -307,7 +298,7 @@ fn a_forced_build_of_a_branch_tip_records_and_passes_on_the_commit_it_built() {
     let _slave = master.start_slave("s1");
     let forced = ssh(&master, "force linux --reason 'tip of main'");
     assert_eq!(forced.status.code(), Some(0), "{}", text(&forced.stderr));
-    let build = wait_for_build(&master, 1);
+    let build = master.finished_build("linux", 1);
     assert_eq!(build["result"], "success", "{build}");
 
     let detail = master.api(&format!("/api/builds/{}", build["id"]));

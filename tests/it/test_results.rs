@@ -8,7 +8,7 @@
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-use crate::harness::{MasterSetup, TestMaster, current_user, http_client, text, wait_until};
+use crate::harness::{MasterSetup, TestMaster, current_user, http_client, text};
 use crate::repo::{Checkout, git};
 
 /// A master whose linux builder copies `scenario/<build number>/` into `reports/` of its work
@@ -32,15 +32,6 @@ fn force(master: &TestMaster) {
         "force linux --reason tests",
     );
     assert_eq!(forced.status.code(), Some(0), "{}", text(&forced.stderr));
-}
-
-fn wait_for_build(master: &TestMaster, number: u64) -> serde_json::Value {
-    let mut build = serde_json::Value::Null;
-    wait_until(&format!("linux #{number} to finish"), || {
-        build = master.api_last_build("linux");
-        build["number"] == number && build["running"] == false
-    });
-    build
 }
 
 /// A new commit on upstream's main, so each build has a revision of its own.
@@ -137,7 +128,7 @@ fn failures_are_new_then_known_then_flaky_over_a_series_of_builds() {
                 "{out}"
             );
         }
-        let build = wait_for_build(&master, number);
+        let build = master.finished_build("linux", number);
         // Failing tests do not fail a build whose command passed: the report is information.
         assert_eq!(build["result"], "success", "{build}");
         ids.push(build["id"].clone());
@@ -283,7 +274,7 @@ fn hostile_reports_are_each_a_line_in_the_log_and_change_nothing_else() {
     )
     .expect("write");
     force(&master);
-    let build = wait_for_build(&master, 1);
+    let build = master.finished_build("linux", 1);
     assert_eq!(build["result"], "success", "{build}");
 
     let tests = master.api(&format!("/api/builds/{}/tests", build["id"]));
@@ -353,7 +344,7 @@ fn a_real_pytest_junit_report_is_read() {
     ));
     let _slave = master.start_slave("s1");
     force(&master);
-    let build = wait_for_build(&master, 1);
+    let build = master.finished_build("linux", 1);
     assert_eq!(build["result"], "failure", "pytest exits 1: {build}");
     let tests = master.api(&format!("/api/builds/{}/tests", build["id"]));
     assert_eq!(
