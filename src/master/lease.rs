@@ -148,7 +148,8 @@ pub async fn lead(store: &dyn Store, owner: &MasterLease, lease: Duration) -> bo
 }
 
 /// Runs `start`'s job while this master leads, stopping it (by its token) when the lead goes
-/// elsewhere and starting it again when it comes back; ends at `shutdown`.
+/// elsewhere and starting it again when it comes back; ends at `shutdown`, and when the lease
+/// that tells who leads is gone (a master declared lost stops).
 pub async fn while_leading<F, Fut>(
     mut leading: watch::Receiver<bool>,
     what: &'static str,
@@ -166,6 +167,9 @@ where
                 changed = leading.changed() => if changed.is_err() { return Ok(()) },
             }
         }
+        if shutdown.is_cancelled() {
+            return Ok(());
+        }
         let token = shutdown.child_token();
         let job = start(token.clone());
         tokio::pin!(job);
@@ -173,10 +177,16 @@ where
             tokio::select! {
                 ended = &mut job => return ended,
                 changed = leading.changed() => {
-                    if changed.is_err() || !*leading.borrow_and_update() {
+                    // A closed channel stays "changed" forever, and its last value may still
+                    // say "leading": starting the job again would spin. Nobody leads here now.
+                    let lease_gone = changed.is_err();
+                    if lease_gone || !*leading.borrow_and_update() {
                         tracing::info!("{what} stops here: another master leads the cluster's jobs now");
                         token.cancel();
                         let _ = (&mut job).await;
+                        if lease_gone {
+                            return Ok(());
+                        }
                         break;
                     }
                 }
@@ -255,4 +265,42 @@ pub async fn run(
         tracing::warn!("cannot end this master's lease: {err}");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// The lease task ends (its master was declared lost) while this master leads: the job is
+    /// stopped once and not started again, and `while_leading` ends without a shutdown.
+    #[tokio::test]
+    async fn a_lease_that_ends_while_leading_stops_the_job_for_good() {
+        let (tell, leading) = watch::channel(true);
+        let starts = Arc::new(AtomicUsize::new(0));
+        let shutdown = CancellationToken::new();
+        let counted = Arc::clone(&starts);
+        let runner = tokio::spawn(while_leading(
+            leading,
+            "test job",
+            shutdown.clone(),
+            move |token| {
+                counted.fetch_add(1, Ordering::SeqCst);
+                async move {
+                    token.cancelled().await;
+                    Ok(())
+                }
+            },
+        ));
+        tokio::task::yield_now().await;
+        drop(tell);
+        let ended = tokio::time::timeout(Duration::from_secs(10), runner).await;
+        assert!(
+            matches!(ended, Ok(Ok(Ok(())))),
+            "while_leading did not end: {ended:?}"
+        );
+        assert_eq!(starts.load(Ordering::SeqCst), 1);
+        assert!(!shutdown.is_cancelled());
+    }
 }
