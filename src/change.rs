@@ -48,6 +48,8 @@ pub enum ChangeError {
     TooManyFiles,
     #[error("the property name '{}' is not made of letters, digits and _", one_line(.0))]
     BadPropertyName(String),
+    #[error("the property '{0}' is set by the master itself; name yours otherwise")]
+    MasterProperty(String),
 }
 
 /// A value from the sender, fit to quote in a one-line message: control characters (a newline
@@ -104,6 +106,13 @@ pub fn check(change: &ChangeSpec) -> Result<(), ChangeError> {
     {
         return Err(ChangeError::BadPropertyName(name.clone()));
     }
+    if let Some(name) = change
+        .properties
+        .keys()
+        .find(|name| is_master_property(name))
+    {
+        return Err(ChangeError::MasterProperty(name.clone()));
+    }
     Ok(())
 }
 
@@ -124,6 +133,18 @@ fn is_branch_name(branch: &str) -> bool {
         && branch.chars().all(|c| {
             !c.is_control() && !matches!(c, ' ' | '~' | '^' | ':' | '?' | '*' | '[' | '\\')
         })
+}
+
+/// The property the master gives a dependent scheduler's build: the upstream firing's job, whose
+/// artifacts `fetch_artifacts = [{ from = "upstream" }]` puts into the build.
+pub const UPSTREAM_JOB_PROPERTY: &str = "upstream_job";
+/// The property that marks a bisection's build (its value: the bisection's id).
+pub const BISECT_PROPERTY: &str = "bisect";
+
+/// Whether only the master may set `name`: a user's try, force or change that sets one would
+/// make its build fetch another job's artifacts or report into a bisection.
+pub fn is_master_property(name: &str) -> bool {
+    name == UPSTREAM_JOB_PROPERTY || name == BISECT_PROPERTY
 }
 
 /// Property names become environment variable names (`BUILDBOT_PROP_<NAME>`).
@@ -177,6 +198,10 @@ mod tests {
             with("properties", r#"{"a b": "x"}"#),
             Err(ChangeError::BadPropertyName(_))
         ));
+        assert_eq!(
+            with("properties", r#"{"upstream_job": "try-1"}"#),
+            Err(ChangeError::MasterProperty("upstream_job".into()))
+        );
         assert!(matches!(
             with("surprise", "1"),
             Err(ChangeError::BadJson(_))

@@ -137,6 +137,10 @@ pub enum AccessError {
         "the patch changes a submodule URL in .gitmodules, which {builder} does not allow (patch_submodule_urls = false)"
     )]
     SubmoduleUrls { builder: String },
+    #[error(
+        "the property '{name}' is set by the master itself; a try or forced build may not set it"
+    )]
+    MasterProperty { name: String },
     #[error("the account {user} no longer exists (or is another account now); its rights ended")]
     AccountGone { user: String },
 }

@@ -813,7 +813,7 @@ impl Queue {
 
 /// The property that marks a bisection's request (`master::bisect`): its value is the
 /// bisection's id.
-pub const BISECT_PROPERTY: &str = "bisect";
+pub const BISECT_PROPERTY: &str = crate::change::BISECT_PROPERTY;
 
 /// Whether a request is a bisection's build, served only when nothing else waits.
 pub fn is_bisect(request: &StoredRequest) -> bool {

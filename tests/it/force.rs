@@ -101,6 +101,11 @@ fn refusals_are_one_line_each() {
             "buildbot: no builder named 'nope' (builders: linux)",
         ),
         ("force linux", 2, "buildbot: force: "),
+        (
+            "force linux --reason x --property upstream_job=force-1",
+            1,
+            "buildbot: the property 'upstream_job' is set by the master itself",
+        ),
         ("rebuild linux 9", 1, "buildbot: linux has no build #9"),
         (
             "cancel linux 99",

@@ -359,6 +359,19 @@ fn errors_a_new_user_hits_say_what_to_do() {
         text(&output.stderr)
     );
 
+    // A property only the master sets (a bisection's mark) is refused, not smuggled in.
+    let output = buildbot_try(
+        &master,
+        &checkout.work,
+        &["-b", "linux", "--property", "bisect=1"],
+    );
+    assert_eq!(output.status.code(), Some(1), "{}", text(&output.stderr));
+    assert!(
+        text(&output.stderr).contains("the property 'bisect' is set by the master itself"),
+        "{}",
+        text(&output.stderr)
+    );
+
     let mut command = Command::new(BIN);
     command.arg("try").current_dir(&checkout.work);
     let output = run_with_timeout(command, None);

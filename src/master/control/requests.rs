@@ -57,6 +57,13 @@ impl Control {
     ) -> Result<Queued, ControlError> {
         let in_force = self.config();
         crate::untrusted::text::check_plain("reason", &force.reason)?;
+        if let Some(name) = force
+            .properties
+            .keys()
+            .find(|name| crate::change::is_master_property(name))
+        {
+            return Err(AccessError::MasterProperty { name: name.clone() }.into());
+        }
         let config = self.builder(builder)?;
         let rights = access::check(
             account,
@@ -333,6 +340,13 @@ pub(crate) fn start_try_policy(
     builder: &str,
     config: &crate::master::config::Config,
 ) -> Result<(), AccessError> {
+    if let Some(name) = job
+        .properties
+        .keys()
+        .find(|name| crate::change::is_master_property(name))
+    {
+        return Err(AccessError::MasterProperty { name: name.clone() });
+    }
     let Some(found) = config.builder(builder) else {
         return Ok(());
     };

@@ -78,7 +78,7 @@ struct DependentScheduler {
 }
 
 /// The property of a dependent scheduler's build that names the job of its upstream firing.
-pub const UPSTREAM_JOB: &str = "upstream_job";
+pub const UPSTREAM_JOB: &str = crate::change::UPSTREAM_JOB_PROPERTY;
 
 /// A firing of an upstream scheduler that dependents wait on.
 struct UpstreamRun {
