@@ -145,12 +145,8 @@ fn write_pieces(
     }
     Ok(Written {
         file,
-        sha256: hex(&hasher.finalize()),
+        sha256: hex::encode(hasher.finalize()),
     })
-}
-
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
 }
 
 /// Receives one collection's files for one step of a running build.

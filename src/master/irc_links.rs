@@ -131,10 +131,7 @@ pub struct IrcLinks {
 /// What the store keeps instead of a code.
 fn code_hash(code: &str) -> String {
     use sha2::Digest;
-    sha2::Sha256::digest(code.as_bytes())
-        .iter()
-        .map(|byte| format!("{byte:02x}"))
-        .collect()
+    hex::encode(sha2::Sha256::digest(code.as_bytes()))
 }
 
 /// How the IRC server compares nicks and channel names (ISUPPORT `CASEMAPPING`). Two nicks

@@ -86,11 +86,7 @@ pub fn config_digest(config: &Config) -> String {
         config.database,
         config.http.public,
     );
-    sha2::Sha256::digest(shared.as_bytes())
-        .iter()
-        .take(8)
-        .map(|byte| format!("{byte:02x}"))
-        .collect()
+    hex::encode(&sha2::Sha256::digest(shared.as_bytes())[..8])
 }
 
 /// How long a lease is registered and held for: `[database] lease` with a shared store; with

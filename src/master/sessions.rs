@@ -49,10 +49,7 @@ fn random_token() -> String {
 
 /// What a store keeps instead of a session id.
 fn token_hash(id: &str) -> String {
-    sha2::Sha256::digest(id.as_bytes())
-        .iter()
-        .map(|byte| format!("{byte:02x}"))
-        .collect()
+    hex::encode(sha2::Sha256::digest(id.as_bytes()))
 }
 
 impl Sessions {

@@ -74,11 +74,7 @@ pub fn receive(
                     }
                 }
                 Some(Piece::End { sha256 }) => {
-                    let got: String = std::mem::take(&mut hasher)
-                        .finalize()
-                        .iter()
-                        .map(|byte| format!("{byte:02x}"))
-                        .collect();
+                    let got = hex::encode(std::mem::take(&mut hasher).finalize());
                     if received != size {
                         break Some(format!("{path}: {received} bytes arrived of {size}"));
                     }

@@ -52,11 +52,7 @@ pub fn send_file(
             return Ok(Sent::Cut);
         }
         if last {
-            let sha256 = hasher
-                .finalize()
-                .iter()
-                .map(|byte| format!("{byte:02x}"))
-                .collect();
+            let sha256 = hex::encode(hasher.finalize());
             return Ok(Sent::Whole { sha256 });
         }
     }

@@ -28,8 +28,7 @@ pub fn signature(key: &[u8], body: &[u8]) -> String {
         .unwrap_or_else(|_| unreachable!("HMAC takes a key of any length"));
     mac.update(body);
     let digest = mac.finalize().into_bytes();
-    let hex: String = digest.iter().map(|byte| format!("{byte:02x}")).collect();
-    format!("sha256={hex}")
+    format!("sha256={}", hex::encode(digest))
 }
 
 pub async fn send(
