@@ -638,10 +638,10 @@ async fn run_steps(
         slave_leaving: false,
     };
     // The builder's directory on the slave, unless a held build keeps it (`master::shell`).
-    let (dir, keep_siblings) =
-        crate::master::shell::work_dir(&*control.store, &link.name, &builder.name).await;
-    // Until the build ends, a later build of the builder on this slave keeps this directory.
-    let _dir_in_use = crate::master::shell::DirInUse::take(&link.name, &dir);
+    // Until the build ends (the claim is dropped), no other build gets this directory.
+    let (claim, keep_siblings) =
+        crate::master::shell::work_dir(&*control.store, link, &builder.name).await;
+    let dir = claim.dir.clone();
     let secrets = match BuildSecrets::load(&control.config(), builder, request).await {
         Ok(secrets) => secrets,
         Err(err) => {

@@ -11,6 +11,7 @@
 use std::time::Duration;
 
 use crate::master::config::hold::{HoldOn, HoldPolicy};
+use crate::master::slaves::SlaveLink;
 use crate::master::store::Store;
 use crate::status::BuildResult;
 
@@ -47,77 +48,57 @@ pub fn pick_dir(builder: &str, held: &[String]) -> String {
         .unwrap_or_else(|| builder.to_string())
 }
 
-/// The directory for a new build of `builder` on `slave`, as the store's holds say, and the
-/// builder's directories there that must stay (held, or used by a running build of this
-/// master; a slave builds for one master at a time); none when the holds cannot be read.
-pub async fn work_dir(
+/// Claims the directory for a new build of `builder` on `link`'s slave: the first that no hold
+/// (as the store says) and no running build keeps, taken under one lock so two builds never
+/// get the same one. Also the builder's directories there that must stay (held, or in use);
+/// none when the holds cannot be read.
+pub async fn work_dir<'a>(
     store: &dyn Store,
-    slave: &str,
+    link: &'a SlaveLink,
     builder: &str,
-) -> (String, Option<Vec<String>>) {
+) -> (DirInUse<'a>, Option<Vec<String>>) {
     let after = crate::status::unix_now() - DIR_GRACE.as_secs_f64();
-    match store.held_dirs(slave, builder, after).await {
-        Ok(mut held) => {
-            let dir = pick_dir(builder, &held);
-            held.extend(DirInUse::dirs_of(slave));
-            held.retain(|kept| *kept != dir);
-            held.sort();
-            held.dedup();
-            (dir, Some(held))
+    let held = store.held_dirs(&link.name, builder, after).await;
+    let mut in_use = link
+        .dirs_in_use
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let (dir, keep) = match held {
+        Ok(mut kept) => {
+            kept.extend(in_use.iter().cloned());
+            kept.sort();
+            kept.dedup();
+            let dir = pick_dir(builder, &kept);
+            (dir, Some(kept))
         }
         Err(err) => {
             // Without the holds, a fresh directory rather than one a shell may be using.
-            tracing::error!("cannot read the held directories of {builder} on {slave}: {err}");
+            tracing::error!(
+                "cannot read the held directories of {builder} on {}: {err}",
+                link.name
+            );
             (format!("{builder}~{}", std::process::id()), None)
         }
-    }
+    };
+    in_use.push(dir.clone());
+    (DirInUse { link, dir }, keep)
 }
 
-/// The directories running builds use, by slave: process-wide because a slave's builds all
-/// run through the one master it is connected to.
-static IN_USE: std::sync::LazyLock<std::sync::Mutex<Vec<(String, String)>>> =
-    std::sync::LazyLock::new(Default::default);
-
-/// A running build's directory on its slave, kept from the clean-up of other builds' checkouts
-/// until dropped (when the build ends, however it ends).
-pub struct DirInUse {
-    slave: String,
-    dir: String,
+/// A running build's directory on its slave, kept from other builds and from the clean-up of
+/// other checkouts until dropped (when the build ends, however it ends).
+pub struct DirInUse<'a> {
+    link: &'a SlaveLink,
+    pub dir: String,
 }
 
-impl DirInUse {
-    pub fn take(slave: &str, dir: &str) -> DirInUse {
-        let mut in_use = IN_USE
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        in_use.push((slave.to_string(), dir.to_string()));
-        DirInUse {
-            slave: slave.to_string(),
-            dir: dir.to_string(),
-        }
-    }
-
-    fn dirs_of(slave: &str) -> Vec<String> {
-        let in_use = IN_USE
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        in_use
-            .iter()
-            .filter(|(on, _)| on == slave)
-            .map(|(_, dir)| dir.clone())
-            .collect()
-    }
-}
-
-impl Drop for DirInUse {
+impl Drop for DirInUse<'_> {
     fn drop(&mut self) {
-        let mut in_use = IN_USE
+        let mut in_use = self
+            .link
+            .dirs_in_use
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(at) = in_use
-            .iter()
-            .position(|(slave, dir)| *slave == self.slave && *dir == self.dir)
-        {
+        if let Some(at) = in_use.iter().position(|dir| *dir == self.dir) {
             in_use.swap_remove(at);
         }
     }

@@ -91,6 +91,9 @@ pub struct SlaveLink {
     /// shell's output before the relay acknowledges it: the reader never waits on a user.
     shells: Mutex<HashMap<u64, mpsc::UnboundedSender<ShellEvent>>>,
     next_id: AtomicU64,
+    /// The work directories this connection's running builds use (`master::shell::work_dir`
+    /// claims one per build; a slave builds for one master at a time).
+    pub(crate) dirs_in_use: Mutex<Vec<String>>,
     /// Cancelled when the connection ends or a newer connection of the same slave replaces it.
     pub closed: CancellationToken,
 }
@@ -300,6 +303,7 @@ pub async fn serve(
         pings: Mutex::new(HashMap::new()),
         shells: Mutex::new(HashMap::new()),
         next_id: AtomicU64::new(1),
+        dirs_in_use: Mutex::new(Vec::new()),
         closed: CancellationToken::new(),
     });
     let _ = link.outgoing.send(Message::Welcome {
