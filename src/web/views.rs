@@ -326,21 +326,6 @@ pub fn human_bytes(bytes: u64) -> String {
     format!("{value:.1} {}", UNITS[unit])
 }
 
-#[cfg(test)]
-mod human_bytes_tests {
-    use super::human_bytes;
-
-    #[test]
-    fn sizes_read_as_a_person_would_say_them() {
-        assert_eq!(human_bytes(0), "0 B");
-        assert_eq!(human_bytes(999), "999 B");
-        assert_eq!(human_bytes(1000), "1.0 kB");
-        assert_eq!(human_bytes(3_450_000), "3.5 MB");
-        assert_eq!(human_bytes(999_990_000), "1.0 GB");
-        assert_eq!(human_bytes(1_200_000_000), "1.2 GB");
-    }
-}
-
 fn took(started: f64, finished: Option<f64>) -> String {
     let end = finished.unwrap_or_else(crate::master::store::now);
     format_eta(Duration::from_secs_f64((end - started).max(0.0)))
@@ -979,6 +964,16 @@ mod tests {
             plan: String::new(),
             started_at: 0.0,
         }
+    }
+
+    #[test]
+    fn sizes_read_as_a_person_would_say_them() {
+        assert_eq!(human_bytes(0), "0 B");
+        assert_eq!(human_bytes(999), "999 B");
+        assert_eq!(human_bytes(1000), "1.0 kB");
+        assert_eq!(human_bytes(3_450_000), "3.5 MB");
+        assert_eq!(human_bytes(999_990_000), "1.0 GB");
+        assert_eq!(human_bytes(1_200_000_000), "1.2 GB");
     }
 
     #[test]
