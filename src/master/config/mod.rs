@@ -593,7 +593,7 @@ impl Config {
             };
             let line = err.span().map_or(0, |span| lines.line_of(span.start));
             let verdict = match err.span() {
-                Some(span) => repairs.repair(&mut document, span),
+                Some(span) => repairs.repair(&mut document, span, err.message()),
                 None => repair::Repaired::GaveUp { first: true },
             };
             if matches!(
@@ -1401,6 +1401,25 @@ builders = ["linx"]
             found
                 .iter()
                 .any(|p| p.starts_with("master.toml:19: unknown field `log` in [retention]")),
+            "{found:#?}"
+        );
+        // A required key with an unknown variant stays present (no "missing field"), and the
+        // checks after it still run.
+        let text = base().replace(
+            "steps = [",
+            "artifacts = [\"../x\"]\nsteps = [ { name = \"f\", command = \"true\", fetch_artifacts = [ { from = \"above\", path = \"dist/*\" } ] },",
+        );
+        let found = problems(&text);
+        let line_14: Vec<_> = found.iter().filter(|p| p.contains(":14:")).collect();
+        assert_eq!(
+            line_14,
+            ["master.toml:14: unknown variant `above`, expected `upstream` or `build`"],
+            "{found:#?}"
+        );
+        assert!(
+            found
+                .iter()
+                .any(|p| p.starts_with("master.toml:13:") && p.contains("../x")),
             "{found:#?}"
         );
     }

@@ -43,10 +43,13 @@ pub(super) enum Repaired {
 
 impl Repairs {
     /// Changes the value at `span` (the innermost value that holds it) for the next attempt.
+    /// `message` is serde's: for an unknown variant the stand-in is the first variant it
+    /// expects, so a required key stays present (taking it out would add "missing field").
     pub(super) fn repair(
         &mut self,
         document: &mut Spanned<DeTable<'_>>,
         span: Range<usize>,
+        message: &str,
     ) -> Repaired {
         let Some(path) = innermost(document.get_ref(), &span) else {
             return Repaired::GaveUp { first: true };
@@ -72,6 +75,13 @@ impl Repairs {
         let Some(slot) = value_mut(document.get_mut(), &path) else {
             return gave_up;
         };
+        if attempt == 0
+            && let Some(variant) = expected_variant(message)
+        {
+            let original = slot.span();
+            *slot = Spanned::new(original, DeValue::String(variant.to_string().into()));
+            return verdict;
+        }
         let current = slot.get_ref().type_str();
         let stand_ins: Vec<_> = STAND_INS
             .iter()
@@ -94,6 +104,18 @@ impl Repairs {
         }
         gave_up
     }
+}
+
+/// The first variant serde's "unknown variant `x`, expected `a` or `b`" (or "expected one of
+/// `a`, `b`") names.
+fn expected_variant(message: &str) -> Option<&str> {
+    let expected = message
+        .strip_prefix("unknown variant ")?
+        .split_once("expected")?
+        .1;
+    let (_, rest) = expected.split_once('`')?;
+    let (variant, _) = rest.split_once('`')?;
+    Some(variant).filter(|variant| !variant.is_empty())
 }
 
 /// The path of the innermost value whose span holds `span`. Every value is visited: the span
