@@ -114,7 +114,13 @@ pub async fn serve(
     // wait on it forever instead of dialing the next master.
     let handshake = tokio::time::timeout(
         HANDSHAKE_TIMEOUT,
-        russh::client::connect_stream(ssh_config, stream, handler),
+        // russh reads a packet in two reads (its length, then the rest); buffered, a small
+        // packet (a keystroke into a shell) costs one read from the socket instead of two.
+        russh::client::connect_stream(
+            ssh_config,
+            tokio::io::BufReader::with_capacity(8 * 1024, stream),
+            handler,
+        ),
     )
     .await
     .with_context(|| format!("no SSH handshake from {address} within {HANDSHAKE_TIMEOUT:?}"))?;

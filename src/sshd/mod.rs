@@ -8,6 +8,7 @@
 //! answers as text (or JSON lines) on the channel.
 
 pub mod authorized_keys;
+mod channel_input;
 pub mod cmd;
 mod cutoff;
 mod handler;
@@ -409,6 +410,10 @@ pub async fn run(
     Ok(())
 }
 
+/// The read buffer under each SSH connection: large enough for a few small packets, small
+/// against a connection's other state (a large packet bypasses it).
+pub const SOCKET_READ_BUFFER: usize = 8 * 1024;
+
 async fn serve_connection(
     stream: tokio::net::TcpStream,
     peer: SocketAddr,
@@ -431,7 +436,12 @@ async fn serve_connection(
         Arc::clone(&own_handle),
     );
     let cut = CancellationToken::new();
-    let stream = cutoff::CutOffStream::new(stream, cut.clone());
+    // russh reads a packet in two reads (its length, then the rest); buffered, a small packet
+    // (a keystroke) costs one read from the socket instead of two.
+    let stream = tokio::io::BufReader::with_capacity(
+        SOCKET_READ_BUFFER,
+        cutoff::CutOffStream::new(stream, cut.clone()),
+    );
     // Cancelling `cut` ends the session task whatever state it is in; this guard does it on
     // every way out of this function, so no session outlives its owner.
     let _cut_on_exit = cut.clone().drop_guard();

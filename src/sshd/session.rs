@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::exec_io::ExecIo;
+use crate::sshd::channel_input::{self, ChannelInput};
 use crate::sshd::cmd;
 use crate::sshd::{Identity, SshdContext};
 
@@ -30,47 +31,6 @@ pub enum ExecRequest {
     },
     /// An interactive request we refuse: print the message, exit 1.
     Refuse { message: String },
-}
-
-/// How much of the client's stdin may wait for the command to read it.
-const STDIN_BUFFER: usize = 64 * 1024;
-
-/// Copies the channel's data into the command's stdin and keeps draining the channel after
-/// EOF, so it notices when the client goes away (`client_gone`), which russh's own reader cannot
-/// (it stops listening at EOF). Returns when the channel is closed.
-async fn pump_stdin(
-    read_half: &mut russh::ChannelReadHalf,
-    stdin: tokio::io::DuplexStream,
-    client_gone: CancellationToken,
-    resizes: Option<tokio::sync::mpsc::UnboundedSender<(u16, u16)>>,
-) {
-    let mut stdin = Some(stdin);
-    while let Some(message) = read_half.wait().await {
-        match message {
-            russh::ChannelMsg::Data { data } => {
-                if let Some(writer) = stdin.as_mut()
-                    && writer.write_all(&data).await.is_err()
-                {
-                    // The command closed its stdin; the rest is discarded.
-                    stdin = None;
-                }
-            }
-            russh::ChannelMsg::Eof => stdin = None,
-            russh::ChannelMsg::Close => break,
-            russh::ChannelMsg::WindowChange {
-                col_width,
-                row_height,
-                ..
-            } => {
-                if let Some(resizes) = &resizes {
-                    let _ = resizes.send((clamp(col_width), clamp(row_height)));
-                }
-            }
-            _ => {}
-        }
-    }
-    drop(stdin);
-    client_gone.cancel();
 }
 
 /// A writer that turns LF into CR LF when `on` (output to a client's raw terminal).
@@ -149,11 +109,6 @@ impl<W: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for CrLf<'_, W> {
     }
 }
 
-/// A terminal dimension as a PTY takes it.
-fn clamp(value: u32) -> u16 {
-    u16::try_from(value).unwrap_or(u16::MAX)
-}
-
 /// Exit status when the master stops while a command runs.
 const EXIT_SHUTTING_DOWN: u32 = 255;
 
@@ -184,7 +139,7 @@ async fn run(
     request: ExecRequest,
     connection: Arc<std::sync::OnceLock<russh::server::Handle>>,
 ) {
-    let (mut read_half, write_half) = channel.split();
+    let (read_half, write_half) = channel.split();
     // Rights end when the key or account goes, even on a connection opened before.
     let revoked = match &request {
         ExecRequest::Command { .. } => ctx.still_authorized(&identity, peer.ip()).await.err(),
@@ -220,15 +175,14 @@ async fn run(
             if let Some(original) = &original {
                 tracing::info!(parent: &span, %original, "a forced command replaced what the client asked for");
             }
-            let (stdin_writer, mut stdin) = tokio::io::duplex(STDIN_BUFFER);
             let client_gone = CancellationToken::new();
             let (resizes, terminal) = match pty {
                 Some((term, cols, rows)) => {
                     let (resizes_tx, resizes) = tokio::sync::mpsc::unbounded_channel();
                     let terminal = crate::exec_io::Terminal {
                         term,
-                        cols: clamp(cols),
-                        rows: clamp(rows),
+                        cols: channel_input::clamp(cols),
+                        rows: channel_input::clamp(rows),
                         resizes,
                     };
                     (Some(resizes_tx), Some(terminal))
@@ -245,7 +199,8 @@ async fn run(
             let mut stdout_lines = CrLf::new(&mut stdout, raw_terminal);
             let mut stderr_lines = CrLf::new(&mut stderr, raw_terminal);
             let finished = {
-                let pump = pump_stdin(&mut read_half, stdin_writer, client_gone.clone(), resizes);
+                let input = ChannelInput::new(read_half, client_gone.clone(), resizes);
+                let mut stdin = input.stdin();
                 let mut io = ExecIo {
                     stdin: &mut stdin,
                     stdout: &mut stdout_lines,
@@ -257,12 +212,13 @@ async fn run(
                 let command_future =
                     cmd::run(&ctx, &identity, peer, &command, &mut io).instrument(span.clone());
                 tokio::pin!(command_future);
-                tokio::pin!(pump);
-                let mut pump_done = false;
                 loop {
+                    // The command first: a command that reads its stdin takes the data
+                    // first-hand; the watch only takes what it leaves.
                     tokio::select! {
+                        biased;
                         status = &mut command_future => break Some(status),
-                        () = &mut pump, if !pump_done => pump_done = true,
+                        () = input.tick(), if !input.is_closed() => {}
                         _ = ctx.shutdown.cancelled() => break None,
                     }
                 }
