@@ -71,7 +71,8 @@ impl Tracker {
             | BuildEvent::BisectStarted { .. }
             | BuildEvent::CulpritFound { .. }
             | BuildEvent::ShellOpened { .. }
-            | BuildEvent::ShellClosed { .. } => {}
+            | BuildEvent::ShellClosed { .. }
+            | BuildEvent::HoldReleased { .. } => {}
         }
     }
 

@@ -125,6 +125,10 @@ pub fn shell(
         words.extend(command.iter().cloned());
     }
     let connection = resolve(connection_args, cwd)?;
+    let connection = match shell_place(connection, builder, number)? {
+        Ok(connection) => connection,
+        Err(refused) => return Ok(refused),
+    };
     let remote = shlex::try_join(words.iter().map(String::as_str))
         .map_err(|_| TryError("an argument cannot be quoted for the remote command".into()))?;
     let exit = connection.run_remote_terminal(&remote, terminal)?;
@@ -133,6 +137,59 @@ pub fn shell(
         Some(code) if code != 255 => Ok(u8::try_from(code).unwrap_or(EXIT_FAILED)),
         _ => exit_code(exit, &connection),
     }
+}
+
+/// The master's answer to `shell B N --where`.
+#[derive(serde::Deserialize)]
+struct ShellPlace {
+    here: bool,
+    #[serde(default)]
+    master: String,
+    #[serde(default)]
+    host: String,
+    #[serde(default)]
+    port: u16,
+    #[serde(default)]
+    host_key: String,
+}
+
+/// The master a shell into build `number` of `builder` opens on: the one asked, or the master
+/// of its cluster that the build's slave is connected to (whose host key the one asked
+/// vouches for). `Err(exit code)` when the master refused (it said why on stderr).
+fn shell_place(
+    connection: Connection,
+    builder: &str,
+    number: u64,
+) -> Result<Result<Connection, u8>, TryError> {
+    use std::io::Read;
+    let words = ["shell", builder, &number.to_string(), "--where"].map(str::to_string);
+    let remote = shlex::try_join(words.iter().map(String::as_str))
+        .map_err(|_| TryError("an argument cannot be quoted for the remote command".into()))?;
+    let mut run = connection.spawn(&remote, Stdio::null(), true)?;
+    let mut answer = String::new();
+    if let Some(mut stdout) = run.child.stdout.take() {
+        // A cut connection leaves the answer short; the exit code says so below.
+        let _ = stdout.read_to_string(&mut answer);
+    }
+    let exit = run.wait()?;
+    if exit.code != Some(0) {
+        return Ok(Err(exit_code(exit, &connection)?));
+    }
+    let place: ShellPlace = serde_json::from_str(answer.trim()).map_err(|err| {
+        TryError(format!(
+            "the master's answer to 'shell --where' is not understood ({err}): {}",
+            answer.trim()
+        ))
+    })?;
+    if place.here {
+        return Ok(Ok(connection));
+    }
+    eprintln!(
+        "buildbot: the slave of {builder} #{number} is connected to master {}; opening the shell there ({}:{})",
+        place.master, place.host, place.port
+    );
+    let host_key = Some(place.host_key).filter(|key| !key.trim().is_empty());
+    Ok(Ok(connection.redirected(place.host, place.port, host_key)))
 }
 
 /// Runs one master command (`stop`, `force`, ...) word by word over the user's ssh; the master

@@ -491,6 +491,17 @@ impl Connection {
         &self.host
     }
 
+    /// The same login on another master (of one cluster), pinned to `host_key` when given.
+    pub fn redirected(&self, host: String, port: u16, host_key: Option<String>) -> Connection {
+        Connection {
+            ssh_argv: self.ssh_argv.clone(),
+            host,
+            port: Some(port),
+            username: self.username.clone(),
+            master_host_key: host_key.or_else(|| self.master_host_key.clone()),
+        }
+    }
+
     /// The master as ssh looks it up in known_hosts: `[HOST]:PORT` for a port other than 22.
     fn known_hosts_pattern(&self) -> String {
         match self.port {

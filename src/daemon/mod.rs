@@ -38,18 +38,31 @@ pub struct Listening {
 }
 
 impl Listening {
+    /// The host users reach the SSH listener at: its address, or this machine's name when it
+    /// listens on every address.
+    fn ssh_host(&self) -> String {
+        if self.ssh.ip().is_unspecified() {
+            crate::unix::host::name().unwrap_or_else(|| "MASTER_HOST".to_string())
+        } else {
+            self.ssh.ip().to_string()
+        }
+    }
+
+    /// What this master tells the cluster about where it is.
+    fn reach(&self) -> crate::master::lease::Reach {
+        crate::master::lease::Reach {
+            ssh: self.ssh.to_string(),
+            http: self.http.to_string(),
+            ssh_host: self.ssh_host(),
+            ssh_port: self.ssh.port(),
+            host_key: self.host_key_line.clone(),
+        }
+    }
+
     /// The lines a person pastes to reach this master: `.buildbot` for `try` and `watch`, and
     /// the pinned key for a slave. Printed once at start, apart from the log.
     pub fn first_contact(&self) -> String {
-        let host = if self.ssh.ip().is_unspecified() {
-            std::fs::read_to_string("/proc/sys/kernel/hostname")
-                .ok()
-                .map(|name| name.trim().to_string())
-                .filter(|name| !name.is_empty())
-                .unwrap_or_else(|| "MASTER_HOST".to_string())
-        } else {
-            self.ssh.ip().to_string()
-        };
+        let host = self.ssh_host();
         let port = self.ssh.port();
         let key = &self.host_key_line;
         format!(
@@ -140,11 +153,7 @@ pub async fn run(
     let owner = crate::master::lease::register(
         store.as_ref(),
         &config,
-        &crate::master::lease::starting_info(
-            &config,
-            &listening.ssh.to_string(),
-            &listening.http.to_string(),
-        ),
+        &crate::master::lease::starting_info(&config, &listening.reach()),
         &shutdown,
     )
     .await
@@ -191,11 +200,7 @@ pub async fn run(
     )
     .await;
     let (leading_tx, leading) = tokio::sync::watch::channel(leads_now);
-    let lease_parts = control.lease_parts(
-        listening.ssh.to_string(),
-        listening.http.to_string(),
-        leading_tx,
-    );
+    let lease_parts = control.lease_parts(listening.reach(), leading_tx);
     let components = TaskTracker::new();
     if let Some(published) = journaled {
         let (store, events) = control.journal_parts();

@@ -33,9 +33,20 @@ pub struct LeaseParts {
     pub roster: Arc<Roster>,
     pub board: Arc<Board>,
     pub metrics: Arc<crate::master::metrics::Metrics>,
+    pub reach: Reach,
+}
+
+/// Where this master is, as it tells the others.
+#[derive(Debug, Clone, Default)]
+pub struct Reach {
     /// The listeners' addresses, as bound.
     pub ssh: String,
     pub http: String,
+    /// Where users reach the SSH listener (a name when it listens on every address).
+    pub ssh_host: String,
+    pub ssh_port: u16,
+    /// The host key's public line.
+    pub host_key: String,
 }
 
 impl LeaseParts {
@@ -50,17 +61,20 @@ impl LeaseParts {
                 .map(|build| format!("{} #{}", build.builder, build.number))
                 .collect(),
             leads: *self.leading.borrow(),
-            ..starting_info(config, &self.ssh, &self.http)
+            ..starting_info(config, &self.reach)
         }
     }
 }
 
 /// What a master tells the others as it starts, before it has slaves or builds.
-pub fn starting_info(config: &Config, ssh: &str, http: &str) -> MasterInfo {
+pub fn starting_info(config: &Config, reach: &Reach) -> MasterInfo {
     MasterInfo {
         config_digest: config_digest(config),
-        ssh: ssh.to_string(),
-        http: http.to_string(),
+        ssh: reach.ssh.clone(),
+        http: reach.http.clone(),
+        ssh_host: reach.ssh_host.clone(),
+        ssh_port: reach.ssh_port,
+        host_key: reach.host_key.clone(),
         version: env!("CARGO_PKG_VERSION").to_string(),
         slaves: Vec::new(),
         builds: Vec::new(),

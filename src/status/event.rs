@@ -143,6 +143,13 @@ pub enum BuildEvent {
         who: String,
         reason: String,
     },
+    /// `who` ended the hold of build `number` of `builder` (`shell --release`): its directory
+    /// is free and its open shells end, on whichever master relays them.
+    HoldReleased {
+        builder: String,
+        number: i64,
+        who: String,
+    },
 }
 
 impl BuildEvent {
@@ -159,7 +166,8 @@ impl BuildEvent {
             | BuildEvent::BisectStarted { .. }
             | BuildEvent::CulpritFound { .. }
             | BuildEvent::ShellOpened { .. }
-            | BuildEvent::ShellClosed { .. } => "",
+            | BuildEvent::ShellClosed { .. }
+            | BuildEvent::HoldReleased { .. } => "",
             BuildEvent::RequestsQueued { job_name, .. }
             | BuildEvent::RequestCancelled { job_name, .. }
             | BuildEvent::WaitingForLock { job_name, .. }
@@ -193,9 +201,9 @@ impl BuildEvent {
             | BuildEvent::StopRequested { builder, .. }
             | BuildEvent::BisectStarted { builder, .. }
             | BuildEvent::CulpritFound { builder, .. } => builders.contains(builder),
-            BuildEvent::ShellOpened { builder, .. } | BuildEvent::ShellClosed { builder, .. } => {
-                builders.contains(builder)
-            }
+            BuildEvent::ShellOpened { builder, .. }
+            | BuildEvent::ShellClosed { builder, .. }
+            | BuildEvent::HoldReleased { builder, .. } => builders.contains(builder),
         }
     }
 }

@@ -103,6 +103,11 @@ pub fn describe_event(event: &BuildEvent) -> String {
             who,
             reason,
         } => format!("{builder} #{number}: {who}'s shell ended: {reason}"),
+        BuildEvent::HoldReleased {
+            builder,
+            number,
+            who,
+        } => format!("{builder} #{number}: {who} released the hold; its directory is free"),
         BuildEvent::ChangeAdded {
             change_id,
             branch,

@@ -3,5 +3,6 @@
 //! nothing of SSH, the spool or builds.
 
 pub mod accounts;
+pub mod host;
 pub mod permission;
 pub mod regular_file;

@@ -228,7 +228,15 @@ pub async fn build(
                 .control
                 .may_shell(&session.account, hold.owner.as_deref())
         });
-        let command = may.then(|| format!("ssh -t {} shell {builder} {number}", ssh_host(&state)));
+        let command = if may {
+            // Where the build's slave is connected, in a cluster.
+            Some(match state.control.shell_elsewhere(&hold.slave).await {
+                Some(other) => other.command(&builder, number),
+                None => format!("ssh -t {} shell {builder} {number}", ssh_host(&state)),
+            })
+        } else {
+            None
+        };
         page.shell = Some(views::shell_view(
             &hold,
             &sessions,
@@ -260,10 +268,7 @@ fn ssh_host(state: &AppState) -> String {
         .next()
         .unwrap_or("master");
     let host = if host.is_empty() { "master" } else { host };
-    match state.control.config().sshd.listen.port() {
-        22 => host.to_string(),
-        port => format!("-p {port} {host}"),
-    }
+    crate::master::control::shell::ssh_destination(host, state.control.config().sshd.listen.port())
 }
 
 pub async fn patch(

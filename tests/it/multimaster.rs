@@ -955,3 +955,137 @@ fn a_slaves_newer_connection_to_another_master_closes_its_older_one() {
     });
     drop(twin);
 }
+
+#[test]
+fn a_shell_asked_of_another_master_is_sent_where_the_slave_is_and_a_release_anywhere_ends_it() {
+    let url = fresh_database();
+    let checkout = Checkout::new();
+    // Fails, so it is held (the default hold: on failure, 10 minutes).
+    let steps = r#"{ name = "test", command = "sh -c 'echo kept > kept.txt; exit 1'" },"#;
+    let a = first_master(&url, &checkout.upstream, steps);
+    let b = join(&a, "ci-b");
+    // One login for the whole cluster: B's user key is authorized on A too.
+    a.authorize(
+        &current_user(),
+        &format!("{}\n{}", a.user_key.public_line, b.user_key.public_line),
+    );
+    // The slave knows only A.
+    let only_a = format!("master = [\"127.0.0.1:{}\"]", a.ssh_port);
+    let _slave = a.launch_slave("s1", move |config: &mut String| {
+        let start = config.find("master = ").expect("master line");
+        let end = start + config[start..].find('\n').expect("line end");
+        config.replace_range(start..end, &only_a);
+    });
+    a.wait_connected("s1");
+    let forced = a.ssh(&a.user_key, &current_user(), "force linux --reason 'hold'");
+    assert_eq!(forced.status.code(), Some(0), "{}", text(&forced.stderr));
+    wait_until("B to see linux #1 fail", || {
+        builds(&b)
+            .iter()
+            .any(|build| build["number"] == 1 && build["result"] == "failure")
+    });
+    // B's heartbeat names the slaves of A once A renews its lease.
+    wait_until("B to know that s1 is on A", || {
+        b.api("/api/masters").as_array().is_some_and(|masters| {
+            masters
+                .iter()
+                .any(|m| m["name"] == "ci-a" && m["slaves"].to_string().contains("\"s1\""))
+        })
+    });
+
+    // Straight ssh to B: one line saying where to go, with the command to type.
+    let asked = b.ssh(
+        &b.user_key,
+        &current_user(),
+        "shell linux 1 -- cat kept.txt",
+    );
+    assert_eq!(asked.status.code(), Some(1), "{}", text(&asked.stderr));
+    let told = text(&asked.stderr);
+    assert!(
+        told.contains(&format!(
+            "connected to master ci-a, not this one: ssh -t -p {} 127.0.0.1 shell linux 1",
+            a.ssh_port
+        )) && told.trim().lines().count() == 1,
+        "{told}"
+    );
+    let place = b.ssh(&b.user_key, &current_user(), "shell linux 1 --where");
+    assert_eq!(place.status.code(), Some(0), "{}", text(&place.stderr));
+    let place: serde_json::Value = serde_json::from_str(&text(&place.stdout)).expect("JSON");
+    assert_eq!(place["here"], false, "{place}");
+    assert_eq!(place["master"], "ci-a", "{place}");
+    assert_eq!(place["port"], a.ssh_port, "{place}");
+    assert!(
+        place["host_key"]
+            .as_str()
+            .is_some_and(|key| key.starts_with("ssh-")),
+        "{place}"
+    );
+
+    // `buildbot shell` pointed at B goes to A by itself.
+    let mut client = std::process::Command::new(crate::harness::BIN);
+    client
+        .arg("shell")
+        .args(b.client_args())
+        .args(["linux", "1", "--", "cat kept.txt"])
+        .stdin(std::process::Stdio::null());
+    let ran = run_with_timeout(client, None);
+    assert_eq!(ran.status.code(), Some(0), "{}", text(&ran.stderr));
+    assert_eq!(text(&ran.stdout), "kept\n");
+    assert!(
+        text(&ran.stderr).contains("is connected to master ci-a; opening the shell there"),
+        "{}",
+        text(&ran.stderr)
+    );
+
+    // B's build page shows those who may the command that works: A's.
+    let session = crate::changes::web_login(&b);
+    let page = crate::harness::http_client()
+        .get(format!(
+            "http://127.0.0.1:{}/builders/linux/builds/1",
+            b.http_port
+        ))
+        .header("Cookie", &session.cookie)
+        .send()
+        .and_then(|response| response.text())
+        .expect("build page");
+    assert!(
+        page.contains(&format!("ssh -t -p {} 127.0.0.1 shell linux 1", a.ssh_port)),
+        "{page}"
+    );
+
+    // A shell relayed by A ends when the hold is released on B.
+    let mut open = a.ssh_command(&a.user_key, &current_user(), &[]);
+    open.arg("shell linux 1 -- 'echo started; exec sleep 120'")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut running = open.spawn().expect("ssh");
+    let mut stdout = running.stdout.take().expect("stdout");
+    let mut first = [0u8; 8];
+    stdout.read_exact(&mut first).expect("the command started");
+    assert_eq!(&first, b"started\n");
+    let released = b.ssh(&b.user_key, &current_user(), "shell linux 1 --release");
+    assert_eq!(
+        released.status.code(),
+        Some(0),
+        "{}",
+        text(&released.stderr)
+    );
+    let ended = crate::harness::wait_with_deadline(
+        &mut running,
+        "the shell on A to end after the release on B",
+        crate::harness::PATIENCE,
+    );
+    assert_eq!(ended.code(), Some(255));
+    let mut said = String::new();
+    running
+        .stderr
+        .take()
+        .expect("stderr")
+        .read_to_string(&mut said)
+        .expect("stderr");
+    assert!(
+        said.contains(&format!("{} released the hold of linux #1", current_user())),
+        "{said}"
+    );
+}

@@ -470,3 +470,32 @@ fn megabytes_pass_both_ways_through_the_window_of_acknowledgements() {
     assert_eq!(zeros.len(), 5_000_000);
     assert!(zeros.iter().all(|&b| b == 0));
 }
+
+#[test]
+fn releasing_the_hold_ends_an_open_shell_at_once() {
+    let checkout = Checkout::new();
+    let master = farm(&checkout, "10m");
+    let _slave = master.start_slave("s1");
+    let build = force_and_wait(&master, 1);
+    let mut terminal = shell_terminal(&master, &master.user_key, &current_user(), "shell linux 1");
+    terminal.send("echo \"UP=$((20 + 1))\"\n");
+    terminal.expect("UP=21");
+
+    let released = master.ssh(&master.user_key, &current_user(), "shell linux 1 --release");
+    assert_eq!(
+        released.status.code(),
+        Some(0),
+        "{}",
+        text(&released.stderr)
+    );
+    // Ten minutes of hold were left: the shell ends now, not then, and says who ended it.
+    terminal.expect(&format!(
+        "{} released the hold of linux #1; the shell is closed",
+        current_user()
+    ));
+    assert_eq!(terminal.wait().code(), Some(255), "{}", terminal.text());
+    let detail = master.api(&format!("/api/builds/{}", build["id"]));
+    let sessions = detail["shell"]["sessions"].as_array().expect("sessions");
+    assert_eq!(sessions.len(), 1, "{detail}");
+    assert!(sessions[0]["ended_at"].is_number(), "{detail}");
+}

@@ -331,11 +331,7 @@ impl Checker<'_> {
             Some(from) => from.get_ref().clone(),
             None => format!(
                 "buildbot@{}",
-                std::fs::read_to_string("/proc/sys/kernel/hostname")
-                    .ok()
-                    .map(|name| name.trim().to_string())
-                    .filter(|name| !name.is_empty())
-                    .unwrap_or_else(|| "localhost".to_string())
+                crate::unix::host::name().unwrap_or_else(|| "localhost".to_string())
             ),
         };
         Some(MailConfig {

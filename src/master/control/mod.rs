@@ -105,12 +105,15 @@ pub enum ControlError {
     },
     #[error("{builder} #{number} is still running; a shell opens once it has ended and is held")]
     StillRunning { builder: String, number: i64 },
-    #[error("slave {slave}, which holds {builder} #{number}, is not connected to this master{}", elsewhere.as_ref().map(|m| format!(" (it may be connected to master {m}: ssh there)")).unwrap_or_default())]
+    #[error("slave {slave}, which holds {builder} #{number}, is {}", match elsewhere {
+        Some(other) => format!("connected to master {}, not this one: {} (buildbot shell goes there itself)", other.master, other.command(builder, *number)),
+        None => "not connected now; its shell opens once it is back, while the hold lasts".to_string(),
+    })]
     SlaveAway {
         slave: String,
         builder: String,
         number: i64,
-        elsewhere: Option<String>,
+        elsewhere: Option<Box<shell::OtherMaster>>,
     },
     #[error("{builder} #{number} kept no artifact {path} (or it was pruned)")]
     NoSuchArtifact {
@@ -415,11 +418,10 @@ impl Control {
         (Arc::clone(&self.store), Arc::clone(&self.events))
     }
 
-    /// The lease task's handle; `ssh` and `http` are the bound listeners.
+    /// The lease task's handle; `reach` says where this master is.
     pub fn lease_parts(
         &self,
-        ssh: String,
-        http: String,
+        reach: crate::master::lease::Reach,
         leading: tokio::sync::watch::Sender<bool>,
     ) -> crate::master::lease::LeaseParts {
         crate::master::lease::LeaseParts {
@@ -429,8 +431,7 @@ impl Control {
             roster: Arc::clone(&self.roster),
             board: Arc::clone(&self.board),
             metrics: Arc::clone(&self.metrics),
-            ssh,
-            http,
+            reach,
         }
     }
 

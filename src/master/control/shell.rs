@@ -9,7 +9,7 @@ use tokio::sync::mpsc;
 
 use crate::master::access::{self, Action, Target};
 use crate::master::control::{Control, ControlError};
-use crate::master::events::EventLog;
+use crate::master::events::{EventLog, Followed, Follower};
 use crate::master::shell::LOGOUT_GRACE;
 use crate::master::slaves::{ShellEvent, SlaveLink};
 use crate::master::store::{BuildRef, SharedStore, ShellHold, ShellSession};
@@ -30,6 +30,45 @@ pub struct ShellAsk {
     pub pty: Option<(String, TermSize)>,
 }
 
+/// Another master of the cluster: the one a held build's slave is connected to, where its
+/// shell opens.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct OtherMaster {
+    pub master: String,
+    /// Where users reach its SSH listener.
+    pub host: String,
+    pub port: u16,
+    /// Its host key's public line, for the client to pin.
+    pub host_key: String,
+}
+
+impl OtherMaster {
+    /// The command that opens the shell there.
+    pub fn command(&self, builder: &str, number: i64) -> String {
+        format!(
+            "ssh -t {} shell {builder} {number}",
+            ssh_destination(&self.host, self.port)
+        )
+    }
+}
+
+/// An SSH destination as users type it: `-p PORT HOST`, or `HOST` on port 22.
+pub fn ssh_destination(host: &str, port: u16) -> String {
+    match port {
+        22 => host.to_string(),
+        port => format!("-p {port} {host}"),
+    }
+}
+
+/// Where a held build's shell opens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ShellPlace {
+    /// On this master: the slave is connected here.
+    Here,
+    /// On another master of the cluster.
+    Elsewhere(OtherMaster),
+}
+
 /// How a shell ended, as the user is told.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ShellEnd {
@@ -46,6 +85,9 @@ pub struct OpenedShell {
     events: mpsc::UnboundedReceiver<ShellEvent>,
     store: SharedStore,
     log: Arc<EventLog>,
+    /// The cluster's events from the shell's start, to hear of a release of its hold; until
+    /// the relay takes them ([`OpenedShell::release_watch`]).
+    releases: Option<Follower>,
     session_id: i64,
     hold: ShellHold,
     who: String,
@@ -90,10 +132,10 @@ impl Control {
         }
         let Some(link) = self.roster.current(&hold.slave) else {
             return Err(ControlError::SlaveAway {
-                slave: hold.slave.clone(),
+                elsewhere: self.master_holding(&hold.slave).await.map(Box::new),
+                slave: hold.slave,
                 builder: ask.builder,
                 number: ask.number,
-                elsewhere: None,
             });
         };
         let until = hold
@@ -106,6 +148,9 @@ impl Control {
             command: ask.command.clone(),
             pty: ask.pty.clone(),
         };
+        // Followed from before the slave is asked: a release that comes while the shell
+        // starts is not missed.
+        let releases = self.events.follow();
         let (id, events) = link
             .open_shell(request)
             .await
@@ -151,6 +196,7 @@ impl Control {
             events,
             store: Arc::clone(&self.store),
             log: Arc::clone(&self.events),
+            releases: Some(releases),
             session_id,
             hold: ShellHold {
                 held_until: until,
@@ -185,12 +231,79 @@ impl Control {
         let now = unix_now();
         if hold.held_until > now {
             self.store.set_held_until(hold.build_id, now).await?;
+            // Its open shells end, on whichever master relays them.
+            self.events.publish(BuildEvent::HoldReleased {
+                builder: builder.to_string(),
+                number,
+                who: account.name.clone(),
+            });
         }
         tracing::info!(user = %account.name, %builder, number, "hold released");
         Ok(ShellHold {
             held_until: now.min(hold.held_until),
             ..hold
         })
+    }
+
+    /// Where the shell into held build `number` of `builder` opens, for `account` (who must
+    /// be allowed to open it): here, on another master, or nowhere now (an error saying why).
+    pub async fn shell_place(
+        &self,
+        account: &UnixAccount,
+        builder: &str,
+        number: i64,
+    ) -> Result<ShellPlace, ControlError> {
+        self.builder(builder)?;
+        let hold = self.held(builder, number).await?;
+        access::check(
+            account,
+            Action::Shell,
+            Target::Owned {
+                owner: hold.owner.as_deref(),
+            },
+            &self.config(),
+        )?;
+        if self.roster.current(&hold.slave).is_some() {
+            return Ok(ShellPlace::Here);
+        }
+        match self.master_holding(&hold.slave).await {
+            Some(other) => Ok(ShellPlace::Elsewhere(other)),
+            None => Err(ControlError::SlaveAway {
+                slave: hold.slave,
+                builder: builder.to_string(),
+                number,
+                elsewhere: None,
+            }),
+        }
+    }
+
+    /// The master a shell into a build held on `slave` opens on, when that is not this one.
+    pub async fn shell_elsewhere(&self, slave: &str) -> Option<OtherMaster> {
+        if self.roster.current(slave).is_some() {
+            return None;
+        }
+        self.master_holding(slave).await
+    }
+
+    /// The live master of the cluster, other than this one, that `slave` is connected to.
+    pub async fn master_holding(&self, slave: &str) -> Option<OtherMaster> {
+        let masters = match self.store.masters().await {
+            Ok(masters) => masters,
+            Err(err) => {
+                tracing::warn!("cannot read the cluster's masters: {err}");
+                return None;
+            }
+        };
+        masters
+            .into_iter()
+            .filter(|row| row.alive && row.name != self.owner.name)
+            .find(|row| row.info.slaves.iter().any(|name| name == slave))
+            .map(|row| OtherMaster {
+                master: row.name,
+                host: row.info.ssh_host,
+                port: row.info.ssh_port,
+                host_key: row.info.host_key,
+            })
     }
 
     /// The hold of a build, or why there is none.
@@ -268,6 +381,17 @@ impl OpenedShell {
             ShellEvent::Output { .. } => {}
         }
         Some(event)
+    }
+
+    /// What tells the relay that the hold was released; taken once (a second take gets a
+    /// watch that never fires).
+    pub fn release_watch(&mut self) -> ReleaseWatch {
+        ReleaseWatch {
+            releases: self.releases.take(),
+            store: Arc::clone(&self.store),
+            builder: self.hold.builder.clone(),
+            number: self.hold.number,
+        }
     }
 
     /// Whether the slave may take another [`INPUT_CHUNK`] of input now.
@@ -400,6 +524,53 @@ impl Drop for OpenedShell {
             who: self.who.clone(),
             reason,
         });
+    }
+}
+
+/// Hears of a release of a shell's hold (`shell --release`, on any master).
+pub struct ReleaseWatch {
+    releases: Option<Follower>,
+    store: SharedStore,
+    builder: String,
+    number: i64,
+}
+
+impl ReleaseWatch {
+    /// Waits until the hold is released; the sentence says by whom.
+    pub async fn released(&mut self) -> String {
+        let Some(releases) = self.releases.as_mut() else {
+            return std::future::pending().await;
+        };
+        loop {
+            match releases.next().await {
+                Followed::Event(sequenced) => {
+                    if let BuildEvent::HoldReleased {
+                        builder,
+                        number,
+                        who,
+                    } = sequenced.event
+                        && builder == self.builder
+                        && number == self.number
+                    {
+                        return format!("{who} released the hold of {builder} #{number}");
+                    }
+                }
+                // Events went by unseen: the store says whether the hold still stands.
+                Followed::Missed(_) => {
+                    let hold = self.store.shell_hold(&self.builder, self.number).await;
+                    if let Ok(Some(hold)) = hold
+                        && hold.held_until <= unix_now()
+                    {
+                        return format!(
+                            "the hold of {} #{} was released",
+                            self.builder, self.number
+                        );
+                    }
+                }
+                // The master is stopping; the relay ends with it.
+                Followed::Closed => return std::future::pending().await,
+            }
+        }
     }
 }
 

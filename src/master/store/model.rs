@@ -218,6 +218,15 @@ pub struct MasterInfo {
     /// Whether it leads the cluster's jobs (schedulers, pollers, the IRC bot).
     #[serde(default)]
     pub leads: bool,
+    /// The host and port users reach its SSH listener at (`ssh` is the address it bound),
+    /// to send them there for a shell into a build whose slave it holds.
+    #[serde(default)]
+    pub ssh_host: String,
+    #[serde(default)]
+    pub ssh_port: u16,
+    /// Its host key's public line, which the client pins when sent there.
+    #[serde(default)]
+    pub host_key: String,
 }
 
 /// A master as the store knows it, for `/masters`.

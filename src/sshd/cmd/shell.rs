@@ -6,7 +6,9 @@
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::exec_io::ExecIo;
-use crate::master::control::shell::{HOLD_CHECK_SLACK, INPUT_CHUNK, ShellAsk, ShellEnd, clock};
+use crate::master::control::shell::{
+    HOLD_CHECK_SLACK, INPUT_CHUNK, ShellAsk, ShellEnd, ShellPlace, clock,
+};
 use crate::master::slaves::ShellEvent;
 use crate::proto::{StreamKind, TermSize};
 use crate::sshd::SshdContext;
@@ -21,6 +23,10 @@ pub struct Shell {
     /// End the hold now instead: the directory is free for the next build.
     #[arg(long)]
     pub release: bool,
+    /// Say where the shell opens instead, as one JSON object: `{"here": true}`, or the master
+    /// of the cluster the build's slave is connected to (`buildbot shell` follows it).
+    #[arg(long = "where", conflicts_with = "release")]
+    pub place: bool,
     /// Run this command instead of an interactive shell.
     #[arg(last = true)]
     pub command: Vec<String>,
@@ -54,6 +60,30 @@ impl Shell {
                 Err(err) => super::refuse(&err, io).await,
             };
         }
+        if self.place {
+            return match ctx
+                .control
+                .shell_place(user, &self.builder, self.build)
+                .await
+            {
+                Ok(ShellPlace::Here) => {
+                    io.print_json(&serde_json::json!({ "here": true })).await;
+                    0
+                }
+                Ok(ShellPlace::Elsewhere(other)) => {
+                    io.print_json(&serde_json::json!({
+                        "here": false,
+                        "master": other.master,
+                        "host": other.host,
+                        "port": other.port,
+                        "host_key": other.host_key,
+                    }))
+                    .await;
+                    0
+                }
+                Err(err) => super::refuse(&err, io).await,
+            };
+        }
         let mut terminal = io.terminal.take();
         let ask = ShellAsk {
             builder: self.builder.clone(),
@@ -75,13 +105,21 @@ impl Shell {
             Err(err) => return super::refuse(&err, io).await,
         };
         let slave = shell.hold().slave.clone();
+        let mut release = shell.release_watch();
         let mut input = vec![0u8; INPUT_CHUNK];
         let mut input_open = true;
+        // The hold's end is checked when it comes; the timer is set anew only when the hold
+        // moved, not on each keystroke.
+        let mut checked_until = shell.hold().held_until;
+        let hold_check = tokio::time::sleep(until_hold_check(checked_until));
+        tokio::pin!(hold_check);
         let end = loop {
-            let until = shell.hold().held_until;
-            let wake =
-                std::time::Duration::from_secs_f64((until - crate::status::unix_now()).max(0.0))
-                    + HOLD_CHECK_SLACK;
+            if shell.hold().held_until != checked_until {
+                checked_until = shell.hold().held_until;
+                hold_check
+                    .as_mut()
+                    .reset(tokio::time::Instant::now() + until_hold_check(checked_until));
+            }
             let resize = async {
                 match terminal.as_mut() {
                     Some(terminal) => terminal.resizes.recv().await,
@@ -131,16 +169,24 @@ impl Shell {
                     Ok(read) => shell.input(&input[..read]).await,
                 },
                 Some((cols, rows)) = resize => shell.resize(TermSize { cols, rows }).await,
+                reason = release.released() => {
+                    io.say(&format!("\r\nbuildbot: {reason}; the shell is closed")).await;
+                    break ShellEnd::Ended(reason);
+                }
                 () = io.client_gone.cancelled() => {
                     break ShellEnd::Ended("the user logged out".into());
                 }
-                () = tokio::time::sleep(wake) => {
+                () = &mut hold_check => {
                     let until = shell.held_until().await;
                     if until <= crate::status::unix_now() {
                         let reason = format!("the hold of {} #{} ended at {}", self.builder, self.build, clock(until));
                         io.say(&format!("\r\nbuildbot: {reason}; the shell is closed")).await;
                         break ShellEnd::Ended(reason);
                     }
+                    checked_until = until;
+                    hold_check
+                        .as_mut()
+                        .reset(tokio::time::Instant::now() + until_hold_check(until));
                 }
             }
         };
@@ -150,4 +196,10 @@ impl Shell {
             ShellEnd::Ended(_) => EXIT_CUT,
         }
     }
+}
+
+/// How long from now until the relay looks at a hold ending at `until` (unix time).
+fn until_hold_check(until: f64) -> std::time::Duration {
+    std::time::Duration::from_secs_f64((until - crate::status::unix_now()).max(0.0))
+        + HOLD_CHECK_SLACK
 }
