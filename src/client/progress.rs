@@ -70,6 +70,7 @@ impl Tracker {
             | BuildEvent::LandRejected { .. }
             | BuildEvent::BisectStarted { .. }
             | BuildEvent::CulpritFound { .. }
+            | BuildEvent::BisectEnded { .. }
             | BuildEvent::ShellOpened { .. }
             | BuildEvent::ShellClosed { .. }
             | BuildEvent::HoldReleased { .. } => {}

@@ -540,7 +540,8 @@ impl Bot {
                 }
             }
             BuildEvent::BisectStarted { builder, .. }
-            | BuildEvent::CulpritFound { builder, .. } => {
+            | BuildEvent::CulpritFound { builder, .. }
+            | BuildEvent::BisectEnded { builder, .. } => {
                 // Who broke a builder is news wherever its failures are; with its page, where
                 // the bisection's progress is.
                 let classes = [NotifyEvent::Finished, NotifyEvent::Failure]

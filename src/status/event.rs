@@ -128,6 +128,14 @@ pub enum BuildEvent {
         title: String,
         builds: u32,
     },
+    /// A bisection ended without naming a culprit: `state` is `inconclusive` (its builds could
+    /// not tell) or `stopped` (the branch was fixed meanwhile); `reason` says which way.
+    BisectEnded {
+        bisect: i64,
+        builder: String,
+        state: String,
+        reason: String,
+    },
     // ---- shell (issue 25) ----
     /// `who` opened a shell (from `from`) into held build `number` of `builder`.
     ShellOpened {
@@ -165,6 +173,7 @@ impl BuildEvent {
             | BuildEvent::LandRejected { .. }
             | BuildEvent::BisectStarted { .. }
             | BuildEvent::CulpritFound { .. }
+            | BuildEvent::BisectEnded { .. }
             | BuildEvent::ShellOpened { .. }
             | BuildEvent::ShellClosed { .. }
             | BuildEvent::HoldReleased { .. } => "",
@@ -200,7 +209,8 @@ impl BuildEvent {
             | BuildEvent::BuildFinished { builder, .. }
             | BuildEvent::StopRequested { builder, .. }
             | BuildEvent::BisectStarted { builder, .. }
-            | BuildEvent::CulpritFound { builder, .. } => builders.contains(builder),
+            | BuildEvent::CulpritFound { builder, .. }
+            | BuildEvent::BisectEnded { builder, .. } => builders.contains(builder),
             BuildEvent::ShellOpened { builder, .. }
             | BuildEvent::ShellClosed { builder, .. }
             | BuildEvent::HoldReleased { builder, .. } => builders.contains(builder),

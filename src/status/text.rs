@@ -91,6 +91,15 @@ pub fn describe_event(event: &BuildEvent) -> String {
             crate::untrusted::text::one_line(author),
             crate::untrusted::text::one_line(title)
         ),
+        BuildEvent::BisectEnded {
+            builder,
+            state,
+            reason,
+            ..
+        } => match state.as_str() {
+            "stopped" => format!("{builder}: bisection stopped: {reason}"),
+            _ => format!("{builder}: bisection found no culprit: {reason}"),
+        },
         BuildEvent::ShellOpened {
             builder,
             number,
@@ -366,6 +375,20 @@ mod tests {
         assert_eq!(
             describe_event(&found),
             "linux: first bad: 0123456 by alice <alice@example.org> Bcc: x 'Refactor parser' — 4 builds"
+        );
+        let ended = |state: &str, reason: &str| BuildEvent::BisectEnded {
+            bisect: 3,
+            builder: "linux".into(),
+            state: state.into(),
+            reason: reason.into(),
+        };
+        assert_eq!(
+            describe_event(&ended("stopped", "build 9 of main succeeded")),
+            "linux: bisection stopped: build 9 of main succeeded"
+        );
+        assert_eq!(
+            describe_event(&ended("inconclusive", "the failure did not come back")),
+            "linux: bisection found no culprit: the failure did not come back"
         );
     }
 

@@ -194,6 +194,27 @@ fn a_commit_that_does_not_build_is_skipped() {
 }
 
 #[test]
+fn a_bisection_that_cannot_tell_says_so_where_its_start_was_told() {
+    // Commit 8 cannot be built and 9 is the first bad one: the culprit is 8 or 9.
+    let (_tmp, upstream, base, ids) = sixteen_commits(9, Some(8));
+    let master = master_bisecting(&upstream, 1);
+    let _slave = master.start_slave("s1");
+    let watching = crate::watch::Watching::start(&master, &["-b", "linux"]);
+    watching.until(|line| line.starts_with("master example:"));
+    green_then_red(&master, &base);
+    let bisect = finished_bisect(&master);
+    assert_eq!(bisect["state"], "inconclusive", "{bisect}");
+    let range = format!("{}..{}", &ids[7][..10], &ids[8][..10]);
+    let seen = watching.until(|line| line.starts_with("linux: bisection found no culprit:"));
+    let told = seen.last().expect("the line");
+    assert!(
+        told.contains(&format!("the first bad commit is one of {range}")),
+        "{seen:?}"
+    );
+    watching.interrupt();
+}
+
+#[test]
 fn a_test_failing_one_time_in_three_names_no_innocent_commit_with_two_repeats() {
     // Every third run of the step fails whatever the commit (a counter outside the checkout:
     // one slave runs the builds one after the other, so which runs flake is fixed); commit 11

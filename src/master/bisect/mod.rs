@@ -143,9 +143,16 @@ async fn on_finished(
             .iter_mut()
             .filter(|r| r.row.builder == builder && r.row.branch == branch)
         {
+            let reason = format!("build {number} of {branch} succeeded");
             r.row.state = "stopped".into();
-            r.row.summary = format!("stopped: build {number} of {branch} succeeded");
+            r.row.summary = format!("stopped: {reason}");
             control.store().save_bisect(r.row.clone()).await?;
+            control.publish(BuildEvent::BisectEnded {
+                bisect: r.row.id,
+                builder: r.row.builder.clone(),
+                state: r.row.state.clone(),
+                reason,
+            });
             tracing::info!(
                 "bisection {} of {builder} stopped: the branch is fixed",
                 r.row.id
@@ -359,6 +366,12 @@ async fn advance(control: &Control, running: &mut Vec<Running>, at: usize) -> an
                 r.row.builder,
                 r.row.summary
             );
+            control.publish(BuildEvent::BisectEnded {
+                bisect: r.row.id,
+                builder: r.row.builder.clone(),
+                state: r.row.state.clone(),
+                reason: why,
+            });
         }
     }
     let saved = Saved {
