@@ -229,14 +229,14 @@ fn winsize(size: TermSize) -> nix::libc::winsize {
     }
 }
 
-impl AsyncRead for PtyMaster {
+impl AsyncRead for SharedPty {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         loop {
-            let mut guard = ready!(self.0.poll_read_ready(cx))?;
+            let mut guard = ready!(self.0.0.poll_read_ready(cx))?;
             let unfilled = buf.initialize_unfilled();
             match guard
                 .try_io(|fd| nix::unistd::read(fd.get_ref(), unfilled).map_err(io::Error::from))
@@ -337,20 +337,16 @@ async fn run(
                     Ok(())
                 });
             }
-            let master = PtyMaster::new(pair.master)
-                .map_err(|err| format!("cannot open a terminal: {err}"))?;
-            let reader = master
-                .0
-                .get_ref()
-                .try_clone()
-                .map_err(|err| format!("cannot open a terminal: {err}"))
-                .and_then(|fd| {
-                    PtyMaster::new(fd).map_err(|err| format!("cannot open a terminal: {err}"))
-                })?;
+            // One registration for both directions: a second descriptor of the same PTY
+            // would make each change of it two events.
+            let master = Arc::new(
+                PtyMaster::new(pair.master)
+                    .map_err(|err| format!("cannot open a terminal: {err}"))?,
+            );
             drop(pair.slave);
-            stdout = Some(Box::pin(reader));
+            stdout = Some(Box::pin(SharedPty(Arc::clone(&master))));
             stderr = None;
-            pty = Some(Arc::new(master));
+            pty = Some(master);
         }
         None => {
             command

@@ -106,6 +106,12 @@ impl Shell {
         };
         let slave = shell.hold().slave.clone();
         let mut release = shell.release_watch();
+        // Made once, not on each keystroke.
+        let released = release.released();
+        tokio::pin!(released);
+        let client_gone = io.client_gone.clone();
+        let client_gone = client_gone.cancelled();
+        tokio::pin!(client_gone);
         let mut input = vec![0u8; INPUT_CHUNK];
         let mut input_open = true;
         // The hold's end is checked when it comes; the timer is set anew only when the hold
@@ -169,11 +175,11 @@ impl Shell {
                     Ok(read) => shell.input(&input[..read]).await,
                 },
                 Some((cols, rows)) = resize => shell.resize(TermSize { cols, rows }).await,
-                reason = release.released() => {
+                reason = &mut released => {
                     io.say(&format!("\r\nbuildbot: {reason}; the shell is closed")).await;
                     break ShellEnd::Ended(reason);
                 }
-                () = io.client_gone.cancelled() => {
+                () = &mut client_gone => {
                     break ShellEnd::Ended("the user logged out".into());
                 }
                 () = &mut hold_check => {
