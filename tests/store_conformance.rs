@@ -3132,8 +3132,10 @@ async fn retention_deletes_old_builds_with_everything_hanging_off_them(store: Sh
     // Five builds of linux, each with a step, a log, an artifact, a test result, a shell
     // session; #2 is still held for a shell, #1 and #3 had their holds run out.
     let mut builds = Vec::new();
+    let mut requests = Vec::new();
     for job in ["j1", "j2", "j3", "j4", "j5"] {
         let id = one(&store, request(job, "linux")).await;
+        requests.push(id);
         let (build, number) = store
             .start_build(&writer, id, "linux", "s1")
             .await
@@ -3300,6 +3302,10 @@ async fn retention_deletes_old_builds_with_everything_hanging_off_them(store: Sh
         assert_eq!(store.test_counts(build).await.expect("counts").total(), 0);
         assert!(store.shell_sessions(build).await.expect("read").is_empty());
         assert_eq!(store.shell_hold("linux", number).await.expect("read"), None);
+        // Its request and patch went with its last build.
+        let request = requests[usize::try_from(number - 1).expect("index")];
+        assert_eq!(store.request(request).await.expect("read"), None);
+        assert_eq!(store.request_patch(request).await.expect("read"), None);
     }
     for number in [2, 4, 5] {
         let build = id(number);
@@ -3316,6 +3322,9 @@ async fn retention_deletes_old_builds_with_everything_hanging_off_them(store: Sh
         assert_eq!(store.artifacts_of(build).await.expect("read").len(), 1);
         assert_eq!(store.test_counts(build).await.expect("counts").failed, 1);
         assert_eq!(store.shell_sessions(build).await.expect("read").len(), 1);
+        let request = requests[number - 1];
+        assert!(store.request(request).await.expect("read").is_some());
+        assert!(store.request_patch(request).await.expect("read").is_some());
     }
     assert!(store.shell_hold("linux", 2).await.expect("read").is_some());
     assert!(
@@ -3357,4 +3366,17 @@ async fn retention_deletes_old_builds_with_everything_hanging_off_them(store: Sh
             .expect("old"),
         vec![(id(4), 4), (id(5), 5)]
     );
+    // A request whose build lost its slave is queued again: deleting that build leaves it.
+    let retried = one(&store, request("j8", "mac")).await;
+    let (lost, _) = store
+        .start_build(&writer, retried, "mac", "s1")
+        .await
+        .expect("start");
+    store
+        .finish_build(&writer, lost, BuildResult::Exception, None, true)
+        .await
+        .expect("finish, to be retried");
+    store.delete_build(lost).await.expect("delete");
+    assert!(store.request(retried).await.expect("read").is_some());
+    assert!(store.request_patch(retried).await.expect("read").is_some());
 }

@@ -5,6 +5,7 @@ use super::PgStore;
 use super::cluster::fence_build;
 use crate::master::store::model::MasterLease;
 use crate::master::store::{ArtifactRow, BUILD_CHILDREN, NewArtifact, PrunePart, StoreError};
+use crate::status::RequestState;
 
 fn number(value: u64) -> Result<i64, StoreError> {
     i64::try_from(value).map_err(|_| StoreError::Task(format!("artifact number {value} too large")))
@@ -204,7 +205,8 @@ impl PgStore {
         // Locked: a build being deleted is not read half-gone by another master's writer.
         let Some(build) = transaction
             .query_opt(
-                "SELECT builder, number FROM builds WHERE id = $1 AND finished_at IS NOT NULL
+                "SELECT builder, number, request_id FROM builds
+                 WHERE id = $1 AND finished_at IS NOT NULL
                  FOR UPDATE",
                 &[&build_id],
             )
@@ -212,7 +214,8 @@ impl PgStore {
         else {
             return Ok(());
         };
-        let (builder, number): (String, i64) = (build.get(0), build.get(1));
+        let (builder, number, request_id): (String, i64, i64) =
+            (build.get(0), build.get(1), build.get(2));
         for table in BUILD_CHILDREN {
             transaction
                 .execute(
@@ -231,6 +234,23 @@ impl PgStore {
             .await?;
         transaction
             .execute("DELETE FROM builds WHERE id = $1", &[&build_id])
+            .await?;
+        // The request (and its patch) goes with its last build, once it is done: a request
+        // retried after a lost slave, or queued again, still has a build to come.
+        let request_gone = "NOT EXISTS (SELECT 1 FROM builds WHERE request_id = $1)
+             AND EXISTS (SELECT 1 FROM requests WHERE id = $1 AND state = $2)";
+        let done = RequestState::Done.as_str();
+        transaction
+            .execute(
+                &format!("DELETE FROM request_changes WHERE request_id = $1 AND {request_gone}"),
+                &[&request_id, &done],
+            )
+            .await?;
+        transaction
+            .execute(
+                &format!("DELETE FROM requests WHERE id = $1 AND {request_gone}"),
+                &[&request_id, &done],
+            )
             .await?;
         transaction.commit().await?;
         Ok(())

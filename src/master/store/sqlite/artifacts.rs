@@ -6,6 +6,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use super::fence_build;
 use crate::master::store::model::MasterLease;
 use crate::master::store::{ArtifactRow, BUILD_CHILDREN, NewArtifact, PrunePart, StoreError};
+use crate::status::RequestState;
 
 fn number(value: u64) -> Result<i64, StoreError> {
     i64::try_from(value).map_err(|_| StoreError::Task(format!("artifact number {value} too large")))
@@ -175,14 +176,15 @@ pub(super) fn old_builds(
 
 pub(super) fn delete_build(connection: &mut Connection, build_id: i64) -> Result<(), StoreError> {
     let transaction = connection.transaction()?;
-    let build: Option<(String, i64)> = transaction
+    let build: Option<(String, i64, i64)> = transaction
         .query_row(
-            "SELECT builder, number FROM builds WHERE id = ?1 AND finished_at IS NOT NULL",
+            "SELECT builder, number, request_id FROM builds
+             WHERE id = ?1 AND finished_at IS NOT NULL",
             params![build_id],
-            |row| Ok((row.get(0)?, row.get(1)?)),
+            |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
         )
         .optional()?;
-    let Some((builder, number)) = build else {
+    let Some((builder, number, request_id)) = build else {
         return Ok(());
     };
     for table in BUILD_CHILDREN {
@@ -198,6 +200,18 @@ pub(super) fn delete_build(connection: &mut Connection, build_id: i64) -> Result
         params![crate::master::store::build_event_key(&builder, number)],
     )?;
     transaction.execute("DELETE FROM builds WHERE id = ?1", params![build_id])?;
+    // The request (and its patch) goes with its last build, once it is done: a request
+    // retried after a lost slave, or queued again, still has a build to come.
+    let request_gone = "NOT EXISTS (SELECT 1 FROM builds WHERE request_id = ?1)
+         AND EXISTS (SELECT 1 FROM requests WHERE id = ?1 AND state = ?2)";
+    transaction.execute(
+        &format!("DELETE FROM request_changes WHERE request_id = ?1 AND {request_gone}"),
+        params![request_id, RequestState::Done],
+    )?;
+    transaction.execute(
+        &format!("DELETE FROM requests WHERE id = ?1 AND {request_gone}"),
+        params![request_id, RequestState::Done],
+    )?;
     transaction.commit()?;
     Ok(())
 }
