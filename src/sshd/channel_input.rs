@@ -9,6 +9,7 @@
 //! watching the channel while the command does not read it (after EOF, or while it is busy),
 //! so a client that goes away is still noticed.
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::pin;
 use std::sync::Mutex;
@@ -26,13 +27,18 @@ pub struct ChannelInput {
     inbox: Mutex<Inbox>,
 }
 
+/// How much of the client's stdin the watch takes off the channel while the command does not
+/// read it (as a pipe would hold); beyond it the channel waits, and a close is noticed once
+/// the command reads.
+const STDIN_BUFFER: usize = 64 * 1024;
+
 struct Inbox {
     read_half: ChannelReadHalf,
-    /// Data taken off the channel that the command has not read yet.
-    pending: Bytes,
-    /// `pending` was taken by the watch, not by a read: once it is read, the watch must look
-    /// at the channel again.
-    pending_from_watch: bool,
+    /// Data taken off the channel that the command has not read yet, in order.
+    pending: VecDeque<Bytes>,
+    pending_bytes: usize,
+    /// The watch stopped at a full `pending`: a read that makes room must bring it back.
+    watch_waits_for_room: bool,
     /// The client sent EOF: stdin ends once `pending` is read; later data is dropped.
     eof: bool,
     /// The channel is closed (or its session gone): stdin ends, nothing more comes.
@@ -57,8 +63,9 @@ impl ChannelInput {
         ChannelInput {
             inbox: Mutex::new(Inbox {
                 read_half,
-                pending: Bytes::new(),
-                pending_from_watch: false,
+                pending: VecDeque::new(),
+                pending_bytes: 0,
+                watch_waits_for_room: false,
                 eof: false,
                 closed: false,
                 client_gone,
@@ -84,16 +91,20 @@ impl ChannelInput {
     pub fn tick(&self) -> impl Future<Output = ()> + '_ {
         std::future::poll_fn(move |cx| {
             let mut inbox = self.lock();
-            // Unread data is the command's to take first (as a full pipe would hold the
-            // writer); its read brings the watch back.
-            if inbox.closed || !inbox.pending.is_empty() {
+            if inbox.closed {
+                return Poll::Pending;
+            }
+            // A full buffer holds the channel, as a full pipe would hold the writer; the
+            // command's read brings the watch back.
+            if inbox.pending_bytes >= STDIN_BUFFER {
+                inbox.watch_waits_for_room = true;
                 return Poll::Pending;
             }
             match ready!(inbox.poll_incoming(cx)) {
                 Incoming::Data(data) => {
-                    if !inbox.eof {
-                        inbox.pending = data;
-                        inbox.pending_from_watch = true;
+                    if !inbox.eof && !data.is_empty() {
+                        inbox.pending_bytes += data.len();
+                        inbox.pending.push_back(data);
                     }
                 }
                 Incoming::Eof => inbox.eof = true,
@@ -137,7 +148,8 @@ impl Inbox {
 
     fn close(&mut self) {
         self.closed = true;
-        self.pending = Bytes::new();
+        self.pending.clear();
+        self.pending_bytes = 0;
         self.client_gone.cancel();
     }
 }
@@ -155,13 +167,17 @@ impl AsyncRead for Stdin<'_> {
     ) -> Poll<std::io::Result<()>> {
         let mut inbox = self.input.lock();
         loop {
-            if !inbox.pending.is_empty() {
-                let taken = buf.remaining().min(inbox.pending.len());
-                buf.put_slice(&inbox.pending[..taken]);
-                inbox.pending.advance(taken);
-                if inbox.pending.is_empty() && inbox.pending_from_watch {
-                    inbox.pending_from_watch = false;
-                    // The watch stopped at unread data; it looks at the channel again.
+            if let Some(front) = inbox.pending.front_mut() {
+                let taken = buf.remaining().min(front.len());
+                buf.put_slice(&front[..taken]);
+                front.advance(taken);
+                if front.is_empty() {
+                    inbox.pending.pop_front();
+                }
+                inbox.pending_bytes -= taken;
+                if inbox.watch_waits_for_room && inbox.pending_bytes < STDIN_BUFFER {
+                    inbox.watch_waits_for_room = false;
+                    // The watch stopped at a full buffer; it looks at the channel again.
                     cx.waker().wake_by_ref();
                 }
                 return Poll::Ready(Ok(()));
@@ -170,7 +186,12 @@ impl AsyncRead for Stdin<'_> {
                 return Poll::Ready(Ok(()));
             }
             match ready!(inbox.poll_incoming(cx)) {
-                Incoming::Data(data) => inbox.pending = data,
+                // An empty message is not the end of stdin: read on.
+                Incoming::Data(data) if data.is_empty() => {}
+                Incoming::Data(data) => {
+                    inbox.pending_bytes += data.len();
+                    inbox.pending.push_back(data);
+                }
                 Incoming::Eof => inbox.eof = true,
                 Incoming::Closed => inbox.close(),
             }

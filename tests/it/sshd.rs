@@ -494,3 +494,29 @@ fn help_lists_the_commands_and_explains_one() {
         "buildbot: unknown command 'frobnicate' (`help` lists the commands)"
     );
 }
+
+#[test]
+fn a_client_that_leaves_is_noticed_though_the_command_never_read_what_it_typed() {
+    let master = TestMaster::start_with(MasterSetup::default());
+    let mut ssh = master.ssh_command(&master.user_key, &current_user(), &[]);
+    ssh.arg("watch")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null());
+    let mut client = ssh.spawn().expect("ssh");
+    let mut stdin = client.stdin.take().expect("stdin");
+    // Typed ahead into a command that reads no input: it waits unread on the master.
+    stdin.write_all(b"typed ahead\n").expect("type");
+    stdin.flush().expect("flush");
+    let mut stdout = client.stdout.take().expect("stdout");
+    let mut first = [0u8; 7];
+    stdout.read_exact(&mut first).expect("watch's first line");
+    assert_eq!(&first, b"master ");
+    client.kill().expect("kill ssh");
+    reap(&mut client);
+    wait_until("the master to notice the client left", || {
+        master
+            .log()
+            .contains("command=watch}: buildbot::sshd::session: exec finished")
+    });
+}
