@@ -32,8 +32,7 @@ from benchlib import Load  # noqa: E402
 BB = os.path.abspath(os.environ.get("BB", "target/release/buildbot"))
 KEYS = int(os.environ.get("BENCH_KEYS", "200"))
 BIG_MB = int(os.environ.get("BENCH_CAT_MB", "100"))
-# Keystroke rounds, relay and OpenSSH alternating, pooled: on a shared machine a burst of
-# someone else's load then falls on both sides instead of on one.
+# Keystroke rounds (each a fresh pair of sessions, typed into key by key in turn), pooled.
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "1"))
 # A file to write a `perf trace` of the relay's syscalls (master, slave, ssh client) over a few
 # paced keystrokes into, to see where a round trip's time goes (bench/results-issue-25.md).
@@ -149,30 +148,54 @@ def trace_keys(term, pids):
     os.read(term.fd, 65536)
 
 
-def keystrokes(argv, trace_pids=None):
-    """Round trips of KEYS single keys (each waits for its echo), in milliseconds."""
+def ready_terminal(argv):
     term = Terminal(argv)
     term.send(b"PS1='RE''ADY> '; stty -echoctl\n")
     term.read_until(b"READY> ")
+    return term
+
+
+def one_key(term):
+    """A key's round trip in milliseconds: typed, until its echo is back."""
+    start = time.perf_counter()
+    term.send(b"x")
+    term.read_until(b"x")
+    return (time.perf_counter() - start) * 1000
+
+
+def empty_line(term):
+    term.send(b"\x15")  # Ctrl-U: empty the line again
+    time.sleep(0.05)
+    try:
+        term.buffer = b""
+        os.read(term.fd, 65536)
+    except OSError:
+        pass
+
+
+def keystrokes(relay_argv, plain_argv, trace_pids=None):
+    """Round trips of KEYS single keys (each waits for its echo) through both sessions, open
+    side by side and typed into in turn, key by key: whatever else the machine does at a
+    moment falls on both alike. Milliseconds, (relay, plain)."""
+    relay, plain = ready_terminal(relay_argv), ready_terminal(plain_argv)
     if TRACE and trace_pids:
-        trace_keys(term, trace_pids + [term.pid])
-    times = []
+        trace_keys(relay, trace_pids + [relay.pid])
+    relay_times, plain_times = [], []
     for index in range(KEYS):
-        start = time.perf_counter()
-        term.send(b"x")
-        term.read_until(b"x")
-        times.append((time.perf_counter() - start) * 1000)
+        # Which goes first alternates too.
+        if index % 2:
+            relay_times.append(one_key(relay))
+            plain_times.append(one_key(plain))
+        else:
+            plain_times.append(one_key(plain))
+            relay_times.append(one_key(relay))
         if index % 50 == 49:
-            term.send(b"\x15")  # Ctrl-U: empty the line again
-            time.sleep(0.05)
-            try:
-                term.buffer = b""
-                os.read(term.fd, 65536)
-            except OSError:
-                pass
-    term.send(b"\x15exit\n")
-    term.close()
-    return times
+            empty_line(relay)
+            empty_line(plain)
+    for term in (relay, plain):
+        term.send(b"\x15exit\n")
+        term.close()
+    return relay_times, plain_times
 
 
 def summary(times):
@@ -320,9 +343,12 @@ def measure(work, sshd_bin):
     relay_times, plain_times = [], []
     with Load() as load:
         for _ in range(ROUNDS):
-            relay_times += keystrokes(master_ssh[:1] + ["-tt"] + master_ssh[1:] + ["shell linux 1"],
-                                      [children[0].pid, children[1].pid])
-            plain_times += keystrokes(plain[:1] + ["-tt"] + plain[1:] + [f"cd {build_dir}; exec $SHELL"])
+            relay, direct = keystrokes(
+                master_ssh[:1] + ["-tt"] + master_ssh[1:] + ["shell linux 1"],
+                plain[:1] + ["-tt"] + plain[1:] + [f"cd {build_dir}; exec $SHELL"],
+                [children[0].pid, children[1].pid])
+            relay_times += relay
+            plain_times += direct
     relay_keys, plain_keys = summary(relay_times), summary(plain_times)
     rows.append(("keystroke round trip, median ms", relay_keys[0], plain_keys[0], load.text()))
     rows.append(("keystroke round trip, p95 ms", relay_keys[1], plain_keys[1], load.text()))
