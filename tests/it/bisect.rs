@@ -272,14 +272,14 @@ fn a_bisection_takes_no_busy_slave_and_a_new_request_goes_before_its_next_build(
     let _s2 = master.start_slave("s2");
     master.ssh_ok("force other --reason busy");
     wait_until("other #1 running on s2", || {
-        let build = master.api_last_build("other");
+        let build = master.newest_build("other");
         build["running"] == true && build["slave"] == "s2"
     });
     green_then_red(&master, &base);
 
     // The bisection's first build runs on s1 and waits; the page shows the progress.
     wait_until("the bisection's first build running", || {
-        let build = master.api_last_build("linux");
+        let build = master.newest_build("linux");
         build["number"] == 3 && build["running"] == true
     });
     let bisect = master.api("/api/bisects")[0].clone();
@@ -325,6 +325,6 @@ fn a_bisection_takes_no_busy_slave_and_a_new_request_goes_before_its_next_build(
     }
     std::fs::remove_file(&other_hold).expect("release");
     wait_until("other #1 to finish", || {
-        master.api_last_build("other")["running"] == false
+        master.newest_build("other")["running"] == false
     });
 }

@@ -464,7 +464,7 @@ fn a_retry_after_a_lost_slave_survives_a_master_restart() {
     assert_eq!(forced.status.code(), Some(0), "{}", text(&forced.stderr));
     wait_until("the slave to be killed by its step", || !slave.is_running());
     wait_until("build #1 to end as exception", || {
-        master.api_last_build("linux")["result"] == "exception"
+        master.newest_build("linux")["result"] == "exception"
     });
     // One rule for a step cut short, whether its slave or its master went away (issue 21,
     // item 13): the step is an exception too, not a failure of the command.
@@ -486,7 +486,7 @@ fn a_retry_after_a_lost_slave_survives_a_master_restart() {
     let master = master.start_again();
     let _slave = master.start_slave("s1");
     wait_until("the retry to run after the restart", || {
-        let build = master.api_last_build("linux");
+        let build = master.newest_build("linux");
         build["number"] == 2 && build["result"] == "success"
     });
     let log = std::fs::read_to_string(master.path().join("logs/linux/2/2-work.stdout"))

@@ -210,7 +210,7 @@ fn try_wait_users_see_their_place_in_the_queue_and_when_it_starts() {
         Some(0)
     );
     wait_until("build #2 to run", || {
-        master.api_last_build("linux")["number"] == 2
+        master.newest_build("linux")["number"] == 2
     });
     let mut clients = Vec::new();
     let mut starts = Vec::new();

@@ -421,6 +421,12 @@ impl TestMaster {
         build
     }
 
+    /// The builder's most recent build as `/api/builds` shows it, or `Null` while it has none:
+    /// for waits, in which the first build may not be recorded yet.
+    pub fn newest_build(&self, builder: &str) -> serde_json::Value {
+        self.api(&format!("/api/builds?builder={builder}"))[0].clone()
+    }
+
     /// The builder's most recent build as `/api/builds` shows it (panics when there is none).
     pub fn api_last_build(&self, builder: &str) -> serde_json::Value {
         let builds = self.api(&format!("/api/builds?builder={builder}"));

@@ -446,7 +446,7 @@ fn cancel_takes_the_entry_out_and_stops_its_build() {
     assert!(text(&out.stdout).contains("land #1 on main cancelled"));
     assert_eq!(state_of(&master, 1), "cancelled");
     wait_until("the build is stopped", || {
-        master.api_last_build("linux")["result"] == "interrupted"
+        master.newest_build("linux")["result"] == "interrupted"
     });
     project.open_gate();
     assert_eq!(project.main(), before);

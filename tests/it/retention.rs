@@ -32,7 +32,7 @@ fn master_with_builds(retention: Option<&str>, builds: u64) -> (Checkout, TestMa
         let forced = master.ssh(&master.user_key, &current_user(), "force linux --reason r");
         assert!(forced.status.success(), "{}", text(&forced.stderr));
         wait_until(&format!("linux #{number} to finish"), || {
-            let build = master.api_last_build("linux");
+            let build = master.newest_build("linux");
             build["number"] == number && build["running"] == false
         });
     }

@@ -72,7 +72,7 @@ fn a_builders_steps_get_its_secret_and_no_form_of_it_is_ever_shown() {
     );
     assert!(forced.status.success(), "{}", text(&forced.stderr));
     wait_until("linux #1 to finish", || {
-        let build = master.api_last_build("linux");
+        let build = master.newest_build("linux");
         build["number"] == 1 && build["running"] == false
     });
     let log_path = master.path().join("logs/linux/1/2-leak.stdout");

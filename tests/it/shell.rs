@@ -55,7 +55,7 @@ fn force_and_wait_with(master: &TestMaster, number: u64, flags: &str) -> serde_j
     assert_eq!(forced.status.code(), Some(0), "{}", text(&forced.stderr));
     let mut build = serde_json::Value::Null;
     wait_until(&format!("linux #{number} to finish"), || {
-        build = master.api_last_build("linux");
+        build = master.newest_build("linux");
         build["number"] == number && build["running"] == false
     });
     build

@@ -70,7 +70,7 @@ fn force_and_finish(master: &TestMaster, number: u64) -> serde_json::Value {
     assert_eq!(forced.status.code(), Some(0), "{}", text(&forced.stderr));
     let mut build = serde_json::Value::Null;
     wait_until(&format!("linux #{number} to finish"), || {
-        build = master.api_last_build("linux");
+        build = master.newest_build("linux");
         build["number"] == number && build["running"] == false
     });
     build
