@@ -3379,4 +3379,34 @@ async fn retention_deletes_old_builds_with_everything_hanging_off_them(store: Sh
     store.delete_build(lost).await.expect("delete");
     assert!(store.request(retried).await.expect("read").is_some());
     assert!(store.request_patch(retried).await.expect("read").is_some());
+
+    // Requests cancelled before a build: the old ones go, a new or a waiting one stays.
+    let submitted = |job: &str, at: f64| NewRequest {
+        submitted_at: at,
+        ..request(job, "mac")
+    };
+    let old_cancelled = one(&store, submitted("j9", 1_000.0)).await;
+    let new_cancelled = one(&store, submitted("j10", 9_000.0)).await;
+    let old_waiting = one(&store, submitted("j11", 1_000.0)).await;
+    store
+        .cancel_requests(vec![old_cancelled, new_cancelled], None)
+        .await
+        .expect("cancel");
+    assert_eq!(
+        store
+            .delete_cancelled_requests(5_000.0, 10)
+            .await
+            .expect("delete"),
+        1
+    );
+    assert_eq!(store.request(old_cancelled).await.expect("read"), None);
+    assert!(store.request(new_cancelled).await.expect("read").is_some());
+    assert!(store.request(old_waiting).await.expect("read").is_some());
+    assert_eq!(
+        store
+            .delete_cancelled_requests(5_000.0, 10)
+            .await
+            .expect("again"),
+        0
+    );
 }

@@ -1101,6 +1101,16 @@ pub(crate) mod testing {
             self.0.delete_build(build_id).await
         }
 
+        async fn delete_cancelled_requests(
+            &self,
+            submitted_before: f64,
+            limit: i64,
+        ) -> Result<u64, StoreError> {
+            self.0
+                .delete_cancelled_requests(submitted_before, limit)
+                .await
+        }
+
         async fn reclaim_space(&self) -> Result<u64, StoreError> {
             self.0.reclaim_space().await
         }

@@ -117,7 +117,34 @@ pub async fn prune_round(control: &Control, token: &CancellationToken) -> u64 {
             }
         }
     }
+    if let Some(age) = retention.builds {
+        prune_cancelled_requests(control, token, now - age.as_secs_f64()).await;
+    }
     pruned
+}
+
+/// Removes requests cancelled before they were built and submitted before `before` (with
+/// their patches): nothing else would, as they have no build to go with.
+async fn prune_cancelled_requests(control: &Control, token: &CancellationToken, before: f64) {
+    loop {
+        if token.is_cancelled() {
+            return;
+        }
+        match control
+            .store()
+            .delete_cancelled_requests(before, BATCH)
+            .await
+        {
+            Ok(deleted) if deleted == BATCH.unsigned_abs() => {
+                tokio::time::sleep(BATCH_PAUSE).await;
+            }
+            Ok(_) => return,
+            Err(err) => {
+                tracing::warn!("retention: cannot remove cancelled requests: {err}");
+                return;
+            }
+        }
+    }
 }
 
 /// Removes the builds of `builder` that finished before `before` (beyond `keep_last`), whole:

@@ -839,6 +839,15 @@ pub trait Store: Send + Sync {
     /// gone already, or not finished, is left alone without error.
     async fn delete_build(&self, build_id: i64) -> Result<(), StoreError>;
 
+    /// Deletes up to `limit` requests that were cancelled before any build of them started and
+    /// were submitted before `submitted_before`, with their patches and change links; returns
+    /// how many went. (A request with builds goes with its last one, [`Store::delete_build`].)
+    async fn delete_cancelled_requests(
+        &self,
+        submitted_before: f64,
+        limit: i64,
+    ) -> Result<u64, StoreError>;
+
     /// Gives the pages that pruning freed back to the file system, after a retention round;
     /// returns the pages freed (SQLite's `incremental_vacuum`; PostgreSQL's autovacuum does
     /// this on its own, so there it does nothing and returns 0).

@@ -235,24 +235,63 @@ impl PgStore {
         transaction
             .execute("DELETE FROM builds WHERE id = $1", &[&build_id])
             .await?;
-        // The request (and its patch) goes with its last build, once it is done: a request
-        // retried after a lost slave, or queued again, still has a build to come.
+        // The request (and its patch) goes with its last build, once it is done or cancelled:
+        // a request retried after a lost slave, or queued again, still has a build to come.
         let request_gone = "NOT EXISTS (SELECT 1 FROM builds WHERE request_id = $1)
-             AND EXISTS (SELECT 1 FROM requests WHERE id = $1 AND state = $2)";
-        let done = RequestState::Done.as_str();
+             AND EXISTS (SELECT 1 FROM requests WHERE id = $1 AND state IN ($2, $3))";
+        let (done, cancelled) = (
+            RequestState::Done.as_str(),
+            RequestState::Cancelled.as_str(),
+        );
         transaction
             .execute(
                 &format!("DELETE FROM request_changes WHERE request_id = $1 AND {request_gone}"),
-                &[&request_id, &done],
+                &[&request_id, &done, &cancelled],
             )
             .await?;
         transaction
             .execute(
                 &format!("DELETE FROM requests WHERE id = $1 AND {request_gone}"),
-                &[&request_id, &done],
+                &[&request_id, &done, &cancelled],
             )
             .await?;
         transaction.commit().await?;
         Ok(())
+    }
+
+    /// See `Store::delete_cancelled_requests`.
+    pub(super) async fn delete_cancelled_requests_in(
+        &self,
+        submitted_before: f64,
+        limit: i64,
+    ) -> Result<u64, StoreError> {
+        let mut client = self.client().await?;
+        let transaction = client.transaction().await?;
+        // Locked and skipped when busy: a request being looked at elsewhere waits for the
+        // next round.
+        let doomed: Vec<i64> = transaction
+            .query(
+                "SELECT r.id FROM requests r
+                 WHERE r.state = $1 AND r.submitted_at < $2
+                   AND NOT EXISTS (SELECT 1 FROM builds b WHERE b.request_id = r.id)
+                 ORDER BY r.id LIMIT $3
+                 FOR UPDATE SKIP LOCKED",
+                &[&RequestState::Cancelled.as_str(), &submitted_before, &limit],
+            )
+            .await?
+            .iter()
+            .map(|row| row.get(0))
+            .collect();
+        transaction
+            .execute(
+                "DELETE FROM request_changes WHERE request_id = ANY($1)",
+                &[&doomed],
+            )
+            .await?;
+        let deleted = transaction
+            .execute("DELETE FROM requests WHERE id = ANY($1)", &[&doomed])
+            .await?;
+        transaction.commit().await?;
+        Ok(deleted)
     }
 }

@@ -1432,6 +1432,15 @@ impl Store for PgStore {
         self.delete_build_in(build_id).await
     }
 
+    async fn delete_cancelled_requests(
+        &self,
+        submitted_before: f64,
+        limit: i64,
+    ) -> Result<u64, StoreError> {
+        self.delete_cancelled_requests_in(submitted_before, limit)
+            .await
+    }
+
     async fn reclaim_space(&self) -> Result<u64, StoreError> {
         // The server's autovacuum reuses and returns dead rows' space; a manual VACUUM would
         // only compete with builds for I/O.

@@ -200,18 +200,49 @@ pub(super) fn delete_build(connection: &mut Connection, build_id: i64) -> Result
         params![crate::master::store::build_event_key(&builder, number)],
     )?;
     transaction.execute("DELETE FROM builds WHERE id = ?1", params![build_id])?;
-    // The request (and its patch) goes with its last build, once it is done: a request
-    // retried after a lost slave, or queued again, still has a build to come.
+    // The request (and its patch) goes with its last build, once it is done or cancelled: a
+    // request retried after a lost slave, or queued again, still has a build to come.
     let request_gone = "NOT EXISTS (SELECT 1 FROM builds WHERE request_id = ?1)
-         AND EXISTS (SELECT 1 FROM requests WHERE id = ?1 AND state = ?2)";
+         AND EXISTS (SELECT 1 FROM requests WHERE id = ?1 AND state IN (?2, ?3))";
+    let ended = params![request_id, RequestState::Done, RequestState::Cancelled];
     transaction.execute(
         &format!("DELETE FROM request_changes WHERE request_id = ?1 AND {request_gone}"),
-        params![request_id, RequestState::Done],
+        ended,
     )?;
     transaction.execute(
         &format!("DELETE FROM requests WHERE id = ?1 AND {request_gone}"),
-        params![request_id, RequestState::Done],
+        ended,
     )?;
     transaction.commit()?;
     Ok(())
+}
+
+/// See `Store::delete_cancelled_requests`.
+pub(super) fn delete_cancelled_requests(
+    connection: &mut Connection,
+    submitted_before: f64,
+    limit: i64,
+) -> Result<u64, StoreError> {
+    let transaction = connection.transaction()?;
+    let doomed: Vec<i64> = transaction
+        .prepare(
+            "SELECT r.id FROM requests r
+             WHERE r.state = ?1 AND r.submitted_at < ?2
+               AND NOT EXISTS (SELECT 1 FROM builds b WHERE b.request_id = r.id)
+             ORDER BY r.id LIMIT ?3",
+        )?
+        .query_map(
+            params![RequestState::Cancelled, submitted_before, limit],
+            |row| row.get(0),
+        )?
+        .collect::<Result<_, _>>()?;
+    for id in &doomed {
+        transaction.execute(
+            "DELETE FROM request_changes WHERE request_id = ?1",
+            params![id],
+        )?;
+        transaction.execute("DELETE FROM requests WHERE id = ?1", params![id])?;
+    }
+    transaction.commit()?;
+    Ok(doomed.len() as u64)
 }

@@ -2249,6 +2249,15 @@ impl Store for SqliteStore {
             .await
     }
 
+    async fn delete_cancelled_requests(
+        &self,
+        submitted_before: f64,
+        limit: i64,
+    ) -> Result<u64, StoreError> {
+        self.run(move |c| artifacts::delete_cancelled_requests(c, submitted_before, limit))
+            .await
+    }
+
     async fn reclaim_space(&self) -> Result<u64, StoreError> {
         self.run(|c| {
             let free: i64 = c.pragma_query_value(None, "freelist_count", |row| row.get(0))?;
