@@ -68,7 +68,7 @@ fn a_200_mb_artifact_arrives_byte_exact_with_bounded_memory_and_escapes_are_refu
     // 200 MB through a debug build on a loaded machine: more than the usual patience.
     let deadline = std::time::Instant::now() + PATIENCE * 6;
     let build = loop {
-        let build = master.api_last_build("linux");
+        let build = master.newest_build("linux");
         if build["number"] == 1 && build["running"] == false {
             break build;
         }

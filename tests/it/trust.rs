@@ -150,10 +150,6 @@ fn farm(why: &str, extra: &str) -> Farm {
 }
 
 /// The newest build of `builder`, or null while it has none.
-fn last_build(master: &TestMaster, builder: &str) -> serde_json::Value {
-    master.api(&format!("/api/builds?builder={builder}"))[0].clone()
-}
-
 fn requests(master: &TestMaster) -> Vec<serde_json::Value> {
     master
         .api("/api/requests")
@@ -192,7 +188,7 @@ fn owners_act_on_their_own_builds_operators_on_all_and_rebuild_obeys_the_force_r
     );
     ok(&sent);
     wait_until("deploy #1 to finish", || {
-        let build = last_build(master, "deploy");
+        let build = master.newest_build("deploy");
         build["number"] == 1 && build["running"] == false
     });
     // Item 2: no force scheduler lists deploy, so nobody re-runs an old deploy by rebuilding it.
@@ -209,7 +205,7 @@ fn owners_act_on_their_own_builds_operators_on_all_and_rebuild_obeys_the_force_r
     // Item 10: the "who" of a try job is the authenticated user, not what the job says.
     ok(&alice.try_job(master, "linux", mallory.name(), None));
     wait_until("linux #1 to run", || {
-        last_build(master, "linux")["running"] == true
+        master.newest_build("linux")["running"] == true
     });
     let build = master.api_last_build("linux");
     let detail = master.api(&format!("/api/builds/{}", build["id"]));
@@ -565,10 +561,10 @@ fn a_lock_is_held_no_longer_than_max_lock_hold() {
         "force linux --reason hog",
     ));
     wait_until("the lock holder to be stopped at the limit", || {
-        let build = last_build(&master, "linux");
+        let build = master.newest_build("linux");
         build["number"] == 1 && build["running"] == false
     });
-    let build = last_build(&master, "linux");
+    let build = master.newest_build("linux");
     assert_eq!(build["result"], "interrupted", "{build}");
     let detail = master.api(&format!("/api/builds/{}", build["id"]));
     assert!(detail.to_string().contains("max_lock_hold"), "{detail}");
