@@ -126,10 +126,6 @@ pub(crate) fn sendchange(master: &TestMaster, json: &[u8]) -> Output {
     )
 }
 
-fn ssh(master: &TestMaster, command: &str) -> Output {
-    master.ssh(&master.user_key, &current_user(), command)
-}
-
 /// Every build of `builder`, newest first.
 fn builds(master: &TestMaster, builder: &str) -> Vec<Value> {
     master
@@ -585,7 +581,7 @@ fn web_url(master: &TestMaster, path: &str) -> String {
 }
 
 pub(crate) fn web_login(master: &TestMaster) -> WebSession {
-    let login = text(&ssh(master, "web-login").stdout);
+    let login = text(&master.user_ssh("web-login").stdout);
     let url = login
         .lines()
         .next()
@@ -785,7 +781,7 @@ fn a_person_forces_a_build_in_chromium() {
         "read-only before logging in"
     );
 
-    let login = text(&ssh(&master, "web-login").stdout);
+    let login = text(&master.user_ssh("web-login").stdout);
     driver.goto(login.lines().next().expect("login URL").trim());
     driver.goto(&format!("{web}/builders/linux"));
     assert_eq!(driver.count("#force-button"), 1, "{}", driver.source());
@@ -826,10 +822,9 @@ fn a_property_with_shell_metacharacters_arrives_intact_and_unexecuted() {
 
     // Over ssh, the value quoted for the master's command-line split.
     let quoted = format!("'{}'", format!("evil={evil}").replace('\'', r"'\''"));
-    let forced = ssh(
-        &master,
-        &format!("force linux --reason metachars --property {quoted}"),
-    );
+    let forced = master.user_ssh(&format!(
+        "force linux --reason metachars --property {quoted}"
+    ));
     assert_eq!(forced.status.code(), Some(0), "{}", text(&forced.stderr));
     let detail = finished_build(&master, "linux", 1);
     assert_eq!(detail["properties"]["evil"], evil.as_str(), "{detail}");
@@ -1093,7 +1088,7 @@ fn a_web_session_survives_a_master_restart_and_a_login_url_does_not() {
     let checkout = Checkout::new();
     let mut master = master_with(&checkout, r#"{ name = "ok", command = "true" },"#, "");
     let session = web_login(&master);
-    let unused_login = text(&ssh(&master, "web-login").stdout);
+    let unused_login = text(&master.user_ssh("web-login").stdout);
     let unused_login = unused_login
         .lines()
         .next()

@@ -17,10 +17,6 @@ fn master_needing_the_new_commit(checkout: &Checkout) -> TestMaster {
     ))
 }
 
-fn ssh(master: &TestMaster, command: &str) -> std::process::Output {
-    master.ssh(&master.user_key, &current_user(), command)
-}
-
 #[test]
 fn a_forced_build_builds_the_branch_and_revision_asked_for_and_says_who_and_why() {
     let checkout = Checkout::new();
@@ -33,8 +29,7 @@ fn a_forced_build_builds_the_branch_and_revision_asked_for_and_says_who_and_why(
     let master = master_needing_the_new_commit(&checkout);
     let _slave = master.start_slave("s1");
 
-    let forced = ssh(
-        &master,
+    let forced = master.user_ssh(
         "force linux --branch release --reason 'check the release' --property flavour=fast",
     );
     assert_eq!(forced.status.code(), Some(0), "{}", text(&forced.stderr));
@@ -55,18 +50,15 @@ fn a_forced_build_builds_the_branch_and_revision_asked_for_and_says_who_and_why(
     assert_eq!(detail["properties"]["flavour"], "fast", "{detail}");
 
     // The same branch at main's revision does not have the commit.
-    let pinned = ssh(
-        &master,
-        &format!(
-            "force linux --revision {} --reason 'old base'",
-            main_head.trim()
-        ),
-    );
+    let pinned = master.user_ssh(&format!(
+        "force linux --revision {} --reason 'old base'",
+        main_head.trim()
+    ));
     assert_eq!(pinned.status.code(), Some(0), "{}", text(&pinned.stderr));
     assert_eq!(master.finished_build("linux", 2)["result"], "failure");
 
     // A rebuild of #1 builds what #1 built.
-    let rebuilt = ssh(&master, "rebuild linux 1 --reason 'flaky?'");
+    let rebuilt = master.user_ssh("rebuild linux 1 --reason 'flaky?'");
     assert_eq!(rebuilt.status.code(), Some(0), "{}", text(&rebuilt.stderr));
     let third = master.finished_build("linux", 3);
     assert_eq!(third["result"], "success", "{third}");
@@ -113,7 +105,7 @@ fn refusals_are_one_line_each() {
             "buildbot: linux has no queued request 99",
         ),
     ] {
-        let output = ssh(&master, command);
+        let output = master.user_ssh(command);
         let stderr = text(&output.stderr);
         assert_eq!(output.status.code(), Some(status), "{command}: {stderr}");
         assert_eq!(stderr.lines().count(), 1, "{command}: one line: {stderr}");
@@ -126,7 +118,7 @@ fn a_queued_request_can_be_cancelled_before_it_is_built() {
     let checkout = Checkout::new();
     // No slave is connected: whatever is forced waits in the queue.
     let master = master_needing_the_new_commit(&checkout);
-    let forced = ssh(&master, "force linux --reason 'waits'");
+    let forced = master.user_ssh("force linux --reason 'waits'");
     assert_eq!(forced.status.code(), Some(0), "{}", text(&forced.stderr));
     let request_id: i64 = text(&forced.stdout)
         .trim()
@@ -138,7 +130,7 @@ fn a_queued_request_can_be_cancelled_before_it_is_built() {
         master.api("/api/builders/linux")["queued"] == 1
     });
 
-    let cancelled = ssh(&master, &format!("cancel linux {request_id}"));
+    let cancelled = master.user_ssh(&format!("cancel linux {request_id}"));
     assert_eq!(
         cancelled.status.code(),
         Some(0),
@@ -152,13 +144,13 @@ fn a_queued_request_can_be_cancelled_before_it_is_built() {
     wait_until("the queue to be empty", || {
         master.api("/api/builders/linux")["queued"] == 0
     });
-    let again = ssh(&master, &format!("cancel linux {request_id}"));
+    let again = master.user_ssh(&format!("cancel linux {request_id}"));
     assert_eq!(again.status.code(), Some(1), "{}", text(&again.stderr));
 
     // When a slave comes, only what is still queued runs: the next build is #1 and it is the
     // one forced after the cancellation.
     let _slave = master.start_slave("s1");
-    let after = ssh(&master, "force linux --reason 'after the cancel'");
+    let after = master.user_ssh("force linux --reason 'after the cancel'");
     assert_eq!(after.status.code(), Some(0), "{}", text(&after.stderr));
     let first = master.finished_build("linux", 1);
     let detail = master.api(&format!("/api/builds/{}", first["id"]));
@@ -201,12 +193,15 @@ fn try_wait_users_see_their_place_in_the_queue_and_when_it_starts() {
     let _slave = master.start_slave("s1");
     // One build first, so the master knows how long a build takes.
     assert_eq!(
-        ssh(&master, "force linux --reason warm-up").status.code(),
+        master
+            .user_ssh("force linux --reason warm-up")
+            .status
+            .code(),
         Some(0)
     );
     master.finished_build("linux", 1);
     assert_eq!(
-        ssh(&master, "force linux --reason busy").status.code(),
+        master.user_ssh("force linux --reason busy").status.code(),
         Some(0)
     );
     wait_until("build #2 to run", || {
@@ -250,7 +245,7 @@ fn try_wait_users_see_their_place_in_the_queue_and_when_it_starts() {
         "{starts:?}"
     );
     assert!(starts[2] <= 30, "{starts:?}");
-    let stopped = ssh(&master, "stop linux 2 --reason 'enough'");
+    let stopped = master.user_ssh("stop linux 2 --reason 'enough'");
     assert_eq!(stopped.status.code(), Some(0), "{}", text(&stopped.stderr));
     for (mut client, _lines) in clients {
         let status = crate::harness::wait_with_deadline(
@@ -276,14 +271,14 @@ fn a_force_scheduler_limits_what_may_be_forced_over_ssh_too() {
         checkout.upstream.display()
     ));
     let master = TestMaster::start_with(setup);
-    let refused = ssh(&master, "force docs --reason 'not listed'");
+    let refused = master.user_ssh("force docs --reason 'not listed'");
     let stderr = text(&refused.stderr);
     assert_eq!(refused.status.code(), Some(1), "{stderr}");
     assert!(
         stderr.contains("docs may not be forced"),
         "the refusal says why: {stderr}"
     );
-    let allowed = ssh(&master, "force linux --reason 'listed'");
+    let allowed = master.user_ssh("force linux --reason 'listed'");
     assert_eq!(allowed.status.code(), Some(0), "{}", text(&allowed.stderr));
 }
 
@@ -301,7 +296,7 @@ fn a_forced_build_of_a_branch_tip_records_and_passes_on_the_commit_it_built() {
         r#"{ name = "env", command = "echo rev=$BUILDBOT_REVISION branch=$BUILDBOT_BRANCH prop=%(prop:revision)s" },"#,
     ));
     let _slave = master.start_slave("s1");
-    let forced = ssh(&master, "force linux --reason 'tip of main'");
+    let forced = master.user_ssh("force linux --reason 'tip of main'");
     assert_eq!(forced.status.code(), Some(0), "{}", text(&forced.stderr));
     let build = master.finished_build("linux", 1);
     assert_eq!(build["result"], "success", "{build}");
@@ -341,7 +336,7 @@ fn force_answers_in_json_and_the_client_waits_for_the_result() {
     let master = master_needing_the_new_commit(&checkout);
 
     // No slave yet: the request waits, so the answer has no build number.
-    let forced = ssh(&master, "force linux --reason typed answer --json");
+    let forced = master.user_ssh("force linux --reason typed answer --json");
     assert_eq!(forced.status.code(), Some(0), "{}", text(&forced.stderr));
     let answer: serde_json::Value =
         serde_json::from_slice(&forced.stdout).expect("one JSON object");
@@ -356,7 +351,7 @@ fn force_answers_in_json_and_the_client_waits_for_the_result() {
             .is_some_and(|url| url.starts_with("http://") && url.ends_with("/builders/linux")),
         "{answer}"
     );
-    let cancelled = ssh(&master, &format!("cancel linux {request_id} --json"));
+    let cancelled = master.user_ssh(&format!("cancel linux {request_id} --json"));
     assert_eq!(
         cancelled.status.code(),
         Some(0),

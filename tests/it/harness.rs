@@ -595,6 +595,11 @@ impl TestMaster {
         text(&output.stdout)
     }
 
+    /// Runs `command` over SSH as the current user with the user key.
+    pub fn user_ssh(&self, command: &str) -> Output {
+        self.ssh(&self.user_key, &current_user(), command)
+    }
+
     pub fn ssh(&self, key: &TestKey, user: &str, command: &str) -> Output {
         self.ssh_with(key, user, command, &[], None)
     }

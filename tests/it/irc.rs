@@ -393,16 +393,6 @@ fn master_with(server: &IrcServer, repo: &Path, steps: &str, irc_extra: &str) ->
     TestMaster::start_with(setup)
 }
 
-fn ssh(master: &TestMaster, command: &str) -> String {
-    let output = master.ssh(&master.user_key, &current_user(), command);
-    assert!(
-        output.status.success(),
-        "ssh {command}: {}",
-        text(&output.stderr)
-    );
-    text(&output.stdout)
-}
-
 fn wait_result(master: &TestMaster, number: i64) -> String {
     let mut result = String::new();
     wait_until(&format!("linux #{number} to finish"), || {
@@ -436,7 +426,7 @@ fn irc_status_last_and_watch_follow_a_real_build_and_the_bot_rejoins_after_a_kic
     let none = alice.ask("last linux", "linux");
     assert!(none.ends_with("linux has no finished builds yet"), "{none}");
 
-    ssh(&master, "force linux --reason 'irc test'");
+    master.ssh_ok("force linux --reason 'irc test'");
     wait_until("linux #1 to run", || {
         master.api("/api/builds?builder=linux")[0]["running"] == true
     });
@@ -511,19 +501,19 @@ fn irc_announces_failure_and_fixed_in_the_channel() {
     alice.wait_bot_join();
     let _slave = master.start_slave("s1");
 
-    ssh(&master, "force linux --reason 'first'");
+    master.ssh_ok("force linux --reason 'first'");
     let failed = alice.wait_bot("#ci", "linux #1: failure");
     assert!(
         !failed.contains("broken") && !failed.contains("fixed"),
         "{failed}"
     );
     std::fs::write(&flag, "").expect("flag");
-    ssh(&master, "force linux --reason 'second'");
+    master.ssh_ok("force linux --reason 'second'");
     let fixed = alice.wait_bot("#ci", "linux #2: success");
     assert!(fixed.contains("(fixed)"), "{fixed}");
     // The default notify set (failure, fixed, exception) says nothing about a plain success
     // or a start; a third, passing build stays quiet.
-    ssh(&master, "force linux --reason 'third'");
+    master.ssh_ok("force linux --reason 'third'");
     assert_eq!(wait_result(&master, 3), "success");
     let _ = alice.ask("version", "buildbot");
     let said = alice.bot_lines("#ci");
@@ -561,7 +551,7 @@ fn irc_force_and_stop_need_a_linked_nick_and_a_taken_over_nick_inherits_nothing(
         "nothing was forced"
     );
 
-    let issued = ssh(&master, "irc-link");
+    let issued = master.ssh_ok("irc-link");
     let code = issued.lines().next().expect("a code").trim().to_string();
     assert!(
         issued.contains(&format!("/msg {BOT} link {code}")),
@@ -576,7 +566,7 @@ fn irc_force_and_stop_need_a_linked_nick_and_a_taken_over_nick_inherits_nothing(
         )),
         "{linked}"
     );
-    let list = ssh(&master, "irc-link --list");
+    let list = master.ssh_ok("irc-link --list");
     assert!(
         list.starts_with(&format!("alice -> {} (linked ", current_user())),
         "{list}"
@@ -611,7 +601,9 @@ fn irc_force_and_stop_need_a_linked_nick_and_a_taken_over_nick_inherits_nothing(
     // alice quits; mallory takes her nick and inherits nothing.
     alice.quit();
     wait_until("alice's link to end", || {
-        ssh(&master, "irc-link --list").starts_with("no IRC nicks are linked")
+        master
+            .ssh_ok("irc-link --list")
+            .starts_with("no IRC nicks are linked")
     });
     mallory.send("NICK alice");
     mallory.wait_line("the nick change", |line| {
@@ -718,7 +710,7 @@ fn irc_server_killed_and_restarted_the_bot_rejoins_and_announces_what_finished_o
         master.log().contains("IRC connection lost")
     });
 
-    ssh(&master, "force linux --reason 'while the bot is away'");
+    master.ssh_ok("force linux --reason 'while the bot is away'");
     assert_eq!(wait_result(&master, 1), "failure");
     let failed_attempts = || master.log().matches("cannot connect").count();
     wait_until("a failed reconnect", || failed_attempts() >= 1);
@@ -741,7 +733,7 @@ fn irc_server_killed_and_restarted_the_bot_rejoins_and_announces_what_finished_o
         .count();
     assert_eq!(count, 1, "announced once: {:#?}", alice.bot_lines("#ci"));
     // And a build after the reconnect is announced live.
-    ssh(&master, "force linux --reason 'after'");
+    master.ssh_ok("force linux --reason 'after'");
     alice.wait_bot("#ci", "linux #2: failure");
 }
 
@@ -852,7 +844,7 @@ fn irc_a_link_ends_with_a_nick_change_and_with_its_ttl() {
     );
     alice.wait_bot_join();
     let link = |alice: &mut IrcClient| {
-        let issued = ssh(&master, "irc-link");
+        let issued = master.ssh_ok("irc-link");
         let code = issued.lines().next().expect("a code").trim().to_string();
         alice.say(BOT, &format!("link {code}"));
         alice.wait_bot(&alice.nick.clone(), "speaks for");
@@ -865,18 +857,22 @@ fn irc_a_link_ends_with_a_nick_change_and_with_its_ttl() {
     });
     alice.nick = "alice2".to_string();
     wait_until("the link to end with the nick change", || {
-        ssh(&master, "irc-link --list").starts_with("no IRC nicks are linked")
+        master
+            .ssh_ok("irc-link --list")
+            .starts_with("no IRC nicks are linked")
     });
     let refused = alice.ask("force linux after a nick change", "not linked");
     assert!(refused.starts_with("alice2: "), "{refused}");
 
     link(&mut alice);
     assert!(
-        ssh(&master, "irc-link --list").starts_with("alice2 -> "),
+        master.ssh_ok("irc-link --list").starts_with("alice2 -> "),
         "linked again"
     );
     wait_until("the link to expire (link_ttl = 3s)", || {
-        ssh(&master, "irc-link --list").starts_with("no IRC nicks are linked")
+        master
+            .ssh_ok("irc-link --list")
+            .starts_with("no IRC nicks are linked")
     });
     let refused = alice.ask("force linux after the ttl", "not linked");
     assert!(refused.starts_with("alice2: "), "{refused}");
@@ -894,7 +890,7 @@ fn irc_a_link_ends_with_a_nick_change_and_with_its_ttl() {
 
 /// Links `client`'s nick to the test's unix user with a fresh code.
 fn link(master: &TestMaster, client: &mut IrcClient) {
-    let issued = ssh(master, "irc-link");
+    let issued = master.ssh_ok("irc-link");
     let code = issued.lines().next().expect("a code").trim().to_string();
     let nick = client.nick.clone();
     client.say(BOT, &format!("link {code}"));
@@ -969,7 +965,7 @@ fn irc_a_stop_reason_with_nul_or_ctcp_is_refused_and_the_bot_stays() {
     alice.wait_bot_join();
     let _slave = master.start_slave("s1");
     link(&master, &mut alice);
-    ssh(&master, "force linux --reason 'to be stopped'");
+    master.ssh_ok("force linux --reason 'to be stopped'");
     wait_until("linux #1 to run", || {
         master.api("/api/builds?builder=linux")[0]["running"] == true
     });
@@ -1005,7 +1001,7 @@ fn irc_a_stop_reason_with_nul_or_ctcp_is_refused_and_the_bot_stays() {
     );
 
     // The bot is still here under its nick, alice's link holds, and a plain stop works.
-    let list = ssh(&master, "irc-link --list");
+    let list = master.ssh_ok("irc-link --list");
     assert!(list.starts_with("alice -> "), "{list}");
     let stopped = alice.ask("stop build linux 1 plain words", "linux #1");
     assert!(stopped.contains("interrupted"), "{stopped}");
@@ -1045,7 +1041,7 @@ fn irc_link_code_guessing_is_limited_per_nick() {
         "{limited}"
     );
     // A real code is not tried for her now (and stays good for its owner).
-    let issued = ssh(&master, "irc-link");
+    let issued = master.ssh_ok("irc-link");
     let code = issued.lines().next().expect("a code").trim().to_string();
     mallory.say(BOT, &format!("link {code}"));
     mallory.wait_bot("mallory", "too many");
@@ -1068,7 +1064,7 @@ fn irc_an_announcement_overtakes_queued_answers() {
     let master = master_with(&server, &checkout.upstream, &gated_step(&gate, "false"), "");
     alice.wait_bot_join();
     let _slave = master.start_slave("s1");
-    ssh(&master, "force linux --reason 'to fail'");
+    master.ssh_ok("force linux --reason 'to fail'");
     wait_until("linux #1 to run", || {
         master.api("/api/builds?builder=linux")[0]["running"] == true
     });
@@ -1163,7 +1159,7 @@ fn irc_announces_the_new_test_failures_of_a_failed_build() {
     let master = master_with(&server, &checkout.upstream, &step, "");
     alice.wait_bot_join();
     let _slave = master.start_slave("s1");
-    ssh(&master, "force linux --reason 'tests'");
+    master.ssh_ok("force linux --reason 'tests'");
     let failed = alice.wait_bot("#ci", "linux #1: failure");
     assert!(
         failed.contains("2 new failures (test_b, test_a)"),

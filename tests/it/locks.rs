@@ -9,7 +9,7 @@ use nix::sys::signal::Signal;
 use serde_json::Value;
 
 use crate::harness::{
-    MasterSetup, PATIENCE, SLACK, TestMaster, current_user, process_running, text, wait_until,
+    MasterSetup, PATIENCE, SLACK, TestMaster, current_user, process_running, wait_until,
 };
 use crate::repo::Checkout;
 
@@ -170,20 +170,9 @@ fn master(slaves: &[&str], max_builds: usize, config: String) -> TestMaster {
     })
 }
 
-fn ssh(master: &TestMaster, command: &str) -> String {
-    let output = master.ssh(&master.user_key, &current_user(), command);
-    assert_eq!(
-        output.status.code(),
-        Some(0),
-        "{command}: {}",
-        text(&output.stderr)
-    );
-    text(&output.stdout)
-}
-
 /// Queues a build of `builder` by hand.
 fn force(master: &TestMaster, builder: &str) {
-    let said = ssh(master, &format!("force {builder} --reason locks"));
+    let said = master.ssh_ok(&format!("force {builder} --reason locks"));
     assert!(said.contains("forced build queued"), "{said}");
 }
 
@@ -549,7 +538,7 @@ fn the_lock_is_free_after(how: End) {
     match how {
         End::SlaveKilled => s1.signal(Signal::SIGKILL),
         End::Stopped => {
-            let said = ssh(&master, "stop holder 1 --reason 'free the lock'");
+            let said = master.ssh_ok("stop holder 1 --reason 'free the lock'");
             assert!(said.contains("holder #1: interrupted"), "{said}");
         }
         End::MasterRestarted => {
@@ -786,7 +775,7 @@ fn a_paused_slave_finishes_its_build_and_takes_no_new_one_until_unpaused() {
     wait_for(&master, "linux #1 to run", PATIENCE, || {
         build(&master, "linux", 1).is_some_and(|build| build["running"] == true)
     });
-    let said = ssh(&master, "pause-slave s1");
+    let said = master.ssh_ok("pause-slave s1");
     assert_eq!(
         said.trim(),
         "slave s1 paused: it finishes its builds and takes no new ones"
@@ -807,7 +796,10 @@ fn a_paused_slave_finishes_its_build_and_takes_no_new_one_until_unpaused() {
     assert_eq!(queued(&master, "linux"), 1);
     assert!(master.slave_connected("s1"));
 
-    assert_eq!(ssh(&master, "unpause-slave s1").trim(), "slave s1 unpaused");
+    assert_eq!(
+        master.ssh_ok("unpause-slave s1").trim(),
+        "slave s1 unpaused"
+    );
     wait_successes(&master, "linux", 2, PATIENCE);
     assert_eq!(stamps.runs().len(), 2);
     // Unknown slaves are refused.

@@ -33,10 +33,6 @@ fn builder_names(master: &TestMaster) -> Vec<String> {
         .collect()
 }
 
-fn ssh(master: &TestMaster, command: &str) -> Output {
-    master.ssh(&master.user_key, &current_user(), command)
-}
-
 /// A step that runs until `gate` exists (at most a minute), then succeeds.
 fn gated_step(gate: &Path) -> String {
     format!(
@@ -56,7 +52,7 @@ fn reconfig_adds_a_builder_and_removes_one_while_its_build_runs() {
         &gated_step(&gate),
     ));
     let _slave = master.start_slave("s1");
-    let forced = ssh(&master, "force linux --reason first");
+    let forced = master.user_ssh("force linux --reason first");
     assert_eq!(forced.status.code(), Some(0), "{}", text(&forced.stderr));
     let mut running = serde_json::Value::Null;
     wait_until("linux #1 to run", || {
@@ -65,7 +61,7 @@ fn reconfig_adds_a_builder_and_removes_one_while_its_build_runs() {
         running["number"] == 1 && running["running"] == true
     });
     // A second request waits: s1 runs one build at a time.
-    let queued = ssh(&master, "force linux --reason second");
+    let queued = master.user_ssh("force linux --reason second");
     assert_eq!(queued.status.code(), Some(0), "{}", text(&queued.stderr));
     wait_until("the second request to be queued", || {
         master.api("/api/builders/linux")["queued"] == 1
@@ -113,7 +109,7 @@ fn reconfig_adds_a_builder_and_removes_one_while_its_build_runs() {
     wait_until("the removed builder's build to finish", || {
         master.api(&format!("/api/builds/{id}"))["result"] == "success"
     });
-    let forced = ssh(&master, "force mac --reason new");
+    let forced = master.user_ssh("force mac --reason new");
     assert_eq!(forced.status.code(), Some(0), "{}", text(&forced.stderr));
     wait_until("mac #1 to succeed", || {
         let builds = master.api("/api/builds?builder=mac");
@@ -191,7 +187,10 @@ fn a_broken_file_keeps_the_old_config_and_reconfig_says_why() {
         )
     );
     assert_eq!(builder_names(&master), vec!["mac".to_string()]);
-    assert!(ssh(&master, "watch").status.success(), "still on its port");
+    assert!(
+        master.user_ssh("watch").status.success(),
+        "still on its port"
+    );
 }
 
 #[test]
@@ -206,7 +205,7 @@ fn sighup_reloads_the_config_and_access_settings_apply_to_new_logins() {
     let master = TestMaster::start_with(setup);
     let as_root = current_user() == "root";
     if as_root {
-        let refused = ssh(&master, "watch");
+        let refused = master.user_ssh("watch");
         assert!(!refused.status.success(), "root needs allow_root");
     }
     edit_config(&master, |config| {
@@ -220,7 +219,7 @@ fn sighup_reloads_the_config_and_access_settings_apply_to_new_logins() {
     wait_until("mac to appear", || {
         builder_names(&master).contains(&"mac".to_string())
     });
-    let watched = ssh(&master, "watch");
+    let watched = master.user_ssh("watch");
     assert!(watched.status.success(), "{}", text(&watched.stderr));
     // The master is still the same process, and a reconfig can follow.
     let output = reconfig(&master);
@@ -246,7 +245,7 @@ fn a_slave_removed_from_the_config_finishes_its_build_is_disconnected_and_may_co
     let mut s2 = master.start_slave("s2");
     // Two builds: one on each slave of the pool.
     for reason in ["one", "two"] {
-        let forced = ssh(&master, &format!("force linux --reason {reason}"));
+        let forced = master.user_ssh(&format!("force linux --reason {reason}"));
         assert_eq!(forced.status.code(), Some(0), "{}", text(&forced.stderr));
     }
     wait_until("both builds to run", || {
