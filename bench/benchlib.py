@@ -70,8 +70,9 @@ def stop_children():
             pass
 
 
-def run(argv, **kw):
-    """Runs a command to its end (120 s unless `timeout=`); a failure ends the bench, saying why."""
+def run(argv, failed=None, **kw):
+    """Runs a command to its end (120 s unless `timeout=`); a failure ends the bench, saying why
+    (or raises `failed(reason)` when given, for a bench that goes on without that figure)."""
     # stderr is kept (unless the caller redirects it elsewhere) so a failing command says why.
     if not kw.get("capture_output") and kw.get("stderr") in (None, subprocess.DEVNULL):
         kw["stderr"] = subprocess.PIPE
@@ -80,8 +81,11 @@ def run(argv, **kw):
     if done.returncode != 0:
         err = done.stderr if isinstance(done.stderr, str) else (done.stderr or b"").decode(
             errors="replace")
-        sys.exit(f"bench: {argv[0]} {argv[1] if len(argv) > 1 else ''} exited "
-                 f"{done.returncode}: {err.strip()}")
+        reason = (f"{os.path.basename(argv[0])} {argv[1] if len(argv) > 1 else ''} exited "
+                  f"{done.returncode}: {err.strip()}")
+        if failed is not None:
+            raise failed(reason)
+        sys.exit(f"bench: {reason}")
     return done
 
 

@@ -48,7 +48,8 @@ import sys
 import threading
 import time
 
-from benchlib import Load
+import benchlib
+from benchlib import Load, children, free_port, spawn
 
 BB = os.environ["BUILDBOT"]
 WORK = os.environ["BENCH_WORK"]
@@ -63,19 +64,10 @@ MASTER_COUNTS = [int(n) for n in os.environ.get("BENCH_MASTERS", "1,2,3").split(
 LEASES = [lease for lease in os.environ.get("BENCH_LEASES", "2s,10s").split(",") if lease]
 SKIP = set(filter(None, os.environ.get("BENCH_SKIP", "").split(",")))
 USER = subprocess.run(["id", "-un"], capture_output=True, text=True, check=True).stdout.strip()
-children = []
 
 
 def log(message):
     print(f"multimaster: {message}", file=sys.stderr, flush=True)
-
-
-# ---- processes (as bench/bench.py) -------------------------------------------------------------
-def spawn(argv, **kw):
-    kw.setdefault("stdin", subprocess.DEVNULL)
-    proc = subprocess.Popen(argv, start_new_session=True, **kw)
-    children.append(proc)
-    return proc
 
 
 class Failed(Exception):
@@ -83,22 +75,7 @@ class Failed(Exception):
 
 
 def run(argv, **kw):
-    if not kw.get("capture_output") and kw.get("stderr") in (None, subprocess.DEVNULL):
-        kw["stderr"] = subprocess.PIPE
-    done = subprocess.run(argv, stdin=kw.pop("stdin", subprocess.DEVNULL),
-                          timeout=kw.pop("timeout", 120), **kw)
-    if done.returncode != 0:
-        err = done.stderr if isinstance(done.stderr, str) else (done.stderr or b"").decode(
-            errors="replace")
-        raise Failed(f"{os.path.basename(argv[0])} {argv[1] if len(argv) > 1 else ''} exited "
-                     f"{done.returncode}: {err.strip()}")
-    return done
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return benchlib.run(argv, failed=Failed, **kw)
 
 
 def wait_for(condition, limit, what, poll=0.05):
