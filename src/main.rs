@@ -127,9 +127,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Slave { dir } => {
             let config = buildbot::slave::SlaveConfig::load(&dir)?;
-            until_signal_on(Some(buildbot::slave::RUNTIME_WORKERS), |shutdown| {
-                buildbot::slave::run(config, shutdown)
-            })
+            until_signal(|shutdown| buildbot::slave::run(config, shutdown))
         }
         Command::Demo => until_signal(buildbot::demo::run),
         Command::Try(args) => {
@@ -357,22 +355,7 @@ where
     Fut: std::future::Future<Output = Result<(), E>>,
     anyhow::Error: From<E>,
 {
-    until_signal_on(None, command)
-}
-
-/// As [`until_signal`], on `workers` async worker threads (`None`: one per core).
-fn until_signal_on<F, Fut, E>(workers: Option<usize>, command: F) -> anyhow::Result<ExitCode>
-where
-    F: FnOnce(CancellationToken) -> Fut,
-    Fut: std::future::Future<Output = Result<(), E>>,
-    anyhow::Error: From<E>,
-{
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    builder.enable_all();
-    if let Some(workers) = workers {
-        builder.worker_threads(workers);
-    }
-    let runtime = builder.build().context("cannot start the async runtime")?;
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(async {
         let shutdown = CancellationToken::new();
         spawn_signal_handler(shutdown.clone())?;

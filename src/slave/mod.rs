@@ -42,13 +42,6 @@ const SERVED: Duration = Duration::from_secs(10);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
 const CONNECT_TIMEOUT_WITH_OTHERS: Duration = Duration::from_secs(5);
 
-/// The slave's async worker threads. Its async work is moving bytes between its connection
-/// and its children's pipes and PTYs; on one thread, a byte crossing from one to the other
-/// wakes no second thread, which took a sixth off a shell keystroke's round trip
-/// (bench/results-issue-25.md). Work that needs a CPU (hashing, reading files) runs on
-/// blocking threads, and builds run in processes of their own.
-pub const RUNTIME_WORKERS: usize = 1;
-
 /// Runs the slave until `shutdown` is cancelled.
 pub async fn run(config: SlaveConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
     // Before anything else: a second slave on this directory must not touch its work.
