@@ -60,6 +60,8 @@ def stop_children():
     for proc in children:
         if proc.poll() is None:
             try:
+                # A bench may have stopped one (SIGSTOP, a stalled master): it dies woken.
+                os.killpg(proc.pid, signal.SIGCONT)
                 os.killpg(proc.pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass

@@ -49,7 +49,7 @@ import threading
 import time
 
 import benchlib
-from benchlib import Load, children, free_port, spawn
+from benchlib import Load, free_port, spawn
 
 BB = os.environ["BUILDBOT"]
 WORK = os.environ["BENCH_WORK"]
@@ -941,18 +941,7 @@ try:
     if "burst" not in SKIP:
         burst_section()
 finally:
-    for proc in children:
-        if proc.poll() is None:
-            try:
-                os.killpg(proc.pid, signal.SIGCONT)
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-    for proc in children:
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            pass
+    benchlib.stop_children()
 
 with open("/proc/loadavg") as f:
     results["loadavg_at_end"] = f.read().split()[:3]

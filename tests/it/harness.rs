@@ -376,17 +376,8 @@ impl TestMaster {
     /// GETs `path` (e.g. `/api/builds?builder=linux`) from this master's web server and parses
     /// the JSON; panics on anything but a 200 with JSON.
     pub fn api(&self, path: &str) -> serde_json::Value {
-        let url = format!("http://127.0.0.1:{}{path}", self.http_port);
-        let response = http_client()
-            .get(&url)
-            .send()
-            .unwrap_or_else(|err| panic!("GET {url}: {err}"));
-        let status = response.status();
-        let body = response
-            .text()
-            .unwrap_or_else(|err| panic!("GET {url}: {err}"));
-        assert_eq!(status.as_u16(), 200, "GET {url}: {body}");
-        serde_json::from_str(&body).unwrap_or_else(|err| panic!("GET {url}: {err}: {body}"))
+        let body = self.page(path);
+        serde_json::from_str(&body).unwrap_or_else(|err| panic!("GET {path}: {err}: {body}"))
     }
 
     /// GETs the HTML page at `path` (e.g. `/builders/linux`); panics on anything but a 200.

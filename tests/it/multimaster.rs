@@ -862,12 +862,7 @@ fn a_step_log_written_on_one_master_is_served_and_followed_live_on_another() {
     let a = first_master(&url, &checkout.upstream, &steps);
     let b = join(&a, "ci-b");
     // The slave knows only A: the build runs there, and B has no log file of it.
-    let only_a = format!("master = [\"127.0.0.1:{}\"]", a.ssh_port);
-    let _slave = a.launch_slave("s1", move |config: &mut String| {
-        let start = config.find("master = ").expect("master line");
-        let end = start + config[start..].find('\n').expect("line end");
-        config.replace_range(start..end, &only_a);
-    });
+    let _slave = a.launch_slave("s1", masters(&[&a]));
     a.wait_connected("s1");
     let forced = a.ssh(&a.user_key, &current_user(), "force linux --reason 'logs'");
     assert_eq!(forced.status.code(), Some(0), "{}", text(&forced.stderr));
@@ -970,12 +965,7 @@ fn a_shell_asked_of_another_master_is_sent_where_the_slave_is_and_a_release_anyw
         &format!("{}\n{}", a.user_key.public_line, b.user_key.public_line),
     );
     // The slave knows only A.
-    let only_a = format!("master = [\"127.0.0.1:{}\"]", a.ssh_port);
-    let _slave = a.launch_slave("s1", move |config: &mut String| {
-        let start = config.find("master = ").expect("master line");
-        let end = start + config[start..].find('\n').expect("line end");
-        config.replace_range(start..end, &only_a);
-    });
+    let _slave = a.launch_slave("s1", masters(&[&a]));
     a.wait_connected("s1");
     let forced = a.ssh(&a.user_key, &current_user(), "force linux --reason 'hold'");
     assert_eq!(forced.status.code(), Some(0), "{}", text(&forced.stderr));

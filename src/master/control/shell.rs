@@ -113,15 +113,7 @@ impl Control {
         ask: ShellAsk,
     ) -> Result<OpenedShell, ControlError> {
         let builder = self.builder(&ask.builder)?;
-        let hold = self.held(&ask.builder, ask.number).await?;
-        access::check(
-            account,
-            Action::Shell,
-            Target::Owned {
-                owner: hold.owner.as_deref(),
-            },
-            &self.config(),
-        )?;
+        let hold = self.hold_for(account, &ask.builder, ask.number).await?;
         let now = unix_now();
         if hold.held_until <= now {
             return Err(ControlError::HoldEnded {
@@ -218,16 +210,7 @@ impl Control {
         builder: &str,
         number: i64,
     ) -> Result<ShellHold, ControlError> {
-        self.builder(builder)?;
-        let hold = self.held(builder, number).await?;
-        access::check(
-            account,
-            Action::Shell,
-            Target::Owned {
-                owner: hold.owner.as_deref(),
-            },
-            &self.config(),
-        )?;
+        let hold = self.hold_for(account, builder, number).await?;
         let now = unix_now();
         if hold.held_until > now {
             self.store.set_held_until(hold.build_id, now).await?;
@@ -253,16 +236,7 @@ impl Control {
         builder: &str,
         number: i64,
     ) -> Result<ShellPlace, ControlError> {
-        self.builder(builder)?;
-        let hold = self.held(builder, number).await?;
-        access::check(
-            account,
-            Action::Shell,
-            Target::Owned {
-                owner: hold.owner.as_deref(),
-            },
-            &self.config(),
-        )?;
+        let hold = self.hold_for(account, builder, number).await?;
         if self.roster.current(&hold.slave).is_some() {
             return Ok(ShellPlace::Here);
         }
@@ -304,6 +278,27 @@ impl Control {
                 port: row.info.ssh_port,
                 host_key: row.info.host_key,
             })
+    }
+
+    /// The hold of build `number` of a configured `builder`, when `account` may open its shell
+    /// (its requester or an operator); else why not.
+    async fn hold_for(
+        &self,
+        account: &UnixAccount,
+        builder: &str,
+        number: i64,
+    ) -> Result<ShellHold, ControlError> {
+        self.builder(builder)?;
+        let hold = self.held(builder, number).await?;
+        access::check(
+            account,
+            Action::Shell,
+            Target::Owned {
+                owner: hold.owner.as_deref(),
+            },
+            &self.config(),
+        )?;
+        Ok(hold)
     }
 
     /// The hold of a build, or why there is none.
